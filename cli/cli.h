@@ -1,0 +1,26 @@
+/* cli.h: the subcommands of the `aicfn` binary and the few helpers they share.
+ *
+ * Each subcommand lives in cli/cmd_NAME.c as `int cli_cmd_NAME(int argc, char **argv)`,
+ * where argv[0] is the subcommand name. It returns the process exit status:
+ *   0 success, 1 the operation failed (the message names the aicfn error code),
+ *   2 usage error (unknown flag, missing argument).
+ * Add a subcommand by declaring it here and listing it in cli/main.c. */
+#ifndef AICFN_CLI_H
+#define AICFN_CLI_H
+
+#include "common/error.h"
+
+#define CLI_EXIT_OK 0
+#define CLI_EXIT_FAIL 1
+#define CLI_EXIT_USAGE 2
+
+/* Prints "aicfn: <name>: <message>" to stderr and returns CLI_EXIT_FAIL. */
+int cli_fail(const aicfn_error *err);
+
+/* Prints a usage error to stderr and returns CLI_EXIT_USAGE. */
+int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
+/* The subcommands. */
+int cli_cmd_version(int argc, char **argv);
+
+#endif

@@ -1,0 +1,35 @@
+/* main.c: the `aicfn` binary: dispatches to the subcommand named by argv[1]. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+
+typedef struct cli_command {
+    const char *name;
+    int (*run)(int argc, char **argv);
+    const char *summary;
+} cli_command;
+
+static const cli_command cli_commands[] = {
+    {"version", cli_cmd_version, "print versions"},
+};
+
+static void cli_print_help(FILE *out) {
+    fprintf(out, "usage: aicfn COMMAND [ARGS...]\n\ncommands:\n");
+    for (size_t i = 0; i < sizeof cli_commands / sizeof cli_commands[0]; i++)
+        fprintf(out, "  %-12s %s\n", cli_commands[i].name, cli_commands[i].summary);
+    fprintf(out, "\n'aicfn COMMAND --help' describes each command.\n"
+                 "exit status: 0 success, 1 failure (the message names the error code), 2 usage error\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
+        cli_print_help(argc < 2 ? stderr : stdout);
+        return argc < 2 ? CLI_EXIT_USAGE : CLI_EXIT_OK;
+    }
+    for (size_t i = 0; i < sizeof cli_commands / sizeof cli_commands[0]; i++)
+        if (strcmp(argv[1], cli_commands[i].name) == 0) return cli_commands[i].run(argc - 1, argv + 1);
+    fprintf(stderr, "aicfn: unknown command '%s'\n", argv[1]);
+    cli_print_help(stderr);
+    return CLI_EXIT_USAGE;
+}

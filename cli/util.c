@@ -1,0 +1,20 @@
+/* util.c: error and usage reporting shared by the subcommands. */
+#include <stdarg.h>
+#include <stdio.h>
+
+#include "cli/cli.h"
+
+int cli_fail(const aicfn_error *err) {
+    fprintf(stderr, "aicfn: %s: %s\n", aicfn_status_name(err->code), err->msg[0] ? err->msg : aicfn_strerror(err->code));
+    return CLI_EXIT_FAIL;
+}
+
+int cli_usage_error(const char *cmd, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    fprintf(stderr, "aicfn %s: ", cmd);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "\n(see 'aicfn %s --help')\n", cmd);
+    va_end(ap);
+    return CLI_EXIT_USAGE;
+}

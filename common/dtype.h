@@ -1,0 +1,33 @@
+/* dtype.h: facts about tensor data types: wire names (Open Inference Protocol v2),
+ * safetensors names, element sizes, and checked size arithmetic for shapes. */
+#ifndef AICFN_COMMON_DTYPE_H
+#define AICFN_COMMON_DTYPE_H
+
+#include <stdint.h>
+
+#include "aicfn.h"
+
+/* Bytes per element; 0 for BYTES (variable length) and INVALID. */
+unsigned dtype_size(aicfn_dtype dt);
+
+/* OIP v2 name ("FP32"); "INVALID" for unknown values. */
+const char *dtype_name(aicfn_dtype dt);
+
+/* Parses an OIP v2 name; AICFN_DTYPE_INVALID when unknown. Case-sensitive. */
+aicfn_dtype dtype_from_name(const char *name);
+
+/* Safetensors name ("F32", "BF16", "U8"...); NULL when safetensors has none (BYTES). */
+const char *dtype_safetensors_name(aicfn_dtype dt);
+
+/* Parses a safetensors dtype name; AICFN_DTYPE_INVALID when unknown. */
+aicfn_dtype dtype_from_safetensors_name(const char *name);
+
+/* Element count of a shape, with overflow checking. Returns 0 on success and stores
+ * the product (1 for ndim 0); returns -1 on overflow or a negative dimension. */
+int dtype_shape_elements(const int64_t *shape, unsigned ndim, uint64_t *out);
+
+/* Byte size of a fixed-size tensor (elements × element size), overflow-checked;
+ * -1 on overflow, negative dims, or a variable-size dtype. */
+int dtype_tensor_bytes(aicfn_dtype dt, const int64_t *shape, unsigned ndim, uint64_t *out);
+
+#endif

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""run_suite.py: runs aicfn's whole test suite and prints one closing line.
+
+Stages, in order (each stage's results are counted, a crash counts as a failure):
+  1. build: the release build, the ASan+UBSan build and the TSan build, with handlers;
+  2. unit: every tests/unit and tests/concurrency binary under ASan+UBSan (cmocka, TAP);
+  3. tsan: every tests/concurrency binary under ThreadSanitizer;
+  4. e2e: pytest over tests/e2e, against real processes on loopback;
+  5. fuzz: each libFuzzer harness in tests/fuzz for a bounded time (AICFN_FUZZ_SECONDS, 30).
+The last line is `N passed, N failed` (`, N skipped` when any were skipped).
+"""
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ZIG = str(ROOT / ".venv" / "bin" / "zig")
+PY = str(ROOT / ".venv" / "bin" / "python")
+PREFIX = {"release": "zig-out", "asan": "zig-out/asan", "tsan": "zig-out/tsan"}
+SAN_ARGS = {"release": ["-Doptimize=ReleaseSafe"], "asan": ["-Dsanitize=address,undefined"], "tsan": ["-Dsanitize=thread"]}
+SAN_ENV = {
+    "ASAN_OPTIONS": "detect_leaks=1:abort_on_error=1:halt_on_error=1:detect_stack_use_after_return=1",
+    "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+    "TSAN_OPTIONS": "halt_on_error=1:second_deadlock_stack=1:report_signal_unsafe=0",
+    "LSAN_OPTIONS": f"suppressions={ROOT / 'tests' / 'lsan.supp'}:print_suppressions=0",
+}
+
+counts = {"passed": 0, "failed": 0, "skipped": 0}
+failures = []
+
+
+def record(name, outcome):
+    counts[outcome] += 1
+    if outcome == "failed":
+        failures.append(name)
+    print(f"  {outcome.upper():7} {name}", flush=True)
+
+
+def run(cmd, timeout, env=None, cwd=ROOT):
+    e = dict(os.environ)
+    e.update(SAN_ENV)
+    if env:
+        e.update(env)
+    try:
+        p = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
+        return p.returncode, p.stdout, p.stderr
+    except subprocess.TimeoutExpired as ex:
+        out = ex.stdout.decode() if isinstance(ex.stdout, bytes) else (ex.stdout or "")
+        err = ex.stderr.decode() if isinstance(ex.stderr, bytes) else (ex.stderr or "")
+        return -999, out, err + f"\n(timed out after {timeout}s)"
+
+
+def stage_build():
+    print("== build", flush=True)
+    ok = True
+    for variant in ("release", "asan", "tsan"):
+        stale = ROOT / PREFIX[variant] / "bin" / "tests"
+        if stale.exists():
+            subprocess.run(["rm", "-rf", str(stale)], check=True)
+        rc, out, err = run([ZIG, "build", "install", "tests", "handlers", "--prefix", PREFIX[variant]] + SAN_ARGS[variant], 900)
+        if rc != 0:
+            sys.stdout.write(out + err)
+            ok = False
+        record(f"build[{variant}]", "passed" if rc == 0 else "failed")
+    return ok
+
+
+def run_cmocka(binary, label):
+    rc, out, err = run([str(binary)], 600, env={"CMOCKA_MESSAGE_OUTPUT": "TAP", "AICFN_BIN_DIR": str(binary.parent.parent.parent)})
+    seen = 0
+    for line in out.splitlines():
+        m = re.match(r"^(not ok|ok) \d+ - (.*?)(\s+# (SKIP|skip).*)?$", line)
+        if not m:
+            continue
+        seen += 1
+        name = f"{label}::{m.group(2).strip()}"
+        if m.group(3):
+            record(name, "skipped")
+        else:
+            record(name, "passed" if m.group(1) == "ok" else "failed")
+    if rc != 0 and (seen == 0 or "not ok" not in out):
+        record(f"{label} (exit {rc})", "failed")
+    if rc != 0:
+        sys.stdout.write(out[-4000:] + err[-8000:])
+
+
+def stage_unit():
+    print("== unit (ASan+UBSan)", flush=True)
+    for sub in ("unit", "concurrency"):
+        d = ROOT / PREFIX["asan"] / "bin" / "tests" / sub
+        for b in sorted(d.glob("test_*")) if d.exists() else []:
+            run_cmocka(b, f"{sub}/{b.name}")
+    print("== concurrency (TSan)", flush=True)
+    d = ROOT / PREFIX["tsan"] / "bin" / "tests" / "concurrency"
+    for b in sorted(d.glob("test_*")) if d.exists() else []:
+        run_cmocka(b, f"tsan/{b.name}")
+
+
+def stage_e2e():
+    e2e = ROOT / "tests" / "e2e"
+    if not any(e2e.glob("test_*.py")):
+        return
+    print("== e2e (pytest, real processes on loopback)", flush=True)
+    with tempfile.TemporaryDirectory() as td:
+        xml = Path(td) / "e2e.xml"
+        rc, out, err = run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(e2e), f"--junitxml={xml}"], 900,
+                           env={"AICFN_PREFIX": str(ROOT / PREFIX["release"])})
+        if not xml.exists():
+            sys.stdout.write(out[-8000:] + err[-4000:])
+            record("e2e (pytest did not run)", "failed")
+            return
+        for case in ET.parse(xml).getroot().iter("testcase"):
+            name = f"e2e/{case.get('classname', '').split('.')[-1]}::{case.get('name')}"
+            if case.find("failure") is not None or case.find("error") is not None:
+                record(name, "failed")
+            elif case.find("skipped") is not None:
+                record(name, "skipped")
+            else:
+                record(name, "passed")
+        if rc not in (0, 5) and counts["failed"] == 0:
+            record(f"e2e (pytest exit {rc})", "failed")
+        if rc != 0:
+            sys.stdout.write(out[-12000:])
+
+
+def stage_fuzz():
+    harnesses = sorted((ROOT / "tests" / "fuzz").glob("fuzz_*.c"))
+    if not harnesses:
+        return
+    secs = int(os.environ.get("AICFN_FUZZ_SECONDS", "30"))
+    print(f"== fuzz ({secs}s per harness)", flush=True)
+    rc, out, err = run(["bash", "tests/fuzz/build.sh"], 600)
+    if rc != 0:
+        sys.stdout.write(out + err)
+        record("fuzz build", "failed")
+        return
+    for h in harnesses:
+        name = h.stem
+        rc, out, err = run(["bash", "tests/fuzz/run.sh", name, str(secs)], secs + 120)
+        record(f"fuzz/{name} ({secs}s)", "passed" if rc == 0 else "failed")
+        if rc != 0:
+            sys.stdout.write(err[-6000:])
+
+
+def main():
+    t0 = time.time()
+    if stage_build():
+        stage_unit()
+        stage_e2e()
+        stage_fuzz()
+    print(f"== done in {time.time() - t0:.0f}s", flush=True)
+    if failures:
+        print("failed: " + ", ".join(failures))
+    line = f"{counts['passed']} passed, {counts['failed']} failed"
+    if counts["skipped"]:
+        line += f", {counts['skipped']} skipped"
+    print(line)
+    return 1 if counts["failed"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

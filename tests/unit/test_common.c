@@ -1,0 +1,95 @@
+/* test_common.c: the error table, units parsing and dtype arithmetic in common/. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "common/dtype.h"
+#include "common/error.h"
+#include "common/units.h"
+
+static void error_table_is_complete(void **state) {
+    (void)state;
+    for (int c = 0; c < AICFN_STATUS_COUNT; c++) {
+        assert_string_not_equal(aicfn_status_name(c), "AICFN_E_UNKNOWN");
+        assert_int_equal(aicfn_status_from_name(aicfn_status_name(c)), c);
+        int h = aicfn_http_status(c);
+        assert_true(h >= 200 && h < 600);
+    }
+    assert_int_equal(aicfn_http_status(AICFN_E_CAPACITY), 507);
+    assert_int_equal(aicfn_http_status(AICFN_E_TOO_LARGE), 413);
+    assert_int_equal(aicfn_http_status(AICFN_E_NOT_FOUND), 404);
+    assert_string_equal(aicfn_status_name(999), "AICFN_E_UNKNOWN");
+}
+
+static void error_set_and_wrap(void **state) {
+    (void)state;
+    aicfn_error e;
+    assert_int_equal(aicfn_error_set(&e, AICFN_E_IO, "reading %s", "x.bin"), AICFN_E_IO);
+    aicfn_error_wrap(&e, "loading %s", "mlp");
+    assert_string_equal(e.msg, "loading mlp: reading x.bin");
+    assert_int_equal(e.code, AICFN_E_IO);
+    assert_int_equal(aicfn_error_set(NULL, AICFN_E_INVALID, "ignored"), AICFN_E_INVALID);
+}
+
+static void units_sizes(void **state) {
+    (void)state;
+    uint64_t v;
+    assert_int_equal(units_parse_size("512MiB", &v, NULL), 0);
+    assert_int_equal(v, 512ull << 20);
+    assert_int_equal(units_parse_size("2GiB", &v, NULL), 0);
+    assert_int_equal(v, 2ull << 30);
+    assert_int_equal(units_parse_size("4096", &v, NULL), 0);
+    assert_int_equal(v, 4096);
+    assert_int_equal(units_parse_size("1GB", &v, NULL), 0);
+    assert_int_equal(v, 1000000000ull);
+    aicfn_error e;
+    assert_int_equal(units_parse_size("12XB", &v, &e), AICFN_E_INVALID);
+    assert_non_null(strstr(e.msg, "XB"));
+    assert_int_equal(units_parse_size("", &v, NULL), AICFN_E_INVALID);
+    assert_int_equal(units_parse_size("-1", &v, NULL), AICFN_E_INVALID);
+    assert_int_equal(units_parse_size("99999999999999999999TiB", &v, NULL), AICFN_E_INVALID);
+    assert_int_equal(units_parse_size("20000000TiB", &v, NULL), AICFN_E_INVALID);
+}
+
+static void units_durations(void **state) {
+    (void)state;
+    uint64_t us;
+    assert_int_equal(units_parse_duration_us("250ms", &us, NULL), 0);
+    assert_int_equal(us, 250000);
+    assert_int_equal(units_parse_duration_us("5m", &us, NULL), 0);
+    assert_int_equal(us, 300000000ull);
+    assert_int_equal(units_parse_duration_us("1h", &us, NULL), 0);
+    assert_int_equal(us, 3600000000ull);
+    assert_int_equal(units_parse_duration_us("30", &us, NULL), 0);
+    assert_int_equal(us, 30000000ull);
+    assert_int_equal(units_parse_duration_us("3d", &us, NULL), AICFN_E_INVALID);
+}
+
+static void dtype_facts(void **state) {
+    (void)state;
+    assert_int_equal(dtype_size(AICFN_DTYPE_BF16), 2);
+    assert_int_equal(dtype_from_name("FP32"), AICFN_DTYPE_FP32);
+    assert_int_equal(dtype_from_safetensors_name("BF16"), AICFN_DTYPE_BF16);
+    assert_int_equal(dtype_from_safetensors_name("F32"), AICFN_DTYPE_FP32);
+    assert_int_equal(dtype_from_safetensors_name("Q4"), AICFN_DTYPE_INVALID);
+    int64_t shape[2] = {3, 4};
+    uint64_t n;
+    assert_int_equal(dtype_tensor_bytes(AICFN_DTYPE_FP32, shape, 2, &n), 0);
+    assert_int_equal(n, 48);
+    int64_t huge[3] = {1ll << 40, 1ll << 40, 4};
+    assert_int_equal(dtype_tensor_bytes(AICFN_DTYPE_FP32, huge, 3, &n), -1);
+    int64_t neg[1] = {-2};
+    assert_int_equal(dtype_tensor_bytes(AICFN_DTYPE_FP32, neg, 1, &n), -1);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(error_table_is_complete), cmocka_unit_test(error_set_and_wrap),
+        cmocka_unit_test(units_sizes),             cmocka_unit_test(units_durations),
+        cmocka_unit_test(dtype_facts),
+    };
+    return cmocka_run_group_tests_name("common", tests, NULL, NULL);
+}
