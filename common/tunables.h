@@ -30,6 +30,8 @@
 #define AICFN_DEFAULT_HOST_BUDGET (1ull << 30) /* host device budget when none is given */
 #define AICFN_CUDA_STAGING_BUFFERS 4
 #define AICFN_CUDA_STREAMS 4
+#define AICFN_CUDA_STAGING_BYTES (16u << 20) /* each pinned staging buffer */
+#define AICFN_LOADER_MAX_THREADS 64           /* pipeline threads per load */
 #define AICFN_THRASH_WINDOW_US (60ull * 1000000ull)
 
 /* ---- Worker and gateway ---- */
@@ -43,6 +45,27 @@
 #define AICFN_DEFAULT_QUEUE_PER_FUNCTION 256
 #define AICFN_LEDGER_FLUSH_MS 100
 #define AICFN_LEDGER_FLUSH_RECORDS 1000
+
+/* ---- SQLite, registry, ledger, artifacts, keys (gateway/db.c ...) ---- */
+#define AICFN_DB_FILE "aicfn.db"              /* inside the data dir */
+#define AICFN_DB_BUSY_TIMEOUT_MS 5000         /* sqlite3_busy_timeout on every connection */
+#define AICFN_DB_STMT_CACHE 96                /* prepared statements cached per connection */
+#define AICFN_LEDGER_QUEUE_MAX 200000         /* records waiting for the writer; beyond: dropped, counted */
+#define AICFN_LEDGER_RETRY_MS 500             /* pause after a failed ledger commit before retrying */
+#define AICFN_ARTIFACT_MAX_BYTES (256ull << 30) /* one handler .so or snapshot */
+#define AICFN_ARTIFACT_MAX_UPLOADS 16         /* uploads open at once per store */
+#define AICFN_TENANT_MAX_BYTES 64             /* tenant names */
+#define AICFN_FN_NAME_MAX_BYTES 64            /* function names ([A-Za-z0-9_.-], URL-safe) */
+#define AICFN_MAX_BATCH 4096                  /* batching.max_batch */
+#define AICFN_MAX_DELAY_US_MAX 10000000ull    /* batching.max_delay_us: at most 10 s */
+#define AICFN_MAX_TIMEOUT_US (3600ull * 1000000ull) /* limits.timeout: at most 1 h */
+#define AICFN_MAX_WORKERS 256                 /* scaling.max_workers */
+
+/* ---- Manifest (aicfn.yaml, cli/manifest.c) ---- */
+#define AICFN_MANIFEST_MAX_BYTES (1u << 20)   /* the whole document */
+#define AICFN_MANIFEST_MAX_DEPTH 8            /* nesting of mappings and sequences */
+#define AICFN_MANIFEST_MAX_NODES 20000        /* scalars + containers */
+#define AICFN_MANIFEST_MAX_MODEL_FILES 4096   /* model: files listed or found in a directory */
 
 /* ---- HTTP ---- */
 #define AICFN_HTTP_MAX_BODY (16u << 20)
