@@ -1,0 +1,147 @@
+/* router.c: the routing decision of design.md §6 over the gateway's view of its
+ * workers. Pure and allocation-free; see router.h. Not for: the view's upkeep. */
+#include "gateway/router.h"
+
+#include <string.h>
+
+static const gw_route_model *router_find(const gw_route_worker *w, const char *key) {
+    for (size_t i = 0; i < w->n_models; i++)
+        if (w->models[i].key && strcmp(w->models[i].key, key) == 0) return &w->models[i];
+    return NULL;
+}
+
+static bool router_victim(const gw_route_model *m) {
+    return m->state == GW_MODEL_READY && m->pinned == 0;
+}
+
+/* Walks w's unpinned READY models oldest first (ties by index) until free + freed
+ * covers `need`. Returns true when that is possible, with the victim count and the
+ * last-use time of the newest victim taken. Quadratic in the model count, which is
+ * small (the models one device holds), and free of allocation. */
+static bool router_victims(const gw_route_worker *w, uint64_t need, uint32_t *n_out, uint64_t *age_out) {
+    uint64_t have = w->free_bytes;
+    uint32_t n = 0;
+    uint64_t prev_age = 0;
+    size_t prev_idx = 0;
+    bool first = true;
+    while (have < need) {
+        size_t best = w->n_models;
+        for (size_t i = 0; i < w->n_models; i++) {
+            const gw_route_model *m = &w->models[i];
+            if (!router_victim(m)) continue;
+            if (!first && (m->last_use_us < prev_age || (m->last_use_us == prev_age && i <= prev_idx)))
+                continue;
+            if (best == w->n_models || m->last_use_us < w->models[best].last_use_us) best = i;
+        }
+        if (best == w->n_models) return false;
+        have += w->models[best].bytes;
+        n++;
+        prev_age = w->models[best].last_use_us;
+        prev_idx = best;
+        first = false;
+    }
+    *n_out = n;
+    *age_out = prev_age;
+    return true;
+}
+
+gw_route_kind gw_route_decide(const gw_route_worker *workers, size_t n, const gw_route_request *req,
+                              gw_route_decision *out) {
+    out->worker = -1;
+    out->n_victims = 0;
+    out->victims_age_us = 0;
+
+    /* 1. READY, fewest in flight. */
+    int best = -1;
+    for (size_t i = 0; i < n; i++) {
+        const gw_route_worker *w = &workers[i];
+        if (!w->usable) continue;
+        const gw_route_model *m = router_find(w, req->key);
+        if (!m || m->state != GW_MODEL_READY) continue;
+        if (best < 0 || w->in_flight < workers[best].in_flight) best = (int)i;
+    }
+    if (best >= 0) {
+        out->worker = best;
+        return out->kind = GW_ROUTE_READY;
+    }
+
+    /* 2. LOADING (a starting worker that will load it counts too), fewest in flight. */
+    for (size_t i = 0; i < n; i++) {
+        const gw_route_worker *w = &workers[i];
+        if (!w->usable && !w->starting) continue;
+        const gw_route_model *m = router_find(w, req->key);
+        if (!m || m->state != GW_MODEL_LOADING) continue;
+        if (best < 0 || w->in_flight < workers[best].in_flight) best = (int)i;
+    }
+    if (best >= 0) {
+        out->worker = best;
+        return out->kind = GW_ROUTE_LOADING;
+    }
+
+    /* 3. Enough free budget: fewest in flight, then most free bytes. */
+    bool fits_somewhere = req->new_worker_budget > 0 && req->new_worker_budget >= req->model_bytes;
+    for (size_t i = 0; i < n; i++) {
+        const gw_route_worker *w = &workers[i];
+        if (w->budget_bytes >= req->model_bytes && (w->usable || w->starting)) fits_somewhere = true;
+        if (!w->usable || router_find(w, req->key)) continue; /* EVICTING copy: not here */
+        if (w->free_bytes < req->model_bytes) continue;
+        if (best < 0 || w->in_flight < workers[best].in_flight ||
+            (w->in_flight == workers[best].in_flight && w->free_bytes > workers[best].free_bytes))
+            best = (int)i;
+    }
+    if (best >= 0) {
+        out->worker = best;
+        return out->kind = GW_ROUTE_FREE;
+    }
+
+    /* 4. Oldest eviction victims: the worker whose newest needed victim is oldest. */
+    uint32_t best_n = 0;
+    uint64_t best_age = 0;
+    for (size_t i = 0; i < n; i++) {
+        const gw_route_worker *w = &workers[i];
+        if (!w->usable || w->budget_bytes < req->model_bytes || router_find(w, req->key)) continue;
+        uint32_t vn;
+        uint64_t age;
+        if (!router_victims(w, req->model_bytes, &vn, &age)) continue;
+        if (best < 0 || age < best_age || (age == best_age && w->in_flight < workers[best].in_flight)) {
+            best = (int)i;
+            best_n = vn;
+            best_age = age;
+        }
+    }
+    if (best >= 0) {
+        out->worker = best;
+        out->n_victims = best_n;
+        out->victims_age_us = best_age;
+        return out->kind = GW_ROUTE_EVICT;
+    }
+
+    /* 5. A new worker. */
+    if (req->pool_may_grow && req->new_worker_budget >= req->model_bytes) return out->kind = GW_ROUTE_SPAWN;
+
+    /* 6. Queue, unless nothing in view (and no new local worker) could ever hold it.
+     * With no worker in view and no local pool, queueing is right: a remote worker
+     * may still register before the deadline. */
+    if (!fits_somewhere && (n > 0 || req->new_worker_budget > 0)) return out->kind = GW_ROUTE_TOO_LARGE;
+    return out->kind = GW_ROUTE_QUEUE;
+}
+
+const char *gw_route_kind_name(gw_route_kind kind) {
+    switch (kind) {
+    case GW_ROUTE_READY:
+        return "ready";
+    case GW_ROUTE_LOADING:
+        return "loading";
+    case GW_ROUTE_FREE:
+        return "free";
+    case GW_ROUTE_EVICT:
+        return "evict";
+    case GW_ROUTE_SPAWN:
+        return "spawn";
+    case GW_ROUTE_QUEUE:
+        return "queue";
+    case GW_ROUTE_TOO_LARGE:
+        return "too_large";
+    }
+    return "unknown";
+}
