@@ -1,11 +1,12 @@
 /* test_router.c: each preference level of gw_route_decide (design.md §6), and the
  * tie-breaks and refusals between them. */
-#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include <cmocka.h>
 
 #include "gateway/router.h"
 
