@@ -14,6 +14,8 @@
 #define AICFN_MAX_NAME_BYTES 256              /* tensor, function and model names */
 #define AICFN_DEFAULT_REQUEST_BYTES (8u << 20) /* limits.max_request_bytes */
 #define AICFN_PROTOCOL_VERSION 1
+#define AICFN_MAX_MESSAGE_OBJECTS (1u << 20)  /* msgpack objects per message (bounds the unpack zone) */
+#define AICFN_RPC_MAX_ASYNC 4096              /* in-flight async calls per rpc client */
 
 /* ---- Snapshots (design.md §5) ---- */
 #define AICFN_SNAP_DEFAULT_CHUNK (4u << 20)   /* uncompressed bytes per data frame */

@@ -1,0 +1,169 @@
+/* rpc.h: NNG request/reply plumbing shared by the worker, the gateway and the CLI
+ * (design.md §4): an aio-driven REP server with many contexts and deferred replies, and
+ * a REQ client with synchronous and asynchronous calls over one socket.
+ *
+ * Not for: message contents (see common/wire.h) or any routing policy.
+ *
+ * Rules enforced here for NNG 1.5.2 (each guarded by a test):
+ *  - NNG_OPT_RECVMAXSZ is set on every socket (server and client).
+ *  - REQ sockets and every REQ context use NNG_OPT_REQ_RESENDTIME = infinite: a request
+ *    is never resent by NNG; retries are the router's decision alone. NNG 1.5.2 still
+ *    re-queues a request when its pipe closes, so a client aborts its in-flight calls
+ *    with AICFN_E_WORKER_LOST as soon as its connection drops (see rpc_client_open).
+ *  - Only tcp://, tcp4://, tcp6://, ipc:// and inproc:// addresses are accepted; http://,
+ *    ws://, wss://, tls+tcp:// and anything else is refused with AICFN_E_INVALID.
+ *  - Messages are built with nng_msg_alloc + one copy (never nng_msg_insert*).
+ *  - Every aio is stopped (nng_aio_stop) before it is freed.
+ * NNG errors are mapped to aicfn codes with nng_strerror's text in the message. */
+#ifndef AICFN_COMMON_RPC_H
+#define AICFN_COMMON_RPC_H
+
+#include <nng/nng.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+/* Maps an NNG error number to an aicfn status: NNG_ETIMEDOUT -> AICFN_E_TIMEOUT,
+ * NNG_ECONNREFUSED/ECLOSED/ECONNSHUT/EADDRINUSE... -> AICFN_E_UNAVAILABLE (EADDRINUSE,
+ * EADDRINVAL, EINVAL -> AICFN_E_INVALID), NNG_ECONNRESET -> AICFN_E_WORKER_LOST,
+ * NNG_ENOMEM -> AICFN_E_NOMEM, NNG_EMSGSIZE -> AICFN_E_TOO_LARGE, NNG_ECANCELED ->
+ * AICFN_E_CANCELED, others -> AICFN_E_IO. */
+int rpc_status_from_nng(int nng_rv);
+
+/* Fills err with rpc_status_from_nng(rv) and "<what>: <nng_strerror(rv)>"; returns the
+ * code. */
+int rpc_error_nng(aicfn_error *err, int nng_rv, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+
+/* AICFN_OK when `url` uses an allowed scheme (tcp, tcp4, tcp6, ipc, inproc) and is not
+ * empty; AICFN_E_INVALID naming the scheme otherwise. */
+int rpc_check_url(const char *url, aicfn_error *err);
+
+/* A received message or reply: a thin wrapper of an nng_msg body. */
+typedef struct rpc_msg rpc_msg;
+const uint8_t *rpc_msg_data(const rpc_msg *m);
+size_t rpc_msg_len(const rpc_msg *m);
+/* Frees a message. NULL accepted. */
+void rpc_msg_free(rpc_msg *m);
+
+/* ===================================================================================
+ * Server: REP socket, AICFN_NNG_CONTEXTS contexts, aio callbacks, deferred replies
+ * =================================================================================== */
+
+typedef struct rpc_server rpc_server;
+
+/* One received request awaiting its reply. Owned by the server; valid from the handler
+ * callback until it is answered with rpc_reply / rpc_reply_msg / rpc_call_drop
+ * (exactly one of them, exactly once, from any thread). */
+typedef struct rpc_call rpc_call;
+
+/* Called for every received request, on an NNG callback thread, possibly many at once
+ * (one per context). `msg`/`len` are the request bytes, valid (and unchanged) until the
+ * call is answered, so decoded tensors may point into them without a copy. The handler
+ * must return quickly (decode, enqueue); it may answer the call inside the callback or
+ * later from any thread. It must not call rpc_server_destroy. */
+typedef void (*rpc_handler_fn)(void *user, rpc_call *call, const uint8_t *msg, size_t len);
+
+typedef struct rpc_server_opts {
+    size_t recv_max;   /* NNG_OPT_RECVMAXSZ; 0 = AICFN_MAX_MESSAGE_BYTES */
+    unsigned contexts; /* concurrent unanswered requests; 0 = AICFN_NNG_CONTEXTS */
+} rpc_server_opts;
+
+/* Opens a REP socket listening on `url` and starts `contexts` receive contexts. When all
+ * contexts hold unanswered calls, further requests wait queued inside NNG (in the
+ * socket and the peers' pipes) until a context is answered; nothing is dropped.
+ * A tcp URL with port 0 binds an ephemeral port (see rpc_server_url).
+ * `opts` may be NULL. Errors: AICFN_E_INVALID (refused scheme, bad URL, address in
+ * use), AICFN_E_NOMEM, AICFN_E_IO. Blocks only for the bind. */
+int rpc_server_start(rpc_server **out, const char *url, const rpc_server_opts *opts, rpc_handler_fn fn,
+                     void *user, aicfn_error *err);
+
+/* The URL actually bound, with the real port for tcp port 0 ("tcp://127.0.0.1:41234").
+ * Owned by the server. */
+const char *rpc_server_url(const rpc_server *s);
+
+/* Calls handed to the handler and not yet answered. Thread-safe. */
+unsigned rpc_server_outstanding(rpc_server *s);
+
+/* Stops listening and receiving, closes the socket (peers see their connection drop),
+ * then waits until every outstanding call has been answered (answers after the close are
+ * discarded, but each call must still be answered once by its owner) and every callback
+ * has returned, and frees everything. NULL accepted. Blocks. */
+void rpc_server_destroy(rpc_server *s);
+
+/* Sends `len` bytes (copied) as the reply to `call`, then the call's context resumes
+ * receiving. The call and its request bytes are invalid after this returns. Any thread.
+ * Returns AICFN_OK, or AICFN_E_NOMEM (the reply was not sent: the peer times out) — the
+ * call is finished either way. */
+int rpc_reply(rpc_call *call, const void *bytes, size_t len);
+
+/* Like rpc_reply but takes ownership of an rpc_msg (no copy): forwards a reply received
+ * with rpc_call_sync/async unchanged. */
+int rpc_reply_msg(rpc_call *call, rpc_msg *reply);
+
+/* Finishes `call` without replying (the peer's request times out). Any thread. */
+void rpc_call_drop(rpc_call *call);
+
+/* Monotonic time (clock_now_us) when the request was received. */
+uint64_t rpc_call_received_us(const rpc_call *call);
+
+/* For tests: the server's socket (read options only; never close it). */
+nng_socket rpc_server_socket(const rpc_server *s);
+
+/* ===================================================================================
+ * Client: REQ dialer; many concurrent calls on one socket
+ * =================================================================================== */
+
+typedef struct rpc_client rpc_client;
+
+typedef struct rpc_client_opts {
+    size_t recv_max;     /* NNG_OPT_RECVMAXSZ; 0 = AICFN_MAX_MESSAGE_BYTES */
+    size_t send_max;     /* requests larger are refused locally; 0 = AICFN_MAX_MESSAGE_BYTES */
+    bool background;     /* dial in the background and keep retrying (gateway -> worker);
+                            false: the first dial must succeed (CLI: clear error) */
+    unsigned max_async;  /* in-flight rpc_call_async limit; 0 = AICFN_RPC_MAX_ASYNC */
+} rpc_client_opts;
+
+/* Opens a REQ socket dialing `url` (NNG reconnects by itself after a drop). In-flight
+ * calls fail with AICFN_E_WORKER_LOST when the connection they may have been sent on
+ * drops, instead of being resent on the next connection. `opts` may be NULL.
+ * Errors: AICFN_E_INVALID (refused scheme, bad URL), AICFN_E_UNAVAILABLE (not
+ * background and nobody listens), AICFN_E_NOMEM, AICFN_E_IO. Blocks for the first dial
+ * unless background. The client may be shared by any number of threads. */
+int rpc_client_open(rpc_client **out, const char *url, const rpc_client_opts *opts, aicfn_error *err);
+
+/* Closes the socket; in-flight calls complete with AICFN_E_CANCELED (async callbacks
+ * run before this returns). Waits for them, frees everything. NULL accepted. Must not be
+ * called from an async completion callback. Blocks. */
+void rpc_client_close(rpc_client *c);
+
+/* Sends `len` bytes (copied) and waits for the reply, at most timeout_ms
+ * (0 = AICFN_DEFAULT_TIMEOUT_MS) for the whole round trip. Uses its own nng_ctx, so any
+ * number of threads may call at once. On AICFN_OK *reply is the reply (free it with
+ * rpc_msg_free). Errors: AICFN_E_TIMEOUT, AICFN_E_WORKER_LOST (connection dropped
+ * with the call in flight), AICFN_E_TOO_LARGE (over send_max), AICFN_E_CANCELED
+ * (client closing), AICFN_E_NOMEM, AICFN_E_IO. Blocks. */
+int rpc_call_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_ms, rpc_msg **reply,
+                  aicfn_error *err);
+
+/* Completion of an async call. status is AICFN_OK with `reply` (the callee owns it:
+ * free with rpc_msg_free or forward with rpc_reply_msg), or an error with reply NULL
+ * and `err` describing it (err is valid only during the callback). Runs on an NNG
+ * callback thread: it must not block long, and must not call rpc_client_close. */
+typedef void (*rpc_done_fn)(void *user, int status, rpc_msg *reply, const aicfn_error *err);
+
+/* Starts a call and returns at once; `done` runs exactly once when the reply arrives or
+ * the call fails (timeout_ms as in rpc_call_sync). Returns AICFN_OK (done will run), or an
+ * error without running done: AICFN_E_OVERLOADED (max_async calls in flight),
+ * AICFN_E_TOO_LARGE, AICFN_E_CANCELED (closing), AICFN_E_NOMEM. Thread-safe. */
+int rpc_call_async(rpc_client *c, const void *req, size_t len, uint32_t timeout_ms, rpc_done_fn done,
+                   void *user, aicfn_error *err);
+
+/* Calls currently in flight (sync and async). Thread-safe. */
+unsigned rpc_client_inflight(rpc_client *c);
+
+/* For tests: the client's socket (read options only; never close it). */
+nng_socket rpc_client_socket(const rpc_client *c);
+
+#endif
