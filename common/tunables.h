@@ -47,6 +47,13 @@
 #define AICFN_DEFAULT_QUEUE_PER_FUNCTION 256
 #define AICFN_LEDGER_FLUSH_MS 100
 #define AICFN_LEDGER_FLUSH_RECORDS 1000
+#define AICFN_WORKER_KILL_GRACE_MS 5000      /* SIGTERM'd local worker: SIGKILL after this */
+#define AICFN_CALL_GRACE_MS 5000              /* call past its timeout + this: worker killed, replaced */
+#define AICFN_WORKER_POLL_MS 1000             /* gateway's status poll of each worker */
+#define AICFN_WORKER_START_TIMEOUT_MS 30000   /* spawned worker must answer its first status by then */
+#define AICFN_CRASH_BACKOFF_MS 60000          /* request that crashed its worker twice: refused this long */
+#define AICFN_DEFAULT_MAX_WORKERS 2           /* aicfn gateway --workers 0..2 */
+#define AICFN_UPLOAD_CHUNK_BYTES (4u << 20)   /* aicfn deploy: artifact bytes per upload message */
 
 /* ---- SQLite, registry, ledger, artifacts, keys (gateway/db.c ...) ---- */
 #define AICFN_DB_FILE "aicfn.db"              /* inside the data dir */
@@ -72,6 +79,13 @@
 /* ---- HTTP ---- */
 #define AICFN_HTTP_MAX_BODY (16u << 20)
 #define AICFN_HTTP_MAX_CONNECTIONS 256
-#define AICFN_HTTP_CONNECTION_TIMEOUT_S 10
+#define AICFN_HTTP_CONNECTION_TIMEOUT_S 10      /* idle: no byte received or sent */
+#define AICFN_HTTP_RECEIVE_TIMEOUT_S 15         /* whole request (headers + body) must arrive within */
+#define AICFN_HTTP_MAX_CONNECTIONS_PER_IP 64
+#define AICFN_HTTP_CONNECTION_MEMORY (128u << 10) /* per connection: bounds the request headers */
+#define AICFN_HTTP_MAX_BUFFERED (512u << 20)    /* request bodies held at once, all connections */
+#define AICFN_HTTP_MAX_JSON_VALUES (1u << 21)   /* JSON values in one OIP request body */
+#define AICFN_HTTP_STOP_WAIT_MS 30000           /* gw_http_stop waits this long for calls in flight */
+#define AICFN_METRICS_MAX_SERIES 10000          /* label sets per metric family */
 
 #endif
