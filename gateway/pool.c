@@ -1,0 +1,370 @@
+/* pool.c: local `aicfn worker` processes: start, reap, stop, kill (see pool.h).
+ *
+ * One thread owns the children. It forks them (fork + PR_SET_PDEATHSIG + execv: the
+ * death signal follows the forking thread, so that thread must live as long as the
+ * pool), polls waitpid(pid, WNOHANG) for each live child every few milliseconds, and
+ * turns overdue SIGTERMs into SIGKILLs. Callers hand it spawn requests and wait on a
+ * condition variable for the fork to happen. Not for: policy (gateway.c). */
+#include "gateway/pool.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/tunables.h"
+
+#define POOL_TICK_MS 10
+#define POOL_MAX_ARGS 64
+
+typedef enum pool_state { POOL_RUNNING = 0, POOL_TERMINATING = 1 } pool_state;
+
+typedef struct pool_child {
+    uint32_t id;
+    pid_t pid;
+    pool_state state;
+    uint64_t term_at_us; /* when SIGTERM was sent */
+    struct pool_child *next;
+} pool_child;
+
+/* A spawn request handed to the pool thread. Lives on the caller's stack. */
+typedef struct pool_spawn_req {
+    uint32_t id;
+    char addr[GW_POOL_ADDR_MAX];
+    pid_t pid;
+    int code;
+    aicfn_error err;
+    bool done;
+    struct pool_spawn_req *next;
+} pool_spawn_req;
+
+struct gw_pool {
+    char *exe;
+    char *run_dir;
+    char *device;
+    char memory[32];
+    char **extra;
+    size_t n_extra;
+    uint64_t grace_us;
+    gw_pool_exit_fn on_exit;
+    void *arg;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;      /* wakes the thread (spawn request, stop) */
+    pthread_cond_t done_cv; /* wakes spawn callers */
+    pthread_t thread;
+    bool stopping;
+    bool thread_done;
+    uint32_t next_id;
+    pool_child *children;
+    unsigned live;
+    pool_spawn_req *reqs;
+};
+
+static char *pool_strdup(const char *s) {
+    return s ? strdup(s) : NULL;
+}
+
+static pool_child *pool_find(gw_pool *p, uint32_t id) {
+    for (pool_child *c = p->children; c; c = c->next)
+        if (c->id == id) return c;
+    return NULL;
+}
+
+/* Forks one worker. Called on the pool thread with p->mu held (the child only calls
+ * async-signal-safe functions before execv). */
+static void pool_fork(gw_pool *p, pool_spawn_req *r) {
+    r->id = ++p->next_id;
+    int n = snprintf(r->addr, sizeof r->addr, "ipc://%s/w%ld-%u.ipc", p->run_dir, (long)getpid(), r->id);
+    if (n < 0 || (size_t)n >= sizeof r->addr) {
+        r->code =
+            aicfn_error_set(&r->err, AICFN_E_INVALID, "worker address under '%s' is too long", p->run_dir);
+        return;
+    }
+    char idbuf[16];
+    snprintf(idbuf, sizeof idbuf, "w%u", r->id);
+    const char *argv[POOL_MAX_ARGS];
+    size_t a = 0;
+    argv[a++] = p->exe;
+    argv[a++] = "worker";
+    argv[a++] = "--listen";
+    argv[a++] = r->addr;
+    argv[a++] = "--device";
+    argv[a++] = p->device;
+    argv[a++] = "--name";
+    argv[a++] = idbuf;
+    if (p->memory[0]) {
+        argv[a++] = "--memory";
+        argv[a++] = p->memory;
+    }
+    for (size_t i = 0; i < p->n_extra && a + 1 < POOL_MAX_ARGS; i++)
+        argv[a++] = p->extra[i];
+    argv[a] = NULL;
+
+    pid_t parent = getpid();
+    pid_t pid = fork();
+    if (pid < 0) {
+        r->code = aicfn_error_errno(&r->err, AICFN_E_IO, errno, "starting worker %s: fork", idbuf);
+        return;
+    }
+    if (pid == 0) {
+        /* Child: die with the gateway (SIGTERM: drain and remove the socket). */
+        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        if (getppid() != parent) _exit(127);
+        sigset_t none;
+        sigemptyset(&none);
+        sigprocmask(SIG_SETMASK, &none, NULL);
+        execv(p->exe, (char *const *)argv);
+        _exit(127);
+    }
+    pool_child *c = calloc(1, sizeof *c);
+    if (!c) {
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        r->code = aicfn_error_set(&r->err, AICFN_E_NOMEM, "starting worker %s: out of memory", idbuf);
+        return;
+    }
+    c->id = r->id;
+    c->pid = pid;
+    c->next = p->children;
+    p->children = c;
+    p->live++;
+    r->pid = pid;
+    r->code = AICFN_OK;
+    log_info("started worker w%u (pid %ld) on %s", r->id, (long)pid, r->addr);
+}
+
+typedef struct pool_exited {
+    uint32_t id;
+    pid_t pid;
+    int status;
+} pool_exited;
+
+static void *pool_main(void *arg) {
+    gw_pool *p = arg;
+    pthread_mutex_lock(&p->mu);
+    for (;;) {
+        /* Spawn requests. */
+        while (p->reqs) {
+            pool_spawn_req *r = p->reqs;
+            p->reqs = r->next;
+            if (p->stopping)
+                r->code = aicfn_error_set(&r->err, AICFN_E_CANCELED, "the worker pool is stopping");
+            else
+                pool_fork(p, r);
+            r->done = true;
+        }
+        pthread_cond_broadcast(&p->done_cv);
+
+        /* Reap, escalate. Collect exits, report them without the lock. */
+        pool_exited ex[32];
+        size_t n_ex = 0;
+        uint64_t now = clock_now_us();
+        for (pool_child **pc = &p->children; *pc && n_ex < 32;) {
+            pool_child *c = *pc;
+            int st = 0;
+            pid_t w = waitpid(c->pid, &st, WNOHANG);
+            if (w == c->pid || (w < 0 && errno == ECHILD)) {
+                ex[n_ex++] = (pool_exited){c->id, c->pid, w == c->pid ? st : 0};
+                *pc = c->next;
+                p->live--;
+                free(c);
+                continue;
+            }
+            if (c->state == POOL_TERMINATING && now - c->term_at_us > p->grace_us) {
+                log_warn("worker w%u (pid %ld) still running %llu ms after SIGTERM: SIGKILL", c->id,
+                         (long)c->pid, (unsigned long long)(p->grace_us / 1000));
+                kill(c->pid, SIGKILL);
+                c->term_at_us = UINT64_MAX / 2; /* do not repeat the message */
+            }
+            pc = &c->next;
+        }
+        if (n_ex) {
+            pthread_mutex_unlock(&p->mu);
+            for (size_t i = 0; i < n_ex; i++) {
+                int st = ex[i].status;
+                if (WIFSIGNALED(st))
+                    log_info("worker w%u (pid %ld) exited on signal %d", ex[i].id, (long)ex[i].pid,
+                             WTERMSIG(st));
+                else
+                    log_info("worker w%u (pid %ld) exited with status %d", ex[i].id, (long)ex[i].pid,
+                             WEXITSTATUS(st));
+                if (p->on_exit) p->on_exit(p->arg, ex[i].id, ex[i].pid, st);
+            }
+            pthread_mutex_lock(&p->mu);
+            continue;
+        }
+        if (p->stopping && !p->children && !p->reqs) break;
+        if (p->reqs) continue;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += POOL_TICK_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+    }
+    p->thread_done = true;
+    pthread_mutex_unlock(&p->mu);
+    return NULL;
+}
+
+int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg, gw_pool **out,
+                   aicfn_error *err) {
+    *out = NULL;
+    if (!cfg || !cfg->run_dir || !cfg->run_dir[0])
+        return aicfn_error_set(err, AICFN_E_INVALID, "worker pool: no run directory");
+    gw_pool *p = calloc(1, sizeof *p);
+    if (!p) return aicfn_error_set(err, AICFN_E_NOMEM, "worker pool: out of memory");
+    if (cfg->exe) {
+        p->exe = strdup(cfg->exe);
+    } else {
+        char buf[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 1);
+        if (n <= 0) {
+            free(p);
+            return aicfn_error_errno(err, AICFN_E_IO, errno, "worker pool: reading /proc/self/exe");
+        }
+        buf[n] = 0;
+        p->exe = strdup(buf);
+    }
+    p->run_dir = pool_strdup(cfg->run_dir);
+    p->device = pool_strdup(cfg->device ? cfg->device : "auto");
+    if (cfg->worker_memory)
+        snprintf(p->memory, sizeof p->memory, "%llu", (unsigned long long)cfg->worker_memory);
+    p->grace_us = cfg->kill_grace_us ? cfg->kill_grace_us : (uint64_t)AICFN_WORKER_KILL_GRACE_MS * 1000;
+    p->on_exit = on_exit;
+    p->arg = arg;
+    bool oom = !p->exe || !p->run_dir || !p->device;
+    if (cfg->extra_args) {
+        while (cfg->extra_args[p->n_extra])
+            p->n_extra++;
+        p->extra = calloc(p->n_extra + 1, sizeof *p->extra);
+        if (!p->extra) oom = true;
+        for (size_t i = 0; !oom && i < p->n_extra; i++)
+            if (!(p->extra[i] = strdup(cfg->extra_args[i]))) oom = true;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_cond_init(&p->cv, &ca);
+    pthread_cond_init(&p->done_cv, &ca);
+    pthread_condattr_destroy(&ca);
+    if (oom) {
+        p->thread_done = true;
+        gw_pool_destroy(p);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "worker pool: out of memory");
+    }
+    int rc = pthread_create(&p->thread, NULL, pool_main, p);
+    if (rc != 0) {
+        p->thread_done = true;
+        gw_pool_destroy(p);
+        return aicfn_error_errno(err, AICFN_E_IO, rc, "worker pool: starting its thread");
+    }
+    *out = p;
+    return AICFN_OK;
+}
+
+int gw_pool_spawn(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *pid, aicfn_error *err) {
+    pool_spawn_req r;
+    memset(&r, 0, sizeof r);
+    pthread_mutex_lock(&p->mu);
+    if (p->stopping) {
+        pthread_mutex_unlock(&p->mu);
+        return aicfn_error_set(err, AICFN_E_CANCELED, "the worker pool is stopping");
+    }
+    pool_spawn_req **tail = &p->reqs;
+    while (*tail)
+        tail = &(*tail)->next;
+    *tail = &r;
+    pthread_cond_signal(&p->cv);
+    while (!r.done)
+        pthread_cond_wait(&p->done_cv, &p->mu);
+    pthread_mutex_unlock(&p->mu);
+    if (r.code != AICFN_OK) {
+        if (err) *err = r.err;
+        return r.code;
+    }
+    if (id) *id = r.id;
+    if (pid) *pid = r.pid;
+    if (addr && addr_len) snprintf(addr, addr_len, "%s", r.addr);
+    return AICFN_OK;
+}
+
+static int pool_signal(gw_pool *p, uint32_t id, int sig) {
+    pthread_mutex_lock(&p->mu);
+    pool_child *c = pool_find(p, id);
+    if (!c) {
+        pthread_mutex_unlock(&p->mu);
+        return AICFN_E_NOT_FOUND;
+    }
+    kill(c->pid, sig);
+    if (sig == SIGTERM && c->state == POOL_RUNNING) {
+        c->state = POOL_TERMINATING;
+        c->term_at_us = clock_now_us();
+    }
+    pthread_mutex_unlock(&p->mu);
+    return AICFN_OK;
+}
+
+int gw_pool_terminate(gw_pool *p, uint32_t id) {
+    return pool_signal(p, id, SIGTERM);
+}
+
+int gw_pool_kill(gw_pool *p, uint32_t id) {
+    return pool_signal(p, id, SIGKILL);
+}
+
+unsigned gw_pool_live(gw_pool *p) {
+    pthread_mutex_lock(&p->mu);
+    unsigned n = p->live;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+pid_t gw_pool_pid(gw_pool *p, uint32_t id) {
+    pthread_mutex_lock(&p->mu);
+    pool_child *c = pool_find(p, id);
+    pid_t pid = c ? c->pid : -1;
+    pthread_mutex_unlock(&p->mu);
+    return pid;
+}
+
+void gw_pool_destroy(gw_pool *p) {
+    if (!p) return;
+    pthread_mutex_lock(&p->mu);
+    p->stopping = true;
+    uint64_t now = clock_now_us();
+    for (pool_child *c = p->children; c; c = c->next) {
+        if (c->state == POOL_RUNNING) {
+            kill(c->pid, SIGTERM);
+            c->state = POOL_TERMINATING;
+            c->term_at_us = now;
+        }
+    }
+    bool joinable = !p->thread_done;
+    pthread_cond_signal(&p->cv);
+    pthread_mutex_unlock(&p->mu);
+    if (joinable) pthread_join(p->thread, NULL);
+    pthread_mutex_destroy(&p->mu);
+    pthread_cond_destroy(&p->cv);
+    pthread_cond_destroy(&p->done_cv);
+    free(p->exe);
+    free(p->run_dir);
+    free(p->device);
+    for (size_t i = 0; p->extra && i < p->n_extra; i++)
+        free(p->extra[i]);
+    free(p->extra);
+    free(p);
+}

@@ -1,0 +1,74 @@
+/* pool.h: the gateway's local worker processes (`aicfn worker` children).
+ *
+ * The pool starts workers on their own ipc:// addresses under a run directory, each
+ * with `--device` and a cache budget of `worker_memory` bytes, reaps them when they
+ * exit, and stops them: gently (SIGTERM: the worker drains its calls, says goodbye and
+ * exits) with a SIGKILL once a grace period has passed, or at once (SIGKILL, for a
+ * worker stuck past its call's timeout). One thread owns the children: it forks them
+ * (so their PR_SET_PDEATHSIG follows a thread that lives as long as the pool, and a
+ * gateway killed with -9 takes its workers with it), reaps them with waitpid and
+ * escalates overdue SIGTERMs.
+ *
+ * Not for: deciding when to start or stop a worker (gateway.c does, from the router's
+ * decisions and its idle timer), talking to workers (workerlink.c), or remote workers
+ * (they register themselves; the pool never sees them). */
+#ifndef AICFN_GATEWAY_POOL_H
+#define AICFN_GATEWAY_POOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/error.h"
+
+#define GW_POOL_ADDR_MAX 256
+
+typedef struct gw_pool gw_pool;
+
+typedef struct gw_pool_config {
+    const char *exe;               /* the aicfn binary; NULL = this process's own (/proc/self/exe) */
+    const char *run_dir;           /* directory for the workers' ipc sockets (must exist) */
+    const char *device;            /* "auto", "host" or "cuda"; NULL = "auto" */
+    uint64_t worker_memory;        /* each worker's cache budget in bytes; 0 = the worker's default */
+    uint64_t kill_grace_us;        /* SIGTERM -> SIGKILL escalation; 0 = AICFN_WORKER_KILL_GRACE_MS */
+    const char *const *extra_args; /* NULL-terminated extra arguments for every worker, or NULL */
+} gw_pool_config;
+
+/* Called from the pool's thread, with no pool lock held, once per worker that exited
+ * (after it was reaped). `wait_status` is waitpid's. May call gw_pool_* (not destroy). */
+typedef void (*gw_pool_exit_fn)(void *arg, uint32_t id, pid_t pid, int wait_status);
+
+/* Creates the pool and starts its thread. The config strings are copied.
+ * Returns AICFN_OK, AICFN_E_INVALID or AICFN_E_NOMEM/AICFN_E_IO. */
+int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg, gw_pool **out,
+                   aicfn_error *err);
+
+/* Starts one worker. On success fills *id (unique for the pool's life, never 0), the
+ * ipc:// address it will listen on (addr, addr_len >= GW_POOL_ADDR_MAX), and its pid.
+ * Returns once the child exists (not once it listens: dial it and wait for its first
+ * status reply). Thread-safe; blocks for the fork only. Fails with AICFN_E_IO when the
+ * process cannot be started (the message names the errno), AICFN_E_CANCELED once the
+ * pool is being destroyed. */
+int gw_pool_spawn(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *pid, aicfn_error *err);
+
+/* Asks worker `id` to drain and exit (SIGTERM); SIGKILL follows after the grace period
+ * if it is still alive. Returns AICFN_OK, or AICFN_E_NOT_FOUND when it already exited.
+ * Thread-safe, never blocks. */
+int gw_pool_terminate(gw_pool *p, uint32_t id);
+
+/* Kills worker `id` now (SIGKILL). Same returns as gw_pool_terminate. */
+int gw_pool_kill(gw_pool *p, uint32_t id);
+
+/* Workers started and not yet reaped (terminating ones included). Thread-safe. */
+unsigned gw_pool_live(gw_pool *p);
+
+/* The pid of worker `id`, or -1 when it has been reaped. Thread-safe. */
+pid_t gw_pool_pid(gw_pool *p, uint32_t id);
+
+/* SIGTERMs every worker, waits up to the grace period for them to exit, SIGKILLs the
+ * rest, reaps all (calling on_exit for each), stops the thread and frees the pool.
+ * NULL is accepted. Must not be called from on_exit. Blocks up to the grace period. */
+void gw_pool_destroy(gw_pool *p);
+
+#endif

@@ -1,0 +1,208 @@
+/* test_pool.c: the local worker pool with stand-in worker programs (shell scripts):
+ * the command line a worker gets, SIGTERM drain and exit, SIGKILL escalation of a
+ * worker that ignores SIGTERM, kill -9, unique ids, and reaping everything on destroy. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "gateway/pool.h"
+
+typedef struct exits {
+    int n;
+    uint32_t ids[16];
+    int status[16];
+} exits;
+
+static char g_dir[256];
+
+static void on_exit_cb(void *arg, uint32_t id, pid_t pid, int st) {
+    (void)pid;
+    exits *e = arg;
+    if (e->n < 16) {
+        e->ids[e->n] = id;
+        e->status[e->n] = st;
+    }
+    __atomic_add_fetch(&e->n, 1, __ATOMIC_SEQ_CST);
+}
+
+static int wait_exits(exits *e, int want, int ms) {
+    for (int i = 0; i < ms / 10; i++) {
+        if (__atomic_load_n(&e->n, __ATOMIC_SEQ_CST) >= want) return 1;
+        usleep(10000);
+    }
+    return __atomic_load_n(&e->n, __ATOMIC_SEQ_CST) >= want;
+}
+
+/* A stand-in worker: records its argv, exits 0 on SIGTERM (or ignores it). */
+static void write_script(const char *path, int ignore_term) {
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fprintf(f,
+            "#!/bin/sh\n%s\necho \"$@\" > \"%s/args.$7.txt\"\ni=0\nwhile [ $i -lt 3000 ]; do sleep 0.01; "
+            "i=$((i+1)); done\n",
+            ignore_term ? "trap '' TERM" : "trap 'exit 0' TERM", g_dir);
+    fclose(f);
+    chmod(path, 0755);
+}
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(g_dir, sizeof g_dir, "/tmp/aicfn-test-pool-XXXXXX");
+    assert_non_null(mkdtemp(g_dir));
+    char p[300];
+    snprintf(p, sizeof p, "%s/worker.sh", g_dir);
+    write_script(p, 0);
+    snprintf(p, sizeof p, "%s/stubborn.sh", g_dir);
+    write_script(p, 1);
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    char cmd[300];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static gw_pool *make_pool(const char *script, exits *e, uint64_t grace_us) {
+    char exe[300];
+    snprintf(exe, sizeof exe, "%s/%s", g_dir, script);
+    gw_pool_config cfg = {
+        .exe = exe, .run_dir = g_dir, .device = "host", .worker_memory = 1234, .kill_grace_us = grace_us};
+    gw_pool *p = NULL;
+    aicfn_error err;
+    assert_int_equal(gw_pool_create(&cfg, on_exit_cb, e, &p, &err), 0);
+    return p;
+}
+
+static void spawn_args_and_terminate(void **state) {
+    (void)state;
+    exits e = {0};
+    gw_pool *p = make_pool("worker.sh", &e, 2000000);
+    uint32_t id = 0;
+    char addr[GW_POOL_ADDR_MAX];
+    pid_t pid = 0;
+    assert_int_equal(gw_pool_spawn(p, &id, addr, sizeof addr, &pid, NULL), 0);
+    assert_true(id > 0);
+    assert_true(pid > 0);
+    assert_int_equal(gw_pool_live(p), 1);
+    assert_int_equal(gw_pool_pid(p, id), pid);
+    char prefix[300];
+    snprintf(prefix, sizeof prefix, "ipc://%s/", g_dir);
+    assert_memory_equal(addr, prefix, strlen(prefix));
+
+    /* The worker saw its command line (wait for the file, bounded). */
+    char path[600], line[1024] = {0};
+    snprintf(path, sizeof path, "%s/args.w%u.txt", g_dir, id);
+    FILE *f = NULL;
+    for (int i = 0; i < 300 && !f; i++) {
+        f = fopen(path, "r");
+        if (f && !fgets(line, sizeof line, f)) {
+            fclose(f);
+            f = NULL;
+        }
+        if (!f) usleep(10000);
+    }
+    assert_non_null(f);
+    fclose(f);
+    char want[700];
+    snprintf(want, sizeof want, "worker --listen %s --device host --name w%u --memory 1234\n", addr, id);
+    assert_string_equal(line, want);
+
+    assert_int_equal(gw_pool_terminate(p, id), 0);
+    assert_true(wait_exits(&e, 1, 3000));
+    assert_int_equal(e.ids[0], id);
+    assert_true(WIFEXITED(e.status[0]));
+    assert_int_equal(WEXITSTATUS(e.status[0]), 0);
+    assert_int_equal(gw_pool_live(p), 0);
+    assert_int_equal(gw_pool_pid(p, id), -1);
+    assert_int_equal(gw_pool_terminate(p, id), AICFN_E_NOT_FOUND);
+    gw_pool_destroy(p);
+    assert_int_equal(e.n, 1);
+}
+
+static void stubborn_worker_is_killed_after_grace(void **state) {
+    (void)state;
+    exits e = {0};
+    gw_pool *p = make_pool("stubborn.sh", &e, 200000);
+    uint32_t id;
+    char addr[GW_POOL_ADDR_MAX];
+    assert_int_equal(gw_pool_spawn(p, &id, addr, sizeof addr, NULL, NULL), 0);
+    usleep(100000); /* let the shell install its trap */
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    assert_int_equal(gw_pool_terminate(p, id), 0);
+    assert_true(wait_exits(&e, 1, 3000));
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    long ms = (t1.tv_sec - t0.tv_sec) * 1000 + (t1.tv_nsec - t0.tv_nsec) / 1000000;
+    assert_true(ms >= 150); /* not before the grace period */
+    assert_true(WIFSIGNALED(e.status[0]));
+    assert_int_equal(WTERMSIG(e.status[0]), SIGKILL);
+    gw_pool_destroy(p);
+}
+
+static void kill_now_and_unique_ids(void **state) {
+    (void)state;
+    exits e = {0};
+    gw_pool *p = make_pool("worker.sh", &e, 2000000);
+    uint32_t a, b, c;
+    char addr_a[GW_POOL_ADDR_MAX], addr_b[GW_POOL_ADDR_MAX];
+    assert_int_equal(gw_pool_spawn(p, &a, addr_a, sizeof addr_a, NULL, NULL), 0);
+    assert_int_equal(gw_pool_spawn(p, &b, addr_b, sizeof addr_b, NULL, NULL), 0);
+    assert_int_not_equal(a, b);
+    assert_string_not_equal(addr_a, addr_b);
+    assert_int_equal(gw_pool_live(p), 2);
+    assert_int_equal(gw_pool_kill(p, a), 0);
+    assert_true(wait_exits(&e, 1, 3000));
+    assert_int_equal(e.ids[0], a);
+    assert_true(WIFSIGNALED(e.status[0]));
+    assert_int_equal(WTERMSIG(e.status[0]), SIGKILL);
+    assert_int_equal(gw_pool_live(p), 1);
+    /* A replacement gets a new id. */
+    assert_int_equal(gw_pool_spawn(p, &c, NULL, 0, NULL, NULL), 0);
+    assert_true(c != a && c != b);
+    /* destroy drains the rest and reports each exit. */
+    gw_pool_destroy(p);
+    assert_int_equal(e.n, 3);
+}
+
+static void bad_config(void **state) {
+    (void)state;
+    gw_pool *p = (gw_pool *)1;
+    aicfn_error err;
+    gw_pool_config cfg = {0};
+    assert_int_equal(gw_pool_create(&cfg, NULL, NULL, &p, &err), AICFN_E_INVALID);
+    assert_null(p);
+    gw_pool_destroy(NULL);
+    /* An exe that does not exist: the child exits 127, reported as an exit. */
+    exits e = {0};
+    cfg.exe = "/nonexistent/aicfn";
+    cfg.run_dir = g_dir;
+    assert_int_equal(gw_pool_create(&cfg, on_exit_cb, &e, &p, &err), 0);
+    uint32_t id;
+    assert_int_equal(gw_pool_spawn(p, &id, NULL, 0, NULL, NULL), 0);
+    assert_true(wait_exits(&e, 1, 3000));
+    assert_true(WIFEXITED(e.status[0]));
+    assert_int_equal(WEXITSTATUS(e.status[0]), 127);
+    gw_pool_destroy(p);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(spawn_args_and_terminate),
+        cmocka_unit_test(stubborn_worker_is_killed_after_grace),
+        cmocka_unit_test(kill_now_and_unique_ids),
+        cmocka_unit_test(bad_config),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
