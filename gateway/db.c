@@ -1,0 +1,402 @@
+/* db.c: opening aicfn.db (pragmas, migrations), the prepared-statement cache,
+ * transactions and the mapping of SQLite errors to AICFN_E_DB.
+ *
+ * Not for: queries of the registry, ledger or keys (their own files). The schema lives
+ * here, as an ordered list of migrations: append new ones, never edit an applied one. */
+#include "gateway/db.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "common/tunables.h"
+
+typedef struct db_cached {
+    char *sql;
+    sqlite3_stmt *st;
+} db_cached;
+
+struct gw_db {
+    sqlite3 *conn;
+    char *path;
+    pthread_mutex_t mu;
+    db_cached cache[AICFN_DB_STMT_CACHE];
+    int ncache;
+};
+
+/* The migrations, applied in order; migration i brings user_version from i to i+1.
+ *
+ * Times are integer microseconds since the Unix epoch (wall clock); durations are
+ * integer microseconds; sizes are integer bytes. Nothing in the ledger references the
+ * functions or tenants tables by foreign key: history outlives the removal of a function
+ * version or the revocation of a key. */
+static const char *const db_migrations[] = {
+    /* 1: the initial schema. */
+    "CREATE TABLE function_names ("
+    "  name TEXT PRIMARY KEY,"
+    "  last_version INTEGER NOT NULL CHECK (last_version >= 1)"
+    ");"
+    "CREATE TABLE functions ("
+    "  id INTEGER PRIMARY KEY,"
+    "  name TEXT NOT NULL REFERENCES function_names(name),"
+    "  version INTEGER NOT NULL CHECK (version >= 1),"
+    "  handler_hash TEXT NOT NULL,"
+    "  handler_bytes INTEGER NOT NULL CHECK (handler_bytes >= 0),"
+    "  snapshot_hash TEXT,"
+    "  snapshot_bytes INTEGER NOT NULL DEFAULT 0 CHECK (snapshot_bytes >= 0),"
+    "  model_raw_bytes INTEGER NOT NULL DEFAULT 0 CHECK (model_raw_bytes >= 0),"
+    "  config TEXT NOT NULL DEFAULT '{}',"
+    "  created_us INTEGER NOT NULL,"
+    "  active INTEGER NOT NULL DEFAULT 0 CHECK (active IN (0, 1)),"
+    "  UNIQUE (name, version)"
+    ");"
+    "CREATE UNIQUE INDEX functions_one_active ON functions(name) WHERE active = 1;"
+    "CREATE INDEX functions_handler ON functions(handler_hash);"
+    "CREATE INDEX functions_snapshot ON functions(snapshot_hash);"
+    "CREATE TABLE workers ("
+    "  id TEXT PRIMARY KEY,"
+    "  address TEXT NOT NULL,"
+    "  device TEXT NOT NULL,"
+    "  budget_bytes INTEGER NOT NULL,"
+    "  pid INTEGER,"
+    "  started_us INTEGER NOT NULL,"
+    "  last_seen_us INTEGER NOT NULL,"
+    "  state TEXT NOT NULL"
+    ");"
+    "CREATE TABLE cold_starts ("
+    "  id INTEGER PRIMARY KEY,"
+    "  time_us INTEGER NOT NULL,"
+    "  function TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  worker TEXT NOT NULL,"
+    "  device TEXT NOT NULL,"
+    "  compressed_bytes INTEGER NOT NULL,"
+    "  raw_bytes INTEGER NOT NULL,"
+    "  spawn_us INTEGER NOT NULL,"
+    "  queue_us INTEGER NOT NULL,"
+    "  read_us INTEGER NOT NULL,"
+    "  decompress_us INTEGER NOT NULL,"
+    "  filter_us INTEGER NOT NULL,"
+    "  copy_us INTEGER NOT NULL,"
+    "  init_us INTEGER NOT NULL,"
+    "  total_us INTEGER NOT NULL,"
+    "  evicted TEXT NOT NULL DEFAULT '[]'"
+    ");"
+    "CREATE INDEX cold_starts_fn_time ON cold_starts(function, time_us);"
+    "CREATE INDEX cold_starts_time ON cold_starts(time_us);"
+    "CREATE TABLE invocations ("
+    "  id INTEGER PRIMARY KEY,"
+    "  time_us INTEGER NOT NULL,"
+    "  request_id TEXT,"
+    "  tenant TEXT NOT NULL,"
+    "  function TEXT NOT NULL,"
+    "  version INTEGER NOT NULL,"
+    "  worker TEXT,"
+    "  device TEXT,"
+    "  status TEXT NOT NULL,"
+    "  batch_size INTEGER NOT NULL CHECK (batch_size >= 1),"
+    "  bytes_in INTEGER NOT NULL,"
+    "  bytes_out INTEGER NOT NULL,"
+    "  queue_us INTEGER NOT NULL,"
+    "  load_us INTEGER NOT NULL,"
+    "  exec_us INTEGER NOT NULL,"
+    "  total_us INTEGER NOT NULL,"
+    "  gpu_us INTEGER NOT NULL,"
+    "  cold INTEGER NOT NULL CHECK (cold IN (0, 1))"
+    ");"
+    "CREATE INDEX invocations_time ON invocations(time_us);"
+    "CREATE INDEX invocations_tenant_time ON invocations(tenant, time_us);"
+    "CREATE INDEX invocations_fn_time ON invocations(function, time_us);"
+    "CREATE TABLE tenants ("
+    "  key_id TEXT PRIMARY KEY,"
+    "  tenant TEXT NOT NULL,"
+    "  key_hash BLOB NOT NULL CHECK (length(key_hash) = 32),"
+    "  admin INTEGER NOT NULL CHECK (admin IN (0, 1)),"
+    "  rate_per_s INTEGER NOT NULL CHECK (rate_per_s >= 0),"
+    "  quota_per_day INTEGER NOT NULL CHECK (quota_per_day >= 0),"
+    "  created_us INTEGER NOT NULL,"
+    "  revoked_us INTEGER"
+    ");"
+    "CREATE INDEX tenants_tenant ON tenants(tenant);",
+};
+
+#define DB_NMIGRATIONS ((int)(sizeof db_migrations / sizeof db_migrations[0]))
+
+int gw_db_schema_latest(void) {
+    return DB_NMIGRATIONS;
+}
+
+int gw_db_error(gw_db *db, int rc, aicfn_error *err, const char *what) {
+    int code = AICFN_E_DB;
+    int ext = db && db->conn ? sqlite3_extended_errcode(db->conn) : rc;
+    if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY) code = AICFN_E_EXISTS;
+    const char *msg = db && db->conn ? sqlite3_errmsg(db->conn) : sqlite3_errstr(rc);
+    return aicfn_error_set(err, code, "%s: %s (%s)", what, msg, sqlite3_errstr(rc));
+}
+
+static int db_user_version(gw_db *db, int *out, aicfn_error *err) {
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db->conn, "PRAGMA user_version", -1, &st, NULL);
+    if (rc != SQLITE_OK) return gw_db_error(db, rc, err, "reading user_version");
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW) {
+        int code = gw_db_error(db, rc, err, "reading user_version");
+        sqlite3_finalize(st);
+        return code;
+    }
+    *out = sqlite3_column_int(st, 0);
+    sqlite3_finalize(st);
+    return AICFN_OK;
+}
+
+static int db_migrate(gw_db *db, aicfn_error *err) {
+    for (;;) {
+        int v = 0;
+        int rc = db_user_version(db, &v, err);
+        if (rc) return rc;
+        if (v > DB_NMIGRATIONS)
+            return aicfn_error_set(err, AICFN_E_UNSUPPORTED,
+                                   "%s has schema version %d, newer than this aicfn knows (%d)", db->path, v,
+                                   DB_NMIGRATIONS);
+        if (v == DB_NMIGRATIONS) return AICFN_OK;
+        /* One migration per transaction; re-read the version under the write lock so two
+         * processes opening a new database apply each migration once. */
+        if ((rc = gw_db_begin(db, err))) return rc;
+        if ((rc = db_user_version(db, &v, err))) {
+            gw_db_rollback(db);
+            return rc;
+        }
+        if (v < DB_NMIGRATIONS) {
+            char *emsg = NULL;
+            int src = sqlite3_exec(db->conn, db_migrations[v], NULL, NULL, &emsg);
+            if (src != SQLITE_OK) {
+                aicfn_error_set(err, AICFN_E_DB, "migration %d of %s: %s", v + 1, db->path,
+                                emsg ? emsg : sqlite3_errstr(src));
+                sqlite3_free(emsg);
+                gw_db_rollback(db);
+                return AICFN_E_DB;
+            }
+            char pragma[64];
+            snprintf(pragma, sizeof pragma, "PRAGMA user_version = %d", v + 1);
+            src = sqlite3_exec(db->conn, pragma, NULL, NULL, NULL);
+            if (src != SQLITE_OK) {
+                gw_db_error(db, src, err, "setting user_version");
+                gw_db_rollback(db);
+                return AICFN_E_DB;
+            }
+        }
+        if ((rc = gw_db_commit(db, err))) return rc;
+    }
+}
+
+static int db_pragma(gw_db *db, const char *sql, const char *expect, aicfn_error *err) {
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db->conn, sql, -1, &st, NULL);
+    if (rc != SQLITE_OK) return gw_db_error(db, rc, err, sql);
+    rc = sqlite3_step(st);
+    if (rc != SQLITE_ROW && rc != SQLITE_DONE) {
+        int code = gw_db_error(db, rc, err, sql);
+        sqlite3_finalize(st);
+        return code;
+    }
+    if (expect && rc == SQLITE_ROW) {
+        const char *got = (const char *)sqlite3_column_text(st, 0);
+        if (!got || strcasecmp(got, expect) != 0) {
+            aicfn_error_set(err, AICFN_E_DB, "%s: got '%s', wanted '%s'", sql, got ? got : "(null)", expect);
+            sqlite3_finalize(st);
+            return AICFN_E_DB;
+        }
+    }
+    sqlite3_finalize(st);
+    return AICFN_OK;
+}
+
+int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err) {
+    *out = NULL;
+    gw_db *db = calloc(1, sizeof *db);
+    if (!db) return aicfn_error_set(err, AICFN_E_NOMEM, "allocating a database handle");
+    db->path = strdup(path);
+    if (!db->path) {
+        free(db);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "allocating a database handle");
+    }
+    pthread_mutex_init(&db->mu, NULL);
+    int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
+    int rc = sqlite3_open_v2(path, &db->conn, flags, NULL);
+    if (rc != SQLITE_OK) {
+        char what[600];
+        snprintf(what, sizeof what, "opening %s", path);
+        gw_db_error(db, rc, err, what);
+        gw_db_close(db);
+        return AICFN_E_DB;
+    }
+    sqlite3_extended_result_codes(db->conn, 1);
+    sqlite3_busy_timeout(db->conn, AICFN_DB_BUSY_TIMEOUT_MS);
+    int is_mem = strcmp(path, ":memory:") == 0;
+    int code = db_pragma(db, "PRAGMA journal_mode = WAL", is_mem ? "memory" : "wal", err);
+    if (!code) code = db_pragma(db, "PRAGMA synchronous = NORMAL", NULL, err);
+    if (!code) code = db_pragma(db, "PRAGMA foreign_keys = ON", NULL, err);
+    if (!code) code = db_migrate(db, err);
+    if (code) {
+        aicfn_error_wrap(err, "opening %s", path);
+        gw_db_close(db);
+        return code;
+    }
+    *out = db;
+    return AICFN_OK;
+}
+
+int gw_db_open(const char *data_dir, gw_db **out, aicfn_error *err) {
+    *out = NULL;
+    if (mkdir(data_dir, 0700) != 0 && errno != EEXIST)
+        return aicfn_error_errno(err, AICFN_E_IO, errno, "creating data directory %s", data_dir);
+    char path[4096];
+    int n = snprintf(path, sizeof path, "%s/%s", data_dir, AICFN_DB_FILE);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return aicfn_error_set(err, AICFN_E_INVALID, "data directory path too long: %s", data_dir);
+    return gw_db_open_path(path, out, err);
+}
+
+void gw_db_close(gw_db *db) {
+    if (!db) return;
+    for (int i = 0; i < db->ncache; i++) {
+        sqlite3_finalize(db->cache[i].st);
+        free(db->cache[i].sql);
+    }
+    if (db->conn) sqlite3_close(db->conn);
+    pthread_mutex_destroy(&db->mu);
+    free(db->path);
+    free(db);
+}
+
+const char *gw_db_path(const gw_db *db) {
+    return db->path;
+}
+sqlite3 *gw_db_sqlite(gw_db *db) {
+    return db->conn;
+}
+void gw_db_lock(gw_db *db) {
+    pthread_mutex_lock(&db->mu);
+}
+void gw_db_unlock(gw_db *db) {
+    pthread_mutex_unlock(&db->mu);
+}
+
+int gw_db_stmt(gw_db *db, const char *sql, sqlite3_stmt **out, aicfn_error *err) {
+    *out = NULL;
+    for (int i = 0; i < db->ncache; i++) {
+        /* Most callers pass the same static string: compare pointers first. */
+        if (db->cache[i].sql == sql || strcmp(db->cache[i].sql, sql) == 0) {
+            sqlite3_reset(db->cache[i].st);
+            sqlite3_clear_bindings(db->cache[i].st);
+            *out = db->cache[i].st;
+            return AICFN_OK;
+        }
+    }
+    if (db->ncache >= AICFN_DB_STMT_CACHE)
+        return aicfn_error_set(err, AICFN_E_INTERNAL, "prepared statement cache full (%d)",
+                               AICFN_DB_STMT_CACHE);
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v3(db->conn, sql, -1, SQLITE_PREPARE_PERSISTENT, &st, NULL);
+    if (rc != SQLITE_OK) return gw_db_error(db, rc, err, "preparing a statement");
+    char *copy = strdup(sql);
+    if (!copy) {
+        sqlite3_finalize(st);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "caching a statement");
+    }
+    db->cache[db->ncache].sql = copy;
+    db->cache[db->ncache].st = st;
+    db->ncache++;
+    *out = st;
+    return AICFN_OK;
+}
+
+void gw_db_done(sqlite3_stmt *st) {
+    if (st) sqlite3_reset(st);
+}
+
+int gw_db_exec(gw_db *db, const char *sql, aicfn_error *err) {
+    char *emsg = NULL;
+    int rc = sqlite3_exec(db->conn, sql, NULL, NULL, &emsg);
+    if (rc == SQLITE_OK) return AICFN_OK;
+    int code = AICFN_E_DB;
+    int ext = sqlite3_extended_errcode(db->conn);
+    if (ext == SQLITE_CONSTRAINT_UNIQUE || ext == SQLITE_CONSTRAINT_PRIMARYKEY) code = AICFN_E_EXISTS;
+    aicfn_error_set(err, code, "%s: %s", sql, emsg ? emsg : sqlite3_errstr(rc));
+    sqlite3_free(emsg);
+    return code;
+}
+
+int gw_db_begin(gw_db *db, aicfn_error *err) {
+    int rc = sqlite3_exec(db->conn, "BEGIN IMMEDIATE", NULL, NULL, NULL);
+    return rc == SQLITE_OK ? AICFN_OK : gw_db_error(db, rc, err, "beginning a transaction");
+}
+
+int gw_db_commit(gw_db *db, aicfn_error *err) {
+    int rc = sqlite3_exec(db->conn, "COMMIT", NULL, NULL, NULL);
+    if (rc == SQLITE_OK) return AICFN_OK;
+    int code = gw_db_error(db, rc, err, "committing a transaction");
+    gw_db_rollback(db);
+    return code;
+}
+
+void gw_db_rollback(gw_db *db) {
+    if (!sqlite3_get_autocommit(db->conn)) sqlite3_exec(db->conn, "ROLLBACK", NULL, NULL, NULL);
+}
+
+int gw_db_schema_version(gw_db *db, int *out, aicfn_error *err) {
+    gw_db_lock(db);
+    int rc = db_user_version(db, out, err);
+    gw_db_unlock(db);
+    return rc;
+}
+
+int gw_db_integrity_check(gw_db *db, aicfn_error *err) {
+    gw_db_lock(db);
+    sqlite3_stmt *st = NULL;
+    int rc = sqlite3_prepare_v2(db->conn, "PRAGMA integrity_check", -1, &st, NULL);
+    int code = AICFN_OK;
+    if (rc != SQLITE_OK) {
+        code = gw_db_error(db, rc, err, "integrity_check");
+    } else if ((rc = sqlite3_step(st)) != SQLITE_ROW) {
+        code = gw_db_error(db, rc, err, "integrity_check");
+    } else {
+        const char *r = (const char *)sqlite3_column_text(st, 0);
+        if (!r || strcmp(r, "ok") != 0)
+            code =
+                aicfn_error_set(err, AICFN_E_CORRUPT, "%s: integrity_check: %s", db->path, r ? r : "(null)");
+    }
+    sqlite3_finalize(st);
+    gw_db_unlock(db);
+    return code;
+}
+
+int gw_db_bind_text(sqlite3_stmt *st, int idx, const char *s) {
+    return s ? sqlite3_bind_text(st, idx, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, idx);
+}
+
+void gw_db_column_text(sqlite3_stmt *st, int col, char *buf, size_t len) {
+    if (len == 0) return;
+    const unsigned char *t = sqlite3_column_text(st, col);
+    if (!t) {
+        buf[0] = '\0';
+        return;
+    }
+    size_t n = (size_t)sqlite3_column_bytes(st, col);
+    if (n >= len) n = len - 1;
+    memcpy(buf, t, n);
+    buf[n] = '\0';
+}
+
+char *gw_db_column_strdup(sqlite3_stmt *st, int col) {
+    const unsigned char *t = sqlite3_column_text(st, col);
+    size_t n = t ? (size_t)sqlite3_column_bytes(st, col) : 0;
+    char *s = malloc(n + 1);
+    if (!s) return NULL;
+    if (n) memcpy(s, t, n);
+    s[n] = '\0';
+    return s;
+}

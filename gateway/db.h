@@ -1,0 +1,104 @@
+/* db.h: the gateway's SQLite connection: opening aicfn.db with the right pragmas,
+ * schema migrations, a cache of prepared statements, transactions and error mapping.
+ *
+ * Durability choice. aicfn.db runs in WAL mode with synchronous=NORMAL. In WAL mode a
+ * committed transaction is in the WAL file (written with write(2)) before COMMIT
+ * returns, so it survives a crash of the process (kill -9): the OS page cache holds it
+ * and the next open replays the WAL. NORMAL only skips the fsync of the WAL at each
+ * commit; what it can lose is the last transactions before a power failure or kernel
+ * crash, and it never corrupts the database (WAL checksums drop a torn tail). FULL
+ * would cost an fsync per ledger batch and per deploy for the power-loss case only.
+ * A deploy commits before the gateway replies, so an acknowledged deploy survives a
+ * kill -9 of the gateway.
+ *
+ * Not for: the schema's users (registry.h, ledger.h, keys.h own their queries).
+ *
+ * Thread-safety: a gw_db handle is one SQLite connection. The functions of registry.h,
+ * ledger.h and keys.h lock the handle (gw_db_lock) for each call, so they may be called
+ * on one handle from many threads. Direct users of gw_db_stmt must hold the lock from
+ * getting a statement until gw_db_done. Open one handle per thread that must not wait
+ * behind the others (the ledger writer opens its own). */
+#ifndef AICFN_GATEWAY_DB_H
+#define AICFN_GATEWAY_DB_H
+
+#include <sqlite3.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/error.h"
+
+typedef struct gw_db gw_db;
+
+/* The schema version that gw_db_open migrates to (PRAGMA user_version). */
+int gw_db_schema_latest(void);
+
+/* Opens (creating when missing) `<data_dir>/aicfn.db`, creating data_dir (mode 0700)
+ * when missing. Sets WAL, synchronous=NORMAL, foreign_keys=ON, the busy timeout, then
+ * applies the migrations that user_version says are missing, each in one transaction
+ * (BEGIN IMMEDIATE, re-checked inside, so concurrent openers apply each once).
+ * Returns AICFN_OK and a handle in *out, or AICFN_E_IO (directory) / AICFN_E_DB, with
+ * the SQLite message, and *out = NULL. Blocks on disk I/O. */
+int gw_db_open(const char *data_dir, gw_db **out, aicfn_error *err);
+
+/* Same, on an explicit file path (tests; ":memory:" is accepted but not WAL). */
+int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err);
+
+/* Finalizes the cached statements and closes the connection. NULL is accepted.
+ * No other thread may use the handle during or after the call. */
+void gw_db_close(gw_db *db);
+
+/* The file path the handle was opened on (owned by the handle). */
+const char *gw_db_path(const gw_db *db);
+
+/* The raw connection, for code that needs an SQLite call not wrapped here. Hold the
+ * lock while using it. */
+sqlite3 *gw_db_sqlite(gw_db *db);
+
+/* Serialize users of one handle. Not recursive: a function that takes the lock must
+ * not call another public function of registry/ledger/keys on the same handle. */
+void gw_db_lock(gw_db *db);
+void gw_db_unlock(gw_db *db);
+
+/* Returns in *out a prepared statement for `sql`, reset and with its bindings cleared,
+ * preparing it on first use and caching it in the handle (up to AICFN_DB_STMT_CACHE
+ * distinct statements; more fail with AICFN_E_INTERNAL). The statement is owned by
+ * the handle: never finalize it; call gw_db_done when finished so that a read
+ * statement releases its snapshot of the WAL. Lock held. */
+int gw_db_stmt(gw_db *db, const char *sql, sqlite3_stmt **out, aicfn_error *err);
+
+/* Resets a statement got from gw_db_stmt (NULL accepted). */
+void gw_db_done(sqlite3_stmt *st);
+
+/* Runs SQL without results (one or more statements). Lock held. */
+int gw_db_exec(gw_db *db, const char *sql, aicfn_error *err);
+
+/* Transactions. begin takes the write lock at once (BEGIN IMMEDIATE), so a transaction
+ * that reads then writes never fails half-way with SQLITE_BUSY. rollback accepts a
+ * handle with no open transaction. Lock held. */
+int gw_db_begin(gw_db *db, aicfn_error *err);
+int gw_db_commit(gw_db *db, aicfn_error *err);
+void gw_db_rollback(gw_db *db);
+
+/* Maps an SQLite result code to AICFN_E_DB (AICFN_E_EXISTS for a UNIQUE or PRIMARY KEY
+ * violation) and fills err with "<what>: <sqlite3_errmsg> (<sqlite3_errstr>)".
+ * Returns the aicfn code. */
+int gw_db_error(gw_db *db, int rc, aicfn_error *err, const char *what);
+
+/* Reads PRAGMA user_version. Takes the lock. */
+int gw_db_schema_version(gw_db *db, int *out, aicfn_error *err);
+
+/* Runs PRAGMA integrity_check; AICFN_OK when it answers "ok", else AICFN_E_CORRUPT with
+ * the first problem. Takes the lock. */
+int gw_db_integrity_check(gw_db *db, aicfn_error *err);
+
+/* Binds a NUL-terminated string or NULL (as SQL NULL), transient copy. */
+int gw_db_bind_text(sqlite3_stmt *st, int idx, const char *s);
+
+/* Copies column `col` as text into buf (truncated to len-1, "" for NULL). */
+void gw_db_column_text(sqlite3_stmt *st, int col, char *buf, size_t len);
+
+/* Copies column `col` as text into a new malloc'd string ("" for NULL); NULL when out of
+ * memory. The caller frees it. */
+char *gw_db_column_strdup(sqlite3_stmt *st, int col);
+
+#endif
