@@ -45,6 +45,10 @@
 #define AICFN_DEFAULT_IDLE_TIMEOUT_MS (5 * 60 * 1000)
 #define AICFN_NNG_CONTEXTS 64                 /* concurrent nng_ctx per REP socket */
 #define AICFN_DEFAULT_QUEUE_PER_FUNCTION 256
+#define AICFN_WORKER_MAX_BATCH 4096          /* upper bound of a function's max_batch */
+#define AICFN_WORKER_MAX_FUNCTIONS 1024      /* functions one worker hosts */
+#define AICFN_MAX_PARAMS 256                  /* params per request or function config */
+#define AICFN_WORKER_STATUS_MODELS 256        /* resident models listed in a reply summary */
 #define AICFN_LEDGER_FLUSH_MS 100
 #define AICFN_LEDGER_FLUSH_RECORDS 1000
 #define AICFN_WORKER_KILL_GRACE_MS 5000      /* SIGTERM'd local worker: SIGKILL after this */
