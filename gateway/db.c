@@ -335,6 +335,11 @@ int gw_db_begin(gw_db *db, aicfn_error *err) {
     return rc == SQLITE_OK ? AICFN_OK : gw_db_error(db, rc, err, "beginning a transaction");
 }
 
+int gw_db_begin_read(gw_db *db, aicfn_error *err) {
+    int rc = sqlite3_exec(db->conn, "BEGIN", NULL, NULL, NULL);
+    return rc == SQLITE_OK ? AICFN_OK : gw_db_error(db, rc, err, "beginning a read transaction");
+}
+
 int gw_db_commit(gw_db *db, aicfn_error *err) {
     int rc = sqlite3_exec(db->conn, "COMMIT", NULL, NULL, NULL);
     if (rc == SQLITE_OK) return AICFN_OK;

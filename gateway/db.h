@@ -77,6 +77,9 @@ int gw_db_exec(gw_db *db, const char *sql, aicfn_error *err);
  * handle with no open transaction. Lock held. */
 int gw_db_begin(gw_db *db, aicfn_error *err);
 int gw_db_commit(gw_db *db, aicfn_error *err);
+/* Starts a read transaction (deferred BEGIN): one consistent snapshot for several
+ * SELECTs without taking the write lock. End it with gw_db_rollback. Lock held. */
+int gw_db_begin_read(gw_db *db, aicfn_error *err);
 void gw_db_rollback(gw_db *db);
 
 /* Maps an SQLite result code to AICFN_E_DB (AICFN_E_EXISTS for a UNIQUE or PRIMARY KEY
