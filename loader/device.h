@@ -49,8 +49,8 @@ typedef struct loader_dev_buf {
 /* A staging buffer: host memory the device copies from efficiently (pinned for CUDA). */
 typedef struct loader_staging {
     void *ptr;
-    size_t cap;  /* bytes */
-    int slot;    /* the backend's index; opaque to callers */
+    size_t cap; /* bytes */
+    int slot;   /* the backend's index; opaque to callers */
 } loader_staging;
 
 /* The vtable a backend fills. `ctx` in loader_device is the backend's state. */
