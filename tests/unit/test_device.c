@@ -1,7 +1,6 @@
 /* test_device.c: one test suite for the device interface (loader/device.h), instantiated
  * for every backend: host always; CUDA when built with CUDA and a GPU is visible (else
  * its instance skips and says why). Also the `--device` spec parsing. */
-#include <cmocka.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include <cmocka.h>
 
 #include "common/error.h"
 #include "loader/device.h"
