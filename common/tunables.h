@@ -27,6 +27,16 @@
 #define AICFN_SNAP_MAX_MANIFEST_BYTES (64u << 20)
 #define AICFN_SNAP_MAX_TENSORS 1000000
 #define AICFN_SAFETENSORS_MAX_HEADER (100u << 20)
+#define AICFN_SAFETENSORS_MAX_TENSORS 1000000  /* tensors in one safetensors header */
+#define AICFN_SAFETENSORS_MAX_FILES 4096       /* shards in one sharded checkpoint */
+#define AICFN_SAFETENSORS_MAX_INDEX_BYTES (64u << 20) /* model.safetensors.index.json */
+#define AICFN_SNAP_MAX_NAME_BYTES 1024         /* tensor and model names in a snapshot */
+#define AICFN_SNAP_MAX_FRAMES 0x8000000u       /* zstd seekable format's ZSTD_SEEKABLE_MAXFRAMES */
+#define AICFN_SNAP_MAX_LEVEL 19                /* highest zstd level `snapshot pack` accepts */
+#define AICFN_SNAP_MIN_LEVEL (-7)              /* lowest (fastest) zstd level accepted */
+#define AICFN_SNAP_EXP_PLANE_LEVEL 1           /* measured: level 1 beats 3..15 on exponent planes */
+#define AICFN_SNAP_MANT_PLANE_LEVEL 1          /* measured: mantissa planes are ~random; 1 = fastest at the same ratio */
+#define AICFN_SNAP_MAX_THREADS 64
 
 /* ---- Loader and cache (design.md §6) ---- */
 #define AICFN_DEFAULT_HOST_BUDGET (1ull << 30) /* host device budget when none is given */
