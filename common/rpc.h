@@ -118,11 +118,11 @@ nng_socket rpc_server_socket(const rpc_server *s);
 typedef struct rpc_client rpc_client;
 
 typedef struct rpc_client_opts {
-    size_t recv_max;     /* NNG_OPT_RECVMAXSZ; 0 = AICFN_MAX_MESSAGE_BYTES */
-    size_t send_max;     /* requests larger are refused locally; 0 = AICFN_MAX_MESSAGE_BYTES */
-    bool background;     /* dial in the background and keep retrying (gateway -> worker);
-                            false: the first dial must succeed (CLI: clear error) */
-    unsigned max_async;  /* in-flight rpc_call_async limit; 0 = AICFN_RPC_MAX_ASYNC */
+    size_t recv_max;    /* NNG_OPT_RECVMAXSZ; 0 = AICFN_MAX_MESSAGE_BYTES */
+    size_t send_max;    /* requests larger are refused locally; 0 = AICFN_MAX_MESSAGE_BYTES */
+    bool background;    /* dial in the background and keep retrying (gateway -> worker);
+                           false: the first dial must succeed (CLI: clear error) */
+    unsigned max_async; /* in-flight rpc_call_async limit; 0 = AICFN_RPC_MAX_ASYNC */
 } rpc_client_opts;
 
 /* Opens a REQ socket dialing `url` (NNG reconnects by itself after a drop). In-flight

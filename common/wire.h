@@ -207,9 +207,9 @@ void wire_kv_bin(wire_writer *w, const char *key, const void *p, size_t n);
 
 /* The fields every message may carry. */
 typedef struct wire_header {
-    uint32_t v;              /* protocol version, 1..AICFN_PROTOCOL_VERSION */
-    char t[WIRE_TYPE_MAX];   /* "" when absent (replies) */
-    uint64_t id;             /* 0 when absent */
+    uint32_t v;            /* protocol version, 1..AICFN_PROTOCOL_VERSION */
+    char t[WIRE_TYPE_MAX]; /* "" when absent (replies) */
+    uint64_t id;           /* 0 when absent */
     bool has_id;
 } wire_header;
 
@@ -244,7 +244,7 @@ int wire_decode_reply_head(wire_doc *doc, wire_reply_head *h, aicfn_error *err);
  * product(shape) x dtype_size, or for BYTES a sequence of exactly product(shape)
  * elements, each a 4-byte little-endian length then that many bytes, filling the data. */
 typedef struct wire_tensor {
-    const char *name;   /* NUL-terminated (decode: in the doc's zone) */
+    const char *name; /* NUL-terminated (decode: in the doc's zone) */
     aicfn_dtype dtype;
     uint32_t ndim;
     int64_t shape[AICFN_MAX_DIMS];
@@ -272,13 +272,13 @@ bool wire_bytes_next(const uint8_t *data, uint64_t len, uint64_t *pos, const uin
  * an invocation to a worker (`spec` key). A client never sends it; the gateway must
  * overwrite whatever a client put there. Paths are on the worker's host. */
 typedef struct wire_fn_spec {
-    const char *handler;   /* path of the handler .so (required in a spec) */
-    const char *snapshot;  /* path of the snapshot file; NULL/"" = no model */
-    const char *model;     /* model identity in the cache (snapshot hash, hex); NULL/"" = none */
-    uint64_t model_bytes;  /* raw model bytes per the manifest (the cache measures its own) */
-    uint32_t max_batch;    /* >= 1 */
+    const char *handler;  /* path of the handler .so (required in a spec) */
+    const char *snapshot; /* path of the snapshot file; NULL/"" = no model */
+    const char *model;    /* model identity in the cache (snapshot hash, hex); NULL/"" = none */
+    uint64_t model_bytes; /* raw model bytes per the manifest (the cache measures its own) */
+    uint32_t max_batch;   /* >= 1 */
     uint32_t max_delay_us;
-    uint32_t timeout_ms;   /* the function's timeout */
+    uint32_t timeout_ms; /* the function's timeout */
     bool idempotent;
 } wire_fn_spec;
 
@@ -314,23 +314,23 @@ int wire_encode_invoke_req(wire_writer *w, const wire_invoke_req *req, aicfn_err
 
 /* Phase times in microseconds (0 = not measured / not applicable). */
 typedef struct wire_timing {
-    uint64_t queue_us;      /* receipt to batch start */
-    uint64_t load_us;       /* waiting for the model (0 when warm) */
-    uint64_t exec_us;       /* handler run */
-    uint64_t total_us;      /* receipt to reply */
-    uint64_t read_us;       /* cold start phases (summed over the pipeline's threads) */
+    uint64_t queue_us; /* receipt to batch start */
+    uint64_t load_us;  /* waiting for the model (0 when warm) */
+    uint64_t exec_us;  /* handler run */
+    uint64_t total_us; /* receipt to reply */
+    uint64_t read_us;  /* cold start phases (summed over the pipeline's threads) */
     uint64_t decompress_us;
     uint64_t filter_us;
     uint64_t copy_us;
-    uint64_t init_us;       /* handler init */
+    uint64_t init_us; /* handler init */
 } wire_timing;
 
 /* The cold-start record sent with the reply that paid for the load (`cs`). */
 typedef struct wire_coldstart {
     uint64_t compressed_bytes;
     uint64_t raw_bytes;
-    uint32_t n_evicted;           /* <= WIRE_MAX_EVICTED */
-    const char *const *evicted;   /* model identities evicted to make room */
+    uint32_t n_evicted;         /* <= WIRE_MAX_EVICTED */
+    const char *const *evicted; /* model identities evicted to make room */
 } wire_coldstart;
 
 #define WIRE_MAX_EVICTED 256
@@ -350,13 +350,13 @@ int wire_model_state_from_name(const char *name, size_t len);
 
 /* One model in a worker's cache. */
 typedef struct wire_model_status {
-    const char *model;  /* model identity (snapshot hash) */
-    const char *fn;     /* function that loaded it, "" when unknown */
+    const char *model; /* model identity (snapshot hash) */
+    const char *fn;    /* function that loaded it, "" when unknown */
     uint32_t ver;
-    int state;          /* wire_model_state */
-    uint64_t bytes;     /* measured device bytes */
-    uint64_t idle_ms;   /* since last use */
-    uint32_t refs;      /* pins (calls using it now) */
+    int state;        /* wire_model_state */
+    uint64_t bytes;   /* measured device bytes */
+    uint64_t idle_ms; /* since last use */
+    uint32_t refs;    /* pins (calls using it now) */
 } wire_model_status;
 
 /* The summary a worker piggybacks on every reply (`st`) and returns in status. */
@@ -364,10 +364,10 @@ typedef struct wire_worker_summary {
     uint64_t budget_bytes;
     uint64_t used_bytes;
     uint64_t free_bytes;
-    uint32_t queued;    /* requests waiting in all batchers */
-    uint32_t inflight;  /* requests received and not yet answered */
+    uint32_t queued;   /* requests waiting in all batchers */
+    uint32_t inflight; /* requests received and not yet answered */
     bool draining;
-    uint32_t n_models;  /* <= WIRE_MAX_MODELS */
+    uint32_t n_models; /* <= WIRE_MAX_MODELS */
     const wire_model_status *models;
 } wire_worker_summary;
 
@@ -376,8 +376,8 @@ typedef struct wire_invoke_reply {
     wire_reply_head head;
     uint32_t n_outputs; /* <= AICFN_MAX_TENSORS */
     const wire_tensor *outputs;
-    bool cold;          /* this call waited for a load */
-    uint32_t batch;     /* size of the batch it ran in (0 = unknown) */
+    bool cold;      /* this call waited for a load */
+    uint32_t batch; /* size of the batch it ran in (0 = unknown) */
     wire_timing timing;
     bool has_coldstart;
     wire_coldstart coldstart;
@@ -420,12 +420,12 @@ typedef struct wire_worker_counters {
 } wire_worker_counters;
 
 typedef struct wire_worker_status {
-    const char *worker;  /* worker id ("w1") */
-    const char *device;  /* device name ("NVIDIA H100 80GB HBM3", "host") */
+    const char *worker; /* worker id ("w1") */
+    const char *device; /* device name ("NVIDIA H100 80GB HBM3", "host") */
     bool is_host;
     uint64_t uptime_ms;
     wire_worker_summary summary;
-    uint32_t n_queues;   /* <= WIRE_MAX_QUEUES */
+    uint32_t n_queues; /* <= WIRE_MAX_QUEUES */
     const wire_queue_status *queues;
     wire_worker_counters counters;
 } wire_worker_status;

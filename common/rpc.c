@@ -1,0 +1,758 @@
+/* rpc.c: NNG REQ/REP plumbing (see rpc.h for the contract and the NNG 1.5.2 rules).
+ *
+ * Server: one REP socket, N contexts, each a small state machine driven by its aio
+ * callback: RECV -> (handler) CALL -> (rpc_reply) SEND -> RECV. No thread per request.
+ * Client: one REQ socket; a sync call opens its own context and waits on a callback-less
+ * aio; async calls use a pool of reusable (context, aio) slots, so no aio is ever freed
+ * from its own callback. A pipe-removed notification aborts every call in flight, since
+ * NNG would otherwise resend it on the next connection.
+ * Not for: message contents (wire.c). */
+#include "common/rpc.h"
+
+#include <nng/protocol/reqrep0/rep.h>
+#include <nng/protocol/reqrep0/req.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/tunables.h"
+
+/* ---------------------------------------------------------------------------------
+ * Errors, URLs, messages
+ * --------------------------------------------------------------------------------- */
+
+int rpc_status_from_nng(int rv) {
+    switch (rv) {
+    case 0:
+        return AICFN_OK;
+    case NNG_ETIMEDOUT:
+        return AICFN_E_TIMEOUT;
+    case NNG_ECONNRESET:
+        return AICFN_E_WORKER_LOST;
+    case NNG_ECONNREFUSED:
+    case NNG_ECONNSHUT:
+    case NNG_ECLOSED:
+    case NNG_ENOENT:
+    case NNG_EUNREACHABLE:
+    case NNG_EAGAIN:
+        return AICFN_E_UNAVAILABLE;
+    case NNG_EADDRINUSE:
+    case NNG_EADDRINVAL:
+    case NNG_EINVAL:
+    case NNG_ENOTSUP:
+    case NNG_EPROTO:
+        return AICFN_E_INVALID;
+    case NNG_ENOMEM:
+        return AICFN_E_NOMEM;
+    case NNG_EMSGSIZE:
+        return AICFN_E_TOO_LARGE;
+    case NNG_ECANCELED:
+        return AICFN_E_CANCELED;
+    default:
+        return AICFN_E_IO;
+    }
+}
+
+int rpc_error_nng(aicfn_error *err, int rv, const char *fmt, ...) {
+    int code = rpc_status_from_nng(rv);
+    if (err == NULL) return code;
+    char what[AICFN_ERRMSG_MAX];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    return aicfn_error_set(err, code, "%s: %s", what, nng_strerror(rv));
+}
+
+int rpc_check_url(const char *url, aicfn_error *err) {
+    static const char *const ok[] = {"tcp://", "tcp4://", "tcp6://", "ipc://", "inproc://"};
+    if (url == NULL || url[0] == 0) return aicfn_error_set(err, AICFN_E_INVALID, "empty address");
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        size_t n = strlen(ok[i]);
+        if (strncmp(url, ok[i], n) == 0) {
+            if (url[n] == 0)
+                return aicfn_error_set(err, AICFN_E_INVALID, "address '%s' has no host or path", url);
+            return AICFN_OK;
+        }
+    }
+    const char *colon = strstr(url, "://");
+    int slen = colon ? (int)(colon - url) : (int)strlen(url);
+    if (slen > 32) slen = 32;
+    return aicfn_error_set(
+        err, AICFN_E_INVALID,
+        "address '%.200s': scheme '%.*s' refused (only tcp://, ipc:// and inproc://; NNG's "
+        "http/ws servers are never used)",
+        url, slen, url);
+}
+
+const uint8_t *rpc_msg_data(const rpc_msg *m) {
+    return nng_msg_body((nng_msg *)m);
+}
+size_t rpc_msg_len(const rpc_msg *m) {
+    return nng_msg_len((nng_msg *)m);
+}
+void rpc_msg_free(rpc_msg *m) {
+    if (m) nng_msg_free((nng_msg *)m);
+}
+
+/* A message holding a copy of `len` bytes: one allocation, one copy (no insert). */
+static int rpc_msg_copy(nng_msg **out, const void *p, size_t len) {
+    nng_msg *m;
+    int rv = nng_msg_alloc(&m, len);
+    if (rv != 0) return rv;
+    if (len) memcpy(nng_msg_body(m), p, len);
+    *out = m;
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------
+ * Server
+ * --------------------------------------------------------------------------------- */
+
+enum { SRV_IDLE = 0, SRV_RECV, SRV_CALL, SRV_SEND, SRV_STOPPED };
+
+struct rpc_call {
+    rpc_server *srv;
+    nng_ctx ctx;
+    nng_aio *aio;
+    nng_msg *req; /* held until answered, so handlers can decode in place */
+    uint64_t recv_us;
+    int state; /* protected by srv->mu */
+};
+
+struct rpc_server {
+    nng_socket sock;
+    nng_listener listener;
+    bool sock_open;
+    char url[320];
+    rpc_handler_fn fn;
+    void *user;
+    unsigned n;
+    struct rpc_call *calls;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    unsigned outstanding; /* handed to the handler, not yet answered */
+    bool closing;
+};
+
+static void srv_arm(struct rpc_call *c) {
+    nng_ctx_recv(c->ctx, c->aio);
+}
+
+/* The call is answered (or its reply failed): count it and resume receiving. */
+static void srv_done(struct rpc_call *c) {
+    rpc_server *s = c->srv;
+    pthread_mutex_lock(&s->mu);
+    s->outstanding--;
+    bool closing = s->closing;
+    c->state = closing ? SRV_STOPPED : SRV_RECV;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    if (!closing) srv_arm(c);
+}
+
+static void srv_cb(void *arg) {
+    struct rpc_call *c = arg;
+    rpc_server *s = c->srv;
+    int rv = nng_aio_result(c->aio);
+    pthread_mutex_lock(&s->mu);
+    int state = c->state;
+    bool closing = s->closing;
+    pthread_mutex_unlock(&s->mu);
+
+    if (state == SRV_SEND) {
+        if (rv != 0) {
+            nng_msg_free(nng_aio_get_msg(c->aio));
+            nng_aio_set_msg(c->aio, NULL);
+            if (rv != NNG_ECLOSED) log_debug("rpc %s: reply not sent: %s", s->url, nng_strerror(rv));
+        }
+        srv_done(c);
+        return;
+    }
+    if (state != SRV_RECV) return;
+    if (rv != 0) {
+        if (rv == NNG_ECLOSED || closing) {
+            pthread_mutex_lock(&s->mu);
+            c->state = SRV_STOPPED;
+            pthread_cond_broadcast(&s->cv);
+            pthread_mutex_unlock(&s->mu);
+            return;
+        }
+        log_warn("rpc %s: receive failed: %s", s->url, nng_strerror(rv));
+        srv_arm(c);
+        return;
+    }
+    nng_msg *m = nng_aio_get_msg(c->aio);
+    nng_aio_set_msg(c->aio, NULL);
+    pthread_mutex_lock(&s->mu);
+    c->req = m;
+    c->recv_us = clock_now_us();
+    c->state = SRV_CALL;
+    s->outstanding++;
+    pthread_mutex_unlock(&s->mu);
+    s->fn(s->user, c, nng_msg_body(m), nng_msg_len(m));
+    /* c may already be answered and re-armed by now: touch nothing. */
+}
+
+/* Takes the call out of CALL state; returns false if it was not in it (misuse). */
+static bool srv_take(struct rpc_call *c, int next) {
+    rpc_server *s = c->srv;
+    pthread_mutex_lock(&s->mu);
+    bool ok = c->state == SRV_CALL;
+    nng_msg *req = c->req;
+    if (ok) {
+        c->state = next;
+        c->req = NULL;
+    }
+    pthread_mutex_unlock(&s->mu);
+    if (ok)
+        nng_msg_free(req);
+    else
+        log_error("rpc %s: call answered twice or not outstanding", s->url);
+    return ok;
+}
+
+static int srv_send(struct rpc_call *c, nng_msg *m) {
+    if (!srv_take(c, SRV_SEND)) {
+        nng_msg_free(m);
+        return AICFN_E_INTERNAL;
+    }
+    nng_msg_header_clear(m);
+    nng_aio_set_msg(c->aio, m);
+    nng_ctx_send(c->ctx, c->aio);
+    return AICFN_OK;
+}
+
+int rpc_reply(rpc_call *c, const void *bytes, size_t len) {
+    nng_msg *m;
+    int rv = rpc_msg_copy(&m, bytes, len);
+    if (rv != 0) {
+        log_error("rpc %s: reply of %zu bytes: %s", c->srv->url, len, nng_strerror(rv));
+        rpc_call_drop(c);
+        return rpc_status_from_nng(rv);
+    }
+    return srv_send(c, m);
+}
+
+int rpc_reply_msg(rpc_call *c, rpc_msg *reply) {
+    if (reply == NULL) {
+        rpc_call_drop(c);
+        return AICFN_E_INVALID;
+    }
+    return srv_send(c, (nng_msg *)reply);
+}
+
+void rpc_call_drop(rpc_call *c) {
+    if (!srv_take(c, SRV_IDLE)) return;
+    srv_done(c);
+}
+
+uint64_t rpc_call_received_us(const rpc_call *c) {
+    return c->recv_us;
+}
+
+nng_socket rpc_server_socket(const rpc_server *s) {
+    return s->sock;
+}
+
+const char *rpc_server_url(const rpc_server *s) {
+    return s->url;
+}
+
+unsigned rpc_server_outstanding(rpc_server *s) {
+    pthread_mutex_lock(&s->mu);
+    unsigned n = s->outstanding;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+/* Rewrites a tcp URL with port 0 to the port actually bound. */
+static void srv_resolve_url(rpc_server *s, const char *url) {
+    snprintf(s->url, sizeof s->url, "%s", url);
+    if (strncmp(url, "tcp", 3) != 0) return;
+    int port = 0;
+    if (nng_listener_get_int(s->listener, NNG_OPT_TCP_BOUND_PORT, &port) != 0 || port <= 0) return;
+    nng_url *u = NULL;
+    if (nng_url_parse(&u, url) != 0) return;
+    const char *host = u->u_hostname && u->u_hostname[0] ? u->u_hostname : "0.0.0.0";
+    if (strchr(host, ':'))
+        snprintf(s->url, sizeof s->url, "%s://[%s]:%d", u->u_scheme, host, port);
+    else
+        snprintf(s->url, sizeof s->url, "%s://%s:%d", u->u_scheme, host, port);
+    nng_url_free(u);
+}
+
+static void srv_free(rpc_server *s) {
+    if (s->calls) {
+        for (unsigned i = 0; i < s->n; i++) {
+            struct rpc_call *c = &s->calls[i];
+            if (c->aio) {
+                nng_aio_stop(c->aio);
+                nng_msg_free(nng_aio_get_msg(c->aio));
+                nng_aio_free(c->aio);
+            }
+            if (c->req) nng_msg_free(c->req);
+        }
+        free(s->calls);
+    }
+    pthread_cond_destroy(&s->cv);
+    pthread_mutex_destroy(&s->mu);
+    free(s);
+}
+
+int rpc_server_start(rpc_server **out, const char *url, const rpc_server_opts *opts, rpc_handler_fn fn,
+                     void *user, aicfn_error *err) {
+    *out = NULL;
+    int rc = rpc_check_url(url, err);
+    if (rc) return rc;
+    if (fn == NULL) return aicfn_error_set(err, AICFN_E_INVALID, "rpc server %s: no handler", url);
+    size_t recv_max = opts && opts->recv_max ? opts->recv_max : AICFN_MAX_MESSAGE_BYTES;
+    unsigned n = opts && opts->contexts ? opts->contexts : AICFN_NNG_CONTEXTS;
+    rpc_server *s = calloc(1, sizeof *s);
+    if (s == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "rpc server %s", url);
+    pthread_mutex_init(&s->mu, NULL);
+    pthread_cond_init(&s->cv, NULL);
+    s->fn = fn;
+    s->user = user;
+    snprintf(s->url, sizeof s->url, "%s", url);
+    s->calls = calloc(n, sizeof *s->calls);
+    if (s->calls == NULL) {
+        srv_free(s);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "rpc server %s: %u contexts", url, n);
+    }
+    s->n = n;
+    int rv;
+    if ((rv = nng_rep0_open(&s->sock)) != 0) {
+        srv_free(s);
+        return rpc_error_nng(err, rv, "rpc server %s: opening REP socket", url);
+    }
+    s->sock_open = true;
+    if ((rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, recv_max)) != 0) goto fail_sock;
+    for (unsigned i = 0; i < n; i++) {
+        struct rpc_call *c = &s->calls[i];
+        c->srv = s;
+        if ((rv = nng_aio_alloc(&c->aio, srv_cb, c)) != 0) goto fail_sock;
+        if ((rv = nng_ctx_open(&c->ctx, s->sock)) != 0) goto fail_sock;
+    }
+    if ((rv = nng_listener_create(&s->listener, s->sock, url)) != 0) goto fail_sock;
+    if ((rv = nng_listener_set_size(s->listener, NNG_OPT_RECVMAXSZ, recv_max)) != 0) goto fail_sock;
+    if ((rv = nng_listener_start(s->listener, 0)) != 0) goto fail_sock;
+    srv_resolve_url(s, url);
+    pthread_mutex_lock(&s->mu);
+    for (unsigned i = 0; i < n; i++)
+        s->calls[i].state = SRV_RECV;
+    pthread_mutex_unlock(&s->mu);
+    for (unsigned i = 0; i < n; i++)
+        srv_arm(&s->calls[i]);
+    *out = s;
+    return AICFN_OK;
+
+fail_sock:
+    rc = rpc_error_nng(err, rv, "rpc server %s", url);
+    nng_close(s->sock);
+    srv_free(s);
+    return rc;
+}
+
+void rpc_server_destroy(rpc_server *s) {
+    if (s == NULL) return;
+    pthread_mutex_lock(&s->mu);
+    s->closing = true;
+    pthread_mutex_unlock(&s->mu);
+    nng_close(s->sock); /* aborts every receive; later replies fail with NNG_ECLOSED */
+    pthread_mutex_lock(&s->mu);
+    while (s->outstanding > 0)
+        pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    srv_free(s); /* nng_aio_stop on each before nng_aio_free */
+}
+
+/* ---------------------------------------------------------------------------------
+ * Client
+ * --------------------------------------------------------------------------------- */
+
+enum { OP_SEND = 1, OP_RECV = 2 };
+
+typedef struct rpc_op {
+    rpc_client *c;
+    nng_ctx ctx;
+    bool ctx_open;
+    nng_aio *aio;
+    int phase;
+    int aborted; /* NNG error set by the disconnect notification (under c->mu) */
+    bool listed; /* on the in-flight list */
+    uint64_t deadline_us;
+    rpc_done_fn done;
+    void *user;
+    struct rpc_op *prev, *next; /* in-flight list */
+    struct rpc_op *next_free;
+    struct rpc_op *next_all;
+} rpc_op;
+
+struct rpc_client {
+    nng_socket sock;
+    nng_dialer dialer;
+    char url[320];
+    size_t send_max;
+    unsigned max_async;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool closing;
+    rpc_op *inflight_head;
+    unsigned inflight;
+    rpc_op *free_ops;
+    rpc_op *all_ops;
+    unsigned n_ops;
+};
+
+static void cli_list_add(rpc_client *c, rpc_op *op) {
+    op->prev = NULL;
+    op->next = c->inflight_head;
+    if (c->inflight_head) c->inflight_head->prev = op;
+    c->inflight_head = op;
+    op->listed = true;
+    op->aborted = 0;
+    c->inflight++;
+}
+
+static void cli_list_del(rpc_client *c, rpc_op *op) {
+    if (!op->listed) return;
+    if (op->prev)
+        op->prev->next = op->next;
+    else
+        c->inflight_head = op->next;
+    if (op->next) op->next->prev = op->prev;
+    op->listed = false;
+    c->inflight--;
+    pthread_cond_broadcast(&c->cv);
+}
+
+/* NNG_PIPE_EV_REM_POST: the connection dropped. Every call in flight may have been sent
+ * on it; NNG 1.5.2 would resend those on the next connection (even with an infinite
+ * resend time), so fail them now instead. */
+static void cli_pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg) {
+    (void)p;
+    (void)ev;
+    rpc_client *c = arg;
+    pthread_mutex_lock(&c->mu);
+    for (rpc_op *op = c->inflight_head; op; op = op->next) {
+        if (op->aborted == 0) op->aborted = NNG_ECONNRESET;
+        nng_aio_abort(op->aio, NNG_ECONNRESET);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int cli_ctx_open(rpc_client *c, nng_ctx *ctx) {
+    int rv = nng_ctx_open(ctx, c->sock);
+    if (rv != 0) return rv;
+    rv = nng_ctx_set_ms(*ctx, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE);
+    if (rv != 0) nng_ctx_close(*ctx);
+    return rv;
+}
+
+static uint32_t cli_timeout(uint32_t timeout_ms) {
+    return timeout_ms ? timeout_ms : AICFN_DEFAULT_TIMEOUT_MS;
+}
+
+/* Milliseconds left until deadline, at least 1; 0 when passed. */
+static nng_duration cli_left(uint64_t deadline_us) {
+    uint64_t now = clock_now_us();
+    if (now >= deadline_us) return 0;
+    uint64_t ms = (deadline_us - now + 999) / 1000;
+    return ms > INT32_MAX ? INT32_MAX : (nng_duration)ms;
+}
+
+static int cli_status(rpc_client *c, int rv, aicfn_error *err, const char *phase) {
+    if (rv == NNG_ECLOSED) {
+        pthread_mutex_lock(&c->mu);
+        bool closing = c->closing;
+        pthread_mutex_unlock(&c->mu);
+        if (closing) return aicfn_error_set(err, AICFN_E_CANCELED, "rpc %s: client closed", c->url);
+    }
+    if (rv == NNG_ECONNRESET)
+        return aicfn_error_set(err, AICFN_E_WORKER_LOST,
+                               "rpc %s: connection lost with the call in flight (%s)", c->url, phase);
+    if (rv == NNG_ETIMEDOUT)
+        return aicfn_error_set(err, AICFN_E_TIMEOUT, "rpc %s: no reply before the deadline (%s)", c->url,
+                               phase);
+    return rpc_error_nng(err, rv, "rpc %s: %s", c->url, phase);
+}
+
+int rpc_client_open(rpc_client **out, const char *url, const rpc_client_opts *opts, aicfn_error *err) {
+    *out = NULL;
+    int rc = rpc_check_url(url, err);
+    if (rc) return rc;
+    rpc_client *c = calloc(1, sizeof *c);
+    if (c == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "rpc client %s", url);
+    size_t recv_max = opts && opts->recv_max ? opts->recv_max : AICFN_MAX_MESSAGE_BYTES;
+    c->send_max = opts && opts->send_max ? opts->send_max : AICFN_MAX_MESSAGE_BYTES;
+    c->max_async = opts && opts->max_async ? opts->max_async : AICFN_RPC_MAX_ASYNC;
+    bool background = opts && opts->background;
+    snprintf(c->url, sizeof c->url, "%s", url);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    int rv;
+    if ((rv = nng_req0_open(&c->sock)) != 0) {
+        rc = rpc_error_nng(err, rv, "rpc client %s: opening REQ socket", url);
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->mu);
+        free(c);
+        return rc;
+    }
+    const char *what = "setting options";
+    if ((rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, recv_max)) != 0) goto fail;
+    if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE)) != 0) goto fail;
+    if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 50)) != 0) goto fail;
+    if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 1000)) != 0) goto fail;
+    if ((rv = nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, cli_pipe_removed, c)) != 0) goto fail;
+    what = "dialing";
+    if ((rv = nng_dialer_create(&c->dialer, c->sock, url)) != 0) goto fail;
+    if ((rv = nng_dialer_set_size(c->dialer, NNG_OPT_RECVMAXSZ, recv_max)) != 0) goto fail;
+    if ((rv = nng_dialer_start(c->dialer, background ? NNG_FLAG_NONBLOCK : 0)) != 0) goto fail;
+    *out = c;
+    return AICFN_OK;
+fail:
+    rc = rpc_error_nng(err, rv, "rpc client %s: %s", url, what);
+    if (rc == AICFN_E_IO && rv == NNG_ECONNREFUSED) rc = AICFN_E_UNAVAILABLE;
+    nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, NULL, NULL);
+    nng_close(c->sock);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+    return rc;
+}
+
+void rpc_client_close(rpc_client *c) {
+    if (c == NULL) return;
+    pthread_mutex_lock(&c->mu);
+    c->closing = true;
+    pthread_mutex_unlock(&c->mu);
+    nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, NULL, NULL);
+    nng_close(c->sock); /* every pending aio completes with NNG_ECLOSED */
+    pthread_mutex_lock(&c->mu);
+    while (c->inflight > 0)
+        pthread_cond_wait(&c->cv, &c->mu);
+    rpc_op *all = c->all_ops;
+    c->all_ops = NULL;
+    pthread_mutex_unlock(&c->mu);
+    while (all) {
+        rpc_op *next = all->next_all;
+        nng_aio_stop(all->aio);
+        nng_msg_free(nng_aio_get_msg(all->aio));
+        nng_aio_free(all->aio);
+        free(all);
+        all = next;
+    }
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+nng_socket rpc_client_socket(const rpc_client *c) {
+    return c->sock;
+}
+
+unsigned rpc_client_inflight(rpc_client *c) {
+    pthread_mutex_lock(&c->mu);
+    unsigned n = c->inflight;
+    pthread_mutex_unlock(&c->mu);
+    return n;
+}
+
+/* Starts the receive phase unless the call was aborted meanwhile; under c->mu so the
+ * disconnect notification cannot slip in between the check and the arm. Returns 0 or
+ * the abort error. */
+static int cli_arm_recv(rpc_client *c, rpc_op *op) {
+    pthread_mutex_lock(&c->mu);
+    int ab = op->aborted;
+    if (ab == 0) {
+        nng_duration left = cli_left(op->deadline_us);
+        if (left == 0)
+            ab = NNG_ETIMEDOUT;
+        else {
+            op->phase = OP_RECV;
+            nng_aio_set_timeout(op->aio, left);
+            nng_ctx_recv(op->ctx, op->aio);
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    return ab;
+}
+
+static int cli_precheck(rpc_client *c, size_t len, aicfn_error *err) {
+    if (len > c->send_max)
+        return aicfn_error_set(err, AICFN_E_TOO_LARGE,
+                               "rpc %s: request of %zu bytes exceeds the limit of %zu", c->url, len,
+                               c->send_max);
+    return AICFN_OK;
+}
+
+int rpc_call_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_ms, rpc_msg **reply,
+                  aicfn_error *err) {
+    *reply = NULL;
+    int rc = cli_precheck(c, len, err);
+    if (rc) return rc;
+    rpc_op op;
+    memset(&op, 0, sizeof op);
+    op.c = c;
+    op.deadline_us = clock_now_us() + (uint64_t)cli_timeout(timeout_ms) * 1000;
+    nng_msg *m = NULL;
+    int rv = rpc_msg_copy(&m, req, len);
+    if (rv != 0) return rpc_error_nng(err, rv, "rpc %s: request of %zu bytes", c->url, len);
+    if ((rv = nng_aio_alloc(&op.aio, NULL, NULL)) != 0) {
+        nng_msg_free(m);
+        return rpc_error_nng(err, rv, "rpc %s: aio", c->url);
+    }
+    if ((rv = cli_ctx_open(c, &op.ctx)) != 0) {
+        nng_msg_free(m);
+        nng_aio_free(op.aio);
+        return cli_status(c, rv, err, "opening a context");
+    }
+    pthread_mutex_lock(&c->mu);
+    if (c->closing) {
+        pthread_mutex_unlock(&c->mu);
+        nng_msg_free(m);
+        nng_ctx_close(op.ctx);
+        nng_aio_stop(op.aio);
+        nng_aio_free(op.aio);
+        return aicfn_error_set(err, AICFN_E_CANCELED, "rpc %s: client closed", c->url);
+    }
+    cli_list_add(c, &op);
+    op.phase = OP_SEND;
+    nng_aio_set_msg(op.aio, m);
+    nng_aio_set_timeout(op.aio, cli_left(op.deadline_us) ? cli_left(op.deadline_us) : 1);
+    nng_ctx_send(op.ctx, op.aio);
+    pthread_mutex_unlock(&c->mu);
+    nng_aio_wait(op.aio);
+    rv = nng_aio_result(op.aio);
+    if (rv != 0) {
+        nng_msg_free(nng_aio_get_msg(op.aio));
+        nng_aio_set_msg(op.aio, NULL);
+        rc = cli_status(c, rv, err, "sending");
+    } else if ((rv = cli_arm_recv(c, &op)) != 0) {
+        rc = cli_status(c, rv, err, "sent");
+    } else {
+        nng_aio_wait(op.aio);
+        rv = nng_aio_result(op.aio);
+        if (rv != 0) {
+            rc = cli_status(c, rv, err, "waiting for the reply");
+        } else {
+            *reply = (rpc_msg *)nng_aio_get_msg(op.aio);
+            nng_aio_set_msg(op.aio, NULL);
+            rc = AICFN_OK;
+        }
+    }
+    pthread_mutex_lock(&c->mu);
+    cli_list_del(c, &op);
+    pthread_mutex_unlock(&c->mu);
+    nng_aio_stop(op.aio);
+    nng_aio_free(op.aio);
+    nng_ctx_close(op.ctx);
+    return rc;
+}
+
+/* Finishes an async call: runs `done`, then returns the slot to the pool. */
+static void cli_complete(rpc_op *op, int rv, nng_msg *reply, const char *phase) {
+    rpc_client *c = op->c;
+    aicfn_error e;
+    aicfn_error_clear(&e);
+    int status = AICFN_OK;
+    if (rv != 0) status = cli_status(c, rv, &e, phase);
+    rpc_done_fn done = op->done;
+    void *user = op->user;
+    pthread_mutex_lock(&c->mu);
+    cli_list_del(c, op); /* rpc_client_close may not free the slot before we are done */
+    c->inflight++;       /* ... so keep it counted until `done` returns */
+    pthread_mutex_unlock(&c->mu);
+    done(user, status, (rpc_msg *)reply, &e);
+    pthread_mutex_lock(&c->mu);
+    op->done = NULL;
+    op->next_free = c->free_ops;
+    c->free_ops = op;
+    c->inflight--;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void cli_async_cb(void *arg) {
+    rpc_op *op = arg;
+    int rv = nng_aio_result(op->aio);
+    if (op->phase == OP_SEND) {
+        if (rv != 0) {
+            nng_msg_free(nng_aio_get_msg(op->aio));
+            nng_aio_set_msg(op->aio, NULL);
+            cli_complete(op, rv, NULL, "sending");
+            return;
+        }
+        if ((rv = cli_arm_recv(op->c, op)) != 0) cli_complete(op, rv, NULL, "sent");
+        return;
+    }
+    if (rv != 0) {
+        cli_complete(op, rv, NULL, "waiting for the reply");
+        return;
+    }
+    nng_msg *m = nng_aio_get_msg(op->aio);
+    nng_aio_set_msg(op->aio, NULL);
+    cli_complete(op, 0, m, "reply");
+}
+
+int rpc_call_async(rpc_client *c, const void *req, size_t len, uint32_t timeout_ms, rpc_done_fn done,
+                   void *user, aicfn_error *err) {
+    if (done == NULL) return aicfn_error_set(err, AICFN_E_INVALID, "rpc_call_async: no completion callback");
+    int rc = cli_precheck(c, len, err);
+    if (rc) return rc;
+    nng_msg *m = NULL;
+    int rv = rpc_msg_copy(&m, req, len);
+    if (rv != 0) return rpc_error_nng(err, rv, "rpc %s: request of %zu bytes", c->url, len);
+
+    pthread_mutex_lock(&c->mu);
+    if (c->closing) {
+        pthread_mutex_unlock(&c->mu);
+        nng_msg_free(m);
+        return aicfn_error_set(err, AICFN_E_CANCELED, "rpc %s: client closed", c->url);
+    }
+    rpc_op *op = c->free_ops;
+    if (op) {
+        c->free_ops = op->next_free;
+    } else {
+        if (c->n_ops >= c->max_async) {
+            pthread_mutex_unlock(&c->mu);
+            nng_msg_free(m);
+            return aicfn_error_set(err, AICFN_E_OVERLOADED, "rpc %s: %u calls already in flight", c->url,
+                                   c->max_async);
+        }
+        op = calloc(1, sizeof *op);
+        if (op == NULL || nng_aio_alloc(&op->aio, cli_async_cb, op) != 0) {
+            free(op);
+            pthread_mutex_unlock(&c->mu);
+            nng_msg_free(m);
+            return aicfn_error_set(err, AICFN_E_NOMEM, "rpc %s: async call slot", c->url);
+        }
+        if ((rv = cli_ctx_open(c, &op->ctx)) != 0) {
+            nng_aio_free(op->aio);
+            free(op);
+            pthread_mutex_unlock(&c->mu);
+            nng_msg_free(m);
+            return cli_status(c, rv, err, "opening a context");
+        }
+        op->c = c;
+        op->ctx_open = true;
+        op->next_all = c->all_ops;
+        c->all_ops = op;
+        c->n_ops++;
+    }
+    op->done = done;
+    op->user = user;
+    op->phase = OP_SEND;
+    op->deadline_us = clock_now_us() + (uint64_t)cli_timeout(timeout_ms) * 1000;
+    cli_list_add(c, op);
+    nng_aio_set_msg(op->aio, m);
+    nng_aio_set_timeout(op->aio, cli_left(op->deadline_us) ? cli_left(op->deadline_us) : 1);
+    nng_ctx_send(op->ctx, op->aio);
+    pthread_mutex_unlock(&c->mu);
+    return AICFN_OK;
+}
