@@ -1,0 +1,150 @@
+/* test_db.c: aicfn.db opening, pragmas, migrations (from empty, re-open, newer schema
+ * refused), the statement cache, error mapping and integrity_check. */
+#include <cmocka.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "gateway/db.h"
+#include "test_db_util.h"
+
+static int pragma_int(gw_db *db, const char *sql) {
+    sqlite3_stmt *st = NULL;
+    gw_db_lock(db);
+    assert_int_equal(gw_db_stmt(db, sql, &st, NULL), AICFN_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int v = sqlite3_column_int(st, 0);
+    gw_db_done(st);
+    gw_db_unlock(db);
+    return v;
+}
+
+static void migrations_from_empty_and_reopen(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("db");
+    assert_non_null(dir);
+    char sub[600];
+    snprintf(sub, sizeof sub, "%s/data", dir); /* gw_db_open creates the data dir */
+    gw_db *db = NULL;
+    aicfn_error err = {0};
+    assert_int_equal(gw_db_open(sub, &db, &err), AICFN_OK);
+    int v = -1;
+    assert_int_equal(gw_db_schema_version(db, &v, NULL), AICFN_OK);
+    assert_int_equal(v, gw_db_schema_latest());
+    assert_true(v >= 1);
+    /* Every table exists. */
+    const char *tables[] = {"functions", "workers", "cold_starts", "invocations", "tenants"};
+    for (size_t i = 0; i < 5; i++) {
+        char sql[128];
+        snprintf(sql, sizeof sql, "SELECT count(*) FROM sqlite_schema WHERE type='table' AND name='%s'",
+                 tables[i]);
+        assert_int_equal(pragma_int(db, sql), 1);
+    }
+    assert_int_equal(pragma_int(db, "PRAGMA foreign_keys"), 1);
+    assert_int_equal(pragma_int(db, "PRAGMA synchronous"), 1); /* NORMAL */
+    assert_true(pragma_int(db, "PRAGMA busy_timeout") > 0);
+    gw_db_lock(db);
+    assert_int_equal(
+        gw_db_exec(db, "INSERT INTO workers VALUES ('w1','ipc:///x','host',1,2,3,4,'ready')", &err),
+        AICFN_OK);
+    gw_db_unlock(db);
+    gw_db_close(db);
+
+    /* Re-open: nothing re-applied, data kept, still WAL. */
+    assert_int_equal(gw_db_open(sub, &db, &err), AICFN_OK);
+    assert_int_equal(gw_db_schema_version(db, &v, NULL), AICFN_OK);
+    assert_int_equal(v, gw_db_schema_latest());
+    assert_int_equal(pragma_int(db, "SELECT count(*) FROM workers"), 1);
+    sqlite3_stmt *st = NULL;
+    gw_db_lock(db);
+    assert_int_equal(gw_db_stmt(db, "PRAGMA journal_mode", &st, NULL), AICFN_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "wal");
+    gw_db_done(st);
+    gw_db_unlock(db);
+    assert_int_equal(gw_db_integrity_check(db, &err), AICFN_OK);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
+static void newer_schema_is_refused(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("db");
+    gw_db *db = NULL;
+    aicfn_error err = {0};
+    assert_int_equal(gw_db_open(dir, &db, &err), AICFN_OK);
+    char sql[64];
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %d", gw_db_schema_latest() + 1);
+    gw_db_lock(db);
+    assert_int_equal(gw_db_exec(db, sql, NULL), AICFN_OK);
+    gw_db_unlock(db);
+    gw_db_close(db);
+    assert_int_equal(gw_db_open(dir, &db, &err), AICFN_E_UNSUPPORTED);
+    assert_null(db);
+    assert_non_null(strstr(err.msg, "newer"));
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
+static void errors_map_to_db_and_exists(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("db");
+    gw_db *db = NULL;
+    aicfn_error err = {0};
+    assert_int_equal(gw_db_open(dir, &db, &err), AICFN_OK);
+    gw_db_lock(db);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(gw_db_stmt(db, "SELECT * FROM no_such_table", &st, &err), AICFN_E_DB);
+    assert_non_null(strstr(err.msg, "no_such_table"));
+    assert_int_equal(gw_db_exec(db, "INSERT INTO workers VALUES ('w','a','d',1,1,1,1,'s')", NULL), AICFN_OK);
+    assert_int_equal(gw_db_exec(db, "INSERT INTO workers VALUES ('w','a','d',1,1,1,1,'s')", &err),
+                     AICFN_E_EXISTS);
+    assert_non_null(strstr(err.msg, "UNIQUE"));
+    /* The cache returns the same statement for the same SQL, reset. */
+    sqlite3_stmt *a = NULL, *b = NULL;
+    assert_int_equal(gw_db_stmt(db, "SELECT count(*) FROM workers", &a, NULL), AICFN_OK);
+    assert_int_equal(sqlite3_step(a), SQLITE_ROW);
+    assert_int_equal(gw_db_stmt(db, "SELECT count(*) FROM workers", &b, NULL), AICFN_OK);
+    assert_ptr_equal(a, b);
+    assert_int_equal(sqlite3_step(b), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(b, 0), 1);
+    gw_db_done(b);
+    /* A failed transaction rolls back. */
+    assert_int_equal(gw_db_begin(db, NULL), AICFN_OK);
+    assert_int_equal(gw_db_exec(db, "DELETE FROM workers", NULL), AICFN_OK);
+    gw_db_rollback(db);
+    gw_db_unlock(db);
+    assert_int_equal(pragma_int(db, "SELECT count(*) FROM workers"), 1);
+    /* CHECK constraints hold. */
+    gw_db_lock(db);
+    assert_int_equal(gw_db_exec(db, "INSERT INTO tenants VALUES ('abc','t',x'00',0,0,0,0,NULL)", &err),
+                     AICFN_E_DB);
+    gw_db_unlock(db);
+    assert_int_equal(gw_db_integrity_check(db, &err), AICFN_OK);
+    gw_db_close(db);
+    gw_db_close(NULL);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
+static void unwritable_dir_is_io_error(void **state) {
+    (void)state;
+    gw_db *db = NULL;
+    aicfn_error err = {0};
+    assert_int_equal(gw_db_open("/proc/aicfn-no/such/dir", &db, &err), AICFN_E_IO);
+    assert_null(db);
+    assert_non_null(strstr(err.msg, "/proc/aicfn-no/such/dir"));
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(migrations_from_empty_and_reopen),
+        cmocka_unit_test(newer_schema_is_refused),
+        cmocka_unit_test(errors_map_to_db_and_exists),
+        cmocka_unit_test(unwritable_dir_is_io_error),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

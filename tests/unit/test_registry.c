@@ -1,0 +1,336 @@
+/* test_registry.c: deploy versions (N+1, active switch, old versions resolvable),
+ * resolve, ls, rm (one version, all, orphaned hashes, never reusing numbers), the
+ * config JSON round trip and its validation, workers. */
+#include <cmocka.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include "gateway/registry.h"
+#include "test_db_util.h"
+
+#define H(c)                                                                                                 \
+    c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c c  \
+        c c c c c c c c c c c c
+#define HASH_A H("a")
+#define HASH_B H("b")
+#define HASH_C H("c")
+
+typedef struct fx {
+    char *dir;
+    gw_db *db;
+} fx;
+
+static int setup(void **state) {
+    fx *f = calloc(1, sizeof *f);
+    f->dir = tdb_mkdtemp("reg");
+    if (!f->dir || gw_db_open(f->dir, &f->db, NULL) != AICFN_OK) return -1;
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state) {
+    fx *f = *state;
+    assert_int_equal(gw_db_integrity_check(f->db, NULL), AICFN_OK);
+    gw_db_close(f->db);
+    tdb_rm_rf(f->dir);
+    free(f->dir);
+    free(f);
+    return 0;
+}
+
+static uint32_t deploy(gw_db *db, const char *name, const char *handler, const char *snap, const char *cfg) {
+    gw_function_spec s = {.name = name,
+                          .handler_hash = handler,
+                          .handler_bytes = 1000,
+                          .snapshot_hash = snap,
+                          .snapshot_bytes = snap ? 5000 : 0,
+                          .model_raw_bytes = snap ? 9000 : 0,
+                          .config_json = cfg};
+    uint32_t v = 0;
+    aicfn_error err = {0};
+    int rc = gw_registry_deploy(db, &s, &v, &err);
+    if (rc) fail_msg("deploy: %s", err.msg);
+    return v;
+}
+
+static void refs_and_names(void **state) {
+    (void)state;
+    char name[AICFN_FN_NAME_MAX_BYTES + 1];
+    uint32_t v;
+    assert_int_equal(gw_fn_ref_parse("mlp", name, &v, NULL), AICFN_OK);
+    assert_string_equal(name, "mlp");
+    assert_int_equal(v, 0);
+    assert_int_equal(gw_fn_ref_parse("mlp:12", name, &v, NULL), AICFN_OK);
+    assert_int_equal(v, 12);
+    assert_int_equal(gw_fn_ref_parse("mlp:0", name, &v, NULL), AICFN_E_INVALID);
+    assert_int_equal(gw_fn_ref_parse("mlp:", name, &v, NULL), AICFN_E_INVALID);
+    assert_int_equal(gw_fn_ref_parse("mlp:1x", name, &v, NULL), AICFN_E_INVALID);
+    assert_int_equal(gw_fn_ref_parse(":1", name, &v, NULL), AICFN_E_INVALID);
+    assert_int_equal(gw_fn_ref_parse("../etc:1", name, &v, NULL), AICFN_E_INVALID);
+    assert_int_equal(gw_fn_ref_parse("a/b", name, &v, NULL), AICFN_E_INVALID);
+    assert_true(gw_fn_name_valid("resnet-50_v1.2"));
+    assert_false(gw_fn_name_valid("-x"));
+    assert_false(gw_fn_name_valid(""));
+    char longname[AICFN_FN_NAME_MAX_BYTES + 2];
+    memset(longname, 'a', sizeof longname - 1);
+    longname[sizeof longname - 1] = '\0';
+    assert_false(gw_fn_name_valid(longname));
+}
+
+static void deploy_versions_and_resolve(void **state) {
+    fx *f = *state;
+    assert_int_equal(deploy(f->db, "mlp", HASH_A, HASH_B, NULL), 1);
+    assert_int_equal(deploy(f->db, "mlp", HASH_C, HASH_B, "{\"batching\":{\"max_batch\":8}}"), 2);
+    assert_int_equal(deploy(f->db, "echo", HASH_A, NULL, NULL), 1);
+    gw_function fn;
+    aicfn_error err;
+    assert_int_equal(gw_registry_resolve(f->db, "mlp", &fn, &err), AICFN_OK);
+    assert_int_equal(fn.version, 2);
+    assert_true(fn.active);
+    assert_string_equal(fn.handler_hash, HASH_C);
+    assert_string_equal(fn.snapshot_hash, HASH_B);
+    assert_int_equal(fn.model_raw_bytes, 9000);
+    gw_fn_config cfg;
+    assert_int_equal(gw_fn_config_from_string(fn.config_json, &cfg, &err), AICFN_OK);
+    assert_int_equal(cfg.max_batch, 8);
+    gw_fn_config_clear(&cfg);
+    gw_function_clear(&fn);
+    /* The old version stays addressable, inactive. */
+    assert_int_equal(gw_registry_resolve(f->db, "mlp:1", &fn, &err), AICFN_OK);
+    assert_int_equal(fn.version, 1);
+    assert_false(fn.active);
+    assert_string_equal(fn.handler_hash, HASH_A);
+    gw_function_clear(&fn);
+    assert_int_equal(gw_registry_resolve(f->db, "echo", &fn, &err), AICFN_OK);
+    assert_string_equal(fn.snapshot_hash, "");
+    gw_function_clear(&fn);
+    assert_int_equal(gw_registry_resolve(f->db, "mlp:3", &fn, &err), AICFN_E_NOT_FOUND);
+    assert_non_null(strstr(err.msg, "mlp:3"));
+    assert_int_equal(gw_registry_resolve(f->db, "nope", &fn, &err), AICFN_E_NOT_FOUND);
+    /* Exactly one active version per name. */
+    gw_function *vs = NULL;
+    size_t n = 0;
+    assert_int_equal(gw_registry_versions(f->db, "mlp", &vs, &n, NULL), AICFN_OK);
+    assert_int_equal(n, 2);
+    assert_false(vs[0].active);
+    assert_true(vs[1].active);
+    gw_function_array_free(vs, n);
+    /* Rollback to 1. */
+    assert_int_equal(gw_registry_activate(f->db, "mlp", 1, NULL), AICFN_OK);
+    assert_int_equal(gw_registry_resolve(f->db, "mlp", &fn, NULL), AICFN_OK);
+    assert_int_equal(fn.version, 1);
+    gw_function_clear(&fn);
+    assert_int_equal(gw_registry_activate(f->db, "mlp", 9, NULL), AICFN_E_NOT_FOUND);
+}
+
+static void deploy_rejects_bad_input(void **state) {
+    fx *f = *state;
+    gw_function_spec s = {.name = "x y", .handler_hash = HASH_A};
+    uint32_t v;
+    aicfn_error err;
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &err), AICFN_E_INVALID);
+    s.name = "ok";
+    s.handler_hash = "../../etc/passwd";
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &err), AICFN_E_INVALID);
+    s.handler_hash = HASH_A;
+    s.config_json = "{\"batching\":{\"max_batch\":0}}";
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &err), AICFN_E_INVALID);
+    assert_non_null(strstr(err.msg, "max_batch"));
+    s.config_json = "{\"bogus\":1}";
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &err), AICFN_E_INVALID);
+    assert_non_null(strstr(err.msg, "bogus"));
+    s.config_json = "{not json";
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &err), AICFN_E_INVALID);
+    /* Nothing was registered by the failures. */
+    gw_function_summary *ls = NULL;
+    size_t n = 9;
+    assert_int_equal(gw_registry_list(f->db, &ls, &n, NULL), AICFN_OK);
+    assert_int_equal(n, 0);
+    assert_null(ls);
+}
+
+static void list_and_json(void **state) {
+    fx *f = *state;
+    deploy(f->db, "b", HASH_A, NULL, NULL);
+    deploy(f->db, "a", HASH_A, HASH_B, NULL);
+    deploy(f->db, "a", HASH_C, HASH_B, NULL);
+    gw_function_summary *ls = NULL;
+    size_t n = 0;
+    assert_int_equal(gw_registry_list(f->db, &ls, &n, NULL), AICFN_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(ls[0].name, "a");
+    assert_int_equal(ls[0].active_version, 2);
+    assert_int_equal(ls[0].latest_version, 2);
+    assert_int_equal(ls[0].n_versions, 2);
+    assert_int_equal(ls[0].snapshot_bytes, 5000);
+    assert_string_equal(ls[1].name, "b");
+    assert_int_equal(ls[1].n_versions, 1);
+    json_t *j = gw_function_summaries_to_json(ls, n);
+    assert_non_null(j);
+    assert_int_equal(json_array_size(j), 2);
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(j, 0), "versions")), 2);
+    json_decref(j);
+    free(ls);
+}
+
+static void remove_versions(void **state) {
+    fx *f = *state;
+    deploy(f->db, "m", HASH_A, HASH_B, NULL); /* 1 */
+    deploy(f->db, "m", HASH_C, HASH_B, NULL); /* 2 */
+    deploy(f->db, "other", HASH_A, NULL, NULL);
+    uint32_t removed = 0;
+    char(*orph)[GW_HASH_HEX_LEN + 1] = NULL;
+    size_t no = 0;
+    aicfn_error err;
+    /* Removing the active version 2 makes 1 active; HASH_C is orphaned. */
+    assert_int_equal(gw_registry_remove(f->db, "m:2", &removed, &orph, &no, &err), AICFN_OK);
+    assert_int_equal(removed, 1);
+    assert_int_equal(no, 1);
+    assert_string_equal(orph[0], HASH_C);
+    free(orph);
+    gw_function fn;
+    assert_int_equal(gw_registry_resolve(f->db, "m", &fn, NULL), AICFN_OK);
+    assert_int_equal(fn.version, 1);
+    gw_function_clear(&fn);
+    assert_int_equal(gw_registry_remove(f->db, "m:2", &removed, NULL, NULL, &err), AICFN_E_NOT_FOUND);
+    /* A new deploy never reuses number 2. */
+    assert_int_equal(deploy(f->db, "m", HASH_C, HASH_B, NULL), 3);
+    /* Remove all versions: HASH_B orphaned, HASH_A and HASH_C... HASH_A still used by "other". */
+    assert_int_equal(gw_registry_remove(f->db, "m", &removed, &orph, &no, &err), AICFN_OK);
+    assert_int_equal(removed, 2);
+    int seen_b = 0, seen_c = 0;
+    for (size_t i = 0; i < no; i++) {
+        assert_string_not_equal(orph[i], HASH_A);
+        seen_b += !strcmp(orph[i], HASH_B);
+        seen_c += !strcmp(orph[i], HASH_C);
+    }
+    assert_int_equal(seen_b, 1);
+    assert_int_equal(seen_c, 1);
+    free(orph);
+    assert_int_equal(gw_registry_resolve(f->db, "m", &fn, &err), AICFN_E_NOT_FOUND);
+    assert_int_equal(gw_registry_resolve(f->db, "m:1", &fn, &err), AICFN_E_NOT_FOUND);
+    assert_int_equal(gw_registry_artifact_in_use(f->db, HASH_A, NULL), 1);
+    assert_int_equal(gw_registry_artifact_in_use(f->db, HASH_B, NULL), 0);
+    assert_int_equal(gw_registry_remove(f->db, "m", &removed, NULL, NULL, &err), AICFN_E_NOT_FOUND);
+    assert_int_equal(deploy(f->db, "m", HASH_A, NULL, NULL), 4);
+}
+
+static void config_json_round_trip(void **state) {
+    (void)state;
+    gw_fn_config c;
+    gw_fn_config_init(&c);
+    c.max_batch = 32;
+    c.max_delay_us = 2000;
+    c.timeout_us = 30000000;
+    c.max_request_bytes = 8u << 20;
+    c.max_workers = 2;
+    c.idle_timeout_us = 300000000;
+    c.cache_responses = true;
+    c.cache_ttl_us = 600000000;
+    c.idempotent = true;
+    c.n_inputs = 1;
+    c.inputs = calloc(1, sizeof *c.inputs);
+    strcpy(c.inputs[0].name, "x");
+    c.inputs[0].dtype = AICFN_DTYPE_FP32;
+    c.inputs[0].ndim = 2;
+    c.inputs[0].shape[0] = -1;
+    c.inputs[0].shape[1] = 784;
+    json_t *j = gw_fn_config_to_json(&c);
+    assert_non_null(j);
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    gw_fn_config d;
+    aicfn_error err;
+    assert_int_equal(gw_fn_config_from_string(text, &d, &err), AICFN_OK);
+    free(text);
+    assert_int_equal(d.max_batch, 32);
+    assert_int_equal(d.max_delay_us, 2000);
+    assert_int_equal(d.timeout_us, 30000000);
+    assert_int_equal(d.max_request_bytes, 8u << 20);
+    assert_int_equal(d.max_workers, 2);
+    assert_true(d.cache_responses);
+    assert_int_equal(d.cache_ttl_us, 600000000);
+    assert_true(d.idempotent);
+    assert_int_equal(d.n_inputs, 1);
+    assert_string_equal(d.inputs[0].name, "x");
+    assert_int_equal(d.inputs[0].dtype, AICFN_DTYPE_FP32);
+    assert_int_equal(d.inputs[0].shape[0], -1);
+    assert_int_equal(d.n_outputs, 0);
+    gw_fn_config_clear(&d);
+    gw_fn_config_clear(&c);
+    /* Hostile or wrong JSON. */
+    const char *bad[] = {"[]",
+                         "{\"batching\":1}",
+                         "{\"batching\":{\"max_batch\":-1}}",
+                         "{\"scaling\":{\"min_workers\":3,\"max_workers\":2}}",
+                         "{\"idempotent\":1}",
+                         "{\"inputs\":[{\"name\":\"x\"}]}",
+                         "{\"inputs\":[{\"name\":\"x\",\"datatype\":\"F99\"}]}",
+                         "{\"inputs\":[{\"name\":\"x\",\"datatype\":\"FP32\",\"shape\":[-2]}]}",
+                         "{\"limits\":{\"max_request_bytes\":99999999999}}",
+                         "{\"a\":1,\"a\":2}"};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(gw_fn_config_from_string(bad[i], &d, &err), AICFN_E_INVALID);
+        assert_null(d.inputs);
+    }
+}
+
+static void workers_table(void **state) {
+    fx *f = *state;
+    gw_worker_row w = {.budget_bytes = 1 << 30, .pid = 1234, .started_us = 10, .last_seen_us = 10};
+    strcpy(w.id, "w2");
+    strcpy(w.address, "ipc:///tmp/w2");
+    strcpy(w.device, "cuda:0");
+    strcpy(w.state, "starting");
+    assert_int_equal(gw_registry_worker_upsert(f->db, &w, NULL), AICFN_OK);
+    strcpy(w.id, "w1");
+    assert_int_equal(gw_registry_worker_upsert(f->db, &w, NULL), AICFN_OK);
+    assert_int_equal(gw_registry_worker_touch(f->db, "w1", "ready", 99, NULL), AICFN_OK);
+    assert_int_equal(gw_registry_worker_touch(f->db, "w2", NULL, 77, NULL), AICFN_OK);
+    assert_int_equal(gw_registry_worker_touch(f->db, "zz", "ready", 1, NULL), AICFN_E_NOT_FOUND);
+    gw_worker_row *ws = NULL;
+    size_t n = 0;
+    assert_int_equal(gw_registry_worker_list(f->db, &ws, &n, NULL), AICFN_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(ws[0].id, "w1");
+    assert_string_equal(ws[0].state, "ready");
+    assert_int_equal(ws[0].last_seen_us, 99);
+    assert_string_equal(ws[1].state, "starting");
+    assert_int_equal(ws[1].last_seen_us, 77);
+    assert_int_equal(ws[1].pid, 1234);
+    free(ws);
+    assert_int_equal(gw_registry_worker_remove(f->db, "w1", NULL), AICFN_OK);
+    assert_int_equal(gw_registry_worker_list(f->db, &ws, &n, NULL), AICFN_OK);
+    assert_int_equal(n, 1);
+    free(ws);
+}
+
+static void deploy_survives_reopen(void **state) {
+    fx *f = *state;
+    assert_int_equal(deploy(f->db, "durable", HASH_A, NULL, NULL), 1);
+    /* A second connection (another process would see the same) reads the committed deploy. */
+    gw_db *db2 = NULL;
+    assert_int_equal(gw_db_open(f->dir, &db2, NULL), AICFN_OK);
+    gw_function fn;
+    assert_int_equal(gw_registry_resolve(db2, "durable", &fn, NULL), AICFN_OK);
+    assert_int_equal(fn.version, 1);
+    gw_function_clear(&fn);
+    gw_db_close(db2);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(refs_and_names),
+        cmocka_unit_test_setup_teardown(deploy_versions_and_resolve, setup, teardown),
+        cmocka_unit_test_setup_teardown(deploy_rejects_bad_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(list_and_json, setup, teardown),
+        cmocka_unit_test_setup_teardown(remove_versions, setup, teardown),
+        cmocka_unit_test(config_json_round_trip),
+        cmocka_unit_test_setup_teardown(workers_table, setup, teardown),
+        cmocka_unit_test_setup_teardown(deploy_survives_reopen, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
