@@ -176,6 +176,9 @@ fn addHandler(ctx: *const Ctx, name: []const u8, c_files: []const []const u8, cu
             so.root_module.addObjectFile(obj);
         }
         so.root_module.addCMacro("AICFN_HANDLER_CUDA", "1");
+        // nvcc's host stubs are C++ (static-init guards, EH personality): the handler
+        // needs the C++ runtime, else dlopen fails on __gxx_personality_v0.
+        so.root_module.addObjectFile(.{ .cwd_relative = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6" });
         so.root_module.addObjectFile(.{ .cwd_relative = cuda_root ++ "/lib64/libcudart_static.a" });
         so.root_module.linkSystemLibrary("rt", .{});
         so.root_module.linkSystemLibrary("dl", .{});

@@ -1,0 +1,236 @@
+/* cmd_worker.c: `aicfn worker`: parses the flags into a worker_config and function
+ * configs, runs the worker (worker/worker.h) and drains it on SIGTERM or SIGINT.
+ *
+ * Signals are blocked in every thread (the mask is set before any thread starts) and
+ * taken by sigwait on the main thread, so no work ever runs in a signal handler. */
+#include <errno.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "common/log.h"
+#include "common/tunables.h"
+#include "common/units.h"
+#include "worker/worker.h"
+
+#define CW_MAX_FUNCTIONS 64
+
+static void cw_help(FILE *out) {
+    fprintf(out,
+            "usage: aicfn worker --listen ADDR [--device auto|host|cuda[:N]] [--memory BYTES]\n"
+            "                    [--load-threads N] [--id NAME] --function SPEC [--function SPEC ...]\n"
+            "\n"
+            "Runs a worker: one device, its model cache, and the functions given. It answers\n"
+            "invoke and status messages on ADDR (ipc:///path or tcp://host:port) and drains on\n"
+            "SIGTERM/SIGINT: new calls are refused (AICFN_E_UNAVAILABLE), calls in flight finish,\n"
+            "handlers' fini runs, device memory is freed, exit status 0.\n"
+            "\n"
+            "  --listen ADDR        NNG address to listen on (required)\n"
+            "  --device SPEC        auto (CUDA when a GPU is visible, else host), host, cuda, cuda:N\n"
+            "  --memory BYTES       model cache budget, e.g. 2GiB (default: the device's free memory;\n"
+            "                       host: %llu MiB)\n"
+            "  --load-threads N     snapshot pipeline threads per load (default: cores)\n"
+            "  --id NAME            worker id shown in status (default: w<pid>)\n"
+            "  --function SPEC      NAME=HANDLER.so[,SNAPSHOT.aicsnap][,OPTION=VALUE...]\n"
+            "                       options: max_batch=N (default %d), max_delay_us=N (default %d),\n"
+            "                       timeout=DUR (default %d ms; e.g. 30s), max_queue=N (default %d),\n"
+            "                       version=N, param.KEY=VALUE (passed to the handler's init).\n"
+            "                       Paths may not contain commas.\n"
+            "\n"
+            "environment: AICFN_LOG=error|warn|info|debug\n",
+            (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20), AICFN_DEFAULT_MAX_BATCH,
+            AICFN_DEFAULT_MAX_DELAY_US, AICFN_DEFAULT_TIMEOUT_MS, AICFN_DEFAULT_QUEUE_PER_FUNCTION);
+}
+
+/* A parsed --function: the config plus the storage its strings point into. */
+typedef struct cw_fn {
+    worker_fn_config cfg;
+    char *text; /* a copy of the spec, cut in place */
+    aicfn_param params[AICFN_MAX_PARAMS];
+} cw_fn;
+
+static int cw_parse_u64(const char *s, uint64_t *out) {
+    if (s == NULL || *s == '\0') return -1;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(s, &end, 10);
+    if (errno || *end != '\0' || s[0] == '-') return -1;
+    *out = v;
+    return 0;
+}
+
+/* Parses NAME=HANDLER[,SNAPSHOT][,K=V...] into f. Returns 0 or prints a usage error. */
+static int cw_parse_function(const char *spec, cw_fn *f) {
+    memset(f, 0, sizeof *f);
+    f->text = strdup(spec);
+    if (f->text == NULL) return cli_usage_error("worker", "out of memory");
+    char *save = NULL;
+    char *tok = strtok_r(f->text, ",", &save);
+    char *eq = tok ? strchr(tok, '=') : NULL;
+    if (eq == NULL || eq == tok || eq[1] == '\0')
+        return cli_usage_error(
+            "worker", "--function '%s': expected NAME=HANDLER.so[,SNAPSHOT][,OPTION=VALUE...]", spec);
+    *eq = '\0';
+    f->cfg.name = tok;
+    f->cfg.handler = eq + 1;
+    while ((tok = strtok_r(NULL, ",", &save)) != NULL) {
+        char *e = strchr(tok, '=');
+        if (e == NULL) {
+            if (f->cfg.snapshot)
+                return cli_usage_error("worker", "--function %s: two snapshots ('%s' and '%s')", f->cfg.name,
+                                       f->cfg.snapshot, tok);
+            f->cfg.snapshot = tok;
+            continue;
+        }
+        *e = '\0';
+        const char *k = tok, *v = e + 1;
+        uint64_t n;
+        aicfn_error err;
+        if (strncmp(k, "param.", 6) == 0 && k[6] != '\0') {
+            if (f->cfg.n_params >= AICFN_MAX_PARAMS)
+                return cli_usage_error("worker", "--function %s: too many params", f->cfg.name);
+            f->params[f->cfg.n_params++] = (aicfn_param){.key = k + 6, .value = v};
+        } else if (strcmp(k, "max_batch") == 0) {
+            if (cw_parse_u64(v, &n) || n < 1 || n > AICFN_WORKER_MAX_BATCH)
+                return cli_usage_error("worker", "--function %s: max_batch must be 1..%d", f->cfg.name,
+                                       AICFN_WORKER_MAX_BATCH);
+            f->cfg.max_batch = (uint32_t)n;
+        } else if (strcmp(k, "max_delay_us") == 0) {
+            if (cw_parse_u64(v, &n) || n > 60000000ull)
+                return cli_usage_error("worker", "--function %s: max_delay_us must be 0..60000000",
+                                       f->cfg.name);
+            f->cfg.max_delay_us = n;
+        } else if (strcmp(k, "timeout") == 0) {
+            if (units_parse_duration_us(v, &n, &err) != AICFN_OK || n == 0)
+                return cli_usage_error("worker", "--function %s: timeout '%s' is not a duration (e.g. 30s)",
+                                       f->cfg.name, v);
+            f->cfg.timeout_us = n;
+        } else if (strcmp(k, "max_queue") == 0) {
+            if (cw_parse_u64(v, &n) || n < 1 || n > 1000000)
+                return cli_usage_error("worker", "--function %s: max_queue must be 1..1000000", f->cfg.name);
+            f->cfg.max_queue = (uint32_t)n;
+        } else if (strcmp(k, "version") == 0) {
+            if (cw_parse_u64(v, &n) || n > UINT32_MAX)
+                return cli_usage_error("worker", "--function %s: bad version '%s'", f->cfg.name, v);
+            f->cfg.version = (uint32_t)n;
+        } else {
+            return cli_usage_error("worker",
+                                   "--function %s: unknown option '%s' (handler params are param.KEY=VALUE)",
+                                   f->cfg.name, k);
+        }
+    }
+    f->cfg.params = f->params;
+    return 0;
+}
+
+/* The value of flag argv[*i] ("--flag VALUE" or "--flag=VALUE"), or NULL. */
+static const char *cw_flag(int argc, char **argv, int *i, const char *name) {
+    size_t n = strlen(name);
+    if (strncmp(argv[*i], name, n) != 0) return NULL;
+    if (argv[*i][n] == '=') return argv[*i] + n + 1;
+    if (argv[*i][n] != '\0' || *i + 1 >= argc) return NULL;
+    return argv[++*i];
+}
+
+int cli_cmd_worker(int argc, char **argv) {
+    worker_config cfg = {.device = "auto"};
+    cw_fn *fns = calloc(CW_MAX_FUNCTIONS, sizeof *fns);
+    int n_fns = 0, rc = CLI_EXIT_OK;
+    if (fns == NULL) return cli_usage_error("worker", "out of memory");
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        aicfn_error err;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            cw_help(stdout);
+            goto out;
+        } else if ((v = cw_flag(argc, argv, &i, "--listen"))) {
+            cfg.listen = v;
+        } else if ((v = cw_flag(argc, argv, &i, "--device"))) {
+            cfg.device = v;
+        } else if ((v = cw_flag(argc, argv, &i, "--id"))) {
+            cfg.id = v;
+        } else if ((v = cw_flag(argc, argv, &i, "--memory"))) {
+            if (units_parse_size(v, &cfg.memory_bytes, &err) != AICFN_OK || cfg.memory_bytes == 0) {
+                rc = cli_usage_error("worker", "--memory '%s': %s", v, err.msg);
+                goto out;
+            }
+        } else if ((v = cw_flag(argc, argv, &i, "--load-threads"))) {
+            uint64_t n;
+            if (cw_parse_u64(v, &n) || n > 1024) {
+                rc = cli_usage_error("worker", "--load-threads must be 0..1024");
+                goto out;
+            }
+            cfg.load_threads = (uint32_t)n;
+        } else if ((v = cw_flag(argc, argv, &i, "--function"))) {
+            if (n_fns >= CW_MAX_FUNCTIONS) {
+                rc = cli_usage_error("worker", "at most %d --function flags", CW_MAX_FUNCTIONS);
+                goto out;
+            }
+            if ((rc = cw_parse_function(v, &fns[n_fns])) != 0) {
+                n_fns++;
+                goto out;
+            }
+            n_fns++;
+        } else {
+            rc = cli_usage_error("worker", "unknown or incomplete argument '%s'", argv[i]);
+            goto out;
+        }
+    }
+    if (cfg.listen == NULL) {
+        rc = cli_usage_error("worker", "--listen ADDR is required");
+        goto out;
+    }
+
+    /* Block the signals we wait for before any thread exists: every thread inherits it. */
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    char role[48];
+    snprintf(role, sizeof role, "worker %s", cfg.id ? cfg.id : "");
+    log_set_role(role);
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    worker *w = NULL;
+    if (worker_create(&cfg, &w, &err) != AICFN_OK) {
+        rc = cli_fail(&err);
+        goto out;
+    }
+    uint64_t max_timeout_us = (uint64_t)AICFN_DEFAULT_TIMEOUT_MS * 1000;
+    for (int i = 0; i < n_fns; i++) {
+        if (worker_add_function(w, &fns[i].cfg, &err) != AICFN_OK) {
+            rc = cli_fail(&err);
+            worker_destroy(w);
+            goto out;
+        }
+        if (fns[i].cfg.timeout_us > max_timeout_us) max_timeout_us = fns[i].cfg.timeout_us;
+    }
+    if (worker_start(w, &err) != AICFN_OK) {
+        rc = cli_fail(&err);
+        worker_destroy(w);
+        goto out;
+    }
+    int sig = 0;
+    while (sigwait(&set, &sig) != 0) {
+    }
+    log_info("received %s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    /* Every call in flight ends by its deadline; allow that plus a grace period. */
+    uint32_t wait_ms = (uint32_t)(max_timeout_us / 1000) + 5000;
+    unsigned left = worker_drain(w, wait_ms);
+    if (left) log_warn("drain: %u calls still in flight after %u ms; stopping anyway", left, wait_ms);
+    worker_destroy(w);
+    log_info("stopped");
+    rc = left ? CLI_EXIT_FAIL : CLI_EXIT_OK;
+out:
+    for (int i = 0; i < n_fns; i++)
+        free(fns[i].text);
+    free(fns);
+    return rc;
+}

@@ -1,0 +1,252 @@
+/* test_batcher.c: batch formation (max_batch, max_delay since the OLDEST request),
+ * deadline expiry while a batch runs, queue limits, close and drain (worker/batcher.c). */
+#include <cmocka.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "worker/batcher.h"
+
+typedef struct item {
+    worker_batch_item link;
+    int id;
+    int executed;
+    int expired;
+    uint32_t batch;
+    uint64_t done_us;
+} item;
+
+typedef struct rec {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    int batches;
+    uint32_t sizes[64];
+    long sleep_ms_first; /* the first batch sleeps this long */
+} rec;
+
+static void sleep_ms(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0) {
+    }
+}
+
+static void on_exec(void *ctx, worker_batch_item **items, uint32_t n) {
+    rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    int first = r->batches == 0;
+    if (r->batches < 64) r->sizes[r->batches] = n;
+    r->batches++;
+    pthread_mutex_unlock(&r->mu);
+    if (first && r->sleep_ms_first) sleep_ms(r->sleep_ms_first);
+    pthread_mutex_lock(&r->mu);
+    for (uint32_t i = 0; i < n; i++) {
+        item *it = (item *)items[i];
+        it->executed = 1;
+        it->batch = n;
+        it->done_us = clock_now_us();
+        r->done++;
+    }
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+static void on_expire(void *ctx, worker_batch_item *w) {
+    rec *r = ctx;
+    pthread_mutex_lock(&r->mu);
+    item *it = (item *)w;
+    it->expired = 1;
+    it->done_us = clock_now_us();
+    r->done++;
+    pthread_cond_broadcast(&r->cv);
+    pthread_mutex_unlock(&r->mu);
+}
+
+/* Waits (bounded, 5 s) until `n` items are done. */
+static void wait_done(rec *r, int n) {
+    uint64_t until = clock_now_us() + 5000000;
+    pthread_mutex_lock(&r->mu);
+    while (r->done < n && clock_now_us() < until) {
+        struct timespec ts;
+        clock_deadline_to_realtime(clock_now_us() + 10000, &ts);
+        pthread_cond_timedwait(&r->cv, &r->mu, &ts);
+    }
+    int done = r->done;
+    pthread_mutex_unlock(&r->mu);
+    assert_int_equal(done, n);
+}
+
+static void rec_init(rec *r) {
+    memset(r, 0, sizeof *r);
+    pthread_mutex_init(&r->mu, NULL);
+    pthread_cond_init(&r->cv, NULL);
+}
+
+static void rec_fini(rec *r) {
+    pthread_mutex_destroy(&r->mu);
+    pthread_cond_destroy(&r->cv);
+}
+
+static void submit(worker_batcher *b, item *it, int id, uint64_t arrival, uint64_t deadline) {
+    memset(it, 0, sizeof *it);
+    it->id = id;
+    it->link.arrival_us = arrival;
+    it->link.deadline_us = deadline;
+    assert_int_equal(worker_batcher_submit(b, &it->link, NULL), 0);
+}
+
+static void full_batches_leave_at_once(void **state) {
+    (void)state;
+    rec r;
+    rec_init(&r);
+    worker_batcher *b;
+    worker_batcher_config cfg = {.max_batch = 4, .max_delay_us = 10000000, .name = "t"};
+    /* The first batch is held for 100 ms so that all 8 items queue behind it. */
+    r.sleep_ms_first = 100;
+    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
+    item its[9];
+    uint64_t t0 = clock_now_us();
+    for (int i = 0; i < 4; i++)
+        submit(b, &its[i], i, clock_now_us(), 0);
+    for (int i = 4; i < 8; i++)
+        submit(b, &its[i], i, clock_now_us(), 0);
+    wait_done(&r, 8);
+    /* Two full batches, long before the 10 s delay. */
+    assert_true(clock_now_us() - t0 < 2000000);
+    assert_int_equal(r.batches, 2);
+    assert_int_equal(r.sizes[0], 4);
+    assert_int_equal(r.sizes[1], 4);
+    for (int i = 0; i < 8; i++)
+        assert_true(its[i].executed && !its[i].expired);
+    worker_batcher_stats st;
+    worker_batcher_get_stats(b, &st);
+    assert_int_equal(st.batches, 2);
+    assert_int_equal(st.executed, 8);
+    worker_batcher_destroy(b);
+    rec_fini(&r);
+}
+
+static void partial_batch_waits_max_delay(void **state) {
+    (void)state;
+    rec r;
+    rec_init(&r);
+    worker_batcher *b;
+    worker_batcher_config cfg = {.max_batch = 8, .max_delay_us = 30000, .name = "t"};
+    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
+    item its[3];
+    uint64_t t0 = clock_now_us();
+    submit(b, &its[0], 0, t0, 0);
+    sleep_ms(10);
+    submit(b, &its[1], 1, clock_now_us(), 0);
+    submit(b, &its[2], 2, clock_now_us(), 0);
+    wait_done(&r, 3);
+    /* All three in one batch that left about 30 ms after the OLDEST arrived. */
+    assert_int_equal(r.batches, 1);
+    assert_int_equal(r.sizes[0], 3);
+    assert_true(its[0].link.dequeued_us - t0 >= 30000);
+    assert_true(its[0].link.dequeued_us - t0 < 1000000);
+    worker_batcher_destroy(b);
+
+    /* An item that arrived long ago (by its arrival time) leaves at once. */
+    rec_init(&r);
+    cfg.max_delay_us = 5000000;
+    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
+    uint64_t now = clock_now_us();
+    submit(b, &its[0], 0, now - 6000000, 0);
+    wait_done(&r, 1);
+    assert_true(clock_now_us() - now < 1000000);
+    worker_batcher_destroy(b);
+    rec_fini(&r);
+}
+
+static void deadline_expires_while_busy(void **state) {
+    (void)state;
+    rec r;
+    rec_init(&r);
+    r.sleep_ms_first = 300;
+    worker_batcher *b;
+    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t"};
+    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
+    item its[3];
+    uint64_t t0 = clock_now_us();
+    submit(b, &its[0], 0, t0, 0);
+    sleep_ms(20); /* the executor is now inside the 300 ms batch */
+    submit(b, &its[1], 1, clock_now_us(), clock_now_us() + 30000);
+    submit(b, &its[2], 2, clock_now_us(), 0);
+    wait_done(&r, 3);
+    assert_true(its[0].executed);
+    assert_true(its[1].expired);
+    assert_false(its[1].executed);
+    assert_true(its[2].executed);
+    /* The expiry happened while the first batch still ran (reaper), not after it. */
+    assert_true(its[1].done_us - t0 < 250000);
+    worker_batcher_stats st;
+    worker_batcher_get_stats(b, &st);
+    assert_int_equal(st.expired, 1);
+    assert_int_equal(st.executed, 2);
+    worker_batcher_destroy(b);
+
+    /* An item already past its deadline when submitted never runs either. */
+    rec_init(&r);
+    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
+    uint64_t now = clock_now_us();
+    submit(b, &its[0], 0, now, now - 1);
+    wait_done(&r, 1);
+    assert_true(its[0].expired && !its[0].executed);
+    worker_batcher_destroy(b);
+    rec_fini(&r);
+}
+
+static void queue_limit_close_and_drain(void **state) {
+    (void)state;
+    rec r;
+    rec_init(&r);
+    r.sleep_ms_first = 100;
+    worker_batcher *b;
+    worker_batcher_config cfg = {.max_batch = 2, .max_delay_us = 10000000, .max_queue = 3, .name = "t"};
+    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
+    item its[6];
+    submit(b, &its[0], 0, clock_now_us(), 0);
+    submit(b, &its[1], 1, clock_now_us(), 0);
+    sleep_ms(20); /* batch {0,1} runs for 100 ms */
+    submit(b, &its[2], 2, clock_now_us(), 0);
+    submit(b, &its[3], 3, clock_now_us(), 0);
+    submit(b, &its[4], 4, clock_now_us(), 0);
+    aicfn_error err;
+    memset(&its[5], 0, sizeof its[5]);
+    its[5].link.arrival_us = clock_now_us();
+    assert_int_equal(worker_batcher_submit(b, &its[5].link, &err), AICFN_E_OVERLOADED);
+    worker_batcher_close(b);
+    assert_int_equal(worker_batcher_submit(b, &its[5].link, &err), AICFN_E_UNAVAILABLE);
+    /* Destroy drains: the queued items run without waiting for the 10 s delay. */
+    uint64_t t0 = clock_now_us();
+    worker_batcher_destroy(b);
+    assert_true(clock_now_us() - t0 < 2000000);
+    assert_int_equal(r.done, 5);
+    for (int i = 0; i < 5; i++)
+        assert_true(its[i].executed);
+    assert_false(its[5].executed);
+    rec_fini(&r);
+
+    assert_int_equal(
+        worker_batcher_create(&(worker_batcher_config){.max_batch = 0}, on_exec, on_expire, &r, &b, &err),
+        AICFN_E_INVALID);
+    worker_batcher_destroy(NULL);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(full_batches_leave_at_once),
+        cmocka_unit_test(partial_batch_waits_max_delay),
+        cmocka_unit_test(deadline_expires_while_busy),
+        cmocka_unit_test(queue_limit_close_and_drain),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -1,0 +1,912 @@
+/* worker.c: the worker process: function table, the NNG request handler (decode,
+ * validate, queue), the per-function batch executor (acquire the model, (re)create the
+ * handler instance, invoke, release, reply), status and drain. See worker.h.
+ * Not for: the ABI mechanics (host.c), batching policy (batcher.c), model loading
+ * (model.c, loader/) or message encoding details (common/wire.c). */
+#include "worker/worker.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/dtype.h"
+#include "common/log.h"
+#include "common/rpc.h"
+#include "common/tunables.h"
+#include "common/units.h"
+#include "common/wire.h"
+#include "loader/cache.h"
+#include "loader/device.h"
+#include "worker/batcher.h"
+#include "worker/host.h"
+#include "worker/model.h"
+
+typedef struct worker_fn {
+    struct worker_fn *next;
+    worker *w;
+    char *name;
+    uint32_t version;
+    char *handler_path;
+    char *snapshot;  /* NULL: no model */
+    char *model_key; /* cache key */
+    uint32_t max_batch;
+    uint64_t max_delay_us;
+    uint64_t timeout_us;
+    aicfn_param *params;
+    uint32_t n_params;
+    worker_handler *handler;
+    worker_batcher *batcher;
+    atomic_uint inflight;
+    /* Executor-thread state (never touched concurrently). */
+    worker_instance *inst;
+    uint64_t inst_generation; /* the model generation inst was made for; 0 without a model */
+    aicfn_request *areqs;     /* max_batch */
+    aicfn_response **resps;   /* max_batch */
+} worker_fn;
+
+struct worker {
+    char *listen;
+    char *device_spec;
+    char id[64];
+    uint64_t memory_bytes;
+    loader_device *dev;
+    loader_cache *cache;
+    worker_model_ops_arg ops_arg;
+    rpc_server *srv;
+    uint64_t started_us;
+
+    pthread_mutex_t mu; /* fns, n_fns, inflight, draining */
+    pthread_cond_t cv;  /* inflight reached 0 */
+    worker_fn *fns;
+    unsigned n_fns;
+    unsigned inflight;
+    int draining;
+
+    atomic_uint_fast64_t n_invocations, n_errors, n_cold, n_batches;
+};
+
+/* One invocation, from receipt to reply. */
+typedef struct worker_req {
+    worker_batch_item item; /* first: the batcher hands this pointer back */
+    worker *w;
+    worker_fn *fn;
+    rpc_call *call;
+    wire_doc doc;
+    wire_invoke_req req;
+    uint64_t id;
+    uint64_t received_us;
+    aicfn_request areq;
+    aicfn_tensor *inputs;
+    void *aligned; /* copies of inputs whose data was misaligned in the message */
+    aicfn_param *params;
+    char id_str[24];
+    aicfn_response *resp;
+} worker_req;
+
+/* What a batch's execution tells each reply. */
+typedef struct worker_exec_info {
+    bool cold;
+    uint32_t batch;
+    uint64_t load_us, exec_us, init_us;
+    const loader_acquire_info *acq; /* when the batch loaded the model; NULL otherwise */
+    bool attach_coldstart;
+} worker_exec_info;
+
+/* ---- summary and status ---- */
+
+/* The function that uses cache key `key`, for the summary ("" when none). */
+static const worker_fn *worker_fn_of_key(worker *w, const char *key) {
+    for (const worker_fn *f = w->fns; f; f = f->next)
+        if (f->model_key && strcmp(f->model_key, key) == 0) return f;
+    return NULL;
+}
+
+static int worker_model_state(loader_entry_state s) {
+    return s == LOADER_ENTRY_LOADING ? WIRE_MODEL_LOADING
+           : s == LOADER_ENTRY_READY ? WIRE_MODEL_READY
+                                     : WIRE_MODEL_EVICTING;
+}
+
+/* Fills `sum` with `models` (capacity cap) from `ents` (scratch of the same capacity). */
+static void worker_summary(worker *w, wire_worker_summary *sum, wire_model_status *models,
+                           loader_cache_entry_status *ents, size_t cap) {
+    loader_cache_status cs;
+    loader_cache_get_status(w->cache, &cs, ents, cap);
+    memset(sum, 0, sizeof *sum);
+    sum->budget_bytes = cs.budget_bytes;
+    sum->used_bytes = cs.used_bytes;
+    sum->free_bytes = cs.budget_bytes > cs.used_bytes ? cs.budget_bytes - cs.used_bytes : 0;
+    pthread_mutex_lock(&w->mu);
+    sum->inflight = w->inflight;
+    sum->draining = w->draining != 0;
+    uint32_t queued = 0;
+    for (worker_fn *f = w->fns; f; f = f->next) {
+        worker_batcher_stats bs;
+        worker_batcher_get_stats(f->batcher, &bs);
+        queued += bs.queued;
+    }
+    sum->queued = queued;
+    for (uint32_t i = 0; i < cs.n_returned; i++) {
+        const worker_fn *f = worker_fn_of_key(w, ents[i].key);
+        models[i] = (wire_model_status){
+            .model = ents[i].key,
+            .fn = f ? f->name : "",
+            .ver = f ? f->version : 0,
+            .state = worker_model_state(ents[i].state),
+            .bytes = ents[i].bytes,
+            .idle_ms = ents[i].idle_us / 1000,
+            .refs = ents[i].refcount,
+        };
+    }
+    pthread_mutex_unlock(&w->mu);
+    sum->n_models = cs.n_returned;
+    sum->models = models;
+}
+
+static void worker_reply_bytes(rpc_call *call, wire_writer *wr) {
+    size_t len = 0;
+    uint8_t *data = wire_writer_take(wr, &len);
+    if (data == NULL) {
+        rpc_call_drop(call);
+        return;
+    }
+    rpc_reply(call, data, len);
+    free(data);
+}
+
+/* Replies with a plain error (no decoded request behind it). */
+static void worker_reply_error(rpc_call *call, uint64_t id, int code, const char *msg) {
+    wire_writer wr;
+    wire_writer_init(&wr);
+    if (wire_encode_error_reply(&wr, id, code, msg, NULL) != AICFN_OK) {
+        wire_writer_fini(&wr);
+        rpc_call_drop(call);
+        return;
+    }
+    worker_reply_bytes(call, &wr);
+    wire_writer_fini(&wr);
+}
+
+static void worker_reply_status(worker *w, rpc_call *call, uint64_t id) {
+    static const size_t cap = AICFN_WORKER_STATUS_MODELS;
+    wire_model_status *models = calloc(cap, sizeof *models);
+    loader_cache_entry_status *ents = calloc(cap, sizeof *ents);
+    wire_queue_status *queues = NULL;
+    if (models == NULL || ents == NULL) goto oom;
+    wire_worker_status st;
+    memset(&st, 0, sizeof st);
+    worker_summary(w, &st.summary, models, ents, cap);
+    pthread_mutex_lock(&w->mu);
+    queues = calloc(w->n_fns ? w->n_fns : 1, sizeof *queues);
+    if (queues == NULL) {
+        pthread_mutex_unlock(&w->mu);
+        goto oom;
+    }
+    uint32_t nq = 0;
+    uint64_t batches = 0;
+    for (worker_fn *f = w->fns; f && nq < WIRE_MAX_QUEUES; f = f->next) {
+        worker_batcher_stats bs;
+        worker_batcher_get_stats(f->batcher, &bs);
+        queues[nq++] = (wire_queue_status){
+            .fn = f->name, .ver = f->version, .queued = bs.queued, .inflight = atomic_load(&f->inflight)};
+        batches += bs.batches;
+    }
+    pthread_mutex_unlock(&w->mu);
+    loader_cache_counters cc;
+    loader_cache_get_counters(w->cache, &cc);
+    st.worker = w->id;
+    st.device = loader_device_name(w->dev);
+    st.is_host = loader_device_is_host(w->dev) != 0;
+    st.uptime_ms = (clock_now_us() - w->started_us) / 1000;
+    st.n_queues = nq;
+    st.queues = queues;
+    st.counters = (wire_worker_counters){.invocations = atomic_load(&w->n_invocations),
+                                         .errors = atomic_load(&w->n_errors),
+                                         .cold_starts = atomic_load(&w->n_cold),
+                                         .evictions = cc.evictions,
+                                         .batches = batches};
+    wire_writer wr;
+    wire_writer_init(&wr);
+    aicfn_error err;
+    if (wire_encode_status_reply(&wr, id, &st, &err) != AICFN_OK) {
+        wire_writer_fini(&wr);
+        worker_reply_error(call, id, err.code, err.msg);
+    } else {
+        worker_reply_bytes(call, &wr);
+        wire_writer_fini(&wr);
+    }
+    free(models);
+    free(ents);
+    free(queues);
+    return;
+oom:
+    free(models);
+    free(ents);
+    free(queues);
+    worker_reply_error(call, id, AICFN_E_NOMEM, "status: out of memory");
+}
+
+/* ---- replies to invocations ---- */
+
+static void worker_req_free(worker_req *r) {
+    wire_doc_fini(&r->doc);
+    free(r->aligned);
+    worker_response_destroy(r->resp);
+    free(r);
+}
+
+/* Encodes and sends the reply of an accepted invocation, then frees it and counts it
+ * out of the in-flight total. `code` != OK overrides the response. */
+static void worker_finish(worker_req *r, int code, const char *msg, const worker_exec_info *ex) {
+    worker *w = r->w;
+    const char *rmsg = "";
+    if (code == AICFN_OK && r->resp) code = worker_response_status(r->resp, &rmsg);
+    if (code == AICFN_OK && r->resp == NULL) code = AICFN_E_INTERNAL;
+    if (msg == NULL) msg = rmsg;
+
+    wire_invoke_reply rep;
+    memset(&rep, 0, sizeof rep);
+    rep.head.id = r->id;
+    rep.head.ok = code == AICFN_OK;
+    rep.head.code = code;
+    rep.head.message = code == AICFN_OK ? "" : msg;
+    wire_tensor outs[AICFN_MAX_TENSORS];
+    if (code == AICFN_OK) {
+        uint32_t n = worker_response_n_outputs(r->resp);
+        const aicfn_tensor *o = worker_response_outputs(r->resp);
+        for (uint32_t i = 0; i < n; i++) {
+            outs[i] = (wire_tensor){.name = o[i].name,
+                                    .dtype = o[i].dtype,
+                                    .ndim = o[i].ndim,
+                                    .data = o[i].data,
+                                    .nbytes = o[i].nbytes};
+            memcpy(outs[i].shape, o[i].shape, sizeof outs[i].shape);
+        }
+        rep.n_outputs = n;
+        rep.outputs = outs;
+    }
+    uint64_t now = clock_now_us();
+    if (ex) {
+        rep.cold = ex->cold;
+        rep.batch = ex->batch;
+        rep.timing.load_us = ex->load_us;
+        rep.timing.exec_us = ex->exec_us;
+        rep.timing.init_us = ex->init_us;
+        if (ex->acq && ex->cold) {
+            rep.timing.read_us = ex->acq->timing.read_us;
+            rep.timing.decompress_us = ex->acq->timing.decompress_us;
+            rep.timing.filter_us = ex->acq->timing.filter_us;
+            rep.timing.copy_us = ex->acq->timing.copy_us;
+        }
+    }
+    const char *evicted[LOADER_MAX_REPORTED_EVICTIONS];
+    if (ex && ex->attach_coldstart && ex->acq) {
+        rep.has_coldstart = true;
+        rep.coldstart.compressed_bytes = ex->acq->timing.compressed_bytes;
+        rep.coldstart.raw_bytes = ex->acq->timing.raw_bytes;
+        uint32_t ne = ex->acq->n_evictions < LOADER_MAX_REPORTED_EVICTIONS ? ex->acq->n_evictions
+                                                                           : LOADER_MAX_REPORTED_EVICTIONS;
+        for (uint32_t i = 0; i < ne; i++)
+            evicted[i] = ex->acq->evictions[i].key;
+        rep.coldstart.n_evicted = ne;
+        rep.coldstart.evicted = evicted;
+    }
+    if (r->item.dequeued_us >= r->received_us) rep.timing.queue_us = r->item.dequeued_us - r->received_us;
+    rep.timing.total_us = now - r->received_us;
+
+    static const size_t cap = 64;
+    wire_model_status models[64];
+    loader_cache_entry_status *ents = calloc(cap, sizeof *ents);
+    if (ents) {
+        worker_summary(w, &rep.st, models, ents, cap);
+        rep.has_st = true;
+    }
+    wire_writer wr;
+    wire_writer_init(&wr);
+    aicfn_error err;
+    int rc = wire_encode_invoke_reply(&wr, &rep, &err);
+    if (rc != AICFN_OK) {
+        /* The outputs did not fit or were refused: say so instead. */
+        wire_writer_reset(&wr);
+        rep.head.ok = false;
+        rep.head.code = err.code;
+        rep.head.message = err.msg;
+        rep.n_outputs = 0;
+        rep.outputs = NULL;
+        code = err.code;
+        if (wire_encode_invoke_reply(&wr, &rep, NULL) != AICFN_OK) {
+            wire_writer_reset(&wr);
+            wire_encode_error_reply(&wr, r->id, err.code, err.msg, NULL);
+        }
+    }
+    free(ents);
+    if (code != AICFN_OK) atomic_fetch_add(&w->n_errors, 1);
+    worker_reply_bytes(r->call, &wr);
+    wire_writer_fini(&wr);
+    worker_fn *fn = r->fn;
+    worker_req_free(r);
+    if (fn) atomic_fetch_sub(&fn->inflight, 1);
+    pthread_mutex_lock(&w->mu);
+    if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* ---- the executor ---- */
+
+static void worker_fn_expire(void *ctx, worker_batch_item *item) {
+    worker_fn *fn = ctx;
+    worker_req *r = (worker_req *)item;
+    char msg[256];
+    snprintf(msg, sizeof msg, "function %s: deadline passed after %" PRIu64 " ms in the queue; not executed",
+             fn->name, (clock_now_us() - r->received_us) / 1000);
+    worker_finish(r, AICFN_E_TIMEOUT, msg, NULL);
+}
+
+static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
+    worker_fn *fn = ctx;
+    worker *w = fn->w;
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    worker_exec_info ex = {.batch = n};
+    loader_cache_entry *entry = NULL;
+    loader_acquire_info acq;
+    memset(&acq, 0, sizeof acq);
+    const aicfn_model *model = NULL;
+    uint64_t generation = 0;
+
+    if (fn->snapshot) {
+        /* Wait for the model as long as the most patient request of the batch. */
+        uint64_t dl = 0;
+        for (uint32_t i = 0; i < n; i++) {
+            if (items[i]->deadline_us == 0) {
+                dl = 0;
+                break;
+            }
+            if (items[i]->deadline_us > dl) dl = items[i]->deadline_us;
+        }
+        uint64_t t0 = clock_now_us();
+        int rc = loader_cache_acquire(w->cache, fn->model_key, fn->snapshot, dl, &entry, &acq, &err);
+        ex.cold = acq.cold != 0;
+        ex.load_us = clock_now_us() - t0;
+        if (!ex.cold) ex.load_us = 0;
+        if (rc != AICFN_OK) {
+            aicfn_error_wrap(&err, "function %s: model %s", fn->name, fn->model_key);
+            for (uint32_t i = 0; i < n; i++)
+                worker_finish((worker_req *)items[i], rc, err.msg, &ex);
+            return;
+        }
+        if (ex.cold) {
+            atomic_fetch_add(&w->n_cold, 1);
+            ex.acq = &acq;
+            ex.attach_coldstart = !acq.joined;
+        }
+        worker_model *wm = loader_cache_entry_model(entry);
+        model = &wm->view;
+        generation = wm->generation;
+    }
+
+    /* Requests whose deadline passed while the model loaded are never executed. */
+    uint64_t now = clock_now_us();
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        worker_req *r = (worker_req *)items[i];
+        if (r->item.deadline_us != 0 && r->item.deadline_us <= now) {
+            char msg[256];
+            snprintf(msg, sizeof msg,
+                     "function %s: deadline passed while waiting for the model; not executed", fn->name);
+            worker_finish(r, AICFN_E_TIMEOUT, msg, &ex);
+        } else {
+            items[k++] = items[i];
+        }
+    }
+    if (k > 0 && (fn->inst == NULL || fn->inst_generation != generation)) {
+        /* First call, or the model became resident again: a new instance. */
+        worker_instance_destroy(fn->inst);
+        fn->inst = NULL;
+        aicfn_fn_config cfg = {.function = fn->name,
+                               .version = fn->version,
+                               .max_batch = fn->max_batch,
+                               .n_params = fn->n_params,
+                               .params = fn->params};
+        uint64_t t0 = clock_now_us();
+        int rc = worker_instance_create(fn->handler, model, &cfg, &fn->inst, &err);
+        ex.init_us = clock_now_us() - t0;
+        if (rc != AICFN_OK) {
+            fn->inst = NULL;
+            for (uint32_t i = 0; i < k; i++)
+                worker_finish((worker_req *)items[i], rc, err.msg, &ex);
+            k = 0;
+        } else {
+            fn->inst_generation = generation;
+        }
+    }
+    if (k > 0) {
+        ex.batch = k;
+        for (uint32_t i = 0; i < k; i++) {
+            worker_req *r = (worker_req *)items[i];
+            fn->areqs[i] = r->areq;
+            fn->resps[i] = r->resp;
+        }
+        uint64_t t0 = clock_now_us();
+        int rc = worker_instance_invoke(fn->inst, fn->areqs, fn->resps, k, &err);
+        ex.exec_us = clock_now_us() - t0;
+        atomic_fetch_add(&w->n_batches, 1);
+        for (uint32_t i = 0; i < k; i++) {
+            worker_finish((worker_req *)items[i], rc, rc == AICFN_OK ? NULL : err.msg, &ex);
+            ex.attach_coldstart = false; /* only the first reply carries the load's record */
+        }
+    }
+    if (entry) loader_cache_release(w->cache, entry);
+}
+
+/* ---- functions ---- */
+
+static void worker_fn_free(worker_fn *f) {
+    if (f == NULL) return;
+    worker_batcher_destroy(f->batcher);
+    worker_instance_destroy(f->inst);
+    worker_handler_close(f->handler);
+    for (uint32_t i = 0; i < f->n_params; i++) {
+        free((char *)f->params[i].key);
+        free((char *)f->params[i].value);
+    }
+    free(f->params);
+    free(f->areqs);
+    free(f->resps);
+    free(f->name);
+    free(f->handler_path);
+    free(f->snapshot);
+    free(f->model_key);
+    free(f);
+}
+
+static worker_fn *worker_find_fn_locked(worker *w, const char *name, uint32_t version) {
+    worker_fn *best = NULL;
+    for (worker_fn *f = w->fns; f; f = f->next) {
+        if (strcmp(f->name, name) != 0) continue;
+        if (version != 0) {
+            if (f->version == version) return f;
+        } else if (best == NULL || f->version > best->version) {
+            best = f;
+        }
+    }
+    return best;
+}
+
+int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) {
+    if (c == NULL || c->name == NULL || c->name[0] == '\0' || strlen(c->name) >= AICFN_MAX_NAME_BYTES)
+        return aicfn_error_set(err, AICFN_E_INVALID, "function name must be 1..%d bytes",
+                               AICFN_MAX_NAME_BYTES - 1);
+    if (c->handler == NULL || c->handler[0] == '\0')
+        return aicfn_error_set(err, AICFN_E_INVALID, "function %s: no handler", c->name);
+    if (c->max_batch > AICFN_WORKER_MAX_BATCH)
+        return aicfn_error_set(err, AICFN_E_INVALID, "function %s: max_batch %u exceeds %d", c->name,
+                               c->max_batch, AICFN_WORKER_MAX_BATCH);
+    if (c->n_params > AICFN_MAX_PARAMS)
+        return aicfn_error_set(err, AICFN_E_INVALID, "function %s: more than %d params", c->name,
+                               AICFN_MAX_PARAMS);
+    worker_fn *f = calloc(1, sizeof *f);
+    if (f == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "function %s: out of memory", c->name);
+    f->w = w;
+    f->version = c->version;
+    f->max_batch = c->max_batch ? c->max_batch : AICFN_DEFAULT_MAX_BATCH;
+    f->max_delay_us = c->max_delay_us;
+    f->timeout_us = c->timeout_us ? c->timeout_us : (uint64_t)AICFN_DEFAULT_TIMEOUT_MS * 1000;
+    f->name = strdup(c->name);
+    f->handler_path = strdup(c->handler);
+    int has_model = c->snapshot && c->snapshot[0];
+    if (has_model) {
+        f->snapshot = strdup(c->snapshot);
+        f->model_key = strdup(c->model_key && c->model_key[0] ? c->model_key : c->snapshot);
+    }
+    f->areqs = calloc(f->max_batch, sizeof *f->areqs);
+    f->resps = calloc(f->max_batch, sizeof *f->resps);
+    f->params = c->n_params ? calloc(c->n_params, sizeof *f->params) : NULL;
+    int oom = !f->name || !f->handler_path || (has_model && (!f->snapshot || !f->model_key)) || !f->areqs ||
+              !f->resps || (c->n_params && !f->params);
+    for (uint32_t i = 0; !oom && i < c->n_params; i++) {
+        f->params[i].key = strdup(c->params[i].key ? c->params[i].key : "");
+        f->params[i].value = strdup(c->params[i].value ? c->params[i].value : "");
+        f->n_params = i + 1;
+        oom = !f->params[i].key || !f->params[i].value;
+    }
+    if (has_model && !oom && strlen(f->model_key) >= AICFN_MAX_NAME_BYTES) {
+        worker_fn_free(f);
+        return aicfn_error_set(err, AICFN_E_INVALID, "function %s: model key longer than %d bytes", c->name,
+                               AICFN_MAX_NAME_BYTES - 1);
+    }
+    if (oom) {
+        worker_fn_free(f);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "function %s: out of memory", c->name);
+    }
+    int rc = worker_handler_open(c->handler, &f->handler, err);
+    if (rc != AICFN_OK) {
+        worker_fn_free(f);
+        return aicfn_error_wrap(err, "function %s", c->name);
+    }
+    worker_batcher_config bc = {.max_batch = f->max_batch,
+                                .max_delay_us = f->max_delay_us,
+                                .max_queue = c->max_queue,
+                                .name = f->name};
+    rc = worker_batcher_create(&bc, worker_fn_exec, worker_fn_expire, f, &f->batcher, err);
+    if (rc != AICFN_OK) {
+        worker_fn_free(f);
+        return rc;
+    }
+    pthread_mutex_lock(&w->mu);
+    const char *why = NULL;
+    if (w->draining)
+        why = "draining";
+    else if (w->n_fns >= AICFN_WORKER_MAX_FUNCTIONS)
+        why = "full";
+    else {
+        for (worker_fn *g = w->fns; g; g = g->next)
+            if (strcmp(g->name, f->name) == 0 && g->version == f->version) why = "exists";
+    }
+    if (why == NULL) {
+        /* Append: the list is only ever appended to while serving, so readers that
+         * took a pointer under the lock may walk it afterwards. */
+        worker_fn **pp = &w->fns;
+        while (*pp)
+            pp = &(*pp)->next;
+        *pp = f;
+        w->n_fns++;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (why) {
+        worker_fn_free(f);
+        if (strcmp(why, "exists") == 0)
+            return aicfn_error_set(err, AICFN_E_EXISTS, "function %s version %u is already loaded", c->name,
+                                   c->version);
+        if (strcmp(why, "full") == 0)
+            return aicfn_error_set(err, AICFN_E_CAPACITY,
+                                   "function %s: the worker hosts %d functions already", c->name,
+                                   AICFN_WORKER_MAX_FUNCTIONS);
+        return aicfn_error_set(err, AICFN_E_UNAVAILABLE, "function %s: the worker is draining", c->name);
+    }
+    log_info("function %s v%u: handler %s (ABI %u.%u)%s%s, max_batch %u, max_delay %" PRIu64 " us", f->name,
+             f->version, f->handler_path, AICFN_ABI_MAJOR_OF(worker_handler_abi_version(f->handler)),
+             AICFN_ABI_MINOR_OF(worker_handler_abi_version(f->handler)),
+             has_model ? ", model " : ", no model", has_model ? f->snapshot : "", f->max_batch,
+             f->max_delay_us);
+    return AICFN_OK;
+}
+
+/* ---- the request handler (NNG callback threads) ---- */
+
+/* Converts the request's `params` map into text key/values in the doc's zone. */
+static int worker_decode_params(worker_req *r, aicfn_error *err) {
+    const msgpack_object *m = wire_map_get(&r->doc.root, "params");
+    if (m == NULL || m->type == MSGPACK_OBJECT_NIL) return AICFN_OK;
+    if (m->type != MSGPACK_OBJECT_MAP)
+        return aicfn_error_set(err, AICFN_E_PROTOCOL, "'params' must be a map");
+    uint32_t n = m->via.map.size;
+    if (n > AICFN_MAX_PARAMS)
+        return aicfn_error_set(err, AICFN_E_PROTOCOL, "'params' has %u entries, at most %d", n,
+                               AICFN_MAX_PARAMS);
+    if (n == 0) return AICFN_OK;
+    r->params = wire_doc_alloc(&r->doc, n * sizeof *r->params);
+    if (r->params == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "params: out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object_kv *kv = &m->via.map.ptr[i];
+        const char *key;
+        int rc = wire_obj_cstr(&r->doc, &kv->key, "params key", AICFN_MAX_NAME_BYTES - 1, &key, err);
+        if (rc != AICFN_OK) return rc;
+        char buf[64];
+        const char *val = buf;
+        const msgpack_object *v = &kv->val;
+        switch (v->type) {
+        case MSGPACK_OBJECT_STR:
+            rc = wire_obj_cstr(&r->doc, v, key, 0, &val, err);
+            if (rc != AICFN_OK) return rc;
+            break;
+        case MSGPACK_OBJECT_POSITIVE_INTEGER:
+            snprintf(buf, sizeof buf, "%" PRIu64, v->via.u64);
+            break;
+        case MSGPACK_OBJECT_NEGATIVE_INTEGER:
+            snprintf(buf, sizeof buf, "%" PRId64, v->via.i64);
+            break;
+        case MSGPACK_OBJECT_FLOAT32:
+        case MSGPACK_OBJECT_FLOAT64:
+            snprintf(buf, sizeof buf, "%.17g", v->via.f64);
+            break;
+        case MSGPACK_OBJECT_BOOLEAN:
+            snprintf(buf, sizeof buf, "%s", v->via.boolean ? "true" : "false");
+            break;
+        case MSGPACK_OBJECT_NIL:
+            buf[0] = '\0';
+            break;
+        default:
+            return aicfn_error_set(err, AICFN_E_INVALID, "params['%s'] must be a string, number, bool or nil",
+                                   key);
+        }
+        if (val == buf) {
+            size_t len = strlen(buf) + 1;
+            char *copy = wire_doc_alloc(&r->doc, len);
+            if (copy == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "params: out of memory");
+            memcpy(copy, buf, len);
+            val = copy;
+        }
+        r->params[i] = (aicfn_param){.key = key, .value = val};
+    }
+    r->areq.params = r->params;
+    r->areq.n_params = n;
+    return AICFN_OK;
+}
+
+/* Builds the handler's view of the inputs: host memory, each aligned for its dtype
+ * (misaligned data in the message is copied once into one aligned buffer). */
+static int worker_build_inputs(worker_req *r, aicfn_error *err) {
+    uint32_t n = r->req.n_inputs;
+    if (n == 0) return AICFN_OK;
+    r->inputs = wire_doc_alloc(&r->doc, n * sizeof *r->inputs);
+    if (r->inputs == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "inputs: out of memory");
+    uint64_t copy_bytes = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const wire_tensor *t = &r->req.inputs[i];
+        unsigned align = t->dtype == AICFN_DTYPE_BYTES ? 4 : dtype_size(t->dtype);
+        if (align > 1 && ((uintptr_t)t->data % align) != 0) copy_bytes += (t->nbytes + 63) & ~(uint64_t)63;
+    }
+    uint8_t *store = NULL;
+    if (copy_bytes) {
+        store = aligned_alloc(64, (size_t)copy_bytes);
+        if (store == NULL)
+            return aicfn_error_set(err, AICFN_E_NOMEM, "inputs: out of memory for %" PRIu64 " bytes",
+                                   copy_bytes);
+        r->aligned = store;
+    }
+    uint64_t at = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        const wire_tensor *t = &r->req.inputs[i];
+        aicfn_tensor *a = &r->inputs[i];
+        memset(a, 0, sizeof *a);
+        a->name = t->name;
+        a->dtype = t->dtype;
+        a->ndim = t->ndim;
+        memcpy(a->shape, t->shape, sizeof a->shape);
+        a->nbytes = t->nbytes;
+        a->mem = AICFN_MEM_HOST;
+        a->device_id = -1;
+        unsigned align = t->dtype == AICFN_DTYPE_BYTES ? 4 : dtype_size(t->dtype);
+        if (align > 1 && ((uintptr_t)t->data % align) != 0) {
+            memcpy(store + at, t->data, (size_t)t->nbytes);
+            a->data = store + at;
+            at += (t->nbytes + 63) & ~(uint64_t)63;
+        } else {
+            a->data = (void *)t->data;
+        }
+        int rc = worker_tensor_check(a, err);
+        if (rc != AICFN_OK) return rc;
+    }
+    r->areq.inputs = r->inputs;
+    r->areq.n_inputs = n;
+    return AICFN_OK;
+}
+
+/* Registers the function a gateway's `spec` describes (the run-time seam). */
+static int worker_add_from_spec(worker *w, const wire_invoke_req *q, aicfn_error *err) {
+    worker_fn_config c = {
+        .name = q->fn,
+        .version = q->ver,
+        .handler = q->spec.handler,
+        .snapshot = q->spec.snapshot,
+        .model_key = q->spec.model,
+        .max_batch = q->spec.max_batch,
+        .max_delay_us = q->spec.max_delay_us,
+        .timeout_us = (uint64_t)q->spec.timeout_ms * 1000,
+    };
+    int rc = worker_add_function(w, &c, err);
+    return rc == AICFN_E_EXISTS ? AICFN_OK : rc;
+}
+
+static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
+    worker *w = user;
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    worker_req *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        worker_reply_error(call, wire_peek_id(msg, len), AICFN_E_NOMEM, "out of memory");
+        return;
+    }
+    int rc = wire_doc_parse(&r->doc, msg, len, NULL, &err);
+    if (rc != AICFN_OK) {
+        worker_req_free(r);
+        worker_reply_error(call, wire_peek_id(msg, len), rc, err.msg);
+        return;
+    }
+    wire_header h;
+    rc = wire_decode_header(&r->doc, &h, &err);
+    if (rc != AICFN_OK) {
+        worker_req_free(r);
+        worker_reply_error(call, wire_peek_id(msg, len), rc, err.msg);
+        return;
+    }
+    if (strcmp(h.t, WIRE_T_STATUS) == 0) {
+        worker_req_free(r);
+        worker_reply_status(w, call, h.id);
+        return;
+    }
+    if (strcmp(h.t, WIRE_T_INVOKE) != 0) {
+        worker_req_free(r);
+        snprintf(err.msg, sizeof err.msg, "unknown message type '%s' (a worker answers invoke and status)",
+                 h.t);
+        worker_reply_error(call, h.id, AICFN_E_PROTOCOL, err.msg);
+        return;
+    }
+    rc = wire_decode_invoke_req(&r->doc, &r->req, &err);
+    if (rc != AICFN_OK) {
+        worker_req_free(r);
+        worker_reply_error(call, h.id, rc, err.msg);
+        return;
+    }
+    r->w = w;
+    r->call = call;
+    r->id = r->req.id;
+    r->received_us = rpc_call_received_us(call);
+    snprintf(r->id_str, sizeof r->id_str, "%" PRIu64, r->id);
+    r->areq.id = r->id_str;
+
+    /* Count it in flight now, unless draining; from here on worker_finish replies. */
+    pthread_mutex_lock(&w->mu);
+    int draining = w->draining;
+    if (!draining) w->inflight++;
+    worker_fn *fn = draining ? NULL : worker_find_fn_locked(w, r->req.fn, r->req.ver);
+    pthread_mutex_unlock(&w->mu);
+    atomic_fetch_add(&w->n_invocations, 1);
+    if (draining) {
+        uint64_t id = r->id;
+        worker_req_free(r);
+        atomic_fetch_add(&w->n_errors, 1);
+        worker_reply_error(call, id, AICFN_E_UNAVAILABLE,
+                           "the worker is draining (shutting down); call another");
+        return;
+    }
+    if (fn == NULL && r->req.has_spec) {
+        rc = worker_add_from_spec(w, &r->req, &err);
+        if (rc != AICFN_OK) {
+            worker_finish(r, rc, err.msg, NULL);
+            return;
+        }
+        pthread_mutex_lock(&w->mu);
+        fn = worker_find_fn_locked(w, r->req.fn, r->req.ver);
+        pthread_mutex_unlock(&w->mu);
+    }
+    if (fn == NULL) {
+        if (r->req.ver)
+            snprintf(err.msg, sizeof err.msg, "unknown function '%s' version %u on this worker", r->req.fn,
+                     r->req.ver);
+        else
+            snprintf(err.msg, sizeof err.msg, "unknown function '%s' on this worker", r->req.fn);
+        worker_finish(r, AICFN_E_NOT_FOUND, err.msg, NULL);
+        return;
+    }
+    r->fn = fn;
+    atomic_fetch_add(&fn->inflight, 1);
+    r->resp = worker_response_create(AICFN_MAX_MESSAGE_BYTES - (1u << 16));
+    if (r->resp == NULL) {
+        worker_finish(r, AICFN_E_NOMEM, "out of memory", NULL);
+        return;
+    }
+    if ((rc = worker_build_inputs(r, &err)) != AICFN_OK || (rc = worker_decode_params(r, &err)) != AICFN_OK) {
+        worker_finish(r, rc, err.msg, NULL);
+        return;
+    }
+    uint64_t budget = r->req.deadline_ms ? (uint64_t)r->req.deadline_ms * 1000 : fn->timeout_us;
+    r->item.arrival_us = r->received_us;
+    r->item.deadline_us = r->received_us + budget;
+    rc = worker_batcher_submit(fn->batcher, &r->item, &err);
+    if (rc != AICFN_OK) worker_finish(r, rc, err.msg, NULL);
+}
+
+/* ---- lifecycle ---- */
+
+int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
+    *out = NULL;
+    if (cfg == NULL || cfg->listen == NULL || cfg->listen[0] == '\0')
+        return aicfn_error_set(err, AICFN_E_INVALID, "worker: --listen ADDR is required");
+    int rc = rpc_check_url(cfg->listen, err);
+    if (rc != AICFN_OK) return rc;
+    worker *w = calloc(1, sizeof *w);
+    if (w == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "worker: out of memory");
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->started_us = clock_now_us();
+    w->listen = strdup(cfg->listen);
+    w->device_spec = strdup(cfg->device && cfg->device[0] ? cfg->device : "auto");
+    if (cfg->id && cfg->id[0])
+        snprintf(w->id, sizeof w->id, "%s", cfg->id);
+    else
+        snprintf(w->id, sizeof w->id, "w%d", (int)getpid());
+    if (w->listen == NULL || w->device_spec == NULL) {
+        worker_destroy(w);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "worker: out of memory");
+    }
+    rc = loader_device_open(w->device_spec, cfg->memory_bytes, &w->dev, err);
+    if (rc != AICFN_OK) {
+        worker_destroy(w);
+        return aicfn_error_wrap(err, "worker: device '%s'", cfg->device ? cfg->device : "auto");
+    }
+    uint64_t budget = cfg->memory_bytes;
+    if (budget == 0) {
+        uint64_t free_b = 0, total_b = 0;
+        if (loader_device_mem_info(w->dev, &free_b, &total_b, NULL) == AICFN_OK && free_b > 0)
+            budget = loader_device_is_host(w->dev) ? free_b : free_b / 10 * 9;
+        if (budget == 0) budget = AICFN_DEFAULT_HOST_BUDGET;
+    }
+    w->memory_bytes = budget;
+    w->ops_arg = (worker_model_ops_arg){.device = w->dev, .load_threads = cfg->load_threads};
+    loader_cache_config cc = {
+        .budget_bytes = budget, .ops = &worker_model_ops, .ops_arg = &w->ops_arg, .policy = NULL};
+    rc = loader_cache_create(&cc, &w->cache, err);
+    if (rc != AICFN_OK) {
+        worker_destroy(w);
+        return aicfn_error_wrap(err, "worker: model cache");
+    }
+    char size[32];
+    log_info("worker %s: device %s, model budget %s", w->id, loader_device_name(w->dev),
+             units_format_size(budget, size, sizeof size));
+    *out = w;
+    return AICFN_OK;
+}
+
+int worker_start(worker *w, aicfn_error *err) {
+    rpc_server_opts so = {.recv_max = AICFN_MAX_MESSAGE_BYTES, .contexts = AICFN_NNG_CONTEXTS};
+    int rc = rpc_server_start(&w->srv, w->listen, &so, worker_on_call, w, err);
+    if (rc != AICFN_OK) return aicfn_error_wrap(err, "worker: listening on %s", w->listen);
+    log_info("worker %s: listening on %s", w->id, rpc_server_url(w->srv));
+    return AICFN_OK;
+}
+
+const char *worker_url(const worker *w) {
+    return w->srv ? rpc_server_url(w->srv) : NULL;
+}
+
+unsigned worker_drain(worker *w, uint32_t max_wait_ms) {
+    pthread_mutex_lock(&w->mu);
+    w->draining = 1;
+    log_info("worker %s: draining, %u calls in flight", w->id, w->inflight);
+    uint64_t until = max_wait_ms ? clock_now_us() + (uint64_t)max_wait_ms * 1000 : 0;
+    while (w->inflight > 0) {
+        if (until == 0) {
+            pthread_cond_wait(&w->cv, &w->mu);
+            continue;
+        }
+        if (clock_now_us() >= until) break;
+        struct timespec ts;
+        clock_deadline_to_realtime(until, &ts);
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+    }
+    unsigned left = w->inflight;
+    pthread_mutex_unlock(&w->mu);
+    return left;
+}
+
+void worker_destroy(worker *w) {
+    if (w == NULL) return;
+    pthread_mutex_lock(&w->mu);
+    w->draining = 1;
+    pthread_mutex_unlock(&w->mu);
+    /* Stop the network first: it waits until every call was answered (the batchers are
+     * still running, so queued calls complete or expire) and every callback returned. */
+    rpc_server_destroy(w->srv);
+    w->srv = NULL;
+    worker_fn *f = w->fns;
+    while (f) {
+        worker_fn *next = f->next;
+        worker_fn_free(f); /* joins the batcher, then fini */
+        f = next;
+    }
+    w->fns = NULL;
+    loader_cache_destroy(w->cache); /* frees the device memory of every resident model */
+    loader_device_close(w->dev);
+    pthread_cond_destroy(&w->cv);
+    pthread_mutex_destroy(&w->mu);
+    free(w->listen);
+    free(w->device_spec);
+    free(w);
+}

@@ -1,0 +1,76 @@
+/* worker.h: the worker process (`aicfn worker`, design.md §2, §4, §6): it owns one
+ * device and its model cache, hosts functions (handler + optional snapshot + batching
+ * config), listens on its own NNG address, and answers `invoke` and `status`.
+ *
+ * Invocation path: the NNG callback decodes and validates the request, builds the
+ * handler's view of it, and queues it in the function's batcher; the batcher's
+ * executor thread acquires the model from the cache (a cold load runs there, never on
+ * an NNG thread), (re)creates the handler instance when the model became resident
+ * again, calls invoke on the batch, releases the model and replies to each call with
+ * its outputs, `cold`, its timings, the batch size and the piggybacked summary.
+ * Requests past their deadline are dropped with AICFN_E_TIMEOUT and never executed.
+ *
+ * Functions are added at start (--function) or at run time: worker_add_function, or an
+ * invoke that carries a `spec` (the gateway's registration of a function version on
+ * this worker) for a function the worker does not hold yet.
+ *
+ * Not for: routing, the registry or records (the gateway). */
+#ifndef AICFN_WORKER_WORKER_H
+#define AICFN_WORKER_WORKER_H
+
+#include <stdint.h>
+
+#include "aicfn.h"
+#include "common/error.h"
+
+typedef struct worker worker;
+
+typedef struct worker_config {
+    const char *listen;    /* NNG URL (ipc:// or tcp://); required */
+    const char *device;    /* "auto", "host", "cuda", "cuda:N"; NULL = "auto" */
+    uint64_t memory_bytes; /* cache budget; 0 = the device's free memory (host: AICFN_DEFAULT_HOST_BUDGET) */
+    uint32_t load_threads; /* 0 = cores */
+    const char *id;        /* worker id in status ("w1"); NULL = "w<pid>" */
+} worker_config;
+
+/* One function to host. Strings are copied. */
+typedef struct worker_fn_config {
+    const char *name;      /* 1..AICFN_MAX_NAME_BYTES-1 bytes */
+    uint32_t version;      /* 0 = unversioned */
+    const char *handler;   /* path of the handler .so */
+    const char *snapshot;  /* snapshot path, NULL/"" = no model */
+    const char *model_key; /* cache identity; NULL = the snapshot path */
+    uint32_t max_batch;    /* 0 = AICFN_DEFAULT_MAX_BATCH */
+    uint64_t max_delay_us;
+    uint64_t timeout_us; /* default deadline; 0 = AICFN_DEFAULT_TIMEOUT_MS */
+    uint32_t max_queue;  /* 0 = AICFN_DEFAULT_QUEUE_PER_FUNCTION */
+    uint32_t n_params;   /* handler config params */
+    const aicfn_param *params;
+} worker_fn_config;
+
+/* Opens the device and the cache. Does not listen yet. Blocking (device open). */
+int worker_create(const worker_config *cfg, worker **out, aicfn_error *err);
+
+/* Adds a function: loads its handler (the ABI check happens here: AICFN_E_ABI with
+ * both versions named) and starts its batcher. AICFN_E_EXISTS when a function of that
+ * name and version exists. Thread-safe; may be called while serving (the seam for the
+ * gateway registering functions on a worker). */
+int worker_add_function(worker *w, const worker_fn_config *fn, aicfn_error *err);
+
+/* Starts listening. AICFN_E_INVALID for a refused or busy address. */
+int worker_start(worker *w, aicfn_error *err);
+
+/* The URL bound (real port for tcp port 0); NULL before worker_start. */
+const char *worker_url(const worker *w);
+
+/* Drains: from now on new invocations are refused with AICFN_E_UNAVAILABLE; waits
+ * until every call in flight has been answered (each is bounded by its deadline), at
+ * most `max_wait_ms` (0 = no limit). Returns the number of calls still in flight (0 on
+ * a clean drain). Thread-safe; blocks. */
+unsigned worker_drain(worker *w, uint32_t max_wait_ms);
+
+/* Stops serving, calls every instance's fini, frees the device memory and everything
+ * else. Call after worker_drain for a graceful exit. NULL accepted. Blocks. */
+void worker_destroy(worker *w);
+
+#endif
