@@ -1,11 +1,12 @@
 /* test_db.c: aicfn.db opening, pragmas, migrations (from empty, re-open, newer schema
  * refused), the statement cache, error mapping and integrity_check. */
-#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include <cmocka.h>
 
 #include "gateway/db.h"
 #include "test_db_util.h"

@@ -1,12 +1,13 @@
 /* test_registry.c: deploy versions (N+1, active switch, old versions resolvable),
  * resolve, ls, rm (one version, all, orphaned hashes, never reusing numbers), the
  * config JSON round trip and its validation, workers. */
-#include <cmocka.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+
+#include <cmocka.h>
 
 #include "gateway/registry.h"
 #include "test_db_util.h"

@@ -1,0 +1,277 @@
+/* test_ledger.c: the ledger writer (records committed, flush on close, full queue
+ * drops and counts), gpu_us rounding, coldstart percentiles on known data, and usage
+ * totals equal to raw SQL sums exactly. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+
+#include <cmocka.h>
+
+#include "gateway/ledger.h"
+#include "test_db_util.h"
+
+static int64_t sql_int(gw_db *db, const char *sql) {
+    sqlite3_stmt *st = NULL;
+    gw_db_lock(db);
+    assert_int_equal(gw_db_stmt(db, sql, &st, NULL), AICFN_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    int64_t v = sqlite3_column_int64(st, 0);
+    gw_db_done(st);
+    gw_db_unlock(db);
+    return v;
+}
+
+static void gpu_us_rounding(void **state) {
+    (void)state;
+    assert_int_equal(gw_ledger_gpu_us(1000, 1), 1000);
+    assert_int_equal(gw_ledger_gpu_us(1000, 0), 1000);
+    assert_int_equal(gw_ledger_gpu_us(1000, 4), 250);
+    assert_int_equal(gw_ledger_gpu_us(1000, 3), 334); /* rounded up */
+    assert_int_equal(gw_ledger_gpu_us(1, 32), 1);     /* never 0 for a call that ran */
+    assert_int_equal(gw_ledger_gpu_us(0, 8), 0);
+}
+
+static void coldstart_percentiles(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("led");
+    gw_ledger *l = NULL;
+    aicfn_error err = {0};
+    assert_int_equal(gw_ledger_create(dir, 10, 0, 0, &l, &err), AICFN_OK);
+    /* 20 cold starts of "mlp": total_us = 1..20 ms, read = 100 × i; 3 of "echo". */
+    for (int i = 1; i <= 20; i++) {
+        const char *ev[] = {"old:1", "older:2"};
+        gw_cold_start_record r = {.time_us = 1000000 + (uint64_t)i,
+                                  .function = "mlp",
+                                  .version = 1,
+                                  .worker = "w1",
+                                  .device = "host",
+                                  .compressed_bytes = 10,
+                                  .raw_bytes = 40,
+                                  .spawn_us = 7,
+                                  .read_us = 100u * (uint64_t)(21 - i), /* reversed order */
+                                  .total_us = 1000u * (uint64_t)i,
+                                  .evicted = ev,
+                                  .n_evicted = i == 1 ? 2 : 0};
+        assert_int_equal(gw_ledger_submit_cold_start(l, &r), AICFN_OK);
+    }
+    for (int i = 1; i <= 3; i++) {
+        gw_cold_start_record r = {
+            .time_us = 5, .function = "echo", .worker = "w2", .device = "host", .total_us = (uint64_t)i};
+        assert_int_equal(gw_ledger_submit_cold_start(l, &r), AICFN_OK);
+    }
+    assert_int_equal(gw_ledger_flush(l, 5000, &err), AICFN_OK);
+    gw_db *db = NULL;
+    assert_int_equal(gw_db_open(dir, &db, NULL), AICFN_OK);
+    gw_coldstart_summary *s = NULL;
+    size_t n = 0;
+    assert_int_equal(gw_ledger_coldstarts(db, NULL, 0, &s, &n, &err), AICFN_OK);
+    assert_int_equal(n, 2);
+    assert_string_equal(s[0].function, "echo");
+    assert_int_equal(s[0].count, 3);
+    assert_int_equal(s[0].phase[GW_PHASE_TOTAL].p50_us, 2); /* rank ceil(1.5) = 2 */
+    assert_int_equal(s[0].phase[GW_PHASE_TOTAL].p95_us, 3);
+    assert_string_equal(s[1].function, "mlp");
+    assert_int_equal(s[1].count, 20);
+    /* nearest rank: p50 -> rank 10, p95 -> rank 19 */
+    assert_int_equal(s[1].phase[GW_PHASE_TOTAL].p50_us, 10000);
+    assert_int_equal(s[1].phase[GW_PHASE_TOTAL].p95_us, 19000);
+    assert_int_equal(s[1].phase[GW_PHASE_TOTAL].max_us, 20000);
+    assert_int_equal(s[1].phase[GW_PHASE_READ].p50_us, 1000);
+    assert_int_equal(s[1].phase[GW_PHASE_READ].p95_us, 1900);
+    assert_int_equal(s[1].phase[GW_PHASE_READ].max_us, 2000);
+    assert_int_equal(s[1].phase[GW_PHASE_SPAWN].p50_us, 7);
+    assert_int_equal(s[1].compressed_bytes, 200);
+    assert_int_equal(s[1].raw_bytes, 800);
+    json_t *j = gw_coldstarts_to_json(s, n);
+    assert_non_null(j);
+    json_t *tot = json_object_get(json_object_get(json_array_get(j, 1), "phases"), "total");
+    assert_int_equal(json_integer_value(json_object_get(tot, "p95_us")), 19000);
+    json_decref(j);
+    free(s);
+    /* --since and a function filter. */
+    assert_int_equal(gw_ledger_coldstarts(db, "mlp", 1000000 + 11, &s, &n, &err), AICFN_OK);
+    assert_int_equal(n, 1);
+    assert_int_equal(s[0].count, 10);
+    assert_int_equal(s[0].phase[GW_PHASE_TOTAL].p50_us, 15000);
+    free(s);
+    assert_int_equal(gw_ledger_coldstarts(db, "none", 0, &s, &n, &err), AICFN_OK);
+    assert_int_equal(n, 0);
+    /* Evicted list stored as JSON. */
+    gw_db_lock(db);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(gw_db_stmt(db, "SELECT evicted FROM cold_starts WHERE time_us = 1000001", &st, NULL), 0);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_string_equal((const char *)sqlite3_column_text(st, 0), "[\"old:1\",\"older:2\"]");
+    gw_db_done(st);
+    gw_db_unlock(db);
+    gw_ledger_destroy(l);
+    assert_int_equal(gw_db_integrity_check(db, NULL), AICFN_OK);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
+static void usage_totals_equal_sql_sums(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("led");
+    gw_ledger *l = NULL;
+    aicfn_error err = {0};
+    assert_int_equal(gw_ledger_create(dir, 0, 0, 0, &l, &err), AICFN_OK);
+    const char *tenants[] = {"alice", "bob", "carol"};
+    const char *fns[] = {"mlp", "echo"};
+    uint64_t seed = 12345;
+    for (int i = 0; i < 3000; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t batch = (uint32_t)(seed >> 60) + 1; /* 1..16 */
+        gw_invocation_record r = {.time_us = 1000 + (uint64_t)i,
+                                  .request_id = "rid",
+                                  .tenant = tenants[(seed >> 20) % 3],
+                                  .function = fns[(seed >> 30) % 2],
+                                  .version = 1,
+                                  .worker = "w1",
+                                  .device = "cuda:0",
+                                  .status = (seed >> 40) % 10 == 0 ? AICFN_E_TIMEOUT : AICFN_OK,
+                                  .batch_size = batch,
+                                  .bytes_in = (seed >> 12) % 5000,
+                                  .bytes_out = (seed >> 22) % 700,
+                                  .queue_us = 10,
+                                  .load_us = (seed >> 44) % 2 ? 50000 : 0,
+                                  .exec_us = (seed >> 8) % 100000 + 1,
+                                  .total_us = 200000,
+                                  .cold = (seed >> 44) % 2};
+        assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
+    }
+    gw_ledger_destroy(l); /* flush on close */
+    gw_db *db = NULL;
+    assert_int_equal(gw_db_open(dir, &db, NULL), AICFN_OK);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM invocations"), 3000);
+    /* gpu_us is the documented rounding of every row. */
+    assert_int_equal(sql_int(db,
+                             "SELECT count(*) FROM invocations WHERE gpu_us != (exec_us + batch_size - 1) / "
+                             "batch_size"),
+                     0);
+    gw_usage_row *rows = NULL, total;
+    size_t n = 0;
+    assert_int_equal(gw_ledger_usage(db, NULL, 0, &rows, &n, &total, &err), AICFN_OK);
+    assert_int_equal(n, 6);
+    uint64_t calls = 0, errors = 0, gpu = 0, cold = 0, bin = 0, bout = 0;
+    for (size_t i = 0; i < n; i++) {
+        calls += rows[i].calls;
+        errors += rows[i].errors;
+        gpu += rows[i].gpu_us;
+        cold += rows[i].cold_us;
+        bin += rows[i].bytes_in;
+        bout += rows[i].bytes_out;
+    }
+    assert_int_equal(total.calls, 3000);
+    assert_int_equal(calls, total.calls);
+    assert_int_equal(errors, total.errors);
+    assert_int_equal(gpu, total.gpu_us);
+    assert_int_equal(cold, total.cold_us);
+    assert_int_equal(bin, total.bytes_in);
+    assert_int_equal(bout, total.bytes_out);
+    assert_int_equal(total.gpu_us, sql_int(db, "SELECT sum(gpu_us) FROM invocations"));
+    assert_int_equal(total.errors,
+                     sql_int(db, "SELECT count(*) FROM invocations WHERE status != 'AICFN_OK'"));
+    assert_true(total.errors > 0);
+    assert_int_equal(total.cold_us, sql_int(db, "SELECT sum(load_us) FROM invocations WHERE cold = 1"));
+    assert_int_equal(total.bytes_in, sql_int(db, "SELECT sum(bytes_in) FROM invocations"));
+    assert_int_equal(
+        rows[0].gpu_us,
+        sql_int(db, "SELECT sum(gpu_us) FROM invocations WHERE tenant='alice' AND function='echo'"));
+    json_t *j = gw_usage_to_json(rows, n, &total, 2.5);
+    assert_non_null(j);
+    json_t *jt = json_object_get(j, "total");
+    assert_int_equal(json_integer_value(json_object_get(jt, "gpu_us")), (json_int_t)total.gpu_us);
+    assert_true(json_real_value(json_object_get(jt, "cost")) == gw_usage_cost(total.gpu_us, 2.5));
+    json_decref(j);
+    free(rows);
+    /* Tenant filter and --since. */
+    assert_int_equal(gw_ledger_usage(db, "bob", 1000 + 1500, &rows, &n, &total, &err), AICFN_OK);
+    assert_int_equal(total.calls,
+                     sql_int(db, "SELECT count(*) FROM invocations WHERE tenant='bob' AND time_us >= 2500"));
+    assert_true(n <= 2);
+    free(rows);
+    assert_int_equal(gw_ledger_usage(db, "nobody", 0, &rows, &n, &total, &err), AICFN_OK);
+    assert_int_equal(n, 0);
+    assert_int_equal(total.calls, 0);
+    assert_int_equal(total.gpu_us, 0);
+    assert_true(gw_usage_cost(2000000, 0.5) == 1.0);
+    assert_int_equal(gw_db_integrity_check(db, NULL), AICFN_OK);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
+static void full_queue_drops_and_counts(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("led");
+    gw_ledger *l = NULL;
+    /* A long flush interval and a tiny queue: submits beyond 8 queued are dropped. */
+    assert_int_equal(gw_ledger_create(dir, 60000, 100000, 8, &l, NULL), AICFN_OK);
+    gw_invocation_record r = {.tenant = "t", .function = "f", .version = 1, .exec_us = 5};
+    int ok = 0, dropped = 0;
+    for (int i = 0; i < 20; i++) {
+        int rc = gw_ledger_submit_invocation(l, &r);
+        if (rc == AICFN_OK)
+            ok++;
+        else if (rc == AICFN_E_OVERLOADED)
+            dropped++;
+    }
+    assert_int_equal(ok, 8);
+    assert_int_equal(dropped, 12);
+    gw_ledger_stats s;
+    gw_ledger_get_stats(l, &s);
+    assert_int_equal(s.submitted, 8);
+    assert_int_equal(s.dropped, 12);
+    assert_int_equal(s.queued, 8);
+    assert_int_equal(s.committed, 0);
+    /* flush() commits without waiting for the 60 s interval. */
+    assert_int_equal(gw_ledger_flush(l, 5000, NULL), AICFN_OK);
+    gw_ledger_get_stats(l, &s);
+    assert_int_equal(s.committed, 8);
+    assert_int_equal(s.queued, 0);
+    assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
+    gw_ledger_destroy(l); /* the 9th is committed at close */
+    gw_db *db = NULL;
+    assert_int_equal(gw_db_open(dir, &db, NULL), AICFN_OK);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM invocations"), 9);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
+static void batches_commit_by_time(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("led");
+    gw_ledger *l = NULL;
+    assert_int_equal(gw_ledger_create(dir, 20, 1000, 0, &l, NULL), AICFN_OK);
+    gw_invocation_record r = {.tenant = "t", .function = "f", .version = 1};
+    assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
+    /* Without flush(): the writer commits within the interval (bounded wait, 5 s). */
+    gw_ledger_stats s = {0};
+    for (int i = 0; i < 500; i++) {
+        gw_ledger_get_stats(l, &s);
+        if (s.committed == 1) break;
+        usleep(10000);
+    }
+    assert_int_equal(s.committed, 1);
+    assert_int_equal(s.batches, 1);
+    gw_ledger_destroy(l);
+    gw_ledger_destroy(NULL);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(gpu_us_rounding),
+        cmocka_unit_test(coldstart_percentiles),
+        cmocka_unit_test(usage_totals_equal_sql_sums),
+        cmocka_unit_test(full_queue_drops_and_counts),
+        cmocka_unit_test(batches_commit_by_time),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
