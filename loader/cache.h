@@ -14,8 +14,9 @@
  * until its deadline and fails with AICFN_E_CAPACITY. A failed load wakes all its
  * waiters with the same error and leaves nothing behind.
  *
- * The loading itself is pluggable (loader_cache_load_ops): by default the snapshot
- * pipeline (pipeline.h) onto the cache's device; tests plug in fakes.
+ * The loading itself is pluggable (loader_cache_load_ops): the worker plugs in the
+ * snapshot pipeline (loader_pipeline_cache_ops in pipeline.h); tests plug in fakes.
+ * The cache itself knows nothing of snapshots or devices.
  * Thread-safety: every function may be called from any thread at once, except
  * loader_cache_destroy. Not for: routing or reporting (the worker and gateway). */
 #ifndef AICFN_LOADER_CACHE_H
@@ -68,6 +69,7 @@ typedef struct loader_evict_candidate {
     const char *key;
     uint64_t bytes;
     uint64_t last_use_us;   /* monotonic */
+    uint64_t last_use_tick; /* the cache's logical clock: strictly orders uses */
     uint64_t loaded_at_us;  /* monotonic, when it became READY */
     uint64_t hits;          /* acquires served since it became READY */
 } loader_evict_candidate;
@@ -83,12 +85,10 @@ typedef struct loader_evict_policy {
 extern const loader_evict_policy loader_evict_lru;
 
 typedef struct loader_cache_config {
-    uint64_t budget_bytes;              /* required, > 0 */
-    loader_device *device;              /* for the default (pipeline) loader; not owned */
-    uint32_t load_threads;              /* pipeline threads per load; 0 = cores */
-    const loader_cache_load_ops *ops;   /* NULL = the snapshot pipeline on `device` */
-    void *ops_arg;
-    const loader_evict_policy *policy;  /* NULL = LRU */
+    uint64_t budget_bytes;             /* required, > 0 */
+    const loader_cache_load_ops *ops;  /* required; e.g. &loader_pipeline_cache_ops */
+    void *ops_arg;                     /* passed to every op; e.g. a loader_pipeline_source * */
+    const loader_evict_policy *policy; /* NULL = LRU */
 } loader_cache_config;
 
 /* Creates a cache. Copies the config (the device and ops must outlive the cache).
@@ -105,19 +105,19 @@ void loader_cache_destroy(loader_cache *c);
 typedef struct loader_eviction {
     char key[AICFN_MAX_NAME_BYTES];
     uint64_t bytes;
-    uint64_t idle_us;      /* since its last use */
-    uint64_t resident_us;  /* since it became READY */
+    uint64_t idle_us;     /* since its last use */
+    uint64_t resident_us; /* since it became READY */
 } loader_eviction;
 
 typedef struct loader_acquire_info {
-    int cold;               /* 1 when this call loaded the model or joined a load */
-    int joined;             /* 1 when it joined a load another call started */
-    int thrash;             /* 1 when this call's load reloaded a model evicted less than
-                               AICFN_THRASH_WINDOW_US ago */
-    uint64_t wait_us;       /* wall time inside acquire */
-    loader_timing timing;   /* the load's record when cold (joined calls get a copy) */
-    uint64_t model_bytes;   /* bytes charged for the entry */
-    uint32_t n_evictions;   /* evictions made for this call's load (all of them) */
+    int cold;             /* 1 when this call loaded the model or joined a load */
+    int joined;           /* 1 when it joined a load another call started */
+    int thrash;           /* 1 when this call's load reloaded a model evicted less than
+                             AICFN_THRASH_WINDOW_US ago */
+    uint64_t wait_us;     /* wall time inside acquire */
+    loader_timing timing; /* the load's record when cold (joined calls get a copy) */
+    uint64_t model_bytes; /* bytes charged for the entry */
+    uint32_t n_evictions; /* evictions made for this call's load (all of them) */
     loader_eviction evictions[LOADER_MAX_REPORTED_EVICTIONS]; /* the first ones */
 } loader_acquire_info;
 
@@ -151,13 +151,13 @@ uint64_t loader_cache_entry_bytes(const loader_cache_entry *e);
 
 /* ---- Counters and status ---- */
 typedef struct loader_cache_counters {
-    uint64_t hits;            /* acquires that found the model READY */
-    uint64_t misses;          /* acquires that started or joined a load */
-    uint64_t loads;           /* loads started */
+    uint64_t hits;   /* acquires that found the model READY */
+    uint64_t misses; /* acquires that started or joined a load */
+    uint64_t loads;  /* loads started */
     uint64_t load_failures;
-    uint64_t evictions;       /* by the policy and by loader_cache_evict */
-    uint64_t thrash_reloads;  /* loads of a model evicted < AICFN_THRASH_WINDOW_US before */
-    uint64_t bytes_loaded;    /* bytes charged by successful loads */
+    uint64_t evictions;         /* by the policy and by loader_cache_evict */
+    uint64_t thrash_reloads;    /* loads of a model evicted < AICFN_THRASH_WINDOW_US before */
+    uint64_t bytes_loaded;      /* bytes charged by successful loads */
     uint64_t capacity_failures; /* acquires that gave up with AICFN_E_CAPACITY */
 } loader_cache_counters;
 
@@ -166,17 +166,20 @@ void loader_cache_get_counters(loader_cache *c, loader_cache_counters *out);
 typedef struct loader_cache_entry_status {
     char key[AICFN_MAX_NAME_BYTES];
     loader_entry_state state;
-    uint64_t bytes;         /* charged (reserved while LOADING) */
-    uint32_t refcount;      /* pins (READY) or waiters (LOADING) */
-    uint64_t last_use_us;   /* monotonic */
-    uint64_t idle_us;       /* now - last_use */
+    uint64_t bytes;       /* charged (reserved while LOADING) */
+    uint32_t refcount;    /* pins (READY) or waiters (LOADING) */
+    uint64_t last_use_us; /* monotonic */
+    uint64_t idle_us;     /* now - last_use */
 } loader_cache_entry_status;
 
 typedef struct loader_cache_status {
     uint64_t budget_bytes;
-    uint64_t used_bytes;    /* READY + reserved by LOADING + EVICTING not yet freed */
-    uint32_t n_entries;     /* entries that exist (may exceed the array's capacity) */
-    uint32_t n_returned;    /* entries written into the caller's array */
+    uint64_t used_bytes;     /* charged: READY entries + what LOADING entries reserved */
+    uint64_t evicting_bytes; /* EVICTING entries not yet freed. Their bytes went to the load
+                                that evicted them, which frees them before it allocates;
+                                other loads count them as taken until then. */
+    uint32_t n_entries;      /* entries that exist (may exceed the array's capacity) */
+    uint32_t n_returned;     /* entries written into the caller's array */
     loader_cache_counters counters;
 } loader_cache_status;
 

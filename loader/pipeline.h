@@ -24,15 +24,15 @@
  * wait_us is time threads stalled on a full pipeline (no staging buffer free, or the
  * in-order verifier behind). */
 typedef struct loader_timing {
-    uint64_t open_us;        /* opening the snapshot and reading the manifest (wall) */
-    uint64_t alloc_us;       /* the device allocation (wall) */
-    uint64_t read_us;        /* sum over threads: pread of frames */
-    uint64_t decompress_us;  /* sum over threads */
-    uint64_t filter_us;      /* sum over threads: reversing byte-plane filters */
-    uint64_t verify_us;      /* sum over threads: XXH3 of the raw bytes */
-    uint64_t copy_us;        /* sum over threads: issuing copies + waiting for them */
-    uint64_t wait_us;        /* sum over threads: stalled on a full pipeline */
-    uint64_t total_us;       /* wall time of the whole load, open to last copy done */
+    uint64_t open_us;          /* opening the snapshot and reading the manifest (wall) */
+    uint64_t alloc_us;         /* the device allocation (wall) */
+    uint64_t read_us;          /* sum over threads: pread of frames */
+    uint64_t decompress_us;    /* sum over threads */
+    uint64_t filter_us;        /* sum over threads: reversing byte-plane filters */
+    uint64_t verify_us;        /* sum over threads: XXH3 of the raw bytes */
+    uint64_t copy_us;          /* sum over threads: issuing copies + waiting for them */
+    uint64_t wait_us;          /* sum over threads: stalled on a full pipeline */
+    uint64_t total_us;         /* wall time of the whole load, open to last copy done */
     uint64_t compressed_bytes; /* data frame bytes read */
     uint64_t raw_bytes;        /* blob bytes restored */
     uint32_t threads;          /* threads that ran */
@@ -45,10 +45,10 @@ typedef struct loader_timing {
 typedef struct loader_model loader_model;
 
 typedef struct loader_load_opts {
-    uint32_t threads;     /* 0 = number of online cores */
-    uint64_t max_bytes;   /* 0 = no limit; else the device allocation may not exceed this
-                             (AICFN_E_CAPACITY): the cache passes what it reserved */
-    int skip_verify;      /* 1 = do not check XXH3 (benchmarks of the codec only) */
+    uint32_t threads;   /* 0 = number of online cores */
+    uint64_t max_bytes; /* 0 = no limit; else the device allocation may not exceed this
+                           (AICFN_E_CAPACITY): the cache passes what it reserved */
+    int skip_verify;    /* 1 = do not check XXH3 (benchmarks of the codec only) */
 } loader_load_opts;
 
 /* Loads the snapshot at `path` onto `dev`. On success *out is a model the caller frees
@@ -77,6 +77,19 @@ const snap_manifest *loader_model_manifest(const loader_model *m);
 int loader_model_find_tensor(const loader_model *m, const char *name);
 /* Device pointer of tensor t's bytes (blob + offset), or NULL if t is out of range. */
 void *loader_model_tensor_ptr(const loader_model *m, uint32_t t);
+
+/* ---- The cache's load function (cache.h) ----
+ * loader_pipeline_cache_ops loads snapshots with this pipeline; its ops_arg is a
+ * loader_pipeline_source that must outlive the cache. prepare opens the snapshot and
+ * charges loader_device_alloc_size(blob_bytes); load runs loader_load_reader with
+ * max_bytes = the reservation; the model is a loader_model *. */
+typedef struct loader_pipeline_source {
+    loader_device *device;
+    uint32_t threads; /* 0 = cores */
+} loader_pipeline_source;
+
+struct loader_cache_load_ops;
+extern const struct loader_cache_load_ops loader_pipeline_cache_ops;
 
 /* Number of online cores (the default thread count). */
 uint32_t loader_default_threads(void);

@@ -1,0 +1,662 @@
+/* cache.c: the model cache (cache.h): residency, pins, single-flight loads, eviction.
+ *
+ * One mutex guards the table; it is held only for bookkeeping, never during a load,
+ * a prepare or an unload (those run on the acquiring thread with the lock dropped).
+ * One condition variable (CLOCK_MONOTONIC, for deadline waits) is broadcast whenever a
+ * load finishes or fails, or a pin or reservation is given back.
+ * Accounting: `used` is what READY entries were charged plus what LOADING entries
+ * reserved. Evicting moves the victims' bytes to the load that chose them; that load
+ * frees the victims before it allocates, so the device never holds more than the
+ * budget. Not for: loading itself (pluggable, see pipeline.h) or policy (below). */
+#include "loader/cache.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+
+struct loader_cache_entry {
+    char key[AICFN_MAX_NAME_BYTES];
+    loader_entry_state state;
+    uint32_t refcount; /* pins (READY) */
+    uint32_t waiters;  /* calls waiting on this LOADING entry */
+    int failed;        /* the load failed; err holds why */
+    int in_table;      /* still findable by key */
+    aicfn_error err;
+    uint64_t bytes; /* charged or reserved */
+    uint64_t last_use_us, last_use_tick, loaded_at_us, hits;
+    void *model;
+    loader_timing timing;
+};
+
+typedef struct cache_evicted {
+    char key[AICFN_MAX_NAME_BYTES];
+    uint64_t at_us;
+} cache_evicted;
+
+#define CACHE_EVICTED_MAX 1024
+
+struct loader_cache {
+    uint64_t budget;
+    uint64_t used;     /* charged to READY entries + reserved by LOADING ones */
+    uint64_t evicting; /* victims chosen but not yet freed: still on the device */
+    uint64_t tick;
+    loader_cache_load_ops ops;
+    void *ops_arg;
+    loader_evict_policy policy;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    loader_cache_entry **table; /* LOADING and READY entries, findable by key */
+    size_t n, cap;
+    loader_cache_entry **evicting_list; /* chosen victims not yet freed */
+    size_t n_evicting, cap_evicting;
+    cache_evicted *recent; /* recently evicted keys, for thrash accounting */
+    size_t n_recent;
+    loader_cache_counters ctr;
+};
+
+const char *loader_entry_state_name(loader_entry_state s) {
+    switch (s) {
+    case LOADER_ENTRY_LOADING:
+        return "LOADING";
+    case LOADER_ENTRY_READY:
+        return "READY";
+    case LOADER_ENTRY_EVICTING:
+        return "EVICTING";
+    }
+    return "UNKNOWN";
+}
+
+/* ---- LRU ---- */
+/* Picks the least recently used candidates until `need` bytes are freed: a selection
+ * (O(n·k)) rather than a sort, as k is small and the call holds the cache lock. */
+static size_t lru_choose(void *arg, const loader_evict_candidate *cands, size_t n, uint64_t need,
+                         size_t *victims) {
+    (void)arg;
+    uint64_t freed = 0;
+    size_t k = 0;
+    while (freed < need && k < n) {
+        size_t best = n;
+        for (size_t i = 0; i < n; i++) {
+            int taken = 0;
+            for (size_t j = 0; j < k && !taken; j++)
+                taken = victims[j] == i;
+            if (taken) continue;
+            if (best == n || cands[i].last_use_tick < cands[best].last_use_tick) best = i;
+        }
+        if (best == n) break;
+        victims[k++] = best;
+        freed += cands[best].bytes;
+    }
+    return k;
+}
+
+const loader_evict_policy loader_evict_lru = {.name = "lru", .choose = lru_choose, .arg = NULL};
+
+/* ---- Table helpers (under c->mu) ---- */
+/* READY, unpinned, and no joined waiter still to wake up and pin it. */
+static int cache_evictable(const loader_cache_entry *e) {
+    return e->state == LOADER_ENTRY_READY && e->refcount == 0 && e->waiters == 0;
+}
+
+static loader_cache_entry *cache_find(loader_cache *c, const char *key) {
+    for (size_t i = 0; i < c->n; i++)
+        if (strcmp(c->table[i]->key, key) == 0) return c->table[i];
+    return NULL;
+}
+
+static int cache_is_evicting(loader_cache *c, const char *key) {
+    for (size_t i = 0; i < c->n_evicting; i++)
+        if (strcmp(c->evicting_list[i]->key, key) == 0) return 1;
+    return 0;
+}
+
+static int cache_push(loader_cache_entry ***arr, size_t *n, size_t *cap, loader_cache_entry *e) {
+    if (*n == *cap) {
+        size_t nc = *cap ? *cap * 2 : 16;
+        loader_cache_entry **na = realloc(*arr, nc * sizeof *na);
+        if (!na) return AICFN_E_NOMEM;
+        *arr = na;
+        *cap = nc;
+    }
+    (*arr)[(*n)++] = e;
+    return AICFN_OK;
+}
+
+static void cache_remove(loader_cache_entry **arr, size_t *n, loader_cache_entry *e) {
+    for (size_t i = 0; i < *n; i++) {
+        if (arr[i] == e) {
+            arr[i] = arr[--*n];
+            return;
+        }
+    }
+}
+
+static void cache_note_evicted(loader_cache *c, const char *key, uint64_t now) {
+    size_t w = 0; /* drop records older than the window, and any of the same key */
+    for (size_t i = 0; i < c->n_recent; i++)
+        if (now - c->recent[i].at_us < AICFN_THRASH_WINDOW_US && strcmp(c->recent[i].key, key) != 0)
+            c->recent[w++] = c->recent[i];
+    c->n_recent = w;
+    if (c->n_recent == CACHE_EVICTED_MAX) { /* full: drop the oldest (index 0, kept in order) */
+        memmove(c->recent, c->recent + 1, (CACHE_EVICTED_MAX - 1) * sizeof *c->recent);
+        c->n_recent--;
+    }
+    snprintf(c->recent[c->n_recent].key, sizeof c->recent[0].key, "%s", key);
+    c->recent[c->n_recent].at_us = now;
+    c->n_recent++;
+}
+
+/* 1 when `key` was evicted within the thrash window (and forgets the record). */
+static int cache_take_thrash(loader_cache *c, const char *key, uint64_t now) {
+    for (size_t i = 0; i < c->n_recent; i++) {
+        if (strcmp(c->recent[i].key, key) == 0) {
+            int hit = now - c->recent[i].at_us < AICFN_THRASH_WINDOW_US;
+            memmove(c->recent + i, c->recent + i + 1, (c->n_recent - i - 1) * sizeof *c->recent);
+            c->n_recent--;
+            return hit;
+        }
+    }
+    return 0;
+}
+
+/* Marks a LOADING entry failed, takes it out of the table and wakes its waiters; frees
+ * it when nobody waits. Under c->mu. */
+static void cache_fail_locked(loader_cache *c, loader_cache_entry *e, const aicfn_error *err) {
+    e->failed = 1;
+    e->err = *err;
+    if (e->in_table) {
+        cache_remove(c->table, &c->n, e);
+        e->in_table = 0;
+    }
+    c->ctr.load_failures++;
+    pthread_cond_broadcast(&c->cv);
+    if (e->waiters == 0) free(e);
+}
+
+static int cache_wait(loader_cache *c, uint64_t deadline_us) {
+    if (deadline_us == 0) {
+        pthread_cond_wait(&c->cv, &c->mu);
+        return 0;
+    }
+    if (clock_now_us() >= deadline_us) return ETIMEDOUT;
+    struct timespec ts = {.tv_sec = (time_t)(deadline_us / 1000000u),
+                          .tv_nsec = (long)(deadline_us % 1000000u) * 1000};
+    return pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+}
+
+/* ---- Create / destroy ---- */
+int loader_cache_create(const loader_cache_config *cfg, loader_cache **out, aicfn_error *err) {
+    if (!out) return aicfn_error_set(err, AICFN_E_INVALID, "model cache: no output");
+    *out = NULL;
+    if (!cfg || cfg->budget_bytes == 0)
+        return aicfn_error_set(err, AICFN_E_INVALID, "model cache: the budget must be > 0 bytes");
+    if (!cfg->ops || !cfg->ops->prepare || !cfg->ops->load || !cfg->ops->abort || !cfg->ops->unload)
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "model cache: load ops (prepare, load, abort, unload) required");
+    if (cfg->policy && !cfg->policy->choose)
+        return aicfn_error_set(err, AICFN_E_INVALID, "model cache: eviction policy without choose");
+    loader_cache *c = calloc(1, sizeof *c);
+    cache_evicted *recent = calloc(CACHE_EVICTED_MAX, sizeof *recent);
+    if (!c || !recent) {
+        free(c);
+        free(recent);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "model cache: out of memory");
+    }
+    c->budget = cfg->budget_bytes;
+    c->ops = *cfg->ops;
+    c->ops_arg = cfg->ops_arg;
+    c->policy = cfg->policy ? *cfg->policy : loader_evict_lru;
+    c->recent = recent;
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&c->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    *out = c;
+    return AICFN_OK;
+}
+
+void loader_cache_destroy(loader_cache *c) {
+    if (!c) return;
+    for (size_t i = 0; i < c->n; i++) {
+        loader_cache_entry *e = c->table[i];
+        if (e->state == LOADER_ENTRY_READY) {
+            if (e->refcount) log_warn("model cache: destroying '%s' with %u pins", e->key, e->refcount);
+            c->ops.unload(c->ops_arg, e->model);
+        }
+        free(e);
+    }
+    free(c->table);
+    free(c->evicting_list);
+    free(c->recent);
+    pthread_cond_destroy(&c->cv);
+    pthread_mutex_destroy(&c->mu);
+    free(c);
+}
+
+uint64_t loader_cache_budget(const loader_cache *c) {
+    return c ? c->budget : 0;
+}
+
+static void cache_touch(loader_cache *c, loader_cache_entry *e) {
+    e->last_use_us = clock_now_us();
+    e->last_use_tick = ++c->tick;
+}
+
+/* Frees victims chosen under the lock (now unlocked), fills the report. */
+static void cache_free_victims(loader_cache *c, loader_cache_entry **v, size_t nv,
+                               loader_acquire_info *info) {
+    uint64_t now = clock_now_us();
+    for (size_t i = 0; i < nv; i++) {
+        loader_cache_entry *e = v[i];
+        if (info && info->n_evictions < LOADER_MAX_REPORTED_EVICTIONS) {
+            loader_eviction *r = &info->evictions[info->n_evictions];
+            snprintf(r->key, sizeof r->key, "%s", e->key);
+            r->bytes = e->bytes;
+            r->idle_us = now - e->last_use_us;
+            r->resident_us = now - e->loaded_at_us;
+        }
+        if (info) info->n_evictions++;
+        log_debug("model cache: evicting '%s' (%llu bytes)", e->key, (unsigned long long)e->bytes);
+        c->ops.unload(c->ops_arg, e->model);
+    }
+    pthread_mutex_lock(&c->mu);
+    for (size_t i = 0; i < nv; i++) {
+        c->evicting -= v[i]->bytes;
+        cache_remove(c->evicting_list, &c->n_evicting, v[i]);
+        free(v[i]);
+    }
+    if (nv) pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+}
+
+/* Under c->mu: makes room for `need` bytes by choosing victims, or reports that it
+ * cannot yet (returns 0 without touching anything). On success reserves `need` and
+ * stores the victims (removed from the table, EVICTING) in *victims. */
+static int cache_reserve_locked(loader_cache *c, uint64_t need, loader_cache_entry ***victims, size_t *nv,
+                                int *nomem) {
+    *victims = NULL;
+    *nv = 0;
+    *nomem = 0;
+    uint64_t held = c->used + c->evicting;
+    uint64_t avail = held < c->budget ? c->budget - held : 0;
+    if (need <= avail) {
+        c->used += need;
+        return 1;
+    }
+    uint64_t evictable = 0;
+    size_t nc = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        loader_cache_entry *e = c->table[i];
+        if (cache_evictable(e)) {
+            evictable += e->bytes;
+            nc++;
+        }
+    }
+    if (need > avail + evictable) return 0;
+    loader_evict_candidate *cands = calloc(nc, sizeof *cands);
+    loader_cache_entry **ents = calloc(nc, sizeof *ents);
+    size_t *idx = calloc(nc, sizeof *idx);
+    if (!cands || !ents || !idx) {
+        free(cands);
+        free(ents);
+        free(idx);
+        *nomem = 1;
+        return 0;
+    }
+    size_t k = 0;
+    for (size_t i = 0; i < c->n; i++) {
+        loader_cache_entry *e = c->table[i];
+        if (!cache_evictable(e)) continue;
+        ents[k] = e;
+        cands[k] = (loader_evict_candidate){.key = e->key,
+                                            .bytes = e->bytes,
+                                            .last_use_us = e->last_use_us,
+                                            .last_use_tick = e->last_use_tick,
+                                            .loaded_at_us = e->loaded_at_us,
+                                            .hits = e->hits};
+        k++;
+    }
+    size_t chosen = c->policy.choose(c->policy.arg, cands, nc, need - avail, idx);
+    /* Trust but verify the policy: valid, distinct indexes freeing enough; else LRU. */
+    uint64_t freed = 0;
+    int ok = chosen <= nc;
+    for (size_t i = 0; ok && i < chosen; i++) {
+        for (size_t j = 0; j < i && ok; j++)
+            ok = idx[j] != idx[i];
+        if (ok) ok = idx[i] < nc;
+        if (ok) freed += cands[idx[i]].bytes;
+    }
+    if (!ok || freed < need - avail) {
+        log_warn("model cache: policy '%s' chose too little; using LRU", c->policy.name);
+        chosen = lru_choose(NULL, cands, nc, need - avail, idx);
+    }
+    loader_cache_entry **v = calloc(chosen ? chosen : 1, sizeof *v);
+    if (!v) {
+        free(cands);
+        free(ents);
+        free(idx);
+        *nomem = 1;
+        return 0;
+    }
+    uint64_t now = clock_now_us();
+    for (size_t i = 0; i < chosen; i++) {
+        loader_cache_entry *e = ents[idx[i]];
+        if (cache_push(&c->evicting_list, &c->n_evicting, &c->cap_evicting, e) != AICFN_OK) {
+            /* Cannot track it for status: still evict (status is best effort). */
+        }
+        cache_remove(c->table, &c->n, e);
+        e->in_table = 0;
+        e->state = LOADER_ENTRY_EVICTING;
+        c->used -= e->bytes;
+        c->evicting += e->bytes;
+        c->ctr.evictions++;
+        cache_note_evicted(c, e->key, now);
+        v[i] = e;
+    }
+    free(cands);
+    free(ents);
+    free(idx);
+    c->used += need;
+    *victims = v;
+    *nv = chosen;
+    return 1;
+}
+
+int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uint64_t deadline_us,
+                         loader_cache_entry **out, loader_acquire_info *info, aicfn_error *err) {
+    uint64_t t0 = clock_now_us();
+    if (info) memset(info, 0, sizeof *info);
+    if (!out) return aicfn_error_set(err, AICFN_E_INVALID, "model cache: no output");
+    *out = NULL;
+    if (!c || !key || !*key) return aicfn_error_set(err, AICFN_E_INVALID, "model cache: no cache or key");
+    if (strlen(key) >= AICFN_MAX_NAME_BYTES)
+        return aicfn_error_set(err, AICFN_E_INVALID, "model cache: key longer than %d bytes",
+                               AICFN_MAX_NAME_BYTES - 1);
+
+    pthread_mutex_lock(&c->mu);
+    loader_cache_entry *e = cache_find(c, key);
+    /* A residency being freed must be gone before the next one loads. */
+    while (!e && cache_is_evicting(c, key)) {
+        if (cache_wait(c, deadline_us) == ETIMEDOUT && cache_is_evicting(c, key)) {
+            pthread_mutex_unlock(&c->mu);
+            return aicfn_error_set(err, AICFN_E_TIMEOUT, "model '%s': still being evicted at the deadline",
+                                   key);
+        }
+        e = cache_find(c, key);
+    }
+    if (e && e->state == LOADER_ENTRY_READY) {
+        e->refcount++;
+        e->hits++;
+        cache_touch(c, e);
+        c->ctr.hits++;
+        pthread_mutex_unlock(&c->mu);
+        *out = e;
+        if (info) {
+            info->model_bytes = e->bytes;
+            info->wait_us = clock_now_us() - t0;
+        }
+        return AICFN_OK;
+    }
+    c->ctr.misses++;
+    if (e) { /* LOADING: join it */
+        e->waiters++;
+        if (info) {
+            info->cold = 1;
+            info->joined = 1;
+        }
+        int trc = 0;
+        while (e->state == LOADER_ENTRY_LOADING && !e->failed && trc != ETIMEDOUT)
+            trc = cache_wait(c, deadline_us);
+        e->waiters--;
+        int rc;
+        if (e->failed) {
+            rc = e->err.code;
+            if (err) *err = e->err;
+            if (e->waiters == 0) free(e);
+        } else if (e->state == LOADER_ENTRY_READY) {
+            e->refcount++;
+            e->hits++;
+            cache_touch(c, e);
+            if (info) {
+                info->timing = e->timing;
+                info->model_bytes = e->bytes;
+            }
+            *out = e;
+            rc = AICFN_OK;
+        } else {
+            rc = aicfn_error_set(err, AICFN_E_TIMEOUT, "model '%s': still loading at the deadline", key);
+        }
+        pthread_mutex_unlock(&c->mu);
+        if (info) info->wait_us = clock_now_us() - t0;
+        return rc;
+    }
+
+    /* Missing: this call loads it. */
+    e = calloc(1, sizeof *e);
+    if (!e || cache_push(&c->table, &c->n, &c->cap, e) != AICFN_OK) {
+        pthread_mutex_unlock(&c->mu);
+        free(e);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "model cache: out of memory");
+    }
+    snprintf(e->key, sizeof e->key, "%s", key);
+    e->state = LOADER_ENTRY_LOADING;
+    e->in_table = 1;
+    cache_touch(c, e);
+    c->ctr.loads++;
+    pthread_mutex_unlock(&c->mu);
+    if (info) info->cold = 1;
+
+    aicfn_error lerr;
+    aicfn_error_clear(&lerr);
+    void *prep = NULL;
+    uint64_t need = 0;
+    int rc = c->ops.prepare(c->ops_arg, key, path, &prep, &need, &lerr);
+    if (rc == AICFN_OK && need == 0) need = 1;
+
+    pthread_mutex_lock(&c->mu);
+    loader_cache_entry **victims = NULL;
+    size_t nv = 0;
+    int reserved = 0;
+    if (rc == AICFN_OK && need > c->budget) {
+        rc = aicfn_error_set(&lerr, AICFN_E_TOO_LARGE,
+                             "model '%s' needs %llu bytes, more than the whole budget of %llu bytes", key,
+                             (unsigned long long)need, (unsigned long long)c->budget);
+    }
+    while (rc == AICFN_OK && !reserved) {
+        int nomem = 0;
+        if (cache_reserve_locked(c, need, &victims, &nv, &nomem)) {
+            reserved = 1;
+            break;
+        }
+        if (nomem) {
+            rc = aicfn_error_set(&lerr, AICFN_E_NOMEM, "model cache: out of memory choosing victims");
+            break;
+        }
+        if (cache_wait(c, deadline_us) == ETIMEDOUT) {
+            c->ctr.capacity_failures++;
+            rc = aicfn_error_set(
+                &lerr, AICFN_E_CAPACITY,
+                "model '%s' needs %llu bytes; only %llu of %llu free and the rest pinned or loading "
+                "until the deadline",
+                key, (unsigned long long)need, (unsigned long long)(c->budget - c->used),
+                (unsigned long long)c->budget);
+        }
+    }
+    if (rc != AICFN_OK) {
+        cache_fail_locked(c, e, &lerr);
+        pthread_mutex_unlock(&c->mu);
+        if (prep) c->ops.abort(c->ops_arg, prep);
+        if (err) *err = lerr;
+        if (info) info->wait_us = clock_now_us() - t0;
+        return rc;
+    }
+    e->bytes = need;
+    int thrash = cache_take_thrash(c, key, clock_now_us());
+    if (thrash) c->ctr.thrash_reloads++;
+    pthread_mutex_unlock(&c->mu);
+    if (info) info->thrash = thrash;
+
+    cache_free_victims(c, victims, nv, info);
+    free(victims);
+
+    void *model = NULL;
+    uint64_t alloc = 0;
+    loader_timing timing;
+    memset(&timing, 0, sizeof timing);
+    rc = c->ops.load(c->ops_arg, prep, need, &model, &alloc, &timing, &lerr);
+    if (rc == AICFN_OK && alloc > need) {
+        c->ops.unload(c->ops_arg, model);
+        rc = aicfn_error_set(&lerr, AICFN_E_INTERNAL,
+                             "model '%s': the load allocated %llu bytes, over the %llu reserved", key,
+                             (unsigned long long)alloc, (unsigned long long)need);
+    }
+    if (rc == AICFN_OK && alloc == 0) alloc = need;
+
+    pthread_mutex_lock(&c->mu);
+    if (rc != AICFN_OK) {
+        c->used -= need;
+        cache_fail_locked(c, e, &lerr);
+        pthread_mutex_unlock(&c->mu);
+        if (err) *err = lerr;
+        if (info) info->wait_us = clock_now_us() - t0;
+        return rc;
+    }
+    c->used -= need - alloc;
+    e->bytes = alloc;
+    e->model = model;
+    e->timing = timing;
+    e->state = LOADER_ENTRY_READY;
+    e->refcount = 1;
+    e->loaded_at_us = clock_now_us();
+    cache_touch(c, e);
+    c->ctr.bytes_loaded += alloc;
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    if (info) {
+        info->timing = timing;
+        info->model_bytes = alloc;
+        info->wait_us = clock_now_us() - t0;
+    }
+    *out = e;
+    return AICFN_OK;
+}
+
+void loader_cache_release(loader_cache *c, loader_cache_entry *e) {
+    if (!c || !e) return;
+    pthread_mutex_lock(&c->mu);
+    if (e->refcount == 0) {
+        log_error("model cache: release of '%s' without a pin", e->key);
+    } else {
+        e->refcount--;
+        cache_touch(c, e);
+        if (e->refcount == 0) pthread_cond_broadcast(&c->cv);
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+int loader_cache_preload(loader_cache *c, const char *key, const char *path, uint64_t deadline_us,
+                         loader_acquire_info *info, aicfn_error *err) {
+    loader_cache_entry *e = NULL;
+    int rc = loader_cache_acquire(c, key, path, deadline_us, &e, info, err);
+    if (rc == AICFN_OK) loader_cache_release(c, e);
+    return rc;
+}
+
+int loader_cache_evict(loader_cache *c, const char *key, aicfn_error *err) {
+    if (!c || !key) return aicfn_error_set(err, AICFN_E_INVALID, "model cache: no cache or key");
+    pthread_mutex_lock(&c->mu);
+    loader_cache_entry *e = cache_find(c, key);
+    if (!e) {
+        pthread_mutex_unlock(&c->mu);
+        return aicfn_error_set(err, AICFN_E_NOT_FOUND, "model '%s' is not resident", key);
+    }
+    if (!cache_evictable(e)) {
+        int loading = e->state == LOADER_ENTRY_LOADING;
+        uint32_t pins = e->refcount;
+        pthread_mutex_unlock(&c->mu);
+        return loading
+                   ? aicfn_error_set(err, AICFN_E_UNAVAILABLE, "model '%s' is still loading", key)
+                   : aicfn_error_set(err, AICFN_E_UNAVAILABLE, "model '%s' is in use (%u pins)", key, pins);
+    }
+    cache_remove(c->table, &c->n, e);
+    e->in_table = 0;
+    e->state = LOADER_ENTRY_EVICTING;
+    (void)cache_push(&c->evicting_list, &c->n_evicting, &c->cap_evicting, e);
+    c->used -= e->bytes;
+    c->evicting += e->bytes;
+    c->ctr.evictions++;
+    cache_note_evicted(c, e->key, clock_now_us());
+    pthread_mutex_unlock(&c->mu);
+    c->ops.unload(c->ops_arg, e->model);
+    pthread_mutex_lock(&c->mu);
+    c->evicting -= e->bytes;
+    cache_remove(c->evicting_list, &c->n_evicting, e);
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+    free(e);
+    return AICFN_OK;
+}
+
+const char *loader_cache_entry_key(const loader_cache_entry *e) {
+    return e ? e->key : NULL;
+}
+void *loader_cache_entry_model(const loader_cache_entry *e) {
+    return e ? e->model : NULL;
+}
+uint64_t loader_cache_entry_bytes(const loader_cache_entry *e) {
+    return e ? e->bytes : 0;
+}
+
+void loader_cache_get_counters(loader_cache *c, loader_cache_counters *out) {
+    if (!out) return;
+    memset(out, 0, sizeof *out);
+    if (!c) return;
+    pthread_mutex_lock(&c->mu);
+    *out = c->ctr;
+    pthread_mutex_unlock(&c->mu);
+}
+
+static int status_cmp(const void *a, const void *b) {
+    const loader_cache_entry_status *x = a, *y = b;
+    return x->last_use_us > y->last_use_us ? -1 : x->last_use_us < y->last_use_us;
+}
+
+void loader_cache_get_status(loader_cache *c, loader_cache_status *st, loader_cache_entry_status *entries,
+                             size_t cap) {
+    if (!st) return;
+    memset(st, 0, sizeof *st);
+    if (!c) return;
+    uint64_t now = clock_now_us();
+    pthread_mutex_lock(&c->mu);
+    st->budget_bytes = c->budget;
+    st->used_bytes = c->used;
+    st->evicting_bytes = c->evicting;
+    st->counters = c->ctr;
+    st->n_entries = (uint32_t)(c->n + c->n_evicting);
+    size_t k = 0;
+    for (size_t pass = 0; pass < 2; pass++) {
+        loader_cache_entry **arr = pass == 0 ? c->table : c->evicting_list;
+        size_t n = pass == 0 ? c->n : c->n_evicting;
+        for (size_t i = 0; i < n && k < cap && entries; i++, k++) {
+            loader_cache_entry *e = arr[i];
+            loader_cache_entry_status *s = &entries[k];
+            snprintf(s->key, sizeof s->key, "%s", e->key);
+            s->state = e->state;
+            s->bytes = e->bytes;
+            s->refcount = e->state == LOADER_ENTRY_LOADING ? e->waiters + 1 : e->refcount;
+            s->last_use_us = e->last_use_us;
+            s->idle_us = now > e->last_use_us ? now - e->last_use_us : 0;
+        }
+    }
+    pthread_mutex_unlock(&c->mu);
+    st->n_returned = (uint32_t)k;
+    if (k > 1) qsort(entries, k, sizeof *entries, status_cmp);
+}
