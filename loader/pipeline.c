@@ -1,0 +1,548 @@
+/* pipeline.c: the parallel load pipeline (pipeline.h): snapshot frames -> one device
+ * allocation, verified, timed.
+ *
+ * N threads each own a snap_dctx, a read buffer and a scratch buffer, and take frames in
+ * order. Host devices: decompress straight into the destination (or into scratch and
+ * unfilter into the destination when the frame is filtered). Other devices: the same
+ * into a staging buffer (pinned), then an asynchronous copy whose ticket hands the
+ * staging buffer back. A thread takes its frame number only after it holds a staging
+ * buffer, so a frame never waits on an earlier one that still lacks a buffer.
+ * Verification runs on the raw bytes as each frame passes: a tensor inside one frame is
+ * hashed at once; a tensor spanning frames has a streaming XXH3 state fed in blob order
+ * (a thread whose part comes next waits for the earlier parts; that wait is wait_us).
+ * Not for: residency (cache.c) or the file format (snapshots/). */
+#include "loader/pipeline.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#define XXH_INLINE_ALL
+#include <xxhash.h>
+
+#include "common/clock.h"
+#include "common/tunables.h"
+#include "loader/cache.h"
+
+struct loader_model {
+    loader_device *dev;
+    loader_dev_buf buf;
+    snap_manifest man; /* deep copy */
+};
+
+typedef struct pl_span {
+    XXH3_state_t *st;
+    uint64_t fed; /* bytes of the tensor hashed so far */
+} pl_span;
+
+typedef struct pl_job {
+    const snap_reader *r;
+    const snap_manifest *man;
+    loader_device *dev;
+    const loader_dev_buf *buf;
+    int host, staged, verify;
+    uint32_t n_frames;
+    size_t max_comp, scratch_bytes;
+    _Atomic uint32_t next_frame;
+    _Atomic int abort;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int rc;
+    aicfn_error err;
+    int32_t *span_of; /* per tensor: index into spans, or -1 when it lies in one frame */
+    pl_span *spans;
+    uint32_t n_spans;
+    loader_timing sum; /* per-thread sums, added under mu */
+} pl_job;
+
+uint32_t loader_default_threads(void) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    if (n < 1) n = 1;
+    if (n > AICFN_LOADER_MAX_THREADS) n = AICFN_LOADER_MAX_THREADS;
+    return (uint32_t)n;
+}
+
+/* First tensor whose bytes end after `off` (tensors are sorted and non-overlapping). */
+static uint32_t pl_first_tensor(const snap_manifest *m, uint64_t off) {
+    uint32_t lo = 0, hi = m->n_tensors;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (m->tensors[mid].offset + m->tensors[mid].nbytes <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* Records the first failure (with frame context) and tells every thread to stop. */
+static void pl_fail(pl_job *j, uint32_t frame, const aicfn_error *e) {
+    pthread_mutex_lock(&j->mu);
+    if (j->rc == AICFN_OK) {
+        j->rc = e->code ? e->code : AICFN_E_INTERNAL;
+        const snap_frame *f = snap_reader_frame(j->r, frame);
+        char where[AICFN_ERRMSG_MAX / 2] = "";
+        if (f) {
+            uint32_t t = pl_first_tensor(j->man, f->raw_offset);
+            int n = snprintf(where, sizeof where, "frame %u (blob bytes %llu..%llu", frame,
+                             (unsigned long long)f->raw_offset,
+                             (unsigned long long)(f->raw_offset + f->raw_size));
+            if (t < j->man->n_tensors && j->man->tensors[t].offset < f->raw_offset + f->raw_size && n > 0 &&
+                (size_t)n < sizeof where)
+                snprintf(where + n, sizeof where - (size_t)n, ", tensor '%s')", j->man->tensors[t].name);
+            else if (n > 0 && (size_t)n < sizeof where)
+                snprintf(where + n, sizeof where - (size_t)n, ")");
+        }
+        j->err = *e;
+        j->err.code = j->rc;
+        aicfn_error_wrap(&j->err, "loading %s: %s", snap_reader_path(j->r), where);
+    }
+    atomic_store(&j->abort, 1);
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+}
+
+/* Verifies the tensors overlapping frame `fi`, whose raw bytes are at `raw`. */
+static int pl_verify(pl_job *j, uint32_t fi, const snap_frame *f, const unsigned char *raw, uint64_t *wait_us,
+                     aicfn_error *err) {
+    const snap_manifest *m = j->man;
+    uint64_t lo = f->raw_offset, hi = f->raw_offset + f->raw_size;
+    for (uint32_t t = pl_first_tensor(m, lo); t < m->n_tensors && m->tensors[t].offset < hi; t++) {
+        const snap_tensor *ts = &m->tensors[t];
+        if (ts->nbytes == 0) continue;
+        uint64_t a = ts->offset > lo ? ts->offset : lo;
+        uint64_t b = ts->offset + ts->nbytes < hi ? ts->offset + ts->nbytes : hi;
+        const unsigned char *p = raw + (a - lo);
+        size_t len = (size_t)(b - a);
+        int32_t s = j->span_of[t];
+        if (s < 0) {
+            if (XXH3_64bits(p, len) != ts->xxh3)
+                return aicfn_error_set(err, AICFN_E_CORRUPT, "tensor '%s': XXH3 mismatch (expected %016llx)",
+                                       ts->name, (unsigned long long)ts->xxh3);
+            continue;
+        }
+        pl_span *sp = &j->spans[s];
+        uint64_t want = a - ts->offset;
+        pthread_mutex_lock(&j->mu);
+        if (sp->fed != want) {
+            uint64_t w0 = clock_now_us();
+            while (sp->fed != want && !atomic_load(&j->abort))
+                pthread_cond_wait(&j->cv, &j->mu);
+            *wait_us += clock_now_us() - w0;
+        }
+        pthread_mutex_unlock(&j->mu);
+        if (atomic_load(&j->abort)) return AICFN_E_CANCELED;
+        (void)XXH3_64bits_update(sp->st, p, len); /* only this thread may feed now */
+        int bad = 0;
+        pthread_mutex_lock(&j->mu);
+        sp->fed += len;
+        if (sp->fed == ts->nbytes) bad = XXH3_64bits_digest(sp->st) != ts->xxh3;
+        pthread_cond_broadcast(&j->cv);
+        pthread_mutex_unlock(&j->mu);
+        if (bad)
+            return aicfn_error_set(err, AICFN_E_CORRUPT, "tensor '%s': XXH3 mismatch (expected %016llx)",
+                                   ts->name, (unsigned long long)ts->xxh3);
+    }
+    (void)fi;
+    return AICFN_OK;
+}
+
+static void *pl_thread(void *arg) {
+    pl_job *j = arg;
+    loader_timing t;
+    memset(&t, 0, sizeof t);
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    snap_dctx *dctx = NULL;
+    unsigned char *rbuf = malloc(j->max_comp ? j->max_comp : 1);
+    unsigned char *scratch = j->scratch_bytes ? malloc(j->scratch_bytes) : NULL;
+    unsigned char *bounce = NULL; /* non-host frames larger than a staging buffer */
+    uint32_t fi = UINT32_MAX;
+    if (!rbuf || (j->scratch_bytes && !scratch)) {
+        aicfn_error_set(&err, AICFN_E_NOMEM, "pipeline buffers (%zu + %zu bytes)", j->max_comp,
+                        j->scratch_bytes);
+        pl_fail(j, 0, &err);
+        goto out;
+    }
+    if (snap_dctx_create(&dctx, &err) != AICFN_OK) {
+        pl_fail(j, 0, &err);
+        goto out;
+    }
+    for (;;) {
+        if (atomic_load(&j->abort)) break;
+        loader_staging stg = {0};
+        if (j->staged) {
+            uint64_t w0 = clock_now_us();
+            int rc = loader_device_staging_acquire(j->dev, &stg, &err);
+            t.wait_us += clock_now_us() - w0;
+            if (rc != AICFN_OK) {
+                pl_fail(j, 0, &err);
+                break;
+            }
+        }
+        fi = atomic_fetch_add(&j->next_frame, 1);
+        if (fi >= j->n_frames || atomic_load(&j->abort)) {
+            if (stg.ptr) loader_device_staging_release(j->dev, &stg, 0);
+            break;
+        }
+        const snap_frame *f = snap_reader_frame(j->r, fi);
+        uint64_t t0 = clock_now_us();
+        int rc = snap_frame_read(j->r, fi, rbuf, j->max_comp, &err);
+        uint64_t t1 = clock_now_us();
+        t.read_us += t1 - t0;
+        t.compressed_bytes += f->comp_size;
+        unsigned char *dst;
+        if (j->host) {
+            dst = (unsigned char *)j->buf->ptr + f->raw_offset;
+        } else if (stg.ptr && f->raw_size <= stg.cap) {
+            dst = stg.ptr;
+        } else {
+            if (!bounce && rc == AICFN_OK) {
+                bounce = malloc(j->scratch_bytes ? j->scratch_bytes : 1);
+                if (!bounce)
+                    rc = aicfn_error_set(&err, AICFN_E_NOMEM, "bounce buffer (%zu bytes)", j->scratch_bytes);
+            }
+            dst = bounce;
+        }
+        int filtered = snap_frame_is_filtered(j->r, fi);
+        if (rc == AICFN_OK) rc = snap_frame_decompress(dctx, j->r, fi, rbuf, filtered ? scratch : dst, &err);
+        uint64_t t2 = clock_now_us();
+        t.decompress_us += t2 - t1;
+        if (rc == AICFN_OK && filtered) rc = snap_frame_unfilter(j->r, fi, scratch, dst, &err);
+        uint64_t t3 = clock_now_us();
+        t.filter_us += t3 - t2;
+        if (rc == AICFN_OK && j->verify) {
+            uint64_t w = 0;
+            rc = pl_verify(j, fi, f, dst, &w, &err);
+            t.wait_us += w;
+            t.verify_us += clock_now_us() - t3 - w;
+        }
+        uint64_t t4 = clock_now_us();
+        loader_ticket tk = 0;
+        if (rc == AICFN_OK && !j->host) {
+            rc = loader_device_copy_to_device(j->dev, j->buf, f->raw_offset, dst, f->raw_size, &tk, &err);
+            if (rc == AICFN_OK && dst == bounce) rc = loader_device_wait(j->dev, tk, &err);
+        }
+        if (stg.ptr) loader_device_staging_release(j->dev, &stg, rc == AICFN_OK ? tk : 0);
+        t.copy_us += clock_now_us() - t4;
+        if (rc != AICFN_OK) {
+            if (rc != AICFN_E_CANCELED || !atomic_load(&j->abort)) pl_fail(j, fi, &err);
+            break;
+        }
+        t.raw_bytes += f->raw_size;
+        t.frames++;
+    }
+out:
+    snap_dctx_free(dctx);
+    free(rbuf);
+    free(scratch);
+    free(bounce);
+    pthread_mutex_lock(&j->mu);
+    j->sum.read_us += t.read_us;
+    j->sum.decompress_us += t.decompress_us;
+    j->sum.filter_us += t.filter_us;
+    j->sum.verify_us += t.verify_us;
+    j->sum.copy_us += t.copy_us;
+    j->sum.wait_us += t.wait_us;
+    j->sum.compressed_bytes += t.compressed_bytes;
+    j->sum.raw_bytes += t.raw_bytes;
+    j->sum.frames += t.frames;
+    pthread_mutex_unlock(&j->mu);
+    return NULL;
+}
+
+static void pl_manifest_free(snap_manifest *m) {
+    for (uint32_t i = 0; i < m->n_tensors; i++)
+        free(m->tensors[i].name);
+    free(m->tensors);
+    free(m->model_name);
+    memset(m, 0, sizeof *m);
+}
+
+static int pl_manifest_copy(const snap_manifest *src, snap_manifest *dst) {
+    memset(dst, 0, sizeof *dst);
+    *dst = *src;
+    dst->model_name = NULL;
+    dst->tensors = NULL;
+    dst->n_tensors = 0;
+    dst->model_name = strdup(src->model_name ? src->model_name : "");
+    dst->tensors = src->n_tensors ? calloc(src->n_tensors, sizeof *dst->tensors) : NULL;
+    if (!dst->model_name || (src->n_tensors && !dst->tensors)) {
+        pl_manifest_free(dst);
+        return AICFN_E_NOMEM;
+    }
+    for (uint32_t i = 0; i < src->n_tensors; i++) {
+        dst->tensors[i] = src->tensors[i];
+        dst->tensors[i].name = strdup(src->tensors[i].name ? src->tensors[i].name : "");
+        dst->n_tensors = i + 1;
+        if (!dst->tensors[i].name) {
+            pl_manifest_free(dst);
+            return AICFN_E_NOMEM;
+        }
+    }
+    return AICFN_OK;
+}
+
+void loader_model_free(loader_model *m) {
+    if (!m) return;
+    loader_device_free(m->dev, &m->buf);
+    pl_manifest_free(&m->man);
+    free(m);
+}
+
+/* Runs the threads over every frame into `buf`. */
+static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf *buf, uint32_t threads,
+                  int verify, loader_timing *sum, aicfn_error *err) {
+    const snap_manifest *man = snap_reader_manifest(r);
+    pl_job j;
+    memset(&j, 0, sizeof j);
+    j.r = r;
+    j.man = man;
+    j.dev = dev;
+    j.buf = buf;
+    j.host = loader_device_is_host(dev);
+    j.staged = !j.host && loader_device_has_staging(dev);
+    j.verify = verify;
+    j.n_frames = snap_reader_frame_count(r);
+    j.max_comp = snap_reader_max_comp_size(r);
+    int any_filtered = 0;
+    for (uint32_t i = 0; i < j.n_frames && !any_filtered; i++)
+        any_filtered = snap_frame_is_filtered(r, i);
+    j.scratch_bytes = (any_filtered || !j.host) ? man->chunk_bytes : 0;
+    pthread_mutex_init(&j.mu, NULL);
+    pthread_cond_init(&j.cv, NULL);
+    int rc = AICFN_OK;
+    if (verify && man->n_tensors) {
+        j.span_of = malloc(man->n_tensors * sizeof *j.span_of);
+        if (!j.span_of)
+            rc = aicfn_error_set(err, AICFN_E_NOMEM, "loading %s: verification state", snap_reader_path(r));
+        for (uint32_t t = 0; rc == AICFN_OK && t < man->n_tensors; t++) {
+            const snap_tensor *ts = &man->tensors[t];
+            j.span_of[t] = -1;
+            if (ts->nbytes == 0) {
+                if (XXH3_64bits(NULL, 0) != ts->xxh3)
+                    rc = aicfn_error_set(err, AICFN_E_CORRUPT, "loading %s: tensor '%s': XXH3 mismatch",
+                                         snap_reader_path(r), ts->name);
+                continue;
+            }
+            uint32_t f0 = 0, f1 = 0; /* frames holding its first and last byte */
+            uint32_t lo = 0, hi = j.n_frames;
+            for (int k = 0; k < 2; k++) {
+                uint64_t off = k == 0 ? ts->offset : ts->offset + ts->nbytes - 1;
+                lo = 0, hi = j.n_frames;
+                while (lo < hi) {
+                    uint32_t mid = lo + (hi - lo) / 2;
+                    const snap_frame *f = snap_reader_frame(r, mid);
+                    if (f->raw_offset + f->raw_size <= off)
+                        lo = mid + 1;
+                    else
+                        hi = mid;
+                }
+                if (k == 0)
+                    f0 = lo;
+                else
+                    f1 = lo;
+            }
+            if (f0 != f1) j.span_of[t] = (int32_t)j.n_spans++;
+        }
+        if (rc == AICFN_OK && j.n_spans) {
+            j.spans = calloc(j.n_spans, sizeof *j.spans);
+            if (!j.spans)
+                rc = aicfn_error_set(err, AICFN_E_NOMEM, "loading %s: hash states", snap_reader_path(r));
+            for (uint32_t s = 0; rc == AICFN_OK && s < j.n_spans; s++) {
+                j.spans[s].st = XXH3_createState();
+                if (!j.spans[s].st || XXH3_64bits_reset(j.spans[s].st) != XXH_OK)
+                    rc = aicfn_error_set(err, AICFN_E_NOMEM, "loading %s: hash states", snap_reader_path(r));
+            }
+        }
+    }
+    if (threads > j.n_frames) threads = j.n_frames ? j.n_frames : 1;
+    pthread_t th[AICFN_LOADER_MAX_THREADS];
+    uint32_t started = 0;
+    for (; rc == AICFN_OK && started < threads; started++) {
+        if (pthread_create(&th[started], NULL, pl_thread, &j) != 0) {
+            aicfn_error e;
+            aicfn_error_set(&e, AICFN_E_NOMEM, "starting pipeline thread %u", started);
+            pl_fail(&j, 0, &e);
+            break;
+        }
+    }
+    for (uint32_t i = 0; i < started; i++)
+        pthread_join(th[i], NULL);
+    if (rc == AICFN_OK && j.rc != AICFN_OK) {
+        rc = j.rc;
+        if (err) *err = j.err;
+    }
+    if (rc == AICFN_OK && !j.host) {
+        uint64_t t0 = clock_now_us();
+        rc = loader_device_sync(dev, err);
+        j.sum.copy_us += clock_now_us() - t0;
+        if (rc != AICFN_OK) aicfn_error_wrap(err, "loading %s", snap_reader_path(r));
+    }
+    if (rc != AICFN_OK && !j.host) (void)loader_device_sync(dev, NULL); /* no copy may still target buf */
+    j.sum.threads = started;
+    *sum = j.sum;
+    for (uint32_t s = 0; j.spans && s < j.n_spans; s++)
+        XXH3_freeState(j.spans[s].st);
+    free(j.spans);
+    free(j.span_of);
+    pthread_cond_destroy(&j.cv);
+    pthread_mutex_destroy(&j.mu);
+    return rc;
+}
+
+int loader_load_reader(loader_device *dev, const snap_reader *r, const loader_load_opts *opts,
+                       loader_model **out, loader_timing *timing, aicfn_error *err) {
+    uint64_t t0 = clock_now_us();
+    if (timing) memset(timing, 0, sizeof *timing);
+    if (!out) return aicfn_error_set(err, AICFN_E_INVALID, "load: no output");
+    *out = NULL;
+    if (!dev || !r) return aicfn_error_set(err, AICFN_E_INVALID, "load: no device or snapshot");
+    loader_load_opts o = opts ? *opts : (loader_load_opts){0};
+    uint32_t threads = o.threads ? o.threads : loader_default_threads();
+    if (threads > AICFN_LOADER_MAX_THREADS) threads = AICFN_LOADER_MAX_THREADS;
+    const snap_manifest *man = snap_reader_manifest(r);
+    const char *path = snap_reader_path(r);
+    uint64_t want = man->blob_bytes ? man->blob_bytes : AICFN_SNAP_ALIGN;
+    uint64_t size = loader_device_alloc_size(dev, want);
+    if (o.max_bytes && size > o.max_bytes)
+        return aicfn_error_set(err, AICFN_E_CAPACITY, "loading %s: needs %llu device bytes, %llu allowed",
+                               path, (unsigned long long)size, (unsigned long long)o.max_bytes);
+    loader_model *m = calloc(1, sizeof *m);
+    if (!m) return aicfn_error_set(err, AICFN_E_NOMEM, "loading %s: out of memory", path);
+    m->dev = dev;
+    if (pl_manifest_copy(man, &m->man) != AICFN_OK) {
+        free(m);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "loading %s: copying the manifest", path);
+    }
+    uint64_t ta = clock_now_us();
+    int rc = loader_device_alloc(dev, want, &m->buf, err);
+    uint64_t alloc_us = clock_now_us() - ta;
+    if (rc == AICFN_OK && o.max_bytes && m->buf.bytes > o.max_bytes)
+        rc =
+            aicfn_error_set(err, AICFN_E_CAPACITY, "loading %s: the device reserved %llu bytes, %llu allowed",
+                            path, (unsigned long long)m->buf.bytes, (unsigned long long)o.max_bytes);
+    if (rc != AICFN_OK) {
+        aicfn_error_wrap(err, "loading %s (%llu blob bytes)", path, (unsigned long long)man->blob_bytes);
+        loader_model_free(m);
+        return rc;
+    }
+    loader_timing sum;
+    memset(&sum, 0, sizeof sum);
+    rc = pl_run(dev, r, &m->buf, threads, !o.skip_verify, &sum, err);
+    if (rc != AICFN_OK) {
+        loader_model_free(m);
+        return rc;
+    }
+    if (timing) {
+        *timing = sum;
+        timing->alloc_us = alloc_us;
+        timing->total_us = clock_now_us() - t0;
+    }
+    *out = m;
+    return AICFN_OK;
+}
+
+int loader_load_snapshot(loader_device *dev, const char *path, const loader_load_opts *opts,
+                         loader_model **out, loader_timing *timing, aicfn_error *err) {
+    uint64_t t0 = clock_now_us();
+    if (out) *out = NULL;
+    snap_reader *r = NULL;
+    int rc = snap_open(path, &r, err);
+    uint64_t open_us = clock_now_us() - t0;
+    if (rc != AICFN_OK) return rc;
+    rc = loader_load_reader(dev, r, opts, out, timing, err);
+    snap_close(r);
+    if (rc == AICFN_OK && timing) {
+        timing->open_us = open_us;
+        timing->total_us = clock_now_us() - t0;
+    }
+    return rc;
+}
+
+loader_device *loader_model_device(const loader_model *m) {
+    return m ? m->dev : NULL;
+}
+void *loader_model_blob(const loader_model *m) {
+    return m ? m->buf.ptr : NULL;
+}
+uint64_t loader_model_alloc_bytes(const loader_model *m) {
+    return m ? m->buf.bytes : 0;
+}
+const snap_manifest *loader_model_manifest(const loader_model *m) {
+    return m ? &m->man : NULL;
+}
+
+int loader_model_find_tensor(const loader_model *m, const char *name) {
+    if (!m || !name) return -1;
+    for (uint32_t i = 0; i < m->man.n_tensors; i++)
+        if (strcmp(m->man.tensors[i].name, name) == 0) return (int)i;
+    return -1;
+}
+
+void *loader_model_tensor_ptr(const loader_model *m, uint32_t t) {
+    if (!m || t >= m->man.n_tensors) return NULL;
+    return (char *)m->buf.ptr + m->man.tensors[t].offset;
+}
+
+/* ---- The cache's load function ---- */
+typedef struct pl_prep {
+    snap_reader *r;
+    uint64_t t_open_us;
+} pl_prep;
+
+static int pl_cache_prepare(void *arg, const char *key, const char *path, void **prep, uint64_t *bytes,
+                            aicfn_error *err) {
+    loader_pipeline_source *src = arg;
+    (void)key;
+    uint64_t t0 = clock_now_us();
+    snap_reader *r = NULL;
+    int rc = snap_open(path, &r, err);
+    if (rc != AICFN_OK) return rc;
+    pl_prep *p = malloc(sizeof *p);
+    if (!p) {
+        snap_close(r);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "loading %s: out of memory", path);
+    }
+    p->r = r;
+    p->t_open_us = clock_now_us() - t0;
+    uint64_t blob = snap_reader_manifest(r)->blob_bytes;
+    *bytes = loader_device_alloc_size(src->device, blob ? blob : AICFN_SNAP_ALIGN);
+    *prep = p;
+    return AICFN_OK;
+}
+
+static int pl_cache_load(void *arg, void *prep, uint64_t max_bytes, void **model, uint64_t *alloc_bytes,
+                         loader_timing *timing, aicfn_error *err) {
+    loader_pipeline_source *src = arg;
+    pl_prep *p = prep;
+    loader_load_opts o = {.threads = src->threads, .max_bytes = max_bytes};
+    loader_model *m = NULL;
+    int rc = loader_load_reader(src->device, p->r, &o, &m, timing, err);
+    if (rc == AICFN_OK) {
+        timing->open_us = p->t_open_us;
+        *model = m;
+        *alloc_bytes = loader_model_alloc_bytes(m);
+    }
+    snap_close(p->r);
+    free(p);
+    return rc;
+}
+
+static void pl_cache_abort(void *arg, void *prep) {
+    (void)arg;
+    pl_prep *p = prep;
+    snap_close(p->r);
+    free(p);
+}
+
+static void pl_cache_unload(void *arg, void *model) {
+    (void)arg;
+    loader_model_free(model);
+}
+
+const loader_cache_load_ops loader_pipeline_cache_ops = {
+    .prepare = pl_cache_prepare, .load = pl_cache_load, .abort = pl_cache_abort, .unload = pl_cache_unload};
