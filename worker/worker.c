@@ -704,26 +704,32 @@ static int worker_add_from_spec(worker *w, const wire_invoke_req *q, aicfn_error
     return rc == AICFN_E_EXISTS ? AICFN_OK : rc;
 }
 
+/* Replies with an error on behalf of `w`, counting it. */
+static void worker_reply_fail(worker *w, rpc_call *call, uint64_t id, int code, const char *msg) {
+    atomic_fetch_add(&w->n_errors, 1);
+    worker_reply_error(call, id, code, msg);
+}
+
 static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
     worker *w = user;
     aicfn_error err;
     aicfn_error_clear(&err);
     worker_req *r = calloc(1, sizeof *r);
     if (r == NULL) {
-        worker_reply_error(call, wire_peek_id(msg, len), AICFN_E_NOMEM, "out of memory");
+        worker_reply_fail(w, call, wire_peek_id(msg, len), AICFN_E_NOMEM, "out of memory");
         return;
     }
     int rc = wire_doc_parse(&r->doc, msg, len, NULL, &err);
     if (rc != AICFN_OK) {
         worker_req_free(r);
-        worker_reply_error(call, wire_peek_id(msg, len), rc, err.msg);
+        worker_reply_fail(w, call, wire_peek_id(msg, len), rc, err.msg);
         return;
     }
     wire_header h;
     rc = wire_decode_header(&r->doc, &h, &err);
     if (rc != AICFN_OK) {
         worker_req_free(r);
-        worker_reply_error(call, wire_peek_id(msg, len), rc, err.msg);
+        worker_reply_fail(w, call, wire_peek_id(msg, len), rc, err.msg);
         return;
     }
     if (strcmp(h.t, WIRE_T_STATUS) == 0) {
@@ -735,13 +741,13 @@ static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_
         worker_req_free(r);
         snprintf(err.msg, sizeof err.msg, "unknown message type '%s' (a worker answers invoke and status)",
                  h.t);
-        worker_reply_error(call, h.id, AICFN_E_PROTOCOL, err.msg);
+        worker_reply_fail(w, call, h.id, AICFN_E_PROTOCOL, err.msg);
         return;
     }
     rc = wire_decode_invoke_req(&r->doc, &r->req, &err);
     if (rc != AICFN_OK) {
         worker_req_free(r);
-        worker_reply_error(call, h.id, rc, err.msg);
+        worker_reply_fail(w, call, h.id, rc, err.msg);
         return;
     }
     r->w = w;
@@ -761,9 +767,8 @@ static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_
     if (draining) {
         uint64_t id = r->id;
         worker_req_free(r);
-        atomic_fetch_add(&w->n_errors, 1);
-        worker_reply_error(call, id, AICFN_E_UNAVAILABLE,
-                           "the worker is draining (shutting down); call another");
+        worker_reply_fail(w, call, id, AICFN_E_UNAVAILABLE,
+                          "the worker is draining (shutting down); call another");
         return;
     }
     if (fn == NULL && r->req.has_spec) {

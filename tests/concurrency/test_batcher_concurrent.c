@@ -1,7 +1,6 @@
 /* test_batcher_concurrent.c: many threads submit to one batcher at once, some with
  * deadlines that pass; every item ends exactly once (executed or expired), batches never
  * overlap and never exceed max_batch. Runs under TSan too. */
-#include <cmocka.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -11,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+/* cmocka needs the headers above first. */
+#include <cmocka.h>
 
 #include "common/clock.h"
 #include "worker/batcher.h"

@@ -1,6 +1,5 @@
 /* test_batcher.c: batch formation (max_batch, max_delay since the OLDEST request),
  * deadline expiry while a batch runs, queue limits, close and drain (worker/batcher.c). */
-#include <cmocka.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +9,9 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+
+/* cmocka needs the headers above first. */
+#include <cmocka.h>
 
 #include "common/clock.h"
 #include "worker/batcher.h"

@@ -2,7 +2,6 @@
  * ABI check, the instance lifecycle, the helper table, and handler errors, using the
  * real handler .so files the build installs next to this binary
  * (<prefix>/bin/tests/unit/test_host -> <prefix>/lib/handlers/). */
-#include <cmocka.h>
 #include <limits.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -12,6 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+/* cmocka needs the headers above first. */
+#include <cmocka.h>
 
 #include "worker/host.h"
 

@@ -1,0 +1,347 @@
+"""End-to-end tests of `aicfn worker` and `aicfn invoke --worker`: real processes on
+loopback, the raw protocol (pynng + msgpack) and the CLI.
+
+Covers: echo and mlp (cold then warm, outputs checked against numpy), batching under 64
+concurrent calls (batched outputs equal single-call outputs), deadlines (a request past
+its deadline is never executed), SIGTERM drain with 32 calls in flight, bad inputs that
+each get a clear error while the worker keeps serving, and the ABI check at start.
+"""
+import json
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+import pynng
+import pytest
+
+from conftest import (E_ABI, E_HANDLER, E_INVALID, E_NOT_FOUND, E_PROTOCOL, E_TIMEOUT, E_TOO_LARGE,
+                      E_UNAVAILABLE, ROOT, _req_socket, bytes_tensor, call, call_raw, handler, invoke_msg,
+                      ipc_addr, output, run_cli, start_worker, status_msg, tcp_addr, tensor, wait_for)
+
+D_IN, CLASSES = 16, 10
+
+
+# ---- the mlp model, independently of aicfn ----
+
+def read_safetensors(path: Path) -> dict:
+    raw = path.read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8:8 + n])
+    out = {}
+    for name, meta in header.items():
+        if name == "__metadata__":
+            continue
+        assert meta["dtype"] == "F32"
+        a, b = meta["data_offsets"]
+        out[name] = np.frombuffer(raw[8 + n + a:8 + n + b], dtype="<f4").reshape(meta["shape"])
+    return out
+
+
+def mlp_reference(weights: dict, x: np.ndarray):
+    """logits, probs, labels computed in float64 with numpy."""
+    w1, b1 = weights["fc1.weight"].astype(np.float64), weights["fc1.bias"].astype(np.float64)
+    w2, b2 = weights["fc2.weight"].astype(np.float64), weights["fc2.bias"].astype(np.float64)
+    h = np.maximum(x.astype(np.float64) @ w1.T + b1, 0.0)
+    logits = h @ w2.T + b2
+    e = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return logits, e / e.sum(axis=-1, keepdims=True), logits.argmax(axis=-1)
+
+
+@pytest.fixture(scope="module")
+def mlp_files(tmp_path_factory):
+    """weights.safetensors from make_weights.py, and its snapshot from `aicfn snapshot pack`."""
+    d = tmp_path_factory.mktemp("mlp")
+    weights = d / "weights.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "mlp" / "make_weights.py"), str(weights)], check=True,
+                   capture_output=True, timeout=60)
+    snap = d / "mlp.aicsnap"
+    r = run_cli(["snapshot", "pack", weights, "-o", snap], timeout=60)
+    assert r.returncode == 0, r.stderr
+    return weights, snap
+
+
+def fixed_inputs(rows: int, seed: int = 7) -> np.ndarray:
+    rng = np.random.Generator(np.random.PCG64(seed))
+    return rng.standard_normal((rows, D_IN)).astype(np.float32)
+
+
+def mlp_spec(snap: Path, extra: str = "max_batch=32,max_delay_us=5000") -> str:
+    return f"mlp={handler('mlp')},{snap},{extra}"
+
+
+# ---- tests ----
+
+def test_echo_and_mlp_cold_then_warm(procs, mlp_files, tmp_path):
+    weights, snap = mlp_files
+    addr = ipc_addr(tmp_path)
+    start_worker(procs, addr, [f"echo={handler('echo')}", mlp_spec(snap)])
+
+    x = np.arange(8, dtype=np.float32).reshape(2, 4)
+    r = call(addr, invoke_msg("echo", [tensor("x", x), bytes_tensor("s", [b"hello", b""])]))
+    assert r["ok"], r
+    np.testing.assert_array_equal(output(r, "x"), x)
+    s = [o for o in r["outputs"] if o["name"] == "s"][0]
+    assert s["dtype"] == "BYTES" and s["data"] == b"\x05\x00\x00\x00hello\x00\x00\x00\x00"
+    assert r["cold"] is False and r["batch"] == 1
+
+    ref_logits, ref_probs, ref_labels = mlp_reference(read_safetensors(weights), fixed_inputs(3))
+    first = call(addr, invoke_msg("mlp", [tensor("x", fixed_inputs(3))]))
+    assert first["ok"], first
+    assert first["cold"] is True
+    assert first["timing"]["load"] > 0
+    assert first["cs"]["rbytes"] > 0  # the cold-start record travels with the reply that paid for it
+    second = call(addr, invoke_msg("mlp", [tensor("x", fixed_inputs(3))]))
+    assert second["ok"] and second["cold"] is False
+    assert "cs" not in second
+    for rep in (first, second):
+        np.testing.assert_allclose(output(rep, "logits"), ref_logits, rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(output(rep, "probs"), ref_probs, rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(output(rep, "label"), ref_labels)
+    # The piggybacked summary shows the resident model.
+    st = second["st"]
+    assert st["budget"] == 256 << 20
+    assert any(m["fn"] == "mlp" and m["state"] == "READY" and m["bytes"] > 0 for m in st["models"])
+
+    status = call(addr, status_msg())
+    assert status["ok"] and status["w"]["host"] is True
+    assert {q["fn"] for q in status["w"]["queues"]} == {"echo", "mlp"}
+    assert status["w"]["counters"]["cold_starts"] == 1
+    assert status["w"]["counters"]["invocations"] == 3
+
+
+def test_invoke_cli(procs, mlp_files, tmp_path):
+    weights, snap = mlp_files
+    addr = ipc_addr(tmp_path)
+    start_worker(procs, addr, [f"echo={handler('echo')}", mlp_spec(snap)])
+
+    r = run_cli(["invoke", "--worker", addr, "echo", "--input", "x=[[1,2,3],[4,5,6]]", "--input", 'msg="hi"',
+                 "--input", 'n={"dtype":"INT64","shape":[2],"data":[7,-8]}', "--json"])
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["ok"] is True
+    outs = {o["name"]: o for o in rep["outputs"]}
+    assert outs["x"]["dtype"] == "FP32" and outs["x"]["shape"] == [2, 3]
+    assert outs["x"]["data"] == [1, 2, 3, 4, 5, 6]
+    assert outs["msg"]["dtype"] == "BYTES" and outs["msg"]["data"] == ["hi"]
+    assert outs["n"]["dtype"] == "INT64" and outs["n"]["data"] == [7, -8]
+
+    x = fixed_inputs(2, seed=3)
+    f = tmp_path / "x.json"
+    f.write_text(json.dumps({"dtype": "FP32", "shape": [2, D_IN], "data": x.flatten().tolist()}))
+    r = run_cli(["invoke", "--worker", addr, "mlp", "--input", f"x=@{f}", "--json"])
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["cold"] is True
+    logits = np.array([o for o in rep["outputs"] if o["name"] == "logits"][0]["data"]).reshape(2, CLASSES)
+    ref_logits, _, ref_labels = mlp_reference(read_safetensors(weights), x)
+    np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+    labels = [o for o in rep["outputs"] if o["name"] == "label"][0]["data"]
+    assert labels == ref_labels.tolist()
+    # Human output (no --json): outputs as JSON on stdout, a summary on stderr; warm now.
+    r = run_cli(["invoke", "--worker", addr, "mlp", "--input", f"x=@{f}"])
+    assert r.returncode == 0 and "warm" in r.stderr
+    assert "logits" in json.loads(r.stdout)["outputs"][0]["name"]
+
+    # Errors: unknown function (exit 1, named code), bad input JSON (usage, exit 2), no worker (exit 1).
+    r = run_cli(["invoke", "--worker", addr, "nope", "--input", "x=1"])
+    assert r.returncode == 1 and "AICFN_E_NOT_FOUND" in r.stderr
+    r = run_cli(["invoke", "--worker", addr, "echo", "--input", "x=[[1,2],[3]]"])
+    assert r.returncode == 2 and "ragged" in r.stderr
+    r = run_cli(["invoke", "--worker", ipc_addr(tmp_path, "none"), "echo", "--input", "x=1"], timeout=15)
+    assert r.returncode == 1 and "AICFN_E_UNAVAILABLE" in r.stderr
+
+
+def test_64_concurrent_calls_batch(procs, mlp_files, tmp_path):
+    _, snap = mlp_files
+    addr = ipc_addr(tmp_path)
+    start_worker(procs, addr, [mlp_spec(snap, "max_batch=32,max_delay_us=5000")])
+    inputs = [fixed_inputs(1 + i % 3, seed=100 + i) for i in range(64)]
+    # Single calls first (sequential: each runs in a batch of 1), also warming the model.
+    singles = []
+    for x in inputs:
+        r = call(addr, invoke_msg("mlp", [tensor("x", x)]))
+        assert r["ok"], r
+        singles.append(r)
+
+    replies = [None] * 64
+    barrier = threading.Barrier(64, timeout=10)
+
+    def one(i):
+        with _req_socket(addr, 15000) as s:
+            msg = msgpack.packb(invoke_msg("mlp", [tensor("x", inputs[i])]), use_bin_type=True)
+            barrier.wait()
+            s.send(msg)
+            replies[i] = msgpack.unpackb(s.recv(), raw=False)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert all(r is not None and r["ok"] for r in replies), [r for r in replies if not r or not r["ok"]][:3]
+    sizes = [r["batch"] for r in replies]
+    assert max(sizes) > 1, sizes
+    assert max(sizes) <= 32
+    # Batching gives exactly the outputs of single calls.
+    for r, s in zip(replies, singles):
+        for name in ("logits", "probs", "label"):
+            np.testing.assert_array_equal(output(r, name), output(s, name))
+
+
+def test_request_past_deadline_never_executes(procs, tmp_path):
+    count = tmp_path / "count.txt"
+    addr = ipc_addr(tmp_path)
+    start_worker(procs, addr, [f"slow={handler('test_sleep')},max_batch=1,param.count_file={count}"])
+
+    first = {}
+
+    def long_call():
+        first["r"] = call(addr, invoke_msg("slow", [], params={"sleep_ms": 700}, rid=1), timeout_ms=10000)
+
+    t = threading.Thread(target=long_call)
+    t.start()
+    wait_for(lambda: count.exists() and count.read_text() == "1\n", 5, what="the first call to start")
+    t0 = time.monotonic()
+    late = call(addr, invoke_msg("slow", [], params={"sleep_ms": 0}, deadline_ms=150, rid=2), timeout_ms=5000)
+    waited = time.monotonic() - t0
+    assert late["ok"] is False
+    assert late["error"]["code"] == E_TIMEOUT, late
+    assert "not executed" in late["error"]["message"]
+    assert waited < 0.6  # dropped at its deadline while the first call still ran
+    t.join(timeout=10)
+    assert first["r"]["ok"], first
+    # Give a wrongly-kept request every chance to run, then check it never did.
+    ok = call(addr, invoke_msg("slow", [], rid=3))
+    assert ok["ok"]
+    time.sleep(0.2)
+    assert count.read_text().split() == ["1", "3"]
+
+
+def test_sigterm_drains_32_in_flight(procs, tmp_path):
+    count = tmp_path / "count.txt"
+    addr = ipc_addr(tmp_path)
+    w = start_worker(procs, addr, [f"slow={handler('test_sleep')},max_batch=8,max_delay_us=2000,"
+                                   f"param.sleep_ms=150,param.count_file={count}"])
+    replies = [None] * 32
+    errors = []
+
+    def one(i):
+        try:
+            replies[i] = call(addr, invoke_msg("slow", [], rid=100 + i), timeout_ms=15000)
+        except Exception as e:  # noqa: BLE001 - reported below
+            errors.append(repr(e))
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    wait_for(lambda: call(addr, status_msg(), timeout_ms=1000)["w"]["st"]["inflight"] == 32, 10,
+             what="32 calls in flight")
+    w.signal(signal.SIGTERM)
+    # New calls are refused while draining, or cannot connect once it has exited.
+    try:
+        refused = call(addr, invoke_msg("slow", [], rid=999), timeout_ms=3000)
+        assert refused["ok"] is False and refused["error"]["code"] == E_UNAVAILABLE, refused
+    except (pynng.exceptions.ConnectionRefused, pynng.exceptions.Timeout, pynng.exceptions.Closed):
+        pass
+    for t in threads:
+        t.join(timeout=20)
+    assert not errors, errors
+    assert all(r is not None and r["ok"] for r in replies), [r for r in replies if not r or not r["ok"]][:3]
+    assert w.wait(timeout=15) == 0, w.stderr()[-2000:]
+    lines = count.read_text().split()
+    assert len(lines) == 32 and "999" not in lines
+    with pytest.raises((pynng.exceptions.ConnectionRefused, pynng.exceptions.Timeout)):
+        call(addr, invoke_msg("slow", []), timeout_ms=500)
+
+
+def test_bad_inputs_get_errors_and_worker_keeps_serving(procs, tmp_path):
+    addr = ipc_addr(tmp_path)
+    start_worker(procs, addr, [f"echo={handler('echo')}", f"fail={handler('test_fail')}"])
+    x = np.ones((2, 2), dtype=np.float32)
+    valid = msgpack.packb(invoke_msg("echo", [tensor("x", x)], params={"k": 1}, rid=77), use_bin_type=True)
+
+    with _req_socket(addr, 5000) as s:
+        def send(b):
+            s.send(b)
+            return msgpack.unpackb(s.recv(), raw=False)
+
+        def still_serving():
+            r = send(valid)
+            assert r["ok"] and r["id"] == 77, r
+            np.testing.assert_array_equal(output(r, "x"), x)
+
+        still_serving()
+        # Malformed msgpack.
+        for junk in (b"\xc1", b"\xff\x00\x01", b"hello world", b"\x81\xa1v", valid + b"\x00"):
+            r = send(junk)
+            assert r["ok"] is False and r["error"]["code"] == E_PROTOCOL, (junk, r)
+        still_serving()
+        # Every strict prefix of a valid request (including the empty message).
+        for n in range(len(valid)):
+            r = send(valid[:n])
+            assert r["ok"] is False and r["error"]["code"] in (E_PROTOCOL, E_TOO_LARGE), (n, r)
+        still_serving()
+        # Oversized containers: counts far beyond the bytes that follow, and deep nesting.
+        for bomb in (b"\xdd\xff\xff\xff\xff", b"\xdf\xff\xff\xff\xff", b"\x81\xa1v\xdd\x00\x10\x00\x00\x01",
+                     b"\x91" * 200 + b"\x00", b"\xdb\xff\xff\xff\xf0abc"):
+            r = send(bomb)
+            assert r["ok"] is False and r["error"]["code"] in (E_PROTOCOL, E_TOO_LARGE), (bomb[:8], r)
+        still_serving()
+        # A tensor whose dtype and shape do not match its bytes.
+        bad = invoke_msg("echo", [tensor("x", dtype="FP32", shape=[2, 2], data=b"\x00" * 12)])
+        r = send(msgpack.packb(bad, use_bin_type=True))
+        assert r["ok"] is False and r["error"]["code"] in (E_PROTOCOL, E_INVALID), r
+        assert "'x'" in r["error"]["message"] or "x" in r["error"]["message"]
+        bad = invoke_msg("echo", [{"name": "s", "dtype": "BYTES", "shape": [2], "data": b"\x05\x00\x00\x00ab"}])
+        r = send(msgpack.packb(bad, use_bin_type=True))
+        assert r["ok"] is False and r["error"]["code"] in (E_PROTOCOL, E_INVALID), r
+        bad = invoke_msg("echo", [{"name": "x", "dtype": "FP33", "shape": [1], "data": b"\x00" * 4}])
+        r = send(msgpack.packb(bad, use_bin_type=True))
+        assert r["ok"] is False, r
+        # Missing fields, wrong types, unknown message type, unknown params type.
+        for m in ({"v": 1, "t": "invoke", "id": 5}, {"v": 1, "t": "invoke", "id": 5, "fn": 3, "inputs": []},
+                  {"v": 1, "t": "frobnicate", "id": 5}, {"t": "invoke", "id": 5, "fn": "echo", "inputs": []},
+                  {"v": 1, "t": "invoke", "id": 5, "fn": "echo", "inputs": [], "params": {"k": [1, 2]}}):
+            r = send(msgpack.packb(m, use_bin_type=True))
+            assert r["ok"] is False and r["error"]["code"] in (E_PROTOCOL, E_INVALID, 5), (m, r)
+        still_serving()
+        # Unknown function.
+        r = send(msgpack.packb(invoke_msg("nope", []), use_bin_type=True))
+        assert r["ok"] is False and r["error"]["code"] == E_NOT_FOUND and "nope" in r["error"]["message"]
+        # A handler that returns an error, per request and for a whole batch.
+        r = send(msgpack.packb(invoke_msg("fail", []), use_bin_type=True))
+        assert r["ok"] is False and r["error"]["code"] == E_HANDLER and "on purpose" in r["error"]["message"]
+        r = send(msgpack.packb(invoke_msg("fail", [], params={"mode": "batch", "code": E_INVALID}),
+                               use_bin_type=True))
+        assert r["ok"] is False and r["error"]["code"] == E_INVALID and "handler returned" in r["error"]["message"]
+        r = send(msgpack.packb(invoke_msg("fail", [], params={"mode": "ok"}), use_bin_type=True))
+        assert r["ok"] is True
+        still_serving()
+    counters = call(addr, status_msg())["w"]["counters"]
+    assert counters["errors"] >= 10
+
+
+def test_abi_mismatch_refused_at_start(procs, tmp_path):
+    addr = ipc_addr(tmp_path)
+    w = start_worker(procs, addr, [f"echo={handler('echo')}", f"bad={handler('test_abi_mismatch')}"], wait=False)
+    assert w.wait(timeout=15) == 1
+    err = w.stderr()
+    assert "AICFN_E_ABI" in err
+    assert "ABI 2.0" in err and "ABI 1.0" in err, err
+
+
+def test_tcp_listener_and_unknown_flag(procs, tmp_path):
+    addr = tcp_addr()
+    start_worker(procs, addr, [f"echo={handler('echo')}"])
+    r = call(addr, invoke_msg("echo", [tensor("x", np.zeros(3, dtype=np.int32))]))
+    assert r["ok"]
+    r = run_cli(["worker", "--listen", addr, "--bogus"])
+    assert r.returncode == 2
+    r = run_cli(["worker", "--listen", "http://127.0.0.1:1", "--function", f"echo={handler('echo')}"])
+    assert r.returncode != 0 and "AICFN_E_INVALID" in r.stderr
