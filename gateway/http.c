@@ -1,0 +1,981 @@
+/* http.c: the Open Inference Protocol v2 HTTP front on libmicrohttpd (never NNG's HTTP
+ * server): routing, limits, authentication, suspension of connections while a call is
+ * in flight, and the reaper that cuts off slow senders.
+ *
+ * Not for: JSON <-> tensor translation (gateway/oip.c), metric storage
+ * (gateway/metrics.c), or anything about workers (behind gw_http_callbacks).
+ *
+ * Threads: MHD runs `threads` internal epoll threads; every callback below runs on one
+ * of them. gw_http_complete runs on the gateway's threads. The reaper thread wakes every
+ * 200 ms. One mutex (h->mu) guards the connection list, call states and counters. */
+#include "gateway/http.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <microhttpd.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/tunables.h"
+
+/* ---- Types ---- */
+
+/* One TCP connection, for the receive-deadline reaper. */
+typedef struct ht_conn {
+    struct ht_conn *prev, *next;
+    int fd;            /* our dup of the socket: shutdown() on it never hits a reused fd */
+    uint64_t since_us; /* start of the request being received */
+    bool receiving;    /* a request is arriving (headers or body): the deadline applies */
+} ht_conn;
+
+typedef enum ht_route {
+    RT_NONE,
+    RT_LIVE,
+    RT_READY,
+    RT_SERVER,
+    RT_METRICS,
+    RT_MODEL_META,
+    RT_MODEL_READY,
+    RT_INFER,
+    RT_REPO_INDEX,
+    RT_LOAD,
+    RT_UNLOAD,
+} ht_route;
+
+static const char *const ht_route_names[] = {
+    [RT_NONE] = "unknown",
+    [RT_LIVE] = "live",
+    [RT_READY] = "ready",
+    [RT_SERVER] = "server",
+    [RT_METRICS] = "metrics",
+    [RT_MODEL_META] = "model",
+    [RT_MODEL_READY] = "model_ready",
+    [RT_INFER] = "infer",
+    [RT_REPO_INDEX] = "index",
+    [RT_LOAD] = "load",
+    [RT_UNLOAD] = "unload",
+};
+
+typedef enum ht_state { ST_RECEIVING, ST_DISCARD, ST_WAITING, ST_DONE } ht_state;
+
+/* One request. Created on the first access-handler call, freed when MHD reports the
+ * request completed. While WAITING it is the gw_http_call handed to the gateway. */
+struct gw_http_call {
+    gw_http *h;
+    struct MHD_Connection *conn;
+    ht_route route;
+    ht_state state;
+    char model[AICFN_FN_NAME_MAX_BYTES + 1];
+    uint32_t version;
+    char *key;
+    gw_http_principal who;
+    bool have_who;
+    uint8_t *body;
+    size_t len, cap, reserved; /* reserved: bytes counted in h->buffered */
+    size_t discarded;          /* body bytes dropped after the limit was passed */
+    uint64_t received_us;
+    oip_request req;
+    bool suspended, completed;
+    /* the answer, once known */
+    unsigned status;
+    uint8_t *resp;
+    size_t resp_len;
+    size_t json_len; /* < resp_len: binary tensor data follows */
+    const char *content_type;
+    uint32_t retry_after_s;
+    bool cold;
+};
+
+struct gw_http {
+    struct MHD_Daemon *d;
+    gw_http_config cfg;
+    gw_http_callbacks cb;
+    char version[64];
+    uint16_t port;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    ht_conn *conns;
+    unsigned in_flight;
+    bool stopping;
+    atomic_size_t buffered;
+    pthread_t reaper;
+    bool reaper_started;
+};
+
+/* ---- Names ---- */
+
+bool gw_http_model_name_ok(const char *name) {
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n > AICFN_FN_NAME_MAX_BYTES) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        bool alnum = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+        if (!alnum && (i == 0 || (c != '_' && c != '.' && c != '-'))) return false;
+    }
+    return true;
+}
+
+/* ---- Routing ---- */
+
+/* Splits the (already percent-decoded) path into at most 8 segments of at most 255
+ * bytes. Returns the count, or -1 when the path has more, longer or empty segments. */
+static int ht_split(const char *url, char seg[8][256]) {
+    if (url[0] != '/') return -1;
+    const char *p = url + 1;
+    int n = 0;
+    if (*p == '\0') return 0;
+    for (;;) {
+        const char *e = strchr(p, '/');
+        size_t l = e ? (size_t)(e - p) : strlen(p);
+        if (l == 0 || l > 255 || n == 8) return -1;
+        memcpy(seg[n], p, l);
+        seg[n][l] = '\0';
+        n++;
+        if (e == NULL) return n;
+        p = e + 1;
+    }
+}
+
+static int ht_parse_version(const char *s, uint32_t *out) {
+    size_t n = strlen(s);
+    if (n == 0 || n > 10) return -1;
+    uint64_t v = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        v = v * 10 + (uint64_t)(s[i] - '0');
+    }
+    if (v == 0 || v > UINT32_MAX) return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+/* Resolves method + path to a route. AICFN_OK, or an error code with a message:
+ * AICFN_E_NOT_FOUND (no such endpoint), AICFN_E_INVALID (bad model name or version). A
+ * known path with the wrong method gives *bad_method. */
+static int ht_route_of(const char *method, const char *url, gw_http_call *r, bool *bad_method,
+                       aicfn_error *err) {
+    char seg[8][256];
+    int n = ht_split(url, seg);
+    bool get = strcmp(method, MHD_HTTP_METHOD_GET) == 0 || strcmp(method, MHD_HTTP_METHOD_HEAD) == 0;
+    bool post = strcmp(method, MHD_HTTP_METHOD_POST) == 0;
+    *bad_method = false;
+    r->route = RT_NONE;
+    if (n < 0) return aicfn_error_set(err, AICFN_E_NOT_FOUND, "no such endpoint");
+    if (n == 1 && strcmp(seg[0], "metrics") == 0) {
+        r->route = RT_METRICS;
+        *bad_method = !get;
+        return AICFN_OK;
+    }
+    if (n == 0 || strcmp(seg[0], "v2") != 0)
+        return aicfn_error_set(err, AICFN_E_NOT_FOUND, "no such endpoint");
+    if (n == 1) {
+        r->route = RT_SERVER;
+        *bad_method = !get;
+        return AICFN_OK;
+    }
+    if (n == 3 && strcmp(seg[1], "health") == 0 &&
+        (strcmp(seg[2], "live") == 0 || strcmp(seg[2], "ready") == 0)) {
+        r->route = seg[2][0] == 'l' ? RT_LIVE : RT_READY;
+        *bad_method = !get;
+        return AICFN_OK;
+    }
+    if (strcmp(seg[1], "models") == 0 && n >= 3) {
+        int i = 3;
+        if (!gw_http_model_name_ok(seg[2]))
+            return aicfn_error_set(err, AICFN_E_INVALID,
+                                   "invalid model name (1..%d of [A-Za-z0-9_.-], starting "
+                                   "with a letter or digit)",
+                                   AICFN_FN_NAME_MAX_BYTES);
+        snprintf(r->model, sizeof r->model, "%s", seg[2]);
+        r->version = 0;
+        if (n >= 5 && strcmp(seg[3], "versions") == 0) {
+            if (ht_parse_version(seg[4], &r->version) != 0)
+                return aicfn_error_set(err, AICFN_E_INVALID, "invalid model version (a decimal >= 1)");
+            i = 5;
+        }
+        if (n == i) {
+            r->route = RT_MODEL_META;
+            *bad_method = !get;
+            return AICFN_OK;
+        }
+        if (n == i + 1 && strcmp(seg[i], "ready") == 0) {
+            r->route = RT_MODEL_READY;
+            *bad_method = !get;
+            return AICFN_OK;
+        }
+        if (n == i + 1 && strcmp(seg[i], "infer") == 0) {
+            r->route = RT_INFER;
+            *bad_method = !post;
+            return AICFN_OK;
+        }
+        return aicfn_error_set(err, AICFN_E_NOT_FOUND, "no such endpoint");
+    }
+    if (strcmp(seg[1], "repository") == 0) {
+        if (n == 3 && strcmp(seg[2], "index") == 0) {
+            r->route = RT_REPO_INDEX;
+            *bad_method = !post;
+            return AICFN_OK;
+        }
+        if (n == 5 && strcmp(seg[2], "models") == 0 &&
+            (strcmp(seg[4], "load") == 0 || strcmp(seg[4], "unload") == 0)) {
+            if (!gw_http_model_name_ok(seg[3]))
+                return aicfn_error_set(err, AICFN_E_INVALID,
+                                       "invalid model name (1..%d of [A-Za-z0-9_.-], "
+                                       "starting with a letter or digit)",
+                                       AICFN_FN_NAME_MAX_BYTES);
+            snprintf(r->model, sizeof r->model, "%s", seg[3]);
+            r->route = seg[4][0] == 'l' ? RT_LOAD : RT_UNLOAD;
+            *bad_method = !post;
+            return AICFN_OK;
+        }
+    }
+    return aicfn_error_set(err, AICFN_E_NOT_FOUND, "no such endpoint");
+}
+
+static bool ht_route_has_body(ht_route r) {
+    return r == RT_INFER || r == RT_REPO_INDEX || r == RT_LOAD || r == RT_UNLOAD;
+}
+
+static bool ht_route_needs_auth(ht_route r) {
+    return !(r == RT_LIVE || r == RT_READY || r == RT_SERVER || r == RT_METRICS || r == RT_NONE);
+}
+
+/* ---- Answers ---- */
+
+static void ht_set_answer(gw_http_call *r, unsigned status, uint8_t *body, size_t len, size_t json_len,
+                          const char *ctype) {
+    free(r->resp);
+    r->status = status;
+    r->resp = body;
+    r->resp_len = len;
+    r->json_len = json_len;
+    r->content_type = ctype;
+}
+
+static void ht_set_error(gw_http_call *r, int code, const char *msg) {
+    char *j = oip_error_json(msg && msg[0] ? msg : aicfn_strerror(code));
+    unsigned status = (unsigned)aicfn_http_status(code);
+    ht_set_answer(r, status, (uint8_t *)j, j ? strlen(j) : 0, j ? strlen(j) : 0, "application/json");
+    if ((code == AICFN_E_QUOTA || code == AICFN_E_OVERLOADED) && r->retry_after_s == 0) r->retry_after_s = 1;
+}
+
+static void ht_set_error_status(gw_http_call *r, unsigned status, const char *msg) {
+    char *j = oip_error_json(msg);
+    ht_set_answer(r, status, (uint8_t *)j, j ? strlen(j) : 0, j ? strlen(j) : 0, "application/json");
+}
+
+static void ht_set_json(gw_http_call *r, unsigned status, char *json) {
+    if (json == NULL) {
+        ht_set_error(r, AICFN_E_NOMEM, "out of memory");
+        return;
+    }
+    ht_set_answer(r, status, (uint8_t *)json, strlen(json), strlen(json), "application/json");
+}
+
+static void ht_count(gw_http *h, ht_route route, unsigned status) {
+    if (h->cfg.std == NULL) return;
+    char code[8];
+    snprintf(code, sizeof code, "%u", status);
+    const char *l[] = {ht_route_names[route], code};
+    gw_metric_add(h->cfg.std->http_requests, l, 1);
+}
+
+/* Sends the answer held in r. Runs in the access handler. */
+static enum MHD_Result ht_send(gw_http_call *r) {
+    if (r->resp == NULL && r->status == 0) ht_set_error(r, AICFN_E_INTERNAL, "no answer");
+    struct MHD_Response *resp;
+    if (r->resp) {
+        resp = MHD_create_response_from_buffer_with_free_callback(r->resp_len, r->resp, free);
+        if (resp) r->resp = NULL; /* now owned by MHD */
+    } else {
+        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+    }
+    if (resp == NULL) return MHD_NO;
+    if (r->content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
+    if (r->json_len < r->resp_len) {
+        char v[32];
+        snprintf(v, sizeof v, "%zu", r->json_len);
+        MHD_add_response_header(resp, OIP_HEADER_LENGTH, v);
+    }
+    if (r->retry_after_s && (r->status == 429 || r->status == 503)) {
+        char v[16];
+        snprintf(v, sizeof v, "%u", (unsigned)r->retry_after_s);
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
+    }
+    if (r->cold) MHD_add_response_header(resp, "Aicfn-Cold", "1");
+    if (r->state == ST_DISCARD) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    ht_count(r->h, r->route, r->status);
+    enum MHD_Result ok = MHD_queue_response(r->conn, r->status, resp);
+    MHD_destroy_response(resp);
+    return ok;
+}
+
+/* ---- Receive deadline bookkeeping ---- */
+
+static ht_conn *ht_conn_of(struct MHD_Connection *c) {
+    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    return ci ? (ht_conn *)ci->socket_context : NULL;
+}
+
+static void ht_mark(gw_http *h, struct MHD_Connection *c, bool receiving) {
+    ht_conn *k = ht_conn_of(c);
+    if (k == NULL) return;
+    pthread_mutex_lock(&h->mu);
+    k->receiving = receiving;
+    k->since_us = clock_now_us();
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void ht_notify_connection(void *cls, struct MHD_Connection *c, void **socket_context,
+                                 enum MHD_ConnectionNotificationCode toe) {
+    gw_http *h = cls;
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        ht_conn *k = calloc(1, sizeof *k);
+        if (k == NULL) return;
+        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        k->fd = ci ? fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0) : -1;
+        k->receiving = true;
+        k->since_us = clock_now_us();
+        pthread_mutex_lock(&h->mu);
+        k->next = h->conns;
+        if (h->conns) h->conns->prev = k;
+        h->conns = k;
+        pthread_mutex_unlock(&h->mu);
+        *socket_context = k;
+    } else if (toe == MHD_CONNECTION_NOTIFY_CLOSED) {
+        ht_conn *k = *socket_context;
+        if (k == NULL) return;
+        pthread_mutex_lock(&h->mu);
+        if (k->prev)
+            k->prev->next = k->next;
+        else
+            h->conns = k->next;
+        if (k->next) k->next->prev = k->prev;
+        pthread_mutex_unlock(&h->mu);
+        if (k->fd >= 0) close(k->fd);
+        free(k);
+        *socket_context = NULL;
+    }
+}
+
+static void *ht_reaper_main(void *arg) {
+    gw_http *h = arg;
+    uint64_t limit_us = (uint64_t)h->cfg.receive_timeout_s * 1000000u;
+    pthread_mutex_lock(&h->mu);
+    while (!h->stopping) {
+        struct timespec ts;
+        clock_deadline_to_realtime(clock_now_us() + 200000, &ts);
+        pthread_cond_timedwait(&h->cv, &h->mu, &ts);
+        uint64_t now = clock_now_us();
+        for (ht_conn *k = h->conns; k; k = k->next)
+            if (k->receiving && k->fd >= 0 && now - k->since_us > limit_us) {
+                shutdown(k->fd, SHUT_RDWR); /* MHD sees the connection end and closes it */
+                k->receiving = false;
+                log_debug("http: cut off a client that took over %u s to send its request",
+                          h->cfg.receive_timeout_s);
+            }
+    }
+    pthread_mutex_unlock(&h->mu);
+    return NULL;
+}
+
+/* ---- Body buffering ---- */
+
+static int ht_reserve(gw_http_call *r, size_t want) {
+    gw_http *h = r->h;
+    if (want <= r->reserved) return AICFN_OK;
+    size_t more = want - r->reserved;
+    size_t prev = atomic_fetch_add(&h->buffered, more);
+    if (prev + more > AICFN_HTTP_MAX_BUFFERED) {
+        atomic_fetch_sub(&h->buffered, more);
+        return AICFN_E_OVERLOADED;
+    }
+    r->reserved = want;
+    return AICFN_OK;
+}
+
+static int ht_append(gw_http_call *r, const char *data, size_t n) {
+    size_t max = r->h->cfg.max_body;
+    if (n > max - r->len) return AICFN_E_TOO_LARGE;
+    if (r->len + n > r->cap) {
+        size_t cap = r->cap ? r->cap : 4096;
+        while (cap < r->len + n)
+            cap = cap > max / 2 ? max : cap * 2;
+        int rc = ht_reserve(r, cap);
+        if (rc) return rc;
+        uint8_t *nb = realloc(r->body, cap);
+        if (nb == NULL) return AICFN_E_NOMEM;
+        r->body = nb;
+        r->cap = cap;
+    }
+    memcpy(r->body + r->len, data, n);
+    r->len += n;
+    return AICFN_OK;
+}
+
+static void ht_call_free(gw_http_call *r) {
+    if (r == NULL) return;
+    oip_request_free(&r->req);
+    if (r->reserved) atomic_fetch_sub(&r->h->buffered, r->reserved);
+    free(r->body);
+    free(r->resp);
+    free(r->key);
+    free(r);
+}
+
+static void ht_request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
+                                 enum MHD_RequestTerminationCode toe) {
+    (void)toe;
+    gw_http *h = cls;
+    gw_http_call *r = *con_cls;
+    *con_cls = NULL;
+    ht_call_free(r);
+    ht_mark(h, c, true); /* the next request on this connection starts arriving now */
+}
+
+/* ---- Synchronous endpoints ---- */
+
+static void ht_emit_index(void *arg, const gw_http_repo_entry *e) {
+    json_t *a = arg;
+    json_t *o = json_object();
+    char v[16];
+    snprintf(v, sizeof v, "%u", (unsigned)e->version);
+    if (o == NULL) return;
+    json_object_set_new(o, "name", json_string(e->name ? e->name : ""));
+    json_object_set_new(o, "version", json_string(v));
+    json_object_set_new(o, "state", json_string(e->state ? e->state : "UNAVAILABLE"));
+    json_object_set_new(o, "reason", json_string(e->reason ? e->reason : ""));
+    json_array_append_new(a, o);
+}
+
+static void ht_do_index(gw_http_call *r) {
+    gw_http *h = r->h;
+    bool ready_only = false;
+    if (r->len) {
+        json_error_t je;
+        json_t *j = json_loadb((const char *)r->body, r->len, 0, &je);
+        if (j == NULL || !json_is_object(j)) {
+            json_decref(j);
+            ht_set_error(r, AICFN_E_INVALID, "the index request body must be a JSON object");
+            return;
+        }
+        json_t *rd = json_object_get(j, "ready");
+        if (rd && !json_is_boolean(rd)) {
+            json_decref(j);
+            ht_set_error(r, AICFN_E_INVALID, "\"ready\" must be true or false");
+            return;
+        }
+        ready_only = json_is_true(rd);
+        json_decref(j);
+    }
+    json_t *a = json_array();
+    aicfn_error err = {0};
+    int rc = a ? AICFN_OK : AICFN_E_NOMEM;
+    if (rc == AICFN_OK && h->cb.repository_index)
+        rc = h->cb.repository_index(h->cb.ctx, ready_only, ht_emit_index, a, &err);
+    if (rc)
+        ht_set_error(r, rc, err.msg);
+    else
+        ht_set_json(r, 200, json_dumps(a, JSON_COMPACT));
+    json_decref(a);
+}
+
+static void ht_do_model(gw_http_call *r) {
+    gw_http *h = r->h;
+    gw_http_model_info *mi = calloc(1, sizeof *mi);
+    aicfn_error err = {0};
+    if (mi == NULL) {
+        ht_set_error(r, AICFN_E_NOMEM, "out of memory");
+        return;
+    }
+    int rc = h->cb.model_info ? h->cb.model_info(h->cb.ctx, r->model, r->version, mi, &err)
+                              : aicfn_error_set(&err, AICFN_E_NOT_FOUND, "model '%s' not found", r->model);
+    if (rc)
+        ht_set_error(r, rc, err.msg);
+    else if (r->route == RT_MODEL_READY) {
+        if (mi->ready)
+            ht_set_answer(r, 200, NULL, 0, 0, NULL);
+        else
+            ht_set_error(r, AICFN_E_UNAVAILABLE, "model is not ready");
+    } else {
+        size_t nv = mi->n_versions < GW_HTTP_MAX_VERSIONS ? mi->n_versions : GW_HTTP_MAX_VERSIONS;
+        size_t ni = mi->n_inputs < AICFN_MAX_TENSORS ? mi->n_inputs : AICFN_MAX_TENSORS;
+        size_t no = mi->n_outputs < AICFN_MAX_TENSORS ? mi->n_outputs : AICFN_MAX_TENSORS;
+        ht_set_json(r, 200,
+                    oip_model_metadata_json(r->model, mi->versions, nv, mi->inputs, ni, mi->outputs, no));
+    }
+    free(mi);
+}
+
+/* ---- Asynchronous endpoints ---- */
+
+/* Starts infer/load/unload. Returns true when the call is now WAITING for completion. */
+static bool ht_start_async(gw_http_call *r) {
+    gw_http *h = r->h;
+    aicfn_error err = {0};
+    int rc;
+    if (r->route == RT_INFER) {
+        size_t json_len = r->len;
+        const char *hl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, OIP_HEADER_LENGTH);
+        if (hl) {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(hl, &end, 10);
+            if (errno || *end || end == hl || hl[0] == '-' || v > r->len) {
+                ht_set_error(r, AICFN_E_INVALID, OIP_HEADER_LENGTH " is not a length within the body");
+                return false;
+            }
+            json_len = (size_t)v;
+        }
+        rc = oip_request_parse(r->body, r->len, json_len, &r->req, &err);
+        if (rc) {
+            ht_set_error(r, rc, err.msg);
+            return false;
+        }
+        if (h->cb.model_info) {
+            gw_http_model_info *mi = calloc(1, sizeof *mi);
+            if (mi == NULL) {
+                ht_set_error(r, AICFN_E_NOMEM, "out of memory");
+                return false;
+            }
+            rc = h->cb.model_info(h->cb.ctx, r->model, r->version, mi, &err);
+            if (rc == AICFN_OK) {
+                size_t ni = mi->n_inputs < AICFN_MAX_TENSORS ? mi->n_inputs : AICFN_MAX_TENSORS;
+                rc = oip_request_check(&r->req, mi->inputs, ni, &err);
+            }
+            free(mi);
+            if (rc) {
+                ht_set_error(r, rc, err.msg);
+                return false;
+            }
+        }
+    }
+    pthread_mutex_lock(&h->mu);
+    bool stopping = h->stopping;
+    if (!stopping) h->in_flight++;
+    r->state = ST_WAITING;
+    pthread_mutex_unlock(&h->mu);
+    if (stopping) {
+        r->state = ST_DONE;
+        ht_set_error(r, AICFN_E_UNAVAILABLE, "the gateway is stopping");
+        return false;
+    }
+    const gw_http_principal *who = r->have_who ? &r->who : NULL;
+    if (r->route == RT_INFER) {
+        gw_http_infer inv = {.model = r->model,
+                             .version = r->version,
+                             .key = r->key,
+                             .principal = who,
+                             .req = &r->req,
+                             .received_us = r->received_us};
+        rc = h->cb.infer ? h->cb.infer(h->cb.ctx, r, &inv, &err)
+                         : aicfn_error_set(&err, AICFN_E_UNAVAILABLE, "inference is not connected");
+    } else {
+        int (*fn)(void *, gw_http_call *, const char *, uint32_t, const gw_http_principal *, aicfn_error *) =
+            r->route == RT_LOAD ? h->cb.load : h->cb.unload;
+        rc = fn ? fn(h->cb.ctx, r, r->model, r->version, who, &err)
+                : aicfn_error_set(&err, AICFN_E_NOT_FOUND, "the repository extension is not available");
+    }
+    if (rc != AICFN_OK) {
+        pthread_mutex_lock(&h->mu);
+        r->state = ST_DONE;
+        h->in_flight--;
+        pthread_cond_broadcast(&h->cv);
+        pthread_mutex_unlock(&h->mu);
+        ht_set_error(r, rc, err.msg);
+        return false;
+    }
+    return true;
+}
+
+void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const gw_http_result *res,
+                      uint32_t retry_after_s) {
+    if (r == NULL) return;
+    gw_http *h = r->h;
+    /* Encode outside the lock: the call is WAITING, so nothing else touches it. */
+    r->retry_after_s = retry_after_s;
+    if (status != AICFN_OK) {
+        ht_set_error(r, status, err && err->msg[0] ? err->msg : NULL);
+    } else if (r->route == RT_INFER) {
+        if (res == NULL) {
+            ht_set_error(r, AICFN_E_INTERNAL, "inference completed without a result");
+        } else {
+            oip_body b;
+            aicfn_error e2 = {0};
+            int rc = oip_response_encode(r->model, res->version ? res->version : r->version, &r->req,
+                                         res->outputs, res->n_outputs, &b, &e2);
+            if (rc)
+                ht_set_error(r, rc, e2.msg);
+            else
+                ht_set_answer(r, 200, b.body, b.len, b.json_len,
+                              b.json_len < b.len ? "application/octet-stream" : "application/json");
+            r->cold = res->cold;
+        }
+    } else {
+        ht_set_answer(r, 200, NULL, 0, 0, NULL);
+    }
+    pthread_mutex_lock(&h->mu);
+    r->state = ST_DONE;
+    r->completed = true;
+    bool resume = r->suspended;
+    if (resume) MHD_resume_connection(r->conn);
+    h->in_flight--;
+    pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
+/* ---- The access handler ---- */
+
+static const char *ht_bearer(struct MHD_Connection *c) {
+    const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    if (a == NULL || strncasecmp(a, "Bearer ", 7) != 0) return NULL;
+    a += 7;
+    while (*a == ' ')
+        a++;
+    return *a ? a : NULL;
+}
+
+/* First call for a request: route, auth, size checks. Returns false when r now holds
+ * the answer (sent at once; any body is not read). */
+static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char *url) {
+    aicfn_error err = {0};
+    bool bad_method;
+    if (ht_route_of(method, url, r, &bad_method, &err) != AICFN_OK) {
+        ht_set_error(r, err.code, err.msg);
+        return false;
+    }
+    if (bad_method) {
+        ht_set_error_status(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed on this endpoint");
+        return false;
+    }
+    if (ht_route_needs_auth(r->route) && h->cb.authenticate) {
+        const char *key = ht_bearer(r->conn);
+        if (key == NULL) {
+            ht_set_error(r, AICFN_E_UNAUTHENTICATED, "missing API key: send 'Authorization: Bearer <key>'");
+            return false;
+        }
+        if (strlen(key) > 1024) {
+            ht_set_error(r, AICFN_E_UNAUTHENTICATED, "invalid API key");
+            return false;
+        }
+        int rc = h->cb.authenticate(h->cb.ctx, key, &r->who, &err);
+        if (rc) {
+            ht_set_error(r, rc, err.msg[0] ? err.msg : "invalid API key");
+            return false;
+        }
+        r->have_who = true;
+        r->who.tenant[sizeof r->who.tenant - 1] = '\0';
+        if ((r->route == RT_LOAD || r->route == RT_UNLOAD) && !r->who.admin) {
+            ht_set_error(r, AICFN_E_FORBIDDEN, "loading and unloading models needs an admin key");
+            return false;
+        }
+        r->key = strdup(key);
+        if (r->key == NULL) {
+            ht_set_error(r, AICFN_E_NOMEM, "out of memory");
+            return false;
+        }
+    }
+    if (ht_route_has_body(r->route)) {
+        const char *cl =
+            MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl) {
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(cl, &end, 10);
+            if (errno || *end || end == cl || cl[0] == '-') {
+                ht_set_error(r, AICFN_E_INVALID, "bad Content-Length");
+                return false;
+            }
+            if (v > h->cfg.max_body) {
+                char m[128];
+                snprintf(m, sizeof m, "request body of %llu bytes exceeds the limit of %zu bytes", v,
+                         h->cfg.max_body);
+                ht_set_error(r, AICFN_E_TOO_LARGE, m);
+                return false;
+            }
+            if (v > 0) {
+                int rc = ht_reserve(r, (size_t)v);
+                if (rc == AICFN_OK && (r->body = malloc((size_t)v)) == NULL) rc = AICFN_E_NOMEM;
+                if (rc) {
+                    ht_set_error(r, rc,
+                                 rc == AICFN_E_OVERLOADED ? "too many request bytes in flight; retry" : NULL);
+                    return false;
+                }
+                r->cap = (size_t)v;
+            }
+        }
+    }
+    return true;
+}
+
+static void ht_dispatch(gw_http *h, gw_http_call *r) {
+    if (h->stopping && r->route != RT_LIVE) {
+        ht_set_error(r, AICFN_E_UNAVAILABLE, "the gateway is stopping");
+        return;
+    }
+    switch (r->route) {
+    case RT_LIVE:
+        ht_set_answer(r, 200, NULL, 0, 0, NULL);
+        return;
+    case RT_READY:
+        if (h->cb.ready == NULL || h->cb.ready(h->cb.ctx))
+            ht_set_answer(r, 200, NULL, 0, 0, NULL);
+        else
+            ht_set_error(r, AICFN_E_UNAVAILABLE, "not ready");
+        return;
+    case RT_SERVER: {
+        const char *ext[] = {"binary_tensor_data", "model_repository"};
+        ht_set_json(r, 200, oip_server_metadata_json("aicfn", h->version, ext, 2));
+        return;
+    }
+    case RT_METRICS: {
+        if (h->cfg.metrics == NULL) {
+            ht_set_error(r, AICFN_E_NOT_FOUND, "metrics are not enabled");
+            return;
+        }
+        if (h->cb.before_metrics) h->cb.before_metrics(h->cb.ctx);
+        char *text = NULL;
+        size_t len = 0;
+        aicfn_error err = {0};
+        int rc = gw_metrics_render(h->cfg.metrics, &text, &len, &err);
+        if (rc)
+            ht_set_error(r, rc, err.msg);
+        else
+            ht_set_answer(r, 200, (uint8_t *)text, len, len, GW_METRICS_CONTENT_TYPE);
+        return;
+    }
+    case RT_MODEL_META:
+    case RT_MODEL_READY:
+        ht_do_model(r);
+        return;
+    case RT_REPO_INDEX:
+        ht_do_index(r);
+        return;
+    case RT_INFER:
+    case RT_LOAD:
+    case RT_UNLOAD:
+        ht_start_async(r);
+        return;
+    default:
+        ht_set_error(r, AICFN_E_NOT_FOUND, "no such endpoint");
+        return;
+    }
+}
+
+static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
+                                 const char *version, const char *upload_data, size_t *upload_data_size,
+                                 void **con_cls) {
+    (void)version;
+    gw_http *h = cls;
+    gw_http_call *r = *con_cls;
+    if (r == NULL) {
+        r = calloc(1, sizeof *r);
+        if (r == NULL) return MHD_NO;
+        r->h = h;
+        r->conn = c;
+        r->received_us = clock_now_us();
+        *con_cls = r;
+        if (!ht_begin(h, r, method, url)) {
+            r->state = ST_DISCARD; /* answer now; MHD closes the connection if a body is unread */
+            return ht_send(r);
+        }
+        return MHD_YES;
+    }
+    if (r->state == ST_RECEIVING && *upload_data_size > 0) {
+        int rc = ht_append(r, upload_data, *upload_data_size);
+        *upload_data_size = 0;
+        if (rc) {
+            char m[128];
+            if (rc == AICFN_E_TOO_LARGE)
+                snprintf(m, sizeof m, "request body exceeds the limit of %zu bytes", h->cfg.max_body);
+            else
+                snprintf(m, sizeof m, "%s",
+                         rc == AICFN_E_OVERLOADED ? "too many request bytes in flight; retry" : "");
+            ht_set_error(r, rc, m);
+            r->state = ST_DISCARD;
+            free(r->body);
+            r->body = NULL;
+            r->len = r->cap = 0;
+            if (r->reserved) atomic_fetch_sub(&h->buffered, r->reserved);
+            r->reserved = 0;
+            /* MHD cannot answer in the middle of a body: the rest is discarded unstored and
+             * the 413 goes out when the body ends, unless the client sends another max_body
+             * bytes, when the connection is dropped. */
+        }
+        return MHD_YES;
+    }
+    if (r->state == ST_DISCARD && *upload_data_size > 0) {
+        r->discarded += *upload_data_size;
+        *upload_data_size = 0;
+        return r->discarded > h->cfg.max_body ? MHD_NO : MHD_YES;
+    }
+    if (r->state == ST_DISCARD) return ht_send(r); /* the oversized body ended */
+    if (r->state == ST_RECEIVING) {
+        /* The whole request has arrived. */
+        ht_mark(h, c, false);
+        ht_dispatch(h, r);
+        if (r->state != ST_WAITING) return ht_send(r);
+        pthread_mutex_lock(&h->mu);
+        if (!r->completed) {
+            MHD_suspend_connection(c);
+            r->suspended = true;
+        }
+        pthread_mutex_unlock(&h->mu);
+        if (!r->completed) return MHD_YES;
+        return ht_send(r);
+    }
+    if (r->state == ST_DONE) return ht_send(r); /* resumed after completion */
+    return MHD_YES;                             /* WAITING: resumed spuriously */
+}
+
+/* ---- Start and stop ---- */
+
+static void ht_mhd_log(void *cls, const char *fmt, va_list ap) {
+    (void)cls;
+    char buf[512];
+    vsnprintf(buf, sizeof buf, fmt, ap);
+    size_t n = strlen(buf);
+    while (n && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = '\0';
+    log_debug("http: libmicrohttpd: %s", buf);
+}
+
+static int ht_parse_listen(const char *listen, struct sockaddr_storage *ss, socklen_t *sl, bool *v6,
+                           aicfn_error *err) {
+    char host[256];
+    const char *port;
+    if (listen == NULL || listen[0] == '\0')
+        return aicfn_error_set(err, AICFN_E_INVALID, "http: no listen address (HOST:PORT)");
+    if (listen[0] == '[') {
+        const char *e = strchr(listen, ']');
+        if (e == NULL || e[1] != ':' || (size_t)(e - listen - 1) >= sizeof host)
+            return aicfn_error_set(err, AICFN_E_INVALID, "http: bad listen address '%s' (want [IPV6]:PORT)",
+                                   listen);
+        memcpy(host, listen + 1, (size_t)(e - listen - 1));
+        host[e - listen - 1] = '\0';
+        port = e + 2;
+    } else {
+        const char *e = strrchr(listen, ':');
+        if (e == NULL || (size_t)(e - listen) >= sizeof host)
+            return aicfn_error_set(err, AICFN_E_INVALID, "http: bad listen address '%s' (want HOST:PORT)",
+                                   listen);
+        memcpy(host, listen, (size_t)(e - listen));
+        host[e - listen] = '\0';
+        port = e + 1;
+    }
+    char *end;
+    long p = strtol(port, &end, 10);
+    if (*port == '\0' || *end || p < 0 || p > 65535)
+        return aicfn_error_set(err, AICFN_E_INVALID, "http: bad port in '%s'", listen);
+    struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM, .ai_flags = AI_NUMERICSERV};
+    struct addrinfo *ai = NULL;
+    int rc = getaddrinfo(host[0] ? host : NULL, port, &hints, &ai);
+    if (rc != 0 || ai == NULL)
+        return aicfn_error_set(err, AICFN_E_INVALID, "http: cannot resolve '%s': %s", listen,
+                               gai_strerror(rc));
+    memcpy(ss, ai->ai_addr, ai->ai_addrlen);
+    *sl = ai->ai_addrlen;
+    *v6 = ai->ai_family == AF_INET6;
+    freeaddrinfo(ai);
+    return AICFN_OK;
+}
+
+int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_http **out, aicfn_error *err) {
+    *out = NULL;
+    if (cfg == NULL || cb == NULL) return aicfn_error_set(err, AICFN_E_INVALID, "http: no config");
+    struct sockaddr_storage ss;
+    socklen_t sl;
+    bool v6;
+    int rc = ht_parse_listen(cfg->listen, &ss, &sl, &v6, err);
+    if (rc) return rc;
+    gw_http *h = calloc(1, sizeof *h);
+    if (h == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "http: out of memory");
+    h->cfg = *cfg;
+    h->cb = *cb;
+    h->cfg.listen = NULL;
+    if (!h->cfg.max_body) h->cfg.max_body = AICFN_HTTP_MAX_BODY;
+    if (!h->cfg.max_connections) h->cfg.max_connections = AICFN_HTTP_MAX_CONNECTIONS;
+    if (!h->cfg.per_ip_connections) h->cfg.per_ip_connections = AICFN_HTTP_MAX_CONNECTIONS_PER_IP;
+    if (!h->cfg.idle_timeout_s) h->cfg.idle_timeout_s = AICFN_HTTP_CONNECTION_TIMEOUT_S;
+    if (!h->cfg.receive_timeout_s) h->cfg.receive_timeout_s = AICFN_HTTP_RECEIVE_TIMEOUT_S;
+    if (!h->cfg.connection_memory) h->cfg.connection_memory = AICFN_HTTP_CONNECTION_MEMORY;
+    if (!h->cfg.threads) h->cfg.threads = 2;
+    snprintf(h->version, sizeof h->version, "%s", cfg->server_version ? cfg->server_version : "unknown");
+    h->cfg.server_version = h->version;
+    pthread_mutex_init(&h->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_cond_init(&h->cv, &ca); /* CLOCK_REALTIME, as clock_deadline_to_realtime gives */
+    pthread_condattr_destroy(&ca);
+    atomic_init(&h->buffered, 0);
+    unsigned flags =
+        MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
+    if (v6) flags |= MHD_USE_IPv6;
+    h->d = MHD_start_daemon(
+        flags, 0, NULL, NULL, ht_access, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
+        MHD_OPTION_CONNECTION_LIMIT, h->cfg.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
+        h->cfg.per_ip_connections, MHD_OPTION_CONNECTION_TIMEOUT, h->cfg.idle_timeout_s,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, h->cfg.connection_memory, MHD_OPTION_THREAD_POOL_SIZE,
+        h->cfg.threads, MHD_OPTION_NOTIFY_COMPLETED, ht_request_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
+        ht_notify_connection, h, MHD_OPTION_EXTERNAL_LOGGER, ht_mhd_log, h, MHD_OPTION_LISTEN_BACKLOG_SIZE,
+        128, MHD_OPTION_END);
+    (void)sl;
+    if (h->d == NULL) {
+        rc = aicfn_error_set(err, AICFN_E_IO, "http: cannot listen on %s (address in use or not permitted)",
+                             cfg->listen);
+        pthread_cond_destroy(&h->cv);
+        pthread_mutex_destroy(&h->mu);
+        free(h);
+        return rc;
+    }
+    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+    h->port = di ? di->port : 0;
+    if (pthread_create(&h->reaper, NULL, ht_reaper_main, h) == 0)
+        h->reaper_started = true;
+    else
+        log_warn("http: cannot start the receive-deadline thread; only the idle timeout applies");
+    log_info("http: serving the Open Inference Protocol on %s (port %u)", cfg->listen, (unsigned)h->port);
+    *out = h;
+    return AICFN_OK;
+}
+
+uint16_t gw_http_port(const gw_http *h) {
+    return h ? h->port : 0;
+}
+
+void gw_http_stop(gw_http *h) {
+    if (h == NULL) return;
+    pthread_mutex_lock(&h->mu);
+    h->stopping = true;
+    pthread_cond_broadcast(&h->cv);
+    uint64_t deadline = clock_now_us() + (uint64_t)AICFN_HTTP_STOP_WAIT_MS * 1000u;
+    while (h->in_flight > 0 && clock_now_us() < deadline) {
+        struct timespec ts;
+        clock_deadline_to_realtime(clock_now_us() + 100000, &ts);
+        pthread_cond_timedwait(&h->cv, &h->mu, &ts);
+    }
+    unsigned left = h->in_flight;
+    pthread_mutex_unlock(&h->mu);
+    if (h->reaper_started) pthread_join(h->reaper, NULL);
+    if (left > 0) {
+        /* Stopping MHD with suspended connections is undefined; leaking is the safe choice. */
+        log_error("http: %u calls still in flight after %d ms; leaving the HTTP server allocated", left,
+                  AICFN_HTTP_STOP_WAIT_MS);
+        MHD_quiesce_daemon(h->d);
+        return;
+    }
+    MHD_stop_daemon(h->d);
+    pthread_cond_destroy(&h->cv);
+    pthread_mutex_destroy(&h->mu);
+    free(h);
+}
