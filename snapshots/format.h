@@ -1,0 +1,37 @@
+/* format.h: the byte-level constants of the snapshot file, shared by writer.c and
+ * reader.c (docs/snapshot-format.md describes the layout they make).
+ * Not for: anything with behaviour; see writer.h and snapshot.h. */
+#ifndef AICFN_SNAPSHOTS_FORMAT_H
+#define AICFN_SNAPSHOTS_FORMAT_H
+
+#include <stdint.h>
+
+/* The manifest's skippable frame: magic, 4-byte LE content size, then the 8-byte tag
+ * and the msgpack manifest. */
+#define SNAP_MANIFEST_MAGIC 0x184D2A50u
+#define SNAP_MANIFEST_TAG "AICFNSNP"
+#define SNAP_MANIFEST_TAG_LEN 8
+
+/* The seek table (zstd seekable format, contrib/seekable_format). */
+#define SNAP_SEEKTABLE_MAGIC 0x184D2A5Eu
+#define SNAP_SEEKABLE_MAGIC 0x8F92EAB1u
+#define SNAP_SEEKTABLE_FOOTER 9
+#define SNAP_SEEK_CHECKSUM_FLAG 0x80u
+#define SNAP_SEEK_RESERVED_BITS 0x7Cu
+
+/* A valid tensor entry needs at least this many msgpack bytes (seven required keys and
+ * their shortest values), which bounds the tensor count by the manifest's size. */
+#define SNAP_MIN_TENSOR_ENTRY_BYTES 51
+
+static inline void snap_put_le32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+
+static inline uint32_t snap_get_le32(const unsigned char *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
+
+#endif
