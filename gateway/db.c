@@ -288,8 +288,8 @@ void gw_db_unlock(gw_db *db) {
 int gw_db_stmt(gw_db *db, const char *sql, sqlite3_stmt **out, aicfn_error *err) {
     *out = NULL;
     for (int i = 0; i < db->ncache; i++) {
-        /* Most callers pass the same static string: compare pointers first. */
-        if (db->cache[i].sql == sql || strcmp(db->cache[i].sql, sql) == 0) {
+        /* Compared by content: callers may build SQL in stack buffers. */
+        if (strcmp(db->cache[i].sql, sql) == 0) {
             sqlite3_reset(db->cache[i].st);
             sqlite3_clear_bindings(db->cache[i].st);
             *out = db->cache[i].st;

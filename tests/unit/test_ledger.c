@@ -2,10 +2,12 @@
  * drops and counts), gpu_us rounding, coldstart percentiles on known data, and usage
  * totals equal to raw SQL sums exactly. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -265,6 +267,48 @@ static void batches_commit_by_time(void **state) {
     free(dir);
 }
 
+/* kill -9 mid-stream: what flush() acknowledged is there, the rest is at most lost,
+ * and the database is intact. */
+static void crash_loses_only_uncommitted(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("led");
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        gw_ledger *l = NULL;
+        if (gw_ledger_create(dir, 5, 50, 0, &l, NULL) != AICFN_OK) _exit(3);
+        gw_invocation_record r = {.tenant = "t", .function = "f", .version = 1, .exec_us = 3};
+        for (int i = 0; i < 500; i++)
+            if (gw_ledger_submit_invocation(l, &r) != AICFN_OK) _exit(4);
+        if (gw_ledger_flush(l, 10000, NULL) != AICFN_OK) _exit(5);
+        uint32_t acked = 500;
+        if (write(pfd[1], &acked, sizeof acked) != (ssize_t)sizeof acked) _exit(6);
+        for (int i = 0; i < 100000; i++)
+            gw_ledger_submit_invocation(l, &r); /* in flight when killed */
+        raise(SIGKILL);
+        _exit(7);
+    }
+    close(pfd[1]);
+    uint32_t acked = 0;
+    assert_int_equal(read(pfd[0], &acked, sizeof acked), (ssize_t)sizeof acked);
+    close(pfd[0]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    gw_db *db = NULL;
+    assert_int_equal(gw_db_open(dir, &db, NULL), AICFN_OK);
+    assert_int_equal(gw_db_integrity_check(db, NULL), AICFN_OK);
+    int64_t n = sql_int(db, "SELECT count(*) FROM invocations");
+    assert_true(n >= (int64_t)acked);
+    assert_true(n <= 500 + 100000);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(gpu_us_rounding),
@@ -272,6 +316,7 @@ int main(void) {
         cmocka_unit_test(usage_totals_equal_sql_sums),
         cmocka_unit_test(full_queue_drops_and_counts),
         cmocka_unit_test(batches_commit_by_time),
+        cmocka_unit_test(crash_loses_only_uncommitted),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -2,10 +2,12 @@
  * resolve, ls, rm (one version, all, orphaned hashes, never reusing numbers), the
  * config JSON round trip and its validation, workers. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
 
 #include <cmocka.h>
 
@@ -322,6 +324,43 @@ static void deploy_survives_reopen(void **state) {
     gw_db_close(db2);
 }
 
+/* An acknowledged deploy survives kill -9 of the process right after it returns. */
+static void deploy_survives_kill9(void **state) {
+    fx *f = *state;
+    int pfd[2];
+    assert_int_equal(pipe(pfd), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        close(pfd[0]);
+        gw_db *db = NULL;
+        if (gw_db_open(f->dir, &db, NULL) != AICFN_OK) _exit(3);
+        gw_function_spec s = {.name = "k9", .handler_hash = HASH_A};
+        uint32_t v = 0;
+        if (gw_registry_deploy(db, &s, &v, NULL) != AICFN_OK) _exit(4);
+        /* "Reply" to the client, then die without closing anything. */
+        if (write(pfd[1], &v, sizeof v) != (ssize_t)sizeof v) _exit(5);
+        raise(SIGKILL);
+        _exit(6);
+    }
+    close(pfd[1]);
+    uint32_t acked = 0;
+    assert_int_equal(read(pfd[0], &acked, sizeof acked), (ssize_t)sizeof acked);
+    close(pfd[0]);
+    int status = 0;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    assert_int_equal(acked, 1);
+    gw_db *db2 = NULL;
+    assert_int_equal(gw_db_open(f->dir, &db2, NULL), AICFN_OK);
+    gw_function fn;
+    assert_int_equal(gw_registry_resolve(db2, "k9:1", &fn, NULL), AICFN_OK);
+    assert_true(fn.active);
+    gw_function_clear(&fn);
+    assert_int_equal(gw_db_integrity_check(db2, NULL), AICFN_OK);
+    gw_db_close(db2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(refs_and_names),
@@ -332,6 +371,7 @@ int main(void) {
         cmocka_unit_test(config_json_round_trip),
         cmocka_unit_test_setup_teardown(workers_table, setup, teardown),
         cmocka_unit_test_setup_teardown(deploy_survives_reopen, setup, teardown),
+        cmocka_unit_test_setup_teardown(deploy_survives_kill9, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
