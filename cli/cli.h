@@ -22,6 +22,7 @@ int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format
 
 /* The subcommands. */
 int cli_cmd_version(int argc, char **argv);
+int cli_cmd_snapshot(int argc, char **argv);
 int cli_cmd_worker(int argc, char **argv);
 int cli_cmd_invoke(int argc, char **argv);
 

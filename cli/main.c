@@ -12,6 +12,7 @@ typedef struct cli_command {
 
 static const cli_command cli_commands[] = {
     {"version", cli_cmd_version, "print versions"},
+    {"snapshot", cli_cmd_snapshot, "pack, inspect, verify or unpack model snapshots"},
 };
 
 static void cli_print_help(FILE *out) {

@@ -883,3 +883,84 @@ out:
     snap_dctx_free(d);
     return rc;
 }
+
+int snap_verify(const snap_reader *r, aicfn_error *err) {
+    const snap_manifest *m = &r->m;
+    snap_dctx *d = NULL;
+    unsigned char *comp = NULL, *filt = NULL, *raw = NULL;
+    XXH3_state_t *xs = XXH3_createState();
+    int rc = snap_dctx_create(&d, err);
+    if (rc) goto out;
+    comp = malloc(r->max_comp ? r->max_comp : 1);
+    filt = malloc(m->chunk_bytes);
+    raw = malloc(m->chunk_bytes);
+    if (!comp || !filt || !raw || !xs) {
+        rc = aicfn_error_set(err, AICFN_E_NOMEM, "no memory for frame buffers");
+        goto out;
+    }
+    uint32_t ht = 0;    /* tensor being hashed */
+    uint64_t hdone = 0; /* its bytes hashed so far */
+    for (uint32_t i = 0; i < r->n_frames; i++) {
+        const snap_frame *f = &r->frames[i];
+        rc = snap_frame_read(r, i, comp, r->max_comp, err);
+        if (rc) goto out;
+        rc = snap_frame_decompress(d, r, i, comp, r->filtered[i] ? filt : raw, err);
+        if (!rc && r->filtered[i]) rc = snap_frame_unfilter(r, i, filt, raw, err);
+        if (rc) goto out;
+        uint64_t fo = f->raw_offset, fe = fo + f->raw_size, pos = fo;
+        for (;;) {
+            /* Zero padding up to the next tensor's bytes (or the frame's end). */
+            uint64_t next = fe;
+            while (ht < m->n_tensors && m->tensors[ht].nbytes == 0) {
+                if (m->tensors[ht].xxh3 != XXH3_64bits(NULL, 0)) {
+                    rc = aicfn_error_set(err, AICFN_E_CORRUPT,
+                                         "%s: tensor '%s': checksum mismatch (empty tensor)", r->path,
+                                         m->tensors[ht].name);
+                    goto out;
+                }
+                ht++;
+            }
+            if (ht < m->n_tensors && hdone == 0 && m->tensors[ht].offset < fe) next = m->tensors[ht].offset;
+            if (ht < m->n_tensors && hdone > 0) next = pos;
+            for (uint64_t p = pos; p < next; p++)
+                if (raw[p - fo]) {
+                    rc = aicfn_error_set(err, AICFN_E_CORRUPT,
+                                         "%s: frame %u: padding byte at blob offset %llu is not zero",
+                                         r->path, i, (unsigned long long)p);
+                    goto out;
+                }
+            pos = next;
+            if (pos >= fe) break;
+            const snap_tensor *t = &m->tensors[ht];
+            if (hdone == 0) XXH3_64bits_reset(xs);
+            uint64_t end = t->offset + t->nbytes < fe ? t->offset + t->nbytes : fe;
+            XXH3_64bits_update(xs, raw + (pos - fo), (size_t)(end - pos));
+            hdone += end - pos;
+            pos = end;
+            if (hdone == t->nbytes) {
+                uint64_t h = XXH3_64bits_digest(xs);
+                if (h != t->xxh3) {
+                    rc =
+                        aicfn_error_set(err, AICFN_E_CORRUPT,
+                                        "%s: tensor '%s': checksum mismatch (xxh3 %016llx, expected %016llx)",
+                                        r->path, t->name, (unsigned long long)h, (unsigned long long)t->xxh3);
+                    goto out;
+                }
+                hdone = 0;
+                ht++;
+            }
+        }
+    }
+    while (ht < m->n_tensors && m->tensors[ht].nbytes == 0)
+        ht++;
+    if (ht != m->n_tensors)
+        rc = aicfn_error_set(err, AICFN_E_INTERNAL, "%s: tensor '%s' was not covered by the frames", r->path,
+                             m->tensors[ht].name);
+out:
+    XXH3_freeState(xs);
+    free(comp);
+    free(filt);
+    free(raw);
+    snap_dctx_free(d);
+    return rc;
+}

@@ -112,4 +112,9 @@ int snap_tensor_verify(const snap_reader *r, uint32_t t, const void *blob, aicfn
  * verifies every checksum. Used by verify/unpack; the loader has its own pipeline. */
 int snap_read_all(const snap_reader *r, void *blob, aicfn_error *err);
 
+/* Decodes every frame in order with memory for one frame (not the whole blob) and checks
+ * every tensor's XXH3 and that the padding between tensors is zeros. Returns AICFN_OK, or
+ * AICFN_E_CORRUPT naming the first bad frame or tensor. Used by `snapshot verify`. */
+int snap_verify(const snap_reader *r, aicfn_error *err);
+
 #endif
