@@ -194,7 +194,10 @@ int cli_cmd_worker(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
 
     char role[48];
-    snprintf(role, sizeof role, "worker %s", cfg.id ? cfg.id : "");
+    if (cfg.id)
+        snprintf(role, sizeof role, "worker %s", cfg.id);
+    else
+        snprintf(role, sizeof role, "worker");
     log_set_role(role);
     aicfn_error err;
     aicfn_error_clear(&err);

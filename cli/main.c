@@ -13,6 +13,16 @@ typedef struct cli_command {
 static const cli_command cli_commands[] = {
     {"version", cli_cmd_version, "print versions"},
     {"snapshot", cli_cmd_snapshot, "pack, inspect, verify or unpack model snapshots"},
+    {"worker", cli_cmd_worker, "run a worker: one device, its model cache and functions"},
+    {"invoke", cli_cmd_invoke, "invoke a function (--worker ADDR: directly on a worker)"},
+    {"gateway", cli_cmd_gateway, "run the gateway (router, local worker pool, registry, records)"},
+    {"deploy", cli_cmd_deploy, "build, pack and upload a function as a new version"},
+    {"ls", cli_cmd_ls, "list deployed functions"},
+    {"rm", cli_cmd_rm, "remove a function or one of its versions"},
+    {"coldstarts", cli_cmd_coldstarts, "cold-start phases per function (p50/p95/max)"},
+    {"workers", cli_cmd_workers, "the gateway's live workers and their resident models"},
+    {"usage", cli_cmd_usage, "calls, GPU-seconds and cost per tenant and function (from the ledger)"},
+    {"keys", cli_cmd_keys, "create, list and revoke tenants' API keys"},
 };
 
 static void cli_print_help(FILE *out) {

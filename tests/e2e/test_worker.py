@@ -197,7 +197,7 @@ def test_64_concurrent_calls_batch(procs, mlp_files, tmp_path):
 def test_request_past_deadline_never_executes(procs, tmp_path):
     count = tmp_path / "count.txt"
     addr = ipc_addr(tmp_path)
-    start_worker(procs, addr, [f"slow={handler('test_sleep')},max_batch=1,param.count_file={count}"])
+    w = start_worker(procs, addr, [f"slow={handler('test_sleep')},max_batch=1,param.count_file={count}"])
 
     first = {}
 
@@ -221,6 +221,7 @@ def test_request_past_deadline_never_executes(procs, tmp_path):
     assert ok["ok"]
     time.sleep(0.2)
     assert count.read_text().split() == ["1", "3"]
+    assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 
 
 def test_sigterm_drains_32_in_flight(procs, tmp_path):
@@ -262,7 +263,7 @@ def test_sigterm_drains_32_in_flight(procs, tmp_path):
 
 def test_bad_inputs_get_errors_and_worker_keeps_serving(procs, tmp_path):
     addr = ipc_addr(tmp_path)
-    start_worker(procs, addr, [f"echo={handler('echo')}", f"fail={handler('test_fail')}"])
+    w = start_worker(procs, addr, [f"echo={handler('echo')}", f"fail={handler('test_fail')}"])
     x = np.ones((2, 2), dtype=np.float32)
     valid = msgpack.packb(invoke_msg("echo", [tensor("x", x)], params={"k": 1}, rid=77), use_bin_type=True)
 
@@ -325,6 +326,8 @@ def test_bad_inputs_get_errors_and_worker_keeps_serving(procs, tmp_path):
         still_serving()
     counters = call(addr, status_msg())["w"]["counters"]
     assert counters["errors"] >= 10
+    # A clean exit after all that (under ASan this also means no leaks).
+    assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 
 
 def test_abi_mismatch_refused_at_start(procs, tmp_path):
