@@ -25,5 +25,13 @@ int cli_cmd_version(int argc, char **argv);
 int cli_cmd_snapshot(int argc, char **argv);
 int cli_cmd_worker(int argc, char **argv);
 int cli_cmd_invoke(int argc, char **argv);
+int cli_cmd_gateway(int argc, char **argv);
+int cli_cmd_deploy(int argc, char **argv);
+int cli_cmd_ls(int argc, char **argv);
+int cli_cmd_rm(int argc, char **argv);
+int cli_cmd_coldstarts(int argc, char **argv);
+int cli_cmd_workers(int argc, char **argv);
+int cli_cmd_usage(int argc, char **argv);
+int cli_cmd_keys(int argc, char **argv);
 
 #endif

@@ -101,7 +101,7 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     argv[a++] = r->addr;
     argv[a++] = "--device";
     argv[a++] = p->device;
-    argv[a++] = "--name";
+    argv[a++] = "--id";
     argv[a++] = idbuf;
     if (p->memory[0]) {
         argv[a++] = "--memory";
@@ -284,13 +284,18 @@ int gw_pool_spawn(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *
         pthread_mutex_unlock(&p->mu);
         return aicfn_error_set(err, AICFN_E_CANCELED, "the worker pool is stopping");
     }
-    pool_spawn_req **tail = &p->reqs;
-    while (*tail)
-        tail = &(*tail)->next;
-    *tail = &r;
-    pthread_cond_signal(&p->cv);
-    while (!r.done)
-        pthread_cond_wait(&p->done_cv, &p->mu);
+    if (pthread_equal(pthread_self(), p->thread)) {
+        /* From an on_exit callback (the pool thread, which then holds no lock): fork here. */
+        pool_fork(p, &r);
+    } else {
+        pool_spawn_req **tail = &p->reqs;
+        while (*tail)
+            tail = &(*tail)->next;
+        *tail = &r;
+        pthread_cond_signal(&p->cv);
+        while (!r.done)
+            pthread_cond_wait(&p->done_cv, &p->mu);
+    }
     pthread_mutex_unlock(&p->mu);
     if (r.code != AICFN_OK) {
         if (err) *err = r.err;

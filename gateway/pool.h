@@ -47,7 +47,7 @@ int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg
 /* Starts one worker. On success fills *id (unique for the pool's life, never 0), the
  * ipc:// address it will listen on (addr, addr_len >= GW_POOL_ADDR_MAX), and its pid.
  * Returns once the child exists (not once it listens: dial it and wait for its first
- * status reply). Thread-safe; blocks for the fork only. Fails with AICFN_E_IO when the
+ * status reply). Thread-safe, on_exit included; blocks for the fork only. Fails with AICFN_E_IO when the
  * process cannot be started (the message names the errno), AICFN_E_CANCELED once the
  * pool is being destroyed. */
 int gw_pool_spawn(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *pid, aicfn_error *err);

@@ -116,7 +116,7 @@ static void spawn_args_and_terminate(void **state) {
     assert_non_null(f);
     fclose(f);
     char want[700];
-    snprintf(want, sizeof want, "worker --listen %s --device host --name w%u --memory 1234\n", addr, id);
+    snprintf(want, sizeof want, "worker --listen %s --device host --id w%u --memory 1234\n", addr, id);
     assert_string_equal(line, want);
 
     assert_int_equal(gw_pool_terminate(p, id), 0);

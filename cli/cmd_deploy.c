@@ -1,0 +1,394 @@
+/* cmd_deploy.c: `aicfn deploy DIR|aicfn.yaml`: reads the manifest, builds the handler
+ * when it is C source, packs the model into a snapshot, uploads both to the gateway in
+ * chunks with their SHA-256 hashes (skipping what the gateway already stores), and
+ * registers a new version, which becomes the active one. Prints NAME:VERSION.
+ *
+ * Building: a .c handler is compiled with `cc -shared -fPIC -O2 -I<include dir>`, where
+ * the include dir holds aicfn.h: $AICFN_INCLUDE, else the `include/` folder of the tree
+ * the aicfn binary was built in (found by walking up from the binary). When nvcc exists
+ * and *.cu files sit beside the handler, they are compiled too and the handler is built
+ * with -DAICFN_HANDLER_CUDA, linked against the static CUDA runtime; if that build
+ * fails, the C-only build is used (with a warning). A .so handler is uploaded as is.
+ * Not for: running anything (the gateway loads it on first use). */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <limits.h>
+#include <spawn.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "cli/cli.h"
+#include "cli/gwclient.h"
+#include "cli/manifest.h"
+#include "common/tunables.h"
+#include "common/units.h"
+#include "gateway/artifacts.h"
+#include "snapshots/writer.h"
+
+extern char **environ;
+
+#define CD_NVCC "/usr/local/cuda/bin/nvcc"
+#define CD_CUDART "/usr/local/cuda/lib64/libcudart_static.a"
+#define CD_MAX_CU 16
+
+static void cd_help(FILE *out) {
+    fprintf(out,
+            "usage: aicfn deploy DIR|aicfn.yaml [--gateway ADDR] [--key KEY] [--json]\n"
+            "\n"
+            "Deploys the function described by an aicfn.yaml (or the aicfn.yaml in DIR) as a new\n"
+            "version, which becomes active (older versions stay invokable as NAME:VER).\n"
+            "  - handler: a .c file is built with `cc -shared -fPIC -O2 -I<include dir>` (the include\n"
+            "    dir holding aicfn.h: $AICFN_INCLUDE, else include/ of the tree aicfn was built in);\n"
+            "    *.cu files beside it are built with nvcc when it exists. A .so is used as is.\n"
+            "  - model: the safetensors files are packed into a snapshot (zstd frames, byte planes).\n"
+            "  - both are uploaded in chunks with their SHA-256; what the gateway has is skipped.\n"
+            "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
+            "  --key KEY       admin API key (default: $AICFN_KEY)\n"
+            "  --json          print {\"name\",\"version\",\"handler\",\"snapshot\",...} instead of text\n");
+}
+
+/* Runs argv[0] (PATH lookup), waits; 0 on exit status 0. */
+static int cd_run(char *const argv[], aicfn_error *err) {
+    pid_t pid;
+    int rc = posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ);
+    if (rc != 0) return aicfn_error_errno(err, AICFN_E_IO, rc, "running %s", argv[0]);
+    int st = 0;
+    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    }
+    if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        return aicfn_error_set(err, AICFN_E_INVALID, "%s failed (status %d)", argv[0],
+                               WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));
+    return AICFN_OK;
+}
+
+static int cd_include_dir(char *out, size_t len, aicfn_error *err) {
+    const char *env = getenv("AICFN_INCLUDE");
+    char probe[PATH_MAX + 32];
+    if (env && env[0]) {
+        snprintf(probe, sizeof probe, "%s/aicfn.h", env);
+        if (access(probe, R_OK) != 0)
+            return aicfn_error_set(err, AICFN_E_NOT_FOUND, "$AICFN_INCLUDE=%s holds no aicfn.h", env);
+        snprintf(out, len, "%s", env);
+        return AICFN_OK;
+    }
+    char exe[PATH_MAX];
+    ssize_t n = readlink("/proc/self/exe", exe, sizeof exe - 1);
+    if (n <= 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "reading /proc/self/exe");
+    exe[n] = 0;
+    for (int up = 0; up < 6; up++) {
+        char *slash = strrchr(exe, '/');
+        if (!slash || slash == exe) break;
+        *slash = 0;
+        snprintf(probe, sizeof probe, "%s/include/aicfn.h", exe);
+        if (access(probe, R_OK) == 0) {
+            snprintf(out, len, "%s/include", exe);
+            return AICFN_OK;
+        }
+    }
+    return aicfn_error_set(
+        err, AICFN_E_NOT_FOUND,
+        "cannot find include/aicfn.h near the aicfn binary: set AICFN_INCLUDE to its folder");
+}
+
+/* Builds the handler source into tmp/handler.so. */
+static int cd_build(const cli_manifest *m, const char *tmp, char *so, size_t so_len, aicfn_error *err) {
+    char inc[PATH_MAX], incflag[PATH_MAX + 4];
+    int rc = cd_include_dir(inc, sizeof inc, err);
+    if (rc != AICFN_OK) return rc;
+    snprintf(incflag, sizeof incflag, "-I%s", inc);
+    snprintf(so, so_len, "%s/handler.so", tmp);
+
+    /* CUDA sources beside the handler. */
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", m->handler);
+    char *slash = strrchr(dir, '/');
+    if (slash)
+        *slash = 0;
+    else
+        snprintf(dir, sizeof dir, ".");
+    char cu[CD_MAX_CU][PATH_MAX];
+    int n_cu = 0;
+    if (access(CD_NVCC, X_OK) == 0 && access(CD_CUDART, R_OK) == 0) {
+        DIR *d = opendir(dir);
+        struct dirent *e;
+        while (d && (e = readdir(d)) && n_cu < CD_MAX_CU) {
+            size_t l = strlen(e->d_name);
+            if (l > 3 && strcmp(e->d_name + l - 3, ".cu") == 0)
+                snprintf(cu[n_cu++], PATH_MAX, "%s/%s", dir, e->d_name);
+        }
+        if (d) closedir(d);
+    }
+    if (n_cu > 0) {
+        char objs[CD_MAX_CU][PATH_MAX + 16];
+        bool ok = true;
+        for (int i = 0; i < n_cu && ok; i++) {
+            snprintf(objs[i], sizeof objs[i], "%s/cu%d.o", tmp, i);
+            char *av[] = {CD_NVCC, "-c", "-O2", "-Xcompiler", "-fPIC", incflag, "-o", objs[i], cu[i], NULL};
+            fprintf(stderr, "building %s with nvcc\n", cu[i]);
+            ok = cd_run(av, err) == AICFN_OK;
+        }
+        if (ok) {
+            char *av[16 + CD_MAX_CU];
+            int a = 0;
+            av[a++] = "cc";
+            av[a++] = "-shared";
+            av[a++] = "-fPIC";
+            av[a++] = "-O2";
+            av[a++] = "-DAICFN_HANDLER_CUDA=1";
+            av[a++] = incflag;
+            av[a++] = "-o";
+            av[a++] = so;
+            av[a++] = m->handler;
+            for (int i = 0; i < n_cu; i++)
+                av[a++] = objs[i];
+            av[a++] = CD_CUDART;
+            av[a++] = "-lstdc++";
+            av[a++] = "-ldl";
+            av[a++] = "-lrt";
+            av[a++] = "-lpthread";
+            av[a++] = "-lm";
+            av[a] = NULL;
+            fprintf(stderr, "building %s (CUDA)\n", m->handler);
+            if (cd_run(av, err) == AICFN_OK) return AICFN_OK;
+        }
+        fprintf(stderr, "aicfn deploy: the CUDA build failed (%s); building the C path only\n", err->msg);
+    }
+    char *av[] = {"cc", "-shared", "-fPIC", "-O2", incflag, "-o", so, m->handler, "-lm", NULL};
+    fprintf(stderr, "building %s\n", m->handler);
+    rc = cd_run(av, err);
+    if (rc != AICFN_OK) aicfn_error_wrap(err, "building handler %s", m->handler);
+    return rc;
+}
+
+typedef struct cd_progress {
+    bool tty;
+    int last;
+} cd_progress;
+
+static void cd_on_progress(void *user, uint64_t done, uint64_t total) {
+    cd_progress *p = user;
+    if (!p->tty || total == 0) return;
+    int pct = (int)(done * 100 / total);
+    if (pct == p->last) return;
+    p->last = pct;
+    char a[32], b[32];
+    fprintf(stderr, "\rpacking model: %3d%% (%s of %s)", pct, units_format_size(done, a, sizeof a),
+            units_format_size(total, b, sizeof b));
+    if (done >= total) fprintf(stderr, "\n");
+}
+
+/* Uploads `path` (hash `hex`, `size` bytes) unless the gateway has it. */
+static int cd_upload(rpc_client *c, const char *key, const char *path, const char *hex, uint64_t size,
+                     bool tty, aicfn_error *err) {
+    wire_writer w;
+    wire_writer_init(&w);
+    cli_gw_begin(&w, "upload_begin", key, 2);
+    wire_kv_str(&w, "hash", hex);
+    wire_kv_u64(&w, "size", size);
+    rpc_msg *reply = NULL;
+    wire_doc doc;
+    int rc = cli_gw_call(c, &w, 30000, &reply, &doc, err);
+    wire_writer_fini(&w);
+    if (rc != AICFN_OK) return aicfn_error_wrap(err, "uploading %s", path);
+    uint64_t token = 0;
+    bool exists = false;
+    wire_get_u64(&doc.root, NULL, "upload", false, &token, NULL);
+    wire_get_bool(&doc.root, NULL, "exists", false, &exists, NULL);
+    wire_doc_fini(&doc);
+    rpc_msg_free(reply);
+    if (exists) {
+        fprintf(stderr, "%s: already on the gateway (%.12s)\n", path, hex);
+        return AICFN_OK;
+    }
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "opening %s", path);
+    uint8_t *buf = malloc(AICFN_UPLOAD_CHUNK_BYTES);
+    if (!buf) {
+        close(fd);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    }
+    uint64_t off = 0;
+    while (rc == AICFN_OK && off < size) {
+        ssize_t n = pread(fd, buf, AICFN_UPLOAD_CHUNK_BYTES, (off_t)off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) {
+            rc = n < 0 ? aicfn_error_errno(err, AICFN_E_IO, errno, "reading %s", path)
+                       : aicfn_error_set(err, AICFN_E_IO, "%s shrank while uploading", path);
+            break;
+        }
+        wire_writer_init(&w);
+        cli_gw_begin(&w, "upload_chunk", key, 3);
+        wire_kv_u64(&w, "upload", token);
+        wire_kv_u64(&w, "offset", off);
+        wire_kv_bin(&w, "data", buf, (size_t)n);
+        rc = cli_gw_call(c, &w, 60000, &reply, &doc, err);
+        wire_writer_fini(&w);
+        if (rc == AICFN_OK) {
+            wire_doc_fini(&doc);
+            rpc_msg_free(reply);
+        }
+        off += (uint64_t)n;
+        if (tty && rc == AICFN_OK) {
+            char a[32], b[32];
+            fprintf(stderr, "\ruploading %s: %s of %s", path, units_format_size(off, a, sizeof a),
+                    units_format_size(size, b, sizeof b));
+        }
+    }
+    if (tty) fprintf(stderr, "\n");
+    free(buf);
+    close(fd);
+    wire_writer_init(&w);
+    cli_gw_begin(&w, rc == AICFN_OK ? "upload_commit" : "upload_abort", key, 1);
+    wire_kv_u64(&w, "upload", token);
+    aicfn_error e2;
+    int rc2 = cli_gw_call(c, &w, 60000, &reply, &doc, rc == AICFN_OK ? err : &e2);
+    wire_writer_fini(&w);
+    if (rc2 == AICFN_OK) {
+        wire_doc_fini(&doc);
+        rpc_msg_free(reply);
+    }
+    if (rc == AICFN_OK) rc = rc2;
+    if (rc != AICFN_OK) aicfn_error_wrap(err, "uploading %s", path);
+    return rc;
+}
+
+static void cd_rmtree(const char *dir) {
+    DIR *d = opendir(dir);
+    struct dirent *e;
+    char p[PATH_MAX + 256];
+    while (d && (e = readdir(d))) {
+        if (!strcmp(e->d_name, ".") || !strcmp(e->d_name, "..")) continue;
+        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+        unlink(p);
+    }
+    if (d) closedir(d);
+    rmdir(dir);
+}
+
+int cli_cmd_deploy(int argc, char **argv) {
+    const char *gateway = NULL, *key_flag = NULL, *path = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            cd_help(stdout);
+            return CLI_EXIT_OK;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--gateway"))) {
+            gateway = v;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--key"))) {
+            key_flag = v;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = 1;
+        } else if (argv[i][0] != '-' && !path) {
+            path = argv[i];
+        } else {
+            return cli_usage_error("deploy", "unknown or incomplete argument '%s'", argv[i]);
+        }
+    }
+    if (!path) return cli_usage_error("deploy", "name the function's folder or its aicfn.yaml");
+    const char *key = cli_api_key(key_flag);
+    const char *addr = cli_gateway_addr(gateway);
+    bool tty = isatty(STDERR_FILENO);
+
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    cli_manifest *m = NULL;
+    if (cli_manifest_load(path, &m, &err) != AICFN_OK) return cli_fail(&err);
+    char tmp[] = "/tmp/aicfn-deploy-XXXXXX";
+    if (!mkdtemp(tmp)) {
+        cli_manifest_free(m);
+        aicfn_error_errno(&err, AICFN_E_IO, errno, "creating a temporary folder");
+        return cli_fail(&err);
+    }
+    int rc = AICFN_OK;
+    rpc_client *c = NULL;
+    char so[PATH_MAX + 32], snap[PATH_MAX + 32] = "";
+    char so_hex[65] = "", snap_hex[65] = "";
+    uint64_t so_size = 0, snap_size = 0;
+    snap_pack_stats st;
+    memset(&st, 0, sizeof st);
+    char *config = NULL;
+
+    /* 1. The handler. */
+    if (m->handler_kind == CLI_HANDLER_SO)
+        snprintf(so, sizeof so, "%s", m->handler);
+    else
+        rc = cd_build(m, tmp, so, sizeof so, &err);
+    if (rc == AICFN_OK) rc = gw_artifacts_hash_file(so, so_hex, &so_size, &err);
+
+    /* 2. The model. */
+    if (rc == AICFN_OK && m->n_model_files > 0) {
+        snprintf(snap, sizeof snap, "%s/model.aicsnap", tmp);
+        snap_pack_opts o;
+        snap_pack_opts_init(&o);
+        o.name = m->name;
+        cd_progress prog = {.tty = tty, .last = -1};
+        o.progress = cd_on_progress;
+        o.progress_user = &prog;
+        rc = snap_pack((const char *const *)m->model_files, m->n_model_files, snap, &o, &st, &err);
+        if (rc == AICFN_OK) {
+            rc = gw_artifacts_hash_file(snap, snap_hex, &snap_size, &err);
+            char a[32], b[32];
+            fprintf(stderr, "packed %u tensors: %s -> %s (%.2fx)\n", st.n_tensors,
+                    units_format_size(st.raw_bytes, a, sizeof a),
+                    units_format_size(st.file_bytes, b, sizeof b),
+                    st.file_bytes ? (double)st.raw_bytes / (double)st.file_bytes : 0.0);
+        }
+    }
+    /* 3. The config. */
+    if (rc == AICFN_OK) {
+        json_t *cj = cli_manifest_config_json(m);
+        config = cj ? json_dumps(cj, JSON_COMPACT) : NULL;
+        json_decref(cj);
+        if (!config) rc = aicfn_error_set(&err, AICFN_E_NOMEM, "out of memory");
+    }
+    /* 4. Upload and register. */
+    if (rc == AICFN_OK) rc = cli_gw_open(addr, &c, &err);
+    if (rc == AICFN_OK) rc = cd_upload(c, key, so, so_hex, so_size, tty, &err);
+    if (rc == AICFN_OK && snap[0]) rc = cd_upload(c, key, snap, snap_hex, snap_size, tty, &err);
+    uint64_t version = 0;
+    if (rc == AICFN_OK) {
+        wire_writer w;
+        wire_writer_init(&w);
+        cli_gw_begin(&w, "deploy", key, snap[0] ? 5 : 3);
+        wire_kv_str(&w, "name", m->name);
+        wire_kv_str(&w, "handler", so_hex);
+        wire_kv_str(&w, "config", config);
+        if (snap[0]) {
+            wire_kv_str(&w, "snapshot", snap_hex);
+            wire_kv_u64(&w, "model_raw_bytes", st.blob_bytes);
+        }
+        rpc_msg *reply = NULL;
+        wire_doc doc;
+        rc = cli_gw_call(c, &w, 30000, &reply, &doc, &err);
+        wire_writer_fini(&w);
+        if (rc == AICFN_OK) {
+            wire_get_u64(&doc.root, NULL, "version", true, &version, &err);
+            wire_doc_fini(&doc);
+            rpc_msg_free(reply);
+        } else {
+            aicfn_error_wrap(&err, "deploying %s", m->name);
+        }
+    }
+    if (rc == AICFN_OK) {
+        if (json)
+            printf("{\"name\":\"%s\",\"version\":%llu,\"handler\":\"%s\",\"snapshot\":\"%s\",\"model_bytes\":"
+                   "%llu,"
+                   "\"snapshot_bytes\":%llu}\n",
+                   m->name, (unsigned long long)version, so_hex, snap_hex, (unsigned long long)st.blob_bytes,
+                   (unsigned long long)snap_size);
+        else
+            printf("deployed %s:%llu\n", m->name, (unsigned long long)version);
+    }
+    rpc_client_close(c);
+    free(config);
+    cli_manifest_free(m);
+    cd_rmtree(tmp);
+    return rc == AICFN_OK ? CLI_EXIT_OK : cli_fail(&err);
+}

@@ -1,0 +1,126 @@
+/* cmd_gateway.c: `aicfn gateway`: runs the gateway until SIGTERM or SIGINT, then stops
+ * it cleanly (front closed, calls in flight answered, workers drained, ledger flushed). */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cli/gwclient.h"
+#include "common/log.h"
+#include "common/tunables.h"
+#include "common/units.h"
+#include "gateway/gateway.h"
+
+static void cg_help(FILE *out) {
+    fprintf(out,
+            "usage: aicfn gateway [--listen ADDR] [--data DIR] [--workers MIN..MAX] [--idle-timeout DUR]\n"
+            "                     [--worker-memory BYTES] [--device auto|host|cuda] [--insecure-local]\n"
+            "\n"
+            "Runs the gateway: the registry of functions, the router, the local worker pool and the\n"
+            "records (aicfn.db). Stops cleanly on SIGTERM or SIGINT.\n"
+            "\n"
+            "  --listen ADDR          client address (default %s; clients find it with\n"
+            "                         --gateway ADDR, else $AICFN_GATEWAY, else this default)\n"
+            "  --data DIR             aicfn.db, artifacts/ and run/ (default %s)\n"
+            "  --workers MIN..MAX     local workers, started on demand up to MAX and kept down to MIN\n"
+            "                         (default 0..%d; 0..0: remote workers only, see `aicfn worker\n"
+            "                         --gateway`); N alone means N..N\n"
+            "  --idle-timeout DUR     a local worker without calls this long is drained and exits\n"
+            "                         (scale to zero; default %ds; ms, s, m, h)\n"
+            "  --worker-memory BYTES  the model cache budget of EACH local worker (e.g. 512MiB, 8GiB).\n"
+            "                         The budget is per worker, not split: MAX workers may hold up to\n"
+            "                         MAX x BYTES. Default: each worker takes its device's free memory\n"
+            "                         (host: %llu MiB)\n"
+            "  --device DEV           local workers' device: auto (CUDA when a GPU is visible, else\n"
+            "                         host memory), host, cuda (default auto)\n"
+            "  --insecure-local       accept calls without API keys (tenant \"local\"); for a gateway\n"
+            "                         on a loopback address used by one person\n"
+            "\n"
+            "Precedence: flags, then environment (AICFN_GATEWAY for the address), then defaults.\n"
+            "Per-function settings (timeout, batching, idempotent) come from each aicfn.yaml.\n",
+            AICFN_DEFAULT_GATEWAY, AICFN_DEFAULT_DATA_DIR, AICFN_DEFAULT_MAX_WORKERS,
+            AICFN_DEFAULT_IDLE_TIMEOUT_MS / 1000, (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20));
+}
+
+static int cg_u32(const char *s, uint32_t *out) {
+    char *end;
+    unsigned long v = strtoul(s, &end, 10);
+    if (end == s || *end || v > 100000) return -1;
+    *out = (uint32_t)v;
+    return 0;
+}
+
+int cli_cmd_gateway(int argc, char **argv) {
+    gw_config cfg = {.listen = NULL, .max_workers = AICFN_DEFAULT_MAX_WORKERS};
+    cfg.listen = getenv("AICFN_GATEWAY");
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        aicfn_error err;
+        if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
+            cg_help(stdout);
+            return CLI_EXIT_OK;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--listen"))) {
+            cfg.listen = v;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--data"))) {
+            cfg.data_dir = v;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--workers"))) {
+            const char *dots = strstr(v, "..");
+            char lo[32];
+            if (dots) {
+                size_t n = (size_t)(dots - v);
+                if (n >= sizeof lo) return cli_usage_error("gateway", "--workers '%s': expected MIN..MAX", v);
+                memcpy(lo, v, n);
+                lo[n] = 0;
+                if (cg_u32(lo, &cfg.min_workers) || cg_u32(dots + 2, &cfg.max_workers))
+                    return cli_usage_error("gateway", "--workers '%s': expected MIN..MAX", v);
+            } else {
+                if (cg_u32(v, &cfg.max_workers))
+                    return cli_usage_error("gateway", "--workers '%s': expected MIN..MAX", v);
+                cfg.min_workers = cfg.max_workers;
+            }
+            if (cfg.min_workers > cfg.max_workers || cfg.max_workers > AICFN_MAX_WORKERS)
+                return cli_usage_error("gateway", "--workers '%s': need MIN <= MAX <= %d", v,
+                                       AICFN_MAX_WORKERS);
+        } else if ((v = cli_flag_value(argc, argv, &i, "--idle-timeout"))) {
+            if (units_parse_duration_us(v, &cfg.idle_timeout_us, &err) != AICFN_OK ||
+                cfg.idle_timeout_us == 0)
+                return cli_usage_error("gateway", "--idle-timeout '%s' is not a duration (e.g. 5m)", v);
+        } else if ((v = cli_flag_value(argc, argv, &i, "--worker-memory"))) {
+            if (units_parse_size(v, &cfg.worker_memory, &err) != AICFN_OK || cfg.worker_memory == 0)
+                return cli_usage_error("gateway", "--worker-memory '%s' is not a size (e.g. 512MiB)", v);
+        } else if ((v = cli_flag_value(argc, argv, &i, "--device"))) {
+            if (strcmp(v, "auto") && strcmp(v, "host") && strncmp(v, "cuda", 4))
+                return cli_usage_error("gateway", "--device must be auto, host or cuda");
+            cfg.device = v;
+        } else if (strcmp(argv[i], "--insecure-local") == 0) {
+            cfg.insecure_local = true;
+        } else {
+            return cli_usage_error("gateway", "unknown or incomplete argument '%s'", argv[i]);
+        }
+    }
+
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    log_set_role("gateway");
+
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    gw_gateway *gw = NULL;
+    if (gw_start(&cfg, &gw, &err) != AICFN_OK) return cli_fail(&err);
+    /* One line on stdout for scripts: where clients connect. */
+    printf("aicfn gateway listening on %s\n", gw_listen_url(gw));
+    fflush(stdout);
+    int sig = 0;
+    while (sigwait(&set, &sig) != 0) {
+    }
+    log_info("received %s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    gw_stop(gw);
+    log_info("stopped");
+    return CLI_EXIT_OK;
+}

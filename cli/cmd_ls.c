@@ -1,0 +1,73 @@
+/* cmd_ls.c: `aicfn ls`: the deployed functions with their versions and sizes. */
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cli/gwclient.h"
+#include "common/units.h"
+
+static void cl_help(FILE *out) {
+    fprintf(out, "usage: aicfn ls [--gateway ADDR] [--key KEY] [--json]\n"
+                 "\n"
+                 "Lists the deployed functions: active and latest version, number of versions, handler,\n"
+                 "snapshot and model sizes of the active version.\n"
+                 "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
+                 "  --key KEY       API key (default: $AICFN_KEY)\n"
+                 "  --json          print the list as JSON\n");
+}
+
+int cli_cmd_ls(int argc, char **argv) {
+    const char *gateway = NULL, *key = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            cl_help(stdout);
+            return CLI_EXIT_OK;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--gateway"))) {
+            gateway = v;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--key"))) {
+            key = v;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = 1;
+        } else {
+            return cli_usage_error("ls", "unknown or incomplete argument '%s'", argv[i]);
+        }
+    }
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    wire_writer w;
+    wire_writer_init(&w);
+    cli_gw_begin(&w, "ls", cli_api_key(key), 0);
+    json_t *j = NULL;
+    int rc = cli_gw_json(cli_gateway_addr(gateway), NULL, &w, 10000, &j, &err);
+    wire_writer_fini(&w);
+    if (rc != AICFN_OK) return cli_fail(&err);
+    if (json) {
+        char *s = json_dumps(j, JSON_COMPACT);
+        printf("%s\n", s ? s : "[]");
+        free(s);
+    } else {
+        printf("%-24s %6s %6s %8s %12s %12s %12s\n", "NAME", "ACTIVE", "LATEST", "VERSIONS", "HANDLER",
+               "SNAPSHOT", "MODEL");
+        size_t i;
+        json_t *o;
+        json_array_foreach(j, i, o) {
+            char h[32], s[32], m[32];
+            printf("%-24s %6lld %6lld %8lld %12s %12s %12s\n", json_string_value(json_object_get(o, "name")),
+                   (long long)json_integer_value(json_object_get(o, "active_version")),
+                   (long long)json_integer_value(json_object_get(o, "latest_version")),
+                   (long long)json_integer_value(json_object_get(o, "versions")),
+                   units_format_size((uint64_t)json_integer_value(json_object_get(o, "handler_bytes")), h,
+                                     sizeof h),
+                   units_format_size((uint64_t)json_integer_value(json_object_get(o, "snapshot_bytes")), s,
+                                     sizeof s),
+                   units_format_size((uint64_t)json_integer_value(json_object_get(o, "model_raw_bytes")), m,
+                                     sizeof m));
+        }
+    }
+    json_decref(j);
+    return CLI_EXIT_OK;
+}

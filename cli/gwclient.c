@@ -1,0 +1,97 @@
+/* gwclient.c: the gateway subcommands' shared client plumbing (see gwclient.h). */
+#include "cli/gwclient.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "common/tunables.h"
+
+const char *cli_gateway_addr(const char *flag) {
+    if (flag && flag[0]) return flag;
+    const char *env = getenv("AICFN_GATEWAY");
+    if (env && env[0]) return env;
+    return AICFN_DEFAULT_GATEWAY;
+}
+
+const char *cli_api_key(const char *flag) {
+    if (flag && flag[0]) return flag;
+    const char *env = getenv("AICFN_KEY");
+    return env && env[0] ? env : NULL;
+}
+
+int cli_gw_open(const char *addr, rpc_client **out, aicfn_error *err) {
+    rpc_client_opts o = {.recv_max = AICFN_MAX_MESSAGE_BYTES, .send_max = AICFN_MAX_MESSAGE_BYTES};
+    int rc = rpc_client_open(out, addr, &o, err);
+    if (rc != AICFN_OK) aicfn_error_wrap(err, "gateway %s (is `aicfn gateway` running? see --gateway)", addr);
+    return rc;
+}
+
+static uint64_t gwc_id(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return ((uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec) & ((1ull << 53) - 1);
+}
+
+void cli_gw_begin(wire_writer *w, const char *type, const char *key, uint32_t extra) {
+    wire_put_map(w, 3 + (key ? 1 : 0) + extra);
+    wire_kv_u64(w, "v", AICFN_PROTOCOL_VERSION);
+    wire_kv_str(w, "t", type);
+    wire_kv_u64(w, "id", gwc_id());
+    if (key) wire_kv_str(w, "key", key);
+}
+
+int cli_gw_call(rpc_client *c, wire_writer *w, uint32_t timeout_ms, rpc_msg **reply, wire_doc *doc,
+                aicfn_error *err) {
+    memset(doc, 0, sizeof *doc);
+    *reply = NULL;
+    int rc = wire_writer_status(w, err);
+    if (rc != AICFN_OK) return rc;
+    rc = rpc_call_sync(c, w->data, w->len, timeout_ms, reply, err);
+    if (rc != AICFN_OK) return rc;
+    rc = wire_doc_parse(doc, rpc_msg_data(*reply), rpc_msg_len(*reply), NULL, err);
+    wire_reply_head h;
+    if (rc == AICFN_OK) rc = wire_decode_reply_head(doc, &h, err);
+    if (rc == AICFN_OK && !h.ok) rc = aicfn_error_set(err, h.code, "%s", h.message ? h.message : "");
+    if (rc != AICFN_OK) {
+        wire_doc_fini(doc);
+        rpc_msg_free(*reply);
+        *reply = NULL;
+    }
+    return rc;
+}
+
+int cli_gw_json(const char *addr, const char *key, wire_writer *w, uint32_t timeout_ms, json_t **out,
+                aicfn_error *err) {
+    (void)key;
+    *out = NULL;
+    rpc_client *c = NULL;
+    int rc = cli_gw_open(addr, &c, err);
+    if (rc != AICFN_OK) return rc;
+    rpc_msg *reply = NULL;
+    wire_doc doc;
+    rc = cli_gw_call(c, w, timeout_ms, &reply, &doc, err);
+    if (rc == AICFN_OK) {
+        const char *text = NULL;
+        rc = wire_get_cstr(&doc, &doc.root, "reply", "json", true, 0, &text, err);
+        if (rc == AICFN_OK) {
+            json_error_t je;
+            *out = json_loads(text, JSON_DECODE_ANY, &je);
+            if (!*out) rc = aicfn_error_set(err, AICFN_E_PROTOCOL, "gateway sent bad JSON: %s", je.text);
+        }
+        wire_doc_fini(&doc);
+        rpc_msg_free(reply);
+    }
+    rpc_client_close(c);
+    return rc;
+}
+
+const char *cli_flag_value(int argc, char **argv, int *i, const char *flag) {
+    size_t n = strlen(flag);
+    if (strncmp(argv[*i], flag, n) != 0) return NULL;
+    if (argv[*i][n] == '=') return argv[*i] + n + 1;
+    if (argv[*i][n] == 0 && *i + 1 < argc) return argv[++*i];
+    return NULL;
+}

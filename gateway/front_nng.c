@@ -1,0 +1,559 @@
+/* front_nng.c: the gateway's NNG client front (design.md §4): one REP server (many
+ * nng_ctx contexts driven by aio callbacks, common/rpc.h) whose `invoke` messages go
+ * straight to gw_invoke_submit from the NNG callback (decode, submit, return: no
+ * blocking), and whose administrative messages (chunked artifact upload, deploy, ls,
+ * rm, coldstarts, workers, status, register) run one at a time on an admin thread,
+ * since they touch the disk and SQLite.
+ *
+ * Message types and fields are listed in docs/protocol.md ("Gateway messages").
+ * Authentication: unless the gateway runs --insecure-local, every message carries `key`
+ * (an API key, keys.h); administrative messages need an admin key. Results of key
+ * checks are cached for a few seconds so that invocations do not hit SQLite.
+ *
+ * Not for: the call path itself (gateway.c), HTTP (http.c). */
+#include <jansson.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/rpc.h"
+#include "common/tunables.h"
+#include "common/wire.h"
+#include "gateway/artifacts.h"
+#include "gateway/gateway_internal.h"
+#include "gateway/keys.h"
+#include "gateway/ledger.h"
+#include "gateway/registry.h"
+
+#define FRONT_MAX_UPLOADS AICFN_ARTIFACT_MAX_UPLOADS
+#define FRONT_UPLOAD_IDLE_US (120ull * 1000 * 1000)
+#define FRONT_AUTH_CACHE 64
+#define FRONT_AUTH_TTL_US (5ull * 1000 * 1000)
+#define FRONT_ADMIN_QUEUE 256
+
+typedef struct front_admin_job {
+    rpc_call *call;
+    const uint8_t *msg;
+    size_t len;
+    struct front_admin_job *next;
+} front_admin_job;
+
+typedef struct front_upload {
+    uint64_t token;
+    gw_upload *u;
+    char hash[GW_HASH_HEX_LEN + 1];
+    uint64_t last_us;
+} front_upload;
+
+typedef struct front_auth {
+    char key[GW_KEY_STRING_MAX];
+    char tenant[AICFN_TENANT_MAX_BYTES + 1];
+    bool admin;
+    uint64_t until_us;
+} front_auth;
+
+struct gw_front {
+    gw_gateway *gw;
+    rpc_server *srv;
+
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    pthread_t admin;
+    bool admin_started;
+    bool stopping;
+    front_admin_job *jobs_head, *jobs_tail;
+    unsigned n_jobs;
+
+    front_upload uploads[FRONT_MAX_UPLOADS]; /* admin thread only */
+    uint64_t next_token;
+
+    pthread_mutex_t auth_mu;
+    front_auth auth[FRONT_AUTH_CACHE];
+    unsigned auth_next;
+};
+
+const char *gw_front_url(const gw_front *f) {
+    return rpc_server_url(f->srv);
+}
+
+/* ---- Replies ---------------------------------------------------------------------- */
+
+static void front_error(rpc_call *call, uint64_t id, int code, const char *msg) {
+    wire_writer w;
+    wire_writer_init(&w);
+    if (wire_encode_error_reply(&w, id, code, msg, NULL) == AICFN_OK)
+        rpc_reply(call, w.data, w.len);
+    else
+        rpc_call_drop(call);
+    wire_writer_fini(&w);
+}
+
+/* Starts an ok reply with `extra` more key/value pairs to follow. */
+static void front_ok_head(wire_writer *w, uint64_t id, uint32_t extra) {
+    wire_put_map(w, 3 + extra);
+    wire_kv_u64(w, "v", AICFN_PROTOCOL_VERSION);
+    wire_kv_u64(w, "id", id);
+    wire_kv_bool(w, "ok", true);
+}
+
+static void front_send(rpc_call *call, uint64_t id, wire_writer *w) {
+    aicfn_error e;
+    if (wire_writer_status(w, &e) == AICFN_OK)
+        rpc_reply(call, w->data, w->len);
+    else
+        front_error(call, id, e.code, e.msg);
+    wire_writer_fini(w);
+}
+
+static void front_ok_json(rpc_call *call, uint64_t id, json_t *j) {
+    if (!j) {
+        front_error(call, id, AICFN_E_NOMEM, "out of memory");
+        return;
+    }
+    char *text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (!text) {
+        front_error(call, id, AICFN_E_NOMEM, "out of memory");
+        return;
+    }
+    wire_writer w;
+    wire_writer_init(&w);
+    front_ok_head(&w, id, 1);
+    wire_kv_str(&w, "json", text);
+    free(text);
+    front_send(call, id, &w);
+}
+
+/* ---- Authentication --------------------------------------------------------------- */
+
+/* Fills tenant/admin for the message's `key`. */
+static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admin, aicfn_error *err) {
+    if (gw_insecure_local(f->gw)) {
+        snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "local");
+        *admin = true;
+        return AICFN_OK;
+    }
+    const char *key = NULL;
+    int rc = wire_get_cstr(doc, &doc->root, NULL, "key", false, GW_KEY_STRING_MAX - 1, &key, err);
+    if (rc != AICFN_OK) return rc;
+    if (!key) return aicfn_error_set(err, AICFN_E_UNAUTHENTICATED, "missing API key (`key`)");
+    uint64_t now = clock_now_us();
+    pthread_mutex_lock(&f->auth_mu);
+    for (unsigned i = 0; i < FRONT_AUTH_CACHE; i++)
+        if (f->auth[i].until_us > now && strcmp(f->auth[i].key, key) == 0) {
+            snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "%s", f->auth[i].tenant);
+            *admin = f->auth[i].admin;
+            pthread_mutex_unlock(&f->auth_mu);
+            return AICFN_OK;
+        }
+    pthread_mutex_unlock(&f->auth_mu);
+    gw_key_info info;
+    rc = gw_keys_authenticate(gw_gateway_db(f->gw), key, &info, err);
+    if (rc != AICFN_OK) return rc;
+    snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "%s", info.tenant);
+    *admin = info.admin;
+    pthread_mutex_lock(&f->auth_mu);
+    front_auth *slot = &f->auth[f->auth_next++ % FRONT_AUTH_CACHE];
+    snprintf(slot->key, sizeof slot->key, "%s", key);
+    snprintf(slot->tenant, sizeof slot->tenant, "%s", info.tenant);
+    slot->admin = info.admin;
+    slot->until_us = now + FRONT_AUTH_TTL_US;
+    pthread_mutex_unlock(&f->auth_mu);
+    return AICFN_OK;
+}
+
+/* ---- Invoke (on the NNG callback thread) ------------------------------------------- */
+
+static void front_invoke_done(void *user, const gw_invoke_result *res) {
+    rpc_call *call = user;
+    if (res->reply) {
+        rpc_reply_msg(call, res->reply);
+        return;
+    }
+    front_error(call, res->id, res->code, res->message);
+}
+
+static void front_invoke(gw_front *f, rpc_call *call, wire_doc *doc, uint64_t id) {
+    aicfn_error e;
+    wire_invoke_req req;
+    int rc = wire_decode_invoke_req(doc, &req, &e);
+    char tenant[AICFN_TENANT_MAX_BYTES + 1];
+    bool admin = false;
+    if (rc == AICFN_OK) rc = front_auth_check(f, doc, tenant, &admin, &e);
+    if (rc == AICFN_OK) {
+        req.has_spec = false; /* a client never dictates paths */
+        rc = gw_invoke_submit(f->gw, &req, tenant, front_invoke_done, call, &e);
+    }
+    if (rc != AICFN_OK) front_error(call, id, rc, e.msg);
+}
+
+/* ---- Admin operations (admin thread) ----------------------------------------------- */
+
+static front_upload *front_upload_find(gw_front *f, uint64_t token) {
+    for (int i = 0; i < FRONT_MAX_UPLOADS; i++)
+        if (f->uploads[i].u && f->uploads[i].token == token) return &f->uploads[i];
+    return NULL;
+}
+
+static void front_uploads_expire(gw_front *f, uint64_t now, bool all) {
+    for (int i = 0; i < FRONT_MAX_UPLOADS; i++)
+        if (f->uploads[i].u && (all || now - f->uploads[i].last_us > FRONT_UPLOAD_IDLE_US)) {
+            log_warn("abandoned upload of %s (no chunk for %llu s)", f->uploads[i].hash,
+                     (unsigned long long)(FRONT_UPLOAD_IDLE_US / 1000000));
+            gw_upload_abort(f->uploads[i].u);
+            f->uploads[i].u = NULL;
+        }
+}
+
+static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wire_header *h) {
+    aicfn_error e;
+    aicfn_error_clear(&e);
+    gw_gateway *gw = f->gw;
+    const msgpack_object *root = &doc->root;
+    uint64_t id = h->id;
+    char tenant[AICFN_TENANT_MAX_BYTES + 1];
+    bool admin = false;
+    int rc = front_auth_check(f, doc, tenant, &admin, &e);
+    if (rc == AICFN_OK && !admin && strcmp(h->t, "status") != 0)
+        rc = aicfn_error_set(&e, AICFN_E_FORBIDDEN, "'%s' needs an admin key", h->t);
+    if (rc != AICFN_OK) {
+        front_error(call, id, rc, e.msg);
+        return;
+    }
+    uint64_t now = clock_now_us();
+    front_uploads_expire(f, now, false);
+    wire_writer w;
+
+    if (strcmp(h->t, "upload_begin") == 0) {
+        const char *hash = NULL;
+        uint64_t size = 0;
+        rc = wire_get_cstr(doc, root, NULL, "hash", true, GW_HASH_HEX_LEN, &hash, &e);
+        if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "size", true, &size, &e);
+        front_upload *slot = NULL;
+        for (int i = 0; rc == AICFN_OK && i < FRONT_MAX_UPLOADS && !slot; i++)
+            if (!f->uploads[i].u) slot = &f->uploads[i];
+        if (rc == AICFN_OK && !slot)
+            rc = aicfn_error_set(&e, AICFN_E_OVERLOADED, "%d uploads already open", FRONT_MAX_UPLOADS);
+        gw_upload *u = NULL;
+        bool exists = false;
+        if (rc == AICFN_OK) {
+            rc = gw_upload_begin(gw_gateway_artifacts(gw), hash, size, &u, &e);
+            if (rc == AICFN_E_EXISTS) {
+                exists = true;
+                rc = AICFN_OK;
+            }
+        }
+        if (rc != AICFN_OK) {
+            front_error(call, id, rc, e.msg);
+            return;
+        }
+        uint64_t token = 0;
+        if (u) {
+            token = ++f->next_token;
+            slot->u = u;
+            slot->token = token;
+            slot->last_us = now;
+            snprintf(slot->hash, sizeof slot->hash, "%s", hash);
+        }
+        wire_writer_init(&w);
+        front_ok_head(&w, id, 2);
+        wire_kv_u64(&w, "upload", token);
+        wire_kv_bool(&w, "exists", exists);
+        front_send(call, id, &w);
+        return;
+    }
+    if (strcmp(h->t, "upload_chunk") == 0 || strcmp(h->t, "upload_commit") == 0 ||
+        strcmp(h->t, "upload_abort") == 0) {
+        uint64_t token = 0;
+        rc = wire_get_u64(root, NULL, "upload", true, &token, &e);
+        front_upload *up = rc == AICFN_OK ? front_upload_find(f, token) : NULL;
+        if (rc == AICFN_OK && !up)
+            rc = aicfn_error_set(&e, AICFN_E_NOT_FOUND, "no open upload %llu", (unsigned long long)token);
+        if (rc != AICFN_OK) {
+            front_error(call, id, rc, e.msg);
+            return;
+        }
+        up->last_us = now;
+        if (strcmp(h->t, "upload_chunk") == 0) {
+            uint64_t offset = 0;
+            const uint8_t *data = NULL;
+            size_t len = 0;
+            rc = wire_get_u64(root, NULL, "offset", true, &offset, &e);
+            if (rc == AICFN_OK) rc = wire_get_bin(root, NULL, "data", true, &data, &len, &e);
+            if (rc == AICFN_OK) rc = gw_upload_write(up->u, offset, data, len, &e);
+            if (rc != AICFN_OK) {
+                front_error(call, id, rc, e.msg);
+                return;
+            }
+            wire_writer_init(&w);
+            front_ok_head(&w, id, 1);
+            wire_kv_u64(&w, "received", gw_upload_received(up->u));
+            front_send(call, id, &w);
+            return;
+        }
+        gw_upload *u = up->u;
+        up->u = NULL;
+        if (strcmp(h->t, "upload_abort") == 0) {
+            gw_upload_abort(u);
+        } else {
+            rc = gw_upload_commit(u, &e);
+            if (rc != AICFN_OK) {
+                front_error(call, id, rc, e.msg);
+                return;
+            }
+        }
+        wire_writer_init(&w);
+        front_ok_head(&w, id, 0);
+        front_send(call, id, &w);
+        return;
+    }
+    if (strcmp(h->t, "deploy") == 0) {
+        const char *name = NULL, *handler = NULL, *snapshot = NULL, *config = NULL;
+        uint64_t handler_bytes = 0, snapshot_bytes = 0, raw = 0;
+        rc = wire_get_cstr(doc, root, NULL, "name", true, AICFN_FN_NAME_MAX_BYTES, &name, &e);
+        if (rc == AICFN_OK)
+            rc = wire_get_cstr(doc, root, NULL, "handler", true, GW_HASH_HEX_LEN, &handler, &e);
+        if (rc == AICFN_OK)
+            rc = wire_get_cstr(doc, root, NULL, "snapshot", false, GW_HASH_HEX_LEN, &snapshot, &e);
+        if (rc == AICFN_OK) rc = wire_get_cstr(doc, root, NULL, "config", false, 1u << 20, &config, &e);
+        if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "model_raw_bytes", false, &raw, &e);
+        gw_artifacts *art = gw_gateway_artifacts(gw);
+        if (rc == AICFN_OK && !gw_artifacts_exists(art, handler, &handler_bytes))
+            rc = aicfn_error_set(&e, AICFN_E_NOT_FOUND, "handler artifact %s was not uploaded", handler);
+        if (rc == AICFN_OK && snapshot && snapshot[0] && !gw_artifacts_exists(art, snapshot, &snapshot_bytes))
+            rc = aicfn_error_set(&e, AICFN_E_NOT_FOUND, "snapshot artifact %s was not uploaded", snapshot);
+        gw_fn_config cfg;
+        gw_fn_config_init(&cfg);
+        if (rc == AICFN_OK && config) rc = gw_fn_config_from_string(config, &cfg, &e);
+        gw_fn_config_clear(&cfg);
+        uint32_t version = 0;
+        if (rc == AICFN_OK) {
+            gw_function_spec spec = {.name = name,
+                                     .handler_hash = handler,
+                                     .handler_bytes = handler_bytes,
+                                     .snapshot_hash = snapshot && snapshot[0] ? snapshot : NULL,
+                                     .snapshot_bytes = snapshot_bytes,
+                                     .model_raw_bytes = raw,
+                                     .config_json = config};
+            rc = gw_registry_deploy(gw_gateway_db(gw), &spec, &version, &e);
+        }
+        if (rc != AICFN_OK) {
+            front_error(call, id, rc, e.msg);
+            return;
+        }
+        gw_functions_changed(gw);
+        log_info("deployed %s:%u (handler %.12s, snapshot %.12s)", name, version, handler,
+                 snapshot ? snapshot : "-");
+        wire_writer_init(&w);
+        front_ok_head(&w, id, 2);
+        wire_kv_str(&w, "name", name);
+        wire_kv_u64(&w, "version", version);
+        front_send(call, id, &w);
+        return;
+    }
+    if (strcmp(h->t, "ls") == 0) {
+        gw_function_summary *s = NULL;
+        size_t n = 0;
+        rc = gw_registry_list(gw_gateway_db(gw), &s, &n, &e);
+        if (rc != AICFN_OK) {
+            front_error(call, id, rc, e.msg);
+            return;
+        }
+        front_ok_json(call, id, gw_function_summaries_to_json(s, n));
+        free(s);
+        return;
+    }
+    if (strcmp(h->t, "rm") == 0) {
+        const char *ref = NULL;
+        rc = wire_get_cstr(doc, root, NULL, "ref", true, AICFN_FN_NAME_MAX_BYTES + 12, &ref, &e);
+        uint32_t removed = 0;
+        char(*orphans)[GW_HASH_HEX_LEN + 1] = NULL;
+        size_t n_orphans = 0;
+        if (rc == AICFN_OK)
+            rc = gw_registry_remove(gw_gateway_db(gw), ref, &removed, &orphans, &n_orphans, &e);
+        if (rc != AICFN_OK) {
+            front_error(call, id, rc, e.msg);
+            return;
+        }
+        gw_functions_changed(gw);
+        /* Orphaned artifacts stay on disk: a worker may still hold the handler open
+         * and a call in flight may be loading the snapshot. */
+        free(orphans);
+        log_info("removed %s (%u versions)", ref, removed);
+        wire_writer_init(&w);
+        front_ok_head(&w, id, 1);
+        wire_kv_u64(&w, "removed", removed);
+        front_send(call, id, &w);
+        return;
+    }
+    if (strcmp(h->t, "coldstarts") == 0) {
+        const char *fn = NULL;
+        uint64_t since = 0;
+        rc = wire_get_cstr(doc, root, NULL, "fn", false, AICFN_FN_NAME_MAX_BYTES, &fn, &e);
+        if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "since_us", false, &since, &e);
+        if (rc == AICFN_OK) rc = gw_ledger_flush(gw_gateway_ledger(gw), 2000, &e);
+        gw_coldstart_summary *s = NULL;
+        size_t n = 0;
+        if (rc == AICFN_OK)
+            rc = gw_ledger_coldstarts(gw_gateway_db(gw), fn && fn[0] ? fn : NULL, since, &s, &n, &e);
+        if (rc != AICFN_OK) {
+            front_error(call, id, rc, e.msg);
+            return;
+        }
+        front_ok_json(call, id, gw_coldstarts_to_json(s, n));
+        free(s);
+        return;
+    }
+    if (strcmp(h->t, "workers") == 0) {
+        front_ok_json(call, id, gw_workers_json(gw));
+        return;
+    }
+    if (strcmp(h->t, "status") == 0) {
+        front_ok_json(call, id, gw_status_json(gw));
+        return;
+    }
+    if (strcmp(h->t, "register") == 0) {
+        const char *addr = NULL, *name = NULL;
+        rc = wire_get_cstr(doc, root, NULL, "addr", true, 255, &addr, &e);
+        if (rc == AICFN_OK) rc = wire_get_cstr(doc, root, NULL, "name", false, 63, &name, &e);
+        if (rc == AICFN_OK) rc = gw_register_worker(gw, name, addr, &e);
+        if (rc != AICFN_OK) {
+            front_error(call, id, rc, e.msg);
+            return;
+        }
+        wire_writer_init(&w);
+        front_ok_head(&w, id, 0);
+        front_send(call, id, &w);
+        return;
+    }
+    front_error(call, id, AICFN_E_PROTOCOL, "unknown message type");
+}
+
+static void *front_admin_main(void *arg) {
+    gw_front *f = arg;
+    pthread_mutex_lock(&f->mu);
+    for (;;) {
+        while (!f->jobs_head && !f->stopping)
+            pthread_cond_wait(&f->cv, &f->mu);
+        if (!f->jobs_head && f->stopping) break;
+        front_admin_job *j = f->jobs_head;
+        f->jobs_head = j->next;
+        if (!f->jobs_head) f->jobs_tail = NULL;
+        f->n_jobs--;
+        pthread_mutex_unlock(&f->mu);
+        wire_doc doc;
+        wire_header h;
+        aicfn_error e;
+        int rc = wire_doc_parse(&doc, j->msg, j->len, NULL, &e);
+        if (rc == AICFN_OK) rc = wire_decode_header(&doc, &h, &e);
+        if (rc == AICFN_OK)
+            front_admin_op(f, j->call, &doc, &h);
+        else
+            front_error(j->call, wire_peek_id(j->msg, j->len), rc, e.msg);
+        wire_doc_fini(&doc);
+        free(j);
+        pthread_mutex_lock(&f->mu);
+    }
+    pthread_mutex_unlock(&f->mu);
+    front_uploads_expire(f, UINT64_MAX, true);
+    return NULL;
+}
+
+/* ---- The REP handler ---------------------------------------------------------------- */
+
+static void front_handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
+    gw_front *f = user;
+    wire_doc doc;
+    wire_header h;
+    aicfn_error e;
+    int rc = wire_doc_parse(&doc, msg, len, NULL, &e);
+    if (rc == AICFN_OK) rc = wire_decode_header(&doc, &h, &e);
+    if (rc != AICFN_OK) {
+        wire_doc_fini(&doc);
+        front_error(call, wire_peek_id(msg, len), rc, e.msg);
+        return;
+    }
+    if (strcmp(h.t, WIRE_T_INVOKE) == 0) {
+        front_invoke(f, call, &doc, h.id);
+        wire_doc_fini(&doc);
+        return;
+    }
+    wire_doc_fini(&doc);
+    front_admin_job *j = malloc(sizeof *j);
+    if (!j) {
+        front_error(call, h.id, AICFN_E_NOMEM, "out of memory");
+        return;
+    }
+    j->call = call;
+    j->msg = msg;
+    j->len = len;
+    j->next = NULL;
+    pthread_mutex_lock(&f->mu);
+    if (f->stopping || f->n_jobs >= FRONT_ADMIN_QUEUE) {
+        bool stopping = f->stopping;
+        pthread_mutex_unlock(&f->mu);
+        free(j);
+        front_error(call, h.id, stopping ? AICFN_E_UNAVAILABLE : AICFN_E_OVERLOADED,
+                    stopping ? "the gateway is stopping" : "too many administrative requests queued");
+        return;
+    }
+    if (f->jobs_tail)
+        f->jobs_tail->next = j;
+    else
+        f->jobs_head = j;
+    f->jobs_tail = j;
+    f->n_jobs++;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+}
+
+int gw_front_start(gw_gateway *gw, const char *url, gw_front **out, aicfn_error *err) {
+    *out = NULL;
+    gw_front *f = calloc(1, sizeof *f);
+    if (!f) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    f->gw = gw;
+    pthread_mutex_init(&f->mu, NULL);
+    pthread_mutex_init(&f->auth_mu, NULL);
+    pthread_cond_init(&f->cv, NULL);
+    if (pthread_create(&f->admin, NULL, front_admin_main, f) != 0) {
+        gw_front_stop(f);
+        return aicfn_error_set(err, AICFN_E_IO, "starting the admin thread");
+    }
+    f->admin_started = true;
+    rpc_server_opts o = {.recv_max = AICFN_MAX_MESSAGE_BYTES, .contexts = AICFN_NNG_CONTEXTS};
+    int rc = rpc_server_start(&f->srv, url, &o, front_handler, f, err);
+    if (rc != AICFN_OK) {
+        aicfn_error_wrap(err, "gateway front on %s", url);
+        gw_front_stop(f);
+        return rc;
+    }
+    *out = f;
+    return AICFN_OK;
+}
+
+void gw_front_stop(gw_front *f) {
+    if (!f) return;
+    /* Close the socket first: rpc_server_destroy waits for every call to be answered,
+     * which the admin thread and the call path keep doing meanwhile. */
+    rpc_server *srv = f->srv;
+    f->srv = NULL;
+    pthread_mutex_lock(&f->mu);
+    bool admin = f->admin_started;
+    pthread_mutex_unlock(&f->mu);
+    if (srv) {
+        /* Stop taking admin jobs only after the server is gone, so queued ones finish. */
+        rpc_server_destroy(srv);
+    }
+    pthread_mutex_lock(&f->mu);
+    f->stopping = true;
+    pthread_cond_signal(&f->cv);
+    pthread_mutex_unlock(&f->mu);
+    if (admin) pthread_join(f->admin, NULL);
+    pthread_mutex_destroy(&f->mu);
+    pthread_mutex_destroy(&f->auth_mu);
+    pthread_cond_destroy(&f->cv);
+    free(f);
+}

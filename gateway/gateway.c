@@ -1,0 +1,1263 @@
+/* gateway.c: the gateway process's core: lifecycle, the in-memory view of functions
+ * and workers, and THE call execution path (gw_invoke_submit) that the NNG and HTTP
+ * fronts share: resolve, route (router.c), spawn (pool.c), forward over the worker's
+ * link (workerlink.c), retry or fail on a worker's death, record (ledger.c).
+ *
+ * Concurrency. One mutex (gw->mu) guards the view: functions and their queues, workers
+ * and their pending calls. Decisions are taken under it; anything that may block or call
+ * back (NNG sends, spawning, done callbacks, ledger submits) runs after it is released,
+ * from "action lists" collected under the lock. NNG completion callbacks, the pool's
+ * exit callback and the maintenance thread all follow that pattern.
+ *
+ * Not for: message formats (common/wire.h), the client front (front_nng.c), SQLite
+ * statements (registry.c, ledger.c). */
+#include "gateway/gateway.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <xxhash.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "common/tunables.h"
+#include "gateway/gateway_internal.h"
+#include "gateway/pool.h"
+#include "gateway/registry.h"
+#include "gateway/router.h"
+#include "gateway/workerlink.h"
+
+#define GW_CRASH_SLOTS 32
+#define GW_TICK_MS 20
+#define GW_HOLD_US (2ull * 1000 * 1000) /* gateway-added LOADING entries survive summaries this long */
+#define GW_POLL_TIMEOUT_MS 5000
+#define GW_NO_MODEL_KEY "(no-model)"
+#define GW_MAX_VIEW 256
+
+/* ---- Functions ------------------------------------------------------------------ */
+
+typedef struct gw_crash {
+    uint64_t hash;
+    uint32_t crashes;
+    uint64_t until_us;
+    uint64_t last_us;
+} gw_crash;
+
+typedef struct gw_call gw_call;
+
+typedef struct gw_fn {
+    char name[AICFN_FN_NAME_MAX_BYTES + 1];
+    uint32_t ver;
+    char key[GW_HASH_HEX_LEN + 1]; /* snapshot hash: the model's identity; "" = no model */
+    char handler_path[PATH_MAX];
+    char snapshot_path[PATH_MAX];
+    uint64_t model_bytes;
+    gw_fn_config cfg;
+    bool stale; /* re-check the registry before the next use (after deploy/rm) */
+    gw_call *q_head, *q_tail;
+    uint32_t q_len;
+    gw_crash crash[GW_CRASH_SLOTS];
+    struct gw_fn *next;
+} gw_fn;
+
+typedef struct gw_alias {
+    char name[AICFN_FN_NAME_MAX_BYTES + 1];
+    gw_fn *fn;
+    struct gw_alias *next;
+} gw_alias;
+
+/* ---- Calls ---------------------------------------------------------------------- */
+
+struct gw_call {
+    gw_gateway *gw;
+    gw_fn *fn;
+    uint64_t id;
+    char tenant[AICFN_TENANT_MAX_BYTES + 1];
+    uint8_t *wreq; /* the request as the worker gets it (spec, tenant set) */
+    size_t wreq_len;
+    uint64_t bytes_in;
+    uint64_t received_us, deadline_us, dispatched_us;
+    uint32_t timeout_ms; /* what the worker was told (deadline_ms) */
+    uint64_t hash;       /* of fn + inputs + params: crash back-off identity */
+    int attempts;
+    gw_worker *worker;
+    int code; /* for the fail list */
+    char message[256];
+    gw_invoke_done_fn done;
+    void *user;
+    gw_call *next;
+};
+
+/* What to do once the lock is released. */
+typedef struct gw_actions {
+    gw_call *sends;
+    gw_call *fails;
+    gw_worker *spawns[8];
+    size_t n_spawns;
+    gw_worker *polls[GW_MAX_VIEW];
+    size_t n_polls;
+    gw_worker *destroys[GW_MAX_VIEW];
+    size_t n_destroys;
+} gw_actions;
+
+struct gw_gateway {
+    char *listen;
+    char *data_dir;
+    char run_dir[PATH_MAX];
+    char *device;
+    char *worker_exe;
+    uint32_t min_workers, max_workers;
+    uint64_t idle_timeout_us;
+    uint64_t worker_memory;
+    bool insecure_local;
+
+    gw_db *db;
+    gw_artifacts *art;
+    gw_ledger *ledger;
+    gw_pool *pool;
+    gw_front *front;
+
+    pthread_mutex_t mu;
+    gw_fn *fns;
+    gw_alias *aliases;
+    gw_worker *workers;
+    uint32_t next_remote;
+    uint64_t next_poll_id;
+    bool stopping;
+
+    pthread_t maint;
+    bool maint_started;
+    pthread_cond_t maint_cv;
+};
+
+static void gw_process(gw_gateway *gw, gw_actions *a);
+static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a);
+
+gw_db *gw_gateway_db(gw_gateway *gw) {
+    return gw->db;
+}
+gw_artifacts *gw_gateway_artifacts(gw_gateway *gw) {
+    return gw->art;
+}
+gw_ledger *gw_gateway_ledger(gw_gateway *gw) {
+    return gw->ledger;
+}
+const char *gw_listen_url(const gw_gateway *gw) {
+    return gw->front ? gw_front_url(gw->front) : gw->listen;
+}
+
+static void gw_fail_locked(gw_actions *a, gw_call *c, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static void gw_fail_locked(gw_actions *a, gw_call *c, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(c->message, sizeof c->message, fmt, ap);
+    va_end(ap);
+    c->code = code;
+    c->next = a->fails;
+    a->fails = c;
+}
+
+static void gw_call_free(gw_call *c) {
+    if (!c) return;
+    free(c->wreq);
+    free(c);
+}
+
+/* ---- Function resolution (cached) ----------------------------------------------- */
+
+static gw_fn *gw_fn_find(gw_gateway *gw, const char *name, uint32_t ver) {
+    for (gw_fn *f = gw->fns; f; f = f->next)
+        if (f->ver == ver && strcmp(f->name, name) == 0) return f;
+    return NULL;
+}
+
+static gw_fn *gw_alias_find(gw_gateway *gw, const char *name) {
+    for (gw_alias *al = gw->aliases; al; al = al->next)
+        if (strcmp(al->name, name) == 0) return al->fn;
+    return NULL;
+}
+
+void gw_functions_changed(gw_gateway *gw) {
+    pthread_mutex_lock(&gw->mu);
+    while (gw->aliases) {
+        gw_alias *n = gw->aliases->next;
+        free(gw->aliases);
+        gw->aliases = n;
+    }
+    for (gw_fn *f = gw->fns; f; f = f->next)
+        f->stale = true;
+    pthread_mutex_unlock(&gw->mu);
+}
+
+/* Resolves NAME (ver 0: active) to a cached entry, reading the registry on a miss.
+ * Entries live until gw_stop. */
+static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **out, aicfn_error *err) {
+    pthread_mutex_lock(&gw->mu);
+    gw_fn *f = ver ? gw_fn_find(gw, name, ver) : gw_alias_find(gw, name);
+    if (f && !f->stale) {
+        *out = f;
+        pthread_mutex_unlock(&gw->mu);
+        return AICFN_OK;
+    }
+    pthread_mutex_unlock(&gw->mu);
+
+    gw_function rec;
+    memset(&rec, 0, sizeof rec);
+    int rc = gw_registry_get(gw->db, name, ver, &rec, err);
+    if (rc != AICFN_OK) return rc;
+    gw_fn *nf = calloc(1, sizeof *nf);
+    if (!nf) {
+        gw_function_clear(&rec);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "resolving %s: out of memory", name);
+    }
+    snprintf(nf->name, sizeof nf->name, "%s", rec.name);
+    nf->ver = rec.version;
+    snprintf(nf->key, sizeof nf->key, "%s", rec.snapshot_hash);
+    nf->model_bytes = rec.model_raw_bytes;
+    rc = gw_artifacts_path(gw->art, rec.handler_hash, nf->handler_path, sizeof nf->handler_path, err);
+    if (rc == AICFN_OK && rec.snapshot_hash[0])
+        rc = gw_artifacts_path(gw->art, rec.snapshot_hash, nf->snapshot_path, sizeof nf->snapshot_path, err);
+    if (rc == AICFN_OK)
+        rc = gw_fn_config_from_string(rec.config_json && rec.config_json[0] ? rec.config_json : "{}",
+                                      &nf->cfg, err);
+    gw_function_clear(&rec);
+    if (rc != AICFN_OK) {
+        free(nf);
+        return aicfn_error_wrap(err, "function %s", name);
+    }
+
+    pthread_mutex_lock(&gw->mu);
+    f = gw_fn_find(gw, nf->name, nf->ver);
+    if (f) {
+        f->stale = false;
+        gw_fn_config_clear(&nf->cfg);
+        free(nf);
+    } else {
+        f = nf;
+        f->next = gw->fns;
+        gw->fns = f;
+    }
+    if (ver == 0 && !gw_alias_find(gw, name)) {
+        gw_alias *al = calloc(1, sizeof *al);
+        if (al) {
+            snprintf(al->name, sizeof al->name, "%s", name);
+            al->fn = f;
+            al->next = gw->aliases;
+            gw->aliases = al;
+        }
+    }
+    *out = f;
+    pthread_mutex_unlock(&gw->mu);
+    return AICFN_OK;
+}
+
+/* ---- Crash back-off ------------------------------------------------------------- */
+
+static gw_crash *gw_crash_slot(gw_fn *f, uint64_t hash, bool create, uint64_t now) {
+    gw_crash *oldest = &f->crash[0];
+    for (int i = 0; i < GW_CRASH_SLOTS; i++) {
+        if (f->crash[i].crashes && f->crash[i].hash == hash) return &f->crash[i];
+        if (f->crash[i].last_us < oldest->last_us) oldest = &f->crash[i];
+    }
+    if (!create) return NULL;
+    memset(oldest, 0, sizeof *oldest);
+    oldest->hash = hash;
+    oldest->last_us = now;
+    return oldest;
+}
+
+/* ---- Records -------------------------------------------------------------------- */
+
+static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_reply *rep, size_t bytes_out,
+                      uint64_t spawn_us) {
+    uint64_t now = clock_now_us();
+    char rid[24];
+    snprintf(rid, sizeof rid, "%llu", (unsigned long long)c->id);
+    uint64_t gw_queue = c->dispatched_us > c->received_us ? c->dispatched_us - c->received_us : 0;
+    gw_invocation_record r = {
+        .request_id = rid,
+        .tenant = c->tenant,
+        .function = c->fn ? c->fn->name : "",
+        .version = c->fn ? c->fn->ver : 0,
+        .worker = c->worker ? c->worker->name : NULL,
+        .device = c->worker && c->worker->device[0] ? c->worker->device : NULL,
+        .status = code,
+        .batch_size = rep ? rep->batch : 0,
+        .bytes_in = c->bytes_in,
+        .bytes_out = bytes_out,
+        .queue_us = gw_queue + (rep ? rep->timing.queue_us : 0),
+        .load_us = rep ? rep->timing.load_us : 0,
+        .exec_us = rep ? rep->timing.exec_us : 0,
+        .total_us = now - c->received_us,
+        .cold = rep ? rep->cold : false,
+    };
+    gw_ledger_submit_invocation(gw->ledger, &r);
+    if (!rep || !rep->has_coldstart || !c->fn) return;
+    const char *ev[WIRE_MAX_EVICTED];
+    char evbuf[16][AICFN_FN_NAME_MAX_BYTES + 16];
+    size_t n_ev = 0;
+    pthread_mutex_lock(&gw->mu);
+    for (uint32_t i = 0; i < rep->coldstart.n_evicted && n_ev < WIRE_MAX_EVICTED; i++) {
+        const char *key = rep->coldstart.evicted[i];
+        ev[n_ev] = key;
+        if (n_ev < 16)
+            for (gw_fn *f = gw->fns; f; f = f->next)
+                if (key && strcmp(f->key, key) == 0) {
+                    snprintf(evbuf[n_ev], sizeof evbuf[n_ev], "%s:%u", f->name, f->ver);
+                    ev[n_ev] = evbuf[n_ev];
+                    break;
+                }
+        n_ev++;
+    }
+    pthread_mutex_unlock(&gw->mu);
+    const wire_timing *t = &rep->timing;
+    uint64_t total = spawn_us + gw_queue + t->queue_us + t->load_us;
+    if (t->init_us > t->load_us) total += t->init_us; /* init outside the load wait */
+    gw_cold_start_record cs = {
+        .function = c->fn->name,
+        .version = c->fn->ver,
+        .worker = c->worker ? c->worker->name : NULL,
+        .device = c->worker && c->worker->device[0] ? c->worker->device : NULL,
+        .compressed_bytes = rep->coldstart.compressed_bytes,
+        .raw_bytes = rep->coldstart.raw_bytes,
+        .spawn_us = spawn_us,
+        .queue_us = gw_queue + t->queue_us,
+        .read_us = t->read_us,
+        .decompress_us = t->decompress_us,
+        .filter_us = t->filter_us,
+        .copy_us = t->copy_us,
+        .init_us = t->init_us,
+        .total_us = total,
+        .evicted = ev,
+        .n_evicted = n_ev,
+    };
+    gw_ledger_submit_cold_start(gw->ledger, &cs);
+}
+
+/* ---- Routing and dispatch (lock held) ------------------------------------------- */
+
+static uint32_t gw_local_alive(gw_gateway *gw) {
+    uint32_t n = 0;
+    for (gw_worker *w = gw->workers; w; w = w->next)
+        if (w->pool_id != 0 || (w->state == GW_WORKER_STARTING && w->addr[0] == 0))
+            if (w->state != GW_WORKER_DEAD) n++;
+    return n;
+}
+
+static uint64_t gw_new_budget(gw_gateway *gw) {
+    return gw->worker_memory ? gw->worker_memory : UINT64_MAX / 4;
+}
+
+static gw_worker *gw_spawn_locked(gw_gateway *gw, gw_actions *a) {
+    if (a->n_spawns >= sizeof a->spawns / sizeof a->spawns[0]) return NULL;
+    gw_worker *w = gw_worker_new("starting", "", 0, 0, clock_now_us());
+    if (!w) return NULL;
+    w->budget_bytes = w->free_bytes = gw_new_budget(gw);
+    w->next = gw->workers;
+    gw->workers = w;
+    a->spawns[a->n_spawns++] = w;
+    return w;
+}
+
+static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a) {
+    uint64_t now = clock_now_us();
+    c->worker = w;
+    if (w->state == GW_WORKER_STARTING) {
+        c->next = NULL;
+        if (w->pending_tail)
+            w->pending_tail->next = c;
+        else
+            w->pending_head = c;
+        w->pending_tail = c;
+        return;
+    }
+    w->in_flight++;
+    w->callbacks++;
+    w->last_call_us = now;
+    c->dispatched_us = now;
+    c->next = a->sends;
+    a->sends = c;
+}
+
+static void gw_enqueue_locked(gw_fn *f, gw_call *c) {
+    c->next = NULL;
+    c->worker = NULL;
+    if (f->q_tail)
+        f->q_tail->next = c;
+    else
+        f->q_head = c;
+    f->q_tail = c;
+    f->q_len++;
+}
+
+/* Routes one call; returns true when it left the gateway's queue (sent, pending on a
+ * starting worker, or failed) and false when it must wait in the function's queue. */
+static bool gw_try_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
+    gw_fn *f = c->fn;
+    if (gw->stopping) {
+        gw_fail_locked(a, c, AICFN_E_CANCELED, "the gateway is stopping");
+        return true;
+    }
+    gw_route_worker view[GW_MAX_VIEW];
+    gw_worker *ws[GW_MAX_VIEW];
+    size_t n = 0;
+    for (gw_worker *w = gw->workers; w && n < GW_MAX_VIEW; w = w->next) {
+        if (w->state == GW_WORKER_DEAD || w->state == GW_WORKER_DRAINING) continue;
+        if (c->attempts > 1 && w == c->worker) continue;
+        gw_worker_route_view(w, &view[n]);
+        ws[n++] = w;
+    }
+    const char *key = f->key[0] ? f->key : GW_NO_MODEL_KEY;
+    gw_route_request r = {
+        .key = key,
+        .model_bytes = f->model_bytes,
+        .pool_may_grow = gw->max_workers > 0 && gw_local_alive(gw) < gw->max_workers,
+        .new_worker_budget = gw->max_workers > 0 ? gw_new_budget(gw) : 0,
+    };
+    gw_route_decision d;
+    uint64_t now = clock_now_us();
+    switch (gw_route_decide(ws[0] ? view : view, n, &r, &d)) {
+    case GW_ROUTE_READY:
+        gw_worker_note_use(ws[d.worker], key, now);
+        gw_assign_locked(c, ws[d.worker], a);
+        return true;
+    case GW_ROUTE_LOADING:
+        gw_assign_locked(c, ws[d.worker], a);
+        return true;
+    case GW_ROUTE_FREE:
+    case GW_ROUTE_EVICT:
+        if (f->key[0]) gw_worker_note_load(ws[d.worker], key, f->model_bytes, now, GW_HOLD_US);
+        gw_assign_locked(c, ws[d.worker], a);
+        return true;
+    case GW_ROUTE_SPAWN: {
+        gw_worker *w = gw_spawn_locked(gw, a);
+        if (!w) return false; /* too many spawns in one go: wait for the next pump */
+        gw_worker_note_load(w, key, f->model_bytes, now, GW_HOLD_US);
+        gw_assign_locked(c, w, a);
+        return true;
+    }
+    case GW_ROUTE_TOO_LARGE:
+        gw_fail_locked(a, c, AICFN_E_TOO_LARGE,
+                       "function %s:%u: its model needs %llu bytes, more than any worker's budget", f->name,
+                       f->ver, (unsigned long long)f->model_bytes);
+        return true;
+    case GW_ROUTE_QUEUE:
+        return false;
+    }
+    return false;
+}
+
+static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
+    gw_fn *f = c->fn;
+    /* FIFO per function: a new call never overtakes queued ones. */
+    if (f->q_len == 0 && gw_try_route_locked(gw, c, a)) return;
+    if (f->q_len >= AICFN_DEFAULT_QUEUE_PER_FUNCTION) {
+        gw_fail_locked(a, c, AICFN_E_OVERLOADED, "function %s:%u: %u calls already queued", f->name, f->ver,
+                       f->q_len);
+        return;
+    }
+    gw_enqueue_locked(f, c);
+}
+
+/* Routes queued calls while workers can take them. */
+static void gw_pump_locked(gw_gateway *gw, gw_actions *a) {
+    for (gw_fn *f = gw->fns; f; f = f->next) {
+        while (f->q_head) {
+            gw_call *c = f->q_head;
+            f->q_head = c->next;
+            if (!f->q_head) f->q_tail = NULL;
+            f->q_len--;
+            if (!gw_try_route_locked(gw, c, a)) {
+                c->next = f->q_head;
+                f->q_head = c;
+                if (!f->q_tail) f->q_tail = c;
+                f->q_len++;
+                break;
+            }
+        }
+    }
+}
+
+/* A worker is gone: its pending calls (never sent) are routed again. */
+static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
+    if (w->state == GW_WORKER_DEAD) return;
+    bool never_ready = w->state == GW_WORKER_STARTING;
+    w->state = GW_WORKER_DEAD;
+    if (w->pool_id && gw->pool) gw_pool_kill(gw->pool, w->pool_id);
+    gw_call *p = w->pending_head;
+    w->pending_head = w->pending_tail = NULL;
+    while (p) {
+        gw_call *next = p->next;
+        if (never_ready) {
+            /* A worker that dies while starting would die again: fail, do not respawn. */
+            gw_fail_locked(a, p, AICFN_E_UNAVAILABLE,
+                           "worker %s exited before it was ready (see the gateway's log)", w->name);
+        } else {
+            p->worker = NULL;
+            gw_route_locked(gw, p, a);
+        }
+        p = next;
+    }
+}
+
+/* ---- Completions ---------------------------------------------------------------- */
+
+static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    gw_call *c = user;
+    gw_gateway *gw = c->gw;
+    gw_worker *w = c->worker;
+    gw_actions a;
+    memset(&a, 0, sizeof a);
+    uint64_t now = clock_now_us();
+
+    if (status == AICFN_OK) {
+        wire_doc doc;
+        wire_invoke_reply rep;
+        aicfn_error e;
+        int rc = wire_doc_parse(&doc, rpc_msg_data(reply), rpc_msg_len(reply), NULL, &e);
+        if (rc == AICFN_OK) rc = wire_decode_invoke_reply(&doc, &rep, &e);
+        if (rc != AICFN_OK) {
+            wire_doc_fini(&doc);
+            rpc_msg_free(reply);
+            pthread_mutex_lock(&gw->mu);
+            w->in_flight--;
+            w->callbacks--;
+            gw_fail_locked(&a, c, AICFN_E_PROTOCOL, "worker %s sent a malformed reply: %s", w->name, e.msg);
+            gw_pump_locked(gw, &a);
+            pthread_mutex_unlock(&gw->mu);
+            gw_process(gw, &a);
+            return;
+        }
+        uint64_t spawn_us = 0;
+        pthread_mutex_lock(&gw->mu);
+        w->in_flight--;
+        w->callbacks--;
+        w->last_call_us = now;
+        if (rep.has_st) gw_worker_apply_summary(w, &rep.st, now);
+        if (rep.has_coldstart && !w->spawn_attributed && w->spawn_us) {
+            spawn_us = w->spawn_us;
+            w->spawn_attributed = true;
+        }
+        gw_pump_locked(gw, &a);
+        pthread_mutex_unlock(&gw->mu);
+
+        int code = rep.head.ok ? AICFN_OK : rep.head.code;
+        gw_record(gw, c, code, &rep, rpc_msg_len(reply), spawn_us);
+        gw_invoke_result res = {.id = c->id,
+                                .code = code,
+                                .message = rep.head.ok ? "" : rep.head.message,
+                                .reply = reply,
+                                .decoded = &rep,
+                                .cold = rep.cold,
+                                .version = c->fn->ver};
+        c->done(c->user, &res);
+        wire_doc_fini(&doc);
+        gw_call_free(c);
+        gw_process(gw, &a);
+        return;
+    }
+
+    pthread_mutex_lock(&gw->mu);
+    w->in_flight--;
+    w->callbacks--;
+    if (status == AICFN_E_WORKER_LOST) {
+        log_warn("worker %s lost with call %llu (%s:%u) in flight: %s", w->name, (unsigned long long)c->id,
+                 c->fn->name, c->fn->ver, err ? err->msg : "");
+        gw_worker_dead_locked(gw, w, &a);
+        gw_crash *cr = gw_crash_slot(c->fn, c->hash, true, now);
+        cr->crashes++;
+        cr->last_us = now;
+        if (cr->crashes >= 2) {
+            cr->until_us = now + (uint64_t)AICFN_CRASH_BACKOFF_MS * 1000;
+            log_warn("function %s:%u: a request crashed its worker %u times: refused for %d ms", c->fn->name,
+                     c->fn->ver, cr->crashes, AICFN_CRASH_BACKOFF_MS);
+        }
+        if (c->fn->cfg.idempotent && c->attempts < 2 && cr->crashes < 2 && !gw->stopping) {
+            c->attempts++;
+            gw_route_locked(gw, c, &a);
+        } else {
+            gw_fail_locked(&a, c, AICFN_E_WORKER_LOST, "worker %s died with the call in flight%s", w->name,
+                           c->fn->cfg.idempotent ? " (already retried once)"
+                                                 : " (function not idempotent: not retried)");
+        }
+    } else if (status == AICFN_E_TIMEOUT) {
+        log_warn("worker %s: call %llu (%s:%u) got no reply within its timeout + grace: killing the worker",
+                 w->name, (unsigned long long)c->id, c->fn->name, c->fn->ver);
+        gw_worker_dead_locked(gw, w, &a);
+        gw_fail_locked(&a, c, AICFN_E_TIMEOUT,
+                       "function %s:%u did not answer within %u ms (worker %s replaced)", c->fn->name,
+                       c->fn->ver, c->timeout_ms, w->name);
+    } else {
+        gw_fail_locked(&a, c, status, "sending to worker %s: %s", w->name,
+                       err ? err->msg : aicfn_strerror(status));
+    }
+    gw_pump_locked(gw, &a);
+    pthread_mutex_unlock(&gw->mu);
+    gw_process(gw, &a);
+}
+
+typedef struct gw_poll {
+    gw_gateway *gw;
+    gw_worker *w;
+} gw_poll;
+
+static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    gw_poll *p = user;
+    gw_gateway *gw = p->gw;
+    gw_worker *w = p->w;
+    free(p);
+    gw_actions a;
+    memset(&a, 0, sizeof a);
+    uint64_t now = clock_now_us();
+    wire_doc doc;
+    memset(&doc, 0, sizeof doc);
+    wire_status_reply rep;
+    aicfn_error e;
+    int rc = status;
+    if (rc == AICFN_OK) {
+        rc = wire_doc_parse(&doc, rpc_msg_data(reply), rpc_msg_len(reply), NULL, &e);
+        if (rc == AICFN_OK) rc = wire_decode_status_reply(&doc, &rep, &e);
+        if (rc == AICFN_OK && !rep.head.ok) {
+            rc = rep.head.code;
+            snprintf(e.msg, sizeof e.msg, "%s", rep.head.message);
+        }
+    } else if (err) {
+        e = *err;
+    }
+    pthread_mutex_lock(&gw->mu);
+    w->callbacks--;
+    w->poll_pending = false;
+    w->last_poll_us = now;
+    if (rc == AICFN_OK) {
+        w->consecutive_poll_failures = 0;
+        snprintf(w->device, sizeof w->device, "%s", rep.w.device ? rep.w.device : "");
+        gw_worker_apply_summary(w, &rep.w.summary, now);
+        if (w->state == GW_WORKER_STARTING) {
+            w->state = rep.w.summary.draining ? GW_WORKER_DRAINING : GW_WORKER_READY;
+            if (w->pool_id) w->spawn_us = now - w->started_us;
+            log_info("worker %s ready on %s (%s, budget %llu bytes)%s", w->name, w->addr, w->device,
+                     (unsigned long long)w->budget_bytes, w->pool_id ? "" : " (remote)");
+            if (w->pool_id)
+                log_info("worker %s started in %llu us", w->name, (unsigned long long)w->spawn_us);
+            gw_call *pc = w->pending_head;
+            w->pending_head = w->pending_tail = NULL;
+            while (pc) {
+                gw_call *next = pc->next;
+                if (w->state == GW_WORKER_READY)
+                    gw_assign_locked(pc, w, &a);
+                else
+                    gw_route_locked(gw, pc, &a);
+                pc = next;
+            }
+        }
+    } else if (w->state != GW_WORKER_DEAD) {
+        w->consecutive_poll_failures++;
+        if (w->state == GW_WORKER_STARTING && rc == AICFN_E_TIMEOUT) {
+            log_warn("worker %s did not answer its first status within %d ms: %s", w->name,
+                     AICFN_WORKER_START_TIMEOUT_MS, e.msg);
+            gw_worker_dead_locked(gw, w, &a);
+        } else if (w->state != GW_WORKER_STARTING && w->consecutive_poll_failures >= 3) {
+            log_warn("worker %s failed 3 status polls (%s): dropping it", w->name, e.msg);
+            gw_worker_dead_locked(gw, w, &a);
+        }
+    }
+    gw_pump_locked(gw, &a);
+    pthread_mutex_unlock(&gw->mu);
+    wire_doc_fini(&doc);
+    rpc_msg_free(reply);
+    gw_process(gw, &a);
+}
+
+/* Sends a status poll (lock NOT held). callbacks/poll_pending were set under the lock. */
+static void gw_send_poll(gw_gateway *gw, gw_worker *w) {
+    aicfn_error e;
+    wire_writer wr;
+    wire_writer_init(&wr);
+    uint64_t id = __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED);
+    int rc = wire_encode_status_req(&wr, id, &e);
+    gw_poll *p = rc == AICFN_OK ? malloc(sizeof *p) : NULL;
+    if (p) {
+        p->gw = gw;
+        p->w = w;
+        uint32_t timeout =
+            w->state == GW_WORKER_STARTING ? AICFN_WORKER_START_TIMEOUT_MS : GW_POLL_TIMEOUT_MS;
+        rc = rpc_call_async(w->client, wr.data, wr.len, timeout, gw_poll_done, p, &e);
+        if (rc != AICFN_OK) free(p);
+    } else if (rc == AICFN_OK) {
+        rc = AICFN_E_NOMEM;
+    }
+    wire_writer_fini(&wr);
+    if (rc != AICFN_OK) {
+        pthread_mutex_lock(&gw->mu);
+        w->callbacks--;
+        w->poll_pending = false;
+        pthread_mutex_unlock(&gw->mu);
+    }
+}
+
+/* Runs the actions collected under the lock (lock NOT held). May loop: failures of
+ * sends and spawns produce more actions. */
+static void gw_process(gw_gateway *gw, gw_actions *a) {
+    for (int round = 0; round < 64; round++) {
+        gw_actions next;
+        memset(&next, 0, sizeof next);
+        bool more = false;
+
+        /* Spawns: fork outside the lock (the pool thread calls us back under it). */
+        for (size_t i = 0; i < a->n_spawns; i++) {
+            gw_worker *w = a->spawns[i];
+            uint32_t id = 0;
+            pid_t pid = 0;
+            char addr[GW_POOL_ADDR_MAX];
+            aicfn_error e;
+            uint64_t t0 = clock_now_us();
+            int rc = gw_pool_spawn(gw->pool, &id, addr, sizeof addr, &pid, &e);
+            pthread_mutex_lock(&gw->mu);
+            if (rc == AICFN_OK) {
+                snprintf(w->name, sizeof w->name, "w%u", id);
+                snprintf(w->addr, sizeof w->addr, "%s", addr);
+                w->pool_id = id;
+                w->pid = pid;
+                w->started_us = t0;
+                if (w->state == GW_WORKER_DEAD) {
+                    gw_pool_kill(gw->pool, id);
+                } else {
+                    rc = gw_worker_connect(w, &e);
+                    if (rc == AICFN_OK) {
+                        w->callbacks++;
+                        w->poll_pending = true;
+                        next.polls[next.n_polls++] = w;
+                    } else {
+                        gw_pool_kill(gw->pool, id);
+                    }
+                }
+            }
+            if (rc != AICFN_OK) {
+                log_error("starting a local worker: %s", e.msg);
+                w->state = GW_WORKER_DEAD;
+                gw_call *p = w->pending_head;
+                w->pending_head = w->pending_tail = NULL;
+                while (p) {
+                    gw_call *n2 = p->next;
+                    gw_fail_locked(&next, p, AICFN_E_UNAVAILABLE, "no worker could be started: %s", e.msg);
+                    p = n2;
+                }
+            }
+            pthread_mutex_unlock(&gw->mu);
+            more = true;
+        }
+        for (size_t i = 0; i < a->n_polls; i++)
+            gw_send_poll(gw, a->polls[i]);
+
+        /* Sends. */
+        gw_call *c = a->sends;
+        while (c) {
+            gw_call *n2 = c->next;
+            aicfn_error e;
+            uint32_t timeout = c->timeout_ms + AICFN_CALL_GRACE_MS;
+            int rc = rpc_call_async(c->worker->client, c->wreq, c->wreq_len, timeout, gw_call_cb, c, &e);
+            if (rc != AICFN_OK) {
+                pthread_mutex_lock(&gw->mu);
+                c->worker->in_flight--;
+                c->worker->callbacks--;
+                gw_fail_locked(&next, c, rc, "sending to worker %s: %s", c->worker->name, e.msg);
+                pthread_mutex_unlock(&gw->mu);
+                more = true;
+            }
+            c = n2;
+        }
+
+        /* Failures: record, answer, free. */
+        c = a->fails;
+        while (c) {
+            gw_call *n2 = c->next;
+            gw_record(gw, c, c->code, NULL, 0, 0);
+            gw_invoke_result res = {
+                .id = c->id, .code = c->code, .message = c->message, .version = c->fn ? c->fn->ver : 0};
+            c->done(c->user, &res);
+            gw_call_free(c);
+            c = n2;
+        }
+
+        for (size_t i = 0; i < a->n_destroys; i++)
+            gw_worker_destroy(a->destroys[i]);
+
+        if (!more) return;
+        *a = next;
+    }
+}
+
+/* ---- Submit ---------------------------------------------------------------------- */
+
+static uint64_t gw_request_hash(const char *fn, const wire_invoke_req *req) {
+    XXH3_state_t *st = XXH3_createState();
+    if (!st) return 0;
+    XXH3_64bits_reset(st);
+    XXH3_64bits_update(st, fn, strlen(fn) + 1);
+    for (uint32_t i = 0; i < req->n_inputs; i++) {
+        const wire_tensor *t = &req->inputs[i];
+        XXH3_64bits_update(st, t->name, strlen(t->name) + 1);
+        XXH3_64bits_update(st, &t->dtype, sizeof t->dtype);
+        XXH3_64bits_update(st, t->shape, sizeof t->shape[0] * t->ndim);
+        if (t->nbytes) XXH3_64bits_update(st, t->data, (size_t)t->nbytes);
+    }
+    if (req->params) XXH3_64bits_update(st, req->params, req->params_len);
+    uint64_t h = XXH3_64bits_digest(st);
+    XXH3_freeState(st);
+    return h;
+}
+
+int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
+                     void *user, aicfn_error *err) {
+    uint64_t now = clock_now_us();
+    if (!req->fn || !gw_fn_name_valid(req->fn))
+        return aicfn_error_set(err, AICFN_E_INVALID, "invalid function name '%s'", req->fn ? req->fn : "");
+    gw_fn *f = NULL;
+    int rc = gw_resolve(gw, req->fn, req->ver, &f, err);
+    if (rc != AICFN_OK) return rc;
+
+    uint64_t in_bytes = 0;
+    for (uint32_t i = 0; i < req->n_inputs; i++)
+        in_bytes += req->inputs[i].nbytes;
+    if (in_bytes > f->cfg.max_request_bytes)
+        return aicfn_error_set(
+            err, AICFN_E_TOO_LARGE, "function %s:%u: inputs of %llu bytes exceed its limit of %llu", f->name,
+            f->ver, (unsigned long long)in_bytes, (unsigned long long)f->cfg.max_request_bytes);
+
+    uint64_t timeout_ms = f->cfg.timeout_us / 1000;
+    if (timeout_ms == 0) timeout_ms = 1;
+    if (req->deadline_ms && req->deadline_ms < timeout_ms) timeout_ms = req->deadline_ms;
+
+    gw_call *c = calloc(1, sizeof *c);
+    if (!c) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    c->gw = gw;
+    c->fn = f;
+    c->id = req->id;
+    snprintf(c->tenant, sizeof c->tenant, "%s", tenant ? tenant : "");
+    c->received_us = now;
+    c->timeout_ms = (uint32_t)timeout_ms;
+    c->deadline_us = now + timeout_ms * 1000;
+    c->attempts = 1;
+    c->done = done;
+    c->user = user;
+    c->bytes_in = in_bytes;
+    c->hash = gw_request_hash(f->name, req);
+
+    wire_invoke_req wr = *req;
+    wr.ver = f->ver;
+    wr.key = NULL;
+    wr.tenant = c->tenant[0] ? c->tenant : NULL;
+    wr.deadline_ms = c->timeout_ms;
+    wr.has_spec = true;
+    wr.spec = (wire_fn_spec){.handler = f->handler_path,
+                             .snapshot = f->snapshot_path[0] ? f->snapshot_path : NULL,
+                             .model = f->key[0] ? f->key : NULL,
+                             .model_bytes = f->model_bytes,
+                             .max_batch = f->cfg.max_batch ? f->cfg.max_batch : 1,
+                             .max_delay_us = (uint32_t)f->cfg.max_delay_us,
+                             .timeout_ms = (uint32_t)(f->cfg.timeout_us / 1000),
+                             .idempotent = f->cfg.idempotent};
+    wire_writer w;
+    wire_writer_init(&w);
+    rc = wire_encode_invoke_req(&w, &wr, err);
+    if (rc != AICFN_OK) {
+        wire_writer_fini(&w);
+        free(c);
+        return rc;
+    }
+    c->wreq = wire_writer_take(&w, &c->wreq_len);
+    wire_writer_fini(&w);
+    if (!c->wreq) {
+        free(c);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    }
+
+    gw_actions a;
+    memset(&a, 0, sizeof a);
+    pthread_mutex_lock(&gw->mu);
+    if (gw->stopping) {
+        pthread_mutex_unlock(&gw->mu);
+        gw_call_free(c);
+        return aicfn_error_set(err, AICFN_E_UNAVAILABLE, "the gateway is stopping");
+    }
+    gw_crash *cr = gw_crash_slot(f, c->hash, false, now);
+    if (cr && cr->until_us > now) {
+        uint64_t left = (cr->until_us - now) / 1000;
+        pthread_mutex_unlock(&gw->mu);
+        gw_call_free(c);
+        return aicfn_error_set(
+            err, AICFN_E_UNAVAILABLE,
+            "function %s:%u: this request crashed its worker %u times; refused for %llu ms more", f->name,
+            f->ver, cr->crashes, (unsigned long long)left);
+    }
+    if (f->q_len >= AICFN_DEFAULT_QUEUE_PER_FUNCTION) {
+        uint32_t q = f->q_len;
+        pthread_mutex_unlock(&gw->mu);
+        gw_call_free(c);
+        return aicfn_error_set(err, AICFN_E_OVERLOADED, "function %s:%u: %u calls already queued", f->name,
+                               f->ver, q);
+    }
+    gw_route_locked(gw, c, &a);
+    pthread_mutex_unlock(&gw->mu);
+    gw_process(gw, &a);
+    return AICFN_OK;
+}
+
+/* ---- Pool exits, maintenance ------------------------------------------------------ */
+
+static void gw_on_exit(void *arg, uint32_t id, pid_t pid, int st) {
+    (void)pid;
+    (void)st;
+    gw_gateway *gw = arg;
+    gw_actions a;
+    memset(&a, 0, sizeof a);
+    pthread_mutex_lock(&gw->mu);
+    for (gw_worker *w = gw->workers; w; w = w->next)
+        if (w->pool_id == id) {
+            gw_worker_dead_locked(gw, w, &a);
+            break;
+        }
+    gw_pump_locked(gw, &a);
+    pthread_mutex_unlock(&gw->mu);
+    gw_process(gw, &a);
+}
+
+static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
+    uint64_t now = clock_now_us();
+    /* Queue deadlines. */
+    for (gw_fn *f = gw->fns; f; f = f->next) {
+        gw_call **pc = &f->q_head;
+        gw_call *prev = NULL;
+        while (*pc) {
+            gw_call *c = *pc;
+            if (c->deadline_us <= now || gw->stopping) {
+                *pc = c->next;
+                f->q_len--;
+                if (f->q_tail == c) f->q_tail = prev;
+                if (gw->stopping)
+                    gw_fail_locked(a, c, AICFN_E_CANCELED, "the gateway is stopping");
+                else
+                    gw_fail_locked(a, c, AICFN_E_TIMEOUT,
+                                   "function %s:%u: no worker could take the call within %u ms", f->name,
+                                   f->ver, c->timeout_ms);
+                continue;
+            }
+            prev = c;
+            pc = &c->next;
+        }
+    }
+    /* Workers: start timeouts, idle drains, polls, cleanup. */
+    uint32_t alive = gw_local_alive(gw);
+    for (gw_worker **pw = &gw->workers; *pw;) {
+        gw_worker *w = *pw;
+        if (w->state == GW_WORKER_STARTING && w->pool_id && gw->pool &&
+            (gw_pool_pid(gw->pool, w->pool_id) < 0 ||
+             now - w->started_us > (uint64_t)AICFN_WORKER_START_TIMEOUT_MS * 1000)) {
+            log_warn("worker %s failed to start", w->name);
+            gw_worker_dead_locked(gw, w, a);
+        }
+        if (w->state == GW_WORKER_READY && w->pool_id && w->in_flight == 0 && !w->pending_head &&
+            now - w->last_call_us >= gw->idle_timeout_us && alive > gw->min_workers && !gw->stopping) {
+            log_info("worker %s idle for %llu ms: draining it (scale down)", w->name,
+                     (unsigned long long)((now - w->last_call_us) / 1000));
+            w->state = GW_WORKER_DRAINING;
+            if (gw->pool) gw_pool_terminate(gw->pool, w->pool_id);
+            alive--;
+        }
+        if ((w->state == GW_WORKER_READY || w->state == GW_WORKER_DRAINING) && w->client &&
+            !w->poll_pending && now - w->last_poll_us >= (uint64_t)AICFN_WORKER_POLL_MS * 1000 &&
+            a->n_polls < GW_MAX_VIEW) {
+            w->poll_pending = true;
+            w->callbacks++;
+            a->polls[a->n_polls++] = w;
+        }
+        if (w->state == GW_WORKER_DEAD && w->callbacks == 0 && !w->pending_head &&
+            a->n_destroys < GW_MAX_VIEW &&
+            (w->pool_id == 0 || !gw->pool || gw_pool_pid(gw->pool, w->pool_id) < 0)) {
+            *pw = w->next;
+            a->destroys[a->n_destroys++] = w;
+            continue;
+        }
+        pw = &w->next;
+    }
+    /* min_workers. */
+    while (!gw->stopping && gw->max_workers && alive < gw->min_workers && alive < gw->max_workers) {
+        if (!gw_spawn_locked(gw, a)) break;
+        alive++;
+    }
+    gw_pump_locked(gw, a);
+}
+
+static void *gw_maint_main(void *arg) {
+    gw_gateway *gw = arg;
+    pthread_mutex_lock(&gw->mu);
+    for (;;) {
+        gw_actions a;
+        memset(&a, 0, sizeof a);
+        gw_maintain_locked(gw, &a);
+        bool stop = gw->stopping;
+        bool idle = true;
+        for (gw_worker *w = gw->workers; w; w = w->next)
+            idle = false;
+        pthread_mutex_unlock(&gw->mu);
+        gw_process(gw, &a);
+        if (stop && idle) return NULL;
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        ts.tv_nsec += GW_TICK_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) {
+            ts.tv_sec++;
+            ts.tv_nsec -= 1000000000L;
+        }
+        pthread_mutex_lock(&gw->mu);
+        if (gw->stopping && !gw->workers) break;
+        pthread_cond_timedwait(&gw->maint_cv, &gw->mu, &ts);
+    }
+    pthread_mutex_unlock(&gw->mu);
+    return NULL;
+}
+
+/* ---- Registration, views ---------------------------------------------------------- */
+
+int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn_error *err) {
+    int rc = rpc_check_url(addr, err);
+    if (rc != AICFN_OK) return rc;
+    if (strlen(addr) >= sizeof(((gw_worker *)0)->addr))
+        return aicfn_error_set(err, AICFN_E_INVALID, "worker address too long");
+    gw_actions a;
+    memset(&a, 0, sizeof a);
+    pthread_mutex_lock(&gw->mu);
+    for (gw_worker *w = gw->workers; w; w = w->next)
+        if (w->state != GW_WORKER_DEAD && strcmp(w->addr, addr) == 0) {
+            pthread_mutex_unlock(&gw->mu);
+            return aicfn_error_set(err, AICFN_E_EXISTS, "a worker is already registered at %s", addr);
+        }
+    char gen[64];
+    if (!name || !name[0]) {
+        snprintf(gen, sizeof gen, "r%u", ++gw->next_remote);
+        name = gen;
+    }
+    gw_worker *w = gw_worker_new(name, addr, 0, 0, clock_now_us());
+    if (!w) {
+        pthread_mutex_unlock(&gw->mu);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    }
+    rc = gw_worker_connect(w, err);
+    if (rc != AICFN_OK) {
+        pthread_mutex_unlock(&gw->mu);
+        gw_worker_destroy(w);
+        return rc;
+    }
+    w->next = gw->workers;
+    gw->workers = w;
+    w->callbacks++;
+    w->poll_pending = true;
+    a.polls[a.n_polls++] = w;
+    pthread_mutex_unlock(&gw->mu);
+    log_info("worker %s registered at %s", name, addr);
+    gw_process(gw, &a);
+    return AICFN_OK;
+}
+
+static const gw_fn *gw_fn_by_key(gw_gateway *gw, const char *key) {
+    for (gw_fn *f = gw->fns; f; f = f->next)
+        if (f->key[0] && strcmp(f->key, key) == 0) return f;
+    return NULL;
+}
+
+json_t *gw_workers_json(gw_gateway *gw) {
+    json_t *arr = json_array();
+    if (!arr) return NULL;
+    uint64_t now = clock_now_us();
+    pthread_mutex_lock(&gw->mu);
+    for (gw_worker *w = gw->workers; w; w = w->next) {
+        if (w->state == GW_WORKER_DEAD) continue;
+        json_t *models = json_array();
+        for (size_t i = 0; models && i < w->n_models; i++) {
+            const gw_route_model *m = &w->models[i];
+            const gw_fn *f = gw_fn_by_key(gw, m->key);
+            json_array_append_new(
+                models, json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:I}", "model", m->key, "function",
+                                  f ? f->name : "", "version", f ? (int)f->ver : 0, "state",
+                                  m->state == GW_MODEL_READY     ? "READY"
+                                  : m->state == GW_MODEL_LOADING ? "LOADING"
+                                                                 : "EVICTING",
+                                  "bytes", (json_int_t)m->bytes, "pinned", (int)m->pinned, "idle_ms",
+                                  (json_int_t)(now > m->last_use_us ? (now - m->last_use_us) / 1000 : 0)));
+        }
+        json_t *o =
+            json_pack("{s:s, s:s, s:I, s:s, s:s, s:b, s:I, s:I, s:i, s:I, s:o*}", "name", w->name, "address",
+                      w->addr, "pid", (json_int_t)w->pid, "state", gw_worker_state_name(w->state), "device",
+                      w->device, "local", w->pool_id != 0, "budget_bytes", (json_int_t)w->budget_bytes,
+                      "free_bytes", (json_int_t)w->free_bytes, "in_flight", (int)w->in_flight, "spawn_us",
+                      (json_int_t)w->spawn_us, "models", models);
+        if (o) json_array_append_new(arr, o);
+    }
+    pthread_mutex_unlock(&gw->mu);
+    return arr;
+}
+
+json_t *gw_status_json(gw_gateway *gw) {
+    uint32_t workers = 0, in_flight = 0, queued = 0, fns = 0;
+    pthread_mutex_lock(&gw->mu);
+    for (gw_worker *w = gw->workers; w; w = w->next)
+        if (w->state != GW_WORKER_DEAD) {
+            workers++;
+            in_flight += w->in_flight;
+        }
+    for (gw_fn *f = gw->fns; f; f = f->next) {
+        queued += f->q_len;
+        fns++;
+    }
+    pthread_mutex_unlock(&gw->mu);
+    gw_ledger_stats ls;
+    gw_ledger_get_stats(gw->ledger, &ls);
+    return json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I}", "listen", gw_listen_url(gw),
+                     "workers", (int)workers, "in_flight", (int)in_flight, "queued", (int)queued,
+                     "functions_cached", (int)fns, "min_workers", (int)gw->min_workers, "max_workers",
+                     (int)gw->max_workers, "ledger_committed", (json_int_t)ls.committed, "ledger_dropped",
+                     (json_int_t)ls.dropped, "worker_memory", (json_int_t)gw->worker_memory);
+}
+
+/* ---- Lifecycle -------------------------------------------------------------------- */
+
+static int gw_mkdir(const char *path, aicfn_error *err) {
+    if (mkdir(path, 0700) == 0 || errno == EEXIST) return AICFN_OK;
+    return aicfn_error_errno(err, AICFN_E_IO, errno, "creating %s", path);
+}
+
+int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
+    *out = NULL;
+    if (cfg->min_workers > cfg->max_workers)
+        return aicfn_error_set(err, AICFN_E_INVALID, "--workers: minimum %u above maximum %u",
+                               cfg->min_workers, cfg->max_workers);
+    if (cfg->max_workers > AICFN_MAX_WORKERS)
+        return aicfn_error_set(err, AICFN_E_INVALID, "--workers: at most %d", AICFN_MAX_WORKERS);
+    gw_gateway *gw = calloc(1, sizeof *gw);
+    if (!gw) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    gw->listen = strdup(cfg->listen ? cfg->listen : AICFN_DEFAULT_GATEWAY);
+    gw->data_dir = strdup(cfg->data_dir ? cfg->data_dir : AICFN_DEFAULT_DATA_DIR);
+    gw->device = strdup(cfg->device ? cfg->device : "auto");
+    gw->worker_exe = cfg->worker_exe ? strdup(cfg->worker_exe) : NULL;
+    gw->min_workers = cfg->min_workers;
+    gw->max_workers = cfg->max_workers;
+    gw->idle_timeout_us =
+        cfg->idle_timeout_us ? cfg->idle_timeout_us : (uint64_t)AICFN_DEFAULT_IDLE_TIMEOUT_MS * 1000;
+    gw->worker_memory = cfg->worker_memory;
+    gw->insecure_local = cfg->insecure_local;
+    pthread_mutex_init(&gw->mu, NULL);
+    pthread_cond_init(&gw->maint_cv, NULL);
+    int rc = AICFN_OK;
+    if (!gw->listen || !gw->data_dir || !gw->device)
+        rc = aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    if (rc == AICFN_OK) rc = gw_mkdir(gw->data_dir, err);
+    if (rc == AICFN_OK) {
+        int n = snprintf(gw->run_dir, sizeof gw->run_dir, "%s/run", gw->data_dir);
+        /* ipc paths must fit sun_path (108 bytes) with the socket's name. */
+        char abs[PATH_MAX];
+        if (realpath(gw->data_dir, abs)) n = snprintf(gw->run_dir, sizeof gw->run_dir, "%s/run", abs);
+        if (n < 0 || (size_t)n >= sizeof gw->run_dir || strlen(gw->run_dir) > 80)
+            snprintf(gw->run_dir, sizeof gw->run_dir, "/tmp/aicfn-run-%ld", (long)getpid());
+        rc = gw_mkdir(gw->run_dir, err);
+    }
+    if (rc == AICFN_OK) rc = gw_db_open(gw->data_dir, &gw->db, err);
+    if (rc == AICFN_OK) rc = gw_artifacts_open(gw->data_dir, &gw->art, err);
+    if (rc == AICFN_OK) rc = gw_ledger_create(gw->data_dir, 0, 0, 0, &gw->ledger, err);
+    if (rc == AICFN_OK) {
+        gw_pool_config pc = {.exe = gw->worker_exe,
+                             .run_dir = gw->run_dir,
+                             .device = gw->device,
+                             .worker_memory = gw->worker_memory};
+        rc = gw_pool_create(&pc, gw_on_exit, gw, &gw->pool, err);
+    }
+    if (rc == AICFN_OK) {
+        if (pthread_create(&gw->maint, NULL, gw_maint_main, gw) != 0)
+            rc = aicfn_error_set(err, AICFN_E_IO, "starting the maintenance thread");
+        else
+            gw->maint_started = true;
+    }
+    if (rc == AICFN_OK) rc = gw_front_start(gw, gw->listen, &gw->front, err);
+    if (rc != AICFN_OK) {
+        gw_stop(gw);
+        return rc;
+    }
+    log_info("gateway listening on %s (data %s, workers %u..%u, worker memory %llu, idle timeout %llu ms%s)",
+             gw_listen_url(gw), gw->data_dir, gw->min_workers, gw->max_workers,
+             (unsigned long long)gw->worker_memory, (unsigned long long)(gw->idle_timeout_us / 1000),
+             gw->insecure_local ? ", insecure-local: no API keys" : "");
+    *out = gw;
+    return AICFN_OK;
+}
+
+bool gw_insecure_local(const gw_gateway *gw) {
+    return gw->insecure_local;
+}
+
+void gw_stop(gw_gateway *gw) {
+    if (!gw) return;
+    gw_actions a;
+    memset(&a, 0, sizeof a);
+    pthread_mutex_lock(&gw->mu);
+    gw->stopping = true;
+    for (gw_worker *w = gw->workers; w; w = w->next) {
+        gw_call *p = w->pending_head;
+        w->pending_head = w->pending_tail = NULL;
+        while (p) {
+            gw_call *n = p->next;
+            gw_fail_locked(&a, p, AICFN_E_CANCELED, "the gateway is stopping");
+            p = n;
+        }
+    }
+    pthread_mutex_unlock(&gw->mu);
+    gw_process(gw, &a);
+    /* The front waits for every call it handed out to be answered. */
+    gw_front_stop(gw->front);
+    gw->front = NULL;
+    /* Workers drain and exit; their exits mark them dead. */
+    gw_pool_destroy(gw->pool);
+    pthread_mutex_lock(&gw->mu);
+    gw->pool = NULL;
+    pthread_mutex_unlock(&gw->mu);
+    if (gw->maint_started) {
+        pthread_mutex_lock(&gw->mu);
+        for (gw_worker *w = gw->workers; w; w = w->next)
+            if (w->state != GW_WORKER_DEAD) w->state = GW_WORKER_DEAD;
+        pthread_cond_signal(&gw->maint_cv);
+        pthread_mutex_unlock(&gw->mu);
+        pthread_join(gw->maint, NULL);
+    }
+    while (gw->workers) {
+        gw_worker *n = gw->workers->next;
+        gw_worker_destroy(gw->workers);
+        gw->workers = n;
+    }
+    while (gw->fns) {
+        gw_fn *n = gw->fns->next;
+        gw_fn_config_clear(&gw->fns->cfg);
+        free(gw->fns);
+        gw->fns = n;
+    }
+    while (gw->aliases) {
+        gw_alias *n = gw->aliases->next;
+        free(gw->aliases);
+        gw->aliases = n;
+    }
+    gw_ledger_destroy(gw->ledger);
+    gw_artifacts_close(gw->art);
+    gw_db_close(gw->db);
+    pthread_mutex_destroy(&gw->mu);
+    pthread_cond_destroy(&gw->maint_cv);
+    free(gw->listen);
+    free(gw->data_dir);
+    free(gw->device);
+    free(gw->worker_exe);
+    free(gw);
+}

@@ -1,0 +1,47 @@
+/* gateway_internal.h: what gateway.c shares with the client front (front_nng.c):
+ * the administrative operations behind the deploy/ls/rm/coldstarts/workers/register
+ * messages, and the front's start/stop. Not a public API: only gateway/ includes it. */
+#ifndef AICFN_GATEWAY_GATEWAY_INTERNAL_H
+#define AICFN_GATEWAY_GATEWAY_INTERNAL_H
+
+#include <jansson.h>
+
+#include "gateway/artifacts.h"
+#include "gateway/db.h"
+#include "gateway/gateway.h"
+#include "gateway/ledger.h"
+
+typedef struct gw_front gw_front;
+
+/* The client front (front_nng.c): a REP server on `url` whose invoke messages go to
+ * gw_invoke_submit and whose administrative messages run on one admin thread. */
+int gw_front_start(gw_gateway *gw, const char *url, gw_front **out, aicfn_error *err);
+const char *gw_front_url(const gw_front *f);
+/* Stops receiving and waits for every call to be answered. NULL accepted. */
+void gw_front_stop(gw_front *f);
+
+/* Handles the gateway owns, for the admin operations (thread-safe per their headers). */
+gw_db *gw_gateway_db(gw_gateway *gw);
+gw_artifacts *gw_gateway_artifacts(gw_gateway *gw);
+gw_ledger *gw_gateway_ledger(gw_gateway *gw);
+
+/* Forgets cached function resolutions (after deploy, rm, activate). Thread-safe. */
+void gw_functions_changed(gw_gateway *gw);
+
+/* Registers a remote worker listening on `addr` (tcp:// or ipc://) under `name` (NULL:
+ * generated). The gateway dials it and routes to it once its first status arrives.
+ * AICFN_E_EXISTS when a live worker has that address. Thread-safe. */
+int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn_error *err);
+
+/* True when the gateway runs without API keys (--insecure-local). */
+bool gw_insecure_local(const gw_gateway *gw);
+
+/* The live pool as JSON: [{"name","address","pid","state","device","budget_bytes",
+ * "free_bytes","in_flight","spawn_us","models":[{"model","function","version","state",
+ * "bytes","pinned","idle_ms"}]}]. New reference, or NULL when out of memory. */
+json_t *gw_workers_json(gw_gateway *gw);
+
+/* A short status of the gateway as JSON ({"workers","queued","in_flight",...}). */
+json_t *gw_status_json(gw_gateway *gw);
+
+#endif

@@ -1,0 +1,95 @@
+/* workerlink.h: the gateway's link to one worker and its view of that worker.
+ *
+ * A gw_worker is what the gateway knows of one worker process, local (spawned by the
+ * pool) or remote (registered): the REQ client that DIALS the worker's address (workers
+ * listen, nng #1518), its state, its budget and free bytes, the models it holds (as
+ * router.h's gw_route_model, refreshed from the summary piggybacked on every reply and
+ * from periodic status polls), and the calls waiting for it to finish starting.
+ *
+ * Locking: every function here is called with the gateway's mutex held, except
+ * gw_worker_destroy (which closes the NNG client and waits for its callbacks, so it
+ * must run WITHOUT that mutex, after the worker was unlinked and has no callbacks
+ * outstanding). Not for: routing policy (router.c), process control (pool.c). */
+#ifndef AICFN_GATEWAY_WORKERLINK_H
+#define AICFN_GATEWAY_WORKERLINK_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "common/error.h"
+#include "common/rpc.h"
+#include "common/wire.h"
+#include "gateway/router.h"
+
+typedef enum gw_worker_state {
+    GW_WORKER_STARTING = 0, /* spawned or registered, first status not yet answered */
+    GW_WORKER_READY = 1,
+    GW_WORKER_DRAINING = 2, /* SIGTERM sent (idle) or the worker says it drains */
+    GW_WORKER_DEAD = 3,     /* exited, lost, or killed: unlinked once no callback is outstanding */
+} gw_worker_state;
+
+struct gw_call;
+
+typedef struct gw_worker {
+    char name[64];
+    char addr[256];
+    char device[128];
+    uint32_t pool_id; /* 0 for a remote worker */
+    pid_t pid;
+    gw_worker_state state;
+    rpc_client *client;
+
+    uint64_t budget_bytes;
+    uint64_t free_bytes;
+    gw_route_model *models; /* keys owned (malloc'd) */
+    uint64_t *hold_until;   /* per model: gateway-added entry kept until this time */
+    size_t n_models, cap_models;
+
+    uint32_t in_flight; /* calls sent, not completed */
+    uint32_t callbacks; /* async callbacks outstanding (calls + polls) */
+    bool poll_pending;
+    uint64_t last_poll_us;
+    uint64_t last_call_us; /* last call sent or completed (idle timer) */
+    uint64_t started_us;   /* spawn (or registration) time */
+    uint64_t spawn_us;     /* start to first status reply; 0 for remote */
+    bool spawn_attributed; /* spawn_us already given to a cold-start record */
+    uint32_t consecutive_poll_failures;
+
+    struct gw_call *pending_head, *pending_tail; /* routed here while STARTING */
+    struct gw_worker *next;
+} gw_worker;
+
+/* Allocates a worker record (state STARTING, no client yet). NULL when out of memory. */
+gw_worker *gw_worker_new(const char *name, const char *addr, uint32_t pool_id, pid_t pid, uint64_t now_us);
+
+/* Opens the REQ client dialing w->addr in the background (RECVMAXSZ set, resend
+ * infinite: rpc.h). Never blocks on the network. */
+int gw_worker_connect(gw_worker *w, aicfn_error *err);
+
+/* Replaces the view of models, budget and free bytes with a worker's summary. Models
+ * the gateway added itself (gw_worker_note_load) and that the summary does not list yet
+ * are kept until their hold time passes. Returns AICFN_OK or AICFN_E_NOMEM. */
+int gw_worker_apply_summary(gw_worker *w, const wire_worker_summary *s, uint64_t now_us);
+
+/* Records in the view that the gateway just sent a call for model `key` (`bytes` big)
+ * which the worker will load (router level 3/4, or a spawn): the model is LOADING and
+ * its bytes are no longer free; for an eviction, the unpinned READY models the worker
+ * will evict (oldest first) are marked EVICTING. A later summary confirms or corrects
+ * it. `hold_us` bounds how long the entry survives summaries that omit it. */
+int gw_worker_note_load(gw_worker *w, const char *key, uint64_t bytes, uint64_t now_us, uint64_t hold_us);
+
+/* Marks model `key` used now (a READY route): keeps LRU ages in the view current. */
+void gw_worker_note_use(gw_worker *w, const char *key, uint64_t now_us);
+
+/* Fills a router view entry (pointing into w: valid while the lock is held). */
+void gw_worker_route_view(const gw_worker *w, gw_route_worker *out);
+
+/* Closes the client (waiting for its callbacks) and frees the record. The worker must be
+ * unlinked, with callbacks == 0 and no pending calls. NULL accepted. */
+void gw_worker_destroy(gw_worker *w);
+
+/* "starting", "ready", "draining", "gone". */
+const char *gw_worker_state_name(gw_worker_state s);
+
+#endif
