@@ -164,7 +164,6 @@ int cli_cmd_keys(int argc, char **argv) {
             fprintf(stderr,
                     "created key %s for tenant %s%s (rate %s, quota %s); it is shown only this once\n",
                     info.key_id, info.tenant, info.admin ? " (admin)" : "", rs, qs);
-            it is shown only "
         }
         sodium_memzero(key, sizeof key);
         return CLI_EXIT_OK;
