@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -137,6 +138,13 @@ struct rpc_server {
     pthread_cond_t cv;
     unsigned outstanding; /* handed to the handler, not yet answered */
     bool closing;
+    /* ipc listener watchdog (nng #1518), see srv_watchdog */
+    bool is_ipc;
+    size_t recv_max;
+    pthread_t watchdog;
+    bool watchdog_running;
+    uint64_t pipes_added; /* NNG_PIPE_EV_ADD_POST count */
+    unsigned restarts;    /* listener restarts by the watchdog */
 };
 
 static void srv_arm(struct rpc_call *c) {
@@ -270,6 +278,83 @@ unsigned rpc_server_outstanding(rpc_server *s) {
     return n;
 }
 
+unsigned rpc_server_listener_restarts(rpc_server *s) {
+    pthread_mutex_lock(&s->mu);
+    unsigned n = s->restarts;
+    pthread_mutex_unlock(&s->mu);
+    return n;
+}
+
+static void srv_pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg) {
+    (void)p;
+    (void)ev;
+    rpc_server *s = arg;
+    pthread_mutex_lock(&s->mu);
+    s->pipes_added++;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+}
+
+static int srv_listen(rpc_server *s, const char *url) {
+    int rv = nng_listener_create(&s->listener, s->sock, url);
+    if (rv == 0) rv = nng_listener_set_size(s->listener, NNG_OPT_RECVMAXSZ, s->recv_max);
+    if (rv == 0) rv = nng_listener_start(s->listener, 0);
+    return rv;
+}
+
+/* Dials the server's own ipc address and waits for the new connection to reach the
+ * socket. Returns true when it did (the listener is healthy). */
+static bool srv_probe(rpc_server *s) {
+    nng_socket p;
+    if (nng_req0_open(&p) != 0) return true; /* cannot probe: assume healthy */
+    bool healthy = false;
+    pthread_mutex_lock(&s->mu);
+    uint64_t before = s->pipes_added;
+    pthread_mutex_unlock(&s->mu);
+    if (nng_socket_set_size(p, NNG_OPT_RECVMAXSZ, 1024) == 0 &&
+        nng_socket_set_ms(p, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE) == 0 &&
+        nng_dial(p, s->url, NULL, 0) == 0) {
+        struct timespec ts;
+        clock_deadline_to_realtime(clock_now_us() + (uint64_t)AICFN_IPC_PROBE_WAIT_MS * 1000, &ts);
+        pthread_mutex_lock(&s->mu);
+        while (s->pipes_added == before && !s->closing)
+            if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) != 0) break;
+        healthy = s->pipes_added != before || s->closing;
+        pthread_mutex_unlock(&s->mu);
+    }
+    nng_close(p);
+    return healthy;
+}
+
+/* NNG 1.5.2's ipc listener stops handing connections to the socket once a peer
+ * disconnects during the SP handshake (nng #1518): connections are accepted and
+ * negotiated but never reach the socket. This thread (one per ipc server, not per
+ * request) probes the listener every AICFN_IPC_PROBE_MS and, when the probe's
+ * connection does not arrive, replaces the listener (connections stuck in the broken one
+ * are closed; their REQ peers redial and reach the new one). */
+static void *srv_watchdog(void *arg) {
+    rpc_server *s = arg;
+    for (;;) {
+        struct timespec ts;
+        clock_deadline_to_realtime(clock_now_us() + (uint64_t)AICFN_IPC_PROBE_MS * 1000, &ts);
+        pthread_mutex_lock(&s->mu);
+        while (!s->closing)
+            if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) != 0) break;
+        bool closing = s->closing;
+        pthread_mutex_unlock(&s->mu);
+        if (closing) break;
+        if (srv_probe(s)) continue;
+        log_warn("rpc %s: ipc listener stopped delivering connections (nng #1518); restarting it", s->url);
+        nng_listener_close(s->listener);
+        int rv = srv_listen(s, s->url);
+        if (rv != 0) log_error("rpc %s: restarting the listener: %s", s->url, nng_strerror(rv));
+        pthread_mutex_lock(&s->mu);
+        s->restarts++;
+        pthread_mutex_unlock(&s->mu);
+    }
+    return NULL;
+}
+
 /* Rewrites a tcp URL with port 0 to the port actually bound. */
 static void srv_resolve_url(rpc_server *s, const char *url) {
     snprintf(s->url, sizeof s->url, "%s", url);
@@ -338,9 +423,11 @@ int rpc_server_start(rpc_server **out, const char *url, const rpc_server_opts *o
         if ((rv = nng_aio_alloc(&c->aio, srv_cb, c)) != 0) goto fail_sock;
         if ((rv = nng_ctx_open(&c->ctx, s->sock)) != 0) goto fail_sock;
     }
-    if ((rv = nng_listener_create(&s->listener, s->sock, url)) != 0) goto fail_sock;
-    if ((rv = nng_listener_set_size(s->listener, NNG_OPT_RECVMAXSZ, recv_max)) != 0) goto fail_sock;
-    if ((rv = nng_listener_start(s->listener, 0)) != 0) goto fail_sock;
+    s->recv_max = recv_max;
+    s->is_ipc = strncmp(url, "ipc://", 6) == 0;
+    if (s->is_ipc && (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, srv_pipe_added, s)) != 0)
+        goto fail_sock;
+    if ((rv = srv_listen(s, url)) != 0) goto fail_sock;
     srv_resolve_url(s, url);
     pthread_mutex_lock(&s->mu);
     for (unsigned i = 0; i < n; i++)
@@ -348,6 +435,12 @@ int rpc_server_start(rpc_server **out, const char *url, const rpc_server_opts *o
     pthread_mutex_unlock(&s->mu);
     for (unsigned i = 0; i < n; i++)
         srv_arm(&s->calls[i]);
+    if (s->is_ipc) {
+        if (pthread_create(&s->watchdog, NULL, srv_watchdog, s) == 0)
+            s->watchdog_running = true;
+        else
+            log_warn("rpc %s: no ipc listener watchdog (pthread_create failed)", s->url);
+    }
     *out = s;
     return AICFN_OK;
 
@@ -362,7 +455,10 @@ void rpc_server_destroy(rpc_server *s) {
     if (s == NULL) return;
     pthread_mutex_lock(&s->mu);
     s->closing = true;
+    pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
+    if (s->watchdog_running) pthread_join(s->watchdog, NULL);
+    if (s->is_ipc) nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, NULL, NULL);
     nng_close(s->sock); /* aborts every receive; later replies fail with NNG_ECLOSED */
     pthread_mutex_lock(&s->mu);
     while (s->outstanding > 0)
@@ -439,7 +535,7 @@ static void cli_pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg) {
     (void)ev;
     rpc_client *c = arg;
     pthread_mutex_lock(&c->mu);
-    for (rpc_op *op = c->inflight_head; op; op = op->next) {
+    for (rpc_op *op = c->closing ? NULL : c->inflight_head; op; op = op->next) {
         if (op->aborted == 0) op->aborted = NNG_ECONNRESET;
         nng_aio_abort(op->aio, NNG_ECONNRESET);
     }
@@ -467,7 +563,7 @@ static nng_duration cli_left(uint64_t deadline_us) {
 }
 
 static int cli_status(rpc_client *c, int rv, aicfn_error *err, const char *phase) {
-    if (rv == NNG_ECLOSED) {
+    if (rv == NNG_ECLOSED || rv == NNG_ECONNRESET || rv == NNG_ECANCELED) {
         pthread_mutex_lock(&c->mu);
         bool closing = c->closing;
         pthread_mutex_unlock(&c->mu);

@@ -111,6 +111,14 @@ uint64_t rpc_call_received_us(const rpc_call *call);
 /* For tests: the server's socket (read options only; never close it). */
 nng_socket rpc_server_socket(const rpc_server *s);
 
+/* ipc:// servers only: how many times the listener watchdog replaced a listener that
+ * NNG 1.5.2 left unable to deliver connections after a peer dropped during the SP
+ * handshake (nng #1518). An ipc server runs one watchdog thread that dials its own
+ * address every AICFN_IPC_PROBE_MS; a broken listener is replaced within about
+ * AICFN_IPC_PROBE_MS + AICFN_IPC_PROBE_WAIT_MS, closing the connections stuck in it
+ * (their REQ peers redial). Thread-safe. */
+unsigned rpc_server_listener_restarts(rpc_server *s);
+
 /* ===================================================================================
  * Client: REQ dialer; many concurrent calls on one socket
  * =================================================================================== */

@@ -16,6 +16,8 @@
 #define AICFN_PROTOCOL_VERSION 1
 #define AICFN_MAX_MESSAGE_OBJECTS (1u << 20)  /* msgpack objects per message (bounds the unpack zone) */
 #define AICFN_RPC_MAX_ASYNC 4096              /* in-flight async calls per rpc client */
+#define AICFN_IPC_PROBE_MS 1000               /* rpc server: ipc listener self-probe period (nng #1518) */
+#define AICFN_IPC_PROBE_WAIT_MS 2000          /* probe dial must reach the socket within this */
 
 /* ---- Snapshots (design.md §5) ---- */
 #define AICFN_SNAP_DEFAULT_CHUNK (4u << 20)   /* uncompressed bytes per data frame */

@@ -1,0 +1,779 @@
+/* test_rpc.c: NNG plumbing (common/rpc.h) on loopback: the design §4 rules (socket
+ * options, refused schemes, no resend after a dropped connection), malformed and
+ * oversized messages, a hostile SP length header, peers dropping during the handshake
+ * (tcp and ipc), timeouts, async calls and reply forwarding. Every loop is bounded. */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/clock.h"
+#include "common/rpc.h"
+#include "common/tunables.h"
+#include "common/wire.h"
+
+#include <nng/protocol/reqrep0/req.h>
+
+/* ---- a configurable test server ------------------------------------------------------ */
+
+enum { MODE_ECHO = 0, MODE_CODEC, MODE_HOLD };
+
+typedef struct tsrv {
+    int mode;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    rpc_call *held[16];
+    unsigned n_held;
+    unsigned calls;     /* handler invocations */
+    int last_codec_rc;  /* MODE_CODEC: status of the last decode */
+    unsigned lost_seen; /* requests "lost?" received */
+} tsrv;
+
+static void tsrv_init(tsrv *t, int mode) {
+    memset(t, 0, sizeof *t);
+    t->mode = mode;
+    pthread_mutex_init(&t->mu, NULL);
+    pthread_cond_init(&t->cv, NULL);
+}
+
+static void tsrv_fini(tsrv *t) {
+    pthread_cond_destroy(&t->cv);
+    pthread_mutex_destroy(&t->mu);
+}
+
+/* MODE_CODEC: decode as an invoke request; reply with an error reply naming the decode
+ * status, or an ok reply echoing the id. This is what the worker and gateway do. */
+static void codec_reply(tsrv *t, rpc_call *call, const uint8_t *msg, size_t len) {
+    wire_doc doc;
+    aicfn_error e;
+    aicfn_error_clear(&e);
+    wire_invoke_req req;
+    int rc = wire_doc_parse(&doc, msg, len, NULL, &e);
+    if (rc == AICFN_OK) rc = wire_decode_invoke_req(&doc, &req, &e);
+    pthread_mutex_lock(&t->mu);
+    t->last_codec_rc = rc;
+    pthread_mutex_unlock(&t->mu);
+    wire_writer w;
+    wire_writer_init(&w);
+    if (rc != AICFN_OK) {
+        wire_encode_error_reply(&w, wire_peek_id(msg, len), rc, e.msg, NULL);
+    } else {
+        wire_invoke_reply rep;
+        memset(&rep, 0, sizeof rep);
+        rep.head.id = req.id;
+        rep.head.ok = true;
+        rep.n_outputs = req.n_inputs;
+        rep.outputs = req.inputs; /* zero copy: points into msg, valid until the reply */
+        wire_encode_invoke_reply(&w, &rep, NULL);
+    }
+    if (rc == AICFN_OK) wire_doc_fini(&doc);
+    assert_int_equal(wire_writer_status(&w, NULL), AICFN_OK);
+    rpc_reply(call, w.data, w.len);
+    wire_writer_fini(&w);
+}
+
+static void tsrv_handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
+    tsrv *t = user;
+    pthread_mutex_lock(&t->mu);
+    t->calls++;
+    if (len == 5 && memcmp(msg, "lost?", 5) == 0) t->lost_seen++;
+    int mode = t->mode;
+    if (mode == MODE_HOLD && t->n_held < 16) {
+        t->held[t->n_held++] = call;
+        pthread_cond_broadcast(&t->cv);
+        pthread_mutex_unlock(&t->mu);
+        return;
+    }
+    pthread_cond_broadcast(&t->cv);
+    pthread_mutex_unlock(&t->mu);
+    if (mode == MODE_CODEC)
+        codec_reply(t, call, msg, len);
+    else
+        rpc_reply(call, msg, len);
+}
+
+/* Waits until at least n calls are held (bounded: 5 s). */
+static void tsrv_wait_held(tsrv *t, unsigned n) {
+    uint64_t end = clock_now_us() + 5000000;
+    pthread_mutex_lock(&t->mu);
+    while (t->n_held < n && clock_now_us() < end) {
+        pthread_mutex_unlock(&t->mu);
+        usleep(2000);
+        pthread_mutex_lock(&t->mu);
+    }
+    unsigned got = t->n_held;
+    pthread_mutex_unlock(&t->mu);
+    assert_true(got >= n);
+}
+
+static void tsrv_drop_held(tsrv *t) {
+    pthread_mutex_lock(&t->mu);
+    unsigned n = t->n_held;
+    rpc_call *held[16];
+    memcpy(held, t->held, sizeof held);
+    t->n_held = 0;
+    pthread_mutex_unlock(&t->mu);
+    for (unsigned i = 0; i < n; i++)
+        rpc_call_drop(held[i]);
+}
+
+static unsigned tsrv_calls(tsrv *t) {
+    pthread_mutex_lock(&t->mu);
+    unsigned n = t->calls;
+    pthread_mutex_unlock(&t->mu);
+    return n;
+}
+
+static char ipc_url_buf[8][128];
+static const char *ipc_url(int slot) {
+    snprintf(ipc_url_buf[slot], sizeof ipc_url_buf[slot], "ipc:///tmp/aicfn-test-rpc-%d-%d.sock",
+             (int)getpid(), slot);
+    return ipc_url_buf[slot];
+}
+
+/* One echo round trip with a unique payload; returns the status. */
+static int echo_once(rpc_client *c, uint32_t timeout_ms, int tag) {
+    char payload[64];
+    int n = snprintf(payload, sizeof payload, "hello %d", tag);
+    rpc_msg *rep = NULL;
+    aicfn_error e;
+    int rc = rpc_call_sync(c, payload, (size_t)n, timeout_ms, &rep, &e);
+    if (rc != AICFN_OK) return rc;
+    assert_int_equal(rpc_msg_len(rep), (size_t)n);
+    assert_memory_equal(rpc_msg_data(rep), payload, (size_t)n);
+    rpc_msg_free(rep);
+    return AICFN_OK;
+}
+
+/* ---- rules ----------------------------------------------------------------------------- */
+
+static void refused_schemes(void **state) {
+    (void)state;
+    static const char *bad[] = {"http://127.0.0.1:0",
+                                "ws://127.0.0.1:0/x",
+                                "wss://127.0.0.1:0",
+                                "tls+tcp://127.0.0.1:0",
+                                "zt://1.2",
+                                "",
+                                "tcp://",
+                                "127.0.0.1:80"};
+    tsrv t;
+    tsrv_init(&t, MODE_ECHO);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        rpc_server *s = (rpc_server *)1;
+        aicfn_error e;
+        assert_int_equal(rpc_server_start(&s, bad[i], NULL, tsrv_handler, &t, &e), AICFN_E_INVALID);
+        assert_null(s);
+        rpc_client *c = (rpc_client *)1;
+        assert_int_equal(rpc_client_open(&c, bad[i], NULL, &e), AICFN_E_INVALID);
+        assert_null(c);
+    }
+    aicfn_error e;
+    assert_int_equal(rpc_check_url("http://127.0.0.1:8080/%2", &e), AICFN_E_INVALID);
+    assert_non_null(strstr(e.msg, "http"));
+    assert_int_equal(rpc_check_url("tcp://127.0.0.1:1", NULL), AICFN_OK);
+    assert_int_equal(rpc_check_url("ipc:///tmp/x", NULL), AICFN_OK);
+    tsrv_fini(&t);
+}
+
+static void socket_options_are_set(void **state) {
+    (void)state;
+    tsrv t;
+    tsrv_init(&t, MODE_ECHO);
+    rpc_server *s;
+    aicfn_error e;
+    rpc_server_opts so = {.recv_max = 123456, .contexts = 4};
+    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", &so, tsrv_handler, &t, &e), AICFN_OK);
+    size_t sz = 0;
+    assert_int_equal(nng_socket_get_size(rpc_server_socket(s), NNG_OPT_RECVMAXSZ, &sz), 0);
+    assert_int_equal(sz, 123456);
+
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+    nng_socket cs = rpc_client_socket(c);
+    assert_int_equal(nng_socket_get_size(cs, NNG_OPT_RECVMAXSZ, &sz), 0);
+    assert_int_equal(sz, AICFN_MAX_MESSAGE_BYTES);
+    nng_duration d = 0;
+    assert_int_equal(nng_socket_get_ms(cs, NNG_OPT_REQ_RESENDTIME, &d), 0);
+    assert_int_equal(d, NNG_DURATION_INFINITE);
+    /* contexts inherit the socket's resend time */
+    nng_ctx ctx;
+    assert_int_equal(nng_ctx_open(&ctx, cs), 0);
+    d = 0;
+    assert_int_equal(nng_ctx_get_ms(ctx, NNG_OPT_REQ_RESENDTIME, &d), 0);
+    assert_int_equal(d, NNG_DURATION_INFINITE);
+    nng_ctx_close(ctx);
+    /* and a default server uses the protocol limit */
+    rpc_server *s2;
+    assert_int_equal(rpc_server_start(&s2, "tcp://127.0.0.1:0", NULL, tsrv_handler, &t, &e), AICFN_OK);
+    assert_int_equal(nng_socket_get_size(rpc_server_socket(s2), NNG_OPT_RECVMAXSZ, &sz), 0);
+    assert_int_equal(sz, AICFN_MAX_MESSAGE_BYTES);
+    assert_int_equal(echo_once(c, 5000, 1), AICFN_OK);
+    rpc_client_close(c);
+    rpc_server_destroy(s2);
+    rpc_server_destroy(s);
+    tsrv_fini(&t);
+}
+
+static void echo_tcp_and_ipc(void **state) {
+    (void)state;
+    const char *urls[] = {"tcp://127.0.0.1:0", ipc_url(0)};
+    for (int u = 0; u < 2; u++) {
+        tsrv t;
+        tsrv_init(&t, MODE_ECHO);
+        rpc_server *s;
+        aicfn_error e;
+        assert_int_equal(rpc_server_start(&s, urls[u], NULL, tsrv_handler, &t, &e), AICFN_OK);
+        if (u == 0) assert_null(strstr(rpc_server_url(s), ":0"));
+        rpc_client *c;
+        assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+        for (int i = 0; i < 20; i++)
+            assert_int_equal(echo_once(c, 5000, i), AICFN_OK);
+        /* an empty message is a valid transport message */
+        rpc_msg *rep;
+        assert_int_equal(rpc_call_sync(c, "", 0, 5000, &rep, &e), AICFN_OK);
+        assert_int_equal(rpc_msg_len(rep), 0);
+        rpc_msg_free(rep);
+        assert_int_equal(tsrv_calls(&t), 21);
+        rpc_client_close(c);
+        rpc_server_destroy(s);
+        tsrv_fini(&t);
+    }
+}
+
+static void connect_to_nobody(void **state) {
+    (void)state;
+    rpc_client *c;
+    aicfn_error e;
+    assert_int_equal(rpc_client_open(&c, "tcp://127.0.0.1:1", NULL, &e), AICFN_E_UNAVAILABLE);
+    assert_non_null(strstr(e.msg, "refused"));
+    assert_int_equal(rpc_client_open(&c, ipc_url(1), NULL, &e), AICFN_E_UNAVAILABLE);
+    /* in the background the open succeeds and a call times out */
+    rpc_client_opts o = {.background = true};
+    assert_int_equal(rpc_client_open(&c, "tcp://127.0.0.1:1", &o, &e), AICFN_OK);
+    uint64_t t0 = clock_now_us();
+    rpc_msg *rep;
+    assert_int_equal(rpc_call_sync(c, "x", 1, 200, &rep, &e), AICFN_E_TIMEOUT);
+    uint64_t dt = clock_now_us() - t0;
+    assert_true(dt >= 150000 && dt < 3000000);
+    rpc_client_close(c);
+}
+
+/* ---- malformed, oversized, hostile ----------------------------------------------------- */
+
+static void malformed_msgpack_gets_protocol_error(void **state) {
+    (void)state;
+    tsrv t;
+    tsrv_init(&t, MODE_CODEC);
+    rpc_server *s;
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", NULL, tsrv_handler, &t, &e), AICFN_OK);
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+    const uint8_t junk[] = {0xdd, 0x7f, 0xff, 0xff, 0xff, 0xc1, 0x00};
+    rpc_msg *rep;
+    assert_int_equal(rpc_call_sync(c, junk, sizeof junk, 5000, &rep, &e), AICFN_OK);
+    wire_doc doc;
+    assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(rep), rpc_msg_len(rep), NULL, &e), AICFN_OK);
+    wire_invoke_reply r;
+    assert_int_equal(wire_decode_invoke_reply(&doc, &r, &e), AICFN_OK);
+    assert_false(r.head.ok);
+    assert_int_equal(r.head.code, AICFN_E_PROTOCOL);
+    assert_non_null(strstr(r.head.message, "offset 0"));
+    wire_doc_fini(&doc);
+    rpc_msg_free(rep);
+    assert_int_equal(t.last_codec_rc, AICFN_E_PROTOCOL);
+
+    /* a valid call right after works, and its tensors come back */
+    float v[3] = {1, 2, 3};
+    wire_tensor in = {.name = "x",
+                      .dtype = AICFN_DTYPE_FP32,
+                      .ndim = 1,
+                      .shape = {3},
+                      .data = (uint8_t *)v,
+                      .nbytes = sizeof v};
+    wire_invoke_req q = {.id = 42, .fn = "echo", .n_inputs = 1, .inputs = &in};
+    wire_writer w;
+    wire_writer_init(&w);
+    assert_int_equal(wire_encode_invoke_req(&w, &q, &e), AICFN_OK);
+    assert_int_equal(rpc_call_sync(c, w.data, w.len, 5000, &rep, &e), AICFN_OK);
+    assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(rep), rpc_msg_len(rep), NULL, &e), AICFN_OK);
+    assert_int_equal(wire_decode_invoke_reply(&doc, &r, &e), AICFN_OK);
+    assert_true(r.head.ok);
+    assert_int_equal(r.head.id, 42);
+    assert_int_equal(r.n_outputs, 1);
+    assert_memory_equal(r.outputs[0].data, v, sizeof v);
+    wire_doc_fini(&doc);
+    rpc_msg_free(rep);
+    wire_writer_fini(&w);
+    rpc_client_close(c);
+    rpc_server_destroy(s);
+    tsrv_fini(&t);
+}
+
+static void oversized_message_dropped_server_keeps_serving(void **state) {
+    (void)state;
+    tsrv t;
+    tsrv_init(&t, MODE_ECHO);
+    rpc_server *s;
+    aicfn_error e;
+    rpc_server_opts so = {.recv_max = 4096};
+    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", &so, tsrv_handler, &t, &e), AICFN_OK);
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+    assert_int_equal(echo_once(c, 5000, 1), AICFN_OK);
+    static uint8_t big[8192];
+    rpc_msg *rep = NULL;
+    int rc = rpc_call_sync(c, big, sizeof big, 1000, &rep, &e);
+    assert_true(rc == AICFN_E_WORKER_LOST || rc == AICFN_E_TIMEOUT);
+    assert_null(rep);
+    assert_int_equal(tsrv_calls(&t), 1); /* the handler never saw it */
+    /* the same client (after NNG redials) and a fresh one both work */
+    int ok = 0;
+    for (int i = 0; i < 50 && !ok; i++) {
+        ok = echo_once(c, 1000, 2) == AICFN_OK;
+        if (!ok) usleep(20000);
+    }
+    assert_true(ok);
+    rpc_client *c2;
+    assert_int_equal(rpc_client_open(&c2, rpc_server_url(s), NULL, &e), AICFN_OK);
+    assert_int_equal(echo_once(c2, 5000, 3), AICFN_OK);
+    /* the client refuses to send over its own limit */
+    rpc_client *c3;
+    rpc_client_opts co = {.send_max = 100};
+    assert_int_equal(rpc_client_open(&c3, rpc_server_url(s), &co, &e), AICFN_OK);
+    assert_int_equal(rpc_call_sync(c3, big, 101, 1000, &rep, &e), AICFN_E_TOO_LARGE);
+    rpc_client_close(c3);
+    rpc_client_close(c2);
+    rpc_client_close(c);
+    rpc_server_destroy(s);
+    tsrv_fini(&t);
+}
+
+static int tcp_port(const char *url) {
+    const char *p = strrchr(url, ':');
+    return p ? atoi(p + 1) : -1;
+}
+
+static int raw_connect(const char *url) {
+    if (strncmp(url, "tcp://", 6) == 0) {
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)tcp_port(url))};
+        a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+            close(fd);
+            return -1;
+        }
+        return fd;
+    }
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", url + strlen("ipc://"));
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static size_t rss_bytes(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    unsigned long size = 0, res = 0;
+    if (f) {
+        if (fscanf(f, "%lu %lu", &size, &res) != 2) res = 0;
+        fclose(f);
+    }
+    return res * (size_t)sysconf(_SC_PAGESIZE);
+}
+
+/* Waits (bounded) for the peer to close: returns 1 when read() sees EOF or an error. */
+static int wait_closed(int fd, int ms) {
+    struct timeval tv = {.tv_sec = 0, .tv_usec = 50000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    uint64_t end = clock_now_us() + (uint64_t)ms * 1000;
+    uint8_t b[64];
+    while (clock_now_us() < end) {
+        ssize_t n = read(fd, b, sizeof b);
+        if (n == 0) return 1;
+        if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) return 1;
+    }
+    return 0;
+}
+
+static void huge_sp_length_refused_without_allocation(void **state) {
+    (void)state;
+    const char *urls[] = {"tcp://127.0.0.1:0", ipc_url(2)};
+    for (int u = 0; u < 2; u++) {
+        tsrv t;
+        tsrv_init(&t, MODE_ECHO);
+        rpc_server *s;
+        aicfn_error e;
+        assert_int_equal(rpc_server_start(&s, urls[u], NULL, tsrv_handler, &t, &e), AICFN_OK);
+        rpc_client *c;
+        assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+        assert_int_equal(echo_once(c, 5000, 0), AICFN_OK);
+        size_t before = rss_bytes();
+        for (int k = 0; k < 4; k++) {
+            int fd = raw_connect(rpc_server_url(s));
+            assert_true(fd >= 0);
+            /* SP handshake as a REQ peer (protocol 0x30) */
+            const uint8_t hello[8] = {0, 'S', 'P', 0, 0x00, 0x30, 0, 0};
+            assert_int_equal(write(fd, hello, 8), 8);
+            uint8_t frame[9 + 16];
+            size_t flen;
+            if (u == 0) {                                         /* tcp: 8-byte big-endian length */
+                const uint8_t h[8] = {0, 0, 0x01, 0, 0, 0, 0, 0}; /* 2^40 */
+                memcpy(frame, h, 8);
+                flen = 8;
+            } else { /* ipc: a 1-byte type, then the length */
+                const uint8_t h[9] = {1, 0, 0, 0x01, 0, 0, 0, 0, 0};
+                memcpy(frame, h, 9);
+                flen = 9;
+            }
+            memset(frame + flen, 0xab, 16);
+            ssize_t wn = write(fd, frame, flen + 16);
+            (void)wn;
+            assert_int_equal(wait_closed(fd, 3000), 1); /* NNG drops the peer */
+            close(fd);
+            /* the real client keeps working meanwhile */
+            assert_int_equal(echo_once(c, 5000, k + 1), AICFN_OK);
+        }
+        size_t after = rss_bytes();
+        assert_true(after < before + (32u << 20));
+        rpc_client_close(c);
+        rpc_server_destroy(s);
+        tsrv_fini(&t);
+    }
+}
+
+/* Drops 100 raw peers during the SP handshake, then checks that a real client is served.
+ * Returns 0 on success, 1 with a message on stderr. Plain checks (no cmocka asserts):
+ * it also runs in a child process, see below. */
+static int drop_peers_then_serve(const char *url) {
+    tsrv t;
+    tsrv_init(&t, MODE_ECHO);
+    rpc_server *s;
+    aicfn_error e;
+    int fail = 0;
+    if (rpc_server_start(&s, url, NULL, tsrv_handler, &t, &e) != AICFN_OK) {
+        fprintf(stderr, "start %s: %s\n", url, e.msg);
+        return 1;
+    }
+    static const uint8_t part[3] = {0, 'S', 'P'};
+    static const uint8_t junk[8] = {'G', 'E', 'T', ' ', '/', ' ', 'H', 'T'};
+    static const uint8_t bad[8] = {0, 'S', 'P', 0, 0x00, 0x70, 0, 0};   /* wrong protocol */
+    static const uint8_t hello[8] = {0, 'S', 'P', 0, 0x00, 0x30, 0, 0}; /* full header, then gone */
+    uint64_t end = clock_now_us() + 20000000;                           /* 20 s bound for the whole loop */
+    for (int i = 0; i < 100 && clock_now_us() < end && !fail; i++) {
+        int fd = raw_connect(rpc_server_url(s));
+        if (fd < 0) {
+            fprintf(stderr, "raw connect %d to %s failed\n", i, rpc_server_url(s));
+            fail = 1;
+            break;
+        }
+        ssize_t n = 0, want = 0;
+        switch (i % 5) {
+        case 0:
+            break; /* nothing at all */
+        case 1:
+            want = 3, n = write(fd, part, 3);
+            break;
+        case 2:
+            want = 8, n = write(fd, junk, 8);
+            break;
+        case 3:
+            want = 8, n = write(fd, bad, 8);
+            break;
+        case 4:
+            want = 8, n = write(fd, hello, 8);
+            break;
+        }
+        if (n != want) fprintf(stderr, "raw peer %d: short write (peer already gone)\n", i);
+        close(fd);
+    }
+    /* A real client still gets in and is served. Over ipc, NNG 1.5.2 stops delivering
+     * connections after such drops (nng #1518); the server's watchdog replaces the
+     * listener within AICFN_IPC_PROBE_MS + AICFN_IPC_PROBE_WAIT_MS, so retry for about
+     * twice that (bounded). */
+    rpc_client *c = NULL;
+    if (!fail && rpc_client_open(&c, rpc_server_url(s), NULL, &e) != AICFN_OK) {
+        fprintf(stderr, "client open %s: %s\n", rpc_server_url(s), e.msg);
+        fail = 1;
+    }
+    uint64_t t0 = clock_now_us();
+    if (!fail) {
+        uint64_t bound = 2ull * (AICFN_IPC_PROBE_MS + AICFN_IPC_PROBE_WAIT_MS) * 1000 + 2000000;
+        int ok = 0;
+        while (!ok && clock_now_us() - t0 < bound)
+            ok = echo_once(c, 500, 99) == AICFN_OK;
+        for (int i = 0; i < 5 && ok; i++)
+            ok = echo_once(c, 5000, i) == AICFN_OK;
+        if (!ok) {
+            fprintf(stderr, "%s: not served again within the bound\n", url);
+            fail = 1;
+        }
+    }
+    if (strncmp(url, "tcp", 3) == 0 && rpc_server_listener_restarts(s) != 0) fail = 1;
+    fprintf(stderr, "# %s: served again after %.2f s, listener restarts %u\n", url,
+            (double)(clock_now_us() - t0) / 1e6, rpc_server_listener_restarts(s));
+    rpc_client_close(c);
+    rpc_server_destroy(s);
+    tsrv_fini(&t);
+    return fail;
+}
+
+/* tcp runs in this process. The ipc case runs in a fresh child process (this binary with
+ * --ipc-drop-child) that exits with _exit: once nng #1518 has broken a listener, NNG
+ * 1.5.2 can never free that listener's endpoint and stuck pipes (a few KiB inside
+ * libnng), which LeakSanitizer would report at exit. Everything else stays leak-checked. */
+static void handshake_drops_then_listener_still_accepts(void **state) {
+    (void)state;
+    assert_int_equal(drop_peers_then_serve("tcp://127.0.0.1:0"), 0);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        char *argv[] = {"test_rpc", "--ipc-drop-child", NULL};
+        execv("/proc/self/exe", argv);
+        _exit(127);
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* ---- deadlines, lost connections, async, forwarding ---------------------------------- */
+
+static void timeout_when_no_reply(void **state) {
+    (void)state;
+    tsrv t;
+    tsrv_init(&t, MODE_HOLD);
+    rpc_server *s;
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", NULL, tsrv_handler, &t, &e), AICFN_OK);
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+    uint64_t t0 = clock_now_us();
+    rpc_msg *rep;
+    assert_int_equal(rpc_call_sync(c, "x", 1, 300, &rep, &e), AICFN_E_TIMEOUT);
+    uint64_t dt = clock_now_us() - t0;
+    assert_true(dt >= 250000 && dt < 3000000);
+    assert_int_equal(rpc_server_outstanding(s), 1);
+    tsrv_drop_held(&t);
+    assert_int_equal(rpc_server_outstanding(s), 0);
+    rpc_client_close(c);
+    rpc_server_destroy(s);
+    tsrv_fini(&t);
+}
+
+typedef struct sync_arg {
+    rpc_client *c;
+    int rc;
+    uint64_t dt_us;
+} sync_arg;
+
+static void *sync_thread(void *p) {
+    sync_arg *a = p;
+    uint64_t t0 = clock_now_us();
+    rpc_msg *rep = NULL;
+    a->rc = rpc_call_sync(a->c, "lost?", 5, 10000, &rep, NULL);
+    a->dt_us = clock_now_us() - t0;
+    rpc_msg_free(rep);
+    return NULL;
+}
+
+/* The server goes away with a call in flight: the call fails at once with WORKER_LOST,
+ * and it is NOT resent to the server that takes over the address (NNG 1.5.2 would). */
+static void lost_connection_fails_call_and_never_resends(void **state) {
+    (void)state;
+    const char *url = ipc_url(4);
+    tsrv t1;
+    tsrv_init(&t1, MODE_HOLD);
+    rpc_server *s1;
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&s1, url, NULL, tsrv_handler, &t1, &e), AICFN_OK);
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, url, NULL, &e), AICFN_OK);
+    sync_arg a = {.c = c};
+    pthread_t th;
+    pthread_create(&th, NULL, sync_thread, &a);
+    tsrv_wait_held(&t1, 1);
+    tsrv_drop_held(&t1);
+    rpc_server_destroy(s1); /* closes the connection with the call in flight */
+    pthread_join(th, NULL);
+    assert_int_equal(a.rc, AICFN_E_WORKER_LOST);
+    assert_true(a.dt_us < 5000000);
+
+    tsrv t2;
+    tsrv_init(&t2, MODE_ECHO);
+    rpc_server *s2;
+    assert_int_equal(rpc_server_start(&s2, url, NULL, tsrv_handler, &t2, &e), AICFN_OK);
+    int ok = 0;
+    for (int i = 0; i < 100 && !ok; i++) {
+        ok = echo_once(c, 500, 7) == AICFN_OK;
+        if (!ok) usleep(20000);
+    }
+    assert_true(ok);
+    usleep(200000);
+    /* t2 saw only echo calls, never the lost "lost?" request */
+    assert_true(tsrv_calls(&t2) >= 1);
+    pthread_mutex_lock(&t2.mu);
+    assert_int_equal(t2.lost_seen, 0);
+    pthread_mutex_unlock(&t2.mu);
+    assert_int_equal(t1.lost_seen, 1);
+    rpc_client_close(c);
+    rpc_server_destroy(s2);
+    tsrv_fini(&t2);
+    tsrv_fini(&t1);
+}
+
+typedef struct async_box {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int done;
+    int status;
+    char data[64];
+    size_t len;
+} async_box;
+
+static void async_done(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    (void)err;
+    async_box *b = user;
+    pthread_mutex_lock(&b->mu);
+    b->status = status;
+    if (reply) {
+        b->len = rpc_msg_len(reply) < sizeof b->data ? rpc_msg_len(reply) : sizeof b->data;
+        memcpy(b->data, rpc_msg_data(reply), b->len);
+        rpc_msg_free(reply);
+    }
+    b->done++;
+    pthread_cond_broadcast(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+}
+
+static void async_wait(async_box *b, int n) {
+    uint64_t end = clock_now_us() + 10000000;
+    pthread_mutex_lock(&b->mu);
+    while (b->done < n && clock_now_us() < end) {
+        pthread_mutex_unlock(&b->mu);
+        usleep(1000);
+        pthread_mutex_lock(&b->mu);
+    }
+    pthread_mutex_unlock(&b->mu);
+    assert_true(b->done >= n);
+}
+
+static void async_calls_and_limits(void **state) {
+    (void)state;
+    tsrv t;
+    tsrv_init(&t, MODE_ECHO);
+    rpc_server *s;
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", NULL, tsrv_handler, &t, &e), AICFN_OK);
+    rpc_client_opts co = {.max_async = 1};
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), &co, &e), AICFN_OK);
+    async_box b = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER};
+    for (int i = 1; i <= 3; i++) { /* the one slot is reused */
+        assert_int_equal(rpc_call_async(c, "ping", 4, 5000, async_done, &b, &e), AICFN_OK);
+        async_wait(&b, i);
+        assert_int_equal(b.status, AICFN_OK);
+        assert_int_equal(b.len, 4);
+        assert_memory_equal(b.data, "ping", 4);
+    }
+    /* hold the next call at the server: a second async call is refused */
+    pthread_mutex_lock(&t.mu);
+    t.mode = MODE_HOLD;
+    pthread_mutex_unlock(&t.mu);
+    assert_int_equal(rpc_call_async(c, "held", 4, 300, async_done, &b, &e), AICFN_OK);
+    tsrv_wait_held(&t, 1);
+    assert_int_equal(rpc_call_async(c, "more", 4, 300, async_done, &b, &e), AICFN_E_OVERLOADED);
+    async_wait(&b, 4); /* the held one times out */
+    assert_int_equal(b.status, AICFN_E_TIMEOUT);
+    tsrv_drop_held(&t);
+    /* closing with an async call in flight cancels it */
+    assert_int_equal(rpc_call_async(c, "held", 4, 10000, async_done, &b, &e), AICFN_OK);
+    tsrv_wait_held(&t, 1);
+    rpc_client_close(c);
+    assert_int_equal(b.done, 5);
+    assert_int_equal(b.status, AICFN_E_CANCELED);
+    tsrv_drop_held(&t);
+    rpc_server_destroy(s);
+    tsrv_fini(&t);
+}
+
+/* A proxy: server A forwards each request to server B asynchronously and answers with
+ * B's reply message unchanged (rpc_reply_msg): the gateway's pattern. */
+typedef struct proxy {
+    rpc_client *to;
+} proxy;
+
+static void proxy_done(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    (void)err;
+    rpc_call *call = user;
+    if (status == AICFN_OK)
+        rpc_reply_msg(call, reply);
+    else
+        rpc_reply(call, "ERR", 3);
+}
+
+static void proxy_handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
+    proxy *p = user;
+    if (rpc_call_async(p->to, msg, len, 5000, proxy_done, call, NULL) != AICFN_OK) rpc_reply(call, "BUSY", 4);
+}
+
+static void forwarding_with_reply_msg(void **state) {
+    (void)state;
+    tsrv tb;
+    tsrv_init(&tb, MODE_ECHO);
+    rpc_server *b;
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&b, ipc_url(5), NULL, tsrv_handler, &tb, &e), AICFN_OK);
+    proxy p;
+    assert_int_equal(rpc_client_open(&p.to, rpc_server_url(b), NULL, &e), AICFN_OK);
+    rpc_server *a;
+    assert_int_equal(rpc_server_start(&a, "tcp://127.0.0.1:0", NULL, proxy_handler, &p, &e), AICFN_OK);
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, rpc_server_url(a), NULL, &e), AICFN_OK);
+    for (int i = 0; i < 20; i++)
+        assert_int_equal(echo_once(c, 5000, i), AICFN_OK);
+    assert_int_equal(tsrv_calls(&tb), 20);
+    rpc_client_close(c);
+    rpc_server_destroy(a);
+    rpc_client_close(p.to);
+    rpc_server_destroy(b);
+    tsrv_fini(&tb);
+}
+
+int main(int argc, char **argv) {
+    if (argc == 2 && strcmp(argv[1], "--ipc-drop-child") == 0) _exit(drop_peers_then_serve(ipc_url(3)));
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(refused_schemes),
+        cmocka_unit_test(socket_options_are_set),
+        cmocka_unit_test(echo_tcp_and_ipc),
+        cmocka_unit_test(connect_to_nobody),
+        cmocka_unit_test(malformed_msgpack_gets_protocol_error),
+        cmocka_unit_test(oversized_message_dropped_server_keeps_serving),
+        cmocka_unit_test(huge_sp_length_refused_without_allocation),
+        cmocka_unit_test(handshake_drops_then_listener_still_accepts),
+        cmocka_unit_test(timeout_when_no_reply),
+        cmocka_unit_test(lost_connection_fails_call_and_never_resends),
+        cmocka_unit_test(async_calls_and_limits),
+        cmocka_unit_test(forwarding_with_reply_msg),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
