@@ -80,7 +80,7 @@ def mlp_spec(snap: Path, extra: str = "max_batch=32,max_delay_us=5000") -> str:
 def test_echo_and_mlp_cold_then_warm(procs, mlp_files, tmp_path):
     weights, snap = mlp_files
     addr = ipc_addr(tmp_path)
-    start_worker(procs, addr, [f"echo={handler('echo')}", mlp_spec(snap)])
+    w = start_worker(procs, addr, [f"echo={handler('echo')}", mlp_spec(snap)])
 
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     r = call(addr, invoke_msg("echo", [tensor("x", x), bytes_tensor("s", [b"hello", b""])]))
@@ -113,6 +113,8 @@ def test_echo_and_mlp_cold_then_warm(procs, mlp_files, tmp_path):
     assert {q["fn"] for q in status["w"]["queues"]} == {"echo", "mlp"}
     assert status["w"]["counters"]["cold_starts"] == 1
     assert status["w"]["counters"]["invocations"] == 3
+    # Drain with a resident model: fini runs, device memory is freed, exit 0 (no leaks under ASan).
+    assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 
 
 def test_invoke_cli(procs, mlp_files, tmp_path):
@@ -160,7 +162,7 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
 def test_64_concurrent_calls_batch(procs, mlp_files, tmp_path):
     _, snap = mlp_files
     addr = ipc_addr(tmp_path)
-    start_worker(procs, addr, [mlp_spec(snap, "max_batch=32,max_delay_us=5000")])
+    w = start_worker(procs, addr, [mlp_spec(snap, "max_batch=32,max_delay_us=5000")])
     inputs = [fixed_inputs(1 + i % 3, seed=100 + i) for i in range(64)]
     # Single calls first (sequential: each runs in a batch of 1), also warming the model.
     singles = []
@@ -192,6 +194,7 @@ def test_64_concurrent_calls_batch(procs, mlp_files, tmp_path):
     for r, s in zip(replies, singles):
         for name in ("logits", "probs", "label"):
             np.testing.assert_array_equal(output(r, name), output(s, name))
+    assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 
 
 def test_request_past_deadline_never_executes(procs, tmp_path):
@@ -348,3 +351,38 @@ def test_tcp_listener_and_unknown_flag(procs, tmp_path):
     assert r.returncode == 2
     r = run_cli(["worker", "--listen", "http://127.0.0.1:1", "--function", f"echo={handler('echo')}"])
     assert r.returncode != 0 and "AICFN_E_INVALID" in r.stderr
+
+
+def test_eviction_reloads_model_and_handler_state(procs, mlp_files, tmp_path):
+    """Two models that cannot both be resident: each call evicts the other, reloads its
+    own (cold), and re-runs the handler's init against the new device pointers."""
+    weights, snap = mlp_files
+    other = tmp_path / "other.aicsnap"
+    other.write_bytes(snap.read_bytes())
+    addr = ipc_addr(tmp_path)
+    w = start_worker(procs, addr, [f"a={handler('mlp')},{snap}", f"b={handler('mlp')},{other}"], memory="12KiB")
+    x = fixed_inputs(2, seed=11)
+    ref_logits, _, _ = mlp_reference(read_safetensors(weights), x)
+    colds = []
+    for fn in ("a", "b", "a", "b"):
+        r = call(addr, invoke_msg(fn, [tensor("x", x)]))
+        assert r["ok"], r
+        colds.append(r["cold"])
+        np.testing.assert_allclose(output(r, "logits"), ref_logits, rtol=1e-5, atol=1e-5)
+        if len(colds) > 1:
+            assert r["cs"]["evicted"], r["cs"]  # the record names the model it evicted
+    assert colds == [True, True, True, True]
+    r = call(addr, invoke_msg("b", [tensor("x", x)]))
+    assert r["ok"] and r["cold"] is False
+    assert call(addr, status_msg())["w"]["counters"]["evictions"] == 3
+    assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
+
+
+def test_model_larger_than_budget_fails_clearly(procs, mlp_files, tmp_path):
+    _, snap = mlp_files
+    addr = ipc_addr(tmp_path)
+    start_worker(procs, addr, [f"mlp={handler('mlp')},{snap}", f"echo={handler('echo')}"], memory="4KiB")
+    r = call(addr, invoke_msg("mlp", [tensor("x", fixed_inputs(1))]))
+    assert r["ok"] is False and r["error"]["code"] == E_TOO_LARGE, r
+    assert "mlp" in r["error"]["message"]
+    assert call(addr, invoke_msg("echo", [tensor("x", fixed_inputs(1))]))["ok"]
