@@ -46,6 +46,8 @@ typedef struct gw_http_call gw_http_call;
 typedef struct gw_http_principal {
     char tenant[AICFN_MAX_NAME_BYTES + 1];
     bool admin;
+    uint32_t rate_per_s; /* the key's limits, for the infer callback (0 = unlimited) */
+    uint64_t quota_per_day;
 } gw_http_principal;
 
 /* An inference to run. Everything is borrowed and stays valid until gw_http_complete

@@ -1,0 +1,236 @@
+/* front_http.c: the HTTP front's callbacks over a running gateway: authentication
+ * with keys.h, model metadata from the registry (inputs/outputs declared in the
+ * manifest), inference through gw_invoke_submit (the same call path as the NNG front),
+ * the repository index, and the gauges refreshed from the worker pool before each
+ * /metrics scrape. Rate limits and daily quotas (keys.h gw_limits) are applied here to
+ * HTTP calls, seeded from the ledger at start; they belong in the gateway's call path
+ * once both fronts share one gw_limits.
+ *
+ * Not for: HTTP parsing or limits (http.c), JSON tensors (oip.c). */
+#include "gateway/front_http.h"
+
+#include <jansson.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "common/clock.h"
+#include "common/log.h"
+#include "gateway/gateway_internal.h"
+#include "gateway/http.h"
+#include "gateway/keys.h"
+#include "gateway/registry.h"
+
+struct gw_front_http {
+    gw_gateway *gw;
+    gw_http *http;
+    gw_metrics *metrics;
+    gw_stdmetrics std;
+    gw_limits *limits;
+    atomic_uint_fast64_t next_id;
+};
+
+typedef struct fh_pending {
+    gw_front_http *f;
+    gw_http_call *call;
+    uint64_t t0_us;
+    char fn[AICFN_FN_NAME_MAX_BYTES + 1];
+} fh_pending;
+
+static int fh_authenticate(void *ctx, const char *key, gw_http_principal *out, aicfn_error *err) {
+    gw_front_http *f = ctx;
+    gw_key_info info;
+    int rc = gw_keys_authenticate(gw_gateway_db(f->gw), key, &info, err);
+    if (rc != AICFN_OK) return rc;
+    snprintf(out->tenant, sizeof out->tenant, "%s", info.tenant);
+    out->admin = info.admin;
+    out->rate_per_s = info.rate_per_s;
+    out->quota_per_day = info.quota_per_day;
+    return AICFN_OK;
+}
+
+static int fh_model_info(void *ctx, const char *model, uint32_t version, gw_http_model_info *out,
+                         aicfn_error *err) {
+    gw_front_http *f = ctx;
+    gw_db *db = gw_gateway_db(f->gw);
+    gw_function fn;
+    memset(&fn, 0, sizeof fn);
+    int rc = gw_registry_get(db, model, version, &fn, err);
+    if (rc != AICFN_OK) return rc;
+    out->version = fn.version;
+    out->ready = true; /* models load on demand: a registered version can serve */
+    gw_fn_config cfg;
+    gw_fn_config_init(&cfg);
+    if (fn.config_json && gw_fn_config_from_string(fn.config_json, &cfg, NULL) == AICFN_OK) {
+        for (size_t i = 0; i < cfg.n_inputs && i < AICFN_MAX_TENSORS; i++)
+            out->inputs[out->n_inputs++] = cfg.inputs[i];
+        for (size_t i = 0; i < cfg.n_outputs && i < AICFN_MAX_TENSORS; i++)
+            out->outputs[out->n_outputs++] = cfg.outputs[i];
+    }
+    gw_fn_config_clear(&cfg);
+    gw_function_clear(&fn);
+    gw_function *vs = NULL;
+    size_t n = 0;
+    if (gw_registry_versions(db, model, &vs, &n, NULL) == AICFN_OK) {
+        size_t first = n > GW_HTTP_MAX_VERSIONS ? n - GW_HTTP_MAX_VERSIONS : 0;
+        for (size_t i = first; i < n; i++)
+            out->versions[out->n_versions++] = vs[i].version;
+        gw_function_array_free(vs, n);
+    }
+    return AICFN_OK;
+}
+
+static void fh_done(void *user, const gw_invoke_result *res) {
+    fh_pending *p = user;
+    gw_stdmetrics_call(&p->f->std, p->fn, res->version, res->code, clock_now_us() - p->t0_us);
+    if (res->code == AICFN_OK && res->decoded) {
+        gw_http_result r = {.version = res->version,
+                            .outputs = res->decoded->outputs,
+                            .n_outputs = res->decoded->n_outputs,
+                            .cold = res->cold};
+        gw_http_complete(p->call, AICFN_OK, NULL, &r, 0);
+    } else {
+        aicfn_error e;
+        aicfn_error_set(&e, res->code == AICFN_OK ? AICFN_E_INTERNAL : res->code, "%s",
+                        res->message && res->message[0] ? res->message : aicfn_strerror(res->code));
+        gw_http_complete(p->call, e.code, &e, NULL, 0);
+    }
+    rpc_msg_free(res->reply);
+    free(p);
+}
+
+static int fh_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aicfn_error *err) {
+    gw_front_http *f = ctx;
+    if (inv->principal) {
+        uint32_t retry = 0;
+        aicfn_error e;
+        int lrc = gw_limits_check(f->limits, inv->principal->tenant, inv->principal->rate_per_s,
+                                  inv->principal->quota_per_day, clock_wall_us(), &retry, &e);
+        if (lrc != AICFN_OK) {
+            gw_stdmetrics_call(&f->std, inv->model, inv->version, lrc, clock_now_us() - inv->received_us);
+            gw_http_complete(call, lrc, &e, NULL, retry);
+            return AICFN_OK;
+        }
+    }
+    fh_pending *p = calloc(1, sizeof *p);
+    if (p == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    p->f = f;
+    p->call = call;
+    p->t0_us = inv->received_us;
+    snprintf(p->fn, sizeof p->fn, "%s", inv->model);
+    wire_invoke_req req;
+    memset(&req, 0, sizeof req);
+    req.id = atomic_fetch_add(&f->next_id, 1) + 1;
+    req.fn = inv->model;
+    req.ver = inv->version;
+    req.key = inv->key;
+    req.n_inputs = inv->req->n_inputs;
+    req.inputs = inv->req->inputs;
+    req.params = inv->req->params;
+    req.params_len = inv->req->params_len;
+    const char *tenant = inv->principal ? inv->principal->tenant : "local";
+    int rc = gw_invoke_submit(f->gw, &req, tenant, fh_done, p, err);
+    if (rc != AICFN_OK) {
+        gw_stdmetrics_call(&f->std, p->fn, inv->version, rc, clock_now_us() - p->t0_us);
+        free(p);
+    }
+    return rc;
+}
+
+static int fh_index(void *ctx, bool ready_only, gw_http_emit_fn emit, void *arg, aicfn_error *err) {
+    gw_front_http *f = ctx;
+    gw_function_summary *s = NULL;
+    size_t n = 0;
+    int rc = gw_registry_list(gw_gateway_db(f->gw), &s, &n, err);
+    if (rc != AICFN_OK) return rc;
+    for (size_t i = 0; i < n; i++) {
+        bool ready = s[i].active_version != 0;
+        if (ready_only && !ready) continue;
+        gw_http_repo_entry e = {.name = s[i].name,
+                                .version = ready ? s[i].active_version : s[i].latest_version,
+                                .state = ready ? "READY" : "UNAVAILABLE",
+                                .reason = ready ? "" : "no active version"};
+        emit(arg, &e);
+    }
+    free(s);
+    return AICFN_OK;
+}
+
+static void fh_before_metrics(void *ctx) {
+    gw_front_http *f = ctx;
+    json_t *ws = gw_workers_json(f->gw);
+    if (ws == NULL) return;
+    gw_metric_reset(f->std.resident_models);
+    gw_metric_reset(f->std.cache_used);
+    gw_metric_reset(f->std.cache_budget);
+    size_t i;
+    json_t *w;
+    json_array_foreach(ws, i, w) {
+        const char *name = json_string_value(json_object_get(w, "name"));
+        if (name == NULL) continue;
+        const char *l[] = {name};
+        double budget = (double)json_integer_value(json_object_get(w, "budget_bytes"));
+        double free_b = (double)json_integer_value(json_object_get(w, "free_bytes"));
+        gw_metric_set(f->std.resident_models, l, (double)json_array_size(json_object_get(w, "models")));
+        gw_metric_set(f->std.cache_budget, l, budget);
+        gw_metric_set(f->std.cache_used, l, budget > free_b ? budget - free_b : 0);
+    }
+    gw_metric_set(f->std.workers_live, NULL, (double)json_array_size(ws));
+    json_decref(ws);
+}
+
+int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_front_http **out,
+                        aicfn_error *err) {
+    *out = NULL;
+    gw_front_http *f = calloc(1, sizeof *f);
+    if (f == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "http: out of memory");
+    f->gw = gw;
+    atomic_init(&f->next_id, 0);
+    f->metrics = gw_metrics_create();
+    int rc = f->metrics ? gw_stdmetrics_init(f->metrics, &f->std, err)
+                        : aicfn_error_set(err, AICFN_E_NOMEM, "http: out of memory");
+    if (rc == AICFN_OK) rc = gw_limits_create(&f->limits, err);
+    if (rc == AICFN_OK &&
+        gw_limits_seed_from_ledger(f->limits, gw_gateway_db(gw), clock_wall_us(), err) != AICFN_OK)
+        log_warn("http: daily quotas start from zero: %s", err->msg);
+    if (rc == AICFN_OK) {
+        gw_http_callbacks cb = {.ctx = f,
+                                .authenticate = gw_insecure_local(gw) ? NULL : fh_authenticate,
+                                .model_info = fh_model_info,
+                                .infer = fh_infer,
+                                .repository_index = fh_index,
+                                .before_metrics = fh_before_metrics};
+        gw_http_config cfg = {
+            .listen = listen, .metrics = f->metrics, .std = &f->std, .server_version = version};
+        rc = gw_http_start(&cfg, &cb, &f->http, err);
+    }
+    if (rc != AICFN_OK) {
+        gw_limits_destroy(f->limits);
+        gw_metrics_destroy(f->metrics);
+        free(f);
+        return rc;
+    }
+    *out = f;
+    return AICFN_OK;
+}
+
+uint16_t gw_front_http_port(const gw_front_http *f) {
+    return f ? gw_http_port(f->http) : 0;
+}
+
+gw_metrics *gw_front_http_metrics(gw_front_http *f) {
+    return f ? f->metrics : NULL;
+}
+
+const gw_stdmetrics *gw_front_http_stdmetrics(gw_front_http *f) {
+    return f ? &f->std : NULL;
+}
+
+void gw_front_http_stop(gw_front_http *f) {
+    if (f == NULL) return;
+    gw_http_stop(f->http);
+    gw_limits_destroy(f->limits);
+    gw_metrics_destroy(f->metrics);
+    free(f);
+}

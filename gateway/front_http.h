@@ -1,0 +1,38 @@
+/* front_http.h: connects the HTTP front (http.h) to a running gateway (gateway.h): the
+ * gw_http_callbacks implemented over gw_invoke_submit, the registry, the keys and the
+ * worker pool, plus the gateway's Prometheus registry served at GET /metrics.
+ *
+ * Not for: HTTP itself (http.c) or the call path (gateway.c). Only the gateway process
+ * (gateway.c / cli/cmd_gateway.c) uses it. */
+#ifndef AICFN_GATEWAY_FRONT_HTTP_H
+#define AICFN_GATEWAY_FRONT_HTTP_H
+
+#include <stdint.h>
+
+#include "common/error.h"
+#include "gateway/gateway.h"
+#include "gateway/metrics.h"
+
+typedef struct gw_front_http gw_front_http;
+
+/* Starts the HTTP front on `listen` ("127.0.0.1:8080") for gateway `gw`, which must
+ * outlive it. Authentication uses the gateway's keys (none when the gateway runs
+ * --insecure-local: every caller is tenant "local" with admin rights). Each HTTP call
+ * is counted in aicfn_calls_total and aicfn_call_duration_seconds. Returns AICFN_OK and
+ * *out, or the error of gw_http_start. */
+int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_front_http **out,
+                        aicfn_error *err);
+
+/* The bound port (after "host:0"). */
+uint16_t gw_front_http_port(const gw_front_http *f);
+
+/* The Prometheus registry and the aicfn metric set it serves, for the gateway to update
+ * (cold starts, evictions, NNG-front calls). Valid until gw_front_http_stop. */
+gw_metrics *gw_front_http_metrics(gw_front_http *f);
+const gw_stdmetrics *gw_front_http_stdmetrics(gw_front_http *f);
+
+/* Stops the HTTP front (waits for its calls in flight; call it before gw_stop). NULL
+ * accepted. */
+void gw_front_http_stop(gw_front_http *f);
+
+#endif
