@@ -87,6 +87,7 @@ struct gw_call {
     uint32_t timeout_ms; /* what the worker was told (deadline_ms) */
     uint64_t hash;       /* of fn + inputs + params: crash back-off identity */
     int attempts;
+    bool spawned; /* routed to a worker still starting: its cold start includes the spawn */
     gw_worker *worker;
     int code; /* for the fail list */
     char message[256];
@@ -371,6 +372,7 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a) {
     uint64_t now = clock_now_us();
     c->worker = w;
     if (w->state == GW_WORKER_STARTING) {
+        c->spawned = true;
         c->next = NULL;
         if (w->pending_tail)
             w->pending_tail->next = c;
@@ -542,7 +544,7 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
         w->callbacks--;
         w->last_call_us = now;
         if (rep.has_st) gw_worker_apply_summary(w, &rep.st, now);
-        if (rep.has_coldstart && !w->spawn_attributed && w->spawn_us) {
+        if (rep.has_coldstart && c->spawned && !w->spawn_attributed) {
             spawn_us = w->spawn_us;
             w->spawn_attributed = true;
         }
@@ -1083,6 +1085,7 @@ json_t *gw_workers_json(gw_gateway *gw) {
         json_t *models = json_array();
         for (size_t i = 0; models && i < w->n_models; i++) {
             const gw_route_model *m = &w->models[i];
+            if (strcmp(m->key, GW_NO_MODEL_KEY) == 0) continue;
             const gw_fn *f = gw_fn_by_key(gw, m->key);
             json_array_append_new(
                 models, json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:I}", "model", m->key, "function",

@@ -1,0 +1,377 @@
+"""End-to-end tests of `aicfn gateway` with its local worker pool: real processes on
+loopback, the CLI (deploy, ls, workers, coldstarts) and the raw protocol (pynng+msgpack).
+
+Covers: deploy + invoke (cold then warm; a second deploy becomes active while NAME:1 stays
+invokable), LRU eviction with three models and a budget for two (cold flags and the
+cold_starts rows' evicted lists), single flight (20 simultaneous first calls -> one cold
+start), scale to zero (idle worker exits; the next call spawns one, spawn_us > 0), kill -9
+of a worker with calls in flight (idempotent calls retried and succeed, others get
+AICFN_E_WORKER_LOST, nothing runs twice, one ledger row per call), kill -9 of the gateway
+after an acknowledged deploy (still there after restart, integrity_check ok), and hostile
+clients (handshake drops, a 2^40-byte length header, malformed msgpack) while others work.
+Every wait is bounded.
+"""
+import json
+import os
+import signal
+import socket
+import sqlite3
+import struct
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pynng
+import pytest
+
+from conftest import (E_PROTOCOL, OK, PROTOCOL_VERSION, ROOT, call, call_raw, free_port, handler, invoke_msg,
+                      next_id, output, run_cli, tensor, wait_for)
+
+E_WORKER_LOST = 12
+
+
+# ---- helpers ----
+
+def start_gateway(procs, tmp_path: Path, workers="0..2", memory="64MiB", idle="5m", name="gateway", data=None,
+                  port=None, env=None):
+    port = port or free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    data = data or (tmp_path / "data")
+    args = ["aicfn-placeholder", "gateway", "--listen", addr, "--data", data, "--workers", workers,
+            "--worker-memory", memory, "--device", "host", "--idle-timeout", idle, "--insecure-local"]
+    from conftest import aicfn_bin
+    args[0] = aicfn_bin()
+    g = procs.start(args, name=name, env=env)
+
+    def ready():
+        if g.poll() is not None:
+            raise RuntimeError(f"gateway exited with {g.poll()}: {g.stderr()[-3000:]}")
+        return call(addr, {"v": PROTOCOL_VERSION, "t": "status", "id": next_id()}, timeout_ms=500).get("ok")
+
+    wait_for(ready, 15, interval=0.05, what=f"gateway on {addr}")
+    return addr, data, g
+
+
+def deploy(addr, path) -> int:
+    r = run_cli(["deploy", str(path), "--gateway", addr, "--json"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])["version"]
+
+
+def workers(addr):
+    r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def db_rows(data: Path, sql: str, args=()):
+    con = sqlite3.connect(str(data / "aicfn.db"), timeout=5)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def wait_rows(data, sql, args, n, timeout=10):
+    return wait_for(lambda: (lambda r: r if len(r) >= n else None)(db_rows(data, sql, args)), timeout,
+                    interval=0.05, what=f"{n} rows of {sql}")
+
+
+def write_manifest(d: Path, text: str) -> Path:
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "aicfn.yaml").write_text(text)
+    return d
+
+
+def write_safetensors(path: Path, tensors: dict):
+    header, blobs, off = {}, [], 0
+    for name, a in tensors.items():
+        b = np.ascontiguousarray(a, dtype="<f4").tobytes()
+        header[name] = {"dtype": "F32", "shape": list(a.shape), "data_offsets": [off, off + len(b)]}
+        blobs.append(b)
+        off += len(b)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
+
+
+def mlp_input():
+    return tensor("x", np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16))
+
+
+# ---- tests ----
+
+def test_deploy_invoke_versions(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path)
+    assert deploy(addr, ROOT / "examples" / "mlp") == 1
+    r1 = call(addr, invoke_msg("mlp", [mlp_input()]), timeout_ms=30000)
+    assert r1["ok"], r1
+    assert r1["cold"] is True
+    r2 = call(addr, invoke_msg("mlp", [mlp_input()]), timeout_ms=30000)
+    assert r2["ok"] and r2["cold"] is False
+    assert np.allclose(output(r1, "probs"), output(r2, "probs")) if any(
+        o["name"] == "probs" for o in r1["outputs"]) else True
+
+    # A second deploy is version 2 and active; version 1 stays invokable.
+    assert deploy(addr, ROOT / "examples" / "mlp") == 2
+    ls = json.loads(run_cli(["ls", "--gateway", addr, "--json"]).stdout)
+    row = [x for x in ls if x["name"] == "mlp"][0]
+    assert row["active_version"] == 2 and row["latest_version"] == 2
+    ra = call(addr, invoke_msg("mlp", [mlp_input()], rid=777001), timeout_ms=30000)
+    m1 = invoke_msg("mlp", [mlp_input()], rid=777002)
+    m1["ver"] = 1
+    rb = call(addr, m1, timeout_ms=30000)
+    assert ra["ok"] and rb["ok"]
+    rows = wait_rows(data, "SELECT request_id, version, status FROM invocations WHERE request_id IN (?, ?) "
+                           "ORDER BY request_id", ("777001", "777002"), 2)
+    assert rows == [("777001", 2, "AICFN_OK"), ("777002", 1, "AICFN_OK")]
+    # Unknown function and version: clear errors.
+    r = call(addr, invoke_msg("nope", [mlp_input()]))
+    assert not r["ok"] and r["error"]["code"] == 6
+    m9 = invoke_msg("mlp", [mlp_input()])
+    m9["ver"] = 9
+    r = call(addr, m9)
+    assert not r["ok"] and r["error"]["code"] == 6
+    # The cold start was recorded, with the spawn of the worker that served it.
+    cs = db_rows(data, "SELECT function, version, spawn_us, raw_bytes FROM cold_starts WHERE function='mlp'")
+    assert len(cs) >= 1 and cs[0][2] > 0 and cs[0][3] > 0
+    out = run_cli(["coldstarts", "mlp", "--gateway", addr])
+    assert out.returncode == 0 and "decompress" in out.stdout
+
+
+def test_lru_eviction_three_models_budget_for_two(procs, tmp_path):
+    # Three 3 MiB models, one worker with 7 MiB: two fit, the third evicts the LRU one.
+    echo = handler("echo")
+    for n in ("lrua", "lrub", "lruc"):
+        d = tmp_path / n
+        d.mkdir()
+        write_safetensors(d / "w.safetensors", {"w": np.random.default_rng(1).standard_normal(786432).astype(np.float32)})
+        write_manifest(d, f"name: {n}\nhandler: {echo}\nmodel: w.safetensors\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", memory="7MiB")
+    for n in ("lrua", "lrub", "lruc"):
+        deploy(addr, tmp_path / n)
+
+    def inv(fn):
+        r = call(addr, invoke_msg(fn, [tensor("x", np.arange(3, dtype=np.float32))]), timeout_ms=30000)
+        assert r["ok"], r
+        return r["cold"]
+
+    assert inv("lrua") is True
+    assert inv("lrub") is True
+    assert inv("lrua") is False
+    assert inv("lruc") is True   # evicts lrub (least recently used)
+    assert inv("lrua") is False
+    assert inv("lrub") is True   # evicts lruc (lrua was used after it)
+    rows = wait_rows(data, "SELECT function, evicted FROM cold_starts ORDER BY id", (), 4)
+    assert [r[0] for r in rows] == ["lrua", "lrub", "lruc", "lrub"]
+    assert json.loads(rows[0][1]) == [] and json.loads(rows[1][1]) == []
+    assert json.loads(rows[2][1]) == ["lrub:1"]
+    assert json.loads(rows[3][1]) == ["lruc:1"]
+    pool = workers(addr)
+    assert len(pool) == 1
+    resident = sorted(m["function"] for m in pool[0]["models"] if m["state"] == "READY")
+    assert resident == ["lrua", "lrub"]
+
+
+def test_single_flight_twenty_first_calls(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..2")
+    deploy(addr, ROOT / "examples" / "mlp")
+    results = [None] * 20
+    barrier = threading.Barrier(20)
+
+    def one(i):
+        barrier.wait(timeout=10)
+        results[i] = call(addr, invoke_msg("mlp", [mlp_input()]), timeout_ms=60000)
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=90)
+    assert all(r is not None and r["ok"] for r in results), results
+    rows = wait_rows(data, "SELECT worker FROM cold_starts WHERE function='mlp'", (), 1)
+    time.sleep(0.3)
+    rows = db_rows(data, "SELECT worker FROM cold_starts WHERE function='mlp'")
+    assert len(rows) == 1, rows
+    inv = wait_rows(data, "SELECT COUNT(*) FROM invocations WHERE function='mlp'", (), 1)
+    wait_for(lambda: db_rows(data, "SELECT COUNT(*) FROM invocations WHERE function='mlp'")[0][0] == 20, 10,
+             what="20 ledger rows")
+
+
+def test_scale_to_zero_and_respawn(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", idle="1s")
+    deploy(addr, ROOT / "examples" / "mlp")
+    r = call(addr, invoke_msg("mlp", [mlp_input()]), timeout_ms=30000)
+    assert r["ok"] and r["cold"]
+    pool = workers(addr)
+    assert len(pool) == 1
+    pid = pool[0]["pid"]
+    assert pid > 0
+
+    def gone():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie of the gateway counts as alive until reaped; read its state.
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+        except FileNotFoundError:
+            return True
+        return False
+
+    wait_for(gone, 15, interval=0.1, what="the idle worker to exit")
+    wait_for(lambda: workers(addr) == [], 10, interval=0.1, what="an empty pool")
+    r = call(addr, invoke_msg("mlp", [mlp_input()]), timeout_ms=30000)
+    assert r["ok"] and r["cold"] is True
+    pool = workers(addr)
+    assert len(pool) == 1 and pool[0]["pid"] != pid
+    rows = wait_rows(data, "SELECT spawn_us FROM cold_starts WHERE function='mlp' ORDER BY id", (), 2)
+    assert len(rows) == 2 and all(s > 0 for (s,) in rows), rows
+
+
+def test_kill_worker_with_calls_in_flight(procs, tmp_path):
+    sleep_so = handler("test_sleep")
+    write_manifest(tmp_path / "slowi", f"name: slowi\nhandler: {sleep_so}\nlimits: {{ timeout: 20s }}\nidempotent: true\n")
+    write_manifest(tmp_path / "slown", f"name: slown\nhandler: {sleep_so}\nlimits: {{ timeout: 20s }}\nidempotent: false\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..2")
+    deploy(addr, tmp_path / "slowi")
+    deploy(addr, tmp_path / "slown")
+    counts = tmp_path / "count.txt"
+    counts.write_text("")
+    results = {}
+    ids = {"slowi": [880001, 880002, 880003], "slown": [880011, 880012, 880013]}
+
+    def one(fn, rid, i):
+        m = invoke_msg(fn, [tensor("x", np.array([i], dtype=np.float32))],
+                       params={"sleep_ms": "1500", "count_file": str(counts)}, rid=rid)
+        results[rid] = call(addr, m, timeout_ms=60000)
+
+    ts = []
+    for fn in ("slowi", "slown"):
+        for i, rid in enumerate(ids[fn]):
+            ts.append(threading.Thread(target=one, args=(fn, rid, i + (10 if fn == "slown" else 0))))
+    for t in ts:
+        t.start()
+    # Wait until both functions have a call executing, then kill -9 the worker(s).
+    wait_for(lambda: {"880001", "880011"} & set(counts.read_text().split()) and
+             len(set(counts.read_text().split()) & {str(x) for x in ids["slowi"]}) >= 1 and
+             len(set(counts.read_text().split()) & {str(x) for x in ids["slown"]}) >= 1, 20,
+             what="calls of both functions running")
+    pool = workers(addr)
+    assert pool
+    for w in pool:
+        os.kill(w["pid"], signal.SIGKILL)
+    for t in ts:
+        t.join(timeout=60)
+    assert len(results) == 6
+    for rid in ids["slowi"]:
+        assert results[rid]["ok"], results[rid]
+    lost = [rid for rid in ids["slown"] if not results[rid]["ok"]]
+    assert lost, "a non-idempotent call was in flight when its worker died"
+    for rid in lost:
+        assert results[rid]["error"]["code"] == E_WORKER_LOST, results[rid]
+    lines = counts.read_text().split()
+    for rid in ids["slown"]:
+        assert lines.count(str(rid)) <= 1, (rid, lines)       # never run twice
+    for rid in ids["slowi"]:
+        assert 1 <= lines.count(str(rid)) <= 2, (rid, lines)  # at most the killed run + one retry
+    # One ledger row per call.
+    want = [str(x) for x in ids["slowi"] + ids["slown"]]
+    marks = ",".join("?" * len(want))
+    wait_for(lambda: db_rows(data, f"SELECT COUNT(*) FROM invocations WHERE request_id IN ({marks})", want)[0][0] == 6,
+             10, what="6 ledger rows")
+    rows = db_rows(data, f"SELECT request_id, COUNT(*) FROM invocations WHERE request_id IN ({marks}) "
+                         "GROUP BY request_id", want)
+    assert all(n == 1 for _, n in rows) and len(rows) == 6
+    lost_rows = db_rows(data, f"SELECT status FROM invocations WHERE request_id IN ({','.join('?' * len(lost))})",
+                        [str(x) for x in lost])
+    assert all(s == "AICFN_E_WORKER_LOST" for (s,) in lost_rows)
+
+
+def test_kill_gateway_after_deploy(procs, tmp_path):
+    port = free_port()
+    addr, data, g = start_gateway(procs, tmp_path, port=port)
+    assert deploy(addr, ROOT / "examples" / "echo") == 1
+    g.p.kill()
+    g.p.wait(timeout=10)
+    addr2, _, g2 = start_gateway(procs, tmp_path, port=port, data=data, name="gateway2")
+    ls = json.loads(run_cli(["ls", "--gateway", addr2, "--json"]).stdout)
+    assert [x["name"] for x in ls] == ["echo"]
+    r = call(addr2, invoke_msg("echo", [tensor("x", np.arange(5, dtype=np.int32))]), timeout_ms=30000)
+    assert r["ok"] and np.array_equal(output(r, "x"), np.arange(5, dtype=np.int32))
+    assert db_rows(data, "PRAGMA integrity_check") == [("ok",)]
+
+
+def test_hostile_clients(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path)
+    deploy(addr, ROOT / "examples" / "echo")
+    host, port = "127.0.0.1", int(addr.rsplit(":", 1)[1])
+    stop = threading.Event()
+    good = {"ok": 0, "bad": 0}
+
+    def steady():
+        while not stop.is_set():
+            r = call(addr, invoke_msg("echo", [tensor("x", np.arange(4, dtype=np.float32))]), timeout_ms=20000)
+            good["ok" if r.get("ok") else "bad"] += 1
+
+    t = threading.Thread(target=steady)
+    t.start()
+    try:
+        # 1. 100 connections that drop during the SP handshake.
+        for i in range(100):
+            s = socket.create_connection((host, port), timeout=5)
+            if i % 2:
+                s.sendall(b"\x00SP\x00")
+            s.close()
+        # 2. A length header announcing 2^40 bytes: refused (connection closed), nothing allocated.
+        s = socket.create_connection((host, port), timeout=5)
+        s.sendall(b"\x00SP\x00\x00\x30\x00\x00")
+        s.settimeout(5)
+        peer = s.recv(8)
+        assert len(peer) == 8
+        s.sendall(struct.pack(">Q", 1 << 40) + b"\x00" * 64)
+        closed = False
+        try:
+            closed = s.recv(16) == b""
+        except (ConnectionResetError, socket.timeout):
+            closed = True
+        s.close()
+        assert closed
+        rss_kb = int([l for l in Path(f"/proc/{g.p.pid}/status").read_text().splitlines()
+                      if l.startswith("VmRSS")][0].split()[1])
+        assert rss_kb < 512 * 1024
+        # 3. Malformed msgpack gets an error reply; the connection and the gateway stay up.
+        with pynng.Req0(recv_timeout=5000, send_timeout=5000) as q:
+            q.dial(addr, block=True)
+            for junk in (b"\xc1", b"\x85\xa1v", b"\xdf\xff\xff\xff\xff", b"\x81\xa1v\x01" + b"\x00" * 3):
+                q.send(junk)
+                r = __import__("msgpack").unpackb(q.recv(), raw=False)
+                assert r["ok"] is False and r["error"]["code"] == E_PROTOCOL
+        # The listener still accepts and serves.
+        r = call(addr, invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.float32))]), timeout_ms=20000)
+        assert r["ok"]
+    finally:
+        stop.set()
+        t.join(timeout=30)
+    assert good["ok"] > 0 and good["bad"] == 0, good
+    assert g.poll() is None
+
+
+def test_protocol_client_from_docs(procs, tmp_path):
+    client = ROOT / "tests" / "e2e" / "protocol_client.py"
+    if not client.exists():
+        pytest.skip("tests/e2e/protocol_client.py (the docs-only client) is not in this tree")
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("protocol_client", client)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    addr, data, g = start_gateway(procs, tmp_path)
+    deploy(addr, ROOT / "examples" / "mlp")
+    fn = getattr(mod, "invoke", None)
+    if fn is None:
+        pytest.skip("protocol_client.py has no invoke()")
+    out = fn(addr, "mlp", {"x": np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)})
+    assert out is not None
