@@ -35,6 +35,8 @@ static void cw_help(FILE *out) {
             "                       host: %llu MiB)\n"
             "  --load-threads N     snapshot pipeline threads per load (default: cores)\n"
             "  --id NAME            worker id shown in status (default: w<pid>)\n"
+            "  --no-specs           refuse invocations whose `spec` asks to load a new function (by\n"
+            "                       default the gateway registers functions that way; keep ADDR private)\n"
             "  --function SPEC      NAME=HANDLER.so[,SNAPSHOT.aicsnap][,OPTION=VALUE...]\n"
             "                       options: max_batch=N (default %d), max_delay_us=N (default %d),\n"
             "                       timeout=DUR (default %d ms; e.g. 30s), max_queue=N (default %d),\n"
@@ -147,6 +149,8 @@ int cli_cmd_worker(int argc, char **argv) {
         if (strcmp(argv[i], "--help") == 0 || strcmp(argv[i], "-h") == 0) {
             cw_help(stdout);
             goto out;
+        } else if (strcmp(argv[i], "--no-specs") == 0) {
+            cfg.refuse_specs = 1;
         } else if ((v = cw_flag(argc, argv, &i, "--listen"))) {
             cfg.listen = v;
         } else if ((v = cw_flag(argc, argv, &i, "--device"))) {

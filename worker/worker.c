@@ -59,6 +59,7 @@ struct worker {
     worker_model_ops_arg ops_arg;
     rpc_server *srv;
     uint64_t started_us;
+    int refuse_specs;
 
     pthread_mutex_t mu; /* fns, n_fns, inflight, draining */
     pthread_cond_t cv;  /* inflight reached 0 */
@@ -690,6 +691,12 @@ static int worker_build_inputs(worker_req *r, aicfn_error *err) {
 
 /* Registers the function a gateway's `spec` describes (the run-time seam). */
 static int worker_add_from_spec(worker *w, const wire_invoke_req *q, aicfn_error *err) {
+    if (w->refuse_specs)
+        return aicfn_error_set(err, AICFN_E_FORBIDDEN,
+                               "function %s: this worker does not accept function specs", q->fn);
+    if (q->spec.handler == NULL || q->spec.handler[0] != '/')
+        return aicfn_error_set(err, AICFN_E_INVALID, "function %s: spec.handler must be an absolute path",
+                               q->fn);
     worker_fn_config c = {
         .name = q->fn,
         .version = q->ver,
@@ -821,6 +828,7 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     pthread_mutex_init(&w->mu, NULL);
     pthread_cond_init(&w->cv, NULL);
     w->started_us = clock_now_us();
+    w->refuse_specs = cfg->refuse_specs;
     w->listen = strdup(cfg->listen);
     w->device_spec = strdup(cfg->device && cfg->device[0] ? cfg->device : "auto");
     if (cfg->id && cfg->id[0])

@@ -12,7 +12,10 @@
  *
  * Functions are added at start (--function) or at run time: worker_add_function, or an
  * invoke that carries a `spec` (the gateway's registration of a function version on
- * this worker) for a function the worker does not hold yet.
+ * this worker) for a function the worker does not hold yet. A spec names a handler
+ * library (an absolute path) that the worker dlopens: whoever can reach the worker's
+ * address can run code in it, so the address must be reachable by the gateway only
+ * (an ipc:// path in a private directory, or a private network), or specs refused.
  *
  * Not for: routing, the registry or records (the gateway). */
 #ifndef AICFN_WORKER_WORKER_H
@@ -31,6 +34,8 @@ typedef struct worker_config {
     uint64_t memory_bytes; /* cache budget; 0 = the device's free memory (host: AICFN_DEFAULT_HOST_BUDGET) */
     uint32_t load_threads; /* 0 = cores */
     const char *id;        /* worker id in status ("w1"); NULL = "w<pid>" */
+    int refuse_specs;      /* 1: an invoke carrying a `spec` for an unknown function is refused
+                              (AICFN_E_FORBIDDEN) instead of loading its handler */
 } worker_config;
 
 /* One function to host. Strings are copied. */

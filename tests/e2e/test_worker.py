@@ -20,7 +20,7 @@ import numpy as np
 import pynng
 import pytest
 
-from conftest import (E_ABI, E_HANDLER, E_INVALID, E_NOT_FOUND, E_PROTOCOL, E_TIMEOUT, E_TOO_LARGE,
+from conftest import (E_ABI, aicfn_bin, E_HANDLER, E_INVALID, E_NOT_FOUND, E_PROTOCOL, E_TIMEOUT, E_TOO_LARGE,
                       E_UNAVAILABLE, ROOT, _req_socket, bytes_tensor, call, call_raw, handler, invoke_msg,
                       ipc_addr, output, run_cli, start_worker, status_msg, tcp_addr, tensor, wait_for)
 
@@ -386,3 +386,49 @@ def test_model_larger_than_budget_fails_clearly(procs, mlp_files, tmp_path):
     assert r["ok"] is False and r["error"]["code"] == E_TOO_LARGE, r
     assert "mlp" in r["error"]["message"]
     assert call(addr, invoke_msg("echo", [tensor("x", fixed_inputs(1))]))["ok"]
+
+
+def test_function_registered_at_run_time_by_spec(procs, mlp_files, tmp_path):
+    """The gateway's seam: an invoke carrying `spec` for a function the worker lacks loads it."""
+    weights, snap = mlp_files
+    addr = ipc_addr(tmp_path)
+    start_worker(procs, addr, [f"echo={handler('echo')}"])
+    x = fixed_inputs(2, seed=5)
+    spec = {"handler": str(handler("mlp")), "snapshot": str(snap), "model": "mlp-test-hash", "max_batch": 4,
+            "max_delay_us": 1000, "timeout_ms": 5000, "idempotent": True}
+    m = invoke_msg("mlp", [tensor("x", x)])
+    m["ver"] = 3
+    m["spec"] = spec
+    r = call(addr, m)
+    assert r["ok"] and r["cold"] is True, r
+    np.testing.assert_allclose(output(r, "logits"), mlp_reference(read_safetensors(weights), x)[0], rtol=1e-5,
+                               atol=1e-5)
+    queues = {(q["fn"], q["ver"]) for q in call(addr, status_msg())["w"]["queues"]}
+    assert ("mlp", 3) in queues
+    models = call(addr, status_msg())["w"]["st"]["models"]
+    assert any(mm["model"] == "mlp-test-hash" and mm["fn"] == "mlp" and mm["ver"] == 3 for mm in models)
+    # Later calls without a spec reach it (version 0 = the highest held).
+    r = call(addr, invoke_msg("mlp", [tensor("x", x)]))
+    assert r["ok"] and r["cold"] is False
+    # A relative handler path is refused; so is an ABI mismatch, with both versions named.
+    m = invoke_msg("other", [])
+    m["spec"] = dict(spec, handler="lib/x.so")
+    r = call(addr, m)
+    assert r["ok"] is False and r["error"]["code"] == E_INVALID
+    m = invoke_msg("other", [])
+    m["spec"] = dict(spec, handler=str(handler("test_abi_mismatch")), snapshot="")
+    r = call(addr, m)
+    assert r["ok"] is False and r["error"]["code"] == E_ABI and "ABI 2.0" in r["error"]["message"]
+
+
+def test_no_specs_refuses_registration(procs, mlp_files, tmp_path):
+    _, snap = mlp_files
+    addr = ipc_addr(tmp_path)
+    w = procs.start([aicfn_bin(), "worker", "--listen", addr, "--device", "host", "--no-specs", "--function",
+                     f"echo={handler('echo')}"], name="worker")
+    wait_for(lambda: call(addr, status_msg(), timeout_ms=500)["ok"], 15, what="worker")
+    m = invoke_msg("mlp", [])
+    m["spec"] = {"handler": str(handler("mlp")), "snapshot": str(snap)}
+    r = call(addr, m)
+    assert r["ok"] is False and r["error"]["code"] == 14  # AICFN_E_FORBIDDEN
+    assert w.stop(timeout=10) == 0
