@@ -26,6 +26,7 @@
 #include <time.h>
 
 #include "cli/cli.h"
+#include "cli/gwclient.h"
 #include "common/clock.h"
 #include "common/dtype.h"
 #include "common/rpc.h"
@@ -46,6 +47,9 @@ typedef struct ci_input {
 
 typedef struct ci_args {
     const char *worker; /* --worker ADDR */
+    const char *gateway; /* --gateway ADDR (gateway mode: the default) */
+    const char *key;     /* --key KEY or $AICFN_KEY (gateway mode) */
+    char fn_buf[AICFN_MAX_NAME_BYTES];
     const char *fn;
     uint32_t ver;
     uint64_t id;
@@ -62,10 +66,13 @@ typedef struct ci_args {
 static void ci_help(FILE *out) {
     fprintf(
         out,
-        "usage: aicfn invoke --worker ADDR FUNCTION --input NAME=VALUE|NAME=@FILE.json ...\n"
+        "usage: aicfn invoke NAME[:VER] --input NAME=VALUE|NAME=@FILE.json ...\n"
+        "                    [--gateway ADDR] [--key KEY] [--worker ADDR]\n"
         "                    [--param KEY=VALUE ...] [--ver N] [--deadline-ms N] [--timeout DUR] [--json]\n"
         "\n"
-        "Invokes FUNCTION and prints its outputs as JSON.\n"
+        "Invokes function NAME (version VER, else the active one) and prints its outputs as JSON.\n"
+        "  --gateway ADDR     the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
+        "  --key KEY          API key for the gateway (default: $AICFN_KEY)\n"
         "  --worker ADDR      send straight to the worker listening on ADDR (ipc:// or tcp://)\n"
         "  --input NAME=V     an input tensor; V is JSON or @file.json:\n"
         "                       {\"dtype\":\"FP32\",\"shape\":[1,4],\"data\":[1,2,3,4]}  explicit\n"
@@ -528,6 +535,7 @@ static int ci_encode(const ci_args *a, wire_writer *w, aicfn_error *err) {
     wire_invoke_req req = {.id = a->id,
                            .fn = a->fn,
                            .ver = a->ver,
+                           .key = a->worker ? NULL : a->key,
                            .deadline_ms = a->deadline_ms,
                            .n_inputs = (uint32_t)a->n_inputs,
                            .inputs = ts,
@@ -545,10 +553,11 @@ static int ci_send(const ci_args *a, const uint8_t *req, size_t len, rpc_msg **r
     rpc_client *c = NULL;
     rpc_client_opts o = {
         .recv_max = AICFN_MAX_MESSAGE_BYTES, .send_max = AICFN_MAX_MESSAGE_BYTES, .background = false};
-    int rc = rpc_client_open(&c, a->worker, &o, err);
-    if (rc != AICFN_OK) return aicfn_error_wrap(err, "worker %s", a->worker);
+    const char *target = a->worker ? a->worker : cli_gateway_addr(a->gateway);
+    int rc = rpc_client_open(&c, target, &o, err);
+    if (rc != AICFN_OK) return aicfn_error_wrap(err, "%s %s", a->worker ? "worker" : "gateway", target);
     rc = rpc_call_sync(c, req, len, a->timeout_ms, reply, err);
-    if (rc != AICFN_OK) aicfn_error_wrap(err, "invoke %s on %s", a->fn, a->worker);
+    if (rc != AICFN_OK) aicfn_error_wrap(err, "invoke %s on %s", a->fn, target);
     rpc_client_close(c);
     return rc;
 }
@@ -645,6 +654,10 @@ int cli_cmd_invoke(int argc, char **argv) {
             goto out;
         } else if ((v = ci_flag(argc, argv, &i, "--worker"))) {
             a->worker = v;
+        } else if ((v = ci_flag(argc, argv, &i, "--gateway"))) {
+            a->gateway = v;
+        } else if ((v = ci_flag(argc, argv, &i, "--key"))) {
+            a->key = v;
         } else if ((v = ci_flag(argc, argv, &i, "--input"))) {
             if (a->n_inputs >= AICFN_MAX_TENSORS) {
                 rc = cli_usage_error("invoke", "at most %d inputs", AICFN_MAX_TENSORS);
@@ -705,11 +718,17 @@ int cli_cmd_invoke(int argc, char **argv) {
         rc = cli_usage_error("invoke", "name the FUNCTION to invoke");
         goto out;
     }
-    if (a->worker == NULL) {
-        rc = cli_usage_error("invoke",
-                             "--worker ADDR is required (gateway mode is not available in this build)");
-        goto out;
+    /* NAME:VER selects a version (gateway mode). */
+    const char *colon = strchr(a->fn, ':');
+    if (colon) {
+        if (ci_u32(colon + 1, &a->ver) || a->ver == 0) {
+            rc = cli_usage_error("invoke", "'%s': expected NAME or NAME:VER", a->fn);
+            goto out;
+        }
+        snprintf(a->fn_buf, sizeof a->fn_buf, "%.*s", (int)(colon - a->fn), a->fn);
+        a->fn = a->fn_buf;
     }
+    if (a->worker == NULL) a->key = cli_api_key(a->key);
     if (a->deadline_ms && a->deadline_ms + 1000ull < a->timeout_ms) a->timeout_ms = a->deadline_ms + 1000;
 
     aicfn_error err;
