@@ -85,6 +85,16 @@ static void wait_done(rec *r, int n) {
     assert_int_equal(done, n);
 }
 
+/* The batcher counts a batch after its callback returns: poll (bounded, 5 s) until it has. */
+static void wait_stats(worker_batcher *b, uint64_t executed, uint64_t expired, worker_batcher_stats *st) {
+    uint64_t until = clock_now_us() + 5000000;
+    do {
+        worker_batcher_get_stats(b, st);
+        if (st->executed == executed && st->expired == expired) return;
+        sleep_ms(1);
+    } while (clock_now_us() < until);
+}
+
 static void rec_init(rec *r) {
     memset(r, 0, sizeof *r);
     pthread_mutex_init(&r->mu, NULL);
@@ -128,7 +138,7 @@ static void full_batches_leave_at_once(void **state) {
     for (int i = 0; i < 8; i++)
         assert_true(its[i].executed && !its[i].expired);
     worker_batcher_stats st;
-    worker_batcher_get_stats(b, &st);
+    wait_stats(b, 8, 0, &st);
     assert_int_equal(st.batches, 2);
     assert_int_equal(st.executed, 8);
     worker_batcher_destroy(b);
@@ -190,7 +200,7 @@ static void deadline_expires_while_busy(void **state) {
     /* The expiry happened while the first batch still ran (reaper), not after it. */
     assert_true(its[1].done_us - t0 < 250000);
     worker_batcher_stats st;
-    worker_batcher_get_stats(b, &st);
+    wait_stats(b, 2, 1, &st);
     assert_int_equal(st.expired, 1);
     assert_int_equal(st.executed, 2);
     worker_batcher_destroy(b);
