@@ -6,11 +6,12 @@
 
 #include <stdint.h>
 
-/* The manifest's skippable frame: magic, 4-byte LE content size, then the 8-byte tag
- * and the msgpack manifest. */
+/* The manifest's skippable frame: magic, 4-byte LE content size, then the 8-byte tag, the
+ * XXH3-64 of the msgpack bytes (8 bytes LE), and the msgpack manifest. */
 #define SNAP_MANIFEST_MAGIC 0x184D2A50u
 #define SNAP_MANIFEST_TAG "AICFNSNP"
 #define SNAP_MANIFEST_TAG_LEN 8
+#define SNAP_MANIFEST_PREFIX 16 /* tag + hash, before the msgpack */
 
 /* The seek table (zstd seekable format, contrib/seekable_format). */
 #define SNAP_SEEKTABLE_MAGIC 0x184D2A5Eu
@@ -28,6 +29,16 @@ static inline void snap_put_le32(unsigned char *p, uint32_t v) {
     p[1] = (unsigned char)(v >> 8);
     p[2] = (unsigned char)(v >> 16);
     p[3] = (unsigned char)(v >> 24);
+}
+
+static inline void snap_put_le64(unsigned char *p, uint64_t v) {
+    for (int i = 0; i < 8; i++) p[i] = (unsigned char)(v >> (8 * i));
+}
+
+static inline uint64_t snap_get_le64(const unsigned char *p) {
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) v = (v << 8) | p[i];
+    return v;
 }
 
 static inline uint32_t snap_get_le32(const unsigned char *p) {

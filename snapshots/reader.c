@@ -503,27 +503,25 @@ static uint32_t rd_first_tensor(const snap_manifest *m, uint64_t pos) {
 static int rd_open(snap_reader *r, aicfn_error *err) {
     const char *path = r->path;
     uint64_t fb = r->file_bytes;
-    const uint64_t min_file = 8 + SNAP_MANIFEST_TAG_LEN + 8 + 8 + SNAP_SEEKTABLE_FOOTER;
+    const uint64_t min_file = 8 + SNAP_MANIFEST_PREFIX + 1 + 8 + 8 + SNAP_SEEKTABLE_FOOTER;
     if (fb < min_file)
         return aicfn_error_set(err, AICFN_E_CORRUPT,
                                "%s: %llu bytes is too short for a snapshot (truncated?)", path,
                                (unsigned long long)fb);
-    unsigned char head[8 + SNAP_MANIFEST_TAG_LEN];
+    unsigned char head[8 + SNAP_MANIFEST_PREFIX];
     int rc = rd_pread(r, head, sizeof head, 0, err);
     if (rc) return rc;
-    if (snap_get_le32(head) != SNAP_MANIFEST_MAGIC ||
-        memcmp(head + 8, SNAP_MANIFEST_TAG, SNAP_MANIFEST_TAG_LEN))
+    if (snap_get_le32(head) != SNAP_MANIFEST_MAGIC || memcmp(head + 8, SNAP_MANIFEST_TAG, SNAP_MANIFEST_TAG_LEN))
         return aicfn_error_set(err, AICFN_E_CORRUPT,
                                "%s: no snapshot manifest frame at offset 0 (not an aicfn snapshot)", path);
-    uint64_t mframe = snap_get_le32(head + 4); /* tag + msgpack */
-    if (mframe - SNAP_MANIFEST_TAG_LEN > AICFN_SNAP_MAX_MANIFEST_BYTES || mframe < SNAP_MANIFEST_TAG_LEN + 1)
+    uint64_t mframe = snap_get_le32(head + 4); /* tag + hash + msgpack */
+    if (mframe < SNAP_MANIFEST_PREFIX + 1 || mframe - SNAP_MANIFEST_PREFIX > AICFN_SNAP_MAX_MANIFEST_BYTES)
         return aicfn_error_set(err, AICFN_E_CORRUPT, "%s: manifest frame size %llu outside [%d, %u]", path,
-                               (unsigned long long)mframe, SNAP_MANIFEST_TAG_LEN + 1,
-                               AICFN_SNAP_MAX_MANIFEST_BYTES + SNAP_MANIFEST_TAG_LEN);
+                               (unsigned long long)mframe, SNAP_MANIFEST_PREFIX + 1,
+                               AICFN_SNAP_MAX_MANIFEST_BYTES + SNAP_MANIFEST_PREFIX);
     if (8 + mframe > fb - 8 - SNAP_SEEKTABLE_FOOTER)
-        return aicfn_error_set(err, AICFN_E_CORRUPT,
-                               "%s: manifest frame (%llu bytes) runs past the end of the file", path,
-                               (unsigned long long)mframe);
+        return aicfn_error_set(err, AICFN_E_CORRUPT, "%s: manifest frame (%llu bytes) runs past the end of the file",
+                               path, (unsigned long long)mframe);
 
     /* Seek table: footer, frame header, entries. */
     unsigned char foot[SNAP_SEEKTABLE_FOOTER];
@@ -562,14 +560,16 @@ static int rd_open(snap_reader *r, aicfn_error *err) {
         goto out;
     }
 
-    /* Manifest. */
-    size_t mlen = (size_t)(mframe - SNAP_MANIFEST_TAG_LEN);
+    /* Manifest: its hash first, then the msgpack. */
+    size_t mlen = (size_t)(mframe - SNAP_MANIFEST_PREFIX);
     unsigned char *mb = malloc(mlen);
     if (!mb) {
         rc = aicfn_error_set(err, AICFN_E_NOMEM, "no memory for a %zu-byte manifest", mlen);
         goto out;
     }
     rc = rd_pread(r, mb, mlen, sizeof head, err);
+    if (!rc && XXH3_64bits(mb, mlen) != snap_get_le64(head + 16))
+        rc = aicfn_error_set(err, AICFN_E_CORRUPT, "manifest: checksum mismatch (the manifest frame is corrupt)");
     if (!rc) rc = rd_manifest(mb, mlen, &r->m, err);
     free(mb);
     if (rc) goto out;

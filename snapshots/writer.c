@@ -470,15 +470,16 @@ int snap_pack_set(const snap_st_set *set, const char *out_path, const snap_pack_
         goto out;
     }
     size_t manifest_len = sb.size;
-    if (manifest_len + SNAP_MANIFEST_TAG_LEN > AICFN_SNAP_MAX_MANIFEST_BYTES) {
+    if (manifest_len > AICFN_SNAP_MAX_MANIFEST_BYTES) {
         rc = aicfn_error_set(err, AICFN_E_TOO_LARGE, "manifest of %zu bytes exceeds the limit of %u",
                              manifest_len, AICFN_SNAP_MAX_MANIFEST_BYTES);
         goto out;
     }
-    unsigned char mh[8 + SNAP_MANIFEST_TAG_LEN];
+    unsigned char mh[8 + SNAP_MANIFEST_PREFIX];
     snap_put_le32(mh, SNAP_MANIFEST_MAGIC);
-    snap_put_le32(mh + 4, (uint32_t)(SNAP_MANIFEST_TAG_LEN + manifest_len));
+    snap_put_le32(mh + 4, (uint32_t)(SNAP_MANIFEST_PREFIX + manifest_len));
     memcpy(mh + 8, SNAP_MANIFEST_TAG, SNAP_MANIFEST_TAG_LEN);
+    snap_put_le64(mh + 16, 0); /* the hash, written with the final manifest */
     rc = wr_write(fd, mh, sizeof mh, tmp, err);
     if (!rc) rc = wr_write(fd, sb.data, sb.size, tmp, err);
     if (rc) goto out;
@@ -601,7 +602,9 @@ int snap_pack_set(const snap_st_set *set, const char *out_path, const snap_pack_
         rc = aicfn_error_set(err, AICFN_E_INTERNAL, "manifest changed size when its hashes were filled in");
         goto out;
     }
-    rc = wr_pwrite(fd, sb.data, sb.size, (off_t)sizeof mh, tmp, err);
+    snap_put_le64(mh + 16, XXH3_64bits(sb.data, sb.size));
+    rc = wr_pwrite(fd, mh + 16, 8, 16, tmp, err);
+    if (!rc) rc = wr_pwrite(fd, sb.data, sb.size, (off_t)sizeof mh, tmp, err);
     if (rc) goto out;
     if (fsync(fd) != 0) {
         rc = aicfn_error_errno(err, AICFN_E_IO, errno, "fsync %s", tmp);
