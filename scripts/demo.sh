@@ -1,7 +1,90 @@
 #!/usr/bin/env bash
-# demo.sh: installs what is missing, builds, and shows aicfn working end to end.
+# demo.sh: installs what is missing, builds, and shows aicfn working end to end:
+#   1. a snapshot: pack the mlp example's weights and inspect the result;
+#   2. a gateway with a small memory budget (one local worker of 40 MiB, started on
+#      demand), four functions deployed (echo, mlp, and two generated 24 MiB models, so
+#      not all fit), invocations in an order that forces evictions, the replies, the
+#      resident models, and the `aicfn coldstarts` table read back from SQLite;
+#   3. a clean stop (SIGTERM: the gateway drains its worker and flushes its records).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/bootstrap.sh
-.venv/bin/zig build -Doptimize=ReleaseSafe
-./zig-out/bin/aicfn version
+ROOT=$(pwd)
+PREFIX=${AICFN_PREFIX:-zig-out}
+if [ -z "${AICFN_DEMO_NO_BUILD:-}" ]; then   # set it to reuse an existing build in $AICFN_PREFIX
+    ./scripts/bootstrap.sh
+    .venv/bin/zig build -Doptimize=ReleaseSafe --prefix "$PREFIX"
+fi
+case "$PREFIX" in /*) ;; *) PREFIX=$ROOT/$PREFIX ;; esac
+AICFN=$PREFIX/bin/aicfn
+$AICFN version
+
+WORK=$(mktemp -d /tmp/aicfn-demo-XXXXXX)
+GW_PID=""
+cleanup() {
+    if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
+        kill -TERM "$GW_PID" 2>/dev/null || true
+        for _ in $(seq 1 100); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$GW_PID" 2>/dev/null || true
+    fi
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+step "1. snapshot: pack examples/mlp/weights.safetensors"
+$AICFN snapshot pack examples/mlp/weights.safetensors -o "$WORK/mlp.aicsnap"
+$AICFN snapshot inspect "$WORK/mlp.aicsnap" | head -n 12
+
+step "2. gateway: one local worker at most, 40 MiB of model memory, idle timeout 1m"
+export AICFN_GATEWAY=tcp://127.0.0.1:${AICFN_DEMO_PORT:-17170}
+$AICFN gateway --listen "$AICFN_GATEWAY" --data "$WORK/data" --workers 0..1 --worker-memory 40MiB \
+    --device auto --idle-timeout 1m --insecure-local >"$WORK/gateway.out" 2>"$WORK/gateway.log" &
+GW_PID=$!
+for _ in $(seq 1 100); do grep -q listening "$WORK/gateway.out" 2>/dev/null && break; sleep 0.05; done
+cat "$WORK/gateway.out"
+
+step "deploy echo, mlp and two generated 24 MiB models (big1, big2): not all fit in 40 MiB"
+.venv/bin/python - "$WORK" "$ROOT/examples/echo/echo.c" <<'EOF'
+import json, struct, sys
+from pathlib import Path
+import numpy as np
+work, echo_c = Path(sys.argv[1]), sys.argv[2]
+for i, name in enumerate(("big1", "big2")):
+    d = work / name
+    d.mkdir()
+    w = np.random.default_rng(i).standard_normal(6 * 1024 * 1024).astype("<f4")  # 24 MiB
+    h = json.dumps({"w": {"dtype": "F32", "shape": [6 * 1024 * 1024], "data_offsets": [0, w.nbytes]}}).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    (d / "w.safetensors").write_bytes(struct.pack("<Q", len(h)) + h + w.tobytes())
+    (d / "aicfn.yaml").write_text(f"name: {name}\nhandler: {echo_c}\nmodel: w.safetensors\nidempotent: true\n")
+EOF
+for f in examples/echo examples/mlp "$WORK/big1" "$WORK/big2"; do
+    $AICFN deploy "$f" 2>/dev/null
+done
+$AICFN ls
+
+step "invoke: echo, big1, mlp, big2 (evicts big1, the least recently used), mlp (warm), big1 (evicts big2)"
+X16='[[0.5,-1,2,0.25,1,0,-0.5,3,1,1,-2,0.1,0.2,0.3,0.4,0.5]]'
+show() { printf '%-5s ' "$1"; shift; "$@" --json | .venv/bin/python -c "$SHOW_PY"; }
+SHOW_PY='
+import json, sys
+r = json.load(sys.stdin)
+outs = ", ".join("%s=%s" % (o["name"], o["data"][:4]) for o in r["outputs"])
+print("%s  %8.2f ms   %s" % ("COLD" if r["cold"] else "warm", r["timing"]["total_us"] / 1000, outs))'
+show echo $AICFN invoke echo --input 'text="hello, aicfn"'
+show big1 $AICFN invoke big1 --input 'x=[1,2,3]'
+show mlp  $AICFN invoke mlp --input "x=$X16"
+show big2 $AICFN invoke big2 --input 'x=[4,5,6]'
+show mlp  $AICFN invoke mlp --input "x=$X16"
+show big1 $AICFN invoke big1 --input 'x=[7,8,9]'
+
+step "the worker's resident models"
+$AICFN workers
+
+step "cold starts, phase by phase (from aicfn.db)"
+$AICFN coldstarts
+
+step "3. stop: SIGTERM drains the worker and flushes the ledger"
+kill -TERM "$GW_PID"
+wait "$GW_PID" && echo "gateway stopped cleanly"
+GW_PID=""
