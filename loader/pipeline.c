@@ -78,6 +78,20 @@ static uint32_t pl_first_tensor(const snap_manifest *m, uint64_t off) {
     return lo;
 }
 
+/* Index of the frame holding blob byte `off` (frames tile the blob in order). */
+static uint32_t pl_frame_of(const snap_reader *r, uint64_t off) {
+    uint32_t lo = 0, hi = snap_reader_frame_count(r);
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        const snap_frame *f = snap_reader_frame(r, mid);
+        if (f->raw_offset + f->raw_size <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
 /* Records the first failure (with frame context) and tells every thread to stop. */
 static void pl_fail(pl_job *j, uint32_t frame, const aicfn_error *e) {
     pthread_mutex_lock(&j->mu);
@@ -143,8 +157,10 @@ static int pl_verify(pl_job *j, uint32_t fi, const snap_frame *f, const unsigned
         pthread_cond_broadcast(&j->cv);
         pthread_mutex_unlock(&j->mu);
         if (bad)
-            return aicfn_error_set(err, AICFN_E_CORRUPT, "tensor '%s': XXH3 mismatch (expected %016llx)",
-                                   ts->name, (unsigned long long)ts->xxh3);
+            return aicfn_error_set(
+                err, AICFN_E_CORRUPT, "tensor '%s' (in frames %u..%u): XXH3 mismatch (expected %016llx)",
+                ts->name, pl_frame_of(j->r, ts->offset), pl_frame_of(j->r, ts->offset + ts->nbytes - 1),
+                (unsigned long long)ts->xxh3);
     }
     (void)fi;
     return AICFN_OK;
@@ -328,24 +344,7 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
                                          snap_reader_path(r), ts->name);
                 continue;
             }
-            uint32_t f0 = 0, f1 = 0; /* frames holding its first and last byte */
-            uint32_t lo = 0, hi = j.n_frames;
-            for (int k = 0; k < 2; k++) {
-                uint64_t off = k == 0 ? ts->offset : ts->offset + ts->nbytes - 1;
-                lo = 0, hi = j.n_frames;
-                while (lo < hi) {
-                    uint32_t mid = lo + (hi - lo) / 2;
-                    const snap_frame *f = snap_reader_frame(r, mid);
-                    if (f->raw_offset + f->raw_size <= off)
-                        lo = mid + 1;
-                    else
-                        hi = mid;
-                }
-                if (k == 0)
-                    f0 = lo;
-                else
-                    f1 = lo;
-            }
+            uint32_t f0 = pl_frame_of(r, ts->offset), f1 = pl_frame_of(r, ts->offset + ts->nbytes - 1);
             if (f0 != f1) j.span_of[t] = (int32_t)j.n_spans++;
         }
         if (rc == AICFN_OK && j.n_spans) {

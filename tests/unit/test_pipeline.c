@@ -1,0 +1,328 @@
+/* test_pipeline.c: the load pipeline (loader/pipeline.h) on real snapshots packed by
+ * snap_pack from a generated safetensors file: bit-exact blobs with 1 and N threads and
+ * every filter mode, a corrupt frame, a truncated file, allocation failure and the
+ * cache's pipeline load ops. Nothing may leak (ASan) or stay allocated on the device. */
+#include <fcntl.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+
+#include "common/clock.h"
+#include "loader/cache.h"
+#include "loader/pipeline.h"
+#include "snapshots/safetensors.h"
+#include "snapshots/snapshot.h"
+#include "snapshots/writer.h"
+
+enum { NT = 6 };
+
+typedef struct fixture {
+    char dir[64];
+    char st_path[128];
+    void *data[NT];
+    uint64_t nbytes[NT];
+    const char *names[NT];
+} fixture;
+
+static fixture fx;
+
+static uint32_t rng_state = 12345;
+static uint32_t rng(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 17;
+    rng_state ^= rng_state << 5;
+    return rng_state;
+}
+static float gauss(void) { /* Irwin-Hall approximation of N(0, 0.02) */
+    float s = 0;
+    for (int i = 0; i < 4; i++)
+        s += (float)(rng() & 0xffffff) / 16777216.0f;
+    return (s - 2.0f) * 0.0346f;
+}
+
+static int setup(void **state) {
+    (void)state;
+    snprintf(fx.dir, sizeof fx.dir, "/tmp/aicfn-test-pipeline-XXXXXX");
+    if (!mkdtemp(fx.dir)) return -1;
+    snprintf(fx.st_path, sizeof fx.st_path, "%s/model.safetensors", fx.dir);
+    static const int64_t s_big[] = {600, 500}, s_emb[] = {1000, 130}, s_ids[] = {1000}, s_tiny[] = {3},
+                         s_odd[] = {1001}, s_h[] = {70, 1000};
+    const int64_t *shapes[NT] = {s_big, s_emb, s_ids, s_tiny, s_odd, s_h};
+    uint32_t ndims[NT] = {2, 2, 1, 1, 1, 2};
+    aicfn_dtype dts[NT] = {AICFN_DTYPE_FP32, AICFN_DTYPE_BF16,  AICFN_DTYPE_INT64,
+                           AICFN_DTYPE_FP32, AICFN_DTYPE_UINT8, AICFN_DTYPE_FP16};
+    const char *names[NT] = {"layer.big.weight", "embed.bf16", "ids", "tiny", "odd.u8", "half.f16"};
+    snap_st_out_tensor ts[NT];
+    for (int i = 0; i < NT; i++) {
+        uint64_t n = 1;
+        for (uint32_t d = 0; d < ndims[i]; d++)
+            n *= (uint64_t)shapes[i][d];
+        size_t es = dts[i] == AICFN_DTYPE_FP32    ? 4
+                    : dts[i] == AICFN_DTYPE_INT64 ? 8
+                    : dts[i] == AICFN_DTYPE_UINT8 ? 1
+                                                  : 2;
+        fx.nbytes[i] = n * es;
+        fx.names[i] = names[i];
+        unsigned char *p = malloc(fx.nbytes[i]);
+        if (!p) return -1;
+        for (uint64_t k = 0; k < n; k++) {
+            float g = gauss();
+            uint32_t bits;
+            memcpy(&bits, &g, 4);
+            switch (dts[i]) {
+            case AICFN_DTYPE_FP32:
+                memcpy(p + k * 4, &g, 4);
+                break;
+            case AICFN_DTYPE_BF16:
+                p[k * 2] = (unsigned char)(bits >> 16), p[k * 2 + 1] = (unsigned char)(bits >> 24);
+                break;
+            case AICFN_DTYPE_FP16:
+                p[k * 2] = (unsigned char)rng(), p[k * 2 + 1] = (unsigned char)(0x20 | (rng() & 0x8f));
+                break;
+            case AICFN_DTYPE_INT64: {
+                int64_t v = (int64_t)(rng() % 30522);
+                memcpy(p + k * 8, &v, 8);
+                break;
+            }
+            default:
+                p[k] = (unsigned char)rng();
+                break;
+            }
+        }
+        fx.data[i] = p;
+        ts[i] = (snap_st_out_tensor){.name = names[i],
+                                     .dtype = dts[i],
+                                     .ndim = ndims[i],
+                                     .shape = shapes[i],
+                                     .data = p,
+                                     .nbytes = fx.nbytes[i]};
+    }
+    aicfn_error err;
+    if (snap_st_write(fx.st_path, ts, NT, &err) != AICFN_OK) {
+        fprintf(stderr, "snap_st_write: %s\n", err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+static int teardown(void **state) {
+    (void)state;
+    for (int i = 0; i < NT; i++)
+        free(fx.data[i]);
+    char cmd[128];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fx.dir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void pack(const char *out, snap_filter_mode mode, uint32_t chunk) {
+    snap_pack_opts o;
+    snap_pack_opts_init(&o);
+    o.filter = mode;
+    o.chunk = chunk;
+    o.threads = 2;
+    const char *in[] = {fx.st_path};
+    aicfn_error err;
+    snap_pack_stats st;
+    if (snap_pack(in, 1, out, &o, &st, &err) != AICFN_OK) fail_msg("snap_pack: %s", err.msg);
+    assert_true(st.n_frames > 1);
+}
+
+static void assert_exact(const loader_model *m) {
+    const snap_manifest *man = loader_model_manifest(m);
+    assert_int_equal(man->n_tensors, NT);
+    for (int i = 0; i < NT; i++) {
+        int t = loader_model_find_tensor(m, fx.names[i]);
+        assert_true(t >= 0);
+        assert_int_equal(man->tensors[t].nbytes, fx.nbytes[i]);
+        assert_memory_equal(loader_model_tensor_ptr(m, (uint32_t)t), fx.data[i], fx.nbytes[i]);
+        assert_int_equal(man->tensors[t].offset % 256, 0);
+    }
+    assert_int_equal(loader_model_find_tensor(m, "nope"), -1);
+    assert_null(loader_model_tensor_ptr(m, NT));
+}
+
+static void bit_exact_threads_and_filters(void **state) {
+    (void)state;
+    aicfn_error err;
+    loader_device *dev;
+    assert_int_equal(loader_device_host_open(64u << 20, &dev, &err), AICFN_OK);
+    snap_filter_mode modes[] = {SNAP_FILTER_MODE_AUTO, SNAP_FILTER_MODE_NONE, SNAP_FILTER_MODE_PLANES};
+    for (int mi = 0; mi < 3; mi++) {
+        char path[160];
+        snprintf(path, sizeof path, "%s/m%d.aicfn", fx.dir, mi);
+        pack(path, modes[mi], 64u << 10);
+        uint32_t threads[] = {1, 3, 8};
+        for (int ti = 0; ti < 3; ti++) {
+            loader_load_opts o = {.threads = threads[ti]};
+            loader_model *m = NULL;
+            loader_timing t;
+            assert_int_equal(loader_load_snapshot(dev, path, &o, &m, &t, &err), AICFN_OK);
+            assert_exact(m);
+            const snap_manifest *man = loader_model_manifest(m);
+            assert_int_equal(t.raw_bytes, man->blob_bytes);
+            assert_true(t.compressed_bytes > 0 && t.compressed_bytes < t.raw_bytes);
+            assert_true(t.frames > 1);
+            assert_int_equal(t.threads, threads[ti]);
+            assert_true(t.total_us >= t.alloc_us);
+            assert_true(loader_model_alloc_bytes(m) >= man->blob_bytes);
+            assert_ptr_equal(loader_model_device(m), dev);
+            loader_model_free(m);
+        }
+    }
+    uint64_t f, tot;
+    assert_int_equal(loader_device_mem_info(dev, &f, &tot, &err), AICFN_OK);
+    assert_int_equal(f, tot);
+    loader_device_close(dev);
+}
+
+/* Flips bytes inside data frame `fi` of a copy of `src`. */
+static void corrupt_copy(const char *src, const char *dst, uint32_t fi) {
+    aicfn_error err;
+    snap_reader *r;
+    assert_int_equal(snap_open(src, &r, &err), AICFN_OK);
+    const snap_frame *f = snap_reader_frame(r, fi);
+    assert_non_null(f);
+    uint64_t off = f->file_offset + f->comp_size / 2;
+    snap_close(r);
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", src, dst);
+    assert_int_equal(system(cmd), 0);
+    int fd = open(dst, O_RDWR);
+    assert_true(fd >= 0);
+    unsigned char b[16];
+    assert_int_equal(pread(fd, b, sizeof b, (off_t)off), (ssize_t)sizeof b);
+    for (int i = 0; i < 16; i++)
+        b[i] ^= 0x5a;
+    assert_int_equal(pwrite(fd, b, sizeof b, (off_t)off), (ssize_t)sizeof b);
+    close(fd);
+}
+
+static void corrupt_frame_names_frame_and_tensor(void **state) {
+    (void)state;
+    aicfn_error err;
+    loader_device *dev;
+    assert_int_equal(loader_device_host_open(64u << 20, &dev, &err), AICFN_OK);
+    char good[160], bad[160];
+    snprintf(good, sizeof good, "%s/good.aicfn", fx.dir);
+    snprintf(bad, sizeof bad, "%s/bad.aicfn", fx.dir);
+    pack(good, SNAP_FILTER_MODE_AUTO, 64u << 10);
+    for (uint32_t threads = 1; threads <= 4; threads += 3) {
+        corrupt_copy(good, bad, 5);
+        loader_model *m = (void *)1;
+        loader_load_opts o = {.threads = threads};
+        int rc = loader_load_snapshot(dev, bad, &o, &m, NULL, &err);
+        assert_int_equal(rc, AICFN_E_CORRUPT);
+        assert_null(m);
+        print_message("corrupt (%u threads): %s\n", threads, err.msg);
+        assert_non_null(strstr(err.msg, "bad.aicfn"));
+        /* Either the bad frame itself, or (when zstd decoded garbage) the tensor spanning it. */
+        assert_true(strstr(err.msg, "frame 5 ") || strstr(err.msg, "in frames 0.."));
+        assert_non_null(strstr(err.msg, "tensor '"));
+        uint64_t f, tot;
+        assert_int_equal(loader_device_mem_info(dev, &f, &tot, &err), AICFN_OK);
+        assert_int_equal(f, tot); /* nothing left on the device */
+    }
+    loader_device_close(dev);
+}
+
+static void truncated_file_is_io_error(void **state) {
+    (void)state;
+    aicfn_error err;
+    loader_device *dev;
+    assert_int_equal(loader_device_host_open(64u << 20, &dev, &err), AICFN_OK);
+    char path[160];
+    snprintf(path, sizeof path, "%s/trunc.aicfn", fx.dir);
+    pack(path, SNAP_FILTER_MODE_AUTO, 64u << 10);
+    snap_reader *r;
+    assert_int_equal(snap_open(path, &r, &err), AICFN_OK);
+    assert_int_equal(truncate(path, (off_t)(snap_reader_file_bytes(r) / 2)), 0);
+    loader_model *m = NULL;
+    loader_load_opts o = {.threads = 2};
+    int rc = loader_load_reader(dev, r, &o, &m, NULL, &err);
+    assert_int_not_equal(rc, AICFN_OK);
+    assert_null(m);
+    print_message("truncated: %s\n", err.msg);
+    assert_non_null(strstr(err.msg, "frame"));
+    snap_close(r);
+    uint64_t f, tot;
+    assert_int_equal(loader_device_mem_info(dev, &f, &tot, &err), AICFN_OK);
+    assert_int_equal(f, tot);
+    loader_device_close(dev);
+}
+
+static void allocation_failure_and_max_bytes(void **state) {
+    (void)state;
+    aicfn_error err;
+    char path[160];
+    snprintf(path, sizeof path, "%s/alloc.aicfn", fx.dir);
+    pack(path, SNAP_FILTER_MODE_AUTO, 64u << 10);
+    loader_device *small;
+    assert_int_equal(loader_device_host_open(1u << 20, &small, &err), AICFN_OK);
+    loader_model *m = NULL;
+    assert_int_equal(loader_load_snapshot(small, path, NULL, &m, NULL, &err), AICFN_E_CAPACITY);
+    assert_null(m);
+    assert_non_null(strstr(err.msg, "alloc.aicfn"));
+    loader_device_close(small);
+    loader_device *dev;
+    assert_int_equal(loader_device_host_open(64u << 20, &dev, &err), AICFN_OK);
+    loader_load_opts o = {.max_bytes = 4096};
+    assert_int_equal(loader_load_snapshot(dev, path, &o, &m, NULL, &err), AICFN_E_CAPACITY);
+    assert_int_equal(loader_load_snapshot(dev, "/nonexistent/x.aicfn", NULL, &m, NULL, &err),
+                     AICFN_E_NOT_FOUND);
+    loader_device_close(dev);
+}
+
+static void cache_with_pipeline_ops(void **state) {
+    (void)state;
+    aicfn_error err;
+    char path[160];
+    snprintf(path, sizeof path, "%s/cache.aicfn", fx.dir);
+    pack(path, SNAP_FILTER_MODE_AUTO, 64u << 10);
+    loader_device *dev;
+    assert_int_equal(loader_device_host_open(64u << 20, &dev, &err), AICFN_OK);
+    loader_pipeline_source src = {.device = dev, .threads = 2};
+    loader_cache_config cfg = {.budget_bytes = 32u << 20, .ops = &loader_pipeline_cache_ops, .ops_arg = &src};
+    loader_cache *c;
+    assert_int_equal(loader_cache_create(&cfg, &c, &err), AICFN_OK);
+    loader_cache_entry *e;
+    loader_acquire_info info;
+    assert_int_equal(loader_cache_acquire(c, "m", path, 0, &e, &info, &err), AICFN_OK);
+    assert_true(info.cold);
+    assert_true(info.timing.raw_bytes > 0);
+    loader_model *m = loader_cache_entry_model(e);
+    assert_exact(m);
+    assert_int_equal(loader_cache_entry_bytes(e), loader_model_alloc_bytes(m));
+    loader_cache_release(c, e);
+    assert_int_equal(loader_cache_acquire(c, "x", "/nonexistent.aicfn", 0, &e, &info, &err),
+                     AICFN_E_NOT_FOUND);
+    loader_cache_config tiny = cfg;
+    tiny.budget_bytes = 4096;
+    loader_cache *c2;
+    assert_int_equal(loader_cache_create(&tiny, &c2, &err), AICFN_OK);
+    assert_int_equal(loader_cache_acquire(c2, "m", path, 0, &e, &info, &err), AICFN_E_TOO_LARGE);
+    loader_cache_destroy(c2);
+    loader_cache_destroy(c);
+    uint64_t f, tot;
+    assert_int_equal(loader_device_mem_info(dev, &f, &tot, &err), AICFN_OK);
+    assert_int_equal(f, tot);
+    loader_device_close(dev);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(bit_exact_threads_and_filters),
+        cmocka_unit_test(corrupt_frame_names_frame_and_tensor),
+        cmocka_unit_test(truncated_file_is_io_error),
+        cmocka_unit_test(allocation_failure_and_max_bytes),
+        cmocka_unit_test(cache_with_pipeline_ops),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
