@@ -1,0 +1,268 @@
+"""End-to-end tests of the gateway's HTTP front (Open Inference Protocol v2) with real
+processes on loopback: `aicfn gateway --http 127.0.0.1:PORT`, Triton's own Python client
+(tritonclient[http]), raw HTTP for the limits, the CLI for keys and usage, SQLite for the
+ledger and promtool for /metrics.
+
+Covers: is_server_live/is_server_ready/server and model metadata; infer on mlp over JSON
+and over the binary tensor extension, equal to the NNG (msgpack) path; unknown model
+404 with {"error"}; keys (no key 401, revoked key 401, over rate 429 then success after
+Retry-After, non-admin load 403, no plaintext key in the database files); a body over the
+limit refused with 413; /metrics passes `promtool check metrics` after a mixed workload
+and its call counters match the ledger; `aicfn usage` totals equal the SQL sums.
+
+These tests need `aicfn gateway --http`; they are skipped when the binary lacks it.
+Every wait is bounded.
+"""
+import http.client
+import json
+import shutil
+import socket
+import sqlite3
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, free_port, invoke_msg, next_id, output, run_cli,
+                      tensor, wait_for)
+
+
+def _has_http_flag() -> bool:
+    try:
+        r = subprocess.run([str(aicfn_bin()), "gateway", "--help"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return "--http" in r.stdout + r.stderr
+
+
+pytestmark = pytest.mark.skipif(not _has_http_flag(), reason="aicfn gateway has no --http flag in this build")
+
+tritonhttp = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException  # noqa: E402
+
+
+# ---- helpers ----
+
+def start(procs, tmp_path: Path, insecure=True, data=None):
+    port, hport = free_port(), free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    data = data or (tmp_path / "data")
+    args = [aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..1", "--worker-memory",
+            "64MiB", "--device", "host", "--http", f"127.0.0.1:{hport}"]
+    if insecure:
+        args.append("--insecure-local")
+    g = procs.start(args, name="gateway")
+
+    def ready():
+        if g.poll() is not None:
+            raise RuntimeError(f"gateway exited with {g.poll()}: {g.stderr()[-3000:]}")
+        with socket.create_connection(("127.0.0.1", hport), timeout=0.5):
+            return True
+
+    wait_for(ready, 15, interval=0.05, what=f"gateway HTTP on {hport}")
+    return addr, hport, data, g
+
+
+def deploy(addr, key=None):
+    args = ["deploy", str(ROOT / "examples" / "mlp"), "--gateway", addr, "--json"]
+    if key:
+        args += ["--key", key]
+    r = run_cli(args, timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])["version"]
+
+
+def http_req(port, method, path, body=None, headers=None, timeout=10):
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, dict(r.getheaders()), r.read()
+    finally:
+        c.close()
+
+
+def mlp_x():
+    return np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
+
+
+def infer_json(x):
+    return json.dumps({"id": "e2e", "inputs": [{"name": "x", "shape": list(x.shape), "datatype": "FP32",
+                                                "data": x.flatten().tolist()}]})
+
+
+def db_rows(data: Path, sql: str, args=()):
+    con = sqlite3.connect(str(data / "aicfn.db"), timeout=5)
+    try:
+        return con.execute(sql, args).fetchall()
+    finally:
+        con.close()
+
+
+def create_key(data: Path, tenant: str, *extra) -> str:
+    r = run_cli(["keys", "create", "--tenant", tenant, "--data-dir", str(data), *extra], timeout=20)
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip()
+    assert key.startswith("aicfn_")
+    return key
+
+
+def metric_value(text: str, name: str, labels: dict) -> float:
+    """Sum of the samples of `name` whose labels include `labels`."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# ---- tests ----
+
+def test_tritonclient_end_to_end(procs, tmp_path):
+    addr, hport, data, g = start(procs, tmp_path)
+    deploy(addr)
+    c = tritonhttp.InferenceServerClient(url=f"127.0.0.1:{hport}", network_timeout=60.0)
+    assert c.is_server_live()
+    assert c.is_server_ready()
+    meta = c.get_server_metadata()
+    assert meta["name"] == "aicfn" and "binary_tensor_data" in meta["extensions"]
+    mm = c.get_model_metadata("mlp")
+    assert mm["name"] == "mlp" and "1" in mm["versions"]
+    assert c.is_model_ready("mlp")
+
+    x = mlp_x()
+    nng = call(addr, invoke_msg("mlp", [tensor("x", x)]), timeout_ms=60000)
+    assert nng["ok"], nng
+    out_name = nng["outputs"][0]["name"]
+    want = output(nng, out_name)
+
+    for binary in (True, False):
+        inp = tritonhttp.InferInput("x", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        outs = [tritonhttp.InferRequestedOutput(out_name, binary_data=binary)]
+        res = c.infer("mlp", [inp], outputs=outs, request_id=f"r{int(binary)}")
+        got = res.as_numpy(out_name)
+        assert got is not None
+        assert np.array_equal(got.reshape(want.shape), want), (binary, got, want)
+        assert res.get_response()["model_name"] == "mlp"
+
+    # A versioned call, and an unknown model: a clear 404 with the protocol's error body.
+    inp = tritonhttp.InferInput("x", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    assert c.infer("mlp", [inp], model_version="1").as_numpy(out_name) is not None
+    with pytest.raises(InferenceServerException) as ei:
+        c.infer("nosuch", [inp])
+    assert "not found" in str(ei.value).lower()
+    st, _, body = http_req(hport, "POST", "/v2/models/nosuch/infer", infer_json(x))
+    assert st == 404 and "error" in json.loads(body)
+    st, _, body = http_req(hport, "GET", "/v2/models/..%2F..%2Fetc/ready")
+    assert st in (400, 404) and "error" in json.loads(body)
+    # Wrong dtype: the handler refuses it, the error names the tensor.
+    bad = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))}]})
+    st, _, body = http_req(hport, "POST", "/v2/models/mlp/infer", bad)
+    assert 400 <= st < 600 and "error" in json.loads(body)
+    idx = json.loads(http_req(hport, "POST", "/v2/repository/index", b"{}")[2])
+    assert any(e["name"] == "mlp" and e["state"] == "READY" for e in idx)
+    c.close()
+
+
+def test_body_limit_and_headers(procs, tmp_path):
+    addr, hport, data, g = start(procs, tmp_path)
+    s = socket.create_connection(("127.0.0.1", hport), timeout=5)
+    s.sendall(b"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 1073741824\r\n\r\n{")
+    head = s.recv(4096)
+    s.close()
+    assert head.startswith(b"HTTP/1.1 413"), head[:200]
+    st, _, _ = http_req(hport, "GET", "/v2/health/live", headers={"X-Big": "a" * 300000})
+    assert st in (413, 431)
+    assert http_req(hport, "GET", "/v2/health/live")[0] == 200
+
+
+def test_keys_over_http(procs, tmp_path):
+    data = tmp_path / "data"
+    admin = create_key(data, "ops", "--admin")
+    user = create_key(data, "acme", "--rate", "2/s")
+    addr, hport, data, g = start(procs, tmp_path, insecure=False, data=data)
+    deploy(addr, key=admin)
+    x = mlp_x()
+    body = infer_json(x)
+    st, _, b = http_req(hport, "POST", "/v2/models/mlp/infer", body)
+    assert st == 401 and "error" in json.loads(b)
+    auth = {"Authorization": f"Bearer {user}"}
+    st, _, b = http_req(hport, "POST", "/v2/models/mlp/infer", body, auth, timeout=60)
+    assert st == 200, b
+    # Rate 2/s: a burst soon gets 429 with Retry-After, and succeeds after waiting.
+    got429 = None
+    for _ in range(10):
+        st, h, b = http_req(hport, "POST", "/v2/models/mlp/infer", body, auth)
+        if st == 429:
+            got429 = h
+            break
+    assert got429 is not None and "Retry-After" in got429
+    time.sleep(int(got429["Retry-After"]))
+    assert http_req(hport, "POST", "/v2/models/mlp/infer", body, auth)[0] == 200
+    # Non-admin repository changes: 403.
+    st, _, b = http_req(hport, "POST", "/v2/repository/models/mlp/load", b"{}", auth)
+    assert st == 403 and "error" in json.loads(b)
+    # Revoked: 401 from then on.
+    key_id = user.split("_")[1]
+    assert run_cli(["keys", "revoke", key_id, "--data-dir", str(data)]).returncode == 0
+    st, _, _ = http_req(hport, "POST", "/v2/models/mlp/infer", body, auth)
+    assert st == 401
+    # No plaintext key anywhere in the database files.
+    for f in data.glob("aicfn.db*"):
+        blob = f.read_bytes()
+        for k in (admin, user):
+            assert k.encode() not in blob and k.split("_")[2].encode() not in blob, f
+
+
+def test_metrics_promtool_and_ledger(procs, tmp_path):
+    addr, hport, data, g = start(procs, tmp_path)
+    deploy(addr)
+    x = mlp_x()
+    ok = 0
+    for i in range(6):
+        st, _, _ = http_req(hport, "POST", "/v2/models/mlp/infer", infer_json(x), timeout=60)
+        ok += st == 200
+    bad = json.dumps({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]}]})
+    for i in range(2):
+        http_req(hport, "POST", "/v2/models/mlp/infer", bad)
+    http_req(hport, "POST", "/v2/models/nosuch/infer", infer_json(x))
+    assert ok == 6
+    st, h, text = http_req(hport, "GET", "/metrics")
+    assert st == 200 and "version=0.0.4" in h.get("Content-Type", "")
+    text = text.decode()
+    if shutil.which("promtool"):
+        p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+        assert p.returncode == 0, p.stdout + p.stderr
+    # The HTTP calls the gateway ran are counted once each, as in the ledger.
+    def ledger():
+        return dict(db_rows(data, "SELECT status, count(*) FROM invocations WHERE function = 'mlp' GROUP BY status"))
+    rows = wait_for(lambda: (lambda r: r if sum(r.values()) >= 6 else None)(ledger()), 10, what="ledger rows")
+    for status, n in rows.items():
+        assert metric_value(text, "aicfn_calls_total", {"function": "mlp", "status": status}) == n, (status, n)
+    assert metric_value(text, "aicfn_http_requests_total", {"endpoint": "infer", "code": "200"}) == 6
+
+
+def test_usage_totals_equal_ledger_sums(procs, tmp_path):
+    addr, hport, data, g = start(procs, tmp_path)
+    deploy(addr)
+    x = mlp_x()
+    for _ in range(4):
+        assert http_req(hport, "POST", "/v2/models/mlp/infer", infer_json(x), timeout=60)[0] == 200
+    wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations")[0][0] >= 4, 10, what="ledger rows")
+    r = run_cli(["usage", "--data-dir", str(data), "--json", "--price-per-gpu-second", "2.5"])
+    assert r.returncode == 0, r.stderr
+    u = json.loads(r.stdout)
+    calls, errors, gpu, cold = db_rows(
+        data, "SELECT count(*), sum(status != 'AICFN_OK'), sum(gpu_us), sum(CASE WHEN cold THEN load_us ELSE 0 END) "
+              "FROM invocations")[0]
+    t = u["total"]
+    assert (t["calls"], t["errors"], t["gpu_us"]) == (calls, errors, gpu)
+    assert t["cold_us"] == cold
+    assert sum(row["calls"] for row in u["rows"]) == calls
+    assert abs(t["cost"] - gpu / 1e6 * 2.5) < 1e-9
+    txt = run_cli(["usage", "--data-dir", str(data)]).stdout
+    assert "TOTAL" in txt and "local" in txt
