@@ -1,0 +1,400 @@
+/* bench/load: cold-load throughput of the pipeline into the host device, against the
+ * codec limit and a plain read()+memcpy of the uncompressed file, measured in one run.
+ *
+ * Models: all-MiniLM-L6-v2 in fp32 and bf16 (bench/.cache/minilm*, from
+ * bench/setup_data.sh) and a generated 1 GiB bf16 model with N(0, 0.02) weights
+ * (bench/.cache/gen-1g-bf16.safetensors, written here on first use). Each is packed once
+ * into bench/.cache/load/NAME.aicsnap with the default options.
+ * For 1 and 2 threads it prints, per model:
+ *   load      raw GB/s of loader_load_snapshot into a host device (best of reps)
+ *   limit     the same frames (already in memory) decompressed by the same number of
+ *             threads into a plain per-thread buffer, nothing else: the codec limit
+ *   baseline  read() of the uncompressed safetensors file + memcpy into a fresh host
+ *             device allocation (one thread)
+ * and the ratios load/limit (target >= 0.85) and load/baseline. Files are warm in the
+ * page cache for the main figures (read once before timing); a cold pass after
+ * posix_fadvise(DONTNEED) on both files is printed too.
+ * Usage: zig build bench-load -Doptimize=ReleaseFast -- [--reps N] [--no-gen] [extra.safetensors...]
+ * Output: JSON lines, the last {"bench": "load", "summary": {...}}. */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "common/clock.h"
+#include "loader/device.h"
+#include "loader/pipeline.h"
+#include "snapshots/snapshot.h"
+#include "snapshots/writer.h"
+
+#define CACHE_DIR "bench/.cache"
+#define GEN_PATH CACHE_DIR "/gen-1g-bf16.safetensors"
+#define GEN_BYTES (1ull << 30)
+
+static int file_exists(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 && S_ISREG(st.st_mode) && st.st_size > 0;
+}
+
+static uint64_t file_size(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 ? (uint64_t)st.st_size : 0;
+}
+
+static uint64_t file_mtime(const char *p) {
+    struct stat st;
+    return stat(p, &st) == 0 ? (uint64_t)st.st_mtime : 0;
+}
+
+/* ---- The generated model: 32 tensors of 4096x4096 bf16 with N(0, 0.02) values ---- */
+static uint64_t gen_rng = 0x9e3779b97f4a7c15ull;
+static inline uint64_t gen_next(void) {
+    gen_rng ^= gen_rng << 13;
+    gen_rng ^= gen_rng >> 7;
+    gen_rng ^= gen_rng << 17;
+    return gen_rng;
+}
+
+static int generate_model(void) {
+    const int n = 32;
+    const int64_t rows = 4096, cols = 4096;
+    const uint64_t each = (uint64_t)rows * (uint64_t)cols * 2;
+    char header[8192];
+    size_t h = 0;
+    h += (size_t)snprintf(header + h, sizeof header - h, "{\"__metadata__\":{\"format\":\"pt\"}");
+    for (int i = 0; i < n; i++)
+        h += (size_t)snprintf(header + h, sizeof header - h,
+                              ",\"model.layers.%d.weight\":{\"dtype\":\"BF16\",\"shape\":[%lld,%lld],"
+                              "\"data_offsets\":[%llu,%llu]}",
+                              i, (long long)rows, (long long)cols, (unsigned long long)(each * (uint64_t)i),
+                              (unsigned long long)(each * (uint64_t)(i + 1)));
+    h += (size_t)snprintf(header + h, sizeof header - h, "}");
+    while (h % 8)
+        header[h++] = ' ';
+    char tmp[256];
+    snprintf(tmp, sizeof tmp, "%s.tmp.%d", GEN_PATH, (int)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) return -1;
+    unsigned char len[8];
+    for (int i = 0; i < 8; i++)
+        len[i] = (unsigned char)((uint64_t)h >> (8 * i));
+    fwrite(len, 1, 8, f);
+    fwrite(header, 1, h, f);
+    size_t buf_elems = 1u << 20;
+    uint16_t *buf = malloc(buf_elems * 2);
+    if (!buf) {
+        fclose(f);
+        return -1;
+    }
+    for (uint64_t done = 0; done < GEN_BYTES; done += buf_elems * 2) {
+        for (size_t k = 0; k < buf_elems; k += 2) {
+            /* Box-Muller: two normals from two uniforms */
+            uint64_t r = gen_next();
+            double u1 = ((double)(r >> 11) + 1.0) / 9007199254740993.0;
+            double u2 = (double)(gen_next() >> 11) / 9007199254740992.0;
+            double m = sqrt(-2.0 * log(u1)) * 0.02;
+            float a = (float)(m * cos(6.283185307179586 * u2)), b = (float)(m * sin(6.283185307179586 * u2));
+            uint32_t ba, bb;
+            memcpy(&ba, &a, 4);
+            memcpy(&bb, &b, 4);
+            buf[k] = (uint16_t)((ba + 0x7fff + ((ba >> 16) & 1)) >> 16); /* round to nearest even */
+            buf[k + 1] = (uint16_t)((bb + 0x7fff + ((bb >> 16) & 1)) >> 16);
+        }
+        if (fwrite(buf, 2, buf_elems, f) != buf_elems) {
+            free(buf);
+            fclose(f);
+            return -1;
+        }
+    }
+    free(buf);
+    if (fclose(f) != 0) return -1;
+    return rename(tmp, GEN_PATH);
+}
+
+/* ---- Codec limit: the same frames, in memory, decompressed into per-thread buffers ---- */
+typedef struct limit_job {
+    const snap_reader *r;
+    unsigned char **comp; /* per frame */
+    uint32_t n;
+    _Atomic uint32_t next;
+    size_t chunk;
+    _Atomic int failed;
+} limit_job;
+
+static void *limit_thread(void *arg) {
+    limit_job *j = arg;
+    snap_dctx *d = NULL;
+    aicfn_error err;
+    unsigned char *out = malloc(j->chunk);
+    if (!out || snap_dctx_create(&d, &err) != AICFN_OK) {
+        atomic_store(&j->failed, 1);
+        free(out);
+        return NULL;
+    }
+    memset(out, 0, j->chunk);
+    for (;;) {
+        uint32_t i = atomic_fetch_add(&j->next, 1);
+        if (i >= j->n) break;
+        if (snap_frame_decompress(d, j->r, i, j->comp[i], out, &err) != AICFN_OK) {
+            fprintf(stderr, "limit: %s\n", err.msg);
+            atomic_store(&j->failed, 1);
+            break;
+        }
+    }
+    snap_dctx_free(d);
+    free(out);
+    return NULL;
+}
+
+static double codec_limit_us(const snap_reader *r, unsigned char **comp, uint32_t threads) {
+    const snap_manifest *m = snap_reader_manifest(r);
+    limit_job j = {.r = r, .comp = comp, .n = snap_reader_frame_count(r), .chunk = m->chunk_bytes};
+    atomic_store(&j.next, 0);
+    atomic_store(&j.failed, 0);
+    pthread_t th[8];
+    uint64_t t0 = clock_now_us();
+    for (uint32_t i = 0; i < threads; i++)
+        pthread_create(&th[i], NULL, limit_thread, &j);
+    for (uint32_t i = 0; i < threads; i++)
+        pthread_join(th[i], NULL);
+    uint64_t dt = clock_now_us() - t0;
+    return atomic_load(&j.failed) ? -1.0 : (double)dt;
+}
+
+/* ---- Baseline: read() + memcpy of the uncompressed file into a fresh allocation ---- */
+static double baseline_us(loader_device *dev, const char *path, uint64_t *bytes) {
+    uint64_t size = file_size(path);
+    *bytes = size;
+    aicfn_error err;
+    uint64_t t0 = clock_now_us();
+    loader_dev_buf dst;
+    if (loader_device_alloc(dev, size, &dst, &err) != AICFN_OK) return -1;
+    int fd = open(path, O_RDONLY);
+    size_t bs = 4u << 20;
+    unsigned char *buf = malloc(bs);
+    uint64_t off = 0;
+    while (fd >= 0 && buf && off < size) {
+        ssize_t n = read(fd, buf, bs);
+        if (n <= 0) break;
+        memcpy((unsigned char *)dst.ptr + off, buf, (size_t)n);
+        off += (uint64_t)n;
+    }
+    uint64_t dt = clock_now_us() - t0;
+    free(buf);
+    if (fd >= 0) close(fd);
+    loader_device_free(dev, &dst);
+    return off == size ? (double)dt : -1.0;
+}
+
+static void drop_cache(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return;
+    fdatasync(fd);
+    posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+    close(fd);
+}
+
+static void warm(const char *path) {
+    int fd = open(path, O_RDONLY);
+    if (fd < 0) return;
+    static unsigned char buf[1 << 20];
+    while (read(fd, buf, sizeof buf) > 0) {
+    }
+    close(fd);
+}
+
+static int ensure_packed(const char *st, const char *out) {
+    if (file_exists(out) && file_mtime(out) >= file_mtime(st)) return 0;
+    snap_pack_opts o;
+    snap_pack_opts_init(&o);
+    const char *in[] = {st};
+    aicfn_error err;
+    if (snap_pack(in, 1, out, &o, NULL, &err) != AICFN_OK) {
+        fprintf(stderr, "bench-load: packing %s: %s\n", st, err.msg);
+        return -1;
+    }
+    return 0;
+}
+
+typedef struct model_result {
+    char name[64];
+    double load_gbs[3], limit_gbs[3], ratio_limit[3], ratio_base[3];
+    double base_gbs;
+} model_result;
+
+static int bench_model(const char *name, const char *st, int reps, model_result *res) {
+    char snap[256];
+    snprintf(snap, sizeof snap, CACHE_DIR "/load/%s.aicsnap", name);
+    if (ensure_packed(st, snap) != 0) return -1;
+    aicfn_error err;
+    snap_reader *r;
+    if (snap_open(snap, &r, &err) != AICFN_OK) {
+        fprintf(stderr, "bench-load: %s\n", err.msg);
+        return -1;
+    }
+    const snap_manifest *m = snap_reader_manifest(r);
+    uint32_t nf = snap_reader_frame_count(r);
+    unsigned char **comp = calloc(nf, sizeof *comp);
+    uint64_t comp_total = 0;
+    for (uint32_t i = 0; i < nf; i++) {
+        const snap_frame *f = snap_reader_frame(r, i);
+        comp[i] = malloc(f->comp_size);
+        if (!comp[i] || snap_frame_read(r, i, comp[i], f->comp_size, &err) != AICFN_OK) {
+            fprintf(stderr, "bench-load: %s\n", err.msg);
+            return -1;
+        }
+        comp_total += f->comp_size;
+    }
+    loader_device *dev;
+    if (loader_device_host_open(4 * m->blob_bytes + (64u << 20), &dev, &err) != AICFN_OK) return -1;
+    snprintf(res->name, sizeof res->name, "%s", name);
+    warm(snap);
+    warm(st);
+    uint64_t st_bytes = 0;
+    double best_base = 1e30;
+    for (int k = 0; k < reps; k++) {
+        double b = baseline_us(dev, st, &st_bytes);
+        if (b > 0 && b < best_base) best_base = b;
+    }
+    res->base_gbs = (double)st_bytes / best_base / 1e3;
+    printf(
+        "{\"bench\":\"load\",\"model\":\"%s\",\"measure\":\"baseline_read_memcpy\",\"page_cache\":\"warm\","
+        "\"threads\":1,\"bytes\":%llu,\"us\":%.0f,\"gb_s\":%.3f}\n",
+        name, (unsigned long long)st_bytes, best_base, res->base_gbs);
+    for (uint32_t threads = 1; threads <= 2; threads++) {
+        double best_load = 1e30, best_lim = 1e30;
+        loader_timing bt;
+        memset(&bt, 0, sizeof bt);
+        for (int k = 0; k < reps; k++) {
+            double lim = codec_limit_us(r, comp, threads);
+            if (lim > 0 && lim < best_lim) best_lim = lim;
+            loader_load_opts o = {.threads = threads};
+            loader_model *lm = NULL;
+            loader_timing t;
+            if (loader_load_snapshot(dev, snap, &o, &lm, &t, &err) != AICFN_OK) {
+                fprintf(stderr, "bench-load: %s\n", err.msg);
+                return -1;
+            }
+            loader_model_free(lm);
+            if ((double)t.total_us < best_load) {
+                best_load = (double)t.total_us;
+                bt = t;
+            }
+        }
+        double raw = (double)m->blob_bytes;
+        res->load_gbs[threads] = raw / best_load / 1e3;
+        res->limit_gbs[threads] = raw / best_lim / 1e3;
+        res->ratio_limit[threads] = best_lim / best_load;
+        res->ratio_base[threads] = best_base / best_load * (raw / (double)st_bytes);
+        printf(
+            "{\"bench\":\"load\",\"model\":\"%s\",\"measure\":\"load\",\"page_cache\":\"warm\",\"threads\":%"
+            "u,"
+            "\"raw_bytes\":%llu,\"compressed_bytes\":%llu,\"frames\":%u,\"total_us\":%llu,\"gb_s\":%.3f,"
+            "\"codec_limit_gb_s\":%.3f,\"ratio_vs_limit\":%.3f,\"ratio_vs_read_memcpy\":%.3f,"
+            "\"thread_us\":{\"read\":%llu,\"decompress\":%llu,\"filter\":%llu,\"verify\":%llu,\"copy\":%llu,"
+            "\"wait\":%llu},\"alloc_us\":%llu,\"open_us\":%llu}\n",
+            name, threads, (unsigned long long)m->blob_bytes, (unsigned long long)comp_total, nf,
+            (unsigned long long)bt.total_us, res->load_gbs[threads], res->limit_gbs[threads],
+            res->ratio_limit[threads], res->ratio_base[threads], (unsigned long long)bt.read_us,
+            (unsigned long long)bt.decompress_us, (unsigned long long)bt.filter_us,
+            (unsigned long long)bt.verify_us, (unsigned long long)bt.copy_us, (unsigned long long)bt.wait_us,
+            (unsigned long long)bt.alloc_us, (unsigned long long)bt.open_us);
+        fflush(stdout);
+    }
+    /* One cold pass: both files dropped from the page cache first. */
+    drop_cache(snap);
+    loader_load_opts o = {.threads = 2};
+    loader_model *lm = NULL;
+    loader_timing t;
+    if (loader_load_snapshot(dev, snap, &o, &lm, &t, &err) == AICFN_OK) {
+        loader_model_free(lm);
+        drop_cache(st);
+        double b = baseline_us(dev, st, &st_bytes);
+        printf("{\"bench\":\"load\",\"model\":\"%s\",\"measure\":\"cold\",\"page_cache\":\"dropped "
+               "(posix_fadvise DONTNEED)\",\"threads\":2,\"load_gb_s\":%.3f,\"read_memcpy_gb_s\":%.3f,"
+               "\"ratio_vs_read_memcpy\":%.3f}\n",
+               name, (double)m->blob_bytes / (double)t.total_us / 1e3, (double)st_bytes / b / 1e3,
+               (b / (double)t.total_us) * ((double)m->blob_bytes / (double)st_bytes));
+    }
+    for (uint32_t i = 0; i < nf; i++)
+        free(comp[i]);
+    free(comp);
+    snap_close(r);
+    loader_device_close(dev);
+    return 0;
+}
+
+int main(int argc, char **argv) {
+    int reps = 3, gen = 1;
+    const char *extra[8];
+    int n_extra = 0;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
+            reps = atoi(argv[++i]);
+        else if (strcmp(argv[i], "--no-gen") == 0)
+            gen = 0;
+        else if (n_extra < 8)
+            extra[n_extra++] = argv[i];
+    }
+    if (reps < 1) reps = 1;
+    mkdir(CACHE_DIR, 0755);
+    mkdir(CACHE_DIR "/load", 0755);
+    const char *minilm = CACHE_DIR "/minilm/model.safetensors";
+    const char *minilm16 = CACHE_DIR "/minilm-bf16/model.safetensors";
+    if ((!file_exists(minilm) || !file_exists(minilm16)) && file_exists("bench/setup_data.sh")) {
+        fprintf(stderr, "bench-load: fetching MiniLM with bench/setup_data.sh\n");
+        if (system("sh bench/setup_data.sh >&2") != 0) fprintf(stderr, "bench-load: setup_data.sh failed\n");
+    }
+    if (gen && !file_exists(GEN_PATH)) {
+        fprintf(stderr, "bench-load: generating %s (1 GiB bf16, N(0, 0.02))\n", GEN_PATH);
+        if (generate_model() != 0) {
+            fprintf(stderr, "bench-load: generating the model failed: %s\n", strerror(errno));
+            return 1;
+        }
+    }
+    struct {
+        const char *name, *path;
+    } models[12];
+    int nm = 0;
+    if (file_exists(minilm))
+        models[nm++] = (typeof(models[0])){"minilm-fp32", minilm};
+    else
+        printf("{\"bench\":\"load\",\"skipped\":\"%s missing (run bench/setup_data.sh)\"}\n", minilm);
+    if (file_exists(minilm16))
+        models[nm++] = (typeof(models[0])){"minilm-bf16", minilm16};
+    else
+        printf("{\"bench\":\"load\",\"skipped\":\"%s missing (run bench/setup_data.sh)\"}\n", minilm16);
+    if (gen) models[nm++] = (typeof(models[0])){"gen-1g-bf16", GEN_PATH};
+    for (int i = 0; i < n_extra; i++)
+        models[nm++] = (typeof(models[0])){extra[i], extra[i]};
+    model_result res[12];
+    memset(res, 0, sizeof res);
+    int ok = 0;
+    for (int i = 0; i < nm; i++) {
+        char nm_safe[64];
+        snprintf(nm_safe, sizeof nm_safe, "%s", models[i].name);
+        for (char *p = nm_safe; *p; p++)
+            if (*p == '/' || *p == '.') *p = '_';
+        if (bench_model(nm_safe, models[i].path, reps, &res[i]) == 0)
+            ok++;
+        else
+            return 1;
+    }
+    printf(
+        "{\"bench\":\"load\",\"summary\":{\"page_cache\":\"warm\",\"reps\":%d,\"target_ratio_vs_limit\":0.85",
+        reps);
+    for (int i = 0; i < nm; i++)
+        printf(",\"%s\":{\"t1_gb_s\":%.3f,\"t2_gb_s\":%.3f,\"t1_ratio_vs_limit\":%.3f,\"t2_ratio_vs_limit\":%"
+               ".3f,"
+               "\"t1_ratio_vs_read_memcpy\":%.3f,\"t2_ratio_vs_read_memcpy\":%.3f,\"read_memcpy_gb_s\":%.3f}",
+               res[i].name, res[i].load_gbs[1], res[i].load_gbs[2], res[i].ratio_limit[1],
+               res[i].ratio_limit[2], res[i].ratio_base[1], res[i].ratio_base[2], res[i].base_gbs);
+    printf("}}\n");
+    return ok == nm ? 0 : 1;
+}
