@@ -247,6 +247,8 @@ def test_sigterm_drains_32_in_flight(procs, tmp_path):
     wait_for(lambda: call(addr, status_msg(), timeout_ms=1000)["w"]["st"]["inflight"] == 32, 10,
              what="32 calls in flight")
     w.signal(signal.SIGTERM)
+    # Signal delivery is asynchronous: wait until the worker says it is draining.
+    wait_for(lambda: call(addr, status_msg(), timeout_ms=1000)["w"]["st"]["draining"], 5, what="draining")
     # New calls are refused while draining, or cannot connect once it has exited.
     try:
         refused = call(addr, invoke_msg("slow", [], rid=999), timeout_ms=3000)
