@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -759,6 +760,95 @@ static void forwarding_with_reply_msg(void **state) {
     tsrv_fini(&tb);
 }
 
+/* ---- cross-language: the Python client written from docs/protocol.md ----------- */
+
+static int is_repo_root(const char *dir) {
+    char p[1024];
+    snprintf(p, sizeof p, "%s/tests/e2e/protocol_client.py", dir);
+    if (access(p, R_OK) != 0) return 0;
+    snprintf(p, sizeof p, "%s/build.zig", dir);
+    return access(p, R_OK) == 0;
+}
+
+/* $AICFN_SOURCE_DIR, else the first ancestor of the working directory or of this
+ * executable holding build.zig and tests/e2e/protocol_client.py. */
+static int repo_root(char *out, size_t cap) {
+    const char *env = getenv("AICFN_SOURCE_DIR");
+    if (env && is_repo_root(env)) {
+        snprintf(out, cap, "%s", env);
+        return 0;
+    }
+    char starts[2][1024];
+    if (!getcwd(starts[0], sizeof starts[0])) starts[0][0] = 0;
+    ssize_t n = readlink("/proc/self/exe", starts[1], sizeof starts[1] - 1);
+    starts[1][n > 0 ? n : 0] = 0;
+    for (int s = 0; s < 2; s++) {
+        char dir[1024];
+        snprintf(dir, sizeof dir, "%s", starts[s]);
+        for (int up = 0; up < 16 && dir[0]; up++) {
+            if (is_repo_root(dir)) {
+                snprintf(out, cap, "%s", dir);
+                return 0;
+            }
+            char *slash = strrchr(dir, '/');
+            if (!slash || slash == dir) break;
+            *slash = 0;
+        }
+    }
+    return -1;
+}
+
+/* Runs argv with a time bound; returns the exit status, or -1 when killed/not exited. */
+static int run_bounded(char *const argv[], int seconds) {
+    pid_t pid = fork();
+    if (pid < 0) return -1;
+    if (pid == 0) {
+        execv(argv[0], argv);
+        _exit(127);
+    }
+    uint64_t end = clock_now_us() + (uint64_t)seconds * 1000000;
+    int st = 0;
+    for (;;) {
+        pid_t r = waitpid(pid, &st, WNOHANG);
+        if (r == pid) return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+        if (clock_now_us() > end) {
+            kill(pid, SIGKILL);
+            waitpid(pid, &st, 0);
+            return -1;
+        }
+        usleep(10000);
+    }
+}
+
+/* tests/e2e/protocol_client.py (pynng + msgpack, written only from docs/protocol.md)
+ * invokes an in-process C server that decodes with common/wire.h and echoes the inputs:
+ * FP32 and BYTES tensors and params cross the language boundary both ways, and a bad
+ * tensor comes back as AICFN_E_PROTOCOL naming it. Skipped when no Python venv is found. */
+static void python_protocol_client_interop(void **state) {
+    (void)state;
+    char root[1024], py[1200], script[1200];
+    if (repo_root(root, sizeof root) != 0) skip();
+    const char *envpy = getenv("AICFN_PYTHON");
+    snprintf(py, sizeof py, "%s", envpy ? envpy : "");
+    if (!envpy) snprintf(py, sizeof py, "%s/.venv/bin/python", root);
+    if (access(py, X_OK) != 0) skip();
+    char *probe[] = {py, "-c", "import pynng, msgpack, numpy", NULL};
+    if (run_bounded(probe, 60) != 0) skip();
+    snprintf(script, sizeof script, "%s/tests/e2e/protocol_client.py", root);
+    tsrv t;
+    tsrv_init(&t, MODE_CODEC);
+    rpc_server *s;
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", NULL, tsrv_handler, &t, &e), AICFN_OK);
+    char url[128];
+    snprintf(url, sizeof url, "%s", rpc_server_url(s));
+    char *argv[] = {py, script, url, "echo", NULL};
+    assert_int_equal(run_bounded(argv, 120), 0);
+    assert_true(tsrv_calls(&t) >= 2);
+    rpc_server_destroy(s);
+    tsrv_fini(&t);
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--ipc-drop-child") == 0) _exit(drop_peers_then_serve(ipc_url(3)));
     const struct CMUnitTest tests[] = {
@@ -774,6 +864,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(lost_connection_fails_call_and_never_resends),
         cmocka_unit_test(async_calls_and_limits),
         cmocka_unit_test(forwarding_with_reply_msg),
+        cmocka_unit_test(python_protocol_client_interop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
