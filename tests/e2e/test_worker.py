@@ -434,3 +434,29 @@ def test_no_specs_refuses_registration(procs, mlp_files, tmp_path):
     r = call(addr, m)
     assert r["ok"] is False and r["error"]["code"] == 14  # AICFN_E_FORBIDDEN
     assert w.stop(timeout=10) == 0
+
+
+def test_crashing_handler_kills_only_its_worker(procs, tmp_path):
+    a, b = ipc_addr(tmp_path, "a"), ipc_addr(tmp_path, "b")
+    wa = start_worker(procs, a, [f"crash={handler('test_crash')}"], name="wa")
+    start_worker(procs, b, [f"crash={handler('test_crash')}"], name="wb")
+    assert call(a, invoke_msg("crash", [], params={"crash": "0"}))["ok"]
+    # The call that crashes its worker gets no reply (the caller's timeout ends it).
+    with pytest.raises((pynng.exceptions.Timeout, pynng.exceptions.Closed, pynng.exceptions.ConnectionReset)):
+        call(a, invoke_msg("crash", []), timeout_ms=2000)
+    assert wa.wait(timeout=10) != 0
+    # The other worker, with the same handler loaded, is unaffected.
+    assert call(b, invoke_msg("crash", [], params={"crash": "0"}))["ok"]
+
+
+def test_handlers_do_not_link_libaicfn():
+    """Handlers are built against include/aicfn.h only: no libaicfn symbol is imported."""
+    for name in ("echo", "mlp", "test_sleep", "test_fail"):
+        out = subprocess.run(["nm", "-D", "--undefined-only", str(handler(name))], capture_output=True, text=True,
+                             timeout=30, check=True).stdout
+        imported = [ln.split()[-1] for ln in out.splitlines() if ln.strip()]
+        bad = [s for s in imported if s.startswith(("worker_", "wire_", "loader_", "snap_", "log_", "aicfn_"))]
+        assert not bad, (name, bad)
+        exported = subprocess.run(["nm", "-D", "--defined-only", str(handler(name))], capture_output=True, text=True,
+                                  timeout=30, check=True).stdout
+        assert "aicfn_fn_invoke" in exported and "aicfn_fn_abi_version" in exported
