@@ -320,6 +320,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
     }
     pthread_mutex_unlock(&gw->mu);
     const wire_timing *t = &rep->timing;
+    /* A call that waited for its worker to start was held for the spawn: not queueing. */
+    gw_queue = gw_queue > spawn_us ? gw_queue - spawn_us : 0;
     uint64_t total = spawn_us + gw_queue + t->queue_us + t->load_us;
     if (t->init_us > t->load_us) total += t->init_us; /* init outside the load wait */
     gw_cold_start_record cs = {

@@ -1,0 +1,407 @@
+/* bench_invoke.c: `zig build bench-invoke`: the cost of the gateway on the invocation
+ * path. In one run, on the same transport (tcp loopback) and the same client code, it
+ * measures a warm `echo` through `aicfn gateway` (gateway -> local worker over ipc ->
+ * handler -> back) and a bare NNG REQ/REP echo server (common/rpc.h, replying with the
+ * request bytes): p50/p99 latency with one client, and throughput with 1, 4 and 16
+ * concurrent clients. It then measures mlp cold starts (the worker idles out between
+ * calls, so each call spawns a worker and loads the model) and reports their p50 per
+ * phase from the gateway's cold_starts records.
+ *
+ * Output: JSON lines, the last {"bench":"invoke","summary":{...}} with the ratios
+ * gateway/bare (targets: p50 ratio <= 2.2, 16-client throughput ratio >= 0.5).
+ * Options: --aicfn PATH (default: the aicfn beside this binary), --seconds S per
+ * throughput case (default 2), --calls N latency samples (default 2000), --cold N cold
+ * starts (default 5). Runs a gateway with its own temporary data directory. */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <jansson.h>
+
+#include "common/clock.h"
+#include "common/rpc.h"
+#include "common/tunables.h"
+#include "common/wire.h"
+
+static char g_aicfn[PATH_MAX];
+static double g_seconds = 2.0;
+static int g_calls = 2000;
+static int g_cold = 5;
+
+/* ---- the bare echo server ---- */
+
+static void bare_handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
+    (void)user;
+    rpc_reply(call, msg, len);
+}
+
+/* ---- requests ---- */
+
+static uint8_t *encode_echo(const char *fn, size_t *len) {
+    float x[16];
+    for (int i = 0; i < 16; i++)
+        x[i] = (float)i * 0.25f - 1.0f;
+    wire_tensor t = {
+        .name = "x", .dtype = AICFN_DTYPE_FP32, .ndim = 2, .data = (const uint8_t *)x, .nbytes = sizeof x};
+    t.shape[0] = 1;
+    t.shape[1] = 16;
+    wire_invoke_req req = {.id = 1, .fn = fn, .n_inputs = 1, .inputs = &t};
+    wire_writer w;
+    wire_writer_init(&w);
+    if (wire_encode_invoke_req(&w, &req, NULL) != AICFN_OK) {
+        fprintf(stderr, "bench-invoke: encoding a request failed\n");
+        exit(1);
+    }
+    uint8_t *out = wire_writer_take(&w, len);
+    wire_writer_fini(&w);
+    return out;
+}
+
+static int reply_ok(rpc_msg *m) {
+    wire_doc doc;
+    wire_reply_head h;
+    int ok = wire_doc_parse(&doc, rpc_msg_data(m), rpc_msg_len(m), NULL, NULL) == AICFN_OK &&
+             wire_decode_reply_head(&doc, &h, NULL) == AICFN_OK && h.ok;
+    wire_doc_fini(&doc);
+    return ok;
+}
+
+/* ---- measurement ---- */
+
+static int cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+typedef struct lat_result {
+    uint64_t p50, p99, errors;
+} lat_result;
+
+static lat_result latency(const char *addr, const uint8_t *req, size_t len, int n, int check) {
+    lat_result r = {0, 0, 0};
+    rpc_client *c = NULL;
+    aicfn_error e;
+    if (rpc_client_open(&c, addr, NULL, &e) != AICFN_OK) {
+        fprintf(stderr, "bench-invoke: %s\n", e.msg);
+        exit(1);
+    }
+    uint64_t *s = calloc((size_t)n, sizeof *s);
+    for (int i = 0; i < n + 200; i++) {
+        uint64_t t0 = clock_now_us();
+        rpc_msg *m = NULL;
+        int rc = rpc_call_sync(c, req, len, 30000, &m, &e);
+        uint64_t dt = clock_now_us() - t0;
+        if (rc != AICFN_OK || (check && !reply_ok(m))) r.errors++;
+        rpc_msg_free(m);
+        if (i >= 200) s[i - 200] = dt; /* the first 200 warm up */
+    }
+    qsort(s, (size_t)n, sizeof *s, cmp_u64);
+    r.p50 = s[(n - 1) / 2];
+    r.p99 = s[(size_t)((n - 1) * 0.99)];
+    free(s);
+    rpc_client_close(c);
+    return r;
+}
+
+typedef struct tput_arg {
+    const char *addr;
+    const uint8_t *req;
+    size_t len;
+    uint64_t end_us;
+    uint64_t calls, errors;
+    int check;
+} tput_arg;
+
+static void *tput_thread(void *p) {
+    tput_arg *a = p;
+    rpc_client *c = NULL;
+    aicfn_error e;
+    if (rpc_client_open(&c, a->addr, NULL, &e) != AICFN_OK) {
+        a->errors++;
+        return NULL;
+    }
+    while (clock_now_us() < a->end_us) {
+        rpc_msg *m = NULL;
+        int rc = rpc_call_sync(c, a->req, a->len, 30000, &m, &e);
+        if (rc != AICFN_OK || (a->check && !reply_ok(m)))
+            a->errors++;
+        else
+            a->calls++;
+        rpc_msg_free(m);
+    }
+    rpc_client_close(c);
+    return NULL;
+}
+
+static double throughput(const char *addr, const uint8_t *req, size_t len, int clients, int check,
+                         uint64_t *errors) {
+    tput_arg args[16];
+    pthread_t th[16];
+    uint64_t t0 = clock_now_us();
+    uint64_t end = t0 + (uint64_t)(g_seconds * 1e6);
+    for (int i = 0; i < clients; i++) {
+        args[i] = (tput_arg){addr, req, len, end, 0, 0, check};
+        pthread_create(&th[i], NULL, tput_thread, &args[i]);
+    }
+    uint64_t calls = 0;
+    *errors = 0;
+    for (int i = 0; i < clients; i++) {
+        pthread_join(th[i], NULL);
+        calls += args[i].calls;
+        *errors += args[i].errors;
+    }
+    double secs = (double)(clock_now_us() - t0) / 1e6;
+    return (double)calls / secs;
+}
+
+/* ---- the gateway ---- */
+
+static pid_t start_gateway(const char *addr, const char *data, const char *idle) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        int devnull = open("/dev/null", 1);
+        if (devnull >= 0) dup2(devnull, 2);
+        execl(g_aicfn, g_aicfn, "gateway", "--listen", addr, "--data", data, "--workers", "0..1", "--device",
+              "auto", "--idle-timeout", idle, "--insecure-local", (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+static int wait_gateway(const char *addr) {
+    for (int i = 0; i < 200; i++) {
+        rpc_client *c = NULL;
+        if (rpc_client_open(&c, addr, NULL, NULL) == AICFN_OK) {
+            rpc_client_close(c);
+            return 0;
+        }
+        usleep(25000);
+    }
+    return -1;
+}
+
+static int run_cmd(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int run_cmd(const char *fmt, ...) {
+    char cmd[4096];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(cmd, sizeof cmd, fmt, ap);
+    va_end(ap);
+    return system(cmd);
+}
+
+static void stop_gateway(pid_t pid) {
+    kill(pid, SIGTERM);
+    for (int i = 0; i < 300; i++) {
+        if (waitpid(pid, NULL, WNOHANG) == pid) return;
+        usleep(20000);
+    }
+    kill(pid, SIGKILL);
+    waitpid(pid, NULL, 0);
+}
+
+static int port_free(void) {
+    return 20000 + (int)(getpid() % 20000);
+}
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--aicfn") && i + 1 < argc)
+            snprintf(g_aicfn, sizeof g_aicfn, "%s", argv[++i]);
+        else if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+            g_seconds = atof(argv[++i]);
+        else if (!strcmp(argv[i], "--calls") && i + 1 < argc)
+            g_calls = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--cold") && i + 1 < argc)
+            g_cold = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: bench-invoke [--aicfn PATH] [--seconds S] [--calls N] [--cold N]\n");
+            return 2;
+        }
+    }
+    if (g_calls < 10) g_calls = 10;
+    if (!g_aicfn[0]) {
+        char self[PATH_MAX];
+        ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+        if (n <= 0) return 1;
+        self[n] = 0;
+        char *slash = strrchr(self, '/');
+        *slash = 0;
+        snprintf(g_aicfn, sizeof g_aicfn, "%s/aicfn", self);
+    }
+    signal(SIGPIPE, SIG_IGN);
+    char data[] = "/tmp/aicfn-bench-invoke-XXXXXX";
+    if (!mkdtemp(data)) return 1;
+    int port = port_free();
+    char gw_addr[64], bare_addr[64];
+    snprintf(gw_addr, sizeof gw_addr, "tcp://127.0.0.1:%d", port);
+    snprintf(bare_addr, sizeof bare_addr, "tcp://127.0.0.1:%d", port + 1);
+
+    /* Bare NNG echo (same process as the clients, like the gateway's clients). */
+    rpc_server *bare = NULL;
+    aicfn_error e;
+    if (rpc_server_start(&bare, bare_addr, NULL, bare_handler, NULL, &e) != AICFN_OK) {
+        fprintf(stderr, "bench-invoke: bare server: %s\n", e.msg);
+        return 1;
+    }
+    char gwdata[PATH_MAX];
+    snprintf(gwdata, sizeof gwdata, "%s/data", data);
+    pid_t gw = start_gateway(gw_addr, gwdata, "5m");
+    if (wait_gateway(gw_addr) != 0) {
+        fprintf(stderr, "bench-invoke: the gateway did not start (%s)\n", g_aicfn);
+        return 1;
+    }
+    if (run_cmd("%s deploy examples/echo --gateway %s >/dev/null 2>&1", g_aicfn, gw_addr) != 0) {
+        fprintf(stderr, "bench-invoke: deploying echo/mlp failed (run from the repository root)\n");
+        stop_gateway(gw);
+        return 1;
+    }
+    size_t len;
+    uint8_t *req = encode_echo("echo", &len);
+
+    lat_result lg = latency(gw_addr, req, len, g_calls, 1);
+    lat_result lb = latency(bare_addr, req, len, g_calls, 0);
+    printf("{\"bench\":\"invoke\",\"case\":\"latency\",\"target\":\"gateway\",\"function\":\"echo\","
+           "\"calls\":%d,"
+           "\"p50_us\":%llu,\"p99_us\":%llu,\"errors\":%llu}\n",
+           g_calls, (unsigned long long)lg.p50, (unsigned long long)lg.p99, (unsigned long long)lg.errors);
+    /* The worker alone (its ipc address from the gateway's `workers`), to show the
+     * gateway's own share of the latency. */
+    {
+        wire_writer ww;
+        wire_writer_init(&ww);
+        wire_put_map(&ww, 3);
+        wire_kv_u64(&ww, "v", AICFN_PROTOCOL_VERSION);
+        wire_kv_str(&ww, "t", "workers");
+        wire_kv_u64(&ww, "id", 8);
+        rpc_client *wc = NULL;
+        rpc_msg *wm = NULL;
+        char waddr[300] = "";
+        if (rpc_client_open(&wc, gw_addr, NULL, NULL) == AICFN_OK &&
+            rpc_call_sync(wc, ww.data, ww.len, 10000, &wm, NULL) == AICFN_OK) {
+            wire_doc doc;
+            const char *text = NULL;
+            if (wire_doc_parse(&doc, rpc_msg_data(wm), rpc_msg_len(wm), NULL, NULL) == AICFN_OK &&
+                wire_get_cstr(&doc, &doc.root, NULL, "json", true, 0, &text, NULL) == AICFN_OK) {
+                json_t *j = json_loads(text, 0, NULL);
+                const char *a = json_string_value(json_object_get(json_array_get(j, 0), "address"));
+                if (a) snprintf(waddr, sizeof waddr, "%s", a);
+                json_decref(j);
+            }
+            wire_doc_fini(&doc);
+        }
+        rpc_msg_free(wm);
+        rpc_client_close(wc);
+        wire_writer_fini(&ww);
+        if (waddr[0]) {
+            lat_result lw = latency(waddr, req, len, g_calls, 1);
+            printf("{\"bench\":\"invoke\",\"case\":\"latency\",\"target\":\"worker_direct_ipc\",\"calls\":%d,"
+                   "\"p50_us\":%llu,\"p99_us\":%llu,\"errors\":%llu}\n",
+                   g_calls, (unsigned long long)lw.p50, (unsigned long long)lw.p99,
+                   (unsigned long long)lw.errors);
+        }
+    }
+    printf("{\"bench\":\"invoke\",\"case\":\"latency\",\"target\":\"bare_nng\",\"calls\":%d,\"p50_us\":%llu,"
+           "\"p99_us\":%llu,\"errors\":%llu}\n",
+           g_calls, (unsigned long long)lb.p50, (unsigned long long)lb.p99, (unsigned long long)lb.errors);
+    fflush(stdout);
+    int conc[3] = {1, 4, 16};
+    double tg[3], tb[3];
+    for (int k = 0; k < 3; k++) {
+        uint64_t eg, eb;
+        tg[k] = throughput(gw_addr, req, len, conc[k], 1, &eg);
+        tb[k] = throughput(bare_addr, req, len, conc[k], 0, &eb);
+        printf("{\"bench\":\"invoke\",\"case\":\"throughput\",\"clients\":%d,\"gateway_calls_per_s\":%.0f,"
+               "\"bare_calls_per_s\":%.0f,\"ratio\":%.3f,\"gateway_errors\":%llu,\"bare_errors\":%llu}\n",
+               conc[k], tg[k], tb[k], tb[k] > 0 ? tg[k] / tb[k] : 0.0, (unsigned long long)eg,
+               (unsigned long long)eb);
+        fflush(stdout);
+    }
+    free(req);
+    rpc_server_destroy(bare);
+    stop_gateway(gw);
+
+    /* A second gateway whose worker idles out after 1 s, for the cold starts. */
+    snprintf(gwdata, sizeof gwdata, "%s/data2", data);
+    gw = start_gateway(gw_addr, gwdata, "1s");
+    if (wait_gateway(gw_addr) != 0 ||
+        run_cmd("%s deploy examples/mlp --gateway %s >/dev/null 2>&1", g_aicfn, gw_addr) != 0) {
+        fprintf(stderr, "bench-invoke: the second gateway or deploying mlp failed\n");
+        stop_gateway(gw);
+        return 1;
+    }
+
+    /* Cold starts of mlp: the worker idles out (1 s) between calls, so each call spawns a
+     * worker and loads the model. */
+    uint8_t *mreq = encode_echo("mlp", &len);
+    rpc_client *c = NULL;
+    rpc_client_open(&c, gw_addr, NULL, NULL);
+    int cold_ok = 0;
+    for (int i = 0; i < g_cold && c; i++) {
+        usleep(1800000); /* > idle timeout + the drain */
+        rpc_msg *m = NULL;
+        if (rpc_call_sync(c, mreq, len, 30000, &m, &e) == AICFN_OK && reply_ok(m)) cold_ok++;
+        rpc_msg_free(m);
+    }
+    free(mreq);
+    /* Read the records back through the gateway. */
+    wire_writer w;
+    wire_writer_init(&w);
+    wire_put_map(&w, 4);
+    wire_kv_u64(&w, "v", AICFN_PROTOCOL_VERSION);
+    wire_kv_str(&w, "t", "coldstarts");
+    wire_kv_u64(&w, "id", 9);
+    wire_kv_str(&w, "fn", "mlp");
+    rpc_msg *m = NULL;
+    json_t *cs = NULL;
+    if (c && rpc_call_sync(c, w.data, w.len, 10000, &m, &e) == AICFN_OK) {
+        wire_doc doc;
+        const char *text = NULL;
+        if (wire_doc_parse(&doc, rpc_msg_data(m), rpc_msg_len(m), NULL, NULL) == AICFN_OK &&
+            wire_get_cstr(&doc, &doc.root, NULL, "json", true, 0, &text, NULL) == AICFN_OK)
+            cs = json_loads(text, 0, NULL);
+        wire_doc_fini(&doc);
+    }
+    rpc_msg_free(m);
+    wire_writer_fini(&w);
+    rpc_client_close(c);
+    json_t *row = cs ? json_array_get(cs, 0) : NULL;
+    json_t *phases = row ? json_object_get(row, "phases") : NULL;
+    const char *names[] = {"spawn", "queue", "read", "decompress", "filter", "copy", "init", "total"};
+    printf(
+        "{\"bench\":\"invoke\",\"case\":\"cold_start\",\"function\":\"mlp\",\"count\":%lld,\"ok_calls\":%d",
+        row ? (long long)json_integer_value(json_object_get(row, "count")) : 0LL, cold_ok);
+    for (int i = 0; i < 8; i++)
+        printf(",\"%s_p50_us\":%lld", names[i],
+               phases ? (long long)json_integer_value(
+                            json_object_get(json_object_get(phases, names[i]), "p50_us"))
+                      : 0LL);
+    printf("}\n");
+    uint64_t cold_total =
+        phases ? (uint64_t)json_integer_value(json_object_get(json_object_get(phases, "total"), "p50_us"))
+               : 0;
+    json_decref(cs);
+    stop_gateway(gw);
+    run_cmd("rm -rf '%s'", data);
+
+    double p50_ratio = lb.p50 ? (double)lg.p50 / (double)lb.p50 : 0.0;
+    double t16_ratio = tb[2] > 0 ? tg[2] / tb[2] : 0.0;
+    printf(
+        "{\"bench\":\"invoke\",\"summary\":{\"gateway_p50_us\":%llu,\"bare_p50_us\":%llu,\"p50_ratio\":%.3f,"
+        "\"p50_target\":2.2,\"p50_ok\":%s,\"gateway_16c_calls_per_s\":%.0f,\"bare_16c_calls_per_s\":%.0f,"
+        "\"throughput_16c_ratio\":%.3f,\"throughput_target\":0.5,\"throughput_ok\":%s,"
+        "\"throughput_1c_ratio\":%.3f,\"throughput_4c_ratio\":%.3f,\"mlp_cold_p50_total_us\":%llu}}\n",
+        (unsigned long long)lg.p50, (unsigned long long)lb.p50, p50_ratio,
+        p50_ratio <= 2.2 ? "true" : "false", tg[2], tb[2], t16_ratio, t16_ratio >= 0.5 ? "true" : "false",
+        tb[0] > 0 ? tg[0] / tb[0] : 0.0, tb[1] > 0 ? tg[1] / tb[1] : 0.0, (unsigned long long)cold_total);
+    return 0;
+}
