@@ -5,6 +5,7 @@
  * (model.c, loader/) or message encoding details (common/wire.c). */
 #include "worker/worker.h"
 
+#include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -524,6 +525,12 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
     if (oom) {
         worker_fn_free(f);
         return aicfn_error_set(err, AICFN_E_NOMEM, "function %s: out of memory", c->name);
+    }
+    if (has_model && access(f->snapshot, R_OK) != 0) {
+        int e = errno;
+        worker_fn_free(f);
+        return aicfn_error_errno(err, e == ENOENT ? AICFN_E_NOT_FOUND : AICFN_E_IO, e,
+                                 "function %s: snapshot %s", c->name, c->snapshot);
     }
     int rc = worker_handler_open(c->handler, &f->handler, err);
     if (rc != AICFN_OK) {

@@ -460,3 +460,20 @@ def test_handlers_do_not_link_libaicfn():
         exported = subprocess.run(["nm", "-D", "--defined-only", str(handler(name))], capture_output=True, text=True,
                                   timeout=30, check=True).stdout
         assert "aicfn_fn_invoke" in exported and "aicfn_fn_abi_version" in exported
+
+
+def test_corrupt_snapshot_is_an_error_reply(procs, mlp_files, tmp_path):
+    _, snap = mlp_files
+    bad = tmp_path / "bad.aicsnap"
+    raw = bytearray(snap.read_bytes())
+    for i in range(len(raw) // 2, len(raw) // 2 + 64):
+        raw[i] ^= 0x5A
+    bad.write_bytes(bytes(raw))
+    addr = ipc_addr(tmp_path)
+    w = start_worker(procs, addr, [f"bad={handler('mlp')},{bad}", mlp_spec(snap)])
+    for _ in range(2):  # a failed load leaves nothing behind: the retry fails the same way
+        r = call(addr, invoke_msg("bad", [tensor("x", fixed_inputs(1))]))
+        assert r["ok"] is False and r["error"]["code"] in (4, 5), r  # AICFN_E_CORRUPT / UNSUPPORTED
+        assert "bad" in r["error"]["message"]
+    assert call(addr, invoke_msg("mlp", [tensor("x", fixed_inputs(1))]))["ok"]
+    assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
