@@ -53,7 +53,33 @@ static gw_route_model *wl_find(gw_worker *w, const char *key) {
     return NULL;
 }
 
+static gw_model_state wl_state(int wire_state) {
+    return wire_state == WIRE_MODEL_READY     ? GW_MODEL_READY
+           : wire_state == WIRE_MODEL_LOADING ? GW_MODEL_LOADING
+                                              : GW_MODEL_EVICTING;
+}
+
 int gw_worker_apply_summary(gw_worker *w, const wire_worker_summary *s, uint64_t now_us) {
+    /* Fast path (every warm reply): the same models in the same order and no held
+     * entries: update in place, without allocating. */
+    bool same = w->n_models == s->n_models;
+    for (size_t i = 0; same && i < w->n_models; i++)
+        same = w->hold_until[i] <= now_us && s->models[i].model &&
+               strcmp(s->models[i].model, w->models[i].key) == 0;
+    if (same) {
+        for (size_t i = 0; i < w->n_models; i++) {
+            const wire_model_status *ms = &s->models[i];
+            uint64_t idle_us = ms->idle_ms * 1000;
+            w->models[i].state = wl_state(ms->state);
+            w->models[i].bytes = ms->bytes;
+            w->models[i].pinned = ms->refs;
+            w->models[i].last_use_us = now_us > idle_us ? now_us - idle_us : 0;
+        }
+        w->budget_bytes = s->budget_bytes;
+        w->free_bytes = s->free_bytes;
+        if (s->draining && w->state == GW_WORKER_READY) w->state = GW_WORKER_DRAINING;
+        return AICFN_OK;
+    }
     size_t n_new = s->n_models;
     /* Keep held gateway-added entries the summary does not list. */
     size_t keep = 0;
@@ -78,9 +104,7 @@ int gw_worker_apply_summary(gw_worker *w, const wire_worker_summary *s, uint64_t
         if (!ms->model || !ms->model[0]) continue;
         char *key = strdup(ms->model);
         if (!key) goto oom;
-        gw_model_state st = ms->state == WIRE_MODEL_READY     ? GW_MODEL_READY
-                            : ms->state == WIRE_MODEL_LOADING ? GW_MODEL_LOADING
-                                                              : GW_MODEL_EVICTING;
+        gw_model_state st = wl_state(ms->state);
         uint64_t idle_us = ms->idle_ms * 1000;
         m[j] = (gw_route_model){key, st, ms->bytes, ms->refs, now_us > idle_us ? now_us - idle_us : 0};
         h[j] = 0;

@@ -274,6 +274,7 @@ int main(int argc, char **argv) {
            "\"calls\":%d,"
            "\"p50_us\":%llu,\"p99_us\":%llu,\"errors\":%llu}\n",
            g_calls, (unsigned long long)lg.p50, (unsigned long long)lg.p99, (unsigned long long)lg.errors);
+    char waddr[300] = "";
     /* The worker alone (its ipc address from the gateway's `workers`), to show the
      * gateway's own share of the latency. */
     {
@@ -285,7 +286,6 @@ int main(int argc, char **argv) {
         wire_kv_u64(&ww, "id", 8);
         rpc_client *wc = NULL;
         rpc_msg *wm = NULL;
-        char waddr[300] = "";
         if (rpc_client_open(&wc, gw_addr, NULL, NULL) == AICFN_OK &&
             rpc_call_sync(wc, ww.data, ww.len, 10000, &wm, NULL) == AICFN_OK) {
             wire_doc doc;
@@ -325,6 +325,14 @@ int main(int argc, char **argv) {
                conc[k], tg[k], tb[k], tb[k] > 0 ? tg[k] / tb[k] : 0.0, (unsigned long long)eg,
                (unsigned long long)eb);
         fflush(stdout);
+    }
+    if (waddr[0]) {
+        uint64_t ew;
+        double tw = throughput(waddr, req, len, 16, 1, &ew);
+        printf(
+            "{\"bench\":\"invoke\",\"case\":\"throughput\",\"clients\":16,\"target\":\"worker_direct_ipc\","
+            "\"calls_per_s\":%.0f,\"errors\":%llu}\n",
+            tw, (unsigned long long)ew);
     }
     free(req);
     rpc_server_destroy(bare);
