@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zstd.h>
 
 #include "cli/cli.h"
 #include "common/dtype.h"
@@ -164,23 +165,45 @@ done:
 
 /* ---- inspect ---------------------------------------------------------------------------- */
 
-/* Attributes each frame's compressed bytes to the tensors (and padding) it restores, in
- * proportion to their raw bytes. comp[t] gets tensor t's share. */
-static void snapcli_shares(const snap_reader *r, double *comp) {
+/* Attributes compressed bytes to tensors. A data frame is a series of zstd frames, each
+ * restoring one range of the frame's (filtered) bytes; the planes of a tensor segment stay
+ * inside the segment's range, so each zstd frame's bytes are shared among the tensors its
+ * range overlaps, in proportion. comp[t] gets tensor t's share. */
+static int snapcli_shares(const snap_reader *r, double *comp, aicfn_error *err) {
     const snap_manifest *m = snap_reader_manifest(r);
+    unsigned char *buf = malloc(snap_reader_max_comp_size(r) + 1);
+    if (!buf) return aicfn_error_set(err, AICFN_E_NOMEM, "no memory");
     uint32_t t = 0;
-    for (uint32_t i = 0; i < snap_reader_frame_count(r); i++) {
+    int rc = AICFN_OK;
+    for (uint32_t i = 0; i < snap_reader_frame_count(r) && !rc; i++) {
         const snap_frame *f = snap_reader_frame(r, i);
-        uint64_t fo = f->raw_offset, fe = fo + f->raw_size;
-        while (t < m->n_tensors && m->tensors[t].offset + m->tensors[t].nbytes <= fo)
+        rc = snap_frame_read(r, i, buf, snap_reader_max_comp_size(r), err);
+        if (rc) break;
+        while (t < m->n_tensors && m->tensors[t].offset + m->tensors[t].nbytes <= f->raw_offset)
             t++;
-        for (uint32_t k = t; k < m->n_tensors && m->tensors[k].offset < fe; k++) {
-            uint64_t a = m->tensors[k].offset > fo ? m->tensors[k].offset : fo;
-            uint64_t e = m->tensors[k].offset + m->tensors[k].nbytes;
-            if (e > fe) e = fe;
-            if (e > a) comp[k] += (double)f->comp_size * (double)(e - a) / (double)f->raw_size;
+        size_t at = 0;
+        uint64_t pos = f->raw_offset;
+        while (at < f->comp_size) {
+            size_t fsz = ZSTD_findFrameCompressedSize(buf + at, f->comp_size - at);
+            unsigned long long cs = ZSTD_getFrameContentSize(buf + at, f->comp_size - at);
+            if (ZSTD_isError(fsz) || cs == ZSTD_CONTENTSIZE_ERROR || cs == ZSTD_CONTENTSIZE_UNKNOWN) {
+                cs = f->raw_offset + f->raw_size - pos; /* not ours: spread the rest evenly */
+                fsz = f->comp_size - at;
+            }
+            uint64_t a = pos, e = pos + cs;
+            for (uint32_t k = t; k < m->n_tensors && m->tensors[k].offset < e && cs; k++) {
+                uint64_t s0 = m->tensors[k].offset > a ? m->tensors[k].offset : a;
+                uint64_t e0 = m->tensors[k].offset + m->tensors[k].nbytes < e
+                                  ? m->tensors[k].offset + m->tensors[k].nbytes
+                                  : e;
+                if (e0 > s0) comp[k] += (double)fsz * (double)(e0 - s0) / (double)cs;
+            }
+            pos = e;
+            at += fsz;
         }
     }
+    free(buf);
+    return rc;
 }
 
 static void snapcli_shape(const snap_tensor *t, char *buf, size_t cap) {
@@ -222,7 +245,11 @@ static int snapcli_inspect(int argc, char **argv) {
         aicfn_error_set(&err, AICFN_E_NOMEM, "no memory");
         return cli_fail(&err);
     }
-    snapcli_shares(r, comp);
+    if (snapcli_shares(r, comp, &err)) {
+        free(comp);
+        snap_close(r);
+        return cli_fail(&err);
+    }
     uint64_t raw = 0, data_comp = 0;
     uint32_t n_filtered = 0;
     for (uint32_t t = 0; t < m->n_tensors; t++) {
