@@ -64,7 +64,8 @@ static void codec_reply(tsrv *t, rpc_call *call, const uint8_t *msg, size_t len)
     aicfn_error_clear(&e);
     wire_invoke_req req;
     int rc = wire_doc_parse(&doc, msg, len, NULL, &e);
-    if (rc == AICFN_OK) rc = wire_decode_invoke_req(&doc, &req, &e);
+    bool parsed = rc == AICFN_OK;
+    if (parsed) rc = wire_decode_invoke_req(&doc, &req, &e);
     pthread_mutex_lock(&t->mu);
     t->last_codec_rc = rc;
     pthread_mutex_unlock(&t->mu);
@@ -81,7 +82,7 @@ static void codec_reply(tsrv *t, rpc_call *call, const uint8_t *msg, size_t len)
         rep.outputs = req.inputs; /* zero copy: points into msg, valid until the reply */
         wire_encode_invoke_reply(&w, &rep, NULL);
     }
-    if (rc == AICFN_OK) wire_doc_fini(&doc);
+    if (parsed) wire_doc_fini(&doc);
     assert_int_equal(wire_writer_status(&w, NULL), AICFN_OK);
     rpc_reply(call, w.data, w.len);
     wire_writer_fini(&w);
