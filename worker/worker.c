@@ -402,6 +402,7 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
             snprintf(msg, sizeof msg,
                      "function %s: deadline passed while waiting for the model; not executed", fn->name);
             worker_finish(r, AICFN_E_TIMEOUT, msg, &ex);
+            ex.attach_coldstart = false; /* the load's record goes with one reply only */
         } else {
             items[k++] = items[i];
         }
@@ -420,8 +421,10 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
         ex.init_us = clock_now_us() - t0;
         if (rc != AICFN_OK) {
             fn->inst = NULL;
-            for (uint32_t i = 0; i < k; i++)
+            for (uint32_t i = 0; i < k; i++) {
                 worker_finish((worker_req *)items[i], rc, err.msg, &ex);
+                ex.attach_coldstart = false;
+            }
             k = 0;
         } else {
             fn->inst_generation = generation;
