@@ -35,6 +35,27 @@ step "1. snapshot: pack examples/mlp/weights.safetensors"
 $AICFN snapshot pack examples/mlp/weights.safetensors -o "$WORK/mlp.aicsnap"
 $AICFN snapshot inspect "$WORK/mlp.aicsnap" | head -n 12
 
+step "1b. snapshot round trip: a generated sample model (BF16, FP16, FP32, INT64, UINT8, scalar, empty)"
+.venv/bin/python tests/tools/make_sample_model.py "$WORK/sample.safetensors"
+$AICFN snapshot pack "$WORK/sample.safetensors" -o "$WORK/sample.aicsnap" --name sample
+$AICFN snapshot inspect "$WORK/sample.aicsnap"
+$AICFN snapshot verify "$WORK/sample.aicsnap"
+zstd -q -t "$WORK/sample.aicsnap" && echo "zstd -t: the snapshot is a valid zstd stream"
+$AICFN snapshot unpack "$WORK/sample.aicsnap" -o "$WORK/sample.back.safetensors"
+.venv/bin/python - "$WORK/sample.safetensors" "$WORK/sample.back.safetensors" <<'PY'
+import json, struct, sys
+def tensors(p):
+    b = open(p, "rb").read()
+    n = struct.unpack("<Q", b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    h.pop("__metadata__", None)
+    return {k: (v["dtype"], v["shape"], b[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]]) for k, v in h.items()}
+a, b = tensors(sys.argv[1]), tensors(sys.argv[2])
+assert a == b, "round trip differs"
+print("round trip is bit-exact: %d tensors, %d bytes (names, dtypes, shapes and bytes equal)"
+      % (len(a), sum(len(v[2]) for v in a.values())))
+PY
+
 step "2. gateway: one local worker at most, 40 MiB of model memory, idle timeout 1m"
 export AICFN_GATEWAY=tcp://127.0.0.1:${AICFN_DEMO_PORT:-17170}
 $AICFN gateway --listen "$AICFN_GATEWAY" --data "$WORK/data" --workers 0..1 --worker-memory 40MiB \

@@ -92,11 +92,16 @@ int snap_filter_mode_from_name(const char *name) {
 
 /* ---- Runs: the zstd frames inside one data frame -------------------------------------- */
 
-static int wr_add_run(wr_run **runs, size_t *n, size_t *cap, size_t off, size_t len, int level) {
+/* Appends [off, off + len) at `level`, joining the previous run when the levels match or
+ * either is short. A `boundary` (the start of a tensor segment) keeps two long runs apart,
+ * so each tensor gets its own zstd frames (and its own entropy tables). */
+static int wr_add_run(wr_run **runs, size_t *n, size_t *cap, size_t off, size_t len, int level,
+                      int boundary) {
     if (len == 0) return 0;
     if (*n > 0) {
         wr_run *last = &(*runs)[*n - 1];
-        if (last->off + last->len == off &&
+        int both_long = len >= WR_MIN_RUN && last->len >= WR_MIN_RUN;
+        if (last->off + last->len == off && !(boundary && both_long) &&
             (last->level == level || len < WR_MIN_RUN || last->len < WR_MIN_RUN)) {
             if (last->len < WR_MIN_RUN && len >= WR_MIN_RUN) last->level = level;
             last->len += len;
@@ -119,9 +124,9 @@ static int wr_add_run(wr_run **runs, size_t *n, size_t *cap, size_t off, size_t 
 static int wr_add_planes(wr_run **runs, size_t *n, size_t *cap, size_t off, size_t len, unsigned planes,
                          int level_exp, int level_mant) {
     size_t plane = len / planes;
-    if (wr_add_run(runs, n, cap, off, plane, level_exp)) return -1;
+    if (wr_add_run(runs, n, cap, off, plane, level_exp, 1)) return -1;
     for (unsigned k = 1; k < planes; k++)
-        if (wr_add_run(runs, n, cap, off + k * plane, plane, level_mant)) return -1;
+        if (wr_add_run(runs, n, cap, off + k * plane, plane, level_mant, 0)) return -1;
     return 0;
 }
 
@@ -182,7 +187,8 @@ static int wr_do_frame(wr_worker *w, uint32_t f, wr_slot *slot, aicfn_error *err
         if (a > cursor) {
             memset(slot->raw + cursor, 0, a - cursor);
             memset(w->filt + cursor, 0, a - cursor);
-            if (wr_add_run(&w->runs, &n_runs, &w->runs_cap, cursor, a - cursor, job->level_other)) goto nomem;
+            if (wr_add_run(&w->runs, &n_runs, &w->runs_cap, cursor, a - cursor, job->level_other, 0))
+                goto nomem;
         }
         int rc = snap_st_read(job->set, t->index, s - t->offset, slot->raw + a, len, err);
         if (rc) return rc;
@@ -193,14 +199,14 @@ static int wr_do_frame(wr_worker *w, uint32_t f, wr_slot *slot, aicfn_error *err
                 goto nomem;
         } else {
             memcpy(w->filt + a, slot->raw + a, len);
-            if (wr_add_run(&w->runs, &n_runs, &w->runs_cap, a, len, job->level_other)) goto nomem;
+            if (wr_add_run(&w->runs, &n_runs, &w->runs_cap, a, len, job->level_other, 1)) goto nomem;
         }
         cursor = a + len;
     }
     if (fs > cursor) {
         memset(slot->raw + cursor, 0, fs - cursor);
         memset(w->filt + cursor, 0, fs - cursor);
-        if (wr_add_run(&w->runs, &n_runs, &w->runs_cap, cursor, fs - cursor, job->level_other)) goto nomem;
+        if (wr_add_run(&w->runs, &n_runs, &w->runs_cap, cursor, fs - cursor, job->level_other, 0)) goto nomem;
     }
     return wr_compress_runs(w->cctx, w->filt, w->runs, n_runs, &slot->comp, &slot->comp_cap, &slot->comp_len,
                             err);
@@ -271,7 +277,7 @@ static int wr_choose_filters(const snap_st_set *set, wr_tensor *ts, uint32_t n, 
         if (rc) break;
         size_t plain, filtered;
         n_runs = 0;
-        if (wr_add_run(&runs, &n_runs, &runs_cap, 0, len, level_other)) goto nomem;
+        if (wr_add_run(&runs, &n_runs, &runs_cap, 0, len, level_other, 1)) goto nomem;
         rc = wr_compress_runs(cctx, raw, runs, n_runs, &comp, &comp_cap, &plain, err);
         if (rc) break;
         snap_filter_forward(dt, raw, len, filt);
