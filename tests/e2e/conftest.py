@@ -62,9 +62,25 @@ def tcp_addr() -> str:
     return f"tcp://127.0.0.1:{free_port()}"
 
 
+_ipc_paths = []
+
+
 def ipc_addr(tmp_path: Path, stem: str = "w") -> str:
-    # ipc paths are limited to ~100 bytes: keep them short, under /tmp.
-    return f"ipc:///tmp/aicfn-{stem}-{uuid.uuid4().hex[:12]}.ipc"
+    """A fresh ipc:// address. ipc paths are limited to ~100 bytes, so they live under
+    /tmp (not the test's tmp dir); the files are removed after each test."""
+    path = f"/tmp/aicfn-{stem}-{uuid.uuid4().hex[:12]}.ipc"
+    _ipc_paths.append(path)
+    return f"ipc://{path}"
+
+
+@pytest.fixture(autouse=True)
+def _remove_ipc_files():
+    yield
+    while _ipc_paths:
+        try:
+            os.unlink(_ipc_paths.pop())
+        except OSError:
+            pass
 
 
 def wait_for(pred, timeout: float, interval: float = 0.02, what: str = "condition"):
