@@ -477,3 +477,22 @@ def test_corrupt_snapshot_is_an_error_reply(procs, mlp_files, tmp_path):
         assert "bad" in r["error"]["message"]
     assert call(addr, invoke_msg("mlp", [tensor("x", fixed_inputs(1))]))["ok"]
     assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
+
+
+def test_listener_survives_100_dropped_raw_peers(procs, tmp_path):
+    """nng #1518: a peer that disconnects during the handshake must not stop the IPC
+    listener from accepting (design.md §4)."""
+    import socket as pysocket
+
+    addr = ipc_addr(tmp_path)
+    start_worker(procs, addr, [f"echo={handler('echo')}"])
+    path = addr[len("ipc://"):]
+    for i in range(100):
+        s = pysocket.socket(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+        s.settimeout(2)
+        s.connect(path)
+        if i % 2:
+            s.send(b"\x00SP\x00")  # half a handshake header, then gone
+        s.close()
+    r = call(addr, invoke_msg("echo", [tensor("x", np.ones(2, dtype=np.float32))]), timeout_ms=5000)
+    assert r["ok"], r
