@@ -496,3 +496,30 @@ def test_listener_survives_100_dropped_raw_peers(procs, tmp_path):
         s.close()
     r = call(addr, invoke_msg("echo", [tensor("x", np.ones(2, dtype=np.float32))]), timeout_ms=5000)
     assert r["ok"], r
+
+
+def test_third_party_protocol_client(procs, mlp_files, tmp_path):
+    """The client written only from docs/protocol.md (tests/e2e/protocol_client.py) talks to
+    the worker: echo with FP32 and BYTES, mlp cold then warm, an error reply, status."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import protocol_client as pc
+
+    weights, snap = mlp_files
+    addr = ipc_addr(tmp_path)
+    start_worker(procs, addr, [f"echo={handler('echo')}", mlp_spec(snap)])
+    with pc.Client(addr, timeout_ms=10_000) as c:
+        x = np.arange(6, dtype=np.float32).reshape(2, 3)
+        rep = c.invoke("echo", {"x": x, "s": ["héllo", b"\x00\x01"]})
+        np.testing.assert_array_equal(rep.outputs["x"], x)
+        assert list(rep.outputs["s"]) == ["héllo".encode(), b"\x00\x01"]
+        xs = fixed_inputs(4, seed=9)
+        cold = c.invoke("mlp", {"x": xs})
+        warm = c.invoke("mlp", {"x": xs})
+        assert cold.cold and not warm.cold and cold.coldstart is not None
+        np.testing.assert_allclose(warm.outputs["logits"], mlp_reference(read_safetensors(weights), xs)[0],
+                                   rtol=1e-5, atol=1e-5)
+        with pytest.raises(pc.AicfnError) as e:
+            c.invoke("mlp", {"x": np.zeros((1, 3), np.float32)})
+        assert e.value.name == "AICFN_E_INVALID"
+        st = c.status()
+        assert st["host"] is True and any(m["fn"] == "mlp" for m in st["st"]["models"])
