@@ -26,6 +26,7 @@ struct gw_front_http {
     gw_gateway *gw;
     gw_http *http;
     gw_metrics *metrics;
+    bool own_metrics;
     gw_stdmetrics std;
     gw_limits *limits;
     atomic_uint_fast64_t next_id;
@@ -180,16 +181,23 @@ static void fh_before_metrics(void *ctx) {
     json_decref(ws);
 }
 
-int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_front_http **out,
-                        aicfn_error *err) {
+int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_metrics *metrics,
+                        const gw_stdmetrics *std, gw_front_http **out, aicfn_error *err) {
     *out = NULL;
     gw_front_http *f = calloc(1, sizeof *f);
     if (f == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "http: out of memory");
     f->gw = gw;
     atomic_init(&f->next_id, 0);
-    f->metrics = gw_metrics_create();
-    int rc = f->metrics ? gw_stdmetrics_init(f->metrics, &f->std, err)
+    int rc = AICFN_OK;
+    if (metrics && std) {
+        f->metrics = metrics;
+        f->std = *std;
+    } else {
+        f->own_metrics = true;
+        f->metrics = gw_metrics_create();
+        rc = f->metrics ? gw_stdmetrics_init(f->metrics, &f->std, err)
                         : aicfn_error_set(err, AICFN_E_NOMEM, "http: out of memory");
+    }
     if (rc == AICFN_OK) rc = gw_limits_create(&f->limits, err);
     if (rc == AICFN_OK &&
         gw_limits_seed_from_ledger(f->limits, gw_gateway_db(gw), clock_wall_us(), err) != AICFN_OK)
@@ -207,7 +215,7 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
     }
     if (rc != AICFN_OK) {
         gw_limits_destroy(f->limits);
-        gw_metrics_destroy(f->metrics);
+        if (f->own_metrics) gw_metrics_destroy(f->metrics);
         free(f);
         return rc;
     }
@@ -231,6 +239,6 @@ void gw_front_http_stop(gw_front_http *f) {
     if (f == NULL) return;
     gw_http_stop(f->http);
     gw_limits_destroy(f->limits);
-    gw_metrics_destroy(f->metrics);
+    if (f->own_metrics) gw_metrics_destroy(f->metrics);
     free(f);
 }

@@ -17,17 +17,20 @@ typedef struct gw_front_http gw_front_http;
 
 /* Starts the HTTP front on `listen` ("127.0.0.1:8080") for gateway `gw`, which must
  * outlive it. Authentication uses the gateway's keys (none when the gateway runs
- * --insecure-local: every caller is tenant "local" with admin rights). Each HTTP call
- * is counted in aicfn_calls_total and aicfn_call_duration_seconds. Returns AICFN_OK and
- * *out, or the error of gw_http_start. */
-int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_front_http **out,
-                        aicfn_error *err);
+ * --insecure-local: every caller is tenant "local" with admin rights). GET /metrics
+ * serves `metrics` with its aicfn set `std` when given (the gateway's registry, so
+ * cold starts, evictions and NNG calls recorded by the gateway appear too); when both
+ * are NULL the front makes its own registry. Each HTTP call is counted in
+ * aicfn_calls_total and aicfn_call_duration_seconds. Returns AICFN_OK and *out, or the
+ * error of gw_http_start. */
+int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_metrics *metrics,
+                        const gw_stdmetrics *std, gw_front_http **out, aicfn_error *err);
 
 /* The bound port (after "host:0"). */
 uint16_t gw_front_http_port(const gw_front_http *f);
 
-/* The Prometheus registry and the aicfn metric set it serves, for the gateway to update
- * (cold starts, evictions, NNG-front calls). Valid until gw_front_http_stop. */
+/* The Prometheus registry and the aicfn metric set it serves (the ones given to start,
+ * or its own). Valid until gw_front_http_stop. */
 gw_metrics *gw_front_http_metrics(gw_front_http *f);
 const gw_stdmetrics *gw_front_http_stdmetrics(gw_front_http *f);
 
