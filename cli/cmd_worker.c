@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "cli/gwclient.h"
 #include "common/log.h"
 #include "common/tunables.h"
 #include "common/units.h"
@@ -35,6 +36,9 @@ static void cw_help(FILE *out) {
             "                       host: %llu MiB)\n"
             "  --load-threads N     snapshot pipeline threads per load (default: cores)\n"
             "  --id NAME            worker id shown in status (default: w<pid>)\n"
+            "  --gateway ADDR       register with this gateway once listening (it dials --listen, so use a\n"
+            "                       tcp:// address it can reach; the gateway's artifact paths must be\n"
+            "                       readable here); --key KEY or $AICFN_KEY authenticates\n"
             "  --no-specs           refuse invocations whose `spec` asks to load a new function (by\n"
             "                       default the gateway registers functions that way; keep ADDR private)\n"
             "  --function SPEC      NAME=HANDLER.so[,SNAPSHOT.aicsnap][,OPTION=VALUE...]\n"
@@ -142,6 +146,7 @@ int cli_cmd_worker(int argc, char **argv) {
     worker_config cfg = {.device = "auto"};
     cw_fn *fns = calloc(CW_MAX_FUNCTIONS, sizeof *fns);
     int n_fns = 0, rc = CLI_EXIT_OK;
+    const char *gateway = NULL, *gw_key = NULL;
     if (fns == NULL) return cli_usage_error("worker", "out of memory");
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -155,6 +160,10 @@ int cli_cmd_worker(int argc, char **argv) {
             cfg.listen = v;
         } else if ((v = cw_flag(argc, argv, &i, "--device"))) {
             cfg.device = v;
+        } else if ((v = cw_flag(argc, argv, &i, "--gateway"))) {
+            gateway = v;
+        } else if ((v = cw_flag(argc, argv, &i, "--key"))) {
+            gw_key = v;
         } else if ((v = cw_flag(argc, argv, &i, "--id"))) {
             cfg.id = v;
         } else if ((v = cw_flag(argc, argv, &i, "--memory"))) {
@@ -221,6 +230,12 @@ int cli_cmd_worker(int argc, char **argv) {
     }
     if (worker_start(w, &err) != AICFN_OK) {
         rc = cli_fail(&err);
+        worker_destroy(w);
+        goto out;
+    }
+    if (gateway && cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), &err) != AICFN_OK) {
+        rc = cli_fail(&err);
+        worker_drain(w, 1000);
         worker_destroy(w);
         goto out;
     }

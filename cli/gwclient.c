@@ -95,3 +95,27 @@ const char *cli_flag_value(int argc, char **argv, int *i, const char *flag) {
     if (argv[*i][n] == 0 && *i + 1 < argc) return argv[++*i];
     return NULL;
 }
+
+int cli_gw_register(const char *gateway, const char *key, const char *name, const char *addr,
+                    aicfn_error *err) {
+    rpc_client *c = NULL;
+    int rc = cli_gw_open(gateway, &c, err);
+    if (rc != AICFN_OK) return rc;
+    wire_writer w;
+    wire_writer_init(&w);
+    cli_gw_begin(&w, "register", key, name ? 2 : 1);
+    wire_kv_str(&w, "addr", addr);
+    if (name) wire_kv_str(&w, "name", name);
+    rpc_msg *reply = NULL;
+    wire_doc doc;
+    rc = cli_gw_call(c, &w, 10000, &reply, &doc, err);
+    wire_writer_fini(&w);
+    if (rc == AICFN_OK) {
+        wire_doc_fini(&doc);
+        rpc_msg_free(reply);
+    } else {
+        aicfn_error_wrap(err, "registering %s with gateway %s", addr, gateway);
+    }
+    rpc_client_close(c);
+    return rc;
+}

@@ -39,6 +39,12 @@ int cli_gw_call(rpc_client *c, wire_writer *w, uint32_t timeout_ms, rpc_msg **re
 int cli_gw_json(const char *addr, const char *key, wire_writer *w, uint32_t timeout_ms, json_t **out,
                 aicfn_error *err);
 
+/* Registers a worker listening on `addr` (reachable from the gateway: tcp:// across
+ * hosts) with the gateway, under `name` (NULL: the gateway names it). The gateway dials
+ * it and routes calls to it. Blocks up to 10 s. */
+int cli_gw_register(const char *gateway, const char *key, const char *name, const char *addr,
+                    aicfn_error *err);
+
 /* A flag's value: "--flag VALUE" (advancing *i) or "--flag=VALUE"; NULL otherwise. */
 const char *cli_flag_value(int argc, char **argv, int *i, const char *flag);
 

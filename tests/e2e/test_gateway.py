@@ -375,3 +375,22 @@ def test_protocol_client_from_docs(procs, tmp_path):
         pytest.skip("protocol_client.py has no invoke()")
     out = fn(addr, "mlp", {"x": np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)})
     assert out is not None
+
+
+def test_remote_worker_registers(procs, tmp_path):
+    from conftest import aicfn_bin
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
+    deploy(addr, ROOT / "examples" / "echo")
+    # No local pool and no worker yet: a call waits (bounded by its deadline) and times out.
+    r = call(addr, invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.float32))], deadline_ms=300),
+             timeout_ms=10000)
+    assert not r["ok"] and r["error"]["code"] == 9, r
+    waddr = f"tcp://127.0.0.1:{free_port()}"
+    w = procs.start([aicfn_bin(), "worker", "--listen", waddr, "--device", "host", "--memory", "64MiB",
+                     "--id", "remote1", "--gateway", addr], name="remote")
+    wait_for(lambda: any(x["name"] == "remote1" and x["state"] == "ready" for x in workers(addr)), 15,
+             interval=0.05, what="the remote worker to register")
+    r = call(addr, invoke_msg("echo", [tensor("x", np.arange(3, dtype=np.float32))]), timeout_ms=20000)
+    assert r["ok"] and np.array_equal(output(r, "x"), np.arange(3, dtype=np.float32))
+    pool = workers(addr)
+    assert [x["name"] for x in pool] == ["remote1"] and pool[0]["local"] is False
