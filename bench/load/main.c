@@ -222,6 +222,10 @@ static int ensure_packed(const char *st, const char *out) {
     return 0;
 }
 
+typedef struct bench_input {
+    const char *name, *path;
+} bench_input;
+
 typedef struct model_result {
     char name[64];
     double load_gbs[3], limit_gbs[3], ratio_limit[3], ratio_base[3];
@@ -358,21 +362,19 @@ int main(int argc, char **argv) {
             return 1;
         }
     }
-    struct {
-        const char *name, *path;
-    } models[12];
+    bench_input models[12];
     int nm = 0;
     if (file_exists(minilm))
-        models[nm++] = (typeof(models[0])){"minilm-fp32", minilm};
+        models[nm++] = (bench_input){"minilm-fp32", minilm};
     else
         printf("{\"bench\":\"load\",\"skipped\":\"%s missing (run bench/setup_data.sh)\"}\n", minilm);
     if (file_exists(minilm16))
-        models[nm++] = (typeof(models[0])){"minilm-bf16", minilm16};
+        models[nm++] = (bench_input){"minilm-bf16", minilm16};
     else
         printf("{\"bench\":\"load\",\"skipped\":\"%s missing (run bench/setup_data.sh)\"}\n", minilm16);
-    if (gen) models[nm++] = (typeof(models[0])){"gen-1g-bf16", GEN_PATH};
+    if (gen) models[nm++] = (bench_input){"gen-1g-bf16", GEN_PATH};
     for (int i = 0; i < n_extra; i++)
-        models[nm++] = (typeof(models[0])){extra[i], extra[i]};
+        models[nm++] = (bench_input){extra[i], extra[i]};
     model_result res[12];
     memset(res, 0, sizeof res);
     int ok = 0;
