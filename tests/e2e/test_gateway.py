@@ -394,3 +394,42 @@ def test_remote_worker_registers(procs, tmp_path):
     assert r["ok"] and np.array_equal(output(r, "x"), np.arange(3, dtype=np.float32))
     pool = workers(addr)
     assert [x["name"] for x in pool] == ["remote1"] and pool[0]["local"] is False
+
+
+def test_crash_twice_backs_off_that_request_only(procs, tmp_path):
+    write_manifest(tmp_path / "crashy", f"name: crashy\nhandler: {handler('test_crash')}\nidempotent: true\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..2")
+    deploy(addr, tmp_path / "crashy")
+    deploy(addr, ROOT / "examples" / "echo")
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    # Crashes its worker, is retried once on another, crashes it too: WORKER_LOST.
+    r = call(addr, invoke_msg("crashy", [x], params={"crash": "1"}), timeout_ms=30000)
+    assert not r["ok"] and r["error"]["code"] == E_WORKER_LOST, r
+    # The same request is now refused at once (back-off), not run a third time.
+    r = call(addr, invoke_msg("crashy", [x], params={"crash": "1"}), timeout_ms=30000)
+    assert not r["ok"] and r["error"]["code"] == 10 and "crashed" in r["error"]["message"], r
+    # Other requests of the function, and other functions, are unaffected.
+    r = call(addr, invoke_msg("crashy", [x]), timeout_ms=30000)
+    assert r["ok"] and np.array_equal(output(r, "x"), np.arange(3, dtype=np.float32))
+    r = call(addr, invoke_msg("echo", [x]), timeout_ms=30000)
+    assert r["ok"]
+
+
+def test_stuck_worker_is_killed_and_replaced(procs, tmp_path):
+    sleep_so = handler("test_sleep")
+    write_manifest(tmp_path / "stuck", f"name: stuck\nhandler: {sleep_so}\nlimits: {{ timeout: 1s }}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    deploy(addr, tmp_path / "stuck")
+    x = tensor("x", np.arange(2, dtype=np.float32))
+    assert call(addr, invoke_msg("stuck", [x]), timeout_ms=10000)["ok"]
+    pid = workers(addr)[0]["pid"]
+    t0 = time.monotonic()
+    r = call(addr, invoke_msg("stuck", [x], params={"sleep_ms": "30000"}), timeout_ms=30000)
+    took = time.monotonic() - t0
+    assert not r["ok"] and r["error"]["code"] == 9, r
+    assert took < 15, took  # timeout (1 s) + grace, not the handler's 30 s
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z",
+             10, what="the stuck worker to be killed")
+    r = call(addr, invoke_msg("stuck", [x]), timeout_ms=20000)
+    assert r["ok"]
+    assert workers(addr)[0]["pid"] != pid

@@ -1,7 +1,8 @@
-/* crash.c: a handler that crashes its process on purpose (a NULL write), to show that
- * a crashing handler takes down only its own worker. Param crash=0 makes it return
- * normally (INT32 "ok" = 1). */
-#include <signal.h>
+/* crash.c: a handler that kills its worker on request, to test how the gateway handles a
+ * worker dying with a call in flight (retry once for idempotent functions, back-off for a
+ * request that crashed its worker twice). Otherwise it echoes its inputs.
+ * Request params: crash=1 aborts the worker process (abort(), SIGABRT). */
+#include <stdlib.h>
 #include <string.h>
 
 #include "aicfn.h"
@@ -10,16 +11,17 @@ AICFN_FN_DECLARE_ABI()
 
 AICFN_EXPORT int aicfn_fn_invoke(const aicfn_host_api *api, void *state, const aicfn_model *model,
                                  const aicfn_request *reqs, aicfn_response *const *resps, uint32_t n) {
-    (void)state, (void)model;
+    (void)state;
+    (void)model;
     for (uint32_t i = 0; i < n; i++) {
-        const char *c = api->find_param(reqs[i].params, reqs[i].n_params, "crash");
-        if (c == NULL || strcmp(c, "0") != 0) {
-            api->log(AICFN_LOG_WARN, "crashing on purpose");
-            raise(SIGSEGV);
+        const char *crash = api->find_param(reqs[i].params, reqs[i].n_params, "crash");
+        if (crash && strcmp(crash, "1") == 0) abort();
+        for (uint32_t k = 0; k < reqs[i].n_inputs; k++) {
+            const aicfn_tensor *in = &reqs[i].inputs[k];
+            aicfn_tensor *out = api->alloc_output(resps[i], in->name, in->dtype, in->ndim, in->shape, in->nbytes);
+            if (out == NULL) break;
+            if (in->nbytes) memcpy(out->data, in->data, (size_t)in->nbytes);
         }
-        int64_t one[1] = {1};
-        aicfn_tensor *t = api->alloc_output(resps[i], "ok", AICFN_DTYPE_INT32, 1, one, 0);
-        if (t) *(int32_t *)t->data = 1;
     }
     return AICFN_OK;
 }
