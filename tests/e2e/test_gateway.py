@@ -360,6 +360,7 @@ def test_hostile_clients(procs, tmp_path):
 
 
 def test_protocol_client_from_docs(procs, tmp_path):
+    """The client written only from docs/protocol.md invokes mlp through the gateway."""
     client = ROOT / "tests" / "e2e" / "protocol_client.py"
     if not client.exists():
         pytest.skip("tests/e2e/protocol_client.py (the docs-only client) is not in this tree")
@@ -370,11 +371,23 @@ def test_protocol_client_from_docs(procs, tmp_path):
     spec.loader.exec_module(mod)
     addr, data, g = start_gateway(procs, tmp_path)
     deploy(addr, ROOT / "examples" / "mlp")
-    fn = getattr(mod, "invoke", None)
-    if fn is None:
-        pytest.skip("protocol_client.py has no invoke()")
-    out = fn(addr, "mlp", {"x": np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)})
-    assert out is not None
+    x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
+    with mod.Client(addr) as c:
+        first = c.invoke("mlp", {"x": x})
+        second = c.invoke("mlp", {"x": x})
+        with pytest.raises(mod.AicfnError) as ei:
+            c.invoke("no-such-function", {"x": x})
+    assert first.cold and not second.cold
+    assert ei.value.code == 6
+    # Against an independent numpy forward pass of the example's weights.
+    raw = (ROOT / "examples" / "mlp" / "weights.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    hdr = json.loads(raw[8:8 + n])
+    w = {k: np.frombuffer(raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4").reshape(v["shape"])
+         for k, v in hdr.items() if k != "__metadata__"}
+    h = np.maximum(x.astype(np.float64) @ w["fc1.weight"].T + w["fc1.bias"], 0)
+    logits = h @ w["fc2.weight"].T + w["fc2.bias"]
+    assert np.allclose(np.asarray(second.outputs["logits"], dtype=np.float64), logits, rtol=1e-4, atol=1e-4)
 
 
 def test_remote_worker_registers(procs, tmp_path):
