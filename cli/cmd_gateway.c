@@ -11,12 +11,14 @@
 #include "common/log.h"
 #include "common/tunables.h"
 #include "common/units.h"
+#include "gateway/front_http.h"
 #include "gateway/gateway.h"
 
 static void cg_help(FILE *out) {
     fprintf(out,
             "usage: aicfn gateway [--listen ADDR] [--data DIR] [--workers MIN..MAX] [--idle-timeout DUR]\n"
             "                     [--worker-memory BYTES] [--device auto|host|cuda] [--insecure-local]\n"
+            "                     [--http HOST:PORT]\n"
             "\n"
             "Runs the gateway: the registry of functions, the router, the local worker pool and the\n"
             "records (aicfn.db). Stops cleanly on SIGTERM or SIGINT.\n"
@@ -35,6 +37,8 @@ static void cg_help(FILE *out) {
             "                         (host: %llu MiB)\n"
             "  --device DEV           local workers' device: auto (CUDA when a GPU is visible, else\n"
             "                         host memory), host, cuda (default auto)\n"
+            "  --http HOST:PORT       also serve HTTP: Open Inference Protocol v2 (KServe/Triton REST) and\n"
+            "                         GET /metrics (Prometheus), e.g. 127.0.0.1:8080 (default: off)\n"
             "  --insecure-local       accept calls without API keys (tenant \"local\"); for a gateway\n"
             "                         on a loopback address used by one person\n"
             "\n"
@@ -54,6 +58,7 @@ static int cg_u32(const char *s, uint32_t *out) {
 
 int cli_cmd_gateway(int argc, char **argv) {
     gw_config cfg = {.listen = NULL, .max_workers = AICFN_DEFAULT_MAX_WORKERS};
+    const char *http = NULL;
     cfg.listen = getenv("AICFN_GATEWAY");
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -94,6 +99,8 @@ int cli_cmd_gateway(int argc, char **argv) {
             if (strcmp(v, "auto") && strcmp(v, "host") && strncmp(v, "cuda", 4))
                 return cli_usage_error("gateway", "--device must be auto, host or cuda");
             cfg.device = v;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--http"))) {
+            http = v;
         } else if (strcmp(argv[i], "--insecure-local") == 0) {
             cfg.insecure_local = true;
         } else {
@@ -113,13 +120,20 @@ int cli_cmd_gateway(int argc, char **argv) {
     aicfn_error_clear(&err);
     gw_gateway *gw = NULL;
     if (gw_start(&cfg, &gw, &err) != AICFN_OK) return cli_fail(&err);
+    gw_front_http *fh = NULL;
+    if (http && gw_front_http_start(gw, http, "0.1.0", NULL, NULL, &fh, &err) != AICFN_OK) {
+        gw_stop(gw);
+        return cli_fail(&err);
+    }
     /* One line on stdout for scripts: where clients connect. */
     printf("aicfn gateway listening on %s\n", gw_listen_url(gw));
+    if (fh) printf("aicfn gateway serving HTTP (OIP v2) on port %u\n", (unsigned)gw_front_http_port(fh));
     fflush(stdout);
     int sig = 0;
     while (sigwait(&set, &sig) != 0) {
     }
     log_info("received %s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    gw_front_http_stop(fh);
     gw_stop(gw);
     log_info("stopped");
     return CLI_EXIT_OK;
