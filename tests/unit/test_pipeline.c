@@ -4,6 +4,7 @@
  * cache's pipeline load ops. Nothing may leak (ASan) or stay allocated on the device. */
 #include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -316,6 +317,218 @@ static void cache_with_pipeline_ops(void **state) {
     loader_device_close(dev);
 }
 
+/* ---- An emulated non-host device: host memory behind the device interface, with a
+ * staging pool and tickets, so the pipeline's device path (staging, copies, bounce for
+ * frames larger than a staging buffer) runs without a GPU. Copies are deferred until a
+ * wait, sync or staging reuse, as an asynchronous device would. ---- */
+
+enum { EMU_STAGES = 3, EMU_PENDING = 64 };
+
+typedef struct emu_copy {
+    void *dst;
+    const void *src;
+    size_t n;
+    loader_ticket t;
+} emu_copy;
+
+typedef struct emu_dev {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    size_t cap;
+    unsigned char *stage[EMU_STAGES];
+    int busy[EMU_STAGES];
+    loader_ticket stage_ticket[EMU_STAGES];
+    emu_copy pending[EMU_PENDING];
+    int n_pending;
+    loader_ticket next, done_upto;
+    uint64_t used, copies, bytes_copied;
+    int max_busy, now_busy;
+} emu_dev;
+
+static const char *emu_name(loader_device *d) {
+    (void)d;
+    return "emu";
+}
+static int emu_is_host(loader_device *d) {
+    (void)d;
+    return 0;
+}
+static int emu_alloc(loader_device *d, uint64_t bytes, loader_dev_buf *out, aicfn_error *err) {
+    emu_dev *e = d->ctx;
+    out->ptr = malloc(bytes);
+    if (!out->ptr) return aicfn_error_set(err, AICFN_E_CAPACITY, "emu: out of memory");
+    out->bytes = bytes;
+    pthread_mutex_lock(&e->mu);
+    e->used += bytes;
+    pthread_mutex_unlock(&e->mu);
+    return AICFN_OK;
+}
+static void emu_free(loader_device *d, loader_dev_buf *b) {
+    emu_dev *e = d->ctx;
+    pthread_mutex_lock(&e->mu);
+    e->used -= b->bytes;
+    pthread_mutex_unlock(&e->mu);
+    free(b->ptr);
+}
+static int emu_mem_info(loader_device *d, uint64_t *f, uint64_t *t, aicfn_error *err) {
+    (void)err;
+    emu_dev *e = d->ctx;
+    pthread_mutex_lock(&e->mu);
+    *t = 1ull << 30;
+    *f = *t - e->used;
+    pthread_mutex_unlock(&e->mu);
+    return AICFN_OK;
+}
+/* Under mu: performs pending copies up to ticket t (in order). */
+static void emu_complete_locked(emu_dev *e, loader_ticket t) {
+    int w = 0;
+    for (int i = 0; i < e->n_pending; i++) {
+        if (e->pending[i].t <= t) {
+            memcpy(e->pending[i].dst, e->pending[i].src, e->pending[i].n);
+            e->bytes_copied += e->pending[i].n;
+        } else {
+            e->pending[w++] = e->pending[i];
+        }
+    }
+    e->n_pending = w;
+    if (t > e->done_upto) e->done_upto = t;
+    pthread_cond_broadcast(&e->cv);
+}
+static int emu_copy_fn(loader_device *d, const loader_dev_buf *dst, uint64_t off, const void *src, size_t n,
+                       loader_ticket *ticket, aicfn_error *err) {
+    (void)err;
+    emu_dev *e = d->ctx;
+    pthread_mutex_lock(&e->mu);
+    if (e->n_pending == EMU_PENDING) emu_complete_locked(e, e->next);
+    loader_ticket t = ++e->next;
+    e->pending[e->n_pending++] = (emu_copy){(char *)dst->ptr + off, src, n, t};
+    e->copies++;
+    pthread_mutex_unlock(&e->mu);
+    *ticket = t;
+    return AICFN_OK;
+}
+static int emu_wait(loader_device *d, loader_ticket t, aicfn_error *err) {
+    (void)err;
+    emu_dev *e = d->ctx;
+    pthread_mutex_lock(&e->mu);
+    emu_complete_locked(e, t);
+    pthread_mutex_unlock(&e->mu);
+    return AICFN_OK;
+}
+static int emu_sync(loader_device *d, aicfn_error *err) {
+    (void)err;
+    emu_dev *e = d->ctx;
+    pthread_mutex_lock(&e->mu);
+    emu_complete_locked(e, e->next);
+    pthread_mutex_unlock(&e->mu);
+    return AICFN_OK;
+}
+static int emu_stage_acquire(loader_device *d, loader_staging *out, aicfn_error *err) {
+    (void)err;
+    emu_dev *e = d->ctx;
+    pthread_mutex_lock(&e->mu);
+    for (;;) {
+        for (int i = 0; i < EMU_STAGES; i++) {
+            if (!e->busy[i]) {
+                e->busy[i] = 1;
+                if (++e->now_busy > e->max_busy) e->max_busy = e->now_busy;
+                emu_complete_locked(e, e->stage_ticket[i]); /* its last copy must be done */
+                pthread_mutex_unlock(&e->mu);
+                out->ptr = e->stage[i];
+                out->cap = e->cap;
+                out->slot = i;
+                return AICFN_OK;
+            }
+        }
+        pthread_cond_wait(&e->cv, &e->mu);
+    }
+}
+static void emu_stage_release(loader_device *d, loader_staging *s, loader_ticket t) {
+    emu_dev *e = d->ctx;
+    pthread_mutex_lock(&e->mu);
+    e->stage_ticket[s->slot] = t;
+    e->busy[s->slot] = 0;
+    e->now_busy--;
+    pthread_cond_broadcast(&e->cv);
+    pthread_mutex_unlock(&e->mu);
+}
+static void emu_destroy(loader_device *d) {
+    emu_dev *e = d->ctx;
+    for (int i = 0; i < EMU_STAGES; i++)
+        free(e->stage[i]);
+    pthread_cond_destroy(&e->cv);
+    pthread_mutex_destroy(&e->mu);
+    free(e);
+}
+static const loader_device_ops emu_ops = {
+    .name = emu_name,
+    .is_host = emu_is_host,
+    .alloc = emu_alloc,
+    .free = emu_free,
+    .mem_info = emu_mem_info,
+    .copy_to_device = emu_copy_fn,
+    .wait = emu_wait,
+    .sync = emu_sync,
+    .staging_acquire = emu_stage_acquire,
+    .staging_release = emu_stage_release,
+    .destroy = emu_destroy,
+};
+
+static loader_device *emu_open(size_t stage_cap) {
+    loader_device *d = calloc(1, sizeof *d);
+    emu_dev *e = calloc(1, sizeof *e);
+    assert_non_null(d);
+    assert_non_null(e);
+    pthread_mutex_init(&e->mu, NULL);
+    pthread_cond_init(&e->cv, NULL);
+    e->cap = stage_cap;
+    for (int i = 0; i < EMU_STAGES; i++) {
+        e->stage[i] = malloc(stage_cap);
+        assert_non_null(e->stage[i]);
+    }
+    d->ops = &emu_ops;
+    d->ctx = e;
+    return d;
+}
+
+/* The device path: staging buffers big enough for a frame, and too small (bounce). */
+static void device_path_bit_exact(void **state) {
+    (void)state;
+    aicfn_error err;
+    char path[160];
+    snprintf(path, sizeof path, "%s/emu.aicfn", fx.dir);
+    pack(path, SNAP_FILTER_MODE_AUTO, 64u << 10);
+    size_t caps[] = {64u << 10, 16u << 10};
+    for (int ci = 0; ci < 2; ci++) {
+        for (uint32_t threads = 1; threads <= 5; threads += 4) {
+            loader_device *dev = emu_open(caps[ci]);
+            emu_dev *e = dev->ctx;
+            loader_load_opts o = {.threads = threads};
+            loader_model *m = NULL;
+            loader_timing t;
+            assert_int_equal(loader_load_snapshot(dev, path, &o, &m, &t, &err), AICFN_OK);
+            assert_false(loader_device_is_host(loader_model_device(m)));
+            assert_exact(m); /* emu device memory is host-readable */
+            assert_int_equal(e->bytes_copied, loader_model_manifest(m)->blob_bytes);
+            assert_int_equal(e->n_pending, 0);
+            assert_true(e->max_busy <= EMU_STAGES);
+            assert_int_equal(e->now_busy, 0); /* every staging buffer came back */
+            loader_model_free(m);
+            assert_int_equal(e->used, 0);
+            /* A corrupt frame on the device path: error, nothing left, staging returned. */
+            char bad[160];
+            snprintf(bad, sizeof bad, "%s/emu-bad.aicfn", fx.dir);
+            corrupt_copy(path, bad, 3);
+            m = NULL;
+            assert_int_equal(loader_load_snapshot(dev, bad, &o, &m, NULL, &err), AICFN_E_CORRUPT);
+            assert_null(m);
+            assert_int_equal(e->used, 0);
+            assert_int_equal(e->now_busy, 0);
+            loader_device_close(dev);
+        }
+    }
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bit_exact_threads_and_filters),
@@ -323,6 +536,7 @@ int main(void) {
         cmocka_unit_test(truncated_file_is_io_error),
         cmocka_unit_test(allocation_failure_and_max_bytes),
         cmocka_unit_test(cache_with_pipeline_ops),
+        cmocka_unit_test(device_path_bit_exact),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
