@@ -219,14 +219,12 @@ int cli_cmd_worker(int argc, char **argv) {
         rc = cli_fail(&err);
         goto out;
     }
-    uint64_t max_timeout_us = (uint64_t)AICFN_DEFAULT_TIMEOUT_MS * 1000;
     for (int i = 0; i < n_fns; i++) {
         if (worker_add_function(w, &fns[i].cfg, &err) != AICFN_OK) {
             rc = cli_fail(&err);
             worker_destroy(w);
             goto out;
         }
-        if (fns[i].cfg.timeout_us > max_timeout_us) max_timeout_us = fns[i].cfg.timeout_us;
     }
     if (worker_start(w, &err) != AICFN_OK) {
         rc = cli_fail(&err);
@@ -243,10 +241,10 @@ int cli_cmd_worker(int argc, char **argv) {
     while (sigwait(&set, &sig) != 0) {
     }
     log_info("received %s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    /* Every call in flight ends by its deadline; allow that plus a grace period. */
-    uint32_t wait_ms = (uint32_t)(max_timeout_us / 1000) + 5000;
-    unsigned left = worker_drain(w, wait_ms);
-    if (left) log_warn("drain: %u calls still in flight after %u ms; stopping anyway", left, wait_ms);
+    /* Every call in flight ends by its deadline: the worker waits for the longest
+     * function timeout (run-time registered ones included) plus a grace period. */
+    unsigned left = worker_drain(w, 0);
+    if (left) log_warn("drain: %u calls still in flight past every deadline; stopping anyway", left);
     worker_destroy(w);
     log_info("stopped");
     rc = left ? CLI_EXIT_FAIL : CLI_EXIT_OK;

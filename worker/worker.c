@@ -66,6 +66,7 @@ struct worker {
     pthread_cond_t cv;  /* inflight reached 0 */
     worker_fn *fns;
     unsigned n_fns;
+    uint64_t max_timeout_us; /* the longest function timeout (bounds a drain) */
     unsigned inflight;
     int draining;
 
@@ -567,6 +568,7 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
             pp = &(*pp)->next;
         *pp = f;
         w->n_fns++;
+        if (f->timeout_us > w->max_timeout_us) w->max_timeout_us = f->timeout_us;
     }
     pthread_mutex_unlock(&w->mu);
     if (why) {
@@ -893,12 +895,13 @@ unsigned worker_drain(worker *w, uint32_t max_wait_ms) {
     pthread_mutex_lock(&w->mu);
     w->draining = 1;
     log_info("worker %s: draining, %u calls in flight", w->id, w->inflight);
-    uint64_t until = max_wait_ms ? clock_now_us() + (uint64_t)max_wait_ms * 1000 : 0;
+    if (max_wait_ms == 0) {
+        /* Every call ends by its deadline: the longest timeout plus a grace period. */
+        uint64_t longest = w->max_timeout_us ? w->max_timeout_us : (uint64_t)AICFN_DEFAULT_TIMEOUT_MS * 1000;
+        max_wait_ms = (uint32_t)(longest / 1000) + AICFN_CALL_GRACE_MS;
+    }
+    uint64_t until = clock_now_us() + (uint64_t)max_wait_ms * 1000;
     while (w->inflight > 0) {
-        if (until == 0) {
-            pthread_cond_wait(&w->cv, &w->mu);
-            continue;
-        }
         if (clock_now_us() >= until) break;
         struct timespec ts;
         clock_deadline_to_realtime(until, &ts);

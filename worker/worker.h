@@ -70,8 +70,8 @@ const char *worker_url(const worker *w);
 
 /* Drains: from now on new invocations are refused with AICFN_E_UNAVAILABLE; waits
  * until every call in flight has been answered (each is bounded by its deadline), at
- * most `max_wait_ms` (0 = no limit). Returns the number of calls still in flight (0 on
- * a clean drain). Thread-safe; blocks. */
+ * most `max_wait_ms` (0 = the longest function timeout plus AICFN_CALL_GRACE_MS).
+ * Returns the number of calls still in flight (0 on a clean drain). Thread-safe; blocks. */
 unsigned worker_drain(worker *w, uint32_t max_wait_ms);
 
 /* Stops serving, calls every instance's fini, frees the device memory and everything

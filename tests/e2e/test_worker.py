@@ -437,16 +437,18 @@ def test_no_specs_refuses_registration(procs, mlp_files, tmp_path):
 
 
 def test_crashing_handler_kills_only_its_worker(procs, tmp_path):
+    """tests/handlers/crash.c aborts its process on crash=1 and echoes otherwise."""
     a, b = ipc_addr(tmp_path, "a"), ipc_addr(tmp_path, "b")
     wa = start_worker(procs, a, [f"crash={handler('test_crash')}"], name="wa")
     start_worker(procs, b, [f"crash={handler('test_crash')}"], name="wb")
-    assert call(a, invoke_msg("crash", [], params={"crash": "0"}))["ok"]
+    x = np.ones(2, dtype=np.float32)
+    assert call(a, invoke_msg("crash", [tensor("x", x)]))["ok"]
     # The call that crashes its worker gets no reply (the caller's timeout ends it).
     with pytest.raises((pynng.exceptions.Timeout, pynng.exceptions.Closed, pynng.exceptions.ConnectionReset)):
-        call(a, invoke_msg("crash", []), timeout_ms=2000)
+        call(a, invoke_msg("crash", [], params={"crash": "1"}), timeout_ms=2000)
     assert wa.wait(timeout=10) != 0
     # The other worker, with the same handler loaded, is unaffected.
-    assert call(b, invoke_msg("crash", [], params={"crash": "0"}))["ok"]
+    assert call(b, invoke_msg("crash", [tensor("x", x)]))["ok"]
 
 
 def test_handlers_do_not_link_libaicfn():
@@ -494,8 +496,18 @@ def test_listener_survives_100_dropped_raw_peers(procs, tmp_path):
         if i % 2:
             s.send(b"\x00SP\x00")  # half a handshake header, then gone
         s.close()
-    r = call(addr, invoke_msg("echo", [tensor("x", np.ones(2, dtype=np.float32))]), timeout_ms=5000)
-    assert r["ok"], r
+    # While NNG is still closing the dropped peers, a new connection may itself be reset
+    # (seen about once in three runs); the defect guarded against is a listener that never
+    # accepts again. So: the listener must accept within a few bounded attempts, and then
+    # serve ten calls in a row on fresh connections.
+    def echo_once():
+        try:
+            return call(addr, invoke_msg("echo", [tensor("x", np.ones(2, dtype=np.float32))]), timeout_ms=2000)["ok"]
+        except pynng.exceptions.ConnectionReset:
+            return False
+    wait_for(echo_once, 10, interval=0.1, what="the listener to accept again")
+    for _ in range(10):
+        assert echo_once()
 
 
 def test_third_party_protocol_client(procs, mlp_files, tmp_path):
