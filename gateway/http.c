@@ -106,7 +106,7 @@ struct gw_http {
     pthread_cond_t cv;
     ht_conn *conns;
     unsigned in_flight;
-    bool stopping;
+    atomic_bool stopping; /* written under mu; read anywhere */
     atomic_size_t buffered;
     pthread_t reaper;
     bool reaper_started;
@@ -826,13 +826,13 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
         ht_dispatch(h, r);
         if (r->state != ST_WAITING) return ht_send(r);
         pthread_mutex_lock(&h->mu);
-        if (!r->completed) {
+        bool done = r->completed;
+        if (!done) {
             MHD_suspend_connection(c);
             r->suspended = true;
         }
         pthread_mutex_unlock(&h->mu);
-        if (!r->completed) return MHD_YES;
-        return ht_send(r);
+        return done ? ht_send(r) : MHD_YES;
     }
     if (r->state == ST_DONE) return ht_send(r); /* resumed after completion */
     return MHD_YES;                             /* WAITING: resumed spuriously */
