@@ -106,8 +106,10 @@ typedef enum aicfn_dtype {
  *     aicfn_fn_init  once, when the instance starts (the first call after the worker
  *                    loads the function, or after its model became resident again);
  *     aicfn_fn_invoke any number of times, one batch at a time;
- *     aicfn_fn_fini  once, when the model is evicted, the function is unloaded, or the
- *                    worker exits after draining.
+ *     aicfn_fn_fini  once, when the instance ends: before the init of its successor
+ *                    (its model was evicted and loaded again; the eviction itself may
+ *                    come earlier), when the function is unloaded, or when the worker
+ *                    exits after draining.
  * These calls are NEVER concurrent for one instance: the worker serializes them, so a
  * handler needs no lock around its state. Calls for DIFFERENT instances (other
  * functions, or the same library loaded under another name) may run concurrently on
