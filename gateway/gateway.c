@@ -819,7 +819,7 @@ static uint64_t gw_request_hash(const char *fn, const wire_invoke_req *req) {
     return h;
 }
 
-int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
+static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
                      void *user, aicfn_error *err) {
     uint64_t now = clock_now_us();
     if (!req->fn || !gw_fn_name_valid(req->fn))
@@ -1265,4 +1265,27 @@ void gw_stop(gw_gateway *gw) {
     free(gw->device);
     free(gw->worker_exe);
     free(gw);
+}
+
+int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
+                     void *user, aicfn_error *err) {
+    aicfn_error local;
+    if (!err) err = &local;
+    int rc = gw_submit(gw, req, tenant, done, user, err);
+    if (rc != AICFN_OK) {
+        /* Refused before it ran: still one ledger row (the call happened, and failed). */
+        char rid[24];
+        snprintf(rid, sizeof rid, "%llu", (unsigned long long)req->id);
+        uint64_t in_bytes = 0;
+        for (uint32_t i = 0; i < req->n_inputs; i++)
+            in_bytes += req->inputs[i].nbytes;
+        gw_invocation_record r = {.request_id = rid,
+                                  .tenant = tenant ? tenant : "",
+                                  .function = req->fn && gw_fn_name_valid(req->fn) ? req->fn : "",
+                                  .version = req->ver,
+                                  .status = rc,
+                                  .bytes_in = in_bytes};
+        gw_ledger_submit_invocation(gw->ledger, &r);
+    }
+    return rc;
 }
