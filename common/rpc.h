@@ -116,7 +116,9 @@ nng_socket rpc_server_socket(const rpc_server *s);
  * handshake (nng #1518). An ipc server runs one watchdog thread that dials its own
  * address every AICFN_IPC_PROBE_MS; a broken listener is replaced within about
  * AICFN_IPC_PROBE_MS + AICFN_IPC_PROBE_WAIT_MS, closing the connections stuck in it
- * (their REQ peers redial). Thread-safe. */
+ * (their REQ peers redial). Until then a peer's dial to the broken listener still
+ * succeeds but its calls time out. NNG cannot free a broken listener's endpoint and
+ * stuck pipes: each restart leaks a few KiB inside libnng. Thread-safe. */
 unsigned rpc_server_listener_restarts(rpc_server *s);
 
 /* ===================================================================================
@@ -135,7 +137,9 @@ typedef struct rpc_client_opts {
 
 /* Opens a REQ socket dialing `url` (NNG reconnects by itself after a drop). In-flight
  * calls fail with AICFN_E_WORKER_LOST when the connection they may have been sent on
- * drops, instead of being resent on the next connection. `opts` may be NULL.
+ * drops, instead of being resent on the next connection (a call started in the instant
+ * between the drop and its notification may fail so without having been sent; only
+ * idempotent calls may be retried). `opts` may be NULL.
  * Errors: AICFN_E_INVALID (refused scheme, bad URL), AICFN_E_UNAVAILABLE (not
  * background and nobody listens), AICFN_E_NOMEM, AICFN_E_IO. Blocks for the first dial
  * unless background. The client may be shared by any number of threads. */
