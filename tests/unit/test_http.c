@@ -130,6 +130,13 @@ static int fk_auth(void *ctx, const char *key, gw_http_principal *out, aicfn_err
     return aicfn_error_set(err, AICFN_E_UNAUTHENTICATED, "unknown or revoked API key");
 }
 
+static int infers(fake *f) {
+    pthread_mutex_lock(&f->mu);
+    int n = f->infers;
+    pthread_mutex_unlock(&f->mu);
+    return n;
+}
+
 static bool fk_ready(void *ctx) {
     return ((fake *)ctx)->ready;
 }
@@ -862,9 +869,9 @@ static void stop_waits_for_calls_in_flight(void **state) {
                      "Content-Length: %zu\r\n\r\n%s",
                      strlen(INFER_BODY), INFER_BODY);
     assert_int_equal(send_all(fd, head, (size_t)n), 0);
-    for (int i = 0; i < 100 && fx->f.infers == 0; i++)
+    for (int i = 0; i < 100 && infers(&fx->f) == 0; i++)
         sleep_ms(10);
-    assert_int_equal(fx->f.infers, 1);
+    assert_int_equal(infers(&fx->f), 1);
     uint64_t t0 = clock_now_us();
     gw_http_stop(fx->h); /* waits for the slow call's completion */
     fx->h = NULL;
