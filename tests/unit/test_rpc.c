@@ -329,41 +329,44 @@ static void malformed_msgpack_gets_protocol_error(void **state) {
 
 static void oversized_message_dropped_server_keeps_serving(void **state) {
     (void)state;
-    tsrv t;
-    tsrv_init(&t, MODE_ECHO);
-    rpc_server *s;
-    aicfn_error e;
-    rpc_server_opts so = {.recv_max = 4096};
-    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", &so, tsrv_handler, &t, &e), AICFN_OK);
-    rpc_client *c;
-    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
-    assert_int_equal(echo_once(c, 5000, 1), AICFN_OK);
-    static uint8_t big[8192];
-    rpc_msg *rep = NULL;
-    int rc = rpc_call_sync(c, big, sizeof big, 1000, &rep, &e);
-    assert_true(rc == AICFN_E_WORKER_LOST || rc == AICFN_E_TIMEOUT);
-    assert_null(rep);
-    assert_int_equal(tsrv_calls(&t), 1); /* the handler never saw it */
-    /* the same client (after NNG redials) and a fresh one both work */
-    int ok = 0;
-    for (int i = 0; i < 50 && !ok; i++) {
-        ok = echo_once(c, 1000, 2) == AICFN_OK;
-        if (!ok) usleep(20000);
+    const char *urls[] = {"tcp://127.0.0.1:0", ipc_url(6)};
+    for (int u = 0; u < 2; u++) {
+        tsrv t;
+        tsrv_init(&t, MODE_ECHO);
+        rpc_server *s;
+        aicfn_error e;
+        rpc_server_opts so = {.recv_max = 4096};
+        assert_int_equal(rpc_server_start(&s, urls[u], &so, tsrv_handler, &t, &e), AICFN_OK);
+        rpc_client *c;
+        assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+        assert_int_equal(echo_once(c, 5000, 1), AICFN_OK);
+        static uint8_t big[8192];
+        rpc_msg *rep = NULL;
+        int rc = rpc_call_sync(c, big, sizeof big, 1000, &rep, &e);
+        assert_true(rc == AICFN_E_WORKER_LOST || rc == AICFN_E_TIMEOUT);
+        assert_null(rep);
+        assert_int_equal(tsrv_calls(&t), 1); /* the handler never saw it */
+        /* the same client (after NNG redials) and a fresh one both work */
+        int ok = 0;
+        for (int i = 0; i < 50 && !ok; i++) {
+            ok = echo_once(c, 1000, 2) == AICFN_OK;
+            if (!ok) usleep(20000);
+        }
+        assert_true(ok);
+        rpc_client *c2;
+        assert_int_equal(rpc_client_open(&c2, rpc_server_url(s), NULL, &e), AICFN_OK);
+        assert_int_equal(echo_once(c2, 5000, 3), AICFN_OK);
+        /* the client refuses to send over its own limit */
+        rpc_client *c3;
+        rpc_client_opts co = {.send_max = 100};
+        assert_int_equal(rpc_client_open(&c3, rpc_server_url(s), &co, &e), AICFN_OK);
+        assert_int_equal(rpc_call_sync(c3, big, 101, 1000, &rep, &e), AICFN_E_TOO_LARGE);
+        rpc_client_close(c3);
+        rpc_client_close(c2);
+        rpc_client_close(c);
+        rpc_server_destroy(s);
+        tsrv_fini(&t);
     }
-    assert_true(ok);
-    rpc_client *c2;
-    assert_int_equal(rpc_client_open(&c2, rpc_server_url(s), NULL, &e), AICFN_OK);
-    assert_int_equal(echo_once(c2, 5000, 3), AICFN_OK);
-    /* the client refuses to send over its own limit */
-    rpc_client *c3;
-    rpc_client_opts co = {.send_max = 100};
-    assert_int_equal(rpc_client_open(&c3, rpc_server_url(s), &co, &e), AICFN_OK);
-    assert_int_equal(rpc_call_sync(c3, big, 101, 1000, &rep, &e), AICFN_E_TOO_LARGE);
-    rpc_client_close(c3);
-    rpc_client_close(c2);
-    rpc_client_close(c);
-    rpc_server_destroy(s);
-    tsrv_fini(&t);
 }
 
 static int tcp_port(const char *url) {
