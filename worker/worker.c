@@ -65,6 +65,7 @@ struct worker {
     pthread_mutex_t mu; /* fns, n_fns, inflight, draining */
     pthread_cond_t cv;  /* inflight reached 0 */
     worker_fn *fns;
+    worker_fn *retired; /* removed while calls still held them: freed by worker_destroy */
     unsigned n_fns;
     uint64_t max_timeout_us; /* the longest function timeout (bounds a drain) */
     unsigned inflight;
@@ -333,9 +334,10 @@ static void worker_finish(worker_req *r, int code, const char *msg, const worker
     wire_writer_fini(&wr);
     worker_fn *fn = r->fn;
     worker_req_free(r);
-    if (fn) atomic_fetch_sub(&fn->inflight, 1);
     pthread_mutex_lock(&w->mu);
-    if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
+    int wake = --w->inflight == 0;
+    if (fn && atomic_fetch_sub(&fn->inflight, 1) == 1) wake = 1; /* a removal may wait for it */
+    if (wake) pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -590,6 +592,54 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
     return AICFN_OK;
 }
 
+int worker_remove_function(worker *w, const char *name, uint32_t version, aicfn_error *err) {
+    if (name == NULL) return aicfn_error_set(err, AICFN_E_INVALID, "remove: no function name");
+    pthread_mutex_lock(&w->mu);
+    worker_fn **pp = &w->fns, *f = NULL;
+    for (; *pp; pp = &(*pp)->next)
+        if (strcmp((*pp)->name, name) == 0 && (*pp)->version == version) {
+            f = *pp;
+            *pp = f->next;
+            f->next = NULL;
+            w->n_fns--;
+            break;
+        }
+    int shared = 0;
+    if (f && f->model_key)
+        for (worker_fn *g = w->fns; g; g = g->next)
+            if (g->model_key && strcmp(g->model_key, f->model_key) == 0) shared = 1;
+    pthread_mutex_unlock(&w->mu);
+    if (f == NULL)
+        return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function %s version %u is not loaded", name, version);
+    /* New calls can no longer find it; the ones that did are refused by the closed
+     * batcher or run to completion. Wait for them (each is bounded by its deadline). */
+    worker_batcher_close(f->batcher);
+    uint64_t until = clock_now_us() + f->timeout_us + (uint64_t)AICFN_CALL_GRACE_MS * 1000;
+    pthread_mutex_lock(&w->mu);
+    while (atomic_load(&f->inflight) > 0 && clock_now_us() < until) {
+        struct timespec ts;
+        clock_deadline_to_realtime(until, &ts);
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+    }
+    unsigned left = atomic_load(&f->inflight);
+    if (left) {
+        f->next = w->retired;
+        w->retired = f;
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (left) {
+        log_warn("function %s v%u: removed with %u calls still in flight; freed at exit", name, version,
+                 left);
+        return AICFN_OK;
+    }
+    char key[AICFN_MAX_NAME_BYTES] = "";
+    if (f->model_key && !shared) snprintf(key, sizeof key, "%s", f->model_key);
+    worker_fn_free(f); /* joins its batcher, runs fini, unloads the handler */
+    if (key[0]) loader_cache_evict(w->cache, key, NULL); /* best effort: it may be pinned or gone */
+    log_info("function %s v%u: removed", name, version);
+    return AICFN_OK;
+}
+
 /* ---- the request handler (NNG callback threads) ---- */
 
 /* Converts the request's `params` map into text key/values in the doc's zone. */
@@ -781,6 +831,11 @@ static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_
     int draining = w->draining;
     if (!draining) w->inflight++;
     worker_fn *fn = draining ? NULL : worker_find_fn_locked(w, r->req.fn, r->req.ver);
+    if (fn) {
+        /* Counted under the lock: a function being removed waits for these. */
+        atomic_fetch_add(&fn->inflight, 1);
+        r->fn = fn;
+    }
     pthread_mutex_unlock(&w->mu);
     atomic_fetch_add(&w->n_invocations, 1);
     if (draining) {
@@ -798,6 +853,10 @@ static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_
         }
         pthread_mutex_lock(&w->mu);
         fn = worker_find_fn_locked(w, r->req.fn, r->req.ver);
+        if (fn) {
+            atomic_fetch_add(&fn->inflight, 1);
+            r->fn = fn;
+        }
         pthread_mutex_unlock(&w->mu);
     }
     if (fn == NULL) {
@@ -809,8 +868,6 @@ static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_
         worker_finish(r, AICFN_E_NOT_FOUND, err.msg, NULL);
         return;
     }
-    r->fn = fn;
-    atomic_fetch_add(&fn->inflight, 1);
     r->resp = worker_response_create(AICFN_MAX_MESSAGE_BYTES - (1u << 16));
     if (r->resp == NULL) {
         worker_finish(r, AICFN_E_NOMEM, "out of memory", NULL);
@@ -928,6 +985,13 @@ void worker_destroy(worker *w) {
         f = next;
     }
     w->fns = NULL;
+    f = w->retired;
+    while (f) {
+        worker_fn *next = f->next;
+        worker_fn_free(f);
+        f = next;
+    }
+    w->retired = NULL;
     loader_cache_destroy(w->cache); /* frees the device memory of every resident model */
     loader_device_close(w->dev);
     pthread_cond_destroy(&w->cv);

@@ -62,6 +62,14 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err);
  * gateway registering functions on a worker). */
 int worker_add_function(worker *w, const worker_fn_config *fn, aicfn_error *err);
 
+/* Removes function `name` at `version`: new calls get AICFN_E_NOT_FOUND at once, calls
+ * already accepted finish (or expire) first, then fini runs and the handler is unloaded;
+ * its model is evicted when no other function uses it and nothing pins it. Waits at most
+ * the function's timeout plus AICFN_CALL_GRACE_MS for its calls; past that the function
+ * is retired and freed by worker_destroy. AICFN_E_NOT_FOUND when it is not loaded.
+ * Thread-safe; blocks. Not from a handler or an NNG callback. */
+int worker_remove_function(worker *w, const char *name, uint32_t version, aicfn_error *err);
+
 /* Starts listening. AICFN_E_INVALID for a refused or busy address. */
 int worker_start(worker *w, aicfn_error *err);
 

@@ -388,6 +388,82 @@ static void batching_deadlines_and_drain(void **state) {
     pthread_mutex_destroy(&arec.mu);
 }
 
+static void remove_function_while_serving(void **state) {
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-d", (int)getpid());
+    worker *w = start(url, 16u << 20);
+    add(w, "slow", "test_sleep", NULL, 1, 0);
+    add(w, "mlp", "mlp", snap_path, 4, 0);
+    aicfn_error err;
+    assert_int_equal(worker_start(w, &err), AICFN_OK);
+    rpc_client *c = NULL;
+    assert_int_equal(rpc_client_open(&c, url, NULL, &err), AICFN_OK);
+    float x[16] = {0};
+    wire_tensor in = {.name = "x",
+                      .dtype = AICFN_DTYPE_FP32,
+                      .ndim = 2,
+                      .shape = {1, 16},
+                      .data = (const uint8_t *)x,
+                      .nbytes = sizeof x};
+    reply r;
+    invoke(c, 1, "mlp", &in, 1, NULL, NULL, 0, &r);
+    assert_true(r.rep.head.ok && r.rep.cold);
+    assert_int_equal(r.rep.st.n_models, 1);
+    reply_free(&r);
+
+    memset(&arec, 0, sizeof arec);
+    pthread_mutex_init(&arec.mu, NULL);
+    for (intptr_t i = 0; i < 3; i++) {
+        size_t len;
+        uint8_t *req = encode_invoke(10 + (uint64_t)i, "slow", NULL, 0, "sleep_ms", "60", 0, &len);
+        assert_int_equal(rpc_call_async(c, req, len, 10000, on_done, (void *)i, &err), AICFN_OK);
+        free(req);
+    }
+    /* Wait until the worker holds all three, then remove: they all complete first. */
+    uint64_t until = clock_now_us() + 3000000;
+    for (;;) {
+        wire_writer sw;
+        wire_writer_init(&sw);
+        assert_int_equal(wire_encode_status_req(&sw, 9, NULL), AICFN_OK);
+        rpc_msg *m = NULL;
+        assert_int_equal(rpc_call_sync(c, sw.data, sw.len, 5000, &m, &err), AICFN_OK);
+        wire_writer_fini(&sw);
+        wire_doc d;
+        wire_status_reply st;
+        assert_int_equal(wire_doc_parse(&d, rpc_msg_data(m), rpc_msg_len(m), NULL, &err), AICFN_OK);
+        assert_int_equal(wire_decode_status_reply(&d, &st, &err), AICFN_OK);
+        uint32_t inflight = st.w.summary.inflight;
+        wire_doc_fini(&d);
+        rpc_msg_free(m);
+        if (inflight == 3 || clock_now_us() > until) break;
+        usleep(1000);
+    }
+    assert_int_equal(worker_remove_function(w, "slow", 0, &err), AICFN_OK);
+    until = clock_now_us() + 3000000; /* the replies were sent; their callbacks may lag */
+    while (clock_now_us() < until && arec_done() < 3)
+        usleep(1000);
+    assert_int_equal(arec_done(), 3);
+    assert_int_equal(arec.ok, 3);
+    invoke(c, 20, "slow", NULL, 0, NULL, NULL, 0, &r);
+    assert_false(r.rep.head.ok);
+    assert_int_equal(r.rep.head.code, AICFN_E_NOT_FOUND);
+    reply_free(&r);
+    assert_int_equal(worker_remove_function(w, "slow", 0, &err), AICFN_E_NOT_FOUND);
+
+    /* Removing the model's only function evicts the model. */
+    assert_int_equal(worker_remove_function(w, "mlp", 0, &err), AICFN_OK);
+    add(w, "echo", "echo", NULL, 1, 0);
+    invoke(c, 21, "echo", &in, 1, NULL, NULL, 0, &r);
+    assert_true(r.rep.head.ok);
+    assert_int_equal(r.rep.st.n_models, 0);
+    reply_free(&r);
+    rpc_client_close(c);
+    assert_int_equal(worker_drain(w, 5000), 0);
+    worker_destroy(w);
+    pthread_mutex_destroy(&arec.mu);
+}
+
 static void bad_config(void **state) {
     (void)state;
     worker *w = NULL;
@@ -415,6 +491,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(echo_mlp_status),
         cmocka_unit_test(batching_deadlines_and_drain),
+        cmocka_unit_test(remove_function_while_serving),
         cmocka_unit_test(bad_config),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
