@@ -523,6 +523,7 @@ static int pl_cache_load(void *arg, void *prep, uint64_t max_bytes, void **model
     int rc = loader_load_reader(src->device, p->r, &o, &m, timing, err);
     if (rc == AICFN_OK) {
         timing->open_us = p->t_open_us;
+        timing->total_us += p->t_open_us; /* the open ran in prepare, before the load proper */
         *model = m;
         *alloc_bytes = loader_model_alloc_bytes(m);
     }
