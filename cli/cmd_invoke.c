@@ -46,7 +46,7 @@ typedef struct ci_input {
 } ci_input;
 
 typedef struct ci_args {
-    const char *worker; /* --worker ADDR */
+    const char *worker;  /* --worker ADDR */
     const char *gateway; /* --gateway ADDR (gateway mode: the default) */
     const char *key;     /* --key KEY or $AICFN_KEY (gateway mode) */
     char fn_buf[AICFN_MAX_NAME_BYTES];
