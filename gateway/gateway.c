@@ -1125,7 +1125,7 @@ json_t *gw_status_json(gw_gateway *gw) {
     pthread_mutex_unlock(&gw->mu);
     gw_ledger_stats ls;
     gw_ledger_get_stats(gw->ledger, &ls);
-    return json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I}", "listen", gw_listen_url(gw),
+    return json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I}", "listen", gw->listen,
                      "workers", (int)workers, "in_flight", (int)in_flight, "queued", (int)queued,
                      "functions_cached", (int)fns, "min_workers", (int)gw->min_workers, "max_workers",
                      (int)gw->max_workers, "ledger_committed", (json_int_t)ls.committed, "ledger_dropped",
