@@ -446,3 +446,40 @@ def test_stuck_worker_is_killed_and_replaced(procs, tmp_path):
     r = call(addr, invoke_msg("stuck", [x]), timeout_ms=20000)
     assert r["ok"]
     assert workers(addr)[0]["pid"] != pid
+
+
+def test_api_keys_on_the_nng_front(procs, tmp_path):
+    from conftest import aicfn_bin
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def key(*args):
+        r = run_cli(["keys", "create", "--data-dir", data, "--json", *args])
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["key"]
+
+    admin, user = key("--tenant", "ops", "--admin"), key("--tenant", "acme")
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..1",
+                     "--worker-memory", "64MiB", "--device", "host"], name="gateway")
+    wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id(), "key": user}, timeout_ms=500).get("ok"),
+             15, interval=0.05, what="the gateway")
+    # Deploy needs an admin key.
+    r = run_cli(["deploy", ROOT / "examples" / "echo", "--gateway", addr, "--key", user])
+    assert r.returncode == 1 and "AICFN_E_FORBIDDEN" in r.stderr
+    r = run_cli(["deploy", ROOT / "examples" / "echo", "--gateway", addr], env={"AICFN_KEY": admin})
+    assert r.returncode == 0, r.stderr
+    x = tensor("x", np.arange(2, dtype=np.float32))
+    r = call(addr, invoke_msg("echo", [x]))
+    assert not r["ok"] and r["error"]["code"] == 13
+    m = invoke_msg("echo", [x])
+    m["key"] = user[:-4] + "0000"
+    r = call(addr, m)
+    assert not r["ok"] and r["error"]["code"] == 13
+    m = invoke_msg("echo", [x], rid=990001)
+    m["key"] = user
+    r = call(addr, m, timeout_ms=20000)
+    assert r["ok"]
+    rows = wait_rows(data, "SELECT tenant FROM invocations WHERE request_id = '990001'", (), 1)
+    assert rows == [("acme",)]
