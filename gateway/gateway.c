@@ -370,9 +370,46 @@ static gw_worker *gw_spawn_locked(gw_gateway *gw, gw_actions *a) {
     return w;
 }
 
+/* Rewrites the request's deadline_ms in place to the time left, keeping its msgpack
+ * width (the new value is smaller, so it fits; msgpack allows non-minimal widths). */
+static void gw_patch_deadline(gw_call *c, uint32_t left_ms) {
+    size_t off = 0, len = 0;
+    if (wire_raw_find(c->wreq, c->wreq_len, "deadline_ms", &off, &len, NULL) != AICFN_OK) return;
+    uint8_t *p = c->wreq + off;
+    if (len == 1 && p[0] < 0x80) {
+        p[0] = (uint8_t)(left_ms < 0x7f ? left_ms : 0x7f);
+    } else if (len == 2 && p[0] == 0xcc) {
+        p[1] = (uint8_t)(left_ms < 0xff ? left_ms : 0xff);
+    } else if (len == 3 && p[0] == 0xcd) {
+        uint32_t v = left_ms < 0xffff ? left_ms : 0xffff;
+        p[1] = (uint8_t)(v >> 8);
+        p[2] = (uint8_t)v;
+    } else if (len == 5 && p[0] == 0xce) {
+        p[1] = (uint8_t)(left_ms >> 24);
+        p[2] = (uint8_t)(left_ms >> 16);
+        p[3] = (uint8_t)(left_ms >> 8);
+        p[4] = (uint8_t)left_ms;
+    } else {
+        return;
+    }
+    c->timeout_ms = left_ms;
+}
+
 static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a) {
     uint64_t now = clock_now_us();
     c->worker = w;
+    if (w->state != GW_WORKER_STARTING) {
+        /* Time spent queued or waiting for a spawn comes out of the worker's budget. */
+        if (now >= c->deadline_us) {
+            c->worker = NULL;
+            gw_fail_locked(a, c, AICFN_E_TIMEOUT,
+                           "function %s:%u: deadline of %u ms passed before a worker was free", c->fn->name,
+                           c->fn->ver, c->timeout_ms);
+            return;
+        }
+        uint32_t left_ms = (uint32_t)((c->deadline_us - now + 999) / 1000);
+        if (left_ms < c->timeout_ms) gw_patch_deadline(c, left_ms);
+    }
     if (w->state == GW_WORKER_STARTING) {
         c->spawned = true;
         c->next = NULL;
@@ -1125,11 +1162,11 @@ json_t *gw_status_json(gw_gateway *gw) {
     pthread_mutex_unlock(&gw->mu);
     gw_ledger_stats ls;
     gw_ledger_get_stats(gw->ledger, &ls);
-    return json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I}", "listen", gw->listen,
-                     "workers", (int)workers, "in_flight", (int)in_flight, "queued", (int)queued,
-                     "functions_cached", (int)fns, "min_workers", (int)gw->min_workers, "max_workers",
-                     (int)gw->max_workers, "ledger_committed", (json_int_t)ls.committed, "ledger_dropped",
-                     (json_int_t)ls.dropped, "worker_memory", (json_int_t)gw->worker_memory);
+    return json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I}", "listen", gw->listen, "workers",
+                     (int)workers, "in_flight", (int)in_flight, "queued", (int)queued, "functions_cached",
+                     (int)fns, "min_workers", (int)gw->min_workers, "max_workers", (int)gw->max_workers,
+                     "ledger_committed", (json_int_t)ls.committed, "ledger_dropped", (json_int_t)ls.dropped,
+                     "worker_memory", (json_int_t)gw->worker_memory);
 }
 
 /* ---- Lifecycle -------------------------------------------------------------------- */
