@@ -104,6 +104,17 @@ static int cd_build(const cli_manifest *m, const char *tmp, char *so, size_t so_
     snprintf(incflag, sizeof incflag, "-I%s", inc);
     snprintf(so, so_len, "%s/handler.so", tmp);
 
+    if (m->handler_kind == CLI_HANDLER_CU) {
+        if (access(CD_NVCC, X_OK) != 0)
+            return aicfn_error_set(err, AICFN_E_UNSUPPORTED, "handler %s is CUDA source but %s is missing",
+                                   m->handler, CD_NVCC);
+        char *av[] = {CD_NVCC, "-shared", "-O2", "-Xcompiler", "-fPIC", "-DAICFN_HANDLER_CUDA=1",
+                      incflag, "-o",      so,    m->handler,   NULL};
+        fprintf(stderr, "building %s with nvcc\n", m->handler);
+        rc = cd_run(av, err);
+        if (rc != AICFN_OK) aicfn_error_wrap(err, "building handler %s", m->handler);
+        return rc;
+    }
     /* CUDA sources beside the handler. */
     char dir[PATH_MAX];
     snprintf(dir, sizeof dir, "%s", m->handler);
