@@ -13,6 +13,7 @@
  * statements (registry.c, ledger.c). */
 #include "gateway/gateway.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <limits.h>
 #include <pthread.h>
@@ -1171,6 +1172,26 @@ json_t *gw_status_json(gw_gateway *gw) {
 
 /* ---- Lifecycle -------------------------------------------------------------------- */
 
+/* Removes worker sockets left in run_dir by a gateway that died (kill -9): their names
+ * carry the gateway's pid (pool.c: w<gateway pid>-<id>.ipc). */
+static void gw_clean_run_dir(const char *run_dir) {
+    DIR *d = opendir(run_dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid = 0;
+        unsigned id = 0;
+        char tail[8] = "";
+        if (sscanf(e->d_name, "w%ld-%u.%7s", &pid, &id, tail) != 3 || strcmp(tail, "ipc") != 0 || pid <= 0)
+            continue;
+        if (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
+        char path[PATH_MAX + 300];
+        snprintf(path, sizeof path, "%s/%s", run_dir, e->d_name);
+        if (unlink(path) == 0) log_info("removed %s, left by a gateway that is gone", path);
+    }
+    closedir(d);
+}
+
 static int gw_mkdir(const char *path, aicfn_error *err) {
     if (mkdir(path, 0700) == 0 || errno == EEXIST) return AICFN_OK;
     return aicfn_error_errno(err, AICFN_E_IO, errno, "creating %s", path);
@@ -1209,6 +1230,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
         if (n < 0 || (size_t)n >= sizeof gw->run_dir || strlen(gw->run_dir) > 80)
             snprintf(gw->run_dir, sizeof gw->run_dir, "/tmp/aicfn-run-%ld", (long)getpid());
         rc = gw_mkdir(gw->run_dir, err);
+        if (rc == AICFN_OK) gw_clean_run_dir(gw->run_dir);
     }
     if (rc == AICFN_OK) rc = gw_db_open(gw->data_dir, &gw->db, err);
     if (rc == AICFN_OK) rc = gw_artifacts_open(gw->data_dir, &gw->art, err);

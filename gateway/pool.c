@@ -118,8 +118,11 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
         return;
     }
     if (pid == 0) {
-        /* Child: die with the gateway (SIGTERM: drain and remove the socket). */
-        prctl(PR_SET_PDEATHSIG, SIGTERM);
+        /* Child: die with the gateway. SIGKILL, not SIGTERM: a clean stop reaps every
+         * worker before the gateway exits, so this only fires when the gateway died
+         * abnormally, and a worker whose gateway is gone can answer nobody (a drain
+         * could keep an orphan alive for a whole call timeout). */
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
         if (getppid() != parent) _exit(127);
         sigset_t none;
         sigemptyset(&none);

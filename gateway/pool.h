@@ -6,7 +6,7 @@
  * exits) with a SIGKILL once a grace period has passed, or at once (SIGKILL, for a
  * worker stuck past its call's timeout). One thread owns the children: it forks them
  * (so their PR_SET_PDEATHSIG follows a thread that lives as long as the pool, and a
- * gateway killed with -9 takes its workers with it), reaps them with waitpid and
+ * gateway killed with -9 takes its workers with it (SIGKILL)), reaps them with waitpid and
  * escalates overdue SIGTERMs.
  *
  * Not for: deciding when to start or stop a worker (gateway.c does, from the router's

@@ -297,14 +297,23 @@ def test_kill_gateway_after_deploy(procs, tmp_path):
     port = free_port()
     addr, data, g = start_gateway(procs, tmp_path, port=port)
     assert deploy(addr, ROOT / "examples" / "echo") == 1
+    assert call(addr, invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.int32))]), timeout_ms=30000)["ok"]
+    wpid = workers(addr)[0]["pid"]
     g.p.kill()
     g.p.wait(timeout=10)
+    # Its worker dies with it (PR_SET_PDEATHSIG), leaving no orphan.
+    wait_for(lambda: not Path(f"/proc/{wpid}").exists() or Path(f"/proc/{wpid}/stat").read_text().split()[2] == "Z",
+             10, what="the dead gateway's worker to exit")
+    left = list((data / "run").glob("*.ipc"))
+    assert left  # SIGKILL left the worker's socket file behind
     addr2, _, g2 = start_gateway(procs, tmp_path, port=port, data=data, name="gateway2")
     ls = json.loads(run_cli(["ls", "--gateway", addr2, "--json"]).stdout)
     assert [x["name"] for x in ls] == ["echo"]
     r = call(addr2, invoke_msg("echo", [tensor("x", np.arange(5, dtype=np.int32))]), timeout_ms=30000)
     assert r["ok"] and np.array_equal(output(r, "x"), np.arange(5, dtype=np.int32))
     assert db_rows(data, "PRAGMA integrity_check") == [("ok",)]
+    # The restarted gateway removed the dead one's worker sockets.
+    assert all(not p.exists() for p in left)
 
 
 def test_hostile_clients(procs, tmp_path):
