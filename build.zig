@@ -94,6 +94,7 @@ pub fn build(b: *std.Build) void {
     // Tests: every tests/unit/test_*.c and tests/concurrency/test_*.c is one cmocka binary.
     const test_step = b.step("test", "Build and run the unit and concurrency tests");
     const tests_build = b.step("tests", "Build the unit and concurrency test binaries only");
+    const conc_build = b.step("tests-concurrency", "Build the concurrency test binaries only (the TSan suite)");
     for ([_][]const u8{ "tests/unit", "tests/concurrency" }) |dir| {
         for (listFiles(b, dir, ".c", false)) |file| {
             const stem = std.fs.path.stem(file);
@@ -106,6 +107,7 @@ pub fn build(b: *std.Build) void {
             const sub = std.fs.path.basename(dir);
             const inst = b.addInstallArtifact(t, .{ .dest_dir = .{ .override = .{ .custom = b.fmt("bin/tests/{s}", .{sub}) } } });
             tests_build.dependOn(&inst.step);
+            if (std.mem.eql(u8, sub, "concurrency")) conc_build.dependOn(&inst.step);
             const run = b.addRunArtifact(t);
             run.setCwd(b.path("."));
             run.step.dependOn(handlers_step);
