@@ -78,18 +78,23 @@ def stage_build():
 
 def run_cmocka(binary, label):
     rc, out, err = run([str(binary)], 600, env={"CMOCKA_MESSAGE_OUTPUT": "TAP", "AICFN_BIN_DIR": str(binary.parent.parent.parent)})
-    seen = 0
+    seen = failed = 0
     for line in out.splitlines():
-        m = re.match(r"^(not ok|ok) \d+ - (.*?)(\s+# (SKIP|skip).*)?$", line)
+        # cmocka's TAP: "ok 1 - name", "not ok 2 - name", and for skips
+        # "not ok 3 # SKIP name" (no " - ").
+        m = re.match(r"^(not ok|ok) \d+(?: - (.*?))?(?:\s*# (?:SKIP|skip)\s*(.*))?$", line)
         if not m:
             continue
         seen += 1
-        name = f"{label}::{m.group(2).strip()}"
-        if m.group(3):
+        skipped = "# SKIP" in line or "# skip" in line
+        name = f"{label}::{(m.group(2) or m.group(3) or '?').strip()}"
+        if skipped:
             record(name, "skipped")
         else:
-            record(name, "passed" if m.group(1) == "ok" else "failed")
-    if rc != 0 and (seen == 0 or "not ok" not in out):
+            ok = m.group(1) == "ok"
+            failed += not ok
+            record(name, "passed" if ok else "failed")
+    if rc != 0 and failed == 0:
         record(f"{label} (exit {rc})", "failed")
     if rc != 0:
         sys.stdout.write(out[-4000:] + err[-8000:])
