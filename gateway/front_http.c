@@ -2,9 +2,9 @@
  * with keys.h, model metadata from the registry (inputs/outputs declared in the
  * manifest), inference through gw_invoke_submit (the same call path as the NNG front),
  * the repository index, and the gauges refreshed from the worker pool before each
- * /metrics scrape. Rate limits and daily quotas (keys.h gw_limits) are applied here to
- * HTTP calls, seeded from the ledger at start; they belong in the gateway's call path
- * once both fronts share one gw_limits.
+ * /metrics scrape. Rate limits and daily quotas go through gw_invoke_admit (one
+ * gw_limits for the whole gateway, shared with the NNG front); calls are counted in the
+ * gateway's call path (gateway.c), not here, so none is counted twice.
  *
  * Not for: HTTP parsing or limits (http.c), JSON tensors (oip.c). */
 #include "gateway/front_http.h"
@@ -28,7 +28,6 @@ struct gw_front_http {
     gw_metrics *metrics;
     bool own_metrics;
     gw_stdmetrics std;
-    gw_limits *limits;
     atomic_uint_fast64_t next_id;
 };
 
@@ -84,7 +83,6 @@ static int fh_model_info(void *ctx, const char *model, uint32_t version, gw_http
 
 static void fh_done(void *user, const gw_invoke_result *res) {
     fh_pending *p = user;
-    gw_stdmetrics_call(&p->f->std, p->fn, res->version, res->code, clock_now_us() - p->t0_us);
     if (res->code == AICFN_OK && res->decoded) {
         gw_http_result r = {.version = res->version,
                             .outputs = res->decoded->outputs,
@@ -103,17 +101,6 @@ static void fh_done(void *user, const gw_invoke_result *res) {
 
 static int fh_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aicfn_error *err) {
     gw_front_http *f = ctx;
-    if (inv->principal) {
-        uint32_t retry = 0;
-        aicfn_error e;
-        int lrc = gw_limits_check(f->limits, inv->principal->tenant, inv->principal->rate_per_s,
-                                  inv->principal->quota_per_day, clock_wall_us(), &retry, &e);
-        if (lrc != AICFN_OK) {
-            gw_stdmetrics_call(&f->std, inv->model, inv->version, lrc, clock_now_us() - inv->received_us);
-            gw_http_complete(call, lrc, &e, NULL, retry);
-            return AICFN_OK;
-        }
-    }
     fh_pending *p = calloc(1, sizeof *p);
     if (p == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     p->f = f;
@@ -131,11 +118,19 @@ static int fh_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aic
     req.params = inv->req->params;
     req.params_len = inv->req->params_len;
     const char *tenant = inv->principal ? inv->principal->tenant : "local";
-    int rc = gw_invoke_submit(f->gw, &req, tenant, fh_done, p, err);
-    if (rc != AICFN_OK) {
-        gw_stdmetrics_call(&f->std, p->fn, inv->version, rc, clock_now_us() - p->t0_us);
-        free(p);
+    if (inv->principal) {
+        uint32_t retry = 0;
+        aicfn_error e;
+        int lrc = gw_invoke_admit(f->gw, &req, tenant, inv->principal->rate_per_s,
+                                  inv->principal->quota_per_day, &retry, &e);
+        if (lrc != AICFN_OK) {
+            free(p);
+            gw_http_complete(call, lrc, &e, NULL, retry);
+            return AICFN_OK;
+        }
     }
+    int rc = gw_invoke_submit(f->gw, &req, tenant, fh_done, p, err);
+    if (rc != AICFN_OK) free(p);
     return rc;
 }
 
@@ -160,6 +155,7 @@ static int fh_index(void *ctx, bool ready_only, gw_http_emit_fn emit, void *arg,
 
 static void fh_before_metrics(void *ctx) {
     gw_front_http *f = ctx;
+    if (!f->own_metrics) gw_metrics_refresh(f->gw);
     json_t *ws = gw_workers_json(f->gw);
     if (ws == NULL) return;
     gw_metric_reset(f->std.resident_models);
@@ -192,16 +188,16 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
     if (metrics && std) {
         f->metrics = metrics;
         f->std = *std;
+    } else if (gw_gateway_metrics(gw)) {
+        /* The gateway's registry: NNG calls, cold starts and restarts are counted there. */
+        f->metrics = gw_gateway_metrics(gw);
+        f->std = *gw_gateway_stdmetrics(gw);
     } else {
         f->own_metrics = true;
         f->metrics = gw_metrics_create();
         rc = f->metrics ? gw_stdmetrics_init(f->metrics, &f->std, err)
                         : aicfn_error_set(err, AICFN_E_NOMEM, "http: out of memory");
     }
-    if (rc == AICFN_OK) rc = gw_limits_create(&f->limits, err);
-    if (rc == AICFN_OK &&
-        gw_limits_seed_from_ledger(f->limits, gw_gateway_db(gw), clock_wall_us(), err) != AICFN_OK)
-        log_warn("http: daily quotas start from zero: %s", err->msg);
     if (rc == AICFN_OK) {
         gw_http_callbacks cb = {.ctx = f,
                                 .authenticate = gw_insecure_local(gw) ? NULL : fh_authenticate,
@@ -214,7 +210,6 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
         rc = gw_http_start(&cfg, &cb, &f->http, err);
     }
     if (rc != AICFN_OK) {
-        gw_limits_destroy(f->limits);
         if (f->own_metrics) gw_metrics_destroy(f->metrics);
         free(f);
         return rc;
@@ -238,7 +233,6 @@ const gw_stdmetrics *gw_front_http_stdmetrics(gw_front_http *f) {
 void gw_front_http_stop(gw_front_http *f) {
     if (f == NULL) return;
     gw_http_stop(f->http);
-    gw_limits_destroy(f->limits);
     if (f->own_metrics) gw_metrics_destroy(f->metrics);
     free(f);
 }

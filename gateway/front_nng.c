@@ -52,6 +52,8 @@ typedef struct front_auth {
     char key[GW_KEY_STRING_MAX];
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
     bool admin;
+    uint32_t rate_per_s;
+    uint64_t quota_per_day;
     uint64_t until_us;
 } front_auth;
 
@@ -85,6 +87,29 @@ static void front_error(rpc_call *call, uint64_t id, int code, const char *msg) 
     wire_writer w;
     wire_writer_init(&w);
     if (wire_encode_error_reply(&w, id, code, msg, NULL) == AICFN_OK)
+        rpc_reply(call, w.data, w.len);
+    else
+        rpc_call_drop(call);
+    wire_writer_fini(&w);
+}
+
+/* An error reply with `retry_after_s` (seconds until the call may succeed: rate limits
+ * and quotas) beside `error` at the top level: {v, id, ok:false, error, retry_after_s}. */
+static void front_error_retry(rpc_call *call, uint64_t id, int code, const char *msg,
+                              uint32_t retry_after_s) {
+    wire_writer w;
+    wire_writer_init(&w);
+    wire_put_map(&w, 5);
+    wire_kv_u64(&w, "v", AICFN_PROTOCOL_VERSION);
+    wire_kv_u64(&w, "id", id);
+    wire_kv_bool(&w, "ok", false);
+    wire_put_str(&w, "error");
+    wire_put_map(&w, 3);
+    wire_kv_u64(&w, "code", (uint64_t)code);
+    wire_kv_str(&w, "name", aicfn_status_name(code));
+    wire_kv_str(&w, "message", msg ? msg : "");
+    wire_kv_u64(&w, "retry_after_s", retry_after_s);
+    if (wire_writer_status(&w, NULL) == AICFN_OK)
         rpc_reply(call, w.data, w.len);
     else
         rpc_call_drop(call);
@@ -129,8 +154,14 @@ static void front_ok_json(rpc_call *call, uint64_t id, json_t *j) {
 
 /* ---- Authentication --------------------------------------------------------------- */
 
-/* Fills tenant/admin for the message's `key`. */
-static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admin, aicfn_error *err) {
+/* Fills tenant/admin (and, when `limits` is given, the key's rate and daily quota) for
+ * the message's `key`. */
+static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admin, gw_key_info *limits,
+                            aicfn_error *err) {
+    if (limits) {
+        limits->rate_per_s = 0;
+        limits->quota_per_day = 0;
+    }
     if (gw_insecure_local(f->gw)) {
         snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "local");
         *admin = true;
@@ -146,6 +177,10 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admi
         if (f->auth[i].until_us > now && strcmp(f->auth[i].key, key) == 0) {
             snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "%s", f->auth[i].tenant);
             *admin = f->auth[i].admin;
+            if (limits) {
+                limits->rate_per_s = f->auth[i].rate_per_s;
+                limits->quota_per_day = f->auth[i].quota_per_day;
+            }
             pthread_mutex_unlock(&f->auth_mu);
             return AICFN_OK;
         }
@@ -155,11 +190,17 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admi
     if (rc != AICFN_OK) return rc;
     snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "%s", info.tenant);
     *admin = info.admin;
+    if (limits) {
+        limits->rate_per_s = info.rate_per_s;
+        limits->quota_per_day = info.quota_per_day;
+    }
     pthread_mutex_lock(&f->auth_mu);
     front_auth *slot = &f->auth[f->auth_next++ % FRONT_AUTH_CACHE];
     snprintf(slot->key, sizeof slot->key, "%s", key);
     snprintf(slot->tenant, sizeof slot->tenant, "%s", info.tenant);
     slot->admin = info.admin;
+    slot->rate_per_s = info.rate_per_s;
+    slot->quota_per_day = info.quota_per_day;
     slot->until_us = now + FRONT_AUTH_TTL_US;
     pthread_mutex_unlock(&f->auth_mu);
     return AICFN_OK;
@@ -182,7 +223,16 @@ static void front_invoke(gw_front *f, rpc_call *call, wire_doc *doc, uint64_t id
     int rc = wire_decode_invoke_req(doc, &req, &e);
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
     bool admin = false;
-    if (rc == AICFN_OK) rc = front_auth_check(f, doc, tenant, &admin, &e);
+    gw_key_info lim;
+    if (rc == AICFN_OK) rc = front_auth_check(f, doc, tenant, &admin, &lim, &e);
+    if (rc == AICFN_OK) {
+        uint32_t retry = 0;
+        rc = gw_invoke_admit(f->gw, &req, tenant, lim.rate_per_s, lim.quota_per_day, &retry, &e);
+        if (rc == AICFN_E_QUOTA) {
+            front_error_retry(call, id, rc, e.msg, retry);
+            return;
+        }
+    }
     if (rc == AICFN_OK) {
         req.has_spec = false; /* a client never dictates paths */
         rc = gw_invoke_submit(f->gw, &req, tenant, front_invoke_done, call, &e);
@@ -216,7 +266,7 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
     uint64_t id = h->id;
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
     bool admin = false;
-    int rc = front_auth_check(f, doc, tenant, &admin, &e);
+    int rc = front_auth_check(f, doc, tenant, &admin, NULL, &e);
     if (rc == AICFN_OK && !admin && strcmp(h->t, "status") != 0)
         rc = aicfn_error_set(&e, AICFN_E_FORBIDDEN, "'%s' needs an admin key", h->t);
     if (rc != AICFN_OK) {

@@ -30,6 +30,8 @@
 #include "common/log.h"
 #include "common/tunables.h"
 #include "gateway/gateway_internal.h"
+#include "gateway/keys.h"
+#include "gateway/metrics.h"
 #include "gateway/pool.h"
 #include "gateway/registry.h"
 #include "gateway/router.h"
@@ -65,6 +67,7 @@ typedef struct gw_fn {
     gw_call *q_head, *q_tail;
     uint32_t q_len;
     gw_crash crash[GW_CRASH_SLOTS];
+    uint64_t evicted_us; /* when a worker last evicted this model (0: never): thrash reloads */
     struct gw_fn *next;
 } gw_fn;
 
@@ -125,6 +128,9 @@ struct gw_gateway {
     gw_ledger *ledger;
     gw_pool *pool;
     gw_front *front;
+    gw_metrics *metrics; /* one registry for every front (GET /metrics) */
+    gw_stdmetrics std;
+    gw_limits *limits; /* rate limits and daily quotas, shared by every front */
 
     pthread_mutex_t mu;
     gw_fn *fns;
@@ -150,6 +156,12 @@ gw_artifacts *gw_gateway_artifacts(gw_gateway *gw) {
 }
 gw_ledger *gw_gateway_ledger(gw_gateway *gw) {
     return gw->ledger;
+}
+gw_metrics *gw_gateway_metrics(gw_gateway *gw) {
+    return gw->metrics;
+}
+const gw_stdmetrics *gw_gateway_stdmetrics(gw_gateway *gw) {
+    return &gw->std;
 }
 const char *gw_listen_url(const gw_gateway *gw) {
     return gw->front ? gw_front_url(gw->front) : gw->listen;
@@ -302,24 +314,39 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         .cold = rep ? rep->cold : false,
     };
     gw_ledger_submit_invocation(gw->ledger, &r);
+    gw_stdmetrics_call(&gw->std, r.function, r.version, code, r.total_us);
     if (!rep || !rep->has_coldstart || !c->fn) return;
     const char *ev[WIRE_MAX_EVICTED];
     char evbuf[16][AICFN_FN_NAME_MAX_BYTES + 16];
     size_t n_ev = 0;
+    bool thrash = false;
+    uint64_t wall = clock_now_us();
     pthread_mutex_lock(&gw->mu);
+    /* A reload soon after this model's eviction is a thrash reload. */
+    if (c->fn->evicted_us && wall - c->fn->evicted_us <= AICFN_THRASH_WINDOW_US) thrash = true;
+    c->fn->evicted_us = 0;
     for (uint32_t i = 0; i < rep->coldstart.n_evicted && n_ev < WIRE_MAX_EVICTED; i++) {
         const char *key = rep->coldstart.evicted[i];
         ev[n_ev] = key;
-        if (n_ev < 16)
-            for (gw_fn *f = gw->fns; f; f = f->next)
-                if (key && strcmp(f->key, key) == 0) {
+        for (gw_fn *f = gw->fns; f; f = f->next)
+            if (key && strcmp(f->key, key) == 0) {
+                f->evicted_us = wall;
+                if (n_ev < 16) {
                     snprintf(evbuf[n_ev], sizeof evbuf[n_ev], "%s:%u", f->name, f->ver);
                     ev[n_ev] = evbuf[n_ev];
-                    break;
                 }
+            }
         n_ev++;
     }
     pthread_mutex_unlock(&gw->mu);
+    if (n_ev) {
+        const char *wl[] = {c->worker ? c->worker->name : ""};
+        gw_metric_add(gw->std.evictions, wl, (double)n_ev);
+    }
+    if (thrash) {
+        const char *fl[] = {c->fn->name};
+        gw_metric_add(gw->std.thrash_reloads, fl, 1);
+    }
     const wire_timing *t = &rep->timing;
     /* A call that waited for its worker to start was held for the spawn: not queueing. */
     gw_queue = gw_queue > spawn_us ? gw_queue - spawn_us : 0;
@@ -344,6 +371,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         .n_evicted = n_ev,
     };
     gw_ledger_submit_cold_start(gw->ledger, &cs);
+    gw_stdmetrics_cold_start(&gw->std, c->fn->name, t->read_us, t->decompress_us, t->filter_us, t->copy_us,
+                             total);
 }
 
 /* ---- Routing and dispatch (lock held) ------------------------------------------- */
@@ -532,6 +561,9 @@ static void gw_pump_locked(gw_gateway *gw, gw_actions *a) {
 static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     if (w->state == GW_WORKER_DEAD) return;
     bool never_ready = w->state == GW_WORKER_STARTING;
+    /* A local worker that dies while serving (not drained, not stopping) gets replaced. */
+    if (w->pool_id && w->state != GW_WORKER_DRAINING && !gw->stopping)
+        gw_metric_add(gw->std.worker_restarts, NULL, 1);
     w->state = GW_WORKER_DEAD;
     if (w->pool_id && gw->pool) gw_pool_kill(gw->pool, w->pool_id);
     gw_call *p = w->pending_head;
@@ -1236,6 +1268,17 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     if (rc == AICFN_OK) rc = gw_artifacts_open(gw->data_dir, &gw->art, err);
     if (rc == AICFN_OK) rc = gw_ledger_create(gw->data_dir, 0, 0, 0, &gw->ledger, err);
     if (rc == AICFN_OK) {
+        gw->metrics = gw_metrics_create();
+        rc = gw->metrics ? gw_stdmetrics_init(gw->metrics, &gw->std, err)
+                         : aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    }
+    if (rc == AICFN_OK) rc = gw_limits_create(&gw->limits, err);
+    if (rc == AICFN_OK) {
+        aicfn_error le;
+        if (gw_limits_seed_from_ledger(gw->limits, gw->db, clock_wall_us(), &le) != AICFN_OK)
+            log_warn("daily quotas start from zero: %s", le.msg);
+    }
+    if (rc == AICFN_OK) {
         gw_pool_config pc = {.exe = gw->worker_exe,
                              .run_dir = gw->run_dir,
                              .device = gw->device,
@@ -1315,6 +1358,8 @@ void gw_stop(gw_gateway *gw) {
         gw->aliases = n;
     }
     gw_ledger_destroy(gw->ledger);
+    gw_limits_destroy(gw->limits);
+    gw_metrics_destroy(gw->metrics);
     gw_artifacts_close(gw->art);
     gw_db_close(gw->db);
     pthread_mutex_destroy(&gw->mu);
@@ -1345,6 +1390,48 @@ int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
                                   .status = rc,
                                   .bytes_in = in_bytes};
         gw_ledger_submit_invocation(gw->ledger, &r);
+        gw_stdmetrics_call(&gw->std, r.function, r.version, rc, 0);
     }
     return rc;
+}
+
+int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, uint32_t rate_per_s,
+                    uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err) {
+    *retry_after_s = 0;
+    if (rate_per_s == 0 && quota_per_day == 0) return AICFN_OK;
+    aicfn_error local;
+    if (!err) err = &local;
+    int rc = gw_limits_check(gw->limits, tenant ? tenant : "", rate_per_s, quota_per_day, clock_wall_us(),
+                             retry_after_s, err);
+    if (rc == AICFN_OK) return AICFN_OK;
+    /* Refused by a limit: one ledger row and one counted call, like any refused call. */
+    char rid[24];
+    snprintf(rid, sizeof rid, "%llu", (unsigned long long)req->id);
+    uint64_t in_bytes = 0;
+    for (uint32_t i = 0; i < req->n_inputs; i++)
+        in_bytes += req->inputs[i].nbytes;
+    gw_invocation_record r = {.request_id = rid,
+                              .tenant = tenant ? tenant : "",
+                              .function = req->fn && gw_fn_name_valid(req->fn) ? req->fn : "",
+                              .version = req->ver,
+                              .status = rc,
+                              .bytes_in = in_bytes};
+    gw_ledger_submit_invocation(gw->ledger, &r);
+    gw_stdmetrics_call(&gw->std, r.function, r.version, rc, 0);
+    return rc;
+}
+
+void gw_metrics_refresh(gw_gateway *gw) {
+    gw_metric_reset(gw->std.queue_depth);
+    uint32_t live = 0;
+    pthread_mutex_lock(&gw->mu);
+    for (gw_fn *f = gw->fns; f; f = f->next) {
+        const char *l[] = {f->name};
+        /* Versions of one function share its series: add, after the reset. */
+        gw_metric_add(gw->std.queue_depth, l, (double)f->q_len);
+    }
+    for (gw_worker *w = gw->workers; w; w = w->next)
+        if (w->state != GW_WORKER_DEAD) live++;
+    pthread_mutex_unlock(&gw->mu);
+    gw_metric_set(gw->std.workers_live, NULL, (double)live);
 }

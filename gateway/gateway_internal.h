@@ -10,6 +10,7 @@
 #include "gateway/db.h"
 #include "gateway/gateway.h"
 #include "gateway/ledger.h"
+#include "gateway/metrics.h"
 
 typedef struct gw_front gw_front;
 
@@ -24,6 +25,22 @@ void gw_front_stop(gw_front *f);
 gw_db *gw_gateway_db(gw_gateway *gw);
 gw_artifacts *gw_gateway_artifacts(gw_gateway *gw);
 gw_ledger *gw_gateway_ledger(gw_gateway *gw);
+/* The gateway's one Prometheus registry and its aicfn metric set: every call, cold
+ * start, eviction and worker restart is recorded there, whichever front it came in by.
+ * Valid until gw_stop. */
+gw_metrics *gw_gateway_metrics(gw_gateway *gw);
+const gw_stdmetrics *gw_gateway_stdmetrics(gw_gateway *gw);
+/* Sets the gauges that are sampled rather than counted (queue depth per function, live
+ * workers) from the gateway's current state; call before rendering. Thread-safe. */
+void gw_metrics_refresh(gw_gateway *gw);
+
+/* Applies the caller's rate limit and daily quota (keys.h gw_limits, one for the whole
+ * gateway, seeded from the ledger at start) to one invocation, before gw_invoke_submit.
+ * rate_per_s/quota_per_day 0 = unlimited. AICFN_OK (admitted and counted), or
+ * AICFN_E_QUOTA with *retry_after_s (>= 1) and a message; a refused call gets its ledger
+ * row and its count in aicfn_calls_total here. Thread-safe; never blocks on I/O. */
+int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, uint32_t rate_per_s,
+                    uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err);
 
 /* Forgets cached function resolutions (after deploy, rm, activate). Thread-safe. */
 void gw_functions_changed(gw_gateway *gw);
