@@ -134,6 +134,34 @@ static int fh_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aic
     return rc;
 }
 
+/* Repository load/unload: complete the HTTP call with the gateway's outcome. */
+static void fh_model_done(void *user, const gw_invoke_result *res) {
+    gw_http_call *call = user;
+    if (res->code == AICFN_OK) {
+        gw_http_complete(call, AICFN_OK, NULL, NULL, 0);
+    } else {
+        aicfn_error e;
+        aicfn_error_set(&e, res->code, "%s",
+                        res->message && res->message[0] ? res->message : aicfn_strerror(res->code));
+        gw_http_complete(call, e.code, &e, NULL, 0);
+    }
+    rpc_msg_free(res->reply);
+}
+
+static int fh_load(void *ctx, gw_http_call *call, const char *model, uint32_t version,
+                   const gw_http_principal *who, aicfn_error *err) {
+    (void)who; /* http.c lets only admins (or --insecure-local) through */
+    gw_front_http *f = ctx;
+    return gw_model_load(f->gw, model, version, fh_model_done, call, err);
+}
+
+static int fh_unload(void *ctx, gw_http_call *call, const char *model, uint32_t version,
+                     const gw_http_principal *who, aicfn_error *err) {
+    (void)who;
+    gw_front_http *f = ctx;
+    return gw_model_unload(f->gw, model, version, fh_model_done, call, err);
+}
+
 static int fh_index(void *ctx, bool ready_only, gw_http_emit_fn emit, void *arg, aicfn_error *err) {
     gw_front_http *f = ctx;
     gw_function_summary *s = NULL;
@@ -203,6 +231,8 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
                                 .authenticate = gw_insecure_local(gw) ? NULL : fh_authenticate,
                                 .model_info = fh_model_info,
                                 .infer = fh_infer,
+                                .load = fh_load,
+                                .unload = fh_unload,
                                 .repository_index = fh_index,
                                 .before_metrics = fh_before_metrics};
         gw_http_config cfg = {

@@ -92,6 +92,7 @@ struct gw_call {
     uint64_t hash;       /* of fn + inputs + params: crash back-off identity */
     int attempts;
     bool spawned; /* routed to a worker still starting: its cold start includes the spawn */
+    bool preload; /* a repository load (t:"preload"): routed like an invoke, no handler call, no ledger row */
     gw_worker *worker;
     int code; /* for the fail list */
     char message[256];
@@ -292,6 +293,7 @@ static gw_crash *gw_crash_slot(gw_fn *f, uint64_t hash, bool create, uint64_t no
 
 static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_reply *rep, size_t bytes_out,
                       uint64_t spawn_us) {
+    if (c->preload) return; /* not an invocation */
     uint64_t now = clock_now_us();
     char rid[24];
     snprintf(rid, sizeof rid, "%llu", (unsigned long long)c->id);
@@ -592,6 +594,39 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
     memset(&a, 0, sizeof a);
     uint64_t now = clock_now_us();
 
+    if (status == AICFN_OK && c->preload) {
+        /* A preload's answer is the worker's status after the load. */
+        wire_doc doc;
+        memset(&doc, 0, sizeof doc);
+        wire_status_reply rep;
+        aicfn_error e;
+        aicfn_error_clear(&e);
+        int rc = wire_doc_parse(&doc, rpc_msg_data(reply), rpc_msg_len(reply), NULL, &e);
+        if (rc == AICFN_OK) rc = wire_decode_status_reply(&doc, &rep, &e);
+        if (rc == AICFN_OK && !rep.head.ok) {
+            rc = rep.head.code;
+            snprintf(e.msg, sizeof e.msg, "worker %s: %s", w->name, rep.head.message);
+        }
+        pthread_mutex_lock(&gw->mu);
+        w->in_flight--;
+        w->callbacks--;
+        w->last_call_us = now;
+        if (rc == AICFN_OK) gw_worker_apply_summary(w, &rep.w.summary, now);
+        gw_pump_locked(gw, &a);
+        pthread_mutex_unlock(&gw->mu);
+        wire_doc_fini(&doc);
+        rpc_msg_free(reply);
+        if (rc == AICFN_OK)
+            log_info("function %s:%u: model %s loaded on worker %s (repository load)", c->fn->name,
+                     c->fn->ver, c->fn->key, w->name);
+        gw_invoke_result res = {
+            .id = c->id, .code = rc, .message = rc == AICFN_OK ? "" : e.msg, .version = c->fn->ver};
+        c->done(c->user, &res);
+        gw_call_free(c);
+        gw_process(gw, &a);
+        return;
+    }
+
     if (status == AICFN_OK) {
         wire_doc doc;
         wire_invoke_reply rep;
@@ -646,6 +681,13 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
         log_warn("worker %s lost with call %llu (%s:%u) in flight: %s", w->name, (unsigned long long)c->id,
                  c->fn->name, c->fn->ver, err ? err->msg : "");
         gw_worker_dead_locked(gw, w, &a);
+        if (c->preload) {
+            gw_fail_locked(&a, c, AICFN_E_WORKER_LOST, "worker %s died while loading the model", w->name);
+            gw_pump_locked(gw, &a);
+            pthread_mutex_unlock(&gw->mu);
+            gw_process(gw, &a);
+            return;
+        }
         gw_crash *cr = gw_crash_slot(c->fn, c->hash, true, now);
         cr->crashes++;
         cr->last_us = now;
@@ -1419,6 +1461,206 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
     gw_ledger_submit_invocation(gw->ledger, &r);
     gw_stdmetrics_call(&gw->std, r.function, r.version, rc, 0);
     return rc;
+}
+
+/* ---- Repository load / unload ------------------------------------------------------ */
+
+int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_done_fn done, void *user,
+                  aicfn_error *err) {
+    if (!name || !gw_fn_name_valid(name))
+        return aicfn_error_set(err, AICFN_E_INVALID, "invalid function name '%s'", name ? name : "");
+    gw_fn *f = NULL;
+    int rc = gw_resolve(gw, name, version, &f, err);
+    if (rc != AICFN_OK) return rc;
+    if (!f->key[0] || !f->snapshot_path[0])
+        return aicfn_error_set(err, AICFN_E_INVALID, "function %s:%u has no model to load", f->name, f->ver);
+    uint64_t now = clock_now_us();
+    uint64_t timeout_ms = f->cfg.timeout_us / 1000;
+    if (timeout_ms == 0) timeout_ms = 1;
+    gw_call *c = calloc(1, sizeof *c);
+    if (!c) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    c->gw = gw;
+    c->fn = f;
+    c->preload = true;
+    c->id = __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED);
+    snprintf(c->tenant, sizeof c->tenant, "%s", "");
+    c->received_us = now;
+    c->timeout_ms = (uint32_t)timeout_ms;
+    c->deadline_us = now + timeout_ms * 1000;
+    c->attempts = 1;
+    c->done = done;
+    c->user = user;
+    wire_writer w;
+    wire_writer_init(&w);
+    wire_put_map(&w, 6);
+    wire_kv_u64(&w, "v", AICFN_PROTOCOL_VERSION);
+    wire_kv_str(&w, "t", "preload");
+    wire_kv_u64(&w, "id", c->id);
+    wire_kv_str(&w, "model", f->key);
+    wire_kv_str(&w, "snapshot", f->snapshot_path);
+    wire_kv_u64(&w, "deadline_ms", c->timeout_ms);
+    rc = wire_writer_status(&w, err);
+    if (rc == AICFN_OK) {
+        c->wreq = wire_writer_take(&w, &c->wreq_len);
+        if (!c->wreq) rc = aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    }
+    wire_writer_fini(&w);
+    if (rc != AICFN_OK) {
+        gw_call_free(c);
+        return rc;
+    }
+    gw_actions a;
+    memset(&a, 0, sizeof a);
+    pthread_mutex_lock(&gw->mu);
+    if (gw->stopping) {
+        pthread_mutex_unlock(&gw->mu);
+        gw_call_free(c);
+        return aicfn_error_set(err, AICFN_E_UNAVAILABLE, "the gateway is stopping");
+    }
+    gw_route_locked(gw, c, &a);
+    pthread_mutex_unlock(&gw->mu);
+    gw_process(gw, &a);
+    return AICFN_OK;
+}
+
+typedef struct gw_unload_op {
+    gw_gateway *gw;
+    char fn[AICFN_FN_NAME_MAX_BYTES + 1];
+    uint32_t ver;
+    gw_invoke_done_fn done;
+    void *user;
+    pthread_mutex_t mu;
+    unsigned pending;
+    int code;
+    char message[256];
+} gw_unload_op;
+
+typedef struct gw_unload_one {
+    gw_unload_op *op;
+    gw_worker *w;
+} gw_unload_one;
+
+static void gw_unload_finish(gw_unload_op *op) {
+    gw_invoke_result res = {.code = op->code, .message = op->message, .version = op->ver};
+    op->done(op->user, &res);
+    pthread_mutex_destroy(&op->mu);
+    free(op);
+}
+
+/* One worker's part done: the last one answers. */
+static void gw_unload_part(gw_unload_op *op, int code, const char *msg) {
+    pthread_mutex_lock(&op->mu);
+    if (code != AICFN_OK && op->code == AICFN_OK) {
+        op->code = code;
+        snprintf(op->message, sizeof op->message, "%s", msg);
+    }
+    bool last = --op->pending == 0;
+    pthread_mutex_unlock(&op->mu);
+    if (last) gw_unload_finish(op);
+}
+
+static void gw_unload_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    gw_unload_one *one = user;
+    gw_unload_op *op = one->op;
+    gw_gateway *gw = op->gw;
+    gw_worker *w = one->w;
+    free(one);
+    uint64_t now = clock_now_us();
+    wire_doc doc;
+    memset(&doc, 0, sizeof doc);
+    wire_status_reply rep;
+    aicfn_error e;
+    aicfn_error_clear(&e);
+    int rc = status;
+    if (rc == AICFN_OK) {
+        rc = wire_doc_parse(&doc, rpc_msg_data(reply), rpc_msg_len(reply), NULL, &e);
+        if (rc == AICFN_OK) rc = wire_decode_status_reply(&doc, &rep, &e);
+        if (rc == AICFN_OK && !rep.head.ok) {
+            rc = rep.head.code;
+            snprintf(e.msg, sizeof e.msg, "%s", rep.head.message);
+        }
+    } else if (err) {
+        e = *err;
+    }
+    char msg[512];
+    snprintf(msg, sizeof msg, "function %s:%u: unloading from worker %s: %s%s", op->fn, op->ver, w->name,
+             e.msg,
+             rc == AICFN_E_UNAVAILABLE ? " (the model is pinned by calls in flight or still loading)" : "");
+    pthread_mutex_lock(&gw->mu);
+    w->callbacks--;
+    if (rc == AICFN_OK) gw_worker_apply_summary(w, &rep.w.summary, now);
+    pthread_mutex_unlock(&gw->mu);
+    wire_doc_fini(&doc);
+    rpc_msg_free(reply);
+    if (rc == AICFN_OK) log_info("function %s:%u: model unloaded from worker %s", op->fn, op->ver, w->name);
+    gw_unload_part(op, rc, msg);
+}
+
+int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_done_fn done, void *user,
+                    aicfn_error *err) {
+    if (!name || !gw_fn_name_valid(name))
+        return aicfn_error_set(err, AICFN_E_INVALID, "invalid function name '%s'", name ? name : "");
+    gw_fn *f = NULL;
+    int rc = gw_resolve(gw, name, version, &f, err);
+    if (rc != AICFN_OK) return rc;
+    if (!f->key[0])
+        return aicfn_error_set(err, AICFN_E_INVALID, "function %s:%u has no model to unload", f->name,
+                               f->ver);
+    gw_unload_op *op = calloc(1, sizeof *op);
+    if (!op) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    op->gw = gw;
+    snprintf(op->fn, sizeof op->fn, "%s", f->name);
+    op->ver = f->ver;
+    op->done = done;
+    op->user = user;
+    pthread_mutex_init(&op->mu, NULL);
+    op->pending = 1; /* this function's own part, released below */
+    gw_worker *targets[GW_MAX_VIEW];
+    size_t n = 0;
+    pthread_mutex_lock(&gw->mu);
+    for (gw_worker *w = gw->workers; w && n < GW_MAX_VIEW; w = w->next) {
+        if (w->state == GW_WORKER_DEAD || w->state == GW_WORKER_STARTING || !w->client) continue;
+        for (size_t i = 0; i < w->n_models; i++)
+            if (strcmp(w->models[i].key, f->key) == 0) {
+                w->callbacks++; /* keeps the record alive until the answer */
+                targets[n++] = w;
+                break;
+            }
+    }
+    op->pending += (unsigned)n;
+    pthread_mutex_unlock(&gw->mu);
+    for (size_t i = 0; i < n; i++) {
+        gw_worker *w = targets[i];
+        aicfn_error e;
+        wire_writer wr;
+        wire_writer_init(&wr);
+        wire_put_map(&wr, 4);
+        wire_kv_u64(&wr, "v", AICFN_PROTOCOL_VERSION);
+        wire_kv_str(&wr, "t", "unload");
+        wire_kv_u64(&wr, "id", __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED));
+        wire_kv_str(&wr, "model", f->key);
+        int src = wire_writer_status(&wr, &e);
+        gw_unload_one *one = src == AICFN_OK ? malloc(sizeof *one) : NULL;
+        if (src == AICFN_OK && !one) src = aicfn_error_set(&e, AICFN_E_NOMEM, "out of memory");
+        if (one) {
+            one->op = op;
+            one->w = w;
+            src = rpc_call_async(w->client, wr.data, wr.len, GW_POLL_TIMEOUT_MS, gw_unload_cb, one, &e);
+            if (src != AICFN_OK) free(one);
+        }
+        wire_writer_fini(&wr);
+        if (src != AICFN_OK) {
+            pthread_mutex_lock(&gw->mu);
+            w->callbacks--;
+            pthread_mutex_unlock(&gw->mu);
+            char msg[512];
+            snprintf(msg, sizeof msg, "function %s:%u: unloading from worker %s: %s", op->fn, op->ver,
+                     w->name, e.msg);
+            gw_unload_part(op, src, msg);
+        }
+    }
+    gw_unload_part(op, AICFN_OK, "");
+    return AICFN_OK;
 }
 
 void gw_metrics_refresh(gw_gateway *gw) {

@@ -50,6 +50,20 @@ void gw_functions_changed(gw_gateway *gw);
  * AICFN_E_EXISTS when a live worker has that address. Thread-safe. */
 int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn_error *err);
 
+/* Repository load: makes function `name` (version 0 = active)'s model resident on a
+ * worker, routed like an invocation (a worker that has it, one loading it, one with room,
+ * or a new one; queued until the function's timeout), with no handler call and no ledger
+ * row. Repository unload: evicts it from every worker that has it resident; fails with
+ * AICFN_E_UNAVAILABLE naming the worker when it is pinned (calls in flight) or loading.
+ * Returns AICFN_OK when started: `done` then runs exactly once (res->reply is NULL;
+ * code/message say how it went; for unload it may run before this returns). Otherwise
+ * the error, without running done: AICFN_E_NOT_FOUND, AICFN_E_INVALID (no model),
+ * AICFN_E_UNAVAILABLE (stopping). Thread-safe. */
+int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_done_fn done, void *user,
+                  aicfn_error *err);
+int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_done_fn done, void *user,
+                    aicfn_error *err);
+
 /* True when the gateway runs without API keys (--insecure-local). */
 bool gw_insecure_local(const gw_gateway *gw);
 

@@ -7,6 +7,7 @@
 
 #include <errno.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -779,6 +780,114 @@ static void worker_reply_fail(worker *w, rpc_call *call, uint64_t id, int code, 
     worker_reply_error(call, id, code, msg);
 }
 
+/* ---- preload / unload (the gateway's repository load and unload) ----
+ * {t:"preload", id, model, snapshot, deadline_ms?}: makes model `model` resident from
+ * the snapshot at the absolute path `snapshot` (no handler call), on its own thread (a
+ * load takes time; NNG callbacks must not block). {t:"unload", id, model}: evicts it
+ * (AICFN_E_UNAVAILABLE when pinned or loading; not resident is success). Both answer
+ * with a status reply (the worker's state after the operation), or an error reply. */
+
+typedef struct worker_preload {
+    worker *w;
+    rpc_call *call;
+    uint64_t id;
+    uint64_t deadline_us;
+    char key[AICFN_MAX_NAME_BYTES];
+    char path[PATH_MAX];
+} worker_preload;
+
+static void *worker_preload_main(void *arg) {
+    worker_preload *p = arg;
+    worker *w = p->w;
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    loader_acquire_info info;
+    memset(&info, 0, sizeof info);
+    int rc = loader_cache_preload(w->cache, p->key, p->path, p->deadline_us, &info, &err);
+    if (rc == AICFN_OK && info.cold) atomic_fetch_add(&w->n_cold, 1);
+    if (rc == AICFN_OK)
+        log_info("worker %s: preloaded model %s%s", w->id, p->key, info.cold ? "" : " (already resident)");
+    /* Out of flight before the reply: once answered, the worker may be destroyed. */
+    pthread_mutex_lock(&w->mu);
+    if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    if (rc == AICFN_OK)
+        worker_reply_status(w, p->call, p->id);
+    else
+        worker_reply_fail(w, p->call, p->id, rc, err.msg);
+    free(p);
+    return NULL;
+}
+
+static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const wire_header *h) {
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    const char *key = NULL, *path = NULL;
+    uint32_t deadline_ms = 0;
+    int preload = strcmp(h->t, "preload") == 0;
+    int rc = wire_get_cstr(doc, &doc->root, NULL, "model", true, AICFN_MAX_NAME_BYTES - 1, &key, &err);
+    if (rc == AICFN_OK && preload)
+        rc = wire_get_cstr(doc, &doc->root, NULL, "snapshot", true, PATH_MAX - 1, &path, &err);
+    if (rc == AICFN_OK && preload)
+        rc = wire_get_u32(&doc->root, NULL, "deadline_ms", false, &deadline_ms, &err);
+    if (rc == AICFN_OK && key[0] == 0) rc = aicfn_error_set(&err, AICFN_E_PROTOCOL, "%s: empty model", h->t);
+    if (rc != AICFN_OK) {
+        worker_reply_fail(w, call, h->id, rc, err.msg);
+        return;
+    }
+    if (!preload) {
+        rc = loader_cache_evict(w->cache, key, &err);
+        if (rc == AICFN_OK) log_info("worker %s: unloaded model %s", w->id, key);
+        if (rc == AICFN_OK || rc == AICFN_E_NOT_FOUND)
+            worker_reply_status(w, call, h->id);
+        else
+            worker_reply_fail(w, call, h->id, rc, err.msg);
+        return;
+    }
+    if (w->refuse_specs) {
+        worker_reply_fail(w, call, h->id, AICFN_E_FORBIDDEN,
+                          "preload: this worker does not accept function specs");
+        return;
+    }
+    if (path[0] != '/') {
+        worker_reply_fail(w, call, h->id, AICFN_E_INVALID, "preload: snapshot must be an absolute path");
+        return;
+    }
+    worker_preload *p = calloc(1, sizeof *p);
+    if (p == NULL) {
+        worker_reply_fail(w, call, h->id, AICFN_E_NOMEM, "preload: out of memory");
+        return;
+    }
+    p->w = w;
+    p->call = call;
+    p->id = h->id;
+    p->deadline_us = clock_now_us() + (uint64_t)(deadline_ms ? deadline_ms : AICFN_DEFAULT_TIMEOUT_MS) * 1000;
+    snprintf(p->key, sizeof p->key, "%s", key);
+    snprintf(p->path, sizeof p->path, "%s", path);
+    pthread_mutex_lock(&w->mu);
+    int draining = w->draining;
+    if (!draining) w->inflight++;
+    pthread_mutex_unlock(&w->mu);
+    if (draining) {
+        free(p);
+        worker_reply_fail(w, call, h->id, AICFN_E_UNAVAILABLE, "the worker is draining (shutting down)");
+        return;
+    }
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    rc = pthread_create(&t, &attr, worker_preload_main, p);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        pthread_mutex_lock(&w->mu);
+        if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        free(p);
+        worker_reply_fail(w, call, h->id, AICFN_E_NOMEM, "preload: cannot start a thread");
+    }
+}
+
 static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
     worker *w = user;
     aicfn_error err;
@@ -804,6 +913,11 @@ static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_
     if (strcmp(h.t, WIRE_T_STATUS) == 0) {
         worker_req_free(r);
         worker_reply_status(w, call, h.id);
+        return;
+    }
+    if (strcmp(h.t, "preload") == 0 || strcmp(h.t, "unload") == 0) {
+        worker_on_model_op(w, call, &r->doc, &h);
+        worker_req_free(r);
         return;
     }
     if (strcmp(h.t, WIRE_T_INVOKE) != 0) {

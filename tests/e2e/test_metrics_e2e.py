@@ -20,6 +20,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -250,3 +251,79 @@ def test_nng_rate_limit_shared_with_http(procs, tmp_path):
         db_rows(data, "SELECT count(*) FROM invocations WHERE tenant = 'acme' AND status = 'AICFN_E_QUOTA'")),
         10, interval=0.05, what="quota rows")
     assert rows[0][0] >= 2
+
+
+def workers_json(addr):
+    r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def resident(addr, fn):
+    return [w["name"] for w in workers_json(addr) for m in w["models"] if m["function"] == fn and m["state"] == "READY"]
+
+
+def test_repository_load_unload(procs, tmp_path):
+    tritonhttp = pytest.importorskip("tritonclient.http")
+    from tritonclient.utils import InferenceServerException
+    data = tmp_path / "data"
+    addr, hport, g = start(procs, data, memory="16MiB")
+    deploy(addr, ROOT / "examples" / "mlp")
+    deploy(addr, write_model_fn(tmp_path / "big", "big"))
+    c = tritonhttp.InferenceServerClient(url=f"127.0.0.1:{hport}", network_timeout=60.0)
+    try:
+        assert workers_json(addr) == []  # scale from zero: nothing runs yet
+        # load: starts a worker and makes the model resident, with no call (no ledger row).
+        c.load_model("big")
+        assert len(resident(addr, "big")) == 1
+        c.load_model("mlp")
+        assert resident(addr, "mlp") == resident(addr, "big")  # routed to the worker with room
+        c.load_model("big")  # already resident: a no-op
+        # The first call after a load is warm.
+        r = call(addr, invoke_msg("big", [tensor("x", np.arange(3, dtype=np.float32))]), timeout_ms=30000)
+        assert r["ok"] and r["cold"] is False, r
+        time.sleep(0.1)  # the worker unpins just after it replies
+        # unload: evicted from every worker that has it; the other model stays.
+        c.unload_model("big")
+        assert resident(addr, "big") == []
+        assert len(resident(addr, "mlp")) == 1
+        r = call(addr, invoke_msg("big", [tensor("x", np.arange(3, dtype=np.float32))]), timeout_ms=30000)
+        assert r["ok"] and r["cold"] is True, r
+        # A model pinned by a call in flight is not unloaded: a clear error, and it stays.
+        slow = tmp_path / "slow"
+        write_model_fn(slow, "slow")
+        (slow / "aicfn.yaml").write_text(f"name: slow\nhandler: {handler('test_sleep')}\nmodel: w.safetensors\n"
+                                         "limits: { timeout: 20s }\n")
+        deploy(addr, slow)
+        c.load_model("slow")
+        box = {}
+        t = threading.Thread(target=lambda: box.update(r=call(addr, invoke_msg(
+            "slow", [tensor("x", np.arange(3, dtype=np.float32))], params={"sleep_ms": "1500"}), timeout_ms=30000)))
+        t.start()
+        try:
+            wait_for(lambda: any(m["function"] == "slow" and m["pinned"] for w in workers_json(addr)
+                                 for m in w["models"]) or None, 5, interval=0.05, what="slow pinned")
+            with pytest.raises(InferenceServerException) as ei:
+                c.unload_model("slow")
+            assert "pinned" in str(ei.value), str(ei.value)
+        finally:
+            t.join(30)
+        assert box["r"]["ok"], box
+        assert len(resident(addr, "slow")) == 1
+        # Unknown model: a clear error.
+        with pytest.raises(InferenceServerException) as ei:
+            c.load_model("nosuch")
+        assert "not found" in str(ei.value).lower()
+        # A function without a model cannot be loaded.
+        (tmp_path / "nomodel").mkdir()
+        (tmp_path / "nomodel" / "aicfn.yaml").write_text(f"name: nomodel\nhandler: {handler('echo')}\n")
+        deploy(addr, tmp_path / "nomodel")
+        with pytest.raises(InferenceServerException) as ei:
+            c.load_model("nomodel")
+        assert "no model" in str(ei.value)
+    finally:
+        c.close()
+    # Loads are not invocations: the ledger has only the two calls above.
+    time.sleep(0.3)
+    rows = db_rows(data, "SELECT function FROM invocations ORDER BY id")
+    assert rows == [("big",), ("big",), ("slow",)], rows
