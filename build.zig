@@ -165,6 +165,9 @@ fn linkAll(ctx: *const Ctx, c: *std.Build.Step.Compile, lib: *std.Build.Step.Com
 fn addHandler(ctx: *const Ctx, name: []const u8, c_files: []const []const u8, cu_files: []const []const u8) *std.Build.Step.InstallArtifact {
     const b = ctx.b;
     const so = b.addLibrary(.{ .name = name, .linkage = .dynamic, .root_module = newModule(ctx) });
+    // A shared library built with TSan would carry a second copy of the TSan runtime,
+    // which aborts at dlopen ("memory layout is incompatible"): handlers stay uninstrumented.
+    so.root_module.sanitize_thread = false;
     so.root_module.addCSourceFiles(.{ .files = c_files, .flags = ctx.cflags });
     so.root_module.linkSystemLibrary("m", .{});
     so.root_module.linkSystemLibrary("pthread", .{});
