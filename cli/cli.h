@@ -20,6 +20,12 @@ int cli_fail(const aicfn_error *err);
 /* Prints a usage error to stderr and returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+struct json_t;
+
+/* Prints `j` as one line of compact JSON on stdout (`--json` output); `fallback` when j is
+ * NULL or cannot be encoded. Returns CLI_EXIT_OK, or CLI_EXIT_FAIL when nothing printed. */
+int cli_print_json(const struct json_t *j, const char *fallback);
+
 /* The subcommands. */
 int cli_cmd_version(int argc, char **argv);
 int cli_cmd_snapshot(int argc, char **argv);

@@ -65,9 +65,7 @@ int cli_cmd_coldstarts(int argc, char **argv) {
     wire_writer_fini(&w);
     if (rc != AICFN_OK) return cli_fail(&err);
     if (json) {
-        char *s = json_dumps(j, JSON_COMPACT);
-        printf("%s\n", s ? s : "[]");
-        free(s);
+        cli_print_json(j, "[]");
         json_decref(j);
         return CLI_EXIT_OK;
     }

@@ -146,9 +146,7 @@ int cli_cmd_keys(int argc, char **argv) {
                 json_pack("{s:s, s:s, s:s, s:b, s:I, s:I}", "key", key, "key_id", info.key_id, "tenant",
                           info.tenant, "admin", info.admin, "rate_per_s", (json_int_t)info.rate_per_s,
                           "quota_per_day", (json_int_t)info.quota_per_day);
-            char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-            printf("%s\n", s ? s : "{}");
-            free(s);
+            cli_print_json(j, "{}");
             json_decref(j);
         } else {
             printf("%s\n", key);
@@ -182,9 +180,7 @@ int cli_cmd_keys(int argc, char **argv) {
     if (rc != AICFN_OK) return cli_fail(&err);
     if (json) {
         json_t *j = gw_keys_to_json(keys, n);
-        char *s = j ? json_dumps(j, JSON_COMPACT) : NULL;
-        printf("%s\n", s ? s : "[]");
-        free(s);
+        cli_print_json(j, "[]");
         json_decref(j);
         free(keys);
         return CLI_EXIT_OK;

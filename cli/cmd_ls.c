@@ -38,17 +38,10 @@ int cli_cmd_ls(int argc, char **argv) {
     }
     aicfn_error err;
     aicfn_error_clear(&err);
-    wire_writer w;
-    wire_writer_init(&w);
-    cli_gw_begin(&w, "ls", cli_api_key(key), 0);
     json_t *j = NULL;
-    int rc = cli_gw_json(cli_gateway_addr(gateway), NULL, &w, 10000, &j, &err);
-    wire_writer_fini(&w);
-    if (rc != AICFN_OK) return cli_fail(&err);
+    if (cli_gw_query(gateway, key, "ls", &j, &err) != AICFN_OK) return cli_fail(&err);
     if (json) {
-        char *s = json_dumps(j, JSON_COMPACT);
-        printf("%s\n", s ? s : "[]");
-        free(s);
+        cli_print_json(j, "[]");
     } else {
         printf("%-24s %6s %6s %8s %12s %12s %12s\n", "NAME", "ACTIVE", "LATEST", "VERSIONS", "HANDLER",
                "SNAPSHOT", "MODEL");

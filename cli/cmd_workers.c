@@ -39,17 +39,10 @@ int cli_cmd_workers(int argc, char **argv) {
     }
     aicfn_error err;
     aicfn_error_clear(&err);
-    wire_writer w;
-    wire_writer_init(&w);
-    cli_gw_begin(&w, "workers", cli_api_key(key), 0);
     json_t *j = NULL;
-    int rc = cli_gw_json(cli_gateway_addr(gateway), NULL, &w, 10000, &j, &err);
-    wire_writer_fini(&w);
-    if (rc != AICFN_OK) return cli_fail(&err);
+    if (cli_gw_query(gateway, key, "workers", &j, &err) != AICFN_OK) return cli_fail(&err);
     if (json) {
-        char *s = json_dumps(j, JSON_COMPACT);
-        printf("%s\n", s ? s : "[]");
-        free(s);
+        cli_print_json(j, "[]");
         json_decref(j);
         return CLI_EXIT_OK;
     }

@@ -88,6 +88,15 @@ int cli_gw_json(const char *addr, const char *key, wire_writer *w, uint32_t time
     return rc;
 }
 
+int cli_gw_query(const char *gateway, const char *key, const char *type, json_t **out, aicfn_error *err) {
+    wire_writer w;
+    wire_writer_init(&w);
+    cli_gw_begin(&w, type, cli_api_key(key), 0);
+    int rc = cli_gw_json(cli_gateway_addr(gateway), NULL, &w, 10000, out, err);
+    wire_writer_fini(&w);
+    return rc;
+}
+
 const char *cli_flag_value(int argc, char **argv, int *i, const char *flag) {
     size_t n = strlen(flag);
     if (strncmp(argv[*i], flag, n) != 0) return NULL;

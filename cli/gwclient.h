@@ -39,6 +39,10 @@ int cli_gw_call(rpc_client *c, wire_writer *w, uint32_t timeout_ms, rpc_msg **re
 int cli_gw_json(const char *addr, const char *key, wire_writer *w, uint32_t timeout_ms, json_t **out,
                 aicfn_error *err);
 
+/* A query with no fields of its own (`ls`, `workers`): cli_gw_begin + cli_gw_json with
+ * the usual 10 s timeout. */
+int cli_gw_query(const char *gateway, const char *key, const char *type, json_t **out, aicfn_error *err);
+
 /* Registers a worker listening on `addr` (reachable from the gateway: tcp:// across
  * hosts) with the gateway, under `name` (NULL: the gateway names it). The gateway dials
  * it and routes calls to it. Blocks up to 10 s. */
