@@ -20,9 +20,11 @@ typedef struct gw_front_http gw_front_http;
  * --insecure-local: every caller is tenant "local" with admin rights). GET /metrics
  * serves `metrics` with its aicfn set `std` when given (the gateway's registry, so
  * cold starts, evictions and NNG calls recorded by the gateway appear too); when both
- * are NULL the front makes its own registry. Each HTTP call is counted in
- * aicfn_calls_total and aicfn_call_duration_seconds. Returns AICFN_OK and *out, or the
- * error of gw_http_start. */
+ * are NULL it serves the gateway's own registry (gw_gateway_metrics). Calls are counted
+ * by the gateway where they complete (aicfn_calls_total, aicfn_call_duration_seconds),
+ * never by this front. Rate limits and quotas go through gw_invoke_admit (shared with the
+ * NNG front). Repository load/unload run gw_model_load/gw_model_unload. Returns AICFN_OK
+ * and *out, or the error of gw_http_start. */
 int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_metrics *metrics,
                         const gw_stdmetrics *std, gw_front_http **out, aicfn_error *err);
 

@@ -8,7 +8,9 @@
  * the call (router.h) to a worker (starting one when the pool may grow, or queueing it
  * until its deadline), forwards it with the function's spec, retries an idempotent
  * call once on another worker when its worker dies, records one ledger row per call and
- * one cold_starts row per cold start, and reports the outcome through a callback.
+ * one cold_starts row per cold start (and counts each in the gateway's one metrics
+ * registry, metrics.h: calls, cold starts with their phases, evictions, thrash reloads,
+ * worker restarts), and reports the outcome through a callback.
  *
  * Not for: wire encoding details (common/wire.h), SQLite statements (registry/ledger),
  * process spawning (pool.h), the routing rule itself (router.h), HTTP (http.c). */
