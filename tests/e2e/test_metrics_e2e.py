@@ -8,7 +8,8 @@ aicfn_calls_total per function and status equals the ledger's invocation rows;
 aicfn_cold_starts_total per function equals the cold_starts rows, the load-phase
 histograms count every cold start; aicfn_evictions_total equals the evicted entries of
 the cold_starts rows and aicfn_thrash_reloads_total the reloads that followed an
-eviction; aicfn_workers_live and aicfn_queue_depth are exposed. Rate limits on the NNG
+eviction; aicfn_workers_live and aicfn_queue_depth are exposed; a killed worker counts
+in aicfn_worker_restarts_total. Rate limits on the NNG
 front: a tenant with --rate 2/s gets AICFN_E_QUOTA with retry_after_s on a burst, the
 HTTP front then refuses it too (one limiter for the gateway), and after waiting the call
 succeeds.
@@ -16,7 +17,9 @@ succeeds.
 Every wait is bounded.
 """
 import json
+import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -204,6 +207,19 @@ def test_metrics_every_front_match_ledger(procs, tmp_path):
     assert metric_value(text, "aicfn_workers_live", {}) == 1
     assert 'aicfn_queue_depth{function="mlp"} 0' in text
     assert metric_value(text, "aicfn_worker_restarts_total", {}) == 0
+
+    # A local worker killed while serving counts as a restart; the next call gets a new one.
+    r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
+    pid = json.loads(r.stdout)[0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+
+    def restarted():
+        t = http_req(hport, "GET", "/metrics")[2].decode()
+        return t if metric_value(t, "aicfn_worker_restarts_total", {}) == 1 else None
+
+    text = wait_for(restarted, 10, interval=0.05, what="the restart counted")
+    assert call(addr, invoke_msg("mlp", [x16]), timeout_ms=30000)["ok"]
+    assert metric_value(http_req(hport, "GET", "/metrics")[2].decode(), "aicfn_workers_live", {}) == 1
 
 
 def test_nng_rate_limit_shared_with_http(procs, tmp_path):
