@@ -333,7 +333,7 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         for (gw_fn *f = gw->fns; f; f = f->next)
             if (key && strcmp(f->key, key) == 0) {
                 f->evicted_us = wall;
-                if (n_ev < 16) {
+                if (n_ev < 16 && ev[n_ev] == key) { /* named after the first function using it */
                     snprintf(evbuf[n_ev], sizeof evbuf[n_ev], "%s:%u", f->name, f->ver);
                     ev[n_ev] = evbuf[n_ev];
                 }
