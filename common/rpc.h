@@ -12,7 +12,7 @@
  *    with AICFN_E_WORKER_LOST as soon as its connection drops (see rpc_client_open).
  *  - Only tcp://, tcp4://, tcp6://, ipc:// and inproc:// addresses are accepted; http://,
  *    ws://, wss://, tls+tcp:// and anything else is refused with AICFN_E_INVALID.
- *  - Messages are built with nng_msg_alloc + one copy (never nng_msg_insert*).
+ *  - Messages are built with nng_msg_alloc + one copy (never the nng_msg insert functions: nng #1541, #1808).
  *  - Every aio is stopped (nng_aio_stop) before it is freed.
  * NNG errors are mapped to aicfn codes with nng_strerror's text in the message. */
 #ifndef AICFN_COMMON_RPC_H
