@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/grow.h"
 #include "gateway/ledger.h"
 
 /* Domain separation for the stored hash: exactly crypto_generichash_KEYBYTES_MIN (16). */
@@ -177,16 +178,12 @@ int gw_keys_list(gw_db *db, gw_key_info **out, size_t *n, aicfn_error *err) {
     size_t cnt = 0, cap = 0;
     int s = SQLITE_DONE;
     while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            gw_key_info *na = realloc(arr, ncap * sizeof *na);
-            if (!na) {
-                rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing keys");
-                break;
-            }
-            arr = na;
-            cap = ncap;
+        gw_key_info *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
+        if (!na) {
+            rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing keys");
+            break;
         }
+        arr = na;
         key_row(st, &arr[cnt++]);
     }
     if (!rc && s != SQLITE_DONE) rc = gw_db_error(db, s, err, "listing keys");

@@ -13,6 +13,7 @@
 #include <time.h>
 
 #include "common/clock.h"
+#include "common/grow.h"
 #include "common/log.h"
 
 typedef enum { LED_INVOCATION, LED_COLD_START } led_kind;
@@ -458,16 +459,12 @@ int gw_ledger_coldstarts(gw_db *db, const char *function, uint64_t since_us, gw_
         gw_db_bind_text(st, 2, function);
     }
     while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            gw_coldstart_summary *na = realloc(arr, ncap * sizeof *na);
-            if (!na) {
-                rc = aicfn_error_set(err, AICFN_E_NOMEM, "coldstarts");
-                break;
-            }
-            arr = na;
-            cap = ncap;
+        gw_coldstart_summary *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
+        if (!na) {
+            rc = aicfn_error_set(err, AICFN_E_NOMEM, "coldstarts");
+            break;
         }
+        arr = na;
         gw_coldstart_summary *e = &arr[cnt++];
         memset(e, 0, sizeof *e);
         gw_db_column_text(st, 0, e->function, sizeof e->function);
@@ -561,16 +558,12 @@ int gw_ledger_usage(gw_db *db, const char *tenant, uint64_t since_us, gw_usage_r
         gw_db_bind_text(st, 2, tenant);
     }
     while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            gw_usage_row *na = realloc(arr, ncap * sizeof *na);
-            if (!na) {
-                rc = aicfn_error_set(err, AICFN_E_NOMEM, "usage");
-                break;
-            }
-            arr = na;
-            cap = ncap;
+        gw_usage_row *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
+        if (!na) {
+            rc = aicfn_error_set(err, AICFN_E_NOMEM, "usage");
+            break;
         }
+        arr = na;
         gw_usage_row *r = &arr[cnt++];
         memset(r, 0, sizeof *r);
         gw_db_column_text(st, 0, r->tenant, sizeof r->tenant);

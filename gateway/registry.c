@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/grow.h"
 #include "common/dtype.h"
 #include "gateway/artifacts.h"
 
@@ -577,16 +578,12 @@ int gw_registry_list(gw_db *db, gw_function_summary **out, size_t *n, aicfn_erro
     size_t cnt = 0, cap = 0;
     int s = SQLITE_DONE;
     while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            size_t ncap = cap ? cap * 2 : 16;
-            gw_function_summary *na = realloc(arr, ncap * sizeof *na);
-            if (!na) {
-                rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing functions");
-                break;
-            }
-            arr = na;
-            cap = ncap;
+        gw_function_summary *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
+        if (!na) {
+            rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing functions");
+            break;
         }
+        arr = na;
         gw_function_summary *e = &arr[cnt++];
         memset(e, 0, sizeof *e);
         gw_db_column_text(st, 0, e->name, sizeof e->name);
@@ -623,16 +620,12 @@ int gw_registry_versions(gw_db *db, const char *name, gw_function **out, size_t 
     int s = SQLITE_DONE;
     if (!rc) gw_db_bind_text(st, 1, name);
     while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            gw_function *na = realloc(arr, ncap * sizeof *na);
-            if (!na) {
-                rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing versions");
-                break;
-            }
-            arr = na;
-            cap = ncap;
+        gw_function *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
+        if (!na) {
+            rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing versions");
+            break;
         }
+        arr = na;
         rc = reg_row_function(db, st, &arr[cnt], err);
         cnt++;
     }
@@ -681,16 +674,12 @@ static int reg_collect_hashes(gw_db *db, const char *name, uint32_t version, cha
     size_t cap = 0;
     int s;
     while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (*nh == cap) {
-            size_t ncap = cap ? cap * 2 : 4;
-            char(*na)[GW_HASH_HEX_LEN + 1] = realloc(*hs, ncap * sizeof *na);
-            if (!na) {
-                gw_db_done(st);
-                return aicfn_error_set(err, AICFN_E_NOMEM, "rm: collecting hashes");
-            }
-            *hs = na;
-            cap = ncap;
+        char(*na)[GW_HASH_HEX_LEN + 1] = grow_array(*hs, &cap, *nh + 1, sizeof *na);
+        if (!na) {
+            gw_db_done(st);
+            return aicfn_error_set(err, AICFN_E_NOMEM, "rm: collecting hashes");
         }
+        *hs = na;
         gw_db_column_text(st, 0, (*hs)[*nh], GW_HASH_HEX_LEN + 1);
         (*nh)++;
     }
@@ -871,16 +860,12 @@ int gw_registry_worker_list(gw_db *db, gw_worker_row **out, size_t *n, aicfn_err
     size_t cnt = 0, cap = 0;
     int s = SQLITE_DONE;
     while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        if (cnt == cap) {
-            size_t ncap = cap ? cap * 2 : 8;
-            gw_worker_row *na = realloc(arr, ncap * sizeof *na);
-            if (!na) {
-                rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing workers");
-                break;
-            }
-            arr = na;
-            cap = ncap;
+        gw_worker_row *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
+        if (!na) {
+            rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing workers");
+            break;
         }
+        arr = na;
         gw_worker_row *w = &arr[cnt++];
         memset(w, 0, sizeof *w);
         gw_db_column_text(st, 0, w->id, sizeof w->id);

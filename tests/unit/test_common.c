@@ -3,11 +3,13 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
 #include "common/dtype.h"
 #include "common/error.h"
+#include "common/grow.h"
 #include "common/units.h"
 
 static void error_table_is_complete(void **state) {
@@ -85,11 +87,29 @@ static void dtype_facts(void **state) {
     assert_int_equal(dtype_tensor_bytes(AICFN_DTYPE_FP32, neg, 1, &n), -1);
 }
 
+static void grow_array_doubles_and_refuses_overflow(void **state) {
+    (void)state;
+    size_t cap = 0;
+    int *a = grow_array(NULL, &cap, 1, sizeof *a);
+    assert_non_null(a);
+    assert_int_equal(cap, 8);
+    for (int i = 0; i < 8; i++) a[i] = i;
+    assert_ptr_equal(grow_array(a, &cap, 8, sizeof *a), a); /* fits: unchanged */
+    int *b = grow_array(a, &cap, 9, sizeof *b);
+    assert_non_null(b);
+    assert_int_equal(cap, 16);
+    assert_int_equal(b[7], 7); /* contents kept */
+    size_t before = cap;
+    assert_null(grow_array(b, &cap, SIZE_MAX / 2, sizeof *b)); /* would overflow */
+    assert_int_equal(cap, before);
+    free(b);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(error_table_is_complete), cmocka_unit_test(error_set_and_wrap),
         cmocka_unit_test(units_sizes),             cmocka_unit_test(units_durations),
-        cmocka_unit_test(dtype_facts),
+        cmocka_unit_test(dtype_facts),             cmocka_unit_test(grow_array_doubles_and_refuses_overflow),
     };
     return cmocka_run_group_tests_name("common", tests, NULL, NULL);
 }
