@@ -4,6 +4,7 @@
 #include "worker/batcher.h"
 
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -96,6 +97,10 @@ static void *batcher_exec_main(void *arg) {
         worker_batch_item *expired = batcher_take_expired(b, now);
         if (expired) {
             batcher_run_expired(b, expired);
+            continue;
+        }
+        if (b->busy) { /* a batch runs inline on a submitting thread */
+            batcher_wait_until(&b->cond_exec, &b->mu, 0);
             continue;
         }
         if (b->count == 0) {
@@ -211,6 +216,33 @@ int worker_batcher_submit(worker_batcher *b, worker_batch_item *item, aicfn_erro
     }
     item->next = NULL;
     item->dequeued_us = 0;
+    if (b->cfg.run_inline && b->cfg.max_batch == 1 && b->count == 0 && !b->busy) {
+        /* Nothing queued or running: run it here, saving the hand-off to the executor. */
+        uint64_t now = clock_now_us();
+        item->dequeued_us = now;
+        bool expired = item->deadline_us != 0 && item->deadline_us <= now;
+        if (expired) {
+            b->stats.expired++;
+        } else {
+            b->busy = 1;
+            b->stats.running = 1;
+        }
+        pthread_mutex_unlock(&b->mu);
+        if (expired) {
+            b->expire(b->ctx, item);
+            return AICFN_OK;
+        }
+        worker_batch_item *one = item;
+        b->exec(b->ctx, &one, 1);
+        pthread_mutex_lock(&b->mu);
+        b->busy = 0;
+        b->stats.running = 0;
+        b->stats.batches++;
+        b->stats.executed++;
+        pthread_cond_signal(&b->cond_exec); /* items queued meanwhile, or closing */
+        pthread_mutex_unlock(&b->mu);
+        return AICFN_OK;
+    }
     if (b->tail)
         b->tail->next = item;
     else

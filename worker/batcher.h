@@ -1,9 +1,10 @@
 /* batcher.h: one function's request queue and its executor. Requests are grouped into
  * batches: a batch leaves when it holds max_batch requests, or when max_delay_us has
  * passed since its OLDEST request arrived, whichever comes first. Batches run one at a
- * time on the batcher's own executor thread (so a handler instance is never called
- * concurrently), and a request whose deadline passes while it waits is dropped with
- * the expire callback instead of running.
+ * time on the batcher's own executor thread, or with run_inline on the submitting
+ * thread (either way a handler instance is never called concurrently), and a request
+ * whose deadline passes while it waits is dropped with the expire callback instead of
+ * running.
  *
  * Not for: decoding, models or replies. The caller embeds a worker_batch_item in its
  * own request record and gets it back in the callbacks.
@@ -16,6 +17,7 @@
 #ifndef AICFN_WORKER_BATCHER_H
 #define AICFN_WORKER_BATCHER_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "common/error.h"
@@ -30,7 +32,8 @@ typedef struct worker_batch_item {
 } worker_batch_item;
 
 /* Runs one batch of n items (1 <= n <= max_batch) in arrival order, on the executor
- * thread. The callee owns the items from then on (it replies and frees them). */
+ * thread (or inline in worker_batcher_submit, see run_inline). The callee owns the
+ * items from then on (it replies and frees them). */
 typedef void (*worker_batch_exec_fn)(void *ctx, worker_batch_item **items, uint32_t n);
 
 /* An item whose deadline passed while queued: never executed. Called on one of the
@@ -42,6 +45,11 @@ typedef struct worker_batcher_config {
     uint64_t max_delay_us; /* 0: send what is there as soon as the executor is free */
     uint32_t max_queue;    /* most queued items; 0 = AICFN_DEFAULT_QUEUE_PER_FUNCTION */
     const char *name;      /* for log lines (copied) */
+    /* With max_batch 1: a request submitted while nothing is queued or running runs
+     * at once on the submitting thread, inside worker_batcher_submit (one thread
+     * hand-off less per call). Still one batch at a time; queued ones go to the
+     * executor. Only for exec callbacks that never wait long (no model loads). */
+    bool run_inline;
 } worker_batcher_config;
 
 typedef struct worker_batcher worker_batcher;

@@ -547,7 +547,10 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
     worker_batcher_config bc = {.max_batch = f->max_batch,
                                 .max_delay_us = f->max_delay_us,
                                 .max_queue = c->max_queue,
-                                .name = f->name};
+                                .name = f->name,
+                                /* No model to wait for: a warm call runs on the NNG
+                                 * callback thread, without a hop to the executor. */
+                                .run_inline = f->max_batch == 1 && !f->snapshot};
     rc = worker_batcher_create(&bc, worker_fn_exec, worker_fn_expire, f, &f->batcher, err);
     if (rc != AICFN_OK) {
         worker_fn_free(f);

@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -253,12 +254,94 @@ static void queue_limit_close_and_drain(void **state) {
     worker_batcher_destroy(NULL);
 }
 
+/* run_inline: with nothing queued or running, the batch of one runs inside
+ * worker_batcher_submit on the caller's thread; while it runs, later items queue and
+ * run on the executor after it, never concurrently with it. */
+typedef struct inl {
+    rec r;
+    pthread_t ran_on[4];
+    int running, max_running;
+    worker_batcher *b;
+    item its[4];
+} inl;
+
+static void inl_exec(void *ctx, worker_batch_item **items, uint32_t n) {
+    inl *x = ctx;
+    pthread_mutex_lock(&x->r.mu);
+    int id = ((item *)items[0])->id;
+    if (id >= 0 && id < 4) x->ran_on[id] = pthread_self();
+    if (++x->running > x->max_running) x->max_running = x->running;
+    pthread_mutex_unlock(&x->r.mu);
+    if (id == 1) sleep_ms(150);
+    pthread_mutex_lock(&x->r.mu);
+    x->running--;
+    pthread_mutex_unlock(&x->r.mu);
+    on_exec(&x->r, items, n);
+}
+
+static void inl_expire(void *ctx, worker_batch_item *w) {
+    on_expire(&((inl *)ctx)->r, w);
+}
+
+static void *inl_submit_1(void *arg) {
+    inl *x = arg;
+    submit(x->b, &x->its[1], 1, clock_now_us(), 0);
+    return NULL;
+}
+
+static void inline_runs_on_submitting_thread(void **state) {
+    (void)state;
+    inl *x = calloc(1, sizeof *x);
+    assert_non_null(x);
+    rec_init(&x->r);
+    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t", .run_inline = true};
+    assert_int_equal(worker_batcher_create(&cfg, inl_exec, inl_expire, x, &x->b, NULL), 0);
+    /* Idle batcher: executed before submit returns, on this thread. */
+    submit(x->b, &x->its[0], 0, clock_now_us(), 0);
+    assert_true(x->its[0].executed);
+    assert_true(pthread_equal(x->ran_on[0], pthread_self()));
+    /* Item 1 runs inline on another thread for 150 ms; item 2 queues behind it. */
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, inl_submit_1, x), 0);
+    uint64_t until = clock_now_us() + 5000000;
+    for (;;) {
+        pthread_mutex_lock(&x->r.mu);
+        int running = x->running;
+        pthread_mutex_unlock(&x->r.mu);
+        if (running || clock_now_us() > until) break;
+        sleep_ms(1);
+    }
+    submit(x->b, &x->its[2], 2, clock_now_us(), 0);
+    pthread_mutex_lock(&x->r.mu);
+    int ran2 = x->its[2].executed;
+    pthread_mutex_unlock(&x->r.mu);
+    assert_false(ran2);
+    wait_done(&x->r, 3);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_true(pthread_equal(x->ran_on[1], t));
+    assert_false(pthread_equal(x->ran_on[2], pthread_self()));
+    assert_false(pthread_equal(x->ran_on[2], t));
+    assert_int_equal(x->max_running, 1);
+    assert_true(x->its[2].done_us >= x->its[1].done_us);
+    /* Past its deadline when submitted: expired, never run. */
+    uint64_t now = clock_now_us();
+    submit(x->b, &x->its[3], 3, now, now - 1);
+    wait_done(&x->r, 4);
+    assert_true(x->its[3].expired && !x->its[3].executed);
+    worker_batcher_stats st;
+    wait_stats(x->b, 3, 1, &st);
+    assert_int_equal(st.executed, 3);
+    assert_int_equal(st.expired, 1);
+    worker_batcher_destroy(x->b);
+    rec_fini(&x->r);
+    free(x);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(full_batches_leave_at_once),
-        cmocka_unit_test(partial_batch_waits_max_delay),
-        cmocka_unit_test(deadline_expires_while_busy),
-        cmocka_unit_test(queue_limit_close_and_drain),
+        cmocka_unit_test(full_batches_leave_at_once),       cmocka_unit_test(partial_batch_waits_max_delay),
+        cmocka_unit_test(deadline_expires_while_busy),      cmocka_unit_test(queue_limit_close_and_drain),
+        cmocka_unit_test(inline_runs_on_submitting_thread),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
