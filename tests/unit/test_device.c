@@ -311,6 +311,44 @@ static void host_budget_enforced(void **state) {
     assert_int_equal(loader_device_host_open(0, &d, &err), AICFN_E_INVALID);
 }
 
+/* The host device keeps the last freed large mapping and hands it to the next allocation
+ * it can hold: same address, trimmed, reported free by mem_info, still under the budget. */
+static void host_reuses_the_last_freed_large_mapping(void **state) {
+    (void)state;
+    aicfn_error err;
+    loader_device *d;
+    const uint64_t budget = 16u << 20;
+    assert_int_equal(loader_device_host_open(budget, &d, &err), AICFN_OK);
+    loader_dev_buf a, b, c, e;
+    assert_int_equal(loader_device_alloc(d, 4u << 20, &a, &err), AICFN_OK);
+    memset(a.ptr, 0xAB, (size_t)a.bytes);
+    void *first = a.ptr;
+    loader_device_free(d, &a);
+    uint64_t free_b, total_b;
+    assert_int_equal(loader_device_mem_info(d, &free_b, &total_b, &err), AICFN_OK);
+    assert_int_equal(free_b, budget); /* the kept mapping counts as free */
+
+    const uint64_t want = (3u << 20) + 100;
+    assert_int_equal(loader_device_alloc(d, want, &b, &err), AICFN_OK);
+    assert_ptr_equal(b.ptr, first);
+    /* Not a new mapping (that would read zeros): like cudaMalloc, reused memory is not
+     * cleared below the requested size. */
+    assert_int_equal(((const unsigned char *)b.ptr)[0], 0xAB);
+    assert_int_equal(((const unsigned char *)b.ptr)[want - 1], 0xAB);
+    assert_int_equal(b.bytes, loader_device_alloc_size(d, want));
+    const unsigned char *tail = (const unsigned char *)b.ptr + want;
+    for (uint64_t i = 0; i < b.bytes - want; i++) assert_int_equal(tail[i], 0); /* tail cleared */
+    assert_int_equal(loader_device_mem_info(d, &free_b, &total_b, &err), AICFN_OK);
+    assert_int_equal(free_b, budget - b.bytes);
+
+    /* The rest of the budget is allocatable, and not one page more. */
+    assert_int_equal(loader_device_alloc(d, budget - b.bytes, &c, &err), AICFN_OK);
+    assert_int_equal(loader_device_alloc(d, 4096, &e, &err), AICFN_E_CAPACITY);
+    loader_device_free(d, &c);
+    loader_device_free(d, &b);
+    loader_device_close(d);
+}
+
 #define T(be, f)                                                                                             \
     { #be "/" #f, f, be_setup, be_teardown, &be }
 #define SUITE(be)                                                                                            \
@@ -323,6 +361,7 @@ int main(void) {
         SUITE(cuda_be),
         cmocka_unit_test(open_specs),
         cmocka_unit_test(host_budget_enforced),
+        cmocka_unit_test(host_reuses_the_last_freed_large_mapping),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
