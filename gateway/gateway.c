@@ -1413,40 +1413,9 @@ void gw_stop(gw_gateway *gw) {
     free(gw);
 }
 
-int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
-                     void *user, aicfn_error *err) {
-    aicfn_error local;
-    if (!err) err = &local;
-    int rc = gw_submit(gw, req, tenant, done, user, err);
-    if (rc != AICFN_OK) {
-        /* Refused before it ran: still one ledger row (the call happened, and failed). */
-        char rid[24];
-        snprintf(rid, sizeof rid, "%llu", (unsigned long long)req->id);
-        uint64_t in_bytes = 0;
-        for (uint32_t i = 0; i < req->n_inputs; i++)
-            in_bytes += req->inputs[i].nbytes;
-        gw_invocation_record r = {.request_id = rid,
-                                  .tenant = tenant ? tenant : "",
-                                  .function = req->fn && gw_fn_name_valid(req->fn) ? req->fn : "",
-                                  .version = req->ver,
-                                  .status = rc,
-                                  .bytes_in = in_bytes};
-        gw_ledger_submit_invocation(gw->ledger, &r);
-        gw_stdmetrics_call(&gw->std, r.function, r.version, rc, 0);
-    }
-    return rc;
-}
-
-int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, uint32_t rate_per_s,
-                    uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err) {
-    *retry_after_s = 0;
-    if (rate_per_s == 0 && quota_per_day == 0) return AICFN_OK;
-    aicfn_error local;
-    if (!err) err = &local;
-    int rc = gw_limits_check(gw->limits, tenant ? tenant : "", rate_per_s, quota_per_day, clock_wall_us(),
-                             retry_after_s, err);
-    if (rc == AICFN_OK) return AICFN_OK;
-    /* Refused by a limit: one ledger row and one counted call, like any refused call. */
+/* A call refused before it ran (unknown function, queue full, back-off, rate or quota)
+ * still happened: it gets one ledger row and one counted call, with status `rc`. */
+static void gw_record_refused(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, int rc) {
     char rid[24];
     snprintf(rid, sizeof rid, "%llu", (unsigned long long)req->id);
     uint64_t in_bytes = 0;
@@ -1460,6 +1429,26 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
                               .bytes_in = in_bytes};
     gw_ledger_submit_invocation(gw->ledger, &r);
     gw_stdmetrics_call(&gw->std, r.function, r.version, rc, 0);
+}
+
+int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
+                     void *user, aicfn_error *err) {
+    aicfn_error local;
+    if (!err) err = &local;
+    int rc = gw_submit(gw, req, tenant, done, user, err);
+    if (rc != AICFN_OK) gw_record_refused(gw, req, tenant, rc);
+    return rc;
+}
+
+int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, uint32_t rate_per_s,
+                    uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err) {
+    *retry_after_s = 0;
+    if (rate_per_s == 0 && quota_per_day == 0) return AICFN_OK;
+    aicfn_error local;
+    if (!err) err = &local;
+    int rc = gw_limits_check(gw->limits, tenant ? tenant : "", rate_per_s, quota_per_day, clock_wall_us(),
+                             retry_after_s, err);
+    if (rc != AICFN_OK) gw_record_refused(gw, req, tenant, rc);
     return rc;
 }
 
