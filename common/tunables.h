@@ -39,6 +39,7 @@
 #define AICFN_SNAP_EXP_PLANE_LEVEL 1           /* measured: level 1 beats 3..15 on exponent planes */
 #define AICFN_SNAP_MANT_PLANE_LEVEL 1          /* measured: mantissa planes are ~random; 1 = fastest at the same ratio */
 #define AICFN_SNAP_MAX_THREADS 64
+#define AICFN_SNAP_UNFILTER_PIECE (64u << 10)  /* loader: unfilter + checksum in pieces this size (cache-hot) */
 
 /* ---- Loader and cache (design.md §6) ---- */
 #define AICFN_DEFAULT_HOST_BUDGET (1ull << 30) /* host device budget when none is given */
@@ -81,6 +82,7 @@
 #define AICFN_ARTIFACT_MAX_UPLOADS 16         /* uploads open at once per store */
 #define AICFN_TENANT_MAX_BYTES 64             /* tenant names */
 #define AICFN_FN_NAME_MAX_BYTES 64            /* function names ([A-Za-z0-9_.-], URL-safe) */
+#define AICFN_WORKER_ID_MAX_BYTES 63          /* worker names (gateway's view, workers table id) */
 #define AICFN_MAX_BATCH 4096                  /* batching.max_batch */
 #define AICFN_MAX_DELAY_US_MAX 10000000ull    /* batching.max_delay_us: at most 10 s */
 #define AICFN_MAX_TIMEOUT_US (3600ull * 1000000ull) /* limits.timeout: at most 1 h */

@@ -32,7 +32,24 @@ struct gw_db {
  * Times are integer microseconds since the Unix epoch (wall clock); durations are
  * integer microseconds; sizes are integer bytes. Nothing in the ledger references the
  * functions or tenants tables by foreign key: history outlives the removal of a function
- * version or the revocation of a key. */
+ * version or the revocation of a key.
+ *
+ * `workers` mirrors the gateway's live pool (ledger.h gw_ledger_submit_worker, an UPSERT
+ * by id through the ledger writer, so the request path never waits on it). id is the
+ * worker's name: w<N> for a local worker (N continues across gateway restarts, so a row
+ * is never reused by a later gateway's worker), the registered name for a remote one
+ * (pid NULL; registering that name again overwrites its row). device is '' and
+ * budget_bytes 0 until its first status answer. started_us: spawn or registration;
+ * last_seen_us: its last status answer (refreshed once per AICFN_WORKER_POLL_MS poll,
+ * not per call). state is one of
+ *   'starting'  spawned or registered, first status not answered yet
+ *   'ready'     answered; routable
+ *   'draining'  asked to drain (idle scale-down) or says it drains
+ *   'exited'    left the pool in order: drained and exited, or the gateway stopped
+ *   'lost'      left unexpectedly: crashed, killed (kill -9, or by the gateway after a
+ *               call overran its timeout), failed to start or to answer status polls,
+ *               or still live when an earlier gateway process died (a starting gateway
+ *               marks those rows 'lost' before it starts any worker). */
 static const char *const db_migrations[] = {
     /* 1: the initial schema. */
     "CREATE TABLE function_names ("

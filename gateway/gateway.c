@@ -7,7 +7,11 @@
  * and their pending calls. Decisions are taken under it; anything that may block or call
  * back (NNG sends, spawning, done callbacks, ledger submits) runs after it is released,
  * from "action lists" collected under the lock. NNG completion callbacks, the pool's
- * exit callback and the maintenance thread all follow that pattern.
+ * exit callback and the maintenance thread all follow that pattern. One exception: the
+ * rows of the workers table (gw_worker_row_locked) are queued under the lock, because
+ * the rows of one worker must reach the ledger in the order its state changed; that
+ * submit is a copy into the ledger's bounded in-memory queue (ledger.h), never SQLite,
+ * and the ledger never takes gw->mu.
  *
  * Not for: message formats (common/wire.h), the client front (front_nng.c), SQLite
  * statements (registry.c, ledger.c). */
@@ -184,6 +188,50 @@ static void gw_call_free(gw_call *c) {
     if (!c) return;
     free(c->wreq);
     free(c);
+}
+
+/* ---- Worker rows (the workers table) -------------------------------------------- */
+
+/* Queues w's row in the workers table with state `st` (lock held: see the top of the
+ * file). A local worker whose fork has not returned yet has no name and gets no row. */
+static void gw_worker_row_locked(gw_gateway *gw, const gw_worker *w, gw_worker_row_state st) {
+    if (!gw->ledger || (w->pool_id == 0 && w->addr[0] == 0)) return;
+    bool seen = w->last_seen_wall_us != 0;
+    gw_worker_record r = {.id = w->name,
+                          .address = w->addr,
+                          .device = w->device,
+                          .budget_bytes = seen ? w->budget_bytes : 0,
+                          .pid = w->pid,
+                          .started_us = w->started_wall_us,
+                          .last_seen_us = seen ? w->last_seen_wall_us : w->started_wall_us,
+                          .state = st};
+    int rc = gw_ledger_submit_worker(gw->ledger, &r);
+    if (rc != AICFN_OK && rc != AICFN_E_OVERLOADED) /* a full queue was logged by the ledger */
+        log_warn("worker %s: its '%s' row was not queued: %s", w->name, gw_worker_row_state_name(st),
+                 aicfn_strerror(rc));
+}
+
+/* The row state of a live worker's view. */
+static gw_worker_row_state gw_row_state(const gw_worker *w) {
+    switch (w->state) {
+    case GW_WORKER_STARTING:
+        return GW_WROW_STARTING;
+    case GW_WORKER_READY:
+        return GW_WROW_READY;
+    case GW_WORKER_DRAINING:
+        return GW_WROW_DRAINING;
+    case GW_WORKER_DEAD:
+        break;
+    }
+    return GW_WROW_LOST;
+}
+
+/* Applies a worker's piggybacked summary; a worker that says it drains gets its row. */
+static void gw_apply_summary_locked(gw_gateway *gw, gw_worker *w, const wire_worker_summary *s,
+                                    uint64_t now) {
+    gw_worker_state before = w->state;
+    gw_worker_apply_summary(w, s, now);
+    if (w->state != before && w->state == GW_WORKER_DRAINING) gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
 }
 
 /* ---- Function resolution (cached) ----------------------------------------------- */
@@ -566,6 +614,9 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     /* A local worker that dies while serving (not drained, not stopping) gets replaced. */
     if (w->pool_id && w->state != GW_WORKER_DRAINING && !gw->stopping)
         gw_metric_add(gw->std.worker_restarts, NULL, 1);
+    /* Asked to leave (drained, or the gateway stops): exited; anything else: lost. */
+    gw_worker_row_locked(gw, w,
+                         w->state == GW_WORKER_DRAINING || gw->stopping ? GW_WROW_EXITED : GW_WROW_LOST);
     w->state = GW_WORKER_DEAD;
     if (w->pool_id && gw->pool) gw_pool_kill(gw->pool, w->pool_id);
     gw_call *p = w->pending_head;
@@ -611,7 +662,7 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
         w->in_flight--;
         w->callbacks--;
         w->last_call_us = now;
-        if (rc == AICFN_OK) gw_worker_apply_summary(w, &rep.w.summary, now);
+        if (rc == AICFN_OK) gw_apply_summary_locked(gw, w, &rep.w.summary, now);
         gw_pump_locked(gw, &a);
         pthread_mutex_unlock(&gw->mu);
         wire_doc_fini(&doc);
@@ -650,7 +701,7 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
         w->in_flight--;
         w->callbacks--;
         w->last_call_us = now;
-        if (rep.has_st) gw_worker_apply_summary(w, &rep.st, now);
+        if (rep.has_st) gw_apply_summary_locked(gw, w, &rep.st, now);
         if (rep.has_coldstart && c->spawned && !w->spawn_attributed) {
             spawn_us = w->spawn_us;
             w->spawn_attributed = true;
@@ -752,10 +803,17 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
     w->callbacks--;
     w->poll_pending = false;
     w->last_poll_us = now;
-    if (rc == AICFN_OK) {
+    if (rc == AICFN_OK && w->state != GW_WORKER_DEAD) {
         w->consecutive_poll_failures = 0;
+        w->last_seen_wall_us = clock_wall_us();
         snprintf(w->device, sizeof w->device, "%s", rep.w.device ? rep.w.device : "");
         gw_worker_apply_summary(w, &rep.w.summary, now);
+        /* One row per status answer: the state, and last_seen_us refreshed once per poll
+         * (AICFN_WORKER_POLL_MS), never per call. */
+        if (w->state == GW_WORKER_STARTING)
+            gw_worker_row_locked(gw, w, rep.w.summary.draining ? GW_WROW_DRAINING : GW_WROW_READY);
+        else
+            gw_worker_row_locked(gw, w, gw_row_state(w));
         if (w->state == GW_WORKER_STARTING) {
             w->state = rep.w.summary.draining ? GW_WORKER_DRAINING : GW_WORKER_READY;
             if (w->pool_id) w->spawn_us = now - w->started_us;
@@ -843,16 +901,20 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
                 w->pool_id = id;
                 w->pid = pid;
                 w->started_us = t0;
+                w->started_wall_us = clock_wall_us();
                 if (w->state == GW_WORKER_DEAD) {
                     gw_pool_kill(gw->pool, id);
+                    gw_worker_row_locked(gw, w, gw->stopping ? GW_WROW_EXITED : GW_WROW_LOST);
                 } else {
                     rc = gw_worker_connect(w, &e);
                     if (rc == AICFN_OK) {
                         w->callbacks++;
                         w->poll_pending = true;
                         next.polls[next.n_polls++] = w;
+                        gw_worker_row_locked(gw, w, GW_WROW_STARTING);
                     } else {
                         gw_pool_kill(gw->pool, id);
+                        gw_worker_row_locked(gw, w, GW_WROW_LOST);
                     }
                 }
             }
@@ -1085,6 +1147,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
             log_info("worker %s idle for %llu ms: draining it (scale down)", w->name,
                      (unsigned long long)((now - w->last_call_us) / 1000));
             w->state = GW_WORKER_DRAINING;
+            gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
             if (gw->pool) gw_pool_terminate(gw->pool, w->pool_id);
             alive--;
         }
@@ -1143,6 +1206,21 @@ static void *gw_maint_main(void *arg) {
 
 /* ---- Registration, views ---------------------------------------------------------- */
 
+/* A live worker named `name`, or NULL (lock held). */
+static gw_worker *gw_worker_by_name_locked(gw_gateway *gw, const char *name) {
+    for (gw_worker *w = gw->workers; w; w = w->next)
+        if (w->state != GW_WORKER_DEAD && strcmp(w->name, name) == 0) return w;
+    return NULL;
+}
+
+/* w<digits>: the names of local workers (pool ids), not for remote ones. */
+static bool gw_worker_name_reserved(const char *name) {
+    if (name[0] != 'w' || !name[1]) return false;
+    for (const char *p = name + 1; *p; p++)
+        if (*p < '0' || *p > '9') return false;
+    return true;
+}
+
 int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn_error *err) {
     int rc = rpc_check_url(addr, err);
     if (rc != AICFN_OK) return rc;
@@ -1150,6 +1228,9 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn
         return aicfn_error_set(err, AICFN_E_INVALID, "worker address too long");
     gw_actions a;
     memset(&a, 0, sizeof a);
+    if (name && name[0] && gw_worker_name_reserved(name))
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "worker name '%s': names w<N> are the gateway's local workers'", name);
     pthread_mutex_lock(&gw->mu);
     for (gw_worker *w = gw->workers; w; w = w->next)
         if (w->state != GW_WORKER_DEAD && strcmp(w->addr, addr) == 0) {
@@ -1158,8 +1239,16 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn
         }
     char gen[64];
     if (!name || !name[0]) {
-        snprintf(gen, sizeof gen, "r%u", ++gw->next_remote);
+        /* r<N>, skipping names live workers use. */
+        for (int tries = 0; tries < GW_MAX_VIEW + 1; tries++) {
+            snprintf(gen, sizeof gen, "r%u", ++gw->next_remote);
+            if (!gw_worker_by_name_locked(gw, gen)) break;
+        }
         name = gen;
+    }
+    if (gw_worker_by_name_locked(gw, name)) {
+        pthread_mutex_unlock(&gw->mu);
+        return aicfn_error_set(err, AICFN_E_EXISTS, "a live worker is already named '%s'", name);
     }
     gw_worker *w = gw_worker_new(name, addr, 0, 0, clock_now_us());
     if (!w) {
@@ -1177,6 +1266,7 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn
     w->callbacks++;
     w->poll_pending = true;
     a.polls[a.n_polls++] = w;
+    gw_worker_row_locked(gw, w, GW_WROW_STARTING);
     pthread_mutex_unlock(&gw->mu);
     log_info("worker %s registered at %s", name, addr);
     gw_process(gw, &a);
@@ -1210,12 +1300,13 @@ json_t *gw_workers_json(gw_gateway *gw) {
                                   "bytes", (json_int_t)m->bytes, "pinned", (int)m->pinned, "idle_ms",
                                   (json_int_t)(now > m->last_use_us ? (now - m->last_use_us) / 1000 : 0)));
         }
-        json_t *o =
-            json_pack("{s:s, s:s, s:I, s:s, s:s, s:b, s:I, s:I, s:i, s:I, s:o*}", "name", w->name, "address",
-                      w->addr, "pid", (json_int_t)w->pid, "state", gw_worker_state_name(w->state), "device",
-                      w->device, "local", w->pool_id != 0, "budget_bytes", (json_int_t)w->budget_bytes,
-                      "free_bytes", (json_int_t)w->free_bytes, "in_flight", (int)w->in_flight, "spawn_us",
-                      (json_int_t)w->spawn_us, "models", models);
+        json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:s, s:b, s:I, s:I, s:i, s:I, s:I, s:I, s:o*}", "name",
+                              w->name, "address", w->addr, "pid", (json_int_t)w->pid, "state",
+                              gw_worker_state_name(w->state), "device", w->device, "local", w->pool_id != 0,
+                              "budget_bytes", (json_int_t)w->budget_bytes, "free_bytes",
+                              (json_int_t)w->free_bytes, "in_flight", (int)w->in_flight, "spawn_us",
+                              (json_int_t)w->spawn_us, "started_us", (json_int_t)w->started_wall_us,
+                              "last_seen_us", (json_int_t)w->last_seen_wall_us, "models", models);
         if (o) json_array_append_new(arr, o);
     }
     pthread_mutex_unlock(&gw->mu);
@@ -1307,6 +1398,16 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
         if (rc == AICFN_OK) gw_clean_run_dir(gw->run_dir);
     }
     if (rc == AICFN_OK) rc = gw_db_open(gw->data_dir, &gw->db, err);
+    uint32_t first_local = 1;
+    if (rc == AICFN_OK) {
+        /* Rows an earlier gateway left live are not ours: before any worker starts. */
+        uint64_t n_lost = 0;
+        rc = gw_workers_mark_lost(gw->db, &n_lost, err);
+        if (rc == AICFN_OK && n_lost)
+            log_warn("%llu worker row(s) left live by an earlier gateway process marked lost",
+                     (unsigned long long)n_lost);
+        if (rc == AICFN_OK) rc = gw_workers_next_local_id(gw->db, &first_local, err);
+    }
     if (rc == AICFN_OK) rc = gw_artifacts_open(gw->data_dir, &gw->art, err);
     if (rc == AICFN_OK) rc = gw_ledger_create(gw->data_dir, 0, 0, 0, &gw->ledger, err);
     if (rc == AICFN_OK) {
@@ -1324,7 +1425,8 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
         gw_pool_config pc = {.exe = gw->worker_exe,
                              .run_dir = gw->run_dir,
                              .device = gw->device,
-                             .worker_memory = gw->worker_memory};
+                             .worker_memory = gw->worker_memory,
+                             .first_id = first_local};
         rc = gw_pool_create(&pc, gw_on_exit, gw, &gw->pool, err);
     }
     if (rc == AICFN_OK) {
@@ -1378,7 +1480,11 @@ void gw_stop(gw_gateway *gw) {
     if (gw->maint_started) {
         pthread_mutex_lock(&gw->mu);
         for (gw_worker *w = gw->workers; w; w = w->next)
-            if (w->state != GW_WORKER_DEAD) w->state = GW_WORKER_DEAD;
+            if (w->state != GW_WORKER_DEAD) {
+                /* Remote workers (local ones exited with the pool): unlinked in order. */
+                gw_worker_row_locked(gw, w, GW_WROW_EXITED);
+                w->state = GW_WORKER_DEAD;
+            }
         pthread_cond_signal(&gw->maint_cv);
         pthread_mutex_unlock(&gw->mu);
         pthread_join(gw->maint, NULL);
@@ -1577,7 +1683,7 @@ static void gw_unload_cb(void *user, int status, rpc_msg *reply, const aicfn_err
              rc == AICFN_E_UNAVAILABLE ? " (the model is pinned by calls in flight or still loading)" : "");
     pthread_mutex_lock(&gw->mu);
     w->callbacks--;
-    if (rc == AICFN_OK) gw_worker_apply_summary(w, &rep.w.summary, now);
+    if (rc == AICFN_OK && w->state != GW_WORKER_DEAD) gw_apply_summary_locked(gw, w, &rep.w.summary, now);
     pthread_mutex_unlock(&gw->mu);
     wire_doc_fini(&doc);
     rpc_msg_free(reply);

@@ -1,5 +1,6 @@
-/* ledger.c: the invocation and cold-start ledger: a bounded queue, one writer thread
- * committing batches to aicfn.db, and the coldstarts/usage queries.
+/* ledger.c: the invocation and cold-start ledger and the workers table's rows: a bounded
+ * queue, one writer thread committing batches to aicfn.db, the coldstarts/usage
+ * queries, and the workers table's start-of-gateway fix-ups.
  *
  * Not for: deciding what to record (the router and front build the records), metrics
  * (gateway/metrics.c reads gw_ledger_get_stats). */
@@ -16,7 +17,7 @@
 #include "common/grow.h"
 #include "common/log.h"
 
-typedef enum { LED_INVOCATION, LED_COLD_START } led_kind;
+typedef enum { LED_INVOCATION, LED_COLD_START, LED_WORKER } led_kind;
 
 /* One queued record; strings point into the same allocation (or are NULL). */
 typedef struct led_rec {
@@ -32,6 +33,11 @@ typedef struct led_rec {
     bool cold;
     uint64_t compressed_bytes, raw_bytes;
     uint64_t phase[GW_PHASE_COUNT];
+    /* LED_WORKER: id in `worker`, plus these. */
+    char *address;
+    gw_worker_row_state wstate;
+    int64_t pid;
+    uint64_t started_us, last_seen_us, budget_bytes;
 } led_rec;
 
 struct gw_ledger {
@@ -61,6 +67,12 @@ static const char *const led_phase_names[GW_PHASE_COUNT] = {"spawn",  "queue", "
                                                             "filter", "copy",  "init", "total"};
 static const char *const led_phase_cols[GW_PHASE_COUNT] = {
     "spawn_us", "queue_us", "read_us", "decompress_us", "filter_us", "copy_us", "init_us", "total_us"};
+
+static const char *const led_wrow_names[GW_WROW_COUNT] = {"starting", "ready", "draining", "exited", "lost"};
+
+const char *gw_worker_row_state_name(gw_worker_row_state s) {
+    return (unsigned)s < GW_WROW_COUNT ? led_wrow_names[s] : "?";
+}
 
 const char *gw_phase_name(gw_phase p) {
     return (unsigned)p < GW_PHASE_COUNT ? led_phase_names[p] : "?";
@@ -194,6 +206,27 @@ int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *in) {
     return led_enqueue(l, r);
 }
 
+int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *in) {
+    if (!in->id || !in->id[0] || strlen(in->id) > AICFN_WORKER_ID_MAX_BYTES ||
+        (unsigned)in->state >= GW_WROW_COUNT)
+        return AICFN_E_INVALID;
+    const char *address = in->address ? in->address : "";
+    const char *device = in->device ? in->device : "";
+    led_rec *r = calloc(1, sizeof *r + led_len(in->id) + led_len(address) + led_len(device));
+    if (!r) return AICFN_E_NOMEM;
+    char *cur = (char *)(r + 1);
+    r->kind = LED_WORKER;
+    r->worker = led_put(&cur, in->id);
+    r->address = led_put(&cur, address);
+    r->device = led_put(&cur, device);
+    r->wstate = in->state;
+    r->pid = in->pid > 0 ? in->pid : 0;
+    r->budget_bytes = in->budget_bytes;
+    r->started_us = in->started_us ? in->started_us : clock_wall_us();
+    r->last_seen_us = in->last_seen_us ? in->last_seen_us : r->started_us;
+    return led_enqueue(l, r);
+}
+
 /* ---- Writer --------------------------------------------------------------------- */
 
 static sqlite3_int64 led_i64(uint64_t v) {
@@ -228,6 +261,28 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
         sqlite3_bind_int64(st, 15, led_i64(r->total_us));
         sqlite3_bind_int64(st, 16, led_i64(r->gpu_us));
         sqlite3_bind_int(st, 17, r->cold ? 1 : 0);
+    } else if (r->kind == LED_WORKER) {
+        /* One row per worker name, always holding its latest record (ledger.h). */
+        rc = gw_db_stmt(db,
+                        "INSERT INTO workers(id, address, device, budget_bytes, pid, started_us, "
+                        "last_seen_us, state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) "
+                        "ON CONFLICT(id) DO UPDATE SET address = excluded.address, device = "
+                        "excluded.device, budget_bytes = excluded.budget_bytes, pid = excluded.pid, "
+                        "started_us = excluded.started_us, last_seen_us = excluded.last_seen_us, "
+                        "state = excluded.state",
+                        &st, err);
+        if (rc) return rc;
+        gw_db_bind_text(st, 1, r->worker);
+        gw_db_bind_text(st, 2, r->address);
+        gw_db_bind_text(st, 3, r->device);
+        sqlite3_bind_int64(st, 4, led_i64(r->budget_bytes));
+        if (r->pid > 0)
+            sqlite3_bind_int64(st, 5, r->pid);
+        else
+            sqlite3_bind_null(st, 5);
+        sqlite3_bind_int64(st, 6, led_i64(r->started_us));
+        sqlite3_bind_int64(st, 7, led_i64(r->last_seen_us));
+        gw_db_bind_text(st, 8, gw_worker_row_state_name(r->wstate));
     } else {
         rc = gw_db_stmt(
             db,
@@ -631,6 +686,49 @@ json_t *gw_usage_to_json(const gw_usage_row *rows, size_t n, const gw_usage_row 
         return NULL;
     }
     return json_pack("{s:o, s:o, s:f}", "rows", arr, "total", t, "price_per_gpu_s", price_per_gpu_s);
+}
+
+/* ---- Worker rows ------------------------------------------------------------------ */
+
+int gw_workers_mark_lost(gw_db *db, uint64_t *n, aicfn_error *err) {
+    if (n) *n = 0;
+    gw_db_lock(db);
+    sqlite3_stmt *st = NULL;
+    int rc = gw_db_stmt(
+        db, "UPDATE workers SET state = 'lost' WHERE state IN ('starting', 'ready', 'draining')", &st, err);
+    if (!rc) {
+        int s = sqlite3_step(st);
+        if (s != SQLITE_DONE)
+            rc = gw_db_error(db, s, err, "marking the workers of an earlier gateway lost");
+        else if (n)
+            *n = (uint64_t)sqlite3_changes(gw_db_sqlite(db));
+    }
+    gw_db_done(st);
+    gw_db_unlock(db);
+    return rc;
+}
+
+int gw_workers_next_local_id(gw_db *db, uint32_t *out, aicfn_error *err) {
+    *out = 1;
+    gw_db_lock(db);
+    sqlite3_stmt *st = NULL;
+    int rc = gw_db_stmt(db,
+                        "SELECT coalesce(max(CAST(substr(id, 2) AS INTEGER)), 0) FROM workers WHERE "
+                        "id GLOB 'w[0-9]*' AND NOT id GLOB 'w*[^0-9]*' AND pid IS NOT NULL",
+                        &st, err);
+    if (!rc) {
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW) {
+            sqlite3_int64 max = sqlite3_column_int64(st, 0);
+            /* Ids wrap (never 0) rather than overflow: names repeat after 4 billion workers. */
+            *out = max >= 0 && max < (sqlite3_int64)UINT32_MAX - 1 ? (uint32_t)max + 1 : 1;
+        } else {
+            rc = gw_db_error(db, s, err, "reading the last local worker id");
+        }
+    }
+    gw_db_done(st);
+    gw_db_unlock(db);
+    return rc;
 }
 
 int gw_ledger_count_by_tenant(gw_db *db, uint64_t since_us,

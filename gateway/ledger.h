@@ -1,6 +1,7 @@
-/* ledger.h: the records of every invocation and cold start, written to aicfn.db by ONE
- * writer thread in batched transactions, and the queries `aicfn coldstarts` and
- * `aicfn usage` print.
+/* ledger.h: the records of every invocation and cold start, and the rows of the
+ * `workers` table that mirror the gateway's live pool, written to aicfn.db by ONE writer
+ * thread in batched transactions, and the queries `aicfn coldstarts` and `aicfn usage`
+ * print (the workers table is read back by registry.h gw_registry_worker_list).
  *
  * The request path never waits on SQLite: gw_ledger_submit_* copies the record into a
  * bounded in-memory queue and returns. The writer commits whatever is queued at least
@@ -70,6 +71,42 @@ typedef struct gw_cold_start_record {
     size_t n_evicted;
 } gw_cold_start_record;
 
+/* The states a row of the `workers` table takes (the gateway's live pool, mirrored;
+ * the states are documented with the schema in db.c and in docs/architecture.md):
+ *   starting  spawned (local) or registered (remote); its first status not answered yet
+ *   ready     answered its first status; routable
+ *   draining  asked to drain (idle scale-down) or says it drains; takes no new calls
+ *   exited    left the pool in order: drained and exited, or the gateway stopped cleanly
+ *   lost      left the pool unexpectedly: crashed or killed (kill -9, or by the gateway
+ *             after a call overran its timeout), failed to start, stopped answering
+ *             status polls, or was live when an earlier gateway process ended without
+ *             stopping it (marked at the next gateway's start, gw_workers_mark_lost). */
+typedef enum gw_worker_row_state {
+    GW_WROW_STARTING = 0,
+    GW_WROW_READY = 1,
+    GW_WROW_DRAINING = 2,
+    GW_WROW_EXITED = 3,
+    GW_WROW_LOST = 4,
+    GW_WROW_COUNT
+} gw_worker_row_state;
+
+/* "starting", "ready", "draining", "exited", "lost"; "?" for anything else. */
+const char *gw_worker_row_state_name(gw_worker_row_state s);
+
+/* One worker's row, written as an UPSERT keyed by `id`: the row always holds the latest
+ * record of that worker name. Strings are borrowed for the call (copied; NULL is stored
+ * as ""). `id` must be 1..AICFN_WORKER_ID_MAX_BYTES bytes. */
+typedef struct gw_worker_record {
+    const char *id;        /* the worker's name: w<N> (local) or the name it registered with */
+    const char *address;   /* the address the gateway dials */
+    const char *device;    /* "" until its first status */
+    uint64_t budget_bytes; /* its cache budget; 0 until its first status */
+    int64_t pid;           /* local workers; <= 0 (remote: unknown) is stored as NULL */
+    uint64_t started_us;   /* wall clock: spawn or registration; 0 = now */
+    uint64_t last_seen_us; /* wall clock: its last status answer; 0 = started_us */
+    gw_worker_row_state state;
+} gw_worker_record;
+
 /* The GPU time billed to one request of a batch: exec_us divided by batch_size,
  * rounded UP to a whole µs (so a call that ran is never billed 0, and a batch's
  * members together are billed at most batch_size - 1 µs more than the batch ran).
@@ -94,6 +131,11 @@ void gw_ledger_destroy(gw_ledger *l);
  * AICFN_E_CANCELED after destroy began; AICFN_E_NOMEM. Thread-safe. */
 int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *r);
 int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *r);
+/* Queues a worker row (UPSERT into `workers`). Rows are committed in the order they were
+ * submitted, so a caller that submits one worker's changes in order (gateway.c does it
+ * under its own lock) leaves the row with the latest. Same returns as above, plus
+ * AICFN_E_INVALID for an empty or overlong id or an unknown state. Thread-safe. */
+int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *r);
 
 /* Waits until every record submitted before the call is committed (or dropped), or
  * timeout_ms passes (AICFN_E_TIMEOUT). For tests and for a CLI query right after a
@@ -182,6 +224,22 @@ double gw_usage_cost(uint64_t gpu_us, double price_per_gpu_s);
  * New reference or NULL. */
 json_t *gw_usage_to_json(const gw_usage_row *rows, size_t n, const gw_usage_row *total,
                          double price_per_gpu_s);
+
+/* ---- Worker rows at gateway start ------------------------------------------------ */
+
+/* Marks `lost` every row still `starting`, `ready` or `draining`: called synchronously
+ * when a gateway opens aicfn.db, before it starts or registers any worker, so those rows
+ * are leftovers of a gateway process that ended without stopping its workers (kill -9,
+ * crash); they are not this gateway's workers. One data directory serves one gateway at
+ * a time. *n (may be NULL) gets the number of rows changed. Takes the lock; blocks on
+ * SQLite. */
+int gw_workers_mark_lost(gw_db *db, uint64_t *n, aicfn_error *err);
+
+/* The number the next local worker should take (its name is w<N>): one more than the
+ * highest N of a local row (a `wN` id with a pid), 1 when there is none, so local
+ * worker names, and the ledger rows that name them, stay unique across gateway
+ * restarts. Takes the lock. */
+int gw_workers_next_local_id(gw_db *db, uint32_t *out, aicfn_error *err);
 
 /* Invocations per tenant with time_us >= since_us, for seeding daily quotas at start
  * (keys.h gw_limits_seed). Calls fn(tenant, count, ctx) for each tenant. */

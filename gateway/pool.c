@@ -85,6 +85,7 @@ static pool_child *pool_find(gw_pool *p, uint32_t id) {
  * async-signal-safe functions before execv). */
 static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     r->id = ++p->next_id;
+    if (r->id == 0) r->id = p->next_id = 1; /* wrapped: ids are never 0 */
     int n = snprintf(r->addr, sizeof r->addr, "ipc://%s/w%ld-%u.ipc", p->run_dir, (long)getpid(), r->id);
     if (n < 0 || (size_t)n >= sizeof r->addr) {
         r->code =
@@ -249,6 +250,7 @@ int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg
     p->grace_us = cfg->kill_grace_us ? cfg->kill_grace_us : (uint64_t)AICFN_WORKER_KILL_GRACE_MS * 1000;
     p->on_exit = on_exit;
     p->arg = arg;
+    p->next_id = cfg->first_id ? cfg->first_id - 1 : 0;
     bool oom = !p->exe || !p->run_dir || !p->device;
     if (cfg->extra_args) {
         while (cfg->extra_args[p->n_extra])

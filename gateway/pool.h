@@ -33,6 +33,7 @@ typedef struct gw_pool_config {
     uint64_t worker_memory;        /* each worker's cache budget in bytes; 0 = the worker's default */
     uint64_t kill_grace_us;        /* SIGTERM -> SIGKILL escalation; 0 = AICFN_WORKER_KILL_GRACE_MS */
     const char *const *extra_args; /* NULL-terminated extra arguments for every worker, or NULL */
+    uint32_t first_id;             /* id (and name w<id>) of the first worker started; 0 = 1 */
 } gw_pool_config;
 
 /* Called from the pool's thread, with no pool lock held, once per worker that exited

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/clock.h"
 #include "common/tunables.h"
 
 gw_worker *gw_worker_new(const char *name, const char *addr, uint32_t pool_id, pid_t pid, uint64_t now_us) {
@@ -17,6 +18,7 @@ gw_worker *gw_worker_new(const char *name, const char *addr, uint32_t pool_id, p
     w->pid = pid;
     w->state = GW_WORKER_STARTING;
     w->started_us = now_us;
+    w->started_wall_us = clock_wall_us();
     w->last_call_us = now_us;
     return w;
 }

@@ -50,17 +50,20 @@ typedef struct gw_worker {
     uint32_t callbacks; /* async callbacks outstanding (calls + polls) */
     bool poll_pending;
     uint64_t last_poll_us;
-    uint64_t last_call_us; /* last call sent or completed (idle timer) */
-    uint64_t started_us;   /* spawn (or registration) time */
-    uint64_t spawn_us;     /* start to first status reply; 0 for remote */
-    bool spawn_attributed; /* spawn_us already given to a cold-start record */
+    uint64_t last_call_us;      /* last call sent or completed (idle timer) */
+    uint64_t started_us;        /* spawn (or registration) time */
+    uint64_t started_wall_us;   /* the same, wall clock (the workers table's started_us) */
+    uint64_t last_seen_wall_us; /* wall clock of its last status answer; 0 = none yet */
+    uint64_t spawn_us;          /* start to first status reply; 0 for remote */
+    bool spawn_attributed;      /* spawn_us already given to a cold-start record */
     uint32_t consecutive_poll_failures;
 
     struct gw_call *pending_head, *pending_tail; /* routed here while STARTING */
     struct gw_worker *next;
 } gw_worker;
 
-/* Allocates a worker record (state STARTING, no client yet). NULL when out of memory. */
+/* Allocates a worker record (state STARTING, no client yet; started_wall_us = now on the
+ * wall clock). NULL when out of memory. */
 gw_worker *gw_worker_new(const char *name, const char *addr, uint32_t pool_id, pid_t pid, uint64_t now_us);
 
 /* Opens the REQ client dialing w->addr in the background (RECVMAXSZ set, resend

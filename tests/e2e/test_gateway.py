@@ -7,7 +7,10 @@ cold_starts rows' evicted lists), single flight (20 simultaneous first calls -> 
 start), scale to zero (idle worker exits; the next call spawns one, spawn_us > 0), kill -9
 of a worker with calls in flight (idempotent calls retried and succeed, others get
 AICFN_E_WORKER_LOST, nothing runs twice, one ledger row per call), kill -9 of the gateway
-after an acknowledged deploy (still there after restart, integrity_check ok), and hostile
+after an acknowledged deploy (still there after restart, integrity_check ok, the dead
+gateway's worker row marked lost), the workers table mirroring the pool (ready with its
+pid, exited after scale to zero or a clean stop, lost after kill -9, one row refresh per
+status poll and not per call, `aicfn workers --history`), and hostile
 clients (handshake drops, a 2^40-byte length header, malformed msgpack) while others work.
 Every wait is bounded.
 """
@@ -76,6 +79,30 @@ def db_rows(data: Path, sql: str, args=()):
 def wait_rows(data, sql, args, n, timeout=10):
     return wait_for(lambda: (lambda r: r if len(r) >= n else None)(db_rows(data, sql, args)), timeout,
                     interval=0.05, what=f"{n} rows of {sql}")
+
+
+def worker_row(data: Path, name: str):
+    """The workers-table row of worker `name` as a dict (or None), read through a separate
+    read-only connection while the gateway writes (WAL readers never block the writer)."""
+    con = sqlite3.connect(f"file:{data / 'aicfn.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        con.row_factory = sqlite3.Row
+        r = con.execute("SELECT id, address, device, budget_bytes, pid, started_us, last_seen_us, state "
+                        "FROM workers WHERE id = ?", (name,)).fetchone()
+        return dict(r) if r else None
+    finally:
+        con.close()
+
+
+def wait_worker_row(data: Path, name: str, state: str, timeout=15):
+    return wait_for(lambda: (lambda r: r if r and r["state"] == state else None)(worker_row(data, name)),
+                    timeout, interval=0.05, what=f"worker {name}'s row to say {state!r}")
+
+
+def gateway_status(addr) -> dict:
+    r = call(addr, {"v": PROTOCOL_VERSION, "t": "status", "id": next_id()}, timeout_ms=5000)
+    assert r["ok"], r
+    return json.loads(r["json"])
 
 
 def write_manifest(d: Path, text: str) -> Path:
@@ -234,6 +261,91 @@ def test_scale_to_zero_and_respawn(procs, tmp_path):
     assert len(rows) == 2 and all(s > 0 for (s,) in rows), rows
 
 
+def test_workers_table_follows_the_pool_to_scale_to_zero(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", idle="2s")
+    deploy(addr, ROOT / "examples" / "echo")
+    t_before_us = time.time_ns() // 1000
+    r = call(addr, invoke_msg("echo", [tensor("x", np.arange(4, dtype=np.int32))]), timeout_ms=30000)
+    assert r["ok"], r
+    pool = workers(addr)
+    assert len(pool) == 1
+    w = pool[0]
+    # `aicfn workers --json`: pid, state, start and last status times (wall-clock µs).
+    assert w["pid"] > 0 and w["state"] == "ready" and w["local"] is True
+    assert t_before_us - 5_000_000 <= w["started_us"] <= w["last_seen_us"] <= time.time_ns() // 1000 + 5_000_000
+    # The row mirrors the live worker, committed while the gateway runs.
+    row = wait_worker_row(data, w["name"], "ready")
+    assert row["pid"] == w["pid"] and row["address"] == w["address"] and row["device"] == w["device"]
+    assert row["budget_bytes"] == w["budget_bytes"] > 0
+    assert row["started_us"] == w["started_us"] and row["last_seen_us"] >= row["started_us"]
+    # The status polls (every 1 s) refresh last_seen_us, also while the worker drains.
+    first_seen = row["last_seen_us"]
+    wait_for(lambda: (worker_row(data, w["name"]) or {}).get("last_seen_us", 0) > first_seen, 10, interval=0.1,
+             what="a status poll to refresh last_seen_us")
+    # Idle for 2 s: drained (scale to zero); once it exits, its row says so.
+    row = wait_worker_row(data, w["name"], "exited", timeout=20)
+    assert row["pid"] == w["pid"]
+    wait_for(lambda: not Path(f"/proc/{w['pid']}").exists() or
+             Path(f"/proc/{w['pid']}/stat").read_text().split()[2] == "Z", 10, what="the drained worker to exit")
+    assert workers(addr) == []
+    # The next call starts a new worker with a new name: the old row is kept as it was.
+    r = call(addr, invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.int32))]), timeout_ms=30000)
+    assert r["ok"], r
+    w2 = workers(addr)[0]
+    assert w2["name"] != w["name"] and w2["pid"] != w["pid"]
+    assert wait_worker_row(data, w2["name"], "ready")["pid"] == w2["pid"]
+    assert worker_row(data, w["name"])["state"] == "exited"
+    # A clean stop of the gateway drains its workers: exited, not lost.
+    assert g.stop(timeout=20) == 0
+    assert worker_row(data, w2["name"])["state"] == "exited"
+
+
+def test_workers_table_lost_worker_and_no_row_per_call(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    deploy(addr, ROOT / "examples" / "echo")
+    x = tensor("x", np.arange(4, dtype=np.int32))
+    assert call(addr, invoke_msg("echo", [x]), timeout_ms=30000)["ok"]
+    w = workers(addr)[0]
+    wait_worker_row(data, w["name"], "ready")
+
+    # last_seen_us is refreshed once per status poll, never per call: 200 calls add
+    # their 200 ledger rows and only about one worker row per second.
+    def committed_settled():
+        a = gateway_status(addr)["ledger_committed"]
+        time.sleep(0.3)  # > the ledger's 100 ms flush interval
+        b = gateway_status(addr)["ledger_committed"]
+        return b if a == b else None
+
+    before = wait_for(committed_settled, 10, interval=0.0, what="the ledger to settle")
+    t0 = time.monotonic()
+    for _ in range(200):
+        assert call(addr, invoke_msg("echo", [x]), timeout_ms=10000)["ok"]
+    after = wait_for(lambda: (lambda c: c if c is not None and c >= before + 200 else None)(committed_settled()),
+                     10, interval=0.0, what="200 ledger rows")
+    took = time.monotonic() - t0
+    worker_rows = after - before - 200
+    assert 0 <= worker_rows <= took + 3, (worker_rows, took)
+
+    # kill -9: the worker is lost, not exited; its replacement gets a new name and row.
+    os.kill(w["pid"], signal.SIGKILL)
+    row = wait_worker_row(data, w["name"], "lost")
+    assert row["pid"] == w["pid"]
+    r = call(addr, invoke_msg("echo", [x]), timeout_ms=30000)
+    assert r["ok"], r
+    w2 = workers(addr)[0]
+    assert w2["name"] != w["name"]
+    assert wait_worker_row(data, w2["name"], "ready")["pid"] == w2["pid"]
+    assert worker_row(data, w["name"])["state"] == "lost"
+    # `aicfn workers --history` reads the rows back, newest first.
+    h = run_cli(["workers", "--history", "--data-dir", data, "--json"])
+    assert h.returncode == 0, h.stderr
+    hist = json.loads(h.stdout)
+    assert [(x["name"], x["state"], x["pid"]) for x in hist] == [(w2["name"], "ready", w2["pid"]),
+                                                                (w["name"], "lost", w["pid"])]
+    h = run_cli(["workers", "--history", "--data-dir", data])
+    assert h.returncode == 0 and "lost" in h.stdout and w["name"] in h.stdout, h
+
+
 def test_kill_worker_with_calls_in_flight(procs, tmp_path):
     sleep_so = handler("test_sleep")
     write_manifest(tmp_path / "slowi", f"name: slowi\nhandler: {sleep_so}\nlimits: {{ timeout: 20s }}\nidempotent: true\n")
@@ -298,19 +410,29 @@ def test_kill_gateway_after_deploy(procs, tmp_path):
     addr, data, g = start_gateway(procs, tmp_path, port=port)
     assert deploy(addr, ROOT / "examples" / "echo") == 1
     assert call(addr, invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.int32))]), timeout_ms=30000)["ok"]
-    wpid = workers(addr)[0]["pid"]
+    w = workers(addr)[0]
+    wpid = w["pid"]
+    assert wait_worker_row(data, w["name"], "ready")["pid"] == wpid
     g.p.kill()
     g.p.wait(timeout=10)
+    assert worker_row(data, w["name"])["state"] == "ready"  # nobody left to say otherwise
     # Its worker dies with it (PR_SET_PDEATHSIG), leaving no orphan.
     wait_for(lambda: not Path(f"/proc/{wpid}").exists() or Path(f"/proc/{wpid}/stat").read_text().split()[2] == "Z",
              10, what="the dead gateway's worker to exit")
     left = list((data / "run").glob("*.ipc"))
     assert left  # SIGKILL left the worker's socket file behind
     addr2, _, g2 = start_gateway(procs, tmp_path, port=port, data=data, name="gateway2")
+    # The new gateway marked the dead one's worker lost before it answered anything.
+    assert worker_row(data, w["name"])["state"] == "lost"
     ls = json.loads(run_cli(["ls", "--gateway", addr2, "--json"]).stdout)
     assert [x["name"] for x in ls] == ["echo"]
     r = call(addr2, invoke_msg("echo", [tensor("x", np.arange(5, dtype=np.int32))]), timeout_ms=30000)
     assert r["ok"] and np.array_equal(output(r, "x"), np.arange(5, dtype=np.int32))
+    # Its own worker continues the numbering: the dead gateway's row stays as it is.
+    w2 = workers(addr2)[0]
+    assert w2["name"] != w["name"]
+    assert wait_worker_row(data, w2["name"], "ready")["pid"] == w2["pid"]
+    assert worker_row(data, w["name"])["state"] == "lost"
     assert db_rows(data, "PRAGMA integrity_check") == [("ok",)]
     # The restarted gateway removed the dead one's worker sockets.
     assert all(not p.exists() for p in left)
