@@ -1,15 +1,20 @@
 /* pipeline.c: the parallel load pipeline (pipeline.h): snapshot frames -> one device
  * allocation, verified, timed.
  *
- * N threads each own a snap_dctx, a read buffer and a scratch buffer, and take frames in
- * order. Host devices: decompress straight into the destination (or into scratch and
- * unfilter into the destination when the frame is filtered). Other devices: the same
- * into a staging buffer (pinned), then an asynchronous copy whose ticket hands the
- * staging buffer back. A thread takes its frame number only after it holds a staging
- * buffer, so a frame never waits on an earlier one that still lacks a buffer.
- * Verification runs on the raw bytes as each frame passes: a tensor inside one frame is
- * hashed at once; a tensor spanning frames has a streaming XXH3 state fed in blob order
- * (a thread whose part comes next waits for the earlier parts; that wait is wait_us).
+ * N threads each own a snap_dctx and a scratch buffer, and take frames in order. A
+ * frame's compressed bytes are decompressed in place from the reader's mapping of the
+ * file (the page cache; no copy), or read with pread into a per-thread buffer when the
+ * file cannot be mapped. Host devices: decompress straight into the destination (or
+ * into scratch when the frame is filtered). Other devices: the same into a staging
+ * buffer (pinned), then an asynchronous copy whose ticket hands the staging buffer back.
+ * A thread takes its frame number only after it holds a staging buffer, so a frame never
+ * waits on an earlier one that still lacks a buffer.
+ * The filter is reversed into the destination in cache-sized pieces, and each piece is
+ * checksummed right after it lands, while still in cache (one pass over the raw bytes
+ * instead of an unfilter pass and a hashing pass). A tensor inside one frame has its own
+ * XXH3 state; a tensor spanning frames has a shared state fed in blob order (a part
+ * whose turn has not come is hashed after the frame, once the earlier parts are in;
+ * that wait is wait_us).
  * Not for: residency (cache.c) or the file format (snapshots/). */
 #include "loader/pipeline.h"
 
@@ -44,6 +49,7 @@ typedef struct pl_job {
     loader_device *dev;
     const loader_dev_buf *buf;
     int host, staged, verify;
+    int mapped; /* frames are read in place from the reader's mapping (no read buffer) */
     uint32_t n_frames;
     size_t max_comp, scratch_bytes;
     _Atomic uint32_t next_frame;
@@ -119,51 +125,125 @@ static void pl_fail(pl_job *j, uint32_t frame, const aicfn_error *e) {
     pthread_mutex_unlock(&j->mu);
 }
 
-/* Verifies the tensors overlapping frame `fi`, whose raw bytes are at `raw`. */
-static int pl_verify(pl_job *j, uint32_t fi, const snap_frame *f, const unsigned char *raw, uint64_t *wait_us,
-                     aicfn_error *err) {
-    const snap_manifest *m = j->man;
-    uint64_t lo = f->raw_offset, hi = f->raw_offset + f->raw_size;
-    for (uint32_t t = pl_first_tensor(m, lo); t < m->n_tensors && m->tensors[t].offset < hi; t++) {
-        const snap_tensor *ts = &m->tensors[t];
-        if (ts->nbytes == 0) continue;
-        uint64_t a = ts->offset > lo ? ts->offset : lo;
-        uint64_t b = ts->offset + ts->nbytes < hi ? ts->offset + ts->nbytes : hi;
-        const unsigned char *p = raw + (a - lo);
-        size_t len = (size_t)(b - a);
-        int32_t s = j->span_of[t];
-        if (s < 0) {
-            if (XXH3_64bits(p, len) != ts->xxh3)
-                return aicfn_error_set(err, AICFN_E_CORRUPT, "tensor '%s': XXH3 mismatch (expected %016llx)",
-                                       ts->name, (unsigned long long)ts->xxh3);
-            continue;
-        }
-        pl_span *sp = &j->spans[s];
-        uint64_t want = a - ts->offset;
-        pthread_mutex_lock(&j->mu);
-        if (sp->fed != want) {
-            uint64_t w0 = clock_now_us();
-            while (sp->fed != want && !atomic_load(&j->abort))
-                pthread_cond_wait(&j->cv, &j->mu);
-            *wait_us += clock_now_us() - w0;
-        }
-        pthread_mutex_unlock(&j->mu);
-        if (atomic_load(&j->abort)) return AICFN_E_CANCELED;
-        (void)XXH3_64bits_update(sp->st, p, len); /* only this thread may feed now */
-        int bad = 0;
-        pthread_mutex_lock(&j->mu);
-        sp->fed += len;
-        if (sp->fed == ts->nbytes) bad = XXH3_64bits_digest(sp->st) != ts->xxh3;
-        pthread_cond_broadcast(&j->cv);
-        pthread_mutex_unlock(&j->mu);
-        if (bad)
-            return aicfn_error_set(
-                err, AICFN_E_CORRUPT, "tensor '%s' (in frames %u..%u): XXH3 mismatch (expected %016llx)",
-                ts->name, pl_frame_of(j->r, ts->offset), pl_frame_of(j->r, ts->offset + ts->nbytes - 1),
-                (unsigned long long)ts->xxh3);
+/* Per-thread state of the checksums of one frame, fed piece by piece from
+ * snap_frame_unfilter_each while each piece is still in cache. A tensor inside the
+ * frame gets a local XXH3 state. A tensor spanning frames has a shared state fed in blob
+ * order: when this frame's part is next (every part before it fed) it is fed live;
+ * otherwise the part is deferred, and hashed from the destination after waiting for its
+ * turn (only a frame's first part can be deferred: a later part starts its tensor). */
+typedef struct pl_hasher {
+    pl_job *j;
+    uint32_t t;          /* tensor being fed; UINT32_MAX before the first piece */
+    uint64_t start, fed; /* blob offset where this frame's part of it starts; bytes fed */
+    enum { PL_LOCAL, PL_SPAN_LIVE, PL_SPAN_DEFERRED } mode;
+    uint32_t deferred_t; /* the deferred part, if any */
+    uint64_t deferred_off;
+    const unsigned char *deferred_p;
+    size_t deferred_len;
+    uint64_t hash_us, wait_us;
+    XXH3_state_t local;
+    aicfn_error *err;
+} pl_hasher;
+
+static int pl_mismatch(pl_hasher *h, uint32_t t) {
+    const snap_tensor *ts = &h->j->man->tensors[t];
+    if (h->j->span_of[t] < 0)
+        return aicfn_error_set(h->err, AICFN_E_CORRUPT, "tensor '%s': XXH3 mismatch (expected %016llx)",
+                               ts->name, (unsigned long long)ts->xxh3);
+    return aicfn_error_set(h->err, AICFN_E_CORRUPT,
+                           "tensor '%s' (in frames %u..%u): XXH3 mismatch (expected %016llx)", ts->name,
+                           pl_frame_of(h->j->r, ts->offset),
+                           pl_frame_of(h->j->r, ts->offset + ts->nbytes - 1), (unsigned long long)ts->xxh3);
+}
+
+/* Ends this frame's part of the current tensor: checks a local digest, or hands a live
+ * span's turn to the next part. */
+static int pl_hasher_close(pl_hasher *h) {
+    if (h->t == UINT32_MAX) return AICFN_OK;
+    uint32_t t = h->t;
+    h->t = UINT32_MAX;
+    const snap_tensor *ts = &h->j->man->tensors[t];
+    if (h->mode == PL_LOCAL) {
+        if (h->start != ts->offset || h->fed != ts->nbytes) /* cannot happen: the part is the whole */
+            return aicfn_error_set(h->err, AICFN_E_INTERNAL, "tensor '%s': hashed %llu of %llu bytes",
+                                   ts->name, (unsigned long long)h->fed, (unsigned long long)ts->nbytes);
+        return XXH3_64bits_digest(&h->local) == ts->xxh3 ? AICFN_OK : pl_mismatch(h, t);
     }
-    (void)fi;
+    if (h->mode == PL_SPAN_DEFERRED) return AICFN_OK;
+    pl_span *sp = &h->j->spans[h->j->span_of[t]];
+    int bad = 0;
+    pthread_mutex_lock(&h->j->mu);
+    sp->fed += h->fed;
+    if (sp->fed == ts->nbytes) bad = XXH3_64bits_digest(sp->st) != ts->xxh3;
+    pthread_cond_broadcast(&h->j->cv);
+    pthread_mutex_unlock(&h->j->mu);
+    return bad ? pl_mismatch(h, t) : AICFN_OK;
+}
+
+static int pl_hash_piece(void *arg, uint32_t t, uint64_t off, const unsigned char *p, size_t len) {
+    pl_hasher *h = arg;
+    uint64_t t0 = clock_now_us();
+    if (t != h->t) {
+        int rc = pl_hasher_close(h);
+        if (rc != AICFN_OK) return rc;
+        h->t = t;
+        h->start = off;
+        h->fed = 0;
+        int32_t s = h->j->span_of[t];
+        if (s < 0) {
+            h->mode = PL_LOCAL;
+            (void)XXH3_64bits_reset(&h->local);
+        } else {
+            pthread_mutex_lock(&h->j->mu);
+            int turn = h->j->spans[s].fed == off - h->j->man->tensors[t].offset;
+            pthread_mutex_unlock(&h->j->mu);
+            h->mode = turn ? PL_SPAN_LIVE : PL_SPAN_DEFERRED;
+            if (!turn) {
+                h->deferred_t = t;
+                h->deferred_off = off;
+                h->deferred_p = p;
+                h->deferred_len = 0;
+            }
+        }
+    }
+    if (h->mode == PL_LOCAL)
+        (void)XXH3_64bits_update(&h->local, p, len);
+    else if (h->mode == PL_SPAN_LIVE)
+        (void)XXH3_64bits_update(h->j->spans[h->j->span_of[t]].st, p, len); /* only this thread feeds now */
+    else
+        h->deferred_len += len; /* pieces of one part are contiguous in the destination */
+    h->fed += len;
+    h->hash_us += clock_now_us() - t0;
     return AICFN_OK;
+}
+
+/* After the frame: closes the last part, then feeds a deferred part once its turn
+ * comes (the wait is wait_us). */
+static int pl_hasher_finish(pl_hasher *h) {
+    int rc = pl_hasher_close(h);
+    if (rc != AICFN_OK || !h->deferred_len) return rc;
+    uint32_t deferred = h->deferred_t;
+    pl_job *j = h->j;
+    const snap_tensor *ts = &j->man->tensors[deferred];
+    pl_span *sp = &j->spans[j->span_of[deferred]];
+    uint64_t want = h->deferred_off - ts->offset;
+    uint64_t w0 = clock_now_us();
+    pthread_mutex_lock(&j->mu);
+    while (sp->fed != want && !atomic_load(&j->abort))
+        pthread_cond_wait(&j->cv, &j->mu);
+    pthread_mutex_unlock(&j->mu);
+    uint64_t w1 = clock_now_us();
+    h->wait_us += w1 - w0;
+    if (atomic_load(&j->abort)) return AICFN_E_CANCELED;
+    h->t = deferred;
+    h->mode = PL_SPAN_LIVE;
+    h->start = h->deferred_off;
+    h->fed = h->deferred_len;
+    (void)XXH3_64bits_update(sp->st, h->deferred_p, h->deferred_len);
+    h->deferred_len = 0;
+    rc = pl_hasher_close(h);
+    h->hash_us += clock_now_us() - w1;
+    return rc;
 }
 
 static void *pl_thread(void *arg) {
@@ -173,11 +253,12 @@ static void *pl_thread(void *arg) {
     aicfn_error err;
     aicfn_error_clear(&err);
     snap_dctx *dctx = NULL;
-    unsigned char *rbuf = malloc(j->max_comp ? j->max_comp : 1);
+    unsigned char *rbuf = j->mapped ? NULL : malloc(j->max_comp ? j->max_comp : 1);
     unsigned char *scratch = j->scratch_bytes ? malloc(j->scratch_bytes) : NULL;
     unsigned char *bounce = NULL; /* non-host frames larger than a staging buffer */
     uint32_t fi = UINT32_MAX;
-    if (!rbuf || (j->scratch_bytes && !scratch)) {
+    pl_hasher hasher = {.j = j, .t = UINT32_MAX, .err = &err};
+    if ((!j->mapped && !rbuf) || (j->scratch_bytes && !scratch)) {
         aicfn_error_set(&err, AICFN_E_NOMEM, "pipeline buffers (%zu + %zu bytes)", j->max_comp,
                         j->scratch_bytes);
         pl_fail(j, 0, &err);
@@ -206,7 +287,10 @@ static void *pl_thread(void *arg) {
         }
         const snap_frame *f = snap_reader_frame(j->r, fi);
         uint64_t t0 = clock_now_us();
-        int rc = snap_frame_read(j->r, fi, rbuf, j->max_comp, &err);
+        const void *comp = j->mapped ? snap_frame_mapped(j->r, fi, &err) : rbuf;
+        int rc = comp ? AICFN_OK : AICFN_E_IO;
+        if (comp && !j->mapped) rc = snap_frame_read(j->r, fi, rbuf, j->max_comp, &err);
+        if (!comp) rc = err.code ? err.code : AICFN_E_IO;
         uint64_t t1 = clock_now_us();
         t.read_us += t1 - t0;
         t.compressed_bytes += f->comp_size;
@@ -224,17 +308,20 @@ static void *pl_thread(void *arg) {
             dst = bounce;
         }
         int filtered = snap_frame_is_filtered(j->r, fi);
-        if (rc == AICFN_OK) rc = snap_frame_decompress(dctx, j->r, fi, rbuf, filtered ? scratch : dst, &err);
+        if (rc == AICFN_OK) rc = snap_frame_decompress(dctx, j->r, fi, comp, filtered ? scratch : dst, &err);
         uint64_t t2 = clock_now_us();
         t.decompress_us += t2 - t1;
-        if (rc == AICFN_OK && filtered) rc = snap_frame_unfilter(j->r, fi, scratch, dst, &err);
-        uint64_t t3 = clock_now_us();
-        t.filter_us += t3 - t2;
-        if (rc == AICFN_OK && j->verify) {
-            uint64_t w = 0;
-            rc = pl_verify(j, fi, f, dst, &w, &err);
-            t.wait_us += w;
-            t.verify_us += clock_now_us() - t3 - w;
+        if (rc == AICFN_OK && (filtered || j->verify)) {
+            /* Unfilter into the destination in cache-sized pieces, each checksummed as it lands. */
+            hasher.t = UINT32_MAX;
+            hasher.deferred_len = 0;
+            hasher.hash_us = hasher.wait_us = 0;
+            rc = snap_frame_unfilter_each(j->r, fi, filtered ? scratch : dst, dst,
+                                          j->verify ? pl_hash_piece : NULL, &hasher, &err);
+            if (rc == AICFN_OK && j->verify) rc = pl_hasher_finish(&hasher);
+            t.verify_us += hasher.hash_us;
+            t.wait_us += hasher.wait_us;
+            t.filter_us += clock_now_us() - t2 - hasher.hash_us - hasher.wait_us;
         }
         uint64_t t4 = clock_now_us();
         loader_ticket tk = 0;
@@ -311,7 +398,7 @@ void loader_model_free(loader_model *m) {
 
 /* Runs the threads over every frame into `buf`. */
 static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf *buf, uint32_t threads,
-                  int verify, loader_timing *sum, aicfn_error *err) {
+                  int verify, int use_map, loader_timing *sum, aicfn_error *err) {
     const snap_manifest *man = snap_reader_manifest(r);
     pl_job j;
     memset(&j, 0, sizeof j);
@@ -324,6 +411,8 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
     j.verify = verify;
     j.n_frames = snap_reader_frame_count(r);
     j.max_comp = snap_reader_max_comp_size(r);
+    aicfn_error probe;
+    j.mapped = use_map && j.n_frames && snap_frame_mapped(r, 0, &probe) != NULL;
     int any_filtered = 0;
     for (uint32_t i = 0; i < j.n_frames && !any_filtered; i++)
         any_filtered = snap_frame_is_filtered(r, i);
@@ -431,7 +520,7 @@ int loader_load_reader(loader_device *dev, const snap_reader *r, const loader_lo
     }
     loader_timing sum;
     memset(&sum, 0, sizeof sum);
-    rc = pl_run(dev, r, &m->buf, threads, !o.skip_verify, &sum, err);
+    rc = pl_run(dev, r, &m->buf, threads, !o.skip_verify, !o.pread_frames, &sum, err);
     if (rc != AICFN_OK) {
         loader_model_free(m);
         return rc;

@@ -49,6 +49,9 @@ typedef struct loader_load_opts {
     uint64_t max_bytes; /* 0 = no limit; else the device allocation may not exceed this
                            (AICFN_E_CAPACITY): the cache passes what it reserved */
     int skip_verify;    /* 1 = do not check XXH3 (benchmarks of the codec only) */
+    int pread_frames;   /* 1 = read frames with pread into a buffer instead of decompressing
+                           them in place from the file's mapping (the default; the fallback
+                           when the file cannot be mapped). For comparisons and tests. */
 } loader_load_opts;
 
 /* Loads the snapshot at `path` onto `dev`. On success *out is a model the caller frees

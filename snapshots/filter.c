@@ -29,8 +29,8 @@ static void flt_fwd16(const uint8_t *restrict s, size_t n, uint8_t *restrict d) 
     }
 }
 
-static void flt_inv16(const uint8_t *restrict s, size_t n, uint8_t *restrict d) {
-    const uint8_t *restrict p0 = s, *restrict p1 = s + n;
+/* Values [0, n) from planes p0 and p1 (each already offset to the first value). */
+static void flt_inv16(const uint8_t *restrict p0, const uint8_t *restrict p1, size_t n, uint8_t *restrict d) {
     for (size_t i = 0; i < n; i++) {
         uint16_t r = (uint16_t)((p0[i] << 8) | p1[i]);
         uint16_t v = (uint16_t)((r >> 1) | (r << 15));
@@ -53,8 +53,8 @@ static void flt_fwd32(const uint8_t *restrict s, size_t n, uint8_t *restrict d) 
     }
 }
 
-static void flt_inv32(const uint8_t *restrict s, size_t n, uint8_t *restrict d) {
-    const uint8_t *restrict p0 = s, *restrict p1 = s + n, *restrict p2 = s + 2 * n, *restrict p3 = s + 3 * n;
+static void flt_inv32(const uint8_t *restrict p0, const uint8_t *restrict p1, const uint8_t *restrict p2,
+                      const uint8_t *restrict p3, size_t n, uint8_t *restrict d) {
     for (size_t i = 0; i < n; i++) {
         uint32_t r = ((uint32_t)p0[i] << 24) | ((uint32_t)p1[i] << 16) | ((uint32_t)p2[i] << 8) | p3[i];
         uint32_t v = (r >> 1) | (r << 31);
@@ -75,12 +75,22 @@ void snap_filter_forward(aicfn_dtype dt, const void *src, size_t nbytes, void *d
 }
 
 void snap_filter_inverse(aicfn_dtype dt, const void *src, size_t nbytes, void *dst) {
-    if (snap_filter_planes_of(dt) == 2)
-        flt_inv16(src, nbytes / 2, dst);
-    else if (snap_filter_planes_of(dt) == 4)
-        flt_inv32(src, nbytes / 4, dst);
-    else
-        memcpy(dst, src, nbytes);
+    snap_filter_inverse_part(dt, src, nbytes, 0, nbytes, dst);
+}
+
+void snap_filter_inverse_part(aicfn_dtype dt, const void *planes, size_t nbytes, size_t from, size_t len,
+                              void *dst) {
+    const uint8_t *s = planes;
+    unsigned w = snap_filter_planes_of(dt);
+    if (w == 2) {
+        size_t n = nbytes / 2, i = from / 2;
+        flt_inv16(s + i, s + n + i, len / 2, dst);
+    } else if (w == 4) {
+        size_t n = nbytes / 4, i = from / 4;
+        flt_inv32(s + i, s + n + i, s + 2 * n + i, s + 3 * n + i, len / 4, dst);
+    } else {
+        memcpy(dst, s + from, len);
+    }
 }
 
 const char *snap_filter_name(snap_filter f) {

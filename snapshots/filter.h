@@ -29,6 +29,14 @@ void snap_filter_forward(aicfn_dtype dt, const void *src, size_t nbytes, void *d
 /* Reverses snap_filter_forward: reads planes from `src`, writes the values to `dst`. */
 void snap_filter_inverse(aicfn_dtype dt, const void *src, size_t nbytes, void *dst);
 
+/* Reverses bytes [from, from + len) of the values only: `planes` holds the filtered form
+ * of `nbytes` bytes of `dt` values (as snap_filter_forward wrote it) and `dst` receives
+ * the `len` raw bytes that start at raw byte `from`. `from` and `len` must be multiples
+ * of the element size with from + len <= nbytes. The loader calls this on cache-sized
+ * pieces so each piece can be checksummed while it is still in cache. */
+void snap_filter_inverse_part(aicfn_dtype dt, const void *planes, size_t nbytes, size_t from, size_t len,
+                              void *dst);
+
 /* The manifest name of a filter ("none", "planes"); NULL for unknown values. */
 const char *snap_filter_name(snap_filter f);
 

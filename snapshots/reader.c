@@ -13,6 +13,7 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -28,6 +29,7 @@ struct snap_reader {
     char *path;
     int fd;
     uint64_t file_bytes;
+    const unsigned char *map; /* the whole file, read-only; NULL when mmap is refused */
     snap_manifest m;
     uint32_t n_frames;
     snap_frame *frames;
@@ -511,7 +513,8 @@ static int rd_open(snap_reader *r, aicfn_error *err) {
     unsigned char head[8 + SNAP_MANIFEST_PREFIX];
     int rc = rd_pread(r, head, sizeof head, 0, err);
     if (rc) return rc;
-    if (snap_get_le32(head) != SNAP_MANIFEST_MAGIC || memcmp(head + 8, SNAP_MANIFEST_TAG, SNAP_MANIFEST_TAG_LEN))
+    if (snap_get_le32(head) != SNAP_MANIFEST_MAGIC ||
+        memcmp(head + 8, SNAP_MANIFEST_TAG, SNAP_MANIFEST_TAG_LEN))
         return aicfn_error_set(err, AICFN_E_CORRUPT,
                                "%s: no snapshot manifest frame at offset 0 (not an aicfn snapshot)", path);
     uint64_t mframe = snap_get_le32(head + 4); /* tag + hash + msgpack */
@@ -520,8 +523,9 @@ static int rd_open(snap_reader *r, aicfn_error *err) {
                                (unsigned long long)mframe, SNAP_MANIFEST_PREFIX + 1,
                                AICFN_SNAP_MAX_MANIFEST_BYTES + SNAP_MANIFEST_PREFIX);
     if (8 + mframe > fb - 8 - SNAP_SEEKTABLE_FOOTER)
-        return aicfn_error_set(err, AICFN_E_CORRUPT, "%s: manifest frame (%llu bytes) runs past the end of the file",
-                               path, (unsigned long long)mframe);
+        return aicfn_error_set(err, AICFN_E_CORRUPT,
+                               "%s: manifest frame (%llu bytes) runs past the end of the file", path,
+                               (unsigned long long)mframe);
 
     /* Seek table: footer, frame header, entries. */
     unsigned char foot[SNAP_SEEKTABLE_FOOTER];
@@ -569,7 +573,8 @@ static int rd_open(snap_reader *r, aicfn_error *err) {
     }
     rc = rd_pread(r, mb, mlen, sizeof head, err);
     if (!rc && XXH3_64bits(mb, mlen) != snap_get_le64(head + 16))
-        rc = aicfn_error_set(err, AICFN_E_CORRUPT, "manifest: checksum mismatch (the manifest frame is corrupt)");
+        rc = aicfn_error_set(err, AICFN_E_CORRUPT,
+                             "manifest: checksum mismatch (the manifest frame is corrupt)");
     if (!rc) rc = rd_manifest(mb, mlen, &r->m, err);
     free(mb);
     if (rc) goto out;
@@ -663,6 +668,10 @@ int snap_open(const char *path, snap_reader **out, aicfn_error *err) {
     }
     r->file_bytes = (uint64_t)st.st_size;
     int rc = rd_open(r, err);
+    if (rc == AICFN_OK && r->file_bytes) {
+        void *m = mmap(NULL, (size_t)r->file_bytes, PROT_READ, MAP_SHARED, r->fd, 0);
+        if (m != MAP_FAILED) r->map = m; /* else: snap_frame_mapped says so; callers pread */
+    }
     if (rc) {
         if (err && !strstr(err->msg, path)) aicfn_error_wrap(err, "%s", path);
         snap_close(r);
@@ -674,6 +683,7 @@ int snap_open(const char *path, snap_reader **out, aicfn_error *err) {
 
 void snap_close(snap_reader *r) {
     if (!r) return;
+    if (r->map) munmap((void *)r->map, (size_t)r->file_bytes);
     if (r->fd >= 0) close(r->fd);
     rd_manifest_free(&r->m);
     free(r->frames);
@@ -743,6 +753,39 @@ int snap_frame_read(const snap_reader *r, uint32_t i, void *buf, size_t cap, aic
     return rc;
 }
 
+const void *snap_frame_mapped(const snap_reader *r, uint32_t i, aicfn_error *err) {
+    if (i >= r->n_frames) {
+        aicfn_error_set(err, AICFN_E_INVALID, "%s: frame %u out of range", r->path, i);
+        return NULL;
+    }
+    if (!r->map) {
+        aicfn_error_set(err, AICFN_E_UNSUPPORTED, "%s: not mapped", r->path);
+        return NULL;
+    }
+    const snap_frame *f = &r->frames[i];
+    /* Fault the frame's pages in now. MADV_POPULATE_READ fails with EFAULT where an
+     * access would raise SIGBUS (the file shrank since it was opened): that becomes an
+     * error here instead of a crash in the decompressor. Kernels before 5.14 lack it
+     * (EINVAL): fstat then checks that the file still covers the frame. */
+    long page = sysconf(_SC_PAGESIZE);
+    uint64_t lo = f->file_offset & ~(uint64_t)(page - 1), hi = f->file_offset + f->comp_size;
+    if (madvise((void *)(r->map + lo), (size_t)(hi - lo), MADV_POPULATE_READ) != 0) {
+        int e = errno;
+        struct stat st;
+        if (e == EFAULT || (e == EINVAL && (fstat(r->fd, &st) != 0 || (uint64_t)st.st_size < hi))) {
+            aicfn_error_set(err, AICFN_E_IO,
+                            "%s: frame %u (file bytes %llu..%llu): the file shrank while open", r->path, i,
+                            (unsigned long long)f->file_offset, (unsigned long long)hi);
+            return NULL;
+        }
+        if (e != EINVAL && e != EINTR && e != EAGAIN && e != ENOMEM) {
+            aicfn_error_errno(err, AICFN_E_IO, e, "%s: paging in frame %u", r->path, i);
+            return NULL;
+        }
+    }
+    return r->map + f->file_offset;
+}
+
 int snap_frame_decompress(snap_dctx *d, const snap_reader *r, uint32_t i, const void *comp, void *out,
                           aicfn_error *err) {
     if (i >= r->n_frames)
@@ -801,12 +844,17 @@ int snap_frame_decompress(snap_dctx *d, const snap_reader *r, uint32_t i, const 
 }
 
 int snap_frame_unfilter(const snap_reader *r, uint32_t i, const void *filtered, void *dst, aicfn_error *err) {
+    return snap_frame_unfilter_each(r, i, filtered, dst, NULL, NULL, err);
+}
+
+int snap_frame_unfilter_each(const snap_reader *r, uint32_t i, const void *filtered, void *dst,
+                             snap_piece_fn piece, void *arg, aicfn_error *err) {
     if (i >= r->n_frames)
         return aicfn_error_set(err, AICFN_E_INVALID, "%s: frame %u out of range", r->path, i);
     const snap_frame *f = &r->frames[i];
     const unsigned char *s = filtered;
     unsigned char *d = dst;
-    if (!r->filtered[i]) {
+    if (!r->filtered[i] && !piece) {
         if (s != d) memmove(d, s, f->raw_size);
         return AICFN_OK;
     }
@@ -820,14 +868,26 @@ int snap_frame_unfilter(const snap_reader *r, uint32_t i, const void *filtered, 
                  e = t->offset + t->nbytes < fe ? t->offset + t->nbytes : fe;
         if (e <= a) continue;
         size_t sa = (size_t)(a - fo), len = (size_t)(e - a);
-        if (sa > cursor) memcpy(d + cursor, s + cursor, sa - cursor);
-        if (t->filter == SNAP_FILTER_PLANES)
-            snap_filter_inverse(t->dtype, s + sa, len, d + sa);
-        else
-            memcpy(d + sa, s + sa, len);
+        if (sa > cursor && s != d) memcpy(d + cursor, s + cursor, sa - cursor); /* padding */
+        int planes = t->filter == SNAP_FILTER_PLANES;
+        /* Pieces are whole elements: tensor slices in a frame are (dtype_size) multiples. */
+        size_t step = AICFN_SNAP_UNFILTER_PIECE;
+        size_t esz = dtype_size(t->dtype);
+        if (esz > 1) step -= step % esz;
+        for (size_t at = 0; at < len; at += step) {
+            size_t n = len - at < step ? len - at : step;
+            if (planes)
+                snap_filter_inverse_part(t->dtype, s + sa, len, at, n, d + sa + at);
+            else if (s != d)
+                memcpy(d + sa + at, s + sa + at, n);
+            if (piece) {
+                int rc = piece(arg, ti, a + at, d + sa + at, n);
+                if (rc != AICFN_OK) return rc;
+            }
+        }
         cursor = sa + len;
     }
-    if (f->raw_size > cursor) memcpy(d + cursor, s + cursor, f->raw_size - cursor);
+    if (f->raw_size > cursor && s != d) memcpy(d + cursor, s + cursor, f->raw_size - cursor);
     return AICFN_OK;
 }
 

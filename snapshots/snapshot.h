@@ -30,30 +30,30 @@ typedef enum snap_filter {
 } snap_filter;
 
 typedef struct snap_tensor {
-    char *name;                      /* NUL-terminated, owned by the reader */
+    char *name; /* NUL-terminated, owned by the reader */
     aicfn_dtype dtype;
     uint32_t ndim;
     int64_t shape[AICFN_MAX_DIMS];
-    uint64_t offset;                 /* in the blob; a multiple of 256 */
-    uint64_t nbytes;                 /* = product(shape) × dtype size */
+    uint64_t offset; /* in the blob; a multiple of 256 */
+    uint64_t nbytes; /* = product(shape) × dtype size */
     snap_filter filter;
-    uint64_t xxh3;                   /* XXH3-64 of the raw (unfiltered) bytes */
+    uint64_t xxh3; /* XXH3-64 of the raw (unfiltered) bytes */
 } snap_tensor;
 
 typedef struct snap_manifest {
     uint32_t format_version;
     char *model_name;
-    uint64_t blob_bytes;             /* size of the one device allocation the model needs */
-    uint32_t chunk_bytes;            /* most raw bytes in a data frame */
+    uint64_t blob_bytes;  /* size of the one device allocation the model needs */
+    uint32_t chunk_bytes; /* most raw bytes in a data frame */
     uint32_t n_tensors;
-    snap_tensor *tensors;            /* sorted by offset, non-overlapping */
+    snap_tensor *tensors; /* sorted by offset, non-overlapping */
 } snap_manifest;
 
 typedef struct snap_frame {
-    uint64_t file_offset;            /* where the frame's compressed bytes start in the file */
-    uint32_t comp_size;              /* compressed bytes (may be several zstd frames back to back) */
-    uint64_t raw_offset;             /* in the blob */
-    uint32_t raw_size;               /* raw bytes this frame restores, <= chunk_bytes */
+    uint64_t file_offset; /* where the frame's compressed bytes start in the file */
+    uint32_t comp_size;   /* compressed bytes (may be several zstd frames back to back) */
+    uint64_t raw_offset;  /* in the blob */
+    uint32_t raw_size;    /* raw bytes this frame restores, <= chunk_bytes */
 } snap_frame;
 
 typedef struct snap_reader snap_reader;
@@ -71,7 +71,7 @@ void snap_close(snap_reader *r);
 /* The validated manifest; owned by the reader, valid until snap_close. */
 const snap_manifest *snap_reader_manifest(const snap_reader *r);
 const char *snap_reader_path(const snap_reader *r);
-uint64_t snap_reader_file_bytes(const snap_reader *r);   /* size of the file */
+uint64_t snap_reader_file_bytes(const snap_reader *r); /* size of the file */
 uint32_t snap_reader_frame_count(const snap_reader *r);
 const snap_frame *snap_reader_frame(const snap_reader *r, uint32_t i); /* NULL if i is out of range */
 
@@ -94,15 +94,41 @@ int snap_frame_read(const snap_reader *r, uint32_t i, void *buf, size_t cap, aic
 /* Decompresses frame i from `comp` (its comp_size bytes) into `out`, which must hold
  * raw_size bytes. Exactly raw_size bytes must come out, else AICFN_E_CORRUPT naming the
  * frame. The result is still filtered if snap_frame_is_filtered(r, i). */
-int snap_frame_decompress(snap_dctx *d, const snap_reader *r, uint32_t i, const void *comp,
-                          void *out, aicfn_error *err);
+int snap_frame_decompress(snap_dctx *d, const snap_reader *r, uint32_t i, const void *comp, void *out,
+                          aicfn_error *err);
 
 /* Reverses the filters of the tensors overlapping frame i: reads the filtered bytes in
  * `filtered` (raw_size bytes) and writes the raw bytes to `dst` (raw_size bytes).
  * `filtered` and `dst` must not overlap unless the frame is unfiltered (then this is a
  * copy, or nothing when they are the same pointer). Thread-safe. */
-int snap_frame_unfilter(const snap_reader *r, uint32_t i, const void *filtered, void *dst,
-                        aicfn_error *err);
+int snap_frame_unfilter(const snap_reader *r, uint32_t i, const void *filtered, void *dst, aicfn_error *err);
+
+/* Called by snap_frame_unfilter_each right after raw bytes [blob_off, blob_off + len)
+ * of tensor `tensor` landed at `p` (the destination), while they are still in cache.
+ * Pieces of one tensor come in order. Return AICFN_OK to go on; anything else stops the
+ * walk and is returned. */
+typedef int (*snap_piece_fn)(void *arg, uint32_t tensor, uint64_t blob_off, const unsigned char *p,
+                             size_t len);
+
+/* snap_frame_unfilter in pieces of at most AICFN_SNAP_UNFILTER_PIECE bytes, calling
+ * `piece` (may be NULL) for each piece of tensor bytes as it lands; padding between
+ * tensors is copied but not reported. For an unfiltered frame `filtered` may equal
+ * `dst` (decompressed in place): then nothing is copied and the pieces are reported
+ * where they lie. Thread-safe. */
+int snap_frame_unfilter_each(const snap_reader *r, uint32_t i, const void *filtered, void *dst,
+                             snap_piece_fn piece, void *arg, aicfn_error *err);
+
+/* Frame i's compressed bytes inside the reader's read-only mapping of the file, paged
+ * in, or NULL with an error: AICFN_E_UNSUPPORTED when the file could not be mapped
+ * (callers then use snap_frame_read), AICFN_E_IO when the file shrank since it was
+ * opened. Zero-copy: the loader decompresses straight from the page cache.
+ * The mapping assumes nobody truncates the file while it is open. A truncation is
+ * caught before each frame is decompressed, but one landing during a frame's
+ * decompression raises SIGBUS, as it would for the dlopen'd handler of the same
+ * artifact store: snapshots in the store are immutable (content-addressed, written
+ * to a temporary file and renamed), so only an outside writer can do that.
+ * Thread-safe; valid until snap_close. */
+const void *snap_frame_mapped(const snap_reader *r, uint32_t i, aicfn_error *err);
 
 /* Checks tensor t's XXH3 against the raw bytes at `blob + offset`. AICFN_E_CORRUPT
  * names the tensor on a mismatch. Thread-safe. */
