@@ -267,6 +267,11 @@ def test_workers_table_follows_the_pool_to_scale_to_zero(procs, tmp_path):
     t_before_us = time.time_ns() // 1000
     r = call(addr, invoke_msg("echo", [tensor("x", np.arange(4, dtype=np.int32))]), timeout_ms=30000)
     assert r["ok"], r
+    # What a client sees of an invoke reply is exactly docs/protocol.md's reply table
+    # (section 8: forwarded unchanged, the worker's `st` summary included).
+    assert {"v", "id", "ok", "outputs", "timing", "st"} <= set(r) <= {"v", "id", "ok", "outputs", "cold", "timing",
+                                                                      "batch", "cs", "st"}, sorted(r)
+    assert {"budget", "used", "free", "queued", "inflight", "draining", "models"} <= set(r["st"]), r["st"]
     pool = workers(addr)
     assert len(pool) == 1
     w = pool[0]

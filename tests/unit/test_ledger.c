@@ -1,6 +1,7 @@
 /* test_ledger.c: the ledger writer (records committed, flush on close, full queue
- * drops and counts), gpu_us rounding, coldstart percentiles on known data, and usage
- * totals equal to raw SQL sums exactly. */
+ * drops and counts), gpu_us rounding, coldstart percentiles on known data, usage
+ * totals equal to raw SQL sums exactly, and the workers table's rows (UPSERT in submit
+ * order, lost-marking and local numbering at a gateway's start). */
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -309,6 +310,133 @@ static void crash_loses_only_uncommitted(void **state) {
     free(dir);
 }
 
+static void sql_text(gw_db *db, const char *sql, char *buf, size_t len) {
+    sqlite3_stmt *st = NULL;
+    gw_db_lock(db);
+    assert_int_equal(gw_db_stmt(db, sql, &st, NULL), AICFN_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    gw_db_column_text(st, 0, buf, len);
+    gw_db_done(st);
+    gw_db_unlock(db);
+}
+
+/* Worker rows: one row per id, UPSERTed in submit order (the last record wins, every
+ * column replaced), remote pid stored as NULL, invalid records refused before queueing;
+ * at a gateway's start the rows left live are marked lost and local numbering continues. */
+static void worker_rows_upsert_in_order(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("led");
+    gw_ledger *l = NULL;
+    aicfn_error err = {0};
+    assert_string_equal(gw_worker_row_state_name(GW_WROW_STARTING), "starting");
+    assert_string_equal(gw_worker_row_state_name(GW_WROW_LOST), "lost");
+    assert_string_equal(gw_worker_row_state_name(GW_WROW_COUNT), "?");
+    /* A long flush interval: everything below is committed in one batch, in order. */
+    assert_int_equal(gw_ledger_create(dir, 60000, 100000, 0, &l, &err), AICFN_OK);
+    gw_worker_record w = {.id = "w7",
+                          .address = "ipc:///tmp/w7.ipc",
+                          .pid = 4242,
+                          .started_us = 1000,
+                          .state = GW_WROW_STARTING};
+    assert_int_equal(gw_ledger_submit_worker(l, &w), AICFN_OK);
+    w.device = "host";
+    w.budget_bytes = 64u << 20;
+    w.last_seen_us = 2000;
+    w.state = GW_WROW_READY;
+    assert_int_equal(gw_ledger_submit_worker(l, &w), AICFN_OK);
+    w.last_seen_us = 3000;
+    w.state = GW_WROW_DRAINING;
+    assert_int_equal(gw_ledger_submit_worker(l, &w), AICFN_OK);
+    w.state = GW_WROW_EXITED;
+    assert_int_equal(gw_ledger_submit_worker(l, &w), AICFN_OK);
+    gw_worker_record r = {.id = "gpu-box",
+                          .address = "tcp://10.0.0.2:7100",
+                          .device = "NVIDIA H100",
+                          .started_us = 5000,
+                          .state = GW_WROW_READY};
+    assert_int_equal(gw_ledger_submit_worker(l, &r), AICFN_OK);
+    /* Refused before queueing: empty or overlong id, unknown state. */
+    gw_worker_record bad = r;
+    bad.id = "";
+    assert_int_equal(gw_ledger_submit_worker(l, &bad), AICFN_E_INVALID);
+    char longid[AICFN_WORKER_ID_MAX_BYTES + 2];
+    memset(longid, 'x', sizeof longid - 1);
+    longid[sizeof longid - 1] = '\0';
+    bad.id = longid;
+    assert_int_equal(gw_ledger_submit_worker(l, &bad), AICFN_E_INVALID);
+    bad.id = "w8";
+    bad.state = GW_WROW_COUNT;
+    assert_int_equal(gw_ledger_submit_worker(l, &bad), AICFN_E_INVALID);
+    gw_ledger_stats s;
+    gw_ledger_get_stats(l, &s);
+    assert_int_equal(s.submitted, 5);
+    assert_int_equal(s.committed, 0);
+    assert_int_equal(gw_ledger_flush(l, 5000, &err), AICFN_OK);
+
+    gw_db *db = NULL;
+    assert_int_equal(gw_db_open(dir, &db, NULL), AICFN_OK);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM workers"), 2);
+    char txt[128];
+    sql_text(db, "SELECT state FROM workers WHERE id = 'w7'", txt, sizeof txt);
+    assert_string_equal(txt, "exited");
+    sql_text(db, "SELECT device || ' ' || address FROM workers WHERE id = 'w7'", txt, sizeof txt);
+    assert_string_equal(txt, "host ipc:///tmp/w7.ipc");
+    assert_int_equal(sql_int(db, "SELECT pid FROM workers WHERE id = 'w7'"), 4242);
+    assert_int_equal(sql_int(db, "SELECT budget_bytes FROM workers WHERE id = 'w7'"), 64 << 20);
+    assert_int_equal(sql_int(db, "SELECT started_us FROM workers WHERE id = 'w7'"), 1000);
+    assert_int_equal(sql_int(db, "SELECT last_seen_us FROM workers WHERE id = 'w7'"), 3000);
+    /* Remote: no pid (NULL), last_seen defaults to its start. */
+    assert_int_equal(sql_int(db, "SELECT pid IS NULL FROM workers WHERE id = 'gpu-box'"), 1);
+    assert_int_equal(sql_int(db, "SELECT last_seen_us FROM workers WHERE id = 'gpu-box'"), 5000);
+    assert_int_equal(sql_int(db, "SELECT budget_bytes FROM workers WHERE id = 'gpu-box'"), 0);
+
+    /* The same id again (a new incarnation): the row is replaced, not duplicated. */
+    w.pid = 4343;
+    w.started_us = 9000;
+    w.last_seen_us = 0;
+    w.state = GW_WROW_STARTING;
+    assert_int_equal(gw_ledger_submit_worker(l, &w), AICFN_OK);
+    gw_worker_record more[] = {
+        {.id = "w12", .address = "a", .pid = 1, .started_us = 1, .state = GW_WROW_DRAINING},
+        {.id = "w3", .address = "a", .pid = 2, .started_us = 1, .state = GW_WROW_EXITED},
+        {.id = "w99x", .address = "a", .pid = 3, .started_us = 1, .state = GW_WROW_LOST}, /* not wN */
+        {.id = "w500", .address = "a", .pid = 0, .started_us = 1, .state = GW_WROW_LOST}, /* no pid: remote */
+    };
+    for (size_t i = 0; i < sizeof more / sizeof more[0]; i++)
+        assert_int_equal(gw_ledger_submit_worker(l, &more[i]), AICFN_OK);
+    gw_ledger_destroy(l); /* commits on close */
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM workers"), 6);
+    assert_int_equal(sql_int(db, "SELECT pid FROM workers WHERE id = 'w7'"), 4343);
+    assert_int_equal(sql_int(db, "SELECT last_seen_us FROM workers WHERE id = 'w7'"), 9000);
+    sql_text(db, "SELECT state FROM workers WHERE id = 'w7'", txt, sizeof txt);
+    assert_string_equal(txt, "starting");
+
+    /* Next local number: after the highest wN with a pid (w12), not w99x or remote w500. */
+    uint32_t next = 0;
+    assert_int_equal(gw_workers_next_local_id(db, &next, &err), AICFN_OK);
+    assert_int_equal(next, 13);
+    /* A gateway starting: starting/ready/draining rows (w7, gpu-box, w12) become lost. */
+    uint64_t n_lost = 0;
+    assert_int_equal(gw_workers_mark_lost(db, &n_lost, &err), AICFN_OK);
+    assert_int_equal(n_lost, 3);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM workers WHERE state = 'lost'"), 5);
+    sql_text(db, "SELECT state FROM workers WHERE id = 'w3'", txt, sizeof txt);
+    assert_string_equal(txt, "exited");
+    assert_int_equal(gw_workers_mark_lost(db, &n_lost, &err), AICFN_OK);
+    assert_int_equal(n_lost, 0);
+    assert_int_equal(gw_db_integrity_check(db, NULL), AICFN_OK);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+
+    /* An empty table: numbering starts at 1. */
+    assert_int_equal(gw_db_open(dir, &db, NULL), AICFN_OK);
+    assert_int_equal(gw_workers_next_local_id(db, &next, &err), AICFN_OK);
+    assert_int_equal(next, 1);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(gpu_us_rounding),
@@ -317,6 +445,7 @@ int main(void) {
         cmocka_unit_test(full_queue_drops_and_counts),
         cmocka_unit_test(batches_commit_by_time),
         cmocka_unit_test(crash_loses_only_uncommitted),
+        cmocka_unit_test(worker_rows_upsert_in_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
