@@ -546,6 +546,20 @@ def test_remote_worker_registers(procs, tmp_path):
     assert r["ok"] and np.array_equal(output(r, "x"), np.arange(3, dtype=np.float32))
     pool = workers(addr)
     assert [x["name"] for x in pool] == ["remote1"] and pool[0]["local"] is False
+    # Its workers-table row: the registered name, no pid (not the gateway's child).
+    row = wait_worker_row(data, "remote1", "ready")
+    assert row["pid"] is None and row["address"] == waddr and row["last_seen_us"] >= row["started_us"] > 0
+
+    def register(name, waddr2):
+        return call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr2,
+                           "name": name}, timeout_ms=5000)
+
+    # One live worker per name (the row's key); w<N> names belong to local workers.
+    r = register("remote1", f"tcp://127.0.0.1:{free_port()}")
+    assert not r["ok"] and r["error"]["code"] == 20, r
+    r = register("w5", f"tcp://127.0.0.1:{free_port()}")
+    assert not r["ok"] and r["error"]["code"] == 1, r
+    assert [x["name"] for x in workers(addr)] == ["remote1"]
 
 
 def test_crash_twice_backs_off_that_request_only(procs, tmp_path):
