@@ -20,7 +20,7 @@
 #define AICFN_IPC_PROBE_WAIT_MS 2000          /* probe dial must reach the socket within this */
 
 /* ---- Snapshots (design.md §5) ---- */
-#define AICFN_SNAP_DEFAULT_CHUNK (4u << 20)   /* uncompressed bytes per data frame */
+#define AICFN_SNAP_DEFAULT_CHUNK (1u << 20)   /* uncompressed bytes per data frame */
 #define AICFN_SNAP_MAX_CHUNK (64u << 20)
 #define AICFN_SNAP_MIN_CHUNK (64u << 10)
 #define AICFN_SNAP_ALIGN 256                  /* tensor offset alignment in the blob */

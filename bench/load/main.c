@@ -21,7 +21,8 @@
  * (the loader's fallback), measured in the same repetitions. Files are warm in the
  * page cache for the main figures (read once before timing); a cold pass after
  * posix_fadvise(DONTNEED) on both files is printed too.
- * Usage: zig build bench-load -Doptimize=ReleaseFast -- [--reps N] [--no-gen] [extra.safetensors...]
+ * Usage: zig build bench-load -Doptimize=ReleaseFast -- [--reps N] [--no-gen] [--chunk BYTES]
+ *        [extra.safetensors...]   (--chunk packs with that frame size, into NAME-chunkN.aicsnap) 
  * Output: JSON lines, the last {"bench": "load", "summary": {...}}. */
 #include <errno.h>
 #include <fcntl.h>
@@ -35,6 +36,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/units.h"
 #include "loader/device.h"
 #include "loader/pipeline.h"
 #include "snapshots/snapshot.h"
@@ -226,10 +228,13 @@ static void warm(const char *path) {
     close(fd);
 }
 
+static uint32_t g_chunk; /* --chunk: raw bytes per frame; 0 = the packer's default */
+
 static int ensure_packed(const char *st, const char *out) {
     if (file_exists(out) && file_mtime(out) >= file_mtime(st)) return 0;
     snap_pack_opts o;
     snap_pack_opts_init(&o);
+    if (g_chunk) o.chunk = g_chunk;
     const char *in[] = {st};
     aicfn_error err;
     if (snap_pack(in, 1, out, &o, NULL, &err) != AICFN_OK) {
@@ -251,7 +256,10 @@ typedef struct model_result {
 
 static int bench_model(const char *name, const char *st, int reps, model_result *res) {
     char snap[256];
-    snprintf(snap, sizeof snap, CACHE_DIR "/load/%s.aicsnap", name);
+    if (g_chunk)
+        snprintf(snap, sizeof snap, CACHE_DIR "/load/%s-chunk%u.aicsnap", name, g_chunk);
+    else
+        snprintf(snap, sizeof snap, CACHE_DIR "/load/%s.aicsnap", name);
     if (ensure_packed(st, snap) != 0) return -1;
     aicfn_error err;
     snap_reader *r;
@@ -387,6 +395,14 @@ int main(int argc, char **argv) {
             reps = atoi(argv[++i]);
         else if (strcmp(argv[i], "--no-gen") == 0)
             gen = 0;
+        else if (strcmp(argv[i], "--chunk") == 0 && i + 1 < argc) {
+            uint64_t c = 0;
+            if (units_parse_size(argv[++i], &c, NULL) != AICFN_OK || c == 0 || c > UINT32_MAX) {
+                fprintf(stderr, "bench-load: --chunk: want a size such as 1MiB\n");
+                return 2;
+            }
+            g_chunk = (uint32_t)c;
+        }
         else if (n_extra < 8)
             extra[n_extra++] = argv[i];
     }
