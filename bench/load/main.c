@@ -230,11 +230,19 @@ static void warm(const char *path) {
 
 static uint32_t g_chunk; /* --chunk: raw bytes per frame; 0 = the packer's default */
 
+/* Packs `st` into `out` unless `out` is newer and was packed with the frame size wanted
+ * (the default changes over time; a stale pack would measure the old layout). */
 static int ensure_packed(const char *st, const char *out) {
-    if (file_exists(out) && file_mtime(out) >= file_mtime(st)) return 0;
     snap_pack_opts o;
     snap_pack_opts_init(&o);
     if (g_chunk) o.chunk = g_chunk;
+    if (file_exists(out) && file_mtime(out) >= file_mtime(st)) {
+        snap_reader *r = NULL;
+        aicfn_error e;
+        int same = snap_open(out, &r, &e) == AICFN_OK && snap_reader_manifest(r)->chunk_bytes == o.chunk;
+        snap_close(r);
+        if (same) return 0;
+    }
     const char *in[] = {st};
     aicfn_error err;
     if (snap_pack(in, 1, out, &o, NULL, &err) != AICFN_OK) {
