@@ -71,6 +71,8 @@
 #define AICFN_CRASH_BACKOFF_MS 60000          /* request that crashed its worker twice: refused this long */
 #define AICFN_DEFAULT_MAX_WORKERS 2           /* aicfn gateway --workers 0..2 */
 #define AICFN_UPLOAD_CHUNK_BYTES (4u << 20)   /* aicfn deploy: artifact bytes per upload message */
+#define AICFN_WORKER_CACHE_DIR "./aicfn-worker-cache" /* aicfn worker --gateway: fetched artifacts */
+#define AICFN_FETCH_CHUNK_TIMEOUT_MS 30000    /* remote worker: one artifact_get round trip */
 
 /* ---- SQLite, registry, ledger, artifacts, keys (gateway/db.c ...) ---- */
 #define AICFN_DB_FILE "aicfn.db"              /* inside the data dir */

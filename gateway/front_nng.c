@@ -11,11 +11,16 @@
  * checks are cached for a few seconds so that invocations do not hit SQLite.
  *
  * Not for: the call path itself (gateway.c), HTTP (http.c). */
+#include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/log.h"
@@ -258,6 +263,71 @@ static void front_uploads_expire(gw_front *f, uint64_t now, bool all) {
         }
 }
 
+/* artifact_get {hash, offset, len}: one chunk of a stored artifact, read with pread
+ * (admin thread): {size: the artifact's total bytes, data: bytes [offset, offset+n)}
+ * with n = min(len, size - offset). Remote workers download handlers and snapshots so
+ * (worker/fetch.c). */
+static void front_artifact_get(gw_front *f, rpc_call *call, wire_doc *doc, uint64_t id) {
+    aicfn_error e;
+    aicfn_error_clear(&e);
+    const msgpack_object *root = &doc->root;
+    const char *hash = NULL;
+    uint64_t offset = 0, len = 0;
+    int rc = wire_get_cstr(doc, root, NULL, "hash", true, GW_HASH_HEX_LEN, &hash, &e);
+    if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "offset", true, &offset, &e);
+    if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "len", true, &len, &e);
+    if (rc == AICFN_OK && !gw_hash_hex_valid(hash))
+        rc = aicfn_error_set(&e, AICFN_E_INVALID, "artifact_get: 'hash' must be 64 lowercase hex characters");
+    if (rc == AICFN_OK && (len == 0 || len > AICFN_UPLOAD_CHUNK_BYTES))
+        rc = aicfn_error_set(&e, AICFN_E_INVALID, "artifact_get: 'len' must be 1..%u, not %llu",
+                             AICFN_UPLOAD_CHUNK_BYTES, (unsigned long long)len);
+    char path[PATH_MAX];
+    if (rc == AICFN_OK) rc = gw_artifacts_path(gw_gateway_artifacts(f->gw), hash, path, sizeof path, &e);
+    int fd = -1;
+    if (rc == AICFN_OK) {
+        fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            rc = errno == ENOENT ? aicfn_error_set(&e, AICFN_E_NOT_FOUND, "artifact %s is not stored", hash)
+                                 : aicfn_error_errno(&e, AICFN_E_IO, errno, "artifact %s", hash);
+    }
+    struct stat st;
+    if (rc == AICFN_OK && fstat(fd, &st) != 0)
+        rc = aicfn_error_errno(&e, AICFN_E_IO, errno, "artifact %s", hash);
+    uint64_t size = rc == AICFN_OK ? (uint64_t)st.st_size : 0;
+    if (rc == AICFN_OK && offset > size)
+        rc = aicfn_error_set(&e, AICFN_E_INVALID, "artifact %s: offset %llu is past its %llu bytes", hash,
+                             (unsigned long long)offset, (unsigned long long)size);
+    size_t n = rc == AICFN_OK ? (size_t)(size - offset < len ? size - offset : len) : 0;
+    uint8_t *buf = rc == AICFN_OK ? malloc(n ? n : 1) : NULL;
+    if (rc == AICFN_OK && !buf) rc = aicfn_error_set(&e, AICFN_E_NOMEM, "artifact_get: out of memory");
+    size_t got = 0;
+    while (rc == AICFN_OK && got < n) {
+        ssize_t r = pread(fd, buf + got, n - got, (off_t)(offset + got));
+        if (r < 0 && errno == EINTR) continue;
+        if (r < 0)
+            rc = aicfn_error_errno(&e, AICFN_E_IO, errno, "artifact %s: reading at offset %llu", hash,
+                                   (unsigned long long)(offset + got));
+        else if (r == 0)
+            rc = aicfn_error_set(&e, AICFN_E_IO, "artifact %s: ends at %llu, before its %llu bytes", hash,
+                                 (unsigned long long)(offset + got), (unsigned long long)size);
+        else
+            got += (size_t)r;
+    }
+    if (fd >= 0) close(fd);
+    if (rc != AICFN_OK) {
+        free(buf);
+        front_error(call, id, rc, e.msg);
+        return;
+    }
+    wire_writer w;
+    wire_writer_init(&w);
+    front_ok_head(&w, id, 2);
+    wire_kv_u64(&w, "size", size);
+    wire_kv_bin(&w, "data", buf, n);
+    free(buf);
+    front_send(call, id, &w);
+}
+
 static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wire_header *h) {
     aicfn_error e;
     aicfn_error_clear(&e);
@@ -463,6 +533,10 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
     }
     if (strcmp(h->t, "status") == 0) {
         front_ok_json(call, id, gw_status_json(gw));
+        return;
+    }
+    if (strcmp(h->t, "artifact_get") == 0) {
+        front_artifact_get(f, call, doc, id);
         return;
     }
     if (strcmp(h->t, "register") == 0) {
