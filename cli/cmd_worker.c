@@ -16,6 +16,7 @@
 #include "common/log.h"
 #include "common/tunables.h"
 #include "common/units.h"
+#include "worker/fetch.h"
 #include "worker/worker.h"
 
 #define CW_MAX_FUNCTIONS 64
@@ -23,7 +24,8 @@
 static void cw_help(FILE *out) {
     fprintf(out,
             "usage: aicfn worker --listen ADDR [--device auto|host|cuda[:N]] [--memory BYTES]\n"
-            "                    [--load-threads N] [--id NAME] --function SPEC [--function SPEC ...]\n"
+            "                    [--load-threads N] [--id NAME] [--function SPEC ...]\n"
+            "                    [--gateway ADDR [--key KEY] [--cache-dir DIR | --shared-artifacts]]\n"
             "\n"
             "Runs a worker: one device, its model cache, and the functions given. It answers\n"
             "invoke and status messages on ADDR (ipc:///path or tcp://host:port) and drains on\n"
@@ -37,8 +39,15 @@ static void cw_help(FILE *out) {
             "  --load-threads N     snapshot pipeline threads per load (default: cores)\n"
             "  --id NAME            worker id shown in status (default: w<pid>)\n"
             "  --gateway ADDR       register with this gateway once listening (it dials --listen, so use a\n"
-            "                       tcp:// address it can reach; the gateway's artifact paths must be\n"
-            "                       readable here); --key KEY or $AICFN_KEY authenticates\n"
+            "                       tcp:// address it can reach); --key KEY or $AICFN_KEY (an admin key)\n"
+            "                       authenticates. The worker then fetches every handler and snapshot the\n"
+            "                       gateway names from the gateway itself, by SHA-256 (artifact_get), into\n"
+            "                       --cache-dir, and never opens the gateway's paths\n"
+            "  --cache-dir DIR      where a --gateway worker keeps fetched artifacts, as DIR/<sha256>\n"
+            "                       (default %s, created 0700); a file found there is\n"
+            "                       re-hashed once per process before it is used\n"
+            "  --shared-artifacts   with --gateway: the gateway's data directory is mounted at the same\n"
+            "                       path on this host, so open its artifact paths directly (no fetch)\n"
             "  --no-specs           refuse invocations whose `spec` asks to load a new function (by\n"
             "                       default the gateway registers functions that way; keep ADDR private)\n"
             "  --function SPEC      NAME=HANDLER.so[,SNAPSHOT.aicsnap][,OPTION=VALUE...]\n"
@@ -48,8 +57,9 @@ static void cw_help(FILE *out) {
             "                       Paths may not contain commas.\n"
             "\n"
             "environment: AICFN_LOG=error|warn|info|debug\n",
-            (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20), AICFN_DEFAULT_MAX_BATCH,
-            AICFN_DEFAULT_MAX_DELAY_US, AICFN_DEFAULT_TIMEOUT_MS, AICFN_DEFAULT_QUEUE_PER_FUNCTION);
+            (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20), AICFN_WORKER_CACHE_DIR,
+            AICFN_DEFAULT_MAX_BATCH, AICFN_DEFAULT_MAX_DELAY_US, AICFN_DEFAULT_TIMEOUT_MS,
+            AICFN_DEFAULT_QUEUE_PER_FUNCTION);
 }
 
 /* A parsed --function: the config plus the storage its strings point into. */
@@ -146,7 +156,9 @@ int cli_cmd_worker(int argc, char **argv) {
     worker_config cfg = {.device = "auto"};
     cw_fn *fns = calloc(CW_MAX_FUNCTIONS, sizeof *fns);
     int n_fns = 0, rc = CLI_EXIT_OK;
-    const char *gateway = NULL, *gw_key = NULL;
+    const char *gateway = NULL, *gw_key = NULL, *cache_dir = NULL;
+    int shared_artifacts = 0;
+    worker_fetcher *fetcher = NULL;
     if (fns == NULL) return cli_usage_error("worker", "out of memory");
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -156,6 +168,10 @@ int cli_cmd_worker(int argc, char **argv) {
             goto out;
         } else if (strcmp(argv[i], "--no-specs") == 0) {
             cfg.refuse_specs = 1;
+        } else if (strcmp(argv[i], "--shared-artifacts") == 0) {
+            shared_artifacts = 1;
+        } else if ((v = cw_flag(argc, argv, &i, "--cache-dir"))) {
+            cache_dir = v;
         } else if ((v = cw_flag(argc, argv, &i, "--listen"))) {
             cfg.listen = v;
         } else if ((v = cw_flag(argc, argv, &i, "--device"))) {
@@ -197,6 +213,14 @@ int cli_cmd_worker(int argc, char **argv) {
         rc = cli_usage_error("worker", "--listen ADDR is required");
         goto out;
     }
+    if (gateway == NULL && (cache_dir || shared_artifacts)) {
+        rc = cli_usage_error("worker", "--cache-dir and --shared-artifacts go with --gateway ADDR");
+        goto out;
+    }
+    if (cache_dir && shared_artifacts) {
+        rc = cli_usage_error("worker", "--cache-dir and --shared-artifacts exclude each other");
+        goto out;
+    }
 
     /* Block the signals we wait for before any thread exists: every thread inherits it. */
     sigset_t set;
@@ -215,6 +239,15 @@ int cli_cmd_worker(int argc, char **argv) {
     aicfn_error err;
     aicfn_error_clear(&err);
     worker *w = NULL;
+    if (gateway && !shared_artifacts) {
+        worker_fetch_config fc = {.gateway = gateway, .key = cli_api_key(gw_key), .cache_dir = cache_dir};
+        if (worker_fetcher_create(&fc, &fetcher, &err) != AICFN_OK) {
+            rc = cli_fail(&err);
+            goto out;
+        }
+        cfg.fetcher = fetcher;
+        log_info("artifacts are fetched from %s into %s", gateway, worker_fetcher_dir(fetcher));
+    }
     if (worker_create(&cfg, &w, &err) != AICFN_OK) {
         rc = cli_fail(&err);
         goto out;
@@ -249,6 +282,7 @@ int cli_cmd_worker(int argc, char **argv) {
     log_info("stopped");
     rc = left ? CLI_EXIT_FAIL : CLI_EXIT_OK;
 out:
+    worker_fetcher_destroy(fetcher); /* after worker_destroy: the worker borrows it */
     for (int i = 0; i < n_fns; i++)
         free(fns[i].text);
     free(fns);

@@ -13,6 +13,7 @@
 #ifndef AICFN_LOADER_PIPELINE_H
 #define AICFN_LOADER_PIPELINE_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/error.h"
@@ -32,7 +33,9 @@ typedef struct loader_timing {
     uint64_t verify_us;        /* sum over threads: XXH3 of the raw bytes */
     uint64_t copy_us;          /* sum over threads: issuing copies + waiting for them */
     uint64_t wait_us;          /* sum over threads: stalled on a full pipeline */
-    uint64_t total_us;         /* wall time of the whole load, open to last copy done */
+    uint64_t fetch_us;         /* resolving the path (loader_resolve_fn: a download), wall; 0 when
+                                  none; included in total_us */
+    uint64_t total_us;         /* wall time of the whole load, fetch and open to last copy done */
     uint64_t compressed_bytes; /* data frame bytes read */
     uint64_t raw_bytes;        /* blob bytes restored */
     uint32_t threads;          /* threads that ran */
@@ -86,9 +89,19 @@ void *loader_model_tensor_ptr(const loader_model *m, uint32_t t);
  * loader_pipeline_source that must outlive the cache. prepare opens the snapshot and
  * charges loader_device_alloc_size(blob_bytes); load runs loader_load_reader with
  * max_bytes = the reservation; the model is a loader_model *. */
+/* Optional: maps the `path` the cache was given to a local file before it is opened,
+ * e.g. by downloading it (a remote worker fetches snapshots from its gateway). Writes
+ * the local path into `local` (capacity `cap`, at least PATH_MAX) and returns AICFN_OK,
+ * or fails with an error naming what failed. Called by prepare on the loading thread
+ * (outside the cache lock, single-flight per model), so it may block; its time counts
+ * in the load's total_us (and fetch_us). Must be thread-safe. */
+typedef int (*loader_resolve_fn)(void *arg, const char *path, char *local, size_t cap, aicfn_error *err);
+
 typedef struct loader_pipeline_source {
     loader_device *device;
-    uint32_t threads; /* 0 = cores */
+    uint32_t threads;          /* 0 = cores */
+    loader_resolve_fn resolve; /* optional (NULL: paths are local files) */
+    void *resolve_arg;
 } loader_pipeline_source;
 
 struct loader_cache_load_ops;

@@ -2,12 +2,14 @@
  * generation number). See model.h. Not for: eviction policy or handler calls. */
 #include "worker/model.h"
 
+#include <limits.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "common/clock.h"
+#include "common/log.h"
 #include "loader/pipeline.h"
 #include "snapshots/snapshot.h"
 
@@ -24,6 +26,7 @@ static int32_t model_device_id(loader_device *dev) {
 typedef struct model_prep {
     snap_reader *reader;
     uint64_t open_us;
+    uint64_t fetch_us;
 } model_prep;
 
 static int model_prepare(void *arg, const char *key, const char *path, void **prep, uint64_t *bytes,
@@ -32,6 +35,20 @@ static int model_prepare(void *arg, const char *key, const char *path, void **pr
     *prep = NULL;
     model_prep *p = calloc(1, sizeof *p);
     if (p == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "model %s: out of memory", key);
+    char local[PATH_MAX];
+    if (a->resolve) {
+        uint64_t tf = clock_now_us();
+        int rc = a->resolve(a->resolve_arg, path, local, sizeof local, err);
+        if (rc != AICFN_OK) {
+            free(p);
+            return aicfn_error_wrap(err, "model %s", key);
+        }
+        p->fetch_us = clock_now_us() - tf;
+        if (strcmp(local, path) != 0)
+            log_info("model %s: snapshot ready at %s after %llu ms", key, local,
+                     (unsigned long long)(p->fetch_us / 1000));
+        path = local;
+    }
     uint64_t t0 = clock_now_us();
     int rc = snap_open(path, &p->reader, err);
     if (rc != AICFN_OK) {
@@ -62,11 +79,12 @@ static int model_load(void *arg, void *prep, uint64_t max_bytes, void **model, u
     loader_timing t;
     memset(&t, 0, sizeof t);
     int rc = loader_load_reader(a->device, p->reader, &opts, &lm, &t, err);
-    uint64_t open_us = p->open_us;
+    uint64_t open_us = p->open_us, fetch_us = p->fetch_us;
     model_abort(arg, p);
     if (rc != AICFN_OK) return rc;
     t.open_us += open_us;
-    t.total_us += open_us;
+    t.fetch_us = fetch_us;
+    t.total_us += open_us + fetch_us; /* prepare's fetch and open count in the cold start */
     const snap_manifest *man = loader_model_manifest(lm);
     worker_model *m = calloc(1, sizeof *m);
     aicfn_tensor *ts = calloc(man->n_tensors ? man->n_tensors : 1, sizeof *ts);

@@ -22,10 +22,15 @@ typedef struct worker_model {
     aicfn_tensor *tensors; /* view.tensors, owned */
 } worker_model;
 
-/* The argument the ops need: the device and the pipeline's thread count. */
+/* The argument the ops need: the device, the pipeline's thread count, and the optional
+ * hook that maps a snapshot path to a local file first (loader_resolve_fn, pipeline.h:
+ * a remote worker downloads the snapshot from its gateway there; its time is the
+ * load's fetch_us, counted in total_us and logged). */
 typedef struct worker_model_ops_arg {
     loader_device *device;
-    uint32_t load_threads; /* 0 = loader_default_threads() */
+    uint32_t load_threads;     /* 0 = loader_default_threads() */
+    loader_resolve_fn resolve; /* NULL: snapshot paths are local files */
+    void *resolve_arg;
 } worker_model_ops_arg;
 
 /* Load ops for loader_cache_config.ops (ops_arg = a worker_model_ops_arg that outlives

@@ -28,6 +28,10 @@
 #include "worker/host.h"
 #include "worker/model.h"
 
+/* A remote worker's snapshot "path" for the cache: this prefix and the artifact's hash;
+ * worker_resolve fetches it when the model is loaded. Never a gateway path. */
+#define WORKER_ARTIFACT_PREFIX "artifact:"
+
 typedef struct worker_fn {
     struct worker_fn *next;
     worker *w;
@@ -62,6 +66,7 @@ struct worker {
     rpc_server *srv;
     uint64_t started_us;
     int refuse_specs;
+    worker_fetcher *fetcher; /* borrowed; NULL: artifact paths are local */
 
     pthread_mutex_t mu; /* fns, n_fns, inflight, draining */
     pthread_cond_t cv;  /* inflight reached 0 */
@@ -70,6 +75,7 @@ struct worker {
     unsigned n_fns;
     uint64_t max_timeout_us; /* the longest function timeout (bounds a drain) */
     unsigned inflight;
+    unsigned parked; /* threads fetching a new function's handler (worker_park_main) */
     int draining;
 
     atomic_uint_fast64_t n_invocations, n_errors, n_cold, n_batches;
@@ -533,7 +539,10 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
         worker_fn_free(f);
         return aicfn_error_set(err, AICFN_E_NOMEM, "function %s: out of memory", c->name);
     }
-    if (has_model && access(f->snapshot, R_OK) != 0) {
+    /* A remote worker's snapshot is fetched when the model loads (worker_resolve). */
+    int fetched = w->fetcher && strncmp(f->snapshot ? f->snapshot : "", WORKER_ARTIFACT_PREFIX,
+                                        strlen(WORKER_ARTIFACT_PREFIX)) == 0;
+    if (has_model && !fetched && access(f->snapshot, R_OK) != 0) {
         int e = errno;
         worker_fn_free(f);
         return aicfn_error_errno(err, e == ENOENT ? AICFN_E_NOT_FOUND : AICFN_E_IO, e,
@@ -755,19 +764,30 @@ static int worker_build_inputs(worker_req *r, aicfn_error *err) {
     return AICFN_OK;
 }
 
-/* Registers the function a gateway's `spec` describes (the run-time seam). */
-static int worker_add_from_spec(worker *w, const wire_invoke_req *q, aicfn_error *err) {
+/* Registers the function a gateway's `spec` describes (the run-time seam). `handler`
+ * is the local handler path: the spec's own, or (remote worker) the fetched copy; a
+ * remote worker's snapshot becomes WORKER_ARTIFACT_PREFIX + its hash. */
+static int worker_add_from_spec(worker *w, const wire_invoke_req *q, const char *handler, aicfn_error *err) {
     if (w->refuse_specs)
         return aicfn_error_set(err, AICFN_E_FORBIDDEN,
                                "function %s: this worker does not accept function specs", q->fn);
-    if (q->spec.handler == NULL || q->spec.handler[0] != '/')
+    if (handler == NULL || handler[0] != '/')
         return aicfn_error_set(err, AICFN_E_INVALID, "function %s: spec.handler must be an absolute path",
                                q->fn);
+    const char *snapshot = q->spec.snapshot;
+    char snap[sizeof WORKER_ARTIFACT_PREFIX + WORKER_HASH_HEX_LEN];
+    if (w->fetcher && snapshot && snapshot[0]) {
+        char hash[WORKER_HASH_HEX_LEN + 1];
+        int rc = worker_fetch_hash_of_path(snapshot, hash, err);
+        if (rc != AICFN_OK) return aicfn_error_wrap(err, "function %s: spec.snapshot", q->fn);
+        snprintf(snap, sizeof snap, WORKER_ARTIFACT_PREFIX "%s", hash);
+        snapshot = snap;
+    }
     worker_fn_config c = {
         .name = q->fn,
         .version = q->ver,
-        .handler = q->spec.handler,
-        .snapshot = q->spec.snapshot,
+        .handler = handler,
+        .snapshot = snapshot,
         .model_key = q->spec.model,
         .max_batch = q->spec.max_batch,
         .max_delay_us = q->spec.max_delay_us,
@@ -852,7 +872,18 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
                           "preload: this worker does not accept function specs");
         return;
     }
-    if (path[0] != '/') {
+    char fetched[sizeof WORKER_ARTIFACT_PREFIX + WORKER_HASH_HEX_LEN];
+    if (w->fetcher) {
+        /* Remote: the snapshot is fetched by hash in the cache's load (worker_resolve). */
+        char hash[WORKER_HASH_HEX_LEN + 1];
+        if (worker_fetch_hash_of_path(path, hash, &err) != AICFN_OK) {
+            aicfn_error_wrap(&err, "preload: snapshot");
+            worker_reply_fail(w, call, h->id, err.code, err.msg);
+            return;
+        }
+        snprintf(fetched, sizeof fetched, WORKER_ARTIFACT_PREFIX "%s", hash);
+        path = fetched;
+    } else if (path[0] != '/') {
         worker_reply_fail(w, call, h->id, AICFN_E_INVALID, "preload: snapshot must be an absolute path");
         return;
     }
@@ -888,6 +919,65 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
         pthread_mutex_unlock(&w->mu);
         free(p);
         worker_reply_fail(w, call, h->id, AICFN_E_NOMEM, "preload: cannot start a thread");
+    }
+}
+
+/* ---- a remote worker's new function: fetch its handler, then run the call ----
+ * A spec that names a function this worker does not hold yet parks the call on a
+ * thread of its own (bounded by the NNG contexts: each parked call holds one), which
+ * fetches the handler by hash (single-flight in the fetcher), registers the function
+ * and continues the call, or fails it naming the artifact. The call's deadline still
+ * counts from its receipt. worker_destroy waits for these threads. */
+
+static void worker_dispatch(worker_req *r);
+
+static void *worker_park_main(void *arg) {
+    worker_req *r = arg;
+    worker *w = r->w;
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    char handler[PATH_MAX];
+    uint64_t t0 = clock_now_us();
+    int rc = worker_fetch_path(w->fetcher, r->req.spec.handler, handler, sizeof handler, &err);
+    if (rc != AICFN_OK)
+        aicfn_error_wrap(&err, "function %s: handler", r->req.fn);
+    else
+        log_info("function %s v%u: handler %s ready after %llu ms", r->req.fn, r->req.ver, handler,
+                 (unsigned long long)((clock_now_us() - t0) / 1000));
+    if (rc == AICFN_OK) rc = worker_add_from_spec(w, &r->req, handler, &err);
+    if (rc != AICFN_OK)
+        worker_finish(r, rc, err.msg, NULL);
+    else
+        worker_dispatch(r);
+    pthread_mutex_lock(&w->mu);
+    if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+static void worker_park(worker_req *r) {
+    worker *w = r->w;
+    aicfn_error err;
+    char hash[WORKER_HASH_HEX_LEN + 1];
+    if (worker_fetch_hash_of_path(r->req.spec.handler, hash, &err) != AICFN_OK) {
+        aicfn_error_wrap(&err, "function %s: spec.handler", r->req.fn);
+        worker_finish(r, err.code, err.msg, NULL);
+        return;
+    }
+    pthread_mutex_lock(&w->mu);
+    w->parked++;
+    pthread_mutex_unlock(&w->mu);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, worker_park_main, r);
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        pthread_mutex_lock(&w->mu);
+        if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        worker_finish(r, AICFN_E_NOMEM, "cannot start a thread to fetch the function's handler", NULL);
     }
 }
 
@@ -963,11 +1053,29 @@ static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_
         return;
     }
     if (fn == NULL && r->req.has_spec) {
-        rc = worker_add_from_spec(w, &r->req, &err);
+        if (w->fetcher && !w->refuse_specs) {
+            worker_park(r); /* the handler is fetched off this NNG callback thread */
+            return;
+        }
+        rc = worker_add_from_spec(w, &r->req, r->req.spec.handler, &err);
         if (rc != AICFN_OK) {
             worker_finish(r, rc, err.msg, NULL);
             return;
         }
+    }
+    worker_dispatch(r);
+}
+
+/* The rest of an accepted invocation: find its function (once more, when a spec may
+ * just have added it), build the handler's view, queue it in the batcher. Runs on the
+ * NNG callback thread, or on the parked call's thread. */
+static void worker_dispatch(worker_req *r) {
+    worker *w = r->w;
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    int rc;
+    worker_fn *fn = r->fn;
+    if (fn == NULL) {
         pthread_mutex_lock(&w->mu);
         fn = worker_find_fn_locked(w, r->req.fn, r->req.ver);
         if (fn) {
@@ -1003,6 +1111,19 @@ static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_
 
 /* ---- lifecycle ---- */
 
+/* The model cache's resolve hook of a remote worker (loader_resolve_fn): a snapshot
+ * named WORKER_ARTIFACT_PREFIX + hash is fetched from the gateway into the cache dir;
+ * any other path (a --function snapshot) is a local file, used as it is. */
+static int worker_resolve(void *arg, const char *path, char *local, size_t cap, aicfn_error *err) {
+    worker *w = arg;
+    size_t n = strlen(WORKER_ARTIFACT_PREFIX);
+    if (strncmp(path, WORKER_ARTIFACT_PREFIX, n) == 0)
+        return worker_fetch(w->fetcher, path + n, local, cap, err);
+    if ((size_t)snprintf(local, cap, "%s", path) >= cap)
+        return aicfn_error_set(err, AICFN_E_INVALID, "snapshot path %.200s is too long", path);
+    return AICFN_OK;
+}
+
 int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     *out = NULL;
     if (cfg == NULL || cfg->listen == NULL || cfg->listen[0] == '\0')
@@ -1015,6 +1136,7 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     pthread_cond_init(&w->cv, NULL);
     w->started_us = clock_now_us();
     w->refuse_specs = cfg->refuse_specs;
+    w->fetcher = cfg->fetcher;
     w->listen = strdup(cfg->listen);
     w->device_spec = strdup(cfg->device && cfg->device[0] ? cfg->device : "auto");
     if (cfg->id && cfg->id[0])
@@ -1039,6 +1161,10 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     }
     w->memory_bytes = budget;
     w->ops_arg = (worker_model_ops_arg){.device = w->dev, .load_threads = cfg->load_threads};
+    if (w->fetcher) {
+        w->ops_arg.resolve = worker_resolve;
+        w->ops_arg.resolve_arg = w;
+    }
     loader_cache_config cc = {
         .budget_bytes = budget, .ops = &worker_model_ops, .ops_arg = &w->ops_arg, .policy = NULL};
     rc = loader_cache_create(&cc, &w->cache, err);
@@ -1095,6 +1221,11 @@ void worker_destroy(worker *w) {
      * still running, so queued calls complete or expire) and every callback returned. */
     rpc_server_destroy(w->srv);
     w->srv = NULL;
+    /* Every call was answered; a parked call's thread may still be on its way out. */
+    pthread_mutex_lock(&w->mu);
+    while (w->parked > 0)
+        pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
     worker_fn *f = w->fns;
     while (f) {
         worker_fn *next = f->next;

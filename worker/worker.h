@@ -16,6 +16,8 @@
  * library (an absolute path) that the worker dlopens: whoever can reach the worker's
  * address can run code in it, so the address must be reachable by the gateway only
  * (an ipc:// path in a private directory, or a private network), or specs refused.
+ * A remote worker (worker_config.fetcher) never opens the spec's paths: it fetches the
+ * artifacts they name by hash from the gateway (worker/fetch.h).
  *
  * Not for: routing, the registry or records (the gateway). */
 #ifndef AICFN_WORKER_WORKER_H
@@ -25,6 +27,7 @@
 
 #include "aicfn.h"
 #include "common/error.h"
+#include "worker/fetch.h"
 
 typedef struct worker worker;
 
@@ -36,6 +39,14 @@ typedef struct worker_config {
     const char *id;        /* worker id in status ("w1"); NULL = "w<pid>" */
     int refuse_specs;      /* 1: an invoke carrying a `spec` for an unknown function is refused
                               (AICFN_E_FORBIDDEN) instead of loading its handler */
+    worker_fetcher *fetcher; /* NULL: the artifact paths in specs and preloads are opened as they
+                                are (a local worker, or --shared-artifacts). Else a remote worker:
+                                each such path is the gateway's and only its last component, the
+                                artifact's hash, is used: the handler is fetched into the
+                                fetcher's cache when a spec first names the function (off the
+                                NNG callback thread; the call waits for it), the snapshot when
+                                its model is loaded (in the cache's load, single-flight). Borrowed:
+                                it must outlive the worker. */
 } worker_config;
 
 /* One function to host. Strings are copied. */
