@@ -1,7 +1,8 @@
-/* registry.c: function versions and workers in aicfn.db, and the function config's
- * JSON form.
+/* registry.c: function versions in aicfn.db, the function config's JSON form, and the
+ * read side of the workers table.
  *
- * Not for: artifact files (artifacts.c), the ledger (ledger.c), routing. */
+ * Not for: artifact files (artifacts.c), the ledger and the workers table's writes
+ * (ledger.c), routing. */
 #include "gateway/registry.h"
 
 #include <ctype.h>
@@ -10,8 +11,8 @@
 #include <string.h>
 
 #include "common/clock.h"
-#include "common/grow.h"
 #include "common/dtype.h"
+#include "common/grow.h"
 #include "gateway/artifacts.h"
 
 /* ---- Names ---------------------------------------------------------------------- */
@@ -568,7 +569,7 @@ int gw_registry_list(gw_db *db, gw_function_summary **out, size_t *n, aicfn_erro
                    "SELECT f.name, "
                    "  (SELECT version FROM functions a WHERE a.name = f.name AND a.active = 1), "
                    "  max(f.version), count(*), "
-                   "  s.handler_bytes, s.snapshot_bytes, s.model_raw_bytes, max(f.created_us) "
+                   "  s.handler_bytes, s.snapshot_bytes, s.model_raw_bytes, max(f.created_us), s.config "
                    "FROM functions f JOIN functions s ON s.name = f.name AND s.version = "
                    "  coalesce((SELECT version FROM functions a WHERE a.name = f.name AND a.active = 1), "
                    "           (SELECT max(version) FROM functions b WHERE b.name = f.name)) "
@@ -594,6 +595,14 @@ int gw_registry_list(gw_db *db, gw_function_summary **out, size_t *n, aicfn_erro
         e->snapshot_bytes = (uint64_t)sqlite3_column_int64(st, 5);
         e->model_raw_bytes = (uint64_t)sqlite3_column_int64(st, 6);
         e->created_us = (uint64_t)sqlite3_column_int64(st, 7);
+        gw_fn_config cfg;
+        const char *cj = (const char *)sqlite3_column_text(st, 8);
+        if (gw_fn_config_from_string(cj && cj[0] ? cj : "{}", &cfg, NULL) != AICFN_OK)
+            gw_fn_config_init(&cfg);
+        e->min_workers = cfg.min_workers;
+        e->max_workers = cfg.max_workers;
+        e->idle_timeout_us = cfg.idle_timeout_us;
+        gw_fn_config_clear(&cfg);
     }
     if (!rc && s != SQLITE_DONE) rc = gw_db_error(db, s, err, "listing functions");
     gw_db_done(st);
@@ -644,12 +653,14 @@ int gw_registry_versions(gw_db *db, const char *name, gw_function **out, size_t 
 json_t *gw_function_summaries_to_json(const gw_function_summary *s, size_t n) {
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++) {
-        json_t *o = json_pack("{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "name", s[i].name, "active_version",
-                              (json_int_t)s[i].active_version, "latest_version",
-                              (json_int_t)s[i].latest_version, "versions", (json_int_t)s[i].n_versions,
-                              "handler_bytes", (json_int_t)s[i].handler_bytes, "snapshot_bytes",
-                              (json_int_t)s[i].snapshot_bytes, "model_raw_bytes",
-                              (json_int_t)s[i].model_raw_bytes, "created_us", (json_int_t)s[i].created_us);
+        json_t *o = json_pack(
+            "{s:s, s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I}}", "name", s[i].name,
+            "active_version", (json_int_t)s[i].active_version, "latest_version",
+            (json_int_t)s[i].latest_version, "versions", (json_int_t)s[i].n_versions, "handler_bytes",
+            (json_int_t)s[i].handler_bytes, "snapshot_bytes", (json_int_t)s[i].snapshot_bytes,
+            "model_raw_bytes", (json_int_t)s[i].model_raw_bytes, "created_us", (json_int_t)s[i].created_us,
+            "scaling", "min_workers", (json_int_t)s[i].min_workers, "max_workers",
+            (json_int_t)s[i].max_workers, "idle_timeout_us", (json_int_t)s[i].idle_timeout_us);
         if (!o || json_array_append_new(arr, o) != 0) {
             json_decref(arr);
             return NULL;
@@ -782,70 +793,6 @@ out:
 }
 
 /* ---- Workers -------------------------------------------------------------------- */
-
-int gw_registry_worker_upsert(gw_db *db, const gw_worker_row *w, aicfn_error *err) {
-    if (!w->id[0]) return aicfn_error_set(err, AICFN_E_INVALID, "worker: empty id");
-    gw_db_lock(db);
-    sqlite3_stmt *st = NULL;
-    int rc =
-        gw_db_stmt(db,
-                   "INSERT INTO workers(id, address, device, budget_bytes, pid, started_us, last_seen_us, "
-                   "state) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT(id) DO UPDATE SET "
-                   "address = excluded.address, device = excluded.device, budget_bytes = "
-                   "excluded.budget_bytes, pid = excluded.pid, started_us = excluded.started_us, "
-                   "last_seen_us = excluded.last_seen_us, state = excluded.state",
-                   &st, err);
-    if (!rc) {
-        gw_db_bind_text(st, 1, w->id);
-        gw_db_bind_text(st, 2, w->address);
-        gw_db_bind_text(st, 3, w->device);
-        sqlite3_bind_int64(st, 4, (sqlite3_int64)w->budget_bytes);
-        sqlite3_bind_int64(st, 5, w->pid);
-        sqlite3_bind_int64(st, 6, (sqlite3_int64)w->started_us);
-        sqlite3_bind_int64(st, 7, (sqlite3_int64)w->last_seen_us);
-        gw_db_bind_text(st, 8, w->state);
-        int s = sqlite3_step(st);
-        if (s != SQLITE_DONE) rc = gw_db_error(db, s, err, "worker upsert");
-        gw_db_done(st);
-    }
-    gw_db_unlock(db);
-    return rc;
-}
-
-int gw_registry_worker_touch(gw_db *db, const char *id, const char *state, uint64_t last_seen_us,
-                             aicfn_error *err) {
-    gw_db_lock(db);
-    sqlite3_stmt *st = NULL;
-    int rc = gw_db_stmt(db, "UPDATE workers SET state = coalesce(?2, state), last_seen_us = ?3 WHERE id = ?1",
-                        &st, err);
-    if (!rc) {
-        gw_db_bind_text(st, 1, id);
-        gw_db_bind_text(st, 2, state);
-        sqlite3_bind_int64(st, 3, (sqlite3_int64)last_seen_us);
-        int s = sqlite3_step(st);
-        if (s != SQLITE_DONE)
-            rc = gw_db_error(db, s, err, "worker update");
-        else if (sqlite3_changes(gw_db_sqlite(db)) == 0)
-            rc = aicfn_error_set(err, AICFN_E_NOT_FOUND, "worker %.200s not found", id);
-        gw_db_done(st);
-    }
-    gw_db_unlock(db);
-    return rc;
-}
-
-int gw_registry_worker_remove(gw_db *db, const char *id, aicfn_error *err) {
-    gw_db_lock(db);
-    sqlite3_stmt *st = NULL;
-    int rc = gw_db_stmt(db, "DELETE FROM workers WHERE id = ?1", &st, err);
-    if (!rc) {
-        gw_db_bind_text(st, 1, id);
-        int s = sqlite3_step(st);
-        if (s != SQLITE_DONE) rc = gw_db_error(db, s, err, "worker remove");
-        gw_db_done(st);
-    }
-    gw_db_unlock(db);
-    return rc;
-}
 
 int gw_registry_worker_list(gw_db *db, gw_worker_row **out, size_t *n, aicfn_error *err) {
     *out = NULL;

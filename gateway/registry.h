@@ -1,10 +1,11 @@
-/* registry.h: the functions and workers the gateway knows, stored in aicfn.db:
- * deploy (a new version, made active, in one committed transaction), resolve
- * (NAME or NAME:VER), list, remove; the function config and its JSON form; workers.
+/* registry.h: the functions the gateway knows, stored in aicfn.db: deploy (a new
+ * version, made active, in one committed transaction), resolve (NAME or NAME:VER),
+ * list, remove; the function config and its JSON form; and reading back the workers
+ * table (`aicfn workers --history`).
  *
  * Not for: artifact bytes (artifacts.h), the invocation ledger (ledger.h), keys
- * (keys.h), routing decisions (the router keeps its live view in memory and only
- * mirrors workers here for `aicfn ls`-style inspection and restarts).
+ * (keys.h), writing the workers table (the ledger writer does, gw_ledger_submit_worker:
+ * the gateway mirrors its live pool there), routing decisions (router.h).
  *
  * Thread-safety: every function taking a gw_db locks it for the call; any thread may
  * call them. They block on SQLite (a few ms at most, plus the busy timeout). */
@@ -154,6 +155,11 @@ typedef struct gw_function_summary {
     uint64_t snapshot_bytes;
     uint64_t model_raw_bytes;
     uint64_t created_us; /* of the newest version */
+    /* The scaling in effect: the shown version's scaling.* (defaults when its config
+     * cannot be read). */
+    uint32_t min_workers;
+    uint32_t max_workers;
+    uint64_t idle_timeout_us;
 } gw_function_summary;
 
 /* Lists every function name with versions, sorted by name, into a new malloc'd array
@@ -164,7 +170,8 @@ int gw_registry_list(gw_db *db, gw_function_summary **out, size_t *n, aicfn_erro
 int gw_registry_versions(gw_db *db, const char *name, gw_function **out, size_t *n, aicfn_error *err);
 
 /* JSON for `aicfn ls --json`: an array of {"name","active_version","latest_version",
- * "versions","handler_bytes","snapshot_bytes","model_raw_bytes","created_us"}.
+ * "versions","handler_bytes","snapshot_bytes","model_raw_bytes","created_us",
+ * "scaling":{"min_workers","max_workers","idle_timeout_us"}}.
  * New reference or NULL (out of memory). */
 json_t *gw_function_summaries_to_json(const gw_function_summary *s, size_t n);
 
@@ -182,7 +189,7 @@ int gw_registry_remove(gw_db *db, const char *ref, uint32_t *removed, char (**or
  * negative aicfn code on error. */
 int gw_registry_artifact_in_use(gw_db *db, const char *hash, aicfn_error *err);
 
-/* ---- Workers ------------------------------------------------------------------ */
+/* ---- Workers (read side of the workers table; ledger.h writes it) --------------- */
 
 typedef struct gw_worker_row {
     char id[AICFN_MAX_NAME_BYTES + 1];
@@ -192,19 +199,8 @@ typedef struct gw_worker_row {
     int64_t pid; /* 0 when remote or unknown */
     uint64_t started_us;
     uint64_t last_seen_us;
-    char state[32]; /* "starting", "ready", "draining", "gone" */
+    char state[32]; /* "starting", "ready", "draining", "exited", "lost" (ledger.h) */
 } gw_worker_row;
-
-/* Inserts or replaces the worker with w->id. */
-int gw_registry_worker_upsert(gw_db *db, const gw_worker_row *w, aicfn_error *err);
-
-/* Sets state (NULL: unchanged) and last_seen_us of worker `id`. AICFN_E_NOT_FOUND when
- * absent. */
-int gw_registry_worker_touch(gw_db *db, const char *id, const char *state, uint64_t last_seen_us,
-                             aicfn_error *err);
-
-/* Deletes worker `id` (no error when absent). */
-int gw_registry_worker_remove(gw_db *db, const char *id, aicfn_error *err);
 
 /* All workers sorted by id (new malloc'd array, caller frees; NULL/0 when none). */
 int gw_registry_worker_list(gw_db *db, gw_worker_row **out, size_t *n, aicfn_error *err);
