@@ -45,45 +45,37 @@ static bool router_victims(const gw_route_worker *w, uint64_t need, uint32_t *n_
     return true;
 }
 
-gw_route_kind gw_route_decide(const gw_route_worker *workers, size_t n, const gw_route_request *req,
-                              gw_route_decision *out) {
-    out->worker = -1;
-    out->n_victims = 0;
-    out->victims_age_us = 0;
+/* Whether w holds req's model: GW_MODEL_READY (routable now), GW_MODEL_LOADING (a
+ * call joins the load, or the start of the worker), or 0 (not a holder). */
+static int router_holds(const gw_route_worker *w, const gw_route_request *req) {
+    if (!w->usable && !w->starting) return 0;
+    if (req->any_worker) return w->usable ? GW_MODEL_READY : GW_MODEL_LOADING;
+    const gw_route_model *m = router_find(w, req->key);
+    if (!m) return 0;
+    if (m->state == GW_MODEL_READY) return w->usable ? GW_MODEL_READY : GW_MODEL_LOADING;
+    if (m->state == GW_MODEL_LOADING) return GW_MODEL_LOADING;
+    return 0;
+}
 
-    /* 1. READY, fewest in flight. */
+uint32_t gw_route_holders(const gw_route_worker *workers, size_t n, const gw_route_request *req) {
+    uint32_t holders = 0;
+    for (size_t i = 0; i < n; i++)
+        if (router_holds(&workers[i], req)) holders++;
+    return holders;
+}
+
+/* Levels 3-5: a place for a new copy of the model (a worker that does not hold it in
+ * any state). Returns the kind, or 0 when there is none; *fits_somewhere says whether
+ * any worker in view (or a new one) could ever hold the model. */
+static gw_route_kind router_place(const gw_route_worker *workers, size_t n, const gw_route_request *req,
+                                  gw_route_decision *out, bool *fits_somewhere) {
     int best = -1;
-    for (size_t i = 0; i < n; i++) {
-        const gw_route_worker *w = &workers[i];
-        if (!w->usable) continue;
-        const gw_route_model *m = router_find(w, req->key);
-        if (!m || m->state != GW_MODEL_READY) continue;
-        if (best < 0 || w->in_flight < workers[best].in_flight) best = (int)i;
-    }
-    if (best >= 0) {
-        out->worker = best;
-        return out->kind = GW_ROUTE_READY;
-    }
-
-    /* 2. LOADING (a starting worker that will load it counts too), fewest in flight. */
-    for (size_t i = 0; i < n; i++) {
-        const gw_route_worker *w = &workers[i];
-        if (!w->usable && !w->starting) continue;
-        const gw_route_model *m = router_find(w, req->key);
-        if (!m || m->state != GW_MODEL_LOADING) continue;
-        if (best < 0 || w->in_flight < workers[best].in_flight) best = (int)i;
-    }
-    if (best >= 0) {
-        out->worker = best;
-        return out->kind = GW_ROUTE_LOADING;
-    }
-
     /* 3. Enough free budget: fewest in flight, then most free bytes. */
-    bool fits_somewhere = req->new_worker_budget > 0 && req->new_worker_budget >= req->model_bytes;
+    *fits_somewhere = req->new_worker_budget > 0 && req->new_worker_budget >= req->model_bytes;
     for (size_t i = 0; i < n; i++) {
         const gw_route_worker *w = &workers[i];
-        if (w->budget_bytes >= req->model_bytes && (w->usable || w->starting)) fits_somewhere = true;
-        if (!w->usable || router_find(w, req->key)) continue; /* EVICTING copy: not here */
+        if (w->budget_bytes >= req->model_bytes && (w->usable || w->starting)) *fits_somewhere = true;
+        if (!w->usable || router_holds(w, req) || router_find(w, req->key)) continue; /* EVICTING: not here */
         if (w->free_bytes < req->model_bytes) continue;
         if (best < 0 || w->in_flight < workers[best].in_flight ||
             (w->in_flight == workers[best].in_flight && w->free_bytes > workers[best].free_bytes))
@@ -91,7 +83,7 @@ gw_route_kind gw_route_decide(const gw_route_worker *workers, size_t n, const gw
     }
     if (best >= 0) {
         out->worker = best;
-        return out->kind = GW_ROUTE_FREE;
+        return GW_ROUTE_FREE;
     }
 
     /* 4. Oldest eviction victims: the worker whose newest needed victim is oldest. */
@@ -99,7 +91,9 @@ gw_route_kind gw_route_decide(const gw_route_worker *workers, size_t n, const gw
     uint64_t best_age = 0;
     for (size_t i = 0; i < n; i++) {
         const gw_route_worker *w = &workers[i];
-        if (!w->usable || w->budget_bytes < req->model_bytes || router_find(w, req->key)) continue;
+        if (!w->usable || w->budget_bytes < req->model_bytes || router_holds(w, req) ||
+            router_find(w, req->key))
+            continue;
         uint32_t vn;
         uint64_t age;
         if (!router_victims(w, req->model_bytes, &vn, &age)) continue;
@@ -113,11 +107,63 @@ gw_route_kind gw_route_decide(const gw_route_worker *workers, size_t n, const gw
         out->worker = best;
         out->n_victims = best_n;
         out->victims_age_us = best_age;
-        return out->kind = GW_ROUTE_EVICT;
+        return GW_ROUTE_EVICT;
     }
 
     /* 5. A new worker. */
-    if (req->pool_may_grow && req->new_worker_budget >= req->model_bytes) return out->kind = GW_ROUTE_SPAWN;
+    if (req->pool_may_grow && req->new_worker_budget >= req->model_bytes) return GW_ROUTE_SPAWN;
+    return (gw_route_kind)0;
+}
+
+gw_route_kind gw_route_decide(const gw_route_worker *workers, size_t n, const gw_route_request *req,
+                              gw_route_decision *out) {
+    out->worker = -1;
+    out->n_victims = 0;
+    out->victims_age_us = 0;
+
+    /* The holders: the least-loaded READY one and the least-loaded LOADING one. */
+    int ready = -1, loading = -1;
+    uint32_t holders = 0;
+    for (size_t i = 0; i < n; i++) {
+        const gw_route_worker *w = &workers[i];
+        int st = router_holds(w, req);
+        if (!st) continue;
+        holders++;
+        int *best = st == GW_MODEL_READY ? &ready : &loading;
+        if (*best < 0 || w->in_flight < workers[*best].in_flight) *best = (int)i;
+    }
+    uint32_t busy = req->busy_in_flight;
+    if (!req->new_replica) {
+        /* 1. READY, fewest in flight, unless busy. */
+        if (ready >= 0 && (busy == 0 || workers[ready].in_flight < busy)) {
+            out->worker = ready;
+            return out->kind = GW_ROUTE_READY;
+        }
+        /* 2. LOADING (a starting worker that will load it counts too), unless busy. */
+        if (loading >= 0 && (busy == 0 || workers[loading].in_flight < busy)) {
+            out->worker = loading;
+            return out->kind = GW_ROUTE_LOADING;
+        }
+    }
+
+    /* 3-5. Every holder is busy (or there is none): one more replica, below the limit. */
+    bool fits_somewhere = true;
+    if (req->max_holders == 0 || holders < req->max_holders) {
+        gw_route_kind k = router_place(workers, n, req, out, &fits_somewhere);
+        if (k) return out->kind = k;
+    }
+
+    /* At the limit, or no room for a replica: the least-loaded holder (READY on a tie). */
+    if (!req->new_replica) {
+        if (ready >= 0 && (loading < 0 || workers[ready].in_flight <= workers[loading].in_flight)) {
+            out->worker = ready;
+            return out->kind = GW_ROUTE_READY;
+        }
+        if (loading >= 0) {
+            out->worker = loading;
+            return out->kind = GW_ROUTE_LOADING;
+        }
+    }
 
     /* 6. Queue, unless nothing in view (and no new local worker) could ever hold it.
      * With no worker in view and no local pool, queueing is right: a remote worker

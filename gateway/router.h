@@ -12,6 +12,18 @@
  *   6. otherwise queue the call until a worker frees up or its deadline passes.
  * A model larger than every budget in view (and than a new worker's) is refused.
  *
+ * Replicas (a function's scaling.max_workers). The workers that hold the model READY or
+ * LOADING are its holders. Levels 1 and 2 take a holder only while it is not busy (its
+ * calls in flight below req->busy_in_flight). When every holder is busy and there are
+ * fewer holders than req->max_holders, levels 3-5 place one more replica; otherwise
+ * (at the limit, or nowhere to put a replica) the call goes to the least-loaded holder,
+ * READY before LOADING on a tie, and waits in that worker's queue. So a function never
+ * has more than max_holders holders because of routing, and max_holders 1 never
+ * replicates. A function without a model (req->any_worker) has nothing to load: every
+ * usable worker is a READY holder and every starting one a LOADING holder, so the same
+ * rule spreads it over the workers there are and spawns one more (level 5) only when
+ * all are busy and there are fewer than max_holders.
+ *
  * Not for: keeping the view up to date, locking, or sending anything. The caller
  * (gateway.c) owns the view, holds its lock while it calls gw_route_decide, and applies
  * the decision (for levels 3-5 it marks the model LOADING in its view so the next
@@ -67,6 +79,11 @@ typedef struct gw_route_request {
     uint64_t model_bytes;       /* bytes the model needs on a device */
     bool pool_may_grow;         /* a new local worker may be started now */
     uint64_t new_worker_budget; /* the budget a new worker would get */
+    uint32_t max_holders;       /* most holders (replicas) the model may have; 0 = no limit */
+    uint32_t busy_in_flight;    /* a holder with this many calls in flight is busy; 0 = never busy */
+    bool any_worker;            /* no model: every usable worker holds it READY, a starting one LOADING */
+    bool new_replica;           /* keep-warm: place one more replica (levels 3-5 only, never a holder,
+                                   and only below max_holders); QUEUE when it cannot be placed now */
 } gw_route_request;
 
 typedef struct gw_route_decision {
@@ -81,6 +98,10 @@ typedef struct gw_route_decision {
  * Ties at every level go to the lowest index, so the decision is deterministic. */
 gw_route_kind gw_route_decide(const gw_route_worker *workers, size_t n, const gw_route_request *req,
                               gw_route_decision *out);
+
+/* How many workers in view hold req's model: usable or starting, with req->key READY or
+ * LOADING (any_worker: every usable or starting worker). Pure, like gw_route_decide. */
+uint32_t gw_route_holders(const gw_route_worker *workers, size_t n, const gw_route_request *req);
 
 /* The name of a decision kind ("ready", "loading", "free", "evict", "spawn", "queue",
  * "too_large"), for logs and tests. Never NULL. */
