@@ -1,0 +1,533 @@
+/* test_fetch.c: the remote worker's artifact fetcher (worker/fetch.h): the pure parts
+ * (hash from a gateway path, cache naming) and whole downloads against an in-process
+ * fake gateway that serves artifact_get over a real NNG REQ/REP pair: multi-chunk
+ * downloads, trust of a cached file only after it was re-hashed, corrupt and short
+ * downloads (AICFN_E_CORRUPT naming the artifact, nothing left behind), unknown hashes,
+ * a gateway that never answers (per-chunk timeout), single flight (one download for
+ * many concurrent callers, a failed flight fails them all and does not stick), and the
+ * removal of temporary files dead processes left. Every wait is bounded. */
+#include <dirent.h>
+#include <errno.h>
+#include <limits.h>
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <sodium.h>
+
+#include "common/rpc.h"
+#include "common/tunables.h"
+#include "common/wire.h"
+#include "worker/fetch.h"
+
+#define CONTENT_BYTES 4500
+#define CHUNK 1000 /* 5 chunks: 4 full, one of 500 */
+
+enum { MODE_OK = 0, MODE_SHORT, MODE_FLIP, MODE_HUGE, MODE_SIZE_CHANGE, MODE_HOLD };
+
+/* ---- a fake gateway that serves one artifact ---- */
+
+typedef struct fake_gw {
+    rpc_server *srv;
+    int mode;
+    unsigned delay_ms;
+    uint8_t content[CONTENT_BYTES];
+    char hash[WORKER_HASH_HEX_LEN + 1];
+    atomic_uint requests;
+    atomic_uint with_key;
+    pthread_mutex_t mu;
+    rpc_call *held[64];
+    unsigned n_held;
+} fake_gw;
+
+static void to_hex(const unsigned char *d, char *out) {
+    for (int i = 0; i < 32; i++)
+        sprintf(out + 2 * i, "%02x", d[i]);
+}
+
+static void reply_error(rpc_call *call, uint64_t id, int code, const char *msg) {
+    wire_writer w;
+    wire_writer_init(&w);
+    assert_int_equal(wire_encode_error_reply(&w, id, code, msg, NULL), AICFN_OK);
+    rpc_reply(call, w.data, w.len);
+    wire_writer_fini(&w);
+}
+
+static void fake_handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
+    fake_gw *g = user;
+    wire_doc doc;
+    wire_header h;
+    aicfn_error e;
+    const char *hash = NULL, *key = NULL;
+    uint64_t off = 0, want = 0;
+    int rc = wire_doc_parse(&doc, msg, len, NULL, &e);
+    if (rc == AICFN_OK) rc = wire_decode_header(&doc, &h, &e);
+    if (rc == AICFN_OK && strcmp(h.t, "artifact_get") != 0)
+        rc = aicfn_error_set(&e, AICFN_E_PROTOCOL, "type");
+    if (rc == AICFN_OK) rc = wire_get_cstr(&doc, &doc.root, NULL, "hash", true, 64, &hash, &e);
+    if (rc == AICFN_OK) rc = wire_get_cstr(&doc, &doc.root, NULL, "key", false, 100, &key, &e);
+    if (rc == AICFN_OK) rc = wire_get_u64(&doc.root, NULL, "offset", true, &off, &e);
+    if (rc == AICFN_OK) rc = wire_get_u64(&doc.root, NULL, "len", true, &want, &e);
+    atomic_fetch_add(&g->requests, 1);
+    if (key && strcmp(key, "k3y") == 0) atomic_fetch_add(&g->with_key, 1);
+    if (g->delay_ms) usleep(g->delay_ms * 1000);
+    if (rc != AICFN_OK) {
+        reply_error(call, wire_peek_id(msg, len), rc, e.msg);
+        wire_doc_fini(&doc);
+        return;
+    }
+    if (g->mode == MODE_HOLD) {
+        pthread_mutex_lock(&g->mu);
+        if (g->n_held < 64) {
+            g->held[g->n_held++] = call;
+            call = NULL;
+        }
+        pthread_mutex_unlock(&g->mu);
+        if (call) rpc_call_drop(call);
+        wire_doc_fini(&doc);
+        return;
+    }
+    if (strcmp(hash, g->hash) != 0) {
+        reply_error(call, h.id, AICFN_E_NOT_FOUND, "artifact is not stored");
+        wire_doc_fini(&doc);
+        return;
+    }
+    uint64_t size = CONTENT_BYTES;
+    uint64_t n = off >= size ? 0 : (size - off < want ? size - off : want);
+    uint8_t buf[CHUNK * 4];
+    assert_true(n <= sizeof buf);
+    memcpy(buf, g->content + off, (size_t)n);
+    uint64_t announced = size;
+    if (g->mode == MODE_SHORT && off == 2 * CHUNK) n--;
+    if (g->mode == MODE_FLIP && off == CHUNK) buf[7] ^= 0x40;
+    if (g->mode == MODE_HUGE) announced = AICFN_ARTIFACT_MAX_BYTES + 1;
+    if (g->mode == MODE_SIZE_CHANGE && off > 0) announced = size + 1;
+    wire_writer w;
+    wire_writer_init(&w);
+    wire_put_map(&w, 5);
+    wire_kv_u64(&w, "v", 1);
+    wire_kv_u64(&w, "id", h.id);
+    wire_kv_bool(&w, "ok", true);
+    wire_kv_u64(&w, "size", announced);
+    wire_kv_bin(&w, "data", buf, (size_t)n);
+    rpc_reply(call, w.data, w.len);
+    wire_writer_fini(&w);
+    wire_doc_fini(&doc);
+}
+
+static atomic_uint url_seq;
+
+typedef struct fixture {
+    fake_gw *g;
+    char dir[64];
+    char url[64];
+} fixture;
+
+static int setup(void **state) {
+    assert_true(sodium_init() >= 0);
+    fixture *fx = calloc(1, sizeof *fx);
+    fake_gw *g = calloc(1, sizeof *g);
+    assert_non_null(fx);
+    assert_non_null(g);
+    pthread_mutex_init(&g->mu, NULL);
+    randombytes_buf(g->content, sizeof g->content);
+    unsigned char d[32];
+    crypto_hash_sha256(d, g->content, sizeof g->content);
+    to_hex(d, g->hash);
+    snprintf(fx->url, sizeof fx->url, "inproc://fetch-test-%d-%u", (int)getpid(),
+             atomic_fetch_add(&url_seq, 1));
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&g->srv, fx->url, NULL, fake_handler, g, &e), AICFN_OK);
+    snprintf(fx->dir, sizeof fx->dir, "/tmp/aicfn-fetch-XXXXXX");
+    assert_non_null(mkdtemp(fx->dir));
+    fx->g = g;
+    *state = fx;
+    return 0;
+}
+
+static void release_held(fake_gw *g) {
+    pthread_mutex_lock(&g->mu);
+    for (unsigned i = 0; i < g->n_held; i++)
+        rpc_call_drop(g->held[i]);
+    g->n_held = 0;
+    pthread_mutex_unlock(&g->mu);
+}
+
+static int teardown(void **state) {
+    fixture *fx = *state;
+    release_held(fx->g);
+    rpc_server_destroy(fx->g->srv);
+    pthread_mutex_destroy(&fx->g->mu);
+    DIR *d = opendir(fx->dir);
+    if (d) {
+        struct dirent *de;
+        while ((de = readdir(d)) != NULL)
+            if (strcmp(de->d_name, ".") && strcmp(de->d_name, "..")) unlinkat(dirfd(d), de->d_name, 0);
+        closedir(d);
+    }
+    rmdir(fx->dir);
+    free(fx->g);
+    free(fx);
+    return 0;
+}
+
+static worker_fetcher *open_fetcher(fixture *fx, const char *key, uint32_t timeout_ms) {
+    worker_fetch_config c = {.gateway = fx->url,
+                             .key = key,
+                             .cache_dir = fx->dir,
+                             .chunk_bytes = CHUNK,
+                             .chunk_timeout_ms = timeout_ms};
+    worker_fetcher *f = NULL;
+    aicfn_error e;
+    int rc = worker_fetcher_create(&c, &f, &e);
+    if (rc != AICFN_OK) fail_msg("fetcher: %s", e.msg);
+    return f;
+}
+
+/* Number of directory entries other than . and .. (and how many are temporaries). */
+static unsigned dir_entries(const char *dir, unsigned *tmps) {
+    unsigned n = 0;
+    if (tmps) *tmps = 0;
+    DIR *d = opendir(dir);
+    assert_non_null(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        if (!strcmp(de->d_name, ".") || !strcmp(de->d_name, "..")) continue;
+        n++;
+        if (tmps && strncmp(de->d_name, ".tmp-", 5) == 0) (*tmps)++;
+    }
+    closedir(d);
+    return n;
+}
+
+static void assert_file_is(const char *path, const uint8_t *content, size_t len) {
+    FILE *fp = fopen(path, "rb");
+    assert_non_null(fp);
+    uint8_t *buf = malloc(len + 1);
+    assert_non_null(buf);
+    size_t got = fread(buf, 1, len + 1, fp);
+    fclose(fp);
+    assert_int_equal(got, len);
+    assert_memory_equal(buf, content, len);
+    free(buf);
+}
+
+static void write_file(const char *path, const void *p, size_t n) {
+    FILE *fp = fopen(path, "wb");
+    assert_non_null(fp);
+    assert_int_equal(fwrite(p, 1, n, fp), n);
+    assert_int_equal(fclose(fp), 0);
+}
+
+/* ---- pure parts ---- */
+
+static void hash_of_path(void **state) {
+    (void)state;
+    const char *h = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    char out[65], path[256];
+    aicfn_error e;
+    snprintf(path, sizeof path, "/var/lib/aicfn/artifacts/%s", h);
+    assert_int_equal(worker_fetch_hash_of_path(path, out, &e), AICFN_OK);
+    assert_string_equal(out, h);
+    assert_int_equal(worker_fetch_hash_of_path(h, out, &e), AICFN_OK);
+    assert_string_equal(out, h);
+    snprintf(path, sizeof path, "rel/%s", h);
+    assert_int_equal(worker_fetch_hash_of_path(path, out, &e), AICFN_OK);
+    const char *bad[] = {
+        "",
+        "/",
+        "/var/lib/aicfn/artifacts/",
+        "/a/0123456789ABCDEF0123456789abcdef0123456789abcdef0123456789abcdef",  /* uppercase */
+        "/a/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcde",   /* 63 */
+        "/a/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef0", /* 65 */
+        "/a/0123456789abcdeg0123456789abcdef0123456789abcdef0123456789abcdef",  /* 'g' */
+        "/a/0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef/", /* trailing / */
+        "/a/handler.so",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        aicfn_error_clear(&e);
+        assert_int_equal(worker_fetch_hash_of_path(bad[i], out, &e), AICFN_E_INVALID);
+        assert_string_equal(out, "");
+        assert_true(strlen(e.msg) > 0);
+    }
+    assert_int_equal(worker_fetch_hash_of_path(NULL, out, &e), AICFN_E_INVALID);
+    assert_true(worker_fetch_hash_valid(h));
+    assert_false(worker_fetch_hash_valid(NULL));
+    assert_false(worker_fetch_hash_valid("abc"));
+}
+
+static void cache_path(void **state) {
+    (void)state;
+    const char *h = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    char out[256], expect[256];
+    aicfn_error e;
+    snprintf(expect, sizeof expect, "/tmp/cache/%s", h);
+    assert_int_equal(worker_fetch_cache_path("/tmp/cache", h, out, sizeof out, &e), AICFN_OK);
+    assert_string_equal(out, expect);
+    assert_int_equal(worker_fetch_cache_path("/tmp/cache//", h, out, sizeof out, &e), AICFN_OK);
+    assert_string_equal(out, expect);
+    snprintf(expect, sizeof expect, "/%s", h);
+    assert_int_equal(worker_fetch_cache_path("/", h, out, sizeof out, &e), AICFN_OK);
+    assert_string_equal(out, expect);
+    /* Exactly the room needed, then one byte less. */
+    size_t need = strlen("/tmp/cache/") + 64 + 1;
+    assert_int_equal(worker_fetch_cache_path("/tmp/cache", h, out, need, &e), AICFN_OK);
+    assert_int_equal(worker_fetch_cache_path("/tmp/cache", h, out, need - 1, &e), AICFN_E_INVALID);
+    assert_string_equal(out, "");
+    assert_int_equal(worker_fetch_cache_path("/tmp/cache", "../../etc/passwd", out, sizeof out, &e),
+                     AICFN_E_INVALID);
+    assert_int_equal(worker_fetch_cache_path("", h, out, sizeof out, &e), AICFN_E_INVALID);
+    assert_int_equal(worker_fetch_cache_path(NULL, h, out, sizeof out, &e), AICFN_E_INVALID);
+}
+
+/* ---- downloads ---- */
+
+static void download_in_chunks_then_trusted(void **state) {
+    fixture *fx = *state;
+    worker_fetcher *f = open_fetcher(fx, "k3y", 5000);
+    char local[PATH_MAX], expect[PATH_MAX];
+    aicfn_error e;
+    snprintf(expect, sizeof expect, "%s/%s", fx->dir, fx->g->hash);
+    char real[PATH_MAX];
+    assert_non_null(realpath(fx->dir, real));
+    snprintf(expect, sizeof expect, "%s/%s", real, fx->g->hash);
+    assert_string_equal(worker_fetcher_dir(f), real);
+    int rc = worker_fetch(f, fx->g->hash, local, sizeof local, &e);
+    if (rc != AICFN_OK) fail_msg("fetch: %s", e.msg);
+    assert_string_equal(local, expect);
+    assert_file_is(local, fx->g->content, CONTENT_BYTES);
+    assert_int_equal(atomic_load(&fx->g->requests), 5);
+    assert_int_equal(atomic_load(&fx->g->with_key), 5); /* the key travels with every chunk */
+    unsigned tmps;
+    assert_int_equal(dir_entries(fx->dir, &tmps), 1);
+    assert_int_equal(tmps, 0);
+    struct stat st;
+    assert_int_equal(stat(local, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    /* Downloaded by this process: trusted without another request. */
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_OK);
+    assert_int_equal(atomic_load(&fx->g->requests), 5);
+    /* By gateway path: only the last component is used. */
+    char gpath[PATH_MAX];
+    snprintf(gpath, sizeof gpath, "/nonexistent/gateway/data/artifacts/%s", fx->g->hash);
+    assert_int_equal(worker_fetch_path(f, gpath, local, sizeof local, &e), AICFN_OK);
+    assert_string_equal(local, expect);
+    assert_int_equal(worker_fetch_path(f, "/nonexistent/handler.so", local, sizeof local, &e),
+                     AICFN_E_INVALID);
+    /* Too small a buffer for the local path. */
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, 10, &e), AICFN_E_INVALID);
+    worker_fetcher_destroy(f);
+}
+
+static void cached_file_verified_at_first_use(void **state) {
+    fixture *fx = *state;
+    char path[PATH_MAX], local[PATH_MAX];
+    aicfn_error e;
+    snprintf(path, sizeof path, "%s/%s", fx->dir, fx->g->hash);
+    /* A good copy left by an earlier process: re-hashed, used, nothing fetched. */
+    write_file(path, fx->g->content, CONTENT_BYTES);
+    worker_fetcher *f = open_fetcher(fx, NULL, 5000);
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_OK);
+    assert_int_equal(atomic_load(&fx->g->requests), 0);
+    assert_int_equal(atomic_load(&fx->g->with_key), 0);
+    worker_fetcher_destroy(f);
+    /* A tampered copy (same size): replaced by a fresh download. */
+    uint8_t bad[CONTENT_BYTES];
+    memcpy(bad, fx->g->content, sizeof bad);
+    bad[CONTENT_BYTES / 2] ^= 1;
+    write_file(path, bad, sizeof bad);
+    f = open_fetcher(fx, NULL, 5000);
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_OK);
+    assert_int_equal(atomic_load(&fx->g->requests), 5);
+    assert_file_is(path, fx->g->content, CONTENT_BYTES);
+    worker_fetcher_destroy(f);
+    /* A truncated copy, too. */
+    write_file(path, fx->g->content, 100);
+    f = open_fetcher(fx, NULL, 5000);
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_OK);
+    assert_int_equal(atomic_load(&fx->g->requests), 10);
+    assert_file_is(path, fx->g->content, CONTENT_BYTES);
+    worker_fetcher_destroy(f);
+}
+
+static void corrupt_downloads_fail_and_leave_nothing(void **state) {
+    fixture *fx = *state;
+    const int modes[] = {MODE_SHORT, MODE_FLIP, MODE_HUGE, MODE_SIZE_CHANGE};
+    const char *what[] = {"has 999 bytes, expected 1000", "hash to", "over the limit", "then 4501"};
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        fx->g->mode = modes[i];
+        worker_fetcher *f = open_fetcher(fx, NULL, 5000);
+        char local[PATH_MAX];
+        aicfn_error e;
+        aicfn_error_clear(&e);
+        assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_E_CORRUPT);
+        assert_string_equal(local, "");
+        if (!strstr(e.msg, fx->g->hash) || !strstr(e.msg, what[i]))
+            fail_msg("mode %d: '%s'", modes[i], e.msg);
+        assert_int_equal(dir_entries(fx->dir, NULL), 0); /* no partial file, no temporary */
+        /* A failed flight does not stick: the next call tries again (and fails again). */
+        unsigned before = atomic_load(&fx->g->requests);
+        assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_E_CORRUPT);
+        assert_true(atomic_load(&fx->g->requests) > before);
+        worker_fetcher_destroy(f);
+    }
+    fx->g->mode = MODE_OK;
+    worker_fetcher *f = open_fetcher(fx, NULL, 5000);
+    char local[PATH_MAX];
+    aicfn_error e;
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_OK);
+    assert_file_is(local, fx->g->content, CONTENT_BYTES);
+    worker_fetcher_destroy(f);
+}
+
+static void unknown_hash_is_not_found(void **state) {
+    fixture *fx = *state;
+    worker_fetcher *f = open_fetcher(fx, NULL, 5000);
+    const char *h = "0000000000000000000000000000000000000000000000000000000000000000";
+    char local[PATH_MAX];
+    aicfn_error e;
+    assert_int_equal(worker_fetch(f, h, local, sizeof local, &e), AICFN_E_NOT_FOUND);
+    assert_non_null(strstr(e.msg, h));
+    assert_non_null(strstr(e.msg, "not stored"));
+    assert_int_equal(worker_fetch(f, "NOTAHASH", local, sizeof local, &e), AICFN_E_INVALID);
+    assert_int_equal(dir_entries(fx->dir, NULL), 0);
+    worker_fetcher_destroy(f);
+}
+
+static void silent_gateway_times_out_per_chunk(void **state) {
+    fixture *fx = *state;
+    fx->g->mode = MODE_HOLD;
+    worker_fetcher *f = open_fetcher(fx, NULL, 200);
+    char local[PATH_MAX];
+    aicfn_error e;
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_E_TIMEOUT);
+    clock_gettime(CLOCK_MONOTONIC, &b);
+    double s = (double)(b.tv_sec - a.tv_sec) + (double)(b.tv_nsec - a.tv_nsec) / 1e9;
+    assert_true(s >= 0.15 && s < 5.0);
+    assert_non_null(strstr(e.msg, fx->g->hash));
+    assert_int_equal(dir_entries(fx->dir, NULL), 0);
+    worker_fetcher_destroy(f);
+}
+
+typedef struct racer {
+    worker_fetcher *f;
+    const char *hash;
+    pthread_barrier_t *go;
+    int rc;
+    char local[PATH_MAX];
+    aicfn_error err;
+} racer;
+
+static void *racer_main(void *arg) {
+    racer *r = arg;
+    pthread_barrier_wait(r->go);
+    r->rc = worker_fetch(r->f, r->hash, r->local, sizeof r->local, &r->err);
+    return NULL;
+}
+
+static void race(fixture *fx, worker_fetcher *f, racer *rs, unsigned n) {
+    pthread_barrier_t go;
+    pthread_barrier_init(&go, NULL, n);
+    pthread_t t[16];
+    for (unsigned i = 0; i < n; i++) {
+        rs[i] = (racer){.f = f, .hash = fx->g->hash, .go = &go};
+        assert_int_equal(pthread_create(&t[i], NULL, racer_main, &rs[i]), 0);
+    }
+    for (unsigned i = 0; i < n; i++)
+        pthread_join(t[i], NULL);
+    pthread_barrier_destroy(&go);
+}
+
+static void single_flight(void **state) {
+    fixture *fx = *state;
+    fx->g->delay_ms = 20; /* the download lasts ~100 ms: every caller arrives during it */
+    worker_fetcher *f = open_fetcher(fx, NULL, 5000);
+    racer rs[8];
+    race(fx, f, rs, 8);
+    for (int i = 0; i < 8; i++) {
+        if (rs[i].rc != AICFN_OK) fail_msg("racer %d: %s", i, rs[i].err.msg);
+        assert_string_equal(rs[i].local, rs[0].local);
+    }
+    assert_int_equal(atomic_load(&fx->g->requests), 5); /* one download */
+    assert_file_is(rs[0].local, fx->g->content, CONTENT_BYTES);
+    worker_fetcher_destroy(f);
+
+    /* A failing flight fails every caller that joined it, with its error. */
+    fx->g->mode = MODE_FLIP;
+    f = open_fetcher(fx, NULL, 5000);
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", fx->dir, fx->g->hash);
+    unlink(path);
+    race(fx, f, rs, 6);
+    for (int i = 0; i < 6; i++) {
+        assert_int_equal(rs[i].rc, AICFN_E_CORRUPT);
+        assert_non_null(strstr(rs[i].err.msg, fx->g->hash));
+    }
+    assert_int_equal(dir_entries(fx->dir, NULL), 0);
+    worker_fetcher_destroy(f);
+}
+
+static void leftover_temporaries_of_dead_processes_removed(void **state) {
+    fixture *fx = *state;
+    char dead[PATH_MAX], alive[PATH_MAX], other[PATH_MAX];
+    snprintf(dead, sizeof dead, "%s/.tmp-%s-999999999-1", fx->dir, fx->g->hash);
+    snprintf(alive, sizeof alive, "%s/.tmp-%s-%d-1", fx->dir, fx->g->hash, (int)getpid());
+    snprintf(other, sizeof other, "%s/notes.txt", fx->dir);
+    write_file(dead, "x", 1);
+    write_file(alive, "x", 1);
+    write_file(other, "x", 1);
+    worker_fetcher *f = open_fetcher(fx, NULL, 5000);
+    assert_int_equal(access(dead, F_OK), -1);
+    assert_int_equal(access(alive, F_OK), 0);
+    assert_int_equal(access(other, F_OK), 0);
+    worker_fetcher_destroy(f);
+}
+
+static void bad_configs(void **state) {
+    fixture *fx = *state;
+    worker_fetcher *f = NULL;
+    aicfn_error e;
+    worker_fetch_config c = {.gateway = NULL, .cache_dir = fx->dir};
+    assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_E_INVALID);
+    c.gateway = "http://127.0.0.1:1/";
+    assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_E_INVALID);
+    c.gateway = fx->url;
+    c.chunk_bytes = AICFN_UPLOAD_CHUNK_BYTES + 1;
+    assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_E_INVALID);
+    c.chunk_bytes = 0;
+    char file[PATH_MAX];
+    snprintf(file, sizeof file, "%s/plainfile", fx->dir);
+    write_file(file, "x", 1);
+    c.cache_dir = file;
+    assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_E_IO);
+    assert_null(f);
+    worker_fetcher_destroy(NULL);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(hash_of_path),
+        cmocka_unit_test(cache_path),
+        cmocka_unit_test_setup_teardown(download_in_chunks_then_trusted, setup, teardown),
+        cmocka_unit_test_setup_teardown(cached_file_verified_at_first_use, setup, teardown),
+        cmocka_unit_test_setup_teardown(corrupt_downloads_fail_and_leave_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(unknown_hash_is_not_found, setup, teardown),
+        cmocka_unit_test_setup_teardown(silent_gateway_times_out_per_chunk, setup, teardown),
+        cmocka_unit_test_setup_teardown(single_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(leftover_temporaries_of_dead_processes_removed, setup, teardown),
+        cmocka_unit_test_setup_teardown(bad_configs, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
