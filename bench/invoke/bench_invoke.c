@@ -2,7 +2,8 @@
  * path. In one run, on the same transport (tcp loopback) and the same client code, it
  * measures a warm `echo` through `aicfn gateway` (gateway -> local worker over ipc ->
  * handler -> back) and a bare NNG REQ/REP echo server (common/rpc.h, replying with the
- * request bytes): p50/p99 latency with one client, and throughput with 1, 4 and 16
+ * request bytes): p50/p99 latency with one client (gateway and bare calls alternate, so
+ * both see the same machine), and throughput with 1, 4 and 16
  * concurrent clients. It then measures mlp cold starts (the worker idles out between
  * calls, so each call spawns a worker and loads the model) and reports their p50 per
  * phase from the gateway's cold_starts records.
@@ -86,30 +87,69 @@ typedef struct lat_result {
     uint64_t p50, p99, errors;
 } lat_result;
 
-static lat_result latency(const char *addr, const uint8_t *req, size_t len, int n, int check) {
-    lat_result r = {0, 0, 0};
+static void lat_summarize(uint64_t *s, int n, lat_result *r) {
+    qsort(s, (size_t)n, sizeof *s, cmp_u64);
+    r->p50 = s[(n - 1) / 2];
+    r->p99 = s[(size_t)((n - 1) * 0.99)];
+}
+
+static rpc_client *lat_open(const char *addr) {
     rpc_client *c = NULL;
     aicfn_error e;
     if (rpc_client_open(&c, addr, NULL, &e) != AICFN_OK) {
         fprintf(stderr, "bench-invoke: %s\n", e.msg);
         exit(1);
     }
+    return c;
+}
+
+/* One call on `c`, timed; counts an error in *errors. */
+static uint64_t lat_call(rpc_client *c, const uint8_t *req, size_t len, int check, uint64_t *errors) {
+    aicfn_error e;
+    uint64_t t0 = clock_now_us();
+    rpc_msg *m = NULL;
+    int rc = rpc_call_sync(c, req, len, 30000, &m, &e);
+    uint64_t dt = clock_now_us() - t0;
+    if (rc != AICFN_OK || (check && !reply_ok(m))) (*errors)++;
+    rpc_msg_free(m);
+    return dt;
+}
+
+static lat_result latency(const char *addr, const uint8_t *req, size_t len, int n, int check) {
+    lat_result r = {0, 0, 0};
+    rpc_client *c = lat_open(addr);
     uint64_t *s = calloc((size_t)n, sizeof *s);
     for (int i = 0; i < n + 200; i++) {
-        uint64_t t0 = clock_now_us();
-        rpc_msg *m = NULL;
-        int rc = rpc_call_sync(c, req, len, 30000, &m, &e);
-        uint64_t dt = clock_now_us() - t0;
-        if (rc != AICFN_OK || (check && !reply_ok(m))) r.errors++;
-        rpc_msg_free(m);
+        uint64_t dt = lat_call(c, req, len, check, &r.errors);
         if (i >= 200) s[i - 200] = dt; /* the first 200 warm up */
     }
-    qsort(s, (size_t)n, sizeof *s, cmp_u64);
-    r.p50 = s[(n - 1) / 2];
-    r.p99 = s[(size_t)((n - 1) * 0.99)];
+    lat_summarize(s, n, &r);
     free(s);
     rpc_client_close(c);
     return r;
+}
+
+/* The gateway and the bare server measured side by side: one client each, calls
+ * alternating (gateway, bare, gateway, ...), so that both see the same machine from one
+ * moment to the next (this shared VM's speed drifts by tens of percent over minutes,
+ * which skews two back-to-back series). */
+static void latency_pair(const char *gw, const char *bare, const uint8_t *req, size_t len, int n,
+                         lat_result *rg, lat_result *rb) {
+    memset(rg, 0, sizeof *rg);
+    memset(rb, 0, sizeof *rb);
+    rpc_client *cg = lat_open(gw), *cb = lat_open(bare);
+    uint64_t *sg = calloc((size_t)n, sizeof *sg), *sb = calloc((size_t)n, sizeof *sb);
+    for (int i = 0; i < n + 200; i++) {
+        uint64_t dg = lat_call(cg, req, len, 1, &rg->errors);
+        uint64_t db = lat_call(cb, req, len, 0, &rb->errors);
+        if (i >= 200) sg[i - 200] = dg, sb[i - 200] = db; /* the first 200 warm up */
+    }
+    lat_summarize(sg, n, rg);
+    lat_summarize(sb, n, rb);
+    free(sg);
+    free(sb);
+    rpc_client_close(cg);
+    rpc_client_close(cb);
 }
 
 typedef struct tput_arg {
@@ -142,12 +182,13 @@ static void *tput_thread(void *p) {
     return NULL;
 }
 
-static double throughput(const char *addr, const uint8_t *req, size_t len, int clients, int check,
-                         uint64_t *errors) {
+/* Calls per second of `clients` threads calling `addr` for `seconds`. */
+static double throughput_for(const char *addr, const uint8_t *req, size_t len, int clients, int check,
+                             double seconds, uint64_t *errors) {
     tput_arg args[16];
     pthread_t th[16];
     uint64_t t0 = clock_now_us();
-    uint64_t end = t0 + (uint64_t)(g_seconds * 1e6);
+    uint64_t end = t0 + (uint64_t)(seconds * 1e6);
     for (int i = 0; i < clients; i++) {
         args[i] = (tput_arg){addr, req, len, end, 0, 0, check};
         pthread_create(&th[i], NULL, tput_thread, &args[i]);
@@ -161,6 +202,24 @@ static double throughput(const char *addr, const uint8_t *req, size_t len, int c
     }
     double secs = (double)(clock_now_us() - t0) / 1e6;
     return (double)calls / secs;
+}
+
+#define TPUT_ROUNDS 4
+
+/* The gateway and the bare server with the same number of clients, in TPUT_ROUNDS
+ * alternating rounds of g_seconds / TPUT_ROUNDS each (so a drift in the machine's speed
+ * hits both alike); the mean rate of each. */
+static void throughput_pair(const char *gw, const char *bare, const uint8_t *req, size_t len, int clients,
+                            double *tg, double *tb, uint64_t *eg, uint64_t *eb) {
+    *tg = *tb = 0;
+    *eg = *eb = 0;
+    for (int r = 0; r < TPUT_ROUNDS; r++) {
+        uint64_t e1 = 0, e2 = 0;
+        *tg += throughput_for(gw, req, len, clients, 1, g_seconds / TPUT_ROUNDS, &e1) / TPUT_ROUNDS;
+        *tb += throughput_for(bare, req, len, clients, 0, g_seconds / TPUT_ROUNDS, &e2) / TPUT_ROUNDS;
+        *eg += e1;
+        *eb += e2;
+    }
 }
 
 /* ---- the gateway ---- */
@@ -268,8 +327,8 @@ int main(int argc, char **argv) {
     size_t len;
     uint8_t *req = encode_echo("echo", &len);
 
-    lat_result lg = latency(gw_addr, req, len, g_calls, 1);
-    lat_result lb = latency(bare_addr, req, len, g_calls, 0);
+    lat_result lg, lb;
+    latency_pair(gw_addr, bare_addr, req, len, g_calls, &lg, &lb);
     printf("{\"bench\":\"invoke\",\"case\":\"latency\",\"target\":\"gateway\",\"function\":\"echo\","
            "\"calls\":%d,"
            "\"p50_us\":%llu,\"p99_us\":%llu,\"errors\":%llu}\n",
@@ -318,8 +377,7 @@ int main(int argc, char **argv) {
     double tg[3], tb[3];
     for (int k = 0; k < 3; k++) {
         uint64_t eg, eb;
-        tg[k] = throughput(gw_addr, req, len, conc[k], 1, &eg);
-        tb[k] = throughput(bare_addr, req, len, conc[k], 0, &eb);
+        throughput_pair(gw_addr, bare_addr, req, len, conc[k], &tg[k], &tb[k], &eg, &eb);
         printf("{\"bench\":\"invoke\",\"case\":\"throughput\",\"clients\":%d,\"gateway_calls_per_s\":%.0f,"
                "\"bare_calls_per_s\":%.0f,\"ratio\":%.3f,\"gateway_errors\":%llu,\"bare_errors\":%llu}\n",
                conc[k], tg[k], tb[k], tb[k] > 0 ? tg[k] / tb[k] : 0.0, (unsigned long long)eg,
@@ -328,7 +386,7 @@ int main(int argc, char **argv) {
     }
     if (waddr[0]) {
         uint64_t ew;
-        double tw = throughput(waddr, req, len, 16, 1, &ew);
+        double tw = throughput_for(waddr, req, len, 16, 1, g_seconds, &ew);
         printf(
             "{\"bench\":\"invoke\",\"case\":\"throughput\",\"clients\":16,\"target\":\"worker_direct_ipc\","
             "\"calls_per_s\":%.0f,\"errors\":%llu}\n",
