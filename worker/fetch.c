@@ -435,6 +435,7 @@ int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, a
     aicfn_error ferr;
     aicfn_error_clear(&ferr);
     rc = fetch_one(f, hash, local, &ferr);
+    if (rc != AICFN_OK) log_warn("%s", ferr.msg);
 
     pthread_mutex_lock(&f->mu);
     if (rc == AICFN_OK) {

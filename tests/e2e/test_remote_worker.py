@@ -1,0 +1,247 @@
+"""End-to-end tests of remote workers (`aicfn worker --gateway ADDR`): a worker that
+registers with a gateway fetches every handler and snapshot by hash from the gateway
+(`artifact_get`, docs/protocol.md) into its --cache-dir instead of opening the gateway's
+paths.
+
+Covers: a gateway with no local pool (--workers 0..0) and one registered worker running
+from an unrelated directory serves echo and mlp correctly (mlp checked against a numpy
+forward pass), with its cache holding exactly the deployed artifacts by hash (each file
+hashing to its name) and the handlers dlopened from there; artifact_get itself over the
+raw protocol (whole-file download in chunks equals the stored file; bad hash, bad len,
+offset past the end, unknown hash); and a tampered artifact (the gateway's stored handler
+and snapshot modified after deploy) failing the call with AICFN_E_CORRUPT naming the
+artifact, leaving nothing in the cache, with the worker alive and serving once the files
+are restored. Every wait is bounded.
+"""
+import hashlib
+import json
+import struct
+import subprocess
+from pathlib import Path
+
+import numpy as np
+
+from conftest import (PROTOCOL_VERSION, ROOT, Proc, aicfn_bin, call, free_port, invoke_msg, next_id, output,
+                      run_cli, tensor, wait_for)
+
+E_INVALID = 1
+E_CORRUPT = 4
+E_NOT_FOUND = 6
+E_PROTOCOL = 19
+CHUNK = 4 << 20  # AICFN_UPLOAD_CHUNK_BYTES
+
+
+# ---- helpers (copied from test_gateway.py, which another change is editing) ----
+
+def start_gateway(procs, tmp_path: Path, workers="0..0"):
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    data = tmp_path / "data"
+    g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", workers,
+                     "--worker-memory", "64MiB", "--device", "host", "--idle-timeout", "5m", "--insecure-local"],
+                    name="gateway")
+
+    def ready():
+        if g.poll() is not None:
+            raise RuntimeError(f"gateway exited with {g.poll()}: {g.stderr()[-3000:]}")
+        return call(addr, {"v": PROTOCOL_VERSION, "t": "status", "id": next_id()}, timeout_ms=500).get("ok")
+
+    wait_for(ready, 15, interval=0.05, what=f"gateway on {addr}")
+    return addr, data, g
+
+
+def deploy(addr, path) -> int:
+    r = run_cli(["deploy", str(path), "--gateway", addr, "--json"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout.strip().splitlines()[-1])["version"]
+
+
+def workers(addr):
+    r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+class CwdProc(Proc):
+    """A Proc started in a directory of our choosing (conftest's runs in the repo root)."""
+
+    def __init__(self, args, log_dir: Path, name: str, cwd: Path):
+        self.args = [str(a) for a in args]
+        self.name = name
+        self.out_path = log_dir / f"{name}.out"
+        self.err_path = log_dir / f"{name}.err"
+        self._out = open(self.out_path, "wb")
+        self._err = open(self.err_path, "wb")
+        self.p = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, cwd=cwd)
+
+
+def start_remote_worker(procs, tmp_path: Path, gateway: str, name="remote1"):
+    """`aicfn worker --gateway` run from an empty directory, its cache in tmp/cache."""
+    cwd = tmp_path / "worker-cwd"
+    cwd.mkdir(exist_ok=True)
+    cache = tmp_path / "cache"
+    waddr = f"tcp://127.0.0.1:{free_port()}"
+    w = CwdProc([aicfn_bin(), "worker", "--listen", waddr, "--device", "host", "--memory", "64MiB", "--id", name,
+                 "--gateway", gateway, "--cache-dir", cache], procs.log_dir, name, cwd)
+    procs.all.append(w)
+
+    def ready():
+        if w.poll() is not None:
+            raise RuntimeError(f"worker exited with {w.poll()}: {w.stderr()[-3000:]}")
+        return any(x["name"] == name and x["state"] == "ready" for x in workers(gateway))
+
+    wait_for(ready, 15, interval=0.05, what="the remote worker to register")
+    return w, cwd, cache
+
+
+def stored_artifacts(data: Path) -> dict:
+    """{hash: path} of the gateway's artifact store (its tmp/ excluded)."""
+    return {p.name: p for p in (data / "artifacts").iterdir() if p.is_file()}
+
+
+def fn_hashes(data: Path, name: str):
+    import sqlite3
+    con = sqlite3.connect(f"file:{data / 'aicfn.db'}?mode=ro", uri=True, timeout=5)
+    try:
+        return con.execute("SELECT handler_hash, snapshot_hash FROM functions WHERE name = ? AND active = 1",
+                           (name,)).fetchone()
+    finally:
+        con.close()
+
+
+def mlp_reference(x: np.ndarray) -> np.ndarray:
+    raw = (ROOT / "examples" / "mlp" / "weights.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    hdr = json.loads(raw[8:8 + n])
+    w = {k: np.frombuffer(raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4")
+         .reshape(v["shape"]) for k, v in hdr.items() if k != "__metadata__"}
+    h = np.maximum(x.astype(np.float64) @ w["fc1.weight"].T + w["fc1.bias"], 0)
+    return h @ w["fc2.weight"].T + w["fc2.bias"]
+
+
+def artifact_get(addr, h, offset, length):
+    return call(addr, {"v": PROTOCOL_VERSION, "t": "artifact_get", "id": next_id(), "hash": h, "offset": offset,
+                       "len": length}, timeout_ms=10000)
+
+
+# ---- tests ----
+
+def test_remote_worker_fetches_artifacts_by_hash(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path)
+    deploy(addr, ROOT / "examples" / "echo")
+    deploy(addr, ROOT / "examples" / "mlp")
+    stored = stored_artifacts(data)
+    assert len(stored) == 3  # echo.so, mlp.so, mlp's snapshot
+    w, cwd, cache = start_remote_worker(procs, tmp_path, addr)
+
+    x = np.arange(5, dtype=np.float32)
+    r = call(addr, invoke_msg("echo", [tensor("x", x)]), timeout_ms=20000)
+    assert r["ok"], r
+    assert np.array_equal(output(r, "x"), x)
+
+    xm = np.linspace(-1, 1, 32, dtype=np.float32).reshape(2, 16)
+    r = call(addr, invoke_msg("mlp", [tensor("x", xm)]), timeout_ms=30000)
+    assert r["ok"], r
+    assert r["cold"] is True
+    assert np.allclose(output(r, "logits").astype(np.float64), mlp_reference(xm), rtol=1e-4, atol=1e-4)
+    # The fetch is part of the cold start: the load took at least the fetch.
+    assert r["timing"]["load"] > 0
+    r2 = call(addr, invoke_msg("mlp", [tensor("x", xm * 0.5)]), timeout_ms=30000)
+    assert r2["ok"] and r2["cold"] is False, r2
+    assert np.allclose(output(r2, "logits").astype(np.float64), mlp_reference(xm * 0.5), rtol=1e-4, atol=1e-4)
+
+    # The cache holds exactly the deployed artifacts, each under its SHA-256 and intact.
+    cached = {p.name: p for p in cache.iterdir()}
+    assert set(cached) == set(stored), (sorted(cached), sorted(stored))
+    for h, p in cached.items():
+        assert hashlib.sha256(p.read_bytes()).hexdigest() == h
+    # Nothing was written where the worker runs (the default cache dir is not used).
+    assert list(cwd.iterdir()) == []
+    # The handlers were loaded from the cache, never from the gateway's data dir.
+    log = w.stderr()
+    for h in stored:
+        assert f"fetched artifact {h}" in log, log[-3000:]
+    assert str(data) not in log, log[-3000:]
+    hh_echo, _ = fn_hashes(data, "echo")
+    assert f"handler {cache.resolve()}/{hh_echo}" in log, log[-3000:]
+    assert w.poll() is None
+
+
+def test_artifact_get_protocol(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path)
+    deploy(addr, ROOT / "examples" / "echo")
+    (h, path), = stored_artifacts(data).items()
+    want = path.read_bytes()
+    # In chunks smaller than the file: every reply says the whole size.
+    got, off, step = b"", 0, 4096
+    for _ in range(len(want) // step + 2):
+        r = artifact_get(addr, h, off, step)
+        assert r["ok"], r
+        assert r["size"] == len(want)
+        got += r["data"]
+        off += len(r["data"])
+        if off >= len(want):
+            break
+    assert got == want
+    # At the end: an empty chunk; past it: INVALID.
+    r = artifact_get(addr, h, len(want), step)
+    assert r["ok"] and r["data"] == b"" and r["size"] == len(want), r
+    r = artifact_get(addr, h, len(want) + 1, step)
+    assert not r["ok"] and r["error"]["code"] == E_INVALID, r
+    # A request for more than a chunk, or nothing, is refused.
+    for n in (0, CHUNK + 1):
+        r = artifact_get(addr, h, 0, n)
+        assert not r["ok"] and r["error"]["code"] == E_INVALID, r
+    # Hashes: not hex, uppercase, a path; unknown.
+    for bad in ("../../aicfn.db", h.upper(), "zz" * 32):
+        r = artifact_get(addr, bad, 0, step)
+        assert not r["ok"] and r["error"]["code"] in (E_INVALID, E_PROTOCOL), r
+    r = artifact_get(addr, "0" * 64, 0, step)
+    assert not r["ok"] and r["error"]["code"] == E_NOT_FOUND, r
+    # Missing keys.
+    r = call(addr, {"v": PROTOCOL_VERSION, "t": "artifact_get", "id": next_id(), "hash": h}, timeout_ms=5000)
+    assert not r["ok"] and r["error"]["code"] == E_PROTOCOL, r
+
+
+def test_tampered_artifacts_fail_corrupt_and_worker_survives(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path)
+    deploy(addr, ROOT / "examples" / "echo")
+    deploy(addr, ROOT / "examples" / "mlp")
+    echo_h, _ = fn_hashes(data, "echo")
+    _, snap_h = fn_hashes(data, "mlp")
+    assert echo_h and snap_h
+    stored = stored_artifacts(data)
+    originals = {h: stored[h].read_bytes() for h in (echo_h, snap_h)}
+    # Same sizes, one byte flipped: only the hash can tell.
+    for h, b in originals.items():
+        stored[h].chmod(0o600)
+        t = bytearray(b)
+        t[len(t) // 2] ^= 0x01
+        stored[h].write_bytes(bytes(t))
+
+    w, cwd, cache = start_remote_worker(procs, tmp_path, addr)
+    x = np.arange(4, dtype=np.float32)
+    r = call(addr, invoke_msg("echo", [tensor("x", x)]), timeout_ms=20000)
+    assert not r["ok"] and r["error"]["code"] == E_CORRUPT, r
+    # The fetcher's own check (the bytes the gateway sent do not hash to the name).
+    assert echo_h in r["error"]["message"] and "hash to" in r["error"]["message"], r
+    xm = np.ones((1, 16), dtype=np.float32)
+    r = call(addr, invoke_msg("mlp", [tensor("x", xm)]), timeout_ms=30000)
+    assert not r["ok"] and r["error"]["code"] == E_CORRUPT, r
+    assert snap_h in r["error"]["message"] and "hash to" in r["error"]["message"], r
+    # Nothing half-written is left, and the bad bytes were never placed under the hash.
+    names = {p.name for p in cache.iterdir()}
+    assert echo_h not in names and snap_h not in names, names
+    assert not any(n.startswith(".tmp-") for n in names), names
+    assert w.poll() is None
+
+    # Restored on the gateway: the next calls fetch again and succeed on the same worker.
+    for h, b in originals.items():
+        stored[h].write_bytes(b)
+    r = call(addr, invoke_msg("echo", [tensor("x", x)]), timeout_ms=20000)
+    assert r["ok"] and np.array_equal(output(r, "x"), x), r
+    r = call(addr, invoke_msg("mlp", [tensor("x", xm * 2)]), timeout_ms=30000)
+    assert r["ok"], r
+    assert np.allclose(output(r, "logits").astype(np.float64), mlp_reference(xm * 2), rtol=1e-4, atol=1e-4)
+    assert {echo_h, snap_h} <= {p.name for p in cache.iterdir()}
+    assert w.poll() is None
+    assert [x["name"] for x in workers(addr)] == ["remote1"]
