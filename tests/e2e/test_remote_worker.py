@@ -17,6 +17,7 @@ import hashlib
 import json
 import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,65 @@ def test_tampered_artifacts_fail_corrupt_and_worker_survives(procs, tmp_path):
     assert {echo_h, snap_h} <= {p.name for p in cache.iterdir()}
     assert w.poll() is None
     assert [x["name"] for x in workers(addr)] == ["remote1"]
+
+
+def test_remote_worker_with_api_keys_and_concurrent_first_calls(procs, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+
+    def key(*args):
+        r = run_cli(["keys", "create", "--data-dir", data, "--json", *args])
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["key"]
+
+    admin, user = key("--tenant", "ops", "--admin"), key("--tenant", "acme")
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..0",
+                 "--worker-memory", "64MiB", "--device", "host"], name="gateway")
+    wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id(), "key": user}, timeout_ms=500).get("ok"),
+             15, interval=0.05, what="the gateway")
+    r = run_cli(["deploy", ROOT / "examples" / "echo", "--gateway", addr], env={"AICFN_KEY": admin})
+    assert r.returncode == 0, r.stderr
+    (h, path), = stored_artifacts(data).items()
+
+    # artifact_get follows register's rules: an admin key.
+    m = {"v": PROTOCOL_VERSION, "t": "artifact_get", "id": next_id(), "hash": h, "offset": 0, "len": 64}
+    r = call(addr, m)
+    assert not r["ok"] and r["error"]["code"] == 13, r  # no key
+    r = call(addr, dict(m, key=user))
+    assert not r["ok"] and r["error"]["code"] == 14, r  # not admin
+    r = call(addr, dict(m, key=admin))
+    assert r["ok"] and r["data"] == path.read_bytes()[:64], r
+
+    # The worker registers and fetches with the admin key it was given.
+    cwd = tmp_path / "worker-cwd"
+    cwd.mkdir()
+    cache = tmp_path / "cache"
+    w = CwdProc([aicfn_bin(), "worker", "--listen", f"tcp://127.0.0.1:{free_port()}", "--device", "host",
+                 "--memory", "64MiB", "--id", "remote1", "--gateway", addr, "--key", admin, "--cache-dir", cache],
+                procs.log_dir, "remote1", cwd)
+    procs.all.append(w)
+    wait_for(lambda: w.poll() is None and any(
+        x["name"] == "remote1" and x["state"] == "ready" for x in json.loads(
+            run_cli(["workers", "--gateway", addr, "--json"], env={"AICFN_KEY": admin}).stdout)),
+        15, interval=0.05, what="the remote worker to register")
+
+    # Twelve first calls at once: each waits for the one download of the handler.
+    results = [None] * 12
+
+    def one(i):
+        x = np.full(3, i, dtype=np.float32)
+        m = invoke_msg("echo", [tensor("x", x)])
+        m["key"] = user
+        r = call(addr, m, timeout_ms=20000)
+        results[i] = r["ok"] and np.array_equal(output(r, "x"), x) or r
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert results == [True] * 12, results
+    assert w.stderr().count(f"fetched artifact {h}") == 1, w.stderr()[-3000:]
+    assert sorted(p.name for p in cache.iterdir()) == [h]
+    assert w.poll() is None
