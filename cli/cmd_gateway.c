@@ -30,7 +30,8 @@ static void cg_help(FILE *out) {
             "                         (default 0..%d; 0..0: remote workers only, see `aicfn worker\n"
             "                         --gateway`); N alone means N..N\n"
             "  --idle-timeout DUR     a local worker without calls this long is drained and exits\n"
-            "                         (scale to zero; default %ds; ms, s, m, h)\n"
+            "                         (scale to zero; default %ds; ms, s, m, h), unless that would\n"
+            "                         leave MIN workers, or a function below its scaling.min_workers\n"
             "  --worker-memory BYTES  the model cache budget of EACH local worker (e.g. 512MiB, 8GiB).\n"
             "                         The budget is per worker, not split: MAX workers may hold up to\n"
             "                         MAX x BYTES. Default: each worker takes its device's free memory\n"
@@ -43,7 +44,23 @@ static void cg_help(FILE *out) {
             "                         on a loopback address used by one person\n"
             "\n"
             "Precedence: flags, then environment (AICFN_GATEWAY for the address), then defaults.\n"
-            "Per-function settings (timeout, batching, idempotent) come from each aicfn.yaml.\n",
+            "Per-function settings (timeout, batching, scaling, idempotent) come from each aicfn.yaml.\n"
+            "\n"
+            "Per-function scaling (aicfn.yaml `scaling:`), inside the pool above (workers are shared;\n"
+            "a worker holds many models):\n"
+            "  max_workers N   at most N workers hold the function's model at once (default 1). A\n"
+            "                  call goes to a worker holding it; only when all of those are busy\n"
+            "                  (calls in flight >= batching.max_batch) and fewer than N hold it does\n"
+            "                  another worker load a replica (free memory, eviction, or a new worker\n"
+            "                  up to MAX)\n"
+            "  min_workers N   N workers keep the model loaded without calls (default 0): loaded at\n"
+            "                  deploy and at start, replaced when a holder leaves; such a worker is not\n"
+            "                  stopped by --idle-timeout. Bounded by MAX (the log says when not met)\n"
+            "  idle_timeout D  a model without calls for D is unloaded from its workers, except the\n"
+            "                  min_workers ones (default 5m; 0: never). The worker stays; it exits\n"
+            "                  after --idle-timeout without calls. So the shorter of the two acts\n"
+            "                  first: a short idle_timeout frees memory in a worker that lives on, a\n"
+            "                  short --idle-timeout stops the worker with its models\n",
             AICFN_DEFAULT_GATEWAY, AICFN_DEFAULT_DATA_DIR, AICFN_DEFAULT_MAX_WORKERS,
             AICFN_DEFAULT_IDLE_TIMEOUT_MS / 1000, (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20));
 }

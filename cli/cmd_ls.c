@@ -1,4 +1,5 @@
-/* cmd_ls.c: `aicfn ls`: the deployed functions with their versions and sizes. */
+/* cmd_ls.c: `aicfn ls`: the deployed functions with their versions, sizes and the
+ * scaling in effect (the active version's). */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -8,11 +9,27 @@
 #include "cli/gwclient.h"
 #include "common/units.h"
 
+/* "5m", "90s", "250ms", "never" (0). */
+static const char *cl_duration(uint64_t us, char *buf, size_t len) {
+    if (us == 0)
+        snprintf(buf, len, "never");
+    else if (us % 3600000000ull == 0)
+        snprintf(buf, len, "%lluh", (unsigned long long)(us / 3600000000ull));
+    else if (us % 60000000ull == 0)
+        snprintf(buf, len, "%llum", (unsigned long long)(us / 60000000ull));
+    else if (us % 1000000ull == 0)
+        snprintf(buf, len, "%llus", (unsigned long long)(us / 1000000ull));
+    else
+        snprintf(buf, len, "%llums", (unsigned long long)(us / 1000ull));
+    return buf;
+}
+
 static void cl_help(FILE *out) {
     fprintf(out, "usage: aicfn ls [--gateway ADDR] [--key KEY] [--json]\n"
                  "\n"
                  "Lists the deployed functions: active and latest version, number of versions, handler,\n"
-                 "snapshot and model sizes of the active version.\n"
+                 "snapshot and model sizes of the active version, and its scaling: WORKERS is\n"
+                 "min_workers..max_workers, IDLE the idle_timeout after which its model is unloaded.\n"
                  "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
                  "  --key KEY       API key (default: $AICFN_KEY)\n"
                  "  --json          print the list as JSON\n");
@@ -43,13 +60,18 @@ int cli_cmd_ls(int argc, char **argv) {
     if (json) {
         cli_print_json(j, "[]");
     } else {
-        printf("%-24s %6s %6s %8s %12s %12s %12s\n", "NAME", "ACTIVE", "LATEST", "VERSIONS", "HANDLER",
-               "SNAPSHOT", "MODEL");
+        printf("%-24s %6s %6s %8s %12s %12s %12s %9s %6s\n", "NAME", "ACTIVE", "LATEST", "VERSIONS",
+               "HANDLER", "SNAPSHOT", "MODEL", "WORKERS", "IDLE");
         size_t i;
         json_t *o;
         json_array_foreach(j, i, o) {
-            char h[32], s[32], m[32];
-            printf("%-24s %6lld %6lld %8lld %12s %12s %12s\n", json_string_value(json_object_get(o, "name")),
+            char h[32], s[32], m[32], wk[32], idle[32];
+            json_t *sc = json_object_get(o, "scaling");
+            snprintf(wk, sizeof wk, "%lld..%lld",
+                     (long long)json_integer_value(json_object_get(sc, "min_workers")),
+                     (long long)json_integer_value(json_object_get(sc, "max_workers")));
+            printf("%-24s %6lld %6lld %8lld %12s %12s %12s %9s %6s\n",
+                   json_string_value(json_object_get(o, "name")),
                    (long long)json_integer_value(json_object_get(o, "active_version")),
                    (long long)json_integer_value(json_object_get(o, "latest_version")),
                    (long long)json_integer_value(json_object_get(o, "versions")),
@@ -58,7 +80,10 @@ int cli_cmd_ls(int argc, char **argv) {
                    units_format_size((uint64_t)json_integer_value(json_object_get(o, "snapshot_bytes")), s,
                                      sizeof s),
                    units_format_size((uint64_t)json_integer_value(json_object_get(o, "model_raw_bytes")), m,
-                                     sizeof m));
+                                     sizeof m),
+                   wk,
+                   cl_duration((uint64_t)json_integer_value(json_object_get(sc, "idle_timeout_us")), idle,
+                               sizeof idle));
         }
     }
     json_decref(j);

@@ -47,6 +47,7 @@
 #define GW_POLL_TIMEOUT_MS 5000
 #define GW_NO_MODEL_KEY "(no-model)"
 #define GW_MAX_VIEW 256
+#define GW_MAX_UNLOADS 32 /* idle unloads sent per maintenance tick; the rest wait a tick */
 
 /* ---- Functions ------------------------------------------------------------------ */
 
@@ -72,6 +73,11 @@ typedef struct gw_fn {
     uint32_t q_len;
     gw_crash crash[GW_CRASH_SLOTS];
     uint64_t evicted_us; /* when a worker last evicted this model (0: never): thrash reloads */
+    /* Scaling (gw_keep_warm_locked, gw_idle_unloads_locked). `warm`: the active version
+     * of a function with scaling.min_workers > 0, kept warm (set by gw_scaling_refresh). */
+    bool warm;
+    bool warm_unmet_logged; /* "min_workers cannot be met" said once, until it is met */
+    uint64_t warm_retry_us; /* a keep-warm preload failed: next try not before this */
     struct gw_fn *next;
 } gw_fn;
 
@@ -97,6 +103,7 @@ struct gw_call {
     int attempts;
     bool spawned; /* routed to a worker still starting: its cold start includes the spawn */
     bool preload; /* a repository load (t:"preload"): routed like an invoke, no handler call, no ledger row */
+    bool keepwarm; /* a preload placing a replica for scaling.min_workers (never on a holder) */
     gw_worker *worker;
     int code; /* for the fail list */
     char message[256];
@@ -115,6 +122,14 @@ typedef struct gw_actions {
     size_t n_polls;
     gw_worker *destroys[GW_MAX_VIEW];
     size_t n_destroys;
+    struct {
+        gw_worker *w; /* callbacks++ taken under the lock */
+        char key[GW_HASH_HEX_LEN + 1];
+        char fn[AICFN_FN_NAME_MAX_BYTES + 1]; /* for the log line */
+        uint32_t ver;
+        uint64_t idle_ms;
+    } unloads[GW_MAX_UNLOADS]; /* idle models to unload (scaling.idle_timeout) */
+    size_t n_unloads;
 } gw_actions;
 
 struct gw_gateway {
@@ -148,10 +163,17 @@ struct gw_gateway {
     pthread_t maint;
     bool maint_started;
     pthread_cond_t maint_cv;
+    bool scaling_dirty;        /* functions changed: re-read which ones keep workers warm */
+    uint64_t scaling_retry_us; /* a failed re-read is tried again from then */
 };
 
 static void gw_process(gw_gateway *gw, gw_actions *a);
 static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a);
+static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, gw_invoke_done_fn done, void *user);
+static int gw_send_unload(gw_gateway *gw, gw_worker *w, const char *key, rpc_done_fn cb, void *user,
+                          aicfn_error *err);
+static void gw_idle_unload_start(gw_gateway *gw, gw_worker *w, const char *key, const char *fn, uint32_t ver,
+                                 uint64_t idle_ms);
 
 gw_db *gw_gateway_db(gw_gateway *gw) {
     return gw->db;
@@ -257,6 +279,8 @@ void gw_functions_changed(gw_gateway *gw) {
     }
     for (gw_fn *f = gw->fns; f; f = f->next)
         f->stale = true;
+    gw->scaling_dirty = true; /* the maintenance thread re-reads who keeps workers warm */
+    gw->scaling_retry_us = 0;
     pthread_mutex_unlock(&gw->mu);
 }
 
@@ -498,14 +522,23 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a) {
         else
             w->pending_head = c;
         w->pending_tail = c;
+        if (!c->preload) w->pending_calls++;
         return;
     }
     w->in_flight++;
+    if (c->preload) w->preloads++;
     w->callbacks++;
     w->last_call_us = now;
     c->dispatched_us = now;
     c->next = a->sends;
     a->sends = c;
+}
+
+/* A call sent to w came back (answered, failed or never sent): lock held. */
+static void gw_call_left_locked(gw_worker *w, const gw_call *c) {
+    w->in_flight--;
+    if (c->preload) w->preloads--;
+    w->callbacks--;
 }
 
 static void gw_enqueue_locked(gw_fn *f, gw_call *c) {
@@ -519,6 +552,70 @@ static void gw_enqueue_locked(gw_fn *f, gw_call *c) {
     f->q_len++;
 }
 
+/* The router's view of the pool (lock held): workers that are ready or starting, less
+ * `skip` (the worker a retried call died on). view[i] describes ws[i]. */
+static size_t gw_view_locked(gw_gateway *gw, const gw_worker *skip, gw_route_worker *view, gw_worker **ws) {
+    size_t n = 0;
+    for (gw_worker *w = gw->workers; w && n < GW_MAX_VIEW; w = w->next) {
+        if (w->state == GW_WORKER_DEAD || w->state == GW_WORKER_DRAINING) continue;
+        if (w == skip) continue;
+        gw_worker_route_view(w, &view[n]);
+        ws[n++] = w;
+    }
+    return n;
+}
+
+/* What the router is asked for a call of f (lock held): its model, whether the pool may
+ * grow, and its replicas: at most scaling.max_workers holders, a holder busy from
+ * batching.max_batch calls in flight. */
+static gw_route_request gw_request_locked(gw_gateway *gw, const gw_fn *f) {
+    gw_route_request r = {
+        .key = f->key[0] ? f->key : GW_NO_MODEL_KEY,
+        .model_bytes = f->model_bytes,
+        .pool_may_grow = gw->max_workers > 0 && gw_local_alive(gw) < gw->max_workers,
+        .new_worker_budget = gw->max_workers > 0 ? gw_new_budget(gw) : 0,
+        .max_holders = f->cfg.max_workers ? f->cfg.max_workers : 1,
+        .busy_in_flight = f->cfg.max_batch ? f->cfg.max_batch : 1,
+        .any_worker = !f->key[0],
+    };
+    return r;
+}
+
+/* Applies a decision of levels 1-5 to call c (lock held). Returns true when c left the
+ * gateway (assigned to a worker, maybe pending on a starting one) and false when it
+ * could not be placed now (too many spawns in one go: wait for the next pump). */
+static bool gw_apply_route_locked(gw_gateway *gw, gw_call *c, gw_worker **ws, const gw_route_decision *d,
+                                  gw_actions *a) {
+    gw_fn *f = c->fn;
+    const char *key = f->key[0] ? f->key : GW_NO_MODEL_KEY;
+    uint64_t now = clock_now_us();
+    switch (d->kind) {
+    case GW_ROUTE_READY:
+        gw_worker_note_use(ws[d->worker], key, now);
+        gw_assign_locked(c, ws[d->worker], a);
+        return true;
+    case GW_ROUTE_LOADING:
+        gw_assign_locked(c, ws[d->worker], a);
+        return true;
+    case GW_ROUTE_FREE:
+    case GW_ROUTE_EVICT:
+        if (f->key[0]) gw_worker_note_load(ws[d->worker], key, f->model_bytes, now, GW_HOLD_US);
+        gw_assign_locked(c, ws[d->worker], a);
+        return true;
+    case GW_ROUTE_SPAWN: {
+        gw_worker *w = gw_spawn_locked(gw, a);
+        if (!w) return false;
+        gw_worker_note_load(w, key, f->model_bytes, now, GW_HOLD_US);
+        gw_assign_locked(c, w, a);
+        return true;
+    }
+    case GW_ROUTE_QUEUE:
+    case GW_ROUTE_TOO_LARGE:
+        break;
+    }
+    return false;
+}
+
 /* Routes one call; returns true when it left the gateway's queue (sent, pending on a
  * starting worker, or failed) and false when it must wait in the function's queue. */
 static bool gw_try_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
@@ -529,51 +626,16 @@ static bool gw_try_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
     }
     gw_route_worker view[GW_MAX_VIEW];
     gw_worker *ws[GW_MAX_VIEW];
-    size_t n = 0;
-    for (gw_worker *w = gw->workers; w && n < GW_MAX_VIEW; w = w->next) {
-        if (w->state == GW_WORKER_DEAD || w->state == GW_WORKER_DRAINING) continue;
-        if (c->attempts > 1 && w == c->worker) continue;
-        gw_worker_route_view(w, &view[n]);
-        ws[n++] = w;
-    }
-    const char *key = f->key[0] ? f->key : GW_NO_MODEL_KEY;
-    gw_route_request r = {
-        .key = key,
-        .model_bytes = f->model_bytes,
-        .pool_may_grow = gw->max_workers > 0 && gw_local_alive(gw) < gw->max_workers,
-        .new_worker_budget = gw->max_workers > 0 ? gw_new_budget(gw) : 0,
-    };
+    size_t n = gw_view_locked(gw, c->attempts > 1 ? c->worker : NULL, view, ws);
+    gw_route_request r = gw_request_locked(gw, f);
     gw_route_decision d;
-    uint64_t now = clock_now_us();
-    switch (gw_route_decide(ws[0] ? view : view, n, &r, &d)) {
-    case GW_ROUTE_READY:
-        gw_worker_note_use(ws[d.worker], key, now);
-        gw_assign_locked(c, ws[d.worker], a);
-        return true;
-    case GW_ROUTE_LOADING:
-        gw_assign_locked(c, ws[d.worker], a);
-        return true;
-    case GW_ROUTE_FREE:
-    case GW_ROUTE_EVICT:
-        if (f->key[0]) gw_worker_note_load(ws[d.worker], key, f->model_bytes, now, GW_HOLD_US);
-        gw_assign_locked(c, ws[d.worker], a);
-        return true;
-    case GW_ROUTE_SPAWN: {
-        gw_worker *w = gw_spawn_locked(gw, a);
-        if (!w) return false; /* too many spawns in one go: wait for the next pump */
-        gw_worker_note_load(w, key, f->model_bytes, now, GW_HOLD_US);
-        gw_assign_locked(c, w, a);
-        return true;
-    }
-    case GW_ROUTE_TOO_LARGE:
+    if (gw_route_decide(view, n, &r, &d) == GW_ROUTE_TOO_LARGE) {
         gw_fail_locked(a, c, AICFN_E_TOO_LARGE,
                        "function %s:%u: its model needs %llu bytes, more than any worker's budget", f->name,
                        f->ver, (unsigned long long)f->model_bytes);
         return true;
-    case GW_ROUTE_QUEUE:
-        return false;
     }
-    return false;
+    return gw_apply_route_locked(gw, c, ws, &d, a);
 }
 
 static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
@@ -621,6 +683,7 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     if (w->pool_id && gw->pool) gw_pool_kill(gw->pool, w->pool_id);
     gw_call *p = w->pending_head;
     w->pending_head = w->pending_tail = NULL;
+    w->pending_calls = 0;
     while (p) {
         gw_call *next = p->next;
         if (never_ready) {
@@ -659,8 +722,7 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
             snprintf(e.msg, sizeof e.msg, "worker %s: %s", w->name, rep.head.message);
         }
         pthread_mutex_lock(&gw->mu);
-        w->in_flight--;
-        w->callbacks--;
+        gw_call_left_locked(w, c);
         w->last_call_us = now;
         if (rc == AICFN_OK) gw_apply_summary_locked(gw, w, &rep.w.summary, now);
         gw_pump_locked(gw, &a);
@@ -668,8 +730,8 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
         wire_doc_fini(&doc);
         rpc_msg_free(reply);
         if (rc == AICFN_OK)
-            log_info("function %s:%u: model %s loaded on worker %s (repository load)", c->fn->name,
-                     c->fn->ver, c->fn->key, w->name);
+            log_info("function %s:%u: model %s loaded on worker %s (%s)", c->fn->name, c->fn->ver, c->fn->key,
+                     w->name, c->keepwarm ? "keep-warm, scaling.min_workers" : "repository load");
         gw_invoke_result res = {
             .id = c->id, .code = rc, .message = rc == AICFN_OK ? "" : e.msg, .version = c->fn->ver};
         c->done(c->user, &res);
@@ -688,8 +750,7 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
             wire_doc_fini(&doc);
             rpc_msg_free(reply);
             pthread_mutex_lock(&gw->mu);
-            w->in_flight--;
-            w->callbacks--;
+            gw_call_left_locked(w, c);
             gw_fail_locked(&a, c, AICFN_E_PROTOCOL, "worker %s sent a malformed reply: %s", w->name, e.msg);
             gw_pump_locked(gw, &a);
             pthread_mutex_unlock(&gw->mu);
@@ -698,8 +759,7 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
         }
         uint64_t spawn_us = 0;
         pthread_mutex_lock(&gw->mu);
-        w->in_flight--;
-        w->callbacks--;
+        gw_call_left_locked(w, c);
         w->last_call_us = now;
         if (rep.has_st) gw_apply_summary_locked(gw, w, &rep.st, now);
         if (rep.has_coldstart && c->spawned && !w->spawn_attributed) {
@@ -726,8 +786,7 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
     }
 
     pthread_mutex_lock(&gw->mu);
-    w->in_flight--;
-    w->callbacks--;
+    gw_call_left_locked(w, c);
     if (status == AICFN_E_WORKER_LOST) {
         log_warn("worker %s lost with call %llu (%s:%u) in flight: %s", w->name, (unsigned long long)c->id,
                  c->fn->name, c->fn->ver, err ? err->msg : "");
@@ -823,11 +882,15 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
                 log_info("worker %s started in %llu us", w->name, (unsigned long long)w->spawn_us);
             gw_call *pc = w->pending_head;
             w->pending_head = w->pending_tail = NULL;
+            w->pending_calls = 0;
             while (pc) {
                 gw_call *next = pc->next;
-                if (w->state == GW_WORKER_READY)
+                if (w->state == GW_WORKER_READY) {
+                    /* Its first status does not list the model yet: the load is held. */
+                    if (pc->fn->key[0])
+                        gw_worker_note_load(w, pc->fn->key, pc->fn->model_bytes, now, GW_HOLD_US);
                     gw_assign_locked(pc, w, &a);
-                else
+                } else
                     gw_route_locked(gw, pc, &a);
                 pc = next;
             }
@@ -923,6 +986,7 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
                 w->state = GW_WORKER_DEAD;
                 gw_call *p = w->pending_head;
                 w->pending_head = w->pending_tail = NULL;
+                w->pending_calls = 0;
                 while (p) {
                     gw_call *n2 = p->next;
                     gw_fail_locked(&next, p, AICFN_E_UNAVAILABLE, "no worker could be started: %s", e.msg);
@@ -934,6 +998,9 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
         }
         for (size_t i = 0; i < a->n_polls; i++)
             gw_send_poll(gw, a->polls[i]);
+        for (size_t i = 0; i < a->n_unloads; i++)
+            gw_idle_unload_start(gw, a->unloads[i].w, a->unloads[i].key, a->unloads[i].fn, a->unloads[i].ver,
+                                 a->unloads[i].idle_ms);
 
         /* Sends. */
         gw_call *c = a->sends;
@@ -944,8 +1011,7 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
             int rc = rpc_call_async(c->worker->client, c->wreq, c->wreq_len, timeout, gw_call_cb, c, &e);
             if (rc != AICFN_OK) {
                 pthread_mutex_lock(&gw->mu);
-                c->worker->in_flight--;
-                c->worker->callbacks--;
+                gw_call_left_locked(c->worker, c);
                 gw_fail_locked(&next, c, rc, "sending to worker %s: %s", c->worker->name, e.msg);
                 pthread_mutex_unlock(&gw->mu);
                 more = true;
@@ -1108,6 +1174,194 @@ static void gw_on_exit(void *arg, uint32_t id, pid_t pid, int st) {
     gw_process(gw, &a);
 }
 
+/* ---- Scaling: min_workers (keep-warm), idle_timeout (unload) ---------------------- */
+
+typedef struct gw_warm {
+    gw_gateway *gw;
+    gw_fn *f;
+} gw_warm;
+
+/* A keep-warm preload ended: on failure the next try waits AICFN_KEEP_WARM_RETRY_MS. */
+static void gw_keepwarm_done(void *user, const gw_invoke_result *res) {
+    gw_warm *kw = user;
+    gw_fn *f = kw->f;
+    if (res->code != AICFN_OK) {
+        log_warn("function %s:%u: keep-warm load (scaling.min_workers %u) failed: %s; retrying in %d ms",
+                 f->name, f->ver, f->cfg.min_workers, res->message ? res->message : "",
+                 AICFN_KEEP_WARM_RETRY_MS);
+        pthread_mutex_lock(&kw->gw->mu);
+        f->warm_retry_us = clock_now_us() + (uint64_t)AICFN_KEEP_WARM_RETRY_MS * 1000;
+        pthread_mutex_unlock(&kw->gw->mu);
+    }
+    free(kw);
+}
+
+/* The holders of f's model in the live pool (lock held): ready or starting workers
+ * with it READY or LOADING; for a function without a model, every such worker. */
+static uint32_t gw_holders_locked(gw_gateway *gw, const gw_fn *f) {
+    gw_route_worker view[GW_MAX_VIEW];
+    gw_worker *ws[GW_MAX_VIEW];
+    size_t n = gw_view_locked(gw, NULL, view, ws);
+    gw_route_request r = gw_request_locked(gw, f);
+    return gw_route_holders(view, n, &r);
+}
+
+/* True when w holds f's model (as gw_holders_locked counts it). Lock held. */
+static bool gw_holds_locked(gw_gateway *gw, const gw_fn *f, const gw_worker *w) {
+    if (w->state == GW_WORKER_DEAD || w->state == GW_WORKER_DRAINING) return false;
+    gw_route_worker v;
+    gw_worker_route_view(w, &v);
+    gw_route_request r = gw_request_locked(gw, f);
+    return gw_route_holders(&v, 1, &r) == 1;
+}
+
+/* Keeps f's model on at least scaling.min_workers workers (f is an active version):
+ * places the missing replicas with the router (new_replica: free budget, eviction, or
+ * a new worker while the pool may grow) and preloads the model there. A function
+ * without a model keeps that many workers running. Says once when it cannot. */
+static void gw_keep_warm_locked(gw_gateway *gw, gw_fn *f, uint64_t now, gw_actions *a) {
+    uint32_t min = f->cfg.min_workers;
+    if (!f->warm || min == 0 || gw->stopping || now < f->warm_retry_us) return;
+    uint32_t holders = 0;
+    for (uint32_t round = 0; round <= min; round++) {
+        gw_route_worker view[GW_MAX_VIEW];
+        gw_worker *ws[GW_MAX_VIEW];
+        size_t n = gw_view_locked(gw, NULL, view, ws);
+        gw_route_request r = gw_request_locked(gw, f);
+        holders = gw_route_holders(view, n, &r);
+        if (holders >= min) {
+            if (f->warm_unmet_logged)
+                log_info("function %s:%u: scaling.min_workers %u met again", f->name, f->ver, min);
+            f->warm_unmet_logged = false;
+            return;
+        }
+        if (!f->key[0]) {
+            /* Nothing to load: a running worker is a warm one. */
+            if (!r.pool_may_grow) break;
+            if (!gw_spawn_locked(gw, a)) return; /* too many spawns in one tick */
+            log_info("function %s:%u: starting a worker (scaling.min_workers %u, %u running)", f->name,
+                     f->ver, min, holders);
+            continue;
+        }
+        r.new_replica = true;
+        gw_route_decision d;
+        gw_route_kind k = gw_route_decide(view, n, &r, &d);
+        if (k != GW_ROUTE_FREE && k != GW_ROUTE_EVICT && k != GW_ROUTE_SPAWN) break;
+        gw_warm *kw = malloc(sizeof *kw);
+        gw_call *c = kw ? gw_preload_call_new(gw, f, gw_keepwarm_done, kw) : NULL;
+        if (!c) {
+            free(kw);
+            return; /* out of memory: try on a later tick */
+        }
+        kw->gw = gw;
+        kw->f = f;
+        c->keepwarm = true;
+        if (!gw_apply_route_locked(gw, c, ws, &d, a)) {
+            gw_call_free(c);
+            free(kw);
+            return; /* too many spawns in one tick: the next one goes on */
+        }
+        log_info("function %s:%u: loading its model on %s%s (scaling.min_workers %u, %u holding it)", f->name,
+                 f->ver, k == GW_ROUTE_SPAWN ? "a new worker" : "worker ",
+                 k == GW_ROUTE_SPAWN ? "" : ws[d.worker]->name, min, holders);
+    }
+    if (!f->warm_unmet_logged)
+        log_warn("function %s:%u: scaling.min_workers %u cannot be met: %u worker(s) hold it and no other "
+                 "worker can take it (pool of at most %u local workers)",
+                 f->name, f->ver, min, holders, gw->max_workers);
+    f->warm_unmet_logged = true;
+}
+
+/* True when stopping w would leave an active function below its min_workers. */
+static bool gw_worker_keeps_warm_locked(gw_gateway *gw, const gw_worker *w) {
+    for (gw_fn *f = gw->fns; f; f = f->next) {
+        if (!f->warm || f->cfg.min_workers == 0 || !gw_holds_locked(gw, f, w)) continue;
+        if (gw_holders_locked(gw, f) <= f->cfg.min_workers) return true;
+    }
+    return false;
+}
+
+/* Queues the unload of every READY, unpinned model that has had no call for the
+ * scaling.idle_timeout of the functions using it (the longest of them; 0 = never),
+ * keeping the scaling.min_workers holders of an active function (the largest). The
+ * model is marked EVICTING in the view at once, so no call is routed to it meanwhile;
+ * the worker's answer (or its next status) replaces the view. */
+static void gw_idle_unloads_locked(gw_gateway *gw, uint64_t now, gw_actions *a) {
+    for (gw_worker *w = gw->workers; w; w = w->next) {
+        if (w->state != GW_WORKER_READY || !w->client) continue;
+        for (size_t i = 0; i < w->n_models && a->n_unloads < GW_MAX_UNLOADS; i++) {
+            gw_route_model *m = &w->models[i];
+            if (m->state != GW_MODEL_READY || m->pinned) continue;
+            uint64_t idle = 0;
+            bool never = false;
+            uint32_t min = 0;
+            const gw_fn *named = NULL;
+            for (const gw_fn *f = gw->fns; f; f = f->next) {
+                if (!f->key[0] || strcmp(f->key, m->key) != 0) continue;
+                if (!named || f->warm) named = f;
+                if (f->cfg.idle_timeout_us == 0) never = true;
+                if (f->cfg.idle_timeout_us > idle) idle = f->cfg.idle_timeout_us;
+                if (f->warm && f->cfg.min_workers > min) min = f->cfg.min_workers;
+            }
+            /* A model no known function uses (left by an earlier gateway): the LRU's. */
+            if (!named || never || now < m->last_use_us || now - m->last_use_us < idle) continue;
+            if (gw_holders_locked(gw, named) <= min) continue;
+            m->state = GW_MODEL_EVICTING;
+            w->callbacks++;
+            a->unloads[a->n_unloads].w = w;
+            snprintf(a->unloads[a->n_unloads].key, sizeof a->unloads[a->n_unloads].key, "%s", m->key);
+            snprintf(a->unloads[a->n_unloads].fn, sizeof a->unloads[a->n_unloads].fn, "%s", named->name);
+            a->unloads[a->n_unloads].ver = named->ver;
+            a->unloads[a->n_unloads].idle_ms = (now - m->last_use_us) / 1000;
+            a->n_unloads++;
+        }
+    }
+}
+
+/* Re-reads which functions keep workers warm (lock NOT held; the maintenance thread,
+ * after a deploy, rm or activate): the active version of every function whose
+ * scaling.min_workers is above 0 is resolved (cached) and marked warm; every other
+ * cached entry is not. Blocks on SQLite. */
+static void gw_scaling_refresh(gw_gateway *gw) {
+    gw_function_summary *s = NULL;
+    size_t n = 0;
+    aicfn_error e;
+    int rc = gw_registry_list(gw->db, &s, &n, &e);
+    gw_fn **warm = rc == AICFN_OK && n ? calloc(n, sizeof *warm) : NULL;
+    if (rc == AICFN_OK && n && !warm) rc = aicfn_error_set(&e, AICFN_E_NOMEM, "out of memory");
+    size_t n_warm = 0;
+    for (size_t i = 0; rc == AICFN_OK && i < n; i++) {
+        if (!s[i].active_version || s[i].min_workers == 0) continue;
+        gw_fn *f = NULL;
+        aicfn_error fe;
+        if (gw_resolve(gw, s[i].name, s[i].active_version, &f, &fe) == AICFN_OK)
+            warm[n_warm++] = f;
+        else
+            log_warn("function %s:%u: scaling.min_workers not applied: %s", s[i].name, s[i].active_version,
+                     fe.msg);
+    }
+    pthread_mutex_lock(&gw->mu);
+    if (rc == AICFN_OK) {
+        for (gw_fn *f = gw->fns; f; f = f->next) {
+            bool was = f->warm;
+            f->warm = false;
+            for (size_t i = 0; i < n_warm; i++)
+                if (warm[i] == f) f->warm = true;
+            if (!f->warm) f->warm_unmet_logged = false;
+            if (f->warm && !was)
+                log_info("function %s:%u: keeping its model on at least %u worker(s) (scaling.min_workers)",
+                         f->name, f->ver, f->cfg.min_workers);
+        }
+    } else {
+        gw->scaling_dirty = true;
+        gw->scaling_retry_us = clock_now_us() + (uint64_t)AICFN_KEEP_WARM_RETRY_MS * 1000;
+    }
+    pthread_mutex_unlock(&gw->mu);
+    if (rc != AICFN_OK) log_warn("reading the functions' scaling: %s", e.msg);
+    free(warm);
+    free(s);
+}
+
 static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
     uint64_t now = clock_now_us();
     /* Queue deadlines. */
@@ -1143,7 +1397,8 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
             gw_worker_dead_locked(gw, w, a);
         }
         if (w->state == GW_WORKER_READY && w->pool_id && w->in_flight == 0 && !w->pending_head &&
-            now - w->last_call_us >= gw->idle_timeout_us && alive > gw->min_workers && !gw->stopping) {
+            now - w->last_call_us >= gw->idle_timeout_us && alive > gw->min_workers && !gw->stopping &&
+            !gw_worker_keeps_warm_locked(gw, w)) {
             log_info("worker %s idle for %llu ms: draining it (scale down)", w->name,
                      (unsigned long long)((now - w->last_call_us) / 1000));
             w->state = GW_WORKER_DRAINING;
@@ -1173,6 +1428,12 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
         alive++;
     }
     gw_pump_locked(gw, a);
+    /* Functions' scaling, after queued calls had their pick of the workers. */
+    if (!gw->stopping) {
+        for (gw_fn *f = gw->fns; f; f = f->next)
+            gw_keep_warm_locked(gw, f, now, a);
+        gw_idle_unloads_locked(gw, now, a);
+    }
 }
 
 static void *gw_maint_main(void *arg) {
@@ -1183,11 +1444,14 @@ static void *gw_maint_main(void *arg) {
         memset(&a, 0, sizeof a);
         gw_maintain_locked(gw, &a);
         bool stop = gw->stopping;
+        bool refresh = gw->scaling_dirty && !stop && clock_now_us() >= gw->scaling_retry_us;
+        if (refresh) gw->scaling_dirty = false;
         bool idle = true;
         for (gw_worker *w = gw->workers; w; w = w->next)
             idle = false;
         pthread_mutex_unlock(&gw->mu);
         gw_process(gw, &a);
+        if (refresh) gw_scaling_refresh(gw);
         if (stop && idle) return NULL;
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
@@ -1381,6 +1645,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
         cfg->idle_timeout_us ? cfg->idle_timeout_us : (uint64_t)AICFN_DEFAULT_IDLE_TIMEOUT_MS * 1000;
     gw->worker_memory = cfg->worker_memory;
     gw->insecure_local = cfg->insecure_local;
+    gw->scaling_dirty = true; /* read which functions keep workers warm once started */
     pthread_mutex_init(&gw->mu, NULL);
     pthread_cond_init(&gw->maint_cv, NULL);
     int rc = AICFN_OK;
@@ -1461,6 +1726,7 @@ void gw_stop(gw_gateway *gw) {
     for (gw_worker *w = gw->workers; w; w = w->next) {
         gw_call *p = w->pending_head;
         w->pending_head = w->pending_tail = NULL;
+        w->pending_calls = 0;
         while (p) {
             gw_call *n = p->next;
             gw_fail_locked(&a, p, AICFN_E_CANCELED, "the gateway is stopping");
@@ -1560,25 +1826,18 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
 
 /* ---- Repository load / unload ------------------------------------------------------ */
 
-int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_done_fn done, void *user,
-                  aicfn_error *err) {
-    if (!name || !gw_fn_name_valid(name))
-        return aicfn_error_set(err, AICFN_E_INVALID, "invalid function name '%s'", name ? name : "");
-    gw_fn *f = NULL;
-    int rc = gw_resolve(gw, name, version, &f, err);
-    if (rc != AICFN_OK) return rc;
-    if (!f->key[0] || !f->snapshot_path[0])
-        return aicfn_error_set(err, AICFN_E_INVALID, "function %s:%u has no model to load", f->name, f->ver);
+/* A preload call (t:"preload") of f's model, not yet routed: memory only, so it may be
+ * built with the lock held. NULL when out of memory. */
+static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, gw_invoke_done_fn done, void *user) {
     uint64_t now = clock_now_us();
     uint64_t timeout_ms = f->cfg.timeout_us / 1000;
     if (timeout_ms == 0) timeout_ms = 1;
     gw_call *c = calloc(1, sizeof *c);
-    if (!c) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    if (!c) return NULL;
     c->gw = gw;
     c->fn = f;
     c->preload = true;
     c->id = __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED);
-    snprintf(c->tenant, sizeof c->tenant, "%s", "");
     c->received_us = now;
     c->timeout_ms = (uint32_t)timeout_ms;
     c->deadline_us = now + timeout_ms * 1000;
@@ -1594,16 +1853,26 @@ int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_
     wire_kv_str(&w, "model", f->key);
     wire_kv_str(&w, "snapshot", f->snapshot_path);
     wire_kv_u64(&w, "deadline_ms", c->timeout_ms);
-    rc = wire_writer_status(&w, err);
-    if (rc == AICFN_OK) {
-        c->wreq = wire_writer_take(&w, &c->wreq_len);
-        if (!c->wreq) rc = aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
-    }
+    if (wire_writer_status(&w, NULL) == AICFN_OK) c->wreq = wire_writer_take(&w, &c->wreq_len);
     wire_writer_fini(&w);
-    if (rc != AICFN_OK) {
+    if (!c->wreq) {
         gw_call_free(c);
-        return rc;
+        return NULL;
     }
+    return c;
+}
+
+int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_done_fn done, void *user,
+                  aicfn_error *err) {
+    if (!name || !gw_fn_name_valid(name))
+        return aicfn_error_set(err, AICFN_E_INVALID, "invalid function name '%s'", name ? name : "");
+    gw_fn *f = NULL;
+    int rc = gw_resolve(gw, name, version, &f, err);
+    if (rc != AICFN_OK) return rc;
+    if (!f->key[0] || !f->snapshot_path[0])
+        return aicfn_error_set(err, AICFN_E_INVALID, "function %s:%u has no model to load", f->name, f->ver);
+    gw_call *c = gw_preload_call_new(gw, f, done, user);
+    if (!c) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     gw_actions a;
     memset(&a, 0, sizeof a);
     pthread_mutex_lock(&gw->mu);
@@ -1616,6 +1885,101 @@ int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_
     pthread_mutex_unlock(&gw->mu);
     gw_process(gw, &a);
     return AICFN_OK;
+}
+
+/* Sends t:"unload" of model `key` to w (lock NOT held; the caller took w->callbacks++
+ * under it, and `cb` gives it back). Returns AICFN_OK when sent (cb then runs once). */
+static int gw_send_unload(gw_gateway *gw, gw_worker *w, const char *key, rpc_done_fn cb, void *user,
+                          aicfn_error *err) {
+    wire_writer wr;
+    wire_writer_init(&wr);
+    wire_put_map(&wr, 4);
+    wire_kv_u64(&wr, "v", AICFN_PROTOCOL_VERSION);
+    wire_kv_str(&wr, "t", "unload");
+    wire_kv_u64(&wr, "id", __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED));
+    wire_kv_str(&wr, "model", key);
+    int rc = wire_writer_status(&wr, err);
+    if (rc == AICFN_OK) rc = rpc_call_async(w->client, wr.data, wr.len, GW_POLL_TIMEOUT_MS, cb, user, err);
+    wire_writer_fini(&wr);
+    return rc;
+}
+
+/* Decodes a worker's status answer (to a poll, preload or unload) into rep; a refusal
+ * (ok false) becomes its code and message. The caller finalizes doc. */
+static int gw_status_answer(int status, rpc_msg *reply, const aicfn_error *err, wire_doc *doc,
+                            wire_status_reply *rep, aicfn_error *e) {
+    aicfn_error_clear(e);
+    int rc = status;
+    if (rc == AICFN_OK) {
+        rc = wire_doc_parse(doc, rpc_msg_data(reply), rpc_msg_len(reply), NULL, e);
+        if (rc == AICFN_OK) rc = wire_decode_status_reply(doc, rep, e);
+        if (rc == AICFN_OK && !rep->head.ok) {
+            rc = rep->head.code;
+            snprintf(e->msg, sizeof e->msg, "%s", rep->head.message);
+        }
+    } else if (err) {
+        *e = *err;
+    }
+    return rc;
+}
+
+/* One idle unload (scaling.idle_timeout) answered. */
+typedef struct gw_idle_unload {
+    gw_gateway *gw;
+    gw_worker *w;
+    char fn[AICFN_FN_NAME_MAX_BYTES + 1];
+    uint32_t ver;
+    uint64_t idle_ms;
+} gw_idle_unload;
+
+static void gw_idle_unload_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err);
+
+/* Sends one idle unload (lock NOT held; w->callbacks was taken under it). */
+static void gw_idle_unload_start(gw_gateway *gw, gw_worker *w, const char *key, const char *fn, uint32_t ver,
+                                 uint64_t idle_ms) {
+    aicfn_error e;
+    gw_idle_unload *u = calloc(1, sizeof *u);
+    int rc = u ? AICFN_OK : aicfn_error_set(&e, AICFN_E_NOMEM, "out of memory");
+    if (u) {
+        u->gw = gw;
+        u->w = w;
+        snprintf(u->fn, sizeof u->fn, "%s", fn);
+        u->ver = ver;
+        u->idle_ms = idle_ms;
+        rc = gw_send_unload(gw, w, key, gw_idle_unload_cb, u, &e);
+        if (rc != AICFN_OK) free(u);
+    }
+    if (rc != AICFN_OK) {
+        log_warn("function %s:%u: idle unload on worker %s not sent: %s", fn, ver, w->name, e.msg);
+        pthread_mutex_lock(&gw->mu);
+        w->callbacks--;
+        pthread_mutex_unlock(&gw->mu);
+    }
+}
+
+static void gw_idle_unload_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    gw_idle_unload *u = user;
+    gw_gateway *gw = u->gw;
+    gw_worker *w = u->w;
+    wire_doc doc;
+    memset(&doc, 0, sizeof doc);
+    wire_status_reply rep;
+    aicfn_error e;
+    int rc = gw_status_answer(status, reply, err, &doc, &rep, &e);
+    pthread_mutex_lock(&gw->mu);
+    w->callbacks--;
+    if (rc == AICFN_OK && w->state != GW_WORKER_DEAD)
+        gw_apply_summary_locked(gw, w, &rep.w.summary, clock_now_us());
+    pthread_mutex_unlock(&gw->mu);
+    wire_doc_fini(&doc);
+    rpc_msg_free(reply);
+    if (rc == AICFN_OK)
+        log_info("function %s:%u: model unloaded from worker %s after %llu ms without calls "
+                 "(scaling.idle_timeout)",
+                 u->fn, u->ver, w->name, (unsigned long long)u->idle_ms);
+    else /* a call pinned it meanwhile, or the worker left: the next poll corrects the view */
+        log_debug("function %s:%u: idle unload on worker %s not done: %s", u->fn, u->ver, w->name, e.msg);
+    free(u);
 }
 
 typedef struct gw_unload_op {
@@ -1665,18 +2029,7 @@ static void gw_unload_cb(void *user, int status, rpc_msg *reply, const aicfn_err
     memset(&doc, 0, sizeof doc);
     wire_status_reply rep;
     aicfn_error e;
-    aicfn_error_clear(&e);
-    int rc = status;
-    if (rc == AICFN_OK) {
-        rc = wire_doc_parse(&doc, rpc_msg_data(reply), rpc_msg_len(reply), NULL, &e);
-        if (rc == AICFN_OK) rc = wire_decode_status_reply(&doc, &rep, &e);
-        if (rc == AICFN_OK && !rep.head.ok) {
-            rc = rep.head.code;
-            snprintf(e.msg, sizeof e.msg, "%s", rep.head.message);
-        }
-    } else if (err) {
-        e = *err;
-    }
+    int rc = gw_status_answer(status, reply, err, &doc, &rep, &e);
     char msg[512];
     snprintf(msg, sizeof msg, "function %s:%u: unloading from worker %s: %s%s", op->fn, op->ver, w->name,
              e.msg,
@@ -1727,23 +2080,15 @@ int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invok
     for (size_t i = 0; i < n; i++) {
         gw_worker *w = targets[i];
         aicfn_error e;
-        wire_writer wr;
-        wire_writer_init(&wr);
-        wire_put_map(&wr, 4);
-        wire_kv_u64(&wr, "v", AICFN_PROTOCOL_VERSION);
-        wire_kv_str(&wr, "t", "unload");
-        wire_kv_u64(&wr, "id", __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED));
-        wire_kv_str(&wr, "model", f->key);
-        int src = wire_writer_status(&wr, &e);
-        gw_unload_one *one = src == AICFN_OK ? malloc(sizeof *one) : NULL;
-        if (src == AICFN_OK && !one) src = aicfn_error_set(&e, AICFN_E_NOMEM, "out of memory");
+        int src = AICFN_OK;
+        gw_unload_one *one = malloc(sizeof *one);
+        if (!one) src = aicfn_error_set(&e, AICFN_E_NOMEM, "out of memory");
         if (one) {
             one->op = op;
             one->w = w;
-            src = rpc_call_async(w->client, wr.data, wr.len, GW_POLL_TIMEOUT_MS, gw_unload_cb, one, &e);
+            src = gw_send_unload(gw, w, f->key, gw_unload_cb, one, &e);
             if (src != AICFN_OK) free(one);
         }
-        wire_writer_fini(&wr);
         if (src != AICFN_OK) {
             pthread_mutex_lock(&gw->mu);
             w->callbacks--;

@@ -147,6 +147,11 @@ oom:
 int gw_worker_note_load(gw_worker *w, const char *key, uint64_t bytes, uint64_t now_us, uint64_t hold_us) {
     if (!key || !key[0]) return AICFN_OK;
     gw_route_model *have = wl_find(w, key);
+    if (have && have->state == GW_MODEL_LOADING) {
+        uint64_t *h = &w->hold_until[have - w->models];
+        if (*h < now_us + hold_us) *h = now_us + hold_us;
+        return AICFN_OK;
+    }
     if (have && have->state != GW_MODEL_EVICTING) return AICFN_OK;
     /* Victims the worker's LRU will take: unpinned READY models, oldest first. */
     while (w->free_bytes < bytes && w->budget_bytes) {
@@ -186,7 +191,8 @@ void gw_worker_note_use(gw_worker *w, const char *key, uint64_t now_us) {
 void gw_worker_route_view(const gw_worker *w, gw_route_worker *out) {
     out->usable = w->state == GW_WORKER_READY;
     out->starting = w->state == GW_WORKER_STARTING;
-    out->in_flight = w->in_flight;
+    uint32_t sent = w->in_flight > w->preloads ? w->in_flight - w->preloads : 0;
+    out->in_flight = sent + w->pending_calls;
     out->budget_bytes = w->budget_bytes;
     out->free_bytes = w->free_bytes;
     out->models = w->models;

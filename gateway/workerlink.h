@@ -46,8 +46,10 @@ typedef struct gw_worker {
     uint64_t *hold_until;   /* per model: gateway-added entry kept until this time */
     size_t n_models, cap_models;
 
-    uint32_t in_flight; /* calls sent, not completed */
-    uint32_t callbacks; /* async callbacks outstanding (calls + polls) */
+    uint32_t in_flight;     /* calls sent, not completed (preloads included) */
+    uint32_t preloads;      /* of those, model preloads (repository load, keep-warm): no handler call */
+    uint32_t pending_calls; /* calls (not preloads) in pending_head: routed here while STARTING */
+    uint32_t callbacks;     /* async callbacks outstanding (calls + polls) */
     bool poll_pending;
     uint64_t last_poll_us;
     uint64_t last_call_us;      /* last call sent or completed (idle timer) */
@@ -79,20 +81,24 @@ int gw_worker_apply_summary(gw_worker *w, const wire_worker_summary *s, uint64_t
  * which the worker will load (router level 3/4, or a spawn): the model is LOADING and
  * its bytes are no longer free; for an eviction, the unpinned READY models the worker
  * will evict (oldest first) are marked EVICTING. A later summary confirms or corrects
- * it. `hold_us` bounds how long the entry survives summaries that omit it. */
+ * it. `hold_us` bounds how long the entry survives summaries that omit it; noting a
+ * model already LOADING extends its hold (a call sent once a spawned worker is ready). */
 int gw_worker_note_load(gw_worker *w, const char *key, uint64_t bytes, uint64_t now_us, uint64_t hold_us);
 
 /* Marks model `key` used now (a READY route): keeps LRU ages in the view current. */
 void gw_worker_note_use(gw_worker *w, const char *key, uint64_t now_us);
 
-/* Fills a router view entry (pointing into w: valid while the lock is held). */
+/* Fills a router view entry (pointing into w: valid while the lock is held, and until
+ * the next change to w's models). Its in_flight is the load routing weighs: calls sent
+ * and not completed, less preloads, plus the calls pending on a starting worker. */
 void gw_worker_route_view(const gw_worker *w, gw_route_worker *out);
 
 /* Closes the client (waiting for its callbacks) and frees the record. The worker must be
  * unlinked, with callbacks == 0 and no pending calls. NULL accepted. */
 void gw_worker_destroy(gw_worker *w);
 
-/* "starting", "ready", "draining", "gone". */
+/* "starting", "ready", "draining", "gone" (the live view's names; the workers table's
+ * row states are ledger.h's gw_worker_row_state). */
 const char *gw_worker_state_name(gw_worker_state s);
 
 #endif

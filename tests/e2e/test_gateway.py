@@ -636,3 +636,127 @@ def test_api_keys_on_the_nng_front(procs, tmp_path):
     assert r["ok"]
     rows = wait_rows(data, "SELECT tenant FROM invocations WHERE request_id = '990001'", (), 1)
     assert rows == [("acme",)]
+
+
+# ---- per-function scaling (aicfn.yaml scaling: min_workers, max_workers, idle_timeout) ----
+
+def model_fn(d: Path, name: str, handler_so: Path, extra: str = "", seed: int = 1, floats: int = 65536) -> Path:
+    """A function directory with its own small model (the seed makes its snapshot, so its
+    model key, distinct from the other functions')."""
+    d.mkdir(parents=True, exist_ok=True)
+    write_safetensors(d / "w.safetensors",
+                      {"w": np.random.default_rng(seed).standard_normal(floats).astype(np.float32)})
+    return write_manifest(d, f"name: {name}\nhandler: {handler_so}\nmodel: w.safetensors\n{extra}")
+
+
+def holders(addr, fn, state="READY"):
+    """Names of the live workers holding function fn's model in `state`."""
+    return sorted(w["name"] for w in workers(addr)
+                  if any(m["function"] == fn and m["state"] == state for m in w["models"]))
+
+
+def test_scaling_min_workers_keeps_a_worker_warm(procs, tmp_path):
+    echo = handler("echo")
+    model_fn(tmp_path / "coldfn", "coldfn", echo, seed=11)
+    warm_dir = model_fn(tmp_path / "warmfn", "warmfn", echo, "scaling: { min_workers: 1, max_workers: 2 }\n", seed=12)
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..2", idle="1s")
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    # Without min_workers: the worker that served the call exits after the gateway's idle timeout.
+    deploy(addr, tmp_path / "coldfn")
+    assert call(addr, invoke_msg("coldfn", [x]), timeout_ms=30000)["ok"]
+    assert len(workers(addr)) == 1
+    wait_for(lambda: workers(addr) == [], 15, interval=0.1, what="the idle worker of coldfn to exit")
+    # min_workers 1: once deployed, a worker holds the model READY without any call...
+    deploy(addr, warm_dir)
+    held = wait_for(lambda: holders(addr, "warmfn"), 15, interval=0.05, what="warmfn's model to be kept warm")
+    assert len(held) == 1
+    # ...and keeps it past the gateway's idle timeout (1 s) while it has no call.
+    time.sleep(2.5)
+    assert holders(addr, "warmfn") == held
+    assert [w["name"] for w in workers(addr)] == held
+    assert db_rows(data, "SELECT COUNT(*) FROM invocations WHERE function = 'warmfn'")[0][0] == 0
+    # The first call finds it loaded.
+    r = call(addr, invoke_msg("warmfn", [x]), timeout_ms=30000)
+    assert r["ok"] and r["cold"] is False, r
+    # `aicfn ls --json` shows the scaling in effect.
+    ls = {f["name"]: f for f in json.loads(run_cli(["ls", "--gateway", addr, "--json"]).stdout)}
+    assert ls["warmfn"]["scaling"] == {"min_workers": 1, "max_workers": 2, "idle_timeout_us": 300_000_000}
+    assert ls["coldfn"]["scaling"] == {"min_workers": 0, "max_workers": 1, "idle_timeout_us": 300_000_000}
+    text = run_cli(["ls", "--gateway", addr]).stdout.splitlines()
+    assert text[0].split()[-2:] == ["WORKERS", "IDLE"], text
+    assert [ln.split()[-2:] for ln in text if ln.startswith("warmfn ")] == [["1..2", "5m"]], text
+    # A redeploy takes the new version's scaling: without min_workers, the worker idles out.
+    write_manifest(warm_dir, f"name: warmfn\nhandler: {echo}\nmodel: w.safetensors\n"
+                             "scaling: { min_workers: 0, idle_timeout: 10m }\n")
+    assert deploy(addr, warm_dir) == 2
+    ls = {f["name"]: f for f in json.loads(run_cli(["ls", "--gateway", addr, "--json"]).stdout)}
+    assert ls["warmfn"]["scaling"] == {"min_workers": 0, "max_workers": 1, "idle_timeout_us": 600_000_000}
+    wait_for(lambda: workers(addr) == [], 15, interval=0.1, what="the no longer warm worker to exit")
+
+
+def test_scaling_idle_timeout_unloads_the_model_worker_stays(procs, tmp_path):
+    model_fn(tmp_path / "brief", "brief", handler("echo"), "scaling: { idle_timeout: 1s }\n", seed=21)
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", idle="5m")
+    deploy(addr, tmp_path / "brief")
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    assert call(addr, invoke_msg("brief", [x]), timeout_ms=30000)["cold"] is True
+    name = holders(addr, "brief")
+    assert len(name) == 1
+    # Calls closer together than the idle timeout keep it loaded.
+    for _ in range(4):
+        time.sleep(0.4)
+        r = call(addr, invoke_msg("brief", [x]), timeout_ms=30000)
+        assert r["ok"] and r["cold"] is False, r
+    t0 = time.monotonic()
+    wait_for(lambda: not any(m["function"] == "brief" for w in workers(addr) for m in w["models"]), 10,
+             interval=0.05, what="the idle model to be unloaded")
+    took = time.monotonic() - t0
+    assert 0.7 <= took <= 5, took  # ~1 s after the last call, plus at most a status poll
+    # The worker stays (its own idle timeout is 5 m); the next call loads the model again.
+    assert [w["name"] for w in workers(addr)] == name
+    r = call(addr, invoke_msg("brief", [x]), timeout_ms=30000)
+    assert r["ok"] and r["cold"] is True, r
+    assert holders(addr, "brief") == name
+
+
+def test_scaling_max_workers_replicas_under_load(procs, tmp_path):
+    sleep_so = handler("test_sleep")
+    for n, mw, seed in (("single", 1, 31), ("double", 2, 32)):
+        model_fn(tmp_path / n, n, sleep_so, f"scaling: {{ max_workers: {mw} }}\nlimits: {{ timeout: 20s }}\n",
+                 seed=seed)
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..2", idle="5m")
+    deploy(addr, tmp_path / "single")
+    deploy(addr, tmp_path / "double")
+    x = tensor("x", np.arange(2, dtype=np.float32))
+
+    def burst(fn, k=4, ms=400):
+        results = [None] * k
+        barrier = threading.Barrier(k)
+
+        def one(i):
+            barrier.wait(timeout=10)
+            results[i] = call(addr, invoke_msg(fn, [x], params={"sleep_ms": str(ms)}), timeout_ms=30000)
+
+        ts = [threading.Thread(target=one, args=(i,)) for i in range(k)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join(timeout=60)
+        assert all(r is not None and r["ok"] for r in results), results
+
+    # max_workers 1: concurrent calls queue on the one worker holding the model.
+    burst("single")
+    assert holders(addr, "single") and len(workers(addr)) == 1
+    assert db_rows(data, "SELECT COUNT(*) FROM cold_starts WHERE function = 'single'")[0][0] <= 1
+    wait_rows(data, "SELECT 1 FROM cold_starts WHERE function = 'single'", (), 1)
+    # max_workers 2: with its holder busy, a second worker loads a replica (the pool grows to 2).
+    burst("double")
+    two = wait_for(lambda: (lambda h: h if len(h) == 2 else None)(holders(addr, "double")), 10, interval=0.05,
+                   what="two workers holding double's model")
+    assert len(workers(addr)) == 2
+    rows = wait_rows(data, "SELECT worker FROM cold_starts WHERE function = 'double'", (), 2)
+    assert sorted(w for (w,) in rows) == two
+    # Still one holder of single: its max_workers is 1 whatever the pool.
+    burst("single", k=3, ms=200)
+    assert len(holders(addr, "single")) == 1
+    assert db_rows(data, "SELECT COUNT(*) FROM cold_starts WHERE function = 'single'")[0][0] == 1
