@@ -5,7 +5,10 @@
  * downloads (AICFN_E_CORRUPT naming the artifact, nothing left behind), unknown hashes,
  * a gateway that never answers (per-chunk timeout), single flight (one download for
  * many concurrent callers, a failed flight fails them all and does not stick), and the
- * removal of temporary files dead processes left. Every wait is bounded. */
+ * removal of temporary files dead processes left. Also the loader's optional resolve
+ * hook (loader_pipeline_source.resolve), through which a remote worker fetches a
+ * snapshot inside the cache's load: its time is fetch_us and counts in total_us, and
+ * its error fails the load. Every wait is bounded. */
 #include <dirent.h>
 #include <errno.h>
 #include <limits.h>
@@ -28,6 +31,10 @@
 #include "common/rpc.h"
 #include "common/tunables.h"
 #include "common/wire.h"
+#include "loader/cache.h"
+#include "loader/pipeline.h"
+#include "snapshots/safetensors.h"
+#include "snapshots/writer.h"
 #include "worker/fetch.h"
 
 #define CONTENT_BYTES 4500
@@ -516,6 +523,73 @@ static void bad_configs(void **state) {
     worker_fetcher_destroy(NULL);
 }
 
+/* ---- the loader's resolve hook ---- */
+
+typedef struct resolve_ctx {
+    char real[PATH_MAX];
+    atomic_uint calls;
+} resolve_ctx;
+
+static int test_resolve(void *arg, const char *path, char *local, size_t cap, aicfn_error *err) {
+    resolve_ctx *c = arg;
+    atomic_fetch_add(&c->calls, 1);
+    if (strcmp(path, "remote:ok") == 0) {
+        usleep(30 * 1000); /* a download */
+        snprintf(local, cap, "%s", c->real);
+        return AICFN_OK;
+    }
+    return aicfn_error_set(err, AICFN_E_CORRUPT, "artifact %s: the bytes hash to something else", path);
+}
+
+static void pipeline_resolve_hook(void **state) {
+    fixture *fx = *state;
+    aicfn_error e;
+    float vals[64];
+    for (int i = 0; i < 64; i++)
+        vals[i] = (float)i;
+    int64_t shape[] = {64};
+    snap_st_out_tensor t = {.name = "w",
+                            .dtype = AICFN_DTYPE_FP32,
+                            .ndim = 1,
+                            .shape = shape,
+                            .data = vals,
+                            .nbytes = sizeof vals};
+    char st[PATH_MAX];
+    resolve_ctx ctx = {0};
+    snprintf(st, sizeof st, "%s/m.safetensors", fx->dir);
+    snprintf(ctx.real, sizeof ctx.real, "%s/m.aicsnap", fx->dir);
+    assert_int_equal(snap_st_write(st, &t, 1, &e), AICFN_OK);
+    const char *in[] = {st};
+    if (snap_pack(in, 1, ctx.real, NULL, NULL, &e) != AICFN_OK) fail_msg("pack: %s", e.msg);
+    loader_device *dev = NULL;
+    assert_int_equal(loader_device_host_open(16u << 20, &dev, &e), AICFN_OK);
+    loader_pipeline_source src = {.device = dev, .threads = 1, .resolve = test_resolve, .resolve_arg = &ctx};
+    loader_cache_config cc = {.budget_bytes = 16u << 20, .ops = &loader_pipeline_cache_ops, .ops_arg = &src};
+    loader_cache *cache = NULL;
+    assert_int_equal(loader_cache_create(&cc, &cache, &e), AICFN_OK);
+    loader_cache_entry *ent = NULL;
+    loader_acquire_info info;
+    memset(&info, 0, sizeof info);
+    int rc = loader_cache_acquire(cache, "m1", "remote:ok", 0, &ent, &info, &e);
+    if (rc != AICFN_OK) fail_msg("acquire: %s", e.msg);
+    assert_true(info.cold);
+    assert_true(info.timing.fetch_us >= 25 * 1000);
+    assert_true(info.timing.total_us >= info.timing.fetch_us + info.timing.open_us);
+    loader_model *m = loader_cache_entry_model(ent);
+    assert_memory_equal(loader_model_tensor_ptr(m, 0), vals, sizeof vals);
+    loader_cache_release(cache, ent);
+    /* Resident: a hit does not resolve again. */
+    assert_int_equal(loader_cache_acquire(cache, "m1", "remote:ok", 0, &ent, &info, &e), AICFN_OK);
+    assert_false(info.cold);
+    loader_cache_release(cache, ent);
+    assert_int_equal(atomic_load(&ctx.calls), 1);
+    /* The hook's error is the load's error. */
+    assert_int_equal(loader_cache_acquire(cache, "m2", "remote:bad", 0, &ent, &info, &e), AICFN_E_CORRUPT);
+    assert_non_null(strstr(e.msg, "remote:bad"));
+    loader_cache_destroy(cache);
+    loader_device_close(dev);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(hash_of_path),
@@ -528,6 +602,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(single_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(leftover_temporaries_of_dead_processes_removed, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_configs, setup, teardown),
+        cmocka_unit_test_setup_teardown(pipeline_resolve_hook, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
