@@ -308,3 +308,40 @@ def test_remote_worker_with_api_keys_and_concurrent_first_calls(procs, tmp_path)
     assert w.stderr().count(f"fetched artifact {h}") == 1, w.stderr()[-3000:]
     assert sorted(p.name for p in cache.iterdir()) == [h]
     assert w.poll() is None
+
+
+def test_repository_load_preloads_fetched_snapshot(procs, tmp_path):
+    """OIP repository load sends the remote worker a `preload` naming the gateway's
+    snapshot path: the worker fetches the snapshot by hash and makes it resident, so the
+    next call is warm."""
+    import http.client
+    r = run_cli(["gateway", "--help"])
+    if "--http" not in r.stdout + r.stderr:
+        import pytest
+        pytest.skip("aicfn gateway has no --http flag in this build")
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    hport = free_port()
+    data = tmp_path / "data"
+    g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..0",
+                     "--worker-memory", "64MiB", "--device", "host", "--insecure-local", "--http",
+                     f"127.0.0.1:{hport}"], name="gateway")
+    wait_for(lambda: g.poll() is None and call(addr, {"v": 1, "t": "status", "id": next_id()}, timeout_ms=500)
+             .get("ok"), 15, interval=0.05, what="the gateway")
+    deploy(addr, ROOT / "examples" / "mlp")
+    _, snap_h = fn_hashes(data, "mlp")
+    w, cwd, cache = start_remote_worker(procs, tmp_path, addr)
+
+    c = http.client.HTTPConnection("127.0.0.1", hport, timeout=30)
+    try:
+        c.request("POST", "/v2/repository/models/mlp/load", body=b"{}")
+        resp = c.getresponse()
+        body = resp.read()
+    finally:
+        c.close()
+    assert resp.status == 200, body
+    assert snap_h in {p.name for p in cache.iterdir()}
+    assert f"fetched artifact {snap_h}" in w.stderr()
+    xm = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
+    r = call(addr, invoke_msg("mlp", [tensor("x", xm)]), timeout_ms=30000)
+    assert r["ok"] and r["cold"] is False, r
+    assert np.allclose(output(r, "logits").astype(np.float64), mlp_reference(xm), rtol=1e-4, atol=1e-4)
