@@ -91,6 +91,7 @@ def start_remote_worker(procs, tmp_path: Path, gateway: str, name="remote1"):
         return any(x["name"] == name and x["state"] == "ready" for x in workers(gateway))
 
     wait_for(ready, 15, interval=0.05, what="the remote worker to register")
+    w.addr = waddr
     return w, cwd, cache
 
 
@@ -164,6 +165,20 @@ def test_remote_worker_fetches_artifacts_by_hash(procs, tmp_path):
     assert str(data) not in log, log[-3000:]
     hh_echo, _ = fn_hashes(data, "echo")
     assert f"handler {cache.resolve()}/{hh_echo}" in log, log[-3000:]
+
+    # Sent straight to the worker: gateway paths must end in a SHA-256, else INVALID.
+    m = invoke_msg("other", [tensor("x", x)])
+    m["spec"] = {"handler": str(data / "artifacts" / "handler.so"), "snapshot": "", "model": "", "max_batch": 1,
+                 "max_delay_us": 0, "timeout_ms": 5000, "idempotent": False, "model_bytes": 0}
+    r = call(w.addr, m, timeout_ms=10000)
+    assert not r["ok"] and r["error"]["code"] == E_INVALID and "SHA-256" in r["error"]["message"], r
+    m["spec"]["handler"] = str(data / "artifacts" / hh_echo)
+    m["spec"]["snapshot"] = "/elsewhere/" + "A" * 64
+    r = call(w.addr, m, timeout_ms=10000)
+    assert not r["ok"] and r["error"]["code"] == E_INVALID and "spec.snapshot" in r["error"]["message"], r
+    r = call(w.addr, {"v": PROTOCOL_VERSION, "t": "preload", "id": next_id(), "model": "m",
+                      "snapshot": str(data / "aicfn.db")}, timeout_ms=10000)
+    assert not r["ok"] and r["error"]["code"] == E_INVALID, r
     assert w.poll() is None
 
 
