@@ -273,7 +273,9 @@ static int fetch_chunk(worker_fetcher *f, const char *hash, uint64_t offset, uin
     rc = wire_doc_parse(doc, rpc_msg_data(*reply), rpc_msg_len(*reply), NULL, err);
     wire_reply_head h;
     if (rc == AICFN_OK) rc = wire_decode_reply_head(doc, &h, err);
-    if (rc == AICFN_OK && !h.ok) rc = aicfn_error_set(err, h.code, "gateway: %s", h.message ? h.message : "");
+    if (rc == AICFN_OK && !h.ok)
+        rc = aicfn_error_set(err, h.code != AICFN_OK ? h.code : AICFN_E_PROTOCOL, "gateway: %s",
+                             h.message ? h.message : "");
     if (rc == AICFN_OK) rc = wire_get_u64(&doc->root, "artifact_get reply", "size", true, size, err);
     if (rc == AICFN_OK) rc = wire_get_bin(&doc->root, "artifact_get reply", "data", true, data, len, err);
     return rc;
