@@ -361,10 +361,15 @@ int cli_cmd_deploy(int argc, char **argv) {
     }
     /* 4. Upload and register. */
     if (rc == AICFN_OK) rc = cli_gw_open(addr, &c, &err);
-    if (rc == AICFN_OK) rc = cd_upload(c, key, so, so_hex, so_size, tty, &err);
-    if (rc == AICFN_OK && snap[0]) rc = cd_upload(c, key, snap, snap_hex, snap_size, tty, &err);
+    /* A concurrent `rm` of another function that used the same artifact may delete it
+     * between our upload (skipped: the gateway had it) and the deploy; the deploy then
+     * says AICFN_E_NOT_FOUND and one more round uploads it again. */
     uint64_t version = 0;
-    if (rc == AICFN_OK) {
+    int opened = rc == AICFN_OK;
+    for (int attempt = 0; opened && attempt < 2; attempt++) {
+        rc = cd_upload(c, key, so, so_hex, so_size, tty, &err);
+        if (rc == AICFN_OK && snap[0]) rc = cd_upload(c, key, snap, snap_hex, snap_size, tty, &err);
+        if (rc != AICFN_OK) break;
         wire_writer w;
         wire_writer_init(&w);
         cli_gw_begin(&w, "deploy", key, snap[0] ? 5 : 3);
@@ -383,8 +388,11 @@ int cli_cmd_deploy(int argc, char **argv) {
             wire_get_u64(&doc.root, NULL, "version", true, &version, &err);
             wire_doc_fini(&doc);
             rpc_msg_free(reply);
-        } else {
+            break;
+        }
+        if (rc != AICFN_E_NOT_FOUND || attempt == 1) {
             aicfn_error_wrap(&err, "deploying %s", m->name);
+            break;
         }
     }
     if (rc == AICFN_OK) {

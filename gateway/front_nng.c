@@ -499,8 +499,18 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
             return;
         }
         gw_functions_changed(gw);
-        /* Orphaned artifacts stay on disk: a worker may still hold the handler open
-         * and a call in flight may be loading the snapshot. */
+        /* Artifacts no version references any more are deleted. Workers that hold the
+         * handler or the snapshot open keep their copy (unlink leaves open files alone);
+         * a call to the removed version that has not loaded its model yet fails with
+         * AICFN_E_NOT_FOUND. Deploys run on this same thread and check that their
+         * artifacts exist, so none can register a file deleted here (`aicfn deploy`
+         * uploads again when that check fails). */
+        for (size_t i = 0; i < n_orphans; i++) {
+            aicfn_error ge;
+            if (gw_artifacts_remove(gw_gateway_artifacts(gw), orphans[i], &ge) != AICFN_OK)
+                log_warn("rm %s: artifact %.12s left on disk: %s", ref, orphans[i], ge.msg);
+        }
+        if (n_orphans) log_info("rm %s: deleted %zu unreferenced artifacts", ref, n_orphans);
         free(orphans);
         log_info("removed %s (%u versions)", ref, removed);
         wire_writer_init(&w);
