@@ -1,7 +1,9 @@
 /* gateway.c: the gateway process's core: lifecycle, the in-memory view of functions
  * and workers, and THE call execution path (gw_invoke_submit) that the NNG and HTTP
  * fronts share: resolve, route (router.c), spawn (pool.c), forward over the worker's
- * link (workerlink.c), retry or fail on a worker's death, record (ledger.c).
+ * link (workerlink.c), retry or fail on a worker's death, record (ledger.c). Its
+ * maintenance thread applies each function's scaling (docs/manifest.md): min_workers
+ * keep-warm preloads, idle_timeout unloads, and no idle drain below a min_workers.
  *
  * Concurrency. One mutex (gw->mu) guards the view: functions and their queues, workers
  * and their pending calls. Decisions are taken under it; anything that may block or call
@@ -1319,7 +1321,7 @@ static void gw_idle_unloads_locked(gw_gateway *gw, uint64_t now, gw_actions *a) 
 }
 
 /* Re-reads which functions keep workers warm (lock NOT held; the maintenance thread,
- * after a deploy, rm or activate): the active version of every function whose
+ * after a deploy or rm: gw_functions_changed): the active version of every function whose
  * scaling.min_workers is above 0 is resolved (cached) and marked warm; every other
  * cached entry is not. Blocks on SQLite. */
 static void gw_scaling_refresh(gw_gateway *gw) {
