@@ -857,6 +857,7 @@ int wire_encode_invoke_reply(wire_writer *w, const wire_invoke_reply *rep, aicfn
                                rep->coldstart.n_evicted, WIRE_MAX_EVICTED);
     uint32_t n = 4 + 1 + 1; /* v id ok outputs|error cold timing */
     n += rep->batch != 0;
+    n += rep->cached;
     n += rep->has_coldstart;
     n += rep->has_st;
     wire_put_map(w, n);
@@ -876,6 +877,7 @@ int wire_encode_invoke_reply(wire_writer *w, const wire_invoke_reply *rep, aicfn
     wire_put_str(w, "timing");
     wire_put_timing(w, &rep->timing);
     if (rep->batch) wire_kv_u64(w, "batch", rep->batch);
+    if (rep->cached) wire_kv_bool(w, "cached", true);
     if (rep->has_coldstart) {
         const wire_coldstart *c = &rep->coldstart;
         wire_put_str(w, "cs");
@@ -905,6 +907,7 @@ int wire_decode_invoke_reply(wire_doc *doc, wire_invoke_reply *rep, aicfn_error 
         if ((rc = wire_decode_tensors(doc, outs, "outputs", &rep->n_outputs, &rep->outputs, err))) return rc;
     }
     if ((rc = wire_get_bool(root, NULL, "cold", false, &rep->cold, err))) return rc;
+    if ((rc = wire_get_bool(root, NULL, "cached", false, &rep->cached, err))) return rc;
     if ((rc = wire_get_u32(root, NULL, "batch", false, &rep->batch, err))) return rc;
     const msgpack_object *o = NULL;
     if ((rc = wire_get_map(root, NULL, "timing", false, &o, err))) return rc;

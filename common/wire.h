@@ -377,6 +377,7 @@ typedef struct wire_invoke_reply {
     uint32_t n_outputs; /* <= AICFN_MAX_TENSORS */
     const wire_tensor *outputs;
     bool cold;      /* this call waited for a load */
+    bool cached;    /* gateway -> client: served from the response cache (sent only when true) */
     uint32_t batch; /* size of the batch it ran in (0 = unknown) */
     wire_timing timing;
     bool has_coldstart;

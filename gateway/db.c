@@ -138,6 +138,8 @@ static const char *const db_migrations[] = {
     "  revoked_us INTEGER"
     ");"
     "CREATE INDEX tenants_tenant ON tenants(tenant);",
+    /* 2: invocations served from the gateway's response cache (no worker ran them). */
+    "ALTER TABLE invocations ADD COLUMN cached INTEGER NOT NULL DEFAULT 0 CHECK (cached IN (0, 1));",
 };
 
 #define DB_NMIGRATIONS ((int)(sizeof db_migrations / sizeof db_migrations[0]))

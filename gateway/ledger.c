@@ -31,6 +31,7 @@ typedef struct led_rec {
     uint32_t batch_size;
     uint64_t bytes_in, bytes_out, queue_us, load_us, exec_us, total_us, gpu_us;
     bool cold;
+    bool cached;
     uint64_t compressed_bytes, raw_bytes;
     uint64_t phase[GW_PHASE_COUNT];
     /* LED_WORKER: id in `worker`, plus these. */
@@ -167,6 +168,7 @@ int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *in) {
     r->total_us = in->total_us;
     r->gpu_us = gw_ledger_gpu_us(in->exec_us, r->batch_size);
     r->cold = in->cold;
+    r->cached = in->cached;
     return led_enqueue(l, r);
 }
 
@@ -241,7 +243,8 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
             db,
             "INSERT INTO invocations(time_us, request_id, tenant, function, version, worker, device, "
             "status, batch_size, bytes_in, bytes_out, queue_us, load_us, exec_us, total_us, gpu_us, "
-            "cold) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17)",
+            "cold, cached) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, "
+            "?17, ?18)",
             &st, err);
         if (rc) return rc;
         sqlite3_bind_int64(st, 1, led_i64(r->time_us));
@@ -261,6 +264,7 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
         sqlite3_bind_int64(st, 15, led_i64(r->total_us));
         sqlite3_bind_int64(st, 16, led_i64(r->gpu_us));
         sqlite3_bind_int(st, 17, r->cold ? 1 : 0);
+        sqlite3_bind_int(st, 18, r->cached ? 1 : 0);
     } else if (r->kind == LED_WORKER) {
         /* One row per worker name, always holding its latest record (ledger.h). */
         rc = gw_db_stmt(db,

@@ -55,6 +55,7 @@ typedef struct gw_invocation_record {
     uint64_t bytes_in, bytes_out;
     uint64_t queue_us, load_us, exec_us, total_us;
     bool cold;
+    bool cached; /* served from the gateway's response cache: no worker, exec_us 0 */
 } gw_invocation_record;
 
 /* One cold start (a model loaded into a worker). `evicted` lists the models evicted to

@@ -262,6 +262,18 @@ static void invoke_reply_round_trip(void **state) {
     assert_int_equal(d.st.models[0].state, WIRE_MODEL_READY);
     assert_int_equal(d.st.models[1].state, WIRE_MODEL_LOADING);
     assert_int_equal(d.st.models[0].bytes, 1 << 20);
+    assert_false(d.cached);
+    assert_null(wire_map_get(&doc.root, "cached")); /* sent only when true */
+    wire_doc_fini(&doc);
+    wire_writer_fini(&w);
+    /* A reply served from the gateway's response cache says so. */
+    rep.cached = true;
+    wire_writer_init(&w);
+    assert_int_equal(wire_encode_invoke_reply(&w, &rep, &e), AICFN_OK);
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, &e), AICFN_OK);
+    assert_int_equal(wire_decode_invoke_reply(&doc, &d, &e), AICFN_OK);
+    assert_true(d.cached);
+    assert_int_equal(d.n_outputs, 2);
     wire_doc_fini(&doc);
     wire_writer_fini(&w);
 }
