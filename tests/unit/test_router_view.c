@@ -115,11 +115,58 @@ static void draining_summary_and_names(void **state) {
     gw_worker_destroy(NULL);
 }
 
+/* The load routing weighs (replicas: the busy mark): calls sent less preloads, plus the
+ * calls waiting for a starting worker. */
+static void view_load_counts_pending_not_preloads(void **state) {
+    (void)state;
+    gw_worker *w = gw_worker_new("w3", "ipc:///tmp/z", 3, 1, 0);
+    gw_route_worker v;
+    w->pending_calls = 2; /* routed here while it starts */
+    gw_worker_route_view(w, &v);
+    assert_true(v.starting);
+    assert_int_equal(v.in_flight, 2);
+    w->state = GW_WORKER_READY;
+    w->pending_calls = 0;
+    w->in_flight = 3;
+    w->preloads = 1; /* a keep-warm or repository load: no handler call */
+    gw_worker_route_view(w, &v);
+    assert_int_equal(v.in_flight, 2);
+    w->in_flight = 1;
+    gw_worker_route_view(w, &v);
+    assert_int_equal(v.in_flight, 0);
+    gw_worker_destroy(w);
+}
+
+/* Noting a model already LOADING extends its hold: a call sent once a spawned worker
+ * answered its first status (which does not list the model yet) keeps the load in view. */
+static void note_load_extends_a_loading_hold(void **state) {
+    (void)state;
+    gw_worker *w = gw_worker_new("w4", "ipc:///tmp/q", 4, 1, 0);
+    w->state = GW_WORKER_READY;
+    wire_worker_summary empty = {.budget_bytes = 100 * MiB, .free_bytes = 100 * MiB};
+    uint64_t now = 50000000;
+    assert_int_equal(gw_worker_apply_summary(w, &empty, now), 0);
+    assert_int_equal(gw_worker_note_load(w, "m", 10 * MiB, now, 2000000), 0);
+    assert_int_equal(w->free_bytes, 90 * MiB);
+    /* 1.5 s later the call is sent: noted again, the hold runs 2 s from then. */
+    assert_int_equal(gw_worker_note_load(w, "m", 10 * MiB, now + 1500000, 2000000), 0);
+    assert_int_equal(w->n_models, 1);
+    assert_int_equal(w->free_bytes, 90 * MiB); /* not counted twice */
+    assert_int_equal(gw_worker_apply_summary(w, &empty, now + 2500000), 0);
+    assert_non_null(find(w, "m"));
+    assert_int_equal(find(w, "m")->state, GW_MODEL_LOADING);
+    assert_int_equal(gw_worker_apply_summary(w, &empty, now + 3600000), 0);
+    assert_null(find(w, "m"));
+    gw_worker_destroy(w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(summary_replaces_view),
         cmocka_unit_test(note_load_is_held_until_confirmed),
         cmocka_unit_test(draining_summary_and_names),
+        cmocka_unit_test(view_load_counts_pending_not_preloads),
+        cmocka_unit_test(note_load_extends_a_loading_hold),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
