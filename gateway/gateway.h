@@ -3,7 +3,8 @@
  *
  * gw_start opens aicfn.db and the artifact store under the data directory, starts the
  * ledger writer, the local worker pool, a maintenance thread (status polls, idle
- * timeouts, queue deadlines, min_workers) and the NNG client front on `listen`.
+ * timeouts, queue deadlines, min_workers, and each function's scaling: keep-warm loads
+ * and idle unloads, docs/manifest.md) and the NNG client front on `listen`.
  * gw_invoke_submit resolves the function, checks its queue and crash back-off, routes
  * the call (router.h) to a worker (starting one when the pool may grow, or queueing it
  * until its deadline), forwards it with the function's spec, retries an idempotent
@@ -32,7 +33,8 @@ typedef struct gw_config {
     const char *data_dir;     /* aicfn.db + artifacts/ + run/; NULL = AICFN_DEFAULT_DATA_DIR */
     uint32_t min_workers;     /* local workers kept running */
     uint32_t max_workers;     /* local workers at most (0: none; remote ones only) */
-    uint64_t idle_timeout_us; /* local worker without calls this long: drained (0 = default) */
+    uint64_t idle_timeout_us; /* local worker without calls this long: drained (0 = default),
+                                 unless a function's scaling.min_workers needs it */
     uint64_t worker_memory;   /* each local worker's cache budget; 0 = the worker's default */
     const char *device;       /* local workers' --device: auto, host, cuda; NULL = auto */
     const char *worker_exe;   /* aicfn binary for workers; NULL = this process */
