@@ -18,7 +18,7 @@ static void cg_help(FILE *out) {
     fprintf(out,
             "usage: aicfn gateway [--listen ADDR] [--data DIR] [--workers MIN..MAX] [--idle-timeout DUR]\n"
             "                     [--worker-memory BYTES] [--device auto|host|cuda] [--insecure-local]\n"
-            "                     [--http HOST:PORT]\n"
+            "                     [--http HOST:PORT] [--response-cache BYTES]\n"
             "\n"
             "Runs the gateway: the registry of functions, the router, the local worker pool and the\n"
             "records (aicfn.db). Stops cleanly on SIGTERM or SIGINT.\n"
@@ -40,6 +40,10 @@ static void cg_help(FILE *out) {
             "                         host memory), host, cuda (default auto)\n"
             "  --http HOST:PORT       also serve HTTP: Open Inference Protocol v2 (KServe/Triton REST) and\n"
             "                         GET /metrics (Prometheus), e.g. 127.0.0.1:8080 (default: off)\n"
+            "  --response-cache BYTES replies kept for functions with cache.responses (aicfn.yaml): an\n"
+            "                         identical request (same version, inputs and params) within\n"
+            "                         cache.ttl (0: until evicted) is answered by the gateway alone;\n"
+            "                         least recently used replies go first (default %llu MiB)\n"
             "  --insecure-local       accept calls without API keys (tenant \"local\"); for a gateway\n"
             "                         on a loopback address used by one person\n"
             "\n"
@@ -62,7 +66,8 @@ static void cg_help(FILE *out) {
             "                  first: a short idle_timeout frees memory in a worker that lives on, a\n"
             "                  short --idle-timeout stops the worker with its models\n",
             AICFN_DEFAULT_GATEWAY, AICFN_DEFAULT_DATA_DIR, AICFN_DEFAULT_MAX_WORKERS,
-            AICFN_DEFAULT_IDLE_TIMEOUT_MS / 1000, (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20));
+            AICFN_DEFAULT_IDLE_TIMEOUT_MS / 1000, (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20),
+            (unsigned long long)(AICFN_DEFAULT_RESPONSE_CACHE_BYTES >> 20));
 }
 
 static int cg_u32(const char *s, uint32_t *out) {
@@ -109,6 +114,10 @@ int cli_cmd_gateway(int argc, char **argv) {
             if (units_parse_duration_us(v, &cfg.idle_timeout_us, &err) != AICFN_OK ||
                 cfg.idle_timeout_us == 0)
                 return cli_usage_error("gateway", "--idle-timeout '%s' is not a duration (e.g. 5m)", v);
+        } else if ((v = cli_flag_value(argc, argv, &i, "--response-cache"))) {
+            if (units_parse_size(v, &cfg.response_cache_bytes, &err) != AICFN_OK ||
+                cfg.response_cache_bytes == 0)
+                return cli_usage_error("gateway", "--response-cache '%s' is not a size (e.g. 256MiB)", v);
         } else if ((v = cli_flag_value(argc, argv, &i, "--worker-memory"))) {
             if (units_parse_size(v, &cfg.worker_memory, &err) != AICFN_OK || cfg.worker_memory == 0)
                 return cli_usage_error("gateway", "--worker-memory '%s' is not a size (e.g. 512MiB)", v);

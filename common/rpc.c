@@ -110,6 +110,17 @@ static int rpc_msg_copy(nng_msg **out, const void *p, size_t len) {
     return 0;
 }
 
+int rpc_msg_new(const void *p, size_t len, rpc_msg **out, aicfn_error *err) {
+    nng_msg *m = NULL;
+    int rv = rpc_msg_copy(&m, p, len);
+    if (rv != 0) {
+        *out = NULL;
+        return aicfn_error_set(err, AICFN_E_NOMEM, "message of %zu bytes: %s", len, nng_strerror(rv));
+    }
+    *out = (rpc_msg *)m;
+    return AICFN_OK;
+}
+
 /* ---------------------------------------------------------------------------------
  * Server
  * --------------------------------------------------------------------------------- */

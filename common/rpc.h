@@ -46,6 +46,9 @@ const uint8_t *rpc_msg_data(const rpc_msg *m);
 size_t rpc_msg_len(const rpc_msg *m);
 /* Frees a message. NULL accepted. */
 void rpc_msg_free(rpc_msg *m);
+/* A message holding a copy of `len` bytes at `p` (to hand to rpc_reply_msg like a
+ * received one). AICFN_E_NOMEM when it cannot be allocated. */
+int rpc_msg_new(const void *p, size_t len, rpc_msg **out, aicfn_error *err);
 
 /* ===================================================================================
  * Server: REP socket, AICFN_NNG_CONTEXTS contexts, aio callbacks, deferred replies

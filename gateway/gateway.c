@@ -40,6 +40,7 @@
 #include "gateway/metrics.h"
 #include "gateway/pool.h"
 #include "gateway/registry.h"
+#include "gateway/respcache.h"
 #include "gateway/router.h"
 #include "gateway/workerlink.h"
 
@@ -102,6 +103,8 @@ struct gw_call {
     uint64_t received_us, deadline_us, dispatched_us;
     uint32_t timeout_ms; /* what the worker was told (deadline_ms) */
     uint64_t hash;       /* of fn + inputs + params: crash back-off identity */
+    uint8_t *cache_key;  /* response cache key (cache.responses functions); NULL otherwise */
+    size_t cache_key_len;
     int attempts;
     bool spawned; /* routed to a worker still starting: its cold start includes the spawn */
     bool preload; /* a repository load (t:"preload"): routed like an invoke, no handler call, no ledger row */
@@ -152,7 +155,8 @@ struct gw_gateway {
     gw_front *front;
     gw_metrics *metrics; /* one registry for every front (GET /metrics) */
     gw_stdmetrics std;
-    gw_limits *limits; /* rate limits and daily quotas, shared by every front */
+    gw_limits *limits;       /* rate limits and daily quotas, shared by every front */
+    gw_respcache *respcache; /* replies of cache.responses functions (respcache.h) */
 
     pthread_mutex_t mu;
     gw_fn *fns;
@@ -211,6 +215,7 @@ static void gw_fail_locked(gw_actions *a, gw_call *c, int code, const char *fmt,
 static void gw_call_free(gw_call *c) {
     if (!c) return;
     free(c->wreq);
+    free(c->cache_key);
     free(c);
 }
 
@@ -773,6 +778,11 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
 
         int code = rep.head.ok ? AICFN_OK : rep.head.code;
         gw_record(gw, c, code, &rep, rpc_msg_len(reply), spawn_us);
+        if (c->cache_key && code == AICFN_OK) {
+            uint64_t ttl = c->fn->cfg.cache_ttl_us;
+            gw_respcache_put(gw->respcache, c->cache_key, c->cache_key_len, rpc_msg_data(reply),
+                             rpc_msg_len(reply), ttl ? now + ttl : UINT64_MAX);
+        }
         gw_invoke_result res = {.id = c->id,
                                 .code = code,
                                 .message = rep.head.ok ? "" : rep.head.message,
@@ -1061,6 +1071,63 @@ static uint64_t gw_request_hash(const char *fn, const wire_invoke_req *req) {
     return h;
 }
 
+/* Answers `req` with the reply stored in the response cache (`stored`, taken over):
+ * the stored outputs under the request's id, cached: true, no worker fields. Delivered
+ * on this thread before gw_invoke_submit returns (gateway.h); one ledger row (cached, no
+ * worker, 0 GPU µs) and one counted call. AICFN_E_NOMEM / a decode error: nothing was
+ * delivered and the caller fails the submit. */
+static int gw_serve_cached(gw_gateway *gw, gw_fn *f, const wire_invoke_req *req, const char *tenant,
+                           uint64_t in_bytes, uint64_t received_us, uint8_t *stored, size_t stored_len,
+                           gw_invoke_done_fn done, void *user, aicfn_error *err) {
+    wire_doc doc;
+    wire_invoke_reply rep;
+    int rc = wire_doc_parse(&doc, stored, stored_len, NULL, err);
+    if (rc == AICFN_OK) rc = wire_decode_invoke_reply(&doc, &rep, err);
+    if (rc != AICFN_OK) { /* cannot happen: it was decoded before it was stored */
+        wire_doc_fini(&doc);
+        free(stored);
+        return aicfn_error_wrap(err, "function %s:%u: cached reply", f->name, f->ver);
+    }
+    rep.head.id = req->id;
+    rep.cached = true;
+    rep.cold = false;
+    rep.batch = 0;
+    rep.has_coldstart = false;
+    rep.has_st = false;
+    memset(&rep.timing, 0, sizeof rep.timing);
+    rep.timing.total_us = clock_now_us() - received_us;
+    wire_writer w;
+    wire_writer_init(&w);
+    rpc_msg *msg = NULL;
+    rc = wire_encode_invoke_reply(&w, &rep, err);
+    if (rc == AICFN_OK) rc = rpc_msg_new(w.data, w.len, &msg, err);
+    wire_writer_fini(&w);
+    if (rc != AICFN_OK) {
+        wire_doc_fini(&doc);
+        free(stored);
+        return rc;
+    }
+    char rid[24];
+    snprintf(rid, sizeof rid, "%llu", (unsigned long long)req->id);
+    gw_invocation_record r = {.request_id = rid,
+                              .tenant = tenant ? tenant : "",
+                              .function = f->name,
+                              .version = f->ver,
+                              .status = AICFN_OK,
+                              .bytes_in = in_bytes,
+                              .bytes_out = rpc_msg_len(msg),
+                              .total_us = rep.timing.total_us,
+                              .cached = true};
+    gw_ledger_submit_invocation(gw->ledger, &r);
+    gw_stdmetrics_call(&gw->std, f->name, f->ver, AICFN_OK, r.total_us);
+    gw_invoke_result res = {
+        .id = req->id, .code = AICFN_OK, .message = "", .reply = msg, .decoded = &rep, .version = f->ver};
+    done(user, &res);
+    wire_doc_fini(&doc);
+    free(stored);
+    return AICFN_OK;
+}
+
 static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
                      void *user, aicfn_error *err) {
     uint64_t now = clock_now_us();
@@ -1078,12 +1145,34 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
             err, AICFN_E_TOO_LARGE, "function %s:%u: inputs of %llu bytes exceed its limit of %llu", f->name,
             f->ver, (unsigned long long)in_bytes, (unsigned long long)f->cfg.max_request_bytes);
 
+    uint8_t *ckey = NULL;
+    size_t ckey_len = 0;
+    if (f->cfg.cache_responses && gw->respcache) {
+        /* A key longer than an entry may be is not worth building. */
+        uint64_t max_key = gw_respcache_get_stats(gw->respcache).max_bytes / 8;
+        if (gw_respcache_key(f->name, f->ver, req, (size_t)max_key, &ckey, &ckey_len, NULL) == AICFN_OK) {
+            uint8_t *hit = NULL;
+            size_t hit_len = 0;
+            bool found = gw_respcache_get(gw->respcache, ckey, ckey_len, now, &hit, &hit_len);
+            gw_metric_add(gw->std.response_cache, (const char *[]){f->name, found ? "hit" : "miss"}, 1);
+            if (found) {
+                free(ckey);
+                return gw_serve_cached(gw, f, req, tenant, in_bytes, now, hit, hit_len, done, user, err);
+            }
+        }
+    }
+
     uint64_t timeout_ms = f->cfg.timeout_us / 1000;
     if (timeout_ms == 0) timeout_ms = 1;
     if (req->deadline_ms && req->deadline_ms < timeout_ms) timeout_ms = req->deadline_ms;
 
     gw_call *c = calloc(1, sizeof *c);
-    if (!c) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    if (!c) {
+        free(ckey);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    }
+    c->cache_key = ckey;
+    c->cache_key_len = ckey_len;
     c->gw = gw;
     c->fn = f;
     c->id = req->id;
@@ -1683,6 +1772,10 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
                          : aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     }
     if (rc == AICFN_OK) rc = gw_limits_create(&gw->limits, err);
+    if (rc == AICFN_OK)
+        rc = gw_respcache_create(cfg->response_cache_bytes ? cfg->response_cache_bytes
+                                                           : AICFN_DEFAULT_RESPONSE_CACHE_BYTES,
+                                 &gw->respcache, err);
     if (rc == AICFN_OK) {
         aicfn_error le;
         if (gw_limits_seed_from_ledger(gw->limits, gw->db, clock_wall_us(), &le) != AICFN_OK)
@@ -1775,6 +1868,7 @@ void gw_stop(gw_gateway *gw) {
     }
     gw_ledger_destroy(gw->ledger);
     gw_limits_destroy(gw->limits);
+    gw_respcache_destroy(gw->respcache);
     gw_metrics_destroy(gw->metrics);
     gw_artifacts_close(gw->art);
     gw_db_close(gw->db);

@@ -29,16 +29,18 @@
 typedef struct gw_gateway gw_gateway;
 
 typedef struct gw_config {
-    const char *listen;       /* client front; NULL = AICFN_DEFAULT_GATEWAY */
-    const char *data_dir;     /* aicfn.db + artifacts/ + run/; NULL = AICFN_DEFAULT_DATA_DIR */
-    uint32_t min_workers;     /* local workers kept running */
-    uint32_t max_workers;     /* local workers at most (0: none; remote ones only) */
-    uint64_t idle_timeout_us; /* local worker without calls this long: drained (0 = default),
-                                 unless a function's scaling.min_workers needs it */
-    uint64_t worker_memory;   /* each local worker's cache budget; 0 = the worker's default */
-    const char *device;       /* local workers' --device: auto, host, cuda; NULL = auto */
-    const char *worker_exe;   /* aicfn binary for workers; NULL = this process */
-    bool insecure_local;      /* no API keys required (callers are tenant "local") */
+    const char *listen;            /* client front; NULL = AICFN_DEFAULT_GATEWAY */
+    const char *data_dir;          /* aicfn.db + artifacts/ + run/; NULL = AICFN_DEFAULT_DATA_DIR */
+    uint32_t min_workers;          /* local workers kept running */
+    uint32_t max_workers;          /* local workers at most (0: none; remote ones only) */
+    uint64_t idle_timeout_us;      /* local worker without calls this long: drained (0 = default),
+                                      unless a function's scaling.min_workers needs it */
+    uint64_t worker_memory;        /* each local worker's cache budget; 0 = the worker's default */
+    const char *device;            /* local workers' --device: auto, host, cuda; NULL = auto */
+    const char *worker_exe;        /* aicfn binary for workers; NULL = this process */
+    bool insecure_local;           /* no API keys required (callers are tenant "local") */
+    uint64_t response_cache_bytes; /* response cache budget (respcache.h); 0 = the default,
+                                      AICFN_DEFAULT_RESPONSE_CACHE_BYTES */
 } gw_config;
 
 /* Starts a gateway. Returns AICFN_OK with *out, or the error of the first step that
@@ -67,8 +69,10 @@ typedef struct gw_invoke_result {
     uint32_t version; /* the version that ran (0 when not resolved) */
 } gw_invoke_result;
 
-/* Called exactly once per accepted submit, from a gateway or NNG thread (never from
- * inside gw_invoke_submit). Must not block. */
+/* Called exactly once per accepted submit, from a gateway or NNG thread. Must not block.
+ * A reply served from the response cache (functions with cache.responses) is delivered
+ * on the submitting thread before gw_invoke_submit returns AICFN_OK; every other outcome
+ * comes later, from another thread. */
 typedef void (*gw_invoke_done_fn)(void *user, const gw_invoke_result *res);
 
 /* Submits one invocation. `req` (a decoded request: fn, ver, inputs, params, deadline)

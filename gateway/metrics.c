@@ -514,6 +514,7 @@ int gw_stdmetrics_init(gw_metrics *m, gw_stdmetrics *s, aicfn_error *err) {
     static const char *const l_phase[] = {"phase"};
     static const char *const l_w[] = {"worker"};
     static const char *const l_http[] = {"endpoint", "code"};
+    static const char *const l_fr[] = {"function", "result"};
     memset(s, 0, sizeof *s);
     if (!(s->calls = gw_metrics_counter(m, "aicfn_calls_total",
                                         "Calls finished at the gateway, by function, version "
@@ -547,7 +548,11 @@ int gw_stdmetrics_init(gw_metrics *m, gw_stdmetrics *s, aicfn_error *err) {
                                                   "Local workers restarted after dying.", NULL, 0, err)) ||
         !(s->http_requests =
               gw_metrics_counter(m, "aicfn_http_requests_total",
-                                 "HTTP requests by endpoint kind and status code.", l_http, 2, err)))
+                                 "HTTP requests by endpoint kind and status code.", l_http, 2, err)) ||
+        !(s->response_cache = gw_metrics_counter(
+              m, "aicfn_response_cache_lookups_total",
+              "Response cache lookups of functions with cache.responses, by result (hit, miss).", l_fr, 2,
+              err)))
         return err ? err->code : AICFN_E_NOMEM;
     /* Unlabelled families show a sample from the start. */
     gw_metric_set(s->workers_live, NULL, 0);

@@ -113,6 +113,7 @@ typedef struct gw_stdmetrics {
     gw_metric *workers_live;
     gw_metric *worker_restarts;
     gw_metric *http_requests;
+    gw_metric *response_cache; /* lookups by function and result ("hit", "miss") */
 } gw_stdmetrics;
 
 /* Registers the aicfn metric set in `m` and fills `out`. Returns AICFN_OK or an error
