@@ -2,8 +2,8 @@
  * path. In one run, on the same transport (tcp loopback) and the same client code, it
  * measures a warm `echo` through `aicfn gateway` (gateway -> local worker over ipc ->
  * handler -> back) and a bare NNG REQ/REP echo server (common/rpc.h, replying with the
- * request bytes): p50/p99 latency with one client (gateway and bare calls alternate, so
- * both see the same machine), and throughput with 1, 4 and 16
+ * request bytes): p50/p99 latency with one client (gateway and bare alternate in blocks
+ * of 100 calls, so both see the same machine), and throughput with 1, 4 and 16
  * concurrent clients. It then measures mlp cold starts (the worker idles out between
  * calls, so each call spawns a worker and loads the model) and reports their p50 per
  * phase from the gateway's cold_starts records.
@@ -129,20 +129,32 @@ static lat_result latency(const char *addr, const uint8_t *req, size_t len, int 
     return r;
 }
 
-/* The gateway and the bare server measured side by side: one client each, calls
- * alternating (gateway, bare, gateway, ...), so that both see the same machine from one
- * moment to the next (this shared VM's speed drifts by tens of percent over minutes,
- * which skews two back-to-back series). */
+/* The gateway and the bare server measured side by side, one client each: blocks of
+ * LAT_BLOCK calls alternate between them (the first LAT_BLOCK_WARM of each block are not
+ * counted), so that a drift in this shared VM's speed over minutes hits both series
+ * alike, while within a block each target runs in its steady state as it would alone. */
+#define LAT_BLOCK 100
+#define LAT_BLOCK_WARM 5
 static void latency_pair(const char *gw, const char *bare, const uint8_t *req, size_t len, int n,
                          lat_result *rg, lat_result *rb) {
     memset(rg, 0, sizeof *rg);
     memset(rb, 0, sizeof *rb);
     rpc_client *cg = lat_open(gw), *cb = lat_open(bare);
     uint64_t *sg = calloc((size_t)n, sizeof *sg), *sb = calloc((size_t)n, sizeof *sb);
-    for (int i = 0; i < n + 200; i++) {
-        uint64_t dg = lat_call(cg, req, len, 1, &rg->errors);
-        uint64_t db = lat_call(cb, req, len, 0, &rb->errors);
-        if (i >= 200) sg[i - 200] = dg, sb[i - 200] = db; /* the first 200 warm up */
+    for (int i = 0; i < 200; i++) { /* warm up both */
+        (void)lat_call(cg, req, len, 1, &rg->errors);
+        (void)lat_call(cb, req, len, 0, &rb->errors);
+    }
+    int ng = 0, nb = 0;
+    while (ng < n || nb < n) {
+        for (int k = 0; k < LAT_BLOCK + LAT_BLOCK_WARM && ng < n; k++) {
+            uint64_t dt = lat_call(cg, req, len, 1, &rg->errors);
+            if (k >= LAT_BLOCK_WARM) sg[ng++] = dt;
+        }
+        for (int k = 0; k < LAT_BLOCK + LAT_BLOCK_WARM && nb < n; k++) {
+            uint64_t dt = lat_call(cb, req, len, 0, &rb->errors);
+            if (k >= LAT_BLOCK_WARM) sb[nb++] = dt;
+        }
     }
     lat_summarize(sg, n, rg);
     lat_summarize(sb, n, rb);
