@@ -82,7 +82,8 @@ static void ci_help(FILE *out) {
         "  --ver N            function version (default: active)\n"
         "  --deadline-ms N    the call's time budget on the server (default: the function's timeout)\n"
         "  --timeout DUR      how long to wait for the reply (default 30s)\n"
-        "  --json             print the whole reply (ok, cold, batch, timing, outputs) on one line\n");
+        "  --json             print the whole reply (ok, cold, cached, batch, timing, outputs) on one "
+        "line\n");
 }
 
 /* ---- half and bfloat16 ---- */
@@ -584,6 +585,7 @@ static int ci_print_reply(const ci_args *a, const uint8_t *buf, size_t len) {
         json_object_set_new(o, "error", e);
     }
     json_object_set_new(o, "cold", json_boolean(rep.cold));
+    json_object_set_new(o, "cached", json_boolean(rep.cached));
     json_object_set_new(o, "batch", json_integer(rep.batch));
     json_t *tm = json_object();
     json_object_set_new(tm, "queue_us", json_integer((json_int_t)rep.timing.queue_us));
@@ -614,8 +616,11 @@ static int ci_print_reply(const ci_args *a, const uint8_t *buf, size_t len) {
         free(s);
         json_decref(p);
         fprintf(stderr, "%s, batch %u, total %.3f ms (queue %.3f, load %.3f, exec %.3f)\n",
-                rep.cold ? "cold" : "warm", rep.batch, rep.timing.total_us / 1e3, rep.timing.queue_us / 1e3,
-                rep.timing.load_us / 1e3, rep.timing.exec_us / 1e3);
+                rep.cached ? "cached by the gateway"
+                : rep.cold ? "cold"
+                           : "warm",
+                rep.batch, rep.timing.total_us / 1e3, rep.timing.queue_us / 1e3, rep.timing.load_us / 1e3,
+                rep.timing.exec_us / 1e3);
     }
     json_decref(o);
     wire_doc_fini(&doc);

@@ -1958,15 +1958,25 @@ static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, gw_invoke_done_fn 
     return c;
 }
 
-int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_done_fn done, void *user,
-                  aicfn_error *err) {
+/* Resolves NAME[:version] for a repository load or unload (`verb`): the function must
+ * exist and have a model. */
+static int gw_resolve_model_fn(gw_gateway *gw, const char *name, uint32_t version, const char *verb,
+                               gw_fn **out, aicfn_error *err) {
     if (!name || !gw_fn_name_valid(name))
         return aicfn_error_set(err, AICFN_E_INVALID, "invalid function name '%s'", name ? name : "");
-    gw_fn *f = NULL;
-    int rc = gw_resolve(gw, name, version, &f, err);
+    int rc = gw_resolve(gw, name, version, out, err);
     if (rc != AICFN_OK) return rc;
-    if (!f->key[0] || !f->snapshot_path[0])
-        return aicfn_error_set(err, AICFN_E_INVALID, "function %s:%u has no model to load", f->name, f->ver);
+    if (!(*out)->key[0] || !(*out)->snapshot_path[0])
+        return aicfn_error_set(err, AICFN_E_INVALID, "function %s:%u has no model to %s", (*out)->name,
+                               (*out)->ver, verb);
+    return AICFN_OK;
+}
+
+int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_done_fn done, void *user,
+                  aicfn_error *err) {
+    gw_fn *f = NULL;
+    int rc = gw_resolve_model_fn(gw, name, version, "load", &f, err);
+    if (rc != AICFN_OK) return rc;
     gw_call *c = gw_preload_call_new(gw, f, done, user);
     if (!c) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     gw_actions a;
@@ -2142,14 +2152,9 @@ static void gw_unload_cb(void *user, int status, rpc_msg *reply, const aicfn_err
 
 int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_done_fn done, void *user,
                     aicfn_error *err) {
-    if (!name || !gw_fn_name_valid(name))
-        return aicfn_error_set(err, AICFN_E_INVALID, "invalid function name '%s'", name ? name : "");
     gw_fn *f = NULL;
-    int rc = gw_resolve(gw, name, version, &f, err);
+    int rc = gw_resolve_model_fn(gw, name, version, "unload", &f, err);
     if (rc != AICFN_OK) return rc;
-    if (!f->key[0])
-        return aicfn_error_set(err, AICFN_E_INVALID, "function %s:%u has no model to unload", f->name,
-                               f->ver);
     gw_unload_op *op = calloc(1, sizeof *op);
     if (!op) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     op->gw = gw;

@@ -84,20 +84,23 @@ for f in examples/echo examples/mlp "$WORK/big1" "$WORK/big2"; do
 done
 $AICFN ls
 
-step "invoke: big1 (starts the worker), echo, mlp, big2 (evicts big1, the least recently used), mlp (warm), big1 (evicts big2)"
+step "invoke: big1 (starts the worker), echo, mlp, big2 (evicts big1, the least recently used), mlp (warm), big1 (evicts big2), mlp again (answered by the gateway's response cache)"
 X16='[[0.5,-1,2,0.25,1,0,-0.5,3,1,1,-2,0.1,0.2,0.3,0.4,0.5]]'
+X16B='[[1,-1,2,0.25,1,0,-0.5,3,1,1,-2,0.1,0.2,0.3,0.4,0.5]]'
 show() { printf '%-5s ' "$1"; shift; "$@" --json | .venv/bin/python -c "$SHOW_PY"; }
 SHOW_PY='
 import json, sys
 r = json.load(sys.stdin)
 outs = ", ".join("%s=%s" % (o["name"], o["data"][:4]) for o in r["outputs"])
-print("%s  %8.2f ms   %s" % ("COLD" if r["cold"] else "warm", r["timing"]["total_us"] / 1000, outs))'
+how = "cached" if r.get("cached") else "COLD" if r["cold"] else "warm"
+print("%-6s %8.2f ms   %s" % (how, r["timing"]["total_us"] / 1000, outs))'
 show big1 $AICFN invoke big1 --input 'x=[1,2,3]'
 show echo $AICFN invoke echo --input 'text="hello, aicfn"'
 show mlp  $AICFN invoke mlp --input "x=$X16"
 show big2 $AICFN invoke big2 --input 'x=[4,5,6]'
-show mlp  $AICFN invoke mlp --input "x=$X16"
+show mlp  $AICFN invoke mlp --input "x=$X16B"
 show big1 $AICFN invoke big1 --input 'x=[7,8,9]'
+show mlp  $AICFN invoke mlp --input "x=$X16B"
 
 step "the worker's resident models"
 $AICFN workers

@@ -176,7 +176,7 @@ def output(reply: dict, name: str):
 class Proc:
     """A started process with its log files."""
 
-    def __init__(self, args, log_dir: Path, name: str, env=None):
+    def __init__(self, args, log_dir: Path, name: str, env=None, cwd=None):
         self.args = [str(a) for a in args]
         self.name = name
         self.out_path = log_dir / f"{name}.out"
@@ -186,7 +186,7 @@ class Proc:
         e = dict(os.environ)
         if env:
             e.update(env)
-        self.p = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, env=e, cwd=ROOT)
+        self.p = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, env=e, cwd=cwd or ROOT)
 
     def poll(self):
         return self.p.poll()
@@ -225,8 +225,9 @@ class Procs:
         self.log_dir = log_dir
         self.all = []
 
-    def start(self, args, name: str = None, env=None) -> Proc:
-        p = Proc(args, self.log_dir, name or f"p{len(self.all)}", env)
+    def start(self, args, name: str = None, env=None, cwd=None) -> Proc:
+        """Starts `args` (in the repository root unless `cwd` is given), logs to files."""
+        p = Proc(args, self.log_dir, name or f"p{len(self.all)}", env, cwd)
         self.all.append(p)
         return p
 

@@ -123,8 +123,10 @@ def write_safetensors(path: Path, tensors: dict):
     path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
-def mlp_input():
-    return tensor("x", np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16))
+def mlp_input(scale: float = 1.0):
+    """An mlp input; examples/mlp keeps replies in the gateway's response cache
+    (cache.responses), so a call meant to reach a worker again uses another `scale`."""
+    return tensor("x", (np.linspace(-1, 1, 16, dtype=np.float32) * scale).reshape(1, 16))
 
 
 # ---- tests ----
@@ -253,7 +255,7 @@ def test_scale_to_zero_and_respawn(procs, tmp_path):
 
     wait_for(gone, 15, interval=0.1, what="the idle worker to exit")
     wait_for(lambda: workers(addr) == [], 10, interval=0.1, what="an empty pool")
-    r = call(addr, invoke_msg("mlp", [mlp_input()]), timeout_ms=30000)
+    r = call(addr, invoke_msg("mlp", [mlp_input(0.5)]), timeout_ms=30000)
     assert r["ok"] and r["cold"] is True
     pool = workers(addr)
     assert len(pool) == 1 and pool[0]["pid"] != pid
@@ -539,7 +541,7 @@ def test_remote_worker_registers(procs, tmp_path):
     assert not r["ok"] and r["error"]["code"] == 9, r
     waddr = f"tcp://127.0.0.1:{free_port()}"
     w = procs.start([aicfn_bin(), "worker", "--listen", waddr, "--device", "host", "--memory", "64MiB",
-                     "--id", "remote1", "--gateway", addr], name="remote")
+                     "--id", "remote1", "--gateway", addr, "--cache-dir", tmp_path / "cache"], name="remote")
     wait_for(lambda: any(x["name"] == "remote1" and x["state"] == "ready" for x in workers(addr)), 15,
              interval=0.05, what="the remote worker to register")
     r = call(addr, invoke_msg("echo", [tensor("x", np.arange(3, dtype=np.float32))]), timeout_ms=20000)

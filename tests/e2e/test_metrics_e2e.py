@@ -218,7 +218,10 @@ def test_metrics_every_front_match_ledger(procs, tmp_path):
         return t if metric_value(t, "aicfn_worker_restarts_total", {}) == 1 else None
 
     text = wait_for(restarted, 10, interval=0.05, what="the restart counted")
-    assert call(addr, invoke_msg("mlp", [x16]), timeout_ms=30000)["ok"]
+    # Another input: the same one would be answered by the response cache (examples/mlp
+    # has cache.responses) without any worker.
+    x16b = tensor("x", np.linspace(-2, 2, 16, dtype=np.float32).reshape(1, 16))
+    assert call(addr, invoke_msg("mlp", [x16b]), timeout_ms=30000)["ok"]
     assert metric_value(http_req(hport, "GET", "/metrics")[2].decode(), "aicfn_workers_live", {}) == 1
 
 

@@ -16,14 +16,15 @@ are restored. Every wait is bounded.
 import hashlib
 import json
 import struct
-import subprocess
 import threading
 from pathlib import Path
 
 import numpy as np
 
-from conftest import (PROTOCOL_VERSION, ROOT, Proc, aicfn_bin, call, free_port, invoke_msg, next_id, output,
-                      run_cli, tensor, wait_for)
+from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, free_port, invoke_msg, next_id, output, run_cli,
+                      tensor, wait_for)
+from test_gateway import deploy, workers
+from test_gateway import start_gateway as gateway_with
 
 E_INVALID = 1
 E_CORRUPT = 4
@@ -32,47 +33,9 @@ E_PROTOCOL = 19
 CHUNK = 4 << 20  # AICFN_UPLOAD_CHUNK_BYTES
 
 
-# ---- helpers (copied from test_gateway.py, which another change is editing) ----
-
 def start_gateway(procs, tmp_path: Path, workers="0..0"):
-    addr = f"tcp://127.0.0.1:{free_port()}"
-    data = tmp_path / "data"
-    g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", workers,
-                     "--worker-memory", "64MiB", "--device", "host", "--idle-timeout", "5m", "--insecure-local"],
-                    name="gateway")
-
-    def ready():
-        if g.poll() is not None:
-            raise RuntimeError(f"gateway exited with {g.poll()}: {g.stderr()[-3000:]}")
-        return call(addr, {"v": PROTOCOL_VERSION, "t": "status", "id": next_id()}, timeout_ms=500).get("ok")
-
-    wait_for(ready, 15, interval=0.05, what=f"gateway on {addr}")
-    return addr, data, g
-
-
-def deploy(addr, path) -> int:
-    r = run_cli(["deploy", str(path), "--gateway", addr, "--json"], timeout=120)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout.strip().splitlines()[-1])["version"]
-
-
-def workers(addr):
-    r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
-    assert r.returncode == 0, r.stderr
-    return json.loads(r.stdout)
-
-
-class CwdProc(Proc):
-    """A Proc started in a directory of our choosing (conftest's runs in the repo root)."""
-
-    def __init__(self, args, log_dir: Path, name: str, cwd: Path):
-        self.args = [str(a) for a in args]
-        self.name = name
-        self.out_path = log_dir / f"{name}.out"
-        self.err_path = log_dir / f"{name}.err"
-        self._out = open(self.out_path, "wb")
-        self._err = open(self.err_path, "wb")
-        self.p = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, cwd=cwd)
+    """A gateway without local workers (only remote ones can serve)."""
+    return gateway_with(procs, tmp_path, workers=workers)
 
 
 def start_remote_worker(procs, tmp_path: Path, gateway: str, name="remote1"):
@@ -81,9 +44,8 @@ def start_remote_worker(procs, tmp_path: Path, gateway: str, name="remote1"):
     cwd.mkdir(exist_ok=True)
     cache = tmp_path / "cache"
     waddr = f"tcp://127.0.0.1:{free_port()}"
-    w = CwdProc([aicfn_bin(), "worker", "--listen", waddr, "--device", "host", "--memory", "64MiB", "--id", name,
-                 "--gateway", gateway, "--cache-dir", cache], procs.log_dir, name, cwd)
-    procs.all.append(w)
+    w = procs.start([aicfn_bin(), "worker", "--listen", waddr, "--device", "host", "--memory", "64MiB", "--id",
+                     name, "--gateway", gateway, "--cache-dir", cache], name=name, cwd=cwd)
 
     def ready():
         if w.poll() is not None:
@@ -295,10 +257,9 @@ def test_remote_worker_with_api_keys_and_concurrent_first_calls(procs, tmp_path)
     cwd = tmp_path / "worker-cwd"
     cwd.mkdir()
     cache = tmp_path / "cache"
-    w = CwdProc([aicfn_bin(), "worker", "--listen", f"tcp://127.0.0.1:{free_port()}", "--device", "host",
-                 "--memory", "64MiB", "--id", "remote1", "--gateway", addr, "--key", admin, "--cache-dir", cache],
-                procs.log_dir, "remote1", cwd)
-    procs.all.append(w)
+    w = procs.start([aicfn_bin(), "worker", "--listen", f"tcp://127.0.0.1:{free_port()}", "--device", "host",
+                     "--memory", "64MiB", "--id", "remote1", "--gateway", addr, "--key", admin, "--cache-dir",
+                     cache], name="remote1", cwd=cwd)
     wait_for(lambda: w.poll() is None and any(
         x["name"] == "remote1" and x["state"] == "ready" for x in json.loads(
             run_cli(["workers", "--gateway", addr, "--json"], env={"AICFN_KEY": admin}).stdout)),
