@@ -25,7 +25,8 @@ static void cw_help(FILE *out) {
     fprintf(out,
             "usage: aicfn worker --listen ADDR [--device auto|host|cuda[:N]] [--memory BYTES]\n"
             "                    [--load-threads N] [--id NAME] [--function SPEC ...]\n"
-            "                    [--gateway ADDR [--key KEY] [--cache-dir DIR | --shared-artifacts]]\n"
+            "                    [--gateway ADDR [--key KEY] [--cache-dir DIR [--cache-max BYTES] |\n"
+            "                                     --shared-artifacts]]\n"
             "\n"
             "Runs a worker: one device, its model cache, and the functions given. It answers\n"
             "invoke and status messages on ADDR (ipc:///path or tcp://host:port) and drains on\n"
@@ -46,6 +47,10 @@ static void cw_help(FILE *out) {
             "  --cache-dir DIR      where a --gateway worker keeps fetched artifacts, as DIR/<sha256>\n"
             "                       (default %s, created 0700); a file found there is\n"
             "                       re-hashed once per process before it is used\n"
+            "  --cache-max BYTES    budget of --cache-dir (default %llu GiB): after each download the least\n"
+            "                       recently used artifacts are deleted until the rest fits, except\n"
+            "                       ones used in the last %d s (an opened handler or snapshot is not\n"
+            "                       affected by the deletion)\n"
             "  --shared-artifacts   with --gateway: the gateway's data directory is mounted at the same\n"
             "                       path on this host, so open its artifact paths directly (no fetch)\n"
             "  --no-specs           refuse invocations whose `spec` asks to load a new function (by\n"
@@ -58,6 +63,7 @@ static void cw_help(FILE *out) {
             "\n"
             "environment: AICFN_LOG=error|warn|info|debug\n",
             (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20), AICFN_WORKER_CACHE_DIR,
+            (unsigned long long)(AICFN_WORKER_CACHE_MAX_BYTES >> 30), AICFN_FETCH_PRUNE_GRACE_MS / 1000,
             AICFN_DEFAULT_MAX_BATCH, AICFN_DEFAULT_MAX_DELAY_US, AICFN_DEFAULT_TIMEOUT_MS,
             AICFN_DEFAULT_QUEUE_PER_FUNCTION);
 }
@@ -157,6 +163,7 @@ int cli_cmd_worker(int argc, char **argv) {
     cw_fn *fns = calloc(CW_MAX_FUNCTIONS, sizeof *fns);
     int n_fns = 0, rc = CLI_EXIT_OK;
     const char *gateway = NULL, *gw_key = NULL, *cache_dir = NULL;
+    uint64_t cache_max = 0;
     int shared_artifacts = 0;
     worker_fetcher *fetcher = NULL;
     if (fns == NULL) return cli_usage_error("worker", "out of memory");
@@ -172,6 +179,11 @@ int cli_cmd_worker(int argc, char **argv) {
             shared_artifacts = 1;
         } else if ((v = cw_flag(argc, argv, &i, "--cache-dir"))) {
             cache_dir = v;
+        } else if ((v = cw_flag(argc, argv, &i, "--cache-max"))) {
+            if (units_parse_size(v, &cache_max, &err) != AICFN_OK || cache_max == 0) {
+                rc = cli_usage_error("worker", "--cache-max '%s' is not a size (e.g. 64GiB)", v);
+                goto out;
+            }
         } else if ((v = cw_flag(argc, argv, &i, "--listen"))) {
             cfg.listen = v;
         } else if ((v = cw_flag(argc, argv, &i, "--device"))) {
@@ -213,7 +225,7 @@ int cli_cmd_worker(int argc, char **argv) {
         rc = cli_usage_error("worker", "--listen ADDR is required");
         goto out;
     }
-    if (gateway == NULL && (cache_dir || shared_artifacts)) {
+    if (gateway == NULL && (cache_dir || cache_max || shared_artifacts)) {
         rc = cli_usage_error("worker", "--cache-dir and --shared-artifacts go with --gateway ADDR");
         goto out;
     }
@@ -240,7 +252,8 @@ int cli_cmd_worker(int argc, char **argv) {
     aicfn_error_clear(&err);
     worker *w = NULL;
     if (gateway && !shared_artifacts) {
-        worker_fetch_config fc = {.gateway = gateway, .key = cli_api_key(gw_key), .cache_dir = cache_dir};
+        worker_fetch_config fc = {
+            .gateway = gateway, .key = cli_api_key(gw_key), .cache_dir = cache_dir, .max_bytes = cache_max};
         if (worker_fetcher_create(&fc, &fetcher, &err) != AICFN_OK) {
             rc = cli_fail(&err);
             goto out;

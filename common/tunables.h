@@ -75,6 +75,8 @@
 #define AICFN_DEFAULT_RESPONSE_CACHE_BYTES (256ull << 20) /* aicfn gateway --response-cache */
 #define AICFN_WORKER_CACHE_DIR "./aicfn-worker-cache" /* aicfn worker --gateway: fetched artifacts */
 #define AICFN_FETCH_CHUNK_TIMEOUT_MS 30000    /* remote worker: one artifact_get round trip */
+#define AICFN_WORKER_CACHE_MAX_BYTES (64ull << 30) /* remote worker: artifact cache budget (--cache-max) */
+#define AICFN_FETCH_PRUNE_GRACE_MS 60000      /* an artifact handed out this recently is never pruned */
 
 /* ---- SQLite, registry, ledger, artifacts, keys (gateway/db.c ...) ---- */
 #define AICFN_DB_FILE "aicfn.db"              /* inside the data dir */

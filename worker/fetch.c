@@ -36,9 +36,10 @@ typedef struct fetch_entry {
     struct fetch_entry *next;
     char hash[WORKER_HASH_HEX_LEN + 1];
     int state;
-    int rc;           /* FETCH_FAILED: the download's error */
-    aicfn_error err;  /* FETCH_FAILED */
-    unsigned waiters; /* threads waiting on it; the last one frees a failed entry */
+    int rc;                /* FETCH_FAILED: the download's error */
+    aicfn_error err;       /* FETCH_FAILED */
+    unsigned waiters;      /* threads waiting on it; the last one frees a failed entry */
+    uint64_t used_wall_us; /* FETCH_READY: its path was last handed out then (fetch_prune) */
 } fetch_entry;
 
 struct worker_fetcher {
@@ -47,6 +48,8 @@ struct worker_fetcher {
     char *gateway;
     uint32_t chunk;
     uint32_t timeout_ms;
+    uint64_t max_bytes;      /* the cache directory's budget (fetch_prune) */
+    uint64_t prune_grace_us; /* an artifact handed out this recently is never deleted */
     rpc_client *client;
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -146,6 +149,9 @@ int worker_fetcher_create(const worker_fetch_config *cfg, worker_fetcher **out, 
     pthread_cond_init(&f->cv, NULL);
     f->chunk = cfg->chunk_bytes ? cfg->chunk_bytes : AICFN_UPLOAD_CHUNK_BYTES;
     f->timeout_ms = cfg->chunk_timeout_ms ? cfg->chunk_timeout_ms : AICFN_FETCH_CHUNK_TIMEOUT_MS;
+    f->max_bytes = cfg->max_bytes ? cfg->max_bytes : AICFN_WORKER_CACHE_MAX_BYTES;
+    f->prune_grace_us =
+        (uint64_t)(cfg->prune_grace_ms ? cfg->prune_grace_ms : AICFN_FETCH_PRUNE_GRACE_MS) * 1000;
     f->dir = strdup(cfg->cache_dir && cfg->cache_dir[0] ? cfg->cache_dir : AICFN_WORKER_CACHE_DIR);
     f->gateway = strdup(cfg->gateway);
     f->key = cfg->key ? strdup(cfg->key) : NULL;
@@ -399,6 +405,99 @@ static int fetch_one(worker_fetcher *f, const char *hash, const char *path, aicf
     return fetch_download(f, hash, path, err);
 }
 
+/* ---- the cache's budget ---- */
+
+typedef struct fetch_file {
+    char hash[WORKER_HASH_HEX_LEN + 1];
+    uint64_t bytes;
+    uint64_t mtime_us;
+} fetch_file;
+
+static int fetch_file_older(const void *a, const void *b) {
+    const fetch_file *x = a, *y = b;
+    return x->mtime_us < y->mtime_us ? -1 : x->mtime_us > y->mtime_us;
+}
+
+static uint64_t fetch_mtime_us(const struct stat *st) {
+    return (uint64_t)st->st_mtim.tv_sec * 1000000u + (uint64_t)st->st_mtim.tv_nsec / 1000u;
+}
+
+/* Keeps the cache directory within its budget after a download: deletes the least
+ * recently used artifacts (file mtime, refreshed at every use, or this process's last
+ * hand-out of the path, whichever is later) until the rest fits. Never deletes `keep`
+ * (just fetched), an artifact being fetched, or one handed out within the grace period
+ * (its caller may not have opened it yet; a handler or snapshot already opened is not
+ * affected by the unlink). The directory is listed without the lock; each deletion is
+ * decided and done under it, so no thread can be handed a path that is being deleted. */
+static void fetch_prune(worker_fetcher *f, const char *keep) {
+    DIR *d = opendir(f->dir);
+    if (d == NULL) return;
+    fetch_file *files = NULL;
+    size_t n = 0, cap = 0;
+    uint64_t total = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL) {
+        struct stat st;
+        if (!worker_fetch_hash_valid(de->d_name) || fstatat(dirfd(d), de->d_name, &st, 0) != 0 ||
+            !S_ISREG(st.st_mode))
+            continue;
+        if (n == cap) {
+            size_t nc = cap ? cap * 2 : 64;
+            fetch_file *nf = realloc(files, nc * sizeof *nf);
+            if (nf == NULL) break;
+            files = nf;
+            cap = nc;
+        }
+        memcpy(files[n].hash, de->d_name, WORKER_HASH_HEX_LEN + 1);
+        files[n].bytes = (uint64_t)st.st_size;
+        files[n].mtime_us = fetch_mtime_us(&st);
+        total += files[n].bytes;
+        n++;
+    }
+    if (total <= f->max_bytes) {
+        closedir(d);
+        free(files);
+        return;
+    }
+    qsort(files, n, sizeof *files, fetch_file_older);
+    uint64_t now = clock_wall_us();
+    pthread_mutex_lock(&f->mu);
+    for (size_t i = 0; i < n && total > f->max_bytes; i++) {
+        if (strcmp(files[i].hash, keep) == 0) continue;
+        fetch_entry **pp = &f->entries;
+        while (*pp && strcmp((*pp)->hash, files[i].hash) != 0)
+            pp = &(*pp)->next;
+        fetch_entry *e = *pp;
+        if (e && e->state != FETCH_READY) continue; /* being fetched or verified */
+        struct stat st;
+        if (fstatat(dirfd(d), files[i].hash, &st, 0) != 0) continue; /* gone meanwhile */
+        uint64_t used = fetch_mtime_us(&st);
+        if (e && e->used_wall_us > used) used = e->used_wall_us;
+        if (now < used + f->prune_grace_us) continue;
+        if (unlinkat(dirfd(d), files[i].hash, 0) != 0) continue;
+        if (e) {
+            *pp = e->next;
+            free(e);
+        }
+        total -= files[i].bytes;
+        log_info("artifact cache %s: removed %s (%" PRIu64 " bytes, unused for %" PRIu64
+                 " s) to stay within %" PRIu64 " bytes",
+                 f->dir, files[i].hash, files[i].bytes, (now - used) / 1000000u, f->max_bytes);
+    }
+    pthread_mutex_unlock(&f->mu);
+    if (total > f->max_bytes)
+        log_warn("artifact cache %s: %" PRIu64 " bytes, over its budget of %" PRIu64
+                 " bytes: the rest is in use or was used in the last %" PRIu64 " ms",
+                 f->dir, total, f->max_bytes, f->prune_grace_us / 1000);
+    closedir(d);
+    free(files);
+}
+
+/* Marks `local` used now (best effort; fetch_prune also has the in-memory time). */
+static void fetch_touch(const char *local) {
+    (void)utimensat(AT_FDCWD, local, NULL, 0);
+}
+
 int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, aicfn_error *err) {
     int rc = worker_fetch_cache_path(f->dir, hash, local, cap, err);
     if (rc != AICFN_OK) return rc;
@@ -407,7 +506,9 @@ int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, a
     while (e && strcmp(e->hash, hash) != 0)
         e = e->next;
     if (e && e->state == FETCH_READY) {
+        e->used_wall_us = clock_wall_us();
         pthread_mutex_unlock(&f->mu);
+        fetch_touch(local);
         return AICFN_OK;
     }
     if (e) {
@@ -416,6 +517,7 @@ int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, a
         while (e->state == FETCH_BUSY)
             pthread_cond_wait(&f->cv, &f->mu);
         rc = e->state == FETCH_READY ? AICFN_OK : e->rc;
+        if (rc == AICFN_OK) e->used_wall_us = clock_wall_us();
         if (rc != AICFN_OK && err) *err = e->err;
         if (--e->waiters == 0 && e->state == FETCH_FAILED) free(e);
         pthread_mutex_unlock(&f->mu);
@@ -442,6 +544,7 @@ int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, a
     pthread_mutex_lock(&f->mu);
     if (rc == AICFN_OK) {
         e->state = FETCH_READY;
+        e->used_wall_us = clock_wall_us();
     } else {
         fetch_entry **pp = &f->entries;
         while (*pp != e)
@@ -457,8 +560,11 @@ int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, a
     if (rc != AICFN_OK) {
         if (err) *err = ferr;
         local[0] = '\0';
+        return rc;
     }
-    return rc;
+    fetch_touch(local);
+    fetch_prune(f, hash);
+    return AICFN_OK;
 }
 
 int worker_fetch_path(worker_fetcher *f, const char *gateway_path, char *local, size_t cap,

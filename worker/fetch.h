@@ -18,6 +18,12 @@
  * Single flight: concurrent requests for one hash wait on the same download (or
  * verification) and get its result.
  *
+ * Budget: after each download the directory is brought back within `max_bytes` by
+ * deleting the least recently used artifacts (each use refreshes the file's mtime),
+ * except the one just fetched, ones being fetched, and ones handed out within the grace
+ * period (a handler or snapshot already opened keeps working after its unlink). If what
+ * remains is still over budget, the log says so.
+ *
  * Not for: deciding which paths are remote (worker.c), the gateway's side of the
  * transfer (gateway/front_nng.c, gateway/artifacts.c).
  *
@@ -41,6 +47,9 @@ typedef struct worker_fetch_config {
     uint32_t chunk_bytes;      /* bytes asked per request; 0 = AICFN_UPLOAD_CHUNK_BYTES (the most the
                                   gateway serves) */
     uint32_t chunk_timeout_ms; /* one round trip; 0 = AICFN_FETCH_CHUNK_TIMEOUT_MS */
+    uint64_t max_bytes;        /* the cache directory's budget; 0 = AICFN_WORKER_CACHE_MAX_BYTES */
+    uint32_t prune_grace_ms;   /* never delete an artifact handed out this recently;
+                                  0 = AICFN_FETCH_PRUNE_GRACE_MS */
 } worker_fetch_config;
 
 /* Creates the cache directory if needed (its path is made absolute), removes temporary files that dead

@@ -5,12 +5,15 @@
  * downloads (AICFN_E_CORRUPT naming the artifact, nothing left behind), unknown hashes,
  * a gateway that never answers (per-chunk timeout), single flight (one download for
  * many concurrent callers, a failed flight fails them all and does not stick), and the
- * removal of temporary files dead processes left. Also the loader's optional resolve
+ * removal of temporary files dead processes left, the cache's byte budget (least
+ * recently used artifacts deleted after a download, never ones used within the grace
+ * period). Also the loader's optional resolve
  * hook (loader_pipeline_source.resolve), through which a remote worker fetches a
  * snapshot inside the cache's load: its time is fetch_us and counts in total_us, and
  * its error fails the load. Every wait is bounded. */
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -336,6 +339,67 @@ static void download_in_chunks_then_trusted(void **state) {
     worker_fetcher_destroy(f);
 }
 
+/* A file in the cache under a valid hash name, `age_s` seconds old (mtime). */
+static void place_old(const char *dir, char digit, size_t bytes, long age_s) {
+    char path[PATH_MAX], name[WORKER_HASH_HEX_LEN + 1];
+    memset(name, digit, WORKER_HASH_HEX_LEN);
+    name[WORKER_HASH_HEX_LEN] = 0;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    uint8_t *buf = calloc(1, bytes);
+    assert_non_null(buf);
+    write_file(path, buf, bytes);
+    free(buf);
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    struct timespec ts[2] = {{now.tv_sec - age_s, 0}, {now.tv_sec - age_s, 0}};
+    assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+}
+
+static int has_file(const char *dir, char digit) {
+    char path[PATH_MAX], name[WORKER_HASH_HEX_LEN + 1];
+    memset(name, digit, WORKER_HASH_HEX_LEN);
+    name[WORKER_HASH_HEX_LEN] = 0;
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return access(path, F_OK) == 0;
+}
+
+static void cache_budget_prunes_least_recently_used(void **state) {
+    fixture *fx = *state;
+    /* Left by earlier processes: two old artifacts and one used a moment ago. */
+    place_old(fx->dir, '1', 3000, 3600);
+    place_old(fx->dir, '2', 3000, 1800);
+    place_old(fx->dir, '3', 3000, 0);
+    worker_fetch_config c = {.gateway = fx->url,
+                             .cache_dir = fx->dir,
+                             .chunk_bytes = CHUNK,
+                             .chunk_timeout_ms = 5000,
+                             .max_bytes = 8000,
+                             .prune_grace_ms = 60000};
+    worker_fetcher *f = NULL;
+    aicfn_error e;
+    assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_OK);
+    char local[PATH_MAX];
+    int rc = worker_fetch(f, fx->g->hash, local, sizeof local, &e);
+    if (rc != AICFN_OK) fail_msg("fetch: %s", e.msg);
+    /* 4500 fetched + 9000 cached > 8000: the oldest go until the rest fits (7500). */
+    assert_false(has_file(fx->dir, '1'));
+    assert_false(has_file(fx->dir, '2'));
+    assert_true(has_file(fx->dir, '3'));
+    assert_file_is(local, fx->g->content, CONTENT_BYTES);
+    assert_int_equal(dir_entries(fx->dir, NULL), 2);
+    worker_fetcher_destroy(f);
+
+    /* Within the grace period nothing is deleted, even over budget; the fetch succeeds. */
+    unlink(local);
+    place_old(fx->dir, '4', 3000, 10);
+    c.max_bytes = 1000;
+    assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_OK);
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_OK);
+    assert_true(has_file(fx->dir, '3') && has_file(fx->dir, '4'));
+    assert_file_is(local, fx->g->content, CONTENT_BYTES);
+    worker_fetcher_destroy(f);
+}
+
 static void cached_file_verified_at_first_use(void **state) {
     fixture *fx = *state;
     char path[PATH_MAX], local[PATH_MAX];
@@ -596,6 +660,7 @@ int main(void) {
         cmocka_unit_test(cache_path),
         cmocka_unit_test_setup_teardown(download_in_chunks_then_trusted, setup, teardown),
         cmocka_unit_test_setup_teardown(cached_file_verified_at_first_use, setup, teardown),
+        cmocka_unit_test_setup_teardown(cache_budget_prunes_least_recently_used, setup, teardown),
         cmocka_unit_test_setup_teardown(corrupt_downloads_fail_and_leave_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(unknown_hash_is_not_found, setup, teardown),
         cmocka_unit_test_setup_teardown(silent_gateway_times_out_per_chunk, setup, teardown),
