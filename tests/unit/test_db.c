@@ -71,6 +71,41 @@ static void migrations_from_empty_and_reopen(void **state) {
     free(dir);
 }
 
+/* A database written by the schema-1 gateway (before invocations.cached) is migrated in
+ * place when a newer gateway opens it, and keeps its rows. */
+static void schema_1_database_migrates_keeping_rows(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("db");
+    gw_db *db = NULL;
+    aicfn_error err = {0};
+    assert_int_equal(gw_db_open(dir, &db, &err), AICFN_OK);
+    /* Turn it back into what schema 1 left. */
+    gw_db_lock(db);
+    assert_int_equal(
+        gw_db_exec(db, "ALTER TABLE invocations DROP COLUMN cached; PRAGMA user_version = 1", &err),
+        AICFN_OK);
+    assert_int_equal(
+        gw_db_exec(db,
+                   "INSERT INTO invocations(time_us, tenant, function, version, status, "
+                   "batch_size, bytes_in, bytes_out, queue_us, load_us, exec_us, total_us, "
+                   "gpu_us, cold) VALUES (1, 't', 'f', 1, 'AICFN_OK', 1, 2, 3, 4, 5, 6, 7, 6, 1)",
+                   &err),
+        AICFN_OK);
+    gw_db_unlock(db);
+    gw_db_close(db);
+    assert_int_equal(gw_db_open(dir, &db, &err), AICFN_OK);
+    int v = -1;
+    assert_int_equal(gw_db_schema_version(db, &v, NULL), AICFN_OK);
+    assert_int_equal(v, gw_db_schema_latest());
+    assert_int_equal(pragma_int(db, "SELECT count(*) FROM invocations WHERE function = 'f' AND gpu_us = 6"),
+                     1);
+    assert_int_equal(pragma_int(db, "SELECT cached FROM invocations WHERE function = 'f'"), 0);
+    assert_int_equal(gw_db_integrity_check(db, &err), AICFN_OK);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
 static void newer_schema_is_refused(void **state) {
     (void)state;
     char *dir = tdb_mkdtemp("db");
@@ -143,6 +178,7 @@ static void unwritable_dir_is_io_error(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(migrations_from_empty_and_reopen),
+        cmocka_unit_test(schema_1_database_migrates_keeping_rows),
         cmocka_unit_test(newer_schema_is_refused),
         cmocka_unit_test(errors_map_to_db_and_exists),
         cmocka_unit_test(unwritable_dir_is_io_error),
