@@ -278,3 +278,13 @@ def run_cli(args, timeout: float = 30, env=None) -> subprocess.CompletedProcess:
         e.update(env)
     return subprocess.run([str(aicfn_bin())] + [str(a) for a in args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=e)
+
+
+def create_key(data: Path, tenant: str, *extra) -> str:
+    """`aicfn keys create` in the data directory `data`: a new API key of `tenant`
+    (extra flags: --admin, --rate N/s, --quota N/day)."""
+    r = run_cli(["keys", "create", "--tenant", tenant, "--data-dir", str(data), *extra], timeout=20)
+    assert r.returncode == 0, r.stderr
+    key = r.stdout.strip()
+    assert key.startswith("aicfn_")
+    return key

@@ -28,7 +28,7 @@ import numpy as np
 import pynng
 import pytest
 
-from conftest import (E_PROTOCOL, OK, PROTOCOL_VERSION, ROOT, call, call_raw, free_port, handler, invoke_msg,
+from conftest import (E_PROTOCOL, OK, PROTOCOL_VERSION, ROOT, call, create_key, call_raw, free_port, handler, invoke_msg,
                       next_id, output, run_cli, tensor, wait_for)
 
 E_WORKER_LOST = 12
@@ -608,12 +608,7 @@ def test_api_keys_on_the_nng_front(procs, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
 
-    def key(*args):
-        r = run_cli(["keys", "create", "--data-dir", data, "--json", *args])
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)["key"]
-
-    admin, user = key("--tenant", "ops", "--admin"), key("--tenant", "acme")
+    admin, user = create_key(data, "ops", "--admin"), create_key(data, "acme")
     port = free_port()
     addr = f"tcp://127.0.0.1:{port}"
     g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..1",

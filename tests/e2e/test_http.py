@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, free_port, invoke_msg, next_id, output, run_cli,
+from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, invoke_msg, next_id, output, run_cli,
                       tensor, wait_for)
 
 
@@ -99,14 +99,6 @@ def db_rows(data: Path, sql: str, args=()):
         return con.execute(sql, args).fetchall()
     finally:
         con.close()
-
-
-def create_key(data: Path, tenant: str, *extra) -> str:
-    r = run_cli(["keys", "create", "--tenant", tenant, "--data-dir", str(data), *extra], timeout=20)
-    assert r.returncode == 0, r.stderr
-    key = r.stdout.strip()
-    assert key.startswith("aicfn_")
-    return key
 
 
 def metric_value(text: str, name: str, labels: dict) -> float:

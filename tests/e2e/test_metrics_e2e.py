@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, free_port, handler, invoke_msg, next_id, run_cli,
+from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, handler, invoke_msg, next_id, run_cli,
                       tensor, wait_for)
 
 E_QUOTA = 15
@@ -229,12 +229,7 @@ def test_nng_rate_limit_shared_with_http(procs, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
 
-    def key(*args):
-        r = run_cli(["keys", "create", "--data-dir", data, "--json", *args])
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)["key"]
-
-    admin, user = key("--tenant", "ops", "--admin"), key("--tenant", "acme", "--rate", "2/s")
+    admin, user = create_key(data, "ops", "--admin"), create_key(data, "acme", "--rate", "2/s")
     addr, hport, g = start(procs, data, insecure=False, key=admin)
     deploy(addr, ROOT / "examples" / "mlp", key=admin)
     x16 = tensor("x", np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16))

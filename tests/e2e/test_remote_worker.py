@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, free_port, invoke_msg, next_id, output, run_cli,
+from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, invoke_msg, next_id, output, run_cli,
                       tensor, wait_for)
 from test_gateway import deploy, workers
 from test_gateway import start_gateway as gateway_with
@@ -229,12 +229,7 @@ def test_remote_worker_with_api_keys_and_concurrent_first_calls(procs, tmp_path)
     data = tmp_path / "data"
     data.mkdir()
 
-    def key(*args):
-        r = run_cli(["keys", "create", "--data-dir", data, "--json", *args])
-        assert r.returncode == 0, r.stderr
-        return json.loads(r.stdout)["key"]
-
-    admin, user = key("--tenant", "ops", "--admin"), key("--tenant", "acme")
+    admin, user = create_key(data, "ops", "--admin"), create_key(data, "acme")
     addr = f"tcp://127.0.0.1:{free_port()}"
     procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..0",
                  "--worker-memory", "64MiB", "--device", "host"], name="gateway")
