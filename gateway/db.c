@@ -12,6 +12,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "common/grow.h"
 #include "common/tunables.h"
 
 typedef struct db_cached {
@@ -400,6 +401,26 @@ int gw_db_integrity_check(gw_db *db, aicfn_error *err) {
 
 int gw_db_bind_text(sqlite3_stmt *st, int idx, const char *s) {
     return s ? sqlite3_bind_text(st, idx, s, -1, SQLITE_TRANSIENT) : sqlite3_bind_null(st, idx);
+}
+
+int gw_db_collect(gw_db *db, sqlite3_stmt *st, size_t elem_size, gw_db_row_fn fill, void *arg, void **arr,
+                  size_t *n, size_t *cap, const char *what, aicfn_error *err) {
+    int rc = AICFN_OK, s;
+    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
+        unsigned char *na = grow_array(*arr, cap, *n + 1, elem_size);
+        if (!na) {
+            rc = aicfn_error_set(err, AICFN_E_NOMEM, "%s: out of memory", what);
+            break;
+        }
+        *arr = na;
+        void *elem = na + *n * elem_size;
+        memset(elem, 0, elem_size);
+        (*n)++;
+        if ((rc = fill(arg, st, elem, err)) != AICFN_OK) break;
+    }
+    if (rc == AICFN_OK && s != SQLITE_DONE) rc = gw_db_error(db, s, err, what);
+    gw_db_done(st);
+    return rc;
 }
 
 void gw_db_column_text(sqlite3_stmt *st, int col, char *buf, size_t len) {

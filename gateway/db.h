@@ -104,4 +104,17 @@ void gw_db_column_text(sqlite3_stmt *st, int col, char *buf, size_t len);
  * memory. The caller frees it. */
 char *gw_db_column_strdup(sqlite3_stmt *st, int col);
 
+/* Fills one array element (zeroed beforehand) from the current row of `st`. Returns
+ * AICFN_OK, or an error that stops the collection. */
+typedef int (*gw_db_row_fn)(void *arg, sqlite3_stmt *st, void *elem, aicfn_error *err);
+
+/* The loop of every list query: steps `st` (prepared and bound by the caller, who holds
+ * the lock) to its end, appending one zeroed element of `elem_size` bytes per row to
+ * *arr (*n elements, *cap allocated; grown with grow_array) and filling it with `fill`
+ * (`arg` passed through), then resets `st`. Errors: AICFN_E_NOMEM, the SQLite error
+ * (gw_db_error naming `what`), or fill's. On error the elements appended so far (the
+ * failing one included, once counted) stay in *arr for the caller to free its way. */
+int gw_db_collect(gw_db *db, sqlite3_stmt *st, size_t elem_size, gw_db_row_fn fill, void *arg, void **arr,
+                  size_t *n, size_t *cap, const char *what, aicfn_error *err);
+
 #endif

@@ -11,7 +11,6 @@
 #include <string.h>
 
 #include "common/clock.h"
-#include "common/grow.h"
 #include "gateway/ledger.h"
 
 /* Domain separation for the stored hash: exactly crypto_generichash_KEYBYTES_MIN (16). */
@@ -165,6 +164,13 @@ int gw_keys_authenticate(gw_db *db, const char *key, gw_key_info *out, aicfn_err
     return AICFN_OK;
 }
 
+static int key_fill(void *arg, sqlite3_stmt *st, void *elem, aicfn_error *err) {
+    (void)arg;
+    (void)err;
+    key_row(st, elem);
+    return AICFN_OK;
+}
+
 int gw_keys_list(gw_db *db, gw_key_info **out, size_t *n, aicfn_error *err) {
     *out = NULL;
     *n = 0;
@@ -174,20 +180,11 @@ int gw_keys_list(gw_db *db, gw_key_info **out, size_t *n, aicfn_error *err) {
                         "SELECT key_id, tenant, admin, rate_per_s, quota_per_day, created_us, revoked_us "
                         "FROM tenants ORDER BY tenant, created_us, key_id",
                         &st, err);
-    gw_key_info *arr = NULL;
+    void *arr = NULL;
     size_t cnt = 0, cap = 0;
-    int s = SQLITE_DONE;
-    while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        gw_key_info *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
-        if (!na) {
-            rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing keys");
-            break;
-        }
-        arr = na;
-        key_row(st, &arr[cnt++]);
-    }
-    if (!rc && s != SQLITE_DONE) rc = gw_db_error(db, s, err, "listing keys");
-    gw_db_done(st);
+    if (!rc)
+        rc =
+            gw_db_collect(db, st, sizeof(gw_key_info), key_fill, NULL, &arr, &cnt, &cap, "listing keys", err);
     gw_db_unlock(db);
     if (rc) {
         free(arr);

@@ -14,7 +14,6 @@
 #include <time.h>
 
 #include "common/clock.h"
-#include "common/grow.h"
 #include "common/log.h"
 
 typedef enum { LED_INVOCATION, LED_COLD_START, LED_WORKER } led_kind;
@@ -496,11 +495,26 @@ static int led_percentile(gw_db *db, const char *function, uint64_t since_us, gw
     return rc;
 }
 
+/* One row of the coldstarts aggregate: counts, bytes and the max of each phase. */
+static int led_fill_coldstart(void *arg, sqlite3_stmt *st, void *elem, aicfn_error *err) {
+    (void)arg;
+    (void)err;
+    gw_coldstart_summary *e = elem;
+    gw_db_column_text(st, 0, e->function, sizeof e->function);
+    e->count = (uint64_t)sqlite3_column_int64(st, 1);
+    e->compressed_bytes = (uint64_t)sqlite3_column_int64(st, 2);
+    e->raw_bytes = (uint64_t)sqlite3_column_int64(st, 3);
+    for (int p = 0; p < GW_PHASE_COUNT; p++)
+        e->phase[p].max_us = (uint64_t)sqlite3_column_int64(st, 4 + p);
+    return AICFN_OK;
+}
+
 int gw_ledger_coldstarts(gw_db *db, const char *function, uint64_t since_us, gw_coldstart_summary **out,
                          size_t *n, aicfn_error *err) {
     *out = NULL;
     *n = 0;
     gw_coldstart_summary *arr = NULL;
+    void *rows = NULL;
     size_t cnt = 0, cap = 0;
     gw_db_lock(db);
     sqlite3_stmt *st = NULL;
@@ -512,29 +526,13 @@ int gw_ledger_coldstarts(gw_db *db, const char *function, uint64_t since_us, gw_
                     "max(init_us), max(total_us) FROM cold_starts WHERE time_us >= ?1 AND "
                     "(?2 IS NULL OR function = ?2) GROUP BY function ORDER BY function",
                     &st, err);
-    int s = SQLITE_DONE;
     if (!rc) {
         sqlite3_bind_int64(st, 1, led_i64(since_us));
         gw_db_bind_text(st, 2, function);
+        rc = gw_db_collect(db, st, sizeof *arr, led_fill_coldstart, NULL, &rows, &cnt, &cap, "coldstarts",
+                           err);
     }
-    while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        gw_coldstart_summary *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
-        if (!na) {
-            rc = aicfn_error_set(err, AICFN_E_NOMEM, "coldstarts");
-            break;
-        }
-        arr = na;
-        gw_coldstart_summary *e = &arr[cnt++];
-        memset(e, 0, sizeof *e);
-        gw_db_column_text(st, 0, e->function, sizeof e->function);
-        e->count = (uint64_t)sqlite3_column_int64(st, 1);
-        e->compressed_bytes = (uint64_t)sqlite3_column_int64(st, 2);
-        e->raw_bytes = (uint64_t)sqlite3_column_int64(st, 3);
-        for (int p = 0; p < GW_PHASE_COUNT; p++)
-            e->phase[p].max_us = (uint64_t)sqlite3_column_int64(st, 4 + p);
-    }
-    if (!rc && s != SQLITE_DONE) rc = gw_db_error(db, s, err, "coldstarts");
-    gw_db_done(st);
+    arr = rows;
     for (size_t i = 0; !rc && i < cnt; i++)
         for (int p = 0; !rc && p < GW_PHASE_COUNT; p++) {
             rc = led_percentile(db, arr[i].function, since_us, (gw_phase)p, arr[i].count, 50,
@@ -596,16 +594,27 @@ static void led_usage_fill(sqlite3_stmt *st, int col, gw_usage_row *r) {
     r->bytes_out = (uint64_t)sqlite3_column_int64(st, col + 6);
 }
 
+/* One row of `aicfn usage`: tenant, function and their sums. */
+static int led_fill_usage(void *arg, sqlite3_stmt *st, void *elem, aicfn_error *err) {
+    (void)arg;
+    (void)err;
+    gw_usage_row *r = elem;
+    gw_db_column_text(st, 0, r->tenant, sizeof r->tenant);
+    gw_db_column_text(st, 1, r->function, sizeof r->function);
+    led_usage_fill(st, 2, r);
+    return AICFN_OK;
+}
+
 int gw_ledger_usage(gw_db *db, const char *tenant, uint64_t since_us, gw_usage_row **out, size_t *n,
                     gw_usage_row *total, aicfn_error *err) {
     *out = NULL;
     *n = 0;
     memset(total, 0, sizeof *total);
     gw_usage_row *arr = NULL;
+    void *rows = NULL;
     size_t cnt = 0, cap = 0;
     gw_db_lock(db);
     sqlite3_stmt *st = NULL;
-    int s = SQLITE_DONE;
     int rc = gw_db_begin_read(db, err); /* rows and total from the same snapshot */
     if (rc) goto out;
     rc = gw_db_stmt(db,
@@ -615,22 +624,9 @@ int gw_ledger_usage(gw_db *db, const char *tenant, uint64_t since_us, gw_usage_r
     if (!rc) {
         sqlite3_bind_int64(st, 1, led_i64(since_us));
         gw_db_bind_text(st, 2, tenant);
+        rc = gw_db_collect(db, st, sizeof *arr, led_fill_usage, NULL, &rows, &cnt, &cap, "usage", err);
     }
-    while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        gw_usage_row *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
-        if (!na) {
-            rc = aicfn_error_set(err, AICFN_E_NOMEM, "usage");
-            break;
-        }
-        arr = na;
-        gw_usage_row *r = &arr[cnt++];
-        memset(r, 0, sizeof *r);
-        gw_db_column_text(st, 0, r->tenant, sizeof r->tenant);
-        gw_db_column_text(st, 1, r->function, sizeof r->function);
-        led_usage_fill(st, 2, r);
-    }
-    if (!rc && s != SQLITE_DONE) rc = gw_db_error(db, s, err, "usage");
-    gw_db_done(st);
+    arr = rows;
     if (!rc) {
         rc = gw_db_stmt(db,
                         "SELECT " LED_USAGE_SUMS " FROM invocations WHERE time_us >= ?1 AND "
@@ -639,7 +635,7 @@ int gw_ledger_usage(gw_db *db, const char *tenant, uint64_t since_us, gw_usage_r
         if (!rc) {
             sqlite3_bind_int64(st, 1, led_i64(since_us));
             gw_db_bind_text(st, 2, tenant);
-            s = sqlite3_step(st);
+            int s = sqlite3_step(st);
             if (s == SQLITE_ROW)
                 led_usage_fill(st, 0, total);
             else

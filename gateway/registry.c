@@ -12,7 +12,6 @@
 
 #include "common/clock.h"
 #include "common/dtype.h"
-#include "common/grow.h"
 #include "gateway/artifacts.h"
 
 /* ---- Names ---------------------------------------------------------------------- */
@@ -558,6 +557,29 @@ out:
     return rc;
 }
 
+/* One row of gw_registry_list: a function and the version it shows. */
+static int reg_fill_summary(void *arg, sqlite3_stmt *st, void *elem, aicfn_error *err) {
+    (void)arg;
+    (void)err;
+    gw_function_summary *e = elem;
+    gw_db_column_text(st, 0, e->name, sizeof e->name);
+    e->active_version = (uint32_t)sqlite3_column_int64(st, 1);
+    e->latest_version = (uint32_t)sqlite3_column_int64(st, 2);
+    e->n_versions = (uint32_t)sqlite3_column_int64(st, 3);
+    e->handler_bytes = (uint64_t)sqlite3_column_int64(st, 4);
+    e->snapshot_bytes = (uint64_t)sqlite3_column_int64(st, 5);
+    e->model_raw_bytes = (uint64_t)sqlite3_column_int64(st, 6);
+    e->created_us = (uint64_t)sqlite3_column_int64(st, 7);
+    gw_fn_config cfg;
+    const char *cj = (const char *)sqlite3_column_text(st, 8);
+    if (gw_fn_config_from_string(cj && cj[0] ? cj : "{}", &cfg, NULL) != AICFN_OK) gw_fn_config_init(&cfg);
+    e->min_workers = cfg.min_workers;
+    e->max_workers = cfg.max_workers;
+    e->idle_timeout_us = cfg.idle_timeout_us;
+    gw_fn_config_clear(&cfg);
+    return AICFN_OK;
+}
+
 int gw_registry_list(gw_db *db, gw_function_summary **out, size_t *n, aicfn_error *err) {
     *out = NULL;
     *n = 0;
@@ -575,37 +597,11 @@ int gw_registry_list(gw_db *db, gw_function_summary **out, size_t *n, aicfn_erro
                    "           (SELECT max(version) FROM functions b WHERE b.name = f.name)) "
                    "GROUP BY f.name ORDER BY f.name",
                    &st, err);
-    gw_function_summary *arr = NULL;
+    void *arr = NULL;
     size_t cnt = 0, cap = 0;
-    int s = SQLITE_DONE;
-    while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        gw_function_summary *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
-        if (!na) {
-            rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing functions");
-            break;
-        }
-        arr = na;
-        gw_function_summary *e = &arr[cnt++];
-        memset(e, 0, sizeof *e);
-        gw_db_column_text(st, 0, e->name, sizeof e->name);
-        e->active_version = (uint32_t)sqlite3_column_int64(st, 1);
-        e->latest_version = (uint32_t)sqlite3_column_int64(st, 2);
-        e->n_versions = (uint32_t)sqlite3_column_int64(st, 3);
-        e->handler_bytes = (uint64_t)sqlite3_column_int64(st, 4);
-        e->snapshot_bytes = (uint64_t)sqlite3_column_int64(st, 5);
-        e->model_raw_bytes = (uint64_t)sqlite3_column_int64(st, 6);
-        e->created_us = (uint64_t)sqlite3_column_int64(st, 7);
-        gw_fn_config cfg;
-        const char *cj = (const char *)sqlite3_column_text(st, 8);
-        if (gw_fn_config_from_string(cj && cj[0] ? cj : "{}", &cfg, NULL) != AICFN_OK)
-            gw_fn_config_init(&cfg);
-        e->min_workers = cfg.min_workers;
-        e->max_workers = cfg.max_workers;
-        e->idle_timeout_us = cfg.idle_timeout_us;
-        gw_fn_config_clear(&cfg);
-    }
-    if (!rc && s != SQLITE_DONE) rc = gw_db_error(db, s, err, "listing functions");
-    gw_db_done(st);
+    if (!rc)
+        rc = gw_db_collect(db, st, sizeof(gw_function_summary), reg_fill_summary, NULL, &arr, &cnt, &cap,
+                           "listing functions", err);
     gw_db_unlock(db);
     if (rc) {
         free(arr);
@@ -616,6 +612,10 @@ int gw_registry_list(gw_db *db, gw_function_summary **out, size_t *n, aicfn_erro
     return AICFN_OK;
 }
 
+static int reg_fill_function(void *db, sqlite3_stmt *st, void *elem, aicfn_error *err) {
+    return reg_row_function(db, st, elem, err);
+}
+
 int gw_registry_versions(gw_db *db, const char *name, gw_function **out, size_t *n, aicfn_error *err) {
     *out = NULL;
     *n = 0;
@@ -624,22 +624,13 @@ int gw_registry_versions(gw_db *db, const char *name, gw_function **out, size_t 
     sqlite3_stmt *st = NULL;
     int rc =
         gw_db_stmt(db, "SELECT " REG_FN_COLS " FROM functions WHERE name = ?1 ORDER BY version", &st, err);
-    gw_function *arr = NULL;
+    void *arr = NULL;
     size_t cnt = 0, cap = 0;
-    int s = SQLITE_DONE;
-    if (!rc) gw_db_bind_text(st, 1, name);
-    while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        gw_function *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
-        if (!na) {
-            rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing versions");
-            break;
-        }
-        arr = na;
-        rc = reg_row_function(db, st, &arr[cnt], err);
-        cnt++;
+    if (!rc) {
+        gw_db_bind_text(st, 1, name);
+        rc = gw_db_collect(db, st, sizeof(gw_function), reg_fill_function, db, &arr, &cnt, &cap,
+                           "listing versions", err);
     }
-    if (!rc && s != SQLITE_DONE) rc = gw_db_error(db, s, err, "listing versions");
-    gw_db_done(st);
     gw_db_unlock(db);
     if (rc) {
         gw_function_array_free(arr, cnt);
@@ -669,6 +660,13 @@ json_t *gw_function_summaries_to_json(const gw_function_summary *s, size_t n) {
     return arr;
 }
 
+static int reg_fill_hash(void *arg, sqlite3_stmt *st, void *elem, aicfn_error *err) {
+    (void)arg;
+    (void)err;
+    gw_db_column_text(st, 0, elem, GW_HASH_HEX_LEN + 1);
+    return AICFN_OK;
+}
+
 /* Collects the hashes referenced by the rows about to be removed, into a candidate list. */
 static int reg_collect_hashes(gw_db *db, const char *name, uint32_t version, char (**hs)[GW_HASH_HEX_LEN + 1],
                               size_t *nh, aicfn_error *err) {
@@ -683,19 +681,11 @@ static int reg_collect_hashes(gw_db *db, const char *name, uint32_t version, cha
     gw_db_bind_text(st, 1, name);
     sqlite3_bind_int64(st, 2, version);
     size_t cap = 0;
-    int s;
-    while ((s = sqlite3_step(st)) == SQLITE_ROW) {
-        char(*na)[GW_HASH_HEX_LEN + 1] = grow_array(*hs, &cap, *nh + 1, sizeof *na);
-        if (!na) {
-            gw_db_done(st);
-            return aicfn_error_set(err, AICFN_E_NOMEM, "rm: collecting hashes");
-        }
-        *hs = na;
-        gw_db_column_text(st, 0, (*hs)[*nh], GW_HASH_HEX_LEN + 1);
-        (*nh)++;
-    }
-    gw_db_done(st);
-    return s == SQLITE_DONE ? AICFN_OK : gw_db_error(db, s, err, "rm: collecting hashes");
+    void *arr = *hs;
+    rc = gw_db_collect(db, st, GW_HASH_HEX_LEN + 1, reg_fill_hash, NULL, &arr, nh, &cap,
+                       "rm: collecting hashes", err);
+    *hs = arr;
+    return rc;
 }
 
 static int reg_in_use_locked(gw_db *db, const char *hash, aicfn_error *err) {
@@ -794,6 +784,21 @@ out:
 
 /* ---- Workers -------------------------------------------------------------------- */
 
+static int reg_fill_worker(void *arg, sqlite3_stmt *st, void *elem, aicfn_error *err) {
+    (void)arg;
+    (void)err;
+    gw_worker_row *w = elem;
+    gw_db_column_text(st, 0, w->id, sizeof w->id);
+    gw_db_column_text(st, 1, w->address, sizeof w->address);
+    gw_db_column_text(st, 2, w->device, sizeof w->device);
+    w->budget_bytes = (uint64_t)sqlite3_column_int64(st, 3);
+    w->pid = sqlite3_column_int64(st, 4);
+    w->started_us = (uint64_t)sqlite3_column_int64(st, 5);
+    w->last_seen_us = (uint64_t)sqlite3_column_int64(st, 6);
+    gw_db_column_text(st, 7, w->state, sizeof w->state);
+    return AICFN_OK;
+}
+
 int gw_registry_worker_list(gw_db *db, gw_worker_row **out, size_t *n, aicfn_error *err) {
     *out = NULL;
     *n = 0;
@@ -803,29 +808,11 @@ int gw_registry_worker_list(gw_db *db, gw_worker_row **out, size_t *n, aicfn_err
                         "SELECT id, address, device, budget_bytes, pid, started_us, last_seen_us, state "
                         "FROM workers ORDER BY id",
                         &st, err);
-    gw_worker_row *arr = NULL;
+    void *arr = NULL;
     size_t cnt = 0, cap = 0;
-    int s = SQLITE_DONE;
-    while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW) {
-        gw_worker_row *na = grow_array(arr, &cap, cnt + 1, sizeof *na);
-        if (!na) {
-            rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing workers");
-            break;
-        }
-        arr = na;
-        gw_worker_row *w = &arr[cnt++];
-        memset(w, 0, sizeof *w);
-        gw_db_column_text(st, 0, w->id, sizeof w->id);
-        gw_db_column_text(st, 1, w->address, sizeof w->address);
-        gw_db_column_text(st, 2, w->device, sizeof w->device);
-        w->budget_bytes = (uint64_t)sqlite3_column_int64(st, 3);
-        w->pid = sqlite3_column_int64(st, 4);
-        w->started_us = (uint64_t)sqlite3_column_int64(st, 5);
-        w->last_seen_us = (uint64_t)sqlite3_column_int64(st, 6);
-        gw_db_column_text(st, 7, w->state, sizeof w->state);
-    }
-    if (!rc && s != SQLITE_DONE) rc = gw_db_error(db, s, err, "listing workers");
-    gw_db_done(st);
+    if (!rc)
+        rc = gw_db_collect(db, st, sizeof(gw_worker_row), reg_fill_worker, NULL, &arr, &cnt, &cap,
+                           "listing workers", err);
     gw_db_unlock(db);
     if (rc) {
         free(arr);

@@ -1,9 +1,10 @@
 /* test_db.c: aicfn.db opening, pragmas, migrations (from empty, re-open, newer schema
- * refused), the statement cache, error mapping and integrity_check. */
+ * refused), the statement cache, error mapping, integrity_check and gw_db_collect. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include <cmocka.h>
@@ -106,6 +107,68 @@ static void schema_1_database_migrates_keeping_rows(void **state) {
     free(dir);
 }
 
+typedef struct collect_row {
+    int64_t v;
+} collect_row;
+
+/* Fills v; refuses the row whose value is `*arg` (when arg is not NULL). */
+static int collect_fill(void *arg, sqlite3_stmt *st, void *elem, aicfn_error *err) {
+    collect_row *r = elem;
+    assert_int_equal(r->v, 0); /* zeroed before the call */
+    r->v = sqlite3_column_int64(st, 0);
+    if (arg && r->v == *(int64_t *)arg)
+        return aicfn_error_set(err, AICFN_E_CORRUPT, "row %lld", (long long)r->v);
+    return AICFN_OK;
+}
+
+/* gw_db_collect: every row in order into a growing array; a fill error stops it with the
+ * rows so far (the failing one included) left for the caller. */
+static void collect_rows_into_an_array(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("db");
+    gw_db *db = NULL;
+    aicfn_error err = {0};
+    assert_int_equal(gw_db_open(dir, &db, &err), AICFN_OK);
+    const char *sql =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100) SELECT x FROM c";
+    gw_db_lock(db);
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(gw_db_stmt(db, sql, &st, &err), AICFN_OK);
+    void *arr = NULL;
+    size_t n = 0, cap = 0;
+    assert_int_equal(
+        gw_db_collect(db, st, sizeof(collect_row), collect_fill, NULL, &arr, &n, &cap, "count", &err),
+        AICFN_OK);
+    assert_int_equal(n, 100);
+    assert_true(cap >= n);
+    for (size_t i = 0; i < n; i++)
+        assert_int_equal(((collect_row *)arr)[i].v, (int64_t)i + 1);
+    free(arr);
+    arr = NULL;
+    n = cap = 0;
+    int64_t stop = 7;
+    assert_int_equal(gw_db_stmt(db, sql, &st, &err), AICFN_OK);
+    assert_int_equal(
+        gw_db_collect(db, st, sizeof(collect_row), collect_fill, &stop, &arr, &n, &cap, "count", &err),
+        AICFN_E_CORRUPT);
+    assert_int_equal(n, 7);
+    assert_non_null(strstr(err.msg, "row 7"));
+    free(arr);
+    /* The statement was reset: it runs again from the start. */
+    arr = NULL;
+    n = cap = 0;
+    assert_int_equal(gw_db_stmt(db, sql, &st, &err), AICFN_OK);
+    assert_int_equal(
+        gw_db_collect(db, st, sizeof(collect_row), collect_fill, NULL, &arr, &n, &cap, "count", &err),
+        AICFN_OK);
+    assert_int_equal(n, 100);
+    free(arr);
+    gw_db_unlock(db);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
 static void newer_schema_is_refused(void **state) {
     (void)state;
     char *dir = tdb_mkdtemp("db");
@@ -179,6 +242,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(migrations_from_empty_and_reopen),
         cmocka_unit_test(schema_1_database_migrates_keeping_rows),
+        cmocka_unit_test(collect_rows_into_an_array),
         cmocka_unit_test(newer_schema_is_refused),
         cmocka_unit_test(errors_map_to_db_and_exists),
         cmocka_unit_test(unwritable_dir_is_io_error),
