@@ -12,7 +12,10 @@
  * gateway/bare (targets: p50 ratio <= 2.2, 16-client throughput ratio >= 0.5).
  * Options: --aicfn PATH (default: the aicfn beside this binary), --seconds S per
  * throughput case (default 2), --calls N latency samples (default 2000), --cold N cold
- * starts (default 5). Runs a gateway with its own temporary data directory. */
+ * starts (default 5), --hold gateway:S or --hold bare:S (only 16 clients on that
+ * target for S seconds, nothing else: a steady load to profile, e.g. with `perf record -a`
+ * and `perf script -F pid` to split the CPU time between clients, gateway and worker). Runs a gateway with its
+ * own temporary data directory. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -37,6 +40,8 @@ static char g_aicfn[PATH_MAX];
 static double g_seconds = 2.0;
 static int g_calls = 2000;
 static int g_cold = 5;
+static double g_hold = 0;        /* --hold TARGET:S: only 16 clients on TARGET for S seconds (to profile) */
+static char g_hold_target[16] = ""; /* gateway or bare */
 
 /* ---- the bare echo server ---- */
 
@@ -294,8 +299,12 @@ int main(int argc, char **argv) {
             g_calls = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--cold") && i + 1 < argc)
             g_cold = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--hold") && i + 1 < argc &&
+                 sscanf(argv[i + 1], "%15[a-z]:%lf", g_hold_target, &g_hold) == 2 && g_hold > 0 &&
+                 (!strcmp(g_hold_target, "gateway") || !strcmp(g_hold_target, "bare")))
+            i++;
         else {
-            fprintf(stderr, "usage: bench-invoke [--aicfn PATH] [--seconds S] [--calls N] [--cold N]\n");
+            fprintf(stderr, "usage: bench-invoke [--aicfn PATH] [--seconds S] [--calls N] [--cold N] [--hold gateway|bare:S]\n");
             return 2;
         }
     }
@@ -339,6 +348,18 @@ int main(int argc, char **argv) {
     size_t len;
     uint8_t *req = encode_echo("echo", &len);
 
+    if (g_hold > 0) {
+        uint64_t eh;
+        bool on_gw = !strcmp(g_hold_target, "gateway");
+        double th = throughput_for(on_gw ? gw_addr : bare_addr, req, len, 16, on_gw, g_hold, &eh);
+        printf("{\"bench\":\"invoke\",\"case\":\"hold\",\"target\":\"%s\",\"clients\":16,\"seconds\":%.1f,"
+               "\"calls_per_s\":%.0f,\"errors\":%llu}\n",
+               g_hold_target, g_hold, th, (unsigned long long)eh);
+        free(req);
+        rpc_server_destroy(bare);
+        stop_gateway(gw);
+        return 0;
+    }
     lat_result lg, lb;
     latency_pair(gw_addr, bare_addr, req, len, g_calls, &lg, &lb);
     printf("{\"bench\":\"invoke\",\"case\":\"latency\",\"target\":\"gateway\",\"function\":\"echo\","
