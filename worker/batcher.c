@@ -239,7 +239,9 @@ int worker_batcher_submit(worker_batcher *b, worker_batch_item *item, aicfn_erro
         b->stats.running = 0;
         b->stats.batches++;
         b->stats.executed++;
-        pthread_cond_signal(&b->cond_exec); /* items queued meanwhile, or closing */
+        /* The executor waits while a batch runs inline: wake it only when it has work
+         * (items queued meanwhile) or must exit, not after every inline call. */
+        if (b->count > 0 || b->closing) pthread_cond_signal(&b->cond_exec);
         pthread_mutex_unlock(&b->mu);
         return AICFN_OK;
     }

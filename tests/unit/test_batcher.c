@@ -1,6 +1,7 @@
 /* test_batcher.c: batch formation (max_batch, max_delay since the OLDEST request),
  * deadline expiry while a batch runs, queue limits, close and drain (worker/batcher.c). */
 #include <pthread.h>
+#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stdbool.h>
@@ -337,11 +338,58 @@ static void inline_runs_on_submitting_thread(void **state) {
     free(x);
 }
 
+/* Closing while a batch runs inline: the executor, waiting for it, is woken once it
+ * ends and exits (it is not woken after inline calls otherwise, so this wake-up must
+ * not be lost), and destroy returns. */
+typedef struct destroyer {
+    worker_batcher *b;
+    atomic_int done;
+} destroyer;
+
+static void *destroy_main(void *arg) {
+    destroyer *d = arg;
+    worker_batcher_destroy(d->b);
+    atomic_store(&d->done, 1);
+    return NULL;
+}
+
+static void close_while_inline_runs(void **state) {
+    (void)state;
+    inl *x = calloc(1, sizeof *x);
+    assert_non_null(x);
+    rec_init(&x->r);
+    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t", .run_inline = true};
+    assert_int_equal(worker_batcher_create(&cfg, inl_exec, inl_expire, x, &x->b, NULL), 0);
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, inl_submit_1, x), 0); /* item 1: inline for 150 ms */
+    uint64_t until = clock_now_us() + 5000000;
+    for (;;) {
+        pthread_mutex_lock(&x->r.mu);
+        int running = x->running;
+        pthread_mutex_unlock(&x->r.mu);
+        if (running || clock_now_us() > until) break;
+        sleep_ms(1);
+    }
+    destroyer d = {.b = x->b};
+    atomic_init(&d.done, 0);
+    pthread_t dt;
+    assert_int_equal(pthread_create(&dt, NULL, destroy_main, &d), 0);
+    until = clock_now_us() + 5000000;
+    while (!atomic_load(&d.done) && clock_now_us() < until)
+        sleep_ms(5);
+    assert_true(atomic_load(&d.done)); /* else the executor slept through the close */
+    assert_int_equal(pthread_join(dt, NULL), 0);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_true(x->its[1].executed);
+    rec_fini(&x->r);
+    free(x);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(full_batches_leave_at_once),       cmocka_unit_test(partial_batch_waits_max_delay),
         cmocka_unit_test(deadline_expires_while_busy),      cmocka_unit_test(queue_limit_close_and_drain),
-        cmocka_unit_test(inline_runs_on_submitting_thread),
+        cmocka_unit_test(inline_runs_on_submitting_thread), cmocka_unit_test(close_while_inline_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
