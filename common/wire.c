@@ -1049,3 +1049,54 @@ int wire_decode_status_reply(wire_doc *doc, wire_status_reply *rep, aicfn_error 
     }
     return AICFN_OK;
 }
+
+/* ---------------------------------------------------------------------------------
+ * bundle
+ * --------------------------------------------------------------------------------- */
+
+static void wire_put_parts(wire_writer *w, const char *key, const wire_part *parts, uint32_t n) {
+    wire_put_str(w, key);
+    wire_put_array(w, n);
+    for (uint32_t i = 0; i < n; i++)
+        wire_put_bin(w, parts[i].data, parts[i].len);
+}
+
+int wire_encode_bundle_req(wire_writer *w, uint64_t id, const wire_part *calls, uint32_t n, aicfn_error *err) {
+    wire_put_map(w, 4);
+    wire_kv_u64(w, "v", AICFN_PROTOCOL_VERSION);
+    wire_kv_str(w, "t", WIRE_T_BUNDLE);
+    wire_kv_u64(w, "id", id);
+    wire_put_parts(w, "calls", calls, n);
+    return wire_writer_status(w, err);
+}
+
+int wire_encode_bundle_reply(wire_writer *w, uint64_t id, const wire_part *replies, uint32_t n,
+                             aicfn_error *err) {
+    wire_put_map(w, 4);
+    wire_kv_u64(w, "v", AICFN_PROTOCOL_VERSION);
+    wire_kv_u64(w, "id", id);
+    wire_kv_bool(w, "ok", true);
+    wire_put_parts(w, "replies", replies, n);
+    return wire_writer_status(w, err);
+}
+
+int wire_decode_bundle(const wire_doc *doc, const char *key, wire_part *parts, uint32_t max, uint32_t *n,
+                       aicfn_error *err) {
+    *n = 0;
+    const msgpack_object *a = NULL;
+    int rc = wire_get_array(&doc->root, NULL, key, true, &a, err);
+    if (rc) return rc;
+    uint32_t count = a->via.array.size;
+    if (count == 0 || count > max)
+        return aicfn_error_set(err, AICFN_E_PROTOCOL, "bundle: key '%s' holds %u parts (1..%u allowed)", key,
+                               count, max);
+    for (uint32_t i = 0; i < count; i++) {
+        const msgpack_object *o = &a->via.array.ptr[i];
+        if (o->type != MSGPACK_OBJECT_BIN)
+            return aicfn_error_set(err, AICFN_E_PROTOCOL, "bundle: %s[%u] is not a bin (msgpack type %d)", key,
+                                   i, (int)o->type);
+        parts[i] = (wire_part){(const uint8_t *)o->via.bin.ptr, o->via.bin.size};
+    }
+    *n = count;
+    return AICFN_OK;
+}

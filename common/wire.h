@@ -203,6 +203,7 @@ void wire_kv_bin(wire_writer *w, const char *key, const void *p, size_t n);
  * list them in docs/protocol.md. */
 #define WIRE_T_INVOKE "invoke"
 #define WIRE_T_STATUS "status"
+#define WIRE_T_BUNDLE "bundle"
 #define WIRE_TYPE_MAX 32 /* longest `t` */
 
 /* The fields every message may carry. */
@@ -442,5 +443,29 @@ int wire_encode_status_req(wire_writer *w, uint64_t id, aicfn_error *err);
 int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_status *st, aicfn_error *err);
 /* Decodes a status reply (ok or error); AICFN_OK whenever well formed. */
 int wire_decode_status_reply(wire_doc *doc, wire_status_reply *rep, aicfn_error *err);
+
+
+/* ===================================================================================
+ * 8. bundle: several invocations in one gateway -> worker message (docs/protocol.md §7)
+ * =================================================================================== */
+
+/* One part of a bundle: an encoded invoke request, or an encoded reply, pointing into
+ * the bundle's message buffer (valid as long as the doc's buffer). */
+typedef struct wire_part {
+    const uint8_t *data;
+    size_t len;
+} wire_part;
+
+/* {v, t:"bundle", id, calls:[bin...]}: each bin one whole encoded invoke request. */
+int wire_encode_bundle_req(wire_writer *w, uint64_t id, const wire_part *calls, uint32_t n, aicfn_error *err);
+/* {v, id, ok:true, replies:[bin...]}: each bin one whole encoded reply (an invoke reply
+ * or an error reply), in the order of the request's calls. */
+int wire_encode_bundle_reply(wire_writer *w, uint64_t id, const wire_part *replies, uint32_t n,
+                             aicfn_error *err);
+/* The parts under `key` ("calls" of a request, "replies" of an ok reply): 1..max bins,
+ * written to parts[0..*n). Errors: AICFN_E_PROTOCOL naming the key or the index (missing,
+ * not an array, empty, more than `max`, an element not a bin). */
+int wire_decode_bundle(const wire_doc *doc, const char *key, wire_part *parts, uint32_t max, uint32_t *n,
+                       aicfn_error *err);
 
 #endif

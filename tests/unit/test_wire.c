@@ -822,6 +822,99 @@ static void raw_find_and_skip(void **state) {
     wire_writer_fini(&w);
 }
 
+/* bundle: the request and reply round-trip their parts byte for byte (each part then
+ * parses on its own); every malformed shape is refused naming the key or the index. */
+static void bundle_round_trip_and_refusals(void **state) {
+    (void)state;
+    size_t l1, l2;
+    uint8_t *r1 = encode_request(&l1), *r2 = encode_request(&l2);
+    wire_part in[2] = {{r1, l1}, {r2, l2}};
+    wire_writer w;
+    wire_writer_init(&w);
+    assert_int_equal(wire_encode_bundle_req(&w, 77, in, 2, NULL), AICFN_OK);
+    wire_doc doc;
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    wire_header h;
+    assert_int_equal(wire_decode_header(&doc, &h, NULL), AICFN_OK);
+    assert_string_equal(h.t, WIRE_T_BUNDLE);
+    assert_int_equal(h.id, 77);
+    wire_part out[4];
+    uint32_t n = 0;
+    assert_int_equal(wire_decode_bundle(&doc, "calls", out, 4, &n, NULL), AICFN_OK);
+    assert_int_equal(n, 2);
+    for (uint32_t i = 0; i < 2; i++) {
+        assert_int_equal(out[i].len, in[i].len);
+        assert_memory_equal(out[i].data, in[i].data, in[i].len);
+        wire_doc part;
+        wire_invoke_req q;
+        assert_int_equal(wire_doc_parse(&part, out[i].data, out[i].len, NULL, NULL), AICFN_OK);
+        assert_int_equal(wire_decode_invoke_req(&part, &q, NULL), AICFN_OK);
+        wire_doc_fini(&part);
+    }
+    /* more parts than the caller allows */
+    aicfn_error err;
+    assert_int_equal(wire_decode_bundle(&doc, "calls", out, 1, &n, &err), AICFN_E_PROTOCOL);
+    assert_non_null(strstr(err.msg, "'calls' holds 2 parts"));
+    assert_int_equal(n, 0);
+    /* a request has no "replies" */
+    assert_int_equal(wire_decode_bundle(&doc, "replies", out, 4, &n, &err), AICFN_E_PROTOCOL);
+    assert_non_null(strstr(err.msg, "replies"));
+    wire_doc_fini(&doc);
+
+    /* the reply: {v, id, ok:true, replies:[...]}, no t */
+    wire_writer_reset(&w);
+    wire_writer e;
+    wire_writer_init(&e);
+    assert_int_equal(wire_encode_error_reply(&e, 9, AICFN_E_TIMEOUT, "late", NULL), AICFN_OK);
+    wire_part rin[1] = {{e.data, e.len}};
+    assert_int_equal(wire_encode_bundle_reply(&w, 77, rin, 1, NULL), AICFN_OK);
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    wire_reply_head rh;
+    assert_int_equal(wire_decode_reply_head(&doc, &rh, NULL), AICFN_OK);
+    assert_true(rh.ok);
+    assert_int_equal(rh.id, 77);
+    assert_int_equal(wire_decode_bundle(&doc, "replies", out, 4, &n, NULL), AICFN_OK);
+    assert_int_equal(n, 1);
+    assert_memory_equal(out[0].data, e.data, e.len);
+    wire_doc_fini(&doc);
+
+    /* empty, not an array, an element that is not a bin */
+    wire_writer_reset(&w);
+    wire_put_map(&w, 4);
+    wire_kv_u64(&w, "v", 1);
+    wire_kv_str(&w, "t", WIRE_T_BUNDLE);
+    wire_kv_u64(&w, "id", 1);
+    wire_put_str(&w, "calls");
+    wire_put_array(&w, 0);
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    assert_int_equal(wire_decode_bundle(&doc, "calls", out, 4, &n, &err), AICFN_E_PROTOCOL);
+    assert_non_null(strstr(err.msg, "0 parts"));
+    wire_doc_fini(&doc);
+    wire_writer_reset(&w);
+    wire_put_map(&w, 2);
+    wire_kv_u64(&w, "v", 1);
+    wire_kv_str(&w, "calls", "x");
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    assert_int_equal(wire_decode_bundle(&doc, "calls", out, 4, &n, &err), AICFN_E_PROTOCOL);
+    assert_non_null(strstr(err.msg, "calls"));
+    wire_doc_fini(&doc);
+    wire_writer_reset(&w);
+    wire_put_map(&w, 2);
+    wire_kv_u64(&w, "v", 1);
+    wire_put_str(&w, "calls");
+    wire_put_array(&w, 2);
+    wire_put_bin(&w, r1, l1);
+    wire_put_str(&w, "not a bin");
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    assert_int_equal(wire_decode_bundle(&doc, "calls", out, 4, &n, &err), AICFN_E_PROTOCOL);
+    assert_non_null(strstr(err.msg, "calls[1] is not a bin"));
+    wire_doc_fini(&doc);
+    wire_writer_fini(&e);
+    wire_writer_fini(&w);
+    free(r1);
+    free(r2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(invoke_request_round_trip),
@@ -841,6 +934,7 @@ int main(void) {
         cmocka_unit_test(keys_versions_and_types),
         cmocka_unit_test(writer_limits_and_encoder_checks),
         cmocka_unit_test(raw_find_and_skip),
+        cmocka_unit_test(bundle_round_trip_and_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
