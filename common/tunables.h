@@ -57,6 +57,12 @@
 #define AICFN_DEFAULT_TIMEOUT_MS 30000
 #define AICFN_DEFAULT_IDLE_TIMEOUT_MS (5 * 60 * 1000)
 #define AICFN_NNG_CONTEXTS 64                 /* concurrent nng_ctx per REP socket */
+#define AICFN_BUNDLE_MAX_CALLS 64             /* invocations in one gateway -> worker bundle */
+#define AICFN_BUNDLE_MAX_BYTES (1u << 20)     /* request bytes in one bundle (a bigger call goes alone) */
+#define AICFN_BUNDLE_WINDOW 2                 /* bundle while this many short messages are in flight */
+#define AICFN_BUNDLE_SHORT_US 2000            /* "short" function: mean worker time (not cold) at most this */
+#define AICFN_BUNDLE_SHORT_REPLY 65536        /* ... and mean reply at most this many bytes */
+#define AICFN_BUNDLE_HOLD_MAX_US 5000         /* a held call is sent by the maintenance tick after this */
 #define AICFN_DEFAULT_QUEUE_PER_FUNCTION 256
 #define AICFN_WORKER_MAX_BATCH 4096          /* upper bound of a function's max_batch */
 #define AICFN_WORKER_MAX_FUNCTIONS 1024      /* functions one worker hosts */

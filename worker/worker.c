@@ -25,6 +25,7 @@
 #include "loader/cache.h"
 #include "loader/device.h"
 #include "worker/batcher.h"
+#include "worker/bundle.h"
 #include "worker/host.h"
 #include "worker/model.h"
 
@@ -81,12 +82,19 @@ struct worker {
     atomic_uint_fast64_t n_invocations, n_errors, n_cold, n_batches;
 };
 
+/* Where an invocation's reply goes: its own call, or slot `slot` of a bundle. */
+typedef struct worker_out {
+    rpc_call *call;
+    worker_bundle *bundle;
+    uint32_t slot;
+} worker_out;
+
 /* One invocation, from receipt to reply. */
 typedef struct worker_req {
     worker_batch_item item; /* first: the batcher hands this pointer back */
     worker *w;
     worker_fn *fn;
-    rpc_call *call;
+    worker_out out;
     wire_doc doc;
     wire_invoke_req req;
     uint64_t id;
@@ -168,6 +176,17 @@ static void worker_reply_bytes(rpc_call *call, wire_writer *wr) {
     }
     rpc_reply(call, data, len);
     free(data);
+}
+
+/* Sends an invocation's encoded reply where it goes (worker_out). */
+static void worker_out_send(worker_out out, wire_writer *wr) {
+    if (out.bundle == NULL) {
+        worker_reply_bytes(out.call, wr);
+        return;
+    }
+    size_t len = 0;
+    uint8_t *data = wire_writer_take(wr, &len);
+    worker_bundle_put(out.bundle, out.slot, data, len);
 }
 
 /* Replies with a plain error (no decoded request behind it). */
@@ -337,7 +356,7 @@ static void worker_finish(worker_req *r, int code, const char *msg, const worker
     }
     free(ents);
     if (code != AICFN_OK) atomic_fetch_add(&w->n_errors, 1);
-    worker_reply_bytes(r->call, &wr);
+    worker_out_send(r->out, &wr);
     wire_writer_fini(&wr);
     worker_fn *fn = r->fn;
     worker_req_free(r);
@@ -803,6 +822,20 @@ static void worker_reply_fail(worker *w, rpc_call *call, uint64_t id, int code, 
     worker_reply_error(call, id, code, msg);
 }
 
+/* The same for an invocation, wherever its reply goes. */
+static void worker_out_fail(worker *w, worker_out out, uint64_t id, int code, const char *msg) {
+    if (out.bundle == NULL) {
+        worker_reply_fail(w, out.call, id, code, msg);
+        return;
+    }
+    atomic_fetch_add(&w->n_errors, 1);
+    wire_writer wr;
+    wire_writer_init(&wr);
+    if (wire_encode_error_reply(&wr, id, code, msg, NULL) != AICFN_OK) wire_writer_reset(&wr);
+    worker_out_send(out, &wr); /* an empty writer: the bundle answers the slot with AICFN_E_NOMEM */
+    wire_writer_fini(&wr);
+}
+
 /* ---- preload / unload (the gateway's repository load and unload) ----
  * {t:"preload", id, model, snapshot, deadline_ms?}: makes model `model` resident from
  * the snapshot at the absolute path `snapshot` (no handler call), on its own thread (a
@@ -981,55 +1014,68 @@ static void worker_park(worker_req *r) {
     }
 }
 
-static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
-    worker *w = user;
+static void worker_on_bundle(worker *w, rpc_call *call, const wire_doc *doc, const wire_header *h);
+
+/* One message: a request of its own (`out.call`), or one invocation of a bundle. */
+static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t len) {
     aicfn_error err;
     aicfn_error_clear(&err);
     worker_req *r = calloc(1, sizeof *r);
     if (r == NULL) {
-        worker_reply_fail(w, call, wire_peek_id(msg, len), AICFN_E_NOMEM, "out of memory");
+        worker_out_fail(w, out, wire_peek_id(msg, len), AICFN_E_NOMEM, "out of memory");
         return;
     }
     int rc = wire_doc_parse(&r->doc, msg, len, NULL, &err);
     if (rc != AICFN_OK) {
         worker_req_free(r);
-        worker_reply_fail(w, call, wire_peek_id(msg, len), rc, err.msg);
+        worker_out_fail(w, out, wire_peek_id(msg, len), rc, err.msg);
         return;
     }
     wire_header h;
     rc = wire_decode_header(&r->doc, &h, &err);
     if (rc != AICFN_OK) {
         worker_req_free(r);
-        worker_reply_fail(w, call, wire_peek_id(msg, len), rc, err.msg);
+        worker_out_fail(w, out, wire_peek_id(msg, len), rc, err.msg);
+        return;
+    }
+    if (strcmp(h.t, WIRE_T_INVOKE) != 0 && out.bundle) {
+        worker_req_free(r);
+        snprintf(err.msg, sizeof err.msg, "a bundle holds invoke messages only, not '%s'", h.t);
+        worker_out_fail(w, out, h.id, AICFN_E_PROTOCOL, err.msg);
         return;
     }
     if (strcmp(h.t, WIRE_T_STATUS) == 0) {
         worker_req_free(r);
-        worker_reply_status(w, call, h.id);
+        worker_reply_status(w, out.call, h.id);
         return;
     }
     if (strcmp(h.t, "preload") == 0 || strcmp(h.t, "unload") == 0) {
-        worker_on_model_op(w, call, &r->doc, &h);
+        worker_on_model_op(w, out.call, &r->doc, &h);
         worker_req_free(r);
+        return;
+    }
+    if (strcmp(h.t, WIRE_T_BUNDLE) == 0) {
+        worker_on_bundle(w, out.call, &r->doc, &h);
+        worker_req_free(r); /* the zone only: the parts point into the message */
         return;
     }
     if (strcmp(h.t, WIRE_T_INVOKE) != 0) {
         worker_req_free(r);
-        snprintf(err.msg, sizeof err.msg, "unknown message type '%s' (a worker answers invoke and status)",
-                 h.t);
-        worker_reply_fail(w, call, h.id, AICFN_E_PROTOCOL, err.msg);
+        snprintf(err.msg, sizeof err.msg,
+                 "unknown message type '%s' (a worker answers invoke, bundle, status, preload and unload)", h.t);
+        worker_out_fail(w, out, h.id, AICFN_E_PROTOCOL, err.msg);
         return;
     }
     rc = wire_decode_invoke_req(&r->doc, &r->req, &err);
     if (rc != AICFN_OK) {
         worker_req_free(r);
-        worker_reply_fail(w, call, h.id, rc, err.msg);
+        worker_out_fail(w, out, h.id, rc, err.msg);
         return;
     }
     r->w = w;
-    r->call = call;
+    r->out = out;
     r->id = r->req.id;
-    r->received_us = rpc_call_received_us(call);
+    r->received_us = out.bundle ? worker_bundle_received_us(out.bundle) : rpc_call_received_us(out.call);
     snprintf(r->id_str, sizeof r->id_str, "%" PRIu64, r->id);
     r->areq.id = r->id_str;
 
@@ -1048,8 +1094,7 @@ static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_
     if (draining) {
         uint64_t id = r->id;
         worker_req_free(r);
-        worker_reply_fail(w, call, id, AICFN_E_UNAVAILABLE,
-                          "the worker is draining (shutting down); call another");
+        worker_out_fail(w, out, id, AICFN_E_UNAVAILABLE, "the worker is draining (shutting down); call another");
         return;
     }
     if (fn == NULL && r->req.has_spec) {
@@ -1064,6 +1109,34 @@ static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_
         }
     }
     worker_dispatch(r);
+}
+
+/* {t:"bundle", id, calls:[bin...]}: each part accepted as an invocation of its own,
+ * answered together (bundle.h). The parts point into the request, which stays valid
+ * until the bundle is answered, and the hold taken by worker_bundle_new keeps it from
+ * being answered before the last part was accepted. */
+static void worker_on_bundle(worker *w, rpc_call *call, const wire_doc *doc, const wire_header *h) {
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    wire_part parts[AICFN_BUNDLE_MAX_CALLS];
+    uint32_t n = 0;
+    int rc = wire_decode_bundle(doc, "calls", parts, AICFN_BUNDLE_MAX_CALLS, &n, &err);
+    if (rc != AICFN_OK) {
+        worker_reply_fail(w, call, h->id, rc, err.msg);
+        return;
+    }
+    worker_bundle *b = worker_bundle_new(call, h->id, n);
+    if (b == NULL) {
+        worker_reply_fail(w, call, h->id, AICFN_E_NOMEM, "bundle: out of memory");
+        return;
+    }
+    for (uint32_t i = 0; i < n; i++)
+        worker_accept(w, (worker_out){.bundle = b, .slot = i}, parts[i].data, parts[i].len);
+    worker_bundle_release(b);
+}
+
+static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
+    worker_accept(user, (worker_out){.call = call}, msg, len);
 }
 
 /* The rest of an accepted invocation: find its function (once more, when a spec may

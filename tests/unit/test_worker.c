@@ -487,12 +487,134 @@ static void bad_config(void **state) {
     worker_destroy(NULL);
 }
 
+/* A bundle (t:"bundle", docs/protocol.md §7): each part is answered as if it came alone,
+ * in the bundle's order, in one reply: echo inline, mlp through its batcher (a cold
+ * load on the executor thread), and parts that are refused on their own (unknown
+ * function, not msgpack, a status or a bundle inside a bundle). An empty bundle is
+ * refused as a whole. */
+static uint8_t *encode_bundle(uint64_t id, const wire_part *parts, uint32_t n, size_t *len) {
+    wire_writer w;
+    wire_writer_init(&w);
+    assert_int_equal(wire_encode_bundle_req(&w, id, parts, n, NULL), AICFN_OK);
+    uint8_t *out = wire_writer_take(&w, len);
+    wire_writer_fini(&w);
+    return out;
+}
+
+static void bundle_parts_answered_in_order(void **state) {
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-bundle", (int)getpid());
+    worker *w = start(url, 16u << 20);
+    add(w, "echo", "echo", NULL, 1, 0);
+    add(w, "mlp", "mlp", snap_path, 8, 1000);
+    aicfn_error err;
+    assert_int_equal(worker_start(w, &err), AICFN_OK);
+    rpc_client *c = NULL;
+    assert_int_equal(rpc_client_open(&c, url, NULL, &err), AICFN_OK);
+
+    float x[2][16];
+    wire_tensor in[2];
+    for (int k = 0; k < 2; k++) {
+        for (int i = 0; i < 16; i++)
+            x[k][i] = (float)(i + 100 * k) / 10.0f;
+        in[k] = (wire_tensor){.name = "x",
+                              .dtype = AICFN_DTYPE_FP32,
+                              .ndim = 2,
+                              .shape = {1, 16},
+                              .data = (const uint8_t *)x[k],
+                              .nbytes = sizeof x[k]};
+    }
+    size_t l[7];
+    uint8_t *m[7];
+    m[0] = encode_invoke(10, "echo", &in[0], 1, NULL, NULL, 0, &l[0]);
+    m[1] = encode_invoke(11, "mlp", &in[0], 1, NULL, NULL, 0, &l[1]);
+    m[2] = encode_invoke(12, "nope", &in[0], 1, NULL, NULL, 0, &l[2]);
+    static uint8_t junk[] = {0xc1};
+    m[3] = junk;
+    l[3] = sizeof junk;
+    wire_writer sw;
+    wire_writer_init(&sw);
+    assert_int_equal(wire_encode_status_req(&sw, 13, NULL), AICFN_OK);
+    m[4] = wire_writer_take(&sw, &l[4]);
+    wire_part inner = {m[0], l[0]};
+    m[5] = encode_bundle(14, &inner, 1, &l[5]);
+    m[6] = encode_invoke(15, "echo", &in[1], 1, NULL, NULL, 0, &l[6]);
+    wire_part parts[7];
+    for (int i = 0; i < 7; i++)
+        parts[i] = (wire_part){m[i], l[i]};
+    size_t blen;
+    uint8_t *b = encode_bundle(10, parts, 7, &blen);
+    rpc_msg *msg = NULL;
+    assert_int_equal(rpc_call_sync(c, b, blen, 10000, &msg, &err), AICFN_OK);
+    wire_doc doc;
+    assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(msg), rpc_msg_len(msg), NULL, &err), AICFN_OK);
+    wire_reply_head h;
+    assert_int_equal(wire_decode_reply_head(&doc, &h, &err), AICFN_OK);
+    assert_true(h.ok);
+    assert_int_equal(h.id, 10);
+    wire_part out[8];
+    uint32_t n = 0;
+    assert_int_equal(wire_decode_bundle(&doc, "replies", out, 8, &n, &err), AICFN_OK);
+    assert_int_equal(n, 7);
+    static const uint64_t ids[7] = {10, 11, 12, 0, 13, 14, 15};
+    static const int codes[7] = {AICFN_OK,          AICFN_OK,          AICFN_E_NOT_FOUND, AICFN_E_PROTOCOL,
+                                 AICFN_E_PROTOCOL, AICFN_E_PROTOCOL, AICFN_OK};
+    for (uint32_t i = 0; i < n; i++) {
+        wire_doc pd;
+        wire_invoke_reply rep;
+        assert_int_equal(wire_doc_parse(&pd, out[i].data, out[i].len, NULL, &err), AICFN_OK);
+        assert_int_equal(wire_decode_invoke_reply(&pd, &rep, &err), AICFN_OK);
+        assert_int_equal(rep.head.id, ids[i]);
+        assert_int_equal(rep.head.code, codes[i]);
+        if (i == 0 || i == 6) {
+            assert_int_equal(rep.n_outputs, 1);
+            assert_memory_equal(rep.outputs[0].data, x[i == 6], sizeof x[0]);
+        }
+        if (i == 1) {
+            assert_true(rep.cold);
+            assert_int_equal(rep.n_outputs, 3);
+        }
+        if (i == 4) assert_non_null(strstr(rep.head.message, "invoke messages only"));
+        wire_doc_fini(&pd);
+    }
+    wire_doc_fini(&doc);
+    rpc_msg_free(msg);
+    free(b);
+
+    /* An empty bundle: refused as a whole, naming the key. */
+    wire_writer ew;
+    wire_writer_init(&ew);
+    wire_put_map(&ew, 4);
+    wire_kv_u64(&ew, "v", 1);
+    wire_kv_str(&ew, "t", WIRE_T_BUNDLE);
+    wire_kv_u64(&ew, "id", 20);
+    wire_put_str(&ew, "calls");
+    wire_put_array(&ew, 0);
+    assert_int_equal(rpc_call_sync(c, ew.data, ew.len, 10000, &msg, &err), AICFN_OK);
+    assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(msg), rpc_msg_len(msg), NULL, &err), AICFN_OK);
+    assert_int_equal(wire_decode_reply_head(&doc, &h, &err), AICFN_OK);
+    assert_false(h.ok);
+    assert_int_equal(h.code, AICFN_E_PROTOCOL);
+    assert_non_null(strstr(h.message, "calls"));
+    wire_doc_fini(&doc);
+    rpc_msg_free(msg);
+    wire_writer_fini(&ew);
+
+    for (int i = 0; i < 7; i++)
+        if (i != 3) free(m[i]);
+    wire_writer_fini(&sw);
+    rpc_client_close(c);
+    worker_destroy(w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(echo_mlp_status),
         cmocka_unit_test(batching_deadlines_and_drain),
         cmocka_unit_test(remove_function_while_serving),
         cmocka_unit_test(bad_config),
+        cmocka_unit_test(bundle_parts_answered_in_order),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
