@@ -1061,7 +1061,8 @@ static void wire_put_parts(wire_writer *w, const char *key, const wire_part *par
         wire_put_bin(w, parts[i].data, parts[i].len);
 }
 
-int wire_encode_bundle_req(wire_writer *w, uint64_t id, const wire_part *calls, uint32_t n, aicfn_error *err) {
+int wire_encode_bundle_req(wire_writer *w, uint64_t id, const wire_part *calls, uint32_t n,
+                           aicfn_error *err) {
     wire_put_map(w, 4);
     wire_kv_u64(w, "v", AICFN_PROTOCOL_VERSION);
     wire_kv_str(w, "t", WIRE_T_BUNDLE);
@@ -1093,8 +1094,8 @@ int wire_decode_bundle(const wire_doc *doc, const char *key, wire_part *parts, u
     for (uint32_t i = 0; i < count; i++) {
         const msgpack_object *o = &a->via.array.ptr[i];
         if (o->type != MSGPACK_OBJECT_BIN)
-            return aicfn_error_set(err, AICFN_E_PROTOCOL, "bundle: %s[%u] is not a bin (msgpack type %d)", key,
-                                   i, (int)o->type);
+            return aicfn_error_set(err, AICFN_E_PROTOCOL, "bundle: %s[%u] is not a bin (msgpack type %d)",
+                                   key, i, (int)o->type);
         parts[i] = (wire_part){(const uint8_t *)o->via.bin.ptr, o->via.bin.size};
     }
     *n = count;

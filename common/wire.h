@@ -444,9 +444,8 @@ int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_stat
 /* Decodes a status reply (ok or error); AICFN_OK whenever well formed. */
 int wire_decode_status_reply(wire_doc *doc, wire_status_reply *rep, aicfn_error *err);
 
-
 /* ===================================================================================
- * 8. bundle: several invocations in one gateway -> worker message (docs/protocol.md §7)
+ * 8. bundle: several invocations in one gateway -> worker message (docs/protocol.md §9)
  * =================================================================================== */
 
 /* One part of a bundle: an encoded invoke request, or an encoded reply, pointing into

@@ -62,13 +62,14 @@ static void bundle_send(worker_bundle *b) {
         if (b->replies[i] && total + b->lens[i] + 8 > AICFN_MAX_MESSAGE_BYTES - 4096) {
             uint64_t id = wire_peek_id(b->replies[i], b->lens[i]);
             char msg[160];
-            snprintf(msg, sizeof msg, "the reply (%zu bytes) does not fit in its bundle's message; call again",
-                     b->lens[i]);
+            snprintf(msg, sizeof msg,
+                     "the reply (%zu bytes) does not fit in its bundle's message; call again", b->lens[i]);
             free(b->replies[i]);
             b->replies[i] = bundle_error_reply(id, AICFN_E_TOO_LARGE, msg, &b->lens[i]);
         }
         if (b->replies[i] == NULL)
-            b->replies[i] = bundle_error_reply(0, AICFN_E_NOMEM, "out of memory encoding the reply", &b->lens[i]);
+            b->replies[i] =
+                bundle_error_reply(0, AICFN_E_NOMEM, "out of memory encoding the reply", &b->lens[i]);
         if (b->replies[i] == NULL) ok = 0;
         if (ok) {
             parts[i] = (wire_part){b->replies[i], b->lens[i]};
@@ -80,14 +81,16 @@ static void bundle_send(worker_bundle *b) {
     aicfn_error err;
     size_t len = 0;
     uint8_t *data = NULL;
-    if (ok && wire_encode_bundle_reply(&wr, b->id, parts, b->n, &err) == AICFN_OK) data = wire_writer_take(&wr, &len);
+    if (ok && wire_encode_bundle_reply(&wr, b->id, parts, b->n, &err) == AICFN_OK)
+        data = wire_writer_take(&wr, &len);
     wire_writer_fini(&wr);
     if (data) {
         rpc_reply(b->call, data, len);
         free(data);
     } else {
-        log_error("bundle %llu: its reply could not be encoded (out of memory): dropped; the gateway times out",
-                  (unsigned long long)b->id);
+        log_error(
+            "bundle %llu: its reply could not be encoded (out of memory): dropped; the gateway times out",
+            (unsigned long long)b->id);
         rpc_call_drop(b->call);
     }
     for (uint32_t i = 0; i < b->n; i++)

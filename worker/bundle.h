@@ -1,5 +1,5 @@
 /* bundle.h: the replies of a bundle, several invocations the gateway sent in one message
- * (t:"bundle", docs/protocol.md §7). worker.c accepts each invocation like a single call;
+ * (t:"bundle", docs/protocol.md §9). worker.c accepts each invocation like a single call;
  * each finished invocation puts its encoded reply in its slot, and whoever fills the last
  * slot sends them all, in order, as the bundle's one reply. */
 #ifndef AICFN_WORKER_BUNDLE_H

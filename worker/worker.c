@@ -1062,7 +1062,8 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
     if (strcmp(h.t, WIRE_T_INVOKE) != 0) {
         worker_req_free(r);
         snprintf(err.msg, sizeof err.msg,
-                 "unknown message type '%s' (a worker answers invoke, bundle, status, preload and unload)", h.t);
+                 "unknown message type '%s' (a worker answers invoke, bundle, status, preload and unload)",
+                 h.t);
         worker_out_fail(w, out, h.id, AICFN_E_PROTOCOL, err.msg);
         return;
     }
@@ -1094,7 +1095,8 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
     if (draining) {
         uint64_t id = r->id;
         worker_req_free(r);
-        worker_out_fail(w, out, id, AICFN_E_UNAVAILABLE, "the worker is draining (shutting down); call another");
+        worker_out_fail(w, out, id, AICFN_E_UNAVAILABLE,
+                        "the worker is draining (shutting down); call another");
         return;
     }
     if (fn == NULL && r->req.has_spec) {

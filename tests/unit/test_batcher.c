@@ -1,9 +1,9 @@
 /* test_batcher.c: batch formation (max_batch, max_delay since the OLDEST request),
  * deadline expiry while a batch runs, queue limits, close and drain (worker/batcher.c). */
 #include <pthread.h>
-#include <stdatomic.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>

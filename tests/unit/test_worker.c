@@ -487,7 +487,7 @@ static void bad_config(void **state) {
     worker_destroy(NULL);
 }
 
-/* A bundle (t:"bundle", docs/protocol.md §7): each part is answered as if it came alone,
+/* A bundle (t:"bundle", docs/protocol.md §9): each part is answered as if it came alone,
  * in the bundle's order, in one reply: echo inline, mlp through its batcher (a cold
  * load on the executor thread), and parts that are refused on their own (unknown
  * function, not msgpack, a status or a bundle inside a bundle). An empty bundle is
@@ -558,7 +558,7 @@ static void bundle_parts_answered_in_order(void **state) {
     assert_int_equal(wire_decode_bundle(&doc, "replies", out, 8, &n, &err), AICFN_OK);
     assert_int_equal(n, 7);
     static const uint64_t ids[7] = {10, 11, 12, 0, 13, 14, 15};
-    static const int codes[7] = {AICFN_OK,          AICFN_OK,          AICFN_E_NOT_FOUND, AICFN_E_PROTOCOL,
+    static const int codes[7] = {AICFN_OK,         AICFN_OK,         AICFN_E_NOT_FOUND, AICFN_E_PROTOCOL,
                                  AICFN_E_PROTOCOL, AICFN_E_PROTOCOL, AICFN_OK};
     for (uint32_t i = 0; i < n; i++) {
         wire_doc pd;
