@@ -81,6 +81,9 @@ typedef struct gw_fn {
     bool warm;
     bool warm_unmet_logged; /* "min_workers cannot be met" said once, until it is met */
     uint64_t warm_retry_us; /* a keep-warm preload failed: next try not before this */
+    /* Moving means of its warm calls' worker time and reply size (gw_fn_is_short). */
+    uint64_t svc_mean_us, reply_mean_bytes;
+    uint32_t svc_samples;
     struct gw_fn *next;
 } gw_fn;
 
@@ -110,16 +113,28 @@ struct gw_call {
     bool preload; /* a repository load (t:"preload"): routed like an invoke, no handler call, no ledger row */
     bool keepwarm; /* a preload placing a replica for scaling.min_workers (never on a holder) */
     gw_worker *worker;
-    int code; /* for the fail list */
+    bool short_msg; /* a call of a short function: its message counts in worker->short_msgs */
+    int code;       /* for the fail list */
     char message[256];
     gw_invoke_done_fn done;
     void *user;
     gw_call *next;
 };
 
+/* Calls of short functions leaving together for one worker in one message
+ * (t:"bundle", docs/protocol.md §9). */
+typedef struct gw_bundle {
+    gw_gateway *gw;
+    gw_worker *w;
+    uint32_t n;
+    gw_call *calls[AICFN_BUNDLE_MAX_CALLS];
+    struct gw_bundle *next;
+} gw_bundle;
+
 /* What to do once the lock is released. */
 typedef struct gw_actions {
     gw_call *sends;
+    gw_bundle *bundles;
     gw_call *fails;
     gw_worker *spawns[8];
     size_t n_spawns;
@@ -174,6 +189,8 @@ struct gw_gateway {
 };
 
 static void gw_process(gw_gateway *gw, gw_actions *a);
+static bool gw_fn_is_short(const gw_fn *f);
+static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err);
 static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a);
 static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, gw_invoke_done_fn done, void *user);
 static int gw_send_unload(gw_gateway *gw, gw_worker *w, const char *key, rpc_done_fn cb, void *user,
@@ -506,7 +523,10 @@ static void gw_patch_deadline(gw_call *c, uint32_t left_ms) {
     c->timeout_ms = left_ms;
 }
 
-static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a) {
+/* `resident`: the router found c's model READY on w (or c needs none), so c may wait
+ * in w's outbox for a bundle; a call that will load its model never waits there, nor
+ * holds up a bundle behind its load. */
+static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resident) {
     uint64_t now = clock_now_us();
     c->worker = w;
     if (w->state != GW_WORKER_STARTING) {
@@ -537,6 +557,20 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a) {
     w->callbacks++;
     w->last_call_us = now;
     c->dispatched_us = now;
+    c->next = NULL;
+    c->short_msg = !c->preload && gw_fn_is_short(c->fn);
+    if (c->short_msg && resident && w->short_msgs >= AICFN_BUNDLE_WINDOW && w->state == GW_WORKER_READY &&
+        c->wreq_len <= AICFN_BUNDLE_MAX_BYTES) {
+        /* Held: leaves with the others when one of the short messages comes back. */
+        if (w->outbox_tail)
+            w->outbox_tail->next = c;
+        else
+            w->outbox_head = c, w->outbox_since_us = now;
+        w->outbox_tail = c;
+        w->outbox_n++;
+        return;
+    }
+    if (c->short_msg) w->short_msgs++;
     c->next = a->sends;
     a->sends = c;
 }
@@ -546,6 +580,85 @@ static void gw_call_left_locked(gw_worker *w, const gw_call *c) {
     w->in_flight--;
     if (c->preload) w->preloads--;
     w->callbacks--;
+}
+
+/* ---- Bundles (docs/protocol.md §9) ------------------------------------------------
+ * A busy worker gets the calls of short functions in bundles: while AICFN_BUNDLE_WINDOW
+ * messages of short calls are in flight to it, a new short call is held in its outbox,
+ * and when one of those messages comes back every held call leaves in one message. The
+ * reply comes back soon by definition of short, so holding costs little latency, and
+ * under load one message carries many calls: the per-message costs on both ends of the
+ * link (NNG's thread hand-offs, the worker's wake-ups) are paid once for all of them. A
+ * call on a quiet link, of a function not known to be short, or of a worker that is not
+ * ready is sent at once, alone. The maintenance tick sends calls held longer than
+ * AICFN_BUNDLE_HOLD_MAX_US (a short function that turned slow). */
+
+/* Short: over at least 4 warm calls, a mean worker time (receipt to reply) of at most
+ * AICFN_BUNDLE_SHORT_US and a mean reply of at most AICFN_BUNDLE_SHORT_REPLY bytes. */
+static bool gw_fn_is_short(const gw_fn *f) {
+    return f->svc_samples >= 4 && f->svc_mean_us <= AICFN_BUNDLE_SHORT_US &&
+           f->reply_mean_bytes <= AICFN_BUNDLE_SHORT_REPLY;
+}
+
+/* A warm call of f took `us` on its worker and answered `bytes` (lock held). */
+static void gw_fn_note_service(gw_fn *f, uint64_t us, uint64_t bytes) {
+    if (f->svc_samples == 0) {
+        f->svc_mean_us = us;
+        f->reply_mean_bytes = bytes;
+    } else {
+        f->svc_mean_us = (f->svc_mean_us * 7 + us) / 8;
+        f->reply_mean_bytes = (f->reply_mean_bytes * 7 + bytes) / 8;
+    }
+    if (f->svc_samples < UINT32_MAX) f->svc_samples++;
+}
+
+/* Sends w's held calls (lock held): one bundle of at most AICFN_BUNDLE_MAX_CALLS calls
+ * and AICFN_BUNDLE_MAX_BYTES, or the call alone when only one is held. Calls beyond
+ * those bounds stay held for the next message back. */
+static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
+    if (w->outbox_head == NULL) return;
+    gw_bundle *b = calloc(1, sizeof *b);
+    size_t bytes = 0;
+    uint32_t max = b ? AICFN_BUNDLE_MAX_CALLS : 1; /* out of memory: one call alone */
+    gw_call *taken[AICFN_BUNDLE_MAX_CALLS];
+    uint32_t n = 0;
+    while (w->outbox_head && n < max &&
+           (n == 0 || bytes + w->outbox_head->wreq_len <= AICFN_BUNDLE_MAX_BYTES)) {
+        gw_call *c = w->outbox_head;
+        w->outbox_head = c->next;
+        c->next = NULL;
+        bytes += c->wreq_len;
+        taken[n++] = c;
+    }
+    w->outbox_n -= n;
+    if (w->outbox_head == NULL)
+        w->outbox_tail = NULL;
+    else
+        w->outbox_since_us = clock_now_us();
+    w->short_msgs++;
+    if (n == 1) {
+        free(b);
+        taken[0]->next = a->sends;
+        a->sends = taken[0];
+        return;
+    }
+    b->gw = gw;
+    b->w = w;
+    b->n = n;
+    memcpy(b->calls, taken, n * sizeof taken[0]);
+    b->next = a->bundles;
+    a->bundles = b;
+}
+
+/* One of w's messages came back or was not sent (lock held). `answered`: it came back
+ * with a reply, so the link works: below the window, the held calls leave now. After a
+ * failure they are not sent on: a lost worker re-routes them (gw_worker_dead_locked);
+ * otherwise the maintenance tick sends them (AICFN_BUNDLE_HOLD_MAX_US). */
+static void gw_link_msg_done_locked(gw_gateway *gw, gw_worker *w, bool short_msg, bool answered,
+                                    gw_actions *a) {
+    if (short_msg && w->short_msgs > 0) w->short_msgs--;
+    if (answered && w->outbox_head && w->short_msgs < AICFN_BUNDLE_WINDOW && w->state != GW_WORKER_DEAD)
+        gw_outbox_flush_locked(gw, w, a);
 }
 
 static void gw_enqueue_locked(gw_fn *f, gw_call *c) {
@@ -599,21 +712,21 @@ static bool gw_apply_route_locked(gw_gateway *gw, gw_call *c, gw_worker **ws, co
     switch (d->kind) {
     case GW_ROUTE_READY:
         gw_worker_note_use(ws[d->worker], key, now);
-        gw_assign_locked(c, ws[d->worker], a);
+        gw_assign_locked(c, ws[d->worker], a, true);
         return true;
     case GW_ROUTE_LOADING:
-        gw_assign_locked(c, ws[d->worker], a);
+        gw_assign_locked(c, ws[d->worker], a, false);
         return true;
     case GW_ROUTE_FREE:
     case GW_ROUTE_EVICT:
         if (f->key[0]) gw_worker_note_load(ws[d->worker], key, f->model_bytes, now, GW_HOLD_US);
-        gw_assign_locked(c, ws[d->worker], a);
+        gw_assign_locked(c, ws[d->worker], a, false);
         return true;
     case GW_ROUTE_SPAWN: {
         gw_worker *w = gw_spawn_locked(gw, a);
         if (!w) return false;
         gw_worker_note_load(w, key, f->model_bytes, now, GW_HOLD_US);
-        gw_assign_locked(c, w, a);
+        gw_assign_locked(c, w, a, false);
         return true;
     }
     case GW_ROUTE_QUEUE:
@@ -703,12 +816,24 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
         }
         p = next;
     }
+    /* Held calls were never sent: routed again, idempotent or not. */
+    gw_call *h = w->outbox_head;
+    w->outbox_head = w->outbox_tail = NULL;
+    w->outbox_n = 0;
+    while (h) {
+        gw_call *next = h->next;
+        gw_call_left_locked(w, h);
+        h->worker = NULL;
+        gw_route_locked(gw, h, a);
+        h = next;
+    }
 }
 
 /* ---- Completions ---------------------------------------------------------------- */
 
-static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
-    gw_call *c = user;
+/* A call's answer or failure. `own_msg`: it came back in a message of its own (not a
+ * bundle), so that message's link accounting is done here too. */
+static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn_error *err, bool own_msg) {
     gw_gateway *gw = c->gw;
     gw_worker *w = c->worker;
     gw_actions a;
@@ -730,6 +855,7 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
         }
         pthread_mutex_lock(&gw->mu);
         gw_call_left_locked(w, c);
+        if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
         w->last_call_us = now;
         if (rc == AICFN_OK) gw_apply_summary_locked(gw, w, &rep.w.summary, now);
         gw_pump_locked(gw, &a);
@@ -758,6 +884,7 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
             rpc_msg_free(reply);
             pthread_mutex_lock(&gw->mu);
             gw_call_left_locked(w, c);
+            if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
             gw_fail_locked(&a, c, AICFN_E_PROTOCOL, "worker %s sent a malformed reply: %s", w->name, e.msg);
             gw_pump_locked(gw, &a);
             pthread_mutex_unlock(&gw->mu);
@@ -767,8 +894,10 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
         uint64_t spawn_us = 0;
         pthread_mutex_lock(&gw->mu);
         gw_call_left_locked(w, c);
+        if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
         w->last_call_us = now;
         if (rep.has_st) gw_apply_summary_locked(gw, w, &rep.st, now);
+        if (!rep.cold && rep.head.ok) gw_fn_note_service(c->fn, rep.timing.total_us, rpc_msg_len(reply));
         if (rep.has_coldstart && c->spawned && !w->spawn_attributed) {
             spawn_us = w->spawn_us;
             w->spawn_attributed = true;
@@ -799,6 +928,7 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
 
     pthread_mutex_lock(&gw->mu);
     gw_call_left_locked(w, c);
+    if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
     if (status == AICFN_E_WORKER_LOST) {
         log_warn("worker %s lost with call %llu (%s:%u) in flight: %s", w->name, (unsigned long long)c->id,
                  c->fn->name, c->fn->ver, err ? err->msg : "");
@@ -840,6 +970,64 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
     gw_pump_locked(gw, &a);
     pthread_mutex_unlock(&gw->mu);
     gw_process(gw, &a);
+}
+
+static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    gw_call_complete(user, status, reply, err, true);
+}
+
+/* A bundle came back: each call completes with its own part of the reply, or with the
+ * bundle's failure (a lost worker, a timeout: as if each had been in flight alone). */
+static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    gw_bundle *b = user;
+    gw_gateway *gw = b->gw;
+    gw_actions a;
+    memset(&a, 0, sizeof a);
+    pthread_mutex_lock(&gw->mu);
+    gw_link_msg_done_locked(gw, b->w, true, status == AICFN_OK, &a); /* the held calls leave first */
+    pthread_mutex_unlock(&gw->mu);
+    gw_process(gw, &a);
+
+    aicfn_error e;
+    aicfn_error_clear(&e);
+    wire_doc doc;
+    memset(&doc, 0, sizeof doc);
+    wire_part parts[AICFN_BUNDLE_MAX_CALLS];
+    uint32_t n = 0;
+    if (status == AICFN_OK) {
+        wire_reply_head h;
+        status = wire_doc_parse(&doc, rpc_msg_data(reply), rpc_msg_len(reply), NULL, &e);
+        if (status == AICFN_OK) status = wire_decode_reply_head(&doc, &h, &e);
+        if (status == AICFN_OK && !h.ok) {
+            status = h.code;
+            snprintf(e.msg, sizeof e.msg, "worker %s refused a bundle: %s", b->w->name, h.message);
+        } else if (status == AICFN_OK) {
+            status = wire_decode_bundle(&doc, "replies", parts, AICFN_BUNDLE_MAX_CALLS, &n, &e);
+            if (status == AICFN_OK && n != b->n)
+                status = aicfn_error_set(&e, AICFN_E_PROTOCOL,
+                                         "worker %s answered a bundle of %u calls with %u replies",
+                                         b->w->name, b->n, n);
+        } else {
+            aicfn_error_wrap(&e, "worker %s sent a malformed bundle reply", b->w->name);
+            status = AICFN_E_PROTOCOL;
+        }
+        if (status != AICFN_OK) err = &e;
+    }
+    for (uint32_t i = 0; i < b->n; i++) {
+        if (status != AICFN_OK) {
+            gw_call_complete(b->calls[i], status, NULL, err, false);
+            continue;
+        }
+        rpc_msg *part = NULL;
+        aicfn_error pe;
+        if (rpc_msg_new(parts[i].data, parts[i].len, &part, &pe) != AICFN_OK)
+            gw_call_complete(b->calls[i], AICFN_E_NOMEM, NULL, &pe, false);
+        else
+            gw_call_complete(b->calls[i], AICFN_OK, part, NULL, false);
+    }
+    wire_doc_fini(&doc);
+    rpc_msg_free(reply);
+    free(b);
 }
 
 typedef struct gw_poll {
@@ -901,7 +1089,7 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
                     /* Its first status does not list the model yet: the load is held. */
                     if (pc->fn->key[0])
                         gw_worker_note_load(w, pc->fn->key, pc->fn->model_bytes, now, GW_HOLD_US);
-                    gw_assign_locked(pc, w, &a);
+                    gw_assign_locked(pc, w, &a, false);
                 } else
                     gw_route_locked(gw, pc, &a);
                 pc = next;
@@ -950,6 +1138,40 @@ static void gw_send_poll(gw_gateway *gw, gw_worker *w) {
         w->poll_pending = false;
         pthread_mutex_unlock(&gw->mu);
     }
+}
+
+/* Sends a bundle (lock NOT held). Returns false when it could not be sent: its calls
+ * then failed into `next`. */
+static bool gw_bundle_send(gw_gateway *gw, gw_bundle *b, gw_actions *next) {
+    gw_worker *w = b->w;
+    wire_part parts[AICFN_BUNDLE_MAX_CALLS];
+    uint32_t timeout = 0;
+    for (uint32_t i = 0; i < b->n; i++) {
+        parts[i] = (wire_part){b->calls[i]->wreq, b->calls[i]->wreq_len};
+        if (b->calls[i]->timeout_ms > timeout) timeout = b->calls[i]->timeout_ms;
+    }
+    wire_writer wr;
+    wire_writer_init(&wr);
+    aicfn_error e;
+    int rc = wire_encode_bundle_req(&wr, b->calls[0]->id, parts, b->n, &e);
+    uint32_t n = b->n;
+    if (rc == AICFN_OK)
+        rc = rpc_call_async(w->client, wr.data, wr.len, timeout + AICFN_CALL_GRACE_MS, gw_bundle_cb, b, &e);
+    wire_writer_fini(&wr);
+    if (rc == AICFN_OK) {
+        gw_metric_add(gw->std.bundles, NULL, 1); /* b may be freed already */
+        gw_metric_add(gw->std.bundled_calls, NULL, n);
+        return true;
+    }
+    pthread_mutex_lock(&gw->mu);
+    for (uint32_t i = 0; i < b->n; i++) {
+        gw_call_left_locked(w, b->calls[i]);
+        gw_fail_locked(next, b->calls[i], rc, "sending to worker %s: %s", w->name, e.msg);
+    }
+    gw_link_msg_done_locked(gw, w, true, false, next);
+    pthread_mutex_unlock(&gw->mu);
+    free(b);
+    return false;
 }
 
 /* Runs the actions collected under the lock (lock NOT held). May loop: failures of
@@ -1023,12 +1245,22 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
             int rc = rpc_call_async(c->worker->client, c->wreq, c->wreq_len, timeout, gw_call_cb, c, &e);
             if (rc != AICFN_OK) {
                 pthread_mutex_lock(&gw->mu);
-                gw_call_left_locked(c->worker, c);
-                gw_fail_locked(&next, c, rc, "sending to worker %s: %s", c->worker->name, e.msg);
+                gw_worker *w = c->worker;
+                gw_call_left_locked(w, c);
+                gw_fail_locked(&next, c, rc, "sending to worker %s: %s", w->name, e.msg);
+                gw_link_msg_done_locked(gw, w, c->short_msg, false, &next);
                 pthread_mutex_unlock(&gw->mu);
                 more = true;
             }
             c = n2;
+        }
+
+        /* Bundles. */
+        gw_bundle *b = a->bundles;
+        while (b) {
+            gw_bundle *nb = b->next;
+            if (!gw_bundle_send(gw, b, &next)) more = true;
+            b = nb;
         }
 
         /* Failures: record, answer, free. */
@@ -1497,6 +1729,8 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
             if (gw->pool) gw_pool_terminate(gw->pool, w->pool_id);
             alive--;
         }
+        if (w->outbox_head && now - w->outbox_since_us >= AICFN_BUNDLE_HOLD_MAX_US)
+            gw_outbox_flush_locked(gw, w, a); /* a short function turned slow */
         if ((w->state == GW_WORKER_READY || w->state == GW_WORKER_DRAINING) && w->client &&
             !w->poll_pending && now - w->last_poll_us >= (uint64_t)AICFN_WORKER_POLL_MS * 1000 &&
             a->n_polls < GW_MAX_VIEW) {

@@ -552,11 +552,19 @@ int gw_stdmetrics_init(gw_metrics *m, gw_stdmetrics *s, aicfn_error *err) {
         !(s->response_cache = gw_metrics_counter(
               m, "aicfn_response_cache_lookups_total",
               "Response cache lookups of functions with cache.responses, by result (hit, miss).", l_fr, 2,
-              err)))
+              err)) ||
+        !(s->bundles = gw_metrics_counter(m, "aicfn_worker_bundles_total",
+                                          "Bundles (several calls of short functions in one message) sent "
+                                          "to workers.",
+                                          NULL, 0, err)) ||
+        !(s->bundled_calls = gw_metrics_counter(m, "aicfn_worker_bundled_calls_total",
+                                                "Calls sent to workers inside bundles.", NULL, 0, err)))
         return err ? err->code : AICFN_E_NOMEM;
     /* Unlabelled families show a sample from the start. */
     gw_metric_set(s->workers_live, NULL, 0);
     gw_metric_add(s->worker_restarts, NULL, 0);
+    gw_metric_add(s->bundles, NULL, 0);
+    gw_metric_add(s->bundled_calls, NULL, 0);
     return AICFN_OK;
 }
 

@@ -114,6 +114,8 @@ typedef struct gw_stdmetrics {
     gw_metric *worker_restarts;
     gw_metric *http_requests;
     gw_metric *response_cache; /* lookups by function and result ("hit", "miss") */
+    gw_metric *bundles;        /* bundles sent to workers (docs/protocol.md §9) */
+    gw_metric *bundled_calls;  /* calls sent inside them */
 } gw_stdmetrics;
 
 /* Registers the aicfn metric set in `m` and fills `out`. Returns AICFN_OK or an error

@@ -61,6 +61,15 @@ typedef struct gw_worker {
     uint32_t consecutive_poll_failures;
 
     struct gw_call *pending_head, *pending_tail; /* routed here while STARTING */
+
+    /* Bundling (gateway.c, docs/protocol.md §9): calls of short functions routed here
+     * while AICFN_BUNDLE_WINDOW short messages are already in flight wait in the outbox
+     * (counted in in_flight and callbacks) and leave together, as one bundle, when one
+     * of those messages comes back. */
+    struct gw_call *outbox_head, *outbox_tail;
+    uint32_t outbox_n;
+    uint64_t outbox_since_us; /* when the oldest held call was routed */
+    uint32_t short_msgs;      /* messages of short calls (single or bundle) in flight */
     struct gw_worker *next;
 } gw_worker;
 

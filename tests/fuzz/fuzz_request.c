@@ -1,11 +1,13 @@
 /* fuzz_request.c: libFuzzer harness for the request side of the wire codec
  * (common/wire.h): the bounded validator, wire_doc_parse, the header and invoke-request
- * decoders, wire_peek_id, wire_raw_find, BYTES iteration, and a re-encode/decode round
- * trip of every request that decodes. Must never crash, leak or read out of bounds. */
+ * decoders, wire_peek_id, wire_raw_find, BYTES iteration, a re-encode/decode round
+ * trip of every request that decodes, and the bundle decoder (each part then parsed as a
+ * message of its own, as the worker does). Must never crash, leak or read out of bounds. */
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "common/tunables.h"
 #include "common/wire.h"
 
 static volatile uint64_t sink;
@@ -18,6 +20,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     size_t off, len;
     if (wire_raw_find(data, size, "params", &off, &len, &err) == AICFN_OK && (off + len > size || len == 0))
         abort();
+    wire_part parts[AICFN_BUNDLE_MAX_CALLS];
+    uint32_t np = 0;
+    if (wire_decode_bundle(&doc, "calls", parts, AICFN_BUNDLE_MAX_CALLS, &np, &err) == AICFN_OK) {
+        if (np == 0 || np > AICFN_BUNDLE_MAX_CALLS) abort();
+        for (uint32_t i = 0; i < np; i++) {
+            if (parts[i].data < data || parts[i].data + parts[i].len > data + size) abort();
+            wire_doc pd;
+            if (wire_doc_parse(&pd, parts[i].data, parts[i].len, NULL, &err) == AICFN_OK) wire_doc_fini(&pd);
+        }
+    }
     wire_header h;
     wire_invoke_req req;
     if (wire_decode_header(&doc, &h, &err) == AICFN_OK &&

@@ -1,0 +1,192 @@
+"""End-to-end tests of bundles (docs/protocol.md §9): the gateway sends the calls of short
+functions to a busy worker several at a time, in one message, with real processes on
+loopback.
+
+Covers: with 16 concurrent clients on one worker, calls leave in bundles
+(aicfn_worker_bundles_total and aicfn_worker_bundled_calls_total on /metrics grow, more
+than one call per bundle); every client gets its own reply (its id, its inputs echoed),
+every call runs exactly once (a count file written by the handler) and has one ledger
+row. A worker killed with -9 while bundles are in flight: calls of the idempotent
+function all succeed (retried once), calls of the other either succeed or fail with
+AICFN_E_WORKER_LOST, none runs twice, and each call still has one ledger row.
+
+Every loop is bounded in count and time.
+"""
+import os
+import signal
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import numpy as np
+
+from conftest import (PROTOCOL_VERSION, _req_socket, aicfn_bin, call, free_port, handler, invoke_msg, next_id,
+                      run_cli, tensor, wait_for)
+
+E_WORKER_LOST = 12
+CLIENTS = 16
+
+
+def start(procs, data: Path):
+    port, hport = free_port(), free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..2",
+                     "--worker-memory", "64MiB", "--device", "host", "--http", f"127.0.0.1:{hport}",
+                     "--insecure-local"], name="gateway")
+
+    def ready():
+        if g.poll() is not None:
+            raise RuntimeError(f"gateway exited with {g.poll()}: {g.stderr()[-3000:]}")
+        if not call(addr, {"v": PROTOCOL_VERSION, "t": "status", "id": next_id()}, timeout_ms=500).get("ok"):
+            return False
+        with socket.create_connection(("127.0.0.1", hport), timeout=0.5):
+            return True
+
+    wait_for(ready, 15, interval=0.05, what="gateway")
+    return addr, hport
+
+
+def deploy_fast(addr, tmp_path: Path, name: str, idempotent: bool):
+    d = tmp_path / name
+    d.mkdir()
+    (d / "aicfn.yaml").write_text(f"name: {name}\nhandler: {handler('test_sleep')}\n"
+                                  f"idempotent: {'true' if idempotent else 'false'}\n")
+    r = run_cli(["deploy", str(d), "--gateway", addr, "--json"], timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def metric(hport: int, name: str) -> float:
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", hport, timeout=10)
+    try:
+        c.request("GET", "/metrics")
+        text = c.getresponse().read().decode()
+    finally:
+        c.close()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise KeyError(name)
+
+
+def ledger_count(data: Path, ids) -> int:
+    con = sqlite3.connect(str(data / "aicfn.db"), timeout=5)
+    try:
+        marks = ",".join("?" * len(ids))
+        return con.execute(f"SELECT COUNT(*) FROM invocations WHERE request_id IN ({marks})",
+                           [str(i) for i in ids]).fetchone()[0]
+    finally:
+        con.close()
+
+
+def hammer(addr, fns, calls_per_client, count_file: Path, base_id: int, stop_at: float):
+    """CLIENTS threads, each with its own socket, calling fns in turn with distinct ids and
+    inputs; returns {id: (fn, input, reply)}."""
+    results, lock = {}, threading.Lock()
+
+    def client(k):
+        with _req_socket(addr, 30000) as s:
+            for i in range(calls_per_client):
+                if time.monotonic() > stop_at:
+                    return
+                rid = base_id + k * 10000 + i
+                fn = fns[(k + i) % len(fns)]
+                x = np.array([[k, i, rid % 997]], dtype=np.float32)
+                m = invoke_msg(fn, [tensor("x", x)], params={"count_file": str(count_file)}, rid=rid)
+                s.send(msgpack.packb(m, use_bin_type=True))
+                r = msgpack.unpackb(s.recv(), raw=False)
+                with lock:
+                    results[rid] = (fn, x, r)
+
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=max(1.0, stop_at - time.monotonic() + 60))
+    assert not any(t.is_alive() for t in ts), "a client is stuck"
+    return results
+
+
+def warm(addr, fn, count_file: Path):
+    """Enough sequential calls for the gateway to know fn is short."""
+    for i in range(8):
+        r = call(addr, invoke_msg(fn, [tensor("x", np.array([[i]], dtype=np.float32))],
+                                  params={"count_file": str(count_file)}), timeout_ms=30000)
+        assert r["ok"], r
+
+
+def test_busy_worker_gets_bundles(procs, tmp_path):
+    data = tmp_path / "data"
+    addr, hport = start(procs, data)
+    deploy_fast(addr, tmp_path, "fast", idempotent=False)
+    counts = tmp_path / "count.txt"
+    counts.write_text("")
+    warm(addr, "fast", counts)
+    assert metric(hport, "aicfn_worker_bundles_total") == 0  # sequential calls never wait
+
+    results = hammer(addr, ["fast"], 60, counts, 5_000_000, time.monotonic() + 90)
+    assert len(results) == CLIENTS * 60
+    for rid, (fn, x, r) in results.items():
+        assert r["ok"], r
+        assert r["id"] == rid
+        got = next(o for o in r["outputs"] if o["name"] == "x")
+        assert np.array_equal(np.frombuffer(got["data"], dtype="<f4").reshape(got["shape"]), x), rid
+    bundles = metric(hport, "aicfn_worker_bundles_total")
+    bundled = metric(hport, "aicfn_worker_bundled_calls_total")
+    assert bundles > 0, "16 clients on one worker: no call was bundled"
+    assert bundled >= 2 * bundles
+    # Each call ran exactly once, and has one ledger row.
+    lines = counts.read_text().split()
+    for rid in results:
+        assert lines.count(str(rid)) == 1, rid
+    wait_for(lambda: ledger_count(data, list(results)) == len(results), 15, what="one ledger row per call")
+
+
+def test_kill_worker_with_bundles_in_flight(procs, tmp_path):
+    data = tmp_path / "data"
+    addr, hport = start(procs, data)
+    deploy_fast(addr, tmp_path, "fasti", idempotent=True)
+    deploy_fast(addr, tmp_path, "fastn", idempotent=False)
+    counts = tmp_path / "count.txt"
+    counts.write_text("")
+    warm(addr, "fasti", counts)
+    warm(addr, "fastn", counts)
+    r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
+    assert r.returncode == 0, r.stderr
+    import json
+    pids = [w["pid"] for w in json.loads(r.stdout)]
+    assert pids
+
+    killed = []
+
+    def killer():
+        wait_for(lambda: metric(hport, "aicfn_worker_bundles_total") >= 20, 60, interval=0.01,
+                 what="bundles in flight")
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+        killed.append(time.monotonic())
+
+    kt = threading.Thread(target=killer)
+    kt.start()
+    results = hammer(addr, ["fasti", "fastn"], 150, counts, 7_000_000, time.monotonic() + 90)
+    kt.join(timeout=70)
+    assert killed, "the worker was not killed"
+    lines = counts.read_text().split()
+    lost = retried = 0
+    for rid, (fn, x, r) in results.items():
+        n = lines.count(str(rid))
+        if fn == "fasti":
+            assert r["ok"], r                  # retried once on another worker if it was in flight
+            assert 1 <= n <= 2, (rid, n)       # at most the killed run + the retry
+            retried += n == 2
+        elif r["ok"]:
+            assert n == 1, (rid, n)            # ran once
+        else:
+            assert r["error"]["code"] == E_WORKER_LOST, r
+            assert n <= 1, (rid, n)            # never twice
+            lost += 1
+    assert lost + retried > 0, "no call was in flight when the worker died"
+    wait_for(lambda: ledger_count(data, list(results)) == len(results), 15, what="one ledger row per call")
