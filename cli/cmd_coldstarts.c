@@ -1,6 +1,6 @@
 /* cmd_coldstarts.c: `aicfn coldstarts [NAME]`: per function, how many cold starts and
- * the p50/p95/max of each phase (spawn, queue, read, decompress, filter, copy, init,
- * total) with the bytes moved, read from the cold_starts table through the gateway. */
+ * the p50/p95/max of each phase (spawn, queue, fetch, read, decompress, filter, copy,
+ * init, total) with the bytes moved, read from the cold_starts table through the gateway. */
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -15,8 +15,9 @@ static void cc_help(FILE *out) {
     fprintf(out, "usage: aicfn coldstarts [NAME] [--since DUR] [--gateway ADDR] [--key KEY] [--json]\n"
                  "\n"
                  "Cold starts per function: count, then p50 / p95 / max in milliseconds of each phase:\n"
-                 "  spawn (starting a worker for the call), queue, read, decompress, filter (byte planes),\n"
-                 "  copy (to the device), init (the handler's), total; and the compressed and raw bytes.\n"
+                 "  spawn (starting a worker for the call), queue, fetch (a remote worker downloading the\n"
+                 "  snapshot from the gateway), read, decompress, filter (byte planes), copy (to the\n"
+                 "  device), init (the handler's), total; and the compressed and raw bytes.\n"
                  "  NAME            only this function\n"
                  "  --since DUR     only cold starts in the last DUR (e.g. 1h, 30m; default: all)\n"
                  "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
@@ -24,7 +25,8 @@ static void cc_help(FILE *out) {
                  "  --json          print the summaries as JSON\n");
 }
 
-static const char *cc_phases[] = {"spawn", "queue", "read", "decompress", "filter", "copy", "init", "total"};
+static const char *cc_phases[] = {"spawn",  "queue", "fetch", "read", "decompress",
+                                  "filter", "copy",  "init",  "total"};
 
 int cli_cmd_coldstarts(int argc, char **argv) {
     const char *gateway = NULL, *key = NULL, *fn = NULL;

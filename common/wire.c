@@ -817,7 +817,7 @@ static const wire_timing_field wire_timing_fields[] = {
     {"exec", offsetof(wire_timing, exec_us)},     {"total", offsetof(wire_timing, total_us)},
     {"read", offsetof(wire_timing, read_us)},     {"decompress", offsetof(wire_timing, decompress_us)},
     {"filter", offsetof(wire_timing, filter_us)}, {"copy", offsetof(wire_timing, copy_us)},
-    {"init", offsetof(wire_timing, init_us)},
+    {"init", offsetof(wire_timing, init_us)},     {"fetch", offsetof(wire_timing, fetch_us)},
 };
 #define WIRE_NTIMING (sizeof wire_timing_fields / sizeof wire_timing_fields[0])
 

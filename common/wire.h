@@ -319,6 +319,7 @@ typedef struct wire_timing {
     uint64_t load_us;  /* waiting for the model (0 when warm) */
     uint64_t exec_us;  /* handler run */
     uint64_t total_us; /* receipt to reply */
+    uint64_t fetch_us; /* cold start: downloading the snapshot (a remote worker's first use; wall) */
     uint64_t read_us;  /* cold start phases (summed over the pipeline's threads) */
     uint64_t decompress_us;
     uint64_t filter_us;

@@ -141,6 +141,8 @@ static const char *const db_migrations[] = {
     "CREATE INDEX tenants_tenant ON tenants(tenant);",
     /* 2: invocations served from the gateway's response cache (no worker ran them). */
     "ALTER TABLE invocations ADD COLUMN cached INTEGER NOT NULL DEFAULT 0 CHECK (cached IN (0, 1));",
+    /* 3: the snapshot download of a remote worker's cold start (0 when the file was local). */
+    "ALTER TABLE cold_starts ADD COLUMN fetch_us INTEGER NOT NULL DEFAULT 0;",
 };
 
 #define DB_NMIGRATIONS ((int)(sizeof db_migrations / sizeof db_migrations[0]))

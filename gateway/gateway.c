@@ -459,6 +459,7 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         .raw_bytes = rep->coldstart.raw_bytes,
         .spawn_us = spawn_us,
         .queue_us = gw_queue + t->queue_us,
+        .fetch_us = t->fetch_us,
         .read_us = t->read_us,
         .decompress_us = t->decompress_us,
         .filter_us = t->filter_us,
@@ -469,8 +470,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         .n_evicted = n_ev,
     };
     gw_ledger_submit_cold_start(gw->ledger, &cs);
-    gw_stdmetrics_cold_start(&gw->std, c->fn->name, t->read_us, t->decompress_us, t->filter_us, t->copy_us,
-                             total);
+    gw_stdmetrics_cold_start(&gw->std, c->fn->name, t->fetch_us, t->read_us, t->decompress_us, t->filter_us,
+                             t->copy_us, total);
 }
 
 /* ---- Routing and dispatch (lock held) ------------------------------------------- */

@@ -63,10 +63,11 @@ struct gw_ledger {
     uint64_t last_drop_log_us;
 };
 
-static const char *const led_phase_names[GW_PHASE_COUNT] = {"spawn",  "queue", "read", "decompress",
-                                                            "filter", "copy",  "init", "total"};
-static const char *const led_phase_cols[GW_PHASE_COUNT] = {
-    "spawn_us", "queue_us", "read_us", "decompress_us", "filter_us", "copy_us", "init_us", "total_us"};
+static const char *const led_phase_names[GW_PHASE_COUNT] = {"spawn",  "queue", "fetch", "read", "decompress",
+                                                            "filter", "copy",  "init",  "total"};
+static const char *const led_phase_cols[GW_PHASE_COUNT] = {"spawn_us", "queue_us",      "fetch_us",
+                                                           "read_us",  "decompress_us", "filter_us",
+                                                           "copy_us",  "init_us",       "total_us"};
 
 static const char *const led_wrow_names[GW_WROW_COUNT] = {"starting", "ready", "draining", "exited", "lost"};
 
@@ -201,8 +202,9 @@ int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *in) {
     r->version = in->version;
     r->compressed_bytes = in->compressed_bytes;
     r->raw_bytes = in->raw_bytes;
-    const uint64_t ph[GW_PHASE_COUNT] = {in->spawn_us,  in->queue_us, in->read_us, in->decompress_us,
-                                         in->filter_us, in->copy_us,  in->init_us, in->total_us};
+    const uint64_t ph[GW_PHASE_COUNT] = {in->spawn_us, in->queue_us,      in->fetch_us,
+                                         in->read_us,  in->decompress_us, in->filter_us,
+                                         in->copy_us,  in->init_us,       in->total_us};
     memcpy(r->phase, ph, sizeof ph);
     return led_enqueue(l, r);
 }
@@ -290,9 +292,9 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
         rc = gw_db_stmt(
             db,
             "INSERT INTO cold_starts(time_us, function, version, worker, device, compressed_bytes, "
-            "raw_bytes, spawn_us, queue_us, read_us, decompress_us, filter_us, copy_us, init_us, "
-            "total_us, evicted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-            "?15, ?16)",
+            "raw_bytes, spawn_us, queue_us, fetch_us, read_us, decompress_us, filter_us, copy_us, "
+            "init_us, total_us, evicted) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, "
+            "?14, ?15, ?16, ?17)",
             &st, err);
         if (rc) return rc;
         sqlite3_bind_int64(st, 1, led_i64(r->time_us));
@@ -304,7 +306,7 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
         sqlite3_bind_int64(st, 7, led_i64(r->raw_bytes));
         for (int p = 0; p < GW_PHASE_COUNT; p++)
             sqlite3_bind_int64(st, 8 + p, led_i64(r->phase[p]));
-        gw_db_bind_text(st, 16, r->evicted);
+        gw_db_bind_text(st, 8 + GW_PHASE_COUNT, r->evicted);
     }
     int s = sqlite3_step(st);
     rc = s == SQLITE_DONE ? AICFN_OK : gw_db_error(db, s, err, "ledger insert");
@@ -522,8 +524,8 @@ int gw_ledger_coldstarts(gw_db *db, const char *function, uint64_t since_us, gw_
     if (rc) goto out;
     rc = gw_db_stmt(db,
                     "SELECT function, count(*), sum(compressed_bytes), sum(raw_bytes), max(spawn_us), "
-                    "max(queue_us), max(read_us), max(decompress_us), max(filter_us), max(copy_us), "
-                    "max(init_us), max(total_us) FROM cold_starts WHERE time_us >= ?1 AND "
+                    "max(queue_us), max(fetch_us), max(read_us), max(decompress_us), max(filter_us), "
+                    "max(copy_us), max(init_us), max(total_us) FROM cold_starts WHERE time_us >= ?1 AND "
                     "(?2 IS NULL OR function = ?2) GROUP BY function ORDER BY function",
                     &st, err);
     if (!rc) {

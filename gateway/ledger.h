@@ -67,7 +67,7 @@ typedef struct gw_cold_start_record {
     const char *worker;
     const char *device;
     uint64_t compressed_bytes, raw_bytes;
-    uint64_t spawn_us, queue_us, read_us, decompress_us, filter_us, copy_us, init_us, total_us;
+    uint64_t spawn_us, queue_us, fetch_us, read_us, decompress_us, filter_us, copy_us, init_us, total_us;
     const char *const *evicted;
     size_t n_evicted;
 } gw_cold_start_record;
@@ -161,6 +161,7 @@ void gw_ledger_get_stats(gw_ledger *l, gw_ledger_stats *out);
 typedef enum gw_phase {
     GW_PHASE_SPAWN,
     GW_PHASE_QUEUE,
+    GW_PHASE_FETCH, /* a remote worker downloading the snapshot; 0 otherwise */
     GW_PHASE_READ,
     GW_PHASE_DECOMPRESS,
     GW_PHASE_FILTER,

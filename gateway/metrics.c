@@ -527,8 +527,8 @@ int gw_stdmetrics_init(gw_metrics *m, gw_stdmetrics *s, aicfn_error *err) {
                                               "Calls that had to load their model first.", l_f, 1, err)) ||
         !(s->load_duration = gw_metrics_histogram(
               m, "aicfn_load_duration_seconds",
-              "Model load time by phase (read, decompress, filter, copy, total).", l_phase, 1, load_bounds,
-              sizeof load_bounds / sizeof load_bounds[0], err)) ||
+              "Model load time by phase (fetch, read, decompress, filter, copy, total).", l_phase, 1,
+              load_bounds, sizeof load_bounds / sizeof load_bounds[0], err)) ||
         !(s->resident_models = gw_metrics_gauge(m, "aicfn_resident_models",
                                                 "Models resident in each worker's cache.", l_w, 1, err)) ||
         !(s->cache_used = gw_metrics_gauge(m, "aicfn_cache_bytes_used",
@@ -579,15 +579,15 @@ void gw_stdmetrics_call(const gw_stdmetrics *s, const char *function, uint32_t v
     gw_metric_observe(s->call_duration, l1, (double)duration_us / 1e6);
 }
 
-void gw_stdmetrics_cold_start(const gw_stdmetrics *s, const char *function, uint64_t read_us,
-                              uint64_t decompress_us, uint64_t filter_us, uint64_t copy_us,
+void gw_stdmetrics_cold_start(const gw_stdmetrics *s, const char *function, uint64_t fetch_us,
+                              uint64_t read_us, uint64_t decompress_us, uint64_t filter_us, uint64_t copy_us,
                               uint64_t total_us) {
     if (s == NULL || function == NULL) return;
     const char *l1[] = {function};
     gw_metric_add(s->cold_starts, l1, 1);
-    const char *phases[] = {"read", "decompress", "filter", "copy", "total"};
-    uint64_t us[] = {read_us, decompress_us, filter_us, copy_us, total_us};
-    for (int i = 0; i < 5; i++) {
+    const char *phases[] = {"fetch", "read", "decompress", "filter", "copy", "total"};
+    uint64_t us[] = {fetch_us, read_us, decompress_us, filter_us, copy_us, total_us};
+    for (int i = 0; i < 6; i++) {
         const char *lp[] = {phases[i]};
         gw_metric_observe(s->load_duration, lp, (double)us[i] / 1e6);
     }

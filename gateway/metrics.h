@@ -129,8 +129,8 @@ void gw_stdmetrics_call(const gw_stdmetrics *s, const char *function, uint32_t v
 
 /* One cold start with its phase durations (µs; a phase the loader did not time is 0
  * and is still observed, so every phase histogram has the same _count). */
-void gw_stdmetrics_cold_start(const gw_stdmetrics *s, const char *function, uint64_t read_us,
-                              uint64_t decompress_us, uint64_t filter_us, uint64_t copy_us,
+void gw_stdmetrics_cold_start(const gw_stdmetrics *s, const char *function, uint64_t fetch_us,
+                              uint64_t read_us, uint64_t decompress_us, uint64_t filter_us, uint64_t copy_us,
                               uint64_t total_us);
 
 #endif

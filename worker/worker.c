@@ -308,6 +308,7 @@ static void worker_finish(worker_req *r, int code, const char *msg, const worker
         rep.timing.exec_us = ex->exec_us;
         rep.timing.init_us = ex->init_us;
         if (ex->acq && ex->cold) {
+            rep.timing.fetch_us = ex->acq->timing.fetch_us;
             rep.timing.read_us = ex->acq->timing.read_us;
             rep.timing.decompress_us = ex->acq->timing.decompress_us;
             rep.timing.filter_us = ex->acq->timing.filter_us;

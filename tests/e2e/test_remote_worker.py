@@ -107,8 +107,12 @@ def test_remote_worker_fetches_artifacts_by_hash(procs, tmp_path):
     assert r["ok"], r
     assert r["cold"] is True
     assert np.allclose(output(r, "logits").astype(np.float64), mlp_reference(xm), rtol=1e-4, atol=1e-4)
-    # The fetch is part of the cold start: the load took at least the fetch.
-    assert r["timing"]["load"] > 0
+    # The fetch is a phase of the cold start: in the reply, in the cold_starts row and in
+    # `aicfn coldstarts`, and the load took at least the fetch.
+    assert r["timing"]["fetch"] > 0, r["timing"]
+    assert r["timing"]["load"] >= r["timing"]["fetch"], r["timing"]
+    cs = json.loads(run_cli(["coldstarts", "mlp", "--gateway", addr, "--json"]).stdout)
+    assert cs[0]["count"] == 1 and cs[0]["phases"]["fetch"]["max_us"] > 0, cs
     r2 = call(addr, invoke_msg("mlp", [tensor("x", xm * 0.5)]), timeout_ms=30000)
     assert r2["ok"] and r2["cold"] is False, r2
     assert np.allclose(output(r2, "logits").astype(np.float64), mlp_reference(xm * 0.5), rtol=1e-4, atol=1e-4)

@@ -72,8 +72,9 @@ static void migrations_from_empty_and_reopen(void **state) {
     free(dir);
 }
 
-/* A database written by the schema-1 gateway (before invocations.cached) is migrated in
- * place when a newer gateway opens it, and keeps its rows. */
+/* A database written by the schema-1 gateway (before invocations.cached and
+ * cold_starts.fetch_us) is migrated in place when a newer gateway opens it, and keeps its
+ * rows. */
 static void schema_1_database_migrates_keeping_rows(void **state) {
     (void)state;
     char *dir = tdb_mkdtemp("db");
@@ -83,7 +84,19 @@ static void schema_1_database_migrates_keeping_rows(void **state) {
     /* Turn it back into what schema 1 left. */
     gw_db_lock(db);
     assert_int_equal(
-        gw_db_exec(db, "ALTER TABLE invocations DROP COLUMN cached; PRAGMA user_version = 1", &err),
+        gw_db_exec(
+            db,
+            "ALTER TABLE invocations DROP COLUMN cached; ALTER TABLE cold_starts DROP COLUMN fetch_us; "
+            "PRAGMA user_version = 1",
+            &err),
+        AICFN_OK);
+    assert_int_equal(
+        gw_db_exec(db,
+                   "INSERT INTO cold_starts(time_us, function, version, worker, device, "
+                   "compressed_bytes, raw_bytes, spawn_us, queue_us, read_us, decompress_us, "
+                   "filter_us, copy_us, init_us, total_us) VALUES (1, 'f', 1, 'w1', 'host', 1, 2, "
+                   "3, 4, 5, 6, 7, 8, 9, 10)",
+                   &err),
         AICFN_OK);
     assert_int_equal(
         gw_db_exec(db,
@@ -101,6 +114,8 @@ static void schema_1_database_migrates_keeping_rows(void **state) {
     assert_int_equal(pragma_int(db, "SELECT count(*) FROM invocations WHERE function = 'f' AND gpu_us = 6"),
                      1);
     assert_int_equal(pragma_int(db, "SELECT cached FROM invocations WHERE function = 'f'"), 0);
+    assert_int_equal(pragma_int(db, "SELECT total_us + 100 * fetch_us FROM cold_starts WHERE function = 'f'"),
+                     10);
     assert_int_equal(gw_db_integrity_check(db, &err), AICFN_OK);
     gw_db_close(db);
     tdb_rm_rf(dir);

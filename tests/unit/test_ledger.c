@@ -53,6 +53,7 @@ static void coldstart_percentiles(void **state) {
                                   .compressed_bytes = 10,
                                   .raw_bytes = 40,
                                   .spawn_us = 7,
+                                  .fetch_us = 50u * (uint64_t)i,
                                   .read_us = 100u * (uint64_t)(21 - i), /* reversed order */
                                   .total_us = 1000u * (uint64_t)i,
                                   .evicted = ev,
@@ -85,12 +86,17 @@ static void coldstart_percentiles(void **state) {
     assert_int_equal(s[1].phase[GW_PHASE_READ].p95_us, 1900);
     assert_int_equal(s[1].phase[GW_PHASE_READ].max_us, 2000);
     assert_int_equal(s[1].phase[GW_PHASE_SPAWN].p50_us, 7);
+    assert_int_equal(s[1].phase[GW_PHASE_FETCH].p50_us, 500);
+    assert_int_equal(s[1].phase[GW_PHASE_FETCH].max_us, 1000);
+    assert_int_equal(s[0].phase[GW_PHASE_FETCH].max_us, 0);
     assert_int_equal(s[1].compressed_bytes, 200);
     assert_int_equal(s[1].raw_bytes, 800);
     json_t *j = gw_coldstarts_to_json(s, n);
     assert_non_null(j);
     json_t *tot = json_object_get(json_object_get(json_array_get(j, 1), "phases"), "total");
     assert_int_equal(json_integer_value(json_object_get(tot, "p95_us")), 19000);
+    json_t *fetch = json_object_get(json_object_get(json_array_get(j, 1), "phases"), "fetch");
+    assert_int_equal(json_integer_value(json_object_get(fetch, "p95_us")), 950);
     json_decref(j);
     free(s);
     /* --since and a function filter. */

@@ -230,7 +230,7 @@ static void stdmetrics_pass_promtool(void **state) {
     gw_stdmetrics_call(&s, "mlp", 1, AICFN_OK, 1500);
     gw_stdmetrics_call(&s, "mlp", 1, AICFN_E_TIMEOUT, 30000000);
     gw_stdmetrics_call(&s, "echo", 2, AICFN_OK, 200);
-    gw_stdmetrics_cold_start(&s, "mlp", 1000, 2000, 300, 400, 4000);
+    gw_stdmetrics_cold_start(&s, "mlp", 0, 1000, 2000, 300, 400, 4000);
     const char *w[] = {"w1"};
     gw_metric_set(s.resident_models, w, 2);
     gw_metric_set(s.cache_used, w, 123456);
@@ -244,8 +244,9 @@ static void stdmetrics_pass_promtool(void **state) {
     gw_metric_add(s.http_requests, h, 1);
     const char *mlp1ok[] = {"mlp", "1", "AICFN_OK"};
     assert_true(gw_metric_value(s.calls, mlp1ok) == 1);
-    const char *phase[] = {"decompress"};
+    const char *phase[] = {"decompress"}, *fetch[] = {"fetch"};
     assert_true(gw_metric_value(s.load_duration, phase) == 1);
+    assert_true(gw_metric_value(s.load_duration, fetch) == 1); /* observed even when 0 */
     char *out = render(m);
     assert_non_null(strstr(out, "aicfn_load_duration_seconds_bucket{phase=\"decompress\",le=\"0.005\"} 1\n"));
     assert_non_null(
