@@ -509,6 +509,8 @@ struct rpc_client {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     bool closing;
+    bool single_peer;
+    bool dropped; /* single_peer: the connection dropped; every later call is refused */
     rpc_op *inflight_head;
     unsigned inflight;
     rpc_op *free_ops;
@@ -546,6 +548,7 @@ static void cli_pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg) {
     (void)ev;
     rpc_client *c = arg;
     pthread_mutex_lock(&c->mu);
+    if (c->single_peer) c->dropped = true;
     for (rpc_op *op = c->closing ? NULL : c->inflight_head; op; op = op->next) {
         if (op->aborted == 0) op->aborted = NNG_ECONNRESET;
         nng_aio_abort(op->aio, NNG_ECONNRESET);
@@ -598,6 +601,7 @@ int rpc_client_open(rpc_client **out, const char *url, const rpc_client_opts *op
     size_t recv_max = opts && opts->recv_max ? opts->recv_max : AICFN_MAX_MESSAGE_BYTES;
     c->send_max = opts && opts->send_max ? opts->send_max : AICFN_MAX_MESSAGE_BYTES;
     c->max_async = opts && opts->max_async ? opts->max_async : AICFN_RPC_MAX_ASYNC;
+    c->single_peer = opts && opts->single_peer;
     bool background = opts && opts->background;
     snprintf(c->url, sizeof c->url, "%s", url);
     pthread_mutex_init(&c->mu, NULL);
@@ -690,6 +694,11 @@ static int cli_arm_recv(rpc_client *c, rpc_op *op) {
     return ab;
 }
 
+static int cli_dropped(rpc_client *c, aicfn_error *err) {
+    return aicfn_error_set(err, AICFN_E_WORKER_LOST,
+                           "rpc %s: the connection to the peer dropped (call not sent)", c->url);
+}
+
 static int cli_precheck(rpc_client *c, size_t len, aicfn_error *err) {
     if (len > c->send_max)
         return aicfn_error_set(err, AICFN_E_TOO_LARGE,
@@ -727,6 +736,14 @@ int rpc_call_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_m
         nng_aio_stop(op.aio);
         nng_aio_free(op.aio);
         return aicfn_error_set(err, AICFN_E_CANCELED, "rpc %s: client closed", c->url);
+    }
+    if (c->dropped) {
+        pthread_mutex_unlock(&c->mu);
+        nng_msg_free(m);
+        nng_ctx_close(op.ctx);
+        nng_aio_stop(op.aio);
+        nng_aio_free(op.aio);
+        return cli_dropped(c, err);
     }
     cli_list_add(c, &op);
     op.phase = OP_SEND;
@@ -821,6 +838,11 @@ int rpc_call_async(rpc_client *c, const void *req, size_t len, uint32_t timeout_
         pthread_mutex_unlock(&c->mu);
         nng_msg_free(m);
         return aicfn_error_set(err, AICFN_E_CANCELED, "rpc %s: client closed", c->url);
+    }
+    if (c->dropped) {
+        pthread_mutex_unlock(&c->mu);
+        nng_msg_free(m);
+        return cli_dropped(c, err);
     }
     rpc_op *op = c->free_ops;
     if (op) {

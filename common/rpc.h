@@ -136,13 +136,19 @@ typedef struct rpc_client_opts {
     bool background;    /* dial in the background and keep retrying (gateway -> worker);
                            false: the first dial must succeed (CLI: clear error) */
     unsigned max_async; /* in-flight rpc_call_async limit; 0 = AICFN_RPC_MAX_ASYNC */
+    bool single_peer;   /* the peer is one process whose connection never comes back once
+                           dropped (the gateway's link to a worker): from the drop on, every
+                           call fails at once with AICFN_E_WORKER_LOST instead of waiting in
+                           the socket for a reconnection until its timeout */
 } rpc_client_opts;
 
 /* Opens a REQ socket dialing `url` (NNG reconnects by itself after a drop). In-flight
  * calls fail with AICFN_E_WORKER_LOST when the connection they may have been sent on
  * drops, instead of being resent on the next connection (a call started in the instant
  * between the drop and its notification may fail so without having been sent; only
- * idempotent calls may be retried). `opts` may be NULL.
+ * idempotent calls may be retried). With opts->single_peer, calls started after the
+ * drop's notification are refused by rpc_call_sync / rpc_call_async themselves with
+ * AICFN_E_WORKER_LOST (so they were certainly not sent). `opts` may be NULL.
  * Errors: AICFN_E_INVALID (refused scheme, bad URL), AICFN_E_UNAVAILABLE (not
  * background and nobody listens), AICFN_E_NOMEM, AICFN_E_IO. Blocks for the first dial
  * unless background. The client may be shared by any number of threads. */

@@ -853,6 +853,59 @@ static void python_protocol_client_interop(void **state) {
     tsrv_fini(&t);
 }
 
+/* single_peer (the gateway's link to a worker): once the connection drops, a call is
+ * refused at once with WORKER_LOST, never queued in the socket until its timeout, and
+ * that stays so when another server takes over the address (a plain client reconnects
+ * there: lost_connection_fails_call_and_never_resends). */
+static void single_peer_refuses_calls_after_a_drop(void **state) {
+    (void)state;
+    const char *url = ipc_url(6);
+    tsrv t1;
+    tsrv_init(&t1, MODE_ECHO);
+    rpc_server *s1;
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&s1, url, NULL, tsrv_handler, &t1, &e), AICFN_OK);
+    rpc_client_opts o = {.background = true, .single_peer = true};
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, url, &o, &e), AICFN_OK);
+    int ok = 0;
+    for (int i = 0; i < 100 && !ok; i++) {
+        ok = echo_once(c, 500, i) == AICFN_OK;
+        if (!ok) usleep(20000);
+    }
+    assert_true(ok);
+    rpc_server_destroy(s1);
+    int rc = AICFN_OK;
+    uint64_t dt = 0;
+    for (int i = 0; i < 100; i++) {
+        uint64_t t0 = clock_now_us();
+        rc = echo_once(c, 200, i);
+        dt = clock_now_us() - t0;
+        if (rc == AICFN_E_WORKER_LOST && dt < 100000) break;
+        usleep(10000);
+    }
+    assert_int_equal(rc, AICFN_E_WORKER_LOST);
+    assert_true(dt < 100000);
+
+    tsrv t2;
+    tsrv_init(&t2, MODE_ECHO);
+    rpc_server *s2;
+    assert_int_equal(rpc_server_start(&s2, url, NULL, tsrv_handler, &t2, &e), AICFN_OK);
+    usleep(300000); /* time to redial, were it to */
+    uint64_t t0 = clock_now_us();
+    assert_int_equal(echo_once(c, 2000, 99), AICFN_E_WORKER_LOST);
+    assert_true(clock_now_us() - t0 < 100000);
+    async_box b;
+    memset(&b, 0, sizeof b);
+    assert_int_equal(rpc_call_async(c, "x", 1, 1000, async_done, &b, &e), AICFN_E_WORKER_LOST);
+    assert_non_null(strstr(e.msg, "not sent"));
+    assert_int_equal(tsrv_calls(&t2), 0);
+    rpc_client_close(c);
+    rpc_server_destroy(s2);
+    tsrv_fini(&t2);
+    tsrv_fini(&t1);
+}
+
 int main(int argc, char **argv) {
     if (argc == 2 && strcmp(argv[1], "--ipc-drop-child") == 0) _exit(drop_peers_then_serve(ipc_url(3)));
     const struct CMUnitTest tests[] = {
@@ -869,6 +922,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(async_calls_and_limits),
         cmocka_unit_test(forwarding_with_reply_msg),
         cmocka_unit_test(python_protocol_client_interop),
+        cmocka_unit_test(single_peer_refuses_calls_after_a_drop),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
