@@ -1114,6 +1114,29 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
     gw_process(gw, &a);
 }
 
+/* The link to w dropped (rpc_call_async refused a call or a poll with
+ * AICFN_E_WORKER_LOST: single_peer, workerlink.c): the worker is gone (lock held). */
+static void gw_link_dropped_locked(gw_gateway *gw, gw_worker *w, const char *why, gw_actions *a) {
+    if (w->state == GW_WORKER_DEAD) return;
+    log_warn("worker %s: its connection dropped (%s): dropping it", w->name, why);
+    gw_worker_dead_locked(gw, w, a);
+}
+
+/* rpc_call_async refused call c with `rc` before sending it (lock held): a dropped
+ * link routes it again, whatever its function (it never ran); anything else fails it. */
+static void gw_call_not_sent_locked(gw_gateway *gw, gw_call *c, int rc, const char *why, gw_actions *a) {
+    gw_worker *w = c->worker;
+    gw_call_left_locked(w, c);
+    if (rc == AICFN_E_WORKER_LOST && !c->preload) {
+        gw_link_dropped_locked(gw, w, why, a);
+        c->worker = NULL;
+        gw_route_locked(gw, c, a);
+        return;
+    }
+    if (rc == AICFN_E_WORKER_LOST) gw_link_dropped_locked(gw, w, why, a);
+    gw_fail_locked(a, c, rc, "sending to worker %s: %s", w->name, why);
+}
+
 /* Sends a status poll (lock NOT held). callbacks/poll_pending were set under the lock. */
 static void gw_send_poll(gw_gateway *gw, gw_worker *w) {
     aicfn_error e;
@@ -1134,15 +1157,20 @@ static void gw_send_poll(gw_gateway *gw, gw_worker *w) {
     }
     wire_writer_fini(&wr);
     if (rc != AICFN_OK) {
+        gw_actions a;
+        memset(&a, 0, sizeof a);
         pthread_mutex_lock(&gw->mu);
         w->callbacks--;
         w->poll_pending = false;
+        if (rc == AICFN_E_WORKER_LOST) gw_link_dropped_locked(gw, w, e.msg, &a);
+        gw_pump_locked(gw, &a);
         pthread_mutex_unlock(&gw->mu);
+        gw_process(gw, &a);
     }
 }
 
 /* Sends a bundle (lock NOT held). Returns false when it could not be sent: its calls
- * then failed into `next`. */
+ * then failed or were routed again into `next`. */
 static bool gw_bundle_send(gw_gateway *gw, gw_bundle *b, gw_actions *next) {
     gw_worker *w = b->w;
     wire_part parts[AICFN_BUNDLE_MAX_CALLS];
@@ -1165,10 +1193,8 @@ static bool gw_bundle_send(gw_gateway *gw, gw_bundle *b, gw_actions *next) {
         return true;
     }
     pthread_mutex_lock(&gw->mu);
-    for (uint32_t i = 0; i < b->n; i++) {
-        gw_call_left_locked(w, b->calls[i]);
-        gw_fail_locked(next, b->calls[i], rc, "sending to worker %s: %s", w->name, e.msg);
-    }
+    for (uint32_t i = 0; i < b->n; i++)
+        gw_call_not_sent_locked(gw, b->calls[i], rc, e.msg, next);
     gw_link_msg_done_locked(gw, w, true, false, next);
     pthread_mutex_unlock(&gw->mu);
     free(b);
@@ -1247,9 +1273,9 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
             if (rc != AICFN_OK) {
                 pthread_mutex_lock(&gw->mu);
                 gw_worker *w = c->worker;
-                gw_call_left_locked(w, c);
-                gw_fail_locked(&next, c, rc, "sending to worker %s: %s", w->name, e.msg);
-                gw_link_msg_done_locked(gw, w, c->short_msg, false, &next);
+                bool short_msg = c->short_msg;
+                gw_call_not_sent_locked(gw, c, rc, e.msg, &next);
+                gw_link_msg_done_locked(gw, w, short_msg, false, &next);
                 pthread_mutex_unlock(&gw->mu);
                 more = true;
             }
