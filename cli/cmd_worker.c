@@ -2,14 +2,20 @@
  * configs, runs the worker (worker/worker.h) and drains it on SIGTERM or SIGINT.
  *
  * Signals are blocked in every thread (the mask is set before any thread starts) and
- * taken by sigwait on the main thread, so no work ever runs in a signal handler. */
+ * taken by sigtimedwait on the main thread, so no work ever runs in a signal handler.
+ * Between signals, a --gateway worker renews its registration every
+ * AICFN_REGISTER_RENEW_MS: a gateway that restarted, or dropped the worker after its
+ * connection broke, routes to it again within that time (a gateway that still has it
+ * answers AICFN_E_EXISTS, which is the normal case). */
 #include <errno.h>
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "cli/cli.h"
 #include "cli/gwclient.h"
@@ -40,7 +46,8 @@ static void cw_help(FILE *out) {
             "  --load-threads N     snapshot pipeline threads per load (default: cores)\n"
             "  --id NAME            worker id shown in status (default: w<pid>)\n"
             "  --gateway ADDR       register with this gateway once listening (it dials --listen, so use a\n"
-            "                       tcp:// address it can reach); --key KEY or $AICFN_KEY (an admin key)\n"
+            "                       tcp:// address it can reach), then again every %d s, so a restarted\n"
+            "                       gateway finds it; --key KEY or $AICFN_KEY (an admin key)\n"
             "                       authenticates. The worker then fetches every handler and snapshot the\n"
             "                       gateway names from the gateway itself, by SHA-256 (artifact_get), into\n"
             "                       --cache-dir, and never opens the gateway's paths\n"
@@ -62,10 +69,10 @@ static void cw_help(FILE *out) {
             "                       Paths may not contain commas.\n"
             "\n"
             "environment: AICFN_LOG=error|warn|info|debug\n",
-            (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20), AICFN_WORKER_CACHE_DIR,
-            (unsigned long long)(AICFN_WORKER_CACHE_MAX_BYTES >> 30), AICFN_FETCH_PRUNE_GRACE_MS / 1000,
-            AICFN_DEFAULT_MAX_BATCH, AICFN_DEFAULT_MAX_DELAY_US, AICFN_DEFAULT_TIMEOUT_MS,
-            AICFN_DEFAULT_QUEUE_PER_FUNCTION);
+            (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20), AICFN_REGISTER_RENEW_MS / 1000,
+            AICFN_WORKER_CACHE_DIR, (unsigned long long)(AICFN_WORKER_CACHE_MAX_BYTES >> 30),
+            AICFN_FETCH_PRUNE_GRACE_MS / 1000, AICFN_DEFAULT_MAX_BATCH, AICFN_DEFAULT_MAX_DELAY_US,
+            AICFN_DEFAULT_TIMEOUT_MS, AICFN_DEFAULT_QUEUE_PER_FUNCTION);
 }
 
 /* A parsed --function: the config plus the storage its strings point into. */
@@ -284,7 +291,24 @@ int cli_cmd_worker(int argc, char **argv) {
         goto out;
     }
     int sig = 0;
-    while (sigwait(&set, &sig) != 0) {
+    bool registered = true; /* false from a failed renewal until one succeeds */
+    for (;;) {
+        struct timespec period = {.tv_sec = AICFN_REGISTER_RENEW_MS / 1000,
+                                  .tv_nsec = (long)(AICFN_REGISTER_RENEW_MS % 1000) * 1000000L};
+        sig = sigtimedwait(&set, NULL, gateway ? &period : NULL);
+        if (sig > 0) break;
+        if (errno != EAGAIN || !gateway) continue; /* EINTR */
+        int r = cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), &err);
+        if (r == AICFN_OK) {
+            log_info("registered again with gateway %s (it did not know this worker)", gateway);
+            registered = true;
+        } else if (r == AICFN_E_EXISTS) {
+            registered = true;
+        } else if (registered) {
+            log_warn("renewing the registration with gateway %s: %s (trying again every %d s)", gateway,
+                     err.msg, AICFN_REGISTER_RENEW_MS / 1000);
+            registered = false;
+        }
     }
     log_info("received %s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     /* Every call in flight ends by its deadline: the worker waits for the longest

@@ -78,6 +78,7 @@
 #define AICFN_DEFAULT_MAX_WORKERS 2           /* aicfn gateway --workers 0..2 */
 #define AICFN_KEEP_WARM_RETRY_MS 2000         /* failed keep-warm load (scaling.min_workers): retry after */
 #define AICFN_UPLOAD_CHUNK_BYTES (4u << 20)   /* aicfn deploy: artifact bytes per upload message */
+#define AICFN_REGISTER_RENEW_MS 5000          /* a --gateway worker re-sends `register` this often */
 #define AICFN_DEFAULT_RESPONSE_CACHE_BYTES (256ull << 20) /* aicfn gateway --response-cache */
 #define AICFN_WORKER_CACHE_DIR "./aicfn-worker-cache" /* aicfn worker --gateway: fetched artifacts */
 #define AICFN_FETCH_CHUNK_TIMEOUT_MS 30000    /* remote worker: one artifact_get round trip */

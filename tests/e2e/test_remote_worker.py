@@ -320,3 +320,25 @@ def test_repository_load_preloads_fetched_snapshot(procs, tmp_path):
     r = call(addr, invoke_msg("mlp", [tensor("x", xm)]), timeout_ms=30000)
     assert r["ok"] and r["cold"] is False, r
     assert np.allclose(output(r, "logits").astype(np.float64), mlp_reference(xm), rtol=1e-4, atol=1e-4)
+
+
+def test_remote_worker_rejoins_a_restarted_gateway(procs, tmp_path):
+    """The gateway dies (kill -9) and comes back on the same address and data: the remote
+    worker, which renews its registration every 5 s, is routed to again without a
+    restart of its own, and serves the function deployed before."""
+    port = free_port()
+    addr, data, g = gateway_with(procs, tmp_path, workers="0..0", port=port)
+    deploy(addr, ROOT / "examples" / "echo")
+    w, _, _ = start_remote_worker(procs, tmp_path, addr)
+    x = np.arange(3, dtype=np.float32)
+    assert call(addr, invoke_msg("echo", [tensor("x", x)]), timeout_ms=20000)["ok"]
+    g.p.kill()
+    g.p.wait(timeout=10)
+    addr2, _, _ = gateway_with(procs, tmp_path, workers="0..0", port=port, data=data, name="gateway2")
+    wait_for(lambda: any(x["name"] == "remote1" and x["state"] == "ready" for x in workers(addr2)), 20,
+             interval=0.1, what="the remote worker to register again")
+    r = call(addr2, invoke_msg("echo", [tensor("x", x * 2)]), timeout_ms=20000)
+    assert r["ok"], r
+    assert np.array_equal(output(r, "x"), x * 2)
+    assert w.poll() is None
+    assert "registered again with gateway" in w.stderr()
