@@ -284,6 +284,16 @@ static void inl_expire(void *ctx, worker_batch_item *w) {
     on_expire(&((inl *)ctx)->r, w);
 }
 
+/* A batcher of max_batch 1 with run_inline, recording into a new inl. */
+static inl *inl_new(void) {
+    inl *x = calloc(1, sizeof *x);
+    assert_non_null(x);
+    rec_init(&x->r);
+    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t", .run_inline = true};
+    assert_int_equal(worker_batcher_create(&cfg, inl_exec, inl_expire, x, &x->b, NULL), 0);
+    return x;
+}
+
 static void *inl_submit_1(void *arg) {
     inl *x = arg;
     submit(x->b, &x->its[1], 1, clock_now_us(), 0);
@@ -292,11 +302,7 @@ static void *inl_submit_1(void *arg) {
 
 static void inline_runs_on_submitting_thread(void **state) {
     (void)state;
-    inl *x = calloc(1, sizeof *x);
-    assert_non_null(x);
-    rec_init(&x->r);
-    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t", .run_inline = true};
-    assert_int_equal(worker_batcher_create(&cfg, inl_exec, inl_expire, x, &x->b, NULL), 0);
+    inl *x = inl_new();
     /* Idle batcher: executed before submit returns, on this thread. */
     submit(x->b, &x->its[0], 0, clock_now_us(), 0);
     assert_true(x->its[0].executed);
@@ -355,11 +361,7 @@ static void *destroy_main(void *arg) {
 
 static void close_while_inline_runs(void **state) {
     (void)state;
-    inl *x = calloc(1, sizeof *x);
-    assert_non_null(x);
-    rec_init(&x->r);
-    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t", .run_inline = true};
-    assert_int_equal(worker_batcher_create(&cfg, inl_exec, inl_expire, x, &x->b, NULL), 0);
+    inl *x = inl_new();
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, inl_submit_1, x), 0); /* item 1: inline for 150 ms */
     uint64_t until = clock_now_us() + 5000000;

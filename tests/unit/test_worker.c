@@ -189,6 +189,16 @@ static void add(worker *w, const char *name, const char *so, const char *snap, u
     assert_int_equal(rc, AICFN_OK);
 }
 
+/* Starts w serving on `url` (its worker_url) and opens a client to it. */
+static rpc_client *serve(worker *w, const char *url) {
+    aicfn_error err;
+    assert_int_equal(worker_start(w, &err), AICFN_OK);
+    assert_string_equal(worker_url(w), url);
+    rpc_client *c = NULL;
+    assert_int_equal(rpc_client_open(&c, url, NULL, &err), AICFN_OK);
+    return c;
+}
+
 /* ---- tests ---- */
 
 static void echo_mlp_status(void **state) {
@@ -205,10 +215,7 @@ static void echo_mlp_status(void **state) {
     worker_fn_config abi = {.name = "abi", .handler = hpath("test_abi_mismatch")};
     assert_int_equal(worker_add_function(w, &abi, &err), AICFN_E_ABI);
     assert_non_null(strstr(err.msg, "ABI 2.0"));
-    assert_int_equal(worker_start(w, &err), AICFN_OK);
-    assert_string_equal(worker_url(w), url);
-    rpc_client *c = NULL;
-    assert_int_equal(rpc_client_open(&c, url, NULL, &err), AICFN_OK);
+    rpc_client *c = serve(w, url);
 
     float x[16];
     for (int i = 0; i < 16; i++)
@@ -340,9 +347,7 @@ static void batching_deadlines_and_drain(void **state) {
     worker *w = start(url, 16u << 20);
     add(w, "slow", "test_sleep", NULL, 8, 5000);
     aicfn_error err;
-    assert_int_equal(worker_start(w, &err), AICFN_OK);
-    rpc_client *c = NULL;
-    assert_int_equal(rpc_client_open(&c, url, NULL, &err), AICFN_OK);
+    rpc_client *c = serve(w, url);
     memset(&arec, 0, sizeof arec);
     pthread_mutex_init(&arec.mu, NULL);
 
@@ -396,9 +401,7 @@ static void remove_function_while_serving(void **state) {
     add(w, "slow", "test_sleep", NULL, 1, 0);
     add(w, "mlp", "mlp", snap_path, 4, 0);
     aicfn_error err;
-    assert_int_equal(worker_start(w, &err), AICFN_OK);
-    rpc_client *c = NULL;
-    assert_int_equal(rpc_client_open(&c, url, NULL, &err), AICFN_OK);
+    rpc_client *c = serve(w, url);
     float x[16] = {0};
     wire_tensor in = {.name = "x",
                       .dtype = AICFN_DTYPE_FP32,
@@ -509,9 +512,7 @@ static void bundle_parts_answered_in_order(void **state) {
     add(w, "echo", "echo", NULL, 1, 0);
     add(w, "mlp", "mlp", snap_path, 8, 1000);
     aicfn_error err;
-    assert_int_equal(worker_start(w, &err), AICFN_OK);
-    rpc_client *c = NULL;
-    assert_int_equal(rpc_client_open(&c, url, NULL, &err), AICFN_OK);
+    rpc_client *c = serve(w, url);
 
     float x[2][16];
     wire_tensor in[2];
