@@ -300,14 +300,9 @@ static void *inl_submit_1(void *arg) {
     return NULL;
 }
 
-static void inline_runs_on_submitting_thread(void **state) {
-    (void)state;
-    inl *x = inl_new();
-    /* Idle batcher: executed before submit returns, on this thread. */
-    submit(x->b, &x->its[0], 0, clock_now_us(), 0);
-    assert_true(x->its[0].executed);
-    assert_true(pthread_equal(x->ran_on[0], pthread_self()));
-    /* Item 1 runs inline on another thread for 150 ms; item 2 queues behind it. */
+/* Submits item 1 from a new thread (returned) and waits until it runs there, inline,
+ * for 150 ms (inl_exec). */
+static pthread_t inl_start_1(inl *x) {
     pthread_t t;
     assert_int_equal(pthread_create(&t, NULL, inl_submit_1, x), 0);
     uint64_t until = clock_now_us() + 5000000;
@@ -318,6 +313,18 @@ static void inline_runs_on_submitting_thread(void **state) {
         if (running || clock_now_us() > until) break;
         sleep_ms(1);
     }
+    return t;
+}
+
+static void inline_runs_on_submitting_thread(void **state) {
+    (void)state;
+    inl *x = inl_new();
+    /* Idle batcher: executed before submit returns, on this thread. */
+    submit(x->b, &x->its[0], 0, clock_now_us(), 0);
+    assert_true(x->its[0].executed);
+    assert_true(pthread_equal(x->ran_on[0], pthread_self()));
+    /* Item 1 runs inline on another thread for 150 ms; item 2 queues behind it. */
+    pthread_t t = inl_start_1(x);
     submit(x->b, &x->its[2], 2, clock_now_us(), 0);
     pthread_mutex_lock(&x->r.mu);
     int ran2 = x->its[2].executed;
@@ -362,21 +369,12 @@ static void *destroy_main(void *arg) {
 static void close_while_inline_runs(void **state) {
     (void)state;
     inl *x = inl_new();
-    pthread_t t;
-    assert_int_equal(pthread_create(&t, NULL, inl_submit_1, x), 0); /* item 1: inline for 150 ms */
-    uint64_t until = clock_now_us() + 5000000;
-    for (;;) {
-        pthread_mutex_lock(&x->r.mu);
-        int running = x->running;
-        pthread_mutex_unlock(&x->r.mu);
-        if (running || clock_now_us() > until) break;
-        sleep_ms(1);
-    }
+    pthread_t t = inl_start_1(x);
     destroyer d = {.b = x->b};
     atomic_init(&d.done, 0);
     pthread_t dt;
     assert_int_equal(pthread_create(&dt, NULL, destroy_main, &d), 0);
-    until = clock_now_us() + 5000000;
+    uint64_t until = clock_now_us() + 5000000;
     while (!atomic_load(&d.done) && clock_now_us() < until)
         sleep_ms(5);
     assert_true(atomic_load(&d.done)); /* else the executor slept through the close */
