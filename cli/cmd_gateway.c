@@ -18,7 +18,7 @@ static void cg_help(FILE *out) {
     fprintf(out,
             "usage: aicfn gateway [--listen ADDR] [--data DIR] [--workers MIN..MAX] [--idle-timeout DUR]\n"
             "                     [--worker-memory BYTES] [--device auto|host|cuda] [--insecure-local]\n"
-            "                     [--http HOST:PORT] [--response-cache BYTES]\n"
+            "                     [--http HOST:PORT] [--response-cache BYTES] [--no-bundles]\n"
             "\n"
             "Runs the gateway: the registry of functions, the router, the local worker pool and the\n"
             "records (aicfn.db). Stops cleanly on SIGTERM or SIGINT.\n"
@@ -44,6 +44,9 @@ static void cg_help(FILE *out) {
             "                         identical request (same version, inputs and params) within\n"
             "                         cache.ttl (0: until evicted) is answered by the gateway alone;\n"
             "                         least recently used replies go first (default %llu MiB)\n"
+            "  --no-bundles           send every call to its worker alone; by default a busy worker\n"
+            "                         gets the calls of short functions several per message (bundles,\n"
+            "                         docs/protocol.md section 9)\n"
             "  --insecure-local       accept calls without API keys (tenant \"local\"); for a gateway\n"
             "                         on a loopback address used by one person\n"
             "\n"
@@ -127,6 +130,8 @@ int cli_cmd_gateway(int argc, char **argv) {
             cfg.device = v;
         } else if ((v = cli_flag_value(argc, argv, &i, "--http"))) {
             http = v;
+        } else if (strcmp(argv[i], "--no-bundles") == 0) {
+            cfg.no_bundles = true;
         } else if (strcmp(argv[i], "--insecure-local") == 0) {
             cfg.insecure_local = true;
         } else {

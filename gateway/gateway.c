@@ -162,6 +162,7 @@ struct gw_gateway {
     uint64_t idle_timeout_us;
     uint64_t worker_memory;
     bool insecure_local;
+    bool no_bundles; /* --no-bundles: every call leaves alone */
 
     gw_db *db;
     gw_artifacts *art;
@@ -560,7 +561,7 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
     c->dispatched_us = now;
     c->next = NULL;
     c->short_msg = !c->preload && gw_fn_is_short(c->fn);
-    if (c->short_msg && resident && w->short_msgs >= AICFN_BUNDLE_WINDOW && w->state == GW_WORKER_READY &&
+    if (c->short_msg && resident && !c->gw->no_bundles && w->short_msgs >= AICFN_BUNDLE_WINDOW && w->state == GW_WORKER_READY &&
         c->wreq_len <= AICFN_BUNDLE_MAX_BYTES) {
         /* Held: leaves with the others when one of the short messages comes back. */
         if (w->outbox_tail)
@@ -1997,6 +1998,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
         cfg->idle_timeout_us ? cfg->idle_timeout_us : (uint64_t)AICFN_DEFAULT_IDLE_TIMEOUT_MS * 1000;
     gw->worker_memory = cfg->worker_memory;
     gw->insecure_local = cfg->insecure_local;
+    gw->no_bundles = cfg->no_bundles;
     gw->scaling_dirty = true; /* read which functions keep workers warm once started */
     pthread_mutex_init(&gw->mu, NULL);
     pthread_cond_init(&gw->maint_cv, NULL);

@@ -41,6 +41,7 @@ typedef struct gw_config {
     bool insecure_local;           /* no API keys required (callers are tenant "local") */
     uint64_t response_cache_bytes; /* response cache budget (respcache.h); 0 = the default,
                                       AICFN_DEFAULT_RESPONSE_CACHE_BYTES */
+    bool no_bundles;               /* send every call alone (docs/protocol.md §9: bundles) */
 } gw_config;
 
 /* Starts a gateway. Returns AICFN_OK with *out, or the error of the first step that

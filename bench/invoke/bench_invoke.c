@@ -8,6 +8,8 @@
  * calls, so each call spawns a worker and loads the model) and reports their p50 per
  * phase from the gateway's cold_starts records.
  *
+ * It also compares the gateway with a second one started with --no-bundles (bundles,
+ * docs/protocol.md §9), 16 clients, alternating rounds.
  * Output: JSON lines, the last {"bench":"invoke","summary":{...}} with the ratios
  * gateway/bare (targets: p50 ratio <= 2.2, 16-client throughput ratio >= 0.5).
  * Options: --aicfn PATH (default: the aicfn beside this binary), --seconds S per
@@ -22,6 +24,7 @@
 #include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -224,17 +227,17 @@ static double throughput_for(const char *addr, const uint8_t *req, size_t len, i
 
 #define TPUT_ROUNDS 4
 
-/* The gateway and the bare server with the same number of clients, in TPUT_ROUNDS
- * alternating rounds of g_seconds / TPUT_ROUNDS each (so a drift in the machine's speed
- * hits both alike); the mean rate of each. */
-static void throughput_pair(const char *gw, const char *bare, const uint8_t *req, size_t len, int clients,
-                            double *tg, double *tb, uint64_t *eg, uint64_t *eb) {
+/* Targets a (a gateway: replies checked) and b (checked when check_b) with the same
+ * number of clients, in TPUT_ROUNDS alternating rounds of g_seconds / TPUT_ROUNDS each
+ * (so a drift in the machine's speed hits both alike); the mean rate of each. */
+static void throughput_pair(const char *a, const char *b, int check_b, const uint8_t *req, size_t len,
+                            int clients, double *tg, double *tb, uint64_t *eg, uint64_t *eb) {
     *tg = *tb = 0;
     *eg = *eb = 0;
     for (int r = 0; r < TPUT_ROUNDS; r++) {
         uint64_t e1 = 0, e2 = 0;
-        *tg += throughput_for(gw, req, len, clients, 1, g_seconds / TPUT_ROUNDS, &e1) / TPUT_ROUNDS;
-        *tb += throughput_for(bare, req, len, clients, 0, g_seconds / TPUT_ROUNDS, &e2) / TPUT_ROUNDS;
+        *tg += throughput_for(a, req, len, clients, 1, g_seconds / TPUT_ROUNDS, &e1) / TPUT_ROUNDS;
+        *tb += throughput_for(b, req, len, clients, check_b, g_seconds / TPUT_ROUNDS, &e2) / TPUT_ROUNDS;
         *eg += e1;
         *eb += e2;
     }
@@ -242,13 +245,15 @@ static void throughput_pair(const char *gw, const char *bare, const uint8_t *req
 
 /* ---- the gateway ---- */
 
-static pid_t start_gateway(const char *addr, const char *data, const char *idle) {
+/* `bundles` false: --no-bundles (every call sent to the worker alone). */
+static pid_t start_gateway(const char *addr, const char *data, const char *idle, bool bundles) {
     pid_t pid = fork();
     if (pid == 0) {
         int devnull = open("/dev/null", 1);
         if (devnull >= 0) dup2(devnull, 2);
         execl(g_aicfn, g_aicfn, "gateway", "--listen", addr, "--data", data, "--workers", "0..1", "--device",
-              "auto", "--idle-timeout", idle, "--insecure-local", (char *)NULL);
+              "auto", "--idle-timeout", idle, "--insecure-local", bundles ? (char *)NULL : "--no-bundles",
+              (char *)NULL);
         _exit(127);
     }
     return pid;
@@ -336,7 +341,7 @@ int main(int argc, char **argv) {
     }
     char gwdata[PATH_MAX];
     snprintf(gwdata, sizeof gwdata, "%s/data", data);
-    pid_t gw = start_gateway(gw_addr, gwdata, "5m");
+    pid_t gw = start_gateway(gw_addr, gwdata, "5m", true);
     if (wait_gateway(gw_addr) != 0) {
         fprintf(stderr, "bench-invoke: the gateway did not start (%s)\n", g_aicfn);
         return 1;
@@ -411,7 +416,7 @@ int main(int argc, char **argv) {
     double tg[3], tb[3];
     for (int k = 0; k < 3; k++) {
         uint64_t eg, eb;
-        throughput_pair(gw_addr, bare_addr, req, len, conc[k], &tg[k], &tb[k], &eg, &eb);
+        throughput_pair(gw_addr, bare_addr, 0, req, len, conc[k], &tg[k], &tb[k], &eg, &eb);
         printf("{\"bench\":\"invoke\",\"case\":\"throughput\",\"clients\":%d,\"gateway_calls_per_s\":%.0f,"
                "\"bare_calls_per_s\":%.0f,\"ratio\":%.3f,\"gateway_errors\":%llu,\"bare_errors\":%llu}\n",
                conc[k], tg[k], tb[k], tb[k] > 0 ? tg[k] / tb[k] : 0.0, (unsigned long long)eg,
@@ -426,13 +431,36 @@ int main(int argc, char **argv) {
             "\"calls_per_s\":%.0f,\"errors\":%llu}\n",
             tw, (unsigned long long)ew);
     }
+    /* Bundles (docs/protocol.md §9) on and off, side by side: a second gateway with
+     * --no-bundles and its own worker, 16 clients, alternating rounds. */
+    double t_on = 0, t_off = 0;
+    {
+        char nb_addr[64], nb_data[PATH_MAX];
+        snprintf(nb_addr, sizeof nb_addr, "tcp://127.0.0.1:%d", port + 2);
+        snprintf(nb_data, sizeof nb_data, "%s/data_nb", data);
+        pid_t nb = start_gateway(nb_addr, nb_data, "5m", false);
+        if (wait_gateway(nb_addr) == 0 &&
+            run_cmd("%s deploy examples/echo --gateway %s >/dev/null 2>&1", g_aicfn, nb_addr) == 0) {
+            uint64_t e_on, e_off;
+            lat_result warm = latency(nb_addr, req, len, 50, 1); /* spawns its worker */
+            (void)warm;
+            throughput_pair(gw_addr, nb_addr, 1, req, len, 16, &t_on, &t_off, &e_on, &e_off);
+            printf("{\"bench\":\"invoke\",\"case\":\"bundles\",\"clients\":16,\"gateway_calls_per_s\":%.0f,"
+                   "\"no_bundles_calls_per_s\":%.0f,\"gain\":%.3f,\"errors\":%llu}\n",
+                   t_on, t_off, t_off > 0 ? t_on / t_off : 0.0, (unsigned long long)(e_on + e_off));
+            fflush(stdout);
+        } else {
+            fprintf(stderr, "bench-invoke: the --no-bundles gateway did not start\n");
+        }
+        stop_gateway(nb);
+    }
     free(req);
     rpc_server_destroy(bare);
     stop_gateway(gw);
 
     /* A second gateway whose worker idles out after 1 s, for the cold starts. */
     snprintf(gwdata, sizeof gwdata, "%s/data2", data);
-    gw = start_gateway(gw_addr, gwdata, "1s");
+    gw = start_gateway(gw_addr, gwdata, "1s", true);
     if (wait_gateway(gw_addr) != 0 ||
         run_cmd("%s deploy examples/mlp --gateway %s >/dev/null 2>&1", g_aicfn, gw_addr) != 0) {
         fprintf(stderr, "bench-invoke: the second gateway or deploying mlp failed\n");
@@ -500,9 +528,11 @@ int main(int argc, char **argv) {
         "{\"bench\":\"invoke\",\"summary\":{\"gateway_p50_us\":%llu,\"bare_p50_us\":%llu,\"p50_ratio\":%.3f,"
         "\"p50_target\":2.2,\"p50_ok\":%s,\"gateway_16c_calls_per_s\":%.0f,\"bare_16c_calls_per_s\":%.0f,"
         "\"throughput_16c_ratio\":%.3f,\"throughput_target\":0.5,\"throughput_ok\":%s,"
-        "\"throughput_1c_ratio\":%.3f,\"throughput_4c_ratio\":%.3f,\"mlp_cold_p50_total_us\":%llu}}\n",
+        "\"throughput_1c_ratio\":%.3f,\"throughput_4c_ratio\":%.3f,\"bundles_gain_16c\":%.3f,"
+        "\"mlp_cold_p50_total_us\":%llu}}\n",
         (unsigned long long)lg.p50, (unsigned long long)lb.p50, p50_ratio,
         p50_ratio <= 2.2 ? "true" : "false", tg[2], tb[2], t16_ratio, t16_ratio >= 0.5 ? "true" : "false",
-        tb[0] > 0 ? tg[0] / tb[0] : 0.0, tb[1] > 0 ? tg[1] / tb[1] : 0.0, (unsigned long long)cold_total);
+        tb[0] > 0 ? tg[0] / tb[0] : 0.0, tb[1] > 0 ? tg[1] / tb[1] : 0.0, t_off > 0 ? t_on / t_off : 0.0,
+        (unsigned long long)cold_total);
     return 0;
 }

@@ -12,6 +12,8 @@ of the idempotent function all succeed (retried once), calls of the other either
 or fail with AICFN_E_WORKER_LOST, none runs twice, a new worker serves the calls after
 the kill, and each call has one ledger row.
 
+`aicfn gateway --no-bundles`: the same load, no bundle.
+
 Every loop is bounded in count and time.
 """
 import json
@@ -33,12 +35,12 @@ E_WORKER_LOST = 12
 CLIENTS = 16
 
 
-def start(procs, data: Path):
+def start(procs, data: Path, *extra):
     port, hport = free_port(), free_port()
     addr = f"tcp://127.0.0.1:{port}"
     g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..2",
                      "--worker-memory", "64MiB", "--device", "host", "--http", f"127.0.0.1:{hport}",
-                     "--insecure-local"], name="gateway")
+                     "--insecure-local", *extra], name="gateway")
 
     def ready():
         if g.poll() is not None:
@@ -150,6 +152,19 @@ def test_busy_worker_gets_bundles(procs, tmp_path):
     for rid in results:
         assert lines.count(str(rid)) == 1, rid
     wait_for(lambda: ledger_count(data, list(results)) == len(results), 15, what="one ledger row per call")
+
+
+def test_no_bundles_flag_sends_every_call_alone(procs, tmp_path):
+    data = tmp_path / "data"
+    addr, hport = start(procs, data, "--no-bundles")
+    deploy_fast(addr, tmp_path, "fast", idempotent=False)
+    counts = tmp_path / "count.txt"
+    counts.write_text("")
+    warm(addr, "fast", counts)
+    results, _ = hammer(addr, ["fast"], 30, counts, 6_000_000, time.monotonic() + 90)
+    assert len(results) == CLIENTS * 30 and all(r["ok"] for _, _, r in results.values())
+    assert metric(hport, "aicfn_worker_bundles_total") == 0
+    assert metric(hport, "aicfn_worker_bundled_calls_total") == 0
 
 
 def test_kill_worker_with_bundles_in_flight(procs, tmp_path):
