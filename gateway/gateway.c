@@ -561,8 +561,8 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
     c->dispatched_us = now;
     c->next = NULL;
     c->short_msg = !c->preload && gw_fn_is_short(c->fn);
-    if (c->short_msg && resident && !c->gw->no_bundles && w->short_msgs >= AICFN_BUNDLE_WINDOW && w->state == GW_WORKER_READY &&
-        c->wreq_len <= AICFN_BUNDLE_MAX_BYTES) {
+    if (c->short_msg && resident && !c->gw->no_bundles && w->short_msgs >= AICFN_BUNDLE_WINDOW &&
+        w->state == GW_WORKER_READY && c->wreq_len <= AICFN_BUNDLE_MAX_BYTES) {
         /* Held: leaves with the others when one of the short messages comes back. */
         if (w->outbox_tail)
             w->outbox_tail->next = c;
