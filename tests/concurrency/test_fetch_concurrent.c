@@ -25,6 +25,8 @@
 #include "common/wire.h"
 #include "worker/fetch.h"
 
+#include "test_fake_artifacts.h"
+
 #define N_ART 4
 #define ART_BYTES 3000
 #define CHUNK 1024 /* 3 chunks each */
@@ -37,51 +39,29 @@ typedef struct gw {
     atomic_uint requests[N_ART];
 } gw;
 
-static void reply_error(rpc_call *call, uint64_t id, int code, const char *msg) {
-    wire_writer w;
-    wire_writer_init(&w);
-    wire_encode_error_reply(&w, id, code, msg, NULL);
-    rpc_reply(call, w.data, w.len);
-    wire_writer_fini(&w);
-}
-
 static void handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
     gw *g = user;
     wire_doc doc;
-    wire_header h;
+    tfa_get q;
     aicfn_error e;
-    const char *hash = NULL;
-    uint64_t off = 0, want = 0;
-    int rc = wire_doc_parse(&doc, msg, len, NULL, &e);
-    if (rc == AICFN_OK) rc = wire_decode_header(&doc, &h, &e);
-    if (rc == AICFN_OK) rc = wire_get_cstr(&doc, &doc.root, NULL, "hash", true, 64, &hash, &e);
-    if (rc == AICFN_OK) rc = wire_get_u64(&doc.root, NULL, "offset", true, &off, &e);
-    if (rc == AICFN_OK) rc = wire_get_u64(&doc.root, NULL, "len", true, &want, &e);
+    int rc = tfa_decode_get(&doc, msg, len, &q, &e);
     int a = -1;
     for (int i = 0; rc == AICFN_OK && i < N_ART; i++)
-        if (strcmp(hash, g->hash[i]) == 0) a = i;
+        if (strcmp(q.hash, g->hash[i]) == 0) a = i;
+    uint64_t off = q.offset;
     if (rc != AICFN_OK || a < 0 || off > ART_BYTES) {
-        reply_error(call, wire_peek_id(msg, len), rc != AICFN_OK ? rc : AICFN_E_NOT_FOUND, "no");
+        tfa_reply_error(call, wire_peek_id(msg, len), rc != AICFN_OK ? rc : AICFN_E_NOT_FOUND, "no");
         wire_doc_fini(&doc);
         return;
     }
     atomic_fetch_add(&g->requests[a], 1);
     usleep(2000); /* keep downloads in flight long enough to overlap */
     uint8_t buf[CHUNK];
-    uint64_t n = ART_BYTES - off < want ? ART_BYTES - off : want;
+    uint64_t n = ART_BYTES - off < q.len ? ART_BYTES - off : q.len;
     if (n > CHUNK) n = CHUNK;
     memcpy(buf, g->content[a] + off, (size_t)n);
     if (a == BAD && off == 0) buf[0] ^= 0xff;
-    wire_writer w;
-    wire_writer_init(&w);
-    wire_put_map(&w, 5);
-    wire_kv_u64(&w, "v", 1);
-    wire_kv_u64(&w, "id", h.id);
-    wire_kv_bool(&w, "ok", true);
-    wire_kv_u64(&w, "size", ART_BYTES);
-    wire_kv_bin(&w, "data", buf, (size_t)n);
-    rpc_reply(call, w.data, w.len);
-    wire_writer_fini(&w);
+    tfa_reply_chunk(call, q.h.id, ART_BYTES, buf, n);
     wire_doc_fini(&doc);
 }
 

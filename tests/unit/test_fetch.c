@@ -40,6 +40,8 @@
 #include "snapshots/writer.h"
 #include "worker/fetch.h"
 
+#include "test_fake_artifacts.h"
+
 #define CONTENT_BYTES 4500
 #define CHUNK 1000 /* 5 chunks: 4 full, one of 500 */
 
@@ -65,34 +67,17 @@ static void to_hex(const unsigned char *d, char *out) {
         sprintf(out + 2 * i, "%02x", d[i]);
 }
 
-static void reply_error(rpc_call *call, uint64_t id, int code, const char *msg) {
-    wire_writer w;
-    wire_writer_init(&w);
-    assert_int_equal(wire_encode_error_reply(&w, id, code, msg, NULL), AICFN_OK);
-    rpc_reply(call, w.data, w.len);
-    wire_writer_fini(&w);
-}
-
 static void fake_handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
     fake_gw *g = user;
     wire_doc doc;
-    wire_header h;
+    tfa_get q;
     aicfn_error e;
-    const char *hash = NULL, *key = NULL;
-    uint64_t off = 0, want = 0;
-    int rc = wire_doc_parse(&doc, msg, len, NULL, &e);
-    if (rc == AICFN_OK) rc = wire_decode_header(&doc, &h, &e);
-    if (rc == AICFN_OK && strcmp(h.t, "artifact_get") != 0)
-        rc = aicfn_error_set(&e, AICFN_E_PROTOCOL, "type");
-    if (rc == AICFN_OK) rc = wire_get_cstr(&doc, &doc.root, NULL, "hash", true, 64, &hash, &e);
-    if (rc == AICFN_OK) rc = wire_get_cstr(&doc, &doc.root, NULL, "key", false, 100, &key, &e);
-    if (rc == AICFN_OK) rc = wire_get_u64(&doc.root, NULL, "offset", true, &off, &e);
-    if (rc == AICFN_OK) rc = wire_get_u64(&doc.root, NULL, "len", true, &want, &e);
+    int rc = tfa_decode_get(&doc, msg, len, &q, &e);
     atomic_fetch_add(&g->requests, 1);
-    if (key && strcmp(key, "k3y") == 0) atomic_fetch_add(&g->with_key, 1);
+    if (q.key && strcmp(q.key, "k3y") == 0) atomic_fetch_add(&g->with_key, 1);
     if (g->delay_ms) usleep(g->delay_ms * 1000);
     if (rc != AICFN_OK) {
-        reply_error(call, wire_peek_id(msg, len), rc, e.msg);
+        assert_int_equal(tfa_reply_error(call, wire_peek_id(msg, len), rc, e.msg), AICFN_OK);
         wire_doc_fini(&doc);
         return;
     }
@@ -107,11 +92,13 @@ static void fake_handler(void *user, rpc_call *call, const uint8_t *msg, size_t 
         wire_doc_fini(&doc);
         return;
     }
-    if (strcmp(hash, g->hash) != 0) {
-        reply_error(call, h.id, AICFN_E_NOT_FOUND, "artifact is not stored");
+    if (strcmp(q.hash, g->hash) != 0) {
+        assert_int_equal(tfa_reply_error(call, q.h.id, AICFN_E_NOT_FOUND, "artifact is not stored"),
+                         AICFN_OK);
         wire_doc_fini(&doc);
         return;
     }
+    uint64_t off = q.offset, want = q.len;
     uint64_t size = CONTENT_BYTES;
     uint64_t n = off >= size ? 0 : (size - off < want ? size - off : want);
     uint8_t buf[CHUNK * 4];
@@ -122,16 +109,7 @@ static void fake_handler(void *user, rpc_call *call, const uint8_t *msg, size_t 
     if (g->mode == MODE_FLIP && off == CHUNK) buf[7] ^= 0x40;
     if (g->mode == MODE_HUGE) announced = AICFN_ARTIFACT_MAX_BYTES + 1;
     if (g->mode == MODE_SIZE_CHANGE && off > 0) announced = size + 1;
-    wire_writer w;
-    wire_writer_init(&w);
-    wire_put_map(&w, 5);
-    wire_kv_u64(&w, "v", 1);
-    wire_kv_u64(&w, "id", h.id);
-    wire_kv_bool(&w, "ok", true);
-    wire_kv_u64(&w, "size", announced);
-    wire_kv_bin(&w, "data", buf, (size_t)n);
-    rpc_reply(call, w.data, w.len);
-    wire_writer_fini(&w);
+    tfa_reply_chunk(call, q.h.id, announced, buf, n);
     wire_doc_fini(&doc);
 }
 
