@@ -10,14 +10,20 @@
  *
  * It also compares the gateway with a second one started with --no-bundles (bundles,
  * docs/protocol.md §9), 16 clients, alternating rounds.
+ * Two more targets join the 16-client rounds ("case":"floor"): the bare echo in a process
+ * of its own (`bench-invoke --serve-bare ADDR`; the summary's floor stays the bare echo
+ * inside this process, whose server threads share NNG's pool and the address space with
+ * the clients, which makes it the faster of the two) and the gateway answering
+ * `echo_cached` (echo with the response cache on) from its cache: the gateway's front
+ * alone, no worker link, an upper bound for any faster link to the worker.
  * Output: JSON lines, the last {"bench":"invoke","summary":{...}} with the ratios
  * gateway/bare (targets: p50 ratio <= 2.2, 16-client throughput ratio >= 0.5).
  * Options: --aicfn PATH (default: the aicfn beside this binary), --seconds S per
  * throughput case (default 2), --calls N latency samples (default 2000), --cold N cold
  * starts (default 5), --hold gateway:S or --hold bare:S (only 16 clients on that
  * target for S seconds, nothing else: a steady load to profile, e.g. with `perf record -a`
- * and `perf script -F pid` to split the CPU time between clients, gateway and worker). Runs a gateway with its
- * own temporary data directory. */
+ * and `perf script -F pid` to split the CPU time between clients, gateway and worker). Runs a gateway with
+ * its own temporary data directory. */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
@@ -43,7 +49,7 @@ static char g_aicfn[PATH_MAX];
 static double g_seconds = 2.0;
 static int g_calls = 2000;
 static int g_cold = 5;
-static double g_hold = 0;        /* --hold TARGET:S: only 16 clients on TARGET for S seconds (to profile) */
+static double g_hold = 0; /* --hold TARGET:S: only 16 clients on TARGET for S seconds (to profile) */
 static char g_hold_target[16] = ""; /* gateway or bare */
 
 /* ---- the bare echo server ---- */
@@ -51,6 +57,26 @@ static char g_hold_target[16] = ""; /* gateway or bare */
 static void bare_handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
     (void)user;
     rpc_reply(call, msg, len);
+}
+
+/* `bench-invoke --serve-bare ADDR`: the bare echo server alone in this process until
+ * SIGTERM (the floor in a process of its own, as a gateway is). */
+static int serve_bare(const char *addr) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGINT);
+    pthread_sigmask(SIG_BLOCK, &set, NULL); /* before NNG starts its threads */
+    rpc_server *s = NULL;
+    aicfn_error e;
+    if (rpc_server_start(&s, addr, NULL, bare_handler, NULL, &e) != AICFN_OK) {
+        fprintf(stderr, "bench-invoke: bare server: %s\n", e.msg);
+        return 1;
+    }
+    int sig;
+    sigwait(&set, &sig);
+    rpc_server_destroy(s);
+    return 0;
 }
 
 /* ---- requests ---- */
@@ -227,20 +253,32 @@ static double throughput_for(const char *addr, const uint8_t *req, size_t len, i
 
 #define TPUT_ROUNDS 4
 
-/* Targets a (a gateway: replies checked) and b (checked when check_b) with the same
- * number of clients, in TPUT_ROUNDS alternating rounds of g_seconds / TPUT_ROUNDS each
- * (so a drift in the machine's speed hits both alike); the mean rate of each. */
-static void throughput_pair(const char *a, const char *b, int check_b, const uint8_t *req, size_t len,
-                            int clients, double *tg, double *tb, uint64_t *eg, uint64_t *eb) {
-    *tg = *tb = 0;
-    *eg = *eb = 0;
-    for (int r = 0; r < TPUT_ROUNDS; r++) {
-        uint64_t e1 = 0, e2 = 0;
-        *tg += throughput_for(a, req, len, clients, 1, g_seconds / TPUT_ROUNDS, &e1) / TPUT_ROUNDS;
-        *tb += throughput_for(b, req, len, clients, check_b, g_seconds / TPUT_ROUNDS, &e2) / TPUT_ROUNDS;
-        *eg += e1;
-        *eb += e2;
+/* One target of a throughput measurement: where the calls go and what they send. */
+typedef struct tput_target {
+    const char *addr;
+    const uint8_t *req;
+    size_t len;
+    int check;       /* decode each reply and count it an error unless ok (gateways) */
+    double rate;     /* out: the mean calls/s of its rounds */
+    uint64_t errors; /* out */
+} tput_target;
+
+/* The `n` targets with the same number of clients, in TPUT_ROUNDS rounds; a round runs
+ * each target in turn for g_seconds / TPUT_ROUNDS (so a drift in the machine's speed
+ * hits all of them alike). */
+static void throughput_rounds(tput_target *t, int n, int clients) {
+    for (int i = 0; i < n; i++) {
+        t[i].rate = 0;
+        t[i].errors = 0;
     }
+    for (int r = 0; r < TPUT_ROUNDS; r++)
+        for (int i = 0; i < n; i++) {
+            uint64_t e = 0;
+            t[i].rate += throughput_for(t[i].addr, t[i].req, t[i].len, clients, t[i].check,
+                                        g_seconds / TPUT_ROUNDS, &e) /
+                         TPUT_ROUNDS;
+            t[i].errors += e;
+        }
 }
 
 /* ---- the gateway ---- */
@@ -259,7 +297,18 @@ static pid_t start_gateway(const char *addr, const char *data, const char *idle,
     return pid;
 }
 
-static int wait_gateway(const char *addr) {
+/* The bare echo server in a process of its own (this binary with --serve-bare). */
+static pid_t start_bare_process(const char *addr) {
+    pid_t pid = fork();
+    if (pid == 0) {
+        execl("/proc/self/exe", "bench-invoke", "--serve-bare", addr, (char *)NULL);
+        _exit(127);
+    }
+    return pid;
+}
+
+/* 0 once a server listens on `addr`. */
+static int wait_listening(const char *addr) {
     for (int i = 0; i < 200; i++) {
         rpc_client *c = NULL;
         if (rpc_client_open(&c, addr, NULL, NULL) == AICFN_OK) {
@@ -281,7 +330,9 @@ static int run_cmd(const char *fmt, ...) {
     return system(cmd);
 }
 
-static void stop_gateway(pid_t pid) {
+/* SIGTERM, then SIGKILL after 6 s; pid <= 0: nothing. */
+static void stop_process(pid_t pid) {
+    if (pid <= 0) return;
     kill(pid, SIGTERM);
     for (int i = 0; i < 300; i++) {
         if (waitpid(pid, NULL, WNOHANG) == pid) return;
@@ -296,6 +347,7 @@ static int port_free(void) {
 }
 
 int main(int argc, char **argv) {
+    if (argc == 3 && !strcmp(argv[1], "--serve-bare")) return serve_bare(argv[2]);
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--aicfn") && i + 1 < argc)
             snprintf(g_aicfn, sizeof g_aicfn, "%s", argv[++i]);
@@ -310,7 +362,8 @@ int main(int argc, char **argv) {
                  (!strcmp(g_hold_target, "gateway") || !strcmp(g_hold_target, "bare")))
             i++;
         else {
-            fprintf(stderr, "usage: bench-invoke [--aicfn PATH] [--seconds S] [--calls N] [--cold N] [--hold gateway|bare:S]\n");
+            fprintf(stderr, "usage: bench-invoke [--aicfn PATH] [--seconds S] [--calls N] [--cold N] [--hold "
+                            "gateway|bare:S]\n");
             return 2;
         }
     }
@@ -332,27 +385,50 @@ int main(int argc, char **argv) {
     snprintf(gw_addr, sizeof gw_addr, "tcp://127.0.0.1:%d", port);
     snprintf(bare_addr, sizeof bare_addr, "tcp://127.0.0.1:%d", port + 1);
 
-    /* Bare NNG echo (same process as the clients, like the gateway's clients). */
+    /* The bare NNG echo twice: in this process (its server threads share NNG's thread
+     * pool and address space with the clients) and in a process of its own, as the
+     * gateway is. The first is the floor of the summary's ratios. */
+    char bare_own_addr[64];
+    snprintf(bare_own_addr, sizeof bare_own_addr, "tcp://127.0.0.1:%d", port + 3);
+    pid_t bare_own = g_hold > 0 ? -1 : start_bare_process(bare_own_addr);
     rpc_server *bare = NULL;
     aicfn_error e;
     if (rpc_server_start(&bare, bare_addr, NULL, bare_handler, NULL, &e) != AICFN_OK) {
         fprintf(stderr, "bench-invoke: bare server: %s\n", e.msg);
+        stop_process(bare_own);
+        return 1;
+    }
+    if (bare_own > 0 && wait_listening(bare_own_addr) != 0) {
+        fprintf(stderr, "bench-invoke: the bare server process did not start\n");
+        stop_process(bare_own);
+        rpc_server_destroy(bare);
         return 1;
     }
     char gwdata[PATH_MAX];
     snprintf(gwdata, sizeof gwdata, "%s/data", data);
     pid_t gw = start_gateway(gw_addr, gwdata, "5m", true);
-    if (wait_gateway(gw_addr) != 0) {
+    if (wait_listening(gw_addr) != 0) {
         fprintf(stderr, "bench-invoke: the gateway did not start (%s)\n", g_aicfn);
+        stop_process(bare_own);
         return 1;
     }
-    if (run_cmd("%s deploy examples/echo --gateway %s >/dev/null 2>&1", g_aicfn, gw_addr) != 0) {
-        fprintf(stderr, "bench-invoke: deploying echo/mlp failed (run from the repository root)\n");
-        stop_gateway(gw);
+    /* echo, and echo_cached: the same handler with the response cache on, so that the
+     * gateway answers every call but the first itself (its front alone, no worker). */
+    if (run_cmd("%s deploy examples/echo --gateway %s >/dev/null 2>&1", g_aicfn, gw_addr) != 0 ||
+        run_cmd("d='%s/echo_cached' && cp -r examples/echo \"$d\" && sed -i -e 's/^name: echo$/name: "
+                "echo_cached/' "
+                "-e 's/responses: false/responses: true/' \"$d/aicfn.yaml\" && grep -q '^name: echo_cached$' "
+                "\"$d/aicfn.yaml\" && grep -q 'responses: true' \"$d/aicfn.yaml\" && "
+                "%s deploy \"$d\" --gateway %s >/dev/null 2>&1",
+                data, g_aicfn, gw_addr) != 0) {
+        fprintf(stderr, "bench-invoke: deploying echo failed (run from the repository root)\n");
+        stop_process(bare_own);
+        stop_process(gw);
         return 1;
     }
-    size_t len;
+    size_t len, cached_len;
     uint8_t *req = encode_invoke("echo", 1.0f, &len);
+    uint8_t *cached_req = encode_invoke("echo_cached", 1.0f, &cached_len);
 
     if (g_hold > 0) {
         uint64_t eh;
@@ -362,8 +438,9 @@ int main(int argc, char **argv) {
                "\"calls_per_s\":%.0f,\"errors\":%llu}\n",
                g_hold_target, g_hold, th, (unsigned long long)eh);
         free(req);
+        free(cached_req);
         rpc_server_destroy(bare);
-        stop_gateway(gw);
+        stop_process(gw);
         return 0;
     }
     lat_result lg, lb;
@@ -412,15 +489,35 @@ int main(int argc, char **argv) {
            "\"p99_us\":%llu,\"errors\":%llu}\n",
            g_calls, (unsigned long long)lb.p50, (unsigned long long)lb.p99, (unsigned long long)lb.errors);
     fflush(stdout);
+    /* 1 and 4 clients: the gateway and the bare echo. 16 clients: also the bare echo in
+     * its own process and the gateway answering from its response cache. */
     int conc[3] = {1, 4, 16};
     double tg[3], tb[3];
+    tput_target t16[4];
     for (int k = 0; k < 3; k++) {
-        uint64_t eg, eb;
-        throughput_pair(gw_addr, bare_addr, 0, req, len, conc[k], &tg[k], &tb[k], &eg, &eb);
+        tput_target t[4] = {{gw_addr, req, len, 1, 0, 0},
+                            {bare_addr, req, len, 0, 0, 0},
+                            {bare_own_addr, req, len, 0, 0, 0},
+                            {gw_addr, cached_req, cached_len, 1, 0, 0}};
+        throughput_rounds(t, conc[k] == 16 ? 4 : 2, conc[k]);
+        tg[k] = t[0].rate;
+        tb[k] = t[1].rate;
         printf("{\"bench\":\"invoke\",\"case\":\"throughput\",\"clients\":%d,\"gateway_calls_per_s\":%.0f,"
                "\"bare_calls_per_s\":%.0f,\"ratio\":%.3f,\"gateway_errors\":%llu,\"bare_errors\":%llu}\n",
-               conc[k], tg[k], tb[k], tb[k] > 0 ? tg[k] / tb[k] : 0.0, (unsigned long long)eg,
-               (unsigned long long)eb);
+               conc[k], tg[k], tb[k], tb[k] > 0 ? tg[k] / tb[k] : 0.0, (unsigned long long)t[0].errors,
+               (unsigned long long)t[1].errors);
+        if (conc[k] == 16) {
+            memcpy(t16, t, sizeof t16);
+            printf(
+                "{\"bench\":\"invoke\",\"case\":\"floor\",\"clients\":16,\"bare_in_process_calls_per_s\":%."
+                "0f,"
+                "\"bare_own_process_calls_per_s\":%.0f,\"gateway_calls_per_s\":%.0f,"
+                "\"gateway_ratio_vs_own_process\":%.3f,\"gateway_cached_calls_per_s\":%.0f,"
+                "\"cached_ratio_vs_in_process\":%.3f,\"cached_ratio_vs_own_process\":%.3f,\"errors\":%llu}\n",
+                t[1].rate, t[2].rate, t[0].rate, t[2].rate > 0 ? t[0].rate / t[2].rate : 0.0, t[3].rate,
+                t[1].rate > 0 ? t[3].rate / t[1].rate : 0.0, t[2].rate > 0 ? t[3].rate / t[2].rate : 0.0,
+                (unsigned long long)(t[2].errors + t[3].errors));
+        }
         fflush(stdout);
     }
     if (waddr[0]) {
@@ -439,32 +536,37 @@ int main(int argc, char **argv) {
         snprintf(nb_addr, sizeof nb_addr, "tcp://127.0.0.1:%d", port + 2);
         snprintf(nb_data, sizeof nb_data, "%s/data_nb", data);
         pid_t nb = start_gateway(nb_addr, nb_data, "5m", false);
-        if (wait_gateway(nb_addr) == 0 &&
+        if (wait_listening(nb_addr) == 0 &&
             run_cmd("%s deploy examples/echo --gateway %s >/dev/null 2>&1", g_aicfn, nb_addr) == 0) {
-            uint64_t e_on, e_off;
             lat_result warm = latency(nb_addr, req, len, 50, 1); /* spawns its worker */
             (void)warm;
-            throughput_pair(gw_addr, nb_addr, 1, req, len, 16, &t_on, &t_off, &e_on, &e_off);
+            tput_target t[2] = {{gw_addr, req, len, 1, 0, 0}, {nb_addr, req, len, 1, 0, 0}};
+            throughput_rounds(t, 2, 16);
+            t_on = t[0].rate;
+            t_off = t[1].rate;
             printf("{\"bench\":\"invoke\",\"case\":\"bundles\",\"clients\":16,\"gateway_calls_per_s\":%.0f,"
                    "\"no_bundles_calls_per_s\":%.0f,\"gain\":%.3f,\"errors\":%llu}\n",
-                   t_on, t_off, t_off > 0 ? t_on / t_off : 0.0, (unsigned long long)(e_on + e_off));
+                   t_on, t_off, t_off > 0 ? t_on / t_off : 0.0,
+                   (unsigned long long)(t[0].errors + t[1].errors));
             fflush(stdout);
         } else {
             fprintf(stderr, "bench-invoke: the --no-bundles gateway did not start\n");
         }
-        stop_gateway(nb);
+        stop_process(nb);
     }
     free(req);
+    free(cached_req);
     rpc_server_destroy(bare);
-    stop_gateway(gw);
+    stop_process(bare_own);
+    stop_process(gw);
 
     /* A second gateway whose worker idles out after 1 s, for the cold starts. */
     snprintf(gwdata, sizeof gwdata, "%s/data2", data);
     gw = start_gateway(gw_addr, gwdata, "1s", true);
-    if (wait_gateway(gw_addr) != 0 ||
+    if (wait_listening(gw_addr) != 0 ||
         run_cmd("%s deploy examples/mlp --gateway %s >/dev/null 2>&1", g_aicfn, gw_addr) != 0) {
         fprintf(stderr, "bench-invoke: the second gateway or deploying mlp failed\n");
-        stop_gateway(gw);
+        stop_process(gw);
         return 1;
     }
 
@@ -519,7 +621,7 @@ int main(int argc, char **argv) {
         phases ? (uint64_t)json_integer_value(json_object_get(json_object_get(phases, "total"), "p50_us"))
                : 0;
     json_decref(cs);
-    stop_gateway(gw);
+    stop_process(gw);
     run_cmd("rm -rf '%s'", data);
 
     double p50_ratio = lb.p50 ? (double)lg.p50 / (double)lb.p50 : 0.0;
@@ -529,10 +631,12 @@ int main(int argc, char **argv) {
         "\"p50_target\":2.2,\"p50_ok\":%s,\"gateway_16c_calls_per_s\":%.0f,\"bare_16c_calls_per_s\":%.0f,"
         "\"throughput_16c_ratio\":%.3f,\"throughput_target\":0.5,\"throughput_ok\":%s,"
         "\"throughput_1c_ratio\":%.3f,\"throughput_4c_ratio\":%.3f,\"bundles_gain_16c\":%.3f,"
+        "\"throughput_16c_ratio_vs_bare_own_process\":%.3f,\"cached_16c_ratio\":%.3f,"
         "\"mlp_cold_p50_total_us\":%llu}}\n",
         (unsigned long long)lg.p50, (unsigned long long)lb.p50, p50_ratio,
         p50_ratio <= 2.2 ? "true" : "false", tg[2], tb[2], t16_ratio, t16_ratio >= 0.5 ? "true" : "false",
         tb[0] > 0 ? tg[0] / tb[0] : 0.0, tb[1] > 0 ? tg[1] / tb[1] : 0.0, t_off > 0 ? t_on / t_off : 0.0,
+        t16[2].rate > 0 ? t16[0].rate / t16[2].rate : 0.0, t16[1].rate > 0 ? t16[3].rate / t16[1].rate : 0.0,
         (unsigned long long)cold_total);
     return 0;
 }
