@@ -27,6 +27,7 @@ struct loader_cache_entry {
     uint32_t waiters;  /* calls waiting on this LOADING entry */
     int failed;        /* the load failed; err holds why */
     int in_table;      /* still findable by key */
+    int kept;          /* kept resident (loader_cache_keep): never a victim of the policy */
     aicfn_error err;
     uint64_t bytes; /* charged or reserved */
     uint64_t last_use_us, last_use_tick, loaded_at_us, hits;
@@ -99,9 +100,23 @@ static size_t lru_choose(void *arg, const loader_evict_candidate *cands, size_t 
 const loader_evict_policy loader_evict_lru = {.name = "lru", .choose = lru_choose, .arg = NULL};
 
 /* ---- Table helpers (under c->mu) ---- */
-/* READY, unpinned, and no joined waiter still to wake up and pin it. */
-static int cache_evictable(const loader_cache_entry *e) {
+/* READY, unpinned, and no joined waiter still to wake up and pin it: loader_cache_evict
+ * may take it. */
+static int cache_unused(const loader_cache_entry *e) {
     return e->state == LOADER_ENTRY_READY && e->refcount == 0 && e->waiters == 0;
+}
+
+/* Unused and not kept: the policy may take it to make room. */
+static int cache_evictable(const loader_cache_entry *e) {
+    return cache_unused(e) && !e->kept;
+}
+
+/* Bytes of the READY entries kept resident (loader_cache_keep). */
+static uint64_t cache_kept_bytes_locked(const loader_cache *c) {
+    uint64_t kept = 0;
+    for (size_t i = 0; i < c->n; i++)
+        if (c->table[i]->kept) kept += c->table[i]->bytes;
+    return kept;
 }
 
 static loader_cache_entry *cache_find(loader_cache *c, const char *key) {
@@ -480,6 +495,17 @@ int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uin
             rc = aicfn_error_set(&lerr, AICFN_E_NOMEM, "model cache: out of memory choosing victims");
             break;
         }
+        /* Kept models leave no room: nothing a wait can free. */
+        uint64_t kept = cache_kept_bytes_locked(c);
+        if (need > c->budget - kept) {
+            c->ctr.capacity_failures++;
+            rc = aicfn_error_set(&lerr, AICFN_E_CAPACITY,
+                                 "model '%s' needs %llu bytes; %llu of the %llu-byte budget are kept "
+                                 "resident (scaling.min_workers)",
+                                 key, (unsigned long long)need, (unsigned long long)kept,
+                                 (unsigned long long)c->budget);
+            break;
+        }
         if (cache_wait(c, deadline_us) == ETIMEDOUT) {
             c->ctr.capacity_failures++;
             rc = aicfn_error_set(
@@ -570,6 +596,30 @@ int loader_cache_preload(loader_cache *c, const char *key, const char *path, uin
     return rc;
 }
 
+int loader_cache_keep(loader_cache *c, const char *key, const char *path, uint64_t deadline_us,
+                      loader_acquire_info *info, aicfn_error *err) {
+    loader_cache_entry *e = NULL;
+    int rc = loader_cache_acquire(c, key, path, deadline_us, &e, info, err);
+    if (rc != AICFN_OK) return rc;
+    pthread_mutex_lock(&c->mu);
+    e->kept = 1; /* while still pinned: no victim in between */
+    pthread_mutex_unlock(&c->mu);
+    loader_cache_release(c, e);
+    return AICFN_OK;
+}
+
+int loader_cache_unkeep(loader_cache *c, const char *key, aicfn_error *err) {
+    if (!c || !key) return aicfn_error_set(err, AICFN_E_INVALID, "model cache: no cache or key");
+    pthread_mutex_lock(&c->mu);
+    loader_cache_entry *e = cache_find(c, key);
+    if (e) {
+        e->kept = 0;
+        pthread_cond_broadcast(&c->cv); /* loads waiting for room may now evict it */
+    }
+    pthread_mutex_unlock(&c->mu);
+    return e ? AICFN_OK : aicfn_error_set(err, AICFN_E_NOT_FOUND, "model '%s' is not resident", key);
+}
+
 int loader_cache_evict(loader_cache *c, const char *key, aicfn_error *err) {
     if (!c || !key) return aicfn_error_set(err, AICFN_E_INVALID, "model cache: no cache or key");
     pthread_mutex_lock(&c->mu);
@@ -578,7 +628,7 @@ int loader_cache_evict(loader_cache *c, const char *key, aicfn_error *err) {
         pthread_mutex_unlock(&c->mu);
         return aicfn_error_set(err, AICFN_E_NOT_FOUND, "model '%s' is not resident", key);
     }
-    if (!cache_evictable(e)) {
+    if (!cache_unused(e)) {
         int loading = e->state == LOADER_ENTRY_LOADING;
         uint32_t pins = e->refcount;
         pthread_mutex_unlock(&c->mu);
@@ -652,6 +702,7 @@ void loader_cache_get_status(loader_cache *c, loader_cache_status *st, loader_ca
             s->state = e->state;
             s->bytes = e->bytes;
             s->refcount = e->state == LOADER_ENTRY_LOADING ? e->waiters + 1 : e->refcount;
+            s->kept = e->kept;
             s->last_use_us = e->last_use_us;
             s->idle_us = now > e->last_use_us ? now - e->last_use_us : 0;
         }

@@ -8,6 +8,8 @@
  *                 missing -> evict unpinned READY entries chosen by the policy (LRU by
  *                 default) until the model fits, then load it on the calling thread.
  *   release: unpin. A pinned model is never evicted.
+ *   keep: load if needed and keep resident: the policy never evicts a kept model (a
+ *         function's scaling.min_workers); unkeep makes it an ordinary entry again.
  * Loads of different models run in parallel; the cache lock is never held during I/O,
  * decompression, copies or device frees. A model larger than the whole budget fails at
  * once (AICFN_E_TOO_LARGE, naming both sizes); when everything is pinned, acquire waits
@@ -139,8 +141,20 @@ void loader_cache_release(loader_cache *c, loader_cache_entry *e);
 int loader_cache_preload(loader_cache *c, const char *key, const char *path, uint64_t deadline_us,
                          loader_acquire_info *info, aicfn_error *err);
 
-/* Evicts `key` now. AICFN_E_NOT_FOUND when not resident, AICFN_E_UNAVAILABLE when it
- * is pinned or still loading. Frees the device memory before returning. */
+/* A preload that also keeps the model resident: the eviction policy never takes it (a
+ * load that cannot fit beside the kept models fails at once with AICFN_E_CAPACITY,
+ * naming the kept bytes); loader_cache_unkeep or loader_cache_evict end it. Same
+ * errors as acquire. */
+int loader_cache_keep(loader_cache *c, const char *key, const char *path, uint64_t deadline_us,
+                      loader_acquire_info *info, aicfn_error *err);
+
+/* Ends loader_cache_keep: the model stays resident as an ordinary entry. AICFN_OK also
+ * when it was not kept; AICFN_E_NOT_FOUND when it is not in the cache. */
+int loader_cache_unkeep(loader_cache *c, const char *key, aicfn_error *err);
+
+/* Evicts `key` now, kept or not. AICFN_E_NOT_FOUND when not resident,
+ * AICFN_E_UNAVAILABLE when it is pinned or still loading. Frees the device memory
+ * before returning. */
 int loader_cache_evict(loader_cache *c, const char *key, aicfn_error *err);
 
 /* Accessors of a pinned entry (valid until release). */
@@ -168,6 +182,7 @@ typedef struct loader_cache_entry_status {
     loader_entry_state state;
     uint64_t bytes;       /* charged (reserved while LOADING) */
     uint32_t refcount;    /* pins (READY) or waiters (LOADING) */
+    int kept;             /* kept resident (loader_cache_keep) */
     uint64_t last_use_us; /* monotonic */
     uint64_t idle_us;     /* now - last_use */
 } loader_cache_entry_status;

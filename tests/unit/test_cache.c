@@ -1,7 +1,8 @@
 /* test_cache.c: the model cache's rules on one or a few threads, with a fake loader:
  * hits and misses, LRU eviction and its report, thrash, too-large models, everything
  * pinned until the deadline, a load failing with waiters, explicit evict, preload,
- * status and a pluggable policy. The many-thread tests are in tests/concurrency. */
+ * status, a pluggable policy and kept models (keep, unkeep). The many-thread tests are in tests/concurrency.
+ */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -317,6 +318,61 @@ static void pluggable_policy(void **state) {
     assert_clean(&f);
 }
 
+/* A kept model (scaling.min_workers) is never the policy's victim, however old; a load
+ * that cannot fit beside the kept ones fails at once; unkeep and evict end the keep. */
+static void kept_models_stay_resident(void **state) {
+    (void)state;
+    static fake_loader f;
+    memset(&f, 0, sizeof f);
+    for (int i = 0; i < 5; i++)
+        f.sizes[i] = 100;
+    f.sizes[4] = 250;
+    loader_cache *c = fake_cache(&f, 300, NULL);
+    aicfn_error err;
+    loader_acquire_info info;
+    assert_int_equal(loader_cache_keep(c, "m0", NULL, 0, &info, &err), AICFN_OK);
+    assert_true(info.cold);
+    /* m1..m3 cycle through the other 200 bytes; m0, the oldest, stays. */
+    for (int round = 0; round < 3; round++)
+        for (int i = 1; i <= 3; i++) {
+            char k[8];
+            snprintf(k, sizeof k, "m%d", i);
+            assert_int_equal(loader_cache_preload(c, k, NULL, 0, &info, &err), AICFN_OK);
+            for (uint32_t v = 0; v < info.n_evictions; v++)
+                assert_string_not_equal(info.evictions[v].key, "m0");
+        }
+    assert_int_equal(atomic_load(&f.resident[0]), 1);
+    loader_cache_status st;
+    loader_cache_entry_status ents[8];
+    loader_cache_get_status(c, &st, ents, 8);
+    int seen = 0;
+    for (uint32_t i = 0; i < st.n_returned; i++) {
+        assert_int_equal(ents[i].kept, strcmp(ents[i].key, "m0") == 0);
+        seen += ents[i].kept;
+    }
+    assert_int_equal(seen, 1);
+    /* 250 bytes cannot fit beside the 100 kept: CAPACITY at once, not at the deadline. */
+    uint64_t t0 = clock_now_us();
+    assert_int_equal(loader_cache_preload(c, "m4", NULL, t0 + 5000000, NULL, &err), AICFN_E_CAPACITY);
+    assert_true(clock_now_us() - t0 < 2000000);
+    assert_non_null(strstr(err.msg, "kept resident"));
+    /* Keeping an already resident model (m3, loaded last) loads nothing. */
+    assert_int_equal(loader_cache_keep(c, "m3", NULL, 0, &info, &err), AICFN_OK);
+    assert_false(info.cold);
+    /* Unkept, m0 (the least recently used) is the next victim again. */
+    assert_int_equal(loader_cache_unkeep(c, "m0", &err), AICFN_OK);
+    assert_int_equal(loader_cache_unkeep(c, "nope", &err), AICFN_E_NOT_FOUND);
+    assert_int_equal(loader_cache_preload(c, "m1", NULL, 0, &info, &err), AICFN_OK);
+    assert_true(info.cold);
+    assert_int_equal(info.n_evictions, 1);
+    assert_string_equal(info.evictions[0].key, "m0");
+    /* An explicit evict takes a kept model too. */
+    assert_int_equal(loader_cache_evict(c, "m3", &err), AICFN_OK);
+    assert_int_equal(atomic_load(&f.resident[3]), 0);
+    loader_cache_destroy(c);
+    assert_clean(&f);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(hit_miss_and_lru),
@@ -326,6 +382,7 @@ int main(void) {
         cmocka_unit_test(single_flight_joins),
         cmocka_unit_test(explicit_evict),
         cmocka_unit_test(pluggable_policy),
+        cmocka_unit_test(kept_models_stay_resident),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
