@@ -178,12 +178,13 @@ int cli_cmd_workers(int argc, char **argv) {
             char sz[32];
             const char *fn = json_string_value(json_object_get(m, "function"));
             printf(
-                "           %-9s %s:%lld (%.12s) %s, idle %lld ms\n",
+                "           %-9s %s:%lld (%.12s) %s, idle %lld ms%s\n",
                 json_string_value(json_object_get(m, "state")), fn && fn[0] ? fn : "?",
                 (long long)json_integer_value(json_object_get(m, "version")),
                 json_string_value(json_object_get(m, "model")),
                 units_format_size((uint64_t)json_integer_value(json_object_get(m, "bytes")), sz, sizeof sz),
-                (long long)json_integer_value(json_object_get(m, "idle_ms")));
+                (long long)json_integer_value(json_object_get(m, "idle_ms")),
+                json_is_true(json_object_get(m, "kept")) ? ", kept (min_workers)" : "");
         }
     }
     if (json_array_size(j) == 0) printf("(no workers: the pool is scaled to zero)\n");

@@ -747,7 +747,7 @@ void wire_put_summary(wire_writer *w, const wire_worker_summary *s) {
     wire_put_array(w, nm);
     for (uint32_t i = 0; i < nm; i++) {
         const wire_model_status *m = &s->models[i];
-        wire_put_map(w, 7);
+        wire_put_map(w, 8);
         wire_kv_str(w, "model", m->model ? m->model : "");
         wire_kv_str(w, "fn", m->fn ? m->fn : "");
         wire_kv_u64(w, "ver", m->ver);
@@ -755,6 +755,7 @@ void wire_put_summary(wire_writer *w, const wire_worker_summary *s) {
         wire_kv_u64(w, "bytes", m->bytes);
         wire_kv_u64(w, "idle_ms", m->idle_ms);
         wire_kv_u64(w, "refs", m->refs);
+        wire_kv_bool(w, "kept", m->kept);
     }
 }
 
@@ -801,6 +802,7 @@ int wire_decode_summary(wire_doc *doc, const msgpack_object *o, const char *ctx,
         if ((rc = wire_get_u64(m, mctx, "bytes", false, &x->bytes, err))) return rc;
         if ((rc = wire_get_u64(m, mctx, "idle_ms", false, &x->idle_ms, err))) return rc;
         if ((rc = wire_get_u32(m, mctx, "refs", false, &x->refs, err))) return rc;
+        if ((rc = wire_get_bool(m, mctx, "kept", false, &x->kept, err))) return rc;
     }
     s->n_models = n;
     s->models = ms;

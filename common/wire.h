@@ -359,6 +359,7 @@ typedef struct wire_model_status {
     uint64_t bytes;   /* measured device bytes */
     uint64_t idle_ms; /* since last use */
     uint32_t refs;    /* pins (calls using it now) */
+    bool kept;        /* kept resident for scaling.min_workers: never an LRU victim */
 } wire_model_status;
 
 /* The summary a worker piggybacks on every reply (`st`) and returns in status. */

@@ -3,7 +3,8 @@
  * fronts share: resolve, route (router.c), spawn (pool.c), forward over the worker's
  * link (workerlink.c), retry or fail on a worker's death, record (ledger.c). Its
  * maintenance thread applies each function's scaling (docs/manifest.md): min_workers
- * keep-warm preloads, idle_timeout unloads, and no idle drain below a min_workers.
+ * keep-warm preloads (kept resident: never an LRU victim, until no active version keeps
+ * them warm), idle_timeout unloads, and no idle drain below a min_workers.
  *
  * Concurrency. One mutex (gw->mu) guards the view: functions and their queues, workers
  * and their pending calls. Decisions are taken under it; anything that may block or call
@@ -148,7 +149,8 @@ typedef struct gw_actions {
         char fn[AICFN_FN_NAME_MAX_BYTES + 1]; /* for the log line */
         uint32_t ver;
         uint64_t idle_ms;
-    } unloads[GW_MAX_UNLOADS]; /* idle models to unload (scaling.idle_timeout) */
+        bool keep_only;        /* only end the keep (the model no active version keeps warm) */
+    } unloads[GW_MAX_UNLOADS]; /* idle models to unload (scaling.idle_timeout), keeps to end */
     size_t n_unloads;
 } gw_actions;
 
@@ -193,11 +195,11 @@ static void gw_process(gw_gateway *gw, gw_actions *a);
 static bool gw_fn_is_short(const gw_fn *f);
 static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err);
 static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a);
-static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, gw_invoke_done_fn done, void *user);
-static int gw_send_unload(gw_gateway *gw, gw_worker *w, const char *key, rpc_done_fn cb, void *user,
-                          aicfn_error *err);
+static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, bool keep, gw_invoke_done_fn done, void *user);
+static int gw_send_unload(gw_gateway *gw, gw_worker *w, const char *key, bool keep_only, rpc_done_fn cb,
+                          void *user, aicfn_error *err);
 static void gw_idle_unload_start(gw_gateway *gw, gw_worker *w, const char *key, const char *fn, uint32_t ver,
-                                 uint64_t idle_ms);
+                                 uint64_t idle_ms, bool keep_only);
 
 gw_db *gw_gateway_db(gw_gateway *gw) {
     return gw->db;
@@ -1262,7 +1264,7 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
             gw_send_poll(gw, a->polls[i]);
         for (size_t i = 0; i < a->n_unloads; i++)
             gw_idle_unload_start(gw, a->unloads[i].w, a->unloads[i].key, a->unloads[i].fn, a->unloads[i].ver,
-                                 a->unloads[i].idle_ms);
+                                 a->unloads[i].idle_ms, a->unloads[i].keep_only);
 
         /* Sends. */
         gw_call *c = a->sends;
@@ -1566,6 +1568,51 @@ static bool gw_holds_locked(gw_gateway *gw, const gw_fn *f, const gw_worker *w) 
     return gw_route_holders(&v, 1, &r) == 1;
 }
 
+/* A keep-warm preload of f's model (kept resident on the worker) on ws[i]. Lock held. */
+static bool gw_keep_on_locked(gw_gateway *gw, gw_fn *f, gw_worker **ws, const gw_route_decision *d,
+                              gw_actions *a) {
+    gw_warm *kw = malloc(sizeof *kw);
+    gw_call *c = kw ? gw_preload_call_new(gw, f, true, gw_keepwarm_done, kw) : NULL;
+    if (!c) {
+        free(kw);
+        return false; /* out of memory: try on a later tick */
+    }
+    kw->gw = gw;
+    kw->f = f;
+    c->keepwarm = true;
+    if (!gw_apply_route_locked(gw, c, ws, d, a)) {
+        gw_call_free(c);
+        free(kw);
+        return false;
+    }
+    return true;
+}
+
+/* f's model is on enough workers; makes sure scaling.min_workers of them keep it
+ * resident (it may have been loaded by calls before f became warm): a keep-warm preload
+ * to each READY holder that does not keep it, until enough do. Lock held. */
+static void gw_keep_holders_locked(gw_gateway *gw, gw_fn *f, const gw_route_worker *view, gw_worker **ws,
+                                   size_t n, gw_actions *a) {
+    uint32_t kept = 0;
+    for (size_t i = 0; i < n; i++)
+        for (size_t k = 0; k < view[i].n_models; k++)
+            if (strcmp(view[i].models[k].key, f->key) == 0 && view[i].models[k].kept) kept++;
+    for (size_t i = 0; i < n && kept < f->cfg.min_workers; i++) {
+        if (!view[i].usable) continue;
+        gw_route_model *m = NULL;
+        for (size_t k = 0; k < ws[i]->n_models && !m; k++)
+            if (strcmp(ws[i]->models[k].key, f->key) == 0) m = &ws[i]->models[k];
+        if (!m || m->state != GW_MODEL_READY || m->kept) continue;
+        gw_route_decision d = {.kind = GW_ROUTE_READY, .worker = (int)i};
+        if (!gw_keep_on_locked(gw, f, ws, &d, a)) return;
+        m->kept = true; /* in the view at once, so the next tick does not ask again; the
+                           worker's answer confirms it (or the next status undoes it) */
+        kept++;
+        log_info("function %s:%u: worker %s keeps its model resident (scaling.min_workers %u)", f->name,
+                 f->ver, ws[i]->name, f->cfg.min_workers);
+    }
+}
+
 /* Keeps f's model on at least scaling.min_workers workers (f is an active version):
  * places the missing replicas with the router (new_replica: free budget, eviction, or
  * a new worker while the pool may grow) and preloads the model there. A function
@@ -1581,6 +1628,7 @@ static void gw_keep_warm_locked(gw_gateway *gw, gw_fn *f, uint64_t now, gw_actio
         gw_route_request r = gw_request_locked(gw, f);
         holders = gw_route_holders(view, n, &r);
         if (holders >= min) {
+            if (f->key[0]) gw_keep_holders_locked(gw, f, view, ws, n, a);
             if (f->warm_unmet_logged)
                 log_info("function %s:%u: scaling.min_workers %u met again", f->name, f->ver, min);
             f->warm_unmet_logged = false;
@@ -1598,20 +1646,7 @@ static void gw_keep_warm_locked(gw_gateway *gw, gw_fn *f, uint64_t now, gw_actio
         gw_route_decision d;
         gw_route_kind k = gw_route_decide(view, n, &r, &d);
         if (k != GW_ROUTE_FREE && k != GW_ROUTE_EVICT && k != GW_ROUTE_SPAWN) break;
-        gw_warm *kw = malloc(sizeof *kw);
-        gw_call *c = kw ? gw_preload_call_new(gw, f, gw_keepwarm_done, kw) : NULL;
-        if (!c) {
-            free(kw);
-            return; /* out of memory: try on a later tick */
-        }
-        kw->gw = gw;
-        kw->f = f;
-        c->keepwarm = true;
-        if (!gw_apply_route_locked(gw, c, ws, &d, a)) {
-            gw_call_free(c);
-            free(kw);
-            return; /* too many spawns in one tick: the next one goes on */
-        }
+        if (!gw_keep_on_locked(gw, f, ws, &d, a)) return; /* out of memory or too many spawns: next tick */
         log_info("function %s:%u: loading its model on %s%s (scaling.min_workers %u, %u holding it)", f->name,
                  f->ver, k == GW_ROUTE_SPAWN ? "a new worker" : "worker ",
                  k == GW_ROUTE_SPAWN ? "" : ws[d.worker]->name, min, holders);
@@ -1642,7 +1677,7 @@ static void gw_idle_unloads_locked(gw_gateway *gw, uint64_t now, gw_actions *a) 
         if (w->state != GW_WORKER_READY || !w->client) continue;
         for (size_t i = 0; i < w->n_models && a->n_unloads < GW_MAX_UNLOADS; i++) {
             gw_route_model *m = &w->models[i];
-            if (m->state != GW_MODEL_READY || m->pinned) continue;
+            if (m->state != GW_MODEL_READY || m->pinned || m->kept) continue;
             uint64_t idle = 0;
             bool never = false;
             uint32_t min = 0;
@@ -1664,6 +1699,39 @@ static void gw_idle_unloads_locked(gw_gateway *gw, uint64_t now, gw_actions *a) 
             snprintf(a->unloads[a->n_unloads].fn, sizeof a->unloads[a->n_unloads].fn, "%s", named->name);
             a->unloads[a->n_unloads].ver = named->ver;
             a->unloads[a->n_unloads].idle_ms = (now - m->last_use_us) / 1000;
+            a->n_unloads++;
+        }
+    }
+}
+
+/* Queues the end of the keep of every model a worker keeps resident for
+ * scaling.min_workers that no active version keeps warm any more (a redeploy, an rm,
+ * min_workers back to 0): it stays resident as an ordinary model, for the LRU and
+ * scaling.idle_timeout. Not while the warm marks are being re-read. */
+static void gw_unkeeps_locked(gw_gateway *gw, gw_actions *a) {
+    if (gw->scaling_dirty) return;
+    for (gw_worker *w = gw->workers; w; w = w->next) {
+        if (w->state != GW_WORKER_READY || !w->client) continue;
+        for (size_t i = 0; i < w->n_models && a->n_unloads < GW_MAX_UNLOADS; i++) {
+            gw_route_model *m = &w->models[i];
+            if (!m->kept || m->state != GW_MODEL_READY) continue;
+            const gw_fn *named = NULL;
+            bool warm = false;
+            for (const gw_fn *f = gw->fns; f; f = f->next) {
+                if (!f->key[0] || strcmp(f->key, m->key) != 0) continue;
+                if (!named || f->warm) named = f;
+                warm = warm || f->warm;
+            }
+            if (warm) continue;
+            m->kept = false; /* in the view at once: asked once; the worker's answer confirms */
+            w->callbacks++;
+            a->unloads[a->n_unloads].w = w;
+            snprintf(a->unloads[a->n_unloads].key, sizeof a->unloads[a->n_unloads].key, "%s", m->key);
+            snprintf(a->unloads[a->n_unloads].fn, sizeof a->unloads[a->n_unloads].fn, "%s",
+                     named ? named->name : "?");
+            a->unloads[a->n_unloads].ver = named ? named->ver : 0;
+            a->unloads[a->n_unloads].idle_ms = 0;
+            a->unloads[a->n_unloads].keep_only = true;
             a->n_unloads++;
         }
     }
@@ -1785,6 +1853,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
     if (!gw->stopping) {
         for (gw_fn *f = gw->fns; f; f = f->next)
             gw_keep_warm_locked(gw, f, now, a);
+        gw_unkeeps_locked(gw, a);
         gw_idle_unloads_locked(gw, now, a);
     }
 }
@@ -1909,13 +1978,14 @@ json_t *gw_workers_json(gw_gateway *gw) {
             if (strcmp(m->key, GW_NO_MODEL_KEY) == 0) continue;
             const gw_fn *f = gw_fn_by_key(gw, m->key);
             json_array_append_new(
-                models, json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:I}", "model", m->key, "function",
-                                  f ? f->name : "", "version", f ? (int)f->ver : 0, "state",
-                                  m->state == GW_MODEL_READY     ? "READY"
-                                  : m->state == GW_MODEL_LOADING ? "LOADING"
-                                                                 : "EVICTING",
-                                  "bytes", (json_int_t)m->bytes, "pinned", (int)m->pinned, "idle_ms",
-                                  (json_int_t)(now > m->last_use_us ? (now - m->last_use_us) / 1000 : 0)));
+                models,
+                json_pack("{s:s, s:s, s:i, s:s, s:I, s:i, s:b, s:I}", "model", m->key, "function",
+                          f ? f->name : "", "version", f ? (int)f->ver : 0, "state",
+                          m->state == GW_MODEL_READY     ? "READY"
+                          : m->state == GW_MODEL_LOADING ? "LOADING"
+                                                         : "EVICTING",
+                          "bytes", (json_int_t)m->bytes, "pinned", (int)m->pinned, "kept", (int)m->kept,
+                          "idle_ms", (json_int_t)(now > m->last_use_us ? (now - m->last_use_us) / 1000 : 0)));
         }
         json_t *o = json_pack("{s:s, s:s, s:I, s:s, s:s, s:b, s:I, s:I, s:i, s:I, s:I, s:I, s:o*}", "name",
                               w->name, "address", w->addr, "pid", (json_int_t)w->pid, "state",
@@ -2186,8 +2256,9 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
 /* ---- Repository load / unload ------------------------------------------------------ */
 
 /* A preload call (t:"preload") of f's model, not yet routed: memory only, so it may be
- * built with the lock held. NULL when out of memory. */
-static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, gw_invoke_done_fn done, void *user) {
+ * built with the lock held. `keep`: the worker keeps the model resident (keep-warm).
+ * NULL when out of memory. */
+static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, bool keep, gw_invoke_done_fn done, void *user) {
     uint64_t now = clock_now_us();
     uint64_t timeout_ms = f->cfg.timeout_us / 1000;
     if (timeout_ms == 0) timeout_ms = 1;
@@ -2205,13 +2276,14 @@ static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, gw_invoke_done_fn 
     c->user = user;
     wire_writer w;
     wire_writer_init(&w);
-    wire_put_map(&w, 6);
+    wire_put_map(&w, 7);
     wire_kv_u64(&w, "v", AICFN_PROTOCOL_VERSION);
     wire_kv_str(&w, "t", "preload");
     wire_kv_u64(&w, "id", c->id);
     wire_kv_str(&w, "model", f->key);
     wire_kv_str(&w, "snapshot", f->snapshot_path);
     wire_kv_u64(&w, "deadline_ms", c->timeout_ms);
+    wire_kv_bool(&w, "keep", keep);
     if (wire_writer_status(&w, NULL) == AICFN_OK) c->wreq = wire_writer_take(&w, &c->wreq_len);
     wire_writer_fini(&w);
     if (!c->wreq) {
@@ -2240,7 +2312,7 @@ int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_
     gw_fn *f = NULL;
     int rc = gw_resolve_model_fn(gw, name, version, "load", &f, err);
     if (rc != AICFN_OK) return rc;
-    gw_call *c = gw_preload_call_new(gw, f, done, user);
+    gw_call *c = gw_preload_call_new(gw, f, false, done, user);
     if (!c) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     gw_actions a;
     memset(&a, 0, sizeof a);
@@ -2257,16 +2329,18 @@ int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_
 }
 
 /* Sends t:"unload" of model `key` to w (lock NOT held; the caller took w->callbacks++
- * under it, and `cb` gives it back). Returns AICFN_OK when sent (cb then runs once). */
-static int gw_send_unload(gw_gateway *gw, gw_worker *w, const char *key, rpc_done_fn cb, void *user,
-                          aicfn_error *err) {
+ * under it, and `cb` gives it back); `keep_only`: only end its keep (scaling.min_workers).
+ * Returns AICFN_OK when sent (cb then runs once). */
+static int gw_send_unload(gw_gateway *gw, gw_worker *w, const char *key, bool keep_only, rpc_done_fn cb,
+                          void *user, aicfn_error *err) {
     wire_writer wr;
     wire_writer_init(&wr);
-    wire_put_map(&wr, 4);
+    wire_put_map(&wr, 5);
     wire_kv_u64(&wr, "v", AICFN_PROTOCOL_VERSION);
     wire_kv_str(&wr, "t", "unload");
     wire_kv_u64(&wr, "id", __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED));
     wire_kv_str(&wr, "model", key);
+    wire_kv_bool(&wr, "keep_only", keep_only);
     int rc = wire_writer_status(&wr, err);
     if (rc == AICFN_OK) rc = rpc_call_async(w->client, wr.data, wr.len, GW_POLL_TIMEOUT_MS, cb, user, err);
     wire_writer_fini(&wr);
@@ -2292,20 +2366,23 @@ static int gw_status_answer(int status, rpc_msg *reply, const aicfn_error *err, 
     return rc;
 }
 
-/* One idle unload (scaling.idle_timeout) answered. */
+/* One idle unload (scaling.idle_timeout) or end of a keep, answered. */
 typedef struct gw_idle_unload {
     gw_gateway *gw;
     gw_worker *w;
+    char key[GW_HASH_HEX_LEN + 1];
     char fn[AICFN_FN_NAME_MAX_BYTES + 1];
     uint32_t ver;
     uint64_t idle_ms;
+    bool keep_only;
 } gw_idle_unload;
 
 static void gw_idle_unload_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err);
 
-/* Sends one idle unload (lock NOT held; w->callbacks was taken under it). */
+/* Sends one idle unload, or the end of a keep (`keep_only`), (lock NOT held;
+ * w->callbacks was taken under it). */
 static void gw_idle_unload_start(gw_gateway *gw, gw_worker *w, const char *key, const char *fn, uint32_t ver,
-                                 uint64_t idle_ms) {
+                                 uint64_t idle_ms, bool keep_only) {
     aicfn_error e;
     gw_idle_unload *u = calloc(1, sizeof *u);
     int rc = u ? AICFN_OK : aicfn_error_set(&e, AICFN_E_NOMEM, "out of memory");
@@ -2315,11 +2392,14 @@ static void gw_idle_unload_start(gw_gateway *gw, gw_worker *w, const char *key, 
         snprintf(u->fn, sizeof u->fn, "%s", fn);
         u->ver = ver;
         u->idle_ms = idle_ms;
-        rc = gw_send_unload(gw, w, key, gw_idle_unload_cb, u, &e);
+        u->keep_only = keep_only;
+        snprintf(u->key, sizeof u->key, "%s", key);
+        rc = gw_send_unload(gw, w, key, keep_only, gw_idle_unload_cb, u, &e);
         if (rc != AICFN_OK) free(u);
     }
     if (rc != AICFN_OK) {
-        log_warn("function %s:%u: idle unload on worker %s not sent: %s", fn, ver, w->name, e.msg);
+        log_warn("function %s:%u: %s on worker %s not sent: %s", fn, ver,
+                 keep_only ? "end of keep" : "idle unload", w->name, e.msg);
         pthread_mutex_lock(&gw->mu);
         w->callbacks--;
         pthread_mutex_unlock(&gw->mu);
@@ -2342,12 +2422,17 @@ static void gw_idle_unload_cb(void *user, int status, rpc_msg *reply, const aicf
     pthread_mutex_unlock(&gw->mu);
     wire_doc_fini(&doc);
     rpc_msg_free(reply);
-    if (rc == AICFN_OK)
+    if (rc == AICFN_OK && u->keep_only)
+        log_info("function %s:%u: worker %s no longer keeps model %s resident (no active version has "
+                 "scaling.min_workers)",
+                 u->fn, u->ver, w->name, u->key);
+    else if (rc == AICFN_OK)
         log_info("function %s:%u: model unloaded from worker %s after %llu ms without calls "
                  "(scaling.idle_timeout)",
                  u->fn, u->ver, w->name, (unsigned long long)u->idle_ms);
     else /* a call pinned it meanwhile, or the worker left: the next poll corrects the view */
-        log_debug("function %s:%u: idle unload on worker %s not done: %s", u->fn, u->ver, w->name, e.msg);
+        log_debug("function %s:%u: %s on worker %s not done: %s", u->fn, u->ver,
+                  u->keep_only ? "end of keep" : "idle unload", w->name, e.msg);
     free(u);
 }
 
@@ -2450,7 +2535,7 @@ int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invok
         if (one) {
             one->op = op;
             one->w = w;
-            src = gw_send_unload(gw, w, f->key, gw_unload_cb, one, &e);
+            src = gw_send_unload(gw, w, f->key, false, gw_unload_cb, one, &e);
             if (src != AICFN_OK) free(one);
         }
         if (src != AICFN_OK) {

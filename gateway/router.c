@@ -11,7 +11,7 @@ static const gw_route_model *router_find(const gw_route_worker *w, const char *k
 }
 
 static bool router_victim(const gw_route_model *m) {
-    return m->state == GW_MODEL_READY && m->pinned == 0;
+    return m->state == GW_MODEL_READY && m->pinned == 0 && !m->kept;
 }
 
 /* Walks w's unpinned READY models oldest first (ties by index) until free + freed

@@ -6,7 +6,7 @@
  *   1. a worker with the model READY, fewest calls in flight;
  *   2. a worker already LOADING it (the call joins that load);
  *   3. a worker with enough free budget for the model;
- *   4. the worker whose eviction victims (unpinned READY models, oldest first, just
+ *   4. the worker whose eviction victims (unpinned, unkept READY models, oldest first, just
  *      enough of them to make room) are the oldest;
  *   5. a new worker, when the pool may grow;
  *   6. otherwise queue the call until a worker frees up or its deadline passes.
@@ -49,6 +49,7 @@ typedef struct gw_route_model {
     uint64_t bytes;       /* device bytes it holds */
     uint32_t pinned;      /* calls using it now (refcount); pinned models are never victims */
     uint64_t last_use_us; /* monotonic time of its last use; smaller = older */
+    bool kept;            /* kept resident for a scaling.min_workers: never a victim either */
 } gw_route_model;
 
 /* One worker in the view. Workers that are not `usable` (starting, draining, dead,

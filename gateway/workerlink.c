@@ -77,6 +77,7 @@ int gw_worker_apply_summary(gw_worker *w, const wire_worker_summary *s, uint64_t
             w->models[i].state = wl_state(ms->state);
             w->models[i].bytes = ms->bytes;
             w->models[i].pinned = ms->refs;
+            w->models[i].kept = ms->kept;
             w->models[i].last_use_us = now_us > idle_us ? now_us - idle_us : 0;
         }
         w->budget_bytes = s->budget_bytes;
@@ -110,7 +111,8 @@ int gw_worker_apply_summary(gw_worker *w, const wire_worker_summary *s, uint64_t
         if (!key) goto oom;
         gw_model_state st = wl_state(ms->state);
         uint64_t idle_us = ms->idle_ms * 1000;
-        m[j] = (gw_route_model){key, st, ms->bytes, ms->refs, now_us > idle_us ? now_us - idle_us : 0};
+        m[j] =
+            (gw_route_model){key, st, ms->bytes, ms->refs, now_us > idle_us ? now_us - idle_us : 0, ms->kept};
         h[j] = 0;
         j++;
     }
@@ -155,12 +157,12 @@ int gw_worker_note_load(gw_worker *w, const char *key, uint64_t bytes, uint64_t 
         return AICFN_OK;
     }
     if (have && have->state != GW_MODEL_EVICTING) return AICFN_OK;
-    /* Victims the worker's LRU will take: unpinned READY models, oldest first. */
+    /* Victims the worker's LRU will take: unpinned, unkept READY models, oldest first. */
     while (w->free_bytes < bytes && w->budget_bytes) {
         gw_route_model *oldest = NULL;
         for (size_t i = 0; i < w->n_models; i++) {
             gw_route_model *m = &w->models[i];
-            if (m->state != GW_MODEL_READY || m->pinned) continue;
+            if (m->state != GW_MODEL_READY || m->pinned || m->kept) continue;
             if (!oldest || m->last_use_us < oldest->last_use_us) oldest = m;
         }
         if (!oldest) break;
@@ -176,7 +178,7 @@ int gw_worker_note_load(gw_worker *w, const char *key, uint64_t bytes, uint64_t 
         if (wl_reserve(w, w->n_models + 1) != AICFN_OK) return AICFN_E_NOMEM;
         char *k = strdup(key);
         if (!k) return AICFN_E_NOMEM;
-        w->models[w->n_models] = (gw_route_model){k, GW_MODEL_LOADING, bytes, 1, now_us};
+        w->models[w->n_models] = (gw_route_model){k, GW_MODEL_LOADING, bytes, 1, now_us, false};
         w->hold_until[w->n_models] = now_us + hold_us;
         w->n_models++;
     }

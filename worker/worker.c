@@ -160,6 +160,7 @@ static void worker_summary(worker *w, wire_worker_summary *sum, wire_model_statu
             .bytes = ents[i].bytes,
             .idle_ms = ents[i].idle_us / 1000,
             .refs = ents[i].refcount,
+            .kept = ents[i].kept != 0,
         };
     }
     pthread_mutex_unlock(&w->mu);
@@ -838,17 +839,21 @@ static void worker_out_fail(worker *w, worker_out out, uint64_t id, int code, co
 }
 
 /* ---- preload / unload (the gateway's repository load and unload) ----
- * {t:"preload", id, model, snapshot, deadline_ms?}: makes model `model` resident from
- * the snapshot at the absolute path `snapshot` (no handler call), on its own thread (a
- * load takes time; NNG callbacks must not block). {t:"unload", id, model}: evicts it
- * (AICFN_E_UNAVAILABLE when pinned or loading; not resident is success). Both answer
- * with a status reply (the worker's state after the operation), or an error reply. */
+ * {t:"preload", id, model, snapshot, deadline_ms?, keep?}: makes model `model` resident
+ * from the snapshot at the absolute path `snapshot` (no handler call), on its own thread
+ * (a load takes time; NNG callbacks must not block); `keep` true also keeps it resident
+ * (never an LRU victim: scaling.min_workers). {t:"unload", id, model, keep_only?}:
+ * evicts it, kept or not (AICFN_E_UNAVAILABLE when pinned or loading; not resident is
+ * success); `keep_only` true only ends the keep, and the model stays as an ordinary
+ * entry. All answer with a status reply (the worker's state after the operation), or an
+ * error reply. */
 
 typedef struct worker_preload {
     worker *w;
     rpc_call *call;
     uint64_t id;
     uint64_t deadline_us;
+    bool keep; /* loader_cache_keep instead of loader_cache_preload */
     char key[AICFN_MAX_NAME_BYTES];
     char path[PATH_MAX];
 } worker_preload;
@@ -860,10 +865,12 @@ static void *worker_preload_main(void *arg) {
     aicfn_error_clear(&err);
     loader_acquire_info info;
     memset(&info, 0, sizeof info);
-    int rc = loader_cache_preload(w->cache, p->key, p->path, p->deadline_us, &info, &err);
+    int rc = p->keep ? loader_cache_keep(w->cache, p->key, p->path, p->deadline_us, &info, &err)
+                     : loader_cache_preload(w->cache, p->key, p->path, p->deadline_us, &info, &err);
     if (rc == AICFN_OK && info.cold) atomic_fetch_add(&w->n_cold, 1);
     if (rc == AICFN_OK)
-        log_info("worker %s: preloaded model %s%s", w->id, p->key, info.cold ? "" : " (already resident)");
+        log_info("worker %s: preloaded model %s%s%s", w->id, p->key, info.cold ? "" : " (already resident)",
+                 p->keep ? ", kept resident" : "");
     /* Out of flight before the reply: once answered, the worker may be destroyed. */
     pthread_mutex_lock(&w->mu);
     if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
@@ -881,15 +888,28 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
     aicfn_error_clear(&err);
     const char *key = NULL, *path = NULL;
     uint32_t deadline_ms = 0;
+    bool keep = false, keep_only = false;
     int preload = strcmp(h->t, "preload") == 0;
     int rc = wire_get_cstr(doc, &doc->root, NULL, "model", true, AICFN_MAX_NAME_BYTES - 1, &key, &err);
     if (rc == AICFN_OK && preload)
         rc = wire_get_cstr(doc, &doc->root, NULL, "snapshot", true, PATH_MAX - 1, &path, &err);
     if (rc == AICFN_OK && preload)
         rc = wire_get_u32(&doc->root, NULL, "deadline_ms", false, &deadline_ms, &err);
+    if (rc == AICFN_OK)
+        rc = wire_get_bool(&doc->root, NULL, preload ? "keep" : "keep_only", false,
+                           preload ? &keep : &keep_only, &err);
     if (rc == AICFN_OK && key[0] == 0) rc = aicfn_error_set(&err, AICFN_E_PROTOCOL, "%s: empty model", h->t);
     if (rc != AICFN_OK) {
         worker_reply_fail(w, call, h->id, rc, err.msg);
+        return;
+    }
+    if (!preload && keep_only) {
+        rc = loader_cache_unkeep(w->cache, key, &err);
+        if (rc == AICFN_OK) log_info("worker %s: model %s no longer kept resident", w->id, key);
+        if (rc == AICFN_OK || rc == AICFN_E_NOT_FOUND)
+            worker_reply_status(w, call, h->id);
+        else
+            worker_reply_fail(w, call, h->id, rc, err.msg);
         return;
     }
     if (!preload) {
@@ -930,6 +950,7 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
     p->call = call;
     p->id = h->id;
     p->deadline_us = clock_now_us() + (uint64_t)(deadline_ms ? deadline_ms : AICFN_DEFAULT_TIMEOUT_MS) * 1000;
+    p->keep = keep;
     snprintf(p->key, sizeof p->key, "%s", key);
     snprintf(p->path, sizeof p->path, "%s", path);
     pthread_mutex_lock(&w->mu);

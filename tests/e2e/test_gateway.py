@@ -691,6 +691,49 @@ def test_scaling_min_workers_keeps_a_worker_warm(procs, tmp_path):
     wait_for(lambda: workers(addr) == [], 15, interval=0.1, what="the no longer warm worker to exit")
 
 
+def test_scaling_min_workers_model_is_never_an_lru_victim(procs, tmp_path):
+    # Three 3 MiB models, one worker with 7 MiB. keepa (min_workers 1) is kept resident:
+    # the LRU evicts the others around it, however long keepa goes without calls, until a
+    # redeploy without min_workers ends the keep and it becomes an ordinary victim.
+    echo = handler("echo")
+    keep = "scaling: { min_workers: 1, max_workers: 1 }\n"
+    model_fn(tmp_path / "keepa", "keepa", echo, keep, seed=41, floats=786432)
+    model_fn(tmp_path / "keepb", "keepb", echo, seed=42, floats=786432)
+    model_fn(tmp_path / "keepc", "keepc", echo, seed=43, floats=786432)
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", memory="7MiB")
+
+    def kept(fn):
+        return [m["kept"] for w in workers(addr) for m in w["models"] if m["function"] == fn and m["state"] == "READY"]
+
+    def inv(fn):
+        r = call(addr, invoke_msg(fn, [tensor("x", np.arange(3, dtype=np.float32))]), timeout_ms=30000)
+        assert r["ok"], r
+        time.sleep(0.1)  # the worker unpins just after it replies: the LRU order alone decides
+        return r["cold"]
+
+    deploy(addr, tmp_path / "keepa")
+    wait_for(lambda: kept("keepa") == [True], 15, interval=0.05, what="keepa's model kept resident")
+    deploy(addr, tmp_path / "keepb")
+    deploy(addr, tmp_path / "keepc")
+    assert inv("keepb") is True
+    assert inv("keepc") is True  # keepa is the oldest, but kept: keepb goes
+    assert inv("keepb") is True  # evicts keepc
+    assert inv("keepa") is False
+    rows = wait_rows(data, "SELECT function, evicted FROM cold_starts WHERE function IN ('keepb', 'keepc') "
+                           "ORDER BY id", (), 3)
+    assert [(f, json.loads(e)) for f, e in rows] == [("keepb", []), ("keepc", ["keepb:1"]), ("keepb", ["keepc:1"])]
+    assert kept("keepa") == [True] and kept("keepb") == [False]
+    # Without min_workers (same model), the keep ends and keepa is an ordinary LRU entry.
+    write_manifest(tmp_path / "keepa", f"name: keepa\nhandler: {echo}\nmodel: w.safetensors\n")
+    assert deploy(addr, tmp_path / "keepa") == 2
+    wait_for(lambda: kept("keepa") == [False], 15, interval=0.05, what="the end of keepa's keep")
+    assert inv("keepb") is False
+    assert inv("keepc") is True  # now keepa, least recently used, goes
+    assert inv("keepa") is True
+    rows = wait_rows(data, "SELECT evicted FROM cold_starts WHERE function = 'keepc' ORDER BY id", (), 2)
+    assert [e.split(":")[0] for e in json.loads(rows[-1][0])] == ["keepa"], rows
+
+
 def test_scaling_idle_timeout_unloads_the_model_worker_stays(procs, tmp_path):
     model_fn(tmp_path / "brief", "brief", handler("echo"), "scaling: { idle_timeout: 1s }\n", seed=21)
     addr, data, g = start_gateway(procs, tmp_path, workers="0..1", idle="5m")

@@ -31,9 +31,9 @@ static gw_route_request request(const char *key, uint64_t bytes, bool grow) {
 
 static void ready_fewest_in_flight(void **state) {
     (void)state;
-    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5}};
-    gw_route_model b[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 0, 9}};
-    gw_route_model c[] = {{"echo:1", GW_MODEL_READY, 1 * MiB, 0, 1}};
+    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5, false}};
+    gw_route_model b[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 0, 9, false}};
+    gw_route_model c[] = {{"echo:1", GW_MODEL_READY, 1 * MiB, 0, 1, false}};
     gw_route_worker ws[] = {worker(100 * MiB, 90 * MiB, 3, a, 1), worker(100 * MiB, 90 * MiB, 1, b, 1),
                             worker(100 * MiB, 99 * MiB, 0, c, 1)};
     gw_route_request r = request("mlp:1", 10 * MiB, true);
@@ -52,8 +52,8 @@ static void ready_fewest_in_flight(void **state) {
 
 static void ready_beats_loading_and_free(void **state) {
     (void)state;
-    gw_route_model a[] = {{"mlp:1", GW_MODEL_LOADING, 10 * MiB, 1, 5}};
-    gw_route_model b[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 0, 9}};
+    gw_route_model a[] = {{"mlp:1", GW_MODEL_LOADING, 10 * MiB, 1, 5, false}};
+    gw_route_model b[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 0, 9, false}};
     gw_route_worker ws[] = {worker(100 * MiB, 90 * MiB, 0, a, 1), worker(100 * MiB, 0, 50, b, 1),
                             worker(100 * MiB, 100 * MiB, 0, NULL, 0)};
     gw_route_request r = request("mlp:1", 10 * MiB, true);
@@ -64,7 +64,7 @@ static void ready_beats_loading_and_free(void **state) {
 
 static void loading_joins_the_load(void **state) {
     (void)state;
-    gw_route_model a[] = {{"mlp:1", GW_MODEL_LOADING, 10 * MiB, 1, 5}};
+    gw_route_model a[] = {{"mlp:1", GW_MODEL_LOADING, 10 * MiB, 1, 5, false}};
     gw_route_worker ws[] = {worker(100 * MiB, 100 * MiB, 0, NULL, 0), worker(100 * MiB, 90 * MiB, 4, a, 1)};
     gw_route_request r = request("mlp:1", 10 * MiB, true);
     gw_route_decision d;
@@ -85,7 +85,7 @@ static void loading_joins_the_load(void **state) {
 
 static void free_budget_fewest_then_most_free(void **state) {
     (void)state;
-    gw_route_model other[] = {{"echo:1", GW_MODEL_READY, 1 * MiB, 0, 1}};
+    gw_route_model other[] = {{"echo:1", GW_MODEL_READY, 1 * MiB, 0, 1, false}};
     gw_route_worker ws[] = {worker(100 * MiB, 5 * MiB, 0, other, 1), worker(100 * MiB, 40 * MiB, 2, NULL, 0),
                             worker(100 * MiB, 20 * MiB, 1, NULL, 0), worker(100 * MiB, 60 * MiB, 1, NULL, 0)};
     gw_route_request r = request("mlp:1", 10 * MiB, true);
@@ -103,11 +103,11 @@ static void evict_oldest_victims(void **state) {
     (void)state;
     /* Worker 0: its oldest victim is older, but two are needed and the second is new.
      * Worker 1: one victim of middling age suffices. The newest victim decides. */
-    gw_route_model a[] = {{"a:1", GW_MODEL_READY, 30 * MiB, 0, 10},
-                          {"b:1", GW_MODEL_READY, 30 * MiB, 0, 900},
-                          {"c:1", GW_MODEL_READY, 30 * MiB, 0, 1000}};
-    gw_route_model b[] = {{"d:1", GW_MODEL_READY, 50 * MiB, 0, 500},
-                          {"e:1", GW_MODEL_READY, 40 * MiB, 0, 800}};
+    gw_route_model a[] = {{"a:1", GW_MODEL_READY, 30 * MiB, 0, 10, false},
+                          {"b:1", GW_MODEL_READY, 30 * MiB, 0, 900, false},
+                          {"c:1", GW_MODEL_READY, 30 * MiB, 0, 1000, false}};
+    gw_route_model b[] = {{"d:1", GW_MODEL_READY, 50 * MiB, 0, 500, false},
+                          {"e:1", GW_MODEL_READY, 40 * MiB, 0, 800, false}};
     gw_route_worker ws[] = {worker(100 * MiB, 10 * MiB, 0, a, 3), worker(100 * MiB, 10 * MiB, 0, b, 2)};
     gw_route_request r = request("mlp:1", 50 * MiB, false);
     gw_route_decision d;
@@ -123,16 +123,22 @@ static void evict_oldest_victims(void **state) {
     assert_int_equal(d.victims_age_us, 10);
 }
 
-static void evict_never_pinned_or_loading(void **state) {
+static void evict_never_pinned_kept_or_loading(void **state) {
     (void)state;
-    gw_route_model a[] = {{"a:1", GW_MODEL_READY, 45 * MiB, 2, 1}, {"b:1", GW_MODEL_LOADING, 45 * MiB, 1, 2}};
-    gw_route_model b[] = {{"c:1", GW_MODEL_READY, 45 * MiB, 0, 700}, {"d:1", GW_MODEL_READY, 45 * MiB, 1, 3}};
+    gw_route_model a[] = {{"a:1", GW_MODEL_READY, 45 * MiB, 2, 1, false},
+                          {"b:1", GW_MODEL_LOADING, 45 * MiB, 1, 2, false}};
+    gw_route_model b[] = {{"c:1", GW_MODEL_READY, 45 * MiB, 0, 700, false},
+                          {"d:1", GW_MODEL_READY, 45 * MiB, 1, 3, false}};
     gw_route_worker ws[] = {worker(100 * MiB, 10 * MiB, 0, a, 2), worker(100 * MiB, 10 * MiB, 5, b, 2)};
     gw_route_request r = request("mlp:1", 50 * MiB, false);
     gw_route_decision d;
     assert_int_equal(gw_route_decide(ws, 2, &r, &d), GW_ROUTE_EVICT);
     assert_int_equal(d.worker, 1);
     assert_int_equal(d.victims_age_us, 700);
+    /* A kept model (scaling.min_workers) is no victim either, however old. */
+    b[0].kept = true;
+    assert_int_equal(gw_route_decide(ws, 2, &r, &d), GW_ROUTE_QUEUE);
+    b[0].kept = false;
     /* Everything pinned and the pool cannot grow: queue. */
     b[0].pinned = 1;
     assert_int_equal(gw_route_decide(ws, 2, &r, &d), GW_ROUTE_QUEUE);
@@ -166,7 +172,7 @@ static void too_large_everywhere(void **state) {
     assert_int_equal(gw_route_decide(ws, 1, &r, &d), GW_ROUTE_TOO_LARGE);
     assert_int_equal(gw_route_decide(NULL, 0, &r, &d), GW_ROUTE_TOO_LARGE);
     /* A bigger (remote) worker in view makes it a matter of waiting, not a refusal. */
-    gw_route_model m[] = {{"x:1", GW_MODEL_READY, 300 * MiB, 1, 1}};
+    gw_route_model m[] = {{"x:1", GW_MODEL_READY, 300 * MiB, 1, 1, false}};
     gw_route_worker ws2[] = {worker(100 * MiB, 100 * MiB, 0, NULL, 0), worker(400 * MiB, 100 * MiB, 1, m, 1)};
     r.pool_may_grow = false;
     assert_int_equal(gw_route_decide(ws2, 2, &r, &d), GW_ROUTE_QUEUE);
@@ -189,7 +195,7 @@ int main(void) {
         cmocka_unit_test(loading_joins_the_load),
         cmocka_unit_test(free_budget_fewest_then_most_free),
         cmocka_unit_test(evict_oldest_victims),
-        cmocka_unit_test(evict_never_pinned_or_loading),
+        cmocka_unit_test(evict_never_pinned_kept_or_loading),
         cmocka_unit_test(spawn_when_nothing_fits),
         cmocka_unit_test(too_large_everywhere),
         cmocka_unit_test(kind_names),

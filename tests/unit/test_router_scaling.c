@@ -39,7 +39,7 @@ static gw_route_request request(uint32_t max_holders, bool grow) {
 
 static void max_one_never_replicates(void **state) {
     (void)state;
-    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5}};
+    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5, false}};
     /* Worker 0 holds it with 5 calls in flight; worker 1 is empty and idle. */
     gw_route_worker ws[] = {worker(5, a, 1), worker(0, NULL, 0)};
     gw_route_request r = request(1, true);
@@ -58,7 +58,7 @@ static void max_one_never_replicates(void **state) {
 
 static void max_two_replicates_only_when_busy(void **state) {
     (void)state;
-    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 0, 5}};
+    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 0, 5, false}};
     gw_route_worker ws[] = {worker(0, a, 1), worker(0, NULL, 0)};
     gw_route_request r = request(2, true);
     gw_route_decision d;
@@ -94,8 +94,8 @@ static void max_two_replicates_only_when_busy(void **state) {
 static void replica_by_eviction(void **state) {
     (void)state;
     /* Worker 1 is full of an old unpinned model: the replica evicts it. */
-    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5}};
-    gw_route_model b[] = {{"old:1", GW_MODEL_READY, 95 * MiB, 0, 1}};
+    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5, false}};
+    gw_route_model b[] = {{"old:1", GW_MODEL_READY, 95 * MiB, 0, 1, false}};
     gw_route_worker ws[] = {worker(3, a, 1), worker(0, b, 1)};
     gw_route_request r = request(2, false);
     gw_route_decision d;
@@ -110,8 +110,8 @@ static void replica_by_eviction(void **state) {
 
 static void loading_replica_is_joined(void **state) {
     (void)state;
-    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5}};
-    gw_route_model b[] = {{"mlp:1", GW_MODEL_LOADING, 10 * MiB, 1, 9}};
+    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5, false}};
+    gw_route_model b[] = {{"mlp:1", GW_MODEL_LOADING, 10 * MiB, 1, 9, false}};
     gw_route_worker ws[] = {worker(1, a, 1), worker(0, b, 1), worker(0, NULL, 0)};
     gw_route_request r = request(3, true);
     gw_route_decision d;
@@ -136,9 +136,9 @@ static void loading_replica_is_joined(void **state) {
 
 static void at_max_least_loaded_holder(void **state) {
     (void)state;
-    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5}};
-    gw_route_model b[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 9}};
-    gw_route_model c[] = {{"mlp:1", GW_MODEL_LOADING, 10 * MiB, 1, 9}};
+    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5, false}};
+    gw_route_model b[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 9, false}};
+    gw_route_model c[] = {{"mlp:1", GW_MODEL_LOADING, 10 * MiB, 1, 9, false}};
     gw_route_worker ws[] = {worker(4, a, 1), worker(2, b, 1), worker(0, NULL, 0)};
     gw_route_request r = request(2, true);
     gw_route_decision d;
@@ -168,7 +168,7 @@ static void at_max_least_loaded_holder(void **state) {
 
 static void keep_warm_new_replica(void **state) {
     (void)state;
-    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 0, 5}};
+    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 0, 5, false}};
     gw_route_worker ws[] = {worker(0, a, 1), worker(3, NULL, 0)};
     gw_route_request r = request(2, false);
     r.new_replica = true;
@@ -192,7 +192,7 @@ static void keep_warm_new_replica(void **state) {
 static void no_model_function(void **state) {
     (void)state;
     /* Workers hold other models; the function has none (any_worker). */
-    gw_route_model other[] = {{"big:1", GW_MODEL_READY, 90 * MiB, 0, 5}};
+    gw_route_model other[] = {{"big:1", GW_MODEL_READY, 90 * MiB, 0, 5, false}};
     gw_route_worker ws[] = {worker(2, other, 1), worker(1, NULL, 0)};
     gw_route_request r = {.key = "(no-model)",
                           .model_bytes = 0,

@@ -26,8 +26,8 @@ static void summary_replaces_view(void **state) {
     gw_worker *w = gw_worker_new("w1", "ipc:///tmp/x", 1, 123, 1000);
     assert_non_null(w);
     assert_int_equal(w->state, GW_WORKER_STARTING);
-    wire_model_status ms[] = {{"aaa", "a", 1, WIRE_MODEL_READY, 10 * MiB, 2000, 0},
-                              {"bbb", "b", 1, WIRE_MODEL_LOADING, 20 * MiB, 0, 1}};
+    wire_model_status ms[] = {{"aaa", "a", 1, WIRE_MODEL_READY, 10 * MiB, 2000, 0, true},
+                              {"bbb", "b", 1, WIRE_MODEL_LOADING, 20 * MiB, 0, 1, false}};
     wire_worker_summary s = {.budget_bytes = 100 * MiB, .free_bytes = 70 * MiB, .n_models = 2, .models = ms};
     uint64_t now = 10000000;
     assert_int_equal(gw_worker_apply_summary(w, &s, now), 0);
@@ -38,12 +38,16 @@ static void summary_replaces_view(void **state) {
     assert_non_null(a);
     assert_int_equal(a->state, GW_MODEL_READY);
     assert_int_equal(a->last_use_us, now - 2000 * 1000);
+    assert_true(a->kept);
     assert_int_equal(find(w, "bbb")->state, GW_MODEL_LOADING);
+    assert_false(find(w, "bbb")->kept);
     /* Same models again: updated in place (the fast path), new values visible. */
     ms[1].state = WIRE_MODEL_READY;
+    ms[0].kept = false;
     s.free_bytes = 60 * MiB;
     assert_int_equal(gw_worker_apply_summary(w, &s, now + 1), 0);
     assert_int_equal(find(w, "bbb")->state, GW_MODEL_READY);
+    assert_false(find(w, "aaa")->kept);
     assert_int_equal(w->free_bytes, 60 * MiB);
     /* A model gone from the summary is gone from the view. */
     s.n_models = 1;
@@ -57,8 +61,8 @@ static void note_load_is_held_until_confirmed(void **state) {
     (void)state;
     gw_worker *w = gw_worker_new("w1", "ipc:///tmp/x", 1, 123, 0);
     w->state = GW_WORKER_READY;
-    wire_model_status ms[] = {{"old", "o", 1, WIRE_MODEL_READY, 40 * MiB, 9000, 0},
-                              {"mid", "m", 1, WIRE_MODEL_READY, 40 * MiB, 5000, 0}};
+    wire_model_status ms[] = {{"old", "o", 1, WIRE_MODEL_READY, 40 * MiB, 9000, 0, false},
+                              {"mid", "m", 1, WIRE_MODEL_READY, 40 * MiB, 5000, 0, false}};
     wire_worker_summary s = {.budget_bytes = 100 * MiB, .free_bytes = 20 * MiB, .n_models = 2, .models = ms};
     uint64_t now = 100000000;
     assert_int_equal(gw_worker_apply_summary(w, &s, now), 0);
@@ -84,8 +88,8 @@ static void note_load_is_held_until_confirmed(void **state) {
     assert_int_equal(gw_worker_apply_summary(w, &s, now + 3000000), 0);
     assert_null(find(w, "new"));
     /* Once the worker lists it, the worker's word is the view. */
-    wire_model_status ms2[] = {{"mid", "m", 1, WIRE_MODEL_READY, 40 * MiB, 10, 0},
-                               {"new", "n", 1, WIRE_MODEL_READY, 30 * MiB, 0, 0}};
+    wire_model_status ms2[] = {{"mid", "m", 1, WIRE_MODEL_READY, 40 * MiB, 10, 0, false},
+                               {"new", "n", 1, WIRE_MODEL_READY, 30 * MiB, 0, 0, false}};
     wire_worker_summary s2 = {
         .budget_bytes = 100 * MiB, .free_bytes = 30 * MiB, .n_models = 2, .models = ms2};
     assert_int_equal(gw_worker_note_load(w, "new", 30 * MiB, now + 3000001, 2000000), 0);

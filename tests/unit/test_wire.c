@@ -195,7 +195,8 @@ static void invoke_reply_round_trip(void **state) {
          .state = WIRE_MODEL_READY,
          .bytes = 1 << 20,
          .idle_ms = 5,
-         .refs = 1},
+         .refs = 1,
+         .kept = true},
         {.model = "def",
          .fn = "big",
          .ver = 1,
@@ -262,6 +263,8 @@ static void invoke_reply_round_trip(void **state) {
     assert_int_equal(d.st.models[0].state, WIRE_MODEL_READY);
     assert_int_equal(d.st.models[1].state, WIRE_MODEL_LOADING);
     assert_int_equal(d.st.models[0].bytes, 1 << 20);
+    assert_true(d.st.models[0].kept);
+    assert_false(d.st.models[1].kept);
     assert_false(d.cached);
     assert_null(wire_map_get(&doc.root, "cached")); /* sent only when true */
     wire_doc_fini(&doc);
