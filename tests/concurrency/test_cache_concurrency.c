@@ -1,6 +1,7 @@
 /* test_cache_concurrency.c: the model cache under many threads (also run under TSan):
  * a random acquire/release storm over more models than fit, checking the budget, pins
- * and single-flight; and resident hits staying fast while a slow load runs. */
+ * and single-flight, also with kept models (kept and unkept meanwhile); and resident
+ * hits staying fast while a slow load runs. */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -115,6 +116,75 @@ static void storm_budget_pins_single_flight(void **state) {
     assert_int_equal(atomic_load(&f.alive_bytes), 0);
 }
 
+/* Keeps and unkeeps model m2 over and over while the storm runs. */
+typedef struct toggler {
+    loader_cache *c;
+    int rounds;
+    int errors;
+} toggler;
+
+static void *toggler_main(void *arg) {
+    toggler *t = arg;
+    for (int i = 0; i < t->rounds; i++) {
+        aicfn_error err;
+        int rc = loader_cache_keep(t->c, "m2", NULL, clock_now_us() + 10000000, NULL, &err);
+        if (rc != AICFN_OK && rc != AICFN_E_CAPACITY) t->errors++;
+        fake_sleep_us(50);
+        rc = loader_cache_unkeep(t->c, "m2", &err);
+        if (rc != AICFN_OK && rc != AICFN_E_NOT_FOUND) t->errors++;
+    }
+    return NULL;
+}
+
+/* The same storm with m0 and m1 kept resident (scaling.min_workers) and m2 kept and
+ * unkept meanwhile: the kept ones are loaded once and never evicted, the budget holds. */
+static void storm_with_kept_models(void **state) {
+    (void)state;
+    static fake_loader f;
+    memset(&f, 0, sizeof f);
+    uint64_t biggest = 0;
+    for (int i = 0; i < STORM_MODELS; i++) {
+        f.sizes[i] = 1000 + 37 * (uint64_t)i;
+        f.delay_us[i] = 50 + 10 * (uint64_t)(i % 5);
+        if (f.sizes[i] > biggest) biggest = f.sizes[i];
+    }
+    uint64_t budget = 5 * biggest;
+    loader_cache *c = fake_cache(&f, budget, NULL);
+    aicfn_error err;
+    assert_int_equal(loader_cache_keep(c, "m0", NULL, 0, NULL, &err), AICFN_OK);
+    assert_int_equal(loader_cache_keep(c, "m1", NULL, 0, NULL, &err), AICFN_OK);
+    storm s[STORM_THREADS];
+    pthread_t th[STORM_THREADS], tt;
+    toggler tg = {.c = c, .rounds = 200};
+    assert_int_equal(pthread_create(&tt, NULL, toggler_main, &tg), 0);
+    for (int i = 0; i < STORM_THREADS; i++) {
+        s[i] =
+            (storm){.c = c, .f = &f, .seed = 104729u * (unsigned)(i + 1), .ops = STORM_PAIRS / STORM_THREADS};
+        assert_int_equal(pthread_create(&th[i], NULL, storm_main, &s[i]), 0);
+    }
+    for (int i = 0; i < STORM_THREADS; i++) {
+        pthread_join(th[i], NULL);
+        /* CAPACITY is possible now (three kept models leave less room), nothing else. */
+        if (s[i].errors && !strstr(s[i].first_error, "pinned or loading") &&
+            !strstr(s[i].first_error, "kept"))
+            fail_msg("thread %d: %d errors, first: %s", i, s[i].errors, s[i].first_error);
+    }
+    pthread_join(tt, NULL);
+    assert_int_equal(tg.errors, 0);
+    if (atomic_load(&f.violations)) fail_msg("%s", f.violation);
+    assert_true(atomic_load(&f.max_alive_bytes) <= budget);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(atomic_load(&f.loads[i]), 1);
+        assert_int_equal(atomic_load(&f.unloads[i]), 0);
+        assert_int_equal(atomic_load(&f.resident[i]), 1);
+    }
+    for (int i = 0; i < STORM_MODELS; i++)
+        assert_int_equal(atomic_load(&f.loads[i]) - atomic_load(&f.unloads[i]), atomic_load(&f.resident[i]));
+    assert_true(atomic_load(&f.loads[5]) > 1); /* the others still cycled through the rest */
+    loader_cache_destroy(c);
+    assert_int_equal(atomic_load(&f.alive_bytes), 0);
+}
+
 typedef struct hitter {
     loader_cache *c;
     fake_loader *f;
@@ -197,6 +267,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(storm_budget_pins_single_flight),
         cmocka_unit_test(resident_hits_unaffected_by_slow_load),
+        cmocka_unit_test(storm_with_kept_models),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
