@@ -608,6 +608,16 @@ int loader_cache_keep(loader_cache *c, const char *key, const char *path, uint64
     return AICFN_OK;
 }
 
+int loader_cache_keep_resident(loader_cache *c, const char *key, aicfn_error *err) {
+    if (!c || !key) return aicfn_error_set(err, AICFN_E_INVALID, "model cache: no cache or key");
+    pthread_mutex_lock(&c->mu);
+    loader_cache_entry *e = cache_find(c, key);
+    int ready = e && e->state == LOADER_ENTRY_READY;
+    if (ready) e->kept = 1;
+    pthread_mutex_unlock(&c->mu);
+    return ready ? AICFN_OK : aicfn_error_set(err, AICFN_E_NOT_FOUND, "model '%s' is not resident", key);
+}
+
 int loader_cache_unkeep(loader_cache *c, const char *key, aicfn_error *err) {
     if (!c || !key) return aicfn_error_set(err, AICFN_E_INVALID, "model cache: no cache or key");
     pthread_mutex_lock(&c->mu);

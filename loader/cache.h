@@ -148,6 +148,10 @@ int loader_cache_preload(loader_cache *c, const char *key, const char *path, uin
 int loader_cache_keep(loader_cache *c, const char *key, const char *path, uint64_t deadline_us,
                       loader_acquire_info *info, aicfn_error *err);
 
+/* loader_cache_keep of a model that is READY now, never loading anything:
+ * AICFN_E_NOT_FOUND when it is not resident (or still loading). */
+int loader_cache_keep_resident(loader_cache *c, const char *key, aicfn_error *err);
+
 /* Ends loader_cache_keep: the model stays resident as an ordinary entry. AICFN_OK also
  * when it was not kept; AICFN_E_NOT_FOUND when it is not in the cache. */
 int loader_cache_unkeep(loader_cache *c, const char *key, aicfn_error *err);

@@ -922,6 +922,12 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
         return;
     }
     if (w->refuse_specs) {
+        /* Keeping a model already resident loads nothing: allowed. */
+        if (keep && loader_cache_keep_resident(w->cache, key, NULL) == AICFN_OK) {
+            log_info("worker %s: model %s kept resident", w->id, key);
+            worker_reply_status(w, call, h->id);
+            return;
+        }
         worker_reply_fail(w, call, h->id, AICFN_E_FORBIDDEN,
                           "preload: this worker does not accept function specs");
         return;

@@ -22,7 +22,8 @@ import pytest
 
 from conftest import (E_ABI, aicfn_bin, E_HANDLER, E_INVALID, E_NOT_FOUND, E_PROTOCOL, E_TIMEOUT, E_TOO_LARGE,
                       E_UNAVAILABLE, ROOT, _req_socket, bytes_tensor, call, call_raw, handler, invoke_msg,
-                      ipc_addr, output, run_cli, start_worker, status_msg, tcp_addr, tensor, wait_for)
+                      ipc_addr, next_id, output, PROTOCOL_VERSION, run_cli, start_worker, status_msg, tcp_addr, tensor,
+                      wait_for)
 
 D_IN, CLASSES = 16, 10
 
@@ -433,6 +434,34 @@ def test_no_specs_refuses_registration(procs, mlp_files, tmp_path):
     m["spec"] = {"handler": str(handler("mlp")), "snapshot": str(snap)}
     r = call(addr, m)
     assert r["ok"] is False and r["error"]["code"] == 14  # AICFN_E_FORBIDDEN
+    assert w.stop(timeout=10) == 0
+
+
+def test_no_specs_keeps_only_what_it_holds(procs, mlp_files, tmp_path):
+    # A --no-specs worker loads nothing the gateway names (a preload is refused), but it
+    # keeps a model it already holds resident when asked (scaling.min_workers).
+    _, snap = mlp_files
+    addr = ipc_addr(tmp_path)
+    w = procs.start([aicfn_bin(), "worker", "--listen", addr, "--device", "host", "--no-specs", "--function",
+                     f"mlp={handler('mlp')},{snap}"], name="worker")
+    wait_for(lambda: call(addr, status_msg(), timeout_ms=500)["ok"], 15, what="worker")
+
+    def preload(model, keep):
+        return call(addr, {"v": PROTOCOL_VERSION, "t": "preload", "id": next_id(), "model": model,
+                           "snapshot": str(snap), "keep": keep})
+
+    r = preload("not-resident", True)
+    assert r["ok"] is False and r["error"]["code"] == 14, r  # AICFN_E_FORBIDDEN
+    assert call(addr, invoke_msg("mlp", [tensor("x", fixed_inputs(2))]))["ok"]
+    [m] = call(addr, status_msg())["w"]["st"]["models"]
+    assert m["state"] == "READY" and m["kept"] is False
+    r = preload(m["model"], False)
+    assert r["ok"] is False and r["error"]["code"] == 14, r  # a plain preload is still refused
+    r = preload(m["model"], True)
+    assert r["ok"], r
+    assert [x["kept"] for x in r["w"]["st"]["models"]] == [True]
+    r = call(addr, {"v": PROTOCOL_VERSION, "t": "unload", "id": next_id(), "model": m["model"], "keep_only": True})
+    assert r["ok"] and [(x["state"], x["kept"]) for x in r["w"]["st"]["models"]] == [("READY", False)], r
     assert w.stop(timeout=10) == 0
 
 

@@ -366,6 +366,13 @@ static void kept_models_stay_resident(void **state) {
     assert_true(info.cold);
     assert_int_equal(info.n_evictions, 1);
     assert_string_equal(info.evictions[0].key, "m0");
+    /* keep_resident keeps only what is READY now, loading nothing. */
+    assert_int_equal(loader_cache_keep_resident(c, "m4", &err), AICFN_E_NOT_FOUND);
+    assert_int_equal(atomic_load(&f.loads[4]), 0);
+    assert_int_equal(loader_cache_keep_resident(c, "m1", &err), AICFN_OK);
+    loader_cache_get_status(c, &st, ents, 8);
+    for (uint32_t i = 0; i < st.n_returned; i++)
+        assert_int_equal(ents[i].kept, strcmp(ents[i].key, "m1") == 0 || strcmp(ents[i].key, "m3") == 0);
     /* An explicit evict takes a kept model too. */
     assert_int_equal(loader_cache_evict(c, "m3", &err), AICFN_OK);
     assert_int_equal(atomic_load(&f.resident[3]), 0);
