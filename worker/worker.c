@@ -903,18 +903,11 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
         worker_reply_fail(w, call, h->id, rc, err.msg);
         return;
     }
-    if (!preload && keep_only) {
-        rc = loader_cache_unkeep(w->cache, key, &err);
-        if (rc == AICFN_OK) log_info("worker %s: model %s no longer kept resident", w->id, key);
-        if (rc == AICFN_OK || rc == AICFN_E_NOT_FOUND)
-            worker_reply_status(w, call, h->id);
-        else
-            worker_reply_fail(w, call, h->id, rc, err.msg);
-        return;
-    }
     if (!preload) {
-        rc = loader_cache_evict(w->cache, key, &err);
-        if (rc == AICFN_OK) log_info("worker %s: unloaded model %s", w->id, key);
+        rc = keep_only ? loader_cache_unkeep(w->cache, key, &err) : loader_cache_evict(w->cache, key, &err);
+        if (rc == AICFN_OK)
+            log_info("worker %s: model %s %s", w->id, key,
+                     keep_only ? "no longer kept resident" : "unloaded");
         if (rc == AICFN_OK || rc == AICFN_E_NOT_FOUND)
             worker_reply_status(w, call, h->id);
         else

@@ -55,18 +55,25 @@ static void *storm_main(void *arg) {
     return NULL;
 }
 
+/* The storms' cache: STORM_MODELS models of mixed sizes and load times (fake loader f,
+ * reset) and a budget for 5 of the biggest. */
+static loader_cache *storm_cache(fake_loader *f, uint64_t *budget) {
+    memset(f, 0, sizeof *f);
+    uint64_t biggest = 0;
+    for (int i = 0; i < STORM_MODELS; i++) {
+        f->sizes[i] = 1000 + 37 * (uint64_t)i;
+        f->delay_us[i] = 50 + 10 * (uint64_t)(i % 5);
+        if (f->sizes[i] > biggest) biggest = f->sizes[i];
+    }
+    *budget = 5 * biggest;
+    return fake_cache(f, *budget, NULL);
+}
+
 static void storm_budget_pins_single_flight(void **state) {
     (void)state;
     static fake_loader f;
-    memset(&f, 0, sizeof f);
-    uint64_t biggest = 0;
-    for (int i = 0; i < STORM_MODELS; i++) {
-        f.sizes[i] = 1000 + 37 * (uint64_t)i;
-        f.delay_us[i] = 50 + 10 * (uint64_t)(i % 5);
-        if (f.sizes[i] > biggest) biggest = f.sizes[i];
-    }
-    uint64_t budget = 5 * biggest;
-    loader_cache *c = fake_cache(&f, budget, NULL);
+    uint64_t budget;
+    loader_cache *c = storm_cache(&f, &budget);
     storm s[STORM_THREADS];
     pthread_t th[STORM_THREADS];
     for (int i = 0; i < STORM_THREADS; i++) {
@@ -141,15 +148,8 @@ static void *toggler_main(void *arg) {
 static void storm_with_kept_models(void **state) {
     (void)state;
     static fake_loader f;
-    memset(&f, 0, sizeof f);
-    uint64_t biggest = 0;
-    for (int i = 0; i < STORM_MODELS; i++) {
-        f.sizes[i] = 1000 + 37 * (uint64_t)i;
-        f.delay_us[i] = 50 + 10 * (uint64_t)(i % 5);
-        if (f.sizes[i] > biggest) biggest = f.sizes[i];
-    }
-    uint64_t budget = 5 * biggest;
-    loader_cache *c = fake_cache(&f, budget, NULL);
+    uint64_t budget;
+    loader_cache *c = storm_cache(&f, &budget);
     aicfn_error err;
     assert_int_equal(loader_cache_keep(c, "m0", NULL, 0, NULL, &err), AICFN_OK);
     assert_int_equal(loader_cache_keep(c, "m1", NULL, 0, NULL, &err), AICFN_OK);

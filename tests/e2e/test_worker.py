@@ -424,12 +424,18 @@ def test_function_registered_at_run_time_by_spec(procs, mlp_files, tmp_path):
     assert r["ok"] is False and r["error"]["code"] == E_ABI and "ABI 2.0" in r["error"]["message"]
 
 
+def start_no_specs_worker(procs, addr, function):
+    """A worker started with --no-specs serving one --function."""
+    w = procs.start([aicfn_bin(), "worker", "--listen", addr, "--device", "host", "--no-specs", "--function",
+                     function], name="worker")
+    wait_for(lambda: call(addr, status_msg(), timeout_ms=500)["ok"], 15, what="worker")
+    return w
+
+
 def test_no_specs_refuses_registration(procs, mlp_files, tmp_path):
     _, snap = mlp_files
     addr = ipc_addr(tmp_path)
-    w = procs.start([aicfn_bin(), "worker", "--listen", addr, "--device", "host", "--no-specs", "--function",
-                     f"echo={handler('echo')}"], name="worker")
-    wait_for(lambda: call(addr, status_msg(), timeout_ms=500)["ok"], 15, what="worker")
+    w = start_no_specs_worker(procs, addr, f"echo={handler('echo')}")
     m = invoke_msg("mlp", [])
     m["spec"] = {"handler": str(handler("mlp")), "snapshot": str(snap)}
     r = call(addr, m)
@@ -442,9 +448,7 @@ def test_no_specs_keeps_only_what_it_holds(procs, mlp_files, tmp_path):
     # keeps a model it already holds resident when asked (scaling.min_workers).
     _, snap = mlp_files
     addr = ipc_addr(tmp_path)
-    w = procs.start([aicfn_bin(), "worker", "--listen", addr, "--device", "host", "--no-specs", "--function",
-                     f"mlp={handler('mlp')},{snap}"], name="worker")
-    wait_for(lambda: call(addr, status_msg(), timeout_ms=500)["ok"], 15, what="worker")
+    w = start_no_specs_worker(procs, addr, f"mlp={handler('mlp')},{snap}")
 
     def preload(model, keep):
         return call(addr, {"v": PROTOCOL_VERSION, "t": "preload", "id": next_id(), "model": model,
