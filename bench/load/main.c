@@ -421,7 +421,7 @@ int main(int argc, char **argv) {
     const char *minilm16 = CACHE_DIR "/minilm-bf16/model.safetensors";
     if ((!file_exists(minilm) || !file_exists(minilm16)) && file_exists("bench/setup_data.sh")) {
         fprintf(stderr, "bench-load: fetching MiniLM with bench/setup_data.sh\n");
-        if (system("sh bench/setup_data.sh >&2") != 0) fprintf(stderr, "bench-load: setup_data.sh failed\n");
+        if (system("bash bench/setup_data.sh >&2") != 0) fprintf(stderr, "bench-load: setup_data.sh failed\n");
     }
     if (gen && !file_exists(GEN_PATH)) {
         fprintf(stderr, "bench-load: generating %s (1 GiB bf16, N(0, 0.02))\n", GEN_PATH);
