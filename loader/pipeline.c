@@ -12,9 +12,11 @@
  * The filter is reversed into the destination in cache-sized pieces, and each piece is
  * checksummed right after it lands, while still in cache (one pass over the raw bytes
  * instead of an unfilter pass and a hashing pass). A tensor inside one frame has its own
- * XXH3 state; a tensor spanning frames has a shared state fed in blob order (a part
- * whose turn has not come is hashed after the frame, once the earlier parts are in;
- * that wait is wait_us).
+ * XXH3 state; a tensor spanning frames has a shared state fed in blob order. A part
+ * whose turn has not come when its frame is done is, on host devices, posted and left
+ * in the destination: the thread that feeds the part before it feeds it too, so no
+ * thread waits for another's frame. On other devices the bytes are in a staging buffer
+ * that goes back after the copy, so the thread waits for its turn (that is wait_us).
  * Not for: residency (cache.c) or the file format (snapshots/). */
 #include "loader/pipeline.h"
 
@@ -44,6 +46,14 @@ typedef struct pl_span {
     uint64_t fed; /* bytes of the tensor hashed so far */
 } pl_span;
 
+/* A frame's first part of a spanning tensor, posted for whoever feeds the part before
+ * it (host devices: the bytes stay in the destination). len 0: nothing posted. */
+typedef struct pl_part {
+    uint64_t off; /* blob offset */
+    const unsigned char *p;
+    size_t len;
+} pl_part;
+
 typedef struct pl_job {
     const snap_reader *r;
     const snap_manifest *man;
@@ -62,6 +72,7 @@ typedef struct pl_job {
     int32_t *span_of; /* per tensor: index into spans, or -1 when it lies in one frame */
     pl_span *spans;
     uint32_t n_spans;
+    pl_part *posted;   /* per frame (host devices with spans; NULL otherwise) */
     loader_timing sum; /* per-thread sums, added under mu */
 } pl_job;
 
@@ -171,13 +182,26 @@ static int pl_hasher_close(pl_hasher *h) {
         return XXH3_64bits_digest(&h->local) == ts->xxh3 ? AICFN_OK : pl_mismatch(h, t);
     }
     if (h->mode == PL_SPAN_DEFERRED) return AICFN_OK;
-    pl_span *sp = &h->j->spans[h->j->span_of[t]];
-    int bad = 0;
-    pthread_mutex_lock(&h->j->mu);
+    pl_job *j = h->j;
+    pl_span *sp = &j->spans[j->span_of[t]];
+    pthread_mutex_lock(&j->mu);
     sp->fed += h->fed;
-    if (sp->fed == ts->nbytes) bad = XXH3_64bits_digest(sp->st) != ts->xxh3;
-    pthread_cond_broadcast(&h->j->cv);
-    pthread_mutex_unlock(&h->j->mu);
+    /* The turn passes on: feed the parts that were posted meanwhile, in order. */
+    while (j->posted && sp->fed < ts->nbytes) {
+        pl_part *pp = &j->posted[pl_frame_of(j->r, ts->offset + sp->fed)];
+        if (!pp->len || pp->off != ts->offset + sp->fed) break; /* not posted yet: its thread feeds it */
+        pl_part part = *pp;
+        pp->len = 0;
+        pthread_mutex_unlock(&j->mu);
+        uint64_t t0 = clock_now_us();
+        (void)XXH3_64bits_update(sp->st, part.p, part.len); /* the turn is this thread's alone */
+        h->hash_us += clock_now_us() - t0;
+        pthread_mutex_lock(&j->mu);
+        sp->fed += part.len;
+    }
+    int bad = sp->fed == ts->nbytes && XXH3_64bits_digest(sp->st) != ts->xxh3;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
     return bad ? pl_mismatch(h, t) : AICFN_OK;
 }
 
@@ -218,8 +242,8 @@ static int pl_hash_piece(void *arg, uint32_t t, uint64_t off, const unsigned cha
     return AICFN_OK;
 }
 
-/* After the frame: closes the last part, then feeds a deferred part once its turn
- * comes (the wait is wait_us). */
+/* After the frame: closes the last part, then feeds a deferred part if its turn has
+ * come; if not, posts it (host) or waits for its turn (the wait is wait_us). */
 static int pl_hasher_finish(pl_hasher *h) {
     int rc = pl_hasher_close(h);
     if (rc != AICFN_OK || !h->deferred_len) return rc;
@@ -230,6 +254,13 @@ static int pl_hasher_finish(pl_hasher *h) {
     uint64_t want = h->deferred_off - ts->offset;
     uint64_t w0 = clock_now_us();
     pthread_mutex_lock(&j->mu);
+    if (j->posted && sp->fed != want) {
+        j->posted[pl_frame_of(j->r, h->deferred_off)] =
+            (pl_part){.off = h->deferred_off, .p = h->deferred_p, .len = h->deferred_len};
+        pthread_mutex_unlock(&j->mu);
+        h->deferred_len = 0;
+        return AICFN_OK;
+    }
     while (sp->fed != want && !atomic_load(&j->abort))
         pthread_cond_wait(&j->cv, &j->mu);
     pthread_mutex_unlock(&j->mu);
@@ -446,6 +477,8 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
                 if (!j.spans[s].st || XXH3_64bits_reset(j.spans[s].st) != XXH_OK)
                     rc = aicfn_error_set(err, AICFN_E_NOMEM, "loading %s: hash states", snap_reader_path(r));
             }
+            if (rc == AICFN_OK && j.host && !(j.posted = calloc(j.n_frames, sizeof *j.posted)))
+                rc = aicfn_error_set(err, AICFN_E_NOMEM, "loading %s: hash states", snap_reader_path(r));
         }
     }
     if (threads > j.n_frames) threads = j.n_frames ? j.n_frames : 1;
@@ -465,6 +498,13 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
         rc = j.rc;
         if (err) *err = j.err;
     }
+    /* Every spanning tensor was fed whole (and so checked). */
+    for (uint32_t t = 0; rc == AICFN_OK && j.span_of && t < man->n_tensors; t++)
+        if (j.span_of[t] >= 0 && j.spans[j.span_of[t]].fed != man->tensors[t].nbytes)
+            rc = aicfn_error_set(err, AICFN_E_INTERNAL, "loading %s: tensor '%s': hashed %llu of %llu bytes",
+                                 snap_reader_path(r), man->tensors[t].name,
+                                 (unsigned long long)j.spans[j.span_of[t]].fed,
+                                 (unsigned long long)man->tensors[t].nbytes);
     if (rc == AICFN_OK && !j.host) {
         uint64_t t0 = clock_now_us();
         rc = loader_device_sync(dev, err);
@@ -477,6 +517,7 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
     for (uint32_t s = 0; j.spans && s < j.n_spans; s++)
         XXH3_freeState(j.spans[s].st);
     free(j.spans);
+    free(j.posted);
     free(j.span_of);
     pthread_cond_destroy(&j.cv);
     pthread_mutex_destroy(&j.mu);

@@ -192,13 +192,14 @@ static void bit_exact_threads_and_filters(void **state) {
 }
 
 /* Flips bytes inside data frame `fi` of a copy of `src`. */
-static void corrupt_copy(const char *src, const char *dst, uint32_t fi) {
+/* dst = src with 16 bytes flipped at `num`/`den` of frame fi's compressed bytes. */
+static void corrupt_copy(const char *src, const char *dst, uint32_t fi, uint64_t num, uint64_t den) {
     aicfn_error err;
     snap_reader *r;
     assert_int_equal(snap_open(src, &r, &err), AICFN_OK);
     const snap_frame *f = snap_reader_frame(r, fi);
     assert_non_null(f);
-    uint64_t off = f->file_offset + f->comp_size / 2;
+    uint64_t off = f->file_offset + f->comp_size * num / den;
     snap_close(r);
     char cmd[512];
     snprintf(cmd, sizeof cmd, "cp '%s' '%s'", src, dst);
@@ -223,7 +224,7 @@ static void corrupt_frame_names_frame_and_tensor(void **state) {
     snprintf(bad, sizeof bad, "%s/bad.aicfn", fx.dir);
     pack(good, SNAP_FILTER_MODE_AUTO, 64u << 10);
     for (uint32_t threads = 1; threads <= 4; threads += 3) {
-        corrupt_copy(good, bad, 5);
+        corrupt_copy(good, bad, 5, 1, 2);
         loader_model *m = (void *)1;
         loader_load_opts o = {.threads = threads, .pread_frames = threads == 1};
         int rc = loader_load_snapshot(dev, bad, &o, &m, NULL, &err);
@@ -238,6 +239,43 @@ static void corrupt_frame_names_frame_and_tensor(void **state) {
         assert_int_equal(loader_device_mem_info(dev, &f, &tot, &err), AICFN_OK);
         assert_int_equal(f, tot); /* nothing left on the device */
     }
+    loader_device_close(dev);
+}
+
+/* Corrupt bytes that zstd decodes without noticing (no content checksum) inside a tensor
+ * spanning frames: its XXH3 no longer matches, whichever thread feeds which part (live,
+ * after waiting, or posted and fed by the thread holding the turn). */
+static void spanning_tensor_mismatch_with_threads(void **state) {
+    (void)state;
+    aicfn_error err;
+    loader_device *dev;
+    assert_int_equal(loader_device_host_open(64u << 20, &dev, &err), AICFN_OK);
+    char good[160], bad[160];
+    snprintf(good, sizeof good, "%s/span-good.aicfn", fx.dir);
+    snprintf(bad, sizeof bad, "%s/span-bad.aicfn", fx.dir);
+    pack(good, SNAP_FILTER_MODE_AUTO, 64u << 10);
+    snap_reader *r;
+    assert_int_equal(snap_open(good, &r, &err), AICFN_OK);
+    uint32_t n_frames = snap_reader_frame_count(r);
+    snap_close(r);
+    int mismatches = 0;
+    for (uint32_t fi = 1; fi + 1 < n_frames && mismatches < 3; fi++) {
+        for (uint64_t num = 1; num < 4 && mismatches < 3; num++) {
+            corrupt_copy(good, bad, fi, num, 4);
+            for (uint32_t threads = 2; threads <= 4; threads += 2) {
+                loader_model *m = (void *)1;
+                loader_load_opts o = {.threads = threads};
+                int rc = loader_load_snapshot(dev, bad, &o, &m, NULL, &err);
+                assert_int_equal(rc, AICFN_E_CORRUPT);
+                assert_null(m);
+                if (strstr(err.msg, "XXH3 mismatch") && strstr(err.msg, "(in frames ")) mismatches++;
+                uint64_t f, tot;
+                assert_int_equal(loader_device_mem_info(dev, &f, &tot, &err), AICFN_OK);
+                assert_int_equal(f, tot);
+            }
+        }
+    }
+    assert_true(mismatches > 0); /* some corruption reached the checksums of a spanning tensor */
     loader_device_close(dev);
 }
 
@@ -530,7 +568,7 @@ static void device_path_bit_exact(void **state) {
             /* A corrupt frame on the device path: error, nothing left, staging returned. */
             char bad[160];
             snprintf(bad, sizeof bad, "%s/emu-bad.aicfn", fx.dir);
-            corrupt_copy(path, bad, 3);
+            corrupt_copy(path, bad, 3, 1, 2);
             m = NULL;
             assert_int_equal(loader_load_snapshot(dev, bad, &o, &m, NULL, &err), AICFN_E_CORRUPT);
             assert_null(m);
@@ -545,6 +583,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bit_exact_threads_and_filters),
         cmocka_unit_test(corrupt_frame_names_frame_and_tensor),
+        cmocka_unit_test(spanning_tensor_mismatch_with_threads),
         cmocka_unit_test(truncated_file_is_io_error),
         cmocka_unit_test(allocation_failure_and_max_bytes),
         cmocka_unit_test(cache_with_pipeline_ops),
