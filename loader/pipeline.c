@@ -13,10 +13,13 @@
  * checksummed right after it lands, while still in cache (one pass over the raw bytes
  * instead of an unfilter pass and a hashing pass). A tensor inside one frame has its own
  * XXH3 state; a tensor spanning frames has a shared state fed in blob order. A part
- * whose turn has not come when its frame is done is, on host devices, posted and left
- * in the destination: the thread that feeds the part before it feeds it too, so no
- * thread waits for another's frame. On other devices the bytes are in a staging buffer
- * that goes back after the copy, so the thread waits for its turn (that is wait_us).
+ * whose turn has not come when its frame is done is posted: the thread that feeds the
+ * part before it feeds it too, so no thread waits for another's frame. On host devices
+ * the posted bytes stay in the destination; on staged devices the posted part takes
+ * its staging buffer along (its copy already issued), and the feeder hands the buffer
+ * back after hashing it, so the check is still on the staging bytes that were copied.
+ * Only a frame that went through the per-thread bounce buffer (larger than a staging
+ * buffer) waits for its turn (that is wait_us).
  * Not for: residency (cache.c) or the file format (snapshots/). */
 #include "loader/pipeline.h"
 
@@ -52,6 +55,8 @@ typedef struct pl_part {
     uint64_t off; /* blob offset */
     const unsigned char *p;
     size_t len;
+    loader_staging stg; /* staged devices: the buffer holding p (ptr NULL: none), and */
+    loader_ticket tk;   /* the copy issued from it, for loader_device_staging_release */
 } pl_part;
 
 typedef struct pl_job {
@@ -72,7 +77,7 @@ typedef struct pl_job {
     int32_t *span_of; /* per tensor: index into spans, or -1 when it lies in one frame */
     pl_span *spans;
     uint32_t n_spans;
-    pl_part *posted;   /* per frame (host devices with spans; NULL otherwise) */
+    pl_part *posted;   /* per frame (when verifying tensors that span frames; NULL otherwise) */
     loader_timing sum; /* per-thread sums, added under mu */
 } pl_job;
 
@@ -134,6 +139,18 @@ static void pl_fail(pl_job *j, uint32_t frame, const aicfn_error *e) {
     }
     atomic_store(&j->abort, 1);
     pthread_cond_broadcast(&j->cv);
+    /* Posted parts will not be fed now: their staging buffers go back at once (reusable
+     * once their copies complete), or threads waiting for a buffer would wait forever.
+     * Nothing is posted after abort (pl_hasher_finish checks it under mu). */
+    for (uint32_t f = 0; j->posted && f < j->n_frames; f++) {
+        if (!j->posted[f].stg.ptr) continue;
+        pl_part part = j->posted[f];
+        j->posted[f].stg.ptr = NULL;
+        j->posted[f].len = 0;
+        pthread_mutex_unlock(&j->mu);
+        loader_device_staging_release(j->dev, &part.stg, part.tk);
+        pthread_mutex_lock(&j->mu);
+    }
     pthread_mutex_unlock(&j->mu);
 }
 
@@ -192,9 +209,11 @@ static int pl_hasher_close(pl_hasher *h) {
         if (!pp->len || pp->off != ts->offset + sp->fed) break; /* not posted yet: its thread feeds it */
         pl_part part = *pp;
         pp->len = 0;
+        pp->stg.ptr = NULL;
         pthread_mutex_unlock(&j->mu);
         uint64_t t0 = clock_now_us();
         (void)XXH3_64bits_update(sp->st, part.p, part.len); /* the turn is this thread's alone */
+        if (part.stg.ptr) loader_device_staging_release(j->dev, &part.stg, part.tk);
         h->hash_us += clock_now_us() - t0;
         pthread_mutex_lock(&j->mu);
         sp->fed += part.len;
@@ -243,8 +262,10 @@ static int pl_hash_piece(void *arg, uint32_t t, uint64_t off, const unsigned cha
 }
 
 /* After the frame: closes the last part, then feeds a deferred part if its turn has
- * come; if not, posts it (host) or waits for its turn (the wait is wait_us). */
-static int pl_hasher_finish(pl_hasher *h) {
+ * come. If not: with `can_post` it posts the part (and *stg, the staging buffer holding
+ * it, with the ticket of its copy: *stg is then the feeder's to hand back and is cleared
+ * here); otherwise it waits for its turn (the wait is wait_us). */
+static int pl_hasher_finish(pl_hasher *h, int can_post, loader_staging *stg, loader_ticket tk) {
     int rc = pl_hasher_close(h);
     if (rc != AICFN_OK || !h->deferred_len) return rc;
     uint32_t deferred = h->deferred_t;
@@ -254,9 +275,17 @@ static int pl_hasher_finish(pl_hasher *h) {
     uint64_t want = h->deferred_off - ts->offset;
     uint64_t w0 = clock_now_us();
     pthread_mutex_lock(&j->mu);
-    if (j->posted && sp->fed != want) {
-        j->posted[pl_frame_of(j->r, h->deferred_off)] =
-            (pl_part){.off = h->deferred_off, .p = h->deferred_p, .len = h->deferred_len};
+    if (can_post && j->posted && sp->fed != want) {
+        if (atomic_load(&j->abort)) { /* nobody would feed it */
+            pthread_mutex_unlock(&j->mu);
+            return AICFN_E_CANCELED;
+        }
+        pl_part *pp = &j->posted[pl_frame_of(j->r, h->deferred_off)];
+        *pp = (pl_part){.off = h->deferred_off, .p = h->deferred_p, .len = h->deferred_len, .tk = tk};
+        if (stg) {
+            pp->stg = *stg;
+            stg->ptr = NULL;
+        }
         pthread_mutex_unlock(&j->mu);
         h->deferred_len = 0;
         return AICFN_OK;
@@ -350,19 +379,31 @@ static void *pl_thread(void *arg) {
             hasher.hash_us = hasher.wait_us = 0;
             rc = snap_frame_unfilter_each(j->r, fi, filtered ? scratch : dst, dst,
                                           j->verify ? pl_hash_piece : NULL, &hasher, &err);
-            if (rc == AICFN_OK && j->verify) rc = pl_hasher_finish(&hasher);
+            /* Host and bounce frames finish hashing now; staged ones after their copy. */
+            if (rc == AICFN_OK && j->verify && dst != stg.ptr)
+                rc = pl_hasher_finish(&hasher, j->host, NULL, 0);
             t.verify_us += hasher.hash_us;
             t.wait_us += hasher.wait_us;
             t.filter_us += clock_now_us() - t2 - hasher.hash_us - hasher.wait_us;
         }
         uint64_t t4 = clock_now_us();
-        loader_ticket tk = 0;
+        loader_ticket tk = 0; /* the copy from dst, once issued (the staging buffer's release waits for it) */
         if (rc == AICFN_OK && !j->host) {
             rc = loader_device_copy_to_device(j->dev, j->buf, f->raw_offset, dst, f->raw_size, &tk, &err);
+            if (rc != AICFN_OK) tk = 0;
             if (rc == AICFN_OK && dst == bounce) rc = loader_device_wait(j->dev, tk, &err);
         }
-        if (stg.ptr) loader_device_staging_release(j->dev, &stg, rc == AICFN_OK ? tk : 0);
         t.copy_us += clock_now_us() - t4;
+        if (rc == AICFN_OK && j->verify && stg.ptr && dst == stg.ptr) {
+            /* The copy reads the staging bytes the hash checks; a posted part keeps them. */
+            uint64_t t5 = clock_now_us();
+            hasher.hash_us = hasher.wait_us = 0;
+            rc = pl_hasher_finish(&hasher, 1, &stg, tk);
+            t.verify_us += hasher.hash_us;
+            t.wait_us += hasher.wait_us;
+            t.filter_us += clock_now_us() - t5 - hasher.hash_us - hasher.wait_us;
+        }
+        if (stg.ptr) loader_device_staging_release(j->dev, &stg, tk);
         if (rc != AICFN_OK) {
             if (rc != AICFN_E_CANCELED || !atomic_load(&j->abort)) pl_fail(j, fi, &err);
             break;
@@ -477,7 +518,7 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
                 if (!j.spans[s].st || XXH3_64bits_reset(j.spans[s].st) != XXH_OK)
                     rc = aicfn_error_set(err, AICFN_E_NOMEM, "loading %s: hash states", snap_reader_path(r));
             }
-            if (rc == AICFN_OK && j.host && !(j.posted = calloc(j.n_frames, sizeof *j.posted)))
+            if (rc == AICFN_OK && !(j.posted = calloc(j.n_frames, sizeof *j.posted)))
                 rc = aicfn_error_set(err, AICFN_E_NOMEM, "loading %s: hash states", snap_reader_path(r));
         }
     }
@@ -512,6 +553,9 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
         if (rc != AICFN_OK) aicfn_error_wrap(err, "loading %s", snap_reader_path(r));
     }
     if (rc != AICFN_OK && !j.host) (void)loader_device_sync(dev, NULL); /* no copy may still target buf */
+    /* A failed load may leave posted parts behind: hand their staging buffers back. */
+    for (uint32_t f = 0; j.posted && f < j.n_frames; f++)
+        if (j.posted[f].stg.ptr) loader_device_staging_release(dev, &j.posted[f].stg, j.posted[f].tk);
     j.sum.threads = started;
     *sum = j.sum;
     for (uint32_t s = 0; j.spans && s < j.n_spans; s++)
