@@ -22,9 +22,10 @@
 
 /* The timing record of one load. Phases overlap across threads, so the per-phase
  * figures are SUMS over threads (thread-µs); total_us is the wall time of the load.
- * wait_us is time threads stalled on a full pipeline (no staging buffer free, or, on
- * staged devices, the in-order verifier of a tensor spanning frames behind; on host
- * devices such a part is handed on instead of waited for). */
+ * wait_us is time threads stalled on a full pipeline (no staging buffer free, or a
+ * frame larger than a staging buffer waiting for the in-order hash of a tensor spanning
+ * frames; other such parts are handed on to the thread feeding that hash, not waited
+ * for). */
 typedef struct loader_timing {
     uint64_t open_us;          /* opening the snapshot and reading the manifest (wall) */
     uint64_t alloc_us;         /* the device allocation (wall) */
