@@ -608,26 +608,27 @@ int loader_cache_keep(loader_cache *c, const char *key, const char *path, uint64
     return AICFN_OK;
 }
 
-int loader_cache_keep_resident(loader_cache *c, const char *key, aicfn_error *err) {
+/* Sets the kept mark of `key`: keeping needs it READY, unkeeping only present (a load
+ * waiting for room may then evict it). AICFN_E_NOT_FOUND otherwise. */
+static int cache_set_kept(loader_cache *c, const char *key, int kept, aicfn_error *err) {
     if (!c || !key) return aicfn_error_set(err, AICFN_E_INVALID, "model cache: no cache or key");
     pthread_mutex_lock(&c->mu);
     loader_cache_entry *e = cache_find(c, key);
-    int ready = e && e->state == LOADER_ENTRY_READY;
-    if (ready) e->kept = 1;
+    int ok = e && (!kept || e->state == LOADER_ENTRY_READY);
+    if (ok) {
+        e->kept = kept;
+        if (!kept) pthread_cond_broadcast(&c->cv);
+    }
     pthread_mutex_unlock(&c->mu);
-    return ready ? AICFN_OK : aicfn_error_set(err, AICFN_E_NOT_FOUND, "model '%s' is not resident", key);
+    return ok ? AICFN_OK : aicfn_error_set(err, AICFN_E_NOT_FOUND, "model '%s' is not resident", key);
+}
+
+int loader_cache_keep_resident(loader_cache *c, const char *key, aicfn_error *err) {
+    return cache_set_kept(c, key, 1, err);
 }
 
 int loader_cache_unkeep(loader_cache *c, const char *key, aicfn_error *err) {
-    if (!c || !key) return aicfn_error_set(err, AICFN_E_INVALID, "model cache: no cache or key");
-    pthread_mutex_lock(&c->mu);
-    loader_cache_entry *e = cache_find(c, key);
-    if (e) {
-        e->kept = 0;
-        pthread_cond_broadcast(&c->cv); /* loads waiting for room may now evict it */
-    }
-    pthread_mutex_unlock(&c->mu);
-    return e ? AICFN_OK : aicfn_error_set(err, AICFN_E_NOT_FOUND, "model '%s' is not resident", key);
+    return cache_set_kept(c, key, 0, err);
 }
 
 int loader_cache_evict(loader_cache *c, const char *key, aicfn_error *err) {
