@@ -2,7 +2,8 @@
  * multi-frame tensors, sharded input, every filter mode), `zstd -d` compatibility, and
  * hostile snapshots: truncation at every offset, flipped bits in data frames, manifest
  * and seek table, a legacy zstd magic, a frame that claims more than its range, and
- * overlapping tensors. Files are made here, in a temporary folder. */
+ * overlapping tensors; and that a packed snapshot is cached in 2 MiB page-cache folios.
+ * Files are made here, in a temporary folder. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -11,11 +12,13 @@
 #include <cmocka.h>
 // clang-format on
 
+#include <fcntl.h>
 #include <ftw.h>
 #include <msgpack.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
@@ -293,6 +296,93 @@ static void spill(const char *p, const void *b, size_t n) {
     assert_non_null(f);
     if (n) assert_int_equal(fwrite(b, 1, n, f), n);
     fclose(f);
+}
+
+/* FilePmdMapped (kB) of the mapping that starts at `addr`, from /proc/self/smaps; -1
+ * when not found. */
+static long smaps_pmd_kb(const void *addr) {
+    FILE *f = fopen("/proc/self/smaps", "r");
+    if (!f) return -1;
+    char line[512];
+    int in = 0;
+    long kb = -1;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long lo, hi;
+        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
+            if (in) break;
+            in = lo == (unsigned long)addr;
+        } else if (in && sscanf(line, "FilePmdMapped: %ld kB", &kb) == 1) {
+            break;
+        }
+    }
+    fclose(f);
+    return kb;
+}
+
+/* Maps `path` read-only as the loader does, pages it in, and returns how many kB the
+ * kernel mapped with 2 MiB (PMD) entries. */
+static long file_pmd_kb(const char *path) {
+    int fd = open(path, O_RDONLY);
+    assert_true(fd >= 0);
+    struct stat st;
+    assert_int_equal(fstat(fd, &st), 0);
+    unsigned char *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
+    assert_true(m != MAP_FAILED);
+    volatile unsigned char sink = 0;
+    for (off_t o = 0; o < st.st_size; o += 4096)
+        sink ^= m[o];
+    (void)sink;
+    long kb = smaps_pmd_kb(m);
+    munmap(m, (size_t)st.st_size);
+    close(fd);
+    return kb;
+}
+
+/* Writes `total` bytes of noise to `path` in writes of `piece` bytes. */
+static void write_in_pieces(const char *path, size_t total, size_t piece) {
+    unsigned char *b = malloc(piece);
+    assert_non_null(b);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+    assert_true(fd >= 0);
+    for (size_t done = 0; done < total; done += piece) {
+        for (size_t i = 0; i < piece; i++)
+            b[i] = (unsigned char)next32();
+        assert_int_equal(write(fd, b, piece), (ssize_t)piece);
+    }
+    close(fd);
+    free(b);
+}
+
+/* The writer issues whole, aligned 2 MiB writes, so the page cache holds a fresh
+ * snapshot in 2 MiB folios and the loader's mapping of it uses 2 MiB page-table
+ * entries. Only kernels and filesystems whose page cache sizes folios by the write
+ * (Linux 6.16+ ext4, xfs) do this: two control files written here, one in 2 MiB writes
+ * and one in 64 KiB writes, tell whether this one does, and the test skips when not. */
+static void snapshot_is_cached_in_huge_folios(void **state) {
+    (void)state;
+    write_in_pieces(path_of("blocks.bin"), 8u << 20, AICFN_PAGE_CACHE_BLOCK);
+    write_in_pieces(path_of("small.bin"), 8u << 20, 64u << 10);
+    long blocks = file_pmd_kb(path_of("blocks.bin")), small = file_pmd_kb(path_of("small.bin"));
+    if (blocks != 8192 || small != 0) {
+        print_message("skipped: this kernel/filesystem does not cache by write size (a file written in 2 MiB "
+                      "writes: %ld kB PMD-mapped of 8192; in 64 KiB writes: %ld kB)\n",
+                      blocks, small);
+        skip();
+    }
+    model m;
+    memset(&m, 0, sizeof m);
+    model_add(&m, "w.fp32", AICFN_DTYPE_FP32, 2, 2048, 1024); /* 8 MiB of weights: ~7 MiB packed */
+    model_add(&m, "b.bf16", AICFN_DTYPE_BF16, 1, 777, 0);
+    model_write(&m, 0, m.n, path_of("huge.safetensors"));
+    pack_ok(path_of("huge.safetensors"), path_of("huge.aicsnap"), AICFN_SNAP_MIN_CHUNK, SNAP_FILTER_MODE_AUTO,
+            2, NULL);
+    struct stat st;
+    assert_int_equal(stat(path_of("huge.aicsnap"), &st), 0);
+    long whole_blocks_kb = (long)(st.st_size / AICFN_PAGE_CACHE_BLOCK) * (AICFN_PAGE_CACHE_BLOCK >> 10);
+    assert_true(whole_blocks_kb >= 4096);
+    assert_int_equal(file_pmd_kb(path_of("huge.aicsnap")), whole_blocks_kb);
+    check_snapshot(&m, path_of("huge.aicsnap"));
+    model_free(&m);
 }
 
 static void zstd_cli_accepts(void **state) {
@@ -695,7 +785,7 @@ int main(void) {
         cmocka_unit_test(unpack_is_bit_exact), cmocka_unit_test(sharded_input),
         cmocka_unit_test(zstd_cli_accepts),    cmocka_unit_test(truncated_at_every_offset),
         cmocka_unit_test(flipped_bits),        cmocka_unit_test(hand_made_hostile),
-        cmocka_unit_test(bad_options),
+        cmocka_unit_test(bad_options),         cmocka_unit_test(snapshot_is_cached_in_huge_folios),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
