@@ -348,10 +348,13 @@ int gw_artifacts_put_file(gw_artifacts *a, const char *path, char hex_out[65], u
         gw_upload_abort(u);
         return aicfn_error_errno(err, AICFN_E_IO, errno, "opening %s", path);
     }
-    unsigned char *buf = malloc(1 << 20);
+    /* Whole, aligned writes of the upload chunk size: the stored snapshot is cached in
+     * 2 MiB folios, as uploads from `aicfn deploy` are (docs/snapshot-format.md §9). */
+    _Static_assert(AICFN_UPLOAD_CHUNK_BYTES % AICFN_PAGE_CACHE_BLOCK == 0, "upload chunks are whole blocks");
+    unsigned char *buf = malloc(AICFN_UPLOAD_CHUNK_BYTES);
     if (!buf) rc = aicfn_error_set(err, AICFN_E_NOMEM, "storing %s", path);
     while (!rc) {
-        ssize_t r = read(fd, buf, 1 << 20);
+        ssize_t r = read(fd, buf, AICFN_UPLOAD_CHUNK_BYTES);
         if (r < 0 && errno == EINTR) continue;
         if (r < 0) rc = aicfn_error_errno(err, AICFN_E_IO, errno, "reading %s", path);
         if (r <= 0) break;
