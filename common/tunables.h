@@ -39,7 +39,7 @@
 #define AICFN_SNAP_EXP_PLANE_LEVEL 1           /* measured: level 1 beats 3..15 on exponent planes */
 #define AICFN_SNAP_MANT_PLANE_LEVEL 1          /* measured: mantissa planes are ~random; 1 = fastest at the same ratio */
 #define AICFN_SNAP_MAX_THREADS 64
-#define AICFN_SNAP_UNFILTER_PIECE (64u << 10)  /* loader: unfilter + checksum in pieces this size (cache-hot) */
+#define AICFN_SNAP_UNFILTER_PIECE (16u << 10)  /* loader: unfilter + checksum in pieces this size (in L1; measured) */
 #define AICFN_PAGE_CACHE_BLOCK (2u << 20)     /* snapshots are written in aligned writes this size: 2 MiB page-cache folios */
 
 /* ---- Loader and cache (design.md §6) ---- */

@@ -9,9 +9,10 @@
  * buffer (pinned), then an asynchronous copy whose ticket hands the staging buffer back.
  * A thread takes its frame number only after it holds a staging buffer, so a frame never
  * waits on an earlier one that still lacks a buffer.
- * The filter is reversed into the destination in cache-sized pieces, and each piece is
- * checksummed right after it lands, while still in cache (one pass over the raw bytes
- * instead of an unfilter pass and a hashing pass). A tensor inside one frame has its own
+ * The filter is reversed in pieces of 16 KiB: each piece is written to the destination
+ * with streaming stores (around the cache) and to a buffer in L1, where it is
+ * checksummed (one pass over the raw bytes instead of an unfilter pass and a hashing
+ * pass, and no destination line read before it is written). A tensor inside one frame has its own
  * XXH3 state; a tensor spanning frames has a shared state fed in blob order. A part
  * whose turn has not come when its frame is done is posted: the thread that feeds the
  * part before it feeds it too, so no thread waits for another's frame. On host devices
@@ -155,7 +156,7 @@ static void pl_fail(pl_job *j, uint32_t frame, const aicfn_error *e) {
 }
 
 /* Per-thread state of the checksums of one frame, fed piece by piece from
- * snap_frame_unfilter_each while each piece is still in cache. A tensor inside the
+ * snap_frame_unfilter_each while each piece is in cache. A tensor inside the
  * frame gets a local XXH3 state. A tensor spanning frames has a shared state fed in blob
  * order: when this frame's part is next (every part before it fed) it is fed live;
  * otherwise the part is deferred, and hashed from the destination after waiting for its
@@ -165,6 +166,8 @@ typedef struct pl_hasher {
     uint32_t t;          /* tensor being fed; UINT32_MAX before the first piece */
     uint64_t start, fed; /* blob offset where this frame's part of it starts; bytes fed */
     enum { PL_LOCAL, PL_SPAN_LIVE, PL_SPAN_DEFERRED } mode;
+    unsigned char *dst;  /* where the frame lands (at blob offset frame_off): a deferred */
+    uint64_t frame_off;  /* part is hashed from there (a piece's bytes are a passing copy) */
     uint32_t deferred_t; /* the deferred part, if any */
     uint64_t deferred_off;
     const unsigned char *deferred_p;
@@ -226,7 +229,6 @@ static int pl_hasher_close(pl_hasher *h) {
 
 static int pl_hash_piece(void *arg, uint32_t t, uint64_t off, const unsigned char *p, size_t len) {
     pl_hasher *h = arg;
-    uint64_t t0 = clock_now_us();
     if (t != h->t) {
         int rc = pl_hasher_close(h);
         if (rc != AICFN_OK) return rc;
@@ -245,7 +247,7 @@ static int pl_hash_piece(void *arg, uint32_t t, uint64_t off, const unsigned cha
             if (!turn) {
                 h->deferred_t = t;
                 h->deferred_off = off;
-                h->deferred_p = p;
+                h->deferred_p = h->dst + (off - h->frame_off);
                 h->deferred_len = 0;
             }
         }
@@ -257,7 +259,6 @@ static int pl_hash_piece(void *arg, uint32_t t, uint64_t off, const unsigned cha
     else
         h->deferred_len += len; /* pieces of one part are contiguous in the destination */
     h->fed += len;
-    h->hash_us += clock_now_us() - t0;
     return AICFN_OK;
 }
 
@@ -377,6 +378,8 @@ static void *pl_thread(void *arg) {
             hasher.t = UINT32_MAX;
             hasher.deferred_len = 0;
             hasher.hash_us = hasher.wait_us = 0;
+            hasher.dst = dst;
+            hasher.frame_off = f->raw_offset;
             rc = snap_frame_unfilter_each(j->r, fi, filtered ? scratch : dst, dst,
                                           j->verify ? pl_hash_piece : NULL, &hasher, &err);
             /* Host and bounce frames finish hashing now; staged ones after their copy. */

@@ -29,10 +29,13 @@
 typedef struct loader_timing {
     uint64_t open_us;          /* opening the snapshot and reading the manifest (wall) */
     uint64_t alloc_us;         /* the device allocation (wall) */
-    uint64_t read_us;          /* sum over threads: pread of frames */
+    uint64_t read_us;          /* sum over threads: pread of frames, or paging them in from the mapping */
     uint64_t decompress_us;    /* sum over threads */
-    uint64_t filter_us;        /* sum over threads: reversing byte-plane filters */
-    uint64_t verify_us;        /* sum over threads: XXH3 of the raw bytes */
+    uint64_t filter_us;        /* sum over threads: reversing byte-plane filters into the destination
+                                  and the XXH3 of each piece as it is written, one pass (timing the
+                                  two apart per 16 KiB piece cost more than the hashing) */
+    uint64_t verify_us;        /* sum over threads: XXH3 outside that pass: parts of tensors spanning
+                                  frames that one thread hands to another */
     uint64_t copy_us;          /* sum over threads: issuing copies + waiting for them */
     uint64_t wait_us;          /* sum over threads: stalled on a full pipeline */
     uint64_t fetch_us;         /* resolving the path (loader_resolve_fn: a download), wall; 0 when

@@ -37,6 +37,20 @@ void snap_filter_inverse(aicfn_dtype dt, const void *src, size_t nbytes, void *d
 void snap_filter_inverse_part(aicfn_dtype dt, const void *planes, size_t nbytes, size_t from, size_t len,
                               void *dst);
 
+/* Writes raw bytes [from, from + len) of a tensor stored with filter `f` on the load
+ * path: `src` holds the tensor as stored (`nbytes` bytes: planes for SNAP_FILTER_PLANES,
+ * the raw bytes themselves for SNAP_FILTER_NONE, then this is a copy). The bytes go to
+ * `dst` through streaming stores where the CPU has them (x86-64 with AVX-512BW, the
+ * build targets the machine it runs on): a load writes far more than it reads back
+ * soon, and ordinary stores would first read every destination line and push out the
+ * frame being unfiltered. When `hot` is not NULL (len bytes), the raw bytes go there
+ * as well, with ordinary stores: a small buffer that stays in cache, for checksumming.
+ * The stores are fenced before it returns. `dst` needs no alignment (unaligned
+ * destinations take the plain path); `from` and `len` are as for
+ * snap_filter_inverse_part. */
+void snap_filter_inverse_stream(aicfn_dtype dt, snap_filter f, const void *src, size_t nbytes, size_t from,
+                                size_t len, void *dst, void *hot);
+
 /* The manifest name of a filter ("none", "planes"); NULL for unknown values. */
 const char *snap_filter_name(snap_filter f);
 

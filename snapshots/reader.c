@@ -866,6 +866,7 @@ int snap_frame_unfilter_each(const snap_reader *r, uint32_t i, const void *filte
     const snap_manifest *m = &r->m;
     uint64_t fo = f->raw_offset, fe = fo + f->raw_size;
     size_t cursor = 0;
+    _Alignas(64) unsigned char hot[AICFN_SNAP_UNFILTER_PIECE]; /* a piece's raw bytes, for `piece` */
     for (uint32_t ti = r->first_tensor[i]; ti < m->n_tensors; ti++) {
         const snap_tensor *t = &m->tensors[ti];
         if (t->offset >= fe) break;
@@ -873,7 +874,9 @@ int snap_frame_unfilter_each(const snap_reader *r, uint32_t i, const void *filte
                  e = t->offset + t->nbytes < fe ? t->offset + t->nbytes : fe;
         if (e <= a) continue;
         size_t sa = (size_t)(a - fo), len = (size_t)(e - a);
-        if (sa > cursor && s != d) memcpy(d + cursor, s + cursor, sa - cursor); /* padding */
+        if (sa > cursor && s != d) /* padding */
+            snap_filter_inverse_stream(AICFN_DTYPE_UINT8, SNAP_FILTER_NONE, s + cursor, sa - cursor, 0,
+                                       sa - cursor, d + cursor, NULL);
         int planes = t->filter == SNAP_FILTER_PLANES;
         /* Pieces are whole elements: tensor slices in a frame are (dtype_size) multiples. */
         size_t step = AICFN_SNAP_UNFILTER_PIECE;
@@ -881,18 +884,24 @@ int snap_frame_unfilter_each(const snap_reader *r, uint32_t i, const void *filte
         if (esz > 1) step -= step % esz;
         for (size_t at = 0; at < len; at += step) {
             size_t n = len - at < step ? len - at : step;
-            if (planes)
-                snap_filter_inverse_part(t->dtype, s + sa, len, at, n, d + sa + at);
-            else if (s != d)
-                memcpy(d + sa + at, s + sa + at, n);
+            const unsigned char *raw = s + sa + at; /* where the piece's raw bytes are in cache */
+            if (planes) {
+                snap_filter_inverse_stream(t->dtype, SNAP_FILTER_PLANES, s + sa, len, at, n, d + sa + at,
+                                           piece ? hot : NULL);
+                raw = hot;
+            } else if (s != d) {
+                snap_filter_inverse_stream(t->dtype, SNAP_FILTER_NONE, s + sa, len, at, n, d + sa + at, NULL);
+            }
             if (piece) {
-                int rc = piece(arg, ti, a + at, d + sa + at, n);
+                int rc = piece(arg, ti, a + at, raw, n);
                 if (rc != AICFN_OK) return rc;
             }
         }
         cursor = sa + len;
     }
-    if (f->raw_size > cursor && s != d) memcpy(d + cursor, s + cursor, f->raw_size - cursor);
+    if (f->raw_size > cursor && s != d)
+        snap_filter_inverse_stream(AICFN_DTYPE_UINT8, SNAP_FILTER_NONE, s + cursor, f->raw_size - cursor, 0,
+                                   f->raw_size - cursor, d + cursor, NULL);
     return AICFN_OK;
 }
 

@@ -103,8 +103,10 @@ int snap_frame_decompress(snap_dctx *d, const snap_reader *r, uint32_t i, const 
  * copy, or nothing when they are the same pointer). Thread-safe. */
 int snap_frame_unfilter(const snap_reader *r, uint32_t i, const void *filtered, void *dst, aicfn_error *err);
 
-/* Called by snap_frame_unfilter_each right after raw bytes [blob_off, blob_off + len)
- * of tensor `tensor` landed at `p` (the destination), while they are still in cache.
+/* Called by snap_frame_unfilter_each for each piece of raw bytes [blob_off, blob_off +
+ * len) of tensor `tensor`, in cache at `p`. The bytes land in the destination at the
+ * same place in the frame, written around the cache (streaming stores), so `p` may be a
+ * copy that lives only during the call: to read them later, read the destination.
  * Pieces of one tensor come in order. Return AICFN_OK to go on; anything else stops the
  * walk and is returned. */
 typedef int (*snap_piece_fn)(void *arg, uint32_t tensor, uint64_t blob_off, const unsigned char *p,
@@ -112,9 +114,10 @@ typedef int (*snap_piece_fn)(void *arg, uint32_t tensor, uint64_t blob_off, cons
 
 /* snap_frame_unfilter in pieces of at most AICFN_SNAP_UNFILTER_PIECE bytes, calling
  * `piece` (may be NULL) for each piece of tensor bytes as it lands; padding between
- * tensors is copied but not reported. For an unfiltered frame `filtered` may equal
- * `dst` (decompressed in place): then nothing is copied and the pieces are reported
- * where they lie. Thread-safe. */
+ * tensors is copied but not reported. The destination is written with streaming stores
+ * (snap_filter_inverse_stream). For an unfiltered frame `filtered` may equal `dst`
+ * (decompressed in place): then nothing is copied and the pieces are reported where
+ * they lie. Thread-safe. */
 int snap_frame_unfilter_each(const snap_reader *r, uint32_t i, const void *filtered, void *dst,
                              snap_piece_fn piece, void *arg, aicfn_error *err);
 

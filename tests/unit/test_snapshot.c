@@ -2,7 +2,8 @@
  * multi-frame tensors, sharded input, every filter mode), `zstd -d` compatibility, and
  * hostile snapshots: truncation at every offset, flipped bits in data frames, manifest
  * and seek table, a legacy zstd magic, a frame that claims more than its range, and
- * overlapping tensors; and that a packed snapshot is cached in 2 MiB page-cache folios.
+ * overlapping tensors; the load path's streaming inverse filter; and that a packed
+ * snapshot is cached in 2 MiB page-cache folios.
  * Files are made here, in a temporary folder. */
 // clang-format off
 #include <stdarg.h>
@@ -186,6 +187,59 @@ static void pack_ok(const char *in, const char *out, uint32_t chunk, snap_filter
     o.name = "test-model";
     aicfn_error e;
     if (snap_pack(&in, 1, out, &o, st, &e)) fail_msg("snap_pack: %s", e.msg);
+}
+
+/* The load path's streaming inverse writes exactly the raw bytes asked for, to `dst`
+ * and to `hot`, whatever the destination's alignment, the range's start and a length
+ * that leaves a tail the vector form does not take; nothing around the range changes. */
+static void filter_inverse_stream_matches(void **state) {
+    (void)state;
+    enum { N = 3 * 4096 + 36, PAD = 128, CAP = (N + 2 * PAD + 63) / 64 * 64 };
+    unsigned char *raw = malloc(N), *planes = malloc(N);
+    unsigned char *dst = aligned_alloc(64, CAP), *hot = aligned_alloc(64, CAP);
+    assert_non_null(raw);
+    assert_non_null(planes);
+    assert_non_null(dst);
+    assert_non_null(hot);
+    for (int i = 0; i < N; i++)
+        raw[i] = (unsigned char)next32();
+    aicfn_dtype dts[4] = {AICFN_DTYPE_BF16, AICFN_DTYPE_FP16, AICFN_DTYPE_FP32, AICFN_DTYPE_INT32};
+    size_t starts[4] = {0, 64, 4, 4096 + 12}, lens[5] = {0, 4, 60, 4096, 2 * 4096 + 24};
+    size_t shifts[3] = {0, 4, 32}; /* destination alignment: 64, 4, 32 bytes */
+    int cases = 0;
+    for (int k = 0; k < 4; k++) {
+        snap_filter f = k < 3 ? SNAP_FILTER_PLANES : SNAP_FILTER_NONE;
+        if (f == SNAP_FILTER_PLANES)
+            snap_filter_forward(dts[k], raw, N, planes);
+        else
+            memcpy(planes, raw, N);
+        for (int a = 0; a < 4; a++)
+            for (int b = 0; b < 5; b++)
+                for (int c = 0; c < 3; c++)
+                    for (int with_hot = 0; with_hot < 2; with_hot++) {
+                        size_t from = starts[a], len = lens[b];
+                        if (from + len > N) continue;
+                        memset(dst, 0xA5, N + 2 * PAD);
+                        memset(hot, 0x5A, N + 2 * PAD);
+                        unsigned char *d = dst + PAD + shifts[c];
+                        snap_filter_inverse_stream(dts[k], f, planes, N, from, len, d, with_hot ? hot : NULL);
+                        assert_memory_equal(d, raw + from, len);
+                        for (size_t i = 0; i < PAD + shifts[c]; i++)
+                            assert_int_equal(dst[i], 0xA5);
+                        for (size_t i = PAD + shifts[c] + len; i < N + 2 * PAD; i++)
+                            assert_int_equal(dst[i], 0xA5);
+                        if (with_hot) {
+                            assert_memory_equal(hot, raw + from, len);
+                            assert_int_equal(hot[len], 0x5A);
+                        }
+                        cases++;
+                    }
+    }
+    assert_int_equal(cases, 4 * 4 * 5 * 3 * 2);
+    free(raw);
+    free(planes);
+    free(dst);
+    free(hot);
 }
 
 static void round_trip_all_modes(void **state) {
@@ -781,11 +835,17 @@ static void filter_inverts(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(filter_inverts),      cmocka_unit_test(round_trip_all_modes),
-        cmocka_unit_test(unpack_is_bit_exact), cmocka_unit_test(sharded_input),
-        cmocka_unit_test(zstd_cli_accepts),    cmocka_unit_test(truncated_at_every_offset),
-        cmocka_unit_test(flipped_bits),        cmocka_unit_test(hand_made_hostile),
-        cmocka_unit_test(bad_options),         cmocka_unit_test(snapshot_is_cached_in_huge_folios),
+        cmocka_unit_test(filter_inverts),
+        cmocka_unit_test(filter_inverse_stream_matches),
+        cmocka_unit_test(round_trip_all_modes),
+        cmocka_unit_test(unpack_is_bit_exact),
+        cmocka_unit_test(sharded_input),
+        cmocka_unit_test(zstd_cli_accepts),
+        cmocka_unit_test(truncated_at_every_offset),
+        cmocka_unit_test(flipped_bits),
+        cmocka_unit_test(hand_made_hostile),
+        cmocka_unit_test(bad_options),
+        cmocka_unit_test(snapshot_is_cached_in_huge_folios),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
