@@ -1,6 +1,7 @@
 /* test_artifacts.c: the content-addressed store: chunked upload happy path, hash
  * mismatch, wrong offsets and sizes, abort and an interrupted upload (reopen) leave
- * nothing, hash validation (no paths from clients), put_file. */
+ * nothing, hash validation (no paths from clients), put_file, and that what the store
+ * writes is cached in 2 MiB page-cache folios. */
 #include <dirent.h>
 #include <setjmp.h>
 #include <sodium.h>
@@ -11,8 +12,10 @@
 
 #include <cmocka.h>
 
+#include "common/tunables.h"
 #include "gateway/artifacts.h"
 #include "test_db_util.h"
+#include "test_page_cache.h"
 
 static void sha_hex(const void *data, size_t len, char out[65]) {
     unsigned char d[32];
@@ -204,6 +207,40 @@ static void put_file_and_hash_file(void **state) {
     assert_non_null(strstr(err.msg, "/nonexistent/x.so"));
 }
 
+/* A file copied into the store, and an upload in the chunks `aicfn deploy` sends, land
+ * in 2 MiB page-cache folios, so workers map stored snapshots with 2 MiB entries
+ * (docs/snapshot-format.md §9). Skips where the kernel does not size folios by write. */
+static void stored_files_are_cached_in_huge_folios(void **state) {
+    fx *f = *state;
+    if (!tpc_folios_follow_writes(f->dir)) skip();
+    enum { SIZE = 12u << 20 };
+    char src[1024], stored[1024], hex[65];
+    snprintf(src, sizeof src, "%s/model.aicsnap", f->dir);
+    tpc_write_in_pieces(src, SIZE, 64u << 10); /* the source itself in small folios */
+    uint64_t size = 0;
+    assert_int_equal(gw_artifacts_put_file(f->a, src, hex, &size, NULL), AICFN_OK);
+    assert_int_equal(size, SIZE);
+    assert_int_equal(gw_artifacts_path(f->a, hex, stored, sizeof stored, NULL), AICFN_OK);
+    assert_int_equal(tpc_file_pmd_kb(stored), SIZE >> 10);
+
+    size_t len = 0;
+    unsigned char *data = tdb_read_file(src, &len);
+    assert_non_null(data);
+    assert_int_equal(len, SIZE);
+    data[0] ^= 1; /* another artifact */
+    sha_hex(data, len, hex);
+    gw_upload *u = NULL;
+    assert_int_equal(gw_upload_begin(f->a, hex, len, &u, NULL), AICFN_OK);
+    for (size_t off = 0; off < len; off += AICFN_UPLOAD_CHUNK_BYTES) {
+        size_t n = len - off < AICFN_UPLOAD_CHUNK_BYTES ? len - off : AICFN_UPLOAD_CHUNK_BYTES;
+        assert_int_equal(gw_upload_write(u, off, data + off, n, NULL), AICFN_OK);
+    }
+    assert_int_equal(gw_upload_commit(u, NULL), AICFN_OK);
+    assert_int_equal(gw_artifacts_path(f->a, hex, stored, sizeof stored, NULL), AICFN_OK);
+    assert_int_equal(tpc_file_pmd_kb(stored), SIZE >> 10);
+    free(data);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(upload_happy_path, setup, teardown),
@@ -212,6 +249,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(abort_and_interrupted_leave_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(upload_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(put_file_and_hash_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(stored_files_are_cached_in_huge_folios, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -32,6 +32,7 @@
 #include "snapshots/safetensors.h"
 #include "snapshots/snapshot.h"
 #include "snapshots/writer.h"
+#include "test_page_cache.h"
 
 static char tdir[64];
 
@@ -352,77 +353,14 @@ static void spill(const char *p, const void *b, size_t n) {
     fclose(f);
 }
 
-/* FilePmdMapped (kB) of the mapping that starts at `addr`, from /proc/self/smaps; -1
- * when not found. */
-static long smaps_pmd_kb(const void *addr) {
-    FILE *f = fopen("/proc/self/smaps", "r");
-    if (!f) return -1;
-    char line[512];
-    int in = 0;
-    long kb = -1;
-    while (fgets(line, sizeof line, f)) {
-        unsigned long lo, hi;
-        if (sscanf(line, "%lx-%lx ", &lo, &hi) == 2) {
-            if (in) break;
-            in = lo == (unsigned long)addr;
-        } else if (in && sscanf(line, "FilePmdMapped: %ld kB", &kb) == 1) {
-            break;
-        }
-    }
-    fclose(f);
-    return kb;
-}
-
-/* Maps `path` read-only as the loader does, pages it in, and returns how many kB the
- * kernel mapped with 2 MiB (PMD) entries. */
-static long file_pmd_kb(const char *path) {
-    int fd = open(path, O_RDONLY);
-    assert_true(fd >= 0);
-    struct stat st;
-    assert_int_equal(fstat(fd, &st), 0);
-    unsigned char *m = mmap(NULL, (size_t)st.st_size, PROT_READ, MAP_SHARED, fd, 0);
-    assert_true(m != MAP_FAILED);
-    volatile unsigned char sink = 0;
-    for (off_t o = 0; o < st.st_size; o += 4096)
-        sink ^= m[o];
-    (void)sink;
-    long kb = smaps_pmd_kb(m);
-    munmap(m, (size_t)st.st_size);
-    close(fd);
-    return kb;
-}
-
-/* Writes `total` bytes of noise to `path` in writes of `piece` bytes. */
-static void write_in_pieces(const char *path, size_t total, size_t piece) {
-    unsigned char *b = malloc(piece);
-    assert_non_null(b);
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-    assert_true(fd >= 0);
-    for (size_t done = 0; done < total; done += piece) {
-        for (size_t i = 0; i < piece; i++)
-            b[i] = (unsigned char)next32();
-        assert_int_equal(write(fd, b, piece), (ssize_t)piece);
-    }
-    close(fd);
-    free(b);
-}
-
 /* The writer issues whole, aligned 2 MiB writes, so the page cache holds a fresh
  * snapshot in 2 MiB folios and the loader's mapping of it uses 2 MiB page-table
  * entries. Only kernels and filesystems whose page cache sizes folios by the write
- * (Linux 6.16+ ext4, xfs) do this: two control files written here, one in 2 MiB writes
- * and one in 64 KiB writes, tell whether this one does, and the test skips when not. */
+ * (Linux 6.16+ ext4, xfs) do this: tpc_folios_follow_writes tells whether this one does,
+ * and the test skips when not. */
 static void snapshot_is_cached_in_huge_folios(void **state) {
     (void)state;
-    write_in_pieces(path_of("blocks.bin"), 8u << 20, AICFN_PAGE_CACHE_BLOCK);
-    write_in_pieces(path_of("small.bin"), 8u << 20, 64u << 10);
-    long blocks = file_pmd_kb(path_of("blocks.bin")), small = file_pmd_kb(path_of("small.bin"));
-    if (blocks != 8192 || small != 0) {
-        print_message("skipped: this kernel/filesystem does not cache by write size (a file written in 2 MiB "
-                      "writes: %ld kB PMD-mapped of 8192; in 64 KiB writes: %ld kB)\n",
-                      blocks, small);
-        skip();
-    }
+    if (!tpc_folios_follow_writes(tdir)) skip();
     model m;
     memset(&m, 0, sizeof m);
     model_add(&m, "w.fp32", AICFN_DTYPE_FP32, 2, 2048, 1024); /* 8 MiB of weights: ~7 MiB packed */
@@ -434,7 +372,7 @@ static void snapshot_is_cached_in_huge_folios(void **state) {
     assert_int_equal(stat(path_of("huge.aicsnap"), &st), 0);
     long whole_blocks_kb = (long)(st.st_size / AICFN_PAGE_CACHE_BLOCK) * (AICFN_PAGE_CACHE_BLOCK >> 10);
     assert_true(whole_blocks_kb >= 4096);
-    assert_int_equal(file_pmd_kb(path_of("huge.aicsnap")), whole_blocks_kb);
+    assert_int_equal(tpc_file_pmd_kb(path_of("huge.aicsnap")), whole_blocks_kb);
     check_snapshot(&m, path_of("huge.aicsnap"));
     model_free(&m);
 }
