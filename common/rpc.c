@@ -169,7 +169,10 @@ static void srv_done(struct rpc_call *c) {
     s->outstanding--;
     bool closing = s->closing;
     c->state = closing ? SRV_STOPPED : SRV_RECV;
-    pthread_cond_broadcast(&s->cv);
+    /* Only rpc_server_destroy waits for `outstanding`, and only after setting closing.
+     * A broadcast per reply would also wake the ipc watchdog, which sleeps on the same
+     * condition: a futex wake-up and a context switch per message for nothing. */
+    if (closing) pthread_cond_broadcast(&s->cv);
     pthread_mutex_unlock(&s->mu);
     if (!closing) srv_arm(c);
 }

@@ -9,6 +9,7 @@
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -585,6 +586,59 @@ static void timeout_when_no_reply(void **state) {
     tsrv_fini(&t);
 }
 
+/* rpc_server_destroy waits for calls still held by the handler, and returns once the
+ * last one is answered (srv_done wakes it only while closing), on ipc too (where the
+ * listener watchdog shares the server's lock). */
+typedef struct destroy_arg {
+    rpc_server *s;
+    atomic_int done;
+} destroy_arg;
+
+static void *destroy_thread(void *p) {
+    destroy_arg *a = p;
+    rpc_server_destroy(a->s);
+    atomic_store(&a->done, 1);
+    return NULL;
+}
+
+static void async_ignore(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    (void)user;
+    (void)status;
+    (void)err;
+    rpc_msg_free(reply);
+}
+
+static void destroy_waits_for_held_calls(void **state) {
+    (void)state;
+    char url[128];
+    snprintf(url, sizeof url, "ipc:///tmp/aicfn-test-rpc-destroy-%d.ipc", (int)getpid());
+    tsrv t;
+    tsrv_init(&t, MODE_HOLD);
+    rpc_server *s;
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&s, url, NULL, tsrv_handler, &t, &e), AICFN_OK);
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, url, NULL, &e), AICFN_OK);
+    assert_int_equal(rpc_call_async(c, "a", 1, 5000, async_ignore, NULL, &e), AICFN_OK);
+    assert_int_equal(rpc_call_async(c, "b", 1, 5000, async_ignore, NULL, &e), AICFN_OK);
+    tsrv_wait_held(&t, 2);
+    assert_int_equal(rpc_server_outstanding(s), 2);
+    destroy_arg a = {.s = s};
+    atomic_init(&a.done, 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, destroy_thread, &a), 0);
+    usleep(100000);
+    assert_int_equal(atomic_load(&a.done), 0); /* still waiting for the held calls */
+    tsrv_drop_held(&t);
+    uint64_t end = clock_now_us() + 5000000;
+    while (!atomic_load(&a.done) && clock_now_us() < end)
+        usleep(2000);
+    assert_int_equal(atomic_load(&a.done), 1);
+    assert_int_equal(pthread_join(th, NULL), 0);
+    rpc_client_close(c);
+    tsrv_fini(&t);
+}
+
 typedef struct sync_arg {
     rpc_client *c;
     int rc;
@@ -918,6 +972,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(huge_sp_length_refused_without_allocation),
         cmocka_unit_test(handshake_drops_then_listener_still_accepts),
         cmocka_unit_test(timeout_when_no_reply),
+        cmocka_unit_test(destroy_waits_for_held_calls),
         cmocka_unit_test(lost_connection_fails_call_and_never_resends),
         cmocka_unit_test(async_calls_and_limits),
         cmocka_unit_test(forwarding_with_reply_msg),
