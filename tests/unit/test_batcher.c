@@ -351,6 +351,53 @@ static void inline_runs_on_submitting_thread(void **state) {
     free(x);
 }
 
+/* The reaper is woken only for a deadline earlier than the one it sleeps towards: while
+ * a batch runs, an item with a later deadline queued after one with an earlier deadline
+ * (and the reverse) must both expire on time. Once on the executor, once while a batch
+ * runs inline (the reaper is not watching yet when the first item queues). */
+static void reaper_wakes_for_earlier_deadlines(void **state) {
+    (void)state;
+    rec r;
+    rec_init(&r);
+    r.sleep_ms_first = 900;
+    worker_batcher *b;
+    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t"};
+    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
+    item its[4];
+    uint64_t t0 = clock_now_us();
+    submit(b, &its[0], 0, t0, 0);
+    sleep_ms(20); /* the executor is now inside the 600 ms batch */
+    submit(b, &its[1], 1, clock_now_us(), clock_now_us() + 150000);   /* the reaper sleeps towards this */
+    submit(b, &its[2], 2, clock_now_us(), clock_now_us() + 10000000); /* later: no wake-up needed */
+    sleep_ms(30); /* the reaper now sleeps towards item 1's deadline */
+    submit(b, &its[3], 3, clock_now_us(), clock_now_us() + 40000); /* earlier: must wake it */
+    wait_done(&r, 4);
+    assert_true(its[1].expired && its[3].expired);
+    assert_true(its[2].executed);
+    assert_true(its[3].done_us - t0 < 300000); /* at its own deadline, not item 1's */
+    assert_true(its[1].done_us - t0 < 800000); /* before the running batch ended */
+    assert_true(its[3].done_us <= its[1].done_us);
+    worker_batcher_destroy(b);
+    rec_fini(&r);
+
+    inl *x = inl_new();
+    t0 = clock_now_us();
+    pthread_t t = inl_start_1(x); /* item 1 runs inline for 150 ms */
+    submit(x->b, &x->its[2], 2, clock_now_us(), clock_now_us() + 30000);
+    wait_done(&x->r, 1);
+    pthread_mutex_lock(&x->r.mu);
+    int expired2 = x->its[2].expired, ran1 = x->its[1].executed;
+    pthread_mutex_unlock(&x->r.mu);
+    assert_true(expired2);
+    assert_false(ran1); /* expired while the inline batch still ran */
+    wait_done(&x->r, 2);
+    assert_int_equal(pthread_join(t, NULL), 0);
+    assert_true(x->its[1].executed);
+    worker_batcher_destroy(x->b);
+    rec_fini(&x->r);
+    free(x);
+}
+
 /* Closing while a batch runs inline: the executor, waiting for it, is woken once it
  * ends and exits (it is not woken after inline calls otherwise, so this wake-up must
  * not be lost), and destroy returns. */
@@ -387,9 +434,13 @@ static void close_while_inline_runs(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(full_batches_leave_at_once),       cmocka_unit_test(partial_batch_waits_max_delay),
-        cmocka_unit_test(deadline_expires_while_busy),      cmocka_unit_test(queue_limit_close_and_drain),
-        cmocka_unit_test(inline_runs_on_submitting_thread), cmocka_unit_test(close_while_inline_runs),
+        cmocka_unit_test(full_batches_leave_at_once),
+        cmocka_unit_test(partial_batch_waits_max_delay),
+        cmocka_unit_test(deadline_expires_while_busy),
+        cmocka_unit_test(queue_limit_close_and_drain),
+        cmocka_unit_test(reaper_wakes_for_earlier_deadlines),
+        cmocka_unit_test(inline_runs_on_submitting_thread),
+        cmocka_unit_test(close_while_inline_runs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
