@@ -232,7 +232,9 @@ def test_metrics_promtool_and_ledger(procs, tmp_path):
     # The HTTP calls the gateway ran are counted once each, as in the ledger.
     def ledger():
         return dict(db_rows(data, "SELECT status, count(*) FROM invocations WHERE function = 'mlp' GROUP BY status"))
-    rows = wait_for(lambda: (lambda r: r if sum(r.values()) >= 6 else None)(ledger()), 10, what="ledger rows")
+    # 6 answered and 2 refused calls of mlp: the ledger commits in batches (every 100 ms),
+    # so wait for all 8 rows, not just the first 6 (a batch can split the refused pair).
+    rows = wait_for(lambda: (lambda r: r if sum(r.values()) >= 8 else None)(ledger()), 10, what="ledger rows")
     for status, n in rows.items():
         assert metric_value(text, "aicfn_calls_total", {"function": "mlp", "status": status}) == n, (status, n)
     assert metric_value(text, "aicfn_http_requests_total", {"endpoint": "infer", "code": "200"}) == 6
