@@ -366,8 +366,8 @@ static void reaper_wakes_for_earlier_deadlines(void **state) {
     item its[4];
     uint64_t t0 = clock_now_us();
     submit(b, &its[0], 0, t0, 0);
-    sleep_ms(20); /* the executor is now inside the 600 ms batch */
-    submit(b, &its[1], 1, clock_now_us(), clock_now_us() + 150000);   /* the reaper sleeps towards this */
+    sleep_ms(20); /* the executor is now inside the 900 ms batch */
+    submit(b, &its[1], 1, clock_now_us(), clock_now_us() + 400000);   /* the reaper sleeps towards this */
     submit(b, &its[2], 2, clock_now_us(), clock_now_us() + 10000000); /* later: no wake-up needed */
     sleep_ms(30); /* the reaper now sleeps towards item 1's deadline */
     submit(b, &its[3], 3, clock_now_us(), clock_now_us() + 40000); /* earlier: must wake it */
