@@ -180,18 +180,26 @@ static void partial_batch_waits_max_delay(void **state) {
     rec_fini(&r);
 }
 
+/* A batcher of max_batch 1 whose first batch (`first`, submitted here at *t0) runs
+ * `first_ms`; returns once the executor is inside it. */
+static worker_batcher *start_busy(rec *r, long first_ms, item *first, uint64_t *t0) {
+    rec_init(r);
+    r->sleep_ms_first = first_ms;
+    worker_batcher *b;
+    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t"};
+    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, r, &b, NULL), 0);
+    *t0 = clock_now_us();
+    submit(b, first, 0, *t0, 0);
+    sleep_ms(20);
+    return b;
+}
+
 static void deadline_expires_while_busy(void **state) {
     (void)state;
     rec r;
-    rec_init(&r);
-    r.sleep_ms_first = 300;
-    worker_batcher *b;
-    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t"};
-    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
     item its[3];
-    uint64_t t0 = clock_now_us();
-    submit(b, &its[0], 0, t0, 0);
-    sleep_ms(20); /* the executor is now inside the 300 ms batch */
+    uint64_t t0;
+    worker_batcher *b = start_busy(&r, 300, &its[0], &t0);
     submit(b, &its[1], 1, clock_now_us(), clock_now_us() + 30000);
     submit(b, &its[2], 2, clock_now_us(), 0);
     wait_done(&r, 3);
@@ -208,7 +216,9 @@ static void deadline_expires_while_busy(void **state) {
     worker_batcher_destroy(b);
 
     /* An item already past its deadline when submitted never runs either. */
+    rec_fini(&r);
     rec_init(&r);
+    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t"};
     assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
     uint64_t now = clock_now_us();
     submit(b, &its[0], 0, now, now - 1);
@@ -358,15 +368,9 @@ static void inline_runs_on_submitting_thread(void **state) {
 static void reaper_wakes_for_earlier_deadlines(void **state) {
     (void)state;
     rec r;
-    rec_init(&r);
-    r.sleep_ms_first = 900;
-    worker_batcher *b;
-    worker_batcher_config cfg = {.max_batch = 1, .max_delay_us = 0, .name = "t"};
-    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
     item its[4];
-    uint64_t t0 = clock_now_us();
-    submit(b, &its[0], 0, t0, 0);
-    sleep_ms(20); /* the executor is now inside the 900 ms batch */
+    uint64_t t0;
+    worker_batcher *b = start_busy(&r, 900, &its[0], &t0);
     submit(b, &its[1], 1, clock_now_us(), clock_now_us() + 400000);   /* the reaper sleeps towards this */
     submit(b, &its[2], 2, clock_now_us(), clock_now_us() + 10000000); /* later: no wake-up needed */
     sleep_ms(30); /* the reaper now sleeps towards item 1's deadline */
