@@ -610,8 +610,7 @@ static void async_ignore(void *user, int status, rpc_msg *reply, const aicfn_err
 
 static void destroy_waits_for_held_calls(void **state) {
     (void)state;
-    char url[128];
-    snprintf(url, sizeof url, "ipc:///tmp/aicfn-test-rpc-destroy-%d.ipc", (int)getpid());
+    const char *url = ipc_url(7);
     tsrv t;
     tsrv_init(&t, MODE_HOLD);
     rpc_server *s;
