@@ -2,19 +2,25 @@
  *
  * One thread owns the children. It forks them (fork + PR_SET_PDEATHSIG + execv: the
  * death signal follows the forking thread, so that thread must live as long as the
- * pool), polls waitpid(pid, WNOHANG) for each live child every few milliseconds, and
- * turns overdue SIGTERMs into SIGKILLs. Callers hand it spawn requests and wait on a
- * condition variable for the fork to happen. Not for: policy (gateway.c). */
+ * pool), reaps them and turns overdue SIGTERMs into SIGKILLs. It sleeps in poll() on a
+ * pidfd per child (readable once the child exits) and an eventfd that callers write to
+ * wake it, so an idle pool never wakes and an exit is seen at once. Where the kernel has
+ * no pidfd_open (before Linux 5.3, or a seccomp filter refusing it) it polls
+ * waitpid(WNOHANG) every POOL_TICK_MS instead. Callers hand it spawn requests and wait
+ * on a condition variable for the fork to happen. Not for: policy (gateway.c). */
 #include "gateway/pool.h"
 
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/pidfd.h>
 #include <sys/prctl.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -24,7 +30,7 @@
 #include "common/log.h"
 #include "common/tunables.h"
 
-#define POOL_TICK_MS 10
+#define POOL_TICK_MS 10 /* waitpid polling, only for a child without a pidfd */
 #define POOL_MAX_ARGS 64
 
 typedef enum pool_state { POOL_RUNNING = 0, POOL_TERMINATING = 1 } pool_state;
@@ -32,6 +38,7 @@ typedef enum pool_state { POOL_RUNNING = 0, POOL_TERMINATING = 1 } pool_state;
 typedef struct pool_child {
     uint32_t id;
     pid_t pid;
+    int pidfd; /* readable once the child exits; -1 when pidfd_open failed (polled) */
     pool_state state;
     uint64_t term_at_us; /* when SIGTERM was sent */
     struct pool_child *next;
@@ -60,7 +67,7 @@ struct gw_pool {
     void *arg;
 
     pthread_mutex_t mu;
-    pthread_cond_t cv;      /* wakes the thread (spawn request, stop) */
+    int wake_fd;            /* eventfd: wakes the thread (spawn request, SIGTERM sent, stop) */
     pthread_cond_t done_cv; /* wakes spawn callers */
     pthread_t thread;
     bool stopping;
@@ -69,6 +76,8 @@ struct gw_pool {
     pool_child *children;
     unsigned live;
     pool_spawn_req *reqs;
+    struct pollfd *fds; /* the thread's poll set: wake_fd, then one pidfd per child */
+    size_t cap_fds;
 };
 
 static char *pool_strdup(const char *s) {
@@ -140,6 +149,10 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     }
     c->id = r->id;
     c->pid = pid;
+    c->pidfd = pidfd_open(pid, 0);
+    if (c->pidfd < 0)
+        log_debug("worker %s: pidfd_open: %s (its exit is polled every %d ms)", idbuf, strerror(errno),
+                  POOL_TICK_MS);
     c->next = p->children;
     p->children = c;
     p->live++;
@@ -153,6 +166,49 @@ typedef struct pool_exited {
     pid_t pid;
     int status;
 } pool_exited;
+
+/* Wakes the pool thread (any thread, lock held or not). */
+static void pool_wake(gw_pool *p) {
+    if (p->wake_fd >= 0) eventfd_write(p->wake_fd, 1); /* nonblocking; the counter cannot fill up */
+}
+
+/* Sleeps until a child exits, the thread is woken, or the earliest SIGKILL escalation is
+ * due (lock held; released while asleep). Children are only added and removed by this
+ * thread, so the poll set stays valid while the lock is dropped. */
+static void pool_sleep_locked(gw_pool *p) {
+    size_t want = 1;
+    for (pool_child *c = p->children; c; c = c->next)
+        want++;
+    if (want > p->cap_fds) {
+        struct pollfd *f = realloc(p->fds, want * sizeof *f);
+        if (f) {
+            p->fds = f;
+            p->cap_fds = want;
+        }
+    }
+    int timeout_ms = -1;
+    nfds_t n = 0;
+    if (p->cap_fds) p->fds[n++] = (struct pollfd){.fd = p->wake_fd, .events = POLLIN};
+    uint64_t now = clock_now_us();
+    for (pool_child *c = p->children; c; c = c->next) {
+        if (c->pidfd >= 0 && n < p->cap_fds)
+            p->fds[n++] = (struct pollfd){.fd = c->pidfd, .events = POLLIN};
+        else
+            timeout_ms = POOL_TICK_MS; /* no pidfd (or no room for it): poll waitpid */
+        if (c->state == POOL_TERMINATING && c->term_at_us < UINT64_MAX / 2) {
+            uint64_t due = c->term_at_us + p->grace_us;
+            uint64_t ms = due > now ? (due - now + 999) / 1000 : 0;
+            if (timeout_ms < 0 || ms < (uint64_t)timeout_ms) timeout_ms = (int)(ms > INT_MAX ? INT_MAX : ms);
+        }
+    }
+    if (n == 0 && timeout_ms < 0) timeout_ms = POOL_TICK_MS; /* out of memory for even the wake fd */
+    pthread_mutex_unlock(&p->mu);
+    if (poll(p->fds, n, timeout_ms) > 0 && (p->fds[0].revents & POLLIN)) {
+        eventfd_t v;
+        eventfd_read(p->wake_fd, &v); /* drain; nonblocking */
+    }
+    pthread_mutex_lock(&p->mu);
+}
 
 static void *pool_main(void *arg) {
     gw_pool *p = arg;
@@ -182,6 +238,7 @@ static void *pool_main(void *arg) {
                 ex[n_ex++] = (pool_exited){c->id, c->pid, w == c->pid ? st : 0};
                 *pc = c->next;
                 p->live--;
+                if (c->pidfd >= 0) close(c->pidfd);
                 free(c);
                 continue;
             }
@@ -210,14 +267,7 @@ static void *pool_main(void *arg) {
         }
         if (p->stopping && !p->children && !p->reqs) break;
         if (p->reqs) continue;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += POOL_TICK_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
-        pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+        pool_sleep_locked(p);
     }
     p->thread_done = true;
     pthread_mutex_unlock(&p->mu);
@@ -231,6 +281,7 @@ int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg
         return aicfn_error_set(err, AICFN_E_INVALID, "worker pool: no run directory");
     gw_pool *p = calloc(1, sizeof *p);
     if (!p) return aicfn_error_set(err, AICFN_E_NOMEM, "worker pool: out of memory");
+    p->wake_fd = -1;
     if (cfg->exe) {
         p->exe = strdup(cfg->exe);
     } else {
@@ -261,11 +312,14 @@ int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg
             if (!(p->extra[i] = strdup(cfg->extra_args[i]))) oom = true;
     }
     pthread_mutex_init(&p->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_cond_init(&p->cv, &ca);
-    pthread_cond_init(&p->done_cv, &ca);
-    pthread_condattr_destroy(&ca);
+    pthread_cond_init(&p->done_cv, NULL);
+    p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+    if (p->wake_fd < 0) {
+        int e = errno;
+        p->thread_done = true;
+        gw_pool_destroy(p);
+        return aicfn_error_errno(err, AICFN_E_IO, e, "worker pool: eventfd");
+    }
     if (oom) {
         p->thread_done = true;
         gw_pool_destroy(p);
@@ -297,7 +351,7 @@ int gw_pool_spawn(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *
         while (*tail)
             tail = &(*tail)->next;
         *tail = &r;
-        pthread_cond_signal(&p->cv);
+        pool_wake(p);
         while (!r.done)
             pthread_cond_wait(&p->done_cv, &p->mu);
     }
@@ -323,6 +377,7 @@ static int pool_signal(gw_pool *p, uint32_t id, int sig) {
     if (sig == SIGTERM && c->state == POOL_RUNNING) {
         c->state = POOL_TERMINATING;
         c->term_at_us = clock_now_us();
+        pool_wake(p); /* to time the SIGKILL escalation */
     }
     pthread_mutex_unlock(&p->mu);
     return AICFN_OK;
@@ -364,12 +419,13 @@ void gw_pool_destroy(gw_pool *p) {
         }
     }
     bool joinable = !p->thread_done;
-    pthread_cond_signal(&p->cv);
+    pool_wake(p);
     pthread_mutex_unlock(&p->mu);
     if (joinable) pthread_join(p->thread, NULL);
     pthread_mutex_destroy(&p->mu);
-    pthread_cond_destroy(&p->cv);
     pthread_cond_destroy(&p->done_cv);
+    if (p->wake_fd >= 0) close(p->wake_fd);
+    free(p->fds);
     free(p->exe);
     free(p->run_dir);
     free(p->device);

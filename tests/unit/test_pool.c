@@ -1,6 +1,7 @@
 /* test_pool.c: the local worker pool with stand-in worker programs (shell scripts):
  * the command line a worker gets, SIGTERM drain and exit, SIGKILL escalation of a
- * worker that ignores SIGTERM, kill -9, unique ids, and reaping everything on destroy. */
+ * worker that ignores SIGTERM, kill -9, unique ids, reaping everything on destroy, and
+ * a pool with live workers that sleeps while nothing happens. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -8,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
@@ -176,6 +178,42 @@ static void kill_now_and_unique_ids(void **state) {
     assert_int_equal(e.n, 3);
 }
 
+/* Waits (bounded) for worker `id`'s argument file: the stand-in has started. */
+static void wait_started(uint32_t id) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/args.w%u.txt", g_dir, id);
+    for (int i = 0; i < 300 && access(path, F_OK) != 0; i++)
+        usleep(10000);
+    assert_int_equal(access(path, F_OK), 0);
+}
+
+/* A pool with live workers and nothing to do must not wake: it sleeps on the children's
+ * pidfds (a pool polling waitpid every 10 ms switches ~50 times in 500 ms). The test's
+ * own thread only sleeps meanwhile, and the stand-ins are other processes. */
+static void idle_pool_sleeps(void **state) {
+    (void)state;
+    exits e = {0};
+    gw_pool *p = make_pool("worker.sh", &e, 2000000);
+    uint32_t a, b;
+    assert_int_equal(gw_pool_spawn(p, &a, NULL, 0, NULL, NULL), 0);
+    assert_int_equal(gw_pool_spawn(p, &b, NULL, 0, NULL, NULL), 0);
+    wait_started(a);
+    wait_started(b);
+    struct rusage r0, r1;
+    assert_int_equal(getrusage(RUSAGE_SELF, &r0), 0);
+    usleep(500000);
+    assert_int_equal(getrusage(RUSAGE_SELF, &r1), 0);
+    long switches = (r1.ru_nvcsw - r0.ru_nvcsw) + (r1.ru_nivcsw - r0.ru_nivcsw);
+    assert_true(switches <= 10);
+    /* And it still sees an exit at once, without being woken for it. */
+    assert_int_equal(gw_pool_kill(p, a), 0);
+    assert_true(wait_exits(&e, 1, 3000));
+    assert_int_equal(e.ids[0], a);
+    assert_int_equal(gw_pool_live(p), 1);
+    gw_pool_destroy(p);
+    assert_int_equal(e.n, 2);
+}
+
 static void bad_config(void **state) {
     (void)state;
     gw_pool *p = (gw_pool *)1;
@@ -202,6 +240,7 @@ int main(void) {
         cmocka_unit_test(spawn_args_and_terminate),
         cmocka_unit_test(stubborn_worker_is_killed_after_grace),
         cmocka_unit_test(kill_now_and_unique_ids),
+        cmocka_unit_test(idle_pool_sleeps),
         cmocka_unit_test(bad_config),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
