@@ -347,6 +347,7 @@ static bool srv_probe(rpc_server *s) {
  * connection does not arrive, replaces the listener (connections stuck in the broken one
  * are closed; their REQ peers redial and reach the new one). */
 static void *srv_watchdog(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:ipc-watch");
     rpc_server *s = arg;
     for (;;) {
         struct timespec ts;

@@ -567,6 +567,7 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
 }
 
 static void *front_admin_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:admin");
     gw_front *f = arg;
     pthread_mutex_lock(&f->mu);
     for (;;) {

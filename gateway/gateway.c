@@ -1859,6 +1859,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
 }
 
 static void *gw_maint_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:maint");
     gw_gateway *gw = arg;
     pthread_mutex_lock(&gw->mu);
     for (;;) {

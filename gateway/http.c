@@ -369,6 +369,7 @@ static void ht_notify_connection(void *cls, struct MHD_Connection *c, void **soc
 }
 
 static void *ht_reaper_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:http-reap");
     gw_http *h = arg;
     uint64_t limit_us = (uint64_t)h->cfg.receive_timeout_s * 1000000u;
     pthread_mutex_lock(&h->mu);

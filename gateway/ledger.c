@@ -336,6 +336,7 @@ static void led_free_list(led_rec *r) {
 }
 
 static void *led_writer(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:ledger");
     gw_ledger *l = arg;
     pthread_mutex_lock(&l->mu);
     for (;;) {

@@ -211,6 +211,7 @@ static void pool_sleep_locked(gw_pool *p) {
 }
 
 static void *pool_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:pool");
     gw_pool *p = arg;
     pthread_mutex_lock(&p->mu);
     for (;;) {

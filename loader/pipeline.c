@@ -309,6 +309,7 @@ static int pl_hasher_finish(pl_hasher *h, int can_post, loader_staging *stg, loa
 }
 
 static void *pl_thread(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:load");
     pl_job *j = arg;
     loader_timing t;
     memset(&t, 0, sizeof t);

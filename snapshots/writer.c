@@ -215,6 +215,7 @@ nomem:
 }
 
 static void *wr_worker_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:pack");
     wr_worker *w = arg;
     wr_job *job = w->job;
     for (;;) {

@@ -93,6 +93,7 @@ static void batcher_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, uint64
 }
 
 static void *batcher_exec_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:batch");
     worker_batcher *b = arg;
     pthread_mutex_lock(&b->mu);
     for (;;) {
@@ -147,6 +148,7 @@ static void *batcher_exec_main(void *arg) {
 }
 
 static void *batcher_reap_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:deadlines");
     worker_batcher *b = arg;
     pthread_mutex_lock(&b->mu);
     while (!b->stop) {

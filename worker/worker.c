@@ -859,6 +859,7 @@ typedef struct worker_preload {
 } worker_preload;
 
 static void *worker_preload_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:preload");
     worker_preload *p = arg;
     worker *w = p->w;
     aicfn_error err;
@@ -986,6 +987,7 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
 static void worker_dispatch(worker_req *r);
 
 static void *worker_park_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:park");
     worker_req *r = arg;
     worker *w = r->w;
     aicfn_error err;
