@@ -46,7 +46,8 @@
 #include "gateway/workerlink.h"
 
 #define GW_CRASH_SLOTS 32
-#define GW_TICK_MS 20
+#define GW_TICK_MS 20       /* maintenance tick while calls run or queue, or workers start or die */
+#define GW_IDLE_TICK_MS 250 /* ...while none do: drains, polls and unloads are due seconds apart */
 #define GW_HOLD_US (2ull * 1000 * 1000) /* gateway-added LOADING entries survive summaries this long */
 #define GW_POLL_TIMEOUT_MS 5000
 #define GW_NO_MODEL_KEY "(no-model)"
@@ -187,11 +188,20 @@ struct gw_gateway {
     pthread_t maint;
     bool maint_started;
     pthread_cond_t maint_cv;
+    bool maint_idle;           /* the maintenance thread sleeps GW_IDLE_TICK_MS: wake it for work */
     bool scaling_dirty;        /* functions changed: re-read which ones keep workers warm */
     uint64_t scaling_retry_us; /* a failed re-read is tried again from then */
 };
 
 static void gw_process(gw_gateway *gw, gw_actions *a);
+
+/* Something the maintenance thread times to GW_TICK_MS began (a call in flight or
+ * queued, a worker starting or dead, functions changed): end its idle sleep (lock held). */
+static void gw_maint_wake_locked(gw_gateway *gw) {
+    if (!gw->maint_idle) return;
+    gw->maint_idle = false;
+    pthread_cond_signal(&gw->maint_cv);
+}
 static bool gw_fn_is_short(const gw_fn *f);
 static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err);
 static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a);
@@ -308,6 +318,7 @@ void gw_functions_changed(gw_gateway *gw) {
         f->stale = true;
     gw->scaling_dirty = true; /* the maintenance thread re-reads who keeps workers warm */
     gw->scaling_retry_us = 0;
+    gw_maint_wake_locked(gw);
     pthread_mutex_unlock(&gw->mu);
 }
 
@@ -499,6 +510,7 @@ static gw_worker *gw_spawn_locked(gw_gateway *gw, gw_actions *a) {
     w->next = gw->workers;
     gw->workers = w;
     a->spawns[a->n_spawns++] = w;
+    gw_maint_wake_locked(gw);
     return w;
 }
 
@@ -557,6 +569,7 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
         return;
     }
     w->in_flight++;
+    gw_maint_wake_locked(c->gw);
     if (c->preload) w->preloads++;
     w->callbacks++;
     w->last_call_us = now;
@@ -772,6 +785,7 @@ static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
         return;
     }
     gw_enqueue_locked(f, c);
+    gw_maint_wake_locked(gw);
 }
 
 /* Routes queued calls while workers can take them. */
@@ -796,6 +810,7 @@ static void gw_pump_locked(gw_gateway *gw, gw_actions *a) {
 /* A worker is gone: its pending calls (never sent) are routed again. */
 static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     if (w->state == GW_WORKER_DEAD) return;
+    gw_maint_wake_locked(gw); /* to unlink it once its callbacks are done */
     bool never_ready = w->state == GW_WORKER_STARTING;
     /* A local worker that dies while serving (not drained, not stopping) gets replaced. */
     if (w->pool_id && w->state != GW_WORKER_DRAINING && !gw->stopping)
@@ -1858,6 +1873,23 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
     }
 }
 
+/* Whether the maintenance thread has work due within GW_TICK_MS: calls queued (their
+ * deadlines), in flight (a bundle may hold calls back), workers starting or dead,
+ * min_workers short, scaling to re-read, stopping. Otherwise everything it times (idle
+ * drains and unloads, status polls, keep-warm retries) is seconds away, and it sleeps
+ * GW_IDLE_TICK_MS, woken early by gw_maint_wake_locked (lock held). */
+static bool gw_maint_busy_locked(gw_gateway *gw) {
+    if (gw->stopping || gw->scaling_dirty) return true;
+    for (gw_fn *f = gw->fns; f; f = f->next)
+        if (f->q_head) return true;
+    for (gw_worker *w = gw->workers; w; w = w->next)
+        if (w->in_flight || w->pending_head || w->outbox_head || w->state == GW_WORKER_STARTING ||
+            w->state == GW_WORKER_DEAD)
+            return true;
+    uint32_t alive = gw_local_alive(gw);
+    return alive < gw->min_workers && alive < gw->max_workers;
+}
+
 static void *gw_maint_main(void *arg) {
     pthread_setname_np(pthread_self(), "aicfn:maint");
     gw_gateway *gw = arg;
@@ -1876,16 +1908,14 @@ static void *gw_maint_main(void *arg) {
         gw_process(gw, &a);
         if (refresh) gw_scaling_refresh(gw);
         if (stop && idle) return NULL;
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        ts.tv_nsec += GW_TICK_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) {
-            ts.tv_sec++;
-            ts.tv_nsec -= 1000000000L;
-        }
         pthread_mutex_lock(&gw->mu);
         if (gw->stopping && !gw->workers) break;
+        gw->maint_idle = !gw_maint_busy_locked(gw);
+        uint64_t tick_us = (uint64_t)(gw->maint_idle ? GW_IDLE_TICK_MS : GW_TICK_MS) * 1000;
+        struct timespec ts;
+        clock_deadline_to_realtime(clock_now_us() + tick_us, &ts);
         pthread_cond_timedwait(&gw->maint_cv, &gw->mu, &ts);
+        gw->maint_idle = false;
     }
     pthread_mutex_unlock(&gw->mu);
     return NULL;

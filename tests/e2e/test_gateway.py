@@ -263,6 +263,42 @@ def test_scale_to_zero_and_respawn(procs, tmp_path):
     assert len(rows) == 2 and all(s > 0 for (s,) in rows), rows
 
 
+def thread_switches(pid: int) -> dict:
+    """Context switches (voluntary and not) so far per thread name of process `pid`."""
+    out = {}
+    for t in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            comm = (t / "comm").read_text().strip()
+            lines = (t / "status").read_text().splitlines()
+        except FileNotFoundError:  # the thread exited meanwhile
+            continue
+        n = sum(int(l.split()[1]) for l in lines if l.startswith(("voluntary_ctxt", "nonvoluntary_ctxt")))
+        out[comm] = out.get(comm, 0) + n
+    return out
+
+
+def test_idle_gateway_sleeps(procs, tmp_path):
+    # A gateway with a live worker and no calls must not spin: the maintenance thread ticks
+    # every 250 ms (every 20 ms only while calls run or queue, or workers start or die)
+    # and the pool thread sleeps on the workers' pidfds. They used to wake 50 and 100
+    # times a second.
+    addr, data, g = start_gateway(procs, tmp_path, workers="1..1")
+    deploy(addr, ROOT / "examples" / "echo")
+    x = tensor("x", np.arange(4, dtype=np.int32))
+    r = call(addr, invoke_msg("echo", [x]), timeout_ms=30000)
+    assert r["ok"], r
+    time.sleep(0.5)  # let the call's bookkeeping settle
+    before = thread_switches(g.p.pid)
+    time.sleep(2.0)
+    after = thread_switches(g.p.pid)
+    assert {"aicfn:maint", "aicfn:pool"} <= set(before), sorted(before)
+    woke = {name: after[name] - before[name] for name in ("aicfn:maint", "aicfn:pool")}
+    assert woke["aicfn:maint"] <= 20 and woke["aicfn:pool"] <= 4, woke
+    # Asleep, it still answers at once.
+    r = call(addr, invoke_msg("echo", [x]), timeout_ms=10000)
+    assert r["ok"] and r["cold"] is False, r
+
+
 def test_workers_table_follows_the_pool_to_scale_to_zero(procs, tmp_path):
     addr, data, g = start_gateway(procs, tmp_path, workers="0..1", idle="2s")
     deploy(addr, ROOT / "examples" / "echo")
