@@ -195,8 +195,10 @@ struct gw_gateway {
 
 static void gw_process(gw_gateway *gw, gw_actions *a);
 
-/* Something the maintenance thread times to GW_TICK_MS began (a call in flight or
- * queued, a worker starting or dead, functions changed): end its idle sleep (lock held). */
+/* Something the maintenance thread must see within GW_TICK_MS began (a call queued or
+ * held back for a bundle, a worker starting or dead, functions changed): end its idle
+ * sleep (lock held). Calls put in flight do not wake it: it ticks fast while any are,
+ * but a call's own timeout is NNG's, so the next tick may come GW_IDLE_TICK_MS later. */
 static void gw_maint_wake_locked(gw_gateway *gw) {
     if (!gw->maint_idle) return;
     gw->maint_idle = false;
@@ -569,7 +571,6 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
         return;
     }
     w->in_flight++;
-    gw_maint_wake_locked(c->gw);
     if (c->preload) w->preloads++;
     w->callbacks++;
     w->last_call_us = now;
@@ -579,10 +580,12 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
     if (c->short_msg && resident && !c->gw->no_bundles && w->short_msgs >= AICFN_BUNDLE_WINDOW &&
         w->state == GW_WORKER_READY && c->wreq_len <= AICFN_BUNDLE_MAX_BYTES) {
         /* Held: leaves with the others when one of the short messages comes back. */
-        if (w->outbox_tail)
+        if (w->outbox_tail) {
             w->outbox_tail->next = c;
-        else
+        } else {
             w->outbox_head = c, w->outbox_since_us = now;
+            gw_maint_wake_locked(c->gw); /* it sends held calls after AICFN_BUNDLE_HOLD_MAX_US */
+        }
         w->outbox_tail = c;
         w->outbox_n++;
         return;
@@ -1874,7 +1877,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
 }
 
 /* Whether the maintenance thread has work due within GW_TICK_MS: calls queued (their
- * deadlines), in flight (a bundle may hold calls back), workers starting or dead,
+ * deadlines), held for a bundle or in flight (more may be held), workers starting or dead,
  * min_workers short, scaling to re-read, stopping. Otherwise everything it times (idle
  * drains and unloads, status polls, keep-warm retries) is seconds away, and it sleeps
  * GW_IDLE_TICK_MS, woken early by gw_maint_wake_locked (lock held). */
