@@ -28,6 +28,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bench/free_port.h"
 #include "common/clock.h"
 #include "common/rpc.h"
 #include "common/wire.h"
@@ -35,20 +36,6 @@
 static char g_aicfn[PATH_MAX];
 static int g_calls = 2000;
 static const char *g_fn = "mlp";
-
-static int free_port(void) {
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    struct sockaddr_in a = {.sin_family = AF_INET};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    socklen_t l = sizeof a;
-    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
-        getsockname(fd, (struct sockaddr *)&a, &l) != 0) {
-        if (fd >= 0) close(fd);
-        return -1;
-    }
-    close(fd);
-    return ntohs(a.sin_port);
-}
 
 static int http_dial(int port) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -137,7 +124,7 @@ int main(int argc, char **argv) {
     }
     char data[] = "/tmp/aicfn-bench-http-XXXXXX";
     if (mkdtemp(data) == NULL) return 1;
-    int nport = free_port(), hport = free_port();
+    int nport = bench_free_port(), hport = bench_free_port();
     char addr[64], haddr[64];
     snprintf(addr, sizeof addr, "tcp://127.0.0.1:%d", nport);
     snprintf(haddr, sizeof haddr, "127.0.0.1:%d", hport);

@@ -40,6 +40,7 @@
 
 #include <jansson.h>
 
+#include "bench/free_port.h"
 #include "common/clock.h"
 #include "common/rpc.h"
 #include "common/tunables.h"
@@ -342,10 +343,6 @@ static void stop_process(pid_t pid) {
     waitpid(pid, NULL, 0);
 }
 
-static int port_free(void) {
-    return 20000 + (int)(getpid() % 20000);
-}
-
 int main(int argc, char **argv) {
     if (argc == 3 && !strcmp(argv[1], "--serve-bare")) return serve_bare(argv[2]);
     for (int i = 1; i < argc; i++) {
@@ -380,16 +377,15 @@ int main(int argc, char **argv) {
     signal(SIGPIPE, SIG_IGN);
     char data[] = "/tmp/aicfn-bench-invoke-XXXXXX";
     if (!mkdtemp(data)) return 1;
-    int port = port_free();
     char gw_addr[64], bare_addr[64];
-    snprintf(gw_addr, sizeof gw_addr, "tcp://127.0.0.1:%d", port);
-    snprintf(bare_addr, sizeof bare_addr, "tcp://127.0.0.1:%d", port + 1);
+    snprintf(gw_addr, sizeof gw_addr, "tcp://127.0.0.1:%d", bench_free_port());
+    snprintf(bare_addr, sizeof bare_addr, "tcp://127.0.0.1:%d", bench_free_port());
 
     /* The bare NNG echo twice: in this process (its server threads share NNG's thread
      * pool and address space with the clients) and in a process of its own, as the
      * gateway is. The first is the floor of the summary's ratios. */
     char bare_own_addr[64];
-    snprintf(bare_own_addr, sizeof bare_own_addr, "tcp://127.0.0.1:%d", port + 3);
+    snprintf(bare_own_addr, sizeof bare_own_addr, "tcp://127.0.0.1:%d", bench_free_port());
     pid_t bare_own = g_hold > 0 ? -1 : start_bare_process(bare_own_addr);
     rpc_server *bare = NULL;
     aicfn_error e;
@@ -533,7 +529,7 @@ int main(int argc, char **argv) {
     double t_on = 0, t_off = 0;
     {
         char nb_addr[64], nb_data[PATH_MAX];
-        snprintf(nb_addr, sizeof nb_addr, "tcp://127.0.0.1:%d", port + 2);
+        snprintf(nb_addr, sizeof nb_addr, "tcp://127.0.0.1:%d", bench_free_port());
         snprintf(nb_data, sizeof nb_data, "%s/data_nb", data);
         pid_t nb = start_gateway(nb_addr, nb_data, "5m", false);
         if (wait_listening(nb_addr) == 0 &&
