@@ -643,14 +643,22 @@ fail:
 
 void rpc_client_close(rpc_client *c) {
     if (c == NULL) return;
+    /* Fail the calls in flight and wait for them before closing the socket: a sync call
+     * closes its context on the way out, which must not meet nng_close (see
+     * rpc_call_sync). A call between its send and its receive sees `aborted` when it
+     * arms the receive (cli_arm_recv). */
     pthread_mutex_lock(&c->mu);
     c->closing = true;
-    pthread_mutex_unlock(&c->mu);
-    nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, NULL, NULL);
-    nng_close(c->sock); /* every pending aio completes with NNG_ECLOSED */
-    pthread_mutex_lock(&c->mu);
+    for (rpc_op *op = c->inflight_head; op; op = op->next) {
+        if (op->aborted == 0) op->aborted = NNG_ECLOSED;
+        nng_aio_abort(op->aio, NNG_ECLOSED);
+    }
     while (c->inflight > 0)
         pthread_cond_wait(&c->cv, &c->mu);
+    pthread_mutex_unlock(&c->mu);
+    nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, NULL, NULL);
+    nng_close(c->sock);
+    pthread_mutex_lock(&c->mu);
     rpc_op *all = c->all_ops;
     c->all_ops = NULL;
     pthread_mutex_unlock(&c->mu);
@@ -774,12 +782,16 @@ int rpc_call_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_m
             rc = AICFN_OK;
         }
     }
+    /* The context is closed while the call still counts as in flight: rpc_client_close
+     * closes the socket only once none is, and NNG 1.5.2 crashes when nng_ctx_close runs
+     * beside or after nng_close of its socket (a panic in nng_ctx_close). c may be freed
+     * as soon as the call leaves the list. */
+    nng_aio_stop(op.aio);
+    nng_ctx_close(op.ctx);
     pthread_mutex_lock(&c->mu);
     cli_list_del(c, &op);
     pthread_mutex_unlock(&c->mu);
-    nng_aio_stop(op.aio);
     nng_aio_free(op.aio);
-    nng_ctx_close(op.ctx);
     return rc;
 }
 

@@ -1,6 +1,7 @@
 /* test_rpc_concurrency.c: common/rpc under concurrency (also run under TSan): replies
  * deferred to another thread, 200 sync calls from 8 threads on one client, more callers
- * than server contexts, an async storm, and closing a client while threads call. */
+ * than server contexts, an async storm, and closing a client while threads call (once,
+ * and 30 times over). */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -277,40 +278,65 @@ static void hold_handler(void *user, rpc_call *call, const uint8_t *msg, size_t 
     rpc_call_drop(call);
 }
 
+/* One client, `callers` threads each blocked in a sync call the server holds; the
+ * client closes: every call returns CANCELED. The held calls are dropped after. */
+static void close_round(const char *url, holder *h, int callers) {
+    aicfn_error e;
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, url, NULL, &e), AICFN_OK);
+    pthread_t th[8];
+    caller a[8];
+    assert_true(callers <= 8);
+    for (int i = 0; i < callers; i++) {
+        a[i] = (caller){.c = c, .id = i, .calls = 1};
+        pthread_create(&th[i], NULL, sync_caller, &a[i]);
+    }
+    uint64_t end = clock_now_us() + 5000000;
+    for (;;) {
+        pthread_mutex_lock(&h->mu);
+        unsigned n = h->n;
+        pthread_mutex_unlock(&h->mu);
+        if (n == (unsigned)callers || clock_now_us() > end) break;
+        usleep(1000);
+    }
+    assert_int_equal(rpc_client_inflight(c), callers);
+    rpc_client_close(c); /* waits for the blocked calls to return */
+    for (int i = 0; i < callers; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(a[i].canceled, 1);
+    }
+    pthread_mutex_lock(&h->mu);
+    unsigned n = h->n;
+    h->n = 0;
+    rpc_call *held[64];
+    memcpy(held, h->held, sizeof held);
+    pthread_mutex_unlock(&h->mu);
+    for (unsigned i = 0; i < n; i++)
+        rpc_call_drop(held[i]);
+}
+
 static void close_while_calls_in_flight(void **state) {
     (void)state;
     holder h = {.mu = PTHREAD_MUTEX_INITIALIZER};
     rpc_server *s;
     aicfn_error e;
     assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", NULL, hold_handler, &h, &e), AICFN_OK);
-    rpc_client *c;
-    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
-    pthread_t th[4];
-    caller a[4];
-    for (int i = 0; i < 4; i++) {
-        a[i] = (caller){.c = c, .id = i, .calls = 1};
-        pthread_create(&th[i], NULL, sync_caller, &a[i]);
-    }
-    uint64_t end = clock_now_us() + 5000000;
-    for (;;) {
-        pthread_mutex_lock(&h.mu);
-        unsigned n = h.n;
-        pthread_mutex_unlock(&h.mu);
-        if (n == 4 || clock_now_us() > end) break;
-        usleep(1000);
-    }
-    assert_int_equal(rpc_client_inflight(c), 4);
-    rpc_client_close(c); /* waits for the 4 blocked calls to return */
-    for (int i = 0; i < 4; i++) {
-        pthread_join(th[i], NULL);
-        assert_int_equal(a[i].canceled, 1);
-    }
-    pthread_mutex_lock(&h.mu);
-    unsigned n = h.n;
-    h.n = 0;
-    pthread_mutex_unlock(&h.mu);
-    for (unsigned i = 0; i < n; i++)
-        rpc_call_drop(h.held[i]);
+    close_round(rpc_server_url(s), &h, 4);
+    rpc_server_destroy(s);
+}
+
+/* The same, 30 times over with 8 callers: the calls' way out (each closes its NNG
+ * context) must never meet the socket's close. NNG 1.5.2 panics in nng_ctx_close when
+ * it does ("pthread_mutex_unlock: Invalid argument"); rpc_client_close used to close
+ * the socket first and crashed a suite run that way. */
+static void close_while_calls_in_flight_repeatedly(void **state) {
+    (void)state;
+    holder h = {.mu = PTHREAD_MUTEX_INITIALIZER};
+    rpc_server *s;
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", NULL, hold_handler, &h, &e), AICFN_OK);
+    for (int round = 0; round < 30; round++)
+        close_round(rpc_server_url(s), &h, 8);
     rpc_server_destroy(s);
 }
 
@@ -365,9 +391,13 @@ static void destroy_waits_for_outstanding_calls(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(sync_200_calls_8_threads_tcp), cmocka_unit_test(sync_calls_ipc),
-        cmocka_unit_test(more_callers_than_contexts),   cmocka_unit_test(async_storm),
-        cmocka_unit_test(close_while_calls_in_flight),  cmocka_unit_test(destroy_waits_for_outstanding_calls),
+        cmocka_unit_test(sync_200_calls_8_threads_tcp),
+        cmocka_unit_test(sync_calls_ipc),
+        cmocka_unit_test(more_callers_than_contexts),
+        cmocka_unit_test(async_storm),
+        cmocka_unit_test(close_while_calls_in_flight),
+        cmocka_unit_test(close_while_calls_in_flight_repeatedly),
+        cmocka_unit_test(destroy_waits_for_outstanding_calls),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
