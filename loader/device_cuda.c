@@ -42,7 +42,11 @@ typedef enum { SLOT_FREE = 0, SLOT_BUSY = 1, SLOT_PENDING = 2 } cu_slot_state;
 typedef struct cu_event {
     cudaEvent_t ev;
     uint32_t gen;
-    int in_flight;
+    int in_flight; /* claimed by a copy, until its completion is seen */
+    /* The claiming copy's event is recorded. Until then the event still holds an older
+     * record (or none), which cudaEventQuery reports complete: completion checks must
+     * skip the slot, or a staging buffer could be refilled while its copy still reads it. */
+    int recorded;
 } cu_event;
 
 typedef struct cu_stage {
@@ -62,7 +66,7 @@ typedef struct cu_dev {
     cu_stage stages[AICFN_CUDA_STAGING_BUFFERS];
     int n_stages;
     pthread_mutex_t mu;
-    pthread_cond_t cv; /* a staging buffer was released or an event freed */
+    pthread_cond_t cv; /* a staging buffer was released, an event freed or recorded */
 } cu_dev;
 
 static loader_ticket cu_ticket(int slot, uint32_t gen) {
@@ -141,7 +145,7 @@ static int cu_mem_info(loader_device *dev, uint64_t *free_bytes, uint64_t *total
 /* Under c->mu: marks completed events free. */
 static void cu_reap_locked(cu_dev *c) {
     for (int i = 0; i < c->n_events; i++) {
-        if (!c->events[i].in_flight) continue;
+        if (!c->events[i].in_flight || !c->events[i].recorded) continue;
         cudaError_t e = cudaEventQuery(c->events[i].ev);
         if (e == cudaSuccess)
             c->events[i].in_flight = 0;
@@ -188,8 +192,13 @@ static int cu_copy(loader_device *dev, const loader_dev_buf *dst, uint64_t dst_o
         for (int i = 0; i < c->n_events && slot < 0; i++)
             if (!c->events[i].in_flight) slot = i;
         if (slot >= 0) break;
-        /* All in flight: wait for the oldest outside the lock. */
+        /* All in flight: wait for the oldest outside the lock (or, while its copy is
+         * still being queued by another thread, for that copy's event to be recorded). */
         int oldest = (int)(c->next_event % (uint32_t)c->n_events);
+        if (!c->events[oldest].recorded) {
+            pthread_cond_wait(&c->cv, &c->mu);
+            continue;
+        }
         loader_ticket t = cu_ticket(oldest, c->events[oldest].gen);
         pthread_mutex_unlock(&c->mu);
         rc = cu_wait(dev, t, err);
@@ -203,20 +212,33 @@ static int cu_copy(loader_device *dev, const loader_dev_buf *dst, uint64_t dst_o
     c->events[slot].gen = (c->events[slot].gen + 1) & 0xffffffffu;
     if (c->events[slot].gen == 0) c->events[slot].gen = 1;
     c->events[slot].in_flight = 1;
+    c->events[slot].recorded = 0;
     uint32_t gen = c->events[slot].gen;
     pthread_mutex_unlock(&c->mu);
 
+    /* Queued outside the lock (a copy from pageable memory blocks while the runtime
+     * stages it); nothing else touches a claimed slot before it is recorded. */
     cudaStream_t s = c->streams[slot % c->n_streams];
     rc = CU_CHECK(cudaMemcpyAsync((char *)dst->ptr + dst_off, src, n, cudaMemcpyHostToDevice, s), err,
                   c->ordinal);
+    int queued = rc == AICFN_OK;
     if (rc == AICFN_OK) rc = CU_CHECK(cudaEventRecord(c->events[slot].ev, s), err, c->ordinal);
     if (rc != AICFN_OK) {
+        if (queued) {
+            /* The copy may still read src, which the caller reuses once we return. */
+            (void)cudaStreamSynchronize(s);
+            (void)cudaGetLastError();
+        }
         pthread_mutex_lock(&c->mu);
         c->events[slot].in_flight = 0;
         pthread_cond_broadcast(&c->cv);
         pthread_mutex_unlock(&c->mu);
         return rc;
     }
+    pthread_mutex_lock(&c->mu);
+    c->events[slot].recorded = 1;
+    pthread_cond_broadcast(&c->cv); /* a copy may wait for this slot to be recorded */
+    pthread_mutex_unlock(&c->mu);
     *ticket = cu_ticket(slot, gen);
     return AICFN_OK;
 }
