@@ -71,7 +71,7 @@ AICFN_EXPORT int aicfn_fn_init(const aicfn_host_api *api, const aicfn_model *mod
     if (s->on_device) {
 #ifdef AICFN_HANDLER_CUDA
         char msg[256] = "";
-        if (mlp_cuda_create(model->device_id, &s->cuda, msg, sizeof msg) != 0) {
+        if (mlp_cuda_create(model->device_id, s->h, &s->cuda, msg, sizeof msg) != 0) {
             api->log(AICFN_LOG_ERROR, "CUDA path on device %d: %s", model->device_id, msg);
             free(s);
             return AICFN_E_DEVICE;

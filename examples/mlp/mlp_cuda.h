@@ -11,9 +11,10 @@ extern "C" {
 
 typedef struct mlp_cuda mlp_cuda;
 
-/* Binds to CUDA device `device` and creates a stream. Returns 0, or -1 with the CUDA
- * error's text in msg. */
-int mlp_cuda_create(int device, mlp_cuda **out, char *msg, size_t cap);
+/* Binds to CUDA device `device` for a hidden layer of `h` units (kept in shared memory
+ * per block: fails, saying so, when the device cannot hold it) and creates a stream.
+ * Returns 0, or -1 with the reason (the CUDA error's text) in msg. */
+int mlp_cuda_create(int device, int h, mlp_cuda **out, char *msg, size_t cap);
 
 /* logits[rows × c] (host) = relu(x · w1ᵀ + b1) · w2ᵀ + b2 for x[rows × d] (host); the
  * weights are device pointers. Grows its device scratch as needed. Returns 0 or -1. */

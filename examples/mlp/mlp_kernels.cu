@@ -39,9 +39,27 @@ __global__ void mlp_forward_kernel(const float *w1, const float *b1, const float
     }
 }
 
-extern "C" int mlp_cuda_create(int device, mlp_cuda **out, char *msg, size_t cap) {
+extern "C" int mlp_cuda_create(int device, int h, mlp_cuda **out, char *msg, size_t cap) {
     *out = NULL;
     if (mlp_cuda_err(cudaSetDevice(device), "cudaSetDevice", msg, cap)) return -1;
+    // The hidden layer lives in dynamic shared memory: past the default 48 KiB a kernel
+    // must opt in, up to the device's per-block limit.
+    size_t shared = (size_t)h * sizeof(float);
+    if (shared > 48u * 1024) {
+        int most = 0;
+        if (mlp_cuda_err(cudaDeviceGetAttribute(&most, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+                         "cudaDeviceGetAttribute", msg, cap))
+            return -1;
+        if (shared > (size_t)most) {
+            snprintf(msg, cap, "hidden size %d needs %zu bytes of shared memory per block; device %d has %d", h,
+                     shared, device, most);
+            return -1;
+        }
+        if (mlp_cuda_err(cudaFuncSetAttribute(mlp_forward_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                              (int)shared),
+                         "cudaFuncSetAttribute", msg, cap))
+            return -1;
+    }
     mlp_cuda *m = (mlp_cuda *)calloc(1, sizeof *m);
     if (m == NULL) {
         snprintf(msg, cap, "out of host memory");
@@ -69,8 +87,10 @@ extern "C" int mlp_cuda_forward(mlp_cuda *m, const float *w1, const float *b1, c
         size_t r = (size_t)rows < 64 ? 64 : (size_t)rows;
         if (mlp_cuda_err(cudaMalloc((void **)&m->x, r * (size_t)d * sizeof(float)), "cudaMalloc x", msg, cap) ||
             mlp_cuda_err(cudaMalloc((void **)&m->logits, r * (size_t)c * sizeof(float)), "cudaMalloc logits", msg,
-                         cap))
+                         cap)) {
+            (void)cudaGetLastError(); // not sticky: keep it from failing the next launch's check
             return -1;
+        }
         m->cap_rows = r;
         m->cap_d = d;
         m->cap_c = c;
@@ -79,6 +99,7 @@ extern "C" int mlp_cuda_forward(mlp_cuda *m, const float *w1, const float *b1, c
                      "copy x to device", msg, cap))
         return -1;
     int threads = h < 128 ? 128 : 256;
+    (void)cudaGetLastError(); // the check below must see this launch's error only
     mlp_forward_kernel<<<rows, threads, (size_t)h * sizeof(float), m->stream>>>(w1, b1, w2, b2, m->x, m->logits, d,
                                                                                 h, c);
     if (mlp_cuda_err(cudaGetLastError(), "mlp_forward_kernel launch", msg, cap)) return -1;
