@@ -14,6 +14,9 @@
  *    ws://, wss://, tls+tcp:// and anything else is refused with AICFN_E_INVALID.
  *  - Messages are built with nng_msg_alloc + one copy (never the nng_msg insert functions: nng #1541, #1808).
  *  - Every aio is stopped (nng_aio_stop) before it is freed.
+ *  - No context is closed beside or after the close of its socket (NNG 1.5.2 panics in
+ *    nng_ctx_close): a client fails and waits out its calls before nng_close
+ *    (test_rpc_concurrency close_while_calls_in_flight_repeatedly).
  * NNG errors are mapped to aicfn codes with nng_strerror's text in the message. */
 #ifndef AICFN_COMMON_RPC_H
 #define AICFN_COMMON_RPC_H
