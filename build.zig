@@ -6,7 +6,7 @@
 //!   examples/NAME/*.c (+ *.cu with CUDA)               -> zig-out/lib/handlers/NAME.so
 //!   tests/handlers/NAME.c                              -> zig-out/lib/handlers/test_NAME.so
 //!   tests/unit/test_*.c, tests/concurrency/test_*.c    -> zig-out/bin/tests/...
-//!   bench/NAME/*.c                                     -> `zig build bench-NAME`
+//!   bench/NAME/*.c                                     -> `zig build bench-NAME` (`benches`: all, not run)
 //!
 //! Options: -Dcuda=auto|on|off, -Dsanitize=none|address,undefined|thread.
 const std = @import("std");
@@ -125,7 +125,9 @@ pub fn build(b: *std.Build) void {
         }
     }
 
-    // Benchmarks: bench/NAME/*.c -> `zig build bench-NAME`, extra args after `--`.
+    // Benchmarks: bench/NAME/*.c -> `zig build bench-NAME`, extra args after `--`;
+    // `zig build benches` installs them all without running (to run elsewhere).
+    const benches = b.step("benches", "Build and install every benchmark without running it");
     for (listDirs(b, "bench")) |name| {
         const dir = b.fmt("bench/{s}", .{name});
         const c_files = listFiles(b, dir, ".c", false);
@@ -134,6 +136,7 @@ pub fn build(b: *std.Build) void {
         bx.root_module.addCSourceFiles(.{ .files = c_files, .flags = ctx.cflags });
         linkAll(&ctx, bx, lib);
         const inst = b.addInstallArtifact(bx, .{});
+        benches.dependOn(&inst.step);
         const run = b.addRunArtifact(bx);
         run.setCwd(b.path("."));
         run.step.dependOn(&inst.step);

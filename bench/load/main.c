@@ -1,16 +1,18 @@
-/* bench/load: cold-load throughput of the pipeline into the host device, against the
- * codec limit and a plain read()+memcpy of the uncompressed file, measured in one run.
+/* bench/load: cold-load throughput of the pipeline into a device (host by default),
+ * against the codec limit and a plain read() + copy of the uncompressed file, measured
+ * in one run.
  *
  * Models: all-MiniLM-L6-v2 in fp32 and bf16 (bench/.cache/minilm*, from
  * bench/setup_data.sh) and a generated 1 GiB bf16 model with N(0, 0.02) weights
  * (bench/.cache/gen-1g-bf16.safetensors, written here on first use). Each is packed once
  * into bench/.cache/load/NAME.aicsnap with the default options.
- * For 1 and 2 threads it prints, per model:
- *   load      raw GB/s of loader_load_snapshot into a host device (best of reps)
+ * For 1 and 2 threads (--threads LIST for others) it prints, per model:
+ *   load      raw GB/s of loader_load_snapshot into the device (best of reps)
  *   limit     the same frames (already in memory) decompressed by the same number of
  *             threads into a plain per-thread buffer, nothing else: the codec limit
  *   baseline  read() of the uncompressed safetensors file + memcpy into a fresh host
- *             device allocation (one thread)
+ *             device allocation (one thread); on a device with staging buffers (CUDA),
+ *             read() into a pinned staging buffer + the device copy from it
  * and the ratios load/limit (target >= 0.85) and load/baseline. Every timed load and
  * baseline includes its device allocation (alloc_in_timed_region). The host device
  * keeps the last freed large mapping for the next allocation (device_host.c), so
@@ -21,8 +23,11 @@
  * (the loader's fallback), measured in the same repetitions. Files are warm in the
  * page cache for the main figures (read once before timing); a cold pass after
  * posix_fadvise(DONTNEED) on both files is printed too.
+ * --device SPEC loads into another device (loader_device_open: cuda, cuda:N); the
+ * host-only fresh_device_gb_s is then the same load into a newly opened device.
  * Usage: zig build bench-load -Doptimize=ReleaseFast -- [--reps N] [--no-gen] [--chunk BYTES]
- *        [extra.safetensors...]   (--chunk packs with that frame size, into NAME-chunkN.aicsnap) 
+ *        [--device SPEC] [--threads 1,2,8] [extra.safetensors...]
+ *        (--chunk packs with that frame size, into NAME-chunkN.aicsnap)
  * Output: JSON lines, the last {"bench": "load", "summary": {...}}. */
 #include <errno.h>
 #include <fcntl.h>
@@ -45,6 +50,17 @@
 #define CACHE_DIR "bench/.cache"
 #define GEN_PATH CACHE_DIR "/gen-1g-bf16.safetensors"
 #define GEN_BYTES (1ull << 30)
+#define MAX_THREADS 64
+#define MAX_THREAD_COUNTS 8
+
+static const char *g_device = "host";                  /* --device */
+static uint32_t g_threads[MAX_THREAD_COUNTS] = {1, 2}; /* --threads */
+static int g_n_threads = 2;
+
+/* Opens the device under test with room for a few copies of a `blob`-byte model. */
+static int open_device(uint64_t blob, loader_device **dev, aicfn_error *err) {
+    return loader_device_open(g_device, 4 * blob + (64u << 20), dev, err);
+}
 
 static int file_exists(const char *p) {
     struct stat st;
@@ -176,7 +192,7 @@ static double codec_limit_us(const snap_reader *r, unsigned char **comp, uint32_
         .r = r, .comp = comp, .n = snap_reader_frame_count(r), .chunk = m->chunk_bytes, .unfilter = unfilter};
     atomic_store(&j.next, 0);
     atomic_store(&j.failed, 0);
-    pthread_t th[8];
+    pthread_t th[MAX_THREADS];
     uint64_t t0 = clock_now_us();
     for (uint32_t i = 0; i < threads; i++)
         pthread_create(&th[i], NULL, limit_thread, &j);
@@ -186,7 +202,28 @@ static double codec_limit_us(const snap_reader *r, unsigned char **comp, uint32_
     return atomic_load(&j.failed) ? -1.0 : (double)dt;
 }
 
-/* ---- Baseline: read() + memcpy of the uncompressed file into a fresh allocation ---- */
+/* ---- Baseline: read() of the uncompressed file + copy into a fresh allocation ---- */
+/* Reads `fd` into the device through its staging buffers: read() into a pinned buffer,
+ * then the device copy from it; the buffers rotate, so reads overlap earlier copies. */
+static uint64_t read_via_staging(loader_device *dev, int fd, const loader_dev_buf *dst, uint64_t size) {
+    aicfn_error err;
+    uint64_t off = 0;
+    while (off < size) {
+        loader_staging s;
+        if (loader_device_staging_acquire(dev, &s, &err) != AICFN_OK) break;
+        size_t want = size - off < s.cap ? (size_t)(size - off) : s.cap;
+        ssize_t n = read(fd, s.ptr, want);
+        loader_ticket t = 0;
+        if (n <= 0 || loader_device_copy_to_device(dev, dst, off, s.ptr, (size_t)n, &t, &err) != AICFN_OK) {
+            loader_device_staging_release(dev, &s, 0);
+            break;
+        }
+        loader_device_staging_release(dev, &s, t);
+        off += (uint64_t)n;
+    }
+    return loader_device_sync(dev, &err) == AICFN_OK ? off : 0;
+}
+
 static double baseline_us(loader_device *dev, const char *path, uint64_t *bytes) {
     uint64_t size = file_size(path);
     *bytes = size;
@@ -195,17 +232,21 @@ static double baseline_us(loader_device *dev, const char *path, uint64_t *bytes)
     loader_dev_buf dst;
     if (loader_device_alloc(dev, size, &dst, &err) != AICFN_OK) return -1;
     int fd = open(path, O_RDONLY);
-    size_t bs = 4u << 20;
-    unsigned char *buf = malloc(bs);
     uint64_t off = 0;
-    while (fd >= 0 && buf && off < size) {
-        ssize_t n = read(fd, buf, bs);
-        if (n <= 0) break;
-        memcpy((unsigned char *)dst.ptr + off, buf, (size_t)n);
-        off += (uint64_t)n;
+    if (fd >= 0 && loader_device_has_staging(dev)) {
+        off = read_via_staging(dev, fd, &dst, size);
+    } else if (fd >= 0 && loader_device_is_host(dev)) {
+        size_t bs = 4u << 20;
+        unsigned char *buf = malloc(bs);
+        while (buf && off < size) {
+            ssize_t n = read(fd, buf, bs);
+            if (n <= 0) break;
+            memcpy((unsigned char *)dst.ptr + off, buf, (size_t)n);
+            off += (uint64_t)n;
+        }
+        free(buf);
     }
     uint64_t dt = clock_now_us() - t0;
-    free(buf);
     if (fd >= 0) close(fd);
     loader_device_free(dev, &dst);
     return off == size ? (double)dt : -1.0;
@@ -258,7 +299,8 @@ typedef struct bench_input {
 
 typedef struct model_result {
     char name[64];
-    double load_gbs[3], limit_gbs[3], ratio_limit[3], ratio_base[3];
+    double load_gbs[MAX_THREAD_COUNTS], limit_gbs[MAX_THREAD_COUNTS], ratio_limit[MAX_THREAD_COUNTS],
+        ratio_base[MAX_THREAD_COUNTS];
     double base_gbs;
 } model_result;
 
@@ -289,7 +331,10 @@ static int bench_model(const char *name, const char *st, int reps, model_result 
         comp_total += f->comp_size;
     }
     loader_device *dev;
-    if (loader_device_host_open(4 * m->blob_bytes + (64u << 20), &dev, &err) != AICFN_OK) return -1;
+    if (open_device(m->blob_bytes, &dev, &err) != AICFN_OK) {
+        fprintf(stderr, "bench-load: %s\n", err.msg);
+        return -1;
+    }
     snprintf(res->name, sizeof res->name, "%s", name);
     warm(snap);
     warm(st);
@@ -304,14 +349,15 @@ static int bench_model(const char *name, const char *st, int reps, model_result 
         "{\"bench\":\"load\",\"model\":\"%s\",\"measure\":\"baseline_read_memcpy\",\"page_cache\":\"warm\","
         "\"threads\":1,\"bytes\":%llu,\"us\":%.0f,\"gb_s\":%.3f}\n",
         name, (unsigned long long)st_bytes, best_base, res->base_gbs);
-    for (uint32_t threads = 1; threads <= 2; threads++) {
+    for (int ti = 0; ti < g_n_threads; ti++) {
+        uint32_t threads = g_threads[ti];
         double best_load = 1e30, best_lim = 1e30, best_limf = 1e30, best_pread = 1e30;
         loader_timing bt;
         memset(&bt, 0, sizeof bt);
         /* One load into a device of its own: a fresh mapping, pre-faulted by the alloc. */
         double fresh_us = -1;
         loader_device *fdev = NULL;
-        if (loader_device_host_open(4 * m->blob_bytes + (64u << 20), &fdev, &err) == AICFN_OK) {
+        if (open_device(m->blob_bytes, &fdev, &err) == AICFN_OK) {
             loader_load_opts o = {.threads = threads};
             loader_model *lm = NULL;
             loader_timing t;
@@ -348,23 +394,23 @@ static int bench_model(const char *name, const char *st, int reps, model_result 
             if ((double)t.total_us < best_pread) best_pread = (double)t.total_us;
         }
         double raw = (double)m->blob_bytes;
-        res->load_gbs[threads] = raw / best_load / 1e3;
-        res->limit_gbs[threads] = raw / best_lim / 1e3;
-        res->ratio_limit[threads] = best_lim / best_load;
-        res->ratio_base[threads] = best_base / best_load * (raw / (double)st_bytes);
+        res->load_gbs[ti] = raw / best_load / 1e3;
+        res->limit_gbs[ti] = raw / best_lim / 1e3;
+        res->ratio_limit[ti] = best_lim / best_load;
+        res->ratio_base[ti] = best_base / best_load * (raw / (double)st_bytes);
         printf(
-            "{\"bench\":\"load\",\"model\":\"%s\",\"measure\":\"load\",\"page_cache\":\"warm\",\"threads\":%"
-            "u,"
+            "{\"bench\":\"load\",\"model\":\"%s\",\"device\":\"%s\",\"measure\":\"load\",\"page_cache\":"
+            "\"warm\",\"threads\":%u,"
             "\"raw_bytes\":%llu,\"compressed_bytes\":%llu,\"frames\":%u,\"total_us\":%llu,\"gb_s\":%.3f,"
             "\"codec_limit_gb_s\":%.3f,\"ratio_vs_limit\":%.3f,\"codec_unfilter_limit_gb_s\":%.3f,"
             "\"ratio_vs_codec_unfilter_limit\":%.3f,\"ratio_vs_read_memcpy\":%.3f,"
             "\"thread_us\":{\"read\":%llu,\"decompress\":%llu,\"filter\":%llu,\"verify\":%llu,\"copy\":%llu,"
             "\"wait\":%llu},\"alloc_us\":%llu,\"open_us\":%llu,\"alloc_in_timed_region\":true,"
             "\"fresh_device_gb_s\":%.3f,\"pread_frames_gb_s\":%.3f}\n",
-            name, threads, (unsigned long long)m->blob_bytes, (unsigned long long)comp_total, nf,
-            (unsigned long long)bt.total_us, res->load_gbs[threads], res->limit_gbs[threads],
-            res->ratio_limit[threads], raw / best_limf / 1e3, best_limf / best_load, res->ratio_base[threads],
-            (unsigned long long)bt.read_us, (unsigned long long)bt.decompress_us,
+            name, loader_device_name(dev), threads, (unsigned long long)m->blob_bytes,
+            (unsigned long long)comp_total, nf, (unsigned long long)bt.total_us, res->load_gbs[ti],
+            res->limit_gbs[ti], res->ratio_limit[ti], raw / best_limf / 1e3, best_limf / best_load,
+            res->ratio_base[ti], (unsigned long long)bt.read_us, (unsigned long long)bt.decompress_us,
             (unsigned long long)bt.filter_us, (unsigned long long)bt.verify_us,
             (unsigned long long)bt.copy_us, (unsigned long long)bt.wait_us, (unsigned long long)bt.alloc_us,
             (unsigned long long)bt.open_us, fresh_us > 0 ? raw / fresh_us / 1e3 : 0.0,
@@ -410,8 +456,21 @@ int main(int argc, char **argv) {
                 return 2;
             }
             g_chunk = (uint32_t)c;
-        }
-        else if (n_extra < 8)
+        } else if (strcmp(argv[i], "--device") == 0 && i + 1 < argc)
+            g_device = argv[++i];
+        else if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc) {
+            g_n_threads = 0;
+            for (char *tok = strtok(argv[++i], ","); tok; tok = strtok(NULL, ",")) {
+                long t = strtol(tok, NULL, 10);
+                if (t < 1 || t > MAX_THREADS || g_n_threads == MAX_THREAD_COUNTS) {
+                    fprintf(stderr, "bench-load: --threads: want up to %d counts in 1..%d, such as 1,2,8\n",
+                            MAX_THREAD_COUNTS, MAX_THREADS);
+                    return 2;
+                }
+                g_threads[g_n_threads++] = (uint32_t)t;
+            }
+            if (g_n_threads == 0) return 2;
+        } else if (n_extra < 8)
             extra[n_extra++] = argv[i];
     }
     if (reps < 1) reps = 1;
@@ -421,7 +480,8 @@ int main(int argc, char **argv) {
     const char *minilm16 = CACHE_DIR "/minilm-bf16/model.safetensors";
     if ((!file_exists(minilm) || !file_exists(minilm16)) && file_exists("bench/setup_data.sh")) {
         fprintf(stderr, "bench-load: fetching MiniLM with bench/setup_data.sh\n");
-        if (system("bash bench/setup_data.sh >&2") != 0) fprintf(stderr, "bench-load: setup_data.sh failed\n");
+        if (system("bash bench/setup_data.sh >&2") != 0)
+            fprintf(stderr, "bench-load: setup_data.sh failed\n");
     }
     if (gen && !file_exists(GEN_PATH)) {
         fprintf(stderr, "bench-load: generating %s (1 GiB bf16, N(0, 0.02))\n", GEN_PATH);
@@ -456,15 +516,17 @@ int main(int argc, char **argv) {
         else
             return 1;
     }
-    printf(
-        "{\"bench\":\"load\",\"summary\":{\"page_cache\":\"warm\",\"reps\":%d,\"target_ratio_vs_limit\":0.85",
-        reps);
-    for (int i = 0; i < nm; i++)
-        printf(",\"%s\":{\"t1_gb_s\":%.3f,\"t2_gb_s\":%.3f,\"t1_ratio_vs_limit\":%.3f,\"t2_ratio_vs_limit\":%"
-               ".3f,"
-               "\"t1_ratio_vs_read_memcpy\":%.3f,\"t2_ratio_vs_read_memcpy\":%.3f,\"read_memcpy_gb_s\":%.3f}",
-               res[i].name, res[i].load_gbs[1], res[i].load_gbs[2], res[i].ratio_limit[1],
-               res[i].ratio_limit[2], res[i].ratio_base[1], res[i].ratio_base[2], res[i].base_gbs);
+    printf("{\"bench\":\"load\",\"summary\":{\"device\":\"%s\",\"page_cache\":\"warm\",\"reps\":%d,"
+           "\"target_ratio_vs_limit\":0.85",
+           g_device, reps);
+    for (int i = 0; i < nm; i++) {
+        printf(",\"%s\":{\"read_memcpy_gb_s\":%.3f", res[i].name, res[i].base_gbs);
+        for (int ti = 0; ti < g_n_threads; ti++)
+            printf(",\"t%u_gb_s\":%.3f,\"t%u_ratio_vs_limit\":%.3f,\"t%u_ratio_vs_read_memcpy\":%.3f",
+                   g_threads[ti], res[i].load_gbs[ti], g_threads[ti], res[i].ratio_limit[ti], g_threads[ti],
+                   res[i].ratio_base[ti]);
+        printf("}");
+    }
     printf("}}\n");
     return ok == nm ? 0 : 1;
 }
