@@ -1,7 +1,9 @@
 /* test_pipeline.c: the load pipeline (loader/pipeline.h) on real snapshots packed by
  * snap_pack from a generated safetensors file: bit-exact blobs with 1 and N threads and
  * every filter mode, a corrupt frame, a truncated file, allocation failure and the
- * cache's pipeline load ops. Nothing may leak (ASan) or stay allocated on the device. */
+ * cache's pipeline load ops, on the host device, an emulated staging device and, where
+ * a GPU is present, the real CUDA device (skipped, saying why, elsewhere). Nothing may
+ * leak (ASan) or stay allocated on the device. */
 #include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
@@ -15,6 +17,9 @@
 #include <unistd.h>
 
 #include <cmocka.h>
+#ifdef AICFN_HAVE_CUDA
+#include <cuda_runtime_api.h>
+#endif
 
 #include "common/clock.h"
 #include "loader/cache.h"
@@ -570,6 +575,65 @@ static void device_path_bit_exact(void **state) {
     }
 }
 
+/* The real CUDA device: the blob goes through the pinned staging buffers and the copy
+ * streams (XXH3 checked on the staging bytes) and reads back bit-exact; a corrupt
+ * frame fails with nothing left allocated; device memory returns to where it was. */
+static void cuda_path_bit_exact(void **state) {
+    (void)state;
+    char why[256] = "";
+    if (loader_cuda_device_count(why, sizeof why) == 0) {
+        print_message("skipping: no usable CUDA device (%s)\n", why);
+        skip();
+    }
+#ifdef AICFN_HAVE_CUDA
+    aicfn_error err;
+    loader_device *dev;
+    assert_int_equal(loader_device_open("cuda", 0, &dev, &err), AICFN_OK);
+    assert_false(loader_device_is_host(dev));
+    assert_true(loader_device_has_staging(dev));
+    char path[160], bad[160];
+    snprintf(path, sizeof path, "%s/cuda.aicfn", fx.dir);
+    snprintf(bad, sizeof bad, "%s/cuda-bad.aicfn", fx.dir);
+    pack(path, SNAP_FILTER_MODE_AUTO, 320u << 10);
+    uint64_t free_before = 0, free_after, total;
+    uint32_t threads[] = {1, 4, 8};
+    for (int ti = 0; ti < 3; ti++) {
+        loader_load_opts o = {.threads = threads[ti]};
+        loader_model *m = NULL;
+        loader_timing t;
+        assert_int_equal(loader_load_snapshot(dev, path, &o, &m, &t, &err), AICFN_OK);
+        const snap_manifest *man = loader_model_manifest(m);
+        assert_int_equal(t.raw_bytes, man->blob_bytes);
+        for (int i = 0; i < NT; i++) {
+            int k = loader_model_find_tensor(m, fx.names[i]);
+            assert_true(k >= 0);
+            unsigned char *back = malloc(fx.nbytes[i]);
+            assert_non_null(back);
+            assert_int_equal(cudaMemcpy(back, loader_model_tensor_ptr(m, (uint32_t)k), fx.nbytes[i],
+                                        cudaMemcpyDeviceToHost),
+                             cudaSuccess);
+            assert_memory_equal(back, fx.data[i], fx.nbytes[i]);
+            free(back);
+        }
+        loader_model_free(m);
+        for (uint32_t fi = 1; fi + 1 < t.frames; fi++) {
+            corrupt_copy(path, bad, fi, 1, 2);
+            m = NULL;
+            assert_int_equal(loader_load_snapshot(dev, bad, &o, &m, NULL, &err), AICFN_E_CORRUPT);
+            assert_null(m);
+        }
+        /* The first round warms the context (the runtime's own buffers) up. */
+        if (ti == 0) assert_int_equal(loader_device_mem_info(dev, &free_before, &total, &err), AICFN_OK);
+    }
+    assert_int_equal(loader_device_mem_info(dev, &free_after, &total, &err), AICFN_OK);
+    print_message("cuda: %s, free %llu -> %llu of %llu bytes\n", loader_device_name(dev),
+                  (unsigned long long)free_before, (unsigned long long)free_after, (unsigned long long)total);
+    /* Every model and failed load freed (an allocation is >= 2 MiB; 1 MiB of slack). */
+    assert_true(free_after + (1u << 20) >= free_before);
+    loader_device_close(dev);
+#endif
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(bit_exact_threads_and_filters),
@@ -578,6 +642,7 @@ int main(void) {
         cmocka_unit_test(allocation_failure_and_max_bytes),
         cmocka_unit_test(cache_with_pipeline_ops),
         cmocka_unit_test(device_path_bit_exact),
+        cmocka_unit_test(cuda_path_bit_exact),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
