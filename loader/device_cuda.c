@@ -18,6 +18,8 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/clock.h"
+#include "common/log.h"
 #include "common/tunables.h"
 #include "loader/device.h"
 
@@ -363,7 +365,10 @@ int loader_device_cuda_open(int ordinal, loader_device **out, aicfn_error *err) 
     pthread_cond_init(&c->cv, NULL);
     dev->ops = &cu_ops;
     dev->ctx = c;
-    int rc = CU_CHECK(cudaSetDevice(ordinal), err, ordinal);
+    /* The open is part of a worker's cold start: its phases are logged. */
+    uint64_t t0 = clock_now_us();
+    int rc = CU_CHECK(cudaSetDevice(ordinal), err, ordinal); /* creates the primary context */
+    uint64_t t_ctx = clock_now_us();
     for (int i = 0; rc == AICFN_OK && i < AICFN_CUDA_STREAMS; i++) {
         rc = CU_CHECK(cudaStreamCreateWithFlags(&c->streams[i], cudaStreamNonBlocking), err, ordinal);
         if (rc == AICFN_OK) c->n_streams++;
@@ -372,6 +377,7 @@ int loader_device_cuda_open(int ordinal, loader_device **out, aicfn_error *err) 
         rc = CU_CHECK(cudaEventCreateWithFlags(&c->events[i].ev, cudaEventDisableTiming), err, ordinal);
         if (rc == AICFN_OK) c->n_events++;
     }
+    uint64_t t_streams = clock_now_us();
     for (int i = 0; rc == AICFN_OK && i < AICFN_CUDA_STAGING_BUFFERS; i++) {
         rc = CU_CHECK(cudaHostAlloc(&c->stages[i].ptr, AICFN_CUDA_STAGING_BYTES, cudaHostAllocPortable), err,
                       ordinal);
@@ -382,6 +388,12 @@ int loader_device_cuda_open(int ordinal, loader_device **out, aicfn_error *err) 
         loader_device_close(dev);
         return rc == AICFN_E_CAPACITY ? AICFN_E_CAPACITY : AICFN_E_DEVICE;
     }
+    uint64_t t_end = clock_now_us();
+    log_info("device %s opened in %.1f ms: context %.1f ms, %d streams and %d events %.1f ms, %d pinned "
+             "staging buffers of %u MiB %.1f ms",
+             c->name, (double)(t_end - t0) / 1e3, (double)(t_ctx - t0) / 1e3, c->n_streams, c->n_events,
+             (double)(t_streams - t_ctx) / 1e3, c->n_stages, AICFN_CUDA_STAGING_BYTES >> 20,
+             (double)(t_end - t_streams) / 1e3);
     *out = dev;
     return AICFN_OK;
 }
