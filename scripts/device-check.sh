@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# device-check.sh: the GPU checks, prepared here and run on a machine with an NVIDIA GPU
+# that has the CUDA toolkit but not this project's build tools or Debian libraries.
+#   ./scripts/device-check.sh prepare   (here) builds release with -Dcuda=on and copies the
+#                                       binaries and the shared libraries they need
+#                                       (glibc and the C++ runtime excepted) into .devcarry/
+#   ./scripts/device-check.sh run       (there, with .devcarry/ beside the checkout)
+# The run: the CUDA instances of the device and pipeline tests, the same under
+# compute-sanitizer memcheck, the demo (--device auto picks the GPU), bench-load into the
+# GPU and into host memory with 1..16 threads on a generated 1 GiB bf16 model, and
+# bench-invoke (mlp cold starts on the GPU). Each step has its own time limit.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+D=$ROOT/.devcarry
+B=$D/zig-out/bin
+
+prepare() {
+    set -e
+    ./scripts/bootstrap.sh
+    .venv/bin/zig build install handlers tests benches -Doptimize=ReleaseSafe -Dcuda=on
+    grep -qx '/.devcarry/' "$(git rev-parse --git-path info/exclude)" 2>/dev/null ||
+        echo '/.devcarry/' >>"$(git rev-parse --git-path info/exclude)"
+    rm -rf "$D"
+    mkdir -p "$D/lib" "$D/bin" "$B/tests/unit" "$D/zig-out/lib"
+    cp zig-out/bin/aicfn zig-out/bin/bench-load zig-out/bin/bench-invoke "$B/"
+    cp zig-out/bin/tests/unit/test_device zig-out/bin/tests/unit/test_pipeline "$B/tests/unit/"
+    cp -r zig-out/lib/handlers "$D/zig-out/lib/"
+    cp "$(command -v zstd)" "$D/bin/"
+    ldd "$B"/aicfn "$B"/bench-* "$B"/tests/unit/* "$D"/zig-out/lib/handlers/*.so "$D/bin/zstd" |
+        awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
+        grep -v -e '/libc\.so' -e '/libm\.so' -e '/libpthread' -e '/libdl\.so' -e '/librt\.so' \
+            -e '/libgcc_s' -e '/libstdc++' | xargs -I{} cp -L {} "$D/lib/"
+    du -sh "$D"
+}
+
+section() { printf '\n=== %s (%s)\n' "$*" "$(date +%T)"; }
+
+run() {
+    [ -x "$B/aicfn" ] || { echo "device-check: run 'prepare' first (no $B/aicfn)" >&2; exit 2; }
+    export LD_LIBRARY_PATH=$D/lib PATH=$D/bin:$PATH:/usr/local/cuda/bin PYTHONUNBUFFERED=1
+    export CMOCKA_MESSAGE_OUTPUT=TAP
+    # The demo runs .venv/bin/python and needs numpy: without a venv (the GPU machine has
+    # none), point it at a python3 that has numpy.
+    local py
+    if ! .venv/bin/python -c 'import numpy' 2>/dev/null; then
+        for py in python3 /opt/torch/.venv/bin/python3 /usr/local/bin/python3 /usr/bin/python3; do
+            command -v "$py" >/dev/null && "$py" -c 'import numpy' 2>/dev/null && break
+        done
+        mkdir -p .venv/bin && ln -sf "$(command -v "$py")" .venv/bin/python
+    fi
+    section environment
+    nvidia-smi --query-gpu=name,driver_version,memory.total,memory.used --format=csv
+    nproc; head -2 /etc/os-release; command -v cc nvcc zstd compute-sanitizer; .venv/bin/python -V
+    section test_device; timeout 60 "$B/tests/unit/test_device" 2>&1
+    section test_pipeline; timeout 90 "$B/tests/unit/test_pipeline" 2>&1
+    section "compute-sanitizer memcheck"
+    timeout 60 compute-sanitizer --tool memcheck --leak-check full "$B/tests/unit/test_device" 2>&1 | grep -v '^ok '
+    timeout 90 compute-sanitizer --tool memcheck --leak-check full "$B/tests/unit/test_pipeline" 2>&1 | grep -v '^ok '
+    section demo
+    AICFN_PREFIX=$D/zig-out AICFN_DEMO_NO_BUILD=1 AICFN_DEMO_PORT=17171 timeout 150 ./scripts/demo.sh 2>&1
+    # bench-load writes its data under ./bench/.cache: a directory without bench/setup_data.sh
+    # keeps it from trying to download MiniLM (the machine may have no network).
+    mkdir -p /tmp/device-check/bench
+    section "bench-load cuda"
+    (cd /tmp/device-check && timeout 150 "$B/bench-load" --device cuda --threads 1,2,4,8,16 --reps 3 2>&1)
+    section "bench-load host"
+    (cd /tmp/device-check && timeout 60 "$B/bench-load" --device host --threads 1,2,8,16 --reps 3 2>&1)
+    section bench-invoke; timeout 100 "$B/bench-invoke" --cold 5 --seconds 1 2>&1
+    section done
+}
+
+case "${1:-}" in
+prepare) prepare ;;
+run) run ;;
+*) echo "usage: $0 prepare|run" >&2; exit 2 ;;
+esac
