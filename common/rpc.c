@@ -735,29 +735,35 @@ int rpc_call_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_m
         nng_msg_free(m);
         return rpc_error_nng(err, rv, "rpc %s: aio", c->url);
     }
-    if ((rv = cli_ctx_open(c, &op.ctx)) != 0) {
-        nng_msg_free(m);
-        nng_aio_free(op.aio);
-        return cli_status(c, rv, err, "opening a context");
-    }
+    /* Counted in flight before its context exists, so that everything it does with the
+     * context (open, send, receive, close) comes before rpc_client_close's nng_close:
+     * NNG 1.5.2 panics when a context operation meets the close of its socket. */
     pthread_mutex_lock(&c->mu);
-    if (c->closing) {
+    if (c->closing || c->dropped) {
+        bool closing = c->closing;
         pthread_mutex_unlock(&c->mu);
         nng_msg_free(m);
-        nng_ctx_close(op.ctx);
-        nng_aio_stop(op.aio);
-        nng_aio_free(op.aio);
-        return aicfn_error_set(err, AICFN_E_CANCELED, "rpc %s: client closed", c->url);
-    }
-    if (c->dropped) {
-        pthread_mutex_unlock(&c->mu);
-        nng_msg_free(m);
-        nng_ctx_close(op.ctx);
-        nng_aio_stop(op.aio);
-        nng_aio_free(op.aio);
+        nng_aio_free(op.aio); /* never started */
+        if (closing) return aicfn_error_set(err, AICFN_E_CANCELED, "rpc %s: client closed", c->url);
         return cli_dropped(c, err);
     }
     cli_list_add(c, &op);
+    pthread_mutex_unlock(&c->mu);
+    bool ctx_open = false;
+    if ((rv = cli_ctx_open(c, &op.ctx)) != 0) {
+        nng_msg_free(m);
+        rc = cli_status(c, rv, err, "opening a context");
+        goto out;
+    }
+    ctx_open = true;
+    pthread_mutex_lock(&c->mu);
+    if (op.aborted) { /* closing, or the connection dropped, meanwhile */
+        int ab = op.aborted;
+        pthread_mutex_unlock(&c->mu);
+        nng_msg_free(m);
+        rc = ab == NNG_ECONNRESET ? cli_dropped(c, err) : cli_status(c, ab, err, "not sent");
+        goto out;
+    }
     op.phase = OP_SEND;
     nng_aio_set_msg(op.aio, m);
     nng_aio_set_timeout(op.aio, cli_left(op.deadline_us) ? cli_left(op.deadline_us) : 1);
@@ -782,12 +788,11 @@ int rpc_call_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_m
             rc = AICFN_OK;
         }
     }
-    /* The context is closed while the call still counts as in flight: rpc_client_close
-     * closes the socket only once none is, and NNG 1.5.2 crashes when nng_ctx_close runs
-     * beside or after nng_close of its socket (a panic in nng_ctx_close). c may be freed
-     * as soon as the call leaves the list. */
+out:
+    /* Still counted in flight: the context closes before rpc_client_close may close the
+     * socket, and c may be freed as soon as the call leaves the list. */
     nng_aio_stop(op.aio);
-    nng_ctx_close(op.ctx);
+    if (ctx_open) nng_ctx_close(op.ctx);
     pthread_mutex_lock(&c->mu);
     cli_list_del(c, &op);
     pthread_mutex_unlock(&c->mu);
