@@ -278,6 +278,16 @@ static void hold_handler(void *user, rpc_call *call, const uint8_t *msg, size_t 
     rpc_call_drop(call);
 }
 
+/* Takes the held calls out of h: their number, the calls in out[]. */
+static unsigned holder_take(holder *h, rpc_call *out[64]) {
+    pthread_mutex_lock(&h->mu);
+    unsigned n = h->n;
+    h->n = 0;
+    memcpy(out, h->held, sizeof h->held);
+    pthread_mutex_unlock(&h->mu);
+    return n;
+}
+
 /* One client, `callers` threads each blocked in a sync call the server holds; the
  * client closes: every call returns CANCELED. The held calls are dropped after. */
 static void close_round(const char *url, holder *h, int callers) {
@@ -305,12 +315,8 @@ static void close_round(const char *url, holder *h, int callers) {
         pthread_join(th[i], NULL);
         assert_int_equal(a[i].canceled, 1);
     }
-    pthread_mutex_lock(&h->mu);
-    unsigned n = h->n;
-    h->n = 0;
     rpc_call *held[64];
-    memcpy(held, h->held, sizeof held);
-    pthread_mutex_unlock(&h->mu);
+    unsigned n = holder_take(h, held);
     for (unsigned i = 0; i < n; i++)
         rpc_call_drop(held[i]);
 }
@@ -349,12 +355,8 @@ typedef struct late {
 static void *late_answers(void *p) {
     holder *h = p;
     usleep(100000);
-    pthread_mutex_lock(&h->mu);
-    unsigned n = h->n;
-    h->n = 0;
     rpc_call *calls[64];
-    memcpy(calls, h->held, sizeof calls);
-    pthread_mutex_unlock(&h->mu);
+    unsigned n = holder_take(h, calls);
     for (unsigned i = 0; i < n; i++)
         rpc_reply(calls[i], "late", 4);
     return NULL;
