@@ -7,7 +7,8 @@
 #   ./scripts/device-check.sh run       (there, with .devcarry/ beside the checkout)
 # The run: the CUDA instances of the device and pipeline tests, the same under
 # compute-sanitizer memcheck, the demo (--device auto picks the GPU), bench-load into the
-# GPU and into host memory with 1..16 threads on a generated 1 GiB bf16 model, and
+# GPU and into host memory with 1..16 threads on a generated 1 GiB bf16 model, the mlp
+# example's outputs on the GPU (CUDA kernels) against host memory (C path), and
 # bench-invoke (mlp cold starts on the GPU). Each step has its own time limit.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -35,6 +36,45 @@ prepare() {
 }
 
 section() { printf '\n=== %s (%s)\n' "$*" "$(date +%T)"; }
+
+# Invokes examples/mlp with a batch of 4 rows through a gateway whose workers use device
+# $1; prints the reply (JSON) on stdout.
+mlp_reply() {
+    local dev=$1 dir port pid rc=0
+    dir=$(mktemp -d /tmp/device-check-mlp-XXXXXX)
+    port=$((17180 + RANDOM % 500))
+    "$B/aicfn" gateway --listen "tcp://127.0.0.1:$port" --data "$dir" --workers 0..1 --device "$dev" \
+        --insecure-local >"$dir/out" 2>"$dir/log" &
+    pid=$!
+    for _ in $(seq 1 100); do grep -q listening "$dir/out" 2>/dev/null && break; sleep 0.05; done
+    local x='[[0.5,-1,2,0.25,1,0,-0.5,3,1,1,-2,0.1,0.2,0.3,0.4,0.5],[1,2,3,4,5,6,7,8,9,10,11,12,13,14,15,16],'
+    x+='[-1,-2,-3,-4,-5,-6,-7,-8,-9,-10,-11,-12,-13,-14,-15,-16],[0,0,0,0,0,0,0,0,0,0,0,0,0,0,0,0.001]]'
+    timeout 90 "$B/aicfn" deploy examples/mlp --gateway "tcp://127.0.0.1:$port" >/dev/null 2>>"$dir/log" &&
+        timeout 60 "$B/aicfn" invoke mlp --gateway "tcp://127.0.0.1:$port" --input "x=$x" --json || rc=1
+    kill -TERM "$pid" 2>/dev/null
+    wait "$pid" 2>/dev/null
+    [ $rc -eq 0 ] || { echo "mlp on $dev failed; gateway log:" >&2; tail -20 "$dir/log" >&2; }
+    grep -h "CUDA path\|device " "$dir/log" | head -5 >&2
+    rm -rf "$dir"
+    return $rc
+}
+
+mlp_parity() {
+    local host cuda
+    host=$(mlp_reply host) && cuda=$(mlp_reply cuda) || return 1
+    .venv/bin/python - "$host" "$cuda" <<'PY'
+import json, sys
+h, c = (json.loads(a) for a in sys.argv[1:3])
+diff = 0.0
+for oh, oc in zip(h["outputs"], c["outputs"]):
+    assert oh["name"] == oc["name"] and oh["shape"] == oc["shape"], (oh, oc)
+    for a, b in zip(oh["data"], oc["data"]):
+        diff = max(diff, abs(float(a) - float(b)) / max(1.0, abs(float(a))))
+print("mlp outputs, CUDA against C: %d outputs, max difference %.3g (relative above 1) (%s)"
+      % (len(h["outputs"]), diff, "ok" if diff <= 1e-4 else "MISMATCH"))
+sys.exit(0 if diff <= 1e-4 else 1)
+PY
+}
 
 run() {
     [ -x "$B/aicfn" ] || { echo "device-check: run 'prepare' first (no $B/aicfn)" >&2; exit 2; }
@@ -66,6 +106,7 @@ run() {
     (cd /tmp/device-check && timeout 150 "$B/bench-load" --device cuda --threads 1,2,4,8,16 --reps 3 2>&1)
     section "bench-load host"
     (cd /tmp/device-check && timeout 60 "$B/bench-load" --device host --threads 1,2,8,16 --reps 3 2>&1)
+    section "mlp: CUDA kernels against the C path"; mlp_parity 2>&1
     section bench-invoke; timeout 100 "$B/bench-invoke" --cold 5 --seconds 1 2>&1
     section done
 }
