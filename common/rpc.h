@@ -17,6 +17,10 @@
  *  - No context is closed beside or after the close of its socket (NNG 1.5.2 panics in
  *    nng_ctx_close): a client fails and waits out its calls before nng_close
  *    (test_rpc_concurrency close_while_calls_in_flight_repeatedly).
+ *  - A server's socket is closed only once no thread is inside a context operation on
+ *    it (a reply's nng_ctx_send beside nng_close panics) and after every context's aio
+ *    is stopped and every context closed: nng_close can otherwise hang for ever while
+ *    peers keep requests queued (nng #1813) (test_rpc destroy_with_requests_queued).
  * NNG errors are mapped to aicfn codes with nng_strerror's text in the message. */
 #ifndef AICFN_COMMON_RPC_H
 #define AICFN_COMMON_RPC_H

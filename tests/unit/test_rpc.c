@@ -466,6 +466,87 @@ static void huge_sp_length_refused_without_allocation(void **state) {
     }
 }
 
+/* Reads exactly n bytes (SO_RCVTIMEO bounds each read); returns 0 on success. */
+static int read_exact(int fd, uint8_t *p, size_t n) {
+    while (n > 0) {
+        ssize_t r = read(fd, p, n);
+        if (r <= 0) return -1;
+        p += r;
+        n -= (size_t)r;
+    }
+    return 0;
+}
+
+/* rpc_server_destroy on another thread, so a test can bound how long it takes. */
+typedef struct destroy_arg {
+    rpc_server *s;
+    atomic_int done;
+} destroy_arg;
+
+static void *destroy_thread(void *p) {
+    destroy_arg *a = p;
+    rpc_server_destroy(a->s);
+    atomic_store(&a->done, 1);
+    return NULL;
+}
+
+/* Destroying a server while a peer keeps requests queued beyond its contexts and
+ * replies keep re-arming receives, 20 rounds. NNG 1.5.2's nng_close can then hang for
+ * ever tearing down the pipe (its reaper waits on a task that never runs, nng #1813);
+ * rpc_server_destroy stops and closes every context first. The peer is raw TCP speaking
+ * SP as a REQ socket, so no NNG client shares the process's reaper. The old destroy hung
+ * within the first rounds in most runs. */
+static void destroy_with_requests_queued(void **state) {
+    (void)state;
+    enum { REQUESTS = 400 };
+    for (int round = 0; round < 20; round++) {
+        tsrv t;
+        tsrv_init(&t, MODE_ECHO);
+        rpc_server *s;
+        aicfn_error e;
+        rpc_server_opts so = {.contexts = 4};
+        assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", &so, tsrv_handler, &t, &e), AICFN_OK);
+        int fd = raw_connect(rpc_server_url(s));
+        assert_true(fd >= 0);
+        struct timeval tv = {.tv_sec = 5};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+        const uint8_t hello[8] = {0, 'S', 'P', 0, 0x00, 0x30, 0, 0}; /* REQ */
+        uint8_t peer[8];
+        assert_int_equal(write(fd, hello, 8), 8);
+        assert_int_equal(read_exact(fd, peer, 8), 0);
+        assert_int_equal(peer[5], 0x31); /* REP */
+        /* Every request at once: 8-byte length, request id (high bit set), payload. */
+        static uint8_t frames[REQUESTS][20];
+        for (uint32_t i = 0; i < REQUESTS; i++) {
+            uint8_t *f = frames[i];
+            memset(f, 0, 8);
+            f[7] = 12;
+            uint32_t id = 0x80000000u | (i + 1);
+            f[8] = (uint8_t)(id >> 24), f[9] = (uint8_t)(id >> 16), f[10] = (uint8_t)(id >> 8),
+            f[11] = (uint8_t)id;
+            memcpy(f + 12, "queued!!", 8);
+        }
+        assert_int_equal(write(fd, frames, sizeof frames), (ssize_t)sizeof frames);
+        for (int got = 0; got < REQUESTS / 4; got++) { /* replies are flowing */
+            uint8_t h[8], body[64];
+            assert_int_equal(read_exact(fd, h, 8), 0);
+            assert_true(h[7] <= sizeof body);
+            assert_int_equal(read_exact(fd, body, h[7]), 0);
+        }
+        destroy_arg d = {.s = s};
+        atomic_init(&d.done, 0);
+        pthread_t th;
+        assert_int_equal(pthread_create(&th, NULL, destroy_thread, &d), 0);
+        for (int ms = 0; ms < 15000 && !atomic_load(&d.done); ms += 10)
+            usleep(10000);
+        if (!atomic_load(&d.done))
+            fail_msg("round %d: rpc_server_destroy still in nng_close after 15 s", round);
+        pthread_join(th, NULL);
+        close(fd);
+        tsrv_fini(&t);
+    }
+}
+
 /* Drops 100 raw peers during the SP handshake, then checks that a real client is served.
  * Returns 0 on success, 1 with a message on stderr. Plain checks (no cmocka asserts):
  * it also runs in a child process, see below. */
@@ -589,18 +670,6 @@ static void timeout_when_no_reply(void **state) {
 /* rpc_server_destroy waits for calls still held by the handler, and returns once the
  * last one is answered (srv_done wakes it only while closing), on ipc too (where the
  * listener watchdog shares the server's lock). */
-typedef struct destroy_arg {
-    rpc_server *s;
-    atomic_int done;
-} destroy_arg;
-
-static void *destroy_thread(void *p) {
-    destroy_arg *a = p;
-    rpc_server_destroy(a->s);
-    atomic_store(&a->done, 1);
-    return NULL;
-}
-
 static void async_ignore(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
     (void)user;
     (void)status;
@@ -969,6 +1038,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(malformed_msgpack_gets_protocol_error),
         cmocka_unit_test(oversized_message_dropped_server_keeps_serving),
         cmocka_unit_test(huge_sp_length_refused_without_allocation),
+        cmocka_unit_test(destroy_with_requests_queued),
         cmocka_unit_test(handshake_drops_then_listener_still_accepts),
         cmocka_unit_test(timeout_when_no_reply),
         cmocka_unit_test(destroy_waits_for_held_calls),
