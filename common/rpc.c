@@ -603,16 +603,28 @@ static void cli_list_del(rpc_client *c, rpc_op *op) {
 /* NNG_PIPE_EV_REM_POST: the connection dropped. Every call in flight may have been sent
  * on it; NNG 1.5.2 would resend those on the next connection (even with an infinite
  * resend time), so fail them now instead. */
+/* Fails every call in flight with the NNG error `code` (lock held): a call between its
+ * send and its receive sees `aborted` when it arms the receive (cli_arm_recv). */
+static void cli_abort_locked(rpc_client *c, int code) {
+    for (rpc_op *op = c->inflight_head; op; op = op->next) {
+        if (op->aborted == 0) op->aborted = code;
+        nng_aio_abort(op->aio, code);
+    }
+}
+
 static void cli_pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg) {
     (void)p;
     (void)ev;
     rpc_client *c = arg;
     pthread_mutex_lock(&c->mu);
     if (c->single_peer) c->dropped = true;
-    for (rpc_op *op = c->closing ? NULL : c->inflight_head; op; op = op->next) {
-        if (op->aborted == 0) op->aborted = NNG_ECONNRESET;
-        nng_aio_abort(op->aio, NNG_ECONNRESET);
-    }
+    if (!c->closing) cli_abort_locked(c, NNG_ECONNRESET);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void rpc_client_fail_inflight(rpc_client *c) {
+    pthread_mutex_lock(&c->mu);
+    if (!c->closing) cli_abort_locked(c, NNG_ECONNRESET);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -701,14 +713,10 @@ void rpc_client_close(rpc_client *c) {
     if (c == NULL) return;
     /* Fail the calls in flight and wait for them before closing the socket: a sync call
      * closes its context on the way out, which must not meet nng_close (see
-     * rpc_call_sync). A call between its send and its receive sees `aborted` when it
-     * arms the receive (cli_arm_recv). */
+     * rpc_call_sync). */
     pthread_mutex_lock(&c->mu);
     c->closing = true;
-    for (rpc_op *op = c->inflight_head; op; op = op->next) {
-        if (op->aborted == 0) op->aborted = NNG_ECLOSED;
-        nng_aio_abort(op->aio, NNG_ECLOSED);
-    }
+    cli_abort_locked(c, NNG_ECLOSED);
     while (c->inflight > 0)
         pthread_cond_wait(&c->cv, &c->mu);
     pthread_mutex_unlock(&c->mu);

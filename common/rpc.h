@@ -191,6 +191,12 @@ int rpc_call_async(rpc_client *c, const void *req, size_t len, uint32_t timeout_
 /* Calls currently in flight (sync and async). Thread-safe. */
 unsigned rpc_client_inflight(rpc_client *c);
 
+/* Fails every call in flight now with AICFN_E_WORKER_LOST, as a dropped connection
+ * does, for a peer known to be gone: a request still queued for a connection that never
+ * formed (or one the peer will never answer) would otherwise wait for its timeout. The
+ * client stays open; later calls go out as usual. Thread-safe. */
+void rpc_client_fail_inflight(rpc_client *c);
+
 /* For tests: the client's socket (read options only; never close it). */
 nng_socket rpc_client_socket(const rpc_client *c);
 

@@ -276,6 +276,39 @@ static void connect_to_nobody(void **state) {
     rpc_client_close(c);
 }
 
+typedef struct lost_call {
+    atomic_int status; /* -1 until done runs */
+} lost_call;
+
+static void lost_call_done(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    (void)err;
+    rpc_msg_free(reply);
+    atomic_store(&((lost_call *)user)->status, status);
+}
+
+/* A call queued for a connection that never forms sees no dropped connection: it waits
+ * for its timeout, unless the owner, knowing the peer is gone, fails it
+ * (rpc_client_fail_inflight). The gateway does so for a dead worker's link. */
+static void fail_inflight_ends_calls_queued_before_connecting(void **state) {
+    (void)state;
+    rpc_client *c;
+    aicfn_error e;
+    rpc_client_opts o = {.background = true, .single_peer = true};
+    assert_int_equal(rpc_client_open(&c, "tcp://127.0.0.1:1", &o, &e), AICFN_OK);
+    lost_call lc;
+    atomic_init(&lc.status, -1);
+    assert_int_equal(rpc_call_async(c, "x", 1, 30000, lost_call_done, &lc, &e), AICFN_OK);
+    usleep(50000);
+    assert_int_equal(atomic_load(&lc.status), -1); /* queued, waiting */
+    uint64_t t0 = clock_now_us();
+    rpc_client_fail_inflight(c);
+    for (int ms = 0; ms < 5000 && atomic_load(&lc.status) == -1; ms++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&lc.status), AICFN_E_WORKER_LOST);
+    assert_true(clock_now_us() - t0 < 5000000);
+    rpc_client_close(c);
+}
+
 /* ---- malformed, oversized, hostile ----------------------------------------------------- */
 
 static void malformed_msgpack_gets_protocol_error(void **state) {
@@ -1035,6 +1068,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(socket_options_are_set),
         cmocka_unit_test(echo_tcp_and_ipc),
         cmocka_unit_test(connect_to_nobody),
+        cmocka_unit_test(fail_inflight_ends_calls_queued_before_connecting),
         cmocka_unit_test(malformed_msgpack_gets_protocol_error),
         cmocka_unit_test(oversized_message_dropped_server_keeps_serving),
         cmocka_unit_test(huge_sp_length_refused_without_allocation),
