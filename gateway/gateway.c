@@ -823,6 +823,9 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
                          w->state == GW_WORKER_DRAINING || gw->stopping ? GW_WROW_EXITED : GW_WROW_LOST);
     w->state = GW_WORKER_DEAD;
     if (w->pool_id && gw->pool) gw_pool_kill(gw->pool, w->pool_id);
+    /* Its calls and polls in flight fail now (AICFN_E_WORKER_LOST) rather than at their
+     * deadlines: one queued before the link connected would see no dropped connection. */
+    if (w->client) rpc_client_fail_inflight(w->client);
     gw_call *p = w->pending_head;
     w->pending_head = w->pending_tail = NULL;
     w->pending_calls = 0;
@@ -2212,6 +2215,7 @@ void gw_stop(gw_gateway *gw) {
                 /* Remote workers (local ones exited with the pool): unlinked in order. */
                 gw_worker_row_locked(gw, w, GW_WROW_EXITED);
                 w->state = GW_WORKER_DEAD;
+                if (w->client) rpc_client_fail_inflight(w->client);
             }
         pthread_cond_signal(&gw->maint_cv);
         pthread_mutex_unlock(&gw->mu);
