@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "common/log.h"
@@ -23,6 +24,7 @@ struct gw_artifacts {
     char *tmpdir; /* <data>/artifacts/tmp */
     pthread_mutex_t mu;
     int open_uploads;
+    uint64_t reserved; /* bytes that open uploads announced and have not written yet */
 };
 
 struct gw_upload {
@@ -65,12 +67,6 @@ static char *art_join(const char *a, const char *b) {
     return s;
 }
 
-static int art_mkdir(const char *path, aicfn_error *err) {
-    if (mkdir(path, 0700) != 0 && errno != EEXIST)
-        return aicfn_error_errno(err, AICFN_E_IO, errno, "creating %s", path);
-    return AICFN_OK;
-}
-
 static int art_fsync_dir(const char *path, aicfn_error *err) {
     int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "opening directory %s", path);
@@ -78,6 +74,15 @@ static int art_fsync_dir(const char *path, aicfn_error *err) {
     int e = errno;
     close(fd);
     if (rc != 0) return aicfn_error_errno(err, AICFN_E_IO, e, "fsync of directory %s", path);
+    return AICFN_OK;
+}
+
+/* Creates `path` when missing; a new directory's entry is made durable by an fsync of
+ * `parent` (NULL: the caller's concern), so a power loss cannot drop a store that
+ * already holds committed artifacts. */
+static int art_mkdir(const char *path, const char *parent, aicfn_error *err) {
+    if (mkdir(path, 0700) == 0) return parent ? art_fsync_dir(parent, err) : AICFN_OK;
+    if (errno != EEXIST) return aicfn_error_errno(err, AICFN_E_IO, errno, "creating %s", path);
     return AICFN_OK;
 }
 
@@ -103,7 +108,7 @@ int gw_artifacts_open(const char *data_dir, gw_artifacts **out, aicfn_error *err
     *out = NULL;
     int rc = art_init_sodium(err);
     if (rc) return rc;
-    if ((rc = art_mkdir(data_dir, err))) return rc;
+    if ((rc = art_mkdir(data_dir, NULL, err))) return rc;
     gw_artifacts *a = calloc(1, sizeof *a);
     if (!a) return aicfn_error_set(err, AICFN_E_NOMEM, "allocating the artifact store");
     a->dir = art_join(data_dir, "artifacts");
@@ -113,7 +118,7 @@ int gw_artifacts_open(const char *data_dir, gw_artifacts **out, aicfn_error *err
         gw_artifacts_close(a);
         return aicfn_error_set(err, AICFN_E_NOMEM, "allocating the artifact store");
     }
-    if ((rc = art_mkdir(a->dir, err)) || (rc = art_mkdir(a->tmpdir, err))) {
+    if ((rc = art_mkdir(a->dir, data_dir, err)) || (rc = art_mkdir(a->tmpdir, a->dir, err))) {
         gw_artifacts_close(a);
         return rc;
     }
@@ -166,13 +171,31 @@ int gw_upload_begin(gw_artifacts *a, const char *hash, uint64_t size, gw_upload 
                                (unsigned long long)size, (unsigned long long)AICFN_ARTIFACT_MAX_BYTES);
     if (gw_artifacts_exists(a, hash, NULL))
         return aicfn_error_set(err, AICFN_E_EXISTS, "artifact %s is already stored", hash);
+    struct statvfs vfs;
+    if (statvfs(a->tmpdir, &vfs) != 0)
+        return aicfn_error_errno(err, AICFN_E_IO, errno, "checking the free space of %s", a->tmpdir);
+    uint64_t free_bytes = (uint64_t)vfs.f_bavail * (uint64_t)vfs.f_frsize;
     pthread_mutex_lock(&a->mu);
     if (a->open_uploads >= AICFN_ARTIFACT_MAX_UPLOADS) {
         pthread_mutex_unlock(&a->mu);
         return aicfn_error_set(err, AICFN_E_OVERLOADED, "upload %.12s: %d uploads already open", hash,
                                AICFN_ARTIFACT_MAX_UPLOADS);
     }
+    /* The store shares its file system with aicfn.db: an upload may not take the space
+     * that open uploads still need or the reserve kept for the database. */
+    uint64_t need = size + a->reserved + AICFN_ARTIFACT_DISK_RESERVE;
+    if (need < size || need > free_bytes) {
+        uint64_t reserved = a->reserved;
+        pthread_mutex_unlock(&a->mu);
+        return aicfn_error_set(err, AICFN_E_TOO_LARGE,
+                               "upload %.12s: %llu bytes do not fit in the artifact store: %s has %llu "
+                               "bytes free, %llu of them promised to open uploads and %llu kept for the "
+                               "database",
+                               hash, (unsigned long long)size, a->tmpdir, (unsigned long long)free_bytes,
+                               (unsigned long long)reserved, (unsigned long long)AICFN_ARTIFACT_DISK_RESERVE);
+    }
     a->open_uploads++;
+    a->reserved += size;
     pthread_mutex_unlock(&a->mu);
 
     gw_upload *u = calloc(1, sizeof *u);
@@ -209,6 +232,7 @@ fail:
     }
     pthread_mutex_lock(&a->mu);
     a->open_uploads--;
+    a->reserved -= size;
     pthread_mutex_unlock(&a->mu);
     return rc;
 }
@@ -227,10 +251,13 @@ int gw_upload_write(gw_upload *u, uint64_t offset, const void *data, size_t len,
                                "upload %.12s: chunk of %zu bytes at %llu exceeds the "
                                "declared size %llu",
                                u->hash, len, (unsigned long long)offset, (unsigned long long)u->size);
+    /* pwrite at the chunk's own offset: a write that stored part of the chunk and then
+     * failed (ENOSPC, EFBIG) leaves received unchanged, and the client's retry of the
+     * same offset overwrites those bytes instead of appending after them. */
     const unsigned char *p = data;
     size_t left = len;
     while (left) {
-        ssize_t w = write(u->fd, p, left);
+        ssize_t w = pwrite(u->fd, p, left, (off_t)(u->received + (len - left)));
         if (w < 0) {
             if (errno == EINTR) continue;
             return aicfn_error_errno(err, AICFN_E_IO, errno, "writing %s at %llu", u->tmp_path,
@@ -241,6 +268,9 @@ int gw_upload_write(gw_upload *u, uint64_t offset, const void *data, size_t len,
     }
     crypto_hash_sha256_update(&u->sha, data, len);
     u->received += len;
+    pthread_mutex_lock(&u->store->mu);
+    u->store->reserved -= len;
+    pthread_mutex_unlock(&u->store->mu);
     return AICFN_OK;
 }
 
@@ -249,6 +279,7 @@ static void art_upload_free(gw_upload *u, bool remove_tmp) {
     if (remove_tmp && u->tmp_path) unlink(u->tmp_path);
     pthread_mutex_lock(&u->store->mu);
     u->store->open_uploads--;
+    u->store->reserved -= u->size - u->received;
     pthread_mutex_unlock(&u->store->mu);
     free(u->tmp_path);
     free(u);

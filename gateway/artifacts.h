@@ -50,14 +50,18 @@ int gw_artifacts_remove(gw_artifacts *a, const char *hash, aicfn_error *err);
 
 /* Starts an upload of `size` bytes (<= AICFN_ARTIFACT_MAX_BYTES) expected to hash to
  * `hash`. AICFN_E_EXISTS when the artifact is already stored (the client may skip the
- * upload), AICFN_E_INVALID for a bad hash, AICFN_E_TOO_LARGE, AICFN_E_OVERLOADED when
- * AICFN_ARTIFACT_MAX_UPLOADS are already open, AICFN_E_IO. */
+ * upload), AICFN_E_INVALID for a bad hash, AICFN_E_TOO_LARGE over the limit or when the
+ * store's file system lacks the room (its free space, less what open uploads still
+ * need and AICFN_ARTIFACT_DISK_RESERVE; the message names the figures),
+ * AICFN_E_OVERLOADED when AICFN_ARTIFACT_MAX_UPLOADS are already open, AICFN_E_IO. */
 int gw_upload_begin(gw_artifacts *a, const char *hash, uint64_t size, gw_upload **out, aicfn_error *err);
 
-/* Appends a chunk. `offset` must equal the bytes received so far (a retried or
- * reordered chunk is AICFN_E_INVALID naming both offsets), and the total may not
+/* Appends a chunk. `offset` must equal the bytes received so far (a reordered chunk, or
+ * one already received, is AICFN_E_INVALID naming both offsets), and the total may not
  * exceed the size given to begin (AICFN_E_TOO_LARGE). On error the upload stays open
- * (abort it). Blocks on disk I/O. */
+ * and nothing of the chunk counts: a write that failed partway (AICFN_E_IO, e.g. a full
+ * disk) may be retried at the same offset, and its bytes are written in place. Blocks
+ * on disk I/O. */
 int gw_upload_write(gw_upload *u, uint64_t offset, const void *data, size_t len, aicfn_error *err);
 
 /* Bytes received so far. */

@@ -1,14 +1,18 @@
 /* test_artifacts.c: the content-addressed store: chunked upload happy path, hash
  * mismatch, wrong offsets and sizes, abort and an interrupted upload (reopen) leave
- * nothing, hash validation (no paths from clients), put_file, and that what the store
- * writes is cached in 2 MiB page-cache folios. */
+ * nothing, hash validation (no paths from clients), a chunk whose write failed partway
+ * retried in place, uploads refused when the disk lacks the room, put_file, and that
+ * what the store writes is cached in 2 MiB page-cache folios. */
 #include <dirent.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <sodium.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <sys/statvfs.h>
 
 #include <cmocka.h>
 
@@ -186,6 +190,70 @@ static void upload_limit(void **state) {
     gw_upload_abort(u[0]);
 }
 
+/* A chunk whose write stored part of its bytes and then failed (here the file size
+ * limit, EFBIG; in production a full disk) is retried by the client at the same
+ * offset: its bytes must land in place, not after the partial ones, or the stored file
+ * would not be the bytes that were hashed. */
+static void failed_write_retried_in_place(void **state) {
+    fx *f = *state;
+    gw_upload *u = NULL;
+    aicfn_error err;
+    assert_int_equal(gw_upload_begin(f->a, f->hash, sizeof f->data, &u, &err), AICFN_OK);
+    struct rlimit old;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    void (*old_xfsz)(int) = signal(SIGXFSZ, SIG_IGN);
+    struct rlimit small = old;
+    small.rlim_cur = 1000;
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &small), 0);
+    int rc = gw_upload_write(u, 0, f->data, 65536, &err); /* 1000 bytes written, then EFBIG */
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
+    signal(SIGXFSZ, old_xfsz);
+    assert_int_equal(rc, AICFN_E_IO);
+    assert_int_equal(gw_upload_received(u), 0);
+    size_t off = 0;
+    while (off < sizeof f->data) {
+        size_t n = sizeof f->data - off < 65536 ? sizeof f->data - off : 65536;
+        assert_int_equal(gw_upload_write(u, off, f->data + off, n, &err), AICFN_OK);
+        off += n;
+    }
+    assert_int_equal(gw_upload_commit(u, &err), AICFN_OK);
+    char path[1024];
+    assert_int_equal(gw_artifacts_path(f->a, f->hash, path, sizeof path, NULL), AICFN_OK);
+    size_t len = 0;
+    unsigned char *back = tdb_read_file(path, &len);
+    assert_non_null(back);
+    assert_int_equal(len, sizeof f->data);
+    assert_memory_equal(back, f->data, len);
+    free(back);
+}
+
+/* An upload is refused at begin when the store's file system cannot hold it beside what
+ * open uploads still need and the database's reserve; the room comes back when an
+ * upload ends. */
+static void uploads_must_fit_the_disk(void **state) {
+    fx *f = *state;
+    struct statvfs vfs;
+    assert_int_equal(statvfs(f->tmp, &vfs), 0);
+    uint64_t free_bytes = (uint64_t)vfs.f_bavail * vfs.f_frsize;
+    if (free_bytes < AICFN_ARTIFACT_DISK_RESERVE + (64u << 20) ||
+        free_bytes + (1ull << 30) > AICFN_ARTIFACT_MAX_BYTES)
+        skip(); /* too little free to split, or more than one upload may declare */
+    gw_upload *u = NULL, *v = NULL;
+    aicfn_error err;
+    assert_int_equal(gw_upload_begin(f->a, f->hash, free_bytes + (1ull << 30), &u, &err), AICFN_E_TOO_LARGE);
+    assert_non_null(strstr(err.msg, "do not fit"));
+    assert_null(u);
+    uint64_t part = (free_bytes - AICFN_ARTIFACT_DISK_RESERVE) / 10 * 6;
+    assert_int_equal(gw_upload_begin(f->a, f->hash, part, &u, &err), AICFN_OK);
+    assert_int_equal(gw_upload_begin(f->a, f->hash, part, &v, &err), AICFN_E_TOO_LARGE);
+    assert_non_null(strstr(err.msg, "promised to open uploads"));
+    /* Written bytes no longer count as promised (the file system counts them). */
+    assert_int_equal(gw_upload_write(u, 0, f->data, sizeof f->data, &err), AICFN_OK);
+    gw_upload_abort(u);
+    assert_int_equal(gw_upload_begin(f->a, f->hash, part, &v, &err), AICFN_OK);
+    gw_upload_abort(v);
+}
+
 static void put_file_and_hash_file(void **state) {
     fx *f = *state;
     char src[1024];
@@ -248,6 +316,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(offsets_and_sizes_are_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(abort_and_interrupted_leave_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(upload_limit, setup, teardown),
+        cmocka_unit_test_setup_teardown(failed_write_retried_in_place, setup, teardown),
+        cmocka_unit_test_setup_teardown(uploads_must_fit_the_disk, setup, teardown),
         cmocka_unit_test_setup_teardown(put_file_and_hash_file, setup, teardown),
         cmocka_unit_test_setup_teardown(stored_files_are_cached_in_huge_folios, setup, teardown),
     };
