@@ -259,7 +259,7 @@ int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err) {
     sqlite3_busy_timeout(db->conn, AICFN_DB_BUSY_TIMEOUT_MS);
     int is_mem = strcmp(path, ":memory:") == 0;
     int code = db_pragma(db, "PRAGMA journal_mode = WAL", is_mem ? "memory" : "wal", err);
-    if (!code) code = db_pragma(db, "PRAGMA synchronous = NORMAL", NULL, err);
+    if (!code) code = db_pragma(db, "PRAGMA synchronous = FULL", NULL, err);
     if (!code) code = db_pragma(db, "PRAGMA foreign_keys = ON", NULL, err);
     if (!code) code = db_migrate(db, err);
     if (code) {
@@ -269,6 +269,10 @@ int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err) {
     }
     *out = db;
     return AICFN_OK;
+}
+
+int gw_db_set_batched(gw_db *db, aicfn_error *err) {
+    return db_pragma(db, "PRAGMA synchronous = NORMAL", NULL, err);
 }
 
 int gw_db_open(const char *data_dir, gw_db **out, aicfn_error *err) {

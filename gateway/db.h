@@ -33,7 +33,9 @@ typedef struct gw_db gw_db;
 int gw_db_schema_latest(void);
 
 /* Opens (creating when missing) `<data_dir>/aicfn.db`, creating data_dir (mode 0700)
- * when missing. Sets WAL, synchronous=NORMAL, foreign_keys=ON, the busy timeout, then
+ * when missing. Sets WAL, synchronous=FULL (a commit is on disk when it returns: what
+ * the gateway acknowledges, a deploy, an rm, a key, survives a power loss, not only a
+ * crash of the process), foreign_keys=ON, the busy timeout, then
  * applies the migrations that user_version says are missing, each in one transaction
  * (BEGIN IMMEDIATE, re-checked inside, so concurrent openers apply each once).
  * Returns AICFN_OK and a handle in *out, or AICFN_E_IO (directory) / AICFN_E_DB, with
@@ -42,6 +44,12 @@ int gw_db_open(const char *data_dir, gw_db **out, aicfn_error *err);
 
 /* Same, on an explicit file path (tests; ":memory:" is accepted but not WAL). */
 int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err);
+
+/* For a connection that commits batches of records nobody was told were stored (the
+ * ledger writer): synchronous=NORMAL, no fsync per commit. A power loss may drop its
+ * last commits but never corrupts the file; a crash of the process loses nothing
+ * committed (WAL). */
+int gw_db_set_batched(gw_db *db, aicfn_error *err);
 
 /* Finalizes the cached statements and closes the connection. NULL is accepted.
  * No other thread may use the handle during or after the call. */

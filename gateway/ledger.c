@@ -412,6 +412,7 @@ int gw_ledger_create(const char *data_dir, unsigned flush_ms, unsigned flush_rec
     pthread_cond_init(&l->wake, NULL);
     pthread_cond_init(&l->done, NULL);
     int rc = gw_db_open(data_dir, &l->db, err);
+    if (rc == AICFN_OK) rc = gw_db_set_batched(l->db, err); /* nothing it commits was acknowledged */
     if (rc) {
         aicfn_error_wrap(err, "ledger");
         gw_ledger_destroy(l);

@@ -9,7 +9,9 @@
  * one transaction per batch. gw_ledger_destroy drains the queue before returning, so a
  * clean stop loses nothing that was accepted. A crash (kill -9) loses at most the
  * records not yet committed (up to one flush interval); SQLite's WAL guarantees the
- * database itself is never corrupted (db.h).
+ * database itself is never corrupted (db.h). The writer's connection is batched
+ * (gw_db_set_batched: no fsync per commit), so a power loss may also drop its last
+ * commits; the registry's connection, whose commits are acknowledged, fsyncs each.
  *
  * Full queue: drop, count, log. The queue holds AICFN_LEDGER_QUEUE_MAX records (a few
  * seconds of the writer's full speed, tens of MB at most). It only fills when SQLite

@@ -45,6 +45,8 @@ static void migrations_from_empty_and_reopen(void **state) {
         assert_int_equal(pragma_int(db, sql), 1);
     }
     assert_int_equal(pragma_int(db, "PRAGMA foreign_keys"), 1);
+    assert_int_equal(pragma_int(db, "PRAGMA synchronous"), 2); /* FULL: acknowledged commits are on disk */
+    assert_int_equal(gw_db_set_batched(db, &err), AICFN_OK);
     assert_int_equal(pragma_int(db, "PRAGMA synchronous"), 1); /* NORMAL */
     assert_true(pragma_int(db, "PRAGMA busy_timeout") > 0);
     gw_db_lock(db);
