@@ -19,6 +19,7 @@ static void cg_help(FILE *out) {
             "usage: aicfn gateway [--listen ADDR] [--data DIR] [--workers MIN..MAX] [--idle-timeout DUR]\n"
             "                     [--worker-memory BYTES] [--device auto|host|cuda] [--insecure-local]\n"
             "                     [--http HOST:PORT] [--response-cache BYTES] [--no-bundles]\n"
+            "                     [--upload-timeout DUR]\n"
             "\n"
             "Runs the gateway: the registry of functions, the router, the local worker pool and the\n"
             "records (aicfn.db). Stops cleanly on SIGTERM or SIGINT.\n"
@@ -47,6 +48,8 @@ static void cg_help(FILE *out) {
             "  --no-bundles           send every call to its worker alone; by default a busy worker\n"
             "                         gets the calls of short functions several per message (bundles,\n"
             "                         docs/protocol.md section 9)\n"
+            "  --upload-timeout DUR   an upload (aicfn deploy) without a chunk this long is aborted and\n"
+            "                         its temporary file removed (default %ds)\n"
             "  --insecure-local       accept calls without API keys (tenant \"local\"); for a gateway\n"
             "                         on a loopback address used by one person\n"
             "\n"
@@ -70,7 +73,8 @@ static void cg_help(FILE *out) {
             "                  short --idle-timeout stops the worker with its models\n",
             AICFN_DEFAULT_GATEWAY, AICFN_DEFAULT_DATA_DIR, AICFN_DEFAULT_MAX_WORKERS,
             AICFN_DEFAULT_IDLE_TIMEOUT_MS / 1000, (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20),
-            (unsigned long long)(AICFN_DEFAULT_RESPONSE_CACHE_BYTES >> 20));
+            (unsigned long long)(AICFN_DEFAULT_RESPONSE_CACHE_BYTES >> 20),
+            AICFN_UPLOAD_IDLE_TIMEOUT_MS / 1000);
 }
 
 static int cg_u32(const char *s, uint32_t *out) {
@@ -117,6 +121,9 @@ int cli_cmd_gateway(int argc, char **argv) {
             if (units_parse_duration_us(v, &cfg.idle_timeout_us, &err) != AICFN_OK ||
                 cfg.idle_timeout_us == 0)
                 return cli_usage_error("gateway", "--idle-timeout '%s' is not a duration (e.g. 5m)", v);
+        } else if ((v = cli_flag_value(argc, argv, &i, "--upload-timeout"))) {
+            if (units_parse_duration_us(v, &cfg.upload_idle_us, &err) != AICFN_OK || cfg.upload_idle_us == 0)
+                return cli_usage_error("gateway", "--upload-timeout '%s' is not a duration (e.g. 2m)", v);
         } else if ((v = cli_flag_value(argc, argv, &i, "--response-cache"))) {
             if (units_parse_size(v, &cfg.response_cache_bytes, &err) != AICFN_OK ||
                 cfg.response_cache_bytes == 0)

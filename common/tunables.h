@@ -102,6 +102,7 @@
 #define AICFN_ARTIFACT_MAX_BYTES (256ull << 30) /* one handler .so or snapshot */
 #define AICFN_ARTIFACT_MAX_UPLOADS 16         /* uploads open at once per store */
 #define AICFN_ARTIFACT_DISK_RESERVE (64ull << 20) /* kept free beside uploads (aicfn.db shares the disk) */
+#define AICFN_UPLOAD_IDLE_TIMEOUT_MS 120000   /* an upload without a chunk this long is aborted */
 #define AICFN_TENANT_MAX_BYTES 64             /* tenant names */
 #define AICFN_FN_NAME_MAX_BYTES 64            /* function names ([A-Za-z0-9_.-], URL-safe) */
 #define AICFN_WORKER_ID_MAX_BYTES 63          /* worker names (gateway's view, workers table id) */

@@ -34,7 +34,6 @@
 #include "gateway/registry.h"
 
 #define FRONT_MAX_UPLOADS AICFN_ARTIFACT_MAX_UPLOADS
-#define FRONT_UPLOAD_IDLE_US (120ull * 1000 * 1000)
 #define FRONT_AUTH_CACHE 64
 #define FRONT_AUTH_TTL_US (5ull * 1000 * 1000)
 #define FRONT_ADMIN_QUEUE 256
@@ -43,6 +42,7 @@ typedef struct front_admin_job {
     rpc_call *call;
     const uint8_t *msg;
     size_t len;
+    uint64_t arrived_us; /* when the front received it: an upload's chunk counts from then */
     struct front_admin_job *next;
 } front_admin_job;
 
@@ -76,6 +76,7 @@ struct gw_front {
 
     front_upload uploads[FRONT_MAX_UPLOADS]; /* admin thread only */
     uint64_t next_token;
+    uint64_t upload_idle_us; /* an upload without a chunk this long is aborted */
 
     pthread_mutex_t auth_mu;
     front_auth auth[FRONT_AUTH_CACHE];
@@ -253,14 +254,28 @@ static front_upload *front_upload_find(gw_front *f, uint64_t token) {
     return NULL;
 }
 
+/* Aborts the uploads idle since before `now` - upload_idle_us (all of them at stop).
+ * `now` is the arrival time of the message about to be handled, or the clock while no
+ * message is queued, so a chunk that waited in the queue behind a slow operation
+ * (a commit's fsync) never finds its upload gone. */
 static void front_uploads_expire(gw_front *f, uint64_t now, bool all) {
     for (int i = 0; i < FRONT_MAX_UPLOADS; i++)
-        if (f->uploads[i].u && (all || now - f->uploads[i].last_us > FRONT_UPLOAD_IDLE_US)) {
-            log_warn("abandoned upload of %s (no chunk for %llu s)", f->uploads[i].hash,
-                     (unsigned long long)(FRONT_UPLOAD_IDLE_US / 1000000));
+        if (f->uploads[i].u && (all || now > f->uploads[i].last_us + f->upload_idle_us)) {
+            if (!all)
+                log_warn("abandoned upload of %s aborted (no chunk for %llu ms)", f->uploads[i].hash,
+                         (unsigned long long)(f->upload_idle_us / 1000));
             gw_upload_abort(f->uploads[i].u);
             f->uploads[i].u = NULL;
         }
+}
+
+/* When the next open upload becomes abandoned (monotonic µs); UINT64_MAX: none open. */
+static uint64_t front_uploads_next_expiry(const gw_front *f) {
+    uint64_t due = UINT64_MAX;
+    for (int i = 0; i < FRONT_MAX_UPLOADS; i++)
+        if (f->uploads[i].u && f->uploads[i].last_us + f->upload_idle_us < due)
+            due = f->uploads[i].last_us + f->upload_idle_us;
+    return due;
 }
 
 /* artifact_get {hash, offset, len}: one chunk of a stored artifact, read with pread
@@ -328,7 +343,7 @@ static void front_artifact_get(gw_front *f, rpc_call *call, wire_doc *doc, uint6
     front_send(call, id, &w);
 }
 
-static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wire_header *h) {
+static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wire_header *h, uint64_t now) {
     aicfn_error e;
     aicfn_error_clear(&e);
     gw_gateway *gw = f->gw;
@@ -343,7 +358,6 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         front_error(call, id, rc, e.msg);
         return;
     }
-    uint64_t now = clock_now_us();
     front_uploads_expire(f, now, false);
     wire_writer w;
 
@@ -571,8 +585,25 @@ static void *front_admin_main(void *arg) {
     gw_front *f = arg;
     pthread_mutex_lock(&f->mu);
     for (;;) {
-        while (!f->jobs_head && !f->stopping)
-            pthread_cond_wait(&f->cv, &f->mu);
+        while (!f->jobs_head && !f->stopping) {
+            /* Idle: sleep until a message comes or an open upload is due to expire (the
+             * uploads are this thread's; with nothing queued, none has a chunk coming). */
+            uint64_t due = front_uploads_next_expiry(f);
+            if (due == UINT64_MAX) {
+                pthread_cond_wait(&f->cv, &f->mu);
+                continue;
+            }
+            uint64_t now = clock_now_us();
+            if (now <= due) {
+                struct timespec ts;
+                clock_deadline_to_realtime(due + 1, &ts);
+                pthread_cond_timedwait(&f->cv, &f->mu, &ts);
+                continue;
+            }
+            pthread_mutex_unlock(&f->mu);
+            front_uploads_expire(f, now, false); /* removes files: not under the lock */
+            pthread_mutex_lock(&f->mu);
+        }
         if (!f->jobs_head && f->stopping) break;
         front_admin_job *j = f->jobs_head;
         f->jobs_head = j->next;
@@ -585,7 +616,7 @@ static void *front_admin_main(void *arg) {
         int rc = wire_doc_parse(&doc, j->msg, j->len, NULL, &e);
         if (rc == AICFN_OK) rc = wire_decode_header(&doc, &h, &e);
         if (rc == AICFN_OK)
-            front_admin_op(f, j->call, &doc, &h);
+            front_admin_op(f, j->call, &doc, &h, j->arrived_us);
         else
             front_error(j->call, wire_peek_id(j->msg, j->len), rc, e.msg);
         wire_doc_fini(&doc);
@@ -625,6 +656,7 @@ static void front_handler(void *user, rpc_call *call, const uint8_t *msg, size_t
     j->call = call;
     j->msg = msg;
     j->len = len;
+    j->arrived_us = clock_now_us();
     j->next = NULL;
     pthread_mutex_lock(&f->mu);
     if (f->stopping || f->n_jobs >= FRONT_ADMIN_QUEUE) {
@@ -650,6 +682,7 @@ int gw_front_start(gw_gateway *gw, const char *url, gw_front **out, aicfn_error 
     gw_front *f = calloc(1, sizeof *f);
     if (!f) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     f->gw = gw;
+    f->upload_idle_us = gw_upload_idle_us(gw);
     pthread_mutex_init(&f->mu, NULL);
     pthread_mutex_init(&f->auth_mu, NULL);
     pthread_cond_init(&f->cv, NULL);

@@ -165,6 +165,7 @@ struct gw_gateway {
     uint64_t idle_timeout_us;
     uint64_t worker_memory;
     bool insecure_local;
+    uint64_t upload_idle_us;
     bool no_bundles; /* --no-bundles: every call leaves alone */
 
     gw_db *db;
@@ -2105,6 +2106,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
         cfg->idle_timeout_us ? cfg->idle_timeout_us : (uint64_t)AICFN_DEFAULT_IDLE_TIMEOUT_MS * 1000;
     gw->worker_memory = cfg->worker_memory;
     gw->insecure_local = cfg->insecure_local;
+    gw->upload_idle_us = cfg->upload_idle_us ? cfg->upload_idle_us : AICFN_UPLOAD_IDLE_TIMEOUT_MS * 1000ull;
     gw->no_bundles = cfg->no_bundles;
     gw->scaling_dirty = true; /* read which functions keep workers warm once started */
     pthread_mutex_init(&gw->mu, NULL);
@@ -2176,6 +2178,10 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
              gw->insecure_local ? ", insecure-local: no API keys" : "");
     *out = gw;
     return AICFN_OK;
+}
+
+uint64_t gw_upload_idle_us(const gw_gateway *gw) {
+    return gw->upload_idle_us;
 }
 
 bool gw_insecure_local(const gw_gateway *gw) {

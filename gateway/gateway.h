@@ -42,6 +42,8 @@ typedef struct gw_config {
     uint64_t response_cache_bytes; /* response cache budget (respcache.h); 0 = the default,
                                       AICFN_DEFAULT_RESPONSE_CACHE_BYTES */
     bool no_bundles;               /* send every call alone (docs/protocol.md §9: bundles) */
+    uint64_t upload_idle_us;       /* an upload without a chunk this long is aborted and its
+                                      temporary file removed (0 = AICFN_UPLOAD_IDLE_TIMEOUT_MS) */
 } gw_config;
 
 /* Starts a gateway. Returns AICFN_OK with *out, or the error of the first step that

@@ -67,6 +67,9 @@ int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invok
 /* True when the gateway runs without API keys (--insecure-local). */
 bool gw_insecure_local(const gw_gateway *gw);
 
+/* How long an upload may go without a chunk before the front aborts it (µs). */
+uint64_t gw_upload_idle_us(const gw_gateway *gw);
+
 /* The live pool as JSON: [{"name","address","pid","state","device","budget_bytes",
  * "free_bytes","in_flight","spawn_us","models":[{"model","function","version","state",
  * "bytes","pinned","idle_ms"}]}]. New reference, or NULL when out of memory. */

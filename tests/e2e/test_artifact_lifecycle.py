@@ -4,13 +4,16 @@ worker processes on loopback).
 Covers: removing the last version that uses an artifact deletes the artifact file, while
 an artifact still used by another function stays; the worker that loaded a shared
 handler keeps serving the function that remains; deploying again after the files were
-deleted uploads them again and works.
+deleted uploads them again and works. An upload abandoned by its client is aborted
+after --upload-timeout even when no other message comes, and its temporary file is
+removed.
 """
 import hashlib
 import json
+import time
 from pathlib import Path
 
-from conftest import ROOT, call, handler, invoke_msg, run_cli, tensor
+from conftest import PROTOCOL_VERSION, ROOT, call, handler, invoke_msg, next_id, run_cli, tensor, wait_for
 from test_gateway import deploy, start_gateway, write_manifest
 
 import numpy as np
@@ -92,3 +95,29 @@ def test_rm_deletes_unreferenced_artifacts_only(procs, tmp_path):
     assert r["ok"], r
     r = invoke_mlp(addr, "mlp")
     assert r["ok"], r
+
+
+def test_abandoned_upload_is_aborted_without_further_messages(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0", extra=("--upload-timeout", "1s"))
+    blob = bytes(range(256)) * 64
+    digest = hashlib.sha256(blob * 2).hexdigest()
+
+    def msg(t, **kw):
+        return {"v": PROTOCOL_VERSION, "t": t, "id": next_id(), **kw}
+
+    begin = call(addr, msg("upload_begin", hash=digest, size=2 * len(blob)))
+    assert begin["ok"], begin
+    token = begin["upload"]
+    chunk = call(addr, msg("upload_chunk", upload=token, offset=0, data=blob))
+    assert chunk["ok"] and chunk["received"] == len(blob), chunk
+    tmp = data / "artifacts" / "tmp"
+    assert len(list(tmp.iterdir())) == 1
+    # The client goes away. No message reaches the gateway from now on: the front must
+    # abort the upload on its own once it has been idle for 1 s.
+    t0 = time.monotonic()
+    wait_for(lambda: not any(tmp.iterdir()), 10, interval=0.05, what="the abandoned upload's file removed")
+    assert time.monotonic() - t0 >= 0.5  # not before its timeout (1 s from the last chunk)
+    late = call(addr, msg("upload_chunk", upload=token, offset=len(blob), data=blob))
+    assert not late["ok"] and late["error"]["name"] == "AICFN_E_NOT_FOUND", late
+    assert "abandoned upload" in g.stderr()
+    assert digest not in store(data)

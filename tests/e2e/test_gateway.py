@@ -37,12 +37,13 @@ E_WORKER_LOST = 12
 # ---- helpers ----
 
 def start_gateway(procs, tmp_path: Path, workers="0..2", memory="64MiB", idle="5m", name="gateway", data=None,
-                  port=None, env=None):
+                  port=None, env=None, extra=()):
     port = port or free_port()
     addr = f"tcp://127.0.0.1:{port}"
     data = data or (tmp_path / "data")
     args = ["aicfn-placeholder", "gateway", "--listen", addr, "--data", data, "--workers", workers,
-            "--worker-memory", memory, "--device", "host", "--idle-timeout", idle, "--insecure-local"]
+            "--worker-memory", memory, "--device", "host", "--idle-timeout", idle, "--insecure-local",
+            *extra]
     from conftest import aicfn_bin
     args[0] = aicfn_bin()
     g = procs.start(args, name=name, env=env)
