@@ -262,6 +262,8 @@ const gw_stdmetrics *gw_front_http_stdmetrics(gw_front_http *f) {
 
 void gw_front_http_stop(gw_front_http *f) {
     if (f == NULL) return;
+    /* A server left running with calls in flight (false) is detached: it no longer uses
+     * f, its metrics or callbacks, so f can go. */
     gw_http_stop(f->http);
     if (f->own_metrics) gw_metrics_destroy(f->metrics);
     free(f);

@@ -104,9 +104,14 @@ struct gw_http {
     uint16_t port;
     pthread_mutex_t mu;
     pthread_cond_t cv;
+    pthread_mutex_t scrape_mu; /* one /metrics refresh + render at a time */
     ht_conn *conns;
     unsigned in_flight;
     atomic_bool stopping; /* written under mu; read anywhere */
+    bool detached;        /* under mu: gw_http_stop returned with calls in flight; cfg's
+                             metrics and std may be gone */
+    MHD_socket quiesced;  /* the listen socket MHD_quiesce_daemon gave back (closed after
+                             MHD_stop_daemon), or MHD_INVALID_SOCKET */
     atomic_size_t buffered;
     pthread_t reaper;
     bool reaper_started;
@@ -263,14 +268,14 @@ static void ht_set_answer(gw_http_call *r, unsigned status, uint8_t *body, size_
 }
 
 static void ht_set_error(gw_http_call *r, int code, const char *msg) {
-    char *j = oip_error_json(msg && msg[0] ? msg : aicfn_strerror(code));
+    char *j = oip_error_json(code, msg && msg[0] ? msg : aicfn_strerror(code));
     unsigned status = (unsigned)aicfn_http_status(code);
     ht_set_answer(r, status, (uint8_t *)j, j ? strlen(j) : 0, j ? strlen(j) : 0, "application/json");
     if ((code == AICFN_E_QUOTA || code == AICFN_E_OVERLOADED) && r->retry_after_s == 0) r->retry_after_s = 1;
 }
 
-static void ht_set_error_status(gw_http_call *r, unsigned status, const char *msg) {
-    char *j = oip_error_json(msg);
+static void ht_set_error_status(gw_http_call *r, unsigned status, int code, const char *msg) {
+    char *j = oip_error_json(code, msg);
     ht_set_answer(r, status, (uint8_t *)j, j ? strlen(j) : 0, j ? strlen(j) : 0, "application/json");
 }
 
@@ -287,7 +292,9 @@ static void ht_count(gw_http *h, ht_route route, unsigned status) {
     char code[8];
     snprintf(code, sizeof code, "%u", status);
     const char *l[] = {ht_route_names[route], code};
-    gw_metric_add(h->cfg.std->http_requests, l, 1);
+    pthread_mutex_lock(&h->mu); /* a detached server's std may already be freed */
+    if (!h->detached) gw_metric_add(h->cfg.std->http_requests, l, 1);
+    pthread_mutex_unlock(&h->mu);
 }
 
 /* Sends the answer held in r. Runs in the access handler. */
@@ -462,6 +469,13 @@ static void ht_emit_index(void *arg, const gw_http_repo_entry *e) {
 static void ht_do_index(gw_http_call *r) {
     gw_http *h = r->h;
     bool ready_only = false;
+    if (r->len > AICFN_HTTP_MAX_INDEX_BODY) { /* it holds one flag: never parse megabytes of JSON */
+        char m[128];
+        snprintf(m, sizeof m, "the index request body is %zu bytes, at most %u", r->len,
+                 (unsigned)AICFN_HTTP_MAX_INDEX_BODY);
+        ht_set_error(r, AICFN_E_TOO_LARGE, m);
+        return;
+    }
     if (r->len) {
         json_error_t je;
         json_t *j = json_loadb((const char *)r->body, r->len, 0, &je);
@@ -656,7 +670,12 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
         return false;
     }
     if (bad_method) {
-        ht_set_error_status(r, MHD_HTTP_METHOD_NOT_ALLOWED, "method not allowed on this endpoint");
+        ht_set_error_status(r, MHD_HTTP_METHOD_NOT_ALLOWED, AICFN_E_UNSUPPORTED,
+                            "method not allowed on this endpoint");
+        return false;
+    }
+    if (h->stopping && r->route != RT_LIVE) { /* no callback once stopping: ctx may be gone */
+        ht_set_error(r, AICFN_E_UNAVAILABLE, "the gateway is stopping");
         return false;
     }
     if (ht_route_needs_auth(r->route) && h->cb.authenticate) {
@@ -744,11 +763,15 @@ static void ht_dispatch(gw_http *h, gw_http_call *r) {
             ht_set_error(r, AICFN_E_NOT_FOUND, "metrics are not enabled");
             return;
         }
+        /* Serialized: a refresh resets gauges before it refills them, so another scrape's
+         * refresh must not run between this one's refresh and its render. */
+        pthread_mutex_lock(&h->scrape_mu);
         if (h->cb.before_metrics) h->cb.before_metrics(h->cb.ctx);
         char *text = NULL;
         size_t len = 0;
         aicfn_error err = {0};
         int rc = gw_metrics_render(h->cfg.metrics, &text, &len, &err);
+        pthread_mutex_unlock(&h->scrape_mu);
         if (rc)
             ht_set_error(r, rc, err.msg);
         else
@@ -825,9 +848,11 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
         /* The whole request has arrived. */
         ht_mark(h, c, false);
         ht_dispatch(h, r);
-        if (r->state != ST_WAITING) return ht_send(r);
+        /* The call may already have been completed on another thread (gw_http_complete
+         * writes the answer, then the state under the lock): read the state under the
+         * lock too, which also orders the answer's bytes before ht_send reads them. */
         pthread_mutex_lock(&h->mu);
-        bool done = r->completed;
+        bool done = r->state != ST_WAITING || r->completed;
         if (!done) {
             MHD_suspend_connection(c);
             r->suspended = true;
@@ -911,9 +936,12 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
     if (!h->cfg.receive_timeout_s) h->cfg.receive_timeout_s = AICFN_HTTP_RECEIVE_TIMEOUT_S;
     if (!h->cfg.connection_memory) h->cfg.connection_memory = AICFN_HTTP_CONNECTION_MEMORY;
     if (!h->cfg.threads) h->cfg.threads = 2;
+    if (!h->cfg.stop_wait_ms) h->cfg.stop_wait_ms = AICFN_HTTP_STOP_WAIT_MS;
+    h->quiesced = MHD_INVALID_SOCKET;
     snprintf(h->version, sizeof h->version, "%s", cfg->server_version ? cfg->server_version : "unknown");
     h->cfg.server_version = h->version;
     pthread_mutex_init(&h->mu, NULL);
+    pthread_mutex_init(&h->scrape_mu, NULL);
     pthread_condattr_t ca;
     pthread_condattr_init(&ca);
     pthread_cond_init(&h->cv, &ca); /* CLOCK_REALTIME, as clock_deadline_to_realtime gives */
@@ -936,6 +964,7 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
                              cfg->listen);
         pthread_cond_destroy(&h->cv);
         pthread_mutex_destroy(&h->mu);
+        pthread_mutex_destroy(&h->scrape_mu);
         free(h);
         return rc;
     }
@@ -954,29 +983,34 @@ uint16_t gw_http_port(const gw_http *h) {
     return h ? h->port : 0;
 }
 
-void gw_http_stop(gw_http *h) {
-    if (h == NULL) return;
+bool gw_http_stop(gw_http *h) {
+    if (h == NULL) return true;
     pthread_mutex_lock(&h->mu);
     h->stopping = true;
     pthread_cond_broadcast(&h->cv);
-    uint64_t deadline = clock_now_us() + (uint64_t)AICFN_HTTP_STOP_WAIT_MS * 1000u;
+    uint64_t deadline = clock_now_us() + (uint64_t)h->cfg.stop_wait_ms * 1000u;
     while (h->in_flight > 0 && clock_now_us() < deadline) {
         struct timespec ts;
         clock_deadline_to_realtime(clock_now_us() + 100000, &ts);
         pthread_cond_timedwait(&h->cv, &h->mu, &ts);
     }
     unsigned left = h->in_flight;
+    if (left > 0) h->detached = true;
     pthread_mutex_unlock(&h->mu);
     if (h->reaper_started) pthread_join(h->reaper, NULL);
+    h->reaper_started = false;
     if (left > 0) {
         /* Stopping MHD with suspended connections is undefined; leaking is the safe choice. */
-        log_error("http: %u calls still in flight after %d ms; leaving the HTTP server allocated", left,
-                  AICFN_HTTP_STOP_WAIT_MS);
-        MHD_quiesce_daemon(h->d);
-        return;
+        log_error("http: %u calls still in flight after %u ms; leaving the HTTP server running, detached",
+                  left, h->cfg.stop_wait_ms);
+        if (h->quiesced == MHD_INVALID_SOCKET) h->quiesced = MHD_quiesce_daemon(h->d);
+        return false;
     }
     MHD_stop_daemon(h->d);
+    if (h->quiesced != MHD_INVALID_SOCKET) close(h->quiesced);
     pthread_cond_destroy(&h->cv);
     pthread_mutex_destroy(&h->mu);
+    pthread_mutex_destroy(&h->scrape_mu);
     free(h);
+    return true;
 }

@@ -139,6 +139,7 @@ typedef struct gw_http_config {
     gw_metrics *metrics;         /* served at GET /metrics; NULL = 404 */
     const gw_stdmetrics *std;    /* counts requests in aicfn_http_requests_total; may be NULL */
     const char *server_version;  /* in GET /v2; NULL = "unknown" */
+    unsigned stop_wait_ms;       /* gw_http_stop waits this long for calls; AICFN_HTTP_STOP_WAIT_MS */
 } gw_http_config;
 
 /* Starts the server: binds, then serves on MHD's internal epoll thread(s). `cfg` and `cb`
@@ -157,10 +158,16 @@ uint16_t gw_http_port(const gw_http *h);
 void gw_http_complete(gw_http_call *call, int status, const aicfn_error *err, const gw_http_result *res,
                       uint32_t retry_after_s);
 
-/* Stops accepting, answers new requests with 503, waits (up to AICFN_HTTP_STOP_WAIT_MS)
- * for every started call to be completed, then closes all connections and frees the
- * server. The gateway must keep completing calls until this returns. NULL accepted. */
-void gw_http_stop(gw_http *h);
+/* Stops accepting, answers new requests with 503 (before any callback), waits (up to
+ * stop_wait_ms) for every started call to be completed, then closes all connections,
+ * frees the server and returns true. NULL accepted (true). The gateway must keep
+ * completing calls until this returns.
+ * When calls are still in flight after the wait, it returns false and leaves the server
+ * running, detached: from then on it calls no callback and uses nothing that cfg
+ * pointed to (metrics, std, ctx may be freed), answers the late completions and every
+ * new request (503), and stays allocated; calling gw_http_stop again waits once more
+ * and frees it when nothing is left in flight. */
+bool gw_http_stop(gw_http *h);
 
 /* True when `name` is acceptable as a model name in a URL: 1..AICFN_FN_NAME_MAX_BYTES of
  * [A-Za-z0-9_.-], starting with a letter or digit (so never "..", never a slash). */

@@ -789,7 +789,7 @@ int oip_response_encode(const char *model, uint32_t version, const oip_request *
     char ver[16];
     snprintf(ver, sizeof ver, "%u", (unsigned)version);
     int rc = AICFN_OK;
-    uint64_t bin_total = 0;
+    uint64_t bin_total = 0, json_elems = 0;
     if (root == NULL || outs == NULL || json_object_set_new(root, "model_name", json_string(model)) ||
         json_object_set_new(root, "model_version", json_string(ver)) ||
         (req && req->id && req->id[0] && json_object_set_new(root, "id", json_string(req->id)))) {
@@ -799,6 +799,19 @@ int oip_response_encode(const char *model, uint32_t version, const oip_request *
     for (uint32_t i = 0; i < n_sel && rc == AICFN_OK; i++) {
         const wire_tensor *t = sel[i];
         if ((rc = oip_check_output(t, err))) break;
+        if (!bin[i]) { /* a JSON number costs ~50 bytes of heap: bound them as requests are */
+            uint64_t n = 0;
+            dtype_shape_elements(t->shape, t->ndim, &n);
+            json_elems += n;
+            if (json_elems > AICFN_HTTP_MAX_JSON_VALUES) {
+                rc = aicfn_error_set(err, AICFN_E_TOO_LARGE,
+                                     "output '%s': the outputs sent as JSON hold %llu elements, at most %u; "
+                                     "request large outputs with \"parameters\": {\"binary_data\": true}",
+                                     t->name, (unsigned long long)json_elems,
+                                     (unsigned)AICFN_HTTP_MAX_JSON_VALUES);
+                break;
+            }
+        }
         json_t *o = json_object();
         if (o == NULL || json_array_append_new(outs, o) ||
             json_object_set_new(o, "name", json_string(t->name)) ||
@@ -855,15 +868,19 @@ done:
 
 /* ---- Small documents ---- */
 
-char *oip_error_json(const char *msg) {
-    json_t *o = json_object();
+char *oip_error_json(int code, const char *msg) {
     json_t *s = json_string(msg ? msg : "");
     if (s == NULL) s = json_string("(error message was not valid UTF-8)");
-    char *text = NULL;
-    if (o && s && json_object_set_new(o, "error", s) == 0)
-        text = json_dumps(o, JSON_COMPACT);
-    else
+    json_t *o = json_object();
+    if (o == NULL) {
         json_decref(s);
+        return NULL;
+    }
+    /* json_object_set_new takes its value, failed or not (nothing to free after it). */
+    json_object_set_new(o, "error", s);
+    json_object_set_new(o, "code", json_integer(code));
+    json_object_set_new(o, "name", json_string(aicfn_status_name(code)));
+    char *text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return text;
 }

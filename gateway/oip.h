@@ -93,9 +93,11 @@ typedef struct oip_body {
 int oip_response_encode(const char *model, uint32_t version, const oip_request *req,
                         const wire_tensor *outputs, uint32_t n_outputs, oip_body *out, aicfn_error *err);
 
-/* {"error": msg} as a malloc'd NUL-terminated string (never NULL unless out of memory;
- * invalid UTF-8 in msg is replaced). */
-char *oip_error_json(const char *msg);
+/* {"error": msg, "code": code, "name": "AICFN_E_..."} as a malloc'd NUL-terminated
+ * string (never NULL unless out of memory; invalid UTF-8 in msg is replaced). OIP v2
+ * defines only "error"; code and name tell apart the aicfn errors that share an HTTP
+ * status (AICFN_E_QUOTA and AICFN_E_OVERLOADED are both 429), as in docs/protocol.md §6. */
+char *oip_error_json(int code, const char *msg);
 
 /* Model metadata: {"name", "versions": [...], "platform": "aicfn", "inputs": [...],
  * "outputs": [...]} with each tensor as {"name", "datatype", "shape"} (-1 = variable).

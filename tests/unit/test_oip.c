@@ -17,6 +17,7 @@
 #include <string.h>
 
 #include "common/dtype.h"
+#include "common/tunables.h"
 #include "gateway/oip.h"
 #include "gateway/registry.h"
 
@@ -371,6 +372,29 @@ static void encodes_responses(void **state) {
     assert_int_equal(oip_response_encode("m", 1, NULL, &bt, 1, &b, &e), AICFN_E_UNSUPPORTED);
     bad.nbytes = 3;
     assert_int_equal(oip_response_encode("m", 1, NULL, &bad, 1, &b, &e), AICFN_E_INTERNAL);
+
+    /* A reply too large for JSON values (a 2 MiB uint8 output would take ~100 MB of
+     * jansson heap) is refused with a pointer to binary_data; as binary it goes out. */
+    size_t big_n = AICFN_HTTP_MAX_JSON_VALUES + 1;
+    uint8_t *big_data = calloc(big_n, 1);
+    assert_non_null(big_data);
+    wire_tensor big = {.name = "big",
+                       .dtype = AICFN_DTYPE_UINT8,
+                       .ndim = 1,
+                       .shape = {(int64_t)big_n},
+                       .data = big_data,
+                       .nbytes = big_n};
+    assert_int_equal(oip_response_encode("m", 1, NULL, &big, 1, &b, &e), AICFN_E_TOO_LARGE);
+    assert_non_null(strstr(e.msg, "binary_data"));
+    assert_int_equal(parse("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}],"
+                           "\"parameters\":{\"binary_data_output\":true}}",
+                           &r, &e),
+                     0);
+    assert_int_equal(oip_response_encode("m", 1, &r, &big, 1, &b, &e), AICFN_OK);
+    assert_int_equal(b.len, b.json_len + big_n);
+    free(b.body);
+    oip_request_free(&r);
+    free(big_data);
 }
 
 static void fp16_bf16_roundtrip_exactly(void **state) {
@@ -414,10 +438,10 @@ static void fp16_bf16_roundtrip_exactly(void **state) {
 
 static void small_documents(void **state) {
     (void)state;
-    char *s = oip_error_json("model 'x' not found");
-    assert_string_equal(s, "{\"error\":\"model 'x' not found\"}");
+    char *s = oip_error_json(AICFN_E_NOT_FOUND, "model 'x' not found");
+    assert_string_equal(s, "{\"error\":\"model 'x' not found\",\"code\":6,\"name\":\"AICFN_E_NOT_FOUND\"}");
     free(s);
-    s = oip_error_json("bad \xff byte");
+    s = oip_error_json(AICFN_E_INVALID, "bad \xff byte");
     assert_non_null(strstr(s, "not valid UTF-8"));
     free(s);
     gw_tensor_spec in[1] = {{.name = "x", .dtype = AICFN_DTYPE_FP32, .ndim = 2, .shape = {-1, 16}}};

@@ -1,7 +1,8 @@
 /* test_http.c: the OIP v2 HTTP front (gateway/http.c) against fake gateway callbacks,
  * driven by a minimal raw-socket HTTP client on loopback: health, metadata, inference
- * (JSON and binary, completed asynchronously from other threads or synchronously),
- * errors with {"error"} bodies, limits (413 before the body is read, 431 for huge
+ * (JSON and binary, completed asynchronously from other threads, synchronously, or on
+ * another thread before infer returns), run under TSan with the concurrency tests,
+ * errors with {"error", "code", "name"} bodies, limits (413 before the body is read, 431 for huge
  * headers, slowloris cut off while others are served), URL decoding edge cases,
  * authentication (401/403), 429 with Retry-After, the repository extension, /metrics,
  * and stopping with calls in flight. */
@@ -19,6 +20,8 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -144,8 +147,8 @@ static bool fk_ready(void *ctx) {
 static int fk_model_info(void *ctx, const char *model, uint32_t version, gw_http_model_info *out,
                          aicfn_error *err) {
     (void)ctx;
-    if (strcmp(model, "mlp") != 0 && strcmp(model, "sync") != 0 && strcmp(model, "slow") != 0 &&
-        strcmp(model, "any") != 0)
+    if (strcmp(model, "mlp") != 0 && strcmp(model, "sync") != 0 && strcmp(model, "handoff") != 0 &&
+        strcmp(model, "slow") != 0 && strcmp(model, "any") != 0)
         return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function '%s' not found", model);
     if (version > 2)
         return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function '%s' has no version %u", model, version);
@@ -164,6 +167,34 @@ static int fk_model_info(void *ctx, const char *model, uint32_t version, gw_http
     return AICFN_OK;
 }
 
+/* Model "handoff": another thread completes the call while infer waits for it, with no
+ * lock or join between the two threads (only a relaxed flag), as when a worker's reply
+ * comes back before infer has returned. Under TSan any unlocked read of the call's
+ * state or answer by the front after infer returns is reported. */
+static _Atomic int g_handoff_done;
+
+static void *handoff_main(void *p) {
+    job *j = p;
+    run_infer(j->call, j->req);
+    free(j);
+    atomic_store_explicit(&g_handoff_done, 1, memory_order_relaxed);
+    return NULL;
+}
+
+static void handoff(fake *f, gw_http_call *call, const oip_request *req) {
+    job *j = calloc(1, sizeof *j);
+    j->call = call;
+    j->req = req;
+    atomic_store_explicit(&g_handoff_done, 0, memory_order_relaxed);
+    pthread_mutex_lock(&f->mu);
+    assert_true(f->n_threads < MAX_THREADS);
+    pthread_create(&f->threads[f->n_threads++], NULL, handoff_main, j); /* joined at teardown */
+    pthread_mutex_unlock(&f->mu);
+    uint64_t until = clock_now_us() + 5000000;
+    while (!atomic_load_explicit(&g_handoff_done, memory_order_relaxed) && clock_now_us() < until)
+        sched_yield();
+}
+
 static int fk_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aicfn_error *err) {
     fake *f = ctx;
     pthread_mutex_lock(&f->mu);
@@ -180,6 +211,10 @@ static int fk_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aic
     }
     if (strcmp(inv->model, "sync") == 0) {
         run_infer(call, inv->req); /* completes before infer returns */
+        return AICFN_OK;
+    }
+    if (strcmp(inv->model, "handoff") == 0) {
+        handoff(f, call, inv->req);
         return AICFN_OK;
     }
     if (inv->version == 2 && strcmp(inv->model, "any") == 0)
@@ -236,7 +271,8 @@ typedef struct fixture {
     uint16_t port;
 } fixture;
 
-static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_timeout) {
+static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_timeout,
+                      unsigned stop_wait_ms) {
     fixture *fx = calloc(1, sizeof *fx);
     pthread_mutex_init(&fx->f.mu, NULL);
     fx->f.ready = true;
@@ -256,7 +292,8 @@ static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_ti
                           .idle_timeout_s = 5,
                           .metrics = fx->m,
                           .std = &fx->std,
-                          .server_version = "test"};
+                          .server_version = "test",
+                          .stop_wait_ms = stop_wait_ms};
     aicfn_error err;
     int rc = gw_http_start(&cfg, &cb, &fx->h, &err);
     if (rc) fail_msg("gw_http_start: %s", err.msg);
@@ -267,15 +304,18 @@ static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_ti
 }
 
 static int setup(void **state) {
-    return setup_opts(state, true, 1 << 20, 2);
+    return setup_opts(state, true, 1 << 20, 2, 0);
 }
 static int setup_noauth(void **state) {
-    return setup_opts(state, false, 4096, 2);
+    return setup_opts(state, false, 4096, 2, 0);
+}
+static int setup_short_stop(void **state) {
+    return setup_opts(state, true, 1 << 20, 2, 100);
 }
 
 static int teardown(void **state) {
     fixture *fx = *state;
-    gw_http_stop(fx->h);
+    assert_true(gw_http_stop(fx->h));
     for (int i = 0; i < fx->f.n_threads; i++)
         pthread_join(fx->f.threads[i], NULL);
     gw_metrics_destroy(fx->m);
@@ -396,6 +436,18 @@ static void assert_error_body(const resp *r, int status, const char *needle) {
     json_t *j = body_json(r);
     const char *e = json_string_value(json_object_get(j, "error"));
     if (e == NULL || strstr(e, needle) == NULL) fail_msg("error '%s' lacks '%s'", e ? e : "(none)", needle);
+    /* Every error names its aicfn code, which maps to this status (405: a method the path
+     * does not take, AICFN_E_UNSUPPORTED). */
+    json_t *code = json_object_get(j, "code");
+    const char *name = json_string_value(json_object_get(j, "name"));
+    if (!json_is_integer(code) || name == NULL)
+        fail_msg("error body without code and name: %.*s", (int)r->body_len, r->body);
+    int c = (int)json_integer_value(code);
+    assert_string_equal(name, aicfn_status_name(c));
+    if (status == 405)
+        assert_int_equal(c, AICFN_E_UNSUPPORTED);
+    else
+        assert_int_equal(aicfn_http_status(c), status);
     json_decref(j);
 }
 
@@ -496,6 +548,11 @@ static void infer_ok_async_and_sync(void **state) {
     req(fx, "POST", "/v2/models/sync/versions/2/infer", USER, INFER_BODY, strlen(INFER_BODY), &r);
     check_y(&r, "q1");
     resp_free(&r);
+    for (int i = 0; i < 3; i++) { /* completed on another thread before infer returns */
+        req(fx, "POST", "/v2/models/handoff/infer", USER, INFER_BODY, strlen(INFER_BODY), &r);
+        check_y(&r, "q1");
+        resp_free(&r);
+    }
     /* The versioned form, and keep-alive: two requests on one connection. */
     int fd = dial(fx->port);
     char head[512];
@@ -691,6 +748,15 @@ static void repository_extension(void **state) {
     req(fx, "POST", "/v2/repository/index", USER, "{\"ready\":", 9, &r);
     assert_error_body(&r, 400, "JSON object");
     resp_free(&r);
+    /* Valid JSON, but far more than the flag it may hold: refused before parsing. */
+    char big[8192];
+    size_t n = (size_t)snprintf(big, sizeof big, "{\"ready\":true,\"x\":[0");
+    while (n + 4 < sizeof big)
+        n += (size_t)snprintf(big + n, sizeof big - n, ",0");
+    n += (size_t)snprintf(big + n, sizeof big - n, "]}");
+    req(fx, "POST", "/v2/repository/index", USER, big, n, &r);
+    assert_error_body(&r, 413, "at most 4096");
+    resp_free(&r);
     req(fx, "POST", "/v2/repository/models/mlp/load", ADMIN, "{}", 2, &r);
     assert_int_equal(r.status, 200);
     resp_free(&r);
@@ -873,10 +939,55 @@ static void stop_waits_for_calls_in_flight(void **state) {
         sleep_ms(10);
     assert_int_equal(infers(&fx->f), 1);
     uint64_t t0 = clock_now_us();
-    gw_http_stop(fx->h); /* waits for the slow call's completion */
+    assert_true(gw_http_stop(fx->h)); /* waits for the slow call's completion */
     fx->h = NULL;
     assert_true(clock_now_us() - t0 >= 600000);
     close(fd);
+}
+
+/* A call still in flight when the stop's wait ends: gw_http_stop returns false and the
+ * server runs on detached. What cfg pointed to may be freed at once (the gateway frees
+ * its front): the late answer still goes out, a new request on a kept-alive connection
+ * gets 503 without reaching any callback, and a second stop frees the server. */
+static void stop_timeout_detaches_the_server(void **state) {
+    fixture *fx = *state; /* stop_wait_ms 100 */
+    int keep = dial(fx->port);
+    char head[512];
+    int n = snprintf(head, sizeof head,
+                     "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\n" USER "Content-Length: %zu\r\n\r\n",
+                     strlen(INFER_BODY));
+    assert_int_equal(send_all(keep, head, (size_t)n), 0);
+    assert_int_equal(send_all(keep, INFER_BODY, strlen(INFER_BODY)), 0);
+    resp r;
+    read_resp(keep, &r, 5000);
+    check_y(&r, "q1");
+    resp_free(&r);
+    int slow = dial(fx->port);
+    n = snprintf(head, sizeof head,
+                 "POST /v2/models/slow/infer HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" USER
+                 "Content-Length: %zu\r\n\r\n%s",
+                 strlen(INFER_BODY), INFER_BODY);
+    assert_int_equal(send_all(slow, head, (size_t)n), 0);
+    for (int i = 0; i < 100 && infers(&fx->f) < 2; i++)
+        sleep_ms(10);
+    assert_int_equal(infers(&fx->f), 2);
+    uint64_t t0 = clock_now_us();
+    assert_false(gw_http_stop(fx->h)); /* the slow call (800 ms) outlives the 100 ms wait */
+    assert_true(clock_now_us() - t0 < 600000);
+    gw_metrics_destroy(fx->m); /* what the front frees once the stop returned */
+    fx->m = NULL;
+    read_resp(slow, &r, 5000); /* the late completion still answers */
+    check_y(&r, "q1");
+    resp_free(&r);
+    close(slow);
+    assert_int_equal(send_all(keep, head, (size_t)n), 0);
+    read_resp(keep, &r, 5000);
+    assert_int_equal(r.status, 503);
+    resp_free(&r);
+    close(keep);
+    assert_int_equal(infers(&fx->f), 2); /* no callback after the stop */
+    assert_true(gw_http_stop(fx->h));
+    fx->h = NULL;
 }
 
 static void noauth_mode_and_bad_config(void **state) {
@@ -922,6 +1033,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(slowloris_cut_off_while_others_served, setup, teardown),
         cmocka_unit_test_setup_teardown(concurrent_calls_do_not_block_each_other, setup, teardown),
         cmocka_unit_test_setup_teardown(stop_waits_for_calls_in_flight, setup, teardown),
+        cmocka_unit_test_setup_teardown(stop_timeout_detaches_the_server, setup_short_stop, teardown),
         cmocka_unit_test_setup_teardown(noauth_mode_and_bad_config, setup_noauth, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
