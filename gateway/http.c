@@ -82,6 +82,7 @@ struct gw_http_call {
     bool have_who;
     uint8_t *body;
     size_t len, cap, reserved; /* reserved: bytes counted in h->buffered */
+    size_t announced;          /* Content-Length (0: none): the buffer grows up to it */
     size_t discarded;          /* body bytes dropped after the limit was passed */
     uint64_t received_us;
     oip_request req;
@@ -404,7 +405,7 @@ static int ht_reserve(gw_http_call *r, size_t want) {
     if (want <= r->reserved) return AICFN_OK;
     size_t more = want - r->reserved;
     size_t prev = atomic_fetch_add(&h->buffered, more);
-    if (prev + more > AICFN_HTTP_MAX_BUFFERED) {
+    if (prev + more > h->cfg.max_buffered) {
         atomic_fetch_sub(&h->buffered, more);
         return AICFN_E_OVERLOADED;
     }
@@ -412,13 +413,16 @@ static int ht_reserve(gw_http_call *r, size_t want) {
     return AICFN_OK;
 }
 
+/* Appends body bytes. The buffer, and its share of the buffered budget, grows with what
+ * has arrived (x4 per step), never further than the announced Content-Length: a client
+ * that announces a large body and sends nothing holds AICFN_HTTP_BODY_FIRST_BYTES. */
 static int ht_append(gw_http_call *r, const char *data, size_t n) {
-    size_t max = r->h->cfg.max_body;
+    size_t max = r->announced ? r->announced : r->h->cfg.max_body;
     if (n > max - r->len) return AICFN_E_TOO_LARGE;
     if (r->len + n > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
         while (cap < r->len + n)
-            cap = cap > max / 2 ? max : cap * 2;
+            cap = cap > max / 4 ? max : cap * 4;
         int rc = ht_reserve(r, cap);
         if (rc) return rc;
         uint8_t *nb = realloc(r->body, cap);
@@ -724,14 +728,17 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
                 return false;
             }
             if (v > 0) {
-                int rc = ht_reserve(r, (size_t)v);
-                if (rc == AICFN_OK && (r->body = malloc((size_t)v)) == NULL) rc = AICFN_E_NOMEM;
+                /* Only the first bytes are reserved now; the rest as it arrives. */
+                size_t first = v < AICFN_HTTP_BODY_FIRST_BYTES ? (size_t)v : AICFN_HTTP_BODY_FIRST_BYTES;
+                int rc = ht_reserve(r, first);
+                if (rc == AICFN_OK && (r->body = malloc(first)) == NULL) rc = AICFN_E_NOMEM;
                 if (rc) {
                     ht_set_error(r, rc,
                                  rc == AICFN_E_OVERLOADED ? "too many request bytes in flight; retry" : NULL);
                     return false;
                 }
-                r->cap = (size_t)v;
+                r->cap = first;
+                r->announced = (size_t)v;
             }
         }
     }
@@ -937,6 +944,7 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
     if (!h->cfg.connection_memory) h->cfg.connection_memory = AICFN_HTTP_CONNECTION_MEMORY;
     if (!h->cfg.threads) h->cfg.threads = 2;
     if (!h->cfg.stop_wait_ms) h->cfg.stop_wait_ms = AICFN_HTTP_STOP_WAIT_MS;
+    if (!h->cfg.max_buffered) h->cfg.max_buffered = AICFN_HTTP_MAX_BUFFERED;
     h->quiesced = MHD_INVALID_SOCKET;
     snprintf(h->version, sizeof h->version, "%s", cfg->server_version ? cfg->server_version : "unknown");
     h->cfg.server_version = h->version;

@@ -140,6 +140,8 @@ typedef struct gw_http_config {
     const gw_stdmetrics *std;    /* counts requests in aicfn_http_requests_total; may be NULL */
     const char *server_version;  /* in GET /v2; NULL = "unknown" */
     unsigned stop_wait_ms;       /* gw_http_stop waits this long for calls; AICFN_HTTP_STOP_WAIT_MS */
+    size_t max_buffered;         /* request body bytes held at once, all connections;
+                                  * AICFN_HTTP_MAX_BUFFERED (over it: 429 AICFN_E_OVERLOADED) */
 } gw_http_config;
 
 /* Starts the server: binds, then serves on MHD's internal epoll thread(s). `cfg` and `cb`

@@ -271,8 +271,8 @@ typedef struct fixture {
     uint16_t port;
 } fixture;
 
-static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_timeout,
-                      unsigned stop_wait_ms) {
+static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_timeout, unsigned stop_wait_ms,
+                      size_t max_buffered) {
     fixture *fx = calloc(1, sizeof *fx);
     pthread_mutex_init(&fx->f.mu, NULL);
     fx->f.ready = true;
@@ -293,7 +293,8 @@ static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_ti
                           .metrics = fx->m,
                           .std = &fx->std,
                           .server_version = "test",
-                          .stop_wait_ms = stop_wait_ms};
+                          .stop_wait_ms = stop_wait_ms,
+                          .max_buffered = max_buffered};
     aicfn_error err;
     int rc = gw_http_start(&cfg, &cb, &fx->h, &err);
     if (rc) fail_msg("gw_http_start: %s", err.msg);
@@ -304,13 +305,16 @@ static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_ti
 }
 
 static int setup(void **state) {
-    return setup_opts(state, true, 1 << 20, 2, 0);
+    return setup_opts(state, true, 1 << 20, 2, 0, 0);
 }
 static int setup_noauth(void **state) {
-    return setup_opts(state, false, 4096, 2, 0);
+    return setup_opts(state, false, 4096, 2, 0, 0);
 }
 static int setup_short_stop(void **state) {
-    return setup_opts(state, true, 1 << 20, 2, 100);
+    return setup_opts(state, true, 1 << 20, 2, 100, 0);
+}
+static int setup_small_budget(void **state) {
+    return setup_opts(state, true, 1 << 20, 2, 0, 2u << 20);
 }
 
 static int teardown(void **state) {
@@ -788,6 +792,28 @@ static void metrics_endpoint(void **state) {
     resp_free(&r);
 }
 
+/* Clients that announce 1 MiB bodies and send one byte hold only the first bytes of the
+ * buffered budget (2 MiB here), not what they announced, so others are still served. */
+static void announced_bodies_reserve_as_they_arrive(void **state) {
+    fixture *fx = *state; /* max_body 1 MiB, max_buffered 2 MiB */
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\n" USER "Content-Length: %d\r\n\r\n{",
+                     1 << 20);
+    int idle[4];
+    for (int i = 0; i < 4; i++) {
+        idle[i] = dial(fx->port);
+        assert_int_equal(send_all(idle[i], head, (size_t)n), 0);
+    }
+    sleep_ms(200); /* the server has read their headers and first byte */
+    resp r;
+    req(fx, "POST", "/v2/models/mlp/infer", USER, INFER_BODY, strlen(INFER_BODY), &r);
+    check_y(&r, "q1");
+    resp_free(&r);
+    for (int i = 0; i < 4; i++)
+        close(idle[i]);
+}
+
 static void body_limit_413_before_read(void **state) {
     fixture *fx = *state; /* max_body 4096 */
     int fd = dial(fx->port);
@@ -1028,6 +1054,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(auth_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(repository_extension, setup, teardown),
         cmocka_unit_test_setup_teardown(metrics_endpoint, setup, teardown),
+        cmocka_unit_test_setup_teardown(announced_bodies_reserve_as_they_arrive, setup_small_budget,
+                                        teardown),
         cmocka_unit_test_setup_teardown(body_limit_413_before_read, setup_noauth, teardown),
         cmocka_unit_test_setup_teardown(oversized_header_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(slowloris_cut_off_while_others_served, setup, teardown),
