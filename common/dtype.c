@@ -1,6 +1,7 @@
 /* dtype.c: the dtype table: names on the wire and in safetensors, element sizes. */
 #include "common/dtype.h"
 
+#include <stdbool.h>
 #include <string.h>
 
 typedef struct dtype_entry {
@@ -29,11 +30,17 @@ static const dtype_entry dtype_table[AICFN_DTYPE_COUNT] = {
     [AICFN_DTYPE_FP8_E5M2] = {"FP8_E5M2", "F8_E5M2", 1},
 };
 
-static int dtype_valid(aicfn_dtype dt) { return dt > AICFN_DTYPE_INVALID && dt < AICFN_DTYPE_COUNT; }
+static int dtype_valid(aicfn_dtype dt) {
+    return dt > AICFN_DTYPE_INVALID && dt < AICFN_DTYPE_COUNT;
+}
 
-unsigned dtype_size(aicfn_dtype dt) { return dtype_valid(dt) ? dtype_table[dt].size : 0; }
+unsigned dtype_size(aicfn_dtype dt) {
+    return dtype_valid(dt) ? dtype_table[dt].size : 0;
+}
 
-const char *dtype_name(aicfn_dtype dt) { return dtype_valid(dt) ? dtype_table[dt].name : "INVALID"; }
+const char *dtype_name(aicfn_dtype dt) {
+    return dtype_valid(dt) ? dtype_table[dt].name : "INVALID";
+}
 
 aicfn_dtype dtype_from_name(const char *name) {
     if (name == NULL) return AICFN_DTYPE_INVALID;
@@ -42,7 +49,9 @@ aicfn_dtype dtype_from_name(const char *name) {
     return AICFN_DTYPE_INVALID;
 }
 
-const char *dtype_safetensors_name(aicfn_dtype dt) { return dtype_valid(dt) ? dtype_table[dt].st_name : NULL; }
+const char *dtype_safetensors_name(aicfn_dtype dt) {
+    return dtype_valid(dt) ? dtype_table[dt].st_name : NULL;
+}
 
 aicfn_dtype dtype_from_safetensors_name(const char *name) {
     if (name == NULL) return AICFN_DTYPE_INVALID;
@@ -52,14 +61,21 @@ aicfn_dtype dtype_from_safetensors_name(const char *name) {
 }
 
 int dtype_shape_elements(const int64_t *shape, unsigned ndim, uint64_t *out) {
+    /* The product of the non-zero dims must not overflow, whatever their order: an
+     * empty tensor may not carry dims whose strides would overflow downstream. */
     uint64_t n = 1;
+    bool empty = false;
     for (unsigned i = 0; i < ndim; i++) {
         if (shape[i] < 0) return -1;
         uint64_t d = (uint64_t)shape[i];
-        if (d != 0 && n > UINT64_MAX / d) return -1;
+        if (d == 0) {
+            empty = true;
+            continue;
+        }
+        if (n > UINT64_MAX / d) return -1;
         n *= d;
     }
-    *out = n;
+    *out = empty ? 0 : n;
     return 0;
 }
 

@@ -23,7 +23,8 @@ const char *dtype_safetensors_name(aicfn_dtype dt);
 aicfn_dtype dtype_from_safetensors_name(const char *name);
 
 /* Element count of a shape, with overflow checking. Returns 0 on success and stores
- * the product (1 for ndim 0); returns -1 on overflow or a negative dimension. */
+ * the product (1 for ndim 0); returns -1 on a negative dimension or when the product of
+ * the non-zero dims overflows (so [0, 2^40, 2^40] is refused as [2^40, 2^40, 0] is). */
 int dtype_shape_elements(const int64_t *shape, unsigned ndim, uint64_t *out);
 
 /* Byte size of a fixed-size tensor (elements × element size), overflow-checked;

@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -292,8 +293,9 @@ static int rd_tensor(rd_mp *c, uint32_t idx, snap_tensor *t, aicfn_error *err) {
             bit = 2;
             if (rd_str(c, &s, &sl, err)) return AICFN_E_CORRUPT;
             char buf[16] = {0};
-            if (sl < sizeof buf) memcpy(buf, s, sl);
-            t->dtype = sl < sizeof buf ? dtype_from_name(buf) : AICFN_DTYPE_INVALID;
+            bool fits = sl < sizeof buf && memchr(s, 0, sl) == NULL; /* "FP32\0junk" is not FP32 */
+            if (fits) memcpy(buf, s, sl);
+            t->dtype = fits ? dtype_from_name(buf) : AICFN_DTYPE_INVALID;
             if (t->dtype == AICFN_DTYPE_INVALID || dtype_size(t->dtype) == 0)
                 return aicfn_error_set(err, AICFN_E_UNSUPPORTED, "manifest: tensor %u: unknown dtype '%.*s'",
                                        idx, (int)(sl < 32 ? sl : 32), s);
@@ -655,7 +657,7 @@ int snap_open(const char *path, snap_reader **out, aicfn_error *err) {
         snap_close(r);
         return aicfn_error_set(err, AICFN_E_NOMEM, "no memory");
     }
-    r->fd = open(path, O_RDONLY | O_CLOEXEC);
+    r->fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open */
     if (r->fd < 0) {
         int e = errno;
         snap_close(r);

@@ -131,6 +131,15 @@ int snap_st_parse_header(const char *json, size_t len, uint64_t data_bytes, cons
             rc = aicfn_error_set(err, AICFN_E_CORRUPT, "%s: __metadata__ is not an object", what);
             goto done;
         }
+        const char *mk;
+        json_t *mv;
+        json_object_foreach(meta, mk, mv) {
+            if (!json_is_string(mv)) {
+                rc = aicfn_error_set(err, AICFN_E_CORRUPT, "%s: __metadata__['%.64s'] is not a string", what,
+                                     mk);
+                goto done;
+            }
+        }
         n--;
     }
     if (n > AICFN_SAFETENSORS_MAX_TENSORS) {
@@ -164,17 +173,36 @@ int snap_st_parse_header(const char *json, size_t len, uint64_t data_bytes, cons
         }
         out->n_tensors++;
     }
+    /* The non-empty tensors must tile the data region exactly, in offset order: no
+     * overlap (an empty tensor between two must not hide one) and no hole, as the format
+     * requires (a hole could carry a second file: a polyglot). */
     qsort(out->tensors, out->n_tensors, sizeof *out->tensors, st_cmp_offset);
-    for (uint32_t i = 1; i < out->n_tensors; i++) {
-        const snap_st_tensor *p = &out->tensors[i - 1], *t = &out->tensors[i];
-        if (t->nbytes && p->nbytes && t->data_offset < p->data_offset + p->nbytes) {
+    const snap_st_tensor *p = NULL; /* the last non-empty tensor */
+    uint64_t end = 0;
+    for (uint32_t i = 0; i < out->n_tensors; i++) {
+        const snap_st_tensor *t = &out->tensors[i];
+        if (t->nbytes == 0) continue;
+        if (p && t->data_offset < end) {
             rc = aicfn_error_set(
                 err, AICFN_E_CORRUPT, "%s: tensors '%s' [%llu, %llu) and '%s' [%llu, %llu) overlap", what,
-                p->name, (unsigned long long)p->data_offset, (unsigned long long)(p->data_offset + p->nbytes),
-                t->name, (unsigned long long)t->data_offset,
-                (unsigned long long)(t->data_offset + t->nbytes));
+                p->name, (unsigned long long)p->data_offset, (unsigned long long)end, t->name,
+                (unsigned long long)t->data_offset, (unsigned long long)(t->data_offset + t->nbytes));
             goto done;
         }
+        if (t->data_offset > end) {
+            rc = aicfn_error_set(err, AICFN_E_CORRUPT,
+                                 "%s: data bytes [%llu, %llu) before tensor '%s' belong to no tensor", what,
+                                 (unsigned long long)end, (unsigned long long)t->data_offset, t->name);
+            goto done;
+        }
+        p = t;
+        end = t->data_offset + t->nbytes;
+    }
+    if (end != data_bytes) {
+        rc = aicfn_error_set(err, AICFN_E_CORRUPT,
+                             "%s: data bytes [%llu, %llu) at the end belong to no tensor", what,
+                             (unsigned long long)end, (unsigned long long)data_bytes);
+        goto done;
     }
 done:
     json_decref(root);
@@ -248,7 +276,7 @@ static int st_add_file(snap_st_set *s, const char *path, snap_st_header *hdr, ai
     if (s->n_files >= AICFN_SAFETENSORS_MAX_FILES)
         return aicfn_error_set(err, AICFN_E_TOO_LARGE, "more than %u safetensors files",
                                AICFN_SAFETENSORS_MAX_FILES);
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open */
     if (fd < 0)
         return aicfn_error_errno(err, errno == ENOENT ? AICFN_E_NOT_FOUND : AICFN_E_IO, errno, "opening %s",
                                  path);
@@ -330,7 +358,7 @@ static int st_has_suffix(const char *s, const char *suf) {
 
 /* A sharded checkpoint: the index's weight_map names every tensor's shard. */
 static int st_add_index(snap_st_set *s, const char *index_path, aicfn_error *err) {
-    int fd = open(index_path, O_RDONLY | O_CLOEXEC);
+    int fd = open(index_path, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block */
     if (fd < 0)
         return aicfn_error_errno(err, errno == ENOENT ? AICFN_E_NOT_FOUND : AICFN_E_IO, errno, "opening %s",
                                  index_path);

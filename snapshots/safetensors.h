@@ -39,7 +39,8 @@ typedef struct snap_st_header {
  * region holds `data_bytes` bytes. `what` names the file in messages. Checks: the JSON is
  * an object without duplicate keys; each entry has a known dtype, a shape of at most
  * AICFN_MAX_DIMS non-negative dims, data_offsets [begin, end] inside the data region with
- * end - begin = product(shape) x dtype size; ranges do not overlap. On success fills
+ * end - begin = product(shape) x dtype size; the non-empty ranges tile the data region
+ * exactly (no overlap, no hole); __metadata__ maps strings to strings. On success fills
  * `out` (free with snap_st_header_free). Returns AICFN_E_CORRUPT (malformed),
  * AICFN_E_UNSUPPORTED (unknown dtype), AICFN_E_TOO_LARGE, AICFN_E_NOMEM. Thread-safe. */
 int snap_st_parse_header(const char *json, size_t len, uint64_t data_bytes, const char *what,

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "common/tunables.h"
@@ -187,6 +188,35 @@ static void hostile_headers(void **state) {
 
     write_st("meta.safetensors", "{\"__metadata__\":[1]}", 0, UINT64_MAX);
     expect_fail("meta.safetensors", AICFN_E_CORRUPT, "__metadata__");
+    write_st("metaval.safetensors", "{\"__metadata__\":{\"a\":[{}]}}", 0, UINT64_MAX);
+    expect_fail("metaval.safetensors", AICFN_E_CORRUPT, "__metadata__['a'] is not a string");
+
+    /* An empty tensor between two overlapping ones does not hide the overlap. */
+    write_st("hidden.safetensors",
+             "{\"a\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[0,8]},"
+             "\"z\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[4,4]},"
+             "\"b\":{\"dtype\":\"U8\",\"shape\":[8],\"data_offsets\":[4,12]}}",
+             12, UINT64_MAX);
+    expect_fail("hidden.safetensors", AICFN_E_CORRUPT, "overlap");
+    /* The tensors must cover the data region: no hole, nothing after the last. */
+    write_st("hole.safetensors",
+             "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]},"
+             "\"b\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[6,10]}}",
+             10, UINT64_MAX);
+    expect_fail("hole.safetensors", AICFN_E_CORRUPT,
+                "data bytes [4, 6) before tensor 'b' belong to no tensor");
+    write_st("tail.safetensors", "{\"a\":{\"dtype\":\"U8\",\"shape\":[4],\"data_offsets\":[0,4]}}", 1000,
+             UINT64_MAX);
+    expect_fail("tail.safetensors", AICFN_E_CORRUPT, "data bytes [4, 1000) at the end belong to no tensor");
+    /* An empty tensor may not carry dims whose product overflows, in any order. */
+    write_st("zerofirst.safetensors",
+             "{\"a\":{\"dtype\":\"F32\",\"shape\":[0,4294967296,4294967296],\"data_offsets\":[0,0]}}", 0,
+             UINT64_MAX);
+    expect_fail("zerofirst.safetensors", AICFN_E_CORRUPT, "overflows");
+
+    /* A FIFO named like a checkpoint is refused, not waited on for a writer. */
+    assert_int_equal(mkfifo(path_of("fifo.safetensors"), 0600), 0);
+    expect_fail("fifo.safetensors", AICFN_E_INVALID, "regular file");
 
     expect_fail("missing.safetensors", AICFN_E_NOT_FOUND, "missing.safetensors");
 }

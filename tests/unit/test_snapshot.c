@@ -552,10 +552,11 @@ typedef struct hand_tensor {
     uint64_t xxh3;
 } hand_tensor;
 
-/* Writes a snapshot with the given manifest tensors (UINT8, 1-D) and data frames. */
-static void hand_snapshot(const char *path, uint64_t blob_bytes, const hand_tensor *ts, int nt,
-                          const unsigned char *const *frames, const size_t *comp, const uint32_t *raw,
-                          int nf) {
+/* Writes a snapshot with the given manifest tensors (1-D, all of dtype `dtype`, `dtype_len`
+ * bytes that may hold a NUL) and data frames. */
+static void hand_snapshot_dtype(const char *path, uint64_t blob_bytes, const hand_tensor *ts, int nt,
+                                const unsigned char *const *frames, const size_t *comp, const uint32_t *raw,
+                                int nf, const char *dtype, size_t dtype_len) {
     msgpack_sbuffer sb;
     msgpack_sbuffer_init(&sb);
     msgpack_packer pk;
@@ -577,7 +578,8 @@ static void hand_snapshot(const char *path, uint64_t blob_bytes, const hand_tens
         KEY("name");
         KEY(ts[i].name);
         KEY("dtype");
-        KEY("UINT8");
+        msgpack_pack_str(&pk, dtype_len);
+        msgpack_pack_str_body(&pk, dtype, dtype_len);
         KEY("shape");
         msgpack_pack_array(&pk, 1);
         msgpack_pack_uint64(&pk, ts[i].nbytes);
@@ -622,6 +624,13 @@ static void hand_snapshot(const char *path, uint64_t blob_bytes, const hand_tens
     fwrite(foot, 1, 9, f);
     fclose(f);
     msgpack_sbuffer_destroy(&sb);
+}
+
+/* The same, all tensors UINT8. */
+static void hand_snapshot(const char *path, uint64_t blob_bytes, const hand_tensor *ts, int nt,
+                          const unsigned char *const *frames, const size_t *comp, const uint32_t *raw,
+                          int nf) {
+    hand_snapshot_dtype(path, blob_bytes, ts, nt, frames, comp, raw, nf, "UINT8", 5);
 }
 
 static size_t compress_with(const void *src, size_t n, void *dst, size_t cap, int content_size) {
@@ -713,6 +722,11 @@ static void hand_made_hostile(void **state) {
     hand_snapshot(path_of("sum.aicsnap"), 1024, &bad, 1, fr, &c, rs, 1);
     assert_int_equal(open_verify(path_of("sum.aicsnap"), &e), AICFN_E_CORRUPT);
     assert_non_null(strstr(e.msg, "tensor 'bad': checksum mismatch"));
+
+    /* A dtype with a NUL inside is not the dtype before the NUL. */
+    hand_snapshot_dtype(path_of("nul.aicsnap"), 1024, &ok, 1, fr, &c, rs, 1, "UINT8\0junk", 10);
+    assert_int_equal(open_verify(path_of("nul.aicsnap"), &e), AICFN_E_UNSUPPORTED);
+    assert_non_null(strstr(e.msg, "unknown dtype"));
 
     /* Non-zero padding after the tensor. */
     hand_tensor pad = {"p", 0, 1000, XXH3_64bits(raw, 1000)};
