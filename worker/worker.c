@@ -380,6 +380,28 @@ static void worker_fn_expire(void *ctx, worker_batch_item *item) {
     worker_finish(r, AICFN_E_TIMEOUT, msg, NULL);
 }
 
+/* Answers AICFN_E_TIMEOUT, without running them, the requests whose deadline has passed
+ * (`during`: what they waited for) and compacts the rest to the front; returns how many
+ * remain. Only the first reply given here carries the load's cold-start record. */
+static uint32_t worker_drop_expired(worker_fn *fn, worker_batch_item **items, uint32_t n, const char *during,
+                                    worker_exec_info *ex) {
+    uint64_t now = clock_now_us();
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        worker_req *r = (worker_req *)items[i];
+        if (r->item.deadline_us != 0 && r->item.deadline_us <= now) {
+            char msg[256];
+            snprintf(msg, sizeof msg, "function %s: deadline passed while %s; not executed", fn->name,
+                     during);
+            worker_finish(r, AICFN_E_TIMEOUT, msg, ex);
+            ex->attach_coldstart = false;
+        } else {
+            items[k++] = items[i];
+        }
+    }
+    return k;
+}
+
 static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
     worker_fn *fn = ctx;
     worker *w = fn->w;
@@ -424,20 +446,7 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
     }
 
     /* Requests whose deadline passed while the model loaded are never executed. */
-    uint64_t now = clock_now_us();
-    uint32_t k = 0;
-    for (uint32_t i = 0; i < n; i++) {
-        worker_req *r = (worker_req *)items[i];
-        if (r->item.deadline_us != 0 && r->item.deadline_us <= now) {
-            char msg[256];
-            snprintf(msg, sizeof msg,
-                     "function %s: deadline passed while waiting for the model; not executed", fn->name);
-            worker_finish(r, AICFN_E_TIMEOUT, msg, &ex);
-            ex.attach_coldstart = false; /* the load's record goes with one reply only */
-        } else {
-            items[k++] = items[i];
-        }
-    }
+    uint32_t k = worker_drop_expired(fn, items, n, "waiting for the model", &ex);
     if (k > 0 && (fn->inst == NULL || fn->inst_generation != generation)) {
         /* First call, or the model became resident again: a new instance. */
         worker_instance_destroy(fn->inst);
@@ -459,6 +468,8 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
             k = 0;
         } else {
             fn->inst_generation = generation;
+            /* Nor those whose deadline passed during the handler's init (warm-up). */
+            k = worker_drop_expired(fn, items, k, "the handler's init ran", &ex);
         }
     }
     if (k > 0) {

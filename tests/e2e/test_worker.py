@@ -228,6 +228,24 @@ def test_request_past_deadline_never_executes(procs, tmp_path):
     assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 
 
+def test_request_past_deadline_during_init_never_executes(procs, tmp_path):
+    """A first call whose deadline passes while the handler's init runs (a slow warm-up)
+    is answered AICFN_E_TIMEOUT and never reaches invoke; the next call uses the instance
+    that init built."""
+    count = tmp_path / "count.txt"
+    addr = ipc_addr(tmp_path)
+    w = start_worker(procs, addr, [f"slowinit={handler('test_sleep')},max_batch=1,param.init_sleep_ms=600,"
+                                   f"param.count_file={count}"])
+    late = call(addr, invoke_msg("slowinit", [], deadline_ms=200, rid=1), timeout_ms=5000)
+    assert late["ok"] is False
+    assert late["error"]["code"] == E_TIMEOUT, late
+    assert "init" in late["error"]["message"] and "not executed" in late["error"]["message"], late
+    ok = call(addr, invoke_msg("slowinit", [], rid=2), timeout_ms=5000)
+    assert ok["ok"], ok
+    assert count.read_text().split() == ["2"]
+    assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
+
+
 def test_sigterm_drains_32_in_flight(procs, tmp_path):
     count = tmp_path / "count.txt"
     addr = ipc_addr(tmp_path)

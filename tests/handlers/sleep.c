@@ -4,6 +4,8 @@
  * Request params (a config param of the same name is the default):
  *   sleep_ms=N     sleep N ms per batch (default 0)
  *   count_file=P   the file to append to (else env AICFN_TEST_COUNT_FILE; none: no count)
+ * Config param only:
+ *   init_sleep_ms=N  sleep N ms in init (a slow warm-up)
  * Logs through the host API, exercising it. */
 #include <fcntl.h>
 #include <stdio.h>
@@ -30,6 +32,12 @@ AICFN_EXPORT int aicfn_fn_init(const aicfn_host_api *api, const aicfn_model *mod
     const char *cf = api->find_param(config->params, config->n_params, "count_file");
     s->sleep_ms = ms ? atol(ms) : 0;
     snprintf(s->count_file, sizeof s->count_file, "%s", cf ? cf : "");
+    const char *ims = api->find_param(config->params, config->n_params, "init_sleep_ms");
+    long init_ms = ims ? atol(ims) : 0;
+    if (init_ms > 0) {
+        struct timespec ts = {init_ms / 1000, (init_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+    }
     api->log(AICFN_LOG_DEBUG, "init: sleep_ms=%ld count_file=%s", s->sleep_ms, s->count_file);
     *state = s;
     return AICFN_OK;
