@@ -1,7 +1,8 @@
 /* bundle.c: collecting a bundle's replies and sending them as one (see bundle.h).
  * The reply must fit the gateway's receive limit (AICFN_MAX_MESSAGE_BYTES): a slot whose
- * reply would overflow it is answered with AICFN_E_TOO_LARGE instead (the gateway only
- * bundles functions whose replies are small, so this is a safety net, not a path). */
+ * reply would overflow it, with room kept for the slots after it, is answered with
+ * AICFN_E_TOO_LARGE instead, so every slot is answered (the gateway only bundles
+ * functions whose replies are small, so this is a safety net, not a path). */
 #include "worker/bundle.h"
 
 #include <stdatomic.h>
@@ -44,6 +45,10 @@ uint64_t worker_bundle_received_us(const worker_bundle *b) {
     return rpc_call_received_us(b->call);
 }
 
+/* The most bytes bundle_error_reply makes (its message is at most 160 bytes): room kept
+ * for each slot not yet placed, so replacing one never overflows the message. */
+#define BUNDLE_ERROR_REPLY_MAX 512
+
 /* An error reply for a slot, malloc'd (NULL when even that cannot be encoded). */
 static uint8_t *bundle_error_reply(uint64_t id, int code, const char *msg, size_t *len) {
     wire_writer wr;
@@ -57,9 +62,13 @@ static uint8_t *bundle_error_reply(uint64_t id, int code, const char *msg, size_
 static void bundle_send(worker_bundle *b) {
     wire_part *parts = calloc(b->n, sizeof *parts);
     size_t total = 64;
+    const size_t limit = AICFN_MAX_MESSAGE_BYTES - 4096;
     int ok = parts != NULL;
     for (uint32_t i = 0; ok && i < b->n; i++) {
-        if (b->replies[i] && total + b->lens[i] + 8 > AICFN_MAX_MESSAGE_BYTES - 4096) {
+        /* A reply fits if the slots after it can still be answered, at worst with an
+         * error reply each; otherwise it becomes one itself. */
+        size_t rest = (size_t)(b->n - i - 1) * (BUNDLE_ERROR_REPLY_MAX + 8);
+        if (b->replies[i] && total + b->lens[i] + 8 + rest > limit) {
             uint64_t id = wire_peek_id(b->replies[i], b->lens[i]);
             char msg[160];
             snprintf(msg, sizeof msg,

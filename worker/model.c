@@ -91,9 +91,11 @@ static int model_load(void *arg, void *prep, uint64_t max_bytes, void **model, u
     if (m == NULL || ts == NULL) {
         free(m);
         free(ts);
+        /* The message first: man belongs to lm. */
+        aicfn_error_set(err, AICFN_E_NOMEM, "model %s: out of memory for %u tensor views",
+                        man->model_name ? man->model_name : "?", man->n_tensors);
         loader_model_free(lm);
-        return aicfn_error_set(err, AICFN_E_NOMEM, "model %s: out of memory for %u tensor views",
-                               man->model_name ? man->model_name : "?", man->n_tensors);
+        return AICFN_E_NOMEM;
     }
     aicfn_mem_kind mem = loader_device_is_host(a->device) ? AICFN_MEM_HOST : AICFN_MEM_DEVICE;
     int32_t dev_id = model_device_id(a->device);

@@ -131,9 +131,16 @@ static int worker_model_state(loader_entry_state s) {
                                      : WIRE_MODEL_EVICTING;
 }
 
-/* Fills `sum` with `models` (capacity cap) from `ents` (scratch of the same capacity). */
+/* A function's name copied out of w->fns under w->mu: what a reply encodes after the
+ * lock is released, when worker_remove_function may already have freed the function. */
+typedef struct worker_name {
+    char s[AICFN_MAX_NAME_BYTES + 1];
+} worker_name;
+
+/* Fills `sum` with `models` (capacity cap) from `ents` and `names` (scratch of the same
+ * capacity; the models' fn strings point into names). */
 static void worker_summary(worker *w, wire_worker_summary *sum, wire_model_status *models,
-                           loader_cache_entry_status *ents, size_t cap) {
+                           loader_cache_entry_status *ents, worker_name *names, size_t cap) {
     loader_cache_status cs;
     loader_cache_get_status(w->cache, &cs, ents, cap);
     memset(sum, 0, sizeof *sum);
@@ -152,9 +159,10 @@ static void worker_summary(worker *w, wire_worker_summary *sum, wire_model_statu
     sum->queued = queued;
     for (uint32_t i = 0; i < cs.n_returned; i++) {
         const worker_fn *f = worker_fn_of_key(w, ents[i].key);
+        snprintf(names[i].s, sizeof names[i].s, "%s", f ? f->name : "");
         models[i] = (wire_model_status){
             .model = ents[i].key,
-            .fn = f ? f->name : "",
+            .fn = names[i].s,
             .ver = f ? f->version : 0,
             .state = worker_model_state(ents[i].state),
             .bytes = ents[i].bytes,
@@ -207,14 +215,16 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id) {
     static const size_t cap = AICFN_WORKER_STATUS_MODELS;
     wire_model_status *models = calloc(cap, sizeof *models);
     loader_cache_entry_status *ents = calloc(cap, sizeof *ents);
+    worker_name *names = calloc(cap, sizeof *names), *qnames = NULL;
     wire_queue_status *queues = NULL;
-    if (models == NULL || ents == NULL) goto oom;
+    if (models == NULL || ents == NULL || names == NULL) goto oom;
     wire_worker_status st;
     memset(&st, 0, sizeof st);
-    worker_summary(w, &st.summary, models, ents, cap);
+    worker_summary(w, &st.summary, models, ents, names, cap);
     pthread_mutex_lock(&w->mu);
     queues = calloc(w->n_fns ? w->n_fns : 1, sizeof *queues);
-    if (queues == NULL) {
+    qnames = calloc(w->n_fns ? w->n_fns : 1, sizeof *qnames);
+    if (queues == NULL || qnames == NULL) {
         pthread_mutex_unlock(&w->mu);
         goto oom;
     }
@@ -223,8 +233,12 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id) {
     for (worker_fn *f = w->fns; f && nq < WIRE_MAX_QUEUES; f = f->next) {
         worker_batcher_stats bs;
         worker_batcher_get_stats(f->batcher, &bs);
-        queues[nq++] = (wire_queue_status){
-            .fn = f->name, .ver = f->version, .queued = bs.queued, .inflight = atomic_load(&f->inflight)};
+        snprintf(qnames[nq].s, sizeof qnames[nq].s, "%s", f->name);
+        queues[nq] = (wire_queue_status){.fn = qnames[nq].s,
+                                         .ver = f->version,
+                                         .queued = bs.queued,
+                                         .inflight = atomic_load(&f->inflight)};
+        nq++;
         batches += bs.batches;
     }
     pthread_mutex_unlock(&w->mu);
@@ -253,12 +267,16 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id) {
     }
     free(models);
     free(ents);
+    free(names);
     free(queues);
+    free(qnames);
     return;
 oom:
     free(models);
     free(ents);
+    free(names);
     free(queues);
+    free(qnames);
     worker_reply_error(call, id, AICFN_E_NOMEM, "status: out of memory");
 }
 
@@ -334,8 +352,9 @@ static void worker_finish(worker_req *r, int code, const char *msg, const worker
     static const size_t cap = 64;
     wire_model_status models[64];
     loader_cache_entry_status *ents = calloc(cap, sizeof *ents);
-    if (ents) {
-        worker_summary(w, &rep.st, models, ents, cap);
+    worker_name *names = calloc(cap, sizeof *names);
+    if (ents && names) {
+        worker_summary(w, &rep.st, models, ents, names, cap);
         rep.has_st = true;
     }
     wire_writer wr;
@@ -357,6 +376,7 @@ static void worker_finish(worker_req *r, int code, const char *msg, const worker
         }
     }
     free(ents);
+    free(names);
     if (code != AICFN_OK) atomic_fetch_add(&w->n_errors, 1);
     worker_out_send(r->out, &wr);
     wire_writer_fini(&wr);
@@ -608,8 +628,9 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
             if (strcmp(g->name, f->name) == 0 && g->version == f->version) why = "exists";
     }
     if (why == NULL) {
-        /* Append: the list is only ever appended to while serving, so readers that
-         * took a pointer under the lock may walk it afterwards. */
+        /* Append, in registration order. A function may be removed while serving
+         * (worker_remove_function), so nothing keeps a pointer to one past w->mu unless
+         * it raised its inflight count (removal waits for those); replies copy names. */
         worker_fn **pp = &w->fns;
         while (*pp)
             pp = &(*pp)->next;

@@ -18,6 +18,7 @@
 
 #include "common/clock.h"
 #include "common/rpc.h"
+#include "common/tunables.h"
 #include "common/wire.h"
 #include "snapshots/writer.h"
 #include "worker/worker.h"
@@ -609,6 +610,91 @@ static void bundle_parts_answered_in_order(void **state) {
     worker_destroy(w);
 }
 
+/* A bundle whose first two replies fill its message but for a few bytes, and 62 small
+ * calls after them: every slot is still answered, in a reply the gateway can receive
+ * (the second reply gives way to AICFN_E_TOO_LARGE, keeping room for the rest). Before,
+ * each small reply that no longer fitted became a larger error reply added without a
+ * check, the bundle reply outgrew the message limit, and no call was answered. */
+static void bundle_reply_never_outgrows_the_message(void **state) {
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-bigbundle", (int)getpid());
+    worker *w = start(url, 16u << 20);
+    add(w, "echo", "echo", NULL, 1, 0);
+    aicfn_error err;
+    rpc_client *c = serve(w, url);
+
+    /* What an echo reply adds to its input's bytes. */
+    static uint8_t probe[1000];
+    wire_tensor in = {.name = "x",
+                      .dtype = AICFN_DTYPE_UINT8,
+                      .ndim = 1,
+                      .shape = {sizeof probe},
+                      .data = probe,
+                      .nbytes = sizeof probe};
+    reply r;
+    invoke(c, 1, "echo", &in, 1, NULL, NULL, 0, &r);
+    assert_true(r.rep.head.ok);
+    size_t overhead = rpc_msg_len(r.msg) - sizeof probe;
+    reply_free(&r);
+
+    /* Slot 0: the largest output a call may have (less a margin); slot 1: what leaves
+     * ~100 bytes of the bundle's room (AICFN_MAX_MESSAGE_BYTES - 4096); slots 2..63: no
+     * inputs, replies of ~130 bytes that no longer fit. */
+    size_t room = AICFN_MAX_MESSAGE_BYTES - 4096 - 64;
+    size_t n0 = AICFN_MAX_MESSAGE_BYTES - 65536 - 4096;
+    size_t len0 = n0 + overhead + 2; /* a bin32 header is 2 bytes longer than the probe's */
+    size_t n1 = room - (len0 + 8) - 8 - 100 - overhead;
+    uint8_t *data = calloc(n0, 1);
+    assert_non_null(data);
+    enum { N = AICFN_BUNDLE_MAX_CALLS };
+    wire_part parts[N];
+    size_t lens[N];
+    uint8_t *msgs[N];
+    in.shape[0] = (int64_t)n0;
+    in.data = data;
+    in.nbytes = n0;
+    msgs[0] = encode_invoke(100, "echo", &in, 1, NULL, NULL, 0, &lens[0]);
+    in.shape[0] = (int64_t)n1;
+    in.nbytes = n1;
+    msgs[1] = encode_invoke(101, "echo", &in, 1, NULL, NULL, 0, &lens[1]);
+    for (int i = 2; i < N; i++)
+        msgs[i] = encode_invoke(100 + (uint64_t)i, "echo", NULL, 0, NULL, NULL, 0, &lens[i]);
+    for (int i = 0; i < N; i++)
+        parts[i] = (wire_part){msgs[i], lens[i]};
+    size_t blen;
+    uint8_t *b = encode_bundle(99, parts, N, &blen);
+    assert_true(blen <= AICFN_MAX_MESSAGE_BYTES);
+    for (int i = 0; i < N; i++)
+        free(msgs[i]);
+    free(data);
+    rpc_msg *msg = NULL;
+    assert_int_equal(rpc_call_sync(c, b, blen, 20000, &msg, &err), AICFN_OK);
+    free(b);
+    assert_true(rpc_msg_len(msg) <= AICFN_MAX_MESSAGE_BYTES);
+    wire_doc doc;
+    assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(msg), rpc_msg_len(msg), NULL, &err), AICFN_OK);
+    wire_part out[N];
+    uint32_t n = 0;
+    assert_int_equal(wire_decode_bundle(&doc, "replies", out, N, &n, &err), AICFN_OK);
+    assert_int_equal(n, N);
+    for (uint32_t i = 0; i < n; i++) {
+        wire_doc pd;
+        wire_invoke_reply rep;
+        assert_int_equal(wire_doc_parse(&pd, out[i].data, out[i].len, NULL, &err), AICFN_OK);
+        assert_int_equal(wire_decode_invoke_reply(&pd, &rep, &err), AICFN_OK);
+        assert_int_equal(rep.head.id, 100 + i);
+        assert_int_equal(rep.head.code, i == 1 ? AICFN_E_TOO_LARGE : AICFN_OK);
+        if (i == 0) assert_int_equal(rep.outputs[0].nbytes, n0);
+        wire_doc_fini(&pd);
+    }
+    wire_doc_fini(&doc);
+    rpc_msg_free(msg);
+    rpc_client_close(c);
+    assert_int_equal(worker_drain(w, 5000), 0);
+    worker_destroy(w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(echo_mlp_status),
@@ -616,6 +702,7 @@ int main(void) {
         cmocka_unit_test(remove_function_while_serving),
         cmocka_unit_test(bad_config),
         cmocka_unit_test(bundle_parts_answered_in_order),
+        cmocka_unit_test(bundle_reply_never_outgrows_the_message),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
