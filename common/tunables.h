@@ -71,6 +71,7 @@
 #define AICFN_BUNDLE_SHORT_US 2000            /* "short" function: mean worker time (not cold) at most this */
 #define AICFN_BUNDLE_SHORT_REPLY 65536        /* ... and mean reply at most this many bytes */
 #define AICFN_BUNDLE_HOLD_MAX_US 5000         /* a held call is sent by the maintenance tick after this */
+#define AICFN_BUNDLE_MAX_HELD 256             /* calls held in one worker's outbox at most */
 #define AICFN_DEFAULT_QUEUE_PER_FUNCTION 256
 #define AICFN_WORKER_MAX_BATCH 4096          /* upper bound of a function's max_batch */
 #define AICFN_WORKER_MAX_FUNCTIONS 1024      /* functions one worker hosts */

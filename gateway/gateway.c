@@ -115,6 +115,11 @@ struct gw_call {
     bool preload; /* a repository load (t:"preload"): routed like an invoke, no handler call, no ledger row */
     bool keepwarm; /* a preload placing a replica for scaling.min_workers (never on a holder) */
     gw_worker *worker;
+    /* The worker's name and device for the records, copied under the lock when the call
+     * leaves it (gw_call_left_locked, gw_fail_locked): a record is written after the lock
+     * is released, when the worker may already be destroyed. "" when none. */
+    char worker_name[sizeof((gw_worker *)0)->name];
+    char worker_device[sizeof((gw_worker *)0)->device];
     bool short_msg; /* a call of a short function: its message counts in worker->short_msgs */
     int code;       /* for the fail list */
     char message[256];
@@ -189,6 +194,10 @@ struct gw_gateway {
     pthread_t maint;
     bool maint_started;
     pthread_cond_t maint_cv;
+    /* Threads inside gw_pool_spawn (they took gw->pool under mu); gw_stop takes the pool
+     * away and waits for them (spawn_cv) before it destroys the pool. */
+    unsigned spawning;
+    pthread_cond_t spawn_cv;
     bool maint_idle;           /* the maintenance thread sleeps GW_IDLE_TICK_MS: wake it for work */
     bool scaling_dirty;        /* functions changed: re-read which ones keep workers warm */
     uint64_t scaling_retry_us; /* a failed re-read is tried again from then */
@@ -235,7 +244,15 @@ const char *gw_listen_url(const gw_gateway *gw) {
 
 static void gw_fail_locked(gw_actions *a, gw_call *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+/* Copies the name and device of w (c's worker, or NULL) into c for its records (lock
+ * held). */
+static void gw_call_note_worker_locked(gw_call *c, const gw_worker *w) {
+    snprintf(c->worker_name, sizeof c->worker_name, "%s", w ? w->name : "");
+    snprintf(c->worker_device, sizeof c->worker_device, "%s", w ? w->device : "");
+}
+
 static void gw_fail_locked(gw_actions *a, gw_call *c, int code, const char *fmt, ...) {
+    gw_call_note_worker_locked(c, c->worker);
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(c->message, sizeof c->message, fmt, ap);
@@ -416,8 +433,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         .tenant = c->tenant,
         .function = c->fn ? c->fn->name : "",
         .version = c->fn ? c->fn->ver : 0,
-        .worker = c->worker ? c->worker->name : NULL,
-        .device = c->worker && c->worker->device[0] ? c->worker->device : NULL,
+        .worker = c->worker_name[0] ? c->worker_name : NULL,
+        .device = c->worker_device[0] ? c->worker_device : NULL,
         .status = code,
         .batch_size = rep ? rep->batch : 0,
         .bytes_in = c->bytes_in,
@@ -455,7 +472,7 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
     }
     pthread_mutex_unlock(&gw->mu);
     if (n_ev) {
-        const char *wl[] = {c->worker ? c->worker->name : ""};
+        const char *wl[] = {c->worker_name};
         gw_metric_add(gw->std.evictions, wl, (double)n_ev);
     }
     if (thrash) {
@@ -470,8 +487,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
     gw_cold_start_record cs = {
         .function = c->fn->name,
         .version = c->fn->ver,
-        .worker = c->worker ? c->worker->name : NULL,
-        .device = c->worker && c->worker->device[0] ? c->worker->device : NULL,
+        .worker = c->worker_name[0] ? c->worker_name : NULL,
+        .device = c->worker_device[0] ? c->worker_device : NULL,
         .compressed_bytes = rep->coldstart.compressed_bytes,
         .raw_bytes = rep->coldstart.raw_bytes,
         .spawn_us = spawn_us,
@@ -578,8 +595,11 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
     c->dispatched_us = now;
     c->next = NULL;
     c->short_msg = !c->preload && gw_fn_is_short(c->fn);
+    /* Held at most AICFN_BUNDLE_MAX_HELD per worker: beyond, a call leaves alone (and meets
+     * the link's bound on calls in flight, AICFN_RPC_MAX_ASYNC). */
     if (c->short_msg && resident && !c->gw->no_bundles && w->short_msgs >= AICFN_BUNDLE_WINDOW &&
-        w->state == GW_WORKER_READY && c->wreq_len <= AICFN_BUNDLE_MAX_BYTES) {
+        w->state == GW_WORKER_READY && c->wreq_len <= AICFN_BUNDLE_MAX_BYTES &&
+        w->outbox_n < AICFN_BUNDLE_MAX_HELD) {
         /* Held: leaves with the others when one of the short messages comes back. */
         if (w->outbox_tail) {
             w->outbox_tail->next = c;
@@ -597,7 +617,8 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
 }
 
 /* A call sent to w came back (answered, failed or never sent): lock held. */
-static void gw_call_left_locked(gw_worker *w, const gw_call *c) {
+static void gw_call_left_locked(gw_worker *w, gw_call *c) {
+    gw_call_note_worker_locked(c, w);
     w->in_flight--;
     if (c->preload) w->preloads--;
     w->callbacks--;
@@ -966,15 +987,21 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
             gw_process(gw, &a);
             return;
         }
-        gw_crash *cr = gw_crash_slot(c->fn, c->hash, true, now);
-        cr->crashes++;
-        cr->last_us = now;
-        if (cr->crashes >= 2) {
-            cr->until_us = now + (uint64_t)AICFN_CRASH_BACKOFF_MS * 1000;
-            log_warn("function %s:%u: a request crashed its worker %u times: refused for %d ms", c->fn->name,
-                     c->fn->ver, cr->crashes, AICFN_CRASH_BACKOFF_MS);
+        /* A worker the gateway killed (another call past its timeout, failed polls) or
+         * stopped was not crashed by this call: only a death of its own is charged. */
+        bool crashed = !w->killed && !gw->stopping;
+        gw_crash *cr = gw_crash_slot(c->fn, c->hash, crashed, now);
+        if (crashed) {
+            cr->crashes++;
+            cr->last_us = now;
+            if (cr->crashes >= 2) {
+                cr->until_us = now + (uint64_t)AICFN_CRASH_BACKOFF_MS * 1000;
+                log_warn("function %s:%u: a request crashed its worker %u times: refused for %d ms",
+                         c->fn->name, c->fn->ver, cr->crashes, AICFN_CRASH_BACKOFF_MS);
+            }
         }
-        if (c->fn->cfg.idempotent && c->attempts < 2 && cr->crashes < 2 && !gw->stopping) {
+        uint32_t crashes = cr ? cr->crashes : 0;
+        if (c->fn->cfg.idempotent && c->attempts < 2 && crashes < 2 && !gw->stopping) {
             c->attempts++;
             gw_route_locked(gw, c, &a);
         } else {
@@ -985,6 +1012,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
     } else if (status == AICFN_E_TIMEOUT) {
         log_warn("worker %s: call %llu (%s:%u) got no reply within its timeout + grace: killing the worker",
                  w->name, (unsigned long long)c->id, c->fn->name, c->fn->ver);
+        w->killed = true;
         gw_worker_dead_locked(gw, w, &a);
         gw_fail_locked(&a, c, AICFN_E_TIMEOUT,
                        "function %s:%u did not answer within %u ms (worker %s replaced)", c->fn->name,
@@ -1123,12 +1151,21 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
         }
     } else if (w->state != GW_WORKER_DEAD) {
         w->consecutive_poll_failures++;
-        if (w->state == GW_WORKER_STARTING && rc == AICFN_E_TIMEOUT) {
-            log_warn("worker %s did not answer its first status within %d ms: %s", w->name,
-                     AICFN_WORKER_START_TIMEOUT_MS, e.msg);
+        if (w->state == GW_WORKER_STARTING) {
+            /* No other poll follows a starting worker's first one (only READY and DRAINING
+             * workers are polled), so any failure of it ends the worker: else it would stay
+             * STARTING, holding the calls routed to it, for ever (a remote one has no
+             * start timeout). */
+            if (rc == AICFN_E_TIMEOUT)
+                log_warn("worker %s did not answer its first status within %d ms: %s", w->name,
+                         AICFN_WORKER_START_TIMEOUT_MS, e.msg);
+            else
+                log_warn("worker %s: its first status failed (%s): %s", w->name, aicfn_status_name(rc),
+                         e.msg);
             gw_worker_dead_locked(gw, w, &a);
         } else if (w->state != GW_WORKER_STARTING && w->consecutive_poll_failures >= 3) {
             log_warn("worker %s failed 3 status polls (%s): dropping it", w->name, e.msg);
+            w->killed = true;
             gw_worker_dead_locked(gw, w, &a);
         }
     }
@@ -1242,8 +1279,14 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
             char addr[GW_POOL_ADDR_MAX];
             aicfn_error e;
             uint64_t t0 = clock_now_us();
-            int rc = gw_pool_spawn(gw->pool, &id, addr, sizeof addr, &pid, &e);
             pthread_mutex_lock(&gw->mu);
+            gw_pool *pool = gw->stopping ? NULL : gw->pool;
+            if (pool) gw->spawning++;
+            pthread_mutex_unlock(&gw->mu);
+            int rc = pool ? gw_pool_spawn(pool, &id, addr, sizeof addr, &pid, &e)
+                          : aicfn_error_set(&e, AICFN_E_CANCELED, "the gateway is stopping");
+            pthread_mutex_lock(&gw->mu);
+            if (pool && --gw->spawning == 0) pthread_cond_broadcast(&gw->spawn_cv);
             if (rc == AICFN_OK) {
                 snprintf(w->name, sizeof w->name, "w%u", id);
                 snprintf(w->addr, sizeof w->addr, "%s", addr);
@@ -1252,7 +1295,7 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
                 w->started_us = t0;
                 w->started_wall_us = clock_wall_us();
                 if (w->state == GW_WORKER_DEAD) {
-                    gw_pool_kill(gw->pool, id);
+                    gw_pool_kill(pool, id); /* pool: still alive while we hold mu (gw_stop waits) */
                     gw_worker_row_locked(gw, w, gw->stopping ? GW_WROW_EXITED : GW_WROW_LOST);
                 } else {
                     rc = gw_worker_connect(w, &e);
@@ -1262,7 +1305,7 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
                         next.polls[next.n_polls++] = w;
                         gw_worker_row_locked(gw, w, GW_WROW_STARTING);
                     } else {
-                        gw_pool_kill(gw->pool, id);
+                        gw_pool_kill(pool, id);
                         gw_worker_row_locked(gw, w, GW_WROW_LOST);
                     }
                 }
@@ -2111,6 +2154,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     gw->scaling_dirty = true; /* read which functions keep workers warm once started */
     pthread_mutex_init(&gw->mu, NULL);
     pthread_cond_init(&gw->maint_cv, NULL);
+    pthread_cond_init(&gw->spawn_cv, NULL);
     int rc = AICFN_OK;
     if (!gw->listen || !gw->data_dir || !gw->device)
         rc = aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
@@ -2209,11 +2253,15 @@ void gw_stop(gw_gateway *gw) {
     /* The front waits for every call it handed out to be answered. */
     gw_front_stop(gw->front);
     gw->front = NULL;
-    /* Workers drain and exit; their exits mark them dead. */
-    gw_pool_destroy(gw->pool);
+    /* Workers drain and exit; their exits mark them dead. The pool is taken away first
+     * (nothing uses it after this) and destroyed once no spawn is still inside it. */
     pthread_mutex_lock(&gw->mu);
+    gw_pool *pool = gw->pool;
     gw->pool = NULL;
+    while (gw->spawning > 0)
+        pthread_cond_wait(&gw->spawn_cv, &gw->mu);
     pthread_mutex_unlock(&gw->mu);
+    gw_pool_destroy(pool);
     if (gw->maint_started) {
         pthread_mutex_lock(&gw->mu);
         for (gw_worker *w = gw->workers; w; w = w->next)
@@ -2251,6 +2299,7 @@ void gw_stop(gw_gateway *gw) {
     gw_db_close(gw->db);
     pthread_mutex_destroy(&gw->mu);
     pthread_cond_destroy(&gw->maint_cv);
+    pthread_cond_destroy(&gw->spawn_cv);
     free(gw->listen);
     free(gw->data_dir);
     free(gw->device);

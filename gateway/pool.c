@@ -33,7 +33,9 @@
 #define POOL_TICK_MS 10 /* waitpid polling, only for a child without a pidfd */
 #define POOL_MAX_ARGS 64
 
-typedef enum pool_state { POOL_RUNNING = 0, POOL_TERMINATING = 1 } pool_state;
+/* RUNNING -> TERMINATING (SIGTERM sent; SIGKILL after the grace) -> KILLED (SIGKILL sent:
+ * nothing more to send, waiting to reap). */
+typedef enum pool_state { POOL_RUNNING = 0, POOL_TERMINATING = 1, POOL_KILLED = 2 } pool_state;
 
 typedef struct pool_child {
     uint32_t id;
@@ -195,7 +197,7 @@ static void pool_sleep_locked(gw_pool *p) {
             p->fds[n++] = (struct pollfd){.fd = c->pidfd, .events = POLLIN};
         else
             timeout_ms = POOL_TICK_MS; /* no pidfd (or no room for it): poll waitpid */
-        if (c->state == POOL_TERMINATING && c->term_at_us < UINT64_MAX / 2) {
+        if (c->state == POOL_TERMINATING) {
             uint64_t due = c->term_at_us + p->grace_us;
             uint64_t ms = due > now ? (due - now + 999) / 1000 : 0;
             if (timeout_ms < 0 || ms < (uint64_t)timeout_ms) timeout_ms = (int)(ms > INT_MAX ? INT_MAX : ms);
@@ -247,7 +249,7 @@ static void *pool_main(void *arg) {
                 log_warn("worker w%u (pid %ld) still running %llu ms after SIGTERM: SIGKILL", c->id,
                          (long)c->pid, (unsigned long long)(p->grace_us / 1000));
                 kill(c->pid, SIGKILL);
-                c->term_at_us = UINT64_MAX / 2; /* do not repeat the message */
+                c->state = POOL_KILLED; /* once: the next passes only wait to reap it */
             }
             pc = &c->next;
         }
@@ -379,6 +381,8 @@ static int pool_signal(gw_pool *p, uint32_t id, int sig) {
         c->state = POOL_TERMINATING;
         c->term_at_us = clock_now_us();
         pool_wake(p); /* to time the SIGKILL escalation */
+    } else if (sig == SIGKILL) {
+        c->state = POOL_KILLED;
     }
     pthread_mutex_unlock(&p->mu);
     return AICFN_OK;

@@ -59,6 +59,8 @@ typedef struct gw_worker {
     uint64_t spawn_us;          /* start to first status reply; 0 for remote */
     bool spawn_attributed;      /* spawn_us already given to a cold-start record */
     uint32_t consecutive_poll_failures;
+    bool killed; /* the gateway ended it (a call past its timeout, failed polls): the calls
+                    that fail with it did not crash it and are not charged as crashes */
 
     struct gw_call *pending_head, *pending_tail; /* routed here while STARTING */
 

@@ -593,13 +593,14 @@ def test_sigterm_with_requests_queued_exits(procs, tmp_path):
         deadline = time.time() + 20
         while replies[0] < 500 and time.time() < deadline:
             time.sleep(0.01)
-        assert replies[0] >= 500, replies
+        assert replies[0] >= 500, (replies, g.stderr()[-3000:])
         g.signal(signal.SIGTERM)
         try:
             rc = g.wait(timeout=10)
         except Exception:  # noqa: BLE001 - reported by the assertion below
             rc = None
-        assert rc == 0, f"gateway did not exit cleanly within 10 s of SIGTERM (rc {rc}); {replies[0]} replies"
+        assert rc == 0, (f"gateway did not exit cleanly within 10 s of SIGTERM (rc {rc}); {replies[0]} replies; "
+                         f"its log ends: {g.stderr()[-3000:]}")
     finally:
         stop.set()
         s.close()

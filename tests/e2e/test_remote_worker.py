@@ -342,3 +342,34 @@ def test_remote_worker_rejoins_a_restarted_gateway(procs, tmp_path):
     assert np.array_equal(output(r, "x"), x * 2)
     assert w.poll() is None
     assert "registered again with gateway" in w.stderr()
+
+
+def test_registered_worker_whose_first_status_fails_is_dropped(procs, tmp_path):
+    """A registered worker whose first status poll fails (here: a reply that is not
+    msgpack) is dropped at once. Only ready and draining workers are polled again, so it
+    used to stay 'starting' for ever, holding every call routed to it."""
+    import pynng
+    addr, data, g = start_gateway(procs, tmp_path)
+    waddr = f"tcp://127.0.0.1:{free_port()}"
+    stop = threading.Event()
+    with pynng.Rep0(listen=waddr, recv_timeout=100) as fake:
+        def serve():
+            for _ in range(600):  # at most 60 s of 100 ms receives
+                if stop.is_set():
+                    return
+                try:
+                    fake.recv()
+                except pynng.Timeout:
+                    continue
+                fake.send(b"\xc1")  # never valid msgpack
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        try:
+            r = call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr, "name": "fake1"})
+            assert r["ok"], r
+            wait_for(lambda: not any(x["name"] == "fake1" for x in workers(addr)), 10,
+                     what="the worker whose first status failed to be dropped")
+            assert "fake1: its first status failed" in g.stderr()
+        finally:
+            stop.set()
+            t.join(timeout=5)
