@@ -468,7 +468,7 @@ static void fetch_prune(worker_fetcher *f, const char *keep) {
         while (*pp && strcmp((*pp)->hash, files[i].hash) != 0)
             pp = &(*pp)->next;
         fetch_entry *e = *pp;
-        if (e && e->state != FETCH_READY) continue; /* being fetched or verified */
+        if (e && (e->state != FETCH_READY || e->waiters)) continue; /* being fetched, verified or waited on */
         struct stat st;
         if (fstatat(dirfd(d), files[i].hash, &st, 0) != 0) continue; /* gone meanwhile */
         uint64_t used = fetch_mtime_us(&st);
@@ -502,14 +502,24 @@ int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, a
     int rc = worker_fetch_cache_path(f->dir, hash, local, cap, err);
     if (rc != AICFN_OK) return rc;
     pthread_mutex_lock(&f->mu);
-    fetch_entry *e = f->entries;
-    while (e && strcmp(e->hash, hash) != 0)
-        e = e->next;
+    fetch_entry **pe = &f->entries;
+    while (*pe && strcmp((*pe)->hash, hash) != 0)
+        pe = &(*pe)->next;
+    fetch_entry *e = *pe;
     if (e && e->state == FETCH_READY) {
-        e->used_wall_us = clock_wall_us();
-        pthread_mutex_unlock(&f->mu);
-        fetch_touch(local);
-        return AICFN_OK;
+        struct stat st;
+        if (stat(local, &st) == 0 && S_ISREG(st.st_mode)) {
+            e->used_wall_us = clock_wall_us();
+            pthread_mutex_unlock(&f->mu);
+            fetch_touch(local);
+            return AICFN_OK;
+        }
+        /* Gone: another worker sharing this cache directory pruned it, or someone
+         * removed it. Forget it and fetch it again. */
+        log_info("artifact cache %s: %s is no longer there; fetching it again", f->dir, hash);
+        *pe = e->next;
+        free(e);
+        e = NULL;
     }
     if (e) {
         /* Someone is fetching it: wait for that flight's result. */

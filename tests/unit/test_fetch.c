@@ -305,6 +305,12 @@ static void download_in_chunks_then_trusted(void **state) {
     /* Downloaded by this process: trusted without another request. */
     assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_OK);
     assert_int_equal(atomic_load(&fx->g->requests), 5);
+    /* Removed behind its back (another worker sharing the directory pruned it): fetched
+     * again, not handed out as a path that no longer exists. */
+    assert_int_equal(unlink(local), 0);
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_OK);
+    assert_file_is(local, fx->g->content, CONTENT_BYTES);
+    assert_int_equal(atomic_load(&fx->g->requests), 10);
     /* By gateway path: only the last component is used. */
     char gpath[PATH_MAX];
     snprintf(gpath, sizeof gpath, "/nonexistent/gateway/data/artifacts/%s", fx->g->hash);
