@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -54,7 +55,7 @@ typedef struct front_upload {
 } front_upload;
 
 typedef struct front_auth {
-    char key[GW_KEY_STRING_MAX];
+    unsigned char key_digest[32]; /* BLAKE2b of the key string: the key itself is not kept */
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
     bool admin;
     uint32_t rate_per_s;
@@ -178,9 +179,13 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admi
     if (rc != AICFN_OK) return rc;
     if (!key) return aicfn_error_set(err, AICFN_E_UNAUTHENTICATED, "missing API key (`key`)");
     uint64_t now = clock_now_us();
+    /* The cache holds digests and compares them in constant time: no key in memory beyond
+     * this call, and no timing that depends on how much of a key matched. */
+    unsigned char digest[32];
+    crypto_generichash(digest, sizeof digest, (const unsigned char *)key, strlen(key), NULL, 0);
     pthread_mutex_lock(&f->auth_mu);
     for (unsigned i = 0; i < FRONT_AUTH_CACHE; i++)
-        if (f->auth[i].until_us > now && strcmp(f->auth[i].key, key) == 0) {
+        if (f->auth[i].until_us > now && sodium_memcmp(f->auth[i].key_digest, digest, sizeof digest) == 0) {
             snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "%s", f->auth[i].tenant);
             *admin = f->auth[i].admin;
             if (limits) {
@@ -202,7 +207,7 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admi
     }
     pthread_mutex_lock(&f->auth_mu);
     front_auth *slot = &f->auth[f->auth_next++ % FRONT_AUTH_CACHE];
-    snprintf(slot->key, sizeof slot->key, "%s", key);
+    memcpy(slot->key_digest, digest, sizeof digest);
     snprintf(slot->tenant, sizeof slot->tenant, "%s", info.tenant);
     slot->admin = info.admin;
     slot->rate_per_s = info.rate_per_s;

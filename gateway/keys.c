@@ -335,8 +335,9 @@ int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint6
         e->fresh = false;
     } else if (now_us > e->last_us) {
         uint64_t elapsed = now_us - e->last_us;
-        /* elapsed µs × rate tokens/s = elapsed × rate micro-tokens; saturate at the cap. */
-        if (rate_per_s && elapsed < cap) {
+        /* elapsed µs × rate tokens/s = elapsed × rate micro-tokens; saturate at the cap.
+         * A second refills the whole bucket, which also keeps the product in range. */
+        if (rate_per_s && elapsed < LIM_TOKEN) {
             uint64_t add = elapsed * rate_per_s;
             e->micro_tokens = cap - e->micro_tokens <= add ? cap : e->micro_tokens + add;
         } else {

@@ -236,6 +236,13 @@ static sqlite3_int64 led_i64(uint64_t v) {
     return v > INT64_MAX ? INT64_MAX : (sqlite3_int64)v;
 }
 
+/* A measured amount (µs or bytes) as stored: capped at AICFN_LEDGER_AMOUNT_MAX, so that
+ * one absurd value from a worker's reply (they are not bounded on the wire) cannot make
+ * the sums of `aicfn usage` and `aicfn coldstarts` overflow for every later query. */
+static sqlite3_int64 led_amount(uint64_t v) {
+    return v > AICFN_LEDGER_AMOUNT_MAX ? (sqlite3_int64)AICFN_LEDGER_AMOUNT_MAX : (sqlite3_int64)v;
+}
+
 static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
     sqlite3_stmt *st = NULL;
     int rc;
@@ -257,13 +264,13 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
         gw_db_bind_text(st, 7, r->device);
         gw_db_bind_text(st, 8, aicfn_status_name(r->status));
         sqlite3_bind_int64(st, 9, r->batch_size);
-        sqlite3_bind_int64(st, 10, led_i64(r->bytes_in));
-        sqlite3_bind_int64(st, 11, led_i64(r->bytes_out));
-        sqlite3_bind_int64(st, 12, led_i64(r->queue_us));
-        sqlite3_bind_int64(st, 13, led_i64(r->load_us));
-        sqlite3_bind_int64(st, 14, led_i64(r->exec_us));
-        sqlite3_bind_int64(st, 15, led_i64(r->total_us));
-        sqlite3_bind_int64(st, 16, led_i64(r->gpu_us));
+        sqlite3_bind_int64(st, 10, led_amount(r->bytes_in));
+        sqlite3_bind_int64(st, 11, led_amount(r->bytes_out));
+        sqlite3_bind_int64(st, 12, led_amount(r->queue_us));
+        sqlite3_bind_int64(st, 13, led_amount(r->load_us));
+        sqlite3_bind_int64(st, 14, led_amount(r->exec_us));
+        sqlite3_bind_int64(st, 15, led_amount(r->total_us));
+        sqlite3_bind_int64(st, 16, led_amount(r->gpu_us));
         sqlite3_bind_int(st, 17, r->cold ? 1 : 0);
         sqlite3_bind_int(st, 18, r->cached ? 1 : 0);
     } else if (r->kind == LED_WORKER) {
@@ -302,10 +309,10 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
         sqlite3_bind_int64(st, 3, r->version);
         gw_db_bind_text(st, 4, r->worker);
         gw_db_bind_text(st, 5, r->device);
-        sqlite3_bind_int64(st, 6, led_i64(r->compressed_bytes));
-        sqlite3_bind_int64(st, 7, led_i64(r->raw_bytes));
+        sqlite3_bind_int64(st, 6, led_amount(r->compressed_bytes));
+        sqlite3_bind_int64(st, 7, led_amount(r->raw_bytes));
         for (int p = 0; p < GW_PHASE_COUNT; p++)
-            sqlite3_bind_int64(st, 8 + p, led_i64(r->phase[p]));
+            sqlite3_bind_int64(st, 8 + p, led_amount(r->phase[p]));
         gw_db_bind_text(st, 8 + GW_PHASE_COUNT, r->evicted);
     }
     int s = sqlite3_step(st);
@@ -740,8 +747,11 @@ int gw_ledger_count_by_tenant(gw_db *db, uint64_t since_us,
                               aicfn_error *err) {
     gw_db_lock(db);
     sqlite3_stmt *st = NULL;
-    int rc = gw_db_stmt(db, "SELECT tenant, count(*) FROM invocations WHERE time_us >= ?1 GROUP BY tenant",
-                        &st, err);
+    int rc = gw_db_stmt(
+        db,
+        "SELECT tenant, count(*) FROM invocations WHERE time_us >= ?1 AND status != 'AICFN_E_QUOTA' "
+        "GROUP BY tenant",
+        &st, err);
     int s = SQLITE_DONE;
     if (!rc) sqlite3_bind_int64(st, 1, led_i64(since_us));
     while (!rc && (s = sqlite3_step(st)) == SQLITE_ROW)

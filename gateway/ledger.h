@@ -246,7 +246,8 @@ int gw_workers_mark_lost(gw_db *db, uint64_t *n, aicfn_error *err);
 int gw_workers_next_local_id(gw_db *db, uint32_t *out, aicfn_error *err);
 
 /* Invocations per tenant with time_us >= since_us, for seeding daily quotas at start
- * (keys.h gw_limits_seed). Calls fn(tenant, count, ctx) for each tenant. */
+ * (keys.h gw_limits_seed): every row but those the limits refused (AICFN_E_QUOTA),
+ * which used no quota when they happened. Calls fn(tenant, count, ctx) for each tenant. */
 int gw_ledger_count_by_tenant(gw_db *db, uint64_t since_us,
                               void (*fn)(const char *tenant, uint64_t count, void *ctx), void *ctx,
                               aicfn_error *err);

@@ -217,6 +217,12 @@ static void quota_seeded_from_ledger(void **state) {
         gw_invocation_record r = {.time_us = i < 2 ? now - day : now - 1000, .tenant = "t", .function = "f"};
         assert_int_equal(gw_ledger_submit_invocation(led, &r), AICFN_OK);
     }
+    /* Calls the limits refused have rows too, but used no quota (as live). */
+    for (int i = 0; i < 4; i++) {
+        gw_invocation_record r = {
+            .time_us = now - 500, .tenant = "t", .function = "f", .status = AICFN_E_QUOTA};
+        assert_int_equal(gw_ledger_submit_invocation(led, &r), AICFN_OK);
+    }
     gw_ledger_destroy(led);
     gw_limits *l = NULL;
     assert_int_equal(gw_limits_create(&l, NULL), AICFN_OK);

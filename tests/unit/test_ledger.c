@@ -214,6 +214,50 @@ static void usage_totals_equal_sql_sums(void **state) {
     free(dir);
 }
 
+/* Amounts come from workers' replies, unbounded on the wire: one absurd value is stored
+ * capped, so the sums of usage and coldstarts still work for every later query. */
+static void absurd_amounts_do_not_break_the_sums(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("ledger-amounts");
+    gw_ledger *l = NULL;
+    aicfn_error err;
+    assert_int_equal(gw_ledger_create(dir, 0, 0, 0, &l, &err), AICFN_OK);
+    for (int i = 0; i < 3; i++) {
+        gw_invocation_record r = {.time_us = 1000 + (uint64_t)i,
+                                  .tenant = "t",
+                                  .function = "f",
+                                  .batch_size = 1,
+                                  .bytes_out = UINT64_MAX,
+                                  .exec_us = UINT64_MAX - (uint64_t)i,
+                                  .load_us = UINT64_MAX,
+                                  .cold = true};
+        assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
+        gw_cold_start_record cs = {.time_us = 1000 + (uint64_t)i,
+                                   .function = "f",
+                                   .version = 1,
+                                   .compressed_bytes = UINT64_MAX,
+                                   .raw_bytes = UINT64_MAX,
+                                   .total_us = UINT64_MAX};
+        assert_int_equal(gw_ledger_submit_cold_start(l, &cs), AICFN_OK);
+    }
+    gw_ledger_destroy(l);
+    gw_db *db = NULL;
+    assert_int_equal(gw_db_open(dir, &db, NULL), AICFN_OK);
+    gw_usage_row *rows = NULL, total;
+    size_t n = 0;
+    assert_int_equal(gw_ledger_usage(db, NULL, 0, &rows, &n, &total, &err), AICFN_OK);
+    assert_int_equal(total.calls, 3);
+    assert_int_equal(total.gpu_us, 3 * AICFN_LEDGER_AMOUNT_MAX);
+    free(rows);
+    gw_coldstart_summary *cs = NULL;
+    assert_int_equal(gw_ledger_coldstarts(db, NULL, 0, &cs, &n, &err), AICFN_OK);
+    assert_int_equal(n, 1);
+    free(cs);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
 static void full_queue_drops_and_counts(void **state) {
     (void)state;
     char *dir = tdb_mkdtemp("led");
@@ -448,6 +492,7 @@ int main(void) {
         cmocka_unit_test(gpu_us_rounding),
         cmocka_unit_test(coldstart_percentiles),
         cmocka_unit_test(usage_totals_equal_sql_sums),
+        cmocka_unit_test(absurd_amounts_do_not_break_the_sums),
         cmocka_unit_test(full_queue_drops_and_counts),
         cmocka_unit_test(batches_commit_by_time),
         cmocka_unit_test(crash_loses_only_uncommitted),
