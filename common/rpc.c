@@ -350,7 +350,8 @@ static void srv_pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg) {
 
 static int srv_listen(rpc_server *s, const char *url) {
     int rv = nng_listener_create(&s->listener, s->sock, url);
-    if (rv == 0) rv = nng_listener_set_size(s->listener, NNG_OPT_RECVMAXSZ, s->recv_max);
+    if (rv == 0)
+        rv = nng_listener_set_size(s->listener, NNG_OPT_RECVMAXSZ, s->recv_max + RPC_SP_HEADER_SLACK);
     if (rv == 0) rv = nng_listener_start(s->listener, 0);
     return rv;
 }
@@ -470,7 +471,8 @@ int rpc_server_start(rpc_server **out, const char *url, const rpc_server_opts *o
         return rpc_error_nng(err, rv, "rpc server %s: opening REP socket", url);
     }
     s->sock_open = true;
-    if ((rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, recv_max)) != 0) goto fail_sock;
+    if ((rv = nng_socket_set_size(s->sock, NNG_OPT_RECVMAXSZ, recv_max + RPC_SP_HEADER_SLACK)) != 0)
+        goto fail_sock;
     for (unsigned i = 0; i < n; i++) {
         struct rpc_call *c = &s->calls[i];
         c->srv = s;
@@ -687,14 +689,16 @@ int rpc_client_open(rpc_client **out, const char *url, const rpc_client_opts *op
         return rc;
     }
     const char *what = "setting options";
-    if ((rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, recv_max)) != 0) goto fail;
+    if ((rv = nng_socket_set_size(c->sock, NNG_OPT_RECVMAXSZ, recv_max + RPC_SP_HEADER_SLACK)) != 0)
+        goto fail;
     if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE)) != 0) goto fail;
     if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMINT, 50)) != 0) goto fail;
     if ((rv = nng_socket_set_ms(c->sock, NNG_OPT_RECONNMAXT, 1000)) != 0) goto fail;
     if ((rv = nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, cli_pipe_removed, c)) != 0) goto fail;
     what = "dialing";
     if ((rv = nng_dialer_create(&c->dialer, c->sock, url)) != 0) goto fail;
-    if ((rv = nng_dialer_set_size(c->dialer, NNG_OPT_RECVMAXSZ, recv_max)) != 0) goto fail;
+    if ((rv = nng_dialer_set_size(c->dialer, NNG_OPT_RECVMAXSZ, recv_max + RPC_SP_HEADER_SLACK)) != 0)
+        goto fail;
     if ((rv = nng_dialer_start(c->dialer, background ? NNG_FLAG_NONBLOCK : 0)) != 0) goto fail;
     *out = c;
     return AICFN_OK;
@@ -753,21 +757,22 @@ unsigned rpc_client_inflight(rpc_client *c) {
 /* Starts the receive phase unless the call was aborted meanwhile; under c->mu so the
  * disconnect notification cannot slip in between the check and the arm. Returns 0 or
  * the abort error. */
-static int cli_arm_recv(rpc_client *c, rpc_op *op) {
+/* Arms op's receive after its send completed; the receive's completion ends the call.
+ * A call aborted meanwhile (the connection dropped, the client fails its calls) or out
+ * of time has its receive armed all the same and aborted at once: only a cancelled
+ * receive resets a REQ context, and a context left holding its request would send it
+ * again on NNG's next connection (NNG 1.5.2 resends on a pipe's close whatever the
+ * resend time), running a call that was already reported failed. */
+static void cli_arm_recv(rpc_client *c, rpc_op *op) {
     pthread_mutex_lock(&c->mu);
     int ab = op->aborted;
-    if (ab == 0) {
-        nng_duration left = cli_left(op->deadline_us);
-        if (left == 0)
-            ab = NNG_ETIMEDOUT;
-        else {
-            op->phase = OP_RECV;
-            nng_aio_set_timeout(op->aio, left);
-            nng_ctx_recv(op->ctx, op->aio);
-        }
-    }
+    nng_duration left = cli_left(op->deadline_us);
+    if (ab == 0 && left == 0) ab = NNG_ETIMEDOUT;
+    op->phase = OP_RECV;
+    nng_aio_set_timeout(op->aio, left ? left : 1);
+    nng_ctx_recv(op->ctx, op->aio);
+    if (ab != 0) nng_aio_abort(op->aio, ab);
     pthread_mutex_unlock(&c->mu);
-    return ab;
 }
 
 static int cli_dropped(rpc_client *c, aicfn_error *err) {
@@ -839,9 +844,8 @@ int rpc_call_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_m
         nng_msg_free(nng_aio_get_msg(op.aio));
         nng_aio_set_msg(op.aio, NULL);
         rc = cli_status(c, rv, err, "sending");
-    } else if ((rv = cli_arm_recv(c, &op)) != 0) {
-        rc = cli_status(c, rv, err, "sent");
     } else {
+        cli_arm_recv(c, &op);
         nng_aio_wait(op.aio);
         rv = nng_aio_result(op.aio);
         if (rv != 0) {
@@ -897,7 +901,7 @@ static void cli_async_cb(void *arg) {
             cli_complete(op, rv, NULL, "sending");
             return;
         }
-        if ((rv = cli_arm_recv(op->c, op)) != 0) cli_complete(op, rv, NULL, "sent");
+        cli_arm_recv(op->c, op);
         return;
     }
     if (rv != 0) {

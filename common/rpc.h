@@ -5,7 +5,9 @@
  * Not for: message contents (see common/wire.h) or any routing policy.
  *
  * Rules enforced here for NNG 1.5.2 (each guarded by a test):
- *  - NNG_OPT_RECVMAXSZ is set on every socket (server and client).
+ *  - NNG_OPT_RECVMAXSZ is set on every socket (server and client), to the body limit plus
+ *    RPC_SP_HEADER_SLACK: NNG compares the whole frame, the SP header (REQ's request id)
+ *    included, so a body of exactly the limit must still pass.
  *  - REQ sockets and every REQ context use NNG_OPT_REQ_RESENDTIME = infinite: a request
  *    is never resent by NNG; retries are the router's decision alone. NNG 1.5.2 still
  *    re-queues a request when its pipe closes, so a client aborts its in-flight calls
@@ -31,6 +33,10 @@
 #include <stdint.h>
 
 #include "common/error.h"
+
+/* Bytes NNG_OPT_RECVMAXSZ allows beyond a body limit for the SP header of a REQ/REP
+ * message (4 bytes per hop; a message with more than this is not ours). */
+#define RPC_SP_HEADER_SLACK 64
 
 /* Maps an NNG error number to an aicfn status: NNG_ETIMEDOUT -> AICFN_E_TIMEOUT,
  * NNG_ECONNREFUSED/ECLOSED/ECONNSHUT/EADDRINUSE... -> AICFN_E_UNAVAILABLE (EADDRINUSE,
