@@ -82,6 +82,15 @@ typedef struct pl_job {
     loader_timing sum; /* per-thread sums, added under mu */
 } pl_job;
 
+/* What a load asks the device for: the blob, or one aligned unit when it is empty. */
+static uint64_t pl_blob_request(const snap_manifest *man) {
+    return man->blob_bytes ? man->blob_bytes : AICFN_SNAP_ALIGN;
+}
+
+uint64_t loader_manifest_device_bytes(loader_device *dev, const snap_manifest *man) {
+    return loader_device_alloc_size(dev, pl_blob_request(man));
+}
+
 uint32_t loader_default_threads(void) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1) n = 1;
@@ -584,8 +593,8 @@ int loader_load_reader(loader_device *dev, const snap_reader *r, const loader_lo
     if (threads > AICFN_LOADER_MAX_THREADS) threads = AICFN_LOADER_MAX_THREADS;
     const snap_manifest *man = snap_reader_manifest(r);
     const char *path = snap_reader_path(r);
-    uint64_t want = man->blob_bytes ? man->blob_bytes : AICFN_SNAP_ALIGN;
-    uint64_t size = loader_device_alloc_size(dev, want);
+    uint64_t want = pl_blob_request(man);
+    uint64_t size = loader_manifest_device_bytes(dev, man);
     if (o.max_bytes && size > o.max_bytes)
         return aicfn_error_set(err, AICFN_E_CAPACITY, "loading %s: needs %llu device bytes, %llu allowed",
                                path, (unsigned long long)size, (unsigned long long)o.max_bytes);
@@ -699,8 +708,7 @@ static int pl_cache_prepare(void *arg, const char *key, const char *path, void *
     p->r = r;
     p->t_open_us = clock_now_us() - t0;
     p->t_fetch_us = t_fetch;
-    uint64_t blob = snap_reader_manifest(r)->blob_bytes;
-    *bytes = loader_device_alloc_size(src->device, blob ? blob : AICFN_SNAP_ALIGN);
+    *bytes = loader_manifest_device_bytes(src->device, snap_reader_manifest(r));
     *prep = p;
     return AICFN_OK;
 }

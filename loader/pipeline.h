@@ -82,6 +82,11 @@ loader_device *loader_model_device(const loader_model *m);
 void *loader_model_blob(const loader_model *m);
 /* Bytes the device reserved for the blob (>= manifest blob_bytes). */
 uint64_t loader_model_alloc_bytes(const loader_model *m);
+
+/* The device bytes a load of `man` allocates on `dev` (what a cache charges for it before
+ * loading): the blob rounded up by the device; an empty blob still takes one aligned
+ * unit (AICFN_SNAP_ALIGN). */
+uint64_t loader_manifest_device_bytes(loader_device *dev, const snap_manifest *man);
 /* The manifest copy (tensor names etc.); owned by the model. */
 const snap_manifest *loader_model_manifest(const loader_model *m);
 /* Index of the tensor named `name`, or -1. Linear scan. */

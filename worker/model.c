@@ -56,7 +56,7 @@ static int model_prepare(void *arg, const char *key, const char *path, void **pr
         return aicfn_error_wrap(err, "model %s", key);
     }
     p->open_us = clock_now_us() - t0;
-    *bytes = loader_device_alloc_size(a->device, snap_reader_manifest(p->reader)->blob_bytes);
+    *bytes = loader_manifest_device_bytes(a->device, snap_reader_manifest(p->reader));
     *prep = p;
     return AICFN_OK;
 }

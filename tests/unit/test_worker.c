@@ -695,6 +695,52 @@ static void bundle_reply_never_outgrows_the_message(void **state) {
     worker_destroy(w);
 }
 
+/* A model whose blob is empty (only empty tensors) loads: the cache is charged the one
+ * aligned unit the device allocates for it, not 0 bytes. */
+static void empty_model_loads(void **state) {
+    (void)state;
+    char st[PATH_MAX + 32], snap[PATH_MAX + 32];
+    snprintf(st, sizeof st, "%s/empty.safetensors", tmp_dir);
+    snprintf(snap, sizeof snap, "%s/empty.aicsnap", tmp_dir);
+    char header[] = "{\"z\":{\"dtype\":\"U8\",\"shape\":[0],\"data_offsets\":[0,0]}}   ";
+    size_t hn = strlen(header);
+    assert_int_equal(hn % 8, 0);
+    FILE *f = fopen(st, "wb");
+    assert_non_null(f);
+    uint64_t hl = hn;
+    fwrite(&hl, 8, 1, f);
+    fwrite(header, 1, hn, f);
+    fclose(f);
+    const char *in[1] = {st};
+    snap_pack_opts o = {.level = AICFN_SNAP_DEFAULT_LEVEL,
+                        .chunk = AICFN_SNAP_DEFAULT_CHUNK,
+                        .filter = SNAP_FILTER_MODE_AUTO,
+                        .threads = 1};
+    aicfn_error err;
+    if (snap_pack(in, 1, snap, &o, NULL, &err) != AICFN_OK) fail_msg("snap_pack: %s", err.msg);
+
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-empty", (int)getpid());
+    worker *w = start(url, 16u << 20);
+    add(w, "empty", "echo", snap, 1, 0);
+    rpc_client *c = serve(w, url);
+    float x[4] = {1, 2, 3, 4};
+    wire_tensor t = {.name = "x",
+                     .dtype = AICFN_DTYPE_FP32,
+                     .ndim = 1,
+                     .shape = {4},
+                     .data = (const uint8_t *)x,
+                     .nbytes = sizeof x};
+    reply r;
+    invoke(c, 1, "empty", &t, 1, NULL, NULL, 0, &r);
+    if (!r.rep.head.ok) fail_msg("invoke: %s", r.rep.head.message);
+    assert_true(r.rep.cold);
+    reply_free(&r);
+    rpc_client_close(c);
+    assert_int_equal(worker_drain(w, 5000), 0);
+    worker_destroy(w);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(echo_mlp_status),
@@ -703,6 +749,7 @@ int main(void) {
         cmocka_unit_test(bad_config),
         cmocka_unit_test(bundle_parts_answered_in_order),
         cmocka_unit_test(bundle_reply_never_outgrows_the_message),
+        cmocka_unit_test(empty_model_loads),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
