@@ -128,12 +128,18 @@ static int cd_build(const cli_manifest *m, const char *tmp, char *so, size_t so_
     if (access(CD_NVCC, X_OK) == 0 && access(CD_CUDART, R_OK) == 0) {
         DIR *d = opendir(dir);
         struct dirent *e;
-        while (d && (e = readdir(d)) && n_cu < CD_MAX_CU) {
+        int seen = 0;
+        while (d && (e = readdir(d))) {
             size_t l = strlen(e->d_name);
-            if (l > 3 && strcmp(e->d_name + l - 3, ".cu") == 0)
-                snprintf(cu[n_cu++], PATH_MAX, "%s/%s", dir, e->d_name);
+            if (l > 3 && strcmp(e->d_name + l - 3, ".cu") == 0) {
+                if (n_cu < CD_MAX_CU) snprintf(cu[n_cu++], PATH_MAX, "%s/%s", dir, e->d_name);
+                seen++;
+            }
         }
         if (d) closedir(d);
+        if (seen > CD_MAX_CU) /* which ones would be left out depends on readdir's order */
+            return aicfn_error_set(err, AICFN_E_TOO_LARGE, "%s holds %d .cu files; at most %d are built", dir,
+                                   seen, CD_MAX_CU);
     }
     if (n_cu > 0) {
         char objs[CD_MAX_CU][PATH_MAX + 16];
@@ -385,7 +391,8 @@ int cli_cmd_deploy(int argc, char **argv) {
         rc = cli_gw_call(c, &w, 30000, &reply, &doc, &err);
         wire_writer_fini(&w);
         if (rc == AICFN_OK) {
-            wire_get_u64(&doc.root, NULL, "version", true, &version, &err);
+            rc = wire_get_u64(&doc.root, NULL, "version", true, &version, &err);
+            if (rc != AICFN_OK) aicfn_error_wrap(&err, "the gateway's reply to deploy %s", m->name);
             wire_doc_fini(&doc);
             rpc_msg_free(reply);
             break;

@@ -246,10 +246,16 @@ static int man_int(man_ctx *c, const man_node *n, const char *key, int64_t min, 
     if (*s == '-' || *s == '+') neg = *s++ == '-';
     if (!*s) goto bad;
     int64_t v = 0;
+    bool over = false;
     for (; *s; s++) {
         if (*s < '0' || *s > '9') goto bad;
-        v = v * 10 + (*s - '0'); /* at most 18 digits: no overflow */
+        int d = *s - '0';
+        if (v > (INT64_MAX - d) / 10) over = true; /* 19 digits can exceed int64 */
+        if (!over) v = v * 10 + d;
     }
+    if (over)
+        return man_err(c, n, key, "%.40s is out of range (%lld..%lld)", n->value, (long long)min,
+                       (long long)max);
     if (neg) v = -v;
     if (v < min || v > max)
         return man_err(c, n, key, "%lld is out of range (%lld..%lld)", (long long)v, (long long)min,
@@ -266,7 +272,7 @@ static int man_duration(man_ctx *c, const man_node *n, const char *key, uint64_t
     if (n->kind != MAN_SCALAR || man_is_null(n))
         return man_err(c, n, key, "expected a duration (30s, 250ms, 5m), got %s", man_kind_name(n));
     aicfn_error e;
-    if (units_parse_duration_us(n->value, out, &e) != AICFN_OK)
+    if (strlen(n->value) != n->len || units_parse_duration_us(n->value, out, &e) != AICFN_OK)
         return man_err(c, n, key, "expected a duration (30s, 250ms, 5m), got '%.40s'", n->value);
     return AICFN_OK;
 }
@@ -275,7 +281,7 @@ static int man_size(man_ctx *c, const man_node *n, const char *key, uint64_t *ou
     if (n->kind != MAN_SCALAR || man_is_null(n))
         return man_err(c, n, key, "expected a size (8MiB, 4096), got %s", man_kind_name(n));
     aicfn_error e;
-    if (units_parse_size(n->value, out, &e) != AICFN_OK)
+    if (strlen(n->value) != n->len || units_parse_size(n->value, out, &e) != AICFN_OK)
         return man_err(c, n, key, "expected a size (8MiB, 4096), got '%.40s'", n->value);
     return AICFN_OK;
 }
@@ -662,7 +668,7 @@ int cli_manifest_load(const char *path, cli_manifest **out, aicfn_error *err) {
         *slash = '\0';
     else
         strcpy(dir, ".");
-    fd = open(file, O_RDONLY | O_CLOEXEC);
+    fd = open(file, O_RDONLY | O_CLOEXEC | O_NONBLOCK); /* a FIFO must not block the open */
     if (fd < 0 || fstat(fd, &st) != 0) {
         rc = aicfn_error_errno(err, AICFN_E_IO, errno, "reading manifest %s", file);
         goto out;

@@ -104,6 +104,12 @@ static void bad_cases_name_key_and_line(void **state) {
                  "batching.max_batch", "expected an integer");
     expect_error("name: a\nhandler: a.c\nbatching: { max_batch: 0 }\n", ":3:", "batching.max_batch",
                  "out of range");
+    expect_error("name: a\nhandler: a.c\nbatching: { max_batch: 9999999999999999999 }\n",
+                 ":3:", "batching.max_batch", "9999999999999999999 is out of range"); /* past int64 */
+    expect_error("name: a\nhandler: a.c\nlimits: { timeout: \"30s\\0junk\" }\n", ":3:", "limits.timeout",
+                 "duration"); /* a NUL inside is not the end of the value */
+    expect_error("name: a\nhandler: a.c\nlimits: { max_request_bytes: \"8MiB\\0x\" }\n",
+                 ":3:", "limits.max_request_bytes", "size");
     expect_error("name: a\nhandler: a.c\nidempotent: yes\n", ":3:13", "idempotent", "true or false");
     expect_error("name: a\nhandler: a.c\nidempotent: \"true\"\n", ":3:", "idempotent", NULL);
     expect_error("name: a\nhandler: a.c\nlimits: { timeout: soon }\n", ":3:", "limits.timeout", "duration");
@@ -191,6 +197,15 @@ static void load_resolves_and_checks_files(void **state) {
     write_file(y, "name: mlp\nhandler: mlp.c\nmodel: weights\n");
     cli_manifest *m = NULL;
     aicfn_error err = {0};
+    /* A FIFO where the manifest should be is refused, not waited on for a writer. */
+    char fifo_dir[1100], fifo[1200];
+    snprintf(fifo_dir, sizeof fifo_dir, "%s/fifo", dir);
+    assert_int_equal(mkdir(fifo_dir, 0700), 0);
+    snprintf(fifo, sizeof fifo, "%s/aicfn.yaml", fifo_dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    assert_int_equal(cli_manifest_load(fifo_dir, &m, &err), AICFN_E_INVALID);
+    assert_non_null(strstr(err.msg, "not a regular file"));
+    assert_null(m);
     /* The directory form finds aicfn.yaml. */
     assert_int_equal(cli_manifest_load(dir, &m, &err), AICFN_OK);
     snprintf(p, sizeof p, "%s/mlp.c", dir);
