@@ -2322,7 +2322,21 @@ static void gw_record_refused(gw_gateway *gw, const wire_invoke_req *req, const 
                               .status = rc,
                               .bytes_in = in_bytes};
     gw_ledger_submit_invocation(gw->ledger, &r);
-    gw_stdmetrics_call(&gw->std, r.function, r.version, rc, 0);
+    /* The metrics label only functions the gateway knows (resolved before): a name or
+     * version a client made up would add a series per value, until the registry's series
+     * limit drops the real functions' ones. The ledger row keeps what the client sent. */
+    char fn[AICFN_FN_NAME_MAX_BYTES + 1] = "";
+    uint32_t ver = 0;
+    pthread_mutex_lock(&gw->mu);
+    const gw_fn *f = !r.function[0] ? NULL
+                     : req->ver     ? gw_fn_find(gw, r.function, req->ver)
+                                    : gw_alias_find(gw, r.function);
+    if (f) {
+        snprintf(fn, sizeof fn, "%s", f->name);
+        ver = f->ver;
+    }
+    pthread_mutex_unlock(&gw->mu);
+    gw_stdmetrics_call(&gw->std, fn, ver, rc, 0);
 }
 
 int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,

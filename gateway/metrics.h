@@ -86,7 +86,9 @@ int gw_metrics_render(gw_metrics *m, char **out, size_t *len, aicfn_error *err);
 
 /* ---- The aicfn gateway metric set ------------------------------------------------
  * Registered by gw_stdmetrics_init. Names and labels:
- *   aicfn_calls_total{function,version,status}            counter (status: aicfn status name)
+ *   aicfn_calls_total{function,version,status}            counter (status: aicfn status name;
+ *                                                         function "" and version 0 for a call
+ *                                                         to a function the gateway does not know)
  *   aicfn_call_duration_seconds{function}                 histogram (end-to-end at the gateway)
  *   aicfn_cold_starts_total{function}                     counter
  *   aicfn_load_duration_seconds{phase}                    histogram, phase =

@@ -74,7 +74,10 @@ static gw_route_kind router_place(const gw_route_worker *workers, size_t n, cons
     *fits_somewhere = req->new_worker_budget > 0 && req->new_worker_budget >= req->model_bytes;
     for (size_t i = 0; i < n; i++) {
         const gw_route_worker *w = &workers[i];
-        if (w->budget_bytes >= req->model_bytes && (w->usable || w->starting)) *fits_somewhere = true;
+        /* A starting worker's budget is unknown (0) until its first status: it may fit. */
+        if ((w->usable || w->starting) &&
+            (w->budget_bytes >= req->model_bytes || (w->starting && w->budget_bytes == 0)))
+            *fits_somewhere = true;
         if (!w->usable || router_holds(w, req) || router_find(w, req->key)) continue; /* EVICTING: not here */
         if (w->free_bytes < req->model_bytes) continue;
         if (best < 0 || w->in_flight < workers[best].in_flight ||

@@ -172,10 +172,18 @@ def test_metrics_every_front_match_ledger(procs, tmp_path):
         p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
         assert p.returncode == 0, p.stdout + p.stderr
 
-    # Calls: every ledger row once, whichever front it came by (and nothing else).
+    # Calls: every ledger row once, whichever front it came by (and nothing else). A call
+    # to a function the gateway does not know is labelled function="" (the ledger keeps
+    # the name it asked for): made-up names must not add series.
     assert sum(r[2] for r in calls) == n_calls, calls
+    deployed = {"mlp", "mta", "mtb"}
+    labelled = Counter()
     for fn, status, n in calls:
+        labelled[(fn if fn in deployed else "", status)] += n
+    assert ("", "AICFN_E_NOT_FOUND") in labelled, calls  # the call to "nosuch"
+    for (fn, status), n in labelled.items():
         assert metric_value(text, "aicfn_calls_total", {"function": fn, "status": status}) == n, (fn, status, n)
+    assert 'function="nosuch"' not in text
     assert metric_value(text, "aicfn_calls_total", {}) == n_calls
     assert metric_value(text, "aicfn_call_duration_seconds_count", {"function": "mlp"}) == sum(
         n for fn, _, n in calls if fn == "mlp")

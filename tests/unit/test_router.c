@@ -179,6 +179,12 @@ static void too_large_everywhere(void **state) {
     /* No local pool and no worker yet: wait for one to register. */
     r.new_worker_budget = 0;
     assert_int_equal(gw_route_decide(NULL, 0, &r, &d), GW_ROUTE_QUEUE);
+    /* A registered worker still starting has no budget yet (0 until its first status):
+     * it may hold the model, so the call waits rather than failing. */
+    gw_route_worker ws3[] = {worker(0, 0, 0, NULL, 0)};
+    ws3[0].usable = false;
+    ws3[0].starting = true;
+    assert_int_equal(gw_route_decide(ws3, 1, &r, &d), GW_ROUTE_QUEUE);
 }
 
 static void kind_names(void **state) {
