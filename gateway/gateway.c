@@ -1477,7 +1477,8 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     if (f->cfg.cache_responses && gw->respcache) {
         /* A key longer than an entry may be is not worth building. */
         uint64_t max_key = gw_respcache_get_stats(gw->respcache).max_bytes / 8;
-        if (gw_respcache_key(f->name, f->ver, req, (size_t)max_key, &ckey, &ckey_len, NULL) == AICFN_OK) {
+        if (gw_respcache_key(tenant, f->name, f->ver, req, (size_t)max_key, &ckey, &ckey_len, NULL) ==
+            AICFN_OK) {
             uint8_t *hit = NULL;
             size_t hit_len = 0;
             bool found = gw_respcache_get(gw->respcache, ckey, ckey_len, now, &hit, &hit_len);

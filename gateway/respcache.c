@@ -91,12 +91,13 @@ static void rc_put_str(rc_keybuf *b, const char *s) {
     rc_put(b, s, n);
 }
 
-int gw_respcache_key(const char *fn, uint32_t ver, const wire_invoke_req *req, size_t max_len, uint8_t **key,
-                     size_t *key_len, aicfn_error *err) {
+int gw_respcache_key(const char *tenant, const char *fn, uint32_t ver, const wire_invoke_req *req,
+                     size_t max_len, uint8_t **key, size_t *key_len, aicfn_error *err) {
     *key = NULL;
     *key_len = 0;
     /* Size first (one allocation), then fill. */
-    uint64_t need = 8 + (fn ? strlen(fn) : 0) + 8 + 8 + 8 + req->params_len;
+    uint64_t need =
+        8 + (tenant ? strlen(tenant) : 0) + 8 + (fn ? strlen(fn) : 0) + 8 + 8 + 8 + req->params_len;
     for (uint32_t i = 0; i < req->n_inputs; i++) {
         const wire_tensor *t = &req->inputs[i];
         need += 8 + strlen(t->name) + 8 + 8 + 8 * (uint64_t)t->ndim + 8 + t->nbytes;
@@ -108,6 +109,7 @@ int gw_respcache_key(const char *fn, uint32_t ver, const wire_invoke_req *req, s
     if (!b.p)
         return aicfn_error_set(err, AICFN_E_NOMEM, "response cache key (%llu bytes)",
                                (unsigned long long)need);
+    rc_put_str(&b, tenant);
     rc_put_str(&b, fn);
     rc_put_u64(&b, ver);
     rc_put_u64(&b, req->n_inputs);

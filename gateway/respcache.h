@@ -2,8 +2,10 @@
  * functions deployed with `cache: {responses: true, ttl: DUR}` (meant for deterministic
  * functions), served again to identical requests for `ttl` without running anything.
  *
- * A key is the exact content of a request: function name, resolved version, every input
- * (name, dtype, shape, bytes) and the raw params (gw_respcache_key builds it). Lookups
+ * A key is the exact content of a request: the calling tenant, function name, resolved
+ * version, every input (name, dtype, shape, bytes) and the raw params (gw_respcache_key
+ * builds it). The tenant is part of it so that a hit never tells one tenant what another
+ * sent (the reply, `cached: true`, the latency), though the outputs would match. Lookups
  * hash it with XXH3 and then compare every byte, so two different requests never share
  * an entry. Entries expire at their deadline and are evicted least recently used first
  * when the byte budget (keys + replies + bookkeeping) is short; one entry may take at
@@ -34,10 +36,11 @@ typedef struct gw_respcache_stats {
 int gw_respcache_create(uint64_t max_bytes, gw_respcache **out, aicfn_error *err);
 void gw_respcache_destroy(gw_respcache *c); /* NULL is accepted */
 
-/* The key of `req` for version `ver` of `fn`: a malloc'd buffer the caller frees, and
- * its length. AICFN_E_NOMEM, or AICFN_E_TOO_LARGE when it would exceed `max_len`. */
-int gw_respcache_key(const char *fn, uint32_t ver, const wire_invoke_req *req, size_t max_len, uint8_t **key,
-                     size_t *key_len, aicfn_error *err);
+/* The key of `req` from `tenant` (NULL: "") for version `ver` of `fn`: a malloc'd buffer
+ * the caller frees, and its length. AICFN_E_NOMEM, or AICFN_E_TOO_LARGE when it would
+ * exceed `max_len`. */
+int gw_respcache_key(const char *tenant, const char *fn, uint32_t ver, const wire_invoke_req *req,
+                     size_t max_len, uint8_t **key, size_t *key_len, aicfn_error *err);
 
 /* On a live entry for `key`: true, *reply = a malloc'd copy of the stored reply (the
  * caller frees it) and *reply_len its length; the entry becomes the most recently used.

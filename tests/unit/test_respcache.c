@@ -25,8 +25,8 @@ static wire_tensor tensor(const char *name, const void *data, uint64_t nbytes, i
     return t;
 }
 
-static void key_of(const char *fn, uint32_t ver, const wire_tensor *in, uint32_t n, const char *params,
-                   uint8_t **k, size_t *len) {
+static void key_of_tenant(const char *tenant, const char *fn, uint32_t ver, const wire_tensor *in, uint32_t n,
+                          const char *params, uint8_t **k, size_t *len) {
     wire_invoke_req r;
     memset(&r, 0, sizeof r);
     r.fn = fn;
@@ -35,7 +35,12 @@ static void key_of(const char *fn, uint32_t ver, const wire_tensor *in, uint32_t
     r.params = (const uint8_t *)params;
     r.params_len = params ? strlen(params) : 0;
     aicfn_error e;
-    assert_int_equal(gw_respcache_key(fn, ver, &r, 1u << 20, k, len, &e), AICFN_OK);
+    assert_int_equal(gw_respcache_key(tenant, fn, ver, &r, 1u << 20, k, len, &e), AICFN_OK);
+}
+
+static void key_of(const char *fn, uint32_t ver, const wire_tensor *in, uint32_t n, const char *params,
+                   uint8_t **k, size_t *len) {
+    key_of_tenant("t", fn, ver, in, n, params, k, len);
 }
 
 static int key_eq(const uint8_t *a, size_t la, const uint8_t *b, size_t lb) {
@@ -58,6 +63,16 @@ static void keys_tell_requests_apart(void **state) {
     key_of("g", 1, &base, 1, NULL, &k, &l); /* function */
     assert_false(key_eq(k0, l0, k, l));
     free(k);
+    key_of_tenant("u", "f", 1, &base, 1, NULL, &k, &l); /* tenant: no hits across tenants */
+    assert_false(key_eq(k0, l0, k, l));
+    free(k);
+    key_of_tenant("tf", "", 1, &base, 1, NULL, &k, &l); /* bytes moved between tenant and name */
+    uint8_t *k2;
+    size_t l2;
+    key_of_tenant("t", "f", 1, &base, 1, NULL, &k2, &l2);
+    assert_false(key_eq(k2, l2, k, l));
+    free(k);
+    free(k2);
     key_of("f", 1, &base, 1,
            "\x81\xa1"
            "a\x01",
@@ -94,7 +109,7 @@ static void keys_tell_requests_apart(void **state) {
     r.inputs = &base;
     r.n_inputs = 1;
     aicfn_error e;
-    assert_int_equal(gw_respcache_key("f", 1, &r, 16, &k, &l, &e), AICFN_E_TOO_LARGE);
+    assert_int_equal(gw_respcache_key("t", "f", 1, &r, 16, &k, &l, &e), AICFN_E_TOO_LARGE);
     assert_null(k);
 }
 
