@@ -17,6 +17,11 @@
 /* Prints "aicfn: <name>: <message>" to stderr and returns CLI_EXIT_FAIL. */
 int cli_fail(const aicfn_error *err);
 
+/* `s` made safe to print on a terminal: copied into buf (cap bytes) with every control
+ * byte (below 0x20, and 0x7f) shown as '?', so text from a gateway or a worker cannot
+ * move the cursor or retitle the window. NULL prints as "?". Returns buf. */
+const char *cli_text(const char *s, char *buf, size_t cap);
+
 /* Prints a usage error to stderr and returns CLI_EXIT_USAGE. */
 int cli_usage_error(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 

@@ -89,6 +89,7 @@ int cli_cmd_gateway(int argc, char **argv) {
     gw_config cfg = {.listen = NULL, .max_workers = AICFN_DEFAULT_MAX_WORKERS};
     const char *http = NULL;
     cfg.listen = getenv("AICFN_GATEWAY");
+    if (cfg.listen && !cfg.listen[0]) cfg.listen = NULL; /* empty means unset, as for clients */
     for (int i = 1; i < argc; i++) {
         const char *v;
         aicfn_error err;

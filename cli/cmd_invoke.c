@@ -17,12 +17,14 @@
  * Output: {"outputs":[{"name","dtype","shape","data":[flat, row-major]}], ...}; BYTES
  * elements print as strings (or lists of byte values when not UTF-8). */
 #include <errno.h>
+#include <float.h>
 #include <inttypes.h>
 #include <jansson.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "cli/cli.h"
@@ -148,7 +150,9 @@ static float ci_bf16_to_f32(uint16_t b) {
 
 /* ---- JSON -> tensor ---- */
 
-/* Infers the shape of a nested list (rectangular) and the kind of its leaves. */
+/* Infers the shape of a nested list (rectangular) and the kind of its leaves (*kind 0
+ * until the first leaf: from then on no list may add a dimension, so [1, [2]] is
+ * ragged, not [2, 1]). */
 static int ci_infer(json_t *v, ci_input *t, uint32_t depth, int *kind, char *msg, size_t cap) {
     if (json_is_array(v)) {
         if (depth >= AICFN_MAX_DIMS) {
@@ -157,6 +161,10 @@ static int ci_infer(json_t *v, ci_input *t, uint32_t depth, int *kind, char *msg
         }
         int64_t n = (int64_t)json_array_size(v);
         if (depth == t->ndim) {
+            if (*kind) {
+                snprintf(msg, cap, "ragged list: a list sits where values sit elsewhere (depth %u)", depth);
+                return -1;
+            }
             t->shape[t->ndim++] = n;
         } else if (t->shape[depth] != n) {
             snprintf(msg, cap, "ragged list: dimension %u has sizes %" PRId64 " and %" PRId64, depth,
@@ -205,6 +213,45 @@ static int ci_put(ci_buf *b, const void *src, size_t n) {
     return 0;
 }
 
+static bool ci_is_int_dtype(aicfn_dtype dt) {
+    switch (dt) {
+    case AICFN_DTYPE_UINT8:
+    case AICFN_DTYPE_UINT16:
+    case AICFN_DTYPE_UINT32:
+    case AICFN_DTYPE_UINT64:
+    case AICFN_DTYPE_INT8:
+    case AICFN_DTYPE_INT16:
+    case AICFN_DTYPE_INT32:
+    case AICFN_DTYPE_INT64:
+        return true;
+    default:
+        return false;
+    }
+}
+
+/* The range of an integer dtype (UINT64 stops at INT64_MAX: JSON integers beyond it do
+ * not parse). */
+static void ci_int_range(aicfn_dtype dt, int64_t *lo, int64_t *hi) {
+    unsigned bits = 8 * dtype_size(dt);
+    bool is_signed = dt == AICFN_DTYPE_INT8 || dt == AICFN_DTYPE_INT16 || dt == AICFN_DTYPE_INT32 ||
+                     dt == AICFN_DTYPE_INT64;
+    if (bits >= 64) {
+        *lo = is_signed ? INT64_MIN : 0;
+        *hi = INT64_MAX;
+    } else if (is_signed) {
+        *lo = -((int64_t)1 << (bits - 1));
+        *hi = ((int64_t)1 << (bits - 1)) - 1;
+    } else {
+        *lo = 0;
+        *hi = ((int64_t)1 << bits) - 1;
+    }
+}
+
+/* The largest finite magnitude of a float dtype (FP64: DBL_MAX). */
+static double ci_float_max(aicfn_dtype dt) {
+    return dt == AICFN_DTYPE_FP16 ? 65504.0 : dt == AICFN_DTYPE_FP64 ? DBL_MAX : FLT_MAX;
+}
+
 /* Appends one leaf converted to dtype. */
 static int ci_put_leaf(ci_buf *b, aicfn_dtype dt, json_t *v, char *msg, size_t cap) {
     if (dt == AICFN_DTYPE_BYTES) {
@@ -222,8 +269,33 @@ static int ci_put_leaf(ci_buf *b, aicfn_dtype dt, json_t *v, char *msg, size_t c
         return -1;
     }
     double d = json_is_boolean(v) ? (json_is_true(v) ? 1.0 : 0.0) : json_number_value(v);
-    int is_int = json_is_integer(v) || json_is_boolean(v);
-    json_int_t iv = json_is_integer(v) ? json_integer_value(v) : (json_int_t)d;
+    json_int_t iv = 0;
+    if (ci_is_int_dtype(dt)) {
+        /* The value must be a whole number in the dtype's range: nothing wraps. */
+        int64_t lo, hi;
+        ci_int_range(dt, &lo, &hi);
+        if (json_is_integer(v)) {
+            iv = json_integer_value(v);
+        } else if (json_is_boolean(v)) {
+            iv = json_is_true(v);
+        } else if (!isfinite(d) || d != floor(d)) {
+            snprintf(msg, cap, "%s values must be integers (got %g)", dtype_name(dt), d);
+            return -1;
+        } else if (d < -9223372036854775808.0 || d >= 9223372036854775808.0) {
+            snprintf(msg, cap, "%g is out of range for %s", d, dtype_name(dt));
+            return -1;
+        } else {
+            iv = (json_int_t)d;
+        }
+        if (iv < lo || iv > hi) {
+            snprintf(msg, cap, "%lld is out of range for %s (%lld..%lld)", (long long)iv, dtype_name(dt),
+                     (long long)lo, (long long)hi);
+            return -1;
+        }
+    } else if (dt != AICFN_DTYPE_BOOL && isfinite(d) && fabs(d) > ci_float_max(dt)) {
+        snprintf(msg, cap, "%g is out of range for %s", d, dtype_name(dt));
+        return -1;
+    }
     union {
         uint8_t u8;
         uint16_t u16;
@@ -279,11 +351,6 @@ static int ci_put_leaf(ci_buf *b, aicfn_dtype dt, json_t *v, char *msg, size_t c
         break;
     default:
         snprintf(msg, cap, "dtype %s cannot be written from JSON", dtype_name(dt));
-        return -1;
-    }
-    if (!is_int && dt != AICFN_DTYPE_FP16 && dt != AICFN_DTYPE_BF16 && dt != AICFN_DTYPE_FP32 &&
-        dt != AICFN_DTYPE_FP64 && dt != AICFN_DTYPE_BOOL && d != floor(d)) {
-        snprintf(msg, cap, "%s values must be integers (got %g)", dtype_name(dt), d);
         return -1;
     }
     if (ci_put(b, &u, n)) goto big;
@@ -385,6 +452,12 @@ static int ci_parse_input(const char *arg, ci_input *t) {
     json_error_t jerr;
     json_t *v;
     if (val[0] == '@') {
+        struct stat st;
+        if (stat(val + 1, &st) != 0)
+            return cli_usage_error("invoke", "--input %s: %s: %s", t->name, val + 1, strerror(errno));
+        if (!S_ISREG(st.st_mode) || (uint64_t)st.st_size > AICFN_MAX_MESSAGE_BYTES)
+            return cli_usage_error("invoke", "--input %s: %s: not a regular file of at most %u bytes",
+                                   t->name, val + 1, (unsigned)AICFN_MAX_MESSAGE_BYTES);
         v = json_load_file(val + 1, JSON_DECODE_ANY, &jerr);
         if (v == NULL)
             return cli_usage_error("invoke", "--input %s: %s: %s (line %d)", t->name, val + 1, jerr.text,
@@ -459,8 +532,8 @@ static json_t *ci_tensor_json(const wire_tensor *t) {
             case AICFN_DTYPE_UINT32:
                 x = json_integer(u.u32);
                 break;
-            case AICFN_DTYPE_UINT64:
-                x = json_integer((json_int_t)u.u64);
+            case AICFN_DTYPE_UINT64: /* beyond INT64_MAX only as a (rounded) real, as OIP does */
+                x = u.u64 > (uint64_t)INT64_MAX ? json_real((double)u.u64) : json_integer((json_int_t)u.u64);
                 break;
             case AICFN_DTYPE_INT8:
                 x = json_integer(u.i8);
@@ -726,10 +799,17 @@ int cli_cmd_invoke(int argc, char **argv) {
     /* NAME:VER selects a version (gateway mode). */
     const char *colon = strchr(a->fn, ':');
     if (colon) {
-        if (ci_u32(colon + 1, &a->ver) || a->ver == 0) {
-            rc = cli_usage_error("invoke", "'%s': expected NAME or NAME:VER", a->fn);
+        uint32_t ver = 0;
+        if (colon == a->fn || strspn(colon + 1, "0123456789") != strlen(colon + 1) ||
+            ci_u32(colon + 1, &ver) || ver == 0) {
+            rc = cli_usage_error("invoke", "'%s': expected NAME or NAME:VER (VER a version number)", a->fn);
             goto out;
         }
+        if (a->ver && a->ver != ver) {
+            rc = cli_usage_error("invoke", "'%s' and --ver %u name different versions", a->fn, a->ver);
+            goto out;
+        }
+        a->ver = ver;
         snprintf(a->fn_buf, sizeof a->fn_buf, "%.*s", (int)(colon - a->fn), a->fn);
         a->fn = a->fn_buf;
     }

@@ -202,8 +202,12 @@ int cli_cmd_worker(int argc, char **argv) {
         } else if ((v = cw_flag(argc, argv, &i, "--id"))) {
             cfg.id = v;
         } else if ((v = cw_flag(argc, argv, &i, "--memory"))) {
-            if (units_parse_size(v, &cfg.memory_bytes, &err) != AICFN_OK || cfg.memory_bytes == 0) {
+            if (units_parse_size(v, &cfg.memory_bytes, &err) != AICFN_OK) {
                 rc = cli_usage_error("worker", "--memory '%s': %s", v, err.msg);
+                goto out;
+            }
+            if (cfg.memory_bytes == 0) {
+                rc = cli_usage_error("worker", "--memory must be more than 0 bytes");
                 goto out;
             }
         } else if ((v = cw_flag(argc, argv, &i, "--load-threads"))) {

@@ -159,14 +159,15 @@ int cli_cmd_workers(int argc, char **argv) {
     size_t i;
     json_t *o;
     json_array_foreach(j, i, o) {
-        char b[32], f[32], t1[32], t2[32], pid[24];
+        char b[32], f[32], t1[32], t2[32], pid[24], nm[80], sts[32], dv[160];
         long long p = (long long)json_integer_value(json_object_get(o, "pid"));
         snprintf(pid, sizeof pid, "%lld", p);
         const char *dev = json_string_value(json_object_get(o, "device"));
         printf(
             "%-10s %-9s %-8s %-24s %12s %12s %9lld %-19s  %-19s\n",
-            json_string_value(json_object_get(o, "name")), json_string_value(json_object_get(o, "state")),
-            p > 0 ? pid : "-", dev && dev[0] ? dev : "-",
+            cli_text(json_string_value(json_object_get(o, "name")), nm, sizeof nm),
+            cli_text(json_string_value(json_object_get(o, "state")), sts, sizeof sts), p > 0 ? pid : "-",
+            dev && dev[0] ? cli_text(dev, dv, sizeof dv) : "-",
             units_format_size((uint64_t)json_integer_value(json_object_get(o, "budget_bytes")), b, sizeof b),
             units_format_size((uint64_t)json_integer_value(json_object_get(o, "free_bytes")), f, sizeof f),
             (long long)json_integer_value(json_object_get(o, "in_flight")),
@@ -175,13 +176,14 @@ int cli_cmd_workers(int argc, char **argv) {
         size_t k;
         json_t *m;
         json_array_foreach(json_object_get(o, "models"), k, m) {
-            char sz[32];
+            char sz[32], mst[32], mfn[80], mkey[80];
             const char *fn = json_string_value(json_object_get(m, "function"));
             printf(
                 "           %-9s %s:%lld (%.12s) %s, idle %lld ms%s\n",
-                json_string_value(json_object_get(m, "state")), fn && fn[0] ? fn : "?",
+                cli_text(json_string_value(json_object_get(m, "state")), mst, sizeof mst),
+                fn && fn[0] ? cli_text(fn, mfn, sizeof mfn) : "?",
                 (long long)json_integer_value(json_object_get(m, "version")),
-                json_string_value(json_object_get(m, "model")),
+                cli_text(json_string_value(json_object_get(m, "model")), mkey, sizeof mkey),
                 units_format_size((uint64_t)json_integer_value(json_object_get(m, "bytes")), sz, sizeof sz),
                 (long long)json_integer_value(json_object_get(m, "idle_ms")),
                 json_is_true(json_object_get(m, "kept")) ? ", kept (min_workers)" : "");

@@ -6,8 +6,22 @@
 
 #include "cli/cli.h"
 
+const char *cli_text(const char *s, char *buf, size_t cap) {
+    if (cap == 0) return "";
+    if (s == NULL) s = "?";
+    size_t i = 0;
+    for (; s[i] && i + 1 < cap; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        buf[i] = ch < 0x20 || ch == 0x7f ? '?' : (char)ch;
+    }
+    buf[i] = '\0';
+    return buf;
+}
+
 int cli_fail(const aicfn_error *err) {
-    fprintf(stderr, "aicfn: %s: %s\n", aicfn_status_name(err->code), err->msg[0] ? err->msg : aicfn_strerror(err->code));
+    char msg[sizeof err->msg];
+    fprintf(stderr, "aicfn: %s: %s\n", aicfn_status_name(err->code),
+            cli_text(err->msg[0] ? err->msg : aicfn_strerror(err->code), msg, sizeof msg));
     return CLI_EXIT_FAIL;
 }
 

@@ -156,6 +156,28 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
     assert r.returncode == 1 and "AICFN_E_NOT_FOUND" in r.stderr
     r = run_cli(["invoke", "--worker", addr, "echo", "--input", "x=[[1,2],[3]]"])
     assert r.returncode == 2 and "ragged" in r.stderr
+    for ragged in ("x=[1,[2]]", "x=[[1],[[2]]]"):  # a list where values sit elsewhere
+        r = run_cli(["invoke", "--worker", addr, "echo", "--input", ragged])
+        assert r.returncode == 2 and "ragged" in r.stderr, (ragged, r.stderr)
+    # Integers must fit their dtype (nothing wraps); UINT64 past INT64_MAX prints as a number.
+    for bad, why in (('{"dtype":"UINT8","shape":[2],"data":[300,1]}', "out of range for UINT8"),
+                     ('{"dtype":"UINT8","shape":[1],"data":[-1]}', "out of range for UINT8"),
+                     ('{"dtype":"INT32","shape":[1],"data":[3000000000]}', "out of range for INT32"),
+                     ('{"dtype":"INT64","shape":[1],"data":[1e30]}', "out of range for INT64"),
+                     ('{"dtype":"INT8","shape":[1],"data":[1.5]}', "must be integers"),
+                     ('{"dtype":"FP16","shape":[1],"data":[70000]}', "out of range for FP16")):
+        r = run_cli(["invoke", "--worker", addr, "echo", "--input", "x=" + bad])
+        assert r.returncode == 2 and why in r.stderr, (bad, r.stderr)
+    r = run_cli(["invoke", "--worker", addr, "echo", "--input", 'x={"dtype":"UINT8","shape":[2],"data":[0,255]}',
+                 "--json"])
+    assert r.returncode == 0 and json.loads(r.stdout)["outputs"][0]["data"] == [0, 255], r.stderr
+    # NAME:VER: a name, and digits only.
+    for ref in (":3", "echo:+3", "echo: 3", "echo:0"):
+        r = run_cli(["invoke", "--worker", addr, ref, "--input", "x=1"])
+        assert r.returncode == 2 and "NAME:VER" in r.stderr, (ref, r.stderr)
+    # @FILE must be a regular file.
+    r = run_cli(["invoke", "--worker", addr, "echo", "--input", f"x=@{tmp_path}"])
+    assert r.returncode == 2 and "not a regular file" in r.stderr, r.stderr
     r = run_cli(["invoke", "--worker", ipc_addr(tmp_path, "none"), "echo", "--input", "x=1"], timeout=15)
     assert r.returncode == 1 and "AICFN_E_UNAVAILABLE" in r.stderr
 
