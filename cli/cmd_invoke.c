@@ -213,40 +213,6 @@ static int ci_put(ci_buf *b, const void *src, size_t n) {
     return 0;
 }
 
-static bool ci_is_int_dtype(aicfn_dtype dt) {
-    switch (dt) {
-    case AICFN_DTYPE_UINT8:
-    case AICFN_DTYPE_UINT16:
-    case AICFN_DTYPE_UINT32:
-    case AICFN_DTYPE_UINT64:
-    case AICFN_DTYPE_INT8:
-    case AICFN_DTYPE_INT16:
-    case AICFN_DTYPE_INT32:
-    case AICFN_DTYPE_INT64:
-        return true;
-    default:
-        return false;
-    }
-}
-
-/* The range of an integer dtype (UINT64 stops at INT64_MAX: JSON integers beyond it do
- * not parse). */
-static void ci_int_range(aicfn_dtype dt, int64_t *lo, int64_t *hi) {
-    unsigned bits = 8 * dtype_size(dt);
-    bool is_signed = dt == AICFN_DTYPE_INT8 || dt == AICFN_DTYPE_INT16 || dt == AICFN_DTYPE_INT32 ||
-                     dt == AICFN_DTYPE_INT64;
-    if (bits >= 64) {
-        *lo = is_signed ? INT64_MIN : 0;
-        *hi = INT64_MAX;
-    } else if (is_signed) {
-        *lo = -((int64_t)1 << (bits - 1));
-        *hi = ((int64_t)1 << (bits - 1)) - 1;
-    } else {
-        *lo = 0;
-        *hi = ((int64_t)1 << bits) - 1;
-    }
-}
-
 /* The largest finite magnitude of a float dtype (FP64: DBL_MAX). */
 static double ci_float_max(aicfn_dtype dt) {
     return dt == AICFN_DTYPE_FP16 ? 65504.0 : dt == AICFN_DTYPE_FP64 ? DBL_MAX : FLT_MAX;
@@ -270,10 +236,9 @@ static int ci_put_leaf(ci_buf *b, aicfn_dtype dt, json_t *v, char *msg, size_t c
     }
     double d = json_is_boolean(v) ? (json_is_true(v) ? 1.0 : 0.0) : json_number_value(v);
     json_int_t iv = 0;
-    if (ci_is_int_dtype(dt)) {
+    int64_t lo, hi;
+    if (dtype_int_range(dt, &lo, &hi)) {
         /* The value must be a whole number in the dtype's range: nothing wraps. */
-        int64_t lo, hi;
-        ci_int_range(dt, &lo, &hi);
         if (json_is_integer(v)) {
             iv = json_integer_value(v);
         } else if (json_is_boolean(v)) {

@@ -60,6 +60,35 @@ aicfn_dtype dtype_from_safetensors_name(const char *name) {
     return AICFN_DTYPE_INVALID;
 }
 
+bool dtype_int_range(aicfn_dtype dt, int64_t *lo, int64_t *hi) {
+    bool is_signed;
+    switch (dt) {
+    case AICFN_DTYPE_UINT8:
+    case AICFN_DTYPE_UINT16:
+    case AICFN_DTYPE_UINT32:
+    case AICFN_DTYPE_UINT64:
+        is_signed = false;
+        break;
+    case AICFN_DTYPE_INT8:
+    case AICFN_DTYPE_INT16:
+    case AICFN_DTYPE_INT32:
+    case AICFN_DTYPE_INT64:
+        is_signed = true;
+        break;
+    default:
+        return false;
+    }
+    unsigned bits = 8 * dtype_size(dt);
+    if (bits == 64) {
+        *lo = is_signed ? INT64_MIN : 0;
+        *hi = INT64_MAX;
+    } else {
+        *lo = is_signed ? -((int64_t)1 << (bits - 1)) : 0;
+        *hi = is_signed ? ((int64_t)1 << (bits - 1)) - 1 : ((int64_t)1 << bits) - 1;
+    }
+    return true;
+}
+
 int dtype_shape_elements(const int64_t *shape, unsigned ndim, uint64_t *out) {
     /* The product of the non-zero dims must not overflow, whatever their order: an
      * empty tensor may not carry dims whose strides would overflow downstream. */

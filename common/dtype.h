@@ -3,6 +3,7 @@
 #ifndef AICFN_COMMON_DTYPE_H
 #define AICFN_COMMON_DTYPE_H
 
+#include <stdbool.h>
 #include <stdint.h>
 
 #include "aicfn.h"
@@ -21,6 +22,10 @@ const char *dtype_safetensors_name(aicfn_dtype dt);
 
 /* Parses a safetensors dtype name; AICFN_DTYPE_INVALID when unknown. */
 aicfn_dtype dtype_from_safetensors_name(const char *name);
+
+/* For the integer dtypes (UINT8..INT64): true, and the values they hold as int64 in
+ * [*lo, *hi] (UINT64 stops at INT64_MAX, the most an int64 holds). False otherwise. */
+bool dtype_int_range(aicfn_dtype dt, int64_t *lo, int64_t *hi);
 
 /* Element count of a shape, with overflow checking. Returns 0 on success and stores
  * the product (1 for ndim 0); returns -1 on a negative dimension or when the product of

@@ -187,16 +187,9 @@ static int oip_convert_one(const json_t *v, oip_tctx *c, uint64_t idx) {
             return aicfn_error_set(c->err, AICFN_E_INVALID, "input '%s': element %llu is not an integer (%s)",
                                    c->name, (unsigned long long)idx, dtype_name(dt));
         json_int_t x = json_integer_value(v);
-        int is_signed = dt >= AICFN_DTYPE_INT8 && dt <= AICFN_DTYPE_INT64;
-        int ok;
-        if (is_signed) {
-            long long lo = size == 8 ? INT64_MIN : -(1ll << (8 * size - 1));
-            long long hi = size == 8 ? INT64_MAX : (1ll << (8 * size - 1)) - 1;
-            ok = x >= lo && x <= hi;
-        } else {
-            ok = x >= 0 && (size == 8 || (unsigned long long)x < (1ull << (8 * size)));
-        }
-        if (!ok)
+        int64_t lo = 0, hi = 0;
+        dtype_int_range(dt, &lo, &hi);
+        if (x < lo || x > hi)
             return aicfn_error_set(c->err, AICFN_E_INVALID,
                                    "input '%s': element %llu (%lld) is out of range for %s", c->name,
                                    (unsigned long long)idx, (long long)x, dtype_name(dt));

@@ -1,4 +1,5 @@
 /* test_common.c: the error table, units parsing and dtype arithmetic in common/. */
+// clang-format off
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -6,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+// clang-format on
 
 #include "common/dtype.h"
 #include "common/error.h"
@@ -85,6 +87,26 @@ static void dtype_facts(void **state) {
     assert_int_equal(dtype_tensor_bytes(AICFN_DTYPE_FP32, huge, 3, &n), -1);
     int64_t neg[1] = {-2};
     assert_int_equal(dtype_tensor_bytes(AICFN_DTYPE_FP32, neg, 1, &n), -1);
+    /* Empty tensors: a zero dim anywhere gives 0 elements, but the other dims must not
+     * overflow whatever their order. */
+    int64_t zero_first[3] = {0, 1ll << 40, 1ll << 40}, zero_last[3] = {1ll << 40, 1ll << 40, 0};
+    int64_t empty[2] = {5, 0};
+    assert_int_equal(dtype_shape_elements(zero_first, 3, &n), -1);
+    assert_int_equal(dtype_shape_elements(zero_last, 3, &n), -1);
+    assert_int_equal(dtype_shape_elements(empty, 2, &n), 0);
+    assert_int_equal(n, 0);
+    /* Integer ranges, as int64. */
+    int64_t lo, hi;
+    assert_true(dtype_int_range(AICFN_DTYPE_UINT8, &lo, &hi));
+    assert_true(lo == 0 && hi == 255);
+    assert_true(dtype_int_range(AICFN_DTYPE_INT16, &lo, &hi));
+    assert_true(lo == -32768 && hi == 32767);
+    assert_true(dtype_int_range(AICFN_DTYPE_UINT64, &lo, &hi));
+    assert_true(lo == 0 && hi == INT64_MAX);
+    assert_true(dtype_int_range(AICFN_DTYPE_INT64, &lo, &hi));
+    assert_true(lo == INT64_MIN && hi == INT64_MAX);
+    assert_false(dtype_int_range(AICFN_DTYPE_FP32, &lo, &hi));
+    assert_false(dtype_int_range(AICFN_DTYPE_BYTES, &lo, &hi));
 }
 
 static void grow_array_doubles_and_refuses_overflow(void **state) {
@@ -93,7 +115,8 @@ static void grow_array_doubles_and_refuses_overflow(void **state) {
     int *a = grow_array(NULL, &cap, 1, sizeof *a);
     assert_non_null(a);
     assert_int_equal(cap, 8);
-    for (int i = 0; i < 8; i++) a[i] = i;
+    for (int i = 0; i < 8; i++)
+        a[i] = i;
     assert_ptr_equal(grow_array(a, &cap, 8, sizeof *a), a); /* fits: unchanged */
     int *b = grow_array(a, &cap, 9, sizeof *b);
     assert_non_null(b);
@@ -107,9 +130,12 @@ static void grow_array_doubles_and_refuses_overflow(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(error_table_is_complete), cmocka_unit_test(error_set_and_wrap),
-        cmocka_unit_test(units_sizes),             cmocka_unit_test(units_durations),
-        cmocka_unit_test(dtype_facts),             cmocka_unit_test(grow_array_doubles_and_refuses_overflow),
+        cmocka_unit_test(error_table_is_complete),
+        cmocka_unit_test(error_set_and_wrap),
+        cmocka_unit_test(units_sizes),
+        cmocka_unit_test(units_durations),
+        cmocka_unit_test(dtype_facts),
+        cmocka_unit_test(grow_array_doubles_and_refuses_overflow),
     };
     return cmocka_run_group_tests_name("common", tests, NULL, NULL);
 }
