@@ -12,6 +12,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,6 +27,7 @@ struct loader_cache_entry {
     uint32_t refcount; /* pins (READY) */
     uint32_t waiters;  /* calls waiting on this LOADING entry */
     int failed;        /* the load failed; err holds why */
+    int reserving;     /* LOADING, its loader still waiting for room (nothing reserved yet) */
     int in_table;      /* still findable by key */
     int kept;          /* kept resident (loader_cache_keep): never a victim of the policy */
     aicfn_error err;
@@ -397,6 +399,8 @@ int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uin
                                AICFN_MAX_NAME_BYTES - 1);
 
     pthread_mutex_lock(&c->mu);
+    bool counted = false; /* the miss, once however many times this call tries */
+again:;
     loader_cache_entry *e = cache_find(c, key);
     /* A residency being freed must be gone before the next one loads. */
     while (!e && cache_is_evicting(c, key)) {
@@ -420,7 +424,8 @@ int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uin
         }
         return AICFN_OK;
     }
-    c->ctr.misses++;
+    if (!counted) c->ctr.misses++;
+    counted = true;
     if (e) { /* LOADING: join it */
         e->waiters++;
         if (info) {
@@ -432,10 +437,23 @@ int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uin
             trc = cache_wait(c, deadline_us);
         e->waiters--;
         int rc;
+        if (e->failed && e->err.code == AICFN_E_CAPACITY &&
+            (deadline_us == 0 || clock_now_us() < deadline_us)) {
+            /* The loader found no room before ITS deadline; this call has time left, so it
+             * tries again on its own (loading itself, or joining a newer load). */
+            if (e->waiters == 0) free(e);
+            goto again;
+        }
         if (e->failed) {
             rc = e->err.code;
             if (err) *err = e->err;
             if (e->waiters == 0) free(e);
+        } else if (e->reserving) {
+            /* Its load still waits for room: what this call ran out of is capacity. */
+            c->ctr.capacity_failures++;
+            rc = aicfn_error_set(
+                err, AICFN_E_CAPACITY,
+                "model '%s': no room for it before the deadline (the rest pinned or loading)", key);
         } else if (e->state == LOADER_ENTRY_READY) {
             e->refcount++;
             e->hits++;
@@ -480,6 +498,7 @@ int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uin
     loader_cache_entry **victims = NULL;
     size_t nv = 0;
     int reserved = 0;
+    e->reserving = 1;
     if (rc == AICFN_OK && need > c->budget) {
         rc = aicfn_error_set(&lerr, AICFN_E_TOO_LARGE,
                              "model '%s' needs %llu bytes, more than the whole budget of %llu bytes", key,
@@ -516,6 +535,7 @@ int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uin
                 (unsigned long long)c->budget);
         }
     }
+    e->reserving = 0;
     if (rc != AICFN_OK) {
         cache_fail_locked(c, e, &lerr);
         pthread_mutex_unlock(&c->mu);

@@ -13,8 +13,10 @@
  * Loads of different models run in parallel; the cache lock is never held during I/O,
  * decompression, copies or device frees. A model larger than the whole budget fails at
  * once (AICFN_E_TOO_LARGE, naming both sizes); when everything is pinned, acquire waits
- * until its deadline and fails with AICFN_E_CAPACITY. A failed load wakes all its
- * waiters with the same error and leaves nothing behind.
+ * until its deadline and fails with AICFN_E_CAPACITY; each call by its own deadline,
+ * also when it joined another's load (that load's caller may give up first: the
+ * joined call then tries on its own). A failed load wakes all its waiters with the
+ * same error and leaves nothing behind.
  *
  * The loading itself is pluggable (loader_cache_load_ops): the worker plugs in the
  * snapshot pipeline (loader_pipeline_cache_ops in pipeline.h); tests plug in fakes.
@@ -128,8 +130,11 @@ typedef struct loader_acquire_info {
  * success *out is pinned until loader_cache_release; `info` (may be NULL) says whether
  * it was cold, the timing and the evictions made.
  * Errors: AICFN_E_TOO_LARGE (model > budget, at once), AICFN_E_CAPACITY (everything
- * pinned until the deadline), AICFN_E_TIMEOUT (a joined load not done by the deadline;
- * the load goes on), or the load's own error (every waiter gets the same one).
+ * pinned until this call's deadline, whether it loads or joined a load still waiting
+ * for room), AICFN_E_TIMEOUT (a joined load not done by the deadline; the load goes
+ * on), or the load's own error (every waiter gets the same one; a load that found no
+ * room before its caller's deadline is not one: a joined call with time left tries
+ * again).
  * Blocking; thread-safe. `key` is at most AICFN_MAX_NAME_BYTES - 1 bytes. */
 int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uint64_t deadline_us,
                          loader_cache_entry **out, loader_acquire_info *info, aicfn_error *err);

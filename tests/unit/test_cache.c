@@ -204,6 +204,61 @@ static void failed_load_wakes_waiters(void **state) {
     assert_clean(&f);
 }
 
+/* Joined calls keep their own deadlines while the loader waits for room. */
+typedef struct deadline_joiner {
+    loader_cache *c;
+    uint64_t deadline_us;
+    int rc;
+    uint64_t done_us;
+    aicfn_error err;
+} deadline_joiner;
+
+static void *deadline_joiner_main(void *arg) {
+    deadline_joiner *j = arg;
+    loader_cache_entry *e = NULL;
+    j->rc = loader_cache_acquire(j->c, "m2", NULL, j->deadline_us, &e, NULL, &j->err);
+    j->done_us = clock_now_us();
+    if (j->rc == AICFN_OK) loader_cache_release(j->c, e);
+    return NULL;
+}
+
+static void joined_calls_keep_their_own_deadlines(void **state) {
+    (void)state;
+    static fake_loader f;
+    memset(&f, 0, sizeof f);
+    f.sizes[0] = f.sizes[1] = f.sizes[2] = 100;
+    loader_cache *c = fake_cache(&f, 200, NULL);
+    aicfn_error err;
+    loader_cache_entry *a, *b;
+    assert_int_equal(loader_cache_acquire(c, "m0", NULL, 0, &a, NULL, &err), AICFN_OK);
+    assert_int_equal(loader_cache_acquire(c, "m1", NULL, 0, &b, NULL, &err), AICFN_OK);
+    /* Everything pinned. The first call for m2 loads it and waits 200 ms for room; a call
+     * that joins it with 5 s must not fail at 200 ms, and one that joins with 100 ms runs
+     * out of capacity, not of load time. */
+    uint64_t t0 = clock_now_us();
+    deadline_joiner loader = {.c = c, .deadline_us = t0 + 200000};
+    deadline_joiner patient = {.c = c, .deadline_us = t0 + 5000000};
+    deadline_joiner hasty = {.c = c, .deadline_us = t0 + 100000};
+    pthread_t tl, tp, th;
+    assert_int_equal(pthread_create(&tl, NULL, deadline_joiner_main, &loader), 0);
+    fake_sleep_us(30000); /* the loader is waiting for room; the others join it */
+    assert_int_equal(pthread_create(&tp, NULL, deadline_joiner_main, &patient), 0);
+    assert_int_equal(pthread_create(&th, NULL, deadline_joiner_main, &hasty), 0);
+    pthread_join(tl, NULL);
+    pthread_join(th, NULL);
+    assert_int_equal(loader.rc, AICFN_E_CAPACITY);
+    assert_int_equal(hasty.rc, AICFN_E_CAPACITY);
+    assert_non_null(strstr(hasty.err.msg, "no room"));
+    fake_sleep_us(300000);      /* well past the loader's deadline: the patient call still waits */
+    loader_cache_release(c, a); /* room at last */
+    pthread_join(tp, NULL);
+    if (patient.rc != AICFN_OK) fail_msg("the patient joined call failed: %s", patient.err.msg);
+    assert_true(patient.done_us - t0 >= 500000);
+    loader_cache_release(c, b);
+    loader_cache_destroy(c);
+    assert_clean(&f);
+}
+
 static void single_flight_joins(void **state) {
     (void)state;
     static fake_loader f;
@@ -386,6 +441,7 @@ int main(void) {
         cmocka_unit_test(too_large_fails_at_once),
         cmocka_unit_test(all_pinned_waits_for_deadline),
         cmocka_unit_test(failed_load_wakes_waiters),
+        cmocka_unit_test(joined_calls_keep_their_own_deadlines),
         cmocka_unit_test(single_flight_joins),
         cmocka_unit_test(explicit_evict),
         cmocka_unit_test(pluggable_policy),
