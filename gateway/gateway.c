@@ -1264,9 +1264,16 @@ static bool gw_bundle_send(gw_gateway *gw, gw_bundle *b, gw_actions *next) {
 }
 
 /* Runs the actions collected under the lock (lock NOT held). May loop: failures of
- * sends and spawns produce more actions. */
+ * sends and spawns produce more actions. It ends: a send that fails either fails its
+ * call or drops its worker (a dropped link) before the call is routed again, and
+ * spawns are bounded by the pool, so each further round has fewer places to go. The
+ * actions of every round are carried out (never dropped: a dropped call would never be
+ * answered). */
 static void gw_process(gw_gateway *gw, gw_actions *a) {
-    for (int round = 0; round < 64; round++) {
+    for (unsigned round = 0;; round++) {
+        if (round == 64)
+            log_warn("gateway: %u rounds of failed sends and spawns in one pass (links dropping in a row?)",
+                     round);
         gw_actions next;
         memset(&next, 0, sizeof next);
         bool more = false;
