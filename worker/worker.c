@@ -557,6 +557,10 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
     if (c->n_params > AICFN_MAX_PARAMS)
         return aicfn_error_set(err, AICFN_E_INVALID, "function %s: more than %d params", c->name,
                                AICFN_MAX_PARAMS);
+    if (c->timeout_us > AICFN_MAX_TIMEOUT_US) /* as the registry; a drain's wait is sized by it */
+        return aicfn_error_set(err, AICFN_E_INVALID, "function %s: timeout of %llu ms exceeds %llu ms",
+                               c->name, (unsigned long long)(c->timeout_us / 1000),
+                               (unsigned long long)(AICFN_MAX_TIMEOUT_US / 1000));
     worker_fn *f = calloc(1, sizeof *f);
     if (f == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "function %s: out of memory", c->name);
     f->w = w;

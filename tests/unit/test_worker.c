@@ -485,6 +485,10 @@ static void bad_config(void **state) {
     assert_int_equal(worker_add_function(w, &f, &err), AICFN_E_INVALID);
     f = (worker_fn_config){.name = "e", .handler = hpath("echo"), .max_batch = 100000};
     assert_int_equal(worker_add_function(w, &f, &err), AICFN_E_INVALID);
+    /* A timeout past the registry's limit (a drain's wait is sized by it). */
+    f = (worker_fn_config){.name = "e", .handler = hpath("echo"), .timeout_us = 4294967295ull * 1000};
+    assert_int_equal(worker_add_function(w, &f, &err), AICFN_E_INVALID);
+    assert_non_null(strstr(err.msg, "timeout"));
     f = (worker_fn_config){.name = "e", .handler = hpath("test_no_invoke")};
     assert_int_equal(worker_add_function(w, &f, &err), AICFN_E_ABI);
     worker_destroy(w); /* never started: fine */
