@@ -241,12 +241,14 @@ typedef struct aicfn_host_api {
      * records the reason as the response's error (AICFN_E_INVALID, AICFN_E_TOO_LARGE,
      * AICFN_E_NOMEM), when the arguments are invalid, the name is taken, the response
      * already holds AICFN_MAX_TENSORS outputs, or the reply would exceed the worker's
-     * message limit. */
+     * message limit; and on a response already marked failed. Outputs allocated before
+     * stay valid (writable) until the handler returns, failed or not. */
     aicfn_tensor *(*alloc_output)(aicfn_response *resp, const char *name, aicfn_dtype dtype, uint32_t ndim,
                                   const int64_t *shape, uint64_t nbytes);
 
     /* Marks `resp` as failed with `code` (not AICFN_OK) and a printf-style message; its
-     * outputs are discarded. The last call wins. Returns `code`. */
+     * outputs are not sent (their buffers stay valid until the handler returns). The
+     * last call wins. Returns `code`. */
     int (*set_error)(aicfn_response *resp, int code, const char *fmt, ...)
 #if defined(__GNUC__) || defined(__clang__)
         __attribute__((format(printf, 3, 4)))

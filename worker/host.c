@@ -83,10 +83,12 @@ int worker_response_status(const aicfn_response *r, const char **msg) {
     return r->code;
 }
 
+/* Marks r failed. Its outputs are not freed here: the handler may still hold and write
+ * them (it only learns of a failed alloc_output from the NULL it returns); they are not
+ * sent (worker_response_n_outputs) and are freed with the response. */
 static int host_vfail(aicfn_response *r, int code, const char *fmt, va_list ap) {
     if (r == NULL) return code;
     if (code == AICFN_OK || code < 0 || code >= AICFN_STATUS_COUNT) code = AICFN_E_HANDLER;
-    host_free_outputs(r);
     r->code = code;
     vsnprintf(r->msg, sizeof r->msg, fmt ? fmt : "", ap);
     return code;
@@ -180,6 +182,7 @@ static const char *host_find_param(const aicfn_param *params, uint32_t n, const 
 static aicfn_tensor *host_alloc_output(aicfn_response *r, const char *name, aicfn_dtype dtype, uint32_t ndim,
                                        const int64_t *shape, uint64_t nbytes) {
     if (r == NULL) return NULL;
+    if (r->code != AICFN_OK) return NULL; /* already failed: nothing more will be sent */
     if (name == NULL || name[0] == '\0' || strlen(name) >= AICFN_MAX_NAME_BYTES) {
         worker_response_fail(r, AICFN_E_INVALID, "alloc_output: the name is empty or longer than %d bytes",
                              AICFN_MAX_NAME_BYTES - 1);
@@ -456,10 +459,12 @@ int worker_instance_invoke(worker_instance *inst, const aicfn_request *reqs, aic
                                  aicfn_status_name(code), rc);
             continue;
         }
-        /* The handler wrote the BYTES outputs' contents: check they are well formed. */
+        /* The handler wrote the outputs (the BYTES framing included) and may have changed
+         * their dtype, shape or nbytes: check them all, so a handler's bug is reported as
+         * AICFN_E_HANDLER, not as a bad request by the encoder. */
         for (uint32_t k = 0; k < r->n_out; k++) {
             aicfn_error e;
-            if (r->out[k].dtype == AICFN_DTYPE_BYTES && worker_tensor_check(&r->out[k], &e) != AICFN_OK) {
+            if (worker_tensor_check(&r->out[k], &e) != AICFN_OK) {
                 worker_response_fail(r, AICFN_E_HANDLER, "function %s: malformed output: %s", inst->function,
                                      e.msg);
                 break;
