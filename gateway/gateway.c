@@ -198,6 +198,7 @@ struct gw_gateway {
      * away and waits for them (spawn_cv) before it destroys the pool. */
     unsigned spawning;
     pthread_cond_t spawn_cv;
+    uint64_t fn_gen;           /* bumped by gw_functions_changed (deploy, rm): see gw_resolve_read */
     bool maint_idle;           /* the maintenance thread sleeps GW_IDLE_TICK_MS: wake it for work */
     bool scaling_dirty;        /* functions changed: re-read which ones keep workers warm */
     uint64_t scaling_retry_us; /* a failed re-read is tried again from then */
@@ -329,6 +330,7 @@ static gw_fn *gw_alias_find(gw_gateway *gw, const char *name) {
 
 void gw_functions_changed(gw_gateway *gw) {
     pthread_mutex_lock(&gw->mu);
+    gw->fn_gen++; /* a resolve reading the registry meanwhile must not cache what it read */
     while (gw->aliases) {
         gw_alias *n = gw->aliases->next;
         free(gw->aliases);
@@ -342,18 +344,15 @@ void gw_functions_changed(gw_gateway *gw) {
     pthread_mutex_unlock(&gw->mu);
 }
 
-/* Resolves NAME (ver 0: active) to a cached entry, reading the registry on a miss.
- * Entries live until gw_stop. */
-static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **out, aicfn_error *err) {
-    pthread_mutex_lock(&gw->mu);
-    gw_fn *f = ver ? gw_fn_find(gw, name, ver) : gw_alias_find(gw, name);
-    if (f && !f->stale) {
-        *out = f;
-        pthread_mutex_unlock(&gw->mu);
-        return AICFN_OK;
-    }
-    pthread_mutex_unlock(&gw->mu);
-
+/* Reads NAME (ver 0: active) from the registry into the cache (lock NOT held; taken
+ * inside). `gen`: gw->fn_gen when the cache missed. When functions changed since (a
+ * deploy or rm committed while the registry was read, gw_functions_changed), what was
+ * read may be old already: then, unless `final`, nothing is marked fresh and *raced is
+ * set (the caller resolves again); with `final` the entry is used but still not cached
+ * as fresh nor as the active version. */
+static int gw_resolve_read(gw_gateway *gw, const char *name, uint32_t ver, uint64_t gen, bool final,
+                           gw_fn **out, bool *raced, aicfn_error *err) {
+    *raced = false;
     gw_function rec;
     memset(&rec, 0, sizeof rec);
     int rc = gw_registry_get(gw->db, name, ver, &rec, err);
@@ -380,17 +379,26 @@ static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **ou
     }
 
     pthread_mutex_lock(&gw->mu);
-    f = gw_fn_find(gw, nf->name, nf->ver);
+    bool current = gw->fn_gen == gen;
+    if (!current && !final) {
+        pthread_mutex_unlock(&gw->mu);
+        gw_fn_config_clear(&nf->cfg);
+        free(nf);
+        *raced = true;
+        return AICFN_OK;
+    }
+    gw_fn *f = gw_fn_find(gw, nf->name, nf->ver);
     if (f) {
-        f->stale = false;
+        if (current) f->stale = false;
         gw_fn_config_clear(&nf->cfg);
         free(nf);
     } else {
         f = nf;
+        f->stale = !current;
         f->next = gw->fns;
         gw->fns = f;
     }
-    if (ver == 0 && !gw_alias_find(gw, name)) {
+    if (current && ver == 0 && !gw_alias_find(gw, name)) {
         gw_alias *al = calloc(1, sizeof *al);
         if (al) {
             snprintf(al->name, sizeof al->name, "%s", name);
@@ -402,6 +410,26 @@ static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **ou
     *out = f;
     pthread_mutex_unlock(&gw->mu);
     return AICFN_OK;
+}
+
+/* Resolves NAME (ver 0: active) to a cached entry, reading the registry on a miss.
+ * Entries live until gw_stop. A read that raced a deploy or rm is read again (at most
+ * four times in all: then the last read is used, uncached). */
+static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **out, aicfn_error *err) {
+    for (int attempt = 0;; attempt++) {
+        pthread_mutex_lock(&gw->mu);
+        gw_fn *f = ver ? gw_fn_find(gw, name, ver) : gw_alias_find(gw, name);
+        if (f && !f->stale) {
+            *out = f;
+            pthread_mutex_unlock(&gw->mu);
+            return AICFN_OK;
+        }
+        uint64_t gen = gw->fn_gen;
+        pthread_mutex_unlock(&gw->mu);
+        bool raced = false;
+        int rc = gw_resolve_read(gw, name, ver, gen, attempt >= 3, out, &raced, err);
+        if (rc != AICFN_OK || !raced) return rc;
+    }
 }
 
 /* ---- Crash back-off ------------------------------------------------------------- */
@@ -1540,13 +1568,13 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     rc = wire_encode_invoke_req(&w, &wr, err);
     if (rc != AICFN_OK) {
         wire_writer_fini(&w);
-        free(c);
+        gw_call_free(c); /* with its response-cache key */
         return rc;
     }
     c->wreq = wire_writer_take(&w, &c->wreq_len);
     wire_writer_fini(&w);
     if (!c->wreq) {
-        free(c);
+        gw_call_free(c);
         return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     }
 
