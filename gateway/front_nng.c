@@ -16,7 +16,6 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
-#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -35,8 +34,6 @@
 #include "gateway/registry.h"
 
 #define FRONT_MAX_UPLOADS AICFN_ARTIFACT_MAX_UPLOADS
-#define FRONT_AUTH_CACHE 64
-#define FRONT_AUTH_TTL_US (5ull * 1000 * 1000)
 #define FRONT_ADMIN_QUEUE 256
 
 typedef struct front_admin_job {
@@ -54,15 +51,6 @@ typedef struct front_upload {
     uint64_t last_us;
 } front_upload;
 
-typedef struct front_auth {
-    unsigned char key_digest[32]; /* BLAKE2b of the key string: the key itself is not kept */
-    char tenant[AICFN_TENANT_MAX_BYTES + 1];
-    bool admin;
-    uint32_t rate_per_s;
-    uint64_t quota_per_day;
-    uint64_t until_us;
-} front_auth;
-
 struct gw_front {
     gw_gateway *gw;
     rpc_server *srv;
@@ -79,9 +67,7 @@ struct gw_front {
     uint64_t next_token;
     uint64_t upload_idle_us; /* an upload without a chunk this long is aborted */
 
-    pthread_mutex_t auth_mu;
-    front_auth auth[FRONT_AUTH_CACHE];
-    unsigned auth_next;
+    gw_key_cache *keys; /* recent authentications: no SQLite read per call */
 };
 
 const char *gw_front_url(const gw_front *f) {
@@ -178,26 +164,8 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admi
     int rc = wire_get_cstr(doc, &doc->root, NULL, "key", false, GW_KEY_STRING_MAX - 1, &key, err);
     if (rc != AICFN_OK) return rc;
     if (!key) return aicfn_error_set(err, AICFN_E_UNAUTHENTICATED, "missing API key (`key`)");
-    uint64_t now = clock_now_us();
-    /* The cache holds digests and compares them in constant time: no key in memory beyond
-     * this call, and no timing that depends on how much of a key matched. */
-    unsigned char digest[32];
-    crypto_generichash(digest, sizeof digest, (const unsigned char *)key, strlen(key), NULL, 0);
-    pthread_mutex_lock(&f->auth_mu);
-    for (unsigned i = 0; i < FRONT_AUTH_CACHE; i++)
-        if (f->auth[i].until_us > now && sodium_memcmp(f->auth[i].key_digest, digest, sizeof digest) == 0) {
-            snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "%s", f->auth[i].tenant);
-            *admin = f->auth[i].admin;
-            if (limits) {
-                limits->rate_per_s = f->auth[i].rate_per_s;
-                limits->quota_per_day = f->auth[i].quota_per_day;
-            }
-            pthread_mutex_unlock(&f->auth_mu);
-            return AICFN_OK;
-        }
-    pthread_mutex_unlock(&f->auth_mu);
     gw_key_info info;
-    rc = gw_keys_authenticate(gw_gateway_db(f->gw), key, &info, err);
+    rc = gw_key_cache_authenticate(f->keys, gw_gateway_db(f->gw), key, &info, err);
     if (rc != AICFN_OK) return rc;
     snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "%s", info.tenant);
     *admin = info.admin;
@@ -205,15 +173,6 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admi
         limits->rate_per_s = info.rate_per_s;
         limits->quota_per_day = info.quota_per_day;
     }
-    pthread_mutex_lock(&f->auth_mu);
-    front_auth *slot = &f->auth[f->auth_next++ % FRONT_AUTH_CACHE];
-    memcpy(slot->key_digest, digest, sizeof digest);
-    snprintf(slot->tenant, sizeof slot->tenant, "%s", info.tenant);
-    slot->admin = info.admin;
-    slot->rate_per_s = info.rate_per_s;
-    slot->quota_per_day = info.quota_per_day;
-    slot->until_us = now + FRONT_AUTH_TTL_US;
-    pthread_mutex_unlock(&f->auth_mu);
     return AICFN_OK;
 }
 
@@ -688,8 +647,12 @@ int gw_front_start(gw_gateway *gw, const char *url, gw_front **out, aicfn_error 
     if (!f) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     f->gw = gw;
     f->upload_idle_us = gw_upload_idle_us(gw);
+    int krc = gw_key_cache_create(&f->keys, err);
+    if (krc != AICFN_OK) {
+        free(f);
+        return krc;
+    }
     pthread_mutex_init(&f->mu, NULL);
-    pthread_mutex_init(&f->auth_mu, NULL);
     pthread_cond_init(&f->cv, NULL);
     if (pthread_create(&f->admin, NULL, front_admin_main, f) != 0) {
         gw_front_stop(f);
@@ -726,7 +689,7 @@ void gw_front_stop(gw_front *f) {
     pthread_mutex_unlock(&f->mu);
     if (admin) pthread_join(f->admin, NULL);
     pthread_mutex_destroy(&f->mu);
-    pthread_mutex_destroy(&f->auth_mu);
+    gw_key_cache_destroy(f->keys);
     pthread_cond_destroy(&f->cv);
     free(f);
 }

@@ -399,3 +399,58 @@ int gw_limits_seed_from_ledger(gw_limits *l, gw_db *db, uint64_t now_us, aicfn_e
     uint64_t day_start = now_us / KEY_US_PER_DAY * KEY_US_PER_DAY;
     return gw_ledger_count_by_tenant(db, day_start, lim_seed_one, &c, err);
 }
+
+/* ---- The fronts' authentication cache ---- */
+
+typedef struct key_cache_slot {
+    unsigned char digest[32]; /* BLAKE2b of the key string */
+    gw_key_info info;
+    uint64_t until_us; /* 0: empty */
+} key_cache_slot;
+
+struct gw_key_cache {
+    pthread_mutex_t mu;
+    key_cache_slot slots[GW_KEY_CACHE_ENTRIES];
+    unsigned next;
+};
+
+int gw_key_cache_create(gw_key_cache **out, aicfn_error *err) {
+    *out = NULL;
+    if (sodium_init() < 0) return aicfn_error_set(err, AICFN_E_INTERNAL, "libsodium failed to initialize");
+    gw_key_cache *c = calloc(1, sizeof *c);
+    if (!c) return aicfn_error_set(err, AICFN_E_NOMEM, "key cache: out of memory");
+    pthread_mutex_init(&c->mu, NULL);
+    *out = c;
+    return AICFN_OK;
+}
+
+void gw_key_cache_destroy(gw_key_cache *c) {
+    if (!c) return;
+    pthread_mutex_destroy(&c->mu);
+    sodium_memzero(c->slots, sizeof c->slots);
+    free(c);
+}
+
+int gw_key_cache_authenticate(gw_key_cache *c, gw_db *db, const char *key, gw_key_info *out,
+                              aicfn_error *err) {
+    unsigned char digest[32];
+    crypto_generichash(digest, sizeof digest, (const unsigned char *)key, strlen(key), NULL, 0);
+    uint64_t now = clock_now_us();
+    pthread_mutex_lock(&c->mu);
+    for (unsigned i = 0; i < GW_KEY_CACHE_ENTRIES; i++)
+        if (c->slots[i].until_us > now && sodium_memcmp(c->slots[i].digest, digest, sizeof digest) == 0) {
+            *out = c->slots[i].info;
+            pthread_mutex_unlock(&c->mu);
+            return AICFN_OK;
+        }
+    pthread_mutex_unlock(&c->mu);
+    int rc = gw_keys_authenticate(db, key, out, err);
+    if (rc != AICFN_OK) return rc;
+    pthread_mutex_lock(&c->mu);
+    key_cache_slot *slot = &c->slots[c->next++ % GW_KEY_CACHE_ENTRIES];
+    memcpy(slot->digest, digest, sizeof digest);
+    slot->info = *out;
+    slot->until_us = now + GW_KEY_CACHE_TTL_US;
+    pthread_mutex_unlock(&c->mu);
+    return AICFN_OK;
+}

@@ -58,6 +58,22 @@ int gw_keys_create(gw_db *db, const char *tenant, bool admin, uint32_t rate_per_
  * unknown, wrong or revoked key (the message says which, never echoing the secret). */
 int gw_keys_authenticate(gw_db *db, const char *key, gw_key_info *out, aicfn_error *err);
 
+/* A front's cache of recent successful authentications, so a call does not read SQLite
+ * (GW_KEY_CACHE_ENTRIES keys, each trusted for GW_KEY_CACHE_TTL_US: a revoked key keeps
+ * working that long). Entries hold the BLAKE2b digest of the key string, compared in
+ * constant time, never the key. Thread-safe. The NNG front uses one; the HTTP front
+ * reads the database per request, so a revocation is seen at once there. */
+typedef struct gw_key_cache gw_key_cache;
+#define GW_KEY_CACHE_ENTRIES 64
+#define GW_KEY_CACHE_TTL_US (5ull * 1000 * 1000)
+int gw_key_cache_create(gw_key_cache **out, aicfn_error *err);
+void gw_key_cache_destroy(gw_key_cache *c); /* NULL is accepted */
+
+/* gw_keys_authenticate through the cache: a hit answers at once; a miss reads db and
+ * caches a success (failures are not cached). */
+int gw_key_cache_authenticate(gw_key_cache *c, gw_db *db, const char *key, gw_key_info *out,
+                              aicfn_error *err);
+
 /* Every key (active and revoked), sorted by tenant then creation, in a new malloc'd
  * array (caller frees; NULL/0 when none). */
 int gw_keys_list(gw_db *db, gw_key_info **out, size_t *n, aicfn_error *err);

@@ -116,6 +116,39 @@ static int contains(const unsigned char *hay, size_t n, const void *needle, size
     return 0;
 }
 
+/* The fronts' cache: a hit does not read the database (a key revoked meanwhile still
+ * passes until its entry expires, GW_KEY_CACHE_TTL_US); failures are not cached. */
+static void key_cache_answers_without_the_database(void **state) {
+    fx *f = *state;
+    char key[GW_KEY_STRING_MAX];
+    gw_key_info info, got;
+    aicfn_error err;
+    assert_int_equal(gw_keys_create(f->db, "carol", false, 7, 0, key, &info, &err), AICFN_OK);
+    gw_key_cache *c = NULL;
+    assert_int_equal(gw_key_cache_create(&c, &err), AICFN_OK);
+    assert_int_equal(gw_key_cache_authenticate(c, f->db, key, &got, &err), AICFN_OK);
+    assert_string_equal(got.tenant, "carol");
+    assert_int_equal(got.rate_per_s, 7);
+    assert_int_equal(gw_keys_revoke(f->db, info.key_id, &err), AICFN_OK);
+    assert_int_equal(gw_keys_authenticate(f->db, key, &got, &err), AICFN_E_UNAUTHENTICATED);
+    memset(&got, 0, sizeof got);
+    assert_int_equal(gw_key_cache_authenticate(c, f->db, key, &got, &err), AICFN_OK); /* cached */
+    assert_string_equal(got.tenant, "carol");
+    /* A wrong key is refused, every time (not cached). */
+    char wrong[GW_KEY_STRING_MAX];
+    snprintf(wrong, sizeof wrong, "%s", key);
+    wrong[strlen(wrong) - 1] = wrong[strlen(wrong) - 1] == 'a' ? 'b' : 'a';
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(gw_key_cache_authenticate(c, f->db, wrong, &got, &err), AICFN_E_UNAUTHENTICATED);
+    /* Another cache (another front) reads the database and sees the revocation. */
+    gw_key_cache *c2 = NULL;
+    assert_int_equal(gw_key_cache_create(&c2, &err), AICFN_OK);
+    assert_int_equal(gw_key_cache_authenticate(c2, f->db, key, &got, &err), AICFN_E_UNAUTHENTICATED);
+    gw_key_cache_destroy(c2);
+    gw_key_cache_destroy(c);
+    gw_key_cache_destroy(NULL);
+}
+
 static void no_plaintext_in_db_files(void **state) {
     fx *f = *state;
     char keys[20][GW_KEY_STRING_MAX];
@@ -237,6 +270,7 @@ static void quota_seeded_from_ledger(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(create_authenticate_revoke, setup, teardown),
+        cmocka_unit_test_setup_teardown(key_cache_answers_without_the_database, setup, teardown),
         cmocka_unit_test_setup_teardown(no_plaintext_in_db_files, setup, teardown),
         cmocka_unit_test(token_bucket_and_quota),
         cmocka_unit_test_setup_teardown(quota_seeded_from_ledger, setup, teardown),
