@@ -670,6 +670,9 @@ int snap_st_write(const char *path, const snap_st_out_tensor *tensors, uint32_t 
         rc = st_write_full(f, " ", 1, tmp, err);
     for (uint32_t i = 0; i < n && !rc; i++)
         rc = st_write_full(f, tensors[i].data, tensors[i].nbytes, tmp, err);
+    /* On disk before the rename, so a crash never leaves a short file under the name. */
+    if (!rc && (fflush(f) != 0 || fsync(fileno(f)) != 0))
+        rc = aicfn_error_errno(err, AICFN_E_IO, errno, "writing %s to disk", tmp);
     if (fclose(f) != 0 && !rc) rc = aicfn_error_errno(err, AICFN_E_IO, errno, "closing %s", tmp);
     f = NULL;
     if (!rc && rename(tmp, path) != 0)

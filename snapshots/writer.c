@@ -26,6 +26,18 @@
 #include "snapshots/format.h"
 #include "snapshots/snapshot.h"
 
+/* The process's umask, read without changing it (umask(2) would, for every thread);
+ * 022 when /proc does not say. */
+static mode_t wr_umask(void) {
+    FILE *f = fopen("/proc/self/status", "r");
+    unsigned um = 022;
+    char line[128];
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "Umask: %o", &um) == 1) break;
+    if (f) fclose(f);
+    return (mode_t)(um & 0777);
+}
+
 #define WR_MIN_RUN (16u << 10) /* runs shorter than this join their neighbour's zstd frame */
 #define WR_SAMPLE (64u << 10)  /* bytes of a tensor that `auto` compresses both ways */
 
@@ -505,7 +517,7 @@ int snap_pack_set(const snap_st_set *set, const char *out_path, const snap_pack_
         tmp = NULL;
         goto out;
     }
-    (void)fchmod(fd, 0644);
+    (void)fchmod(fd, 0666 & ~wr_umask()); /* mkstemp made it 0600: as any file the user creates */
 
     /* Manifest frame (hashes filled in at the end; the size does not change). */
     if (wr_manifest(&sb, name, job.blob_bytes, job.chunk, job.tensors, job.n_tensors) != 0) {

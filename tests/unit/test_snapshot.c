@@ -260,6 +260,18 @@ static void round_trip_all_modes(void **state) {
     /* One big frame, default chunk. */
     pack_ok(path_of("in.safetensors"), path_of("rt1.aicsnap"), 0, SNAP_FILTER_MODE_PLANES, 0, NULL);
     check_snapshot(&m, path_of("rt1.aicsnap"));
+    /* The snapshot gets the mode any file of the user's would: private weights packed
+     * under umask 077 are not readable by others. */
+    mode_t old_mask = umask(077);
+    pack_ok(path_of("in.safetensors"), path_of("private.aicsnap"), 0, SNAP_FILTER_MODE_NONE, 1, NULL);
+    umask(022);
+    pack_ok(path_of("in.safetensors"), path_of("shared.aicsnap"), 0, SNAP_FILTER_MODE_NONE, 1, NULL);
+    umask(old_mask);
+    struct stat st_priv, st_shared;
+    assert_int_equal(stat(path_of("private.aicsnap"), &st_priv), 0);
+    assert_int_equal(stat(path_of("shared.aicsnap"), &st_shared), 0);
+    assert_int_equal(st_priv.st_mode & 0777, 0600);
+    assert_int_equal(st_shared.st_mode & 0777, 0644);
     model_free(&m);
 }
 
