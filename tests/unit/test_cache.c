@@ -141,10 +141,13 @@ static void all_pinned_waits_for_deadline(void **state) {
     assert_clean(&f);
 }
 
+/* A thread acquiring `key` (deadline_us 0: 10 s from its start) and releasing it. */
 typedef struct joiner {
     loader_cache *c;
     const char *key;
+    uint64_t deadline_us;
     int rc;
+    uint64_t done_us;
     aicfn_error err;
     loader_acquire_info info;
 } joiner;
@@ -152,7 +155,9 @@ typedef struct joiner {
 static void *joiner_main(void *arg) {
     joiner *j = arg;
     loader_cache_entry *e = NULL;
-    j->rc = loader_cache_acquire(j->c, j->key, NULL, clock_now_us() + 10000000, &e, &j->info, &j->err);
+    uint64_t deadline = j->deadline_us ? j->deadline_us : clock_now_us() + 10000000;
+    j->rc = loader_cache_acquire(j->c, j->key, NULL, deadline, &e, &j->info, &j->err);
+    j->done_us = clock_now_us();
     if (j->rc == AICFN_OK) loader_cache_release(j->c, e);
     return NULL;
 }
@@ -205,23 +210,6 @@ static void failed_load_wakes_waiters(void **state) {
 }
 
 /* Joined calls keep their own deadlines while the loader waits for room. */
-typedef struct deadline_joiner {
-    loader_cache *c;
-    uint64_t deadline_us;
-    int rc;
-    uint64_t done_us;
-    aicfn_error err;
-} deadline_joiner;
-
-static void *deadline_joiner_main(void *arg) {
-    deadline_joiner *j = arg;
-    loader_cache_entry *e = NULL;
-    j->rc = loader_cache_acquire(j->c, "m2", NULL, j->deadline_us, &e, NULL, &j->err);
-    j->done_us = clock_now_us();
-    if (j->rc == AICFN_OK) loader_cache_release(j->c, e);
-    return NULL;
-}
-
 static void joined_calls_keep_their_own_deadlines(void **state) {
     (void)state;
     static fake_loader f;
@@ -236,14 +224,14 @@ static void joined_calls_keep_their_own_deadlines(void **state) {
      * that joins it with 5 s must not fail at 200 ms, and one that joins with 100 ms runs
      * out of capacity, not of load time. */
     uint64_t t0 = clock_now_us();
-    deadline_joiner loader = {.c = c, .deadline_us = t0 + 200000};
-    deadline_joiner patient = {.c = c, .deadline_us = t0 + 5000000};
-    deadline_joiner hasty = {.c = c, .deadline_us = t0 + 100000};
+    joiner loader = {.c = c, .key = "m2", .deadline_us = t0 + 200000};
+    joiner patient = {.c = c, .key = "m2", .deadline_us = t0 + 5000000};
+    joiner hasty = {.c = c, .key = "m2", .deadline_us = t0 + 100000};
     pthread_t tl, tp, th;
-    assert_int_equal(pthread_create(&tl, NULL, deadline_joiner_main, &loader), 0);
+    assert_int_equal(pthread_create(&tl, NULL, joiner_main, &loader), 0);
     fake_sleep_us(30000); /* the loader is waiting for room; the others join it */
-    assert_int_equal(pthread_create(&tp, NULL, deadline_joiner_main, &patient), 0);
-    assert_int_equal(pthread_create(&th, NULL, deadline_joiner_main, &hasty), 0);
+    assert_int_equal(pthread_create(&tp, NULL, joiner_main, &patient), 0);
+    assert_int_equal(pthread_create(&th, NULL, joiner_main, &hasty), 0);
     pthread_join(tl, NULL);
     pthread_join(th, NULL);
     assert_int_equal(loader.rc, AICFN_E_CAPACITY);
