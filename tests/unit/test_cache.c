@@ -109,16 +109,24 @@ static void too_large_fails_at_once(void **state) {
     assert_clean(&f);
 }
 
+/* A cache with a budget for two 100-byte models (m0..m2 exist) holding m0 and m1, both
+ * pinned (*a, *b): everything is pinned. */
+static loader_cache *all_pinned_cache(fake_loader *f, loader_cache_entry **a, loader_cache_entry **b) {
+    memset(f, 0, sizeof *f);
+    f->sizes[0] = f->sizes[1] = f->sizes[2] = 100;
+    loader_cache *c = fake_cache(f, 200, NULL);
+    aicfn_error err;
+    assert_int_equal(loader_cache_acquire(c, "m0", NULL, 0, a, NULL, &err), AICFN_OK);
+    assert_int_equal(loader_cache_acquire(c, "m1", NULL, 0, b, NULL, &err), AICFN_OK);
+    return c;
+}
+
 static void all_pinned_waits_for_deadline(void **state) {
     (void)state;
     static fake_loader f;
-    memset(&f, 0, sizeof f);
-    f.sizes[0] = f.sizes[1] = f.sizes[2] = 100;
-    loader_cache *c = fake_cache(&f, 200, NULL);
     aicfn_error err;
     loader_cache_entry *a, *b, *x;
-    assert_int_equal(loader_cache_acquire(c, "m0", NULL, 0, &a, NULL, &err), AICFN_OK);
-    assert_int_equal(loader_cache_acquire(c, "m1", NULL, 0, &b, NULL, &err), AICFN_OK);
+    loader_cache *c = all_pinned_cache(&f, &a, &b);
     uint64_t t0 = clock_now_us();
     assert_int_equal(loader_cache_acquire(c, "m2", NULL, t0 + 150000, &x, NULL, &err), AICFN_E_CAPACITY);
     uint64_t waited = clock_now_us() - t0;
@@ -213,13 +221,8 @@ static void failed_load_wakes_waiters(void **state) {
 static void joined_calls_keep_their_own_deadlines(void **state) {
     (void)state;
     static fake_loader f;
-    memset(&f, 0, sizeof f);
-    f.sizes[0] = f.sizes[1] = f.sizes[2] = 100;
-    loader_cache *c = fake_cache(&f, 200, NULL);
-    aicfn_error err;
     loader_cache_entry *a, *b;
-    assert_int_equal(loader_cache_acquire(c, "m0", NULL, 0, &a, NULL, &err), AICFN_OK);
-    assert_int_equal(loader_cache_acquire(c, "m1", NULL, 0, &b, NULL, &err), AICFN_OK);
+    loader_cache *c = all_pinned_cache(&f, &a, &b);
     /* Everything pinned. The first call for m2 loads it and waits 200 ms for room; a call
      * that joins it with 5 s must not fail at 200 ms, and one that joins with 100 ms runs
      * out of capacity, not of load time. */
