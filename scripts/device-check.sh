@@ -28,6 +28,11 @@ prepare() {
     cp zig-out/bin/tests/unit/test_device zig-out/bin/tests/unit/test_pipeline "$B/tests/unit/"
     cp -r zig-out/lib/handlers "$D/zig-out/lib/"
     cp "$(command -v zstd)" "$D/bin/"
+    # The demo's Python needs numpy, which the GPU machine's python3 (3.12) may lack: carry
+    # the wheel (a zip), unpacked there.
+    mkdir -p "$D/wheels"
+    .venv/bin/pip download -q --disable-pip-version-check numpy==2.2.1 --only-binary=:all: \
+        --python-version 3.12 --platform manylinux2014_x86_64 --implementation cp --no-deps -d "$D/wheels"
     ldd "$B"/aicfn "$B"/bench-* "$B"/tests/unit/* "$D"/zig-out/lib/handlers/*.so "$D/bin/zstd" |
         awk '$2 == "=>" && $3 ~ /^\// {print $3}' | sort -u |
         grep -v -e '/libc\.so' -e '/libm\.so' -e '/libpthread' -e '/libdl\.so' -e '/librt\.so' \
@@ -87,6 +92,12 @@ run() {
         for py in python3 /opt/torch/.venv/bin/python3 /usr/local/bin/python3 /usr/bin/python3; do
             command -v "$py" >/dev/null && "$py" -c 'import numpy' 2>/dev/null && break
         done
+        if ! "$py" -c 'import numpy' 2>/dev/null; then
+            py=python3
+            rm -rf /tmp/device-check-py && mkdir -p /tmp/device-check-py
+            "$py" -m zipfile -e "$D"/wheels/numpy-*-cp312-*.whl /tmp/device-check-py/
+            export PYTHONPATH=/tmp/device-check-py
+        fi
         mkdir -p .venv/bin && ln -sf "$(command -v "$py")" .venv/bin/python
     fi
     section environment
