@@ -12,7 +12,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #include <sodium.h>
@@ -73,13 +72,16 @@ static void ks_time(uint64_t us, char *buf, size_t n) {
     strftime(buf, n, "%Y-%m-%dT%H:%M:%SZ", &tm);
 }
 
-static int ks_open(const char *data_dir, bool must_exist, gw_db **db, aicfn_error *err) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", data_dir, AICFN_DB_FILE);
-    struct stat st;
-    if (must_exist && stat(path, &st) != 0)
-        return aicfn_error_errno(err, AICFN_E_NOT_FOUND, errno, "no database at %s (see --data-dir)", path);
-    return gw_db_open(data_dir, db, err);
+/* Opens the gateway's database: `create` makes one when there is none (a first admin key
+ * before the gateway's first start); ls and revoke need it to exist. */
+static int ks_open(const char *data_dir, const char *sub, gw_db **db, aicfn_error *err) {
+    gw_db_access access = strcmp(sub, "ls") == 0 ? GW_DB_READ_ONLY : GW_DB_READ_WRITE;
+    int rc = gw_db_open_existing(data_dir, access, db, err);
+    if (rc == AICFN_E_NOT_FOUND && strcmp(sub, "create") == 0) {
+        aicfn_error_clear(err);
+        rc = gw_db_open(data_dir, db, err);
+    }
+    return rc;
 }
 
 int cli_cmd_keys(int argc, char **argv) {
@@ -133,7 +135,7 @@ int cli_cmd_keys(int argc, char **argv) {
     aicfn_error err;
     aicfn_error_clear(&err);
     gw_db *db = NULL;
-    int rc = ks_open(data_dir, strcmp(sub, "create") != 0, &db, &err);
+    int rc = ks_open(data_dir, sub, &db, &err);
     if (rc != AICFN_OK) return cli_fail(&err);
     if (!strcmp(sub, "create")) {
         char key[GW_KEY_STRING_MAX];

@@ -7,12 +7,10 @@
  * the database file's permissions decide who may read billing data. Records the
  * gateway has not committed yet (at most AICFN_LEDGER_FLUSH_MS old) are not counted.
  * Not for: changing anything (it never writes). */
-#include <errno.h>
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 
 #include "cli/cli.h"
 #include "common/clock.h"
@@ -56,17 +54,6 @@ static int us_parse_price(const char *s, double *out) {
     return 0;
 }
 
-/* Opens an existing aicfn.db (never creates one: a typo in --data-dir must not pass for
- * "no usage"). */
-static int us_open(const char *data_dir, gw_db **db, aicfn_error *err) {
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", data_dir, AICFN_DB_FILE);
-    struct stat st;
-    if (stat(path, &st) != 0)
-        return aicfn_error_errno(err, AICFN_E_NOT_FOUND, errno, "no database at %s (see --data-dir)", path);
-    return gw_db_open(data_dir, db, err);
-}
-
 int cli_cmd_usage(int argc, char **argv) {
     const char *tenant = NULL, *data_dir = getenv("AICFN_DATA_DIR");
     uint64_t since_us = 0;
@@ -106,7 +93,7 @@ int cli_cmd_usage(int argc, char **argv) {
     aicfn_error err;
     aicfn_error_clear(&err);
     gw_db *db = NULL;
-    int rc = us_open(data_dir, &db, &err);
+    int rc = gw_db_open_existing(data_dir, GW_DB_READ_ONLY, &db, &err);
     if (rc != AICFN_OK) return cli_fail(&err);
     gw_usage_row *rows = NULL, total;
     size_t n = 0;

@@ -7,7 +7,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <time.h>
 
 #include "cli/cli.h"
@@ -72,15 +71,8 @@ static json_t *cw2_rows_json(const gw_worker_row *rows, size_t n) {
 static int cw2_history(const char *data_dir, size_t limit, int json) {
     aicfn_error err;
     aicfn_error_clear(&err);
-    char path[4096];
-    snprintf(path, sizeof path, "%s/%s", data_dir, AICFN_DB_FILE);
-    struct stat sb;
-    if (stat(path, &sb) != 0) {
-        aicfn_error_errno(&err, AICFN_E_NOT_FOUND, errno, "no database at %s (see --data-dir)", path);
-        return cli_fail(&err);
-    }
     gw_db *db = NULL;
-    if (gw_db_open(data_dir, &db, &err) != AICFN_OK) return cli_fail(&err);
+    if (gw_db_open_existing(data_dir, GW_DB_READ_ONLY, &db, &err) != AICFN_OK) return cli_fail(&err);
     gw_worker_row *rows = NULL;
     size_t n = 0;
     int rc = gw_registry_worker_list(db, &rows, &n, &err);

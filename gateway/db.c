@@ -236,16 +236,21 @@ static int db_pragma(gw_db *db, const char *sql, const char *expect, aicfn_error
     return AICFN_OK;
 }
 
-int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err) {
-    *out = NULL;
+/* A handle on path, not yet connected (NULL when out of memory). */
+static gw_db *db_handle_new(const char *path) {
     gw_db *db = calloc(1, sizeof *db);
-    if (!db) return aicfn_error_set(err, AICFN_E_NOMEM, "allocating a database handle");
-    db->path = strdup(path);
-    if (!db->path) {
+    if (!db || !(db->path = strdup(path))) {
         free(db);
-        return aicfn_error_set(err, AICFN_E_NOMEM, "allocating a database handle");
+        return NULL;
     }
     pthread_mutex_init(&db->mu, NULL);
+    return db;
+}
+
+int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err) {
+    *out = NULL;
+    gw_db *db = db_handle_new(path);
+    if (!db) return aicfn_error_set(err, AICFN_E_NOMEM, "allocating a database handle");
     int flags = SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX;
     int rc = sqlite3_open_v2(path, &db->conn, flags, NULL);
     if (rc != SQLITE_OK) {
@@ -264,6 +269,52 @@ int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err) {
     if (!code) code = db_migrate(db, err);
     if (code) {
         aicfn_error_wrap(err, "opening %s", path);
+        gw_db_close(db);
+        return code;
+    }
+    *out = db;
+    return AICFN_OK;
+}
+
+int gw_db_open_existing(const char *data_dir, gw_db_access access, gw_db **out, aicfn_error *err) {
+    *out = NULL;
+    char path[4096];
+    int n = snprintf(path, sizeof path, "%s/%s", data_dir, AICFN_DB_FILE);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return aicfn_error_set(err, AICFN_E_INVALID, "data directory path too long: %s", data_dir);
+    struct stat st;
+    if (stat(path, &st) != 0)
+        return aicfn_error_errno(err, AICFN_E_NOT_FOUND, errno, "no database at %s (see --data-dir)", path);
+    gw_db *db = db_handle_new(path);
+    if (!db) return aicfn_error_set(err, AICFN_E_NOMEM, "allocating a database handle");
+    int flags =
+        (access == GW_DB_READ_ONLY ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) | SQLITE_OPEN_NOMUTEX;
+    int rc = sqlite3_open_v2(path, &db->conn, flags, NULL);
+    int code = AICFN_OK;
+    if (rc != SQLITE_OK) {
+        char what[600];
+        snprintf(what, sizeof what, "opening %s", path);
+        code = gw_db_error(db, rc, err, what);
+    } else {
+        sqlite3_extended_result_codes(db->conn, 1);
+        sqlite3_busy_timeout(db->conn, AICFN_DB_BUSY_TIMEOUT_MS);
+        if (access == GW_DB_READ_WRITE) {
+            code = db_pragma(db, "PRAGMA synchronous = FULL", NULL, err);
+            if (!code) code = db_pragma(db, "PRAGMA foreign_keys = ON", NULL, err);
+        }
+        int v = 0;
+        if (!code) code = db_user_version(db, &v, err);
+        if (!code && v > DB_NMIGRATIONS)
+            code = aicfn_error_set(err, AICFN_E_UNSUPPORTED,
+                                   "%s has schema version %d, newer than this aicfn knows (%d)", path, v,
+                                   DB_NMIGRATIONS);
+        else if (!code && v < DB_NMIGRATIONS)
+            code = aicfn_error_set(err, AICFN_E_UNSUPPORTED,
+                                   "%s has schema version %d, older than this aicfn's (%d): start the "
+                                   "gateway on it once, which migrates it",
+                                   path, v, DB_NMIGRATIONS);
+    }
+    if (code) {
         gw_db_close(db);
         return code;
     }

@@ -45,6 +45,15 @@ int gw_db_open(const char *data_dir, gw_db **out, aicfn_error *err);
 /* Same, on an explicit file path (tests; ":memory:" is accepted but not WAL). */
 int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err);
 
+/* How a command beside the gateway (keys, usage, workers --history) opens the gateway's
+ * database: never creating it and never migrating it, since a gateway of another version
+ * may have it open. AICFN_E_NOT_FOUND when <data_dir>/aicfn.db is missing (a typo in
+ * --data-dir must not pass for an empty database); AICFN_E_UNSUPPORTED, naming both
+ * versions, when its schema is not the one this aicfn knows; AICFN_E_DB otherwise.
+ * GW_DB_READ_ONLY opens it SQLITE_OPEN_READONLY: a writing statement fails. */
+typedef enum { GW_DB_READ_ONLY, GW_DB_READ_WRITE } gw_db_access;
+int gw_db_open_existing(const char *data_dir, gw_db_access access, gw_db **out, aicfn_error *err);
+
 /* For a connection that commits batches of records nobody was told were stored (the
  * ledger writer): synchronous=NORMAL, no fsync per commit. A power loss may drop its
  * last commits but never corrupts the file; a crash of the process loses nothing

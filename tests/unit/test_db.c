@@ -1,5 +1,6 @@
 /* test_db.c: aicfn.db opening, pragmas, migrations (from empty, re-open, newer schema
- * refused), the statement cache, error mapping, integrity_check and gw_db_collect. */
+ * refused), opening an existing database without migrating it, the statement cache, error mapping,
+ * integrity_check and gw_db_collect. */
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -205,6 +206,78 @@ static void newer_schema_is_refused(void **state) {
     free(dir);
 }
 
+/* Relabels dir's database as schema version v, with SQLite alone (gw_db_open would migrate). */
+static void set_user_version(const char *dir, int v) {
+    char path[600], sql[64];
+    snprintf(path, sizeof path, "%s/aicfn.db", dir);
+    snprintf(sql, sizeof sql, "PRAGMA user_version = %d", v);
+    sqlite3 *conn = NULL;
+    assert_int_equal(sqlite3_open(path, &conn), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(conn, sql, NULL, NULL, NULL), SQLITE_OK);
+    sqlite3_close(conn);
+}
+
+/* The commands beside a running gateway (keys, usage, workers --history) open its
+ * database without creating or migrating it; read-only means read-only. */
+static void open_existing_never_creates_or_migrates(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("db");
+    gw_db *db = NULL;
+    aicfn_error err = {0};
+    assert_int_equal(gw_db_open_existing(dir, GW_DB_READ_ONLY, &db, &err), AICFN_E_NOT_FOUND);
+    assert_null(db);
+    assert_non_null(strstr(err.msg, "no database at"));
+    assert_int_equal(gw_db_open_existing(dir, GW_DB_READ_WRITE, &db, &err), AICFN_E_NOT_FOUND);
+    char path[600];
+    snprintf(path, sizeof path, "%s/aicfn.db", dir);
+    assert_int_equal(access(path, F_OK), -1); /* not created */
+
+    /* An older schema is refused, naming both versions, and left as it was. */
+    assert_int_equal(gw_db_open(dir, &db, &err), AICFN_OK);
+    gw_db_close(db);
+    set_user_version(dir, gw_db_schema_latest() - 1);
+    for (int a = GW_DB_READ_ONLY; a <= GW_DB_READ_WRITE; a++) {
+        assert_int_equal(gw_db_open_existing(dir, (gw_db_access)a, &db, &err), AICFN_E_UNSUPPORTED);
+        assert_null(db);
+        assert_non_null(strstr(err.msg, "older"));
+    }
+    char expect[64];
+    snprintf(expect, sizeof expect, "schema version %d", gw_db_schema_latest() - 1);
+    char path_ro[640];
+    snprintf(path_ro, sizeof path_ro, "file:%s?mode=ro", path);
+    sqlite3 *conn = NULL;
+    sqlite3_stmt *st = NULL;
+    assert_int_equal(sqlite3_open_v2(path_ro, &conn, SQLITE_OPEN_READONLY | SQLITE_OPEN_URI, NULL),
+                     SQLITE_OK);
+    assert_int_equal(sqlite3_prepare_v2(conn, "PRAGMA user_version", -1, &st, NULL), SQLITE_OK);
+    assert_int_equal(sqlite3_step(st), SQLITE_ROW);
+    assert_int_equal(sqlite3_column_int(st, 0), gw_db_schema_latest() - 1); /* not migrated */
+    sqlite3_finalize(st);
+    sqlite3_close(conn);
+    assert_non_null(strstr(err.msg, expect));
+    set_user_version(dir, gw_db_schema_latest() + 1);
+    assert_int_equal(gw_db_open_existing(dir, GW_DB_READ_ONLY, &db, &err), AICFN_E_UNSUPPORTED);
+    assert_non_null(strstr(err.msg, "newer"));
+    set_user_version(dir, gw_db_schema_latest());
+
+    assert_int_equal(gw_db_open_existing(dir, GW_DB_READ_ONLY, &db, &err), AICFN_OK);
+    assert_int_equal(pragma_int(db, "SELECT count(*) FROM workers"), 0);
+    gw_db_lock(db);
+    assert_int_equal(gw_db_exec(db, "INSERT INTO workers VALUES ('w','a','d',1,1,1,1,'s')", &err),
+                     AICFN_E_DB);
+    gw_db_unlock(db);
+    assert_non_null(strstr(err.msg, "readonly"));
+    gw_db_close(db);
+    assert_int_equal(gw_db_open_existing(dir, GW_DB_READ_WRITE, &db, &err), AICFN_OK);
+    assert_int_equal(pragma_int(db, "PRAGMA synchronous"), 2);
+    gw_db_lock(db);
+    assert_int_equal(gw_db_exec(db, "INSERT INTO workers VALUES ('w','a','d',1,1,1,1,'s')", &err), AICFN_OK);
+    gw_db_unlock(db);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
 static void errors_map_to_db_and_exists(void **state) {
     (void)state;
     char *dir = tdb_mkdtemp("db");
@@ -261,6 +334,7 @@ int main(void) {
         cmocka_unit_test(schema_1_database_migrates_keeping_rows),
         cmocka_unit_test(collect_rows_into_an_array),
         cmocka_unit_test(newer_schema_is_refused),
+        cmocka_unit_test(open_existing_never_creates_or_migrates),
         cmocka_unit_test(errors_map_to_db_and_exists),
         cmocka_unit_test(unwritable_dir_is_io_error),
     };
