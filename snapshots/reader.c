@@ -733,6 +733,8 @@ int snap_dctx_create(snap_dctx **out, aicfn_error *err) {
         free(d);
         return aicfn_error_set(err, AICFN_E_NOMEM, "no memory for a zstd context");
     }
+    /* windowLogMax bounds the streaming decoder; snap_frame_decompress decodes each frame in
+     * one shot, which it does not bound, so that checks every frame header's window too. */
     size_t rc = ZSTD_DCtx_setParameter(d->z, ZSTD_d_windowLogMax, AICFN_SNAP_WINDOW_LOG_MAX);
     if (ZSTD_isError(rc)) {
         snap_dctx_free(d);

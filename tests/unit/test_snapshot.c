@@ -2,9 +2,8 @@
  * multi-frame tensors, sharded input, every filter mode), `zstd -d` compatibility, and
  * hostile snapshots: truncation at every offset, flipped bits in data frames, manifest
  * and seek table, a legacy zstd magic, a frame that claims more than its range, and
- * overlapping tensors; the load path's streaming inverse filter; and that a packed
- * snapshot is cached in 2 MiB page-cache folios.
- * Files are made here, in a temporary folder. */
+ * overlapping tensors, a frame asking for an over-large window; the load path's streaming inverse filter; and
+ * that a packed snapshot is cached in 2 MiB page-cache folios. Files are made here, in a temporary folder. */
 // clang-format off
 #include <stdarg.h>
 #include <stddef.h>
@@ -23,6 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 #include <xxhash.h>
+#define ZSTD_STATIC_LINKING_ONLY /* ZSTD_getFrameHeader */
 #include <zstd.h>
 
 #include "common/dtype.h"
@@ -696,6 +696,32 @@ static void hand_made_hostile(void **state) {
     assert_int_equal(open_verify(path_of("legacy.aicsnap"), &e), AICFN_E_CORRUPT);
     assert_non_null(strstr(e.msg, "0xfd2fb527"));
     assert_non_null(strstr(e.msg, "legacy"));
+
+    /* A frame that asks for a 256 MiB window (design.md §4: the window is bounded). Without a
+     * content size the header has a window descriptor (byte 5): 0x90 is 2^28. The frame
+     * still decodes with that window, so only the bound rejects it. */
+    c = compress_with(raw, 1024, comp, sizeof comp, 0);
+    assert_int_equal(comp[4] & 0x20, 0); /* not single-segment: byte 5 is the window */
+    comp[5] = 0x90;
+    {
+        ZSTD_frameHeader fh;
+        assert_int_equal(ZSTD_getFrameHeader(&fh, comp, c), 0);
+        assert_int_equal(fh.windowSize, 1ull << 28);
+        unsigned char back[1024];
+        assert_int_equal(ZSTD_decompress(back, sizeof back, comp, c), 1024);
+    }
+    hand_snapshot(path_of("window.aicsnap"), 1024, &ok, 1, fr, &c, rs, 1);
+    assert_int_equal(open_verify(path_of("window.aicsnap"), &e), AICFN_E_CORRUPT);
+    assert_non_null(strstr(e.msg, "window of 268435456 bytes"));
+    /* The same frame naming a dictionary (a 1-byte id after the window descriptor). */
+    c = compress_with(raw, 1024, comp, sizeof comp, 0);
+    memmove(comp + 7, comp + 6, c - 6);
+    comp[4] |= 0x01;
+    comp[6] = 5;
+    c++;
+    hand_snapshot(path_of("dict.aicsnap"), 1024, &ok, 1, fr, &c, rs, 1);
+    assert_int_equal(open_verify(path_of("dict.aicsnap"), &e), AICFN_E_CORRUPT);
+    assert_non_null(strstr(e.msg, "a dictionary (id 5)"));
 
     /* A skippable frame hiding inside a data frame is not data either. */
     snap_put_le32(comp, ZSTD_MAGIC_SKIPPABLE_START);
