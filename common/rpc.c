@@ -951,7 +951,7 @@ int rpc_call_async(rpc_client *c, const void *req, size_t len, uint32_t timeout_
             return aicfn_error_set(err, AICFN_E_NOMEM, "rpc %s: async call slot", c->url);
         }
         if ((rv = cli_ctx_open(c, &op->ctx)) != 0) {
-            nng_aio_free(op->aio);
+            nng_aio_free(op->aio); /* never started */
             free(op);
             pthread_mutex_unlock(&c->mu);
             nng_msg_free(m);

@@ -5,9 +5,10 @@
  *  - no NNG HTTP/WebSocket server (nng #1594): no nng_http_server_* / nng_stream_listener_*
  *    and no NNG supplemental http include;
  *  - msgpack_unpack* only in common/wire_guard.c, behind the bounded validator;
- *  - a file that frees an aio (nng_aio_free) also stops one (nng_aio_stop, nng #1702);
- *  - a file that opens an NNG socket sets NNG_OPT_RECVMAXSZ, and one that opens a REQ
- *    socket sets NNG_OPT_REQ_RESENDTIME.
+ *  - every nng_aio_free(X) follows an nng_aio_stop(X) of the same aio in the same
+ *    function (nng #1702), unless its line says the aio was "never started";
+ *  - every socket a function opens (nng_*0_open(&S)) gets NNG_OPT_RECVMAXSZ set on S in
+ *    that function, and a REQ socket NNG_OPT_REQ_RESENDTIME too.
  * The runtime halves (options really set, http:// refused) are in test_rpc.c. A self-test
  * plants each violation in a scratch tree to prove the scanner can fail. */
 #include <dirent.h>
@@ -118,7 +119,7 @@ static void violation(rule_result *r, const char *path, const char *what) {
 }
 
 typedef struct rules {
-    regex_t insert, http, http_inc, unpack, aio_free, aio_stop, sock_open, req_open, recvmax, resend;
+    regex_t insert, http, http_inc, unpack, aio_free, sock_open;
 } rules;
 
 static void rules_init(rules *R) {
@@ -128,12 +129,8 @@ static void rules_init(rules *R) {
     assert_int_equal(
         regcomp(&R->http_inc, "#[[:space:]]*include[[:space:]]*<nng/supplemental/(http|websocket)", f), 0);
     assert_int_equal(regcomp(&R->unpack, "msgpack_unpack(er)?[a-z_]*[[:space:]]*\\(", f), 0);
-    assert_int_equal(regcomp(&R->aio_free, "nng_aio_free[[:space:]]*\\(", f), 0);
-    assert_int_equal(regcomp(&R->aio_stop, "nng_aio_stop[[:space:]]*\\(", f), 0);
-    assert_int_equal(regcomp(&R->sock_open, "nng_[a-z]+[0-9]_open(_raw)?[[:space:]]*\\(", f), 0);
-    assert_int_equal(regcomp(&R->req_open, "nng_req0_open(_raw)?[[:space:]]*\\(", f), 0);
-    assert_int_equal(regcomp(&R->recvmax, "NNG_OPT_RECVMAXSZ", f), 0);
-    assert_int_equal(regcomp(&R->resend, "NNG_OPT_REQ_RESENDTIME", f), 0);
+    assert_int_equal(regcomp(&R->aio_free, "nng_aio_free[[:space:]]*\\(", REG_EXTENDED), 0);
+    assert_int_equal(regcomp(&R->sock_open, "nng_[a-z]+[0-9]_open(_raw)?[[:space:]]*\\(", REG_EXTENDED), 0);
 }
 
 static void rules_fini(rules *R) {
@@ -142,11 +139,90 @@ static void rules_fini(rules *R) {
     regfree(&R->http_inc);
     regfree(&R->unpack);
     regfree(&R->aio_free);
-    regfree(&R->aio_stop);
     regfree(&R->sock_open);
-    regfree(&R->req_open);
-    regfree(&R->recvmax);
-    regfree(&R->resend);
+}
+
+/* Functions are told apart by their closing brace at the start of a line (the tree is
+ * clang-formatted): the one around `at` runs from after the previous "\n}" to the next. */
+static const char *fn_begin(const char *text, const char *at) {
+    const char *b = text;
+    for (const char *p = text; (p = strstr(p, "\n}")) != NULL && p < at; p += 2)
+        b = p + 2;
+    return b;
+}
+
+static const char *fn_end(const char *at) {
+    const char *e = strstr(at, "\n}");
+    return e ? e : at + strlen(at);
+}
+
+/* The first argument of the call whose '(' is at `paren`, spaces and a leading '&' cut. */
+static void first_arg(const char *paren, char *out, size_t cap) {
+    const char *p = paren + 1;
+    while (*p == ' ' || *p == '&')
+        p++;
+    size_t n = 0;
+    int depth = 0;
+    for (; *p && n + 1 < cap; p++) {
+        if ((*p == ',' || *p == ')') && depth == 0) break;
+        if (*p == '(') depth++;
+        if (*p == ')') depth--;
+        out[n++] = *p;
+    }
+    while (n && out[n - 1] == ' ')
+        n--;
+    out[n] = 0;
+}
+
+/* Whether [from, to) holds `a` `arg` `b` (e.g. "nng_aio_stop(" "c->aio" ")"). */
+static int has_call(const char *from, const char *to, const char *a, const char *arg, const char *b) {
+    char needle[512];
+    snprintf(needle, sizeof needle, "%s%s%s", a, arg, b);
+    const char *p = strstr(from, needle);
+    return p != NULL && p < to;
+}
+
+/* Each match of re in the stripped text `code`, with its first argument; `raw` is the
+ * text before stripping (same offsets) for the "never started" note. */
+static void check_aio_frees(rules *R, const char *path, const char *raw, const char *code, rule_result *r) {
+    regmatch_t m;
+    for (const char *p = code; regexec(&R->aio_free, p, 1, &m, p == code ? 0 : REG_NOTBOL) == 0;
+         p += m.rm_eo) {
+        const char *at = p + m.rm_so, *paren = p + m.rm_eo - 1;
+        char arg[256];
+        first_arg(paren, arg, sizeof arg);
+        if (has_call(fn_begin(code, at), at, "nng_aio_stop(", arg, ")")) continue;
+        const char *line_end = strchr(raw + (at - code), '\n');
+        size_t ln = line_end ? (size_t)(line_end - (raw + (at - code))) : strlen(raw + (at - code));
+        char line[512];
+        snprintf(line, sizeof line, "%.*s", (int)(ln < sizeof line - 1 ? ln : sizeof line - 1),
+                 raw + (at - code));
+        if (strstr(line, "never started")) continue;
+        char what[512];
+        snprintf(what, sizeof what, "nng_aio_free(%s) without nng_aio_stop(%s) before it (nng #1702)", arg,
+                 arg);
+        violation(r, path, what);
+    }
+}
+
+static void check_socket_opens(rules *R, const char *path, const char *code, rule_result *r) {
+    regmatch_t m;
+    for (const char *p = code; regexec(&R->sock_open, p, 1, &m, p == code ? 0 : REG_NOTBOL) == 0;
+         p += m.rm_eo) {
+        const char *at = p + m.rm_so, *paren = p + m.rm_eo - 1, *end = fn_end(at);
+        char sock[256], what[512];
+        first_arg(paren, sock, sizeof sock);
+        if (!has_call(at, end, "nng_socket_set_size(", sock, ", NNG_OPT_RECVMAXSZ")) {
+            snprintf(what, sizeof what, "opens socket %s without setting NNG_OPT_RECVMAXSZ on it", sock);
+            violation(r, path, what);
+        }
+        if (strncmp(at, "nng_req0_open", 13) == 0 &&
+            !has_call(at, end, "nng_socket_set_ms(", sock, ", NNG_OPT_REQ_RESENDTIME")) {
+            snprintf(what, sizeof what, "opens REQ socket %s without setting NNG_OPT_REQ_RESENDTIME on it",
+                     sock);
+            violation(r, path, what);
+        }
+    }
 }
 
 /* `rel` is the path relative to the root, used for the one allowed msgpack_unpack site. */
@@ -156,18 +232,16 @@ static void check_file(rules *R, const char *path, const char *rel, rule_result 
     if (!raw) return;
     r->files++;
     if (has(&R->http_inc, raw)) violation(r, path, "includes NNG's HTTP/WebSocket support (nng #1594)");
-    strip_comments(raw);
-    if (has(&R->insert, raw))
-        violation(r, path, "calls an nng_msg insert function (nng #1541, #1808)");
-    if (has(&R->http, raw)) violation(r, path, "uses NNG's HTTP/WebSocket server (nng #1594)");
-    if (has(&R->unpack, raw) && strcmp(rel, "common/wire_guard.c") != 0)
+    char *code = strdup(raw);
+    assert_non_null(code);
+    strip_comments(code);
+    if (has(&R->insert, code)) violation(r, path, "calls an nng_msg insert function (nng #1541, #1808)");
+    if (has(&R->http, code)) violation(r, path, "uses NNG's HTTP/WebSocket server (nng #1594)");
+    if (has(&R->unpack, code) && strcmp(rel, "common/wire_guard.c") != 0)
         violation(r, path, "calls msgpack_unpack* outside common/wire_guard.c (use wire_doc_parse)");
-    if (has(&R->aio_free, raw) && !has(&R->aio_stop, raw))
-        violation(r, path, "frees an nng_aio without ever calling nng_aio_stop (nng #1702)");
-    if (has(&R->sock_open, raw) && !has(&R->recvmax, raw))
-        violation(r, path, "opens an NNG socket without setting NNG_OPT_RECVMAXSZ");
-    if (has(&R->req_open, raw) && !has(&R->resend, raw))
-        violation(r, path, "opens a REQ socket without setting NNG_OPT_REQ_RESENDTIME");
+    check_aio_frees(R, path, raw, code, r);
+    check_socket_opens(R, path, code, r);
+    free(code);
     free(raw);
 }
 
@@ -280,19 +354,39 @@ static void scanner_detects_planted_violations(void **state) {
         unsigned violations;
     } cases[] = {
         /* The banned names are split so that a plain grep of the tree finds none. */
-        {"/* never call nng_msg_" "insert(m, p, n) */ int ok;\n", 0},
-        {"void f(nng_msg *m) { nng_msg_" "insert(m, \"x\", 1); }\n", 1},
-        {"void f(nng_msg *m) { nng_msg_header_" "insert_u32 (m, 1); }\n", 1},
+        {"/* never call nng_msg_"
+         "insert(m, p, n) */ int ok;\n",
+         0},
+        {"void f(nng_msg *m) { nng_msg_"
+         "insert(m, \"x\", 1); }\n",
+         1},
+        {"void f(nng_msg *m) { nng_msg_header_"
+         "insert_u32 (m, 1); }\n",
+         1},
         {"#include <nng/supplemental/http/http.h>\n", 1},
         {"void f(void) { nng_http_server_hold(0, 0); }\n", 1},
         {"void f(void) { msgpack_unpack(0, 0, 0, 0, 0); }\n", 1},
         {"void f(nng_aio *a) { nng_aio_free(a); }\n", 1},
         {"void f(nng_aio *a) { nng_aio_stop(a); nng_aio_free(a); }\n", 0},
+        {"void f(nng_aio *a) {\n    nng_aio_free(a); /* never started */\n}\n", 0},
+        /* A stop of another aio, or in another function, does not count. */
+        {"void f(nng_aio *a, nng_aio *b) { nng_aio_stop(b); nng_aio_free(a); }\n", 1},
+        {"void g(nng_aio *a) {\n    nng_aio_stop(a);\n}\nvoid f(nng_aio *a) {\n    nng_aio_free(a);\n}\n", 1},
+        {"void f(nng_aio *a, nng_aio *b) {\n    nng_aio_stop(a);\n    nng_aio_free(a);\n    "
+         "nng_aio_free(b);\n}\n",
+         1},
         {"void f(nng_socket *s) { nng_rep0_open(s); }\n", 1},
-        {"void f(nng_socket *s) { nng_req0_open(s); nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, 1); }\n", 1},
-        {"void f(nng_socket *s) { nng_req0_open(s); nng_socket_set_size(*s, NNG_OPT_RECVMAXSZ, 1);"
-         " nng_socket_set_ms(*s, NNG_OPT_REQ_RESENDTIME, -1); }\n",
+        {"void f(nng_socket *s) { nng_req0_open(s); nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, 1); }\n", 1},
+        {"void f(nng_socket s) { nng_req0_open(&s); nng_socket_set_size(s, NNG_OPT_RECVMAXSZ, 1);"
+         " nng_socket_set_ms(s, NNG_OPT_REQ_RESENDTIME, -1); }\n",
          0},
+        /* Each socket gets its own limit: setting it on one of two does not do. */
+        {"void f(nng_socket a, nng_socket b) {\n    nng_rep0_open(&a);\n    nng_rep0_open(&b);\n"
+         "    nng_socket_set_size(a, NNG_OPT_RECVMAXSZ, 1);\n}\n",
+         1},
+        {"void f(nng_socket a) {\n    nng_rep0_open(&a);\n}\nvoid g(nng_socket a) {\n"
+         "    nng_socket_set_size(a, NNG_OPT_RECVMAXSZ, 1);\n}\n",
+         1},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         snprintf(p, sizeof p, "%s/common/x.c", root);
