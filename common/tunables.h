@@ -83,6 +83,8 @@
 #define AICFN_CALL_GRACE_MS 5000              /* call past its timeout + this: worker killed, replaced */
 #define AICFN_WORKER_POLL_MS 1000             /* gateway's status poll of each worker */
 #define AICFN_WORKER_START_TIMEOUT_MS 30000   /* spawned worker must answer its first status by then */
+#define AICFN_WORKER_RESTART_BACKOFF_MIN_MS 100 /* after a local worker died starting: next start in */
+#define AICFN_WORKER_RESTART_BACKOFF_MAX_MS 30000 /* ... doubling per failure in a row, up to this */
 #define AICFN_CRASH_BACKOFF_MS 60000          /* request that crashed its worker twice: refused this long */
 #define AICFN_DEFAULT_MAX_WORKERS 2           /* aicfn gateway --workers 0..2 */
 #define AICFN_KEEP_WARM_RETRY_MS 2000         /* failed keep-warm load (scaling.min_workers): retry after */

@@ -202,6 +202,11 @@ struct gw_gateway {
     bool maint_idle;           /* the maintenance thread sleeps GW_IDLE_TICK_MS: wake it for work */
     bool scaling_dirty;        /* functions changed: re-read which ones keep workers warm */
     uint64_t scaling_retry_us; /* a failed re-read is tried again from then */
+    /* Local workers that died before they were ready, in a row (reset by one that gets
+     * ready), and when the next may start: one that cannot start (--device cuda without
+     * a GPU, a broken install) is retried with doubling back-off, not at every tick. */
+    unsigned start_failures;
+    uint64_t spawn_not_before_us;
 };
 
 static void gw_process(gw_gateway *gw, gw_actions *a);
@@ -538,6 +543,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
 
 /* ---- Routing and dispatch (lock held) ------------------------------------------- */
 
+/* Local worker processes not yet dead (draining ones too: they still hold their device
+ * memory), which --workers MAX bounds. */
 static uint32_t gw_local_alive(gw_gateway *gw) {
     uint32_t n = 0;
     for (gw_worker *w = gw->workers; w; w = w->next)
@@ -546,12 +553,27 @@ static uint32_t gw_local_alive(gw_gateway *gw) {
     return n;
 }
 
+/* Local workers starting or serving (not draining), which --workers MIN keeps up. */
+static uint32_t gw_local_serving(gw_gateway *gw) {
+    uint32_t n = 0;
+    for (gw_worker *w = gw->workers; w; w = w->next)
+        if (w->pool_id != 0 || (w->state == GW_WORKER_STARTING && w->addr[0] == 0))
+            if (w->state == GW_WORKER_STARTING || w->state == GW_WORKER_READY) n++;
+    return n;
+}
+
 static uint64_t gw_new_budget(gw_gateway *gw) {
     return gw->worker_memory ? gw->worker_memory : UINT64_MAX / 4;
 }
 
+/* A new local worker (STARTING; the process starts once the lock is released), or NULL
+ * when this round has started enough or the start back-off runs. */
 static gw_worker *gw_spawn_locked(gw_gateway *gw, gw_actions *a) {
     if (a->n_spawns >= sizeof a->spawns / sizeof a->spawns[0]) return NULL;
+    if (gw->start_failures && clock_now_us() < gw->spawn_not_before_us) {
+        gw_maint_wake_locked(gw); /* to start it when the back-off ends */
+        return NULL;
+    }
     gw_worker *w = gw_worker_new("starting", "", 0, 0, clock_now_us());
     if (!w) return NULL;
     w->budget_bytes = w->free_bytes = gw_new_budget(gw);
@@ -864,15 +886,25 @@ static void gw_pump_locked(gw_gateway *gw, gw_actions *a) {
 static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     if (w->state == GW_WORKER_DEAD) return;
     gw_maint_wake_locked(gw); /* to unlink it once its callbacks are done */
-    bool never_ready = w->state == GW_WORKER_STARTING;
+    bool never_ready = w->state == GW_WORKER_STARTING, draining = w->state == GW_WORKER_DRAINING;
     /* A local worker that dies while serving (not drained, not stopping) gets replaced. */
-    if (w->pool_id && w->state != GW_WORKER_DRAINING && !gw->stopping)
-        gw_metric_add(gw->std.worker_restarts, NULL, 1);
+    if (w->pool_id && !draining && !gw->stopping) gw_metric_add(gw->std.worker_restarts, NULL, 1);
+    if (w->pool_id && never_ready && !gw->stopping) {
+        unsigned shift = gw->start_failures < 16 ? gw->start_failures : 16;
+        uint64_t ms = (uint64_t)AICFN_WORKER_RESTART_BACKOFF_MIN_MS << shift;
+        if (ms > AICFN_WORKER_RESTART_BACKOFF_MAX_MS) ms = AICFN_WORKER_RESTART_BACKOFF_MAX_MS;
+        gw->start_failures++;
+        gw->spawn_not_before_us = clock_now_us() + ms * 1000;
+        log_warn("worker %s died before it was ready (%u in a row): no local worker starts for %llu ms",
+                 w->name, gw->start_failures, (unsigned long long)ms);
+    }
     /* Asked to leave (drained, or the gateway stops): exited; anything else: lost. */
     gw_worker_row_locked(gw, w,
                          w->state == GW_WORKER_DRAINING || gw->stopping ? GW_WROW_EXITED : GW_WROW_LOST);
     w->state = GW_WORKER_DEAD;
-    if (w->pool_id && gw->pool) gw_pool_kill(gw->pool, w->pool_id);
+    /* A draining worker closes its listener before it runs its handlers' fini and frees
+     * its device: it has the pool's grace (SIGTERM, then SIGKILL) to finish. */
+    if (w->pool_id && gw->pool && !draining) gw_pool_kill(gw->pool, w->pool_id);
     /* Its calls and polls in flight fail now (AICFN_E_WORKER_LOST) rather than at their
      * deadlines: one queued before the link connected would see no dropped connection. */
     if (w->client) rpc_client_fail_inflight(w->client);
@@ -1157,7 +1189,12 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
             gw_worker_row_locked(gw, w, gw_row_state(w));
         if (w->state == GW_WORKER_STARTING) {
             w->state = rep.w.summary.draining ? GW_WORKER_DRAINING : GW_WORKER_READY;
-            if (w->pool_id) w->spawn_us = now - w->started_us;
+            if (w->pool_id) {
+                w->spawn_us = now - w->started_us;
+                if (gw->start_failures)
+                    log_info("worker %s is ready: local workers start without delay again", w->name);
+                gw->start_failures = 0;
+            }
             log_info("worker %s ready on %s (%s, budget %llu bytes)%s", w->name, w->addr, w->device,
                      (unsigned long long)w->budget_bytes, w->pool_id ? "" : " (remote)");
             if (w->pool_id)
@@ -1898,8 +1935,11 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
                     gw_fail_locked(a, c, AICFN_E_CANCELED, "the gateway is stopping");
                 else
                     gw_fail_locked(a, c, AICFN_E_TIMEOUT,
-                                   "function %s:%u: no worker could take the call within %u ms", f->name,
-                                   f->ver, c->timeout_ms);
+                                   "function %s:%u: no worker could take the call within %u ms%s", f->name,
+                                   f->ver, c->timeout_ms,
+                                   gw->start_failures ? " (local workers die before they are ready: see the "
+                                                        "gateway's log)"
+                                                      : "");
                 continue;
             }
             prev = c;
@@ -1907,7 +1947,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
         }
     }
     /* Workers: start timeouts, idle drains, polls, cleanup. */
-    uint32_t alive = gw_local_alive(gw);
+    uint32_t alive = gw_local_alive(gw), serving = gw_local_serving(gw);
     for (gw_worker **pw = &gw->workers; *pw;) {
         gw_worker *w = *pw;
         if (w->state == GW_WORKER_STARTING && w->pool_id && gw->pool &&
@@ -1917,14 +1957,14 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
             gw_worker_dead_locked(gw, w, a);
         }
         if (w->state == GW_WORKER_READY && w->pool_id && w->in_flight == 0 && !w->pending_head &&
-            now - w->last_call_us >= gw->idle_timeout_us && alive > gw->min_workers && !gw->stopping &&
+            now - w->last_call_us >= gw->idle_timeout_us && serving > gw->min_workers && !gw->stopping &&
             !gw_worker_keeps_warm_locked(gw, w)) {
             log_info("worker %s idle for %llu ms: draining it (scale down)", w->name,
                      (unsigned long long)((now - w->last_call_us) / 1000));
             w->state = GW_WORKER_DRAINING;
             gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
             if (gw->pool) gw_pool_terminate(gw->pool, w->pool_id);
-            alive--;
+            serving--;
         }
         if (w->outbox_head && now - w->outbox_since_us >= AICFN_BUNDLE_HOLD_MAX_US)
             gw_outbox_flush_locked(gw, w, a); /* a short function turned slow */
@@ -1944,9 +1984,10 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
         }
         pw = &w->next;
     }
-    /* min_workers. */
-    while (!gw->stopping && gw->max_workers && alive < gw->min_workers && alive < gw->max_workers) {
+    /* min_workers: serving ones, within max_workers processes. */
+    while (!gw->stopping && gw->max_workers && serving < gw->min_workers && alive < gw->max_workers) {
         if (!gw_spawn_locked(gw, a)) break;
+        serving++;
         alive++;
     }
     gw_pump_locked(gw, a);
@@ -1972,8 +2013,7 @@ static bool gw_maint_busy_locked(gw_gateway *gw) {
         if (w->in_flight || w->pending_head || w->outbox_head || w->state == GW_WORKER_STARTING ||
             w->state == GW_WORKER_DEAD)
             return true;
-    uint32_t alive = gw_local_alive(gw);
-    return alive < gw->min_workers && alive < gw->max_workers;
+    return gw_local_serving(gw) < gw->min_workers && gw_local_alive(gw) < gw->max_workers;
 }
 
 static void *gw_maint_main(void *arg) {

@@ -28,8 +28,8 @@ import numpy as np
 import pynng
 import pytest
 
-from conftest import (E_PROTOCOL, OK, PROTOCOL_VERSION, ROOT, call, create_key, call_raw, free_port, handler, invoke_msg,
-                      next_id, output, run_cli, tensor, wait_for)
+from conftest import (E_PROTOCOL, OK, PROTOCOL_VERSION, ROOT, bytes_tensor, call, create_key, call_raw, free_port, handler,
+                      invoke_msg, next_id, output, run_cli, tensor, wait_for)
 
 E_WORKER_LOST = 12
 
@@ -262,6 +262,48 @@ def test_scale_to_zero_and_respawn(procs, tmp_path):
     assert len(pool) == 1 and pool[0]["pid"] != pid
     rows = wait_rows(data, "SELECT spawn_us FROM cold_starts WHERE function='mlp' ORDER BY id", (), 2)
     assert len(rows) == 2 and all(s > 0 for (s,) in rows), rows
+
+
+def test_worker_that_cannot_start_is_retried_with_back_off(procs, tmp_path):
+    """--workers 1..1 with workers that die at start (no cuda:99 anywhere): the gateway
+    starts them again after 100, 200, 400... ms, not at every maintenance tick, and a call
+    that finds no worker says why."""
+    addr, data, g = start_gateway(procs, tmp_path, workers="1..1", extra=("--device", "cuda:99"))
+    t0 = time.monotonic()
+    wait_for(lambda: g.stderr().count("exited with status") >= 2, 10, interval=0.05,
+             what="two failed starts")
+    deploy(addr, ROOT / "examples" / "echo")
+    r = call(addr, invoke_msg("echo", [bytes_tensor("text", [b"x"])], deadline_ms=1500), timeout_ms=10000)
+    assert not r["ok"], r
+    assert "before they are ready" in r["error"]["message"] or "exited before it was ready" in \
+        r["error"]["message"], r
+    time.sleep(max(0.0, 3.0 - (time.monotonic() - t0)))  # a window of at least 3 s
+    elapsed = time.monotonic() - t0
+    starts = g.stderr().count("started worker")
+    # 100 + 200 + 400 + 800 + 1600 ms of back-off: about 5 starts in 3 s (a tick-paced
+    # retry made over 100); the window may run somewhat past 3 s on a loaded machine.
+    assert 2 <= starts <= 4 + int(elapsed // 1.5), (starts, elapsed, g.stderr()[-2000:])
+    assert "no local worker starts for 100 ms" in g.stderr()
+    assert "no local worker starts for 400 ms" in g.stderr()
+
+
+def test_drained_worker_finishes_its_teardown(procs, tmp_path):
+    """An idle worker asked to leave (scale to zero) closes its listener, then runs its
+    handlers' fini: the gateway's next status poll finds the link gone, and must leave the
+    worker the SIGTERM grace to finish rather than SIGKILL it."""
+    marker = tmp_path / "fini-done"
+    env = dict(os.environ, AICFN_TEST_FINI_SLEEP_MS="2500", AICFN_TEST_FINI_FILE=str(marker))
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", idle="1s", env=env)
+    sleep_so = handler("test_sleep")
+    write_manifest(tmp_path / "slowfini", f"name: slowfini\nhandler: {sleep_so}\n")
+    deploy(addr, tmp_path / "slowfini")
+    r = call(addr, invoke_msg("slowfini", [tensor("x", np.arange(4, dtype="<f4"))]), timeout_ms=30000)
+    assert r["ok"], r
+    wait_for(lambda: "exited" in g.stderr() or "exited on signal" in g.stderr(), 20, interval=0.1,
+             what="the drained worker to exit")
+    log = g.stderr()
+    assert "exited with status 0" in log and "signal 9" not in log, log[-2000:]
+    assert marker.read_text() == "fini\n"
 
 
 def thread_switches(pid: int) -> dict:

@@ -6,6 +6,9 @@
  *   count_file=P   the file to append to (else env AICFN_TEST_COUNT_FILE; none: no count)
  * Config param only:
  *   init_sleep_ms=N  sleep N ms in init (a slow warm-up)
+ *   fini_sleep_ms=N  sleep N ms in fini (a slow teardown; else env AICFN_TEST_FINI_SLEEP_MS),
+ *   fini_file=P      then write "fini\n" to P (else env AICFN_TEST_FINI_FILE): proof that
+ *                    fini ran to its end
  * Logs through the host API, exercising it. */
 #include <fcntl.h>
 #include <stdio.h>
@@ -19,9 +22,14 @@
 AICFN_FN_DECLARE_ABI()
 
 typedef struct sleep_state {
-    long sleep_ms;
-    char count_file[1024];
+    long sleep_ms, fini_sleep_ms;
+    char count_file[1024], fini_file[1024];
 } sleep_state;
+
+static void sleep_ms_now(long ms) {
+    struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+    nanosleep(&ts, NULL);
+}
 
 AICFN_EXPORT int aicfn_fn_init(const aicfn_host_api *api, const aicfn_model *model,
                                const aicfn_fn_config *config, void **state) {
@@ -34,17 +42,29 @@ AICFN_EXPORT int aicfn_fn_init(const aicfn_host_api *api, const aicfn_model *mod
     snprintf(s->count_file, sizeof s->count_file, "%s", cf ? cf : "");
     const char *ims = api->find_param(config->params, config->n_params, "init_sleep_ms");
     long init_ms = ims ? atol(ims) : 0;
-    if (init_ms > 0) {
-        struct timespec ts = {init_ms / 1000, (init_ms % 1000) * 1000000L};
-        nanosleep(&ts, NULL);
-    }
+    if (init_ms > 0) sleep_ms_now(init_ms);
+    const char *fms = api->find_param(config->params, config->n_params, "fini_sleep_ms");
+    const char *ff = api->find_param(config->params, config->n_params, "fini_file");
+    if (!fms) fms = getenv("AICFN_TEST_FINI_SLEEP_MS");
+    if (!ff) ff = getenv("AICFN_TEST_FINI_FILE");
+    s->fini_sleep_ms = fms ? atol(fms) : 0;
+    snprintf(s->fini_file, sizeof s->fini_file, "%s", ff ? ff : "");
     api->log(AICFN_LOG_DEBUG, "init: sleep_ms=%ld count_file=%s", s->sleep_ms, s->count_file);
     *state = s;
     return AICFN_OK;
 }
 
 AICFN_EXPORT void aicfn_fn_fini(const aicfn_host_api *api, void *state) {
+    sleep_state *s = state;
     api->log(AICFN_LOG_DEBUG, "fini");
+    if (s->fini_sleep_ms > 0) sleep_ms_now(s->fini_sleep_ms);
+    if (s->fini_file[0]) {
+        FILE *f = fopen(s->fini_file, "w");
+        if (f) {
+            fputs("fini\n", f);
+            fclose(f);
+        }
+    }
     free(state);
 }
 
