@@ -133,20 +133,26 @@ run() {
 }
 
 # MiniLM for bench-load there: the GPU machine cannot download it, and the files are
-# over one call's carry limit together, so they travel zstd-compressed in two folders,
-# .devmini1 (FP32) and .devmini2 (BF16), in two calls in a row (the first call's
-# folder stays on the warm machine), after a `run` (which left .devcarry there).
+# over one call's carry limit together, so they travel zstd-compressed in a tar split in
+# two, .devmini1 and .devmini2, carried by two calls in a row (the first call's folder
+# stays on the warm machine), after a `run` (which left .devcarry there).
 prepare_minilm() {
     set -e
-    local m
+    local m t
     for m in minilm minilm-bf16; do
         [ -f "bench/.cache/$m/model.safetensors" ] || { echo "run bench/setup_data.sh first" >&2; exit 2; }
     done
     grep -qx '/.devmini[12]/' "$(git rev-parse --git-path info/exclude)" 2>/dev/null ||
         echo '/.devmini[12]/' >>"$(git rev-parse --git-path info/exclude)"
+    t=$(mktemp -d /tmp/device-check-minilm-XXXXXX)
+    mkdir -p "$t/minilm" "$t/minilm-bf16"
+    for m in minilm minilm-bf16; do
+        zstd -q -19 -T0 "bench/.cache/$m/model.safetensors" -o "$t/$m/model.safetensors.zst"
+    done
     rm -rf .devmini1 .devmini2 && mkdir -p .devmini1 .devmini2
-    zstd -q -19 -T0 bench/.cache/minilm/model.safetensors -o .devmini1/minilm.safetensors.zst
-    zstd -q -19 -T0 bench/.cache/minilm-bf16/model.safetensors -o .devmini2/minilm-bf16.safetensors.zst
+    tar -C "$t" -cf - minilm minilm-bf16 | split -b 56M -d - "$t/part."
+    mv "$t/part.00" .devmini1/ && mv "$t"/part.0[1-9] .devmini2/
+    rm -rf "$t"
     du -sh .devmini1 .devmini2
 }
 
@@ -154,10 +160,12 @@ run_minilm() {
     [ -x "$B/bench-load" ] && [ -d .devmini1 ] && [ -d .devmini2 ] ||
         { echo "device-check: needs .devcarry, .devmini1 and .devmini2 here" >&2; exit 2; }
     export LD_LIBRARY_PATH=$D/lib PATH=$D/bin:$PATH
-    local c=/tmp/device-check/bench/.cache
-    mkdir -p "$c/minilm" "$c/minilm-bf16"
-    zstd -q -d -f .devmini1/minilm.safetensors.zst -o "$c/minilm/model.safetensors"
-    zstd -q -d -f .devmini2/minilm-bf16.safetensors.zst -o "$c/minilm-bf16/model.safetensors"
+    local c=/tmp/device-check/bench/.cache m
+    mkdir -p "$c"
+    cat .devmini1/part.* .devmini2/part.* | tar -C "$c" -xf -
+    for m in minilm minilm-bf16; do
+        zstd -q -d -f --rm "$c/$m/model.safetensors.zst" -o "$c/$m/model.safetensors"
+    done
     section "bench-load host, MiniLM"
     (cd /tmp/device-check && timeout 120 "$B/bench-load" --no-gen --device host --threads 1,2,4,8,16 --reps 5 2>&1)
     section "bench-load cuda, MiniLM"
