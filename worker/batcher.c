@@ -70,6 +70,20 @@ static uint64_t batcher_earliest_deadline(const worker_batcher *b) {
     return best;
 }
 
+/* When the queued batch must leave: max_delay_us after the oldest item arrived, but no
+ * later than halfway through any item's time between its arrival and its deadline (the
+ * wait for company may take half of what a request has left, never all of it: a lone
+ * request is sent, not expired, when max_delay_us is longer than its deadline allows). */
+static uint64_t batcher_send_at(const worker_batcher *b) {
+    uint64_t at = b->head->arrival_us + b->cfg.max_delay_us;
+    for (const worker_batch_item *it = b->head; it; it = it->next)
+        if (it->deadline_us != 0) {
+            uint64_t half = it->deadline_us > it->arrival_us ? (it->deadline_us - it->arrival_us) / 2 : 0;
+            if (it->arrival_us + half < at) at = it->arrival_us + half;
+        }
+    return at;
+}
+
 /* Calls expire on each item of the list with the lock released; returns with it held. */
 static void batcher_run_expired(worker_batcher *b, worker_batch_item *list) {
     pthread_mutex_unlock(&b->mu);
@@ -112,12 +126,9 @@ static void *batcher_exec_main(void *arg) {
             batcher_wait_until(&b->cond_exec, &b->mu, 0);
             continue;
         }
-        uint64_t send_at = b->head->arrival_us + b->cfg.max_delay_us;
+        uint64_t send_at = batcher_send_at(b);
         if (b->count < b->cfg.max_batch && !b->closing && now < send_at) {
-            uint64_t wake = send_at;
-            uint64_t dl = batcher_earliest_deadline(b);
-            if (dl != 0 && dl < wake) wake = dl;
-            batcher_wait_until(&b->cond_exec, &b->mu, wake);
+            batcher_wait_until(&b->cond_exec, &b->mu, send_at);
             continue;
         }
         uint32_t n = 0;

@@ -1,6 +1,7 @@
 /* batcher.h: one function's request queue and its executor. Requests are grouped into
  * batches: a batch leaves when it holds max_batch requests, or when max_delay_us has
- * passed since its OLDEST request arrived, whichever comes first. Batches run one at a
+ * passed since its OLDEST request arrived, or halfway through any request's time between
+ * its arrival and its deadline, whichever comes first. Batches run one at a
  * time on the batcher's own executor thread, or with run_inline on the submitting
  * thread (either way a handler instance is never called concurrently), and a request
  * whose deadline passes while it waits is dropped with the expire callback instead of

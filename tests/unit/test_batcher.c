@@ -1,4 +1,5 @@
-/* test_batcher.c: batch formation (max_batch, max_delay since the OLDEST request),
+/* test_batcher.c: batch formation (max_batch, max_delay since the OLDEST request, never
+ * past half of a request's time left),
  * deadline expiry while a batch runs, queue limits, close and drain (worker/batcher.c). */
 #include <pthread.h>
 #include <setjmp.h>
@@ -176,6 +177,29 @@ static void partial_batch_waits_max_delay(void **state) {
     submit(b, &its[0], 0, now - 6000000, 0);
     wait_done(&r, 1);
     assert_true(clock_now_us() - now < 1000000);
+    worker_batcher_destroy(b);
+    rec_fini(&r);
+}
+
+/* A lone request whose deadline comes before max_delay_us runs out is sent, not expired:
+ * waiting for company takes at most half of the time it had left on arrival. */
+static void lone_request_leaves_before_its_deadline(void **state) {
+    (void)state;
+    rec r;
+    rec_init(&r);
+    worker_batcher *b;
+    worker_batcher_config cfg = {.max_batch = 8, .max_delay_us = 2000000, .name = "t"};
+    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
+    item it;
+    uint64_t t0 = clock_now_us(), deadline = t0 + 400000;
+    submit(b, &it, 0, t0, deadline);
+    wait_done(&r, 1);
+    assert_true(it.executed);
+    assert_false(it.expired);
+    assert_int_equal(r.batches, 1);
+    /* It left at the halfway point, not at once: it still waited for company. */
+    assert_true(it.link.dequeued_us >= t0 + 200000);
+    assert_true(it.link.dequeued_us < deadline);
     worker_batcher_destroy(b);
     rec_fini(&r);
 }
@@ -440,6 +464,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(full_batches_leave_at_once),
         cmocka_unit_test(partial_batch_waits_max_delay),
+        cmocka_unit_test(lone_request_leaves_before_its_deadline),
         cmocka_unit_test(deadline_expires_while_busy),
         cmocka_unit_test(queue_limit_close_and_drain),
         cmocka_unit_test(reaper_wakes_for_earlier_deadlines),
