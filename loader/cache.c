@@ -387,6 +387,22 @@ static int cache_reserve_locked(loader_cache *c, uint64_t need, loader_cache_ent
     return 1;
 }
 
+int loader_cache_acquire_ready(loader_cache *c, const char *key, loader_cache_entry **out) {
+    *out = NULL;
+    if (!c || !key) return AICFN_E_NOT_FOUND;
+    pthread_mutex_lock(&c->mu);
+    loader_cache_entry *e = cache_find(c, key);
+    if (e && e->state == LOADER_ENTRY_READY) {
+        e->refcount++;
+        e->hits++;
+        cache_touch(c, e);
+        c->ctr.hits++;
+        *out = e;
+    }
+    pthread_mutex_unlock(&c->mu);
+    return *out ? AICFN_OK : AICFN_E_NOT_FOUND;
+}
+
 int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uint64_t deadline_us,
                          loader_cache_entry **out, loader_acquire_info *info, aicfn_error *err) {
     uint64_t t0 = clock_now_us();

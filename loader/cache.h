@@ -139,6 +139,11 @@ typedef struct loader_acquire_info {
 int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uint64_t deadline_us,
                          loader_cache_entry **out, loader_acquire_info *info, aicfn_error *err);
 
+/* acquire of a model that is READY now, never loading nor waiting: AICFN_OK with *out
+ * pinned (a hit), else AICFN_E_NOT_FOUND (missing, loading or being evicted; nothing is
+ * counted). Thread-safe; never blocks on I/O. */
+int loader_cache_acquire_ready(loader_cache *c, const char *key, loader_cache_entry **out);
+
 /* Unpins. The entry stays resident (READY) until evicted. Thread-safe; never blocks on I/O. */
 void loader_cache_release(loader_cache *c, loader_cache_entry *e);
 

@@ -422,6 +422,143 @@ static uint32_t worker_drop_expired(worker_fn *fn, worker_batch_item **items, ui
     return k;
 }
 
+/* A batch's wait for its model when it is not resident: the acquire (a load, a join, a
+ * wait for room) runs on a thread of its own, so that the executor answers each request
+ * at its own deadline meanwhile instead of all of them when the load ends (a gateway
+ * kills a worker whose call is late past its grace, and with it the load). Whichever of
+ * the two is done last frees it; a wait the executor gave up on releases its model once
+ * loaded, which stays resident for the next call. Counted in w->inflight, so a drain
+ * waits for it before the cache goes. */
+typedef struct worker_model_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    worker *w;
+    char key[AICFN_MAX_NAME_BYTES];
+    char *path;
+    uint64_t deadline_us;
+    bool done, abandoned;
+    int rc;
+    loader_cache_entry *entry;
+    loader_acquire_info acq;
+    aicfn_error err;
+} worker_model_wait;
+
+static void worker_model_wait_free(worker_model_wait *mw) {
+    pthread_mutex_destroy(&mw->mu);
+    pthread_cond_destroy(&mw->cv);
+    free(mw->path);
+    free(mw);
+}
+
+static void *worker_model_wait_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:modelwait");
+    worker_model_wait *mw = arg;
+    worker *w = mw->w;
+    loader_cache_entry *entry = NULL;
+    loader_acquire_info acq;
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    int rc = loader_cache_acquire(w->cache, mw->key, mw->path, mw->deadline_us, &entry, &acq, &err);
+    pthread_mutex_lock(&mw->mu);
+    bool abandoned = mw->abandoned;
+    mw->done = true;
+    mw->rc = rc;
+    mw->entry = entry;
+    mw->acq = acq;
+    mw->err = err;
+    pthread_cond_signal(&mw->cv);
+    pthread_mutex_unlock(&mw->mu);
+    if (abandoned) {
+        if (rc == AICFN_OK) loader_cache_release(w->cache, entry);
+        log_info("worker %s: model %s %s after its calls' deadlines", w->id, mw->key,
+                 rc == AICFN_OK ? "became resident" : "failed to load");
+        worker_model_wait_free(mw);
+    }
+    pthread_mutex_lock(&w->mu);
+    if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+/* The earliest deadline among items[0..n), 0 when none has one. */
+static uint64_t worker_items_earliest(worker_batch_item **items, uint32_t n) {
+    uint64_t dl = 0;
+    for (uint32_t i = 0; i < n; i++)
+        if (items[i]->deadline_us != 0 && (dl == 0 || items[i]->deadline_us < dl)) dl = items[i]->deadline_us;
+    return dl;
+}
+
+/* Acquires fn's model for items[0..*n), the most patient one's deadline bounding the
+ * wait (dl, 0: none). A resident model is pinned at once; otherwise the acquire runs on
+ * a worker_model_wait thread while requests whose deadline passes are answered here
+ * (*n shrinks; items is compacted). Returns the acquire's result; AICFN_E_TIMEOUT with
+ * *n == 0 when every request's deadline passed first (their replies are sent). */
+static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t *n, uint64_t dl,
+                             loader_cache_entry **entry, loader_acquire_info *acq, worker_exec_info *ex,
+                             aicfn_error *err) {
+    worker *w = fn->w;
+    if (loader_cache_acquire_ready(w->cache, fn->model_key, entry) == AICFN_OK) return AICFN_OK;
+    worker_model_wait *mw = calloc(1, sizeof *mw);
+    char *path = strdup(fn->snapshot);
+    if (!mw || !path) {
+        free(mw);
+        free(path);
+        return loader_cache_acquire(w->cache, fn->model_key, fn->snapshot, dl, entry, acq, err);
+    }
+    pthread_mutex_init(&mw->mu, NULL);
+    pthread_cond_init(&mw->cv, NULL);
+    mw->w = w;
+    snprintf(mw->key, sizeof mw->key, "%s", fn->model_key);
+    mw->path = path;
+    mw->deadline_us = dl;
+    pthread_mutex_lock(&w->mu);
+    w->inflight++;
+    pthread_mutex_unlock(&w->mu);
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int trc = pthread_create(&t, &attr, worker_model_wait_main, mw);
+    pthread_attr_destroy(&attr);
+    if (trc != 0) {
+        pthread_mutex_lock(&w->mu);
+        if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        worker_model_wait_free(mw);
+        return loader_cache_acquire(w->cache, fn->model_key, fn->snapshot, dl, entry, acq, err);
+    }
+    pthread_mutex_lock(&mw->mu);
+    while (!mw->done) {
+        uint64_t first = worker_items_earliest(items, *n);
+        if (first == 0) {
+            pthread_cond_wait(&mw->cv, &mw->mu);
+            continue;
+        }
+        if (clock_now_us() < first) {
+            struct timespec ts;
+            clock_deadline_to_realtime(first, &ts);
+            pthread_cond_timedwait(&mw->cv, &mw->mu, &ts);
+            continue;
+        }
+        pthread_mutex_unlock(&mw->mu);
+        *n = worker_drop_expired(fn, items, *n, "waiting for the model", ex);
+        pthread_mutex_lock(&mw->mu);
+        if (*n == 0 && !mw->done) {
+            mw->abandoned = true; /* the thread frees it */
+            pthread_mutex_unlock(&mw->mu);
+            return aicfn_error_set(err, AICFN_E_TIMEOUT, "model %s: still loading at every deadline",
+                                   fn->model_key);
+        }
+    }
+    pthread_mutex_unlock(&mw->mu);
+    int rc = mw->rc;
+    *entry = mw->entry;
+    *acq = mw->acq;
+    if (rc != AICFN_OK && err) *err = mw->err;
+    worker_model_wait_free(mw);
+    return rc;
+}
+
 static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
     worker_fn *fn = ctx;
     worker *w = fn->w;
@@ -445,7 +582,7 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
             if (items[i]->deadline_us > dl) dl = items[i]->deadline_us;
         }
         uint64_t t0 = clock_now_us();
-        int rc = loader_cache_acquire(w->cache, fn->model_key, fn->snapshot, dl, &entry, &acq, &err);
+        int rc = worker_fn_acquire(fn, items, &n, dl, &entry, &acq, &ex, &err);
         ex.cold = acq.cold != 0;
         ex.load_us = clock_now_us() - t0;
         if (!ex.cold) ex.load_us = 0;

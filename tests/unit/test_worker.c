@@ -304,6 +304,7 @@ typedef struct async_rec {
     int ok;
     uint32_t max_batch_seen;
     int codes[64];
+    int order[64]; /* the indices in the order their replies came */
 } async_rec;
 
 static async_rec arec;
@@ -330,6 +331,7 @@ static void on_done(void *user, int status, rpc_msg *msg, const aicfn_error *err
     arec.codes[i] = code;
     if (code == AICFN_OK) arec.ok++;
     if (batch > arec.max_batch_seen) arec.max_batch_seen = batch;
+    if (arec.done < 64) arec.order[arec.done] = (int)i;
     arec.done++;
     pthread_mutex_unlock(&arec.mu);
 }
@@ -699,6 +701,70 @@ static void bundle_reply_never_outgrows_the_message(void **state) {
     worker_destroy(w);
 }
 
+/* A batch waiting for its model (here: for room, the budget held by a pinned model)
+ * answers each request at its own deadline, not all of them when the model is in: a
+ * request late past the gateway's grace gets its worker killed, and the load with it.
+ * The model then loads for the patient request. */
+static void batch_waiting_for_its_model_answers_each_deadline(void **state) {
+    (void)state;
+    char snap_b[PATH_MAX + 32], counts[PATH_MAX + 32], cmd[3 * PATH_MAX];
+    snprintf(snap_b, sizeof snap_b, "%s/mlp-b.aicsnap", tmp_dir);
+    snprintf(counts, sizeof counts, "%s/hold.count", tmp_dir);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", snap_path, snap_b);
+    assert_int_equal(system(cmd), 0);
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-wait", (int)getpid());
+    worker *w = start(url, 12u << 10); /* room for one of the two models */
+    worker_fn_config hold = {.name = "hold",
+                             .handler = hpath("test_sleep"),
+                             .snapshot = snap_path,
+                             .model_key = "A",
+                             .max_batch = 1};
+    worker_fn_config late = {.name = "late",
+                             .handler = hpath("test_sleep"),
+                             .snapshot = snap_b,
+                             .model_key = "B",
+                             .max_batch = 4,
+                             .max_delay_us = 50000};
+    aicfn_error err;
+    assert_int_equal(worker_add_function(w, &hold, &err), AICFN_OK);
+    assert_int_equal(worker_add_function(w, &late, &err), AICFN_OK);
+    rpc_client *c = serve(w, url);
+    memset(&arec, 0, sizeof arec);
+    pthread_mutex_init(&arec.mu, NULL);
+
+    /* 0: pins model A for 1.5 s; once it runs (its count line), 1 and 2 ask for B, which
+     * has no room until then, in one batch: 1 may wait 300 ms, 2 ten seconds. */
+    size_t len;
+    setenv("AICFN_TEST_COUNT_FILE", counts, 1); /* the handler appends before it sleeps */
+    uint8_t *req = encode_invoke(1, "hold", NULL, 0, "sleep_ms", "1500", 0, &len);
+    assert_int_equal(rpc_call_async(c, req, len, 10000, on_done, (void *)0, &err), AICFN_OK);
+    free(req);
+    uint64_t until = clock_now_us() + 5000000;
+    while (access(counts, F_OK) != 0 && clock_now_us() < until)
+        usleep(2000);
+    assert_int_equal(access(counts, F_OK), 0);
+    unsetenv("AICFN_TEST_COUNT_FILE");
+    req = encode_invoke(2, "late", NULL, 0, NULL, NULL, 300, &len);
+    assert_int_equal(rpc_call_async(c, req, len, 10000, on_done, (void *)1, &err), AICFN_OK);
+    free(req);
+    req = encode_invoke(3, "late", NULL, 0, NULL, NULL, 10000, &len);
+    assert_int_equal(rpc_call_async(c, req, len, 10000, on_done, (void *)2, &err), AICFN_OK);
+    free(req);
+    until = clock_now_us() + 8000000;
+    while (clock_now_us() < until && arec_done() < 3)
+        usleep(2000);
+    assert_int_equal(arec_done(), 3);
+    assert_int_equal(arec.codes[1], AICFN_E_TIMEOUT);
+    assert_int_equal(arec.order[0], 1); /* answered while A was still pinned */
+    assert_int_equal(arec.codes[0], AICFN_OK);
+    assert_int_equal(arec.codes[2], AICFN_OK);
+    rpc_client_close(c);
+    assert_int_equal(worker_drain(w, 5000), 0);
+    worker_destroy(w);
+    pthread_mutex_destroy(&arec.mu);
+}
+
 /* A model whose blob is empty (only empty tensors) loads: the cache is charged the one
  * aligned unit the device allocates for it, not 0 bytes. */
 static void empty_model_loads(void **state) {
@@ -754,6 +820,7 @@ int main(void) {
         cmocka_unit_test(bundle_parts_answered_in_order),
         cmocka_unit_test(bundle_reply_never_outgrows_the_message),
         cmocka_unit_test(empty_model_loads),
+        cmocka_unit_test(batch_waiting_for_its_model_answers_each_deadline),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
