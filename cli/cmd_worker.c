@@ -22,6 +22,7 @@
 #include "common/log.h"
 #include "common/tunables.h"
 #include "common/units.h"
+#include "worker/faultnote.h"
 #include "worker/fetch.h"
 #include "worker/worker.h"
 
@@ -30,7 +31,7 @@
 static void cw_help(FILE *out) {
     fprintf(out,
             "usage: aicfn worker --listen ADDR [--device auto|host|cuda[:N]] [--memory BYTES]\n"
-            "                    [--load-threads N] [--id NAME] [--function SPEC ...]\n"
+            "                    [--load-threads N] [--id NAME] [--fault-note FILE] [--function SPEC ...]\n"
             "                    [--gateway ADDR [--key KEY] [--cache-dir DIR [--cache-max BYTES] |\n"
             "                                     --shared-artifacts]]\n"
             "\n"
@@ -45,6 +46,10 @@ static void cw_help(FILE *out) {
             "                       host: %llu MiB)\n"
             "  --load-threads N     snapshot pipeline threads per load (default: cores)\n"
             "  --id NAME            worker id shown in status (default: w<pid>)\n"
+            "  --fault-note FILE    when a handler crashes the worker (SIGSEGV, SIGBUS, SIGFPE, SIGILL,\n"
+            "                       SIGABRT), append the ids of the calls it was running to FILE, so\n"
+            "                       that the gateway charges the crash to them alone (a local worker\n"
+            "                       gets one from its gateway)\n"
             "  --gateway ADDR       register with this gateway once listening (it dials --listen, so use a\n"
             "                       tcp:// address it can reach), then again every %d s, so a restarted\n"
             "                       gateway finds it; --key KEY or $AICFN_KEY (an admin key)\n"
@@ -169,7 +174,7 @@ int cli_cmd_worker(int argc, char **argv) {
     worker_config cfg = {.device = "auto"};
     cw_fn *fns = calloc(CW_MAX_FUNCTIONS, sizeof *fns);
     int n_fns = 0, rc = CLI_EXIT_OK;
-    const char *gateway = NULL, *gw_key = NULL, *cache_dir = NULL;
+    const char *gateway = NULL, *gw_key = NULL, *cache_dir = NULL, *fault_note = NULL;
     uint64_t cache_max = 0;
     int shared_artifacts = 0;
     worker_fetcher *fetcher = NULL;
@@ -201,6 +206,8 @@ int cli_cmd_worker(int argc, char **argv) {
             gw_key = v;
         } else if ((v = cw_flag(argc, argv, &i, "--id"))) {
             cfg.id = v;
+        } else if ((v = cw_flag(argc, argv, &i, "--fault-note"))) {
+            fault_note = v;
         } else if ((v = cw_flag(argc, argv, &i, "--memory"))) {
             if (units_parse_size(v, &cfg.memory_bytes, &err) != AICFN_OK) {
                 rc = cli_usage_error("worker", "--memory '%s': %s", v, err.msg);
@@ -271,6 +278,10 @@ int cli_cmd_worker(int argc, char **argv) {
         }
         cfg.fetcher = fetcher;
         log_info("artifacts are fetched from %s into %s", gateway, worker_fetcher_dir(fetcher));
+    }
+    if (fault_note && worker_fault_note_open(fault_note, &err) != AICFN_OK) {
+        rc = cli_fail(&err);
+        goto out;
     }
     if (worker_create(&cfg, &w, &err) != AICFN_OK) {
         rc = cli_fail(&err);

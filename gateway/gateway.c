@@ -61,6 +61,7 @@ typedef struct gw_crash {
     uint32_t crashes;
     uint64_t until_us;
     uint64_t last_us;
+    uint64_t death; /* the worker death last charged (gw_worker.death): once per death */
 } gw_crash;
 
 typedef struct gw_call gw_call;
@@ -77,7 +78,8 @@ typedef struct gw_fn {
     gw_call *q_head, *q_tail;
     uint32_t q_len;
     gw_crash crash[GW_CRASH_SLOTS];
-    uint64_t evicted_us; /* when a worker last evicted this model (0: never): thrash reloads */
+    uint32_t n_crash_records; /* slots with crashes > 0 (a successful call looks only then) */
+    uint64_t evicted_us;      /* when a worker last evicted this model (0: never): thrash reloads */
     /* Scaling (gw_keep_warm_locked, gw_idle_unloads_locked). `warm`: the active version
      * of a function with scaling.min_workers > 0, kept warm (set by gw_scaling_refresh). */
     bool warm;
@@ -207,6 +209,7 @@ struct gw_gateway {
      * a GPU, a broken install) is retried with doubling back-off, not at every tick. */
     unsigned start_failures;
     uint64_t spawn_not_before_us;
+    uint64_t deaths; /* workers that died (gw_worker.death) */
 };
 
 static void gw_process(gw_gateway *gw, gw_actions *a);
@@ -439,17 +442,44 @@ static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **ou
 
 /* ---- Crash back-off ------------------------------------------------------------- */
 
+/* The crash record of request `hash` of f, or with create a new one in place of an empty
+ * slot or else of the oldest one not backing off (a flood of one-crash records never
+ * pushes out a request being refused); NULL when there is none to take. */
 static gw_crash *gw_crash_slot(gw_fn *f, uint64_t hash, bool create, uint64_t now) {
-    gw_crash *oldest = &f->crash[0];
+    gw_crash *victim = NULL;
     for (int i = 0; i < GW_CRASH_SLOTS; i++) {
-        if (f->crash[i].crashes && f->crash[i].hash == hash) return &f->crash[i];
-        if (f->crash[i].last_us < oldest->last_us) oldest = &f->crash[i];
+        gw_crash *s = &f->crash[i];
+        if (s->crashes && s->hash == hash) return s;
+        if (s->crashes == 0) {
+            if (!victim || victim->crashes) victim = s;
+        } else if (s->until_us <= now && (!victim || (victim->crashes && s->last_us < victim->last_us))) {
+            victim = s;
+        }
     }
-    if (!create) return NULL;
-    memset(oldest, 0, sizeof *oldest);
-    oldest->hash = hash;
-    oldest->last_us = now;
-    return oldest;
+    if (!create || !victim) return NULL;
+    if (victim->crashes) f->n_crash_records--;
+    memset(victim, 0, sizeof *victim);
+    victim->hash = hash;
+    victim->last_us = now;
+    return victim;
+}
+
+/* Empties a crash record. */
+static void gw_crash_forget(gw_fn *f, gw_crash *cr) {
+    if (cr->crashes) f->n_crash_records--;
+    memset(cr, 0, sizeof *cr);
+}
+
+/* Whether call c is charged with the death of worker w, which it was in flight on (lock
+ * held): not when the gateway ended the worker or is stopping; when the worker left a
+ * fault note, only a call the note names (the others were bystanders: other functions,
+ * other batches); without one, every call in flight (nothing tells them apart). */
+static bool gw_crash_charged(gw_gateway *gw, const gw_worker *w, const gw_call *c) {
+    if (w->killed || gw->stopping) return false;
+    if (w->n_fault_ids == 0) return true;
+    for (uint32_t i = 0; i < w->n_fault_ids; i++)
+        if (w->fault_ids[i] == c->id) return true;
+    return false;
 }
 
 /* ---- Records -------------------------------------------------------------------- */
@@ -882,11 +912,31 @@ static void gw_pump_locked(gw_gateway *gw, gw_actions *a) {
     }
 }
 
+/* Reads the fault note a local worker left (pool.h) into w->fault_ids. */
+static void gw_worker_read_fault_note(gw_worker *w) {
+    uint64_t *ids = malloc(GW_FAULT_NOTE_MAX_IDS * sizeof *ids);
+    uint32_t n = 0;
+    int signo = 0;
+    if (!ids) return;
+    gw_pool_take_fault_note(w->addr, ids, GW_FAULT_NOTE_MAX_IDS, &n, &signo);
+    if (n == 0) {
+        free(ids);
+        return;
+    }
+    log_warn("worker %s: a handler crashed it (signal %d) running %u call(s): the crash is charged to those",
+             w->name, signo, n);
+    free(w->fault_ids);
+    w->fault_ids = ids;
+    w->n_fault_ids = n;
+}
+
 /* A worker is gone: its pending calls (never sent) are routed again. */
 static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     if (w->state == GW_WORKER_DEAD) return;
     gw_maint_wake_locked(gw); /* to unlink it once its callbacks are done */
     bool never_ready = w->state == GW_WORKER_STARTING, draining = w->state == GW_WORKER_DRAINING;
+    w->death = ++gw->deaths;
+    if (w->pool_id && !w->killed) gw_worker_read_fault_note(w);
     /* A local worker that dies while serving (not drained, not stopping) gets replaced. */
     if (w->pool_id && !draining && !gw->stopping) gw_metric_add(gw->std.worker_restarts, NULL, 1);
     if (w->pool_id && never_ready && !gw->stopping) {
@@ -1005,6 +1055,11 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         w->last_call_us = now;
         if (rep.has_st) gw_apply_summary_locked(gw, w, &rep.st, now);
         if (!rep.cold && rep.head.ok) gw_fn_note_service(c->fn, rep.timing.total_us, rpc_msg_len(reply));
+        if (rep.head.ok && c->fn->n_crash_records) {
+            /* It ran to its end: a crash it was charged with before is forgiven. */
+            gw_crash *cr = gw_crash_slot(c->fn, c->hash, false, now);
+            if (cr && cr->until_us <= now) gw_crash_forget(c->fn, cr);
+        }
         if (rep.has_coldstart && c->spawned && !w->spawn_attributed) {
             spawn_us = w->spawn_us;
             w->spawn_attributed = true;
@@ -1047,12 +1102,12 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
             gw_process(gw, &a);
             return;
         }
-        /* A worker the gateway killed (another call past its timeout, failed polls) or
-         * stopped was not crashed by this call: only a death of its own is charged. */
-        bool crashed = !w->killed && !gw->stopping;
+        /* Charged at most once per death, however many copies of the request it held. */
+        bool crashed = gw_crash_charged(gw, w, c);
         gw_crash *cr = gw_crash_slot(c->fn, c->hash, crashed, now);
-        if (crashed) {
-            cr->crashes++;
+        if (cr && crashed && cr->death != w->death) {
+            cr->death = w->death;
+            if (cr->crashes++ == 0) c->fn->n_crash_records++;
             cr->last_us = now;
             if (cr->crashes >= 2) {
                 cr->until_us = now + (uint64_t)AICFN_CRASH_BACKOFF_MS * 1000;

@@ -103,8 +103,12 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
             aicfn_error_set(&r->err, AICFN_E_INVALID, "worker address under '%s' is too long", p->run_dir);
         return;
     }
-    char idbuf[16];
+    char idbuf[16], note[GW_POOL_ADDR_MAX];
     snprintf(idbuf, sizeof idbuf, "w%u", r->id);
+    if (!gw_pool_fault_note_path(r->addr, note, sizeof note)) {
+        r->code = aicfn_error_set(&r->err, AICFN_E_INVALID, "worker %s: no fault note path", idbuf);
+        return;
+    }
     const char *argv[POOL_MAX_ARGS];
     size_t a = 0;
     argv[a++] = p->exe;
@@ -115,6 +119,8 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     argv[a++] = p->device;
     argv[a++] = "--id";
     argv[a++] = idbuf;
+    argv[a++] = "--fault-note";
+    argv[a++] = note;
     if (p->memory[0]) {
         argv[a++] = "--memory";
         argv[a++] = p->memory;
@@ -438,4 +444,59 @@ void gw_pool_destroy(gw_pool *p) {
         free(p->extra[i]);
     free(p->extra);
     free(p);
+}
+
+/* ---- Fault notes ---- */
+
+bool gw_pool_fault_note_path(const char *addr, char *out, size_t cap) {
+    static const char scheme[] = "ipc://", ext[] = ".ipc";
+    size_t n = strlen(addr);
+    if (strncmp(addr, scheme, sizeof scheme - 1) != 0 || n < sizeof scheme - 1 + sizeof ext - 1 ||
+        strcmp(addr + n - (sizeof ext - 1), ext) != 0)
+        return false;
+    int w = snprintf(out, cap, "%.*s.fault", (int)(n - (sizeof scheme - 1) - (sizeof ext - 1)),
+                     addr + sizeof scheme - 1);
+    return w > 0 && (size_t)w < cap;
+}
+
+void gw_pool_take_fault_note(const char *addr, uint64_t *ids, uint32_t cap, uint32_t *n, int *signo) {
+    *n = 0;
+    *signo = 0;
+    char path[GW_POOL_ADDR_MAX];
+    if (!gw_pool_fault_note_path(addr, path, sizeof path)) return;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+    if (fd < 0) return;
+    /* One line: "fault " + signo + n + up to GW_FAULT_NOTE_MAX_IDS ids of <= 20 digits. */
+    size_t max = 64 + (size_t)GW_FAULT_NOTE_MAX_IDS * 21;
+    char *text = malloc(max + 1);
+    size_t len = 0;
+    ssize_t r;
+    while (text && len < max && (r = read(fd, text + len, max - len)) > 0)
+        len += (size_t)r;
+    close(fd);
+    unlink(path);
+    if (!text) return;
+    text[len] = 0;
+    char *nl = memchr(text, '\n', len);
+    unsigned long long sig = 0, count = 0;
+    int used = 0;
+    if (nl && sscanf(text, "fault %llu %llu%n", &sig, &count, &used) == 2 && sig < 64) {
+        *nl = 0;
+        const char *p = text + used;
+        uint32_t k = 0;
+        while (k < cap && k < count) {
+            if (*p != ' ' || p[1] < '0' || p[1] > '9') break;
+            char *end;
+            errno = 0;
+            unsigned long long v = strtoull(p + 1, &end, 10);
+            if (errno || (*end != ' ' && *end != 0)) break;
+            ids[k++] = v;
+            p = end;
+        }
+        if (k == count || k == cap) {
+            *n = k;
+            *signo = (int)sig;
+        }
+    }
+    free(text);
 }

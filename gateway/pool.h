@@ -67,6 +67,22 @@ unsigned gw_pool_live(gw_pool *p);
 /* The pid of worker `id`, or -1 when it has been reaped. Thread-safe. */
 pid_t gw_pool_pid(gw_pool *p, uint32_t id);
 
+/* ---- Fault notes (worker/faultnote.h) ----
+ * Each worker the pool starts gets --fault-note DIR/wP-N.fault beside its ipc socket
+ * DIR/wP-N.ipc: when a handler crashes it, the worker appends
+ *     fault <signo> <n> <id> <id> ...\n
+ * naming the calls that handler call served. */
+#define GW_FAULT_NOTE_MAX_IDS 4096 /* WORKER_FAULT_NOTE_MAX_IDS */
+
+/* The fault note path of the pool's worker at `addr` (ipc://DIR/wP-N.ipc). False when
+ * addr is not such an address or out is too small. */
+bool gw_pool_fault_note_path(const char *addr, char *out, size_t cap);
+
+/* Reads and removes the fault note of the worker at `addr`: the ids of its first line
+ * into ids[0..*n) (at most cap) and its signal into *signo. *n = 0 when there is none,
+ * or it is empty or malformed (a worker that died otherwise). Blocks on a small read. */
+void gw_pool_take_fault_note(const char *addr, uint64_t *ids, uint32_t cap, uint32_t *n, int *signo);
+
 /* SIGTERMs every worker, waits up to the grace period for them to exit, SIGKILLs the
  * rest, reaps all (calling on_exit for each), stops the thread and frees the pool.
  * NULL is accepted. Must not be called from on_exit. Blocks up to the grace period. */

@@ -26,6 +26,7 @@
 #include "loader/device.h"
 #include "worker/batcher.h"
 #include "worker/bundle.h"
+#include "worker/faultnote.h"
 #include "worker/host.h"
 #include "worker/model.h"
 
@@ -54,6 +55,7 @@ typedef struct worker_fn {
     uint64_t inst_generation; /* the model generation inst was made for; 0 without a model */
     aicfn_request *areqs;     /* max_batch */
     aicfn_response **resps;   /* max_batch */
+    uint64_t *call_ids;       /* max_batch: the calls a handler call serves (faultnote.h) */
 } worker_fn;
 
 struct worker {
@@ -559,6 +561,13 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
     return rc;
 }
 
+/* Names items[0..n) as the calls the coming handler call serves (faultnote.h). */
+static void worker_fn_note_calls(worker_fn *fn, worker_batch_item **items, uint32_t n) {
+    for (uint32_t i = 0; i < n; i++)
+        fn->call_ids[i] = ((worker_req *)items[i])->id;
+    worker_fault_note_enter(fn->call_ids, n);
+}
+
 static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
     worker_fn *fn = ctx;
     worker *w = fn->w;
@@ -614,7 +623,9 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
                                .n_params = fn->n_params,
                                .params = fn->params};
         uint64_t t0 = clock_now_us();
+        worker_fn_note_calls(fn, items, k);
         int rc = worker_instance_create(fn->handler, model, &cfg, &fn->inst, &err);
+        worker_fault_note_leave();
         ex.init_us = clock_now_us() - t0;
         if (rc != AICFN_OK) {
             fn->inst = NULL;
@@ -637,7 +648,9 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
             fn->resps[i] = r->resp;
         }
         uint64_t t0 = clock_now_us();
+        worker_fn_note_calls(fn, items, k);
         int rc = worker_instance_invoke(fn->inst, fn->areqs, fn->resps, k, &err);
+        worker_fault_note_leave();
         ex.exec_us = clock_now_us() - t0;
         atomic_fetch_add(&w->n_batches, 1);
         for (uint32_t i = 0; i < k; i++) {
@@ -661,6 +674,7 @@ static void worker_fn_free(worker_fn *f) {
     }
     free(f->params);
     free(f->areqs);
+    free(f->call_ids);
     free(f->resps);
     free(f->name);
     free(f->handler_path);
@@ -714,9 +728,10 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
     }
     f->areqs = calloc(f->max_batch, sizeof *f->areqs);
     f->resps = calloc(f->max_batch, sizeof *f->resps);
+    f->call_ids = calloc(f->max_batch, sizeof *f->call_ids);
     f->params = c->n_params ? calloc(c->n_params, sizeof *f->params) : NULL;
     int oom = !f->name || !f->handler_path || (has_model && (!f->snapshot || !f->model_key)) || !f->areqs ||
-              !f->resps || (c->n_params && !f->params);
+              !f->resps || !f->call_ids || (c->n_params && !f->params);
     for (uint32_t i = 0; !oom && i < c->n_params; i++) {
         f->params[i].key = strdup(c->params[i].key ? c->params[i].key : "");
         f->params[i].value = strdup(c->params[i].value ? c->params[i].value : "");

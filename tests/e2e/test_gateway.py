@@ -735,6 +735,68 @@ def test_crash_twice_backs_off_that_request_only(procs, tmp_path):
     assert r["ok"]
 
 
+def test_crash_is_charged_to_the_faulting_call_alone(procs, tmp_path):
+    """A handler that aborts names, through its worker's fault note, the call it ran: the
+    crash is charged to that request alone. A call of another function in flight on the
+    same worker (not idempotent: it fails with WORKER_LOST) is a bystander, and after two
+    such crashes it is still accepted while the crashing request is refused."""
+    sleep_so = handler("test_sleep")
+    write_manifest(tmp_path / "slow", f"name: slow\nhandler: {sleep_so}\nlimits: {{ timeout: 20s }}\n")
+    write_manifest(tmp_path / "crashy", f"name: crashy\nhandler: {handler('test_crash')}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    deploy(addr, tmp_path / "slow")
+    deploy(addr, tmp_path / "crashy")
+    counts = tmp_path / "count.txt"
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    slow_params = {"sleep_ms": "1500", "count_file": str(counts)}
+    for round_ in range(2):
+        counts.write_text("")
+        res = {}
+        t = threading.Thread(target=lambda: res.update(
+            r=call(addr, invoke_msg("slow", [x], params=slow_params), timeout_ms=30000)))
+        t.start()
+        wait_for(lambda: counts.read_text().strip() != "", 20, what="the slow call running")
+        r = call(addr, invoke_msg("crashy", [x], params={"crash": "1"}), timeout_ms=30000)
+        assert not r["ok"] and r["error"]["code"] == E_WORKER_LOST, r
+        t.join(timeout=30)
+        assert not t.is_alive()
+        assert not res["r"]["ok"] and res["r"]["error"]["code"] == E_WORKER_LOST, res["r"]
+    r = call(addr, invoke_msg("slow", [x], params=slow_params), timeout_ms=30000)
+    assert r["ok"], r
+    r = call(addr, invoke_msg("crashy", [x], params={"crash": "1"}), timeout_ms=30000)
+    assert not r["ok"] and r["error"]["code"] == 10 and "crashed its worker 2 times" in r["error"]["message"], r
+    assert "a handler crashed it (signal 6)" in g.stderr()
+
+
+def test_death_is_charged_once_per_request(procs, tmp_path):
+    """Two copies of one request in flight when their worker is killed (no fault note:
+    every call in flight is charged) count one crash, not two: both are retried, and the
+    request is not refused afterwards."""
+    sleep_so = handler("test_sleep")
+    write_manifest(tmp_path / "slowi",
+                   f"name: slowi\nhandler: {sleep_so}\nlimits: {{ timeout: 20s }}\nidempotent: true\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    deploy(addr, tmp_path / "slowi")
+    counts = tmp_path / "count.txt"
+    counts.write_text("")
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    params = {"sleep_ms": "1500", "count_file": str(counts)}
+    res = []
+    ts = [threading.Thread(target=lambda: res.append(
+        call(addr, invoke_msg("slowi", [x], params=params), timeout_ms=60000))) for _ in range(2)]
+    for t in ts:
+        t.start()
+    wait_for(lambda: counts.read_text().strip() != "", 20, what="a copy running")
+    pool = workers(addr)
+    assert len(pool) == 1 and pool[0]["in_flight"] == 2, pool
+    os.kill(pool[0]["pid"], signal.SIGKILL)
+    for t in ts:
+        t.join(timeout=60)
+    assert len(res) == 2 and all(r["ok"] for r in res), res
+    r = call(addr, invoke_msg("slowi", [x], params=params), timeout_ms=30000)
+    assert r["ok"], r
+
+
 def test_stuck_worker_is_killed_and_replaced(procs, tmp_path):
     sleep_so = handler("test_sleep")
     write_manifest(tmp_path / "stuck", f"name: stuck\nhandler: {sleep_so}\nlimits: {{ timeout: 1s }}\n")

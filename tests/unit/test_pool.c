@@ -1,8 +1,10 @@
 /* test_pool.c: the local worker pool with stand-in worker programs (shell scripts):
  * the command line a worker gets, SIGTERM drain and exit, SIGKILL escalation of a
  * worker that ignores SIGTERM, kill -9, unique ids, reaping everything on destroy, and
- * a pool with live workers that sleeps while nothing happens. */
+ * a pool with live workers that sleeps while nothing happens, and the fault note a
+ * worker leaves when a handler crashes it. */
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -18,6 +20,7 @@
 #include <cmocka.h>
 
 #include "gateway/pool.h"
+#include "worker/faultnote.h"
 
 typedef struct exits {
     int n;
@@ -118,7 +121,10 @@ static void spawn_args_and_terminate(void **state) {
     assert_non_null(f);
     fclose(f);
     char want[700];
-    snprintf(want, sizeof want, "worker --listen %s --device host --id w%u --memory 1234\n", addr, id);
+    char note[GW_POOL_ADDR_MAX];
+    assert_true(gw_pool_fault_note_path(addr, note, sizeof note));
+    snprintf(want, sizeof want, "worker --listen %s --device host --id w%u --fault-note %s --memory 1234\n",
+             addr, id, note);
     assert_string_equal(line, want);
 
     assert_int_equal(gw_pool_terminate(p, id), 0);
@@ -214,6 +220,69 @@ static void idle_pool_sleeps(void **state) {
     assert_int_equal(e.n, 2);
 }
 
+/* A worker's fault note (worker/faultnote.h) read back by the gateway's half: a child
+ * that aborts inside a handler call names that call's ids; a missing, torn or malformed
+ * note names none; the note is removed once read. */
+static void fault_note_round_trip(void **state) {
+    (void)state;
+    char addr[GW_POOL_ADDR_MAX], note[GW_POOL_ADDR_MAX];
+    snprintf(addr, sizeof addr, "ipc://%s/w1-7.ipc", g_dir);
+    assert_true(gw_pool_fault_note_path(addr, note, sizeof note));
+    char want[GW_POOL_ADDR_MAX];
+    snprintf(want, sizeof want, "%s/w1-7.fault", g_dir);
+    assert_string_equal(note, want);
+    assert_false(gw_pool_fault_note_path("tcp://127.0.0.1:1", note, sizeof note));
+    assert_false(gw_pool_fault_note_path("ipc:///x.sock", note, sizeof note));
+
+    uint64_t ids[8];
+    uint32_t n = 99;
+    int sig = 99;
+    gw_pool_take_fault_note(addr, ids, 8, &n, &sig); /* none yet */
+    assert_int_equal(n, 0);
+
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        static const uint64_t calls[3] = {7, UINT64_MAX, 42};
+        if (worker_fault_note_open(want, NULL) != AICFN_OK) _exit(3);
+        worker_fault_note_enter(calls, 2); /* a handler call for the first two */
+        worker_fault_note_leave();
+        worker_fault_note_enter(calls, 3);
+        abort();
+    }
+    int st = 0;
+    assert_int_equal(waitpid(pid, &st, 0), pid);
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
+    gw_pool_take_fault_note(addr, ids, 8, &n, &sig);
+    assert_int_equal(n, 3);
+    assert_int_equal(sig, SIGABRT);
+    assert_true(ids[0] == 7 && ids[1] == UINT64_MAX && ids[2] == 42);
+    assert_int_equal(access(want, F_OK), -1); /* taken */
+
+    static const char *const bad[] = {"fault 6 3 1 2\n",
+                                      "fault 6 2 1 -2\n",
+                                      "fault 6 1 5",
+                                      "nonsense\n",
+                                      "fault 6 1 99999999999999999999\n",
+                                      ""};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        FILE *f = fopen(want, "w");
+        assert_non_null(f);
+        fputs(bad[i], f);
+        fclose(f);
+        gw_pool_take_fault_note(addr, ids, 8, &n, &sig);
+        if (n != 0) fail_msg("note '%s' named %u calls", bad[i], n);
+    }
+    /* More ids than the caller takes: the first ones. */
+    FILE *f = fopen(want, "w");
+    assert_non_null(f);
+    fputs("fault 11 3 1 2 3\n", f);
+    fclose(f);
+    gw_pool_take_fault_note(addr, ids, 2, &n, &sig);
+    assert_int_equal(n, 2);
+    assert_int_equal(sig, 11);
+}
+
 static void bad_config(void **state) {
     (void)state;
     gw_pool *p = (gw_pool *)1;
@@ -237,11 +306,9 @@ static void bad_config(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(spawn_args_and_terminate),
-        cmocka_unit_test(stubborn_worker_is_killed_after_grace),
-        cmocka_unit_test(kill_now_and_unique_ids),
-        cmocka_unit_test(idle_pool_sleeps),
-        cmocka_unit_test(bad_config),
+        cmocka_unit_test(spawn_args_and_terminate), cmocka_unit_test(stubborn_worker_is_killed_after_grace),
+        cmocka_unit_test(kill_now_and_unique_ids),  cmocka_unit_test(idle_pool_sleeps),
+        cmocka_unit_test(fault_note_round_trip),    cmocka_unit_test(bad_config),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
