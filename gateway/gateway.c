@@ -1052,6 +1052,23 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         pthread_mutex_lock(&gw->mu);
         gw_call_left_locked(w, c);
         if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
+        if (!rep.head.ok && rep.head.not_run && !gw->stopping) {
+            /* The worker drains (SIGTERM from outside the gateway, say) and did not run the
+             * call: no more calls for it, and this one goes to another, idempotent or not. */
+            if (w->state == GW_WORKER_READY) {
+                log_info("worker %s drains: calls go to other workers", w->name);
+                w->state = GW_WORKER_DRAINING;
+                gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
+            }
+            c->worker = NULL;
+            gw_route_locked(gw, c, &a);
+            gw_pump_locked(gw, &a);
+            pthread_mutex_unlock(&gw->mu);
+            wire_doc_fini(&doc);
+            rpc_msg_free(reply);
+            gw_process(gw, &a);
+            return;
+        }
         w->last_call_us = now;
         if (rep.has_st) gw_apply_summary_locked(gw, w, &rep.st, now);
         if (!rep.cold && rep.head.ok) gw_fn_note_service(c->fn, rep.timing.total_us, rpc_msg_len(reply));

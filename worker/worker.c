@@ -1026,6 +1026,21 @@ static void worker_out_fail(worker *w, worker_out out, uint64_t id, int code, co
     wire_writer_fini(&wr);
 }
 
+/* Refuses a call without running it (the worker drains): AICFN_E_UNAVAILABLE marked
+ * not_run, so that the gateway sends it to another worker, idempotent or not. */
+static void worker_out_refuse(worker *w, worker_out out, uint64_t id, const char *msg) {
+    wire_writer wr;
+    wire_writer_init(&wr);
+    if (wire_encode_not_run_reply(&wr, id, AICFN_E_UNAVAILABLE, msg, NULL) != AICFN_OK) {
+        wire_writer_fini(&wr);
+        worker_out_fail(w, out, id, AICFN_E_UNAVAILABLE, msg);
+        return;
+    }
+    atomic_fetch_add(&w->n_errors, 1);
+    worker_out_send(out, &wr);
+    wire_writer_fini(&wr);
+}
+
 /* ---- preload / unload (the gateway's repository load and unload) ----
  * {t:"preload", id, model, snapshot, deadline_ms?, keep?}: makes model `model` resident
  * from the snapshot at the absolute path `snapshot` (no handler call), on its own thread
@@ -1306,8 +1321,7 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
     if (draining) {
         uint64_t id = r->id;
         worker_req_free(r);
-        worker_out_fail(w, out, id, AICFN_E_UNAVAILABLE,
-                        "the worker is draining (shutting down); call another");
+        worker_out_refuse(w, out, id, "the worker is draining (shutting down); call another");
         return;
     }
     if (fn == NULL && r->req.has_spec) {

@@ -797,6 +797,32 @@ def test_death_is_charged_once_per_request(procs, tmp_path):
     assert r["ok"], r
 
 
+def test_calls_refused_by_a_draining_worker_go_elsewhere(procs, tmp_path):
+    """A worker SIGTERMed from outside the gateway drains: it finishes the call it runs and
+    refuses new ones without running them (not_run). The gateway sends those to another
+    worker, though the function is not idempotent, instead of failing them."""
+    sleep_so = handler("test_sleep")
+    write_manifest(tmp_path / "slow", f"name: slow\nhandler: {sleep_so}\nlimits: {{ timeout: 20s }}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..2")
+    deploy(addr, tmp_path / "slow")
+    counts = tmp_path / "count.txt"
+    counts.write_text("")
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    res = {}
+    t = threading.Thread(target=lambda: res.update(r=call(
+        addr, invoke_msg("slow", [x], params={"sleep_ms": "2000", "count_file": str(counts)}), timeout_ms=30000)))
+    t.start()
+    wait_for(lambda: counts.read_text().strip() != "", 20, what="the long call running")
+    pool = workers(addr)
+    assert len(pool) == 1, pool
+    os.kill(pool[0]["pid"], signal.SIGTERM)
+    r = call(addr, invoke_msg("slow", [x], params={"sleep_ms": "0", "count_file": str(counts)}), timeout_ms=30000)
+    assert r["ok"], r
+    t.join(timeout=30)
+    assert res["r"]["ok"], res["r"]  # the drain let it finish
+    assert counts.read_text().split().count(str(r["id"])) == 1  # ran once, on the other worker
+
+
 def test_stuck_worker_is_killed_and_replaced(procs, tmp_path):
     sleep_so = handler("test_sleep")
     write_manifest(tmp_path / "stuck", f"name: stuck\nhandler: {sleep_so}\nlimits: {{ timeout: 1s }}\n")

@@ -281,6 +281,25 @@ static void invoke_reply_round_trip(void **state) {
     wire_writer_fini(&w);
 }
 
+/* A worker's refusal of a call it did not run (it drains) says so: not_run. */
+static void not_run_reply_round_trip(void **state) {
+    (void)state;
+    wire_writer w;
+    wire_writer_init(&w);
+    assert_int_equal(wire_encode_not_run_reply(&w, 7, AICFN_E_UNAVAILABLE, "draining", NULL), AICFN_OK);
+    wire_doc doc;
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    wire_invoke_reply d;
+    assert_int_equal(wire_decode_invoke_reply(&doc, &d, NULL), AICFN_OK);
+    assert_false(d.head.ok);
+    assert_true(d.head.not_run);
+    assert_int_equal(d.head.id, 7);
+    assert_int_equal(d.head.code, AICFN_E_UNAVAILABLE);
+    assert_string_equal(d.head.message, "draining");
+    wire_doc_fini(&doc);
+    wire_writer_fini(&w);
+}
+
 static void error_reply_round_trip(void **state) {
     (void)state;
     wire_writer w;
@@ -295,6 +314,7 @@ static void error_reply_round_trip(void **state) {
     assert_int_equal(d.head.id, 5);
     assert_int_equal(d.head.code, AICFN_E_NOT_FOUND);
     assert_string_equal(d.head.message, "function 'nope' not found");
+    assert_false(d.head.not_run);
     assert_int_equal(d.n_outputs, 0);
     /* name carries the symbolic code too */
     wire_str name;
@@ -924,6 +944,7 @@ int main(void) {
         cmocka_unit_test(invoke_request_minimal_defaults),
         cmocka_unit_test(invoke_reply_round_trip),
         cmocka_unit_test(error_reply_round_trip),
+        cmocka_unit_test(not_run_reply_round_trip),
         cmocka_unit_test(status_round_trip),
         cmocka_unit_test(every_strict_prefix_is_rejected),
         cmocka_unit_test(trailing_bytes_rejected),
