@@ -124,10 +124,25 @@ def write_safetensors(path: Path, tensors: dict):
     path.write_bytes(struct.pack("<Q", len(h)) + h + b"".join(blobs))
 
 
+def mlp_x(scale: float = 1.0) -> np.ndarray:
+    return (np.linspace(-1, 1, 16, dtype=np.float32) * scale).reshape(1, 16)
+
+
 def mlp_input(scale: float = 1.0):
     """An mlp input; examples/mlp keeps replies in the gateway's response cache
     (cache.responses), so a call meant to reach a worker again uses another `scale`."""
-    return tensor("x", (np.linspace(-1, 1, 16, dtype=np.float32) * scale).reshape(1, 16))
+    return tensor("x", mlp_x(scale))
+
+
+def mlp_reference(x: np.ndarray) -> np.ndarray:
+    """The logits of examples/mlp for `x`, by an independent numpy forward pass (float64)."""
+    raw = (ROOT / "examples" / "mlp" / "weights.safetensors").read_bytes()
+    (n,) = struct.unpack("<Q", raw[:8])
+    hdr = json.loads(raw[8:8 + n])
+    w = {k: np.frombuffer(raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4")
+         .reshape(v["shape"]) for k, v in hdr.items() if k != "__metadata__"}
+    h = np.maximum(x.astype(np.float64) @ w["fc1.weight"].T + w["fc1.bias"], 0)
+    return h @ w["fc2.weight"].T + w["fc2.bias"]
 
 
 # ---- tests ----
@@ -135,27 +150,33 @@ def mlp_input(scale: float = 1.0):
 def test_deploy_invoke_versions(procs, tmp_path):
     addr, data, g = start_gateway(procs, tmp_path)
     assert deploy(addr, ROOT / "examples" / "mlp") == 1
-    r1 = call(addr, invoke_msg("mlp", [mlp_input()]), timeout_ms=30000)
+    # Each call below that must reach a worker has an input of its own: examples/mlp keeps
+    # replies in the response cache, and a cache hit is never cold and runs nothing.
+    r1 = call(addr, invoke_msg("mlp", [mlp_input(1.0)]), timeout_ms=30000)
     assert r1["ok"], r1
-    assert r1["cold"] is True
-    r2 = call(addr, invoke_msg("mlp", [mlp_input()]), timeout_ms=30000)
-    assert r2["ok"] and r2["cold"] is False
-    assert np.allclose(output(r1, "probs"), output(r2, "probs")) if any(
-        o["name"] == "probs" for o in r1["outputs"]) else True
+    assert r1["cold"] is True and not r1.get("cached"), r1
+    assert np.allclose(output(r1, "logits"), mlp_reference(mlp_x(1.0)), rtol=1e-4, atol=1e-4)
+    r2 = call(addr, invoke_msg("mlp", [mlp_input(2.0)]), timeout_ms=30000)
+    assert r2["ok"], r2
+    assert r2["cold"] is False and not r2.get("cached"), r2
+    assert np.allclose(output(r2, "logits"), mlp_reference(mlp_x(2.0)), rtol=1e-4, atol=1e-4)
 
-    # A second deploy is version 2 and active; version 1 stays invokable.
+    # A second deploy is version 2 and active; version 1 stays invokable, on a worker.
     assert deploy(addr, ROOT / "examples" / "mlp") == 2
     ls = json.loads(run_cli(["ls", "--gateway", addr, "--json"]).stdout)
     row = [x for x in ls if x["name"] == "mlp"][0]
     assert row["active_version"] == 2 and row["latest_version"] == 2
-    ra = call(addr, invoke_msg("mlp", [mlp_input()], rid=777001), timeout_ms=30000)
-    m1 = invoke_msg("mlp", [mlp_input()], rid=777002)
+    ra = call(addr, invoke_msg("mlp", [mlp_input(3.0)], rid=777001), timeout_ms=30000)
+    m1 = invoke_msg("mlp", [mlp_input(4.0)], rid=777002)
     m1["ver"] = 1
     rb = call(addr, m1, timeout_ms=30000)
-    assert ra["ok"] and rb["ok"]
-    rows = wait_rows(data, "SELECT request_id, version, status FROM invocations WHERE request_id IN (?, ?) "
-                           "ORDER BY request_id", ("777001", "777002"), 2)
-    assert rows == [("777001", 2, "AICFN_OK"), ("777002", 1, "AICFN_OK")]
+    assert ra["ok"] and rb["ok"], (ra, rb)
+    assert not ra.get("cached") and not rb.get("cached"), (ra, rb)
+    assert np.allclose(output(ra, "logits"), mlp_reference(mlp_x(3.0)), rtol=1e-4, atol=1e-4)
+    assert np.allclose(output(rb, "logits"), mlp_reference(mlp_x(4.0)), rtol=1e-4, atol=1e-4)
+    rows = wait_rows(data, "SELECT request_id, version, status, cached, worker IS NOT NULL FROM invocations "
+                           "WHERE request_id IN (?, ?) ORDER BY request_id", ("777001", "777002"), 2)
+    assert rows == [("777001", 2, "AICFN_OK", 0, 1), ("777002", 1, "AICFN_OK", 0, 1)]
     # Unknown function and version: clear errors.
     r = call(addr, invoke_msg("nope", [mlp_input()]))
     assert not r["ok"] and r["error"]["code"] == 6
@@ -664,23 +685,20 @@ def test_protocol_client_from_docs(procs, tmp_path):
     spec.loader.exec_module(mod)
     addr, data, g = start_gateway(procs, tmp_path)
     deploy(addr, ROOT / "examples" / "mlp")
-    x = np.linspace(-1, 1, 16, dtype=np.float32).reshape(1, 16)
+    # Two inputs, so that the second call is warm on the worker and not a response-cache hit.
+    x1, x2 = mlp_x(1.0), mlp_x(2.0)
     with mod.Client(addr) as c:
-        first = c.invoke("mlp", {"x": x})
-        second = c.invoke("mlp", {"x": x})
+        first = c.invoke("mlp", {"x": x1})
+        second = c.invoke("mlp", {"x": x2})
         with pytest.raises(mod.AicfnError) as ei:
-            c.invoke("no-such-function", {"x": x})
+            c.invoke("no-such-function", {"x": x1})
     assert first.cold and not second.cold
+    assert not first.raw.get("cached") and not second.raw.get("cached"), (first.raw, second.raw)
     assert ei.value.code == 6
     # Against an independent numpy forward pass of the example's weights.
-    raw = (ROOT / "examples" / "mlp" / "weights.safetensors").read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    hdr = json.loads(raw[8:8 + n])
-    w = {k: np.frombuffer(raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4").reshape(v["shape"])
-         for k, v in hdr.items() if k != "__metadata__"}
-    h = np.maximum(x.astype(np.float64) @ w["fc1.weight"].T + w["fc1.bias"], 0)
-    logits = h @ w["fc2.weight"].T + w["fc2.bias"]
-    assert np.allclose(np.asarray(second.outputs["logits"], dtype=np.float64), logits, rtol=1e-4, atol=1e-4)
+    for rep, x in ((first, x1), (second, x2)):
+        assert np.allclose(np.asarray(rep.outputs["logits"], dtype=np.float64), mlp_reference(x), rtol=1e-4,
+                           atol=1e-4)
 
 
 def test_remote_worker_registers(procs, tmp_path):
