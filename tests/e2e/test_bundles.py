@@ -91,24 +91,31 @@ def hammer(addr, fns, min_calls, count_file: Path, base_id: int, stop_at: float,
     """CLIENTS threads, each with its own socket, calling fns in turn with distinct ids and
     inputs, each at least `min_calls` times and then until `until()` holds (at most
     1000 calls, and never past `stop_at`); returns {id: (fn, input, reply)} and {id: when
-    its reply came (time.monotonic())}."""
+    its reply came (time.monotonic())}. Fails if a client raised (a receive timeout, say)
+    or made fewer than `min_calls` calls."""
     results, lock = {}, threading.Lock()
     done_at = {}
+    errors, made = [], [0] * CLIENTS
 
     def client(k):
-        with _req_socket(addr, 30000) as s:
-            for i in range(1000):
-                if time.monotonic() > stop_at or (i >= min_calls and until()):
-                    return
-                rid = base_id + k * 10000 + i
-                fn = fns[(k + i) % len(fns)]
-                x = np.array([[k, i, rid % 997]], dtype=np.float32)
-                m = invoke_msg(fn, [tensor("x", x)], params={"count_file": str(count_file)}, rid=rid)
-                s.send(msgpack.packb(m, use_bin_type=True))
-                r = msgpack.unpackb(s.recv(), raw=False)
-                with lock:
-                    results[rid] = (fn, x, r)
-                    done_at[rid] = time.monotonic()
+        try:
+            with _req_socket(addr, 30000) as s:
+                for i in range(1000):
+                    if time.monotonic() > stop_at or (i >= min_calls and until()):
+                        return
+                    rid = base_id + k * 10000 + i
+                    fn = fns[(k + i) % len(fns)]
+                    x = np.array([[k, i, rid % 997]], dtype=np.float32)
+                    m = invoke_msg(fn, [tensor("x", x)], params={"count_file": str(count_file)}, rid=rid)
+                    s.send(msgpack.packb(m, use_bin_type=True))
+                    r = msgpack.unpackb(s.recv(), raw=False)
+                    with lock:
+                        results[rid] = (fn, x, r)
+                        done_at[rid] = time.monotonic()
+                        made[k] += 1
+        except Exception as e:  # noqa: BLE001 - reported by the caller's assertion
+            with lock:
+                errors.append((k, made[k], repr(e)))
 
     ts = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS)]
     for t in ts:
@@ -116,6 +123,8 @@ def hammer(addr, fns, min_calls, count_file: Path, base_id: int, stop_at: float,
     for t in ts:
         t.join(timeout=max(1.0, stop_at - time.monotonic() + 60))
     assert not any(t.is_alive() for t in ts), "a client is stuck"
+    assert not errors, f"clients failed (client, calls made, exception): {errors}"
+    assert min(made) >= min_calls, f"calls made per client {made}, each should make at least {min_calls}"
     return results, done_at
 
 
