@@ -82,6 +82,18 @@ def wait_rows(data, sql, args, n, timeout=10):
                     interval=0.05, what=f"{n} rows of {sql}")
 
 
+def cold_start_count(addr, data: Path, fn: str) -> int:
+    """fn's cold_starts rows with every record submitted so far committed: the gateway
+    submits a call's records before it replies to the call, and commits its ledger before
+    it answers `coldstarts` (gateway/front_nng.c), whose count must agree with the table."""
+    r = call(addr, {"v": PROTOCOL_VERSION, "t": "coldstarts", "id": next_id(), "fn": fn}, timeout_ms=10000)
+    assert r["ok"], r
+    summary = json.loads(r["json"])
+    n = db_rows(data, "SELECT COUNT(*) FROM cold_starts WHERE function = ?", (fn,))[0][0]
+    assert [x["count"] for x in summary if x["function"] == fn] == ([n] if n else []), (summary, n)
+    return n
+
+
 def worker_row(data: Path, name: str):
     """The workers-table row of worker `name` as a dict (or None), read through a separate
     read-only connection while the gateway writes (WAL readers never block the writer)."""
@@ -236,21 +248,21 @@ def test_single_flight_twenty_first_calls(procs, tmp_path):
 
     def one(i):
         barrier.wait(timeout=10)
-        results[i] = call(addr, invoke_msg("mlp", [mlp_input()]), timeout_ms=60000)
+        # An input per call: none may be answered by the response cache instead of a worker.
+        results[i] = call(addr, invoke_msg("mlp", [mlp_input(1.0 + i)]), timeout_ms=60000)
 
     ts = [threading.Thread(target=one, args=(i,)) for i in range(20)]
     for t in ts:
         t.start()
     for t in ts:
         t.join(timeout=90)
-    assert all(r is not None and r["ok"] for r in results), results
-    rows = wait_rows(data, "SELECT worker FROM cold_starts WHERE function='mlp'", (), 1)
-    time.sleep(0.3)
-    rows = db_rows(data, "SELECT worker FROM cold_starts WHERE function='mlp'")
-    assert len(rows) == 1, rows
-    inv = wait_rows(data, "SELECT COUNT(*) FROM invocations WHERE function='mlp'", (), 1)
-    wait_for(lambda: db_rows(data, "SELECT COUNT(*) FROM invocations WHERE function='mlp'")[0][0] == 20, 10,
+    assert all(r is not None and r["ok"] and not r.get("cached") for r in results), results
+    # Every call was answered, so its records were submitted: wait until the 20 invocation
+    # rows are committed, then count the cold starts with the ledger flushed.
+    wait_for(lambda: db_rows(data, "SELECT COUNT(*) FROM invocations WHERE function='mlp'")[0][0] >= 20, 10,
              what="20 ledger rows")
+    assert db_rows(data, "SELECT COUNT(*), SUM(cached) FROM invocations WHERE function='mlp'") == [(20, 0)]
+    assert cold_start_count(addr, data, "mlp") == 1
 
 
 def test_scale_to_zero_and_respawn(procs, tmp_path):
@@ -1051,6 +1063,8 @@ def test_scaling_max_workers_replicas_under_load(procs, tmp_path):
     x = tensor("x", np.arange(2, dtype=np.float32))
 
     def burst(fn, k=4, ms=400):
+        """k simultaneous calls of fn; returns once their k ledger rows are committed."""
+        before = db_rows(data, "SELECT COUNT(*) FROM invocations WHERE function = ?", (fn,))[0][0]
         results = [None] * k
         barrier = threading.Barrier(k)
 
@@ -1064,20 +1078,22 @@ def test_scaling_max_workers_replicas_under_load(procs, tmp_path):
         for t in ts:
             t.join(timeout=60)
         assert all(r is not None and r["ok"] for r in results), results
+        wait_for(lambda: db_rows(data, "SELECT COUNT(*) FROM invocations WHERE function = ?", (fn,))[0][0]
+                 == before + k, 10, what=f"{k} more ledger rows of {fn}")
 
     # max_workers 1: concurrent calls queue on the one worker holding the model.
     burst("single")
     assert holders(addr, "single") and len(workers(addr)) == 1
-    assert db_rows(data, "SELECT COUNT(*) FROM cold_starts WHERE function = 'single'")[0][0] <= 1
-    wait_rows(data, "SELECT 1 FROM cold_starts WHERE function = 'single'", (), 1)
+    assert cold_start_count(addr, data, "single") == 1
     # max_workers 2: with its holder busy, a second worker loads a replica (the pool grows to 2).
     burst("double")
     two = wait_for(lambda: (lambda h: h if len(h) == 2 else None)(holders(addr, "double")), 10, interval=0.05,
                    what="two workers holding double's model")
     assert len(workers(addr)) == 2
-    rows = wait_rows(data, "SELECT worker FROM cold_starts WHERE function = 'double'", (), 2)
+    assert cold_start_count(addr, data, "double") == 2
+    rows = db_rows(data, "SELECT worker FROM cold_starts WHERE function = 'double'")
     assert sorted(w for (w,) in rows) == two
     # Still one holder of single: its max_workers is 1 whatever the pool.
     burst("single", k=3, ms=200)
     assert len(holders(addr, "single")) == 1
-    assert db_rows(data, "SELECT COUNT(*) FROM cold_starts WHERE function = 'single'")[0][0] == 1
+    assert cold_start_count(addr, data, "single") == 1
