@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -101,6 +102,7 @@ typedef struct caller {
     int ok;
     int canceled;
     int other;
+    int last_rc; /* the last call's status */
 } caller;
 
 static void *sync_caller(void *p) {
@@ -111,6 +113,7 @@ static void *sync_caller(void *p) {
         rpc_msg *rep = NULL;
         aicfn_error e;
         int rc = rpc_call_sync(a->c, req, (size_t)n, 10000, &rep, &e);
+        a->last_rc = rc;
         if (rc == AICFN_OK) {
             char want[80];
             int wn = snprintf(want, sizeof want, "re:%s", req);
@@ -350,15 +353,19 @@ static void close_while_calls_in_flight_repeatedly(void **state) {
  * the answers, which are discarded. */
 typedef struct late {
     holder *h;
+    unsigned taken;
+    atomic_uint begun; /* answers begun: counted just before each rpc_reply */
 } late;
 
 static void *late_answers(void *p) {
-    holder *h = p;
-    usleep(100000);
+    late *l = p;
+    usleep(100000); /* destroy starts first: one that did not wait would return meanwhile */
     rpc_call *calls[64];
-    unsigned n = holder_take(h, calls);
-    for (unsigned i = 0; i < n; i++)
+    l->taken = holder_take(l->h, calls);
+    for (unsigned i = 0; i < l->taken; i++) {
+        atomic_fetch_add(&l->begun, 1);
         rpc_reply(calls[i], "late", 4);
+    }
     return NULL;
 }
 
@@ -380,13 +387,22 @@ static void destroy_waits_for_outstanding_calls(void **state) {
     while (rpc_server_outstanding(s) < 3 && clock_now_us() < end)
         usleep(1000);
     assert_int_equal(rpc_server_outstanding(s), 3);
+    late l = {.h = &h};
+    atomic_init(&l.begun, 0);
     pthread_t lt;
-    pthread_create(&lt, NULL, late_answers, &h);
-    rpc_server_destroy(s); /* returns only after late_answers answered all three */
+    pthread_create(&lt, NULL, late_answers, &l);
+    rpc_server_destroy(s);
+    /* It returned only after the last of the three was answered, so every answer had
+     * begun (the first waits 100 ms). */
+    unsigned begun = atomic_load(&l.begun);
     pthread_join(lt, NULL);
+    assert_int_equal(l.taken, 3);
+    assert_int_equal(begun, 3);
     for (int i = 0; i < 3; i++) {
         pthread_join(th[i], NULL);
-        assert_int_equal(a[i].ok + a[i].canceled + a[i].other, 1);
+        /* The answers were discarded (none reached a caller, rc AICFN_OK): each
+         * caller lost its call with the connection. */
+        assert_int_equal(a[i].last_rc, AICFN_E_WORKER_LOST);
     }
     rpc_client_close(c);
 }
