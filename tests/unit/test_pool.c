@@ -3,6 +3,7 @@
  * worker that ignores SIGTERM, kill -9, unique ids, reaping everything on destroy, and
  * a pool with live workers that sleeps while nothing happens, and the fault note a
  * worker leaves when a handler crashes it. */
+#include <dirent.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -79,7 +80,23 @@ static int teardown(void **state) {
     return system(cmd) == 0 ? 0 : -1;
 }
 
+/* Removes the argument files of earlier tests' workers: each pool numbers its workers
+ * from 1 again, and a stale args.w1.txt would pass for a new w1 having started. */
+static void clear_args_files(void) {
+    DIR *d = opendir(g_dir);
+    assert_non_null(d);
+    struct dirent *ent;
+    while ((ent = readdir(d)) != NULL) {
+        if (strncmp(ent->d_name, "args.", 5) != 0) continue;
+        char path[600];
+        snprintf(path, sizeof path, "%s/%s", g_dir, ent->d_name);
+        assert_int_equal(unlink(path), 0);
+    }
+    closedir(d);
+}
+
 static gw_pool *make_pool(const char *script, exits *e, uint64_t grace_us) {
+    clear_args_files();
     char exe[300];
     snprintf(exe, sizeof exe, "%s/%s", g_dir, script);
     gw_pool_config cfg = {
@@ -139,6 +156,16 @@ static void spawn_args_and_terminate(void **state) {
     assert_int_equal(e.n, 1);
 }
 
+/* Waits (bounded) for worker `id`'s argument file: the stand-in has started,
+ * and installed its SIGTERM trap (the line before it writes the file). */
+static void wait_started(uint32_t id) {
+    char path[600];
+    snprintf(path, sizeof path, "%s/args.w%u.txt", g_dir, id);
+    for (int i = 0; i < 300 && access(path, F_OK) != 0; i++)
+        usleep(10000);
+    assert_int_equal(access(path, F_OK), 0);
+}
+
 static void stubborn_worker_is_killed_after_grace(void **state) {
     (void)state;
     exits e = {0};
@@ -146,7 +173,7 @@ static void stubborn_worker_is_killed_after_grace(void **state) {
     uint32_t id;
     char addr[GW_POOL_ADDR_MAX];
     assert_int_equal(gw_pool_spawn(p, &id, addr, sizeof addr, NULL, NULL), 0);
-    usleep(100000); /* let the shell install its trap */
+    wait_started(id); /* its trap is installed */
     struct timespec t0, t1;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     assert_int_equal(gw_pool_terminate(p, id), 0);
@@ -182,15 +209,6 @@ static void kill_now_and_unique_ids(void **state) {
     /* destroy drains the rest and reports each exit. */
     gw_pool_destroy(p);
     assert_int_equal(e.n, 3);
-}
-
-/* Waits (bounded) for worker `id`'s argument file: the stand-in has started. */
-static void wait_started(uint32_t id) {
-    char path[600];
-    snprintf(path, sizeof path, "%s/args.w%u.txt", g_dir, id);
-    for (int i = 0; i < 300 && access(path, F_OK) != 0; i++)
-        usleep(10000);
-    assert_int_equal(access(path, F_OK), 0);
 }
 
 /* A pool with live workers and nothing to do must not wake: it sleeps on the children's
