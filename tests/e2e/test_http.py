@@ -10,7 +10,6 @@ Retry-After, non-admin load 403, no plaintext key in the database files); a body
 limit refused with 413; /metrics passes `promtool check metrics` after a mixed workload
 and its call counters match the ledger; `aicfn usage` totals equal the SQL sums.
 
-These tests need `aicfn gateway --http`; they are skipped when the binary lacks it.
 Every wait is bounded.
 """
 import http.client
@@ -24,23 +23,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.http as tritonhttp  # tests/requirements.txt
+from tritonclient.utils import InferenceServerException
 
 from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, invoke_msg, next_id, output, run_cli,
                       tensor, wait_for)
-
-
-def _has_http_flag() -> bool:
-    try:
-        r = subprocess.run([str(aicfn_bin()), "gateway", "--help"], capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return "--http" in r.stdout + r.stderr
-
-
-pytestmark = pytest.mark.skipif(not _has_http_flag(), reason="aicfn gateway has no --http flag in this build")
-
-tritonhttp = pytest.importorskip("tritonclient.http")
-from tritonclient.utils import InferenceServerException  # noqa: E402
 
 
 # ---- helpers ----
@@ -226,9 +213,9 @@ def test_metrics_promtool_and_ledger(procs, tmp_path):
     st, h, text = http_req(hport, "GET", "/metrics")
     assert st == 200 and "version=0.0.4" in h.get("Content-Type", "")
     text = text.decode()
-    if shutil.which("promtool"):
-        p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
-        assert p.returncode == 0, p.stdout + p.stderr
+    assert shutil.which("promtool"), "promtool not found (Debian's prometheus package; scripts/bootstrap.sh)"
+    p = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30)
+    assert p.returncode == 0, p.stdout + p.stderr
     # The HTTP calls the gateway ran are counted once each, as in the ledger.
     def ledger():
         return dict(db_rows(data, "SELECT status, count(*) FROM invocations WHERE function = 'mlp' GROUP BY status"))

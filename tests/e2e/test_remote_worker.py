@@ -290,10 +290,6 @@ def test_repository_load_preloads_fetched_snapshot(procs, tmp_path):
     snapshot path: the worker fetches the snapshot by hash and makes it resident, so the
     next call is warm."""
     import http.client
-    r = run_cli(["gateway", "--help"])
-    if "--http" not in r.stdout + r.stderr:
-        import pytest
-        pytest.skip("aicfn gateway has no --http flag in this build")
     addr = f"tcp://127.0.0.1:{free_port()}"
     hport = free_port()
     data = tmp_path / "data"
