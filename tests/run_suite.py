@@ -11,9 +11,11 @@ The last line is `N passed, N failed` (`, N skipped` when any were skipped).
 """
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -47,18 +49,50 @@ def record(name, outcome):
     print(f"  {outcome.upper():7} {name}", flush=True)
 
 
+def kill_group(pgid):
+    """SIGKILLs what is left of process group `pgid` (nothing when it is empty)."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run(cmd, timeout, env=None, cwd=ROOT):
+    """Runs cmd in a process group of its own, so that what it started (gateways,
+    workers, a test binary's children) goes with it: on timeout the whole group is
+    killed, and once cmd has exited, whatever it left in the group. Returns (exit status
+    or -999 on timeout, stdout, stderr)."""
     e = dict(os.environ)
     e.update(SAN_ENV)
     if env:
         e.update(env)
+    p = subprocess.Popen(cmd, cwd=cwd, env=e, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         errors="replace", start_new_session=True)
+    # Read both pipes on threads and wait for cmd alone: a process it left behind keeps
+    # the pipes open, and must not hold the suite until the timeout.
+    parts = {"out": [], "err": []}
+
+    def drain(f, key):
+        for chunk in iter(lambda: f.read(65536), ""):
+            parts[key].append(chunk)
+
+    readers = [threading.Thread(target=drain, args=(p.stdout, "out"), daemon=True),
+               threading.Thread(target=drain, args=(p.stderr, "err"), daemon=True)]
+    for t in readers:
+        t.start()
     try:
-        p = subprocess.run(cmd, cwd=cwd, env=e, capture_output=True, text=True, timeout=timeout)
-        return p.returncode, p.stdout, p.stderr
-    except subprocess.TimeoutExpired as ex:
-        out = ex.stdout.decode() if isinstance(ex.stdout, bytes) else (ex.stdout or "")
-        err = ex.stderr.decode() if isinstance(ex.stderr, bytes) else (ex.stderr or "")
+        rc = p.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        rc = None
+    kill_group(p.pid)
+    if rc is None:
+        p.wait(timeout=60)
+    for t in readers:  # the group is gone, so are the pipes' writers (bounded all the same)
+        t.join(timeout=30)
+    out, err = "".join(parts["out"]), "".join(parts["err"])
+    if rc is None:
         return -999, out, err + f"\n(timed out after {timeout}s)"
+    return rc, out, err
 
 
 def stage_build():
