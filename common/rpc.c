@@ -263,10 +263,10 @@ static bool srv_take(struct rpc_call *c, int next, bool *send) {
         if (*send) s->busy++;
     }
     pthread_mutex_unlock(&s->mu);
-    if (ok)
-        nng_msg_free(req);
-    else
+    if (!ok)
         log_error("rpc %s: call answered twice or not outstanding", s->url);
+    else if (req) /* NULL: rpc_call_take_request took it */
+        nng_msg_free(req);
     return ok;
 }
 
@@ -314,6 +314,15 @@ void rpc_call_drop(rpc_call *c) {
 
 uint64_t rpc_call_received_us(const rpc_call *c) {
     return c->recv_us;
+}
+
+rpc_msg *rpc_call_take_request(rpc_call *c) {
+    rpc_server *s = c->srv;
+    pthread_mutex_lock(&s->mu);
+    nng_msg *m = c->state == SRV_CALL ? c->req : NULL;
+    if (m) c->req = NULL;
+    pthread_mutex_unlock(&s->mu);
+    return (rpc_msg *)m;
 }
 
 nng_socket rpc_server_socket(const rpc_server *s) {

@@ -124,6 +124,12 @@ void rpc_call_drop(rpc_call *call);
 /* Monotonic time (clock_now_us) when the request was received. */
 uint64_t rpc_call_received_us(const rpc_call *call);
 
+/* Takes the request's bytes away from `call` (before it is answered): they then outlive
+ * the answer, and the caller frees them with rpc_msg_free (a bundle whose part may still
+ * run, on pointers into them, after the bundle's reply left). rpc_msg_data/len read them.
+ * NULL when the call holds none (taken already, or answered). Any thread. */
+rpc_msg *rpc_call_take_request(rpc_call *call);
+
 /* For tests: the server's socket (read options only; never close it). */
 nng_socket rpc_server_socket(const rpc_server *s);
 

@@ -81,6 +81,10 @@
 #define AICFN_LEDGER_FLUSH_RECORDS 1000
 #define AICFN_WORKER_KILL_GRACE_MS 5000      /* SIGTERM'd local worker: SIGKILL after this */
 #define AICFN_CALL_GRACE_MS 5000              /* call past its timeout + this: worker killed, replaced */
+#define AICFN_BUNDLE_OVERRUN_GRACE_MS 1000    /* a bundle's part running past its deadline + this:
+                                                 answered as an overrun, the others' replies leave */
+#define AICFN_BUNDLE_INLINE_MAX_US 200        /* a bundle's part runs on the receiving thread only
+                                                 when its function's recent batches took this long */
 #define AICFN_WORKER_POLL_MS 1000             /* gateway's status poll of each worker */
 #define AICFN_WORKER_START_TIMEOUT_MS 30000   /* spawned worker must answer its first status by then */
 #define AICFN_WORKER_RESTART_BACKOFF_MIN_MS 100 /* after a local worker died starting: next start in */

@@ -405,13 +405,14 @@ int wire_encode_error_reply(wire_writer *w, uint64_t id, int code, const char *m
     return wire_writer_status(w, err);
 }
 
-int wire_encode_not_run_reply(wire_writer *w, uint64_t id, int code, const char *message, aicfn_error *err) {
+int wire_encode_marked_error_reply(wire_writer *w, uint64_t id, int code, const char *message,
+                                   const char *mark, aicfn_error *err) {
     if (code <= AICFN_OK || code >= AICFN_STATUS_COUNT) code = AICFN_E_INTERNAL;
     wire_put_map(w, 5);
     wire_kv_u64(w, "v", AICFN_PROTOCOL_VERSION);
     wire_kv_u64(w, "id", id);
     wire_kv_bool(w, "ok", false);
-    wire_kv_bool(w, "not_run", true);
+    wire_kv_bool(w, mark, true);
     wire_put_error_map(w, code, message);
     return wire_writer_status(w, err);
 }
@@ -429,7 +430,8 @@ int wire_decode_reply_head(wire_doc *doc, wire_reply_head *h, aicfn_error *err) 
         h->code = AICFN_OK;
         return AICFN_OK;
     }
-    if ((rc = wire_get_bool(root, NULL, "not_run", false, &h->not_run, err))) return rc;
+    if ((rc = wire_get_bool(root, NULL, WIRE_MARK_NOT_RUN, false, &h->not_run, err))) return rc;
+    if ((rc = wire_get_bool(root, NULL, WIRE_MARK_OVERRAN, false, &h->overran, err))) return rc;
     const msgpack_object *e;
     if ((rc = wire_get_map(root, NULL, "error", true, &e, err))) return rc;
     uint64_t code = UINT64_MAX;

@@ -231,14 +231,20 @@ typedef struct wire_reply_head {
     const char *message; /* when !ok: NUL-terminated, in the doc's zone; "" when ok */
     bool not_run;        /* when !ok: the worker refused the call before running any of it
                             (it drains): the gateway may send it to another worker */
+    bool overran;        /* when !ok: a bundle's part still running past its deadline, answered
+                            so that the others' replies could leave (bundle.h): it is stuck */
 } wire_reply_head;
 
 /* Encodes a whole error reply {v, id, ok:false, error:{code, name, message}} (one
  * message). `message` may be NULL. Returns wire_writer_status. */
 int wire_encode_error_reply(wire_writer *w, uint64_t id, int code, const char *message, aicfn_error *err);
 
-/* The same with not_run: true (a worker's refusal of a call it did not run). */
-int wire_encode_not_run_reply(wire_writer *w, uint64_t id, int code, const char *message, aicfn_error *err);
+/* The same with `mark`: true beside them: WIRE_MARK_NOT_RUN (a worker's refusal of a call
+ * it did not run) or WIRE_MARK_OVERRAN (a bundle's part still running past its deadline). */
+#define WIRE_MARK_NOT_RUN "not_run"
+#define WIRE_MARK_OVERRAN "overran"
+int wire_encode_marked_error_reply(wire_writer *w, uint64_t id, int code, const char *message, const char *mark,
+                                   aicfn_error *err);
 
 /* Reads `id`, `ok` and, when ok is false, `error` {code (int, authoritative), name
  * (the AICFN_E_* string, used only when code is absent), message} from a reply's root

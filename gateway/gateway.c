@@ -1052,6 +1052,14 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         pthread_mutex_lock(&gw->mu);
         gw_call_left_locked(w, c);
         if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
+        if (!rep.head.ok && rep.head.overran && w->state != GW_WORKER_DEAD) {
+            /* A bundle's part still running past its deadline, answered so that the others'
+             * replies could leave: stuck like a call past its timeout + grace. */
+            log_warn("worker %s: call %llu (%s:%u) ran past its deadline in a bundle: killing the worker",
+                     w->name, (unsigned long long)c->id, c->fn->name, c->fn->ver);
+            w->killed = true;
+            gw_worker_dead_locked(gw, w, &a);
+        }
         if (!rep.head.ok && rep.head.not_run && !gw->stopping) {
             /* The worker drains (SIGTERM from outside the gateway, say) and did not run the
              * call: no more calls for it, and this one goes to another, idempotent or not. */

@@ -236,7 +236,7 @@ int worker_batcher_submit(worker_batcher *b, worker_batch_item *item, aicfn_erro
     }
     item->next = NULL;
     item->dequeued_us = 0;
-    if (b->cfg.run_inline && b->cfg.max_batch == 1 && b->count == 0 && !b->busy) {
+    if (b->cfg.run_inline && !item->no_inline && b->cfg.max_batch == 1 && b->count == 0 && !b->busy) {
         /* Nothing queued or running: run it here, saving the hand-off to the executor. */
         uint64_t now = clock_now_us();
         item->dequeued_us = now;

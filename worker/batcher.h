@@ -30,6 +30,8 @@ typedef struct worker_batch_item {
     uint64_t arrival_us;
     uint64_t deadline_us;
     uint64_t dequeued_us; /* set by the batcher when the item leaves the queue */
+    bool no_inline;       /* never run on the submitting thread (run_inline): its caller has
+                             more to do first (the other parts of a bundle) */
 } worker_batch_item;
 
 /* Runs one batch of n items (1 <= n <= max_batch) in arrival order, on the executor

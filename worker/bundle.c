@@ -5,39 +5,77 @@
  * functions whose replies are small, so this is a safety net, not a path). */
 #include "worker/bundle.h"
 
+#include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "common/clock.h"
 #include "common/log.h"
 #include "common/tunables.h"
 #include "common/wire.h"
 
 struct worker_bundle {
     rpc_call *call;
+    rpc_msg *request; /* the bundle's message, which the parts point into: freed last */
     uint64_t id;
     uint32_t n;
+    worker_bundle_watch *watch;
     atomic_uint left; /* unfilled slots, plus one while the creator holds it */
+    atomic_uint refs; /* one per slot's put, one for the send, one while in the watch's list */
+    atomic_bool *filled;
     uint8_t **replies;
     size_t *lens;
+    /* Under watch->mu: */
+    uint64_t *expire_us; /* 0: not watched */
+    uint64_t *call_ids;
+    bool linked;
+    struct worker_bundle *wnext;
 };
 
-worker_bundle *worker_bundle_new(rpc_call *call, uint64_t id, uint32_t n) {
+struct worker_bundle_watch {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    worker_bundle *head; /* bundles with a watched slot, until sent */
+    bool stop;
+    pthread_t thread;
+};
+
+static void bundle_unref(worker_bundle *b) {
+    if (atomic_fetch_sub(&b->refs, 1) != 1) return;
+    rpc_msg_free(b->request);
+    free(b->filled);
+    free(b->replies);
+    free(b->lens);
+    free(b->expire_us);
+    free(b->call_ids);
+    free(b);
+}
+
+worker_bundle *worker_bundle_new(worker_bundle_watch *watch, rpc_call *call, uint64_t id, uint32_t n) {
     if (n == 0 || n > AICFN_BUNDLE_MAX_CALLS) return NULL;
     worker_bundle *b = calloc(1, sizeof *b);
     if (b == NULL) return NULL;
+    b->filled = calloc(n, sizeof *b->filled);
     b->replies = calloc(n, sizeof *b->replies);
     b->lens = calloc(n, sizeof *b->lens);
-    if (b->replies == NULL || b->lens == NULL) {
-        free(b->replies);
-        free(b->lens);
-        free(b);
+    b->expire_us = calloc(n, sizeof *b->expire_us);
+    b->call_ids = calloc(n, sizeof *b->call_ids);
+    if (!b->filled || !b->replies || !b->lens || !b->expire_us || !b->call_ids) {
+        atomic_init(&b->refs, 1);
+        bundle_unref(b);
         return NULL;
     }
+    for (uint32_t i = 0; i < n; i++)
+        atomic_init(&b->filled[i], false);
+    b->watch = watch;
     b->call = call;
+    b->request = rpc_call_take_request(call);
     b->id = id;
     b->n = n;
     atomic_init(&b->left, n + 1);
+    atomic_init(&b->refs, n + 1);
     return b;
 }
 
@@ -102,20 +140,152 @@ static void bundle_send(worker_bundle *b) {
             (unsigned long long)b->id);
         rpc_call_drop(b->call);
     }
-    for (uint32_t i = 0; i < b->n; i++)
+    for (uint32_t i = 0; i < b->n; i++) {
         free(b->replies[i]);
+        b->replies[i] = NULL;
+    }
     free(parts);
-    free(b->replies);
-    free(b->lens);
-    free(b);
+    if (b->watch) {
+        worker_bundle_watch *w = b->watch;
+        pthread_mutex_lock(&w->mu);
+        bool linked = b->linked;
+        if (linked) {
+            worker_bundle **pp = &w->head;
+            while (*pp != b)
+                pp = &(*pp)->wnext;
+            *pp = b->wnext;
+            b->linked = false;
+        }
+        pthread_mutex_unlock(&w->mu);
+        if (linked) bundle_unref(b);
+    }
+    bundle_unref(b); /* the send's */
 }
 
-void worker_bundle_put(worker_bundle *b, uint32_t slot, uint8_t *reply, size_t len) {
+/* Fills slot `slot` unless it is filled already (then reply is dropped); sends the
+ * bundle when it was the last. */
+static void bundle_fill(worker_bundle *b, uint32_t slot, uint8_t *reply, size_t len) {
+    if (atomic_exchange(&b->filled[slot], true)) {
+        free(reply);
+        return;
+    }
     b->replies[slot] = reply;
     b->lens[slot] = reply ? len : 0;
     if (atomic_fetch_sub(&b->left, 1) == 1) bundle_send(b);
 }
 
+void worker_bundle_put(worker_bundle *b, uint32_t slot, uint8_t *reply, size_t len) {
+    bundle_fill(b, slot, reply, len);
+    bundle_unref(b); /* the slot's */
+}
+
 void worker_bundle_release(worker_bundle *b) {
     if (atomic_fetch_sub(&b->left, 1) == 1) bundle_send(b);
+}
+
+/* ---- The watch ---- */
+
+void worker_bundle_expire_at(worker_bundle *b, uint32_t slot, uint64_t call_id, uint64_t expire_us) {
+    worker_bundle_watch *w = b->watch;
+    if (w == NULL || slot >= b->n || expire_us == 0) return;
+    pthread_mutex_lock(&w->mu);
+    b->expire_us[slot] = expire_us;
+    b->call_ids[slot] = call_id;
+    if (!b->linked) {
+        atomic_fetch_add(&b->refs, 1);
+        b->linked = true;
+        b->wnext = w->head;
+        w->head = b;
+    }
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+#define BUNDLE_WATCH_BATCH 64 /* overruns answered per pass */
+
+static void *bundle_watch_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:bundlewatch");
+    worker_bundle_watch *w = arg;
+    pthread_mutex_lock(&w->mu);
+    while (!w->stop) {
+        uint64_t now = clock_now_us(), next = 0;
+        worker_bundle *due_b[BUNDLE_WATCH_BATCH];
+        uint32_t due_slot[BUNDLE_WATCH_BATCH];
+        uint64_t due_id[BUNDLE_WATCH_BATCH];
+        uint32_t n_due = 0;
+        for (worker_bundle *b = w->head; b; b = b->wnext)
+            for (uint32_t i = 0; i < b->n; i++) {
+                uint64_t t = b->expire_us[i];
+                if (t == 0 || atomic_load(&b->filled[i])) continue;
+                if (t <= now && n_due < BUNDLE_WATCH_BATCH) {
+                    atomic_fetch_add(&b->refs, 1);
+                    b->expire_us[i] = 0; /* answered now */
+                    due_b[n_due] = b;
+                    due_slot[n_due] = i;
+                    due_id[n_due++] = b->call_ids[i];
+                } else if (t > now && (next == 0 || t < next)) {
+                    next = t;
+                }
+            }
+        if (n_due) {
+            pthread_mutex_unlock(&w->mu);
+            for (uint32_t k = 0; k < n_due; k++) {
+                log_warn("bundle %llu: call %llu still runs past its deadline: answered as overrun so the "
+                         "others' replies leave",
+                         (unsigned long long)due_b[k]->id, (unsigned long long)due_id[k]);
+                size_t len = 0;
+                wire_writer wr;
+                wire_writer_init(&wr);
+                uint8_t *p = NULL;
+                if (wire_encode_marked_error_reply(
+                        &wr, due_id[k], AICFN_E_TIMEOUT,
+                        "still running past its deadline (a bundle's other replies "
+                        "left without it)",
+                        WIRE_MARK_OVERRAN, NULL) == AICFN_OK)
+                    p = wire_writer_take(&wr, &len);
+                wire_writer_fini(&wr);
+                bundle_fill(due_b[k], due_slot[k], p, len);
+                bundle_unref(due_b[k]);
+            }
+            pthread_mutex_lock(&w->mu);
+            continue;
+        }
+        if (next == 0) {
+            pthread_cond_wait(&w->cv, &w->mu);
+        } else {
+            struct timespec ts;
+            clock_deadline_to_realtime(next, &ts);
+            pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+        }
+    }
+    pthread_mutex_unlock(&w->mu);
+    return NULL;
+}
+
+int worker_bundle_watch_create(worker_bundle_watch **out, aicfn_error *err) {
+    *out = NULL;
+    worker_bundle_watch *w = calloc(1, sizeof *w);
+    if (w == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "bundle watch: out of memory");
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    if (pthread_create(&w->thread, NULL, bundle_watch_main, w) != 0) {
+        pthread_mutex_destroy(&w->mu);
+        pthread_cond_destroy(&w->cv);
+        free(w);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "bundle watch: cannot start a thread");
+    }
+    *out = w;
+    return AICFN_OK;
+}
+
+void worker_bundle_watch_destroy(worker_bundle_watch *w) {
+    if (w == NULL) return;
+    pthread_mutex_lock(&w->mu);
+    w->stop = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w);
 }

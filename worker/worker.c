@@ -50,6 +50,7 @@ typedef struct worker_fn {
     worker_handler *handler;
     worker_batcher *batcher;
     atomic_uint inflight;
+    atomic_uint_fast64_t exec_ewma_us; /* recent handler time per batch (1/8 weight); 0: none yet */
     /* Executor-thread state (never touched concurrently). */
     worker_instance *inst;
     uint64_t inst_generation; /* the model generation inst was made for; 0 without a model */
@@ -67,6 +68,7 @@ struct worker {
     loader_cache *cache;
     worker_model_ops_arg ops_arg;
     rpc_server *srv;
+    worker_bundle_watch *bundle_watch; /* parts of bundles overrunning their deadlines */
     uint64_t started_us;
     int refuse_specs;
     worker_fetcher *fetcher; /* borrowed; NULL: artifact paths are local */
@@ -652,6 +654,8 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
         int rc = worker_instance_invoke(fn->inst, fn->areqs, fn->resps, k, &err);
         worker_fault_note_leave();
         ex.exec_us = clock_now_us() - t0;
+        uint64_t avg = atomic_load(&fn->exec_ewma_us);
+        atomic_store(&fn->exec_ewma_us, avg ? avg - avg / 8 + ex.exec_us / 8 + 1 : ex.exec_us + 1);
         atomic_fetch_add(&w->n_batches, 1);
         for (uint32_t i = 0; i < k; i++) {
             worker_finish((worker_req *)items[i], rc, rc == AICFN_OK ? NULL : err.msg, &ex);
@@ -1031,7 +1035,8 @@ static void worker_out_fail(worker *w, worker_out out, uint64_t id, int code, co
 static void worker_out_refuse(worker *w, worker_out out, uint64_t id, const char *msg) {
     wire_writer wr;
     wire_writer_init(&wr);
-    if (wire_encode_not_run_reply(&wr, id, AICFN_E_UNAVAILABLE, msg, NULL) != AICFN_OK) {
+    if (wire_encode_marked_error_reply(&wr, id, AICFN_E_UNAVAILABLE, msg, WIRE_MARK_NOT_RUN, NULL) !=
+        AICFN_OK) {
         wire_writer_fini(&wr);
         worker_out_fail(w, out, id, AICFN_E_UNAVAILABLE, msg);
         return;
@@ -1339,9 +1344,11 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
 }
 
 /* {t:"bundle", id, calls:[bin...]}: each part accepted as an invocation of its own,
- * answered together (bundle.h). The parts point into the request, which stays valid
- * until the bundle is answered, and the hold taken by worker_bundle_new keeps it from
- * being answered before the last part was accepted. */
+ * answered together (bundle.h). The parts point into the request, which the bundle
+ * keeps until every part is done, and the hold taken by worker_bundle_new keeps it from
+ * being answered before the last part was accepted. Only parts of functions known to be
+ * quick run on this thread (worker_dispatch), and a part still running past its deadline
+ * is answered as an overrun, so the others' replies leave. */
 static void worker_on_bundle(worker *w, rpc_call *call, const wire_doc *doc, const wire_header *h) {
     aicfn_error err;
     aicfn_error_clear(&err);
@@ -1352,7 +1359,7 @@ static void worker_on_bundle(worker *w, rpc_call *call, const wire_doc *doc, con
         worker_reply_fail(w, call, h->id, rc, err.msg);
         return;
     }
-    worker_bundle *b = worker_bundle_new(call, h->id, n);
+    worker_bundle *b = worker_bundle_new(w->bundle_watch, call, h->id, n);
     if (b == NULL) {
         worker_reply_fail(w, call, h->id, AICFN_E_NOMEM, "bundle: out of memory");
         return;
@@ -1405,6 +1412,15 @@ static void worker_dispatch(worker_req *r) {
     uint64_t budget = r->req.deadline_ms ? (uint64_t)r->req.deadline_ms * 1000 : fn->timeout_us;
     r->item.arrival_us = r->received_us;
     r->item.deadline_us = r->received_us + budget;
+    if (r->out.bundle) {
+        /* Run on this thread only by a function known to be quick: a slow part would hold
+         * the others' acceptance and the bundle's reply (NNG sends it once this callback
+         * returns), where its function's executor lets the watch answer it as an overrun. */
+        uint64_t avg = atomic_load(&fn->exec_ewma_us);
+        r->item.no_inline = avg == 0 || avg > AICFN_BUNDLE_INLINE_MAX_US;
+        worker_bundle_expire_at(r->out.bundle, r->out.slot, r->id,
+                                r->item.deadline_us + (uint64_t)AICFN_BUNDLE_OVERRUN_GRACE_MS * 1000);
+    }
     rc = worker_batcher_submit(fn->batcher, &r->item, &err);
     if (rc != AICFN_OK) worker_finish(r, rc, err.msg, NULL);
 }
@@ -1446,6 +1462,11 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     if (w->listen == NULL || w->device_spec == NULL) {
         worker_destroy(w);
         return aicfn_error_set(err, AICFN_E_NOMEM, "worker: out of memory");
+    }
+    rc = worker_bundle_watch_create(&w->bundle_watch, err);
+    if (rc != AICFN_OK) {
+        worker_destroy(w);
+        return rc;
     }
     rc = loader_device_open(w->device_spec, cfg->memory_bytes, &w->dev, err);
     if (rc != AICFN_OK) {
@@ -1520,6 +1541,7 @@ void worker_destroy(worker *w) {
     /* Stop the network first: it waits until every call was answered (the batchers are
      * still running, so queued calls complete or expire) and every callback returned. */
     rpc_server_destroy(w->srv);
+    worker_bundle_watch_destroy(w->bundle_watch);
     w->srv = NULL;
     /* Every call was answered; a parked call's thread may still be on its way out. */
     pthread_mutex_lock(&w->mu);

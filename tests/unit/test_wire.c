@@ -286,7 +286,9 @@ static void not_run_reply_round_trip(void **state) {
     (void)state;
     wire_writer w;
     wire_writer_init(&w);
-    assert_int_equal(wire_encode_not_run_reply(&w, 7, AICFN_E_UNAVAILABLE, "draining", NULL), AICFN_OK);
+    assert_int_equal(
+        wire_encode_marked_error_reply(&w, 7, AICFN_E_UNAVAILABLE, "draining", WIRE_MARK_NOT_RUN, NULL),
+        AICFN_OK);
     wire_doc doc;
     assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
     wire_invoke_reply d;

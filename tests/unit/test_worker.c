@@ -616,6 +616,82 @@ static void bundle_parts_answered_in_order(void **state) {
     worker_destroy(w);
 }
 
+/* One bundle reply for all its parts: a part still running 1 s past its deadline is
+ * answered as an overrun (AICFN_E_TIMEOUT, overran) so that the others' replies leave
+ * without it, whether it runs on its function's executor (not the last part) or on the
+ * thread that accepted the bundle (the last part). */
+static void bundle_part_overrunning_its_deadline_is_answered_alone(void **state) {
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-overrun", (int)getpid());
+    worker *w = start(url, 16u << 20);
+    add(w, "echo", "echo", NULL, 1, 0);
+    add(w, "hang1", "test_sleep", NULL, 1, 0);
+    add(w, "hang2", "test_sleep", NULL, 1, 0);
+    aicfn_error err;
+    rpc_client *c = serve(w, url);
+    float x[4] = {1, 2, 3, 4};
+    wire_tensor in = {.name = "x",
+                      .dtype = AICFN_DTYPE_FP32,
+                      .ndim = 1,
+                      .shape = {4},
+                      .data = (const uint8_t *)x,
+                      .nbytes = sizeof x};
+    for (int last = 0; last < 2; last++) {
+        /* [echo, hang, echo] and then [echo, hang]: the hang sleeps 3 s, allowed 200 ms. */
+        const char *hang = last ? "hang2" : "hang1";
+        size_t l[3];
+        uint8_t *m[3];
+        uint64_t base = 100 + 10 * (uint64_t)last;
+        m[0] = encode_invoke(base, "echo", &in, 1, NULL, NULL, 0, &l[0]);
+        m[1] = encode_invoke(base + 1, hang, &in, 1, "sleep_ms", "3000", 200, &l[1]);
+        m[2] = encode_invoke(base + 2, "echo", &in, 1, NULL, NULL, 0, &l[2]);
+        uint32_t np = last ? 2 : 3;
+        wire_part parts[3];
+        for (uint32_t i = 0; i < np; i++)
+            parts[i] = (wire_part){m[i], l[i]};
+        size_t blen;
+        uint8_t *b = encode_bundle(base, parts, np, &blen);
+        uint64_t t0 = clock_now_us();
+        rpc_msg *msg = NULL;
+        assert_int_equal(rpc_call_sync(c, b, blen, 10000, &msg, &err), AICFN_OK);
+        uint64_t took_us = clock_now_us() - t0;
+        if (took_us >= 2500000)
+            fail_msg("bundle %d waited for its hung part: %llu us", last, (unsigned long long)took_us);
+        wire_doc doc;
+        assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(msg), rpc_msg_len(msg), NULL, &err), AICFN_OK);
+        wire_part out[3];
+        uint32_t n = 0;
+        assert_int_equal(wire_decode_bundle(&doc, "replies", out, 3, &n, &err), AICFN_OK);
+        assert_int_equal(n, np);
+        for (uint32_t i = 0; i < n; i++) {
+            wire_doc pd;
+            wire_invoke_reply rep;
+            assert_int_equal(wire_doc_parse(&pd, out[i].data, out[i].len, NULL, &err), AICFN_OK);
+            assert_int_equal(wire_decode_invoke_reply(&pd, &rep, &err), AICFN_OK);
+            assert_int_equal(rep.head.id, base + i);
+            if (i == 1) {
+                assert_false(rep.head.ok);
+                assert_int_equal(rep.head.code, AICFN_E_TIMEOUT);
+                assert_true(rep.head.overran);
+            } else {
+                assert_true(rep.head.ok);
+                assert_false(rep.head.overran);
+                assert_memory_equal(rep.outputs[0].data, x, sizeof x);
+            }
+            wire_doc_fini(&pd);
+        }
+        wire_doc_fini(&doc);
+        rpc_msg_free(msg);
+        free(b);
+        for (int i = 0; i < 3; i++)
+            free(m[i]);
+    }
+    rpc_client_close(c);
+    assert_int_equal(worker_drain(w, 10000), 0); /* the hung parts end, their late replies dropped */
+    worker_destroy(w);
+}
+
 /* A bundle whose first two replies fill its message but for a few bytes, and 62 small
  * calls after them: every slot is still answered, in a reply the gateway can receive
  * (the second reply gives way to AICFN_E_TOO_LARGE, keeping room for the rest). Before,
@@ -819,6 +895,7 @@ int main(void) {
         cmocka_unit_test(bad_config),
         cmocka_unit_test(bundle_parts_answered_in_order),
         cmocka_unit_test(bundle_reply_never_outgrows_the_message),
+        cmocka_unit_test(bundle_part_overrunning_its_deadline_is_answered_alone),
         cmocka_unit_test(empty_model_loads),
         cmocka_unit_test(batch_waiting_for_its_model_answers_each_deadline),
     };
