@@ -801,6 +801,9 @@ static size_t gw_view_locked(gw_gateway *gw, const gw_worker *skip, gw_route_wor
     for (gw_worker *w = gw->workers; w && n < GW_MAX_VIEW; w = w->next) {
         if (w->state == GW_WORKER_DEAD || w->state == GW_WORKER_DRAINING) continue;
         if (w == skip) continue;
+        /* A registered worker that has not answered its first status may never (a wrong
+         * address): no call waits on it. A local one starting is the pool's own. */
+        if (w->state == GW_WORKER_STARTING && w->pool_id == 0 && w->addr[0]) continue;
         gw_worker_route_view(w, &view[n]);
         ws[n++] = w;
     }
@@ -928,6 +931,25 @@ static void gw_worker_read_fault_note(gw_worker *w) {
     free(w->fault_ids);
     w->fault_ids = ids;
     w->n_fault_ids = n;
+}
+
+/* Fails the calls waiting for starting worker w whose deadline passed (lock held). */
+static void gw_expire_pending_locked(gw_worker *w, uint64_t now, gw_actions *a) {
+    gw_call **pc = &w->pending_head, *prev = NULL;
+    while (*pc) {
+        gw_call *c = *pc;
+        if (c->deadline_us > now) {
+            prev = c;
+            pc = &c->next;
+            continue;
+        }
+        *pc = c->next;
+        if (w->pending_tail == c) w->pending_tail = prev;
+        if (!c->preload) w->pending_calls--;
+        c->worker = NULL;
+        gw_fail_locked(a, c, AICFN_E_TIMEOUT, "function %s:%u: worker %s was not ready within %u ms",
+                       c->fn->name, c->fn->ver, w->name, c->timeout_ms);
+    }
 }
 
 /* A worker is gone: its pending calls (never sent) are routed again. */
@@ -2036,6 +2058,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
             log_warn("worker %s failed to start", w->name);
             gw_worker_dead_locked(gw, w, a);
         }
+        if (w->state == GW_WORKER_STARTING && w->pending_head) gw_expire_pending_locked(w, now, a);
         if (w->state == GW_WORKER_READY && w->pool_id && w->in_flight == 0 && !w->pending_head &&
             now - w->last_call_us >= gw->idle_timeout_us && serving > gw->min_workers && !gw->stopping &&
             !gw_worker_keeps_warm_locked(gw, w)) {

@@ -868,6 +868,37 @@ def test_calls_refused_by_a_draining_worker_go_elsewhere(procs, tmp_path):
     assert counts.read_text().split().count(str(r["id"])) == 1  # ran once, on the other worker
 
 
+def test_calls_never_wait_on_a_registered_worker_that_never_answers(procs, tmp_path):
+    """A worker registered at an address nobody listens on never answers its first status:
+    calls go to the workers that are ready, not into a wait on it that outlasts their
+    deadlines."""
+    sleep_so = handler("test_sleep")
+    write_manifest(tmp_path / "nm", f"name: nm\nhandler: {sleep_so}\nlimits: {{ timeout: 3s }}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    deploy(addr, tmp_path / "nm")
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    assert call(addr, invoke_msg("nm", [x]), timeout_ms=20000)["ok"]
+    r = call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(),
+                    "addr": f"tcp://127.0.0.1:{free_port()}", "name": "ghost"})
+    assert r["ok"], r
+    res = {}
+    t0 = time.monotonic()
+
+    def one(k):
+        m = invoke_msg("nm", [tensor("x", np.array([k], dtype=np.float32))], params={"sleep_ms": "100"})
+        res[k] = (call(addr, m, timeout_ms=20000), time.monotonic() - t0)
+
+    ts = [threading.Thread(target=one, args=(k,)) for k in range(4)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=30)
+    assert len(res) == 4
+    for k, (r, took) in res.items():
+        assert r["ok"], (k, r, took)
+        assert took < 10, (k, took)
+
+
 def test_stuck_worker_is_killed_and_replaced(procs, tmp_path):
     sleep_so = handler("test_sleep")
     write_manifest(tmp_path / "stuck", f"name: stuck\nhandler: {sleep_so}\nlimits: {{ timeout: 1s }}\n")
