@@ -299,14 +299,22 @@ int cli_cmd_worker(int argc, char **argv) {
         worker_destroy(w);
         goto out;
     }
-    if (gateway && cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), &err) != AICFN_OK) {
-        rc = cli_fail(&err);
-        worker_drain(w, 1000);
-        worker_destroy(w);
-        goto out;
+    bool registered = true; /* false from a failed renewal until one succeeds */
+    if (gateway) {
+        int r = cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), &err);
+        if (r == AICFN_E_EXISTS) {
+            /* A run of this worker before a quick restart is still registered at this
+             * address: the gateway's link to it reconnects to this process, which it is
+             * now (renewals keep the registration). */
+            log_info("gateway %s: %s; it reaches this worker there", gateway, err.msg);
+        } else if (r != AICFN_OK) {
+            rc = cli_fail(&err);
+            worker_drain(w, 1000);
+            worker_destroy(w);
+            goto out;
+        }
     }
     int sig = 0;
-    bool registered = true; /* false from a failed renewal until one succeeds */
     for (;;) {
         struct timespec period = {.tv_sec = AICFN_REGISTER_RENEW_MS / 1000,
                                   .tv_nsec = (long)(AICFN_REGISTER_RENEW_MS % 1000) * 1000000L};
@@ -318,7 +326,7 @@ int cli_cmd_worker(int argc, char **argv) {
             log_info("registered again with gateway %s (it did not know this worker)", gateway);
             registered = true;
         } else if (r == AICFN_E_EXISTS) {
-            registered = true;
+            registered = true; /* it knows this worker: a renewal's usual answer */
         } else if (registered) {
             log_warn("renewing the registration with gateway %s: %s (trying again every %d s)", gateway,
                      err.msg, AICFN_REGISTER_RENEW_MS / 1000);

@@ -340,6 +340,31 @@ def test_remote_worker_rejoins_a_restarted_gateway(procs, tmp_path):
     assert "registered again with gateway" in w.stderr()
 
 
+def test_remote_worker_restarted_at_once_serves_again(procs, tmp_path):
+    """A remote worker killed (-9) and started again at once, same address and id, before
+    the gateway noticed: its registration is refused as already known, and it runs on (the
+    gateway's link to that address reaches the new process) and serves calls."""
+    addr, data, g = gateway_with(procs, tmp_path, workers="0..0")
+    deploy(addr, ROOT / "examples" / "echo")
+    w, cwd, cache = start_remote_worker(procs, tmp_path, addr)
+    x = np.arange(3, dtype=np.float32)
+    assert call(addr, invoke_msg("echo", [tensor("x", x)]), timeout_ms=20000)["ok"]
+    w.p.kill()
+    w.p.wait(timeout=10)
+    w2 = procs.start([aicfn_bin(), "worker", "--listen", w.addr, "--device", "host", "--memory", "64MiB", "--id",
+                      "remote1", "--gateway", addr, "--cache-dir", cache], name="remote1-again", cwd=cwd)
+    wait_for(lambda: "it reaches this worker there" in w2.stderr() or w2.poll() is not None, 15, interval=0.05,
+             what="the restarted worker to register")
+    assert w2.poll() is None, w2.stderr()[-2000:]
+
+    def served():
+        r = call(addr, invoke_msg("echo", [tensor("x", x * 3)]), timeout_ms=5000)
+        return r["ok"] and np.array_equal(output(r, "x"), x * 3)
+
+    wait_for(served, 20, interval=0.2, what="a call served after the restart")
+    assert w2.poll() is None
+
+
 def test_registered_worker_whose_first_status_fails_is_dropped(procs, tmp_path):
     """A registered worker whose first status poll fails (here: a reply that is not
     msgpack) is dropped at once. Only ready and draining workers are polled again, so it
