@@ -35,8 +35,9 @@ static void us_help(FILE *out) {
         out,
         "usage: aicfn usage [--since DUR] [--tenant T] [--json] [--price-per-gpu-second P] [--data-dir DIR]\n"
         "\n"
-        "Per tenant and function, from the invocation ledger: calls, errors, GPU-seconds, cold-start\n"
-        "seconds and cost (GPU-seconds x price), then the totals.\n"
+        "Per tenant and function, from the invocation ledger: calls, errors, GPU-seconds (each\n"
+        "batch's handler time split across its calls), cold-start seconds (each cold batch's wait\n"
+        "for its model, split the same way) and cost (GPU-seconds x price), then the totals.\n"
         "  --since DUR                only calls in the last DUR (e.g. 24h, 30m; default: all)\n"
         "  --tenant T                 only tenant T\n"
         "  --price-per-gpu-second P   price of one GPU-second (default: $AICFN_PRICE_PER_GPU_S, else 0)\n"

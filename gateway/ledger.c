@@ -592,7 +592,8 @@ json_t *gw_coldstarts_to_json(const gw_coldstart_summary *s, size_t n) {
 
 #define LED_USAGE_SUMS                                                                                       \
     "count(*), coalesce(sum(status != 'AICFN_OK'), 0), coalesce(sum(gpu_us), 0), "                           \
-    "coalesce(sum(CASE WHEN cold = 1 THEN load_us ELSE 0 END), 0), coalesce(sum(cold), 0), "                 \
+    "coalesce(sum(CASE WHEN cold = 1 THEN (load_us + batch_size - 1) / batch_size ELSE 0 END), 0), "         \
+    "coalesce(sum(cold), 0), "                                                                               \
     "coalesce(sum(bytes_in), 0), coalesce(sum(bytes_out), 0)"
 
 static void led_usage_fill(sqlite3_stmt *st, int col, gw_usage_row *r) {

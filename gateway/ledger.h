@@ -207,7 +207,8 @@ typedef struct gw_usage_row {
     uint64_t calls;
     uint64_t errors;  /* status != AICFN_OK */
     uint64_t gpu_us;  /* sum of gpu_us */
-    uint64_t cold_us; /* sum of load_us over cold calls */
+    uint64_t cold_us; /* model-load wait over cold calls, each cold batch's load_us split
+                         across its calls like gpu_us (ceil(load_us / batch_size)) */
     uint64_t cold_calls;
     uint64_t bytes_in, bytes_out;
 } gw_usage_row;
