@@ -484,6 +484,12 @@ static bool gw_crash_charged(gw_gateway *gw, const gw_worker *w, const gw_call *
 
 /* ---- Records -------------------------------------------------------------------- */
 
+/* a + b, UINT64_MAX when that overflows: worker timings are the wire's, so a sum of them
+ * must not wrap to a small number before the ledger caps it (AICFN_LEDGER_AMOUNT_MAX). */
+static uint64_t gw_add_sat(uint64_t a, uint64_t b) {
+    return a > UINT64_MAX - b ? UINT64_MAX : a + b;
+}
+
 static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_reply *rep, size_t bytes_out,
                       uint64_t spawn_us) {
     if (c->preload) return; /* not an invocation */
@@ -502,7 +508,7 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         .batch_size = rep ? rep->batch : 0,
         .bytes_in = c->bytes_in,
         .bytes_out = bytes_out,
-        .queue_us = gw_queue + (rep ? rep->timing.queue_us : 0),
+        .queue_us = gw_add_sat(gw_queue, rep ? rep->timing.queue_us : 0),
         .load_us = rep ? rep->timing.load_us : 0,
         .exec_us = rep ? rep->timing.exec_us : 0,
         .total_us = now - c->received_us,
@@ -545,8 +551,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
     const wire_timing *t = &rep->timing;
     /* A call that waited for its worker to start was held for the spawn: not queueing. */
     gw_queue = gw_queue > spawn_us ? gw_queue - spawn_us : 0;
-    uint64_t total = spawn_us + gw_queue + t->queue_us + t->load_us;
-    if (t->init_us > t->load_us) total += t->init_us; /* init outside the load wait */
+    uint64_t total = gw_add_sat(gw_add_sat(spawn_us, gw_queue), gw_add_sat(t->queue_us, t->load_us));
+    if (t->init_us > t->load_us) total = gw_add_sat(total, t->init_us); /* init outside the load wait */
     gw_cold_start_record cs = {
         .function = c->fn->name,
         .version = c->fn->ver,
@@ -555,7 +561,7 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         .compressed_bytes = rep->coldstart.compressed_bytes,
         .raw_bytes = rep->coldstart.raw_bytes,
         .spawn_us = spawn_us,
-        .queue_us = gw_queue + t->queue_us,
+        .queue_us = gw_add_sat(gw_queue, t->queue_us),
         .fetch_us = t->fetch_us,
         .read_us = t->read_us,
         .decompress_us = t->decompress_us,
