@@ -483,6 +483,13 @@ int snap_pack_set(const snap_st_set *set, const char *out_path, const snap_pack_
         wr_tensor *t = &job.tensors[i];
         t->src = snap_st_tensor_at(set, i);
         t->index = i;
+        if (cur > UINT64_MAX - AICFN_SNAP_ALIGN ||
+            t->src->nbytes >
+                UINT64_MAX - ((cur + AICFN_SNAP_ALIGN - 1) & ~(uint64_t)(AICFN_SNAP_ALIGN - 1))) {
+            rc = aicfn_error_set(err, AICFN_E_TOO_LARGE,
+                                 "tensor '%s': the tensors add up to more than 2^64 bytes", t->src->name);
+            goto out;
+        }
         t->offset = (cur + AICFN_SNAP_ALIGN - 1) & ~(uint64_t)(AICFN_SNAP_ALIGN - 1);
         cur = t->offset + t->src->nbytes;
         raw_bytes += t->src->nbytes;
