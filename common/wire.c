@@ -864,6 +864,48 @@ static int wire_decode_timing(const msgpack_object *o, wire_timing *t, aicfn_err
  * invoke reply
  * --------------------------------------------------------------------------------- */
 
+/* `cs`: the cold-start record of the call (or preload) that made a load. */
+static void wire_put_coldstart(wire_writer *w, const wire_coldstart *c) {
+    wire_put_str(w, "cs");
+    wire_put_map(w, 3);
+    wire_kv_u64(w, "cbytes", c->compressed_bytes);
+    wire_kv_u64(w, "rbytes", c->raw_bytes);
+    wire_put_str(w, "evicted");
+    wire_put_array(w, c->n_evicted);
+    for (uint32_t i = 0; i < c->n_evicted; i++)
+        wire_put_str(w, c->evicted[i]);
+}
+
+/* The optional `cs` of map `root`: *has set when present. */
+static int wire_decode_coldstart(wire_doc *doc, const msgpack_object *root, bool *has, wire_coldstart *c,
+                                 aicfn_error *err) {
+    const msgpack_object *o = NULL;
+    int rc = wire_get_map(root, NULL, "cs", false, &o, err);
+    if (rc || !o) return rc;
+    *has = true;
+    if ((rc = wire_get_u64(o, "cs", "cbytes", false, &c->compressed_bytes, err))) return rc;
+    if ((rc = wire_get_u64(o, "cs", "rbytes", false, &c->raw_bytes, err))) return rc;
+    const msgpack_object *ev = NULL;
+    if ((rc = wire_get_array(o, "cs", "evicted", false, &ev, err))) return rc;
+    if (ev) {
+        uint32_t n = ev->via.array.size;
+        if (n > WIRE_MAX_EVICTED)
+            return aicfn_error_set(err, AICFN_E_PROTOCOL, "cs.evicted: %u names exceed the limit of %d", n,
+                                   WIRE_MAX_EVICTED);
+        const char **names = wire_doc_alloc(doc, (n ? n : 1) * sizeof *names);
+        if (names == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "cs.evicted");
+        for (uint32_t i = 0; i < n; i++) {
+            char what[48];
+            snprintf(what, sizeof what, "cs.evicted[%u]", i);
+            if ((rc = wire_obj_cstr(doc, &ev->via.array.ptr[i], what, AICFN_MAX_NAME_BYTES, &names[i], err)))
+                return rc;
+        }
+        c->n_evicted = n;
+        c->evicted = names;
+    }
+    return AICFN_OK;
+}
+
 int wire_encode_invoke_reply(wire_writer *w, const wire_invoke_reply *rep, aicfn_error *err) {
     const wire_reply_head *h = &rep->head;
     int rc;
@@ -894,17 +936,7 @@ int wire_encode_invoke_reply(wire_writer *w, const wire_invoke_reply *rep, aicfn
     wire_put_timing(w, &rep->timing);
     if (rep->batch) wire_kv_u64(w, "batch", rep->batch);
     if (rep->cached) wire_kv_bool(w, "cached", true);
-    if (rep->has_coldstart) {
-        const wire_coldstart *c = &rep->coldstart;
-        wire_put_str(w, "cs");
-        wire_put_map(w, 3);
-        wire_kv_u64(w, "cbytes", c->compressed_bytes);
-        wire_kv_u64(w, "rbytes", c->raw_bytes);
-        wire_put_str(w, "evicted");
-        wire_put_array(w, c->n_evicted);
-        for (uint32_t i = 0; i < c->n_evicted; i++)
-            wire_put_str(w, c->evicted[i]);
-    }
+    if (rep->has_coldstart) wire_put_coldstart(w, &rep->coldstart);
     if (rep->has_st) {
         wire_put_str(w, "st");
         wire_put_summary(w, &rep->st);
@@ -928,33 +960,7 @@ int wire_decode_invoke_reply(wire_doc *doc, wire_invoke_reply *rep, aicfn_error 
     const msgpack_object *o = NULL;
     if ((rc = wire_get_map(root, NULL, "timing", false, &o, err))) return rc;
     if (o && (rc = wire_decode_timing(o, &rep->timing, err))) return rc;
-    o = NULL;
-    if ((rc = wire_get_map(root, NULL, "cs", false, &o, err))) return rc;
-    if (o) {
-        wire_coldstart *c = &rep->coldstart;
-        rep->has_coldstart = true;
-        if ((rc = wire_get_u64(o, "cs", "cbytes", false, &c->compressed_bytes, err))) return rc;
-        if ((rc = wire_get_u64(o, "cs", "rbytes", false, &c->raw_bytes, err))) return rc;
-        const msgpack_object *ev = NULL;
-        if ((rc = wire_get_array(o, "cs", "evicted", false, &ev, err))) return rc;
-        if (ev) {
-            uint32_t n = ev->via.array.size;
-            if (n > WIRE_MAX_EVICTED)
-                return aicfn_error_set(err, AICFN_E_PROTOCOL, "cs.evicted: %u names exceed the limit of %d",
-                                       n, WIRE_MAX_EVICTED);
-            const char **names = wire_doc_alloc(doc, (n ? n : 1) * sizeof *names);
-            if (names == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "cs.evicted");
-            for (uint32_t i = 0; i < n; i++) {
-                char what[48];
-                snprintf(what, sizeof what, "cs.evicted[%u]", i);
-                if ((rc = wire_obj_cstr(doc, &ev->via.array.ptr[i], what, AICFN_MAX_NAME_BYTES, &names[i],
-                                        err)))
-                    return rc;
-            }
-            c->n_evicted = n;
-            c->evicted = names;
-        }
-    }
+    if ((rc = wire_decode_coldstart(doc, root, &rep->has_coldstart, &rep->coldstart, err))) return rc;
     o = NULL;
     if ((rc = wire_get_map(root, NULL, "st", false, &o, err))) return rc;
     if (o) {
@@ -976,11 +982,21 @@ int wire_encode_status_req(wire_writer *w, uint64_t id, aicfn_error *err) {
     return wire_writer_status(w, err);
 }
 
-int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_status *st, aicfn_error *err) {
+int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_status *st,
+                             const wire_load_record *load, aicfn_error *err) {
     if (st->n_queues > WIRE_MAX_QUEUES || st->summary.n_models > WIRE_MAX_MODELS)
         return aicfn_error_set(err, AICFN_E_INVALID, "status: %u queues / %u models exceed the limits",
                                st->n_queues, st->summary.n_models);
-    wire_put_map(w, 4);
+    if (load && load->coldstart.n_evicted > WIRE_MAX_EVICTED)
+        return aicfn_error_set(err, AICFN_E_INVALID, "status: %u evicted models exceed the limit",
+                               load->coldstart.n_evicted);
+    wire_put_map(w, 4 + (load ? 2 + (load->has_coldstart ? 1 : 0) : 0));
+    if (load) {
+        wire_kv_bool(w, "cold", load->cold);
+        wire_put_str(w, "timing");
+        wire_put_timing(w, &load->timing);
+        if (load->has_coldstart) wire_put_coldstart(w, &load->coldstart);
+    }
     wire_kv_u64(w, "v", AICFN_PROTOCOL_VERSION);
     wire_kv_u64(w, "id", id);
     wire_kv_bool(w, "ok", true);
@@ -1017,6 +1033,12 @@ int wire_decode_status_reply(wire_doc *doc, wire_status_reply *rep, aicfn_error 
     memset(rep, 0, sizeof *rep);
     int rc = wire_decode_reply_head(doc, &rep->head, err);
     if (rc || !rep->head.ok) return rc;
+    wire_load_record *ld = &rep->load;
+    if ((rc = wire_get_bool(&doc->root, NULL, "cold", false, &ld->cold, err))) return rc;
+    const msgpack_object *t = NULL;
+    if ((rc = wire_get_map(&doc->root, NULL, "timing", false, &t, err))) return rc;
+    if (t && (rc = wire_decode_timing(t, &ld->timing, err))) return rc;
+    if ((rc = wire_decode_coldstart(doc, &doc->root, &ld->has_coldstart, &ld->coldstart, err))) return rc;
     const msgpack_object *w;
     if ((rc = wire_get_map(&doc->root, NULL, "w", true, &w, err))) return rc;
     wire_worker_status *s = &rep->w;

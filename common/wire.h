@@ -445,15 +445,27 @@ typedef struct wire_worker_status {
     wire_worker_counters counters;
 } wire_worker_status;
 
+/* The load a preload made (docs/protocol.md §10): its answer is a status reply with these
+ * too, so that the gateway records the cold start. */
+typedef struct wire_load_record {
+    bool cold;           /* the preload loaded the model (false: it was resident) */
+    wire_timing timing;  /* load_us (the wait), fetch/read/decompress/filter/copy */
+    bool has_coldstart;  /* this preload made the load (not joined another's) */
+    wire_coldstart coldstart;
+} wire_load_record;
+
 typedef struct wire_status_reply {
     wire_reply_head head;
     wire_worker_status w; /* set when head.ok */
+    wire_load_record load; /* a preload's answer: what it loaded (all zero otherwise) */
 } wire_status_reply;
 
 /* {v, t:"status", id} */
 int wire_encode_status_req(wire_writer *w, uint64_t id, aicfn_error *err);
-/* {v, id, ok:true, w:{...}} */
-int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_status *st, aicfn_error *err);
+/* {v, id, ok:true, w:{...}}, plus cold, timing and cs when `load` is not NULL (a
+ * preload's answer). */
+int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_status *st,
+                             const wire_load_record *load, aicfn_error *err);
 /* Decodes a status reply (ok or error); AICFN_OK whenever well formed. */
 int wire_decode_status_reply(wire_doc *doc, wire_status_reply *rep, aicfn_error *err);
 

@@ -490,6 +490,9 @@ static uint64_t gw_add_sat(uint64_t a, uint64_t b) {
     return a > UINT64_MAX - b ? UINT64_MAX : a + b;
 }
 
+static void gw_record_cold_start(gw_gateway *gw, gw_call *c, const wire_timing *t, const wire_coldstart *rc,
+                                 uint64_t spawn_us);
+
 static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_reply *rep, size_t bytes_out,
                       uint64_t spawn_us) {
     if (c->preload) return; /* not an invocation */
@@ -516,7 +519,15 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
     };
     gw_ledger_submit_invocation(gw->ledger, &r);
     gw_stdmetrics_call(&gw->std, r.function, r.version, code, r.total_us);
-    if (!rep || !rep->has_coldstart || !c->fn) return;
+    if (rep && rep->has_coldstart) gw_record_cold_start(gw, c, &rep->timing, &rep->coldstart, spawn_us);
+}
+
+/* The cold_starts row of the load call (or preload) c made, from its worker's timing t
+ * and record rc (lock NOT held). */
+static void gw_record_cold_start(gw_gateway *gw, gw_call *c, const wire_timing *t, const wire_coldstart *rc,
+                                 uint64_t spawn_us) {
+    if (!c->fn) return;
+    uint64_t gw_queue = c->dispatched_us > c->received_us ? c->dispatched_us - c->received_us : 0;
     const char *ev[WIRE_MAX_EVICTED];
     char evbuf[16][AICFN_FN_NAME_MAX_BYTES + 16];
     size_t n_ev = 0;
@@ -526,8 +537,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
     /* A reload soon after this model's eviction is a thrash reload. */
     if (c->fn->evicted_us && wall - c->fn->evicted_us <= AICFN_THRASH_WINDOW_US) thrash = true;
     c->fn->evicted_us = 0;
-    for (uint32_t i = 0; i < rep->coldstart.n_evicted && n_ev < WIRE_MAX_EVICTED; i++) {
-        const char *key = rep->coldstart.evicted[i];
+    for (uint32_t i = 0; i < rc->n_evicted && n_ev < WIRE_MAX_EVICTED; i++) {
+        const char *key = rc->evicted[i];
         ev[n_ev] = key;
         for (gw_fn *f = gw->fns; f; f = f->next)
             if (key && strcmp(f->key, key) == 0) {
@@ -548,7 +559,6 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         const char *fl[] = {c->fn->name};
         gw_metric_add(gw->std.thrash_reloads, fl, 1);
     }
-    const wire_timing *t = &rep->timing;
     /* A call that waited for its worker to start was held for the spawn: not queueing. */
     gw_queue = gw_queue > spawn_us ? gw_queue - spawn_us : 0;
     uint64_t total = gw_add_sat(gw_add_sat(spawn_us, gw_queue), gw_add_sat(t->queue_us, t->load_us));
@@ -558,8 +568,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         .version = c->fn->ver,
         .worker = c->worker_name[0] ? c->worker_name : NULL,
         .device = c->worker_device[0] ? c->worker_device : NULL,
-        .compressed_bytes = rep->coldstart.compressed_bytes,
-        .raw_bytes = rep->coldstart.raw_bytes,
+        .compressed_bytes = rc->compressed_bytes,
+        .raw_bytes = rc->raw_bytes,
         .spawn_us = spawn_us,
         .queue_us = gw_add_sat(gw_queue, t->queue_us),
         .fetch_us = t->fetch_us,
@@ -1038,13 +1048,21 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
             rc = rep.head.code;
             snprintf(e.msg, sizeof e.msg, "worker %s: %s", w->name, rep.head.message);
         }
+        uint64_t spawn_us = 0;
         pthread_mutex_lock(&gw->mu);
         gw_call_left_locked(w, c);
         if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
         w->last_call_us = now;
         if (rc == AICFN_OK) gw_apply_summary_locked(gw, w, &rep.w.summary, now);
+        if (rc == AICFN_OK && rep.load.has_coldstart && c->spawned && !w->spawn_attributed) {
+            spawn_us = w->spawn_us;
+            w->spawn_attributed = true;
+        }
         gw_pump_locked(gw, &a);
         pthread_mutex_unlock(&gw->mu);
+        /* A preload's load is a cold start too (keep-warm, repository load). */
+        if (rc == AICFN_OK && rep.load.has_coldstart)
+            gw_record_cold_start(gw, c, &rep.load.timing, &rep.load.coldstart, spawn_us);
         wire_doc_fini(&doc);
         rpc_msg_free(reply);
         if (rc == AICFN_OK)

@@ -215,7 +215,7 @@ static void worker_reply_error(rpc_call *call, uint64_t id, int code, const char
     wire_writer_fini(&wr);
 }
 
-static void worker_reply_status(worker *w, rpc_call *call, uint64_t id) {
+static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wire_load_record *load) {
     static const size_t cap = AICFN_WORKER_STATUS_MODELS;
     wire_model_status *models = calloc(cap, sizeof *models);
     loader_cache_entry_status *ents = calloc(cap, sizeof *ents);
@@ -262,7 +262,7 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id) {
     wire_writer wr;
     wire_writer_init(&wr);
     aicfn_error err;
-    if (wire_encode_status_reply(&wr, id, &st, &err) != AICFN_OK) {
+    if (wire_encode_status_reply(&wr, id, &st, load, &err) != AICFN_OK) {
         wire_writer_fini(&wr);
         worker_reply_error(call, id, err.code, err.msg);
     } else {
@@ -1060,7 +1060,7 @@ typedef struct worker_preload {
     worker *w;
     rpc_call *call;
     uint64_t id;
-    uint64_t deadline_us;
+    uint64_t received_us, deadline_us;
     bool keep; /* loader_cache_keep instead of loader_cache_preload */
     char key[AICFN_MAX_NAME_BYTES];
     char path[PATH_MAX];
@@ -1084,10 +1084,35 @@ static void *worker_preload_main(void *arg) {
     pthread_mutex_lock(&w->mu);
     if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
-    if (rc == AICFN_OK)
-        worker_reply_status(w, p->call, p->id);
-    else
+    if (rc == AICFN_OK) {
+        /* What it loaded, for the gateway's cold_starts: a preload's load is a cold start
+         * like an invocation's (a joined one is recorded by whoever made it). */
+        wire_load_record load = {.cold = info.cold != 0};
+        const char *evicted[LOADER_MAX_REPORTED_EVICTIONS];
+        if (info.cold) {
+            load.timing = (wire_timing){.load_us = info.wait_us,
+                                        .fetch_us = info.timing.fetch_us,
+                                        .read_us = info.timing.read_us,
+                                        .decompress_us = info.timing.decompress_us,
+                                        .filter_us = info.timing.filter_us,
+                                        .copy_us = info.timing.copy_us,
+                                        .total_us = clock_now_us() - p->received_us};
+        }
+        if (info.cold && !info.joined) {
+            load.has_coldstart = true;
+            load.coldstart.compressed_bytes = info.timing.compressed_bytes;
+            load.coldstart.raw_bytes = info.timing.raw_bytes;
+            uint32_t ne = info.n_evictions < LOADER_MAX_REPORTED_EVICTIONS ? info.n_evictions
+                                                                           : LOADER_MAX_REPORTED_EVICTIONS;
+            for (uint32_t i = 0; i < ne; i++)
+                evicted[i] = info.evictions[i].key;
+            load.coldstart.n_evicted = ne;
+            load.coldstart.evicted = evicted;
+        }
+        worker_reply_status(w, p->call, p->id, &load);
+    } else {
         worker_reply_fail(w, p->call, p->id, rc, err.msg);
+    }
     free(p);
     return NULL;
 }
@@ -1118,7 +1143,7 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
             log_info("worker %s: model %s %s", w->id, key,
                      keep_only ? "no longer kept resident" : "unloaded");
         if (rc == AICFN_OK || rc == AICFN_E_NOT_FOUND)
-            worker_reply_status(w, call, h->id);
+            worker_reply_status(w, call, h->id, NULL);
         else
             worker_reply_fail(w, call, h->id, rc, err.msg);
         return;
@@ -1127,7 +1152,7 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
         /* Keeping a model already resident loads nothing: allowed. */
         if (keep && loader_cache_keep_resident(w->cache, key, NULL) == AICFN_OK) {
             log_info("worker %s: model %s kept resident", w->id, key);
-            worker_reply_status(w, call, h->id);
+            worker_reply_status(w, call, h->id, NULL);
             return;
         }
         worker_reply_fail(w, call, h->id, AICFN_E_FORBIDDEN,
@@ -1157,6 +1182,7 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
     p->w = w;
     p->call = call;
     p->id = h->id;
+    p->received_us = rpc_call_received_us(call);
     p->deadline_us = clock_now_us() + (uint64_t)(deadline_ms ? deadline_ms : AICFN_DEFAULT_TIMEOUT_MS) * 1000;
     p->keep = keep;
     snprintf(p->key, sizeof p->key, "%s", key);
@@ -1277,7 +1303,7 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
     }
     if (strcmp(h.t, WIRE_T_STATUS) == 0) {
         worker_req_free(r);
-        worker_reply_status(w, out.call, h.id);
+        worker_reply_status(w, out.call, h.id, NULL);
         return;
     }
     if (strcmp(h.t, "preload") == 0 || strcmp(h.t, "unload") == 0) {

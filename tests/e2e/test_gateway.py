@@ -991,6 +991,12 @@ def test_scaling_min_workers_keeps_a_worker_warm(procs, tmp_path):
     # The first call finds it loaded.
     r = call(addr, invoke_msg("warmfn", [x]), timeout_ms=30000)
     assert r["ok"] and r["cold"] is False, r
+    # The keep-warm load was a cold start like any other: one cold_starts row, with the
+    # spawn of the worker it started and its phases.
+    assert cold_start_count(addr, data, "warmfn") == 1
+    (spawn_us, raw, total), = db_rows(data, "SELECT spawn_us, raw_bytes, total_us FROM cold_starts "
+                                            "WHERE function = 'warmfn'")
+    assert spawn_us > 0 and raw > 0 and total >= spawn_us, (spawn_us, raw, total)
     # `aicfn ls --json` shows the scaling in effect.
     ls = {f["name"]: f for f in json.loads(run_cli(["ls", "--gateway", addr, "--json"]).stdout)}
     assert ls["warmfn"]["scaling"] == {"min_workers": 1, "max_workers": 2, "idle_timeout_us": 300_000_000}

@@ -45,12 +45,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             sink += strlen(st.w.queues[i].fn);
         wire_writer w;
         wire_writer_init(&w);
-        if (wire_encode_status_reply(&w, st.head.id, &st.w, &err) == AICFN_OK) {
+        if (wire_encode_status_reply(&w, st.head.id, &st.w, &st.load, &err) == AICFN_OK) {
             wire_doc d2;
             wire_status_reply s2;
             if (wire_doc_parse(&d2, w.data, w.len, NULL, &err) != AICFN_OK) abort();
             if (wire_decode_status_reply(&d2, &s2, &err) != AICFN_OK) abort();
             if (s2.w.n_queues != st.w.n_queues || s2.w.summary.n_models != st.w.summary.n_models) abort();
+            if (s2.load.coldstart.n_evicted != st.load.coldstart.n_evicted) abort();
             wire_doc_fini(&d2);
         }
         wire_writer_fini(&w);

@@ -391,7 +391,7 @@ static void status_round_trip(void **state) {
         .queues = q,
         .counters = {.invocations = 10, .errors = 1, .cold_starts = 2, .evictions = 3, .batches = 4}};
     wire_writer_reset(&w);
-    assert_int_equal(wire_encode_status_reply(&w, 12, &st, NULL), AICFN_OK);
+    assert_int_equal(wire_encode_status_reply(&w, 12, &st, NULL, NULL), AICFN_OK);
     assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
     wire_status_reply r;
     aicfn_error e;
@@ -410,6 +410,29 @@ static void status_round_trip(void **state) {
     assert_int_equal(r.w.queues[0].queued, 4);
     assert_int_equal(r.w.counters.evictions, 3);
     assert_int_equal(r.w.counters.batches, 4);
+    assert_false(r.load.cold);
+    assert_false(r.load.has_coldstart);
+    wire_doc_fini(&doc);
+
+    /* A preload's answer: the same, with the load it made. */
+    const char *ev[2] = {"old1", "old2"};
+    wire_load_record ld = {
+        .cold = true,
+        .timing = {.load_us = 900, .read_us = 10, .decompress_us = 700, .copy_us = 50},
+        .has_coldstart = true,
+        .coldstart = {.compressed_bytes = 1000, .raw_bytes = 4000, .n_evicted = 2, .evicted = ev}};
+    wire_writer_reset(&w);
+    assert_int_equal(wire_encode_status_reply(&w, 13, &st, &ld, NULL), AICFN_OK);
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    assert_int_equal(wire_decode_status_reply(&doc, &r, &e), AICFN_OK);
+    assert_int_equal(r.w.n_queues, 2);
+    assert_true(r.load.cold);
+    assert_int_equal(r.load.timing.load_us, 900);
+    assert_int_equal(r.load.timing.decompress_us, 700);
+    assert_true(r.load.has_coldstart);
+    assert_int_equal(r.load.coldstart.raw_bytes, 4000);
+    assert_int_equal(r.load.coldstart.n_evicted, 2);
+    assert_string_equal(r.load.coldstart.evicted[1], "old2");
     wire_doc_fini(&doc);
     wire_writer_fini(&w);
 }
