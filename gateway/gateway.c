@@ -760,19 +760,34 @@ static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) 
     uint32_t max = b ? AICFN_BUNDLE_MAX_CALLS : 1; /* out of memory: one call alone */
     gw_call *taken[AICFN_BUNDLE_MAX_CALLS];
     uint32_t n = 0;
+    uint64_t now = clock_now_us();
     while (w->outbox_head && n < max &&
            (n == 0 || bytes + w->outbox_head->wreq_len <= AICFN_BUNDLE_MAX_BYTES)) {
         gw_call *c = w->outbox_head;
         w->outbox_head = c->next;
         c->next = NULL;
+        w->outbox_n--;
+        /* Its deadline_ms was set when it was routed: what is left of it now, or nothing. */
+        if (now >= c->deadline_us) {
+            gw_call_left_locked(w, c);
+            gw_fail_locked(a, c, AICFN_E_TIMEOUT,
+                           "function %s:%u: deadline of %u ms passed before a worker was free", c->fn->name,
+                           c->fn->ver, c->timeout_ms);
+            continue;
+        }
+        uint32_t left_ms = (uint32_t)((c->deadline_us - now + 999) / 1000);
+        if (left_ms < c->timeout_ms) gw_patch_deadline(c, left_ms);
         bytes += c->wreq_len;
         taken[n++] = c;
     }
-    w->outbox_n -= n;
     if (w->outbox_head == NULL)
         w->outbox_tail = NULL;
     else
-        w->outbox_since_us = clock_now_us();
+        w->outbox_since_us = now;
+    if (n == 0) {
+        free(b);
+        return;
+    }
     w->short_msgs++;
     if (n == 1) {
         free(b);
