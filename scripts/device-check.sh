@@ -142,7 +142,7 @@ prepare_minilm() {
     for m in minilm minilm-bf16; do
         [ -f "bench/.cache/$m/model.safetensors" ] || { echo "run bench/setup_data.sh first" >&2; exit 2; }
     done
-    grep -qx '/.devmini[12]/' "$(git rev-parse --git-path info/exclude)" 2>/dev/null ||
+    grep -qxF '/.devmini[12]/' "$(git rev-parse --git-path info/exclude)" 2>/dev/null ||
         echo '/.devmini[12]/' >>"$(git rev-parse --git-path info/exclude)"
     t=$(mktemp -d /tmp/device-check-minilm-XXXXXX)
     mkdir -p "$t/minilm" "$t/minilm-bf16"
