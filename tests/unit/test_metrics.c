@@ -256,7 +256,7 @@ static void stdmetrics_pass_promtool(void **state) {
     if (rc == -1) {
         free(out);
         gw_metrics_destroy(m);
-        skip();
+        fail_msg("/usr/bin/promtool is missing (scripts/bootstrap.sh installs it)");
     }
     if (rc != 0 || msgs[0] != '\0') fprintf(stderr, "promtool (rc %d): %s\n--\n%s", rc, msgs, out);
     assert_int_equal(rc, 0);

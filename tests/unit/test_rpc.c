@@ -989,17 +989,20 @@ static int repo_root(char *out, size_t cap) {
 /* tests/e2e/protocol_client.py (pynng + msgpack, written only from docs/protocol.md)
  * invokes an in-process C server that decodes with common/wire.h and echoes the inputs:
  * FP32 and BYTES tensors and params cross the language boundary both ways, and a bad
- * tensor comes back as AICFN_E_PROTOCOL naming it. Skipped when no Python venv is found. */
+ * tensor comes back as AICFN_E_PROTOCOL naming it. Fails when no Python with pynng,
+ * msgpack and numpy is found ($AICFN_PYTHON, else the repository's .venv, which
+ * scripts/bootstrap.sh makes). */
 static void python_protocol_client_interop(void **state) {
     (void)state;
     char root[1024], py[1200], script[1200];
-    if (repo_root(root, sizeof root) != 0) skip();
+    if (repo_root(root, sizeof root) != 0) fail_msg("the repository root (build.zig) was not found");
     const char *envpy = getenv("AICFN_PYTHON");
     snprintf(py, sizeof py, "%s", envpy ? envpy : "");
     if (!envpy) snprintf(py, sizeof py, "%s/.venv/bin/python", root);
-    if (access(py, X_OK) != 0) skip();
+    if (access(py, X_OK) != 0)
+        fail_msg("no Python at %s (run scripts/bootstrap.sh, or set AICFN_PYTHON)", py);
     char *probe[] = {py, "-c", "import pynng, msgpack, numpy", NULL};
-    if (run_bounded(probe, 60) != 0) skip();
+    if (run_bounded(probe, 60) != 0) fail_msg("%s lacks pynng, msgpack or numpy (scripts/bootstrap.sh)", py);
     snprintf(script, sizeof script, "%s/tests/e2e/protocol_client.py", root);
     tsrv t;
     tsrv_init(&t, MODE_CODEC);
