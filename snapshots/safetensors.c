@@ -16,6 +16,7 @@
 
 #include "common/dtype.h"
 #include "common/tunables.h"
+#include "snapshots/tmpfile.h"
 
 struct snap_st_set {
     uint32_t n_files;
@@ -648,17 +649,14 @@ int snap_st_write(const char *path, const snap_st_out_tensor *tensors, uint32_t 
     if (rc) return rc;
     if (!hdr) return aicfn_error_set(err, AICFN_E_NOMEM, "serializing the safetensors header");
     size_t hl = strlen(hdr), padded = (hl + 7) & ~(size_t)7;
-    size_t tl = strlen(path) + 16;
-    char *tmp = malloc(tl);
+    char *tmp = NULL;
+    int fd = -1;
     FILE *f = NULL;
-    if (!tmp) {
-        rc = aicfn_error_set(err, AICFN_E_NOMEM, "no memory");
-        goto out;
-    }
-    snprintf(tmp, tl, "%s.tmp%ld", path, (long)getpid());
-    f = fopen(tmp, "wbx");
+    if ((rc = snap_tmp_create(path, &tmp, &fd, err))) goto out;
+    f = fdopen(fd, "wb");
     if (!f) {
-        rc = aicfn_error_errno(err, AICFN_E_IO, errno, "creating %s", tmp);
+        rc = aicfn_error_errno(err, AICFN_E_IO, errno, "opening %s", tmp);
+        snap_tmp_discard(fd, tmp);
         goto out;
     }
     unsigned char p8[8];
@@ -670,14 +668,15 @@ int snap_st_write(const char *path, const snap_st_out_tensor *tensors, uint32_t 
         rc = st_write_full(f, " ", 1, tmp, err);
     for (uint32_t i = 0; i < n && !rc; i++)
         rc = st_write_full(f, tensors[i].data, tensors[i].nbytes, tmp, err);
+    if (!rc && fflush(f) != 0) rc = aicfn_error_errno(err, AICFN_E_IO, errno, "writing %s", tmp);
     /* On disk before the rename, so a crash never leaves a short file under the name. */
-    if (!rc && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-        rc = aicfn_error_errno(err, AICFN_E_IO, errno, "writing %s to disk", tmp);
-    if (fclose(f) != 0 && !rc) rc = aicfn_error_errno(err, AICFN_E_IO, errno, "closing %s", tmp);
-    f = NULL;
-    if (!rc && rename(tmp, path) != 0)
-        rc = aicfn_error_errno(err, AICFN_E_IO, errno, "renaming %s to %s", tmp, path);
-    if (rc) unlink(tmp);
+    if (!rc) {
+        rc = snap_tmp_commit(dup(fileno(f)), tmp, path, err);
+        fclose(f);
+    } else {
+        fclose(f);
+        unlink(tmp);
+    }
 out:
     free(tmp);
     free(hdr);

@@ -25,18 +25,7 @@
 #include "snapshots/filter.h"
 #include "snapshots/format.h"
 #include "snapshots/snapshot.h"
-
-/* The process's umask, read without changing it (umask(2) would, for every thread);
- * 022 when /proc does not say. */
-static mode_t wr_umask(void) {
-    FILE *f = fopen("/proc/self/status", "r");
-    unsigned um = 022;
-    char line[128];
-    while (f && fgets(line, sizeof line, f))
-        if (sscanf(line, "Umask: %o", &um) == 1) break;
-    if (f) fclose(f);
-    return (mode_t)(um & 0777);
-}
+#include "snapshots/tmpfile.h"
 
 #define WR_MIN_RUN (16u << 10) /* runs shorter than this join their neighbour's zstd frame */
 #define WR_SAMPLE (64u << 10)  /* bytes of a tensor that `auto` compresses both ways */
@@ -509,22 +498,7 @@ int snap_pack_set(const snap_st_set *set, const char *out_path, const snap_pack_
     if (rc) goto out;
 
     /* The output: a temporary file beside out_path, renamed at the end. */
-    size_t tl = strlen(out_path) + 16;
-    char *tmpl = malloc(tl);
-    if (!tmpl) {
-        rc = aicfn_error_set(err, AICFN_E_NOMEM, "no memory");
-        goto out;
-    }
-    snprintf(tmpl, tl, "%s.tmpXXXXXX", out_path);
-    fd = mkstemp(tmpl);
-    tmp = tmpl;
-    if (fd < 0) {
-        rc = aicfn_error_errno(err, AICFN_E_IO, errno, "creating a temporary file for %s", out_path);
-        free(tmp);
-        tmp = NULL;
-        goto out;
-    }
-    (void)fchmod(fd, 0666 & ~wr_umask()); /* mkstemp made it 0600: as any file the user creates */
+    if ((rc = snap_tmp_create(out_path, &tmp, &fd, err))) goto out;
 
     /* Manifest frame (hashes filled in at the end; the size does not change). */
     if (wr_manifest(&sb, name, job.blob_bytes, job.chunk, job.tensors, job.n_tensors) != 0) {
@@ -671,25 +645,14 @@ int snap_pack_set(const snap_st_set *set, const char *out_path, const snap_pack_
     rc = wr_pwrite(fd, mh + 16, 8, 16, tmp, err);
     if (!rc) rc = wr_pwrite(fd, sb.data, sb.size, (off_t)sizeof mh, tmp, err);
     if (rc) goto out;
-    if (fsync(fd) != 0) {
-        rc = aicfn_error_errno(err, AICFN_E_IO, errno, "fsync %s", tmp);
-        goto out;
-    }
     struct stat st;
     if (fstat(fd, &st) != 0) {
         rc = aicfn_error_errno(err, AICFN_E_IO, errno, "stat %s", tmp);
         goto out;
     }
-    if (close(fd) != 0) {
-        fd = -1;
-        rc = aicfn_error_errno(err, AICFN_E_IO, errno, "closing %s", tmp);
-        goto out;
-    }
+    rc = snap_tmp_commit(fd, tmp, out_path, err);
     fd = -1;
-    if (rename(tmp, out_path) != 0) {
-        rc = aicfn_error_errno(err, AICFN_E_IO, errno, "renaming %s to %s", tmp, out_path);
-        goto out;
-    }
+    if (rc) goto out;
     if (stats) {
         stats->n_tensors = job.n_tensors;
         stats->n_frames = job.n_frames;
@@ -728,8 +691,7 @@ out:
         pthread_cond_destroy(&job.work_cv);
         pthread_cond_destroy(&job.done_cv);
     }
-    if (fd >= 0) close(fd);
-    if (rc && tmp) unlink(tmp);
+    if (rc) snap_tmp_discard(fd, tmp);
     free(tmp);
     free(seek);
     free(dest.block);

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 // clang-format on
 
+#include <dirent.h>
 #include <ftw.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -313,6 +314,30 @@ static void write_then_read(void **state) {
     snap_st_close(s);
     ts[1].nbytes = 4; /* size does not match the shape */
     assert_int_equal(snap_st_write(p, ts, 2, &e), AICFN_E_INVALID);
+    ts[1].nbytes = 5;
+
+    /* A temporary file left by an earlier run killed midway (the old name was
+     * <path>.tmp<pid>, and pids repeat in containers) does not block the next write, which
+     * leaves no temporary file of its own, and the file follows the umask. */
+    char stale[600];
+    snprintf(stale, sizeof stale, "%s.tmp%ld", p, (long)getpid());
+    FILE *sf = fopen(stale, "w");
+    assert_non_null(sf);
+    fclose(sf);
+    mode_t old_mask = umask(027);
+    int rc = snap_st_write(p, ts, 2, &e);
+    umask(old_mask);
+    assert_int_equal(rc, AICFN_OK);
+    struct stat st;
+    assert_int_equal(stat(p, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0640);
+    unlink(stale);
+    DIR *d = opendir(tdir);
+    assert_non_null(d);
+    struct dirent *de;
+    while ((de = readdir(d)) != NULL)
+        if (strstr(de->d_name, ".tmp")) fail_msg("left behind: %s", de->d_name);
+    closedir(d);
 }
 
 int main(void) {
