@@ -378,7 +378,7 @@ static bool srv_probe(rpc_server *s) {
         nng_socket_set_ms(p, NNG_OPT_REQ_RESENDTIME, NNG_DURATION_INFINITE) == 0 &&
         nng_dial(p, s->url, NULL, 0) == 0) {
         struct timespec ts;
-        clock_deadline_to_realtime(clock_now_us() + (uint64_t)AICFN_IPC_PROBE_WAIT_MS * 1000, &ts);
+        clock_deadline_to_timespec(clock_now_us() + (uint64_t)AICFN_IPC_PROBE_WAIT_MS * 1000, &ts);
         pthread_mutex_lock(&s->mu);
         while (s->pipes_added == before && !s->closing)
             if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) != 0) break;
@@ -400,7 +400,7 @@ static void *srv_watchdog(void *arg) {
     rpc_server *s = arg;
     for (;;) {
         struct timespec ts;
-        clock_deadline_to_realtime(clock_now_us() + (uint64_t)AICFN_IPC_PROBE_MS * 1000, &ts);
+        clock_deadline_to_timespec(clock_now_us() + (uint64_t)AICFN_IPC_PROBE_MS * 1000, &ts);
         pthread_mutex_lock(&s->mu);
         while (!s->closing)
             if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) != 0) break;
@@ -464,7 +464,7 @@ int rpc_server_start(rpc_server **out, const char *url, const rpc_server_opts *o
     rpc_server *s = calloc(1, sizeof *s);
     if (s == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "rpc server %s", url);
     pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
+    clock_cond_init(&s->cv);
     s->fn = fn;
     s->user = user;
     snprintf(s->url, sizeof s->url, "%s", url);
@@ -688,7 +688,7 @@ int rpc_client_open(rpc_client **out, const char *url, const rpc_client_opts *op
     bool background = opts && opts->background;
     snprintf(c->url, sizeof c->url, "%s", url);
     pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
+    clock_cond_init(&c->cv);
     int rv;
     if ((rv = nng_req0_open(&c->sock)) != 0) {
         rc = rpc_error_nng(err, rv, "rpc client %s: opening REQ socket", url);

@@ -560,7 +560,7 @@ static void *front_admin_main(void *arg) {
             uint64_t now = clock_now_us();
             if (now <= due) {
                 struct timespec ts;
-                clock_deadline_to_realtime(due + 1, &ts);
+                clock_deadline_to_timespec(due + 1, &ts);
                 pthread_cond_timedwait(&f->cv, &f->mu, &ts);
                 continue;
             }
@@ -653,7 +653,7 @@ int gw_front_start(gw_gateway *gw, const char *url, gw_front **out, aicfn_error 
         return krc;
     }
     pthread_mutex_init(&f->mu, NULL);
-    pthread_cond_init(&f->cv, NULL);
+    clock_cond_init(&f->cv);
     if (pthread_create(&f->admin, NULL, front_admin_main, f) != 0) {
         gw_front_stop(f);
         return aicfn_error_set(err, AICFN_E_IO, "starting the admin thread");

@@ -2181,7 +2181,7 @@ static void *gw_maint_main(void *arg) {
         gw->maint_idle = !gw_maint_busy_locked(gw);
         uint64_t tick_us = (uint64_t)(gw->maint_idle ? GW_IDLE_TICK_MS : GW_TICK_MS) * 1000;
         struct timespec ts;
-        clock_deadline_to_realtime(clock_now_us() + tick_us, &ts);
+        clock_deadline_to_timespec(clock_now_us() + tick_us, &ts);
         pthread_cond_timedwait(&gw->maint_cv, &gw->mu, &ts);
         gw->maint_idle = false;
     }
@@ -2371,8 +2371,8 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     gw->no_bundles = cfg->no_bundles;
     gw->scaling_dirty = true; /* read which functions keep workers warm once started */
     pthread_mutex_init(&gw->mu, NULL);
-    pthread_cond_init(&gw->maint_cv, NULL);
-    pthread_cond_init(&gw->spawn_cv, NULL);
+    clock_cond_init(&gw->maint_cv);
+    clock_cond_init(&gw->spawn_cv);
     int rc = AICFN_OK;
     if (!gw->listen || !gw->data_dir || !gw->device)
         rc = aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");

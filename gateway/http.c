@@ -383,7 +383,7 @@ static void *ht_reaper_main(void *arg) {
     pthread_mutex_lock(&h->mu);
     while (!h->stopping) {
         struct timespec ts;
-        clock_deadline_to_realtime(clock_now_us() + 200000, &ts);
+        clock_deadline_to_timespec(clock_now_us() + 200000, &ts);
         pthread_cond_timedwait(&h->cv, &h->mu, &ts);
         uint64_t now = clock_now_us();
         for (ht_conn *k = h->conns; k; k = k->next)
@@ -950,10 +950,7 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
     h->cfg.server_version = h->version;
     pthread_mutex_init(&h->mu, NULL);
     pthread_mutex_init(&h->scrape_mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_cond_init(&h->cv, &ca); /* CLOCK_REALTIME, as clock_deadline_to_realtime gives */
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&h->cv);
     atomic_init(&h->buffered, 0);
     unsigned flags =
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
@@ -999,7 +996,7 @@ bool gw_http_stop(gw_http *h) {
     uint64_t deadline = clock_now_us() + (uint64_t)h->cfg.stop_wait_ms * 1000u;
     while (h->in_flight > 0 && clock_now_us() < deadline) {
         struct timespec ts;
-        clock_deadline_to_realtime(clock_now_us() + 100000, &ts);
+        clock_deadline_to_timespec(clock_now_us() + 100000, &ts);
         pthread_cond_timedwait(&h->cv, &h->mu, &ts);
     }
     unsigned left = h->in_flight;

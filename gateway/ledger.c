@@ -354,7 +354,7 @@ static void *led_writer(void *arg) {
             uint64_t deadline = l->first_queued_us + (uint64_t)l->flush_ms * 1000u;
             if (clock_now_us() >= deadline) break;
             struct timespec ts;
-            clock_deadline_to_realtime(deadline, &ts);
+            clock_deadline_to_timespec(deadline, &ts);
             pthread_cond_timedwait(&l->wake, &l->mu, &ts);
         }
         l->flush_now = false;
@@ -416,8 +416,8 @@ int gw_ledger_create(const char *data_dir, unsigned flush_ms, unsigned flush_rec
     l->flush_records = flush_records ? flush_records : AICFN_LEDGER_FLUSH_RECORDS;
     l->queue_max = queue_max ? queue_max : AICFN_LEDGER_QUEUE_MAX;
     pthread_mutex_init(&l->mu, NULL);
-    pthread_cond_init(&l->wake, NULL);
-    pthread_cond_init(&l->done, NULL);
+    clock_cond_init(&l->wake);
+    clock_cond_init(&l->done);
     int rc = gw_db_open(data_dir, &l->db, err);
     if (rc == AICFN_OK) rc = gw_db_set_batched(l->db, err); /* nothing it commits was acknowledged */
     if (rc) {
@@ -455,7 +455,7 @@ void gw_ledger_destroy(gw_ledger *l) {
 int gw_ledger_flush(gw_ledger *l, unsigned timeout_ms, aicfn_error *err) {
     uint64_t deadline = clock_now_us() + (uint64_t)timeout_ms * 1000u;
     struct timespec ts;
-    clock_deadline_to_realtime(deadline, &ts);
+    clock_deadline_to_timespec(deadline, &ts);
     pthread_mutex_lock(&l->mu);
     uint64_t target = l->next_seq;
     l->flush_now = true;

@@ -321,7 +321,7 @@ int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg
             if (!(p->extra[i] = strdup(cfg->extra_args[i]))) oom = true;
     }
     pthread_mutex_init(&p->mu, NULL);
-    pthread_cond_init(&p->done_cv, NULL);
+    clock_cond_init(&p->done_cv);
     p->wake_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     if (p->wake_fd < 0) {
         int e = errno;

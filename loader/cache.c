@@ -202,8 +202,8 @@ static int cache_wait(loader_cache *c, uint64_t deadline_us) {
         return 0;
     }
     if (clock_now_us() >= deadline_us) return ETIMEDOUT;
-    struct timespec ts = {.tv_sec = (time_t)(deadline_us / 1000000u),
-                          .tv_nsec = (long)(deadline_us % 1000000u) * 1000};
+    struct timespec ts;
+    clock_deadline_to_timespec(deadline_us, &ts);
     return pthread_cond_timedwait(&c->cv, &c->mu, &ts);
 }
 
@@ -231,11 +231,7 @@ int loader_cache_create(const loader_cache_config *cfg, loader_cache **out, aicf
     c->policy = cfg->policy ? *cfg->policy : loader_evict_lru;
     c->recent = recent;
     pthread_mutex_init(&c->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-    pthread_cond_init(&c->cv, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&c->cv);
     *out = c;
     return AICFN_OK;
 }

@@ -362,7 +362,7 @@ int loader_device_cuda_open(int ordinal, loader_device **out, aicfn_error *err) 
     c->ordinal = ordinal;
     snprintf(c->name, sizeof c->name, "cuda:%d", ordinal);
     pthread_mutex_init(&c->mu, NULL);
-    pthread_cond_init(&c->cv, NULL);
+    clock_cond_init(&c->cv);
     dev->ops = &cu_ops;
     dev->ctx = c;
     /* The open is part of a worker's cold start: its phases are logged. */

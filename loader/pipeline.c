@@ -504,7 +504,7 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
         any_filtered = snap_frame_is_filtered(r, i);
     j.scratch_bytes = (any_filtered || !j.host) ? man->chunk_bytes : 0;
     pthread_mutex_init(&j.mu, NULL);
-    pthread_cond_init(&j.cv, NULL);
+    clock_cond_init(&j.cv);
     int rc = AICFN_OK;
     if (verify && man->n_tensors) {
         j.span_of = malloc(man->n_tensors * sizeof *j.span_of);

@@ -20,6 +20,7 @@
 #include <xxhash.h>
 #include <zstd.h>
 
+#include "common/clock.h"
 #include "common/dtype.h"
 #include "common/tunables.h"
 #include "snapshots/filter.h"
@@ -543,8 +544,7 @@ int snap_pack_set(const snap_st_set *set, const char *out_path, const snap_pack_
     if (threads > AICFN_SNAP_MAX_THREADS) threads = AICFN_SNAP_MAX_THREADS;
     if (threads > job.n_frames) threads = job.n_frames ? job.n_frames : 1;
     job.n_slots = 2 * threads;
-    if (pthread_mutex_init(&job.mu, NULL) || pthread_cond_init(&job.work_cv, NULL) ||
-        pthread_cond_init(&job.done_cv, NULL)) {
+    if (pthread_mutex_init(&job.mu, NULL) || clock_cond_init(&job.work_cv) || clock_cond_init(&job.done_cv)) {
         rc = aicfn_error_set(err, AICFN_E_INTERNAL, "pthread init failed");
         goto out;
     }

@@ -102,7 +102,7 @@ static void batcher_wait_until(pthread_cond_t *cond, pthread_mutex_t *mu, uint64
         return;
     }
     struct timespec ts;
-    clock_deadline_to_realtime(wake_us, &ts);
+    clock_deadline_to_timespec(wake_us, &ts);
     pthread_cond_timedwait(cond, mu, &ts);
 }
 
@@ -202,11 +202,8 @@ int worker_batcher_create(const worker_batcher_config *cfg, worker_batch_exec_fn
         return aicfn_error_set(err, AICFN_E_NOMEM, "batcher: out of memory");
     }
     pthread_mutex_init(&b->mu, NULL);
-    pthread_condattr_t ca;
-    pthread_condattr_init(&ca);
-    pthread_cond_init(&b->cond_exec, &ca);
-    pthread_cond_init(&b->cond_reap, &ca);
-    pthread_condattr_destroy(&ca);
+    clock_cond_init(&b->cond_exec);
+    clock_cond_init(&b->cond_reap);
     if (pthread_create(&b->exec_thread, NULL, batcher_exec_main, b) != 0) {
         aicfn_error_set(err, AICFN_E_INTERNAL, "batcher %s: cannot start the executor thread", b->name);
         worker_batcher_destroy(b);

@@ -254,7 +254,7 @@ static void *bundle_watch_main(void *arg) {
             pthread_cond_wait(&w->cv, &w->mu);
         } else {
             struct timespec ts;
-            clock_deadline_to_realtime(next, &ts);
+            clock_deadline_to_timespec(next, &ts);
             pthread_cond_timedwait(&w->cv, &w->mu, &ts);
         }
     }
@@ -267,7 +267,7 @@ int worker_bundle_watch_create(worker_bundle_watch **out, aicfn_error *err) {
     worker_bundle_watch *w = calloc(1, sizeof *w);
     if (w == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "bundle watch: out of memory");
     pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
+    clock_cond_init(&w->cv);
     if (pthread_create(&w->thread, NULL, bundle_watch_main, w) != 0) {
         pthread_mutex_destroy(&w->mu);
         pthread_cond_destroy(&w->cv);

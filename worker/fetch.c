@@ -146,7 +146,7 @@ int worker_fetcher_create(const worker_fetch_config *cfg, worker_fetcher **out, 
     worker_fetcher *f = calloc(1, sizeof *f);
     if (f == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "artifact fetcher: out of memory");
     pthread_mutex_init(&f->mu, NULL);
-    pthread_cond_init(&f->cv, NULL);
+    clock_cond_init(&f->cv);
     f->chunk = cfg->chunk_bytes ? cfg->chunk_bytes : AICFN_UPLOAD_CHUNK_BYTES;
     f->timeout_ms = cfg->chunk_timeout_ms ? cfg->chunk_timeout_ms : AICFN_FETCH_CHUNK_TIMEOUT_MS;
     f->max_bytes = cfg->max_bytes ? cfg->max_bytes : AICFN_WORKER_CACHE_MAX_BYTES;

@@ -510,7 +510,7 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
         return loader_cache_acquire(w->cache, fn->model_key, fn->snapshot, dl, entry, acq, err);
     }
     pthread_mutex_init(&mw->mu, NULL);
-    pthread_cond_init(&mw->cv, NULL);
+    clock_cond_init(&mw->cv);
     mw->w = w;
     snprintf(mw->key, sizeof mw->key, "%s", fn->model_key);
     mw->path = path;
@@ -540,7 +540,7 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
         }
         if (clock_now_us() < first) {
             struct timespec ts;
-            clock_deadline_to_realtime(first, &ts);
+            clock_deadline_to_timespec(first, &ts);
             pthread_cond_timedwait(&mw->cv, &mw->mu, &ts);
             continue;
         }
@@ -844,7 +844,7 @@ int worker_remove_function(worker *w, const char *name, uint32_t version, aicfn_
     pthread_mutex_lock(&w->mu);
     while (atomic_load(&f->inflight) > 0 && clock_now_us() < until) {
         struct timespec ts;
-        clock_deadline_to_realtime(until, &ts);
+        clock_deadline_to_timespec(until, &ts);
         pthread_cond_timedwait(&w->cv, &w->mu, &ts);
     }
     unsigned left = atomic_load(&f->inflight);
@@ -1475,7 +1475,7 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     worker *w = calloc(1, sizeof *w);
     if (w == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "worker: out of memory");
     pthread_mutex_init(&w->mu, NULL);
-    pthread_cond_init(&w->cv, NULL);
+    clock_cond_init(&w->cv);
     w->started_us = clock_now_us();
     w->refuse_specs = cfg->refuse_specs;
     w->fetcher = cfg->fetcher;
@@ -1551,7 +1551,7 @@ unsigned worker_drain(worker *w, uint32_t max_wait_ms) {
     while (w->inflight > 0) {
         if (clock_now_us() >= until) break;
         struct timespec ts;
-        clock_deadline_to_realtime(until, &ts);
+        clock_deadline_to_timespec(until, &ts);
         pthread_cond_timedwait(&w->cv, &w->mu, &ts);
     }
     unsigned left = w->inflight;

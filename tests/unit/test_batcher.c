@@ -80,7 +80,7 @@ static void wait_done(rec *r, int n) {
     pthread_mutex_lock(&r->mu);
     while (r->done < n && clock_now_us() < until) {
         struct timespec ts;
-        clock_deadline_to_realtime(clock_now_us() + 10000, &ts);
+        clock_deadline_to_timespec(clock_now_us() + 10000, &ts);
         pthread_cond_timedwait(&r->cv, &r->mu, &ts);
     }
     int done = r->done;
@@ -101,7 +101,7 @@ static void wait_stats(worker_batcher *b, uint64_t executed, uint64_t expired, w
 static void rec_init(rec *r) {
     memset(r, 0, sizeof *r);
     pthread_mutex_init(&r->mu, NULL);
-    pthread_cond_init(&r->cv, NULL);
+    clock_cond_init(&r->cv);
 }
 
 static void rec_fini(rec *r) {
