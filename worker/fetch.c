@@ -13,10 +13,13 @@
 #include <signal.h>
 #include <sodium.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "common/clock.h"
@@ -112,8 +115,10 @@ static void fetch_hex(const unsigned char *d, char out[WORKER_HASH_HEX_LEN + 1])
 
 /* ---- lifecycle ---- */
 
-/* Removes `.tmp-<hash>-<pid>-<n>` files whose process is gone (another live worker may
- * share the directory and be writing its own). */
+/* Removes `.tmp-<hash>-<pid>-<n>` files that no download writes any more: another live
+ * worker may share the directory and be writing its own. Its writer holds an flock on it
+ * while it writes (pids alone do not tell: a worker in another pid namespace may share
+ * the directory), and a file touched in the last minute is left alone too. */
 static void fetch_clean_tmp(const char *dir) {
     DIR *d = opendir(dir);
     if (d == NULL) return;
@@ -128,7 +133,14 @@ static void fetch_clean_tmp(const char *dir) {
         long pid = strtol(p + 1, &end, 10);
         if (end == p + 1 || *end != '-' || pid <= 0) continue;
         if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
-        if (unlinkat(dirfd(d), n, 0) == 0) log_info("artifact cache %s: removed leftover %s", dir, n);
+        int fd = openat(dirfd(d), n, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
+        if (fd < 0) continue;
+        struct stat sb;
+        bool stale =
+            fstat(fd, &sb) == 0 && time(NULL) - sb.st_mtime > 60 && flock(fd, LOCK_EX | LOCK_NB) == 0;
+        if (stale && unlinkat(dirfd(d), n, 0) == 0)
+            log_info("artifact cache %s: removed leftover %s", dir, n);
+        close(fd);
     }
     closedir(d);
 }
@@ -307,6 +319,7 @@ static int fetch_download(worker_fetcher *f, const char *hash, const char *final
         return aicfn_error_set(err, AICFN_E_INVALID, "artifact %s: cache directory path too long", hash);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
     if (fd < 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "artifact %s: creating %s", hash, tmp);
+    (void)flock(fd, LOCK_EX); /* in use: fetch_clean_tmp of another worker leaves it alone */
     uint64_t t0 = clock_now_us();
     crypto_hash_sha256_state st;
     crypto_hash_sha256_init(&st);
@@ -388,6 +401,8 @@ static int fetch_download(worker_fetcher *f, const char *hash, const char *final
 static int fetch_one(worker_fetcher *f, const char *hash, const char *path, aicfn_error *err) {
     aicfn_error verr;
     aicfn_error_clear(&verr);
+    /* Used now: another worker sharing the directory does not prune it while it is hashed. */
+    (void)utimensat(AT_FDCWD, path, NULL, 0);
     int rc = fetch_verify_file(path, hash, &verr);
     if (rc == AICFN_OK) {
         log_info("artifact %s: cached copy verified", hash);

@@ -17,6 +17,7 @@
 #include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -24,7 +25,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -534,20 +537,58 @@ static void single_flight(void **state) {
     worker_fetcher_destroy(f);
 }
 
+/* Sets path's times to `ago_s` seconds ago. */
+static void age_file(const char *path, time_t ago_s) {
+    struct timespec ts[2];
+    clock_gettime(CLOCK_REALTIME, &ts[0]);
+    ts[0].tv_sec -= ago_s;
+    ts[1] = ts[0];
+    assert_int_equal(utimensat(AT_FDCWD, path, ts, 0), 0);
+}
+
+/* A leftover temporary file is removed when its writer is gone: its pid is not alive
+ * here, nobody holds its lock (a writer in another pid namespace would), and it is over
+ * a minute old. */
 static void leftover_temporaries_of_dead_processes_removed(void **state) {
     fixture *fx = *state;
-    char dead[PATH_MAX], alive[PATH_MAX], other[PATH_MAX];
+    char dead[PATH_MAX], alive[PATH_MAX], other[PATH_MAX], fresh[PATH_MAX], locked[PATH_MAX];
     snprintf(dead, sizeof dead, "%s/.tmp-%s-999999999-1", fx->dir, fx->g->hash);
     snprintf(alive, sizeof alive, "%s/.tmp-%s-%d-1", fx->dir, fx->g->hash, (int)getpid());
+    snprintf(fresh, sizeof fresh, "%s/.tmp-%s-999999999-2", fx->dir, fx->g->hash);
+    snprintf(locked, sizeof locked, "%s/.tmp-%s-999999999-3", fx->dir, fx->g->hash);
     snprintf(other, sizeof other, "%s/notes.txt", fx->dir);
-    write_file(dead, "x", 1);
-    write_file(alive, "x", 1);
-    write_file(other, "x", 1);
+    const char *all[] = {dead, alive, fresh, locked, other};
+    for (int i = 0; i < 5; i++) {
+        write_file(all[i], "x", 1);
+        if (all[i] != fresh) age_file(all[i], 120);
+    }
+    /* A writer elsewhere (another pid namespace: its pid means nothing here) holds it. */
+    int lfd = open(locked, O_RDONLY | O_CLOEXEC);
+    assert_true(lfd >= 0);
+    pid_t holder = fork();
+    if (holder == 0) {
+        alarm(20); /* gone even if the test fails before it kills us */
+        flock(lfd, LOCK_EX);
+        pause();
+        _exit(0);
+    }
+    close(lfd);
+    for (int i = 0; i < 200; i++) { /* until the child holds it (bounded) */
+        int t = open(locked, O_RDONLY | O_CLOEXEC);
+        int busy = flock(t, LOCK_EX | LOCK_NB) != 0;
+        close(t);
+        if (busy) break;
+        usleep(10000);
+    }
     worker_fetcher *f = open_fetcher(fx, NULL, 5000);
     assert_int_equal(access(dead, F_OK), -1);
     assert_int_equal(access(alive, F_OK), 0);
+    assert_int_equal(access(fresh, F_OK), 0);
+    assert_int_equal(access(locked, F_OK), 0);
     assert_int_equal(access(other, F_OK), 0);
     worker_fetcher_destroy(f);
+    kill(holder, SIGKILL);
+    waitpid(holder, NULL, 0);
 }
 
 static void bad_configs(void **state) {
