@@ -80,7 +80,9 @@ struct worker {
     unsigned n_fns;
     uint64_t max_timeout_us; /* the longest function timeout (bounds a drain) */
     unsigned inflight;
-    unsigned parked; /* threads fetching a new function's handler (worker_park_main) */
+    unsigned parked;  /* threads fetching a new function's handler (worker_park_main) */
+    unsigned loaders; /* threads in the model cache off the executors (preloads, model waits):
+                         destroy waits for them, since a drain that timed out does not */
     int draining;
 
     atomic_uint_fast64_t n_invocations, n_errors, n_cold, n_batches;
@@ -480,7 +482,8 @@ static void *worker_model_wait_main(void *arg) {
     }
     pthread_mutex_lock(&w->mu);
     if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+    if (--w->loaders == 0) pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu); /* the last touch of w */
     return NULL;
 }
 
@@ -517,6 +520,7 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
     mw->deadline_us = dl;
     pthread_mutex_lock(&w->mu);
     w->inflight++;
+    w->loaders++;
     pthread_mutex_unlock(&w->mu);
     pthread_t t;
     pthread_attr_t attr;
@@ -527,6 +531,7 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
     if (trc != 0) {
         pthread_mutex_lock(&w->mu);
         if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
+        if (--w->loaders == 0) pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
         worker_model_wait_free(mw);
         return loader_cache_acquire(w->cache, fn->model_key, fn->snapshot, dl, entry, acq, err);
@@ -1569,9 +1574,10 @@ void worker_destroy(worker *w) {
     rpc_server_destroy(w->srv);
     worker_bundle_watch_destroy(w->bundle_watch);
     w->srv = NULL;
-    /* Every call was answered; a parked call's thread may still be on its way out. */
+    /* Every call was answered; a parked call's thread may still be on its way out, and
+     * a preload or a model wait whose calls are gone may still be loading. */
     pthread_mutex_lock(&w->mu);
-    while (w->parked > 0)
+    while (w->parked > 0 || w->loaders > 0)
         pthread_cond_wait(&w->cv, &w->mu);
     pthread_mutex_unlock(&w->mu);
     worker_fn *f = w->fns;
