@@ -81,8 +81,10 @@
 #define AICFN_LEDGER_FLUSH_RECORDS 1000
 #define AICFN_WORKER_KILL_GRACE_MS 5000      /* SIGTERM'd local worker: SIGKILL after this */
 #define AICFN_CALL_GRACE_MS 5000              /* call past its timeout + this: worker killed, replaced */
-#define AICFN_BUNDLE_OVERRUN_GRACE_MS 1000    /* a bundle's part running past its deadline + this:
-                                                 answered as an overrun, the others' replies leave */
+#define AICFN_BUNDLE_REPLY_MARGIN_MS 2000     /* a bundle's reply is awaited this much longer than
+                                                 its longest call's timeout + AICFN_CALL_GRACE_MS, at
+                                                 which its worker answers a part still running as an
+                                                 overrun (and the others' replies leave) */
 #define AICFN_BUNDLE_INLINE_MAX_US 200        /* a bundle's part runs on the receiving thread only
                                                  when its function's recent batches took this long */
 #define AICFN_WORKER_POLL_MS 1000             /* gateway's status poll of each worker */

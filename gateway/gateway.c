@@ -1114,8 +1114,9 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         gw_call_left_locked(w, c);
         if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
         if (!rep.head.ok && rep.head.overran && w->state != GW_WORKER_DEAD) {
-            /* A bundle's part still running past its deadline, answered so that the others'
-             * replies could leave: stuck like a call past its timeout + grace. */
+            /* A bundle's part still running at its deadline + AICFN_CALL_GRACE_MS, answered
+             * so that the others' replies could leave: stuck like a call of its own past its
+             * timeout + grace. */
             log_warn("worker %s: call %llu (%s:%u) ran past its deadline in a bundle: killing the worker",
                      w->name, (unsigned long long)c->id, c->fn->name, c->fn->ver);
             w->killed = true;
@@ -1453,7 +1454,11 @@ static bool gw_bundle_send(gw_gateway *gw, gw_bundle *b, gw_actions *next) {
     int rc = wire_encode_bundle_req(&wr, b->calls[0]->id, parts, b->n, &e);
     uint32_t n = b->n;
     if (rc == AICFN_OK)
-        rc = rpc_call_async(w->client, wr.data, wr.len, timeout + AICFN_CALL_GRACE_MS, gw_bundle_cb, b, &e);
+        /* The worker answers a part still running at its timeout + grace as an overrun:
+         * its reply must come before this gives up on the whole bundle. */
+        rc =
+            rpc_call_async(w->client, wr.data, wr.len,
+                           timeout + AICFN_CALL_GRACE_MS + AICFN_BUNDLE_REPLY_MARGIN_MS, gw_bundle_cb, b, &e);
     wire_writer_fini(&wr);
     if (rc == AICFN_OK) {
         gw_metric_add(gw->std.bundles, NULL, 1); /* b may be freed already */

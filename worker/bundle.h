@@ -8,7 +8,10 @@
  * whole bundle out), a watch thread answers a slot still empty at its expiry with
  * AICFN_E_TIMEOUT marked `overran` (the gateway then replaces the worker, as for a call of
  * its own past its timeout), and the bundle leaves with the others' replies; the late
- * reply, when it comes, is dropped. */
+ * reply, when it comes, is dropped. This works for invocations that run on their
+ * function's executor; one that runs on the thread that received the bundle (worker.c
+ * runs there only functions known to be quick) holds the acceptance of the rest, and the
+ * reply, while it runs. */
 #ifndef AICFN_WORKER_BUNDLE_H
 #define AICFN_WORKER_BUNDLE_H
 

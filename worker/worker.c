@@ -80,9 +80,10 @@ struct worker {
     unsigned n_fns;
     uint64_t max_timeout_us; /* the longest function timeout (bounds a drain) */
     unsigned inflight;
-    unsigned parked;  /* threads fetching a new function's handler (worker_park_main) */
-    unsigned loaders; /* threads in the model cache off the executors (preloads, model waits):
-                         destroy waits for them, since a drain that timed out does not */
+    uint32_t overrun_grace_ms; /* worker_config's */
+    unsigned parked;           /* threads fetching a new function's handler (worker_park_main) */
+    unsigned loaders;          /* threads in the model cache off the executors (preloads, model waits):
+                                  destroy waits for them, since a drain that timed out does not */
     int draining;
 
     atomic_uint_fast64_t n_invocations, n_errors, n_cold, n_batches;
@@ -1450,7 +1451,7 @@ static void worker_dispatch(worker_req *r) {
         uint64_t avg = atomic_load(&fn->exec_ewma_us);
         r->item.no_inline = avg == 0 || avg > AICFN_BUNDLE_INLINE_MAX_US;
         worker_bundle_expire_at(r->out.bundle, r->out.slot, r->id,
-                                r->item.deadline_us + (uint64_t)AICFN_BUNDLE_OVERRUN_GRACE_MS * 1000);
+                                r->item.deadline_us + (uint64_t)w->overrun_grace_ms * 1000);
     }
     rc = worker_batcher_submit(fn->batcher, &r->item, &err);
     if (rc != AICFN_OK) worker_finish(r, rc, err.msg, NULL);
@@ -1483,6 +1484,7 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     clock_cond_init(&w->cv);
     w->started_us = clock_now_us();
     w->refuse_specs = cfg->refuse_specs;
+    w->overrun_grace_ms = cfg->overrun_grace_ms ? cfg->overrun_grace_ms : AICFN_CALL_GRACE_MS;
     w->fetcher = cfg->fetcher;
     w->listen = strdup(cfg->listen);
     w->device_spec = strdup(cfg->device && cfg->device[0] ? cfg->device : "auto");
