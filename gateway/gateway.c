@@ -315,11 +315,19 @@ static gw_worker_row_state gw_row_state(const gw_worker *w) {
 }
 
 /* Applies a worker's piggybacked summary; a worker that says it drains gets its row. */
+/* A local worker the gateway saw drain (its summary, its not_run refusals: SIGTERMed
+ * from outside the gateway, say) is asked to leave through the pool too, so that the
+ * pool's grace escalates to SIGKILL if it never does (lock held). */
+static void gw_worker_drains_locked(gw_gateway *gw, gw_worker *w) {
+    gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
+    if (w->pool_id && gw->pool) gw_pool_terminate(gw->pool, w->pool_id);
+}
+
 static void gw_apply_summary_locked(gw_gateway *gw, gw_worker *w, const wire_worker_summary *s,
                                     uint64_t now) {
     gw_worker_state before = w->state;
     gw_worker_apply_summary(w, s, now);
-    if (w->state != before && w->state == GW_WORKER_DRAINING) gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
+    if (w->state != before && w->state == GW_WORKER_DRAINING) gw_worker_drains_locked(gw, w);
 }
 
 /* ---- Function resolution (cached) ----------------------------------------------- */
@@ -589,13 +597,15 @@ static void gw_record_cold_start(gw_gateway *gw, gw_call *c, const wire_timing *
 
 /* ---- Routing and dispatch (lock held) ------------------------------------------- */
 
-/* Local worker processes not yet dead (draining ones too: they still hold their device
- * memory), which --workers MAX bounds. */
+/* Local worker processes not yet gone (draining ones, and dead ones not yet reaped: they
+ * may still hold their device memory), which --workers MAX bounds. */
 static uint32_t gw_local_alive(gw_gateway *gw) {
     uint32_t n = 0;
     for (gw_worker *w = gw->workers; w; w = w->next)
         if (w->pool_id != 0 || (w->state == GW_WORKER_STARTING && w->addr[0] == 0))
-            if (w->state != GW_WORKER_DEAD) n++;
+            if (w->state != GW_WORKER_DEAD ||
+                (w->pool_id && gw->pool && gw_pool_pid(gw->pool, w->pool_id) >= 0))
+                n++;
     return n;
 }
 
@@ -1006,8 +1016,9 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
                          w->state == GW_WORKER_DRAINING || gw->stopping ? GW_WROW_EXITED : GW_WROW_LOST);
     w->state = GW_WORKER_DEAD;
     /* A draining worker closes its listener before it runs its handlers' fini and frees
-     * its device: it has the pool's grace (SIGTERM, then SIGKILL) to finish. */
-    if (w->pool_id && gw->pool && !draining) gw_pool_kill(gw->pool, w->pool_id);
+     * its device: it has the pool's grace (SIGTERM, then SIGKILL) to finish, unless the
+     * gateway ended it (a call past its timeout, failed polls). */
+    if (w->pool_id && gw->pool && (!draining || w->killed)) gw_pool_kill(gw->pool, w->pool_id);
     /* Its calls and polls in flight fail now (AICFN_E_WORKER_LOST) rather than at their
      * deadlines: one queued before the link connected would see no dropped connection. */
     if (w->client) rpc_client_fail_inflight(w->client);
@@ -1128,7 +1139,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
             if (w->state == GW_WORKER_READY) {
                 log_info("worker %s drains: calls go to other workers", w->name);
                 w->state = GW_WORKER_DRAINING;
-                gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
+                gw_worker_drains_locked(gw, w);
             }
             c->worker = NULL;
             gw_route_locked(gw, c, &a);
@@ -2109,8 +2120,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
             log_info("worker %s idle for %llu ms: draining it (scale down)", w->name,
                      (unsigned long long)((now - w->last_call_us) / 1000));
             w->state = GW_WORKER_DRAINING;
-            gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
-            if (gw->pool) gw_pool_terminate(gw->pool, w->pool_id);
+            gw_worker_drains_locked(gw, w);
             serving--;
         }
         if (w->outbox_head && now - w->outbox_since_us >= AICFN_BUNDLE_HOLD_MAX_US)
