@@ -484,9 +484,11 @@ static void gw_crash_forget(gw_fn *f, gw_crash *cr) {
  * other batches); without one, every call in flight (nothing tells them apart). */
 static bool gw_crash_charged(gw_gateway *gw, const gw_worker *w, const gw_call *c) {
     if (w->killed || gw->stopping) return false;
-    if (w->n_fault_ids == 0) return true;
-    for (uint32_t i = 0; i < w->n_fault_ids; i++)
-        if (w->fault_ids[i] == c->id) return true;
+    const gw_fault_note *fn = w->fault;
+    if (fn == NULL) return true;
+    if (fn->ver != c->fn->ver || strcmp(fn->fn, c->fn->name) != 0) return false;
+    for (uint32_t i = 0; i < fn->n; i++)
+        if (fn->ids[i] == c->id) return true;
     return false;
 }
 
@@ -956,22 +958,20 @@ static void gw_pump_locked(gw_gateway *gw, gw_actions *a) {
     }
 }
 
-/* Reads the fault note a local worker left (pool.h) into w->fault_ids. */
+/* Reads (and removes) the fault note a local worker left (pool.h) into w->fault; a
+ * worker the gateway killed had its note removed only. */
 static void gw_worker_read_fault_note(gw_worker *w) {
-    uint64_t *ids = malloc(GW_FAULT_NOTE_MAX_IDS * sizeof *ids);
-    uint32_t n = 0;
-    int signo = 0;
-    if (!ids) return;
-    gw_pool_take_fault_note(w->addr, ids, GW_FAULT_NOTE_MAX_IDS, &n, &signo);
-    if (n == 0) {
-        free(ids);
+    gw_fault_note *note = malloc(sizeof *note);
+    if (!note) return;
+    if (!gw_pool_take_fault_note(w->addr, note) || w->killed) {
+        free(note);
         return;
     }
-    log_warn("worker %s: a handler crashed it (signal %d) running %u call(s): the crash is charged to those",
-             w->name, signo, n);
-    free(w->fault_ids);
-    w->fault_ids = ids;
-    w->n_fault_ids = n;
+    log_warn("worker %s: the handler of %s:%u crashed it (signal %d) running %u call(s): the crash is "
+             "charged to those",
+             w->name, note->fn, note->ver, note->signo, note->n);
+    free(w->fault);
+    w->fault = note;
 }
 
 /* Fails the calls waiting for starting worker w whose deadline passed (lock held). */
@@ -999,7 +999,7 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     gw_maint_wake_locked(gw); /* to unlink it once its callbacks are done */
     bool never_ready = w->state == GW_WORKER_STARTING, draining = w->state == GW_WORKER_DRAINING;
     w->death = ++gw->deaths;
-    if (w->pool_id && !w->killed) gw_worker_read_fault_note(w);
+    if (w->pool_id) gw_worker_read_fault_note(w);
     /* A local worker that dies while serving (not drained, not stopping) gets replaced. */
     if (w->pool_id && !draining && !gw->stopping) gw_metric_add(gw->std.worker_restarts, NULL, 1);
     if (w->pool_id && never_ready && !gw->stopping) {
@@ -2338,8 +2338,8 @@ json_t *gw_status_json(gw_gateway *gw) {
 
 /* ---- Lifecycle -------------------------------------------------------------------- */
 
-/* Removes worker sockets left in run_dir by a gateway that died (kill -9): their names
- * carry the gateway's pid (pool.c: w<gateway pid>-<id>.ipc). */
+/* Removes worker sockets and fault notes left in run_dir by a gateway that died (kill
+ * -9): their names carry the gateway's pid (pool.c: w<gateway pid>-<id>.ipc, .fault). */
 static void gw_clean_run_dir(const char *run_dir) {
     DIR *d = opendir(run_dir);
     if (!d) return;
@@ -2348,7 +2348,8 @@ static void gw_clean_run_dir(const char *run_dir) {
         long pid = 0;
         unsigned id = 0;
         char tail[8] = "";
-        if (sscanf(e->d_name, "w%ld-%u.%7s", &pid, &id, tail) != 3 || strcmp(tail, "ipc") != 0 || pid <= 0)
+        if (sscanf(e->d_name, "w%ld-%u.%7s", &pid, &id, tail) != 3 ||
+            (strcmp(tail, "ipc") != 0 && strcmp(tail, "fault") != 0) || pid <= 0)
             continue;
         if (pid == (long)getpid() || kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
         char path[PATH_MAX + 300];

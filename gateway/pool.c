@@ -459,15 +459,40 @@ bool gw_pool_fault_note_path(const char *addr, char *out, size_t cap) {
     return w > 0 && (size_t)w < cap;
 }
 
-void gw_pool_take_fault_note(const char *addr, uint64_t *ids, uint32_t cap, uint32_t *n, int *signo) {
-    *n = 0;
-    *signo = 0;
+/* The next token of *p (up to a space or the end): its start and length, *p after it and
+ * one separating space; false when there is none. */
+static bool pool_token(const char **p, const char **tok, size_t *len) {
+    const char *s = *p;
+    size_t n = strcspn(s, " ");
+    if (n == 0) return false;
+    *tok = s;
+    *len = n;
+    *p = s[n] == ' ' ? s + n + 1 : s + n;
+    return true;
+}
+
+/* A decimal of at most 20 digits that fits a uint64_t. */
+static bool pool_u64(const char *tok, size_t len, uint64_t *out) {
+    if (len == 0 || len > 20) return false;
+    uint64_t v = 0;
+    for (size_t i = 0; i < len; i++) {
+        if (tok[i] < '0' || tok[i] > '9') return false;
+        unsigned d = (unsigned)(tok[i] - '0');
+        if (v > (UINT64_MAX - d) / 10) return false;
+        v = v * 10 + d;
+    }
+    *out = v;
+    return true;
+}
+
+bool gw_pool_take_fault_note(const char *addr, gw_fault_note *out) {
+    memset(out, 0, sizeof *out - sizeof out->ids);
     char path[GW_POOL_ADDR_MAX];
-    if (!gw_pool_fault_note_path(addr, path, sizeof path)) return;
+    if (!gw_pool_fault_note_path(addr, path, sizeof path)) return false;
     int fd = open(path, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
-    if (fd < 0) return;
-    /* One line: "fault " + signo + n + up to GW_FAULT_NOTE_MAX_IDS ids of <= 20 digits. */
-    size_t max = 64 + (size_t)GW_FAULT_NOTE_MAX_IDS * 21;
+    if (fd < 0) return false;
+    /* One line: "fault", signo, a function name, a version, n and n ids of <= 20 digits. */
+    size_t max = 64 + AICFN_MAX_NAME_BYTES + (size_t)GW_FAULT_NOTE_MAX_IDS * 21;
     char *text = malloc(max + 1);
     size_t len = 0;
     ssize_t r;
@@ -475,28 +500,34 @@ void gw_pool_take_fault_note(const char *addr, uint64_t *ids, uint32_t cap, uint
         len += (size_t)r;
     close(fd);
     unlink(path);
-    if (!text) return;
+    if (!text) return false;
     text[len] = 0;
     char *nl = memchr(text, '\n', len);
-    unsigned long long sig = 0, count = 0;
-    int used = 0;
-    if (nl && sscanf(text, "fault %llu %llu%n", &sig, &count, &used) == 2 && sig < 64) {
-        *nl = 0;
-        const char *p = text + used;
-        uint32_t k = 0;
-        while (k < cap && k < count) {
-            if (*p != ' ' || p[1] < '0' || p[1] > '9') break;
-            char *end;
-            errno = 0;
-            unsigned long long v = strtoull(p + 1, &end, 10);
-            if (errno || (*end != ' ' && *end != 0)) break;
-            ids[k++] = v;
-            p = end;
-        }
-        if (k == count || k == cap) {
-            *n = k;
-            *signo = (int)sig;
-        }
+    bool ok = nl != NULL && nl > text && nl[-1] != ' '; /* one line, no trailing space */
+    if (ok) *nl = 0;
+    const char *p = text, *tok;
+    size_t tl;
+    uint64_t sig = 0, ver = 0, count = 0;
+    ok = ok && pool_token(&p, &tok, &tl) && tl == 5 && memcmp(tok, "fault", 5) == 0;
+    ok = ok && pool_token(&p, &tok, &tl) && pool_u64(tok, tl, &sig) && sig > 0 && sig < 64;
+    ok = ok && pool_token(&p, &tok, &tl) && tl < sizeof out->fn;
+    if (ok) {
+        memcpy(out->fn, tok, tl);
+        out->fn[tl] = 0;
     }
+    ok = ok && pool_token(&p, &tok, &tl) && pool_u64(tok, tl, &ver) && ver <= UINT32_MAX;
+    ok = ok && pool_token(&p, &tok, &tl) && pool_u64(tok, tl, &count) && count > 0;
+    uint32_t k = 0;
+    for (uint64_t i = 0; ok && i < count; i++) {
+        uint64_t id;
+        ok = pool_token(&p, &tok, &tl) && pool_u64(tok, tl, &id);
+        if (ok && k < GW_FAULT_NOTE_MAX_IDS) out->ids[k++] = id;
+    }
+    ok = ok && *p == 0; /* nothing after the ids */
     free(text);
+    if (!ok) return false;
+    out->signo = (int)sig;
+    out->ver = (uint32_t)ver;
+    out->n = k;
+    return true;
 }

@@ -21,6 +21,7 @@
 #include <sys/types.h>
 
 #include "common/error.h"
+#include "common/tunables.h"
 
 #define GW_POOL_ADDR_MAX 256
 
@@ -70,18 +71,26 @@ pid_t gw_pool_pid(gw_pool *p, uint32_t id);
 /* ---- Fault notes (worker/faultnote.h) ----
  * Each worker the pool starts gets --fault-note DIR/wP-N.fault beside its ipc socket
  * DIR/wP-N.ipc: when a handler crashes it, the worker appends
- *     fault <signo> <n> <id> <id> ...\n
- * naming the calls that handler call served. */
+ *     fault <signo> <function> <version> <n> <id> <id> ...\n
+ * naming the function and the calls that handler call served. */
 #define GW_FAULT_NOTE_MAX_IDS 4096 /* WORKER_FAULT_NOTE_MAX_IDS */
+
+typedef struct gw_fault_note {
+    int signo;
+    char fn[AICFN_MAX_NAME_BYTES];
+    uint32_t ver;
+    uint32_t n; /* ids in ids[] (the first GW_FAULT_NOTE_MAX_IDS) */
+    uint64_t ids[GW_FAULT_NOTE_MAX_IDS];
+} gw_fault_note;
 
 /* The fault note path of the pool's worker at `addr` (ipc://DIR/wP-N.ipc). False when
  * addr is not such an address or out is too small. */
 bool gw_pool_fault_note_path(const char *addr, char *out, size_t cap);
 
-/* Reads and removes the fault note of the worker at `addr`: the ids of its first line
- * into ids[0..*n) (at most cap) and its signal into *signo. *n = 0 when there is none,
- * or it is empty or malformed (a worker that died otherwise). Blocks on a small read. */
-void gw_pool_take_fault_note(const char *addr, uint64_t *ids, uint32_t cap, uint32_t *n, int *signo);
+/* Reads and removes the fault note of the worker at `addr` into *out. False when there
+ * is none (the worker did not fault, or died otherwise), or its first line is not
+ * exactly the format above (the note is the worker's: untrusted). Blocks on a small read. */
+bool gw_pool_take_fault_note(const char *addr, gw_fault_note *out);
 
 /* SIGTERMs every worker, waits up to the grace period for them to exit, SIGKILLs the
  * rest, reaps all (calling on_exit for each), stops the thread and frees the pool.

@@ -209,7 +209,7 @@ void gw_worker_destroy(gw_worker *w) {
     wl_free_models(w->models, w->n_models);
     free(w->models);
     free(w->hold_until);
-    free(w->fault_ids);
+    free(w->fault);
     free(w);
 }
 

@@ -59,14 +59,14 @@ typedef struct gw_worker {
     uint64_t spawn_us;          /* start to first status reply; 0 for remote */
     bool spawn_attributed;      /* spawn_us already given to a cold-start record */
     uint32_t consecutive_poll_failures;
-    bool killed; /* the gateway ended it (a call past its timeout, failed polls): the calls
-                    that fail with it did not crash it and are not charged as crashes */
+    bool killed;    /* the gateway ended it (a call past its timeout, failed polls): the calls
+                       that fail with it did not crash it and are not charged as crashes */
     uint64_t death; /* set when it dies: the gateway's count of worker deaths (a crash is
                        charged to a request once per death) */
-    /* The calls its fault note named (pool.h): the ones whose handler call crashed it,
-     * charged alone; none when it died otherwise (then every call in flight is). */
-    uint64_t *fault_ids;
-    uint32_t n_fault_ids;
+    /* Its fault note (pool.h), when a handler crashed it: the function and the calls of
+     * that handler call, charged alone; NULL when it died otherwise (then every call in
+     * flight is). */
+    struct gw_fault_note *fault;
 
     struct gw_call *pending_head, *pending_tail; /* routed here while STARTING */
 

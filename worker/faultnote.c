@@ -14,6 +14,8 @@ static const int fn_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
 
 static int fn_fd = -1;
 static atomic_flag fn_written = ATOMIC_FLAG_INIT; /* one line: the first thread to fault */
+static _Thread_local const char *fn_name;
+static _Thread_local uint32_t fn_ver;
 static _Thread_local const uint64_t *fn_ids;
 static _Thread_local uint32_t fn_n;
 
@@ -44,14 +46,20 @@ static void fn_write_all(const char *buf, size_t len) {
 static void fn_on_fault(int sig) {
     int saved = errno;
     const uint64_t *ids = fn_ids;
+    const char *name = fn_name;
     uint32_t n = fn_n;
-    if (fn_fd >= 0 && ids && n && !atomic_flag_test_and_set(&fn_written)) {
+    if (fn_fd >= 0 && ids && n && name && !atomic_flag_test_and_set(&fn_written)) {
         char buf[2048];
         size_t len = 0;
         static const char head[] = "fault ";
         for (size_t i = 0; i < sizeof head - 1; i++)
             buf[len++] = head[i];
         len += fn_put_u64(buf + len, (uint64_t)sig);
+        buf[len++] = ' ';
+        for (size_t i = 0; name[i] && i < 256; i++)
+            buf[len++] = name[i];
+        buf[len++] = ' ';
+        len += fn_put_u64(buf + len, fn_ver);
         buf[len++] = ' ';
         len += fn_put_u64(buf + len, n);
         for (uint32_t i = 0; i < n; i++) {
@@ -86,7 +94,9 @@ int worker_fault_note_open(const char *path, aicfn_error *err) {
     return AICFN_OK;
 }
 
-void worker_fault_note_enter(const uint64_t *ids, uint32_t n) {
+void worker_fault_note_enter(const char *fn, uint32_t ver, const uint64_t *ids, uint32_t n) {
+    fn_name = fn;
+    fn_ver = ver;
     fn_ids = ids;
     fn_n = n < WORKER_FAULT_NOTE_MAX_IDS ? n : WORKER_FAULT_NOTE_MAX_IDS;
 }
@@ -94,4 +104,5 @@ void worker_fault_note_enter(const uint64_t *ids, uint32_t n) {
 void worker_fault_note_leave(void) {
     fn_n = 0;
     fn_ids = NULL;
+    fn_name = NULL;
 }

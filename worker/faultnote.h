@@ -5,12 +5,11 @@
  * when that thread faults (SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT), a signal handler
  * appends one line to the file before the process dies with the signal's default
  * action:
- *     fault <signo> <n> <id> <id> ...\n
- * The gateway reads the note (gateway/pool.h gw_pool_read_fault_note) when the worker is gone and charges the crash to those
- * calls alone (its crash back-off), not to every call that was in flight on the worker
- * (other functions' calls, batch-mates of another function). A death without a note (a
- * SIGKILL, the OOM killer, exit(), a stack overflow, a remote worker) says nothing of
- * who caused it.
+ *     fault <signo> <function> <version> <n> <id> <id> ...\n
+ * The gateway reads the note (gateway/pool.h gw_pool_read_fault_note) when the worker is gone and charges the
+ * crash to those calls alone (its crash back-off), not to every call that was in flight on the worker (other
+ * functions' calls, batch-mates of another function). A death without a note (a SIGKILL, the OOM killer,
+ * exit(), a stack overflow, a remote worker) says nothing of who caused it.
  *
  * Not for: reporting the crash (the gateway logs the exit status) or core dumps. */
 #ifndef AICFN_WORKER_FAULTNOTE_H
@@ -28,10 +27,12 @@
  * call is AICFN_E_INVALID. AICFN_E_IO when the file cannot be opened. */
 int worker_fault_note_open(const char *path, aicfn_error *err);
 
-/* Names the calls the calling thread is about to run a handler for (ids[0..n): borrowed
- * until worker_fault_note_leave; n is capped at WORKER_FAULT_NOTE_MAX_IDS). Cheap (two
- * thread-local stores); a no-op when no note is open. */
-void worker_fault_note_enter(const uint64_t *ids, uint32_t n);
+/* Names the calls the calling thread is about to run function `fn` version `ver`'s
+ * handler for (fn and ids[0..n) borrowed until worker_fault_note_leave; n is capped at
+ * WORKER_FAULT_NOTE_MAX_IDS). The function goes in the note because call ids are the
+ * clients' (two calls in flight may share one). Cheap (thread-local stores); a no-op
+ * when no note is open. */
+void worker_fault_note_enter(const char *fn, uint32_t ver, const uint64_t *ids, uint32_t n);
 void worker_fault_note_leave(void);
 
 #endif

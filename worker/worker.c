@@ -573,7 +573,7 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
 static void worker_fn_note_calls(worker_fn *fn, worker_batch_item **items, uint32_t n) {
     for (uint32_t i = 0; i < n; i++)
         fn->call_ids[i] = ((worker_req *)items[i])->id;
-    worker_fault_note_enter(fn->call_ids, n);
+    worker_fault_note_enter(fn->name, fn->version, fn->call_ids, n);
 }
 
 static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {

@@ -810,7 +810,7 @@ def test_crash_is_charged_to_the_faulting_call_alone(procs, tmp_path):
     assert r["ok"], r
     r = call(addr, invoke_msg("crashy", [x], params={"crash": "1"}), timeout_ms=30000)
     assert not r["ok"] and r["error"]["code"] == 10 and "crashed its worker 2 times" in r["error"]["message"], r
-    assert "a handler crashed it (signal 6)" in g.stderr()
+    assert "the handler of crashy:1 crashed it (signal 6)" in g.stderr()
 
 
 def test_death_is_charged_once_per_request(procs, tmp_path):

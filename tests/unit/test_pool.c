@@ -245,66 +245,67 @@ static void idle_pool_sleeps(void **state) {
 }
 
 /* A worker's fault note (worker/faultnote.h) read back by the gateway's half: a child
- * that aborts inside a handler call names that call's ids; a missing, torn or malformed
- * note names none; the note is removed once read. */
+ * that aborts inside a handler call names that call's function and ids; a missing, torn
+ * or malformed note names none; the note is removed once read. */
 static void fault_note_round_trip(void **state) {
     (void)state;
-    char addr[GW_POOL_ADDR_MAX], note[GW_POOL_ADDR_MAX];
+    char addr[GW_POOL_ADDR_MAX], path[GW_POOL_ADDR_MAX];
     snprintf(addr, sizeof addr, "ipc://%s/w1-7.ipc", g_dir);
-    assert_true(gw_pool_fault_note_path(addr, note, sizeof note));
+    assert_true(gw_pool_fault_note_path(addr, path, sizeof path));
     char want[GW_POOL_ADDR_MAX];
     snprintf(want, sizeof want, "%s/w1-7.fault", g_dir);
-    assert_string_equal(note, want);
-    assert_false(gw_pool_fault_note_path("tcp://127.0.0.1:1", note, sizeof note));
-    assert_false(gw_pool_fault_note_path("ipc:///x.sock", note, sizeof note));
+    assert_string_equal(path, want);
+    assert_false(gw_pool_fault_note_path("tcp://127.0.0.1:1", path, sizeof path));
+    assert_false(gw_pool_fault_note_path("ipc:///x.sock", path, sizeof path));
 
-    uint64_t ids[8];
-    uint32_t n = 99;
-    int sig = 99;
-    gw_pool_take_fault_note(addr, ids, 8, &n, &sig); /* none yet */
-    assert_int_equal(n, 0);
+    gw_fault_note *note = calloc(1, sizeof *note);
+    assert_non_null(note);
+    assert_false(gw_pool_take_fault_note(addr, note)); /* none yet */
 
     pid_t pid = fork();
     assert_true(pid >= 0);
     if (pid == 0) {
         static const uint64_t calls[3] = {7, UINT64_MAX, 42};
         if (worker_fault_note_open(want, NULL) != AICFN_OK) _exit(3);
-        worker_fault_note_enter(calls, 2); /* a handler call for the first two */
+        worker_fault_note_enter("echo", 2, calls, 2); /* a handler call for the first two */
         worker_fault_note_leave();
-        worker_fault_note_enter(calls, 3);
+        worker_fault_note_enter("mlp.v2", 7, calls, 3);
         abort();
     }
     int st = 0;
     assert_int_equal(waitpid(pid, &st, 0), pid);
     assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGABRT);
-    gw_pool_take_fault_note(addr, ids, 8, &n, &sig);
-    assert_int_equal(n, 3);
-    assert_int_equal(sig, SIGABRT);
-    assert_true(ids[0] == 7 && ids[1] == UINT64_MAX && ids[2] == 42);
+    assert_true(gw_pool_take_fault_note(addr, note));
+    assert_int_equal(note->signo, SIGABRT);
+    assert_string_equal(note->fn, "mlp.v2");
+    assert_int_equal(note->ver, 7);
+    assert_int_equal(note->n, 3);
+    assert_true(note->ids[0] == 7 && note->ids[1] == UINT64_MAX && note->ids[2] == 42);
     assert_int_equal(access(want, F_OK), -1); /* taken */
 
-    static const char *const bad[] = {"fault 6 3 1 2\n",
-                                      "fault 6 2 1 -2\n",
-                                      "fault 6 1 5",
+    /* The note is the worker's: anything not exactly one well-formed line names nothing. */
+    static const char *const bad[] = {"fault 6 f 1 3 1 2\n",
+                                      "fault 6 f 1 2 1 -2\n",
+                                      "fault 6 f 1 1 5",
                                       "nonsense\n",
-                                      "fault 6 1 99999999999999999999\n",
-                                      ""};
+                                      "fault 6 f 1 1 99999999999999999999\n",
+                                      "",
+                                      "fault 6 f 1 1\n5\n",
+                                      "fault 6 f 1 1 5 6\n",
+                                      "fault 0 f 1 1 5\n",
+                                      "fault 6  f 1 1 5\n",
+                                      "fault 6 f 1 0\n",
+                                      "fault 6 f 4294967296 1 5\n",
+                                      "fault 6 f 1 1 +5\n",
+                                      "fault 6 f 1 1 5 \n"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         FILE *f = fopen(want, "w");
         assert_non_null(f);
         fputs(bad[i], f);
         fclose(f);
-        gw_pool_take_fault_note(addr, ids, 8, &n, &sig);
-        if (n != 0) fail_msg("note '%s' named %u calls", bad[i], n);
+        if (gw_pool_take_fault_note(addr, note)) fail_msg("note '%s' was taken as well formed", bad[i]);
     }
-    /* More ids than the caller takes: the first ones. */
-    FILE *f = fopen(want, "w");
-    assert_non_null(f);
-    fputs("fault 11 3 1 2 3\n", f);
-    fclose(f);
-    gw_pool_take_fault_note(addr, ids, 2, &n, &sig);
-    assert_int_equal(n, 2);
-    assert_int_equal(sig, 11);
+    free(note);
 }
 
 static void bad_config(void **state) {
