@@ -2247,8 +2247,11 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn
         name = gen;
     }
     if (gw_worker_by_name_locked(gw, name)) {
+        /* Not EXISTS: that answers a worker already registered at its own address (a
+         * renewal), and this one is another worker: two with one --id. */
         pthread_mutex_unlock(&gw->mu);
-        return aicfn_error_set(err, AICFN_E_EXISTS, "a live worker is already named '%s'", name);
+        return aicfn_error_set(err, AICFN_E_INVALID, "a live worker at another address is already named '%s'",
+                               name);
     }
     gw_worker *w = gw_worker_new(name, addr, 0, 0, clock_now_us());
     if (!w) {

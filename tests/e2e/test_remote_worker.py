@@ -365,6 +365,23 @@ def test_remote_worker_restarted_at_once_serves_again(procs, tmp_path):
     assert w2.poll() is None
 
 
+def test_second_worker_with_the_same_id_is_refused(procs, tmp_path):
+    """Two workers started with one --id at different addresses: the second is refused
+    (not taken for a renewal of the first) and exits, saying why; the first serves on."""
+    addr, data, g = gateway_with(procs, tmp_path, workers="0..0")
+    deploy(addr, ROOT / "examples" / "echo")
+    w, cwd, cache = start_remote_worker(procs, tmp_path, addr)
+    w2 = procs.start([aicfn_bin(), "worker", "--listen", f"tcp://127.0.0.1:{free_port()}", "--device", "host",
+                      "--memory", "64MiB", "--id", "remote1", "--gateway", addr, "--cache-dir", cache],
+                     name="remote1-twin", cwd=cwd)
+    assert w2.wait(20) == 1, w2.stderr()[-2000:]
+    assert "already named 'remote1'" in w2.stderr()
+    x = np.arange(3, dtype=np.float32)
+    r = call(addr, invoke_msg("echo", [tensor("x", x)]), timeout_ms=20000)
+    assert r["ok"], r
+    assert w.poll() is None
+
+
 def test_registered_worker_whose_first_status_fails_is_dropped(procs, tmp_path):
     """A registered worker whose first status poll fails (here: a reply that is not
     msgpack) is dropped at once. Only ready and draining workers are polled again, so it
