@@ -208,6 +208,7 @@ struct gw_gateway {
      * ready), and when the next may start: one that cannot start (--device cuda without
      * a GPU, a broken install) is retried with doubling back-off, not at every tick. */
     unsigned start_failures;
+    uint64_t last_start_failure_us;
     uint64_t spawn_not_before_us;
     uint64_t deaths; /* workers that died (gw_worker.death) */
 };
@@ -1002,12 +1003,15 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     if (w->pool_id) gw_worker_read_fault_note(w);
     /* A local worker that dies while serving (not drained, not stopping) gets replaced. */
     if (w->pool_id && !draining && !gw->stopping) gw_metric_add(gw->std.worker_restarts, NULL, 1);
-    if (w->pool_id && never_ready && !gw->stopping) {
+    /* Workers started together that fail together count as one failure: only a worker
+     * started after the last failure was seen doubles the back-off. */
+    if (w->pool_id && never_ready && !gw->stopping && w->started_us > gw->last_start_failure_us) {
         unsigned shift = gw->start_failures < 16 ? gw->start_failures : 16;
         uint64_t ms = (uint64_t)AICFN_WORKER_RESTART_BACKOFF_MIN_MS << shift;
         if (ms > AICFN_WORKER_RESTART_BACKOFF_MAX_MS) ms = AICFN_WORKER_RESTART_BACKOFF_MAX_MS;
         gw->start_failures++;
-        gw->spawn_not_before_us = clock_now_us() + ms * 1000;
+        gw->last_start_failure_us = clock_now_us();
+        gw->spawn_not_before_us = gw->last_start_failure_us + ms * 1000;
         log_warn("worker %s died before it was ready (%u in a row): no local worker starts for %llu ms",
                  w->name, gw->start_failures, (unsigned long long)ms);
     }

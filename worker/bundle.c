@@ -38,6 +38,7 @@ struct worker_bundle_watch {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     worker_bundle *head; /* bundles with a watched slot, until sent */
+    uint64_t next_us;    /* the expiry the thread sleeps towards; 0: none (waits for a signal) */
     bool stop;
     pthread_t thread;
 };
@@ -197,7 +198,8 @@ void worker_bundle_expire_at(worker_bundle *b, uint32_t slot, uint64_t call_id, 
         b->wnext = w->head;
         w->head = b;
     }
-    pthread_cond_signal(&w->cv);
+    /* Woken only for an expiry earlier than the one it sleeps towards. */
+    if (w->next_us == 0 || expire_us < w->next_us) pthread_cond_signal(&w->cv);
     pthread_mutex_unlock(&w->mu);
 }
 
@@ -250,6 +252,7 @@ static void *bundle_watch_main(void *arg) {
             pthread_mutex_lock(&w->mu);
             continue;
         }
+        w->next_us = next;
         if (next == 0) {
             pthread_cond_wait(&w->cv, &w->mu);
         } else {
