@@ -823,7 +823,8 @@ static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) 
 static void gw_link_msg_done_locked(gw_gateway *gw, gw_worker *w, bool short_msg, bool answered,
                                     gw_actions *a) {
     if (short_msg && w->short_msgs > 0) w->short_msgs--;
-    if (answered && w->outbox_head && w->short_msgs < AICFN_BUNDLE_WINDOW && w->state != GW_WORKER_DEAD)
+    if (answered && w->outbox_head && w->short_msgs < AICFN_BUNDLE_WINDOW && w->state != GW_WORKER_DEAD &&
+        w->state != GW_WORKER_DRAINING)
         gw_outbox_flush_locked(gw, w, a);
 }
 
@@ -994,6 +995,21 @@ static void gw_expire_pending_locked(gw_worker *w, uint64_t now, gw_actions *a) 
     }
 }
 
+/* The calls held in w's outbox were never sent: routed again, idempotent or not (w is
+ * gone or drains; lock held). */
+static void gw_outbox_reroute_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
+    gw_call *h = w->outbox_head;
+    w->outbox_head = w->outbox_tail = NULL;
+    w->outbox_n = 0;
+    while (h) {
+        gw_call *next = h->next;
+        gw_call_left_locked(w, h);
+        h->worker = NULL;
+        gw_route_locked(gw, h, a);
+        h = next;
+    }
+}
+
 /* A worker is gone: its pending calls (never sent) are routed again. */
 static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     if (w->state == GW_WORKER_DEAD) return;
@@ -1041,17 +1057,7 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
         }
         p = next;
     }
-    /* Held calls were never sent: routed again, idempotent or not. */
-    gw_call *h = w->outbox_head;
-    w->outbox_head = w->outbox_tail = NULL;
-    w->outbox_n = 0;
-    while (h) {
-        gw_call *next = h->next;
-        gw_call_left_locked(w, h);
-        h->worker = NULL;
-        gw_route_locked(gw, h, a);
-        h = next;
-    }
+    gw_outbox_reroute_locked(gw, w, a);
 }
 
 /* ---- Completions ---------------------------------------------------------------- */
@@ -1127,6 +1133,14 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         uint64_t spawn_us = 0;
         pthread_mutex_lock(&gw->mu);
         gw_call_left_locked(w, c);
+        bool not_run = !rep.head.ok && rep.head.not_run && !gw->stopping;
+        if (not_run && w->state == GW_WORKER_READY) {
+            /* The worker drains (SIGTERM from outside the gateway, say): no more calls for
+             * it, its held ones included (before its message's return would send them). */
+            log_info("worker %s drains: calls go to other workers", w->name);
+            w->state = GW_WORKER_DRAINING;
+            gw_worker_drains_locked(gw, w);
+        }
         if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
         if (!rep.head.ok && rep.head.overran && w->state != GW_WORKER_DEAD) {
             /* A bundle's part still running at its deadline + AICFN_CALL_GRACE_MS, answered
@@ -1137,14 +1151,9 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
             w->killed = true;
             gw_worker_dead_locked(gw, w, &a);
         }
-        if (!rep.head.ok && rep.head.not_run && !gw->stopping) {
-            /* The worker drains (SIGTERM from outside the gateway, say) and did not run the
-             * call: no more calls for it, and this one goes to another, idempotent or not. */
-            if (w->state == GW_WORKER_READY) {
-                log_info("worker %s drains: calls go to other workers", w->name);
-                w->state = GW_WORKER_DRAINING;
-                gw_worker_drains_locked(gw, w);
-            }
+        if (not_run) {
+            /* It did not run the call: another worker gets it, idempotent or not. */
+            if (w->state == GW_WORKER_DRAINING) gw_outbox_reroute_locked(gw, w, &a);
             c->worker = NULL;
             gw_route_locked(gw, c, &a);
             gw_pump_locked(gw, &a);
