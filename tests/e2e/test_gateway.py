@@ -753,8 +753,12 @@ def test_remote_worker_registers(procs, tmp_path):
         return call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr2,
                            "name": name}, timeout_ms=5000)
 
-    # One live worker per name (the row's key); w<N> names belong to local workers.
+    # One live worker per name (the row's key): another address under a live worker's name
+    # is refused as INVALID (two workers with one --id), not EXISTS, which tells a worker
+    # that the gateway knows it (docs/protocol.md §8); w<N> names belong to local workers.
     r = register("remote1", f"tcp://127.0.0.1:{free_port()}")
+    assert not r["ok"] and r["error"]["code"] == 1 and "already named 'remote1'" in r["error"]["message"], r
+    r = register("remote1", waddr)  # the same worker again: a renewal
     assert not r["ok"] and r["error"]["code"] == 20, r
     r = register("w5", f"tcp://127.0.0.1:{free_port()}")
     assert not r["ok"] and r["error"]["code"] == 1, r
