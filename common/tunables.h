@@ -85,7 +85,7 @@
                                                  its longest call's timeout + AICFN_CALL_GRACE_MS, at
                                                  which its worker answers a part still running as an
                                                  overrun (and the others' replies leave) */
-#define AICFN_BUNDLE_INLINE_MAX_US 200        /* a bundle's part runs on the receiving thread only
+#define AICFN_INLINE_MAX_US 200               /* a call runs on the thread that received it only
                                                  when its function's recent batches took this long */
 #define AICFN_WORKER_POLL_MS 1000             /* gateway's status poll of each worker */
 #define AICFN_WORKER_START_TIMEOUT_MS 30000   /* spawned worker must answer its first status by then */

@@ -30,8 +30,9 @@ typedef struct worker_batch_item {
     uint64_t arrival_us;
     uint64_t deadline_us;
     uint64_t dequeued_us; /* set by the batcher when the item leaves the queue */
-    bool no_inline;       /* never run on the submitting thread (run_inline): its caller has
-                             more to do first (the other parts of a bundle) */
+    bool no_inline;       /* never run on the submitting thread (run_inline): the caller's
+                             thread must not wait for it (worker.c: a function not known to
+                             be quick) */
 } worker_batch_item;
 
 /* Runs one batch of n items (1 <= n <= max_batch) in arrival order, on the executor

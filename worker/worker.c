@@ -1444,15 +1444,16 @@ static void worker_dispatch(worker_req *r) {
     uint64_t budget = r->req.deadline_ms ? (uint64_t)r->req.deadline_ms * 1000 : fn->timeout_us;
     r->item.arrival_us = r->received_us;
     r->item.deadline_us = r->received_us + budget;
-    if (r->out.bundle) {
-        /* Run on this thread only by a function known to be quick: a slow part would hold
-         * the others' acceptance and the bundle's reply (NNG sends it once this callback
-         * returns), where its function's executor lets the watch answer it as an overrun. */
-        uint64_t avg = atomic_load(&fn->exec_ewma_us);
-        r->item.no_inline = avg == 0 || avg > AICFN_BUNDLE_INLINE_MAX_US;
+    /* Run on this thread (an NNG callback's, for a function whose batches may run inline)
+     * only by a function known to be quick: a slow handler would hold one of NNG's few
+     * callback threads, and with them the worker's status answers, and in a bundle the
+     * others' acceptance and the reply (NNG sends it once this callback returns); on its
+     * function's executor the watch can answer a stuck part as an overrun. */
+    uint64_t avg = atomic_load(&fn->exec_ewma_us);
+    r->item.no_inline = avg == 0 || avg > AICFN_INLINE_MAX_US;
+    if (r->out.bundle)
         worker_bundle_expire_at(r->out.bundle, r->out.slot, r->id,
                                 r->item.deadline_us + (uint64_t)w->overrun_grace_ms * 1000);
-    }
     rc = worker_batcher_submit(fn->batcher, &r->item, &err);
     if (rc != AICFN_OK) worker_finish(r, rc, err.msg, NULL);
 }
