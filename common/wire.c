@@ -396,23 +396,17 @@ static void wire_put_error_map(wire_writer *w, int code, const char *message) {
 }
 
 int wire_encode_error_reply(wire_writer *w, uint64_t id, int code, const char *message, aicfn_error *err) {
-    if (code <= AICFN_OK || code >= AICFN_STATUS_COUNT) code = AICFN_E_INTERNAL;
-    wire_put_map(w, 4);
-    wire_kv_u64(w, "v", AICFN_PROTOCOL_VERSION);
-    wire_kv_u64(w, "id", id);
-    wire_kv_bool(w, "ok", false);
-    wire_put_error_map(w, code, message);
-    return wire_writer_status(w, err);
+    return wire_encode_marked_error_reply(w, id, code, message, NULL, err);
 }
 
 int wire_encode_marked_error_reply(wire_writer *w, uint64_t id, int code, const char *message,
                                    const char *mark, aicfn_error *err) {
     if (code <= AICFN_OK || code >= AICFN_STATUS_COUNT) code = AICFN_E_INTERNAL;
-    wire_put_map(w, 5);
+    wire_put_map(w, mark ? 5 : 4);
     wire_kv_u64(w, "v", AICFN_PROTOCOL_VERSION);
     wire_kv_u64(w, "id", id);
     wire_kv_bool(w, "ok", false);
-    wire_kv_bool(w, mark, true);
+    if (mark) wire_kv_bool(w, mark, true);
     wire_put_error_map(w, code, message);
     return wire_writer_status(w, err);
 }

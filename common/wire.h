@@ -240,7 +240,8 @@ typedef struct wire_reply_head {
 int wire_encode_error_reply(wire_writer *w, uint64_t id, int code, const char *message, aicfn_error *err);
 
 /* The same with `mark`: true beside them: WIRE_MARK_NOT_RUN (a worker's refusal of a call
- * it did not run) or WIRE_MARK_OVERRAN (a bundle's part still running past its deadline). */
+ * it did not run) or WIRE_MARK_OVERRAN (a bundle's part still running past its deadline);
+ * NULL: none (wire_encode_error_reply). */
 #define WIRE_MARK_NOT_RUN "not_run"
 #define WIRE_MARK_OVERRAN "overran"
 int wire_encode_marked_error_reply(wire_writer *w, uint64_t id, int code, const char *message, const char *mark,

@@ -383,16 +383,21 @@ static int cache_reserve_locked(loader_cache *c, uint64_t need, loader_cache_ent
     return 1;
 }
 
+/* Pins a READY entry for an acquire that found it so (a hit; lock held). */
+static void cache_pin_hit(loader_cache *c, loader_cache_entry *e) {
+    e->refcount++;
+    e->hits++;
+    cache_touch(c, e);
+    c->ctr.hits++;
+}
+
 int loader_cache_acquire_ready(loader_cache *c, const char *key, loader_cache_entry **out) {
     *out = NULL;
     if (!c || !key) return AICFN_E_NOT_FOUND;
     pthread_mutex_lock(&c->mu);
     loader_cache_entry *e = cache_find(c, key);
     if (e && e->state == LOADER_ENTRY_READY) {
-        e->refcount++;
-        e->hits++;
-        cache_touch(c, e);
-        c->ctr.hits++;
+        cache_pin_hit(c, e);
         *out = e;
     }
     pthread_mutex_unlock(&c->mu);
@@ -424,10 +429,7 @@ again:;
         e = cache_find(c, key);
     }
     if (e && e->state == LOADER_ENTRY_READY) {
-        e->refcount++;
-        e->hits++;
-        cache_touch(c, e);
-        c->ctr.hits++;
+        cache_pin_hit(c, e);
         pthread_mutex_unlock(&c->mu);
         *out = e;
         if (info) {

@@ -15,7 +15,6 @@ are restored. Every wait is bounded.
 """
 import hashlib
 import json
-import struct
 import threading
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import numpy as np
 
 from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, invoke_msg, next_id, output, run_cli,
                       tensor, wait_for)
-from test_gateway import deploy, workers
+from test_gateway import deploy, mlp_reference, workers
 from test_gateway import start_gateway as gateway_with
 
 E_INVALID = 1
@@ -70,16 +69,6 @@ def fn_hashes(data: Path, name: str):
                            (name,)).fetchone()
     finally:
         con.close()
-
-
-def mlp_reference(x: np.ndarray) -> np.ndarray:
-    raw = (ROOT / "examples" / "mlp" / "weights.safetensors").read_bytes()
-    (n,) = struct.unpack("<Q", raw[:8])
-    hdr = json.loads(raw[8:8 + n])
-    w = {k: np.frombuffer(raw[8 + n + v["data_offsets"][0]:8 + n + v["data_offsets"][1]], dtype="<f4")
-         .reshape(v["shape"]) for k, v in hdr.items() if k != "__metadata__"}
-    h = np.maximum(x.astype(np.float64) @ w["fc1.weight"].T + w["fc1.bias"], 0)
-    return h @ w["fc2.weight"].T + w["fc2.bias"]
 
 
 def artifact_get(addr, h, offset, length):
