@@ -429,6 +429,18 @@ static uint32_t worker_drop_expired(worker_fn *fn, worker_batch_item **items, ui
     return k;
 }
 
+/* Starts fn(arg) on a detached thread (the worker's background work: model waits,
+ * preloads, parked calls, each counted by its caller). pthread_create's result. */
+static int worker_start_detached(void *(*fn)(void *), void *arg) {
+    pthread_t t;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    int rc = pthread_create(&t, &attr, fn, arg);
+    pthread_attr_destroy(&attr);
+    return rc;
+}
+
 /* A batch's wait for its model when it is not resident: the acquire (a load, a join, a
  * wait for room) runs on a thread of its own, so that the executor answers each request
  * at its own deadline meanwhile instead of all of them when the load ends (a gateway
@@ -523,12 +535,7 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
     w->inflight++;
     w->loaders++;
     pthread_mutex_unlock(&w->mu);
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int trc = pthread_create(&t, &attr, worker_model_wait_main, mw);
-    pthread_attr_destroy(&attr);
+    int trc = worker_start_detached(worker_model_wait_main, mw);
     if (trc != 0) {
         pthread_mutex_lock(&w->mu);
         if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
@@ -1202,12 +1209,7 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
         worker_reply_fail(w, call, h->id, AICFN_E_UNAVAILABLE, "the worker is draining (shutting down)");
         return;
     }
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    rc = pthread_create(&t, &attr, worker_preload_main, p);
-    pthread_attr_destroy(&attr);
+    rc = worker_start_detached(worker_preload_main, p);
     if (rc != 0) {
         pthread_mutex_lock(&w->mu);
         if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
@@ -1263,12 +1265,7 @@ static void worker_park(worker_req *r) {
     pthread_mutex_lock(&w->mu);
     w->parked++;
     pthread_mutex_unlock(&w->mu);
-    pthread_t t;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    int rc = pthread_create(&t, &attr, worker_park_main, r);
-    pthread_attr_destroy(&attr);
+    int rc = worker_start_detached(worker_park_main, r);
     if (rc != 0) {
         pthread_mutex_lock(&w->mu);
         if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
