@@ -315,20 +315,14 @@ static gw_worker_row_state gw_row_state(const gw_worker *w) {
     return GW_WROW_LOST;
 }
 
-/* Applies a worker's piggybacked summary; a worker that says it drains gets its row. */
-/* A local worker the gateway saw drain (its summary, its not_run refusals: SIGTERMed
- * from outside the gateway, say) is asked to leave through the pool too, so that the
- * pool's grace escalates to SIGKILL if it never does (lock held). */
-static void gw_worker_drains_locked(gw_gateway *gw, gw_worker *w) {
-    gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
-    if (w->pool_id && gw->pool) gw_pool_terminate(gw->pool, w->pool_id);
-}
-
+/* Applies a worker's piggybacked summary; a worker that says it drains gets its row. (A
+ * drain the gateway did not start may take as long as the worker's calls in flight: the
+ * pool's SIGKILL grace starts only when the worker closes its link, gw_worker_dead_locked.) */
 static void gw_apply_summary_locked(gw_gateway *gw, gw_worker *w, const wire_worker_summary *s,
                                     uint64_t now) {
     gw_worker_state before = w->state;
     gw_worker_apply_summary(w, s, now);
-    if (w->state != before && w->state == GW_WORKER_DRAINING) gw_worker_drains_locked(gw, w);
+    if (w->state != before && w->state == GW_WORKER_DRAINING) gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
 }
 
 /* ---- Function resolution (cached) ----------------------------------------------- */
@@ -1035,10 +1029,16 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     gw_worker_row_locked(gw, w,
                          w->state == GW_WORKER_DRAINING || gw->stopping ? GW_WROW_EXITED : GW_WROW_LOST);
     w->state = GW_WORKER_DEAD;
-    /* A draining worker closes its listener before it runs its handlers' fini and frees
-     * its device: it has the pool's grace (SIGTERM, then SIGKILL) to finish, unless the
-     * gateway ended it (a call past its timeout, failed polls). */
-    if (w->pool_id && gw->pool && (!draining || w->killed)) gw_pool_kill(gw->pool, w->pool_id);
+    /* A draining worker closes its listener (its calls done) before it runs its handlers'
+     * fini and frees its device: from then on it has the pool's grace (SIGTERM, then
+     * SIGKILL) to finish, whoever started the drain; unless the gateway ended it (a call
+     * past its timeout, failed polls): then it is killed. */
+    if (w->pool_id && gw->pool) {
+        if (!draining || w->killed)
+            gw_pool_kill(gw->pool, w->pool_id);
+        else
+            gw_pool_terminate(gw->pool, w->pool_id);
+    }
     /* Its calls and polls in flight fail now (AICFN_E_WORKER_LOST) rather than at their
      * deadlines: one queued before the link connected would see no dropped connection. */
     if (w->client) rpc_client_fail_inflight(w->client);
@@ -1139,7 +1139,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
              * it, its held ones included (before its message's return would send them). */
             log_info("worker %s drains: calls go to other workers", w->name);
             w->state = GW_WORKER_DRAINING;
-            gw_worker_drains_locked(gw, w);
+            gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
         }
         if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
         if (!rep.head.ok && rep.head.overran && w->state != GW_WORKER_DEAD) {
@@ -2133,10 +2133,13 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
             log_info("worker %s idle for %llu ms: draining it (scale down)", w->name,
                      (unsigned long long)((now - w->last_call_us) / 1000));
             w->state = GW_WORKER_DRAINING;
-            gw_worker_drains_locked(gw, w);
+            gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
+            if (gw->pool) gw_pool_terminate(gw->pool, w->pool_id); /* idle: nothing to finish */
             serving--;
         }
-        if (w->outbox_head && now - w->outbox_since_us >= AICFN_BUNDLE_HOLD_MAX_US)
+        if (w->outbox_head && w->state == GW_WORKER_DRAINING)
+            gw_outbox_reroute_locked(gw, w, a); /* it takes no new calls */
+        else if (w->outbox_head && now - w->outbox_since_us >= AICFN_BUNDLE_HOLD_MAX_US)
             gw_outbox_flush_locked(gw, w, a); /* a short function turned slow */
         if ((w->state == GW_WORKER_READY || w->state == GW_WORKER_DRAINING) && w->client &&
             !w->poll_pending && now - w->last_poll_us >= (uint64_t)AICFN_WORKER_POLL_MS * 1000 &&

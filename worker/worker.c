@@ -82,8 +82,9 @@ struct worker {
     unsigned inflight;
     uint32_t overrun_grace_ms; /* worker_config's */
     unsigned parked;           /* threads fetching a new function's handler (worker_park_main) */
-    unsigned loaders;          /* threads in the model cache off the executors (preloads, model waits):
-                                  destroy waits for them, since a drain that timed out does not */
+    unsigned loaders;          /* model-wait threads still loading after their calls gave up: destroy
+                                  waits for them, since a drain that timed out does not (a preload's
+                                  thread needs no count: its call stays outstanding until it is done) */
     int draining;
 
     atomic_uint_fast64_t n_invocations, n_errors, n_cold, n_batches;
@@ -430,7 +431,8 @@ static uint32_t worker_drop_expired(worker_fn *fn, worker_batch_item **items, ui
 }
 
 /* Starts fn(arg) on a detached thread (the worker's background work: model waits,
- * preloads, parked calls, each counted by its caller). pthread_create's result. */
+ * preloads, parked calls, each kept alive by its caller's count or outstanding call).
+ * pthread_create's result. */
 static int worker_start_detached(void *(*fn)(void *), void *arg) {
     pthread_t t;
     pthread_attr_t attr;

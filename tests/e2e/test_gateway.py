@@ -858,8 +858,10 @@ def test_calls_refused_by_a_draining_worker_go_elsewhere(procs, tmp_path):
     counts.write_text("")
     x = tensor("x", np.arange(3, dtype=np.float32))
     res = {}
+    # The long call outlasts the pool's 5 s SIGKILL grace: a drain the gateway did not start
+    # must not start that grace before the worker's calls are done.
     t = threading.Thread(target=lambda: res.update(r=call(
-        addr, invoke_msg("slow", [x], params={"sleep_ms": "2000", "count_file": str(counts)}), timeout_ms=30000)))
+        addr, invoke_msg("slow", [x], params={"sleep_ms": "7000", "count_file": str(counts)}), timeout_ms=30000)))
     t.start()
     wait_for(lambda: counts.read_text().strip() != "", 20, what="the long call running")
     pool = workers(addr)
