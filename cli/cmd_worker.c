@@ -302,6 +302,17 @@ int cli_cmd_worker(int argc, char **argv) {
     bool registered = true; /* false from a failed renewal until one succeeds */
     if (gateway) {
         int r = cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), &err);
+        /* A live worker with this --id at another address may be this worker's previous
+         * run, restarted at a new address before the gateway noticed it was gone (it drops
+         * a worker after 3 failed status polls): ask again for a while before giving up. */
+        for (int tries = 0; r == AICFN_E_INVALID && tries < 4; tries++) {
+            log_warn("registering with gateway %s: %s (asking again in %d ms)", gateway, err.msg,
+                     AICFN_WORKER_POLL_MS);
+            struct timespec pause = {.tv_sec = AICFN_WORKER_POLL_MS / 1000,
+                                     .tv_nsec = (long)(AICFN_WORKER_POLL_MS % 1000) * 1000000L};
+            nanosleep(&pause, NULL);
+            r = cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), &err);
+        }
         if (r == AICFN_E_EXISTS) {
             /* A run of this worker before a quick restart is still registered at this
              * address: the gateway's link to it reconnects to this process, which it is
