@@ -200,6 +200,13 @@ static rpc_client *serve(worker *w, const char *url) {
     return c;
 }
 
+/* Closes the client, drains w (every call answered within drain_ms) and destroys it. */
+static void stop(worker *w, rpc_client *c, uint32_t drain_ms) {
+    rpc_client_close(c);
+    assert_int_equal(worker_drain(w, drain_ms), 0);
+    worker_destroy(w);
+}
+
 /* ---- tests ---- */
 
 static void echo_mlp_status(void **state) {
@@ -293,9 +300,7 @@ static void echo_mlp_status(void **state) {
     wire_doc_fini(&d);
     rpc_msg_free(m);
 
-    rpc_client_close(c);
-    assert_int_equal(worker_drain(w, 5000), 0);
-    worker_destroy(w);
+    stop(w, c, 5000);
 }
 
 typedef struct async_rec {
@@ -336,6 +341,17 @@ static void on_done(void *user, int status, rpc_msg *msg, const aicfn_error *err
     pthread_mutex_unlock(&arec.mu);
 }
 
+/* Sends invoke `id` of fn (one param pk=pv, deadline_ms) asynchronously; on_done records
+ * its outcome under index `slot`. */
+static void invoke_async(rpc_client *c, uint64_t id, const char *fn, const char *pk, const char *pv,
+                         uint32_t deadline_ms, intptr_t slot) {
+    size_t len;
+    aicfn_error err;
+    uint8_t *req = encode_invoke(id, fn, NULL, 0, pk, pv, deadline_ms, &len);
+    assert_int_equal(rpc_call_async(c, req, len, 10000, on_done, (void *)slot, &err), AICFN_OK);
+    free(req);
+}
+
 static int arec_done(void) {
     pthread_mutex_lock(&arec.mu);
     int d = arec.done;
@@ -349,7 +365,6 @@ static void batching_deadlines_and_drain(void **state) {
     snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-b", (int)getpid());
     worker *w = start(url, 16u << 20);
     add(w, "slow", "test_sleep", NULL, 8, 5000);
-    aicfn_error err;
     rpc_client *c = serve(w, url);
     memset(&arec, 0, sizeof arec);
     pthread_mutex_init(&arec.mu, NULL);
@@ -358,11 +373,7 @@ static void batching_deadlines_and_drain(void **state) {
      * behind the first batch: those expire, the rest run in batches of up to 8. */
     for (intptr_t i = 0; i < 24; i++) {
         if (i == 20) usleep(20000); /* the first batch is running now */
-        size_t len;
-        uint8_t *req = encode_invoke(100 + (uint64_t)i, "slow", NULL, 0, "sleep_ms", "100",
-                                     (i == 20 || i == 21) ? 30 : 0, &len);
-        assert_int_equal(rpc_call_async(c, req, len, 10000, on_done, (void *)i, &err), AICFN_OK);
-        free(req);
+        invoke_async(c, 100 + (uint64_t)i, "slow", "sleep_ms", "100", (i == 20 || i == 21) ? 30 : 0, i);
     }
     uint64_t until = clock_now_us() + 3000000;
     while (clock_now_us() < until && arec_done() < 4)
@@ -421,10 +432,7 @@ static void remove_function_while_serving(void **state) {
     memset(&arec, 0, sizeof arec);
     pthread_mutex_init(&arec.mu, NULL);
     for (intptr_t i = 0; i < 3; i++) {
-        size_t len;
-        uint8_t *req = encode_invoke(10 + (uint64_t)i, "slow", NULL, 0, "sleep_ms", "60", 0, &len);
-        assert_int_equal(rpc_call_async(c, req, len, 10000, on_done, (void *)i, &err), AICFN_OK);
-        free(req);
+        invoke_async(c, 10 + (uint64_t)i, "slow", "sleep_ms", "60", 0, i);
     }
     /* Wait until the worker holds all three, then remove: they all complete first. */
     uint64_t until = clock_now_us() + 3000000;
@@ -464,9 +472,7 @@ static void remove_function_while_serving(void **state) {
     assert_true(r.rep.head.ok);
     assert_int_equal(r.rep.st.n_models, 0);
     reply_free(&r);
-    rpc_client_close(c);
-    assert_int_equal(worker_drain(w, 5000), 0);
-    worker_destroy(w);
+    stop(w, c, 5000);
     pthread_mutex_destroy(&arec.mu);
 }
 
@@ -691,9 +697,7 @@ static void bundle_part_overrunning_its_deadline_is_answered_alone(void **state)
         for (int i = 0; i < 3; i++)
             free(m[i]);
     }
-    rpc_client_close(c);
-    assert_int_equal(worker_drain(w, 10000), 0); /* the hung parts end, their late replies dropped */
-    worker_destroy(w);
+    stop(w, c, 10000); /* the hung parts end, their late replies dropped */
 }
 
 /* A bundle whose first two replies fill its message but for a few bytes, and 62 small
@@ -776,9 +780,7 @@ static void bundle_reply_never_outgrows_the_message(void **state) {
     }
     wire_doc_fini(&doc);
     rpc_msg_free(msg);
-    rpc_client_close(c);
-    assert_int_equal(worker_drain(w, 5000), 0);
-    worker_destroy(w);
+    stop(w, c, 5000);
 }
 
 /* A batch waiting for its model (here: for room, the budget held by a pinned model)
@@ -815,22 +817,15 @@ static void batch_waiting_for_its_model_answers_each_deadline(void **state) {
 
     /* 0: pins model A for 1.5 s; once it runs (its count line), 1 and 2 ask for B, which
      * has no room until then, in one batch: 1 may wait 300 ms, 2 ten seconds. */
-    size_t len;
     setenv("AICFN_TEST_COUNT_FILE", counts, 1); /* the handler appends before it sleeps */
-    uint8_t *req = encode_invoke(1, "hold", NULL, 0, "sleep_ms", "1500", 0, &len);
-    assert_int_equal(rpc_call_async(c, req, len, 10000, on_done, (void *)0, &err), AICFN_OK);
-    free(req);
+    invoke_async(c, 1, "hold", "sleep_ms", "1500", 0, 0);
     uint64_t until = clock_now_us() + 5000000;
     while (access(counts, F_OK) != 0 && clock_now_us() < until)
         usleep(2000);
     assert_int_equal(access(counts, F_OK), 0);
     unsetenv("AICFN_TEST_COUNT_FILE");
-    req = encode_invoke(2, "late", NULL, 0, NULL, NULL, 300, &len);
-    assert_int_equal(rpc_call_async(c, req, len, 10000, on_done, (void *)1, &err), AICFN_OK);
-    free(req);
-    req = encode_invoke(3, "late", NULL, 0, NULL, NULL, 10000, &len);
-    assert_int_equal(rpc_call_async(c, req, len, 10000, on_done, (void *)2, &err), AICFN_OK);
-    free(req);
+    invoke_async(c, 2, "late", NULL, NULL, 300, 1);
+    invoke_async(c, 3, "late", NULL, NULL, 10000, 2);
     until = clock_now_us() + 8000000;
     while (clock_now_us() < until && arec_done() < 3)
         usleep(2000);
@@ -839,9 +834,7 @@ static void batch_waiting_for_its_model_answers_each_deadline(void **state) {
     assert_int_equal(arec.order[0], 1); /* answered while A was still pinned */
     assert_int_equal(arec.codes[0], AICFN_OK);
     assert_int_equal(arec.codes[2], AICFN_OK);
-    rpc_client_close(c);
-    assert_int_equal(worker_drain(w, 5000), 0);
-    worker_destroy(w);
+    stop(w, c, 5000);
     pthread_mutex_destroy(&arec.mu);
 }
 
@@ -886,9 +879,7 @@ static void empty_model_loads(void **state) {
     if (!r.rep.head.ok) fail_msg("invoke: %s", r.rep.head.message);
     assert_true(r.rep.cold);
     reply_free(&r);
-    rpc_client_close(c);
-    assert_int_equal(worker_drain(w, 5000), 0);
-    worker_destroy(w);
+    stop(w, c, 5000);
 }
 
 int main(void) {
