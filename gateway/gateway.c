@@ -637,9 +637,12 @@ static gw_worker *gw_spawn_locked(gw_gateway *gw, gw_actions *a) {
     return w;
 }
 
-/* Rewrites the request's deadline_ms in place to the time left, keeping its msgpack
+/* Rewrites the request's deadline_ms in place to the time left at `now` (before
+ * c->deadline_us) when that is less than the worker was to be told, keeping its msgpack
  * width (the new value is smaller, so it fits; msgpack allows non-minimal widths). */
-static void gw_patch_deadline(gw_call *c, uint32_t left_ms) {
+static void gw_patch_deadline(gw_call *c, uint64_t now) {
+    uint32_t left_ms = (uint32_t)((c->deadline_us - now + 999) / 1000);
+    if (left_ms >= c->timeout_ms) return;
     size_t off = 0, len = 0;
     if (wire_raw_find(c->wreq, c->wreq_len, "deadline_ms", &off, &len, NULL) != AICFN_OK) return;
     uint8_t *p = c->wreq + off;
@@ -662,6 +665,12 @@ static void gw_patch_deadline(gw_call *c, uint32_t left_ms) {
     c->timeout_ms = left_ms;
 }
 
+/* Fails c, whose deadline passed before it could be sent to a worker (lock held). */
+static void gw_fail_deadline_locked(gw_actions *a, gw_call *c) {
+    gw_fail_locked(a, c, AICFN_E_TIMEOUT, "function %s:%u: deadline of %u ms passed before a worker was free",
+                   c->fn->name, c->fn->ver, c->timeout_ms);
+}
+
 /* `resident`: the router found c's model READY on w (or c needs none), so c may wait
  * in w's outbox for a bundle; a call that will load its model never waits there, nor
  * holds up a bundle behind its load. */
@@ -672,13 +681,10 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
         /* Time spent queued or waiting for a spawn comes out of the worker's budget. */
         if (now >= c->deadline_us) {
             c->worker = NULL;
-            gw_fail_locked(a, c, AICFN_E_TIMEOUT,
-                           "function %s:%u: deadline of %u ms passed before a worker was free", c->fn->name,
-                           c->fn->ver, c->timeout_ms);
+            gw_fail_deadline_locked(a, c);
             return;
         }
-        uint32_t left_ms = (uint32_t)((c->deadline_us - now + 999) / 1000);
-        if (left_ms < c->timeout_ms) gw_patch_deadline(c, left_ms);
+        gw_patch_deadline(c, now);
     }
     if (w->state == GW_WORKER_STARTING) {
         c->spawned = true;
@@ -777,13 +783,10 @@ static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) 
         /* Its deadline_ms was set when it was routed: what is left of it now, or nothing. */
         if (now >= c->deadline_us) {
             gw_call_left_locked(w, c);
-            gw_fail_locked(a, c, AICFN_E_TIMEOUT,
-                           "function %s:%u: deadline of %u ms passed before a worker was free", c->fn->name,
-                           c->fn->ver, c->timeout_ms);
+            gw_fail_deadline_locked(a, c);
             continue;
         }
-        uint32_t left_ms = (uint32_t)((c->deadline_us - now + 999) / 1000);
-        if (left_ms < c->timeout_ms) gw_patch_deadline(c, left_ms);
+        gw_patch_deadline(c, now);
         bytes += c->wreq_len;
         taken[n++] = c;
     }
