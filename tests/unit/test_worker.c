@@ -200,6 +200,16 @@ static rpc_client *serve(worker *w, const char *url) {
     return c;
 }
 
+/* A 1-D FP32 tensor named "x" over x[0..n) (borrowed). */
+static wire_tensor fp32_x(const float *x, uint32_t n) {
+    return (wire_tensor){.name = "x",
+                         .dtype = AICFN_DTYPE_FP32,
+                         .ndim = 1,
+                         .shape = {n},
+                         .data = (const uint8_t *)x,
+                         .nbytes = n * sizeof *x};
+}
+
 /* Closes the client, drains w (every call answered within drain_ms) and destroys it. */
 static void stop(worker *w, rpc_client *c, uint32_t drain_ms) {
     rpc_client_close(c);
@@ -641,12 +651,7 @@ static void bundle_part_overrunning_its_deadline_is_answered_alone(void **state)
     add(w, "hang2", "test_sleep", NULL, 1, 0);
     rpc_client *c = serve(w, url);
     float x[4] = {1, 2, 3, 4};
-    wire_tensor in = {.name = "x",
-                      .dtype = AICFN_DTYPE_FP32,
-                      .ndim = 1,
-                      .shape = {4},
-                      .data = (const uint8_t *)x,
-                      .nbytes = sizeof x};
+    wire_tensor in = fp32_x(x, 4);
     for (int last = 0; last < 2; last++) {
         /* [echo, hang, echo] and then [echo, hang]: the hang sleeps 3 s, allowed 200 ms. */
         const char *hang = last ? "hang2" : "hang1";
@@ -868,12 +873,7 @@ static void empty_model_loads(void **state) {
     add(w, "empty", "echo", snap, 1, 0);
     rpc_client *c = serve(w, url);
     float x[4] = {1, 2, 3, 4};
-    wire_tensor t = {.name = "x",
-                     .dtype = AICFN_DTYPE_FP32,
-                     .ndim = 1,
-                     .shape = {4},
-                     .data = (const uint8_t *)x,
-                     .nbytes = sizeof x};
+    wire_tensor t = fp32_x(x, 4);
     reply r;
     invoke(c, 1, "empty", &t, 1, NULL, NULL, 0, &r);
     if (!r.rep.head.ok) fail_msg("invoke: %s", r.rep.head.message);
