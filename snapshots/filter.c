@@ -1,15 +1,24 @@
 /* filter.c: the byte-plane filter (see filter.h for the math). Both directions are
  * simple loops over bytes that compilers vectorize; the inverse is on the load path,
- * where snap_filter_inverse_stream also has an AVX-512 form with streaming stores.
+ * where snap_filter_inverse_stream also has vector forms with streaming stores (AVX-512,
+ * or SSE2 on other x86-64).
  * Not for: deciding which tensors get filtered (writer.c). */
 #include "snapshots/filter.h"
 
 #include <stdint.h>
 #include <string.h>
 
+/* FLT_STREAM: the width in bytes of the streaming forms' stores (the alignment they
+ * need), 0 where there are none. AVX-512BW writes 64 bytes a step; every other x86-64
+ * has SSE2, 16 bytes a step (same streaming stores, narrower). */
 #if defined(__x86_64__) && defined(__AVX512F__) && defined(__AVX512BW__)
 #include <immintrin.h>
-#define FLT_STREAM 1
+#define FLT_STREAM 64
+#elif defined(__x86_64__) && defined(__SSE2__)
+#include <emmintrin.h>
+#define FLT_STREAM 16
+#else
+#define FLT_STREAM 0
 #endif
 
 unsigned snap_filter_planes_of(aicfn_dtype dt) {
@@ -99,7 +108,7 @@ void snap_filter_inverse_part(aicfn_dtype dt, const void *planes, size_t nbytes,
     }
 }
 
-#ifdef FLT_STREAM
+#if FLT_STREAM == 64
 /* The vector forms below write 64 raw bytes per step to dst (64-byte aligned) with a
  * streaming store and to hot (if any) with an ordinary one; they return how many
  * values they did (a multiple of the step), the caller does the rest. */
@@ -142,6 +151,55 @@ static size_t flt_copy_stream(const uint8_t *s, size_t n, uint8_t *d, uint8_t *h
     }
     return i;
 }
+#elif FLT_STREAM == 16
+/* The same with SSE2: 16 raw bytes per store, dst 16-byte aligned. Planes are
+ * interleaved with unpack: for 32-bit values, (p3, p2) and (p1, p0) into 16-bit pairs,
+ * then the pairs into r (little-endian bytes p3 p2 p1 p0); for 16-bit values, (p1, p0). */
+static size_t flt_inv16_stream(const uint8_t *p0, const uint8_t *p1, size_t n, uint8_t *d, uint8_t *hot) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i hi = _mm_loadu_si128((const __m128i *)(const void *)(p0 + i));
+        __m128i lo = _mm_loadu_si128((const __m128i *)(const void *)(p1 + i));
+        __m128i r[2] = {_mm_unpacklo_epi8(lo, hi), _mm_unpackhi_epi8(lo, hi)};
+        for (int k = 0; k < 2; k++) {
+            __m128i v = _mm_or_si128(_mm_srli_epi16(r[k], 1), _mm_slli_epi16(r[k], 15));
+            _mm_stream_si128((__m128i *)(void *)(d + 2 * i + 16 * k), v);
+            if (hot) _mm_storeu_si128((__m128i *)(void *)(hot + 2 * i + 16 * k), v);
+        }
+    }
+    return i;
+}
+
+static size_t flt_inv32_stream(const uint8_t *p0, const uint8_t *p1, const uint8_t *p2, const uint8_t *p3,
+                               size_t n, uint8_t *d, uint8_t *hot) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i b3 = _mm_loadu_si128((const __m128i *)(const void *)(p0 + i));
+        __m128i b2 = _mm_loadu_si128((const __m128i *)(const void *)(p1 + i));
+        __m128i b1 = _mm_loadu_si128((const __m128i *)(const void *)(p2 + i));
+        __m128i b0 = _mm_loadu_si128((const __m128i *)(const void *)(p3 + i));
+        __m128i lo16[2] = {_mm_unpacklo_epi8(b0, b1), _mm_unpackhi_epi8(b0, b1)};
+        __m128i hi16[2] = {_mm_unpacklo_epi8(b2, b3), _mm_unpackhi_epi8(b2, b3)};
+        for (int k = 0; k < 4; k++) {
+            __m128i r = k & 1 ? _mm_unpackhi_epi16(lo16[k >> 1], hi16[k >> 1])
+                              : _mm_unpacklo_epi16(lo16[k >> 1], hi16[k >> 1]);
+            __m128i v = _mm_or_si128(_mm_srli_epi32(r, 1), _mm_slli_epi32(r, 31));
+            _mm_stream_si128((__m128i *)(void *)(d + 4 * i + 16 * k), v);
+            if (hot) _mm_storeu_si128((__m128i *)(void *)(hot + 4 * i + 16 * k), v);
+        }
+    }
+    return i;
+}
+
+static size_t flt_copy_stream(const uint8_t *s, size_t n, uint8_t *d, uint8_t *hot) {
+    size_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(s + i));
+        _mm_stream_si128((__m128i *)(void *)(d + i), v);
+        if (hot) _mm_storeu_si128((__m128i *)(void *)(hot + i), v);
+    }
+    return i;
+}
 #endif
 
 void snap_filter_inverse_stream(aicfn_dtype dt, snap_filter f, const void *src, size_t nbytes, size_t from,
@@ -150,8 +208,8 @@ void snap_filter_inverse_stream(aicfn_dtype dt, snap_filter f, const void *src, 
     uint8_t *d = dst, *h = hot;
     unsigned w = f == SNAP_FILTER_PLANES ? snap_filter_planes_of(dt) : 0;
     size_t done = 0; /* raw bytes written by the vector form */
-#ifdef FLT_STREAM
-    if (((uintptr_t)d & 63) == 0) {
+#if FLT_STREAM
+    if (((uintptr_t)d & (FLT_STREAM - 1)) == 0) {
         if (w == 2) {
             size_t n = nbytes / 2, i = from / 2;
             done = 2 * flt_inv16_stream(s + i, s + n + i, len / 2, d, h);

@@ -40,8 +40,8 @@ void snap_filter_inverse_part(aicfn_dtype dt, const void *planes, size_t nbytes,
 /* Writes raw bytes [from, from + len) of a tensor stored with filter `f` on the load
  * path: `src` holds the tensor as stored (`nbytes` bytes: planes for SNAP_FILTER_PLANES,
  * the raw bytes themselves for SNAP_FILTER_NONE, then this is a copy). The bytes go to
- * `dst` through streaming stores where the CPU has them (x86-64 with AVX-512BW, the
- * build targets the machine it runs on): a load writes far more than it reads back
+ * `dst` through streaming stores where the CPU has them (x86-64: 64 bytes a store with
+ * AVX-512BW, 16 with SSE2; the build targets the machine it runs on): a load writes far more than it reads back
  * soon, and ordinary stores would first read every destination line and push out the
  * frame being unfiltered. When `hot` is not NULL (len bytes), the raw bytes go there
  * as well, with ordinary stores: a small buffer that stays in cache, for checksumming.

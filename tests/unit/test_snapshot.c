@@ -206,7 +206,7 @@ static void filter_inverse_stream_matches(void **state) {
         raw[i] = (unsigned char)next32();
     aicfn_dtype dts[4] = {AICFN_DTYPE_BF16, AICFN_DTYPE_FP16, AICFN_DTYPE_FP32, AICFN_DTYPE_INT32};
     size_t starts[4] = {0, 64, 4, 4096 + 12}, lens[5] = {0, 4, 60, 4096, 2 * 4096 + 24};
-    size_t shifts[3] = {0, 4, 32}; /* destination alignment: 64, 4, 32 bytes */
+    size_t shifts[4] = {0, 4, 16, 32}; /* destination alignment: 64, 4, 16, 32 bytes */
     int cases = 0;
     for (int k = 0; k < 4; k++) {
         snap_filter f = k < 3 ? SNAP_FILTER_PLANES : SNAP_FILTER_NONE;
@@ -216,7 +216,7 @@ static void filter_inverse_stream_matches(void **state) {
             memcpy(planes, raw, N);
         for (int a = 0; a < 4; a++)
             for (int b = 0; b < 5; b++)
-                for (int c = 0; c < 3; c++)
+                for (int c = 0; c < 4; c++)
                     for (int with_hot = 0; with_hot < 2; with_hot++) {
                         size_t from = starts[a], len = lens[b];
                         if (from + len > N) continue;
@@ -236,7 +236,7 @@ static void filter_inverse_stream_matches(void **state) {
                         cases++;
                     }
     }
-    assert_int_equal(cases, 4 * 4 * 5 * 3 * 2);
+    assert_int_equal(cases, 4 * 4 * 5 * 4 * 2);
     free(raw);
     free(planes);
     free(dst);
