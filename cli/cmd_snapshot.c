@@ -15,6 +15,7 @@
 #include "snapshots/filter.h"
 #include "snapshots/safetensors.h"
 #include "snapshots/snapshot.h"
+#include "snapshots/unpack.h"
 #include "snapshots/writer.h"
 
 #define SNAPCLI_PROGRESS_MIN (64ull << 20) /* show progress for inputs at least this large */
@@ -362,7 +363,9 @@ static int snapcli_unpack(int argc, char **argv) {
             printf(
                 "usage: aicfn snapshot unpack FILE -o OUT.safetensors\n"
                 "Restores the original tensors (names, dtypes, shapes and bytes) as one safetensors file,\n"
-                "after checking every checksum. OUT is written through a temporary file.\n");
+                "checking every checksum. It decodes one frame at a time (memory for one frame, whatever\n"
+                "the model's size); OUT is written through a temporary file renamed into place only when\n"
+                "every checksum matched.\n");
             return CLI_EXIT_OK;
         }
         if (strcmp(argv[i], "-o") == 0 || strcmp(argv[i], "--output") == 0) {
@@ -379,32 +382,9 @@ static int snapcli_unpack(int argc, char **argv) {
     aicfn_error err;
     snap_reader *r;
     if (snap_open(file, &r, &err)) return cli_fail(&err);
-    const snap_manifest *m = snap_reader_manifest(r);
-    unsigned char *blob = malloc(m->blob_bytes ? (size_t)m->blob_bytes : 1);
-    snap_st_out_tensor *ts = calloc(m->n_tensors ? m->n_tensors : 1, sizeof *ts);
-    int rc = CLI_EXIT_OK;
-    if (!blob || !ts) {
-        aicfn_error_set(&err, AICFN_E_NOMEM, "no memory for a %llu-byte blob",
-                        (unsigned long long)m->blob_bytes);
-        rc = cli_fail(&err);
-        goto done;
-    }
-    if (snap_read_all(r, blob, &err)) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    for (uint32_t t = 0; t < m->n_tensors; t++) {
-        const snap_tensor *x = &m->tensors[t];
-        ts[t] = (snap_st_out_tensor){x->name, x->dtype, x->ndim, x->shape, blob + x->offset, x->nbytes};
-    }
-    if (snap_st_write(out, ts, m->n_tensors, &err)) {
-        rc = cli_fail(&err);
-        goto done;
-    }
-    printf("unpacked %u tensors from %s into %s\n", m->n_tensors, file, out);
-done:
-    free(ts);
-    free(blob);
+    int rc = snap_unpack(r, out, &err) ? cli_fail(&err) : CLI_EXIT_OK;
+    if (rc == CLI_EXIT_OK)
+        printf("unpacked %u tensors from %s into %s\n", snap_reader_manifest(r)->n_tensors, file, out);
     snap_close(r);
     return rc;
 }

@@ -963,6 +963,10 @@ out:
 }
 
 int snap_verify(const snap_reader *r, aicfn_error *err) {
+    return snap_verify_each(r, NULL, NULL, err);
+}
+
+int snap_verify_each(const snap_reader *r, snap_piece_fn piece, void *arg, aicfn_error *err) {
     const snap_manifest *m = &r->m;
     snap_dctx *d = NULL;
     unsigned char *comp = NULL, *filt = NULL, *raw = NULL;
@@ -1013,6 +1017,8 @@ int snap_verify(const snap_reader *r, aicfn_error *err) {
             if (hdone == 0) XXH3_64bits_reset(xs);
             uint64_t end = t->offset + t->nbytes < fe ? t->offset + t->nbytes : fe;
             XXH3_64bits_update(xs, raw + (pos - fo), (size_t)(end - pos));
+            if (piece && (rc = piece(arg, ht, pos, raw + (pos - fo), (size_t)(end - pos))) != AICFN_OK)
+                goto out;
             hdone += end - pos;
             pos = end;
             if (hdone == t->nbytes) {

@@ -605,7 +605,28 @@ static int st_write_full(FILE *f, const void *p, size_t len, const char *path, a
     return AICFN_OK;
 }
 
+struct snap_st_sink {
+    FILE *f;
+    const char *tmp;
+    uint64_t written, total;
+};
+
+int snap_st_sink_write(snap_st_sink *s, const void *p, size_t len, aicfn_error *err) {
+    if (len > s->total - s->written)
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "writing %s: %zu more bytes than the %llu the header declares", s->tmp,
+                               len - (size_t)(s->total - s->written), (unsigned long long)s->total);
+    int rc = st_write_full(s->f, p, len, s->tmp, err);
+    if (rc == AICFN_OK) s->written += len;
+    return rc;
+}
+
 int snap_st_write(const char *path, const snap_st_out_tensor *tensors, uint32_t n, aicfn_error *err) {
+    return snap_st_write_streamed(path, tensors, n, NULL, NULL, err); /* fill NULL: tensors' data */
+}
+
+int snap_st_write_streamed(const char *path, const snap_st_out_tensor *tensors, uint32_t n,
+                           snap_st_fill_fn fill, void *arg, aicfn_error *err) {
     json_t *root = json_object();
     if (!root) return aicfn_error_set(err, AICFN_E_NOMEM, "no memory");
     int rc = AICFN_OK;
@@ -666,8 +687,16 @@ int snap_st_write(const char *path, const snap_st_out_tensor *tensors, uint32_t 
     if (!rc) rc = st_write_full(f, hdr, hl, tmp, err);
     for (size_t i = hl; i < padded && !rc; i++)
         rc = st_write_full(f, " ", 1, tmp, err);
-    for (uint32_t i = 0; i < n && !rc; i++)
-        rc = st_write_full(f, tensors[i].data, tensors[i].nbytes, tmp, err);
+    snap_st_sink sink = {.f = f, .tmp = tmp, .total = off};
+    if (fill == NULL)
+        for (uint32_t i = 0; i < n && !rc; i++)
+            rc = snap_st_sink_write(&sink, tensors[i].data, tensors[i].nbytes, err);
+    else if (!rc)
+        rc = fill(arg, &sink, err);
+    if (!rc && sink.written != sink.total)
+        rc = aicfn_error_set(err, AICFN_E_INVALID,
+                             "writing %s: %llu of the %llu data bytes the header declares", tmp,
+                             (unsigned long long)sink.written, (unsigned long long)sink.total);
     if (!rc && fflush(f) != 0) rc = aicfn_error_errno(err, AICFN_E_IO, errno, "writing %s", tmp);
     /* On disk before the rename, so a crash never leaves a short file under the name. */
     if (!rc) {

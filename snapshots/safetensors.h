@@ -96,4 +96,21 @@ typedef struct snap_st_out_tensor {
  * mismatch, AICFN_E_IO on write errors. */
 int snap_st_write(const char *path, const snap_st_out_tensor *tensors, uint32_t n, aicfn_error *err);
 
+/* Where snap_st_write_streamed's `fill` writes the tensors' bytes, in order. */
+typedef struct snap_st_sink snap_st_sink;
+
+/* Appends len bytes to the data section. AICFN_E_INVALID past the sum of the tensors'
+ * sizes, AICFN_E_IO on a write error. */
+int snap_st_sink_write(snap_st_sink *s, const void *p, size_t len, aicfn_error *err);
+
+typedef int (*snap_st_fill_fn)(void *arg, snap_st_sink *s, aicfn_error *err);
+
+/* snap_st_write with the bytes produced by `fill` after the header (the tensors' data
+ * members are not read; fill NULL: they are, as snap_st_write): a file larger than
+ * memory is written with the producer's buffers only. The file is renamed into place only when fill returns
+ * AICFN_OK having written exactly the tensors' total size; otherwise fill's error (or AICFN_E_INVALID naming
+ * the shortfall) and nothing is left at `path`. */
+int snap_st_write_streamed(const char *path, const snap_st_out_tensor *tensors, uint32_t n,
+                           snap_st_fill_fn fill, void *arg, aicfn_error *err);
+
 #endif

@@ -138,12 +138,21 @@ const void *snap_frame_mapped(const snap_reader *r, uint32_t i, aicfn_error *err
 int snap_tensor_verify(const snap_reader *r, uint32_t t, const void *blob, aicfn_error *err);
 
 /* Convenience: decodes the whole blob into `blob` (blob_bytes) on the calling thread and
- * verifies every checksum. Used by verify/unpack; the loader has its own pipeline. */
+ * verifies every checksum: memory for the whole blob, for tests and small files
+ * (`snapshot verify` and `unpack` stream, below); the loader has its own pipeline. */
 int snap_read_all(const snap_reader *r, void *blob, aicfn_error *err);
 
 /* Decodes every frame in order with memory for one frame (not the whole blob) and checks
  * every tensor's XXH3 and that the padding between tensors is zeros. Returns AICFN_OK, or
  * AICFN_E_CORRUPT naming the first bad frame or tensor. Used by `snapshot verify`. */
 int snap_verify(const snap_reader *r, aicfn_error *err);
+
+/* snap_verify, calling `piece` (may be NULL) with each tensor's raw bytes in blob order
+ * (a tensor spanning frames comes in several pieces), each piece before its tensor's
+ * checksum is known: a caller that writes them out commits only when this returns
+ * AICFN_OK. A piece's bytes live only during the call. What `piece` returns other than
+ * AICFN_OK stops the walk and is returned (it sets err itself). Used by `snapshot
+ * unpack`, which streams the tensors to a file with memory for one frame. */
+int snap_verify_each(const snap_reader *r, snap_piece_fn piece, void *arg, aicfn_error *err);
 
 #endif
