@@ -77,6 +77,8 @@
 #define AICFN_WORKER_MAX_FUNCTIONS 1024      /* functions one worker hosts */
 #define AICFN_MAX_PARAMS 256                  /* params per request or function config */
 #define AICFN_WORKER_STATUS_MODELS 256        /* resident models listed in a reply summary */
+#define AICFN_WORKER_UNREPORTED_LOADS 16      /* loads whose calls all gave up, held for the next
+                                                 status reply (the oldest beyond are dropped) */
 #define AICFN_LEDGER_FLUSH_MS 100
 #define AICFN_LEDGER_FLUSH_RECORDS 1000
 #define AICFN_WORKER_KILL_GRACE_MS 5000      /* SIGTERM'd local worker: SIGKILL after this */

@@ -984,6 +984,13 @@ int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_stat
     if (load && load->coldstart.n_evicted > WIRE_MAX_EVICTED)
         return aicfn_error_set(err, AICFN_E_INVALID, "status: %u evicted models exceed the limit",
                                load->coldstart.n_evicted);
+    if (st->n_loads > WIRE_MAX_UNREPORTED_LOADS)
+        return aicfn_error_set(err, AICFN_E_INVALID, "status: %u unreported loads exceed the limit",
+                               st->n_loads);
+    for (uint32_t i = 0; i < st->n_loads; i++)
+        if (st->loads[i].coldstart.n_evicted > WIRE_MAX_EVICTED)
+            return aicfn_error_set(err, AICFN_E_INVALID, "status: %u evicted models exceed the limit",
+                                   st->loads[i].coldstart.n_evicted);
     wire_put_map(w, 4 + (load ? 2 + (load->has_coldstart ? 1 : 0) : 0));
     if (load) {
         wire_kv_bool(w, "cold", load->cold);
@@ -995,7 +1002,7 @@ int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_stat
     wire_kv_u64(w, "id", id);
     wire_kv_bool(w, "ok", true);
     wire_put_str(w, "w");
-    wire_put_map(w, 7);
+    wire_put_map(w, 7 + (st->n_loads ? 1 : 0));
     wire_kv_str(w, "worker", st->worker ? st->worker : "");
     wire_kv_str(w, "device", st->device ? st->device : "");
     wire_kv_bool(w, "host", st->is_host);
@@ -1020,6 +1027,19 @@ int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_stat
     wire_kv_u64(w, "cold_starts", c->cold_starts);
     wire_kv_u64(w, "evictions", c->evictions);
     wire_kv_u64(w, "batches", c->batches);
+    if (st->n_loads) {
+        wire_put_str(w, "loads");
+        wire_put_array(w, st->n_loads);
+        for (uint32_t i = 0; i < st->n_loads; i++) {
+            const wire_unreported_load *l = &st->loads[i];
+            wire_put_map(w, 4);
+            wire_kv_str(w, "fn", l->fn ? l->fn : "");
+            wire_kv_u64(w, "ver", l->ver);
+            wire_put_str(w, "timing");
+            wire_put_timing(w, &l->timing);
+            wire_put_coldstart(w, &l->coldstart);
+        }
+    }
     return wire_writer_status(w, err);
 }
 
@@ -1078,6 +1098,35 @@ int wire_decode_status_reply(wire_doc *doc, wire_status_reply *rep, aicfn_error 
         if ((rc = wire_get_u64(o, "w.counters", "cold_starts", false, &c->cold_starts, err))) return rc;
         if ((rc = wire_get_u64(o, "w.counters", "evictions", false, &c->evictions, err))) return rc;
         if ((rc = wire_get_u64(o, "w.counters", "batches", false, &c->batches, err))) return rc;
+    }
+    o = NULL;
+    if ((rc = wire_get_array(w, "w", "loads", false, &o, err))) return rc;
+    if (o) {
+        uint32_t n = o->via.array.size;
+        if (n > WIRE_MAX_UNREPORTED_LOADS)
+            return aicfn_error_set(err, AICFN_E_PROTOCOL, "w.loads: %u loads exceed the limit of %d", n,
+                                   WIRE_MAX_UNREPORTED_LOADS);
+        wire_unreported_load *ls = wire_doc_alloc(doc, (n ? n : 1) * sizeof *ls);
+        if (ls == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "w.loads");
+        for (uint32_t i = 0; i < n; i++) {
+            const msgpack_object *l = &o->via.array.ptr[i];
+            char lctx[48];
+            snprintf(lctx, sizeof lctx, "w.loads[%u]", i);
+            memset(&ls[i], 0, sizeof ls[i]);
+            if (l->type != MSGPACK_OBJECT_MAP)
+                return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: expected a map", lctx);
+            if ((rc = wire_get_cstr(doc, l, lctx, "fn", true, AICFN_MAX_NAME_BYTES, &ls[i].fn, err)))
+                return rc;
+            if ((rc = wire_get_u32(l, lctx, "ver", true, &ls[i].ver, err))) return rc;
+            const msgpack_object *t = NULL;
+            if ((rc = wire_get_map(l, lctx, "timing", true, &t, err))) return rc;
+            if ((rc = wire_decode_timing(t, &ls[i].timing, err))) return rc;
+            bool has = false;
+            if ((rc = wire_decode_coldstart(doc, l, &has, &ls[i].coldstart, err))) return rc;
+            if (!has) return aicfn_error_set(err, AICFN_E_PROTOCOL, "missing required key '%s.cs'", lctx);
+        }
+        s->n_loads = n;
+        s->loads = ls;
     }
     return AICFN_OK;
 }

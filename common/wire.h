@@ -244,8 +244,8 @@ int wire_encode_error_reply(wire_writer *w, uint64_t id, int code, const char *m
  * NULL: none (wire_encode_error_reply). */
 #define WIRE_MARK_NOT_RUN "not_run"
 #define WIRE_MARK_OVERRAN "overran"
-int wire_encode_marked_error_reply(wire_writer *w, uint64_t id, int code, const char *message, const char *mark,
-                                   aicfn_error *err);
+int wire_encode_marked_error_reply(wire_writer *w, uint64_t id, int code, const char *message,
+                                   const char *mark, aicfn_error *err);
 
 /* Reads `id`, `ok` and, when ok is false, `error` {code (int, authoritative), name
  * (the AICFN_E_* string, used only when code is absent), message} from a reply's root
@@ -435,6 +435,18 @@ typedef struct wire_worker_counters {
     uint64_t batches;
 } wire_worker_counters;
 
+/* A load no reply carried: every call waiting for it gave up (its deadline passed) before
+ * the model became resident. The worker lists it in its next status reply (`loads`),
+ * once, so that the gateway records the cold start all the same. */
+typedef struct wire_unreported_load {
+    const char *fn; /* the function whose calls asked for it */
+    uint32_t ver;
+    wire_timing timing; /* load_us (the whole load) and its phases; total_us = load_us */
+    wire_coldstart coldstart;
+} wire_unreported_load;
+
+#define WIRE_MAX_UNREPORTED_LOADS 64
+
 typedef struct wire_worker_status {
     const char *worker; /* worker id ("w1") */
     const char *device; /* device name ("NVIDIA H100 80GB HBM3", "host") */
@@ -444,20 +456,22 @@ typedef struct wire_worker_status {
     uint32_t n_queues; /* <= WIRE_MAX_QUEUES */
     const wire_queue_status *queues;
     wire_worker_counters counters;
+    uint32_t n_loads; /* <= WIRE_MAX_UNREPORTED_LOADS */
+    const wire_unreported_load *loads;
 } wire_worker_status;
 
 /* The load a preload made (docs/protocol.md §10): its answer is a status reply with these
  * too, so that the gateway records the cold start. */
 typedef struct wire_load_record {
-    bool cold;           /* the preload loaded the model (false: it was resident) */
-    wire_timing timing;  /* load_us (the wait), fetch/read/decompress/filter/copy */
-    bool has_coldstart;  /* this preload made the load (not joined another's) */
+    bool cold;          /* the preload loaded the model (false: it was resident) */
+    wire_timing timing; /* load_us (the wait), fetch/read/decompress/filter/copy */
+    bool has_coldstart; /* this preload made the load (not joined another's) */
     wire_coldstart coldstart;
 } wire_load_record;
 
 typedef struct wire_status_reply {
     wire_reply_head head;
-    wire_worker_status w; /* set when head.ok */
+    wire_worker_status w;  /* set when head.ok */
     wire_load_record load; /* a preload's answer: what it loaded (all zero otherwise) */
 } wire_status_reply;
 

@@ -527,12 +527,12 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
     if (rep && rep->has_coldstart) gw_record_cold_start(gw, c, &rep->timing, &rep->coldstart, spawn_us);
 }
 
-/* The cold_starts row of the load call (or preload) c made, from its worker's timing t
- * and record rc (lock NOT held). */
-static void gw_record_cold_start(gw_gateway *gw, gw_call *c, const wire_timing *t, const wire_coldstart *rc,
-                                 uint64_t spawn_us) {
-    if (!c->fn) return;
-    uint64_t gw_queue = c->dispatched_us > c->received_us ? c->dispatched_us - c->received_us : 0;
+/* The cold_starts row of one load of function `name`:`ver` (fn: its cached entry, NULL
+ * when this gateway has none) on a worker, from the worker's timing t and record rc;
+ * gw_queue and spawn_us are the gateway's part (lock NOT held). */
+static void gw_record_load(gw_gateway *gw, gw_fn *fn, const char *name, uint32_t ver, const char *worker,
+                           const char *device, uint64_t gw_queue, uint64_t spawn_us, const wire_timing *t,
+                           const wire_coldstart *rc) {
     const char *ev[WIRE_MAX_EVICTED];
     char evbuf[16][AICFN_FN_NAME_MAX_BYTES + 16];
     size_t n_ev = 0;
@@ -540,8 +540,8 @@ static void gw_record_cold_start(gw_gateway *gw, gw_call *c, const wire_timing *
     uint64_t wall = clock_now_us();
     pthread_mutex_lock(&gw->mu);
     /* A reload soon after this model's eviction is a thrash reload. */
-    if (c->fn->evicted_us && wall - c->fn->evicted_us <= AICFN_THRASH_WINDOW_US) thrash = true;
-    c->fn->evicted_us = 0;
+    if (fn && fn->evicted_us && wall - fn->evicted_us <= AICFN_THRASH_WINDOW_US) thrash = true;
+    if (fn) fn->evicted_us = 0;
     for (uint32_t i = 0; i < rc->n_evicted && n_ev < WIRE_MAX_EVICTED; i++) {
         const char *key = rc->evicted[i];
         ev[n_ev] = key;
@@ -557,11 +557,11 @@ static void gw_record_cold_start(gw_gateway *gw, gw_call *c, const wire_timing *
     }
     pthread_mutex_unlock(&gw->mu);
     if (n_ev) {
-        const char *wl[] = {c->worker_name};
+        const char *wl[] = {worker ? worker : ""};
         gw_metric_add(gw->std.evictions, wl, (double)n_ev);
     }
     if (thrash) {
-        const char *fl[] = {c->fn->name};
+        const char *fl[] = {name};
         gw_metric_add(gw->std.thrash_reloads, fl, 1);
     }
     /* A call that waited for its worker to start was held for the spawn: not queueing. */
@@ -569,10 +569,10 @@ static void gw_record_cold_start(gw_gateway *gw, gw_call *c, const wire_timing *
     uint64_t total = gw_add_sat(gw_add_sat(spawn_us, gw_queue), gw_add_sat(t->queue_us, t->load_us));
     if (t->init_us > t->load_us) total = gw_add_sat(total, t->init_us); /* init outside the load wait */
     gw_cold_start_record cs = {
-        .function = c->fn->name,
-        .version = c->fn->ver,
-        .worker = c->worker_name[0] ? c->worker_name : NULL,
-        .device = c->worker_device[0] ? c->worker_device : NULL,
+        .function = name,
+        .version = ver,
+        .worker = worker,
+        .device = device,
         .compressed_bytes = rc->compressed_bytes,
         .raw_bytes = rc->raw_bytes,
         .spawn_us = spawn_us,
@@ -588,8 +588,48 @@ static void gw_record_cold_start(gw_gateway *gw, gw_call *c, const wire_timing *
         .n_evicted = n_ev,
     };
     gw_ledger_submit_cold_start(gw->ledger, &cs);
-    gw_stdmetrics_cold_start(&gw->std, c->fn->name, t->fetch_us, t->read_us, t->decompress_us, t->filter_us,
+    gw_stdmetrics_cold_start(&gw->std, name, t->fetch_us, t->read_us, t->decompress_us, t->filter_us,
                              t->copy_us, total);
+}
+
+/* The cold_starts row of the load call (or preload) c made (lock NOT held). */
+static void gw_record_cold_start(gw_gateway *gw, gw_call *c, const wire_timing *t, const wire_coldstart *rc,
+                                 uint64_t spawn_us) {
+    if (!c->fn) return;
+    uint64_t gw_queue = c->dispatched_us > c->received_us ? c->dispatched_us - c->received_us : 0;
+    gw_record_load(gw, c->fn, c->fn->name, c->fn->ver, c->worker_name[0] ? c->worker_name : NULL,
+                   c->worker_device[0] ? c->worker_device : NULL, gw_queue, spawn_us, t, rc);
+}
+
+/* The worker a status answer came from, named for gw_record_unreported_loads (copied under
+ * the lock: the worker may go once it is released). */
+typedef struct gw_load_source {
+    char worker[sizeof(((gw_worker *)0)->name)];
+    char device[sizeof(((gw_worker *)0)->device)];
+    gw_fn *fns[WIRE_MAX_UNREPORTED_LOADS]; /* per load: its cached function, or NULL */
+} gw_load_source;
+
+static void gw_load_source_locked(gw_gateway *gw, gw_worker *w, const wire_worker_status *st,
+                                  gw_load_source *src) {
+    if (st->n_loads == 0) return;
+    snprintf(src->worker, sizeof src->worker, "%s", w->name);
+    snprintf(src->device, sizeof src->device, "%s", w->device);
+    for (uint32_t i = 0; i < st->n_loads && i < WIRE_MAX_UNREPORTED_LOADS; i++)
+        src->fns[i] = gw_fn_find(gw, st->loads[i].fn, st->loads[i].ver);
+}
+
+/* The loads a worker's status lists because no reply carried them (every call waiting
+ * for the model gave up first): a cold start each all the same (lock NOT held). */
+static void gw_record_unreported_loads(gw_gateway *gw, const wire_worker_status *st,
+                                       const gw_load_source *src) {
+    if (st->n_loads == 0) return;
+    for (uint32_t i = 0; i < st->n_loads && i < WIRE_MAX_UNREPORTED_LOADS; i++) {
+        const wire_unreported_load *l = &st->loads[i];
+        log_info("worker %s: function %s:%u: a load its calls gave up on became resident (%llu us)",
+                 src->worker, l->fn, l->ver, (unsigned long long)l->timing.load_us);
+        gw_record_load(gw, src->fns[i], l->fn, l->ver, src->worker, src->device[0] ? src->device : NULL, 0, 0,
+                       &l->timing, &l->coldstart);
+    }
 }
 
 /* ---- Routing and dispatch (lock held) ------------------------------------------- */
@@ -1092,7 +1132,11 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         gw_call_left_locked(w, c);
         if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
         w->last_call_us = now;
-        if (rc == AICFN_OK) gw_apply_summary_locked(gw, w, &rep.w.summary, now);
+        gw_load_source src;
+        if (rc == AICFN_OK) {
+            gw_apply_summary_locked(gw, w, &rep.w.summary, now);
+            gw_load_source_locked(gw, w, &rep.w, &src);
+        }
         if (rc == AICFN_OK && rep.load.has_coldstart && c->spawned && !w->spawn_attributed) {
             spawn_us = w->spawn_us;
             w->spawn_attributed = true;
@@ -1102,6 +1146,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         /* A preload's load is a cold start too (keep-warm, repository load). */
         if (rc == AICFN_OK && rep.load.has_coldstart)
             gw_record_cold_start(gw, c, &rep.load.timing, &rep.load.coldstart, spawn_us);
+        if (rc == AICFN_OK) gw_record_unreported_loads(gw, &rep.w, &src);
         wire_doc_fini(&doc);
         rpc_msg_free(reply);
         if (rc == AICFN_OK)
@@ -1341,10 +1386,12 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
     } else if (err) {
         e = *err;
     }
+    gw_load_source src;
     pthread_mutex_lock(&gw->mu);
     w->callbacks--;
     w->poll_pending = false;
     w->last_poll_us = now;
+    if (rc == AICFN_OK) gw_load_source_locked(gw, w, &rep.w, &src);
     if (rc == AICFN_OK && w->state != GW_WORKER_DEAD) {
         w->consecutive_poll_failures = 0;
         w->last_seen_wall_us = clock_wall_us();
@@ -1405,6 +1452,7 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
     }
     gw_pump_locked(gw, &a);
     pthread_mutex_unlock(&gw->mu);
+    if (rc == AICFN_OK) gw_record_unreported_loads(gw, &rep.w, &src);
     wire_doc_fini(&doc);
     rpc_msg_free(reply);
     gw_process(gw, &a);
@@ -2778,11 +2826,14 @@ static void gw_idle_unload_cb(void *user, int status, rpc_msg *reply, const aicf
     wire_status_reply rep;
     aicfn_error e;
     int rc = gw_status_answer(status, reply, err, &doc, &rep, &e);
+    gw_load_source src;
     pthread_mutex_lock(&gw->mu);
     w->callbacks--;
     if (rc == AICFN_OK && w->state != GW_WORKER_DEAD)
         gw_apply_summary_locked(gw, w, &rep.w.summary, clock_now_us());
+    if (rc == AICFN_OK) gw_load_source_locked(gw, w, &rep.w, &src);
     pthread_mutex_unlock(&gw->mu);
+    if (rc == AICFN_OK) gw_record_unreported_loads(gw, &rep.w, &src);
     wire_doc_fini(&doc);
     rpc_msg_free(reply);
     if (rc == AICFN_OK && u->keep_only)
@@ -2851,10 +2902,13 @@ static void gw_unload_cb(void *user, int status, rpc_msg *reply, const aicfn_err
     snprintf(msg, sizeof msg, "function %s:%u: unloading from worker %s: %s%s", op->fn, op->ver, w->name,
              e.msg,
              rc == AICFN_E_UNAVAILABLE ? " (the model is pinned by calls in flight or still loading)" : "");
+    gw_load_source src;
     pthread_mutex_lock(&gw->mu);
     w->callbacks--;
     if (rc == AICFN_OK && w->state != GW_WORKER_DEAD) gw_apply_summary_locked(gw, w, &rep.w.summary, now);
+    if (rc == AICFN_OK) gw_load_source_locked(gw, w, &rep.w, &src);
     pthread_mutex_unlock(&gw->mu);
+    if (rc == AICFN_OK) gw_record_unreported_loads(gw, &rep.w, &src);
     wire_doc_fini(&doc);
     rpc_msg_free(reply);
     if (rc == AICFN_OK) log_info("function %s:%u: model unloaded from worker %s", op->fn, op->ver, w->name);

@@ -59,6 +59,14 @@ typedef struct worker_fn {
     uint64_t *call_ids;       /* max_batch: the calls a handler call serves (faultnote.h) */
 } worker_fn;
 
+/* A load no reply carried (worker_model_wait abandoned by its calls), kept for the next
+ * status reply so that the gateway records the cold start (wire_unreported_load). */
+typedef struct worker_unreported_load {
+    char fn[AICFN_MAX_NAME_BYTES];
+    uint32_t ver;
+    loader_acquire_info acq;
+} worker_unreported_load;
+
 struct worker {
     char *listen;
     char *device_spec;
@@ -86,6 +94,8 @@ struct worker {
                                   waits for them, since a drain that timed out does not (a preload's
                                   thread needs no count: its call stays outstanding until it is done) */
     int draining;
+    worker_unreported_load unreported[AICFN_WORKER_UNREPORTED_LOADS]; /* under mu, oldest first */
+    uint32_t n_unreported;
 
     atomic_uint_fast64_t n_invocations, n_errors, n_cold, n_batches;
 };
@@ -225,6 +235,10 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
     loader_cache_entry_status *ents = calloc(cap, sizeof *ents);
     worker_name *names = calloc(cap, sizeof *names), *qnames = NULL;
     wire_queue_status *queues = NULL;
+    worker_unreported_load *un = NULL; /* taken from w: this reply reports them */
+    wire_unreported_load *loads = NULL;
+    const char **evicted = NULL; /* LOADER_MAX_REPORTED_EVICTIONS per load */
+    uint32_t n_un = 0;
     if (models == NULL || ents == NULL || names == NULL) goto oom;
     wire_worker_status st;
     memset(&st, 0, sizeof st);
@@ -235,6 +249,18 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
     if (queues == NULL || qnames == NULL) {
         pthread_mutex_unlock(&w->mu);
         goto oom;
+    }
+    if (w->n_unreported) {
+        un = malloc(w->n_unreported * sizeof *un);
+        loads = calloc(w->n_unreported, sizeof *loads);
+        evicted = calloc((size_t)w->n_unreported * LOADER_MAX_REPORTED_EVICTIONS, sizeof *evicted);
+        if (un == NULL || loads == NULL || evicted == NULL) {
+            pthread_mutex_unlock(&w->mu);
+            goto oom;
+        }
+        n_un = w->n_unreported;
+        memcpy(un, w->unreported, n_un * sizeof *un);
+        w->n_unreported = 0;
     }
     uint32_t nq = 0;
     uint64_t batches = 0;
@@ -258,6 +284,31 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
     st.uptime_ms = (clock_now_us() - w->started_us) / 1000;
     st.n_queues = nq;
     st.queues = queues;
+    for (uint32_t i = 0; i < n_un; i++) {
+        const loader_acquire_info *a = &un[i].acq;
+        const char **ev = evicted + (size_t)i * LOADER_MAX_REPORTED_EVICTIONS;
+        uint32_t ne =
+            a->n_evictions < LOADER_MAX_REPORTED_EVICTIONS ? a->n_evictions : LOADER_MAX_REPORTED_EVICTIONS;
+        for (uint32_t k = 0; k < ne; k++)
+            ev[k] = a->evictions[k].key;
+        loads[i] = (wire_unreported_load){
+            .fn = un[i].fn,
+            .ver = un[i].ver,
+            .timing = {.load_us = a->wait_us,
+                       .total_us = a->wait_us,
+                       .fetch_us = a->timing.fetch_us,
+                       .read_us = a->timing.read_us,
+                       .decompress_us = a->timing.decompress_us,
+                       .filter_us = a->timing.filter_us,
+                       .copy_us = a->timing.copy_us},
+            .coldstart = {.compressed_bytes = a->timing.compressed_bytes,
+                          .raw_bytes = a->timing.raw_bytes,
+                          .n_evicted = ne,
+                          .evicted = ev},
+        };
+    }
+    st.n_loads = n_un;
+    st.loads = loads;
     st.counters = (wire_worker_counters){.invocations = atomic_load(&w->n_invocations),
                                          .errors = atomic_load(&w->n_errors),
                                          .cold_starts = atomic_load(&w->n_cold),
@@ -268,24 +319,24 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
     aicfn_error err;
     if (wire_encode_status_reply(&wr, id, &st, load, &err) != AICFN_OK) {
         wire_writer_fini(&wr);
+        if (n_un) log_warn("worker %s: %u unreported loads lost: %s", w->id, n_un, err.msg);
         worker_reply_error(call, id, err.code, err.msg);
     } else {
         worker_reply_bytes(call, &wr);
         wire_writer_fini(&wr);
     }
-    free(models);
-    free(ents);
-    free(names);
-    free(queues);
-    free(qnames);
-    return;
+    goto done;
 oom:
+    worker_reply_error(call, id, AICFN_E_NOMEM, "status: out of memory");
+done:
     free(models);
     free(ents);
     free(names);
     free(queues);
     free(qnames);
-    worker_reply_error(call, id, AICFN_E_NOMEM, "status: out of memory");
+    free(un);
+    free(loads);
+    free(evicted);
 }
 
 /* ---- replies to invocations ---- */
@@ -448,13 +499,16 @@ static int worker_start_detached(void *(*fn)(void *), void *arg) {
  * at its own deadline meanwhile instead of all of them when the load ends (a gateway
  * kills a worker whose call is late past its grace, and with it the load). Whichever of
  * the two is done last frees it; a wait the executor gave up on releases its model once
- * loaded, which stays resident for the next call. Counted in w->inflight, so a drain
- * waits for it before the cache goes. */
+ * loaded, which stays resident for the next call, its load kept for the next status
+ * reply (no invocation reply carries it). Counted in w->inflight, so a drain waits for it
+ * before the cache goes. */
 typedef struct worker_model_wait {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     worker *w;
     char key[AICFN_MAX_NAME_BYTES];
+    char fn[AICFN_MAX_NAME_BYTES]; /* the function whose batch asked */
+    uint32_t ver;
     char *path;
     uint64_t deadline_us;
     bool done, abandoned;
@@ -489,13 +543,27 @@ static void *worker_model_wait_main(void *arg) {
     mw->err = err;
     pthread_cond_signal(&mw->cv);
     pthread_mutex_unlock(&mw->mu);
+    worker_unreported_load un = {.acq = acq};
+    bool report = abandoned && rc == AICFN_OK && acq.cold && !acq.joined; /* a joined load is its maker's */
     if (abandoned) {
         if (rc == AICFN_OK) loader_cache_release(w->cache, entry);
         log_info("worker %s: model %s %s after its calls' deadlines", w->id, mw->key,
                  rc == AICFN_OK ? "became resident" : "failed to load");
+        snprintf(un.fn, sizeof un.fn, "%s", mw->fn);
+        un.ver = mw->ver;
         worker_model_wait_free(mw);
     }
+    if (report) atomic_fetch_add(&w->n_cold, 1);
     pthread_mutex_lock(&w->mu);
+    if (report) {
+        if (w->n_unreported == AICFN_WORKER_UNREPORTED_LOADS) { /* nobody asked for a status since */
+            log_warn("worker %s: dropping the record of an unreported load of %s:%u (more than %d)", w->id,
+                     w->unreported[0].fn, w->unreported[0].ver, AICFN_WORKER_UNREPORTED_LOADS);
+            memmove(&w->unreported[0], &w->unreported[1], (w->n_unreported - 1) * sizeof w->unreported[0]);
+            w->n_unreported--;
+        }
+        w->unreported[w->n_unreported++] = un;
+    }
     if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
     if (--w->loaders == 0) pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu); /* the last touch of w */
@@ -531,6 +599,8 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
     clock_cond_init(&mw->cv);
     mw->w = w;
     snprintf(mw->key, sizeof mw->key, "%s", fn->model_key);
+    snprintf(mw->fn, sizeof mw->fn, "%s", fn->name);
+    mw->ver = fn->version;
     mw->path = path;
     mw->deadline_us = dl;
     pthread_mutex_lock(&w->mu);

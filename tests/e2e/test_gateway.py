@@ -265,6 +265,32 @@ def test_single_flight_twenty_first_calls(procs, tmp_path):
     assert cold_start_count(addr, data, "mlp") == 1
 
 
+def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
+    # A 64 MiB model of random bits (barely compressible) and a call that may wait 10 ms on
+    # a worker already running: the call times out while the worker loads, the model
+    # still becomes resident, and no reply carries the load. The worker's next status
+    # answer lists it, and the gateway records the cold start all the same.
+    d = tmp_path / "big"
+    d.mkdir()
+    bits = np.random.default_rng(5).integers(0, 2**32, 16 << 20, dtype=np.uint32)
+    write_safetensors(d / "w.safetensors", {"w": bits.view(np.float32)})
+    write_manifest(d, f"name: big\nhandler: {handler('echo')}\nmodel: w.safetensors\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="1..1", memory="256MiB")
+    deploy(addr, d)
+    wait_for(lambda: [w for w in workers(addr) if w["state"] == "ready"], 15, what="a ready worker")
+    x = [tensor("x", np.arange(3, dtype=np.float32))]
+    r = call(addr, invoke_msg("big", x, deadline_ms=10), timeout_ms=10000)
+    assert not r["ok"] and r["error"]["code"] == 9, r  # AICFN_E_TIMEOUT
+    rows = wait_rows(data, "SELECT version, raw_bytes, spawn_us, total_us FROM cold_starts WHERE function = 'big'",
+                     (), 1, timeout=15)
+    assert len(rows) == 1 and rows[0][:3] == (1, 64 << 20, 0), rows
+    assert rows[0][3] >= 10000, rows  # the load outlasted the call
+    assert "a load its calls gave up on became resident" in g.stderr()
+    r = call(addr, invoke_msg("big", x), timeout_ms=10000)
+    assert r["ok"] and r["cold"] is False, r  # resident, for the next call
+    assert cold_start_count(addr, data, "big") == 1
+
+
 def test_scale_to_zero_and_respawn(procs, tmp_path):
     addr, data, g = start_gateway(procs, tmp_path, workers="0..1", idle="1s")
     deploy(addr, ROOT / "examples" / "mlp")

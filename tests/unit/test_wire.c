@@ -434,6 +434,100 @@ static void status_round_trip(void **state) {
     assert_int_equal(r.load.coldstart.n_evicted, 2);
     assert_string_equal(r.load.coldstart.evicted[1], "old2");
     wire_doc_fini(&doc);
+
+    /* Loads no reply carried, listed in w.loads. */
+    wire_unreported_load ul[2] = {
+        {.fn = "mlp",
+         .ver = 3,
+         .timing = {.load_us = 800, .total_us = 800, .decompress_us = 600},
+         .coldstart = {.compressed_bytes = 10, .raw_bytes = 40, .n_evicted = 2, .evicted = ev}},
+        {.fn = "echo", .ver = 1, .timing = {.load_us = 5, .total_us = 5}, .coldstart = {.raw_bytes = 1}}};
+    st.n_loads = 2;
+    st.loads = ul;
+    wire_writer_reset(&w);
+    assert_int_equal(wire_encode_status_reply(&w, 14, &st, NULL, NULL), AICFN_OK);
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    assert_int_equal(wire_decode_status_reply(&doc, &r, &e), AICFN_OK);
+    assert_int_equal(r.w.n_loads, 2);
+    assert_string_equal(r.w.loads[0].fn, "mlp");
+    assert_int_equal(r.w.loads[0].ver, 3);
+    assert_int_equal(r.w.loads[0].timing.decompress_us, 600);
+    assert_int_equal(r.w.loads[0].coldstart.raw_bytes, 40);
+    assert_string_equal(r.w.loads[0].coldstart.evicted[0], "old1");
+    assert_string_equal(r.w.loads[1].fn, "echo");
+    assert_int_equal(r.w.loads[1].coldstart.n_evicted, 0);
+    assert_false(r.load.cold);
+    wire_doc_fini(&doc);
+    st.n_loads = WIRE_MAX_UNREPORTED_LOADS + 1; /* refused before anything is read */
+    wire_writer_reset(&w);
+    assert_int_equal(wire_encode_status_reply(&w, 15, &st, NULL, &e), AICFN_E_INVALID);
+    wire_writer_fini(&w);
+}
+
+/* One w.loads element for status_loads_are_checked: `shape` picks what is wrong. */
+enum { LOAD_OK, LOAD_NOT_MAP, LOAD_NO_FN, LOAD_NO_CS, LOAD_NO_TIMING, LOAD_BIG_VER, LOAD_SHAPES };
+
+static void put_load(wire_writer *w, int shape) {
+    if (shape == LOAD_NOT_MAP) {
+        wire_put_u64(w, 1);
+        return;
+    }
+    wire_put_map(w, 4 - (shape != LOAD_OK && shape != LOAD_BIG_VER));
+    if (shape != LOAD_NO_FN) wire_kv_str(w, "fn", "f");
+    wire_kv_u64(w, "ver", shape == LOAD_BIG_VER ? (uint64_t)UINT32_MAX + 1 : 1);
+    if (shape != LOAD_NO_TIMING) {
+        wire_put_str(w, "timing");
+        wire_put_map(w, 0);
+    }
+    if (shape != LOAD_NO_CS) {
+        wire_put_str(w, "cs");
+        wire_put_map(w, 0);
+    }
+}
+
+/* w.loads from a hostile worker: too many, not maps, or missing what a row needs; each
+ * refused with AICFN_E_PROTOCOL naming the problem (and a well-formed one accepted). */
+static void status_loads_are_checked(void **state) {
+    (void)state;
+    static const char *const want[LOAD_SHAPES + 1] = {NULL,
+                                                      "w.loads[0]: expected a map",
+                                                      "'w.loads[0].fn'",
+                                                      "'w.loads[0].cs'",
+                                                      "'w.loads[0].timing'",
+                                                      "w.loads[0].ver",
+                                                      "exceed the limit"};
+    wire_writer w;
+    wire_writer_init(&w);
+    for (int shape = 0; shape <= LOAD_SHAPES; shape++) {
+        wire_writer_reset(&w);
+        wire_put_map(&w, 4);
+        wire_kv_u64(&w, "v", AICFN_PROTOCOL_VERSION);
+        wire_kv_u64(&w, "id", 1);
+        wire_kv_bool(&w, "ok", true);
+        wire_put_str(&w, "w");
+        wire_put_map(&w, 2);
+        wire_put_str(&w, "st");
+        wire_put_map(&w, 0);
+        wire_put_str(&w, "loads");
+        uint32_t n = shape == LOAD_SHAPES ? WIRE_MAX_UNREPORTED_LOADS + 1 : 1;
+        wire_put_array(&w, n);
+        for (uint32_t k = 0; k < n; k++)
+            put_load(&w, shape == LOAD_SHAPES ? LOAD_OK : shape);
+        wire_doc doc;
+        assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+        wire_status_reply r;
+        aicfn_error e;
+        int rc = wire_decode_status_reply(&doc, &r, &e);
+        if (shape == LOAD_OK) {
+            assert_int_equal(rc, AICFN_OK);
+            assert_int_equal(r.w.n_loads, 1);
+        } else {
+            assert_int_equal(rc, AICFN_E_PROTOCOL);
+            if (!strstr(e.msg, want[shape]))
+                fail_msg("shape %d: '%s' does not name %s", shape, e.msg, want[shape]);
+        }
+        wire_doc_fini(&doc);
+    }
     wire_writer_fini(&w);
 }
 
@@ -971,6 +1065,7 @@ int main(void) {
         cmocka_unit_test(error_reply_round_trip),
         cmocka_unit_test(not_run_reply_round_trip),
         cmocka_unit_test(status_round_trip),
+        cmocka_unit_test(status_loads_are_checked),
         cmocka_unit_test(every_strict_prefix_is_rejected),
         cmocka_unit_test(trailing_bytes_rejected),
         cmocka_unit_test(hostile_headers_rejected_without_allocation),

@@ -20,6 +20,7 @@
 #include "common/rpc.h"
 #include "common/tunables.h"
 #include "common/wire.h"
+#include "snapshots/safetensors.h"
 #include "snapshots/writer.h"
 #include "worker/worker.h"
 
@@ -843,6 +844,105 @@ static void batch_waiting_for_its_model_answers_each_deadline(void **state) {
     pthread_mutex_destroy(&arec.mu);
 }
 
+/* The status answer of worker client c, decoded into *st; *m holds the bytes the
+ * document d points into (the caller finishes d, then frees *m). */
+static void status_of(rpc_client *c, rpc_msg **m, wire_doc *d, wire_status_reply *st) {
+    wire_writer sw;
+    wire_writer_init(&sw);
+    aicfn_error err;
+    assert_int_equal(wire_encode_status_req(&sw, 9, NULL), AICFN_OK);
+    *m = NULL;
+    assert_int_equal(rpc_call_sync(c, sw.data, sw.len, 5000, m, &err), AICFN_OK);
+    wire_writer_fini(&sw);
+    assert_int_equal(wire_doc_parse(d, rpc_msg_data(*m), rpc_msg_len(*m), NULL, &err), AICFN_OK);
+    assert_int_equal(wire_decode_status_reply(d, st, &err), AICFN_OK);
+    assert_true(st->head.ok);
+}
+
+/* A load whose only call gave up (its deadline passed while the model loaded) still
+ * becomes resident, and no invocation reply carries its record: the next status reply
+ * lists it once (w.loads), so that the gateway records the cold start. The model is 64 MiB
+ * of random bytes (a load of well over 10 ms: the device's fresh pages alone); the call
+ * may wait 10 ms. */
+static void abandoned_load_is_reported_in_the_next_status(void **state) {
+    (void)state;
+    enum { BIG = 64 << 20 };
+    char st_path[PATH_MAX + 32], snap[PATH_MAX + 32];
+    snprintf(st_path, sizeof st_path, "%s/big.safetensors", tmp_dir);
+    snprintf(snap, sizeof snap, "%s/big.aicsnap", tmp_dir);
+    unsigned char *data = malloc(BIG);
+    assert_non_null(data);
+    uint64_t x = 0x9E3779B97F4A7C15ull;
+    for (size_t i = 0; i < BIG; i += 8) { /* incompressible: zstd stores it, the load copies it all */
+        x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+        memcpy(data + i, &x, 8);
+    }
+    int64_t shape[1] = {BIG};
+    snap_st_out_tensor t = {"w", AICFN_DTYPE_UINT8, 1, shape, data, BIG};
+    aicfn_error err;
+    assert_int_equal(snap_st_write(st_path, &t, 1, &err), AICFN_OK);
+    free(data);
+    const char *in[1] = {st_path};
+    snap_pack_opts o = {
+        .level = 1, .chunk = AICFN_SNAP_DEFAULT_CHUNK, .filter = SNAP_FILTER_MODE_AUTO, .threads = 2};
+    if (snap_pack(in, 1, snap, &o, NULL, &err) != AICFN_OK) fail_msg("snap_pack: %s", err.msg);
+    unlink(st_path);
+
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-abandon", (int)getpid());
+    worker *w = start(url, 2u * BIG);
+    worker_fn_config big = {.name = "big",
+                            .version = 7,
+                            .handler = hpath("test_sleep"),
+                            .snapshot = snap,
+                            .model_key = "BIG",
+                            .max_batch = 1};
+    assert_int_equal(worker_add_function(w, &big, &err), AICFN_OK);
+    rpc_client *c = serve(w, url);
+    memset(&arec, 0, sizeof arec);
+    pthread_mutex_init(&arec.mu, NULL);
+    invoke_async(c, 1, "big", NULL, NULL, 10, 0);
+    uint64_t until = clock_now_us() + 8000000;
+    while (clock_now_us() < until && arec_done() < 1)
+        usleep(2000);
+    assert_int_equal(arec_done(), 1);
+    assert_int_equal(arec.codes[0], AICFN_E_TIMEOUT);
+
+    /* The model loads all the same; its record waits for a status. */
+    rpc_msg *m;
+    wire_doc d;
+    wire_status_reply st;
+    uint32_t n_loads = 0;
+    until = clock_now_us() + 10000000;
+    for (;;) {
+        status_of(c, &m, &d, &st);
+        n_loads = st.w.n_loads;
+        if (n_loads || clock_now_us() >= until) break;
+        wire_doc_fini(&d);
+        rpc_msg_free(m);
+        usleep(20000);
+    }
+    assert_int_equal(n_loads, 1);
+    assert_string_equal(st.w.loads[0].fn, "big");
+    assert_int_equal(st.w.loads[0].ver, 7);
+    assert_true(st.w.loads[0].timing.load_us >= 10000); /* longer than the call waited */
+    assert_int_equal(st.w.loads[0].timing.total_us, st.w.loads[0].timing.load_us);
+    assert_int_equal(st.w.loads[0].coldstart.raw_bytes, BIG);
+    assert_true(st.w.loads[0].coldstart.compressed_bytes >= BIG);
+    assert_int_equal(st.w.loads[0].coldstart.n_evicted, 0);
+    assert_int_equal(st.w.counters.cold_starts, 1);
+    assert_int_equal(st.w.summary.n_models, 1); /* resident, for the next call */
+    wire_doc_fini(&d);
+    rpc_msg_free(m);
+    status_of(c, &m, &d, &st);
+    assert_int_equal(st.w.n_loads, 0); /* reported once */
+    wire_doc_fini(&d);
+    rpc_msg_free(m);
+    stop(w, c, 5000);
+    pthread_mutex_destroy(&arec.mu);
+    unlink(snap);
+}
+
 /* A model whose blob is empty (only empty tensors) loads: the cache is charged the one
  * aligned unit the device allocates for it, not 0 bytes. */
 static void empty_model_loads(void **state) {
@@ -893,6 +993,7 @@ int main(void) {
         cmocka_unit_test(bundle_part_overrunning_its_deadline_is_answered_alone),
         cmocka_unit_test(empty_model_loads),
         cmocka_unit_test(batch_waiting_for_its_model_answers_each_deadline),
+        cmocka_unit_test(abandoned_load_is_reported_in_the_next_status),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
