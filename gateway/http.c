@@ -741,6 +741,16 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
                 r->announced = (size_t)v;
             }
         }
+    } else {
+        /* The other endpoints take no body, and none is ever buffered for them (else one
+         * unauthenticated client could hold the whole buffered budget through
+         * /v2/health/live): a body announced is refused at once, a chunked one as it comes. */
+        const char *cl =
+            MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+        if (cl && strspn(cl, "0") != strlen(cl)) {
+            ht_set_error(r, AICFN_E_INVALID, "this endpoint takes no request body");
+            return false;
+        }
     }
     return true;
 }
@@ -823,12 +833,14 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
         return MHD_YES;
     }
     if (r->state == ST_RECEIVING && *upload_data_size > 0) {
-        int rc = ht_append(r, upload_data, *upload_data_size);
+        int rc = ht_route_has_body(r->route) ? ht_append(r, upload_data, *upload_data_size) : AICFN_E_INVALID;
         *upload_data_size = 0;
         if (rc) {
             char m[128];
             if (rc == AICFN_E_TOO_LARGE)
                 snprintf(m, sizeof m, "request body exceeds the limit of %zu bytes", h->cfg.max_body);
+            else if (rc == AICFN_E_INVALID)
+                snprintf(m, sizeof m, "this endpoint takes no request body");
             else
                 snprintf(m, sizeof m, "%s",
                          rc == AICFN_E_OVERLOADED ? "too many request bytes in flight; retry" : "");
@@ -840,8 +852,8 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
             if (r->reserved) atomic_fetch_sub(&h->buffered, r->reserved);
             r->reserved = 0;
             /* MHD cannot answer in the middle of a body: the rest is discarded unstored and
-             * the 413 goes out when the body ends, unless the client sends another max_body
-             * bytes, when the connection is dropped. */
+             * the error (413, or 400 for a body where none is taken) goes out when the body ends, unless the
+             * client sends another max_body bytes, when the connection is dropped. */
         }
         return MHD_YES;
     }

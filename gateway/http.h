@@ -16,7 +16,9 @@
  *
  * Limits (each from common/tunables.h unless set in gw_http_config): request body size
  * (413 before the body is read when Content-Length says so; counted while streaming
- * otherwise), header bytes per connection (MHD answers 431), connections in all and
+ * otherwise; only inference and the repository endpoints take a body: any other
+ * refuses one with 400 and buffers none), header bytes per connection (MHD answers 431),
+ * connections in all and
  * per client IP, an idle timeout, and a whole-request receive deadline enforced by a
  * reaper thread so a client trickling one byte per second is cut off.
  * Authentication: "Authorization: Bearer <key>" on every endpoint except the health

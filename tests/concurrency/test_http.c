@@ -872,6 +872,49 @@ static void body_limit_413_before_read(void **state) {
     resp_free(&r);
 }
 
+/* Endpoints that take no body (the unauthenticated ones among them) buffer none: a body
+ * announced is refused at once with 400, a chunked one when it ends, and while clients
+ * hold such requests open an authenticated inference still gets its buffer. */
+static void bodyless_endpoints_buffer_nothing(void **state) {
+    fixture *fx = *state; /* max_body 1 MiB, max_buffered 2 MiB */
+    resp r;
+    int fd = dial(fx->port);
+    const char *head = "GET /v2/health/live HTTP/1.1\r\nHost: t\r\nContent-Length: 1000000\r\n\r\n";
+    assert_int_equal(send_all(fd, head, strlen(head)), 0);
+    read_resp(fd, &r, 3000);
+    assert_error_body(&r, 400, "takes no request body");
+    resp_free(&r);
+    close(fd);
+    /* Chunked, just under a MiB each from four clients that then go quiet: before, each
+     * held up to max_body of the 2 MiB budget. */
+    char chunk[5 + 1024 + 2];
+    memset(chunk, 'x', sizeof chunk);
+    memcpy(chunk, "400\r\n", 5);
+    memcpy(chunk + 5 + 1024, "\r\n", 2);
+    head = "GET /v2/health/ready HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n";
+    int idle[4];
+    for (int i = 0; i < 4; i++) {
+        idle[i] = dial(fx->port);
+        assert_int_equal(send_all(idle[i], head, strlen(head)), 0);
+        for (int k = 0; k < 1000; k++)
+            assert_int_equal(send_all(idle[i], chunk, sizeof chunk), 0);
+    }
+    sleep_ms(200);
+    req(fx, "POST", "/v2/models/mlp/infer", USER, INFER_BODY, strlen(INFER_BODY), &r);
+    check_y(&r, "q1");
+    resp_free(&r);
+    assert_int_equal(send_all(idle[0], "0\r\n\r\n", 5), 0); /* the end: the 400 goes out */
+    read_resp(idle[0], &r, 3000);
+    assert_error_body(&r, 400, "takes no request body");
+    resp_free(&r);
+    for (int i = 0; i < 4; i++)
+        close(idle[i]);
+    /* Content-Length: 0 is no body. */
+    req(fx, "GET", "/v2/health/live", "", NULL, 0, &r); /* req sends Content-Length: 0 */
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+}
+
 static void oversized_header_refused(void **state) {
     fixture *fx = *state;
     size_t n = 300 * 1024;
@@ -1056,6 +1099,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(metrics_endpoint, setup, teardown),
         cmocka_unit_test_setup_teardown(announced_bodies_reserve_as_they_arrive, setup_small_budget,
                                         teardown),
+        cmocka_unit_test_setup_teardown(bodyless_endpoints_buffer_nothing, setup_small_budget, teardown),
         cmocka_unit_test_setup_teardown(body_limit_413_before_read, setup_noauth, teardown),
         cmocka_unit_test_setup_teardown(oversized_header_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(slowloris_cut_off_while_others_served, setup, teardown),
