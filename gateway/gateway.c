@@ -22,12 +22,14 @@
 
 #include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -165,6 +167,7 @@ typedef struct gw_actions {
 struct gw_gateway {
     char *listen;
     char *data_dir;
+    int data_lock_fd; /* <data>/gateway.lock, flock'd for the gateway's life; -1: none */
     char run_dir[PATH_MAX];
     char *device;
     char *worker_exe;
@@ -2434,6 +2437,36 @@ static int gw_mkdir(const char *path, aicfn_error *err) {
     return aicfn_error_errno(err, AICFN_E_IO, errno, "creating %s", path);
 }
 
+/* One gateway per data directory: a second one would remove the first's uploads in
+ * progress (artifacts/tmp), mark its live workers lost and reuse their ids. The lock is
+ * an flock on <data>/gateway.lock, released by the kernel however the holder ends (kill
+ * -9 included); the file holds the holder's pid, for the message. */
+static int gw_lock_data_dir(gw_gateway *gw, aicfn_error *err) {
+    char path[PATH_MAX + 16];
+    snprintf(path, sizeof path, "%s/gateway.lock", gw->data_dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    if (fd < 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "opening %s", path);
+    if (flock(fd, LOCK_EX | LOCK_NB) != 0) {
+        int e = errno;
+        char pid[24] = "";
+        ssize_t n = pread(fd, pid, sizeof pid - 1, 0);
+        pid[n > 0 ? n : 0] = '\0';
+        pid[strcspn(pid, "\n")] = '\0';
+        close(fd);
+        if (e == EWOULDBLOCK)
+            return aicfn_error_set(err, AICFN_E_UNAVAILABLE,
+                                   "data directory %s is in use by another gateway (pid %s; %s)",
+                                   gw->data_dir, pid[0] ? pid : "unknown", path);
+        return aicfn_error_errno(err, AICFN_E_IO, e, "locking %s", path);
+    }
+    char pid[24];
+    int n = snprintf(pid, sizeof pid, "%ld\n", (long)getpid());
+    if (ftruncate(fd, 0) != 0 || pwrite(fd, pid, (size_t)n, 0) != n)
+        log_warn("writing the pid to %s: %s", path, strerror(errno)); /* the lock holds all the same */
+    gw->data_lock_fd = fd;
+    return AICFN_OK;
+}
+
 int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     *out = NULL;
     if (cfg->min_workers > cfg->max_workers)
@@ -2456,6 +2489,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     gw->upload_idle_us = cfg->upload_idle_us ? cfg->upload_idle_us : AICFN_UPLOAD_IDLE_TIMEOUT_MS * 1000ull;
     gw->no_bundles = cfg->no_bundles;
     gw->scaling_dirty = true; /* read which functions keep workers warm once started */
+    gw->data_lock_fd = -1;
     pthread_mutex_init(&gw->mu, NULL);
     clock_cond_init(&gw->maint_cv);
     clock_cond_init(&gw->spawn_cv);
@@ -2463,6 +2497,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     if (!gw->listen || !gw->data_dir || !gw->device)
         rc = aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     if (rc == AICFN_OK) rc = gw_mkdir(gw->data_dir, err);
+    if (rc == AICFN_OK) rc = gw_lock_data_dir(gw, err);
     if (rc == AICFN_OK) {
         int n = snprintf(gw->run_dir, sizeof gw->run_dir, "%s/run", gw->data_dir);
         /* ipc paths must fit sun_path (108 bytes) with the socket's name. */
@@ -2601,6 +2636,7 @@ void gw_stop(gw_gateway *gw) {
     gw_metrics_destroy(gw->metrics);
     gw_artifacts_close(gw->art);
     gw_db_close(gw->db);
+    if (gw->data_lock_fd >= 0) close(gw->data_lock_fd); /* last: everything in data_dir is closed */
     pthread_mutex_destroy(&gw->mu);
     pthread_cond_destroy(&gw->maint_cv);
     pthread_cond_destroy(&gw->spawn_cv);

@@ -14,6 +14,7 @@ status poll and not per call, `aicfn workers --history`), and hostile
 clients (handshake drops, a 2^40-byte length header, malformed msgpack) while others work.
 Every wait is bounded.
 """
+import hashlib
 import json
 import os
 import signal
@@ -289,6 +290,33 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
     r = call(addr, invoke_msg("big", x), timeout_ms=10000)
     assert r["ok"] and r["cold"] is False, r  # resident, for the next call
     assert cold_start_count(addr, data, "big") == 1
+
+
+def test_second_gateway_on_one_data_dir_is_refused(procs, tmp_path):
+    # A second gateway on the same --data would remove the first's uploads in progress and
+    # mark its live workers lost: it is refused before it touches anything, naming the
+    # holder, and the first keeps serving, the upload begun before included.
+    addr, data, g = start_gateway(procs, tmp_path, workers="1..1")
+    wait_for(lambda: [w for w in workers(addr) if w["state"] == "ready"], 15, what="a ready worker")
+    blob = bytes(range(256)) * 64
+    digest = hashlib.sha256(blob * 2).hexdigest()
+
+    def msg(t, **kw):
+        return {"v": PROTOCOL_VERSION, "t": t, "id": next_id(), **kw}
+
+    begin = call(addr, msg("upload_begin", hash=digest, size=2 * len(blob)))
+    assert begin["ok"], begin
+    assert call(addr, msg("upload_chunk", upload=begin["upload"], offset=0, data=blob))["ok"]
+    r = run_cli(["gateway", "--listen", f"tcp://127.0.0.1:{free_port()}", "--data", str(data), "--workers", "0..1",
+                 "--device", "host", "--insecure-local"], timeout=20)
+    assert r.returncode != 0
+    assert f"is in use by another gateway (pid {g.p.pid}" in r.stderr, r.stderr
+    more = call(addr, msg("upload_chunk", upload=begin["upload"], offset=len(blob), data=blob))
+    assert more["ok"], more
+    done = call(addr, msg("upload_commit", upload=begin["upload"]))
+    assert done["ok"], done
+    assert [w["state"] for w in workers(addr)] == ["ready"]
+    assert "lost" not in [r[0] for r in db_rows(data, "SELECT state FROM workers")]
 
 
 def test_scale_to_zero_and_respawn(procs, tmp_path):
