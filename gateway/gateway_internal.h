@@ -36,7 +36,9 @@ void gw_metrics_refresh(gw_gateway *gw);
 
 /* Applies the caller's rate limit and daily quota (keys.h gw_limits, one for the whole
  * gateway, seeded from the ledger at start) to one invocation, before gw_invoke_submit.
- * rate_per_s/quota_per_day 0 = unlimited. AICFN_OK (admitted and counted), or
+ * rate_per_s/quota_per_day 0 = unlimited; an unlimited key's call still counts toward its
+ * tenant's calls today, which other keys' quotas are checked against (not without keys,
+ * --insecure-local). AICFN_OK (admitted and counted), or
  * AICFN_E_QUOTA with *retry_after_s (>= 1) and a message; a refused call gets its ledger
  * row and its count in aicfn_calls_total here. Thread-safe; never blocks on I/O. */
 int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, uint32_t rate_per_s,

@@ -1011,6 +1011,43 @@ def test_api_keys_on_the_nng_front(procs, tmp_path):
     assert rows == [("acme",)]
 
 
+def test_daily_quota_counts_every_call_of_the_tenant(procs, tmp_path):
+    # Quotas are per tenant (protocol.md section 6): calls through a key of the tenant that
+    # has no limits count too, before a restart as after it (the count is then seeded from
+    # the ledger, which holds every call).
+    from conftest import aicfn_bin
+    data = tmp_path / "data"
+    data.mkdir()
+    admin = create_key(data, "ops", "--admin")
+    free, capped = create_key(data, "acme"), create_key(data, "acme", "--quota", "5/day")
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    args = [aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..1", "--worker-memory",
+            "64MiB", "--device", "host"]
+
+    def start(name):
+        g = procs.start(args, name=name)
+        wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id(), "key": admin}, timeout_ms=500).get("ok"),
+                 15, interval=0.05, what="the gateway")
+        return g
+
+    g = start("gateway")
+    r = run_cli(["deploy", ROOT / "examples" / "echo", "--gateway", addr], env={"AICFN_KEY": admin})
+    assert r.returncode == 0, r.stderr
+
+    def inv(key):
+        m = invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.float32))])
+        m["key"] = key
+        r = call(addr, m, timeout_ms=20000)
+        return "ok" if r["ok"] else r["error"]["name"]
+
+    assert [inv(free) for _ in range(3)] == ["ok"] * 3
+    assert [inv(capped) for _ in range(3)] == ["ok", "ok", "AICFN_E_QUOTA"]
+    assert inv(free) == "ok"  # no limit of its own
+    g.stop()
+    start("gateway2")
+    assert inv(capped) == "AICFN_E_QUOTA"
+
+
 # ---- per-function scaling (aicfn.yaml scaling: min_workers, max_workers, idle_timeout) ----
 
 def model_fn(d: Path, name: str, handler_so: Path, extra: str = "", seed: int = 1, floats: int = 65536) -> Path:
