@@ -294,11 +294,24 @@ static int oip_parse_shape(const json_t *s, wire_tensor *t, const char *name, ai
     return AICFN_OK;
 }
 
-/* Packs a JSON value as msgpack (parameters), depth-bounded. */
-static int oip_pack_json(msgpack_packer *pk, const json_t *v, unsigned depth, aicfn_error *err) {
-    if (depth > AICFN_MAX_NESTING)
+/* The request's parameters become the wire message's `params` map: they must fit what
+ * every wire message may hold (wire_guard.c), or the call would travel to a worker only
+ * to be refused there as malformed. Containers: at most AICFN_MAX_NESTING deep counting
+ * the invoke map and the params map around them; objects (keys included): at most half a
+ * message's, the rest being the tensors' and the envelope's. */
+#define OIP_PARAMS_MAX_DEPTH (AICFN_MAX_NESTING - 2)
+#define OIP_PARAMS_MAX_OBJECTS (AICFN_MAX_MESSAGE_OBJECTS / 2)
+
+/* Packs a JSON value at `depth` inside the parameters object (depth 0) as msgpack,
+ * counting *objects. */
+static int oip_pack_json(msgpack_packer *pk, const json_t *v, unsigned depth, size_t *objects,
+                         aicfn_error *err) {
+    if (++*objects > OIP_PARAMS_MAX_OBJECTS)
+        return aicfn_error_set(err, AICFN_E_TOO_LARGE, "parameters hold more than %u values",
+                               (unsigned)OIP_PARAMS_MAX_OBJECTS);
+    if ((json_is_object(v) || json_is_array(v)) && depth > OIP_PARAMS_MAX_DEPTH)
         return aicfn_error_set(err, AICFN_E_INVALID, "parameters nested deeper than %d levels",
-                               AICFN_MAX_NESTING);
+                               OIP_PARAMS_MAX_DEPTH);
     switch (json_typeof(v)) {
     case JSON_OBJECT: {
         msgpack_pack_map(pk, json_object_size(v));
@@ -308,7 +321,8 @@ static int oip_pack_json(msgpack_packer *pk, const json_t *v, unsigned depth, ai
             size_t kl = strlen(k);
             msgpack_pack_str(pk, kl);
             msgpack_pack_str_body(pk, k, kl);
-            int rc = oip_pack_json(pk, x, depth + 1, err);
+            ++*objects;
+            int rc = oip_pack_json(pk, x, depth + 1, objects, err);
             if (rc) return rc;
         }
         return AICFN_OK;
@@ -318,7 +332,7 @@ static int oip_pack_json(msgpack_packer *pk, const json_t *v, unsigned depth, ai
         size_t i;
         json_t *x;
         json_array_foreach(v, i, x) {
-            int rc = oip_pack_json(pk, x, depth + 1, err);
+            int rc = oip_pack_json(pk, x, depth + 1, objects, err);
             if (rc) return rc;
         }
         return AICFN_OK;
@@ -385,7 +399,7 @@ static int oip_parse_inputs(const json_t *inputs, const uint8_t *bin, size_t bin
                                    name);
         t->dtype = dtype_from_name(json_string_value(jd));
         if (t->dtype == AICFN_DTYPE_INVALID)
-            return aicfn_error_set(err, AICFN_E_INVALID, "input '%s': unknown datatype '%.32s'", name,
+            return aicfn_error_set(err, AICFN_E_UNSUPPORTED, "input '%s': unknown datatype '%.32s'", name,
                                    json_string_value(jd));
         int rc = oip_parse_shape(json_object_get(in, "shape"), t, name, err);
         if (rc) return rc;
@@ -478,11 +492,22 @@ static int oip_parse_doc(const json_t *root, const uint8_t *bin, size_t bin_len,
             return aicfn_error_set(err, AICFN_E_INVALID, "\"parameters\" must be an object");
         int rc = oip_get_bool_param(params, "binary_data_output", &r->binary_output, "parameters", err);
         if (rc) return rc;
+        if (json_object_size(params) > AICFN_MAX_PARAMS)
+            return aicfn_error_set(err, AICFN_E_INVALID, "\"parameters\" has %zu entries (at most %d)",
+                                   json_object_size(params), AICFN_MAX_PARAMS);
+        const char *k;
+        const json_t *x;
+        json_object_foreach((json_t *)params, k, x) {
+            if (strlen(k) >= AICFN_MAX_NAME_BYTES)
+                return aicfn_error_set(err, AICFN_E_INVALID, "parameter name of %zu bytes (at most %d)",
+                                       strlen(k), AICFN_MAX_NAME_BYTES - 1);
+        }
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         msgpack_packer pk;
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-        rc = oip_pack_json(&pk, params, 0, err);
+        size_t objects = 0;
+        rc = oip_pack_json(&pk, params, 0, &objects, err);
         if (rc || sb.data == NULL) {
             msgpack_sbuffer_destroy(&sb);
             return rc ? rc : aicfn_error_set(err, AICFN_E_NOMEM, "out of memory packing parameters");

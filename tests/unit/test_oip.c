@@ -18,6 +18,7 @@
 
 #include "common/dtype.h"
 #include "common/tunables.h"
+#include "common/wire.h"
 #include "gateway/oip.h"
 #include "gateway/registry.h"
 
@@ -148,7 +149,7 @@ static void rejects_bad_requests(void **state) {
     expect_fail("{\"inputs\":[{\"name\":\"x\",\"shape\":[2,2],\"datatype\":\"FP32\",\"data\":[1,2,3]}]}",
                 AICFN_E_INVALID, "input 'x': shape holds 4 elements but data has 3");
     expect_fail("{\"inputs\":[{\"name\":\"x\",\"shape\":[2],\"datatype\":\"FP33\",\"data\":[1,2]}]}",
-                AICFN_E_INVALID, "input 'x': unknown datatype 'FP33'");
+                AICFN_E_UNSUPPORTED, "input 'x': unknown datatype 'FP33'");
     expect_fail("{\"inputs\":[{\"name\":\"q\",\"shape\":[1],\"datatype\":\"INT8\",\"data\":[300]}]}",
                 AICFN_E_INVALID, "input 'q': element 0 (300) is out of range for INT8");
     expect_fail("{\"inputs\":[{\"name\":\"q\",\"shape\":[1],\"datatype\":\"UINT32\",\"data\":[-1]}]}",
@@ -208,6 +209,116 @@ static void rejects_bad_requests(void **state) {
     memcpy(big + off, "0]}]}", 6);
     expect_fail(big, AICFN_E_TOO_LARGE, "values");
     free(big);
+}
+
+/* A request whose "parameters" are {"a": <k nested arrays around 1>} (malloc'd). */
+static char *nested_params_request(int k) {
+    size_t n = 128 + 2 * (size_t)k;
+    char *j = malloc(n);
+    assert_non_null(j);
+    size_t off = (size_t)snprintf(j, n, "{\"parameters\":{\"a\":");
+    for (int i = 0; i < k; i++)
+        j[off++] = '[';
+    j[off++] = '1';
+    for (int i = 0; i < k; i++)
+        j[off++] = ']';
+    snprintf(j + off, n - off,
+             "},\"inputs\":[{\"name\":\"q\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}");
+    return j;
+}
+
+/* The wire invoke the gateway sends for r, through wire_doc_parse (wire_guard.c's
+ * limits): the code of the parse. */
+static int wire_check(const oip_request *r) {
+    wire_invoke_req req = {.id = 1,
+                           .fn = "f",
+                           .n_inputs = r->n_inputs,
+                           .inputs = r->inputs,
+                           .params = r->params,
+                           .params_len = r->params_len};
+    wire_writer w;
+    wire_writer_init(&w);
+    aicfn_error e;
+    assert_int_equal(wire_encode_invoke_req(&w, &req, &e), AICFN_OK);
+    wire_doc doc;
+    int rc = wire_doc_parse(&doc, w.data, w.len, NULL, &e);
+    if (rc == AICFN_OK) wire_doc_fini(&doc);
+    wire_writer_fini(&w);
+    return rc;
+}
+
+/* "parameters" become the wire `params` map: what the front accepts, a wire message
+ * holds, and what a wire message cannot hold (one level deeper, too many entries, a
+ * name too long, too many values) the front refuses with its own clear error instead of
+ * sending a call a worker would refuse as malformed. */
+static void parameters_fit_a_wire_message(void **state) {
+    (void)state;
+    oip_request r;
+    aicfn_error e;
+    char *j = nested_params_request(AICFN_MAX_NESTING - 2);
+    assert_int_equal(parse(j, &r, &e), AICFN_OK);
+    assert_int_equal(wire_check(&r), AICFN_OK);
+    /* One level deeper does not fit a wire message: a hand-packed params map shows it. */
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msgpack_pack_map(&pk, 1);
+    msgpack_pack_str(&pk, 1);
+    msgpack_pack_str_body(&pk, "a", 1);
+    for (int i = 0; i < AICFN_MAX_NESTING - 1; i++)
+        msgpack_pack_array(&pk, 1);
+    msgpack_pack_int(&pk, 1);
+    oip_request deeper = r;
+    deeper.params = (uint8_t *)sb.data;
+    deeper.params_len = sb.size;
+    assert_int_equal(wire_check(&deeper), AICFN_E_PROTOCOL);
+    msgpack_sbuffer_destroy(&sb);
+    oip_request_free(&r);
+    free(j);
+    j = nested_params_request(AICFN_MAX_NESTING - 1);
+    expect_fail(j, AICFN_E_INVALID, "parameters nested deeper than 14 levels");
+    free(j);
+
+    /* More entries than a worker takes, and a name longer than it takes. */
+    size_t n = 64 + (AICFN_MAX_PARAMS + 1) * 16 + 128;
+    j = malloc(n);
+    assert_non_null(j);
+    size_t off = (size_t)snprintf(j, n, "{\"parameters\":{");
+    for (int i = 0; i <= AICFN_MAX_PARAMS; i++)
+        off += (size_t)snprintf(j + off, n - off, "%s\"p%d\":1", i ? "," : "", i);
+    snprintf(j + off, n - off,
+             "},\"inputs\":[{\"name\":\"q\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}");
+    expect_fail(j, AICFN_E_INVALID, "has 257 entries (at most 256)");
+    free(j);
+    char name[AICFN_MAX_NAME_BYTES + 1];
+    memset(name, 'k', AICFN_MAX_NAME_BYTES);
+    name[AICFN_MAX_NAME_BYTES] = '\0';
+    n = 2 * AICFN_MAX_NAME_BYTES + 256;
+    j = malloc(n);
+    assert_non_null(j);
+    snprintf(j, n,
+             "{\"parameters\":{\"%s\":1},\"inputs\":[{\"name\":\"q\",\"shape\":[1],\"datatype\":\"FP32\","
+             "\"data\":[1]}]}",
+             name);
+    expect_fail(j, AICFN_E_INVALID, "parameter name of 256 bytes (at most 255)");
+    free(j);
+
+    /* More values than half a message's objects. */
+    unsigned vals = AICFN_MAX_MESSAGE_OBJECTS / 2 + 1;
+    n = 2 * (size_t)vals + 256;
+    j = malloc(n);
+    assert_non_null(j);
+    off = (size_t)snprintf(j, n, "{\"parameters\":{\"a\":[");
+    for (unsigned i = 0; i < vals; i++) {
+        j[off++] = '0';
+        j[off++] = ',';
+    }
+    off--;
+    snprintf(j + off, n - off,
+             "]},\"inputs\":[{\"name\":\"q\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}");
+    expect_fail(j, AICFN_E_TOO_LARGE, "parameters hold more than");
+    free(j);
 }
 
 static void binary_extension_inputs(void **state) {
@@ -462,10 +573,15 @@ static void small_documents(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(parses_every_datatype),       cmocka_unit_test(parameters_and_outputs),
-        cmocka_unit_test(rejects_bad_requests),        cmocka_unit_test(binary_extension_inputs),
-        cmocka_unit_test(checks_against_metadata),     cmocka_unit_test(encodes_responses),
-        cmocka_unit_test(fp16_bf16_roundtrip_exactly), cmocka_unit_test(small_documents),
+        cmocka_unit_test(parses_every_datatype),
+        cmocka_unit_test(parameters_and_outputs),
+        cmocka_unit_test(parameters_fit_a_wire_message),
+        cmocka_unit_test(rejects_bad_requests),
+        cmocka_unit_test(binary_extension_inputs),
+        cmocka_unit_test(checks_against_metadata),
+        cmocka_unit_test(encodes_responses),
+        cmocka_unit_test(fp16_bf16_roundtrip_exactly),
+        cmocka_unit_test(small_documents),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
