@@ -1,15 +1,14 @@
 /* db.h: the gateway's SQLite connection: opening aicfn.db with the right pragmas,
  * schema migrations, a cache of prepared statements, transactions and error mapping.
  *
- * Durability choice. aicfn.db runs in WAL mode with synchronous=NORMAL. In WAL mode a
- * committed transaction is in the WAL file (written with write(2)) before COMMIT
- * returns, so it survives a crash of the process (kill -9): the OS page cache holds it
- * and the next open replays the WAL. NORMAL only skips the fsync of the WAL at each
- * commit; what it can lose is the last transactions before a power failure or kernel
- * crash, and it never corrupts the database (WAL checksums drop a torn tail). FULL
- * would cost an fsync per ledger batch and per deploy for the power-loss case only.
- * A deploy commits before the gateway replies, so an acknowledged deploy survives a
- * kill -9 of the gateway.
+ * Durability choice. aicfn.db runs in WAL mode. The registry's connection commits with
+ * synchronous=FULL (gw_db_open): a deploy, an rm or a key change is fsync'd before the
+ * gateway replies, so an acknowledged one survives a kill -9 and a power loss alike.
+ * The ledger writer's connection commits its batches with synchronous=NORMAL
+ * (gw_db_set_batched): a batch is in the WAL (write(2)) when COMMIT returns, so it
+ * survives a crash of the process, and a power loss may drop the last batches but never
+ * corrupts the database (WAL checksums drop a torn tail); nobody was told those records
+ * were stored, and an fsync per 100 ms batch would cost more than it saves.
  *
  * Not for: the schema's users (registry.h, ledger.h, keys.h own their queries).
  *

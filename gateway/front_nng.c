@@ -16,6 +16,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <pthread.h>
+#include <sodium.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,8 +65,10 @@ struct gw_front {
     unsigned n_jobs;
 
     front_upload uploads[FRONT_MAX_UPLOADS]; /* admin thread only */
-    uint64_t next_token;
-    uint64_t upload_idle_us; /* an upload without a chunk this long is aborted */
+    uint64_t next_token;                     /* starts at random: a client whose upload a restart cut off may
+                                                send upload_abort with its old token, which must not name a new
+                                                client's upload (below 2^52: exact in any JSON client) */
+    uint64_t upload_idle_us;                 /* an upload without a chunk this long is aborted */
 
     gw_key_cache *keys; /* recent authentications: no SQLite read per call */
 };
@@ -333,11 +336,16 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         front_upload *slot = NULL;
         for (int i = 0; rc == AICFN_OK && i < FRONT_MAX_UPLOADS && !slot; i++)
             if (!f->uploads[i].u) slot = &f->uploads[i];
-        if (rc == AICFN_OK && !slot)
-            rc = aicfn_error_set(&e, AICFN_E_OVERLOADED, "%d uploads already open", FRONT_MAX_UPLOADS);
         gw_upload *u = NULL;
         bool exists = false;
-        if (rc == AICFN_OK) {
+        uint64_t stored = 0;
+        /* A file already stored needs no slot: "exists" even while every slot is taken. */
+        if (rc == AICFN_OK && !slot && gw_artifacts_exists(gw_gateway_artifacts(gw), hash, &stored) &&
+            stored == size)
+            exists = true;
+        else if (rc == AICFN_OK && !slot)
+            rc = aicfn_error_set(&e, AICFN_E_OVERLOADED, "%d uploads already open", FRONT_MAX_UPLOADS);
+        if (rc == AICFN_OK && !exists) {
             rc = gw_upload_begin(gw_gateway_artifacts(gw), hash, size, &u, &e);
             if (rc == AICFN_E_EXISTS) {
                 exists = true;
@@ -419,6 +427,10 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         if (rc == AICFN_OK) rc = wire_get_cstr(doc, root, NULL, "config", false, 1u << 20, &config, &e);
         if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "model_raw_bytes", false, &raw, &e);
         gw_artifacts *art = gw_gateway_artifacts(gw);
+        if (rc == AICFN_OK &&
+            (!gw_hash_hex_valid(handler) || (snapshot && snapshot[0] && !gw_hash_hex_valid(snapshot))))
+            rc =
+                aicfn_error_set(&e, AICFN_E_INVALID, "artifact hashes are 64 lowercase hex digits (SHA-256)");
         if (rc == AICFN_OK && !gw_artifacts_exists(art, handler, &handler_bytes))
             rc = aicfn_error_set(&e, AICFN_E_NOT_FOUND, "handler artifact %s was not uploaded", handler);
         if (rc == AICFN_OK && snapshot && snapshot[0] && !gw_artifacts_exists(art, snapshot, &snapshot_bytes))
@@ -652,6 +664,8 @@ int gw_front_start(gw_gateway *gw, const char *url, gw_front **out, aicfn_error 
         free(f);
         return krc;
     }
+    randombytes_buf(&f->next_token, sizeof f->next_token); /* libsodium: initialized above */
+    f->next_token = (f->next_token & ((1ull << 52) - 1)) | (1ull << 40);
     pthread_mutex_init(&f->mu, NULL);
     clock_cond_init(&f->cv);
     if (pthread_create(&f->admin, NULL, front_admin_main, f) != 0) {

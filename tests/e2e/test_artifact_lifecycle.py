@@ -121,3 +121,33 @@ def test_abandoned_upload_is_aborted_without_further_messages(procs, tmp_path):
     assert not late["ok"] and late["error"]["name"] == "AICFN_E_NOT_FOUND", late
     assert "abandoned upload" in g.stderr()
     assert digest not in store(data)
+
+
+def test_upload_slots_and_hashes_are_checked_in_the_right_order(procs, tmp_path):
+    # A file the store already holds needs no upload slot: while every slot is taken,
+    # upload_begin of it still answers exists (a deploy whose artifacts are all stored
+    # goes through). A deploy naming a malformed hash is AICFN_E_INVALID, not a missing
+    # upload. Upload tokens start at random (a token from before a restart names nothing).
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
+    deploy(addr, echo_function(tmp_path, "e1"))
+    (stored,) = store(data)
+    size = (data / "artifacts" / stored).stat().st_size
+
+    def msg(t, **kw):
+        return {"v": PROTOCOL_VERSION, "t": t, "id": next_id(), **kw}
+
+    tokens = []
+    for i in range(16):
+        r = call(addr, msg("upload_begin", hash=hashlib.sha256(b"x%d" % i).hexdigest(), size=2))
+        assert r["ok"] and not r["exists"], r
+        tokens.append(r["upload"])
+    assert min(tokens) >= 1 << 40, tokens
+    r = call(addr, msg("upload_begin", hash=hashlib.sha256(b"new").hexdigest(), size=3))
+    assert not r["ok"] and r["error"]["name"] == "AICFN_E_OVERLOADED", r
+    r = call(addr, msg("upload_begin", hash=stored, size=size))
+    assert r["ok"] and r["exists"] and r["upload"] == 0, r
+    r = call(addr, msg("deploy", name="bad", handler="Z" * 64))
+    assert not r["ok"] and r["error"]["name"] == "AICFN_E_INVALID", r
+    assert "64 lowercase hex digits" in r["error"]["message"]
+    for t in tokens:
+        assert call(addr, msg("upload_abort", upload=t))["ok"]
