@@ -15,6 +15,7 @@
 #include <fcntl.h>
 #include <jansson.h>
 #include <limits.h>
+#include <signal.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -46,7 +47,8 @@ static void cd_help(FILE *out) {
             "  - handler: a .c file is built with `cc -shared -fPIC -O2 -I<include dir>` (the include\n"
             "    dir holding aicfn.h: $AICFN_INCLUDE, else include/ of the tree aicfn was built in);\n"
             "    *.cu files beside it are built with nvcc when it exists. A .so is used as is.\n"
-            "  - model: the safetensors files are packed into a snapshot (zstd frames, byte planes).\n"
+            "  - model: the safetensors files are packed into a snapshot (zstd frames, byte planes)\n"
+            "    in $TMPDIR (else /tmp), removed afterwards (by the next deploy if this one was killed).\n"
             "  - both are uploaded in chunks with their SHA-256; what the gateway has is skipped.\n"
             "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
             "  --key KEY       admin API key (default: $AICFN_KEY)\n"
@@ -288,6 +290,35 @@ static void cd_rmtree(const char *dir) {
     rmdir(dir);
 }
 
+/* The folder deploy packs and builds in: $TMPDIR (else /tmp), whose /tmp may be a small
+ * RAM-backed tmpfs where $TMPDIR points elsewhere. */
+static const char *cd_tmp_root(void) {
+    const char *t = getenv("TMPDIR");
+    return t && t[0] == '/' ? t : "/tmp";
+}
+
+/* Removes the folders of deploys that died without cleaning up (Ctrl-C while packing, kill
+ * -9): aicfn-deploy-<pid>-XXXXXX of this user whose process is gone. A model's snapshot
+ * is as large as the model: never left to pile up. */
+static void cd_clean_stale(const char *root) {
+    DIR *d = opendir(root);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        long pid = 0;
+        char rest[16];
+        if (sscanf(e->d_name, "aicfn-deploy-%ld-%15s", &pid, rest) != 2 || pid <= 0 || strlen(rest) != 6)
+            continue;
+        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
+        char p[PATH_MAX];
+        struct stat st;
+        if (snprintf(p, sizeof p, "%s/%s", root, e->d_name) >= (int)sizeof p) continue;
+        if (lstat(p, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_uid != getuid()) continue;
+        cd_rmtree(p);
+    }
+    closedir(d);
+}
+
 int cli_cmd_deploy(int argc, char **argv) {
     const char *gateway = NULL, *key_flag = NULL, *path = NULL;
     int json = 0;
@@ -317,10 +348,13 @@ int cli_cmd_deploy(int argc, char **argv) {
     aicfn_error_clear(&err);
     cli_manifest *m = NULL;
     if (cli_manifest_load(path, &m, &err) != AICFN_OK) return cli_fail(&err);
-    char tmp[] = "/tmp/aicfn-deploy-XXXXXX";
-    if (!mkdtemp(tmp)) {
+    const char *root = cd_tmp_root();
+    cd_clean_stale(root);
+    char tmp[PATH_MAX];
+    if (snprintf(tmp, sizeof tmp, "%s/aicfn-deploy-%ld-XXXXXX", root, (long)getpid()) >= (int)sizeof tmp ||
+        !mkdtemp(tmp)) {
         cli_manifest_free(m);
-        aicfn_error_errno(&err, AICFN_E_IO, errno, "creating a temporary folder");
+        aicfn_error_errno(&err, AICFN_E_IO, errno, "creating a temporary folder in %s", root);
         return cli_fail(&err);
     }
     int rc = AICFN_OK;

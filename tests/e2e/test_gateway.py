@@ -21,6 +21,7 @@ import signal
 import socket
 import sqlite3
 import struct
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -317,6 +318,41 @@ def test_second_gateway_on_one_data_dir_is_refused(procs, tmp_path):
     assert done["ok"], done
     assert [w["state"] for w in workers(addr)] == ["ready"]
     assert "lost" not in [r[0] for r in db_rows(data, "SELECT state FROM workers")]
+
+
+def test_deploy_packs_in_tmpdir_and_clears_what_killed_deploys_left(procs, tmp_path):
+    # The snapshot is as large as the model: packed under $TMPDIR (not a fixed /tmp, often
+    # a small tmpfs), removed afterwards, and the folder a killed deploy left (its
+    # process gone) removed by the next deploy; a live deploy's folder is left alone.
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
+    t = tmp_path / "tmpdir"
+    t.mkdir()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale = t / f"aicfn-deploy-{dead.pid}-AbC123"
+    stale.mkdir()
+    (stale / "model.aicsnap").write_bytes(b"x" * 4096)
+    live = t / f"aicfn-deploy-{os.getpid()}-XyZ789"
+    live.mkdir()
+    seen = []
+    stop = threading.Event()
+
+    def watch():  # the deploy's own folder, while it exists
+        while not stop.is_set():
+            seen.extend(p.name for p in t.iterdir() if p.name not in (stale.name, live.name) and p.name not in seen)
+            time.sleep(0.005)
+
+    w = threading.Thread(target=watch)
+    w.start()
+    r = run_cli(["deploy", ROOT / "examples" / "mlp", "--gateway", addr, "--json"], env={"TMPDIR": str(t)},
+                timeout=120)
+    stop.set()
+    w.join()
+    assert r.returncode == 0, r.stderr
+    assert not stale.exists()
+    assert live.exists()
+    assert sorted(p.name for p in t.iterdir()) == [live.name]  # its own folder is gone too
+    assert any(n.startswith("aicfn-deploy-") for n in seen), seen
 
 
 def test_scale_to_zero_and_respawn(procs, tmp_path):
