@@ -40,6 +40,7 @@ int cli_cmd_gateway(int argc, char **argv);
 int cli_cmd_deploy(int argc, char **argv);
 int cli_cmd_ls(int argc, char **argv);
 int cli_cmd_rm(int argc, char **argv);
+int cli_cmd_activate(int argc, char **argv);
 int cli_cmd_coldstarts(int argc, char **argv);
 int cli_cmd_workers(int argc, char **argv);
 int cli_cmd_usage(int argc, char **argv);

@@ -19,6 +19,7 @@ static const cli_command cli_commands[] = {
     {"deploy", cli_cmd_deploy, "build, pack and upload a function as a new version"},
     {"ls", cli_cmd_ls, "list deployed functions"},
     {"rm", cli_cmd_rm, "remove a function or one of its versions"},
+    {"activate", cli_cmd_activate, "make NAME:VER the active version (rollback)"},
     {"coldstarts", cli_cmd_coldstarts, "cold-start phases per function (p50/p95/max)"},
     {"workers", cli_cmd_workers, "the gateway's live workers and their resident models"},
     {"usage", cli_cmd_usage, "calls, GPU-seconds and cost per tenant and function (from the ledger)"},

@@ -509,6 +509,29 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         front_send(call, id, &w);
         return;
     }
+    if (strcmp(h->t, "activate") == 0) {
+        /* Rollback (or roll forward): NAME:VER takes the traffic of NAME, nothing removed. */
+        const char *ref = NULL;
+        rc = wire_get_cstr(doc, root, NULL, "ref", true, AICFN_FN_NAME_MAX_BYTES + 12, &ref, &e);
+        char name[AICFN_FN_NAME_MAX_BYTES + 1];
+        uint32_t version = 0;
+        if (rc == AICFN_OK) rc = gw_fn_ref_parse(ref, name, &version, &e);
+        if (rc == AICFN_OK && version == 0)
+            rc = aicfn_error_set(&e, AICFN_E_INVALID, "activate needs NAME:VER, got '%s'", ref);
+        if (rc == AICFN_OK) rc = gw_registry_activate(gw_gateway_db(gw), name, version, &e);
+        if (rc != AICFN_OK) {
+            front_error(call, id, rc, e.msg);
+            return;
+        }
+        gw_functions_changed(gw);
+        log_info("activated %s:%u", name, version);
+        wire_writer_init(&w);
+        front_ok_head(&w, id, 2);
+        wire_kv_str(&w, "name", name);
+        wire_kv_u64(&w, "version", version);
+        front_send(call, id, &w);
+        return;
+    }
     if (strcmp(h->t, "coldstarts") == 0) {
         const char *fn = NULL;
         uint64_t since = 0;

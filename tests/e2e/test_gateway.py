@@ -205,6 +205,41 @@ def test_deploy_invoke_versions(procs, tmp_path):
     assert out.returncode == 0 and "decompress" in out.stdout
 
 
+def test_activate_rolls_back_without_removing(procs, tmp_path):
+    # `aicfn activate NAME:VER` moves NAME's traffic to an existing version (a rollback
+    # after a bad deploy) and back; no version is removed.
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    d = tmp_path / "roll"
+    d.mkdir()
+    write_manifest(d, f"name: roll\nhandler: {handler('echo')}\n")
+    assert deploy(addr, d) == 1
+    assert deploy(addr, d) == 2
+
+    def served_by(rid):
+        r = call(addr, invoke_msg("roll", [tensor("x", np.arange(2, dtype=np.float32))], rid=rid), timeout_ms=20000)
+        assert r["ok"], r
+        return wait_rows(data, "SELECT version FROM invocations WHERE request_id = ?", (str(rid),), 1)[0][0]
+
+    def active():
+        ls = json.loads(run_cli(["ls", "--gateway", addr, "--json"]).stdout)
+        row = [x for x in ls if x["name"] == "roll"][0]
+        return row["active_version"], row["versions"]
+
+    assert served_by(880001) == 2
+    r = run_cli(["activate", "roll:1", "--gateway", addr])
+    assert r.returncode == 0 and r.stdout.strip() == "activated roll:1", (r.stdout, r.stderr)
+    assert active() == (1, 2)
+    assert served_by(880002) == 1
+    r = run_cli(["activate", "roll:9", "--gateway", addr])
+    assert r.returncode == 1 and "AICFN_E_NOT_FOUND" in r.stderr, r.stderr
+    r = run_cli(["activate", "roll", "--gateway", addr])
+    assert r.returncode == 2, r.stderr
+    assert active() == (1, 2)
+    r = run_cli(["activate", "roll:2", "--gateway", addr, "--json"])
+    assert r.returncode == 0 and json.loads(r.stdout) == {"name": "roll", "version": 2}, r.stdout
+    assert served_by(880003) == 2
+
+
 def test_lru_eviction_three_models_budget_for_two(procs, tmp_path):
     # Three 3 MiB models, one worker with 7 MiB: two fit, the third evicts the LRU one.
     echo = handler("echo")

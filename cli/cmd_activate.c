@@ -1,0 +1,67 @@
+/* cmd_activate.c: `aicfn activate NAME:VER`: makes an existing version the active one
+ * (a rollback, or a roll forward), removing nothing. */
+#include <stdio.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "cli/gwclient.h"
+
+static void ca_help(FILE *out) {
+    fprintf(out, "usage: aicfn activate NAME:VER [--gateway ADDR] [--key KEY] [--json]\n"
+                 "\n"
+                 "Makes version VER of function NAME the active one: calls to NAME go to it from now on\n"
+                 "(a rollback after a bad deploy, or back to a newer version). No version is removed;\n"
+                 "every version stays invokable as NAME:VER. Needs an admin key.\n"
+                 "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
+                 "  --key KEY       admin API key (default: $AICFN_KEY)\n"
+                 "  --json          print {\"name\",\"version\"} instead of text\n");
+}
+
+int cli_cmd_activate(int argc, char **argv) {
+    const char *gateway = NULL, *key = NULL, *ref = NULL;
+    int json = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+            ca_help(stdout);
+            return CLI_EXIT_OK;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--gateway"))) {
+            gateway = v;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--key"))) {
+            key = v;
+        } else if (!strcmp(argv[i], "--json")) {
+            json = 1;
+        } else if (argv[i][0] != '-' && !ref) {
+            ref = argv[i];
+        } else {
+            return cli_usage_error("activate", "unknown or incomplete argument '%s'", argv[i]);
+        }
+    }
+    if (!ref || !strchr(ref, ':')) return cli_usage_error("activate", "name the version: NAME:VER");
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    rpc_client *c = NULL;
+    if (cli_gw_open(cli_gateway_addr(gateway), &c, &err) != AICFN_OK) return cli_fail(&err);
+    wire_writer w;
+    wire_writer_init(&w);
+    cli_gw_begin(&w, "activate", cli_api_key(key), 1);
+    wire_kv_str(&w, "ref", ref);
+    rpc_msg *reply = NULL;
+    wire_doc doc;
+    int rc = cli_gw_call(c, &w, 10000, &reply, &doc, &err);
+    wire_writer_fini(&w);
+    if (rc == AICFN_OK) {
+        const char *name = "";
+        uint64_t version = 0;
+        wire_get_cstr(&doc, &doc.root, NULL, "name", false, 256, &name, NULL);
+        wire_get_u64(&doc.root, NULL, "version", false, &version, NULL);
+        if (json)
+            printf("{\"name\":\"%s\",\"version\":%llu}\n", name, (unsigned long long)version);
+        else
+            printf("activated %s:%llu\n", name, (unsigned long long)version);
+        wire_doc_fini(&doc);
+        rpc_msg_free(reply);
+    }
+    rpc_client_close(c);
+    return rc == AICFN_OK ? CLI_EXIT_OK : cli_fail(&err);
+}
