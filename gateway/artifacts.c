@@ -152,6 +152,39 @@ bool gw_artifacts_exists(const gw_artifacts *a, const char *hash, uint64_t *size
     return true;
 }
 
+int gw_artifacts_list(const gw_artifacts *a, char (**hashes)[65], size_t *n, aicfn_error *err) {
+    *hashes = NULL;
+    *n = 0;
+    DIR *d = opendir(a->dir);
+    if (!d) return aicfn_error_errno(err, AICFN_E_IO, errno, "listing %s", a->dir);
+    char(*arr)[65] = NULL;
+    size_t cap = 0, len = 0;
+    int rc = AICFN_OK;
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL) {
+        if (!gw_hash_hex_valid(e->d_name)) continue; /* ".", "..", tmp/ */
+        if (len == cap) {
+            size_t nc = cap ? 2 * cap : 64;
+            void *na = realloc(arr, nc * sizeof *arr);
+            if (!na) {
+                rc = aicfn_error_set(err, AICFN_E_NOMEM, "listing %s", a->dir);
+                break;
+            }
+            arr = na;
+            cap = nc;
+        }
+        memcpy(arr[len++], e->d_name, 65);
+    }
+    closedir(d);
+    if (rc != AICFN_OK) {
+        free(arr);
+        return rc;
+    }
+    *hashes = arr;
+    *n = len;
+    return AICFN_OK;
+}
+
 int gw_artifacts_remove(gw_artifacts *a, const char *hash, aicfn_error *err) {
     char path[4096];
     int rc = gw_artifacts_path(a, hash, path, sizeof path, err);

@@ -44,6 +44,10 @@ int gw_artifacts_path(const gw_artifacts *a, const char *hash, char *buf, size_t
 /* True when the artifact is stored; its size into *size when not NULL. */
 bool gw_artifacts_exists(const gw_artifacts *a, const char *hash, uint64_t *size);
 
+/* The hashes of every artifact stored, in a new malloc'd array (*n entries; the caller
+ * frees it; NULL when there are none). AICFN_E_IO, AICFN_E_NOMEM. */
+int gw_artifacts_list(const gw_artifacts *a, char (**hashes)[65], size_t *n, aicfn_error *err);
+
 /* Deletes artifact `hash` (no error when absent). Callers check first that no function
  * version references it (gw_registry_remove's orphans). */
 int gw_artifacts_remove(gw_artifacts *a, const char *hash, aicfn_error *err);

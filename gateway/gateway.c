@@ -2467,6 +2467,43 @@ static int gw_lock_data_dir(gw_gateway *gw, aicfn_error *err) {
     return AICFN_OK;
 }
 
+/* Deletes the artifacts no function version references: what deploys left that never
+ * reached their `deploy` message (Ctrl-C after an upload, a client that timed out, a
+ * gateway restart between upload and deploy). At start, before the front listens, so no
+ * deploy is between its uploads and its registration here; a client that uploaded to
+ * the gateway before a restart gets AICFN_E_NOT_FOUND from `deploy` and uploads again.
+ * Failures are logged: the store is only fuller than it needs to be. */
+static void gw_sweep_artifacts(gw_gateway *gw) {
+    char(*hashes)[65] = NULL;
+    size_t n = 0, removed = 0;
+    uint64_t bytes = 0;
+    aicfn_error e;
+    if (gw_artifacts_list(gw->art, &hashes, &n, &e) != AICFN_OK) {
+        log_warn("artifacts: not swept for unreferenced files: %s", e.msg);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int used = gw_registry_artifact_in_use(gw->db, hashes[i], &e);
+        if (used < 0) {
+            log_warn("artifacts: sweep stopped: %s", e.msg);
+            break;
+        }
+        uint64_t size = 0;
+        if (used || !gw_artifacts_exists(gw->art, hashes[i], &size)) continue;
+        if (gw_artifacts_remove(gw->art, hashes[i], &e) != AICFN_OK) {
+            log_warn("artifacts: %s", e.msg);
+            continue;
+        }
+        removed++;
+        bytes += size;
+    }
+    free(hashes);
+    if (removed)
+        log_info("artifacts: removed %zu file(s), %llu bytes, that no function version references (uploads "
+                 "whose deploy never came)",
+                 removed, (unsigned long long)bytes);
+}
+
 int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     *out = NULL;
     if (cfg->min_workers > cfg->max_workers)
@@ -2520,6 +2557,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
         if (rc == AICFN_OK) rc = gw_workers_next_local_id(gw->db, &first_local, err);
     }
     if (rc == AICFN_OK) rc = gw_artifacts_open(gw->data_dir, &gw->art, err);
+    if (rc == AICFN_OK) gw_sweep_artifacts(gw);
     if (rc == AICFN_OK) rc = gw_ledger_create(gw->data_dir, 0, 0, 0, &gw->ledger, err);
     if (rc == AICFN_OK) {
         gw->metrics = gw_metrics_create();

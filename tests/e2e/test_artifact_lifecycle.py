@@ -151,3 +151,28 @@ def test_upload_slots_and_hashes_are_checked_in_the_right_order(procs, tmp_path)
     assert "64 lowercase hex digits" in r["error"]["message"]
     for t in tokens:
         assert call(addr, msg("upload_abort", upload=t))["ok"]
+
+
+def test_uploads_whose_deploy_never_came_are_removed_at_start(procs, tmp_path):
+    # A deploy that stops between its uploads and its `deploy` message (Ctrl-C, a client
+    # timeout, a gateway restart) leaves files no version references; the next gateway
+    # start removes them, and nothing a version uses.
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    deploy(addr, echo_function(tmp_path, "kept"))
+    (used,) = store(data)
+    blob = b"never deployed" * 1000
+    digest = hashlib.sha256(blob).hexdigest()
+
+    def msg(t, **kw):
+        return {"v": PROTOCOL_VERSION, "t": t, "id": next_id(), **kw}
+
+    begin = call(addr, msg("upload_begin", hash=digest, size=len(blob)))
+    assert call(addr, msg("upload_chunk", upload=begin["upload"], offset=0, data=blob))["ok"]
+    assert call(addr, msg("upload_commit", upload=begin["upload"]))["ok"]
+    assert store(data) == {used, digest}
+    g.stop()
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", name="gateway2", data=data)
+    assert store(data) == {used}
+    assert "removed 1 file(s)" in g.stderr()
+    r = invoke_echo(addr, "kept")
+    assert r["ok"], r
