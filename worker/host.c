@@ -38,7 +38,12 @@ struct aicfn_response {
     uint64_t max_bytes;
     uint64_t used_bytes;
     uint32_t n_out;
-    aicfn_tensor out[AICFN_MAX_TENSORS];
+    aicfn_tensor out[AICFN_MAX_TENSORS]; /* the handler writes these (through alloc_output) */
+    struct {                             /* ... and never these: what alloc_output gave out */
+        char *name;
+        void *data;
+        uint64_t nbytes;
+    } alloc[AICFN_MAX_TENSORS];
     int code;
     char msg[AICFN_ERRMSG_MAX];
 };
@@ -56,11 +61,12 @@ aicfn_response *worker_response_create(uint64_t max_bytes) {
 }
 
 static void host_free_outputs(aicfn_response *r) {
-    for (uint32_t i = 0; i < r->n_out; i++) {
-        free((char *)r->out[i].name);
-        free(r->out[i].data);
+    for (uint32_t i = 0; i < r->n_out; i++) { /* from the record: out[] may hold anything */
+        free(r->alloc[i].name);
+        free(r->alloc[i].data);
     }
     memset(r->out, 0, sizeof r->out);
+    memset(r->alloc, 0, sizeof r->alloc);
     r->n_out = 0;
     r->used_bytes = 0;
 }
@@ -240,6 +246,9 @@ static aicfn_tensor *host_alloc_output(aicfn_response *r, const char *name, aicf
                              (unsigned long long)nbytes);
         return NULL;
     }
+    r->alloc[r->n_out].name = nm;
+    r->alloc[r->n_out].data = data;
+    r->alloc[r->n_out].nbytes = nbytes;
     aicfn_tensor *t = &r->out[r->n_out++];
     memset(t, 0, sizeof *t);
     t->name = nm;
@@ -461,15 +470,33 @@ int worker_instance_invoke(worker_instance *inst, const aicfn_request *reqs, aic
         }
         /* The handler wrote the outputs (the BYTES framing included) and may have changed
          * their dtype, shape or nbytes: check them all, so a handler's bug is reported as
-         * AICFN_E_HANDLER, not as a bad request by the encoder. */
+         * AICFN_E_HANDLER, not as a bad request by the encoder; and against what it was
+         * given, so the reply never reads past a buffer or a pointer the worker did not
+         * allocate (a reshape within the buffer, or a BYTES output shrunk to what it
+         * filled, is fine). */
+        uint64_t used = 0;
         for (uint32_t k = 0; k < r->n_out; k++) {
             aicfn_error e;
-            if (worker_tensor_check(&r->out[k], &e) != AICFN_OK) {
+            const aicfn_tensor *t = &r->out[k];
+            int rc = AICFN_OK;
+            if (t->data != r->alloc[k].data || t->name != r->alloc[k].name || t->mem != AICFN_MEM_HOST)
+                rc = aicfn_error_set(&e, AICFN_E_HANDLER,
+                                     "output %u ('%s'): its data, name or memory kind is not what "
+                                     "alloc_output returned",
+                                     k, r->alloc[k].name);
+            if (rc == AICFN_OK) rc = worker_tensor_check(t, &e);
+            if (rc == AICFN_OK && t->nbytes > r->alloc[k].nbytes)
+                rc = aicfn_error_set(
+                    &e, AICFN_E_HANDLER, "tensor '%s': %llu bytes, more than the %llu alloc_output gave it",
+                    r->alloc[k].name, (unsigned long long)t->nbytes, (unsigned long long)r->alloc[k].nbytes);
+            if (rc != AICFN_OK) {
                 worker_response_fail(r, AICFN_E_HANDLER, "function %s: malformed output: %s", inst->function,
                                      e.msg);
                 break;
             }
+            used += t->nbytes;
         }
+        if (r->code == AICFN_OK) r->used_bytes = used;
     }
     return AICFN_OK;
 }

@@ -193,6 +193,46 @@ static void handler_errors(void **state) {
     worker_handler_close(h);
 }
 
+/* A handler rewrites an output it was given: a larger size (the reply would read past
+ * the buffer), its own data or name (the worker would free them), device memory: each
+ * is AICFN_E_HANDLER naming the problem, nothing is read or freed wrongly (ASan); a
+ * reshape within the same bytes is fine. */
+static void outputs_rewritten_by_the_handler(void **state) {
+    (void)state;
+    worker_handler *h = NULL;
+    aicfn_error err;
+    assert_int_equal(worker_handler_open(handler_path("test_fail"), &h, &err), AICFN_OK);
+    aicfn_fn_config cfg = {.function = "fail", .max_batch = 1};
+    worker_instance *inst = NULL;
+    assert_int_equal(worker_instance_create(h, NULL, &cfg, &inst, &err), AICFN_OK);
+    static const char *const bad[][2] = {{"grow", "more than the 32 alloc_output gave it"},
+                                         {"swap_data", "not what alloc_output returned"},
+                                         {"swap_name", "not what alloc_output returned"},
+                                         {"device", "not what alloc_output returned"}};
+    for (size_t k = 0; k < sizeof bad / sizeof bad[0] + 1; k++) {
+        const char *mode = k < sizeof bad / sizeof bad[0] ? bad[k][0] : "reshape";
+        aicfn_param p[1] = {{"mode", mode}};
+        aicfn_request req = {.id = "r", .n_params = 1, .params = p};
+        aicfn_response *resp = worker_response_create(0);
+        assert_int_equal(worker_instance_invoke(inst, &req, &resp, 1, &err), AICFN_OK);
+        const char *msg;
+        int code = worker_response_status(resp, &msg);
+        if (k < sizeof bad / sizeof bad[0]) {
+            assert_int_equal(code, AICFN_E_HANDLER);
+            if (!strstr(msg, bad[k][1])) fail_msg("%s: '%s' does not say '%s'", mode, msg, bad[k][1]);
+            assert_int_equal(worker_response_n_outputs(resp), 0);
+        } else {
+            assert_int_equal(code, AICFN_OK);
+            assert_int_equal(worker_response_n_outputs(resp), 1);
+            assert_int_equal(worker_response_outputs(resp)[0].ndim, 1);
+            assert_int_equal(worker_response_output_bytes(resp), 32);
+        }
+        worker_response_destroy(resp);
+    }
+    worker_instance_destroy(inst);
+    worker_handler_close(h);
+}
+
 static void alloc_output_rules(void **state) {
     (void)state;
     const aicfn_host_api *api = worker_host_api();
@@ -413,10 +453,15 @@ static void mlp_batch_equals_single(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(echo_roundtrip),          cmocka_unit_test(abi_major_mismatch_refused),
-        cmocka_unit_test(abi_newer_minor_refused), cmocka_unit_test(missing_symbol_and_file),
-        cmocka_unit_test(handler_errors),          cmocka_unit_test(alloc_output_rules),
-        cmocka_unit_test(tensor_checks),           cmocka_unit_test(sleep_counts_and_batch),
+        cmocka_unit_test(echo_roundtrip),
+        cmocka_unit_test(abi_major_mismatch_refused),
+        cmocka_unit_test(abi_newer_minor_refused),
+        cmocka_unit_test(missing_symbol_and_file),
+        cmocka_unit_test(handler_errors),
+        cmocka_unit_test(alloc_output_rules),
+        cmocka_unit_test(outputs_rewritten_by_the_handler),
+        cmocka_unit_test(tensor_checks),
+        cmocka_unit_test(sleep_counts_and_batch),
         cmocka_unit_test(mlp_batch_equals_single),
     };
     return cmocka_run_group_tests(tests, find_handlers, NULL);
