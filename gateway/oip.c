@@ -294,49 +294,26 @@ static int oip_parse_shape(const json_t *s, wire_tensor *t, const char *name, ai
     return AICFN_OK;
 }
 
-/* The request's parameters become the wire message's `params` map: they must fit what
- * every wire message may hold (wire_guard.c), or the call would travel to a worker only
- * to be refused there as malformed. Containers: at most AICFN_MAX_NESTING deep counting
- * the invoke map and the params map around them; objects (keys included): at most half a
- * message's, the rest being the tensors' and the envelope's. */
-#define OIP_PARAMS_MAX_DEPTH (AICFN_MAX_NESTING - 2)
-#define OIP_PARAMS_MAX_OBJECTS (AICFN_MAX_MESSAGE_OBJECTS / 2)
-
-/* Packs a JSON value at `depth` inside the parameters object (depth 0) as msgpack,
- * counting *objects. */
-static int oip_pack_json(msgpack_packer *pk, const json_t *v, unsigned depth, size_t *objects,
-                         aicfn_error *err) {
-    if (++*objects > OIP_PARAMS_MAX_OBJECTS)
-        return aicfn_error_set(err, AICFN_E_TOO_LARGE, "parameters hold more than %u values",
-                               (unsigned)OIP_PARAMS_MAX_OBJECTS);
-    if ((json_is_object(v) || json_is_array(v)) && depth > OIP_PARAMS_MAX_DEPTH)
-        return aicfn_error_set(err, AICFN_E_INVALID, "parameters nested deeper than %d levels",
-                               OIP_PARAMS_MAX_DEPTH);
+/* The request's "parameters" become the wire `params` map, which a worker hands to the
+ * handler as text key/values (aicfn_param, find_param): at most AICFN_MAX_PARAMS entries,
+ * names under AICFN_MAX_NAME_BYTES, each value a string without NUL, a number, a bool or
+ * null (worker_decode_params). The front refuses anything else itself, naming the
+ * parameter, instead of routing a call every worker would refuse. */
+static int oip_pack_param(msgpack_packer *pk, const char *name, const json_t *v, aicfn_error *err) {
+    size_t kl = strlen(name);
+    if (kl >= AICFN_MAX_NAME_BYTES)
+        return aicfn_error_set(err, AICFN_E_INVALID, "parameter name of %zu bytes (at most %d)", kl,
+                               AICFN_MAX_NAME_BYTES - 1);
+    if (json_is_string(v) && strlen(json_string_value(v)) != json_string_length(v))
+        return aicfn_error_set(err, AICFN_E_INVALID, "parameter '%.64s' holds a NUL character", name);
+    if (json_is_object(v) || json_is_array(v))
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "parameter '%.64s' must be a string, number, bool or null (handlers read "
+                               "parameters as text)",
+                               name);
+    msgpack_pack_str(pk, kl);
+    msgpack_pack_str_body(pk, name, kl);
     switch (json_typeof(v)) {
-    case JSON_OBJECT: {
-        msgpack_pack_map(pk, json_object_size(v));
-        const char *k;
-        json_t *x;
-        json_object_foreach((json_t *)v, k, x) {
-            size_t kl = strlen(k);
-            msgpack_pack_str(pk, kl);
-            msgpack_pack_str_body(pk, k, kl);
-            ++*objects;
-            int rc = oip_pack_json(pk, x, depth + 1, objects, err);
-            if (rc) return rc;
-        }
-        return AICFN_OK;
-    }
-    case JSON_ARRAY: {
-        msgpack_pack_array(pk, json_array_size(v));
-        size_t i;
-        json_t *x;
-        json_array_foreach(v, i, x) {
-            int rc = oip_pack_json(pk, x, depth + 1, objects, err);
-            if (rc) return rc;
-        }
-        return AICFN_OK;
-    }
     case JSON_STRING:
         msgpack_pack_str(pk, json_string_length(v));
         msgpack_pack_str_body(pk, json_string_value(v), json_string_length(v));
@@ -495,19 +472,16 @@ static int oip_parse_doc(const json_t *root, const uint8_t *bin, size_t bin_len,
         if (json_object_size(params) > AICFN_MAX_PARAMS)
             return aicfn_error_set(err, AICFN_E_INVALID, "\"parameters\" has %zu entries (at most %d)",
                                    json_object_size(params), AICFN_MAX_PARAMS);
-        const char *k;
-        const json_t *x;
-        json_object_foreach((json_t *)params, k, x) {
-            if (strlen(k) >= AICFN_MAX_NAME_BYTES)
-                return aicfn_error_set(err, AICFN_E_INVALID, "parameter name of %zu bytes (at most %d)",
-                                       strlen(k), AICFN_MAX_NAME_BYTES - 1);
-        }
         msgpack_sbuffer sb;
         msgpack_sbuffer_init(&sb);
         msgpack_packer pk;
         msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
-        size_t objects = 0;
-        rc = oip_pack_json(&pk, params, 0, &objects, err);
+        msgpack_pack_map(&pk, json_object_size(params));
+        const char *k;
+        const json_t *x;
+        json_object_foreach((json_t *)params, k, x) {
+            if ((rc = oip_pack_param(&pk, k, x, err)) != AICFN_OK) break;
+        }
         if (rc || sb.data == NULL) {
             msgpack_sbuffer_destroy(&sb);
             return rc ? rc : aicfn_error_set(err, AICFN_E_NOMEM, "out of memory packing parameters");

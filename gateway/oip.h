@@ -59,9 +59,9 @@ typedef struct oip_request {
  * flat or nested); each value representable in the datatype (integers in range, BOOL
  * true/false, BYTES strings; FP16/BF16/FP32 rounded to nearest even, overflow refused);
  * binary data sized exactly product(shape) x element size (BYTES: well-formed 4-byte
- * length-prefixed elements); "parameters" what a wire `params` map may hold (at most
- * AICFN_MAX_PARAMS entries with names under AICFN_MAX_NAME_BYTES, containers 14 deep,
- * half a message's objects). Errors: AICFN_E_INVALID naming the problem,
+ * length-prefixed elements); "parameters" what a worker hands a handler (at most
+ * AICFN_MAX_PARAMS entries with names under AICFN_MAX_NAME_BYTES, each a string without
+ * NUL, a number, a bool or null). Errors: AICFN_E_INVALID naming the problem,
  * AICFN_E_UNSUPPORTED (unknown datatype), AICFN_E_TOO_LARGE (values), AICFN_E_NOMEM.
  * On success fills *out (free with oip_request_free); on failure *out holds nothing to
  * free. */
