@@ -328,16 +328,18 @@ int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint6
         pthread_mutex_unlock(&l->mu);
         return aicfn_error_set(err, AICFN_E_NOMEM, "rate limit entry for %.64s", tenant);
     }
-    uint64_t cap = (uint64_t)(rate_per_s ? rate_per_s : 1) * LIM_TOKEN;
-    if (e->fresh) {
+    /* The tenant's bucket belongs to its rated keys: a call through a key without a rate
+     * (counted for the daily total below) neither refills nor drains it. */
+    uint64_t cap = (uint64_t)rate_per_s * LIM_TOKEN;
+    if (rate_per_s && e->fresh) {
         e->micro_tokens = cap;
         e->last_us = now_us;
         e->fresh = false;
-    } else if (now_us > e->last_us) {
+    } else if (rate_per_s && now_us > e->last_us) {
         uint64_t elapsed = now_us - e->last_us;
         /* elapsed µs × rate tokens/s = elapsed × rate micro-tokens; saturate at the cap.
          * A second refills the whole bucket, which also keeps the product in range. */
-        if (rate_per_s && elapsed < LIM_TOKEN) {
+        if (elapsed < LIM_TOKEN) {
             uint64_t add = elapsed * rate_per_s;
             e->micro_tokens = cap - e->micro_tokens <= add ? cap : e->micro_tokens + add;
         } else {
@@ -345,7 +347,7 @@ int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint6
         }
         e->last_us = now_us;
     }
-    if (e->micro_tokens > cap) e->micro_tokens = cap; /* the rate was lowered */
+    if (rate_per_s && e->micro_tokens > cap) e->micro_tokens = cap; /* the rate was lowered */
     uint64_t day = now_us / KEY_US_PER_DAY;
     if (day != e->day) {
         e->day = day;

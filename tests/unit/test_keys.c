@@ -218,6 +218,14 @@ static void token_bucket_and_quota(void **state) {
     /* Rate 0 = unlimited. */
     for (int i = 0; i < 1000; i++)
         assert_int_equal(gw_limits_check(l, "u", 0, 0, t0, &retry, NULL), AICFN_OK);
+    /* ... and a call through such a key of a tenant whose other key is rated neither
+     * drains nor refills that key's bucket: the burst of 5 is still there. */
+    assert_int_equal(gw_limits_check(l, "m", 5, 0, t0, &retry, NULL), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "m", 0, 0, t0, &retry, NULL), AICFN_OK);
+    ok = 0;
+    for (int i = 0; i < 10; i++)
+        ok += gw_limits_check(l, "m", 5, 0, t0, &retry, NULL) == 0;
+    assert_int_equal(ok, 4);
 
     /* Quota 3/day: the 4th call is refused until midnight. */
     for (int i = 0; i < 3; i++)
