@@ -10,6 +10,7 @@
  * with -DAICFN_HANDLER_CUDA, linked against the static CUDA runtime; if that build
  * fails, the C-only build is used (with a warning). A .so handler is uploaded as is.
  * Not for: running anything (the gateway loads it on first use). */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -297,17 +298,34 @@ static const char *cd_tmp_root(void) {
     return t && t[0] == '/' ? t : "/tmp";
 }
 
+/* This host's name as a folder-name part ([A-Za-z0-9.-], at most 63 bytes), "host" when
+ * unknown: a pid means something on this host (and in this container) only. */
+static void cd_host_tag(char *out, size_t n) {
+    char h[256] = "";
+    if (gethostname(h, sizeof h - 1) != 0 || !h[0]) snprintf(h, sizeof h, "host");
+    size_t k = 0;
+    for (size_t i = 0; h[i] && k + 1 < n && k < 63; i++)
+        out[k++] = isalnum((unsigned char)h[i]) || h[i] == '.' || h[i] == '-' ? h[i] : '-';
+    out[k] = '\0';
+}
+
 /* Removes the folders of deploys that died without cleaning up (Ctrl-C while packing, kill
- * -9): aicfn-deploy-<pid>-XXXXXX of this user whose process is gone. A model's snapshot
- * is as large as the model: never left to pile up. */
-static void cd_clean_stale(const char *root) {
+ * -9): aicfn-deploy-<host>-<pid>-XXXXXX of this user, on this host, whose process is
+ * gone. A model's snapshot is as large as the model: never left to pile up. A $TMPDIR
+ * shared between hosts or containers (NFS, a bind mount) holds others' folders, whose
+ * pids mean nothing here: their host part differs, and they are left alone. */
+static void cd_clean_stale(const char *root, const char *host) {
     DIR *d = opendir(root);
     if (!d) return;
+    char prefix[96];
+    snprintf(prefix, sizeof prefix, "aicfn-deploy-%s-", host);
+    size_t pl = strlen(prefix);
     struct dirent *e;
     while ((e = readdir(d))) {
         long pid = 0;
         char rest[16];
-        if (sscanf(e->d_name, "aicfn-deploy-%ld-%15s", &pid, rest) != 2 || pid <= 0 || strlen(rest) != 6)
+        if (strncmp(e->d_name, prefix, pl) != 0 || sscanf(e->d_name + pl, "%ld-%15s", &pid, rest) != 2 ||
+            pid <= 0 || strlen(rest) != 6)
             continue;
         if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue; /* alive, or not ours to judge */
         char p[PATH_MAX];
@@ -349,9 +367,12 @@ int cli_cmd_deploy(int argc, char **argv) {
     cli_manifest *m = NULL;
     if (cli_manifest_load(path, &m, &err) != AICFN_OK) return cli_fail(&err);
     const char *root = cd_tmp_root();
-    cd_clean_stale(root);
+    char host[64];
+    cd_host_tag(host, sizeof host);
+    cd_clean_stale(root, host);
     char tmp[PATH_MAX];
-    if (snprintf(tmp, sizeof tmp, "%s/aicfn-deploy-%ld-XXXXXX", root, (long)getpid()) >= (int)sizeof tmp ||
+    if (snprintf(tmp, sizeof tmp, "%s/aicfn-deploy-%s-%ld-XXXXXX", root, host, (long)getpid()) >=
+            (int)sizeof tmp ||
         !mkdtemp(tmp)) {
         cli_manifest_free(m);
         aicfn_error_errno(&err, AICFN_E_IO, errno, "creating a temporary folder in %s", root);

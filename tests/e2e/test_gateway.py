@@ -358,23 +358,28 @@ def test_second_gateway_on_one_data_dir_is_refused(procs, tmp_path):
 def test_deploy_packs_in_tmpdir_and_clears_what_killed_deploys_left(procs, tmp_path):
     # The snapshot is as large as the model: packed under $TMPDIR (not a fixed /tmp, often
     # a small tmpfs), removed afterwards, and the folder a killed deploy left (its
-    # process gone) removed by the next deploy; a live deploy's folder is left alone.
+    # process gone) removed by the next deploy; a live deploy's folder, and another
+    # host's (a shared TMPDIR), are left alone.
     addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
     t = tmp_path / "tmpdir"
     t.mkdir()
     dead = subprocess.Popen(["true"])
     dead.wait()
-    stale = t / f"aicfn-deploy-{dead.pid}-AbC123"
+    host = "".join(c if c.isalnum() or c in ".-" else "-" for c in socket.gethostname())[:63] or "host"
+    stale = t / f"aicfn-deploy-{host}-{dead.pid}-AbC123"
     stale.mkdir()
     (stale / "model.aicsnap").write_bytes(b"x" * 4096)
-    live = t / f"aicfn-deploy-{os.getpid()}-XyZ789"
+    live = t / f"aicfn-deploy-{host}-{os.getpid()}-XyZ789"
     live.mkdir()
+    elsewhere = t / f"aicfn-deploy-otherhost-{dead.pid}-AbC123"  # a shared TMPDIR: not ours to judge
+    elsewhere.mkdir()
     seen = []
     stop = threading.Event()
 
     def watch():  # the deploy's own folder, while it exists
         while not stop.is_set():
-            seen.extend(p.name for p in t.iterdir() if p.name not in (stale.name, live.name) and p.name not in seen)
+            seen.extend(p.name for p in t.iterdir()
+                        if p.name not in (stale.name, live.name, elsewhere.name) and p.name not in seen)
             time.sleep(0.005)
 
     w = threading.Thread(target=watch)
@@ -386,7 +391,7 @@ def test_deploy_packs_in_tmpdir_and_clears_what_killed_deploys_left(procs, tmp_p
     assert r.returncode == 0, r.stderr
     assert not stale.exists()
     assert live.exists()
-    assert sorted(p.name for p in t.iterdir()) == [live.name]  # its own folder is gone too
+    assert sorted(p.name for p in t.iterdir()) == sorted([live.name, elsewhere.name])  # its own is gone too
     assert any(n.startswith("aicfn-deploy-") for n in seen), seen
 
 
