@@ -499,7 +499,10 @@ again:;
     cache_touch(c, e);
     c->ctr.loads++;
     pthread_mutex_unlock(&c->mu);
-    if (info) info->cold = 1;
+    if (info) {
+        info->cold = 1;
+        info->joined = 0; /* this call makes the load, even after joining one that failed */
+    }
 
     aicfn_error lerr;
     aicfn_error_clear(&lerr);
@@ -724,6 +727,11 @@ static int status_cmp(const void *a, const void *b) {
     return x->last_use_us > y->last_use_us ? -1 : x->last_use_us < y->last_use_us;
 }
 
+static int entry_recency_cmp(const void *a, const void *b) {
+    const loader_cache_entry *x = *(loader_cache_entry *const *)a, *y = *(loader_cache_entry *const *)b;
+    return x->last_use_us > y->last_use_us ? -1 : x->last_use_us < y->last_use_us;
+}
+
 void loader_cache_get_status(loader_cache *c, loader_cache_status *st, loader_cache_entry_status *entries,
                              size_t cap) {
     if (!st) return;
@@ -735,11 +743,20 @@ void loader_cache_get_status(loader_cache *c, loader_cache_status *st, loader_ca
     st->used_bytes = c->used;
     st->evicting_bytes = c->evicting;
     st->counters = c->ctr;
-    st->n_entries = (uint32_t)(c->n + c->n_evicting);
+    size_t total = c->n + c->n_evicting;
+    st->n_entries = (uint32_t)total;
+    /* Every entry, most recently used first; when there are more than cap, the ones
+     * returned are the most recent (a busy worker's summary names what it just used). */
+    loader_cache_entry **all = entries && total > cap ? malloc(total * sizeof *all) : NULL;
+    if (all) {
+        memcpy(all, c->table, c->n * sizeof *all);
+        memcpy(all + c->n, c->evicting_list, c->n_evicting * sizeof *all);
+        qsort(all, total, sizeof *all, entry_recency_cmp);
+    }
     size_t k = 0;
     for (size_t pass = 0; pass < 2; pass++) {
-        loader_cache_entry **arr = pass == 0 ? c->table : c->evicting_list;
-        size_t n = pass == 0 ? c->n : c->n_evicting;
+        loader_cache_entry **arr = all ? all : pass == 0 ? c->table : c->evicting_list;
+        size_t n = all ? (pass == 0 ? total : 0) : pass == 0 ? c->n : c->n_evicting;
         for (size_t i = 0; i < n && k < cap && entries; i++, k++) {
             loader_cache_entry *e = arr[i];
             loader_cache_entry_status *s = &entries[k];
@@ -753,6 +770,7 @@ void loader_cache_get_status(loader_cache *c, loader_cache_status *st, loader_ca
         }
     }
     pthread_mutex_unlock(&c->mu);
+    free(all);
     st->n_returned = (uint32_t)k;
     if (k > 1) qsort(entries, k, sizeof *entries, status_cmp);
 }

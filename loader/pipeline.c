@@ -312,9 +312,16 @@ static int pl_hasher_finish(pl_hasher *h, int can_post, loader_staging *stg, loa
     h->fed = h->deferred_len;
     (void)XXH3_64bits_update(sp->st, h->deferred_p, h->deferred_len);
     h->deferred_len = 0;
-    rc = pl_hasher_close(h);
-    h->hash_us += clock_now_us() - w1;
+    uint64_t before = h->hash_us;
+    rc = pl_hasher_close(h); /* may hash parts posted meanwhile: inside this interval too */
+    h->hash_us = before + (clock_now_us() - w1);
     return rc;
+}
+
+/* What is left of an interval of `total` µs after `part` µs of it (measured inside it, so
+ * at most total, save for clock reads a microsecond apart). */
+static uint64_t pl_rest_us(uint64_t total, uint64_t part) {
+    return total > part ? total - part : 0;
 }
 
 static void *pl_thread(void *arg) {
@@ -397,7 +404,7 @@ static void *pl_thread(void *arg) {
                 rc = pl_hasher_finish(&hasher, j->host, NULL, 0);
             t.verify_us += hasher.hash_us;
             t.wait_us += hasher.wait_us;
-            t.filter_us += clock_now_us() - t2 - hasher.hash_us - hasher.wait_us;
+            t.filter_us += pl_rest_us(clock_now_us() - t2, hasher.hash_us + hasher.wait_us);
         }
         uint64_t t4 = clock_now_us();
         loader_ticket tk = 0; /* the copy from dst, once issued (the staging buffer's release waits for it) */
@@ -414,7 +421,7 @@ static void *pl_thread(void *arg) {
             rc = pl_hasher_finish(&hasher, 1, &stg, tk);
             t.verify_us += hasher.hash_us;
             t.wait_us += hasher.wait_us;
-            t.filter_us += clock_now_us() - t5 - hasher.hash_us - hasher.wait_us;
+            t.filter_us += pl_rest_us(clock_now_us() - t5, hasher.hash_us + hasher.wait_us);
         }
         if (stg.ptr) loader_device_staging_release(j->dev, &stg, tk);
         if (rc != AICFN_OK) {

@@ -78,6 +78,12 @@ static void hit_miss_and_lru(void **state) {
         assert_int_equal(ents[i].state, LOADER_ENTRY_READY);
         assert_int_equal(ents[i].refcount, 0);
     }
+    /* Fewer slots than entries: the most recent ones (m0 was used before m3 and m1). */
+    loader_cache_get_status(c, &st, ents, 2);
+    assert_int_equal(st.n_entries, 3);
+    assert_int_equal(st.n_returned, 2);
+    assert_string_equal(ents[0].key, "m1");
+    assert_string_equal(ents[1].key, "m3");
     assert_string_equal(loader_entry_state_name(LOADER_ENTRY_EVICTING), "EVICTING");
     loader_cache_destroy(c);
     assert_int_equal(atomic_load(&f.alive_bytes), 0);
@@ -245,6 +251,9 @@ static void joined_calls_keep_their_own_deadlines(void **state) {
     pthread_join(tp, NULL);
     if (patient.rc != AICFN_OK) fail_msg("the patient joined call failed: %s", patient.err.msg);
     assert_true(patient.done_us - t0 >= 500000);
+    /* It made the load in the end (the one it joined failed): its record is its own. */
+    assert_true(patient.info.cold);
+    assert_false(patient.info.joined);
     loader_cache_release(c, b);
     loader_cache_destroy(c);
     assert_clean(&f);
