@@ -261,6 +261,7 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
         n_un = w->n_unreported;
         memcpy(un, w->unreported, n_un * sizeof *un);
         w->n_unreported = 0;
+        pthread_cond_broadcast(&w->cv); /* a drain may be waiting for them to go */
     }
     uint32_t nq = 0;
     uint64_t batches = 0;
@@ -1631,6 +1632,18 @@ unsigned worker_drain(worker *w, uint32_t max_wait_ms) {
         clock_deadline_to_timespec(until, &ts);
         pthread_cond_timedwait(&w->cv, &w->mu, &ts);
     }
+    /* Loads no reply carried (their calls gave up) are reported by the next status
+     * reply; a gateway asks every AICFN_WORKER_POLL_MS: wait a little for it, or their
+     * cold starts leave with this process. */
+    uint64_t report_until = clock_now_us() + 2ull * AICFN_WORKER_POLL_MS * 1000;
+    if (report_until > until) report_until = until;
+    while (w->inflight == 0 && w->n_unreported > 0 && clock_now_us() < report_until) {
+        struct timespec ts;
+        clock_deadline_to_timespec(report_until, &ts);
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+    }
+    if (w->n_unreported)
+        log_warn("worker %s: exiting with %u load(s) no status reply reported", w->id, w->n_unreported);
     unsigned left = w->inflight;
     pthread_mutex_unlock(&w->mu);
     return left;
