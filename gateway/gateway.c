@@ -569,8 +569,9 @@ static void gw_record_load(gw_gateway *gw, gw_fn *fn, const char *name, uint32_t
     }
     /* A call that waited for its worker to start was held for the spawn: not queueing. */
     gw_queue = gw_queue > spawn_us ? gw_queue - spawn_us : 0;
-    uint64_t total = gw_add_sat(gw_add_sat(spawn_us, gw_queue), gw_add_sat(t->queue_us, t->load_us));
-    if (t->init_us > t->load_us) total = gw_add_sat(total, t->init_us); /* init outside the load wait */
+    /* The worker times the handler's init after the model wait, apart from it. */
+    uint64_t total = gw_add_sat(gw_add_sat(spawn_us, gw_queue),
+                                gw_add_sat(gw_add_sat(t->queue_us, t->load_us), t->init_us));
     gw_cold_start_record cs = {
         .function = name,
         .version = ver,
@@ -970,6 +971,9 @@ static bool gw_try_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
 
 static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
     gw_fn *f = c->fn;
+    /* A call routed again (a retry, a refusal by a draining worker) waits for no spawn
+     * it waited for before: only a start this routing waits for is its cold start's. */
+    c->spawned = false;
     /* FIFO per function: a new call never overtakes queued ones. */
     if (f->q_len == 0 && gw_try_route_locked(gw, c, a)) return;
     if (f->q_len >= AICFN_DEFAULT_QUEUE_PER_FUNCTION) {

@@ -395,6 +395,28 @@ def test_deploy_packs_in_tmpdir_and_clears_what_killed_deploys_left(procs, tmp_p
     assert any(n.startswith("aicfn-deploy-") for n in seen), seen
 
 
+def test_cold_start_total_includes_the_handler_init(procs, tmp_path):
+    # The worker times the handler's init after the model wait, apart from it: a cold
+    # start's total holds both, also when the load takes longer than the init (a 64 MiB
+    # model, a 60 ms init).
+    d = tmp_path / "slowinit"
+    d.mkdir()
+    bits = np.random.default_rng(6).integers(0, 2**32, 16 << 20, dtype=np.uint32)
+    write_safetensors(d / "w.safetensors", {"w": bits.view(np.float32)})
+    write_manifest(d, f"name: slowinit\nhandler: {handler('test_sleep')}\nmodel: w.safetensors\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", memory="256MiB",
+                                  env={"AICFN_TEST_INIT_SLEEP_MS": "60"})
+    deploy(addr, d)
+    r = call(addr, invoke_msg("slowinit", [], rid=660001), timeout_ms=30000)
+    assert r["ok"] and r["cold"], r
+    (load_us,) = wait_rows(data, "SELECT load_us FROM invocations WHERE request_id = '660001'", (), 1)[0]
+    (spawn, init, total), = wait_rows(data, "SELECT spawn_us, init_us, total_us FROM cold_starts "
+                                            "WHERE function = 'slowinit'", (), 1)
+    assert init >= 60000, init
+    assert load_us > init, (load_us, init)  # the case the total used to miss
+    assert total >= spawn + load_us + init, (spawn, load_us, init, total)
+
+
 def test_scale_to_zero_and_respawn(procs, tmp_path):
     addr, data, g = start_gateway(procs, tmp_path, workers="0..1", idle="1s")
     deploy(addr, ROOT / "examples" / "mlp")

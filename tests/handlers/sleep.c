@@ -5,7 +5,7 @@
  *   sleep_ms=N     sleep N ms per batch (default 0)
  *   count_file=P   the file to append to (else env AICFN_TEST_COUNT_FILE; none: no count)
  * Config param only:
- *   init_sleep_ms=N  sleep N ms in init (a slow warm-up)
+ *   init_sleep_ms=N  sleep N ms in init (a slow warm-up; else env AICFN_TEST_INIT_SLEEP_MS)
  *   fini_sleep_ms=N  sleep N ms in fini (a slow teardown; else env AICFN_TEST_FINI_SLEEP_MS),
  *   fini_file=P      then write "fini\n" to P (else env AICFN_TEST_FINI_FILE): proof that
  *                    fini ran to its end
@@ -41,6 +41,7 @@ AICFN_EXPORT int aicfn_fn_init(const aicfn_host_api *api, const aicfn_model *mod
     s->sleep_ms = ms ? atol(ms) : 0;
     snprintf(s->count_file, sizeof s->count_file, "%s", cf ? cf : "");
     const char *ims = api->find_param(config->params, config->n_params, "init_sleep_ms");
+    if (!ims) ims = getenv("AICFN_TEST_INIT_SLEEP_MS");
     long init_ms = ims ? atol(ims) : 0;
     if (init_ms > 0) sleep_ms_now(init_ms);
     const char *fms = api->find_param(config->params, config->n_params, "fini_sleep_ms");
