@@ -199,6 +199,7 @@ struct gw_gateway {
     pthread_t maint;
     bool maint_started;
     pthread_cond_t maint_cv;
+    pthread_mutex_t refresh_mu; /* one gw_metrics_refresh at a time (the HTTP front's threads) */
     /* Threads inside gw_pool_spawn (they took gw->pool under mu); gw_stop takes the pool
      * away and waits for them (spawn_cv) before it destroys the pool. */
     unsigned spawning;
@@ -2532,6 +2533,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     gw->scaling_dirty = true; /* read which functions keep workers warm once started */
     gw->data_lock_fd = -1;
     pthread_mutex_init(&gw->mu, NULL);
+    pthread_mutex_init(&gw->refresh_mu, NULL);
     clock_cond_init(&gw->maint_cv);
     clock_cond_init(&gw->spawn_cv);
     int rc = AICFN_OK;
@@ -2680,6 +2682,7 @@ void gw_stop(gw_gateway *gw) {
     gw_db_close(gw->db);
     if (gw->data_lock_fd >= 0) close(gw->data_lock_fd); /* last: everything in data_dir is closed */
     pthread_mutex_destroy(&gw->mu);
+    pthread_mutex_destroy(&gw->refresh_mu);
     pthread_cond_destroy(&gw->maint_cv);
     pthread_cond_destroy(&gw->spawn_cv);
     free(gw->listen);
@@ -2703,10 +2706,10 @@ static void gw_record_refused(gw_gateway *gw, const wire_invoke_req *req, const 
                               .version = req->ver,
                               .status = rc,
                               .bytes_in = in_bytes};
-    gw_ledger_submit_invocation(gw->ledger, &r);
     /* The metrics label only functions the gateway knows (resolved before): a name or
      * version a client made up would add a series per value, until the registry's series
-     * limit drops the real functions' ones. The ledger row keeps what the client sent. */
+     * limit drops the real functions' ones. The ledger row keeps the name the client sent,
+     * with the version that would have served it when known (as a served call's row). */
     char fn[AICFN_FN_NAME_MAX_BYTES + 1] = "";
     uint32_t ver = 0;
     pthread_mutex_lock(&gw->mu);
@@ -2716,9 +2719,11 @@ static void gw_record_refused(gw_gateway *gw, const wire_invoke_req *req, const 
     if (f) {
         snprintf(fn, sizeof fn, "%s", f->name);
         ver = f->ver;
+        r.version = f->ver;
     }
     pthread_mutex_unlock(&gw->mu);
-    gw_stdmetrics_call(&gw->std, fn, ver, rc, 0);
+    gw_ledger_submit_invocation(gw->ledger, &r);
+    gw_stdmetrics_refused(&gw->std, fn, ver, rc);
 }
 
 int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
@@ -3051,6 +3056,8 @@ int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invok
 }
 
 void gw_metrics_refresh(gw_gateway *gw) {
+    /* Reset, then add per version: two scrapes interleaving would count each twice. */
+    pthread_mutex_lock(&gw->refresh_mu);
     gw_metric_reset(gw->std.queue_depth);
     uint32_t live = 0;
     pthread_mutex_lock(&gw->mu);
@@ -3063,4 +3070,5 @@ void gw_metrics_refresh(gw_gateway *gw) {
         if (w->state != GW_WORKER_DEAD) live++;
     pthread_mutex_unlock(&gw->mu);
     gw_metric_set(gw->std.workers_live, NULL, (double)live);
+    pthread_mutex_unlock(&gw->refresh_mu);
 }

@@ -579,6 +579,14 @@ void gw_stdmetrics_call(const gw_stdmetrics *s, const char *function, uint32_t v
     gw_metric_observe(s->call_duration, l1, (double)duration_us / 1e6);
 }
 
+void gw_stdmetrics_refused(const gw_stdmetrics *s, const char *function, uint32_t version, int status) {
+    if (s == NULL || function == NULL) return;
+    char ver[16];
+    snprintf(ver, sizeof ver, "%u", (unsigned)version);
+    const char *l3[] = {function, ver, aicfn_status_name(status)};
+    gw_metric_add(s->calls, l3, 1);
+}
+
 void gw_stdmetrics_cold_start(const gw_stdmetrics *s, const char *function, uint64_t fetch_us,
                               uint64_t read_us, uint64_t decompress_us, uint64_t filter_us, uint64_t copy_us,
                               uint64_t total_us) {

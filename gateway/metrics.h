@@ -89,7 +89,8 @@ int gw_metrics_render(gw_metrics *m, char **out, size_t *len, aicfn_error *err);
  *   aicfn_calls_total{function,version,status}            counter (status: aicfn status name;
  *                                                         function "" and version 0 for a call
  *                                                         to a function the gateway does not know)
- *   aicfn_call_duration_seconds{function}                 histogram (end-to-end at the gateway)
+ *   aicfn_call_duration_seconds{function}                 histogram (end-to-end at the gateway;
+ *                                                         calls refused before running are not in it)
  *   aicfn_cold_starts_total{function}                     counter
  *   aicfn_load_duration_seconds{phase}                    histogram, phase =
  * read|decompress|filter|copy|total aicfn_resident_models{worker}                         gauge
@@ -128,6 +129,11 @@ int gw_stdmetrics_init(gw_metrics *m, gw_stdmetrics *out, aicfn_error *err);
  * one finished call (status an aicfn_status, version as a decimal, 0 = unknown). */
 void gw_stdmetrics_call(const gw_stdmetrics *s, const char *function, uint32_t version, int status,
                         uint64_t duration_us);
+
+/* One call refused before it ran (rate, quota, overload, back-off): counted in
+ * aicfn_calls_total but not observed in aicfn_call_duration_seconds, whose quantiles
+ * would otherwise fall toward 0 under a flood of refusals. */
+void gw_stdmetrics_refused(const gw_stdmetrics *s, const char *function, uint32_t version, int status);
 
 /* One cold start with its phase durations (µs; a phase the loader did not time is 0
  * and is still observed, so every phase histogram has the same _count). */

@@ -1141,6 +1141,10 @@ def test_daily_quota_counts_every_call_of_the_tenant(procs, tmp_path):
     assert [inv(free) for _ in range(3)] == ["ok"] * 3
     assert [inv(capped) for _ in range(3)] == ["ok", "ok", "AICFN_E_QUOTA"]
     assert inv(free) == "ok"  # no limit of its own
+    # The refused call's row names the version that would have served it, as a served
+    # call's does (the call asked for the active version).
+    rows = wait_rows(data, "SELECT version FROM invocations WHERE status = 'AICFN_E_QUOTA'", (), 1)
+    assert rows == [(1,)], rows
     g.stop()
     start("gateway2")
     assert inv(capped) == "AICFN_E_QUOTA"

@@ -244,6 +244,11 @@ static void stdmetrics_pass_promtool(void **state) {
     gw_metric_add(s.http_requests, h, 1);
     const char *mlp1ok[] = {"mlp", "1", "AICFN_OK"};
     assert_true(gw_metric_value(s.calls, mlp1ok) == 1);
+    /* A refused call is counted, but no 0 s duration joins the latency histogram. */
+    gw_stdmetrics_refused(&s, "mlp", 1, AICFN_E_QUOTA);
+    const char *mlp1q[] = {"mlp", "1", "AICFN_E_QUOTA"}, *mlp[] = {"mlp"};
+    assert_true(gw_metric_value(s.calls, mlp1q) == 1);
+    assert_true(gw_metric_value(s.call_duration, mlp) == 2);
     const char *phase[] = {"decompress"}, *fetch[] = {"fetch"};
     assert_true(gw_metric_value(s.load_duration, phase) == 1);
     assert_true(gw_metric_value(s.load_duration, fetch) == 1); /* observed even when 0 */
