@@ -199,7 +199,8 @@ struct gw_gateway {
     pthread_t maint;
     bool maint_started;
     pthread_cond_t maint_cv;
-    pthread_mutex_t refresh_mu; /* one gw_metrics_refresh at a time (the HTTP front's threads) */
+    pthread_mutex_t refresh_mu;    /* one gw_metrics_refresh at a time (the HTTP front's threads) */
+    uint64_t ledger_dropped_shown; /* under refresh_mu: gw_ledger_stats.dropped already counted */
     /* Threads inside gw_pool_spawn (they took gw->pool under mu); gw_stop takes the pool
      * away and waits for them (spawn_cv) before it destroys the pool. */
     unsigned spawning;
@@ -3070,5 +3071,11 @@ void gw_metrics_refresh(gw_gateway *gw) {
         if (w->state != GW_WORKER_DEAD) live++;
     pthread_mutex_unlock(&gw->mu);
     gw_metric_set(gw->std.workers_live, NULL, (double)live);
+    gw_ledger_stats ls;
+    gw_ledger_get_stats(gw->ledger, &ls);
+    if (ls.dropped > gw->ledger_dropped_shown) {
+        gw_metric_add(gw->std.ledger_dropped, NULL, (double)(ls.dropped - gw->ledger_dropped_shown));
+        gw->ledger_dropped_shown = ls.dropped;
+    }
     pthread_mutex_unlock(&gw->refresh_mu);
 }

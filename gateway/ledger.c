@@ -106,6 +106,7 @@ static char *led_put(char **cursor, const char *s) {
 static int led_enqueue(gw_ledger *l, led_rec *r) {
     pthread_mutex_lock(&l->mu);
     if (l->stopping) {
+        l->stats.dropped++; /* a call ending while the gateway stops: not recorded either */
         pthread_mutex_unlock(&l->mu);
         free(r);
         return AICFN_E_CANCELED;

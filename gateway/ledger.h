@@ -18,9 +18,9 @@
  * cannot commit (a stalled or full disk). Blocking the submitter then would turn a
  * disk problem into an outage of every invocation, and the calls being recorded have
  * already run; so a submit to a full queue is refused, counted in
- * gw_ledger_stats.dropped (exposed as a metric), and logged at warn level (the first
- * drop, then at most once per second with the running count). Billing data matters:
- * the bound is generous and the loss is never silent.
+ * gw_ledger_stats.dropped (aicfn_ledger_records_dropped_total on /metrics), and logged at warn level (the
+ * first drop, then at most once per second with the running count). Billing data matters: the bound is
+ * generous and the loss is never silent.
  *
  * Thread-safety: submit and stats may be called from any thread concurrently; create
  * and destroy from one owner. The query functions take a gw_db (usually the registry's

@@ -558,13 +558,19 @@ int gw_stdmetrics_init(gw_metrics *m, gw_stdmetrics *s, aicfn_error *err) {
                                           "to workers.",
                                           NULL, 0, err)) ||
         !(s->bundled_calls = gw_metrics_counter(m, "aicfn_worker_bundled_calls_total",
-                                                "Calls sent to workers inside bundles.", NULL, 0, err)))
+                                                "Calls sent to workers inside bundles.", NULL, 0, err)) ||
+        !(s->ledger_dropped =
+              gw_metrics_counter(m, "aicfn_ledger_records_dropped_total",
+                                 "Invocation and cold-start records never written to the "
+                                 "ledger (queue full: a stalled disk; or the gateway stopping).",
+                                 NULL, 0, err)))
         return err ? err->code : AICFN_E_NOMEM;
     /* Unlabelled families show a sample from the start. */
     gw_metric_set(s->workers_live, NULL, 0);
     gw_metric_add(s->worker_restarts, NULL, 0);
     gw_metric_add(s->bundles, NULL, 0);
     gw_metric_add(s->bundled_calls, NULL, 0);
+    gw_metric_add(s->ledger_dropped, NULL, 0);
     return AICFN_OK;
 }
 

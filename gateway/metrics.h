@@ -101,6 +101,8 @@ int gw_metrics_render(gw_metrics *m, char **out, size_t *len, aicfn_error *err);
  *   aicfn_workers_live                                    gauge
  *   aicfn_worker_restarts_total                           counter
  *   aicfn_http_requests_total{endpoint,code}              counter (the HTTP front, by route kind)
+ *   aicfn_ledger_records_dropped_total                    counter (ledger records not written: a
+ *                                                         full queue, or submitted while stopping)
  * The pointers stay valid for the registry's life. */
 typedef struct gw_stdmetrics {
     gw_metric *calls;
@@ -119,6 +121,7 @@ typedef struct gw_stdmetrics {
     gw_metric *response_cache; /* lookups by function and result ("hit", "miss") */
     gw_metric *bundles;        /* bundles sent to workers (docs/protocol.md §9) */
     gw_metric *bundled_calls;  /* calls sent inside them */
+    gw_metric *ledger_dropped; /* ledger records never written (gw_ledger_stats.dropped) */
 } gw_stdmetrics;
 
 /* Registers the aicfn metric set in `m` and fills `out`. Returns AICFN_OK or an error
