@@ -541,7 +541,7 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         gw_coldstart_summary *s = NULL;
         size_t n = 0;
         if (rc == AICFN_OK)
-            rc = gw_ledger_coldstarts(gw_gateway_db(gw), fn && fn[0] ? fn : NULL, since, &s, &n, &e);
+            rc = gw_ledger_coldstarts(gw_gateway_query_db(gw), fn && fn[0] ? fn : NULL, since, &s, &n, &e);
         if (rc != AICFN_OK) {
             front_error(call, id, rc, e.msg);
             return;

@@ -168,6 +168,7 @@ struct gw_gateway {
     char *listen;
     char *data_dir;
     int data_lock_fd; /* <data>/gateway.lock, flock'd for the gateway's life; -1: none */
+    gw_db *query_db;  /* read-only connection for long reports (coldstarts), NULL: use db */
     char run_dir[PATH_MAX];
     char *device;
     char *worker_exe;
@@ -240,6 +241,9 @@ static void gw_idle_unload_start(gw_gateway *gw, gw_worker *w, const char *key, 
 
 gw_db *gw_gateway_db(gw_gateway *gw) {
     return gw->db;
+}
+gw_db *gw_gateway_query_db(gw_gateway *gw) {
+    return gw->query_db ? gw->query_db : gw->db;
 }
 gw_artifacts *gw_gateway_artifacts(gw_gateway *gw) {
     return gw->art;
@@ -2563,6 +2567,13 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
                      (unsigned long long)n_lost);
         if (rc == AICFN_OK) rc = gw_workers_next_local_id(gw->db, &first_local, err);
     }
+    if (rc == AICFN_OK) {
+        /* Reports that read many rows run on a connection of their own (WAL: readers never
+         * block the writers), not holding the registry's, which calls need to resolve. */
+        aicfn_error qe;
+        if (gw_db_open_existing(gw->data_dir, GW_DB_READ_ONLY, &gw->query_db, &qe) != AICFN_OK)
+            log_warn("reports share the registry's database connection: %s", qe.msg);
+    }
     if (rc == AICFN_OK) rc = gw_artifacts_open(gw->data_dir, &gw->art, err);
     if (rc == AICFN_OK) gw_sweep_artifacts(gw);
     if (rc == AICFN_OK) rc = gw_ledger_create(gw->data_dir, 0, 0, 0, &gw->ledger, err);
@@ -2680,6 +2691,7 @@ void gw_stop(gw_gateway *gw) {
     gw_respcache_destroy(gw->respcache);
     gw_metrics_destroy(gw->metrics);
     gw_artifacts_close(gw->art);
+    gw_db_close(gw->query_db);
     gw_db_close(gw->db);
     if (gw->data_lock_fd >= 0) close(gw->data_lock_fd); /* last: everything in data_dir is closed */
     pthread_mutex_destroy(&gw->mu);

@@ -23,6 +23,10 @@ void gw_front_stop(gw_front *f);
 
 /* Handles the gateway owns, for the admin operations (thread-safe per their headers). */
 gw_db *gw_gateway_db(gw_gateway *gw);
+/* A read-only connection to the same database for reports that read many rows (the
+ * coldstarts percentiles), so they never hold the registry's connection; the registry's
+ * when it could not be opened. */
+gw_db *gw_gateway_query_db(gw_gateway *gw);
 gw_artifacts *gw_gateway_artifacts(gw_gateway *gw);
 gw_ledger *gw_gateway_ledger(gw_gateway *gw);
 /* The gateway's one Prometheus registry and its aicfn metric set: every call, cold
