@@ -1657,28 +1657,34 @@ void worker_destroy(worker *w) {
     /* Stop the network first: it waits until every call was answered (the batchers are
      * still running, so queued calls complete or expire) and every callback returned. */
     rpc_server_destroy(w->srv);
-    worker_bundle_watch_destroy(w->bundle_watch);
     w->srv = NULL;
     /* Every call was answered; a parked call's thread may still be on its way out, and
      * a preload or a model wait whose calls are gone may still be loading. */
     pthread_mutex_lock(&w->mu);
     while (w->parked > 0 || w->loaders > 0)
         pthread_cond_wait(&w->cv, &w->mu);
+    /* A bundle part the watch already answered as overrun may still be running: its
+     * reply builds a summary that walks w->fns. Take the list away first (under the lock
+     * the summary walks it with), then free each function, which joins its executor. */
+    worker_fn *f = w->fns, *retired = w->retired;
+    w->fns = w->retired = NULL;
+    w->n_fns = 0;
     pthread_mutex_unlock(&w->mu);
-    worker_fn *f = w->fns;
     while (f) {
         worker_fn *next = f->next;
         worker_fn_free(f); /* joins the batcher, then fini */
         f = next;
     }
-    w->fns = NULL;
-    f = w->retired;
+    f = retired;
     while (f) {
         worker_fn *next = f->next;
         worker_fn_free(f);
         f = next;
     }
-    w->retired = NULL;
+    /* Only now can no thread send a bundle (bundle_send unlinks it from the watch after
+     * its reply, which is what let rpc_server_destroy return). */
+    worker_bundle_watch_destroy(w->bundle_watch);
+    w->bundle_watch = NULL;
     loader_cache_destroy(w->cache); /* frees the device memory of every resident model */
     loader_device_close(w->dev);
     pthread_cond_destroy(&w->cv);
