@@ -722,14 +722,16 @@ void loader_cache_get_counters(loader_cache *c, loader_cache_counters *out) {
     pthread_mutex_unlock(&c->mu);
 }
 
+/* Most recently used first, by the logical clock (two uses in one microsecond still
+ * have an order). */
 static int status_cmp(const void *a, const void *b) {
     const loader_cache_entry_status *x = a, *y = b;
-    return x->last_use_us > y->last_use_us ? -1 : x->last_use_us < y->last_use_us;
+    return x->last_use_tick > y->last_use_tick ? -1 : x->last_use_tick < y->last_use_tick;
 }
 
 static int entry_recency_cmp(const void *a, const void *b) {
     const loader_cache_entry *x = *(loader_cache_entry *const *)a, *y = *(loader_cache_entry *const *)b;
-    return x->last_use_us > y->last_use_us ? -1 : x->last_use_us < y->last_use_us;
+    return x->last_use_tick > y->last_use_tick ? -1 : x->last_use_tick < y->last_use_tick;
 }
 
 void loader_cache_get_status(loader_cache *c, loader_cache_status *st, loader_cache_entry_status *entries,
@@ -766,6 +768,7 @@ void loader_cache_get_status(loader_cache *c, loader_cache_status *st, loader_ca
             s->refcount = e->state == LOADER_ENTRY_LOADING ? e->waiters + 1 : e->refcount;
             s->kept = e->kept;
             s->last_use_us = e->last_use_us;
+            s->last_use_tick = e->last_use_tick;
             s->idle_us = now > e->last_use_us ? now - e->last_use_us : 0;
         }
     }

@@ -194,11 +194,12 @@ void loader_cache_get_counters(loader_cache *c, loader_cache_counters *out);
 typedef struct loader_cache_entry_status {
     char key[AICFN_MAX_NAME_BYTES];
     loader_entry_state state;
-    uint64_t bytes;       /* charged (reserved while LOADING) */
-    uint32_t refcount;    /* pins (READY) or waiters (LOADING) */
-    int kept;             /* kept resident (loader_cache_keep) */
-    uint64_t last_use_us; /* monotonic */
-    uint64_t idle_us;     /* now - last_use */
+    uint64_t bytes;         /* charged (reserved while LOADING) */
+    uint32_t refcount;      /* pins (READY) or waiters (LOADING) */
+    int kept;               /* kept resident (loader_cache_keep) */
+    uint64_t last_use_us;   /* monotonic */
+    uint64_t last_use_tick; /* the cache's logical clock: orders uses strictly (the list's order) */
+    uint64_t idle_us;       /* now - last_use */
 } loader_cache_entry_status;
 
 typedef struct loader_cache_status {

@@ -263,6 +263,14 @@ def test_nng_rate_limit_shared_with_http(procs, tmp_path):
         db_rows(data, "SELECT count(*) FROM invocations WHERE tenant = 'acme' AND status = 'AICFN_E_QUOTA'")),
         10, interval=0.05, what="quota rows")
     assert rows[0][0] >= 2
+    # /metrics counts the refused calls, but only calls that ran are in the latency
+    # histogram (a refusal is not a 0 s call).
+    text = http_req(hport, "GET", "/metrics")[2].decode()
+    observed = metric_value(text, "aicfn_call_duration_seconds_count", {"function": "mlp"})
+    assert metric_value(text, "aicfn_calls_total", {"function": "mlp", "version": "1", "status": "AICFN_E_QUOTA"}) >= 2
+    wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations WHERE function = 'mlp' AND "
+                                   "status = 'AICFN_OK'")[0][0] == observed, 10, interval=0.05,
+             what=f"{observed} calls that ran, as many as the histogram observed")
 
 
 def workers_json(addr):

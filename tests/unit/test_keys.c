@@ -226,6 +226,10 @@ static void token_bucket_and_quota(void **state) {
     for (int i = 0; i < 10; i++)
         ok += gw_limits_check(l, "m", 5, 0, t0, &retry, NULL) == 0;
     assert_int_equal(ok, 4);
+    /* Drained; an unlimited call 200 ms later does not take the token refilled since. */
+    assert_int_equal(gw_limits_check(l, "m", 0, 0, t0 + 200000, &retry, NULL), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "m", 5, 0, t0 + 200000, &retry, NULL), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "m", 5, 0, t0 + 200000, &retry, NULL), AICFN_E_QUOTA);
 
     /* Quota 3/day: the 4th call is refused until midnight. */
     for (int i = 0; i < 3; i++)
