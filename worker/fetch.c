@@ -32,7 +32,9 @@
 #define FETCH_REPLY_SLACK (64u << 10) /* reply bytes beyond the chunk: the map and keys */
 #define FETCH_VERIFY_BUF (1u << 20)
 
-enum { FETCH_BUSY = 0, FETCH_READY = 1, FETCH_FAILED = 2 };
+/* FETCH_GONE: a READY entry whose file disappeared, taken off the list while threads
+ * woken by its download still hold it (the last one frees it). */
+enum { FETCH_BUSY = 0, FETCH_READY = 1, FETCH_FAILED = 2, FETCH_GONE = 3 };
 
 /* One artifact this process verified, or is fetching. */
 typedef struct fetch_entry {
@@ -41,7 +43,7 @@ typedef struct fetch_entry {
     int state;
     int rc;                /* FETCH_FAILED: the download's error */
     aicfn_error err;       /* FETCH_FAILED */
-    unsigned waiters;      /* threads waiting on it; the last one frees a failed entry */
+    unsigned waiters;      /* threads waiting on it; the last one frees a failed or gone entry */
     uint64_t used_wall_us; /* FETCH_READY: its path was last handed out then (fetch_prune) */
 } fetch_entry;
 
@@ -533,7 +535,10 @@ int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, a
          * removed it. Forget it and fetch it again. */
         log_info("artifact cache %s: %s is no longer there; fetching it again", f->dir, hash);
         *pe = e->next;
-        free(e);
+        if (e->waiters == 0)
+            free(e);
+        else
+            e->state = FETCH_GONE; /* woken by its download, they have not looked yet */
         e = NULL;
     }
     if (e) {
@@ -541,10 +546,10 @@ int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, a
         e->waiters++;
         while (e->state == FETCH_BUSY)
             pthread_cond_wait(&f->cv, &f->mu);
-        rc = e->state == FETCH_READY ? AICFN_OK : e->rc;
+        rc = e->state == FETCH_READY || e->state == FETCH_GONE ? AICFN_OK : e->rc; /* GONE: as READY was */
         if (rc == AICFN_OK) e->used_wall_us = clock_wall_us();
         if (rc != AICFN_OK && err) *err = e->err;
-        if (--e->waiters == 0 && e->state == FETCH_FAILED) free(e);
+        if (--e->waiters == 0 && (e->state == FETCH_FAILED || e->state == FETCH_GONE)) free(e);
         pthread_mutex_unlock(&f->mu);
         if (rc != AICFN_OK) local[0] = '\0';
         return rc;

@@ -1511,7 +1511,11 @@ static void worker_dispatch(worker_req *r) {
         worker_finish(r, rc, err.msg, NULL);
         return;
     }
-    uint64_t budget = r->req.deadline_ms ? (uint64_t)r->req.deadline_ms * 1000 : fn->timeout_us;
+    /* A caller's deadline only shortens the function's timeout (as at the gateway): a
+     * peer talking to the worker directly cannot make a call outlive the drain bound. */
+    uint64_t budget = fn->timeout_us;
+    if (r->req.deadline_ms && (uint64_t)r->req.deadline_ms * 1000 < budget)
+        budget = (uint64_t)r->req.deadline_ms * 1000;
     r->item.arrival_us = r->received_us;
     r->item.deadline_us = r->received_us + budget;
     /* Run on this thread (an NNG callback's, for a function whose batches may run inline)

@@ -268,6 +268,26 @@ def test_request_past_deadline_during_init_never_executes(procs, tmp_path):
     assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 
 
+def test_caller_deadline_never_outlives_the_function_timeout(procs, tmp_path):
+    """A deadline_ms longer than the function's timeout (a peer talking to the worker
+    directly, not through the gateway, which caps it) is the timeout: a call queued behind
+    a 1 s one, with timeout 300 ms, is answered AICFN_E_TIMEOUT unexecuted, not run late."""
+    count = tmp_path / "count.txt"
+    addr = ipc_addr(tmp_path)
+    w = start_worker(procs, addr, [f"slow={handler('test_sleep')},max_batch=1,timeout=300ms,"
+                                   f"param.count_file={count}"])
+    first = {}
+    t = threading.Thread(target=lambda: first.update(
+        r=call(addr, invoke_msg("slow", [], params={"sleep_ms": "1000"}, deadline_ms=300, rid=1), timeout_ms=5000)))
+    t.start()
+    wait_for(lambda: count.exists() and count.read_text().split() == ["1"], 5, what="the first call running")
+    late = call(addr, invoke_msg("slow", [], deadline_ms=4_000_000_000, rid=2), timeout_ms=5000)
+    t.join(timeout=10)
+    assert late["ok"] is False and late["error"]["code"] == E_TIMEOUT, late
+    assert count.read_text().split() == ["1"]  # the second never ran
+    assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
+
+
 def test_sigterm_drains_32_in_flight(procs, tmp_path):
     count = tmp_path / "count.txt"
     addr = ipc_addr(tmp_path)
