@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "cli/cli.h"
 #include "cli/gwclient.h"
@@ -38,7 +39,8 @@ static void cw_help(FILE *out) {
             "Runs a worker: one device, its model cache, and the functions given. It answers\n"
             "invoke and status messages on ADDR (ipc:///path or tcp://host:port) and drains on\n"
             "SIGTERM/SIGINT: new calls are refused (AICFN_E_UNAVAILABLE), calls in flight finish,\n"
-            "handlers' fini runs, device memory is freed, exit status 0.\n"
+            "handlers' fini runs, device memory is freed, exit status 0. A second signal stops it at\n"
+            "once (exit status 1), calls in flight or not.\n"
             "\n"
             "  --listen ADDR        NNG address to listen on (required)\n"
             "  --device SPEC        auto (CUDA when a GPU is visible, else host), host, cuda, cuda:N\n"
@@ -168,6 +170,19 @@ static const char *cw_flag(int argc, char **argv, int *i, const char *name) {
     if (argv[*i][n] == '=') return argv[*i] + n + 1;
     if (argv[*i][n] != '\0' || *i + 1 >= argc) return NULL;
     return argv[++*i];
+}
+
+/* After the first SIGTERM/SIGINT (they stay blocked in every thread, taken with sigwait):
+ * a second one ends the process at once, calls in flight or not. */
+static void *cw_second_signal_main(void *arg) {
+    const sigset_t *set = arg;
+    int sig = 0;
+    while (sigwait(set, &sig) != 0) {
+    }
+    log_warn("received a second %s: stopping now, without waiting for calls in flight",
+             sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    _exit(CLI_EXIT_FAIL);
+    return NULL;
 }
 
 int cli_cmd_worker(int argc, char **argv) {
@@ -344,7 +359,16 @@ int cli_cmd_worker(int argc, char **argv) {
             registered = false;
         }
     }
-    log_info("received %s: draining", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    log_info("received %s: draining (a second one stops at once)", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    /* A drain waits for every call's deadline and the destroy for every handler to return:
+     * an operator whose handler is stuck can still end the process with a second signal. */
+    pthread_t second;
+    pthread_attr_t attr;
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&second, &attr, cw_second_signal_main, &set) != 0)
+        log_warn("no watch for a second signal: only SIGKILL can cut the drain short");
+    pthread_attr_destroy(&attr);
     /* Every call in flight ends by its deadline: the worker waits for the longest
      * function timeout (run-time registered ones included) plus a grace period. */
     unsigned left = worker_drain(w, 0);

@@ -288,6 +288,35 @@ def test_caller_deadline_never_outlives_the_function_timeout(procs, tmp_path):
     assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 
 
+def test_second_sigterm_stops_a_draining_worker_at_once(procs, tmp_path):
+    """The first SIGTERM drains (calls in flight finish); a second one ends the process at
+    once, exit status 1: an operator's way out of a drain waiting on a stuck handler."""
+    count = tmp_path / "count.txt"
+    addr = ipc_addr(tmp_path)
+    w = start_worker(procs, addr, [f"slow={handler('test_sleep')},max_batch=1,param.count_file={count}"])
+    outcome = []
+
+    def slow_call():  # the worker stops under it: the call ends with a receive error
+        try:
+            outcome.append(call(addr, invoke_msg("slow", [], params={"sleep_ms": "5000"}, rid=1), timeout_ms=8000))
+        except pynng.NNGException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=slow_call, daemon=True)
+    t.start()
+    wait_for(lambda: count.exists() and count.read_text().split() == ["1"], 5, what="the call running")
+    w.signal(signal.SIGTERM)
+    wait_for(lambda: "draining" in w.stderr(), 5, what="the drain")
+    assert w.poll() is None  # the call in flight holds the drain
+    t0 = time.monotonic()
+    w.signal(signal.SIGTERM)
+    assert w.wait(timeout=3) == 1
+    assert time.monotonic() - t0 < 2
+    assert "received a second SIGTERM" in w.stderr()
+    t.join(timeout=10)
+    assert len(outcome) == 1 and not (isinstance(outcome[0], dict) and outcome[0].get("ok")), outcome
+
+
 def test_sigterm_drains_32_in_flight(procs, tmp_path):
     count = tmp_path / "count.txt"
     addr = ipc_addr(tmp_path)
