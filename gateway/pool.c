@@ -382,7 +382,9 @@ static int pool_signal(gw_pool *p, uint32_t id, int sig) {
         pthread_mutex_unlock(&p->mu);
         return AICFN_E_NOT_FOUND;
     }
-    kill(c->pid, sig);
+    /* One SIGTERM per worker: a second one stops `aicfn worker` at once, cutting short
+     * the drain and teardown the first one asked for (the grace's SIGKILL ends it). */
+    if (sig != SIGTERM || c->state == POOL_RUNNING) kill(c->pid, sig);
     if (sig == SIGTERM && c->state == POOL_RUNNING) {
         c->state = POOL_TERMINATING;
         c->term_at_us = clock_now_us();
