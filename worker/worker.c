@@ -1301,6 +1301,109 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
 
 static void worker_dispatch(worker_req *r);
 
+/* A parked call's wait for its handler's download: the fetch runs on a thread of its own
+ * while the parked thread answers the call at its deadline if the download is not done
+ * by then (a gateway replaces a worker whose call is late past its grace). The download
+ * goes on and lands in the fetcher's cache for the next call. Whichever of the two is
+ * done last frees it; both are counted in w->parked, which worker_destroy waits for. */
+typedef struct worker_handler_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    worker *w;
+    char *gateway_path;
+    char local[PATH_MAX];
+    bool done, abandoned;
+    int rc;
+    aicfn_error err;
+} worker_handler_wait;
+
+static void worker_handler_wait_free(worker_handler_wait *hw) {
+    pthread_mutex_destroy(&hw->mu);
+    pthread_cond_destroy(&hw->cv);
+    free(hw->gateway_path);
+    free(hw);
+}
+
+static void *worker_handler_fetch_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:fetch");
+    worker_handler_wait *hw = arg;
+    worker *w = hw->w;
+    char local[PATH_MAX];
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    int rc = worker_fetch_path(w->fetcher, hw->gateway_path, local, sizeof local, &err);
+    pthread_mutex_lock(&hw->mu);
+    bool abandoned = hw->abandoned;
+    hw->done = true;
+    hw->rc = rc;
+    hw->err = err;
+    snprintf(hw->local, sizeof hw->local, "%s", local);
+    pthread_cond_signal(&hw->cv);
+    pthread_mutex_unlock(&hw->mu);
+    if (abandoned) {
+        log_info("worker %s: handler %s %s after its call's deadline", w->id, hw->gateway_path,
+                 rc == AICFN_OK ? "downloaded" : "failed to download");
+        worker_handler_wait_free(hw);
+    }
+    pthread_mutex_lock(&w->mu);
+    if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu); /* the last touch of w */
+    return NULL;
+}
+
+/* Fetches the handler of r's spec into `local`, waiting at most until r's deadline (the
+ * spec's timeout, shortened by the caller's deadline_ms). AICFN_E_TIMEOUT when the
+ * download is still going then (it goes on). */
+static int worker_fetch_handler_by_deadline(worker_req *r, char *local, size_t cap, aicfn_error *err) {
+    worker *w = r->w;
+    uint64_t budget =
+        (uint64_t)(r->req.spec.timeout_ms ? r->req.spec.timeout_ms : AICFN_DEFAULT_TIMEOUT_MS) * 1000;
+    if (r->req.deadline_ms && (uint64_t)r->req.deadline_ms * 1000 < budget)
+        budget = (uint64_t)r->req.deadline_ms * 1000;
+    uint64_t deadline = r->received_us + budget;
+    worker_handler_wait *hw = calloc(1, sizeof *hw);
+    char *path = strdup(r->req.spec.handler);
+    if (!hw || !path) {
+        free(hw);
+        free(path);
+        return worker_fetch_path(w->fetcher, r->req.spec.handler, local, cap, err);
+    }
+    pthread_mutex_init(&hw->mu, NULL);
+    clock_cond_init(&hw->cv);
+    hw->w = w;
+    hw->gateway_path = path;
+    pthread_mutex_lock(&w->mu);
+    w->parked++;
+    pthread_mutex_unlock(&w->mu);
+    if (worker_start_detached(worker_handler_fetch_main, hw) != 0) {
+        pthread_mutex_lock(&w->mu);
+        if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        worker_handler_wait_free(hw);
+        return worker_fetch_path(w->fetcher, r->req.spec.handler, local, cap, err);
+    }
+    pthread_mutex_lock(&hw->mu);
+    while (!hw->done && clock_now_us() < deadline) {
+        struct timespec ts;
+        clock_deadline_to_timespec(deadline, &ts);
+        pthread_cond_timedwait(&hw->cv, &hw->mu, &ts);
+    }
+    if (!hw->done) {
+        hw->abandoned = true; /* the fetch thread frees it */
+        pthread_mutex_unlock(&hw->mu);
+        return aicfn_error_set(err, AICFN_E_TIMEOUT,
+                               "the handler was still downloading at the call's deadline (not executed)");
+    }
+    pthread_mutex_unlock(&hw->mu);
+    int rc = hw->rc;
+    if (rc == AICFN_OK)
+        snprintf(local, cap, "%s", hw->local);
+    else if (err)
+        *err = hw->err;
+    worker_handler_wait_free(hw);
+    return rc;
+}
+
 static void *worker_park_main(void *arg) {
     pthread_setname_np(pthread_self(), "aicfn:park");
     worker_req *r = arg;
@@ -1309,7 +1412,7 @@ static void *worker_park_main(void *arg) {
     aicfn_error_clear(&err);
     char handler[PATH_MAX];
     uint64_t t0 = clock_now_us();
-    int rc = worker_fetch_path(w->fetcher, r->req.spec.handler, handler, sizeof handler, &err);
+    int rc = worker_fetch_handler_by_deadline(r, handler, sizeof handler, &err);
     if (rc != AICFN_OK)
         aicfn_error_wrap(&err, "function %s: handler", r->req.fn);
     else

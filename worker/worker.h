@@ -47,7 +47,8 @@ typedef struct worker_config {
                                   each such path is the gateway's and only its last component, the
                                   artifact's hash, is used: the handler is fetched into the
                                   fetcher's cache when a spec first names the function (off the
-                                  NNG callback thread; the call waits for it), the snapshot when
+                                  NNG callback thread; the call waits for it until its deadline,
+                                  then gets AICFN_E_TIMEOUT while the download goes on), the snapshot when
                                   its model is loaded (in the cache's load, single-flight). Borrowed:
                                   it must outlive the worker. */
 } worker_config;

@@ -10,7 +10,8 @@
  * period). Also the loader's optional resolve
  * hook (loader_pipeline_source.resolve), through which a remote worker fetches a
  * snapshot inside the cache's load: its time is fetch_us and counts in total_us, and
- * its error fails the load. Every wait is bounded. */
+ * its error fails the load. And a remote worker's call whose handler is still
+ * downloading is answered at its deadline. Every wait is bounded. */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -34,6 +35,7 @@
 #include <cmocka.h>
 #include <sodium.h>
 
+#include "common/clock.h"
 #include "common/rpc.h"
 #include "common/tunables.h"
 #include "common/wire.h"
@@ -42,6 +44,7 @@
 #include "snapshots/safetensors.h"
 #include "snapshots/writer.h"
 #include "worker/fetch.h"
+#include "worker/worker.h"
 
 #include "test_fake_artifacts.h"
 
@@ -479,6 +482,55 @@ static void silent_gateway_times_out_per_chunk(void **state) {
     worker_fetcher_destroy(f);
 }
 
+/* A remote worker's call names a function it does not hold: its handler is fetched first
+ * (the gateway here never answers). The call is answered AICFN_E_TIMEOUT at its deadline
+ * (200 ms), not when the download gives up (the fetcher's 2 s per chunk): a gateway
+ * replaces a worker whose call is late past its grace. */
+static void call_waiting_for_its_handler_is_answered_at_its_deadline(void **state) {
+    fixture *fx = *state;
+    fx->g->mode = MODE_HOLD;
+    worker_fetcher *f = open_fetcher(fx, NULL, 2000);
+    char url[64];
+    snprintf(url, sizeof url, "inproc://fetch-worker-%d", (int)getpid());
+    worker_config wc = {.listen = url, .device = "host", .memory_bytes = 16u << 20, .id = "wf", .fetcher = f};
+    worker *w = NULL;
+    aicfn_error e;
+    assert_int_equal(worker_create(&wc, &w, &e), AICFN_OK);
+    assert_int_equal(worker_start(w, &e), AICFN_OK);
+    rpc_client *c = NULL;
+    assert_int_equal(rpc_client_open(&c, url, NULL, &e), AICFN_OK);
+    char handler[128];
+    snprintf(handler, sizeof handler, "/data/artifacts/%s", fx->g->hash);
+    wire_invoke_req req = {.id = 7,
+                           .fn = "remote",
+                           .ver = 1,
+                           .deadline_ms = 200,
+                           .has_spec = true,
+                           .spec = {.handler = handler, .max_batch = 1, .timeout_ms = 10000}};
+    wire_writer wr;
+    wire_writer_init(&wr);
+    assert_int_equal(wire_encode_invoke_req(&wr, &req, &e), AICFN_OK);
+    uint64_t t0 = clock_now_us();
+    rpc_msg *m = NULL;
+    assert_int_equal(rpc_call_sync(c, wr.data, wr.len, 5000, &m, &e), AICFN_OK);
+    uint64_t took = clock_now_us() - t0;
+    wire_writer_fini(&wr);
+    wire_doc d;
+    wire_invoke_reply rep;
+    assert_int_equal(wire_doc_parse(&d, rpc_msg_data(m), rpc_msg_len(m), NULL, &e), AICFN_OK);
+    assert_int_equal(wire_decode_invoke_reply(&d, &rep, &e), AICFN_OK);
+    assert_false(rep.head.ok);
+    assert_int_equal(rep.head.code, AICFN_E_TIMEOUT);
+    assert_non_null(strstr(rep.head.message, "still downloading"));
+    assert_true(took >= 150000 && took < 1500000);
+    wire_doc_fini(&d);
+    rpc_msg_free(m);
+    rpc_client_close(c);
+    release_held(fx->g); /* the download then fails at its chunk timeout; destroy waits for it */
+    worker_destroy(w);
+    worker_fetcher_destroy(f);
+}
+
 typedef struct racer {
     worker_fetcher *f;
     const char *hash;
@@ -689,6 +741,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(corrupt_downloads_fail_and_leave_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(unknown_hash_is_not_found, setup, teardown),
         cmocka_unit_test_setup_teardown(silent_gateway_times_out_per_chunk, setup, teardown),
+        cmocka_unit_test_setup_teardown(call_waiting_for_its_handler_is_answered_at_its_deadline, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(single_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(leftover_temporaries_of_dead_processes_removed, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_configs, setup, teardown),
