@@ -159,6 +159,11 @@ def status_msg() -> dict:
     return {"v": PROTOCOL_VERSION, "t": "status", "id": next_id()}
 
 
+def gw_msg(t: str, **kw) -> dict:
+    """A gateway message of type `t` (upload_begin, deploy, register, ...) with its keys."""
+    return {"v": PROTOCOL_VERSION, "t": t, "id": next_id(), **kw}
+
+
 def output(reply: dict, name: str):
     """The named output of a reply as a numpy array."""
     import numpy as np

@@ -13,7 +13,7 @@ import json
 import time
 from pathlib import Path
 
-from conftest import PROTOCOL_VERSION, ROOT, call, handler, invoke_msg, next_id, run_cli, tensor, wait_for
+from conftest import PROTOCOL_VERSION, ROOT, call, gw_msg, handler, invoke_msg, next_id, run_cli, tensor, wait_for
 from test_gateway import deploy, start_gateway, write_manifest
 
 import numpy as np
@@ -102,13 +102,10 @@ def test_abandoned_upload_is_aborted_without_further_messages(procs, tmp_path):
     blob = bytes(range(256)) * 64
     digest = hashlib.sha256(blob * 2).hexdigest()
 
-    def msg(t, **kw):
-        return {"v": PROTOCOL_VERSION, "t": t, "id": next_id(), **kw}
-
-    begin = call(addr, msg("upload_begin", hash=digest, size=2 * len(blob)))
+    begin = call(addr, gw_msg("upload_begin", hash=digest, size=2 * len(blob)))
     assert begin["ok"], begin
     token = begin["upload"]
-    chunk = call(addr, msg("upload_chunk", upload=token, offset=0, data=blob))
+    chunk = call(addr, gw_msg("upload_chunk", upload=token, offset=0, data=blob))
     assert chunk["ok"] and chunk["received"] == len(blob), chunk
     tmp = data / "artifacts" / "tmp"
     assert len(list(tmp.iterdir())) == 1
@@ -117,7 +114,7 @@ def test_abandoned_upload_is_aborted_without_further_messages(procs, tmp_path):
     t0 = time.monotonic()
     wait_for(lambda: not any(tmp.iterdir()), 10, interval=0.05, what="the abandoned upload's file removed")
     assert time.monotonic() - t0 >= 0.5  # not before its timeout (1 s from the last chunk)
-    late = call(addr, msg("upload_chunk", upload=token, offset=len(blob), data=blob))
+    late = call(addr, gw_msg("upload_chunk", upload=token, offset=len(blob), data=blob))
     assert not late["ok"] and late["error"]["name"] == "AICFN_E_NOT_FOUND", late
     assert "abandoned upload" in g.stderr()
     assert digest not in store(data)
@@ -133,24 +130,21 @@ def test_upload_slots_and_hashes_are_checked_in_the_right_order(procs, tmp_path)
     (stored,) = store(data)
     size = (data / "artifacts" / stored).stat().st_size
 
-    def msg(t, **kw):
-        return {"v": PROTOCOL_VERSION, "t": t, "id": next_id(), **kw}
-
     tokens = []
     for i in range(16):
-        r = call(addr, msg("upload_begin", hash=hashlib.sha256(b"x%d" % i).hexdigest(), size=2))
+        r = call(addr, gw_msg("upload_begin", hash=hashlib.sha256(b"x%d" % i).hexdigest(), size=2))
         assert r["ok"] and not r["exists"], r
         tokens.append(r["upload"])
     assert min(tokens) >= 1 << 40, tokens
-    r = call(addr, msg("upload_begin", hash=hashlib.sha256(b"new").hexdigest(), size=3))
+    r = call(addr, gw_msg("upload_begin", hash=hashlib.sha256(b"new").hexdigest(), size=3))
     assert not r["ok"] and r["error"]["name"] == "AICFN_E_OVERLOADED", r
-    r = call(addr, msg("upload_begin", hash=stored, size=size))
+    r = call(addr, gw_msg("upload_begin", hash=stored, size=size))
     assert r["ok"] and r["exists"] and r["upload"] == 0, r
-    r = call(addr, msg("deploy", name="bad", handler="Z" * 64))
+    r = call(addr, gw_msg("deploy", name="bad", handler="Z" * 64))
     assert not r["ok"] and r["error"]["name"] == "AICFN_E_INVALID", r
     assert "64 lowercase hex digits" in r["error"]["message"]
     for t in tokens:
-        assert call(addr, msg("upload_abort", upload=t))["ok"]
+        assert call(addr, gw_msg("upload_abort", upload=t))["ok"]
 
 
 def test_uploads_whose_deploy_never_came_are_removed_at_start(procs, tmp_path):
@@ -163,12 +157,9 @@ def test_uploads_whose_deploy_never_came_are_removed_at_start(procs, tmp_path):
     blob = b"never deployed" * 1000
     digest = hashlib.sha256(blob).hexdigest()
 
-    def msg(t, **kw):
-        return {"v": PROTOCOL_VERSION, "t": t, "id": next_id(), **kw}
-
-    begin = call(addr, msg("upload_begin", hash=digest, size=len(blob)))
-    assert call(addr, msg("upload_chunk", upload=begin["upload"], offset=0, data=blob))["ok"]
-    assert call(addr, msg("upload_commit", upload=begin["upload"]))["ok"]
+    begin = call(addr, gw_msg("upload_begin", hash=digest, size=len(blob)))
+    assert call(addr, gw_msg("upload_chunk", upload=begin["upload"], offset=0, data=blob))["ok"]
+    assert call(addr, gw_msg("upload_commit", upload=begin["upload"]))["ok"]
     assert store(data) == {used, digest}
     g.stop()
     addr, data, g = start_gateway(procs, tmp_path, workers="0..1", name="gateway2", data=data)

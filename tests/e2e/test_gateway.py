@@ -32,7 +32,7 @@ import pynng
 import pytest
 
 from conftest import (E_PROTOCOL, OK, PROTOCOL_VERSION, ROOT, bytes_tensor, call, create_key, call_raw, free_port, handler,
-                      invoke_msg, next_id, output, run_cli, tensor, wait_for)
+                      gw_msg, invoke_msg, next_id, output, run_cli, tensor, wait_for)
 
 E_WORKER_LOST = 12
 
@@ -363,19 +363,16 @@ def test_second_gateway_on_one_data_dir_is_refused(procs, tmp_path):
     blob = bytes(range(256)) * 64
     digest = hashlib.sha256(blob * 2).hexdigest()
 
-    def msg(t, **kw):
-        return {"v": PROTOCOL_VERSION, "t": t, "id": next_id(), **kw}
-
-    begin = call(addr, msg("upload_begin", hash=digest, size=2 * len(blob)))
+    begin = call(addr, gw_msg("upload_begin", hash=digest, size=2 * len(blob)))
     assert begin["ok"], begin
-    assert call(addr, msg("upload_chunk", upload=begin["upload"], offset=0, data=blob))["ok"]
+    assert call(addr, gw_msg("upload_chunk", upload=begin["upload"], offset=0, data=blob))["ok"]
     r = run_cli(["gateway", "--listen", f"tcp://127.0.0.1:{free_port()}", "--data", str(data), "--workers", "0..1",
                  "--device", "host", "--insecure-local"], timeout=20)
     assert r.returncode != 0
     assert f"is in use by another gateway (pid {g.p.pid}" in r.stderr, r.stderr
-    more = call(addr, msg("upload_chunk", upload=begin["upload"], offset=len(blob), data=blob))
+    more = call(addr, gw_msg("upload_chunk", upload=begin["upload"], offset=len(blob), data=blob))
     assert more["ok"], more
-    done = call(addr, msg("upload_commit", upload=begin["upload"]))
+    done = call(addr, gw_msg("upload_commit", upload=begin["upload"]))
     assert done["ok"], done
     assert [w["state"] for w in workers(addr)] == ["ready"]
     assert "lost" not in [r[0] for r in db_rows(data, "SELECT state FROM workers")]
