@@ -1294,10 +1294,11 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
 
 /* ---- a remote worker's new function: fetch its handler, then run the call ----
  * A spec that names a function this worker does not hold yet parks the call on a
- * thread of its own (bounded by the NNG contexts: each parked call holds one), which
- * fetches the handler by hash (single-flight in the fetcher), registers the function
- * and continues the call, or fails it naming the artifact. The call's deadline still
- * counts from its receipt. worker_destroy waits for these threads. */
+ * thread of its own (with the download's threads, at most AICFN_WORKER_MAX_PARKED: a
+ * bundle's parts park one each; beyond, AICFN_E_OVERLOADED), which fetches the handler
+ * by hash (single-flight in the fetcher) until the call's deadline, registers the
+ * function and continues the call, or fails it naming the artifact. The call's deadline
+ * still counts from its receipt. worker_destroy waits for these threads. */
 
 static void worker_dispatch(worker_req *r);
 
@@ -1439,8 +1440,14 @@ static void worker_park(worker_req *r) {
         return;
     }
     pthread_mutex_lock(&w->mu);
-    w->parked++;
+    bool full = w->parked >= AICFN_WORKER_MAX_PARKED;
+    if (!full) w->parked++;
     pthread_mutex_unlock(&w->mu);
+    if (full) { /* each parked call holds a thread, and its download another */
+        worker_finish(r, AICFN_E_OVERLOADED,
+                      "too many calls waiting for their handlers' downloads; retry shortly", NULL);
+        return;
+    }
     int rc = worker_start_detached(worker_park_main, r);
     if (rc != 0) {
         pthread_mutex_lock(&w->mu);
