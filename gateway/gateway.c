@@ -452,6 +452,22 @@ static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **ou
     }
 }
 
+int gw_fn_inputs(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_spec *out, size_t cap, size_t *n,
+                 uint32_t *resolved, aicfn_error *err) {
+    *n = 0;
+    if (!gw_fn_name_valid(name))
+        return aicfn_error_set(err, AICFN_E_INVALID, "'%.64s' is not a function name", name);
+    gw_fn *f = NULL;
+    int rc = gw_resolve(gw, name, ver, &f, err);
+    if (rc != AICFN_OK) return rc;
+    /* A cached entry's config never changes (a version is immutable): no lock needed. */
+    size_t k = f->cfg.n_inputs < cap ? f->cfg.n_inputs : cap;
+    memcpy(out, f->cfg.inputs, k * sizeof *out);
+    *n = k;
+    *resolved = f->ver;
+    return AICFN_OK;
+}
+
 /* ---- Crash back-off ------------------------------------------------------------- */
 
 /* The crash record of request `hash` of f, or with create a new one in place of an empty

@@ -11,6 +11,7 @@
 #include "gateway/gateway.h"
 #include "gateway/ledger.h"
 #include "gateway/metrics.h"
+#include "gateway/registry.h"
 
 typedef struct gw_front gw_front;
 
@@ -23,6 +24,11 @@ void gw_front_stop(gw_front *f);
 
 /* Handles the gateway owns, for the admin operations (thread-safe per their headers). */
 gw_db *gw_gateway_db(gw_gateway *gw);
+/* Function NAME:VER's declared inputs (ver 0: the active version; *resolved: which),
+ * through the gateway's function cache (the registry is read on a miss only), at most
+ * cap of them into out. AICFN_E_NOT_FOUND, AICFN_E_INVALID, AICFN_E_DB as resolving. */
+int gw_fn_inputs(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_spec *out, size_t cap, size_t *n,
+                 uint32_t *resolved, aicfn_error *err);
 /* A read-only connection to the same database for reports that read many rows (the
  * coldstarts percentiles), so they never hold the registry's connection; the registry's
  * when it could not be opened. */

@@ -567,6 +567,7 @@ static bool ht_start_async(gw_http_call *r) {
                 ht_set_error(r, AICFN_E_NOMEM, "out of memory");
                 return false;
             }
+            mi->inputs_only = true;
             rc = h->cb.model_info(h->cb.ctx, r->model, r->version, mi, &err);
             if (rc == AICFN_OK) {
                 size_t ni = mi->n_inputs < AICFN_MAX_TENSORS ? mi->n_inputs : AICFN_MAX_TENSORS;

@@ -26,8 +26,8 @@ import pytest
 import tritonclient.http as tritonhttp  # tests/requirements.txt
 from tritonclient.utils import InferenceServerException
 
-from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, invoke_msg, next_id, output, run_cli,
-                      tensor, wait_for)
+from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, handler, invoke_msg, next_id, output,
+                      run_cli, tensor, wait_for)
 
 
 # ---- helpers ----
@@ -247,3 +247,35 @@ def test_usage_totals_equal_ledger_sums(procs, tmp_path):
     assert abs(t["cost"] - gpu / 1e6 * 2.5) < 1e-9
     txt = run_cli(["usage", "--data-dir", str(data)]).stdout
     assert "TOTAL" in txt and "local" in txt
+
+
+def test_declared_inputs_are_checked_at_the_front(procs, tmp_path):
+    # A function whose manifest declares its inputs: an infer that does not match them is
+    # refused by the front (400 naming the input) before any worker runs it, one that
+    # matches is served; a later version's declaration applies to calls to it. The check
+    # reads the gateway's function cache, not the registry, on every call.
+    addr, hport, data, g = start(procs, tmp_path)
+    d = tmp_path / "typed"
+    d.mkdir()
+    (d / "aicfn.yaml").write_text(f"name: typed\nhandler: {handler('echo')}\n"
+                                  "inputs: [ { name: x, dtype: FP32, shape: [-1, 4] } ]\n")
+    r = run_cli(["deploy", str(d), "--gateway", addr], timeout=60)
+    assert r.returncode == 0, r.stderr
+
+    def infer(path, shape, data):
+        body = json.dumps({"inputs": [{"name": "x", "shape": shape, "datatype": "FP32", "data": data}]})
+        return http_req(hport, "POST", path, body)
+
+    st, _, body = infer("/v2/models/typed/infer", [1, 3], [1, 2, 3])
+    assert st == 400 and "'x'" in json.loads(body)["error"], body
+    st, _, body = infer("/v2/models/typed/infer", [2, 4], list(range(8)))
+    assert st == 200, body
+    # Version 2 declares [-1, 3]: calls to it (and to the active version) take 3 columns;
+    # version 1 keeps its own declaration.
+    (d / "aicfn.yaml").write_text(f"name: typed\nhandler: {handler('echo')}\n"
+                                  "inputs: [ { name: x, dtype: FP32, shape: [-1, 3] } ]\n")
+    r = run_cli(["deploy", str(d), "--gateway", addr], timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert infer("/v2/models/typed/infer", [1, 3], [1, 2, 3])[0] == 200
+    assert infer("/v2/models/typed/versions/1/infer", [1, 3], [1, 2, 3])[0] == 400
+    assert infer("/v2/models/typed/versions/1/infer", [1, 4], [1, 2, 3, 4])[0] == 200
