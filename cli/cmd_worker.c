@@ -11,6 +11,7 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -39,8 +40,8 @@ static void cw_help(FILE *out) {
             "Runs a worker: one device, its model cache, and the functions given. It answers\n"
             "invoke and status messages on ADDR (ipc:///path or tcp://host:port) and drains on\n"
             "SIGTERM/SIGINT: new calls are refused (AICFN_E_UNAVAILABLE), calls in flight finish,\n"
-            "handlers' fini runs, device memory is freed, exit status 0. A second signal stops it at\n"
-            "once (exit status 1), calls in flight or not.\n"
+            "handlers' fini runs, device memory is freed, exit status 0. A second signal while calls\n"
+            "are in flight stops it at once (exit status 1); after a clean drain it is ignored.\n"
             "\n"
             "  --listen ADDR        NNG address to listen on (required)\n"
             "  --device SPEC        auto (CUDA when a GPU is visible, else host), host, cuda, cuda:N\n"
@@ -173,15 +174,27 @@ static const char *cw_flag(int argc, char **argv, int *i, const char *name) {
 }
 
 /* After the first SIGTERM/SIGINT (they stay blocked in every thread, taken with sigwait):
- * a second one ends the process at once, calls in flight or not. */
+ * a second one ends the process at once while calls are in flight (the drain, or a
+ * teardown after a drain that gave up on some). Once a drain ended cleanly, further
+ * signals are logged and ignored: the handlers' fini and the device's release run to
+ * their end (a gateway whose link to this worker drops, or a whole process group or
+ * cgroup being stopped, signals it again). */
+static atomic_bool cw_second_signal_exits = true;
+static sigset_t cw_stop_signals;
+
 static void *cw_second_signal_main(void *arg) {
-    const sigset_t *set = arg;
-    int sig = 0;
-    while (sigwait(set, &sig) != 0) {
+    (void)arg;
+    for (;;) {
+        int sig = 0;
+        if (sigwait(&cw_stop_signals, &sig) != 0) continue;
+        const char *name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
+        if (!atomic_load(&cw_second_signal_exits)) {
+            log_info("received another %s: ignored, the drain is done and the teardown finishing", name);
+            continue;
+        }
+        log_warn("received a second %s: stopping now, without waiting for calls in flight", name);
+        _exit(CLI_EXIT_FAIL);
     }
-    log_warn("received a second %s: stopping now, without waiting for calls in flight",
-             sig == SIGTERM ? "SIGTERM" : "SIGINT");
-    _exit(CLI_EXIT_FAIL);
     return NULL;
 }
 
@@ -366,12 +379,14 @@ int cli_cmd_worker(int argc, char **argv) {
     pthread_attr_t attr;
     pthread_attr_init(&attr);
     pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&second, &attr, cw_second_signal_main, &set) != 0)
+    cw_stop_signals = set;
+    if (pthread_create(&second, &attr, cw_second_signal_main, NULL) != 0)
         log_warn("no watch for a second signal: only SIGKILL can cut the drain short");
     pthread_attr_destroy(&attr);
     /* Every call in flight ends by its deadline: the worker waits for the longest
      * function timeout (run-time registered ones included) plus a grace period. */
     unsigned left = worker_drain(w, 0);
+    if (left == 0) atomic_store(&cw_second_signal_exits, false); /* nothing left to cut short */
     if (left) log_warn("drain: %u calls still in flight past every deadline; stopping anyway", left);
     worker_destroy(w);
     log_info("stopped");

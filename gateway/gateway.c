@@ -1103,10 +1103,12 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     w->state = GW_WORKER_DEAD;
     /* A draining worker closes its listener (its calls done) before it runs its handlers'
      * fini and frees its device: from then on it has the pool's grace (SIGTERM, then
-     * SIGKILL) to finish, whoever started the drain; unless the gateway ended it (a call
-     * past its timeout, failed polls): then it is killed. */
+     * SIGKILL) to finish, whoever started the drain, and whether or not a status told the
+     * gateway of it first (one stopped from outside closes its link within a poll period);
+     * a worker that crashed is gone either way. Only one the gateway ended (a call past
+     * its timeout, failed polls) is killed at once. */
     if (w->pool_id && gw->pool) {
-        if (!draining || w->killed)
+        if (w->killed)
             gw_pool_kill(gw->pool, w->pool_id);
         else
             gw_pool_terminate(gw->pool, w->pool_id);

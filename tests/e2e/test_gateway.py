@@ -516,6 +516,26 @@ def test_drained_worker_finishes_its_teardown(procs, tmp_path):
     assert marker.read_text() == "fini\n"
 
 
+def test_worker_stopped_from_outside_finishes_its_teardown(procs, tmp_path):
+    """A local worker sent SIGTERM from outside the gateway (an operator, a process group or
+    cgroup being stopped) drains, closes its listener and runs its handlers' fini; the
+    gateway, seeing the link drop, signals it again: that second SIGTERM, after a clean
+    drain, must not cut the fini short."""
+    marker = tmp_path / "fini-done"
+    env = dict(os.environ, AICFN_TEST_FINI_SLEEP_MS="2500", AICFN_TEST_FINI_FILE=str(marker))
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", env=env)
+    write_manifest(tmp_path / "slowfini", f"name: slowfini\nhandler: {handler('test_sleep')}\n")
+    deploy(addr, tmp_path / "slowfini")
+    r = call(addr, invoke_msg("slowfini", [tensor("x", np.arange(4, dtype="<f4"))]), timeout_ms=30000)
+    assert r["ok"], r
+    (pid,) = [w["pid"] for w in workers(addr)]
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: "exited" in g.stderr(), 20, interval=0.1, what="the worker to exit")
+    log = g.stderr()
+    assert "exited with status 0" in log and "signal 9" not in log, log[-2000:]
+    assert marker.read_text() == "fini\n"
+
+
 def thread_switches(pid: int) -> dict:
     """Voluntary context switches so far per thread name of process `pid`: how often each
     thread went to sleep (waited), which is what a spinning thread does too often. The
