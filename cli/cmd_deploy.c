@@ -298,8 +298,9 @@ static const char *cd_tmp_root(void) {
     return t && t[0] == '/' ? t : "/tmp";
 }
 
-/* This host's name as a folder-name part ([A-Za-z0-9.-], at most 63 bytes), "host" when
- * unknown: a pid means something on this host (and in this container) only. */
+/* Where a pid means something, as a folder-name part: this host's name ([A-Za-z0-9.-], at
+ * most 63 bytes; "host" when unknown), then the pid namespace's inode (containers with
+ * one hostname may still have pid namespaces of their own). */
 static void cd_host_tag(char *out, size_t n) {
     char h[256] = "";
     if (gethostname(h, sizeof h - 1) != 0 || !h[0]) snprintf(h, sizeof h, "host");
@@ -307,6 +308,9 @@ static void cd_host_tag(char *out, size_t n) {
     for (size_t i = 0; h[i] && k + 1 < n && k < 63; i++)
         out[k++] = isalnum((unsigned char)h[i]) || h[i] == '.' || h[i] == '-' ? h[i] : '-';
     out[k] = '\0';
+    struct stat ns;
+    if (stat("/proc/self/ns/pid", &ns) == 0 && k + 1 < n)
+        snprintf(out + k, n - k, "-%llu", (unsigned long long)ns.st_ino);
 }
 
 /* Removes the folders of deploys that died without cleaning up (Ctrl-C while packing, kill
@@ -317,7 +321,7 @@ static void cd_host_tag(char *out, size_t n) {
 static void cd_clean_stale(const char *root, const char *host) {
     DIR *d = opendir(root);
     if (!d) return;
-    char prefix[96];
+    char prefix[128];
     snprintf(prefix, sizeof prefix, "aicfn-deploy-%s-", host);
     size_t pl = strlen(prefix);
     struct dirent *e;
@@ -367,7 +371,7 @@ int cli_cmd_deploy(int argc, char **argv) {
     cli_manifest *m = NULL;
     if (cli_manifest_load(path, &m, &err) != AICFN_OK) return cli_fail(&err);
     const char *root = cd_tmp_root();
-    char host[64];
+    char host[96];
     cd_host_tag(host, sizeof host);
     cd_clean_stale(root, host);
     char tmp[PATH_MAX];

@@ -77,8 +77,9 @@
 #define AICFN_WORKER_MAX_FUNCTIONS 1024      /* functions one worker hosts */
 #define AICFN_MAX_PARAMS 256                  /* params per request or function config */
 #define AICFN_WORKER_STATUS_MODELS 256        /* resident models listed in a reply summary */
-#define AICFN_WORKER_MAX_PARKED 256          /* calls (and their download threads) waiting for a
-                                                 handler's download; beyond: AICFN_E_OVERLOADED */
+#define AICFN_WORKER_MAX_PARKED 256          /* threads of calls waiting for a handler's download
+                                                 and of the downloads (those of calls that timed
+                                                 out included); a call beyond: AICFN_E_OVERLOADED */
 #define AICFN_WORKER_UNREPORTED_LOADS 16      /* loads whose calls all gave up, held for the next
                                                  status reply (the oldest beyond are dropped) */
 #define AICFN_LEDGER_FLUSH_MS 100

@@ -546,11 +546,13 @@ int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, a
         e->waiters++;
         while (e->state == FETCH_BUSY)
             pthread_cond_wait(&f->cv, &f->mu);
-        rc = e->state == FETCH_READY || e->state == FETCH_GONE ? AICFN_OK : e->rc; /* GONE: as READY was */
+        bool gone = e->state == FETCH_GONE; /* its file vanished before this thread looked */
+        rc = e->state == FETCH_READY ? AICFN_OK : e->rc;
         if (rc == AICFN_OK) e->used_wall_us = clock_wall_us();
-        if (rc != AICFN_OK && err) *err = e->err;
-        if (--e->waiters == 0 && (e->state == FETCH_FAILED || e->state == FETCH_GONE)) free(e);
+        if (rc != AICFN_OK && !gone && err) *err = e->err;
+        if (--e->waiters == 0 && (e->state == FETCH_FAILED || gone)) free(e);
         pthread_mutex_unlock(&f->mu);
+        if (gone) return worker_fetch(f, hash, local, cap, err); /* fetch it again */
         if (rc != AICFN_OK) local[0] = '\0';
         return rc;
     }

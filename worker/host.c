@@ -201,7 +201,7 @@ static aicfn_tensor *host_alloc_output(aicfn_response *r, const char *name, aicf
         return NULL;
     }
     for (uint32_t i = 0; i < r->n_out; i++)
-        if (strcmp(r->out[i].name, name) == 0) {
+        if (strcmp(r->alloc[i].name, name) == 0) { /* the record: out[] is the handler's to write */
             worker_response_fail(r, AICFN_E_INVALID, "alloc_output '%s': an output of that name exists",
                                  name);
             return NULL;

@@ -389,6 +389,7 @@ def test_deploy_packs_in_tmpdir_and_clears_what_killed_deploys_left(procs, tmp_p
     dead = subprocess.Popen(["true"])
     dead.wait()
     host = "".join(c if c.isalnum() or c in ".-" else "-" for c in socket.gethostname())[:63] or "host"
+    host += f"-{os.stat('/proc/self/ns/pid').st_ino}"  # and the pid namespace
     stale = t / f"aicfn-deploy-{host}-{dead.pid}-AbC123"
     stale.mkdir()
     (stale / "model.aicsnap").write_bytes(b"x" * 4096)

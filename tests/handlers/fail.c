@@ -4,10 +4,11 @@
  *   mode=request (default)  each request gets set_error(code, "fail handler: ...")
  *   mode=batch              invoke returns `code` for the whole batch
  *   mode=ok                 succeeds with an output "ok" (INT32 [1] = 1)
- *   mode=grow|swap_data|swap_name|device|reshape
+ *   mode=grow|swap_data|swap_name|null_name|device|reshape
  *                           allocates "out" (FP32 [4, 2]) and then rewrites it: a larger
- *                           shape and nbytes, its own data or name pointer, device memory,
- *                           or (reshape, legal) shape [8] within the same bytes
+ *                           shape and nbytes, its own data or name pointer, a NULL name
+ *                           before allocating a second output, device memory, or
+ *                           (reshape, legal) shape [8] within the same bytes
  *   code=N                  the aicfn_status to fail with (default AICFN_E_HANDLER)
  * Config param `init_fail=1` makes init fail with AICFN_E_INVALID. */
 #include <stdlib.h>
@@ -39,8 +40,8 @@ AICFN_EXPORT int aicfn_fn_invoke(const aicfn_host_api *api, void *state, const a
             aicfn_tensor *t = api->alloc_output(resps[i], "ok", AICFN_DTYPE_INT32, 1, shape, 0);
             if (t) *(int32_t *)t->data = 1;
         } else if (mode && (strcmp(mode, "grow") == 0 || strcmp(mode, "swap_data") == 0 ||
-                            strcmp(mode, "swap_name") == 0 || strcmp(mode, "device") == 0 ||
-                            strcmp(mode, "reshape") == 0)) {
+                            strcmp(mode, "swap_name") == 0 || strcmp(mode, "null_name") == 0 ||
+                            strcmp(mode, "device") == 0 || strcmp(mode, "reshape") == 0)) {
             static float mine[8];
             int64_t shape[2] = {4, 2};
             aicfn_tensor *t = api->alloc_output(resps[i], "out", AICFN_DTYPE_FP32, 2, shape, 0);
@@ -52,6 +53,9 @@ AICFN_EXPORT int aicfn_fn_invoke(const aicfn_host_api *api, void *state, const a
                 t->data = mine;
             } else if (strcmp(mode, "swap_name") == 0) {
                 t->name = "out";
+            } else if (strcmp(mode, "null_name") == 0) {
+                t->name = NULL;
+                (void)api->alloc_output(resps[i], "out2", AICFN_DTYPE_FP32, 2, shape, 0);
             } else if (strcmp(mode, "device") == 0) {
                 t->mem = AICFN_MEM_DEVICE;
                 t->device_id = 0;

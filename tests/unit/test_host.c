@@ -208,6 +208,7 @@ static void outputs_rewritten_by_the_handler(void **state) {
     static const char *const bad[][2] = {{"grow", "more than the 32 alloc_output gave it"},
                                          {"swap_data", "not what alloc_output returned"},
                                          {"swap_name", "not what alloc_output returned"},
+                                         {"null_name", "not what alloc_output returned"},
                                          {"device", "not what alloc_output returned"}};
     for (size_t k = 0; k < sizeof bad / sizeof bad[0] + 1; k++) {
         const char *mode = k < sizeof bad / sizeof bad[0] ? bad[k][0] : "reshape";
