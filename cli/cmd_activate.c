@@ -40,15 +40,13 @@ int cli_cmd_activate(int argc, char **argv) {
     if (!ref || !strchr(ref, ':')) return cli_usage_error("activate", "name the version: NAME:VER");
     aicfn_error err;
     aicfn_error_clear(&err);
-    rpc_client *c = NULL;
-    if (cli_gw_open(cli_gateway_addr(gateway), &c, &err) != AICFN_OK) return cli_fail(&err);
     wire_writer w;
     wire_writer_init(&w);
     cli_gw_begin(&w, "activate", cli_api_key(key), 1);
     wire_kv_str(&w, "ref", ref);
     rpc_msg *reply = NULL;
     wire_doc doc;
-    int rc = cli_gw_call(c, &w, 10000, &reply, &doc, &err);
+    int rc = cli_gw_request(cli_gateway_addr(gateway), &w, 10000, &reply, &doc, &err);
     wire_writer_fini(&w);
     if (rc == AICFN_OK) {
         const char *name = "";
@@ -62,6 +60,5 @@ int cli_cmd_activate(int argc, char **argv) {
         wire_doc_fini(&doc);
         rpc_msg_free(reply);
     }
-    rpc_client_close(c);
     return rc == AICFN_OK ? CLI_EXIT_OK : cli_fail(&err);
 }

@@ -63,16 +63,23 @@ int cli_gw_call(rpc_client *c, wire_writer *w, uint32_t timeout_ms, rpc_msg **re
     return rc;
 }
 
+int cli_gw_request(const char *addr, wire_writer *w, uint32_t timeout_ms, rpc_msg **reply, wire_doc *doc,
+                   aicfn_error *err) {
+    rpc_client *c = NULL;
+    int rc = cli_gw_open(addr, &c, err);
+    if (rc != AICFN_OK) return rc;
+    rc = cli_gw_call(c, w, timeout_ms, reply, doc, err);
+    rpc_client_close(c);
+    return rc;
+}
+
 int cli_gw_json(const char *addr, const char *key, wire_writer *w, uint32_t timeout_ms, json_t **out,
                 aicfn_error *err) {
     (void)key;
     *out = NULL;
-    rpc_client *c = NULL;
-    int rc = cli_gw_open(addr, &c, err);
-    if (rc != AICFN_OK) return rc;
     rpc_msg *reply = NULL;
     wire_doc doc;
-    rc = cli_gw_call(c, w, timeout_ms, &reply, &doc, err);
+    int rc = cli_gw_request(addr, w, timeout_ms, &reply, &doc, err);
     if (rc == AICFN_OK) {
         const char *text = NULL;
         rc = wire_get_cstr(&doc, &doc.root, "reply", "json", true, 0, &text, err);
@@ -84,7 +91,6 @@ int cli_gw_json(const char *addr, const char *key, wire_writer *w, uint32_t time
         wire_doc_fini(&doc);
         rpc_msg_free(reply);
     }
-    rpc_client_close(c);
     return rc;
 }
 

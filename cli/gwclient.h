@@ -34,6 +34,11 @@ void cli_gw_begin(wire_writer *w, const char *type, const char *key, uint32_t ex
 int cli_gw_call(rpc_client *c, wire_writer *w, uint32_t timeout_ms, rpc_msg **reply, wire_doc *doc,
                 aicfn_error *err);
 
+/* cli_gw_open + cli_gw_call + close: one round trip to the gateway at `addr` (the reply
+ * and doc outlive the client; the caller finishes them as for cli_gw_call). */
+int cli_gw_request(const char *addr, wire_writer *w, uint32_t timeout_ms, rpc_msg **reply, wire_doc *doc,
+                   aicfn_error *err);
+
 /* One round trip whose reply carries `json` (ls, coldstarts, workers, status): returns
  * the parsed JSON (new reference) in *out. */
 int cli_gw_json(const char *addr, const char *key, wire_writer *w, uint32_t timeout_ms, json_t **out,
