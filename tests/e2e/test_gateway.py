@@ -498,23 +498,33 @@ def test_worker_that_cannot_start_is_retried_with_back_off(procs, tmp_path):
     assert "no local worker starts for 400 ms" in g.stderr()
 
 
+def slow_fini_worker(procs, tmp_path, **gateway_args):
+    """A gateway with one local worker serving `slowfini`, whose handler's fini takes 2.5 s
+    and then writes the returned marker file; after one call, so the fini will run."""
+    marker = tmp_path / "fini-done"
+    env = dict(os.environ, AICFN_TEST_FINI_SLEEP_MS="2500", AICFN_TEST_FINI_FILE=str(marker))
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", env=env, **gateway_args)
+    write_manifest(tmp_path / "slowfini", f"name: slowfini\nhandler: {handler('test_sleep')}\n")
+    deploy(addr, tmp_path / "slowfini")
+    r = call(addr, invoke_msg("slowfini", [tensor("x", np.arange(4, dtype="<f4"))]), timeout_ms=30000)
+    assert r["ok"], r
+    return addr, g, marker
+
+
+def assert_finished_its_teardown(g, marker):
+    """The worker exited with status 0 (not SIGKILLed) after its fini wrote the marker."""
+    wait_for(lambda: "exited" in g.stderr(), 20, interval=0.1, what="the worker to exit")
+    log = g.stderr()
+    assert "exited with status 0" in log and "signal 9" not in log, log[-2000:]
+    assert marker.read_text() == "fini\n"
+
+
 def test_drained_worker_finishes_its_teardown(procs, tmp_path):
     """An idle worker asked to leave (scale to zero) closes its listener, then runs its
     handlers' fini: the gateway's next status poll finds the link gone, and must leave the
     worker the SIGTERM grace to finish rather than SIGKILL it."""
-    marker = tmp_path / "fini-done"
-    env = dict(os.environ, AICFN_TEST_FINI_SLEEP_MS="2500", AICFN_TEST_FINI_FILE=str(marker))
-    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", idle="1s", env=env)
-    sleep_so = handler("test_sleep")
-    write_manifest(tmp_path / "slowfini", f"name: slowfini\nhandler: {sleep_so}\n")
-    deploy(addr, tmp_path / "slowfini")
-    r = call(addr, invoke_msg("slowfini", [tensor("x", np.arange(4, dtype="<f4"))]), timeout_ms=30000)
-    assert r["ok"], r
-    wait_for(lambda: "exited" in g.stderr() or "exited on signal" in g.stderr(), 20, interval=0.1,
-             what="the drained worker to exit")
-    log = g.stderr()
-    assert "exited with status 0" in log and "signal 9" not in log, log[-2000:]
-    assert marker.read_text() == "fini\n"
+    addr, g, marker = slow_fini_worker(procs, tmp_path, idle="1s")
+    assert_finished_its_teardown(g, marker)
 
 
 def test_worker_stopped_from_outside_finishes_its_teardown(procs, tmp_path):
@@ -522,19 +532,10 @@ def test_worker_stopped_from_outside_finishes_its_teardown(procs, tmp_path):
     cgroup being stopped) drains, closes its listener and runs its handlers' fini; the
     gateway, seeing the link drop, signals it again: that second SIGTERM, after a clean
     drain, must not cut the fini short."""
-    marker = tmp_path / "fini-done"
-    env = dict(os.environ, AICFN_TEST_FINI_SLEEP_MS="2500", AICFN_TEST_FINI_FILE=str(marker))
-    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", env=env)
-    write_manifest(tmp_path / "slowfini", f"name: slowfini\nhandler: {handler('test_sleep')}\n")
-    deploy(addr, tmp_path / "slowfini")
-    r = call(addr, invoke_msg("slowfini", [tensor("x", np.arange(4, dtype="<f4"))]), timeout_ms=30000)
-    assert r["ok"], r
+    addr, g, marker = slow_fini_worker(procs, tmp_path)
     (pid,) = [w["pid"] for w in workers(addr)]
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: "exited" in g.stderr(), 20, interval=0.1, what="the worker to exit")
-    log = g.stderr()
-    assert "exited with status 0" in log and "signal 9" not in log, log[-2000:]
-    assert marker.read_text() == "fini\n"
+    assert_finished_its_teardown(g, marker)
 
 
 def thread_switches(pid: int) -> dict:
