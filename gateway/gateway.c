@@ -200,8 +200,7 @@ struct gw_gateway {
     pthread_t maint;
     bool maint_started;
     pthread_cond_t maint_cv;
-    pthread_mutex_t refresh_mu;    /* one gw_metrics_refresh at a time (the HTTP front's threads) */
-    uint64_t ledger_dropped_shown; /* under refresh_mu: gw_ledger_stats.dropped already counted */
+    uint64_t ledger_dropped_shown; /* gw_ledger_stats.dropped already counted (gw_metrics_refresh) */
     /* Threads inside gw_pool_spawn (they took gw->pool under mu); gw_stop takes the pool
      * away and waits for them (spawn_cv) before it destroys the pool. */
     unsigned spawning;
@@ -2556,7 +2555,6 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     gw->scaling_dirty = true; /* read which functions keep workers warm once started */
     gw->data_lock_fd = -1;
     pthread_mutex_init(&gw->mu, NULL);
-    pthread_mutex_init(&gw->refresh_mu, NULL);
     clock_cond_init(&gw->maint_cv);
     clock_cond_init(&gw->spawn_cv);
     int rc = AICFN_OK;
@@ -2713,7 +2711,6 @@ void gw_stop(gw_gateway *gw) {
     gw_db_close(gw->db);
     if (gw->data_lock_fd >= 0) close(gw->data_lock_fd); /* last: everything in data_dir is closed */
     pthread_mutex_destroy(&gw->mu);
-    pthread_mutex_destroy(&gw->refresh_mu);
     pthread_cond_destroy(&gw->maint_cv);
     pthread_cond_destroy(&gw->spawn_cv);
     free(gw->listen);
@@ -3087,8 +3084,6 @@ int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invok
 }
 
 void gw_metrics_refresh(gw_gateway *gw) {
-    /* Reset, then add per version: two scrapes interleaving would count each twice. */
-    pthread_mutex_lock(&gw->refresh_mu);
     gw_metric_reset(gw->std.queue_depth);
     uint32_t live = 0;
     pthread_mutex_lock(&gw->mu);
@@ -3107,5 +3102,4 @@ void gw_metrics_refresh(gw_gateway *gw) {
         gw_metric_add(gw->std.ledger_dropped, NULL, (double)(ls.dropped - gw->ledger_dropped_shown));
         gw->ledger_dropped_shown = ls.dropped;
     }
-    pthread_mutex_unlock(&gw->refresh_mu);
 }

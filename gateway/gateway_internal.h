@@ -41,7 +41,9 @@ gw_ledger *gw_gateway_ledger(gw_gateway *gw);
 gw_metrics *gw_gateway_metrics(gw_gateway *gw);
 const gw_stdmetrics *gw_gateway_stdmetrics(gw_gateway *gw);
 /* Sets the gauges that are sampled rather than counted (queue depth per function, live
- * workers) from the gateway's current state; call before rendering. Thread-safe. */
+ * workers) and adds the ledger's new drops, from the gateway's current state; call before
+ * rendering. One call at a time (it resets, then adds): the HTTP front calls it under its
+ * scrape lock, with the render. */
 void gw_metrics_refresh(gw_gateway *gw);
 
 /* Applies the caller's rate limit and daily quota (keys.h gw_limits, one for the whole
