@@ -191,7 +191,6 @@ static void cache_fail_locked(loader_cache *c, loader_cache_entry *e, const aicf
         cache_remove(c->table, &c->n, e);
         e->in_table = 0;
     }
-    c->ctr.load_failures++;
     pthread_cond_broadcast(&c->cv);
     if (e->waiters == 0) free(e);
 }
@@ -497,7 +496,6 @@ again:;
     e->state = LOADER_ENTRY_LOADING;
     e->in_table = 1;
     cache_touch(c, e);
-    c->ctr.loads++;
     pthread_mutex_unlock(&c->mu);
     if (info) {
         info->cold = 1;
@@ -516,7 +514,12 @@ again:;
     size_t nv = 0;
     int reserved = 0;
     e->reserving = 1;
+    if (rc != AICFN_OK) { /* the model could not be read: a load that failed */
+        c->ctr.loads++;
+        c->ctr.load_failures++;
+    }
     if (rc == AICFN_OK && need > c->budget) {
+        c->ctr.too_large++;
         rc = aicfn_error_set(&lerr, AICFN_E_TOO_LARGE,
                              "model '%s' needs %llu bytes, more than the whole budget of %llu bytes", key,
                              (unsigned long long)need, (unsigned long long)c->budget);
@@ -562,6 +565,7 @@ again:;
         return rc;
     }
     e->bytes = need;
+    c->ctr.loads++;
     int thrash = cache_take_thrash(c, key, clock_now_us());
     if (thrash) c->ctr.thrash_reloads++;
     pthread_mutex_unlock(&c->mu);
@@ -586,6 +590,7 @@ again:;
     pthread_mutex_lock(&c->mu);
     if (rc != AICFN_OK) {
         c->used -= need;
+        c->ctr.load_failures++;
         cache_fail_locked(c, e, &lerr);
         pthread_mutex_unlock(&c->mu);
         if (err) *err = lerr;

@@ -179,14 +179,16 @@ uint64_t loader_cache_entry_bytes(const loader_cache_entry *e);
 
 /* ---- Counters and status ---- */
 typedef struct loader_cache_counters {
-    uint64_t hits;   /* acquires that found the model READY */
-    uint64_t misses; /* acquires that started or joined a load */
-    uint64_t loads;  /* loads started */
-    uint64_t load_failures;
+    uint64_t hits;              /* acquires that found the model READY */
+    uint64_t misses;            /* acquires that started or joined a load */
+    uint64_t loads;             /* loads that read the model: its manifest failed, or it had room and
+                                   was read (an acquire that gave up for room loaded nothing) */
+    uint64_t load_failures;     /* of those, the ones that failed (I/O, corrupt, allocation) */
     uint64_t evictions;         /* by the policy and by loader_cache_evict */
     uint64_t thrash_reloads;    /* loads of a model evicted < AICFN_THRASH_WINDOW_US before */
     uint64_t bytes_loaded;      /* bytes charged by successful loads */
     uint64_t capacity_failures; /* acquires that gave up with AICFN_E_CAPACITY */
+    uint64_t too_large;         /* acquires refused with AICFN_E_TOO_LARGE (over the whole budget) */
 } loader_cache_counters;
 
 void loader_cache_get_counters(loader_cache *c, loader_cache_counters *out);

@@ -111,6 +111,12 @@ static void too_large_fails_at_once(void **state) {
     assert_int_equal(st.n_entries, 0);
     assert_int_equal(st.used_bytes, 0);
     assert_int_equal(loader_cache_acquire(c, "m9", NULL, 0, &e, NULL, &err), AICFN_E_NOT_FOUND);
+    /* The refusal loaded nothing; the missing model's manifest is a load that failed. */
+    loader_cache_counters k;
+    loader_cache_get_counters(c, &k);
+    assert_int_equal(k.too_large, 1);
+    assert_int_equal(k.loads, 1);
+    assert_int_equal(k.load_failures, 1);
     loader_cache_destroy(c);
     assert_clean(&f);
 }
@@ -143,6 +149,8 @@ static void all_pinned_waits_for_deadline(void **state) {
     loader_cache_get_counters(c, &k);
     assert_int_equal(k.capacity_failures, 1);
     assert_int_equal(k.evictions, 0);
+    assert_int_equal(k.loads, 2); /* m0 and m1: the give-up loaded nothing */
+    assert_int_equal(k.load_failures, 0);
     /* Once one is released the same request succeeds and evicts it. */
     loader_cache_release(c, a);
     loader_acquire_info info;
