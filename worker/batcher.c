@@ -31,7 +31,8 @@ struct worker_batcher {
      * queued); 0 while it is not watching. A submit wakes it only for an earlier one. */
     uint64_t reap_until;
     int closing;
-    int stop; /* the executor has exited; the reaper follows */
+    int flushing; /* queued items go at once, without waiting for max_delay_us */
+    int stop;     /* the executor has exited; the reaper follows */
     worker_batcher_stats stats;
     worker_batch_item **batch; /* max_batch slots, used by the executor only */
 
@@ -127,7 +128,7 @@ static void *batcher_exec_main(void *arg) {
             continue;
         }
         uint64_t send_at = batcher_send_at(b);
-        if (b->count < b->cfg.max_batch && !b->closing && now < send_at) {
+        if (b->count < b->cfg.max_batch && !b->closing && !b->flushing && now < send_at) {
             batcher_wait_until(&b->cond_exec, &b->mu, send_at);
             continue;
         }
@@ -279,6 +280,13 @@ int worker_batcher_submit(worker_batcher *b, worker_batch_item *item, aicfn_erro
         pthread_cond_signal(&b->cond_reap);
     pthread_mutex_unlock(&b->mu);
     return AICFN_OK;
+}
+
+void worker_batcher_flush(worker_batcher *b) {
+    pthread_mutex_lock(&b->mu);
+    b->flushing = 1;
+    pthread_cond_broadcast(&b->cond_exec);
+    pthread_mutex_unlock(&b->mu);
 }
 
 void worker_batcher_close(worker_batcher *b) {

@@ -77,6 +77,11 @@ int worker_batcher_create(const worker_batcher_config *cfg, worker_batch_exec_fn
  * running batch. Thread-safe. */
 int worker_batcher_submit(worker_batcher *b, worker_batch_item *item, aicfn_error *err);
 
+/* From now on, queued items run at once, without waiting for max_delay_us (a partial
+ * batch is not held for more); items are still accepted. For a function being removed,
+ * whose last accepted calls may still arrive. Returns at once; thread-safe; idempotent. */
+void worker_batcher_flush(worker_batcher *b);
+
 /* Stops accepting items. Items already queued still run (without waiting for
  * max_delay_us) or expire. Returns at once; thread-safe; idempotent. */
 void worker_batcher_close(worker_batcher *b);

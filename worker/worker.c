@@ -923,9 +923,11 @@ int worker_remove_function(worker *w, const char *name, uint32_t version, aicfn_
     pthread_mutex_unlock(&w->mu);
     if (f == NULL)
         return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function %s version %u is not loaded", name, version);
-    /* New calls can no longer find it; the ones that did are refused by the closed
-     * batcher or run to completion. Wait for them (each is bounded by its deadline). */
-    worker_batcher_close(f->batcher);
+    /* New calls can no longer find it. The ones that did are counted in f->inflight
+     * (worker_accept, under w->mu) but may not have reached the batcher yet: it keeps
+     * accepting them, without holding a partial batch for more, until all are done.
+     * Wait for them (each is bounded by its deadline), then close it. */
+    worker_batcher_flush(f->batcher);
     uint64_t until = clock_now_us() + f->timeout_us + (uint64_t)AICFN_CALL_GRACE_MS * 1000;
     pthread_mutex_lock(&w->mu);
     while (atomic_load(&f->inflight) > 0 && clock_now_us() < until) {
@@ -934,6 +936,7 @@ int worker_remove_function(worker *w, const char *name, uint32_t version, aicfn_
         pthread_cond_timedwait(&w->cv, &w->mu, &ts);
     }
     unsigned left = atomic_load(&f->inflight);
+    worker_batcher_close(f->batcher); /* calls counted after the wait's end are refused */
     if (left) {
         f->next = w->retired;
         w->retired = f;

@@ -1,6 +1,6 @@
 /* test_batcher.c: batch formation (max_batch, max_delay since the OLDEST request, never
  * past half of a request's time left),
- * deadline expiry while a batch runs, queue limits, close and drain (worker/batcher.c). */
+ * deadline expiry while a batch runs, queue limits, flush, close and drain (worker/batcher.c). */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -177,6 +177,32 @@ static void partial_batch_waits_max_delay(void **state) {
     submit(b, &its[0], 0, now - 6000000, 0);
     wait_done(&r, 1);
     assert_true(clock_now_us() - now < 1000000);
+    worker_batcher_destroy(b);
+    rec_fini(&r);
+}
+
+/* After a flush a partial batch leaves at once, and items are still accepted (a function
+ * being removed finishes the calls it accepted, worker_remove_function). */
+static void flush_sends_partial_batches_and_still_accepts(void **state) {
+    (void)state;
+    rec r;
+    rec_init(&r);
+    worker_batcher *b;
+    worker_batcher_config cfg = {.max_batch = 8, .max_delay_us = 10000000, .name = "t"};
+    assert_int_equal(worker_batcher_create(&cfg, on_exec, on_expire, &r, &b, NULL), 0);
+    item its[2];
+    uint64_t t0 = clock_now_us();
+    submit(b, &its[0], 0, t0, 0);
+    worker_batcher_flush(b);
+    wait_done(&r, 1);
+    submit(b, &its[1], 1, clock_now_us(), 0);
+    wait_done(&r, 2);
+    /* Two batches of one, long before the 10 s delay. */
+    assert_true(clock_now_us() - t0 < 2000000);
+    assert_int_equal(r.batches, 2);
+    assert_true(its[0].executed && its[1].executed);
+    worker_batcher_close(b);
+    assert_int_equal(worker_batcher_submit(b, &its[0].link, NULL), AICFN_E_UNAVAILABLE);
     worker_batcher_destroy(b);
     rec_fini(&r);
 }
@@ -464,6 +490,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(full_batches_leave_at_once),
         cmocka_unit_test(partial_batch_waits_max_delay),
+        cmocka_unit_test(flush_sends_partial_batches_and_still_accepts),
         cmocka_unit_test(lone_request_leaves_before_its_deadline),
         cmocka_unit_test(deadline_expires_while_busy),
         cmocka_unit_test(queue_limit_close_and_drain),

@@ -465,7 +465,10 @@ static void remove_function_while_serving(void **state) {
             if (strcmp(st.w.queues[q].fn, "slow") == 0) inflight = st.w.queues[q].inflight;
         wire_doc_fini(&d);
         rpc_msg_free(m);
-        if (inflight == 3 || clock_now_us() > until) break;
+        if (inflight == 3 || clock_now_us() > until) {
+            assert_int_equal(inflight, 3);
+            break;
+        }
         usleep(1000);
     }
     assert_int_equal(worker_remove_function(w, "slow", 0, &err), AICFN_OK);
@@ -473,7 +476,8 @@ static void remove_function_while_serving(void **state) {
     while (clock_now_us() < until && arec_done() < 3)
         usleep(1000);
     assert_int_equal(arec_done(), 3);
-    assert_int_equal(arec.ok, 3);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(arec.codes[i], AICFN_OK);
     invoke(c, 20, "slow", NULL, 0, NULL, NULL, 0, &r);
     assert_false(r.rep.head.ok);
     assert_int_equal(r.rep.head.code, AICFN_E_NOT_FOUND);
@@ -1016,12 +1020,50 @@ static void empty_model_loads(void **state) {
     stop(w, c, 5000);
 }
 
+/* Calls racing a removal: each is answered OK (it found the function, so it runs) or
+ * AICFN_E_NOT_FOUND (it came after), never refused by the batcher of a function still
+ * finishing its accepted calls (a call is counted before it reaches the batcher). */
+static void remove_while_calls_arrive(void **state) {
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-rm", (int)getpid());
+    worker *w = start(url, 16u << 20);
+    rpc_client *c = serve(w, url);
+    aicfn_error err;
+    enum { ROUNDS = 200, N = 16 };
+    int ok = 0, not_found = 0;
+    for (int round = 0; round < ROUNDS; round++) {
+        add(w, "t", "test_sleep", NULL, 1, 0);
+        memset(&arec, 0, sizeof arec);
+        pthread_mutex_init(&arec.mu, NULL);
+        for (intptr_t i = 0; i < N; i++)
+            invoke_async(c, 1000 + (uint64_t)i, "t", "sleep_ms", "0", 0, i);
+        usleep((useconds_t)(round % 7) * 50); /* vary where the removal falls */
+        assert_int_equal(worker_remove_function(w, "t", 0, &err), AICFN_OK);
+        uint64_t until = clock_now_us() + 5000000;
+        while (clock_now_us() < until && arec_done() < N)
+            usleep(200);
+        assert_int_equal(arec_done(), N);
+        for (int i = 0; i < N; i++) {
+            if (arec.codes[i] != AICFN_OK && arec.codes[i] != AICFN_E_NOT_FOUND)
+                fail_msg("round %d, call %d: code %d", round, i, arec.codes[i]);
+            ok += arec.codes[i] == AICFN_OK;
+            not_found += arec.codes[i] == AICFN_E_NOT_FOUND;
+        }
+        pthread_mutex_destroy(&arec.mu);
+    }
+    assert_int_equal(ok + not_found, ROUNDS * N);
+    assert_true(ok > 0 && not_found > 0); /* the removal did race the calls */
+    stop(w, c, 5000);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(echo_mlp_status),
         cmocka_unit_test(batching_deadlines_and_drain),
         cmocka_unit_test(remove_function_while_serving),
         cmocka_unit_test(bad_config),
+        cmocka_unit_test(remove_while_calls_arrive),
         cmocka_unit_test(bundle_parts_answered_in_order),
         cmocka_unit_test(bundle_reply_never_outgrows_the_message),
         cmocka_unit_test(bundle_part_overrunning_its_deadline_is_answered_alone),
