@@ -65,6 +65,11 @@
 #define AICFN_DEFAULT_TIMEOUT_MS 30000
 #define AICFN_DEFAULT_IDLE_TIMEOUT_MS (5 * 60 * 1000)
 #define AICFN_NNG_CONTEXTS 64                 /* concurrent nng_ctx per REP socket */
+/* Of a worker's AICFN_NNG_CONTEXTS, those kept for status polls and model operations: the
+ * gateway has at most AICFN_NNG_CONTEXTS - this many call messages (a call, a bundle, a
+ * preload) in flight to one worker; further calls wait in the gateway's queue. */
+#define AICFN_WORKER_CONTEXTS_KEPT 8
+#define AICFN_WORKER_MAX_CALL_MSGS (AICFN_NNG_CONTEXTS - AICFN_WORKER_CONTEXTS_KEPT)
 #define AICFN_BUNDLE_MAX_CALLS 64             /* invocations in one gateway -> worker bundle */
 #define AICFN_BUNDLE_MAX_BYTES (1u << 20)     /* request bytes in one bundle (a bigger call goes alone) */
 #define AICFN_BUNDLE_WINDOW 2                 /* bundle while this many short messages are in flight */

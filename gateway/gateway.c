@@ -786,6 +786,7 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
         return;
     }
     if (c->short_msg) w->short_msgs++;
+    w->call_msgs++;
     c->next = a->sends;
     a->sends = c;
 }
@@ -830,9 +831,10 @@ static void gw_fn_note_service(gw_fn *f, uint64_t us, uint64_t bytes) {
 
 /* Sends w's held calls (lock held): one bundle of at most AICFN_BUNDLE_MAX_CALLS calls
  * and AICFN_BUNDLE_MAX_BYTES, or the call alone when only one is held. Calls beyond
- * those bounds stay held for the next message back. */
+ * those bounds stay held for the next message back, and so do all of them while w has
+ * AICFN_WORKER_MAX_CALL_MSGS messages in flight. */
 static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
-    if (w->outbox_head == NULL) return;
+    if (w->outbox_head == NULL || w->call_msgs >= AICFN_WORKER_MAX_CALL_MSGS) return;
     gw_bundle *b = calloc(1, sizeof *b);
     size_t bytes = 0;
     uint32_t max = b ? AICFN_BUNDLE_MAX_CALLS : 1; /* out of memory: one call alone */
@@ -864,6 +866,7 @@ static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) 
         return;
     }
     w->short_msgs++;
+    w->call_msgs++;
     if (n == 1) {
         free(b);
         taken[0]->next = a->sends;
@@ -885,6 +888,8 @@ static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) 
 static void gw_link_msg_done_locked(gw_gateway *gw, gw_worker *w, bool short_msg, bool answered,
                                     gw_actions *a) {
     if (short_msg && w->short_msgs > 0) w->short_msgs--;
+    if (w->call_msgs > 0) w->call_msgs--;
+    if (answered) w->consecutive_poll_failures = 0; /* it answers: alive, whatever its polls did */
     if (answered && w->outbox_head && w->short_msgs < AICFN_BUNDLE_WINDOW && w->state != GW_WORKER_DEAD &&
         w->state != GW_WORKER_DRAINING)
         gw_outbox_flush_locked(gw, w, a);
@@ -1450,13 +1455,14 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
             w->pending_calls = 0;
             while (pc) {
                 gw_call *next = pc->next;
-                if (w->state == GW_WORKER_READY) {
+                if (w->state == GW_WORKER_READY && w->call_msgs < AICFN_WORKER_MAX_CALL_MSGS) {
                     /* Its first status does not list the model yet: the load is held. */
                     if (pc->fn->key[0])
                         gw_worker_note_load(w, pc->fn->key, pc->fn->model_bytes, now, GW_HOLD_US);
                     gw_assign_locked(pc, w, &a, false);
-                } else
-                    gw_route_locked(gw, pc, &a);
+                } else {
+                    gw_route_locked(gw, pc, &a); /* draining, or as many calls as it takes */
+                }
                 pc = next;
             }
         }

@@ -78,7 +78,8 @@ static gw_route_kind router_place(const gw_route_worker *workers, size_t n, cons
         if ((w->usable || w->starting) &&
             (w->budget_bytes >= req->model_bytes || (w->starting && w->budget_bytes == 0)))
             *fits_somewhere = true;
-        if (!w->usable || router_holds(w, req) || router_find(w, req->key)) continue; /* EVICTING: not here */
+        if (!w->usable || w->full || router_holds(w, req) || router_find(w, req->key))
+            continue; /* EVICTING: not here */
         if (w->free_bytes < req->model_bytes) continue;
         if (best < 0 || w->in_flight < workers[best].in_flight ||
             (w->in_flight == workers[best].in_flight && w->free_bytes > workers[best].free_bytes))
@@ -94,7 +95,7 @@ static gw_route_kind router_place(const gw_route_worker *workers, size_t n, cons
     uint64_t best_age = 0;
     for (size_t i = 0; i < n; i++) {
         const gw_route_worker *w = &workers[i];
-        if (!w->usable || w->budget_bytes < req->model_bytes || router_holds(w, req) ||
+        if (!w->usable || w->full || w->budget_bytes < req->model_bytes || router_holds(w, req) ||
             router_find(w, req->key))
             continue;
         uint32_t vn;
@@ -132,6 +133,7 @@ gw_route_kind gw_route_decide(const gw_route_worker *workers, size_t n, const gw
         int st = router_holds(w, req);
         if (!st) continue;
         holders++;
+        if (w->full) continue;
         int *best = st == GW_MODEL_READY ? &ready : &loading;
         if (*best < 0 || w->in_flight < workers[*best].in_flight) *best = (int)i;
     }

@@ -17,7 +17,9 @@
  * calls in flight below req->busy_in_flight). When every holder is busy and there are
  * fewer holders than req->max_holders, levels 3-5 place one more replica; otherwise
  * (at the limit, or nowhere to put a replica) the call goes to the least-loaded holder,
- * READY before LOADING on a tie, and waits in that worker's queue. So a function never
+ * READY before LOADING on a tie, and waits in that worker's queue. A `full` worker is
+ * never chosen at any level (it still counts as a holder); when every holder is full and
+ * no replica can be placed, the call queues (level 6). So a function never
  * has more than max_holders holders because of routing, and max_holders 1 never
  * replicates. A function without a model (req->any_worker) has nothing to load: every
  * usable worker is a READY holder and every starting one a LOADING holder, so the same
@@ -59,6 +61,8 @@ typedef struct gw_route_worker {
     bool usable;
     bool starting;
     uint32_t in_flight;    /* calls the gateway has sent and not yet seen replied */
+    bool full;             /* takes no call now (as many messages in flight as it receives at
+                              once): still a holder, but never chosen; calls queue meanwhile */
     uint64_t budget_bytes; /* the worker's whole cache budget */
     uint64_t free_bytes;   /* budget not held by any model */
     const gw_route_model *models;

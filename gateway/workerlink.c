@@ -197,6 +197,7 @@ void gw_worker_route_view(const gw_worker *w, gw_route_worker *out) {
     out->starting = w->state == GW_WORKER_STARTING;
     uint32_t sent = w->in_flight > w->preloads ? w->in_flight - w->preloads : 0;
     out->in_flight = sent + w->pending_calls;
+    out->full = w->call_msgs >= AICFN_WORKER_MAX_CALL_MSGS;
     out->budget_bytes = w->budget_bytes;
     out->free_bytes = w->free_bytes;
     out->models = w->models;

@@ -50,6 +50,9 @@ typedef struct gw_worker {
     uint32_t preloads;      /* of those, model preloads (repository load, keep-warm): no handler call */
     uint32_t pending_calls; /* calls (not preloads) in pending_head: routed here while STARTING */
     uint32_t callbacks;     /* async callbacks outstanding (calls + polls) */
+    uint32_t call_msgs;     /* messages of calls in flight on the link (a call alone, a bundle,
+                               a preload): at most AICFN_WORKER_MAX_CALL_MSGS, so that the
+                               worker always has a context free for a status poll */
     bool poll_pending;
     uint64_t last_poll_us;
     uint64_t last_call_us;      /* last call sent or completed (idle timer) */

@@ -1124,6 +1124,46 @@ def test_stuck_worker_is_killed_and_replaced(procs, tmp_path):
     assert workers(addr)[0]["pid"] != pid
 
 
+def test_a_busy_worker_is_never_sent_more_calls_than_it_can_receive(procs, tmp_path):
+    """A worker receives at most AICFN_NNG_CONTEXTS (64) messages at once; a message past
+    those waits inside NNG, and so does the gateway's status poll behind it, until the
+    poll fails and the gateway drops a healthy worker. The gateway sends a worker at most
+    56 call messages (8 contexts kept for polls and model operations); the rest of the
+    calls wait in the gateway's queue. 90 calls of a serial 40 ms function: the gateway
+    never has more than 56 of them on the worker, the others queue, all succeed, and the
+    worker is the same process at the end."""
+    sleep_so = handler("test_sleep")
+    write_manifest(tmp_path / "busy", f"name: busy\nhandler: {sleep_so}\nlimits: {{ timeout: 60s }}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="1..1")
+    deploy(addr, tmp_path / "busy")
+    x = tensor("x", np.arange(2, dtype=np.float32))
+    assert call(addr, invoke_msg("busy", [x]), timeout_ms=20000)["ok"]
+    pid = workers(addr)[0]["pid"]
+    n = 90
+    results = [None] * n
+
+    def one(i):
+        results[i] = call(addr, invoke_msg("busy", [x], params={"sleep_ms": "40"}), timeout_ms=60000)
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    seen_queued, most_sent = 0, 0
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and any(t.is_alive() for t in ts):
+        st = gateway_status(addr)
+        seen_queued = max(seen_queued, st["queued"])
+        most_sent = max(most_sent, st["in_flight"])
+        time.sleep(0.05)
+    for t in ts:
+        t.join(timeout=60)
+    assert all(r is not None and r["ok"] for r in results), [r for r in results if not r or not r["ok"]][:3]
+    assert 0 < most_sent <= 56, most_sent
+    assert seen_queued > 0, seen_queued
+    assert workers(addr)[0]["pid"] == pid
+    assert "dropping it" not in g.stderr()
+
+
 def test_api_keys_on_the_nng_front(procs, tmp_path):
     from conftest import aicfn_bin
     data = tmp_path / "data"

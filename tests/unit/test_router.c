@@ -187,6 +187,43 @@ static void too_large_everywhere(void **state) {
     assert_int_equal(gw_route_decide(ws3, 1, &r, &d), GW_ROUTE_QUEUE);
 }
 
+/* A full worker (as many messages in flight as it receives at once) is never chosen at
+ * any level, but still counts as a holder: its calls queue, or go to a replica the
+ * function may have. */
+static void full_worker_is_never_chosen(void **state) {
+    (void)state;
+    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 0, 5, false}};
+    gw_route_worker ws[] = {worker(100 * MiB, 90 * MiB, 56, a, 1), worker(100 * MiB, 100 * MiB, 0, NULL, 0)};
+    ws[0].full = true;
+    gw_route_request r = request("mlp:1", 10 * MiB, false);
+    r.max_holders = 1;
+    gw_route_decision d;
+    /* At the replica limit: no other holder, so the call waits. */
+    assert_int_equal(gw_route_decide(ws, 2, &r, &d), GW_ROUTE_QUEUE);
+    assert_int_equal(gw_route_holders(ws, 2, &r), 1);
+    /* Below it: a replica where there is room. */
+    r.max_holders = 2;
+    assert_int_equal(gw_route_decide(ws, 2, &r, &d), GW_ROUTE_FREE);
+    assert_int_equal(d.worker, 1);
+    /* Nor is a full worker a place for a replica (free bytes, then victims). */
+    ws[1].full = true;
+    assert_int_equal(gw_route_decide(ws, 2, &r, &d), GW_ROUTE_QUEUE);
+    gw_route_model b[] = {{"old:1", GW_MODEL_READY, 100 * MiB, 0, 1, false}};
+    ws[1] = worker(100 * MiB, 0, 0, b, 1);
+    ws[1].full = true;
+    assert_int_equal(gw_route_decide(ws, 2, &r, &d), GW_ROUTE_QUEUE);
+    r.pool_may_grow = true;
+    assert_int_equal(gw_route_decide(ws, 2, &r, &d), GW_ROUTE_SPAWN);
+    /* A LOADING holder that is full is not joined either. */
+    a[0].state = GW_MODEL_LOADING;
+    r.max_holders = 1;
+    assert_int_equal(gw_route_decide(ws, 2, &r, &d), GW_ROUTE_QUEUE);
+    /* Once it has room again it is chosen as before. */
+    ws[0].full = false;
+    assert_int_equal(gw_route_decide(ws, 2, &r, &d), GW_ROUTE_LOADING);
+    assert_int_equal(d.worker, 0);
+}
+
 static void kind_names(void **state) {
     (void)state;
     assert_string_equal(gw_route_kind_name(GW_ROUTE_READY), "ready");
@@ -204,6 +241,7 @@ int main(void) {
         cmocka_unit_test(evict_never_pinned_kept_or_loading),
         cmocka_unit_test(spawn_when_nothing_fits),
         cmocka_unit_test(too_large_everywhere),
+        cmocka_unit_test(full_worker_is_never_chosen),
         cmocka_unit_test(kind_names),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
