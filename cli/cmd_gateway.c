@@ -19,7 +19,7 @@ static void cg_help(FILE *out) {
             "usage: aicfn gateway [--listen ADDR] [--data DIR] [--workers MIN..MAX] [--idle-timeout DUR]\n"
             "                     [--worker-memory BYTES] [--device auto|host|cuda] [--insecure-local]\n"
             "                     [--http HOST:PORT] [--response-cache BYTES] [--no-bundles]\n"
-            "                     [--upload-timeout DUR]\n"
+            "                     [--upload-timeout DUR] [--max-requests N]\n"
             "\n"
             "Runs the gateway: the registry of functions, the router, the local worker pool and the\n"
             "records (aicfn.db). Stops cleanly on SIGTERM or SIGINT.\n"
@@ -51,6 +51,10 @@ static void cg_help(FILE *out) {
             "                         docs/protocol.md section 9)\n"
             "  --upload-timeout DUR   an upload (aicfn deploy) without a chunk this long is aborted and\n"
             "                         its temporary file removed (default %ds)\n"
+            "  --max-requests N       client requests (NNG) the gateway holds at once (default %d, at\n"
+            "                         least 16). Invocations past N less min(32, N/4), or past %llu MiB\n"
+            "                         of requests held, are refused at once with AICFN_E_OVERLOADED;\n"
+            "                         the rest is kept for administrative requests and status\n"
             "  --insecure-local       accept calls without API keys (tenant \"local\"); for a gateway\n"
             "                         on a loopback address used by one person\n"
             "\n"
@@ -75,7 +79,8 @@ static void cg_help(FILE *out) {
             AICFN_DEFAULT_GATEWAY, AICFN_DEFAULT_DATA_DIR, AICFN_DEFAULT_MAX_WORKERS,
             AICFN_DEFAULT_IDLE_TIMEOUT_MS / 1000, (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20),
             (unsigned long long)(AICFN_DEFAULT_RESPONSE_CACHE_BYTES >> 20),
-            AICFN_UPLOAD_IDLE_TIMEOUT_MS / 1000);
+            AICFN_UPLOAD_IDLE_TIMEOUT_MS / 1000, AICFN_GW_FRONT_MAX_REQUESTS,
+            (unsigned long long)(AICFN_GW_FRONT_MAX_HELD_BYTES >> 20));
 }
 
 static int cg_u32(const char *s, uint32_t *out) {
@@ -139,6 +144,9 @@ int cli_cmd_gateway(int argc, char **argv) {
             cfg.device = v;
         } else if ((v = cli_flag_value(argc, argv, &i, "--http"))) {
             http = v;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--max-requests"))) {
+            if (cg_u32(v, &cfg.max_requests) || cfg.max_requests < 16 || cfg.max_requests > 65536)
+                return cli_usage_error("gateway", "--max-requests '%s': a number from 16 to 65536", v);
         } else if (strcmp(argv[i], "--no-bundles") == 0) {
             cfg.no_bundles = true;
         } else if (strcmp(argv[i], "--insecure-local") == 0) {

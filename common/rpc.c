@@ -131,7 +131,8 @@ struct rpc_call {
     rpc_server *srv;
     nng_ctx ctx;
     nng_aio *aio;
-    nng_msg *req; /* held until answered, so handlers can decode in place */
+    nng_msg *req;   /* held until answered, so handlers can decode in place */
+    size_t req_len; /* its length, counted in srv->held_bytes until answered */
     uint64_t recv_us;
     int state; /* protected by srv->mu */
 };
@@ -148,6 +149,7 @@ struct rpc_server {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     unsigned outstanding; /* handed to the handler, not yet answered */
+    uint64_t held_bytes;  /* their requests' bytes */
     /* Threads inside nng_ctx_send/nng_ctx_recv on our contexts. rpc_server_destroy waits
      * for none before it closes anything: a reply's nng_ctx_send beside nng_close panicked
      * NNG 1.5.2 ("pthread_mutex_lock: Invalid argument", 1 in 80 runs of a standalone
@@ -193,6 +195,8 @@ static void srv_done(struct rpc_call *c) {
     rpc_server *s = c->srv;
     pthread_mutex_lock(&s->mu);
     s->outstanding--;
+    s->held_bytes -= c->req_len;
+    c->req_len = 0;
     srv_rearm_unlock(c);
 }
 
@@ -240,7 +244,9 @@ static void srv_cb(void *arg) {
     c->req = m;
     c->recv_us = clock_now_us();
     c->state = SRV_CALL;
+    c->req_len = nng_msg_len(m);
     s->outstanding++;
+    s->held_bytes += c->req_len;
     pthread_mutex_unlock(&s->mu);
     s->fn(s->user, c, nng_msg_body(m), nng_msg_len(m));
     /* c may already be answered and re-armed by now: touch nothing. */
@@ -310,6 +316,14 @@ int rpc_reply_msg(rpc_call *c, rpc_msg *reply) {
 void rpc_call_drop(rpc_call *c) {
     if (!srv_take(c, SRV_IDLE, NULL)) return;
     srv_done(c);
+}
+
+void rpc_call_server_load(const rpc_call *c, unsigned *outstanding, uint64_t *held_bytes) {
+    rpc_server *s = c->srv;
+    pthread_mutex_lock(&s->mu);
+    *outstanding = s->outstanding;
+    *held_bytes = s->held_bytes;
+    pthread_mutex_unlock(&s->mu);
 }
 
 uint64_t rpc_call_received_us(const rpc_call *c) {

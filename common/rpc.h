@@ -121,6 +121,10 @@ int rpc_reply_msg(rpc_call *call, rpc_msg *reply);
 /* Finishes `call` without replying (the peer's request times out). Any thread. */
 void rpc_call_drop(rpc_call *call);
 
+/* The load on the server that received `call`: calls handed to the handler and not yet
+ * answered (this one included), and the bytes of their requests. Thread-safe. */
+void rpc_call_server_load(const rpc_call *call, unsigned *outstanding, uint64_t *held_bytes);
+
 /* Monotonic time (clock_now_us) when the request was received. */
 uint64_t rpc_call_received_us(const rpc_call *call);
 

@@ -70,6 +70,12 @@
  * preload) in flight to one worker; further calls wait in the gateway's queue. */
 #define AICFN_WORKER_CONTEXTS_KEPT 8
 #define AICFN_WORKER_MAX_CALL_MSGS (AICFN_NNG_CONTEXTS - AICFN_WORKER_CONTEXTS_KEPT)
+/* The gateway's NNG client front (aicfn gateway --max-requests): requests it holds at once.
+ * Invocations past MAX - min(32, MAX / 4), or past AICFN_GW_FRONT_MAX_HELD_BYTES of requests
+ * held, get AICFN_E_OVERLOADED at once; the rest of the contexts are kept for
+ * administrative requests and status. */
+#define AICFN_GW_FRONT_MAX_REQUESTS 1024
+#define AICFN_GW_FRONT_MAX_HELD_BYTES (1ull << 30)
 #define AICFN_BUNDLE_MAX_CALLS 64             /* invocations in one gateway -> worker bundle */
 #define AICFN_BUNDLE_MAX_BYTES (1u << 20)     /* request bytes in one bundle (a bigger call goes alone) */
 #define AICFN_BUNDLE_WINDOW 2                 /* bundle while this many short messages are in flight */

@@ -70,7 +70,9 @@ struct gw_front {
                                                 client's upload (below 2^52: exact in any JSON client) */
     uint64_t upload_idle_us;                 /* an upload without a chunk this long is aborted */
 
-    gw_key_cache *keys; /* recent authentications: no SQLite read per call */
+    gw_key_cache *keys;       /* recent authentications: no SQLite read per call */
+    unsigned max_invocations; /* invocations held at once: the contexts less those kept for
+                                 administrative requests (tunables.h, --max-requests) */
 };
 
 const char *gw_front_url(const gw_front *f) {
@@ -642,6 +644,19 @@ static void front_handler(void *user, rpc_call *call, const uint8_t *msg, size_t
         return;
     }
     if (strcmp(h.t, WIRE_T_INVOKE) == 0) {
+        /* Past the front's bound, refused at once: a request waiting in NNG for a context
+         * would have no deadline, and would hold up the administrative ones behind it. */
+        unsigned held;
+        uint64_t held_bytes;
+        rpc_call_server_load(call, &held, &held_bytes);
+        if (held > f->max_invocations || held_bytes > AICFN_GW_FRONT_MAX_HELD_BYTES) {
+            wire_doc_fini(&doc);
+            front_error(call, h.id, AICFN_E_OVERLOADED,
+                        held > f->max_invocations
+                            ? "the gateway holds as many requests as it takes: try again"
+                            : "the gateway holds as many request bytes as it takes: try again");
+            return;
+        }
         front_invoke(f, call, &doc, h.id);
         wire_doc_fini(&doc);
         return;
@@ -676,11 +691,16 @@ static void front_handler(void *user, rpc_call *call, const uint8_t *msg, size_t
     pthread_mutex_unlock(&f->mu);
 }
 
-int gw_front_start(gw_gateway *gw, const char *url, gw_front **out, aicfn_error *err) {
+int gw_front_start(gw_gateway *gw, const char *url, unsigned max_requests, gw_front **out, aicfn_error *err) {
     *out = NULL;
+    if (max_requests == 0) max_requests = AICFN_GW_FRONT_MAX_REQUESTS;
+    if (max_requests < 16)
+        return aicfn_error_set(err, AICFN_E_INVALID, "max_requests %u: at least 16", max_requests);
     gw_front *f = calloc(1, sizeof *f);
     if (!f) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     f->gw = gw;
+    unsigned kept = max_requests / 4 < 32 ? max_requests / 4 : 32;
+    f->max_invocations = max_requests - kept;
     f->upload_idle_us = gw_upload_idle_us(gw);
     int krc = gw_key_cache_create(&f->keys, err);
     if (krc != AICFN_OK) {
@@ -696,7 +716,7 @@ int gw_front_start(gw_gateway *gw, const char *url, gw_front **out, aicfn_error 
         return aicfn_error_set(err, AICFN_E_IO, "starting the admin thread");
     }
     f->admin_started = true;
-    rpc_server_opts o = {.recv_max = AICFN_MAX_MESSAGE_BYTES, .contexts = AICFN_NNG_CONTEXTS};
+    rpc_server_opts o = {.recv_max = AICFN_MAX_MESSAGE_BYTES, .contexts = max_requests};
     int rc = rpc_server_start(&f->srv, url, &o, front_handler, f, err);
     if (rc != AICFN_OK) {
         aicfn_error_wrap(err, "gateway front on %s", url);

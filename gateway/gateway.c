@@ -2628,7 +2628,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
         else
             gw->maint_started = true;
     }
-    if (rc == AICFN_OK) rc = gw_front_start(gw, gw->listen, &gw->front, err);
+    if (rc == AICFN_OK) rc = gw_front_start(gw, gw->listen, cfg->max_requests, &gw->front, err);
     if (rc != AICFN_OK) {
         gw_stop(gw);
         return rc;

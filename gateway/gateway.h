@@ -44,6 +44,8 @@ typedef struct gw_config {
     bool no_bundles;               /* send every call alone (docs/protocol.md §9: bundles) */
     uint64_t upload_idle_us;       /* an upload without a chunk this long is aborted and its
                                       temporary file removed (0 = AICFN_UPLOAD_IDLE_TIMEOUT_MS) */
+    uint32_t max_requests;         /* client requests the NNG front holds at once (tunables.h);
+                                      0 = AICFN_GW_FRONT_MAX_REQUESTS, else at least 16 */
 } gw_config;
 
 /* Starts a gateway. Returns AICFN_OK with *out, or the error of the first step that

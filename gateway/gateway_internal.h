@@ -15,9 +15,10 @@
 
 typedef struct gw_front gw_front;
 
-/* The client front (front_nng.c): a REP server on `url` whose invoke messages go to
+/* The client front (front_nng.c): a REP server on `url` holding up to `max_requests`
+ * requests at once (AICFN_GW_FRONT_MAX_REQUESTS), whose invoke messages go to
  * gw_invoke_submit and whose administrative messages run on one admin thread. */
-int gw_front_start(gw_gateway *gw, const char *url, gw_front **out, aicfn_error *err);
+int gw_front_start(gw_gateway *gw, const char *url, unsigned max_requests, gw_front **out, aicfn_error *err);
 const char *gw_front_url(const gw_front *f);
 /* Stops receiving and waits for every call to be answered. NULL accepted. */
 void gw_front_stop(gw_front *f);

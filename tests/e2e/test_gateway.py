@@ -31,7 +31,7 @@ import numpy as np
 import pynng
 import pytest
 
-from conftest import (E_PROTOCOL, OK, PROTOCOL_VERSION, ROOT, bytes_tensor, call, create_key, call_raw, free_port, handler,
+from conftest import (E_OVERLOADED, E_PROTOCOL, OK, PROTOCOL_VERSION, ROOT, bytes_tensor, call, create_key, call_raw, free_port, handler,
                       gw_msg, invoke_msg, next_id, output, run_cli, tensor, wait_for)
 
 E_WORKER_LOST = 12
@@ -1162,6 +1162,46 @@ def test_a_busy_worker_is_never_sent_more_calls_than_it_can_receive(procs, tmp_p
     assert seen_queued > 0, seen_queued
     assert workers(addr)[0]["pid"] == pid
     assert "dropping it" not in g.stderr()
+
+
+def test_front_refuses_invocations_past_its_bound_and_still_answers_status(procs, tmp_path):
+    """--max-requests 16 keeps 4 contexts for administrative requests: 12 invocations are
+    held at once (a slow serial function keeps them), the rest of 20 simultaneous ones
+    are refused at once with AICFN_E_OVERLOADED instead of waiting in NNG without a
+    deadline, and a status request is answered while the 12 are held."""
+    sleep_so = handler("test_sleep")
+    write_manifest(tmp_path / "slow", f"name: slow\nhandler: {sleep_so}\nlimits: {{ timeout: 60s }}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="1..1", extra=("--max-requests", "16"))
+    deploy(addr, tmp_path / "slow")
+    x = tensor("x", np.arange(2, dtype=np.float32))
+    assert call(addr, invoke_msg("slow", [x]), timeout_ms=20000)["ok"]
+    n = 20
+    results, took = [None] * n, [None] * n
+    barrier = threading.Barrier(n + 1)
+
+    def one(i):
+        barrier.wait(timeout=10)
+        t0 = time.monotonic()
+        results[i] = call(addr, invoke_msg("slow", [x], params={"sleep_ms": "250"}), timeout_ms=60000)
+        took[i] = time.monotonic() - t0
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    barrier.wait(timeout=10)
+    time.sleep(0.1)
+    t0 = time.monotonic()
+    st = gateway_status(addr)  # with 12 invocations held
+    status_took = time.monotonic() - t0
+    for t in ts:
+        t.join(timeout=60)
+    assert all(r is not None for r in results)
+    refused = [i for i in range(n) if not results[i]["ok"]]
+    assert refused, "no invocation was refused"
+    assert all(results[i]["error"]["code"] == E_OVERLOADED for i in refused), [results[i] for i in refused]
+    assert all(took[i] < 1.0 for i in refused), [took[i] for i in refused]
+    assert n - len(refused) >= 12, len(refused)
+    assert st["in_flight"] + st["queued"] >= 1 and status_took < 1.0, (st, status_took)
 
 
 def test_api_keys_on_the_nng_front(procs, tmp_path):

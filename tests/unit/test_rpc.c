@@ -722,6 +722,11 @@ static void timeout_when_no_reply(void **state) {
     uint64_t dt = clock_now_us() - t0;
     assert_true(dt >= 250000 && dt < 3000000);
     assert_int_equal(rpc_server_outstanding(s), 1);
+    unsigned held = 0;
+    uint64_t held_bytes = 0;
+    rpc_call_server_load(t.held[0], &held, &held_bytes);
+    assert_int_equal(held, 1);
+    assert_int_equal(held_bytes, 1);
     tsrv_drop_held(&t);
     assert_int_equal(rpc_server_outstanding(s), 0);
     rpc_client_close(c);
@@ -750,9 +755,15 @@ static void destroy_waits_for_held_calls(void **state) {
     rpc_client *c;
     assert_int_equal(rpc_client_open(&c, url, NULL, &e), AICFN_OK);
     assert_int_equal(rpc_call_async(c, "a", 1, 5000, async_ignore, NULL, &e), AICFN_OK);
-    assert_int_equal(rpc_call_async(c, "b", 1, 5000, async_ignore, NULL, &e), AICFN_OK);
+    assert_int_equal(rpc_call_async(c, "bcd", 3, 5000, async_ignore, NULL, &e), AICFN_OK);
     tsrv_wait_held(&t, 2);
     assert_int_equal(rpc_server_outstanding(s), 2);
+    /* The load the front's bound reads (front_nng.c): both calls and their 4 bytes. */
+    unsigned held = 0;
+    uint64_t held_bytes = 0;
+    rpc_call_server_load(t.held[0], &held, &held_bytes);
+    assert_int_equal(held, 2);
+    assert_int_equal(held_bytes, 4);
     destroy_arg a = {.s = s};
     atomic_init(&a.done, 0);
     pthread_t th;
