@@ -108,6 +108,52 @@ static int st_parse_entry(const char *what, const char *name, json_t *v, uint64_
     return AICFN_OK;
 }
 
+/* Refuses, before jansson builds it, JSON whose tree would be out of proportion to any
+ * real header or index: both are an object of small objects (a tensor's dtype, shape and
+ * data_offsets; __metadata__'s strings; an index's weight_map entries), so nesting is at
+ * most ST_SCAN_DEPTH deep, arrays hold at most ST_SCAN_ARRAY elements (shapes, offsets)
+ * and objects at most AICFN_SAFETENSORS_MAX_TENSORS + 1 members. Without it, a 90 MB
+ * header holding one 45M-element shape took 1.85 GB and 26 s to parse before the dims
+ * check refused it. Malformed text is left to the parser to report. */
+#define ST_SCAN_DEPTH 3
+#define ST_SCAN_ARRAY 64
+static int st_prescan(const char *s, size_t n, const char *what, aicfn_error *err) {
+    char kind[ST_SCAN_DEPTH + 1] = {0};
+    uint64_t members[ST_SCAN_DEPTH + 1] = {0}; /* commas seen at each depth: members - 1 */
+    unsigned depth = 0;
+    bool in_str = false;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (in_str) {
+            if (ch == '\\')
+                i++;
+            else if (ch == '"')
+                in_str = false;
+        } else if (ch == '"') {
+            in_str = true;
+        } else if (ch == '{' || ch == '[') {
+            if (depth == ST_SCAN_DEPTH)
+                return aicfn_error_set(err, AICFN_E_CORRUPT, "%s: JSON nested deeper than %d levels", what,
+                                       ST_SCAN_DEPTH);
+            depth++;
+            kind[depth] = ch;
+            members[depth] = 0;
+        } else if (ch == '}' || ch == ']') {
+            if (depth == 0) return AICFN_OK; /* malformed: the parser says where */
+            depth--;
+        } else if (ch == ',' && depth > 0) {
+            uint64_t m = ++members[depth] + 1;
+            if (kind[depth] == '[' && m > ST_SCAN_ARRAY)
+                return aicfn_error_set(err, AICFN_E_CORRUPT, "%s: a JSON array of more than %d elements", what,
+                                       ST_SCAN_ARRAY);
+            if (kind[depth] == '{' && m > (uint64_t)AICFN_SAFETENSORS_MAX_TENSORS + 1)
+                return aicfn_error_set(err, AICFN_E_TOO_LARGE, "%s: a JSON object of more than %u members",
+                                       what, AICFN_SAFETENSORS_MAX_TENSORS + 1);
+        }
+    }
+    return AICFN_OK;
+}
+
 int snap_st_parse_header(const char *json, size_t len, uint64_t data_bytes, const char *what,
                          snap_st_header *out, aicfn_error *err) {
     out->n_tensors = 0;
@@ -115,6 +161,8 @@ int snap_st_parse_header(const char *json, size_t len, uint64_t data_bytes, cons
     if (len > AICFN_SAFETENSORS_MAX_HEADER)
         return aicfn_error_set(err, AICFN_E_TOO_LARGE, "%s: header of %zu bytes exceeds the limit of %u",
                                what, len, AICFN_SAFETENSORS_MAX_HEADER);
+    int src = st_prescan(json, len, what, err);
+    if (src != AICFN_OK) return src;
     json_error_t jerr;
     json_t *root = json_loadb(json, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!root)
@@ -385,6 +433,8 @@ static int st_add_index(snap_st_set *s, const char *index_path, aicfn_error *err
     char **files = NULL;
     size_t n_files = 0;
     char *dir = NULL;
+    if (rc) goto done;
+    rc = st_prescan(buf, len, index_path, err);
     if (rc) goto done;
     json_error_t jerr;
     root = json_loadb(buf, len, JSON_REJECT_DUPLICATES, &jerr);

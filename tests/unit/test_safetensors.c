@@ -189,8 +189,23 @@ static void hostile_headers(void **state) {
 
     write_st("meta.safetensors", "{\"__metadata__\":[1]}", 0, UINT64_MAX);
     expect_fail("meta.safetensors", AICFN_E_CORRUPT, "__metadata__");
-    write_st("metaval.safetensors", "{\"__metadata__\":{\"a\":[{}]}}", 0, UINT64_MAX);
+    write_st("metaval.safetensors", "{\"__metadata__\":{\"a\":[1]}}", 0, UINT64_MAX);
     expect_fail("metaval.safetensors", AICFN_E_CORRUPT, "__metadata__['a'] is not a string");
+    /* Refused before parsing: trees no real header has (a 45M-element shape took 1.85 GB). */
+    write_st("deep.safetensors", "{\"__metadata__\":{\"a\":[{}]}}", 0, UINT64_MAX);
+    expect_fail("deep.safetensors", AICFN_E_CORRUPT, "nested deeper than 3 levels");
+    {
+        enum { N = 200000 };
+        char *h = malloc(64 + 2 * N);
+        assert_non_null(h);
+        int k = sprintf(h, "{\"a\":{\"dtype\":\"F32\",\"shape\":[");
+        for (int i = 0; i < N; i++)
+            h[k++] = '0', h[k++] = i + 1 < N ? ',' : ']';
+        sprintf(h + k, ",\"data_offsets\":[0,0]}}");
+        write_st("longshape.safetensors", h, 0, UINT64_MAX);
+        free(h);
+        expect_fail("longshape.safetensors", AICFN_E_CORRUPT, "array of more than 64 elements");
+    }
 
     /* An empty tensor between two overlapping ones does not hide the overlap. */
     write_st("hidden.safetensors",
