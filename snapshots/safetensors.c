@@ -144,8 +144,8 @@ static int st_prescan(const char *s, size_t n, const char *what, aicfn_error *er
         } else if (ch == ',' && depth > 0) {
             uint64_t m = ++members[depth] + 1;
             if (kind[depth] == '[' && m > ST_SCAN_ARRAY)
-                return aicfn_error_set(err, AICFN_E_CORRUPT, "%s: a JSON array of more than %d elements", what,
-                                       ST_SCAN_ARRAY);
+                return aicfn_error_set(err, AICFN_E_CORRUPT, "%s: a JSON array of more than %d elements",
+                                       what, ST_SCAN_ARRAY);
             if (kind[depth] == '{' && m > (uint64_t)AICFN_SAFETENSORS_MAX_TENSORS + 1)
                 return aicfn_error_set(err, AICFN_E_TOO_LARGE, "%s: a JSON object of more than %u members",
                                        what, AICFN_SAFETENSORS_MAX_TENSORS + 1);
