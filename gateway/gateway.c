@@ -3076,12 +3076,13 @@ int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invok
             if (src != AICFN_OK) free(one);
         }
         if (src != AICFN_OK) {
-            pthread_mutex_lock(&gw->mu);
-            w->callbacks--;
-            pthread_mutex_unlock(&gw->mu);
+            /* The message first: once its callback count is back, w may be freed. */
             char msg[512];
             snprintf(msg, sizeof msg, "function %s:%u: unloading from worker %s: %s", op->fn, op->ver,
                      w->name, e.msg);
+            pthread_mutex_lock(&gw->mu);
+            w->callbacks--;
+            pthread_mutex_unlock(&gw->mu);
             gw_unload_part(op, src, msg);
         }
     }
