@@ -1542,7 +1542,15 @@ static void gw_send_poll(gw_gateway *gw, gw_worker *w) {
         pthread_mutex_lock(&gw->mu);
         w->callbacks--;
         w->poll_pending = false;
-        if (rc == AICFN_E_WORKER_LOST) gw_link_dropped_locked(gw, w, e.msg, &a);
+        if (rc == AICFN_E_WORKER_LOST) {
+            gw_link_dropped_locked(gw, w, e.msg, &a);
+        } else if (w->state == GW_WORKER_STARTING) {
+            /* Only a starting worker's first poll leads it anywhere (gw_poll_done): one that
+             * cannot be sent ends it, or it would stay STARTING with its calls for ever. */
+            log_warn("worker %s: its first status could not be sent (%s): %s", w->name, aicfn_status_name(rc),
+                     e.msg);
+            gw_worker_dead_locked(gw, w, &a);
+        }
         gw_pump_locked(gw, &a);
         pthread_mutex_unlock(&gw->mu);
         gw_process(gw, &a);
