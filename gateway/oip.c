@@ -810,9 +810,19 @@ int oip_response_encode(const char *model, uint32_t version, const oip_request *
                 break;
             }
         }
+        json_t *name = json_string(t->name); /* NULL for a name that is not UTF-8 */
+        if (name == NULL) {
+            rc = aicfn_error_set(err, AICFN_E_UNSUPPORTED,
+                                 "an output's name is not valid UTF-8: it cannot travel as JSON");
+            break;
+        }
         json_t *o = json_object();
-        if (o == NULL || json_array_append_new(outs, o) ||
-            json_object_set_new(o, "name", json_string(t->name)) ||
+        if (o == NULL || json_array_append_new(outs, o)) { /* append_new took o even on failure */
+            json_decref(name);
+            rc = aicfn_error_set(err, AICFN_E_NOMEM, "out of memory encoding output '%s'", t->name);
+            break;
+        }
+        if (json_object_set_new(o, "name", name) ||
             json_object_set_new(o, "datatype", json_string(dtype_name(t->dtype))) ||
             json_object_set_new(o, "shape", oip_shape_json(t->shape, t->ndim))) {
             rc = aicfn_error_set(err, AICFN_E_NOMEM, "out of memory encoding output '%s'", t->name);

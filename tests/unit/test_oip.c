@@ -444,6 +444,10 @@ static void encodes_responses(void **state) {
     wire_tensor bt = {
         .name = "t", .dtype = AICFN_DTYPE_BYTES, .ndim = 1, .shape = {1}, .data = raw, .nbytes = 6};
     assert_int_equal(oip_response_encode("m", 1, NULL, &bt, 1, &b, &e), AICFN_E_UNSUPPORTED);
+    wire_tensor bn = {
+        .name = "\xff\xfe", .dtype = AICFN_DTYPE_UINT8, .ndim = 1, .shape = {1}, .data = raw, .nbytes = 1};
+    assert_int_equal(oip_response_encode("m", 1, NULL, &bn, 1, &b, &e), AICFN_E_UNSUPPORTED);
+    assert_non_null(strstr(e.msg, "UTF-8"));
     bad.nbytes = 3;
     assert_int_equal(oip_response_encode("m", 1, NULL, &bad, 1, &b, &e), AICFN_E_INTERNAL);
 
