@@ -1104,13 +1104,20 @@ def test_calls_never_wait_on_a_registered_worker_that_never_answers(procs, tmp_p
         assert took < 10, (k, took)
 
 
-def test_stuck_worker_is_killed_and_replaced(procs, tmp_path):
-    sleep_so = handler("test_sleep")
-    write_manifest(tmp_path / "stuck", f"name: stuck\nhandler: {sleep_so}\nlimits: {{ timeout: 1s }}\n")
-    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
-    deploy(addr, tmp_path / "stuck")
+def sleep_fn_gateway(procs, tmp_path, name, timeout, workers, extra=()):
+    """A gateway with function `name` (the test_sleep handler: it sleeps params.sleep_ms,
+    one call at a time) deployed and warmed by one call. Returns (addr, gateway, input)."""
+    write_manifest(tmp_path / name,
+                   f"name: {name}\nhandler: {handler('test_sleep')}\nlimits: {{ timeout: {timeout} }}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers=workers, extra=extra)
+    deploy(addr, tmp_path / name)
     x = tensor("x", np.arange(2, dtype=np.float32))
-    assert call(addr, invoke_msg("stuck", [x]), timeout_ms=10000)["ok"]
+    assert call(addr, invoke_msg(name, [x]), timeout_ms=20000)["ok"]
+    return addr, g, x
+
+
+def test_stuck_worker_is_killed_and_replaced(procs, tmp_path):
+    addr, g, x = sleep_fn_gateway(procs, tmp_path, "stuck", "1s", "0..1")
     pid = workers(addr)[0]["pid"]
     t0 = time.monotonic()
     r = call(addr, invoke_msg("stuck", [x], params={"sleep_ms": "30000"}), timeout_ms=30000)
@@ -1132,12 +1139,7 @@ def test_a_busy_worker_is_never_sent_more_calls_than_it_can_receive(procs, tmp_p
     calls wait in the gateway's queue. 90 calls of a serial 40 ms function: the gateway
     never has more than 56 of them on the worker, the others queue, all succeed, and the
     worker is the same process at the end."""
-    sleep_so = handler("test_sleep")
-    write_manifest(tmp_path / "busy", f"name: busy\nhandler: {sleep_so}\nlimits: {{ timeout: 60s }}\n")
-    addr, data, g = start_gateway(procs, tmp_path, workers="1..1")
-    deploy(addr, tmp_path / "busy")
-    x = tensor("x", np.arange(2, dtype=np.float32))
-    assert call(addr, invoke_msg("busy", [x]), timeout_ms=20000)["ok"]
+    addr, g, x = sleep_fn_gateway(procs, tmp_path, "busy", "60s", "1..1")
     pid = workers(addr)[0]["pid"]
     n = 90
     results = [None] * n
@@ -1169,12 +1171,7 @@ def test_front_refuses_invocations_past_its_bound_and_still_answers_status(procs
     held at once (a slow serial function keeps them), the rest of 20 simultaneous ones
     are refused at once with AICFN_E_OVERLOADED instead of waiting in NNG without a
     deadline, and a status request is answered while the 12 are held."""
-    sleep_so = handler("test_sleep")
-    write_manifest(tmp_path / "slow", f"name: slow\nhandler: {sleep_so}\nlimits: {{ timeout: 60s }}\n")
-    addr, data, g = start_gateway(procs, tmp_path, workers="1..1", extra=("--max-requests", "16"))
-    deploy(addr, tmp_path / "slow")
-    x = tensor("x", np.arange(2, dtype=np.float32))
-    assert call(addr, invoke_msg("slow", [x]), timeout_ms=20000)["ok"]
+    addr, g, x = sleep_fn_gateway(procs, tmp_path, "slow", "60s", "1..1", extra=("--max-requests", "16"))
     n = 20
     results, took = [None] * n, [None] * n
     barrier = threading.Barrier(n + 1)
