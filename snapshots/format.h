@@ -20,6 +20,12 @@
 #define SNAP_SEEK_CHECKSUM_FLAG 0x80u
 #define SNAP_SEEK_RESERVED_BITS 0x7Cu
 
+/* The most compressed bytes a data frame of `raw` bytes may take. The writer's zstd
+ * frames (one per run of at least 16 KiB) each stay within ZSTD_compressBound, which adds
+ * raw/256 plus at most 64 bytes a frame; this bound leaves room to spare, and a reader
+ * refuses a seek table past it before sizing any buffer from it. */
+#define SNAP_FRAME_COMP_BOUND(raw) ((uint64_t)(raw) + (uint64_t)(raw) / 64 + 4096)
+
 /* A valid tensor entry needs at least this many msgpack bytes (seven required keys and
  * their shortest values), which bounds the tensor count by the manifest's size. */
 #define SNAP_MIN_TENSOR_ENTRY_BYTES 51

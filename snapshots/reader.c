@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
@@ -254,8 +255,21 @@ static int rd_key_is(const char *k, size_t kl, const char *want) {
     return kl == strlen(want) && !memcmp(k, want, kl);
 }
 
-static int rd_name(const char *s, size_t l, char **out) {
+/* A model or tensor name: 1..AICFN_SNAP_MAX_NAME_BYTES bytes of UTF-8 without NUL (names
+ * travel as JSON: safetensors headers, `snapshot inspect --json`). A tensor may not be
+ * called __metadata__, which safetensors reserves. 0, or -1 bad (*why says how), -2 no
+ * memory. jansson judges the UTF-8 (json_stringn refuses anything else). */
+static int rd_name(const char *s, size_t l, bool tensor, char **out, const char **why) {
+    *why = "empty, longer than the limit or holds NUL";
     if (l == 0 || l > AICFN_SNAP_MAX_NAME_BYTES || memchr(s, 0, l)) return -1;
+    *why = "is __metadata__, which safetensors reserves";
+    if (tensor && l == strlen("__metadata__") && memcmp(s, "__metadata__", l) == 0) return -1;
+    json_t *utf8 = json_stringn(s, l);
+    if (!utf8) {
+        *why = "is not valid UTF-8";
+        return -1;
+    }
+    json_decref(utf8);
     *out = strndup(s, l);
     return *out ? 0 : -2;
 }
@@ -284,11 +298,10 @@ static int rd_tensor(rd_mp *c, uint32_t idx, snap_tensor *t, aicfn_error *err) {
             if (seen & bit)
                 return aicfn_error_set(err, AICFN_E_CORRUPT, "manifest: tensor %u: duplicate key 'name'",
                                        idx);
-            int r = rd_name(s, sl, &t->name);
+            const char *why;
+            int r = rd_name(s, sl, true, &t->name, &why);
             if (r == -2) return aicfn_error_set(err, AICFN_E_NOMEM, "no memory");
-            if (r)
-                return aicfn_error_set(err, AICFN_E_CORRUPT,
-                                       "manifest: tensor %u: name empty, too long or holds NUL", idx);
+            if (r) return aicfn_error_set(err, AICFN_E_CORRUPT, "manifest: tensor %u: name %s", idx, why);
         } else if (rd_key_is(key, kl, "dtype")) {
             bit = 2;
             if (rd_str(c, &s, &sl, err)) return AICFN_E_CORRUPT;
@@ -375,11 +388,10 @@ static int rd_manifest(const unsigned char *p, size_t n, snap_manifest *m, aicfn
             bit = 2;
             if (rd_str(&c, &s, &sl, err)) return AICFN_E_CORRUPT;
             if (m->model_name) return aicfn_error_set(err, AICFN_E_CORRUPT, "manifest: duplicate key 'name'");
-            int r = rd_name(s, sl, &m->model_name);
+            const char *why;
+            int r = rd_name(s, sl, false, &m->model_name, &why);
             if (r == -2) return aicfn_error_set(err, AICFN_E_NOMEM, "no memory");
-            if (r)
-                return aicfn_error_set(err, AICFN_E_CORRUPT,
-                                       "manifest: model name empty, too long or holds NUL");
+            if (r) return aicfn_error_set(err, AICFN_E_CORRUPT, "manifest: model name %s", why);
         } else if (rd_key_is(key, kl, "blob_bytes")) {
             bit = 4;
             if (rd_uint(&c, &m->blob_bytes, err)) return AICFN_E_CORRUPT;
@@ -602,6 +614,14 @@ static int rd_open(snap_reader *r, aicfn_error *err) {
         if (f->comp_size == 0 || f->raw_size == 0 || f->raw_size > m->chunk_bytes) {
             rc = aicfn_error_set(err, AICFN_E_CORRUPT, "seek table: frame %u has sizes %u -> %u (chunk %u)",
                                  i, f->comp_size, f->raw_size, m->chunk_bytes);
+            goto out;
+        }
+        /* Readers size buffers from the largest frame: bounded by the chunk, not the file. */
+        if (f->comp_size > SNAP_FRAME_COMP_BOUND(f->raw_size)) {
+            rc = aicfn_error_set(err, AICFN_E_CORRUPT,
+                                 "seek table: frame %u: %u compressed bytes for %u raw bytes (at most %llu)",
+                                 i, f->comp_size, f->raw_size,
+                                 (unsigned long long)SNAP_FRAME_COMP_BOUND(f->raw_size));
             goto out;
         }
         if (roff % AICFN_SNAP_ALIGN) {

@@ -744,6 +744,31 @@ static void hand_made_hostile(void **state) {
     assert_int_equal(open_verify(path_of("dup.aicsnap"), &e), AICFN_E_CORRUPT);
     assert_non_null(strstr(e.msg, "duplicate tensor name 'd'"));
 
+    /* Names safetensors cannot carry: the reserved __metadata__, bytes that are not UTF-8. */
+    hand_tensor meta = {"__metadata__", 0, 1024, ok.xxh3};
+    hand_snapshot(path_of("metaname.aicsnap"), 1024, &meta, 1, fr, &c, rs, 1);
+    assert_int_equal(open_verify(path_of("metaname.aicsnap"), &e), AICFN_E_CORRUPT);
+    assert_non_null(strstr(e.msg, "tensor 0: name is __metadata__"));
+    hand_tensor latin1 = {"caf\xe9", 0, 1024, ok.xxh3};
+    hand_snapshot(path_of("latin1.aicsnap"), 1024, &latin1, 1, fr, &c, rs, 1);
+    assert_int_equal(open_verify(path_of("latin1.aicsnap"), &e), AICFN_E_CORRUPT);
+    assert_non_null(strstr(e.msg, "tensor 0: name is not valid UTF-8"));
+    hand_tensor utf8 = {"caf\xc3\xa9", 0, 1024, ok.xxh3};
+    hand_snapshot(path_of("utf8.aicsnap"), 1024, &utf8, 1, fr, &c, rs, 1);
+    if (open_verify(path_of("utf8.aicsnap"), &e)) fail_msg("a UTF-8 tensor name: %s", e.msg);
+
+    /* A seek table claiming more compressed bytes than any zstd frame of its raw size can
+     * take (readers size buffers from it): refused at open, whatever the bytes hold. */
+    {
+        static unsigned char big[1024 + 1024 / 64 + 4096 + 1];
+        memcpy(big, comp, c);
+        size_t bc = sizeof big;
+        const unsigned char *bfr[1] = {big};
+        hand_snapshot(path_of("bound.aicsnap"), 1024, &ok, 1, bfr, &bc, rs, 1);
+        assert_int_equal(open_verify(path_of("bound.aicsnap"), &e), AICFN_E_CORRUPT);
+        assert_non_null(strstr(e.msg, "5137 compressed bytes for 1024 raw bytes (at most 5136)"));
+    }
+
     /* Frames that do not tile the blob. */
     hand_snapshot(path_of("tile.aicsnap"), 2048, &ok, 1, fr, &c, rs, 1);
     assert_int_equal(open_verify(path_of("tile.aicsnap"), &e), AICFN_E_CORRUPT);
