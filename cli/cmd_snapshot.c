@@ -13,6 +13,7 @@
 #include "common/tunables.h"
 #include "common/units.h"
 #include "snapshots/filter.h"
+#include "snapshots/format.h"
 #include "snapshots/safetensors.h"
 #include "snapshots/snapshot.h"
 #include "snapshots/unpack.h"
@@ -185,9 +186,14 @@ static int snapcli_shares(const snap_reader *r, double *comp, aicfn_error *err) 
         size_t at = 0;
         uint64_t pos = f->raw_offset;
         while (at < f->comp_size) {
-            size_t fsz = ZSTD_findFrameCompressedSize(buf + at, f->comp_size - at);
-            unsigned long long cs = ZSTD_getFrameContentSize(buf + at, f->comp_size - at);
-            if (ZSTD_isError(fsz) || cs == ZSTD_CONTENTSIZE_ERROR || cs == ZSTD_CONTENTSIZE_UNKNOWN) {
+            /* Only current-format frames reach libzstd's parsers (as in snap_frame_decompress:
+             * the legacy ones are not for hostile bytes). */
+            int current = f->comp_size - at >= 4 && snap_get_le32(buf + at) == ZSTD_MAGICNUMBER;
+            size_t fsz = current ? ZSTD_findFrameCompressedSize(buf + at, f->comp_size - at) : 0;
+            unsigned long long cs =
+                current ? ZSTD_getFrameContentSize(buf + at, f->comp_size - at) : ZSTD_CONTENTSIZE_ERROR;
+            if (!current || ZSTD_isError(fsz) || cs == ZSTD_CONTENTSIZE_ERROR ||
+                cs == ZSTD_CONTENTSIZE_UNKNOWN) {
                 cs = f->raw_offset + f->raw_size - pos; /* not ours: spread the rest evenly */
                 fsz = f->comp_size - at;
             }
