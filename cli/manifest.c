@@ -422,7 +422,9 @@ static int man_model_entry(man_ctx *c, cli_manifest *m, const man_node *v, const
     struct dirent *e;
     while (!rc && (e = readdir(d)) != NULL) {
         size_t n = strlen(e->d_name);
-        if (n <= 12 || strcmp(e->d_name + n - 12, ".safetensors") != 0) continue;
+        /* Hidden files are never weights (macOS writes '._NAME' AppleDouble files beside
+         * the real ones when copying to other filesystems). */
+        if (e->d_name[0] == '.' || n <= 12 || strcmp(e->d_name + n - 12, ".safetensors") != 0) continue;
         char *f = man_join(path, e->d_name);
         if (!f)
             rc = aicfn_error_set(c->err, AICFN_E_NOMEM, "%s: out of memory", c->file);

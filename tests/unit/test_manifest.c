@@ -193,6 +193,12 @@ static void load_resolves_and_checks_files(void **state) {
     write_file(p, "x");
     snprintf(p, sizeof p, "%s/weights/readme.txt", dir);
     write_file(p, "x");
+    /* Hidden files are not weights: macOS's AppleDouble '._a.safetensors', an editor's
+     * '.b.safetensors' (and the directory form skips them). */
+    snprintf(p, sizeof p, "%s/weights/._a.safetensors", dir);
+    write_file(p, "x");
+    snprintf(p, sizeof p, "%s/weights/.b.safetensors", dir);
+    write_file(p, "x");
     snprintf(y, sizeof y, "%s/aicfn.yaml", dir);
     write_file(y, "name: mlp\nhandler: mlp.c\nmodel: weights\n");
     cli_manifest *m = NULL;
