@@ -491,6 +491,17 @@ static gw_crash *gw_crash_slot(gw_fn *f, uint64_t hash, bool create, uint64_t no
     return victim;
 }
 
+/* The crash record refusing request `hash` of f at `now` (it crashed its worker twice and
+ * its back-off runs), or NULL when the request may run (lock held). */
+static const gw_crash *gw_crash_refusing(gw_fn *f, uint64_t hash, uint64_t now) {
+    if (f->n_crash_records == 0) return NULL;
+    const gw_crash *cr = gw_crash_slot(f, hash, false, now);
+    return cr && cr->until_us > now ? cr : NULL;
+}
+
+/* The refusal's message: printf arguments f->name, f->ver, cr->crashes, ms left. */
+#define GW_CRASH_REFUSAL "function %s:%u: this request crashed its worker %u times; refused for %llu ms more"
+
 /* Empties a crash record. */
 static void gw_crash_forget(gw_fn *f, gw_crash *cr) {
     if (cr->crashes) f->n_crash_records--;
@@ -747,6 +758,15 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
         if (now >= c->deadline_us) {
             c->worker = NULL;
             gw_fail_deadline_locked(a, c);
+            return;
+        }
+        /* A copy that waited (queued, or for a worker to start) while its request crashed
+         * workers twice is refused like one arriving now, not run a third time. */
+        const gw_crash *cr = c->preload ? NULL : gw_crash_refusing(c->fn, c->hash, now);
+        if (cr) {
+            c->worker = NULL;
+            gw_fail_locked(a, c, AICFN_E_UNAVAILABLE, GW_CRASH_REFUSAL, c->fn->name, c->fn->ver, cr->crashes,
+                           (unsigned long long)((cr->until_us - now) / 1000));
             return;
         }
         gw_patch_deadline(c, now);
@@ -1888,15 +1908,13 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
         gw_call_free(c);
         return aicfn_error_set(err, AICFN_E_UNAVAILABLE, "the gateway is stopping");
     }
-    gw_crash *cr = gw_crash_slot(f, c->hash, false, now);
-    if (cr && cr->until_us > now) {
-        uint64_t left = (cr->until_us - now) / 1000;
+    const gw_crash *cr = gw_crash_refusing(f, c->hash, now);
+    if (cr) {
+        uint32_t crashes = cr->crashes;
+        unsigned long long left = (cr->until_us - now) / 1000;
         pthread_mutex_unlock(&gw->mu);
         gw_call_free(c);
-        return aicfn_error_set(
-            err, AICFN_E_UNAVAILABLE,
-            "function %s:%u: this request crashed its worker %u times; refused for %llu ms more", f->name,
-            f->ver, cr->crashes, (unsigned long long)left);
+        return aicfn_error_set(err, AICFN_E_UNAVAILABLE, GW_CRASH_REFUSAL, f->name, f->ver, crashes, left);
     }
     if (f->q_len >= AICFN_DEFAULT_QUEUE_PER_FUNCTION) {
         uint32_t q = f->q_len;

@@ -983,6 +983,43 @@ def test_crash_twice_backs_off_that_request_only(procs, tmp_path):
     assert r["ok"]
 
 
+def test_copy_that_waited_while_its_request_crashed_twice_is_refused(procs, tmp_path):
+    """The crash back-off also holds for copies of the request that were already waiting
+    when it began: a copy queued behind a full worker while another copy crashes it a
+    second time is refused (AICFN_E_UNAVAILABLE) when its turn comes, not run a third time.
+    56 calls of a slow serial function fill the only worker; copies A and B of a request
+    that crashed once queue behind them; A goes first when a slot frees and crashes the
+    worker; B waits for the replacement and is refused there."""
+    addr, g, x = sleep_fn_gateway(procs, tmp_path, "busy", "60s", "1..1")
+    deploy(addr, write_manifest(tmp_path / "crashy", f"name: crashy\nhandler: {handler('test_crash')}\n"))
+    crash = invoke_msg("crashy", [x], params={"crash": "1"})
+    r = call(addr, crash, timeout_ms=30000)
+    assert not r["ok"] and r["error"]["code"] == E_WORKER_LOST, r
+    wait_for(lambda: [w["state"] for w in workers(addr)] == ["ready"], 20, interval=0.05,
+             what="the replacement worker")
+    results = {}
+
+    def one(key, msg):
+        results[key] = call(addr, msg, timeout_ms=60000)
+
+    fill = [threading.Thread(target=one, args=(i, invoke_msg("busy", [x], params={"sleep_ms": "2000"})))
+            for i in range(56)]
+    for t in fill:
+        t.start()
+    wait_for(lambda: gateway_status(addr)["in_flight"] >= 56, 10, interval=0.02, what="56 calls on the worker")
+    copies = []
+    for key in ("A", "B"):
+        copies.append(threading.Thread(target=one, args=(key, dict(crash, id=next_id()))))
+        copies[-1].start()
+        wait_for(lambda: gateway_status(addr)["queued"] >= len(copies), 5, interval=0.01, what=f"copy {key} queued")
+    for t in fill + copies:
+        t.join(timeout=60)
+    assert not results["A"]["ok"] and results["A"]["error"]["code"] == E_WORKER_LOST, results["A"]
+    assert not results["B"]["ok"] and results["B"]["error"]["code"] == 10, results["B"]
+    assert "crashed its worker 2 times" in results["B"]["error"]["message"], results["B"]
+    assert g.stderr().count("the handler of crashy:1 crashed it") == 2
+
+
 def test_crash_is_charged_to_the_faulting_call_alone(procs, tmp_path):
     """A handler that aborts names, through its worker's fault note, the call it ran: the
     crash is charged to that request alone. A call of another function in flight on the
