@@ -2804,8 +2804,8 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
     if (rate_per_s == 0 && quota_per_day == 0 && (tenant == NULL || gw->insecure_local)) return AICFN_OK;
     aicfn_error local;
     if (!err) err = &local;
-    int rc = gw_limits_check(gw->limits, tenant ? tenant : "", rate_per_s, quota_per_day, clock_wall_us(),
-                             retry_after_s, err);
+    int rc = gw_limits_check(gw->limits, tenant ? tenant : "", rate_per_s, quota_per_day, clock_now_us(),
+                             clock_wall_us(), retry_after_s, err);
     if (rc != AICFN_OK) gw_record_refused(gw, req, tenant, rc);
     return rc;
 }

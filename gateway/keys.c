@@ -320,7 +320,7 @@ static lim_entry *lim_get(gw_limits *l, const char *tenant) {
 }
 
 int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
-                    uint64_t now_us, uint32_t *retry_after_s, aicfn_error *err) {
+                    uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err) {
     *retry_after_s = 0;
     pthread_mutex_lock(&l->mu);
     lim_entry *e = lim_get(l, tenant);
@@ -333,10 +333,10 @@ int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint6
     uint64_t cap = (uint64_t)rate_per_s * LIM_TOKEN;
     if (rate_per_s && e->fresh) {
         e->micro_tokens = cap;
-        e->last_us = now_us;
+        e->last_us = mono_us;
         e->fresh = false;
-    } else if (rate_per_s && now_us > e->last_us) {
-        uint64_t elapsed = now_us - e->last_us;
+    } else if (rate_per_s && mono_us > e->last_us) {
+        uint64_t elapsed = mono_us - e->last_us;
         /* elapsed µs × rate tokens/s = elapsed × rate micro-tokens; saturate at the cap.
          * A second refills the whole bucket, which also keeps the product in range. */
         if (elapsed < LIM_TOKEN) {
@@ -345,17 +345,18 @@ int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint6
         } else {
             e->micro_tokens = cap;
         }
-        e->last_us = now_us;
+        e->last_us = mono_us;
     }
     if (rate_per_s && e->micro_tokens > cap) e->micro_tokens = cap; /* the rate was lowered */
-    uint64_t day = now_us / KEY_US_PER_DAY;
-    if (day != e->day) {
+    uint64_t day = wall_us / KEY_US_PER_DAY;
+    if (day > e->day) {
         e->day = day;
         e->used = 0;
     }
     int rc = AICFN_OK;
     if (quota_per_day && e->used >= quota_per_day) {
-        uint64_t left_us = (day + 1) * KEY_US_PER_DAY - now_us;
+        uint64_t next_day_us = (e->day + 1) * KEY_US_PER_DAY;
+        uint64_t left_us = next_day_us > wall_us ? next_day_us - wall_us : 0;
         uint64_t s = (left_us + 999999) / 1000000;
         *retry_after_s = (uint32_t)(s ? s : 1);
         rc = aicfn_error_set(err, AICFN_E_QUOTA,

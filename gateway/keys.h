@@ -96,15 +96,19 @@ typedef struct gw_limits gw_limits;
 int gw_limits_create(gw_limits **out, aicfn_error *err);
 void gw_limits_destroy(gw_limits *l); /* NULL accepted */
 
-/* Admits one call of `tenant` at wall time now_us (µs since the epoch):
- *  - daily quota: at most quota_per_day admitted calls per UTC day (0 = unlimited);
+/* Admits one call of `tenant` at monotonic time mono_us (clock_now_us) and wall time
+ * wall_us (µs since the epoch):
+ *  - daily quota: at most quota_per_day admitted calls per UTC day of wall_us (0 =
+ *    unlimited); the day only moves forward, so a wall clock stepping back across
+ *    midnight does not grant a second day;
  *  - rate: a token bucket of capacity max(rate_per_s, 1), refilled at rate_per_s tokens
- *    per second (0 = unlimited); each call takes one token.
+ *    per second of mono_us (0 = unlimited), so wall clock steps neither stall nor
+ *    speed it; each call takes one token.
  * AICFN_OK (the call is counted), or AICFN_E_QUOTA with *retry_after_s (>= 1) set to the
  * seconds until a token is back (rate) or until the next UTC midnight (quota), and a
- * message naming the tenant and which limit. A clock stepping back refills nothing. */
+ * message naming the tenant and which limit. */
 int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
-                    uint64_t now_us, uint32_t *retry_after_s, aicfn_error *err);
+                    uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err);
 
 /* Sets tenant's count of calls already admitted on the UTC day of now_us (seeding from
  * the ledger at start, so a restart does not reset quotas). */

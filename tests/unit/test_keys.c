@@ -199,55 +199,67 @@ static void token_bucket_and_quota(void **state) {
     uint64_t t0 = 20000 * day + 1000; /* just after a UTC midnight */
     /* Rate 5/s: a burst of 5, the 6th refused with retry-after 1 s. */
     for (int i = 0; i < 5; i++)
-        assert_int_equal(gw_limits_check(l, "a", 5, 0, t0, &retry, &err), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "a", 5, 0, t0, &retry, &err), AICFN_E_QUOTA);
+        assert_int_equal(gw_limits_check(l, "a", 5, 0, t0, t0, &retry, &err), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "a", 5, 0, t0, t0, &retry, &err), AICFN_E_QUOTA);
     assert_int_equal(retry, 1);
     assert_non_null(strstr(err.msg, "rate"));
     /* Another tenant is independent. */
-    assert_int_equal(gw_limits_check(l, "b", 5, 0, t0, &retry, &err), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "b", 5, 0, t0, t0, &retry, &err), AICFN_OK);
     /* 200 ms later one token is back, not two. */
-    assert_int_equal(gw_limits_check(l, "a", 5, 0, t0 + 200000, &retry, &err), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "a", 5, 0, t0 + 200000, &retry, &err), AICFN_E_QUOTA);
-    /* A clock stepping back refills nothing. */
-    assert_int_equal(gw_limits_check(l, "a", 5, 0, t0 - 5000000, &retry, &err), AICFN_E_QUOTA);
+    assert_int_equal(gw_limits_check(l, "a", 5, 0, t0 + 200000, t0 + 200000, &retry, &err), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "a", 5, 0, t0 + 200000, t0 + 200000, &retry, &err), AICFN_E_QUOTA);
+    /* The bucket runs on the monotonic clock: a wall clock stepping back an hour neither
+     * stalls it (a token is back 200 ms later) nor refills it. */
+    assert_int_equal(gw_limits_check(l, "a", 5, 0, t0 + 200000, t0 - 3600000000ull, &retry, &err),
+                     AICFN_E_QUOTA);
+    assert_int_equal(gw_limits_check(l, "a", 5, 0, t0 + 400000, t0 - 3600000000ull, &retry, &err), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "a", 5, 0, t0 + 400000, t0 - 3600000000ull, &retry, &err),
+                     AICFN_E_QUOTA);
     /* Long idle: refilled to the burst, not beyond. */
     int ok = 0;
     for (int i = 0; i < 20; i++)
-        ok += gw_limits_check(l, "a", 5, 0, t0 + 100 * 1000000ull, &retry, NULL) == 0;
+        ok += gw_limits_check(l, "a", 5, 0, t0 + 100 * 1000000ull, t0 + 100 * 1000000ull, &retry, NULL) == 0;
     assert_int_equal(ok, 5);
     /* Rate 0 = unlimited. */
     for (int i = 0; i < 1000; i++)
-        assert_int_equal(gw_limits_check(l, "u", 0, 0, t0, &retry, NULL), AICFN_OK);
+        assert_int_equal(gw_limits_check(l, "u", 0, 0, t0, t0, &retry, NULL), AICFN_OK);
     /* ... and a call through such a key of a tenant whose other key is rated neither
      * drains nor refills that key's bucket: the burst of 5 is still there. */
-    assert_int_equal(gw_limits_check(l, "m", 5, 0, t0, &retry, NULL), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "m", 0, 0, t0, &retry, NULL), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "m", 5, 0, t0, t0, &retry, NULL), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "m", 0, 0, t0, t0, &retry, NULL), AICFN_OK);
     ok = 0;
     for (int i = 0; i < 10; i++)
-        ok += gw_limits_check(l, "m", 5, 0, t0, &retry, NULL) == 0;
+        ok += gw_limits_check(l, "m", 5, 0, t0, t0, &retry, NULL) == 0;
     assert_int_equal(ok, 4);
     /* Drained; an unlimited call 200 ms later does not take the token refilled since. */
-    assert_int_equal(gw_limits_check(l, "m", 0, 0, t0 + 200000, &retry, NULL), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "m", 5, 0, t0 + 200000, &retry, NULL), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "m", 5, 0, t0 + 200000, &retry, NULL), AICFN_E_QUOTA);
+    assert_int_equal(gw_limits_check(l, "m", 0, 0, t0 + 200000, t0 + 200000, &retry, NULL), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "m", 5, 0, t0 + 200000, t0 + 200000, &retry, NULL), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "m", 5, 0, t0 + 200000, t0 + 200000, &retry, NULL), AICFN_E_QUOTA);
 
     /* Quota 3/day: the 4th call is refused until midnight. */
     for (int i = 0; i < 3; i++)
-        assert_int_equal(gw_limits_check(l, "q", 0, 3, t0, &retry, &err), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "q", 0, 3, t0 + 1000000, &retry, &err), AICFN_E_QUOTA);
+        assert_int_equal(gw_limits_check(l, "q", 0, 3, t0, t0, &retry, &err), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "q", 0, 3, t0 + 1000000, t0 + 1000000, &retry, &err), AICFN_E_QUOTA);
     assert_non_null(strstr(err.msg, "daily quota"));
     uint64_t left_s = (day - 1000 - 1000000 + 999999) / 1000000;
     assert_int_equal(retry, left_s);
-    assert_int_equal(gw_limits_check(l, "q", 0, 3, t0 + day, &retry, &err), AICFN_OK); /* next day */
+    assert_int_equal(gw_limits_check(l, "q", 0, 3, t0 + day, t0 + day, &retry, &err),
+                     AICFN_OK); /* next day */
+    /* The day only moves forward: a wall clock stepping back to yesterday grants no
+     * second quota (2 calls left today, then refused until the coming midnight). */
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(gw_limits_check(l, "q", 0, 3, t0 + day, t0 + day - 2000, &retry, &err), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "q", 0, 3, t0 + day, t0 + day - 2000, &retry, &err), AICFN_E_QUOTA);
+    assert_int_equal(retry, (day + 1000 + 999999) / 1000000);
     /* A refused call (rate) does not use quota. */
     for (int i = 0; i < 2; i++)
-        assert_int_equal(gw_limits_check(l, "r", 1, 2, t0, &retry, NULL), i ? AICFN_E_QUOTA : 0);
-    assert_int_equal(gw_limits_check(l, "r", 1, 2, t0 + 1000000, &retry, NULL), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "r", 1, 2, t0 + 3000000, &retry, NULL), AICFN_E_QUOTA);
+        assert_int_equal(gw_limits_check(l, "r", 1, 2, t0, t0, &retry, NULL), i ? AICFN_E_QUOTA : 0);
+    assert_int_equal(gw_limits_check(l, "r", 1, 2, t0 + 1000000, t0 + 1000000, &retry, NULL), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "r", 1, 2, t0 + 3000000, t0 + 3000000, &retry, NULL), AICFN_E_QUOTA);
     /* Seeding. */
     gw_limits_seed(l, "s", 10, t0);
-    assert_int_equal(gw_limits_check(l, "s", 0, 10, t0, &retry, NULL), AICFN_E_QUOTA);
-    assert_int_equal(gw_limits_check(l, "s", 0, 11, t0, &retry, NULL), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "s", 0, 10, t0, t0, &retry, NULL), AICFN_E_QUOTA);
+    assert_int_equal(gw_limits_check(l, "s", 0, 11, t0, t0, &retry, NULL), AICFN_OK);
     gw_limits_destroy(l);
     gw_limits_destroy(NULL);
 }
@@ -274,8 +286,8 @@ static void quota_seeded_from_ledger(void **state) {
     assert_int_equal(gw_limits_seed_from_ledger(l, f->db, now, NULL), AICFN_OK);
     uint32_t retry;
     /* 5 calls today already: quota 6 admits one more. */
-    assert_int_equal(gw_limits_check(l, "t", 0, 6, now, &retry, NULL), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "t", 0, 6, now, &retry, NULL), AICFN_E_QUOTA);
+    assert_int_equal(gw_limits_check(l, "t", 0, 6, now, now, &retry, NULL), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "t", 0, 6, now, now, &retry, NULL), AICFN_E_QUOTA);
     gw_limits_destroy(l);
 }
 
