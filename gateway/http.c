@@ -572,6 +572,9 @@ static bool ht_start_async(gw_http_call *r) {
             if (rc == AICFN_OK) {
                 size_t ni = mi->n_inputs < AICFN_MAX_TENSORS ? mi->n_inputs : AICFN_MAX_TENSORS;
                 rc = oip_request_check(&r->req, mi->inputs, ni, &err);
+                /* The call runs the version its inputs were checked against, even if a
+                 * deploy or activate changes the active one in between. */
+                if (rc == AICFN_OK && mi->version) r->version = mi->version;
             }
             free(mi);
             if (rc) {
