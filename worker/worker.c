@@ -349,6 +349,18 @@ static void worker_req_free(worker_req *r) {
     free(r);
 }
 
+/* Frees r, answered, and takes it out of flight (the worker's and its function's counts). */
+static void worker_req_done(worker_req *r) {
+    worker *w = r->w;
+    worker_fn *fn = r->fn;
+    worker_req_free(r);
+    pthread_mutex_lock(&w->mu);
+    int wake = --w->inflight == 0;
+    if (fn && atomic_fetch_sub(&fn->inflight, 1) == 1) wake = 1; /* a removal may wait for it */
+    if (wake) pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
 /* Encodes and sends the reply of an accepted invocation, then frees it and counts it
  * out of the in-flight total. `code` != OK overrides the response. */
 static void worker_finish(worker_req *r, int code, const char *msg, const worker_exec_info *ex) {
@@ -440,13 +452,7 @@ static void worker_finish(worker_req *r, int code, const char *msg, const worker
     if (code != AICFN_OK) atomic_fetch_add(&w->n_errors, 1);
     worker_out_send(r->out, &wr);
     wire_writer_fini(&wr);
-    worker_fn *fn = r->fn;
-    worker_req_free(r);
-    pthread_mutex_lock(&w->mu);
-    int wake = --w->inflight == 0;
-    if (fn && atomic_fetch_sub(&fn->inflight, 1) == 1) wake = 1; /* a removal may wait for it */
-    if (wake) pthread_cond_broadcast(&w->cv);
-    pthread_mutex_unlock(&w->mu);
+    worker_req_done(r);
 }
 
 /* ---- the executor ---- */
@@ -1135,6 +1141,23 @@ static void worker_out_refuse(worker *w, worker_out out, uint64_t id, const char
     wire_writer_fini(&wr);
 }
 
+/* Answers r, counted in flight but never run, as worker_out_refuse does, and takes it out
+ * of flight like worker_finish: for a call whose function could not be registered because
+ * the worker began draining while the call waited (for its handler's download). */
+static void worker_finish_not_run(worker_req *r, const char *msg) {
+    worker_out_refuse(r->w, r->out, r->id, msg);
+    worker_req_done(r);
+}
+
+/* Answers r after worker_add_from_spec failed: a refusal because the worker drains is
+ * marked not_run (the gateway sends the call elsewhere); any other failure is the call's. */
+static void worker_finish_spec_failed(worker_req *r, int rc, const char *msg) {
+    if (rc == AICFN_E_UNAVAILABLE) /* worker_add_function: only when draining */
+        worker_finish_not_run(r, msg);
+    else
+        worker_finish(r, rc, msg, NULL);
+}
+
 /* ---- preload / unload (the gateway's repository load and unload) ----
  * {t:"preload", id, model, snapshot, deadline_ms?, keep?}: makes model `model` resident
  * from the snapshot at the absolute path `snapshot` (no handler call), on its own thread
@@ -1422,9 +1445,10 @@ static void *worker_park_main(void *arg) {
     else
         log_info("function %s v%u: handler %s ready after %llu ms", r->req.fn, r->req.ver, handler,
                  (unsigned long long)((clock_now_us() - t0) / 1000));
-    if (rc == AICFN_OK) rc = worker_add_from_spec(w, &r->req, handler, &err);
     if (rc != AICFN_OK)
         worker_finish(r, rc, err.msg, NULL);
+    else if ((rc = worker_add_from_spec(w, &r->req, handler, &err)) != AICFN_OK)
+        worker_finish_spec_failed(r, rc, err.msg);
     else
         worker_dispatch(r);
     pthread_mutex_lock(&w->mu);
@@ -1551,7 +1575,7 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
         }
         rc = worker_add_from_spec(w, &r->req, r->req.spec.handler, &err);
         if (rc != AICFN_OK) {
-            worker_finish(r, rc, err.msg, NULL);
+            worker_finish_spec_failed(r, rc, err.msg);
             return;
         }
     }
