@@ -532,6 +532,18 @@ static void worker_model_wait_free(worker_model_wait *mw) {
     free(mw);
 }
 
+/* Keeps the record of a load that no reply carries for the next status reply (lock held;
+ * at most AICFN_WORKER_UNREPORTED_LOADS, the oldest dropped). */
+static void worker_unreported_add_locked(worker *w, const worker_unreported_load *un) {
+    if (w->n_unreported == AICFN_WORKER_UNREPORTED_LOADS) { /* nobody asked for a status since */
+        log_warn("worker %s: dropping the record of an unreported load of %s:%u (more than %d)", w->id,
+                 w->unreported[0].fn, w->unreported[0].ver, AICFN_WORKER_UNREPORTED_LOADS);
+        memmove(&w->unreported[0], &w->unreported[1], (w->n_unreported - 1) * sizeof w->unreported[0]);
+        w->n_unreported--;
+    }
+    w->unreported[w->n_unreported++] = *un;
+}
+
 static void *worker_model_wait_main(void *arg) {
     pthread_setname_np(pthread_self(), "aicfn:modelwait");
     worker_model_wait *mw = arg;
@@ -562,15 +574,7 @@ static void *worker_model_wait_main(void *arg) {
     }
     if (report) atomic_fetch_add(&w->n_cold, 1);
     pthread_mutex_lock(&w->mu);
-    if (report) {
-        if (w->n_unreported == AICFN_WORKER_UNREPORTED_LOADS) { /* nobody asked for a status since */
-            log_warn("worker %s: dropping the record of an unreported load of %s:%u (more than %d)", w->id,
-                     w->unreported[0].fn, w->unreported[0].ver, AICFN_WORKER_UNREPORTED_LOADS);
-            memmove(&w->unreported[0], &w->unreported[1], (w->n_unreported - 1) * sizeof w->unreported[0]);
-            w->n_unreported--;
-        }
-        w->unreported[w->n_unreported++] = un;
-    }
+    if (report) worker_unreported_add_locked(w, &un);
     if (--w->inflight == 0) pthread_cond_broadcast(&w->cv);
     if (--w->loaders == 0) pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu); /* the last touch of w */
@@ -699,6 +703,15 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
             atomic_fetch_add(&w->n_cold, 1);
             ex.acq = &acq;
             ex.attach_coldstart = !acq.joined;
+        }
+        if (n == 0 && ex.attach_coldstart) {
+            /* Every call gave up while the load finished (its thread saw them still
+             * waiting): no reply carries the load, so the next status does. */
+            worker_unreported_load un = {.acq = acq, .ver = fn->version};
+            snprintf(un.fn, sizeof un.fn, "%s", fn->name);
+            pthread_mutex_lock(&w->mu);
+            worker_unreported_add_locked(w, &un);
+            pthread_mutex_unlock(&w->mu);
         }
         worker_model *wm = loader_cache_entry_model(entry);
         model = &wm->view;
