@@ -1308,7 +1308,9 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
     p->call = call;
     p->id = h->id;
     p->received_us = rpc_call_received_us(call);
-    p->deadline_us = clock_now_us() + (uint64_t)(deadline_ms ? deadline_ms : AICFN_DEFAULT_TIMEOUT_MS) * 1000;
+    /* At most a function's longest timeout: a drain waits for this reply. */
+    uint64_t budget_us = (uint64_t)(deadline_ms ? deadline_ms : AICFN_DEFAULT_TIMEOUT_MS) * 1000;
+    p->deadline_us = clock_now_us() + (budget_us < AICFN_MAX_TIMEOUT_US ? budget_us : AICFN_MAX_TIMEOUT_US);
     p->keep = keep;
     snprintf(p->key, sizeof p->key, "%s", key);
     snprintf(p->path, sizeof p->path, "%s", path);
@@ -1400,6 +1402,7 @@ static int worker_fetch_handler_by_deadline(worker_req *r, char *local, size_t c
         (uint64_t)(r->req.spec.timeout_ms ? r->req.spec.timeout_ms : AICFN_DEFAULT_TIMEOUT_MS) * 1000;
     if (r->req.deadline_ms && (uint64_t)r->req.deadline_ms * 1000 < budget)
         budget = (uint64_t)r->req.deadline_ms * 1000;
+    if (budget > AICFN_MAX_TIMEOUT_US) budget = AICFN_MAX_TIMEOUT_US; /* the spec is checked later */
     uint64_t deadline = r->received_us + budget;
     worker_handler_wait *hw = calloc(1, sizeof *hw);
     char *path = strdup(r->req.spec.handler);
