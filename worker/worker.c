@@ -53,10 +53,11 @@ typedef struct worker_fn {
     atomic_uint_fast64_t exec_ewma_us; /* recent handler time per batch (1/8 weight); 0: none yet */
     /* Executor-thread state (never touched concurrently). */
     worker_instance *inst;
-    uint64_t inst_generation; /* the model generation inst was made for; 0 without a model */
-    aicfn_request *areqs;     /* max_batch */
-    aicfn_response **resps;   /* max_batch */
-    uint64_t *call_ids;       /* max_batch: the calls a handler call serves (faultnote.h) */
+    uint64_t inst_generation;              /* the model generation inst was made for; 0 without a model */
+    struct worker_init_wait *init_pending; /* an init still running, or done and not adopted */
+    aicfn_request *areqs;                  /* max_batch */
+    aicfn_response **resps;                /* max_batch */
+    uint64_t *call_ids;                    /* max_batch: the calls a handler call serves (faultnote.h) */
 } worker_fn;
 
 /* A load no reply carried (worker_model_wait abandoned by its calls), kept for the next
@@ -659,6 +660,186 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
     return rc;
 }
 
+/* A handler's init running on its own thread, so that the calls waiting for it are
+ * answered at their deadlines, as those waiting for the model are: an init (a warm-up
+ * that builds engines or graphs, say) may outlast a call's timeout, and calls held past
+ * it would make the gateway end the worker as stuck. The executor adopts the instance;
+ * an init whose calls all gave up stays in fn->init_pending for the next batch. Until
+ * it ends it counts as in flight (the worker's and the function's: a drain or a removal
+ * waits for it) and holds its own pin on the model. */
+typedef struct worker_init_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    worker_fn *fn;
+    loader_cache_entry *entry; /* the init's pin; NULL without a model */
+    const aicfn_model *model;
+    uint64_t generation;
+    uint64_t *ids; /* the calls that started it, for the fault note */
+    uint32_t n_ids;
+    bool done; /* under mu; the rest below is the thread's until then */
+    int rc;
+    worker_instance *inst;
+    aicfn_error err;
+    uint64_t init_us;
+} worker_init_wait;
+
+static void worker_init_wait_free(worker_init_wait *iw) {
+    if (iw == NULL) return;
+    pthread_mutex_destroy(&iw->mu);
+    pthread_cond_destroy(&iw->cv);
+    free(iw->ids);
+    free(iw);
+}
+
+static void *worker_init_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:init");
+    worker_init_wait *iw = arg;
+    worker_fn *fn = iw->fn;
+    worker *w = fn->w;
+    aicfn_fn_config cfg = {.function = fn->name,
+                           .version = fn->version,
+                           .max_batch = fn->max_batch,
+                           .n_params = fn->n_params,
+                           .params = fn->params};
+    worker_instance *inst = NULL;
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    uint64_t t0 = clock_now_us();
+    worker_fault_note_enter(fn->name, fn->version, iw->ids, iw->n_ids);
+    int rc = worker_instance_create(fn->handler, iw->model, &cfg, &inst, &err);
+    worker_fault_note_leave();
+    uint64_t took = clock_now_us() - t0;
+    if (iw->entry) loader_cache_release(w->cache, iw->entry);
+    pthread_mutex_lock(&iw->mu);
+    iw->entry = NULL;
+    iw->rc = rc;
+    iw->inst = rc == AICFN_OK ? inst : NULL;
+    iw->err = err;
+    iw->init_us = took;
+    iw->done = true;
+    pthread_cond_signal(&iw->cv);
+    pthread_mutex_unlock(&iw->mu); /* the executor may free iw from here on */
+    pthread_mutex_lock(&w->mu);
+    int wake = --w->inflight == 0;
+    if (--w->loaders == 0) wake = 1;
+    if (atomic_fetch_sub(&fn->inflight, 1) == 1) wake = 1;
+    if (wake) pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu); /* the last touch of w and fn */
+    return NULL;
+}
+
+/* Starts an init of fn's handler for `model` (generation `generation`; entry pinned by
+ * the caller, NULL without a model) on its own thread, named by items[0..k) in the
+ * fault note, as fn->init_pending. AICFN_E_NOMEM or AICFN_E_INTERNAL when it cannot. */
+static int worker_init_start(worker_fn *fn, worker_batch_item **items, uint32_t k, loader_cache_entry *entry,
+                             const aicfn_model *model, uint64_t generation, aicfn_error *err) {
+    worker *w = fn->w;
+    worker_init_wait *iw = calloc(1, sizeof *iw);
+    if (iw == NULL || (iw->ids = malloc(k * sizeof *iw->ids)) == NULL) {
+        free(iw);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "function %s: out of memory starting init", fn->name);
+    }
+    pthread_mutex_init(&iw->mu, NULL);
+    clock_cond_init(&iw->cv);
+    iw->fn = fn;
+    iw->model = model;
+    iw->generation = generation;
+    for (uint32_t i = 0; i < k; i++)
+        iw->ids[i] = ((worker_req *)items[i])->id;
+    iw->n_ids = k;
+    /* Its own pin: the executor releases its pin after this batch, the init may not be
+     * done by then. The model is pinned by the caller, so this cannot fail but by a bug. */
+    if (entry && loader_cache_acquire_ready(w->cache, fn->model_key, &iw->entry) != AICFN_OK) {
+        worker_init_wait_free(iw);
+        return aicfn_error_set(err, AICFN_E_INTERNAL, "function %s: model %s not resident for init", fn->name,
+                               fn->model_key);
+    }
+    pthread_mutex_lock(&w->mu);
+    w->inflight++;
+    w->loaders++;
+    atomic_fetch_add(&fn->inflight, 1);
+    pthread_mutex_unlock(&w->mu);
+    if (worker_start_detached(worker_init_main, iw) != 0) {
+        if (iw->entry) loader_cache_release(w->cache, iw->entry);
+        pthread_mutex_lock(&w->mu);
+        int wake = --w->inflight == 0;
+        if (--w->loaders == 0) wake = 1;
+        if (atomic_fetch_sub(&fn->inflight, 1) == 1) wake = 1;
+        if (wake) pthread_cond_broadcast(&w->cv);
+        pthread_mutex_unlock(&w->mu);
+        worker_init_wait_free(iw);
+        return aicfn_error_set(err, AICFN_E_INTERNAL, "function %s: cannot start a thread for init",
+                               fn->name);
+    }
+    fn->init_pending = iw;
+    return AICFN_OK;
+}
+
+/* Waits for fn->init_pending to end while items[0..*k) wait for it, answering each whose
+ * deadline passes (*k shrinks). true when it ended; false when no call is left. */
+static bool worker_init_wait_for(worker_fn *fn, worker_batch_item **items, uint32_t *k,
+                                 worker_exec_info *ex) {
+    worker_init_wait *iw = fn->init_pending;
+    pthread_mutex_lock(&iw->mu);
+    while (!iw->done) {
+        uint64_t first = worker_items_earliest(items, *k);
+        if (first == 0) {
+            pthread_cond_wait(&iw->cv, &iw->mu);
+            continue;
+        }
+        if (clock_now_us() < first) {
+            struct timespec ts;
+            clock_deadline_to_timespec(first, &ts);
+            pthread_cond_timedwait(&iw->cv, &iw->mu, &ts);
+            continue;
+        }
+        pthread_mutex_unlock(&iw->mu);
+        *k = worker_drop_expired(fn, items, *k, "the handler's init ran", ex);
+        pthread_mutex_lock(&iw->mu);
+        if (*k == 0 && !iw->done) break;
+    }
+    bool done = iw->done;
+    pthread_mutex_unlock(&iw->mu);
+    return done;
+}
+
+/* Makes fn->inst an instance for `model` (generation `generation`, entry pinned; NULL and
+ * 0 without a model) for the calls items[0..*k), whose deadlines bound the wait: those
+ * that pass are answered (*k shrinks; with *k == 0 the init goes on for a later batch).
+ * An init left by an earlier batch is waited for first, then adopted, or ended if it was
+ * made for a model since evicted (fini before its successor's init: aicfn.h). Returns
+ * the init's error for the calls still waiting. */
+static int worker_fn_instance(worker_fn *fn, worker_batch_item **items, uint32_t *k,
+                              loader_cache_entry *entry, const aicfn_model *model, uint64_t generation,
+                              worker_exec_info *ex, aicfn_error *err) {
+    while (*k > 0) {
+        worker_init_wait *iw = fn->init_pending;
+        if (iw == NULL) {
+            worker_instance_destroy(fn->inst); /* the predecessor ends before the init */
+            fn->inst = NULL;
+            int rc = worker_init_start(fn, items, *k, entry, model, generation, err);
+            if (rc != AICFN_OK) return rc;
+            continue;
+        }
+        if (!worker_init_wait_for(fn, items, k, ex)) return AICFN_OK;
+        fn->init_pending = NULL;
+        int rc = iw->rc;
+        bool ours = iw->generation == generation;
+        if (ours) ex->init_us = iw->init_us;
+        if (rc == AICFN_OK && ours) {
+            fn->inst = iw->inst;
+            fn->inst_generation = generation;
+        } else if (rc == AICFN_OK) {
+            worker_instance_destroy(iw->inst); /* made for a residency that ended */
+        } else if (ours && err) {
+            *err = iw->err;
+        }
+        worker_init_wait_free(iw);
+        if (ours) return rc;
+    }
+    return AICFN_OK;
+}
+
 /* Names items[0..n) as the calls the coming handler call serves (faultnote.h). */
 static void worker_fn_note_calls(worker_fn *fn, worker_batch_item **items, uint32_t n) {
     for (uint32_t i = 0; i < n; i++)
@@ -720,32 +901,18 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
 
     /* Requests whose deadline passed while the model loaded are never executed. */
     uint32_t k = worker_drop_expired(fn, items, n, "waiting for the model", &ex);
-    if (k > 0 && (fn->inst == NULL || fn->inst_generation != generation)) {
+    if (k > 0 && (fn->inst == NULL || fn->inst_generation != generation || fn->init_pending)) {
         /* First call, or the model became resident again: a new instance. */
-        worker_instance_destroy(fn->inst);
-        fn->inst = NULL;
-        aicfn_fn_config cfg = {.function = fn->name,
-                               .version = fn->version,
-                               .max_batch = fn->max_batch,
-                               .n_params = fn->n_params,
-                               .params = fn->params};
-        uint64_t t0 = clock_now_us();
-        worker_fn_note_calls(fn, items, k);
-        int rc = worker_instance_create(fn->handler, model, &cfg, &fn->inst, &err);
-        worker_fault_note_leave();
-        ex.init_us = clock_now_us() - t0;
+        int rc = worker_fn_instance(fn, items, &k, entry, model, generation, &ex, &err);
         if (rc != AICFN_OK) {
-            fn->inst = NULL;
             for (uint32_t i = 0; i < k; i++) {
                 worker_finish((worker_req *)items[i], rc, err.msg, &ex);
                 ex.attach_coldstart = false;
             }
             k = 0;
-        } else {
-            fn->inst_generation = generation;
-            /* Nor those whose deadline passed during the handler's init (warm-up). */
-            k = worker_drop_expired(fn, items, k, "the handler's init ran", &ex);
         }
+        /* Nor those whose deadline passed as the handler's init (warm-up) ended. */
+        k = worker_drop_expired(fn, items, k, "the handler's init ran", &ex);
     }
     if (k > 0) {
         ex.batch = k;
@@ -775,6 +942,10 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
 static void worker_fn_free(worker_fn *f) {
     if (f == NULL) return;
     worker_batcher_destroy(f->batcher);
+    if (f->init_pending) { /* done: its thread counted in f->inflight, which removal awaits */
+        worker_instance_destroy(f->init_pending->inst);
+        worker_init_wait_free(f->init_pending);
+    }
     worker_instance_destroy(f->inst);
     worker_handler_close(f->handler);
     for (uint32_t i = 0; i < f->n_params; i++) {

@@ -9,6 +9,10 @@
  * again, calls invoke on the batch, releases the model and replies to each call with
  * its outputs, `cold`, its timings, the batch size and the piggybacked summary.
  * Requests past their deadline are dropped with AICFN_E_TIMEOUT and never executed.
+ * The model's load and the handler's init each run on a thread of their own while the
+ * executor answers every call whose deadline passes meanwhile (a load or an init may
+ * outlast a call's timeout); one that outlives all its calls goes on, and the next
+ * batch uses what it made.
  *
  * Functions are added at start (--function) or at run time: worker_add_function, or an
  * invoke that carries a `spec` (the gateway's registration of a function version on

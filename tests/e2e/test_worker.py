@@ -252,18 +252,23 @@ def test_request_past_deadline_never_executes(procs, tmp_path):
 
 def test_request_past_deadline_during_init_never_executes(procs, tmp_path):
     """A first call whose deadline passes while the handler's init runs (a slow warm-up)
-    is answered AICFN_E_TIMEOUT and never reaches invoke; the next call uses the instance
-    that init built."""
+    is answered AICFN_E_TIMEOUT at its deadline, not when init ends (a gateway would take
+    a call held past its timeout for a stuck worker), and never reaches invoke; init goes
+    on, and the next call uses the instance it built (one init in all)."""
     count = tmp_path / "count.txt"
     addr = ipc_addr(tmp_path)
-    w = start_worker(procs, addr, [f"slowinit={handler('test_sleep')},max_batch=1,param.init_sleep_ms=600,"
+    w = start_worker(procs, addr, [f"slowinit={handler('test_sleep')},max_batch=1,param.init_sleep_ms=1500,"
                                    f"param.count_file={count}"])
+    t0 = time.monotonic()
     late = call(addr, invoke_msg("slowinit", [], deadline_ms=200, rid=1), timeout_ms=5000)
+    took = time.monotonic() - t0
     assert late["ok"] is False
     assert late["error"]["code"] == E_TIMEOUT, late
     assert "init" in late["error"]["message"] and "not executed" in late["error"]["message"], late
+    assert took < 1.0, took  # at its 200 ms deadline, with the 1.5 s init still running
     ok = call(addr, invoke_msg("slowinit", [], rid=2), timeout_ms=5000)
     assert ok["ok"], ok
+    assert time.monotonic() - t0 < 2.8  # adopted the running init (a second would end past 3 s)
     assert count.read_text().split() == ["2"]
     assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 

@@ -852,6 +852,74 @@ static void batch_waiting_for_its_model_answers_each_deadline(void **state) {
     pthread_mutex_destroy(&arec.mu);
 }
 
+/* A handler's init runs on its own thread: a call whose deadline passes during it is
+ * answered then (not when init ends), and the instance it makes is adopted by the next
+ * batch, ended (fini) first when its model was evicted and loaded again meanwhile, or
+ * ended by the function's removal, which waits for the init. */
+static void init_outlasting_its_calls_is_adopted_or_ended(void **state) {
+    (void)state;
+    char snap_b[PATH_MAX + 32], fini[PATH_MAX + 32], cmd[3 * PATH_MAX];
+    snprintf(snap_b, sizeof snap_b, "%s/mlp-init-b.aicsnap", tmp_dir);
+    snprintf(fini, sizeof fini, "%s/init.fini", tmp_dir);
+    snprintf(cmd, sizeof cmd, "cp '%s' '%s'", snap_path, snap_b);
+    assert_int_equal(system(cmd), 0);
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-init", (int)getpid());
+    worker *w = start(url, 12u << 10); /* room for one of the two models */
+    aicfn_param ps[] = {{"init_sleep_ms", "600"}, {"fini_file", fini}};
+    worker_fn_config slow = {.name = "slow",
+                             .handler = hpath("test_sleep"),
+                             .snapshot = snap_path,
+                             .model_key = "A",
+                             .max_batch = 1,
+                             .n_params = 2,
+                             .params = ps};
+    worker_fn_config other = {.name = "other",
+                              .handler = hpath("test_sleep"),
+                              .snapshot = snap_b,
+                              .model_key = "B",
+                              .max_batch = 1};
+    aicfn_error err;
+    assert_int_equal(worker_add_function(w, &slow, &err), AICFN_OK);
+    assert_int_equal(worker_add_function(w, &other, &err), AICFN_OK);
+    rpc_client *c = serve(w, url);
+    reply r;
+
+    /* Answered at its 150 ms deadline while the 600 ms init runs on. */
+    uint64_t t0 = clock_now_us();
+    invoke(c, 1, "slow", NULL, 0, NULL, NULL, 150, &r);
+    assert_false(r.rep.head.ok);
+    assert_int_equal(r.rep.head.code, AICFN_E_TIMEOUT);
+    assert_non_null(strstr(r.rep.head.message, "init"));
+    assert_true(clock_now_us() - t0 < 450000);
+    reply_free(&r);
+
+    /* Once it ended, B takes A's room (the init's pin is gone); A comes back, and the
+     * instance made for its earlier residency is ended before the new init. */
+    usleep(700000);
+    invoke(c, 2, "other", NULL, 0, NULL, NULL, 5000, &r);
+    assert_true(r.rep.head.ok);
+    reply_free(&r);
+    assert_int_equal(access(fini, F_OK), -1);
+    invoke(c, 3, "slow", NULL, 0, NULL, NULL, 5000, &r);
+    assert_true(r.rep.head.ok);
+    reply_free(&r);
+    assert_int_equal(access(fini, F_OK), 0);
+
+    /* Removed while an init runs for no call: the removal waits for it and ends what it
+     * made (ASan sees nothing leak). */
+    invoke(c, 4, "other", NULL, 0, NULL, NULL, 5000, &r);
+    assert_true(r.rep.head.ok);
+    reply_free(&r);
+    invoke(c, 5, "slow", NULL, 0, NULL, NULL, 150, &r);
+    assert_int_equal(r.rep.head.code, AICFN_E_TIMEOUT);
+    reply_free(&r);
+    assert_int_equal(unlink(fini), 0); /* the previous instance's fini, before this init */
+    assert_int_equal(worker_remove_function(w, "slow", 0, &err), AICFN_OK);
+    assert_int_equal(access(fini, F_OK), 0);
+    stop(w, c, 5000);
+}
+
 /* The status answer of worker client c, decoded into *st; *m holds the bytes the
  * document d points into (the caller finishes d, then frees *m). */
 static void status_of(rpc_client *c, rpc_msg **m, wire_doc *d, wire_status_reply *st) {
@@ -1070,6 +1138,7 @@ int main(void) {
         cmocka_unit_test(empty_model_loads),
         cmocka_unit_test(batch_waiting_for_its_model_answers_each_deadline),
         cmocka_unit_test(abandoned_load_is_reported_in_the_next_status),
+        cmocka_unit_test(init_outlasting_its_calls_is_adopted_or_ended),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
