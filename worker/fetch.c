@@ -60,6 +60,7 @@ struct worker_fetcher {
     pthread_cond_t cv;
     fetch_entry *entries; /* READY and BUSY (failed ones leave the list) */
     atomic_uint_fast64_t seq;
+    atomic_bool canceled; /* worker_fetcher_cancel: downloads fail */
 };
 
 /* ---- pure helpers ---- */
@@ -206,6 +207,11 @@ int worker_fetcher_create(const worker_fetch_config *cfg, worker_fetcher **out, 
     return AICFN_OK;
 }
 
+void worker_fetcher_cancel(worker_fetcher *f) {
+    atomic_store(&f->canceled, true);
+    rpc_client_fail_inflight(f->client); /* the round trip in progress ends now */
+}
+
 void worker_fetcher_destroy(worker_fetcher *f) {
     if (f == NULL) return;
     rpc_client_close(f->client);
@@ -332,12 +338,17 @@ static int fetch_download(worker_fetcher *f, const char *hash, const char *final
         uint32_t want = f->chunk;
         if (chunks > 0 && size - off < want) want = (uint32_t)(size - off);
         rpc_msg *reply = NULL;
-        wire_doc doc;
+        wire_doc doc = {0}; /* as fetch_chunk leaves it on failure */
         uint64_t got_size = 0;
         const uint8_t *data = NULL;
         size_t len = 0;
-        rc = fetch_chunk(f, hash, off, want, &reply, &doc, &got_size, &data, &len, err);
-        if (rc != AICFN_OK) {
+        rc = atomic_load(&f->canceled)
+                 ? AICFN_E_CANCELED
+                 : fetch_chunk(f, hash, off, want, &reply, &doc, &got_size, &data, &len, err);
+        if (rc != AICFN_OK && atomic_load(&f->canceled)) {
+            rc = aicfn_error_set(err, AICFN_E_CANCELED,
+                                 "artifact %s: download canceled (the worker is stopping)", hash);
+        } else if (rc != AICFN_OK) {
             aicfn_error_wrap(err, "artifact %s: fetching %u bytes at offset %" PRIu64 " from %s", hash, want,
                              off, f->gateway);
         } else if (chunks == 0 && got_size > AICFN_ARTIFACT_MAX_BYTES) {

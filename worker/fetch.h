@@ -58,6 +58,12 @@ typedef struct worker_fetch_config {
  * size over AICFN_UPLOAD_CHUNK_BYTES), AICFN_E_IO naming the directory, AICFN_E_NOMEM. Blocking (mkdir). */
 int worker_fetcher_create(const worker_fetch_config *cfg, worker_fetcher **out, aicfn_error *err);
 
+/* Ends every download in progress (it fails with AICFN_E_CANCELED and leaves nothing in
+ * the cache) and makes later ones fail at once; artifacts already cached are still
+ * handed out. For a worker shutting down, which must not wait for downloads that no
+ * call waits for any more. Thread-safe; cannot be undone. */
+void worker_fetcher_cancel(worker_fetcher *f);
+
 /* Closes the client (downloads in progress fail with AICFN_E_CANCELED) and frees the
  * fetcher. No call may be in progress or start. NULL accepted. Blocks. */
 void worker_fetcher_destroy(worker_fetcher *f);

@@ -1987,7 +1987,10 @@ void worker_destroy(worker *w) {
     rpc_server_destroy(w->srv);
     w->srv = NULL;
     /* Every call was answered; a parked call's thread may still be on its way out, and
-     * a preload or a model wait whose calls are gone may still be loading. */
+     * a preload or a model wait whose calls are gone may still be loading. Downloads
+     * are for calls: none is left to wait for one, so they end now (a handler's may
+     * otherwise run for minutes). */
+    if (w->fetcher) worker_fetcher_cancel(w->fetcher);
     pthread_mutex_lock(&w->mu);
     while (w->parked > 0 || w->loaders > 0)
         pthread_cond_wait(&w->cv, &w->mu);

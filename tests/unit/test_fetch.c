@@ -526,8 +526,18 @@ static void call_waiting_for_its_handler_is_answered_at_its_deadline(void **stat
     wire_doc_fini(&d);
     rpc_msg_free(m);
     rpc_client_close(c);
-    release_held(fx->g); /* the download then fails at its chunk timeout; destroy waits for it */
+    /* The download goes on for no call; destroying the worker ends it at once, not at its
+     * chunk timeout (2 s here; a whole handler's download in general). */
+    t0 = clock_now_us();
     worker_destroy(w);
+    assert_true(clock_now_us() - t0 < 1000000);
+    /* Later downloads fail at once; nothing was cached. */
+    char local[PATH_MAX];
+    t0 = clock_now_us();
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_E_CANCELED);
+    assert_non_null(strstr(e.msg, "canceled"));
+    assert_true(clock_now_us() - t0 < 500000);
+    release_held(fx->g);
     worker_fetcher_destroy(f);
 }
 
