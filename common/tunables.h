@@ -86,6 +86,8 @@
 #define AICFN_DEFAULT_QUEUE_PER_FUNCTION 256
 #define AICFN_WORKER_MAX_BATCH 4096          /* upper bound of a function's max_batch */
 #define AICFN_WORKER_MAX_FUNCTIONS 1024      /* functions one worker hosts */
+#define AICFN_WORKER_FN_IDLE_RETIRE_MS 600000 /* a function a spec registered, not called this
+                                                 long: its handler and instance are retired */
 #define AICFN_MAX_PARAMS 256                  /* params per request or function config */
 #define AICFN_WORKER_STATUS_MODELS 256        /* resident models listed in a reply summary */
 #define AICFN_WORKER_MAX_PARKED 256          /* threads of calls waiting for a handler's download

@@ -51,6 +51,8 @@ typedef struct worker_fn {
     worker_batcher *batcher;
     atomic_uint inflight;
     atomic_uint_fast64_t exec_ewma_us; /* recent handler time per batch (1/8 weight); 0: none yet */
+    bool from_spec;                    /* registered by a call's spec: retired when idle */
+    atomic_uint_fast64_t last_call_us; /* registration, then each call's arrival */
     /* Executor-thread state (never touched concurrently). */
     worker_instance *inst;
     uint64_t inst_generation;              /* the model generation inst was made for; 0 without a model */
@@ -95,6 +97,8 @@ struct worker {
                                   waits for them, since a drain that timed out does not (a preload's
                                   thread needs no count: its call stays outstanding until it is done) */
     int draining;
+    bool retiring;              /* a worker_retire_main pass runs (counted in parked) */
+    uint64_t fn_idle_retire_us; /* worker_config's */
     worker_unreported_load unreported[AICFN_WORKER_UNREPORTED_LOADS]; /* under mu, oldest first */
     uint32_t n_unreported;
 
@@ -976,7 +980,9 @@ static worker_fn *worker_find_fn_locked(worker *w, const char *name, uint32_t ve
     return best;
 }
 
-int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) {
+/* worker_add_function; from_spec marks a function a call's spec registered (retired when
+ * idle: worker_retire_idle). */
+static int worker_add(worker *w, const worker_fn_config *c, bool from_spec, aicfn_error *err) {
     if (c == NULL || c->name == NULL || c->name[0] == '\0' || strlen(c->name) >= AICFN_MAX_NAME_BYTES)
         return aicfn_error_set(err, AICFN_E_INVALID, "function name must be 1..%d bytes",
                                AICFN_MAX_NAME_BYTES - 1);
@@ -996,6 +1002,8 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
     if (f == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "function %s: out of memory", c->name);
     f->w = w;
     f->version = c->version;
+    f->from_spec = from_spec;
+    atomic_store(&f->last_call_us, clock_now_us());
     f->max_batch = c->max_batch ? c->max_batch : AICFN_DEFAULT_MAX_BATCH;
     f->max_delay_us = c->max_delay_us;
     f->timeout_us = c->timeout_us ? c->timeout_us : (uint64_t)AICFN_DEFAULT_TIMEOUT_MS * 1000;
@@ -1094,7 +1102,13 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
     return AICFN_OK;
 }
 
-int worker_remove_function(worker *w, const char *name, uint32_t version, aicfn_error *err) {
+int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) {
+    return worker_add(w, c, false, err);
+}
+
+/* worker_remove_function; evict_model false leaves the model to the cache's LRU (a
+ * retirement: another version may use the model soon). */
+static int worker_remove(worker *w, const char *name, uint32_t version, bool evict_model, aicfn_error *err) {
     if (name == NULL) return aicfn_error_set(err, AICFN_E_INVALID, "remove: no function name");
     pthread_mutex_lock(&w->mu);
     worker_fn **pp = &w->fns, *f = NULL;
@@ -1138,11 +1152,78 @@ int worker_remove_function(worker *w, const char *name, uint32_t version, aicfn_
         return AICFN_OK;
     }
     char key[AICFN_MAX_NAME_BYTES] = "";
-    if (f->model_key && !shared) snprintf(key, sizeof key, "%s", f->model_key);
+    if (f->model_key && !shared && evict_model) snprintf(key, sizeof key, "%s", f->model_key);
     worker_fn_free(f); /* joins its batcher, runs fini, unloads the handler */
     if (key[0]) loader_cache_evict(w->cache, key, NULL); /* best effort: it may be pinned or gone */
     log_info("function %s v%u: removed", name, version);
     return AICFN_OK;
+}
+
+int worker_remove_function(worker *w, const char *name, uint32_t version, aicfn_error *err) {
+    return worker_remove(w, name, version, true, err);
+}
+
+/* ---- retiring idle functions ---- */
+
+/* Whether f, a function a spec registered, has had no call for the retirement period
+ * and none is in flight (lock held). */
+static bool worker_fn_retirable_locked(const worker *w, worker_fn *f, uint64_t now) {
+    uint64_t last = atomic_load(&f->last_call_us);
+    return f->from_spec && atomic_load(&f->inflight) == 0 && now > last && now - last >= w->fn_idle_retire_us;
+}
+
+/* Removes, one at a time, the functions worker_fn_retirable_locked picks. A call that
+ * arrives meanwhile is served first (worker_remove waits for it); its spec registers the
+ * function again once it is gone. */
+static void *worker_retire_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:retire");
+    worker *w = arg;
+    for (;;) {
+        char name[AICFN_MAX_NAME_BYTES] = "";
+        uint32_t ver = 0;
+        uint64_t idle_ms = 0, now = clock_now_us();
+        pthread_mutex_lock(&w->mu);
+        for (worker_fn *f = w->draining ? NULL : w->fns; f && !name[0]; f = f->next)
+            if (worker_fn_retirable_locked(w, f, now)) {
+                snprintf(name, sizeof name, "%s", f->name);
+                ver = f->version;
+                idle_ms = (now - atomic_load(&f->last_call_us)) / 1000;
+            }
+        pthread_mutex_unlock(&w->mu);
+        if (!name[0]) break;
+        aicfn_error err;
+        if (worker_remove(w, name, ver, false, &err) != AICFN_OK) break; /* gone meanwhile */
+        log_info("function %s v%u: retired after %llu ms without a call", name, ver,
+                 (unsigned long long)idle_ms);
+    }
+    pthread_mutex_lock(&w->mu);
+    w->retiring = false;
+    if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu); /* the last touch of w */
+    return NULL;
+}
+
+/* Starts a retirement pass when a function is due and none runs (at each status
+ * request: the gateway polls every worker). Its handler instance may hold device memory
+ * outside the model cache's budget, and each function keeps threads and a dlopen: a
+ * long-lived worker must not keep every version it ever served. */
+static void worker_retire_idle(worker *w) {
+    uint64_t now = clock_now_us();
+    bool due = false;
+    pthread_mutex_lock(&w->mu);
+    if (!w->retiring && !w->draining)
+        for (worker_fn *f = w->fns; f && !due; f = f->next)
+            due = worker_fn_retirable_locked(w, f, now);
+    if (due) {
+        w->retiring = true;
+        w->parked++; /* worker_destroy waits for it */
+    }
+    pthread_mutex_unlock(&w->mu);
+    if (!due || worker_start_detached(worker_retire_main, w) == 0) return;
+    pthread_mutex_lock(&w->mu);
+    w->retiring = false;
+    if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
 }
 
 /* ---- the request handler (NNG callback threads) ---- */
@@ -1285,7 +1366,7 @@ static int worker_add_from_spec(worker *w, const wire_invoke_req *q, const char 
         .max_delay_us = q->spec.max_delay_us,
         .timeout_us = (uint64_t)q->spec.timeout_ms * 1000,
     };
-    int rc = worker_add_function(w, &c, err);
+    int rc = worker_add(w, &c, true, err);
     return rc == AICFN_E_EXISTS ? AICFN_OK : rc;
 }
 
@@ -1704,6 +1785,7 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
     if (strcmp(h.t, WIRE_T_STATUS) == 0) {
         worker_req_free(r);
         worker_reply_status(w, out.call, h.id, NULL);
+        worker_retire_idle(w);
         return;
     }
     if (strcmp(h.t, "preload") == 0 || strcmp(h.t, "unload") == 0) {
@@ -1745,6 +1827,7 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
     if (fn) {
         /* Counted under the lock: a function being removed waits for these. */
         atomic_fetch_add(&fn->inflight, 1);
+        atomic_store(&fn->last_call_us, r->received_us);
         r->fn = fn;
     }
     pthread_mutex_unlock(&w->mu);
@@ -1884,6 +1967,8 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     w->started_us = clock_now_us();
     w->refuse_specs = cfg->refuse_specs;
     w->overrun_grace_ms = cfg->overrun_grace_ms ? cfg->overrun_grace_ms : AICFN_CALL_GRACE_MS;
+    w->fn_idle_retire_us =
+        (uint64_t)(cfg->fn_idle_retire_ms ? cfg->fn_idle_retire_ms : AICFN_WORKER_FN_IDLE_RETIRE_MS) * 1000;
     w->fetcher = cfg->fetcher;
     w->listen = strdup(cfg->listen);
     w->device_spec = strdup(cfg->device && cfg->device[0] ? cfg->device : "auto");

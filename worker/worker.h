@@ -41,20 +41,25 @@ typedef struct worker_config {
     uint64_t memory_bytes; /* cache budget; 0 = the device's free memory (host: AICFN_DEFAULT_HOST_BUDGET) */
     uint32_t load_threads; /* 0 = cores */
     const char *id;        /* worker id in status ("w1"); NULL = "w<pid>" */
-    uint32_t overrun_grace_ms; /* a bundle's part still running this long past its deadline is
-                                  answered as an overrun (bundle.h); 0 = AICFN_CALL_GRACE_MS, the
-                                  gateway's grace for a call of its own */
-    int refuse_specs;          /* 1: an invoke carrying a `spec` for an unknown function is refused
-                                  (AICFN_E_FORBIDDEN) instead of loading its handler */
-    worker_fetcher *fetcher;   /* NULL: the artifact paths in specs and preloads are opened as they
-                                  are (a local worker, or --shared-artifacts). Else a remote worker:
-                                  each such path is the gateway's and only its last component, the
-                                  artifact's hash, is used: the handler is fetched into the
-                                  fetcher's cache when a spec first names the function (off the
-                                  NNG callback thread; the call waits for it until its deadline,
-                                  then gets AICFN_E_TIMEOUT while the download goes on), the snapshot when
-                                  its model is loaded (in the cache's load, single-flight). Borrowed:
-                                  it must outlive the worker. */
+    uint32_t overrun_grace_ms;  /* a bundle's part still running this long past its deadline is
+                                   answered as an overrun (bundle.h); 0 = AICFN_CALL_GRACE_MS, the
+                                   gateway's grace for a call of its own */
+    int refuse_specs;           /* 1: an invoke carrying a `spec` for an unknown function is refused
+                                   (AICFN_E_FORBIDDEN) instead of loading its handler */
+    worker_fetcher *fetcher;    /* NULL: the artifact paths in specs and preloads are opened as they
+                                   are (a local worker, or --shared-artifacts). Else a remote worker:
+                                   each such path is the gateway's and only its last component, the
+                                   artifact's hash, is used: the handler is fetched into the
+                                   fetcher's cache when a spec first names the function (off the
+                                   NNG callback thread; the call waits for it until its deadline,
+                                   then gets AICFN_E_TIMEOUT while the download goes on), the snapshot when
+                                   its model is loaded (in the cache's load, single-flight). Borrowed:
+                                   it must outlive the worker. */
+    uint32_t fn_idle_retire_ms; /* a function registered by a spec and not called for this long is
+                                   removed (its handler, instance and threads; not its model, which
+                                   the cache's LRU keeps or evicts), checked at each status request;
+                                   the next call's spec registers it again. 0 =
+                                   AICFN_WORKER_FN_IDLE_RETIRE_MS */
 } worker_config;
 
 /* One function to host. Strings are copied. */

@@ -1125,6 +1125,74 @@ static void remove_while_calls_arrive(void **state) {
     stop(w, c, 5000);
 }
 
+/* How many of worker client c's functions (status queues) are named `fn`. */
+static unsigned hosted(rpc_client *c, const char *fn) {
+    rpc_msg *m;
+    wire_doc d;
+    wire_status_reply st;
+    status_of(c, &m, &d, &st);
+    unsigned n = 0;
+    for (uint32_t i = 0; i < st.w.n_queues; i++)
+        n += strcmp(st.w.queues[i].fn, fn) == 0;
+    wire_doc_fini(&d);
+    rpc_msg_free(m);
+    return n;
+}
+
+/* Invokes fn version 1 with a spec naming the test_sleep handler (as the gateway does). */
+static void invoke_spec(rpc_client *c, uint64_t id, const char *fn) {
+    wire_invoke_req req = {.id = id,
+                           .fn = fn,
+                           .ver = 1,
+                           .has_spec = true,
+                           .spec = {.handler = hpath("test_sleep"), .max_batch = 1, .timeout_ms = 5000}};
+    wire_writer wr;
+    wire_writer_init(&wr);
+    aicfn_error err;
+    assert_int_equal(wire_encode_invoke_req(&wr, &req, &err), AICFN_OK);
+    reply r;
+    memset(&r, 0, sizeof r);
+    assert_int_equal(rpc_call_sync(c, wr.data, wr.len, 10000, &r.msg, &err), AICFN_OK);
+    wire_writer_fini(&wr);
+    decode(&r);
+    if (!r.rep.head.ok) fail_msg("call %llu: %s", (unsigned long long)id, r.rep.head.message);
+    reply_free(&r);
+}
+
+/* A function a spec registered and not called for the retirement period is removed at a
+ * status request (its instance ended: fini ran), one added at start is kept, and the
+ * next call's spec registers the retired one again. */
+static void idle_function_from_a_spec_is_retired(void **state) {
+    (void)state;
+    char fini[PATH_MAX + 32];
+    snprintf(fini, sizeof fini, "%s/retire.fini", tmp_dir);
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-retire", (int)getpid());
+    worker_config cfg = {
+        .listen = url, .device = "host", .memory_bytes = 16u << 20, .id = "wt", .fn_idle_retire_ms = 300};
+    worker *w = NULL;
+    aicfn_error err;
+    assert_int_equal(worker_create(&cfg, &w, &err), AICFN_OK);
+    add(w, "fixed", "test_sleep", NULL, 1, 0);
+    rpc_client *c = serve(w, url);
+    setenv("AICFN_TEST_FINI_FILE", fini, 1); /* test_sleep's fini writes it */
+    invoke_spec(c, 1, "dyn");
+    assert_int_equal(hosted(c, "dyn"), 1);
+    assert_int_equal(hosted(c, "dyn"), 1); /* called just now: not due */
+    usleep(400000);
+    unsigned left = 1;
+    uint64_t until = clock_now_us() + 5000000;
+    while (clock_now_us() < until && (left = hosted(c, "dyn")) != 0)
+        usleep(20000);
+    assert_int_equal(left, 0);
+    assert_int_equal(access(fini, F_OK), 0);
+    assert_int_equal(hosted(c, "fixed"), 1);
+    invoke_spec(c, 2, "dyn");
+    assert_int_equal(hosted(c, "dyn"), 1);
+    unsetenv("AICFN_TEST_FINI_FILE");
+    stop(w, c, 5000);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(echo_mlp_status),
@@ -1139,6 +1207,7 @@ int main(void) {
         cmocka_unit_test(batch_waiting_for_its_model_answers_each_deadline),
         cmocka_unit_test(abandoned_load_is_reported_in_the_next_status),
         cmocka_unit_test(init_outlasting_its_calls_is_adopted_or_ended),
+        cmocka_unit_test(idle_function_from_a_spec_is_retired),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
