@@ -491,6 +491,9 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
             return;
         }
         gw_functions_changed(gw);
+        char name[AICFN_FN_NAME_MAX_BYTES + 1];
+        uint32_t ver = 0;
+        if (gw_fn_ref_parse(ref, name, &ver, NULL) == AICFN_OK) gw_functions_removed(gw, name, ver);
         /* Artifacts no version references any more are deleted. Workers that hold the
          * handler or the snapshot open keep their copy (unlink leaves open files alone);
          * a call to the removed version that has not loaded its model yet fails with

@@ -76,7 +76,8 @@ typedef struct gw_fn {
     char snapshot_path[PATH_MAX];
     uint64_t model_bytes;
     gw_fn_config cfg;
-    bool stale; /* re-check the registry before the next use (after deploy/rm) */
+    bool stale;   /* re-check the registry before the next use (after deploy/rm) */
+    bool removed; /* by an rm (gw_functions_removed): no metrics once its queue is empty */
     gw_call *q_head, *q_tail;
     uint32_t q_len;
     gw_crash crash[GW_CRASH_SLOTS];
@@ -361,6 +362,14 @@ void gw_functions_changed(gw_gateway *gw) {
     gw->scaling_retry_us = 0;
     gw_maint_wake_locked(gw);
     pthread_mutex_unlock(&gw->mu);
+}
+
+void gw_functions_removed(gw_gateway *gw, const char *name, uint32_t version) {
+    pthread_mutex_lock(&gw->mu);
+    for (gw_fn *f = gw->fns; f; f = f->next)
+        if (strcmp(f->name, name) == 0 && (version == 0 || f->ver == version)) f->removed = true;
+    pthread_mutex_unlock(&gw->mu);
+    gw_stdmetrics_forget(&gw->std, name, version);
 }
 
 /* Reads NAME (ver 0: active) from the registry into the cache (lock NOT held; taken
@@ -3121,6 +3130,7 @@ void gw_metrics_refresh(gw_gateway *gw) {
     uint32_t live = 0;
     pthread_mutex_lock(&gw->mu);
     for (gw_fn *f = gw->fns; f; f = f->next) {
+        if (f->removed && f->q_len == 0) continue;
         const char *l[] = {f->name};
         /* Versions of one function share its series: add, after the reset. */
         gw_metric_add(gw->std.queue_depth, l, (double)f->q_len);

@@ -60,6 +60,11 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
 /* Forgets cached function resolutions (after deploy, rm, activate). Thread-safe. */
 void gw_functions_changed(gw_gateway *gw);
 
+/* After an rm of NAME (version 0: every version) or NAME:VER committed: those versions'
+ * metric series are forgotten (gw_stdmetrics_forget), and their queue depth is no
+ * longer published once nothing waits in their queue. */
+void gw_functions_removed(gw_gateway *gw, const char *name, uint32_t version);
+
 /* Registers a remote worker listening on `addr` (tcp:// or ipc://) under `name` (NULL:
  * generated). The gateway dials it and routes to it once its first status arrives.
  * AICFN_E_EXISTS when a live worker has that address. Thread-safe. */

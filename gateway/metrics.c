@@ -8,6 +8,7 @@
 #include <math.h>
 #include <pthread.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -314,6 +315,23 @@ void gw_metric_reset(gw_metric *f) {
     pthread_mutex_unlock(&f->reg->mu);
 }
 
+void gw_metric_remove_where(gw_metric *f, const char *const *values) {
+    if (f == NULL || values == NULL) return;
+    pthread_mutex_lock(&f->reg->mu);
+    size_t kept = 0;
+    for (size_t i = 0; i < f->n_series; i++) {
+        bool match = true;
+        for (unsigned k = 0; k < f->n_labels && match; k++)
+            match = values[k] == NULL || strcmp(f->series[i].values[k], values[k]) == 0;
+        if (match)
+            mt_series_free(f, &f->series[i]);
+        else
+            f->series[kept++] = f->series[i];
+    }
+    f->n_series = kept;
+    pthread_mutex_unlock(&f->reg->mu);
+}
+
 double gw_metric_value(gw_metric *f, const char *const *values) {
     if (f == NULL) return 0;
     pthread_mutex_lock(&f->reg->mu);
@@ -591,6 +609,21 @@ void gw_stdmetrics_refused(const gw_stdmetrics *s, const char *function, uint32_
     snprintf(ver, sizeof ver, "%u", (unsigned)version);
     const char *l3[] = {function, ver, aicfn_status_name(status)};
     gw_metric_add(s->calls, l3, 1);
+}
+
+void gw_stdmetrics_forget(const gw_stdmetrics *s, const char *function, uint32_t version) {
+    if (s == NULL || function == NULL) return;
+    char ver[16];
+    snprintf(ver, sizeof ver, "%u", (unsigned)version);
+    const char *calls[] = {function, version ? ver : NULL, NULL};
+    gw_metric_remove_where(s->calls, calls);
+    if (version) return;
+    const char *fn[] = {function, NULL};
+    gw_metric_remove_where(s->call_duration, fn);
+    gw_metric_remove_where(s->cold_starts, fn);
+    gw_metric_remove_where(s->thrash_reloads, fn);
+    gw_metric_remove_where(s->queue_depth, fn);
+    gw_metric_remove_where(s->response_cache, fn);
 }
 
 void gw_stdmetrics_cold_start(const gw_stdmetrics *s, const char *function, uint64_t fetch_us,

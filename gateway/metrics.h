@@ -70,6 +70,10 @@ void gw_metric_observe(gw_metric *f, const char *const *values, double v);
  * worker, when workers come and go). */
 void gw_metric_reset(gw_metric *f);
 
+/* Removes the series whose label values equal `values` where those are not NULL (a
+ * NULL entry matches any value): the series of a function that no longer exists. */
+void gw_metric_remove_where(gw_metric *f, const char *const *values);
+
 /* Current value of a counter or gauge series, or the _count of a histogram series;
  * 0 when the series does not exist. For tests and for reconciling with the ledger. */
 double gw_metric_value(gw_metric *f, const char *const *values);
@@ -137,6 +141,12 @@ void gw_stdmetrics_call(const gw_stdmetrics *s, const char *function, uint32_t v
  * aicfn_calls_total but not observed in aicfn_call_duration_seconds, whose quantiles
  * would otherwise fall toward 0 under a flood of refusals. */
 void gw_stdmetrics_refused(const gw_stdmetrics *s, const char *function, uint32_t version, int status);
+
+/* Forgets the series of a removed function (`aicfn rm`): those of version `version`
+ * in aicfn_calls_total, or with version 0 (every version removed) every series labelled
+ * with the function, as Triton drops an unloaded model's. Keeps the registry's
+ * cardinality to what exists: versions come and go with deploys. */
+void gw_stdmetrics_forget(const gw_stdmetrics *s, const char *function, uint32_t version);
 
 /* One cold start with its phase durations (µs; a phase the loader did not time is 0
  * and is still observed, so every phase histogram has the same _count). */

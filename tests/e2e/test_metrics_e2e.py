@@ -273,6 +273,36 @@ def test_nng_rate_limit_shared_with_http(procs, tmp_path):
              what=f"{observed} calls that ran, as many as the histogram observed")
 
 
+def test_rm_forgets_the_removed_versions_series(procs, tmp_path):
+    """`aicfn rm NAME:VER` drops that version's aicfn_calls_total series, `aicfn rm NAME`
+    every series labelled with the function (as Triton drops an unloaded model's): the
+    registry's cardinality follows what exists, not every version ever deployed."""
+    data = tmp_path / "data"
+    addr, hport, g = start(procs, data)
+    deploy(addr, ROOT / "examples" / "echo")
+    deploy(addr, ROOT / "examples" / "echo")
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    for ref in ("echo:1", "echo:2"):
+        m = invoke_msg("echo", [x])
+        m["ver"] = int(ref.split(":")[1])
+        assert call(addr, m, timeout_ms=30000)["ok"]
+
+    def scrape():
+        return http_req(hport, "GET", "/metrics")[2].decode()
+
+    text = scrape()
+    for v in ("1", "2"):
+        assert metric_value(text, "aicfn_calls_total", {"function": "echo", "version": v}) == 1, text
+    assert run_cli(["rm", "echo:1", "--gateway", addr], timeout=30).returncode == 0
+    text = scrape()
+    assert 'function="echo",version="1"' not in text
+    assert metric_value(text, "aicfn_calls_total", {"function": "echo", "version": "2"}) == 1
+    assert metric_value(text, "aicfn_call_duration_seconds_count", {"function": "echo"}) == 2
+    assert run_cli(["rm", "echo", "--gateway", addr], timeout=30).returncode == 0
+    text = scrape()
+    assert 'function="echo"' not in text, [ln for ln in text.splitlines() if 'function="echo"' in ln]
+
+
 def workers_json(addr):
     r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
     assert r.returncode == 0, r.stderr
