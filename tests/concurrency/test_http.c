@@ -44,6 +44,7 @@ typedef struct fake {
     int infers, loads, unloads;
     char last_tenant[64];
     size_t last_params_len;
+    uint32_t last_version; /* the version infer was asked to run (0: the active one) */
 } fake;
 
 typedef struct job {
@@ -201,6 +202,7 @@ static int fk_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aic
     f->infers++;
     snprintf(f->last_tenant, sizeof f->last_tenant, "%s", inv->principal ? inv->principal->tenant : "");
     f->last_params_len = inv->req->params_len;
+    f->last_version = inv->version;
     pthread_mutex_unlock(&f->mu);
     if (inv->principal && strcmp(inv->principal->tenant, "poor") == 0) {
         /* over quota: answered through completion, like the gateway's token bucket */
@@ -217,7 +219,7 @@ static int fk_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aic
         handoff(f, call, inv->req);
         return AICFN_OK;
     }
-    if (inv->version == 2 && strcmp(inv->model, "any") == 0)
+    if (inv->version == 1 && strcmp(inv->model, "any") == 0)
         return aicfn_error_set(err, AICFN_E_CAPACITY, "no device memory free before the deadline");
     spawn(f, call, inv->req, strcmp(inv->model, "slow") == 0 ? 800 : 20, 0);
     return AICFN_OK;
@@ -552,6 +554,9 @@ static void infer_ok_async_and_sync(void **state) {
     resp_free(&r);
     assert_string_equal(fx->f.last_tenant, "acme");
     assert_true(fx->f.last_params_len > 0);
+    /* Pinned to the version the inputs were checked against (the active one, 2), not
+     * left for the gateway to resolve again. */
+    assert_int_equal(fx->f.last_version, 2);
     req(fx, "POST", "/v2/models/sync/versions/2/infer", USER, INFER_BODY, strlen(INFER_BODY), &r);
     check_y(&r, "q1");
     resp_free(&r);
@@ -647,7 +652,7 @@ static void infer_errors(void **state) {
     resp_free(&r);
     /* An error from the executor keeps its code: capacity -> 507. */
     const char *anyb = "{\"inputs\":[{\"name\":\"w\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}";
-    req(fx, "POST", "/v2/models/any/versions/2/infer", USER, anyb, strlen(anyb), &r);
+    req(fx, "POST", "/v2/models/any/versions/1/infer", USER, anyb, strlen(anyb), &r);
     assert_error_body(&r, 507, "no device memory");
     resp_free(&r);
     /* An error through completion: the handler refuses INT32 on an undeclared model. */
