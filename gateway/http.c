@@ -108,6 +108,8 @@ struct gw_http {
     pthread_mutex_t scrape_mu; /* one /metrics refresh + render at a time */
     ht_conn *conns;
     unsigned in_flight;
+    unsigned in_sync;     /* under mu: ht_access calls inside ht_begin or ht_dispatch, which may
+                             call the gateway's callbacks: gw_http_stop waits for them */
     atomic_bool stopping; /* written under mu; read anywhere */
     bool detached;        /* under mu: gw_http_stop returned with calls in flight; cfg's
                              metrics and std may be gone */
@@ -817,6 +819,22 @@ static void ht_dispatch(gw_http *h, gw_http_call *r) {
     }
 }
 
+/* Brackets a part of ht_access that may call the gateway's callbacks. A part entered
+ * before gw_http_stop set `stopping` may still call one (it checked the flag first):
+ * the stop waits for every such part to leave, so no callback runs once it returns,
+ * even when it leaves the server running detached. */
+static void ht_sync_enter(gw_http *h) {
+    pthread_mutex_lock(&h->mu);
+    h->in_sync++;
+    pthread_mutex_unlock(&h->mu);
+}
+
+static void ht_sync_leave(gw_http *h) {
+    pthread_mutex_lock(&h->mu);
+    if (--h->in_sync == 0) pthread_cond_broadcast(&h->cv);
+    pthread_mutex_unlock(&h->mu);
+}
+
 static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                  const char *version, const char *upload_data, size_t *upload_data_size,
                                  void **con_cls) {
@@ -830,7 +848,10 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
         r->conn = c;
         r->received_us = clock_now_us();
         *con_cls = r;
-        if (!ht_begin(h, r, method, url)) {
+        ht_sync_enter(h);
+        bool begun = ht_begin(h, r, method, url);
+        ht_sync_leave(h);
+        if (!begun) {
             r->state = ST_DISCARD; /* answer now; MHD closes the connection if a body is unread */
             return ht_send(r);
         }
@@ -870,7 +891,9 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
     if (r->state == ST_RECEIVING) {
         /* The whole request has arrived. */
         ht_mark(h, c, false);
+        ht_sync_enter(h);
         ht_dispatch(h, r);
+        ht_sync_leave(h);
         /* The call may already have been completed on another thread (gw_http_complete
          * writes the answer, then the state under the lock): read the state under the
          * lock too, which also orders the answer's bytes before ht_send reads them. */
@@ -1010,12 +1033,12 @@ bool gw_http_stop(gw_http *h) {
     h->stopping = true;
     pthread_cond_broadcast(&h->cv);
     uint64_t deadline = clock_now_us() + (uint64_t)h->cfg.stop_wait_ms * 1000u;
-    while (h->in_flight > 0 && clock_now_us() < deadline) {
+    while ((h->in_flight > 0 || h->in_sync > 0) && clock_now_us() < deadline) {
         struct timespec ts;
         clock_deadline_to_timespec(clock_now_us() + 100000, &ts);
         pthread_cond_timedwait(&h->cv, &h->mu, &ts);
     }
-    unsigned left = h->in_flight;
+    unsigned left = h->in_flight + h->in_sync;
     if (left > 0) h->detached = true;
     pthread_mutex_unlock(&h->mu);
     if (h->reaper_started) pthread_join(h->reaper, NULL);
