@@ -7,6 +7,7 @@
 #include <jansson.h>
 #include <math.h>
 #include <msgpack.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -168,6 +169,46 @@ static int oip_count_data(const json_t *d, unsigned depth, uint64_t *n, uint64_t
     (*n)++;
     if (json_is_string(d)) *bytes += 4 + json_string_length(d);
     return AICFN_OK;
+}
+
+/* Nested data must follow the shape at every level ([[1,2],[3,4]] for [2,2]), as a
+ * row-major nesting does: a ragged or differently nested array that happens to hold as
+ * many elements is a client's mistake, refused rather than flattened into a wrong
+ * tensor. Flat data (no array inside the outer one) is checked by its count alone. */
+static int oip_check_nesting(const json_t *d, unsigned depth, const int64_t *shape, uint32_t ndim,
+                             const char *name, aicfn_error *err) {
+    if (!json_is_array(d)) {
+        if (depth == ndim) return AICFN_OK;
+        return aicfn_error_set(
+            err, AICFN_E_INVALID,
+            "input '%s': an element at nesting level %u, where the shape has %u dimensions", name, depth,
+            ndim);
+    }
+    if (depth >= ndim)
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "input '%s': data nested deeper than the shape's %u dimensions", name, ndim);
+    if ((uint64_t)json_array_size(d) != (uint64_t)shape[depth])
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "input '%s': an array at nesting level %u has %zu elements, shape[%u] is %lld",
+                               name, depth, json_array_size(d), depth, (long long)shape[depth]);
+    size_t i;
+    const json_t *v;
+    json_array_foreach(d, i, v) {
+        int rc = oip_check_nesting(v, depth + 1, shape, ndim, name, err);
+        if (rc) return rc;
+    }
+    return AICFN_OK;
+}
+
+/* Whether data is an array holding an array (nested, not flat). */
+static bool oip_is_nested(const json_t *d) {
+    size_t i;
+    const json_t *v;
+    if (!json_is_array(d)) return false;
+    json_array_foreach(d, i, v) {
+        if (json_is_array(v)) return true;
+    }
+    return false;
 }
 
 static int oip_convert_one(const json_t *v, oip_tctx *c, uint64_t idx) {
@@ -435,6 +476,8 @@ static int oip_parse_inputs(const json_t *inputs, const uint8_t *bin, size_t bin
             return aicfn_error_set(err, AICFN_E_INVALID,
                                    "input '%s': shape holds %llu elements but data has %llu", name,
                                    (unsigned long long)elems, (unsigned long long)count);
+        if (oip_is_nested(data) && (rc = oip_check_nesting(data, 0, t->shape, t->ndim, name, err)) != 0)
+            return rc;
         uint64_t nbytes;
         if (t->dtype == AICFN_DTYPE_BYTES)
             nbytes = sbytes;

@@ -1,9 +1,10 @@
 /* oip.h: the Open Inference Protocol v2 (KServe / Triton REST) JSON documents, and
  * their translation to and from aicfn's named tensors (wire_tensor, design.md §4).
  *
- * Covers: the inference request (JSON tensors, nested or flat data, and the binary
- * tensor data extension: a JSON header of Inference-Header-Content-Length bytes followed
- * by raw tensor bytes, sized per input by parameters.binary_data_size), the inference
+ * Covers: the inference request (JSON tensors, flat data or data nested exactly as the
+ * shape says, and the binary tensor data extension: a JSON header of
+ * Inference-Header-Content-Length bytes followed by raw tensor bytes, sized per input by
+ * parameters.binary_data_size), the inference
  * response (JSON data or binary_data outputs), model metadata, server metadata, the
  * repository index, and error bodies {"error": "..."}.
  * Not for: HTTP transport, routing or authentication (gateway/http.c), nor calling

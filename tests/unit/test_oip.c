@@ -175,6 +175,18 @@ static void rejects_bad_requests(void **state) {
     expect_fail(
         "{\"inputs\":[{\"name\":\"q\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[[[[[[[[[[1]]]]]]]]]]}]}",
         AICFN_E_INVALID, "nested deeper");
+    /* Nested data follows the shape: ragged rows, or rows of another shape, are refused
+     * even when they hold as many elements. */
+    expect_fail(
+        "{\"inputs\":[{\"name\":\"q\",\"shape\":[2,2],\"datatype\":\"FP32\",\"data\":[[1,2,3],[4]]}]}",
+        AICFN_E_INVALID, "an array at nesting level 1 has 3 elements, shape[1] is 2");
+    expect_fail("{\"inputs\":[{\"name\":\"q\",\"shape\":[4],\"datatype\":\"FP32\",\"data\":[[1,2],[3,4]]}]}",
+                AICFN_E_INVALID, "an array at nesting level 0 has 2 elements, shape[0] is 4");
+    expect_fail("{\"inputs\":[{\"name\":\"q\",\"shape\":[2,2],\"datatype\":\"FP32\",\"data\":[[1,2],3,4]}]}",
+                AICFN_E_INVALID, "input 'q'");
+    expect_fail(
+        "{\"inputs\":[{\"name\":\"q\",\"shape\":[2,1],\"datatype\":\"FP32\",\"data\":[[[1]],[[2]]]}]}",
+        AICFN_E_INVALID, "deeper than the shape's 2 dimensions");
     expect_fail("{\"inputs\":[{\"name\":\"q\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]},"
                 "{\"name\":\"q\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}]}",
                 AICFN_E_INVALID, "input 'q' appears twice");
