@@ -968,11 +968,12 @@ int wire_decode_invoke_reply(wire_doc *doc, wire_invoke_reply *rep, aicfn_error 
  * status
  * --------------------------------------------------------------------------------- */
 
-int wire_encode_status_req(wire_writer *w, uint64_t id, aicfn_error *err) {
-    wire_put_map(w, 3);
+int wire_encode_status_req(wire_writer *w, uint64_t id, uint64_t ack, aicfn_error *err) {
+    wire_put_map(w, 4);
     wire_kv_u64(w, "v", AICFN_PROTOCOL_VERSION);
     wire_kv_str(w, "t", WIRE_T_STATUS);
     wire_kv_u64(w, "id", id);
+    wire_kv_u64(w, "ack", ack);
     return wire_writer_status(w, err);
 }
 
@@ -1032,7 +1033,8 @@ int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_stat
         wire_put_array(w, st->n_loads);
         for (uint32_t i = 0; i < st->n_loads; i++) {
             const wire_unreported_load *l = &st->loads[i];
-            wire_put_map(w, 4);
+            wire_put_map(w, 4 + (l->seq ? 1 : 0));
+            if (l->seq) wire_kv_u64(w, "seq", l->seq);
             wire_kv_str(w, "fn", l->fn ? l->fn : "");
             wire_kv_u64(w, "ver", l->ver);
             wire_put_str(w, "timing");
@@ -1115,6 +1117,7 @@ int wire_decode_status_reply(wire_doc *doc, wire_status_reply *rep, aicfn_error 
             memset(&ls[i], 0, sizeof ls[i]);
             if (l->type != MSGPACK_OBJECT_MAP)
                 return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: expected a map", lctx);
+            if ((rc = wire_get_u64(l, lctx, "seq", false, &ls[i].seq, err))) return rc;
             if ((rc = wire_get_cstr(doc, l, lctx, "fn", true, AICFN_MAX_NAME_BYTES, &ls[i].fn, err)))
                 return rc;
             if ((rc = wire_get_u32(l, lctx, "ver", true, &ls[i].ver, err))) return rc;

@@ -439,6 +439,7 @@ typedef struct wire_worker_counters {
  * the model became resident. The worker lists it in its next status reply (`loads`),
  * once, so that the gateway records the cold start all the same. */
 typedef struct wire_unreported_load {
+    uint64_t seq;   /* the worker's number for it (from 1); 0: unnumbered (sent once, no ack) */
     const char *fn; /* the function whose calls asked for it */
     uint32_t ver;
     wire_timing timing; /* load_us (the whole load) and its phases; total_us = load_us */
@@ -475,8 +476,9 @@ typedef struct wire_status_reply {
     wire_load_record load; /* a preload's answer: what it loaded (all zero otherwise) */
 } wire_status_reply;
 
-/* {v, t:"status", id} */
-int wire_encode_status_req(wire_writer *w, uint64_t id, aicfn_error *err);
+/* {v, t:"status", id, ack}: ack is the highest w.loads seq the sender has recorded (0:
+ * none yet); a worker keeps each such load until a status request acknowledges it. */
+int wire_encode_status_req(wire_writer *w, uint64_t id, uint64_t ack, aicfn_error *err);
 /* {v, id, ok:true, w:{...}}, plus cold, timing and cs when `load` is not NULL (a
  * preload's answer). */
 int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_status *st,

@@ -652,15 +652,25 @@ typedef struct gw_load_source {
     char worker[sizeof(((gw_worker *)0)->name)];
     char device[sizeof(((gw_worker *)0)->device)];
     gw_fn *fns[WIRE_MAX_UNREPORTED_LOADS]; /* per load: its cached function, or NULL */
+    bool seen[WIRE_MAX_UNREPORTED_LOADS];  /* per load: recorded from an earlier reply */
 } gw_load_source;
 
+/* A worker that numbers its loads lists each until a poll acknowledges it (w.loads in
+ * docs/protocol.md): one listed again, seq <= the highest recorded, is not recorded
+ * twice; unnumbered ones (seq 0) come once and are always recorded. */
 static void gw_load_source_locked(gw_gateway *gw, gw_worker *w, const wire_worker_status *st,
                                   gw_load_source *src) {
     if (st->n_loads == 0) return;
     snprintf(src->worker, sizeof src->worker, "%s", w->name);
     snprintf(src->device, sizeof src->device, "%s", w->device);
-    for (uint32_t i = 0; i < st->n_loads && i < WIRE_MAX_UNREPORTED_LOADS; i++)
-        src->fns[i] = gw_fn_find(gw, st->loads[i].fn, st->loads[i].ver);
+    uint64_t recorded = w->loads_recorded;
+    for (uint32_t i = 0; i < st->n_loads && i < WIRE_MAX_UNREPORTED_LOADS; i++) {
+        uint64_t seq = st->loads[i].seq;
+        src->seen[i] = seq != 0 && seq <= w->loads_recorded;
+        src->fns[i] = src->seen[i] ? NULL : gw_fn_find(gw, st->loads[i].fn, st->loads[i].ver);
+        if (seq > recorded) recorded = seq;
+    }
+    __atomic_store_n(&w->loads_recorded, recorded, __ATOMIC_RELAXED);
 }
 
 /* The loads a worker's status lists because no reply carried them (every call waiting
@@ -670,6 +680,7 @@ static void gw_record_unreported_loads(gw_gateway *gw, const wire_worker_status 
     if (st->n_loads == 0) return;
     for (uint32_t i = 0; i < st->n_loads && i < WIRE_MAX_UNREPORTED_LOADS; i++) {
         const wire_unreported_load *l = &st->loads[i];
+        if (src->seen[i]) continue;
         log_info("worker %s: function %s:%u: a load its calls gave up on became resident (%llu us)",
                  src->worker, l->fn, l->ver, (unsigned long long)l->timing.load_us);
         gw_record_load(gw, src->fns[i], l->fn, l->ver, src->worker, src->device[0] ? src->device : NULL, 0, 0,
@@ -1552,7 +1563,7 @@ static void gw_send_poll(gw_gateway *gw, gw_worker *w) {
     wire_writer wr;
     wire_writer_init(&wr);
     uint64_t id = __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED);
-    int rc = wire_encode_status_req(&wr, id, &e);
+    int rc = wire_encode_status_req(&wr, id, __atomic_load_n(&w->loads_recorded, __ATOMIC_RELAXED), &e);
     gw_poll *p = rc == AICFN_OK ? malloc(sizeof *p) : NULL;
     if (p) {
         p->gw = gw;

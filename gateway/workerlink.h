@@ -62,10 +62,12 @@ typedef struct gw_worker {
     uint64_t spawn_us;          /* start to first status reply; 0 for remote */
     bool spawn_attributed;      /* spawn_us already given to a cold-start record */
     uint32_t consecutive_poll_failures;
-    bool killed;    /* the gateway ended it (a call past its timeout, failed polls): the calls
-                       that fail with it did not crash it and are not charged as crashes */
-    uint64_t death; /* set when it dies: the gateway's count of worker deaths (a crash is
-                       charged to a request once per death) */
+    uint64_t loads_recorded; /* the highest w.loads seq recorded (each poll acknowledges it);
+                                written under the gateway's lock, read atomically by polls */
+    bool killed;             /* the gateway ended it (a call past its timeout, failed polls): the calls
+                                that fail with it did not crash it and are not charged as crashes */
+    uint64_t death;          /* set when it dies: the gateway's count of worker deaths (a crash is
+                                charged to a request once per death) */
     /* Its fault note (pool.h), when a handler crashed it: the function and the calls of
      * that handler call, charged alone; NULL when it died otherwise (then every call in
      * flight is). */

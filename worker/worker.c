@@ -65,6 +65,7 @@ typedef struct worker_fn {
 /* A load no reply carried (worker_model_wait abandoned by its calls), kept for the next
  * status reply so that the gateway records the cold start (wire_unreported_load). */
 typedef struct worker_unreported_load {
+    uint64_t seq; /* numbered from 1 when kept */
     char fn[AICFN_MAX_NAME_BYTES];
     uint32_t ver;
     loader_acquire_info acq;
@@ -101,6 +102,10 @@ struct worker {
     uint64_t fn_idle_retire_us; /* worker_config's */
     worker_unreported_load unreported[AICFN_WORKER_UNREPORTED_LOADS]; /* under mu, oldest first */
     uint32_t n_unreported;
+    uint64_t last_load_seq; /* the seq of the last load put in unreported (from the start's
+                               wall time in µs) */
+    bool loads_acked;       /* the gateway acknowledges them (a status request with `ack`): each
+                               stays listed until acknowledged, not only in the next reply */
 
     atomic_uint_fast64_t n_invocations, n_errors, n_cold, n_batches;
 };
@@ -265,8 +270,10 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
         }
         n_un = w->n_unreported;
         memcpy(un, w->unreported, n_un * sizeof *un);
-        w->n_unreported = 0;
-        pthread_cond_broadcast(&w->cv); /* a drain may be waiting for them to go */
+        if (!w->loads_acked) { /* listed once: this reply reports them */
+            w->n_unreported = 0;
+            pthread_cond_broadcast(&w->cv); /* a drain may be waiting for them to go */
+        }
     }
     uint32_t nq = 0;
     uint64_t batches = 0;
@@ -298,6 +305,7 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
         for (uint32_t k = 0; k < ne; k++)
             ev[k] = a->evictions[k].key;
         loads[i] = (wire_unreported_load){
+            .seq = un[i].seq,
             .fn = un[i].fn,
             .ver = un[i].ver,
             .timing = {.load_us = a->wait_us,
@@ -546,7 +554,24 @@ static void worker_unreported_add_locked(worker *w, const worker_unreported_load
         memmove(&w->unreported[0], &w->unreported[1], (w->n_unreported - 1) * sizeof w->unreported[0]);
         w->n_unreported--;
     }
-    w->unreported[w->n_unreported++] = *un;
+    w->unreported[w->n_unreported] = *un;
+    w->unreported[w->n_unreported++].seq = ++w->last_load_seq;
+}
+
+/* A status request's `ack` (the highest load seq the gateway recorded; absent: a peer
+ * that does not acknowledge, whose replies list each load once): drops what it covers. */
+static void worker_loads_ack(worker *w, const wire_doc *doc) {
+    uint64_t ack = 0;
+    const msgpack_object *v = wire_map_get(&doc->root, "ack");
+    if (v == NULL || wire_get_u64(&doc->root, NULL, "ack", true, &ack, NULL) != AICFN_OK) return;
+    pthread_mutex_lock(&w->mu);
+    w->loads_acked = true;
+    uint32_t k = 0;
+    for (uint32_t i = 0; i < w->n_unreported; i++)
+        if (w->unreported[i].seq > ack) w->unreported[k++] = w->unreported[i];
+    if (k < w->n_unreported) pthread_cond_broadcast(&w->cv); /* a drain may be waiting for them */
+    w->n_unreported = k;
+    pthread_mutex_unlock(&w->mu);
 }
 
 static void *worker_model_wait_main(void *arg) {
@@ -1783,6 +1808,7 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
         return;
     }
     if (strcmp(h.t, WIRE_T_STATUS) == 0) {
+        worker_loads_ack(w, &r->doc);
         worker_req_free(r);
         worker_reply_status(w, out.call, h.id, NULL);
         worker_retire_idle(w);
@@ -1965,6 +1991,9 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     pthread_mutex_init(&w->mu, NULL);
     clock_cond_init(&w->cv);
     w->started_us = clock_now_us();
+    /* Load seqs count up from the start's wall time: a worker restarted under the same
+     * name and address numbers its loads past those of the process before it. */
+    w->last_load_seq = clock_wall_us();
     w->refuse_specs = cfg->refuse_specs;
     w->overrun_grace_ms = cfg->overrun_grace_ms ? cfg->overrun_grace_ms : AICFN_CALL_GRACE_MS;
     w->fn_idle_retire_us =
@@ -2046,9 +2075,9 @@ unsigned worker_drain(worker *w, uint32_t max_wait_ms) {
         pthread_cond_timedwait(&w->cv, &w->mu, &ts);
     }
     /* Loads no reply carried (their calls gave up) are reported by the next status
-     * reply; a gateway asks every AICFN_WORKER_POLL_MS: wait a little for it, or their
-     * cold starts leave with this process. */
-    uint64_t report_until = clock_now_us() + 2ull * AICFN_WORKER_POLL_MS * 1000;
+     * reply and acknowledged by the one after; a gateway asks every AICFN_WORKER_POLL_MS:
+     * wait a little for that, or their cold starts leave with this process. */
+    uint64_t report_until = clock_now_us() + 3ull * AICFN_WORKER_POLL_MS * 1000;
     if (report_until > until) report_until = until;
     while (w->inflight == 0 && w->n_unreported > 0 && clock_now_us() < report_until) {
         struct timespec ts;

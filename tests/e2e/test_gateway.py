@@ -304,18 +304,24 @@ def test_single_flight_twenty_first_calls(procs, tmp_path):
 
 
 def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
-    # A load that outlasted every call waiting for it is reported by the worker's next
-    # status answer (w.loads, protocol.md section 5; the worker side is test_worker's
+    # A load that outlasted every call waiting for it is reported by the worker's status
+    # answers (w.loads, protocol.md section 5; the worker side is test_worker's
     # abandoned_load_is_reported_in_the_next_status). Here a registered worker written from
-    # the protocol answers the gateway's status polls, the first with such a load: the
-    # gateway records it in cold_starts once, with spawn_us and queue_us 0.
+    # the protocol answers the gateway's status polls: the first lists an unnumbered load
+    # (a worker that takes no ack: listed once), and every answer lists a numbered one
+    # (seq 5) in its first three answers and until a poll acknowledges it, as a worker
+    # does for a gateway that may lose an answer. The gateway records each once in
+    # cold_starts, with spawn_us and queue_us 0, and its polls acknowledge seq 5.
     write_manifest(tmp_path / "big", f"name: big\nhandler: {handler('echo')}\n")
     addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
     deploy(addr, tmp_path / "big")
     waddr = f"tcp://127.0.0.1:{free_port()}"
     rep = pynng.Rep0(listen=waddr, recv_timeout=200)
-    polls = []
+    polls, acks = [], []
     stop = threading.Event()
+    load = {"fn": "big", "ver": 1,
+            "timing": {"load": 250000, "total": 250000, "read": 1000, "decompress": 200000, "filter": 30000},
+            "cs": {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []}}
 
     def serve():  # bounded by the test: stops when told, each receive times out
         while not stop.is_set():
@@ -328,11 +334,10 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
                         "draining": False, "models": []},
                  "queues": [], "counters": {"invocations": 0, "errors": 0, "cold_starts": 1, "evictions": 0,
                                             "batches": 0}}
-            if not polls:
-                w["loads"] = [{"fn": "big", "ver": 1,
-                               "timing": {"load": 250000, "total": 250000, "read": 1000, "decompress": 200000,
-                                          "filter": 30000},
-                               "cs": {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []}}]
+            acks.append(req.get("ack"))
+            w["loads"] = [] if polls else [load]
+            if (req.get("ack") or 0) < 5 or len(polls) < 3:  # listed again: as if an answer was lost
+                w["loads"].append(dict(load, seq=5))
             polls.append(req.get("t"))
             rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": True, "w": w}))
 
@@ -342,12 +347,13 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
         r = call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr, "name": "fake"})
         assert r["ok"], r
         rows = wait_rows(data, "SELECT function, version, worker, raw_bytes, compressed_bytes, spawn_us, queue_us, "
-                               "decompress_us, total_us FROM cold_starts", (), 1, timeout=15)
-        wait_for(lambda: len(polls) >= 3, 15, what="two more status polls")
-        assert db_rows(data, "SELECT COUNT(*) FROM cold_starts")[0][0] == 1  # reported once, recorded once
-        assert rows == [("big", 1, "fake", 4 << 20, 3 << 20, 0, 0, 200000, 250000)], rows
+                               "decompress_us, total_us FROM cold_starts", (), 2, timeout=15)
+        wait_for(lambda: 5 in acks and len(polls) >= acks.index(5) + 2, 15, what="seq 5 acknowledged, then a poll")
+        assert acks[0] == 0 and all(a is not None for a in acks), acks
+        assert db_rows(data, "SELECT COUNT(*) FROM cold_starts")[0][0] == 2  # each recorded once
+        assert rows == [("big", 1, "fake", 4 << 20, 3 << 20, 0, 0, 200000, 250000)] * 2, rows
         assert "a load its calls gave up on became resident" in g.stderr()
-        assert cold_start_count(addr, data, "big") == 1
+        assert cold_start_count(addr, data, "big") == 2
     finally:
         stop.set()
         t.join(timeout=5)

@@ -362,7 +362,7 @@ static void status_round_trip(void **state) {
     (void)state;
     wire_writer w;
     wire_writer_init(&w);
-    assert_int_equal(wire_encode_status_req(&w, 12, NULL), AICFN_OK);
+    assert_int_equal(wire_encode_status_req(&w, 12, 0, NULL), AICFN_OK);
     wire_doc doc;
     assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
     wire_header h;
@@ -437,7 +437,8 @@ static void status_round_trip(void **state) {
 
     /* Loads no reply carried, listed in w.loads. */
     wire_unreported_load ul[2] = {
-        {.fn = "mlp",
+        {.seq = 1733300000000001ull,
+         .fn = "mlp",
          .ver = 3,
          .timing = {.load_us = 800, .total_us = 800, .decompress_us = 600},
          .coldstart = {.compressed_bytes = 10, .raw_bytes = 40, .n_evicted = 2, .evicted = ev}},
@@ -450,6 +451,8 @@ static void status_round_trip(void **state) {
     assert_int_equal(wire_decode_status_reply(&doc, &r, &e), AICFN_OK);
     assert_int_equal(r.w.n_loads, 2);
     assert_string_equal(r.w.loads[0].fn, "mlp");
+    assert_int_equal(r.w.loads[0].seq, 1733300000000001ull);
+    assert_int_equal(r.w.loads[1].seq, 0); /* unnumbered: no "seq" key */
     assert_int_equal(r.w.loads[0].ver, 3);
     assert_int_equal(r.w.loads[0].timing.decompress_us, 600);
     assert_int_equal(r.w.loads[0].coldstart.raw_bytes, 40);
@@ -894,7 +897,7 @@ static void keys_versions_and_types(void **state) {
     assert_non_null(strstr(e.msg, "'id'"));
     /* wrong message type */
     wire_writer_reset(&w);
-    assert_int_equal(wire_encode_status_req(&w, 3, NULL), AICFN_OK);
+    assert_int_equal(wire_encode_status_req(&w, 3, 0, NULL), AICFN_OK);
     assert_int_equal(decode_request(w.data, w.len, &e), AICFN_E_PROTOCOL);
     assert_non_null(strstr(e.msg, "status"));
     /* not a map */
