@@ -20,6 +20,7 @@
 #include "gateway/gateway_internal.h"
 #include "gateway/http.h"
 #include "gateway/keys.h"
+#include "gateway/loopback.h"
 #include "gateway/registry.h"
 
 struct gw_front_http {
@@ -211,6 +212,11 @@ static void fh_before_metrics(void *ctx) {
 int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_metrics *metrics,
                         const gw_stdmetrics *std, gw_front_http **out, aicfn_error *err) {
     *out = NULL;
+    if (gw_insecure_local(gw) && !gw_addr_is_loopback(listen))
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "--insecure-local serves without API keys: --http must be a loopback "
+                               "address (127.0.0.1:PORT, [::1]:PORT, localhost:PORT), not '%s'",
+                               listen ? listen : "");
     gw_front_http *f = calloc(1, sizeof *f);
     if (f == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "http: out of memory");
     f->gw = gw;

@@ -40,6 +40,7 @@
 #include "common/tunables.h"
 #include "gateway/gateway_internal.h"
 #include "gateway/keys.h"
+#include "gateway/loopback.h"
 #include "gateway/metrics.h"
 #include "gateway/pool.h"
 #include "gateway/registry.h"
@@ -2590,9 +2591,16 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
                                cfg->min_workers, cfg->max_workers);
     if (cfg->max_workers > AICFN_MAX_WORKERS)
         return aicfn_error_set(err, AICFN_E_INVALID, "--workers: at most %d", AICFN_MAX_WORKERS);
+    const char *listen = cfg->listen ? cfg->listen : AICFN_DEFAULT_GATEWAY;
+    if (cfg->insecure_local && !gw_addr_is_loopback(listen))
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "--insecure-local serves every caller as an administrator without an API key: "
+                               "--listen must be ipc:// or a loopback address (tcp://127.0.0.1:PORT, "
+                               "tcp://[::1]:PORT), not '%s'",
+                               listen);
     gw_gateway *gw = calloc(1, sizeof *gw);
     if (!gw) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
-    gw->listen = strdup(cfg->listen ? cfg->listen : AICFN_DEFAULT_GATEWAY);
+    gw->listen = strdup(listen);
     gw->data_dir = strdup(cfg->data_dir ? cfg->data_dir : AICFN_DEFAULT_DATA_DIR);
     gw->device = strdup(cfg->device ? cfg->device : "auto");
     gw->worker_exe = cfg->worker_exe ? strdup(cfg->worker_exe) : NULL;

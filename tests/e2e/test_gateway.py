@@ -360,6 +360,19 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
         rep.close()
 
 
+def test_insecure_local_is_refused_off_loopback(tmp_path):
+    # --insecure-local makes every caller an administrator (deploy runs native code): the
+    # gateway refuses it on an address other hosts can reach, NNG front or HTTP front,
+    # before it opens anything.
+    for extra in (["--listen", f"tcp://0.0.0.0:{free_port()}"],
+                  ["--listen", f"tcp://127.0.0.1:{free_port()}", "--http", f"0.0.0.0:{free_port()}"]):
+        r = run_cli(["gateway", "--data", str(tmp_path / "data"), "--workers", "0..0", "--device", "host",
+                     "--insecure-local", *extra], timeout=20)
+        assert r.returncode != 0, r.stdout
+        assert "--insecure-local serves" in r.stderr and "0.0.0.0" in r.stderr, r.stderr
+        assert "loopback" in r.stderr, r.stderr
+
+
 def test_second_gateway_on_one_data_dir_is_refused(procs, tmp_path):
     # A second gateway on the same --data would remove the first's uploads in progress and
     # mark its live workers lost: it is refused before it touches anything, naming the
