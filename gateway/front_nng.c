@@ -312,17 +312,24 @@ static void front_artifact_get(gw_front *f, rpc_call *call, wire_doc *doc, uint6
     front_send(call, id, &w);
 }
 
+/* Whether the sender of administrative request `t` (doc) may make it: an admin key's
+ * (any key's for status). */
+static int front_admin_allowed(gw_front *f, wire_doc *doc, const char *t, aicfn_error *err) {
+    char tenant[AICFN_TENANT_MAX_BYTES + 1];
+    bool admin = false;
+    int rc = front_auth_check(f, doc, tenant, &admin, NULL, err);
+    if (rc == AICFN_OK && !admin && strcmp(t, "status") != 0)
+        rc = aicfn_error_set(err, AICFN_E_FORBIDDEN, "'%s' needs an admin key", t);
+    return rc;
+}
+
 static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wire_header *h, uint64_t now) {
     aicfn_error e;
     aicfn_error_clear(&e);
     gw_gateway *gw = f->gw;
     const msgpack_object *root = &doc->root;
     uint64_t id = h->id;
-    char tenant[AICFN_TENANT_MAX_BYTES + 1];
-    bool admin = false;
-    int rc = front_auth_check(f, doc, tenant, &admin, NULL, &e);
-    if (rc == AICFN_OK && !admin && strcmp(h->t, "status") != 0)
-        rc = aicfn_error_set(&e, AICFN_E_FORBIDDEN, "'%s' needs an admin key", h->t);
+    int rc = front_admin_allowed(f, doc, h->t, &e); /* again: a key may be revoked meanwhile */
     if (rc != AICFN_OK) {
         front_error(call, id, rc, e.msg);
         return;
@@ -664,7 +671,20 @@ static void front_handler(void *user, rpc_call *call, const uint8_t *msg, size_t
         wire_doc_fini(&doc);
         return;
     }
+    /* Administrative requests wait for the one admin thread, their bytes held meanwhile:
+     * only an authorized sender's get there, and only small ones (an upload chunk's
+     * size is the chunk's). A flood from anyone else is refused here, at once. */
+    size_t most = strcmp(h.t, "upload_chunk") == 0
+                      ? (size_t)AICFN_UPLOAD_CHUNK_BYTES + AICFN_GW_ADMIN_MAX_BYTES
+                      : AICFN_GW_ADMIN_MAX_BYTES;
+    rc = len > most ? aicfn_error_set(&e, AICFN_E_TOO_LARGE, "'%.32s' request of %zu bytes (at most %zu)",
+                                      h.t, len, most)
+                    : front_admin_allowed(f, &doc, h.t, &e);
     wire_doc_fini(&doc);
+    if (rc != AICFN_OK) {
+        front_error(call, h.id, rc, e.msg);
+        return;
+    }
     front_admin_job *j = malloc(sizeof *j);
     if (!j) {
         front_error(call, h.id, AICFN_E_NOMEM, "out of memory");

@@ -31,7 +31,7 @@ import numpy as np
 import pynng
 import pytest
 
-from conftest import (E_OVERLOADED, E_PROTOCOL, OK, PROTOCOL_VERSION, ROOT, bytes_tensor, call, create_key, call_raw, free_port, handler,
+from conftest import (E_OVERLOADED, E_PROTOCOL, E_TOO_LARGE, OK, PROTOCOL_VERSION, ROOT, bytes_tensor, call, create_key, call_raw, free_port, handler,
                       gw_msg, invoke_msg, next_id, output, run_cli, tensor, wait_for)
 
 E_WORKER_LOST = 12
@@ -371,6 +371,20 @@ def test_insecure_local_is_refused_off_loopback(tmp_path):
         assert r.returncode != 0, r.stdout
         assert "--insecure-local serves" in r.stderr and "0.0.0.0" in r.stderr, r.stderr
         assert "loopback" in r.stderr, r.stderr
+
+
+def test_administrative_requests_are_bounded_before_they_queue(procs, tmp_path):
+    # Administrative requests wait for the gateway's one admin thread: one past
+    # AICFN_GW_ADMIN_MAX_BYTES (1 MiB; an upload chunk may carry its 4 MiB chunk more) is
+    # refused at once with AICFN_E_TOO_LARGE, and the gateway goes on answering.
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
+    r = call(addr, gw_msg("status", pad=b"x" * (2 << 20)))
+    assert not r["ok"] and r["error"]["code"] == E_TOO_LARGE and "at most 1048576" in r["error"]["message"], r
+    r = call(addr, gw_msg("upload_chunk", upload=1, offset=0, data=b"x" * (6 << 20)))
+    assert not r["ok"] and r["error"]["code"] == E_TOO_LARGE, r
+    r = call(addr, gw_msg("upload_chunk", upload=1, offset=0, data=b"x" * (4 << 20)))
+    assert not r["ok"] and r["error"]["code"] != E_TOO_LARGE, r  # a chunk's size passes (no such upload)
+    assert call(addr, gw_msg("status"))["ok"]
 
 
 def test_second_gateway_on_one_data_dir_is_refused(procs, tmp_path):
