@@ -429,7 +429,13 @@ static int ci_parse_input(const char *arg, ci_input *t) {
                                    jerr.line);
     } else {
         v = json_loads(val, JSON_DECODE_ANY, &jerr);
-        if (v == NULL) v = json_string(val); /* not JSON: text */
+        /* Not JSON: text (a BYTES element), unless it was meant as JSON: an array, an
+         * object or a string that does not parse is a typo to report, not text to send. */
+        size_t lead = strspn(val, " \t\r\n");
+        if (v == NULL && strchr("[{\"", val[lead]) && val[lead] != '\0')
+            return cli_usage_error("invoke", "--input %s: not valid JSON: %s (column %d)", t->name, jerr.text,
+                                   jerr.column);
+        if (v == NULL) v = json_string(val);
         if (v == NULL) return cli_usage_error("invoke", "--input %s: not JSON and not UTF-8 text", t->name);
     }
     char msg[256];

@@ -175,6 +175,12 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
     for ref in (":3", "echo:+3", "echo: 3", "echo:0"):
         r = run_cli(["invoke", "--worker", addr, ref, "--input", "x=1"])
         assert r.returncode == 2 and "NAME:VER" in r.stderr, (ref, r.stderr)
+    # Inline JSON with a typo is an error, not text sent as BYTES; plain text still is text.
+    for typo in ("x=[1,2,3", 'x={"dtype":"FP32"', 'x="unterminated'):
+        r = run_cli(["invoke", "--worker", addr, "echo", "--input", typo])
+        assert r.returncode == 2 and "not valid JSON" in r.stderr, (typo, r.stderr)
+    r = run_cli(["invoke", "--worker", addr, "echo", "--input", "x=hello world", "--json"])
+    assert r.returncode == 0 and json.loads(r.stdout)["outputs"][0]["dtype"] == "BYTES", (r.stdout, r.stderr)
     # @FILE must be a regular file.
     r = run_cli(["invoke", "--worker", addr, "echo", "--input", f"x=@{tmp_path}"])
     assert r.returncode == 2 and "not a regular file" in r.stderr, r.stderr
