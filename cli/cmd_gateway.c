@@ -14,6 +14,9 @@
 #include "gateway/front_http.h"
 #include "gateway/gateway.h"
 
+/* --idle-timeout and --upload-timeout at most (a week: timers add them to clock times). */
+#define CG_MAX_TIMEOUT_US (7ull * 24 * 3600 * 1000000)
+
 static void cg_help(FILE *out) {
     fprintf(out,
             "usage: aicfn gateway [--listen ADDR] [--data DIR] [--workers MIN..MAX] [--idle-timeout DUR]\n"
@@ -127,11 +130,14 @@ int cli_cmd_gateway(int argc, char **argv) {
                                        AICFN_MAX_WORKERS);
         } else if ((v = cli_flag_value(argc, argv, &i, "--idle-timeout"))) {
             if (units_parse_duration_us(v, &cfg.idle_timeout_us, &err) != AICFN_OK ||
-                cfg.idle_timeout_us == 0)
-                return cli_usage_error("gateway", "--idle-timeout '%s' is not a duration (e.g. 5m)", v);
+                cfg.idle_timeout_us == 0 || cfg.idle_timeout_us > CG_MAX_TIMEOUT_US)
+                return cli_usage_error("gateway",
+                                       "--idle-timeout '%s' is not a duration from 1us to 7d (e.g. 5m)", v);
         } else if ((v = cli_flag_value(argc, argv, &i, "--upload-timeout"))) {
-            if (units_parse_duration_us(v, &cfg.upload_idle_us, &err) != AICFN_OK || cfg.upload_idle_us == 0)
-                return cli_usage_error("gateway", "--upload-timeout '%s' is not a duration (e.g. 2m)", v);
+            if (units_parse_duration_us(v, &cfg.upload_idle_us, &err) != AICFN_OK ||
+                cfg.upload_idle_us == 0 || cfg.upload_idle_us > CG_MAX_TIMEOUT_US)
+                return cli_usage_error("gateway",
+                                       "--upload-timeout '%s' is not a duration from 1us to 7d (e.g. 2m)", v);
         } else if ((v = cli_flag_value(argc, argv, &i, "--response-cache"))) {
             if (units_parse_size(v, &cfg.response_cache_bytes, &err) != AICFN_OK ||
                 cfg.response_cache_bytes == 0)

@@ -373,6 +373,14 @@ def test_insecure_local_is_refused_off_loopback(tmp_path):
         assert "loopback" in r.stderr, r.stderr
 
 
+def test_gateway_durations_are_bounded(tmp_path):
+    # Timers add these to clock times: a value that would overflow (someone's "never") is a
+    # usage error, not an upload aborted at once.
+    for flag in ("--upload-timeout", "--idle-timeout"):
+        r = run_cli(["gateway", "--data", str(tmp_path / "data"), flag, "18446744073709551615us"], timeout=20)
+        assert r.returncode == 2 and "from 1us to 7d" in r.stderr, (flag, r.stderr)
+
+
 def test_administrative_requests_are_bounded_before_they_queue(procs, tmp_path):
     # Administrative requests wait for the gateway's one admin thread: one past
     # AICFN_GW_ADMIN_MAX_BYTES (1 MiB; an upload chunk may carry its 4 MiB chunk more) is
