@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "cli/gwclient.h"
+#include "cli/stopsignal.h"
 #include "common/log.h"
 #include "common/tunables.h"
 #include "common/units.h"
@@ -187,7 +188,11 @@ int cli_cmd_gateway(int argc, char **argv) {
     int sig = 0;
     while (sigwait(&set, &sig) != 0) {
     }
-    log_info("received %s: stopping", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    log_info("received %s: stopping (a second one exits at once)", sig == SIGTERM ? "SIGTERM" : "SIGINT");
+    /* The stop waits for calls in flight and for workers to drain (function timeouts run
+     * to an hour): a second signal ends the gateway at once; its local workers die with
+     * it (PR_SET_PDEATHSIG) and deploys already acknowledged are committed. */
+    cli_stop_signal_watch(&set, "calls in flight and draining workers");
     gw_front_http_stop(fh);
     gw_stop(gw);
     log_info("stopped");

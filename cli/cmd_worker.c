@@ -11,7 +11,6 @@
 #include <inttypes.h>
 #include <pthread.h>
 #include <signal.h>
-#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +20,7 @@
 
 #include "cli/cli.h"
 #include "cli/gwclient.h"
+#include "cli/stopsignal.h"
 #include "common/log.h"
 #include "common/tunables.h"
 #include "common/units.h"
@@ -171,31 +171,6 @@ static const char *cw_flag(int argc, char **argv, int *i, const char *name) {
     if (argv[*i][n] == '=') return argv[*i] + n + 1;
     if (argv[*i][n] != '\0' || *i + 1 >= argc) return NULL;
     return argv[++*i];
-}
-
-/* After the first SIGTERM/SIGINT (they stay blocked in every thread, taken with sigwait):
- * a second one ends the process at once while calls are in flight (the drain, or a
- * teardown after a drain that gave up on some). Once a drain ended cleanly, further
- * signals are logged and ignored: the handlers' fini and the device's release run to
- * their end (a gateway whose link to this worker drops, or a whole process group or
- * cgroup being stopped, signals it again). */
-static atomic_bool cw_second_signal_exits = true;
-static sigset_t cw_stop_signals;
-
-static void *cw_second_signal_main(void *arg) {
-    (void)arg;
-    for (;;) {
-        int sig = 0;
-        if (sigwait(&cw_stop_signals, &sig) != 0) continue;
-        const char *name = sig == SIGTERM ? "SIGTERM" : "SIGINT";
-        if (!atomic_load(&cw_second_signal_exits)) {
-            log_info("received another %s: ignored, the drain is done and the teardown finishing", name);
-            continue;
-        }
-        log_warn("received a second %s: stopping now, without waiting for calls in flight", name);
-        _exit(CLI_EXIT_FAIL);
-    }
-    return NULL;
 }
 
 int cli_cmd_worker(int argc, char **argv) {
@@ -375,18 +350,11 @@ int cli_cmd_worker(int argc, char **argv) {
     log_info("received %s: draining (a second one stops at once)", sig == SIGTERM ? "SIGTERM" : "SIGINT");
     /* A drain waits for every call's deadline and the destroy for every handler to return:
      * an operator whose handler is stuck can still end the process with a second signal. */
-    pthread_t second;
-    pthread_attr_t attr;
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    cw_stop_signals = set;
-    if (pthread_create(&second, &attr, cw_second_signal_main, NULL) != 0)
-        log_warn("no watch for a second signal: only SIGKILL can cut the drain short");
-    pthread_attr_destroy(&attr);
+    cli_stop_signal_watch(&set, "calls in flight");
     /* Every call in flight ends by its deadline: the worker waits for the longest
      * function timeout (run-time registered ones included) plus a grace period. */
     unsigned left = worker_drain(w, 0);
-    if (left == 0) atomic_store(&cw_second_signal_exits, false); /* nothing left to cut short */
+    if (left == 0) cli_stop_signal_disarm(); /* nothing left to cut short */
     if (left) log_warn("drain: %u calls still in flight past every deadline; stopping anyway", left);
     worker_destroy(w);
     log_info("stopped");

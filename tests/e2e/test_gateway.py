@@ -1194,6 +1194,37 @@ def sleep_fn_gateway(procs, tmp_path, name, timeout, workers, extra=()):
     return addr, g, x
 
 
+def test_second_sigterm_stops_the_gateway_at_once(procs, tmp_path):
+    """The first SIGTERM stops the gateway cleanly, waiting for calls in flight; a second
+    one ends it at once, exit status 1 (its local workers die with it)."""
+    addr, g, x = sleep_fn_gateway(procs, tmp_path, "slow", "60s", "1..1")
+    pid = workers(addr)[0]["pid"]
+    outcome = []
+
+    def slow_call():  # the gateway stops under it: the call ends with an error or a receive error
+        try:
+            outcome.append(call(addr, invoke_msg("slow", [x], params={"sleep_ms": "20000"}), timeout_ms=30000))
+        except pynng.NNGException as e:
+            outcome.append(e)
+
+    t = threading.Thread(target=slow_call, daemon=True)
+    t.start()
+    wait_for(lambda: gateway_status(addr)["in_flight"] == 1, 10, what="the call running")
+    g.signal(signal.SIGTERM)
+    wait_for(lambda: "stopping" in g.stderr(), 5, what="the stop")
+    time.sleep(0.3)
+    assert g.poll() is None  # the call in flight holds the stop
+    t0 = time.monotonic()
+    g.signal(signal.SIGTERM)
+    assert g.wait(timeout=5) == 1
+    assert time.monotonic() - t0 < 3
+    assert "received a second SIGTERM" in g.stderr()
+    wait_for(lambda: not Path(f"/proc/{pid}").exists() or Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z",
+             10, what="its worker gone with it")
+    t.join(timeout=40)
+    assert len(outcome) == 1 and not (isinstance(outcome[0], dict) and outcome[0].get("ok")), outcome
+
+
 def test_stuck_worker_is_killed_and_replaced(procs, tmp_path):
     addr, g, x = sleep_fn_gateway(procs, tmp_path, "stuck", "1s", "0..1")
     pid = workers(addr)[0]["pid"]
