@@ -203,6 +203,17 @@ static void cd_on_progress(void *user, uint64_t done, uint64_t total) {
     if (done >= total) fprintf(stderr, "\n");
 }
 
+/* SIGINT or SIGTERM during the uploads: the chunk in flight ends, the upload is aborted
+ * on the gateway (else its space stays reserved until its idle timeout), and deploy
+ * fails. Outside the uploads the default action stands (the packing's temporary
+ * folder is removed by the next deploy). */
+static volatile sig_atomic_t cd_interrupted;
+
+static void cd_on_stop_signal(int sig) {
+    (void)sig;
+    cd_interrupted = 1;
+}
+
 /* Uploads `path` (hash `hex`, `size` bytes) unless the gateway has it. */
 static int cd_upload(rpc_client *c, const char *key, const char *path, const char *hex, uint64_t size,
                      bool tty, aicfn_error *err) {
@@ -235,6 +246,12 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
     }
     uint64_t off = 0;
     while (rc == AICFN_OK && off < size) {
+        if (cd_interrupted) {
+            rc =
+                aicfn_error_set(err, AICFN_E_CANCELED, "interrupted after %llu of %llu bytes: upload aborted",
+                                (unsigned long long)off, (unsigned long long)size);
+            break;
+        }
         ssize_t n = pread(fd, buf, AICFN_UPLOAD_CHUNK_BYTES, (off_t)off);
         if (n < 0 && errno == EINTR) continue;
         if (n <= 0) {
@@ -431,9 +448,15 @@ int cli_cmd_deploy(int argc, char **argv) {
      * says AICFN_E_NOT_FOUND and one more round uploads it again. */
     uint64_t version = 0;
     int opened = rc == AICFN_OK;
+    struct sigaction stop = {.sa_handler = cd_on_stop_signal}, old_int, old_term;
+    sigemptyset(&stop.sa_mask);
+    sigaction(SIGINT, &stop, &old_int);
+    sigaction(SIGTERM, &stop, &old_term);
     for (int attempt = 0; opened && attempt < 2; attempt++) {
         rc = cd_upload(c, key, so, so_hex, so_size, tty, &err);
         if (rc == AICFN_OK && snap[0]) rc = cd_upload(c, key, snap, snap_hex, snap_size, tty, &err);
+        if (rc == AICFN_OK && cd_interrupted)
+            rc = aicfn_error_set(&err, AICFN_E_CANCELED, "interrupted: nothing deployed");
         if (rc != AICFN_OK) break;
         wire_writer w;
         wire_writer_init(&w);
@@ -461,6 +484,8 @@ int cli_cmd_deploy(int argc, char **argv) {
             break;
         }
     }
+    sigaction(SIGINT, &old_int, NULL);
+    sigaction(SIGTERM, &old_term, NULL);
     if (rc == AICFN_OK) {
         if (json)
             printf("{\"name\":\"%s\",\"version\":%llu,\"handler\":\"%s\",\"snapshot\":\"%s\",\"model_bytes\":"

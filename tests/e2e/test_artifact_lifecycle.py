@@ -6,15 +6,23 @@ an artifact still used by another function stays; the worker that loaded a share
 handler keeps serving the function that remains; deploying again after the files were
 deleted uploads them again and works. An upload abandoned by its client is aborted
 after --upload-timeout even when no other message comes, and its temporary file is
-removed.
+removed; one interrupted by Ctrl-C is aborted by the CLI at once.
 """
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import threading
 import time
 from pathlib import Path
 
-from conftest import PROTOCOL_VERSION, ROOT, call, gw_msg, handler, invoke_msg, next_id, run_cli, tensor, wait_for
-from test_gateway import deploy, start_gateway, write_manifest
+import msgpack
+import pynng
+
+from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, free_port, gw_msg, handler, invoke_msg, next_id,
+                      run_cli, tensor, wait_for)
+from test_gateway import deploy, start_gateway, write_manifest, write_safetensors
 
 import numpy as np
 
@@ -167,3 +175,60 @@ def test_uploads_whose_deploy_never_came_are_removed_at_start(procs, tmp_path):
     assert "removed 1 file(s)" in g.stderr()
     r = invoke_echo(addr, "kept")
     assert r["ok"], r
+
+
+def test_interrupted_deploy_aborts_its_upload(tmp_path):
+    # Ctrl-C during `aicfn deploy`'s upload: the chunk in flight ends, the CLI sends
+    # upload_abort for that upload (else the gateway keeps its space reserved until the
+    # upload's idle timeout) and exits non-zero without deploying. A gateway written from
+    # the protocol answers each chunk after 300 ms, so the signal lands mid-upload.
+    d = tmp_path / "big"
+    d.mkdir()
+    rng = np.random.default_rng(3)
+    write_safetensors(d / "w.safetensors", {"w": rng.standard_normal((3 << 20,)).astype(np.float32)})  # 12 MiB
+    (d / "aicfn.yaml").write_text(f"name: big\nhandler: {handler('echo')}\nmodel: w.safetensors\n")
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    rep = pynng.Rep0(listen=addr, recv_timeout=200, recv_max_size=0)
+    seen, stop = [], threading.Event()
+
+    def serve():  # bounded by the test: stops when told, each receive times out
+        token = 100
+        while not stop.is_set():
+            try:
+                req = msgpack.unpackb(rep.recv(), raw=False)
+            except pynng.Timeout:
+                continue
+            t = req.get("t")
+            seen.append((t, req.get("upload")))
+            r = {"v": PROTOCOL_VERSION, "id": req["id"], "ok": True}
+            if t == "upload_begin":
+                token += 1
+                r.update(upload=token, exists=False)
+            elif t == "upload_chunk":
+                time.sleep(0.3)
+                r.update(received=req["offset"] + len(req["data"]))
+            rep.send(msgpack.packb(r))
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    p = subprocess.Popen([str(aicfn_bin()), "deploy", str(d), "--gateway", addr], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        # The handler (one chunk) goes first, then the snapshot's chunks: interrupt after
+        # the snapshot's first.
+        wait_for(lambda: sum(1 for t, _ in seen if t == "upload_begin") == 2 and seen[-1][0] == "upload_chunk",
+                 60, interval=0.02, what="the snapshot's upload under way")
+        snap_token = [u for t, u in seen if t == "upload_chunk"][-1]
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        stop.set()
+        th.join(timeout=5)
+        rep.close()
+    assert p.returncode == 1, (p.returncode, err)
+    assert "upload aborted" in err, err
+    assert ("upload_abort", snap_token) in seen, seen
+    assert "deploy" not in [t for t, _ in seen], seen
+    assert "deployed" not in out
