@@ -162,7 +162,12 @@ struct rpc_server {
     pthread_t watchdog;
     bool watchdog_running;
     uint64_t pipes_added; /* NNG_PIPE_EV_ADD_POST count */
-    unsigned restarts;    /* listener restarts by the watchdog */
+    uint32_t *live;       /* ids of the pipes added and not yet removed (REM_POST may also
+                             come for a pipe never added: only these ids count) */
+    size_t n_live, cap_live;
+    bool keep_peers;         /* rpc_server_opts' */
+    unsigned probe_failures; /* failed probes in a row (the watchdog's) */
+    unsigned restarts;       /* listener restarts by the watchdog */
 };
 
 /* A context operation ended (see `busy`). */
@@ -361,13 +366,28 @@ unsigned rpc_server_listener_restarts(rpc_server *s) {
     return n;
 }
 
-static void srv_pipe_added(nng_pipe p, nng_pipe_ev ev, void *arg) {
-    (void)p;
-    (void)ev;
+/* NNG_PIPE_EV_ADD_POST and REM_POST of an ipc server: the probe's count and the live
+ * connections (by id: NNG also posts REM_POST for a pipe removed before ADD_POST). */
+static void srv_pipe_event(nng_pipe p, nng_pipe_ev ev, void *arg) {
     rpc_server *s = arg;
+    uint32_t id = (uint32_t)nng_pipe_id(p);
     pthread_mutex_lock(&s->mu);
-    s->pipes_added++;
-    pthread_cond_broadcast(&s->cv);
+    if (ev == NNG_PIPE_EV_ADD_POST) {
+        s->pipes_added++;
+        pthread_cond_broadcast(&s->cv);
+        if (s->n_live == s->cap_live) {
+            size_t cap = s->cap_live ? 2 * s->cap_live : 16;
+            uint32_t *n = realloc(s->live, cap * sizeof *n);
+            if (n) s->live = n, s->cap_live = cap;
+        }
+        if (s->n_live < s->cap_live) s->live[s->n_live++] = id; /* else uncounted: out of memory */
+    } else if (ev == NNG_PIPE_EV_REM_POST) {
+        for (size_t i = 0; i < s->n_live; i++)
+            if (s->live[i] == id) {
+                s->live[i] = s->live[--s->n_live];
+                break;
+            }
+    }
     pthread_mutex_unlock(&s->mu);
 }
 
@@ -407,8 +427,9 @@ static bool srv_probe(rpc_server *s) {
  * disconnects during the SP handshake (nng #1518): connections are accepted and
  * negotiated but never reach the socket. This thread (one per ipc server, not per
  * request) probes the listener every AICFN_IPC_PROBE_MS and, when the probe's
- * connection does not arrive, replaces the listener (connections stuck in the broken one
- * are closed; their REQ peers redial and reach the new one). */
+ * connection does not arrive AICFN_IPC_PROBE_FAILURES times in a row, replaces the
+ * listener (connections stuck in the broken one are closed, and so are the healthy ones
+ * it accepted before: REQ peers redial and reach the new one; see keep_peers). */
 static void *srv_watchdog(void *arg) {
     pthread_setname_np(pthread_self(), "aicfn:ipc-watch");
     rpc_server *s = arg;
@@ -421,8 +442,27 @@ static void *srv_watchdog(void *arg) {
         bool closing = s->closing;
         pthread_mutex_unlock(&s->mu);
         if (closing) break;
-        if (srv_probe(s)) continue;
+        if (srv_probe(s)) {
+            s->probe_failures = 0;
+            continue;
+        }
+        /* One late probe may be a loaded machine; a broken listener fails every time. And
+         * a restart closes every connection the listener accepted: with keep_peers, not
+         * while one is up (a local worker's one peer, the gateway, must keep its link;
+         * the listener matters again only once no connection is left). */
+        if (++s->probe_failures < AICFN_IPC_PROBE_FAILURES) continue;
+        pthread_mutex_lock(&s->mu);
+        size_t live = s->n_live;
+        pthread_mutex_unlock(&s->mu);
+        if (s->keep_peers && live > 0) {
+            if (s->probe_failures == AICFN_IPC_PROBE_FAILURES)
+                log_warn("rpc %s: ipc listener not delivering new connections (nng #1518); restart deferred "
+                         "while %zu connection(s) are up",
+                         s->url, live);
+            continue;
+        }
         log_warn("rpc %s: ipc listener stopped delivering connections (nng #1518); restarting it", s->url);
+        s->probe_failures = 0;
         nng_listener_close(s->listener);
         int rv = srv_listen(s, s->url);
         if (rv != 0) log_error("rpc %s: restarting the listener: %s", s->url, nng_strerror(rv));
@@ -464,6 +504,7 @@ static void srv_free(rpc_server *s) {
     }
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    free(s->live);
     free(s);
 }
 
@@ -504,7 +545,9 @@ int rpc_server_start(rpc_server **out, const char *url, const rpc_server_opts *o
     }
     s->recv_max = recv_max;
     s->is_ipc = strncmp(url, "ipc://", 6) == 0;
-    if (s->is_ipc && (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, srv_pipe_added, s)) != 0)
+    s->keep_peers = opts && opts->keep_peers;
+    if (s->is_ipc && ((rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, srv_pipe_event, s)) != 0 ||
+                      (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, srv_pipe_event, s)) != 0))
         goto fail_sock;
     if ((rv = srv_listen(s, url)) != 0) goto fail_sock;
     srv_resolve_url(s, url);
@@ -541,7 +584,10 @@ void rpc_server_destroy(rpc_server *s) {
         pthread_cond_wait(&s->cv, &s->mu);
     pthread_mutex_unlock(&s->mu);
     if (s->watchdog_running) pthread_join(s->watchdog, NULL);
-    if (s->is_ipc) nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, NULL, NULL);
+    if (s->is_ipc) {
+        nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, NULL, NULL);
+        nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, NULL, NULL);
+    }
     /* 2. Stop every context's receive or reply and close the contexts before the socket.
      * NNG 1.5.2's nng_close can hang for ever (its reaper waits on a task that never
      * runs, nng #1813) when it tears down pipes that still read because receives keep

@@ -84,6 +84,10 @@ typedef void (*rpc_handler_fn)(void *user, rpc_call *call, const uint8_t *msg, s
 typedef struct rpc_server_opts {
     size_t recv_max;   /* NNG_OPT_RECVMAXSZ; 0 = AICFN_MAX_MESSAGE_BYTES */
     unsigned contexts; /* concurrent unanswered requests; 0 = AICFN_NNG_CONTEXTS */
+    bool keep_peers;   /* ipc: the listener watchdog (rpc_server_listener_restarts) never
+                          replaces a listener while a connection is up, since that closes
+                          them all: for a server whose one peer must not lose its link (a
+                          local worker: the gateway's link is single-peer) */
 } rpc_server_opts;
 
 /* Opens a REP socket listening on `url` and starts `contexts` receive contexts. When all
@@ -140,10 +144,12 @@ nng_socket rpc_server_socket(const rpc_server *s);
 /* ipc:// servers only: how many times the listener watchdog replaced a listener that
  * NNG 1.5.2 left unable to deliver connections after a peer dropped during the SP
  * handshake (nng #1518). An ipc server runs one watchdog thread that dials its own
- * address every AICFN_IPC_PROBE_MS; a broken listener is replaced within about
- * AICFN_IPC_PROBE_MS + AICFN_IPC_PROBE_WAIT_MS, closing the connections stuck in it
- * (their REQ peers redial). Until then a peer's dial to the broken listener still
- * succeeds but its calls time out. NNG cannot free a broken listener's endpoint and
+ * address every AICFN_IPC_PROBE_MS; a listener whose probe connection does not arrive
+ * within AICFN_IPC_PROBE_WAIT_MS, AICFN_IPC_PROBE_FAILURES times in a row (one late
+ * probe on a loaded machine is not a breakage), is replaced, which closes every
+ * connection it accepted (REQ peers redial; with keep_peers it waits until none is
+ * up). Until then a peer's dial to the broken listener still succeeds but its calls
+ * time out. NNG cannot free a broken listener's endpoint and
  * stuck pipes: each restart leaks a few KiB inside libnng. Thread-safe. */
 unsigned rpc_server_listener_restarts(rpc_server *s);
 

@@ -18,6 +18,7 @@
 #define AICFN_RPC_MAX_ASYNC 4096              /* in-flight async calls per rpc client */
 #define AICFN_IPC_PROBE_MS 1000               /* rpc server: ipc listener self-probe period (nng #1518) */
 #define AICFN_IPC_PROBE_WAIT_MS 2000          /* probe dial must reach the socket within this */
+#define AICFN_IPC_PROBE_FAILURES 2            /* failed probes in a row before a listener restart */
 
 /* ---- Snapshots (design.md §5) ---- */
 #define AICFN_SNAP_DEFAULT_CHUNK (1u << 20)   /* uncompressed bytes per data frame */

@@ -2047,7 +2047,9 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
 }
 
 int worker_start(worker *w, aicfn_error *err) {
-    rpc_server_opts so = {.recv_max = AICFN_MAX_MESSAGE_BYTES, .contexts = AICFN_NNG_CONTEXTS};
+    /* keep_peers: the gateway's link to a local worker is single-peer (never redialed). */
+    rpc_server_opts so = {
+        .recv_max = AICFN_MAX_MESSAGE_BYTES, .contexts = AICFN_NNG_CONTEXTS, .keep_peers = true};
     int rc = rpc_server_start(&w->srv, w->listen, &so, worker_on_call, w, err);
     if (rc != AICFN_OK) return aicfn_error_wrap(err, "worker: listening on %s", w->listen);
     log_info("worker %s: listening on %s", w->id, rpc_server_url(w->srv));

@@ -638,7 +638,7 @@ def test_listener_survives_100_dropped_raw_peers(procs, tmp_path):
             return call(addr, invoke_msg("echo", [tensor("x", np.ones(2, dtype=np.float32))]), timeout_ms=2000)["ok"]
         except pynng.exceptions.ConnectionReset:
             return False
-    wait_for(echo_once, 10, interval=0.1, what="the listener to accept again")
+    wait_for(echo_once, 15, interval=0.1, what="the listener to accept again")
     for _ in range(10):
         assert echo_once()
 

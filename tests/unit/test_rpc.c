@@ -672,7 +672,10 @@ static int drop_peers_then_serve(const char *url) {
     }
     uint64_t t0 = clock_now_us();
     if (!fail) {
-        uint64_t bound = is_ipc ? 2ull * (AICFN_IPC_PROBE_MS + AICFN_IPC_PROBE_WAIT_MS) * 1000 + 2000000 : 0;
+        uint64_t bound = is_ipc ? (AICFN_IPC_PROBE_FAILURES + 1ull) *
+                                          (AICFN_IPC_PROBE_MS + AICFN_IPC_PROBE_WAIT_MS) * 1000 +
+                                      2000000
+                                : 0;
         int ok = echo_once(c, is_ipc ? 500 : 5000, 99) == AICFN_OK;
         while (!ok && clock_now_us() - t0 < bound)
             ok = echo_once(c, 500, 99) == AICFN_OK;
