@@ -27,6 +27,9 @@ struct loader_cache_entry {
     uint32_t refcount; /* pins (READY) */
     uint32_t waiters;  /* calls waiting on this LOADING entry */
     int failed;        /* the load failed; err holds why */
+    int no_room;       /* it failed because no room came before its loader's deadline (a
+                          joined call with time left tries again; any other failure, a
+                          device out of memory included, is every waiter's error) */
     int reserving;     /* LOADING, its loader still waiting for room (nothing reserved yet) */
     int in_table;      /* still findable by key */
     int kept;          /* kept resident (loader_cache_keep): never a victim of the policy */
@@ -450,8 +453,7 @@ again:;
             trc = cache_wait(c, deadline_us);
         e->waiters--;
         int rc;
-        if (e->failed && e->err.code == AICFN_E_CAPACITY &&
-            (deadline_us == 0 || clock_now_us() < deadline_us)) {
+        if (e->failed && e->no_room && (deadline_us == 0 || clock_now_us() < deadline_us)) {
             /* The loader found no room before ITS deadline; this call has time left, so it
              * tries again on its own (loading itself, or joining a newer load). */
             if (e->waiters == 0) free(e);
@@ -547,6 +549,7 @@ again:;
         }
         if (cache_wait(c, deadline_us) == ETIMEDOUT) {
             c->ctr.capacity_failures++;
+            e->no_room = 1;
             rc = aicfn_error_set(
                 &lerr, AICFN_E_CAPACITY,
                 "model '%s' needs %llu bytes; only %llu of %llu free and the rest pinned or loading "

@@ -231,6 +231,40 @@ static void failed_load_wakes_waiters(void **state) {
     assert_clean(&f);
 }
 
+/* A load whose device allocation fails is AICFN_E_CAPACITY like a wait for room that
+ * timed out, but only the latter is tried again by the calls that joined it: a device out
+ * of memory is each waiter's error at once, not one more load per waiter. */
+static void device_out_of_memory_is_every_waiters_error(void **state) {
+    (void)state;
+    static fake_loader f;
+    memset(&f, 0, sizeof f);
+    f.sizes[1] = 150;
+    f.delay_us[1] = 300000;
+    f.fail[1] = 1;
+    f.fail_capacity[1] = 1;
+    loader_cache *c = fake_cache(&f, 200, NULL);
+    enum { N = 4 };
+    joiner js[N];
+    pthread_t th[N];
+    for (int i = 0; i < N; i++) {
+        js[i] = (joiner){.c = c, .key = "m1"};
+        assert_int_equal(pthread_create(&th[i], NULL, joiner_main, &js[i]), 0);
+    }
+    for (int i = 0; i < N; i++)
+        pthread_join(th[i], NULL);
+    int joined = 0;
+    for (int i = 0; i < N; i++) {
+        assert_int_equal(js[i].rc, AICFN_E_CAPACITY);
+        assert_non_null(strstr(js[i].err.msg, "out of device memory"));
+        joined += js[i].info.joined;
+    }
+    assert_true(joined > 0);
+    /* One load (one prepare) per call that did not join one. */
+    assert_int_equal(atomic_load(&f.prepares), (uint64_t)(N - joined));
+    loader_cache_destroy(c);
+    assert_clean(&f);
+}
+
 /* Joined calls keep their own deadlines while the loader waits for room. */
 static void joined_calls_keep_their_own_deadlines(void **state) {
     (void)state;
@@ -450,6 +484,7 @@ int main(void) {
         cmocka_unit_test(all_pinned_waits_for_deadline),
         cmocka_unit_test(failed_load_wakes_waiters),
         cmocka_unit_test(joined_calls_keep_their_own_deadlines),
+        cmocka_unit_test(device_out_of_memory_is_every_waiters_error),
         cmocka_unit_test(single_flight_joins),
         cmocka_unit_test(explicit_evict),
         cmocka_unit_test(pluggable_policy),

@@ -22,6 +22,7 @@ typedef struct fake_loader {
     uint64_t sizes[FAKE_MAX];
     uint64_t delay_us[FAKE_MAX];
     int fail[FAKE_MAX];
+    int fail_capacity[FAKE_MAX]; /* with fail: the device had no memory (AICFN_E_CAPACITY) */
     _Atomic uint64_t alive_bytes;
     _Atomic uint64_t max_alive_bytes;
     _Atomic int resident[FAKE_MAX];
@@ -76,6 +77,8 @@ static int fake_load(void *arg, void *prep, uint64_t max_bytes, void **model, ui
     if (f->fail[idx]) {
         fake_sleep_us(f->delay_us[idx] / 2);
         free(m);
+        if (f->fail_capacity[idx])
+            return aicfn_error_set(err, AICFN_E_CAPACITY, "fake model m%d: out of device memory", idx);
         return aicfn_error_set(err, AICFN_E_CORRUPT, "fake model m%d: frame 3 is corrupt", idx);
     }
     if (atomic_exchange(&f->resident[idx], 1) != 0) fake_violation(f, "loaded while already resident", idx);
