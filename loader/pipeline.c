@@ -125,7 +125,9 @@ static uint32_t pl_frame_of(const snap_reader *r, uint64_t off) {
     return lo;
 }
 
-/* Records the first failure (with frame context) and tells every thread to stop. */
+/* Records the first failure (with frame context: frame UINT32_MAX for a failure of no
+ * frame's) and tells every thread to stop. The frame's first tensor is named unless the
+ * error names its own (a checksum mismatch may be a later tensor's, or a split one's). */
 static void pl_fail(pl_job *j, uint32_t frame, const aicfn_error *e) {
     pthread_mutex_lock(&j->mu);
     if (j->rc == AICFN_OK) {
@@ -138,7 +140,7 @@ static void pl_fail(pl_job *j, uint32_t frame, const aicfn_error *e) {
                              (unsigned long long)f->raw_offset,
                              (unsigned long long)(f->raw_offset + f->raw_size));
             if (t < j->man->n_tensors && j->man->tensors[t].offset < f->raw_offset + f->raw_size && n > 0 &&
-                (size_t)n < sizeof where)
+                (size_t)n < sizeof where && strstr(e->msg, "tensor '") == NULL)
                 snprintf(where + n, sizeof where - (size_t)n, ", tensor '%s')", j->man->tensors[t].name);
             else if (n > 0 && (size_t)n < sizeof where)
                 snprintf(where + n, sizeof where - (size_t)n, ")");
@@ -340,11 +342,11 @@ static void *pl_thread(void *arg) {
     if ((!j->mapped && !rbuf) || (j->scratch_bytes && !scratch)) {
         aicfn_error_set(&err, AICFN_E_NOMEM, "pipeline buffers (%zu + %zu bytes)", j->max_comp,
                         j->scratch_bytes);
-        pl_fail(j, 0, &err);
+        pl_fail(j, UINT32_MAX, &err);
         goto out;
     }
     if (snap_dctx_create(&dctx, &err) != AICFN_OK) {
-        pl_fail(j, 0, &err);
+        pl_fail(j, UINT32_MAX, &err);
         goto out;
     }
     for (;;) {
@@ -355,7 +357,7 @@ static void *pl_thread(void *arg) {
             int rc = loader_device_staging_acquire(j->dev, &stg, &err);
             t.wait_us += clock_now_us() - w0;
             if (rc != AICFN_OK) {
-                pl_fail(j, 0, &err);
+                pl_fail(j, UINT32_MAX, &err);
                 break;
             }
         }
@@ -549,7 +551,7 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
         if (pthread_create(&th[started], NULL, pl_thread, &j) != 0) {
             aicfn_error e;
             aicfn_error_set(&e, AICFN_E_NOMEM, "starting pipeline thread %u", started);
-            pl_fail(&j, 0, &e);
+            pl_fail(&j, UINT32_MAX, &e);
             break;
         }
     }

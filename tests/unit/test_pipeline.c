@@ -219,6 +219,14 @@ static void corrupt_copy(const char *src, const char *dst, uint32_t fi, uint64_t
     close(fd);
 }
 
+/* How many times `needle` occurs in `s`. */
+static int occurrences(const char *s, const char *needle) {
+    int n = 0;
+    for (const char *p = strstr(s, needle); p; p = strstr(p + 1, needle))
+        n++;
+    return n;
+}
+
 static void corrupt_frame_names_frame_and_tensor(void **state) {
     (void)state;
     aicfn_error err;
@@ -239,7 +247,7 @@ static void corrupt_frame_names_frame_and_tensor(void **state) {
         assert_non_null(strstr(err.msg, "bad.aicfn"));
         /* Either the bad frame itself, or (when zstd decoded garbage) the tensor spanning it. */
         assert_true(strstr(err.msg, "frame 5 ") || strstr(err.msg, "in frames 0.."));
-        assert_non_null(strstr(err.msg, "tensor '"));
+        assert_int_equal(occurrences(err.msg, "tensor '"), 1); /* the one at fault, named once */
         uint64_t f, tot;
         assert_int_equal(loader_device_mem_info(dev, &f, &tot, &err), AICFN_OK);
         assert_int_equal(f, tot); /* nothing left on the device */
@@ -262,6 +270,7 @@ static void corrupt_frame_names_frame_and_tensor(void **state) {
                 assert_int_equal(rc, AICFN_E_CORRUPT);
                 assert_null(m);
                 if (strstr(err.msg, "XXH3 mismatch") && strstr(err.msg, "(in frames ")) mismatches++;
+                assert_int_equal(occurrences(err.msg, "tensor '"), 1);
                 uint64_t f, tot;
                 assert_int_equal(loader_device_mem_info(dev, &f, &tot, &err), AICFN_OK);
                 assert_int_equal(f, tot);
