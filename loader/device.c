@@ -156,6 +156,7 @@ int loader_device_open(const char *spec, uint64_t host_budget, loader_device **o
             }
             log_warn("device auto: CUDA device 0 failed to open (%s); using host memory",
                      err ? err->msg : "");
+            if (err) aicfn_error_clear(err); /* the fallback's success must not carry it */
 #endif
         } else {
             log_info("device auto: no GPU (%s); using host memory with a %llu-byte budget", why,
