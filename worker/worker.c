@@ -619,6 +619,33 @@ static uint64_t worker_items_earliest(worker_batch_item **items, uint32_t n) {
     return dl;
 }
 
+/* Waits, with *mu held (on entry and on return), until *done (set under mu by another
+ * thread, which signals cv) while the calls items[0..*n) wait for it, answering each
+ * whose deadline passes meanwhile (AICFN_E_TIMEOUT, "not executed", `during` saying
+ * what they waited for; *n shrinks). true when done; false when no call is left first. */
+static bool worker_wait_answering(worker_fn *fn, worker_batch_item **items, uint32_t *n, pthread_mutex_t *mu,
+                                  pthread_cond_t *cv, const bool *done, const char *during,
+                                  worker_exec_info *ex) {
+    while (!*done) {
+        uint64_t first = worker_items_earliest(items, *n);
+        if (first == 0) {
+            pthread_cond_wait(cv, mu);
+            continue;
+        }
+        if (clock_now_us() < first) {
+            struct timespec ts;
+            clock_deadline_to_timespec(first, &ts);
+            pthread_cond_timedwait(cv, mu, &ts);
+            continue;
+        }
+        pthread_mutex_unlock(mu);
+        *n = worker_drop_expired(fn, items, *n, during, ex);
+        pthread_mutex_lock(mu);
+        if (*n == 0 && !*done) return false;
+    }
+    return true;
+}
+
 /* Acquires fn's model for items[0..*n), the most patient one's deadline bounding the
  * wait (dl, 0: none). A resident model is pinned at once; otherwise the acquire runs on
  * a worker_model_wait thread while requests whose deadline passes are answered here
@@ -658,27 +685,11 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
         return loader_cache_acquire(w->cache, fn->model_key, fn->snapshot, dl, entry, acq, err);
     }
     pthread_mutex_lock(&mw->mu);
-    while (!mw->done) {
-        uint64_t first = worker_items_earliest(items, *n);
-        if (first == 0) {
-            pthread_cond_wait(&mw->cv, &mw->mu);
-            continue;
-        }
-        if (clock_now_us() < first) {
-            struct timespec ts;
-            clock_deadline_to_timespec(first, &ts);
-            pthread_cond_timedwait(&mw->cv, &mw->mu, &ts);
-            continue;
-        }
+    if (!worker_wait_answering(fn, items, n, &mw->mu, &mw->cv, &mw->done, "waiting for the model", ex)) {
+        mw->abandoned = true; /* the thread frees it */
         pthread_mutex_unlock(&mw->mu);
-        *n = worker_drop_expired(fn, items, *n, "waiting for the model", ex);
-        pthread_mutex_lock(&mw->mu);
-        if (*n == 0 && !mw->done) {
-            mw->abandoned = true; /* the thread frees it */
-            pthread_mutex_unlock(&mw->mu);
-            return aicfn_error_set(err, AICFN_E_TIMEOUT, "model %s: still loading at every deadline",
-                                   fn->model_key);
-        }
+        return aicfn_error_set(err, AICFN_E_TIMEOUT, "model %s: still loading at every deadline",
+                               fn->model_key);
     }
     pthread_mutex_unlock(&mw->mu);
     int rc = mw->rc;
@@ -810,24 +821,8 @@ static bool worker_init_wait_for(worker_fn *fn, worker_batch_item **items, uint3
                                  worker_exec_info *ex) {
     worker_init_wait *iw = fn->init_pending;
     pthread_mutex_lock(&iw->mu);
-    while (!iw->done) {
-        uint64_t first = worker_items_earliest(items, *k);
-        if (first == 0) {
-            pthread_cond_wait(&iw->cv, &iw->mu);
-            continue;
-        }
-        if (clock_now_us() < first) {
-            struct timespec ts;
-            clock_deadline_to_timespec(first, &ts);
-            pthread_cond_timedwait(&iw->cv, &iw->mu, &ts);
-            continue;
-        }
-        pthread_mutex_unlock(&iw->mu);
-        *k = worker_drop_expired(fn, items, *k, "the handler's init ran", ex);
-        pthread_mutex_lock(&iw->mu);
-        if (*k == 0 && !iw->done) break;
-    }
-    bool done = iw->done;
+    bool done =
+        worker_wait_answering(fn, items, k, &iw->mu, &iw->cv, &iw->done, "the handler's init ran", ex);
     pthread_mutex_unlock(&iw->mu);
     return done;
 }
