@@ -214,42 +214,10 @@ static void cd_on_stop_signal(int sig) {
     cd_interrupted = 1;
 }
 
-/* Whether the gateway now stores artifact `hex` (after a commit whose answer did not
- * come in time): upload_begin says `exists`; an upload it opened instead is aborted. */
-static bool cd_stored(rpc_client *c, const char *key, const char *hex, uint64_t size) {
-    wire_writer w;
-    wire_writer_init(&w);
-    cli_gw_begin(&w, "upload_begin", key, 2);
-    wire_kv_str(&w, "hash", hex);
-    wire_kv_u64(&w, "size", size);
-    rpc_msg *reply = NULL;
-    wire_doc doc;
-    aicfn_error e;
-    int rc = cli_gw_call(c, &w, 60000, &reply, &doc, &e);
-    wire_writer_fini(&w);
-    if (rc != AICFN_OK) return false;
-    bool exists = false;
-    uint64_t token = 0;
-    wire_get_bool(&doc.root, NULL, "exists", false, &exists, NULL);
-    wire_get_u64(&doc.root, NULL, "upload", false, &token, NULL);
-    wire_doc_fini(&doc);
-    rpc_msg_free(reply);
-    if (!exists && token) {
-        wire_writer_init(&w);
-        cli_gw_begin(&w, "upload_abort", key, 1);
-        wire_kv_u64(&w, "upload", token);
-        if (cli_gw_call(c, &w, 60000, &reply, &doc, &e) == AICFN_OK) {
-            wire_doc_fini(&doc);
-            rpc_msg_free(reply);
-        }
-        wire_writer_fini(&w);
-    }
-    return exists;
-}
-
-/* Uploads `path` (hash `hex`, `size` bytes) unless the gateway has it. */
-static int cd_upload(rpc_client *c, const char *key, const char *path, const char *hex, uint64_t size,
-                     bool tty, aicfn_error *err) {
+/* upload_begin of artifact `hex` (`size` bytes): *exists when the gateway stores it, else
+ * *token names the upload it opened. */
+static int cd_upload_begin(rpc_client *c, const char *key, const char *hex, uint64_t size, bool *exists,
+                           uint64_t *token, aicfn_error *err) {
     wire_writer w;
     wire_writer_init(&w);
     cli_gw_begin(&w, "upload_begin", key, 2);
@@ -259,13 +227,53 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
     wire_doc doc;
     int rc = cli_gw_call(c, &w, 30000, &reply, &doc, err);
     wire_writer_fini(&w);
-    if (rc != AICFN_OK) return aicfn_error_wrap(err, "uploading %s", path);
-    uint64_t token = 0;
-    bool exists = false;
-    wire_get_u64(&doc.root, NULL, "upload", false, &token, NULL);
-    wire_get_bool(&doc.root, NULL, "exists", false, &exists, NULL);
+    if (rc != AICFN_OK) return rc;
+    *exists = false;
+    *token = 0;
+    wire_get_u64(&doc.root, NULL, "upload", false, token, NULL);
+    wire_get_bool(&doc.root, NULL, "exists", false, exists, NULL);
     wire_doc_fini(&doc);
     rpc_msg_free(reply);
+    return AICFN_OK;
+}
+
+/* upload_commit (ok) or upload_abort of upload `token`: the gateway's answer (a commit
+ * hashes and fsyncs the file: it waits `timeout_ms`). */
+static int cd_upload_end(rpc_client *c, const char *key, uint64_t token, bool commit, uint32_t timeout_ms,
+                         aicfn_error *err) {
+    wire_writer w;
+    wire_writer_init(&w);
+    cli_gw_begin(&w, commit ? "upload_commit" : "upload_abort", key, 1);
+    wire_kv_u64(&w, "upload", token);
+    rpc_msg *reply = NULL;
+    wire_doc doc;
+    int rc = cli_gw_call(c, &w, timeout_ms, &reply, &doc, err);
+    wire_writer_fini(&w);
+    if (rc == AICFN_OK) {
+        wire_doc_fini(&doc);
+        rpc_msg_free(reply);
+    }
+    return rc;
+}
+
+/* Whether the gateway now stores artifact `hex` (after a commit whose answer did not
+ * come in time): upload_begin says `exists`; an upload it opened instead is aborted. */
+static bool cd_stored(rpc_client *c, const char *key, const char *hex, uint64_t size) {
+    bool exists = false;
+    uint64_t token = 0;
+    aicfn_error e;
+    if (cd_upload_begin(c, key, hex, size, &exists, &token, &e) != AICFN_OK) return false;
+    if (!exists && token) cd_upload_end(c, key, token, false, 60000, &e);
+    return exists;
+}
+
+/* Uploads `path` (hash `hex`, `size` bytes) unless the gateway has it. */
+static int cd_upload(rpc_client *c, const char *key, const char *path, const char *hex, uint64_t size,
+                     bool tty, aicfn_error *err) {
+    uint64_t token = 0;
+    bool exists = false;
+    int rc = cd_upload_begin(c, key, hex, size, &exists, &token, err);
+    if (rc != AICFN_OK) return aicfn_error_wrap(err, "uploading %s", path);
     if (exists) {
         fprintf(stderr, "%s: already on the gateway (%.12s)\n", path, hex);
         return AICFN_OK;
@@ -292,6 +300,9 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
                        : aicfn_error_set(err, AICFN_E_IO, "%s shrank while uploading", path);
             break;
         }
+        wire_writer w;
+        rpc_msg *reply = NULL;
+        wire_doc doc;
         wire_writer_init(&w);
         cli_gw_begin(&w, "upload_chunk", key, 3);
         wire_kv_u64(&w, "upload", token);
@@ -313,21 +324,13 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
     if (tty) fprintf(stderr, "\n");
     free(buf);
     close(fd);
-    wire_writer_init(&w);
-    cli_gw_begin(&w, rc == AICFN_OK ? "upload_commit" : "upload_abort", key, 1);
-    wire_kv_u64(&w, "upload", token);
     aicfn_error e2;
     /* A commit hashes and fsyncs the whole file on the gateway: a minute, and a second
      * more per 64 MiB. */
     uint32_t commit_ms = 60000 + (uint32_t)(size / (64u << 20) < 3600 ? size / (64u << 20) * 1000 : 3600000);
-    int rc2 = cli_gw_call(c, &w, commit_ms, &reply, &doc, rc == AICFN_OK ? err : &e2);
-    wire_writer_fini(&w);
-    if (rc2 == AICFN_OK) {
-        wire_doc_fini(&doc);
-        rpc_msg_free(reply);
-    } else if (rc == AICFN_OK && rc2 == AICFN_E_TIMEOUT && cd_stored(c, key, hex, size)) {
+    int rc2 = cd_upload_end(c, key, token, rc == AICFN_OK, commit_ms, rc == AICFN_OK ? err : &e2);
+    if (rc == AICFN_OK && rc2 == AICFN_E_TIMEOUT && cd_stored(c, key, hex, size))
         rc2 = AICFN_OK; /* the commit finished after we stopped waiting */
-    }
     if (rc == AICFN_OK) rc = rc2;
     if (rc != AICFN_OK) aicfn_error_wrap(err, "uploading %s", path);
     return rc;
