@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -283,6 +284,18 @@ def run_cli(args, timeout: float = 30, env=None) -> subprocess.CompletedProcess:
         e.update(env)
     return subprocess.run([str(aicfn_bin())] + [str(a) for a in args], capture_output=True, text=True,
                           timeout=timeout, cwd=ROOT, env=e)
+
+
+def pack_mlp(d: Path):
+    """examples/mlp's weights made by its make_weights.py in `d`, and their snapshot packed
+    by `aicfn snapshot pack`: (weights.safetensors, mlp.aicsnap)."""
+    weights = d / "weights.safetensors"
+    subprocess.run([sys.executable, str(ROOT / "examples" / "mlp" / "make_weights.py"), str(weights)], check=True,
+                   capture_output=True, timeout=60)
+    snap = d / "mlp.aicsnap"
+    r = run_cli(["snapshot", "pack", weights, "-o", snap], timeout=60)
+    assert r.returncode == 0, r.stderr
+    return weights, snap
 
 
 def create_key(data: Path, tenant: str, *extra) -> str:

@@ -3,26 +3,14 @@ and that it reads a snapshot whose data frames are not zstd without trusting the
 """
 import json
 import struct
-import subprocess
-import sys
 
-from conftest import ROOT, run_cli
+from conftest import pack_mlp, run_cli
 
 
 def safetensors_header(path):
     raw = path.read_bytes()
     (n,) = struct.unpack("<Q", raw[:8])
     return {k: v for k, v in json.loads(raw[8:8 + n]).items() if k != "__metadata__"}
-
-
-def pack_mlp(tmp_path):
-    weights = tmp_path / "weights.safetensors"
-    subprocess.run([sys.executable, str(ROOT / "examples" / "mlp" / "make_weights.py"), str(weights)], check=True,
-                   capture_output=True, timeout=60)
-    snap = tmp_path / "mlp.aicsnap"
-    r = run_cli(["snapshot", "pack", weights, "-o", snap], timeout=60)
-    assert r.returncode == 0, r.stderr
-    return weights, snap
 
 
 def inspect(snap):

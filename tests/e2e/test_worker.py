@@ -22,7 +22,7 @@ import pytest
 
 from conftest import (E_ABI, aicfn_bin, E_HANDLER, E_INVALID, E_NOT_FOUND, E_PROTOCOL, E_TIMEOUT, E_TOO_LARGE,
                       E_UNAVAILABLE, ROOT, _req_socket, bytes_tensor, call, call_raw, handler, invoke_msg,
-                      ipc_addr, next_id, output, PROTOCOL_VERSION, run_cli, start_worker, status_msg, tcp_addr, tensor,
+                      ipc_addr, next_id, output, pack_mlp, PROTOCOL_VERSION, run_cli, start_worker, status_msg, tcp_addr, tensor,
                       wait_for)
 
 D_IN, CLASSES = 16, 10
@@ -57,14 +57,7 @@ def mlp_reference(weights: dict, x: np.ndarray):
 @pytest.fixture(scope="module")
 def mlp_files(tmp_path_factory):
     """weights.safetensors from make_weights.py, and its snapshot from `aicfn snapshot pack`."""
-    d = tmp_path_factory.mktemp("mlp")
-    weights = d / "weights.safetensors"
-    subprocess.run([sys.executable, str(ROOT / "examples" / "mlp" / "make_weights.py"), str(weights)], check=True,
-                   capture_output=True, timeout=60)
-    snap = d / "mlp.aicsnap"
-    r = run_cli(["snapshot", "pack", weights, "-o", snap], timeout=60)
-    assert r.returncode == 0, r.stderr
-    return weights, snap
+    return pack_mlp(tmp_path_factory.mktemp("mlp"))
 
 
 def fixed_inputs(rows: int, seed: int = 7) -> np.ndarray:

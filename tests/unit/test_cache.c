@@ -184,6 +184,18 @@ static void *joiner_main(void *arg) {
     return NULL;
 }
 
+/* n threads acquiring `key` at once (each released at once), all ended. */
+static void join_all(loader_cache *c, const char *key, joiner *js, int n) {
+    pthread_t th[16];
+    assert_true(n <= 16);
+    for (int i = 0; i < n; i++) {
+        js[i] = (joiner){.c = c, .key = key};
+        assert_int_equal(pthread_create(&th[i], NULL, joiner_main, &js[i]), 0);
+    }
+    for (int i = 0; i < n; i++)
+        pthread_join(th[i], NULL);
+}
+
 static void failed_load_wakes_waiters(void **state) {
     (void)state;
     static fake_loader f;
@@ -197,13 +209,7 @@ static void failed_load_wakes_waiters(void **state) {
     assert_int_equal(loader_cache_preload(c, "m0", NULL, 0, NULL, &err), AICFN_OK);
     enum { N = 4 };
     joiner js[N];
-    pthread_t th[N];
-    for (int i = 0; i < N; i++) {
-        js[i] = (joiner){.c = c, .key = "m1"};
-        assert_int_equal(pthread_create(&th[i], NULL, joiner_main, &js[i]), 0);
-    }
-    for (int i = 0; i < N; i++)
-        pthread_join(th[i], NULL);
+    join_all(c, "m1", js, N);
     int joined = 0;
     for (int i = 0; i < N; i++) {
         assert_int_equal(js[i].rc, AICFN_E_CORRUPT);
@@ -245,13 +251,7 @@ static void device_out_of_memory_is_every_waiters_error(void **state) {
     loader_cache *c = fake_cache(&f, 200, NULL);
     enum { N = 4 };
     joiner js[N];
-    pthread_t th[N];
-    for (int i = 0; i < N; i++) {
-        js[i] = (joiner){.c = c, .key = "m1"};
-        assert_int_equal(pthread_create(&th[i], NULL, joiner_main, &js[i]), 0);
-    }
-    for (int i = 0; i < N; i++)
-        pthread_join(th[i], NULL);
+    join_all(c, "m1", js, N);
     int joined = 0;
     for (int i = 0; i < N; i++) {
         assert_int_equal(js[i].rc, AICFN_E_CAPACITY);
@@ -310,13 +310,7 @@ static void single_flight_joins(void **state) {
     loader_cache *c = fake_cache(&f, 100, NULL);
     enum { N = 6 };
     joiner js[N];
-    pthread_t th[N];
-    for (int i = 0; i < N; i++) {
-        js[i] = (joiner){.c = c, .key = "m0"};
-        assert_int_equal(pthread_create(&th[i], NULL, joiner_main, &js[i]), 0);
-    }
-    for (int i = 0; i < N; i++)
-        pthread_join(th[i], NULL);
+    join_all(c, "m0", js, N);
     int cold = 0, joined = 0;
     for (int i = 0; i < N; i++) {
         assert_int_equal(js[i].rc, AICFN_OK);
