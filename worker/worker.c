@@ -104,8 +104,8 @@ struct worker {
     uint32_t n_unreported;
     uint64_t last_load_seq; /* the seq of the last load put in unreported (from the start's
                                wall time in µs) */
-    bool loads_acked;       /* the gateway acknowledges them (a status request with `ack`): each
-                               stays listed until acknowledged, not only in the next reply */
+    bool loads_acked;       /* the last status request carried `ack`: each load stays listed until
+                               acknowledged, not only in the next reply */
 
     atomic_uint_fast64_t n_invocations, n_errors, n_cold, n_batches;
 };
@@ -562,10 +562,14 @@ static void worker_unreported_add_locked(worker *w, const worker_unreported_load
  * that does not acknowledge, whose replies list each load once): drops what it covers. */
 static void worker_loads_ack(worker *w, const wire_doc *doc) {
     uint64_t ack = 0;
-    const msgpack_object *v = wire_map_get(&doc->root, "ack");
-    if (v == NULL || wire_get_u64(&doc->root, NULL, "ack", true, &ack, NULL) != AICFN_OK) return;
+    bool acks = wire_map_get(&doc->root, "ack") != NULL &&
+                wire_get_u64(&doc->root, NULL, "ack", true, &ack, NULL) == AICFN_OK;
     pthread_mutex_lock(&w->mu);
-    w->loads_acked = true;
+    w->loads_acked = acks; /* per request: a gateway without acks may follow one with them */
+    if (!acks) {
+        pthread_mutex_unlock(&w->mu);
+        return;
+    }
     uint32_t k = 0;
     for (uint32_t i = 0; i < w->n_unreported; i++)
         if (w->unreported[i].seq > ack) w->unreported[k++] = w->unreported[i];

@@ -962,21 +962,21 @@ static void *drainer_main(void *arg) {
  * lists it once (w.loads), so that the gateway records the cold start. The model is 256
  * MiB of random bytes (130 ms or more to load in this ASan build: 34 to 110 ms were seen
  * for 64 MiB); the call may wait 20 ms. */
-static void abandoned_load_is_reported_in_the_next_status(void **state) {
-    (void)state;
-    enum { BIG = 256 << 20 };
-    char st_path[PATH_MAX + 32], snap[PATH_MAX + 32];
-    snprintf(st_path, sizeof st_path, "%s/big.safetensors", tmp_dir);
-    snprintf(snap, sizeof snap, "%s/big.aicsnap", tmp_dir);
-    unsigned char *data = malloc(BIG);
+/* Packs `bytes` incompressible bytes (zstd stores them, a load copies them all) as one
+ * UINT8 tensor into snapshot tmp_dir/<name>.aicsnap (written to snap). */
+static void pack_random(const char *name, size_t bytes, char *snap, size_t cap) {
+    char st_path[PATH_MAX + 64];
+    snprintf(st_path, sizeof st_path, "%s/%s.safetensors", tmp_dir, name);
+    snprintf(snap, cap, "%s/%s.aicsnap", tmp_dir, name);
+    unsigned char *data = malloc(bytes);
     assert_non_null(data);
     uint64_t x = 0x9E3779B97F4A7C15ull;
-    for (size_t i = 0; i < BIG; i += 8) { /* incompressible: zstd stores it, the load copies it all */
+    for (size_t i = 0; i + 8 <= bytes; i += 8) {
         x ^= x << 13, x ^= x >> 7, x ^= x << 17;
         memcpy(data + i, &x, 8);
     }
-    int64_t shape[1] = {BIG};
-    snap_st_out_tensor t = {"w", AICFN_DTYPE_UINT8, 1, shape, data, BIG};
+    int64_t shape[1] = {(int64_t)bytes};
+    snap_st_out_tensor t = {"w", AICFN_DTYPE_UINT8, 1, shape, data, bytes};
     aicfn_error err;
     assert_int_equal(snap_st_write(st_path, &t, 1, &err), AICFN_OK);
     free(data);
@@ -985,6 +985,14 @@ static void abandoned_load_is_reported_in_the_next_status(void **state) {
         .level = 1, .chunk = AICFN_SNAP_DEFAULT_CHUNK, .filter = SNAP_FILTER_MODE_AUTO, .threads = 2};
     if (snap_pack(in, 1, snap, &o, NULL, &err) != AICFN_OK) fail_msg("snap_pack: %s", err.msg);
     unlink(st_path);
+}
+
+static void abandoned_load_is_reported_in_the_next_status(void **state) {
+    (void)state;
+    enum { BIG = 256 << 20 };
+    char snap[PATH_MAX + 64];
+    pack_random("big", BIG, snap, sizeof snap);
+    aicfn_error err;
 
     char url[64];
     snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-abandon", (int)getpid());
@@ -1063,6 +1071,61 @@ static void abandoned_load_is_reported_in_the_next_status(void **state) {
     rpc_msg_free(m);
     stop(w, c, 5000);
     pthread_mutex_destroy(&arec.mu);
+    unlink(snap);
+}
+
+/* The ack mode is per status request: to a peer whose requests carry no `ack` (an older
+ * gateway, or one after a gateway that acknowledged), a load is listed in the next reply
+ * only, even after requests with `ack` kept it listed. */
+static void loads_are_listed_once_to_a_peer_without_acks(void **state) {
+    (void)state;
+    enum { SIZE = 32 << 20 };
+    char snap[PATH_MAX + 64];
+    pack_random("mid", SIZE, snap, sizeof snap);
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-noack", (int)getpid());
+    worker *w = start(url, 2u * SIZE);
+    worker_fn_config mid = {
+        .name = "mid", .version = 2, .handler = hpath("test_sleep"), .snapshot = snap, .model_key = "MID"};
+    aicfn_error err;
+    assert_int_equal(worker_add_function(w, &mid, &err), AICFN_OK);
+    rpc_client *c = serve(w, url);
+    reply r;
+    invoke(c, 1, "mid", NULL, 0, NULL, NULL, 1, &r); /* gives up long before the load ends */
+    assert_int_equal(r.rep.head.code, AICFN_E_TIMEOUT);
+    reply_free(&r);
+    rpc_msg *m;
+    wire_doc d;
+    wire_status_reply st;
+    uint32_t listed = 0;
+    for (uint64_t until = clock_now_us() + 10000000; !listed && clock_now_us() < until;) {
+        status_of(c, &m, &d, &st); /* with ack 0: acknowledges nothing */
+        listed = st.w.n_loads;
+        wire_doc_fini(&d);
+        rpc_msg_free(m);
+        if (!listed) usleep(20000);
+    }
+    assert_int_equal(listed, 1);
+    status_of(c, &m, &d, &st);
+    assert_int_equal(st.w.n_loads, 1); /* kept until acknowledged */
+    wire_doc_fini(&d);
+    rpc_msg_free(m);
+    for (int i = 0; i < 2; i++) { /* requests without `ack`: listed once, then gone */
+        wire_writer sw;
+        wire_writer_init(&sw);
+        wire_put_map(&sw, 3);
+        wire_kv_u64(&sw, "v", AICFN_PROTOCOL_VERSION);
+        wire_kv_str(&sw, "t", WIRE_T_STATUS);
+        wire_kv_u64(&sw, "id", 40 + (uint64_t)i);
+        assert_int_equal(rpc_call_sync(c, sw.data, sw.len, 5000, &m, &err), AICFN_OK);
+        wire_writer_fini(&sw);
+        assert_int_equal(wire_doc_parse(&d, rpc_msg_data(m), rpc_msg_len(m), NULL, &err), AICFN_OK);
+        assert_int_equal(wire_decode_status_reply(&d, &st, &err), AICFN_OK);
+        assert_int_equal(st.w.n_loads, i == 0 ? 1 : 0);
+        wire_doc_fini(&d);
+        rpc_msg_free(m);
+    }
+    stop(w, c, 5000);
     unlink(snap);
 }
 
@@ -1223,6 +1286,7 @@ int main(void) {
         cmocka_unit_test(empty_model_loads),
         cmocka_unit_test(batch_waiting_for_its_model_answers_each_deadline),
         cmocka_unit_test(abandoned_load_is_reported_in_the_next_status),
+        cmocka_unit_test(loads_are_listed_once_to_a_peer_without_acks),
         cmocka_unit_test(init_outlasting_its_calls_is_adopted_or_ended),
         cmocka_unit_test(idle_function_from_a_spec_is_retired),
     };
