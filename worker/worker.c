@@ -52,7 +52,7 @@ typedef struct worker_fn {
     atomic_uint inflight;
     atomic_uint_fast64_t exec_ewma_us; /* recent handler time per batch (1/8 weight); 0: none yet */
     bool from_spec;                    /* registered by a call's spec: retired when idle */
-    atomic_uint_fast64_t last_call_us; /* registration, then each call's arrival */
+    atomic_uint_fast64_t last_call_us; /* registration, then each call's arrival and end */
     /* Executor-thread state (never touched concurrently). */
     worker_instance *inst;
     uint64_t inst_generation;              /* the model generation inst was made for; 0 without a model */
@@ -366,6 +366,7 @@ static void worker_req_free(worker_req *r) {
 static void worker_req_done(worker_req *r) {
     worker *w = r->w;
     worker_fn *fn = r->fn;
+    if (fn) atomic_store(&fn->last_call_us, clock_now_us()); /* idle from its calls' ends */
     worker_req_free(r);
     pthread_mutex_lock(&w->mu);
     int wake = --w->inflight == 0;
