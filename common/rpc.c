@@ -641,7 +641,8 @@ struct rpc_client {
     pthread_cond_t cv;
     bool closing;
     bool single_peer;
-    bool dropped; /* single_peer: the connection dropped; every later call is refused */
+    bool dropped;  /* single_peer: the connection dropped; every later call is refused */
+    bool canceled; /* rpc_client_cancel: every later call is refused */
     rpc_op *inflight_head;
     unsigned inflight;
     rpc_op *free_ops;
@@ -696,6 +697,13 @@ static void cli_pipe_removed(nng_pipe p, nng_pipe_ev ev, void *arg) {
 void rpc_client_fail_inflight(rpc_client *c) {
     pthread_mutex_lock(&c->mu);
     if (!c->closing) cli_abort_locked(c, NNG_ECONNRESET);
+    pthread_mutex_unlock(&c->mu);
+}
+
+void rpc_client_cancel(rpc_client *c) {
+    pthread_mutex_lock(&c->mu);
+    c->canceled = true;
+    if (!c->closing) cli_abort_locked(c, NNG_ECANCELED);
     pthread_mutex_unlock(&c->mu);
 }
 
@@ -877,8 +885,8 @@ int rpc_call_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_m
      * context (open, send, receive, close) comes before rpc_client_close's nng_close:
      * NNG 1.5.2 panics when a context operation meets the close of its socket. */
     pthread_mutex_lock(&c->mu);
-    if (c->closing || c->dropped) {
-        bool closing = c->closing;
+    if (c->closing || c->dropped || c->canceled) {
+        bool closing = c->closing || c->canceled;
         pthread_mutex_unlock(&c->mu);
         nng_msg_free(m);
         nng_aio_free(op.aio); /* never started */
@@ -992,7 +1000,7 @@ int rpc_call_async(rpc_client *c, const void *req, size_t len, uint32_t timeout_
     if (rv != 0) return rpc_error_nng(err, rv, "rpc %s: request of %zu bytes", c->url, len);
 
     pthread_mutex_lock(&c->mu);
-    if (c->closing) {
+    if (c->closing || c->canceled) {
         pthread_mutex_unlock(&c->mu);
         nng_msg_free(m);
         return aicfn_error_set(err, AICFN_E_CANCELED, "rpc %s: client closed", c->url);

@@ -219,6 +219,11 @@ unsigned rpc_client_inflight(rpc_client *c);
  * client stays open; later calls go out as usual. Thread-safe. */
 void rpc_client_fail_inflight(rpc_client *c);
 
+/* Fails every call in flight with AICFN_E_CANCELED and refuses every later one the same
+ * way (a client whose owner is shutting down: no call may start after this returns and
+ * wait for its timeout). Cannot be undone; rpc_client_close still frees it. Thread-safe. */
+void rpc_client_cancel(rpc_client *c);
+
 /* For tests: the client's socket (read options only; never close it). */
 nng_socket rpc_client_socket(const rpc_client *c);
 

@@ -209,7 +209,7 @@ int worker_fetcher_create(const worker_fetch_config *cfg, worker_fetcher **out, 
 
 void worker_fetcher_cancel(worker_fetcher *f) {
     atomic_store(&f->canceled, true);
-    rpc_client_fail_inflight(f->client); /* the round trip in progress ends now */
+    rpc_client_cancel(f->client); /* the round trip in progress ends now, and any about to start */
 }
 
 void worker_fetcher_destroy(worker_fetcher *f) {

@@ -309,6 +309,38 @@ static void fail_inflight_ends_calls_queued_before_connecting(void **state) {
     rpc_client_close(c);
 }
 
+/* rpc_client_cancel ends the calls in flight and refuses every later one at once, so
+ * that none can start after it and wait for its timeout (a worker's fetcher at exit). */
+static void cancel_ends_calls_and_refuses_later_ones(void **state) {
+    (void)state;
+    tsrv t;
+    tsrv_init(&t, MODE_HOLD);
+    rpc_server *s;
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", NULL, tsrv_handler, &t, &e), AICFN_OK);
+    rpc_client *c;
+    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+    lost_call lc;
+    atomic_init(&lc.status, -1);
+    assert_int_equal(rpc_call_async(c, "x", 1, 30000, lost_call_done, &lc, &e), AICFN_OK);
+    for (int ms = 0; ms < 5000 && rpc_server_outstanding(s) == 0; ms++)
+        usleep(1000);
+    assert_int_equal(rpc_server_outstanding(s), 1); /* held by the server */
+    uint64_t t0 = clock_now_us();
+    rpc_client_cancel(c);
+    for (int ms = 0; ms < 5000 && atomic_load(&lc.status) == -1; ms++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&lc.status), AICFN_E_CANCELED);
+    rpc_msg *rep = NULL;
+    assert_int_equal(rpc_call_sync(c, "y", 1, 30000, &rep, &e), AICFN_E_CANCELED);
+    assert_int_equal(rpc_call_async(c, "z", 1, 30000, lost_call_done, &lc, &e), AICFN_E_CANCELED);
+    assert_true(clock_now_us() - t0 < 2000000);
+    rpc_client_close(c);
+    tsrv_drop_held(&t);
+    rpc_server_destroy(s);
+    tsrv_fini(&t);
+}
+
 /* ---- malformed, oversized, hostile ----------------------------------------------------- */
 
 static void malformed_msgpack_gets_protocol_error(void **state) {
@@ -1093,6 +1125,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(echo_tcp_and_ipc),
         cmocka_unit_test(connect_to_nobody),
         cmocka_unit_test(fail_inflight_ends_calls_queued_before_connecting),
+        cmocka_unit_test(cancel_ends_calls_and_refuses_later_ones),
         cmocka_unit_test(malformed_msgpack_gets_protocol_error),
         cmocka_unit_test(oversized_message_dropped_server_keeps_serving),
         cmocka_unit_test(huge_sp_length_refused_without_allocation),
