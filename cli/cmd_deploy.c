@@ -211,7 +211,10 @@ static volatile sig_atomic_t cd_interrupted;
 
 static void cd_on_stop_signal(int sig) {
     (void)sig;
+    static const char note[] = "\naicfn deploy: interrupted: aborting the upload (again to exit at once)\n";
     cd_interrupted = 1;
+    ssize_t n = write(STDERR_FILENO, note, sizeof note - 1);
+    (void)n;
 }
 
 /* upload_begin of artifact `hex` (`size` bytes): *exists when the gateway stores it, else
@@ -328,7 +331,8 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
     /* A commit hashes and fsyncs the whole file on the gateway: a minute, and a second
      * more per 64 MiB. */
     uint32_t commit_ms = 60000 + (uint32_t)(size / (64u << 20) < 3600 ? size / (64u << 20) * 1000 : 3600000);
-    int rc2 = cd_upload_end(c, key, token, rc == AICFN_OK, commit_ms, rc == AICFN_OK ? err : &e2);
+    int rc2 = cd_upload_end(c, key, token, rc == AICFN_OK, rc == AICFN_OK ? commit_ms : 10000,
+                            rc == AICFN_OK ? err : &e2);
     if (rc == AICFN_OK && rc2 == AICFN_E_TIMEOUT && cd_stored(c, key, hex, size))
         rc2 = AICFN_OK; /* the commit finished after we stopped waiting */
     if (rc == AICFN_OK) rc = rc2;
@@ -489,7 +493,9 @@ int cli_cmd_deploy(int argc, char **argv) {
      * says AICFN_E_NOT_FOUND and one more round uploads it again. */
     uint64_t version = 0;
     int opened = rc == AICFN_OK;
-    struct sigaction stop = {.sa_handler = cd_on_stop_signal}, old_int, old_term;
+    /* SA_RESETHAND: the first signal asks for the abort, a second one has the default
+     * action (a commit's wait or a silent gateway's may be long). */
+    struct sigaction stop = {.sa_handler = cd_on_stop_signal, .sa_flags = SA_RESETHAND}, old_int, old_term;
     sigemptyset(&stop.sa_mask);
     sigaction(SIGINT, &stop, &old_int);
     sigaction(SIGTERM, &stop, &old_term);
