@@ -433,7 +433,10 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
             rc = wire_get_cstr(doc, root, NULL, "handler", true, GW_HASH_HEX_LEN, &handler, &e);
         if (rc == AICFN_OK)
             rc = wire_get_cstr(doc, root, NULL, "snapshot", false, GW_HASH_HEX_LEN, &snapshot, &e);
-        if (rc == AICFN_OK) rc = wire_get_cstr(doc, root, NULL, "config", false, 1u << 20, &config, &e);
+        /* The config fits the admin bound with 64 KiB left for the rest of the message. */
+        if (rc == AICFN_OK)
+            rc = wire_get_cstr(doc, root, NULL, "config", false, AICFN_GW_ADMIN_MAX_BYTES - (64u << 10),
+                               &config, &e);
         if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "model_raw_bytes", false, &raw, &e);
         gw_artifacts *art = gw_gateway_artifacts(gw);
         if (rc == AICFN_OK &&
