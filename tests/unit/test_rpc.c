@@ -759,7 +759,10 @@ static void timeout_when_no_reply(void **state) {
     assert_int_equal(rpc_server_outstanding(s), 1);
     unsigned held = 0;
     uint64_t held_bytes = 0;
-    rpc_call_server_load(t.held[0], &held, &held_bytes);
+    pthread_mutex_lock(&t.mu); /* the handler stored it under this lock, on NNG's thread */
+    rpc_call *first = t.held[0];
+    pthread_mutex_unlock(&t.mu);
+    rpc_call_server_load(first, &held, &held_bytes);
     assert_int_equal(held, 1);
     assert_int_equal(held_bytes, 1);
     tsrv_drop_held(&t);
