@@ -49,7 +49,8 @@ typedef struct worker_fn {
     uint32_t n_params;
     worker_handler *handler;
     worker_batcher *batcher;
-    atomic_uint inflight;
+    atomic_uint inflight;              /* its calls accepted and not yet answered */
+    atomic_uint inits;                 /* init threads running (worker_init_main) */
     atomic_uint_fast64_t exec_ewma_us; /* recent handler time per batch (1/8 weight); 0: none yet */
     bool from_spec;                    /* registered by a call's spec: retired when idle */
     atomic_uint_fast64_t last_call_us; /* registration, then each call's arrival and end */
@@ -710,8 +711,9 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
  * that builds engines or graphs, say) may outlast a call's timeout, and calls held past
  * it would make the gateway end the worker as stuck. The executor adopts the instance;
  * an init whose calls all gave up stays in fn->init_pending for the next batch. Until
- * it ends it counts as in flight (the worker's and the function's: a drain or a removal
- * waits for it) and holds its own pin on the model. */
+ * it ends it counts in the worker's in-flight total and in the function's inits (a drain
+ * or a removal waits for it; the function's calls in flight, which status reports, do
+ * not include it) and holds its own pin on the model. */
 typedef struct worker_init_wait {
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -767,7 +769,7 @@ static void *worker_init_main(void *arg) {
     pthread_mutex_lock(&w->mu);
     int wake = --w->inflight == 0;
     if (--w->loaders == 0) wake = 1;
-    if (atomic_fetch_sub(&fn->inflight, 1) == 1) wake = 1;
+    if (atomic_fetch_sub(&fn->inits, 1) == 1) wake = 1;
     if (wake) pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu); /* the last touch of w and fn */
     return NULL;
@@ -802,14 +804,14 @@ static int worker_init_start(worker_fn *fn, worker_batch_item **items, uint32_t 
     pthread_mutex_lock(&w->mu);
     w->inflight++;
     w->loaders++;
-    atomic_fetch_add(&fn->inflight, 1);
+    atomic_fetch_add(&fn->inits, 1);
     pthread_mutex_unlock(&w->mu);
     if (worker_start_detached(worker_init_main, iw) != 0) {
         if (iw->entry) loader_cache_release(w->cache, iw->entry);
         pthread_mutex_lock(&w->mu);
         int wake = --w->inflight == 0;
         if (--w->loaders == 0) wake = 1;
-        if (atomic_fetch_sub(&fn->inflight, 1) == 1) wake = 1;
+        if (atomic_fetch_sub(&fn->inits, 1) == 1) wake = 1;
         if (wake) pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
         worker_init_wait_free(iw);
@@ -971,7 +973,7 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
 static void worker_fn_free(worker_fn *f) {
     if (f == NULL) return;
     worker_batcher_destroy(f->batcher);
-    if (f->init_pending) { /* done: its thread counted in f->inflight, which removal awaits */
+    if (f->init_pending) { /* done: its thread counted in f->inits, which removal awaits */
         worker_instance_destroy(f->init_pending->inst);
         worker_init_wait_free(f->init_pending);
     }
@@ -1159,12 +1161,12 @@ static int worker_remove(worker *w, const char *name, uint32_t version, bool evi
     worker_batcher_flush(f->batcher);
     uint64_t until = clock_now_us() + f->timeout_us + (uint64_t)AICFN_CALL_GRACE_MS * 1000;
     pthread_mutex_lock(&w->mu);
-    while (atomic_load(&f->inflight) > 0 && clock_now_us() < until) {
+    while ((atomic_load(&f->inflight) > 0 || atomic_load(&f->inits) > 0) && clock_now_us() < until) {
         struct timespec ts;
         clock_deadline_to_timespec(until, &ts);
         pthread_cond_timedwait(&w->cv, &w->mu, &ts);
     }
-    unsigned left = atomic_load(&f->inflight);
+    unsigned left = atomic_load(&f->inflight) + atomic_load(&f->inits);
     worker_batcher_close(f->batcher); /* calls counted after the wait's end are refused */
     if (left) {
         f->next = w->retired;
@@ -1194,7 +1196,8 @@ int worker_remove_function(worker *w, const char *name, uint32_t version, aicfn_
  * and none is in flight (lock held). */
 static bool worker_fn_retirable_locked(const worker *w, worker_fn *f, uint64_t now) {
     uint64_t last = atomic_load(&f->last_call_us);
-    return f->from_spec && atomic_load(&f->inflight) == 0 && now > last && now - last >= w->fn_idle_retire_us;
+    return f->from_spec && atomic_load(&f->inflight) == 0 && atomic_load(&f->inits) == 0 && now > last &&
+           now - last >= w->fn_idle_retire_us;
 }
 
 /* Removes, one at a time, the functions worker_fn_retirable_locked picks. A call that
