@@ -838,11 +838,13 @@ static bool worker_init_wait_for(worker_fn *fn, worker_batch_item **items, uint3
  * 0 without a model) for the calls items[0..*k), whose deadlines bound the wait: those
  * that pass are answered (*k shrinks; with *k == 0 the init goes on for a later batch).
  * An init left by an earlier batch is waited for first, then adopted, or ended if it was
- * made for a model since evicted (fini before its successor's init: aicfn.h). Returns
- * the init's error for the calls still waiting. */
+ * made for a model since evicted (fini before its successor's init: aicfn.h), or tried
+ * again if it failed (its error was for calls that had given up). Returns the error of an
+ * init these calls waited for from its start. */
 static int worker_fn_instance(worker_fn *fn, worker_batch_item **items, uint32_t *k,
                               loader_cache_entry *entry, const aicfn_model *model, uint64_t generation,
                               worker_exec_info *ex, aicfn_error *err) {
+    bool started = false; /* an init of this batch's own (whose failure is its calls') */
     while (*k > 0) {
         worker_init_wait *iw = fn->init_pending;
         if (iw == NULL) {
@@ -850,6 +852,7 @@ static int worker_fn_instance(worker_fn *fn, worker_batch_item **items, uint32_t
             fn->inst = NULL;
             int rc = worker_init_start(fn, items, *k, entry, model, generation, err);
             if (rc != AICFN_OK) return rc;
+            started = true;
             continue;
         }
         if (!worker_init_wait_for(fn, items, k, ex)) return AICFN_OK;
@@ -862,11 +865,13 @@ static int worker_fn_instance(worker_fn *fn, worker_batch_item **items, uint32_t
             fn->inst_generation = generation;
         } else if (rc == AICFN_OK) {
             worker_instance_destroy(iw->inst); /* made for a residency that ended */
-        } else if (ours && err) {
+        } else if (ours && started && err) {
             *err = iw->err;
         }
         worker_init_wait_free(iw);
-        if (ours) return rc;
+        /* Done, unless the init was another residency's, or failed for calls that had
+         * all given up (an earlier batch's): then these calls get an init of their own. */
+        if (ours && (rc == AICFN_OK || started)) return rc;
     }
     return AICFN_OK;
 }

@@ -6,6 +6,8 @@
  *   count_file=P   the file to append to (else env AICFN_TEST_COUNT_FILE; none: no count)
  * Config param only:
  *   init_sleep_ms=N  sleep N ms in init (a slow warm-up; else env AICFN_TEST_INIT_SLEEP_MS)
+ *   init_fail_once=PATH  when file PATH exists, init removes it and fails (AICFN_E_INVALID,
+ *                    after its sleep): the first init fails, the next one succeeds
  *   fini_sleep_ms=N  sleep N ms in fini (a slow teardown; else env AICFN_TEST_FINI_SLEEP_MS),
  *   fini_file=P      then write "fini\n" to P (else env AICFN_TEST_FINI_FILE): proof that
  *                    fini ran to its end
@@ -44,6 +46,11 @@ AICFN_EXPORT int aicfn_fn_init(const aicfn_host_api *api, const aicfn_model *mod
     if (!ims) ims = getenv("AICFN_TEST_INIT_SLEEP_MS");
     long init_ms = ims ? atol(ims) : 0;
     if (init_ms > 0) sleep_ms_now(init_ms);
+    const char *once = api->find_param(config->params, config->n_params, "init_fail_once");
+    if (once && unlink(once) == 0) {
+        free(s);
+        return AICFN_E_INVALID;
+    }
     const char *fms = api->find_param(config->params, config->n_params, "fini_sleep_ms");
     const char *ff = api->find_param(config->params, config->n_params, "fini_file");
     if (!fms) fms = getenv("AICFN_TEST_FINI_SLEEP_MS");

@@ -1205,6 +1205,37 @@ static void remove_while_calls_arrive(void **state) {
     stop(w, c, 5000);
 }
 
+/* An init whose own calls all gave up and that then failed is not the next calls'
+ * error: they get an init of their own. test_sleep's init_fail_once fails the first
+ * init (a 400 ms one, outlasting its 100 ms call) and not the next. */
+static void failed_init_of_calls_that_gave_up_is_tried_again(void **state) {
+    (void)state;
+    char once[PATH_MAX + 32];
+    snprintf(once, sizeof once, "%s/init.once", tmp_dir);
+    FILE *fp = fopen(once, "w");
+    assert_non_null(fp);
+    fclose(fp);
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-initfail", (int)getpid());
+    worker *w = start(url, 16u << 20);
+    aicfn_param ps[] = {{"init_sleep_ms", "400"}, {"init_fail_once", once}};
+    worker_fn_config f = {
+        .name = "flaky", .handler = hpath("test_sleep"), .max_batch = 1, .n_params = 2, .params = ps};
+    aicfn_error err;
+    assert_int_equal(worker_add_function(w, &f, &err), AICFN_OK);
+    rpc_client *c = serve(w, url);
+    reply r;
+    invoke(c, 1, "flaky", NULL, 0, NULL, NULL, 100, &r);
+    assert_int_equal(r.rep.head.code, AICFN_E_TIMEOUT);
+    reply_free(&r);
+    usleep(600000); /* the init failed meanwhile, for no call */
+    assert_int_equal(access(once, F_OK), -1);
+    invoke(c, 2, "flaky", NULL, 0, NULL, NULL, 5000, &r);
+    if (!r.rep.head.ok) fail_msg("the next call got: %s", r.rep.head.message);
+    reply_free(&r);
+    stop(w, c, 5000);
+}
+
 /* How many of worker client c's functions (status queues) are named `fn`. */
 static unsigned hosted(rpc_client *c, const char *fn) {
     rpc_msg *m;
@@ -1288,6 +1319,7 @@ int main(void) {
         cmocka_unit_test(abandoned_load_is_reported_in_the_next_status),
         cmocka_unit_test(loads_are_listed_once_to_a_peer_without_acks),
         cmocka_unit_test(init_outlasting_its_calls_is_adopted_or_ended),
+        cmocka_unit_test(failed_init_of_calls_that_gave_up_is_tried_again),
         cmocka_unit_test(idle_function_from_a_spec_is_retired),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
