@@ -9,8 +9,9 @@
  * buffer (pinned), then an asynchronous copy whose ticket hands the staging buffer back.
  * A thread takes its frame number only after it holds a staging buffer, so a frame never
  * waits on an earlier one that still lacks a buffer.
- * The filter is reversed in pieces of 16 KiB: each piece is written to the destination
- * with streaming stores (around the cache) and to a buffer in L1, where it is
+ * The filter is reversed in pieces of 1 KiB: each piece is written to the destination
+ * with streaming stores (around the cache; fenced once per frame, so they drain while
+ * the next piece is hashed) and to a buffer in L1, where it is
  * checksummed (one pass over the raw bytes instead of an unfilter pass and a hashing
  * pass, and no destination line read before it is written). A tensor inside one frame has its own
  * XXH3 state; a tensor spanning frames has a shared state fed in blob order. A part

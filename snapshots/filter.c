@@ -1,7 +1,7 @@
 /* filter.c: the byte-plane filter (see filter.h for the math). Both directions are
  * simple loops over bytes that compilers vectorize; the inverse is on the load path,
  * where snap_filter_inverse_stream also has vector forms with streaming stores (AVX-512,
- * or SSE2 on other x86-64).
+ * or SSE2 on other x86-64), fenced once by the caller (snap_filter_stream_fence).
  * Not for: deciding which tensors get filtered (writer.c). */
 #include "snapshots/filter.h"
 
@@ -219,7 +219,6 @@ void snap_filter_inverse_stream(aicfn_dtype dt, snap_filter f, const void *src, 
         } else {
             done = flt_copy_stream(s + from, len, d, h);
         }
-        _mm_sfence();
     }
 #endif
     if (done == len) return;
@@ -228,6 +227,12 @@ void snap_filter_inverse_stream(aicfn_dtype dt, snap_filter f, const void *src, 
     else
         memcpy(d + done, s + from + done, len - done);
     if (h) memcpy(h + done, d + done, len - done);
+}
+
+void snap_filter_stream_fence(void) {
+#if FLT_STREAM
+    _mm_sfence();
+#endif
 }
 
 const char *snap_filter_name(snap_filter f) {

@@ -41,15 +41,20 @@ void snap_filter_inverse_part(aicfn_dtype dt, const void *planes, size_t nbytes,
  * path: `src` holds the tensor as stored (`nbytes` bytes: planes for SNAP_FILTER_PLANES,
  * the raw bytes themselves for SNAP_FILTER_NONE, then this is a copy). The bytes go to
  * `dst` through streaming stores where the CPU has them (x86-64: 64 bytes a store with
- * AVX-512BW, 16 with SSE2; the build targets the machine it runs on): a load writes far more than it reads back
- * soon, and ordinary stores would first read every destination line and push out the
- * frame being unfiltered. When `hot` is not NULL (len bytes), the raw bytes go there
- * as well, with ordinary stores: a small buffer that stays in cache, for checksumming.
- * The stores are fenced before it returns. `dst` needs no alignment (unaligned
- * destinations take the plain path); `from` and `len` are as for
- * snap_filter_inverse_part. */
+ * AVX-512BW, 16 with SSE2; the build targets the machine it runs on): a load writes far more than it reads
+ * back soon, and ordinary stores would first read every destination line and push out the frame being
+ * unfiltered. When `hot` is not NULL (len bytes), the raw bytes go there as well, with ordinary stores: a
+ * small buffer that stays in cache, for checksumming. The streaming stores are not fenced here (a fence waits
+ * for them to drain, and a load calls this for every small piece, hashing each while the previous ones
+ * drain): call snap_filter_stream_fence before any other thread or device may read `dst`. The calling thread
+ * sees its own stores at once. `dst` needs no alignment (unaligned destinations take the plain path); `from`
+ * and `len` are as for snap_filter_inverse_part. */
 void snap_filter_inverse_stream(aicfn_dtype dt, snap_filter f, const void *src, size_t nbytes, size_t from,
                                 size_t len, void *dst, void *hot);
+
+/* Orders every streaming store this thread made (snap_filter_inverse_stream) before its
+ * later stores, so that whatever it publishes next (a lock, a flag) comes after them. */
+void snap_filter_stream_fence(void);
 
 /* The manifest name of a filter ("none", "planes"); NULL for unknown values. */
 const char *snap_filter_name(snap_filter f);

@@ -903,7 +903,7 @@ int snap_frame_unfilter_each(const snap_reader *r, uint32_t i, const void *filte
                                        sa - cursor, d + cursor, NULL);
         int planes = t->filter == SNAP_FILTER_PLANES;
         /* Pieces are whole elements: tensor slices in a frame are (dtype_size) multiples. */
-        size_t step = AICFN_SNAP_UNFILTER_PIECE;
+        size_t step = planes ? AICFN_SNAP_UNFILTER_PIECE : AICFN_SNAP_COPY_PIECE;
         size_t esz = dtype_size(t->dtype);
         if (esz > 1) step -= step % esz;
         for (size_t at = 0; at < len; at += step) {
@@ -918,7 +918,10 @@ int snap_frame_unfilter_each(const snap_reader *r, uint32_t i, const void *filte
             }
             if (piece) {
                 int rc = piece(arg, ti, a + at, raw, n);
-                if (rc != AICFN_OK) return rc;
+                if (rc != AICFN_OK) {
+                    snap_filter_stream_fence();
+                    return rc;
+                }
             }
         }
         cursor = sa + len;
@@ -926,6 +929,7 @@ int snap_frame_unfilter_each(const snap_reader *r, uint32_t i, const void *filte
     if (f->raw_size > cursor && s != d)
         snap_filter_inverse_stream(AICFN_DTYPE_UINT8, SNAP_FILTER_NONE, s + cursor, f->raw_size - cursor, 0,
                                    f->raw_size - cursor, d + cursor, NULL);
+    snap_filter_stream_fence(); /* the frame is whole before anyone else may read it */
     return AICFN_OK;
 }
 

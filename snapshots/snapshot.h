@@ -112,10 +112,11 @@ int snap_frame_unfilter(const snap_reader *r, uint32_t i, const void *filtered, 
 typedef int (*snap_piece_fn)(void *arg, uint32_t tensor, uint64_t blob_off, const unsigned char *p,
                              size_t len);
 
-/* snap_frame_unfilter in pieces of at most AICFN_SNAP_UNFILTER_PIECE bytes, calling
+/* snap_frame_unfilter in pieces of at most AICFN_SNAP_UNFILTER_PIECE bytes (filtered
+ * tensors) or AICFN_SNAP_COPY_PIECE (the others), calling
  * `piece` (may be NULL) for each piece of tensor bytes as it lands; padding between
  * tensors is copied but not reported. The destination is written with streaming stores
- * (snap_filter_inverse_stream). For an unfiltered frame `filtered` may equal `dst`
+ * (snap_filter_inverse_stream), fenced before it returns. For an unfiltered frame `filtered` may equal `dst`
  * (decompressed in place): then nothing is copied and the pieces are reported where
  * they lie. Thread-safe. */
 int snap_frame_unfilter_each(const snap_reader *r, uint32_t i, const void *filtered, void *dst,
