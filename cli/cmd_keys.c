@@ -32,20 +32,25 @@ static const char *ks_flag(int argc, char **argv, int *i, const char *flag) {
 }
 
 static void ks_help(FILE *out) {
-    fprintf(out,
-            "usage: aicfn keys create --tenant NAME [--admin] [--rate R/s] [--quota N/day] [--json]\n"
-            "       aicfn keys ls [--json]\n"
-            "       aicfn keys revoke KEY_ID\n"
-            "  (each also takes --data-dir DIR: the gateway's data directory; default $AICFN_DATA_DIR,\n"
-            "   else %s)\n"
-            "\n"
-            "create  makes a key for tenant NAME and prints it ONCE (only its hash is stored).\n"
-            "        --admin: may deploy, remove, load and unload; --rate: calls per second (token\n"
-            "        bucket, 0 = unlimited); --quota: calls per UTC day (0 = unlimited).\n"
-            "ls      lists keys (id, tenant, admin, limits, created, revoked); never secrets.\n"
-            "revoke  revokes a key by its id (or the full key); it stops working at once.\n"
-            "Works on <data-dir>/aicfn.db directly, so run it where the gateway keeps its data.\n",
-            AICFN_DEFAULT_DATA_DIR);
+    fprintf(
+        out,
+        "usage: aicfn keys create --tenant NAME [--admin | --worker] [--rate R/s] [--quota N/day] [--json]\n"
+        "       aicfn keys ls [--json]\n"
+        "       aicfn keys revoke KEY_ID\n"
+        "  (each also takes --data-dir DIR: the gateway's data directory; default $AICFN_DATA_DIR,\n"
+        "   else %s)\n"
+        "\n"
+        "create  makes a key for tenant NAME and prints it ONCE (only its hash is stored).\n"
+        "        Without a role flag the key invokes functions, charged to NAME.\n"
+        "        --admin: may also deploy, remove, activate, load and unload;\n"
+        "        --worker: for `aicfn worker --gateway ADDR --key KEY` on another host: registers\n"
+        "        the worker and downloads artifacts, nothing else (it cannot invoke or deploy);\n"
+        "        --rate: calls per second (token bucket, 0 = unlimited); --quota: calls per UTC\n"
+        "        day (0 = unlimited).\n"
+        "ls      lists keys (id, tenant, role, limits, created, revoked); never secrets.\n"
+        "revoke  revokes a key by its id (or the full key); it stops working at once.\n"
+        "Works on <data-dir>/aicfn.db directly, so run it where the gateway keeps its data.\n",
+        AICFN_DEFAULT_DATA_DIR);
 }
 
 /* "10", "10/s" -> 10; "1000", "1000/day", "1000/d" -> 1000. */
@@ -97,7 +102,8 @@ int cli_cmd_keys(int argc, char **argv) {
     if (strcmp(sub, "create") && strcmp(sub, "ls") && strcmp(sub, "revoke"))
         return cli_usage_error("keys", "unknown subcommand '%s' (create, ls or revoke)", sub);
     const char *data_dir = getenv("AICFN_DATA_DIR"), *tenant = NULL, *target = NULL;
-    bool admin = false, json = false;
+    gw_key_role role = GW_KEY_TENANT;
+    bool json = false;
     uint64_t rate = 0, quota = 0;
     for (int i = 2; i < argc; i++) {
         const char *v;
@@ -113,8 +119,11 @@ int cli_cmd_keys(int argc, char **argv) {
                 return cli_usage_error("keys", "--tenant '%s': 1..%d of [A-Za-z0-9_.@-]", v,
                                        AICFN_TENANT_MAX_BYTES);
             tenant = v;
-        } else if (!strcmp(sub, "create") && !strcmp(argv[i], "--admin")) {
-            admin = true;
+        } else if (!strcmp(sub, "create") && (!strcmp(argv[i], "--admin") || !strcmp(argv[i], "--worker"))) {
+            gw_key_role r = !strcmp(argv[i], "--admin") ? GW_KEY_ADMIN : GW_KEY_WORKER;
+            if (role != GW_KEY_TENANT && role != r)
+                return cli_usage_error("keys", "--admin and --worker exclude each other");
+            role = r;
         } else if (!strcmp(sub, "create") && (v = ks_flag(argc, argv, &i, "--rate"))) {
             if (ks_parse_count(v, "/s", "/sec", UINT32_MAX, &rate) != 0)
                 return cli_usage_error("keys", "--rate '%s' is not a rate (e.g. 10/s)", v);
@@ -140,14 +149,14 @@ int cli_cmd_keys(int argc, char **argv) {
     if (!strcmp(sub, "create")) {
         char key[GW_KEY_STRING_MAX];
         gw_key_info info;
-        rc = gw_keys_create(db, tenant, admin, (uint32_t)rate, quota, key, &info, &err);
+        rc = gw_keys_create(db, tenant, role, (uint32_t)rate, quota, key, &info, &err);
         gw_db_close(db);
         if (rc != AICFN_OK) return cli_fail(&err);
         if (json) {
-            json_t *j =
-                json_pack("{s:s, s:s, s:s, s:b, s:I, s:I}", "key", key, "key_id", info.key_id, "tenant",
-                          info.tenant, "admin", info.admin, "rate_per_s", (json_int_t)info.rate_per_s,
-                          "quota_per_day", (json_int_t)info.quota_per_day);
+            json_t *j = json_pack("{s:s, s:s, s:s, s:s, s:b, s:I, s:I}", "key", key, "key_id", info.key_id,
+                                  "tenant", info.tenant, "role", gw_key_role_name(info.role), "admin",
+                                  info.role == GW_KEY_ADMIN, "rate_per_s", (json_int_t)info.rate_per_s,
+                                  "quota_per_day", (json_int_t)info.quota_per_day);
             cli_print_json(j, "{}");
             json_decref(j);
         } else {
@@ -162,8 +171,9 @@ int cli_cmd_keys(int argc, char **argv) {
             else
                 snprintf(qs, sizeof qs, "unlimited");
             fprintf(stderr,
-                    "created key %s for tenant %s%s (rate %s, quota %s); it is shown only this once\n",
-                    info.key_id, info.tenant, info.admin ? " (admin)" : "", rs, qs);
+                    "created key %s for tenant %s%s%s (rate %s, quota %s); it is shown only this once\n",
+                    info.key_id, info.tenant, info.role == GW_KEY_ADMIN ? " (admin)" : "",
+                    info.role == GW_KEY_WORKER ? " (worker)" : "", rs, qs);
         }
         sodium_memzero(key, sizeof key);
         return CLI_EXIT_OK;
@@ -187,7 +197,7 @@ int cli_cmd_keys(int argc, char **argv) {
         free(keys);
         return CLI_EXIT_OK;
     }
-    printf("%-14s %-20s %-6s %10s %12s %-21s %-21s\n", "KEY_ID", "TENANT", "ADMIN", "RATE/S", "QUOTA/DAY",
+    printf("%-14s %-20s %-6s %10s %12s %-21s %-21s\n", "KEY_ID", "TENANT", "ROLE", "RATE/S", "QUOTA/DAY",
            "CREATED", "REVOKED");
     for (size_t i = 0; i < n; i++) {
         char c[32], r[32], rate_s[24], quota_s[24];
@@ -202,7 +212,7 @@ int cli_cmd_keys(int argc, char **argv) {
         else
             snprintf(quota_s, sizeof quota_s, "-");
         printf("%-14s %-20s %-6s %10s %12s %-21s %-21s\n", keys[i].key_id, keys[i].tenant,
-               keys[i].admin ? "yes" : "no", rate_s, quota_s, c, r);
+               gw_key_role_name(keys[i].role), rate_s, quota_s, c, r);
     }
     if (n == 0) printf("(no keys)\n");
     free(keys);

@@ -143,6 +143,8 @@ static const char *const db_migrations[] = {
     "ALTER TABLE invocations ADD COLUMN cached INTEGER NOT NULL DEFAULT 0 CHECK (cached IN (0, 1));",
     /* 3: the snapshot download of a remote worker's cold start (0 when the file was local). */
     "ALTER TABLE cold_starts ADD COLUMN fetch_us INTEGER NOT NULL DEFAULT 0;",
+    /* 4: worker keys (keys.h): a remote worker's, which registers and fetches artifacts only. */
+    "ALTER TABLE tenants ADD COLUMN worker INTEGER NOT NULL DEFAULT 0 CHECK (worker IN (0, 1));",
 };
 
 #define DB_NMIGRATIONS ((int)(sizeof db_migrations / sizeof db_migrations[0]))

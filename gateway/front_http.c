@@ -44,8 +44,13 @@ static int fh_authenticate(void *ctx, const char *key, gw_http_principal *out, a
     gw_key_info info;
     int rc = gw_keys_authenticate(gw_gateway_db(f->gw), key, &info, err);
     if (rc != AICFN_OK) return rc;
+    if (info.role == GW_KEY_WORKER)
+        return aicfn_error_set(err, AICFN_E_FORBIDDEN,
+                               "API key %s is a worker key: it registers a worker and fetches artifacts, "
+                               "over NNG only",
+                               info.key_id);
     snprintf(out->tenant, sizeof out->tenant, "%s", info.tenant);
-    out->admin = info.admin;
+    out->admin = info.role == GW_KEY_ADMIN;
     out->rate_per_s = info.rate_per_s;
     out->quota_per_day = info.quota_per_day;
     return AICFN_OK;

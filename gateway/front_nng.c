@@ -152,9 +152,9 @@ static void front_ok_json(rpc_call *call, uint64_t id, json_t *j) {
 
 /* ---- Authentication --------------------------------------------------------------- */
 
-/* Fills tenant/admin (and, when `limits` is given, the key's rate and daily quota) for
+/* Fills tenant/role (and, when `limits` is given, the key's rate and daily quota) for
  * the message's `key`. */
-static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admin, gw_key_info *limits,
+static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, gw_key_role *role, gw_key_info *limits,
                             aicfn_error *err) {
     if (limits) {
         limits->rate_per_s = 0;
@@ -162,7 +162,7 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admi
     }
     if (gw_insecure_local(f->gw)) {
         snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "local");
-        *admin = true;
+        *role = GW_KEY_ADMIN;
         return AICFN_OK;
     }
     const char *key = NULL;
@@ -173,7 +173,7 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, bool *admi
     rc = gw_key_cache_authenticate(f->keys, gw_gateway_db(f->gw), key, &info, err);
     if (rc != AICFN_OK) return rc;
     snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "%s", info.tenant);
-    *admin = info.admin;
+    *role = info.role;
     if (limits) {
         limits->rate_per_s = info.rate_per_s;
         limits->quota_per_day = info.quota_per_day;
@@ -197,9 +197,12 @@ static void front_invoke(gw_front *f, rpc_call *call, wire_doc *doc, uint64_t id
     wire_invoke_req req;
     int rc = wire_decode_invoke_req(doc, &req, &e);
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
-    bool admin = false;
+    gw_key_role role = GW_KEY_TENANT;
     gw_key_info lim;
-    if (rc == AICFN_OK) rc = front_auth_check(f, doc, tenant, &admin, &lim, &e);
+    if (rc == AICFN_OK) rc = front_auth_check(f, doc, tenant, &role, &lim, &e);
+    if (rc == AICFN_OK && role == GW_KEY_WORKER)
+        rc = aicfn_error_set(&e, AICFN_E_FORBIDDEN,
+                             "a worker key cannot invoke (it registers a worker and fetches artifacts)");
     if (rc == AICFN_OK) {
         uint32_t retry = 0;
         rc = gw_invoke_admit(f->gw, &req, tenant, lim.rate_per_s, lim.quota_per_day, &retry, &e);
@@ -312,15 +315,19 @@ static void front_artifact_get(gw_front *f, rpc_call *call, wire_doc *doc, uint6
     front_send(call, id, &w);
 }
 
-/* Whether the sender of administrative request `t` (doc) may make it: an admin key's
- * (any key's for status). */
+/* Whether the sender of administrative request `t` (doc) may make it: an admin key's;
+ * a worker key's for register and artifact_get; any key's for status. */
 static int front_admin_allowed(gw_front *f, wire_doc *doc, const char *t, aicfn_error *err) {
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
-    bool admin = false;
-    int rc = front_auth_check(f, doc, tenant, &admin, NULL, err);
-    if (rc == AICFN_OK && !admin && strcmp(t, "status") != 0)
-        rc = aicfn_error_set(err, AICFN_E_FORBIDDEN, "'%s' needs an admin key", t);
-    return rc;
+    gw_key_role role = GW_KEY_TENANT;
+    int rc = front_auth_check(f, doc, tenant, &role, NULL, err);
+    if (rc != AICFN_OK || role == GW_KEY_ADMIN || strcmp(t, "status") == 0) return rc;
+    if (role == GW_KEY_WORKER && (strcmp(t, "register") == 0 || strcmp(t, "artifact_get") == 0)) return rc;
+    if (role == GW_KEY_WORKER)
+        return aicfn_error_set(
+            err, AICFN_E_FORBIDDEN,
+            "'%s' needs an admin key (a worker key registers a worker and fetches artifacts)", t);
+    return aicfn_error_set(err, AICFN_E_FORBIDDEN, "'%s' needs an admin key", t);
 }
 
 static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wire_header *h, uint64_t now) {

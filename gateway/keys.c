@@ -44,21 +44,38 @@ static void key_row(sqlite3_stmt *st, gw_key_info *k) {
     memset(k, 0, sizeof *k);
     gw_db_column_text(st, 0, k->key_id, sizeof k->key_id);
     gw_db_column_text(st, 1, k->tenant, sizeof k->tenant);
-    k->admin = sqlite3_column_int(st, 2) != 0;
+    k->role = sqlite3_column_int(st, 2) != 0   ? GW_KEY_ADMIN
+              : sqlite3_column_int(st, 7) != 0 ? GW_KEY_WORKER
+                                               : GW_KEY_TENANT;
     k->rate_per_s = (uint32_t)sqlite3_column_int64(st, 3);
     k->quota_per_day = (uint64_t)sqlite3_column_int64(st, 4);
     k->created_us = (uint64_t)sqlite3_column_int64(st, 5);
     k->revoked_us = (uint64_t)sqlite3_column_int64(st, 6);
 }
 
-int gw_keys_create(gw_db *db, const char *tenant, bool admin, uint32_t rate_per_s, uint64_t quota_per_day,
-                   char key_out[GW_KEY_STRING_MAX], gw_key_info *info_out, aicfn_error *err) {
+const char *gw_key_role_name(gw_key_role role) {
+    switch (role) {
+    case GW_KEY_TENANT:
+        return "tenant";
+    case GW_KEY_ADMIN:
+        return "admin";
+    case GW_KEY_WORKER:
+        return "worker";
+    }
+    return "unknown";
+}
+
+int gw_keys_create(gw_db *db, const char *tenant, gw_key_role role, uint32_t rate_per_s,
+                   uint64_t quota_per_day, char key_out[GW_KEY_STRING_MAX], gw_key_info *info_out,
+                   aicfn_error *err) {
     key_out[0] = '\0';
     if (!gw_tenant_name_valid(tenant))
         return aicfn_error_set(err, AICFN_E_INVALID,
                                "invalid tenant name (want 1..%d bytes of [A-Za-z0-9_.@-])",
                                AICFN_TENANT_MAX_BYTES);
     if (quota_per_day > INT64_MAX) return aicfn_error_set(err, AICFN_E_INVALID, "quota out of range");
+    if (role != GW_KEY_TENANT && role != GW_KEY_ADMIN && role != GW_KEY_WORKER)
+        return aicfn_error_set(err, AICFN_E_INVALID, "unknown key role %d", (int)role);
     if (sodium_init() < 0) return aicfn_error_set(err, AICFN_E_INTERNAL, "libsodium failed to initialize");
     unsigned char id[GW_KEY_ID_LEN / 2], secret[32], hash[32];
     char id_hex[GW_KEY_ID_LEN + 1], secret_hex[GW_KEY_SECRET_HEX_LEN + 1];
@@ -75,16 +92,17 @@ int gw_keys_create(gw_db *db, const char *tenant, bool admin, uint32_t rate_per_
         sqlite3_stmt *st = NULL;
         rc = gw_db_stmt(db,
                         "INSERT INTO tenants(key_id, tenant, key_hash, admin, rate_per_s, quota_per_day, "
-                        "created_us, revoked_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL)",
+                        "created_us, revoked_us, worker) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8)",
                         &st, err);
         if (rc) break;
         gw_db_bind_text(st, 1, id_hex);
         gw_db_bind_text(st, 2, tenant);
         sqlite3_bind_blob(st, 3, hash, sizeof hash, SQLITE_TRANSIENT);
-        sqlite3_bind_int(st, 4, admin ? 1 : 0);
+        sqlite3_bind_int(st, 4, role == GW_KEY_ADMIN);
         sqlite3_bind_int64(st, 5, rate_per_s);
         sqlite3_bind_int64(st, 6, (sqlite3_int64)quota_per_day);
         sqlite3_bind_int64(st, 7, (sqlite3_int64)now);
+        sqlite3_bind_int(st, 8, role == GW_KEY_WORKER);
         int s = sqlite3_step(st);
         rc = s == SQLITE_DONE ? AICFN_OK : gw_db_error(db, s, err, "creating a key");
         gw_db_done(st);
@@ -97,7 +115,7 @@ int gw_keys_create(gw_db *db, const char *tenant, bool admin, uint32_t rate_per_
             memset(info_out, 0, sizeof *info_out);
             memcpy(info_out->key_id, id_hex, sizeof info_out->key_id);
             snprintf(info_out->tenant, sizeof info_out->tenant, "%s", tenant);
-            info_out->admin = admin;
+            info_out->role = role;
             info_out->rate_per_s = rate_per_s;
             info_out->quota_per_day = quota_per_day;
             info_out->created_us = now;
@@ -131,16 +149,16 @@ int gw_keys_authenticate(gw_db *db, const char *key, gw_key_info *out, aicfn_err
     sqlite3_stmt *st = NULL;
     int rc = gw_db_stmt(
         db,
-        "SELECT key_id, tenant, admin, rate_per_s, quota_per_day, created_us, revoked_us, key_hash "
+        "SELECT key_id, tenant, admin, rate_per_s, quota_per_day, created_us, revoked_us, worker, key_hash "
         "FROM tenants WHERE key_id = ?1",
         &st, err);
     bool found = false;
     if (!rc) {
         gw_db_bind_text(st, 1, id);
         int s = sqlite3_step(st);
-        if (s == SQLITE_ROW && sqlite3_column_bytes(st, 7) == 32) {
+        if (s == SQLITE_ROW && sqlite3_column_bytes(st, 8) == 32) {
             key_row(st, out);
-            memcpy(stored, sqlite3_column_blob(st, 7), 32);
+            memcpy(stored, sqlite3_column_blob(st, 8), 32);
             found = true;
         } else if (s != SQLITE_ROW && s != SQLITE_DONE) {
             rc = gw_db_error(db, s, err, "looking up a key");
@@ -176,10 +194,11 @@ int gw_keys_list(gw_db *db, gw_key_info **out, size_t *n, aicfn_error *err) {
     *n = 0;
     gw_db_lock(db);
     sqlite3_stmt *st = NULL;
-    int rc = gw_db_stmt(db,
-                        "SELECT key_id, tenant, admin, rate_per_s, quota_per_day, created_us, revoked_us "
-                        "FROM tenants ORDER BY tenant, created_us, key_id",
-                        &st, err);
+    int rc =
+        gw_db_stmt(db,
+                   "SELECT key_id, tenant, admin, rate_per_s, quota_per_day, created_us, revoked_us, worker "
+                   "FROM tenants ORDER BY tenant, created_us, key_id",
+                   &st, err);
     void *arr = NULL;
     size_t cnt = 0, cap = 0;
     if (!rc)
@@ -242,11 +261,11 @@ int gw_keys_count_admins(gw_db *db, uint64_t *out, aicfn_error *err) {
 json_t *gw_keys_to_json(const gw_key_info *k, size_t n) {
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++) {
-        json_t *o =
-            json_pack("{s:s, s:s, s:b, s:I, s:I, s:I, s:I}", "key_id", k[i].key_id, "tenant", k[i].tenant,
-                      "admin", (int)k[i].admin, "rate_per_s", (json_int_t)k[i].rate_per_s, "quota_per_day",
-                      (json_int_t)k[i].quota_per_day, "created_us", (json_int_t)k[i].created_us, "revoked_us",
-                      (json_int_t)k[i].revoked_us);
+        json_t *o = json_pack("{s:s, s:s, s:s, s:b, s:I, s:I, s:I, s:I}", "key_id", k[i].key_id, "tenant",
+                              k[i].tenant, "role", gw_key_role_name(k[i].role), "admin",
+                              k[i].role == GW_KEY_ADMIN, "rate_per_s", (json_int_t)k[i].rate_per_s,
+                              "quota_per_day", (json_int_t)k[i].quota_per_day, "created_us",
+                              (json_int_t)k[i].created_us, "revoked_us", (json_int_t)k[i].revoked_us);
         if (!o || json_array_append_new(arr, o) != 0) {
             json_decref(arr);
             return NULL;

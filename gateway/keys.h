@@ -11,7 +11,7 @@
  * computed hashes are compared with sodium_memcmp (constant time). The plaintext
  * secret exists only in the string gw_keys_create returns, once.
  *
- * Not for: deciding what a key may do beyond the admin flag (the front checks it).
+ * Not for: deciding what a role may do (the fronts check it).
  *
  * Thread-safety: the gw_db functions lock the handle per call. A gw_limits may be used
  * from any thread (one mutex; each check is O(1)). */
@@ -33,11 +33,21 @@
 #define GW_KEY_STRING_LEN (6 + GW_KEY_ID_LEN + 1 + GW_KEY_SECRET_HEX_LEN)
 #define GW_KEY_STRING_MAX (GW_KEY_STRING_LEN + 1)
 
+/* What a key is for. The fronts decide what each may do: a tenant's key invokes (its
+ * tenant is charged) and reads status; an admin key may do everything; a worker key is a
+ * remote worker's (`aicfn worker --gateway --key`): it registers its worker, fetches
+ * artifacts and reads status, and nothing else, so a compromised GPU host holds no key
+ * that deploys code or runs calls. */
+typedef enum { GW_KEY_TENANT = 0, GW_KEY_ADMIN = 1, GW_KEY_WORKER = 2 } gw_key_role;
+
+/* "tenant", "admin", "worker". */
+const char *gw_key_role_name(gw_key_role role);
+
 /* A key's record, without any secret. */
 typedef struct gw_key_info {
     char key_id[GW_KEY_ID_LEN + 1];
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
-    bool admin;
+    gw_key_role role;
     uint32_t rate_per_s;    /* 0 = unlimited */
     uint64_t quota_per_day; /* 0 = unlimited */
     uint64_t created_us;
@@ -49,9 +59,10 @@ bool gw_tenant_name_valid(const char *tenant);
 
 /* Creates a key for `tenant`. Writes the full key string (GW_KEY_STRING_LEN chars +
  * NUL) into key_out: show it to the user once, it cannot be recovered. info_out (may be
- * NULL) gets the stored record. AICFN_E_INVALID for a bad tenant name; AICFN_E_DB. */
-int gw_keys_create(gw_db *db, const char *tenant, bool admin, uint32_t rate_per_s, uint64_t quota_per_day,
-                   char key_out[GW_KEY_STRING_MAX], gw_key_info *info_out, aicfn_error *err);
+ * NULL) gets the stored record. AICFN_E_INVALID for a bad tenant name or role; AICFN_E_DB. */
+int gw_keys_create(gw_db *db, const char *tenant, gw_key_role role, uint32_t rate_per_s,
+                   uint64_t quota_per_day, char key_out[GW_KEY_STRING_MAX], gw_key_info *info_out,
+                   aicfn_error *err);
 
 /* Checks a presented key: parses it, looks its id up, hashes the secret and compares in
  * constant time. AICFN_OK with *out filled; AICFN_E_UNAUTHENTICATED for a malformed,
@@ -85,7 +96,8 @@ int gw_keys_revoke(gw_db *db, const char *key_id, aicfn_error *err);
 /* Number of active admin keys (for bootstrapping the first admin). */
 int gw_keys_count_admins(gw_db *db, uint64_t *out, aicfn_error *err);
 
-/* [{"key_id","tenant","admin","rate_per_s","quota_per_day","created_us","revoked_us"}].
+/* [{"key_id","tenant","role","admin","rate_per_s","quota_per_day","created_us","revoked_us"}]
+ * ("admin": role is admin, kept for readers of the older form).
  * New reference or NULL. */
 json_t *gw_keys_to_json(const gw_key_info *k, size_t n);
 

@@ -185,6 +185,10 @@ def test_keys_over_http(procs, tmp_path):
     # Non-admin repository changes: 403.
     st, _, b = http_req(hport, "POST", "/v2/repository/models/mlp/load", b"{}", auth)
     assert st == 403 and "error" in json.loads(b)
+    # A worker key (registers workers, fetches artifacts over NNG) serves nothing here: 403.
+    wkey = create_key(data, "gpu-hosts", "--worker")
+    st, _, b = http_req(hport, "POST", "/v2/models/mlp/infer", body, {"Authorization": f"Bearer {wkey}"})
+    assert st == 403 and "worker key" in json.loads(b)["error"], b
     # Revoked: 401 from then on.
     key_id = user.split("_")[1]
     assert run_cli(["keys", "revoke", key_id, "--data-dir", str(data)]).returncode == 0

@@ -223,6 +223,10 @@ def test_remote_worker_with_api_keys_and_concurrent_first_calls(procs, tmp_path)
     data.mkdir()
 
     admin, user = create_key(data, "ops", "--admin"), create_key(data, "acme")
+    wkey = create_key(data, "gpu-hosts", "--worker")
+    listed = json.loads(run_cli(["keys", "ls", "--json", "--data-dir", str(data)]).stdout)
+    assert sorted((k["tenant"], k["role"], k["admin"]) for k in listed) == [
+        ("acme", "tenant", False), ("gpu-hosts", "worker", False), ("ops", "admin", True)], listed
     addr = f"tcp://127.0.0.1:{free_port()}"
     procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..0",
                  "--worker-memory", "64MiB", "--device", "host"], name="gateway")
@@ -232,21 +236,33 @@ def test_remote_worker_with_api_keys_and_concurrent_first_calls(procs, tmp_path)
     assert r.returncode == 0, r.stderr
     (h, path), = stored_artifacts(data).items()
 
-    # artifact_get follows register's rules: an admin key.
+    # artifact_get follows register's rules: an admin or a worker key.
     m = {"v": PROTOCOL_VERSION, "t": "artifact_get", "id": next_id(), "hash": h, "offset": 0, "len": 64}
     r = call(addr, m)
     assert not r["ok"] and r["error"]["code"] == 13, r  # no key
     r = call(addr, dict(m, key=user))
-    assert not r["ok"] and r["error"]["code"] == 14, r  # not admin
-    r = call(addr, dict(m, key=admin))
-    assert r["ok"] and r["data"] == path.read_bytes()[:64], r
+    assert not r["ok"] and r["error"]["code"] == 14, r  # a tenant's key
+    for k in (admin, wkey):
+        r = call(addr, dict(m, key=k))
+        assert r["ok"] and r["data"] == path.read_bytes()[:64], r
 
-    # The worker registers and fetches with the admin key it was given.
+    # A worker key does nothing else: no deploy, rm, ls, invoke.
+    r = run_cli(["deploy", ROOT / "examples" / "echo", "--gateway", addr, "--key", wkey])
+    assert r.returncode == 1 and "AICFN_E_FORBIDDEN" in r.stderr and "worker key" in r.stderr, r.stderr
+    for t in ("ls", "workers"):
+        r = call(addr, {"v": PROTOCOL_VERSION, "t": t, "id": next_id(), "key": wkey})
+        assert not r["ok"] and r["error"]["code"] == 14, r
+    m = invoke_msg("echo", [tensor("x", np.zeros(2, np.float32))])
+    m["key"] = wkey
+    r = call(addr, m)
+    assert not r["ok"] and r["error"]["code"] == 14 and "worker key" in r["error"]["message"], r
+
+    # The worker registers and fetches with the worker key it was given.
     cwd = tmp_path / "worker-cwd"
     cwd.mkdir()
     cache = tmp_path / "cache"
     w = procs.start([aicfn_bin(), "worker", "--listen", f"tcp://127.0.0.1:{free_port()}", "--device", "host",
-                     "--memory", "64MiB", "--id", "remote1", "--gateway", addr, "--key", admin, "--cache-dir",
+                     "--memory", "64MiB", "--id", "remote1", "--gateway", addr, "--key", wkey, "--cache-dir",
                      cache], name="remote1", cwd=cwd)
     wait_for(lambda: w.poll() is None and any(
         x["name"] == "remote1" and x["state"] == "ready" for x in json.loads(

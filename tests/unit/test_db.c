@@ -90,7 +90,7 @@ static void schema_1_database_migrates_keeping_rows(void **state) {
         gw_db_exec(
             db,
             "ALTER TABLE invocations DROP COLUMN cached; ALTER TABLE cold_starts DROP COLUMN fetch_us; "
-            "PRAGMA user_version = 1",
+            "ALTER TABLE tenants DROP COLUMN worker; PRAGMA user_version = 1",
             &err),
         AICFN_OK);
     assert_int_equal(
@@ -108,6 +108,12 @@ static void schema_1_database_migrates_keeping_rows(void **state) {
                    "gpu_us, cold) VALUES (1, 't', 'f', 1, 'AICFN_OK', 1, 2, 3, 4, 5, 6, 7, 6, 1)",
                    &err),
         AICFN_OK);
+    assert_int_equal(
+        gw_db_exec(db,
+                   "INSERT INTO tenants(key_id, tenant, key_hash, admin, rate_per_s, quota_per_day, "
+                   "created_us) VALUES ('k1', 'ops', zeroblob(32), 1, 0, 0, 1)",
+                   &err),
+        AICFN_OK);
     gw_db_unlock(db);
     gw_db_close(db);
     assert_int_equal(gw_db_open(dir, &db, &err), AICFN_OK);
@@ -119,6 +125,7 @@ static void schema_1_database_migrates_keeping_rows(void **state) {
     assert_int_equal(pragma_int(db, "SELECT cached FROM invocations WHERE function = 'f'"), 0);
     assert_int_equal(pragma_int(db, "SELECT total_us + 100 * fetch_us FROM cold_starts WHERE function = 'f'"),
                      10);
+    assert_int_equal(pragma_int(db, "SELECT admin * 10 + worker FROM tenants WHERE key_id = 'k1'"), 10);
     assert_int_equal(gw_db_integrity_check(db, &err), AICFN_OK);
     gw_db_close(db);
     tdb_rm_rf(dir);

@@ -41,13 +41,13 @@ static void create_authenticate_revoke(void **state) {
     char key[GW_KEY_STRING_MAX];
     gw_key_info info, got;
     aicfn_error err;
-    assert_int_equal(gw_keys_create(f->db, "alice", true, 10, 1000, key, &info, &err), AICFN_OK);
+    assert_int_equal(gw_keys_create(f->db, "alice", GW_KEY_ADMIN, 10, 1000, key, &info, &err), AICFN_OK);
     assert_int_equal(strlen(key), GW_KEY_STRING_LEN);
     assert_memory_equal(key, "aicfn_", 6);
     assert_memory_equal(key + 6, info.key_id, GW_KEY_ID_LEN);
     assert_int_equal(gw_keys_authenticate(f->db, key, &got, &err), AICFN_OK);
     assert_string_equal(got.tenant, "alice");
-    assert_true(got.admin);
+    assert_int_equal(got.role, GW_KEY_ADMIN);
     assert_int_equal(got.rate_per_s, 10);
     assert_int_equal(got.quota_per_day, 1000);
     assert_int_equal(got.revoked_us, 0);
@@ -77,7 +77,7 @@ static void create_authenticate_revoke(void **state) {
 
     /* A second key; list shows both without secrets. */
     char key2[GW_KEY_STRING_MAX];
-    assert_int_equal(gw_keys_create(f->db, "bob", false, 0, 0, key2, NULL, &err), AICFN_OK);
+    assert_int_equal(gw_keys_create(f->db, "bob", GW_KEY_TENANT, 0, 0, key2, NULL, &err), AICFN_OK);
     assert_string_not_equal(key, key2);
     gw_key_info *ks = NULL;
     size_t n = 0;
@@ -106,7 +106,46 @@ static void create_authenticate_revoke(void **state) {
     assert_int_equal(gw_keys_revoke(f->db, "../x", &err), AICFN_E_INVALID);
     assert_int_equal(gw_keys_count_admins(f->db, &admins, NULL), AICFN_OK);
     assert_int_equal(admins, 0);
-    assert_int_equal(gw_keys_create(f->db, "bad tenant", false, 0, 0, key2, NULL, &err), AICFN_E_INVALID);
+    assert_int_equal(gw_keys_create(f->db, "bad tenant", GW_KEY_TENANT, 0, 0, key2, NULL, &err),
+                     AICFN_E_INVALID);
+}
+
+/* Each role is stored and comes back from authenticate, the list and its JSON; a worker
+ * key is not an admin (count_admins), and no unknown role is stored. */
+static void roles_round_trip(void **state) {
+    fx *f = *state;
+    const gw_key_role roles[] = {GW_KEY_TENANT, GW_KEY_ADMIN, GW_KEY_WORKER};
+    const char *tenants[] = {"t0", "t1", "t2"};
+    char key[3][GW_KEY_STRING_MAX];
+    gw_key_info info, got;
+    aicfn_error err;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(gw_keys_create(f->db, tenants[i], roles[i], 0, 0, key[i], &info, &err), AICFN_OK);
+        assert_int_equal(info.role, roles[i]);
+    }
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(gw_keys_authenticate(f->db, key[i], &got, &err), AICFN_OK);
+        assert_int_equal(got.role, roles[i]);
+    }
+    gw_key_info *ks = NULL;
+    size_t n = 0;
+    assert_int_equal(gw_keys_list(f->db, &ks, &n, NULL), AICFN_OK);
+    assert_int_equal(n, 3);
+    json_t *j = gw_keys_to_json(ks, n);
+    assert_non_null(j);
+    for (size_t i = 0; i < n; i++) {
+        assert_int_equal(ks[i].role, roles[i]);
+        json_t *o = json_array_get(j, i);
+        assert_string_equal(json_string_value(json_object_get(o, "role")), gw_key_role_name(roles[i]));
+        assert_int_equal(json_is_true(json_object_get(o, "admin")), roles[i] == GW_KEY_ADMIN);
+    }
+    json_decref(j);
+    free(ks);
+    uint64_t admins = 0;
+    assert_int_equal(gw_keys_count_admins(f->db, &admins, NULL), AICFN_OK);
+    assert_int_equal(admins, 1);
+    assert_int_equal(gw_keys_create(f->db, "t3", (gw_key_role)7, 0, 0, key[0], NULL, &err), AICFN_E_INVALID);
+    assert_string_equal(gw_key_role_name(GW_KEY_WORKER), "worker");
 }
 
 static int contains(const unsigned char *hay, size_t n, const void *needle, size_t m) {
@@ -123,7 +162,7 @@ static void key_cache_answers_without_the_database(void **state) {
     char key[GW_KEY_STRING_MAX];
     gw_key_info info, got;
     aicfn_error err;
-    assert_int_equal(gw_keys_create(f->db, "carol", false, 7, 0, key, &info, &err), AICFN_OK);
+    assert_int_equal(gw_keys_create(f->db, "carol", GW_KEY_TENANT, 7, 0, key, &info, &err), AICFN_OK);
     gw_key_cache *c = NULL;
     assert_int_equal(gw_key_cache_create(&c, &err), AICFN_OK);
     assert_int_equal(gw_key_cache_authenticate(c, f->db, key, &got, &err), AICFN_OK);
@@ -153,7 +192,7 @@ static void no_plaintext_in_db_files(void **state) {
     fx *f = *state;
     char keys[20][GW_KEY_STRING_MAX];
     for (int i = 0; i < 20; i++)
-        assert_int_equal(gw_keys_create(f->db, "tenant", false, 0, 0, keys[i], NULL, NULL), AICFN_OK);
+        assert_int_equal(gw_keys_create(f->db, "tenant", GW_KEY_TENANT, 0, 0, keys[i], NULL, NULL), AICFN_OK);
     /* Check the main file and the WAL, before and after a checkpoint. */
     for (int round = 0; round < 2; round++) {
         if (round == 1) {
@@ -294,6 +333,7 @@ static void quota_seeded_from_ledger(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(create_authenticate_revoke, setup, teardown),
+        cmocka_unit_test_setup_teardown(roles_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(key_cache_answers_without_the_database, setup, teardown),
         cmocka_unit_test_setup_teardown(no_plaintext_in_db_files, setup, teardown),
         cmocka_unit_test(token_bucket_and_quota),
