@@ -17,6 +17,7 @@
 #include <jansson.h>
 #include <limits.h>
 #include <signal.h>
+#include <sodium.h>
 #include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -31,6 +32,7 @@
 #include "common/tunables.h"
 #include "common/units.h"
 #include "gateway/artifacts.h"
+#include "gateway/registry.h"
 #include "snapshots/writer.h"
 
 extern char **environ;
@@ -38,10 +40,12 @@ extern char **environ;
 #define CD_NVCC "/usr/local/cuda/bin/nvcc"
 #define CD_CUDART "/usr/local/cuda/lib64/libcudart_static.a"
 #define CD_MAX_CU 16
+#define CD_DEPLOY_TIMEOUT_MS 30000
+#define CD_DEPLOY_ASKS 3 /* a deploy message that got no answer is sent again, same deploy id */
 
 static void cd_help(FILE *out) {
     fprintf(out,
-            "usage: aicfn deploy DIR|aicfn.yaml [--gateway ADDR] [--key KEY] [--json]\n"
+            "usage: aicfn deploy DIR|aicfn.yaml [--gateway ADDR] [--key KEY] [--deploy-id ID] [--json]\n"
             "\n"
             "Deploys the function described by an aicfn.yaml (or the aicfn.yaml in DIR) as a new\n"
             "version, which becomes active (older versions stay invokable as NAME:VER).\n"
@@ -53,7 +57,15 @@ static void cd_help(FILE *out) {
             "  - both are uploaded in chunks with their SHA-256; what the gateway has is skipped.\n"
             "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
             "  --key KEY       admin API key (default: $AICFN_KEY)\n"
-            "  --json          print {\"name\",\"version\",\"handler\",\"snapshot\",...} instead of text\n");
+            "  --deploy-id ID  this deploy's idempotency key (1..%d of [A-Za-z0-9_.:-], e.g. a CI run's\n"
+            "                  id): a deploy of NAME with an ID that already made NAME:V, with the same\n"
+            "                  handler, model and config, changes nothing and prints NAME:V (unchanged);\n"
+            "                  with other content it fails (AICFN_E_EXISTS). Default: a random ID, so a\n"
+            "                  deploy message that got no answer (the gateway slow or restarting) is sent\n"
+            "                  again, up to %d times in all, without making a second version.\n"
+            "  --json          print {\"name\",\"version\",\"existing\",\"deploy_id\",\"handler\",...}\n"
+            "                  instead of text\n",
+            GW_DEPLOY_ID_MAX, CD_DEPLOY_ASKS);
 }
 
 /* Runs argv[0] (PATH lookup), waits; 0 on exit status 0. */
@@ -403,8 +415,49 @@ static void cd_clean_stale(const char *root, const char *host) {
     closedir(d);
 }
 
+/* The deploy message: registers the uploaded artifacts as a version of `name`. A message
+ * that got no answer (AICFN_E_TIMEOUT, or the link dropped: the gateway may have
+ * committed it all the same) is sent again with the same deploy id, which the gateway
+ * answers with the version it made, if it made one (registry.h). */
+static int cd_register(rpc_client *c, const char *key, const char *name, const char *so_hex,
+                       const char *snap_hex, uint64_t raw_bytes, const char *config, const char *deploy_id,
+                       uint64_t *version, bool *existing, aicfn_error *err) {
+    int rc = AICFN_OK;
+    for (int ask = 1; ask <= CD_DEPLOY_ASKS; ask++) {
+        wire_writer w;
+        wire_writer_init(&w);
+        cli_gw_begin(&w, "deploy", key, snap_hex ? 6 : 4);
+        wire_kv_str(&w, "name", name);
+        wire_kv_str(&w, "handler", so_hex);
+        wire_kv_str(&w, "config", config);
+        wire_kv_str(&w, "deploy_id", deploy_id);
+        if (snap_hex) {
+            wire_kv_str(&w, "snapshot", snap_hex);
+            wire_kv_u64(&w, "model_raw_bytes", raw_bytes);
+        }
+        rpc_msg *reply = NULL;
+        wire_doc doc;
+        rc = cli_gw_call(c, &w, CD_DEPLOY_TIMEOUT_MS, &reply, &doc, err);
+        wire_writer_fini(&w);
+        if (rc == AICFN_OK) {
+            rc = wire_get_u64(&doc.root, NULL, "version", true, version, err);
+            if (rc == AICFN_OK) rc = wire_get_bool(&doc.root, NULL, "existing", false, existing, err);
+            if (rc != AICFN_OK) aicfn_error_wrap(err, "the gateway's reply to deploy %s", name);
+            wire_doc_fini(&doc);
+            rpc_msg_free(reply);
+            return rc;
+        }
+        if ((rc != AICFN_E_TIMEOUT && rc != AICFN_E_UNAVAILABLE && rc != AICFN_E_WORKER_LOST) ||
+            cd_interrupted || ask == CD_DEPLOY_ASKS)
+            break;
+        fprintf(stderr, "deploy %s: %s; asking again (deploy id %s, %d of %d)\n", name, err->msg, deploy_id,
+                ask + 1, CD_DEPLOY_ASKS);
+    }
+    return rc;
+}
+
 int cli_cmd_deploy(int argc, char **argv) {
-    const char *gateway = NULL, *key_flag = NULL, *path = NULL;
+    const char *gateway = NULL, *key_flag = NULL, *path = NULL, *deploy_id_flag = NULL;
     int json = 0;
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -415,6 +468,11 @@ int cli_cmd_deploy(int argc, char **argv) {
             gateway = v;
         } else if ((v = cli_flag_value(argc, argv, &i, "--key"))) {
             key_flag = v;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--deploy-id"))) {
+            if (!gw_deploy_id_valid(v))
+                return cli_usage_error("deploy", "--deploy-id '%.140s': 1..%d of [A-Za-z0-9_.:-]", v,
+                                       GW_DEPLOY_ID_MAX);
+            deploy_id_flag = v;
         } else if (!strcmp(argv[i], "--json")) {
             json = 1;
         } else if (argv[i][0] != '-' && !path) {
@@ -424,6 +482,18 @@ int cli_cmd_deploy(int argc, char **argv) {
         }
     }
     if (!path) return cli_usage_error("deploy", "name the function's folder or its aicfn.yaml");
+    char deploy_id[GW_DEPLOY_ID_MAX + 1];
+    if (deploy_id_flag) {
+        snprintf(deploy_id, sizeof deploy_id, "%s", deploy_id_flag);
+    } else {
+        unsigned char r[16];
+        if (sodium_init() < 0) {
+            fprintf(stderr, "aicfn deploy: libsodium failed to initialize\n");
+            return CLI_EXIT_FAIL;
+        }
+        randombytes_buf(r, sizeof r);
+        sodium_bin2hex(deploy_id, sizeof deploy_id, r, sizeof r);
+    }
     const char *key = cli_api_key(key_flag);
     const char *addr = cli_gateway_addr(gateway);
     bool tty = isatty(STDERR_FILENO);
@@ -492,6 +562,7 @@ int cli_cmd_deploy(int argc, char **argv) {
      * between our upload (skipped: the gateway had it) and the deploy; the deploy then
      * says AICFN_E_NOT_FOUND and one more round uploads it again. */
     uint64_t version = 0;
+    bool existing = false;
     int opened = rc == AICFN_OK;
     /* SA_RESETHAND: the first signal asks for the abort, a second one has the default
      * action (a commit's wait or a silent gateway's may be long). */
@@ -505,27 +576,9 @@ int cli_cmd_deploy(int argc, char **argv) {
         if (rc == AICFN_OK && cd_interrupted)
             rc = aicfn_error_set(&err, AICFN_E_CANCELED, "interrupted: nothing deployed");
         if (rc != AICFN_OK) break;
-        wire_writer w;
-        wire_writer_init(&w);
-        cli_gw_begin(&w, "deploy", key, snap[0] ? 5 : 3);
-        wire_kv_str(&w, "name", m->name);
-        wire_kv_str(&w, "handler", so_hex);
-        wire_kv_str(&w, "config", config);
-        if (snap[0]) {
-            wire_kv_str(&w, "snapshot", snap_hex);
-            wire_kv_u64(&w, "model_raw_bytes", st.blob_bytes);
-        }
-        rpc_msg *reply = NULL;
-        wire_doc doc;
-        rc = cli_gw_call(c, &w, 30000, &reply, &doc, &err);
-        wire_writer_fini(&w);
-        if (rc == AICFN_OK) {
-            rc = wire_get_u64(&doc.root, NULL, "version", true, &version, &err);
-            if (rc != AICFN_OK) aicfn_error_wrap(&err, "the gateway's reply to deploy %s", m->name);
-            wire_doc_fini(&doc);
-            rpc_msg_free(reply);
-            break;
-        }
+        rc = cd_register(c, key, m->name, so_hex, snap[0] ? snap_hex : NULL, st.blob_bytes, config, deploy_id,
+                         &version, &existing, &err);
+        if (rc == AICFN_OK) break;
         if (rc != AICFN_E_NOT_FOUND || attempt == 1) {
             aicfn_error_wrap(&err, "deploying %s", m->name);
             break;
@@ -535,11 +588,14 @@ int cli_cmd_deploy(int argc, char **argv) {
     sigaction(SIGTERM, &old_term, NULL);
     if (rc == AICFN_OK) {
         if (json)
-            printf("{\"name\":\"%s\",\"version\":%llu,\"handler\":\"%s\",\"snapshot\":\"%s\",\"model_bytes\":"
-                   "%llu,"
-                   "\"snapshot_bytes\":%llu}\n",
-                   m->name, (unsigned long long)version, so_hex, snap_hex, (unsigned long long)st.blob_bytes,
-                   (unsigned long long)snap_size);
+            printf(
+                "{\"name\":\"%s\",\"version\":%llu,\"existing\":%s,\"deploy_id\":\"%s\",\"handler\":\"%s\","
+                "\"snapshot\":\"%s\",\"model_bytes\":%llu,\"snapshot_bytes\":%llu}\n",
+                m->name, (unsigned long long)version, existing ? "true" : "false", deploy_id, so_hex,
+                snap_hex, (unsigned long long)st.blob_bytes, (unsigned long long)snap_size);
+        else if (existing)
+            printf("%s:%llu unchanged (deploy id %s made it)\n", m->name, (unsigned long long)version,
+                   deploy_id);
         else
             printf("deployed %s:%llu\n", m->name, (unsigned long long)version);
     }

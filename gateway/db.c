@@ -145,6 +145,9 @@ static const char *const db_migrations[] = {
     "ALTER TABLE cold_starts ADD COLUMN fetch_us INTEGER NOT NULL DEFAULT 0;",
     /* 4: worker keys (keys.h): a remote worker's, which registers and fetches artifacts only. */
     "ALTER TABLE tenants ADD COLUMN worker INTEGER NOT NULL DEFAULT 0 CHECK (worker IN (0, 1));",
+    /* 5: a deploy's idempotency key (registry.h): the same deploy made again adds no version. */
+    ("ALTER TABLE functions ADD COLUMN deploy_id TEXT;"
+     "CREATE UNIQUE INDEX functions_deploy_id ON functions(name, deploy_id) WHERE deploy_id IS NOT NULL;"),
 };
 
 #define DB_NMIGRATIONS ((int)(sizeof db_migrations / sizeof db_migrations[0]))

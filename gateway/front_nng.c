@@ -433,7 +433,7 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         return;
     }
     if (strcmp(h->t, "deploy") == 0) {
-        const char *name = NULL, *handler = NULL, *snapshot = NULL, *config = NULL;
+        const char *name = NULL, *handler = NULL, *snapshot = NULL, *config = NULL, *deploy_id = NULL;
         uint64_t handler_bytes = 0, snapshot_bytes = 0, raw = 0;
         rc = wire_get_cstr(doc, root, NULL, "name", true, AICFN_FN_NAME_MAX_BYTES, &name, &e);
         if (rc == AICFN_OK)
@@ -445,6 +445,8 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
             rc = wire_get_cstr(doc, root, NULL, "config", false, AICFN_GW_ADMIN_MAX_BYTES - (64u << 10),
                                &config, &e);
         if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "model_raw_bytes", false, &raw, &e);
+        if (rc == AICFN_OK)
+            rc = wire_get_cstr(doc, root, NULL, "deploy_id", false, GW_DEPLOY_ID_MAX, &deploy_id, &e);
         gw_artifacts *art = gw_gateway_artifacts(gw);
         if (rc == AICFN_OK &&
             (!gw_hash_hex_valid(handler) || (snapshot && snapshot[0] && !gw_hash_hex_valid(snapshot))))
@@ -459,6 +461,7 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         if (rc == AICFN_OK && config) rc = gw_fn_config_from_string(config, &cfg, &e);
         gw_fn_config_clear(&cfg);
         uint32_t version = 0;
+        bool existing = false;
         if (rc == AICFN_OK) {
             gw_function_spec spec = {.name = name,
                                      .handler_hash = handler,
@@ -466,20 +469,26 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
                                      .snapshot_hash = snapshot && snapshot[0] ? snapshot : NULL,
                                      .snapshot_bytes = snapshot_bytes,
                                      .model_raw_bytes = raw,
-                                     .config_json = config};
-            rc = gw_registry_deploy(gw_gateway_db(gw), &spec, &version, &e);
+                                     .config_json = config,
+                                     .deploy_id = deploy_id};
+            rc = gw_registry_deploy(gw_gateway_db(gw), &spec, &version, &existing, &e);
         }
         if (rc != AICFN_OK) {
             front_error(call, id, rc, e.msg);
             return;
         }
-        gw_functions_changed(gw);
-        log_info("deployed %s:%u (handler %.12s, snapshot %.12s)", name, version, handler,
-                 snapshot ? snapshot : "-");
+        if (existing) {
+            log_info("deploy %s of %s: already made %s:%u, nothing changed", deploy_id, name, name, version);
+        } else {
+            gw_functions_changed(gw);
+            log_info("deployed %s:%u (handler %.12s, snapshot %.12s)", name, version, handler,
+                     snapshot ? snapshot : "-");
+        }
         wire_writer_init(&w);
-        front_ok_head(&w, id, 2);
+        front_ok_head(&w, id, 3);
         wire_kv_str(&w, "name", name);
         wire_kv_u64(&w, "version", version);
+        wire_kv_bool(&w, "existing", existing);
         front_send(call, id, &w);
         return;
     }

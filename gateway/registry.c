@@ -373,8 +373,57 @@ static int reg_row_function(gw_db *db, sqlite3_stmt *st, gw_function *f, aicfn_e
     return AICFN_OK;
 }
 
-int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *version_out, aicfn_error *err) {
+bool gw_deploy_id_valid(const char *id) {
+    size_t n = id ? strlen(id) : 0;
+    if (n == 0 || n > GW_DEPLOY_ID_MAX) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = id[i];
+        bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' ||
+                  c == '.' || c == ':' || c == '-';
+        if (!ok) return false;
+    }
+    return true;
+}
+
+/* The version of `name` that deploy `deploy_id` made, if any (lock and transaction
+ * held): AICFN_OK with *version (0: none); AICFN_E_EXISTS when that version holds other
+ * content than `spec` and `config` (the canonical config). */
+static int reg_find_deploy_locked(gw_db *db, const gw_function_spec *spec, const char *config,
+                                  uint32_t *version, aicfn_error *err) {
+    *version = 0;
+    sqlite3_stmt *st = NULL;
+    int rc = gw_db_stmt(db,
+                        "SELECT version, handler_hash, coalesce(snapshot_hash, ''), config FROM functions "
+                        "WHERE name = ?1 AND deploy_id = ?2",
+                        &st, err);
+    if (rc) return rc;
+    gw_db_bind_text(st, 1, spec->name);
+    gw_db_bind_text(st, 2, spec->deploy_id);
+    int s = sqlite3_step(st);
+    if (s == SQLITE_ROW) {
+        uint32_t v = (uint32_t)sqlite3_column_int64(st, 0);
+        const char *h = (const char *)sqlite3_column_text(st, 1),
+                   *sn = (const char *)sqlite3_column_text(st, 2),
+                   *c = (const char *)sqlite3_column_text(st, 3);
+        bool same = h && sn && c && strcmp(h, spec->handler_hash) == 0 &&
+                    strcmp(sn, spec->snapshot_hash ? spec->snapshot_hash : "") == 0 && strcmp(c, config) == 0;
+        rc = same
+                 ? AICFN_OK
+                 : aicfn_error_set(err, AICFN_E_EXISTS,
+                                   "deploy id '%s' already made %s:%u, with another handler, model or config",
+                                   spec->deploy_id, spec->name, v);
+        if (same) *version = v;
+    } else if (s != SQLITE_DONE) {
+        rc = gw_db_error(db, s, err, "deploy: looking up the deploy id");
+    }
+    gw_db_done(st);
+    return rc;
+}
+
+int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *version_out, bool *existing_out,
+                       aicfn_error *err) {
     *version_out = 0;
+    if (existing_out) *existing_out = false;
     if (!gw_fn_name_valid(spec->name))
         return aicfn_error_set(
             err, AICFN_E_INVALID,
@@ -388,6 +437,10 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
     if (spec->handler_bytes > INT64_MAX || spec->snapshot_bytes > INT64_MAX ||
         spec->model_raw_bytes > INT64_MAX)
         return aicfn_error_set(err, AICFN_E_INVALID, "deploy %s: size out of range", spec->name);
+    if (spec->deploy_id && !gw_deploy_id_valid(spec->deploy_id))
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "deploy %s: invalid deploy id (want 1..%d bytes of [A-Za-z0-9_.:-])",
+                               spec->name, GW_DEPLOY_ID_MAX);
     /* Store a canonical config: parsed, validated and re-serialized. */
     gw_fn_config cfg;
     int rc = gw_fn_config_from_string(spec->config_json ? spec->config_json : "{}", &cfg, err);
@@ -403,6 +456,17 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
     uint32_t version = 0;
     rc = gw_db_begin(db, err);
     if (rc) goto out;
+    if (spec->deploy_id) {
+        rc = reg_find_deploy_locked(db, spec, config, &version, err);
+        if (rc || version) {
+            gw_db_rollback(db); /* nothing was written */
+            if (!rc) {
+                *version_out = version;
+                if (existing_out) *existing_out = true;
+            }
+            goto out;
+        }
+    }
     /* Bump the per-name counter (never reused, even after rm). */
     rc = gw_db_stmt(db,
                     "INSERT INTO function_names(name, last_version) VALUES (?1, 1) "
@@ -432,8 +496,8 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
     gw_db_done(st);
     rc = gw_db_stmt(db,
                     "INSERT INTO functions(name, version, handler_hash, handler_bytes, snapshot_hash, "
-                    "snapshot_bytes, model_raw_bytes, config, created_us, active) "
-                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1)",
+                    "snapshot_bytes, model_raw_bytes, config, created_us, active, deploy_id) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10)",
                     &st, err);
     if (rc) goto fail;
     gw_db_bind_text(st, 1, spec->name);
@@ -445,6 +509,7 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
     sqlite3_bind_int64(st, 7, (sqlite3_int64)spec->model_raw_bytes);
     gw_db_bind_text(st, 8, config);
     sqlite3_bind_int64(st, 9, (sqlite3_int64)clock_wall_us());
+    gw_db_bind_text(st, 10, spec->deploy_id);
     if ((s = sqlite3_step(st)) != SQLITE_DONE) {
         rc = gw_db_error(db, s, err, "deploy: inserting the version");
         goto fail;

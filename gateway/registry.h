@@ -102,7 +102,12 @@ typedef struct gw_function_spec {
     uint64_t snapshot_bytes;   /* compressed size of the snapshot file */
     uint64_t model_raw_bytes;  /* uncompressed tensor bytes */
     const char *config_json;   /* gw_fn_config_to_json text; NULL = defaults ("{}") */
+    const char *deploy_id;     /* the deploy's idempotency key (gw_deploy_id_valid); NULL: none */
 } gw_function_spec;
+
+/* A deploy id is 1..GW_DEPLOY_ID_MAX bytes of [A-Za-z0-9_.:-]. */
+#define GW_DEPLOY_ID_MAX 128
+bool gw_deploy_id_valid(const char *id);
 
 /* One version of a function, as stored. */
 typedef struct gw_function {
@@ -129,9 +134,14 @@ void gw_function_array_free(gw_function *fs, size_t n);
  * durable deploy, see db.h). The version is 1 for a new name, else one more than the
  * highest version ever deployed under that name: numbers are never reused, even after
  * `rm`, so a cached result or a log line for NAME:3 always means the same code.
- * Validates the name, hashes and config JSON. Returns AICFN_OK and *version_out, or
- * AICFN_E_INVALID / AICFN_E_DB. */
-int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *version_out, aicfn_error *err);
+ * A deploy with a deploy_id that a version of the same name already holds is the same
+ * deploy made again (a client retrying after its answer was lost, or a pipeline run
+ * again): nothing changes and that version is returned with *existing_out (may be NULL)
+ * true, provided its handler, snapshot and config are the ones asked; otherwise
+ * AICFN_E_EXISTS. Validates the name, hashes, deploy id and config JSON. Returns
+ * AICFN_OK and *version_out, or AICFN_E_INVALID / AICFN_E_EXISTS / AICFN_E_DB. */
+int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *version_out, bool *existing_out,
+                       aicfn_error *err);
 
 /* Looks up NAME (its active version) or NAME:VER into *out (owned by the caller:
  * gw_function_clear). AICFN_E_NOT_FOUND naming the reference when absent (a name whose

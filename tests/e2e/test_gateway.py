@@ -419,6 +419,83 @@ def test_second_gateway_on_one_data_dir_is_refused(procs, tmp_path):
     assert "lost" not in [r[0] for r in db_rows(data, "SELECT state FROM workers")]
 
 
+def test_deploy_id_makes_a_deploy_idempotent(procs, tmp_path):
+    # --deploy-id: the same deploy made again (a CI job run twice) returns the version it
+    # made and changes nothing; the same id with other content is refused; no id, a new
+    # version each time.
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
+    echo = ROOT / "examples" / "echo"
+
+    def dep(*extra, path=echo):
+        return run_cli(["deploy", str(path), "--gateway", addr, *extra], timeout=120)
+
+    r = dep("--deploy-id", "ci-41:echo", "--json")
+    assert r.returncode == 0, r.stderr
+    first = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (first["version"], first["existing"], first["deploy_id"]) == (1, False, "ci-41:echo"), first
+    assert deploy(addr, echo) == 2  # no id: a new version
+    r = dep("--deploy-id", "ci-41:echo")
+    assert r.returncode == 0 and r.stdout.strip() == "echo:1 unchanged (deploy id ci-41:echo made it)", r
+    ls = json.loads(run_cli(["ls", "--gateway", addr, "--json"]).stdout)
+    row = [x for x in ls if x["name"] == "echo"][0]
+    assert row["active_version"] == 2 and row["latest_version"] == 2, row  # nothing changed
+    changed = tmp_path / "echo2"
+    changed.mkdir()
+    (changed / "echo.c").write_bytes((echo / "echo.c").read_bytes())
+    (changed / "aicfn.yaml").write_text((echo / "aicfn.yaml").read_text().replace("timeout: 5s", "timeout: 6s"))
+    r = dep("--deploy-id", "ci-41:echo", path=changed)
+    assert r.returncode == 1 and "AICFN_E_EXISTS" in r.stderr and "echo:1" in r.stderr, r.stderr
+    r = dep("--deploy-id", "ci 41")
+    assert r.returncode == 2 and "--deploy-id" in r.stderr, r.stderr
+    rows = db_rows(data, "SELECT version, deploy_id FROM functions WHERE name = 'echo' ORDER BY version")
+    assert [v for v, _ in rows] == [1, 2] and rows[0][1] == "ci-41:echo", rows
+    assert len(rows[1][1]) == 32 and set(rows[1][1]) <= set("0123456789abcdef"), rows  # a random id
+
+
+def test_deploy_asks_again_with_the_same_id_when_the_answer_is_lost(tmp_path):
+    # A gateway that took the deploy but whose answer never came (here: it drops the
+    # connection on the first deploy message): `aicfn deploy` sends the same message
+    # again, with the same deploy id, and reports what the second answer says.
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    seen = []
+    stop = threading.Event()
+
+    def fake_gateway():
+        with pynng.Rep0(listen=addr, recv_timeout=200) as s:
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    m = s.recv_msg()
+                except pynng.Timeout:
+                    continue
+                req = msgpack.unpackb(m.bytes, raw=False)
+                rep = {"v": PROTOCOL_VERSION, "id": req["id"], "ok": True}
+                if req["t"] == "upload_begin":
+                    rep.update(upload=0, exists=True)
+                elif req["t"] == "deploy":
+                    seen.append(req["deploy_id"])
+                    if len(seen) == 1:
+                        m.pipe.close()  # taken, but the answer is lost
+                        continue
+                    rep.update(name=req["name"], version=7, existing=True)
+                else:
+                    rep = {"v": PROTOCOL_VERSION, "id": req["id"], "ok": False,
+                           "error": {"code": E_PROTOCOL, "name": "AICFN_E_PROTOCOL", "message": req["t"]}}
+                s.send(msgpack.packb(rep, use_bin_type=True))
+
+    t = threading.Thread(target=fake_gateway)
+    t.start()
+    try:
+        r = run_cli(["deploy", str(ROOT / "examples" / "echo"), "--gateway", addr], timeout=60)
+    finally:
+        stop.set()
+        t.join(10)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"echo:7 unchanged (deploy id {seen[0]} made it)", (r.stdout, r.stderr)
+    assert len(seen) == 2 and seen[0] == seen[1] and len(seen[0]) == 32, seen
+    assert "asking again" in r.stderr, r.stderr
+
+
 def test_deploy_packs_in_tmpdir_and_clears_what_killed_deploys_left(procs, tmp_path):
     # The snapshot is as large as the model: packed under $TMPDIR (not a fixed /tmp, often
     # a small tmpfs), removed afterwards, and the folder a killed deploy left (its

@@ -54,7 +54,7 @@ static uint32_t deploy(gw_db *db, const char *name, const char *handler, const c
                           .config_json = cfg};
     uint32_t v = 0;
     aicfn_error err = {0};
-    int rc = gw_registry_deploy(db, &s, &v, &err);
+    int rc = gw_registry_deploy(db, &s, &v, NULL, &err);
     if (rc) fail_msg("deploy: %s", err.msg);
     return v;
 }
@@ -134,25 +134,66 @@ static void deploy_rejects_bad_input(void **state) {
     gw_function_spec s = {.name = "x y", .handler_hash = HASH_A};
     uint32_t v;
     aicfn_error err;
-    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &err), AICFN_E_INVALID);
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, NULL, &err), AICFN_E_INVALID);
     s.name = "ok";
     s.handler_hash = "../../etc/passwd";
-    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &err), AICFN_E_INVALID);
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, NULL, &err), AICFN_E_INVALID);
     s.handler_hash = HASH_A;
     s.config_json = "{\"batching\":{\"max_batch\":0}}";
-    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &err), AICFN_E_INVALID);
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, NULL, &err), AICFN_E_INVALID);
     assert_non_null(strstr(err.msg, "max_batch"));
     s.config_json = "{\"bogus\":1}";
-    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &err), AICFN_E_INVALID);
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, NULL, &err), AICFN_E_INVALID);
     assert_non_null(strstr(err.msg, "bogus"));
     s.config_json = "{not json";
-    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &err), AICFN_E_INVALID);
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, NULL, &err), AICFN_E_INVALID);
     /* Nothing was registered by the failures. */
     gw_function_summary *ls = NULL;
     size_t n = 9;
     assert_int_equal(gw_registry_list(f->db, &ls, &n, NULL), AICFN_OK);
     assert_int_equal(n, 0);
     assert_null(ls);
+}
+
+/* A deploy_id names one deploy: made again with the same content it returns the version
+ * it made and changes nothing (not even which version is active); with other content it
+ * is AICFN_E_EXISTS; ids are per name; a malformed id is refused. */
+static void deploy_id_makes_a_deploy_idempotent(void **state) {
+    fx *f = *state;
+    gw_function_spec s = {
+        .name = "m", .handler_hash = HASH_A, .snapshot_hash = HASH_B, .deploy_id = "ci-run-17"};
+    uint32_t v = 0;
+    bool existing = true;
+    aicfn_error err;
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &existing, &err), AICFN_OK);
+    assert_int_equal(v, 1);
+    assert_false(existing);
+    assert_int_equal(deploy(f->db, "m", HASH_C, NULL, NULL), 2); /* another deploy, no id */
+    s.config_json = "{}";                                        /* the same canonical config */
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &existing, &err), AICFN_OK);
+    assert_int_equal(v, 1);
+    assert_true(existing);
+    gw_function fn;
+    assert_int_equal(gw_registry_resolve(f->db, "m", &fn, NULL), AICFN_OK);
+    assert_int_equal(fn.version, 2); /* still the active one */
+    gw_function_clear(&fn);
+    s.snapshot_hash = HASH_C;
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &existing, &err), AICFN_E_EXISTS);
+    assert_non_null(strstr(err.msg, "ci-run-17"));
+    assert_non_null(strstr(err.msg, "m:1"));
+    s.snapshot_hash = HASH_B;
+    s.config_json = "{\"batching\":{\"max_batch\":4}}";
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &existing, &err), AICFN_E_EXISTS);
+    s.config_json = NULL;
+    s.name = "other"; /* the same id under another name is another deploy */
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &existing, &err), AICFN_OK);
+    assert_int_equal(v, 1);
+    assert_false(existing);
+    s.deploy_id = "has space";
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &existing, &err), AICFN_E_INVALID);
+    s.deploy_id = "";
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &existing, &err), AICFN_E_INVALID);
+    assert_int_equal(deploy(f->db, "m", HASH_A, HASH_B, NULL), 3); /* no id: always a new version */
 }
 
 static void list_and_json(void **state) {
@@ -350,7 +391,7 @@ static void deploy_survives_kill9(void **state) {
         if (gw_db_open(f->dir, &db, NULL) != AICFN_OK) _exit(3);
         gw_function_spec s = {.name = "k9", .handler_hash = HASH_A};
         uint32_t v = 0;
-        if (gw_registry_deploy(db, &s, &v, NULL) != AICFN_OK) _exit(4);
+        if (gw_registry_deploy(db, &s, &v, NULL, NULL) != AICFN_OK) _exit(4);
         /* "Reply" to the client, then die without closing anything. */
         if (write(pfd[1], &v, sizeof v) != (ssize_t)sizeof v) _exit(5);
         raise(SIGKILL);
@@ -379,6 +420,7 @@ int main(void) {
         cmocka_unit_test(refs_and_names),
         cmocka_unit_test_setup_teardown(deploy_versions_and_resolve, setup, teardown),
         cmocka_unit_test_setup_teardown(deploy_rejects_bad_input, setup, teardown),
+        cmocka_unit_test_setup_teardown(deploy_id_makes_a_deploy_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(list_and_json, setup, teardown),
         cmocka_unit_test_setup_teardown(remove_versions, setup, teardown),
         cmocka_unit_test(config_json_round_trip),
