@@ -170,6 +170,11 @@ int wire_get_cstr(wire_doc *doc, const msgpack_object *map, const char *ctx, con
     const msgpack_object *o;
     int rc;
     if (!wire_find(map, ctx, key, required, &o, &rc, err)) return rc;
+    /* The usual case builds no message context (this runs for most keys of every message):
+     * only the copy can fail, for want of memory, and `key` names it then. */
+    if (o->type == MSGPACK_OBJECT_STR && (!max_len || o->via.str.size <= max_len) &&
+        (o->via.str.size == 0 || memchr(o->via.str.ptr, 0, o->via.str.size) == NULL))
+        return wire_obj_cstr(doc, o, key, max_len, out, err);
     char what[160];
     snprintf(what, sizeof what, "key '%s%s%s'", wire_ctx(ctx), wire_sep(ctx), key);
     return wire_obj_cstr(doc, o, what, max_len, out, err);
@@ -538,6 +543,26 @@ static void wire_put_tensor(wire_writer *w, const wire_tensor *t) {
     wire_kv_bin(w, "data", t->data, (size_t)t->nbytes);
 }
 
+/* "what[i]" in buf (at least WIRE_INDEX_CTX bytes; what is cut to fit), without printf:
+ * every tensor of every message gets one, and it is read only when something fails. */
+#define WIRE_INDEX_CTX 64
+static const char *wire_index_ctx(char buf[WIRE_INDEX_CTX], const char *what, uint32_t i) {
+    char digits[10];
+    size_t nd = 0;
+    do {
+        digits[nd++] = (char)('0' + i % 10);
+        i /= 10;
+    } while (i);
+    size_t n = strnlen(what, WIRE_INDEX_CTX - sizeof digits - 3);
+    memcpy(buf, what, n);
+    buf[n++] = '[';
+    while (nd)
+        buf[n++] = digits[--nd];
+    buf[n++] = ']';
+    buf[n] = 0;
+    return buf;
+}
+
 /* Checks tensors before encoding; inconsistent input from our own code is INVALID. */
 static int wire_check_tensors(const wire_tensor *ts, uint32_t n, const char *what, aicfn_error *err) {
     if (n > AICFN_MAX_TENSORS)
@@ -545,9 +570,9 @@ static int wire_check_tensors(const wire_tensor *ts, uint32_t n, const char *wha
                                AICFN_MAX_TENSORS);
     if (n && ts == NULL) return aicfn_error_set(err, AICFN_E_INVALID, "%s: NULL tensor array", what);
     for (uint32_t i = 0; i < n; i++) {
-        char ctx[64];
-        snprintf(ctx, sizeof ctx, "%s[%u]", what, i);
-        int rc = wire_tensor_check(&ts[i], ctx, err);
+        if (wire_tensor_check(&ts[i], what, NULL) == AICFN_OK) continue; /* no message to write */
+        char ctx[WIRE_INDEX_CTX];
+        int rc = wire_tensor_check(&ts[i], wire_index_ctx(ctx, what, i), err);
         if (rc) {
             if (err) err->code = AICFN_E_INVALID;
             return AICFN_E_INVALID;
@@ -555,6 +580,8 @@ static int wire_check_tensors(const wire_tensor *ts, uint32_t n, const char *wha
     }
     return AICFN_OK;
 }
+
+#define WIRE_NAMED "%s '%s'"
 
 static int wire_decode_tensors(wire_doc *doc, const msgpack_object *arr, const char *what, uint32_t *n_out,
                                const wire_tensor **out, aicfn_error *err) {
@@ -568,14 +595,13 @@ static int wire_decode_tensors(wire_doc *doc, const msgpack_object *arr, const c
         const msgpack_object *o = &arr->via.array.ptr[i];
         wire_tensor *t = &ts[i];
         memset(t, 0, sizeof *t);
-        char ctx[64];
-        snprintf(ctx, sizeof ctx, "%s[%u]", what, i);
+        char ctx[WIRE_INDEX_CTX];
+        wire_index_ctx(ctx, what, i);
         if (o->type != MSGPACK_OBJECT_MAP)
             return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: expected a map", ctx);
         int rc = wire_get_cstr(doc, o, ctx, "name", true, AICFN_MAX_NAME_BYTES, &t->name, err);
         if (rc) return rc;
-        char named[64 + AICFN_MAX_NAME_BYTES + 4];
-        snprintf(named, sizeof named, "%s '%s'", ctx, t->name);
+        /* Messages below name the tensor: "inputs[0] 'x': ..." (WIRE_NAMED, ctx, t->name). */
         wire_str dt;
         if ((rc = wire_get_str(o, ctx, "dtype", true, 31, &dt, err))) return rc;
         char dtb[32];
@@ -583,30 +609,38 @@ static int wire_decode_tensors(wire_doc *doc, const msgpack_object *arr, const c
         dtb[dt.len] = 0;
         t->dtype = dtype_from_name(dtb);
         if (t->dtype == AICFN_DTYPE_INVALID)
-            return aicfn_error_set(err, AICFN_E_UNSUPPORTED, "%s: unknown dtype '%s'", named, dtb);
+            return aicfn_error_set(err, AICFN_E_UNSUPPORTED, WIRE_NAMED ": unknown dtype '%s'", ctx, t->name,
+                                   dtb);
         const msgpack_object *shape;
         if ((rc = wire_get_array(o, ctx, "shape", true, &shape, err))) return rc;
         if (shape->via.array.size > AICFN_MAX_DIMS)
-            return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: %u dims exceed the limit of %d", named,
-                                   shape->via.array.size, AICFN_MAX_DIMS);
+            return aicfn_error_set(err, AICFN_E_PROTOCOL, WIRE_NAMED ": %u dims exceed the limit of %d", ctx,
+                                   t->name, shape->via.array.size, AICFN_MAX_DIMS);
         t->ndim = shape->via.array.size;
         for (uint32_t d = 0; d < t->ndim; d++) {
             const msgpack_object *dim = &shape->via.array.ptr[d];
             if (dim->type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
-                return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: negative dim %" PRId64 " at shape[%u]",
-                                       named, dim->via.i64, d);
+                return aicfn_error_set(err, AICFN_E_PROTOCOL,
+                                       WIRE_NAMED ": negative dim %" PRId64 " at shape[%u]", ctx, t->name,
+                                       dim->via.i64, d);
             if (dim->type != MSGPACK_OBJECT_POSITIVE_INTEGER || dim->via.u64 > INT64_MAX)
-                return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: shape[%u] is not a non-negative integer",
-                                       named, d);
+                return aicfn_error_set(err, AICFN_E_PROTOCOL,
+                                       WIRE_NAMED ": shape[%u] is not a non-negative integer", ctx, t->name,
+                                       d);
             t->shape[d] = (int64_t)dim->via.u64;
         }
         size_t dlen = 0;
         if ((rc = wire_get_bin(o, ctx, "data", true, &t->data, &dlen, err))) return rc;
         t->nbytes = dlen;
-        if ((rc = wire_tensor_check(t, named, err))) return rc;
+        if (wire_tensor_check(t, ctx, NULL) != AICFN_OK) { /* again, for the message */
+            char named[WIRE_INDEX_CTX + AICFN_MAX_NAME_BYTES + 4];
+            snprintf(named, sizeof named, WIRE_NAMED, ctx, t->name);
+            return wire_tensor_check(t, named, err);
+        }
         for (uint32_t j = 0; j < i; j++)
             if (strcmp(ts[j].name, t->name) == 0)
-                return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: duplicate tensor name", named);
+                return aicfn_error_set(err, AICFN_E_PROTOCOL, WIRE_NAMED ": duplicate tensor name", ctx,
+                                       t->name);
     }
     *n_out = n;
     *out = ts;

@@ -807,8 +807,9 @@ static void tensor_count_and_duplicates(void **state) {
     (void)state;
     wire_writer w;
     wire_writer_init(&w);
-    for (int pass = 0; pass < 2; pass++) {
-        unsigned n = pass == 0 ? AICFN_MAX_TENSORS + 1 : 2;
+    /* Pass 2: the duplicate is tensor 12 of 13, and the message says so exactly. */
+    for (int pass = 0; pass < 3; pass++) {
+        unsigned n = pass == 0 ? AICFN_MAX_TENSORS + 1 : pass == 1 ? 2 : 13;
         wire_writer_reset(&w);
         wire_put_map(&w, 5);
         wire_kv_u64(&w, "v", 1);
@@ -819,7 +820,7 @@ static void tensor_count_and_duplicates(void **state) {
         wire_put_array(&w, n);
         for (unsigned i = 0; i < n; i++) {
             char name[16];
-            snprintf(name, sizeof name, "t%u", pass == 0 ? i : 0);
+            snprintf(name, sizeof name, "t%u", pass == 0 || (pass == 2 && i < 12) ? i : 0);
             wire_put_map(&w, 4);
             wire_kv_str(&w, "name", name);
             wire_kv_str(&w, "dtype", "UINT8");
@@ -831,6 +832,7 @@ static void tensor_count_and_duplicates(void **state) {
         aicfn_error e;
         assert_int_equal(decode_request(w.data, w.len, &e), AICFN_E_PROTOCOL);
         assert_non_null(strstr(e.msg, pass == 0 ? "limit" : "duplicate"));
+        if (pass == 2) assert_string_equal(e.msg, "inputs[12] 't0': duplicate tensor name");
     }
     wire_writer_fini(&w);
 }
