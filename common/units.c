@@ -1,4 +1,4 @@
-/* units.c: size and duration parsing for flags and manifests. */
+/* units.c: size and duration parsing for flags and manifests, and their printing. */
 #include "common/units.h"
 
 #include <ctype.h>
@@ -13,11 +13,10 @@ typedef struct unit_suffix {
     uint64_t mult;
 } unit_suffix;
 
-static int units_parse(const char *s, const unit_suffix *table, size_t n, uint64_t bare,
-                       uint64_t *out, const char *what, aicfn_error *err) {
+static int units_parse(const char *s, const unit_suffix *table, size_t n, uint64_t bare, uint64_t *out,
+                       const char *what, aicfn_error *err) {
     if (s == NULL || !isdigit((unsigned char)*s))
-        return aicfn_error_set(err, AICFN_E_INVALID, "invalid %s '%s': expected a number", what,
-                               s ? s : "");
+        return aicfn_error_set(err, AICFN_E_INVALID, "invalid %s '%s': expected a number", what, s ? s : "");
     errno = 0;
     char *end = NULL;
     unsigned long long v = strtoull(s, &end, 10);
@@ -27,7 +26,8 @@ static int units_parse(const char *s, const unit_suffix *table, size_t n, uint64
         size_t i;
         for (i = 0; i < n; i++)
             if (strcasecmp(end, table[i].suffix) == 0) break;
-        if (i == n) return aicfn_error_set(err, AICFN_E_INVALID, "invalid %s '%s': unknown unit '%s'", what, s, end);
+        if (i == n)
+            return aicfn_error_set(err, AICFN_E_INVALID, "invalid %s '%s': unknown unit '%s'", what, s, end);
         mult = table[i].mult;
     }
     if (mult != 0 && v > UINT64_MAX / mult)
@@ -38,10 +38,19 @@ static int units_parse(const char *s, const unit_suffix *table, size_t n, uint64
 
 int units_parse_size(const char *s, uint64_t *out, aicfn_error *err) {
     static const unit_suffix table[] = {
-        {"B", 1}, {"K", 1ull << 10}, {"KiB", 1ull << 10}, {"KB", 1000ull},
-        {"M", 1ull << 20}, {"MiB", 1ull << 20}, {"MB", 1000000ull},
-        {"G", 1ull << 30}, {"GiB", 1ull << 30}, {"GB", 1000000000ull},
-        {"T", 1ull << 40}, {"TiB", 1ull << 40}, {"TB", 1000000000000ull},
+        {"B", 1},
+        {"K", 1ull << 10},
+        {"KiB", 1ull << 10},
+        {"KB", 1000ull},
+        {"M", 1ull << 20},
+        {"MiB", 1ull << 20},
+        {"MB", 1000000ull},
+        {"G", 1ull << 30},
+        {"GiB", 1ull << 30},
+        {"GB", 1000000000ull},
+        {"T", 1ull << 40},
+        {"TiB", 1ull << 40},
+        {"TB", 1000000000000ull},
     };
     return units_parse(s, table, sizeof table / sizeof table[0], 1, out, "size", err);
 }
@@ -66,4 +75,16 @@ char *units_format_size(uint64_t bytes, char *buf, unsigned len) {
     else
         snprintf(buf, len, "%.2f %s", v, names[i]);
     return buf;
+}
+
+size_t units_put_u64(char *p, uint64_t v) {
+    char tmp[UNITS_U64_DIGITS];
+    size_t n = 0;
+    do {
+        tmp[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v);
+    for (size_t i = 0; i < n; i++)
+        p[i] = tmp[n - 1 - i];
+    return n;
 }

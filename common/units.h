@@ -1,8 +1,10 @@
 /* units.h: parsing and printing of sizes ("512MiB", "2GiB", "4096") and durations
- * ("250ms", "30s", "5m", "1h"), as flags and manifests spell them. Pure functions. */
+ * ("250ms", "30s", "5m", "1h"), as flags and manifests spell them, and of plain decimal
+ * numbers where printf is not wanted. Pure functions. */
 #ifndef AICFN_COMMON_UNITS_H
 #define AICFN_COMMON_UNITS_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/error.h"
@@ -18,5 +20,11 @@ int units_parse_duration_us(const char *s, uint64_t *out_us, aicfn_error *err);
 
 /* Formats a size for people ("1.50 GiB") into buf; returns buf. */
 char *units_format_size(uint64_t bytes, char *buf, unsigned len);
+
+/* Writes the decimal digits of v at p (at most UNITS_U64_DIGITS, no NUL) and returns how
+ * many. Async-signal-safe (no locale, no allocation), and far cheaper than printf on hot
+ * paths. */
+#define UNITS_U64_DIGITS 20
+size_t units_put_u64(char *p, uint64_t v);
 
 #endif

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "common/dtype.h"
+#include "common/units.h"
 
 /* ---------------------------------------------------------------------------------
  * Lookups
@@ -547,17 +548,10 @@ static void wire_put_tensor(wire_writer *w, const wire_tensor *t) {
  * every tensor of every message gets one, and it is read only when something fails. */
 #define WIRE_INDEX_CTX 64
 static const char *wire_index_ctx(char buf[WIRE_INDEX_CTX], const char *what, uint32_t i) {
-    char digits[10];
-    size_t nd = 0;
-    do {
-        digits[nd++] = (char)('0' + i % 10);
-        i /= 10;
-    } while (i);
-    size_t n = strnlen(what, WIRE_INDEX_CTX - sizeof digits - 3);
+    size_t n = strnlen(what, WIRE_INDEX_CTX - 13); /* room for "[4294967295]" and the NUL */
     memcpy(buf, what, n);
     buf[n++] = '[';
-    while (nd)
-        buf[n++] = digits[--nd];
+    n += units_put_u64(buf + n, i);
     buf[n++] = ']';
     buf[n] = 0;
     return buf;

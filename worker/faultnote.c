@@ -10,6 +10,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "common/units.h"
+
 static const int fn_signals[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGABRT};
 
 static int fn_fd = -1;
@@ -18,19 +20,6 @@ static _Thread_local const char *fn_name;
 static _Thread_local uint32_t fn_ver;
 static _Thread_local const uint64_t *fn_ids;
 static _Thread_local uint32_t fn_n;
-
-/* Decimal digits of v at p (no NUL); returns how many. Async-signal-safe. */
-static size_t fn_put_u64(char *p, uint64_t v) {
-    char tmp[20];
-    size_t n = 0;
-    do {
-        tmp[n++] = (char)('0' + v % 10);
-        v /= 10;
-    } while (v);
-    for (size_t i = 0; i < n; i++)
-        p[i] = tmp[n - 1 - i];
-    return n;
-}
 
 /* Writes buf[0..len) whole (write() may be short); async-signal-safe. */
 static void fn_write_all(const char *buf, size_t len) {
@@ -54,21 +43,21 @@ static void fn_on_fault(int sig) {
         static const char head[] = "fault ";
         for (size_t i = 0; i < sizeof head - 1; i++)
             buf[len++] = head[i];
-        len += fn_put_u64(buf + len, (uint64_t)sig);
+        len += units_put_u64(buf + len, (uint64_t)sig);
         buf[len++] = ' ';
         for (size_t i = 0; name[i] && i < 256; i++)
             buf[len++] = name[i];
         buf[len++] = ' ';
-        len += fn_put_u64(buf + len, fn_ver);
+        len += units_put_u64(buf + len, fn_ver);
         buf[len++] = ' ';
-        len += fn_put_u64(buf + len, n);
+        len += units_put_u64(buf + len, n);
         for (uint32_t i = 0; i < n; i++) {
             if (len > sizeof buf - 24) {
                 fn_write_all(buf, len);
                 len = 0;
             }
             buf[len++] = ' ';
-            len += fn_put_u64(buf + len, ids[i]);
+            len += units_put_u64(buf + len, ids[i]);
         }
         buf[len++] = '\n';
         fn_write_all(buf, len);

@@ -72,6 +72,20 @@ static void units_durations(void **state) {
     assert_int_equal(units_parse_duration_us("3d", &us, NULL), AICFN_E_INVALID);
 }
 
+static void units_decimal(void **state) {
+    (void)state;
+    const uint64_t v[] = {0, 7, 10, 4294967295u, UINT64_MAX};
+    const char *want[] = {"0", "7", "10", "4294967295", "18446744073709551615"};
+    for (size_t i = 0; i < sizeof v / sizeof v[0]; i++) {
+        char buf[UNITS_U64_DIGITS + 1];
+        memset(buf, 'x', sizeof buf);
+        size_t n = units_put_u64(buf, v[i]);
+        assert_int_equal(n, strlen(want[i]));
+        assert_memory_equal(buf, want[i], n);
+        assert_int_equal(buf[n], 'x'); /* no NUL, nothing past the digits */
+    }
+}
+
 static void dtype_facts(void **state) {
     (void)state;
     assert_int_equal(dtype_size(AICFN_DTYPE_BF16), 2);
@@ -134,6 +148,7 @@ int main(void) {
         cmocka_unit_test(error_set_and_wrap),
         cmocka_unit_test(units_sizes),
         cmocka_unit_test(units_durations),
+        cmocka_unit_test(units_decimal),
         cmocka_unit_test(dtype_facts),
         cmocka_unit_test(grow_array_doubles_and_refuses_overflow),
     };
