@@ -44,28 +44,34 @@ extern char **environ;
 #define CD_DEPLOY_ASKS 3 /* a deploy message that got no answer is sent again, same deploy id */
 
 static void cd_help(FILE *out) {
-    fprintf(out,
-            "usage: aicfn deploy DIR|aicfn.yaml [--gateway ADDR] [--key KEY] [--deploy-id ID] [--json]\n"
-            "\n"
-            "Deploys the function described by an aicfn.yaml (or the aicfn.yaml in DIR) as a new\n"
-            "version, which becomes active (older versions stay invokable as NAME:VER).\n"
-            "  - handler: a .c file is built with `cc -shared -fPIC -O2 -I<include dir>` (the include\n"
-            "    dir holding aicfn.h: $AICFN_INCLUDE, else include/ of the tree aicfn was built in);\n"
-            "    *.cu files beside it are built with nvcc when it exists. A .so is used as is.\n"
-            "  - model: the safetensors files are packed into a snapshot (zstd frames, byte planes)\n"
-            "    in $TMPDIR (else /tmp), removed afterwards (by the next deploy if this one was killed).\n"
-            "  - both are uploaded in chunks with their SHA-256; what the gateway has is skipped.\n"
-            "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
-            "  --key KEY       admin API key (default: $AICFN_KEY)\n"
-            "  --deploy-id ID  this deploy's idempotency key (1..%d of [A-Za-z0-9_.:-], e.g. a CI run's\n"
-            "                  id): a deploy of NAME with an ID that already made NAME:V, with the same\n"
-            "                  handler, model and config, changes nothing and prints NAME:V (unchanged);\n"
-            "                  with other content it fails (AICFN_E_EXISTS). Default: a random ID, so a\n"
-            "                  deploy message that got no answer (the gateway slow or restarting) is sent\n"
-            "                  again, up to %d times in all, without making a second version.\n"
-            "  --json          print {\"name\",\"version\",\"existing\",\"deploy_id\",\"handler\",...}\n"
-            "                  instead of text\n",
-            GW_DEPLOY_ID_MAX, CD_DEPLOY_ASKS);
+    fprintf(
+        out,
+        "usage: aicfn deploy DIR|aicfn.yaml [--gateway ADDR] [--key KEY] [--deploy-id ID] [--no-activate]\n"
+        "                    [--json]\n"
+        "\n"
+        "Deploys the function described by an aicfn.yaml (or the aicfn.yaml in DIR) as a new\n"
+        "version, which becomes active (older versions stay invokable as NAME:VER).\n"
+        "  - handler: a .c file is built with `cc -shared -fPIC -O2 -I<include dir>` (the include\n"
+        "    dir holding aicfn.h: $AICFN_INCLUDE, else include/ of the tree aicfn was built in);\n"
+        "    *.cu files beside it are built with nvcc when it exists. A .so is used as is.\n"
+        "  - model: the safetensors files are packed into a snapshot (zstd frames, byte planes)\n"
+        "    in $TMPDIR (else /tmp), removed afterwards (by the next deploy if this one was killed).\n"
+        "  - both are uploaded in chunks with their SHA-256; what the gateway has is skipped.\n"
+        "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
+        "  --key KEY       admin API key (default: $AICFN_KEY)\n"
+        "  --deploy-id ID  this deploy's idempotency key (1..%d of [A-Za-z0-9_.:-], e.g. a CI run's\n"
+        "                  id): a deploy of NAME with an ID that already made NAME:V, with the same\n"
+        "                  handler, model and config, changes nothing and prints NAME:V (unchanged);\n"
+        "                  with other content it fails (AICFN_E_EXISTS). Default: a random ID, so a\n"
+        "                  deploy message that got no answer (the gateway slow or restarting) is sent\n"
+        "                  again, up to %d times in all, without making a second version.\n"
+        "  --no-activate   register the version without making it the active one (blue/green: test\n"
+        "                  it as NAME:VER, then `aicfn activate NAME:VER`); calls to NAME keep going\n"
+        "                  to the active version\n"
+        "  --json          print "
+        "{\"name\",\"version\",\"existing\",\"activated\",\"deploy_id\",\"handler\",\n"
+        "                  ...} instead of text\n",
+        GW_DEPLOY_ID_MAX, CD_DEPLOY_ASKS);
 }
 
 /* Runs argv[0] (PATH lookup), waits; 0 on exit status 0. */
@@ -415,26 +421,35 @@ static void cd_clean_stale(const char *root, const char *host) {
     closedir(d);
 }
 
-/* The deploy message: registers the uploaded artifacts as a version of `name`. A message
+/* What the deploy message registers (the artifacts are uploaded already). */
+typedef struct cd_version {
+    const char *name, *so_hex, *snap_hex; /* snap_hex NULL: no model */
+    uint64_t raw_bytes;                   /* the model's tensor bytes */
+    const char *config, *deploy_id;
+    bool activate;
+} cd_version;
+
+/* The deploy message: registers the uploaded artifacts as a version of v->name. A message
  * that got no answer (AICFN_E_TIMEOUT, or the link dropped: the gateway may have
  * committed it all the same) is sent again with the same deploy id, which the gateway
  * answers with the version it made, if it made one (registry.h). */
-static int cd_register(rpc_client *c, const char *key, const char *name, const char *so_hex,
-                       const char *snap_hex, uint64_t raw_bytes, const char *config, const char *deploy_id,
-                       uint64_t *version, bool *existing, aicfn_error *err) {
+static int cd_register(rpc_client *c, const char *key, const cd_version *v, uint64_t *version, bool *existing,
+                       aicfn_error *err) {
     int rc = AICFN_OK;
+    const char *name = v->name, *deploy_id = v->deploy_id;
     for (int ask = 1; ask <= CD_DEPLOY_ASKS; ask++) {
         wire_writer w;
         wire_writer_init(&w);
-        cli_gw_begin(&w, "deploy", key, snap_hex ? 6 : 4);
+        cli_gw_begin(&w, "deploy", key, (v->snap_hex ? 6 : 4) + !v->activate);
         wire_kv_str(&w, "name", name);
-        wire_kv_str(&w, "handler", so_hex);
-        wire_kv_str(&w, "config", config);
+        wire_kv_str(&w, "handler", v->so_hex);
+        wire_kv_str(&w, "config", v->config);
         wire_kv_str(&w, "deploy_id", deploy_id);
-        if (snap_hex) {
-            wire_kv_str(&w, "snapshot", snap_hex);
-            wire_kv_u64(&w, "model_raw_bytes", raw_bytes);
+        if (v->snap_hex) {
+            wire_kv_str(&w, "snapshot", v->snap_hex);
+            wire_kv_u64(&w, "model_raw_bytes", v->raw_bytes);
         }
+        if (!v->activate) wire_kv_bool(&w, "activate", false);
         rpc_msg *reply = NULL;
         wire_doc doc;
         rc = cli_gw_call(c, &w, CD_DEPLOY_TIMEOUT_MS, &reply, &doc, err);
@@ -459,6 +474,7 @@ static int cd_register(rpc_client *c, const char *key, const char *name, const c
 int cli_cmd_deploy(int argc, char **argv) {
     const char *gateway = NULL, *key_flag = NULL, *path = NULL, *deploy_id_flag = NULL;
     int json = 0;
+    bool activate = true;
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -475,6 +491,8 @@ int cli_cmd_deploy(int argc, char **argv) {
             deploy_id_flag = v;
         } else if (!strcmp(argv[i], "--json")) {
             json = 1;
+        } else if (!strcmp(argv[i], "--no-activate")) {
+            activate = false;
         } else if (argv[i][0] != '-' && !path) {
             path = argv[i];
         } else {
@@ -576,8 +594,14 @@ int cli_cmd_deploy(int argc, char **argv) {
         if (rc == AICFN_OK && cd_interrupted)
             rc = aicfn_error_set(&err, AICFN_E_CANCELED, "interrupted: nothing deployed");
         if (rc != AICFN_OK) break;
-        rc = cd_register(c, key, m->name, so_hex, snap[0] ? snap_hex : NULL, st.blob_bytes, config, deploy_id,
-                         &version, &existing, &err);
+        cd_version v = {.name = m->name,
+                        .so_hex = so_hex,
+                        .snap_hex = snap[0] ? snap_hex : NULL,
+                        .raw_bytes = st.blob_bytes,
+                        .config = config,
+                        .deploy_id = deploy_id,
+                        .activate = activate};
+        rc = cd_register(c, key, &v, &version, &existing, &err);
         if (rc == AICFN_OK) break;
         if (rc != AICFN_E_NOT_FOUND || attempt == 1) {
             aicfn_error_wrap(&err, "deploying %s", m->name);
@@ -588,14 +612,20 @@ int cli_cmd_deploy(int argc, char **argv) {
     sigaction(SIGTERM, &old_term, NULL);
     if (rc == AICFN_OK) {
         if (json)
-            printf(
-                "{\"name\":\"%s\",\"version\":%llu,\"existing\":%s,\"deploy_id\":\"%s\",\"handler\":\"%s\","
-                "\"snapshot\":\"%s\",\"model_bytes\":%llu,\"snapshot_bytes\":%llu}\n",
-                m->name, (unsigned long long)version, existing ? "true" : "false", deploy_id, so_hex,
-                snap_hex, (unsigned long long)st.blob_bytes, (unsigned long long)snap_size);
+            printf("{\"name\":\"%s\",\"version\":%llu,\"existing\":%s,\"activated\":%s,\"deploy_id\":\"%s\","
+                   "\"handler\":\"%s\",\"snapshot\":\"%s\",\"model_bytes\":%llu,\"snapshot_bytes\":%llu}\n",
+                   m->name, (unsigned long long)version, existing ? "true" : "false",
+                   activate && !existing ? "true" : "false", deploy_id, so_hex, snap_hex,
+                   (unsigned long long)st.blob_bytes, (unsigned long long)snap_size);
         else if (existing)
             printf("%s:%llu unchanged (deploy id %s made it)\n", m->name, (unsigned long long)version,
                    deploy_id);
+        else if (!activate)
+            printf(
+                "deployed %s:%llu, not active (invoke it as %s:%llu; `aicfn activate %s:%llu` makes it the "
+                "active version)\n",
+                m->name, (unsigned long long)version, m->name, (unsigned long long)version, m->name,
+                (unsigned long long)version);
         else
             printf("deployed %s:%llu\n", m->name, (unsigned long long)version);
     }

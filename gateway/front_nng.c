@@ -447,6 +447,8 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "model_raw_bytes", false, &raw, &e);
         if (rc == AICFN_OK)
             rc = wire_get_cstr(doc, root, NULL, "deploy_id", false, GW_DEPLOY_ID_MAX, &deploy_id, &e);
+        bool activate = true;
+        if (rc == AICFN_OK) rc = wire_get_bool(root, NULL, "activate", false, &activate, &e);
         gw_artifacts *art = gw_gateway_artifacts(gw);
         if (rc == AICFN_OK &&
             (!gw_hash_hex_valid(handler) || (snapshot && snapshot[0] && !gw_hash_hex_valid(snapshot))))
@@ -470,7 +472,8 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
                                      .snapshot_bytes = snapshot_bytes,
                                      .model_raw_bytes = raw,
                                      .config_json = config,
-                                     .deploy_id = deploy_id};
+                                     .deploy_id = deploy_id,
+                                     .inactive = !activate};
             rc = gw_registry_deploy(gw_gateway_db(gw), &spec, &version, &existing, &e);
         }
         if (rc != AICFN_OK) {
@@ -481,8 +484,8 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
             log_info("deploy %s of %s: already made %s:%u, nothing changed", deploy_id, name, name, version);
         } else {
             gw_functions_changed(gw);
-            log_info("deployed %s:%u (handler %.12s, snapshot %.12s)", name, version, handler,
-                     snapshot ? snapshot : "-");
+            log_info("deployed %s:%u%s (handler %.12s, snapshot %.12s)", name, version,
+                     activate ? "" : ", not active", handler, snapshot ? snapshot : "-");
         }
         wire_writer_init(&w);
         front_ok_head(&w, id, 3);

@@ -486,18 +486,20 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
         goto fail;
     }
     version = (uint32_t)v;
-    rc = gw_db_stmt(db, "UPDATE functions SET active = 0 WHERE name = ?1 AND active = 1", &st, err);
-    if (rc) goto fail;
-    gw_db_bind_text(st, 1, spec->name);
-    if ((s = sqlite3_step(st)) != SQLITE_DONE) {
-        rc = gw_db_error(db, s, err, "deploy: deactivating older versions");
-        goto fail;
+    if (!spec->inactive) {
+        rc = gw_db_stmt(db, "UPDATE functions SET active = 0 WHERE name = ?1 AND active = 1", &st, err);
+        if (rc) goto fail;
+        gw_db_bind_text(st, 1, spec->name);
+        if ((s = sqlite3_step(st)) != SQLITE_DONE) {
+            rc = gw_db_error(db, s, err, "deploy: deactivating older versions");
+            goto fail;
+        }
+        gw_db_done(st);
     }
-    gw_db_done(st);
     rc = gw_db_stmt(db,
                     "INSERT INTO functions(name, version, handler_hash, handler_bytes, snapshot_hash, "
                     "snapshot_bytes, model_raw_bytes, config, created_us, active, deploy_id) "
-                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 1, ?10)",
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10)",
                     &st, err);
     if (rc) goto fail;
     gw_db_bind_text(st, 1, spec->name);
@@ -510,6 +512,7 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
     gw_db_bind_text(st, 8, config);
     sqlite3_bind_int64(st, 9, (sqlite3_int64)clock_wall_us());
     gw_db_bind_text(st, 10, spec->deploy_id);
+    sqlite3_bind_int(st, 11, !spec->inactive);
     if ((s = sqlite3_step(st)) != SQLITE_DONE) {
         rc = gw_db_error(db, s, err, "deploy: inserting the version");
         goto fail;

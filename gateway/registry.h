@@ -103,6 +103,7 @@ typedef struct gw_function_spec {
     uint64_t model_raw_bytes;  /* uncompressed tensor bytes */
     const char *config_json;   /* gw_fn_config_to_json text; NULL = defaults ("{}") */
     const char *deploy_id;     /* the deploy's idempotency key (gw_deploy_id_valid); NULL: none */
+    bool inactive;             /* registered without becoming the active version (staged) */
 } gw_function_spec;
 
 /* A deploy id is 1..GW_DEPLOY_ID_MAX bytes of [A-Za-z0-9_.:-]. */
@@ -129,9 +130,10 @@ void gw_function_clear(gw_function *f);
 /* Frees an array of n gw_function (clearing each). NULL accepted. */
 void gw_function_array_free(gw_function *fs, size_t n);
 
-/* Registers a new version of spec->name and makes it the active one, in ONE
- * transaction committed before returning (so a reply sent after it acknowledges a
- * durable deploy, see db.h). The version is 1 for a new name, else one more than the
+/* Registers a new version of spec->name and makes it the active one (unless
+ * spec->inactive: then the active version, if any, stays so, and the new one is invokable
+ * as NAME:VER until gw_registry_activate), in ONE transaction committed before returning (so a reply sent
+ * after it acknowledges a durable deploy, see db.h). The version is 1 for a new name, else one more than the
  * highest version ever deployed under that name: numbers are never reused, even after
  * `rm`, so a cached result or a log line for NAME:3 always means the same code.
  * A deploy with a deploy_id that a version of the same name already holds is the same

@@ -452,6 +452,40 @@ def test_deploy_id_makes_a_deploy_idempotent(procs, tmp_path):
     assert len(rows[1][1]) == 32 and set(rows[1][1]) <= set("0123456789abcdef"), rows  # a random id
 
 
+def test_deploy_no_activate_stages_a_version(procs, tmp_path):
+    # Blue/green: --no-activate registers echo:2 beside the active echo:1; calls to echo
+    # keep going to 1, echo:2 answers when named, and activate switches.
+    addr, data, g = start_gateway(procs, tmp_path)
+    assert deploy(addr, ROOT / "examples" / "echo") == 1
+    r = run_cli(["deploy", str(ROOT / "examples" / "echo"), "--gateway", addr, "--no-activate", "--json"],
+                timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (out["version"], out["activated"], out["existing"]) == (2, False, False), out
+
+    def active():
+        ls = json.loads(run_cli(["ls", "--gateway", addr, "--json"]).stdout)
+        row = [x for x in ls if x["name"] == "echo"][0]
+        return row["active_version"], row["latest_version"]
+
+    assert active() == (1, 2)
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    for rid, ver in ((880001, 0), (880002, 2)):
+        m = invoke_msg("echo", [x], rid=rid)
+        if ver:
+            m["ver"] = ver
+        r = call(addr, m, timeout_ms=20000)
+        assert r["ok"], r
+    r = run_cli(["activate", "echo:2", "--gateway", addr])
+    assert r.returncode == 0, r.stderr
+    assert active() == (2, 2)
+    r = call(addr, invoke_msg("echo", [x], rid=880003), timeout_ms=20000)
+    assert r["ok"], r
+    rows = wait_rows(data, "SELECT request_id, version FROM invocations WHERE request_id IN (?, ?, ?) "
+                           "ORDER BY request_id", ("880001", "880002", "880003"), 3)
+    assert rows == [("880001", 1), ("880002", 2), ("880003", 2)], rows
+
+
 def test_deploy_asks_again_with_the_same_id_when_the_answer_is_lost(tmp_path):
     # A gateway that took the deploy but whose answer never came (here: it drops the
     # connection on the first deploy message): `aicfn deploy` sends the same message

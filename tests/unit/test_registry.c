@@ -196,6 +196,38 @@ static void deploy_id_makes_a_deploy_idempotent(void **state) {
     assert_int_equal(deploy(f->db, "m", HASH_A, HASH_B, NULL), 3); /* no id: always a new version */
 }
 
+/* An inactive deploy (staged) takes the next version but leaves the active one; NAME:VER
+ * reaches it, and activate makes it the one NAME means. A new name deployed inactive has
+ * no active version. */
+static void inactive_deploy_leaves_the_active_version(void **state) {
+    fx *f = *state;
+    assert_int_equal(deploy(f->db, "m", HASH_A, NULL, NULL), 1);
+    gw_function_spec s = {.name = "m", .handler_hash = HASH_C, .inactive = true};
+    uint32_t v = 0;
+    aicfn_error err;
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, NULL, &err), AICFN_OK);
+    assert_int_equal(v, 2);
+    gw_function fn;
+    assert_int_equal(gw_registry_resolve(f->db, "m", &fn, NULL), AICFN_OK);
+    assert_int_equal(fn.version, 1);
+    assert_string_equal(fn.handler_hash, HASH_A);
+    gw_function_clear(&fn);
+    assert_int_equal(gw_registry_resolve(f->db, "m:2", &fn, NULL), AICFN_OK);
+    assert_false(fn.active);
+    assert_string_equal(fn.handler_hash, HASH_C);
+    gw_function_clear(&fn);
+    assert_int_equal(gw_registry_activate(f->db, "m", 2, &err), AICFN_OK);
+    assert_int_equal(gw_registry_resolve(f->db, "m", &fn, NULL), AICFN_OK);
+    assert_int_equal(fn.version, 2);
+    gw_function_clear(&fn);
+    s.name = "fresh";
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, NULL, &err), AICFN_OK);
+    assert_int_equal(v, 1);
+    assert_int_equal(gw_registry_resolve(f->db, "fresh", &fn, &err), AICFN_E_NOT_FOUND);
+    assert_int_equal(gw_registry_resolve(f->db, "fresh:1", &fn, NULL), AICFN_OK);
+    gw_function_clear(&fn);
+}
+
 static void list_and_json(void **state) {
     fx *f = *state;
     deploy(f->db, "b", HASH_A, NULL, NULL);
@@ -421,6 +453,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(deploy_versions_and_resolve, setup, teardown),
         cmocka_unit_test_setup_teardown(deploy_rejects_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(deploy_id_makes_a_deploy_idempotent, setup, teardown),
+        cmocka_unit_test_setup_teardown(inactive_deploy_leaves_the_active_version, setup, teardown),
         cmocka_unit_test_setup_teardown(list_and_json, setup, teardown),
         cmocka_unit_test_setup_teardown(remove_versions, setup, teardown),
         cmocka_unit_test(config_json_round_trip),
