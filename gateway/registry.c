@@ -385,9 +385,24 @@ bool gw_deploy_id_valid(const char *id) {
     return true;
 }
 
+/* A function config JSON parsed, validated and re-serialized by this gateway (every field,
+ * defaults included, keys sorted): two configs that mean the same compare equal. */
+static int reg_canonical_config(const char *json, char **out, aicfn_error *err) {
+    *out = NULL;
+    gw_fn_config cfg;
+    int rc = gw_fn_config_from_string(json, &cfg, err);
+    if (rc) return rc;
+    json_t *cj = gw_fn_config_to_json(&cfg);
+    gw_fn_config_clear(&cfg);
+    *out = cj ? json_dumps(cj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
+    json_decref(cj);
+    return *out ? AICFN_OK : aicfn_error_set(err, AICFN_E_NOMEM, "serializing a config");
+}
+
 /* The version of `name` that deploy `deploy_id` made, if any (lock and transaction
  * held): AICFN_OK with *version (0: none); AICFN_E_EXISTS when that version holds other
- * content than `spec` and `config` (the canonical config). */
+ * content than `spec` and `config` (the canonical config; the stored one is made
+ * canonical again, as an older gateway may have written fewer fields). */
 static int reg_find_deploy_locked(gw_db *db, const gw_function_spec *spec, const char *config,
                                   uint32_t *version, aicfn_error *err) {
     *version = 0;
@@ -405,8 +420,12 @@ static int reg_find_deploy_locked(gw_db *db, const gw_function_spec *spec, const
         const char *h = (const char *)sqlite3_column_text(st, 1),
                    *sn = (const char *)sqlite3_column_text(st, 2),
                    *c = (const char *)sqlite3_column_text(st, 3);
+        char *stored = NULL;
+        aicfn_error ignored;
         bool same = h && sn && c && strcmp(h, spec->handler_hash) == 0 &&
-                    strcmp(sn, spec->snapshot_hash ? spec->snapshot_hash : "") == 0 && strcmp(c, config) == 0;
+                    strcmp(sn, spec->snapshot_hash ? spec->snapshot_hash : "") == 0 &&
+                    reg_canonical_config(c, &stored, &ignored) == AICFN_OK && strcmp(stored, config) == 0;
+        free(stored);
         rc = same
                  ? AICFN_OK
                  : aicfn_error_set(err, AICFN_E_EXISTS,
@@ -442,14 +461,9 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
                                "deploy %s: invalid deploy id (want 1..%d bytes of [A-Za-z0-9_.:-])",
                                spec->name, GW_DEPLOY_ID_MAX);
     /* Store a canonical config: parsed, validated and re-serialized. */
-    gw_fn_config cfg;
-    int rc = gw_fn_config_from_string(spec->config_json ? spec->config_json : "{}", &cfg, err);
+    char *config = NULL;
+    int rc = reg_canonical_config(spec->config_json ? spec->config_json : "{}", &config, err);
     if (rc) return aicfn_error_wrap(err, "deploy %s", spec->name);
-    json_t *cj = gw_fn_config_to_json(&cfg);
-    gw_fn_config_clear(&cfg);
-    char *config = cj ? json_dumps(cj, JSON_COMPACT | JSON_SORT_KEYS) : NULL;
-    json_decref(cj);
-    if (!config) return aicfn_error_set(err, AICFN_E_NOMEM, "deploy %s: serializing config", spec->name);
 
     gw_db_lock(db);
     sqlite3_stmt *st = NULL;

@@ -173,6 +173,15 @@ static void deploy_id_makes_a_deploy_idempotent(void **state) {
     assert_int_equal(gw_registry_deploy(f->db, &s, &v, &existing, &err), AICFN_OK);
     assert_int_equal(v, 1);
     assert_true(existing);
+    /* A stored config an older gateway wrote with fewer fields is still the same config. */
+    gw_db_lock(f->db);
+    assert_int_equal(
+        gw_db_exec(f->db, "UPDATE functions SET config = '{}' WHERE name = 'm' AND version = 1", &err),
+        AICFN_OK);
+    gw_db_unlock(f->db);
+    assert_int_equal(gw_registry_deploy(f->db, &s, &v, &existing, &err), AICFN_OK);
+    assert_int_equal(v, 1);
+    assert_true(existing);
     gw_function fn;
     assert_int_equal(gw_registry_resolve(f->db, "m", &fn, NULL), AICFN_OK);
     assert_int_equal(fn.version, 2); /* still the active one */
