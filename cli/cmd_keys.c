@@ -44,9 +44,10 @@ static void ks_help(FILE *out) {
         "        Without a role flag the key invokes functions, charged to NAME.\n"
         "        --admin: may also deploy, remove, activate, load and unload;\n"
         "        --worker: for `aicfn worker --gateway ADDR --key KEY` on another host: registers\n"
-        "        the worker and downloads artifacts, nothing else (it cannot invoke or deploy);\n"
+        "        the worker, downloads artifacts and reads status, nothing else (it cannot invoke\n"
+        "        or deploy; the workers it registers do receive calls, so keep it secret);\n"
         "        --rate: calls per second (token bucket, 0 = unlimited); --quota: calls per UTC\n"
-        "        day (0 = unlimited).\n"
+        "        day (0 = unlimited); neither for a worker key, which makes no calls.\n"
         "ls      lists keys (id, tenant, role, limits, created, revoked); never secrets.\n"
         "revoke  revokes a key by its id (or the full key); it stops working at once.\n"
         "Works on <data-dir>/aicfn.db directly, so run it where the gateway keeps its data.\n",
@@ -138,6 +139,8 @@ int cli_cmd_keys(int argc, char **argv) {
     }
     if (!strcmp(sub, "create") && tenant == NULL)
         return cli_usage_error("keys", "create needs --tenant NAME");
+    if (role == GW_KEY_WORKER && (rate || quota))
+        return cli_usage_error("keys", "--rate and --quota limit calls; a worker key makes none");
     if (!strcmp(sub, "revoke") && target == NULL) return cli_usage_error("keys", "revoke needs a KEY_ID");
     if (data_dir == NULL || data_dir[0] == '\0') data_dir = AICFN_DEFAULT_DATA_DIR;
 

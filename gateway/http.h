@@ -23,7 +23,7 @@
  * reaper thread so a client trickling one byte per second is cut off.
  * Authentication: "Authorization: Bearer <key>" on every endpoint except the health
  * probes, server metadata and /metrics; missing -> 401; load/unload need an admin key
- * (403). Not for: TLS (put a proxy in front), HTTP/2, NNG's HTTP server (never used). */
+ * (403); a worker key (keys.h) gets 403 everywhere. Not for: TLS (put a proxy in front), HTTP/2, NNG's HTTP server (never used). */
 #ifndef AICFN_GATEWAY_HTTP_H
 #define AICFN_GATEWAY_HTTP_H
 
@@ -103,8 +103,9 @@ typedef void (*gw_http_emit_fn)(void *arg, const gw_http_repo_entry *e);
 typedef struct gw_http_callbacks {
     void *ctx;
     /* Identity only: maps a bearer key to a principal. Must NOT spend rate-limit tokens
-     * or quota (the infer path does that). AICFN_OK, or AICFN_E_UNAUTHENTICATED (unknown
-     * or revoked key). NULL = authentication off: every caller may do everything. */
+     * or quota (the infer path does that). AICFN_OK, AICFN_E_UNAUTHENTICATED (unknown or
+     * revoked key) or AICFN_E_FORBIDDEN (a key no HTTP endpoint serves: a worker key).
+     * NULL = authentication off: every caller may do everything. */
     int (*authenticate)(void *ctx, const char *key, gw_http_principal *out, aicfn_error *err);
     /* Whether the gateway serves calls (GET /v2/health/ready). NULL = always. */
     bool (*ready)(void *ctx);

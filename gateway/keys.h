@@ -37,7 +37,8 @@
  * tenant is charged) and reads status; an admin key may do everything; a worker key is a
  * remote worker's (`aicfn worker --gateway --key`): it registers its worker, fetches
  * artifacts and reads status, and nothing else, so a compromised GPU host holds no key
- * that deploys code or runs calls. */
+ * that deploys code or makes calls. (The workers it registers do receive calls: it is a
+ * secret of the GPU fleet.) */
 typedef enum { GW_KEY_TENANT = 0, GW_KEY_ADMIN = 1, GW_KEY_WORKER = 2 } gw_key_role;
 
 /* "tenant", "admin", "worker". */

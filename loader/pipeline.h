@@ -33,7 +33,7 @@ typedef struct loader_timing {
     uint64_t decompress_us;    /* sum over threads */
     uint64_t filter_us;        /* sum over threads: reversing byte-plane filters into the destination
                                   and the XXH3 of each piece as it is written, one pass (timing the
-                                  two apart per 16 KiB piece cost more than the hashing) */
+                                  two apart per 1 KiB piece would cost more than the hashing) */
     uint64_t verify_us;        /* sum over threads: XXH3 outside that pass: parts of tensors spanning
                                   frames that one thread hands to another */
     uint64_t copy_us;          /* sum over threads: issuing copies + waiting for them */
