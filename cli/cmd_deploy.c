@@ -24,6 +24,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "cli/cli.h"
@@ -421,30 +422,60 @@ static void cd_clean_stale(const char *root, const char *host) {
     closedir(d);
 }
 
+/* What the gateway at addr does with a deploy message's newer keys, from its status
+ * "features": an older gateway ignores deploy_id and activate, so a deploy sent to it
+ * again could make a second version, and --no-activate would activate. */
+static int cd_gateway_features(const char *addr, const char *key, bool *ids, bool *staging,
+                               aicfn_error *err) {
+    *ids = *staging = false;
+    json_t *st = NULL;
+    int rc = cli_gw_query(addr, key, "status", &st, err);
+    if (rc != AICFN_OK) return rc;
+    size_t i;
+    json_t *f;
+    json_array_foreach(json_object_get(st, "features"), i, f) {
+        const char *s = json_string_value(f);
+        if (s && !strcmp(s, "deploy_id")) *ids = true;
+        if (s && !strcmp(s, "deploy_activate")) *staging = true;
+    }
+    json_decref(st);
+    return AICFN_OK;
+}
+
 /* What the deploy message registers (the artifacts are uploaded already). */
 typedef struct cd_version {
     const char *name, *so_hex, *snap_hex; /* snap_hex NULL: no model */
     uint64_t raw_bytes;                   /* the model's tensor bytes */
-    const char *config, *deploy_id;
+    const char *config;
+    const char *deploy_id; /* NULL: the gateway keeps none, and the message is sent once */
     bool activate;
 } cd_version;
 
-/* The deploy message: registers the uploaded artifacts as a version of v->name. A message
- * that got no answer (AICFN_E_TIMEOUT, or the link dropped: the gateway may have
- * committed it all the same) is sent again with the same deploy id, which the gateway
- * answers with the version it made, if it made one (registry.h). */
+/* Whether a deploy message that failed so may be sent again with its deploy id: no
+ * answer came (the gateway may have committed it all the same), or it was refused
+ * before it was queued (the admin queue full). */
+static bool cd_ask_again(int rc) {
+    return rc == AICFN_E_TIMEOUT || rc == AICFN_E_UNAVAILABLE || rc == AICFN_E_WORKER_LOST ||
+           rc == AICFN_E_OVERLOADED;
+}
+
+/* The deploy message: registers the uploaded artifacts as a version of v->name. With a
+ * deploy id, a message cd_ask_again allows is sent again (after 1 s, then 2 s: a gateway
+ * restarting), which the gateway answers with the version it made, if it made one
+ * (registry.h). */
 static int cd_register(rpc_client *c, const char *key, const cd_version *v, uint64_t *version, bool *existing,
                        aicfn_error *err) {
     int rc = AICFN_OK;
     const char *name = v->name, *deploy_id = v->deploy_id;
-    for (int ask = 1; ask <= CD_DEPLOY_ASKS; ask++) {
+    int asks = deploy_id ? CD_DEPLOY_ASKS : 1;
+    for (int ask = 1; ask <= asks; ask++) {
         wire_writer w;
         wire_writer_init(&w);
-        cli_gw_begin(&w, "deploy", key, (v->snap_hex ? 6 : 4) + !v->activate);
+        cli_gw_begin(&w, "deploy", key, (v->snap_hex ? 5 : 3) + !!deploy_id + !v->activate);
         wire_kv_str(&w, "name", name);
         wire_kv_str(&w, "handler", v->so_hex);
         wire_kv_str(&w, "config", v->config);
-        wire_kv_str(&w, "deploy_id", deploy_id);
+        if (deploy_id) wire_kv_str(&w, "deploy_id", deploy_id);
         if (v->snap_hex) {
             wire_kv_str(&w, "snapshot", v->snap_hex);
             wire_kv_u64(&w, "model_raw_bytes", v->raw_bytes);
@@ -462,12 +493,19 @@ static int cd_register(rpc_client *c, const char *key, const cd_version *v, uint
             rpc_msg_free(reply);
             return rc;
         }
-        if ((rc != AICFN_E_TIMEOUT && rc != AICFN_E_UNAVAILABLE && rc != AICFN_E_WORKER_LOST) ||
-            cd_interrupted || ask == CD_DEPLOY_ASKS)
-            break;
-        fprintf(stderr, "deploy %s: %s; asking again (deploy id %s, %d of %d)\n", name, err->msg, deploy_id,
-                ask + 1, CD_DEPLOY_ASKS);
+        if (!cd_ask_again(rc) || cd_interrupted || ask == asks) break;
+        fprintf(stderr, "deploy %s: %s; asking again in %d s (deploy id %s, %d of %d)\n", name, err->msg, ask,
+                deploy_id, ask + 1, asks);
+        struct timespec pause = {.tv_sec = ask};
+        while (nanosleep(&pause, &pause) != 0 && !cd_interrupted) {
+        }
+        if (cd_interrupted) break;
     }
+    if (rc != AICFN_OK && cd_ask_again(rc) && deploy_id)
+        aicfn_error_wrap(err,
+                         "no answer to deploy %s: the gateway may have made the version all the same; "
+                         "`aicfn deploy ... --deploy-id %s` finds out without making another",
+                         name, deploy_id);
     return rc;
 }
 
@@ -575,6 +613,21 @@ int cli_cmd_deploy(int argc, char **argv) {
         if (!config) rc = aicfn_error_set(&err, AICFN_E_NOMEM, "out of memory");
     }
     /* 4. Upload and register. */
+    bool gw_ids = false, gw_staging = false;
+    if (rc == AICFN_OK) rc = cd_gateway_features(addr, key, &gw_ids, &gw_staging, &err);
+    if (rc == AICFN_OK && !activate && !gw_staging)
+        rc = aicfn_error_set(&err, AICFN_E_UNSUPPORTED,
+                             "the gateway at %s cannot stage a version (--no-activate): it would make it the "
+                             "active one; upgrade the gateway",
+                             addr);
+    if (rc == AICFN_OK && deploy_id_flag && !gw_ids)
+        rc = aicfn_error_set(&err, AICFN_E_UNSUPPORTED, "the gateway at %s keeps no deploy ids (--deploy-id)",
+                             addr);
+    if (rc == AICFN_OK && !gw_ids)
+        fprintf(stderr,
+                "note: the gateway at %s keeps no deploy ids: a deploy whose answer is lost is not "
+                "sent again\n",
+                addr);
     if (rc == AICFN_OK) rc = cli_gw_open(addr, &c, &err);
     /* A concurrent `rm` of another function that used the same artifact may delete it
      * between our upload (skipped: the gateway had it) and the deploy; the deploy then
@@ -599,9 +652,12 @@ int cli_cmd_deploy(int argc, char **argv) {
                         .snap_hex = snap[0] ? snap_hex : NULL,
                         .raw_bytes = st.blob_bytes,
                         .config = config,
-                        .deploy_id = deploy_id,
+                        .deploy_id = gw_ids ? deploy_id : NULL,
                         .activate = activate};
         rc = cd_register(c, key, &v, &version, &existing, &err);
+        /* A random id is this run's alone: a version it names was made by an earlier ask
+         * of this run, whose answer was lost. */
+        if (!deploy_id_flag) existing = false;
         if (rc == AICFN_OK) break;
         if (rc != AICFN_E_NOT_FOUND || attempt == 1) {
             aicfn_error_wrap(&err, "deploying %s", m->name);
@@ -615,7 +671,7 @@ int cli_cmd_deploy(int argc, char **argv) {
             printf("{\"name\":\"%s\",\"version\":%llu,\"existing\":%s,\"activated\":%s,\"deploy_id\":\"%s\","
                    "\"handler\":\"%s\",\"snapshot\":\"%s\",\"model_bytes\":%llu,\"snapshot_bytes\":%llu}\n",
                    m->name, (unsigned long long)version, existing ? "true" : "false",
-                   activate && !existing ? "true" : "false", deploy_id, so_hex, snap_hex,
+                   activate && !existing ? "true" : "false", gw_ids ? deploy_id : "", so_hex, snap_hex,
                    (unsigned long long)st.blob_bytes, (unsigned long long)snap_size);
         else if (existing)
             printf("%s:%llu unchanged (deploy id %s made it)\n", m->name, (unsigned long long)version,

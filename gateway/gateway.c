@@ -2482,11 +2482,13 @@ json_t *gw_status_json(gw_gateway *gw) {
     pthread_mutex_unlock(&gw->mu);
     gw_ledger_stats ls;
     gw_ledger_get_stats(gw->ledger, &ls);
-    return json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I}", "listen", gw->listen, "workers",
-                     (int)workers, "in_flight", (int)in_flight, "queued", (int)queued, "functions_cached",
-                     (int)fns, "min_workers", (int)gw->min_workers, "max_workers", (int)gw->max_workers,
-                     "ledger_committed", (json_int_t)ls.committed, "ledger_dropped", (json_int_t)ls.dropped,
-                     "worker_memory", (json_int_t)gw->worker_memory);
+    /* features: what clients may rely on beyond protocol version 1 (protocol.md §8). */
+    return json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:[s, s, s]}", "listen", gw->listen,
+                     "workers", (int)workers, "in_flight", (int)in_flight, "queued", (int)queued,
+                     "functions_cached", (int)fns, "min_workers", (int)gw->min_workers, "max_workers",
+                     (int)gw->max_workers, "ledger_committed", (json_int_t)ls.committed, "ledger_dropped",
+                     (json_int_t)ls.dropped, "worker_memory", (json_int_t)gw->worker_memory, "features",
+                     "deploy_id", "deploy_activate", "worker_keys");
 }
 
 /* ---- Lifecycle -------------------------------------------------------------------- */

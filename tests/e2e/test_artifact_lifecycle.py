@@ -201,7 +201,9 @@ def test_interrupted_deploy_aborts_its_upload(tmp_path):
             t = req.get("t")
             seen.append((t, req.get("upload")))
             r = {"v": PROTOCOL_VERSION, "id": req["id"], "ok": True}
-            if t == "upload_begin":
+            if t == "status":
+                r["json"] = json.dumps({"features": ["deploy_id", "deploy_activate", "worker_keys"]})
+            elif t == "upload_begin":
                 token += 1
                 r.update(upload=token, exists=False)
             elif t == "upload_chunk":

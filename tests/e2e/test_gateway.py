@@ -486,48 +486,85 @@ def test_deploy_no_activate_stages_a_version(procs, tmp_path):
     assert rows == [("880001", 1), ("880002", 2), ("880003", 2)], rows
 
 
-def test_deploy_asks_again_with_the_same_id_when_the_answer_is_lost(tmp_path):
-    # A gateway that took the deploy but whose answer never came (here: it drops the
-    # connection on the first deploy message): `aicfn deploy` sends the same message
-    # again, with the same deploy id, and reports what the second answer says.
-    addr = f"tcp://127.0.0.1:{free_port()}"
-    seen = []
-    stop = threading.Event()
+class FakeGateway:
+    """A gateway that answers `aicfn deploy` from a thread: status (with `features`, or
+    none, as a gateway from before them), upload_begin (every artifact already stored)
+    and deploy, whose first message it takes but drops the connection instead of
+    answering (the answer is lost). `deploys` holds the deploy messages it got."""
 
-    def fake_gateway():
-        with pynng.Rep0(listen=addr, recv_timeout=200) as s:
+    def __init__(self, features):
+        self.addr = f"tcp://127.0.0.1:{free_port()}"
+        self.features = features
+        self.deploys = []
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve)
+
+    def serve(self):
+        with pynng.Rep0(listen=self.addr, recv_timeout=200) as s:
             deadline = time.monotonic() + 60
-            while not stop.is_set() and time.monotonic() < deadline:
+            while not self.stop.is_set() and time.monotonic() < deadline:
                 try:
                     m = s.recv_msg()
                 except pynng.Timeout:
                     continue
                 req = msgpack.unpackb(m.bytes, raw=False)
                 rep = {"v": PROTOCOL_VERSION, "id": req["id"], "ok": True}
-                if req["t"] == "upload_begin":
+                if req["t"] == "status":
+                    st = {"listen": self.addr}
+                    if self.features is not None:
+                        st["features"] = self.features
+                    rep["json"] = json.dumps(st)
+                elif req["t"] == "upload_begin":
                     rep.update(upload=0, exists=True)
                 elif req["t"] == "deploy":
-                    seen.append(req["deploy_id"])
-                    if len(seen) == 1:
+                    self.deploys.append(req)
+                    if len(self.deploys) == 1:
                         m.pipe.close()  # taken, but the answer is lost
                         continue
-                    rep.update(name=req["name"], version=7, existing=True)
+                    rep.update(name=req["name"], version=7)
+                    if self.features is not None:
+                        rep["existing"] = True
                 else:
                     rep = {"v": PROTOCOL_VERSION, "id": req["id"], "ok": False,
                            "error": {"code": E_PROTOCOL, "name": "AICFN_E_PROTOCOL", "message": req["t"]}}
                 s.send(msgpack.packb(rep, use_bin_type=True))
 
-    t = threading.Thread(target=fake_gateway)
-    t.start()
-    try:
-        r = run_cli(["deploy", str(ROOT / "examples" / "echo"), "--gateway", addr], timeout=60)
-    finally:
-        stop.set()
-        t.join(10)
+    def deploy(self, *extra):
+        self.thread.start()
+        try:
+            return run_cli(["deploy", str(ROOT / "examples" / "echo"), "--gateway", self.addr, *extra], timeout=60)
+        finally:
+            self.stop.set()
+            self.thread.join(10)
+
+
+def test_deploy_asks_again_with_the_same_id_when_the_answer_is_lost():
+    # The gateway took the deploy but its answer never came: `aicfn deploy` sends the same
+    # message again, with the same (random) deploy id, after a pause, and reports the
+    # version as its own: the gateway's `existing` can only mean this run's first message.
+    g = FakeGateway(["deploy_id", "deploy_activate", "worker_keys"])
+    r = g.deploy("--json")
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == f"echo:7 unchanged (deploy id {seen[0]} made it)", (r.stdout, r.stderr)
-    assert len(seen) == 2 and seen[0] == seen[1] and len(seen[0]) == 32, seen
-    assert "asking again" in r.stderr, r.stderr
+    ids = [d["deploy_id"] for d in g.deploys]
+    assert len(ids) == 2 and ids[0] == ids[1] and len(ids[0]) == 32, ids
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert (out["version"], out["existing"], out["activated"], out["deploy_id"]) == (7, False, True, ids[0]), out
+    assert "asking again in 1 s" in r.stderr, r.stderr
+
+
+def test_deploy_to_a_gateway_without_deploy_ids():
+    # A gateway from before deploy ids would make a second version of a deploy sent
+    # again, and would activate a --no-activate one: the deploy is sent once, without
+    # the keys, and the flags that need them are refused.
+    g = FakeGateway(None)
+    r = g.deploy()
+    assert r.returncode == 1 and "keeps no deploy ids" in r.stderr, r.stderr
+    assert len(g.deploys) == 1 and "deploy_id" not in g.deploys[0] and "activate" not in g.deploys[0], g.deploys
+    for flags, what in ((["--no-activate"], "cannot stage"), (["--deploy-id", "x1"], "keeps no deploy ids")):
+        g = FakeGateway(None)
+        r = g.deploy(*flags)
+        assert r.returncode == 1 and "AICFN_E_UNSUPPORTED" in r.stderr and what in r.stderr, r.stderr
+        assert g.deploys == [], g.deploys
 
 
 def test_deploy_packs_in_tmpdir_and_clears_what_killed_deploys_left(procs, tmp_path):
