@@ -175,6 +175,7 @@ struct gw_gateway {
     char *device;
     char *worker_exe;
     uint32_t min_workers, max_workers;
+    uint32_t max_remote_workers; /* live registered workers at most (each holds a link and polls) */
     uint64_t idle_timeout_us;
     uint64_t worker_memory;
     bool insecure_local;
@@ -2382,11 +2383,21 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn
         return aicfn_error_set(err, AICFN_E_INVALID,
                                "worker name '%s': names w<N> are the gateway's local workers'", name);
     pthread_mutex_lock(&gw->mu);
-    for (gw_worker *w = gw->workers; w; w = w->next)
-        if (w->state != GW_WORKER_DEAD && strcmp(w->addr, addr) == 0) {
+    uint32_t remote = 0;
+    for (gw_worker *w = gw->workers; w; w = w->next) {
+        if (w->state == GW_WORKER_DEAD) continue;
+        if (strcmp(w->addr, addr) == 0) {
             pthread_mutex_unlock(&gw->mu);
             return aicfn_error_set(err, AICFN_E_EXISTS, "a worker is already registered at %s", addr);
         }
+        remote += w->pool_id == 0 && w->addr[0];
+    }
+    if (remote >= gw->max_remote_workers) {
+        pthread_mutex_unlock(&gw->mu);
+        return aicfn_error_set(err, AICFN_E_CAPACITY,
+                               "the gateway keeps %u registered workers, its most (--max-remote-workers)",
+                               remote);
+    }
     char gen[64];
     if (!name || !name[0]) {
         /* r<N>, skipping names live workers use. */
@@ -2608,6 +2619,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     gw->worker_exe = cfg->worker_exe ? strdup(cfg->worker_exe) : NULL;
     gw->min_workers = cfg->min_workers;
     gw->max_workers = cfg->max_workers;
+    gw->max_remote_workers = cfg->max_remote_workers ? cfg->max_remote_workers : AICFN_GW_MAX_REMOTE_WORKERS;
     gw->idle_timeout_us =
         cfg->idle_timeout_us ? cfg->idle_timeout_us : (uint64_t)AICFN_DEFAULT_IDLE_TIMEOUT_MS * 1000;
     gw->worker_memory = cfg->worker_memory;

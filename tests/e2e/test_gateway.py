@@ -1330,6 +1330,28 @@ def test_calls_never_wait_on_a_registered_worker_that_never_answers(procs, tmp_p
         assert took < 10, (k, took)
 
 
+def test_registered_workers_are_bounded(procs, tmp_path):
+    """--max-remote-workers: past the bound a registration is refused with
+    AICFN_E_CAPACITY, while a registered worker renewing its registration is not."""
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0", extra=("--max-remote-workers", "2"))
+    listeners = [pynng.Rep0(listen=f"tcp://127.0.0.1:{free_port()}") for _ in range(3)]
+    try:
+        addrs = [s.listeners[0].url for s in listeners]
+
+        def register(a, name):
+            return call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": a, "name": name})
+
+        assert register(addrs[0], "ra")["ok"] and register(addrs[1], "rb")["ok"]
+        r = register(addrs[2], "rc")
+        assert not r["ok"] and r["error"]["name"] == "AICFN_E_CAPACITY" and "--max-remote-workers" in \
+            r["error"]["message"], r
+        r = register(addrs[0], "ra")  # a renewal: answered as before, not refused for room
+        assert not r["ok"] and r["error"]["name"] == "AICFN_E_EXISTS", r
+    finally:
+        for s in listeners:
+            s.close()
+
+
 def sleep_fn_gateway(procs, tmp_path, name, timeout, workers, extra=()):
     """A gateway with function `name` (the test_sleep handler: it sleeps params.sleep_ms,
     one call at a time) deployed and warmed by one call. Returns (addr, gateway, input)."""
