@@ -484,11 +484,12 @@ int worker_instance_invoke(worker_instance *inst, const aicfn_request *reqs, aic
                                      "output %u ('%s'): its data, name or memory kind is not what "
                                      "alloc_output returned",
                                      k, r->alloc[k].name);
-            if (rc == AICFN_OK) rc = worker_tensor_check(t, &e);
+            /* The size first: the check of a BYTES output walks its data up to nbytes. */
             if (rc == AICFN_OK && t->nbytes > r->alloc[k].nbytes)
                 rc = aicfn_error_set(
                     &e, AICFN_E_HANDLER, "tensor '%s': %llu bytes, more than the %llu alloc_output gave it",
                     r->alloc[k].name, (unsigned long long)t->nbytes, (unsigned long long)r->alloc[k].nbytes);
+            if (rc == AICFN_OK) rc = worker_tensor_check(t, &e);
             if (rc != AICFN_OK) {
                 worker_response_fail(r, AICFN_E_HANDLER, "function %s: malformed output: %s", inst->function,
                                      e.msg);

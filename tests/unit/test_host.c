@@ -194,9 +194,9 @@ static void handler_errors(void **state) {
 }
 
 /* A handler rewrites an output it was given: a larger size (the reply would read past
- * the buffer), its own data or name (the worker would free them), device memory: each
- * is AICFN_E_HANDLER naming the problem, nothing is read or freed wrongly (ASan); a
- * reshape within the same bytes is fine. */
+ * the buffer; for BYTES, so would the check of its framing), its own data or name (the worker would free
+ * them), device memory: each is AICFN_E_HANDLER naming the problem, nothing is read or freed wrongly (ASan);
+ * a reshape within the same bytes is fine. */
 static void outputs_rewritten_by_the_handler(void **state) {
     (void)state;
     worker_handler *h = NULL;
@@ -206,6 +206,7 @@ static void outputs_rewritten_by_the_handler(void **state) {
     worker_instance *inst = NULL;
     assert_int_equal(worker_instance_create(h, NULL, &cfg, &inst, &err), AICFN_OK);
     static const char *const bad[][2] = {{"grow", "more than the 32 alloc_output gave it"},
+                                         {"grow_bytes", "more than the 32 alloc_output gave it"},
                                          {"swap_data", "not what alloc_output returned"},
                                          {"swap_name", "not what alloc_output returned"},
                                          {"null_name", "not what alloc_output returned"},
