@@ -60,7 +60,8 @@ static void cg_help(FILE *out) {
             "                         of requests held, are refused at once with AICFN_E_OVERLOADED;\n"
             "                         the rest is kept for administrative requests and status\n"
             "  --max-remote-workers N workers registered from other hosts (`aicfn worker --gateway`) the\n"
-            "                         gateway keeps at once (default %d): one more is refused with\n"
+            "                         gateway keeps at once (default and most: %d less MAX of --workers;\n"
+            "                         the router sees %d workers at once); one more is refused with\n"
             "                         AICFN_E_CAPACITY until one is gone\n"
             "  --insecure-local       accept calls without API keys (tenant \"local\"); for a gateway\n"
             "                         used by one person: refused unless --listen is ipc:// or a\n"
@@ -88,7 +89,8 @@ static void cg_help(FILE *out) {
             AICFN_DEFAULT_IDLE_TIMEOUT_MS / 1000, (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20),
             (unsigned long long)(AICFN_DEFAULT_RESPONSE_CACHE_BYTES >> 20),
             AICFN_UPLOAD_IDLE_TIMEOUT_MS / 1000, AICFN_GW_FRONT_MAX_REQUESTS,
-            (unsigned long long)(AICFN_GW_FRONT_MAX_HELD_BYTES >> 20), AICFN_GW_MAX_REMOTE_WORKERS);
+            (unsigned long long)(AICFN_GW_FRONT_MAX_HELD_BYTES >> 20), AICFN_GW_MAX_LIVE_WORKERS,
+            AICFN_GW_MAX_LIVE_WORKERS);
 }
 
 static int cg_u32(const char *s, uint32_t *out) {
@@ -157,8 +159,9 @@ int cli_cmd_gateway(int argc, char **argv) {
             http = v;
         } else if ((v = cli_flag_value(argc, argv, &i, "--max-remote-workers"))) {
             if (cg_u32(v, &cfg.max_remote_workers) || cfg.max_remote_workers < 1 ||
-                cfg.max_remote_workers > 4096)
-                return cli_usage_error("gateway", "--max-remote-workers '%s': a number from 1 to 4096", v);
+                cfg.max_remote_workers > AICFN_GW_MAX_LIVE_WORKERS)
+                return cli_usage_error("gateway", "--max-remote-workers '%s': a number from 1 to %d", v,
+                                       AICFN_GW_MAX_LIVE_WORKERS);
         } else if ((v = cli_flag_value(argc, argv, &i, "--max-requests"))) {
             if (cg_u32(v, &cfg.max_requests) || cfg.max_requests < 16 || cfg.max_requests > 65536)
                 return cli_usage_error("gateway", "--max-requests '%s': a number from 16 to 65536", v);

@@ -78,7 +78,7 @@
  * held, get AICFN_E_OVERLOADED at once; the rest of the contexts are kept for
  * administrative requests and status. */
 #define AICFN_GW_FRONT_MAX_REQUESTS 1024
-#define AICFN_GW_MAX_REMOTE_WORKERS 256 /* registered workers a gateway keeps at once (--max-remote-workers) */
+#define AICFN_GW_MAX_LIVE_WORKERS 256 /* live workers (local and registered) the router sees at once */
 #define AICFN_GW_FRONT_MAX_HELD_BYTES (1ull << 30)
 /* An administrative request's bytes at most (an upload_chunk's: its chunk plus this). */
 #define AICFN_GW_ADMIN_MAX_BYTES (1u << 20)

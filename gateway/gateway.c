@@ -54,7 +54,7 @@
 #define GW_HOLD_US (2ull * 1000 * 1000) /* gateway-added LOADING entries survive summaries this long */
 #define GW_POLL_TIMEOUT_MS 5000
 #define GW_NO_MODEL_KEY "(no-model)"
-#define GW_MAX_VIEW 256
+#define GW_MAX_VIEW AICFN_GW_MAX_LIVE_WORKERS
 #define GW_MAX_UNLOADS 32 /* idle unloads sent per maintenance tick; the rest wait a tick */
 
 /* ---- Functions ------------------------------------------------------------------ */
@@ -2392,11 +2392,15 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn
         }
         remote += w->pool_id == 0 && w->addr[0];
     }
-    if (remote >= gw->max_remote_workers) {
+    if (!rc && gw->stopping) rc = aicfn_error_set(err, AICFN_E_UNAVAILABLE, "the gateway is stopping");
+    if (!rc && remote >= gw->max_remote_workers)
+        rc = aicfn_error_set(err, AICFN_E_CAPACITY,
+                             "the gateway keeps %u registered workers, its most (--max-remote-workers; with "
+                             "--workers ..%u at most %u)",
+                             remote, gw->max_workers, GW_MAX_VIEW - gw->max_workers);
+    if (rc) {
         pthread_mutex_unlock(&gw->mu);
-        return aicfn_error_set(err, AICFN_E_CAPACITY,
-                               "the gateway keeps %u registered workers, its most (--max-remote-workers)",
-                               remote);
+        return rc;
     }
     char gen[64];
     if (!name || !name[0]) {
@@ -2604,6 +2608,13 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
                                cfg->min_workers, cfg->max_workers);
     if (cfg->max_workers > AICFN_MAX_WORKERS)
         return aicfn_error_set(err, AICFN_E_INVALID, "--workers: at most %d", AICFN_MAX_WORKERS);
+    /* The router sees GW_MAX_VIEW live workers at once: local and registered ones share it. */
+    uint32_t remote_room = GW_MAX_VIEW > cfg->max_workers ? GW_MAX_VIEW - cfg->max_workers : 0;
+    if (cfg->max_remote_workers > remote_room)
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "--max-remote-workers %u: with --workers ..%u at most %u (the router sees %d "
+                               "workers, local and registered, at once)",
+                               cfg->max_remote_workers, cfg->max_workers, remote_room, GW_MAX_VIEW);
     const char *listen = cfg->listen ? cfg->listen : AICFN_DEFAULT_GATEWAY;
     if (cfg->insecure_local && !gw_addr_is_loopback(listen))
         return aicfn_error_set(err, AICFN_E_INVALID,
@@ -2619,7 +2630,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     gw->worker_exe = cfg->worker_exe ? strdup(cfg->worker_exe) : NULL;
     gw->min_workers = cfg->min_workers;
     gw->max_workers = cfg->max_workers;
-    gw->max_remote_workers = cfg->max_remote_workers ? cfg->max_remote_workers : AICFN_GW_MAX_REMOTE_WORKERS;
+    gw->max_remote_workers = cfg->max_remote_workers ? cfg->max_remote_workers : remote_room;
     gw->idle_timeout_us =
         cfg->idle_timeout_us ? cfg->idle_timeout_us : (uint64_t)AICFN_DEFAULT_IDLE_TIMEOUT_MS * 1000;
     gw->worker_memory = cfg->worker_memory;

@@ -46,7 +46,8 @@ typedef struct gw_config {
                                       temporary file removed (0 = AICFN_UPLOAD_IDLE_TIMEOUT_MS) */
     uint32_t max_requests;         /* client requests the NNG front holds at once (tunables.h);
                                       0 = AICFN_GW_FRONT_MAX_REQUESTS, else at least 16 */
-    uint32_t max_remote_workers;   /* registered workers at once; 0 = AICFN_GW_MAX_REMOTE_WORKERS */
+    uint32_t max_remote_workers;   /* registered workers at once; 0 = the room max_workers leaves of
+                                      AICFN_GW_MAX_LIVE_WORKERS (gw_start refuses more) */
 } gw_config;
 
 /* Starts a gateway. Returns AICFN_OK with *out, or the error of the first step that

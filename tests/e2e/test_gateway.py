@@ -1350,6 +1350,10 @@ def test_registered_workers_are_bounded(procs, tmp_path):
     finally:
         for s in listeners:
             s.close()
+    # Local and registered workers share the 256 the router sees.
+    r = run_cli(["gateway", "--listen", f"tcp://127.0.0.1:{free_port()}", "--data", tmp_path / "d2",
+                 "--insecure-local", "--workers", "0..250", "--max-remote-workers", "10"], timeout=20)
+    assert r.returncode == 1 and "at most 6" in r.stderr, r.stderr
 
 
 def sleep_fn_gateway(procs, tmp_path, name, timeout, workers, extra=()):
