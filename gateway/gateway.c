@@ -1122,6 +1122,21 @@ static void gw_outbox_reroute_locked(gw_gateway *gw, gw_worker *w, gw_actions *a
     }
 }
 
+/* A local worker could not start: it died before it was ready, or it could not even be
+ * spawned (fork failed, out of memory). No local worker starts for a back-off doubling
+ * from AICFN_WORKER_RESTART_BACKOFF_MIN_MS to _MAX_MS (reset by a worker that becomes
+ * ready), so a failing start is not retried on every maintenance tick (lock held). */
+static void gw_start_failed_locked(gw_gateway *gw, const char *what) {
+    unsigned shift = gw->start_failures < 16 ? gw->start_failures : 16;
+    uint64_t ms = (uint64_t)AICFN_WORKER_RESTART_BACKOFF_MIN_MS << shift;
+    if (ms > AICFN_WORKER_RESTART_BACKOFF_MAX_MS) ms = AICFN_WORKER_RESTART_BACKOFF_MAX_MS;
+    gw->start_failures++;
+    gw->last_start_failure_us = clock_now_us();
+    gw->spawn_not_before_us = gw->last_start_failure_us + ms * 1000;
+    log_warn("%s (%u in a row): no local worker starts for %llu ms", what, gw->start_failures,
+             (unsigned long long)ms);
+}
+
 /* A worker is gone: its pending calls (never sent) are routed again. */
 static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     if (w->state == GW_WORKER_DEAD) return;
@@ -1134,14 +1149,9 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     /* Workers started together that fail together count as one failure: only a worker
      * started after the last failure was seen doubles the back-off. */
     if (w->pool_id && never_ready && !gw->stopping && w->started_us > gw->last_start_failure_us) {
-        unsigned shift = gw->start_failures < 16 ? gw->start_failures : 16;
-        uint64_t ms = (uint64_t)AICFN_WORKER_RESTART_BACKOFF_MIN_MS << shift;
-        if (ms > AICFN_WORKER_RESTART_BACKOFF_MAX_MS) ms = AICFN_WORKER_RESTART_BACKOFF_MAX_MS;
-        gw->start_failures++;
-        gw->last_start_failure_us = clock_now_us();
-        gw->spawn_not_before_us = gw->last_start_failure_us + ms * 1000;
-        log_warn("worker %s died before it was ready (%u in a row): no local worker starts for %llu ms",
-                 w->name, gw->start_failures, (unsigned long long)ms);
+        char what[96];
+        snprintf(what, sizeof what, "worker %s died before it was ready", w->name);
+        gw_start_failed_locked(gw, what);
     }
     /* Asked to leave (drained, or the gateway stops): exited; anything else: lost. */
     gw_worker_row_locked(gw, w,
@@ -1691,6 +1701,7 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
             }
             if (rc != AICFN_OK) {
                 log_error("starting a local worker: %s", e.msg);
+                if (pool && !gw->stopping) gw_start_failed_locked(gw, "a local worker could not be started");
                 w->state = GW_WORKER_DEAD;
                 gw_call *p = w->pending_head;
                 w->pending_head = w->pending_tail = NULL;
