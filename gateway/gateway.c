@@ -172,6 +172,7 @@ struct gw_gateway {
     int data_lock_fd; /* <data>/gateway.lock, flock'd for the gateway's life; -1: none */
     gw_db *query_db;  /* read-only connection for long reports (coldstarts), NULL: use db */
     char run_dir[PATH_MAX];
+    bool run_dir_temporary; /* a mkdtemp directory in /tmp (data dir's path too long): removed at stop */
     char *device;
     char *worker_exe;
     uint32_t min_workers, max_workers;
@@ -2545,6 +2546,41 @@ static int gw_mkdir(const char *path, aicfn_error *err) {
     return aicfn_error_errno(err, AICFN_E_IO, errno, "creating %s", path);
 }
 
+/* gw_mkdir for a directory whose files others must not plant or replace (worker sockets,
+ * whose address the gateway dials, and fault notes, which workers open for writing): it
+ * must be a directory (not a symlink) of this user that nobody else may write. */
+static int gw_private_dir(const char *path, aicfn_error *err) {
+    int rc = gw_mkdir(path, err);
+    if (rc != AICFN_OK) return rc;
+    struct stat st;
+    if (lstat(path, &st) != 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "checking %s", path);
+    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022))
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "%s must be a directory of this user that nobody else may write (it is %s, "
+                               "owner %ld, mode %03o): remove it and the gateway makes it",
+                               path,
+                               S_ISLNK(st.st_mode)   ? "a symlink"
+                               : S_ISDIR(st.st_mode) ? "a directory"
+                                                     : "no directory",
+                               (long)st.st_uid, (unsigned)(st.st_mode & 0777));
+    return AICFN_OK;
+}
+
+/* Empties and removes a temporary run directory (every worker has exited). */
+static void gw_remove_run_dir(const char *run_dir) {
+    DIR *d = opendir(run_dir);
+    if (!d) return;
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        char path[PATH_MAX + 300];
+        snprintf(path, sizeof path, "%s/%s", run_dir, e->d_name);
+        (void)unlink(path);
+    }
+    closedir(d);
+    if (rmdir(run_dir) != 0) log_warn("removing %s: %s", run_dir, strerror(errno));
+}
+
 /* One gateway per data directory: a second one would remove the first's uploads in
  * progress (artifacts/tmp), mark its live workers lost and reuse their ids. The lock is
  * an flock on <data>/gateway.lock, released by the kernel however the holder ends (kill
@@ -2663,9 +2699,16 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
         /* ipc paths must fit sun_path (108 bytes) with the socket's name. */
         char abs[PATH_MAX];
         if (realpath(gw->data_dir, abs)) n = snprintf(gw->run_dir, sizeof gw->run_dir, "%s/run", abs);
-        if (n < 0 || (size_t)n >= sizeof gw->run_dir || strlen(gw->run_dir) > 80)
-            snprintf(gw->run_dir, sizeof gw->run_dir, "/tmp/aicfn-run-%ld", (long)getpid());
-        rc = gw_mkdir(gw->run_dir, err);
+        if (n < 0 || (size_t)n >= sizeof gw->run_dir || strlen(gw->run_dir) > 80) {
+            /* Not a predictable name: another local user could make it first, owning it. */
+            snprintf(gw->run_dir, sizeof gw->run_dir, "/tmp/aicfn-run-XXXXXX");
+            if (mkdtemp(gw->run_dir))
+                gw->run_dir_temporary = true;
+            else
+                rc = aicfn_error_errno(err, AICFN_E_IO, errno, "creating a run directory in /tmp");
+        } else {
+            rc = gw_private_dir(gw->run_dir, err);
+        }
         if (rc == AICFN_OK) gw_clean_run_dir(gw->run_dir);
     }
     if (rc == AICFN_OK) rc = gw_db_open(gw->data_dir, &gw->db, err);
@@ -2805,6 +2848,7 @@ void gw_stop(gw_gateway *gw) {
     gw_artifacts_close(gw->art);
     gw_db_close(gw->query_db);
     gw_db_close(gw->db);
+    if (gw->run_dir_temporary) gw_remove_run_dir(gw->run_dir);
     if (gw->data_lock_fd >= 0) close(gw->data_lock_fd); /* last: everything in data_dir is closed */
     pthread_mutex_destroy(&gw->mu);
     pthread_cond_destroy(&gw->maint_cv);

@@ -70,7 +70,7 @@ static void fn_on_fault(int sig) {
 
 int worker_fault_note_open(const char *path, aicfn_error *err) {
     if (fn_fd >= 0) return aicfn_error_set(err, AICFN_E_INVALID, "fault note: already open");
-    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
+    int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC | O_NOFOLLOW, 0600);
     if (fd < 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "fault note %s", path);
     fn_fd = fd;
     struct sigaction sa;

@@ -1356,6 +1356,36 @@ def test_registered_workers_are_bounded(procs, tmp_path):
     assert r.returncode == 1 and "at most 6" in r.stderr, r.stderr
 
 
+def test_run_directory_is_private(procs, tmp_path):
+    """The run directory holds the worker sockets the gateway dials and the fault notes
+    workers write: a run/ that is a symlink (or that others may write) is refused; with a
+    data directory whose path is too long for socket names, it is a fresh mkdtemp
+    directory in /tmp that serves the workers and is gone after a clean stop."""
+    data = tmp_path / "data"
+    data.mkdir()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (data / "run").symlink_to(elsewhere)
+    r = run_cli(["gateway", "--listen", f"tcp://127.0.0.1:{free_port()}", "--data", data, "--insecure-local",
+                 "--workers", "0..1"], timeout=20)
+    assert r.returncode == 1 and "a symlink" in r.stderr, r.stderr
+    (data / "run").unlink()
+
+    longdata = tmp_path / ("d" * 90)
+    before = set(Path("/tmp").glob("aicfn-run-*"))
+    addr, _, g = start_gateway(procs, tmp_path, workers="0..1", data=longdata)
+    deploy(addr, ROOT / "examples" / "echo")
+    r = call(addr, invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.float32))]), timeout_ms=20000)
+    assert r["ok"], r
+    mine = set(Path("/tmp").glob("aicfn-run-*")) - before
+    assert len(mine) == 1, mine
+    run = mine.pop()
+    assert run.stat().st_mode & 0o777 == 0o700 and len(run.name) == len("aicfn-run-XXXXXX"), run
+    g.signal(signal.SIGTERM)
+    assert g.wait(30) == 0
+    assert not run.exists(), list(run.iterdir())
+
+
 def sleep_fn_gateway(procs, tmp_path, name, timeout, workers, extra=()):
     """A gateway with function `name` (the test_sleep handler: it sleeps params.sleep_ms,
     one call at a time) deployed and warmed by one call. Returns (addr, gateway, input)."""
