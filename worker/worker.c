@@ -2106,15 +2106,17 @@ void worker_destroy(worker *w) {
     pthread_mutex_lock(&w->mu);
     w->draining = 1;
     pthread_mutex_unlock(&w->mu);
-    /* Stop the network first: it waits until every call was answered (the batchers are
-     * still running, so queued calls complete or expire) and every callback returned. */
+    /* Downloads end first (the drain, which let calls finish, is over): a handler's or a
+     * preload's may otherwise run for minutes, and the server below waits for the preload's
+     * answer, which comes when its download fails. A call still waiting for one is
+     * answered with the cancellation. */
+    if (w->fetcher) worker_fetcher_cancel(w->fetcher);
+    /* Then the network: it waits until every call was answered (the batchers are still
+     * running, so queued calls complete or expire) and every callback returned. */
     rpc_server_destroy(w->srv);
     w->srv = NULL;
     /* Every call was answered; a parked call's thread may still be on its way out, and
-     * a preload or a model wait whose calls are gone may still be loading. Downloads
-     * are for calls: none is left to wait for one, so they end now (a handler's may
-     * otherwise run for minutes). */
-    if (w->fetcher) worker_fetcher_cancel(w->fetcher);
+     * a model wait whose calls are gone may still be loading. */
     pthread_mutex_lock(&w->mu);
     while (w->parked > 0 || w->loaders > 0)
         pthread_cond_wait(&w->cv, &w->mu);

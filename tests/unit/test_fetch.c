@@ -550,6 +550,64 @@ typedef struct racer {
     aicfn_error err;
 } racer;
 
+typedef struct preload_answer {
+    atomic_int done;
+    int status;
+} preload_answer;
+
+static void on_preload_answer(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    (void)err;
+    preload_answer *a = user;
+    a->status = status;
+    rpc_msg_free(reply);
+    atomic_store(&a->done, 1);
+}
+
+/* A preload (a keep-warm request) whose snapshot download the gateway holds when the
+ * worker stops: destroying the worker ends the download at once, so the preload is
+ * answered and the server's wait for it ends, instead of waiting out the fetcher's chunk
+ * timeout (5 s here; a multi-GB snapshot's whole download in general). */
+static void stop_during_a_preload_download(void **state) {
+    fixture *fx = *state;
+    fx->g->mode = MODE_HOLD;
+    worker_fetcher *f = open_fetcher(fx, NULL, 5000);
+    char url[64];
+    snprintf(url, sizeof url, "inproc://fetch-preload-%d", (int)getpid());
+    worker_config wc = {.listen = url, .device = "host", .memory_bytes = 16u << 20, .id = "wp", .fetcher = f};
+    worker *w = NULL;
+    aicfn_error e;
+    assert_int_equal(worker_create(&wc, &w, &e), AICFN_OK);
+    assert_int_equal(worker_start(w, &e), AICFN_OK);
+    rpc_client *c = NULL;
+    assert_int_equal(rpc_client_open(&c, url, NULL, &e), AICFN_OK);
+    char snapshot[128];
+    snprintf(snapshot, sizeof snapshot, "/data/artifacts/%s", fx->g->hash);
+    wire_writer wr;
+    wire_writer_init(&wr);
+    wire_put_map(&wr, 6);
+    wire_kv_u64(&wr, "v", AICFN_PROTOCOL_VERSION);
+    wire_kv_str(&wr, "t", "preload");
+    wire_kv_u64(&wr, "id", 9);
+    wire_kv_str(&wr, "model", fx->g->hash);
+    wire_kv_str(&wr, "snapshot", snapshot);
+    wire_kv_u64(&wr, "deadline_ms", 30000);
+    preload_answer ans = {0};
+    assert_int_equal(rpc_call_async(c, wr.data, wr.len, 30000, on_preload_answer, &ans, &e), AICFN_OK);
+    wire_writer_fini(&wr);
+    for (int i = 0; i < 500 && atomic_load(&fx->g->requests) == 0; i++) /* the download has begun */
+        usleep(10000);
+    assert_true(atomic_load(&fx->g->requests) > 0);
+    uint64_t t0 = clock_now_us();
+    worker_destroy(w);
+    assert_true(clock_now_us() - t0 < 1000000);
+    for (int i = 0; i < 300 && !atomic_load(&ans.done); i++)
+        usleep(10000);
+    assert_true(atomic_load(&ans.done)); /* answered (its failure, or the link's end) */
+    rpc_client_close(c);
+    release_held(fx->g);
+    worker_fetcher_destroy(f);
+}
+
 static void *racer_main(void *arg) {
     racer *r = arg;
     pthread_barrier_wait(r->go);
@@ -753,6 +811,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(silent_gateway_times_out_per_chunk, setup, teardown),
         cmocka_unit_test_setup_teardown(call_waiting_for_its_handler_is_answered_at_its_deadline, setup,
                                         teardown),
+        cmocka_unit_test_setup_teardown(stop_during_a_preload_download, setup, teardown),
         cmocka_unit_test_setup_teardown(single_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(leftover_temporaries_of_dead_processes_removed, setup, teardown),
         cmocka_unit_test_setup_teardown(bad_configs, setup, teardown),
