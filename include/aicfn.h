@@ -222,8 +222,10 @@ typedef enum aicfn_log_level {
 } aicfn_log_level;
 
 /* The helpers the worker provides, passed to every entry point. The table and its
- * functions stay valid while the library is loaded. Every helper is thread-safe;
- * the ones taking a response may be called only during the invoke that owns it. */
+ * functions stay valid while the library is loaded. Every helper is thread-safe, save
+ * that calls on ONE response (alloc_output, set_error) must not overlap: a handler may
+ * fill several responses from several threads, one thread per response at a time. The
+ * ones taking a response may be called only during the invoke that owns it. */
 typedef struct aicfn_host_api {
     uint32_t abi_version;         /* the worker's AICFN_ABI_ENCODE(major, minor) */
     uint32_t struct_size;         /* sizeof(aicfn_host_api) in the worker */
