@@ -2053,7 +2053,9 @@ static void gw_keep_holders_locked(gw_gateway *gw, gw_fn *f, const gw_route_work
         for (size_t k = 0; k < view[i].n_models; k++)
             if (strcmp(view[i].models[k].key, f->key) == 0 && view[i].models[k].kept) kept++;
     for (size_t i = 0; i < n && kept < f->cfg.min_workers; i++) {
-        if (!view[i].usable) continue;
+        /* A full worker (every call context in use) is asked on a later tick: the keep
+         * would take a context its status polls need. */
+        if (!view[i].usable || view[i].full) continue;
         gw_route_model *m = NULL;
         for (size_t k = 0; k < ws[i]->n_models && !m; k++)
             if (strcmp(ws[i]->models[k].key, f->key) == 0) m = &ws[i]->models[k];
