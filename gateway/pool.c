@@ -92,13 +92,28 @@ static pool_child *pool_find(gw_pool *p, uint32_t id) {
     return NULL;
 }
 
+/* Worker `id`'s listening address (its socket's path in the run directory, named for
+ * this gateway's pid); false when it does not fit. */
+static bool pool_worker_addr(const gw_pool *p, uint32_t id, char *out, size_t cap) {
+    int n = snprintf(out, cap, "ipc://%s/w%ld-%u.ipc", p->run_dir, (long)getpid(), id);
+    return n >= 0 && (size_t)n < cap;
+}
+
+/* Removes an exited worker's socket and fault note (its exit handled, the note read):
+ * else every restart leaves two files in the run directory until the gateway stops. */
+static void pool_remove_files(const gw_pool *p, uint32_t id) {
+    char addr[GW_POOL_ADDR_MAX], note[GW_POOL_ADDR_MAX];
+    if (!pool_worker_addr(p, id, addr, sizeof addr)) return;
+    (void)unlink(addr + strlen("ipc://"));
+    if (gw_pool_fault_note_path(addr, note, sizeof note)) (void)unlink(note);
+}
+
 /* Forks one worker. Called on the pool thread with p->mu held (the child only calls
  * async-signal-safe functions before execv). */
 static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     r->id = ++p->next_id;
     if (r->id == 0) r->id = p->next_id = 1; /* wrapped: ids are never 0 */
-    int n = snprintf(r->addr, sizeof r->addr, "ipc://%s/w%ld-%u.ipc", p->run_dir, (long)getpid(), r->id);
-    if (n < 0 || (size_t)n >= sizeof r->addr) {
+    if (!pool_worker_addr(p, r->id, r->addr, sizeof r->addr)) {
         r->code =
             aicfn_error_set(&r->err, AICFN_E_INVALID, "worker address under '%s' is too long", p->run_dir);
         return;
@@ -270,6 +285,7 @@ static void *pool_main(void *arg) {
                     log_info("worker w%u (pid %ld) exited with status %d", ex[i].id, (long)ex[i].pid,
                              WEXITSTATUS(st));
                 if (p->on_exit) p->on_exit(p->arg, ex[i].id, ex[i].pid, st);
+                pool_remove_files(p, ex[i].id);
             }
             pthread_mutex_lock(&p->mu);
             continue;

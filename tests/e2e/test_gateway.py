@@ -845,6 +845,12 @@ def test_workers_table_lost_worker_and_no_row_per_call(procs, tmp_path):
     assert w2["name"] != w["name"]
     assert wait_worker_row(data, w2["name"], "ready")["pid"] == w2["pid"]
     assert worker_row(data, w["name"])["state"] == "lost"
+    # The lost worker's socket and fault note are gone from the run directory; the new
+    # worker's socket is there.
+    sock = lambda x: x["address"].rsplit("/", 1)[1]  # noqa: E731
+    run = sorted(p.name for p in (data / "run").iterdir())
+    assert [n for n in run if n.endswith(".ipc")] == [sock(w2)], run
+    assert not any(n.startswith(sock(w)[:-len("ipc")]) for n in run), run
     # `aicfn workers --history` reads the rows back, newest first.
     h = run_cli(["workers", "--history", "--data-dir", data, "--json"])
     assert h.returncode == 0, h.stderr
