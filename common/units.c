@@ -37,21 +37,16 @@ static int units_parse(const char *s, const unit_suffix *table, size_t n, uint64
 }
 
 int units_parse_size(const char *s, uint64_t *out, aicfn_error *err) {
+    /* One row per power of the unit. */
+    /* clang-format off */
     static const unit_suffix table[] = {
         {"B", 1},
-        {"K", 1ull << 10},
-        {"KiB", 1ull << 10},
-        {"KB", 1000ull},
-        {"M", 1ull << 20},
-        {"MiB", 1ull << 20},
-        {"MB", 1000000ull},
-        {"G", 1ull << 30},
-        {"GiB", 1ull << 30},
-        {"GB", 1000000000ull},
-        {"T", 1ull << 40},
-        {"TiB", 1ull << 40},
-        {"TB", 1000000000000ull},
+        {"K", 1ull << 10}, {"KiB", 1ull << 10}, {"KB", 1000ull},
+        {"M", 1ull << 20}, {"MiB", 1ull << 20}, {"MB", 1000000ull},
+        {"G", 1ull << 30}, {"GiB", 1ull << 30}, {"GB", 1000000000ull},
+        {"T", 1ull << 40}, {"TiB", 1ull << 40}, {"TB", 1000000000000ull},
     };
+    /* clang-format on */
     return units_parse(s, table, sizeof table / sizeof table[0], 1, out, "size", err);
 }
 

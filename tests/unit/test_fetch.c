@@ -482,6 +482,20 @@ static void silent_gateway_times_out_per_chunk(void **state) {
     worker_fetcher_destroy(f);
 }
 
+/* A worker (id `id`, on inproc://fetch-<id>-<pid>) that fetches artifacts with f, and a
+ * client connected to it. */
+static worker *start_fetching_worker(worker_fetcher *f, const char *id, rpc_client **c) {
+    char url[64];
+    snprintf(url, sizeof url, "inproc://fetch-%s-%d", id, (int)getpid());
+    worker_config wc = {.listen = url, .device = "host", .memory_bytes = 16u << 20, .id = id, .fetcher = f};
+    worker *w = NULL;
+    aicfn_error e;
+    assert_int_equal(worker_create(&wc, &w, &e), AICFN_OK);
+    assert_int_equal(worker_start(w, &e), AICFN_OK);
+    assert_int_equal(rpc_client_open(c, url, NULL, &e), AICFN_OK);
+    return w;
+}
+
 /* A remote worker's call names a function it does not hold: its handler is fetched first
  * (the gateway here never answers). The call is answered AICFN_E_TIMEOUT at its deadline
  * (200 ms), not when the download gives up (the fetcher's 2 s per chunk): a gateway
@@ -490,15 +504,9 @@ static void call_waiting_for_its_handler_is_answered_at_its_deadline(void **stat
     fixture *fx = *state;
     fx->g->mode = MODE_HOLD;
     worker_fetcher *f = open_fetcher(fx, NULL, 2000);
-    char url[64];
-    snprintf(url, sizeof url, "inproc://fetch-worker-%d", (int)getpid());
-    worker_config wc = {.listen = url, .device = "host", .memory_bytes = 16u << 20, .id = "wf", .fetcher = f};
-    worker *w = NULL;
-    aicfn_error e;
-    assert_int_equal(worker_create(&wc, &w, &e), AICFN_OK);
-    assert_int_equal(worker_start(w, &e), AICFN_OK);
     rpc_client *c = NULL;
-    assert_int_equal(rpc_client_open(&c, url, NULL, &e), AICFN_OK);
+    worker *w = start_fetching_worker(f, "wf", &c);
+    aicfn_error e;
     char handler[128];
     snprintf(handler, sizeof handler, "/data/artifacts/%s", fx->g->hash);
     wire_invoke_req req = {.id = 7,
@@ -571,15 +579,9 @@ static void stop_during_a_preload_download(void **state) {
     fixture *fx = *state;
     fx->g->mode = MODE_HOLD;
     worker_fetcher *f = open_fetcher(fx, NULL, 5000);
-    char url[64];
-    snprintf(url, sizeof url, "inproc://fetch-preload-%d", (int)getpid());
-    worker_config wc = {.listen = url, .device = "host", .memory_bytes = 16u << 20, .id = "wp", .fetcher = f};
-    worker *w = NULL;
-    aicfn_error e;
-    assert_int_equal(worker_create(&wc, &w, &e), AICFN_OK);
-    assert_int_equal(worker_start(w, &e), AICFN_OK);
     rpc_client *c = NULL;
-    assert_int_equal(rpc_client_open(&c, url, NULL, &e), AICFN_OK);
+    worker *w = start_fetching_worker(f, "wp", &c);
+    aicfn_error e;
     char snapshot[128];
     snprintf(snapshot, sizeof snapshot, "/data/artifacts/%s", fx->g->hash);
     wire_writer wr;
