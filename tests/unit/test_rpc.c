@@ -109,6 +109,16 @@ static void tsrv_handler(void *user, rpc_call *call, const uint8_t *msg, size_t 
         rpc_reply(call, msg, len);
 }
 
+/* tsrv_init(t, mode), a server on `url` (options `so`, may be NULL) answering with
+ * tsrv_handler, and a client connected to it. */
+static void tsrv_start(tsrv *t, int mode, const char *url, const rpc_server_opts *so, rpc_server **s,
+                       rpc_client **c) {
+    tsrv_init(t, mode);
+    aicfn_error e;
+    assert_int_equal(rpc_server_start(s, url, so, tsrv_handler, t, &e), AICFN_OK);
+    assert_int_equal(rpc_client_open(c, rpc_server_url(*s), NULL, &e), AICFN_OK);
+}
+
 /* Waits until at least n calls are held (bounded: 5 s). */
 static void tsrv_wait_held(tsrv *t, unsigned n) {
     uint64_t end = clock_now_us() + 5000000;
@@ -314,12 +324,10 @@ static void fail_inflight_ends_calls_queued_before_connecting(void **state) {
 static void cancel_ends_calls_and_refuses_later_ones(void **state) {
     (void)state;
     tsrv t;
-    tsrv_init(&t, MODE_HOLD);
     rpc_server *s;
-    aicfn_error e;
-    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", NULL, tsrv_handler, &t, &e), AICFN_OK);
     rpc_client *c;
-    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+    aicfn_error e;
+    tsrv_start(&t, MODE_HOLD, "tcp://127.0.0.1:0", NULL, &s, &c);
     lost_call lc;
     atomic_init(&lc.status, -1);
     assert_int_equal(rpc_call_async(c, "x", 1, 30000, lost_call_done, &lc, &e), AICFN_OK);
@@ -346,12 +354,10 @@ static void cancel_ends_calls_and_refuses_later_ones(void **state) {
 static void malformed_msgpack_gets_protocol_error(void **state) {
     (void)state;
     tsrv t;
-    tsrv_init(&t, MODE_CODEC);
     rpc_server *s;
-    aicfn_error e;
-    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", NULL, tsrv_handler, &t, &e), AICFN_OK);
     rpc_client *c;
-    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+    aicfn_error e;
+    tsrv_start(&t, MODE_CODEC, "tcp://127.0.0.1:0", NULL, &s, &c);
     const uint8_t junk[] = {0xdd, 0x7f, 0xff, 0xff, 0xff, 0xc1, 0x00};
     rpc_msg *rep;
     assert_int_equal(rpc_call_sync(c, junk, sizeof junk, 5000, &rep, &e), AICFN_OK);
@@ -398,13 +404,11 @@ static void oversized_message_dropped_server_keeps_serving(void **state) {
     const char *urls[] = {"tcp://127.0.0.1:0", ipc_url(6)};
     for (int u = 0; u < 2; u++) {
         tsrv t;
-        tsrv_init(&t, MODE_ECHO);
         rpc_server *s;
+        rpc_client *c;
         aicfn_error e;
         rpc_server_opts so = {.recv_max = 4096};
-        assert_int_equal(rpc_server_start(&s, urls[u], &so, tsrv_handler, &t, &e), AICFN_OK);
-        rpc_client *c;
-        assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+        tsrv_start(&t, MODE_ECHO, urls[u], &so, &s, &c);
         assert_int_equal(echo_once(c, 5000, 1), AICFN_OK);
         /* A body of exactly the limit passes: NNG also counts the SP header. */
         static uint8_t edge[4096];
@@ -496,12 +500,9 @@ static void huge_sp_length_refused_without_allocation(void **state) {
     const char *urls[] = {"tcp://127.0.0.1:0", ipc_url(2)};
     for (int u = 0; u < 2; u++) {
         tsrv t;
-        tsrv_init(&t, MODE_ECHO);
         rpc_server *s;
-        aicfn_error e;
-        assert_int_equal(rpc_server_start(&s, urls[u], NULL, tsrv_handler, &t, &e), AICFN_OK);
         rpc_client *c;
-        assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+        tsrv_start(&t, MODE_ECHO, urls[u], NULL, &s, &c);
         assert_int_equal(echo_once(c, 5000, 0), AICFN_OK);
         size_t before = rss_bytes();
         for (int k = 0; k < 4; k++) {
@@ -745,12 +746,10 @@ static void handshake_drops_then_listener_still_accepts(void **state) {
 static void timeout_when_no_reply(void **state) {
     (void)state;
     tsrv t;
-    tsrv_init(&t, MODE_HOLD);
     rpc_server *s;
-    aicfn_error e;
-    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", NULL, tsrv_handler, &t, &e), AICFN_OK);
     rpc_client *c;
-    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+    aicfn_error e;
+    tsrv_start(&t, MODE_HOLD, "tcp://127.0.0.1:0", NULL, &s, &c);
     uint64_t t0 = clock_now_us();
     rpc_msg *rep;
     assert_int_equal(rpc_call_sync(c, "x", 1, 300, &rep, &e), AICFN_E_TIMEOUT);
