@@ -148,22 +148,33 @@ int wire_get_str(const msgpack_object *map, const char *ctx, const char *key, bo
     return AICFN_OK;
 }
 
-int wire_obj_cstr(wire_doc *doc, const msgpack_object *o, const char *what, size_t max_len, const char **out,
-                  aicfn_error *err) {
-    if (o == NULL || o->type != MSGPACK_OBJECT_STR)
-        return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: expected a str", what);
+/* Whether o is a str wire_obj_cstr takes: at most max_len bytes (0: no limit), no NUL. */
+static bool wire_cstr_ok(const msgpack_object *o, size_t max_len) {
+    return o != NULL && o->type == MSGPACK_OBJECT_STR && (!max_len || o->via.str.size <= max_len) &&
+           (o->via.str.size == 0 || memchr(o->via.str.ptr, 0, o->via.str.size) == NULL);
+}
+
+/* Copies a str wire_cstr_ok took into the document's arena, NUL-terminated. */
+static int wire_cstr_copy(wire_doc *doc, const msgpack_object *o, const char *what, const char **out,
+                          aicfn_error *err) {
     size_t n = o->via.str.size;
-    if (max_len && n > max_len)
-        return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: str of %zu bytes exceeds the limit of %zu", what,
-                               n, max_len);
-    if (n && memchr(o->via.str.ptr, 0, n) != NULL)
-        return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: str contains a NUL byte", what);
     char *s = wire_doc_alloc(doc, n + 1);
     if (s == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "%s: copying %zu bytes", what, n);
     if (n) memcpy(s, o->via.str.ptr, n);
     s[n] = 0;
     *out = s;
     return AICFN_OK;
+}
+
+int wire_obj_cstr(wire_doc *doc, const msgpack_object *o, const char *what, size_t max_len, const char **out,
+                  aicfn_error *err) {
+    if (wire_cstr_ok(o, max_len)) return wire_cstr_copy(doc, o, what, out, err);
+    if (o == NULL || o->type != MSGPACK_OBJECT_STR)
+        return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: expected a str", what);
+    if (max_len && o->via.str.size > max_len)
+        return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: str of %zu bytes exceeds the limit of %zu", what,
+                               (size_t)o->via.str.size, max_len);
+    return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s: str contains a NUL byte", what);
 }
 
 int wire_get_cstr(wire_doc *doc, const msgpack_object *map, const char *ctx, const char *key, bool required,
@@ -173,9 +184,7 @@ int wire_get_cstr(wire_doc *doc, const msgpack_object *map, const char *ctx, con
     if (!wire_find(map, ctx, key, required, &o, &rc, err)) return rc;
     /* The usual case builds no message context (this runs for most keys of every message):
      * only the copy can fail, for want of memory, and `key` names it then. */
-    if (o->type == MSGPACK_OBJECT_STR && (!max_len || o->via.str.size <= max_len) &&
-        (o->via.str.size == 0 || memchr(o->via.str.ptr, 0, o->via.str.size) == NULL))
-        return wire_obj_cstr(doc, o, key, max_len, out, err);
+    if (wire_cstr_ok(o, max_len)) return wire_cstr_copy(doc, o, key, out, err);
     char what[160];
     snprintf(what, sizeof what, "key '%s%s%s'", wire_ctx(ctx), wire_sep(ctx), key);
     return wire_obj_cstr(doc, o, what, max_len, out, err);
