@@ -1123,6 +1123,21 @@ static void gw_outbox_reroute_locked(gw_gateway *gw, gw_worker *w, gw_actions *a
     }
 }
 
+/* The calls pending on w (never sent: it died or could not start) are routed again: to
+ * a ready worker, or queued, the start back-off (gw_start_failed_locked) pacing any new
+ * start, until their deadlines (lock held). */
+static void gw_pending_reroute_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
+    gw_call *p = w->pending_head;
+    w->pending_head = w->pending_tail = NULL;
+    w->pending_calls = 0;
+    while (p) {
+        gw_call *next = p->next;
+        p->worker = NULL;
+        gw_route_locked(gw, p, a);
+        p = next;
+    }
+}
+
 /* A local worker could not start: it died before it was ready, or it could not even be
  * spawned (fork failed, out of memory). No local worker starts for a back-off doubling
  * from AICFN_WORKER_RESTART_BACKOFF_MIN_MS to _MAX_MS (reset by a worker that becomes
@@ -1173,21 +1188,7 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     /* Its calls and polls in flight fail now (AICFN_E_WORKER_LOST) rather than at their
      * deadlines: one queued before the link connected would see no dropped connection. */
     if (w->client) rpc_client_fail_inflight(w->client);
-    gw_call *p = w->pending_head;
-    w->pending_head = w->pending_tail = NULL;
-    w->pending_calls = 0;
-    while (p) {
-        gw_call *next = p->next;
-        if (never_ready) {
-            /* A worker that dies while starting would die again: fail, do not respawn. */
-            gw_fail_locked(a, p, AICFN_E_UNAVAILABLE,
-                           "worker %s exited before it was ready (see the gateway's log)", w->name);
-        } else {
-            p->worker = NULL;
-            gw_route_locked(gw, p, a);
-        }
-        p = next;
-    }
+    gw_pending_reroute_locked(gw, w, a);
     gw_outbox_reroute_locked(gw, w, a);
 }
 
@@ -1704,14 +1705,7 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
                 log_error("starting a local worker: %s", e.msg);
                 if (pool && !gw->stopping) gw_start_failed_locked(gw, "a local worker could not be started");
                 w->state = GW_WORKER_DEAD;
-                gw_call *p = w->pending_head;
-                w->pending_head = w->pending_tail = NULL;
-                w->pending_calls = 0;
-                while (p) {
-                    gw_call *n2 = p->next;
-                    gw_fail_locked(&next, p, AICFN_E_UNAVAILABLE, "no worker could be started: %s", e.msg);
-                    p = n2;
-                }
+                gw_pending_reroute_locked(gw, w, &next);
             }
             pthread_mutex_unlock(&gw->mu);
             more = true;

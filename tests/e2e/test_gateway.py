@@ -687,6 +687,24 @@ def test_worker_that_cannot_start_is_retried_with_back_off(procs, tmp_path):
     assert "no local worker starts for 400 ms" in g.stderr()
 
 
+def test_call_waiting_for_a_worker_that_dies_at_start_is_routed_again(procs, tmp_path):
+    """A call waits for a local worker that dies before it is ready (its socket's path is
+    taken by a directory, so its listener fails): the call was never sent, so it is routed
+    again, to the next worker started after the back-off, and succeeds."""
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    deploy(addr, ROOT / "examples" / "echo")
+    run_dir = Path(data) / "run"
+    assert run_dir.is_dir(), "the run directory fell back to a temporary one: the test needs data/run"
+    (run_dir / f"w{g.p.pid}-1.ipc").mkdir()  # the first local worker's listening path
+    r = call(addr, invoke_msg("echo", [bytes_tensor("text", [b"again"])], deadline_ms=20000), timeout_ms=30000)
+    assert r["ok"], (r, g.stderr()[-3000:])
+    assert r["outputs"][0]["data"] == b"\x05\x00\x00\x00again", r
+    err = g.stderr()
+    assert "w1 died before it was ready" in err, err[-3000:]
+    pool = workers(addr)
+    assert [w["name"] for w in pool] == ["w2"], pool
+
+
 def slow_fini_worker(procs, tmp_path, **gateway_args):
     """A gateway with one local worker serving `slowfini`, whose handler's fini takes 2.5 s
     and then writes the returned marker file; after one call, so the fini will run."""
