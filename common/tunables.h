@@ -104,6 +104,9 @@
 #define AICFN_LEDGER_FLUSH_MS 100
 #define AICFN_LEDGER_FLUSH_RECORDS 1000
 #define AICFN_WORKER_KILL_GRACE_MS 5000      /* SIGTERM'd local worker: SIGKILL after this */
+#define AICFN_WORKER_REAP_GIVE_UP_MS 10000   /* SIGKILL'd local worker still not exited (asleep in
+                                                 a driver, uninterruptibly): logged; a stopping
+                                                 gateway leaves it unreaped and exits */
 #define AICFN_CALL_GRACE_MS 5000              /* call past its timeout + this: worker killed, replaced */
 #define AICFN_BUNDLE_REPLY_MARGIN_MS 2000     /* a bundle's reply is awaited this much longer than
                                                  its longest call's timeout + AICFN_CALL_GRACE_MS, at

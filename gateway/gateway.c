@@ -2812,8 +2812,9 @@ void gw_stop(gw_gateway *gw) {
         pthread_mutex_lock(&gw->mu);
         for (gw_worker *w = gw->workers; w; w = w->next)
             if (w->state != GW_WORKER_DEAD) {
-                /* Remote workers (local ones exited with the pool): unlinked in order. */
-                gw_worker_row_locked(gw, w, GW_WROW_EXITED);
+                /* Remote workers, unlinked in order; local ones exited with the pool,
+                 * but for one the pool gave up on (it outlived its SIGKILL): lost. */
+                gw_worker_row_locked(gw, w, w->pool_id ? GW_WROW_LOST : GW_WROW_EXITED);
                 w->state = GW_WORKER_DEAD;
                 if (w->client) rpc_client_fail_inflight(w->client);
             }

@@ -42,7 +42,9 @@ typedef struct pool_child {
     pid_t pid;
     int pidfd; /* readable once the child exits; -1 when pidfd_open failed (polled) */
     pool_state state;
-    uint64_t term_at_us; /* when SIGTERM was sent */
+    uint64_t term_at_us;   /* when SIGTERM was sent */
+    uint64_t killed_at_us; /* when SIGKILL was sent */
+    bool stuck_logged;     /* outlived its SIGKILL by reap_give_up_us: said once */
     struct pool_child *next;
 } pool_child;
 
@@ -65,6 +67,7 @@ struct gw_pool {
     char **extra;
     size_t n_extra;
     uint64_t grace_us;
+    uint64_t give_up_us;
     gw_pool_exit_fn on_exit;
     void *arg;
 
@@ -84,6 +87,13 @@ struct gw_pool {
 
 static char *pool_strdup(const char *s) {
     return s ? strdup(s) : NULL;
+}
+
+/* SIGKILL, once (lock held). */
+static void pool_kill_child(pool_child *c, uint64_t now) {
+    kill(c->pid, SIGKILL);
+    c->state = POOL_KILLED;
+    c->killed_at_us = now;
 }
 
 static pool_child *pool_find(gw_pool *p, uint32_t id) {
@@ -218,8 +228,10 @@ static void pool_sleep_locked(gw_pool *p) {
             p->fds[n++] = (struct pollfd){.fd = c->pidfd, .events = POLLIN};
         else
             timeout_ms = POOL_TICK_MS; /* no pidfd (or no room for it): poll waitpid */
-        if (c->state == POOL_TERMINATING) {
-            uint64_t due = c->term_at_us + p->grace_us;
+        uint64_t due = c->state == POOL_TERMINATING                  ? c->term_at_us + p->grace_us
+                       : c->state == POOL_KILLED && !c->stuck_logged ? c->killed_at_us + p->give_up_us
+                                                                     : 0;
+        if (due) {
             uint64_t ms = due > now ? (due - now + 999) / 1000 : 0;
             if (timeout_ms < 0 || ms < (uint64_t)timeout_ms) timeout_ms = (int)(ms > INT_MAX ? INT_MAX : ms);
         }
@@ -269,8 +281,23 @@ static void *pool_main(void *arg) {
             if (c->state == POOL_TERMINATING && now - c->term_at_us > p->grace_us) {
                 log_warn("worker w%u (pid %ld) still running %llu ms after SIGTERM: SIGKILL", c->id,
                          (long)c->pid, (unsigned long long)(p->grace_us / 1000));
-                kill(c->pid, SIGKILL);
-                c->state = POOL_KILLED; /* once: the next passes only wait to reap it */
+                pool_kill_child(c, now); /* once: the next passes only wait to reap it */
+            }
+            if (c->state == POOL_KILLED && now - c->killed_at_us >= p->give_up_us) {
+                if (!c->stuck_logged)
+                    log_error("worker w%u (pid %ld) has not exited %llu ms after SIGKILL (asleep "
+                              "uninterruptibly, in a device driver?)%s",
+                              c->id, (long)c->pid, (unsigned long long)(p->give_up_us / 1000),
+                              p->stopping ? ": left unreaped" : ": its slot stays taken until it exits");
+                c->stuck_logged = true;
+                if (p->stopping) {
+                    /* Its SIGKILL is pending; init reaps it once it wakes, after we exit. */
+                    *pc = c->next;
+                    p->live--;
+                    if (c->pidfd >= 0) close(c->pidfd);
+                    free(c);
+                    continue;
+                }
             }
             pc = &c->next;
         }
@@ -324,6 +351,8 @@ int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg
     if (cfg->worker_memory)
         snprintf(p->memory, sizeof p->memory, "%llu", (unsigned long long)cfg->worker_memory);
     p->grace_us = cfg->kill_grace_us ? cfg->kill_grace_us : (uint64_t)AICFN_WORKER_KILL_GRACE_MS * 1000;
+    p->give_up_us =
+        cfg->reap_give_up_us ? cfg->reap_give_up_us : (uint64_t)AICFN_WORKER_REAP_GIVE_UP_MS * 1000;
     p->on_exit = on_exit;
     p->arg = arg;
     p->next_id = cfg->first_id ? cfg->first_id - 1 : 0;
@@ -400,13 +429,16 @@ static int pool_signal(gw_pool *p, uint32_t id, int sig) {
     }
     /* One SIGTERM per worker: a second one stops `aicfn worker` at once, cutting short
      * the drain and teardown the first one asked for (the grace's SIGKILL ends it). */
-    if (sig != SIGTERM || c->state == POOL_RUNNING) kill(c->pid, sig);
-    if (sig == SIGTERM && c->state == POOL_RUNNING) {
+    if (sig == SIGKILL) {
+        if (c->state != POOL_KILLED) {
+            pool_kill_child(c, clock_now_us());
+            pool_wake(p); /* to time the give-up */
+        }
+    } else if (c->state == POOL_RUNNING) {
+        kill(c->pid, SIGTERM);
         c->state = POOL_TERMINATING;
         c->term_at_us = clock_now_us();
         pool_wake(p); /* to time the SIGKILL escalation */
-    } else if (sig == SIGKILL) {
-        c->state = POOL_KILLED;
     }
     pthread_mutex_unlock(&p->mu);
     return AICFN_OK;

@@ -7,7 +7,9 @@
  * worker stuck past its call's timeout). One thread owns the children: it forks them
  * (so their PR_SET_PDEATHSIG follows a thread that lives as long as the pool, and a
  * gateway killed with -9 takes its workers with it (SIGKILL)), reaps them with waitpid and
- * escalates overdue SIGTERMs.
+ * escalates overdue SIGTERMs. A worker that outlives its SIGKILL (asleep uninterruptibly,
+ * in a GPU driver say) is logged; destroying the pool gives up on it after
+ * reap_give_up_us, so a stopping gateway is never held by it.
  *
  * Not for: deciding when to start or stop a worker (gateway.c does, from the router's
  * decisions and its idle timer), talking to workers (workerlink.c), or remote workers
@@ -33,12 +35,14 @@ typedef struct gw_pool_config {
     const char *device;            /* "auto", "host" or "cuda"; NULL = "auto" */
     uint64_t worker_memory;        /* each worker's cache budget in bytes; 0 = the worker's default */
     uint64_t kill_grace_us;        /* SIGTERM -> SIGKILL escalation; 0 = AICFN_WORKER_KILL_GRACE_MS */
+    uint64_t reap_give_up_us;      /* SIGKILL -> given up on; 0 = AICFN_WORKER_REAP_GIVE_UP_MS */
     const char *const *extra_args; /* NULL-terminated extra arguments for every worker, or NULL */
     uint32_t first_id;             /* id (and name w<id>) of the first worker started; 0 = 1 */
 } gw_pool_config;
 
 /* Called from the pool's thread, with no pool lock held, once per worker that exited
- * (after it was reaped). `wait_status` is waitpid's. May call gw_pool_* (not destroy). */
+ * (after it was reaped). `wait_status` is waitpid's. May call gw_pool_* (not destroy).
+ * A worker given up on while the pool is destroyed gets no call. */
 typedef void (*gw_pool_exit_fn)(void *arg, uint32_t id, pid_t pid, int wait_status);
 
 /* Creates the pool and starts its thread. The config strings are copied.

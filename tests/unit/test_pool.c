@@ -1,9 +1,12 @@
 /* test_pool.c: the local worker pool with stand-in worker programs (shell scripts):
  * the command line a worker gets, SIGTERM drain and exit, SIGKILL escalation of a
  * worker that ignores SIGTERM, kill -9, unique ids, reaping everything on destroy, and
- * a pool with live workers that sleeps while nothing happens, and the fault note a
- * worker leaves when a handler crashes it. */
+ * a pool with live workers that sleeps while nothing happens, the fault note a worker
+ * leaves when a handler crashes it, and a destroy that gives up on a worker that
+ * outlives its SIGKILL. */
 #include <dirent.h>
+#include <errno.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -95,16 +98,24 @@ static void clear_args_files(void) {
     closedir(d);
 }
 
-static gw_pool *make_pool(const char *script, exits *e, uint64_t grace_us) {
+static gw_pool *make_pool_giving_up(const char *script, exits *e, uint64_t grace_us, uint64_t give_up_us) {
     clear_args_files();
     char exe[300];
     snprintf(exe, sizeof exe, "%s/%s", g_dir, script);
-    gw_pool_config cfg = {
-        .exe = exe, .run_dir = g_dir, .device = "host", .worker_memory = 1234, .kill_grace_us = grace_us};
+    gw_pool_config cfg = {.exe = exe,
+                          .run_dir = g_dir,
+                          .device = "host",
+                          .worker_memory = 1234,
+                          .kill_grace_us = grace_us,
+                          .reap_give_up_us = give_up_us};
     gw_pool *p = NULL;
     aicfn_error err;
     assert_int_equal(gw_pool_create(&cfg, on_exit_cb, e, &p, &err), 0);
     return p;
+}
+
+static gw_pool *make_pool(const char *script, exits *e, uint64_t grace_us) {
+    return make_pool_giving_up(script, e, grace_us, 0);
 }
 
 static void spawn_args_and_terminate(void **state) {
@@ -184,6 +195,77 @@ static void stubborn_worker_is_killed_after_grace(void **state) {
     assert_true(WIFSIGNALED(e.status[0]));
     assert_int_equal(WTERMSIG(e.status[0]), SIGKILL);
     gw_pool_destroy(p);
+}
+
+/* Writes `text` to a cgroup control file; false when it cannot be written. */
+static bool cgroup_write(const char *dir, const char *file, const char *text) {
+    char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, file);
+    FILE *f = fopen(path, "w");
+    if (!f) return false;
+    bool ok = fputs(text, f) >= 0;
+    return fclose(f) == 0 && ok;
+}
+
+static bool cgroup_frozen(const char *dir) {
+    char path[512], state[32] = {0};
+    snprintf(path, sizeof path, "%s/freezer.state", dir);
+    FILE *f = fopen(path, "r");
+    if (!f) return false;
+    bool frozen = fgets(state, sizeof state, f) && strncmp(state, "FROZEN", 6) == 0;
+    fclose(f);
+    return frozen;
+}
+
+static void *destroy_thread(void *arg) {
+    gw_pool_destroy(arg);
+    return NULL;
+}
+
+/* A worker that outlives its SIGKILL (frozen by the cgroup v1 freezer: asleep
+ * uninterruptibly, as in a wedged GPU driver) does not hold up the pool's destroy
+ * (a stopping gateway) past the give-up time. Needs a writable v1 freezer (root). */
+static void killed_worker_that_never_exits_is_given_up_on(void **state) {
+    (void)state;
+    char cg[128];
+    snprintf(cg, sizeof cg, "/sys/fs/cgroup/freezer/aicfn-test-pool-%ld", (long)getpid());
+    if (mkdir(cg, 0700) != 0) {
+        fprintf(stderr, "[  SKIP    ] no writable cgroup v1 freezer (%s: %s): the test needs root and one\n",
+                cg, strerror(errno));
+        skip();
+    }
+    exits e = {0};
+    gw_pool *p = make_pool_giving_up("stubborn.sh", &e, 100000, 300000);
+    uint32_t id;
+    pid_t pid = 0;
+    assert_int_equal(gw_pool_spawn(p, &id, NULL, 0, &pid, NULL), 0);
+    wait_started(id);
+    char pidtext[32];
+    snprintf(pidtext, sizeof pidtext, "%ld\n", (long)pid);
+    assert_true(cgroup_write(cg, "cgroup.procs", pidtext));
+    assert_true(cgroup_write(cg, "freezer.state", "FROZEN\n"));
+    for (int i = 0; i < 300 && !cgroup_frozen(cg); i++)
+        usleep(10000);
+    assert_true(cgroup_frozen(cg));
+    assert_int_equal(gw_pool_kill(p, id), 0);
+
+    pthread_t t;
+    assert_int_equal(pthread_create(&t, NULL, destroy_thread, p), 0);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 5;
+    bool returned = pthread_timedjoin_np(t, NULL, &until) == 0;
+    int exits_seen = __atomic_load_n(&e.n, __ATOMIC_SEQ_CST);
+    /* Thawed, it takes its SIGKILL: reaped here, or by a pool still waiting for it. */
+    assert_true(cgroup_write(cg, "freezer.state", "THAWED\n"));
+    if (!returned) pthread_join(t, NULL);
+    int st = 0;
+    if (returned) assert_int_equal(waitpid(pid, &st, 0), pid);
+    for (int i = 0; i < 300 && rmdir(cg) != 0; i++)
+        usleep(10000);
+    assert_true(returned);
+    assert_int_equal(exits_seen, 0); /* never reaped by the pool: no exit reported */
+    assert_true(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL);
 }
 
 static void kill_now_and_unique_ids(void **state) {
@@ -331,9 +413,13 @@ static void bad_config(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(spawn_args_and_terminate), cmocka_unit_test(stubborn_worker_is_killed_after_grace),
-        cmocka_unit_test(kill_now_and_unique_ids),  cmocka_unit_test(idle_pool_sleeps),
-        cmocka_unit_test(fault_note_round_trip),    cmocka_unit_test(bad_config),
+        cmocka_unit_test(spawn_args_and_terminate),
+        cmocka_unit_test(stubborn_worker_is_killed_after_grace),
+        cmocka_unit_test(kill_now_and_unique_ids),
+        cmocka_unit_test(idle_pool_sleeps),
+        cmocka_unit_test(fault_note_round_trip),
+        cmocka_unit_test(bad_config),
+        cmocka_unit_test(killed_worker_that_never_exits_is_given_up_on),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
