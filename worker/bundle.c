@@ -2,7 +2,10 @@
  * The reply must fit the gateway's receive limit (AICFN_MAX_MESSAGE_BYTES): a slot whose
  * reply would overflow it, with room kept for the slots after it, is answered with
  * AICFN_E_TOO_LARGE instead, so every slot is answered (the gateway only bundles
- * functions whose replies are small, so this is a safety net, not a path). */
+ * functions whose replies are small, so this is a safety net, not a path). That check
+ * runs as each reply is put, on the slots filled so far: a reply it refuses would be
+ * refused at the send too (the slots before it only grow), and it is freed at once, so
+ * a bundle holds at most one message's worth of replies, not one per slot. */
 #include "worker/bundle.h"
 
 #include <pthread.h>
@@ -22,8 +25,9 @@ struct worker_bundle {
     uint64_t id;
     uint32_t n;
     worker_bundle_watch *watch;
-    atomic_uint left; /* unfilled slots, plus one while the creator holds it */
-    atomic_uint refs; /* one per slot's put, one for the send, one while in the watch's list */
+    atomic_uint left;   /* unfilled slots, plus one while the creator holds it */
+    atomic_uint refs;   /* one per slot's put, one for the send, one while in the watch's list */
+    pthread_mutex_t mu; /* the slots' replies and lens, from the first put to the send */
     atomic_bool *filled;
     uint8_t **replies;
     size_t *lens;
@@ -46,6 +50,7 @@ struct worker_bundle_watch {
 static void bundle_unref(worker_bundle *b) {
     if (atomic_fetch_sub(&b->refs, 1) != 1) return;
     rpc_msg_free(b->request);
+    pthread_mutex_destroy(&b->mu);
     free(b->filled);
     free(b->replies);
     free(b->lens);
@@ -58,6 +63,7 @@ worker_bundle *worker_bundle_new(worker_bundle_watch *watch, rpc_call *call, uin
     if (n == 0 || n > AICFN_BUNDLE_MAX_CALLS) return NULL;
     worker_bundle *b = calloc(1, sizeof *b);
     if (b == NULL) return NULL;
+    pthread_mutex_init(&b->mu, NULL);
     b->filled = calloc(n, sizeof *b->filled);
     b->replies = calloc(n, sizeof *b->replies);
     b->lens = calloc(n, sizeof *b->lens);
@@ -98,31 +104,48 @@ static uint8_t *bundle_error_reply(uint64_t id, int code, const char *msg, size_
     return p;
 }
 
+/* The bundle's reply, less its envelope: what its slots' replies may take. */
+#define BUNDLE_REPLY_ROOM (AICFN_MAX_MESSAGE_BYTES - 4096)
+
+/* Replaces `reply` (freed) with the AICFN_E_TOO_LARGE error reply of its request;
+ * *len: in, the reply's length; out, the error reply's (NULL when out of memory). */
+static uint8_t *bundle_refuse_reply(uint8_t *reply, size_t *len) {
+    uint64_t id = wire_peek_id(reply, *len);
+    char msg[160];
+    snprintf(msg, sizeof msg, "the reply (%zu bytes) does not fit in its bundle's message; call again", *len);
+    free(reply);
+    return bundle_error_reply(id, AICFN_E_TOO_LARGE, msg, len);
+}
+
+/* Refuses each reply that does not fit after the replies of the slots before it, with
+ * room kept for the slots after it to be answered, at worst with an error reply each
+ * (slots not yet filled count as empty: they only add to the slots after them). */
+static void bundle_refuse_overflow_locked(worker_bundle *b) {
+    size_t total = 64; /* the bundle reply's envelope */
+    for (uint32_t i = 0; i < b->n; i++) {
+        if (!b->replies[i]) continue;
+        size_t rest = (size_t)(b->n - i - 1) * (BUNDLE_ERROR_REPLY_MAX + 8);
+        if (total + b->lens[i] + 8 + rest > BUNDLE_REPLY_ROOM)
+            b->replies[i] = bundle_refuse_reply(b->replies[i], &b->lens[i]);
+        total += b->lens[i] + 8;
+    }
+}
+
 static void bundle_send(worker_bundle *b) {
     wire_part *parts = calloc(b->n, sizeof *parts);
-    size_t total = 64;
-    const size_t limit = AICFN_MAX_MESSAGE_BYTES - 4096;
     int ok = parts != NULL;
-    for (uint32_t i = 0; ok && i < b->n; i++) {
-        /* A reply fits if the slots after it can still be answered, at worst with an
-         * error reply each; otherwise it becomes one itself. */
-        size_t rest = (size_t)(b->n - i - 1) * (BUNDLE_ERROR_REPLY_MAX + 8);
-        if (b->replies[i] && total + b->lens[i] + 8 + rest > limit) {
-            uint64_t id = wire_peek_id(b->replies[i], b->lens[i]);
-            char msg[160];
-            snprintf(msg, sizeof msg,
-                     "the reply (%zu bytes) does not fit in its bundle's message; call again", b->lens[i]);
-            free(b->replies[i]);
-            b->replies[i] = bundle_error_reply(id, AICFN_E_TOO_LARGE, msg, &b->lens[i]);
-        }
+    /* Every slot is filled (no put runs now). A slot whose reply could not be encoded
+     * gets an error reply, which the check then counts like the others. */
+    pthread_mutex_lock(&b->mu);
+    for (uint32_t i = 0; i < b->n; i++)
         if (b->replies[i] == NULL)
             b->replies[i] =
                 bundle_error_reply(0, AICFN_E_NOMEM, "out of memory encoding the reply", &b->lens[i]);
+    bundle_refuse_overflow_locked(b);
+    pthread_mutex_unlock(&b->mu);
+    for (uint32_t i = 0; ok && i < b->n; i++) {
         if (b->replies[i] == NULL) ok = 0;
-        if (ok) {
-            parts[i] = (wire_part){b->replies[i], b->lens[i]};
-            total += b->lens[i] + 8;
-        }
+        if (ok) parts[i] = (wire_part){b->replies[i], b->lens[i]};
     }
     wire_writer wr;
     wire_writer_init(&wr);
@@ -163,15 +186,18 @@ static void bundle_send(worker_bundle *b) {
     bundle_unref(b); /* the send's */
 }
 
-/* Fills slot `slot` unless it is filled already (then reply is dropped); sends the
- * bundle when it was the last. */
+/* Fills slot `slot` unless it is filled already (then reply is dropped); refuses what
+ * no longer fits now rather than at the send; sends the bundle when it was the last. */
 static void bundle_fill(worker_bundle *b, uint32_t slot, uint8_t *reply, size_t len) {
     if (atomic_exchange(&b->filled[slot], true)) {
         free(reply);
         return;
     }
+    pthread_mutex_lock(&b->mu);
     b->replies[slot] = reply;
     b->lens[slot] = reply ? len : 0;
+    bundle_refuse_overflow_locked(b);
+    pthread_mutex_unlock(&b->mu);
     if (atomic_fetch_sub(&b->left, 1) == 1) bundle_send(b);
 }
 

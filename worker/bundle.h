@@ -44,9 +44,11 @@ void worker_bundle_expire_at(worker_bundle *b, uint32_t slot, uint64_t call_id, 
 
 /* Slot `slot`'s reply: `reply` (malloc'd, ownership taken) of `len` bytes, or NULL when
  * it could not be encoded (the slot then gets an AICFN_E_NOMEM error reply). Each slot is
- * put exactly once, from any thread (after an overrun the reply is dropped). Filling the
- * last slot (after the release) sends the bundle's reply; the bundle is freed once every
- * slot was put and it was sent. */
+ * put exactly once, from any thread (after an overrun the reply is dropped). A reply
+ * that cannot fit in the bundle's message after the slots before it (room kept for those
+ * after) is replaced, and freed, as soon as the slots put show it, by an AICFN_E_TOO_LARGE
+ * error reply. Filling the last slot (after the release) sends the bundle's reply; the
+ * bundle is freed once every slot was put and it was sent. */
 void worker_bundle_put(worker_bundle *b, uint32_t slot, uint8_t *reply, size_t len);
 
 /* Drops the creator's hold; sends the reply if every slot is filled. */
