@@ -9,8 +9,9 @@ static void cr_help(FILE *out) {
     fprintf(out, "usage: aicfn rm NAME[:VER] [--gateway ADDR] [--key KEY]\n"
                  "\n"
                  "Removes version VER of function NAME, or all its versions when no VER is given. When\n"
-                 "the active version goes, the newest remaining one becomes active. Version numbers are\n"
-                 "never reused.\n"
+                 "the active version goes, the newest remaining one becomes active, except one deployed\n"
+                 "with --no-activate and not activated since (that goes live only by `aicfn activate`).\n"
+                 "Version numbers are never reused.\n"
                  "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
                  "  --key KEY       API key (default: $AICFN_KEY)\n");
 }

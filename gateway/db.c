@@ -148,6 +148,9 @@ static const char *const db_migrations[] = {
     /* 5: a deploy's idempotency key (registry.h): the same deploy made again adds no version. */
     ("ALTER TABLE functions ADD COLUMN deploy_id TEXT;"
      "CREATE UNIQUE INDEX functions_deploy_id ON functions(name, deploy_id) WHERE deploy_id IS NOT NULL;"),
+    /* 6: a version deployed staged (--no-activate) and not activated since, which never
+     * takes over when the active version is removed (registry.h gw_registry_remove). */
+    "ALTER TABLE functions ADD COLUMN staged INTEGER NOT NULL DEFAULT 0 CHECK (staged IN (0, 1));",
 };
 
 #define DB_NMIGRATIONS ((int)(sizeof db_migrations / sizeof db_migrations[0]))

@@ -512,8 +512,8 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
     }
     rc = gw_db_stmt(db,
                     "INSERT INTO functions(name, version, handler_hash, handler_bytes, snapshot_hash, "
-                    "snapshot_bytes, model_raw_bytes, config, created_us, active, deploy_id) "
-                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10)",
+                    "snapshot_bytes, model_raw_bytes, config, created_us, active, deploy_id, staged) "
+                    "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?11, ?10, ?12)",
                     &st, err);
     if (rc) goto fail;
     gw_db_bind_text(st, 1, spec->name);
@@ -527,6 +527,7 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
     sqlite3_bind_int64(st, 9, (sqlite3_int64)clock_wall_us());
     gw_db_bind_text(st, 10, spec->deploy_id);
     sqlite3_bind_int(st, 11, !spec->inactive);
+    sqlite3_bind_int(st, 12, spec->inactive);
     if ((s = sqlite3_step(st)) != SQLITE_DONE) {
         rc = gw_db_error(db, s, err, "deploy: inserting the version");
         goto fail;
@@ -620,7 +621,8 @@ int gw_registry_activate(gw_db *db, const char *name, uint32_t version, aicfn_er
         rc = gw_db_error(db, s, err, "activate");
         goto fail;
     }
-    rc = gw_db_stmt(db, "UPDATE functions SET active = 1 WHERE name = ?1 AND version = ?2", &st, err);
+    rc = gw_db_stmt(db, "UPDATE functions SET active = 1, staged = 0 WHERE name = ?1 AND version = ?2", &st,
+                    err);
     if (rc) goto fail;
     gw_db_bind_text(st, 1, name);
     sqlite3_bind_int64(st, 2, version);
@@ -808,6 +810,17 @@ int gw_registry_remove(gw_db *db, const char *ref, uint32_t *removed, char (**or
     gw_db_lock(db);
     if ((rc = gw_db_begin(db, err))) goto out;
     if ((rc = reg_collect_hashes(db, name, version, &hs, &nh, err))) goto fail;
+    rc = gw_db_stmt(db, "SELECT 1 FROM functions WHERE name = ?1 AND (?2 = 0 OR version = ?2) AND active = 1",
+                    &st, err);
+    if (rc) goto fail;
+    gw_db_bind_text(st, 1, name);
+    sqlite3_bind_int64(st, 2, version);
+    if ((s = sqlite3_step(st)) != SQLITE_ROW && s != SQLITE_DONE) {
+        rc = gw_db_error(db, s, err, "rm");
+        goto fail;
+    }
+    bool removes_active = s == SQLITE_ROW;
+    gw_db_done(st);
     rc = gw_db_stmt(db, "DELETE FROM functions WHERE name = ?1 AND (?2 = 0 OR version = ?2)", &st, err);
     if (rc) goto fail;
     gw_db_bind_text(st, 1, name);
@@ -823,19 +836,21 @@ int gw_registry_remove(gw_db *db, const char *ref, uint32_t *removed, char (**or
                      : aicfn_error_set(err, AICFN_E_NOT_FOUND, "function %s not found", name);
         goto fail;
     }
-    /* If the active version went, the newest remaining one takes over. */
-    rc = gw_db_stmt(db,
-                    "UPDATE functions SET active = 1 WHERE name = ?1 AND version = "
-                    "(SELECT max(version) FROM functions WHERE name = ?1) "
-                    "AND NOT EXISTS (SELECT 1 FROM functions WHERE name = ?1 AND active = 1)",
-                    &st, err);
-    if (rc) goto fail;
-    gw_db_bind_text(st, 1, name);
-    if ((s = sqlite3_step(st)) != SQLITE_DONE) {
-        rc = gw_db_error(db, s, err, "rm: activating the newest remaining version");
-        goto fail;
+    /* If the active version went, the newest remaining one that was not staged takes
+     * over (a staged version goes live only by an activate). */
+    if (removes_active) {
+        rc = gw_db_stmt(db,
+                        "UPDATE functions SET active = 1 WHERE name = ?1 AND version = "
+                        "(SELECT max(version) FROM functions WHERE name = ?1 AND staged = 0)",
+                        &st, err);
+        if (rc) goto fail;
+        gw_db_bind_text(st, 1, name);
+        if ((s = sqlite3_step(st)) != SQLITE_DONE) {
+            rc = gw_db_error(db, s, err, "rm: activating the newest remaining version");
+            goto fail;
+        }
+        gw_db_done(st);
     }
-    gw_db_done(st);
     /* Keep only the hashes nothing references any more. */
     size_t keep = 0;
     for (size_t i = 0; i < nh; i++) {

@@ -188,8 +188,9 @@ int gw_registry_versions(gw_db *db, const char *name, gw_function **out, size_t 
 json_t *gw_function_summaries_to_json(const gw_function_summary *s, size_t n);
 
 /* Removes NAME:VER, or every version of NAME when ref has no version, in one
- * transaction. When the active version is removed, the newest remaining version
- * becomes active (none when nothing remains). *removed gets the number of versions
+ * transaction. When the active version is removed, the newest remaining version that
+ * is not staged (deployed inactive and not activated since) becomes active (none when
+ * no such version remains); removing any other version changes no active version. *removed gets the number of versions
  * removed. When orphans is not NULL it receives a new malloc'd array of the artifact
  * hashes that no remaining version references (each 65 bytes, NUL-terminated; the
  * caller frees the array with free()) and *n_orphans its length: the caller may delete

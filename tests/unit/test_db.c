@@ -91,7 +91,8 @@ static void schema_1_database_migrates_keeping_rows(void **state) {
             db,
             "ALTER TABLE invocations DROP COLUMN cached; ALTER TABLE cold_starts DROP COLUMN fetch_us; "
             "ALTER TABLE tenants DROP COLUMN worker; DROP INDEX functions_deploy_id; "
-            "ALTER TABLE functions DROP COLUMN deploy_id; PRAGMA user_version = 1",
+            "ALTER TABLE functions DROP COLUMN deploy_id; ALTER TABLE functions DROP COLUMN staged; "
+            "PRAGMA user_version = 1",
             &err),
         AICFN_OK);
     assert_int_equal(

@@ -237,6 +237,61 @@ static void inactive_deploy_leaves_the_active_version(void **state) {
     gw_function_clear(&fn);
 }
 
+/* The active version of `name` (0: none). */
+static uint32_t active_version(gw_db *db, const char *name) {
+    gw_function fn;
+    aicfn_error err;
+    int rc = gw_registry_resolve(db, name, &fn, &err);
+    if (rc == AICFN_E_NOT_FOUND) return 0;
+    assert_int_equal(rc, AICFN_OK);
+    uint32_t v = fn.version;
+    gw_function_clear(&fn);
+    return v;
+}
+
+static uint32_t deploy_staged(gw_db *db, const char *name) {
+    gw_function_spec s = {.name = name, .handler_hash = HASH_C, .inactive = true};
+    uint32_t v = 0;
+    aicfn_error err;
+    assert_int_equal(gw_registry_deploy(db, &s, &v, NULL, &err), AICFN_OK);
+    return v;
+}
+
+static void rm(gw_db *db, const char *ref) {
+    uint32_t removed = 0;
+    aicfn_error err;
+    assert_int_equal(gw_registry_remove(db, ref, &removed, NULL, NULL, &err), AICFN_OK);
+    assert_int_equal(removed, 1);
+}
+
+/* Removing a version makes another active only when it removed the active one, and
+ * never makes a staged version (deployed inactive, not activated since) live: before,
+ * rm of one staged version made the other live, and rm of the active one made a staged
+ * newer one live. One that was activated once counts as released. */
+static void rm_never_makes_a_staged_version_live(void **state) {
+    fx *f = *state;
+    assert_int_equal(deploy_staged(f->db, "fresh"), 1);
+    assert_int_equal(deploy_staged(f->db, "fresh"), 2);
+    rm(f->db, "fresh:1");
+    assert_int_equal(active_version(f->db, "fresh"), 0);
+
+    assert_int_equal(deploy(f->db, "m", HASH_A, NULL, NULL), 1);
+    assert_int_equal(deploy(f->db, "m", HASH_A, NULL, NULL), 2);
+    assert_int_equal(deploy_staged(f->db, "m"), 3);
+    rm(f->db, "m:2"); /* the active one: v1 takes over, not the staged v3 */
+    assert_int_equal(active_version(f->db, "m"), 1);
+    rm(f->db, "m:1");
+    assert_int_equal(active_version(f->db, "m"), 0); /* only the staged one is left */
+
+    assert_int_equal(deploy(f->db, "n", HASH_A, NULL, NULL), 1);
+    assert_int_equal(deploy_staged(f->db, "n"), 2);
+    aicfn_error err;
+    assert_int_equal(gw_registry_activate(f->db, "n", 2, &err), AICFN_OK);
+    assert_int_equal(gw_registry_activate(f->db, "n", 1, &err), AICFN_OK); /* rolled back */
+    rm(f->db, "n:1");
+    assert_int_equal(active_version(f->db, "n"), 2); /* it was live once */
+}
+
 static void list_and_json(void **state) {
     fx *f = *state;
     deploy(f->db, "b", HASH_A, NULL, NULL);
@@ -463,6 +518,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(deploy_rejects_bad_input, setup, teardown),
         cmocka_unit_test_setup_teardown(deploy_id_makes_a_deploy_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(inactive_deploy_leaves_the_active_version, setup, teardown),
+        cmocka_unit_test_setup_teardown(rm_never_makes_a_staged_version_live, setup, teardown),
         cmocka_unit_test_setup_teardown(list_and_json, setup, teardown),
         cmocka_unit_test_setup_teardown(remove_versions, setup, teardown),
         cmocka_unit_test(config_json_round_trip),
