@@ -42,7 +42,7 @@ typedef struct fh_pending {
 static int fh_authenticate(void *ctx, const char *key, gw_http_principal *out, aicfn_error *err) {
     gw_front_http *f = ctx;
     gw_key_info info;
-    int rc = gw_keys_authenticate(gw_gateway_db(f->gw), key, &info, err);
+    int rc = gw_keys_authenticate(gw_gateway_read_db(f->gw), key, &info, err);
     if (rc != AICFN_OK) return rc;
     if (info.role == GW_KEY_WORKER)
         return aicfn_error_set(err, AICFN_E_FORBIDDEN,
@@ -62,7 +62,7 @@ static int fh_model_info(void *ctx, const char *model, uint32_t version, gw_http
     if (out->inputs_only) /* every infer: the gateway's function cache, no SQLite read */
         return gw_fn_inputs(f->gw, model, version, out->inputs, AICFN_MAX_TENSORS, &out->n_inputs,
                             &out->version, err);
-    gw_db *db = gw_gateway_db(f->gw);
+    gw_db *db = gw_gateway_read_db(f->gw);
     gw_function fn;
     memset(&fn, 0, sizeof fn);
     int rc = gw_registry_get(db, model, version, &fn, err);
@@ -175,7 +175,7 @@ static int fh_index(void *ctx, bool ready_only, gw_http_emit_fn emit, void *arg,
     gw_front_http *f = ctx;
     gw_function_summary *s = NULL;
     size_t n = 0;
-    int rc = gw_registry_list(gw_gateway_db(f->gw), &s, &n, err);
+    int rc = gw_registry_list(gw_gateway_read_db(f->gw), &s, &n, err);
     if (rc != AICFN_OK) return rc;
     for (size_t i = 0; i < n; i++) {
         bool ready = s[i].active_version != 0;

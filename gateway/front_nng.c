@@ -170,7 +170,7 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, gw_key_rol
     if (rc != AICFN_OK) return rc;
     if (!key) return aicfn_error_set(err, AICFN_E_UNAUTHENTICATED, "missing API key (`key`)");
     gw_key_info info;
-    rc = gw_key_cache_authenticate(f->keys, gw_gateway_db(f->gw), key, &info, err);
+    rc = gw_key_cache_authenticate(f->keys, gw_gateway_read_db(f->gw), key, &info, err);
     if (rc != AICFN_OK) return rc;
     snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "%s", info.tenant);
     *role = info.role;

@@ -171,6 +171,8 @@ struct gw_gateway {
     char *data_dir;
     int data_lock_fd; /* <data>/gateway.lock, flock'd for the gateway's life; -1: none */
     gw_db *query_db;  /* read-only connection for long reports (coldstarts), NULL: use db */
+    gw_db *read_db;   /* read-only connection for the call path's reads (functions, keys), so
+                         they never wait behind a write transaction; NULL: use db */
     char run_dir[PATH_MAX];
     bool run_dir_temporary; /* a mkdtemp directory in /tmp (data dir's path too long): removed at stop */
     char *device;
@@ -247,6 +249,9 @@ gw_db *gw_gateway_db(gw_gateway *gw) {
 }
 gw_db *gw_gateway_query_db(gw_gateway *gw) {
     return gw->query_db ? gw->query_db : gw->db;
+}
+gw_db *gw_gateway_read_db(gw_gateway *gw) {
+    return gw->read_db ? gw->read_db : gw->db;
 }
 gw_artifacts *gw_gateway_artifacts(gw_gateway *gw) {
     return gw->art;
@@ -386,7 +391,7 @@ static int gw_resolve_read(gw_gateway *gw, const char *name, uint32_t ver, uint6
     *raced = false;
     gw_function rec;
     memset(&rec, 0, sizeof rec);
-    int rc = gw_registry_get(gw->db, name, ver, &rec, err);
+    int rc = gw_registry_get(gw_gateway_read_db(gw), name, ver, &rec, err);
     if (rc != AICFN_OK) return rc;
     gw_fn *nf = calloc(1, sizeof *nf);
     if (!nf) {
@@ -2196,7 +2201,7 @@ static void gw_scaling_refresh(gw_gateway *gw) {
     gw_function_summary *s = NULL;
     size_t n = 0;
     aicfn_error e;
-    int rc = gw_registry_list(gw->db, &s, &n, &e);
+    int rc = gw_registry_list(gw_gateway_read_db(gw), &s, &n, &e);
     gw_fn **warm = rc == AICFN_OK && n ? calloc(n, sizeof *warm) : NULL;
     if (rc == AICFN_OK && n && !warm) rc = aicfn_error_set(&e, AICFN_E_NOMEM, "out of memory");
     size_t n_warm = 0;
@@ -2724,6 +2729,10 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
         aicfn_error qe;
         if (gw_db_open_existing(gw->data_dir, GW_DB_READ_ONLY, &gw->query_db, &qe) != AICFN_OK)
             log_warn("reports share the registry's database connection: %s", qe.msg);
+        /* Likewise the reads calls make (a resolve, a key check): a deploy waiting for
+         * the write lock, or committing, holds the registry's connection meanwhile. */
+        if (gw_db_open_existing(gw->data_dir, GW_DB_READ_ONLY, &gw->read_db, &qe) != AICFN_OK)
+            log_warn("calls read the registry on its own database connection: %s", qe.msg);
     }
     if (rc == AICFN_OK) rc = gw_artifacts_open(gw->data_dir, &gw->art, err);
     if (rc == AICFN_OK) gw_sweep_artifacts(gw);
@@ -2844,6 +2853,7 @@ void gw_stop(gw_gateway *gw) {
     gw_metrics_destroy(gw->metrics);
     gw_artifacts_close(gw->art);
     gw_db_close(gw->query_db);
+    gw_db_close(gw->read_db);
     gw_db_close(gw->db);
     if (gw->run_dir_temporary) gw_remove_run_dir(gw->run_dir);
     if (gw->data_lock_fd >= 0) close(gw->data_lock_fd); /* last: everything in data_dir is closed */

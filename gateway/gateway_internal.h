@@ -25,6 +25,9 @@ void gw_front_stop(gw_front *f);
 
 /* Handles the gateway owns, for the admin operations (thread-safe per their headers). */
 gw_db *gw_gateway_db(gw_gateway *gw);
+/* The connection for reads on the call path (function metadata, key checks): read-only,
+ * never waiting behind the registry's write transactions (WAL). */
+gw_db *gw_gateway_read_db(gw_gateway *gw);
 /* Function NAME:VER's declared inputs (ver 0: the active version; *resolved: which),
  * through the gateway's function cache (the registry is read on a miss only), at most
  * cap of them into out. AICFN_E_NOT_FOUND, AICFN_E_INVALID, AICFN_E_DB as resolving. */

@@ -705,6 +705,36 @@ def test_call_waiting_for_a_worker_that_dies_at_start_is_routed_again(procs, tmp
     assert [w["name"] for w in pool] == ["w2"], pool
 
 
+def test_calls_read_the_registry_while_a_deploy_waits_for_the_database(procs, tmp_path):
+    """An administrative write (here an rm) waiting for aicfn.db's write lock, which
+    another process holds, does not hold up calls that must read the registry (a
+    function not yet cached): they read on a connection of their own (WAL)."""
+    addr, data, g = start_gateway(procs, tmp_path, workers="1..1")
+    deploy(addr, ROOT / "examples" / "echo")
+    deploy(addr, write_manifest(tmp_path / "echo2", f"name: echo2\nhandler: {handler('echo')}\n"))
+    r = call(addr, invoke_msg("echo", [bytes_tensor("text", [b"warm"])]), timeout_ms=30000)
+    assert r["ok"], r
+    con = sqlite3.connect(str(data / "aicfn.db"), timeout=5, isolation_level=None)
+    con.execute("BEGIN IMMEDIATE")  # the write lock, as `aicfn keys create` takes it
+    try:
+        rm_reply = {}
+        t = threading.Thread(target=lambda: rm_reply.update(call(addr, gw_msg("rm", ref="nosuch"),
+                                                                 timeout_ms=20000)))
+        t.start()
+        time.sleep(0.5)  # the rm is on the admin thread, waiting for the lock
+        t0 = time.monotonic()
+        r = call(addr, invoke_msg("echo2", [bytes_tensor("text", [b"x"])]), timeout_ms=10000)
+        took = time.monotonic() - t0
+        assert r["ok"], r
+        assert took < 2.0, f"a call waited {took:.2f} s behind an rm waiting for the database"
+        assert t.is_alive(), "the rm did not wait for the lock: the test proves nothing"
+    finally:
+        con.execute("COMMIT")
+        con.close()
+    t.join(20)
+    assert rm_reply.get("ok") is False and rm_reply["error"]["name"] == "AICFN_E_NOT_FOUND", rm_reply
+
+
 def slow_fini_worker(procs, tmp_path, **gateway_args):
     """A gateway with one local worker serving `slowfini`, whose handler's fini takes 2.5 s
     and then writes the returned marker file; after one call, so the fini will run."""
