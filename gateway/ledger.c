@@ -364,11 +364,19 @@ static void *led_writer(void *arg) {
             pthread_cond_broadcast(&l->done);
             continue;
         }
-        led_rec *batch = l->head;
-        size_t n = l->count;
-        uint64_t last_seq = l->tail->seq;
-        l->head = l->tail = NULL;
-        l->count = 0;
+        /* At most flush_records per transaction, however many queued up meanwhile (a
+         * stalled disk): its write lock, and a retry, stay short. */
+        led_rec *batch = l->head, *last = batch;
+        size_t n = 1;
+        while (n < l->flush_records && last->next) {
+            last = last->next;
+            n++;
+        }
+        uint64_t last_seq = last->seq;
+        l->head = last->next;
+        if (!l->head) l->tail = NULL;
+        last->next = NULL;
+        l->count -= n;
         l->inflight = n;
         pthread_mutex_unlock(&l->mu);
 

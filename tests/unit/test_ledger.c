@@ -321,6 +321,35 @@ static void batches_commit_by_time(void **state) {
     free(dir);
 }
 
+/* Records that queued up while the writer was stuck (another process holding the write
+ * lock) are committed flush_records at a time, not in one long transaction. */
+static void backlog_commits_in_bounded_batches(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("led");
+    gw_ledger *l = NULL;
+    assert_int_equal(gw_ledger_create(dir, 20, 10, 0, &l, NULL), AICFN_OK);
+    gw_db *other = NULL;
+    assert_int_equal(gw_db_open(dir, &other, NULL), AICFN_OK);
+    gw_db_lock(other);
+    assert_int_equal(gw_db_begin(other, NULL), AICFN_OK); /* the write lock */
+    gw_invocation_record r = {.tenant = "t", .function = "f", .version = 1};
+    for (int i = 0; i < 35; i++)
+        assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
+    usleep(300000); /* the writer waits for the lock with its first batch */
+    assert_int_equal(gw_db_commit(other, NULL), AICFN_OK);
+    gw_db_unlock(other);
+    assert_int_equal(gw_ledger_flush(l, 10000, NULL), AICFN_OK);
+    gw_ledger_stats s;
+    gw_ledger_get_stats(l, &s);
+    assert_int_equal(s.committed, 35);
+    assert_true(s.batches >= 4); /* 35 records, 10 at most per transaction */
+    gw_ledger_destroy(l);
+    assert_int_equal(sql_int(other, "SELECT count(*) FROM invocations"), 35);
+    gw_db_close(other);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
 /* kill -9 mid-stream: what flush() acknowledged is there, the rest is at most lost,
  * and the database is intact. */
 static void crash_loses_only_uncommitted(void **state) {
@@ -498,6 +527,7 @@ int main(void) {
         cmocka_unit_test(absurd_amounts_do_not_break_the_sums),
         cmocka_unit_test(full_queue_drops_and_counts),
         cmocka_unit_test(batches_commit_by_time),
+        cmocka_unit_test(backlog_commits_in_bounded_batches),
         cmocka_unit_test(crash_loses_only_uncommitted),
         cmocka_unit_test(worker_rows_upsert_in_order),
     };
