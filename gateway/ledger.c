@@ -103,7 +103,8 @@ static char *led_put(char **cursor, const char *s) {
     return dst;
 }
 
-static int led_enqueue(gw_ledger *l, led_rec *r) {
+/* `keep`: queued even when the queue is full (bounded by its callers). */
+static int led_enqueue(gw_ledger *l, led_rec *r, bool keep) {
     pthread_mutex_lock(&l->mu);
     if (l->stopping) {
         l->stats.dropped++; /* a call ending while the gateway stops: not recorded either */
@@ -111,7 +112,7 @@ static int led_enqueue(gw_ledger *l, led_rec *r) {
         free(r);
         return AICFN_E_CANCELED;
     }
-    if (l->count + l->inflight >= l->queue_max) {
+    if (!keep && l->count + l->inflight >= l->queue_max) {
         l->stats.dropped++;
         uint64_t dropped = l->stats.dropped;
         uint64_t now = clock_now_us();
@@ -170,7 +171,7 @@ int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *in) {
     r->gpu_us = gw_ledger_gpu_us(in->exec_us, r->batch_size);
     r->cold = in->cold;
     r->cached = in->cached;
-    return led_enqueue(l, r);
+    return led_enqueue(l, r, false);
 }
 
 int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *in) {
@@ -207,7 +208,7 @@ int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *in) {
                                          in->read_us,  in->decompress_us, in->filter_us,
                                          in->copy_us,  in->init_us,       in->total_us};
     memcpy(r->phase, ph, sizeof ph);
-    return led_enqueue(l, r);
+    return led_enqueue(l, r, false);
 }
 
 int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *in) {
@@ -228,7 +229,9 @@ int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *in) {
     r->budget_bytes = in->budget_bytes;
     r->started_us = in->started_us ? in->started_us : clock_wall_us();
     r->last_seen_us = in->last_seen_us ? in->last_seen_us : r->started_us;
-    return led_enqueue(l, r);
+    bool first_or_last =
+        in->state == GW_WROW_STARTING || in->state == GW_WROW_EXITED || in->state == GW_WROW_LOST;
+    return led_enqueue(l, r, first_or_last);
 }
 
 /* ---- Writer --------------------------------------------------------------------- */

@@ -136,7 +136,10 @@ int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *r);
 int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *r);
 /* Queues a worker row (UPSERT into `workers`). Rows are committed in the order they were
  * submitted, so a caller that submits one worker's changes in order (gateway.c does it
- * under its own lock) leaves the row with the latest. Same returns as above, plus
+ * under its own lock) leaves the row with the latest. A full queue drops 'ready' and
+ * 'draining' rows (refreshes) but not a worker's first row ('starting', which reserves
+ * its name w<N> for good: gw_workers_next_local_id) nor its last ('exited', 'lost'):
+ * two per worker process, whose starts are paced. Same returns as above, plus
  * AICFN_E_INVALID for an empty or overlong id or an unknown state. Thread-safe. */
 int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *r);
 

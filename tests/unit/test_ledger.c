@@ -278,22 +278,31 @@ static void full_queue_drops_and_counts(void **state) {
     }
     assert_int_equal(ok, 8);
     assert_int_equal(dropped, 12);
+    /* A worker's first and last rows are kept even so (its name stays reserved); a
+     * refresh is not. */
+    gw_worker_record wr = {.id = "w7", .address = "ipc:///x", .state = GW_WROW_STARTING};
+    assert_int_equal(gw_ledger_submit_worker(l, &wr), AICFN_OK);
+    wr.state = GW_WROW_READY;
+    assert_int_equal(gw_ledger_submit_worker(l, &wr), AICFN_E_OVERLOADED);
+    wr.state = GW_WROW_LOST;
+    assert_int_equal(gw_ledger_submit_worker(l, &wr), AICFN_OK);
     gw_ledger_stats s;
     gw_ledger_get_stats(l, &s);
-    assert_int_equal(s.submitted, 8);
-    assert_int_equal(s.dropped, 12);
-    assert_int_equal(s.queued, 8);
+    assert_int_equal(s.submitted, 10);
+    assert_int_equal(s.dropped, 13);
+    assert_int_equal(s.queued, 10);
     assert_int_equal(s.committed, 0);
     /* flush() commits without waiting for the 60 s interval. */
     assert_int_equal(gw_ledger_flush(l, 5000, NULL), AICFN_OK);
     gw_ledger_get_stats(l, &s);
-    assert_int_equal(s.committed, 8);
+    assert_int_equal(s.committed, 10);
     assert_int_equal(s.queued, 0);
     assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
     gw_ledger_destroy(l); /* the 9th is committed at close */
     gw_db *db = NULL;
     assert_int_equal(gw_db_open(dir, &db, NULL), AICFN_OK);
     assert_int_equal(sql_int(db, "SELECT count(*) FROM invocations"), 9);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM workers WHERE id = 'w7' AND state = 'lost'"), 1);
     gw_db_close(db);
     tdb_rm_rf(dir);
     free(dir);
