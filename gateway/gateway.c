@@ -478,7 +478,7 @@ int gw_fn_inputs(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_spec 
     if (rc != AICFN_OK) return rc;
     /* A cached entry's config never changes (a version is immutable): no lock needed. */
     size_t k = f->cfg.n_inputs < cap ? f->cfg.n_inputs : cap;
-    memcpy(out, f->cfg.inputs, k * sizeof *out);
+    if (k) memcpy(out, f->cfg.inputs, k * sizeof *out); /* inputs: NULL when none are declared */
     *n = k;
     *resolved = f->ver;
     return AICFN_OK;
