@@ -1033,12 +1033,16 @@ bool gw_http_stop(gw_http *h) {
     h->stopping = true;
     pthread_cond_broadcast(&h->cv);
     uint64_t deadline = clock_now_us() + (uint64_t)h->cfg.stop_wait_ms * 1000u;
-    while ((h->in_flight > 0 || h->in_sync > 0) && clock_now_us() < deadline) {
+    /* Calls in flight are waited for until the deadline, then left to a detached server;
+     * a callback running now (in_sync: it uses the caller's context, which the caller
+     * frees once this returns) is always waited for: it blocks at most on SQLite's busy
+     * timeout. */
+    while ((h->in_flight > 0 && clock_now_us() < deadline) || h->in_sync > 0) {
         struct timespec ts;
         clock_deadline_to_timespec(clock_now_us() + 100000, &ts);
         pthread_cond_timedwait(&h->cv, &h->mu, &ts);
     }
-    unsigned left = h->in_flight + h->in_sync;
+    unsigned left = h->in_flight;
     if (left > 0) h->detached = true;
     pthread_mutex_unlock(&h->mu);
     if (h->reaper_started) pthread_join(h->reaper, NULL);

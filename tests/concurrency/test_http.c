@@ -145,9 +145,18 @@ static bool fk_ready(void *ctx) {
     return ((fake *)ctx)->ready;
 }
 
+/* Model "stuck": its metadata lookup takes 400 ms (a callback blocked on SQLite). */
+static atomic_int g_stuck_entered, g_stuck_left;
+
 static int fk_model_info(void *ctx, const char *model, uint32_t version, gw_http_model_info *out,
                          aicfn_error *err) {
     (void)ctx;
+    if (strcmp(model, "stuck") == 0) {
+        atomic_store(&g_stuck_entered, 1);
+        sleep_ms(400);
+        atomic_store(&g_stuck_left, 1);
+        return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function '%s' not found", model);
+    }
     if (strcmp(model, "mlp") != 0 && strcmp(model, "sync") != 0 && strcmp(model, "handoff") != 0 &&
         strcmp(model, "slow") != 0 && strcmp(model, "any") != 0)
         return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function '%s' not found", model);
@@ -1068,6 +1077,25 @@ static void stop_timeout_detaches_the_server(void **state) {
     fx->h = NULL;
 }
 
+/* A callback still running when the stop's wait for calls ends is waited for all the
+ * same: the caller frees the callbacks' context once the stop returns. Before, the stop
+ * gave up after stop_wait_ms and returned with the callback still inside. */
+static void stop_waits_for_a_running_callback_past_its_wait(void **state) {
+    fixture *fx = *state; /* stop_wait_ms 100 */
+    atomic_store(&g_stuck_entered, 0);
+    atomic_store(&g_stuck_left, 0);
+    int s = dial(fx->port);
+    const char *get = "GET /v2/models/stuck HTTP/1.1\r\nHost: t\r\nConnection: close\r\n" USER "\r\n";
+    assert_int_equal(send_all(s, get, strlen(get)), 0);
+    for (int i = 0; i < 500 && !atomic_load(&g_stuck_entered); i++)
+        sleep_ms(2);
+    assert_true(atomic_load(&g_stuck_entered));
+    gw_http_stop(fx->h);
+    fx->h = NULL;
+    assert_true(atomic_load(&g_stuck_left)); /* nothing of ours runs after the stop */
+    close(s);
+}
+
 static void noauth_mode_and_bad_config(void **state) {
     fixture *fx = *state;
     resp r;
@@ -1115,6 +1143,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(concurrent_calls_do_not_block_each_other, setup, teardown),
         cmocka_unit_test_setup_teardown(stop_waits_for_calls_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(stop_timeout_detaches_the_server, setup_short_stop, teardown),
+        cmocka_unit_test_setup_teardown(stop_waits_for_a_running_callback_past_its_wait, setup_short_stop,
+                                        teardown),
         cmocka_unit_test_setup_teardown(noauth_mode_and_bad_config, setup_noauth, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
