@@ -715,6 +715,13 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
             return false;
         }
     }
+    /* Both framings at once is the shape of request smuggling (RFC 9112 §6.1: a server
+     * may reject it, and a proxy in front may have framed it the other way): refused. */
+    if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH) &&
+        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+        ht_set_error(r, AICFN_E_INVALID, "a request may not have both Content-Length and Transfer-Encoding");
+        return false;
+    }
     if (ht_route_has_body(r->route)) {
         const char *cl =
             MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);

@@ -883,6 +883,16 @@ static void body_limit_413_before_read(void **state) {
     assert_true(sent < 16384); /* the server stopped reading: our sends failed */
     resp_free(&r);
     close(fd);
+    /* Content-Length and chunked at once (a smuggling shape): 400, not a 413 naming a
+     * limit the request did not pass. */
+    fd = dial(fx->port);
+    head = "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: "
+           "chunked\r\n\r\n";
+    assert_int_equal(send_all(fd, head, strlen(head)), 0); /* refused on its headers: */
+    read_resp(fd, &r, 3000);                               /* no body is read */
+    assert_error_body(&r, 400, "both Content-Length and Transfer-Encoding");
+    resp_free(&r);
+    close(fd);
     /* A body within the limit still works, and the server still serves. */
     req(fx, "POST", "/v2/models/mlp/infer", "", INFER_BODY, strlen(INFER_BODY), &r);
     check_y(&r, "q1");
