@@ -563,6 +563,19 @@ static bool ht_start_async(gw_http_call *r) {
             ht_set_error(r, rc, err.msg);
             return false;
         }
+        /* The call holds more than its body until it is answered: the tensors decoded from
+         * JSON (up to 8 bytes per value of a few characters), and the gateway's copy of
+         * every input in the request it sends to a worker. Both count in the budget. */
+        size_t held = r->reserved;
+        for (uint32_t i = 0; i < r->req.n_inputs; i++) {
+            const wire_tensor *t = &r->req.inputs[i];
+            bool in_body = t->data >= r->body && t->data < r->body + r->len;
+            held += (in_body ? 0 : (size_t)t->nbytes) + (size_t)t->nbytes;
+        }
+        if (ht_reserve(r, held) != AICFN_OK) {
+            ht_set_error(r, AICFN_E_OVERLOADED, "too many request bytes in flight; retry");
+            return false;
+        }
         if (h->cb.model_info) {
             gw_http_model_info *mi = calloc(1, sizeof *mi);
             if (mi == NULL) {

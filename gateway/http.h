@@ -145,7 +145,8 @@ typedef struct gw_http_config {
     const gw_stdmetrics *std;    /* counts requests in aicfn_http_requests_total; may be NULL */
     const char *server_version;  /* in GET /v2; NULL = "unknown" */
     unsigned stop_wait_ms;       /* gw_http_stop waits this long for calls; AICFN_HTTP_STOP_WAIT_MS */
-    size_t max_buffered;         /* request body bytes held at once, all connections;
+    size_t max_buffered;         /* request bytes held at once, all connections: bodies, an
+                                  * infer's decoded inputs and the gateway's copy of them;
                                   * AICFN_HTTP_MAX_BUFFERED (over it: 429 AICFN_E_OVERLOADED) */
 } gw_http_config;
 

@@ -899,6 +899,42 @@ static void body_limit_413_before_read(void **state) {
     resp_free(&r);
 }
 
+/* An infer body of N FP32 values "0," (2 bytes each) into model "any". */
+static char *zeros_body(size_t n, size_t *len) {
+    const char *pre = "{\"inputs\":[{\"name\":\"x\",\"shape\":[";
+    char *b = malloc(strlen(pre) + 64 + 2 * n);
+    assert_non_null(b);
+    size_t k = (size_t)sprintf(b, "%s%zu],\"datatype\":\"FP32\",\"data\":[", pre, n);
+    for (size_t i = 0; i < n; i++) {
+        b[k++] = '0';
+        b[k++] = ',';
+    }
+    k--; /* no comma after the last */
+    k += (size_t)sprintf(b + k, "]}]}");
+    *len = k;
+    return b;
+}
+
+/* A JSON infer holds more than its body while it runs: its decoded tensors and the
+ * gateway's copy of them, which the budget counts (2 MiB here). Before, only the body
+ * was: a body of 600 kB decoding to 2.4 MB more passed, so 256 connections could hold
+ * several times the budget. */
+static void decoded_inputs_count_in_the_budget(void **state) {
+    fixture *fx = *state;
+    size_t len;
+    char *big = zeros_body(300000, &len); /* 600 kB: 1.2 MB decoded, 1.2 MB copied */
+    resp r;
+    req(fx, "POST", "/v2/models/any/infer", USER, big, len, &r);
+    assert_error_body(&r, 429, "too many request bytes in flight");
+    resp_free(&r);
+    free(big);
+    char *small = zeros_body(1000, &len);
+    req(fx, "POST", "/v2/models/any/infer", USER, small, len, &r);
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+    free(small);
+}
+
 /* Endpoints that take no body (the unauthenticated ones among them) buffer none: a body
  * announced is refused at once with 400, a chunked one when it ends, and while clients
  * hold such requests open an authenticated inference still gets its buffer. */
@@ -1147,6 +1183,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(announced_bodies_reserve_as_they_arrive, setup_small_budget,
                                         teardown),
         cmocka_unit_test_setup_teardown(bodyless_endpoints_buffer_nothing, setup_small_budget, teardown),
+        cmocka_unit_test_setup_teardown(decoded_inputs_count_in_the_budget, setup_small_budget, teardown),
         cmocka_unit_test_setup_teardown(body_limit_413_before_read, setup_noauth, teardown),
         cmocka_unit_test_setup_teardown(oversized_header_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(slowloris_cut_off_while_others_served, setup, teardown),
