@@ -1321,6 +1321,10 @@ static int worker_decode_params(worker_req *r, aicfn_error *err) {
     return AICFN_OK;
 }
 
+/* Where an empty input's data points: aligned for any dtype (its place in the message
+ * may not be, and there is nothing to copy). */
+static _Alignas(64) const uint8_t worker_empty_input[64];
+
 /* Builds the handler's view of the inputs: host memory, each aligned for its dtype
  * (misaligned data in the message is copied once into one aligned buffer). */
 static int worker_build_inputs(worker_req *r, aicfn_error *err) {
@@ -1332,7 +1336,8 @@ static int worker_build_inputs(worker_req *r, aicfn_error *err) {
     for (uint32_t i = 0; i < n; i++) {
         const wire_tensor *t = &r->req.inputs[i];
         unsigned align = t->dtype == AICFN_DTYPE_BYTES ? 4 : dtype_size(t->dtype);
-        if (align > 1 && ((uintptr_t)t->data % align) != 0) copy_bytes += (t->nbytes + 63) & ~(uint64_t)63;
+        if (t->nbytes && align > 1 && ((uintptr_t)t->data % align) != 0)
+            copy_bytes += (t->nbytes + 63) & ~(uint64_t)63;
     }
     uint8_t *store = NULL;
     if (copy_bytes) {
@@ -1355,7 +1360,9 @@ static int worker_build_inputs(worker_req *r, aicfn_error *err) {
         a->mem = AICFN_MEM_HOST;
         a->device_id = -1;
         unsigned align = t->dtype == AICFN_DTYPE_BYTES ? 4 : dtype_size(t->dtype);
-        if (align > 1 && ((uintptr_t)t->data % align) != 0) {
+        if (t->nbytes == 0) {
+            a->data = (void *)worker_empty_input;
+        } else if (align > 1 && ((uintptr_t)t->data % align) != 0) {
             memcpy(store + at, t->data, (size_t)t->nbytes);
             a->data = store + at;
             at += (t->nbytes + 63) & ~(uint64_t)63;

@@ -536,6 +536,30 @@ static uint8_t *encode_bundle(uint64_t id, const wire_part *parts, uint32_t n, s
     return out;
 }
 
+/* An empty input whose place in the message is misaligned for its dtype (FP64 [0] after
+ * names of 1..8 bytes: one of them lands off 8 bytes) is answered: the worker copied 0
+ * bytes to a NULL buffer before, undefined behaviour that UBSan stops the worker on. */
+static void empty_misaligned_input_is_answered(void **state) {
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-empty", (int)getpid());
+    worker *w = start(url, 16u << 20);
+    add(w, "echo", "echo", NULL, 1, 0);
+    rpc_client *c = serve(w, url);
+    static const char *names[] = {"a", "ab", "abc", "abcd", "abcde", "abcdef", "abcdefg", "abcdefgh"};
+    for (uint64_t k = 0; k < sizeof names / sizeof names[0]; k++) {
+        wire_tensor in = {
+            .name = names[k], .dtype = AICFN_DTYPE_FP64, .ndim = 1, .shape = {0}, .data = NULL, .nbytes = 0};
+        reply r;
+        invoke(c, 200 + k, "echo", &in, 1, NULL, NULL, 0, &r);
+        assert_true(r.rep.head.ok);
+        assert_int_equal(r.rep.n_outputs, 1);
+        assert_int_equal(r.rep.outputs[0].nbytes, 0);
+        reply_free(&r);
+    }
+    stop(w, c, 5000);
+}
+
 static void bundle_parts_answered_in_order(void **state) {
     (void)state;
     char url[64];
@@ -1312,6 +1336,7 @@ int main(void) {
         cmocka_unit_test(remove_function_while_serving),
         cmocka_unit_test(bad_config),
         cmocka_unit_test(remove_while_calls_arrive),
+        cmocka_unit_test(empty_misaligned_input_is_answered),
         cmocka_unit_test(bundle_parts_answered_in_order),
         cmocka_unit_test(bundle_reply_never_outgrows_the_message),
         cmocka_unit_test(bundle_part_overrunning_its_deadline_is_answered_alone),
