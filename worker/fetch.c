@@ -118,10 +118,12 @@ static void fetch_hex(const unsigned char *d, char out[WORKER_HASH_HEX_LEN + 1])
 
 /* ---- lifecycle ---- */
 
-/* Removes `.tmp-<hash>-<pid>-<n>` files that no download writes any more: another live
- * worker may share the directory and be writing its own. Its writer holds an flock on it
- * while it writes (pids alone do not tell: a worker in another pid namespace may share
- * the directory), and a file touched in the last minute is left alone too. */
+/* Removes `.tmp-<hash>-<pid>-<n>-<random>` files that no download writes any more:
+ * another live worker may share the directory and be writing its own. Its writer holds
+ * an flock on it while it writes, and a file touched in the last minute (one whose
+ * writer has opened it and not yet locked it) is left alone too. Pids do not tell: a
+ * worker in another pid namespace may share the directory, and a worker restarted in a
+ * container gets the pid of the one whose download it cut short. */
 static void fetch_clean_tmp(const char *dir) {
     DIR *d = opendir(dir);
     if (d == NULL) return;
@@ -135,7 +137,6 @@ static void fetch_clean_tmp(const char *dir) {
         char *end = NULL;
         long pid = strtol(p + 1, &end, 10);
         if (end == p + 1 || *end != '-' || pid <= 0) continue;
-        if (kill((pid_t)pid, 0) == 0 || errno != ESRCH) continue;
         int fd = openat(dirfd(d), n, O_RDONLY | O_CLOEXEC | O_NOFOLLOW | O_NONBLOCK);
         if (fd < 0) continue;
         struct stat sb;
@@ -321,8 +322,12 @@ static int fetch_write_all(int fd, const uint8_t *p, size_t n) {
 /* Downloads `hash` into `final` through a temporary file in the same directory. */
 static int fetch_download(worker_fetcher *f, const char *hash, const char *final, aicfn_error *err) {
     char tmp[PATH_MAX];
-    int n = snprintf(tmp, sizeof tmp, "%s/" FETCH_TMP_PREFIX "%s-%ld-%" PRIuFAST64, f->dir, hash,
-                     (long)getpid(), atomic_fetch_add(&f->seq, 1) + 1);
+    /* Random too: a restarted worker may have the pid (and restart the sequence) of the
+     * one that left a temporary file behind. */
+    uint64_t salt = 0;
+    randombytes_buf(&salt, sizeof salt);
+    int n = snprintf(tmp, sizeof tmp, "%s/" FETCH_TMP_PREFIX "%s-%ld-%" PRIuFAST64 "-%016" PRIx64, f->dir,
+                     hash, (long)getpid(), atomic_fetch_add(&f->seq, 1) + 1, salt);
     if (n < 0 || (size_t)n >= sizeof tmp)
         return aicfn_error_set(err, AICFN_E_INVALID, "artifact %s: cache directory path too long", hash);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
