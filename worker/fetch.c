@@ -19,6 +19,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -308,6 +309,14 @@ static int fetch_chunk(worker_fetcher *f, const char *hash, uint64_t offset, uin
     return rc;
 }
 
+/* Whether the file system of `fd` has `bytes` free for an unprivileged writer (true when
+ * it cannot tell). */
+static bool fetch_disk_has_room(int fd, uint64_t bytes) {
+    struct statvfs sv;
+    if (fstatvfs(fd, &sv) != 0) return true;
+    return (uint64_t)sv.f_bavail * sv.f_frsize >= bytes;
+}
+
 static int fetch_write_all(int fd, const uint8_t *p, size_t n) {
     while (n > 0) {
         ssize_t w = write(fd, p, n);
@@ -361,6 +370,16 @@ static int fetch_download(worker_fetcher *f, const char *hash, const char *final
                                  "artifact %s: the gateway announces %" PRIu64
                                  " bytes, over the limit of %llu",
                                  hash, got_size, (unsigned long long)AICFN_ARTIFACT_MAX_BYTES);
+        } else if (chunks == 0 && got_size > f->max_bytes) {
+            rc = aicfn_error_set(err, AICFN_E_TOO_LARGE,
+                                 "artifact %s: %" PRIu64
+                                 " bytes do not fit in the artifact cache's budget of %" PRIu64
+                                 " bytes (aicfn worker --cache-max)",
+                                 hash, got_size, f->max_bytes);
+        } else if (chunks == 0 && !fetch_disk_has_room(fd, got_size)) {
+            rc = aicfn_error_set(err, AICFN_E_CAPACITY,
+                                 "artifact %s: %" PRIu64 " bytes do not fit on the disk of %s (less is free)",
+                                 hash, got_size, f->dir);
         } else if (chunks > 0 && got_size != size) {
             rc = aicfn_error_set(err, AICFN_E_CORRUPT,
                                  "artifact %s: the gateway announced %" PRIu64 " bytes, then %" PRIu64

@@ -5,10 +5,12 @@
  * needs the gateway's disk.
  *
  * A download streams every chunk through SHA-256 (libsodium) into a temporary file
- * `<dir>/.tmp-<hash>-<pid>-<n>`, then checks the hash, fsyncs the file, renames it to
- * `<dir>/<hash>` and fsyncs the directory: a file under a hash's name is complete. It
- * is bounded: the size the gateway announces must be <= AICFN_ARTIFACT_MAX_BYTES and
- * the same in every reply, each chunk must be exactly the size asked (the last one the
+ * `<dir>/.tmp-<hash>-<pid>-<n>-<random>`, then checks the hash, fsyncs the file, renames
+ * it to `<dir>/<hash>` and fsyncs the directory: a file under a hash's name is complete.
+ * It is bounded: the size the gateway announces must be <= AICFN_ARTIFACT_MAX_BYTES
+ * (else AICFN_E_CORRUPT), within the cache's budget (else AICFN_E_TOO_LARGE) and the
+ * disk's free space when the download starts (else AICFN_E_CAPACITY), and the same in
+ * every reply, each chunk must be exactly the size asked (the last one the
  * rest), and the final hash must match; otherwise AICFN_E_CORRUPT naming the artifact,
  * and the temporary file is removed. Each round trip is bounded by a timeout.
  *

@@ -382,11 +382,26 @@ static void cache_budget_prunes_least_recently_used(void **state) {
     /* Within the grace period nothing is deleted, even over budget; the fetch succeeds. */
     unlink(local);
     place_old(fx->dir, '4', 3000, 10);
-    c.max_bytes = 1000;
+    c.max_bytes = 5000; /* the artifact (4500) fits; with '3' and '4' the cache does not */
     assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_OK);
     assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_OK);
     assert_true(has_file(fx->dir, '3') && has_file(fx->dir, '4'));
     assert_file_is(local, fx->g->content, CONTENT_BYTES);
+    worker_fetcher_destroy(f);
+
+    /* An artifact larger than the whole budget is refused when its size is announced,
+     * before anything is written (it was downloaded in full, and kept over budget). */
+    unlink(local);
+    c.max_bytes = 1000;
+    assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_OK);
+    unsigned before = atomic_load(&fx->g->requests);
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_E_TOO_LARGE);
+    assert_non_null(strstr(e.msg, "4500 bytes do not fit in the artifact cache's budget of 1000"));
+    assert_int_equal(atomic_load(&fx->g->requests), before + 1); /* the first chunk only */
+    unsigned tmps = 0;
+    dir_entries(fx->dir, &tmps);
+    assert_int_equal(tmps, 0);
+    assert_int_equal(access(local, F_OK), -1);
     worker_fetcher_destroy(f);
 }
 
