@@ -94,10 +94,13 @@ struct worker {
     uint64_t max_timeout_us; /* the longest function timeout (bounds a drain) */
     unsigned inflight;
     uint32_t overrun_grace_ms; /* worker_config's */
-    unsigned parked;           /* threads fetching a new function's handler (worker_park_main) */
-    unsigned loaders;          /* model-wait threads still loading after their calls gave up: destroy
-                                  waits for them, since a drain that timed out does not (a preload's
-                                  thread needs no count: its call stays outstanding until it is done) */
+    unsigned parked;           /* threads of calls waiting for a new function's handler (worker_park_main)
+                                  and of the handlers' downloads (worker_handler_fetch_main) */
+    struct worker_handler_wait *handler_fetches; /* downloads of handlers in progress, one per
+                                                    path (worker_handler_fetch_main) */
+    unsigned loaders; /* model-wait threads still loading after their calls gave up: destroy
+                         waits for them, since a drain that timed out does not (a preload's
+                         thread needs no count: its call stays outstanding until it is done) */
     int draining;
     bool retiring;              /* a worker_retire_main pass runs (counted in parked) */
     uint64_t fn_idle_retire_us; /* worker_config's */
@@ -1635,20 +1638,24 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
 
 static void worker_dispatch(worker_req *r);
 
-/* A parked call's wait for its handler's download: the fetch runs on a thread of its own
- * while the parked thread answers the call at its deadline if the download is not done
- * by then (a gateway replaces a worker whose call is late past its grace). The download
- * goes on and lands in the fetcher's cache for the next call. Whichever of the two is
- * done last frees it; both are counted in w->parked, which worker_destroy waits for. */
+/* A handler's download for the parked calls that need it: one thread per handler path
+ * (w->handler_fetches), however many calls wait for it, while each parked thread answers
+ * its call at its deadline if the download is not done by then (a gateway replaces a
+ * worker whose call is late past its grace). The download goes on and lands in the
+ * fetcher's cache for the next call. The fetch thread and each waiting call hold a
+ * reference; the last frees it. The thread counts in w->parked, which worker_destroy
+ * waits for. */
 typedef struct worker_handler_wait {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     worker *w;
     char *gateway_path;
     char local[PATH_MAX];
-    bool done, abandoned;
+    bool done;
     int rc;
     aicfn_error err;
+    unsigned refs;                    /* under mu */
+    struct worker_handler_wait *next; /* in w->handler_fetches, under w->mu, until done */
 } worker_handler_wait;
 
 static void worker_handler_wait_free(worker_handler_wait *hw) {
@@ -1656,6 +1663,15 @@ static void worker_handler_wait_free(worker_handler_wait *hw) {
     pthread_cond_destroy(&hw->cv);
     free(hw->gateway_path);
     free(hw);
+}
+
+/* Drops a reference; true when it was the last (then hw is freed). */
+static bool worker_handler_wait_unref(worker_handler_wait *hw) {
+    pthread_mutex_lock(&hw->mu);
+    bool last = --hw->refs == 0;
+    pthread_mutex_unlock(&hw->mu);
+    if (last) worker_handler_wait_free(hw);
+    return last;
 }
 
 static void *worker_handler_fetch_main(void *arg) {
@@ -1666,19 +1682,24 @@ static void *worker_handler_fetch_main(void *arg) {
     aicfn_error err;
     aicfn_error_clear(&err);
     int rc = worker_fetch_path(w->fetcher, hw->gateway_path, local, sizeof local, &err);
+    pthread_mutex_lock(&w->mu); /* no new call joins it now: a later one fetches anew (cached) */
+    worker_handler_wait **pp = &w->handler_fetches;
+    while (*pp != hw)
+        pp = &(*pp)->next;
+    *pp = hw->next;
+    pthread_mutex_unlock(&w->mu);
     pthread_mutex_lock(&hw->mu);
-    bool abandoned = hw->abandoned;
     hw->done = true;
     hw->rc = rc;
     hw->err = err;
     snprintf(hw->local, sizeof hw->local, "%s", local);
-    pthread_cond_signal(&hw->cv);
+    pthread_cond_broadcast(&hw->cv);
+    bool waited_for = hw->refs > 1;
     pthread_mutex_unlock(&hw->mu);
-    if (abandoned) {
-        log_info("worker %s: handler %s %s after its call's deadline", w->id, hw->gateway_path,
+    if (!waited_for)
+        log_info("worker %s: handler %s %s after its calls' deadlines", w->id, hw->gateway_path,
                  rc == AICFN_OK ? "downloaded" : "failed to download");
-        worker_handler_wait_free(hw);
-    }
+    worker_handler_wait_unref(hw);
     pthread_mutex_lock(&w->mu);
     if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu); /* the last touch of w */
@@ -1696,46 +1717,57 @@ static int worker_fetch_handler_by_deadline(worker_req *r, char *local, size_t c
         budget = (uint64_t)r->req.deadline_ms * 1000;
     if (budget > AICFN_MAX_TIMEOUT_US) budget = AICFN_MAX_TIMEOUT_US; /* the spec is checked later */
     uint64_t deadline = r->received_us + budget;
-    worker_handler_wait *hw = calloc(1, sizeof *hw);
-    char *path = strdup(r->req.spec.handler);
-    if (!hw || !path) {
-        free(hw);
-        free(path);
-        return worker_fetch_path(w->fetcher, r->req.spec.handler, local, cap, err);
-    }
-    pthread_mutex_init(&hw->mu, NULL);
-    clock_cond_init(&hw->cv);
-    hw->w = w;
-    hw->gateway_path = path;
+    /* Join the download of this handler in progress, or start it. */
     pthread_mutex_lock(&w->mu);
-    w->parked++;
-    pthread_mutex_unlock(&w->mu);
-    if (worker_start_detached(worker_handler_fetch_main, hw) != 0) {
-        pthread_mutex_lock(&w->mu);
-        if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
-        pthread_mutex_unlock(&w->mu);
-        worker_handler_wait_free(hw);
-        return worker_fetch_path(w->fetcher, r->req.spec.handler, local, cap, err);
+    worker_handler_wait *hw = w->handler_fetches;
+    while (hw && strcmp(hw->gateway_path, r->req.spec.handler) != 0)
+        hw = hw->next;
+    if (hw) {
+        pthread_mutex_lock(&hw->mu);
+        hw->refs++;
+        pthread_mutex_unlock(&hw->mu);
+    } else {
+        hw = calloc(1, sizeof *hw);
+        char *path = strdup(r->req.spec.handler);
+        if (hw && path) {
+            pthread_mutex_init(&hw->mu, NULL);
+            clock_cond_init(&hw->cv);
+            hw->w = w;
+            hw->gateway_path = path;
+            hw->refs = 2; /* the thread's and this call's */
+            if (worker_start_detached(worker_handler_fetch_main, hw) == 0) {
+                hw->next = w->handler_fetches;
+                w->handler_fetches = hw; /* before the thread can look for it: w->mu is held */
+                w->parked++;
+            } else {
+                worker_handler_wait_free(hw);
+                hw = NULL;
+            }
+        } else {
+            free(hw);
+            free(path);
+            hw = NULL;
+        }
     }
+    pthread_mutex_unlock(&w->mu);
+    if (hw == NULL) return worker_fetch_path(w->fetcher, r->req.spec.handler, local, cap, err);
     pthread_mutex_lock(&hw->mu);
     while (!hw->done && clock_now_us() < deadline) {
         struct timespec ts;
         clock_deadline_to_timespec(deadline, &ts);
         pthread_cond_timedwait(&hw->cv, &hw->mu, &ts);
     }
-    if (!hw->done) {
-        hw->abandoned = true; /* the fetch thread frees it */
-        pthread_mutex_unlock(&hw->mu);
+    bool done = hw->done;
+    int rc = hw->rc;
+    if (done && rc == AICFN_OK)
+        snprintf(local, cap, "%s", hw->local);
+    else if (done && err)
+        *err = hw->err;
+    pthread_mutex_unlock(&hw->mu);
+    worker_handler_wait_unref(hw);
+    if (!done)
         return aicfn_error_set(err, AICFN_E_TIMEOUT,
                                "the handler was still downloading at the call's deadline (not executed)");
-    }
-    pthread_mutex_unlock(&hw->mu);
-    int rc = hw->rc;
-    if (rc == AICFN_OK)
-        snprintf(local, cap, "%s", hw->local);
-    else if (err)
-        *err = hw->err;
-    worker_handler_wait_free(hw);
     return rc;
 }
 

@@ -564,6 +564,96 @@ static void call_waiting_for_its_handler_is_answered_at_its_deadline(void **stat
     worker_fetcher_destroy(f);
 }
 
+/* Answers of the calls made by many_calls_waiting_for_one_slow_handler..., by code. */
+typedef struct answers {
+    atomic_int done;
+    atomic_int codes[AICFN_STATUS_COUNT];
+} answers;
+
+static void on_answer(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    (void)err;
+    answers *a = user;
+    int code = status;
+    wire_doc d;
+    wire_reply_head h;
+    if (reply && wire_doc_parse(&d, rpc_msg_data(reply), rpc_msg_len(reply), NULL, NULL) == AICFN_OK) {
+        if (wire_decode_reply_head(&d, &h, NULL) == AICFN_OK) code = h.ok ? AICFN_OK : h.code;
+        wire_doc_fini(&d);
+    }
+    rpc_msg_free(reply);
+    if (code >= 0 && code < AICFN_STATUS_COUNT) atomic_fetch_add(&a->codes[code], 1);
+    atomic_fetch_add(&a->done, 1);
+}
+
+/* An invoke of `fn` whose handler is the artifact `hash`, with a 50 ms deadline. */
+static uint8_t *invoke_remote(const char *fn, const char *hash, uint64_t id, size_t *len) {
+    char handler[160];
+    snprintf(handler, sizeof handler, "/data/artifacts/%s", hash);
+    wire_invoke_req req = {.id = id,
+                           .fn = fn,
+                           .ver = 1,
+                           .deadline_ms = 50,
+                           .has_spec = true,
+                           .spec = {.handler = handler, .max_batch = 1, .timeout_ms = 10000}};
+    wire_writer wr;
+    wire_writer_init(&wr);
+    assert_int_equal(wire_encode_invoke_req(&wr, &req, NULL), AICFN_OK);
+    uint8_t *p = wire_writer_take(&wr, len);
+    wire_writer_fini(&wr);
+    return p;
+}
+
+/* 400 calls of one function whose handler's download hangs, answered at their 50 ms
+ * deadlines, leave one download thread behind, not one each: a call of another new
+ * function is still taken. Before, each left a thread waiting on the download; past
+ * AICFN_WORKER_MAX_PARKED of them every call needing any new handler was refused with
+ * AICFN_E_OVERLOADED until the download ended. */
+static void many_calls_waiting_for_one_slow_handler_hold_one_thread(void **state) {
+    fixture *fx = *state;
+    fx->g->mode = MODE_HOLD;
+    worker_fetcher *f = open_fetcher(fx, NULL, 20000);
+    rpc_client *c = NULL;
+    worker *w = start_fetching_worker(f, "wp", &c);
+    aicfn_error e;
+    static answers slow;
+    memset(&slow, 0, sizeof slow);
+    int sent = 0;
+    for (int round = 0; round < 8; round++) {
+        for (int i = 0; i < 50; i++) {
+            size_t len;
+            uint8_t *p = invoke_remote("slowfn", fx->g->hash, (uint64_t)++sent, &len);
+            assert_int_equal(rpc_call_async(c, p, len, 5000, on_answer, &slow, &e), AICFN_OK);
+            free(p);
+        }
+        for (int k = 0; k < 500 && atomic_load(&slow.done) < sent; k++) /* bounded: 5 s */
+            usleep(10000);
+        assert_int_equal(atomic_load(&slow.done), sent);
+    }
+    assert_int_equal(atomic_load(&slow.codes[AICFN_E_TIMEOUT]), sent);
+    /* Another function's handler (not on the gateway: answered at once). */
+    fx->g->mode = MODE_OK;
+    const char *other = "1111111111111111111111111111111111111111111111111111111111111111";
+    size_t len;
+    uint8_t *p = invoke_remote("otherfn", other, 9999, &len);
+    rpc_msg *m = NULL;
+    assert_int_equal(rpc_call_sync(c, p, len, 5000, &m, &e), AICFN_OK);
+    free(p);
+    wire_doc d;
+    wire_reply_head h;
+    assert_int_equal(wire_doc_parse(&d, rpc_msg_data(m), rpc_msg_len(m), NULL, &e), AICFN_OK);
+    assert_int_equal(wire_decode_reply_head(&d, &h, &e), AICFN_OK);
+    assert_false(h.ok);
+    if (h.code == AICFN_E_OVERLOADED) fail_msg("a new function's call was refused: %s", h.message);
+    assert_int_equal(h.code, AICFN_E_NOT_FOUND);
+    wire_doc_fini(&d);
+    rpc_msg_free(m);
+    rpc_client_close(c);
+    release_held(fx->g);
+    worker_drain(w, 1000);
+    worker_destroy(w);
+    worker_fetcher_destroy(f);
+}
+
 typedef struct racer {
     worker_fetcher *f;
     const char *hash;
@@ -833,6 +923,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(stop_during_a_preload_download, setup, teardown),
         cmocka_unit_test_setup_teardown(single_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(leftover_temporaries_of_dead_processes_removed, setup, teardown),
+        cmocka_unit_test_setup_teardown(many_calls_waiting_for_one_slow_handler_hold_one_thread, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(bad_configs, setup, teardown),
         cmocka_unit_test_setup_teardown(pipeline_resolve_hook, setup, teardown),
     };
