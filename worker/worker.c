@@ -1826,16 +1826,26 @@ static void worker_park(worker_req *r) {
 
 static void worker_on_bundle(worker *w, rpc_call *call, const wire_doc *doc, const wire_header *h);
 
-/* One message: a request of its own (`out.call`), or one invocation of a bundle. */
-static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t len) {
+/* One message: a request of its own (`out.call`), or one invocation of a bundle, whose
+ * parts share one message's object budget (`objects_left`, NULL for a request of its
+ * own): each part's unpack zone lives as long as its call, so per-part budgets would let
+ * one bundle hold AICFN_BUNDLE_MAX_CALLS messages' worth of zones. */
+static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t len, uint64_t *objects_left) {
     aicfn_error err;
     aicfn_error_clear(&err);
+    if (objects_left && *objects_left == 0) {
+        worker_out_fail(w, out, wire_peek_id(msg, len), AICFN_E_PROTOCOL,
+                        "bundle: its parts exceed the message's object limit");
+        return;
+    }
     worker_req *r = calloc(1, sizeof *r);
     if (r == NULL) {
         worker_out_fail(w, out, wire_peek_id(msg, len), AICFN_E_NOMEM, "out of memory");
         return;
     }
-    int rc = wire_doc_parse(&r->doc, msg, len, NULL, &err);
+    wire_limits lim = {.max_objects = objects_left ? *objects_left : 0};
+    int rc = wire_doc_parse(&r->doc, msg, len, &lim, &err);
+    if (rc == AICFN_OK && objects_left) *objects_left -= r->doc.objects;
     if (rc != AICFN_OK) {
         worker_req_free(r);
         worker_out_fail(w, out, wire_peek_id(msg, len), rc, err.msg);
@@ -1946,13 +1956,14 @@ static void worker_on_bundle(worker *w, rpc_call *call, const wire_doc *doc, con
         worker_reply_fail(w, call, h->id, AICFN_E_NOMEM, "bundle: out of memory");
         return;
     }
+    uint64_t objects_left = AICFN_MAX_MESSAGE_OBJECTS;
     for (uint32_t i = 0; i < n; i++)
-        worker_accept(w, (worker_out){.bundle = b, .slot = i}, parts[i].data, parts[i].len);
+        worker_accept(w, (worker_out){.bundle = b, .slot = i}, parts[i].data, parts[i].len, &objects_left);
     worker_bundle_release(b);
 }
 
 static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
-    worker_accept(user, (worker_out){.call = call}, msg, len);
+    worker_accept(user, (worker_out){.call = call}, msg, len, NULL);
 }
 
 /* The rest of an accepted invocation: find its function (once more, when a spec may

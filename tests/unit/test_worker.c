@@ -560,6 +560,75 @@ static void empty_misaligned_input_is_answered(void **state) {
     stop(w, c, 5000);
 }
 
+/* A bundle's parts share one message's object budget (AICFN_MAX_MESSAGE_OBJECTS): three
+ * parts of 400k objects each (ignored keys, whose unpack zones live as long as their
+ * calls) are two accepted and one refused. Before, each part had a budget of its own, so
+ * one 64 MiB bundle could hold 64 messages' worth of zones. */
+static void bundle_parts_share_one_object_budget(void **state) {
+    (void)state;
+    char url[64];
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-objects", (int)getpid());
+    worker *w = start(url, 16u << 20);
+    add(w, "echo", "echo", NULL, 1, 0);
+    aicfn_error err;
+    rpc_client *c = serve(w, url);
+    enum { PARTS = 3, JUNK = 400000 };
+    wire_part parts[PARTS];
+    uint8_t *bufs[PARTS];
+    static const uint8_t one[4] = {1, 2, 3, 4};
+    for (int i = 0; i < PARTS; i++) {
+        /* An echo invoke, its map (a fixmap) given one more key: "junk". */
+        wire_tensor in = {
+            .name = "x", .dtype = AICFN_DTYPE_UINT8, .ndim = 1, .shape = {4}, .data = one, .nbytes = 4};
+        size_t ilen = 0;
+        uint8_t *inv = encode_invoke(300 + (uint64_t)i, "echo", &in, 1, NULL, NULL, 0, &ilen);
+        assert_true((inv[0] & 0xf0) == 0x80 && (inv[0] & 0x0f) < 15);
+        wire_writer pw;
+        wire_writer_init(&pw);
+        wire_put_map(&pw, (uint32_t)(inv[0] & 0x0f) + 1);
+        wire_put_raw(&pw, inv + 1, ilen - 1);
+        free(inv);
+        wire_put_str(&pw, "junk");
+        wire_put_array(&pw, JUNK);
+        for (int k = 0; k < JUNK; k++)
+            wire_put_u64(&pw, 0);
+        size_t n = 0;
+        bufs[i] = wire_writer_take(&pw, &n);
+        wire_writer_fini(&pw);
+        assert_non_null(bufs[i]);
+        parts[i] = (wire_part){bufs[i], n};
+    }
+    size_t blen;
+    uint8_t *b = encode_bundle(98, parts, PARTS, &blen);
+    for (int i = 0; i < PARTS; i++)
+        free(bufs[i]);
+    rpc_msg *msg = NULL;
+    assert_int_equal(rpc_call_sync(c, b, blen, 20000, &msg, &err), AICFN_OK);
+    free(b);
+    wire_doc doc;
+    assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(msg), rpc_msg_len(msg), NULL, &err), AICFN_OK);
+    wire_part out[PARTS];
+    uint32_t n = 0;
+    assert_int_equal(wire_decode_bundle(&doc, "replies", out, PARTS, &n, &err), AICFN_OK);
+    assert_int_equal(n, PARTS);
+    for (uint32_t i = 0; i < n; i++) {
+        wire_doc pd;
+        wire_invoke_reply rep;
+        assert_int_equal(wire_doc_parse(&pd, out[i].data, out[i].len, NULL, &err), AICFN_OK);
+        assert_int_equal(wire_decode_invoke_reply(&pd, &rep, &err), AICFN_OK);
+        if (i < 2) {
+            if (!rep.head.ok) fail_msg("part %u: %s", i, rep.head.message);
+        } else {
+            assert_int_equal(rep.head.code, AICFN_E_PROTOCOL);
+            assert_non_null(strstr(rep.head.message, "object"));
+        }
+        wire_doc_fini(&pd);
+    }
+    wire_doc_fini(&doc);
+    rpc_msg_free(msg);
+    stop(w, c, 5000);
+}
+
 static void bundle_parts_answered_in_order(void **state) {
     (void)state;
     char url[64];
@@ -1337,6 +1406,7 @@ int main(void) {
         cmocka_unit_test(bad_config),
         cmocka_unit_test(remove_while_calls_arrive),
         cmocka_unit_test(empty_misaligned_input_is_answered),
+        cmocka_unit_test(bundle_parts_share_one_object_budget),
         cmocka_unit_test(bundle_parts_answered_in_order),
         cmocka_unit_test(bundle_reply_never_outgrows_the_message),
         cmocka_unit_test(bundle_part_overrunning_its_deadline_is_answered_alone),
