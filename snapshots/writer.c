@@ -10,8 +10,10 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <jansson.h>
 #include <msgpack.h>
 #include <pthread.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -403,13 +405,21 @@ static int wr_pwrite(int fd, const void *p, size_t len, off_t off, const char *p
     return AICFN_OK;
 }
 
+/* True when `s` (l bytes) is UTF-8, as the reader requires of names (jansson judges). */
+static bool wr_utf8(const char *s, size_t l) {
+    json_t *j = json_stringn(s, l);
+    json_decref(j);
+    return j != NULL;
+}
+
+/* The input file's name up to its first dot; "model" when that is empty or not UTF-8 (a
+ * file name in another encoding). */
 static char *wr_default_name(const snap_st_set *set) {
     const char *p = snap_st_file_count(set) ? snap_st_file_path(set, 0) : "model";
     const char *b = strrchr(p, '/');
     b = b ? b + 1 : p;
-    size_t l = strcspn(b, ".");
-    if (l == 0) return strdup("model");
-    if (l > AICFN_SNAP_MAX_NAME_BYTES) l = AICFN_SNAP_MAX_NAME_BYTES;
+    size_t l = strcspn(b, "."); /* <= NAME_MAX (255) < AICFN_SNAP_MAX_NAME_BYTES */
+    if (l == 0 || l > AICFN_SNAP_MAX_NAME_BYTES || !wr_utf8(b, l)) return strdup("model");
     return strndup(b, l);
 }
 
@@ -439,6 +449,8 @@ int snap_pack_set(const snap_st_set *set, const char *out_path, const snap_pack_
     if (opts.name && (strlen(opts.name) == 0 || strlen(opts.name) > AICFN_SNAP_MAX_NAME_BYTES))
         return aicfn_error_set(err, AICFN_E_INVALID, "model name must have 1 to %d bytes",
                                AICFN_SNAP_MAX_NAME_BYTES);
+    if (opts.name && !wr_utf8(opts.name, strlen(opts.name)))
+        return aicfn_error_set(err, AICFN_E_INVALID, "model name is not valid UTF-8");
 
     wr_job job;
     memset(&job, 0, sizeof job);

@@ -245,6 +245,31 @@ static void filter_inverse_stream_matches(void **state) {
     free(hot);
 }
 
+/* The model's name must be UTF-8, as the reader requires: a --name that is not is
+ * refused, and a default taken from a file name that is not (another encoding) becomes
+ * "model". Before, both packed snapshots that the reader refused ("model name is not
+ * valid UTF-8"). */
+static void pack_writes_only_names_the_reader_takes(void **state) {
+    (void)state;
+    model m;
+    model_make(&m, 1);
+    const char *latin1 = path_of("mod\xff.safetensors");
+    model_write(&m, 0, m.n, latin1);
+    snap_pack_opts o;
+    snap_pack_opts_init(&o);
+    aicfn_error e;
+    o.name = "bad\xffname";
+    assert_int_equal(snap_pack(&latin1, 1, path_of("n.aicsnap"), &o, NULL, &e), AICFN_E_INVALID);
+    assert_non_null(strstr(e.msg, "UTF-8"));
+    o.name = NULL;
+    if (snap_pack(&latin1, 1, path_of("n.aicsnap"), &o, NULL, &e)) fail_msg("snap_pack: %s", e.msg);
+    snap_reader *r = NULL;
+    if (snap_open(path_of("n.aicsnap"), &r, &e)) fail_msg("snap_open: %s", e.msg);
+    assert_string_equal(snap_reader_manifest(r)->model_name, "model");
+    snap_close(r);
+    model_free(&m);
+}
+
 static void round_trip_all_modes(void **state) {
     (void)state;
     model m;
@@ -892,6 +917,7 @@ int main(void) {
         cmocka_unit_test(filter_inverts),
         cmocka_unit_test(filter_inverse_stream_matches),
         cmocka_unit_test(round_trip_all_modes),
+        cmocka_unit_test(pack_writes_only_names_the_reader_takes),
         cmocka_unit_test(unpack_is_bit_exact),
         cmocka_unit_test(unpack_of_a_bad_snapshot_leaves_nothing),
         cmocka_unit_test(sharded_input),
