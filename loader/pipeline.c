@@ -512,7 +512,7 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
     int any_filtered = 0;
     for (uint32_t i = 0; i < j.n_frames && !any_filtered; i++)
         any_filtered = snap_frame_is_filtered(r, i);
-    j.scratch_bytes = (any_filtered || !j.host) ? man->chunk_bytes : 0;
+    j.scratch_bytes = (any_filtered || !j.host) ? snap_reader_max_raw_size(r) : 0;
     pthread_mutex_init(&j.mu, NULL);
     clock_cond_init(&j.cv);
     int rc = AICFN_OK;

@@ -38,6 +38,7 @@ struct snap_reader {
     uint32_t *first_tensor;  /* per frame: first tensor whose end lies past the frame's start */
     unsigned char *filtered; /* per frame: some overlapping tensor is filtered */
     uint32_t max_comp;
+    uint32_t max_raw;
 };
 
 struct snap_dctx {
@@ -639,6 +640,7 @@ static int rd_open(snap_reader *r, aicfn_error *err) {
         foff += f->comp_size;
         roff += f->raw_size;
         if (f->comp_size > r->max_comp) r->max_comp = f->comp_size;
+        if (f->raw_size > r->max_raw) r->max_raw = f->raw_size;
     }
     if (foff != seek_start) {
         rc = aicfn_error_set(err, AICFN_E_CORRUPT,
@@ -737,6 +739,10 @@ const snap_frame *snap_reader_frame(const snap_reader *r, uint32_t i) {
 }
 uint32_t snap_reader_max_comp_size(const snap_reader *r) {
     return r->max_comp;
+}
+
+uint32_t snap_reader_max_raw_size(const snap_reader *r) {
+    return r->max_raw;
 }
 int snap_frame_is_filtered(const snap_reader *r, uint32_t i) {
     return i < r->n_frames && r->filtered[i];
@@ -951,7 +957,7 @@ int snap_read_all(const snap_reader *r, void *blob, aicfn_error *err) {
     int rc = snap_dctx_create(&d, err);
     if (rc) return rc;
     comp = malloc(r->max_comp ? r->max_comp : 1);
-    filt = malloc(r->m.chunk_bytes);
+    filt = malloc(r->max_raw ? r->max_raw : 1);
     if (!comp || !filt) {
         rc = aicfn_error_set(err, AICFN_E_NOMEM, "no memory for frame buffers");
         goto out;
@@ -998,8 +1004,8 @@ int snap_verify_each(const snap_reader *r, snap_piece_fn piece, void *arg, aicfn
     int rc = snap_dctx_create(&d, err);
     if (rc) goto out;
     comp = malloc(r->max_comp ? r->max_comp : 1);
-    filt = malloc(m->chunk_bytes);
-    raw = malloc(m->chunk_bytes);
+    filt = malloc(r->max_raw ? r->max_raw : 1);
+    raw = malloc(r->max_raw ? r->max_raw : 1);
     if (!comp || !filt || !raw || !xs) {
         rc = aicfn_error_set(err, AICFN_E_NOMEM, "no memory for frame buffers");
         goto out;

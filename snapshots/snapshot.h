@@ -78,6 +78,10 @@ const snap_frame *snap_reader_frame(const snap_reader *r, uint32_t i); /* NULL i
 /* Largest comp_size over all frames: size per-thread read buffers with it. */
 uint32_t snap_reader_max_comp_size(const snap_reader *r);
 
+/* Largest raw_size over all frames (<= the manifest's chunk_bytes, which the file
+ * declares and may overstate): size per-thread scratch buffers with it. */
+uint32_t snap_reader_max_raw_size(const snap_reader *r);
+
 /* True when some tensor overlapping frame i is filtered (then decompression needs a
  * separate buffer from the destination; see snap_frame_unfilter). */
 int snap_frame_is_filtered(const snap_reader *r, uint32_t i);

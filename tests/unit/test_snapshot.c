@@ -160,6 +160,12 @@ static void check_snapshot(const model *m, const char *snap) {
     if (snap_open(snap, &r, &e)) fail_msg("snap_open: %s", e.msg);
     const snap_manifest *man = snap_reader_manifest(r);
     assert_int_equal(man->n_tensors, m->n);
+    /* The largest frame, which sizes the loaders' scratch (not the declared chunk). */
+    uint32_t max_raw = 0;
+    for (uint32_t i = 0; i < snap_reader_frame_count(r); i++)
+        if (snap_reader_frame(r, i)->raw_size > max_raw) max_raw = snap_reader_frame(r, i)->raw_size;
+    assert_int_equal(snap_reader_max_raw_size(r), max_raw);
+    assert_true(max_raw <= man->chunk_bytes);
     unsigned char *blob = malloc(man->blob_bytes ? man->blob_bytes : 1);
     if (snap_read_all(r, blob, &e)) fail_msg("snap_read_all: %s", e.msg);
     if (snap_verify(r, &e)) fail_msg("snap_verify: %s", e.msg);
