@@ -1760,8 +1760,13 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
             c = n2;
         }
 
-        for (size_t i = 0; i < a->n_destroys; i++)
+        for (size_t i = 0; i < a->n_destroys; i++) {
+            /* Its series goes with it: local names never repeat (w<N>), so kept series
+             * would grow with every worker a scale from zero starts. */
+            const char *wl[] = {a->destroys[i]->name, NULL};
+            gw_metric_remove_where(gw->std.evictions, wl);
             gw_worker_destroy(a->destroys[i]);
+        }
 
         if (!more) return;
         *a = next;
@@ -2377,6 +2382,20 @@ static gw_worker *gw_worker_by_name_locked(gw_gateway *gw, const char *name) {
     return NULL;
 }
 
+/* A registered worker's name: 1..AICFN_WORKER_ID_MAX_BYTES of [A-Za-z0-9_.@-] (it is
+ * a label value in /metrics, a key in the workers table and JSON in `aicfn workers`). */
+static bool gw_worker_name_valid(const char *name) {
+    size_t n = strlen(name);
+    if (n == 0 || n > AICFN_WORKER_ID_MAX_BYTES) return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = name[i];
+        bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                  c == '.' || c == '@' || c == '-';
+        if (!ok) return false;
+    }
+    return true;
+}
+
 /* w<digits>: the names of local workers (pool ids), not for remote ones. */
 static bool gw_worker_name_reserved(const char *name) {
     if (name[0] != 'w' || !name[1]) return false;
@@ -2392,6 +2411,10 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn
         return aicfn_error_set(err, AICFN_E_INVALID, "worker address too long");
     gw_actions a;
     memset(&a, 0, sizeof a);
+    if (name && name[0] && !gw_worker_name_valid(name))
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "worker name: 1 to %d characters of A-Z a-z 0-9 _ . @ - (got %zu bytes)",
+                               AICFN_WORKER_ID_MAX_BYTES, strlen(name));
     if (name && name[0] && gw_worker_name_reserved(name))
         return aicfn_error_set(err, AICFN_E_INVALID,
                                "worker name '%s': names w<N> are the gateway's local workers'", name);

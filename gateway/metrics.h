@@ -99,7 +99,8 @@ int gw_metrics_render(gw_metrics *m, char **out, size_t *len, aicfn_error *err);
  *   aicfn_load_duration_seconds{phase}                    histogram, phase =
  * read|decompress|filter|copy|total aicfn_resident_models{worker}                         gauge
  *   aicfn_cache_bytes_used{worker}, aicfn_cache_bytes_budget{worker}   gauges
- *   aicfn_evictions_total{worker}                         counter
+ *   aicfn_evictions_total{worker}                         counter (a worker's series is removed
+ *                                                           once it is gone)
  *   aicfn_thrash_reloads_total{function}                  counter (reloaded within 60 s of its eviction)
  *   aicfn_queue_depth{function}                           gauge
  *   aicfn_workers_live                                    gauge

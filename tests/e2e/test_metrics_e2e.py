@@ -208,7 +208,8 @@ def test_metrics_every_front_match_ledger(procs, tmp_path):
 
     # A local worker killed while serving counts as a restart; the next call gets a new one.
     r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
-    pid = json.loads(r.stdout)[0]["pid"]
+    pid, old_name = json.loads(r.stdout)[0]["pid"], json.loads(r.stdout)[0]["name"]
+    assert f'aicfn_evictions_total{{worker="{old_name}"}}' in text
     os.kill(pid, signal.SIGKILL)
 
     def restarted():
@@ -221,6 +222,10 @@ def test_metrics_every_front_match_ledger(procs, tmp_path):
     x16b = tensor("x", np.linspace(-2, 2, 16, dtype=np.float32).reshape(1, 16))
     assert call(addr, invoke_msg("mlp", [x16b]), timeout_ms=30000)["ok"]
     assert metric_value(http_req(hport, "GET", "/metrics")[2].decode(), "aicfn_workers_live", {}) == 1
+    # The dead worker's series went with it (local names never repeat: kept, they would
+    # grow with every worker a scale from zero starts).
+    wait_for(lambda: f'worker="{old_name}"' not in http_req(hport, "GET", "/metrics")[2].decode(), 10,
+             interval=0.05, what=f"{old_name}'s series removed")
 
 
 def test_nng_rate_limit_shared_with_http(procs, tmp_path):

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, invoke_msg, next_id, output, run_cli,
-                      tensor, wait_for)
+from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, gw_msg, invoke_msg, next_id, output,
+                      run_cli, status_msg, tensor, wait_for)
 from test_gateway import deploy, mlp_reference, workers
 from test_gateway import start_gateway as gateway_with
 
@@ -385,6 +385,18 @@ def test_second_worker_with_the_same_id_is_refused(procs, tmp_path):
     r = call(addr, invoke_msg("echo", [tensor("x", x)]), timeout_ms=20000)
     assert r["ok"], r
     assert w.poll() is None
+
+
+def test_worker_names_outside_the_charset_are_refused(procs, tmp_path):
+    """A registered worker's name becomes a /metrics label, a workers-table key and JSON:
+    one with a space, a quote or a newline is refused (a worker key's holder chooses it),
+    and the gateway serves on."""
+    addr, data, g = gateway_with(procs, tmp_path, workers="0..0")
+    for bad in ("bad name", 'q"x', "nl\nx", "\u00e9t\u00e9"):
+        r = call(addr, gw_msg("register", addr=f"tcp://127.0.0.1:{free_port()}", name=bad))
+        assert not r["ok"] and r["error"]["name"] == "AICFN_E_INVALID", (bad, r)
+        assert "characters of A-Z a-z 0-9" in r["error"]["message"], r
+    assert call(addr, status_msg())["ok"]
 
 
 def test_registered_worker_whose_first_status_fails_is_dropped(procs, tmp_path):
