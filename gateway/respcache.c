@@ -1,9 +1,12 @@
 /* respcache.c: the response cache (respcache.h): a chained hash table of entries on
- * XXH3 of the key, with an LRU list and a byte budget.
+ * XXH3 of the key, seeded at random per cache (keys hold callers' input bytes: unseeded,
+ * a caller could precompute colliding inputs and grow one bucket's chain, walked under
+ * the cache's lock), with an LRU list and a byte budget.
  * Not for: what may be cached, or reply formats (gateway.c, common/wire.h). */
 #include "gateway/respcache.h"
 
 #include <pthread.h>
+#include <sodium.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -24,6 +27,7 @@ struct gw_respcache {
     pthread_mutex_t mu;
     rc_entry **buckets;
     size_t n_buckets; /* a power of two */
+    uint64_t seed;
     rc_entry *head, *tail;
     gw_respcache_stats st;
 };
@@ -43,6 +47,12 @@ int gw_respcache_create(uint64_t max_bytes, gw_respcache **out, aicfn_error *err
     }
     c->n_buckets = RC_MIN_BUCKETS;
     c->st.max_bytes = max_bytes;
+    if (sodium_init() < 0) {
+        free(c->buckets);
+        free(c);
+        return aicfn_error_set(err, AICFN_E_INTERNAL, "response cache: libsodium failed to initialize");
+    }
+    randombytes_buf(&c->seed, sizeof c->seed);
     pthread_mutex_init(&c->mu, NULL);
     *out = c;
     return AICFN_OK;
@@ -197,7 +207,7 @@ bool gw_respcache_get(gw_respcache *c, const uint8_t *key, size_t key_len, uint6
                       size_t *reply_len) {
     *reply = NULL;
     *reply_len = 0;
-    uint64_t h = XXH3_64bits(key, key_len);
+    uint64_t h = XXH3_64bits_withSeed(key, key_len, c->seed);
     pthread_mutex_lock(&c->mu);
     rc_entry *e = *rc_slot(c, h, key, key_len);
     if (e && e->expires_us <= now_us) {
@@ -231,7 +241,7 @@ void gw_respcache_put(gw_respcache *c, const uint8_t *key, size_t key_len, const
     }
     rc_entry *n = malloc(cost);
     if (!n) return;
-    n->hash = XXH3_64bits(key, key_len);
+    n->hash = XXH3_64bits_withSeed(key, key_len, c->seed);
     n->expires_us = expires_us;
     n->key_len = key_len;
     n->reply_len = reply_len;
