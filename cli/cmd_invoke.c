@@ -13,9 +13,14 @@
  *                      strings is BYTES, of booleans BOOL
  *   3.5                a number: an FP32 scalar (shape [])
  *   "text"             a string: BYTES of shape [1]
- *   anything that is not JSON is taken as text (BYTES [1]).
+ *   anything that is not JSON is taken as text (BYTES [1]), except what looks like a
+ *   number JSON cannot read (1e400, +1, .5, 0x10, NaN): an error, not text.
+ * An object takes only "data", "dtype" and "shape". Integer dtypes also take decimal
+ * strings ("18446744073709551615": JSON readers stop at 2^63).
  * Output: {"outputs":[{"name","dtype","shape","data":[flat, row-major]}], ...}; BYTES
- * elements print as strings (or lists of byte values when not UTF-8). */
+ * elements print as strings (or lists of byte values when not UTF-8); NaN and the
+ * infinities print as the strings "NaN", "Infinity", "-Infinity"; UINT64 values past
+ * INT64_MAX as exact decimal strings. */
 #include <errno.h>
 #include <float.h>
 #include <inttypes.h>
@@ -80,6 +85,8 @@ static void ci_help(FILE *out) {
         "                       {\"dtype\":\"FP32\",\"shape\":[1,4],\"data\":[1,2,3,4]}  explicit\n"
         "                       [[1,2,3,4]]   nested list: FP32 (strings: BYTES, booleans: BOOL)\n"
         "                       3.5           FP32 scalar;   \"text\"  BYTES [1]\n"
+        "                       other text: BYTES [1] (a number JSON cannot read is an error)\n"
+        "                       integer dtypes also take \"decimal strings\" (UINT64 past 2^63)\n"
         "  --param KEY=VALUE  a request param (JSON numbers/booleans keep their type, else text)\n"
         "  --ver N            function version (default: active)\n"
         "  --deadline-ms N    the call's time budget on the server (default: the function's timeout)\n"
@@ -213,9 +220,34 @@ static int ci_put(ci_buf *b, const void *src, size_t n) {
     return 0;
 }
 
-/* The largest finite magnitude of a float dtype (FP64: DBL_MAX). */
+/* The largest finite magnitude of a float dtype (FP64: DBL_MAX). A value above it, by
+ * less than half a step, still rounds to it; the check is on the value written. */
 static double ci_float_max(aicfn_dtype dt) {
-    return dt == AICFN_DTYPE_FP16 ? 65504.0 : dt == AICFN_DTYPE_FP64 ? DBL_MAX : FLT_MAX;
+    switch (dt) {
+    case AICFN_DTYPE_FP16:
+        return 65504.0;
+    case AICFN_DTYPE_BF16:
+        return 3.3895313892515355e38; /* (2 - 2^-7) x 2^127 */
+    case AICFN_DTYPE_FP64:
+        return DBL_MAX;
+    default:
+        return FLT_MAX;
+    }
+}
+
+/* An integer written as a decimal string, for the full range of 64-bit dtypes: *u when
+ * it is non-negative (and fits 64 bits), else *s. 0 on success. */
+static int ci_parse_decimal(const char *s, bool *negative, uint64_t *u, int64_t *i) {
+    char *end = NULL;
+    errno = 0;
+    *negative = s[0] == '-';
+    if (*negative)
+        *i = strtoll(s, &end, 10);
+    else if (s[0] >= '0' && s[0] <= '9')
+        *u = strtoull(s, &end, 10);
+    else
+        return -1;
+    return errno || end == s || *end ? -1 : 0;
 }
 
 /* Appends one leaf converted to dtype. */
@@ -230,14 +262,45 @@ static int ci_put_leaf(ci_buf *b, aicfn_dtype dt, json_t *v, char *msg, size_t c
         if (n > UINT32_MAX || ci_put(b, le, 4) || ci_put(b, json_string_value(v), n)) goto big;
         return 0;
     }
+    int64_t lo, hi;
+    bool integral = dtype_int_range(dt, &lo, &hi);
+    if (integral && json_is_string(v)) {
+        bool neg = false;
+        uint64_t uv = 0;
+        int64_t sv = 0;
+        if (ci_parse_decimal(json_string_value(v), &neg, &uv, &sv) != 0) {
+            snprintf(msg, cap, "\"%.40s\" is not a decimal integer", json_string_value(v));
+            return -1;
+        }
+        if (dt == AICFN_DTYPE_UINT64 && !neg) { /* the one dtype beyond int64 */
+            if (ci_put(b, &uv, 8)) goto big;
+            return 0;
+        }
+        if (!neg && uv > (uint64_t)INT64_MAX) {
+            snprintf(msg, cap, "%s is out of range for %s", json_string_value(v), dtype_name(dt));
+            return -1;
+        }
+        v = json_integer(neg ? sv : (json_int_t)uv); /* checked below like a JSON integer */
+        if (v == NULL) goto big;
+        int rc = ci_put_leaf(b, dt, v, msg, cap);
+        json_decref(v);
+        return rc;
+    }
     if (!json_is_number(v) && !json_is_boolean(v)) {
         snprintf(msg, cap, "%s values must be numbers", dtype_name(dt));
         return -1;
     }
     double d = json_is_boolean(v) ? (json_is_true(v) ? 1.0 : 0.0) : json_number_value(v);
     json_int_t iv = 0;
-    int64_t lo, hi;
-    if (dtype_int_range(dt, &lo, &hi)) {
+    if (integral) {
+        /* UINT64 past int64: a whole real in [2^63, 2^64) (1e19) is exact; larger
+         * integers need the decimal string form. */
+        if (dt == AICFN_DTYPE_UINT64 && json_is_real(v) && d >= 9223372036854775808.0 &&
+            d < 18446744073709551616.0 && d == floor(d)) {
+            uint64_t big = (uint64_t)d;
+            if (ci_put(b, &big, 8)) goto big;
+            return 0;
+        }
         /* The value must be a whole number in the dtype's range: nothing wraps. */
         if (json_is_integer(v)) {
             iv = json_integer_value(v);
@@ -335,12 +398,30 @@ static int ci_put_all(ci_buf *b, aicfn_dtype dt, json_t *v, uint64_t *count, cha
     return ci_put_leaf(b, dt, v, msg, cap);
 }
 
+/* True when all of `s` (but trailing space) reads as a number to strtod: 1e400, +1,
+ * .5, 0x10, nan, inf; not "3 apples" or "information". */
+static bool ci_looks_numeric(const char *s) {
+    char *end = NULL;
+    (void)strtod(s, &end);
+    if (end == s) return false;
+    return end[strspn(end, " \t\r\n")] == '\0';
+}
+
 /* Fills t from a JSON value (format in the file comment). */
 static int ci_tensor_from_json(json_t *v, ci_input *t, char *msg, size_t cap) {
     json_t *data = v;
     json_t *jshape = NULL;
     t->dtype = AICFN_DTYPE_INVALID;
     if (json_is_object(v)) {
+        const char *key;
+        json_t *val;
+        json_object_foreach(v, key, val) {
+            if (strcmp(key, "data") != 0 && strcmp(key, "dtype") != 0 && strcmp(key, "shape") != 0) {
+                snprintf(msg, cap, "unknown key \"%.40s\" in an object input (it takes data, dtype, shape)",
+                         key);
+                return -1;
+            }
+        }
         data = json_object_get(v, "data");
         if (data == NULL) {
             snprintf(msg, cap, "an object input needs \"data\" (and optionally \"dtype\", \"shape\")");
@@ -435,6 +516,13 @@ static int ci_parse_input(const char *arg, ci_input *t) {
         if (v == NULL && strchr("[{\"", val[lead]) && val[lead] != '\0')
             return cli_usage_error("invoke", "--input %s: not valid JSON: %s (column %d)", t->name, jerr.text,
                                    jerr.column);
+        /* Nor is a number JSON cannot read (out of range, or not JSON's syntax) text. */
+        const char *num = val + lead;
+        if (v == NULL && ci_looks_numeric(num))
+            return cli_usage_error("invoke",
+                                   "--input %s: '%s' is not a number JSON can read (%s); for text, quote it: "
+                                   "%s='\"%s\"'",
+                                   t->name, num, jerr.text, t->name, num);
         if (v == NULL) v = json_string(val);
         if (v == NULL) return cli_usage_error("invoke", "--input %s: not JSON and not UTF-8 text", t->name);
     }
@@ -446,6 +534,14 @@ static int ci_parse_input(const char *arg, ci_input *t) {
 }
 
 /* ---- tensor -> JSON ---- */
+
+/* A float as JSON: a number, or for what JSON has no number for (jansson refuses them),
+ * the strings "NaN", "Infinity", "-Infinity" (as Python's json writes them, quoted). */
+static json_t *ci_json_real(double d) {
+    if (isnan(d)) return json_string("NaN");
+    if (isinf(d)) return json_string(d > 0 ? "Infinity" : "-Infinity");
+    return json_real(d);
+}
 
 static json_t *ci_tensor_json(const wire_tensor *t) {
     json_t *o = json_object();
@@ -503,9 +599,12 @@ static json_t *ci_tensor_json(const wire_tensor *t) {
             case AICFN_DTYPE_UINT32:
                 x = json_integer(u.u32);
                 break;
-            case AICFN_DTYPE_UINT64: /* beyond INT64_MAX only as a (rounded) real, as OIP does */
-                x = u.u64 > (uint64_t)INT64_MAX ? json_real((double)u.u64) : json_integer((json_int_t)u.u64);
+            case AICFN_DTYPE_UINT64: { /* beyond INT64_MAX: an exact decimal string, as input takes */
+                char dec[24];
+                snprintf(dec, sizeof dec, "%" PRIu64, u.u64);
+                x = u.u64 > (uint64_t)INT64_MAX ? json_string(dec) : json_integer((json_int_t)u.u64);
                 break;
+            }
             case AICFN_DTYPE_INT8:
                 x = json_integer(u.i8);
                 break;
@@ -519,16 +618,16 @@ static json_t *ci_tensor_json(const wire_tensor *t) {
                 x = json_integer(u.i64);
                 break;
             case AICFN_DTYPE_FP16:
-                x = json_real(ci_f16_to_f32(u.u16));
+                x = ci_json_real(ci_f16_to_f32(u.u16));
                 break;
             case AICFN_DTYPE_BF16:
-                x = json_real(ci_bf16_to_f32(u.u16));
+                x = ci_json_real(ci_bf16_to_f32(u.u16));
                 break;
             case AICFN_DTYPE_FP32:
-                x = json_real(u.f);
+                x = ci_json_real(u.f);
                 break;
             case AICFN_DTYPE_FP64:
-                x = json_real(u.d);
+                x = ci_json_real(u.d);
                 break;
             default:
                 x = json_integer(u.b[0]);

@@ -152,7 +152,7 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
     for ragged in ("x=[1,[2]]", "x=[[1],[[2]]]"):  # a list where values sit elsewhere
         r = run_cli(["invoke", "--worker", addr, "echo", "--input", ragged])
         assert r.returncode == 2 and "ragged" in r.stderr, (ragged, r.stderr)
-    # Integers must fit their dtype (nothing wraps); UINT64 past INT64_MAX prints as a number.
+    # Integers must fit their dtype (nothing wraps); UINT64 past INT64_MAX: below.
     for bad, why in (('{"dtype":"UINT8","shape":[2],"data":[300,1]}', "out of range for UINT8"),
                      ('{"dtype":"UINT8","shape":[1],"data":[-1]}', "out of range for UINT8"),
                      ('{"dtype":"INT32","shape":[1],"data":[3000000000]}', "out of range for INT32"),
@@ -164,6 +164,25 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
     r = run_cli(["invoke", "--worker", addr, "echo", "--input", 'x={"dtype":"UINT8","shape":[2],"data":[0,255]}',
                  "--json"])
     assert r.returncode == 0 and json.loads(r.stdout)["outputs"][0]["data"] == [0, 255], r.stderr
+    # A number JSON cannot read is an error, not text; an object takes data, dtype and
+    # shape only (OIP's "datatype" was silently dropped: FP32 went out); BF16's range is
+    # its own, not FP32's (3.4e38 became infinity). Text that is no number stays text.
+    for bad, why in (("1e400", "not a number JSON can read"), ("+1", "not a number JSON can read"),
+                     (".5", "not a number JSON can read"), ("NaN", "not a number JSON can read"),
+                     ('{"datatype":"INT64","data":[1]}', 'unknown key "datatype"'),
+                     ('{"dtype":"BF16","data":[3.4e38]}', "out of range for BF16"),
+                     ('{"dtype":"INT64","data":["1x"]}', "is not a decimal integer")):
+        r = run_cli(["invoke", "--worker", addr, "echo", "--input", "x=" + bad])
+        assert r.returncode == 2 and why in r.stderr, (bad, r.stderr)
+    for text in ("information", "3 apples"):
+        r = run_cli(["invoke", "--worker", addr, "echo", "--input", "x=" + text, "--json"])
+        assert r.returncode == 0 and json.loads(r.stdout)["outputs"][0]["data"] == [text], r.stderr
+    # UINT64 past INT64_MAX: as a decimal string (JSON readers stop at 2^63) or a whole real.
+    r = run_cli(["invoke", "--worker", addr, "echo", "--input", 'x={"dtype":"UINT64","data":["18446744073709551615"]}',
+                 "--input", 'y={"dtype":"UINT64","data":[1e19]}', "--json"])
+    assert r.returncode == 0, r.stderr
+    outs = {o["name"]: o["data"] for o in json.loads(r.stdout)["outputs"]}
+    assert outs["x"] == ["18446744073709551615"] and outs["y"] == ["10000000000000000000"], outs
     # NAME:VER: a name, and digits only.
     for ref in (":3", "echo:+3", "echo: 3", "echo:0"):
         r = run_cli(["invoke", "--worker", addr, ref, "--input", "x=1"])
