@@ -579,10 +579,28 @@ int cli_cmd_deploy(int argc, char **argv) {
     memset(&st, 0, sizeof st);
     char *config = NULL;
 
+    /* 0. The gateway, before the slow work: that it answers (and takes the key), and
+     * what it supports. */
+    bool gw_ids = false, gw_staging = false;
+    rc = cd_gateway_features(addr, key, &gw_ids, &gw_staging, &err);
+    if (rc == AICFN_OK && !activate && !gw_staging)
+        rc = aicfn_error_set(&err, AICFN_E_UNSUPPORTED,
+                             "the gateway at %s cannot stage a version (--no-activate): it would make it the "
+                             "active one; upgrade the gateway",
+                             addr);
+    if (rc == AICFN_OK && deploy_id_flag && !gw_ids)
+        rc = aicfn_error_set(&err, AICFN_E_UNSUPPORTED, "the gateway at %s keeps no deploy ids (--deploy-id)",
+                             addr);
+    if (rc == AICFN_OK && !gw_ids)
+        fprintf(stderr,
+                "note: the gateway at %s keeps no deploy ids: a deploy whose answer is lost is not "
+                "sent again\n",
+                addr);
+
     /* 1. The handler. */
-    if (m->handler_kind == CLI_HANDLER_SO)
+    if (rc == AICFN_OK && m->handler_kind == CLI_HANDLER_SO)
         snprintf(so, sizeof so, "%s", m->handler);
-    else
+    else if (rc == AICFN_OK)
         rc = cd_build(m, tmp, so, sizeof so, &err);
     if (rc == AICFN_OK) rc = gw_artifacts_hash_file(so, so_hex, &so_size, &err);
 
@@ -613,21 +631,6 @@ int cli_cmd_deploy(int argc, char **argv) {
         if (!config) rc = aicfn_error_set(&err, AICFN_E_NOMEM, "out of memory");
     }
     /* 4. Upload and register. */
-    bool gw_ids = false, gw_staging = false;
-    if (rc == AICFN_OK) rc = cd_gateway_features(addr, key, &gw_ids, &gw_staging, &err);
-    if (rc == AICFN_OK && !activate && !gw_staging)
-        rc = aicfn_error_set(&err, AICFN_E_UNSUPPORTED,
-                             "the gateway at %s cannot stage a version (--no-activate): it would make it the "
-                             "active one; upgrade the gateway",
-                             addr);
-    if (rc == AICFN_OK && deploy_id_flag && !gw_ids)
-        rc = aicfn_error_set(&err, AICFN_E_UNSUPPORTED, "the gateway at %s keeps no deploy ids (--deploy-id)",
-                             addr);
-    if (rc == AICFN_OK && !gw_ids)
-        fprintf(stderr,
-                "note: the gateway at %s keeps no deploy ids: a deploy whose answer is lost is not "
-                "sent again\n",
-                addr);
     if (rc == AICFN_OK) rc = cli_gw_open(addr, &c, &err);
     /* A concurrent `rm` of another function that used the same artifact may delete it
      * between our upload (skipped: the gateway had it) and the deploy; the deploy then

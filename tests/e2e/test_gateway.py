@@ -567,6 +567,15 @@ def test_deploy_to_a_gateway_without_deploy_ids():
         assert g.deploys == [], g.deploys
 
 
+def test_deploy_asks_the_gateway_before_it_packs():
+    # A wrong --gateway (or a gateway that refuses the key) fails before the handler is
+    # built and the model packed (minutes for a large model), not after.
+    port = free_port()  # nobody listens there
+    r = run_cli(["deploy", str(ROOT / "examples" / "mlp"), "--gateway", f"tcp://127.0.0.1:{port}"], timeout=60)
+    assert r.returncode == 1 and "AICFN_E_UNAVAILABLE" in r.stderr, r.stderr
+    assert "packed" not in r.stderr, r.stderr
+
+
 def test_deploy_packs_in_tmpdir_and_clears_what_killed_deploys_left(procs, tmp_path):
     # The snapshot is as large as the model: packed under $TMPDIR (not a fixed /tmp, often
     # a small tmpfs), removed afterwards, and the folder a killed deploy left (its
