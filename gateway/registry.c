@@ -126,10 +126,14 @@ int gw_fn_config_validate(const gw_fn_config *c, aicfn_error *err) {
     if (c->min_workers > c->max_workers)
         return aicfn_error_set(err, AICFN_E_INVALID, "scaling.min_workers (%u) exceeds max_workers (%u)",
                                c->min_workers, c->max_workers);
-    if (c->idle_timeout_us > 366ull * 86400ull * 1000000ull)
-        return aicfn_error_set(err, AICFN_E_INVALID, "scaling.idle_timeout: too long");
-    if (c->cache_ttl_us > 366ull * 86400ull * 1000000ull)
-        return aicfn_error_set(err, AICFN_E_INVALID, "cache.ttl: too long");
+    const uint64_t year_us = 366ull * 86400ull * 1000000ull;
+    if (c->idle_timeout_us > year_us)
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "scaling.idle_timeout: %llu s, at most 366 days (31622400 s)",
+                               (unsigned long long)(c->idle_timeout_us / 1000000));
+    if (c->cache_ttl_us > year_us)
+        return aicfn_error_set(err, AICFN_E_INVALID, "cache.ttl: %llu s, at most 366 days (31622400 s)",
+                               (unsigned long long)(c->cache_ttl_us / 1000000));
     int rc = reg_validate_tensors(c->inputs, c->n_inputs, "inputs", err);
     if (!rc) rc = reg_validate_tensors(c->outputs, c->n_outputs, "outputs", err);
     return rc;

@@ -120,6 +120,10 @@ static void bad_cases_name_key_and_line(void **state) {
     expect_error("name: a\nhandler: a.c\nscaling: { min_workers: 3, max_workers: 2 }\n", ":3:", "scaling",
                  "exceeds");
     expect_error("name: a\nhandler: a.c\nbatching: 5\n", ":3:", "batching", "expected a mapping");
+    expect_error("name: a\nhandler: a.c\ncache: { responses: true, ttl: 10000h }\n", "cache.ttl", "36000000 s",
+                 "at most 366 days");
+    expect_error("name: a\nhandler: a.c\nscaling: { idle_timeout: 9000h }\n", "scaling.idle_timeout",
+                 "at most 366 days", NULL);
     expect_error("handler: a.c\n", "aicfn.yaml:1:1", "name", "missing required key");
     expect_error("name: a\n", "aicfn.yaml:1:1", "handler", "missing required key");
     expect_error("name: a\nhandler: a.py\n", ":2:10", "handler", ".c, .cu or .so");
