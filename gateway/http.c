@@ -322,6 +322,9 @@ static enum MHD_Result ht_send(gw_http_call *r) {
         snprintf(v, sizeof v, "%u", (unsigned)r->retry_after_s);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
     }
+    if (r->status == MHD_HTTP_METHOD_NOT_ALLOWED) /* RFC 9110 15.5.6: what the endpoint takes */
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+                                ht_route_has_body(r->route) ? "POST" : "GET, HEAD");
     if (r->cold) MHD_add_response_header(resp, "Aicfn-Cold", "1");
     if (r->state == ST_DISCARD) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     ht_count(r->h, r->route, r->status);
@@ -415,11 +418,16 @@ static int ht_reserve(gw_http_call *r, size_t want) {
     return AICFN_OK;
 }
 
+/* The most body bytes r's endpoint takes: the index's holds one flag. */
+static size_t ht_body_limit(const gw_http_call *r) {
+    return r->route == RT_REPO_INDEX ? AICFN_HTTP_MAX_INDEX_BODY : r->h->cfg.max_body;
+}
+
 /* Appends body bytes. The buffer, and its share of the buffered budget, grows with what
  * has arrived (x4 per step), never further than the announced Content-Length: a client
  * that announces a large body and sends nothing holds AICFN_HTTP_BODY_FIRST_BYTES. */
 static int ht_append(gw_http_call *r, const char *data, size_t n) {
-    size_t max = r->announced ? r->announced : r->h->cfg.max_body;
+    size_t max = r->announced ? r->announced : ht_body_limit(r);
     if (n > max - r->len) return AICFN_E_TOO_LARGE;
     if (r->len + n > r->cap) {
         size_t cap = r->cap ? r->cap : 4096;
@@ -746,10 +754,10 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
                 ht_set_error(r, AICFN_E_INVALID, "bad Content-Length");
                 return false;
             }
-            if (v > h->cfg.max_body) {
+            if (v > ht_body_limit(r)) {
                 char m[128];
                 snprintf(m, sizeof m, "request body of %llu bytes exceeds the limit of %zu bytes", v,
-                         h->cfg.max_body);
+                         ht_body_limit(r));
                 ht_set_error(r, AICFN_E_TOO_LARGE, m);
                 return false;
             }
@@ -883,7 +891,7 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
         if (rc) {
             char m[128];
             if (rc == AICFN_E_TOO_LARGE)
-                snprintf(m, sizeof m, "request body exceeds the limit of %zu bytes", h->cfg.max_body);
+                snprintf(m, sizeof m, "request body exceeds the limit of %zu bytes", ht_body_limit(r));
             else if (rc == AICFN_E_INVALID)
                 snprintf(m, sizeof m, "this endpoint takes no request body");
             else

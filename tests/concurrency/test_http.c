@@ -495,6 +495,7 @@ static void health_and_server_metadata(void **state) {
     resp_free(&r);
     req(fx, "POST", "/v2/health/live", "", NULL, 0, &r);
     assert_error_body(&r, 405, "method");
+    assert_non_null(strstr(r.raw, "Allow: GET, HEAD\r\n")); /* RFC 9110: what it takes */
     resp_free(&r);
     req(fx, "GET", "/nope", "", NULL, 0, &r);
     assert_error_body(&r, 404, "no such endpoint");
@@ -671,6 +672,7 @@ static void infer_errors(void **state) {
     resp_free(&r);
     req(fx, "GET", "/v2/models/mlp/infer", USER, NULL, 0, &r);
     assert_error_body(&r, 405, "method");
+    assert_non_null(strstr(r.raw, "Allow: POST\r\n"));
     resp_free(&r);
 }
 
@@ -769,14 +771,15 @@ static void repository_extension(void **state) {
     req(fx, "POST", "/v2/repository/index", USER, "{\"ready\":", 9, &r);
     assert_error_body(&r, 400, "JSON object");
     resp_free(&r);
-    /* Valid JSON, but far more than the flag it may hold: refused before parsing. */
+    /* Valid JSON, but far more than the flag it may hold: refused on its Content-Length,
+     * before a byte of it is buffered (it was read whole, up to max_body, before). */
     char big[8192];
     size_t n = (size_t)snprintf(big, sizeof big, "{\"ready\":true,\"x\":[0");
     while (n + 4 < sizeof big)
         n += (size_t)snprintf(big + n, sizeof big - n, ",0");
     n += (size_t)snprintf(big + n, sizeof big - n, "]}");
     req(fx, "POST", "/v2/repository/index", USER, big, n, &r);
-    assert_error_body(&r, 413, "at most 4096");
+    assert_error_body(&r, 413, "exceeds the limit of 4096 bytes");
     resp_free(&r);
     req(fx, "POST", "/v2/repository/models/mlp/load", ADMIN, "{}", 2, &r);
     assert_int_equal(r.status, 200);
