@@ -678,6 +678,7 @@ int wire_encode_invoke_req(wire_writer *w, const wire_invoke_req *req, aicfn_err
     n += req->ver != 0;
     n += wire_has(req->key);
     n += wire_has(req->tenant);
+    n += req->gid != 0;
     n += req->deadline_ms != 0;
     n += req->params != NULL;
     n += req->has_spec;
@@ -689,6 +690,7 @@ int wire_encode_invoke_req(wire_writer *w, const wire_invoke_req *req, aicfn_err
     if (req->ver) wire_kv_u64(w, "ver", req->ver);
     if (req->key) wire_kv_str(w, "key", req->key);
     if (req->tenant) wire_kv_str(w, "tenant", req->tenant);
+    if (req->gid) wire_kv_u64(w, "gid", req->gid);
     if (req->deadline_ms) wire_kv_u64(w, "deadline_ms", req->deadline_ms);
     wire_put_str(w, "inputs");
     wire_put_array(w, req->n_inputs);
@@ -729,6 +731,7 @@ int wire_decode_invoke_req(wire_doc *doc, wire_invoke_req *req, aicfn_error *err
     if ((rc = wire_get_cstr(doc, root, NULL, "key", false, 1024, &req->key, err))) return rc;
     if ((rc = wire_get_cstr(doc, root, NULL, "tenant", false, AICFN_MAX_NAME_BYTES, &req->tenant, err)))
         return rc;
+    if ((rc = wire_get_u64(root, NULL, "gid", false, &req->gid, err))) return rc;
     if ((rc = wire_get_u32(root, NULL, "deadline_ms", false, &req->deadline_ms, err))) return rc;
     const msgpack_object *inputs;
     if ((rc = wire_get_array(root, NULL, "inputs", true, &inputs, err))) return rc;

@@ -302,6 +302,8 @@ typedef struct wire_invoke_req {
     uint32_t ver;              /* 0 = the active version */
     const char *key;           /* caller's API key; NULL when absent */
     const char *tenant;        /* gateway -> worker: the authenticated tenant; NULL otherwise */
+    uint64_t gid;              /* gateway -> worker: the call's id unique in the gateway (callers'
+                                  ids may collide), which fault notes name; 0 = absent */
     uint32_t deadline_ms;      /* relative time budget from receipt; 0 = the function's timeout */
     uint32_t n_inputs;         /* <= AICFN_MAX_TENSORS */
     const wire_tensor *inputs; /* n_inputs tensors, names unique */

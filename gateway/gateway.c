@@ -107,6 +107,7 @@ struct gw_call {
     gw_gateway *gw;
     gw_fn *fn;
     uint64_t id;
+    uint64_t gid; /* unique in this gateway: what the worker's fault note names (ids collide) */
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
     uint8_t *wreq; /* the request as the worker gets it (spec, tenant set) */
     size_t wreq_len;
@@ -201,6 +202,7 @@ struct gw_gateway {
     gw_worker *workers;
     uint32_t next_remote;
     uint64_t next_poll_id;
+    uint64_t next_gid; /* gw_call.gid */
     bool stopping;
 
     pthread_t maint;
@@ -535,7 +537,7 @@ static bool gw_crash_charged(gw_gateway *gw, const gw_worker *w, const gw_call *
     if (fn == NULL) return true;
     if (fn->ver != c->fn->ver || strcmp(fn->fn, c->fn->name) != 0) return false;
     for (uint32_t i = 0; i < fn->n; i++)
-        if (fn->ids[i] == c->id) return true;
+        if (fn->ids[i] == c->gid) return true;
     return false;
 }
 
@@ -1899,6 +1901,7 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     c->gw = gw;
     c->fn = f;
     c->id = req->id;
+    c->gid = __atomic_add_fetch(&gw->next_gid, 1, __ATOMIC_RELAXED);
     snprintf(c->tenant, sizeof c->tenant, "%s", tenant ? tenant : "");
     c->received_us = now;
     c->timeout_ms = (uint32_t)timeout_ms;
@@ -1913,6 +1916,7 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     wr.ver = f->ver;
     wr.key = NULL;
     wr.tenant = c->tenant[0] ? c->tenant : NULL;
+    wr.gid = c->gid;
     wr.deadline_ms = c->timeout_ms;
     wr.has_spec = true;
     wr.spec = (wire_fn_spec){.handler = f->handler_path,

@@ -130,6 +130,7 @@ typedef struct worker_req {
     wire_doc doc;
     wire_invoke_req req;
     uint64_t id;
+    uint64_t note_id; /* what a fault note calls it: the gateway's gid, else id */
     uint64_t received_us;
     aicfn_request areq;
     aicfn_tensor *inputs;
@@ -795,7 +796,7 @@ static int worker_init_start(worker_fn *fn, worker_batch_item **items, uint32_t 
     iw->model = model;
     iw->generation = generation;
     for (uint32_t i = 0; i < k; i++)
-        iw->ids[i] = ((worker_req *)items[i])->id;
+        iw->ids[i] = ((worker_req *)items[i])->note_id;
     iw->n_ids = k;
     /* Its own pin: the executor releases its pin after this batch, the init may not be
      * done by then. The model is pinned by the caller, so this cannot fail but by a bug. */
@@ -882,7 +883,7 @@ static int worker_fn_instance(worker_fn *fn, worker_batch_item **items, uint32_t
 /* Names items[0..n) as the calls the coming handler call serves (faultnote.h). */
 static void worker_fn_note_calls(worker_fn *fn, worker_batch_item **items, uint32_t n) {
     for (uint32_t i = 0; i < n; i++)
-        fn->call_ids[i] = ((worker_req *)items[i])->id;
+        fn->call_ids[i] = ((worker_req *)items[i])->note_id;
     worker_fault_note_enter(fn->name, fn->version, fn->call_ids, n);
 }
 
@@ -1898,6 +1899,7 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
     r->w = w;
     r->out = out;
     r->id = r->req.id;
+    r->note_id = r->req.gid ? r->req.gid : r->req.id;
     r->received_us = out.bundle ? worker_bundle_received_us(out.bundle) : rpc_call_received_us(out.call);
     snprintf(r->id_str, sizeof r->id_str, "%" PRIu64, r->id);
     r->areq.id = r->id_str;

@@ -1305,6 +1305,38 @@ def test_crash_is_charged_to_the_faulting_call_alone(procs, tmp_path):
     assert "the handler of crashy:1 crashed it (signal 6)" in g.stderr()
 
 
+def test_crash_is_not_charged_to_another_call_with_the_same_id(procs, tmp_path):
+    """Callers choose ids, and they collide (every HTTP front numbers from 1, NNG clients
+    count): a call of the same function in flight behind the crashing one, with the
+    same id but another request, is a bystander. The fault note names calls by the
+    gateway's own id (gid); it named them by the caller's, so after two such crashes the
+    innocent request was refused for 60 s."""
+    write_manifest(tmp_path / "crashy", f"name: crashy\nhandler: {handler('test_crash')}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    deploy(addr, tmp_path / "crashy")
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    warm = call(addr, invoke_msg("crashy", [x]), timeout_ms=30000)
+    assert warm["ok"], warm
+    for round_ in range(2):
+        res = {}
+        a = threading.Thread(target=lambda: res.update(a=call(
+            addr, invoke_msg("crashy", [x], params={"crash": "1", "sleep_ms": "600"}, rid=777), timeout_ms=30000)))
+        a.start()
+        wait_for(lambda: gateway_status(addr)["in_flight"] >= 1, 10, interval=0.01, what="the crashing call sent")
+        b = threading.Thread(target=lambda: res.update(b=call(
+            addr, invoke_msg("crashy", [x], params={"sleep_ms": "1"}, rid=777), timeout_ms=30000)))
+        b.start()
+        a.join(timeout=30)
+        b.join(timeout=30)
+        assert not res["a"]["ok"] and res["a"]["error"]["code"] == E_WORKER_LOST, res["a"]
+        wait_for(lambda: g.stderr().count("the handler of crashy:1 crashed it") >= round_ + 1, 10,
+                 what="the fault note read")
+    r = call(addr, invoke_msg("crashy", [x], params={"sleep_ms": "1"}, rid=777), timeout_ms=30000)
+    assert r["ok"], r  # the bystander's request was never charged
+    r = call(addr, invoke_msg("crashy", [x], params={"crash": "1", "sleep_ms": "600"}, rid=778), timeout_ms=30000)
+    assert not r["ok"] and "crashed its worker 2 times" in r["error"]["message"], r
+
+
 def test_death_is_charged_once_per_request(procs, tmp_path):
     """Two copies of one request in flight when their worker is killed (no fault note:
     every call in flight is charged) count one crash, not two: both are retried, and the

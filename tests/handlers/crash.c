@@ -1,9 +1,11 @@
 /* crash.c: a handler that kills its worker on request, to test how the gateway handles a
  * worker dying with a call in flight (retry once for idempotent functions, back-off for a
  * request that crashed its worker twice). Otherwise it echoes its inputs.
- * Request params: crash=1 aborts the worker process (abort(), SIGABRT). */
+ * Request params: crash=1 aborts the worker process (abort(), SIGABRT); sleep_ms=N
+ * sleeps N ms first (the call is in flight on its worker meanwhile). */
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "aicfn.h"
 
@@ -14,6 +16,12 @@ AICFN_EXPORT int aicfn_fn_invoke(const aicfn_host_api *api, void *state, const a
     (void)state;
     (void)model;
     for (uint32_t i = 0; i < n; i++) {
+        const char *sleep_ms = api->find_param(reqs[i].params, reqs[i].n_params, "sleep_ms");
+        if (sleep_ms) {
+            long ms = strtol(sleep_ms, NULL, 10);
+            struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+            nanosleep(&ts, NULL);
+        }
         const char *crash = api->find_param(reqs[i].params, reqs[i].n_params, "crash");
         if (crash && strcmp(crash, "1") == 0) abort();
         for (uint32_t k = 0; k < reqs[i].n_inputs; k++) {

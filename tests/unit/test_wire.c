@@ -56,6 +56,7 @@ static uint8_t *encode_request(size_t *len) {
     r.ver = 2;
     r.key = "k_secret";
     r.tenant = "acme";
+    r.gid = 1ull << 40;
     r.deadline_ms = 1500;
     r.n_inputs = 2;
     r.inputs = in;
@@ -113,6 +114,7 @@ static void invoke_request_round_trip(void **state) {
     assert_int_equal(r.ver, 2);
     assert_string_equal(r.key, "k_secret");
     assert_string_equal(r.tenant, "acme");
+    assert_int_equal(r.gid, 1ull << 40);
     assert_int_equal(r.deadline_ms, 1500);
     assert_int_equal(r.n_inputs, 2);
     assert_string_equal(r.inputs[0].name, "x");
@@ -176,6 +178,7 @@ static void invoke_request_minimal_defaults(void **state) {
     assert_int_equal(d.ver, 0);
     assert_null(d.key);
     assert_null(d.tenant);
+    assert_int_equal(d.gid, 0);
     assert_null(d.params);
     assert_false(d.has_spec);
     assert_int_equal(d.n_inputs, 0);
