@@ -1115,6 +1115,27 @@ static void gw_expire_pending_locked(gw_worker *w, uint64_t now, gw_actions *a) 
     }
 }
 
+/* Fails the calls held in w's outbox whose deadline passed (lock held): a flush drops
+ * them as it goes, but no flush runs while w has AICFN_WORKER_MAX_CALL_MSGS messages
+ * in flight. */
+static void gw_expire_outbox_locked(gw_worker *w, uint64_t now, gw_actions *a) {
+    gw_call **pc = &w->outbox_head, *prev = NULL;
+    while (*pc) {
+        gw_call *c = *pc;
+        if (c->deadline_us > now) {
+            prev = c;
+            pc = &c->next;
+            continue;
+        }
+        *pc = c->next;
+        if (w->outbox_tail == c) w->outbox_tail = prev;
+        w->outbox_n--;
+        c->next = NULL;
+        gw_call_left_locked(w, c);
+        gw_fail_deadline_locked(a, c);
+    }
+}
+
 /* The calls held in w's outbox were never sent: routed again, idempotent or not (w is
  * gone or drains; lock held). */
 static void gw_outbox_reroute_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
@@ -2294,6 +2315,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
             if (gw->pool) gw_pool_terminate(gw->pool, w->pool_id); /* idle: nothing to finish */
             serving--;
         }
+        if (w->outbox_head) gw_expire_outbox_locked(w, now, a);
         if (w->outbox_head && w->state == GW_WORKER_DRAINING)
             gw_outbox_reroute_locked(gw, w, a); /* it takes no new calls */
         else if (w->outbox_head && now - w->outbox_since_us >= AICFN_BUNDLE_HOLD_MAX_US)
