@@ -867,8 +867,12 @@ static bool gw_fn_is_short(const gw_fn *f) {
            f->reply_mean_bytes <= AICFN_BUNDLE_SHORT_REPLY;
 }
 
-/* A warm call of f took `us` on its worker and answered `bytes` (lock held). */
+/* A warm call of f took `us` on its worker and answered `bytes` (lock held). Both come
+ * from the worker's reply: capped, so the means' x7 cannot wrap a huge one to small. */
 static void gw_fn_note_service(gw_fn *f, uint64_t us, uint64_t bytes) {
+    const uint64_t cap = UINT64_MAX / 16;
+    if (us > cap) us = cap;
+    if (bytes > cap) bytes = cap;
     if (f->svc_samples == 0) {
         f->svc_mean_us = us;
         f->reply_mean_bytes = bytes;
@@ -1465,7 +1469,14 @@ static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_err
         }
         rpc_msg *part = NULL;
         aicfn_error pe;
-        if (rpc_msg_new(parts[i].data, parts[i].len, &part, &pe) != AICFN_OK)
+        /* Parts answer calls in order; one whose id is another's (a worker that reordered
+         * them) must not hand a call someone else's outputs. */
+        uint64_t part_id = wire_peek_id(parts[i].data, parts[i].len);
+        if (part_id != b->calls[i]->id && part_id != 0) { /* 0: an error reply that could not say */
+            aicfn_error_set(&pe, AICFN_E_PROTOCOL, "worker %s: bundle part %u answers request %llu, not %llu",
+                            b->w->name, i, (unsigned long long)part_id, (unsigned long long)b->calls[i]->id);
+            gw_call_complete(b->calls[i], AICFN_E_PROTOCOL, NULL, &pe, false);
+        } else if (rpc_msg_new(parts[i].data, parts[i].len, &part, &pe) != AICFN_OK)
             gw_call_complete(b->calls[i], AICFN_E_NOMEM, NULL, &pe, false);
         else
             gw_call_complete(b->calls[i], AICFN_OK, part, NULL, false);
