@@ -691,9 +691,18 @@ static void gw_record_unreported_loads(gw_gateway *gw, const wire_worker_status 
     for (uint32_t i = 0; i < st->n_loads && i < WIRE_MAX_UNREPORTED_LOADS; i++) {
         const wire_unreported_load *l = &st->loads[i];
         if (src->seen[i]) continue;
+        gw_fn *fn = src->fns[i];
+        aicfn_error e;
+        if (fn == NULL &&
+            (!gw_fn_name_valid(l->fn) || l->ver == 0 || gw_resolve(gw, l->fn, l->ver, &fn, &e))) {
+            /* Not a version in the registry: no record, and no metric series for it. */
+            log_warn("worker %s lists a load of %.64s:%u, not a deployed version: ignored", src->worker,
+                     l->fn, l->ver);
+            continue;
+        }
         log_info("worker %s: function %s:%u: a load its calls gave up on became resident (%llu us)",
                  src->worker, l->fn, l->ver, (unsigned long long)l->timing.load_us);
-        gw_record_load(gw, src->fns[i], l->fn, l->ver, src->worker, src->device[0] ? src->device : NULL, 0, 0,
+        gw_record_load(gw, fn, l->fn, l->ver, src->worker, src->device[0] ? src->device : NULL, 0, 0,
                        &l->timing, &l->coldstart);
     }
 }

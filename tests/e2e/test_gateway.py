@@ -335,7 +335,9 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
                  "queues": [], "counters": {"invocations": 0, "errors": 0, "cold_starts": 1, "evictions": 0,
                                             "batches": 0}}
             acks.append(req.get("ack"))
-            w["loads"] = [] if polls else [load]
+            # The first answer also lists a load of a version that was never deployed: a
+            # worker's word makes no cold-start row (nor metric series) for it.
+            w["loads"] = [] if polls else [load, dict(load, fn="nosuch")]
             if (req.get("ack") or 0) < 5 or len(polls) < 3:  # listed again: as if an answer was lost
                 w["loads"].append(dict(load, seq=5))
             polls.append(req.get("t"))
@@ -354,6 +356,7 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
         assert rows == [("big", 1, "fake", 4 << 20, 3 << 20, 0, 0, 200000, 250000)] * 2, rows
         assert "a load its calls gave up on became resident" in g.stderr()
         assert cold_start_count(addr, data, "big") == 2
+        assert "lists a load of nosuch:1, not a deployed version: ignored" in g.stderr()
     finally:
         stop.set()
         t.join(timeout=5)
