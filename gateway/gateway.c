@@ -1109,9 +1109,11 @@ static void gw_worker_read_fault_note(gw_worker *w) {
     w->fault = note;
 }
 
-/* Fails the calls waiting for starting worker w whose deadline passed (lock held). */
-static void gw_expire_pending_locked(gw_worker *w, uint64_t now, gw_actions *a) {
-    gw_call **pc = &w->pending_head, *prev = NULL;
+/* Unlinks the calls of the list (head, tail) whose deadline passed at `now`, and
+ * returns them as a list of their own (through next), oldest first. */
+static gw_call *gw_take_expired(gw_call **head, gw_call **tail, uint64_t now) {
+    gw_call *taken = NULL, **end = &taken;
+    gw_call **pc = head, *prev = NULL;
     while (*pc) {
         gw_call *c = *pc;
         if (c->deadline_us > now) {
@@ -1120,11 +1122,24 @@ static void gw_expire_pending_locked(gw_worker *w, uint64_t now, gw_actions *a) 
             continue;
         }
         *pc = c->next;
-        if (w->pending_tail == c) w->pending_tail = prev;
+        if (*tail == c) *tail = prev;
+        c->next = NULL;
+        *end = c;
+        end = &c->next;
+    }
+    return taken;
+}
+
+/* Fails the calls waiting for starting worker w whose deadline passed (lock held). */
+static void gw_expire_pending_locked(gw_worker *w, uint64_t now, gw_actions *a) {
+    gw_call *c = gw_take_expired(&w->pending_head, &w->pending_tail, now);
+    while (c) {
+        gw_call *next = c->next;
         if (!c->preload) w->pending_calls--;
         c->worker = NULL;
         gw_fail_locked(a, c, AICFN_E_TIMEOUT, "function %s:%u: worker %s was not ready within %u ms",
                        c->fn->name, c->fn->ver, w->name, c->timeout_ms);
+        c = next;
     }
 }
 
@@ -1132,20 +1147,13 @@ static void gw_expire_pending_locked(gw_worker *w, uint64_t now, gw_actions *a) 
  * them as it goes, but no flush runs while w has AICFN_WORKER_MAX_CALL_MSGS messages
  * in flight. */
 static void gw_expire_outbox_locked(gw_worker *w, uint64_t now, gw_actions *a) {
-    gw_call **pc = &w->outbox_head, *prev = NULL;
-    while (*pc) {
-        gw_call *c = *pc;
-        if (c->deadline_us > now) {
-            prev = c;
-            pc = &c->next;
-            continue;
-        }
-        *pc = c->next;
-        if (w->outbox_tail == c) w->outbox_tail = prev;
+    gw_call *c = gw_take_expired(&w->outbox_head, &w->outbox_tail, now);
+    while (c) {
+        gw_call *next = c->next;
         w->outbox_n--;
-        c->next = NULL;
         gw_call_left_locked(w, c);
         gw_fail_deadline_locked(a, c);
+        c = next;
     }
 }
 

@@ -511,6 +511,46 @@ static worker *start_fetching_worker(worker_fetcher *f, const char *id, rpc_clie
     return w;
 }
 
+/* Answers of the calls made by many_calls_waiting_for_one_slow_handler..., by code. */
+typedef struct answers {
+    atomic_int done;
+    atomic_int codes[AICFN_STATUS_COUNT];
+} answers;
+
+static void on_answer(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    (void)err;
+    answers *a = user;
+    int code = status;
+    wire_doc d;
+    wire_reply_head h;
+    if (reply && wire_doc_parse(&d, rpc_msg_data(reply), rpc_msg_len(reply), NULL, NULL) == AICFN_OK) {
+        if (wire_decode_reply_head(&d, &h, NULL) == AICFN_OK) code = h.ok ? AICFN_OK : h.code;
+        wire_doc_fini(&d);
+    }
+    rpc_msg_free(reply);
+    if (code >= 0 && code < AICFN_STATUS_COUNT) atomic_fetch_add(&a->codes[code], 1);
+    atomic_fetch_add(&a->done, 1);
+}
+
+/* An invoke of `fn` whose handler is the artifact `hash`, with a deadline. */
+static uint8_t *invoke_remote(const char *fn, const char *hash, uint64_t id, uint32_t deadline_ms,
+                              size_t *len) {
+    char handler[160];
+    snprintf(handler, sizeof handler, "/data/artifacts/%s", hash);
+    wire_invoke_req req = {.id = id,
+                           .fn = fn,
+                           .ver = 1,
+                           .deadline_ms = deadline_ms,
+                           .has_spec = true,
+                           .spec = {.handler = handler, .max_batch = 1, .timeout_ms = 10000}};
+    wire_writer wr;
+    wire_writer_init(&wr);
+    assert_int_equal(wire_encode_invoke_req(&wr, &req, NULL), AICFN_OK);
+    uint8_t *p = wire_writer_take(&wr, len);
+    wire_writer_fini(&wr);
+    return p;
+}
+
 /* A remote worker's call names a function it does not hold: its handler is fetched first
  * (the gateway here never answers). The call is answered AICFN_E_TIMEOUT at its deadline
  * (200 ms), not when the download gives up (the fetcher's 2 s per chunk): a gateway
@@ -522,22 +562,13 @@ static void call_waiting_for_its_handler_is_answered_at_its_deadline(void **stat
     rpc_client *c = NULL;
     worker *w = start_fetching_worker(f, "wf", &c);
     aicfn_error e;
-    char handler[128];
-    snprintf(handler, sizeof handler, "/data/artifacts/%s", fx->g->hash);
-    wire_invoke_req req = {.id = 7,
-                           .fn = "remote",
-                           .ver = 1,
-                           .deadline_ms = 200,
-                           .has_spec = true,
-                           .spec = {.handler = handler, .max_batch = 1, .timeout_ms = 10000}};
-    wire_writer wr;
-    wire_writer_init(&wr);
-    assert_int_equal(wire_encode_invoke_req(&wr, &req, &e), AICFN_OK);
+    size_t len = 0;
+    uint8_t *req = invoke_remote("remote", fx->g->hash, 7, 200, &len);
     uint64_t t0 = clock_now_us();
     rpc_msg *m = NULL;
-    assert_int_equal(rpc_call_sync(c, wr.data, wr.len, 5000, &m, &e), AICFN_OK);
+    assert_int_equal(rpc_call_sync(c, req, len, 5000, &m, &e), AICFN_OK);
     uint64_t took = clock_now_us() - t0;
-    wire_writer_fini(&wr);
+    free(req);
     wire_doc d;
     wire_invoke_reply rep;
     assert_int_equal(wire_doc_parse(&d, rpc_msg_data(m), rpc_msg_len(m), NULL, &e), AICFN_OK);
@@ -564,45 +595,6 @@ static void call_waiting_for_its_handler_is_answered_at_its_deadline(void **stat
     worker_fetcher_destroy(f);
 }
 
-/* Answers of the calls made by many_calls_waiting_for_one_slow_handler..., by code. */
-typedef struct answers {
-    atomic_int done;
-    atomic_int codes[AICFN_STATUS_COUNT];
-} answers;
-
-static void on_answer(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
-    (void)err;
-    answers *a = user;
-    int code = status;
-    wire_doc d;
-    wire_reply_head h;
-    if (reply && wire_doc_parse(&d, rpc_msg_data(reply), rpc_msg_len(reply), NULL, NULL) == AICFN_OK) {
-        if (wire_decode_reply_head(&d, &h, NULL) == AICFN_OK) code = h.ok ? AICFN_OK : h.code;
-        wire_doc_fini(&d);
-    }
-    rpc_msg_free(reply);
-    if (code >= 0 && code < AICFN_STATUS_COUNT) atomic_fetch_add(&a->codes[code], 1);
-    atomic_fetch_add(&a->done, 1);
-}
-
-/* An invoke of `fn` whose handler is the artifact `hash`, with a 50 ms deadline. */
-static uint8_t *invoke_remote(const char *fn, const char *hash, uint64_t id, size_t *len) {
-    char handler[160];
-    snprintf(handler, sizeof handler, "/data/artifacts/%s", hash);
-    wire_invoke_req req = {.id = id,
-                           .fn = fn,
-                           .ver = 1,
-                           .deadline_ms = 50,
-                           .has_spec = true,
-                           .spec = {.handler = handler, .max_batch = 1, .timeout_ms = 10000}};
-    wire_writer wr;
-    wire_writer_init(&wr);
-    assert_int_equal(wire_encode_invoke_req(&wr, &req, NULL), AICFN_OK);
-    uint8_t *p = wire_writer_take(&wr, len);
-    wire_writer_fini(&wr);
-    return p;
-}
-
 /* 400 calls of one function whose handler's download hangs, answered at their 50 ms
  * deadlines, leave one download thread behind, not one each: a call of another new
  * function is still taken. Before, each left a thread waiting on the download; past
@@ -621,7 +613,7 @@ static void many_calls_waiting_for_one_slow_handler_hold_one_thread(void **state
     for (int round = 0; round < 8; round++) {
         for (int i = 0; i < 50; i++) {
             size_t len;
-            uint8_t *p = invoke_remote("slowfn", fx->g->hash, (uint64_t)++sent, &len);
+            uint8_t *p = invoke_remote("slowfn", fx->g->hash, (uint64_t)++sent, 50, &len);
             assert_int_equal(rpc_call_async(c, p, len, 5000, on_answer, &slow, &e), AICFN_OK);
             free(p);
         }
@@ -634,7 +626,7 @@ static void many_calls_waiting_for_one_slow_handler_hold_one_thread(void **state
     fx->g->mode = MODE_OK;
     const char *other = "1111111111111111111111111111111111111111111111111111111111111111";
     size_t len;
-    uint8_t *p = invoke_remote("otherfn", other, 9999, &len);
+    uint8_t *p = invoke_remote("otherfn", other, 9999, 50, &len);
     rpc_msg *m = NULL;
     assert_int_equal(rpc_call_sync(c, p, len, 5000, &m, &e), AICFN_OK);
     free(p);
