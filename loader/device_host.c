@@ -1,7 +1,7 @@
 /* device_host.c: host memory standing in for a device (always built).
  *
- * Allocations are anonymous mappings (page-granular, transparent huge pages
- * requested for large ones), pre-faulted writable at allocation time
+ * Allocations are anonymous mappings (page-granular; large ones marked for transparent
+ * huge pages after they are pre-faulted), pre-faulted writable at allocation time
  * (MADV_POPULATE_WRITE) so the load pipeline's decompress/unfilter writes take no page
  * faults, as into cudaMalloc'd memory; the cost shows in the load's alloc_us instead,
  * done in one batch (about half the cost of faulting page by page). The last freed
@@ -99,9 +99,6 @@ static int host_alloc(loader_device *dev, uint64_t bytes, loader_dev_buf *out, a
         return aicfn_error_errno(err, e == ENOMEM ? AICFN_E_CAPACITY : AICFN_E_DEVICE, e,
                                  "host device: mapping %llu bytes", (unsigned long long)size);
     }
-#ifdef MADV_HUGEPAGE
-    if (size >= HOST_HUGE) (void)madvise(p, (size_t)size, MADV_HUGEPAGE);
-#endif
 #ifdef MADV_POPULATE_WRITE
     /* Kernels before 5.14 answer EINVAL: the pages then fault in on first write, as
      * before. Any other failure means the memory is not there: say so now rather than
@@ -115,6 +112,13 @@ static int host_alloc(loader_device *dev, uint64_t bytes, loader_dev_buf *out, a
         return aicfn_error_errno(err, AICFN_E_CAPACITY, e, "host device: pre-faulting %llu bytes",
                                  (unsigned long long)size);
     }
+#endif
+#ifdef MADV_HUGEPAGE
+    /* After the pre-fault, not before: huge pages asked for at fault time are found by
+     * direct compaction when memory is fragmented (page cache full of model files), which
+     * stalled a 24 MiB allocation for 100+ ms here where 4 KiB pages take 3-4 ms. Marked
+     * now, the mapping is collapsed into huge pages by khugepaged in the background. */
+    if (size >= HOST_HUGE) (void)madvise(p, (size_t)size, MADV_HUGEPAGE);
 #endif
     out->ptr = p;
     out->bytes = size;
