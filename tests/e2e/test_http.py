@@ -32,15 +32,16 @@ from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_
 
 # ---- helpers ----
 
-def start(procs, tmp_path: Path, insecure=True, data=None):
+def start(procs, tmp_path: Path, insecure=True, data=None, exe=None, env=None, wait_s=15):
+    """A gateway with the HTTP front; `exe`: another aicfn binary (default: the release one)."""
     port, hport = free_port(), free_port()
     addr = f"tcp://127.0.0.1:{port}"
     data = data or (tmp_path / "data")
-    args = [aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..1", "--worker-memory",
+    args = [exe or aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..1", "--worker-memory",
             "64MiB", "--device", "host", "--http", f"127.0.0.1:{hport}"]
     if insecure:
         args.append("--insecure-local")
-    g = procs.start(args, name="gateway")
+    g = procs.start(args, name="gateway", env=env)
 
     def ready():
         if g.poll() is not None:
@@ -48,7 +49,7 @@ def start(procs, tmp_path: Path, insecure=True, data=None):
         with socket.create_connection(("127.0.0.1", hport), timeout=0.5):
             return True
 
-    wait_for(ready, 15, interval=0.05, what=f"gateway HTTP on {hport}")
+    wait_for(ready, wait_s, interval=0.05, what=f"gateway HTTP on {hport}")
     return addr, hport, data, g
 
 
@@ -58,20 +59,8 @@ def start_sanitized(procs, tmp_path: Path):
     exe = ROOT / "zig-out" / "asan" / "bin" / "aicfn"
     if not exe.exists():
         return None
-    port, hport = free_port(), free_port()
-    addr = f"tcp://127.0.0.1:{port}"
     env = {"UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1", "ASAN_OPTIONS": "detect_leaks=0"}
-    g = procs.start([exe, "gateway", "--listen", addr, "--data", tmp_path / "data", "--workers", "0..1",
-                     "--worker-memory", "64MiB", "--device", "host", "--http", f"127.0.0.1:{hport}",
-                     "--insecure-local"], name="gateway-asan", env=env)
-
-    def ready():
-        if g.poll() is not None:
-            raise RuntimeError(f"gateway exited with {g.poll()}: {g.stderr()[-3000:]}")
-        with socket.create_connection(("127.0.0.1", hport), timeout=0.5):
-            return True
-
-    wait_for(ready, 30, interval=0.05, what=f"sanitized gateway HTTP on {hport}")
+    addr, hport, _, g = start(procs, tmp_path, exe=exe, env=env, wait_s=30)
     return addr, hport, g
 
 
