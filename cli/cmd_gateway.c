@@ -14,6 +14,7 @@
 #include "common/units.h"
 #include "gateway/front_http.h"
 #include "gateway/gateway.h"
+#include "gateway/http.h"
 
 /* --idle-timeout and --upload-timeout at most (a week: timers add them to clock times). */
 #define CG_MAX_TIMEOUT_US (7ull * 24 * 3600 * 1000000)
@@ -24,6 +25,7 @@ static void cg_help(FILE *out) {
             "                     [--worker-memory BYTES] [--device auto|host|cuda] [--insecure-local]\n"
             "                     [--http HOST:PORT] [--response-cache BYTES] [--no-bundles]\n"
             "                     [--upload-timeout DUR] [--max-requests N] [--max-remote-workers N]\n"
+            "                     [--http-connections N] [--http-per-ip N]\n"
             "\n"
             "Runs the gateway: the registry of functions, the router, the local worker pool and the\n"
             "records (aicfn.db). Stops cleanly on SIGTERM or SIGINT.\n"
@@ -46,6 +48,11 @@ static void cg_help(FILE *out) {
             "                         host memory), host, cuda (default auto)\n"
             "  --http HOST:PORT       also serve HTTP: Open Inference Protocol v2 (KServe/Triton REST) and\n"
             "                         GET /metrics (Prometheus), e.g. 127.0.0.1:8080 (default: off)\n"
+            "  --http-connections N   open HTTP connections at most, calls waiting on a worker\n"
+            "                         included (default %d, at most 65536); one more is closed at once\n"
+            "  --http-per-ip N        open HTTP connections from one client address at most (default\n"
+            "                         %d); 0: no per-address limit, for a gateway behind a load\n"
+            "                         balancer or proxy, where every client has the proxy's address\n"
             "  --response-cache BYTES replies kept for functions with cache.responses (aicfn.yaml): an\n"
             "                         identical request (same version, inputs and params) within\n"
             "                         cache.ttl (0: until evicted) is answered by the gateway alone;\n"
@@ -87,6 +94,7 @@ static void cg_help(FILE *out) {
             "                  short --idle-timeout stops the worker with its models\n",
             AICFN_DEFAULT_GATEWAY, AICFN_DEFAULT_DATA_DIR, AICFN_DEFAULT_MAX_WORKERS,
             AICFN_DEFAULT_IDLE_TIMEOUT_MS / 1000, (unsigned long long)(AICFN_DEFAULT_HOST_BUDGET >> 20),
+            AICFN_HTTP_MAX_CONNECTIONS, AICFN_HTTP_MAX_CONNECTIONS_PER_IP,
             (unsigned long long)(AICFN_DEFAULT_RESPONSE_CACHE_BYTES >> 20),
             AICFN_UPLOAD_IDLE_TIMEOUT_MS / 1000, AICFN_GW_FRONT_MAX_REQUESTS,
             (unsigned long long)(AICFN_GW_FRONT_MAX_HELD_BYTES >> 20), AICFN_GW_MAX_LIVE_WORKERS,
@@ -104,6 +112,7 @@ static int cg_u32(const char *s, uint32_t *out) {
 int cli_cmd_gateway(int argc, char **argv) {
     gw_config cfg = {.listen = NULL, .max_workers = AICFN_DEFAULT_MAX_WORKERS};
     const char *http = NULL;
+    gw_front_http_limits http_limits = {0};
     cfg.listen = getenv("AICFN_GATEWAY");
     if (cfg.listen && !cfg.listen[0]) cfg.listen = NULL; /* empty means unset, as for clients */
     for (int i = 1; i < argc; i++) {
@@ -157,6 +166,15 @@ int cli_cmd_gateway(int argc, char **argv) {
             cfg.device = v;
         } else if ((v = cli_flag_value(argc, argv, &i, "--http"))) {
             http = v;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--http-connections"))) {
+            if (cg_u32(v, &http_limits.connections) || http_limits.connections < 1 ||
+                http_limits.connections > 65536)
+                return cli_usage_error("gateway", "--http-connections '%s': a number from 1 to 65536", v);
+        } else if ((v = cli_flag_value(argc, argv, &i, "--http-per-ip"))) {
+            if (cg_u32(v, &http_limits.per_ip) || http_limits.per_ip > 65536)
+                return cli_usage_error(
+                    "gateway", "--http-per-ip '%s': a number from 0 (no per-address limit) to 65536", v);
+            if (http_limits.per_ip == 0) http_limits.per_ip = GW_HTTP_PER_IP_UNLIMITED;
         } else if ((v = cli_flag_value(argc, argv, &i, "--max-remote-workers"))) {
             if (cg_u32(v, &cfg.max_remote_workers) || cfg.max_remote_workers < 1 ||
                 cfg.max_remote_workers > AICFN_GW_MAX_LIVE_WORKERS)
@@ -187,7 +205,7 @@ int cli_cmd_gateway(int argc, char **argv) {
     gw_gateway *gw = NULL;
     if (gw_start(&cfg, &gw, &err) != AICFN_OK) return cli_fail(&err);
     gw_front_http *fh = NULL;
-    if (http && gw_front_http_start(gw, http, "0.1.0", NULL, NULL, &fh, &err) != AICFN_OK) {
+    if (http && gw_front_http_start(gw, http, "0.1.0", NULL, NULL, &http_limits, &fh, &err) != AICFN_OK) {
         gw_stop(gw);
         return cli_fail(&err);
     }

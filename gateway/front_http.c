@@ -215,7 +215,8 @@ static void fh_before_metrics(void *ctx) {
 }
 
 int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_metrics *metrics,
-                        const gw_stdmetrics *std, gw_front_http **out, aicfn_error *err) {
+                        const gw_stdmetrics *std, const gw_front_http_limits *limits, gw_front_http **out,
+                        aicfn_error *err) {
     *out = NULL;
     if (gw_insecure_local(gw) && !gw_addr_is_loopback(listen))
         return aicfn_error_set(err, AICFN_E_INVALID,
@@ -251,6 +252,10 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
                                 .before_metrics = fh_before_metrics};
         gw_http_config cfg = {
             .listen = listen, .metrics = f->metrics, .std = &f->std, .server_version = version};
+        if (limits) {
+            cfg.max_connections = limits->connections;
+            cfg.per_ip_connections = limits->per_ip;
+        }
         rc = gw_http_start(&cfg, &cb, &f->http, err);
     }
     if (rc != AICFN_OK) {

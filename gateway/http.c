@@ -1025,11 +1025,11 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
     h->d = MHD_start_daemon(
         flags, 0, NULL, NULL, ht_access, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_LIMIT, h->cfg.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
-        h->cfg.per_ip_connections, MHD_OPTION_CONNECTION_TIMEOUT, h->cfg.idle_timeout_s,
-        MHD_OPTION_CONNECTION_MEMORY_LIMIT, h->cfg.connection_memory, MHD_OPTION_THREAD_POOL_SIZE,
-        h->cfg.threads, MHD_OPTION_NOTIFY_COMPLETED, ht_request_completed, h, MHD_OPTION_NOTIFY_CONNECTION,
-        ht_notify_connection, h, MHD_OPTION_EXTERNAL_LOGGER, ht_mhd_log, h, MHD_OPTION_LISTEN_BACKLOG_SIZE,
-        128, MHD_OPTION_END);
+        h->cfg.per_ip_connections == GW_HTTP_PER_IP_UNLIMITED ? 0u : h->cfg.per_ip_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT, h->cfg.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
+        h->cfg.connection_memory, MHD_OPTION_THREAD_POOL_SIZE, h->cfg.threads, MHD_OPTION_NOTIFY_COMPLETED,
+        ht_request_completed, h, MHD_OPTION_NOTIFY_CONNECTION, ht_notify_connection, h,
+        MHD_OPTION_EXTERNAL_LOGGER, ht_mhd_log, h, MHD_OPTION_LISTEN_BACKLOG_SIZE, 128, MHD_OPTION_END);
     (void)sl;
     if (h->d == NULL) {
         rc = aicfn_error_set(err, AICFN_E_IO, "http: cannot listen on %s (address in use or not permitted)",

@@ -23,10 +23,12 @@
  * reaper thread so a client trickling one byte per second is cut off.
  * Authentication: "Authorization: Bearer <key>" on every endpoint except the health
  * probes, server metadata and /metrics; missing -> 401; load/unload need an admin key
- * (403); a worker key (keys.h) gets 403 everywhere. Not for: TLS (put a proxy in front), HTTP/2, NNG's HTTP server (never used). */
+ * (403); a worker key (keys.h) gets 403 everywhere. Not for: TLS (put a proxy in front), HTTP/2, NNG's HTTP
+ * server (never used). */
 #ifndef AICFN_GATEWAY_HTTP_H
 #define AICFN_GATEWAY_HTTP_H
 
+#include <limits.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -130,13 +132,17 @@ typedef struct gw_http_callbacks {
     void (*before_metrics)(void *ctx);
 } gw_http_callbacks;
 
+/* per_ip_connections: no limit per client address (behind a load balancer or a proxy,
+ * every client arrives from the proxy's address; max_connections still bounds them). */
+#define GW_HTTP_PER_IP_UNLIMITED UINT_MAX
+
 /* Server settings. Zero fields take the defaults of common/tunables.h. */
 typedef struct gw_http_config {
     const char *listen;          /* "HOST:PORT" ("127.0.0.1:8080", "[::1]:8080", "localhost:0");
                                   * port 0 binds an ephemeral port (see gw_http_port) */
     size_t max_body;             /* AICFN_HTTP_MAX_BODY */
     unsigned max_connections;    /* AICFN_HTTP_MAX_CONNECTIONS */
-    unsigned per_ip_connections; /* AICFN_HTTP_MAX_CONNECTIONS_PER_IP */
+    unsigned per_ip_connections; /* AICFN_HTTP_MAX_CONNECTIONS_PER_IP; GW_HTTP_PER_IP_UNLIMITED: none */
     unsigned idle_timeout_s;     /* AICFN_HTTP_CONNECTION_TIMEOUT_S */
     unsigned receive_timeout_s;  /* AICFN_HTTP_RECEIVE_TIMEOUT_S */
     size_t connection_memory;    /* AICFN_HTTP_CONNECTION_MEMORY (bounds request headers) */

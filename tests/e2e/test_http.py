@@ -32,8 +32,9 @@ from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_
 
 # ---- helpers ----
 
-def start(procs, tmp_path: Path, insecure=True, data=None, exe=None, env=None, wait_s=15):
-    """A gateway with the HTTP front; `exe`: another aicfn binary (default: the release one)."""
+def start(procs, tmp_path: Path, insecure=True, data=None, exe=None, env=None, wait_s=15, extra=()):
+    """A gateway with the HTTP front; `exe`: another aicfn binary (default: the release one);
+    `extra`: more gateway flags."""
     port, hport = free_port(), free_port()
     addr = f"tcp://127.0.0.1:{port}"
     data = data or (tmp_path / "data")
@@ -41,6 +42,7 @@ def start(procs, tmp_path: Path, insecure=True, data=None, exe=None, env=None, w
             "64MiB", "--device", "host", "--http", f"127.0.0.1:{hport}"]
     if insecure:
         args.append("--insecure-local")
+    args += list(extra)
     g = procs.start(args, name="gateway", env=env)
 
     def ready():
@@ -81,6 +83,38 @@ def http_req(port, method, path, body=None, headers=None, timeout=10):
         return r.status, dict(r.getheaders()), r.read()
     finally:
         c.close()
+
+
+def held_connections(port, n):
+    """n keep-alive connections from 127.0.0.1, each answered once (so the server has taken
+    it, in order) and left open, idle."""
+    conns = []
+    try:
+        for _ in range(n):
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            conns.append(c)
+            c.request("GET", "/v2/health/live")
+            r = c.getresponse()
+            r.read()
+            assert r.status == 200 and not r.will_close, (r.status, r.getheaders())
+    except BaseException:
+        close_all(conns)
+        raise
+    return conns
+
+
+def close_all(conns):
+    for c in conns:
+        c.close()
+
+
+def served(port, timeout=3):
+    """Whether a new connection gets GET /v2/health/live answered (False: closed unanswered
+    or no answer within `timeout`)."""
+    try:
+        return http_req(port, "GET", "/v2/health/live", timeout=timeout)[0] == 200
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 def mlp_x():
@@ -169,6 +203,36 @@ def test_body_limit_and_headers(procs, tmp_path):
     st, _, _ = http_req(hport, "GET", "/v2/health/live", headers={"X-Big": "a" * 300000})
     assert st in (413, 431)
     assert http_req(hport, "GET", "/v2/health/live")[0] == 200
+
+
+def test_connection_limits(procs, tmp_path):
+    """Connections per client address are bounded (64 by default), and --http-per-ip sets the
+    bound or, with 0, lifts it (a gateway behind a load balancer sees every client at the
+    balancer's address); --http-connections bounds them all."""
+    _, hport, _, _ = start(procs, tmp_path, data=tmp_path / "default")
+    held = held_connections(hport, 64)
+    try:
+        assert not served(hport), "a 65th connection from one address was served"
+    finally:
+        close_all(held)
+    assert wait_for(lambda: served(hport), 10, what="a connection served once the others closed")
+
+    _, hport, _, _ = start(procs, tmp_path, data=tmp_path / "three", extra=["--http-per-ip", "3"])
+    held = held_connections(hport, 3)
+    try:
+        assert not served(hport), "a 4th connection from one address was served"
+    finally:
+        close_all(held)
+
+    _, hport, _, _ = start(procs, tmp_path, data=tmp_path / "unlimited", extra=["--http-per-ip", "0", "--http-connections", "100"])
+    held = held_connections(hport, 80)
+    try:
+        assert served(hport), "no per-address limit, 81 of 100 connections: refused"
+    finally:
+        close_all(held)
+
+    r = run_cli(["gateway", "--http-connections", "0"], timeout=10)
+    assert r.returncode == 2 and "--http-connections '0'" in r.stderr, r.stderr
 
 
 def test_keys_over_http(procs, tmp_path):
