@@ -159,8 +159,10 @@ static float ci_bf16_to_f32(uint16_t b) {
 
 /* Infers the shape of a nested list (rectangular) and the kind of its leaves (*kind 0
  * until the first leaf: from then on no list may add a dimension, so [1, [2]] is
- * ragged, not [2, 1]). */
-static int ci_infer(json_t *v, ci_input *t, uint32_t depth, int *kind, char *msg, size_t cap) {
+ * ragged, not [2, 1]). `int_strings`: the declared dtype is an integer one, whose
+ * values may be decimal strings too (as UINT64 past INT64_MAX is printed): numbers. */
+static int ci_infer(json_t *v, ci_input *t, uint32_t depth, bool int_strings, int *kind, char *msg,
+                    size_t cap) {
     if (json_is_array(v)) {
         if (depth >= AICFN_MAX_DIMS) {
             snprintf(msg, cap, "nested deeper than %d dimensions", AICFN_MAX_DIMS);
@@ -179,14 +181,14 @@ static int ci_infer(json_t *v, ci_input *t, uint32_t depth, int *kind, char *msg
             return -1;
         }
         for (size_t i = 0; i < (size_t)n; i++)
-            if (ci_infer(json_array_get(v, i), t, depth + 1, kind, msg, cap)) return -1;
+            if (ci_infer(json_array_get(v, i), t, depth + 1, int_strings, kind, msg, cap)) return -1;
         return 0;
     }
     if (depth != t->ndim) {
         snprintf(msg, cap, "ragged list: a value sits at depth %u of %u", depth, t->ndim);
         return -1;
     }
-    int k = json_is_string(v) ? 2 : json_is_boolean(v) ? 3 : json_is_number(v) ? 1 : 0;
+    int k = json_is_string(v) ? (int_strings ? 1 : 2) : json_is_boolean(v) ? 3 : json_is_number(v) ? 1 : 0;
     if (k == 0) {
         snprintf(msg, cap, "values must be numbers, booleans or strings");
         return -1;
@@ -441,11 +443,12 @@ static int ci_tensor_from_json(json_t *v, ci_input *t, char *msg, size_t cap) {
     }
     ci_input inferred = {0};
     int kind = 0;
+    int64_t lo, hi;
     if (json_is_string(data) && (jshape == NULL)) {
         inferred.ndim = 1;
         inferred.shape[0] = 1;
         kind = 2;
-    } else if (ci_infer(data, &inferred, 0, &kind, msg, cap)) {
+    } else if (ci_infer(data, &inferred, 0, dtype_int_range(t->dtype, &lo, &hi), &kind, msg, cap)) {
         return -1;
     }
     if (t->dtype == AICFN_DTYPE_INVALID)

@@ -183,6 +183,15 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
     assert r.returncode == 0, r.stderr
     outs = {o["name"]: o["data"] for o in json.loads(r.stdout)["outputs"]}
     assert outs["x"] == ["18446744073709551615"] and outs["y"] == ["10000000000000000000"], outs
+    # ... mixed with plain numbers, as a UINT64 output prints: that output goes back in as it is.
+    data = [1, "18446744073709551615"]
+    for _ in range(2):  # the second call sends back what the first printed
+        r = run_cli(["invoke", "--worker", addr, "echo", "--input",
+                     "x=" + json.dumps({"dtype": "UINT64", "data": data}), "--json"])
+        assert r.returncode == 0, r.stderr
+        out = json.loads(r.stdout)["outputs"][0]
+        assert out["dtype"] == "UINT64" and out["data"] == [1, "18446744073709551615"], out
+        data = out["data"]
     # NAME:VER: a name, and digits only.
     for ref in (":3", "echo:+3", "echo: 3", "echo:0"):
         r = run_cli(["invoke", "--worker", addr, ref, "--input", "x=1"])
