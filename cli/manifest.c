@@ -391,7 +391,9 @@ static int man_push_model(man_ctx *c, cli_manifest *m, const man_node *at, char 
     return AICFN_OK;
 }
 
-/* Adds one model entry: a file, or a directory's *.safetensors files (sorted). */
+/* Adds one model entry: a file, or a directory: its model.safetensors.index.json when it
+ * has one (a sharded checkpoint: the index names the shards, and packing checks that each
+ * is there and holds what the index says), else its *.safetensors files (sorted). */
 static int man_model_entry(man_ctx *c, cli_manifest *m, const man_node *v, const char *key) {
     const char *rel;
     int rc = man_string(c, v, key, &rel);
@@ -412,6 +414,18 @@ static int man_model_entry(man_ctx *c, cli_manifest *m, const man_node *v, const
         free(path);
         return rc;
     }
+    char *index = man_join(path, "model.safetensors.index.json");
+    if (!index) {
+        free(path);
+        return aicfn_error_set(c->err, AICFN_E_NOMEM, "%s: out of memory", c->file);
+    }
+    if (stat(index, &st) == 0) {
+        free(path);
+        if (S_ISREG(st.st_mode)) return man_push_model(c, m, v, index);
+        free(index);
+        return man_err(c, v, key, "model.safetensors.index.json in '%.200s' is not a regular file", rel);
+    }
+    free(index);
     DIR *d = opendir(path);
     if (!d) {
         rc = man_err(c, v, key, "cannot open directory '%.200s': %s", path, strerror(errno));

@@ -44,7 +44,7 @@ typedef struct cli_manifest {
     char name[AICFN_FN_NAME_MAX_BYTES + 1];
     char *handler; /* resolved against dir (as written when dir is NULL) */
     cli_handler_kind handler_kind;
-    char **model_files; /* resolved; directories expanded; n_model_files may be 0 */
+    char **model_files; /* resolved; a directory becomes its index or its *.safetensors; may be 0 */
     size_t n_model_files;
     gw_fn_config config; /* batching, limits, scaling, cache, idempotent, inputs/outputs */
 } cli_manifest;

@@ -120,8 +120,8 @@ static void bad_cases_name_key_and_line(void **state) {
     expect_error("name: a\nhandler: a.c\nscaling: { min_workers: 3, max_workers: 2 }\n", ":3:", "scaling",
                  "exceeds");
     expect_error("name: a\nhandler: a.c\nbatching: 5\n", ":3:", "batching", "expected a mapping");
-    expect_error("name: a\nhandler: a.c\ncache: { responses: true, ttl: 10000h }\n", "cache.ttl", "36000000 s",
-                 "at most 366 days");
+    expect_error("name: a\nhandler: a.c\ncache: { responses: true, ttl: 10000h }\n", "cache.ttl",
+                 "36000000 s", "at most 366 days");
     expect_error("name: a\nhandler: a.c\nscaling: { idle_timeout: 9000h }\n", "scaling.idle_timeout",
                  "at most 366 days", NULL);
     expect_error("handler: a.c\n", "aicfn.yaml:1:1", "name", "missing required key");
@@ -244,6 +244,24 @@ static void load_resolves_and_checks_files(void **state) {
     write_file(y, "name: mlp\nhandler: mlp.c\nmodel: empty\n");
     assert_int_equal(cli_manifest_load(y, &m, &err), AICFN_E_INVALID);
     assert_non_null(strstr(err.msg, "no .safetensors"));
+    /* A directory with an index (a sharded checkpoint) is the index: the packer then
+     * checks every shard it names, instead of taking whatever shards are there. */
+    snprintf(p, sizeof p, "%s/sharded", dir);
+    assert_int_equal(mkdir(p, 0700), 0);
+    snprintf(p, sizeof p, "%s/sharded/model-00001-of-00002.safetensors", dir);
+    write_file(p, "x");
+    snprintf(p, sizeof p, "%s/sharded/model.safetensors.index.json", dir);
+    write_file(p, "{\"weight_map\": {\"a\": \"model-00001-of-00002.safetensors\", "
+                  "\"b\": \"model-00002-of-00002.safetensors\"}}");
+    write_file(y, "name: mlp\nhandler: mlp.c\nmodel: sharded\n");
+    assert_int_equal(cli_manifest_load(y, &m, &err), AICFN_OK);
+    assert_int_equal(m->n_model_files, 1);
+    assert_string_equal(m->model_files[0], p);
+    cli_manifest_free(m);
+    assert_int_equal(unlink(p), 0);
+    assert_int_equal(mkdir(p, 0700), 0); /* an index that is not a file */
+    assert_int_equal(cli_manifest_load(y, &m, &err), AICFN_E_INVALID);
+    assert_non_null(strstr(err.msg, "aicfn.yaml:3:8: model: model.safetensors.index.json in 'sharded'"));
     snprintf(p, sizeof p, "%s/none.yaml", dir);
     assert_int_equal(cli_manifest_load(p, &m, &err), AICFN_E_IO);
     tdb_rm_rf(dir);
