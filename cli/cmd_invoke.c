@@ -44,7 +44,7 @@
 #define CI_MAX_PARAMS 64
 
 typedef struct ci_input {
-    char name[AICFN_MAX_NAME_BYTES];
+    char name[AICFN_MAX_NAME_BYTES + 1];
     aicfn_dtype dtype;
     uint32_t ndim;
     int64_t shape[AICFN_MAX_DIMS];
@@ -493,8 +493,11 @@ static int ci_tensor_from_json(json_t *v, ci_input *t, char *msg, size_t cap) {
 
 static int ci_parse_input(const char *arg, ci_input *t) {
     const char *eq = strchr(arg, '=');
-    if (eq == NULL || eq == arg || (size_t)(eq - arg) >= sizeof t->name)
+    if (eq == NULL || eq == arg)
         return cli_usage_error("invoke", "--input '%s': expected NAME=VALUE or NAME=@FILE.json", arg);
+    if ((size_t)(eq - arg) >= sizeof t->name)
+        return cli_usage_error("invoke", "--input '%.40s...': the name is longer than %d bytes", arg,
+                               AICFN_MAX_NAME_BYTES);
     memcpy(t->name, arg, (size_t)(eq - arg));
     t->name[eq - arg] = '\0';
     const char *val = eq + 1;

@@ -189,9 +189,9 @@ static aicfn_tensor *host_alloc_output(aicfn_response *r, const char *name, aicf
                                        const int64_t *shape, uint64_t nbytes) {
     if (r == NULL) return NULL;
     if (r->code != AICFN_OK) return NULL; /* already failed: nothing more will be sent */
-    if (name == NULL || name[0] == '\0' || strlen(name) >= AICFN_MAX_NAME_BYTES) {
+    if (name == NULL || name[0] == '\0' || strnlen(name, AICFN_MAX_NAME_BYTES + 1) > AICFN_MAX_NAME_BYTES) {
         worker_response_fail(r, AICFN_E_INVALID, "alloc_output: the name is empty or longer than %d bytes",
-                             AICFN_MAX_NAME_BYTES - 1);
+                             AICFN_MAX_NAME_BYTES);
         return NULL;
     }
     if (dtype <= AICFN_DTYPE_INVALID || dtype >= AICFN_DTYPE_COUNT || ndim > AICFN_MAX_DIMS ||

@@ -192,6 +192,11 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
         out = json.loads(r.stdout)["outputs"][0]
         assert out["dtype"] == "UINT64" and out["data"] == [1, "18446744073709551615"], out
         data = out["data"]
+    # Tensor names: 1..256 bytes, as the protocol allows.
+    r = run_cli(["invoke", "--worker", addr, "echo", "--input", "n" * 256 + "=1", "--json"])
+    assert r.returncode == 0 and json.loads(r.stdout)["outputs"][0]["name"] == "n" * 256, r.stderr
+    r = run_cli(["invoke", "--worker", addr, "echo", "--input", "n" * 257 + "=1"])
+    assert r.returncode == 2 and "longer than 256 bytes" in r.stderr, r.stderr
     # NAME:VER: a name, and digits only.
     for ref in (":3", "echo:+3", "echo: 3", "echo:0"):
         r = run_cli(["invoke", "--worker", addr, ref, "--input", "x=1"])

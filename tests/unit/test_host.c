@@ -15,6 +15,7 @@
 /* cmocka needs the headers above first. */
 #include <cmocka.h>
 
+#include "common/tunables.h"
 #include "worker/host.h"
 
 static char handlers_dir[PATH_MAX];
@@ -258,6 +259,17 @@ static void alloc_output_rules(void **state) {
     worker_response_reset(r);
     /* nbytes that do not match the dtype and shape. */
     assert_null(api->alloc_output(r, "b", AICFN_DTYPE_FP32, 2, shape, 25));
+    worker_response_reset(r);
+    /* Names: 1..AICFN_MAX_NAME_BYTES bytes, as the protocol carries them. */
+    char name[AICFN_MAX_NAME_BYTES + 2];
+    memset(name, 'n', sizeof name - 1);
+    name[sizeof name - 1] = '\0';
+    assert_null(api->alloc_output(r, name, AICFN_DTYPE_FP32, 2, shape, 0)); /* one byte over */
+    assert_int_equal(worker_response_status(r, NULL), AICFN_E_INVALID);
+    worker_response_reset(r);
+    name[AICFN_MAX_NAME_BYTES] = '\0';
+    assert_non_null(api->alloc_output(r, name, AICFN_DTYPE_FP32, 2, shape, 0));
+    assert_null(api->alloc_output(r, "", AICFN_DTYPE_FP32, 2, shape, 0));
     worker_response_reset(r);
     /* Over the reply limit. */
     int64_t big[1] = {1000};
