@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "cli/cli.h"
 #include "cli/gwclient.h"
 #include "cli/stopsignal.h"
@@ -42,6 +44,9 @@ static void cw_help(FILE *out) {
             "SIGTERM/SIGINT: new calls are refused (AICFN_E_UNAVAILABLE), calls in flight finish,\n"
             "handlers' fini runs, device memory is freed, exit status 0. A second signal while calls\n"
             "are in flight stops it at once (exit status 1); after a clean drain it is ignored.\n"
+            "A --gateway worker also exits (status 3, at once) when that gateway orders it to: a call\n"
+            "ran past its timeout + 5 s there, or it stopped answering; restart it (e.g. systemd\n"
+            "Restart=on-failure) and it registers again.\n"
             "\n"
             "  --listen ADDR        NNG address to listen on (required)\n"
             "  --device SPEC        auto (CUDA when a GPU is visible, else host), host, cuda, cuda:N\n"
@@ -273,6 +278,20 @@ int cli_cmd_worker(int argc, char **argv) {
     aicfn_error err;
     aicfn_error_clear(&err);
     worker *w = NULL;
+    /* The secret that lets the gateway this worker registers with end it (`exit`): a
+     * call stuck in a handler can be stopped no other way from another host. */
+    char exit_token[2 * 32 + 1];
+    if (gateway) {
+        unsigned char r[32];
+        if (sodium_init() < 0) {
+            aicfn_error_set(&err, AICFN_E_INTERNAL, "libsodium failed to initialize");
+            rc = cli_fail(&err);
+            goto out;
+        }
+        randombytes_buf(r, sizeof r);
+        sodium_bin2hex(exit_token, sizeof exit_token, r, sizeof r);
+        cfg.exit_token = exit_token;
+    }
     if (gateway && !shared_artifacts) {
         worker_fetch_config fc = {
             .gateway = gateway, .key = cli_api_key(gw_key), .cache_dir = cache_dir, .max_bytes = cache_max};
@@ -305,7 +324,7 @@ int cli_cmd_worker(int argc, char **argv) {
     }
     bool registered = true; /* false from a failed renewal until one succeeds */
     if (gateway) {
-        int r = cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), &err);
+        int r = cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), cfg.exit_token, &err);
         /* A live worker with this --id at another address may be this worker's previous
          * run, restarted at a new address before the gateway noticed it was gone (it drops
          * a worker after 3 failed status polls): ask again for a while before giving up. */
@@ -315,7 +334,7 @@ int cli_cmd_worker(int argc, char **argv) {
             struct timespec pause = {.tv_sec = AICFN_WORKER_POLL_MS / 1000,
                                      .tv_nsec = (long)(AICFN_WORKER_POLL_MS % 1000) * 1000000L};
             nanosleep(&pause, NULL);
-            r = cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), &err);
+            r = cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), cfg.exit_token, &err);
         }
         if (r == AICFN_E_EXISTS) {
             /* A run of this worker before a quick restart is still registered at this
@@ -336,7 +355,7 @@ int cli_cmd_worker(int argc, char **argv) {
         sig = sigtimedwait(&set, NULL, gateway ? &period : NULL);
         if (sig > 0) break;
         if (errno != EAGAIN || !gateway) continue; /* EINTR */
-        int r = cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), &err);
+        int r = cli_gw_register(gateway, cli_api_key(gw_key), cfg.id, worker_url(w), cfg.exit_token, &err);
         if (r == AICFN_OK) {
             log_info("registered again with gateway %s (it did not know this worker)", gateway);
             registered = true;

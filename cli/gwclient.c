@@ -112,15 +112,16 @@ const char *cli_flag_value(int argc, char **argv, int *i, const char *flag) {
 }
 
 int cli_gw_register(const char *gateway, const char *key, const char *name, const char *addr,
-                    aicfn_error *err) {
+                    const char *exit_token, aicfn_error *err) {
     rpc_client *c = NULL;
     int rc = cli_gw_open(gateway, &c, err);
     if (rc != AICFN_OK) return rc;
     wire_writer w;
     wire_writer_init(&w);
-    cli_gw_begin(&w, "register", key, name ? 2 : 1);
+    cli_gw_begin(&w, "register", key, 1 + (name != NULL) + (exit_token != NULL));
     wire_kv_str(&w, "addr", addr);
     if (name) wire_kv_str(&w, "name", name);
+    if (exit_token) wire_kv_str(&w, "ctl", exit_token);
     rpc_msg *reply = NULL;
     wire_doc doc;
     rc = cli_gw_call(c, &w, 10000, &reply, &doc, err);

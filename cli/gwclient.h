@@ -50,9 +50,10 @@ int cli_gw_query(const char *gateway, const char *key, const char *type, json_t 
 
 /* Registers a worker listening on `addr` (reachable from the gateway: tcp:// across
  * hosts) with the gateway, under `name` (NULL: the gateway names it). The gateway dials
- * it and routes calls to it. Blocks up to 10 s. */
+ * it and routes calls to it, and may end it with an `exit` carrying `exit_token` (NULL:
+ * none sent). Blocks up to 10 s. */
 int cli_gw_register(const char *gateway, const char *key, const char *name, const char *addr,
-                    aicfn_error *err);
+                    const char *exit_token, aicfn_error *err);
 
 /* A flag's value: "--flag VALUE" (advancing *i) or "--flag=VALUE"; NULL otherwise. */
 const char *cli_flag_value(int argc, char **argv, int *i, const char *flag);

@@ -108,6 +108,7 @@
                                                  a driver, uninterruptibly): logged; a stopping
                                                  gateway leaves it unreaped and exits */
 #define AICFN_CALL_GRACE_MS 5000              /* call past its timeout + this: worker killed, replaced */
+#define AICFN_WORKER_EXIT_TOKEN_MAX 128       /* a registered worker's exit token (worker.h), in bytes */
 #define AICFN_BUNDLE_REPLY_MARGIN_MS 2000     /* a bundle's reply is awaited this much longer than
                                                  its longest call's timeout + AICFN_CALL_GRACE_MS, at
                                                  which its worker answers a part still running as an

@@ -597,10 +597,12 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         return;
     }
     if (strcmp(h->t, "register") == 0) {
-        const char *addr = NULL, *name = NULL;
+        const char *addr = NULL, *name = NULL, *ctl = NULL;
         rc = wire_get_cstr(doc, root, NULL, "addr", true, 255, &addr, &e);
         if (rc == AICFN_OK) rc = wire_get_cstr(doc, root, NULL, "name", false, 63, &name, &e);
-        if (rc == AICFN_OK) rc = gw_register_worker(gw, name, addr, &e);
+        if (rc == AICFN_OK)
+            rc = wire_get_cstr(doc, root, NULL, "ctl", false, AICFN_WORKER_EXIT_TOKEN_MAX, &ctl, &e);
+        if (rc == AICFN_OK) rc = gw_register_worker(gw, name, addr, ctl && ctl[0] ? ctl : NULL, &e);
         if (rc != AICFN_OK) {
             front_error(call, id, rc, e.msg);
             return;

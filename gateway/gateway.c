@@ -53,6 +53,8 @@
 #define GW_IDLE_TICK_MS 250 /* ...while none do: drains, polls and unloads are due seconds apart */
 #define GW_HOLD_US (2ull * 1000 * 1000) /* gateway-added LOADING entries survive summaries this long */
 #define GW_POLL_TIMEOUT_MS 5000
+#define GW_EXIT_TIMEOUT_MS 2000 /* an `exit` order is given up on after this (its worker exits unanswering)  \
+                                 */
 #define GW_NO_MODEL_KEY "(no-model)"
 #define GW_MAX_VIEW AICFN_GW_MAX_LIVE_WORKERS
 #define GW_MAX_UNLOADS 32 /* idle unloads sent per maintenance tick; the rest wait a tick */
@@ -156,6 +158,8 @@ typedef struct gw_actions {
     size_t n_polls;
     gw_worker *destroys[GW_MAX_VIEW];
     size_t n_destroys;
+    gw_worker *exits[GW_MAX_VIEW]; /* killed registered workers to send `exit` (callbacks++ taken) */
+    size_t n_exits;
     struct {
         gw_worker *w; /* callbacks++ taken under the lock */
         char key[GW_HASH_HEX_LEN + 1];
@@ -1234,6 +1238,12 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
         else
             gw_pool_terminate(gw->pool, w->pool_id);
     }
+    /* A registered worker the gateway ended is ordered to exit (its supervisor restarts
+     * it): dropping the link alone would leave its stuck call running there. */
+    if (!w->pool_id && w->killed && w->exit_token[0] && w->client && a->n_exits < GW_MAX_VIEW) {
+        w->callbacks++;
+        a->exits[a->n_exits++] = w;
+    }
     /* Its calls and polls in flight fail now (AICFN_E_WORKER_LOST) rather than at their
      * deadlines: one queued before the link connected would see no dropped connection. */
     if (w->client) rpc_client_fail_inflight(w->client);
@@ -1335,6 +1345,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
             log_warn("worker %s: call %llu (%s:%u) ran past its deadline in a bundle: killing the worker",
                      w->name, (unsigned long long)c->id, c->fn->name, c->fn->ver);
             w->killed = true;
+            w->kill_reason = "a call in a bundle ran past its timeout + grace";
             gw_worker_dead_locked(gw, w, &a);
         }
         if (not_run) {
@@ -1425,6 +1436,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         log_warn("worker %s: call %llu (%s:%u) got no reply within its timeout + grace: killing the worker",
                  w->name, (unsigned long long)c->id, c->fn->name, c->fn->ver);
         w->killed = true;
+        w->kill_reason = "a call got no reply within its timeout + grace";
         gw_worker_dead_locked(gw, w, &a);
         gw_fail_locked(&a, c, AICFN_E_TIMEOUT,
                        "function %s:%u did not answer within %u ms (worker %s replaced)", c->fn->name,
@@ -1593,6 +1605,7 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
         } else if (w->state != GW_WORKER_STARTING && w->consecutive_poll_failures >= 3) {
             log_warn("worker %s failed 3 status polls (%s): dropping it", w->name, e.msg);
             w->killed = true;
+            w->kill_reason = "it failed 3 status polls";
             gw_worker_dead_locked(gw, w, &a);
         }
     }
@@ -1625,6 +1638,58 @@ static void gw_call_not_sent_locked(gw_gateway *gw, gw_call *c, int rc, const ch
     }
     if (rc == AICFN_E_WORKER_LOST) gw_link_dropped_locked(gw, w, why, a);
     gw_fail_locked(a, c, rc, "sending to worker %s: %s", w->name, why);
+}
+
+static void gw_exit_done(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    gw_poll *p = user; /* the same pair as a poll's */
+    gw_gateway *gw = p->gw;
+    gw_worker *w = p->w;
+    free(p);
+    /* No answer is the usual outcome: the worker exits without one (the link drops). */
+    if (status == AICFN_OK)
+        log_warn("worker %s: answered its exit order instead of exiting", w->name);
+    else if (status != AICFN_E_WORKER_LOST && status != AICFN_E_CANCELED)
+        log_warn("worker %s: its exit order failed (%s): %s", w->name, aicfn_status_name(status),
+                 err ? err->msg : "");
+    rpc_msg_free(reply);
+    pthread_mutex_lock(&gw->mu);
+    w->callbacks--;
+    gw_maint_wake_locked(gw); /* to unlink it now that its callbacks are done */
+    pthread_mutex_unlock(&gw->mu);
+}
+
+/* Orders killed registered worker w to exit (lock NOT held; callbacks++ taken under it). */
+static void gw_send_exit(gw_gateway *gw, gw_worker *w) {
+    aicfn_error e;
+    aicfn_error_clear(&e);
+    wire_writer wr;
+    wire_writer_init(&wr);
+    wire_put_map(&wr, 5);
+    wire_kv_u64(&wr, "v", AICFN_PROTOCOL_VERSION);
+    wire_kv_str(&wr, "t", "exit");
+    wire_kv_u64(&wr, "id", __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED));
+    wire_kv_str(&wr, "ctl", w->exit_token);
+    wire_kv_str(&wr, "reason", w->kill_reason ? w->kill_reason : "the gateway dropped it");
+    int rc = wire_writer_status(&wr, &e);
+    gw_poll *p = rc == AICFN_OK ? malloc(sizeof *p) : NULL;
+    if (p) {
+        *p = (gw_poll){.gw = gw, .w = w};
+        rc = rpc_call_async(w->client, wr.data, wr.len, GW_EXIT_TIMEOUT_MS, gw_exit_done, p, &e);
+        if (rc != AICFN_OK) free(p);
+    } else if (rc == AICFN_OK) {
+        rc = aicfn_error_set(&e, AICFN_E_NOMEM, "out of memory");
+    }
+    wire_writer_fini(&wr);
+    if (rc == AICFN_OK) {
+        log_warn("worker %s: ordered to exit (%s)", w->name, w->kill_reason ? w->kill_reason : "dropped");
+        return;
+    }
+    log_warn("worker %s: its exit order could not be sent (%s): %s; the process may still be running",
+             w->name, aicfn_status_name(rc), e.msg);
+    pthread_mutex_lock(&gw->mu);
+    w->callbacks--;
+    gw_maint_wake_locked(gw);
+    pthread_mutex_unlock(&gw->mu);
 }
 
 /* Sends a status poll (lock NOT held). callbacks/poll_pending were set under the lock. */
@@ -1768,6 +1833,8 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
         }
         for (size_t i = 0; i < a->n_polls; i++)
             gw_send_poll(gw, a->polls[i]);
+        for (size_t i = 0; i < a->n_exits; i++)
+            gw_send_exit(gw, a->exits[i]);
         for (size_t i = 0; i < a->n_unloads; i++)
             gw_idle_unload_start(gw, a->unloads[i].w, a->unloads[i].key, a->unloads[i].fn, a->unloads[i].ver,
                                  a->unloads[i].idle_ms, a->unloads[i].keep_only);
@@ -2458,9 +2525,13 @@ static bool gw_worker_name_reserved(const char *name) {
     return true;
 }
 
-int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn_error *err) {
+int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, const char *exit_token,
+                       aicfn_error *err) {
     int rc = rpc_check_url(addr, err);
     if (rc != AICFN_OK) return rc;
+    if (exit_token && strlen(exit_token) > AICFN_WORKER_EXIT_TOKEN_MAX)
+        return aicfn_error_set(err, AICFN_E_INVALID, "exit token longer than %d bytes",
+                               AICFN_WORKER_EXIT_TOKEN_MAX);
     if (strlen(addr) >= sizeof(((gw_worker *)0)->addr))
         return aicfn_error_set(err, AICFN_E_INVALID, "worker address too long");
     gw_actions a;
@@ -2477,6 +2548,10 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn
     for (gw_worker *w = gw->workers; w; w = w->next) {
         if (w->state == GW_WORKER_DEAD) continue;
         if (strcmp(w->addr, addr) == 0) {
+            /* A renewal, or a worker restarted at this address (the link reaches it): its
+             * token is the one that ends the process there now. */
+            if (w->pool_id == 0 && exit_token)
+                snprintf(w->exit_token, sizeof w->exit_token, "%s", exit_token);
             pthread_mutex_unlock(&gw->mu);
             return aicfn_error_set(err, AICFN_E_EXISTS, "a worker is already registered at %s", addr);
         }
@@ -2513,6 +2588,7 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn
         pthread_mutex_unlock(&gw->mu);
         return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     }
+    if (exit_token) snprintf(w->exit_token, sizeof w->exit_token, "%s", exit_token);
     rc = gw_worker_connect(w, err);
     if (rc != AICFN_OK) {
         pthread_mutex_unlock(&gw->mu);

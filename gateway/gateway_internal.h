@@ -71,7 +71,8 @@ void gw_functions_removed(gw_gateway *gw, const char *name, uint32_t version);
 /* Registers a remote worker listening on `addr` (tcp:// or ipc://) under `name` (NULL:
  * generated). The gateway dials it and routes to it once its first status arrives.
  * AICFN_E_EXISTS when a live worker has that address. Thread-safe. */
-int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, aicfn_error *err);
+int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, const char *exit_token,
+                       aicfn_error *err);
 
 /* Repository load: makes function `name` (version 0 = active)'s model resident on a
  * worker, routed like an invocation (a worker that has it, one loading it, one with room,

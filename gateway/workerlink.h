@@ -19,6 +19,7 @@
 
 #include "common/error.h"
 #include "common/rpc.h"
+#include "common/tunables.h"
 #include "common/wire.h"
 #include "gateway/router.h"
 
@@ -66,8 +67,12 @@ typedef struct gw_worker {
                                 written under the gateway's lock, read atomically by polls */
     bool killed;             /* the gateway ended it (a call past its timeout, failed polls): the calls
                                 that fail with it did not crash it and are not charged as crashes */
-    uint64_t death;          /* set when it dies: the gateway's count of worker deaths (a crash is
-                                charged to a request once per death) */
+    const char *kill_reason; /* why, when killed (a static string) */
+    /* A registered worker's exit token (its `register` carried `ctl`): a killed one is sent
+     * `exit` with it (a local one gets SIGKILL). "" = none. */
+    char exit_token[AICFN_WORKER_EXIT_TOKEN_MAX + 1];
+    uint64_t death; /* set when it dies: the gateway's count of worker deaths (a crash is
+                       charged to a request once per death) */
     /* Its fault note (pool.h), when a handler crashed it: the function and the calls of
      * that handler call, charged alone; NULL when it died otherwise (then every call in
      * flight is). */

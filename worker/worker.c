@@ -15,6 +15,8 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <sodium.h>
+
 #include "common/clock.h"
 #include "common/dtype.h"
 #include "common/log.h"
@@ -84,6 +86,7 @@ struct worker {
     worker_bundle_watch *bundle_watch; /* parts of bundles overrunning their deadlines */
     uint64_t started_us;
     int refuse_specs;
+    char *exit_token;        /* NULL: `exit` refused (worker_config.exit_token) */
     worker_fetcher *fetcher; /* borrowed; NULL: artifact paths are local */
 
     pthread_mutex_t mu; /* fns, n_fns, inflight, draining */
@@ -1538,6 +1541,35 @@ static void *worker_preload_main(void *arg) {
     return NULL;
 }
 
+/* {t:"exit", id, ctl, reason?}: the gateway that registered this worker ends it (a call
+ * stuck past its timeout cannot be taken back otherwise: the handler's thread cannot be
+ * stopped). `ctl` must be the token the worker sent in its `register`; the process then
+ * exits at once, without a reply, as a SIGKILL would end it: the gateway has already
+ * failed or re-routed its calls. */
+static void worker_on_exit(worker *w, rpc_call *call, wire_doc *doc, const wire_header *h) {
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    const char *ctl = NULL, *reason = NULL;
+    int rc = wire_get_cstr(doc, &doc->root, NULL, "ctl", true, AICFN_WORKER_EXIT_TOKEN_MAX, &ctl, &err);
+    if (rc == AICFN_OK) rc = wire_get_cstr(doc, &doc->root, NULL, "reason", false, 256, &reason, &err);
+    if (rc != AICFN_OK) {
+        worker_reply_fail(w, call, h->id, rc, err.msg);
+        return;
+    }
+    size_t n = strlen(ctl);
+    if (w->exit_token == NULL || n != strlen(w->exit_token) || sodium_memcmp(ctl, w->exit_token, n) != 0) {
+        log_warn("worker %s: an exit order with a wrong token was refused", w->id);
+        worker_reply_fail(w, call, h->id, AICFN_E_FORBIDDEN,
+                          w->exit_token ? "exit: wrong token"
+                                        : "exit: this worker takes no exit order (not registered)");
+        return;
+    }
+    log_error("worker %s: its gateway ends it: %s", w->id,
+              reason && reason[0] ? reason : "(no reason given)");
+    fflush(NULL);
+    _exit(WORKER_EXIT_ORDERED);
+}
+
 static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const wire_header *h) {
     aicfn_error err;
     aicfn_error_clear(&err);
@@ -1877,6 +1909,11 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
         worker_req_free(r);
         return;
     }
+    if (strcmp(h.t, "exit") == 0) {
+        worker_on_exit(w, out.call, &r->doc, &h);
+        worker_req_free(r);
+        return;
+    }
     if (strcmp(h.t, WIRE_T_BUNDLE) == 0) {
         worker_on_bundle(w, out.call, &r->doc, &h);
         worker_req_free(r); /* the zone only: the parts point into the message */
@@ -1885,7 +1922,8 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
     if (strcmp(h.t, WIRE_T_INVOKE) != 0) {
         worker_req_free(r);
         snprintf(err.msg, sizeof err.msg,
-                 "unknown message type '%s' (a worker answers invoke, bundle, status, preload and unload)",
+                 "unknown message type '%s' (a worker answers invoke, bundle, status, preload, unload and "
+                 "exit)",
                  h.t);
         worker_out_fail(w, out, h.id, AICFN_E_PROTOCOL, err.msg);
         return;
@@ -2061,6 +2099,12 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     w->fetcher = cfg->fetcher;
     w->listen = strdup(cfg->listen);
     w->device_spec = strdup(cfg->device && cfg->device[0] ? cfg->device : "auto");
+    if (cfg->exit_token && cfg->exit_token[0] &&
+        (strlen(cfg->exit_token) > AICFN_WORKER_EXIT_TOKEN_MAX ||
+         !(w->exit_token = strdup(cfg->exit_token)))) {
+        worker_destroy(w);
+        return aicfn_error_set(err, AICFN_E_INVALID, "worker: exit token too long or out of memory");
+    }
     if (cfg->id && cfg->id[0])
         snprintf(w->id, sizeof w->id, "%s", cfg->id);
     else
@@ -2198,6 +2242,7 @@ void worker_destroy(worker *w) {
     loader_device_close(w->dev);
     pthread_cond_destroy(&w->cv);
     pthread_mutex_destroy(&w->mu);
+    free(w->exit_token);
     free(w->listen);
     free(w->device_spec);
     free(w);

@@ -35,6 +35,10 @@
 
 typedef struct worker worker;
 
+/* Exit status of a worker its gateway ended with `exit` (worker_config.exit_token): a
+ * call ran past its timeout, or it stopped answering. A supervisor should restart it. */
+#define WORKER_EXIT_ORDERED 3
+
 typedef struct worker_config {
     const char *listen;    /* NNG URL (ipc:// or tcp://); required */
     const char *device;    /* "auto", "host", "cuda", "cuda:N"; NULL = "auto" */
@@ -55,6 +59,11 @@ typedef struct worker_config {
                                    then gets AICFN_E_TIMEOUT while the download goes on), the snapshot when
                                    its model is loaded (in the cache's load, single-flight). Borrowed:
                                    it must outlive the worker. */
+    const char *exit_token;     /* a registered (remote) worker's secret, sent in its `register`:
+                                   an `exit` message carrying it ends the process at once (exit
+                                   status WORKER_EXIT_ORDERED), which is how its gateway kills a
+                                   worker stuck in a call. NULL/"": `exit` is refused (a local
+                                   worker, which its gateway kills with SIGKILL). Copied. */
     uint32_t fn_idle_retire_ms; /* a function registered by a spec and not called for this long is
                                    removed (its handler, instance and threads; not its model, which
                                    the cache's LRU keeps or evicts), checked at each status request;

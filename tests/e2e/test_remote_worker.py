@@ -16,18 +16,21 @@ are restored. Every wait is bounded.
 import hashlib
 import json
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
 
-from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, gw_msg, invoke_msg, next_id, output,
-                      run_cli, status_msg, tensor, wait_for)
-from test_gateway import deploy, mlp_reference, workers
+from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_port, gw_msg, handler, invoke_msg, next_id,
+                      output, run_cli, status_msg, tensor, wait_for)
+from test_gateway import deploy, mlp_reference, workers, write_manifest
 from test_gateway import start_gateway as gateway_with
 
 E_INVALID = 1
 E_CORRUPT = 4
 E_NOT_FOUND = 6
+E_TIMEOUT = 9
+E_FORBIDDEN = 14
 E_PROTOCOL = 19
 CHUNK = 4 << 20  # AICFN_UPLOAD_CHUNK_BYTES
 
@@ -343,6 +346,32 @@ def test_remote_worker_rejoins_a_restarted_gateway(procs, tmp_path):
     assert np.array_equal(output(r, "x"), x * 2)
     assert w.poll() is None
     assert "registered again with gateway" in w.stderr()
+
+
+def test_remote_worker_stuck_in_a_call_is_ordered_to_exit(procs, tmp_path):
+    """A registered worker whose call runs past its timeout + grace cannot be sent SIGKILL
+    from another host: the gateway orders it to exit with the token the worker sent in its
+    `register`, and the worker process ends (exit status 3, for its supervisor to restart
+    it) instead of running the stuck call on. An `exit` without that token is refused
+    (AICFN_E_FORBIDDEN) and changes nothing."""
+    addr, data, g = gateway_with(procs, tmp_path, workers="0..0")
+    write_manifest(tmp_path / "stuck", f"name: stuck\nhandler: {handler('test_sleep')}\nlimits: {{ timeout: 1s }}\n")
+    deploy(addr, tmp_path / "stuck")
+    w, _, _ = start_remote_worker(procs, tmp_path, addr)
+    x = tensor("x", np.arange(2, dtype=np.float32))
+    assert call(addr, invoke_msg("stuck", [x]), timeout_ms=20000)["ok"]
+    for bad in ({"ctl": "0" * 64}, {"ctl": ""}, {}):
+        r = call(w.addr, {"v": PROTOCOL_VERSION, "t": "exit", "id": next_id(), **bad}, timeout_ms=5000)
+        assert not r["ok"] and r["error"]["code"] in (E_FORBIDDEN, E_PROTOCOL), (bad, r)
+    assert w.poll() is None and call(addr, invoke_msg("stuck", [x]), timeout_ms=20000)["ok"]
+    t0 = time.monotonic()
+    r = call(addr, invoke_msg("stuck", [x], params={"sleep_ms": "60000"}), timeout_ms=30000)
+    assert not r["ok"] and r["error"]["code"] == E_TIMEOUT, r
+    assert time.monotonic() - t0 < 15  # timeout (1 s) + grace (5 s), not the handler's 60 s
+    wait_for(lambda: w.poll() is not None, 10, interval=0.05, what="the stuck remote worker to exit")
+    assert w.poll() == 3, (w.poll(), w.stderr()[-2000:])
+    assert "its gateway ends it: a call got no reply within its timeout + grace" in w.stderr(), w.stderr()[-2000:]
+    assert "ordered to exit" in g.stderr(), g.stderr()[-2000:]
 
 
 def test_remote_worker_restarted_at_once_serves_again(procs, tmp_path):

@@ -415,6 +415,12 @@ def test_bad_inputs_get_errors_and_worker_keeps_serving(procs, tmp_path):
             r = send(junk)
             assert r["ok"] is False and r["error"]["code"] == E_PROTOCOL, (junk, r)
         still_serving()
+        # `exit` is for a worker that registered with a gateway (and sent it its secret):
+        # this one takes no exit order, whatever it carries.
+        for ctl in ("", "0" * 64):
+            r = send(msgpack.packb({"v": 1, "t": "exit", "id": 5, "ctl": ctl}, use_bin_type=True))
+            assert r["ok"] is False and r["error"]["code"] == 14, r  # AICFN_E_FORBIDDEN
+        still_serving()
         # Every strict prefix of a valid request (including the empty message).
         for n in range(len(valid)):
             r = send(valid[:n])
