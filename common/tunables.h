@@ -136,6 +136,8 @@
 #define AICFN_DB_STMT_CACHE 96                /* prepared statements cached per connection */
 #define AICFN_LEDGER_QUEUE_MAX 200000         /* records waiting for the writer; beyond: dropped, counted */
 #define AICFN_LEDGER_RETRY_MS 500             /* pause after a failed ledger commit before retrying */
+#define AICFN_LEDGER_STOP_RETRY_MS 5000      /* at shutdown, failing commits are retried this long in all, then
+                                                 what is still queued is dropped (and counted) */
 #define AICFN_LEDGER_AMOUNT_MAX (1ull << 40)  /* a stored duration (µs, ~12.7 days) or byte count, at most */
 #define AICFN_ARTIFACT_MAX_BYTES (256ull << 30) /* one handler .so or snapshot */
 #define AICFN_ARTIFACT_MAX_UPLOADS 16         /* uploads open at once per store */

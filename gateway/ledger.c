@@ -346,9 +346,26 @@ static void led_free_list(led_rec *r) {
     }
 }
 
+/* Drops every queued record (lock held): the shutdown's retries ran out. */
+static void led_drop_queued_locked(gw_ledger *l) {
+    if (!l->head) return;
+    uint64_t last_seq = l->tail->seq;
+    size_t n = l->count;
+    led_free_list(l->head);
+    l->head = l->tail = NULL;
+    l->count = 0;
+    l->stats.dropped += n;
+    l->done_seq = last_seq;
+    log_error("ledger: %zu more records lost at shutdown (the database kept failing)", n);
+}
+
 static void *led_writer(void *arg) {
     pthread_setname_np(pthread_self(), "aicfn:ledger");
     gw_ledger *l = arg;
+    /* Once stopping, failing commits are retried until this time, all batches together:
+     * a backlog of many batches must not multiply the wait (0: not set yet). */
+    uint64_t give_up_us = 0;
+    bool gave_up = false;
     pthread_mutex_lock(&l->mu);
     for (;;) {
         while (!l->stopping && !l->flush_now && l->count == 0)
@@ -385,8 +402,8 @@ static void *led_writer(void *arg) {
 
         aicfn_error err = {0};
         int attempts = 0;
-        int rc;
-        for (;;) {
+        int rc = AICFN_E_CANCELED;
+        while (!gave_up) {
             rc = led_commit_batch(l, batch, &err);
             attempts++;
             if (rc == AICFN_OK) break;
@@ -395,7 +412,12 @@ static void *led_writer(void *arg) {
             bool stopping = l->stopping;
             pthread_mutex_unlock(&l->mu);
             log_error("ledger: committing %zu records failed (attempt %d): %s", n, attempts, err.msg);
-            if (stopping && attempts >= 10) break;
+            if (stopping) {
+                uint64_t now = clock_now_us();
+                if (!give_up_us) give_up_us = now + (uint64_t)AICFN_LEDGER_STOP_RETRY_MS * 1000;
+                if (now >= give_up_us) gave_up = true;
+                if (gave_up) break;
+            }
             struct timespec ts = {.tv_sec = AICFN_LEDGER_RETRY_MS / 1000,
                                   .tv_nsec = (AICFN_LEDGER_RETRY_MS % 1000) * 1000000L};
             nanosleep(&ts, NULL);
@@ -412,6 +434,7 @@ static void *led_writer(void *arg) {
             log_error("ledger: %zu records lost at shutdown after %d failed commits", n, attempts);
         }
         l->done_seq = last_seq;
+        if (gave_up) led_drop_queued_locked(l);
         pthread_cond_broadcast(&l->done);
     }
     pthread_cond_broadcast(&l->done);

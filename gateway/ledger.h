@@ -125,8 +125,9 @@ int gw_ledger_create(const char *data_dir, unsigned flush_ms, unsigned flush_rec
                      gw_ledger **out, aicfn_error *err);
 
 /* Stops taking records, commits everything queued, stops the thread and closes the
- * connection. If the final commits fail, retries for up to ~5 s, then logs how many
- * records were lost. NULL accepted. */
+ * connection. If the final commits fail, retries for up to ~5 s in all
+ * (AICFN_LEDGER_STOP_RETRY_MS, however many batches are queued), then drops the rest and
+ * logs how many records were lost. NULL accepted. */
 void gw_ledger_destroy(gw_ledger *l);
 
 /* Queue a record; never blocks on SQLite (only briefly on the queue's mutex).
