@@ -53,8 +53,9 @@
 #define GW_IDLE_TICK_MS 250 /* ...while none do: drains, polls and unloads are due seconds apart */
 #define GW_HOLD_US (2ull * 1000 * 1000) /* gateway-added LOADING entries survive summaries this long */
 #define GW_POLL_TIMEOUT_MS 5000
-#define GW_EXIT_TIMEOUT_MS 2000 /* an `exit` order is given up on after this (its worker exits unanswering)  \
-                                 */
+#define GW_EXIT_TIMEOUT_MS                                                                                   \
+    2000 /* an `exit` order is given up on after this (its worker exits unanswering)                         \
+          */
 #define GW_NO_MODEL_KEY "(no-model)"
 #define GW_MAX_VIEW AICFN_GW_MAX_LIVE_WORKERS
 #define GW_MAX_UNLOADS 32 /* idle unloads sent per maintenance tick; the rest wait a tick */
@@ -1456,16 +1457,19 @@ static void gw_call_cb(void *user, int status, rpc_msg *reply, const aicfn_error
 
 /* A bundle came back: each call completes with its own part of the reply, or with the
  * bundle's failure (a lost worker, a timeout: as if each had been in flight alone). */
+/* Whether a bundle part is a reply marked overran (its call stuck past its deadline +
+ * grace: the worker is about to be killed). */
+static bool gw_part_overran(const wire_part *p) {
+    size_t off, vlen;
+    if (wire_validate(p->data, p->len, NULL, NULL, NULL) != AICFN_OK ||
+        wire_raw_find(p->data, p->len, WIRE_MARK_OVERRAN, &off, &vlen, NULL) != AICFN_OK)
+        return false;
+    return vlen == 1 && p->data[off] == 0xc3; /* msgpack true */
+}
+
 static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
     gw_bundle *b = user;
     gw_gateway *gw = b->gw;
-    gw_actions a;
-    memset(&a, 0, sizeof a);
-    pthread_mutex_lock(&gw->mu);
-    gw_link_msg_done_locked(gw, b->w, true, status == AICFN_OK, &a); /* the held calls leave first */
-    pthread_mutex_unlock(&gw->mu);
-    gw_process(gw, &a);
-
     aicfn_error e;
     aicfn_error_clear(&e);
     wire_doc doc;
@@ -1491,6 +1495,18 @@ static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_err
         }
         if (status != AICFN_OK) err = &e;
     }
+    /* The held calls leave before the parts are handed out, unless a part overran: its
+     * worker is killed below, and they are routed elsewhere instead (never sent to a
+     * worker about to die, where a non-idempotent call would fail as lost). */
+    bool overran = false;
+    for (uint32_t i = 0; status == AICFN_OK && i < n && !overran; i++)
+        overran = gw_part_overran(&parts[i]);
+    gw_actions a;
+    memset(&a, 0, sizeof a);
+    pthread_mutex_lock(&gw->mu);
+    gw_link_msg_done_locked(gw, b->w, true, status == AICFN_OK && !overran, &a);
+    pthread_mutex_unlock(&gw->mu);
+    gw_process(gw, &a);
     for (uint32_t i = 0; i < b->n; i++) {
         if (status != AICFN_OK) {
             gw_call_complete(b->calls[i], status, NULL, err, false);
