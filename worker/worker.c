@@ -93,6 +93,10 @@ struct worker {
     pthread_cond_t cv;  /* inflight reached 0 */
     worker_fn *fns;
     worker_fn *retired; /* removed while calls still held them: freed by worker_destroy */
+    /* Functions worker_remove unlinked and has not freed yet (their fini may be running):
+     * a spec naming one waits for it to be gone before registering it again, so that an
+     * instance's fini comes before its successor's init (aicfn.h). */
+    struct worker_removal *removing;
     unsigned n_fns;
     uint64_t max_timeout_us; /* the longest function timeout (bounds a drain) */
     unsigned inflight;
@@ -1145,10 +1149,61 @@ int worker_add_function(worker *w, const worker_fn_config *c, aicfn_error *err) 
     return worker_add(w, c, false, err);
 }
 
+/* A function being removed (worker.removing). */
+typedef struct worker_removal {
+    char name[AICFN_MAX_NAME_BYTES];
+    uint32_t version;
+    struct worker_removal *next;
+} worker_removal;
+
+static bool worker_removing_locked(const worker *w, const char *name, uint32_t version) {
+    for (const worker_removal *x = w->removing; x; x = x->next)
+        if (x->version == version && strcmp(x->name, name) == 0) return true;
+    return false;
+}
+
+/* The removal `x` is over (lock NOT held): a spec waiting for it may register anew. */
+static void worker_removal_end(worker *w, worker_removal *x) {
+    if (x == NULL) return;
+    pthread_mutex_lock(&w->mu);
+    for (worker_removal **pp = &w->removing; *pp; pp = &(*pp)->next)
+        if (*pp == x) {
+            *pp = x->next;
+            break;
+        }
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    free(x);
+}
+
+/* Waits (until `deadline_us`) for function name:version to be out of the removals.
+ * AICFN_OK, or AICFN_E_TIMEOUT. */
+static int worker_wait_removed(worker *w, const char *name, uint32_t version, uint64_t deadline_us,
+                               aicfn_error *err) {
+    pthread_mutex_lock(&w->mu);
+    while (worker_removing_locked(w, name, version) && clock_now_us() < deadline_us) {
+        struct timespec ts;
+        clock_deadline_to_timespec(deadline_us, &ts);
+        pthread_cond_timedwait(&w->cv, &w->mu, &ts);
+    }
+    bool still = worker_removing_locked(w, name, version);
+    pthread_mutex_unlock(&w->mu);
+    if (still)
+        return aicfn_error_set(err, AICFN_E_TIMEOUT,
+                               "function %s v%u: its previous instance was still ending (fini) at the call's "
+                               "deadline (not executed)",
+                               name, version);
+    return AICFN_OK;
+}
+
 /* worker_remove_function; evict_model false leaves the model to the cache's LRU (a
  * retirement: another version may use the model soon). */
 static int worker_remove(worker *w, const char *name, uint32_t version, bool evict_model, aicfn_error *err) {
     if (name == NULL) return aicfn_error_set(err, AICFN_E_INVALID, "remove: no function name");
+    worker_removal *x = calloc(1, sizeof *x);
+    if (x == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "remove: out of memory");
+    snprintf(x->name, sizeof x->name, "%s", name);
+    x->version = version;
     pthread_mutex_lock(&w->mu);
     worker_fn **pp = &w->fns, *f = NULL;
     for (; *pp; pp = &(*pp)->next)
@@ -1157,15 +1212,20 @@ static int worker_remove(worker *w, const char *name, uint32_t version, bool evi
             *pp = f->next;
             f->next = NULL;
             w->n_fns--;
+            x->next = w->removing; /* until its fini is done */
+            w->removing = x;
             break;
         }
+    if (f == NULL) {
+        pthread_mutex_unlock(&w->mu);
+        free(x);
+        return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function %s version %u is not loaded", name, version);
+    }
     int shared = 0;
-    if (f && f->model_key)
+    if (f->model_key)
         for (worker_fn *g = w->fns; g; g = g->next)
             if (g->model_key && strcmp(g->model_key, f->model_key) == 0) shared = 1;
     pthread_mutex_unlock(&w->mu);
-    if (f == NULL)
-        return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function %s version %u is not loaded", name, version);
     /* New calls can no longer find it. The ones that did are counted in f->inflight
      * (worker_accept, under w->mu) but may not have reached the batcher yet: it keeps
      * accepting them, without holding a partial batch for more, until all are done.
@@ -1186,6 +1246,8 @@ static int worker_remove(worker *w, const char *name, uint32_t version, bool evi
     }
     pthread_mutex_unlock(&w->mu);
     if (left) {
+        /* Stuck in its handler: a successor need not wait for a fini that runs at exit. */
+        worker_removal_end(w, x);
         log_warn("function %s v%u: removed with %u calls still in flight; freed at exit", name, version,
                  left);
         return AICFN_OK;
@@ -1193,6 +1255,7 @@ static int worker_remove(worker *w, const char *name, uint32_t version, bool evi
     char key[AICFN_MAX_NAME_BYTES] = "";
     if (f->model_key && !shared && evict_model) snprintf(key, sizeof key, "%s", f->model_key);
     worker_fn_free(f); /* joins its batcher, runs fini, unloads the handler */
+    worker_removal_end(w, x);
     if (key[0]) loader_cache_evict(w->cache, key, NULL); /* best effort: it may be pinned or gone */
     log_info("function %s v%u: removed", name, version);
     return AICFN_OK;
@@ -1739,17 +1802,23 @@ static void *worker_handler_fetch_main(void *arg) {
     return NULL;
 }
 
-/* Fetches the handler of r's spec into `local`, waiting at most until r's deadline (the
- * spec's timeout, shortened by the caller's deadline_ms). AICFN_E_TIMEOUT when the
- * download is still going then (it goes on). */
-static int worker_fetch_handler_by_deadline(worker_req *r, char *local, size_t cap, aicfn_error *err) {
-    worker *w = r->w;
+/* The deadline of r before it reaches its function: the spec's timeout, shortened by the
+ * caller's deadline_ms. */
+static uint64_t worker_spec_deadline(const worker_req *r) {
     uint64_t budget =
         (uint64_t)(r->req.spec.timeout_ms ? r->req.spec.timeout_ms : AICFN_DEFAULT_TIMEOUT_MS) * 1000;
     if (r->req.deadline_ms && (uint64_t)r->req.deadline_ms * 1000 < budget)
         budget = (uint64_t)r->req.deadline_ms * 1000;
     if (budget > AICFN_MAX_TIMEOUT_US) budget = AICFN_MAX_TIMEOUT_US; /* the spec is checked later */
-    uint64_t deadline = r->received_us + budget;
+    return r->received_us + budget;
+}
+
+/* Fetches the handler of r's spec into `local`, waiting at most until r's deadline (the
+ * spec's timeout, shortened by the caller's deadline_ms). AICFN_E_TIMEOUT when the
+ * download is still going then (it goes on). */
+static int worker_fetch_handler_by_deadline(worker_req *r, char *local, size_t cap, aicfn_error *err) {
+    worker *w = r->w;
+    uint64_t deadline = worker_spec_deadline(r);
     /* Join the download of this handler in progress, or start it. */
     pthread_mutex_lock(&w->mu);
     worker_handler_wait *hw = w->handler_fetches;
@@ -1804,6 +1873,9 @@ static int worker_fetch_handler_by_deadline(worker_req *r, char *local, size_t c
     return rc;
 }
 
+/* A call whose spec registers its function, off the NNG callback thread: it fetches the
+ * handler (a remote worker), waits for a previous instance of the function still being
+ * removed (its fini runs first), then registers the function and dispatches the call. */
 static void *worker_park_main(void *arg) {
     pthread_setname_np(pthread_self(), "aicfn:park");
     worker_req *r = arg;
@@ -1812,12 +1884,18 @@ static void *worker_park_main(void *arg) {
     aicfn_error_clear(&err);
     char handler[PATH_MAX];
     uint64_t t0 = clock_now_us();
-    int rc = worker_fetch_handler_by_deadline(r, handler, sizeof handler, &err);
-    if (rc != AICFN_OK)
-        aicfn_error_wrap(&err, "function %s: handler", r->req.fn);
-    else
-        log_info("function %s v%u: handler %s ready after %llu ms", r->req.fn, r->req.ver, handler,
-                 (unsigned long long)((clock_now_us() - t0) / 1000));
+    int rc = AICFN_OK;
+    if (w->fetcher) {
+        rc = worker_fetch_handler_by_deadline(r, handler, sizeof handler, &err);
+        if (rc != AICFN_OK)
+            aicfn_error_wrap(&err, "function %s: handler", r->req.fn);
+        else
+            log_info("function %s v%u: handler %s ready after %llu ms", r->req.fn, r->req.ver, handler,
+                     (unsigned long long)((clock_now_us() - t0) / 1000));
+    } else {
+        snprintf(handler, sizeof handler, "%s", r->req.spec.handler ? r->req.spec.handler : "");
+    }
+    if (rc == AICFN_OK) rc = worker_wait_removed(w, r->req.fn, r->req.ver, worker_spec_deadline(r), &err);
     if (rc != AICFN_OK)
         worker_finish(r, rc, err.msg, NULL);
     else if ((rc = worker_add_from_spec(w, &r->req, handler, &err)) != AICFN_OK)
@@ -1834,7 +1912,7 @@ static void worker_park(worker_req *r) {
     worker *w = r->w;
     aicfn_error err;
     char hash[WORKER_HASH_HEX_LEN + 1];
-    if (worker_fetch_hash_of_path(r->req.spec.handler, hash, &err) != AICFN_OK) {
+    if (w->fetcher && worker_fetch_hash_of_path(r->req.spec.handler, hash, &err) != AICFN_OK) {
         aicfn_error_wrap(&err, "function %s: spec.handler", r->req.fn);
         worker_finish(r, err.code, err.msg, NULL);
         return;
@@ -1845,7 +1923,7 @@ static void worker_park(worker_req *r) {
     pthread_mutex_unlock(&w->mu);
     if (full) { /* each parked call holds a thread, and its download another */
         worker_finish(r, AICFN_E_OVERLOADED,
-                      "too many calls waiting for their handlers' downloads; retry shortly", NULL);
+                      "too many calls waiting for their functions' handlers; retry shortly", NULL);
         return;
     }
     int rc = worker_start_detached(worker_park_main, r);
@@ -1853,7 +1931,7 @@ static void worker_park(worker_req *r) {
         pthread_mutex_lock(&w->mu);
         if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
-        worker_finish(r, AICFN_E_NOMEM, "cannot start a thread to fetch the function's handler", NULL);
+        worker_finish(r, AICFN_E_NOMEM, "cannot start a thread to register the function", NULL);
     }
 }
 
@@ -1953,6 +2031,7 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
         atomic_store(&fn->last_call_us, r->received_us);
         r->fn = fn;
     }
+    bool removing = !fn && !draining && worker_removing_locked(w, r->req.fn, r->req.ver);
     pthread_mutex_unlock(&w->mu);
     atomic_fetch_add(&w->n_invocations, 1);
     if (draining) {
@@ -1962,8 +2041,10 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
         return;
     }
     if (fn == NULL && r->req.has_spec) {
-        if (w->fetcher && !w->refuse_specs) {
-            worker_park(r); /* the handler is fetched off this NNG callback thread */
+        if ((w->fetcher || removing) && !w->refuse_specs) {
+            /* Off this NNG callback thread: the handler's download, or the end of the
+             * function's previous instance (its fini), may take a while. */
+            worker_park(r);
             return;
         }
         rc = worker_add_from_spec(w, &r->req, r->req.spec.handler, &err);

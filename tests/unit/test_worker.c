@@ -1398,6 +1398,39 @@ static void idle_function_from_a_spec_is_retired(void **state) {
     stop(w, c, 5000);
 }
 
+/* A call whose spec names a function being retired (its fini still running) waits for
+ * that instance to end before the successor's init: fini comes first (aicfn.h). It used
+ * to register and run a second instance at once. */
+static void retired_fini_ends_before_the_successor_init(void **state) {
+    (void)state;
+    char fini[PATH_MAX + 32], url[64];
+    snprintf(fini, sizeof fini, "%s/retire2.fini", tmp_dir);
+    snprintf(url, sizeof url, "inproc://aicfn-test-worker-%d-retire2", (int)getpid());
+    worker_config cfg = {
+        .listen = url, .device = "host", .memory_bytes = 16u << 20, .id = "wt", .fn_idle_retire_ms = 300};
+    worker *w = NULL;
+    aicfn_error err;
+    assert_int_equal(worker_create(&cfg, &w, &err), AICFN_OK);
+    rpc_client *c = serve(w, url);
+    setenv("AICFN_TEST_FINI_FILE", fini, 1);
+    setenv("AICFN_TEST_FINI_SLEEP_MS", "1500", 1);
+    invoke_spec(c, 1, "dyn");
+    usleep(400000);
+    unsigned left = 1;
+    uint64_t until = clock_now_us() + 5000000;
+    while (clock_now_us() < until && (left = hosted(c, "dyn")) != 0) /* a status starts the retirement */
+        usleep(20000);
+    assert_int_equal(left, 0);                /* unlinked; its fini sleeps */
+    assert_int_equal(access(fini, F_OK), -1); /* not done yet */
+    invoke_spec(c, 2, "dyn");                 /* registers it again: after that fini */
+    bool fini_done = access(fini, F_OK) == 0;
+    unsetenv("AICFN_TEST_FINI_SLEEP_MS");
+    assert_int_equal(hosted(c, "dyn"), 1);
+    stop(w, c, 5000); /* the successor's fini sleeps too */
+    unsetenv("AICFN_TEST_FINI_FILE");
+    assert_true(fini_done);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(echo_mlp_status),
@@ -1417,6 +1450,7 @@ int main(void) {
         cmocka_unit_test(init_outlasting_its_calls_is_adopted_or_ended),
         cmocka_unit_test(failed_init_of_calls_that_gave_up_is_tried_again),
         cmocka_unit_test(idle_function_from_a_spec_is_retired),
+        cmocka_unit_test(retired_fini_ends_before_the_successor_init),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
