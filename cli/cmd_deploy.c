@@ -42,7 +42,9 @@ extern char **environ;
 #define CD_CUDART "/usr/local/cuda/lib64/libcudart_static.a"
 #define CD_MAX_CU 16
 #define CD_DEPLOY_TIMEOUT_MS 30000
-#define CD_DEPLOY_ASKS 3 /* a deploy message that got no answer is sent again, same deploy id */
+#define CD_DEPLOY_ASKS 3      /* a deploy message that got no answer is sent again, same deploy id */
+#define CD_CHUNK_TRIES 6      /* sends of one upload chunk at most (the first and 5 retries) */
+#define CD_CHUNK_RETRY_MS 500 /* pause before a chunk's first retry, doubling: 15.5 s for 5 */
 
 static void cd_help(FILE *out) {
     fprintf(
@@ -290,6 +292,39 @@ static bool cd_stored(rpc_client *c, const char *key, const char *hex, uint64_t 
 }
 
 /* Uploads `path` (hash `hex`, `size` bytes) unless the gateway has it. */
+/* Whether a chunk that failed with `rc` may be sent again: the connection dropped or
+ * timed out (NNG dials again by itself), or the gateway could not write it (its disk).
+ * The gateway takes a chunk it already has as a no-op, so a chunk whose reply was lost
+ * is safe to send again; the SHA-256 checked at commit covers the whole file. */
+static bool cd_chunk_retryable(int rc) {
+    return rc == AICFN_E_TIMEOUT || rc == AICFN_E_WORKER_LOST || rc == AICFN_E_UNAVAILABLE ||
+           rc == AICFN_E_IO;
+}
+
+/* Sends one chunk, again after a retryable failure (CD_CHUNK_TRIES in all, the pause
+ * doubling from CD_CHUNK_RETRY_MS), unless interrupted. */
+static int cd_send_chunk(rpc_client *c, wire_writer *w, const char *path, uint64_t off, aicfn_error *err) {
+    uint32_t pause_ms = CD_CHUNK_RETRY_MS;
+    for (int attempt = 1;; attempt++) {
+        rpc_msg *reply = NULL;
+        wire_doc doc;
+        int rc = cli_gw_call(c, w, 60000, &reply, &doc, err);
+        if (rc == AICFN_OK) {
+            wire_doc_fini(&doc);
+            rpc_msg_free(reply);
+            return AICFN_OK;
+        }
+        if (attempt >= CD_CHUNK_TRIES || cd_interrupted || !cd_chunk_retryable(rc)) return rc;
+        fprintf(stderr,
+                "\naicfn deploy: %s: the chunk at byte %llu failed (%s: %s); sending it again in %u ms\n",
+                path, (unsigned long long)off, aicfn_status_name(rc), err->msg, pause_ms);
+        struct timespec ts = {.tv_sec = pause_ms / 1000, .tv_nsec = (long)(pause_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !cd_interrupted) {
+        }
+        pause_ms *= 2;
+    }
+}
+
 static int cd_upload(rpc_client *c, const char *key, const char *path, const char *hex, uint64_t size,
                      bool tty, aicfn_error *err) {
     uint64_t token = 0;
@@ -323,19 +358,13 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
             break;
         }
         wire_writer w;
-        rpc_msg *reply = NULL;
-        wire_doc doc;
         wire_writer_init(&w);
         cli_gw_begin(&w, "upload_chunk", key, 3);
         wire_kv_u64(&w, "upload", token);
         wire_kv_u64(&w, "offset", off);
         wire_kv_bin(&w, "data", buf, (size_t)n);
-        rc = cli_gw_call(c, &w, 60000, &reply, &doc, err);
+        rc = cd_send_chunk(c, &w, path, off, err);
         wire_writer_fini(&w);
-        if (rc == AICFN_OK) {
-            wire_doc_fini(&doc);
-            rpc_msg_free(reply);
-        }
         off += (uint64_t)n;
         if (tty && rc == AICFN_OK) {
             char a[32], b[32];

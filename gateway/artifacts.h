@@ -60,9 +60,10 @@ int gw_artifacts_remove(gw_artifacts *a, const char *hash, aicfn_error *err);
  * AICFN_E_OVERLOADED when AICFN_ARTIFACT_MAX_UPLOADS are already open, AICFN_E_IO. */
 int gw_upload_begin(gw_artifacts *a, const char *hash, uint64_t size, gw_upload **out, aicfn_error *err);
 
-/* Appends a chunk. `offset` must equal the bytes received so far (a reordered chunk, or
- * one already received, is AICFN_E_INVALID naming both offsets), and the total may not
- * exceed the size given to begin (AICFN_E_TOO_LARGE). On error the upload stays open
+/* Appends a chunk. `offset` must equal the bytes received so far (a chunk past it, or
+ * one overlapping what was received, is AICFN_E_INVALID naming both offsets; one lying
+ * wholly within it, a client's retry after a lost reply, is accepted and ignored), and
+ * the total may not exceed the size given to begin (AICFN_E_TOO_LARGE). On error the upload stays open
  * and nothing of the chunk counts: a write that failed partway (AICFN_E_IO, e.g. a full
  * disk) may be retried at the same offset, and its bytes are written in place. Blocks
  * on disk I/O. */

@@ -6,12 +6,14 @@ an artifact still used by another function stays; the worker that loaded a share
 handler keeps serving the function that remains; deploying again after the files were
 deleted uploads them again and works. An upload abandoned by its client is aborted
 after --upload-timeout even when no other message comes, and its temporary file is
-removed; one interrupted by Ctrl-C is aborted by the CLI at once.
+removed; one interrupted by Ctrl-C is aborted by the CLI at once. A connection that drops
+in the middle of an upload (a proxy cuts it) costs one chunk sent again, not the deploy.
 """
 import hashlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -234,3 +236,82 @@ def test_interrupted_deploy_aborts_its_upload(tmp_path):
     assert ("upload_abort", snap_token) in seen, seen
     assert "deploy" not in [t for t, _ in seen], seen
     assert "deployed" not in out
+
+
+class CuttingProxy:
+    """Forwards 127.0.0.1:PORT to `target_port`. The first connection to carry more than
+    `cut_after` bytes towards the target is cut there (both ends closed, once); every
+    other one is forwarded whole. Bounded: sockets time out after 60 s, and close() ends
+    the accept loop."""
+
+    def __init__(self, target_port: int, cut_after: int):
+        self.target, self.cut_after, self.cuts = target_port, cut_after, 0
+        self.lock = threading.Lock()
+        self.srv = socket.create_server(("127.0.0.1", 0))
+        self.srv.settimeout(0.2)
+        self.port = self.srv.getsockname()[1]
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self):
+        while not self.stopped.is_set():
+            try:
+                c, _ = self.srv.accept()
+            except socket.timeout:
+                continue
+            u = socket.create_connection(("127.0.0.1", self.target), timeout=60)
+            c.settimeout(60)
+            threading.Thread(target=self._pump, args=(c, u, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(u, c, False), daemon=True).start()
+
+    def _pump(self, src, dst, upstream):
+        sent = 0
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                with self.lock:
+                    cut = upstream and self.cuts == 0 and sent + len(data) > self.cut_after
+                    if cut:
+                        self.cuts += 1
+                if cut:
+                    dst.sendall(data[:self.cut_after - sent])
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def close(self):
+        self.stopped.set()
+        self.thread.join(timeout=5)
+        self.srv.close()
+
+
+def test_dropped_connection_mid_upload_resends_one_chunk(procs, tmp_path):
+    addr, data, g = start_gateway(procs, tmp_path)
+    d = tmp_path / "big"
+    d.mkdir()
+    w = np.random.default_rng(5).standard_normal((3 << 20,)).astype(np.float32)  # 12 MiB: 3 chunks
+    write_safetensors(d / "w.safetensors", {"w": w})
+    write_manifest(d, f"name: big\nhandler: {handler('echo')}\nmodel: w.safetensors\n")
+    proxy = CuttingProxy(int(addr.rsplit(":", 1)[1]), cut_after=6 << 20)  # inside the snapshot's 2nd chunk
+    try:
+        r = run_cli(["deploy", str(d), "--gateway", f"tcp://127.0.0.1:{proxy.port}", "--json"], timeout=120)
+    finally:
+        proxy.close()
+    assert proxy.cuts == 1
+    assert r.returncode == 0, r.stderr
+    assert "sending it again" in r.stderr, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["version"] == 1
+    x = np.arange(4, dtype=np.float32)
+    rep = call(addr, invoke_msg("big", [tensor("x", x)]), timeout_ms=30000)
+    assert rep["ok"], rep

@@ -124,7 +124,12 @@ static void offsets_and_sizes_are_checked(void **state) {
     aicfn_error err;
     assert_int_equal(gw_upload_begin(f->a, f->hash, sizeof f->data, &u, &err), AICFN_OK);
     assert_int_equal(gw_upload_write(u, 0, f->data, 1000, &err), AICFN_OK);
-    assert_int_equal(gw_upload_write(u, 0, f->data, 1000, &err), AICFN_E_INVALID); /* replayed chunk */
+    /* A chunk sent again (its reply was lost): taken as a no-op, received unchanged. */
+    assert_int_equal(gw_upload_write(u, 0, f->data, 1000, &err), AICFN_OK);
+    assert_int_equal(gw_upload_write(u, 200, f->data + 200, 800, &err), AICFN_OK);
+    assert_int_equal(gw_upload_received(u), 1000);
+    /* One overlapping the end of what was received is not. */
+    assert_int_equal(gw_upload_write(u, 500, f->data + 500, 1000, &err), AICFN_E_INVALID);
     assert_non_null(strstr(err.msg, "expected offset 1000"));
     assert_int_equal(gw_upload_write(u, 5000, f->data, 1000, &err), AICFN_E_INVALID); /* gap */
     assert_int_equal(gw_upload_write(u, 1000, f->data, sizeof f->data, &err), AICFN_E_TOO_LARGE);
@@ -214,6 +219,7 @@ static void failed_write_retried_in_place(void **state) {
     while (off < sizeof f->data) {
         size_t n = sizeof f->data - off < 65536 ? sizeof f->data - off : 65536;
         assert_int_equal(gw_upload_write(u, off, f->data + off, n, &err), AICFN_OK);
+        assert_int_equal(gw_upload_write(u, off, f->data + off, n, &err), AICFN_OK); /* reply lost: again */
         off += n;
     }
     assert_int_equal(gw_upload_commit(u, &err), AICFN_OK);
