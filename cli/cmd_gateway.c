@@ -25,7 +25,7 @@ static void cg_help(FILE *out) {
             "                     [--worker-memory BYTES] [--device auto|host|cuda] [--insecure-local]\n"
             "                     [--http HOST:PORT] [--response-cache BYTES] [--no-bundles]\n"
             "                     [--upload-timeout DUR] [--max-requests N] [--max-remote-workers N]\n"
-            "                     [--http-connections N] [--http-per-ip N]\n"
+            "                     [--http-connections N] [--http-per-ip N] [--function-cache-idle DUR]\n"
             "\n"
             "Runs the gateway: the registry of functions, the router, the local worker pool and the\n"
             "records (aicfn.db). Stops cleanly on SIGTERM or SIGINT.\n"
@@ -70,6 +70,8 @@ static void cg_help(FILE *out) {
             "                         gateway keeps at once (default and most: %d less MAX of --workers;\n"
             "                         the router sees %d workers at once); one more is refused with\n"
             "                         AICFN_E_CAPACITY until one is gone\n"
+            "  --function-cache-idle DUR  a function version not called for DUR leaves the gateway's\n"
+            "                         memory (it is read from aicfn.db again when called; default %ds)\n"
             "  --insecure-local       accept calls without API keys (tenant \"local\"); for a gateway\n"
             "                         used by one person: refused unless --listen is ipc:// or a\n"
             "                         loopback address, and --http too\n"
@@ -98,7 +100,7 @@ static void cg_help(FILE *out) {
             (unsigned long long)(AICFN_DEFAULT_RESPONSE_CACHE_BYTES >> 20),
             AICFN_UPLOAD_IDLE_TIMEOUT_MS / 1000, AICFN_GW_FRONT_MAX_REQUESTS,
             (unsigned long long)(AICFN_GW_FRONT_MAX_HELD_BYTES >> 20), AICFN_GW_MAX_LIVE_WORKERS,
-            AICFN_GW_MAX_LIVE_WORKERS);
+            AICFN_GW_MAX_LIVE_WORKERS, AICFN_GW_FN_CACHE_IDLE_MS / 1000);
 }
 
 static int cg_u32(const char *s, uint32_t *out) {
@@ -153,6 +155,11 @@ int cli_cmd_gateway(int argc, char **argv) {
                 cfg.upload_idle_us == 0 || cfg.upload_idle_us > CG_MAX_TIMEOUT_US)
                 return cli_usage_error("gateway",
                                        "--upload-timeout '%s' is not a duration from 1us to 7d (e.g. 2m)", v);
+        } else if ((v = cli_flag_value(argc, argv, &i, "--function-cache-idle"))) {
+            if (units_parse_duration_us(v, &cfg.fn_cache_idle_us, &err) != AICFN_OK ||
+                cfg.fn_cache_idle_us == 0 || cfg.fn_cache_idle_us > CG_MAX_TIMEOUT_US)
+                return cli_usage_error(
+                    "gateway", "--function-cache-idle '%s' is not a duration from 1us to 7d (e.g. 10m)", v);
         } else if ((v = cli_flag_value(argc, argv, &i, "--response-cache"))) {
             if (units_parse_size(v, &cfg.response_cache_bytes, &err) != AICFN_OK ||
                 cfg.response_cache_bytes == 0)

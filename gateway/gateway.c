@@ -25,6 +25,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -95,6 +96,12 @@ typedef struct gw_fn {
     /* Moving means of its warm calls' worker time and reply size (gw_fn_is_short). */
     uint64_t svc_mean_us, reply_mean_bytes;
     uint32_t svc_samples;
+    /* Who may still use this entry outside the lock: its calls (gw_call.fn), and whoever
+     * gw_resolve handed it to until gw_fn_unref. Taken under the lock, or by one already
+     * holding a reference; dropped anywhere. An entry without references, queue or
+     * keep-warm, unused for the cache's idle time, is freed (gw_trim_fns_locked). */
+    _Atomic uint32_t refs;
+    uint64_t used_us; /* last resolved */
     struct gw_fn *next;
 } gw_fn;
 
@@ -219,6 +226,8 @@ struct gw_gateway {
     unsigned spawning;
     pthread_cond_t spawn_cv;
     uint64_t fn_gen;           /* bumped by gw_functions_changed (deploy, rm): see gw_resolve_read */
+    uint64_t fn_idle_us;       /* a cached function entry unused this long is freed (gw_trim_fns_locked) */
+    uint64_t fn_trim_at_us;    /* the next trim, not before */
     bool maint_idle;           /* the maintenance thread sleeps GW_IDLE_TICK_MS: wake it for work */
     bool scaling_dirty;        /* functions changed: re-read which ones keep workers warm */
     uint64_t scaling_retry_us; /* a failed re-read is tried again from then */
@@ -296,8 +305,17 @@ static void gw_fail_locked(gw_actions *a, gw_call *c, int code, const char *fmt,
     a->fails = c;
 }
 
+static void gw_fn_ref(gw_fn *f) {
+    atomic_fetch_add(&f->refs, 1);
+}
+
+static void gw_fn_unref(gw_fn *f) {
+    if (f) atomic_fetch_sub(&f->refs, 1);
+}
+
 static void gw_call_free(gw_call *c) {
     if (!c) return;
+    gw_fn_unref(c->fn); /* the call's reference */
     free(c->wreq);
     free(c->cache_key);
     free(c);
@@ -450,19 +468,24 @@ static int gw_resolve_read(gw_gateway *gw, const char *name, uint32_t ver, uint6
             gw->aliases = al;
         }
     }
+    gw_fn_ref(f);
+    f->used_us = clock_now_us();
     *out = f;
     pthread_mutex_unlock(&gw->mu);
     return AICFN_OK;
 }
 
-/* Resolves NAME (ver 0: active) to a cached entry, reading the registry on a miss.
- * Entries live until gw_stop. A read that raced a deploy or rm is read again (at most
- * four times in all: then the last read is used, uncached). */
+/* Resolves NAME (ver 0: active) to a cached entry, reading the registry on a miss, and
+ * returns it referenced (gw_fn_unref when done, or hand the reference to a call). A read
+ * that raced a deploy or rm is read again (at most four times in all: then the last read
+ * is used, uncached). */
 static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **out, aicfn_error *err) {
     for (int attempt = 0;; attempt++) {
         pthread_mutex_lock(&gw->mu);
         gw_fn *f = ver ? gw_fn_find(gw, name, ver) : gw_alias_find(gw, name);
         if (f && !f->stale) {
+            gw_fn_ref(f);
+            f->used_us = clock_now_us();
             *out = f;
             pthread_mutex_unlock(&gw->mu);
             return AICFN_OK;
@@ -488,6 +511,7 @@ int gw_fn_inputs(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_spec 
     if (k) memcpy(out, f->cfg.inputs, k * sizeof *out); /* inputs: NULL when none are declared */
     *n = k;
     *resolved = f->ver;
+    gw_fn_unref(f);
     return AICFN_OK;
 }
 
@@ -683,13 +707,15 @@ static void gw_load_source_locked(gw_gateway *gw, gw_worker *w, const wire_worke
         uint64_t seq = st->loads[i].seq;
         src->seen[i] = seq != 0 && seq <= w->loads_recorded;
         src->fns[i] = src->seen[i] ? NULL : gw_fn_find(gw, st->loads[i].fn, st->loads[i].ver);
+        if (src->fns[i]) gw_fn_ref(src->fns[i]); /* gw_record_unreported_loads drops it */
         if (seq > recorded) recorded = seq;
     }
     __atomic_store_n(&w->loads_recorded, recorded, __ATOMIC_RELAXED);
 }
 
 /* The loads a worker's status lists because no reply carried them (every call waiting
- * for the model gave up first): a cold start each all the same (lock NOT held). */
+ * for the model gave up first): a cold start each all the same (lock NOT held). Drops
+ * the references gw_load_source_locked took: it must follow each such call. */
 static void gw_record_unreported_loads(gw_gateway *gw, const wire_worker_status *st,
                                        const gw_load_source *src) {
     if (st->n_loads == 0) return;
@@ -709,6 +735,7 @@ static void gw_record_unreported_loads(gw_gateway *gw, const wire_worker_status 
                  src->worker, l->fn, l->ver, (unsigned long long)l->timing.load_us);
         gw_record_load(gw, fn, l->fn, l->ver, src->worker, src->device[0] ? src->device : NULL, 0, 0,
                        &l->timing, &l->coldstart);
+        gw_fn_unref(fn);
     }
 }
 
@@ -1996,10 +2023,13 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     uint64_t in_bytes = 0;
     for (uint32_t i = 0; i < req->n_inputs; i++)
         in_bytes += req->inputs[i].nbytes;
-    if (in_bytes > f->cfg.max_request_bytes)
-        return aicfn_error_set(
-            err, AICFN_E_TOO_LARGE, "function %s:%u: inputs of %llu bytes exceed its limit of %llu", f->name,
-            f->ver, (unsigned long long)in_bytes, (unsigned long long)f->cfg.max_request_bytes);
+    if (in_bytes > f->cfg.max_request_bytes) {
+        rc = aicfn_error_set(err, AICFN_E_TOO_LARGE,
+                             "function %s:%u: inputs of %llu bytes exceed its limit of %llu", f->name, f->ver,
+                             (unsigned long long)in_bytes, (unsigned long long)f->cfg.max_request_bytes);
+        gw_fn_unref(f);
+        return rc;
+    }
 
     uint8_t *ckey = NULL;
     size_t ckey_len = 0;
@@ -2014,7 +2044,9 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
             gw_metric_add(gw->std.response_cache, (const char *[]){f->name, found ? "hit" : "miss"}, 1);
             if (found) {
                 free(ckey);
-                return gw_serve_cached(gw, f, req, tenant, in_bytes, now, hit, hit_len, done, user, err);
+                rc = gw_serve_cached(gw, f, req, tenant, in_bytes, now, hit, hit_len, done, user, err);
+                gw_fn_unref(f);
+                return rc;
             }
         }
     }
@@ -2026,12 +2058,13 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     gw_call *c = calloc(1, sizeof *c);
     if (!c) {
         free(ckey);
+        gw_fn_unref(f);
         return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     }
     c->cache_key = ckey;
     c->cache_key_len = ckey_len;
     c->gw = gw;
-    c->fn = f;
+    c->fn = f; /* the resolve's reference is the call's now */
     c->id = req->id;
     c->gid = __atomic_add_fetch(&gw->next_gid, 1, __ATOMIC_RELAXED);
     snprintf(c->tenant, sizeof c->tenant, "%s", tenant ? tenant : "");
@@ -2374,12 +2407,47 @@ static void gw_scaling_refresh(gw_gateway *gw) {
     }
     pthread_mutex_unlock(&gw->mu);
     if (rc != AICFN_OK) log_warn("reading the functions' scaling: %s", e.msg);
+    for (size_t i = 0; i < n_warm; i++)
+        gw_fn_unref(warm[i]);
     free(warm);
     free(s);
 }
 
+/* Frees cached function entries nobody uses (lock held): no reference (no call, no
+ * resolve in progress), no queue, not kept warm, no crash back-off running, and not
+ * resolved for the cache's idle time. A later call reads the registry again. So the
+ * cache holds what is in use, not every version ever called. At most once a second. */
+static void gw_trim_fns_locked(gw_gateway *gw, uint64_t now) {
+    if (now < gw->fn_trim_at_us) return;
+    gw->fn_trim_at_us = now + 1000000;
+    for (gw_fn **pf = &gw->fns; *pf;) {
+        gw_fn *f = *pf;
+        bool backing_off = false;
+        for (int i = 0; i < GW_CRASH_SLOTS && !backing_off; i++)
+            backing_off = f->crash[i].crashes > 0 && f->crash[i].until_us > now;
+        if (atomic_load(&f->refs) != 0 || f->q_len || f->warm || backing_off ||
+            now - f->used_us < gw->fn_idle_us) {
+            pf = &f->next;
+            continue;
+        }
+        for (gw_alias **pa = &gw->aliases; *pa;) {
+            gw_alias *al = *pa;
+            if (al->fn != f) {
+                pa = &al->next;
+                continue;
+            }
+            *pa = al->next;
+            free(al);
+        }
+        *pf = f->next;
+        gw_fn_config_clear(&f->cfg);
+        free(f);
+    }
+}
+
 static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
     uint64_t now = clock_now_us();
+    gw_trim_fns_locked(gw, now);
     /* Queue deadlines. */
     for (gw_fn *f = gw->fns; f; f = f->next) {
         gw_call **pc = &f->q_head;
@@ -2853,6 +2921,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     gw->worker_memory = cfg->worker_memory;
     gw->insecure_local = cfg->insecure_local;
     gw->upload_idle_us = cfg->upload_idle_us ? cfg->upload_idle_us : AICFN_UPLOAD_IDLE_TIMEOUT_MS * 1000ull;
+    gw->fn_idle_us = cfg->fn_cache_idle_us ? cfg->fn_cache_idle_us : AICFN_GW_FN_CACHE_IDLE_MS * 1000ull;
     gw->no_bundles = cfg->no_bundles;
     gw->scaling_dirty = true; /* read which functions keep workers warm once started */
     gw->data_lock_fd = -1;
@@ -3106,6 +3175,7 @@ static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, bool keep, gw_invo
     gw_call *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->gw = gw;
+    gw_fn_ref(f); /* the call's own: the caller holds the lock or a reference */
     c->fn = f;
     c->preload = true;
     c->id = __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED);
@@ -3142,10 +3212,14 @@ static int gw_resolve_model_fn(gw_gateway *gw, const char *name, uint32_t versio
         return aicfn_error_set(err, AICFN_E_INVALID, "invalid function name '%s'", name ? name : "");
     int rc = gw_resolve(gw, name, version, out, err);
     if (rc != AICFN_OK) return rc;
-    if (!(*out)->key[0] || !(*out)->snapshot_path[0])
-        return aicfn_error_set(err, AICFN_E_INVALID, "function %s:%u has no model to %s", (*out)->name,
-                               (*out)->ver, verb);
-    return AICFN_OK;
+    if (!(*out)->key[0] || !(*out)->snapshot_path[0]) {
+        rc = aicfn_error_set(err, AICFN_E_INVALID, "function %s:%u has no model to %s", (*out)->name,
+                             (*out)->ver, verb);
+        gw_fn_unref(*out);
+        *out = NULL;
+        return rc;
+    }
+    return AICFN_OK; /* referenced */
 }
 
 int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_done_fn done, void *user,
@@ -3154,6 +3228,7 @@ int gw_model_load(gw_gateway *gw, const char *name, uint32_t version, gw_invoke_
     int rc = gw_resolve_model_fn(gw, name, version, "load", &f, err);
     if (rc != AICFN_OK) return rc;
     gw_call *c = gw_preload_call_new(gw, f, false, done, user);
+    gw_fn_unref(f); /* the call holds its own */
     if (!c) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     gw_actions a;
     memset(&a, 0, sizeof a);
@@ -3350,11 +3425,17 @@ int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invok
     gw_fn *f = NULL;
     int rc = gw_resolve_model_fn(gw, name, version, "unload", &f, err);
     if (rc != AICFN_OK) return rc;
+    char key[GW_HASH_HEX_LEN + 1];
+    snprintf(key, sizeof key, "%s", f->key);
     gw_unload_op *op = calloc(1, sizeof *op);
-    if (!op) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    if (!op) {
+        gw_fn_unref(f);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    }
     op->gw = gw;
     snprintf(op->fn, sizeof op->fn, "%s", f->name);
     op->ver = f->ver;
+    gw_fn_unref(f); /* its name, version and model key are copied */
     op->done = done;
     op->user = user;
     pthread_mutex_init(&op->mu, NULL);
@@ -3365,7 +3446,7 @@ int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invok
     for (gw_worker *w = gw->workers; w && n < GW_MAX_VIEW; w = w->next) {
         if (w->state == GW_WORKER_DEAD || w->state == GW_WORKER_STARTING || !w->client) continue;
         for (size_t i = 0; i < w->n_models; i++)
-            if (strcmp(w->models[i].key, f->key) == 0) {
+            if (strcmp(w->models[i].key, key) == 0) {
                 w->callbacks++; /* keeps the record alive until the answer */
                 targets[n++] = w;
                 break;
@@ -3382,7 +3463,7 @@ int gw_model_unload(gw_gateway *gw, const char *name, uint32_t version, gw_invok
         if (one) {
             one->op = op;
             one->w = w;
-            src = gw_send_unload(gw, w, f->key, false, gw_unload_cb, one, &e);
+            src = gw_send_unload(gw, w, key, false, gw_unload_cb, one, &e);
             if (src != AICFN_OK) free(one);
         }
         if (src != AICFN_OK) {

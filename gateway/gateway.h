@@ -48,6 +48,9 @@ typedef struct gw_config {
                                       0 = AICFN_GW_FRONT_MAX_REQUESTS, else at least 16 */
     uint32_t max_remote_workers;   /* registered workers at once; 0 = the room max_workers leaves of
                                       AICFN_GW_MAX_LIVE_WORKERS (gw_start refuses more) */
+    uint64_t fn_cache_idle_us;     /* a function version's cached entry (its config, paths, queue,
+                                      crash records) not called for this long is dropped and read
+                                      again from aicfn.db when next called; 0 = AICFN_GW_FN_CACHE_IDLE_MS */
 } gw_config;
 
 /* Starts a gateway. Returns AICFN_OK with *out, or the error of the first step that

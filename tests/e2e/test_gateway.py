@@ -803,6 +803,39 @@ def thread_switches(pid: int) -> dict:
     return out
 
 
+def test_function_versions_not_called_leave_the_cache(procs, tmp_path):
+    """The gateway keeps in memory the function versions in use, not every version ever
+    called: one not called for --function-cache-idle is dropped (functions_cached in its
+    status) and read again from aicfn.db when called next, with the same result; one
+    with a call in flight is never dropped."""
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", extra=["--function-cache-idle", "1s"])
+    write_manifest(tmp_path / "slow", f"name: slow\nhandler: {handler('test_sleep')}\n")
+    versions = [deploy(addr, tmp_path / "slow") for _ in range(3)]
+    assert versions == [1, 2, 3]
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    for v in versions:
+        assert call(addr, {**invoke_msg("slow", [x]), "ver": v}, timeout_ms=20000)["ok"]
+    assert gateway_status(addr)["functions_cached"] >= 3
+    # A call to version 2 in flight for 3 s: versions 1 and 3 leave, 2 stays until it is done.
+    slow = []
+    t = threading.Thread(target=lambda: slow.append(
+        call(addr, {**invoke_msg("slow", [x], params={"sleep_ms": "3000"}), "ver": 2}, timeout_ms=20000)))
+    t.start()
+    wait_for(lambda: gateway_status(addr)["functions_cached"] == 1, 10, interval=0.1,
+             what="the idle versions to leave the cache")
+    t.join(timeout=20)
+    assert slow and slow[0]["ok"], slow
+    wait_for(lambda: gateway_status(addr)["functions_cached"] == 0, 10, interval=0.1,
+             what="the last version to leave the cache")
+    for v in (3, 1):
+        r = call(addr, {**invoke_msg("slow", [x]), "ver": v}, timeout_ms=20000)
+        assert r["ok"] and np.array_equal(output(r, "x"), np.arange(3, dtype=np.float32)), r
+    r = call(addr, invoke_msg("slow", [x]), timeout_ms=20000)  # the active version, by name
+    assert r["ok"], r
+    assert gateway_status(addr)["functions_cached"] == 2
+    assert g.poll() is None
+
+
 def test_idle_gateway_sleeps(procs, tmp_path):
     # A gateway with a live worker and no calls must not spin: the maintenance thread ticks
     # every 250 ms (every 20 ms only while calls run or queue, or workers start or die)
