@@ -149,8 +149,18 @@ static const char *const db_migrations[] = {
     ("ALTER TABLE functions ADD COLUMN deploy_id TEXT;"
      "CREATE UNIQUE INDEX functions_deploy_id ON functions(name, deploy_id) WHERE deploy_id IS NOT NULL;"),
     /* 6: a version deployed staged (--no-activate) and not activated since, which never
-     * takes over when the active version is removed (registry.h gw_registry_remove). */
-    "ALTER TABLE functions ADD COLUMN staged INTEGER NOT NULL DEFAULT 0 CHECK (staged IN (0, 1));",
+     * takes over when the active version is removed (registry.h gw_registry_remove).
+     * Schema 5 kept no such mark, though --no-activate existed: an inactive version
+     * newer than its function's active one (or of a function with none) can only have
+     * been deployed so (a newer version is active when deployed unless staged; a
+     * rolled-back one cannot be told apart, and stays out too: fail closed), while an
+     * older one was most likely active once (a staged version under a newer active one
+     * cannot be told apart from one, and stays promotable). The first form of this migration marked none, so
+     * a database upgraded by it (gateways built before this comment) may let rm promote such a version; no
+     * release shipped it. */
+    ("ALTER TABLE functions ADD COLUMN staged INTEGER NOT NULL DEFAULT 0 CHECK (staged IN (0, 1));"
+     "UPDATE functions SET staged = 1 WHERE active = 0 AND version > coalesce("
+     "(SELECT a.version FROM functions a WHERE a.name = functions.name AND a.active = 1), 0);"),
 };
 
 #define DB_NMIGRATIONS ((int)(sizeof db_migrations / sizeof db_migrations[0]))

@@ -292,6 +292,32 @@ static void rm_never_makes_a_staged_version_live(void **state) {
     assert_int_equal(active_version(f->db, "n"), 2); /* it was live once */
 }
 
+/* A schema-5 database (before staged versions were marked) upgraded: a version deployed
+ * with --no-activate, newer than the active one, stays out of rm's promotion; an older
+ * inactive one (active once, then superseded) still takes over. Before, migration 6
+ * marked none, and rm of the active version put the staged one live. */
+static void schema_5_staged_versions_stay_staged(void **state) {
+    fx *f = *state;
+    assert_int_equal(deploy(f->db, "m", HASH_A, NULL, NULL), 1);
+    assert_int_equal(deploy_staged(f->db, "m"), 2);
+    assert_int_equal(deploy(f->db, "q", HASH_A, NULL, NULL), 1);
+    assert_int_equal(deploy(f->db, "q", HASH_A, NULL, NULL), 2);
+    assert_int_equal(deploy_staged(f->db, "s"), 1); /* a function never activated */
+    aicfn_error err;
+    gw_db_lock(f->db);
+    assert_int_equal(
+        gw_db_exec(f->db, "ALTER TABLE functions DROP COLUMN staged; PRAGMA user_version = 5", &err),
+        AICFN_OK);
+    gw_db_unlock(f->db);
+    gw_db_close(f->db);
+    assert_int_equal(gw_db_open(f->dir, &f->db, &err), AICFN_OK); /* migrates */
+    rm(f->db, "m:1");
+    assert_int_equal(active_version(f->db, "m"), 0);
+    rm(f->db, "q:2");
+    assert_int_equal(active_version(f->db, "q"), 1);
+    assert_int_equal(active_version(f->db, "s"), 0);
+}
+
 static void list_and_json(void **state) {
     fx *f = *state;
     deploy(f->db, "b", HASH_A, NULL, NULL);
@@ -519,6 +545,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(deploy_id_makes_a_deploy_idempotent, setup, teardown),
         cmocka_unit_test_setup_teardown(inactive_deploy_leaves_the_active_version, setup, teardown),
         cmocka_unit_test_setup_teardown(rm_never_makes_a_staged_version_live, setup, teardown),
+        cmocka_unit_test_setup_teardown(schema_5_staged_versions_stay_staged, setup, teardown),
         cmocka_unit_test_setup_teardown(list_and_json, setup, teardown),
         cmocka_unit_test_setup_teardown(remove_versions, setup, teardown),
         cmocka_unit_test(config_json_round_trip),
