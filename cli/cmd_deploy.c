@@ -42,9 +42,9 @@ extern char **environ;
 #define CD_CUDART "/usr/local/cuda/lib64/libcudart_static.a"
 #define CD_MAX_CU 16
 #define CD_DEPLOY_TIMEOUT_MS 30000
-#define CD_DEPLOY_ASKS 3      /* a deploy message that got no answer is sent again, same deploy id */
-#define CD_CHUNK_TRIES 6      /* sends of one upload chunk at most (the first and 5 retries) */
-#define CD_CHUNK_RETRY_MS 500 /* pause before a chunk's first retry, doubling: 15.5 s for 5 */
+#define CD_DEPLOY_ASKS 3 /* a deploy message that got no answer is sent again, same deploy id */
+#define CD_SEND_TRIES 6  /* sends of one upload message at most (the first and 5 retries) */
+#define CD_RETRY_MS 500  /* pause before the first retry, doubling: 15.5 s for 5 */
 
 static void cd_help(FILE *out) {
     fprintf(
@@ -238,6 +238,38 @@ static void cd_on_stop_signal(int sig) {
     (void)n;
 }
 
+/* Whether a message that failed with `rc` may be sent again: the connection dropped or
+ * timed out (NNG dials again by itself); with `io_too`, also the gateway's AICFN_E_IO (a
+ * chunk it could not write: its disk). */
+static bool cd_retryable(int rc, bool io_too) {
+    return rc == AICFN_E_TIMEOUT || rc == AICFN_E_WORKER_LOST || rc == AICFN_E_UNAVAILABLE ||
+           (io_too && rc == AICFN_E_IO);
+}
+
+/* cli_gw_call, sent again after a retryable failure (CD_SEND_TRIES in all, the pause
+ * doubling from CD_RETRY_MS) unless interrupted. *tries: the sends made. Upload
+ * messages are safe to send twice: the gateway takes a chunk it already has as a no-op
+ * (the SHA-256 at commit covers what was stored), a second begin opens an upload that
+ * times out unused, and a second commit finds its upload gone (AICFN_E_NOT_FOUND: the
+ * caller asks whether the artifact is stored). */
+static int cd_call_retrying(rpc_client *c, wire_writer *w, uint32_t timeout_ms, bool io_too, const char *what,
+                            int *tries, rpc_msg **reply, wire_doc *doc, aicfn_error *err) {
+    uint32_t pause_ms = CD_RETRY_MS;
+    for (int attempt = 1;; attempt++) {
+        *tries = attempt;
+        int rc = cli_gw_call(c, w, timeout_ms, reply, doc, err);
+        if (rc == AICFN_OK || attempt >= CD_SEND_TRIES || cd_interrupted || !cd_retryable(rc, io_too))
+            return rc;
+        fprintf(stderr, "\naicfn deploy: %s failed (%s: %s); sending it again in %u ms\n", what,
+                aicfn_status_name(rc), err->msg, pause_ms);
+        struct timespec ts = {.tv_sec = pause_ms / 1000, .tv_nsec = (long)(pause_ms % 1000) * 1000000L};
+        while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !cd_interrupted) {
+        }
+        if (cd_interrupted) return rc;
+        pause_ms *= 2;
+    }
+}
+
 /* upload_begin of artifact `hex` (`size` bytes): *exists when the gateway stores it, else
  * *token names the upload it opened. */
 static int cd_upload_begin(rpc_client *c, const char *key, const char *hex, uint64_t size, bool *exists,
@@ -249,7 +281,8 @@ static int cd_upload_begin(rpc_client *c, const char *key, const char *hex, uint
     wire_kv_u64(&w, "size", size);
     rpc_msg *reply = NULL;
     wire_doc doc;
-    int rc = cli_gw_call(c, &w, 30000, &reply, &doc, err);
+    int tries = 0;
+    int rc = cd_call_retrying(c, &w, 30000, false, "upload_begin", &tries, &reply, &doc, err);
     wire_writer_fini(&w);
     if (rc != AICFN_OK) return rc;
     *exists = false;
@@ -264,14 +297,20 @@ static int cd_upload_begin(rpc_client *c, const char *key, const char *hex, uint
 /* upload_commit (ok) or upload_abort of upload `token`: the gateway's answer (a commit
  * hashes and fsyncs the file: it waits `timeout_ms`). */
 static int cd_upload_end(rpc_client *c, const char *key, uint64_t token, bool commit, uint32_t timeout_ms,
-                         aicfn_error *err) {
+                         int *tries, aicfn_error *err) {
     wire_writer w;
     wire_writer_init(&w);
     cli_gw_begin(&w, commit ? "upload_commit" : "upload_abort", key, 1);
     wire_kv_u64(&w, "upload", token);
     rpc_msg *reply = NULL;
     wire_doc doc;
-    int rc = cli_gw_call(c, &w, timeout_ms, &reply, &doc, err);
+    int rc;
+    if (commit) {
+        rc = cd_call_retrying(c, &w, timeout_ms, false, "upload_commit", tries, &reply, &doc, err);
+    } else {
+        *tries = 1;
+        rc = cli_gw_call(c, &w, timeout_ms, &reply, &doc, err);
+    }
     wire_writer_fini(&w);
     if (rc == AICFN_OK) {
         wire_doc_fini(&doc);
@@ -287,44 +326,12 @@ static bool cd_stored(rpc_client *c, const char *key, const char *hex, uint64_t 
     uint64_t token = 0;
     aicfn_error e;
     if (cd_upload_begin(c, key, hex, size, &exists, &token, &e) != AICFN_OK) return false;
-    if (!exists && token) cd_upload_end(c, key, token, false, 60000, &e);
+    int tries;
+    if (!exists && token) cd_upload_end(c, key, token, false, 60000, &tries, &e);
     return exists;
 }
 
 /* Uploads `path` (hash `hex`, `size` bytes) unless the gateway has it. */
-/* Whether a chunk that failed with `rc` may be sent again: the connection dropped or
- * timed out (NNG dials again by itself), or the gateway could not write it (its disk).
- * The gateway takes a chunk it already has as a no-op, so a chunk whose reply was lost
- * is safe to send again; the SHA-256 checked at commit covers the whole file. */
-static bool cd_chunk_retryable(int rc) {
-    return rc == AICFN_E_TIMEOUT || rc == AICFN_E_WORKER_LOST || rc == AICFN_E_UNAVAILABLE ||
-           rc == AICFN_E_IO;
-}
-
-/* Sends one chunk, again after a retryable failure (CD_CHUNK_TRIES in all, the pause
- * doubling from CD_CHUNK_RETRY_MS), unless interrupted. */
-static int cd_send_chunk(rpc_client *c, wire_writer *w, const char *path, uint64_t off, aicfn_error *err) {
-    uint32_t pause_ms = CD_CHUNK_RETRY_MS;
-    for (int attempt = 1;; attempt++) {
-        rpc_msg *reply = NULL;
-        wire_doc doc;
-        int rc = cli_gw_call(c, w, 60000, &reply, &doc, err);
-        if (rc == AICFN_OK) {
-            wire_doc_fini(&doc);
-            rpc_msg_free(reply);
-            return AICFN_OK;
-        }
-        if (attempt >= CD_CHUNK_TRIES || cd_interrupted || !cd_chunk_retryable(rc)) return rc;
-        fprintf(stderr,
-                "\naicfn deploy: %s: the chunk at byte %llu failed (%s: %s); sending it again in %u ms\n",
-                path, (unsigned long long)off, aicfn_status_name(rc), err->msg, pause_ms);
-        struct timespec ts = {.tv_sec = pause_ms / 1000, .tv_nsec = (long)(pause_ms % 1000) * 1000000L};
-        while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !cd_interrupted) {
-        }
-        pause_ms *= 2;
-    }
-}
-
 static int cd_upload(rpc_client *c, const char *key, const char *path, const char *hex, uint64_t size,
                      bool tty, aicfn_error *err) {
     uint64_t token = 0;
@@ -363,8 +370,17 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
         wire_kv_u64(&w, "upload", token);
         wire_kv_u64(&w, "offset", off);
         wire_kv_bin(&w, "data", buf, (size_t)n);
-        rc = cd_send_chunk(c, &w, path, off, err);
+        char what[64];
+        snprintf(what, sizeof what, "the chunk at byte %llu", (unsigned long long)off);
+        rpc_msg *reply = NULL;
+        wire_doc doc;
+        int tries = 0;
+        rc = cd_call_retrying(c, &w, 60000, true, what, &tries, &reply, &doc, err);
         wire_writer_fini(&w);
+        if (rc == AICFN_OK) {
+            wire_doc_fini(&doc);
+            rpc_msg_free(reply);
+        }
         off += (uint64_t)n;
         if (tty && rc == AICFN_OK) {
             char a[32], b[32];
@@ -379,10 +395,15 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
     /* A commit hashes and fsyncs the whole file on the gateway: a minute, and a second
      * more per 64 MiB. */
     uint32_t commit_ms = 60000 + (uint32_t)(size / (64u << 20) < 3600 ? size / (64u << 20) * 1000 : 3600000);
-    int rc2 = cd_upload_end(c, key, token, rc == AICFN_OK, rc == AICFN_OK ? commit_ms : 10000,
+    int tries = 0;
+    int rc2 = cd_upload_end(c, key, token, rc == AICFN_OK, rc == AICFN_OK ? commit_ms : 10000, &tries,
                             rc == AICFN_OK ? err : &e2);
-    if (rc == AICFN_OK && rc2 == AICFN_E_TIMEOUT && cd_stored(c, key, hex, size))
-        rc2 = AICFN_OK; /* the commit finished after we stopped waiting */
+    /* A commit whose answer never came (it finished after we stopped waiting, or its
+     * answer was lost with the connection), or one sent again that found its upload
+     * gone (the first one committed it): the gateway may store the file all the same. */
+    if (rc == AICFN_OK && (cd_retryable(rc2, false) || (rc2 == AICFN_E_NOT_FOUND && tries > 1)) &&
+        cd_stored(c, key, hex, size))
+        rc2 = AICFN_OK;
     if (rc == AICFN_OK) rc = rc2;
     if (rc != AICFN_OK) aicfn_error_wrap(err, "uploading %s", path);
     return rc;

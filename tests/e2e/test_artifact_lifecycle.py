@@ -21,6 +21,7 @@ from pathlib import Path
 
 import msgpack
 import pynng
+import pytest
 
 from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, free_port, gw_msg, handler, invoke_msg, next_id,
                       run_cli, tensor, wait_for)
@@ -239,13 +240,13 @@ def test_interrupted_deploy_aborts_its_upload(tmp_path):
 
 
 class CuttingProxy:
-    """Forwards 127.0.0.1:PORT to `target_port`. The first connection to carry more than
-    `cut_after` bytes towards the target is cut there (both ends closed, once); every
-    other one is forwarded whole. Bounded: sockets time out after 60 s, and close() ends
-    the accept loop."""
+    """Forwards 127.0.0.1:PORT to `target_port`, and cuts one connection (both ends
+    closed) once: where cut_at(bytes sent so far, the data read next) first returns a
+    number, after forwarding that many bytes of that data towards the target. Bounded:
+    sockets time out after 60 s, and close() ends the accept loop."""
 
-    def __init__(self, target_port: int, cut_after: int):
-        self.target, self.cut_after, self.cuts = target_port, cut_after, 0
+    def __init__(self, target_port: int, cut_at):
+        self.target, self.cut_at, self.cuts = target_port, cut_at, 0
         self.lock = threading.Lock()
         self.srv = socket.create_server(("127.0.0.1", 0))
         self.srv.settimeout(0.2)
@@ -273,11 +274,11 @@ class CuttingProxy:
                 if not data:
                     break
                 with self.lock:
-                    cut = upstream and self.cuts == 0 and sent + len(data) > self.cut_after
-                    if cut:
+                    cut = self.cut_at(sent, data) if upstream and self.cuts == 0 else None
+                    if cut is not None:
                         self.cuts += 1
-                if cut:
-                    dst.sendall(data[:self.cut_after - sent])
+                if cut is not None:
+                    dst.sendall(data[:cut])
                     break
                 dst.sendall(data)
                 sent += len(data)
@@ -296,21 +297,38 @@ class CuttingProxy:
         self.srv.close()
 
 
-def test_dropped_connection_mid_upload_resends_one_chunk(procs, tmp_path):
+def cut_inside_second_chunk(sent, data):
+    return (6 << 20) - sent if sent + len(data) > 6 << 20 else None  # the snapshot's 2nd chunk
+
+
+def cut_after_snapshot_commit(sent, data):
+    # The handler's commit comes first (a small upload), then the snapshot's: its answer is lost.
+    cut_after_snapshot_commit.seen += data.count(b"upload_commit")
+    return len(data) if cut_after_snapshot_commit.seen == 2 else None
+
+
+@pytest.mark.parametrize("cut", ["chunk", "commit"])
+def test_dropped_connection_mid_upload_is_survived(procs, tmp_path, cut):
+    """A connection that drops in the middle of a chunk costs that chunk sent again; one
+    that drops after the commit went out but before its answer came (the gateway stored
+    the file) is found out by asking the gateway, not reported as a failed deploy."""
     addr, data, g = start_gateway(procs, tmp_path)
     d = tmp_path / "big"
     d.mkdir()
     w = np.random.default_rng(5).standard_normal((3 << 20,)).astype(np.float32)  # 12 MiB: 3 chunks
     write_safetensors(d / "w.safetensors", {"w": w})
     write_manifest(d, f"name: big\nhandler: {handler('echo')}\nmodel: w.safetensors\n")
-    proxy = CuttingProxy(int(addr.rsplit(":", 1)[1]), cut_after=6 << 20)  # inside the snapshot's 2nd chunk
+    cut_after_snapshot_commit.seen = 0
+    proxy = CuttingProxy(int(addr.rsplit(":", 1)[1]),
+                         cut_inside_second_chunk if cut == "chunk" else cut_after_snapshot_commit)
     try:
         r = run_cli(["deploy", str(d), "--gateway", f"tcp://127.0.0.1:{proxy.port}", "--json"], timeout=120)
     finally:
         proxy.close()
     assert proxy.cuts == 1
     assert r.returncode == 0, r.stderr
-    assert "sending it again" in r.stderr, r.stderr
+    what = "the chunk at byte 4194304 failed" if cut == "chunk" else "upload_commit failed"
+    assert what in r.stderr and "sending it again" in r.stderr, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["version"] == 1
     x = np.arange(4, dtype=np.float32)
     rep = call(addr, invoke_msg("big", [tensor("x", x)]), timeout_ms=30000)
