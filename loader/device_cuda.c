@@ -116,7 +116,8 @@ static int cu_alloc(loader_device *dev, uint64_t bytes, loader_dev_buf *out, aic
     rc = CU_CHECK(cudaMalloc(&p, (size_t)size), err, c->ordinal);
     if (rc != AICFN_OK) {
         (void)cudaGetLastError();
-        return aicfn_error_wrap(err, "allocating %llu bytes", (unsigned long long)size);
+        if (err) aicfn_error_wrap(err, "allocating %llu bytes", (unsigned long long)size);
+        return rc; /* AICFN_E_CAPACITY for cudaErrorMemoryAllocation, with or without err */
     }
     out->ptr = p;
     out->bytes = size;
