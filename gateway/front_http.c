@@ -59,9 +59,9 @@ static int fh_authenticate(void *ctx, const char *key, gw_http_principal *out, a
 static int fh_model_info(void *ctx, const char *model, uint32_t version, gw_http_model_info *out,
                          aicfn_error *err) {
     gw_front_http *f = ctx;
-    if (out->inputs_only) /* every infer: the gateway's function cache, no SQLite read */
-        return gw_fn_inputs(f->gw, model, version, out->inputs, AICFN_MAX_TENSORS, &out->n_inputs,
-                            &out->version, err);
+    if (out->signature_only) /* every infer: the gateway's function cache, no SQLite read */
+        return gw_fn_signature(f->gw, model, version, out->inputs, &out->n_inputs, out->outputs,
+                               &out->n_outputs, AICFN_MAX_TENSORS, &out->version, err);
     gw_db *db = gw_gateway_read_db(f->gw);
     gw_function fn;
     memset(&fn, 0, sizeof fn);

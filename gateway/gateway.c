@@ -25,8 +25,8 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -498,18 +498,21 @@ static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **ou
     }
 }
 
-int gw_fn_inputs(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_spec *out, size_t cap, size_t *n,
-                 uint32_t *resolved, aicfn_error *err) {
-    *n = 0;
+int gw_fn_signature(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_spec *inputs, size_t *n_inputs,
+                    gw_tensor_spec *outputs, size_t *n_outputs, size_t cap, uint32_t *resolved,
+                    aicfn_error *err) {
+    *n_inputs = *n_outputs = 0;
     if (!gw_fn_name_valid(name))
         return aicfn_error_set(err, AICFN_E_INVALID, "'%.64s' is not a function name", name);
     gw_fn *f = NULL;
     int rc = gw_resolve(gw, name, ver, &f, err);
     if (rc != AICFN_OK) return rc;
-    /* A cached entry's config never changes (a version is immutable): no lock needed. */
-    size_t k = f->cfg.n_inputs < cap ? f->cfg.n_inputs : cap;
-    if (k) memcpy(out, f->cfg.inputs, k * sizeof *out); /* inputs: NULL when none are declared */
-    *n = k;
+    /* A cached entry's config never changes (a version is immutable): no lock needed.
+     * inputs/outputs are NULL when none are declared. */
+    *n_inputs = f->cfg.n_inputs < cap ? f->cfg.n_inputs : cap;
+    if (*n_inputs) memcpy(inputs, f->cfg.inputs, *n_inputs * sizeof *inputs);
+    *n_outputs = f->cfg.n_outputs < cap ? f->cfg.n_outputs : cap;
+    if (*n_outputs) memcpy(outputs, f->cfg.outputs, *n_outputs * sizeof *outputs);
     *resolved = f->ver;
     gw_fn_unref(f);
     return AICFN_OK;

@@ -28,11 +28,13 @@ gw_db *gw_gateway_db(gw_gateway *gw);
 /* The connection for reads on the call path (function metadata, key checks): read-only,
  * never waiting behind the registry's write transactions (WAL). */
 gw_db *gw_gateway_read_db(gw_gateway *gw);
-/* Function NAME:VER's declared inputs (ver 0: the active version; *resolved: which),
- * through the gateway's function cache (the registry is read on a miss only), at most
- * cap of them into out. AICFN_E_NOT_FOUND, AICFN_E_INVALID, AICFN_E_DB as resolving. */
-int gw_fn_inputs(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_spec *out, size_t cap, size_t *n,
-                 uint32_t *resolved, aicfn_error *err);
+/* Function NAME:VER's declared inputs and outputs (ver 0: the active version;
+ * *resolved: which), through the gateway's function cache (the registry is read on a
+ * miss only), at most cap of each. AICFN_E_NOT_FOUND, AICFN_E_INVALID, AICFN_E_DB as
+ * resolving. */
+int gw_fn_signature(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_spec *inputs, size_t *n_inputs,
+                    gw_tensor_spec *outputs, size_t *n_outputs, size_t cap, uint32_t *resolved,
+                    aicfn_error *err);
 /* A read-only connection to the same database for reports that read many rows (the
  * coldstarts percentiles), so they never hold the registry's connection; the registry's
  * when it could not be opened. */

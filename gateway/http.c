@@ -34,7 +34,8 @@
 typedef struct ht_conn {
     struct ht_conn *prev, *next;
     int fd;            /* our dup of the socket: shutdown() on it never hits a reused fd */
-    uint64_t since_us; /* start of the request being received */
+    uint64_t since_us; /* start of the request being received: its request line, or for the
+                          first one the connection (ht_uri_arrived, ht_notify_connection) */
     bool receiving;    /* a request is arriving (headers or body): the deadline applies */
 } ht_conn;
 
@@ -462,7 +463,18 @@ static void ht_request_completed(void *cls, struct MHD_Connection *c, void **con
     gw_http_call *r = *con_cls;
     *con_cls = NULL;
     ht_call_free(r);
-    ht_mark(h, c, true); /* the next request on this connection starts arriving now */
+    /* The deadline goes on covering the connection until the next request line, which
+     * restarts it (ht_uri_arrived): a client idle on a kept-alive connection (MHD's idle
+     * timeout) is not charged for that time, one trickling a request line is. */
+    ht_mark(h, c, true);
+}
+
+/* A request line arrived (MHD_OPTION_URI_LOG_CALLBACK): the request's receive deadline
+ * starts now. NULL: *con_cls stays NULL for ht_access's first call. */
+static void *ht_uri_arrived(void *cls, const char *uri, struct MHD_Connection *c) {
+    (void)uri;
+    ht_mark(cls, c, true);
+    return NULL;
 }
 
 /* ---- Synchronous endpoints ---- */
@@ -590,11 +602,15 @@ static bool ht_start_async(gw_http_call *r) {
                 ht_set_error(r, AICFN_E_NOMEM, "out of memory");
                 return false;
             }
-            mi->inputs_only = true;
+            mi->signature_only = true;
             rc = h->cb.model_info(h->cb.ctx, r->model, r->version, mi, &err);
             if (rc == AICFN_OK) {
                 size_t ni = mi->n_inputs < AICFN_MAX_TENSORS ? mi->n_inputs : AICFN_MAX_TENSORS;
+                size_t no = mi->n_outputs < AICFN_MAX_TENSORS ? mi->n_outputs : AICFN_MAX_TENSORS;
                 rc = oip_request_check(&r->req, mi->inputs, ni, &err);
+                /* An output the function does not declare is refused before it runs, not
+                 * after (when its work would be done, billed and cached for nothing). */
+                if (rc == AICFN_OK) rc = oip_request_check_outputs(&r->req, mi->outputs, no, &err);
                 /* The call runs the version its inputs were checked against, even if a
                  * deploy or activate changes the active one in between. */
                 if (rc == AICFN_OK && mi->version) r->version = mi->version;
@@ -1029,7 +1045,8 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
         MHD_OPTION_CONNECTION_TIMEOUT, h->cfg.idle_timeout_s, MHD_OPTION_CONNECTION_MEMORY_LIMIT,
         h->cfg.connection_memory, MHD_OPTION_THREAD_POOL_SIZE, h->cfg.threads, MHD_OPTION_NOTIFY_COMPLETED,
         ht_request_completed, h, MHD_OPTION_NOTIFY_CONNECTION, ht_notify_connection, h,
-        MHD_OPTION_EXTERNAL_LOGGER, ht_mhd_log, h, MHD_OPTION_LISTEN_BACKLOG_SIZE, 128, MHD_OPTION_END);
+        MHD_OPTION_URI_LOG_CALLBACK, ht_uri_arrived, h, MHD_OPTION_EXTERNAL_LOGGER, ht_mhd_log, h,
+        MHD_OPTION_LISTEN_BACKLOG_SIZE, 128, MHD_OPTION_END);
     (void)sl;
     if (h->d == NULL) {
         rc = aicfn_error_set(err, AICFN_E_IO, "http: cannot listen on %s (address in use or not permitted)",

@@ -76,9 +76,10 @@ typedef struct gw_http_result {
 /* Model metadata and readiness, filled by the model_info callback into a zeroed struct. */
 #define GW_HTTP_MAX_VERSIONS 64
 typedef struct gw_http_model_info {
-    bool inputs_only; /* set by the caller: only version and inputs are needed (an infer's
-                         check, on every call: the callback may answer from a cache) */
-    uint32_t version; /* the version the reference resolved to */
+    bool signature_only;                     /* set by the caller: only version, inputs and outputs are needed
+                                                (an infer's check, on every call: the callback may answer from a
+                                                cache) */
+    uint32_t version;                        /* the version the reference resolved to */
     uint32_t versions[GW_HTTP_MAX_VERSIONS]; /* existing versions (newest last; up to 64) */
     size_t n_versions;
     bool ready;                               /* can serve calls now (GET .../ready) */

@@ -646,6 +646,21 @@ int oip_request_check(const oip_request *r, const gw_tensor_spec *specs, size_t 
     return AICFN_OK;
 }
 
+int oip_request_check_outputs(const oip_request *r, const gw_tensor_spec *specs, size_t n_specs,
+                              aicfn_error *err) {
+    if (n_specs == 0) return AICFN_OK;
+    for (uint32_t i = 0; i < r->n_outputs; i++) {
+        bool found = false;
+        for (size_t j = 0; j < n_specs && !found; j++)
+            found = strcmp(specs[j].name, r->outputs[i].name) == 0;
+        if (!found)
+            return aicfn_error_set(err, AICFN_E_INVALID,
+                                   "requested output '%s' is not an output of this model",
+                                   r->outputs[i].name);
+    }
+    return AICFN_OK;
+}
+
 /* ---- Response encoding ---- */
 
 static int oip_utf8_valid(const uint8_t *s, size_t n) {

@@ -79,6 +79,12 @@ void oip_request_free(oip_request *r);
 typedef struct gw_tensor_spec gw_tensor_spec;
 int oip_request_check(const oip_request *r, const gw_tensor_spec *specs, size_t n_specs, aicfn_error *err);
 
+/* Checks the request's requested outputs against declared output metadata: each must be
+ * declared (AICFN_E_INVALID naming it, the message the response encoder would give
+ * after the call ran); n_specs == 0: nothing declared, anything may be asked. */
+int oip_request_check_outputs(const oip_request *r, const gw_tensor_spec *specs, size_t n_specs,
+                              aicfn_error *err);
+
 /* An encoded response body: the JSON part, then binary output data when any output was
  * sent with binary_data. json_len == len when there is no binary part (Content-Type
  * application/json); otherwise the HTTP front sends Inference-Header-Content-Length:

@@ -170,10 +170,12 @@ static int fk_model_info(void *ctx, const char *model, uint32_t version, gw_http
     if (strcmp(model, "any") == 0) return AICFN_OK; /* declares nothing */
     gw_tensor_spec in = {.name = "x", .dtype = AICFN_DTYPE_FP32, .ndim = 2, .shape = {-1, 4}};
     gw_tensor_spec o1 = {.name = "y", .dtype = AICFN_DTYPE_FP32, .ndim = 2, .shape = {-1, 4}};
+    gw_tensor_spec o2 = {.name = "z", .dtype = AICFN_DTYPE_INT32, .ndim = 1, .shape = {1}};
     out->inputs[0] = in;
     out->n_inputs = 1;
     out->outputs[0] = o1;
-    out->n_outputs = 1;
+    out->outputs[1] = o2;
+    out->n_outputs = 2;
     return AICFN_OK;
 }
 
@@ -1037,6 +1039,43 @@ static void slowloris_cut_off_while_others_served(void **state) {
     assert_true(took >= 1500000 && took < 5000000); /* cut near the 2 s deadline, before the idle timeout */
 }
 
+/* A request trickled over `ms` ms on fd (headers one byte every 100 ms): its status, 0
+ * when the connection was cut. */
+static int trickled_get(int fd, unsigned ms) {
+    const char *head = "GET /v2/health/live HTTP/1.1\r\nHost: t\r\nX-Pad: ";
+    if (send_all(fd, head, strlen(head))) return 0;
+    for (unsigned t = 0; t < ms; t += 100) {
+        if (send(fd, "a", 1, MSG_NOSIGNAL) != 1) return 0;
+        sleep_ms(100);
+    }
+    if (send_all(fd, "\r\n\r\n", 4)) return 0;
+    resp r;
+    read_resp(fd, &r, 3000);
+    int st = r.status;
+    resp_free(&r);
+    return st;
+}
+
+/* The receive deadline (2 s) of a request on a kept-alive connection starts with its
+ * request line, not when the previous response left: the idle time between them (MHD's
+ * idle timeout covers it) used to be charged to the request, which was cut short. */
+static void keepalive_request_gets_the_whole_receive_deadline(void **state) {
+    fixture *fx = *state; /* receive timeout 2 s, idle timeout 5 s */
+    int fresh = dial(fx->port);
+    assert_int_equal(trickled_get(fresh, 1200), 200);
+    close(fresh);
+    int ka = dial(fx->port);
+    const char *first = "GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n";
+    assert_int_equal(send_all(ka, first, strlen(first)), 0);
+    resp r;
+    read_resp(ka, &r, 3000);
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+    sleep_ms(1500); /* idle, under the 5 s idle timeout */
+    assert_int_equal(trickled_get(ka, 1200), 200);
+    close(ka);
+}
+
 static void concurrent_calls_do_not_block_each_other(void **state) {
     fixture *fx = *state;
     /* A slow call (800 ms) in flight does not hold up a fast one. */
@@ -1190,6 +1229,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(body_limit_413_before_read, setup_noauth, teardown),
         cmocka_unit_test_setup_teardown(oversized_header_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(slowloris_cut_off_while_others_served, setup, teardown),
+        cmocka_unit_test_setup_teardown(keepalive_request_gets_the_whole_receive_deadline, setup, teardown),
         cmocka_unit_test_setup_teardown(concurrent_calls_do_not_block_each_other, setup, teardown),
         cmocka_unit_test_setup_teardown(stop_waits_for_calls_in_flight, setup, teardown),
         cmocka_unit_test_setup_teardown(stop_timeout_detaches_the_server, setup_short_stop, teardown),

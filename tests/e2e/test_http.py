@@ -361,6 +361,34 @@ def test_declared_inputs_are_checked_at_the_front(procs, tmp_path):
     assert infer("/v2/models/typed/versions/1/infer", [1, 4], [1, 2, 3, 4])[0] == 200
 
 
+def test_undeclared_requested_output_is_refused_before_running(procs, tmp_path):
+    """A function that declares its outputs: an infer asking for another one is refused
+    (400) before the handler runs, so nothing is executed, billed or counted. It used to
+    run the call, record it AICFN_OK, and then answer 400."""
+    addr, hport, data, g = start(procs, tmp_path)
+    d = tmp_path / "typed"
+    d.mkdir()
+    (d / "aicfn.yaml").write_text(f"name: typed\nhandler: {handler('echo')}\n"
+                                  "inputs: [ { name: x, dtype: FP32, shape: [-1] } ]\n"
+                                  "outputs: [ { name: x, dtype: FP32, shape: [-1] } ]\n")
+    r = run_cli(["deploy", str(d), "--gateway", addr], timeout=60)
+    assert r.returncode == 0, r.stderr
+
+    def infer(outputs):
+        body = json.dumps({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [1]}],
+                           "outputs": outputs})
+        return http_req(hport, "POST", "/v2/models/typed/infer", body, {"Content-Type": "application/json"})
+
+    st, _, out = infer([{"name": "y"}])
+    assert st == 400 and json.loads(out)["error"] == "requested output 'y' is not an output of this model", out
+    st, _, out = infer([{"name": "x"}])
+    assert st == 200 and json.loads(out)["outputs"][0]["data"] == [1], out
+    _, _, m = http_req(hport, "GET", "/metrics")
+    assert metric_value(m.decode(), "aicfn_calls_total", {"function": "typed"}) == 1  # the good call only
+    wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations WHERE function = 'typed'")[0][0] == 1, 10,
+             what="the good call's ledger row")
+
+
 def test_infer_on_a_function_that_declares_no_inputs_is_well_defined(procs, tmp_path):
     """An infer to a function whose manifest declares no `inputs:` (echo) copied its
     (absent) input specs with memcpy from NULL: undefined behaviour, which the sanitized

@@ -366,6 +366,18 @@ static void checks_against_metadata(void **state) {
     assert_int_equal(oip_request_check(&r, &two[1], 1, &e), AICFN_E_INVALID);
     assert_string_equal(e.msg, "input 'x' is not an input of this model");
     oip_request_free(&r);
+    /* Requested outputs: each must be declared, when outputs are declared at all. */
+    assert_int_equal(parse("{\"inputs\":[{\"name\":\"x\",\"shape\":[1],\"datatype\":\"FP32\",\"data\":[1]}],"
+                           "\"outputs\":[{\"name\":\"p\"},{\"name\":\"q\"}]}",
+                           &r, &e),
+                     0);
+    gw_tensor_spec outs[2] = {{.name = "p", .dtype = AICFN_DTYPE_FP32},
+                              {.name = "q", .dtype = AICFN_DTYPE_FP32}};
+    assert_int_equal(oip_request_check_outputs(&r, outs, 2, &e), AICFN_OK);
+    assert_int_equal(oip_request_check_outputs(&r, NULL, 0, &e), AICFN_OK);
+    assert_int_equal(oip_request_check_outputs(&r, outs, 1, &e), AICFN_E_INVALID);
+    assert_string_equal(e.msg, "requested output 'q' is not an output of this model");
+    oip_request_free(&r);
 }
 
 static void encodes_responses(void **state) {
