@@ -1708,6 +1708,10 @@ static void gw_exit_done(void *user, int status, rpc_msg *reply, const aicfn_err
 static void gw_send_exit(gw_gateway *gw, gw_worker *w) {
     aicfn_error e;
     aicfn_error_clear(&e);
+    /* Once sent, w is gw_exit_done's: it may be freed before rpc_call_async returns. */
+    char name[sizeof w->name];
+    snprintf(name, sizeof name, "%s", w->name);
+    const char *reason = w->kill_reason ? w->kill_reason : "the gateway dropped it"; /* static */
     wire_writer wr;
     wire_writer_init(&wr);
     wire_put_map(&wr, 5);
@@ -1715,8 +1719,9 @@ static void gw_send_exit(gw_gateway *gw, gw_worker *w) {
     wire_kv_str(&wr, "t", "exit");
     wire_kv_u64(&wr, "id", __atomic_add_fetch(&gw->next_poll_id, 1, __ATOMIC_RELAXED));
     wire_kv_str(&wr, "ctl", w->exit_token);
-    wire_kv_str(&wr, "reason", w->kill_reason ? w->kill_reason : "the gateway dropped it");
+    wire_kv_str(&wr, "reason", reason);
     int rc = wire_writer_status(&wr, &e);
+    if (rc == AICFN_OK) log_warn("worker %s: ordering it to exit (%s)", name, reason);
     gw_poll *p = rc == AICFN_OK ? malloc(sizeof *p) : NULL;
     if (p) {
         *p = (gw_poll){.gw = gw, .w = w};
@@ -1726,12 +1731,9 @@ static void gw_send_exit(gw_gateway *gw, gw_worker *w) {
         rc = aicfn_error_set(&e, AICFN_E_NOMEM, "out of memory");
     }
     wire_writer_fini(&wr);
-    if (rc == AICFN_OK) {
-        log_warn("worker %s: ordered to exit (%s)", w->name, w->kill_reason ? w->kill_reason : "dropped");
-        return;
-    }
-    log_warn("worker %s: its exit order could not be sent (%s): %s; the process may still be running",
-             w->name, aicfn_status_name(rc), e.msg);
+    if (rc == AICFN_OK) return;
+    log_warn("worker %s: its exit order could not be sent (%s): %s; the process may still be running", name,
+             aicfn_status_name(rc), e.msg);
     pthread_mutex_lock(&gw->mu);
     w->callbacks--;
     gw_maint_wake_locked(gw);
@@ -2416,8 +2418,17 @@ static void gw_scaling_refresh(gw_gateway *gw) {
     free(s);
 }
 
+/* Whether model `key` is on a worker of the pool (lock held). */
+static bool gw_key_resident_locked(const gw_gateway *gw, const char *key) {
+    for (const gw_worker *w = gw->workers; w; w = w->next)
+        for (size_t i = 0; w->state != GW_WORKER_DEAD && i < w->n_models; i++)
+            if (strcmp(w->models[i].key, key) == 0) return true;
+    return false;
+}
+
 /* Frees cached function entries nobody uses (lock held): no reference (no call, no
- * resolve in progress), no queue, not kept warm, no crash back-off running, and not
+ * resolve in progress), no queue, not kept warm, no crash back-off running, its model on
+ * no worker (scaling.idle_timeout finds a resident model's functions here), and not
  * resolved for the cache's idle time. A later call reads the registry again. So the
  * cache holds what is in use, not every version ever called. At most once a second. */
 static void gw_trim_fns_locked(gw_gateway *gw, uint64_t now) {
@@ -2429,7 +2440,7 @@ static void gw_trim_fns_locked(gw_gateway *gw, uint64_t now) {
         for (int i = 0; i < GW_CRASH_SLOTS && !backing_off; i++)
             backing_off = f->crash[i].crashes > 0 && f->crash[i].until_us > now;
         if (atomic_load(&f->refs) != 0 || f->q_len || f->warm || backing_off ||
-            now - f->used_us < gw->fn_idle_us) {
+            now - f->used_us < gw->fn_idle_us || (f->key[0] && gw_key_resident_locked(gw, f->key))) {
             pf = &f->next;
             continue;
         }

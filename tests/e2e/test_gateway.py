@@ -836,6 +836,26 @@ def test_function_versions_not_called_leave_the_cache(procs, tmp_path):
     assert g.poll() is None
 
 
+def test_cache_keeps_the_functions_of_resident_models(procs, tmp_path):
+    """A function whose model is on a worker stays in the gateway's cache past
+    --function-cache-idle: its scaling.idle_timeout is found there, and the model is
+    unloaded when it is due (dropping the entry first left the model resident for good).
+    Once the model is gone, the entry goes too."""
+    model_fn(tmp_path / "lasting", "lasting", handler("echo"), "scaling: { idle_timeout: 3s }\n", seed=23)
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", extra=["--function-cache-idle", "1s"])
+    deploy(addr, tmp_path / "lasting")
+    r = call(addr, invoke_msg("lasting", [tensor("x", np.arange(3, dtype=np.float32))]), timeout_ms=30000)
+    assert r["ok"] and r["cold"], r
+    t0 = time.monotonic()
+    time.sleep(2)  # past the cache's idle time, before the model's
+    assert gateway_status(addr)["functions_cached"] == 1
+    wait_for(lambda: not any(m["function"] == "lasting" for w in workers(addr) for m in w["models"]), 10,
+             interval=0.1, what="the idle model to be unloaded")
+    assert time.monotonic() - t0 >= 2.5
+    wait_for(lambda: gateway_status(addr)["functions_cached"] == 0, 10, interval=0.1,
+             what="its entry to leave the cache")
+
+
 def test_idle_gateway_sleeps(procs, tmp_path):
     # A gateway with a live worker and no calls must not spin: the maintenance thread ticks
     # every 250 ms (every 20 ms only while calls run or queue, or workers start or die)

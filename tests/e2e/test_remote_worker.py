@@ -371,7 +371,7 @@ def test_remote_worker_stuck_in_a_call_is_ordered_to_exit(procs, tmp_path):
     wait_for(lambda: w.poll() is not None, 10, interval=0.05, what="the stuck remote worker to exit")
     assert w.poll() == 3, (w.poll(), w.stderr()[-2000:])
     assert "its gateway ends it: a call got no reply within its timeout + grace" in w.stderr(), w.stderr()[-2000:]
-    assert "ordered to exit" in g.stderr(), g.stderr()[-2000:]
+    assert "ordering it to exit" in g.stderr(), g.stderr()[-2000:]
 
 
 def test_remote_worker_restarted_at_once_serves_again(procs, tmp_path):
