@@ -247,11 +247,10 @@ static bool cd_retryable(int rc, bool io_too) {
 }
 
 /* cli_gw_call, sent again after a retryable failure (CD_SEND_TRIES in all, the pause
- * doubling from CD_RETRY_MS) unless interrupted. *tries: the sends made. Upload
- * messages are safe to send twice: the gateway takes a chunk it already has as a no-op
- * (the SHA-256 at commit covers what was stored), a second begin opens an upload that
- * times out unused, and a second commit finds its upload gone (AICFN_E_NOT_FOUND: the
- * caller asks whether the artifact is stored). */
+ * doubling from CD_RETRY_MS) unless interrupted. *tries: the sends made. For chunks and
+ * commits, which are safe to send twice: the gateway takes a chunk it already has as a
+ * no-op (the SHA-256 at commit covers what was stored), and a second commit finds its
+ * upload gone (AICFN_E_NOT_FOUND: the caller asks whether the artifact is stored). */
 static int cd_call_retrying(rpc_client *c, wire_writer *w, uint32_t timeout_ms, bool io_too, const char *what,
                             int *tries, rpc_msg **reply, wire_doc *doc, aicfn_error *err) {
     uint32_t pause_ms = CD_RETRY_MS;
@@ -281,8 +280,9 @@ static int cd_upload_begin(rpc_client *c, const char *key, const char *hex, uint
     wire_kv_u64(&w, "size", size);
     rpc_msg *reply = NULL;
     wire_doc doc;
-    int tries = 0;
-    int rc = cd_call_retrying(c, &w, 30000, false, "upload_begin", &tries, &reply, &doc, err);
+    /* Sent once: a begin the gateway took whose answer was lost holds its space until the
+     * upload times out, and a second one would need that space again. */
+    int rc = cli_gw_call(c, &w, 30000, &reply, &doc, err);
     wire_writer_fini(&w);
     if (rc != AICFN_OK) return rc;
     *exists = false;
