@@ -161,6 +161,8 @@
 /* ---- HTTP ---- */
 #define AICFN_HTTP_MAX_BODY (16u << 20)
 #define AICFN_HTTP_MAX_CONNECTIONS 256
+#define AICFN_HTTP_FD_HEADROOM 256          /* open files kept for the rest of the gateway beside 2 per HTTP
+                                                 connection (MHD's socket, the reaper's dup) */
 #define AICFN_HTTP_CONNECTION_TIMEOUT_S 10      /* idle: no byte received or sent */
 #define AICFN_HTTP_RECEIVE_TIMEOUT_S 15         /* whole request (headers + body) must arrive within */
 #define AICFN_HTTP_MAX_CONNECTIONS_PER_IP 64

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -402,6 +403,33 @@ static void *ht_reaper_main(void *arg) {
     }
     pthread_mutex_unlock(&h->mu);
     return NULL;
+}
+
+/* Makes room in the process's open-file limit for `connections` connections (two
+ * descriptors each) and AICFN_HTTP_FD_HEADROOM more: raises the soft limit up to the
+ * hard one if needed, else refuses (AICFN_E_INVALID naming both numbers). Past the limit
+ * a connection's descriptors fail, the reaper cannot cut it off, and the gateway's other
+ * files (worker links, SQLite, uploads) fail with it. */
+static int ht_fit_open_files(unsigned connections, aicfn_error *err) {
+    struct rlimit rl;
+    rlim_t need = (rlim_t)connections * 2 + AICFN_HTTP_FD_HEADROOM;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0 || rl.rlim_cur == RLIM_INFINITY || rl.rlim_cur >= need)
+        return AICFN_OK;
+    if (rl.rlim_max != RLIM_INFINITY && rl.rlim_max < need)
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "http: %u connections need about %llu open files (2 each and %d for the rest "
+                               "of the gateway), but the limit is %llu (ulimit -n): lower --http-connections "
+                               "or raise the limit",
+                               connections, (unsigned long long)need, AICFN_HTTP_FD_HEADROOM,
+                               (unsigned long long)rl.rlim_max);
+    rlim_t was = rl.rlim_cur;
+    rl.rlim_cur = need;
+    if (setrlimit(RLIMIT_NOFILE, &rl) != 0)
+        return aicfn_error_errno(err, AICFN_E_INVALID, errno, "http: raising the open-file limit to %llu",
+                                 (unsigned long long)need);
+    log_info("http: open-file limit raised from %llu to %llu for %u connections", (unsigned long long)was,
+             (unsigned long long)need, connections);
+    return AICFN_OK;
 }
 
 /* ---- Body buffering ---- */
@@ -1028,6 +1056,10 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
     if (!h->cfg.threads) h->cfg.threads = 2;
     if (!h->cfg.stop_wait_ms) h->cfg.stop_wait_ms = AICFN_HTTP_STOP_WAIT_MS;
     if (!h->cfg.max_buffered) h->cfg.max_buffered = AICFN_HTTP_MAX_BUFFERED;
+    if ((rc = ht_fit_open_files(h->cfg.max_connections, err)) != AICFN_OK) {
+        free(h);
+        return rc;
+    }
     h->quiesced = MHD_INVALID_SOCKET;
     snprintf(h->version, sizeof h->version, "%s", cfg->server_version ? cfg->server_version : "unknown");
     h->cfg.server_version = h->version;

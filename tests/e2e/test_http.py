@@ -14,6 +14,7 @@ Every wait is bounded.
 """
 import http.client
 import json
+import resource
 import shutil
 import socket
 import sqlite3
@@ -233,6 +234,25 @@ def test_connection_limits(procs, tmp_path):
 
     r = run_cli(["gateway", "--http-connections", "0"], timeout=10)
     assert r.returncode == 2 and "--http-connections '0'" in r.stderr, r.stderr
+
+    # Two open files per connection: past the hard limit the gateway refuses to start
+    # (past it, connections' descriptors would fail and slow clients never be cut off);
+    # below it, the soft limit is raised to fit.
+    def gateway_args(data, connections):
+        return [str(aicfn_bin()), "gateway", "--listen", f"tcp://127.0.0.1:{free_port()}", "--data", str(data),
+                "--workers", "0..0", "--insecure-local", "--http", f"127.0.0.1:{free_port()}",
+                "--http-connections", str(connections)]
+
+    r = subprocess.run(gateway_args(tmp_path / "nofiles", 1000), capture_output=True, text=True, timeout=30,
+                       preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 512)))
+    assert r.returncode == 1 and "need about 2256 open files" in r.stderr and "is 512" in r.stderr, r.stderr
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard == resource.RLIM_INFINITY or hard >= 856:
+        g = procs.start(["bash", "-c", 'ulimit -Sn 512 && exec "$@"', "bash",
+                         *gateway_args(tmp_path / "raised", 300)], name="raised")
+        wait_for(lambda: "open-file limit raised from 512 to 856" in g.stderr() or g.poll() is not None, 15,
+                 what="the raised limit's log line")
+        assert g.poll() is None, g.stderr()[-2000:]
 
 
 def test_keys_over_http(procs, tmp_path):
