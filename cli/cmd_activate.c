@@ -1,17 +1,24 @@
-/* cmd_activate.c: `aicfn activate NAME:VER`: makes an existing version the active one
- * (a rollback, or a roll forward), removing nothing. */
+/* cmd_activate.c: `aicfn activate NAME:VER [--canary PERCENT]`: makes an existing
+ * version the active one (a rollback, or a roll forward), or sends a share of NAME's
+ * calls to it (a canary), removing nothing. */
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "cli/cli.h"
 #include "cli/gwclient.h"
 
 static void ca_help(FILE *out) {
-    fprintf(out, "usage: aicfn activate NAME:VER [--gateway ADDR] [--key KEY] [--json]\n"
+    fprintf(out, "usage: aicfn activate NAME:VER [--canary PERCENT] [--gateway ADDR] [--key KEY] [--json]\n"
                  "\n"
                  "Makes version VER of function NAME the active one: calls to NAME go to it from now on\n"
-                 "(a rollback after a bad deploy, or back to a newer version). No version is removed;\n"
-                 "every version stays invokable as NAME:VER. Needs an admin key.\n"
+                 "(a rollback after a bad deploy, or back to a newer version), and any canary of NAME\n"
+                 "ends. No version is removed; every version stays invokable as NAME:VER. Needs an admin\n"
+                 "key.\n"
+                 "  --canary PERCENT  instead, send PERCENT (1..99) of the calls to NAME to VER and the\n"
+                 "                  rest to the active version, which stays so (a canary: watch\n"
+                 "                  aicfn_calls_total by version, then activate VER, or end it with\n"
+                 "                  --canary 0). Deploy VER with --no-activate first\n"
                  "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
                  "  --key KEY       admin API key (default: $AICFN_KEY)\n"
                  "  --json          print {\"name\",\"version\"} instead of text\n");
@@ -20,6 +27,7 @@ static void ca_help(FILE *out) {
 int cli_cmd_activate(int argc, char **argv) {
     const char *gateway = NULL, *key = NULL, *ref = NULL;
     int json = 0;
+    long canary = -1;
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -31,6 +39,12 @@ int cli_cmd_activate(int argc, char **argv) {
             key = v;
         } else if (!strcmp(argv[i], "--json")) {
             json = 1;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--canary"))) {
+            char *end;
+            canary = strtol(v, &end, 10);
+            if (end == v || *end || canary < 0 || canary > 99)
+                return cli_usage_error("activate",
+                                       "--canary '%s': a percentage from 0 (end the canary) to 99", v);
         } else if (argv[i][0] != '-' && !ref) {
             ref = argv[i];
         } else {
@@ -42,8 +56,9 @@ int cli_cmd_activate(int argc, char **argv) {
     aicfn_error_clear(&err);
     wire_writer w;
     wire_writer_init(&w);
-    cli_gw_begin(&w, "activate", cli_api_key(key), 1);
+    cli_gw_begin(&w, "activate", cli_api_key(key), canary >= 0 ? 2 : 1);
     wire_kv_str(&w, "ref", ref);
+    if (canary >= 0) wire_kv_u64(&w, "canary", (uint64_t)canary);
     rpc_msg *reply = NULL;
     wire_doc doc;
     int rc = cli_gw_request(cli_gateway_addr(gateway), &w, 10000, &reply, &doc, &err);
@@ -53,8 +68,16 @@ int cli_cmd_activate(int argc, char **argv) {
         uint64_t version = 0;
         wire_get_cstr(&doc, &doc.root, NULL, "name", false, 256, &name, NULL);
         wire_get_u64(&doc.root, NULL, "version", false, &version, NULL);
-        if (json)
+        if (json && canary >= 0)
+            printf("{\"name\":\"%s\",\"version\":%llu,\"canary\":%ld}\n", name, (unsigned long long)version,
+                   canary);
+        else if (json)
             printf("{\"name\":\"%s\",\"version\":%llu}\n", name, (unsigned long long)version);
+        else if (canary > 0)
+            printf("canary: %ld%% of the calls to %s go to %s:%llu\n", canary, name, name,
+                   (unsigned long long)version);
+        else if (canary == 0)
+            printf("canary of %s ended: every call goes to its active version\n", name);
         else
             printf("activated %s:%llu\n", name, (unsigned long long)version);
         wire_doc_fini(&doc);

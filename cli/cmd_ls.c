@@ -30,6 +30,8 @@ static void cl_help(FILE *out) {
                  "Lists the deployed functions: active and latest version, number of versions, handler,\n"
                  "snapshot and model sizes of the active version, and its scaling: WORKERS is\n"
                  "min_workers..max_workers, IDLE the idle_timeout after which its model is unloaded.\n"
+                 "CANARY is VER@PERCENT%% when that share of the calls to NAME goes to version VER\n"
+                 "(aicfn activate NAME:VER --canary PERCENT), else -.\n"
                  "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
                  "  --key KEY       API key (default: $AICFN_KEY)\n"
                  "  --json          print the list as JSON\n");
@@ -60,17 +62,22 @@ int cli_cmd_ls(int argc, char **argv) {
     if (json) {
         cli_print_json(j, "[]");
     } else {
-        printf("%-24s %6s %6s %8s %12s %12s %12s %9s %6s\n", "NAME", "ACTIVE", "LATEST", "VERSIONS",
-               "HANDLER", "SNAPSHOT", "MODEL", "WORKERS", "IDLE");
+        printf("%-24s %6s %6s %8s %12s %12s %12s %9s %6s %8s\n", "NAME", "ACTIVE", "LATEST", "VERSIONS",
+               "HANDLER", "SNAPSHOT", "MODEL", "WORKERS", "IDLE", "CANARY");
         size_t i;
         json_t *o;
         json_array_foreach(j, i, o) {
-            char h[32], s[32], m[32], wk[32], idle[32];
+            char h[32], s[32], m[32], wk[32], idle[32], canary[32] = "-";
             json_t *sc = json_object_get(o, "scaling");
+            json_t *cn = json_object_get(o, "canary");
+            if (json_is_object(cn))
+                snprintf(canary, sizeof canary, "%lld@%lld%%",
+                         (long long)json_integer_value(json_object_get(cn, "version")),
+                         (long long)json_integer_value(json_object_get(cn, "percent")));
             snprintf(wk, sizeof wk, "%lld..%lld",
                      (long long)json_integer_value(json_object_get(sc, "min_workers")),
                      (long long)json_integer_value(json_object_get(sc, "max_workers")));
-            printf("%-24s %6lld %6lld %8lld %12s %12s %12s %9s %6s\n",
+            printf("%-24s %6lld %6lld %8lld %12s %12s %12s %9s %6s %8s\n",
                    json_string_value(json_object_get(o, "name")),
                    (long long)json_integer_value(json_object_get(o, "active_version")),
                    (long long)json_integer_value(json_object_get(o, "latest_version")),
@@ -83,7 +90,8 @@ int cli_cmd_ls(int argc, char **argv) {
                                      sizeof m),
                    wk,
                    cl_duration((uint64_t)json_integer_value(json_object_get(sc, "idle_timeout_us")), idle,
-                               sizeof idle));
+                               sizeof idle),
+                   canary);
         }
     }
     json_decref(j);

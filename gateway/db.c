@@ -161,6 +161,11 @@ static const char *const db_migrations[] = {
     ("ALTER TABLE functions ADD COLUMN staged INTEGER NOT NULL DEFAULT 0 CHECK (staged IN (0, 1));"
      "UPDATE functions SET staged = 1 WHERE active = 0 AND version > coalesce("
      "(SELECT a.version FROM functions a WHERE a.name = functions.name AND a.active = 1), 0);"),
+    /* 7: a canary: canary_percent of the calls to the plain NAME go to canary_version
+     * (registry.h gw_registry_set_canary); 0: none. */
+    ("ALTER TABLE function_names ADD COLUMN canary_version INTEGER;"
+     "ALTER TABLE function_names ADD COLUMN canary_percent INTEGER NOT NULL DEFAULT 0 "
+     "CHECK (canary_percent BETWEEN 0 AND 99);"),
 };
 
 #define DB_NMIGRATIONS ((int)(sizeof db_migrations / sizeof db_migrations[0]))

@@ -552,17 +552,28 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         if (rc == AICFN_OK) rc = gw_fn_ref_parse(ref, name, &version, &e);
         if (rc == AICFN_OK && version == 0)
             rc = aicfn_error_set(&e, AICFN_E_INVALID, "activate needs NAME:VER, got '%s'", ref);
-        if (rc == AICFN_OK) rc = gw_registry_activate(gw_gateway_db(gw), name, version, &e);
+        /* With `canary`: only that share of NAME's calls goes to it (0: the canary ends). */
+        uint32_t canary = UINT32_MAX;
+        if (rc == AICFN_OK) rc = wire_get_u32(root, NULL, "canary", false, &canary, &e);
+        if (rc == AICFN_OK)
+            rc = canary == UINT32_MAX ? gw_registry_activate(gw_gateway_db(gw), name, version, &e)
+                                      : gw_registry_set_canary(gw_gateway_db(gw), name, version, canary, &e);
         if (rc != AICFN_OK) {
             front_error(call, id, rc, e.msg);
             return;
         }
         gw_functions_changed(gw);
-        log_info("activated %s:%u", name, version);
+        if (canary == UINT32_MAX)
+            log_info("activated %s:%u", name, version);
+        else if (canary)
+            log_info("canary: %u%% of %s's calls go to %s:%u", canary, name, name, version);
+        else
+            log_info("canary of %s ended", name);
         wire_writer_init(&w);
-        front_ok_head(&w, id, 2);
+        front_ok_head(&w, id, canary == UINT32_MAX ? 2 : 3);
         wire_kv_str(&w, "name", name);
         wire_kv_u64(&w, "version", version);
+        if (canary != UINT32_MAX) wire_kv_u64(&w, "canary", canary);
         front_send(call, id, &w);
         return;
     }

@@ -107,7 +107,8 @@ typedef struct gw_fn {
 
 typedef struct gw_alias {
     char name[AICFN_FN_NAME_MAX_BYTES + 1];
-    gw_fn *fn;
+    gw_fn *fn;                               /* the active version */
+    uint32_t canary_version, canary_percent; /* gw_registry_set_canary; percent 0: none */
     struct gw_alias *next;
 } gw_alias;
 
@@ -226,6 +227,7 @@ struct gw_gateway {
     unsigned spawning;
     pthread_cond_t spawn_cv;
     uint64_t fn_gen;           /* bumped by gw_functions_changed (deploy, rm): see gw_resolve_read */
+    uint64_t canary_seq;       /* calls to plain names with a canary (gw_canary_pick) */
     uint64_t fn_idle_us;       /* a cached function entry unused this long is freed (gw_trim_fns_locked) */
     uint64_t fn_trim_at_us;    /* the next trim, not before */
     bool maint_idle;           /* the maintenance thread sleeps GW_IDLE_TICK_MS: wake it for work */
@@ -375,10 +377,23 @@ static gw_fn *gw_fn_find(gw_gateway *gw, const char *name, uint32_t ver) {
     return NULL;
 }
 
-static gw_fn *gw_alias_find(gw_gateway *gw, const char *name) {
+static gw_alias *gw_alias_get(gw_gateway *gw, const char *name) {
     for (gw_alias *al = gw->aliases; al; al = al->next)
-        if (strcmp(al->name, name) == 0) return al->fn;
+        if (strcmp(al->name, name) == 0) return al;
     return NULL;
+}
+
+static gw_fn *gw_alias_find(gw_gateway *gw, const char *name) {
+    gw_alias *al = gw_alias_get(gw, name);
+    return al ? al->fn : NULL;
+}
+
+/* Whether this call to a plain NAME goes to its canary (percent of them do): a
+ * low-discrepancy walk over 0..99, so any 100 consecutive picks take exactly `percent`
+ * (61 is prime to 100). */
+static bool gw_canary_pick(gw_gateway *gw, uint32_t percent) {
+    uint64_t k = __atomic_fetch_add(&gw->canary_seq, 1, __ATOMIC_RELAXED);
+    return (k * 61 + 17) % 100 < percent;
 }
 
 void gw_functions_changed(gw_gateway *gw) {
@@ -418,6 +433,8 @@ static int gw_resolve_read(gw_gateway *gw, const char *name, uint32_t ver, uint6
     memset(&rec, 0, sizeof rec);
     int rc = gw_registry_get(gw_gateway_read_db(gw), name, ver, &rec, err);
     if (rc != AICFN_OK) return rc;
+    uint32_t canary_ver = 0, canary_pct = 0; /* none when it cannot be read */
+    if (ver == 0) (void)gw_registry_get_canary(gw_gateway_read_db(gw), name, &canary_ver, &canary_pct, NULL);
     gw_fn *nf = calloc(1, sizeof *nf);
     if (!nf) {
         gw_function_clear(&rec);
@@ -464,6 +481,8 @@ static int gw_resolve_read(gw_gateway *gw, const char *name, uint32_t ver, uint6
         if (al) {
             snprintf(al->name, sizeof al->name, "%s", name);
             al->fn = f;
+            al->canary_version = canary_ver;
+            al->canary_percent = canary_pct;
             al->next = gw->aliases;
             gw->aliases = al;
         }
@@ -475,14 +494,26 @@ static int gw_resolve_read(gw_gateway *gw, const char *name, uint32_t ver, uint6
     return AICFN_OK;
 }
 
-/* Resolves NAME (ver 0: active) to a cached entry, reading the registry on a miss, and
- * returns it referenced (gw_fn_unref when done, or hand the reference to a call). A read
- * that raced a deploy or rm is read again (at most four times in all: then the last read
- * is used, uncached). */
-static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **out, aicfn_error *err) {
+/* Resolves NAME (ver 0: active; with `canary`, for its share of the calls NAME's canary
+ * version) to a cached entry, reading the registry on a miss, and returns it referenced
+ * (gw_fn_unref when done, or hand the reference to a call). A read that raced a deploy
+ * or rm is read again (at most four times in all: then the last read is used, uncached). */
+static int gw_resolve_pick(gw_gateway *gw, const char *name, uint32_t ver, bool canary, gw_fn **out,
+                           aicfn_error *err) {
     for (int attempt = 0;; attempt++) {
         pthread_mutex_lock(&gw->mu);
-        gw_fn *f = ver ? gw_fn_find(gw, name, ver) : gw_alias_find(gw, name);
+        uint32_t want = ver; /* the version to read on a miss: 0 = the active one */
+        gw_fn *f;
+        if (ver) {
+            f = gw_fn_find(gw, name, ver);
+        } else {
+            gw_alias *al = gw_alias_get(gw, name);
+            f = al ? al->fn : NULL;
+            if (canary && al && al->canary_percent && gw_canary_pick(gw, al->canary_percent)) {
+                want = al->canary_version;
+                f = gw_fn_find(gw, name, want);
+            }
+        }
         if (f && !f->stale) {
             gw_fn_ref(f);
             f->used_us = clock_now_us();
@@ -493,9 +524,19 @@ static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **ou
         uint64_t gen = gw->fn_gen;
         pthread_mutex_unlock(&gw->mu);
         bool raced = false;
-        int rc = gw_resolve_read(gw, name, ver, gen, attempt >= 3, out, &raced, err);
+        int rc = gw_resolve_read(gw, name, want, gen, attempt >= 3, out, &raced, err);
         if (rc != AICFN_OK || !raced) return rc;
     }
+}
+
+/* The version a client's call of NAME[:ver] runs: the canary's, for its share of calls. */
+static int gw_resolve_call(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **out, aicfn_error *err) {
+    return gw_resolve_pick(gw, name, ver, true, out, err);
+}
+
+/* NAME[:ver] for the gateway itself (loads, unloads, records): the active version. */
+static int gw_resolve(gw_gateway *gw, const char *name, uint32_t ver, gw_fn **out, aicfn_error *err) {
+    return gw_resolve_pick(gw, name, ver, false, out, err);
 }
 
 int gw_fn_signature(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_spec *inputs, size_t *n_inputs,
@@ -505,7 +546,7 @@ int gw_fn_signature(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_sp
     if (!gw_fn_name_valid(name))
         return aicfn_error_set(err, AICFN_E_INVALID, "'%.64s' is not a function name", name);
     gw_fn *f = NULL;
-    int rc = gw_resolve(gw, name, ver, &f, err);
+    int rc = gw_resolve_call(gw, name, ver, &f, err);
     if (rc != AICFN_OK) return rc;
     /* A cached entry's config never changes (a version is immutable): no lock needed.
      * inputs/outputs are NULL when none are declared. */
@@ -2022,7 +2063,7 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     if (!req->fn || !gw_fn_name_valid(req->fn))
         return aicfn_error_set(err, AICFN_E_INVALID, "invalid function name '%s'", req->fn ? req->fn : "");
     gw_fn *f = NULL;
-    int rc = gw_resolve(gw, req->fn, req->ver, &f, err);
+    int rc = gw_resolve_call(gw, req->fn, req->ver, &f, err);
     if (rc != AICFN_OK) return rc;
 
     uint64_t in_bytes = 0;

@@ -598,6 +598,106 @@ int gw_registry_resolve(gw_db *db, const char *ref, gw_function *out, aicfn_erro
     return gw_registry_get(db, name, version, out, err);
 }
 
+/* Ends NAME's canary (version 0), or only one sending calls to `version` (lock held, in
+ * a transaction). */
+static int reg_end_canary_locked(gw_db *db, const char *name, uint32_t version, aicfn_error *err) {
+    sqlite3_stmt *st = NULL;
+    int rc = gw_db_stmt(db,
+                        "UPDATE function_names SET canary_version = NULL, canary_percent = 0 "
+                        "WHERE name = ?1 AND (?2 = 0 OR canary_version = ?2)",
+                        &st, err);
+    if (rc) return rc;
+    gw_db_bind_text(st, 1, name);
+    sqlite3_bind_int64(st, 2, version);
+    int s = sqlite3_step(st);
+    gw_db_done(st);
+    return s == SQLITE_DONE ? AICFN_OK : gw_db_error(db, s, err, "ending the canary");
+}
+
+int gw_registry_set_canary(gw_db *db, const char *name, uint32_t version, uint32_t percent,
+                           aicfn_error *err) {
+    if (!gw_fn_name_valid(name))
+        return aicfn_error_set(err, AICFN_E_INVALID, "canary: invalid function name");
+    if (percent > 99)
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "canary: %u%% of the calls (1 to 99; activate the version for all of them)",
+                               percent);
+    if (percent && version == 0) return aicfn_error_set(err, AICFN_E_INVALID, "canary: name the version");
+    gw_db_lock(db);
+    sqlite3_stmt *st = NULL;
+    int rc = gw_db_begin(db, err);
+    if (rc) goto out;
+    int s;
+    if (percent) {
+        rc = gw_db_stmt(db, "SELECT active FROM functions WHERE name = ?1 AND version = ?2", &st, err);
+        if (rc) goto fail;
+        gw_db_bind_text(st, 1, name);
+        sqlite3_bind_int64(st, 2, version);
+        s = sqlite3_step(st);
+        bool active = s == SQLITE_ROW && sqlite3_column_int(st, 0) == 1;
+        gw_db_done(st);
+        if (s == SQLITE_DONE) {
+            rc = aicfn_error_set(err, AICFN_E_NOT_FOUND, "function %s:%u not found", name, version);
+            goto fail;
+        }
+        if (s != SQLITE_ROW) {
+            rc = gw_db_error(db, s, err, "canary");
+            goto fail;
+        }
+        if (active) {
+            rc = aicfn_error_set(err, AICFN_E_INVALID, "canary: %s:%u is the active version already", name,
+                                 version);
+            goto fail;
+        }
+        rc = gw_db_stmt(db,
+                        "UPDATE function_names SET canary_version = ?2, canary_percent = ?3 WHERE name = ?1",
+                        &st, err);
+        if (rc) goto fail;
+        gw_db_bind_text(st, 1, name);
+        sqlite3_bind_int64(st, 2, version);
+        sqlite3_bind_int64(st, 3, percent);
+        s = sqlite3_step(st);
+        gw_db_done(st);
+        if (s != SQLITE_DONE) {
+            rc = gw_db_error(db, s, err, "canary");
+            goto fail;
+        }
+    } else if ((rc = reg_end_canary_locked(db, name, 0, err))) {
+        goto fail;
+    }
+    rc = gw_db_commit(db, err);
+    goto out;
+fail:
+    gw_db_done(st);
+    gw_db_rollback(db);
+out:
+    gw_db_unlock(db);
+    return rc;
+}
+
+int gw_registry_get_canary(gw_db *db, const char *name, uint32_t *version, uint32_t *percent,
+                           aicfn_error *err) {
+    *version = *percent = 0;
+    gw_db_lock(db);
+    sqlite3_stmt *st = NULL;
+    int rc = gw_db_stmt(
+        db, "SELECT coalesce(canary_version, 0), canary_percent FROM function_names WHERE name = ?1", &st,
+        err);
+    if (!rc) {
+        gw_db_bind_text(st, 1, name);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW) {
+            *version = (uint32_t)sqlite3_column_int64(st, 0);
+            *percent = (uint32_t)sqlite3_column_int64(st, 1);
+        } else if (s != SQLITE_DONE) {
+            rc = gw_db_error(db, s, err, "reading the canary");
+        }
+        gw_db_done(st);
+    }
+    gw_db_unlock(db);
+    return rc;
+}
+
 int gw_registry_activate(gw_db *db, const char *name, uint32_t version, aicfn_error *err) {
     if (!gw_fn_name_valid(name) || version == 0)
         return aicfn_error_set(err, AICFN_E_INVALID, "activate: invalid function reference");
@@ -635,6 +735,7 @@ int gw_registry_activate(gw_db *db, const char *name, uint32_t version, aicfn_er
         goto fail;
     }
     gw_db_done(st);
+    if ((rc = reg_end_canary_locked(db, name, 0, err))) goto fail;
     rc = gw_db_commit(db, err);
     goto out;
 fail:
@@ -665,6 +766,9 @@ static int reg_fill_summary(void *arg, sqlite3_stmt *st, void *elem, aicfn_error
     e->max_workers = cfg.max_workers;
     e->idle_timeout_us = cfg.idle_timeout_us;
     gw_fn_config_clear(&cfg);
+    e->canary_version = (uint32_t)sqlite3_column_int64(st, 9);
+    e->canary_percent = (uint32_t)sqlite3_column_int64(st, 10);
+    if (!e->canary_percent) e->canary_version = 0;
     return AICFN_OK;
 }
 
@@ -679,7 +783,9 @@ int gw_registry_list(gw_db *db, gw_function_summary **out, size_t *n, aicfn_erro
                    "SELECT f.name, "
                    "  (SELECT version FROM functions a WHERE a.name = f.name AND a.active = 1), "
                    "  max(f.version), count(*), "
-                   "  s.handler_bytes, s.snapshot_bytes, s.model_raw_bytes, max(f.created_us), s.config "
+                   "  s.handler_bytes, s.snapshot_bytes, s.model_raw_bytes, max(f.created_us), s.config, "
+                   "  (SELECT coalesce(canary_version, 0) FROM function_names n WHERE n.name = f.name), "
+                   "  (SELECT canary_percent FROM function_names n WHERE n.name = f.name) "
                    "FROM functions f JOIN functions s ON s.name = f.name AND s.version = "
                    "  coalesce((SELECT version FROM functions a WHERE a.name = f.name AND a.active = 1), "
                    "           (SELECT max(version) FROM functions b WHERE b.name = f.name)) "
@@ -740,6 +846,14 @@ json_t *gw_function_summaries_to_json(const gw_function_summary *s, size_t n) {
             "model_raw_bytes", (json_int_t)s[i].model_raw_bytes, "created_us", (json_int_t)s[i].created_us,
             "scaling", "min_workers", (json_int_t)s[i].min_workers, "max_workers",
             (json_int_t)s[i].max_workers, "idle_timeout_us", (json_int_t)s[i].idle_timeout_us);
+        json_t *canary = s[i].canary_percent
+                             ? json_pack("{s:I, s:I}", "version", (json_int_t)s[i].canary_version, "percent",
+                                         (json_int_t)s[i].canary_percent)
+                             : json_null();
+        if (o && (!canary || json_object_set_new(o, "canary", canary) != 0)) {
+            json_decref(o);
+            o = NULL;
+        }
         if (!o || json_array_append_new(arr, o) != 0) {
             json_decref(arr);
             return NULL;
@@ -840,6 +954,8 @@ int gw_registry_remove(gw_db *db, const char *ref, uint32_t *removed, char (**or
                      : aicfn_error_set(err, AICFN_E_NOT_FOUND, "function %s not found", name);
         goto fail;
     }
+    /* A canary sending calls to a removed version ends. */
+    if ((rc = reg_end_canary_locked(db, name, version, err))) goto fail;
     /* If the active version went, the newest remaining one that was not staged takes
      * over (a staged version goes live only by an activate). */
     if (removes_active) {
@@ -851,6 +967,18 @@ int gw_registry_remove(gw_db *db, const char *ref, uint32_t *removed, char (**or
         gw_db_bind_text(st, 1, name);
         if ((s = sqlite3_step(st)) != SQLITE_DONE) {
             rc = gw_db_error(db, s, err, "rm: activating the newest remaining version");
+            goto fail;
+        }
+        gw_db_done(st);
+        /* ... and a canary of the version now active has nothing left to split. */
+        rc = gw_db_stmt(db,
+                        "UPDATE function_names SET canary_version = NULL, canary_percent = 0 WHERE name = ?1 "
+                        "AND canary_version = (SELECT version FROM functions WHERE name = ?1 AND active = 1)",
+                        &st, err);
+        if (rc) goto fail;
+        gw_db_bind_text(st, 1, name);
+        if ((s = sqlite3_step(st)) != SQLITE_DONE) {
+            rc = gw_db_error(db, s, err, "rm: ending the canary");
             goto fail;
         }
         gw_db_done(st);

@@ -153,8 +153,20 @@ int gw_registry_resolve(gw_db *db, const char *ref, gw_function *out, aicfn_erro
 /* Same with the name and version apart (version 0 = active). */
 int gw_registry_get(gw_db *db, const char *name, uint32_t version, gw_function *out, aicfn_error *err);
 
-/* Makes NAME:VER the active version (rollback). AICFN_E_NOT_FOUND when absent. */
+/* Makes NAME:VER the active version (rollback), ending any canary of NAME.
+ * AICFN_E_NOT_FOUND when absent. */
 int gw_registry_activate(gw_db *db, const char *name, uint32_t version, aicfn_error *err);
+
+/* A canary (KServe's canaryTrafficPercent): `percent` (1..99) of the calls to the plain
+ * NAME go to NAME:VER, the rest to the active version, which stays so. percent 0 ends
+ * the canary (version ignored). VER must exist and not be the active version
+ * (AICFN_E_NOT_FOUND, AICFN_E_INVALID). Activating any version, or removing the canary
+ * version, ends it too. Committed before returning. */
+int gw_registry_set_canary(gw_db *db, const char *name, uint32_t version, uint32_t percent, aicfn_error *err);
+
+/* NAME's canary: *version and *percent (0 and 0 when none, or no such name). */
+int gw_registry_get_canary(gw_db *db, const char *name, uint32_t *version, uint32_t *percent,
+                           aicfn_error *err);
 
 /* One line of `aicfn ls`. Sizes are those of the active version (or the newest when
  * none is active). */
@@ -172,6 +184,7 @@ typedef struct gw_function_summary {
     uint32_t min_workers;
     uint32_t max_workers;
     uint64_t idle_timeout_us;
+    uint32_t canary_version, canary_percent; /* gw_registry_set_canary; 0 when none */
 } gw_function_summary;
 
 /* Lists every function name with versions, sorted by name, into a new malloc'd array
@@ -183,18 +196,21 @@ int gw_registry_versions(gw_db *db, const char *name, gw_function **out, size_t 
 
 /* JSON for `aicfn ls --json`: an array of {"name","active_version","latest_version",
  * "versions","handler_bytes","snapshot_bytes","model_raw_bytes","created_us",
- * "scaling":{"min_workers","max_workers","idle_timeout_us"}}.
+ * "scaling":{"min_workers","max_workers","idle_timeout_us"},"canary"} where canary is
+ * {"version","percent"} or null.
  * New reference or NULL (out of memory). */
 json_t *gw_function_summaries_to_json(const gw_function_summary *s, size_t n);
 
 /* Removes NAME:VER, or every version of NAME when ref has no version, in one
  * transaction. When the active version is removed, the newest remaining version that
  * is not staged (deployed inactive and not activated since) becomes active (none when
- * no such version remains); removing any other version changes no active version. *removed gets the number of versions
- * removed. When orphans is not NULL it receives a new malloc'd array of the artifact
- * hashes that no remaining version references (each 65 bytes, NUL-terminated; the
- * caller frees the array with free()) and *n_orphans its length: the caller may delete
- * those files (gw_artifacts_remove). AICFN_E_NOT_FOUND when nothing matched. */
+ * no such version remains); removing any other version changes no active version. A
+ * canary of a removed version (or of the version made active) ends. *removed gets the
+ * number of versions removed. When orphans is not NULL it receives a new malloc'd array
+ * of the artifact hashes that no remaining version references (each 65 bytes,
+ * NUL-terminated; the caller frees the array with free()) and *n_orphans its length:
+ * the caller may delete those files (gw_artifacts_remove). AICFN_E_NOT_FOUND when
+ * nothing matched. */
 int gw_registry_remove(gw_db *db, const char *ref, uint32_t *removed, char (**orphans)[GW_HASH_HEX_LEN + 1],
                        size_t *n_orphans, aicfn_error *err);
 

@@ -856,6 +856,46 @@ def test_cache_keeps_the_functions_of_resident_models(procs, tmp_path):
              what="its entry to leave the cache")
 
 
+def test_canary_takes_its_share_of_the_calls(procs, tmp_path):
+    """`aicfn activate NAME:VER --canary P` sends P % of the calls to the plain NAME to VER
+    (the rest to the active version, which stays so); NAME:VER calls go where they say;
+    `ls` shows the canary; activating VER ends it and takes every call."""
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    write_manifest(tmp_path / "cfn", f"name: cfn\nhandler: {handler('echo')}\n")
+    assert deploy(addr, tmp_path / "cfn") == 1
+    r = run_cli(["deploy", str(tmp_path / "cfn"), "--gateway", addr, "--no-activate", "--json"], timeout=120)
+    assert r.returncode == 0 and json.loads(r.stdout.strip().splitlines()[-1])["version"] == 2, r.stderr
+    r = run_cli(["activate", "cfn:2", "--canary", "30", "--gateway", addr], timeout=10)
+    assert r.returncode == 0 and "30% of the calls to cfn go to cfn:2" in r.stdout, (r.stdout, r.stderr)
+    r = run_cli(["ls", "--gateway", addr, "--json"], timeout=10)
+    row = json.loads(r.stdout)[0]
+    assert row["active_version"] == 1 and row["canary"] == {"version": 2, "percent": 30}, row
+    r = run_cli(["activate", "cfn:1", "--canary", "30", "--gateway", addr], timeout=10)
+    assert r.returncode == 1 and "active version already" in r.stderr, r.stderr
+    x = tensor("x", np.arange(2, dtype=np.float32))
+
+    def versions_served(n, fn="cfn"):
+        before = db_rows(data, "SELECT count(*) FROM invocations")[0][0]
+        for _ in range(n):
+            assert call(addr, invoke_msg(fn, [x]), timeout_ms=20000)["ok"]
+        wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations")[0][0] == before + n, 15,
+                 what="the calls' ledger rows")
+        rows = db_rows(data, "SELECT version, count(*) FROM invocations WHERE id > (SELECT max(id) - ? FROM "
+                             "invocations) GROUP BY version", (n,))
+        return dict(rows)
+
+    served = versions_served(200)
+    assert set(served) == {1, 2} and 45 <= served[2] <= 75, served  # 60 expected: 30 of every 100
+    assert call(addr, {**invoke_msg("cfn", [x]), "ver": 1}, timeout_ms=20000)["ok"]
+    wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations")[0][0] == 201, 15, what="cfn:1's row")
+    r = run_cli(["activate", "cfn:2", "--gateway", addr], timeout=10)
+    assert r.returncode == 0, r.stderr
+    r = run_cli(["ls", "--gateway", addr, "--json"], timeout=10)
+    row = json.loads(r.stdout)[0]
+    assert row["active_version"] == 2 and row["canary"] is None, row
+    assert versions_served(20) == {2: 20}
+
+
 def test_idle_gateway_sleeps(procs, tmp_path):
     # A gateway with a live worker and no calls must not spin: the maintenance thread ticks
     # every 250 ms (every 20 ms only while calls run or queue, or workers start or die)
@@ -1789,8 +1829,8 @@ def test_scaling_min_workers_keeps_a_worker_warm(procs, tmp_path):
     assert ls["warmfn"]["scaling"] == {"min_workers": 1, "max_workers": 2, "idle_timeout_us": 300_000_000}
     assert ls["coldfn"]["scaling"] == {"min_workers": 0, "max_workers": 1, "idle_timeout_us": 300_000_000}
     text = run_cli(["ls", "--gateway", addr]).stdout.splitlines()
-    assert text[0].split()[-2:] == ["WORKERS", "IDLE"], text
-    assert [ln.split()[-2:] for ln in text if ln.startswith("warmfn ")] == [["1..2", "5m"]], text
+    assert text[0].split()[-3:] == ["WORKERS", "IDLE", "CANARY"], text
+    assert [ln.split()[-3:] for ln in text if ln.startswith("warmfn ")] == [["1..2", "5m", "-"]], text
     # A redeploy takes the new version's scaling: without min_workers, the worker idles out.
     write_manifest(warm_dir, f"name: warmfn\nhandler: {echo}\nmodel: w.safetensors\n"
                              "scaling: { min_workers: 0, idle_timeout: 10m }\n")

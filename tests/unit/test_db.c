@@ -92,7 +92,8 @@ static void schema_1_database_migrates_keeping_rows(void **state) {
             "ALTER TABLE invocations DROP COLUMN cached; ALTER TABLE cold_starts DROP COLUMN fetch_us; "
             "ALTER TABLE tenants DROP COLUMN worker; DROP INDEX functions_deploy_id; "
             "ALTER TABLE functions DROP COLUMN deploy_id; ALTER TABLE functions DROP COLUMN staged; "
-            "PRAGMA user_version = 1",
+            "ALTER TABLE function_names DROP COLUMN canary_version; "
+            "ALTER TABLE function_names DROP COLUMN canary_percent; PRAGMA user_version = 1",
             &err),
         AICFN_OK);
     assert_int_equal(

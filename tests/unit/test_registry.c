@@ -306,7 +306,11 @@ static void schema_5_staged_versions_stay_staged(void **state) {
     aicfn_error err;
     gw_db_lock(f->db);
     assert_int_equal(
-        gw_db_exec(f->db, "ALTER TABLE functions DROP COLUMN staged; PRAGMA user_version = 5", &err),
+        gw_db_exec(f->db,
+                   "ALTER TABLE functions DROP COLUMN staged; ALTER TABLE function_names DROP COLUMN "
+                   "canary_version; ALTER TABLE function_names DROP COLUMN canary_percent; "
+                   "PRAGMA user_version = 5",
+                   &err),
         AICFN_OK);
     gw_db_unlock(f->db);
     gw_db_close(f->db);
@@ -316,6 +320,58 @@ static void schema_5_staged_versions_stay_staged(void **state) {
     rm(f->db, "q:2");
     assert_int_equal(active_version(f->db, "q"), 1);
     assert_int_equal(active_version(f->db, "s"), 0);
+}
+
+static void canary_of(gw_db *db, const char *name, uint32_t *v, uint32_t *p) {
+    aicfn_error err;
+    assert_int_equal(gw_registry_get_canary(db, name, v, p, &err), AICFN_OK);
+}
+
+/* A canary sends a share of a name's calls to a version that is not active: it must
+ * exist and not be the active one, takes 1..99 %, and ends when any version is
+ * activated, when its version is removed, or with percent 0; ls shows it. */
+static void canary_rules(void **state) {
+    fx *f = *state;
+    aicfn_error err;
+    uint32_t v = 9, p = 9;
+    canary_of(f->db, "c", &v, &p); /* no such name: none */
+    assert_true(v == 0 && p == 0);
+    assert_int_equal(deploy(f->db, "c", HASH_A, NULL, NULL), 1);
+    assert_int_equal(deploy_staged(f->db, "c"), 2);
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 3, 10, &err), AICFN_E_NOT_FOUND);
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 1, 10, &err), AICFN_E_INVALID); /* the active one */
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 2, 100, &err), AICFN_E_INVALID);
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 2, 25, &err), AICFN_OK);
+    canary_of(f->db, "c", &v, &p);
+    assert_true(v == 2 && p == 25);
+    assert_int_equal(active_version(f->db, "c"), 1); /* the active version stays so */
+    gw_function_summary *s = NULL;
+    size_t n = 0;
+    assert_int_equal(gw_registry_list(f->db, &s, &n, &err), AICFN_OK);
+    assert_int_equal(n, 1);
+    assert_true(s[0].canary_version == 2 && s[0].canary_percent == 25);
+    json_t *j = gw_function_summaries_to_json(s, n);
+    assert_int_equal(
+        json_integer_value(json_object_get(json_object_get(json_array_get(j, 0), "canary"), "percent")), 25);
+    json_decref(j);
+    free(s);
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 2, 0, &err), AICFN_OK); /* ended */
+    canary_of(f->db, "c", &v, &p);
+    assert_true(v == 0 && p == 0);
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 2, 40, &err), AICFN_OK);
+    assert_int_equal(gw_registry_activate(f->db, "c", 2, &err), AICFN_OK); /* promoted: the canary ends */
+    canary_of(f->db, "c", &v, &p);
+    assert_true(v == 0 && p == 0);
+    assert_int_equal(deploy_staged(f->db, "c"), 3);
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 3, 5, &err), AICFN_OK);
+    rm(f->db, "c:3"); /* its version removed: ended */
+    canary_of(f->db, "c", &v, &p);
+    assert_true(v == 0 && p == 0);
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 1, 50, &err), AICFN_OK); /* v1 is not active now */
+    rm(f->db, "c:2"); /* the active one: v1 takes over, and its canary has nothing to split */
+    assert_int_equal(active_version(f->db, "c"), 1);
+    canary_of(f->db, "c", &v, &p);
+    assert_true(v == 0 && p == 0);
 }
 
 static void list_and_json(void **state) {
@@ -546,6 +602,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(inactive_deploy_leaves_the_active_version, setup, teardown),
         cmocka_unit_test_setup_teardown(rm_never_makes_a_staged_version_live, setup, teardown),
         cmocka_unit_test_setup_teardown(schema_5_staged_versions_stay_staged, setup, teardown),
+        cmocka_unit_test_setup_teardown(canary_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(list_and_json, setup, teardown),
         cmocka_unit_test_setup_teardown(remove_versions, setup, teardown),
         cmocka_unit_test(config_json_round_trip),
