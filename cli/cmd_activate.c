@@ -21,7 +21,8 @@ static void ca_help(FILE *out) {
                  "                  --canary 0). Deploy VER with --no-activate first\n"
                  "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
                  "  --key KEY       admin API key (default: $AICFN_KEY)\n"
-                 "  --json          print {\"name\",\"version\"} instead of text\n");
+                 "  --json          print {\"name\",\"version\"} (and \"canary\" with --canary) instead of\n"
+                 "                  text\n");
 }
 
 int cli_cmd_activate(int argc, char **argv) {
@@ -54,6 +55,19 @@ int cli_cmd_activate(int argc, char **argv) {
     if (!ref || !strchr(ref, ':')) return cli_usage_error("activate", "name the version: NAME:VER");
     aicfn_error err;
     aicfn_error_clear(&err);
+    if (canary >= 0) {
+        /* A gateway older than canaries would ignore the key and activate VER for every call. */
+        bool has = false;
+        if (cli_gw_has_feature(cli_gateway_addr(gateway), cli_api_key(key), "canary", &has, &err) != AICFN_OK)
+            return cli_fail(&err);
+        if (!has) {
+            aicfn_error_set(&err, AICFN_E_UNSUPPORTED,
+                            "the gateway at %s has no canaries (it would activate %s for every call): "
+                            "nothing sent",
+                            cli_gateway_addr(gateway), ref);
+            return cli_fail(&err);
+        }
+    }
     wire_writer w;
     wire_writer_init(&w);
     cli_gw_begin(&w, "activate", cli_api_key(key), canary >= 0 ? 2 : 1);

@@ -111,6 +111,21 @@ const char *cli_flag_value(int argc, char **argv, int *i, const char *flag) {
     return NULL;
 }
 
+int cli_gw_has_feature(const char *gateway, const char *key, const char *feature, bool *has,
+                       aicfn_error *err) {
+    *has = false;
+    json_t *st = NULL;
+    int rc = cli_gw_query(gateway, key, "status", &st, err);
+    if (rc != AICFN_OK) return rc;
+    size_t i;
+    json_t *f;
+    json_array_foreach(json_object_get(st, "features"), i, f) {
+        if (json_is_string(f) && strcmp(json_string_value(f), feature) == 0) *has = true;
+    }
+    json_decref(st);
+    return AICFN_OK;
+}
+
 int cli_gw_register(const char *gateway, const char *key, const char *name, const char *addr,
                     const char *exit_token, aicfn_error *err) {
     rpc_client *c = NULL;

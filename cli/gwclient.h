@@ -48,6 +48,11 @@ int cli_gw_json(const char *addr, const char *key, wire_writer *w, uint32_t time
  * the usual 10 s timeout. */
 int cli_gw_query(const char *gateway, const char *key, const char *type, json_t **out, aicfn_error *err);
 
+/* Whether the gateway's status lists `feature` in "features" (docs/protocol.md §8): a
+ * gateway without it ignores the message keys that feature brings. */
+int cli_gw_has_feature(const char *gateway, const char *key, const char *feature, bool *has,
+                       aicfn_error *err);
+
 /* Registers a worker listening on `addr` (reachable from the gateway: tcp:// across
  * hosts) with the gateway, under `name` (NULL: the gateway names it). The gateway dials
  * it and routes calls to it, and may end it with an `exit` carrying `exit_token` (NULL:

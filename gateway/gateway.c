@@ -109,6 +109,7 @@ typedef struct gw_alias {
     char name[AICFN_FN_NAME_MAX_BYTES + 1];
     gw_fn *fn;                               /* the active version */
     uint32_t canary_version, canary_percent; /* gw_registry_set_canary; percent 0: none */
+    uint64_t picks;                          /* calls that could go to the canary (gw_canary_pick) */
     struct gw_alias *next;
 } gw_alias;
 
@@ -227,7 +228,6 @@ struct gw_gateway {
     unsigned spawning;
     pthread_cond_t spawn_cv;
     uint64_t fn_gen;           /* bumped by gw_functions_changed (deploy, rm): see gw_resolve_read */
-    uint64_t canary_seq;       /* calls to plain names with a canary (gw_canary_pick) */
     uint64_t fn_idle_us;       /* a cached function entry unused this long is freed (gw_trim_fns_locked) */
     uint64_t fn_trim_at_us;    /* the next trim, not before */
     bool maint_idle;           /* the maintenance thread sleeps GW_IDLE_TICK_MS: wake it for work */
@@ -388,12 +388,12 @@ static gw_fn *gw_alias_find(gw_gateway *gw, const char *name) {
     return al ? al->fn : NULL;
 }
 
-/* Whether this call to a plain NAME goes to its canary (percent of them do): a
- * low-discrepancy walk over 0..99, so any 100 consecutive picks take exactly `percent`
- * (61 is prime to 100). */
-static bool gw_canary_pick(gw_gateway *gw, uint32_t percent) {
-    uint64_t k = __atomic_fetch_add(&gw->canary_seq, 1, __ATOMIC_RELAXED);
-    return (k * 61 + 17) % 100 < percent;
+/* Whether this call to al's plain NAME goes to its canary (lock held): a low-discrepancy
+ * walk over 0..99 per name, so any 100 consecutive calls to NAME send exactly
+ * canary_percent of them (61 is prime to 100). */
+static bool gw_canary_pick(gw_alias *al) {
+    uint64_t k = al->picks++;
+    return (k * 61 + 17) % 100 < al->canary_percent;
 }
 
 void gw_functions_changed(gw_gateway *gw) {
@@ -509,7 +509,7 @@ static int gw_resolve_pick(gw_gateway *gw, const char *name, uint32_t ver, bool 
         } else {
             gw_alias *al = gw_alias_get(gw, name);
             f = al ? al->fn : NULL;
-            if (canary && al && al->canary_percent && gw_canary_pick(gw, al->canary_percent)) {
+            if (canary && al && al->canary_percent && gw_canary_pick(al)) {
                 want = al->canary_version;
                 f = gw_fn_find(gw, name, want);
             }
@@ -2057,14 +2057,18 @@ static int gw_serve_cached(gw_gateway *gw, gw_fn *f, const wire_invoke_req *req,
     return AICFN_OK;
 }
 
+/* *resolved: the version the call was resolved to (a canary's, for its share), for the
+ * record of a refusal; 0 when it was not resolved. */
 static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
-                     void *user, aicfn_error *err) {
+                     void *user, uint32_t *resolved, aicfn_error *err) {
     uint64_t now = clock_now_us();
+    *resolved = 0;
     if (!req->fn || !gw_fn_name_valid(req->fn))
         return aicfn_error_set(err, AICFN_E_INVALID, "invalid function name '%s'", req->fn ? req->fn : "");
     gw_fn *f = NULL;
     int rc = gw_resolve_call(gw, req->fn, req->ver, &f, err);
     if (rc != AICFN_OK) return rc;
+    *resolved = f->ver;
 
     uint64_t in_bytes = 0;
     for (uint32_t i = 0; i < req->n_inputs; i++)
@@ -2359,7 +2363,7 @@ static void gw_idle_unloads_locked(gw_gateway *gw, uint64_t now, gw_actions *a) 
             uint32_t min = 0;
             const gw_fn *named = NULL;
             for (const gw_fn *f = gw->fns; f; f = f->next) {
-                if (!f->key[0] || strcmp(f->key, m->key) != 0) continue;
+                if (f->removed || !f->key[0] || strcmp(f->key, m->key) != 0) continue;
                 if (!named || f->warm) named = f;
                 if (f->cfg.idle_timeout_us == 0) never = true;
                 if (f->cfg.idle_timeout_us > idle) idle = f->cfg.idle_timeout_us;
@@ -2459,18 +2463,24 @@ static void gw_scaling_refresh(gw_gateway *gw) {
     free(s);
 }
 
-/* Whether model `key` is on a worker of the pool (lock held). */
-static bool gw_key_resident_locked(const gw_gateway *gw, const char *key) {
+/* Whether f is the entry that speaks for its resident model in the idle unload (lock
+ * held): its model is on a worker of the pool, and no other entry of that model (not
+ * removed) was resolved later. Older versions' entries of the model leave the cache as
+ * usual, so their idle timeouts stop counting once they are no longer called. */
+static bool gw_fn_speaks_for_resident_model(const gw_gateway *gw, const gw_fn *f) {
+    if (f->removed || !f->key[0]) return false;
+    for (const gw_fn *g = gw->fns; g; g = g->next)
+        if (g != f && !g->removed && g->used_us > f->used_us && strcmp(g->key, f->key) == 0) return false;
     for (const gw_worker *w = gw->workers; w; w = w->next)
         for (size_t i = 0; w->state != GW_WORKER_DEAD && i < w->n_models; i++)
-            if (strcmp(w->models[i].key, key) == 0) return true;
+            if (strcmp(w->models[i].key, f->key) == 0) return true;
     return false;
 }
 
 /* Frees cached function entries nobody uses (lock held): no reference (no call, no
- * resolve in progress), no queue, not kept warm, no crash back-off running, its model on
- * no worker (scaling.idle_timeout finds a resident model's functions here), and not
- * resolved for the cache's idle time. A later call reads the registry again. So the
+ * resolve in progress), no queue, not kept warm, no crash back-off running, not the one
+ * speaking for a resident model (scaling.idle_timeout finds a resident model's functions
+ * here), and not resolved for the cache's idle time. A later call reads the registry again. So the
  * cache holds what is in use, not every version ever called. At most once a second. */
 static void gw_trim_fns_locked(gw_gateway *gw, uint64_t now) {
     if (now < gw->fn_trim_at_us) return;
@@ -2481,7 +2491,7 @@ static void gw_trim_fns_locked(gw_gateway *gw, uint64_t now) {
         for (int i = 0; i < GW_CRASH_SLOTS && !backing_off; i++)
             backing_off = f->crash[i].crashes > 0 && f->crash[i].until_us > now;
         if (atomic_load(&f->refs) != 0 || f->q_len || f->warm || backing_off ||
-            now - f->used_us < gw->fn_idle_us || (f->key[0] && gw_key_resident_locked(gw, f->key))) {
+            now - f->used_us < gw->fn_idle_us || gw_fn_speaks_for_resident_model(gw, f)) {
             pf = &f->next;
             continue;
         }
@@ -2803,12 +2813,12 @@ json_t *gw_status_json(gw_gateway *gw) {
     gw_ledger_stats ls;
     gw_ledger_get_stats(gw->ledger, &ls);
     /* features: what clients may rely on beyond protocol version 1 (protocol.md §8). */
-    return json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:[s, s, s]}", "listen", gw->listen,
-                     "workers", (int)workers, "in_flight", (int)in_flight, "queued", (int)queued,
+    return json_pack("{s:s, s:i, s:i, s:i, s:i, s:i, s:i, s:I, s:I, s:I, s:[s, s, s, s]}", "listen",
+                     gw->listen, "workers", (int)workers, "in_flight", (int)in_flight, "queued", (int)queued,
                      "functions_cached", (int)fns, "min_workers", (int)gw->min_workers, "max_workers",
                      (int)gw->max_workers, "ledger_committed", (json_int_t)ls.committed, "ledger_dropped",
                      (json_int_t)ls.dropped, "worker_memory", (json_int_t)gw->worker_memory, "features",
-                     "deploy_id", "deploy_activate", "worker_keys");
+                     "deploy_id", "deploy_activate", "worker_keys", "canary");
 }
 
 /* ---- Lifecycle -------------------------------------------------------------------- */
@@ -3162,7 +3172,9 @@ void gw_stop(gw_gateway *gw) {
 
 /* A call refused before it ran (unknown function, queue full, back-off, rate or quota)
  * still happened: it gets one ledger row and one counted call, with status `rc`. */
-static void gw_record_refused(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, int rc) {
+/* `resolved`: the version the call went to when known (a canary's), else 0. */
+static void gw_record_refused(gw_gateway *gw, const wire_invoke_req *req, uint32_t resolved,
+                              const char *tenant, int rc) {
     char rid[24];
     snprintf(rid, sizeof rid, "%llu", (unsigned long long)req->id);
     uint64_t in_bytes = 0;
@@ -3181,8 +3193,9 @@ static void gw_record_refused(gw_gateway *gw, const wire_invoke_req *req, const 
     char fn[AICFN_FN_NAME_MAX_BYTES + 1] = "";
     uint32_t ver = 0;
     pthread_mutex_lock(&gw->mu);
+    uint32_t want = resolved ? resolved : req->ver;
     const gw_fn *f = !r.function[0] ? NULL
-                     : req->ver     ? gw_fn_find(gw, r.function, req->ver)
+                     : want         ? gw_fn_find(gw, r.function, want)
                                     : gw_alias_find(gw, r.function);
     if (f) {
         snprintf(fn, sizeof fn, "%s", f->name);
@@ -3198,8 +3211,9 @@ int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
                      void *user, aicfn_error *err) {
     aicfn_error local;
     if (!err) err = &local;
-    int rc = gw_submit(gw, req, tenant, done, user, err);
-    if (rc != AICFN_OK) gw_record_refused(gw, req, tenant, rc);
+    uint32_t resolved = 0;
+    int rc = gw_submit(gw, req, tenant, done, user, &resolved, err);
+    if (rc != AICFN_OK) gw_record_refused(gw, req, resolved, tenant, rc);
     return rc;
 }
 
@@ -3214,7 +3228,7 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
     if (!err) err = &local;
     int rc = gw_limits_check(gw->limits, tenant ? tenant : "", rate_per_s, quota_per_day, clock_now_us(),
                              clock_wall_us(), retry_after_s, err);
-    if (rc != AICFN_OK) gw_record_refused(gw, req, tenant, rc);
+    if (rc != AICFN_OK) gw_record_refused(gw, req, 0, tenant, rc);
     return rc;
 }
 

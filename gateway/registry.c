@@ -443,6 +443,8 @@ static int reg_find_deploy_locked(gw_db *db, const gw_function_spec *spec, const
     return rc;
 }
 
+static int reg_end_canary_locked(gw_db *db, const char *name, uint32_t version, aicfn_error *err);
+
 int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *version_out, bool *existing_out,
                        aicfn_error *err) {
     *version_out = 0;
@@ -513,6 +515,8 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
             goto fail;
         }
         gw_db_done(st);
+        /* A new active version ends any canary, as an activate does. */
+        if ((rc = reg_end_canary_locked(db, spec->name, 0, err))) goto fail;
     }
     rc = gw_db_stmt(db,
                     "INSERT INTO functions(name, version, handler_hash, handler_bytes, snapshot_hash, "
@@ -628,7 +632,7 @@ int gw_registry_set_canary(gw_db *db, const char *name, uint32_t version, uint32
     int rc = gw_db_begin(db, err);
     if (rc) goto out;
     int s;
-    if (percent) {
+    if (percent || version) {
         rc = gw_db_stmt(db, "SELECT active FROM functions WHERE name = ?1 AND version = ?2", &st, err);
         if (rc) goto fail;
         gw_db_bind_text(st, 1, name);
@@ -644,11 +648,13 @@ int gw_registry_set_canary(gw_db *db, const char *name, uint32_t version, uint32
             rc = gw_db_error(db, s, err, "canary");
             goto fail;
         }
-        if (active) {
+        if (active && percent) {
             rc = aicfn_error_set(err, AICFN_E_INVALID, "canary: %s:%u is the active version already", name,
                                  version);
             goto fail;
         }
+    }
+    if (percent) {
         rc = gw_db_stmt(db,
                         "UPDATE function_names SET canary_version = ?2, canary_percent = ?3 WHERE name = ?1",
                         &st, err);

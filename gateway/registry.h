@@ -159,9 +159,10 @@ int gw_registry_activate(gw_db *db, const char *name, uint32_t version, aicfn_er
 
 /* A canary (KServe's canaryTrafficPercent): `percent` (1..99) of the calls to the plain
  * NAME go to NAME:VER, the rest to the active version, which stays so. percent 0 ends
- * the canary (version ignored). VER must exist and not be the active version
- * (AICFN_E_NOT_FOUND, AICFN_E_INVALID). Activating any version, or removing the canary
- * version, ends it too. Committed before returning. */
+ * NAME's canary. VER must exist (AICFN_E_NOT_FOUND; version 0 is accepted with percent
+ * 0) and, with a percent, not be the active version (AICFN_E_INVALID). Activating any
+ * version (a deploy that activates included), or removing the canary version, ends it
+ * too. Committed before returning. */
 int gw_registry_set_canary(gw_db *db, const char *name, uint32_t version, uint32_t percent, aicfn_error *err);
 
 /* NAME's canary: *version and *percent (0 and 0 when none, or no such name). */

@@ -896,6 +896,81 @@ def test_canary_takes_its_share_of_the_calls(procs, tmp_path):
     assert versions_served(20) == {2: 20}
 
 
+def test_canary_shares_are_per_function_and_refusals_name_the_canary(procs, tmp_path):
+    """Each function's canary gets its own share whatever other calls interleave (two 1 %
+    canaries, calls alternating between them, each gets 2 of 200), and a call refused at
+    the canary's version (its max_request_bytes here) is recorded against that version."""
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    for name, limit in (("ca", "8MiB"), ("cb", "4")):
+        write_manifest(tmp_path / name, f"name: {name}\nhandler: {handler('echo')}\n")
+        assert deploy(addr, tmp_path / name) == 1
+        write_manifest(tmp_path / name, f"name: {name}\nhandler: {handler('echo')}\n"
+                                        f"limits: {{ max_request_bytes: {limit} }}\n")
+        r = run_cli(["deploy", str(tmp_path / name), "--gateway", addr, "--no-activate"], timeout=120)
+        assert r.returncode == 0, r.stderr
+        r = run_cli(["activate", f"{name}:2", "--canary", "1", "--gateway", addr], timeout=10)
+        assert r.returncode == 0, r.stderr
+    x = tensor("x", np.arange(2, dtype=np.float32))  # 8 bytes: over cb:2's limit
+    codes = {"ca": [], "cb": []}
+    for i in range(400):
+        fn = "ca" if i % 2 == 0 else "cb"
+        codes[fn].append(call(addr, invoke_msg(fn, [x]), timeout_ms=20000).get("error", {}).get("code", 0))
+    assert codes["ca"].count(0) == 200 and codes["cb"].count(E_TOO_LARGE) == 2, codes
+    wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations")[0][0] == 400, 15, what="the ledger rows")
+    rows = dict(((f, v, s), n) for f, v, s, n in db_rows(
+        data, "SELECT function, version, status, count(*) FROM invocations GROUP BY function, version, status"))
+    assert rows == {("ca", 1, "AICFN_OK"): 198, ("ca", 2, "AICFN_OK"): 2, ("cb", 1, "AICFN_OK"): 198,
+                    ("cb", 2, "AICFN_E_TOO_LARGE"): 2}, rows
+
+
+def test_canary_is_refused_by_a_gateway_without_canaries(tmp_path):
+    """A gateway older than canaries would ignore `canary` and activate the version for
+    every call: the CLI asks its features first and sends nothing."""
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    rep = pynng.Rep0(listen=addr, recv_timeout=200)
+    seen, stop = [], threading.Event()
+
+    def serve():  # bounded: stops when told, each receive times out
+        while not stop.is_set():
+            try:
+                req = msgpack.unpackb(rep.recv(), raw=False)
+            except pynng.Timeout:
+                continue
+            seen.append(req.get("t"))
+            r = {"v": PROTOCOL_VERSION, "id": req["id"], "ok": True,
+                 "json": json.dumps({"features": ["deploy_id", "deploy_activate", "worker_keys"]})}
+            rep.send(msgpack.packb(r))
+
+    th = threading.Thread(target=serve, daemon=True)
+    th.start()
+    try:
+        r = run_cli(["activate", "f:2", "--canary", "10", "--gateway", addr], timeout=30)
+    finally:
+        stop.set()
+        th.join(timeout=5)
+        rep.close()
+    assert r.returncode == 1 and "has no canaries" in r.stderr, (r.returncode, r.stderr)
+    assert seen == ["status"], seen
+
+
+def test_removed_versions_no_longer_hold_their_model(procs, tmp_path):
+    """Versions sharing a model: once one with idle_timeout 0 (never) is removed, the
+    remaining version's idle_timeout unloads the model; the removed version's entry (kept
+    only while it spoke for the model) neither blocks the unload nor stays cached."""
+    d = model_fn(tmp_path / "m", "m", handler("echo"), "scaling: { idle_timeout: 0 }\n", seed=31)
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", extra=["--function-cache-idle", "1s"])
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    assert deploy(addr, d) == 1
+    assert call(addr, invoke_msg("m", [x]), timeout_ms=30000)["ok"]
+    write_manifest(d, f"name: m\nhandler: {handler('echo')}\nmodel: w.safetensors\nscaling: {{ idle_timeout: 2s }}\n")
+    assert deploy(addr, d) == 2  # the same weights: the same model
+    assert call(addr, invoke_msg("m", [x]), timeout_ms=30000)["ok"]
+    r = run_cli(["rm", "m:1", "--gateway", addr], timeout=30)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: not any(m["function"] == "m" for w in workers(addr) for m in w["models"]), 15,
+             interval=0.1, what="the model to be unloaded after m:2's idle_timeout")
+
+
 def test_idle_gateway_sleeps(procs, tmp_path):
     # A gateway with a live worker and no calls must not spin: the maintenance thread ticks
     # every 250 ms (every 20 ms only while calls run or queue, or workers start or die)

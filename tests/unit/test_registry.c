@@ -358,13 +358,20 @@ static void canary_rules(void **state) {
     assert_int_equal(gw_registry_set_canary(f->db, "c", 2, 0, &err), AICFN_OK); /* ended */
     canary_of(f->db, "c", &v, &p);
     assert_true(v == 0 && p == 0);
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 9, 0, &err), AICFN_E_NOT_FOUND); /* a typo */
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 2, 30, &err), AICFN_OK);
+    assert_int_equal(deploy(f->db, "c", HASH_B, NULL, NULL), 3); /* a deploy that activates ends it */
+    canary_of(f->db, "c", &v, &p);
+    assert_true(v == 0 && p == 0);
+    assert_int_equal(gw_registry_activate(f->db, "c", 1, &err), AICFN_OK); /* back to v1 for what follows */
+    rm(f->db, "c:3");
     assert_int_equal(gw_registry_set_canary(f->db, "c", 2, 40, &err), AICFN_OK);
     assert_int_equal(gw_registry_activate(f->db, "c", 2, &err), AICFN_OK); /* promoted: the canary ends */
     canary_of(f->db, "c", &v, &p);
     assert_true(v == 0 && p == 0);
-    assert_int_equal(deploy_staged(f->db, "c"), 3);
-    assert_int_equal(gw_registry_set_canary(f->db, "c", 3, 5, &err), AICFN_OK);
-    rm(f->db, "c:3"); /* its version removed: ended */
+    assert_int_equal(deploy_staged(f->db, "c"), 4);
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 4, 5, &err), AICFN_OK);
+    rm(f->db, "c:4"); /* its version removed: ended */
     canary_of(f->db, "c", &v, &p);
     assert_true(v == 0 && p == 0);
     assert_int_equal(gw_registry_set_canary(f->db, "c", 1, 50, &err), AICFN_OK); /* v1 is not active now */
