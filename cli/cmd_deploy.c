@@ -477,19 +477,8 @@ static void cd_clean_stale(const char *root, const char *host) {
  * again could make a second version, and --no-activate would activate. */
 static int cd_gateway_features(const char *addr, const char *key, bool *ids, bool *staging,
                                aicfn_error *err) {
-    *ids = *staging = false;
-    json_t *st = NULL;
-    int rc = cli_gw_query(addr, key, "status", &st, err);
-    if (rc != AICFN_OK) return rc;
-    size_t i;
-    json_t *f;
-    json_array_foreach(json_object_get(st, "features"), i, f) {
-        const char *s = json_string_value(f);
-        if (s && !strcmp(s, "deploy_id")) *ids = true;
-        if (s && !strcmp(s, "deploy_activate")) *staging = true;
-    }
-    json_decref(st);
-    return AICFN_OK;
+    int rc = cli_gw_has_feature(addr, key, "deploy_id", ids, err);
+    return rc != AICFN_OK ? rc : cli_gw_has_feature(addr, key, "deploy_activate", staging, err);
 }
 
 /* What the deploy message registers (the artifacts are uploaded already). */

@@ -443,7 +443,28 @@ static int reg_find_deploy_locked(gw_db *db, const gw_function_spec *spec, const
     return rc;
 }
 
-static int reg_end_canary_locked(gw_db *db, const char *name, uint32_t version, aicfn_error *err);
+/* Runs one write statement of the registry (lock held, in a transaction): ?1 is `name`,
+ * and ?2, when the statement has it, `version`. `what` names it in an error. */
+static int reg_run(gw_db *db, const char *sql, const char *name, uint32_t version, const char *what,
+                   aicfn_error *err) {
+    sqlite3_stmt *st = NULL;
+    int rc = gw_db_stmt(db, sql, &st, err);
+    if (rc) return rc;
+    gw_db_bind_text(st, 1, name);
+    if (sqlite3_bind_parameter_count(st) >= 2) sqlite3_bind_int64(st, 2, version);
+    int s = sqlite3_step(st);
+    gw_db_done(st);
+    return s == SQLITE_DONE ? AICFN_OK : gw_db_error(db, s, err, what);
+}
+
+/* Ends NAME's canary (version 0), or only one sending calls to `version` (lock held, in
+ * a transaction). */
+static int reg_end_canary_locked(gw_db *db, const char *name, uint32_t version, aicfn_error *err) {
+    return reg_run(db,
+                   "UPDATE function_names SET canary_version = NULL, canary_percent = 0 "
+                   "WHERE name = ?1 AND (?2 = 0 OR canary_version = ?2)",
+                   name, version, "ending the canary", err);
+}
 
 int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *version_out, bool *existing_out,
                        aicfn_error *err) {
@@ -507,14 +528,9 @@ int gw_registry_deploy(gw_db *db, const gw_function_spec *spec, uint32_t *versio
     }
     version = (uint32_t)v;
     if (!spec->inactive) {
-        rc = gw_db_stmt(db, "UPDATE functions SET active = 0 WHERE name = ?1 AND active = 1", &st, err);
-        if (rc) goto fail;
-        gw_db_bind_text(st, 1, spec->name);
-        if ((s = sqlite3_step(st)) != SQLITE_DONE) {
-            rc = gw_db_error(db, s, err, "deploy: deactivating older versions");
+        if ((rc = reg_run(db, "UPDATE functions SET active = 0 WHERE name = ?1 AND active = 1", spec->name, 0,
+                          "deploy: deactivating older versions", err)))
             goto fail;
-        }
-        gw_db_done(st);
         /* A new active version ends any canary, as an activate does. */
         if ((rc = reg_end_canary_locked(db, spec->name, 0, err))) goto fail;
     }
@@ -600,22 +616,6 @@ int gw_registry_resolve(gw_db *db, const char *ref, gw_function *out, aicfn_erro
     int rc = gw_fn_ref_parse(ref, name, &version, err);
     if (rc) return rc;
     return gw_registry_get(db, name, version, out, err);
-}
-
-/* Ends NAME's canary (version 0), or only one sending calls to `version` (lock held, in
- * a transaction). */
-static int reg_end_canary_locked(gw_db *db, const char *name, uint32_t version, aicfn_error *err) {
-    sqlite3_stmt *st = NULL;
-    int rc = gw_db_stmt(db,
-                        "UPDATE function_names SET canary_version = NULL, canary_percent = 0 "
-                        "WHERE name = ?1 AND (?2 = 0 OR canary_version = ?2)",
-                        &st, err);
-    if (rc) return rc;
-    gw_db_bind_text(st, 1, name);
-    sqlite3_bind_int64(st, 2, version);
-    int s = sqlite3_step(st);
-    gw_db_done(st);
-    return s == SQLITE_DONE ? AICFN_OK : gw_db_error(db, s, err, "ending the canary");
 }
 
 int gw_registry_set_canary(gw_db *db, const char *name, uint32_t version, uint32_t percent,
@@ -724,24 +724,12 @@ int gw_registry_activate(gw_db *db, const char *name, uint32_t version, aicfn_er
         rc = gw_db_error(db, s, err, "activate");
         goto fail;
     }
-    rc = gw_db_stmt(db, "UPDATE functions SET active = 0 WHERE name = ?1 AND active = 1", &st, err);
-    if (rc) goto fail;
-    gw_db_bind_text(st, 1, name);
-    if ((s = sqlite3_step(st)) != SQLITE_DONE) {
-        rc = gw_db_error(db, s, err, "activate");
+    if ((rc = reg_run(db, "UPDATE functions SET active = 0 WHERE name = ?1 AND active = 1", name, 0,
+                      "activate", err)) ||
+        (rc = reg_run(db, "UPDATE functions SET active = 1, staged = 0 WHERE name = ?1 AND version = ?2",
+                      name, version, "activate", err)) ||
+        (rc = reg_end_canary_locked(db, name, 0, err)))
         goto fail;
-    }
-    rc = gw_db_stmt(db, "UPDATE functions SET active = 1, staged = 0 WHERE name = ?1 AND version = ?2", &st,
-                    err);
-    if (rc) goto fail;
-    gw_db_bind_text(st, 1, name);
-    sqlite3_bind_int64(st, 2, version);
-    if ((s = sqlite3_step(st)) != SQLITE_DONE) {
-        rc = gw_db_error(db, s, err, "activate");
-        goto fail;
-    }
-    gw_db_done(st);
-    if ((rc = reg_end_canary_locked(db, name, 0, err))) goto fail;
     rc = gw_db_commit(db, err);
     goto out;
 fail:
@@ -963,32 +951,18 @@ int gw_registry_remove(gw_db *db, const char *ref, uint32_t *removed, char (**or
     /* A canary sending calls to a removed version ends. */
     if ((rc = reg_end_canary_locked(db, name, version, err))) goto fail;
     /* If the active version went, the newest remaining one that was not staged takes
-     * over (a staged version goes live only by an activate). */
-    if (removes_active) {
-        rc = gw_db_stmt(db,
-                        "UPDATE functions SET active = 1 WHERE name = ?1 AND version = "
-                        "(SELECT max(version) FROM functions WHERE name = ?1 AND staged = 0)",
-                        &st, err);
-        if (rc) goto fail;
-        gw_db_bind_text(st, 1, name);
-        if ((s = sqlite3_step(st)) != SQLITE_DONE) {
-            rc = gw_db_error(db, s, err, "rm: activating the newest remaining version");
-            goto fail;
-        }
-        gw_db_done(st);
-        /* ... and a canary of the version now active has nothing left to split. */
-        rc = gw_db_stmt(db,
-                        "UPDATE function_names SET canary_version = NULL, canary_percent = 0 WHERE name = ?1 "
-                        "AND canary_version = (SELECT version FROM functions WHERE name = ?1 AND active = 1)",
-                        &st, err);
-        if (rc) goto fail;
-        gw_db_bind_text(st, 1, name);
-        if ((s = sqlite3_step(st)) != SQLITE_DONE) {
-            rc = gw_db_error(db, s, err, "rm: ending the canary");
-            goto fail;
-        }
-        gw_db_done(st);
-    }
+     * over (a staged version goes live only by an activate), and a canary of the
+     * version now active has nothing left to split. */
+    if (removes_active &&
+        ((rc = reg_run(db,
+                       "UPDATE functions SET active = 1 WHERE name = ?1 AND version = "
+                       "(SELECT max(version) FROM functions WHERE name = ?1 AND staged = 0)",
+                       name, 0, "rm: activating the newest remaining version", err)) ||
+         (rc = reg_run(db,
+                       "UPDATE function_names SET canary_version = NULL, canary_percent = 0 WHERE name = ?1 "
+                       "AND canary_version = (SELECT version FROM functions WHERE name = ?1 AND active = 1)",
+                       name, 0, "rm: ending the canary", err))))
+        goto fail;
     /* Keep only the hashes nothing references any more. */
     size_t keep = 0;
     for (size_t i = 0; i < nh; i++) {
