@@ -54,9 +54,8 @@
 #define GW_IDLE_TICK_MS 250 /* ...while none do: drains, polls and unloads are due seconds apart */
 #define GW_HOLD_US (2ull * 1000 * 1000) /* gateway-added LOADING entries survive summaries this long */
 #define GW_POLL_TIMEOUT_MS 5000
-#define GW_EXIT_TIMEOUT_MS                                                                                   \
-    2000 /* an `exit` order is given up on after this (its worker exits unanswering)                         \
-          */
+/* An `exit` order is given up on after this (its worker exits without answering). */
+#define GW_EXIT_TIMEOUT_MS 2000
 #define GW_NO_MODEL_KEY "(no-model)"
 #define GW_MAX_VIEW AICFN_GW_MAX_LIVE_WORKERS
 #define GW_MAX_UNLOADS 32 /* idle unloads sent per maintenance tick; the rest wait a tick */
