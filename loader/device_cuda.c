@@ -374,8 +374,12 @@ int loader_device_cuda_open(int ordinal, loader_device **out, aicfn_error *err) 
         rc = CU_CHECK(cudaStreamCreateWithFlags(&c->streams[i], cudaStreamNonBlocking), err, ordinal);
         if (rc == AICFN_OK) c->n_streams++;
     }
+    /* Blocking sync: a pipeline thread waiting for a copy (a staging buffer, cu_wait) sleeps
+     * instead of spinning, which would take a core from the threads decompressing. */
     for (int i = 0; rc == AICFN_OK && i < CU_EVENTS; i++) {
-        rc = CU_CHECK(cudaEventCreateWithFlags(&c->events[i].ev, cudaEventDisableTiming), err, ordinal);
+        rc = CU_CHECK(
+            cudaEventCreateWithFlags(&c->events[i].ev, cudaEventDisableTiming | cudaEventBlockingSync), err,
+            ordinal);
         if (rc == AICFN_OK) c->n_events++;
     }
     uint64_t t_streams = clock_now_us();
