@@ -324,6 +324,8 @@ static enum MHD_Result ht_send(gw_http_call *r) {
         snprintf(v, sizeof v, "%u", (unsigned)r->retry_after_s);
         MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
     }
+    if (r->status == MHD_HTTP_UNAUTHORIZED) /* RFC 9110 15.5.2: how to authenticate */
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"aicfn\"");
     if (r->status == MHD_HTTP_METHOD_NOT_ALLOWED) /* RFC 9110 15.5.6: what the endpoint takes */
         MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
                                 ht_route_has_body(r->route) ? "POST" : "GET, HEAD");

@@ -263,8 +263,9 @@ def test_keys_over_http(procs, tmp_path):
     deploy(addr, key=admin)
     x = mlp_x()
     body = infer_json(x)
-    st, _, b = http_req(hport, "POST", "/v2/models/mlp/infer", body)
+    st, h, b = http_req(hport, "POST", "/v2/models/mlp/infer", body)
     assert st == 401 and "error" in json.loads(b)
+    assert h.get("WWW-Authenticate") == 'Bearer realm="aicfn"', h  # RFC 9110 15.5.2
     auth = {"Authorization": f"Bearer {user}"}
     st, _, b = http_req(hport, "POST", "/v2/models/mlp/infer", body, auth, timeout=60)
     assert st == 200, b
