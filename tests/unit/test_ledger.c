@@ -361,8 +361,8 @@ static void backlog_commits_in_bounded_batches(void **state) {
 }
 
 /* A database that keeps failing at shutdown (a full disk): the retries are bounded for
- * the whole backlog (about 5 s), not per batch, and what could not be written is counted
- * as dropped. 40 records in batches of 10 took 18 s before. */
+ * the whole backlog (about 5 s), not per batch, and nothing half-written is left behind.
+ * 40 records in batches of 10 took 18 s before. */
 static void failing_shutdown_is_bounded(void **state) {
     (void)state;
     char *dir = tdb_mkdtemp("led");
