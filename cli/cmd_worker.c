@@ -8,7 +8,9 @@
  * connection broke, routes to it again within that time (a gateway that still has it
  * answers AICFN_E_EXISTS, which is the normal case). */
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdbool.h>
@@ -58,6 +60,8 @@ static void cw_help(FILE *out) {
             "                       SIGABRT), append the ids of the calls it was running to FILE, so\n"
             "                       that the gateway charges the crash to them alone (a local worker\n"
             "                       gets one from its gateway)\n"
+            "  --ready-fd N         once listening, write one byte to the open descriptor N (3 or more,\n"
+            "                       a pipe, say) and close it: a local worker's gateway dials it then\n"
             "  --gateway ADDR       register with this gateway once listening (it dials --listen, so use a\n"
             "                       tcp:// address it can reach), then again every %d s, so a restarted\n"
             "                       gateway finds it; --key KEY or $AICFN_KEY authenticates: a worker key\n"
@@ -185,6 +189,7 @@ int cli_cmd_worker(int argc, char **argv) {
     int n_fns = 0, rc = CLI_EXIT_OK;
     const char *gateway = NULL, *gw_key = NULL, *cache_dir = NULL, *fault_note = NULL;
     uint64_t cache_max = 0;
+    int ready_fd = -1;
     int shared_artifacts = 0;
     worker_fetcher *fetcher = NULL;
     if (fns == NULL) return cli_usage_error("worker", "out of memory");
@@ -217,6 +222,14 @@ int cli_cmd_worker(int argc, char **argv) {
             cfg.id = v;
         } else if ((v = cw_flag(argc, argv, &i, "--fault-note"))) {
             fault_note = v;
+        } else if ((v = cw_flag(argc, argv, &i, "--ready-fd"))) {
+            uint64_t n;
+            if (cw_parse_u64(v, &n) || n < 3 || n > INT_MAX || fcntl((int)n, F_GETFD) < 0) {
+                rc = cli_usage_error("worker", "--ready-fd '%s' is not an open descriptor of 3 or more", v);
+                goto out;
+            }
+            ready_fd = (int)n;
+            (void)fcntl(ready_fd, F_SETFD, FD_CLOEXEC); /* not for what a handler may start */
         } else if ((v = cw_flag(argc, argv, &i, "--memory"))) {
             if (units_parse_size(v, &cfg.memory_bytes, &err) != AICFN_OK) {
                 rc = cli_usage_error("worker", "--memory '%s': %s", v, err.msg);
@@ -321,6 +334,13 @@ int cli_cmd_worker(int argc, char **argv) {
         rc = cli_fail(&err);
         worker_destroy(w);
         goto out;
+    }
+    if (ready_fd >= 0) {
+        /* Whoever started us (a gateway's pool) dials us now. Its end may be gone (a
+         * gateway that died): SIGPIPE is ignored, and we then answer nobody. */
+        if (write(ready_fd, "R", 1) != 1) log_warn("--ready-fd %d: %s", ready_fd, strerror(errno));
+        close(ready_fd);
+        ready_fd = -1;
     }
     bool registered = true; /* false from a failed renewal until one succeeds */
     if (gateway) {

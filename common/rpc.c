@@ -643,6 +643,7 @@ struct rpc_client {
     bool single_peer;
     bool dropped;  /* single_peer: the connection dropped; every later call is refused */
     bool canceled; /* rpc_client_cancel: every later call is refused */
+    bool dial_awaited; /* opts->await_listen: the dialer waits for rpc_client_dial */
     rpc_op *inflight_head;
     unsigned inflight;
     rpc_op *free_ops;
@@ -754,6 +755,7 @@ int rpc_client_open(rpc_client **out, const char *url, const rpc_client_opts *op
     c->max_async = opts && opts->max_async ? opts->max_async : AICFN_RPC_MAX_ASYNC;
     c->single_peer = opts && opts->single_peer;
     bool background = opts && opts->background;
+    c->dial_awaited = background && opts->await_listen;
     snprintf(c->url, sizeof c->url, "%s", url);
     pthread_mutex_init(&c->mu, NULL);
     clock_cond_init(&c->cv);
@@ -782,7 +784,8 @@ int rpc_client_open(rpc_client **out, const char *url, const rpc_client_opts *op
     if ((rv = nng_dialer_create(&c->dialer, c->sock, url)) != 0) goto fail;
     if ((rv = nng_dialer_set_size(c->dialer, NNG_OPT_RECVMAXSZ, recv_max + RPC_SP_HEADER_SLACK)) != 0)
         goto fail;
-    if ((rv = nng_dialer_start(c->dialer, background ? NNG_FLAG_NONBLOCK : 0)) != 0) goto fail;
+    if (!c->dial_awaited && (rv = nng_dialer_start(c->dialer, background ? NNG_FLAG_NONBLOCK : 0)) != 0)
+        goto fail;
     *out = c;
     return AICFN_OK;
 fail:
@@ -794,6 +797,20 @@ fail:
     pthread_mutex_destroy(&c->mu);
     free(c);
     return rc;
+}
+
+int rpc_client_dial(rpc_client *c, aicfn_error *err) {
+    int rv = 0;
+    pthread_mutex_lock(&c->mu);
+    bool closing = c->closing || c->canceled;
+    if (c->dial_awaited && !closing) {
+        /* Under c->mu, so that rpc_client_close cannot close the socket meanwhile. */
+        c->dial_awaited = false;
+        rv = nng_dialer_start(c->dialer, NNG_FLAG_NONBLOCK);
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (closing) return aicfn_error_set(err, AICFN_E_CANCELED, "rpc %s: client closed", c->url);
+    return rv ? rpc_error_nng(err, rv, "rpc client %s: dialing", c->url) : AICFN_OK;
 }
 
 void rpc_client_close(rpc_client *c) {

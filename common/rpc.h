@@ -169,6 +169,9 @@ typedef struct rpc_client_opts {
                            dropped (the gateway's link to a worker): from the drop on, every
                            call fails at once with AICFN_E_WORKER_LOST instead of waiting in
                            the socket for a reconnection until its timeout */
+    bool await_listen;  /* with background: the first dial waits for rpc_client_dial (the
+                           peer, a process just started, says when it listens); calls made
+                           meanwhile wait in the socket */
 } rpc_client_opts;
 
 /* Opens a REQ socket dialing `url` (NNG reconnects by itself after a drop). In-flight
@@ -182,6 +185,11 @@ typedef struct rpc_client_opts {
  * background and nobody listens), AICFN_E_NOMEM, AICFN_E_IO. Blocks for the first dial
  * unless background. The client may be shared by any number of threads. */
 int rpc_client_open(rpc_client **out, const char *url, const rpc_client_opts *opts, aicfn_error *err);
+
+/* Starts the dial of a client opened with opts->await_listen (once; later calls and
+ * other clients do nothing). Returns AICFN_OK, or the dialer's error (AICFN_E_IO,
+ * AICFN_E_NOMEM); AICFN_E_CANCELED once the client is closing. Never blocks on the peer. */
+int rpc_client_dial(rpc_client *c, aicfn_error *err);
 
 /* Closes the socket; in-flight calls complete with AICFN_E_CANCELED (async callbacks
  * run before this returns). Waits for them, frees everything. NULL accepted. Must not be

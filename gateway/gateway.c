@@ -1898,7 +1898,10 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
                     gw_pool_kill(pool, id); /* pool: still alive while we hold mu (gw_stop waits) */
                     gw_worker_row_locked(gw, w, gw->stopping ? GW_WROW_EXITED : GW_WROW_LOST);
                 } else {
-                    rc = gw_worker_connect(w, &e);
+                    rc = gw_worker_connect(w, true, &e);
+                    /* It may have said it listens before its client existed (gw_on_ready
+                     * then found nothing to dial). */
+                    if (rc == AICFN_OK && gw_pool_ready(pool, id)) rc = rpc_client_dial(w->client, &e);
                     if (rc == AICFN_OK) {
                         w->callbacks++;
                         w->poll_pending = true;
@@ -2202,6 +2205,25 @@ static void gw_on_exit(void *arg, uint32_t id, pid_t pid, int st) {
     gw_pump_locked(gw, &a);
     pthread_mutex_unlock(&gw->mu);
     gw_process(gw, &a);
+}
+
+/* A local worker listens: its link dials it now (its first status poll waits in the
+ * link). Until then nothing dials it: a worker that takes seconds to start (a GPU's
+ * driver) is not dialed hundreds of times meanwhile, and a fast one is reached as soon
+ * as it listens, not at the next of a dial's retries. */
+static void gw_on_ready(void *arg, uint32_t id) {
+    gw_gateway *gw = arg;
+    pthread_mutex_lock(&gw->mu);
+    for (gw_worker *w = gw->workers; w; w = w->next) {
+        if (w->pool_id != id) continue;
+        if (w->client && w->state == GW_WORKER_STARTING) {
+            aicfn_error e;
+            if (rpc_client_dial(w->client, &e) != AICFN_OK)
+                log_warn("worker %s: dialing it: %s (its first status poll will fail)", w->name, e.msg);
+        }
+        break;
+    }
+    pthread_mutex_unlock(&gw->mu);
 }
 
 /* ---- Scaling: min_workers (keep-warm), idle_timeout (unload) ---------------------- */
@@ -2737,7 +2759,7 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, const
         return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     }
     if (exit_token) snprintf(w->exit_token, sizeof w->exit_token, "%s", exit_token);
-    rc = gw_worker_connect(w, err);
+    rc = gw_worker_connect(w, false, err);
     if (rc != AICFN_OK) {
         pthread_mutex_unlock(&gw->mu);
         gw_worker_destroy(w);
@@ -3060,7 +3082,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
                              .device = gw->device,
                              .worker_memory = gw->worker_memory,
                              .first_id = first_local};
-        rc = gw_pool_create(&pc, gw_on_exit, gw, &gw->pool, err);
+        rc = gw_pool_create(&pc, gw_on_exit, gw_on_ready, gw, &gw->pool, err);
     }
     if (rc == AICFN_OK) {
         if (pthread_create(&gw->maint, NULL, gw_maint_main, gw) != 0)

@@ -7,7 +7,10 @@
  * wake it, so an idle pool never wakes and an exit is seen at once. Where the kernel has
  * no pidfd_open (before Linux 5.3, or a seccomp filter refusing it) it polls
  * waitpid(WNOHANG) every POOL_TICK_MS instead. Callers hand it spawn requests and wait
- * on a condition variable for the fork to happen. Not for: policy (gateway.c). */
+ * on a condition variable for the fork to happen. Each child gets the write end of a
+ * pipe (--ready-fd) and writes a byte to it once it listens; the thread polls the read
+ * ends too and reports each worker that is ready (on_ready), so that the gateway dials
+ * it at once instead of retrying a dial while it starts. Not for: policy (gateway.c). */
 #include "gateway/pool.h"
 
 #include <errno.h>
@@ -41,6 +44,8 @@ typedef struct pool_child {
     uint32_t id;
     pid_t pid;
     int pidfd; /* readable once the child exits; -1 when pidfd_open failed (polled) */
+    int ready_fd; /* read end of its --ready-fd pipe until it says it listens (or exits) */
+    bool ready;   /* it said it listens */
     pool_state state;
     uint64_t term_at_us;   /* when SIGTERM was sent */
     uint64_t killed_at_us; /* when SIGKILL was sent */
@@ -69,6 +74,7 @@ struct gw_pool {
     uint64_t grace_us;
     uint64_t give_up_us;
     gw_pool_exit_fn on_exit;
+    gw_pool_ready_fn on_ready;
     void *arg;
 
     pthread_mutex_t mu;
@@ -81,7 +87,7 @@ struct gw_pool {
     pool_child *children;
     unsigned live;
     pool_spawn_req *reqs;
-    struct pollfd *fds; /* the thread's poll set: wake_fd, then one pidfd per child */
+    struct pollfd *fds; /* the thread's poll set: wake_fd, then a pidfd and a ready_fd per child */
     size_t cap_fds;
 };
 
@@ -94,6 +100,12 @@ static void pool_kill_child(pool_child *c, uint64_t now) {
     kill(c->pid, SIGKILL);
     c->state = POOL_KILLED;
     c->killed_at_us = now;
+}
+
+static void pool_child_free(pool_child *c) {
+    if (c->pidfd >= 0) close(c->pidfd);
+    if (c->ready_fd >= 0) close(c->ready_fd);
+    free(c);
 }
 
 static pool_child *pool_find(gw_pool *p, uint32_t id) {
@@ -134,6 +146,14 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
         r->code = aicfn_error_set(&r->err, AICFN_E_INVALID, "worker %s: no fault note path", idbuf);
         return;
     }
+    int ready[2]; /* the child writes a byte to ready[1] once it listens */
+    if (pipe2(ready, O_CLOEXEC) != 0) {
+        r->code = aicfn_error_errno(&r->err, AICFN_E_IO, errno, "starting worker %s: pipe", idbuf);
+        return;
+    }
+    (void)fcntl(ready[0], F_SETFL, O_NONBLOCK);
+    char ready_arg[16];
+    snprintf(ready_arg, sizeof ready_arg, "%d", ready[1]);
     const char *argv[POOL_MAX_ARGS];
     size_t a = 0;
     argv[a++] = p->exe;
@@ -146,6 +166,8 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     argv[a++] = idbuf;
     argv[a++] = "--fault-note";
     argv[a++] = note;
+    argv[a++] = "--ready-fd";
+    argv[a++] = ready_arg;
     if (p->memory[0]) {
         argv[a++] = "--memory";
         argv[a++] = p->memory;
@@ -158,6 +180,8 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     pid_t pid = fork();
     if (pid < 0) {
         r->code = aicfn_error_errno(&r->err, AICFN_E_IO, errno, "starting worker %s: fork", idbuf);
+        close(ready[0]);
+        close(ready[1]);
         return;
     }
     if (pid == 0) {
@@ -170,11 +194,14 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
+        if (fcntl(ready[1], F_SETFD, 0) != 0) _exit(127); /* the one descriptor it keeps */
         execv(p->exe, (char *const *)argv);
         _exit(127);
     }
+    close(ready[1]);
     pool_child *c = calloc(1, sizeof *c);
     if (!c) {
+        close(ready[0]);
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         r->code = aicfn_error_set(&r->err, AICFN_E_NOMEM, "starting worker %s: out of memory", idbuf);
@@ -182,6 +209,7 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     }
     c->id = r->id;
     c->pid = pid;
+    c->ready_fd = ready[0];
     c->pidfd = pidfd_open(pid, 0);
     if (c->pidfd < 0)
         log_debug("worker %s: pidfd_open: %s (its exit is polled every %d ms)", idbuf, strerror(errno),
@@ -211,7 +239,7 @@ static void pool_wake(gw_pool *p) {
 static void pool_sleep_locked(gw_pool *p) {
     size_t want = 1;
     for (pool_child *c = p->children; c; c = c->next)
-        want++;
+        want += 2;
     if (want > p->cap_fds) {
         struct pollfd *f = realloc(p->fds, want * sizeof *f);
         if (f) {
@@ -228,6 +256,12 @@ static void pool_sleep_locked(gw_pool *p) {
             p->fds[n++] = (struct pollfd){.fd = c->pidfd, .events = POLLIN};
         else
             timeout_ms = POOL_TICK_MS; /* no pidfd (or no room for it): poll waitpid */
+        if (c->ready_fd >= 0) {
+            if (n < p->cap_fds)
+                p->fds[n++] = (struct pollfd){.fd = c->ready_fd, .events = POLLIN};
+            else
+                timeout_ms = POOL_TICK_MS;
+        }
         uint64_t due = c->state == POOL_TERMINATING                  ? c->term_at_us + p->grace_us
                        : c->state == POOL_KILLED && !c->stuck_logged ? c->killed_at_us + p->give_up_us
                                                                      : 0;
@@ -262,6 +296,29 @@ static void *pool_main(void *arg) {
         }
         pthread_cond_broadcast(&p->done_cv);
 
+        /* Workers that say they listen (a byte on their ready pipe; end of file: it
+         * exited first, which the reaping below reports). Reported without the lock. */
+        uint32_t ready[32];
+        size_t n_ready = 0;
+        for (pool_child *c = p->children; c && n_ready < 32; c = c->next) {
+            if (c->ready_fd < 0) continue;
+            char b[16];
+            ssize_t got = read(c->ready_fd, b, sizeof b);
+            if (got < 0 && (errno == EAGAIN || errno == EINTR)) continue;
+            close(c->ready_fd);
+            c->ready_fd = -1;
+            if (got > 0) {
+                c->ready = true;
+                ready[n_ready++] = c->id;
+            }
+        }
+        if (n_ready) {
+            pthread_mutex_unlock(&p->mu);
+            for (size_t i = 0; i < n_ready; i++)
+                if (p->on_ready) p->on_ready(p->arg, ready[i]);
+            pthread_mutex_lock(&p->mu);
+        }
+
         /* Reap, escalate. Collect exits, report them without the lock. */
         pool_exited ex[32];
         size_t n_ex = 0;
@@ -274,8 +331,7 @@ static void *pool_main(void *arg) {
                 ex[n_ex++] = (pool_exited){c->id, c->pid, w == c->pid ? st : 0};
                 *pc = c->next;
                 p->live--;
-                if (c->pidfd >= 0) close(c->pidfd);
-                free(c);
+                pool_child_free(c);
                 continue;
             }
             if (c->state == POOL_TERMINATING && now - c->term_at_us > p->grace_us) {
@@ -294,8 +350,7 @@ static void *pool_main(void *arg) {
                     /* Its SIGKILL is pending; init reaps it once it wakes, after we exit. */
                     *pc = c->next;
                     p->live--;
-                    if (c->pidfd >= 0) close(c->pidfd);
-                    free(c);
+                    pool_child_free(c);
                     continue;
                 }
             }
@@ -326,8 +381,8 @@ static void *pool_main(void *arg) {
     return NULL;
 }
 
-int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg, gw_pool **out,
-                   aicfn_error *err) {
+int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, gw_pool_ready_fn on_ready, void *arg,
+                   gw_pool **out, aicfn_error *err) {
     *out = NULL;
     if (!cfg || !cfg->run_dir || !cfg->run_dir[0])
         return aicfn_error_set(err, AICFN_E_INVALID, "worker pool: no run directory");
@@ -354,6 +409,7 @@ int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg
     p->give_up_us =
         cfg->reap_give_up_us ? cfg->reap_give_up_us : (uint64_t)AICFN_WORKER_REAP_GIVE_UP_MS * 1000;
     p->on_exit = on_exit;
+    p->on_ready = on_ready;
     p->arg = arg;
     p->next_id = cfg->first_id ? cfg->first_id - 1 : 0;
     bool oom = !p->exe || !p->run_dir || !p->device;
@@ -457,6 +513,14 @@ unsigned gw_pool_live(gw_pool *p) {
     unsigned n = p->live;
     pthread_mutex_unlock(&p->mu);
     return n;
+}
+
+bool gw_pool_ready(gw_pool *p, uint32_t id) {
+    pthread_mutex_lock(&p->mu);
+    pool_child *c = pool_find(p, id);
+    bool ready = c && c->ready;
+    pthread_mutex_unlock(&p->mu);
+    return ready;
 }
 
 pid_t gw_pool_pid(gw_pool *p, uint32_t id) {

@@ -45,17 +45,23 @@ typedef struct gw_pool_config {
  * A worker given up on while the pool is destroyed gets no call. */
 typedef void (*gw_pool_exit_fn)(void *arg, uint32_t id, pid_t pid, int wait_status);
 
-/* Creates the pool and starts its thread. The config strings are copied.
+/* Called from the pool's thread, with no pool lock held, once per worker that says it
+ * listens (it wrote to the pipe it got as --ready-fd); never for one that exited first.
+ * May call gw_pool_* (not destroy). */
+typedef void (*gw_pool_ready_fn)(void *arg, uint32_t id);
+
+/* Creates the pool and starts its thread. The config strings are copied. on_exit and
+ * on_ready may be NULL; both get `arg`.
  * Returns AICFN_OK, AICFN_E_INVALID or AICFN_E_NOMEM/AICFN_E_IO. */
-int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, void *arg, gw_pool **out,
-                   aicfn_error *err);
+int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, gw_pool_ready_fn on_ready, void *arg,
+                   gw_pool **out, aicfn_error *err);
 
 /* Starts one worker. On success fills *id (unique for the pool's life, never 0), the
  * ipc:// address it will listen on (addr, addr_len >= GW_POOL_ADDR_MAX), and its pid.
- * Returns once the child exists (not once it listens: dial it and wait for its first
- * status reply). Thread-safe, on_exit included; blocks for the fork only. Fails with AICFN_E_IO when the
- * process cannot be started (the message names the errno), AICFN_E_CANCELED once the
- * pool is being destroyed. */
+ * Returns once the child exists (not once it listens: on_ready says so, or
+ * gw_pool_ready, then dial it). Thread-safe, on_exit included; blocks for the fork only.
+ * Fails with AICFN_E_IO when the process cannot be started (the message names the
+ * errno), AICFN_E_CANCELED once the pool is being destroyed. */
 int gw_pool_spawn(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *pid, aicfn_error *err);
 
 /* Asks worker `id` to drain and exit (SIGTERM); SIGKILL follows after the grace period
@@ -68,6 +74,10 @@ int gw_pool_kill(gw_pool *p, uint32_t id);
 
 /* Workers started and not yet reaped (terminating ones included). Thread-safe. */
 unsigned gw_pool_live(gw_pool *p);
+
+/* True once worker `id` said it listens (on_ready has been or is being called), and
+ * until it is reaped. Thread-safe. */
+bool gw_pool_ready(gw_pool *p, uint32_t id);
 
 /* The pid of worker `id`, or -1 when it has been reaped. Thread-safe. */
 pid_t gw_pool_pid(gw_pool *p, uint32_t id);

@@ -182,7 +182,7 @@ def output(reply: dict, name: str):
 class Proc:
     """A started process with its log files."""
 
-    def __init__(self, args, log_dir: Path, name: str, env=None, cwd=None):
+    def __init__(self, args, log_dir: Path, name: str, env=None, cwd=None, pass_fds=()):
         self.args = [str(a) for a in args]
         self.name = name
         self.out_path = log_dir / f"{name}.out"
@@ -192,7 +192,8 @@ class Proc:
         e = dict(os.environ)
         if env:
             e.update(env)
-        self.p = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, env=e, cwd=cwd or ROOT)
+        self.p = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, env=e, cwd=cwd or ROOT,
+                                  pass_fds=pass_fds)
 
     def poll(self):
         return self.p.poll()
@@ -231,9 +232,10 @@ class Procs:
         self.log_dir = log_dir
         self.all = []
 
-    def start(self, args, name: str = None, env=None, cwd=None) -> Proc:
-        """Starts `args` (in the repository root unless `cwd` is given), logs to files."""
-        p = Proc(args, self.log_dir, name or f"p{len(self.all)}", env, cwd)
+    def start(self, args, name: str = None, env=None, cwd=None, pass_fds=()) -> Proc:
+        """Starts `args` (in the repository root unless `cwd` is given), logs to files;
+        `pass_fds` stay open in it."""
+        p = Proc(args, self.log_dir, name or f"p{len(self.all)}", env, cwd, pass_fds)
         self.all.append(p)
         return p
 

@@ -7,6 +7,8 @@ its deadline is never executed), SIGTERM drain with 32 calls in flight, bad inpu
 each get a clear error while the worker keeps serving, and the ABI check at start.
 """
 import json
+import os
+import select
 import signal
 import struct
 import subprocess
@@ -486,6 +488,36 @@ def test_tcp_listener_and_unknown_flag(procs, tmp_path):
     assert r.returncode == 2
     r = run_cli(["worker", "--listen", "http://127.0.0.1:1", "--function", f"echo={handler('echo')}"])
     assert r.returncode != 0 and "AICFN_E_INVALID" in r.stderr
+
+
+def test_ready_fd_says_when_the_worker_listens(procs, tmp_path):
+    """--ready-fd N: one byte on N once the worker listens (the socket then accepts at
+    once), and N is closed; a descriptor that is not open, or below 3, is a usage error."""
+    addr = ipc_addr(tmp_path)
+    r_end, w_end = os.pipe()
+    try:
+        w = procs.start([aicfn_bin(), "worker", "--listen", addr, "--device", "host", "--memory", "64MiB",
+                         "--function", f"echo={handler('echo')}", "--ready-fd", str(w_end)],
+                        name="worker", pass_fds=(w_end,))
+        os.close(w_end)
+        w_end = -1
+        ready, _, _ = select.select([r_end], [], [], 15)
+        assert ready, "no byte on --ready-fd within 15 s"
+        assert os.read(r_end, 16) == b"R"
+        # The worker listens: the first call needs no retry.
+        r = call(addr, invoke_msg("echo", [tensor("x", np.arange(3, dtype=np.int32))]), timeout_ms=5000)
+        assert r["ok"], r
+        # It closed its end: end of file, while it still runs.
+        assert os.read(r_end, 16) == b""
+        assert w.poll() is None
+    finally:
+        os.close(r_end)
+        if w_end >= 0:
+            os.close(w_end)
+    for bad in ("99", "2", "x"):
+        r = run_cli(["worker", "--listen", ipc_addr(tmp_path, "bad"), "--ready-fd", bad])
+        assert r.returncode == 2, (bad, r.stderr)
+        assert "--ready-fd" in r.stderr
 
 
 def test_eviction_reloads_model_and_handler_state(procs, mlp_files, tmp_path):

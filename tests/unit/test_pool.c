@@ -1,5 +1,6 @@
 /* test_pool.c: the local worker pool with stand-in worker programs (shell scripts):
- * the command line a worker gets, SIGTERM drain and exit, SIGKILL escalation of a
+ * the command line a worker gets, the ready report of one that writes to its
+ * --ready-fd (and none for one that does not, or exits first), SIGTERM drain and exit, SIGKILL escalation of a
  * worker that ignores SIGTERM, kill -9, unique ids, reaping everything on destroy, and
  * a pool with live workers that sleeps while nothing happens, the fault note a worker
  * leaves when a handler crashes it, and a destroy that gives up on a worker that
@@ -34,6 +35,26 @@ typedef struct exits {
 
 static char g_dir[256];
 
+/* Workers reported ready (on_ready). */
+typedef struct readies {
+    int n;
+    uint32_t ids[16];
+} readies;
+
+static readies g_ready;
+
+static void on_ready_cb(void *arg, uint32_t id) {
+    readies *r = arg == NULL ? &g_ready : arg;
+    int i = __atomic_load_n(&r->n, __ATOMIC_SEQ_CST);
+    if (i < 16) r->ids[i] = id;
+    __atomic_add_fetch(&r->n, 1, __ATOMIC_SEQ_CST);
+}
+
+static void on_ready_global(void *arg, uint32_t id) {
+    (void)arg;
+    on_ready_cb(NULL, id);
+}
+
 static void on_exit_cb(void *arg, uint32_t id, pid_t pid, int st) {
     (void)pid;
     exits *e = arg;
@@ -53,13 +74,16 @@ static int wait_exits(exits *e, int want, int ms) {
 }
 
 /* A stand-in worker: records its argv, exits 0 on SIGTERM (or ignores it). */
-static void write_script(const char *path, int ignore_term) {
+/* With `ready`, it writes a byte to its --ready-fd (the 11th argument) once started;
+ * with `ready` < 0 it exits (status 5) without writing. */
+static void write_script(const char *path, int ignore_term, int ready) {
     FILE *f = fopen(path, "w");
     assert_non_null(f);
     fprintf(f,
-            "#!/bin/sh\n%s\necho \"$@\" > \"%s/args.$7.txt\"\ni=0\nwhile [ $i -lt 3000 ]; do sleep 0.01; "
+            "#!/bin/sh\n%s\necho \"$@\" > \"%s/args.$7.txt\"\n%s\ni=0\nwhile [ $i -lt 3000 ]; do sleep 0.01; "
             "i=$((i+1)); done\n",
-            ignore_term ? "trap '' TERM" : "trap 'exit 0' TERM", g_dir);
+            ignore_term ? "trap '' TERM" : "trap 'exit 0' TERM", g_dir,
+            ready > 0 ? "[ \"${10}\" = --ready-fd ] && eval \"printf R >&${11}\"" : ready < 0 ? "exit 5" : "");
     fclose(f);
     chmod(path, 0755);
 }
@@ -70,9 +94,13 @@ static int setup(void **state) {
     assert_non_null(mkdtemp(g_dir));
     char p[300];
     snprintf(p, sizeof p, "%s/worker.sh", g_dir);
-    write_script(p, 0);
+    write_script(p, 0, 0);
     snprintf(p, sizeof p, "%s/stubborn.sh", g_dir);
-    write_script(p, 1);
+    write_script(p, 1, 0);
+    snprintf(p, sizeof p, "%s/ready.sh", g_dir);
+    write_script(p, 0, 1);
+    snprintf(p, sizeof p, "%s/quitter.sh", g_dir);
+    write_script(p, 0, -1);
     return 0;
 }
 
@@ -100,6 +128,7 @@ static void clear_args_files(void) {
 
 static gw_pool *make_pool_giving_up(const char *script, exits *e, uint64_t grace_us, uint64_t give_up_us) {
     clear_args_files();
+    memset(&g_ready, 0, sizeof g_ready);
     char exe[300];
     snprintf(exe, sizeof exe, "%s/%s", g_dir, script);
     gw_pool_config cfg = {.exe = exe,
@@ -110,7 +139,7 @@ static gw_pool *make_pool_giving_up(const char *script, exits *e, uint64_t grace
                           .reap_give_up_us = give_up_us};
     gw_pool *p = NULL;
     aicfn_error err;
-    assert_int_equal(gw_pool_create(&cfg, on_exit_cb, e, &p, &err), 0);
+    assert_int_equal(gw_pool_create(&cfg, on_exit_cb, on_ready_global, e, &p, &err), 0);
     return p;
 }
 
@@ -151,9 +180,16 @@ static void spawn_args_and_terminate(void **state) {
     char want[700];
     char note[GW_POOL_ADDR_MAX];
     assert_true(gw_pool_fault_note_path(addr, note, sizeof note));
-    snprintf(want, sizeof want, "worker --listen %s --device host --id w%u --fault-note %s --memory 1234\n",
-             addr, id, note);
-    assert_string_equal(line, want);
+    snprintf(want, sizeof want, "worker --listen %s --device host --id w%u --fault-note %s --ready-fd ", addr,
+             id, note);
+    assert_memory_equal(line, want, strlen(want));
+    char *end = NULL;
+    long fd = strtol(line + strlen(want), &end, 10);
+    assert_true(fd >= 3);
+    assert_string_equal(end, " --memory 1234\n");
+    /* It never wrote to that descriptor: not ready. */
+    assert_false(gw_pool_ready(p, id));
+    assert_int_equal(__atomic_load_n(&g_ready.n, __ATOMIC_SEQ_CST), 0);
 
     assert_int_equal(gw_pool_terminate(p, id), 0);
     assert_true(wait_exits(&e, 1, 3000));
@@ -165,6 +201,46 @@ static void spawn_args_and_terminate(void **state) {
     assert_int_equal(gw_pool_terminate(p, id), AICFN_E_NOT_FOUND);
     gw_pool_destroy(p);
     assert_int_equal(e.n, 1);
+    assert_int_equal(g_ready.n, 0);
+}
+
+static int wait_readies(int want, int ms) {
+    for (int i = 0; i < ms / 10; i++) {
+        if (__atomic_load_n(&g_ready.n, __ATOMIC_SEQ_CST) >= want) return 1;
+        usleep(10000);
+    }
+    return __atomic_load_n(&g_ready.n, __ATOMIC_SEQ_CST) >= want;
+}
+
+/* A worker that writes to its --ready-fd is reported once, by id, and gw_pool_ready
+ * says so until it is reaped; one that exits without writing is never reported. */
+static void ready_worker_is_reported(void **state) {
+    (void)state;
+    exits e = {0};
+    gw_pool *p = make_pool("ready.sh", &e, 2000000);
+    uint32_t a, b;
+    assert_int_equal(gw_pool_spawn(p, &a, NULL, 0, NULL, NULL), 0);
+    assert_int_equal(gw_pool_spawn(p, &b, NULL, 0, NULL, NULL), 0);
+    assert_true(wait_readies(2, 3000));
+    assert_true((g_ready.ids[0] == a && g_ready.ids[1] == b) || (g_ready.ids[0] == b && g_ready.ids[1] == a));
+    assert_true(gw_pool_ready(p, a));
+    assert_true(gw_pool_ready(p, b));
+    assert_false(gw_pool_ready(p, b + 1));
+    assert_int_equal(gw_pool_terminate(p, a), 0);
+    assert_true(wait_exits(&e, 1, 3000));
+    assert_false(gw_pool_ready(p, a));
+    assert_true(gw_pool_ready(p, b));
+    gw_pool_destroy(p);
+    assert_int_equal(g_ready.n, 2); /* once each */
+
+    exits e2 = {0};
+    p = make_pool("quitter.sh", &e2, 2000000);
+    assert_int_equal(gw_pool_spawn(p, &a, NULL, 0, NULL, NULL), 0);
+    assert_true(wait_exits(&e2, 1, 3000));
+    assert_int_equal(WEXITSTATUS(e2.status[0]), 5);
+    assert_false(gw_pool_ready(p, a));
+    gw_pool_destroy(p);
+    assert_int_equal(g_ready.n, 0);
 }
 
 /* Waits (bounded) for worker `id`'s argument file: the stand-in has started,
@@ -395,14 +471,14 @@ static void bad_config(void **state) {
     gw_pool *p = (gw_pool *)1;
     aicfn_error err;
     gw_pool_config cfg = {0};
-    assert_int_equal(gw_pool_create(&cfg, NULL, NULL, &p, &err), AICFN_E_INVALID);
+    assert_int_equal(gw_pool_create(&cfg, NULL, NULL, NULL, &p, &err), AICFN_E_INVALID);
     assert_null(p);
     gw_pool_destroy(NULL);
     /* An exe that does not exist: the child exits 127, reported as an exit. */
     exits e = {0};
     cfg.exe = "/nonexistent/aicfn";
     cfg.run_dir = g_dir;
-    assert_int_equal(gw_pool_create(&cfg, on_exit_cb, &e, &p, &err), 0);
+    assert_int_equal(gw_pool_create(&cfg, on_exit_cb, NULL, &e, &p, &err), 0);
     uint32_t id;
     assert_int_equal(gw_pool_spawn(p, &id, NULL, 0, NULL, NULL), 0);
     assert_true(wait_exits(&e, 1, 3000));
@@ -414,6 +490,7 @@ static void bad_config(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(spawn_args_and_terminate),
+        cmocka_unit_test(ready_worker_is_reported),
         cmocka_unit_test(stubborn_worker_is_killed_after_grace),
         cmocka_unit_test(kill_now_and_unique_ids),
         cmocka_unit_test(idle_pool_sleeps),
