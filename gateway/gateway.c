@@ -855,6 +855,18 @@ static void gw_patch_deadline(gw_call *c, uint64_t now) {
     c->timeout_ms = left_ms;
 }
 
+/* How long the link waits for c's reply before its worker counts as stuck (killed and
+ * replaced): the function's timeout + AICFN_CALL_GRACE_MS. Never the caller's shorter
+ * deadline_ms: that only bounds when the call may start (the worker does not start it
+ * later); a handler running cannot be cut short, and a caller must not be able to have a
+ * healthy worker killed by asking for less time than its function takes. */
+static uint32_t gw_link_timeout_ms(const gw_call *c) {
+    uint64_t t = c->fn->cfg.timeout_us / 1000;
+    if (t < c->timeout_ms) t = c->timeout_ms;
+    t += AICFN_CALL_GRACE_MS;
+    return t > UINT32_MAX ? UINT32_MAX : (uint32_t)t;
+}
+
 /* Fails c, whose deadline passed before it could be sent to a worker (lock held). */
 static void gw_fail_deadline_locked(gw_actions *a, gw_call *c) {
     gw_fail_locked(a, c, AICFN_E_TIMEOUT, "function %s:%u: deadline of %u ms passed before a worker was free",
@@ -1510,8 +1522,8 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         w->kill_reason = "a call got no reply within its timeout + grace";
         gw_worker_dead_locked(gw, w, &a);
         gw_fail_locked(&a, c, AICFN_E_TIMEOUT,
-                       "function %s:%u did not answer within %u ms (worker %s replaced)", c->fn->name,
-                       c->fn->ver, c->timeout_ms, w->name);
+                       "function %s:%u did not answer within %u ms (its timeout + %d ms; worker %s replaced)",
+                       c->fn->name, c->fn->ver, gw_link_timeout_ms(c), AICFN_CALL_GRACE_MS, w->name);
     } else {
         gw_fail_locked(&a, c, status, "sending to worker %s: %s", w->name,
                        err ? err->msg : aicfn_strerror(status));
@@ -1828,7 +1840,7 @@ static bool gw_bundle_send(gw_gateway *gw, gw_bundle *b, gw_actions *next) {
     uint32_t timeout = 0;
     for (uint32_t i = 0; i < b->n; i++) {
         parts[i] = (wire_part){b->calls[i]->wreq, b->calls[i]->wreq_len};
-        if (b->calls[i]->timeout_ms > timeout) timeout = b->calls[i]->timeout_ms;
+        if (gw_link_timeout_ms(b->calls[i]) > timeout) timeout = gw_link_timeout_ms(b->calls[i]);
     }
     wire_writer wr;
     wire_writer_init(&wr);
@@ -1838,9 +1850,8 @@ static bool gw_bundle_send(gw_gateway *gw, gw_bundle *b, gw_actions *next) {
     if (rc == AICFN_OK)
         /* The worker answers a part still running at its timeout + grace as an overrun:
          * its reply must come before this gives up on the whole bundle. */
-        rc =
-            rpc_call_async(w->client, wr.data, wr.len,
-                           timeout + AICFN_CALL_GRACE_MS + AICFN_BUNDLE_REPLY_MARGIN_MS, gw_bundle_cb, b, &e);
+        rc = rpc_call_async(w->client, wr.data, wr.len, timeout + AICFN_BUNDLE_REPLY_MARGIN_MS, gw_bundle_cb, b,
+                            &e);
     wire_writer_fini(&wr);
     if (rc == AICFN_OK) {
         gw_metric_add(gw->std.bundles, NULL, 1); /* b may be freed already */
@@ -1935,8 +1946,8 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
         while (c) {
             gw_call *n2 = c->next;
             aicfn_error e;
-            uint32_t timeout = c->timeout_ms + AICFN_CALL_GRACE_MS;
-            int rc = rpc_call_async(c->worker->client, c->wreq, c->wreq_len, timeout, gw_call_cb, c, &e);
+            int rc = rpc_call_async(c->worker->client, c->wreq, c->wreq_len, gw_link_timeout_ms(c), gw_call_cb, c,
+                                    &e);
             if (rc != AICFN_OK) {
                 pthread_mutex_lock(&gw->mu);
                 gw_worker *w = c->worker;

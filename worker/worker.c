@@ -2137,9 +2137,12 @@ static void worker_dispatch(worker_req *r) {
      * function's executor the watch can answer a stuck part as an overrun. */
     uint64_t avg = atomic_load(&fn->exec_ewma_us);
     r->item.no_inline = avg == 0 || avg > AICFN_INLINE_MAX_US;
+    /* Stuck is past the function's timeout, not the caller's deadline: a handler that
+     * started in time cannot be cut short, and a caller's short deadline must not make a
+     * healthy call count as stuck (its worker killed, at the gateway). */
     if (r->out.bundle)
         worker_bundle_expire_at(r->out.bundle, r->out.slot, r->id,
-                                r->item.deadline_us + (uint64_t)w->overrun_grace_ms * 1000);
+                                r->received_us + fn->timeout_us + (uint64_t)w->overrun_grace_ms * 1000);
     rc = worker_batcher_submit(fn->batcher, &r->item, &err);
     if (rc != AICFN_OK) worker_finish(r, rc, err.msg, NULL);
 }

@@ -1710,6 +1710,20 @@ def test_stuck_worker_is_killed_and_replaced(procs, tmp_path):
     assert workers(addr)[0]["pid"] != pid
 
 
+def test_short_deadline_never_gets_a_healthy_worker_killed(procs, tmp_path):
+    """A caller's deadline_ms bounds when its call may start, not how long the worker may
+    take: a call that started in time and runs 5.6 s (its function allows 20 s) with a
+    200 ms deadline is answered when it ends, and its worker lives on. The gateway used
+    to count a call stuck at the caller's deadline + 5 s and kill the worker: any caller
+    could have healthy workers killed."""
+    addr, g, x = sleep_fn_gateway(procs, tmp_path, "patient", "20s", "1..1")
+    pid = workers(addr)[0]["pid"]
+    r = call(addr, invoke_msg("patient", [x], params={"sleep_ms": "5600"}, deadline_ms=200), timeout_ms=30000)
+    assert r["ok"], r
+    assert workers(addr)[0]["pid"] == pid
+    assert "killing the worker" not in g.stderr()
+
+
 def test_a_busy_worker_is_never_sent_more_calls_than_it_can_receive(procs, tmp_path):
     """A worker receives at most AICFN_NNG_CONTEXTS (64) messages at once; a message past
     those waits inside NNG, and so does the gateway's status poll behind it, until the

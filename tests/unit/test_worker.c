@@ -193,6 +193,15 @@ static void add(worker *w, const char *name, const char *so, const char *snap, u
     assert_int_equal(rc, AICFN_OK);
 }
 
+/* add() of a function (max_batch 1) with its own timeout. */
+static void add_timed(worker *w, const char *name, const char *so, uint64_t timeout_us) {
+    worker_fn_config f = {.name = name, .handler = hpath(so), .max_batch = 1, .timeout_us = timeout_us};
+    aicfn_error err;
+    int rc = worker_add_function(w, &f, &err);
+    if (rc != AICFN_OK) fprintf(stderr, "%s\n", err.msg);
+    assert_int_equal(rc, AICFN_OK);
+}
+
 /* Starts w serving on `url` (its worker_url) and opens a client to it. */
 static rpc_client *serve(worker *w, const char *url) {
     aicfn_error err;
@@ -734,11 +743,13 @@ static void bundle_parts_answered_in_order(void **state) {
     worker_destroy(w);
 }
 
-/* One bundle reply for all its parts: a part still running past its deadline + the
- * overrun grace (1 s here; the gateway's call grace by default) is answered as an overrun
- * (AICFN_E_TIMEOUT, overran) so that the others' replies leave without it, wherever it
- * stands in the bundle (its function has no history of quick calls: it runs on its
- * executor). */
+/* One bundle reply for all its parts: a part still running past its function's timeout
+ * + the overrun grace (1 s here; the gateway's call grace by default) is answered as an
+ * overrun (AICFN_E_TIMEOUT, overran) so that the others' replies leave without it,
+ * wherever it stands in the bundle (its function has no history of quick calls: it runs
+ * on its executor). A caller's shorter deadline_ms does not count: a part that started
+ * in time is answered when it ends, within its function's timeout (an overrun would
+ * have the gateway kill a healthy worker). */
 static void bundle_part_overrunning_its_deadline_is_answered_alone(void **state) {
     (void)state;
     char url[64];
@@ -749,13 +760,15 @@ static void bundle_part_overrunning_its_deadline_is_answered_alone(void **state)
     aicfn_error err;
     assert_int_equal(worker_create(&cfg, &w, &err), AICFN_OK);
     add(w, "echo", "echo", NULL, 1, 0);
-    add(w, "hang1", "test_sleep", NULL, 1, 0);
-    add(w, "hang2", "test_sleep", NULL, 1, 0);
+    add_timed(w, "hang1", "test_sleep", 200000);
+    add_timed(w, "hang2", "test_sleep", 200000);
+    add(w, "patient", "test_sleep", NULL, 1, 0); /* the default timeout */
     rpc_client *c = serve(w, url);
     float x[4] = {1, 2, 3, 4};
     wire_tensor in = fp32_x(x, 4);
     for (int last = 0; last < 2; last++) {
-        /* [echo, hang, echo] and then [echo, hang]: the hang sleeps 3 s, allowed 200 ms. */
+        /* [echo, hang, echo] and then [echo, hang]: the hang sleeps 3 s, its function
+         * allows 200 ms (and so does its caller's deadline_ms). */
         const char *hang = last ? "hang2" : "hang1";
         size_t l[3];
         uint8_t *m[3];
@@ -804,6 +817,42 @@ static void bundle_part_overrunning_its_deadline_is_answered_alone(void **state)
         for (int i = 0; i < 3; i++)
             free(m[i]);
     }
+
+    /* [echo, patient]: the caller allows 200 ms, the function 30 s; the part sleeps 1.5 s
+     * and its real reply comes (the bundle waits for it), not an overrun at 1.2 s. */
+    size_t l[2];
+    uint8_t *m[2];
+    m[0] = encode_invoke(200, "echo", &in, 1, NULL, NULL, 0, &l[0]);
+    m[1] = encode_invoke(201, "patient", &in, 1, "sleep_ms", "1500", 200, &l[1]);
+    wire_part parts[2] = {{m[0], l[0]}, {m[1], l[1]}};
+    size_t blen;
+    uint8_t *b = encode_bundle(200, parts, 2, &blen);
+    uint64_t t0 = clock_now_us();
+    rpc_msg *msg = NULL;
+    assert_int_equal(rpc_call_sync(c, b, blen, 10000, &msg, &err), AICFN_OK);
+    assert_true(clock_now_us() - t0 >= 1400000);
+    wire_doc doc;
+    assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(msg), rpc_msg_len(msg), NULL, &err), AICFN_OK);
+    wire_part out[2];
+    uint32_t n = 0;
+    assert_int_equal(wire_decode_bundle(&doc, "replies", out, 2, &n, &err), AICFN_OK);
+    assert_int_equal(n, 2);
+    for (uint32_t i = 0; i < n; i++) {
+        wire_doc pd;
+        wire_invoke_reply rep;
+        assert_int_equal(wire_doc_parse(&pd, out[i].data, out[i].len, NULL, &err), AICFN_OK);
+        assert_int_equal(wire_decode_invoke_reply(&pd, &rep, &err), AICFN_OK);
+        assert_int_equal(rep.head.id, 200 + i);
+        if (!rep.head.ok) fail_msg("part %u: %s", i, rep.head.message);
+        assert_false(rep.head.overran);
+        assert_memory_equal(rep.outputs[0].data, x, sizeof x);
+        wire_doc_fini(&pd);
+    }
+    wire_doc_fini(&doc);
+    rpc_msg_free(msg);
+    free(b);
+    free(m[0]);
+    free(m[1]);
     stop(w, c, 10000); /* the hung parts end, their late replies dropped */
 }
 
