@@ -980,9 +980,12 @@ static void gw_fn_note_service(gw_fn *f, uint64_t us, uint64_t bytes) {
 }
 
 /* Sends w's held calls (lock held): one bundle of at most AICFN_BUNDLE_MAX_CALLS calls
- * and AICFN_BUNDLE_MAX_BYTES, or the call alone when only one is held. Calls beyond
- * those bounds stay held for the next message back, and so do all of them while w has
- * AICFN_WORKER_MAX_CALL_MSGS messages in flight. */
+ * and AICFN_BUNDLE_MAX_BYTES, all of the first held call's function version, or the
+ * call alone when only one is held. One bundle's reply waits for its slowest part (up
+ * to the parts' timeout + grace), so a bundle never mixes functions: a call is never
+ * held up by another function's slow call, nor by another timeout. Calls beyond those
+ * bounds, and the other functions' calls, stay held for the next message back, and so
+ * do all of them while w has AICFN_WORKER_MAX_CALL_MSGS messages in flight. */
 static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     if (w->outbox_head == NULL || w->call_msgs >= AICFN_WORKER_MAX_CALL_MSGS) return;
     gw_bundle *b = calloc(1, sizeof *b);
@@ -991,14 +994,23 @@ static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) 
     gw_call *taken[AICFN_BUNDLE_MAX_CALLS];
     uint32_t n = 0;
     uint64_t now = clock_now_us();
-    while (w->outbox_head && n < max &&
-           (n == 0 || bytes + w->outbox_head->wreq_len <= AICFN_BUNDLE_MAX_BYTES)) {
-        gw_call *c = w->outbox_head;
-        w->outbox_head = c->next;
+    const gw_fn *fn = NULL; /* the bundle's function version: its first call's */
+    gw_call **pc = &w->outbox_head, *prev = NULL;
+    while (*pc && n < max) {
+        gw_call *c = *pc;
+        bool expired = now >= c->deadline_us;
+        if (!expired && fn && c->fn != fn) { /* another function's: stays held */
+            prev = c;
+            pc = &c->next;
+            continue;
+        }
+        if (!expired && n > 0 && bytes + c->wreq_len > AICFN_BUNDLE_MAX_BYTES) break;
+        *pc = c->next;
+        if (w->outbox_tail == c) w->outbox_tail = prev;
         c->next = NULL;
         w->outbox_n--;
         /* Its deadline_ms was set when it was routed: what is left of it now, or nothing. */
-        if (now >= c->deadline_us) {
+        if (expired) {
             gw_call_left_locked(w, c);
             gw_fail_deadline_locked(a, c);
             continue;
@@ -1006,6 +1018,7 @@ static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) 
         gw_patch_deadline(c, now);
         bytes += c->wreq_len;
         taken[n++] = c;
+        fn = c->fn;
     }
     if (w->outbox_head == NULL)
         w->outbox_tail = NULL;

@@ -229,3 +229,63 @@ def test_kill_worker_with_bundles_in_flight(procs, tmp_path):
     assert not set(w["pid"] for w in json.loads(r.stdout)) & set(pids)
     print(f"kill: {lost} calls lost, {retried} retried after running, {len(results)} calls")
     wait_for(lambda: ledger_count(data, list(results)) == len(results), 15, what="one ledger row per call")
+
+
+def test_a_bundle_never_waits_for_another_functions_call(procs, tmp_path):
+    """A bundle's reply leaves once its slowest part is done, so a bundle holds the calls
+    of one function version only: 15 clients keep calling `fast` (bundled: the worker is
+    busy) while one call of `other`, known to be short, sleeps 3 s; no call of `fast`
+    waits for it. Before, the gateway put the held calls of every short function in one
+    bundle, and calls of `fast` held with the slow one took its 3 s."""
+    data = tmp_path / "data"
+    addr, hport = start(procs, data)
+    deploy_fast(addr, tmp_path, "fast", idempotent=False)
+    deploy_fast(addr, tmp_path, "other", idempotent=False)
+    counts = tmp_path / "count.txt"
+    counts.write_text("")
+    warm(addr, "fast", counts)
+    warm(addr, "other", counts)
+    stop = threading.Event()
+    lat, errors, lock = [], [], threading.Lock()
+
+    def client(k):
+        try:
+            with _req_socket(addr, 30000) as s:
+                for i in range(5000):
+                    if stop.is_set():
+                        return
+                    x = np.array([[k, i]], dtype=np.float32)
+                    t0 = time.monotonic()
+                    s.send(msgpack.packb(invoke_msg("fast", [tensor("x", x)]), use_bin_type=True))
+                    r = msgpack.unpackb(s.recv(), raw=False)
+                    with lock:
+                        lat.append((t0, time.monotonic() - t0, r.get("ok")))
+        except Exception as e:  # noqa: BLE001 - reported below
+            with lock:
+                errors.append(repr(e))
+
+    ts = [threading.Thread(target=client, args=(k,)) for k in range(CLIENTS - 1)]
+    for t in ts:
+        t.start()
+    try:
+        time.sleep(0.5)
+        before = metric(hport, "aicfn_worker_bundles_total")
+        t_slow = time.monotonic()
+        r = call(addr, invoke_msg("other", [tensor("x", np.zeros((1, 1), np.float32))],
+                                  params={"sleep_ms": "3000"}), timeout_ms=30000)
+        slow_took = time.monotonic() - t_slow
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for t in ts:
+            t.join(timeout=60)
+    assert not any(t.is_alive() for t in ts), "a client is stuck"
+    assert not errors, errors
+    assert r["ok"], r
+    assert slow_took >= 2.9, slow_took
+    assert metric(hport, "aicfn_worker_bundles_total") > before, "the fast calls were not bundled meanwhile"
+    during = [(d, ok) for t0, d, ok in lat if t_slow <= t0 <= t_slow + 2.5]
+    assert len(during) > 100, len(during)
+    assert all(ok for _, ok in during)
+    worst = max(d for d, _ in during)
+    assert worst < 1.5, f"a call of fast took {worst:.2f} s: it waited in a bundle for the other function's call"
