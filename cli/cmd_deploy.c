@@ -79,12 +79,19 @@ static void cd_help(FILE *out) {
 
 /* Runs argv[0] (PATH lookup), waits; 0 on exit status 0. */
 static int cd_run(char *const argv[], aicfn_error *err) {
+    /* A SIGCHLD ignored by whoever started us (inherited) reaps our children unasked,
+     * their statuses lost (a failed build would pass), and the compiler's too. */
+    signal(SIGCHLD, SIG_DFL);
     pid_t pid;
     int rc = posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ);
     if (rc != 0) return aicfn_error_errno(err, AICFN_E_IO, rc, "running %s", argv[0]);
     int st = 0;
-    while (waitpid(pid, &st, 0) < 0 && errno == EINTR) {
+    pid_t got;
+    while ((got = waitpid(pid, &st, 0)) < 0 && errno == EINTR) {
     }
+    /* ECHILD: a parent that ignores SIGCHLD (inherited) has the child reaped for us, its
+     * status lost: never taken for a success. */
+    if (got < 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "waiting for %s", argv[0]);
     if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
         return aicfn_error_set(err, AICFN_E_INVALID, "%s failed (status %d)", argv[0],
                                WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st));

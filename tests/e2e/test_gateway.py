@@ -31,7 +31,7 @@ import numpy as np
 import pynng
 import pytest
 
-from conftest import (E_OVERLOADED, E_PROTOCOL, E_TOO_LARGE, OK, PROTOCOL_VERSION, ROOT, bytes_tensor, call, create_key, call_raw, free_port, handler,
+from conftest import (E_OVERLOADED, E_PROTOCOL, E_TOO_LARGE, OK, PROTOCOL_VERSION, ROOT, aicfn_bin, bytes_tensor, call, create_key, call_raw, free_port, handler,
                       gw_msg, invoke_msg, next_id, output, run_cli, tensor, wait_for)
 
 E_WORKER_LOST = 12
@@ -453,6 +453,30 @@ def test_deploy_id_makes_a_deploy_idempotent(procs, tmp_path):
     rows = db_rows(data, "SELECT version, deploy_id FROM functions WHERE name = 'echo' ORDER BY version")
     assert [v for v, _ in rows] == [1, 2] and rows[0][1] == "ci-41:echo", rows
     assert len(rows[1][1]) == 32 and set(rows[1][1]) <= set("0123456789abcdef"), rows  # a random id
+
+
+def test_deploy_sees_a_failed_build_with_sigchld_ignored(procs, tmp_path):
+    """A parent that ignores SIGCHLD hands that to `aicfn deploy`, whose build children are
+    then reaped unasked: a failed build (its status lost) passed for a success and the
+    deploy failed later, opening a handler.so that was never made. The deploy now says
+    the build failed, and a good source still deploys."""
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "bad.c").write_text("#include \"aicfn.h\"\nthis is not C;\n")
+    (bad / "aicfn.yaml").write_text("name: bad\nhandler: bad.c\n")
+
+    def deploy_ignoring_sigchld(path):
+        return subprocess.run([str(aicfn_bin()), "deploy", str(path), "--gateway", addr], capture_output=True,
+                              text=True, timeout=120, cwd=ROOT,
+                              preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+
+    r = deploy_ignoring_sigchld(bad)
+    assert r.returncode == 1, r.stderr
+    assert "building handler" in r.stderr and "cc failed" in r.stderr, r.stderr
+    r = deploy_ignoring_sigchld(ROOT / "examples" / "echo")
+    assert r.returncode == 0, r.stderr
+    assert call(addr, invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.float32))]), timeout_ms=20000)["ok"]
 
 
 def test_deploy_no_activate_stages_a_version(procs, tmp_path):
