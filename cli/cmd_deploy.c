@@ -245,26 +245,34 @@ static void cd_on_stop_signal(int sig) {
     (void)n;
 }
 
-/* Whether a message that failed with `rc` may be sent again: the connection dropped or
- * timed out (NNG dials again by itself); with `io_too`, also the gateway's AICFN_E_IO (a
- * chunk it could not write: its disk). */
-static bool cd_retryable(int rc, bool io_too) {
+/* Which failures a message may be sent again after. */
+typedef enum cd_retry {
+    CD_RETRY_REFUSED, /* the gateway refused it unseen (AICFN_E_OVERLOADED: its admin queue
+                         was full): safe for any message */
+    CD_RETRY_SENT,    /* also a dropped or timed-out connection (NNG dials again by itself),
+                         which may have delivered it: for messages safe to send twice */
+    CD_RETRY_SENT_IO, /* also the gateway's AICFN_E_IO (a chunk it could not write: its disk) */
+} cd_retry;
+
+static bool cd_retryable(int rc, cd_retry how) {
+    if (rc == AICFN_E_OVERLOADED) return true;
+    if (how == CD_RETRY_REFUSED) return false;
     return rc == AICFN_E_TIMEOUT || rc == AICFN_E_WORKER_LOST || rc == AICFN_E_UNAVAILABLE ||
-           (io_too && rc == AICFN_E_IO);
+           (how == CD_RETRY_SENT_IO && rc == AICFN_E_IO);
 }
 
-/* cli_gw_call, sent again after a retryable failure (CD_SEND_TRIES in all, the pause
- * doubling from CD_RETRY_MS) unless interrupted. *tries: the sends made. For chunks and
- * commits, which are safe to send twice: the gateway takes a chunk it already has as a
- * no-op (the SHA-256 at commit covers what was stored), and a second commit finds its
- * upload gone (AICFN_E_NOT_FOUND: the caller asks whether the artifact is stored). */
-static int cd_call_retrying(rpc_client *c, wire_writer *w, uint32_t timeout_ms, bool io_too, const char *what,
+/* cli_gw_call, sent again after a failure `how` allows (CD_SEND_TRIES in all, the pause
+ * doubling from CD_RETRY_MS) unless interrupted. *tries: the sends made. Chunks and
+ * commits are safe to send twice: the gateway takes a chunk it already has as a no-op
+ * (the SHA-256 at commit covers what was stored), and a second commit finds its upload
+ * gone (AICFN_E_NOT_FOUND: the caller asks whether the artifact is stored). */
+static int cd_call_retrying(rpc_client *c, wire_writer *w, uint32_t timeout_ms, cd_retry how, const char *what,
                             int *tries, rpc_msg **reply, wire_doc *doc, aicfn_error *err) {
     uint32_t pause_ms = CD_RETRY_MS;
     for (int attempt = 1;; attempt++) {
         *tries = attempt;
         int rc = cli_gw_call(c, w, timeout_ms, reply, doc, err);
-        if (rc == AICFN_OK || attempt >= CD_SEND_TRIES || cd_interrupted || !cd_retryable(rc, io_too))
+        if (rc == AICFN_OK || attempt >= CD_SEND_TRIES || cd_interrupted || !cd_retryable(rc, how))
             return rc;
         fprintf(stderr, "\naicfn deploy: %s failed (%s: %s); sending it again in %u ms\n", what,
                 aicfn_status_name(rc), err->msg, pause_ms);
@@ -287,9 +295,11 @@ static int cd_upload_begin(rpc_client *c, const char *key, const char *hex, uint
     wire_kv_u64(&w, "size", size);
     rpc_msg *reply = NULL;
     wire_doc doc;
-    /* Sent once: a begin the gateway took whose answer was lost holds its space until the
-     * upload times out, and a second one would need that space again. */
-    int rc = cli_gw_call(c, &w, 30000, &reply, &doc, err);
+    int tries;
+    /* Sent again only when refused unseen: a begin the gateway took whose answer was lost
+     * holds its space until the upload times out, and a second one would need that space
+     * again. */
+    int rc = cd_call_retrying(c, &w, 30000, CD_RETRY_REFUSED, "upload_begin", &tries, &reply, &doc, err);
     wire_writer_fini(&w);
     if (rc != AICFN_OK) return rc;
     *exists = false;
@@ -313,10 +323,9 @@ static int cd_upload_end(rpc_client *c, const char *key, uint64_t token, bool co
     wire_doc doc;
     int rc;
     if (commit) {
-        rc = cd_call_retrying(c, &w, timeout_ms, false, "upload_commit", tries, &reply, &doc, err);
+        rc = cd_call_retrying(c, &w, timeout_ms, CD_RETRY_SENT, "upload_commit", tries, &reply, &doc, err);
     } else {
-        *tries = 1;
-        rc = cli_gw_call(c, &w, timeout_ms, &reply, &doc, err);
+        rc = cd_call_retrying(c, &w, timeout_ms, CD_RETRY_REFUSED, "upload_abort", tries, &reply, &doc, err);
     }
     wire_writer_fini(&w);
     if (rc == AICFN_OK) {
@@ -349,12 +358,17 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
         fprintf(stderr, "%s: already on the gateway (%.12s)\n", path, hex);
         return AICFN_OK;
     }
+    int tries = 0;
+    aicfn_error e2;
     int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "opening %s", path);
-    uint8_t *buf = malloc(AICFN_UPLOAD_CHUNK_BYTES);
+    uint8_t *buf = fd >= 0 ? malloc(AICFN_UPLOAD_CHUNK_BYTES) : NULL;
     if (!buf) {
-        close(fd);
-        return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+        /* The upload the gateway opened holds a slot and the file's size until aborted. */
+        rc = fd < 0 ? aicfn_error_errno(err, AICFN_E_IO, errno, "opening %s", path)
+                    : aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+        if (fd >= 0) close(fd);
+        cd_upload_end(c, key, token, false, 10000, &tries, &e2);
+        return rc;
     }
     uint64_t off = 0;
     while (rc == AICFN_OK && off < size) {
@@ -381,8 +395,7 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
         snprintf(what, sizeof what, "the chunk at byte %llu", (unsigned long long)off);
         rpc_msg *reply = NULL;
         wire_doc doc;
-        int tries = 0;
-        rc = cd_call_retrying(c, &w, 60000, true, what, &tries, &reply, &doc, err);
+        rc = cd_call_retrying(c, &w, 60000, CD_RETRY_SENT_IO, what, &tries, &reply, &doc, err);
         wire_writer_fini(&w);
         if (rc == AICFN_OK) {
             wire_doc_fini(&doc);
@@ -398,19 +411,20 @@ static int cd_upload(rpc_client *c, const char *key, const char *path, const cha
     if (tty) fprintf(stderr, "\n");
     free(buf);
     close(fd);
-    aicfn_error e2;
     /* A commit hashes and fsyncs the whole file on the gateway: a minute, and a second
      * more per 64 MiB. */
     uint32_t commit_ms = 60000 + (uint32_t)(size / (64u << 20) < 3600 ? size / (64u << 20) * 1000 : 3600000);
-    int tries = 0;
     int rc2 = cd_upload_end(c, key, token, rc == AICFN_OK, rc == AICFN_OK ? commit_ms : 10000, &tries,
                             rc == AICFN_OK ? err : &e2);
     /* A commit whose answer never came (it finished after we stopped waiting, or its
      * answer was lost with the connection), or one sent again that found its upload
      * gone (the first one committed it): the gateway may store the file all the same. */
-    if (rc == AICFN_OK && (cd_retryable(rc2, false) || (rc2 == AICFN_E_NOT_FOUND && tries > 1)) &&
+    if (rc == AICFN_OK && (cd_retryable(rc2, CD_RETRY_SENT) || (rc2 == AICFN_E_NOT_FOUND && tries > 1)) &&
         cd_stored(c, key, hex, size))
         rc2 = AICFN_OK;
+    /* A commit refused (a revoked key, say) or failed leaves the upload open, holding
+     * its slot and space until it times out: end it (a gone upload is AICFN_E_NOT_FOUND). */
+    if (rc == AICFN_OK && rc2 != AICFN_OK) cd_upload_end(c, key, token, false, 10000, &tries, &e2);
     if (rc == AICFN_OK) rc = rc2;
     if (rc != AICFN_OK) aicfn_error_wrap(err, "uploading %s", path);
     return rc;
