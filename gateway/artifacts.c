@@ -351,6 +351,13 @@ int gw_upload_commit(gw_upload *u, aicfn_error *err) {
     }
     char dst[4096];
     if ((rc = gw_artifacts_path(u->store, u->hash, dst, sizeof dst, err))) goto out;
+    struct stat st;
+    if (stat(dst, &st) == 0) {
+        /* Another upload of the same bytes committed first (commits run one at a time, on
+         * the admin thread): that file stays, a function may use it already. */
+        art_upload_free(u, true);
+        return AICFN_OK;
+    }
     if (rename(u->tmp_path, dst) != 0) {
         rc = aicfn_error_errno(err, AICFN_E_IO, errno, "renaming %s to %s", u->tmp_path, dst);
         goto out;
@@ -358,6 +365,9 @@ int gw_upload_commit(gw_upload *u, aicfn_error *err) {
     free(u->tmp_path);
     u->tmp_path = NULL; /* now in place: nothing to remove */
     rc = art_fsync_dir(u->store->dir, err);
+    /* Not durable, not stored: a failed commit must leave nothing that a later
+     * upload_begin would take for stored (and a deploy register) and a crash could lose. */
+    if (rc != AICFN_OK) (void)unlink(dst);
 out:
     art_upload_free(u, rc != AICFN_OK);
     return rc;

@@ -73,8 +73,10 @@ int gw_upload_write(gw_upload *u, uint64_t offset, const void *data, size_t len,
 uint64_t gw_upload_received(const gw_upload *u);
 
 /* Finishes the upload: checks the byte count and the SHA-256 (AICFN_E_CORRUPT naming
- * the expected and actual hashes), fsyncs, renames into place, fsyncs the directory.
- * Always frees `u` and removes the temporary file when anything failed. */
+ * the expected and actual hashes), fsyncs, renames into place, fsyncs the directory (a
+ * failure there removes the file again: a failed commit stores nothing). When another
+ * upload of the same bytes was committed meanwhile, that file stays and this one's is
+ * dropped (AICFN_OK). Always frees `u` and removes the temporary file when anything failed. */
 int gw_upload_commit(gw_upload *u, aicfn_error *err);
 
 /* Abandons an upload: removes the temporary file and frees `u`. NULL accepted. */

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <sys/statvfs.h>
 
 #include <cmocka.h>
@@ -100,6 +101,28 @@ static void upload_happy_path(void **state) {
     assert_int_equal(gw_artifacts_remove(f->a, f->hash, NULL), AICFN_OK);
     assert_false(gw_artifacts_exists(f->a, f->hash, NULL));
     assert_int_equal(gw_artifacts_remove(f->a, f->hash, NULL), AICFN_OK);
+}
+
+/* Two uploads of the same bytes open at once: the first commit stores the file, the
+ * second one is taken as done without replacing it (a function may use it already). */
+static void second_commit_of_the_same_bytes_keeps_the_first(void **state) {
+    fx *f = *state;
+    gw_upload *u1 = NULL, *u2 = NULL;
+    aicfn_error err;
+    assert_int_equal(gw_upload_begin(f->a, f->hash, sizeof f->data, &u1, &err), AICFN_OK);
+    assert_int_equal(gw_upload_begin(f->a, f->hash, sizeof f->data, &u2, &err), AICFN_OK);
+    assert_int_equal(gw_upload_write(u1, 0, f->data, sizeof f->data, &err), AICFN_OK);
+    assert_int_equal(gw_upload_write(u2, 0, f->data, sizeof f->data, &err), AICFN_OK);
+    assert_int_equal(gw_upload_commit(u1, &err), AICFN_OK);
+    char path[1024];
+    assert_int_equal(gw_artifacts_path(f->a, f->hash, path, sizeof path, NULL), AICFN_OK);
+    struct stat st1, st2;
+    assert_int_equal(stat(path, &st1), 0);
+    assert_int_equal(gw_upload_commit(u2, &err), AICFN_OK);
+    assert_int_equal(stat(path, &st2), 0);
+    assert_true(st1.st_ino == st2.st_ino); /* the same file, not replaced */
+    assert_int_equal(st2.st_size, sizeof f->data);
+    assert_int_equal(count_entries(f->tmp), 0); /* the second one's temporary file is gone */
 }
 
 static void hash_mismatch_leaves_nothing(void **state) {
@@ -318,6 +341,7 @@ static void stored_files_are_cached_in_huge_folios(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(upload_happy_path, setup, teardown),
+        cmocka_unit_test_setup_teardown(second_commit_of_the_same_bytes_keeps_the_first, setup, teardown),
         cmocka_unit_test_setup_teardown(hash_mismatch_leaves_nothing, setup, teardown),
         cmocka_unit_test_setup_teardown(offsets_and_sizes_are_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(abort_and_interrupted_leave_nothing, setup, teardown),
