@@ -194,14 +194,20 @@ int gw_artifacts_remove(gw_artifacts *a, const char *hash, aicfn_error *err) {
     return AICFN_OK;
 }
 
-int gw_upload_begin(gw_artifacts *a, const char *hash, uint64_t size, gw_upload **out, aicfn_error *err) {
-    *out = NULL;
+int gw_upload_check(const char *hash, uint64_t size, aicfn_error *err) {
     if (!gw_hash_hex_valid(hash))
         return aicfn_error_set(err, AICFN_E_INVALID,
                                "upload: invalid hash (want 64 lowercase hex characters)");
     if (size > AICFN_ARTIFACT_MAX_BYTES)
         return aicfn_error_set(err, AICFN_E_TOO_LARGE, "upload %.12s: %llu bytes, at most %llu", hash,
                                (unsigned long long)size, (unsigned long long)AICFN_ARTIFACT_MAX_BYTES);
+    return AICFN_OK;
+}
+
+int gw_upload_begin(gw_artifacts *a, const char *hash, uint64_t size, gw_upload **out, aicfn_error *err) {
+    *out = NULL;
+    int rc = gw_upload_check(hash, size, err);
+    if (rc != AICFN_OK) return rc;
     if (gw_artifacts_exists(a, hash, NULL))
         return aicfn_error_set(err, AICFN_E_EXISTS, "artifact %s is already stored", hash);
     struct statvfs vfs;
@@ -232,7 +238,6 @@ int gw_upload_begin(gw_artifacts *a, const char *hash, uint64_t size, gw_upload 
     pthread_mutex_unlock(&a->mu);
 
     gw_upload *u = calloc(1, sizeof *u);
-    int rc = AICFN_OK;
     if (!u) {
         rc = aicfn_error_set(err, AICFN_E_NOMEM, "upload %.12s", hash);
         goto fail;

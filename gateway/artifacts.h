@@ -52,6 +52,10 @@ int gw_artifacts_list(const gw_artifacts *a, char (**hashes)[65], size_t *n, aic
  * version references it (gw_registry_remove's orphans). */
 int gw_artifacts_remove(gw_artifacts *a, const char *hash, aicfn_error *err);
 
+/* The checks of gw_upload_begin that need no store: AICFN_E_INVALID for a bad hash,
+ * AICFN_E_TOO_LARGE over AICFN_ARTIFACT_MAX_BYTES, else AICFN_OK. */
+int gw_upload_check(const char *hash, uint64_t size, aicfn_error *err);
+
 /* Starts an upload of `size` bytes (<= AICFN_ARTIFACT_MAX_BYTES) expected to hash to
  * `hash`. AICFN_E_EXISTS when the artifact is already stored (the client may skip the
  * upload), AICFN_E_INVALID for a bad hash, AICFN_E_TOO_LARGE over the limit or when the

@@ -349,6 +349,8 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         uint64_t size = 0;
         rc = wire_get_cstr(doc, root, NULL, "hash", true, GW_HASH_HEX_LEN, &hash, &e);
         if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "size", true, &size, &e);
+        /* Before the slots: a request that can never succeed is not told to try again. */
+        if (rc == AICFN_OK) rc = gw_upload_check(hash, size, &e);
         front_upload *slot = NULL;
         for (int i = 0; rc == AICFN_OK && i < FRONT_MAX_UPLOADS && !slot; i++)
             if (!f->uploads[i].u) slot = &f->uploads[i];

@@ -149,6 +149,11 @@ def test_upload_slots_and_hashes_are_checked_in_the_right_order(procs, tmp_path)
     assert min(tokens) >= 1 << 40, tokens
     r = call(addr, gw_msg("upload_begin", hash=hashlib.sha256(b"new").hexdigest(), size=3))
     assert not r["ok"] and r["error"]["name"] == "AICFN_E_OVERLOADED", r
+    # With every slot taken, what can never succeed still says why, not "try again".
+    r = call(addr, gw_msg("upload_begin", hash="Z" * 64, size=3))
+    assert not r["ok"] and r["error"]["name"] == "AICFN_E_INVALID", r
+    r = call(addr, gw_msg("upload_begin", hash=hashlib.sha256(b"big").hexdigest(), size=1 << 50))
+    assert not r["ok"] and r["error"]["name"] == "AICFN_E_TOO_LARGE", r
     r = call(addr, gw_msg("upload_begin", hash=stored, size=size))
     assert r["ok"] and r["exists"] and r["upload"] == 0, r
     r = call(addr, gw_msg("deploy", name="bad", handler="Z" * 64))
