@@ -222,18 +222,20 @@ static int ci_put(ci_buf *b, const void *src, size_t n) {
     return 0;
 }
 
-/* The largest finite magnitude of a float dtype (FP64: DBL_MAX). A value above it, by
- * less than half a step, still rounds to it; the check is on the value written. */
-static double ci_float_max(aicfn_dtype dt) {
+/* Whether a float of dtype dt as written (u: FP16/BF16 bits, or the FP32 value) is
+ * infinite. A finite JSON number is out of range exactly when it is written so: one
+ * above the largest finite value by less than half a step rounds to it (FLT_MAX printed
+ * with 9 digits, 3.40282347e+38, is a valid FP32 input). */
+static bool ci_written_inf(aicfn_dtype dt, uint16_t bits, float f) {
     switch (dt) {
     case AICFN_DTYPE_FP16:
-        return 65504.0;
+        return (bits & 0x7fff) == 0x7c00;
     case AICFN_DTYPE_BF16:
-        return 3.3895313892515355e38; /* (2 - 2^-7) x 2^127 */
-    case AICFN_DTYPE_FP64:
-        return DBL_MAX;
+        return (bits & 0x7fff) == 0x7f80;
+    case AICFN_DTYPE_FP32:
+        return isinf(f);
     default:
-        return FLT_MAX;
+        return false;
     }
 }
 
@@ -322,7 +324,9 @@ static int ci_put_leaf(ci_buf *b, aicfn_dtype dt, json_t *v, char *msg, size_t c
                      (long long)lo, (long long)hi);
             return -1;
         }
-    } else if (dt != AICFN_DTYPE_BOOL && isfinite(d) && fabs(d) > ci_float_max(dt)) {
+    } else if (dt != AICFN_DTYPE_BOOL && dt != AICFN_DTYPE_FP64 && isfinite(d) && fabs(d) >= 2.0 * FLT_MAX) {
+        /* Far past every narrow float (and a double -> float conversion of such a value
+         * is undefined in ISO C): out of range without converting. */
         snprintf(msg, cap, "%g is out of range for %s", d, dtype_name(dt));
         return -1;
     }
@@ -381,6 +385,10 @@ static int ci_put_leaf(ci_buf *b, aicfn_dtype dt, json_t *v, char *msg, size_t c
         break;
     default:
         snprintf(msg, cap, "dtype %s cannot be written from JSON", dtype_name(dt));
+        return -1;
+    }
+    if (isfinite(d) && ci_written_inf(dt, u.u16, u.f)) {
+        snprintf(msg, cap, "%.9g is out of range for %s", d, dtype_name(dt));
         return -1;
     }
     if (ci_put(b, &u, n)) goto big;

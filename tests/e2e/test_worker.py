@@ -176,6 +176,21 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
                      ('{"dtype":"INT64","data":["1x"]}', "is not a decimal integer")):
         r = run_cli(["invoke", "--worker", addr, "echo", "--input", "x=" + bad])
         assert r.returncode == 2 and why in r.stderr, (bad, r.stderr)
+    # Each float dtype's largest finite value, as printed (9 digits for FP32: a little
+    # above FLT_MAX) or by numpy, reads back as that value; half a step above it is out
+    # of range (it would be written as infinity).
+    for dtype, given, want in (("FP32", "3.40282347e+38", float(np.finfo(np.float32).max)),
+                               ("FP32", "3.4028235e+38", float(np.finfo(np.float32).max)),
+                               ("FP16", "65519", 65504.0),
+                               ("BF16", "3.38953139e+38", 3.3895313892515355e38)):
+        r = run_cli(["invoke", "--worker", addr, "echo", "--input",
+                     f'x={{"dtype":"{dtype}","data":[{given}]}}', "--json"])
+        assert r.returncode == 0, (dtype, given, r.stderr)
+        got = json.loads(r.stdout)["outputs"][0]["data"]
+        assert len(got) == 1 and np.float32(got[0]) == np.float32(want), (dtype, given, r.stdout)
+    for dtype, over in (("FP32", "3.4028236e+38"), ("FP16", "65520")):
+        r = run_cli(["invoke", "--worker", addr, "echo", "--input", f'x={{"dtype":"{dtype}","data":[{over}]}}'])
+        assert r.returncode == 2 and f"out of range for {dtype}" in r.stderr, (dtype, over, r.stderr)
     for text in ("information", "3 apples"):
         r = run_cli(["invoke", "--worker", addr, "echo", "--input", "x=" + text, "--json"])
         assert r.returncode == 0 and json.loads(r.stdout)["outputs"][0]["data"] == [text], r.stderr
