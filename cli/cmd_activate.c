@@ -1,6 +1,7 @@
 /* cmd_activate.c: `aicfn activate NAME:VER [--canary PERCENT]`: makes an existing
  * version the active one (a rollback, or a roll forward), or sends a share of NAME's
  * calls to it (a canary), removing nothing. */
+#include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -78,16 +79,18 @@ int cli_cmd_activate(int argc, char **argv) {
     int rc = cli_gw_request(cli_gateway_addr(gateway), &w, 10000, &reply, &doc, &err);
     wire_writer_fini(&w);
     if (rc == AICFN_OK) {
-        const char *name = "";
+        const char *raw = "";
         uint64_t version = 0;
-        wire_get_cstr(&doc, &doc.root, NULL, "name", false, 256, &name, NULL);
+        wire_get_cstr(&doc, &doc.root, NULL, "name", false, 256, &raw, NULL);
         wire_get_u64(&doc.root, NULL, "version", false, &version, NULL);
-        if (json && canary >= 0)
-            printf("{\"name\":\"%s\",\"version\":%llu,\"canary\":%ld}\n", name, (unsigned long long)version,
-                   canary);
-        else if (json)
-            printf("{\"name\":\"%s\",\"version\":%llu}\n", name, (unsigned long long)version);
-        else if (canary > 0)
+        char name[257]; /* the gateway's text: shown safely */
+        cli_text(raw, name, sizeof name);
+        if (json) {
+            json_t *j = json_pack("{s:s, s:I}", "name", raw, "version", (json_int_t)version);
+            if (j && canary >= 0) json_object_set_new(j, "canary", json_integer(canary));
+            cli_print_json(j, "{}");
+            json_decref(j);
+        } else if (canary > 0)
             printf("canary: %ld%% of the calls to %s go to %s:%llu\n", canary, name, name,
                    (unsigned long long)version);
         else if (canary == 0)

@@ -79,10 +79,10 @@ int cli_cmd_coldstarts(int argc, char **argv) {
     size_t i;
     json_t *o;
     json_array_foreach(j, i, o) {
-        char cb[32], rb[32];
+        char cb[32], rb[32], nm[AICFN_MAX_NAME_BYTES + 1];
         printf(
             "%s: %lld cold start%s, %s compressed -> %s raw\n",
-            json_string_value(json_object_get(o, "function")),
+            cli_text(json_string_value(json_object_get(o, "function")), nm, sizeof nm),
             (long long)json_integer_value(json_object_get(o, "count")),
             json_integer_value(json_object_get(o, "count")) == 1 ? "" : "s",
             units_format_size((uint64_t)json_integer_value(json_object_get(o, "compressed_bytes")), cb,

@@ -274,8 +274,9 @@ static int cd_call_retrying(rpc_client *c, wire_writer *w, uint32_t timeout_ms, 
         int rc = cli_gw_call(c, w, timeout_ms, reply, doc, err);
         if (rc == AICFN_OK || attempt >= CD_SEND_TRIES || cd_interrupted || !cd_retryable(rc, how))
             return rc;
+        char msg[sizeof err->msg];
         fprintf(stderr, "\naicfn deploy: %s failed (%s: %s); sending it again in %u ms\n", what,
-                aicfn_status_name(rc), err->msg, pause_ms);
+                aicfn_status_name(rc), cli_text(err->msg, msg, sizeof msg), pause_ms);
         struct timespec ts = {.tv_sec = pause_ms / 1000, .tv_nsec = (long)(pause_ms % 1000) * 1000000L};
         while (nanosleep(&ts, &ts) != 0 && errno == EINTR && !cd_interrupted) {
         }
@@ -554,8 +555,9 @@ static int cd_register(rpc_client *c, const char *key, const cd_version *v, uint
             return rc;
         }
         if (!cd_ask_again(rc) || cd_interrupted || ask == asks) break;
-        fprintf(stderr, "deploy %s: %s; asking again in %d s (deploy id %s, %d of %d)\n", name, err->msg, ask,
-                deploy_id, ask + 1, asks);
+        char msg[sizeof err->msg];
+        fprintf(stderr, "deploy %s: %s; asking again in %d s (deploy id %s, %d of %d)\n", name,
+                cli_text(err->msg, msg, sizeof msg), ask, deploy_id, ask + 1, asks);
         struct timespec pause = {.tv_sec = ask};
         while (nanosleep(&pause, &pause) != 0 && !cd_interrupted) {
         }

@@ -77,8 +77,9 @@ int cli_cmd_ls(int argc, char **argv) {
             snprintf(wk, sizeof wk, "%lld..%lld",
                      (long long)json_integer_value(json_object_get(sc, "min_workers")),
                      (long long)json_integer_value(json_object_get(sc, "max_workers")));
+            char nm[AICFN_MAX_NAME_BYTES + 1];
             printf("%-24s %6lld %6lld %8lld %12s %12s %12s %9s %6s %8s\n",
-                   json_string_value(json_object_get(o, "name")),
+                   cli_text(json_string_value(json_object_get(o, "name")), nm, sizeof nm),
                    (long long)json_integer_value(json_object_get(o, "active_version")),
                    (long long)json_integer_value(json_object_get(o, "latest_version")),
                    (long long)json_integer_value(json_object_get(o, "versions")),

@@ -2072,3 +2072,47 @@ def test_scaling_max_workers_replicas_under_load(procs, tmp_path):
     burst("single", k=3, ms=200)
     assert len(holders(addr, "single")) == 1
     assert cold_start_count(addr, data, "single") == 1
+
+
+def test_cli_shows_a_hostile_gateways_text_safely(tmp_path):
+    """What a gateway says is untrusted: names with terminal escapes are shown with '?'
+    (`ls`, `coldstarts`, `activate`), a missing name prints as '?' (it went to printf's
+    %s as NULL), and `activate --json` stays valid JSON whatever the name holds (it was
+    pasted between quotes)."""
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    evil = 'ev\x1b]0;owned\x07il"\\'
+    stop = threading.Event()
+
+    sock = pynng.Rep0(listen=addr, recv_timeout=200)  # listening before the first client
+
+    def serve():
+        with sock as s:
+            deadline = time.monotonic() + 60
+            while not stop.is_set() and time.monotonic() < deadline:
+                try:
+                    req = msgpack.unpackb(s.recv(), raw=False)
+                except pynng.Timeout:
+                    continue
+                rep = {"v": PROTOCOL_VERSION, "id": req["id"], "ok": True}
+                if req["t"] == "ls":
+                    rep["json"] = json.dumps([{"name": evil, "active_version": 1}, {"active_version": 2}])
+                elif req["t"] == "coldstarts":
+                    rep["json"] = json.dumps([{"function": evil, "count": 1}, {"count": 2}])
+                elif req["t"] == "activate":
+                    rep.update(name=evil, version=3)
+                s.send(msgpack.packb(rep, use_bin_type=True))
+
+    t = threading.Thread(target=serve)
+    t.start()
+    try:
+        for args in (["ls"], ["coldstarts"], ["activate", "x:3"]):
+            r = run_cli([*args, "--gateway", addr])
+            assert r.returncode == 0, (args, r.stderr)
+            assert "\x1b" not in r.stdout and "\x07" not in r.stdout, (args, r.stdout)
+            assert "ev?]0;owned?il" in r.stdout, (args, r.stdout)
+            assert "(null)" not in r.stdout, (args, r.stdout)
+        r = run_cli(["activate", "x:3", "--gateway", addr, "--json"])
+        assert r.returncode == 0 and json.loads(r.stdout) == {"name": evil, "version": 3}, r.stdout
+    finally:
+        stop.set()
+        t.join(timeout=10)
