@@ -103,6 +103,23 @@ static char *led_put(char **cursor, const char *s) {
     return dst;
 }
 
+/* A record lost before it could be queued (out of memory): counted in stats.dropped
+ * (aicfn_ledger_records_dropped_total) and logged, at most once a second, like a full
+ * queue's: the loss is never silent. Returns AICFN_E_NOMEM. */
+static int led_lost(gw_ledger *l, const char *what) {
+    pthread_mutex_lock(&l->mu);
+    l->stats.dropped++;
+    uint64_t dropped = l->stats.dropped;
+    uint64_t now = clock_now_us();
+    bool say = dropped == 1 || now - l->last_drop_log_us >= 1000000;
+    if (say) l->last_drop_log_us = now;
+    pthread_mutex_unlock(&l->mu);
+    if (say)
+        log_warn("ledger: out of memory for a %s record: dropped, %llu dropped so far", what,
+                 (unsigned long long)dropped);
+    return AICFN_E_NOMEM;
+}
+
 /* `keep`: queued even when the queue is full (bounded by its callers). */
 static int led_enqueue(gw_ledger *l, led_rec *r, bool keep) {
     pthread_mutex_lock(&l->mu);
@@ -150,7 +167,7 @@ int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *in) {
     size_t extra = led_len(in->request_id) + led_len(tenant) + led_len(function) + led_len(in->worker) +
                    led_len(in->device);
     led_rec *r = calloc(1, sizeof *r + extra);
-    if (!r) return AICFN_E_NOMEM;
+    if (!r) return led_lost(l, "call");
     char *cur = (char *)(r + 1);
     r->kind = LED_INVOCATION;
     r->time_us = in->time_us ? in->time_us : clock_wall_us();
@@ -183,7 +200,7 @@ int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *in) {
         }
     char *evicted = ev ? json_dumps(ev, JSON_COMPACT) : NULL;
     json_decref(ev);
-    if (!evicted) return AICFN_E_NOMEM;
+    if (!evicted) return led_lost(l, "cold start");
     const char *function = in->function ? in->function : "";
     const char *worker = in->worker ? in->worker : "";
     const char *device = in->device ? in->device : "";
@@ -191,7 +208,7 @@ int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *in) {
     led_rec *r = calloc(1, sizeof *r + extra);
     if (!r) {
         free(evicted);
-        return AICFN_E_NOMEM;
+        return led_lost(l, "cold start");
     }
     char *cur = (char *)(r + 1);
     r->kind = LED_COLD_START;
@@ -218,7 +235,7 @@ int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *in) {
     const char *address = in->address ? in->address : "";
     const char *device = in->device ? in->device : "";
     led_rec *r = calloc(1, sizeof *r + led_len(in->id) + led_len(address) + led_len(device));
-    if (!r) return AICFN_E_NOMEM;
+    if (!r) return led_lost(l, "worker");
     char *cur = (char *)(r + 1);
     r->kind = LED_WORKER;
     r->worker = led_put(&cur, in->id);

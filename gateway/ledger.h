@@ -132,7 +132,8 @@ void gw_ledger_destroy(gw_ledger *l);
 
 /* Queue a record; never blocks on SQLite (only briefly on the queue's mutex).
  * AICFN_OK; AICFN_E_OVERLOADED when the queue is full (dropped and counted);
- * AICFN_E_CANCELED after destroy began; AICFN_E_NOMEM. Thread-safe. */
+ * AICFN_E_CANCELED after destroy began; AICFN_E_NOMEM (dropped, counted and logged as a
+ * full queue's). Thread-safe. */
 int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *r);
 int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *r);
 /* Queues a worker row (UPSERT into `workers`). Rows are committed in the order they were
@@ -152,7 +153,8 @@ int gw_ledger_flush(gw_ledger *l, unsigned timeout_ms, aicfn_error *err);
 typedef struct gw_ledger_stats {
     uint64_t submitted;      /* accepted into the queue */
     uint64_t committed;      /* rows committed to SQLite */
-    uint64_t dropped;        /* refused (queue full) or lost (commit failed at shutdown) */
+    uint64_t dropped;        /* refused (queue full), lost (out of memory before it was queued, or
+                                a commit failed at shutdown) */
     uint64_t batches;        /* committed transactions */
     uint64_t failed_commits; /* transactions that failed and were retried */
     uint64_t queued;         /* waiting now */
