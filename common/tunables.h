@@ -146,6 +146,7 @@
 #define AICFN_UPLOAD_IDLE_TIMEOUT_MS 120000   /* an upload without a chunk this long is aborted */
 #define AICFN_TENANT_MAX_BYTES 64             /* tenant names */
 #define AICFN_FN_NAME_MAX_BYTES 64            /* function names ([A-Za-z0-9_.-], URL-safe) */
+#define AICFN_API_KEY_MAX_BYTES 1024          /* a message's `key`; longer: AICFN_E_PROTOCOL */
 #define AICFN_WORKER_ID_MAX_BYTES 63          /* worker names (gateway's view, workers table id) */
 #define AICFN_MAX_BATCH 4096                  /* batching.max_batch */
 #define AICFN_MAX_DELAY_US_MAX 10000000ull    /* batching.max_delay_us: at most 10 s */

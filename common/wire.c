@@ -725,10 +725,12 @@ int wire_decode_invoke_req(wire_doc *doc, wire_invoke_req *req, aicfn_error *err
         return aicfn_error_set(err, AICFN_E_PROTOCOL, "message type '%s' is not '%s'", h.t, WIRE_T_INVOKE);
     const msgpack_object *root = &doc->root;
     if ((rc = wire_get_u64(root, NULL, "id", true, &req->id, err))) return rc;
-    if ((rc = wire_get_cstr(doc, root, NULL, "fn", true, AICFN_MAX_NAME_BYTES, &req->fn, err))) return rc;
+    /* Longer than any function name may be: AICFN_E_PROTOCOL (protocol.md §2); a name
+     * within the limit that breaks the character rules is the gateway's AICFN_E_INVALID. */
+    if ((rc = wire_get_cstr(doc, root, NULL, "fn", true, AICFN_FN_NAME_MAX_BYTES, &req->fn, err))) return rc;
     if (req->fn[0] == 0) return aicfn_error_set(err, AICFN_E_PROTOCOL, "key 'fn': empty function name");
     if ((rc = wire_get_u32(root, NULL, "ver", false, &req->ver, err))) return rc;
-    if ((rc = wire_get_cstr(doc, root, NULL, "key", false, 1024, &req->key, err))) return rc;
+    if ((rc = wire_get_cstr(doc, root, NULL, "key", false, AICFN_API_KEY_MAX_BYTES, &req->key, err))) return rc;
     if ((rc = wire_get_cstr(doc, root, NULL, "tenant", false, AICFN_MAX_NAME_BYTES, &req->tenant, err)))
         return rc;
     if ((rc = wire_get_u64(root, NULL, "gid", false, &req->gid, err))) return rc;

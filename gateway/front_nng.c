@@ -166,7 +166,9 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, gw_key_rol
         return AICFN_OK;
     }
     const char *key = NULL;
-    int rc = wire_get_cstr(doc, &doc->root, NULL, "key", false, GW_KEY_STRING_MAX - 1, &key, err);
+    /* Up to protocol.md's 1024 bytes: a longer one is malformed; a wrong one of any length
+     * within that is AICFN_E_UNAUTHENTICATED (gw_keys_authenticate), not a protocol error. */
+    int rc = wire_get_cstr(doc, &doc->root, NULL, "key", false, AICFN_API_KEY_MAX_BYTES, &key, err);
     if (rc != AICFN_OK) return rc;
     if (!key) return aicfn_error_set(err, AICFN_E_UNAUTHENTICATED, "missing API key (`key`)");
     gw_key_info info;
@@ -612,7 +614,9 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
     if (strcmp(h->t, "register") == 0) {
         const char *addr = NULL, *name = NULL, *ctl = NULL;
         rc = wire_get_cstr(doc, root, NULL, "addr", true, 255, &addr, &e);
-        if (rc == AICFN_OK) rc = wire_get_cstr(doc, root, NULL, "name", false, 63, &name, &e);
+        /* Read up to the name limit of the wire; gw_register_worker refuses one over 63
+         * characters as AICFN_E_INVALID, as it does other bad names. */
+        if (rc == AICFN_OK) rc = wire_get_cstr(doc, root, NULL, "name", false, AICFN_MAX_NAME_BYTES, &name, &e);
         if (rc == AICFN_OK)
             rc = wire_get_cstr(doc, root, NULL, "ctl", false, AICFN_WORKER_EXIT_TOKEN_MAX, &ctl, &e);
         if (rc == AICFN_OK) rc = gw_register_worker(gw, name, addr, ctl && ctl[0] ? ctl : NULL, &e);

@@ -1026,9 +1026,10 @@ static worker_fn *worker_find_fn_locked(worker *w, const char *name, uint32_t ve
 /* worker_add_function; from_spec marks a function a call's spec registered (retired when
  * idle: worker_retire_idle). */
 static int worker_add(worker *w, const worker_fn_config *c, bool from_spec, aicfn_error *err) {
-    if (c == NULL || c->name == NULL || c->name[0] == '\0' || strlen(c->name) >= AICFN_MAX_NAME_BYTES)
+    /* As long as an invocation may name it (wire_decode_invoke_req). */
+    if (c == NULL || c->name == NULL || c->name[0] == '\0' || strlen(c->name) > AICFN_FN_NAME_MAX_BYTES)
         return aicfn_error_set(err, AICFN_E_INVALID, "function name must be 1..%d bytes",
-                               AICFN_MAX_NAME_BYTES - 1);
+                               AICFN_FN_NAME_MAX_BYTES);
     if (c->handler == NULL || c->handler[0] == '\0')
         return aicfn_error_set(err, AICFN_E_INVALID, "function %s: no handler", c->name);
     if (c->max_batch > AICFN_WORKER_MAX_BATCH)

@@ -1842,6 +1842,22 @@ def test_api_keys_on_the_nng_front(procs, tmp_path):
     m["key"] = user[:-4] + "0000"
     r = call(addr, m)
     assert not r["ok"] and r["error"]["code"] == 13
+    # A wrong key of any length up to protocol.md's 1024 bytes is unauthenticated (401),
+    # not malformed; past 1024 bytes it is a protocol error.
+    for bad, code in (("k" * 200, 13), ("k" * 1024, 13), ("k" * 1025, E_PROTOCOL)):
+        m = invoke_msg("echo", [x])
+        m["key"] = bad
+        r = call(addr, m)
+        assert not r["ok"] and r["error"]["code"] == code, (len(bad), r)
+    # Function names: longer than 64 bytes is a protocol error, bad characters invalid.
+    for fn, code in (("f" * 65, E_PROTOCOL), ("f" * 300, E_PROTOCOL), ("f/g", 1)):
+        m = invoke_msg(fn, [x])
+        m["key"] = user
+        r = call(addr, m)
+        assert not r["ok"] and r["error"]["code"] == code, (fn, r)
+    # A worker name over 63 characters is refused as invalid, as other bad names are.
+    r = call(addr, {**gw_msg("register", addr="tcp://127.0.0.1:1", name="n" * 64), "key": admin})
+    assert not r["ok"] and r["error"]["code"] == 1 and "worker name" in r["error"]["message"], r
     m = invoke_msg("echo", [x], rid=990001)
     m["key"] = user
     r = call(addr, m, timeout_ms=20000)
