@@ -21,7 +21,7 @@ static void cc_help(FILE *out) {
                  "  NAME            only this function\n"
                  "  --since DUR     only cold starts in the last DUR (e.g. 1h, 30m; default: all)\n"
                  "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
-                 "  --key KEY       API key (default: $AICFN_KEY)\n"
+                 "  --key KEY       admin API key (default: $AICFN_KEY)\n"
                  "  --json          print the summaries as JSON\n");
 }
 

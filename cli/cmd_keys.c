@@ -42,7 +42,7 @@ static void ks_help(FILE *out) {
         "\n"
         "create  makes a key for tenant NAME and prints it ONCE (only its hash is stored).\n"
         "        Without a role flag the key invokes functions, charged to NAME.\n"
-        "        --admin: may also deploy, remove, activate, load and unload;\n"
+        "        --admin: may do everything (deploy, rm, activate, ls, workers, coldstarts...);\n"
         "        --worker: for `aicfn worker --gateway ADDR --key KEY` on another host: registers\n"
         "        the worker, downloads artifacts and reads status, nothing else (it cannot invoke\n"
         "        or deploy; the workers it registers do receive calls, so keep it secret);\n"

@@ -33,7 +33,7 @@ static void cl_help(FILE *out) {
                  "CANARY is VER@PERCENT%% when that share of the calls to NAME goes to version VER\n"
                  "(aicfn activate NAME:VER --canary PERCENT), else -.\n"
                  "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
-                 "  --key KEY       API key (default: $AICFN_KEY)\n"
+                 "  --key KEY       admin API key (default: $AICFN_KEY)\n"
                  "  --json          print the list as JSON\n");
 }
 

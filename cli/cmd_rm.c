@@ -13,7 +13,7 @@ static void cr_help(FILE *out) {
                  "with --no-activate and not activated since (that goes live only by `aicfn activate`).\n"
                  "Version numbers are never reused.\n"
                  "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
-                 "  --key KEY       API key (default: $AICFN_KEY)\n");
+                 "  --key KEY       admin API key (default: $AICFN_KEY)\n");
 }
 
 int cli_cmd_rm(int argc, char **argv) {

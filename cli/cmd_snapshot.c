@@ -56,7 +56,7 @@ static int snapcli_pack(int argc, char **argv) {
         "directory holding either) into one snapshot. OUT is written through a temporary file.\n"
         "  -o, --output PATH   the snapshot to write (required)\n"
         "  --name N            model name (default: the first input's file name)\n"
-        "  --level L           zstd level for unfiltered bytes, -7..19 (default 3)\n"
+        "  --level L           zstd level for unfiltered bytes, -7..19 but not 0 (default 3)\n"
         "  --chunk BYTES       raw bytes per frame, e.g. 4MiB (default 1MiB, 64KiB..64MiB, multiple of 256)\n"
         "  --filter MODE       auto (default: byte planes for BF16/FP16/FP32 when a sample compresses "
         "better),\n"

@@ -25,7 +25,7 @@ static void cw2_help(FILE *out) {
             "free bytes, calls in flight, when each started and last answered a status poll, and the\n"
             "models each holds (READY, LOADING) with sizes.\n"
             "  --gateway ADDR  the gateway (default: $AICFN_GATEWAY, else tcp://127.0.0.1:7070)\n"
-            "  --key KEY       API key (default: $AICFN_KEY)\n"
+            "  --key KEY       admin API key (default: $AICFN_KEY)\n"
             "  --json          print JSON (times are wall-clock microseconds since the epoch)\n"
             "  --history       read the workers table of aicfn.db instead: every worker run or\n"
             "                  registered, most recent first, with its last state (starting, ready,\n"

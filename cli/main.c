@@ -31,7 +31,8 @@ static void cli_print_help(FILE *out) {
     for (size_t i = 0; i < sizeof cli_commands / sizeof cli_commands[0]; i++)
         fprintf(out, "  %-12s %s\n", cli_commands[i].name, cli_commands[i].summary);
     fprintf(out, "\n'aicfn COMMAND --help' describes each command.\n"
-                 "exit status: 0 success, 1 failure (the message names the error code), 2 usage error\n");
+                 "exit status: 0 success, 1 failure (the message names the error code), 2 usage error,\n"
+                 "3 (`aicfn worker --gateway` only) its gateway ordered it to exit: restart it\n");
 }
 
 int main(int argc, char **argv) {

@@ -21,6 +21,7 @@ import pynng
 
 PROTOCOL_VERSION = 1
 MAX_MESSAGE_BYTES = 64 << 20
+SP_HEADER_ROOM = 64  # section 1: NNG's REQ/REP header counts against the receive limit
 
 # docs/protocol.md section 3: OIP v2 dtype names -> little-endian numpy dtypes.
 DTYPES = {
@@ -173,7 +174,7 @@ class Client:
         self.key = key
         self.timeout_ms = timeout_ms
         self._lock = threading.Lock()
-        self._sock = pynng.Req0(resend_time=-1, recv_max_size=MAX_MESSAGE_BYTES,
+        self._sock = pynng.Req0(resend_time=-1, recv_max_size=MAX_MESSAGE_BYTES + SP_HEADER_ROOM,
                                 recv_timeout=timeout_ms, send_timeout=timeout_ms)
         self._sock.dial(address, block=True)
 
