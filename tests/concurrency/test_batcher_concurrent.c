@@ -63,8 +63,9 @@ static void *producer(void *p) {
         item *it = &items[a->t * PER_THREAD + i];
         uint64_t now = clock_now_us();
         it->link.arrival_us = now;
-        /* One in four has a deadline of 1 ms: some of those expire. */
-        it->link.deadline_us = (i % 4 == 0) ? now + 1000 : 0;
+        /* One in four has a deadline of 1 ms: some of those expire; one in a hundred
+         * arrives with its deadline already past: it must expire, never run. */
+        it->link.deadline_us = (i % 100 == 0) ? now - 1 : (i % 4 == 0) ? now + 1000 : 0;
         if (worker_batcher_submit(a->b, &it->link, NULL) != AICFN_OK) {
             atomic_fetch_add(&it->ends, 1); /* refused: it never entered */
             a->refused++;
@@ -105,8 +106,14 @@ static void many_producers_one_executor(void **state) {
     for (int t = 0; t < THREADS; t++)
         for (int i = 0; i < PER_THREAD; i++)
             if (i % 4 != 0) assert_int_equal(atomic_load(&items[t * PER_THREAD + i].executed), 1);
-    /* With 8 producers and a 0.5 ms delay, batching actually happens. */
-    assert_true(atomic_load(&batches) < THREADS * PER_THREAD);
+    /* Those already past their deadline expired, unrun. */
+    for (int t = 0; t < THREADS; t++)
+        for (int i = 0; i < PER_THREAD; i += 100)
+            assert_int_equal(atomic_load(&items[t * PER_THREAD + i].executed), 0);
+    assert_true(atomic_load(&total_expired) >= THREADS * ((PER_THREAD + 99) / 100));
+    /* With 8 producers and a 0.5 ms delay, batching actually happens: two items per
+     * batch at least, on average (a batcher running batches of one fails this). */
+    assert_true(atomic_load(&total_executed) >= 2 * atomic_load(&batches));
 }
 
 int main(void) {

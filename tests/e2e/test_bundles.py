@@ -35,10 +35,10 @@ E_WORKER_LOST = 12
 CLIENTS = 16
 
 
-def start(procs, data: Path, *extra):
+def start(procs, data: Path, *extra, workers="0..2"):
     port, hport = free_port(), free_port()
     addr = f"tcp://127.0.0.1:{port}"
-    g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..2",
+    g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", workers,
                      "--worker-memory", "64MiB", "--device", "host", "--http", f"127.0.0.1:{hport}",
                      "--insecure-local", *extra], name="gateway")
 
@@ -185,16 +185,28 @@ def test_kill_worker_with_bundles_in_flight(procs, tmp_path):
     counts.write_text("")
     warm(addr, "fasti", counts)
     warm(addr, "fastn", counts)
-    r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
-    assert r.returncode == 0, r.stderr
-    pids = [w["pid"] for w in json.loads(r.stdout)]
-    assert pids
+    killed, pids, slow = [], [], {}
 
-    killed = []
+    def slow_call(fn, rid):
+        # A 3 s call, certainly running in a worker when the kill lands.
+        with _req_socket(addr, 30000) as s:
+            x = np.array([[rid % 997]], dtype=np.float32)
+            s.send(msgpack.packb(invoke_msg(fn, [tensor("x", x)], params={"count_file": str(counts), "sleep_ms": "3000"},
+                                            rid=rid), use_bin_type=True))
+            slow[rid] = (fn, msgpack.unpackb(s.recv(), raw=False))
+
+    slow_threads = [threading.Thread(target=slow_call, args=(fn, rid))
+                    for fn, rid in (("fasti", 7_900_001), ("fastn", 7_900_002))]
 
     def killer():
         wait_for(lambda: metric(hport, "aicfn_worker_bundles_total") >= 20, 60, interval=0.01,
                  what="bundles in flight")
+        for t in slow_threads:
+            t.start()
+        wait_for(lambda: {"7900001", "7900002"} <= set(counts.read_text().split()), 15, interval=0.01,
+                 what="the two slow calls running")
+        r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
+        pids.extend(w["pid"] for w in json.loads(r.stdout))
         for pid in pids:
             os.kill(pid, signal.SIGKILL)
         killed.append(time.monotonic())
@@ -205,8 +217,16 @@ def test_kill_worker_with_bundles_in_flight(procs, tmp_path):
     results, done_at = hammer(addr, ["fasti", "fastn"], 20, counts, 7_000_000, time.monotonic() + 90,
                      until=lambda: bool(killed) and time.monotonic() > killed[0] + 0.5)
     kt.join(timeout=70)
+    for t in slow_threads:
+        t.join(timeout=40)
     assert killed, "the worker was not killed"
     lines = counts.read_text().split()
+    # The two calls running at the kill: the idempotent one ran again elsewhere and
+    # succeeded (twice in the count file), the other failed as lost (once).
+    assert slow[7_900_001][1]["ok"], slow
+    assert lines.count("7900001") == 2, lines.count("7900001")
+    assert not slow[7_900_002][1]["ok"] and slow[7_900_002][1]["error"]["code"] == E_WORKER_LOST, slow
+    assert lines.count("7900002") == 1
     lost = retried = 0
     for rid, (fn, x, r) in results.items():
         n = lines.count(str(rid))
@@ -221,8 +241,9 @@ def test_kill_worker_with_bundles_in_flight(procs, tmp_path):
             assert n <= 1, (rid, n)            # never twice
             lost += 1
     # The kill landed under load and the pool recovered: calls were answered after it, by
-    # a new worker. (Whether one of ours was inside the killed worker at that instant
-    # depends on scheduling: lost + retried counts those, when there are any.)
+    # a new worker. (Whether one of the hammering calls was inside the killed worker at
+    # that instant depends on scheduling: lost + retried counts those, when there are
+    # any; the two slow calls above certainly were.)
     assert any(t > killed[0] for t in done_at.values()), "no call was answered after the kill"
     r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
     assert r.returncode == 0, r.stderr
@@ -236,9 +257,10 @@ def test_a_bundle_never_waits_for_another_functions_call(procs, tmp_path):
     of one function version only: 15 clients keep calling `fast` (bundled: the worker is
     busy) while one call of `other`, known to be short, sleeps 3 s; no call of `fast`
     waits for it. Before, the gateway put the held calls of every short function in one
-    bundle, and calls of `fast` held with the slow one took its 3 s."""
+    bundle, and calls of `fast` held with the slow one took its 3 s. One worker: the slow
+    call is certainly on the worker whose calls are bundled."""
     data = tmp_path / "data"
-    addr, hport = start(procs, data)
+    addr, hport = start(procs, data, workers="1..1")
     deploy_fast(addr, tmp_path, "fast", idempotent=False)
     deploy_fast(addr, tmp_path, "other", idempotent=False)
     counts = tmp_path / "count.txt"

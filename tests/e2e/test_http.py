@@ -188,7 +188,7 @@ def test_tritonclient_end_to_end(procs, tmp_path):
     # Wrong dtype: the handler refuses it, the error names the tensor.
     bad = json.dumps({"inputs": [{"name": "x", "shape": [1, 16], "datatype": "INT32", "data": list(range(16))}]})
     st, _, body = http_req(hport, "POST", "/v2/models/mlp/infer", bad)
-    assert 400 <= st < 600 and "error" in json.loads(body)
+    assert st == 400 and "'x'" in json.loads(body)["error"], (st, body)
     idx = json.loads(http_req(hport, "POST", "/v2/repository/index", b"{}")[2])
     assert any(e["name"] == "mlp" and e["state"] == "READY" for e in idx)
     c.close()
@@ -213,7 +213,9 @@ def test_connection_limits(procs, tmp_path):
     _, hport, _, _ = start(procs, tmp_path, data=tmp_path / "default")
     held = held_connections(hport, 64)
     try:
+        t0 = time.monotonic()
         assert not served(hport), "a 65th connection from one address was served"
+        assert time.monotonic() - t0 < 2, "the 65th connection was left waiting, not refused"
     finally:
         close_all(held)
     assert wait_for(lambda: served(hport), 10, what="a connection served once the others closed")
@@ -221,9 +223,12 @@ def test_connection_limits(procs, tmp_path):
     _, hport, _, _ = start(procs, tmp_path, data=tmp_path / "three", extra=["--http-per-ip", "3"])
     held = held_connections(hport, 3)
     try:
+        t0 = time.monotonic()
         assert not served(hport), "a 4th connection from one address was served"
+        assert time.monotonic() - t0 < 2, "the 4th connection was left waiting, not refused"
     finally:
         close_all(held)
+    assert wait_for(lambda: served(hport), 10, what="a connection served once the 3 closed")
 
     _, hport, _, _ = start(procs, tmp_path, data=tmp_path / "unlimited", extra=["--http-per-ip", "0", "--http-connections", "100"])
     held = held_connections(hport, 80)

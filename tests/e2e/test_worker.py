@@ -304,10 +304,10 @@ def test_request_past_deadline_during_init_never_executes(procs, tmp_path):
     is answered AICFN_E_TIMEOUT at its deadline, not when init ends (a gateway would take
     a call held past its timeout for a stuck worker), and never reaches invoke; init goes
     on, and the next call uses the instance it built (one init in all)."""
-    count = tmp_path / "count.txt"
+    count, inits = tmp_path / "count.txt", tmp_path / "inits.txt"
     addr = ipc_addr(tmp_path)
     w = start_worker(procs, addr, [f"slowinit={handler('test_sleep')},max_batch=1,param.init_sleep_ms=1500,"
-                                   f"param.count_file={count}"])
+                                   f"param.count_file={count},param.init_file={inits}"])
     t0 = time.monotonic()
     late = call(addr, invoke_msg("slowinit", [], deadline_ms=200, rid=1), timeout_ms=5000)
     took = time.monotonic() - t0
@@ -319,6 +319,7 @@ def test_request_past_deadline_during_init_never_executes(procs, tmp_path):
     assert ok["ok"], ok
     assert time.monotonic() - t0 < 2.8  # adopted the running init (a second would end past 3 s)
     assert count.read_text().split() == ["2"]
+    assert inits.read_text().split() == ["init"]  # one init in all: the second call adopted it
     assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 
 
@@ -393,12 +394,10 @@ def test_sigterm_drains_32_in_flight(procs, tmp_path):
     w.signal(signal.SIGTERM)
     # Signal delivery is asynchronous: wait until the worker says it is draining.
     wait_for(lambda: call(addr, status_msg(), timeout_ms=1000)["w"]["st"]["draining"], 5, what="draining")
-    # New calls are refused while draining, or cannot connect once it has exited.
-    try:
-        refused = call(addr, invoke_msg("slow", [], rid=999), timeout_ms=3000)
-        assert refused["ok"] is False and refused["error"]["code"] == E_UNAVAILABLE, refused
-    except (pynng.exceptions.ConnectionRefused, pynng.exceptions.Timeout, pynng.exceptions.Closed):
-        pass
+    # New calls are refused while draining: answered AICFN_E_UNAVAILABLE at once (the
+    # 32 calls keep it draining for about 0.6 s more; silence would be a failure).
+    refused = call(addr, invoke_msg("slow", [], rid=999), timeout_ms=3000)
+    assert refused["ok"] is False and refused["error"]["code"] == E_UNAVAILABLE, refused
     for t in threads:
         t.join(timeout=20)
     assert not errors, errors
@@ -453,7 +452,7 @@ def test_bad_inputs_get_errors_and_worker_keeps_serving(procs, tmp_path):
         bad = invoke_msg("echo", [tensor("x", dtype="FP32", shape=[2, 2], data=b"\x00" * 12)])
         r = send(msgpack.packb(bad, use_bin_type=True))
         assert r["ok"] is False and r["error"]["code"] in (E_PROTOCOL, E_INVALID), r
-        assert "'x'" in r["error"]["message"] or "x" in r["error"]["message"]
+        assert "'x'" in r["error"]["message"], r
         bad = invoke_msg("echo", [{"name": "s", "dtype": "BYTES", "shape": [2], "data": b"\x05\x00\x00\x00ab"}])
         r = send(msgpack.packb(bad, use_bin_type=True))
         assert r["ok"] is False and r["error"]["code"] in (E_PROTOCOL, E_INVALID), r

@@ -6,6 +6,7 @@
  *   count_file=P   the file to append to (else env AICFN_TEST_COUNT_FILE; none: no count)
  * Config param only:
  *   init_sleep_ms=N  sleep N ms in init (a slow warm-up; else env AICFN_TEST_INIT_SLEEP_MS)
+ *   init_file=P      append "init\n" to P when init starts: how many inits ran
  *   init_fail_once=PATH  when file PATH exists, init removes it and fails (AICFN_E_INVALID,
  *                    after its sleep): the first init fails, the next one succeeds
  *   fini_sleep_ms=N  sleep N ms in fini (a slow teardown; else env AICFN_TEST_FINI_SLEEP_MS),
@@ -45,6 +46,15 @@ AICFN_EXPORT int aicfn_fn_init(const aicfn_host_api *api, const aicfn_model *mod
     const char *ims = api->find_param(config->params, config->n_params, "init_sleep_ms");
     if (!ims) ims = getenv("AICFN_TEST_INIT_SLEEP_MS");
     long init_ms = ims ? atol(ims) : 0;
+    const char *inf = api->find_param(config->params, config->n_params, "init_file");
+    if (inf) {
+        int fd = open(inf, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
+        if (fd >= 0) {
+            ssize_t w = write(fd, "init\n", 5);
+            (void)w;
+            close(fd);
+        }
+    }
     if (init_ms > 0) sleep_ms_now(init_ms);
     const char *once = api->find_param(config->params, config->n_params, "init_fail_once");
     if (once && unlink(once) == 0) {
