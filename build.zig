@@ -12,7 +12,8 @@
 const std = @import("std");
 
 const lib_folders = [_][]const u8{ "common", "snapshots", "loader", "worker", "gateway", "cli" };
-const system_libs = [_][]const u8{ "nng", "msgpackc", "zstd", "sqlite3", "yaml", "jansson", "xxhash", "sodium", "microhttpd", "pthread", "dl", "m" };
+// libmicrohttpd is not linked: the HTTP front loads it when it starts (gateway/mhd.h).
+const system_libs = [_][]const u8{ "nng", "msgpackc", "zstd", "sqlite3", "yaml", "jansson", "xxhash", "sodium", "pthread", "dl", "m" };
 const cuda_root = "/usr/local/cuda";
 
 const Sanitize = enum { none, asan_ubsan, thread };
@@ -213,7 +214,8 @@ fn addHandler(ctx: *const Ctx, name: []const u8, c_files: []const []const u8, cu
 /// library constructor runs: what gcc's driver links in as libasan_preinit.o, and what
 /// Zig (linking libasan.so as a plain object) leaves out. Without it ASan starts lazily
 /// on the first intercepted call, which can be a malloc inside another library's
-/// constructor: libp11-kit's (via microhttpd -> gnutls) calls newlocale(), whose malloc
+/// constructor: libp11-kit's (via microhttpd -> gnutls, when microhttpd was linked; it is
+/// loaded at run time now, gateway/mhd.h, but any linked library may do the same) calls newlocale(), whose malloc
 /// runs AsanInitInternal while glibc holds __libc_setlocale_lock for writing; the
 /// runtime's dlsym() -> dlerror() -> dcgettext() then takes and "releases" that lock
 /// again, so newlocale's own unlock underflows the rwlock's reader count, and the

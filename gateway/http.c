@@ -5,6 +5,8 @@
  * Not for: JSON <-> tensor translation (gateway/oip.c), metric storage
  * (gateway/metrics.c), or anything about workers (behind gw_http_callbacks).
  *
+ * libmicrohttpd is called through gateway/mhd.h's table (loaded, not linked).
+ *
  * Threads: MHD runs `threads` internal epoll threads; every callback below runs on one
  * of them. gw_http_complete runs on the gateway's threads. The reaper thread wakes every
  * 200 ms. One mutex (h->mu) guards the connection list, call states and counters. */
@@ -28,6 +30,7 @@
 #include "common/clock.h"
 #include "common/log.h"
 #include "common/tunables.h"
+#include "gateway/mhd.h"
 
 /* ---- Types ---- */
 
@@ -307,40 +310,40 @@ static enum MHD_Result ht_send(gw_http_call *r) {
     if (r->resp == NULL && r->status == 0) ht_set_error(r, AICFN_E_INTERNAL, "no answer");
     struct MHD_Response *resp;
     if (r->resp) {
-        resp = MHD_create_response_from_buffer_with_free_callback(r->resp_len, r->resp, free);
+        resp = gw_mhd()->create_response_from_buffer_with_free_callback(r->resp_len, r->resp, free);
         if (resp) r->resp = NULL; /* now owned by MHD */
     } else {
-        resp = MHD_create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
+        resp = gw_mhd()->create_response_from_buffer(0, (void *)"", MHD_RESPMEM_PERSISTENT);
     }
     if (resp == NULL) return MHD_NO;
-    if (r->content_type) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
+    if (r->content_type) gw_mhd()->add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, r->content_type);
     if (r->json_len < r->resp_len) {
         char v[32];
         snprintf(v, sizeof v, "%zu", r->json_len);
-        MHD_add_response_header(resp, OIP_HEADER_LENGTH, v);
+        gw_mhd()->add_response_header(resp, OIP_HEADER_LENGTH, v);
     }
     if (r->retry_after_s && (r->status == 429 || r->status == 503)) {
         char v[16];
         snprintf(v, sizeof v, "%u", (unsigned)r->retry_after_s);
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
+        gw_mhd()->add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, v);
     }
     if (r->status == MHD_HTTP_UNAUTHORIZED) /* RFC 9110 15.5.2: how to authenticate */
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"aicfn\"");
+        gw_mhd()->add_response_header(resp, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"aicfn\"");
     if (r->status == MHD_HTTP_METHOD_NOT_ALLOWED) /* RFC 9110 15.5.6: what the endpoint takes */
-        MHD_add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
+        gw_mhd()->add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
                                 ht_route_has_body(r->route) ? "POST" : "GET, HEAD");
-    if (r->cold) MHD_add_response_header(resp, "Aicfn-Cold", "1");
-    if (r->state == ST_DISCARD) MHD_add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (r->cold) gw_mhd()->add_response_header(resp, "Aicfn-Cold", "1");
+    if (r->state == ST_DISCARD) gw_mhd()->add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     ht_count(r->h, r->route, r->status);
-    enum MHD_Result ok = MHD_queue_response(r->conn, r->status, resp);
-    MHD_destroy_response(resp);
+    enum MHD_Result ok = gw_mhd()->queue_response(r->conn, r->status, resp);
+    gw_mhd()->destroy_response(resp);
     return ok;
 }
 
 /* ---- Receive deadline bookkeeping ---- */
 
 static ht_conn *ht_conn_of(struct MHD_Connection *c) {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+    const union MHD_ConnectionInfo *ci = gw_mhd()->get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
     return ci ? (ht_conn *)ci->socket_context : NULL;
 }
 
@@ -359,7 +362,7 @@ static void ht_notify_connection(void *cls, struct MHD_Connection *c, void **soc
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
         ht_conn *k = calloc(1, sizeof *k);
         if (k == NULL) return;
-        const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+        const union MHD_ConnectionInfo *ci = gw_mhd()->get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
         k->fd = ci ? fcntl(ci->connect_fd, F_DUPFD_CLOEXEC, 0) : -1;
         k->receiving = true;
         k->since_us = clock_now_us();
@@ -597,7 +600,7 @@ static bool ht_start_async(gw_http_call *r) {
     int rc;
     if (r->route == RT_INFER) {
         size_t json_len = r->len;
-        const char *hl = MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, OIP_HEADER_LENGTH);
+        const char *hl = gw_mhd()->lookup_connection_value(r->conn, MHD_HEADER_KIND, OIP_HEADER_LENGTH);
         if (hl) {
             char *end;
             errno = 0;
@@ -720,7 +723,7 @@ void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const
     r->state = ST_DONE;
     r->completed = true;
     bool resume = r->suspended;
-    if (resume) MHD_resume_connection(r->conn);
+    if (resume) gw_mhd()->resume_connection(r->conn);
     h->in_flight--;
     pthread_cond_broadcast(&h->cv);
     pthread_mutex_unlock(&h->mu);
@@ -729,7 +732,7 @@ void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const
 /* ---- The access handler ---- */
 
 static const char *ht_bearer(struct MHD_Connection *c) {
-    const char *a = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
+    const char *a = gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_AUTHORIZATION);
     if (a == NULL || strncasecmp(a, "Bearer ", 7) != 0) return NULL;
     a += 7;
     while (*a == ' ')
@@ -784,14 +787,14 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
     }
     /* Both framings at once is the shape of request smuggling (RFC 9112 §6.1: a server
      * may reject it, and a proxy in front may have framed it the other way): refused. */
-    if (MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH) &&
-        MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
+    if (gw_mhd()->lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH) &&
+        gw_mhd()->lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) {
         ht_set_error(r, AICFN_E_INVALID, "a request may not have both Content-Length and Transfer-Encoding");
         return false;
     }
     if (ht_route_has_body(r->route)) {
         const char *cl =
-            MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+            gw_mhd()->lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl) {
             char *end;
             errno = 0;
@@ -826,7 +829,7 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
          * unauthenticated client could hold the whole buffered budget through
          * /v2/health/live): a body announced is refused at once, a chunked one as it comes. */
         const char *cl =
-            MHD_lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+            gw_mhd()->lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
         if (cl && strspn(cl, "0") != strlen(cl)) {
             ht_set_error(r, AICFN_E_INVALID, "this endpoint takes no request body");
             return false;
@@ -974,7 +977,7 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
         pthread_mutex_lock(&h->mu);
         bool done = r->state != ST_WAITING || r->completed;
         if (!done) {
-            MHD_suspend_connection(c);
+            gw_mhd()->suspend_connection(c);
             r->suspended = true;
         }
         pthread_mutex_unlock(&h->mu);
@@ -1044,6 +1047,7 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
     bool v6;
     int rc = ht_parse_listen(cfg->listen, &ss, &sl, &v6, err);
     if (rc) return rc;
+    if (gw_mhd_load(err) == NULL) return AICFN_E_UNSUPPORTED; /* gw_mhd() is the table from now on */
     gw_http *h = calloc(1, sizeof *h);
     if (h == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "http: out of memory");
     h->cfg = *cfg;
@@ -1072,7 +1076,7 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
     unsigned flags =
         MHD_USE_INTERNAL_POLLING_THREAD | MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG;
     if (v6) flags |= MHD_USE_IPv6;
-    h->d = MHD_start_daemon(
+    h->d = gw_mhd()->start_daemon(
         flags, 0, NULL, NULL, ht_access, h, MHD_OPTION_SOCK_ADDR, (struct sockaddr *)&ss,
         MHD_OPTION_CONNECTION_LIMIT, h->cfg.max_connections, MHD_OPTION_PER_IP_CONNECTION_LIMIT,
         h->cfg.per_ip_connections == GW_HTTP_PER_IP_UNLIMITED ? 0u : h->cfg.per_ip_connections,
@@ -1091,7 +1095,7 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
         free(h);
         return rc;
     }
-    const union MHD_DaemonInfo *di = MHD_get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
+    const union MHD_DaemonInfo *di = gw_mhd()->get_daemon_info(h->d, MHD_DAEMON_INFO_BIND_PORT);
     h->port = di ? di->port : 0;
     if (pthread_create(&h->reaper, NULL, ht_reaper_main, h) == 0)
         h->reaper_started = true;
@@ -1130,10 +1134,10 @@ bool gw_http_stop(gw_http *h) {
         /* Stopping MHD with suspended connections is undefined; leaking is the safe choice. */
         log_error("http: %u calls still in flight after %u ms; leaving the HTTP server running, detached",
                   left, h->cfg.stop_wait_ms);
-        if (h->quiesced == MHD_INVALID_SOCKET) h->quiesced = MHD_quiesce_daemon(h->d);
+        if (h->quiesced == MHD_INVALID_SOCKET) h->quiesced = gw_mhd()->quiesce_daemon(h->d);
         return false;
     }
-    MHD_stop_daemon(h->d);
+    gw_mhd()->stop_daemon(h->d);
     if (h->quiesced != MHD_INVALID_SOCKET) close(h->quiesced);
     pthread_cond_destroy(&h->cv);
     pthread_mutex_destroy(&h->mu);

@@ -435,3 +435,41 @@ def test_infer_on_a_function_that_declares_no_inputs_is_well_defined(procs, tmp_
         assert status == 200, (status, out, g.stderr()[-3000:])
         assert json.loads(out)["outputs"][0]["data"] == [1, 2, 3]
     assert g.poll() is None, g.stderr()[-3000:]
+
+
+def mapped_libraries(pid: int) -> set:
+    """The file names of the shared libraries process `pid` has mapped."""
+    names = set()
+    for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
+        path = line.split()[-1] if len(line.split()) >= 6 else ""
+        if ".so" in path:
+            names.add(Path(path).name)
+    return names
+
+
+def test_libmicrohttpd_is_loaded_only_by_the_http_front(procs, tmp_path):
+    """libmicrohttpd and the GnuTLS it brings are loaded when the HTTP front starts
+    (gateway/mhd.h), not linked: a local worker (every cold start pays its process's
+    start) and a gateway without --http never map them; the HTTP front serves."""
+    def http_libs(pid):
+        return {n for n in mapped_libraries(pid) if n.startswith(("libmicrohttpd", "libgnutls"))}
+
+    addr, hport, data, g = start(procs, tmp_path)
+    assert http_req(hport, "GET", "/v2/health/live")[0] == 200
+    assert {n.split(".so")[0] for n in http_libs(g.p.pid)} == {"libmicrohttpd", "libgnutls"}, http_libs(g.p.pid)
+    r = run_cli(["deploy", str(ROOT / "examples" / "echo"), "--gateway", addr], timeout=120)
+    assert r.returncode == 0, r.stderr
+    st, _, body = http_req(hport, "POST", "/v2/models/echo/infer",
+                           json.dumps({"inputs": [{"name": "x", "shape": [2], "datatype": "FP32", "data": [1, 2]}]}))
+    assert st == 200, body
+    r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
+    pids = [w["pid"] for w in json.loads(r.stdout)]
+    assert pids and all(not http_libs(pid) for pid in pids), [(pid, http_libs(pid)) for pid in pids]
+
+    plain = tmp_path / "plain"
+    port = free_port()
+    g2 = procs.start([aicfn_bin(), "gateway", "--listen", f"tcp://127.0.0.1:{port}", "--data", plain,
+                      "--workers", "0..0", "--insecure-local"], name="plain")
+    wait_for(lambda: (g2.poll() is None and Path(f"/proc/{g2.p.pid}/maps").exists()
+                      and "listening" in g2.stderr()), 15, what="the plain gateway")
+    assert not http_libs(g2.p.pid), http_libs(g2.p.pid)

@@ -12,7 +12,7 @@ OUT=tests/fuzz/out
 OBJ=$OUT/obj
 mkdir -p "$OBJ"
 COMMON=(-g -O1 -std=c17 -D_GNU_SOURCE -I. -Iinclude -fno-omit-frame-pointer -fsanitize=address,undefined)
-LIBS=(-lnng -lmsgpackc -lzstd -lsqlite3 -lyaml -ljansson -lxxhash -lsodium -lmicrohttpd -lpthread -ldl -lm)
+LIBS=(-lnng -lmsgpackc -lzstd -lsqlite3 -lyaml -ljansson -lxxhash -lsodium -lpthread -ldl -lm)
 
 srcs=()
 for d in common snapshots loader worker gateway cli; do
