@@ -855,13 +855,22 @@ static void gw_patch_deadline(gw_call *c, uint64_t now) {
     c->timeout_ms = left_ms;
 }
 
+/* f's limits.timeout in whole milliseconds, rounded up (at least 1): what workers are
+ * told (spec.timeout_ms, deadline_ms) and what the gateway waits by. Truncated, a timeout
+ * under 1 ms became 0, which a worker reads as "unset": its default of 30 s. */
+static uint32_t gw_fn_timeout_ms(const gw_fn *f) {
+    uint64_t ms = (f->cfg.timeout_us + 999) / 1000;
+    if (ms == 0) ms = 1;
+    return ms > UINT32_MAX ? UINT32_MAX : (uint32_t)ms;
+}
+
 /* How long the link waits for c's reply before its worker counts as stuck (killed and
  * replaced): the function's timeout + AICFN_CALL_GRACE_MS. Never the caller's shorter
  * deadline_ms: that only bounds when the call may start (the worker does not start it
  * later); a handler running cannot be cut short, and a caller must not be able to have a
  * healthy worker killed by asking for less time than its function takes. */
 static uint32_t gw_link_timeout_ms(const gw_call *c) {
-    uint64_t t = c->fn->cfg.timeout_us / 1000;
+    uint64_t t = gw_fn_timeout_ms(c->fn);
     if (t < c->timeout_ms) t = c->timeout_ms;
     t += AICFN_CALL_GRACE_MS;
     return t > UINT32_MAX ? UINT32_MAX : (uint32_t)t;
@@ -2127,8 +2136,7 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
         }
     }
 
-    uint64_t timeout_ms = f->cfg.timeout_us / 1000;
-    if (timeout_ms == 0) timeout_ms = 1;
+    uint64_t timeout_ms = gw_fn_timeout_ms(f);
     if (req->deadline_ms && req->deadline_ms < timeout_ms) timeout_ms = req->deadline_ms;
 
     gw_call *c = calloc(1, sizeof *c);
@@ -2166,7 +2174,7 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
                              .model_bytes = f->model_bytes,
                              .max_batch = f->cfg.max_batch ? f->cfg.max_batch : 1,
                              .max_delay_us = (uint32_t)f->cfg.max_delay_us,
-                             .timeout_ms = (uint32_t)(f->cfg.timeout_us / 1000),
+                             .timeout_ms = gw_fn_timeout_ms(f),
                              .idempotent = f->cfg.idempotent};
     wire_writer w;
     wire_writer_init(&w);
@@ -3284,8 +3292,7 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
  * NULL when out of memory. */
 static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, bool keep, gw_invoke_done_fn done, void *user) {
     uint64_t now = clock_now_us();
-    uint64_t timeout_ms = f->cfg.timeout_us / 1000;
-    if (timeout_ms == 0) timeout_ms = 1;
+    uint64_t timeout_ms = gw_fn_timeout_ms(f);
     gw_call *c = calloc(1, sizeof *c);
     if (!c) return NULL;
     c->gw = gw;
