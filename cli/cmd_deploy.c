@@ -79,10 +79,7 @@ static void cd_help(FILE *out) {
 
 /* Runs argv[0] (PATH lookup), waits; 0 on exit status 0. */
 static int cd_run(char *const argv[], aicfn_error *err) {
-    /* A SIGCHLD ignored by whoever started us (inherited) reaps our children unasked,
-     * their statuses lost (a failed build would pass), and the compiler's too. */
-    signal(SIGCHLD, SIG_DFL);
-    pid_t pid;
+    pid_t pid; /* SIGCHLD is ours (cli/main.c resets an inherited SIG_IGN) */
     int rc = posix_spawnp(&pid, argv[0], NULL, NULL, argv, environ);
     if (rc != 0) return aicfn_error_errno(err, AICFN_E_IO, rc, "running %s", argv[0]);
     int st = 0;

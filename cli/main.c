@@ -1,4 +1,5 @@
 /* main.c: the `aicfn` binary: dispatches to the subcommand named by argv[1]. */
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -36,6 +37,11 @@ static void cli_print_help(FILE *out) {
 }
 
 int main(int argc, char **argv) {
+    /* A SIGCHLD ignored by whoever started us is inherited: the kernel would then reap
+     * our children unasked, their statuses lost (a gateway's crashed worker reported as
+     * a clean exit, its pid free for reuse while the pool may still signal it; a deploy's
+     * failed build taken for a success), and the children inherit it too. */
+    signal(SIGCHLD, SIG_DFL);
     if (argc < 2 || strcmp(argv[1], "--help") == 0 || strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "help") == 0) {
         cli_print_help(argc < 2 ? stderr : stdout);
         return argc < 2 ? CLI_EXIT_USAGE : CLI_EXIT_OK;

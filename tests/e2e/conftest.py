@@ -182,7 +182,7 @@ def output(reply: dict, name: str):
 class Proc:
     """A started process with its log files."""
 
-    def __init__(self, args, log_dir: Path, name: str, env=None, cwd=None, pass_fds=()):
+    def __init__(self, args, log_dir: Path, name: str, env=None, cwd=None, pass_fds=(), preexec_fn=None):
         self.args = [str(a) for a in args]
         self.name = name
         self.out_path = log_dir / f"{name}.out"
@@ -193,7 +193,7 @@ class Proc:
         if env:
             e.update(env)
         self.p = subprocess.Popen(self.args, stdout=self._out, stderr=self._err, env=e, cwd=cwd or ROOT,
-                                  pass_fds=pass_fds)
+                                  pass_fds=pass_fds, preexec_fn=preexec_fn)
 
     def poll(self):
         return self.p.poll()
@@ -232,10 +232,10 @@ class Procs:
         self.log_dir = log_dir
         self.all = []
 
-    def start(self, args, name: str = None, env=None, cwd=None, pass_fds=()) -> Proc:
+    def start(self, args, name: str = None, env=None, cwd=None, pass_fds=(), preexec_fn=None) -> Proc:
         """Starts `args` (in the repository root unless `cwd` is given), logs to files;
-        `pass_fds` stay open in it."""
-        p = Proc(args, self.log_dir, name or f"p{len(self.all)}", env, cwd, pass_fds)
+        `pass_fds` stay open in it; `preexec_fn` runs in the child before exec."""
+        p = Proc(args, self.log_dir, name or f"p{len(self.all)}", env, cwd, pass_fds, preexec_fn)
         self.all.append(p)
         return p
 

@@ -480,6 +480,22 @@ def test_deploy_sees_a_failed_build_with_sigchld_ignored(procs, tmp_path):
     assert call(addr, invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.float32))]), timeout_ms=20000)["ok"]
 
 
+def test_gateway_started_with_sigchld_ignored_still_sees_how_workers_die(procs, tmp_path):
+    """An inherited SIGCHLD of SIG_IGN has the kernel reap the pool's workers unasked: the
+    gateway's waitpid failed (ECHILD) and a worker killed with -9 was logged as a clean
+    exit. aicfn resets SIGCHLD at start; the kill is seen as such."""
+    port = free_port()
+    addr = f"tcp://127.0.0.1:{port}"
+    g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", tmp_path / "data", "--workers", "1..1",
+                     "--device", "host", "--insecure-local"], name="gateway",
+                    preexec_fn=lambda: signal.signal(signal.SIGCHLD, signal.SIG_IGN))
+    wait_for(lambda: workers(addr) and workers(addr)[0]["state"] == "ready", 15, what="the worker ready")
+    pid = workers(addr)[0]["pid"]
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: f"(pid {pid}) exited" in g.stderr(), 10, what="the worker's exit reported")
+    assert f"(pid {pid}) exited on signal 9" in g.stderr(), g.stderr()[-2000:]
+
+
 def test_deploy_no_activate_stages_a_version(procs, tmp_path):
     # Blue/green: --no-activate registers echo:2 beside the active echo:1; calls to echo
     # keep going to 1, echo:2 answers when named, and activate switches.
