@@ -116,13 +116,13 @@ def test_abandoned_upload_is_aborted_without_further_messages(procs, tmp_path):
     begin = call(addr, gw_msg("upload_begin", hash=digest, size=2 * len(blob)))
     assert begin["ok"], begin
     token = begin["upload"]
+    t0 = time.monotonic()  # before the chunk: the gateway's idle clock starts after it
     chunk = call(addr, gw_msg("upload_chunk", upload=token, offset=0, data=blob))
     assert chunk["ok"] and chunk["received"] == len(blob), chunk
     tmp = data / "artifacts" / "tmp"
     assert len(list(tmp.iterdir())) == 1
     # The client goes away. No message reaches the gateway from now on: the front must
     # abort the upload on its own once it has been idle for 1 s.
-    t0 = time.monotonic()
     wait_for(lambda: not any(tmp.iterdir()), 10, interval=0.05, what="the abandoned upload's file removed")
     assert time.monotonic() - t0 >= 0.9  # not before its timeout (1 s from the last chunk)
     late = call(addr, gw_msg("upload_chunk", upload=token, offset=len(blob), data=blob))

@@ -381,8 +381,11 @@ def test_sigterm_drains_32_in_flight(procs, tmp_path):
     errors = []
 
     def one(i):
+        # The last call sleeps 2 s more: the drain lasts, whatever the machine's load, well
+        # past the new call below.
+        params = {"sleep_ms": "2000"} if i == 31 else None
         try:
-            replies[i] = call(addr, invoke_msg("slow", [], rid=100 + i), timeout_ms=15000)
+            replies[i] = call(addr, invoke_msg("slow", [], params=params, rid=100 + i), timeout_ms=15000)
         except Exception as e:  # noqa: BLE001 - reported below
             errors.append(repr(e))
 
@@ -395,7 +398,7 @@ def test_sigterm_drains_32_in_flight(procs, tmp_path):
     # Signal delivery is asynchronous: wait until the worker says it is draining.
     wait_for(lambda: call(addr, status_msg(), timeout_ms=1000)["w"]["st"]["draining"], 5, what="draining")
     # New calls are refused while draining: answered AICFN_E_UNAVAILABLE at once (the
-    # 32 calls keep it draining for about 0.6 s more; silence would be a failure).
+    # batch with the 2 s call keeps it draining; silence would be a failure).
     refused = call(addr, invoke_msg("slow", [], rid=999), timeout_ms=3000)
     assert refused["ok"] is False and refused["error"]["code"] == E_UNAVAILABLE, refused
     for t in threads:
@@ -522,6 +525,7 @@ def test_ready_fd_says_when_the_worker_listens(procs, tmp_path):
         r = call(addr, invoke_msg("echo", [tensor("x", np.arange(3, dtype=np.int32))]), timeout_ms=5000)
         assert r["ok"], r
         # It closed its end: end of file, while it still runs.
+        assert select.select([r_end], [], [], 10)[0], "--ready-fd still open after 10 s"
         assert os.read(r_end, 16) == b""
         assert w.poll() is None
     finally:
