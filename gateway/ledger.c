@@ -103,16 +103,23 @@ static char *led_put(char **cursor, const char *s) {
     return dst;
 }
 
-/* A record lost before it could be queued (out of memory): counted in stats.dropped
- * (aicfn_ledger_records_dropped_total) and logged, at most once a second, like a full
- * queue's: the loss is never silent. Returns AICFN_E_NOMEM. */
-static int led_lost(gw_ledger *l, const char *what) {
-    pthread_mutex_lock(&l->mu);
-    l->stats.dropped++;
-    uint64_t dropped = l->stats.dropped;
+/* Counts a dropped record (lock held): the count so far, and in *say whether to log it
+ * now (the first drop, then at most once a second). */
+static uint64_t led_drop_locked(gw_ledger *l, bool *say) {
+    uint64_t dropped = ++l->stats.dropped;
     uint64_t now = clock_now_us();
-    bool say = dropped == 1 || now - l->last_drop_log_us >= 1000000;
-    if (say) l->last_drop_log_us = now;
+    *say = dropped == 1 || now - l->last_drop_log_us >= 1000000;
+    if (*say) l->last_drop_log_us = now;
+    return dropped;
+}
+
+/* A record lost before it could be queued (out of memory): counted in stats.dropped
+ * (aicfn_ledger_records_dropped_total) and logged like a full queue's drops: the loss is
+ * never silent. Returns AICFN_E_NOMEM. */
+static int led_lost(gw_ledger *l, const char *what) {
+    bool say;
+    pthread_mutex_lock(&l->mu);
+    uint64_t dropped = led_drop_locked(l, &say);
     pthread_mutex_unlock(&l->mu);
     if (say)
         log_warn("ledger: out of memory for a %s record: dropped, %llu dropped so far", what,
@@ -130,11 +137,8 @@ static int led_enqueue(gw_ledger *l, led_rec *r, bool keep) {
         return AICFN_E_CANCELED;
     }
     if (!keep && l->count + l->inflight >= l->queue_max) {
-        l->stats.dropped++;
-        uint64_t dropped = l->stats.dropped;
-        uint64_t now = clock_now_us();
-        bool say = dropped == 1 || now - l->last_drop_log_us >= 1000000;
-        if (say) l->last_drop_log_us = now;
+        bool say;
+        uint64_t dropped = led_drop_locked(l, &say);
         pthread_mutex_unlock(&l->mu);
         free(r);
         if (say)

@@ -128,6 +128,19 @@ def hammer(addr, fns, min_calls, count_file: Path, base_id: int, stop_at: float,
     return results, done_at
 
 
+def two_warm_functions(procs, tmp_path: Path, first, second, idempotent=(False, False)):
+    """A gateway with one worker at a time and two short functions deployed and warmed
+    (known to be short). Returns (data, addr, hport, count file)."""
+    data = tmp_path / "data"
+    addr, hport = start(procs, data, workers="1..1")
+    counts = tmp_path / "count.txt"
+    counts.write_text("")
+    for fn, idem in zip((first, second), idempotent):
+        deploy_fast(addr, tmp_path, fn, idempotent=idem)
+        warm(addr, fn, counts)
+    return data, addr, hport, counts
+
+
 def warm(addr, fn, count_file: Path):
     """Enough sequential calls for the gateway to know fn is short."""
     for i in range(8):
@@ -180,14 +193,7 @@ def test_kill_worker_with_bundles_in_flight(procs, tmp_path):
     # One worker at a time: the idempotent call running at the kill is retried on the
     # worker started after it (with two, its retry could land on the second one killed
     # but not yet seen dead, and fail as retried once already).
-    data = tmp_path / "data"
-    addr, hport = start(procs, data, workers="1..1")
-    deploy_fast(addr, tmp_path, "fasti", idempotent=True)
-    deploy_fast(addr, tmp_path, "fastn", idempotent=False)
-    counts = tmp_path / "count.txt"
-    counts.write_text("")
-    warm(addr, "fasti", counts)
-    warm(addr, "fastn", counts)
+    data, addr, hport, counts = two_warm_functions(procs, tmp_path, "fasti", "fastn", idempotent=(True, False))
     killed, pids, slow = [], [], {}
 
     def slow_call(fn, rid):
@@ -262,14 +268,7 @@ def test_a_bundle_never_waits_for_another_functions_call(procs, tmp_path):
     waits for it. Before, the gateway put the held calls of every short function in one
     bundle, and calls of `fast` held with the slow one took its 3 s. One worker: the slow
     call is certainly on the worker whose calls are bundled."""
-    data = tmp_path / "data"
-    addr, hport = start(procs, data, workers="1..1")
-    deploy_fast(addr, tmp_path, "fast", idempotent=False)
-    deploy_fast(addr, tmp_path, "other", idempotent=False)
-    counts = tmp_path / "count.txt"
-    counts.write_text("")
-    warm(addr, "fast", counts)
-    warm(addr, "other", counts)
+    data, addr, hport, counts = two_warm_functions(procs, tmp_path, "fast", "other")
     stop = threading.Event()
     lat, errors, lock = [], [], threading.Lock()
 

@@ -743,6 +743,37 @@ static void bundle_parts_answered_in_order(void **state) {
     worker_destroy(w);
 }
 
+/* Checks a bundle reply of np parts answering calls base, base+1, ...: each echoes x,
+ * except part `overran` (-1: none), answered AICFN_E_TIMEOUT as an overrun. */
+static void check_bundle_reply(rpc_msg *msg, uint32_t np, uint64_t base, int overran, const float *x,
+                               size_t x_bytes) {
+    aicfn_error err;
+    wire_doc doc;
+    assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(msg), rpc_msg_len(msg), NULL, &err), AICFN_OK);
+    wire_part out[4];
+    uint32_t n = 0;
+    assert_int_equal(wire_decode_bundle(&doc, "replies", out, 4, &n, &err), AICFN_OK);
+    assert_int_equal(n, np);
+    for (uint32_t i = 0; i < n; i++) {
+        wire_doc pd;
+        wire_invoke_reply rep;
+        assert_int_equal(wire_doc_parse(&pd, out[i].data, out[i].len, NULL, &err), AICFN_OK);
+        assert_int_equal(wire_decode_invoke_reply(&pd, &rep, &err), AICFN_OK);
+        assert_int_equal(rep.head.id, base + i);
+        if ((int)i == overran) {
+            assert_false(rep.head.ok);
+            assert_int_equal(rep.head.code, AICFN_E_TIMEOUT);
+            assert_true(rep.head.overran);
+        } else {
+            if (!rep.head.ok) fail_msg("part %u: %s", i, rep.head.message);
+            assert_false(rep.head.overran);
+            assert_memory_equal(rep.outputs[0].data, x, x_bytes);
+        }
+        wire_doc_fini(&pd);
+    }
+    wire_doc_fini(&doc);
+}
+
 /* One bundle reply for all its parts: a part still running past its function's timeout
  * + the overrun grace (1 s here; the gateway's call grace by default) is answered as an
  * overrun (AICFN_E_TIMEOUT, overran) so that the others' replies leave without it,
@@ -788,30 +819,7 @@ static void bundle_part_overrunning_its_deadline_is_answered_alone(void **state)
         uint64_t took_us = clock_now_us() - t0;
         if (took_us >= 2500000)
             fail_msg("bundle %d waited for its hung part: %llu us", last, (unsigned long long)took_us);
-        wire_doc doc;
-        assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(msg), rpc_msg_len(msg), NULL, &err), AICFN_OK);
-        wire_part out[3];
-        uint32_t n = 0;
-        assert_int_equal(wire_decode_bundle(&doc, "replies", out, 3, &n, &err), AICFN_OK);
-        assert_int_equal(n, np);
-        for (uint32_t i = 0; i < n; i++) {
-            wire_doc pd;
-            wire_invoke_reply rep;
-            assert_int_equal(wire_doc_parse(&pd, out[i].data, out[i].len, NULL, &err), AICFN_OK);
-            assert_int_equal(wire_decode_invoke_reply(&pd, &rep, &err), AICFN_OK);
-            assert_int_equal(rep.head.id, base + i);
-            if (i == 1) {
-                assert_false(rep.head.ok);
-                assert_int_equal(rep.head.code, AICFN_E_TIMEOUT);
-                assert_true(rep.head.overran);
-            } else {
-                assert_true(rep.head.ok);
-                assert_false(rep.head.overran);
-                assert_memory_equal(rep.outputs[0].data, x, sizeof x);
-            }
-            wire_doc_fini(&pd);
-        }
-        wire_doc_fini(&doc);
+        check_bundle_reply(msg, np, base, 1, x, sizeof x);
         rpc_msg_free(msg);
         free(b);
         for (int i = 0; i < 3; i++)
@@ -831,24 +839,7 @@ static void bundle_part_overrunning_its_deadline_is_answered_alone(void **state)
     rpc_msg *msg = NULL;
     assert_int_equal(rpc_call_sync(c, b, blen, 10000, &msg, &err), AICFN_OK);
     assert_true(clock_now_us() - t0 >= 1400000);
-    wire_doc doc;
-    assert_int_equal(wire_doc_parse(&doc, rpc_msg_data(msg), rpc_msg_len(msg), NULL, &err), AICFN_OK);
-    wire_part out[2];
-    uint32_t n = 0;
-    assert_int_equal(wire_decode_bundle(&doc, "replies", out, 2, &n, &err), AICFN_OK);
-    assert_int_equal(n, 2);
-    for (uint32_t i = 0; i < n; i++) {
-        wire_doc pd;
-        wire_invoke_reply rep;
-        assert_int_equal(wire_doc_parse(&pd, out[i].data, out[i].len, NULL, &err), AICFN_OK);
-        assert_int_equal(wire_decode_invoke_reply(&pd, &rep, &err), AICFN_OK);
-        assert_int_equal(rep.head.id, 200 + i);
-        if (!rep.head.ok) fail_msg("part %u: %s", i, rep.head.message);
-        assert_false(rep.head.overran);
-        assert_memory_equal(rep.outputs[0].data, x, sizeof x);
-        wire_doc_fini(&pd);
-    }
-    wire_doc_fini(&doc);
+    check_bundle_reply(msg, 2, 200, -1, x, sizeof x);
     rpc_msg_free(msg);
     free(b);
     free(m[0]);
