@@ -210,25 +210,22 @@ def test_connection_limits(procs, tmp_path):
     """Connections per client address are bounded (64 by default), and --http-per-ip sets the
     bound or, with 0, lifts it (a gateway behind a load balancer sees every client at the
     balancer's address); --http-connections bounds them all."""
-    _, hport, _, _ = start(procs, tmp_path, data=tmp_path / "default")
-    held = held_connections(hport, 64)
-    try:
-        t0 = time.monotonic()
-        assert not served(hport), "a 65th connection from one address was served"
-        assert time.monotonic() - t0 < 2, "the 65th connection was left waiting, not refused"
-    finally:
-        close_all(held)
-    assert wait_for(lambda: served(hport), 10, what="a connection served once the others closed")
+    def refused_past(hport, limit):
+        # `limit` connections held: one more is refused at once (not left waiting), and
+        # served again once they close.
+        held = held_connections(hport, limit)
+        try:
+            t0 = time.monotonic()
+            assert not served(hport), f"connection {limit + 1} from one address was served"
+            assert time.monotonic() - t0 < 2, f"connection {limit + 1} was left waiting, not refused"
+        finally:
+            close_all(held)
+        assert wait_for(lambda: served(hport), 10, what=f"a connection served once the {limit} closed")
 
+    _, hport, _, _ = start(procs, tmp_path, data=tmp_path / "default")
+    refused_past(hport, 64)
     _, hport, _, _ = start(procs, tmp_path, data=tmp_path / "three", extra=["--http-per-ip", "3"])
-    held = held_connections(hport, 3)
-    try:
-        t0 = time.monotonic()
-        assert not served(hport), "a 4th connection from one address was served"
-        assert time.monotonic() - t0 < 2, "the 4th connection was left waiting, not refused"
-    finally:
-        close_all(held)
-    assert wait_for(lambda: served(hport), 10, what="a connection served once the 3 closed")
+    refused_past(hport, 3)
 
     _, hport, _, _ = start(procs, tmp_path, data=tmp_path / "unlimited", extra=["--http-per-ip", "0", "--http-connections", "100"])
     held = held_connections(hport, 80)
