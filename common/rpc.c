@@ -133,6 +133,7 @@ struct rpc_call {
     nng_aio *aio;
     nng_msg *req;   /* held until answered, so handlers can decode in place */
     size_t req_len; /* its length, counted in srv->held_bytes until answered */
+    nng_pipe pipe;  /* the connection the request came on (closed when its reply times out) */
     uint64_t recv_us;
     int state; /* protected by srv->mu */
 };
@@ -166,6 +167,7 @@ struct rpc_server {
                              come for a pipe never added: only these ids count) */
     size_t n_live, cap_live;
     bool keep_peers;         /* rpc_server_opts' */
+    nng_duration reply_timeout; /* rpc_server_opts' reply_timeout_ms, or NNG_DURATION_INFINITE */
     unsigned probe_failures; /* failed probes in a row (the watchdog's) */
     unsigned restarts;       /* listener restarts by the watchdog */
 };
@@ -191,6 +193,7 @@ static void srv_rearm_unlock(struct rpc_call *c) {
         s->busy++;
     pthread_mutex_unlock(&s->mu);
     if (closing) return;
+    nng_aio_set_timeout(c->aio, NNG_DURATION_INFINITE); /* waiting for a request: no limit */
     nng_ctx_recv(c->ctx, c->aio);
     srv_leave(s);
 }
@@ -218,7 +221,16 @@ static void srv_cb(void *arg) {
         if (rv != 0) {
             nng_msg_free(nng_aio_get_msg(c->aio));
             nng_aio_set_msg(c->aio, NULL);
-            if (rv != NNG_ECLOSED) log_debug("rpc %s: reply not sent: %s", s->url, nng_strerror(rv));
+            if (rv == NNG_ETIMEDOUT) {
+                /* Its peer does not read its replies: the connection goes, and with it
+                 * every other reply queued behind this one (their contexts come back). */
+                log_warn("rpc %s: a reply waited %d ms for its connection to take it: closing that "
+                         "connection",
+                         s->url, (int)s->reply_timeout);
+                nng_pipe_close(c->pipe);
+            } else if (rv != NNG_ECLOSED) {
+                log_debug("rpc %s: reply not sent: %s", s->url, nng_strerror(rv));
+            }
         }
         srv_done(c);
         return;
@@ -247,6 +259,7 @@ static void srv_cb(void *arg) {
         return;
     }
     c->req = m;
+    c->pipe = nng_msg_get_pipe(m);
     c->recv_us = clock_now_us();
     c->state = SRV_CALL;
     c->req_len = nng_msg_len(m);
@@ -294,6 +307,7 @@ static int srv_send(struct rpc_call *c, nng_msg *m) {
     }
     nng_msg_header_clear(m);
     nng_aio_set_msg(c->aio, m);
+    nng_aio_set_timeout(c->aio, c->srv->reply_timeout);
     nng_ctx_send(c->ctx, c->aio);
     srv_leave(c->srv);
     return AICFN_OK;
@@ -546,6 +560,7 @@ int rpc_server_start(rpc_server **out, const char *url, const rpc_server_opts *o
     s->recv_max = recv_max;
     s->is_ipc = strncmp(url, "ipc://", 6) == 0;
     s->keep_peers = opts && opts->keep_peers;
+    s->reply_timeout = opts && opts->reply_timeout_ms ? (nng_duration)opts->reply_timeout_ms : NNG_DURATION_INFINITE;
     if (s->is_ipc && ((rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, srv_pipe_event, s)) != 0 ||
                       (rv = nng_pipe_notify(s->sock, NNG_PIPE_EV_REM_POST, srv_pipe_event, s)) != 0))
         goto fail_sock;

@@ -88,6 +88,11 @@ typedef struct rpc_server_opts {
                           replaces a listener while a connection is up, since that closes
                           them all: for a server whose one peer must not lose its link (a
                           local worker: the gateway's link is single-peer) */
+    uint32_t reply_timeout_ms; /* a reply not taken by its connection within this is dropped
+                          and that connection closed (0: wait for ever). A peer that sends
+                          requests but never reads its replies would otherwise hold one
+                          context per reply until every context is taken: for servers
+                          whose peers are untrusted (the gateway's client front) */
 } rpc_server_opts;
 
 /* Opens a REP socket listening on `url` and starts `contexts` receive contexts. When all

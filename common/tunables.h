@@ -82,6 +82,9 @@
 #define AICFN_GW_FRONT_MAX_HELD_BYTES (1ull << 30)
 /* An administrative request's bytes at most (an upload_chunk's: its chunk plus this). */
 #define AICFN_GW_ADMIN_MAX_BYTES (1u << 20)
+/* A reply to a client not taken by its connection within this (the client does not read):
+ * dropped, and the connection closed (its other replies' contexts come back). */
+#define AICFN_GW_REPLY_TIMEOUT_MS 10000
 #define AICFN_BUNDLE_MAX_CALLS 64             /* invocations in one gateway -> worker bundle */
 #define AICFN_BUNDLE_MAX_BYTES (1u << 20)     /* request bytes in one bundle (a bigger call goes alone) */
 #define AICFN_BUNDLE_WINDOW 2                 /* bundle while this many short messages are in flight */

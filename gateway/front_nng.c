@@ -780,7 +780,8 @@ int gw_front_start(gw_gateway *gw, const char *url, unsigned max_requests, gw_fr
         return aicfn_error_set(err, AICFN_E_IO, "starting the admin thread");
     }
     f->admin_started = true;
-    rpc_server_opts o = {.recv_max = AICFN_MAX_MESSAGE_BYTES, .contexts = max_requests};
+    rpc_server_opts o = {
+        .recv_max = AICFN_MAX_MESSAGE_BYTES, .contexts = max_requests, .reply_timeout_ms = AICFN_GW_REPLY_TIMEOUT_MS};
     int rc = rpc_server_start(&f->srv, url, &o, front_handler, f, err);
     if (rc != AICFN_OK) {
         aicfn_error_wrap(err, "gateway front on %s", url);

@@ -4,6 +4,7 @@
  * (tcp and ipc), timeouts, async calls and reply forwarding. Every loop is bounded. */
 #include <arpa/inet.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <pthread.h>
 #include <setjmp.h>
@@ -619,6 +620,79 @@ static void destroy_with_requests_queued(void **state) {
     }
 }
 
+/* A peer that sends requests and never reads its replies (rpc_server_opts.reply_timeout_ms):
+ * its 1 MiB echo replies fill the socket, every further reply waits in NNG holding its
+ * context, and with all 4 contexts held nobody else was served, for ever. The first reply
+ * to wait past the timeout closes that connection, the contexts come back, and another
+ * client is served. */
+static void peer_that_never_reads_is_cut_off(void **state) {
+    (void)state;
+    enum { REQUESTS = 100, PAYLOAD = 1 << 20 };
+    tsrv t;
+    tsrv_init(&t, MODE_ECHO);
+    rpc_server *s;
+    aicfn_error e;
+    rpc_server_opts so = {.contexts = 4, .reply_timeout_ms = 300};
+    assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", &so, tsrv_handler, &t, &e), AICFN_OK);
+    /* A small receive buffer, set before connecting: the replies cannot hide in it. */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int rcvbuf = 64 << 10;
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)tcp_port(rpc_server_url(s)))};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    const uint8_t hello[8] = {0, 'S', 'P', 0, 0x00, 0x30, 0, 0}; /* REQ */
+    uint8_t peer[8];
+    assert_int_equal(write(fd, hello, 8), 8);
+    assert_int_equal(read_exact(fd, peer, 8), 0);
+    /* 100 requests of 1 MiB, written as far as the server takes them (it stops reading
+     * once its contexts are held, and the connection is closed on it), never reading a
+     * reply. */
+    size_t frame_len = 8 + 4 + PAYLOAD;
+    uint8_t *frame = calloc(1, frame_len);
+    assert_non_null(frame);
+    uint64_t body = 4 + PAYLOAD;
+    for (int i = 0; i < 8; i++)
+        frame[i] = (uint8_t)(body >> (56 - 8 * i));
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    uint64_t end = clock_now_us() + 3000000;
+    for (uint32_t i = 0; i < REQUESTS && clock_now_us() < end; i++) {
+        uint32_t id = 0x80000000u | (i + 1);
+        frame[8] = (uint8_t)(id >> 24), frame[9] = (uint8_t)(id >> 16), frame[10] = (uint8_t)(id >> 8),
+        frame[11] = (uint8_t)id;
+        size_t off = 0;
+        while (off < frame_len && clock_now_us() < end) {
+            ssize_t n = send(fd, frame + off, frame_len - off, MSG_NOSIGNAL); /* it may be closed */
+            if (n > 0)
+                off += (size_t)n;
+            else if (n < 0 && errno != EAGAIN && errno != EINTR)
+                break;
+            else
+                usleep(1000);
+        }
+        if (off < frame_len) break;
+    }
+    free(frame);
+    assert_true(tsrv_calls(&t) >= 4); /* every context took a request */
+    /* Another client is served: the deaf peer's connection was closed. */
+    rpc_client *c = NULL;
+    assert_int_equal(rpc_client_open(&c, rpc_server_url(s), NULL, &e), AICFN_OK);
+    assert_int_equal(echo_once(c, 5000, 7), AICFN_OK);
+    rpc_client_close(c);
+    /* ... and that peer sees its connection end once it reads what reached it. */
+    int closed = 0;
+    static uint8_t drain[1 << 16];
+    for (end = clock_now_us() + 5000000; !closed && clock_now_us() < end;) {
+        ssize_t n = read(fd, drain, sizeof drain);
+        if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) closed = 1;
+        if (n < 0 && errno == EAGAIN) usleep(1000);
+    }
+    assert_true(closed);
+    close(fd);
+    rpc_server_destroy(s);
+    tsrv_fini(&t);
+}
+
 /* Runs argv with a time bound; returns the exit status, or -1 when killed/not exited. */
 static int run_bounded(char *const argv[], int seconds) {
     pid_t pid = fork();
@@ -1133,6 +1207,7 @@ int main(int argc, char **argv) {
         cmocka_unit_test(huge_sp_length_refused_without_allocation),
         cmocka_unit_test(destroy_with_requests_queued),
         cmocka_unit_test(handshake_drops_then_listener_still_accepts),
+        cmocka_unit_test(peer_that_never_reads_is_cut_off),
         cmocka_unit_test(timeout_when_no_reply),
         cmocka_unit_test(destroy_waits_for_held_calls),
         cmocka_unit_test(lost_connection_fails_call_and_never_resends),
