@@ -9,7 +9,11 @@
 /* ---- Wire protocol (design.md §4) ---- */
 #define AICFN_MAX_MESSAGE_BYTES (64u << 20)   /* NNG_OPT_RECVMAXSZ on every socket */
 #define AICFN_MAX_NESTING 16                  /* msgpack container depth */
-#define AICFN_MAX_CONTAINER_ITEMS (1u << 20)  /* one array or map */
+#define AICFN_MAX_CONTAINER_ITEMS (1u << 20)  /* one array */
+/* One map's pairs. Every map of the protocol is small (`params`: 256 entries at most), and
+ * a key is looked up by a linear scan: a message of one map with a million junk keys
+ * would cost a million comparisons per lookup, before authentication. */
+#define AICFN_MAX_MAP_PAIRS 1024
 #define AICFN_MAX_TENSORS 64                  /* per request or reply */
 #define AICFN_MAX_NAME_BYTES 256              /* tensor, function and model names */
 #define AICFN_DEFAULT_REQUEST_BYTES (8u << 20) /* limits.max_request_bytes */

@@ -199,6 +199,9 @@ static int guard_one(const uint8_t *p, size_t len, size_t *pos, const guard_limi
     *children = 0;
     *is_container = 0;
     if (h.container) {
+        if (h.container == 'm' && n > AICFN_MAX_MAP_PAIRS)
+            return guard_fail(err, start, "%s of %llu pairs exceeds the limit of %d", h.kind, (unsigned long long)n,
+                              AICFN_MAX_MAP_PAIRS);
         if (n > g->max_items)
             return guard_fail(err, start, "%s of %llu %s exceeds the limit of %u", h.kind,
                               (unsigned long long)n, h.container == 'm' ? "pairs" : "items", g->max_items);

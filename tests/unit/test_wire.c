@@ -592,6 +592,25 @@ static void hostile_headers_rejected_without_allocation(void **state) {
     /* map32 of 2^32-1 pairs */
     const uint8_t map32[] = {0xdf, 0xff, 0xff, 0xff, 0xff, 0xc0};
     assert_int_equal(wire_doc_parse(&doc, map32, sizeof map32, NULL, &e), AICFN_E_PROTOCOL);
+    /* A map of AICFN_MAX_MAP_PAIRS pairs is taken; one more is refused, naming the limit
+     * (keys are looked up linearly: a million junk keys cost a million compares each). */
+    for (uint32_t pairs = AICFN_MAX_MAP_PAIRS; pairs <= AICFN_MAX_MAP_PAIRS + 1; pairs++) {
+        size_t mlen = 3 + (size_t)pairs * 2;
+        uint8_t *m = malloc(mlen);
+        assert_non_null(m);
+        m[0] = 0xde, m[1] = (uint8_t)(pairs >> 8), m[2] = (uint8_t)pairs; /* map16 */
+        for (uint32_t i = 0; i < pairs; i++)
+            m[3 + 2 * i] = 0x00, m[4 + 2 * i] = 0xc0; /* 0: nil (keys need not be unique) */
+        int rc = wire_doc_parse(&doc, m, mlen, NULL, &e);
+        if (pairs == AICFN_MAX_MAP_PAIRS) {
+            assert_int_equal(rc, AICFN_OK);
+            wire_doc_fini(&doc);
+        } else {
+            assert_int_equal(rc, AICFN_E_PROTOCOL);
+            assert_non_null(strstr(e.msg, "exceeds the limit of 1024"));
+        }
+        free(m);
+    }
     /* str32 / bin32 / ext32 with huge lengths */
     const uint8_t str32[] = {0xdb, 0xff, 0xff, 0xff, 0xf0, 'a', 'b'};
     assert_int_equal(wire_doc_parse(&doc, str32, sizeof str32, NULL, &e), AICFN_E_PROTOCOL);
