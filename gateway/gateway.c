@@ -3238,7 +3238,8 @@ static void gw_record_refused(gw_gateway *gw, const wire_invoke_req *req, uint32
                               .function = req->fn && gw_fn_name_valid(req->fn) ? req->fn : "",
                               .version = req->ver,
                               .status = rc,
-                              .bytes_in = in_bytes};
+                              .bytes_in = in_bytes,
+                              .refused = true};
     /* The metrics label only functions the gateway knows (resolved before): a name or
      * version a client made up would add a series per value, until the registry's series
      * limit drops the real functions' ones. The ledger row keeps the name the client sent,

@@ -127,8 +127,9 @@ static int led_lost(gw_ledger *l, const char *what) {
     return AICFN_E_NOMEM;
 }
 
-/* `keep`: queued even when the queue is full (bounded by its callers). */
-static int led_enqueue(gw_ledger *l, led_rec *r, bool keep) {
+/* `keep`: queued even when the queue is full (bounded by its callers); `shed`: dropped
+ * once it is half full (a refused call's row). */
+static int led_enqueue(gw_ledger *l, led_rec *r, bool keep, bool shed) {
     pthread_mutex_lock(&l->mu);
     if (l->stopping) {
         l->stats.dropped++; /* a call ending while the gateway stops: not recorded either */
@@ -136,15 +137,17 @@ static int led_enqueue(gw_ledger *l, led_rec *r, bool keep) {
         free(r);
         return AICFN_E_CANCELED;
     }
-    if (!keep && l->count + l->inflight >= l->queue_max) {
+    size_t room = shed ? l->queue_max / 2 : l->queue_max;
+    if (!keep && l->count + l->inflight >= room) {
         bool say;
         uint64_t dropped = led_drop_locked(l, &say);
         pthread_mutex_unlock(&l->mu);
         free(r);
         if (say)
-            log_warn("ledger: queue full (%zu records): record dropped, %llu dropped so far; is the disk "
-                     "stalled or full?",
-                     l->queue_max, (unsigned long long)dropped);
+            log_warn("ledger: queue %s (%zu records): record dropped, %llu dropped so far; is the disk "
+                     "stalled or full?%s",
+                     shed ? "half full" : "full", l->queue_max, (unsigned long long)dropped,
+                     shed ? " (a refused call's row: those go first)" : "");
         return AICFN_E_OVERLOADED;
     }
     r->seq = ++l->next_seq;
@@ -192,7 +195,7 @@ int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *in) {
     r->gpu_us = gw_ledger_gpu_us(in->exec_us, r->batch_size);
     r->cold = in->cold;
     r->cached = in->cached;
-    return led_enqueue(l, r, false);
+    return led_enqueue(l, r, false, in->refused);
 }
 
 int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *in) {
@@ -229,7 +232,7 @@ int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *in) {
                                          in->read_us,  in->decompress_us, in->filter_us,
                                          in->copy_us,  in->init_us,       in->total_us};
     memcpy(r->phase, ph, sizeof ph);
-    return led_enqueue(l, r, false);
+    return led_enqueue(l, r, false, false);
 }
 
 int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *in) {
@@ -252,7 +255,7 @@ int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *in) {
     r->last_seen_us = in->last_seen_us ? in->last_seen_us : r->started_us;
     bool first_or_last =
         in->state == GW_WROW_STARTING || in->state == GW_WROW_EXITED || in->state == GW_WROW_LOST;
-    return led_enqueue(l, r, first_or_last);
+    return led_enqueue(l, r, first_or_last, false);
 }
 
 /* ---- Writer --------------------------------------------------------------------- */

@@ -57,7 +57,11 @@ typedef struct gw_invocation_record {
     uint64_t bytes_in, bytes_out;
     uint64_t queue_us, load_us, exec_us, total_us;
     bool cold;
-    bool cached; /* served from the gateway's response cache: no worker, exec_us 0 */
+    bool cached;  /* served from the gateway's response cache: no worker, exec_us 0 */
+    bool refused; /* refused before anything ran (rate, quota, unknown function...): its row
+                     is dropped once the queue is half full (AICFN_E_OVERLOADED, counted),
+                     so that a client hammering past its limits cannot crowd out the rows
+                     of the calls that ran */
 } gw_invocation_record;
 
 /* One cold start (a model loaded into a worker). `evicted` lists the models evicted to

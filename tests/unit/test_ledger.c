@@ -279,6 +279,9 @@ static void full_queue_drops_and_counts(void **state) {
     }
     assert_int_equal(ok, 8);
     assert_int_equal(dropped, 12);
+    /* A refused call's row goes once the queue is half full (it is full here). */
+    gw_invocation_record refused = {.tenant = "t", .function = "f", .status = AICFN_E_QUOTA, .refused = true};
+    assert_int_equal(gw_ledger_submit_invocation(l, &refused), AICFN_E_OVERLOADED);
     /* A worker's first and last rows are kept even so (its name stays reserved); a
      * refresh is not. */
     gw_worker_record wr = {.id = "w7", .address = "ipc:///x", .state = GW_WROW_STARTING};
@@ -290,7 +293,7 @@ static void full_queue_drops_and_counts(void **state) {
     gw_ledger_stats s;
     gw_ledger_get_stats(l, &s);
     assert_int_equal(s.submitted, 10);
-    assert_int_equal(s.dropped, 13);
+    assert_int_equal(s.dropped, 14);
     assert_int_equal(s.queued, 10);
     assert_int_equal(s.committed, 0);
     /* flush() commits without waiting for the 60 s interval. */
@@ -299,10 +302,14 @@ static void full_queue_drops_and_counts(void **state) {
     assert_int_equal(s.committed, 10);
     assert_int_equal(s.queued, 0);
     assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
-    gw_ledger_destroy(l); /* the 9th is committed at close */
+    /* Below half full, refused calls' rows are queued like any other, up to half (4). */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(gw_ledger_submit_invocation(l, &refused), i < 3 ? AICFN_OK : AICFN_E_OVERLOADED);
+    gw_ledger_destroy(l); /* the 9th and the 3 refused are committed at close */
     gw_db *db = NULL;
     assert_int_equal(gw_db_open(dir, &db, NULL), AICFN_OK);
-    assert_int_equal(sql_int(db, "SELECT count(*) FROM invocations"), 9);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM invocations"), 12);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM invocations WHERE status = 'AICFN_E_QUOTA'"), 3);
     assert_int_equal(sql_int(db, "SELECT count(*) FROM workers WHERE id = 'w7' AND state = 'lost'"), 1);
     gw_db_close(db);
     tdb_rm_rf(dir);
