@@ -32,6 +32,8 @@
 #define FETCH_TMP_PREFIX ".tmp-"
 #define FETCH_REPLY_SLACK (64u << 10) /* reply bytes beyond the chunk: the map and keys */
 #define FETCH_VERIFY_BUF (1u << 20)
+#define FETCH_OVERLOADED_TRIES 6     /* a chunk asked while the gateway answers AICFN_E_OVERLOADED */
+#define FETCH_OVERLOADED_PAUSE_MS 50 /* ... the first pause between, doubling */
 
 /* FETCH_GONE: a READY entry whose file disappeared, taken off the list while threads
  * woken by its download still hold it (the last one frees it). */
@@ -280,7 +282,7 @@ static int fetch_verify_file(const char *path, const char *hash, aicfn_error *er
 
 /* One artifact_get round trip: fills *size and the chunk (data/len point into *reply,
  * which the caller frees). */
-static int fetch_chunk(worker_fetcher *f, const char *hash, uint64_t offset, uint32_t want, rpc_msg **reply,
+static int fetch_chunk_once(worker_fetcher *f, const char *hash, uint64_t offset, uint32_t want, rpc_msg **reply,
                        wire_doc *doc, uint64_t *size, const uint8_t **data, size_t *len, aicfn_error *err) {
     *reply = NULL;
     memset(doc, 0, sizeof *doc);
@@ -307,6 +309,25 @@ static int fetch_chunk(worker_fetcher *f, const char *hash, uint64_t offset, uin
     if (rc == AICFN_OK) rc = wire_get_u64(&doc->root, "artifact_get reply", "size", true, size, err);
     if (rc == AICFN_OK) rc = wire_get_bin(&doc->root, "artifact_get reply", "data", true, data, len, err);
     return rc;
+}
+
+/* fetch_chunk_once, asked again while the gateway answers AICFN_E_OVERLOADED (its admin
+ * queue is full: the request was refused unseen, and a chunk is safe to ask twice), up to
+ * FETCH_OVERLOADED_TRIES times, the pause doubling from FETCH_OVERLOADED_PAUSE_MS. */
+static int fetch_chunk(worker_fetcher *f, const char *hash, uint64_t offset, uint32_t want, rpc_msg **reply,
+                       wire_doc *doc, uint64_t *size, const uint8_t **data, size_t *len, aicfn_error *err) {
+    uint32_t pause_ms = FETCH_OVERLOADED_PAUSE_MS;
+    for (int attempt = 1;; attempt++) {
+        int rc = fetch_chunk_once(f, hash, offset, want, reply, doc, size, data, len, err);
+        if (rc != AICFN_E_OVERLOADED || attempt >= FETCH_OVERLOADED_TRIES || atomic_load(&f->canceled)) return rc;
+        wire_doc_fini(doc);
+        rpc_msg_free(*reply);
+        *reply = NULL;
+        memset(doc, 0, sizeof *doc);
+        struct timespec ts = {.tv_sec = pause_ms / 1000, .tv_nsec = (long)(pause_ms % 1000) * 1000000L};
+        nanosleep(&ts, NULL);
+        pause_ms *= 2;
+    }
 }
 
 /* Whether the file system of `fd` has `bytes` free for an unprivileged writer (true when

@@ -66,6 +66,7 @@ typedef struct fake_gw {
     pthread_mutex_t mu;
     rpc_call *held[64];
     unsigned n_held;
+    atomic_uint overloaded; /* the next requests answered AICFN_E_OVERLOADED */
 } fake_gw;
 
 static void to_hex(const unsigned char *d, char *out) {
@@ -84,6 +85,15 @@ static void fake_handler(void *user, rpc_call *call, const uint8_t *msg, size_t 
     if (g->delay_ms) usleep(g->delay_ms * 1000);
     if (rc != AICFN_OK) {
         assert_int_equal(tfa_reply_error(call, wire_peek_id(msg, len), rc, e.msg), AICFN_OK);
+        wire_doc_fini(&doc);
+        return;
+    }
+    unsigned busy = atomic_load(&g->overloaded);
+    while (busy > 0 && !atomic_compare_exchange_weak(&g->overloaded, &busy, busy - 1)) {
+    }
+    if (busy > 0) {
+        assert_int_equal(tfa_reply_error(call, q.h.id, AICFN_E_OVERLOADED, "too many administrative requests"),
+                         AICFN_OK);
         wire_doc_fini(&doc);
         return;
     }
@@ -326,6 +336,15 @@ static void download_in_chunks_then_trusted(void **state) {
                      AICFN_E_INVALID);
     /* Too small a buffer for the local path. */
     assert_int_equal(worker_fetch(f, fx->g->hash, local, 10, &e), AICFN_E_INVALID);
+    /* A gateway whose admin queue is full (AICFN_E_OVERLOADED, refused unseen) is asked
+     * again: three refusals in a row do not fail the download. */
+    assert_int_equal(unlink(expect), 0);
+    unsigned before = atomic_load(&fx->g->requests);
+    atomic_store(&fx->g->overloaded, 3);
+    rc = worker_fetch(f, fx->g->hash, local, sizeof local, &e);
+    if (rc != AICFN_OK) fail_msg("fetch past refusals: %s", e.msg);
+    assert_file_is(local, fx->g->content, CONTENT_BYTES);
+    assert_int_equal(atomic_load(&fx->g->requests) - before, 5 + 3);
     worker_fetcher_destroy(f);
 }
 
