@@ -603,10 +603,6 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         front_ok_json(call, id, gw_workers_json(gw));
         return;
     }
-    if (strcmp(h->t, "status") == 0) {
-        front_ok_json(call, id, gw_status_json(gw));
-        return;
-    }
     if (strcmp(h->t, "artifact_get") == 0) {
         front_artifact_get(f, call, doc, id);
         return;
@@ -724,6 +720,13 @@ static void front_handler(void *user, rpc_call *call, const uint8_t *msg, size_t
     wire_doc_fini(&doc);
     if (rc != AICFN_OK) {
         front_error(call, h.id, rc, e.msg);
+        return;
+    }
+    if (strcmp(h.t, "status") == 0) {
+        /* Any key may ask, and the answer is a few counters read under the lock: answered
+         * here, never queued for the admin thread, where a tenant polling it could fill
+         * the queue that remote workers' artifact_get and deploys wait in. */
+        front_ok_json(call, h.id, gw_status_json(f->gw));
         return;
     }
     front_admin_job *j = malloc(sizeof *j);

@@ -780,6 +780,11 @@ def test_calls_read_the_registry_while_a_deploy_waits_for_the_database(procs, tm
         took = time.monotonic() - t0
         assert r["ok"], r
         assert took < 2.0, f"a call waited {took:.2f} s behind an rm waiting for the database"
+        # Nor does `status`, which any key may send: answered at once, never queued
+        # behind the admin thread (a tenant polling it could fill that queue).
+        t0 = time.monotonic()
+        st = call(addr, gw_msg("status"), timeout_ms=3000)
+        assert st["ok"] and time.monotonic() - t0 < 2.0, st
         assert t.is_alive(), "the rm did not wait for the lock: the test proves nothing"
     finally:
         con.execute("COMMIT")
