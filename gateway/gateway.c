@@ -2982,6 +2982,19 @@ static void gw_sweep_artifacts(gw_gateway *gw) {
         log_warn("artifacts: not swept for unreferenced files: %s", e.msg);
         return;
     }
+    /* A store with files beside a registry of no function is a database that is new or
+     * was replaced (moved away, lost, restored without its functions), not a store of
+     * leftovers: its files may be all that is left of acknowledged deploys. Kept. */
+    gw_function_summary *fns = NULL;
+    size_t n_fns = 0;
+    if (n > 0 && gw_registry_list(gw->db, &fns, &n_fns, &e) == AICFN_OK && n_fns == 0) {
+        log_warn("artifacts: %zu file(s) in the store but aicfn.db registers no function (a new or "
+                 "replaced database?): not swept, all kept; remove them by hand once they are not needed",
+                 n);
+        free(hashes);
+        return;
+    }
+    free(fns);
     for (size_t i = 0; i < n; i++) {
         int used = gw_registry_artifact_in_use(gw->db, hashes[i], &e);
         if (used < 0) {

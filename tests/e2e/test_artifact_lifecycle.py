@@ -185,6 +185,25 @@ def test_uploads_whose_deploy_never_came_are_removed_at_start(procs, tmp_path):
     assert r["ok"], r
 
 
+def test_a_new_database_never_sweeps_the_store(procs, tmp_path):
+    """aicfn.db gone (moved away, lost) from a data directory whose store holds deployed
+    artifacts: the gateway starts with a new, empty registry, and the sweep of
+    unreferenced files keeps them all (they may be all that is left of acknowledged
+    deploys); it used to delete every one."""
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
+    deploy(addr, echo_function(tmp_path, "kept"))
+    files = store(data)
+    assert len(files) == 1, files
+    g.stop()
+    for suffix in ("", "-wal", "-shm"):
+        p = data / f"aicfn.db{suffix}"
+        if p.exists():
+            p.rename(tmp_path / f"saved.db{suffix}")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0", name="gateway2", data=data)
+    assert store(data) == files
+    assert "registers no function" in g.stderr() and "not swept" in g.stderr(), g.stderr()[-2000:]
+
+
 def test_interrupted_deploy_aborts_its_upload(tmp_path):
     # Ctrl-C during `aicfn deploy`'s upload: the chunk in flight ends, the CLI sends
     # upload_abort for that upload (else the gateway keeps its space reserved until the
