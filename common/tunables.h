@@ -140,6 +140,9 @@
 /* ---- SQLite, registry, ledger, artifacts, keys (gateway/db.c ...) ---- */
 #define AICFN_DB_FILE "aicfn.db"              /* inside the data dir */
 #define AICFN_DB_BUSY_TIMEOUT_MS 5000         /* sqlite3_busy_timeout on every connection */
+#define AICFN_DB_WAL_LIMIT_BYTES (64ll << 20) /* PRAGMA journal_size_limit: a WAL grown past it
+                                                 (a long reader held back checkpoints) is
+                                                 truncated to it at its next reset */
 #define AICFN_DB_STMT_CACHE 96                /* prepared statements cached per connection */
 #define AICFN_LEDGER_QUEUE_MAX 200000         /* records waiting for the writer; beyond: dropped, counted */
 #define AICFN_LEDGER_RETRY_MS 500             /* pause after a failed ledger commit before retrying */

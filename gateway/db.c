@@ -13,6 +13,7 @@
 #include <sys/stat.h>
 
 #include "common/grow.h"
+#include "common/log.h"
 #include "common/tunables.h"
 
 typedef struct db_cached {
@@ -270,6 +271,16 @@ static gw_db *db_handle_new(const char *path) {
     return db;
 }
 
+static void db_private_files(const char *path) {
+    static const char *const suffix[] = {"", "-wal", "-shm"};
+    for (size_t i = 0; i < sizeof suffix / sizeof suffix[0]; i++) {
+        char p[4200];
+        int n = snprintf(p, sizeof p, "%s%s", path, suffix[i]);
+        if (n > 0 && (size_t)n < sizeof p && chmod(p, 0600) != 0 && errno != ENOENT)
+            log_warn("%s: chmod 0600: %s", p, strerror(errno));
+    }
+}
+
 int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err) {
     *out = NULL;
     gw_db *db = db_handle_new(path);
@@ -288,6 +299,15 @@ int gw_db_open_path(const char *path, gw_db **out, aicfn_error *err) {
     int is_mem = strcmp(path, ":memory:") == 0;
     int code = db_pragma(db, "PRAGMA journal_mode = WAL", is_mem ? "memory" : "wal", err);
     if (!code) code = db_pragma(db, "PRAGMA synchronous = FULL", NULL, err);
+    if (!code) {
+        char sql[64];
+        snprintf(sql, sizeof sql, "PRAGMA journal_size_limit = %lld", (long long)AICFN_DB_WAL_LIMIT_BYTES);
+        code = db_pragma(db, sql, NULL, err);
+    }
+    /* The ledger (usage, billing) and the tenants are no one else's to read: 0600 however
+     * the umask or a directory made beforehand (SQLite gives the -wal and -shm files the
+     * database's mode when it creates them; those left from before are set too). */
+    if (!code && !is_mem) db_private_files(path);
     if (!code) code = db_pragma(db, "PRAGMA foreign_keys = ON", NULL, err);
     if (!code) code = db_migrate(db, err);
     if (code) {

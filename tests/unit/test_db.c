@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include <cmocka.h>
 
@@ -47,6 +48,15 @@ static void migrations_from_empty_and_reopen(void **state) {
     }
     assert_int_equal(pragma_int(db, "PRAGMA foreign_keys"), 1);
     assert_int_equal(pragma_int(db, "PRAGMA synchronous"), 2); /* FULL: acknowledged commits are on disk */
+    assert_int_equal(pragma_int(db, "PRAGMA journal_size_limit"), 64 << 20); /* the WAL shrinks back */
+    /* The database and its WAL are the gateway's alone, whatever the umask. */
+    char path[700];
+    struct stat fst;
+    snprintf(path, sizeof path, "%s/aicfn.db", sub);
+    assert_int_equal(stat(path, &fst), 0);
+    assert_int_equal(fst.st_mode & 0777, 0600);
+    snprintf(path, sizeof path, "%s/aicfn.db-wal", sub);
+    if (stat(path, &fst) == 0) assert_int_equal(fst.st_mode & 0777, 0600);
     assert_int_equal(gw_db_set_batched(db, &err), AICFN_OK);
     assert_int_equal(pragma_int(db, "PRAGMA synchronous"), 1); /* NORMAL */
     assert_true(pragma_int(db, "PRAGMA busy_timeout") > 0);
