@@ -451,9 +451,12 @@ static int tcp_port(const char *url) {
     return p ? atoi(p + 1) : -1;
 }
 
-static int raw_connect(const char *url) {
+/* A plain socket connected to `url` (tcp or ipc); with rcvbuf > 0, a tcp socket's
+ * receive buffer is set to it before connecting. -1 when the connection fails. */
+static int raw_connect_rcvbuf(const char *url, int rcvbuf) {
     if (strncmp(url, "tcp://", 6) == 0) {
         int fd = socket(AF_INET, SOCK_STREAM, 0);
+        if (rcvbuf > 0) setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
         struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)tcp_port(url))};
         a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
         if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
@@ -470,6 +473,10 @@ static int raw_connect(const char *url) {
         return -1;
     }
     return fd;
+}
+
+static int raw_connect(const char *url) {
+    return raw_connect_rcvbuf(url, 0);
 }
 
 static size_t rss_bytes(void) {
@@ -635,12 +642,8 @@ static void peer_that_never_reads_is_cut_off(void **state) {
     rpc_server_opts so = {.contexts = 4, .reply_timeout_ms = 300};
     assert_int_equal(rpc_server_start(&s, "tcp://127.0.0.1:0", &so, tsrv_handler, &t, &e), AICFN_OK);
     /* A small receive buffer, set before connecting: the replies cannot hide in it. */
-    int fd = socket(AF_INET, SOCK_STREAM, 0);
-    int rcvbuf = 64 << 10;
-    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof rcvbuf);
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)tcp_port(rpc_server_url(s)))};
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    int fd = raw_connect_rcvbuf(rpc_server_url(s), 64 << 10);
+    assert_true(fd >= 0);
     const uint8_t hello[8] = {0, 'S', 'P', 0, 0x00, 0x30, 0, 0}; /* REQ */
     uint8_t peer[8];
     assert_int_equal(write(fd, hello, 8), 8);
