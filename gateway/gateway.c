@@ -87,6 +87,8 @@ typedef struct gw_fn {
     gw_crash crash[GW_CRASH_SLOTS];
     uint32_t n_crash_records; /* slots with crashes > 0 (a successful call looks only then) */
     uint64_t evicted_us;      /* when a worker last evicted this model (0: never): thrash reloads */
+    uint64_t load_us_last;    /* how long its model's last load took, as its caller waited (0: none
+                                 seen): a call with less time left is not sent to load it */
     /* Scaling (gw_keep_warm_locked, gw_idle_unloads_locked). `warm`: the active version
      * of a function with scaling.min_workers > 0, kept warm (set by gw_scaling_refresh). */
     bool warm;
@@ -668,6 +670,7 @@ static void gw_record_load(gw_gateway *gw, gw_fn *fn, const char *name, uint32_t
     /* A reload soon after this model's eviction is a thrash reload. */
     if (fn && fn->evicted_us && wall - fn->evicted_us <= AICFN_THRASH_WINDOW_US) thrash = true;
     if (fn) fn->evicted_us = 0;
+    if (fn && t->load_us) fn->load_us_last = t->load_us;
     for (uint32_t i = 0; i < rc->n_evicted && n_ev < WIRE_MAX_EVICTED; i++) {
         const char *key = rc->evicted[i];
         ev[n_ev] = key;
@@ -1162,6 +1165,23 @@ static bool gw_try_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
         gw_fail_locked(a, c, AICFN_E_TOO_LARGE,
                        "function %s:%u: its model needs %llu bytes, more than any worker's budget", f->name,
                        f->ver, (unsigned long long)f->model_bytes);
+        return true;
+    }
+    /* A call that would start a load of its model (into free memory, evicting others, or
+     * on a new worker) with less time left than that model's last load took cannot be
+     * answered: the load, once started, runs to its end whatever the call, evicting other
+     * tenants' models. A caller with a tiny deadline_ms must not be able to make loads
+     * happen for nothing. */
+    bool loads = d.kind == GW_ROUTE_FREE || d.kind == GW_ROUTE_EVICT || d.kind == GW_ROUTE_SPAWN;
+    uint64_t now = clock_now_us();
+    if (loads && !c->preload && f->key[0] && f->load_us_last &&
+        (c->deadline_us <= now || c->deadline_us - now < f->load_us_last)) {
+        gw_fail_locked(a, c, AICFN_E_TIMEOUT,
+                       "function %s:%u: %llu ms left before the call's deadline, and loading its model took "
+                       "%llu ms last time: not loaded for it (its model is not resident)",
+                       f->name, f->ver,
+                       (unsigned long long)(c->deadline_us > now ? (c->deadline_us - now) / 1000 : 0),
+                       (unsigned long long)((f->load_us_last + 999) / 1000));
         return true;
     }
     return gw_apply_route_locked(gw, c, ws, &d, a);

@@ -278,6 +278,47 @@ def test_lru_eviction_three_models_budget_for_two(procs, tmp_path):
     assert resident == ["lrua", "lrub"]
 
 
+def test_a_deadline_too_short_for_its_model_load_starts_no_load(procs, tmp_path):
+    """A call whose model is not resident, with less time left than that model's last load
+    took, is refused (AICFN_E_TIMEOUT, naming both) without a load: a load, once started,
+    runs to its end and evicts other models, so a caller with deadline_ms 1 could have
+    loads (and evictions) made for nothing. The first load of a model has nothing to go by
+    and is tried."""
+    echo = handler("echo")
+    for n, seed in (("biga", 1), ("bigb", 2)):
+        d = tmp_path / n
+        d.mkdir()
+        write_safetensors(d / "w.safetensors",
+                          {"w": np.random.default_rng(seed).standard_normal(3 << 20).astype(np.float32)})
+        write_manifest(d, f"name: {n}\nhandler: {echo}\nmodel: w.safetensors\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", memory="16MiB")  # one 12 MiB model
+    for n in ("biga", "bigb"):
+        deploy(addr, tmp_path / n)
+    x = tensor("x", np.arange(3, dtype=np.float32))
+    r = call(addr, invoke_msg("biga", [x]), timeout_ms=30000)
+    assert r["ok"] and r["cold"], r
+    load_us = r["timing"]["load"]
+    assert load_us > 1000, r["timing"]  # 12 MiB: over 1 ms to load, the deadline below
+    time.sleep(0.1)
+    r = call(addr, invoke_msg("bigb", [x]), timeout_ms=30000)  # evicts biga
+    assert r["ok"] and r["cold"], r
+    # The gateway sees bigb unpinned (from the worker's next status): biga's call could
+    # evict it now, rather than wait in the queue.
+    wait_for(lambda: any(m["function"] == "bigb" and m["state"] == "READY" and not m["pinned"]
+                         for m in workers(addr)[0]["models"]), 10, interval=0.1, what="bigb unpinned")
+    r = call(addr, invoke_msg("biga", [x], deadline_ms=1), timeout_ms=30000)
+    assert not r["ok"] and r["error"]["name"] == "AICFN_E_TIMEOUT", r
+    assert "not loaded" in r["error"]["message"], r
+    # Nothing was loaded: bigb is still the resident one, and biga's cold starts are one.
+    resident = sorted(m["function"] for m in workers(addr)[0]["models"] if m["state"] == "READY")
+    assert resident == ["bigb"], resident
+    time.sleep(0.3)  # the ledger's flush interval
+    assert db_rows(data, "SELECT count(*) FROM cold_starts WHERE function = 'biga'") == [(1,)]
+    # With time enough, it loads.
+    r = call(addr, invoke_msg("biga", [x], deadline_ms=20000), timeout_ms=30000)
+    assert r["ok"] and r["cold"], r
+
+
 def test_single_flight_twenty_first_calls(procs, tmp_path):
     addr, data, g = start_gateway(procs, tmp_path, workers="0..2")
     deploy(addr, ROOT / "examples" / "mlp")
