@@ -618,6 +618,23 @@ int gw_registry_resolve(gw_db *db, const char *ref, gw_function *out, aicfn_erro
     return gw_registry_get(db, name, version, out, err);
 }
 
+/* Whether name:version exists (AICFN_E_NOT_FOUND naming it when not) and, in *active,
+ * whether it is the active version. Lock held; `what` names the operation in errors. */
+static int reg_version_locked(gw_db *db, const char *name, uint32_t version, const char *what, bool *active,
+                              aicfn_error *err) {
+    sqlite3_stmt *st = NULL;
+    int rc = gw_db_stmt(db, "SELECT active FROM functions WHERE name = ?1 AND version = ?2", &st, err);
+    if (rc) return rc;
+    gw_db_bind_text(st, 1, name);
+    sqlite3_bind_int64(st, 2, version);
+    int s = sqlite3_step(st);
+    *active = s == SQLITE_ROW && sqlite3_column_int(st, 0) == 1;
+    gw_db_done(st);
+    if (s == SQLITE_DONE) return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function %s:%u not found", name, version);
+    if (s != SQLITE_ROW) return gw_db_error(db, s, err, what);
+    return AICFN_OK;
+}
+
 int gw_registry_set_canary(gw_db *db, const char *name, uint32_t version, uint32_t percent,
                            aicfn_error *err) {
     if (!gw_fn_name_valid(name))
@@ -633,21 +650,8 @@ int gw_registry_set_canary(gw_db *db, const char *name, uint32_t version, uint32
     if (rc) goto out;
     int s;
     if (percent || version) {
-        rc = gw_db_stmt(db, "SELECT active FROM functions WHERE name = ?1 AND version = ?2", &st, err);
-        if (rc) goto fail;
-        gw_db_bind_text(st, 1, name);
-        sqlite3_bind_int64(st, 2, version);
-        s = sqlite3_step(st);
-        bool active = s == SQLITE_ROW && sqlite3_column_int(st, 0) == 1;
-        gw_db_done(st);
-        if (s == SQLITE_DONE) {
-            rc = aicfn_error_set(err, AICFN_E_NOT_FOUND, "function %s:%u not found", name, version);
-            goto fail;
-        }
-        if (s != SQLITE_ROW) {
-            rc = gw_db_error(db, s, err, "canary");
-            goto fail;
-        }
+        bool active;
+        if ((rc = reg_version_locked(db, name, version, "canary", &active, err))) goto fail;
         if (active && percent) {
             rc = aicfn_error_set(err, AICFN_E_INVALID, "canary: %s:%u is the active version already", name,
                                  version);
@@ -711,19 +715,8 @@ int gw_registry_activate(gw_db *db, const char *name, uint32_t version, aicfn_er
     sqlite3_stmt *st = NULL;
     int rc = gw_db_begin(db, err);
     if (rc) goto out;
-    rc = gw_db_stmt(db, "SELECT 1 FROM functions WHERE name = ?1 AND version = ?2", &st, err);
-    if (rc) goto fail;
-    gw_db_bind_text(st, 1, name);
-    sqlite3_bind_int64(st, 2, version);
-    int s = sqlite3_step(st);
-    gw_db_done(st);
-    if (s == SQLITE_DONE) {
-        rc = aicfn_error_set(err, AICFN_E_NOT_FOUND, "function %s:%u not found", name, version);
-        goto fail;
-    } else if (s != SQLITE_ROW) {
-        rc = gw_db_error(db, s, err, "activate");
-        goto fail;
-    }
+    bool active;
+    if ((rc = reg_version_locked(db, name, version, "activate", &active, err))) goto fail;
     if ((rc = reg_run(db, "UPDATE functions SET active = 0 WHERE name = ?1 AND active = 1", name, 0,
                       "activate", err)) ||
         (rc = reg_run(db, "UPDATE functions SET active = 1, staged = 0 WHERE name = ?1 AND version = ?2",
