@@ -16,6 +16,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "common/durable.h"
 #include "common/log.h"
 #include "common/tunables.h"
 
@@ -67,25 +68,6 @@ static char *art_join(const char *a, const char *b) {
     return s;
 }
 
-static int art_fsync_dir(const char *path, aicfn_error *err) {
-    int fd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "opening directory %s", path);
-    int rc = fsync(fd);
-    int e = errno;
-    close(fd);
-    if (rc != 0) return aicfn_error_errno(err, AICFN_E_IO, e, "fsync of directory %s", path);
-    return AICFN_OK;
-}
-
-/* Creates `path` when missing; a new directory's entry is made durable by an fsync of
- * `parent` (NULL: the caller's concern), so a power loss cannot drop a store that
- * already holds committed artifacts. */
-static int art_mkdir(const char *path, const char *parent, aicfn_error *err) {
-    if (mkdir(path, 0700) == 0) return parent ? art_fsync_dir(parent, err) : AICFN_OK;
-    if (errno != EEXIST) return aicfn_error_errno(err, AICFN_E_IO, errno, "creating %s", path);
-    return AICFN_OK;
-}
-
 /* Removes every regular file left in tmp/ by an interrupted upload. */
 static void art_clean_tmp(const char *tmpdir) {
     DIR *d = opendir(tmpdir);
@@ -108,7 +90,7 @@ int gw_artifacts_open(const char *data_dir, gw_artifacts **out, aicfn_error *err
     *out = NULL;
     int rc = art_init_sodium(err);
     if (rc) return rc;
-    if ((rc = art_mkdir(data_dir, NULL, err))) return rc;
+    if ((rc = durable_mkdir(data_dir, NULL, NULL, err))) return rc; /* its parent synced too */
     gw_artifacts *a = calloc(1, sizeof *a);
     if (!a) return aicfn_error_set(err, AICFN_E_NOMEM, "allocating the artifact store");
     a->dir = art_join(data_dir, "artifacts");
@@ -118,7 +100,7 @@ int gw_artifacts_open(const char *data_dir, gw_artifacts **out, aicfn_error *err
         gw_artifacts_close(a);
         return aicfn_error_set(err, AICFN_E_NOMEM, "allocating the artifact store");
     }
-    if ((rc = art_mkdir(a->dir, data_dir, err)) || (rc = art_mkdir(a->tmpdir, a->dir, err))) {
+    if ((rc = durable_mkdir(a->dir, data_dir, NULL, err)) || (rc = durable_mkdir(a->tmpdir, a->dir, NULL, err))) {
         gw_artifacts_close(a);
         return rc;
     }
@@ -369,7 +351,7 @@ int gw_upload_commit(gw_upload *u, aicfn_error *err) {
     }
     free(u->tmp_path);
     u->tmp_path = NULL; /* now in place: nothing to remove */
-    rc = art_fsync_dir(u->store->dir, err);
+    rc = durable_sync_dir(u->store->dir, err);
     /* Not durable, not stored: a failed commit must leave nothing that a later
      * upload_begin would take for stored (and a deploy register) and a crash could lose. */
     if (rc != AICFN_OK) (void)unlink(dst);

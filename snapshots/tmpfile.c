@@ -11,6 +11,8 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "common/durable.h"
+
 /* The process's umask, read without changing it (umask(2) would, for every thread);
  * 022 when /proc does not say. */
 static mode_t tmp_umask(void) {
@@ -56,11 +58,7 @@ int snap_tmp_commit(int fd, const char *tmp_path, const char *dest, aicfn_error 
     /* The rename is durable once the directory is on disk. */
     char *copy = strdup(dest);
     if (!copy) return aicfn_error_set(err, AICFN_E_NOMEM, "no memory");
-    const char *dir = dirname(copy);
-    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd < 0 || fsync(dfd) != 0)
-        rc = aicfn_error_errno(err, AICFN_E_IO, errno, "syncing directory %s after writing %s", dir, dest);
-    if (dfd >= 0) close(dfd);
+    rc = durable_sync_dir(dirname(copy), err);
     free(copy);
     return rc;
 }

@@ -24,6 +24,7 @@
 #include <unistd.h>
 
 #include "common/clock.h"
+#include "common/durable.h"
 #include "common/log.h"
 #include "common/rpc.h"
 #include "common/tunables.h"
@@ -445,11 +446,8 @@ static int fetch_download(worker_fetcher *f, const char *hash, const char *final
         unlink(tmp);
         return rc;
     }
-    int dfd = open(f->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dfd >= 0) {
-        if (fsync(dfd) != 0) log_warn("artifact cache %s: fsync of the directory failed", f->dir);
-        close(dfd);
-    }
+    aicfn_error serr;
+    if (durable_sync_dir(f->dir, &serr) != AICFN_OK) log_warn("artifact cache: %s", serr.msg);
     log_info("fetched artifact %s (%" PRIu64 " bytes, %u chunks) in %" PRIu64 " ms", hash, size, chunks,
              (clock_now_us() - t0) / 1000);
     return AICFN_OK;

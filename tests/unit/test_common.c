@@ -4,12 +4,16 @@
 #include <stddef.h>
 #include <setjmp.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
 // clang-format on
 
 #include "common/dtype.h"
+#include "common/durable.h"
 #include "common/error.h"
 #include "common/grow.h"
 #include "common/units.h"
@@ -142,6 +146,39 @@ static void grow_array_doubles_and_refuses_overflow(void **state) {
     free(b);
 }
 
+static void durable_mkdir_makes_once_and_names_failures(void **state) {
+    (void)state;
+    char base[] = "/tmp/aicfn-durable-XXXXXX";
+    assert_non_null(mkdtemp(base));
+    char dir[sizeof base + 16], deep[sizeof base + 32], file[sizeof base + 16];
+    snprintf(dir, sizeof dir, "%s/data", base);
+    snprintf(deep, sizeof deep, "%s/missing/data", base);
+    snprintf(file, sizeof file, "%s/file", base);
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    int created = -1;
+    assert_int_equal(durable_mkdir(dir, NULL, &created, &err), AICFN_OK);
+    assert_int_equal(created, 1);
+    struct stat st;
+    assert_int_equal(stat(dir, &st), 0);
+    assert_true(S_ISDIR(st.st_mode));
+    assert_int_equal(st.st_mode & 0777, 0700);
+    assert_int_equal(durable_mkdir(dir, base, &created, &err), AICFN_OK); /* already there */
+    assert_int_equal(created, 0);
+    assert_int_equal(durable_mkdir(deep, NULL, &created, &err), AICFN_E_IO); /* no parent */
+    assert_int_equal(created, 0);
+    assert_non_null(strstr(err.msg, deep));
+    assert_int_equal(durable_sync_dir(dir, &err), AICFN_OK);
+    FILE *f = fopen(file, "w");
+    assert_non_null(f);
+    fclose(f);
+    assert_int_equal(durable_sync_dir(file, &err), AICFN_E_IO); /* not a directory */
+    assert_non_null(strstr(err.msg, file));
+    unlink(file);
+    rmdir(dir);
+    assert_int_equal(rmdir(base), 0);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(error_table_is_complete),
@@ -151,6 +188,7 @@ int main(void) {
         cmocka_unit_test(units_decimal),
         cmocka_unit_test(dtype_facts),
         cmocka_unit_test(grow_array_doubles_and_refuses_overflow),
+        cmocka_unit_test(durable_mkdir_makes_once_and_names_failures),
     };
     return cmocka_run_group_tests_name("common", tests, NULL, NULL);
 }
