@@ -37,6 +37,7 @@
 #include <xxhash.h>
 
 #include "common/clock.h"
+#include "common/durable.h"
 #include "common/log.h"
 #include "common/tunables.h"
 #include "gateway/gateway_internal.h"
@@ -2917,9 +2918,10 @@ static void gw_clean_run_dir(const char *run_dir) {
     closedir(d);
 }
 
+/* A directory the gateway makes (durable_mkdir: a new one's entry is synced into its
+ * parent, so a power loss cannot drop a data directory whose deploys were acknowledged). */
 static int gw_mkdir(const char *path, aicfn_error *err) {
-    if (mkdir(path, 0700) == 0 || errno == EEXIST) return AICFN_OK;
-    return aicfn_error_errno(err, AICFN_E_IO, errno, "creating %s", path);
+    return durable_mkdir(path, NULL, NULL, err);
 }
 
 /* gw_mkdir for a directory whose files others must not plant or replace (worker sockets,
