@@ -45,11 +45,17 @@ typedef struct front_admin_job {
     struct front_admin_job *next;
 } front_admin_job;
 
+/* An open upload. It belongs to the key that began it (`owner`, the key's digest; no
+ * owner with --insecure-local): chunks, commit and abort with another key are refused.
+ * One whose key is revoked meanwhile ends at the idle timeout: a message whose key fails
+ * its check never reaches the admin thread, which owns the uploads. */
 typedef struct front_upload {
     uint64_t token;
     gw_upload *u;
     char hash[GW_HASH_HEX_LEN + 1];
     uint64_t last_us;
+    bool owned;
+    unsigned char owner[GW_KEY_DIGEST_BYTES];
 } front_upload;
 
 struct gw_front {
@@ -228,6 +234,25 @@ static front_upload *front_upload_find(gw_front *f, uint64_t token) {
     return NULL;
 }
 
+/* The digest of the message's `key` into out; false when it has none (or a malformed one). */
+static bool front_key_digest(wire_doc *doc, unsigned char out[GW_KEY_DIGEST_BYTES]) {
+    const char *key = NULL;
+    aicfn_error e;
+    if (wire_get_cstr(doc, &doc->root, NULL, "key", false, AICFN_API_KEY_MAX_BYTES, &key, &e) != AICFN_OK ||
+        !key)
+        return false;
+    gw_key_digest(key, out);
+    return true;
+}
+
+/* Whether the message (doc) carries the key that began upload `up` (any message does for
+ * an upload without an owner). */
+static bool front_upload_owner_sent(const front_upload *up, wire_doc *doc) {
+    if (!up->owned) return true;
+    unsigned char d[GW_KEY_DIGEST_BYTES];
+    return front_key_digest(doc, d) && sodium_memcmp(d, up->owner, sizeof d) == 0;
+}
+
 /* Aborts the uploads idle since before `now` - upload_idle_us (all of them at stop).
  * `now` is the arrival time of the message about to be handled, or the clock while no
  * message is queued, so a chunk that waited in the queue behind a slow operation
@@ -383,6 +408,7 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
             slot->token = token;
             slot->last_us = now;
             snprintf(slot->hash, sizeof slot->hash, "%s", hash);
+            slot->owned = !gw_insecure_local(gw) && front_key_digest(doc, slot->owner);
         }
         wire_writer_init(&w);
         front_ok_head(&w, id, 2);
@@ -398,6 +424,9 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         front_upload *up = rc == AICFN_OK ? front_upload_find(f, token) : NULL;
         if (rc == AICFN_OK && !up)
             rc = aicfn_error_set(&e, AICFN_E_NOT_FOUND, "no open upload %llu", (unsigned long long)token);
+        if (rc == AICFN_OK && !front_upload_owner_sent(up, doc))
+            rc = aicfn_error_set(&e, AICFN_E_FORBIDDEN, "upload %llu was begun with another key",
+                                 (unsigned long long)token);
         if (rc != AICFN_OK) {
             front_error(call, id, rc, e.msg);
             return;

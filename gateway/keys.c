@@ -425,7 +425,7 @@ int gw_limits_seed_from_ledger(gw_limits *l, gw_db *db, uint64_t now_us, aicfn_e
 /* ---- The fronts' authentication cache ---- */
 
 typedef struct key_cache_slot {
-    unsigned char digest[32]; /* BLAKE2b of the key string */
+    unsigned char digest[GW_KEY_DIGEST_BYTES]; /* BLAKE2b of the key string */
     gw_key_info info;
     uint64_t until_us; /* 0: empty */
 } key_cache_slot;
@@ -453,10 +453,14 @@ void gw_key_cache_destroy(gw_key_cache *c) {
     free(c);
 }
 
+void gw_key_digest(const char *key, unsigned char out[GW_KEY_DIGEST_BYTES]) {
+    crypto_generichash(out, GW_KEY_DIGEST_BYTES, (const unsigned char *)key, strlen(key), NULL, 0);
+}
+
 int gw_key_cache_authenticate(gw_key_cache *c, gw_db *db, const char *key, gw_key_info *out,
                               aicfn_error *err) {
-    unsigned char digest[32];
-    crypto_generichash(digest, sizeof digest, (const unsigned char *)key, strlen(key), NULL, 0);
+    unsigned char digest[GW_KEY_DIGEST_BYTES];
+    gw_key_digest(key, digest);
     uint64_t now = clock_now_us();
     pthread_mutex_lock(&c->mu);
     for (unsigned i = 0; i < GW_KEY_CACHE_ENTRIES; i++)

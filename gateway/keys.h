@@ -70,6 +70,11 @@ int gw_keys_create(gw_db *db, const char *tenant, gw_key_role role, uint32_t rat
  * unknown, wrong or revoked key (the message says which, never echoing the secret). */
 int gw_keys_authenticate(gw_db *db, const char *key, gw_key_info *out, aicfn_error *err);
 
+/* The BLAKE2b digest (GW_KEY_DIGEST_BYTES) by which a key string is remembered without
+ * keeping it: the key cache's entries, the key that opened an upload. */
+#define GW_KEY_DIGEST_BYTES 32
+void gw_key_digest(const char *key, unsigned char out[GW_KEY_DIGEST_BYTES]);
+
 /* A front's cache of recent successful authentications, so a call does not read SQLite
  * (GW_KEY_CACHE_ENTRIES keys, each trusted for GW_KEY_CACHE_TTL_US: a revoked key keeps
  * working that long). Entries hold the BLAKE2b digest of the key string, compared in

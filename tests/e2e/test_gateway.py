@@ -1931,6 +1931,46 @@ def test_api_keys_on_the_nng_front(procs, tmp_path):
     assert rows == [("acme",)]
 
 
+
+def test_an_upload_belongs_to_the_key_that_began_it(procs, tmp_path):
+    # Another admin key cannot write into, commit or abort an upload (AICFN_E_FORBIDDEN),
+    # and a tenant key is refused as for any administrative message; neither ends it. Once
+    # the key that began it is revoked, nobody can go on with it: it ends at the idle timeout.
+    data = tmp_path / "data"
+    data.mkdir()
+    a, b, user = create_key(data, "ops", "--admin"), create_key(data, "ops2", "--admin"), create_key(data, "acme")
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..0", "--device", "host"],
+                name="gateway")
+    wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id(), "key": a}, timeout_ms=500).get("ok"),
+             15, interval=0.05, what="the gateway")
+    blob = bytes(range(256)) * 64
+    begin = call(addr, {**gw_msg("upload_begin", hash=hashlib.sha256(blob * 2).hexdigest(), size=2 * len(blob)),
+                        "key": a})
+    assert begin["ok"], begin
+    token = begin["upload"]
+    r = call(addr, {**gw_msg("upload_chunk", upload=token, offset=0, data=blob), "key": a})
+    assert r["ok"] and r["received"] == len(blob), r
+    tmp = data / "artifacts" / "tmp"
+    assert len(list(tmp.iterdir())) == 1
+    for t, extra in (("upload_chunk", {"offset": len(blob), "data": blob}), ("upload_commit", {}),
+                     ("upload_abort", {})):
+        r = call(addr, {**gw_msg(t, upload=token, **extra), "key": b})
+        assert not r["ok"] and r["error"]["name"] == "AICFN_E_FORBIDDEN", (t, r)
+        assert "another key" in r["error"]["message"], r
+        r = call(addr, {**gw_msg(t, upload=token, **extra), "key": user})  # not an admin: refused, nothing ends
+        assert not r["ok"] and r["error"]["name"] == "AICFN_E_FORBIDDEN", (t, r)
+    assert len(list(tmp.iterdir())) == 1
+    assert run_cli(["keys", "revoke", a.split("_")[1], "--data-dir", str(data)]).returncode == 0
+    # The front trusts a checked key for 5 s (keys.h GW_KEY_CACHE_TTL_US).
+    wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id(), "key": a}).get("error", {}).get("name")
+             == "AICFN_E_UNAUTHENTICATED", 15, interval=0.2, what="the revocation seen")
+    r = call(addr, {**gw_msg("upload_chunk", upload=token, offset=len(blob), data=blob), "key": a})
+    assert not r["ok"] and r["error"]["name"] == "AICFN_E_UNAUTHENTICATED", r
+    r = call(addr, {**gw_msg("upload_abort", upload=token), "key": b})
+    assert not r["ok"] and r["error"]["name"] == "AICFN_E_FORBIDDEN", r
+    assert len(list(tmp.iterdir())) == 1
+
 def test_daily_quota_counts_every_call_of_the_tenant(procs, tmp_path):
     # Quotas are per tenant (protocol.md section 6): calls through a key of the tenant that
     # has no limits count too, before a restart as after it (the count is then seeded from
