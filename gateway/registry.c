@@ -944,8 +944,9 @@ int gw_registry_remove(gw_db *db, const char *ref, uint32_t *removed, char (**or
     /* A canary sending calls to a removed version ends. */
     if ((rc = reg_end_canary_locked(db, name, version, err))) goto fail;
     /* If the active version went, the newest remaining one that was not staged takes
-     * over (a staged version goes live only by an activate), and a canary of the
-     * version now active has nothing left to split. */
+     * over (a staged version goes live only by an activate). A canary of the version
+     * now active has nothing left to split, nor has one when no version is active (only
+     * staged ones remain): the plain NAME then serves nothing until an activate. */
     if (removes_active &&
         ((rc = reg_run(db,
                        "UPDATE functions SET active = 1 WHERE name = ?1 AND version = "
@@ -953,7 +954,8 @@ int gw_registry_remove(gw_db *db, const char *ref, uint32_t *removed, char (**or
                        name, 0, "rm: activating the newest remaining version", err)) ||
          (rc = reg_run(db,
                        "UPDATE function_names SET canary_version = NULL, canary_percent = 0 WHERE name = ?1 "
-                       "AND canary_version = (SELECT version FROM functions WHERE name = ?1 AND active = 1)",
+                       "AND coalesce(canary_version = (SELECT version FROM functions WHERE name = ?1 "
+                       "AND active = 1), 1)",
                        name, 0, "rm: ending the canary", err))))
         goto fail;
     /* Keep only the hashes nothing references any more. */

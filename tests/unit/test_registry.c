@@ -379,6 +379,14 @@ static void canary_rules(void **state) {
     assert_int_equal(active_version(f->db, "c"), 1);
     canary_of(f->db, "c", &v, &p);
     assert_true(v == 0 && p == 0);
+    /* The active version removed with only staged ones left: none is active, and the
+     * canary, with no version to split against, ends too. */
+    assert_int_equal(deploy_staged(f->db, "c"), 5);
+    assert_int_equal(gw_registry_set_canary(f->db, "c", 5, 10, &err), AICFN_OK);
+    rm(f->db, "c:1");
+    assert_int_equal(active_version(f->db, "c"), 0);
+    canary_of(f->db, "c", &v, &p);
+    assert_true(v == 0 && p == 0);
 }
 
 static void list_and_json(void **state) {
