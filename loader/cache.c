@@ -51,6 +51,9 @@ struct loader_cache {
     uint64_t budget;
     uint64_t used;     /* charged to READY entries + reserved by LOADING ones */
     uint64_t evicting; /* victims chosen but not yet freed: still on the device */
+    uint64_t overlap;  /* of `used`, the reservations of loads whose own victims are still in
+                          `evicting`, up to those victims' bytes: such a load allocates only
+                          after freeing them, so these bytes are never on the device twice */
     uint64_t tick;
     loader_cache_load_ops ops;
     void *ops_arg;
@@ -266,7 +269,7 @@ static void cache_touch(loader_cache *c, loader_cache_entry *e) {
 }
 
 /* Frees victims chosen under the lock (now unlocked), fills the report. */
-static void cache_free_victims(loader_cache *c, loader_cache_entry **v, size_t nv,
+static void cache_free_victims(loader_cache *c, loader_cache_entry **v, size_t nv, uint64_t overlap,
                                loader_acquire_info *info) {
     uint64_t now = clock_now_us();
     for (size_t i = 0; i < nv; i++) {
@@ -283,6 +286,7 @@ static void cache_free_victims(loader_cache *c, loader_cache_entry **v, size_t n
         c->ops.unload(c->ops_arg, e->model);
     }
     pthread_mutex_lock(&c->mu);
+    c->overlap -= overlap;
     for (size_t i = 0; i < nv; i++) {
         c->evicting -= v[i]->bytes;
         cache_remove(c->evicting_list, &c->n_evicting, v[i]);
@@ -294,13 +298,15 @@ static void cache_free_victims(loader_cache *c, loader_cache_entry **v, size_t n
 
 /* Under c->mu: makes room for `need` bytes by choosing victims, or reports that it
  * cannot yet (returns 0 without touching anything). On success reserves `need` and
- * stores the victims (removed from the table, EVICTING) in *victims. */
+ * stores the victims (removed from the table, EVICTING) in *victims, and in *overlap the
+ * part of the reservation they stand for until cache_free_victims (c->overlap). */
 static int cache_reserve_locked(loader_cache *c, uint64_t need, loader_cache_entry ***victims, size_t *nv,
-                                int *nomem) {
+                                uint64_t *overlap, int *nomem) {
     *victims = NULL;
     *nv = 0;
+    *overlap = 0;
     *nomem = 0;
-    uint64_t held = c->used + c->evicting;
+    uint64_t held = c->used + c->evicting - c->overlap;
     uint64_t avail = held < c->budget ? c->budget - held : 0;
     if (need <= avail) {
         c->used += need;
@@ -361,9 +367,10 @@ static int cache_reserve_locked(loader_cache *c, uint64_t need, loader_cache_ent
         *nomem = 1;
         return 0;
     }
-    uint64_t now = clock_now_us();
+    uint64_t now = clock_now_us(), freed_bytes = 0;
     for (size_t i = 0; i < chosen; i++) {
         loader_cache_entry *e = ents[idx[i]];
+        freed_bytes += e->bytes;
         if (cache_push(&c->evicting_list, &c->n_evicting, &c->cap_evicting, e) != AICFN_OK) {
             /* Cannot track it for status: still evict (status is best effort). */
         }
@@ -380,6 +387,8 @@ static int cache_reserve_locked(loader_cache *c, uint64_t need, loader_cache_ent
     free(ents);
     free(idx);
     c->used += need;
+    *overlap = need < freed_bytes ? need : freed_bytes;
+    c->overlap += *overlap;
     *victims = v;
     *nv = chosen;
     return 1;
@@ -514,6 +523,7 @@ again:;
     pthread_mutex_lock(&c->mu);
     loader_cache_entry **victims = NULL;
     size_t nv = 0;
+    uint64_t overlap = 0;
     int reserved = 0;
     e->reserving = 1;
     if (rc != AICFN_OK) { /* the model could not be read: a load that failed */
@@ -528,7 +538,7 @@ again:;
     }
     while (rc == AICFN_OK && !reserved) {
         int nomem = 0;
-        if (cache_reserve_locked(c, need, &victims, &nv, &nomem)) {
+        if (cache_reserve_locked(c, need, &victims, &nv, &overlap, &nomem)) {
             reserved = 1;
             break;
         }
@@ -574,7 +584,7 @@ again:;
     pthread_mutex_unlock(&c->mu);
     if (info) info->thrash = thrash;
 
-    cache_free_victims(c, victims, nv, info);
+    cache_free_victims(c, victims, nv, overlap, info);
     free(victims);
 
     void *model = NULL;

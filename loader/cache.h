@@ -208,8 +208,9 @@ typedef struct loader_cache_status {
     uint64_t budget_bytes;
     uint64_t used_bytes;     /* charged: READY entries + what LOADING entries reserved */
     uint64_t evicting_bytes; /* EVICTING entries not yet freed. Their bytes went to the load
-                                that evicted them, which frees them before it allocates;
-                                other loads count them as taken until then. */
+                                that evicted them, which frees them before it allocates:
+                                until then other loads count them as taken, and that load's
+                                reservation as taken only past them. */
     uint32_t n_entries;      /* entries that exist (may exceed the array's capacity) */
     uint32_t n_returned;     /* entries written into the caller's array */
     loader_cache_counters counters;

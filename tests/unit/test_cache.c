@@ -325,6 +325,52 @@ static void single_flight_joins(void **state) {
     assert_clean(&f);
 }
 
+/* A load frees its victims before it allocates, so their bytes and its reservation are
+ * never on the device together: another load meanwhile takes the room that is really
+ * free, not evicting a model it does not need to (budget 100: m1 50 and m2 30 resident,
+ * m3 60 evicts m1, whose unload takes 300 ms; m4 10 fits beside m2 all the while). */
+static void a_load_evicting_for_another_evicts_nothing_more(void **state) {
+    (void)state;
+    static fake_loader f;
+    memset(&f, 0, sizeof f);
+    f.sizes[1] = 50;
+    f.sizes[2] = 30;
+    f.sizes[3] = 60;
+    f.sizes[4] = 10;
+    f.unload_delay_us[1] = 300000;
+    loader_cache *c = fake_cache(&f, 100, NULL);
+    joiner a[1], b[1];
+    join_all(c, "m1", a, 1);
+    join_all(c, "m2", b, 1); /* m1 is now the least recently used */
+    assert_int_equal(a[0].rc, AICFN_OK);
+    assert_int_equal(b[0].rc, AICFN_OK);
+    pthread_t th;
+    a[0] = (joiner){.c = c, .key = "m3"};
+    assert_int_equal(pthread_create(&th, NULL, joiner_main, &a[0]), 0);
+    loader_cache_status st;
+    uint64_t until = clock_now_us() + 5000000;
+    do {
+        fake_sleep_us(1000);
+        loader_cache_get_status(c, &st, NULL, 0);
+    } while (st.evicting_bytes != 50 && clock_now_us() < until);
+    assert_int_equal(st.evicting_bytes, 50); /* m1's unload is under way (300 ms) */
+    join_all(c, "m4", b, 1);
+    assert_int_equal(b[0].rc, AICFN_OK);
+    assert_int_equal(b[0].info.n_evictions, 0);
+    assert_int_equal(atomic_load(&f.unloads[2]), 0); /* m2 stays */
+    assert_int_equal(atomic_load(&f.unloads[1]), 0); /* and m1 was still being freed meanwhile */
+    pthread_join(th, NULL);
+    assert_int_equal(a[0].rc, AICFN_OK);
+    assert_int_equal(a[0].info.n_evictions, 1);
+    assert_int_equal(atomic_load(&f.unloads[2]), 0);
+    assert_int_equal(atomic_load(&f.max_alive_bytes), 100);
+    loader_cache_get_status(c, &st, NULL, 0);
+    assert_int_equal(st.used_bytes, 100);
+    assert_int_equal(st.evicting_bytes, 0);
+    loader_cache_destroy(c);
+    assert_clean(&f);
+}
+
 static void explicit_evict(void **state) {
     (void)state;
     static fake_loader f;
@@ -480,6 +526,7 @@ int main(void) {
         cmocka_unit_test(joined_calls_keep_their_own_deadlines),
         cmocka_unit_test(device_out_of_memory_is_every_waiters_error),
         cmocka_unit_test(single_flight_joins),
+        cmocka_unit_test(a_load_evicting_for_another_evicts_nothing_more),
         cmocka_unit_test(explicit_evict),
         cmocka_unit_test(pluggable_policy),
         cmocka_unit_test(kept_models_stay_resident),

@@ -1,6 +1,6 @@
 /* test_cache_fake.h: a fake load function for the model cache tests (unit and
- * concurrency). Keys are "m<N>"; model N has size sizes[N], takes delay_us[N] to load and
- * fails halfway when fail[N] is set. It checks the cache's promises as it goes:
+ * concurrency). Keys are "m<N>"; model N has size sizes[N], takes delay_us[N] to load
+ * (unload_delay_us[N] to unload) and fails halfway when fail[N] is set. It checks the cache's promises as it goes:
  * the bytes alive never exceed the budget, a model is never loaded twice while resident
  * (single-flight), and a model pinned by the test is never unloaded. Header-only (static)
  * so each test binary gets its own copy. */
@@ -21,6 +21,7 @@ typedef struct fake_loader {
     uint64_t budget;
     uint64_t sizes[FAKE_MAX];
     uint64_t delay_us[FAKE_MAX];
+    uint64_t unload_delay_us[FAKE_MAX]; /* an unload holds the model's bytes this long first */
     int fail[FAKE_MAX];
     int fail_capacity[FAKE_MAX]; /* with fail: the device had no memory (AICFN_E_CAPACITY) */
     _Atomic uint64_t alive_bytes;
@@ -107,6 +108,7 @@ static void fake_unload(void *arg, void *model) {
     fake_loader *f = arg;
     fake_model *m = model;
     if (atomic_load(&f->pins[m->idx]) > 0) fake_violation(f, "pinned model unloaded", m->idx);
+    if (f->unload_delay_us[m->idx]) fake_sleep_us(f->unload_delay_us[m->idx]);
     if (atomic_exchange(&f->resident[m->idx], 0) != 1)
         fake_violation(f, "unloaded while not resident", m->idx);
     atomic_fetch_sub(&f->alive_bytes, m->bytes);
