@@ -743,7 +743,14 @@ static int oip_data_json(const wire_tensor *t, json_t **out, aicfn_error *err) {
         case AICFN_DTYPE_UINT32:
         case AICFN_DTYPE_UINT64: {
             uint64_t x = oip_load_le(p, size);
-            v = x > (uint64_t)INT64_MAX ? json_real((double)x) : json_integer((json_int_t)x);
+            if (x > (uint64_t)INT64_MAX) { /* jansson's integers are int64: a real would round it */
+                json_decref(a);
+                return aicfn_error_set(err, AICFN_E_UNSUPPORTED,
+                                       "output '%s': element %llu (%llu) is past 2^63-1, which JSON data here "
+                                       "cannot carry exactly; request it with binary_data",
+                                       t->name, (unsigned long long)i, (unsigned long long)x);
+            }
+            v = json_integer((json_int_t)x);
             break;
         }
         case AICFN_DTYPE_INT8:

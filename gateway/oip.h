@@ -57,7 +57,8 @@ typedef struct oip_request {
  * Checks: a JSON object with at most AICFN_HTTP_MAX_JSON_VALUES values; 1..AICFN_MAX_TENSORS
  * inputs with unique names of 1..AICFN_MAX_NAME_BYTES bytes; datatype an OIP name; shape
  * <= AICFN_MAX_DIMS non-negative dims; data element count == product(shape) (data may be
- * flat or nested); each value representable in the datatype (integers in range, BOOL
+ * flat or nested); each value representable in the datatype (integers in range: UINT64
+ * values past 2^63-1 only as binary data, since jansson refuses larger JSON integers; BOOL
  * true/false, BYTES strings; FP16/BF16/FP32 rounded to nearest even, overflow refused);
  * binary data sized exactly product(shape) x element size (BYTES: well-formed 4-byte
  * length-prefixed elements); "parameters" what a worker hands a handler (at most
@@ -99,7 +100,8 @@ typedef struct oip_body {
  * and ordering outputs per req->outputs (a requested output the function did not
  * produce is AICFN_E_INVALID naming it). JSON data: integers, BOOL as true/false,
  * FP16/BF16/FP32/FP64 as numbers, BYTES as strings (a non-UTF-8 BYTES element or a
- * NaN/Inf float cannot be JSON: AICFN_E_UNSUPPORTED, asking for binary_data). `req` may
+ * NaN/Inf float cannot be JSON, nor a UINT64 past 2^63-1, which jansson's int64 integers
+ * cannot hold exactly: AICFN_E_UNSUPPORTED, asking for binary_data). `req` may
  * be NULL (all outputs as JSON). Outputs are checked with the same rules as inputs. */
 int oip_response_encode(const char *model, uint32_t version, const oip_request *req,
                         const wire_tensor *outputs, uint32_t n_outputs, oip_body *out, aicfn_error *err);

@@ -474,6 +474,17 @@ static void encodes_responses(void **state) {
     assert_non_null(strstr(e.msg, "UTF-8"));
     bad.nbytes = 3;
     assert_int_equal(oip_response_encode("m", 1, NULL, &bad, 1, &b, &e), AICFN_E_INTERNAL);
+    /* UINT64: 2^63-1 goes out exactly; past it JSON data here could only round it. */
+    uint64_t u64[2] = {INT64_MAX, (uint64_t)INT64_MAX + 1};
+    wire_tensor bu = {
+        .name = "u", .dtype = AICFN_DTYPE_UINT64, .ndim = 1, .shape = {1}, .data = (uint8_t *)u64, .nbytes = 8};
+    assert_int_equal(oip_response_encode("m", 1, NULL, &bu, 1, &b, &e), AICFN_OK);
+    assert_non_null(memmem(b.body, b.len, "[9223372036854775807]", 21));
+    free(b.body);
+    bu.data = (uint8_t *)&u64[1];
+    assert_int_equal(oip_response_encode("m", 1, NULL, &bu, 1, &b, &e), AICFN_E_UNSUPPORTED);
+    assert_non_null(strstr(e.msg, "output 'u'"));
+    assert_non_null(strstr(e.msg, "binary_data"));
 
     /* A reply too large for JSON values (a 2 MiB uint8 output would take ~100 MB of
      * jansson heap) is refused with a pointer to binary_data; as binary it goes out. */
