@@ -402,6 +402,15 @@ static void cache_pin_hit(loader_cache *c, loader_cache_entry *e) {
     c->ctr.hits++;
 }
 
+int loader_cache_waits_for_room(loader_cache *c, const char *key) {
+    if (!c || !key) return 0;
+    pthread_mutex_lock(&c->mu);
+    loader_cache_entry *e = cache_find(c, key);
+    int waits = e && e->state == LOADER_ENTRY_LOADING && e->reserving && !e->failed;
+    pthread_mutex_unlock(&c->mu);
+    return waits;
+}
+
 int loader_cache_acquire_ready(loader_cache *c, const char *key, loader_cache_entry **out) {
     *out = NULL;
     if (!c || !key) return AICFN_E_NOT_FOUND;

@@ -144,6 +144,11 @@ int loader_cache_acquire(loader_cache *c, const char *key, const char *path, uin
  * counted). Thread-safe; never blocks on I/O. */
 int loader_cache_acquire_ready(loader_cache *c, const char *key, loader_cache_entry **out);
 
+/* 1 when `key` is being loaded by an acquire still waiting for room (the rest of the
+ * budget pinned or loading), else 0: a call that gives up on it now ran out of
+ * capacity, not time (design.md §6: AICFN_E_CAPACITY at the deadline). */
+int loader_cache_waits_for_room(loader_cache *c, const char *key);
+
 /* Unpins. The entry stays resident (READY) until evicted. Thread-safe; never blocks on I/O. */
 void loader_cache_release(loader_cache *c, loader_cache_entry *e);
 

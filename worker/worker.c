@@ -492,20 +492,34 @@ static void worker_fn_expire(void *ctx, worker_batch_item *item) {
     worker_finish(r, AICFN_E_TIMEOUT, msg, NULL);
 }
 
+/* worker_drop_expired's `during` for calls waiting for their model: a call that gives up
+ * while its load still waits for room is answered AICFN_E_CAPACITY, not a timeout. */
+static const char WORKER_DURING_MODEL[] = "waiting for the model";
+
 /* Answers AICFN_E_TIMEOUT, without running them, the requests whose deadline has passed
- * (`during`: what they waited for) and compacts the rest to the front; returns how many
+ * (`during`: what they waited for; WORKER_DURING_MODEL while the model's load still finds
+ * no room: AICFN_E_CAPACITY) and compacts the rest to the front; returns how many
  * remain. Only the first reply given here carries the load's cold-start record. */
 static uint32_t worker_drop_expired(worker_fn *fn, worker_batch_item **items, uint32_t n, const char *during,
                                     worker_exec_info *ex) {
     uint64_t now = clock_now_us();
     uint32_t k = 0;
+    int code = AICFN_E_TIMEOUT;
+    bool checked = during != WORKER_DURING_MODEL;
     for (uint32_t i = 0; i < n; i++) {
         worker_req *r = (worker_req *)items[i];
         if (r->item.deadline_us != 0 && r->item.deadline_us <= now) {
+            if (!checked) {
+                checked = true;
+                if (loader_cache_waits_for_room(fn->w->cache, fn->model_key)) {
+                    code = AICFN_E_CAPACITY; /* its load has not even found room yet */
+                    during = "waiting for room for its model (the rest of the device budget pinned or loading)";
+                }
+            }
             char msg[256];
             snprintf(msg, sizeof msg, "function %s: deadline passed while %s; not executed", fn->name,
                      during);
-            worker_finish(r, AICFN_E_TIMEOUT, msg, ex);
+            worker_finish(r, code, msg, ex);
             ex->attach_coldstart = false;
         } else {
             items[k++] = items[i];
@@ -702,7 +716,7 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
         return loader_cache_acquire(w->cache, fn->model_key, fn->snapshot, dl, entry, acq, err);
     }
     pthread_mutex_lock(&mw->mu);
-    if (!worker_wait_answering(fn, items, n, &mw->mu, &mw->cv, &mw->done, "waiting for the model", ex)) {
+    if (!worker_wait_answering(fn, items, n, &mw->mu, &mw->cv, &mw->done, WORKER_DURING_MODEL, ex)) {
         mw->abandoned = true; /* the thread frees it */
         pthread_mutex_unlock(&mw->mu);
         return aicfn_error_set(err, AICFN_E_TIMEOUT, "model %s: still loading at every deadline",
@@ -947,7 +961,7 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
     }
 
     /* Requests whose deadline passed while the model loaded are never executed. */
-    uint32_t k = worker_drop_expired(fn, items, n, "waiting for the model", &ex);
+    uint32_t k = worker_drop_expired(fn, items, n, WORKER_DURING_MODEL, &ex);
     if (k > 0 && (fn->inst == NULL || fn->inst_generation != generation || fn->init_pending)) {
         /* First call, or the model became resident again: a new instance. */
         int rc = worker_fn_instance(fn, items, &k, entry, model, generation, &ex, &err);

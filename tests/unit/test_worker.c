@@ -963,7 +963,8 @@ static void batch_waiting_for_its_model_answers_each_deadline(void **state) {
     pthread_mutex_init(&arec.mu, NULL);
 
     /* 0: pins model A for 1.5 s; once it runs (its count line), 1 and 2 ask for B, which
-     * has no room until then, in one batch: 1 may wait 300 ms, 2 ten seconds. */
+     * has no room until then, in one batch: 1 may wait 300 ms (and is answered
+     * AICFN_E_CAPACITY then, its model still without room), 2 ten seconds. */
     setenv("AICFN_TEST_COUNT_FILE", counts, 1); /* the handler appends before it sleeps */
     invoke_async(c, 1, "hold", "sleep_ms", "1500", 0, 0);
     uint64_t until = clock_now_us() + 5000000;
@@ -977,7 +978,7 @@ static void batch_waiting_for_its_model_answers_each_deadline(void **state) {
     while (clock_now_us() < until && arec_done() < 3)
         usleep(2000);
     assert_int_equal(arec_done(), 3);
-    assert_int_equal(arec.codes[1], AICFN_E_TIMEOUT);
+    assert_int_equal(arec.codes[1], AICFN_E_CAPACITY); /* B never found room: design.md §6 */
     assert_int_equal(arec.order[0], 1); /* answered while A was still pinned */
     assert_int_equal(arec.codes[0], AICFN_OK);
     assert_int_equal(arec.codes[2], AICFN_OK);
