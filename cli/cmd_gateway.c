@@ -32,8 +32,9 @@ static void cg_help(FILE *out) {
             "\n"
             "  --listen ADDR          client address (default %s; clients find it with\n"
             "                         --gateway ADDR, else $AICFN_GATEWAY, else this default)\n"
-            "  --data DIR             aicfn.db, artifacts/ and run/ (default %s); one gateway per DIR\n"
-            "                         (a second one is refused: DIR/gateway.lock)\n"
+            "  --data DIR             aicfn.db, artifacts/ and run/ (default $AICFN_DATA_DIR, else %s;\n"
+            "                         also --data-dir, as the other commands spell it); one gateway\n"
+            "                         per DIR (a second one is refused: DIR/gateway.lock)\n"
             "  --workers MIN..MAX     local workers, started on demand up to MAX and kept down to MIN\n"
             "                         (default 0..%d; 0..0: remote workers only, see `aicfn worker\n"
             "                         --gateway`); N alone means N..N\n"
@@ -119,6 +120,8 @@ int cli_cmd_gateway(int argc, char **argv) {
     gw_front_http_limits http_limits = {0};
     cfg.listen = getenv("AICFN_GATEWAY");
     if (cfg.listen && !cfg.listen[0]) cfg.listen = NULL; /* empty means unset, as for clients */
+    cfg.data_dir = getenv("AICFN_DATA_DIR"); /* as `aicfn keys`, `usage` and `workers --history` */
+    if (cfg.data_dir && !cfg.data_dir[0]) cfg.data_dir = NULL;
     for (int i = 1; i < argc; i++) {
         const char *v;
         aicfn_error err;
@@ -127,7 +130,8 @@ int cli_cmd_gateway(int argc, char **argv) {
             return CLI_EXIT_OK;
         } else if ((v = cli_flag_value(argc, argv, &i, "--listen"))) {
             cfg.listen = v;
-        } else if ((v = cli_flag_value(argc, argv, &i, "--data"))) {
+        } else if ((v = cli_flag_value(argc, argv, &i, "--data")) ||
+                   (v = cli_flag_value(argc, argv, &i, "--data-dir"))) {
             cfg.data_dir = v;
         } else if ((v = cli_flag_value(argc, argv, &i, "--workers"))) {
             const char *dots = strstr(v, "..");

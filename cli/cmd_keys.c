@@ -86,6 +86,13 @@ static int ks_open(const char *data_dir, const char *sub, gw_db **db, aicfn_erro
     if (rc == AICFN_E_NOT_FOUND && strcmp(sub, "create") == 0) {
         aicfn_error_clear(err);
         rc = gw_db_open(data_dir, db, err);
+        /* Said, since a mistyped directory would otherwise pass for a new one: the key
+         * works only for a gateway started with this directory. */
+        if (rc == AICFN_OK)
+            fprintf(stderr,
+                    "aicfn keys: no gateway database in %s yet: created one (the key serves a gateway "
+                    "started with --data %s)\n",
+                    data_dir, data_dir);
     }
     return rc;
 }

@@ -404,6 +404,25 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
         rep.close()
 
 
+
+def test_gateway_and_keys_find_one_data_directory(procs, tmp_path):
+    # $AICFN_DATA_DIR names the data directory for the gateway as for `aicfn keys`, so a
+    # key made with the variable set serves the gateway started with it; `keys create`
+    # says when it makes a database that no gateway has used yet.
+    data = tmp_path / "srv"
+    r = run_cli(["keys", "create", "--tenant", "ops", "--admin"], env={"AICFN_DATA_DIR": str(data)})
+    assert r.returncode == 0, r.stderr
+    admin = r.stdout.strip()
+    assert "created one" in r.stderr and str(data) in r.stderr, r.stderr
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    procs.start([aicfn_bin(), "gateway", "--listen", addr, "--workers", "0..0", "--device", "host"], name="gateway",
+                env={"AICFN_DATA_DIR": str(data)}, cwd=tmp_path)
+    wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id(), "key": admin}, timeout_ms=500).get("ok"),
+             15, interval=0.05, what="the gateway, taking the key made in $AICFN_DATA_DIR")
+    assert (data / "gateway.lock").exists() and not (tmp_path / "aicfn-data").exists()
+    r = run_cli(["keys", "create", "--tenant", "acme", "--data-dir", str(data)])
+    assert r.returncode == 0 and "created one" not in r.stderr, r.stderr
+
 def test_insecure_local_is_refused_off_loopback(tmp_path):
     # --insecure-local makes every caller an administrator (deploy runs native code): the
     # gateway refuses it on an address other hosts can reach, NNG front or HTTP front,
