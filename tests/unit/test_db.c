@@ -327,10 +327,20 @@ static void errors_map_to_db_and_exists(void **state) {
     gw_db_rollback(db);
     gw_db_unlock(db);
     assert_int_equal(pragma_int(db, "SELECT count(*) FROM workers"), 1);
-    /* CHECK constraints hold. */
+    /* CHECK constraints hold: the same row is taken with a 32-byte hash and refused, by
+     * its CHECK, with another length or a worker flag other than 0 or 1. */
     gw_db_lock(db);
-    assert_int_equal(gw_db_exec(db, "INSERT INTO tenants VALUES ('abc','t',x'00',0,0,0,0,NULL)", &err),
-                     AICFN_E_DB);
+    const char *row = "INSERT INTO tenants (key_id, tenant, key_hash, admin, rate_per_s, quota_per_day, "
+                      "created_us, worker) VALUES ('%s', 't', zeroblob(%d), 0, 0, 0, 0, %d)";
+    char sql[256];
+    snprintf(sql, sizeof sql, row, "k1", 32, 0);
+    assert_int_equal(gw_db_exec(db, sql, &err), AICFN_OK);
+    snprintf(sql, sizeof sql, row, "k2", 1, 0);
+    assert_int_equal(gw_db_exec(db, sql, &err), AICFN_E_DB);
+    assert_non_null(strstr(err.msg, "CHECK"));
+    snprintf(sql, sizeof sql, row, "k3", 32, 2);
+    assert_int_equal(gw_db_exec(db, sql, &err), AICFN_E_DB);
+    assert_non_null(strstr(err.msg, "CHECK"));
     gw_db_unlock(db);
     assert_int_equal(gw_db_integrity_check(db, &err), AICFN_OK);
     gw_db_close(db);
