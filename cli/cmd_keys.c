@@ -49,7 +49,8 @@ static void ks_help(FILE *out) {
         "        --rate: calls per second (token bucket, 0 = unlimited); --quota: calls per UTC\n"
         "        day (0 = unlimited); neither for a worker key, which makes no calls.\n"
         "ls      lists keys (id, tenant, role, limits, created, revoked); never secrets.\n"
-        "revoke  revokes a key by its id (or the full key); it stops working at once.\n"
+        "revoke  revokes a key by its id (or the full key): HTTP refuses it at once, the NNG front\n"
+        "        within 5 s (it trusts a key it checked for that long).\n"
         "Works on <data-dir>/aicfn.db directly, so run it where the gateway keeps its data.\n",
         AICFN_DEFAULT_DATA_DIR);
 }

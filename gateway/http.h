@@ -173,14 +173,15 @@ uint16_t gw_http_port(const gw_http *h);
 void gw_http_complete(gw_http_call *call, int status, const aicfn_error *err, const gw_http_result *res,
                       uint32_t retry_after_s);
 
-/* Stops accepting, answers new requests with 503 (before any callback), waits (up to
+/* Stops accepting, answers new requests with 503 (before any callback; GET
+ * /v2/health/live, which says only that the process runs, still 200), waits (up to
  * stop_wait_ms) for every started call to be completed, then closes all connections,
  * frees the server and returns true. NULL accepted (true). The gateway must keep
  * completing calls until this returns.
  * When calls are still in flight after the wait, it returns false and leaves the server
  * running, detached: from then on it calls no callback and uses nothing that cfg
  * pointed to (metrics, std, ctx may be freed), answers the late completions and every
- * new request (503), and stays allocated; calling gw_http_stop again waits once more
+ * new request (503; /v2/health/live 200), and stays allocated; calling gw_http_stop again waits once more
  * and frees it when nothing is left in flight. */
 bool gw_http_stop(gw_http *h);
 

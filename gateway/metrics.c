@@ -542,10 +542,12 @@ int gw_stdmetrics_init(gw_metrics *m, gw_stdmetrics *s, aicfn_error *err) {
               m, "aicfn_call_duration_seconds", "End-to-end call duration at the gateway.", l_f, 1,
               call_bounds, sizeof call_bounds / sizeof call_bounds[0], err)) ||
         !(s->cold_starts = gw_metrics_counter(m, "aicfn_cold_starts_total",
-                                              "Calls that had to load their model first.", l_f, 1, err)) ||
+                                              "Model loads for the function (cold starts; keep-warm preloads included, calls joining a load "
+                                              "in progress not counted again).", l_f, 1, err)) ||
         !(s->load_duration = gw_metrics_histogram(
               m, "aicfn_load_duration_seconds",
-              "Model load time by phase (fetch, read, decompress, filter, copy, total).", l_phase, 1,
+              "Model load time by phase (fetch, read, decompress, filter, copy; total: the cold start at the "
+              "gateway, spawn, queue and init included).", l_phase, 1,
               load_bounds, sizeof load_bounds / sizeof load_bounds[0], err)) ||
         !(s->resident_models = gw_metrics_gauge(m, "aicfn_resident_models",
                                                 "Models resident in each worker's cache.", l_w, 1, err)) ||

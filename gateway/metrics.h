@@ -95,9 +95,12 @@ int gw_metrics_render(gw_metrics *m, char **out, size_t *len, aicfn_error *err);
  *                                                         to a function the gateway does not know)
  *   aicfn_call_duration_seconds{function}                 histogram (end-to-end at the gateway;
  *                                                         calls refused before running are not in it)
- *   aicfn_cold_starts_total{function}                     counter
- *   aicfn_load_duration_seconds{phase}                    histogram, phase =
- * read|decompress|filter|copy|total aicfn_resident_models{worker}                         gauge
+ *   aicfn_cold_starts_total{function}                     counter (model loads: keep-warm preloads
+ *                                                         included, calls joining a load not again)
+ *   aicfn_load_duration_seconds{phase}                    histogram, phase = fetch|read|decompress|
+ *                                                         filter|copy|total (total: the cold start at
+ *                                                         the gateway: spawn, queue and init included)
+ *   aicfn_resident_models{worker}                         gauge
  *   aicfn_cache_bytes_used{worker}, aicfn_cache_bytes_budget{worker}   gauges
  *   aicfn_evictions_total{worker}                         counter (a worker's series is removed
  *                                                           once it is gone)

@@ -7,7 +7,8 @@
  * destination (host) or into a staging buffer (CUDA, pinned), then copy to the device.
  * Every tensor's XXH3 is checked on the raw bytes as they pass (a tensor that spans
  * frames is hashed with a streaming XXH3 state fed in blob order), so a CUDA load
- * verifies the staging bytes before they are copied. A failure at any step frees
+ * verifies the very staging bytes it copies (a part whose hashing waits for an earlier
+ * frame keeps its staging buffer until hashed; a mismatch frees the whole allocation). A failure at any step frees
  * everything and names the file, frame and tensor: no half-loaded model is left.
  * Not for: deciding what is resident (cache.h), the snapshot format (snapshots/). */
 #ifndef AICFN_LOADER_PIPELINE_H
