@@ -588,10 +588,8 @@ again:;
     }
     e->bytes = need;
     c->ctr.loads++;
-    int thrash = cache_take_thrash(c, key, clock_now_us());
-    if (thrash) c->ctr.thrash_reloads++;
+    uint64_t reserved_us = clock_now_us(); /* a reload's thrash window is judged from here */
     pthread_mutex_unlock(&c->mu);
-    if (info) info->thrash = thrash;
 
     cache_free_victims(c, victims, nv, overlap, info);
     free(victims);
@@ -620,6 +618,11 @@ again:;
         return rc;
     }
     c->used -= need - alloc;
+    /* A reload counts as thrash once it has happened: a failed one leaves the record for
+     * the next try. */
+    int thrash = cache_take_thrash(c, key, reserved_us);
+    if (thrash) c->ctr.thrash_reloads++;
+    if (info) info->thrash = thrash;
     e->bytes = alloc;
     e->model = model;
     e->timing = timing;
