@@ -69,7 +69,8 @@ typedef struct pl_job {
     int host, staged, verify;
     int mapped; /* frames are read in place from the reader's mapping (no read buffer) */
     uint32_t n_frames;
-    size_t max_comp, scratch_bytes;
+    size_t max_comp, scratch_bytes; /* scratch: per thread, for filtered frames (0: none) */
+    size_t bounce_bytes;            /* non-host devices: a frame larger than a staging buffer */
     _Atomic uint32_t next_frame;
     _Atomic int abort;
     pthread_mutex_t mu;
@@ -383,9 +384,9 @@ static void *pl_thread(void *arg) {
             dst = stg.ptr;
         } else {
             if (!bounce && rc == AICFN_OK) {
-                bounce = malloc(j->scratch_bytes ? j->scratch_bytes : 1);
+                bounce = malloc(j->bounce_bytes ? j->bounce_bytes : 1);
                 if (!bounce)
-                    rc = aicfn_error_set(&err, AICFN_E_NOMEM, "bounce buffer (%zu bytes)", j->scratch_bytes);
+                    rc = aicfn_error_set(&err, AICFN_E_NOMEM, "bounce buffer (%zu bytes)", j->bounce_bytes);
             }
             dst = bounce;
         }
@@ -512,7 +513,8 @@ static int pl_run(loader_device *dev, const snap_reader *r, const loader_dev_buf
     int any_filtered = 0;
     for (uint32_t i = 0; i < j.n_frames && !any_filtered; i++)
         any_filtered = snap_frame_is_filtered(r, i);
-    j.scratch_bytes = (any_filtered || !j.host) ? snap_reader_max_raw_size(r) : 0;
+    j.scratch_bytes = any_filtered ? snap_reader_max_raw_size(r) : 0;
+    j.bounce_bytes = j.host ? 0 : snap_reader_max_raw_size(r);
     pthread_mutex_init(&j.mu, NULL);
     clock_cond_init(&j.cv);
     int rc = AICFN_OK;
