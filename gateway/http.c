@@ -100,6 +100,7 @@ struct gw_http_call {
     const char *content_type;
     uint32_t retry_after_s;
     bool cold;
+    bool keep_alive; /* refused before its body: none follows, so the connection may stay */
 };
 
 struct gw_http {
@@ -333,7 +334,8 @@ static enum MHD_Result ht_send(gw_http_call *r) {
         gw_mhd()->add_response_header(resp, MHD_HTTP_HEADER_ALLOW,
                                 ht_route_has_body(r->route) ? "POST" : "GET, HEAD");
     if (r->cold) gw_mhd()->add_response_header(resp, "Aicfn-Cold", "1");
-    if (r->state == ST_DISCARD) gw_mhd()->add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
+    if (r->state == ST_DISCARD && !r->keep_alive)
+        gw_mhd()->add_response_header(resp, MHD_HTTP_HEADER_CONNECTION, "close");
     ht_count(r->h, r->route, r->status);
     enum MHD_Result ok = gw_mhd()->queue_response(r->conn, r->status, resp);
     gw_mhd()->destroy_response(resp);
@@ -742,6 +744,14 @@ static const char *ht_bearer(struct MHD_Connection *c) {
 
 /* First call for a request: route, auth, size checks. Returns false when r now holds
  * the answer (sent at once; any body is not read). */
+/* Whether the request's headers announce a body: Transfer-Encoding, or a Content-Length
+ * that is not all zeros (an unreadable one counts as a body). */
+static bool ht_body_announced(struct MHD_Connection *c) {
+    if (gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) return true;
+    const char *cl = gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    return cl && (cl[0] == '\0' || strspn(cl, "0") != strlen(cl));
+}
+
 static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char *url) {
     aicfn_error err = {0};
     bool bad_method;
@@ -929,8 +939,14 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
         bool begun = ht_begin(h, r, method, url);
         ht_sync_leave(h);
         if (!begun) {
-            r->state = ST_DISCARD; /* answer now; MHD closes the connection if a body is unread */
-            return ht_send(r);
+            /* Refused. A request without a body is answered at its next callback, once
+             * libmicrohttpd has it whole, so the connection may carry the client's next
+             * request (an answer queued now, in the headers' callback, makes it close the
+             * connection). With a body announced (or chunked) the answer goes now and the
+             * connection closes: the body is not read. */
+            r->state = ST_DISCARD;
+            r->keep_alive = !h->stopping && !ht_body_announced(c);
+            return r->keep_alive ? MHD_YES : ht_send(r);
         }
         return MHD_YES;
     }

@@ -745,6 +745,36 @@ static void auth_rules(void **state) {
     assert_non_null(hdr(&r, "Retry-After", v, sizeof v));
     assert_string_equal(v, "3");
     resp_free(&r);
+    /* A refusal of a request without a body keeps the connection: the next request on
+     * it is served. One whose body goes unread closes it. */
+    int fd = dial(fx->port);
+    const char *two[] = {"GET /v2/models/mlp HTTP/1.1\r\nHost: t\r\n\r\n",
+                         "GET /nope HTTP/1.1\r\nHost: t\r\n\r\n"};
+    int want[] = {401, 404};
+    char v2[16];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(send_all(fd, two[i], strlen(two[i])), 0);
+        read_resp(fd, &r, 3000);
+        assert_int_equal(r.status, want[i]);
+        assert_null(hdr(&r, "Connection", v2, sizeof v2));
+        resp_free(&r);
+    }
+    const char *live = "GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n";
+    assert_int_equal(send_all(fd, live, strlen(live)), 0);
+    read_resp(fd, &r, 3000);
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\nContent-Length: %zu\r\n\r\n",
+                     strlen(INFER_BODY));
+    assert_int_equal(send_all(fd, head, (size_t)n), 0);
+    read_resp(fd, &r, 3000);
+    assert_int_equal(r.status, 401);
+    assert_non_null(hdr(&r, "Connection", v2, sizeof v2));
+    assert_string_equal(v2, "close");
+    resp_free(&r);
+    close(fd);
     /* Health probes and /metrics need no key. */
     req(fx, "GET", "/v2/health/ready", "", NULL, 0, &r);
     assert_int_equal(r.status, 200);
