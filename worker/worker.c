@@ -105,7 +105,8 @@ struct worker {
                                   and of the handlers' downloads (worker_handler_fetch_main) */
     struct worker_handler_wait *handler_fetches; /* downloads of handlers in progress, one per
                                                     path (worker_handler_fetch_main) */
-    unsigned loaders; /* model-wait threads still loading after their calls gave up: destroy
+    unsigned loaders; /* model-wait and init threads (each also counted in inflight, so a
+                         drain waits for it; the status reports inflight less these): destroy
                          waits for them, since a drain that timed out does not (a preload's
                          thread needs no count: its call stays outstanding until it is done) */
     int draining;
@@ -188,7 +189,8 @@ static void worker_summary(worker *w, wire_worker_summary *sum, wire_model_statu
     sum->used_bytes = cs.used_bytes;
     sum->free_bytes = cs.budget_bytes > cs.used_bytes ? cs.budget_bytes - cs.used_bytes : 0;
     pthread_mutex_lock(&w->mu);
-    sum->inflight = w->inflight;
+    /* Requests only (protocol.md §4): a model-wait or init thread counts in both. */
+    sum->inflight = w->inflight - w->loaders;
     sum->draining = w->draining != 0;
     uint32_t queued = 0;
     for (worker_fn *f = w->fns; f; f = f->next) {

@@ -469,13 +469,15 @@ static void remove_function_while_serving(void **state) {
         wire_status_reply st;
         assert_int_equal(wire_doc_parse(&d, rpc_msg_data(m), rpc_msg_len(m), NULL, &err), AICFN_OK);
         assert_int_equal(wire_decode_status_reply(&d, &st, &err), AICFN_OK);
-        uint32_t inflight = 0; /* slow's own: the summary's also counts a model wait's tail */
+        uint32_t inflight = 0; /* slow's own */
         for (uint32_t q = 0; q < st.w.n_queues; q++)
             if (strcmp(st.w.queues[q].fn, "slow") == 0) inflight = st.w.queues[q].inflight;
+        uint32_t all = st.w.summary.inflight; /* requests only, not mlp's model-wait thread */
         wire_doc_fini(&d);
         rpc_msg_free(m);
         if (inflight == 3 || clock_now_us() > until) {
             assert_int_equal(inflight, 3);
+            assert_int_equal(all, 3);
             break;
         }
         usleep(1000);
@@ -1147,6 +1149,15 @@ static void abandoned_load_is_reported_in_the_next_status(void **state) {
         usleep(2000);
     assert_int_equal(arec_done(), 1);
     assert_int_equal(arec.codes[0], AICFN_E_TIMEOUT);
+    /* The load goes on (256 MiB), its call answered: no request is in flight. */
+    rpc_msg *m0;
+    wire_doc d0;
+    wire_status_reply s0;
+    status_of(c, &m0, &d0, &s0);
+    assert_int_equal(s0.w.summary.inflight, 0);
+    assert_int_equal(s0.w.n_loads, 0); /* still loading when asked (else this shows nothing) */
+    wire_doc_fini(&d0);
+    rpc_msg_free(m0);
 
     /* The model loads all the same; its record waits for a status. A drain started now
      * waits for the load, then for the record to be acknowledged, so that it does not
