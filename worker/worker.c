@@ -98,7 +98,7 @@ struct worker {
      * instance's fini comes before its successor's init (aicfn.h). */
     struct worker_removal *removing;
     unsigned n_fns;
-    uint64_t max_timeout_us; /* the longest function timeout (bounds a drain) */
+    uint64_t max_timeout_us; /* the longest function or preload timeout (bounds a drain) */
     unsigned inflight;
     uint32_t overrun_grace_ms; /* worker_config's */
     unsigned parked;           /* threads of calls waiting for a new function's handler (worker_park_main)
@@ -1716,15 +1716,19 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
     p->call = call;
     p->id = h->id;
     p->received_us = rpc_call_received_us(call);
-    /* At most a function's longest timeout: a drain waits for this reply. */
+    /* At most AICFN_MAX_TIMEOUT_US; a drain waits for this reply that long too (below). */
     uint64_t budget_us = (uint64_t)(deadline_ms ? deadline_ms : AICFN_DEFAULT_TIMEOUT_MS) * 1000;
-    p->deadline_us = clock_now_us() + (budget_us < AICFN_MAX_TIMEOUT_US ? budget_us : AICFN_MAX_TIMEOUT_US);
+    if (budget_us > AICFN_MAX_TIMEOUT_US) budget_us = AICFN_MAX_TIMEOUT_US;
+    p->deadline_us = clock_now_us() + budget_us;
     p->keep = keep;
     snprintf(p->key, sizeof p->key, "%s", key);
     snprintf(p->path, sizeof p->path, "%s", path);
     pthread_mutex_lock(&w->mu);
     int draining = w->draining;
     if (!draining) w->inflight++;
+    /* A drain's bound (the longest timeout + grace) covers this preload's deadline, which
+     * a keep-warm preload may bring before any call registered its function here. */
+    if (!draining && budget_us > w->max_timeout_us) w->max_timeout_us = budget_us;
     pthread_mutex_unlock(&w->mu);
     if (draining) {
         free(p);
