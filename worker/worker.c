@@ -119,7 +119,8 @@ struct worker {
     bool loads_acked;       /* the last status request carried `ack`: each load stays listed until
                                acknowledged, not only in the next reply */
 
-    atomic_uint_fast64_t n_invocations, n_errors, n_cold, n_batches;
+    atomic_uint_fast64_t n_invocations, n_errors, n_cold;
+    atomic_uint_fast64_t n_batches; /* handler invocations since start (status counters.batches) */
 };
 
 /* Where an invocation's reply goes: its own call, or slot `slot` of a bundle. */
@@ -290,7 +291,6 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
         }
     }
     uint32_t nq = 0;
-    uint64_t batches = 0;
     for (worker_fn *f = w->fns; f && nq < WIRE_MAX_QUEUES; f = f->next) {
         worker_batcher_stats bs;
         worker_batcher_get_stats(f->batcher, &bs);
@@ -300,7 +300,6 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
                                          .queued = bs.queued,
                                          .inflight = atomic_load(&f->inflight)};
         nq++;
-        batches += bs.batches;
     }
     pthread_mutex_unlock(&w->mu);
     loader_cache_counters cc;
@@ -341,7 +340,7 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
                                          .errors = atomic_load(&w->n_errors),
                                          .cold_starts = atomic_load(&w->n_cold),
                                          .evictions = cc.evictions,
-                                         .batches = batches};
+                                         .batches = atomic_load(&w->n_batches)};
     wire_writer wr;
     wire_writer_init(&wr);
     aicfn_error err;

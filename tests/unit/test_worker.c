@@ -429,6 +429,20 @@ static void batching_deadlines_and_drain(void **state) {
     pthread_mutex_destroy(&arec.mu);
 }
 
+static void status_of(rpc_client *c, rpc_msg **m, wire_doc *d, wire_status_reply *st);
+
+/* counters.batches of a status now. */
+static uint64_t batches_now(rpc_client *c) {
+    rpc_msg *m;
+    wire_doc d;
+    wire_status_reply st;
+    status_of(c, &m, &d, &st);
+    uint64_t n = st.w.counters.batches;
+    wire_doc_fini(&d);
+    rpc_msg_free(m);
+    return n;
+}
+
 static void remove_function_while_serving(void **state) {
     (void)state;
     char url[64];
@@ -494,6 +508,8 @@ static void remove_function_while_serving(void **state) {
     assert_int_equal(r.rep.head.code, AICFN_E_NOT_FOUND);
     reply_free(&r);
     assert_int_equal(worker_remove_function(w, "slow", 0, &err), AICFN_E_NOT_FOUND);
+    uint64_t batches = batches_now(c); /* mlp's and slow's: counted since start */
+    assert_int_equal(batches, 4);
 
     /* Removing the model's only function evicts the model. */
     assert_int_equal(worker_remove_function(w, "mlp", 0, &err), AICFN_OK);
@@ -502,6 +518,7 @@ static void remove_function_while_serving(void **state) {
     assert_true(r.rep.head.ok);
     assert_int_equal(r.rep.st.n_models, 0);
     reply_free(&r);
+    assert_int_equal(batches_now(c), batches + 1); /* removed functions' batches still count */
     stop(w, c, 5000);
     pthread_mutex_destroy(&arec.mu);
 }
