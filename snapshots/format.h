@@ -25,6 +25,11 @@
  * raw/256 plus at most 64 bytes a frame; this bound leaves room to spare, and a reader
  * refuses a seek table past it before sizing any buffer from it. */
 #define SNAP_FRAME_COMP_BOUND(raw) ((uint64_t)(raw) + (uint64_t)(raw) / 64 + 4096)
+/* The fewest compressed bytes that can restore `raw` bytes: a zstd frame's header takes at
+ * least 6 (magic, descriptor, window or size), and each block restores at most 128 KiB for
+ * at least 4 (a 3-byte header and one RLE byte). A seek table claiming less is hostile: it
+ * would have a loader reserve the blob before any frame showed it false. */
+#define SNAP_FRAME_COMP_FLOOR(raw) (6 + 4 * (((uint64_t)(raw) + (128u << 10) - 1) / (128u << 10)))
 
 /* A valid tensor entry needs at least this many msgpack bytes (seven required keys and
  * their shortest values), which bounds the tensor count by the manifest's size. */

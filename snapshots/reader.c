@@ -481,6 +481,13 @@ static int rd_manifest(const unsigned char *p, size_t n, snap_manifest *m, aicfn
         free(by);
         if (rc) return rc;
     }
+    /* The blob ends with the last tensor (no trailing padding; a reader takes up to the
+     * next alignment boundary): a loader reserves blob_bytes before reading any frame. */
+    uint64_t blob_end = (prev_end + AICFN_SNAP_ALIGN - 1) / AICFN_SNAP_ALIGN * AICFN_SNAP_ALIGN;
+    if (m->blob_bytes > blob_end)
+        return aicfn_error_set(err, AICFN_E_CORRUPT,
+                               "manifest: blob_bytes %llu runs past the last tensor, which ends at %llu",
+                               (unsigned long long)m->blob_bytes, (unsigned long long)prev_end);
     return AICFN_OK;
 }
 
@@ -623,6 +630,14 @@ static int rd_open(snap_reader *r, aicfn_error *err) {
                                  "seek table: frame %u: %u compressed bytes for %u raw bytes (at most %llu)",
                                  i, f->comp_size, f->raw_size,
                                  (unsigned long long)SNAP_FRAME_COMP_BOUND(f->raw_size));
+            goto out;
+        }
+        if (f->comp_size < SNAP_FRAME_COMP_FLOOR(f->raw_size)) {
+            rc = aicfn_error_set(err, AICFN_E_CORRUPT,
+                                 "seek table: frame %u: %u compressed bytes cannot restore %u raw bytes (zstd "
+                                 "needs at least %llu)",
+                                 i, f->comp_size, f->raw_size,
+                                 (unsigned long long)SNAP_FRAME_COMP_FLOOR(f->raw_size));
             goto out;
         }
         if (roff % AICFN_SNAP_ALIGN) {

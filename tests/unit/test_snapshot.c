@@ -801,9 +801,19 @@ static void hand_made_hostile(void **state) {
     }
 
     /* Frames that do not tile the blob. */
-    hand_snapshot(path_of("tile.aicsnap"), 2048, &ok, 1, fr, &c, rs, 1);
+    uint32_t short_rs[1] = {768};
+    hand_snapshot(path_of("tile.aicsnap"), 1024, &ok, 1, fr, &c, short_rs, 1);
     assert_int_equal(open_verify(path_of("tile.aicsnap"), &e), AICFN_E_CORRUPT);
-    assert_non_null(strstr(e.msg, "frames restore 1024 bytes but the blob has 2048"));
+    assert_non_null(strstr(e.msg, "frames restore 768 bytes but the blob has 1024"));
+    /* A blob running on past its last tensor, or a frame too small to restore its raw
+     * bytes: a loader would reserve memory a tiny file never fills. Refused at open. */
+    hand_snapshot(path_of("blobpast.aicsnap"), 2048, &ok, 1, fr, &c, rs, 1);
+    assert_int_equal(open_verify(path_of("blobpast.aicsnap"), &e), AICFN_E_CORRUPT);
+    assert_non_null(strstr(e.msg, "blob_bytes 2048 runs past the last tensor, which ends at 1024"));
+    size_t tiny = 9;
+    hand_snapshot(path_of("floor.aicsnap"), 1024, &ok, 1, fr, &tiny, rs, 1);
+    assert_int_equal(open_verify(path_of("floor.aicsnap"), &e), AICFN_E_CORRUPT);
+    assert_non_null(strstr(e.msg, "9 compressed bytes cannot restore 1024 raw bytes (zstd needs at least 10)"));
 
     /* A wrong checksum names the tensor. */
     hand_tensor bad = {"bad", 0, 1024, 12345};
