@@ -55,11 +55,13 @@ int snap_tmp_commit(int fd, const char *tmp_path, const char *dest, aicfn_error 
         unlink(tmp_path);
         return rc;
     }
-    /* The rename is durable once the directory is on disk. */
+    /* The rename is durable once the directory is on disk. A failure leaves nothing at
+     * dest (as any failure here): the caller is told the write failed, and a file that
+     * might not survive a crash must not pass for one that will. */
     char *copy = strdup(dest);
-    if (!copy) return aicfn_error_set(err, AICFN_E_NOMEM, "no memory");
-    rc = durable_sync_dir(dirname(copy), err);
+    rc = copy ? durable_sync_dir(dirname(copy), err) : aicfn_error_set(err, AICFN_E_NOMEM, "no memory");
     free(copy);
+    if (rc != AICFN_OK) unlink(dest);
     return rc;
 }
 

@@ -15,7 +15,8 @@
 int snap_tmp_create(const char *dest, char **tmp_path, int *fd, aicfn_error *err);
 
 /* fsync, close, rename tmp_path to dest, fsync dest's directory. The fd is closed either
- * way; on failure tmp_path is removed. AICFN_E_IO naming the step and the paths. */
+ * way; on failure neither tmp_path nor dest is left (dest is removed when only the
+ * directory's fsync failed). AICFN_E_IO naming the step and the paths. */
 int snap_tmp_commit(int fd, const char *tmp_path, const char *dest, aicfn_error *err);
 
 /* Closes fd (when >= 0) and removes tmp_path (when not NULL): a write that failed. */

@@ -54,8 +54,10 @@ typedef struct snap_pack_stats {
 void snap_pack_opts_init(snap_pack_opts *o);
 
 /* Packs the safetensors inputs (files, index.json files or directories, see snap_st_open)
- * into the snapshot `out_path`. Writes `out_path`.tmp.PID first and renames it into place,
- * so `out_path` is either the old file or the complete new one. `opts` may be NULL
+ * into the snapshot `out_path`. Writes a temporary file beside it (`out_path`.tmpXXXXXX,
+ * snapshots/tmpfile.h) first and renames it into place, so `out_path` is the old file or
+ * the complete new one (or none, when the directory's fsync after the rename failed:
+ * the call then fails). `opts` may be NULL
  * (defaults); `stats` may be NULL. Blocks; starts and joins its own threads; may be
  * called from several threads at once for different outputs. Returns AICFN_OK or an
  * error naming the input, tensor or output that failed. */
