@@ -149,6 +149,7 @@ static void refuses_aliases_anchors_tags_and_depth(void **state) {
     (void)state;
     expect_error("name: &n a\nhandler: a.c\n", "anchors", ":1:7", NULL);
     expect_error("x: &a [1]\nname: *a\nhandler: a.c\n", "anchors", NULL, NULL);
+    expect_error("name: *a\nhandler: a.c\n", "aliases", ":1:7", NULL); /* an alias without an anchor */
     expect_error("name: !!str a\nhandler: a.c\n", "tags", NULL, NULL);
     /* Billion laughs: refused at the first anchor, nothing expanded. */
     const char *laughs = "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n"
