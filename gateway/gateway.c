@@ -1175,8 +1175,16 @@ static bool gw_try_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
      * happen for nothing. */
     bool loads = d.kind == GW_ROUTE_FREE || d.kind == GW_ROUTE_EVICT || d.kind == GW_ROUTE_SPAWN;
     uint64_t now = clock_now_us();
-    if (loads && !c->preload && f->key[0] && f->load_us_last &&
-        (c->deadline_us <= now || c->deadline_us - now < f->load_us_last)) {
+    bool short_of_a_load = loads && !c->preload && f->key[0] && f->load_us_last &&
+                           (c->deadline_us <= now || c->deadline_us - now < f->load_us_last);
+    uint32_t holders = short_of_a_load ? gw_route_holders(view, n, &r) : 0;
+    if (holders > 0) {
+        /* Its model is resident (or loading) on busy workers, the router's choice was one
+         * more replica: no replica for this call, it waits for a holder (the least-loaded
+         * one, or the queue when every holder is full). */
+        r.max_holders = holders;
+        gw_route_decide(view, n, &r, &d);
+    } else if (short_of_a_load) {
         gw_fail_locked(a, c, AICFN_E_TIMEOUT,
                        "function %s:%u: %llu ms left before the call's deadline, and loading its model took "
                        "%llu ms last time: not loaded for it (its model is not resident)",

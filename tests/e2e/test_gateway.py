@@ -319,6 +319,38 @@ def test_a_deadline_too_short_for_its_model_load_starts_no_load(procs, tmp_path)
     assert r["ok"] and r["cold"], r
 
 
+
+def test_a_short_deadline_waits_for_a_busy_worker_holding_its_model(procs, tmp_path):
+    """The refusal above is for a model resident nowhere. A function allowed two workers
+    whose only holder is busy would get a new replica (a spawn): a call with less time
+    left than the model's load takes no new replica then, but waits for the holder
+    (here it is answered at its deadline by the queue, not refused at once as 'not
+    loaded'), and no worker is spawned for it."""
+    d = tmp_path / "slowm"
+    d.mkdir()
+    write_safetensors(d / "w.safetensors",
+                      {"w": np.random.default_rng(3).standard_normal(3 << 20).astype(np.float32)})
+    write_manifest(d, f"name: slowm\nhandler: {handler('test_sleep')}\nmodel: w.safetensors\n"
+                      "scaling: {max_workers: 2}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..2", memory="64MiB")
+    deploy(addr, d)
+    r = call(addr, invoke_msg("slowm", []), timeout_ms=30000)
+    assert r["ok"] and r["cold"] and r["timing"]["load"] > 1000, r
+    busy = {}
+    t = threading.Thread(target=lambda: busy.update(
+        r=call(addr, invoke_msg("slowm", [], params={"sleep_ms": "2000"}), timeout_ms=30000)))
+    t.start()
+    wait_for(lambda: [w["in_flight"] for w in workers(addr)] == [1], 10, interval=0.05,
+             what="its one worker busy")
+    r = call(addr, invoke_msg("slowm", [], deadline_ms=1), timeout_ms=30000)
+    assert not r["ok"] and r["error"]["name"] == "AICFN_E_TIMEOUT", r
+    assert "not loaded" not in r["error"]["message"], r
+    t.join(30)
+    assert busy["r"]["ok"] and not busy["r"]["cold"], busy
+    assert len(workers(addr)) == 1  # nothing spawned for the short call
+    time.sleep(0.3)  # the ledger's flush interval
+    assert db_rows(data, "SELECT count(*) FROM cold_starts WHERE function = 'slowm'") == [(1,)]
+
 def test_single_flight_twenty_first_calls(procs, tmp_path):
     addr, data, g = start_gateway(procs, tmp_path, workers="0..2")
     deploy(addr, ROOT / "examples" / "mlp")
