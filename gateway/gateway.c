@@ -198,6 +198,7 @@ struct gw_gateway {
     uint32_t max_remote_workers; /* live registered workers at most (each holds a link and polls) */
     uint64_t idle_timeout_us;
     uint64_t worker_memory;
+    uint64_t local_budget_seen; /* the largest budget a local worker reported (0: none yet) */
     bool insecure_local;
     uint64_t upload_idle_us;
     bool no_bundles; /* --no-bundles: every call leaves alone */
@@ -368,6 +369,7 @@ static void gw_apply_summary_locked(gw_gateway *gw, gw_worker *w, const wire_wor
                                     uint64_t now) {
     gw_worker_state before = w->state;
     gw_worker_apply_summary(w, s, now);
+    if (w->pool_id && s->budget_bytes > gw->local_budget_seen) gw->local_budget_seen = s->budget_bytes;
     if (w->state != before && w->state == GW_WORKER_DRAINING) gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
 }
 
@@ -809,8 +811,13 @@ static uint32_t gw_local_serving(gw_gateway *gw) {
     return n;
 }
 
+/* The budget a new local worker would have: --worker-memory, else (each worker taking its
+ * device's free memory) the largest a local worker has reported, so that a model larger
+ * than that is AICFN_E_TOO_LARGE rather than a worker spawned to refuse it; before any
+ * report, unbounded (the first worker's own answer says). */
 static uint64_t gw_new_budget(gw_gateway *gw) {
-    return gw->worker_memory ? gw->worker_memory : UINT64_MAX / 4;
+    if (gw->worker_memory) return gw->worker_memory;
+    return gw->local_budget_seen ? gw->local_budget_seen : UINT64_MAX / 4;
 }
 
 /* A new local worker (STARTING; the process starts once the lock is released), or NULL
