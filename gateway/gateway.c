@@ -1564,14 +1564,18 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
                          c->fn->name, c->fn->ver, cr->crashes, AICFN_CRASH_BACKOFF_MS);
             }
         }
-        uint32_t crashes = cr ? cr->crashes : 0;
+        /* A death it is not charged with (a bystander, a worker the gateway ended) stops no
+         * retry, whatever crashes an earlier record of it holds. */
+        uint32_t crashes = cr && crashed ? cr->crashes : 0;
         if (c->fn->cfg.idempotent && c->attempts < 2 && crashes < 2 && !gw->stopping) {
             c->attempts++;
             gw_route_locked(gw, c, &a);
         } else {
             gw_fail_locked(&a, c, AICFN_E_WORKER_LOST, "worker %s died with the call in flight%s", w->name,
-                           c->fn->cfg.idempotent ? " (already retried once)"
-                                                 : " (function not idempotent: not retried)");
+                           !c->fn->cfg.idempotent ? " (function not idempotent: not retried)"
+                           : gw->stopping         ? " (the gateway is stopping: not retried)"
+                           : crashes >= 2         ? " (this request crashed its worker twice: not retried)"
+                                                  : " (already retried once)");
         }
     } else if (status == AICFN_E_TIMEOUT) {
         log_warn("worker %s: call %llu (%s:%u) got no reply within its timeout + grace: killing the worker",
