@@ -85,18 +85,23 @@ static void loading_joins_the_load(void **state) {
 
 static void free_budget_fewest_then_most_free(void **state) {
     (void)state;
-    gw_route_model other[] = {{"echo:1", GW_MODEL_READY, 1 * MiB, 0, 1, false}};
+    /* Worker 0: 5 MiB free beside an unpinned 10 MiB model, enough to take mlp by evicting it. */
+    gw_route_model other[] = {{"echo:1", GW_MODEL_READY, 10 * MiB, 0, 1, false}};
     gw_route_worker ws[] = {worker(100 * MiB, 5 * MiB, 0, other, 1), worker(100 * MiB, 40 * MiB, 2, NULL, 0),
                             worker(100 * MiB, 20 * MiB, 1, NULL, 0), worker(100 * MiB, 60 * MiB, 1, NULL, 0)};
     gw_route_request r = request("mlp:1", 10 * MiB, true);
     gw_route_decision d;
     assert_int_equal(gw_route_decide(ws, 4, &r, &d), GW_ROUTE_FREE);
     assert_int_equal(d.worker, 3); /* in flight 1 (ties with 2), more free bytes */
-    /* Free budget is preferred to evicting, even with fewer calls on the full worker. */
+    /* Free budget is preferred to evicting, even with fewer calls on the full worker... */
     ws[0].in_flight = 0;
     ws[1].in_flight = ws[2].in_flight = ws[3].in_flight = 7;
     assert_int_equal(gw_route_decide(ws, 4, &r, &d), GW_ROUTE_FREE);
     assert_int_not_equal(d.worker, 0);
+    /* ... which is chosen, evicting, once no worker has the room free. */
+    ws[1].free_bytes = ws[2].free_bytes = ws[3].free_bytes = 5 * MiB;
+    assert_int_equal(gw_route_decide(ws, 4, &r, &d), GW_ROUTE_EVICT);
+    assert_int_equal(d.worker, 0);
 }
 
 static void evict_oldest_victims(void **state) {
