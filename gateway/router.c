@@ -158,9 +158,11 @@ gw_route_kind gw_route_decide(const gw_route_worker *workers, size_t n, const gw
         if (k) return out->kind = k;
     }
 
-    /* At the limit, or no room for a replica: the least-loaded holder (READY on a tie). */
+    /* At the limit, or no room for a replica: the least-loaded READY holder, else the
+     * least-loaded LOADING one (design.md §6's order: a busy READY holder serves a call
+     * in its calls' time, a load takes the load's). */
     if (!req->new_replica) {
-        if (ready >= 0 && (loading < 0 || workers[ready].in_flight <= workers[loading].in_flight)) {
+        if (ready >= 0) {
             out->worker = ready;
             return out->kind = GW_ROUTE_READY;
         }

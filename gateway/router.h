@@ -16,8 +16,8 @@
  * LOADING are its holders. Levels 1 and 2 take a holder only while it is not busy (its
  * calls in flight below req->busy_in_flight). When every holder is busy and there are
  * fewer holders than req->max_holders, levels 3-5 place one more replica; otherwise
- * (at the limit, or nowhere to put a replica) the call goes to the least-loaded holder,
- * READY before LOADING on a tie, and waits in that worker's queue. A `full` worker is
+ * (at the limit, or nowhere to put a replica) the call goes to the least-loaded READY
+ * holder, else the least-loaded LOADING one, and waits in that worker's queue. A `full` worker is
  * never chosen at any level (it still counts as a holder); when every holder is full and
  * no replica can be placed, the call queues (level 6). So a function never
  * has more than max_holders holders because of routing, and max_holders 1 never

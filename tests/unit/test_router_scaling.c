@@ -146,15 +146,18 @@ static void at_max_least_loaded_holder(void **state) {
     assert_int_equal(gw_route_decide(ws, 3, &r, &d), GW_ROUTE_READY);
     assert_int_equal(d.worker, 1);
     assert_int_equal(gw_route_holders(ws, 3, &r), 2);
-    /* A LOADING holder with fewer calls wins over the busier READY ones... */
+    /* A busy READY holder is preferred to a LOADING one with fewer calls (those wait for
+     * the load)... */
     ws[1] = worker(3, c, 1);
     ws[1].in_flight = 2;
-    assert_int_equal(gw_route_decide(ws, 3, &r, &d), GW_ROUTE_LOADING);
-    assert_int_equal(d.worker, 1);
-    /* ...and on a tie READY wins. */
-    ws[0].in_flight = 2;
     assert_int_equal(gw_route_decide(ws, 3, &r, &d), GW_ROUTE_READY);
     assert_int_equal(d.worker, 0);
+    /* ...which takes the call when no holder is READY. */
+    a[0].state = GW_MODEL_LOADING;
+    assert_int_equal(gw_route_decide(ws, 3, &r, &d), GW_ROUTE_LOADING);
+    assert_int_equal(d.worker, 1);
+    a[0].state = GW_MODEL_READY;
+    ws[0].in_flight = 2;
     /* A copy being evicted is no holder: below the limit again, a replica. */
     c[0].state = GW_MODEL_EVICTING;
     assert_int_equal(gw_route_holders(ws, 3, &r), 1);
