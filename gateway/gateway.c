@@ -1094,7 +1094,7 @@ static void gw_enqueue_locked(gw_fn *f, gw_call *c) {
 static size_t gw_view_locked(gw_gateway *gw, const gw_worker *skip, gw_route_worker *view, gw_worker **ws) {
     size_t n = 0;
     for (gw_worker *w = gw->workers; w && n < GW_MAX_VIEW; w = w->next) {
-        if (w->state == GW_WORKER_DEAD || w->state == GW_WORKER_DRAINING) continue;
+        if (w->state == GW_WORKER_DEAD || w->state == GW_WORKER_DRAINING || w->doomed) continue;
         if (w == skip) continue;
         /* A registered worker that has not answered its first status may never (a wrong
          * address): no call waits on it. A local one starting is the pool's own. */
@@ -1648,6 +1648,8 @@ static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_err
     gw_actions a;
     memset(&a, 0, sizeof a);
     pthread_mutex_lock(&gw->mu);
+    /* Parts handed out before the overran one may pump queued calls: none to this worker. */
+    if (overran) b->w->doomed = true;
     gw_link_msg_done_locked(gw, b->w, true, status == AICFN_OK && !overran, &a);
     pthread_mutex_unlock(&gw->mu);
     gw_process(gw, &a);

@@ -68,6 +68,8 @@ typedef struct gw_worker {
     bool killed;             /* the gateway ended it (a call past its timeout, failed polls): the calls
                                 that fail with it did not crash it and are not charged as crashes */
     const char *kill_reason; /* why, when killed (a static string) */
+    bool doomed;             /* a bundle part came back overran: the worker is killed once that part
+                                is handed out; until then the router sends it nothing */
     /* A registered worker's exit token (its `register` carried `ctl`): a killed one is sent
      * `exit` with it (a local one gets SIGKILL). "" = none. */
     char exit_token[AICFN_WORKER_EXIT_TOKEN_MAX + 1];
