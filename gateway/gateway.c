@@ -3515,6 +3515,10 @@ static void gw_idle_unload_cb(void *user, int status, rpc_msg *reply, const aicf
     if (rc == AICFN_OK && w->state != GW_WORKER_DEAD)
         gw_apply_summary_locked(gw, w, &rep.w.summary, clock_now_us());
     if (rc == AICFN_OK) gw_load_source_locked(gw, w, &rep.w, &src);
+    if (rc != AICFN_OK && !u->keep_only) /* not unloaded (a call pinned it): READY in the view again */
+        for (size_t i = 0; i < w->n_models; i++)
+            if (w->models[i].state == GW_MODEL_EVICTING && strcmp(w->models[i].key, u->key) == 0)
+                w->models[i].state = GW_MODEL_READY;
     pthread_mutex_unlock(&gw->mu);
     if (rc == AICFN_OK) gw_record_unreported_loads(gw, &rep.w, &src);
     wire_doc_fini(&doc);
@@ -3527,7 +3531,7 @@ static void gw_idle_unload_cb(void *user, int status, rpc_msg *reply, const aicf
         log_info("function %s:%u: model unloaded from worker %s after %llu ms without calls "
                  "(scaling.idle_timeout)",
                  u->fn, u->ver, w->name, (unsigned long long)u->idle_ms);
-    else /* a call pinned it meanwhile, or the worker left: the next poll corrects the view */
+    else /* a call pinned it meanwhile, or the worker left (the next poll corrects the view) */
         log_debug("function %s:%u: %s on worker %s not done: %s", u->fn, u->ver,
                   u->keep_only ? "end of keep" : "idle unload", w->name, e.msg);
     free(u);
