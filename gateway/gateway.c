@@ -896,25 +896,31 @@ static void gw_fail_deadline_locked(gw_actions *a, gw_call *c) {
 /* `resident`: the router found c's model READY on w (or c needs none), so c may wait
  * in w's outbox for a bundle; a call that will load its model never waits there, nor
  * holds up a bundle behind its load. */
+/* Fails call c when it may not go to a worker now (lock held): its deadline has passed,
+ * or (a copy that waited, queued or for a worker to start) its request crashed workers
+ * twice meanwhile and is refused like one arriving now, not run a third time. */
+static bool gw_refused_locked(gw_call *c, uint64_t now, gw_actions *a) {
+    if (now >= c->deadline_us) {
+        c->worker = NULL;
+        gw_fail_deadline_locked(a, c);
+        return true;
+    }
+    const gw_crash *cr = c->preload ? NULL : gw_crash_refusing(c->fn, c->hash, now);
+    if (cr) {
+        c->worker = NULL;
+        gw_fail_locked(a, c, AICFN_E_UNAVAILABLE, GW_CRASH_REFUSAL, c->fn->name, c->fn->ver, cr->crashes,
+                       (unsigned long long)((cr->until_us - now) / 1000));
+        return true;
+    }
+    return false;
+}
+
 static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resident) {
     uint64_t now = clock_now_us();
     c->worker = w;
     if (w->state != GW_WORKER_STARTING) {
         /* Time spent queued or waiting for a spawn comes out of the worker's budget. */
-        if (now >= c->deadline_us) {
-            c->worker = NULL;
-            gw_fail_deadline_locked(a, c);
-            return;
-        }
-        /* A copy that waited (queued, or for a worker to start) while its request crashed
-         * workers twice is refused like one arriving now, not run a third time. */
-        const gw_crash *cr = c->preload ? NULL : gw_crash_refusing(c->fn, c->hash, now);
-        if (cr) {
-            c->worker = NULL;
-            gw_fail_locked(a, c, AICFN_E_UNAVAILABLE, GW_CRASH_REFUSAL, c->fn->name, c->fn->ver, cr->crashes,
-                           (unsigned long long)((cr->until_us - now) / 1000));
-            return;
-        }
+        if (gw_refused_locked(c, now, a)) return;
         gw_patch_deadline(c, now);
     }
     if (w->state == GW_WORKER_STARTING) {
@@ -1164,6 +1170,8 @@ static bool gw_try_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
         gw_fail_locked(a, c, AICFN_E_CANCELED, "the gateway is stopping");
         return true;
     }
+    /* Refused before routing: a decision marks a load or spawns a worker for the call. */
+    if (gw_refused_locked(c, clock_now_us(), a)) return true;
     gw_route_worker view[GW_MAX_VIEW];
     gw_worker *ws[GW_MAX_VIEW];
     size_t n = gw_view_locked(gw, c->attempts > 1 ? c->worker : NULL, view, ws);
