@@ -7,6 +7,7 @@
 #include "cli/manifest.h"
 
 #include <dirent.h>
+#include <elf.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
@@ -364,6 +365,20 @@ static int man_tensors(man_ctx *c, const man_node *seq, const char *where, gw_te
     return AICFN_OK;
 }
 
+/* Whether `path` starts as an ELF shared object does: the ELF magic and e_type ET_DYN (in
+ * the file's own byte order). */
+static bool man_is_elf_shared_object(const char *path) {
+    unsigned char h[EI_NIDENT + 2];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t n = read(fd, h, sizeof h);
+    close(fd);
+    if (n != (ssize_t)sizeof h || memcmp(h, ELFMAG, SELFMAG) != 0) return false;
+    unsigned type = h[EI_DATA] == ELFDATA2MSB ? (unsigned)(h[EI_NIDENT] << 8 | h[EI_NIDENT + 1])
+                                              : (unsigned)(h[EI_NIDENT] | h[EI_NIDENT + 1] << 8);
+    return type == ET_DYN;
+}
+
 static char *man_join(const char *dir, const char *rel) {
     if (!dir || rel[0] == '/') return strdup(rel);
     size_t n = strlen(dir) + 1 + strlen(rel) + 1;
@@ -474,6 +489,10 @@ static int man_handler(man_ctx *c, cli_manifest *m, const man_node *v) {
             return man_err(c, v, "handler", "cannot find '%.200s': %s", m->handler, strerror(errno));
         if (!S_ISREG(st.st_mode))
             return man_err(c, v, "handler", "'%.200s' is not a regular file", m->handler);
+        /* A prebuilt handler is uploaded as it is: only an ELF shared object, so that a
+         * handler path (a symlink in a repository, say) cannot send any other file. */
+        if (m->handler_kind == CLI_HANDLER_SO && !man_is_elf_shared_object(m->handler))
+            return man_err(c, v, "handler", "'%.200s' is not an ELF shared object", m->handler);
     }
     return AICFN_OK;
 }

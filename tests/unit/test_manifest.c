@@ -232,6 +232,24 @@ static void load_resolves_and_checks_files(void **state) {
     assert_int_equal(m->n_model_files, 2);
     assert_non_null(strstr(m->model_files[0], "b.safetensors"));
     cli_manifest_free(m);
+    /* A prebuilt handler must be an ELF shared object (a text file named .so, or a symlink
+     * to one, is not uploaded); a real one is taken. */
+    snprintf(p, sizeof p, "%s/secret.so", dir);
+    write_file(p, "[default]\naws_secret_access_key = x\n");
+    write_file(y, "name: mlp\nhandler: secret.so\n");
+    assert_int_equal(cli_manifest_load(y, &m, &err), AICFN_E_INVALID);
+    assert_non_null(strstr(err.msg, "handler: "));
+    assert_non_null(strstr(err.msg, "is not an ELF shared object"));
+    const char *libc = "/usr/lib/x86_64-linux-gnu/libc.so.6";
+    if (access(libc, R_OK) == 0) {
+        snprintf(p, sizeof p, "%s/real.so", dir);
+        assert_int_equal(symlink(libc, p), 0);
+        write_file(y, "name: mlp\nhandler: real.so\n");
+        if (cli_manifest_load(y, &m, &err) != AICFN_OK) fail_msg("%s", err.msg);
+        assert_int_equal(m->handler_kind, CLI_HANDLER_SO);
+        cli_manifest_free(m);
+        m = NULL;
+    }
     /* Missing files name the key and line. */
     write_file(y, "name: mlp\nhandler: nope.c\n");
     assert_int_equal(cli_manifest_load(y, &m, &err), AICFN_E_INVALID);
