@@ -365,11 +365,16 @@ static gw_worker_row_state gw_row_state(const gw_worker *w) {
 /* Applies a worker's piggybacked summary; a worker that says it drains gets its row. (A
  * drain the gateway did not start may take as long as the worker's calls in flight: the
  * pool's SIGKILL grace starts only when the worker closes its link, gw_worker_dead_locked.) */
+/* Keeps the largest budget a local worker reported (gw_new_budget). */
+static void gw_note_local_budget_locked(gw_gateway *gw, const gw_worker *w, uint64_t budget) {
+    if (w->pool_id && budget > gw->local_budget_seen) gw->local_budget_seen = budget;
+}
+
 static void gw_apply_summary_locked(gw_gateway *gw, gw_worker *w, const wire_worker_summary *s,
                                     uint64_t now) {
     gw_worker_state before = w->state;
     gw_worker_apply_summary(w, s, now);
-    if (w->pool_id && s->budget_bytes > gw->local_budget_seen) gw->local_budget_seen = s->budget_bytes;
+    gw_note_local_budget_locked(gw, w, s->budget_bytes);
     if (w->state != before && w->state == GW_WORKER_DRAINING) gw_worker_row_locked(gw, w, GW_WROW_DRAINING);
 }
 
@@ -893,9 +898,6 @@ static void gw_fail_deadline_locked(gw_actions *a, gw_call *c) {
                    c->fn->name, c->fn->ver, c->timeout_ms);
 }
 
-/* `resident`: the router found c's model READY on w (or c needs none), so c may wait
- * in w's outbox for a bundle; a call that will load its model never waits there, nor
- * holds up a bundle behind its load. */
 /* Fails call c when it may not go to a worker now (lock held): its deadline has passed,
  * or (a copy that waited, queued or for a worker to start) its request crashed workers
  * twice meanwhile and is refused like one arriving now, not run a third time. */
@@ -915,6 +917,9 @@ static bool gw_refused_locked(gw_call *c, uint64_t now, gw_actions *a) {
     return false;
 }
 
+/* `resident`: the router found c's model READY on w (or c needs none), so c may wait
+ * in w's outbox for a bundle; a call that will load its model never waits there, nor
+ * holds up a bundle behind its load. */
 static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resident) {
     uint64_t now = clock_now_us();
     c->worker = w;
@@ -1080,7 +1085,7 @@ static void gw_link_msg_done_locked(gw_gateway *gw, gw_worker *w, bool short_msg
     if (w->call_msgs > 0) w->call_msgs--;
     if (answered) w->consecutive_poll_failures = 0; /* it answers: alive, whatever its polls did */
     if (answered && w->outbox_head && w->short_msgs < AICFN_BUNDLE_WINDOW && w->state != GW_WORKER_DEAD &&
-        w->state != GW_WORKER_DRAINING)
+        w->state != GW_WORKER_DRAINING && !w->doomed)
         gw_outbox_flush_locked(gw, w, a);
 }
 
@@ -1656,8 +1661,13 @@ static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_err
     gw_actions a;
     memset(&a, 0, sizeof a);
     pthread_mutex_lock(&gw->mu);
-    /* Parts handed out before the overran one may pump queued calls: none to this worker. */
-    if (overran) b->w->doomed = true;
+    /* Parts handed out before the overran one may pump queued calls, and other replies or
+     * the tick flush held ones: none to this worker meanwhile. The reference keeps it
+     * until the mark is lifted (it stays usable if the overran part did not kill it). */
+    if (overran) {
+        b->w->doomed = true;
+        b->w->callbacks++;
+    }
     gw_link_msg_done_locked(gw, b->w, true, status == AICFN_OK && !overran, &a);
     pthread_mutex_unlock(&gw->mu);
     gw_process(gw, &a);
@@ -1679,6 +1689,12 @@ static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_err
             gw_call_complete(b->calls[i], AICFN_E_NOMEM, NULL, &pe, false);
         else
             gw_call_complete(b->calls[i], AICFN_OK, part, NULL, false);
+    }
+    if (overran) {
+        pthread_mutex_lock(&gw->mu);
+        b->w->doomed = false;
+        b->w->callbacks--;
+        pthread_mutex_unlock(&gw->mu);
     }
     wire_doc_fini(&doc);
     rpc_msg_free(reply);
@@ -1724,6 +1740,7 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
         w->last_seen_wall_us = clock_wall_us();
         snprintf(w->device, sizeof w->device, "%s", rep.w.device ? rep.w.device : "");
         gw_worker_apply_summary(w, &rep.w.summary, now);
+        gw_note_local_budget_locked(gw, w, rep.w.summary.budget_bytes);
         /* One row per status answer: the state, and last_seen_us refreshed once per poll
          * (AICFN_WORKER_POLL_MS), never per call. */
         if (w->state == GW_WORKER_STARTING)
@@ -1748,6 +1765,10 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
             while (pc) {
                 gw_call *next = pc->next;
                 if (w->state == GW_WORKER_READY && w->call_msgs < AICFN_WORKER_MAX_CALL_MSGS) {
+                    if (gw_refused_locked(pc, now, &a)) { /* before the view marks a load for it */
+                        pc = next;
+                        continue;
+                    }
                     /* Its first status does not list the model yet: the load is held. */
                     if (pc->fn->key[0])
                         gw_worker_note_load(w, pc->fn->key, pc->fn->model_bytes, now, GW_HOLD_US);
@@ -2665,7 +2686,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
         if (w->outbox_head) gw_expire_outbox_locked(w, now, a);
         if (w->outbox_head && w->state == GW_WORKER_DRAINING)
             gw_outbox_reroute_locked(gw, w, a); /* it takes no new calls */
-        else if (w->outbox_head && now - w->outbox_since_us >= AICFN_BUNDLE_HOLD_MAX_US)
+        else if (w->outbox_head && !w->doomed && now - w->outbox_since_us >= AICFN_BUNDLE_HOLD_MAX_US)
             gw_outbox_flush_locked(gw, w, a); /* a short function turned slow */
         if ((w->state == GW_WORKER_READY || w->state == GW_WORKER_DRAINING) && w->client &&
             !w->poll_pending && now - w->last_poll_us >= (uint64_t)AICFN_WORKER_POLL_MS * 1000 &&
@@ -3483,6 +3504,14 @@ static void gw_idle_unload_cb(void *user, int status, rpc_msg *reply, const aicf
 
 /* Sends one idle unload, or the end of a keep (`keep_only`), (lock NOT held;
  * w->callbacks was taken under it). */
+/* An idle unload marked its model EVICTING in w's view (gw_idle_unloads_locked) and did
+ * not happen (not sent, or refused: a call pinned the model): READY again (lock held). */
+static void gw_idle_unload_undone_locked(gw_worker *w, const char *key) {
+    for (size_t i = 0; i < w->n_models; i++)
+        if (w->models[i].state == GW_MODEL_EVICTING && strcmp(w->models[i].key, key) == 0)
+            w->models[i].state = GW_MODEL_READY;
+}
+
 static void gw_idle_unload_start(gw_gateway *gw, gw_worker *w, const char *key, const char *fn, uint32_t ver,
                                  uint64_t idle_ms, bool keep_only) {
     aicfn_error e;
@@ -3503,6 +3532,7 @@ static void gw_idle_unload_start(gw_gateway *gw, gw_worker *w, const char *key, 
         log_warn("function %s:%u: %s on worker %s not sent: %s", fn, ver,
                  keep_only ? "end of keep" : "idle unload", w->name, e.msg);
         pthread_mutex_lock(&gw->mu);
+        if (!keep_only) gw_idle_unload_undone_locked(w, key);
         w->callbacks--;
         pthread_mutex_unlock(&gw->mu);
     }
@@ -3523,10 +3553,7 @@ static void gw_idle_unload_cb(void *user, int status, rpc_msg *reply, const aicf
     if (rc == AICFN_OK && w->state != GW_WORKER_DEAD)
         gw_apply_summary_locked(gw, w, &rep.w.summary, clock_now_us());
     if (rc == AICFN_OK) gw_load_source_locked(gw, w, &rep.w, &src);
-    if (rc != AICFN_OK && !u->keep_only) /* not unloaded (a call pinned it): READY in the view again */
-        for (size_t i = 0; i < w->n_models; i++)
-            if (w->models[i].state == GW_MODEL_EVICTING && strcmp(w->models[i].key, u->key) == 0)
-                w->models[i].state = GW_MODEL_READY;
+    if (rc == AICFN_E_UNAVAILABLE && !u->keep_only) gw_idle_unload_undone_locked(w, u->key); /* pinned */
     pthread_mutex_unlock(&gw->mu);
     if (rc == AICFN_OK) gw_record_unreported_loads(gw, &rep.w, &src);
     wire_doc_fini(&doc);
