@@ -370,11 +370,14 @@ int loader_device_cuda_open(int ordinal, loader_device **out, aicfn_error *err) 
     uint64_t t0 = clock_now_us();
     int rc = CU_CHECK(cudaSetDevice(ordinal), err, ordinal); /* creates the primary context */
     uint64_t t_ctx = clock_now_us();
-    if (rc != AICFN_OK) { /* visible but not usable (busy in exclusive-process mode, ...): device.h */
+    if (rc != AICFN_OK) {
+        /* Visible but not usable (busy in exclusive-process mode, ...): device.h's
+         * AICFN_E_UNAVAILABLE; out of memory for the context stays AICFN_E_CAPACITY. */
+        int code = rc == AICFN_E_CAPACITY ? AICFN_E_CAPACITY : AICFN_E_UNAVAILABLE;
         aicfn_error_wrap(err, "device cuda:%d: no usable GPU", ordinal);
         loader_device_close(dev);
-        if (err) err->code = AICFN_E_UNAVAILABLE;
-        return AICFN_E_UNAVAILABLE;
+        if (err) err->code = code;
+        return code;
     }
     for (int i = 0; rc == AICFN_OK && i < AICFN_CUDA_STREAMS; i++) {
         rc = CU_CHECK(cudaStreamCreateWithFlags(&c->streams[i], cudaStreamNonBlocking), err, ordinal);
