@@ -742,8 +742,6 @@ static const char *ht_bearer(struct MHD_Connection *c) {
     return *a ? a : NULL;
 }
 
-/* First call for a request: route, auth, size checks. Returns false when r now holds
- * the answer (sent at once; any body is not read). */
 /* Whether the request's headers announce a body: Transfer-Encoding, or a Content-Length
  * that is not all zeros (an unreadable one counts as a body). */
 static bool ht_body_announced(struct MHD_Connection *c) {
@@ -752,6 +750,9 @@ static bool ht_body_announced(struct MHD_Connection *c) {
     return cl && (cl[0] == '\0' || strspn(cl, "0") != strlen(cl));
 }
 
+/* First call for a request: route, auth, size checks. Returns false when r now holds
+ * the answer (sent at once, or at the request's next callback when it has no body; any
+ * body is not read). */
 static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char *url) {
     aicfn_error err = {0};
     bool bad_method;

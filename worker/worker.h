@@ -111,7 +111,7 @@ const char *worker_url(const worker *w);
 
 /* Drains: from now on new invocations are refused with AICFN_E_UNAVAILABLE; waits
  * until every call in flight has been answered (each is bounded by its deadline), at
- * most `max_wait_ms` (0 = the longest function timeout plus AICFN_CALL_GRACE_MS); then,
+ * most `max_wait_ms` (0 = the longest function or preload timeout plus AICFN_CALL_GRACE_MS); then,
  * if loads no reply carried are still unreported (protocol.md section 5, w.loads), up to
  * 3 x AICFN_WORKER_POLL_MS for a status request to take them, within the same bound.
  * Returns the number of calls still in flight (0 on a clean drain). Thread-safe; blocks. */
