@@ -62,6 +62,7 @@ typedef struct ci_args {
     uint64_t id;
     uint32_t deadline_ms;
     uint32_t timeout_ms; /* client-side wait */
+    bool timeout_set;    /* --timeout given */
     int json;
     int n_inputs;
     ci_input inputs[AICFN_MAX_TENSORS];
@@ -89,8 +90,11 @@ static void ci_help(FILE *out) {
         "                       integer dtypes also take \"decimal strings\" (UINT64 past 2^63)\n"
         "  --param KEY=VALUE  a request param (JSON numbers/booleans keep their type, else text)\n"
         "  --ver N            function version (default: active)\n"
-        "  --deadline-ms N    the call's time budget on the server (default: the function's timeout)\n"
-        "  --timeout DUR      how long to wait for the reply (default 30s)\n"
+        "  --deadline-ms N    the call's time budget on the server (default: --timeout when given,\n"
+        "                     else the function's timeout); a handler that started is not cut\n"
+        "                     short, so the reply is waited for past it (below)\n"
+        "  --timeout DUR      how long to wait for the reply (default 30s); at least the call's\n"
+        "                     deadline + 1s, so that the server's answer to it arrives\n"
         "  --json             print the whole reply (ok, cold, cached, batch, timing, outputs) on one "
         "line\n");
 }
@@ -720,6 +724,19 @@ static int ci_send(const ci_args *a, const uint8_t *req, size_t len, rpc_msg **r
     return rc;
 }
 
+/* A failure with no reply to print (the gateway or worker unreachable, no answer within
+ * the wait, a malformed reply): with --json, stdout still gets one JSON object
+ * {"ok":false,"error":{code,name,message}} as for an error reply; stderr says it too. */
+static int ci_fail(const ci_args *a, const aicfn_error *err) {
+    if (a->json) {
+        json_t *o = json_pack("{s:b, s:{s:i, s:s, s:s}}", "ok", 0, "error", "code", err->code, "name",
+                              aicfn_status_name(err->code), "message", err->msg);
+        cli_print_json(o, "{\"ok\":false}");
+        json_decref(o);
+    }
+    return cli_fail(err);
+}
+
 static int ci_print_reply(const ci_args *a, const uint8_t *buf, size_t len) {
     wire_doc doc;
     aicfn_error err;
@@ -729,7 +746,7 @@ static int ci_print_reply(const ci_args *a, const uint8_t *buf, size_t len) {
     if (rc != AICFN_OK) {
         wire_doc_fini(&doc);
         aicfn_error_wrap(&err, "malformed reply");
-        return cli_fail(&err);
+        return ci_fail(a, &err);
     }
     json_t *o = json_object();
     json_object_set_new(o, "id", json_integer((json_int_t)rep.head.id));
@@ -755,6 +772,11 @@ static int ci_print_reply(const ci_args *a, const uint8_t *buf, size_t len) {
     for (uint32_t i = 0; i < rep.n_outputs; i++)
         json_array_append_new(outs, ci_tensor_json(&rep.outputs[i]));
     json_object_set_new(o, "outputs", outs);
+    /* Reals are printed with as many digits as round-trip their dtype: 9 for FP32 and the
+     * smaller floats, 17 when an output is FP64. */
+    int digits = 9;
+    for (uint32_t i = 0; i < rep.n_outputs; i++)
+        if (rep.outputs[i].dtype == AICFN_DTYPE_FP64) digits = 17;
     int exit_rc = CLI_EXIT_OK;
     if (!rep.head.ok) {
         aicfn_error e;
@@ -762,13 +784,13 @@ static int ci_print_reply(const ci_args *a, const uint8_t *buf, size_t len) {
         exit_rc = cli_fail(&e);
     }
     if (a->json) {
-        char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(9));
+        char *s = json_dumps(o, JSON_COMPACT | JSON_REAL_PRECISION(digits));
         if (s) printf("%s\n", s);
         free(s);
     } else if (rep.head.ok) {
         json_t *p = json_object();
         json_object_set(p, "outputs", outs);
-        char *s = json_dumps(p, JSON_INDENT(2) | JSON_REAL_PRECISION(9));
+        char *s = json_dumps(p, JSON_INDENT(2) | JSON_REAL_PRECISION(digits));
         if (s) printf("%s\n", s);
         free(s);
         json_decref(p);
@@ -864,6 +886,7 @@ int cli_cmd_invoke(int argc, char **argv) {
                 goto out;
             }
             a->timeout_ms = (uint32_t)(us / 1000);
+            a->timeout_set = true;
         } else if (strcmp(argv[i], "--json") == 0) {
             a->json = 1;
         } else if (argv[i][0] == '-') {
@@ -898,7 +921,12 @@ int cli_cmd_invoke(int argc, char **argv) {
         a->fn = a->fn_buf;
     }
     if (a->worker == NULL) a->key = cli_api_key(a->key);
-    if (a->deadline_ms && a->deadline_ms + 1000ull < a->timeout_ms) a->timeout_ms = a->deadline_ms + 1000;
+    /* A handler that started is not cut short by its deadline (protocol.md §4): the reply
+     * is waited for at least a little past the deadline, never less than by default. And a
+     * call is given no deadline past the wait: the server would run it for nobody. */
+    if (a->timeout_set && !a->deadline_ms) a->deadline_ms = a->timeout_ms;
+    if (a->deadline_ms && a->deadline_ms + 1000ull > a->timeout_ms)
+        a->timeout_ms = a->deadline_ms > UINT32_MAX - 1000 ? UINT32_MAX : a->deadline_ms + 1000;
 
     aicfn_error err;
     aicfn_error_clear(&err);
@@ -906,13 +934,13 @@ int cli_cmd_invoke(int argc, char **argv) {
     wire_writer_init(&w);
     if (ci_encode(a, &w, &err) != AICFN_OK) {
         wire_writer_fini(&w);
-        rc = cli_fail(&err);
+        rc = ci_fail(a, &err);
         goto out;
     }
     rpc_msg *reply = NULL;
     if (ci_send(a, w.data, w.len, &reply, &err) != AICFN_OK) {
         wire_writer_fini(&w);
-        rc = cli_fail(&err);
+        rc = ci_fail(a, &err);
         goto out;
     }
     wire_writer_fini(&w);

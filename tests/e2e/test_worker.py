@@ -269,6 +269,41 @@ def test_64_concurrent_calls_batch(procs, mlp_files, tmp_path):
     assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 
 
+
+def test_invoke_waits_for_a_started_handler_past_its_deadline(procs, tmp_path):
+    """A handler that started is not cut short by the call's deadline (protocol.md §4):
+    `aicfn invoke --deadline-ms` waits for its reply past the deadline (it used to give up
+    1 s after it, the call still running and billed), and `--timeout` alone is sent as the
+    call's deadline, so the server does not start a call nobody waits for. FP64 outputs
+    print with all their digits, and --json prints JSON even when no reply came."""
+    addr = ipc_addr(tmp_path)
+    w = start_worker(procs, addr, [f"slow={handler('test_sleep')},max_batch=1", f"echo={handler('echo')}"])
+    t0 = time.monotonic()
+    r = run_cli(["invoke", "--worker", addr, "slow", "--deadline-ms", "300", "--param", "sleep_ms=1800", "--json"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["ok"] is True
+    assert time.monotonic() - t0 >= 1.8
+    # --timeout alone: the first call holds the worker (max_batch 1) for 1.5 s; the second,
+    # given 0.4 s, is dropped unrun at that deadline by the worker, not run after the wait.
+    first = threading.Thread(target=lambda: run_cli(["invoke", "--worker", addr, "slow", "--param", "sleep_ms=1500"]))
+    first.start()
+    time.sleep(0.3)
+    r = run_cli(["invoke", "--worker", addr, "slow", "--timeout", "400ms", "--json"])
+    first.join(30)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    rep = json.loads(r.stdout)
+    assert rep["error"]["name"] == "AICFN_E_TIMEOUT" and "not executed" in rep["error"]["message"], rep
+    # FP64 outputs keep their 17 digits; a failure without any reply is JSON on stdout too.
+    v = 0.12345678901234567
+    r = run_cli(["invoke", "--worker", addr, "echo", "--input", f'x={{"dtype":"FP64","shape":[1],"data":[{v!r}]}}',
+                 "--json"])
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["outputs"][0]["data"] == [v], r.stdout
+    r = run_cli(["invoke", "--worker", ipc_addr(tmp_path, "nobody"), "echo", "--input", "x=1", "--timeout", "300ms",
+                 "--json"])
+    assert r.returncode == 1 and json.loads(r.stdout)["ok"] is False, (r.stdout, r.stderr)
+    assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
+
 def test_request_past_deadline_never_executes(procs, tmp_path):
     count = tmp_path / "count.txt"
     addr = ipc_addr(tmp_path)
