@@ -51,15 +51,29 @@ static int cw2_by_start_desc(const void *a, const void *b) {
     return strcmp(x->id, y->id);
 }
 
+/* A JSON string of text a worker reported (kept verbatim in aicfn.db): as it is when it is
+ * UTF-8, else with every byte past ASCII shown as '?' (JSON must be UTF-8). */
+static json_t *cw2_str(const char *s) {
+    json_t *j = json_string(s);
+    if (j) return j;
+    char buf[512];
+    size_t i = 0;
+    for (; s[i] && i + 1 < sizeof buf; i++)
+        buf[i] = (unsigned char)s[i] < 0x80 ? s[i] : '?';
+    buf[i] = '\0';
+    return json_string(buf);
+}
+
 static json_t *cw2_rows_json(const gw_worker_row *rows, size_t n) {
     json_t *arr = json_array();
     for (size_t i = 0; arr && i < n; i++) {
         const gw_worker_row *r = &rows[i];
         json_t *o =
-            json_pack("{s:s, s:s, s:s, s:I, s:o, s:s, s:I, s:I}", "name", r->id, "address", r->address,
-                      "device", r->device, "budget_bytes", (json_int_t)r->budget_bytes, "pid",
-                      r->pid > 0 ? json_integer(r->pid) : json_null(), "state", r->state, "started_us",
-                      (json_int_t)r->started_us, "last_seen_us", (json_int_t)r->last_seen_us);
+            json_pack("{s:o, s:o, s:o, s:I, s:o, s:o, s:I, s:I}", "name", cw2_str(r->id), "address",
+                      cw2_str(r->address), "device", cw2_str(r->device), "budget_bytes",
+                      (json_int_t)r->budget_bytes, "pid", r->pid > 0 ? json_integer(r->pid) : json_null(),
+                      "state", cw2_str(r->state), "started_us", (json_int_t)r->started_us, "last_seen_us",
+                      (json_int_t)r->last_seen_us);
         if (!o || json_array_append_new(arr, o) != 0) {
             json_decref(arr);
             return NULL;
@@ -92,10 +106,12 @@ static int cw2_history(const char *data_dir, size_t limit, int json) {
            "LAST_SEEN");
     for (size_t i = 0; i < n; i++) {
         const gw_worker_row *r = &rows[i];
-        char b[32], t1[32], t2[32], pid[24];
+        char b[32], t1[32], t2[32], pid[24], id[128], st[32], dev[256];
         snprintf(pid, sizeof pid, "%lld", (long long)r->pid);
-        printf("%-10s %-9s %-8s %-24s %12s %-19s  %-19s\n", r->id, r->state, r->pid > 0 ? pid : "-",
-               r->device[0] ? r->device : "-", units_format_size(r->budget_bytes, b, sizeof b),
+        /* Text a worker reported is shown safely (cli_text), as in the live view. */
+        printf("%-10s %-9s %-8s %-24s %12s %-19s  %-19s\n", cli_text(r->id, id, sizeof id),
+               cli_text(r->state, st, sizeof st), r->pid > 0 ? pid : "-",
+               r->device[0] ? cli_text(r->device, dev, sizeof dev) : "-", units_format_size(r->budget_bytes, b, sizeof b),
                cw2_time(r->started_us, t1, sizeof t1), cw2_time(r->last_seen_us, t2, sizeof t2));
     }
     if (n == 0) printf("(no workers recorded)\n");

@@ -1228,6 +1228,19 @@ def test_workers_table_lost_worker_and_no_row_per_call(procs, tmp_path):
                                                                 (w["name"], "lost", w["pid"])]
     h = run_cli(["workers", "--history", "--data-dir", data])
     assert h.returncode == 0 and "lost" in h.stdout and w["name"] in h.stdout, h
+    # A device name a worker reported is shown safely: no escape sequence reaches the
+    # terminal, and bytes that are not UTF-8 still make valid JSON.
+    con = sqlite3.connect(str(data / "aicfn.db"), timeout=5)
+    with con:
+        con.execute("UPDATE workers SET device = CAST(? AS BLOB) WHERE id = ?", (b"\x1b]0;pwned\x07gpu\xff", w["name"]))
+    con.close()
+    h = subprocess.run([str(aicfn_bin()), "workers", "--history", "--data-dir", str(data)], capture_output=True,
+                       timeout=30)
+    assert h.returncode == 0 and b"\x1b" not in h.stdout and b"\x07" not in h.stdout, h
+    assert b"?]0;pwned?gpu" in h.stdout, h.stdout
+    h = run_cli(["workers", "--history", "--data-dir", data, "--json"])
+    assert h.returncode == 0, h.stderr
+    assert [x["device"] for x in json.loads(h.stdout) if x["name"] == w["name"]] == ["\x1b]0;pwned\x07gpu?"], h.stdout
 
 
 def test_kill_worker_with_calls_in_flight(procs, tmp_path):
