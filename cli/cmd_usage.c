@@ -60,9 +60,7 @@ int cli_cmd_usage(int argc, char **argv) {
     uint64_t since_us = 0;
     double price = 0;
     int json = 0;
-    const char *envp = getenv("AICFN_PRICE_PER_GPU_S");
-    if (envp && envp[0] && us_parse_price(envp, &price) != 0)
-        return cli_usage_error("usage", "AICFN_PRICE_PER_GPU_S='%s' is not a price", envp);
+    bool price_set = false; /* --price-per-gpu-second: the environment's is not read */
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
@@ -82,6 +80,7 @@ int cli_cmd_usage(int argc, char **argv) {
             if (us_parse_price(v, &price) != 0)
                 return cli_usage_error("usage", "--price-per-gpu-second '%s' is not a non-negative number",
                                        v);
+            price_set = true;
         } else if ((v = us_flag(argc, argv, &i, "--data-dir"))) {
             data_dir = v;
         } else if (!strcmp(argv[i], "--json")) {
@@ -90,6 +89,9 @@ int cli_cmd_usage(int argc, char **argv) {
             return cli_usage_error("usage", "unknown or incomplete argument '%s'", argv[i]);
         }
     }
+    const char *envp = getenv("AICFN_PRICE_PER_GPU_S");
+    if (!price_set && envp && envp[0] && us_parse_price(envp, &price) != 0)
+        return cli_usage_error("usage", "AICFN_PRICE_PER_GPU_S='%s' is not a price", envp);
     if (data_dir == NULL || data_dir[0] == '\0') data_dir = AICFN_DEFAULT_DATA_DIR;
     aicfn_error err;
     aicfn_error_clear(&err);

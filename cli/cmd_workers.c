@@ -122,6 +122,7 @@ static int cw2_history(const char *data_dir, size_t limit, int json) {
 int cli_cmd_workers(int argc, char **argv) {
     const char *gateway = NULL, *key = NULL, *data_dir = getenv("AICFN_DATA_DIR");
     int json = 0, history = 0;
+    bool history_flag = false; /* --data-dir or --limit: they serve --history only */
     size_t limit = 100;
     for (int i = 1; i < argc; i++) {
         const char *v;
@@ -134,7 +135,9 @@ int cli_cmd_workers(int argc, char **argv) {
             key = v;
         } else if ((v = cli_flag_value(argc, argv, &i, "--data-dir"))) {
             data_dir = v;
+            history_flag = true;
         } else if ((v = cli_flag_value(argc, argv, &i, "--limit"))) {
+            history_flag = true;
             char *end = NULL;
             errno = 0;
             unsigned long long l = strtoull(v, &end, 10);
@@ -149,6 +152,9 @@ int cli_cmd_workers(int argc, char **argv) {
             return cli_usage_error("workers", "unknown or incomplete argument '%s'", argv[i]);
         }
     }
+    if (history_flag && !history)
+        return cli_usage_error("workers", "--data-dir and --limit go with --history (the live pool is the "
+                                          "gateway's: --gateway)");
     if (history) {
         if (gateway || key) return cli_usage_error("workers", "--history reads aicfn.db: no --gateway/--key");
         return cw2_history(data_dir && data_dir[0] ? data_dir : AICFN_DEFAULT_DATA_DIR, limit, json);

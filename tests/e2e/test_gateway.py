@@ -2262,6 +2262,24 @@ def test_scaling_max_workers_replicas_under_load(procs, tmp_path):
     assert cold_start_count(addr, data, "single") == 1
 
 
+
+def test_every_command_has_help_and_refuses_unknown_flags():
+    """`aicfn COMMAND --help` prints the command's usage and exits 0; an unknown flag is a
+    usage error (exit 2, README's exit codes). `workers` takes --data-dir and --limit only
+    with --history (they would be ignored); `usage` reads $AICFN_PRICE_PER_GPU_S only when
+    no --price-per-gpu-second is given."""
+    for cmd in ("gateway", "worker", "deploy", "invoke", "ls", "rm", "activate", "coldstarts", "workers", "keys",
+                "usage", "snapshot", "version"):
+        r = run_cli([cmd, "--help"])
+        assert r.returncode == 0 and r.stdout.startswith(f"usage: aicfn {cmd}"), (cmd, r.stdout[:200], r.stderr)
+        r = run_cli([cmd, "--no-such-flag"])
+        assert r.returncode == 2, (cmd, r.returncode, r.stderr)
+    r = run_cli(["workers", "--data-dir", "/nonexistent"])
+    assert r.returncode == 2 and "--history" in r.stderr, r.stderr
+    r = run_cli(["usage", "--price-per-gpu-second", "1", "--data-dir", "/nonexistent"],
+                env={"AICFN_PRICE_PER_GPU_S": "x"})
+    assert r.returncode == 1 and "no database" in r.stderr, r.stderr  # not the price: the flag gave one
+
 def test_cli_shows_a_hostile_gateways_text_safely(tmp_path):
     """What a gateway says is untrusted: names with terminal escapes are shown with '?'
     (`ls`, `coldstarts`, `activate`), a missing name prints as '?' (it went to printf's
