@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # bootstrap.sh: installs what a fresh machine lacks to build and test aicfn, and
 # nothing else. Idempotent: a second run checks and returns in seconds.
-#   - Debian packages (the -dev libraries, zstd, sanitizer and fuzzer runtimes, promtool)
+#   - Debian packages (the -dev libraries, gcc (aicfn deploy builds .c handlers with cc),
+#     zstd, sanitizer and fuzzer runtimes, promtool); as root, or through sudo
 #   - the pinned Zig (PyPI's ziglang) and the Python test tools, in .venv/ (git-ignored)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +11,7 @@ ZIG_VERSION=0.17.1   # keep in step with build.zig.zon's minimum_zig_version
 APT_PACKAGES=(
   libnng-dev libmsgpack-dev libzstd-dev libsqlite3-dev libyaml-dev libjansson-dev
   libxxhash-dev libsodium-dev libcmocka-dev libmicrohttpd-dev zstd sqlite3
-  libasan8 clang-14 libclang-rt-14-dev python3-venv prometheus curl
+  libasan8 clang-14 libclang-rt-14-dev python3-venv prometheus gcc
 )
 
 missing=()
@@ -19,9 +20,14 @@ for p in "${APT_PACKAGES[@]}"; do
 done
 if [ ${#missing[@]} -gt 0 ]; then
   echo "bootstrap: installing Debian packages: ${missing[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  SUDO=""
+  if [ "$(id -u)" -ne 0 ]; then
+    command -v sudo >/dev/null || { echo "bootstrap: run it as root (or install sudo) to install them" >&2; exit 1; }
+    SUDO="sudo"
+  fi
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # env inside sudo: sudo's env_reset would drop a DEBIAN_FRONTEND set before it
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3}

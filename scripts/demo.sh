@@ -21,6 +21,11 @@ $AICFN version
 WORK=$(mktemp -d /tmp/aicfn-demo-XXXXXX)
 GW_PID=""
 cleanup() {
+    local rc=$?
+    if [ "$rc" -ne 0 ] && [ -s "$WORK/gateway.log" ]; then   # a failed demo says why before its files go
+        echo "demo failed (exit $rc); the gateway's log ends:" >&2
+        tail -n 30 "$WORK/gateway.log" >&2
+    fi
     if [ -n "$GW_PID" ] && kill -0 "$GW_PID" 2>/dev/null; then
         kill -TERM "$GW_PID" 2>/dev/null || true
         for _ in $(seq 1 100); do kill -0 "$GW_PID" 2>/dev/null || break; sleep 0.1; done
@@ -62,6 +67,7 @@ $AICFN gateway --listen "$AICFN_GATEWAY" --data "$WORK/data" --workers 0..1 --wo
     --device auto --idle-timeout 1m --insecure-local >"$WORK/gateway.out" 2>"$WORK/gateway.log" &
 GW_PID=$!
 for _ in $(seq 1 100); do grep -q listening "$WORK/gateway.out" 2>/dev/null && break; sleep 0.05; done
+grep -q listening "$WORK/gateway.out" || { echo "demo: the gateway did not start listening on $AICFN_GATEWAY" >&2; exit 1; }
 cat "$WORK/gateway.out"
 
 step "deploy echo, mlp and two generated 24 MiB models (big1, big2): not all fit in 40 MiB"
@@ -80,7 +86,8 @@ for i, name in enumerate(("big1", "big2")):
     (d / "aicfn.yaml").write_text(f"name: {name}\nhandler: {echo_c}\nmodel: w.safetensors\nidempotent: true\n")
 EOF
 for f in examples/echo examples/mlp "$WORK/big1" "$WORK/big2"; do
-    $AICFN deploy "$f" 2>/dev/null
+    # Its progress lines are not shown; on a failure, its errors are.
+    $AICFN deploy "$f" 2>"$WORK/deploy.err" || { cat "$WORK/deploy.err" >&2; exit 1; }
 done
 $AICFN ls
 
@@ -110,5 +117,8 @@ $AICFN coldstarts
 
 step "3. stop: SIGTERM drains the worker and flushes the ledger"
 kill -TERM "$GW_PID"
-wait "$GW_PID" && echo "gateway stopped cleanly"
+gw_rc=0
+wait "$GW_PID" || gw_rc=$?
 GW_PID=""
+[ "$gw_rc" -eq 0 ] || { echo "demo: the gateway exited with status $gw_rc" >&2; exit 1; }
+echo "gateway stopped cleanly"
