@@ -109,7 +109,9 @@ typedef enum aicfn_dtype {
  *     aicfn_fn_fini  once, when the instance ends: before the init of its successor
  *                    (its model was evicted and loaded again; the eviction itself may
  *                    come earlier), when the function is unloaded, or when the worker
- *                    exits after draining.
+ *                    exits after draining. After the last instance of a library ends,
+ *                    the worker may unload the library (dlclose): no thread, callback
+ *                    or destructor of the handler may outlive its fini.
  * These calls are NEVER concurrent for one instance: the worker serializes them, so a
  * handler needs no lock around its state. Calls for DIFFERENT instances (other
  * functions, or the same library loaded under another name) may run concurrently on
@@ -119,9 +121,12 @@ typedef enum aicfn_dtype {
  * Memory. Every buffer says where it lives (aicfn_mem_kind and a device id):
  *   - model tensors: on the worker's device (AICFN_MEM_DEVICE, device_id >= 0) when it
  *     has a GPU, else host memory (AICFN_MEM_HOST, device_id = -1). Owned by the
- *     worker's model cache, read-only for the handler, valid and unmoved from init until
- *     fini. fini may run after the cache released that memory: fini must not read the
- *     model's tensors, only free what the handler allocated.
+ *     worker's model cache, read-only for the handler, valid and unmoved (the same
+ *     addresses) during init and every invoke of the instance. Between calls the cache
+ *     may release that memory (the instance then gets no further invoke: fini ends it
+ *     before its successor's init), so nothing of the handler may read the tensors
+ *     outside init and invoke (a thread of its own, a callback, a prefetch), and fini
+ *     must not read them, only free what the handler allocated.
  *   - request inputs: host memory, owned by the worker, read-only, valid only during the
  *     invoke call that receives them.
  *   - outputs: host memory allocated by the worker through api->alloc_output, written
@@ -182,7 +187,7 @@ typedef struct aicfn_param {
 } aicfn_param;
 
 /* The model of an instance: the tensors of its snapshot, as resident on the device.
- * Owned by the worker; valid from init until fini (see "Memory" above). */
+ * Owned by the worker; valid during init and each invoke (see "Memory" above). */
 typedef struct aicfn_model {
     const char *name;             /* the snapshot's model name */
     uint32_t n_tensors;
@@ -197,13 +202,16 @@ typedef struct aicfn_fn_config {
     const char *function;         /* the function's name ("mlp") */
     uint32_t version;             /* the function's version, 0 when unversioned */
     uint32_t max_batch;           /* most requests one invoke will receive (>= 1) */
-    uint32_t n_params;            /* params from the manifest / --function param.KEY=VALUE */
+    uint32_t n_params;            /* params of `aicfn worker --function NAME=...,param.KEY=VALUE`
+                                     (none for a function a gateway deploys) */
     const aicfn_param *params;
 } aicfn_fn_config;
 
 /* One request of a batch. Inputs are host memory, read-only, valid during invoke only. */
 typedef struct aicfn_request {
-    const char *id;               /* the caller's request id ("" when none) */
+    const char *id;               /* the request's id on the worker (decimal text of the id of the
+                                     message that carried it): unique among its calls in flight,
+                                     not an id the caller chose (over HTTP it is the gateway's) */
     uint32_t n_inputs;
     const aicfn_tensor *inputs;   /* mem = AICFN_MEM_HOST, distinct names */
     uint32_t n_params;
@@ -242,7 +250,8 @@ typedef struct aicfn_host_api {
      * or the exact size; for BYTES pass the total encoded size. Returns NULL, and
      * records the reason as the response's error (AICFN_E_INVALID, AICFN_E_TOO_LARGE,
      * AICFN_E_NOMEM), when the arguments are invalid, the name is taken, the response
-     * already holds AICFN_MAX_TENSORS outputs, or the reply would exceed the worker's
+     * already holds 64 outputs (AICFN_MAX_TENSORS), a name is longer than 256 bytes
+     * (AICFN_MAX_NAME_BYTES), or the reply would exceed the worker's
      * message limit; and on a response already marked failed. Outputs allocated before
      * stay valid (writable) until the handler returns, failed or not. */
     aicfn_tensor *(*alloc_output)(aicfn_response *resp, const char *name, aicfn_dtype dtype, uint32_t ndim,
@@ -257,7 +266,8 @@ typedef struct aicfn_host_api {
 #endif
         ;
 
-    /* Writes one line to the worker's log, tagged with the function's name. */
+    /* Writes one line to the worker's log, tagged with the function's name when called
+     * on the thread that runs init, invoke or fini (from a thread of the handler's own, "?"). */
     void (*log)(aicfn_log_level level, const char *fmt, ...)
 #if defined(__GNUC__) || defined(__clang__)
         __attribute__((format(printf, 2, 3)))
