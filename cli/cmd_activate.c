@@ -8,6 +8,7 @@
 
 #include "cli/cli.h"
 #include "cli/gwclient.h"
+#include "gateway/registry.h"
 
 static void ca_help(FILE *out) {
     fprintf(out, "usage: aicfn activate NAME:VER [--canary PERCENT] [--gateway ADDR] [--key KEY] [--json]\n"
@@ -56,6 +57,10 @@ int cli_cmd_activate(int argc, char **argv) {
     if (!ref || !strchr(ref, ':')) return cli_usage_error("activate", "name the version: NAME:VER");
     aicfn_error err;
     aicfn_error_clear(&err);
+    char fn_name[AICFN_FN_NAME_MAX_BYTES + 1];
+    uint32_t fn_ver = 0;
+    if (gw_fn_ref_parse(ref, fn_name, &fn_ver, &err) != AICFN_OK) /* as invoke checks NAME:VER */
+        return cli_usage_error("activate", "%s", err.msg);
     if (canary >= 0) {
         /* A gateway older than canaries would ignore the key and activate VER for every call. */
         bool has = false;

@@ -4,6 +4,7 @@
 
 #include "cli/cli.h"
 #include "cli/gwclient.h"
+#include "gateway/registry.h"
 
 static void cr_help(FILE *out) {
     fprintf(out, "usage: aicfn rm NAME[:VER] [--gateway ADDR] [--key KEY]\n"
@@ -34,6 +35,11 @@ int cli_cmd_rm(int argc, char **argv) {
         }
     }
     if (!ref) return cli_usage_error("rm", "name the function: NAME or NAME:VER");
+    aicfn_error perr;
+    char fn_name[AICFN_FN_NAME_MAX_BYTES + 1];
+    uint32_t fn_ver = 0;
+    if (gw_fn_ref_parse(ref, fn_name, &fn_ver, &perr) != AICFN_OK) /* as invoke checks NAME:VER */
+        return cli_usage_error("rm", "%s", perr.msg);
     aicfn_error err;
     aicfn_error_clear(&err);
     wire_writer w;

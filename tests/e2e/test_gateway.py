@@ -2276,6 +2276,10 @@ def test_every_command_has_help_and_refuses_unknown_flags():
         assert r.returncode == 2, (cmd, r.returncode, r.stderr)
     r = run_cli(["workers", "--data-dir", "/nonexistent"])
     assert r.returncode == 2 and "--history" in r.stderr, r.stderr
+    for cmd in ("activate", "rm"):  # NAME:VER checked before any gateway is asked, as invoke does
+        for bad in ("roll:", "roll:x", "roll:0", ":3"):
+            r = run_cli([cmd, bad, "--gateway", "tcp://127.0.0.1:1"])
+            assert r.returncode == 2, (cmd, bad, r.returncode, r.stderr)
     r = run_cli(["usage", "--price-per-gpu-second", "1", "--data-dir", "/nonexistent"],
                 env={"AICFN_PRICE_PER_GPU_S": "x"})
     assert r.returncode == 1 and "no database" in r.stderr, r.stderr  # not the price: the flag gave one
