@@ -308,6 +308,24 @@ static int man_check_map(man_ctx *c, const man_node *map, const char *where, con
 
 /* ---- Sections ------------------------------------------------------------------- */
 
+/* params: a mapping of names to scalars, handed to the handler's init as text (a number
+ * or a bool as written): {KEY: VALUE, ...}. */
+static int man_params(man_ctx *c, const man_node *map, gw_fn_config *cfg) {
+    if (map->kind != MAN_MAP) return man_err(c, map, "params", "expected a mapping, got %s", man_kind_name(map));
+    for (size_t i = 0; i < map->n; i += 2) {
+        const man_node *k = map->items[i], *v = map->items[i + 1];
+        char path[160];
+        snprintf(path, sizeof path, "params.%.64s", k->kind == MAN_SCALAR ? k->value : "?");
+        if (k->kind != MAN_SCALAR || man_is_null(k)) return man_err(c, k, "params", "keys must be plain strings");
+        if (v->kind != MAN_SCALAR || man_is_null(v))
+            return man_err(c, v, path, "expected a string, number or boolean, got %s", man_kind_name(v));
+        aicfn_error pe;
+        if (gw_fn_config_add_param(cfg, k->value, k->len, v->value, v->len, &pe) != AICFN_OK)
+            return man_err(c, k, path, "%s", pe.msg);
+    }
+    return AICFN_OK;
+}
+
 static int man_tensors(man_ctx *c, const man_node *seq, const char *where, gw_tensor_spec **out,
                        size_t *nout) {
     if (seq->kind != MAN_SEQ) return man_err(c, seq, where, "expected a list of {name, dtype, shape}");
@@ -570,6 +588,8 @@ static int man_section(man_ctx *c, cli_manifest *m, const char *key, const man_n
         return man_tensors(c, v, key, &cfg->inputs, &cfg->n_inputs);
     } else if (!strcmp(key, "outputs")) {
         return man_tensors(c, v, key, &cfg->outputs, &cfg->n_outputs);
+    } else if (!strcmp(key, "params")) {
+        return man_params(c, v, cfg);
     }
     return AICFN_OK;
 }
@@ -616,7 +636,7 @@ int cli_manifest_parse(const char *buf, size_t len, const char *filename, const 
         goto out;
     }
     static const char *const top_keys[] = {"name",  "handler",    "model",  "batching", "limits", "scaling",
-                                           "cache", "idempotent", "inputs", "outputs",  NULL};
+                                           "cache", "idempotent", "inputs", "outputs",  "params", NULL};
     if ((rc = man_check_map(&c, root, NULL, top_keys))) goto out;
     bool have_name = false, have_handler = false;
     for (size_t i = 0; !rc && i < root->n; i += 2) {

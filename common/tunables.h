@@ -102,6 +102,7 @@
 #define AICFN_WORKER_FN_IDLE_RETIRE_MS 600000 /* a function a spec registered, not called this
                                                  long: its handler and instance are retired */
 #define AICFN_MAX_PARAMS 256                  /* params per request or function config */
+#define AICFN_PARAM_VALUE_MAX 4096            /* a function config param's value (manifest `params`), bytes */
 #define AICFN_WORKER_STATUS_MODELS 256        /* resident models listed in a reply summary */
 #define AICFN_WORKER_MAX_PARKED 256          /* threads of calls waiting for a handler's download
                                                  and of the downloads (those of calls that timed

@@ -703,7 +703,7 @@ int wire_encode_invoke_req(wire_writer *w, const wire_invoke_req *req, aicfn_err
     if (req->has_spec) {
         const wire_fn_spec *s = &req->spec;
         wire_put_str(w, "spec");
-        wire_put_map(w, 8);
+        wire_put_map(w, 8 + (s->n_params > 0));
         wire_kv_str(w, "handler", s->handler);
         wire_kv_str(w, "snapshot", s->snapshot ? s->snapshot : "");
         wire_kv_str(w, "model", s->model ? s->model : "");
@@ -712,8 +712,48 @@ int wire_encode_invoke_req(wire_writer *w, const wire_invoke_req *req, aicfn_err
         wire_kv_u64(w, "max_delay_us", s->max_delay_us);
         wire_kv_u64(w, "timeout_ms", s->timeout_ms);
         wire_kv_bool(w, "idempotent", s->idempotent);
+        if (s->n_params) {
+            wire_put_str(w, "params");
+            wire_put_map(w, s->n_params);
+            for (uint32_t i = 0; i < s->n_params; i++)
+                wire_kv_str(w, s->params[i].key, s->params[i].value);
+        }
     }
     return wire_writer_status(w, err);
+}
+
+/* spec.params: a map of at most AICFN_MAX_PARAMS str keys (1..AICFN_MAX_NAME_BYTES - 1
+ * bytes) to str values (at most AICFN_PARAM_VALUE_MAX bytes), neither holding a NUL. */
+static int wire_decode_spec_params(wire_doc *doc, const msgpack_object *m, wire_fn_spec *s, aicfn_error *err) {
+    uint32_t n = m->via.map.size;
+    if (n > AICFN_MAX_PARAMS)
+        return aicfn_error_set(err, AICFN_E_PROTOCOL, "key 'spec.params': %u entries, at most %d", n,
+                               AICFN_MAX_PARAMS);
+    if (n == 0) return AICFN_OK;
+    aicfn_param *p = wire_doc_alloc(doc, n * sizeof *p);
+    if (!p) return aicfn_error_set(err, AICFN_E_NOMEM, "spec.params: out of memory");
+    for (uint32_t i = 0; i < n; i++) {
+        const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR || k->via.str.size == 0 || k->via.str.size >= AICFN_MAX_NAME_BYTES ||
+            memchr(k->via.str.ptr, 0, k->via.str.size))
+            return aicfn_error_set(err, AICFN_E_PROTOCOL, "key 'spec.params': entry %u: a key must be a str of "
+                                   "1..%d bytes without NUL", i, AICFN_MAX_NAME_BYTES - 1);
+        if (v->type != MSGPACK_OBJECT_STR || v->via.str.size > AICFN_PARAM_VALUE_MAX ||
+            memchr(v->via.str.ptr, 0, v->via.str.size))
+            return aicfn_error_set(err, AICFN_E_PROTOCOL, "key 'spec.params.%.*s': a value must be a str of at "
+                                   "most %d bytes without NUL", (int)k->via.str.size, k->via.str.ptr,
+                                   AICFN_PARAM_VALUE_MAX);
+        char *ks = wire_doc_alloc(doc, k->via.str.size + 1), *vs = wire_doc_alloc(doc, v->via.str.size + 1);
+        if (!ks || !vs) return aicfn_error_set(err, AICFN_E_NOMEM, "spec.params: out of memory");
+        memcpy(ks, k->via.str.ptr, k->via.str.size);
+        ks[k->via.str.size] = 0;
+        memcpy(vs, v->via.str.ptr, v->via.str.size);
+        vs[v->via.str.size] = 0;
+        p[i] = (aicfn_param){.key = ks, .value = vs};
+    }
+    s->params = p;
+    s->n_params = n;
+    return AICFN_OK;
 }
 
 int wire_decode_invoke_req(wire_doc *doc, wire_invoke_req *req, aicfn_error *err) {
@@ -764,6 +804,9 @@ int wire_decode_invoke_req(wire_doc *doc, wire_invoke_req *req, aicfn_error *err
         if ((rc = wire_get_u32(spec, "spec", "max_delay_us", false, &s->max_delay_us, err))) return rc;
         if ((rc = wire_get_u32(spec, "spec", "timeout_ms", false, &s->timeout_ms, err))) return rc;
         if ((rc = wire_get_bool(spec, "spec", "idempotent", false, &s->idempotent, err))) return rc;
+        const msgpack_object *params = NULL;
+        if ((rc = wire_get_map(spec, "spec", "params", false, &params, err))) return rc;
+        if (params && (rc = wire_decode_spec_params(doc, params, s, err))) return rc;
     }
     return AICFN_OK;
 }

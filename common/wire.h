@@ -293,6 +293,8 @@ typedef struct wire_fn_spec {
     uint32_t max_delay_us;
     uint32_t timeout_ms; /* the function's timeout */
     bool idempotent;
+    uint32_t n_params;          /* the handler's config params (`params`, sent only when any) */
+    const aicfn_param *params;  /* <= AICFN_MAX_PARAMS; decoded: in the doc's zone */
 } wire_fn_spec;
 
 /* An invocation. */

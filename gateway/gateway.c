@@ -2246,7 +2246,9 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
                              .max_batch = f->cfg.max_batch ? f->cfg.max_batch : 1,
                              .max_delay_us = (uint32_t)f->cfg.max_delay_us,
                              .timeout_ms = gw_fn_timeout_ms(f),
-                             .idempotent = f->cfg.idempotent};
+                             .idempotent = f->cfg.idempotent,
+                             .n_params = (uint32_t)f->cfg.n_params,
+                             .params = f->cfg.params};
     wire_writer w;
     wire_writer_init(&w);
     rc = wire_encode_invoke_req(&w, &wr, err);

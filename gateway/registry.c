@@ -80,7 +80,38 @@ void gw_fn_config_clear(gw_fn_config *c) {
     if (!c) return;
     free(c->inputs);
     free(c->outputs);
+    for (size_t i = 0; i < c->n_params; i++) {
+        free((char *)c->params[i].key);
+        free((char *)c->params[i].value);
+    }
+    free(c->params);
     gw_fn_config_init(c);
+}
+
+int gw_fn_config_add_param(gw_fn_config *c, const char *key, size_t key_len, const char *value,
+                           size_t value_len, aicfn_error *err) {
+    if (key_len == 0 || key_len >= AICFN_MAX_NAME_BYTES || memchr(key, 0, key_len))
+        return aicfn_error_set(err, AICFN_E_INVALID, "params: a key must be 1..%d bytes without NUL",
+                               AICFN_MAX_NAME_BYTES - 1);
+    if (value_len > AICFN_PARAM_VALUE_MAX || memchr(value, 0, value_len))
+        return aicfn_error_set(err, AICFN_E_INVALID, "params.%.*s: a value must be at most %d bytes without NUL",
+                               (int)key_len, key, AICFN_PARAM_VALUE_MAX);
+    if (c->n_params >= AICFN_MAX_PARAMS)
+        return aicfn_error_set(err, AICFN_E_INVALID, "params: more than %d", AICFN_MAX_PARAMS);
+    for (size_t i = 0; i < c->n_params; i++)
+        if (strlen(c->params[i].key) == key_len && memcmp(c->params[i].key, key, key_len) == 0)
+            return aicfn_error_set(err, AICFN_E_INVALID, "params: duplicate key '%.*s'", (int)key_len, key);
+    aicfn_param *p = realloc(c->params, (c->n_params + 1) * sizeof *p);
+    if (!p) return aicfn_error_set(err, AICFN_E_NOMEM, "params: out of memory");
+    c->params = p;
+    char *k = strndup(key, key_len), *v = strndup(value, value_len);
+    if (!k || !v) {
+        free(k);
+        free(v);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "params: out of memory");
+    }
+    c->params[c->n_params++] = (aicfn_param){.key = k, .value = v};
+    return AICFN_OK;
 }
 
 static int reg_validate_tensors(const gw_tensor_spec *t, size_t n, const char *what, aicfn_error *err) {
@@ -165,7 +196,7 @@ json_t *gw_fn_config_to_json(const gw_fn_config *c) {
         json_decref(out);
         return NULL;
     }
-    return json_pack("{s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I, s:I}, s:{s:b, s:I}, s:b, s:o, s:o}",
+    json_t *j = json_pack("{s:{s:I, s:I}, s:{s:I, s:I}, s:{s:I, s:I, s:I}, s:{s:b, s:I}, s:b, s:o, s:o}",
                      "batching", "max_batch", (json_int_t)c->max_batch, "max_delay_us",
                      (json_int_t)c->max_delay_us, "limits", "timeout_us", (json_int_t)c->timeout_us,
                      "max_request_bytes", (json_int_t)c->max_request_bytes, "scaling", "min_workers",
@@ -173,6 +204,19 @@ json_t *gw_fn_config_to_json(const gw_fn_config *c) {
                      (json_int_t)c->idle_timeout_us, "cache", "responses", (int)c->cache_responses, "ttl_us",
                      (json_int_t)c->cache_ttl_us, "idempotent", (int)c->idempotent, "inputs", in, "outputs",
                      out);
+    if (j && c->n_params) { /* only when there are any: older configs keep their canonical form */
+        json_t *p = json_object();
+        for (size_t i = 0; p && i < c->n_params; i++)
+            if (json_object_set_new(p, c->params[i].key, json_string(c->params[i].value)) != 0) {
+                json_decref(p);
+                p = NULL;
+            }
+        if (!p || json_object_set_new(j, "params", p) != 0) {
+            json_decref(j);
+            return NULL;
+        }
+    }
+    return j;
 }
 
 /* A field of an object: a name and where to store it. */
@@ -315,6 +359,19 @@ int gw_fn_config_from_json(const json_t *j, gw_fn_config *c, aicfn_error *err) {
                 rc = aicfn_error_set(err, AICFN_E_INVALID, "config.outputs: duplicate");
             else
                 rc = reg_tensors_from_json(v, key, &c->outputs, &c->n_outputs, err);
+        } else if (strcmp(key, "params") == 0) {
+            if (!json_is_object(v) || c->n_params)
+                rc = aicfn_error_set(err, AICFN_E_INVALID, "config.params: expected one object of strings");
+            const char *pk;
+            json_t *pv;
+            json_object_foreach(v, pk, pv) {
+                if (rc) break;
+                if (!json_is_string(pv))
+                    rc = aicfn_error_set(err, AICFN_E_INVALID, "config.params.%.64s: expected a string", pk);
+                else
+                    rc = gw_fn_config_add_param(c, pk, strlen(pk), json_string_value(pv), json_string_length(pv),
+                                                err);
+            }
         } else {
             rc = aicfn_error_set(err, AICFN_E_INVALID, "config: unknown key '%.64s'", key);
         }

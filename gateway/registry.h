@@ -45,6 +45,10 @@ typedef struct gw_tensor_spec {
     int64_t shape[AICFN_MAX_DIMS];
 } gw_tensor_spec;
 
+/* A function's handler params (the manifest's `params`) are text, as init gets them
+ * (aicfn_fn_config.params): keys 1..AICFN_MAX_NAME_BYTES - 1 bytes, values at most
+ * AICFN_PARAM_VALUE_MAX bytes, neither holding a NUL. */
+
 typedef struct gw_fn_config {
     uint32_t max_batch;         /* batching.max_batch, 1..AICFN_MAX_BATCH */
     uint64_t max_delay_us;      /* batching.max_delay_us, <= AICFN_MAX_DELAY_US_MAX */
@@ -60,6 +64,8 @@ typedef struct gw_fn_config {
     size_t n_inputs;
     gw_tensor_spec *outputs;
     size_t n_outputs;
+    aicfn_param *params; /* n_params <= AICFN_MAX_PARAMS, distinct keys; owned (malloc'd strings) */
+    size_t n_params;
 } gw_fn_config;
 
 /* Fills `c` with the defaults of common/tunables.h (max_batch 1, timeout 30 s, max
@@ -69,6 +75,12 @@ void gw_fn_config_init(gw_fn_config *c);
 /* Frees the tensor arrays and resets to defaults. NULL accepted. */
 void gw_fn_config_clear(gw_fn_config *c);
 
+/* Appends one param (copied; key and value need no NUL terminator). AICFN_E_INVALID for
+ * an empty, over-long or NUL-holding key or value, a duplicate key, or more than
+ * AICFN_MAX_PARAMS; AICFN_E_NOMEM. */
+int gw_fn_config_add_param(gw_fn_config *c, const char *key, size_t key_len, const char *value,
+                           size_t value_len, aicfn_error *err);
+
 /* Checks the bounds listed in the struct; AICFN_E_INVALID naming the field. */
 int gw_fn_config_validate(const gw_fn_config *c, aicfn_error *err);
 
@@ -76,7 +88,8 @@ int gw_fn_config_validate(const gw_fn_config *c, aicfn_error *err);
  * {"batching":{"max_batch":N,"max_delay_us":N},"limits":{"timeout_us":N,
  *  "max_request_bytes":N},"scaling":{"min_workers":N,"max_workers":N,"idle_timeout_us":N},
  *  "cache":{"responses":B,"ttl_us":N},"idempotent":B,
- *  "inputs":[{"name":S,"datatype":"FP32","shape":[-1,4]}],"outputs":[...]}
+ *  "inputs":[{"name":S,"datatype":"FP32","shape":[-1,4]}],"outputs":[...]}, and
+ *  "params":{"KEY":"VALUE",...} when there are any
  * Returns a new reference (caller json_decref's) or NULL when out of memory. */
 json_t *gw_fn_config_to_json(const gw_fn_config *c);
 

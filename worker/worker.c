@@ -1491,6 +1491,8 @@ static int worker_add_from_spec(worker *w, const wire_invoke_req *q, const char 
         .max_batch = q->spec.max_batch,
         .max_delay_us = q->spec.max_delay_us,
         .timeout_us = (uint64_t)q->spec.timeout_ms * 1000,
+        .n_params = q->spec.n_params, /* copied by worker_add */
+        .params = q->spec.params,
     };
     int rc = worker_add(w, &c, true, err);
     return rc == AICFN_E_EXISTS ? AICFN_OK : rc;

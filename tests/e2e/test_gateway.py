@@ -354,6 +354,30 @@ def test_a_short_deadline_waits_for_a_busy_worker_holding_its_model(procs, tmp_p
     time.sleep(0.3)  # the ledger's flush interval
     assert db_rows(data, "SELECT count(*) FROM cold_starts WHERE function = 'slowm'") == [(1,)]
 
+
+def test_manifest_params_reach_the_handlers_init(procs, tmp_path):
+    """A manifest's `params` are the function's handler params: stored with the version,
+    sent to the worker with its spec, and given to init as text (test_sleep reads
+    init_file and sleep_ms from them); a new version with other params gets its own."""
+    d = tmp_path / "pfn"
+    inits = tmp_path / "inits.txt"
+    write_manifest(d, f"name: pfn\nhandler: {handler('test_sleep')}\n"
+                      f"params: {{init_file: \"{inits}\", sleep_ms: 150}}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    assert deploy(addr, d) == 1
+    t0 = time.monotonic()
+    r = call(addr, invoke_msg("pfn", []), timeout_ms=20000)
+    assert r["ok"], r
+    assert time.monotonic() - t0 >= 0.15 and r["timing"]["exec"] >= 150_000, r["timing"]  # sleep_ms from params
+    assert inits.read_text() == "init\n"
+    cfg = json.loads(db_rows(data, "SELECT config FROM functions WHERE name = 'pfn' AND version = 1")[0][0])
+    assert cfg["params"] == {"init_file": str(inits), "sleep_ms": "150"}, cfg
+    write_manifest(d, f"name: pfn\nhandler: {handler('test_sleep')}\nparams: {{sleep_ms: 0}}\n")
+    assert deploy(addr, d) == 2
+    r = call(addr, invoke_msg("pfn", []), timeout_ms=20000)
+    assert r["ok"] and r["timing"]["exec"] < 100_000, r["timing"]
+    assert inits.read_text() == "init\n"  # version 2 has no init_file
+
 def test_single_flight_twenty_first_calls(procs, tmp_path):
     addr, data, g = start_gateway(procs, tmp_path, workers="0..2")
     deploy(addr, ROOT / "examples" / "mlp")

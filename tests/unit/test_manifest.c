@@ -95,6 +95,25 @@ static void expect_error(const char *yaml, const char *n1, const char *n2, const
             fail_msg("error '%s' lacks '%s' for:\n%s", err.msg, needles[i], yaml);
 }
 
+/* params: scalars handed to the handler's init as text, as written. */
+static void params_are_text_for_init(void **state) {
+    (void)state;
+    const char *y = "name: g\nhandler: g.so\nparams: {temperature: 0.70, greedy: true, prompt: \"a: b\"}\n";
+    cli_manifest *m = NULL;
+    aicfn_error err = {0};
+    if (cli_manifest_parse(y, strlen(y), "x.yaml", NULL, &m, &err) != AICFN_OK) fail_msg("%s", err.msg);
+    assert_int_equal(m->config.n_params, 3);
+    assert_string_equal(m->config.params[0].key, "temperature");
+    assert_string_equal(m->config.params[0].value, "0.70");
+    assert_string_equal(m->config.params[1].value, "true");
+    assert_string_equal(m->config.params[2].value, "a: b");
+    cli_manifest_free(m);
+    expect_error("name: g\nhandler: g.so\nparams: {a: {b: 1}}\n", ":3:", "params.a", "expected a string");
+    expect_error("name: g\nhandler: g.so\nparams: [a]\n", ":3:", "params", "expected a mapping");
+    expect_error("name: g\nhandler: g.so\nparams: {a: 1, a: 2}\n", ":3:", "params.a", "duplicate key");
+    expect_error("name: g\nhandler: g.so\nparams: {a: ~}\n", ":3:", "params.a", NULL);
+}
+
 static void bad_cases_name_key_and_line(void **state) {
     (void)state;
     expect_error("name: a\nhandler: a.c\nbatching: { max_batch: 32, max_dely_us: 5 }\n",
@@ -291,6 +310,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(parses_design_example),
         cmocka_unit_test(defaults_when_minimal),
+        cmocka_unit_test(params_are_text_for_init),
         cmocka_unit_test(bad_cases_name_key_and_line),
         cmocka_unit_test(refuses_aliases_anchors_tags_and_depth),
         cmocka_unit_test(load_resolves_and_checks_files),

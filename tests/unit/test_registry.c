@@ -486,6 +486,13 @@ static void config_json_round_trip(void **state) {
     c.inputs[0].ndim = 2;
     c.inputs[0].shape[0] = -1;
     c.inputs[0].shape[1] = 784;
+    aicfn_error perr;
+    assert_int_equal(gw_fn_config_add_param(&c, "temperature", 11, "0.7", 3, &perr), AICFN_OK);
+    assert_int_equal(gw_fn_config_add_param(&c, "mode", 4, "", 0, &perr), AICFN_OK); /* an empty value */
+    assert_int_equal(gw_fn_config_add_param(&c, "mode", 4, "x", 1, &perr), AICFN_E_INVALID);
+    assert_non_null(strstr(perr.msg, "duplicate key 'mode'"));
+    assert_int_equal(gw_fn_config_add_param(&c, "", 0, "x", 1, &perr), AICFN_E_INVALID);
+    assert_int_equal(gw_fn_config_add_param(&c, "k", 1, "a\0b", 3, &perr), AICFN_E_INVALID);
     json_t *j = gw_fn_config_to_json(&c);
     assert_non_null(j);
     char *text = json_dumps(j, JSON_COMPACT);
@@ -507,8 +514,18 @@ static void config_json_round_trip(void **state) {
     assert_int_equal(d.inputs[0].dtype, AICFN_DTYPE_FP32);
     assert_int_equal(d.inputs[0].shape[0], -1);
     assert_int_equal(d.n_outputs, 0);
+    assert_int_equal(d.n_params, 2);
+    assert_string_equal(d.params[0].key, "temperature");
+    assert_string_equal(d.params[0].value, "0.7");
+    assert_string_equal(d.params[1].key, "mode");
+    assert_string_equal(d.params[1].value, "");
     gw_fn_config_clear(&d);
     gw_fn_config_clear(&c);
+    /* A config without params has no "params" key (stored configs keep their form). */
+    gw_fn_config_init(&c);
+    j = gw_fn_config_to_json(&c);
+    assert_null(json_object_get(j, "params"));
+    json_decref(j);
     /* Hostile or wrong JSON. */
     const char *bad[] = {"[]",
                          "{\"batching\":1}",
@@ -519,10 +536,14 @@ static void config_json_round_trip(void **state) {
                          "{\"inputs\":[{\"name\":\"x\",\"datatype\":\"F99\"}]}",
                          "{\"inputs\":[{\"name\":\"x\",\"datatype\":\"FP32\",\"shape\":[-2]}]}",
                          "{\"limits\":{\"max_request_bytes\":99999999999}}",
+                         "{\"params\":[\"a\"]}",
+                         "{\"params\":{\"a\":1}}",
+                         "{\"params\":{\"\":\"x\"}}",
                          "{\"a\":1,\"a\":2}"};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(gw_fn_config_from_string(bad[i], &d, &err), AICFN_E_INVALID);
         assert_null(d.inputs);
+        assert_null(d.params);
     }
 }
 

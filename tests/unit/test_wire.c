@@ -71,6 +71,9 @@ static uint8_t *encode_request(size_t *len) {
     r.spec.max_delay_us = 2000;
     r.spec.timeout_ms = 30000;
     r.spec.idempotent = true;
+    const aicfn_param sp[2] = {{"temperature", "0.7"}, {"mode", ""}};
+    r.spec.n_params = 2;
+    r.spec.params = sp;
     wire_writer w;
     wire_writer_init(&w);
     aicfn_error e;
@@ -157,9 +160,79 @@ static void invoke_request_round_trip(void **state) {
     assert_int_equal(r.spec.max_delay_us, 2000);
     assert_int_equal(r.spec.timeout_ms, 30000);
     assert_true(r.spec.idempotent);
+    assert_int_equal(r.spec.n_params, 2);
+    assert_string_equal(r.spec.params[0].key, "temperature");
+    assert_string_equal(r.spec.params[0].value, "0.7");
+    assert_string_equal(r.spec.params[1].key, "mode");
+    assert_string_equal(r.spec.params[1].value, "");
     assert_int_equal(wire_peek_id(buf, len), 77);
     wire_doc_fini(&doc);
     free(buf);
+}
+
+/* An invoke whose spec carries `params` written by put_params; decoding it returns. */
+static int decode_spec_params(void (*put_params)(wire_writer *), aicfn_error *e) {
+    wire_writer w;
+    wire_writer_init(&w);
+    wire_put_map(&w, 6);
+    wire_kv_u64(&w, "v", 1);
+    wire_kv_str(&w, "t", "invoke");
+    wire_kv_u64(&w, "id", 1);
+    wire_kv_str(&w, "fn", "f");
+    wire_put_str(&w, "inputs");
+    wire_put_array(&w, 0);
+    wire_put_str(&w, "spec");
+    wire_put_map(&w, 2);
+    wire_kv_str(&w, "handler", "/h.so");
+    wire_put_str(&w, "params");
+    put_params(&w);
+    wire_doc doc;
+    int rc = wire_doc_parse(&doc, w.data, w.len, NULL, e);
+    wire_invoke_req r;
+    if (rc == AICFN_OK) rc = wire_decode_invoke_req(&doc, &r, e);
+    if (rc == AICFN_OK) rc = r.spec.n_params == 1 ? AICFN_OK : AICFN_E_INTERNAL;
+    wire_doc_fini(&doc);
+    wire_writer_fini(&w);
+    return rc;
+}
+static void pp_ok(wire_writer *w) {
+    wire_put_map(w, 1);
+    wire_kv_str(w, "k", "v");
+}
+static void pp_number(wire_writer *w) {
+    wire_put_map(w, 1);
+    wire_kv_u64(w, "k", 1);
+}
+static void pp_nul_key(wire_writer *w) {
+    wire_put_map(w, 1);
+    wire_put_strn(w, "k\0x", 3);
+    wire_put_str(w, "v");
+}
+static void pp_long_value(wire_writer *w) {
+    static char v[AICFN_PARAM_VALUE_MAX + 2];
+    memset(v, 'a', sizeof v - 1);
+    wire_put_map(w, 1);
+    wire_kv_str(w, "k", v);
+}
+static void pp_too_many(wire_writer *w) {
+    wire_put_map(w, AICFN_MAX_PARAMS + 1);
+    for (int i = 0; i < AICFN_MAX_PARAMS + 1; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "k%d", i);
+        wire_kv_str(w, k, "v");
+    }
+}
+
+/* spec.params (a function's handler params) are text, bounded like the manifest's. */
+static void spec_params_are_bounded(void **state) {
+    (void)state;
+    aicfn_error e;
+    assert_int_equal(decode_spec_params(pp_ok, &e), AICFN_OK);
+    void (*bad[])(wire_writer *) = {pp_number, pp_nul_key, pp_long_value, pp_too_many};
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        assert_int_equal(decode_spec_params(bad[i], &e), AICFN_E_PROTOCOL);
+        assert_non_null(strstr(e.msg, "spec.params"));
+    }
 }
 
 static void invoke_request_minimal_defaults(void **state) {
@@ -181,6 +254,7 @@ static void invoke_request_minimal_defaults(void **state) {
     assert_int_equal(d.gid, 0);
     assert_null(d.params);
     assert_false(d.has_spec);
+    assert_int_equal(d.spec.n_params, 0);
     assert_int_equal(d.n_inputs, 0);
     assert_int_equal(d.deadline_ms, 0);
     wire_doc_fini(&doc);
@@ -1088,6 +1162,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(invoke_request_round_trip),
         cmocka_unit_test(invoke_request_minimal_defaults),
+        cmocka_unit_test(spec_params_are_bounded),
         cmocka_unit_test(invoke_reply_round_trip),
         cmocka_unit_test(error_reply_round_trip),
         cmocka_unit_test(not_run_reply_round_trip),
