@@ -170,15 +170,20 @@ static void invoke_request_round_trip(void **state) {
     free(buf);
 }
 
+/* Starts {v:1, t:"invoke", id:1, fn:"f", ...} with `extra` more pairs to follow. */
+static void put_invoke_head(wire_writer *w, uint32_t extra) {
+    wire_put_map(w, 4 + extra);
+    wire_kv_u64(w, "v", 1);
+    wire_kv_str(w, "t", "invoke");
+    wire_kv_u64(w, "id", 1);
+    wire_kv_str(w, "fn", "f");
+}
+
 /* An invoke whose spec carries `params` written by put_params; decoding it returns. */
 static int decode_spec_params(void (*put_params)(wire_writer *), aicfn_error *e) {
     wire_writer w;
     wire_writer_init(&w);
-    wire_put_map(&w, 6);
-    wire_kv_u64(&w, "v", 1);
-    wire_kv_str(&w, "t", "invoke");
-    wire_kv_u64(&w, "id", 1);
-    wire_kv_str(&w, "fn", "f");
+    put_invoke_head(&w, 2);
     wire_put_str(&w, "inputs");
     wire_put_array(&w, 0);
     wire_put_str(&w, "spec");
@@ -829,11 +834,7 @@ static int decode_with_tensor(const char *name, const char *dtype, const int64_t
                               const void *data, size_t dlen, aicfn_error *e) {
     wire_writer w;
     wire_writer_init(&w);
-    wire_put_map(&w, 5);
-    wire_kv_u64(&w, "v", 1);
-    wire_kv_str(&w, "t", "invoke");
-    wire_kv_u64(&w, "id", 1);
-    wire_kv_str(&w, "fn", "f");
+    put_invoke_head(&w, 1);
     wire_put_str(&w, "inputs");
     wire_put_array(&w, 1);
     wire_put_map(&w, 4);
