@@ -368,14 +368,14 @@ def test_manifest_params_reach_the_handlers_init(procs, tmp_path):
     t0 = time.monotonic()
     r = call(addr, invoke_msg("pfn", []), timeout_ms=20000)
     assert r["ok"], r
-    assert time.monotonic() - t0 >= 0.15 and r["timing"]["exec"] >= 150_000, r["timing"]  # sleep_ms from params
+    assert time.monotonic() - t0 >= 0.15 and r["timing"].get("exec", 0) >= 150_000, r["timing"]  # sleep_ms from params
     assert inits.read_text() == "init\n"
     cfg = json.loads(db_rows(data, "SELECT config FROM functions WHERE name = 'pfn' AND version = 1")[0][0])
     assert cfg["params"] == {"init_file": str(inits), "sleep_ms": "150"}, cfg
     write_manifest(d, f"name: pfn\nhandler: {handler('test_sleep')}\nparams: {{sleep_ms: 0}}\n")
     assert deploy(addr, d) == 2
     r = call(addr, invoke_msg("pfn", []), timeout_ms=20000)
-    assert r["ok"] and r["timing"]["exec"] < 100_000, r["timing"]
+    assert r["ok"] and r["timing"].get("exec", 0) < 100_000, r["timing"]  # a zero phase is not sent
     assert inits.read_text() == "init\n"  # version 2 has no init_file
 
 def test_single_flight_twenty_first_calls(procs, tmp_path):
