@@ -321,7 +321,7 @@ static int man_params(man_ctx *c, const man_node *map, gw_fn_config *cfg) {
             return man_err(c, v, path, "expected a string, number or boolean, got %s", man_kind_name(v));
         aicfn_error pe;
         if (gw_fn_config_add_param(cfg, k->value, k->len, v->value, v->len, &pe) != AICFN_OK)
-            return man_err(c, k, path, "%s", pe.msg);
+            return man_err(c, k, NULL, "%s", pe.msg); /* the message names params and the key */
     }
     return AICFN_OK;
 }

@@ -103,6 +103,8 @@
                                                  long: its handler and instance are retired */
 #define AICFN_MAX_PARAMS 256                  /* params per request or function config */
 #define AICFN_PARAM_VALUE_MAX 4096            /* a function config param's value (manifest `params`), bytes */
+#define AICFN_PARAMS_TOTAL_MAX (16u << 10)    /* a function's params, keys and values together: every call's
+                                                 spec carries them to the worker */
 #define AICFN_WORKER_STATUS_MODELS 256        /* resident models listed in a reply summary */
 #define AICFN_WORKER_MAX_PARKED 256          /* threads of calls waiting for a handler's download
                                                  and of the downloads (those of calls that timed

@@ -732,6 +732,7 @@ static int wire_decode_spec_params(wire_doc *doc, const msgpack_object *m, wire_
     if (n == 0) return AICFN_OK;
     aicfn_param *p = wire_doc_alloc(doc, n * sizeof *p);
     if (!p) return aicfn_error_set(err, AICFN_E_NOMEM, "spec.params: out of memory");
+    size_t total = 0;
     for (uint32_t i = 0; i < n; i++) {
         const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
         if (k->type != MSGPACK_OBJECT_STR || k->via.str.size == 0 || k->via.str.size >= AICFN_MAX_NAME_BYTES ||
@@ -743,6 +744,10 @@ static int wire_decode_spec_params(wire_doc *doc, const msgpack_object *m, wire_
             return aicfn_error_set(err, AICFN_E_PROTOCOL, "key 'spec.params.%.*s': a value must be a str of at "
                                    "most %d bytes without NUL", (int)k->via.str.size, k->via.str.ptr,
                                    AICFN_PARAM_VALUE_MAX);
+        total += k->via.str.size + v->via.str.size;
+        if (total > AICFN_PARAMS_TOTAL_MAX)
+            return aicfn_error_set(err, AICFN_E_PROTOCOL, "key 'spec.params': more than %u bytes of keys and values",
+                                   AICFN_PARAMS_TOTAL_MAX);
         char *ks = wire_doc_alloc(doc, k->via.str.size + 1), *vs = wire_doc_alloc(doc, v->via.str.size + 1);
         if (!ks || !vs) return aicfn_error_set(err, AICFN_E_NOMEM, "spec.params: out of memory");
         memcpy(ks, k->via.str.ptr, k->via.str.size);

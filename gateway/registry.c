@@ -98,6 +98,13 @@ int gw_fn_config_add_param(gw_fn_config *c, const char *key, size_t key_len, con
                                (int)key_len, key, AICFN_PARAM_VALUE_MAX);
     if (c->n_params >= AICFN_MAX_PARAMS)
         return aicfn_error_set(err, AICFN_E_INVALID, "params: more than %d", AICFN_MAX_PARAMS);
+    size_t total = key_len + value_len;
+    for (size_t i = 0; i < c->n_params; i++)
+        total += strlen(c->params[i].key) + strlen(c->params[i].value);
+    if (total > AICFN_PARAMS_TOTAL_MAX)
+        return aicfn_error_set(err, AICFN_E_INVALID,
+                               "params: %zu bytes of keys and values, at most %u (every call carries them)", total,
+                               AICFN_PARAMS_TOTAL_MAX);
     for (size_t i = 0; i < c->n_params; i++)
         if (strlen(c->params[i].key) == key_len && memcmp(c->params[i].key, key, key_len) == 0)
             return aicfn_error_set(err, AICFN_E_INVALID, "params: duplicate key '%.*s'", (int)key_len, key);

@@ -202,8 +202,8 @@ typedef struct aicfn_fn_config {
     const char *function;         /* the function's name ("mlp") */
     uint32_t version;             /* the function's version, 0 when unversioned */
     uint32_t max_batch;           /* most requests one invoke will receive (>= 1) */
-    uint32_t n_params;            /* the manifest's `params` (or `aicfn worker --function
-                                     NAME=...,param.KEY=VALUE`), text as written */
+    uint32_t n_params;            /* the manifest's `params` (sorted by name), or `aicfn worker
+                                     --function NAME=...,param.KEY=VALUE`; text as written */
     const aicfn_param *params;
 } aicfn_fn_config;
 

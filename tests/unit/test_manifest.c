@@ -110,7 +110,7 @@ static void params_are_text_for_init(void **state) {
     cli_manifest_free(m);
     expect_error("name: g\nhandler: g.so\nparams: {a: {b: 1}}\n", ":3:", "params.a", "expected a string");
     expect_error("name: g\nhandler: g.so\nparams: [a]\n", ":3:", "params", "expected a mapping");
-    expect_error("name: g\nhandler: g.so\nparams: {a: 1, a: 2}\n", ":3:", "params.a", "duplicate key");
+    expect_error("name: g\nhandler: g.so\nparams: {a: 1, a: 2}\n", ":3:", "params: duplicate key 'a'", NULL);
     expect_error("name: g\nhandler: g.so\nparams: {a: ~}\n", ":3:", "params.a", NULL);
 }
 

@@ -493,6 +493,22 @@ static void config_json_round_trip(void **state) {
     assert_non_null(strstr(perr.msg, "duplicate key 'mode'"));
     assert_int_equal(gw_fn_config_add_param(&c, "", 0, "x", 1, &perr), AICFN_E_INVALID);
     assert_int_equal(gw_fn_config_add_param(&c, "k", 1, "a\0b", 3, &perr), AICFN_E_INVALID);
+    {
+        gw_fn_config big;
+        gw_fn_config_init(&big);
+        static char v[AICFN_PARAM_VALUE_MAX];
+        memset(v, 'v', sizeof v);
+        int rc = AICFN_OK;
+        for (int i = 0; rc == AICFN_OK && i < AICFN_MAX_PARAMS; i++) {
+            char k[16];
+            snprintf(k, sizeof k, "k%d", i);
+            rc = gw_fn_config_add_param(&big, k, strlen(k), v, sizeof v, &perr);
+        }
+        assert_int_equal(rc, AICFN_E_INVALID); /* the total, long before 256 entries */
+        assert_non_null(strstr(perr.msg, "every call carries them"));
+        assert_true(big.n_params < AICFN_PARAMS_TOTAL_MAX / AICFN_PARAM_VALUE_MAX + 1);
+        gw_fn_config_clear(&big);
+    }
     json_t *j = gw_fn_config_to_json(&c);
     assert_non_null(j);
     char *text = json_dumps(j, JSON_COMPACT);

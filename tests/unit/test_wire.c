@@ -219,6 +219,17 @@ static void pp_long_value(wire_writer *w) {
     wire_put_map(w, 1);
     wire_kv_str(w, "k", v);
 }
+static void pp_too_big(wire_writer *w) {
+    static char v[AICFN_PARAM_VALUE_MAX + 1];
+    memset(v, 'a', sizeof v - 1);
+    uint32_t n = AICFN_PARAMS_TOTAL_MAX / AICFN_PARAM_VALUE_MAX + 1;
+    wire_put_map(w, n);
+    for (uint32_t i = 0; i < n; i++) {
+        char k[16];
+        snprintf(k, sizeof k, "k%u", i);
+        wire_kv_str(w, k, v);
+    }
+}
 static void pp_too_many(wire_writer *w) {
     wire_put_map(w, AICFN_MAX_PARAMS + 1);
     for (int i = 0; i < AICFN_MAX_PARAMS + 1; i++) {
@@ -233,7 +244,7 @@ static void spec_params_are_bounded(void **state) {
     (void)state;
     aicfn_error e;
     assert_int_equal(decode_spec_params(pp_ok, &e), AICFN_OK);
-    void (*bad[])(wire_writer *) = {pp_number, pp_nul_key, pp_long_value, pp_too_many};
+    void (*bad[])(wire_writer *) = {pp_number, pp_nul_key, pp_long_value, pp_too_big, pp_too_many};
     for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
         assert_int_equal(decode_spec_params(bad[i], &e), AICFN_E_PROTOCOL);
         assert_non_null(strstr(e.msg, "spec.params"));
