@@ -6,6 +6,11 @@
  * aio; async calls use a pool of reusable (context, aio) slots, so no aio is ever freed
  * from its own callback. A pipe-removed notification aborts every call in flight, since
  * NNG would otherwise resend it on the next connection.
+ * Link servers and clients (rpc_server_start_link, rpc_client_open_link) run the same
+ * calls over a socketpair (rpc_link.h): a server's calls are slots handed out by the
+ * link's reader thread; a client's replies find their call by the frame id (slot and
+ * generation) and are finished on NNG's task threads, and its deadlines and aborts are
+ * applied by the reader's tick.
  * Not for: message contents (wire.c). */
 #include "common/rpc.h"
 
@@ -17,9 +22,11 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/rpc_link.h"
 #include "common/tunables.h"
 
 /* ---------------------------------------------------------------------------------
@@ -136,6 +143,8 @@ struct rpc_call {
     nng_pipe pipe;  /* the connection the request came on (closed when its reply times out) */
     uint64_t recv_us;
     int state; /* protected by srv->mu */
+    uint64_t link_id;           /* link servers: the request frame's id */
+    struct rpc_call *next_free; /* link servers: the free slots */
 };
 
 struct rpc_server {
@@ -170,6 +179,9 @@ struct rpc_server {
     nng_duration reply_timeout; /* rpc_server_opts' reply_timeout_ms, or NNG_DURATION_INFINITE */
     unsigned probe_failures; /* failed probes in a row (the watchdog's) */
     unsigned restarts;       /* listener restarts by the watchdog */
+    rpc_link *link;          /* a link server (no socket, contexts or listener) */
+    struct rpc_call *free_calls;
+    unsigned slot_waiters; /* the link's reader waits for a free slot */
 };
 
 /* A context operation ended (see `busy`). */
@@ -205,6 +217,14 @@ static void srv_done(struct rpc_call *c) {
     s->outstanding--;
     s->held_bytes -= c->req_len;
     c->req_len = 0;
+    if (s->link) { /* the slot is free for the next request */
+        c->state = SRV_IDLE;
+        c->next_free = s->free_calls;
+        s->free_calls = c;
+        if (s->slot_waiters || s->closing) pthread_cond_broadcast(&s->cv);
+        pthread_mutex_unlock(&s->mu);
+        return;
+    }
     srv_rearm_unlock(c);
 }
 
@@ -305,6 +325,13 @@ static int srv_send(struct rpc_call *c, nng_msg *m) {
         srv_done(c);
         return AICFN_OK;
     }
+    if (c->srv->link) {
+        int rc = rpc_link_send(c->srv->link, c->link_id, m);
+        if (rc != AICFN_OK) log_debug("rpc %s: reply not sent: %s", c->srv->url, aicfn_status_name(rc));
+        srv_leave(c->srv);
+        srv_done(c);
+        return AICFN_OK;
+    }
     nng_msg_header_clear(m);
     nng_aio_set_msg(c->aio, m);
     nng_aio_set_timeout(c->aio, c->srv->reply_timeout);
@@ -343,6 +370,10 @@ void rpc_call_server_load(const rpc_call *c, unsigned *outstanding, uint64_t *he
     *outstanding = s->outstanding;
     *held_bytes = s->held_bytes;
     pthread_mutex_unlock(&s->mu);
+}
+
+bool rpc_call_one_reader(const rpc_call *c) {
+    return c->srv->link != NULL;
 }
 
 uint64_t rpc_call_received_us(const rpc_call *c) {
@@ -588,8 +619,105 @@ fail_sock:
     return rc;
 }
 
+/* A request frame from the link (its reader thread): waits for a free slot, as an NNG
+ * server's requests wait in the socket while every context is taken. */
+static void srv_link_recv(void *user, uint64_t id, nng_msg *m) {
+    rpc_server *s = user;
+    pthread_mutex_lock(&s->mu);
+    while (s->free_calls == NULL && !s->closing) {
+        s->slot_waiters++;
+        pthread_cond_wait(&s->cv, &s->mu);
+        s->slot_waiters--;
+    }
+    if (s->closing) { /* nobody will answer it */
+        pthread_mutex_unlock(&s->mu);
+        nng_msg_free(m);
+        return;
+    }
+    struct rpc_call *c = s->free_calls;
+    s->free_calls = c->next_free;
+    c->next_free = NULL;
+    c->req = m;
+    c->link_id = id;
+    c->recv_us = clock_now_us();
+    c->state = SRV_CALL;
+    c->req_len = nng_msg_len(m);
+    s->outstanding++;
+    s->held_bytes += c->req_len;
+    pthread_mutex_unlock(&s->mu);
+    s->fn(s->user, c, nng_msg_body(m), nng_msg_len(m));
+}
+
+static void srv_link_end(void *user, const char *why) {
+    rpc_server *s = user;
+    pthread_mutex_lock(&s->mu);
+    bool closing = s->closing;
+    pthread_mutex_unlock(&s->mu);
+    if (!closing) log_info("rpc %s: link ended: %s", s->url, why);
+}
+
+int rpc_server_start_link(rpc_server **out, int fd, const rpc_server_opts *opts, rpc_handler_fn fn, void *user,
+                          aicfn_error *err) {
+    *out = NULL;
+    if (fn == NULL) {
+        close(fd);
+        return aicfn_error_set(err, AICFN_E_INVALID, "rpc link server: no handler");
+    }
+    unsigned n = opts && opts->contexts ? opts->contexts : AICFN_NNG_CONTEXTS;
+    rpc_server *s = calloc(1, sizeof *s);
+    struct rpc_call *calls = s ? calloc(n, sizeof *calls) : NULL;
+    if (calls == NULL) {
+        free(s);
+        close(fd);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "rpc link server: %u slots", n);
+    }
+    pthread_mutex_init(&s->mu, NULL);
+    clock_cond_init(&s->cv);
+    s->fn = fn;
+    s->user = user;
+    snprintf(s->url, sizeof s->url, "socketpair:%d", fd);
+    s->calls = calls;
+    s->n = n;
+    for (unsigned i = n; i-- > 0;) {
+        calls[i].srv = s;
+        calls[i].next_free = s->free_calls;
+        s->free_calls = &calls[i];
+    }
+    s->recv_max = opts && opts->recv_max ? opts->recv_max : AICFN_MAX_MESSAGE_BYTES;
+    rpc_link_ops lo = {.recv = srv_link_recv,
+                       .end = srv_link_end,
+                       .user = s,
+                       .recv_max = s->recv_max,
+                       .stall_ms = opts ? opts->reply_timeout_ms : 0,
+                       .name = s->url};
+    int rc = rpc_link_open(&s->link, fd, &lo, err);
+    if (rc != AICFN_OK) {
+        srv_free(s);
+        return rc;
+    }
+    *out = s;
+    return AICFN_OK;
+}
+
 void rpc_server_destroy(rpc_server *s) {
     if (s == NULL) return;
+    if (s->link) {
+        /* No new request is handed out (the reader drops what arrives, or stops waiting
+         * for a slot); then the link goes, and the calls out are answered (discarded). */
+        pthread_mutex_lock(&s->mu);
+        s->closing = true;
+        pthread_cond_broadcast(&s->cv);
+        while (s->busy > 0)
+            pthread_cond_wait(&s->cv, &s->mu);
+        pthread_mutex_unlock(&s->mu);
+        rpc_link_close(s->link);
+        pthread_mutex_lock(&s->mu);
+        while (s->outstanding > 0)
+            pthread_cond_wait(&s->cv, &s->mu);
+        pthread_mutex_unlock(&s->mu);
+        srv_free(s);
+        return;
+    }
     /* 1. No new context operation starts; wait out those in progress (see `busy`).
      * Answers given from now on are discarded. */
     pthread_mutex_lock(&s->mu);
@@ -644,6 +772,12 @@ typedef struct rpc_op {
     struct rpc_op *prev, *next; /* in-flight list */
     struct rpc_op *next_free;
     struct rpc_op *next_all;
+    uint32_t slot;           /* link clients: index in c->slots */
+    uint32_t gen;            /* link clients: uses of this slot (the id's high half) */
+    uint64_t link_id;        /* link clients: the id of the frame in flight */
+    struct rpc_op *next_end; /* link clients: ops a tick or the link's end completes */
+    nng_aio *handoff;        /* link clients: runs `done` for a reply on NNG's task threads */
+    nng_msg *handoff_reply;  /* the reply it hands over */
 } rpc_op;
 
 struct rpc_client {
@@ -664,6 +798,9 @@ struct rpc_client {
     rpc_op *free_ops;
     rpc_op *all_ops;
     unsigned n_ops;
+    rpc_link *link;    /* a link client (no socket) */
+    rpc_op **slots;    /* link clients: ops by slot (max_async of them) */
+    uint64_t next_due; /* link clients: no deadline or abort is due before this (0: none) */
 };
 
 static void cli_list_add(rpc_client *c, rpc_op *op) {
@@ -696,7 +833,11 @@ static void cli_list_del(rpc_client *c, rpc_op *op) {
 static void cli_abort_locked(rpc_client *c, int code) {
     for (rpc_op *op = c->inflight_head; op; op = op->next) {
         if (op->aborted == 0) op->aborted = code;
-        nng_aio_abort(op->aio, code);
+        if (op->aio) nng_aio_abort(op->aio, code);
+    }
+    if (c->link && c->inflight_head) { /* the link's reader completes them (never here: locks) */
+        c->next_due = 1;
+        rpc_link_due(c->link, 0);
     }
 }
 
@@ -839,20 +980,31 @@ void rpc_client_close(rpc_client *c) {
     while (c->inflight > 0)
         pthread_cond_wait(&c->cv, &c->mu);
     pthread_mutex_unlock(&c->mu);
-    nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, NULL, NULL);
-    nng_close(c->sock);
+    if (c->link) {
+        rpc_link_close(c->link);
+    } else {
+        nng_pipe_notify(c->sock, NNG_PIPE_EV_REM_POST, NULL, NULL);
+        nng_close(c->sock);
+    }
     pthread_mutex_lock(&c->mu);
     rpc_op *all = c->all_ops;
     c->all_ops = NULL;
     pthread_mutex_unlock(&c->mu);
     while (all) {
         rpc_op *next = all->next_all;
-        nng_aio_stop(all->aio);
-        nng_msg_free(nng_aio_get_msg(all->aio));
-        nng_aio_free(all->aio);
+        if (all->aio) {
+            nng_aio_stop(all->aio);
+            nng_msg_free(nng_aio_get_msg(all->aio));
+            nng_aio_free(all->aio);
+        }
+        if (all->handoff) { /* its callback may still be returning */
+            nng_aio_stop(all->handoff);
+            nng_aio_free(all->handoff);
+        }
         free(all);
         all = next;
     }
+    free(c->slots);
     pthread_cond_destroy(&c->cv);
     pthread_mutex_destroy(&c->mu);
     free(c);
@@ -903,11 +1055,54 @@ static int cli_precheck(rpc_client *c, size_t len, aicfn_error *err) {
     return AICFN_OK;
 }
 
+/* rpc_call_sync on a link client: an async call and a wait. */
+typedef struct cli_sync_wait {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done;
+    int status;
+    rpc_msg *reply;
+    aicfn_error err;
+} cli_sync_wait;
+
+static void cli_sync_done(void *user, int status, rpc_msg *reply, const aicfn_error *err) {
+    cli_sync_wait *w = user;
+    pthread_mutex_lock(&w->mu);
+    w->status = status;
+    w->reply = reply;
+    if (err) w->err = *err;
+    w->done = true;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+}
+
+static int cli_link_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_ms, rpc_msg **reply,
+                         aicfn_error *err) {
+    cli_sync_wait w = {.done = false};
+    pthread_mutex_init(&w.mu, NULL);
+    pthread_cond_init(&w.cv, NULL);
+    aicfn_error_clear(&w.err);
+    int rc = rpc_call_async(c, req, len, timeout_ms, cli_sync_done, &w, err);
+    if (rc == AICFN_OK) {
+        pthread_mutex_lock(&w.mu);
+        while (!w.done) /* the link's tick ends it by its deadline */
+            pthread_cond_wait(&w.cv, &w.mu);
+        pthread_mutex_unlock(&w.mu);
+        rc = w.status;
+        *reply = w.reply;
+        if (rc != AICFN_OK && err) *err = w.err;
+    }
+    pthread_cond_destroy(&w.cv);
+    pthread_mutex_destroy(&w.mu);
+    return rc;
+}
+
 int rpc_call_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_ms, rpc_msg **reply,
                   aicfn_error *err) {
     *reply = NULL;
     int rc = cli_precheck(c, len, err);
     if (rc) return rc;
+    if (c->link) return cli_link_sync(c, req, len, timeout_ms, reply, err);
     rpc_op op;
     memset(&op, 0, sizeof op);
     op.c = c;
@@ -983,8 +1178,30 @@ out:
     return rc;
 }
 
+/* Takes op out of the in-flight list to complete it (lock held), still counted in
+ * c->inflight (rpc_client_close may not free the slot before `done` returned); false
+ * when another path took it first (link clients: a reply, a tick, the link's end). */
+static bool cli_claim_locked(rpc_client *c, rpc_op *op) {
+    if (!op->listed) return false;
+    cli_list_del(c, op);
+    c->inflight++;
+    return true;
+}
+
+static void cli_finish(rpc_op *op, int rv, nng_msg *reply, const char *phase);
+
 /* Finishes an async call: runs `done`, then returns the slot to the pool. */
 static void cli_complete(rpc_op *op, int rv, nng_msg *reply, const char *phase) {
+    rpc_client *c = op->c;
+    pthread_mutex_lock(&c->mu);
+    cli_list_del(c, op);
+    c->inflight++;
+    pthread_mutex_unlock(&c->mu);
+    cli_finish(op, rv, reply, phase);
+}
+
+/* Runs a claimed op's `done`, then returns it to the pool. */
+static void cli_finish(rpc_op *op, int rv, nng_msg *reply, const char *phase) {
     rpc_client *c = op->c;
     aicfn_error e;
     aicfn_error_clear(&e);
@@ -992,10 +1209,6 @@ static void cli_complete(rpc_op *op, int rv, nng_msg *reply, const char *phase) 
     if (rv != 0) status = cli_status(c, rv, &e, phase);
     rpc_done_fn done = op->done;
     void *user = op->user;
-    pthread_mutex_lock(&c->mu);
-    cli_list_del(c, op); /* rpc_client_close may not free the slot before we are done */
-    c->inflight++;       /* ... so keep it counted until `done` returns */
-    pthread_mutex_unlock(&c->mu);
     done(user, status, (rpc_msg *)reply, &e);
     pthread_mutex_lock(&c->mu);
     op->done = NULL;
@@ -1028,6 +1241,192 @@ static void cli_async_cb(void *arg) {
     cli_complete(op, 0, m, "reply");
 }
 
+/* ---- Link clients ---- */
+
+/* A reply handed over to an NNG task thread (cli_link_recv). */
+static void cli_link_handoff_cb(void *arg) {
+    rpc_op *op = arg;
+    nng_msg *m = op->handoff_reply;
+    op->handoff_reply = NULL;
+    cli_finish(op, 0, m, "reply");
+}
+
+/* A reply frame (the link's reader thread): completes its call, unless that call ended
+ * already (timed out, aborted: the late reply is dropped). `done` runs on one of NNG's
+ * task threads, as a REQ client's does, not here: a reply's `done` typically sends on
+ * an NNG socket (the gateway answers its client), and NNG's task threads, busy under
+ * load, take such follow-up work without a wake-up where the reader would pay one per
+ * call (measured, 16 clients through the gateway: 15,500-16,500 calls/s finished here,
+ * 20,000-22,600 handed over). The reader moves on to the next frame meanwhile. */
+static void cli_link_recv(void *user, uint64_t id, nng_msg *m) {
+    rpc_client *c = user;
+    uint32_t slot = (uint32_t)id;
+    pthread_mutex_lock(&c->mu);
+    rpc_op *op = slot < c->n_ops ? c->slots[slot] : NULL;
+    bool mine = op && op->link_id == id && cli_claim_locked(c, op);
+    pthread_mutex_unlock(&c->mu);
+    if (!mine) {
+        nng_msg_free(m);
+        return;
+    }
+    if (op->handoff && nng_aio_begin(op->handoff)) {
+        op->handoff_reply = m;
+        nng_aio_finish(op->handoff, 0);
+        return;
+    }
+    cli_finish(op, 0, m, "reply"); /* no aio (out of memory when the slot was made) */
+}
+
+/* Completes the ops chained on next_end with their abort error, or `rv`. */
+static void cli_link_finish_all(rpc_op *list, int rv, const char *phase) {
+    while (list) {
+        rpc_op *next = list->next_end;
+        list->next_end = NULL;
+        cli_finish(list, list->aborted ? list->aborted : rv, NULL, phase);
+        list = next;
+    }
+}
+
+/* The reader's tick: fails the calls aborted or past their deadline; returns when the
+ * next deadline falls (0: no call in flight). */
+static uint64_t cli_link_tick(void *user, uint64_t now) {
+    rpc_client *c = user;
+    pthread_mutex_lock(&c->mu);
+    if (c->next_due == 0 || now < c->next_due) {
+        uint64_t due = c->next_due;
+        pthread_mutex_unlock(&c->mu);
+        return due;
+    }
+    rpc_op *ended = NULL, *op = c->inflight_head;
+    uint64_t next = 0;
+    while (op) {
+        rpc_op *after = op->next;
+        if (op->aborted || op->deadline_us <= now) {
+            if (op->aborted == 0) op->aborted = NNG_ETIMEDOUT;
+            (void)cli_claim_locked(c, op);
+            op->next_end = ended;
+            ended = op;
+        } else if (next == 0 || op->deadline_us < next) {
+            next = op->deadline_us;
+        }
+        op = after;
+    }
+    c->next_due = next;
+    pthread_mutex_unlock(&c->mu);
+    cli_link_finish_all(ended, NNG_ETIMEDOUT, "waiting for the reply");
+    return next;
+}
+
+/* The link ended (its reader thread): the peer is gone for good. Every call in flight
+ * fails, and every later one is refused (as a single-peer NNG client's). */
+static void cli_link_end(void *user, const char *why) {
+    rpc_client *c = user;
+    pthread_mutex_lock(&c->mu);
+    c->dropped = true;
+    int rv = c->closing ? NNG_ECLOSED : NNG_ECONNRESET;
+    rpc_op *ended = NULL;
+    while (c->inflight_head) {
+        rpc_op *op = c->inflight_head;
+        (void)cli_claim_locked(c, op);
+        op->next_end = ended;
+        ended = op;
+    }
+    c->next_due = 0;
+    bool closing = c->closing;
+    pthread_mutex_unlock(&c->mu);
+    if (!closing) log_debug("rpc %s: link ended: %s", c->url, why);
+    cli_link_finish_all(ended, rv, "waiting for the reply");
+}
+
+/* rpc_call_async on a link client, with c->mu held (released here) and the request in m. */
+static int cli_link_async(rpc_client *c, nng_msg *m, uint32_t timeout_ms, rpc_done_fn done, void *user,
+                          aicfn_error *err) {
+    rpc_op *op = c->free_ops;
+    if (op) {
+        c->free_ops = op->next_free;
+    } else {
+        if (c->n_ops >= c->max_async || (op = calloc(1, sizeof *op)) == NULL) {
+            bool full = c->n_ops >= c->max_async;
+            pthread_mutex_unlock(&c->mu);
+            nng_msg_free(m);
+            if (full)
+                return aicfn_error_set(err, AICFN_E_OVERLOADED, "rpc %s: %u calls already in flight", c->url,
+                                       c->max_async);
+            return aicfn_error_set(err, AICFN_E_NOMEM, "rpc %s: async call slot", c->url);
+        }
+        op->c = c;
+        if (nng_aio_alloc(&op->handoff, cli_link_handoff_cb, op) != 0) op->handoff = NULL;
+        op->slot = c->n_ops;
+        c->slots[c->n_ops++] = op;
+        op->next_all = c->all_ops;
+        c->all_ops = op;
+    }
+    op->done = done;
+    op->user = user;
+    op->phase = OP_RECV;
+    op->deadline_us = clock_now_us() + (uint64_t)cli_timeout(timeout_ms) * 1000;
+    op->gen++;
+    uint64_t id = (uint64_t)op->gen << 32 | op->slot;
+    op->link_id = id;
+    cli_list_add(c, op);
+    if (c->next_due == 0 || op->deadline_us < c->next_due) c->next_due = op->deadline_us;
+    uint64_t due = op->deadline_us;
+    pthread_mutex_unlock(&c->mu);
+    rpc_link_due(c->link, due);
+    int rc = rpc_link_send(c->link, id, m);
+    if (rc == AICFN_OK) return AICFN_OK;
+    /* Not sent. Unless the link's end completed the call meanwhile (then `done` ran),
+     * it is refused here and `done` never runs. */
+    pthread_mutex_lock(&c->mu);
+    bool mine = op->link_id == id && op->listed;
+    if (mine) {
+        cli_list_del(c, op);
+        op->done = NULL;
+        op->next_free = c->free_ops;
+        c->free_ops = op;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (!mine) return AICFN_OK;
+    if (rc == AICFN_E_UNAVAILABLE) return cli_dropped(c, err);
+    return aicfn_error_set(err, rc, "rpc %s: request not sent", c->url);
+}
+
+int rpc_client_open_link(rpc_client **out, int fd, const rpc_client_opts *opts, aicfn_error *err) {
+    *out = NULL;
+    rpc_client *c = calloc(1, sizeof *c);
+    size_t recv_max = opts && opts->recv_max ? opts->recv_max : AICFN_MAX_MESSAGE_BYTES;
+    if (c) {
+        c->max_async = opts && opts->max_async ? opts->max_async : AICFN_RPC_MAX_ASYNC;
+        c->slots = calloc(c->max_async, sizeof *c->slots);
+    }
+    if (c == NULL || c->slots == NULL) {
+        if (c) free(c);
+        close(fd);
+        return aicfn_error_set(err, AICFN_E_NOMEM, "rpc link client");
+    }
+    c->send_max = opts && opts->send_max ? opts->send_max : AICFN_MAX_MESSAGE_BYTES;
+    c->single_peer = true; /* a socketpair never comes back */
+    snprintf(c->url, sizeof c->url, "socketpair:%d", fd);
+    pthread_mutex_init(&c->mu, NULL);
+    clock_cond_init(&c->cv);
+    rpc_link_ops lo = {.recv = cli_link_recv,
+                       .end = cli_link_end,
+                       .tick = cli_link_tick,
+                       .user = c,
+                       .recv_max = recv_max,
+                       .name = c->url};
+    int rc = rpc_link_open(&c->link, fd, &lo, err);
+    if (rc != AICFN_OK) {
+        pthread_cond_destroy(&c->cv);
+        pthread_mutex_destroy(&c->mu);
+        free(c->slots);
+        free(c);
+        return rc;
+    }
+    *out = c;
+    return AICFN_OK;
+}
+
 int rpc_call_async(rpc_client *c, const void *req, size_t len, uint32_t timeout_ms, rpc_done_fn done,
                    void *user, aicfn_error *err) {
     if (done == NULL) return aicfn_error_set(err, AICFN_E_INVALID, "rpc_call_async: no completion callback");
@@ -1048,6 +1447,7 @@ int rpc_call_async(rpc_client *c, const void *req, size_t len, uint32_t timeout_
         nng_msg_free(m);
         return cli_dropped(c, err);
     }
+    if (c->link) return cli_link_async(c, m, timeout_ms, done, user, err); /* unlocks */
     rpc_op *op = c->free_ops;
     if (op) {
         c->free_ops = op->next_free;

@@ -104,6 +104,16 @@ typedef struct rpc_server_opts {
 int rpc_server_start(rpc_server **out, const char *url, const rpc_server_opts *opts, rpc_handler_fn fn,
                      void *user, aicfn_error *err);
 
+/* A server on one connected stream socket (socketpair) instead of a listener: the
+ * worker's end of the link a gateway made when it spawned it (rpc_link.h). Takes `fd`
+ * (closed on failure too). Requests come one at a time from the link's reader thread,
+ * which calls the handler; when every one of the `contexts` slots holds an unanswered
+ * call, the reader waits for one (the requests wait in the socket). reply_timeout_ms
+ * ends the link when the peer takes no reply bytes for that long. Everything else is as
+ * for rpc_server_start; rpc_server_url is "socketpair:FD". */
+int rpc_server_start_link(rpc_server **out, int fd, const rpc_server_opts *opts, rpc_handler_fn fn, void *user,
+                          aicfn_error *err);
+
 /* The URL actually bound, with the real port for tcp port 0 ("tcp://127.0.0.1:41234").
  * Owned by the server. */
 const char *rpc_server_url(const rpc_server *s);
@@ -133,6 +143,11 @@ void rpc_call_drop(rpc_call *call);
 /* The load on the server that received `call`: calls handed to the handler and not yet
  * answered (this one included), and the bytes of their requests. Thread-safe. */
 void rpc_call_server_load(const rpc_call *call, unsigned *outstanding, uint64_t *held_bytes);
+
+/* Whether `call` came on a link server (rpc_server_start_link), whose handler runs on the
+ * one thread that reads every request of the link: the handler must not run anything
+ * that may take long there (an NNG server has several callback threads). */
+bool rpc_call_one_reader(const rpc_call *call);
 
 /* Monotonic time (clock_now_us) when the request was received. */
 uint64_t rpc_call_received_us(const rpc_call *call);
@@ -190,6 +205,17 @@ typedef struct rpc_client_opts {
  * background and nobody listens), AICFN_E_NOMEM, AICFN_E_IO. Blocks for the first dial
  * unless background. The client may be shared by any number of threads. */
 int rpc_client_open(rpc_client **out, const char *url, const rpc_client_opts *opts, aicfn_error *err);
+
+/* A client on one connected stream socket (socketpair): the gateway's end of the link
+ * to a worker it spawned (rpc_link.h). Takes `fd` (closed on failure too). Always
+ * single-peer: when the link ends (the worker exited or closed it), the calls in flight
+ * fail with AICFN_E_WORKER_LOST and later ones are refused so. An async callback runs
+ * on an NNG task thread for a reply (as for a REQ client), on the link's reader thread
+ * for a failure (deadline, abort, the link's end). A request is written by the calling
+ * thread when the socket takes it whole, else by the link's writer thread
+ * (rpc_call_async never blocks on the peer). recv_max, send_max and max_async are as for
+ * rpc_client_open; rpc_client_dial does nothing. */
+int rpc_client_open_link(rpc_client **out, int fd, const rpc_client_opts *opts, aicfn_error *err);
 
 /* Starts the dial of a client opened with opts->await_listen (once; later calls and
  * other clients do nothing). Returns AICFN_OK, or the dialer's error (AICFN_E_IO,
