@@ -276,9 +276,9 @@ static void link_finish(rpc_link *l, nng_msg *partial, const char *why) {
 static void *link_reader(void *arg) {
     rpc_link *l = arg;
     pthread_setname_np(pthread_self(), "aicfn:link-in");
-    size_t have = 0;       /* bytes in buf */
-    nng_msg *body = NULL;  /* the frame being filled */
-    size_t body_have = 0;  /* its bytes so far */
+    size_t have = 0;      /* bytes in buf */
+    nng_msg *body = NULL; /* the frame being filled */
+    size_t body_have = 0; /* its bytes so far */
     uint64_t body_id = 0;
     char why[192];
     for (;;) {
@@ -307,7 +307,8 @@ static void *link_reader(void *arg) {
                 return NULL;
             }
             if (len > l->ops.recv_max) {
-                snprintf(why, sizeof why, "a frame of %u bytes exceeds the limit of %zu", len, l->ops.recv_max);
+                snprintf(why, sizeof why, "a frame of %u bytes exceeds the limit of %zu", len,
+                         l->ops.recv_max);
                 link_finish(l, NULL, why);
                 return NULL;
             }
@@ -350,7 +351,10 @@ static void *link_reader(void *arg) {
             pthread_mutex_lock(&l->mu);
             bool here = l->ended;
             pthread_mutex_unlock(&l->mu);
-            link_finish(l, body, here ? "shut down" : "the peer closed the connection");
+            link_finish(l, body,
+                        here               ? "shut down"
+                        : body || have > 0 ? "the peer closed the connection inside a frame"
+                                           : "the peer closed the connection");
             return NULL;
         }
         if (errno == EINTR) continue;

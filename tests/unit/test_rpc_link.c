@@ -32,12 +32,14 @@ typedef struct lsrv {
     rpc_call *held[64];
     unsigned n_held;
     unsigned calls;
+    unsigned one_reader; /* calls rpc_call_one_reader said came on a link */
 } lsrv;
 
 static void lsrv_handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
     lsrv *t = user;
     pthread_mutex_lock(&t->mu);
     t->calls++;
+    if (rpc_call_one_reader(call)) t->one_reader++;
     if (t->hold && t->n_held < 64) {
         t->held[t->n_held++] = call;
         pthread_mutex_unlock(&t->mu);
@@ -164,7 +166,23 @@ static void sync_echo_and_server_url(void **state) {
     assert_int_equal(rpc_call_sync(p.c, "", 0, 2000, &r, &e), AICFN_OK);
     assert_int_equal(rpc_msg_len(r), 0);
     rpc_msg_free(r);
+    assert_int_equal(p.t.one_reader, 51); /* every call came on the link's one reader */
     pair_stop(&p);
+    /* An NNG server's calls do not. */
+    lsrv t;
+    memset(&t, 0, sizeof t);
+    pthread_mutex_init(&t.mu, NULL);
+    rpc_server *s = NULL;
+    rpc_client *c = NULL;
+    assert_int_equal(rpc_server_start(&s, "inproc://link-test-nng", NULL, lsrv_handler, &t, &e), AICFN_OK);
+    assert_int_equal(rpc_client_open(&c, "inproc://link-test-nng", NULL, &e), AICFN_OK);
+    assert_int_equal(rpc_call_sync(c, "n", 1, 2000, &r, &e), AICFN_OK);
+    rpc_msg_free(r);
+    assert_int_equal(t.calls, 1);
+    assert_int_equal(t.one_reader, 0);
+    rpc_client_close(c);
+    rpc_server_destroy(s);
+    pthread_mutex_destroy(&t.mu);
 }
 
 /* Replies in the reverse order of the requests reach the right calls. */
