@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -61,7 +62,11 @@ static void cw_help(FILE *out) {
             "                       that the gateway charges the crash to them alone (a local worker\n"
             "                       gets one from its gateway)\n"
             "  --ready-fd N         once listening, write one byte to the open descriptor N (3 or more,\n"
-            "                       a pipe, say) and close it: a local worker's gateway dials it then\n"
+            "                       a pipe, say) and close it: a local worker's gateway knows then that\n"
+            "                       it started\n"
+            "  --link-fd N          also serve requests on the connected stream socket N (3 or more): the\n"
+            "                       socketpair a local worker's gateway made when it spawned it, which\n"
+            "                       carries its calls (fewer thread hops than NNG; docs/protocol.md)\n"
             "  --gateway ADDR       register with this gateway once listening (it dials --listen, so use a\n"
             "                       tcp:// address it can reach), then again every %d s, so a restarted\n"
             "                       gateway finds it; --key KEY or $AICFN_KEY authenticates: a worker key\n"
@@ -230,6 +235,17 @@ int cli_cmd_worker(int argc, char **argv) {
             }
             ready_fd = (int)n;
             (void)fcntl(ready_fd, F_SETFD, FD_CLOEXEC); /* not for what a handler may start */
+        } else if ((v = cw_flag(argc, argv, &i, "--link-fd"))) {
+            uint64_t n;
+            int type = 0;
+            socklen_t tl = sizeof type;
+            if (cw_parse_u64(v, &n) || n < 3 || n > INT_MAX ||
+                getsockopt((int)n, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM) {
+                rc = cli_usage_error("worker", "--link-fd '%s' is not an open stream socket of 3 or more", v);
+                goto out;
+            }
+            cfg.link_fd = (int)n;
+            (void)fcntl(cfg.link_fd, F_SETFD, FD_CLOEXEC); /* not for what a handler may start */
         } else if ((v = cw_flag(argc, argv, &i, "--memory"))) {
             if (units_parse_size(v, &cfg.memory_bytes, &err) != AICFN_OK) {
                 rc = cli_usage_error("worker", "--memory '%s': %s", v, err.msg);

@@ -1987,7 +1987,8 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
             gw_pool *pool = gw->stopping ? NULL : gw->pool;
             if (pool) gw->spawning++;
             pthread_mutex_unlock(&gw->mu);
-            int rc = pool ? gw_pool_spawn(pool, &id, addr, sizeof addr, &pid, &e)
+            int link_fd = -1;
+            int rc = pool ? gw_pool_spawn_linked(pool, &id, addr, sizeof addr, &pid, &link_fd, &e)
                           : aicfn_error_set(&e, AICFN_E_CANCELED, "the gateway is stopping");
             pthread_mutex_lock(&gw->mu);
             if (pool && --gw->spawning == 0) pthread_cond_broadcast(&gw->spawn_cv);
@@ -2002,7 +2003,8 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
                     gw_pool_kill(pool, id); /* pool: still alive while we hold mu (gw_stop waits) */
                     gw_worker_row_locked(gw, w, gw->stopping ? GW_WROW_EXITED : GW_WROW_LOST);
                 } else {
-                    rc = gw_worker_connect(w, true, &e);
+                    rc = gw_worker_connect(w, link_fd, true, &e);
+                    link_fd = -1; /* taken */
                     /* It may have said it listens before its client existed (gw_on_ready
                      * then found nothing to dial). */
                     if (rc == AICFN_OK && gw_pool_ready(pool, id)) rc = rpc_client_dial(w->client, &e);
@@ -2017,6 +2019,7 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
                     }
                 }
             }
+            if (link_fd >= 0) close(link_fd); /* a worker dead before its client existed */
             if (rc != AICFN_OK) {
                 log_error("starting a local worker: %s", e.msg);
                 if (pool && !gw->stopping) gw_start_failed_locked(gw, "a local worker could not be started");
@@ -2864,7 +2867,7 @@ int gw_register_worker(gw_gateway *gw, const char *name, const char *addr, const
         return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     }
     if (exit_token) snprintf(w->exit_token, sizeof w->exit_token, "%s", exit_token);
-    rc = gw_worker_connect(w, false, err);
+    rc = gw_worker_connect(w, -1, false, err);
     if (rc != AICFN_OK) {
         pthread_mutex_unlock(&gw->mu);
         gw_worker_destroy(w);

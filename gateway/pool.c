@@ -25,6 +25,7 @@
 #include <sys/eventfd.h>
 #include <sys/pidfd.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -58,6 +59,8 @@ typedef struct pool_spawn_req {
     uint32_t id;
     char addr[GW_POOL_ADDR_MAX];
     pid_t pid;
+    bool want_link; /* make a socketpair: the worker serves its end (--link-fd) */
+    int link_fd;    /* the gateway's end, when want_link */
     int code;
     aicfn_error err;
     bool done;
@@ -154,6 +157,16 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     (void)fcntl(ready[0], F_SETFL, O_NONBLOCK);
     char ready_arg[16];
     snprintf(ready_arg, sizeof ready_arg, "%d", ready[1]);
+    int link[2] = {-1, -1}; /* [0] the gateway's end, [1] the worker's */
+    r->link_fd = -1;
+    if (r->want_link && socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, link) != 0) {
+        r->code = aicfn_error_errno(&r->err, AICFN_E_IO, errno, "starting worker %s: socketpair", idbuf);
+        close(ready[0]);
+        close(ready[1]);
+        return;
+    }
+    char link_arg[16];
+    snprintf(link_arg, sizeof link_arg, "%d", link[1]);
     const char *argv[POOL_MAX_ARGS];
     size_t a = 0;
     argv[a++] = p->exe;
@@ -168,6 +181,10 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     argv[a++] = note;
     argv[a++] = "--ready-fd";
     argv[a++] = ready_arg;
+    if (link[1] >= 0) {
+        argv[a++] = "--link-fd";
+        argv[a++] = link_arg;
+    }
     if (p->memory[0]) {
         argv[a++] = "--memory";
         argv[a++] = p->memory;
@@ -182,6 +199,7 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
         r->code = aicfn_error_errno(&r->err, AICFN_E_IO, errno, "starting worker %s: fork", idbuf);
         close(ready[0]);
         close(ready[1]);
+        if (link[0] >= 0) close(link[0]), close(link[1]);
         return;
     }
     if (pid == 0) {
@@ -194,14 +212,17 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
         sigset_t none;
         sigemptyset(&none);
         sigprocmask(SIG_SETMASK, &none, NULL);
-        if (fcntl(ready[1], F_SETFD, 0) != 0) _exit(127); /* the one descriptor it keeps */
+        if (fcntl(ready[1], F_SETFD, 0) != 0) _exit(127); /* the descriptors it keeps */
+        if (link[1] >= 0 && fcntl(link[1], F_SETFD, 0) != 0) _exit(127);
         execv(p->exe, (char *const *)argv);
         _exit(127);
     }
     close(ready[1]);
+    if (link[1] >= 0) close(link[1]);
     pool_child *c = calloc(1, sizeof *c);
     if (!c) {
         close(ready[0]);
+        if (link[0] >= 0) close(link[0]);
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         r->code = aicfn_error_set(&r->err, AICFN_E_NOMEM, "starting worker %s: out of memory", idbuf);
@@ -218,6 +239,7 @@ static void pool_fork(gw_pool *p, pool_spawn_req *r) {
     p->children = c;
     p->live++;
     r->pid = pid;
+    r->link_fd = link[0];
     r->code = AICFN_OK;
     log_info("started worker w%u (pid %ld) on %s", r->id, (long)pid, r->addr);
 }
@@ -446,8 +468,15 @@ int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, gw_pool_r
 }
 
 int gw_pool_spawn(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *pid, aicfn_error *err) {
+    return gw_pool_spawn_linked(p, id, addr, addr_len, pid, NULL, err);
+}
+
+int gw_pool_spawn_linked(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *pid, int *link_fd,
+                         aicfn_error *err) {
     pool_spawn_req r;
     memset(&r, 0, sizeof r);
+    r.want_link = link_fd != NULL;
+    if (link_fd) *link_fd = -1;
     pthread_mutex_lock(&p->mu);
     if (p->stopping) {
         pthread_mutex_unlock(&p->mu);
@@ -472,6 +501,7 @@ int gw_pool_spawn(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *
     }
     if (id) *id = r.id;
     if (pid) *pid = r.pid;
+    if (link_fd) *link_fd = r.link_fd;
     if (addr && addr_len) snprintf(addr, addr_len, "%s", r.addr);
     return AICFN_OK;
 }

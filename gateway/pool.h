@@ -64,6 +64,11 @@ int gw_pool_create(const gw_pool_config *cfg, gw_pool_exit_fn on_exit, gw_pool_r
  * errno), AICFN_E_CANCELED once the pool is being destroyed. */
 int gw_pool_spawn(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *pid, aicfn_error *err);
 
+/* gw_pool_spawn, and the worker also gets one end of a new socketpair (--link-fd), which
+ * carries the gateway's calls (rpc_client_open_link on *link_fd, the caller's to close). */
+int gw_pool_spawn_linked(gw_pool *p, uint32_t *id, char *addr, size_t addr_len, pid_t *pid, int *link_fd,
+                         aicfn_error *err);
+
 /* Asks worker `id` to drain and exit (SIGTERM); SIGKILL follows after the grace period
  * if it is still alive. Returns AICFN_OK, or AICFN_E_NOT_FOUND when it already exited.
  * Thread-safe, never blocks. */

@@ -23,12 +23,13 @@ gw_worker *gw_worker_new(const char *name, const char *addr, uint32_t pool_id, p
     return w;
 }
 
-int gw_worker_connect(gw_worker *w, bool await_listen, aicfn_error *err) {
+int gw_worker_connect(gw_worker *w, int link_fd, bool await_listen, aicfn_error *err) {
     rpc_client_opts o = {.recv_max = AICFN_MAX_MESSAGE_BYTES,
                          .send_max = AICFN_MAX_MESSAGE_BYTES,
                          .background = true,
                          .single_peer = true,
                          .await_listen = await_listen};
+    if (link_fd >= 0) return rpc_client_open_link(&w->client, link_fd, &o, err);
     return rpc_client_open(&w->client, w->addr, &o, err);
 }
 

@@ -97,10 +97,12 @@ typedef struct gw_worker {
  * wall clock). NULL when out of memory. */
 gw_worker *gw_worker_new(const char *name, const char *addr, uint32_t pool_id, pid_t pid, uint64_t now_us);
 
-/* Opens the REQ client dialing w->addr in the background (RECVMAXSZ set, resend
- * infinite: rpc.h); with await_listen (a worker the pool just started) the dial waits
- * for rpc_client_dial, once the worker says it listens. Never blocks on the network. */
-int gw_worker_connect(gw_worker *w, bool await_listen, aicfn_error *err);
+/* Opens w's client: on link_fd (>= 0, taken: the socketpair the pool made for a worker
+ * it spawned, rpc_client_open_link), else a REQ client dialing w->addr in the background
+ * (RECVMAXSZ set, resend infinite: rpc.h); with await_listen (a worker the pool just
+ * started) the dial waits for rpc_client_dial, once the worker says it listens. Never
+ * blocks on the network. */
+int gw_worker_connect(gw_worker *w, int link_fd, bool await_listen, aicfn_error *err);
 
 /* Replaces the view of models, budget and free bytes with a worker's summary. Models
  * the gateway added itself (gw_worker_note_load) and that the summary does not list yet

@@ -83,6 +83,8 @@ struct worker {
     loader_cache *cache;
     worker_model_ops_arg ops_arg;
     rpc_server *srv;
+    rpc_server *link_srv;              /* the gateway's socketpair (worker_config.link_fd), or NULL */
+    int link_fd;                       /* until worker_start takes it; -1 after */
     worker_bundle_watch *bundle_watch; /* parts of bundles overrunning their deadlines */
     uint64_t started_us;
     int refuse_specs;
@@ -128,6 +130,7 @@ typedef struct worker_out {
     rpc_call *call;
     worker_bundle *bundle;
     uint32_t slot;
+    bool one_reader; /* it came on a link, whose one thread reads every request (never run there) */
 } worker_out;
 
 /* One invocation, from receipt to reply. */
@@ -2101,12 +2104,13 @@ static void worker_on_bundle(worker *w, rpc_call *call, const wire_doc *doc, con
     }
     uint64_t objects_left = AICFN_MAX_MESSAGE_OBJECTS;
     for (uint32_t i = 0; i < n; i++)
-        worker_accept(w, (worker_out){.bundle = b, .slot = i}, parts[i].data, parts[i].len, &objects_left);
+        worker_accept(w, (worker_out){.bundle = b, .slot = i, .one_reader = rpc_call_one_reader(call)},
+                      parts[i].data, parts[i].len, &objects_left);
     worker_bundle_release(b);
 }
 
 static void worker_on_call(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
-    worker_accept(user, (worker_out){.call = call}, msg, len, NULL);
+    worker_accept(user, (worker_out){.call = call, .one_reader = rpc_call_one_reader(call)}, msg, len, NULL);
 }
 
 /* The rest of an accepted invocation: find its function (once more, when a spec may
@@ -2156,9 +2160,11 @@ static void worker_dispatch(worker_req *r) {
      * only by a function known to be quick: a slow handler would hold one of NNG's few
      * callback threads, and with them the worker's status answers, and in a bundle the
      * others' acceptance and the reply (NNG sends it once this callback returns); on its
-     * function's executor the watch can answer a stuck part as an overrun. */
+     * function's executor the watch can answer a stuck part as an overrun. Never on a
+     * link's reader: it is the one thread that reads every request of the gateway, and a
+     * quick function's one slow call would stop them all. */
     uint64_t avg = atomic_load(&fn->exec_ewma_us);
-    r->item.no_inline = avg == 0 || avg > AICFN_INLINE_MAX_US;
+    r->item.no_inline = avg == 0 || avg > AICFN_INLINE_MAX_US || r->out.one_reader;
     /* Stuck is past the function's timeout, not the caller's deadline: a handler that
      * started in time cannot be cut short, and a caller's short deadline must not make a
      * healthy call count as stuck (its worker killed, at the gateway). */
@@ -2204,6 +2210,7 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
         (uint64_t)(cfg->fn_idle_retire_ms ? cfg->fn_idle_retire_ms : AICFN_WORKER_FN_IDLE_RETIRE_MS) * 1000;
     w->fetcher = cfg->fetcher;
     w->listen = strdup(cfg->listen);
+    w->link_fd = cfg->link_fd > 0 ? cfg->link_fd : -1;
     w->device_spec = strdup(cfg->device && cfg->device[0] ? cfg->device : "auto");
     if (cfg->exit_token && cfg->exit_token[0] &&
         (strlen(cfg->exit_token) > AICFN_WORKER_EXIT_TOKEN_MAX ||
@@ -2263,6 +2270,13 @@ int worker_start(worker *w, aicfn_error *err) {
     int rc = rpc_server_start(&w->srv, w->listen, &so, worker_on_call, w, err);
     if (rc != AICFN_OK) return aicfn_error_wrap(err, "worker: listening on %s", w->listen);
     log_info("worker %s: listening on %s", w->id, rpc_server_url(w->srv));
+    if (w->link_fd >= 0) {
+        int fd = w->link_fd;
+        w->link_fd = -1; /* rpc_server_start_link takes it, failing or not */
+        rc = rpc_server_start_link(&w->link_srv, fd, &so, worker_on_call, w, err);
+        if (rc != AICFN_OK) return aicfn_error_wrap(err, "worker: serving its gateway's link");
+        log_info("worker %s: serving its gateway's link (%s)", w->id, rpc_server_url(w->link_srv));
+    }
     return AICFN_OK;
 }
 
@@ -2315,8 +2329,11 @@ void worker_destroy(worker *w) {
     if (w->fetcher) worker_fetcher_cancel(w->fetcher);
     /* Then the network: it waits until every call was answered (the batchers are still
      * running, so queued calls complete or expire) and every callback returned. */
+    rpc_server_destroy(w->link_srv);
+    w->link_srv = NULL;
     rpc_server_destroy(w->srv);
     w->srv = NULL;
+    if (w->link_fd >= 0) close(w->link_fd); /* never started */
     /* Every call was answered; a parked call's thread may still be on its way out, and
      * a model wait whose calls are gone may still be loading. */
     pthread_mutex_lock(&w->mu);

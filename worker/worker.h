@@ -41,6 +41,9 @@ typedef struct worker worker;
 
 typedef struct worker_config {
     const char *listen;    /* NNG URL (ipc:// or tcp://); required */
+    int link_fd;           /* > 0: also serve the socketpair its gateway made when it spawned this
+                              worker (rpc_server_start_link; the gateway's calls come there); taken
+                              by worker_start (closed by worker_destroy); 0 or less: none */
     const char *device;    /* "auto", "host", "cuda", "cuda:N"; NULL = "auto" */
     uint64_t memory_bytes; /* cache budget; 0 = the device's free memory (host: AICFN_DEFAULT_HOST_BUDGET) */
     uint32_t load_threads; /* 0 = cores */
@@ -103,7 +106,8 @@ int worker_add_function(worker *w, const worker_fn_config *fn, aicfn_error *err)
  * Thread-safe; blocks. Not from a handler or an NNG callback. */
 int worker_remove_function(worker *w, const char *name, uint32_t version, aicfn_error *err);
 
-/* Starts listening. AICFN_E_INVALID for a refused or busy address. */
+/* Starts listening, and serving the link when config's link_fd was given. AICFN_E_INVALID
+ * for a refused or busy address. */
 int worker_start(worker *w, aicfn_error *err);
 
 /* The URL bound (real port for tcp port 0); NULL before worker_start. */

@@ -573,6 +573,80 @@ def test_ready_fd_says_when_the_worker_listens(procs, tmp_path):
         assert "--ready-fd" in r.stderr
 
 
+def _link_frame(rid, body):
+    """One frame of a local worker's link (docs/protocol.md section 1)."""
+    return struct.pack("<IIQ", 0x314C4941, len(body), rid) + body
+
+
+def _link_read_frame(sock, timeout=10):
+    sock.settimeout(timeout)
+    buf = b""
+    while len(buf) < 16:
+        chunk = sock.recv(16 - len(buf))
+        assert chunk, "the link ended before a reply"
+        buf += chunk
+    magic, n, rid = struct.unpack("<IIQ", buf)
+    assert magic == 0x314C4941, hex(magic)
+    body = b""
+    while len(body) < n:
+        chunk = sock.recv(n - len(body))
+        assert chunk, "the link ended inside a reply"
+        body += chunk
+    return rid, msgpack.unpackb(body, raw=False)
+
+
+def test_link_fd_serves_framed_calls_and_ends_on_a_bad_header(procs, tmp_path):
+    """--link-fd N: the worker serves the framed messages of docs/protocol.md section 1 on
+    a socketpair (replies carry their request's id, in any order), besides its listener;
+    a header with another magic ends that link, not the worker. N must be a stream
+    socket of 3 or more, else a usage error."""
+    import socket as pysocket
+    addr = ipc_addr(tmp_path)
+    ours, theirs = pysocket.socketpair(pysocket.AF_UNIX, pysocket.SOCK_STREAM)
+    try:
+        w = procs.start([aicfn_bin(), "worker", "--listen", addr, "--device", "host", "--memory", "64MiB",
+                         "--function", f"echo={handler('echo')}", "--link-fd", str(theirs.fileno())],
+                        name="worker", pass_fds=(theirs.fileno(),))
+        theirs.close()
+        # Three calls at once on the link (each with its own frame id).
+        for k in range(3):
+            msg = invoke_msg("echo", [tensor("x", np.full(4, k, dtype=np.int32))], rid=500 + k)
+            ours.sendall(_link_frame(9000 + k, msgpack.packb(msg, use_bin_type=True)))
+        got = {}
+        for _ in range(3):
+            fid, r = _link_read_frame(ours)
+            got[fid] = r
+        assert sorted(got) == [9000, 9001, 9002], sorted(got)
+        for k in range(3):
+            r = got[9000 + k]
+            assert r["ok"] and r["id"] == 500 + k, r
+            out = next(o for o in r["outputs"] if o["name"] == "x")
+            assert np.array_equal(np.frombuffer(out["data"], dtype="<i4"), np.full(4, k, dtype=np.int32))
+        # Not msgpack inside a good frame: an error reply, and the link stays up.
+        ours.sendall(_link_frame(9100, b"\xc1\xc1"))
+        fid, r = _link_read_frame(ours)
+        assert fid == 9100 and not r["ok"] and r["error"]["code"] == E_PROTOCOL, r
+        # A bad header ends the link: the worker closes its end, and keeps serving its listener.
+        ours.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        ours.settimeout(10)
+        assert ours.recv(16) == b"", "the link did not end"
+        r = call(addr, invoke_msg("echo", [tensor("x", np.arange(3, dtype=np.int32))]), timeout_ms=5000)
+        assert r["ok"], r
+        assert w.poll() is None
+    finally:
+        ours.close()
+    r_end, w_end = os.pipe()
+    try:
+        for bad, fds in (("99", ()), ("2", ()), ("x", ()), (str(w_end), (w_end,))):
+            r = subprocess.run([aicfn_bin(), "worker", "--listen", ipc_addr(tmp_path, "bad"), "--link-fd", bad],
+                               capture_output=True, text=True, timeout=30, pass_fds=fds)
+            assert r.returncode == 2, (bad, r.stderr)
+            assert "--link-fd" in r.stderr and "stream socket" in r.stderr, r.stderr
+    finally:
+        os.close(r_end)
+        os.close(w_end)
+
+
 def test_eviction_reloads_model_and_handler_state(procs, mlp_files, tmp_path):
     """Two models that cannot both be resident: each call evicts the other, reloads its
     own (cold), and re-runs the handler's init against the new device pointers."""
