@@ -619,6 +619,10 @@ fail_sock:
     return rc;
 }
 
+/* A link server's replies waiting to be sent, in bytes, beyond which it reads no more
+ * requests: one reply of the largest size may always wait, and every slot a small one. */
+#define RPC_LINK_SERVER_QUEUE_MAX (AICFN_MAX_MESSAGE_BYTES + (1u << 20))
+
 /* A request frame from the link (its reader thread): waits for a free slot, as an NNG
  * server's requests wait in the socket while every context is taken. */
 static void srv_link_recv(void *user, uint64_t id, nng_msg *m) {
@@ -689,6 +693,8 @@ int rpc_server_start_link(rpc_server **out, int fd, const rpc_server_opts *opts,
                        .user = s,
                        .recv_max = s->recv_max,
                        .stall_ms = opts ? opts->reply_timeout_ms : 0,
+                       .queue_max = opts && opts->link_queue_max ? opts->link_queue_max
+                                                                 : RPC_LINK_SERVER_QUEUE_MAX,
                        .name = s->url};
     int rc = rpc_link_open(&s->link, fd, &lo, err);
     if (rc != AICFN_OK) {
@@ -1304,6 +1310,9 @@ static uint64_t cli_link_tick(void *user, uint64_t now) {
         if (op->aborted || op->deadline_us <= now) {
             if (op->aborted == 0) op->aborted = NNG_ETIMEDOUT;
             (void)cli_claim_locked(c, op);
+            /* A request still queued behind a worker that does not read is dropped: the
+             * call is reported failed, so it must never run (as NNG drops an unsent one). */
+            (void)rpc_link_cancel(c->link, op->link_id);
             op->next_end = ended;
             ended = op;
         } else if (next == 0 || op->deadline_us < next) {
@@ -1370,23 +1379,19 @@ static int cli_link_async(rpc_client *c, nng_msg *m, uint32_t timeout_ms, rpc_do
     op->link_id = id;
     cli_list_add(c, op);
     if (c->next_due == 0 || op->deadline_us < c->next_due) c->next_due = op->deadline_us;
-    uint64_t due = op->deadline_us;
-    pthread_mutex_unlock(&c->mu);
-    rpc_link_due(c->link, due);
+    rpc_link_due(c->link, op->deadline_us);
+    /* Sent under c->mu (rpc_link_send never blocks on the peer; the link never takes
+     * c->mu under its own lock): the client cannot be closed, nor the call completed and
+     * its slot reused, before its frame is queued. */
     int rc = rpc_link_send(c->link, id, m);
-    if (rc == AICFN_OK) return AICFN_OK;
-    /* Not sent. Unless the link's end completed the call meanwhile (then `done` ran),
-     * it is refused here and `done` never runs. */
-    pthread_mutex_lock(&c->mu);
-    bool mine = op->link_id == id && op->listed;
-    if (mine) {
+    if (rc != AICFN_OK) { /* not sent: refused here, and `done` never runs */
         cli_list_del(c, op);
         op->done = NULL;
         op->next_free = c->free_ops;
         c->free_ops = op;
     }
     pthread_mutex_unlock(&c->mu);
-    if (!mine) return AICFN_OK;
+    if (rc == AICFN_OK) return AICFN_OK;
     if (rc == AICFN_E_UNAVAILABLE) return cli_dropped(c, err);
     return aicfn_error_set(err, rc, "rpc %s: request not sent", c->url);
 }

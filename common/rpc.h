@@ -93,6 +93,8 @@ typedef struct rpc_server_opts {
                           requests but never reads its replies would otherwise hold one
                           context per reply until every context is taken: for servers
                           whose peers are untrusted (the gateway's client front) */
+    size_t link_queue_max; /* link servers: the reader reads no more requests while more than
+                          this many bytes of replies wait to be sent; 0 = 64 MiB + 1 MiB */
 } rpc_server_opts;
 
 /* Opens a REP socket listening on `url` and starts `contexts` receive contexts. When all
@@ -239,7 +241,9 @@ int rpc_call_sync(rpc_client *c, const void *req, size_t len, uint32_t timeout_m
 /* Completion of an async call. status is AICFN_OK with `reply` (the callee owns it:
  * free with rpc_msg_free or forward with rpc_reply_msg), or an error with reply NULL
  * and `err` describing it (err is valid only during the callback). Runs on an NNG
- * callback thread: it must not block long, and must not call rpc_client_close. */
+ * callback thread, or for a link client's failure on the link's reader thread (which
+ * then reads nothing else meanwhile): it must not block long, must not call
+ * rpc_client_close, nor rpc_call_sync on the same client. */
 typedef void (*rpc_done_fn)(void *user, int status, rpc_msg *reply, const aicfn_error *err);
 
 /* Starts a call and returns at once; `done` runs exactly once when the reply arrives or

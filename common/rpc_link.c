@@ -35,6 +35,7 @@
 
 typedef struct link_out {
     unsigned char hdr[RPC_LINK_HEADER_BYTES];
+    uint64_t id;
     nng_msg *msg;
     struct link_out *next;
 } link_out;
@@ -48,7 +49,8 @@ struct rpc_link {
     pthread_mutex_t mu; /* the write side: queue, q_off, ended, why */
     pthread_cond_t cv;
     link_out *q_head, *q_tail;
-    size_t q_off; /* bytes of the head frame (header included) already written */
+    size_t q_off;   /* bytes of the head frame (header included) already written */
+    size_t q_bytes; /* bytes queued (bodies and headers, the head's written part included) */
     bool ended;   /* no more sends: the link ended or is shutting down */
     bool closing; /* rpc_link_close: the writer exits */
     bool writing; /* the writer is sending q_head (which link_end_locked then leaves to it) */
@@ -96,6 +98,7 @@ static void link_end_locked(rpc_link *l, const char *why) {
     }
     if (keep) keep->next = NULL;
     l->q_head = l->q_tail = keep;
+    l->q_bytes = keep ? RPC_LINK_HEADER_BYTES + nng_msg_len(keep->msg) : 0;
     pthread_cond_broadcast(&l->cv);
 }
 
@@ -138,6 +141,7 @@ int rpc_link_send(rpc_link *l, uint64_t id, nng_msg *msg) {
         return AICFN_E_NOMEM;
     }
     link_put_header(o->hdr, (uint32_t)blen, id);
+    o->id = id;
     o->msg = msg;
     o->next = NULL;
     pthread_mutex_lock(&l->mu);
@@ -170,13 +174,39 @@ int rpc_link_send(rpc_link *l, uint64_t id, nng_msg *msg) {
     if (l->q_head == NULL) {
         l->q_head = l->q_tail = o;
         l->q_off = off;
-        pthread_cond_signal(&l->cv);
+        pthread_cond_broadcast(&l->cv);
     } else {
         l->q_tail->next = o;
         l->q_tail = o;
     }
+    l->q_bytes += RPC_LINK_HEADER_BYTES + blen;
     pthread_mutex_unlock(&l->mu);
     return AICFN_OK;
+}
+
+bool rpc_link_cancel(rpc_link *l, uint64_t id) {
+    bool dropped = false;
+    pthread_mutex_lock(&l->mu);
+    /* The head is left alone once a byte of it left (or the writer holds it). */
+    link_out **pp = &l->q_head, *prev = NULL;
+    while (*pp) {
+        link_out *o = *pp;
+        bool started = o == l->q_head && (l->writing || l->q_off > 0);
+        if (o->id == id && !started) {
+            *pp = o->next;
+            if (l->q_tail == o) l->q_tail = prev;
+            l->q_bytes -= RPC_LINK_HEADER_BYTES + nng_msg_len(o->msg);
+            nng_msg_free(o->msg);
+            free(o);
+            dropped = true;
+            pthread_cond_broadcast(&l->cv);
+            break;
+        }
+        prev = o;
+        pp = &o->next;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return dropped;
 }
 
 static void *link_writer(void *arg) {
@@ -226,11 +256,13 @@ static void *link_writer(void *arg) {
         }
         pthread_mutex_lock(&l->mu);
         l->writing = false;
-        l->q_head = o->next; /* o is the head still (link_end_locked kept it) */
+        l->q_head = o->next; /* o is the head still (link_end_locked and rpc_link_cancel keep it) */
         if (l->q_head == NULL) l->q_tail = NULL;
         l->q_off = 0;
+        l->q_bytes -= total;
         nng_msg_free(o->msg);
         free(o);
+        pthread_cond_broadcast(&l->cv); /* a reader waiting for the queue to shrink */
         if (fail) link_end_locked(l, fail);
     }
     pthread_mutex_unlock(&l->mu);
@@ -324,6 +356,14 @@ static void *link_reader(void *arg) {
         memmove(l->buf, l->buf + at, have - at);
         have -= at;
 
+        /* A peer that sends and does not read its replies fills our queue: stop reading
+         * (it then blocks in turn) until the queue is below the cap or the link ends. */
+        if (l->ops.queue_max) {
+            pthread_mutex_lock(&l->mu);
+            while (!l->ended && l->q_bytes > l->ops.queue_max)
+                pthread_cond_wait(&l->cv, &l->mu);
+            pthread_mutex_unlock(&l->mu);
+        }
         /* Read more: a big body's rest straight into it, anything else into the buffer. */
         unsigned char *dst;
         size_t room;
@@ -409,20 +449,24 @@ int rpc_link_open(rpc_link **out, int fd, const rpc_link_ops *ops, aicfn_error *
     int rc = AICFN_OK;
     if (l->evfd < 0 || fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) != 0) {
         rc = aicfn_error_errno(err, AICFN_E_IO, errno, "link %s: setting up its socket", l->name);
-    } else if (pthread_create(&l->reader, NULL, link_reader, l) != 0) {
-        rc = aicfn_error_set(err, AICFN_E_IO, "link %s: no reader thread", l->name);
+    } else if (pthread_create(&l->writer, NULL, link_writer, l) != 0) {
+        rc = aicfn_error_set(err, AICFN_E_IO, "link %s: no writer thread", l->name);
     } else {
-        l->reader_started = true;
-        if (pthread_create(&l->writer, NULL, link_writer, l) != 0)
-            rc = aicfn_error_set(err, AICFN_E_IO, "link %s: no writer thread", l->name);
-        else
-            l->writer_started = true;
+        l->writer_started = true;
+        /* Published before the reader starts: a frame may be waiting already, and the
+         * owner's callbacks may reach the link through *out (a reply's rpc_link_send). */
+        *out = l;
+        if (pthread_create(&l->reader, NULL, link_reader, l) != 0) {
+            *out = NULL;
+            rc = aicfn_error_set(err, AICFN_E_IO, "link %s: no reader thread", l->name);
+        } else {
+            l->reader_started = true;
+        }
     }
     if (rc != AICFN_OK) {
-        rpc_link_close(l);
+        rpc_link_close(l); /* no callback ran: the reader never started */
         return rc;
     }
-    *out = l;
     return AICFN_OK;
 }
 

@@ -6,7 +6,8 @@
  * thread switches for a request and its reply); a worker on the same host needs none of
  * its routing or reconnection. A frame read by the link's reader thread is handed to its
  * owner right there, and a frame is written by the sending thread itself whenever the
- * socket takes it whole (the common case): a call costs two thread wake-ups in all.
+ * socket takes it whole (the common case): the link itself adds one wake-up per message
+ * (its reader's), where NNG adds four or five.
  *
  * Frame: a 16-byte header, little-endian { u32 magic "AIL1", u32 body length, u64 id },
  * then the body (the same msgpack bytes an NNG message would carry). The id pairs a
@@ -22,6 +23,7 @@
 #define AICFN_COMMON_RPC_LINK_H
 
 #include <nng/nng.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,11 +45,16 @@ typedef struct rpc_link_ops {
     void *user;
     size_t recv_max;   /* largest body accepted */
     uint32_t stall_ms; /* the writer ends the link after this long without progress (0: never) */
+    size_t queue_max;  /* the reader stops reading while more than this many bytes wait to be
+                          sent (a server: a peer that does not read its replies is not
+                          answered without bound); 0: never stops */
     const char *name;  /* for messages */
 } rpc_link_ops;
 
 /* Takes `fd` (a connected SOCK_STREAM socket; closed by rpc_link_close, or here on
- * failure) and starts the reader and writer threads. AICFN_E_NOMEM, AICFN_E_IO. */
+ * failure) and starts the writer and reader threads. *out is set before the reader
+ * starts (a callback may already use it), and back to NULL on failure. AICFN_E_NOMEM,
+ * AICFN_E_IO. */
 int rpc_link_open(rpc_link **out, int fd, const rpc_link_ops *ops, aicfn_error *err);
 
 /* Sends `msg` (taken in every case) as a frame with `id`. Written here when the socket
@@ -55,6 +62,10 @@ int rpc_link_open(rpc_link **out, int fd, const rpc_link_ops *ops, aicfn_error *
  * thread, the reader's included. AICFN_E_UNAVAILABLE once the link ended (nothing
  * sent); AICFN_E_NOMEM. */
 int rpc_link_send(rpc_link *l, uint64_t id, nng_msg *msg);
+
+/* Drops the queued frame with `id` if none of it was written yet (a call given up before
+ * its request left: the peer never runs it). True when dropped. Any thread. */
+bool rpc_link_cancel(rpc_link *l, uint64_t id);
 
 /* A tick is due at `when_us` (clock_now_us): wakes the reader if it would wait past
  * that (cheap otherwise: an idle reader wakes at least every second anyway). */

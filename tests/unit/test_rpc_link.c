@@ -480,6 +480,146 @@ static void close_completes_inflight(void **state) {
     pthread_mutex_destroy(&p.t.mu);
 }
 
+/* A request already waiting in the socket when the server starts (the gateway writes its
+ * first status poll right after the spawn) is answered over the link: the server is a
+ * link server from its first callback on. 200 rounds. */
+static void request_waiting_before_the_server_starts(void **state) {
+    (void)state;
+    for (int round = 0; round < 200; round++) {
+        lsrv t;
+        memset(&t, 0, sizeof t);
+        pthread_mutex_init(&t.mu, NULL);
+        int sv[2];
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+        unsigned char frame[RPC_LINK_HEADER_BYTES + 3] = {0x41, 0x49, 0x4c, 0x31, 3, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0,
+                                                         'a', 'b', 'c'};
+        assert_int_equal(write(sv[0], frame, sizeof frame), (ssize_t)sizeof frame);
+        rpc_server *s = NULL;
+        aicfn_error e;
+        rpc_server_opts so = {.contexts = 4};
+        assert_int_equal(rpc_server_start_link(&s, sv[1], &so, lsrv_handler, &t, &e), AICFN_OK);
+        unsigned char got[sizeof frame];
+        size_t have = 0;
+        uint64_t end = clock_now_us() + 5000000;
+        while (have < sizeof got && clock_now_us() < end) {
+            ssize_t n = recv(sv[0], got + have, sizeof got - have, MSG_DONTWAIT);
+            if (n > 0)
+                have += (size_t)n;
+            else
+                usleep(500);
+        }
+        assert_int_equal(have, sizeof got);
+        assert_memory_equal(got, frame, sizeof frame); /* same id, echoed body */
+        assert_int_equal(t.one_reader, 1);
+        rpc_server_destroy(s);
+        close(sv[0]);
+        pthread_mutex_destroy(&t.mu);
+    }
+}
+
+/* A peer that keeps sending and never reads its replies: the server stops reading once
+ * link_queue_max bytes of replies wait (the peer's writes then block), and serves the
+ * rest once the peer reads. */
+static void peer_that_never_reads_is_not_answered_without_bound(void **state) {
+    (void)state;
+    lsrv t;
+    memset(&t, 0, sizeof t);
+    pthread_mutex_init(&t.mu, NULL);
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    rpc_server *s = NULL;
+    aicfn_error e;
+    rpc_server_opts so = {.contexts = 8, .link_queue_max = 64 * 1024};
+    assert_int_equal(rpc_server_start_link(&s, sv[1], &so, lsrv_handler, &t, &e), AICFN_OK);
+    /* 4,000 requests of 1 KiB: 4 MiB of echoes, far beyond the socket buffers and the cap. */
+    enum { N = 4000, BODY = 1024 };
+    static unsigned char frame[RPC_LINK_HEADER_BYTES + BODY];
+    memcpy(frame, (unsigned char[]){0x41, 0x49, 0x4c, 0x31, 0x00, 0x04, 0, 0}, 8);
+    size_t sent_frames = 0, off = 0;
+    uint64_t end = clock_now_us() + 3000000;
+    while (sent_frames < N && clock_now_us() < end) { /* until the server stops reading */
+        ssize_t n = send(sv[0], frame + off, sizeof frame - off, MSG_DONTWAIT);
+        if (n > 0) {
+            off += (size_t)n;
+            if (off == sizeof frame) sent_frames++, off = 0;
+        } else {
+            usleep(1000);
+        }
+    }
+    usleep(100000);
+    unsigned handled = lsrv_count(&t, false);
+    /* Bounded: the cap, the socket buffers and the slots, far below N. */
+    assert_true(sent_frames < N);
+    assert_true(handled < N / 2);
+    /* Read everything: the server goes on, and every request sent is answered. */
+    size_t replies = 0, roff = 0;
+    static unsigned char rbuf[RPC_LINK_HEADER_BYTES + BODY];
+    end = clock_now_us() + 20000000;
+    while (clock_now_us() < end && (sent_frames < N || replies < N)) {
+        if (sent_frames < N) {
+            ssize_t n = send(sv[0], frame + off, sizeof frame - off, MSG_DONTWAIT);
+            if (n > 0) {
+                off += (size_t)n;
+                if (off == sizeof frame) sent_frames++, off = 0;
+            }
+        }
+        ssize_t n = recv(sv[0], rbuf + roff, sizeof rbuf - roff, MSG_DONTWAIT);
+        if (n > 0) {
+            roff += (size_t)n;
+            if (roff == sizeof rbuf) replies++, roff = 0;
+        } else if (n < 0) {
+            usleep(100);
+        }
+    }
+    assert_int_equal(replies, N);
+    assert_int_equal(lsrv_count(&t, false), N);
+    rpc_server_destroy(s);
+    close(sv[0]);
+    pthread_mutex_destroy(&t.mu);
+}
+
+/* A call whose request is still queued behind a peer that reads nothing when its
+ * deadline passes is dropped from the queue: the peer never sees it (it was reported
+ * failed, so it must never run). */
+static void request_still_queued_at_its_deadline_never_leaves(void **state) {
+    (void)state;
+    int sv[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
+    rpc_client *c = NULL;
+    aicfn_error e;
+    assert_int_equal(rpc_client_open_link(&c, sv[0], NULL, &e), AICFN_OK);
+    size_t big = 4u << 20; /* more than the socket takes: it stays queued, partly written */
+    uint8_t *a = calloc(1, big);
+    assert_non_null(a);
+    done_box b;
+    box_init(&b);
+    done_ref refs[2] = {{&b, 0}, {&b, 1}};
+    assert_int_equal(rpc_call_async(c, a, big, 30000, box_done, &refs[0], &e), AICFN_OK);
+    assert_int_equal(rpc_call_async(c, "B", 1, 100, box_done, &refs[1], &e), AICFN_OK);
+    box_wait(&b, 1); /* B's deadline */
+    assert_int_equal(b.status[1], AICFN_E_TIMEOUT);
+    /* Now read what the client sent: A's frame whole, and nothing after it. */
+    size_t want = RPC_LINK_HEADER_BYTES + big, got = 0;
+    uint8_t *rx = malloc(want + 64);
+    assert_non_null(rx);
+    uint64_t end = clock_now_us() + 10000000;
+    while (got < want && clock_now_us() < end) {
+        ssize_t n = recv(sv[1], rx + got, want + 64 - got, MSG_DONTWAIT);
+        if (n > 0)
+            got += (size_t)n;
+        else
+            usleep(500);
+    }
+    assert_int_equal(got, want);
+    usleep(100000);
+    assert_true(recv(sv[1], rx, 64, MSG_DONTWAIT) < 0); /* B never left */
+    rpc_client_close(c);
+    assert_int_equal(b.status[0], AICFN_E_CANCELED);
+    close(sv[1]);
+    free(rx);
+    free(a);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(sync_echo_and_server_url),
@@ -492,6 +632,9 @@ int main(void) {
         cmocka_unit_test(hostile_bytes_end_the_link),
         cmocka_unit_test(destroy_waits_for_held_calls),
         cmocka_unit_test(close_completes_inflight),
+        cmocka_unit_test(request_waiting_before_the_server_starts),
+        cmocka_unit_test(peer_that_never_reads_is_not_answered_without_bound),
+        cmocka_unit_test(request_still_queued_at_its_deadline_never_leaves),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
