@@ -239,9 +239,16 @@ int cli_cmd_worker(int argc, char **argv) {
             uint64_t n;
             int type = 0;
             socklen_t tl = sizeof type;
+            struct sockaddr_storage peer;
+            socklen_t pl = sizeof peer;
+            if (cfg.link_fd > 0) {
+                rc = cli_usage_error("worker", "--link-fd given twice");
+                goto out;
+            }
             if (cw_parse_u64(v, &n) || n < 3 || n > INT_MAX ||
-                getsockopt((int)n, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM) {
-                rc = cli_usage_error("worker", "--link-fd '%s' is not an open stream socket of 3 or more", v);
+                getsockopt((int)n, SOL_SOCKET, SO_TYPE, &type, &tl) != 0 || type != SOCK_STREAM ||
+                getpeername((int)n, (struct sockaddr *)&peer, &pl) != 0) {
+                rc = cli_usage_error("worker", "--link-fd '%s' is not a connected stream socket of 3 or more", v);
                 goto out;
             }
             cfg.link_fd = (int)n;

@@ -2006,7 +2006,8 @@ static void gw_process(gw_gateway *gw, gw_actions *a) {
                     rc = gw_worker_connect(w, link_fd, true, &e);
                     link_fd = -1; /* taken */
                     /* It may have said it listens before its client existed (gw_on_ready
-                     * then found nothing to dial). */
+                     * then found nothing to dial). A link client (every worker the pool
+                     * starts has one) needs no dial: its first poll waits in the socket. */
                     if (rc == AICFN_OK && gw_pool_ready(pool, id)) rc = rpc_client_dial(w->client, &e);
                     if (rc == AICFN_OK) {
                         w->callbacks++;

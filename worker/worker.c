@@ -1654,6 +1654,37 @@ static void worker_on_exit(worker *w, rpc_call *call, wire_doc *doc, const wire_
     _exit(WORKER_EXIT_ORDERED);
 }
 
+/* An unload (or the end of a keep) the gateway asked for, answered with a status. */
+static void worker_unload(worker *w, rpc_call *call, uint64_t id, const char *key, bool keep_only) {
+    aicfn_error err;
+    aicfn_error_clear(&err);
+    int rc = keep_only ? loader_cache_unkeep(w->cache, key, &err) : loader_cache_evict(w->cache, key, &err);
+    if (rc == AICFN_OK)
+        log_info("worker %s: model %s %s", w->id, key, keep_only ? "no longer kept resident" : "unloaded");
+    if (rc == AICFN_OK || rc == AICFN_E_NOT_FOUND)
+        worker_reply_status(w, call, id, NULL);
+    else
+        worker_reply_fail(w, call, id, rc, err.msg);
+}
+
+typedef struct worker_unload_job {
+    worker *w;
+    rpc_call *call;
+    uint64_t id;
+    bool keep_only;
+    char key[AICFN_MAX_NAME_BYTES];
+} worker_unload_job;
+
+/* Off a link's reader (the eviction frees device memory): rpc_server_destroy waits for
+ * the call, which is answered last. */
+static void *worker_unload_main(void *arg) {
+    pthread_setname_np(pthread_self(), "aicfn:unload");
+    worker_unload_job *j = arg;
+    worker_unload(j->w, j->call, j->id, j->key, j->keep_only);
+    free(j);
+    return NULL;
+}
+
 static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const wire_header *h) {
     aicfn_error err;
     aicfn_error_clear(&err);
@@ -1675,14 +1706,14 @@ static void worker_on_model_op(worker *w, rpc_call *call, wire_doc *doc, const w
         return;
     }
     if (!preload) {
-        rc = keep_only ? loader_cache_unkeep(w->cache, key, &err) : loader_cache_evict(w->cache, key, &err);
-        if (rc == AICFN_OK)
-            log_info("worker %s: model %s %s", w->id, key,
-                     keep_only ? "no longer kept resident" : "unloaded");
-        if (rc == AICFN_OK || rc == AICFN_E_NOT_FOUND)
-            worker_reply_status(w, call, h->id, NULL);
-        else
-            worker_reply_fail(w, call, h->id, rc, err.msg);
+        worker_unload_job *j = rpc_call_one_reader(call) ? calloc(1, sizeof *j) : NULL;
+        if (j) {
+            *j = (worker_unload_job){.w = w, .call = call, .id = h->id, .keep_only = keep_only};
+            snprintf(j->key, sizeof j->key, "%s", key);
+            if (worker_start_detached(worker_unload_main, j) == 0) return;
+            free(j);
+        }
+        worker_unload(w, call, h->id, key, keep_only); /* an NNG callback thread (or no thread) */
         return;
     }
     if (w->refuse_specs) {
@@ -2066,9 +2097,10 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
         return;
     }
     if (fn == NULL && r->req.has_spec) {
-        if ((w->fetcher || removing) && !w->refuse_specs) {
+        if ((w->fetcher || removing || out.one_reader) && !w->refuse_specs) {
             /* Off this NNG callback thread: the handler's download, or the end of the
-             * function's previous instance (its fini), may take a while. */
+             * function's previous instance (its fini), may take a while; and off a link's
+             * one reader for any registration (dlopen, the handler's init). */
             worker_park(r);
             return;
         }
