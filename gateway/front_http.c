@@ -108,6 +108,14 @@ static void fh_done(void *user, const gw_invoke_result *res) {
     free(p);
 }
 
+/* Before the body: a caller over its rate or quota is refused without reading it. */
+static int fh_precheck(void *ctx, const char *model, uint32_t version, const gw_http_principal *who,
+                       uint32_t *retry_after_s, aicfn_error *err) {
+    gw_front_http *f = ctx;
+    return gw_invoke_precheck(f->gw, model, version, who->tenant, who->rate_per_s, who->quota_per_day,
+                              retry_after_s, err);
+}
+
 static int fh_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aicfn_error *err) {
     gw_front_http *f = ctx;
     fh_pending *p = calloc(1, sizeof *p);
@@ -246,6 +254,7 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
                                 .authenticate = gw_insecure_local(gw) ? NULL : fh_authenticate,
                                 .model_info = fh_model_info,
                                 .infer = fh_infer,
+                                .precheck = gw_insecure_local(gw) ? NULL : fh_precheck,
                                 .load = fh_load,
                                 .unload = fh_unload,
                                 .repository_index = fh_index,

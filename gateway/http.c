@@ -795,6 +795,15 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
             ht_set_error(r, AICFN_E_NOMEM, "out of memory");
             return false;
         }
+        if (r->route == RT_INFER && h->cb.precheck) {
+            uint32_t retry = 0;
+            rc = h->cb.precheck(h->cb.ctx, r->model, r->version, &r->who, &retry, &err);
+            if (rc) {
+                r->retry_after_s = retry;
+                ht_set_error(r, rc, err.msg[0] ? err.msg : "over the rate limit");
+                return false;
+            }
+        }
     }
     /* Both framings at once is the shape of request smuggling (RFC 9112 §6.1: a server
      * may reject it, and a proxy in front may have framed it the other way): refused. */

@@ -120,6 +120,11 @@ typedef struct gw_http_callbacks {
      * return means nothing started and the call is answered with that error. Rate limits
      * and quotas are checked here (complete with AICFN_E_QUOTA and a retry_after_s). */
     int (*infer)(void *ctx, gw_http_call *call, const gw_http_infer *inv, aicfn_error *err);
+    /* Before an infer's body is read: AICFN_E_QUOTA (with *retry_after_s) when the
+     * caller's rate or quota would refuse the call now, without spending anything, so a
+     * caller over its limits costs no body upload or parse. NULL = no early check. */
+    int (*precheck)(void *ctx, const char *model, uint32_t version, const gw_http_principal *who,
+                    uint32_t *retry_after_s, aicfn_error *err);
     /* Repository extension, same contract as infer (complete with res = NULL): load makes
      * the model resident on a worker, unload evicts it everywhere. NULL = 404. */
     int (*load)(void *ctx, gw_http_call *call, const char *model, uint32_t version,

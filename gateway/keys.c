@@ -338,8 +338,9 @@ static lim_entry *lim_get(gw_limits *l, const char *tenant) {
     return e;
 }
 
-int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
-                    uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err) {
+/* gw_limits_check, and with !take gw_limits_peek: the same decision, nothing spent. */
+static int lim_apply(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
+                     uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err, bool take) {
     *retry_after_s = 0;
     pthread_mutex_lock(&l->mu);
     lim_entry *e = lim_get(l, tenant);
@@ -388,12 +389,22 @@ int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint6
         *retry_after_s = (uint32_t)(s ? s : 1);
         rc = aicfn_error_set(err, AICFN_E_QUOTA, "tenant %.64s is over its rate of %u calls/s; retry in %u s",
                              tenant, rate_per_s, *retry_after_s);
-    } else {
+    } else if (take) {
         if (rate_per_s) e->micro_tokens -= LIM_TOKEN;
         e->used++;
     }
     pthread_mutex_unlock(&l->mu);
     return rc;
+}
+
+int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
+                    uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err) {
+    return lim_apply(l, tenant, rate_per_s, quota_per_day, mono_us, wall_us, retry_after_s, err, true);
+}
+
+int gw_limits_peek(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
+                   uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err) {
+    return lim_apply(l, tenant, rate_per_s, quota_per_day, mono_us, wall_us, retry_after_s, err, false);
 }
 
 void gw_limits_seed(gw_limits *l, const char *tenant, uint64_t calls_today, uint64_t now_us) {

@@ -279,6 +279,10 @@ def test_keys_over_http(procs, tmp_path):
             got429 = h
             break
     assert got429 is not None and "Retry-After" in got429
+    # Over its rate, a caller is refused before its body is read: not even parsed (a
+    # malformed body gets the 429, not a 400), and a large one is not uploaded first.
+    st, h, b = http_req(hport, "POST", "/v2/models/mlp/infer", b"{not json", auth)
+    assert st == 429 and "Retry-After" in h and "rate" in json.loads(b)["error"], (st, b)
     time.sleep(int(got429["Retry-After"]))
     assert http_req(hport, "POST", "/v2/models/mlp/infer", body, auth)[0] == 200
     # Non-admin repository changes: 403.
