@@ -23,7 +23,7 @@ static void cg_help(FILE *out) {
     fprintf(out,
             "usage: aicfn gateway [--listen ADDR] [--data DIR] [--workers MIN..MAX] [--idle-timeout DUR]\n"
             "                     [--worker-memory BYTES] [--device auto|host|cuda] [--insecure-local]\n"
-            "                     [--http HOST:PORT] [--response-cache BYTES] [--no-bundles]\n"
+            "                     [--http HOST:PORT] [--response-cache BYTES] [--bundles MODE]\n"
             "                     [--upload-timeout DUR] [--max-requests N] [--max-remote-workers N]\n"
             "                     [--http-connections N] [--http-per-ip N] [--function-cache-idle DUR]\n"
             "\n"
@@ -60,9 +60,10 @@ static void cg_help(FILE *out) {
             "                         identical request (same version, inputs and params) within\n"
             "                         cache.ttl (0: until evicted) is answered by the gateway alone;\n"
             "                         least recently used replies go first (default %llu MiB)\n"
-            "  --no-bundles           send every call to its worker alone; by default a busy worker\n"
-            "                         gets the calls of short functions several per message (bundles,\n"
-            "                         docs/protocol.md section 9)\n"
+            "  --bundles MODE         when a busy worker gets the calls of short functions several per\n"
+            "                         message (bundles, docs/protocol.md section 9): auto (default: a\n"
+            "                         remote worker, over NNG; the local ones' socketpair makes a\n"
+            "                         message cheap enough), always, or never (= --no-bundles)\n"
             "  --upload-timeout DUR   an upload (aicfn deploy) without a chunk this long is aborted and\n"
             "                         its temporary file removed (default %ds)\n"
             "  --max-requests N       client requests (NNG) the gateway holds at once (default %d, at\n"
@@ -197,7 +198,16 @@ int cli_cmd_gateway(int argc, char **argv) {
             if (cg_u32(v, &cfg.max_requests) || cfg.max_requests < 16 || cfg.max_requests > 65536)
                 return cli_usage_error("gateway", "--max-requests '%s': a number from 16 to 65536", v);
         } else if (strcmp(argv[i], "--no-bundles") == 0) {
-            cfg.no_bundles = true;
+            cfg.bundles = GW_BUNDLES_NEVER;
+        } else if ((v = cli_flag_value(argc, argv, &i, "--bundles"))) {
+            if (strcmp(v, "auto") == 0)
+                cfg.bundles = GW_BUNDLES_AUTO;
+            else if (strcmp(v, "always") == 0)
+                cfg.bundles = GW_BUNDLES_ALWAYS;
+            else if (strcmp(v, "never") == 0)
+                cfg.bundles = GW_BUNDLES_NEVER;
+            else
+                return cli_usage_error("gateway", "--bundles '%s': auto, always or never", v);
         } else if (strcmp(argv[i], "--insecure-local") == 0) {
             cfg.insecure_local = true;
         } else {

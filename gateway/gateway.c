@@ -201,7 +201,7 @@ struct gw_gateway {
     uint64_t local_budget_seen; /* the largest budget a local worker reported (0: none yet) */
     bool insecure_local;
     uint64_t upload_idle_us;
-    bool no_bundles; /* --no-bundles: every call leaves alone */
+    gw_bundle_mode bundles; /* --bundles (gateway.h) */
 
     gw_db *db;
     gw_artifacts *art;
@@ -257,6 +257,7 @@ static void gw_maint_wake_locked(gw_gateway *gw) {
     pthread_cond_signal(&gw->maint_cv);
 }
 static bool gw_fn_is_short(const gw_fn *f);
+static bool gw_bundles_to(const gw_gateway *gw, const gw_worker *w);
 static void gw_bundle_cb(void *user, int status, rpc_msg *reply, const aicfn_error *err);
 static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a);
 static gw_call *gw_preload_call_new(gw_gateway *gw, gw_fn *f, bool keep, gw_invoke_done_fn done, void *user);
@@ -948,7 +949,7 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
     c->short_msg = !c->preload && gw_fn_is_short(c->fn);
     /* Held at most AICFN_BUNDLE_MAX_HELD per worker: beyond, a call leaves alone (and meets
      * the link's bound on calls in flight, AICFN_RPC_MAX_ASYNC). */
-    if (c->short_msg && resident && !c->gw->no_bundles && w->short_msgs >= AICFN_BUNDLE_WINDOW &&
+    if (c->short_msg && resident && gw_bundles_to(c->gw, w) && w->short_msgs >= AICFN_BUNDLE_WINDOW &&
         w->state == GW_WORKER_READY && c->wreq_len <= AICFN_BUNDLE_MAX_BYTES &&
         w->outbox_n < AICFN_BUNDLE_MAX_HELD) {
         /* Held: leaves with the others when one of the short messages comes back. */
@@ -985,7 +986,13 @@ static void gw_call_left_locked(gw_worker *w, gw_call *c) {
  * link (NNG's thread hand-offs, the worker's wake-ups) are paid once for all of them. A
  * call on a quiet link, of a function not known to be short, or of a worker that is not
  * ready is sent at once, alone. The maintenance tick sends calls held longer than
- * AICFN_BUNDLE_HOLD_MAX_US (a short function that turned slow). */
+ * AICFN_BUNDLE_HOLD_MAX_US (a short function that turned slow). By default only NNG
+ * links bundle: a local worker's socketpair makes messages cheap (gw_bundle_mode). */
+
+/* Whether calls to w may be held for bundles (gw_bundle_mode). */
+static bool gw_bundles_to(const gw_gateway *gw, const gw_worker *w) {
+    return gw->bundles == GW_BUNDLES_ALWAYS || (gw->bundles == GW_BUNDLES_AUTO && !w->linked);
+}
 
 /* Short: over at least 4 warm calls, a mean worker time (receipt to reply) of at most
  * AICFN_BUNDLE_SHORT_US and a mean reply of at most AICFN_BUNDLE_SHORT_REPLY bytes. */
@@ -3131,7 +3138,7 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     gw->insecure_local = cfg->insecure_local;
     gw->upload_idle_us = cfg->upload_idle_us ? cfg->upload_idle_us : AICFN_UPLOAD_IDLE_TIMEOUT_MS * 1000ull;
     gw->fn_idle_us = cfg->fn_cache_idle_us ? cfg->fn_cache_idle_us : AICFN_GW_FN_CACHE_IDLE_MS * 1000ull;
-    gw->no_bundles = cfg->no_bundles;
+    gw->bundles = cfg->bundles;
     gw->scaling_dirty = true; /* read which functions keep workers warm once started */
     gw->data_lock_fd = -1;
     pthread_mutex_init(&gw->mu, NULL);

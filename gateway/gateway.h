@@ -28,6 +28,17 @@
 
 typedef struct gw_gateway gw_gateway;
 
+/* Bundles (docs/protocol.md §9): several short calls per message to a busy worker. They
+ * pay where a message is costly: NNG's REQ/REP (remote workers) moves each through four
+ * or five thread hand-offs; a local worker's socketpair link (rpc_link.h) adds one
+ * wake-up, and there holding calls back cost more than it saved (bench-invoke's
+ * "bundles" case: 0.84-0.95 of the calls/s without, 16 clients, this stop's runs). */
+typedef enum gw_bundle_mode {
+    GW_BUNDLES_AUTO = 0, /* on NNG links only (remote workers) */
+    GW_BUNDLES_ALWAYS,   /* on every link */
+    GW_BUNDLES_NEVER,    /* every call alone */
+} gw_bundle_mode;
+
 typedef struct gw_config {
     const char *listen;            /* client front; NULL = AICFN_DEFAULT_GATEWAY */
     const char *data_dir;          /* aicfn.db + artifacts/ + run/; NULL = AICFN_DEFAULT_DATA_DIR */
@@ -41,7 +52,7 @@ typedef struct gw_config {
     bool insecure_local;           /* no API keys required (callers are tenant "local") */
     uint64_t response_cache_bytes; /* response cache budget (respcache.h); 0 = the default,
                                       AICFN_DEFAULT_RESPONSE_CACHE_BYTES */
-    bool no_bundles;               /* send every call alone (docs/protocol.md §9: bundles) */
+    gw_bundle_mode bundles;        /* when calls go to a busy worker in bundles (docs/protocol.md §9) */
     uint64_t upload_idle_us;       /* an upload without a chunk this long is aborted and its
                                       temporary file removed (0 = AICFN_UPLOAD_IDLE_TIMEOUT_MS) */
     uint32_t max_requests;         /* client requests the NNG front holds at once (tunables.h);

@@ -29,7 +29,8 @@ int gw_worker_connect(gw_worker *w, int link_fd, bool await_listen, aicfn_error 
                          .background = true,
                          .single_peer = true,
                          .await_listen = await_listen};
-    if (link_fd >= 0) return rpc_client_open_link(&w->client, link_fd, &o, err);
+    w->linked = link_fd >= 0;
+    if (w->linked) return rpc_client_open_link(&w->client, link_fd, &o, err);
     return rpc_client_open(&w->client, w->addr, &o, err);
 }
 

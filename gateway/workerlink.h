@@ -40,6 +40,7 @@ typedef struct gw_worker {
     pid_t pid;
     gw_worker_state state;
     rpc_client *client;
+    bool linked; /* client is a socketpair link (a worker the pool started), not NNG */
 
     uint64_t budget_bytes;
     uint64_t free_bytes;

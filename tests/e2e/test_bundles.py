@@ -12,7 +12,9 @@ of the idempotent function all succeed (retried once), calls of the other either
 or fail with AICFN_E_WORKER_LOST, none runs twice, a new worker serves the calls after
 the kill, and each call has one ledger row.
 
-`aicfn gateway --no-bundles`: the same load, no bundle.
+`aicfn gateway --no-bundles`: the same load, no bundle. The gateway's default
+(`--bundles auto`) bundles only over NNG links (remote workers): its local workers, on
+their socketpair, get every call alone; the other tests here run `--bundles always`.
 
 Every loop is bounded in count and time.
 """
@@ -36,6 +38,8 @@ CLIENTS = 16
 
 
 def start(procs, data: Path, *extra, workers="0..2"):
+    """A gateway with local workers; `extra` replaces the default `--bundles always`."""
+    extra = extra or ("--bundles", "always")
     port, hport = free_port(), free_port()
     addr = f"tcp://127.0.0.1:{port}"
     g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", workers,
@@ -177,16 +181,22 @@ def test_busy_worker_gets_bundles(procs, tmp_path):
 
 
 def test_no_bundles_flag_sends_every_call_alone(procs, tmp_path):
-    data = tmp_path / "data"
-    addr, hport = start(procs, data, "--no-bundles")
-    deploy_fast(addr, tmp_path, "fast", idempotent=False)
-    counts = tmp_path / "count.txt"
-    counts.write_text("")
-    warm(addr, "fast", counts)
-    results, _ = hammer(addr, ["fast"], 30, counts, 6_000_000, time.monotonic() + 90)
-    assert len(results) == CLIENTS * 30 and all(r["ok"] for _, _, r in results.values())
-    assert metric(hport, "aicfn_worker_bundles_total") == 0
-    assert metric(hport, "aicfn_worker_bundled_calls_total") == 0
+    # --no-bundles, --bundles never, and the default (auto) with its local workers.
+    for i, flags in enumerate((("--no-bundles",), ("--bundles", "never"), ("--bundles", "auto"))):
+        data = tmp_path / f"data{i}"
+        addr, hport = start(procs, data, *flags)
+        d = tmp_path / f"d{i}"
+        d.mkdir()
+        deploy_fast(addr, d, "fast", idempotent=False)
+        counts = tmp_path / f"count{i}.txt"
+        counts.write_text("")
+        warm(addr, "fast", counts)
+        results, _ = hammer(addr, ["fast"], 30, counts, 6_000_000 + 100_000 * i, time.monotonic() + 90)
+        assert len(results) == CLIENTS * 30 and all(r["ok"] for _, _, r in results.values()), flags
+        assert metric(hport, "aicfn_worker_bundles_total") == 0, flags
+        assert metric(hport, "aicfn_worker_bundled_calls_total") == 0, flags
+    r = run_cli(["gateway", "--bundles", "sometimes"])
+    assert r.returncode == 2 and "auto, always or never" in r.stderr, r.stderr
 
 
 def test_kill_worker_with_bundles_in_flight(procs, tmp_path):
