@@ -112,7 +112,8 @@ static void fh_done(void *user, const gw_invoke_result *res) {
 static int fh_precheck(void *ctx, const char *model, uint32_t version, const gw_http_principal *who,
                        uint32_t *retry_after_s, aicfn_error *err) {
     gw_front_http *f = ctx;
-    return gw_invoke_precheck(f->gw, model, version, who->tenant, who->rate_per_s, who->quota_per_day,
+    uint64_t id = atomic_fetch_add(&f->next_id, 1) + 1; /* the refused row's request id, as fh_infer's */
+    return gw_invoke_precheck(f->gw, id, model, version, who->tenant, who->rate_per_s, who->quota_per_day,
                               retry_after_s, err);
 }
 

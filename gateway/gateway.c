@@ -3369,8 +3369,8 @@ int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     return rc;
 }
 
-int gw_invoke_precheck(gw_gateway *gw, const char *fn, uint32_t ver, const char *tenant, uint32_t rate_per_s,
-                       uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err) {
+int gw_invoke_precheck(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
+                       uint32_t rate_per_s, uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err) {
     *retry_after_s = 0;
     if (rate_per_s == 0 && quota_per_day == 0) return AICFN_OK; /* nothing this key could be refused */
     aicfn_error local;
@@ -3380,6 +3380,7 @@ int gw_invoke_precheck(gw_gateway *gw, const char *fn, uint32_t ver, const char 
     if (rc != AICFN_OK) {
         wire_invoke_req req;
         memset(&req, 0, sizeof req);
+        req.id = id;
         req.fn = fn;
         req.ver = ver;
         gw_record_refused(gw, &req, 0, tenant, rc);

@@ -64,11 +64,11 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
 
 /* gw_invoke_admit's decision for a call of fn:ver (0: active) before its request is
  * read, spending nothing: a front refuses a caller over its rate or quota before it
- * reads (and parses) a body. A refusal is recorded as gw_invoke_admit records one (the
- * call never reaches gw_invoke_admit). AICFN_OK or AICFN_E_QUOTA with *retry_after_s.
+ * reads (and parses) a body. A refusal is recorded as gw_invoke_admit records one, with
+ * `id` as its request id (the call never reaches gw_invoke_admit). AICFN_OK or AICFN_E_QUOTA with *retry_after_s.
  * Thread-safe; never blocks on I/O. */
-int gw_invoke_precheck(gw_gateway *gw, const char *fn, uint32_t ver, const char *tenant, uint32_t rate_per_s,
-                       uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err);
+int gw_invoke_precheck(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
+                       uint32_t rate_per_s, uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err);
 
 /* Forgets cached function resolutions (after deploy, rm, activate). Thread-safe. */
 void gw_functions_changed(gw_gateway *gw);

@@ -101,6 +101,9 @@ struct gw_http_call {
     uint32_t retry_after_s;
     bool cold;
     bool keep_alive; /* refused before its body: none follows, so the connection may stay */
+    bool drain_ok;   /* refused before its body for a reason a client retries (its rate): a
+                        small announced body is read and dropped so that the connection
+                        stays and the client gets its answer (ht_access) */
 };
 
 struct gw_http {
@@ -744,6 +747,17 @@ static const char *ht_bearer(struct MHD_Connection *c) {
 
 /* Whether the request's headers announce a body: Transfer-Encoding, or a Content-Length
  * that is not all zeros (an unreadable one counts as a body). */
+/* A body announced with a Content-Length of at most AICFN_HTTP_BODY_FIRST_BYTES. */
+static bool ht_body_small(struct MHD_Connection *c) {
+    if (gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) return false;
+    const char *cl = gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
+    if (cl == NULL || cl[0] < '0' || cl[0] > '9') return false;
+    char *end;
+    errno = 0;
+    unsigned long long v = strtoull(cl, &end, 10);
+    return errno == 0 && *end == '\0' && v <= AICFN_HTTP_BODY_FIRST_BYTES;
+}
+
 static bool ht_body_announced(struct MHD_Connection *c) {
     if (gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) return true;
     const char *cl = gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -800,6 +814,7 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
             rc = h->cb.precheck(h->cb.ctx, r->model, r->version, &r->who, &retry, &err);
             if (rc) {
                 r->retry_after_s = retry;
+                r->drain_ok = true;
                 ht_set_error(r, rc, err.msg[0] ? err.msg : "over the rate limit");
                 return false;
             }
@@ -953,9 +968,13 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
              * libmicrohttpd has it whole, so the connection may carry the client's next
              * request (an answer queued now, in the headers' callback, makes it close the
              * connection). With a body announced (or chunked) the answer goes now and the
-             * connection closes: the body is not read. */
+             * connection closes: the body is not read. Except a small body of a call
+             * refused for its rate, which clients meet routinely and retry: it is read and
+             * dropped (ST_DISCARD), and the answer goes when it ends, on a connection that
+             * stays (a client still writing a body it was refused never sees an answer
+             * sent on a closing connection, Python's http.client for one). */
             r->state = ST_DISCARD;
-            r->keep_alive = !h->stopping && !ht_body_announced(c);
+            r->keep_alive = !h->stopping && (!ht_body_announced(c) || (r->drain_ok && ht_body_small(c)));
             return r->keep_alive ? MHD_YES : ht_send(r);
         }
         return MHD_YES;

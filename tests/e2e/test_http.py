@@ -283,6 +283,21 @@ def test_keys_over_http(procs, tmp_path):
     # malformed body gets the 429, not a 400), and a large one is not uploaded first.
     st, h, b = http_req(hport, "POST", "/v2/models/mlp/infer", b"{not json", auth)
     assert st == 429 and "Retry-After" in h and "rate" in json.loads(b)["error"], (st, b)
+    # A small body refused so is read and dropped: the 429 comes on a connection that
+    # stays (the next request on it is served), where one sent before the body would
+    # reach a client still writing it as a broken pipe.
+    c = http.client.HTTPConnection("127.0.0.1", hport, timeout=10)
+    try:
+        c.request("POST", "/v2/models/mlp/infer", body=b" " * 40000, headers=auth)
+        r = c.getresponse()
+        assert r.status == 429 and not r.will_close, (r.status, r.getheaders())
+        r.read()
+        c.request("GET", "/v2/health/live")
+        r = c.getresponse()
+        assert r.status == 200, r.status
+        r.read()
+    finally:
+        c.close()
     time.sleep(int(got429["Retry-After"]))
     assert http_req(hport, "POST", "/v2/models/mlp/infer", body, auth)[0] == 200
     # Non-admin repository changes: 403.
