@@ -326,7 +326,7 @@ static int srv_send(struct rpc_call *c, nng_msg *m) {
         return AICFN_OK;
     }
     if (c->srv->link) {
-        int rc = rpc_link_send(c->srv->link, c->link_id, m);
+        int rc = rpc_link_send(c->srv->link, c->link_id, m, NULL);
         if (rc != AICFN_OK) log_debug("rpc %s: reply not sent: %s", c->srv->url, aicfn_status_name(rc));
         srv_leave(c->srv);
         srv_done(c);
@@ -781,6 +781,7 @@ typedef struct rpc_op {
     uint32_t slot;           /* link clients: index in c->slots */
     uint32_t gen;            /* link clients: uses of this slot (the id's high half) */
     uint64_t link_id;        /* link clients: the id of the frame in flight */
+    bool queued;             /* link clients: its frame went to the link's queue (cancellable) */
     struct rpc_op *next_end; /* link clients: ops a tick or the link's end completes */
     nng_aio *handoff;        /* link clients: runs `done` for a reply on NNG's task threads */
     nng_msg *handoff_reply;  /* the reply it hands over */
@@ -1312,7 +1313,7 @@ static uint64_t cli_link_tick(void *user, uint64_t now) {
             (void)cli_claim_locked(c, op);
             /* A request still queued behind a worker that does not read is dropped: the
              * call is reported failed, so it must never run (as NNG drops an unsent one). */
-            (void)rpc_link_cancel(c->link, op->link_id);
+            if (op->queued) (void)rpc_link_cancel(c->link, op->link_id);
             op->next_end = ended;
             ended = op;
         } else if (next == 0 || op->deadline_us < next) {
@@ -1383,7 +1384,7 @@ static int cli_link_async(rpc_client *c, nng_msg *m, uint32_t timeout_ms, rpc_do
     /* Sent under c->mu (rpc_link_send never blocks on the peer; the link never takes
      * c->mu under its own lock): the client cannot be closed, nor the call completed and
      * its slot reused, before its frame is queued. */
-    int rc = rpc_link_send(c->link, id, m);
+    int rc = rpc_link_send(c->link, id, m, &op->queued);
     if (rc != AICFN_OK) { /* not sent: refused here, and `done` never runs */
         cli_list_del(c, op);
         op->done = NULL;

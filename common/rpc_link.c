@@ -129,7 +129,8 @@ static ssize_t link_write_some(rpc_link *l, const link_out *o, size_t off) {
     }
 }
 
-int rpc_link_send(rpc_link *l, uint64_t id, nng_msg *msg) {
+int rpc_link_send(rpc_link *l, uint64_t id, nng_msg *msg, bool *queued) {
+    if (queued) *queued = false;
     size_t blen = nng_msg_len(msg);
     if (blen > UINT32_MAX) {
         nng_msg_free(msg);
@@ -180,6 +181,7 @@ int rpc_link_send(rpc_link *l, uint64_t id, nng_msg *msg) {
         l->q_tail = o;
     }
     l->q_bytes += RPC_LINK_HEADER_BYTES + blen;
+    if (queued) *queued = true;
     pthread_mutex_unlock(&l->mu);
     return AICFN_OK;
 }

@@ -59,9 +59,10 @@ int rpc_link_open(rpc_link **out, int fd, const rpc_link_ops *ops, aicfn_error *
 
 /* Sends `msg` (taken in every case) as a frame with `id`. Written here when the socket
  * takes it whole, else queued for the writer thread: never blocks on the peer. Any
- * thread, the reader's included. AICFN_E_UNAVAILABLE once the link ended (nothing
+ * thread, the reader's included. *queued (may be NULL) says whether it was queued (only
+ * such a frame can be cancelled). AICFN_E_UNAVAILABLE once the link ended (nothing
  * sent); AICFN_E_NOMEM. */
-int rpc_link_send(rpc_link *l, uint64_t id, nng_msg *msg);
+int rpc_link_send(rpc_link *l, uint64_t id, nng_msg *msg, bool *queued);
 
 /* Drops the queued frame with `id` if none of it was written yet (a call given up before
  * its request left: the peer never runs it). True when dropped. Any thread. */
