@@ -95,6 +95,7 @@ struct worker {
     pthread_cond_t cv;  /* inflight reached 0 */
     worker_fn *fns;
     worker_fn *retired; /* removed while calls still held them: freed by worker_destroy */
+    struct worker_reg *regs; /* registrations parked calls run (worker_park) */
     /* Functions worker_remove unlinked and has not freed yet (their fini may be running):
      * a spec naming one waits for it to be gone before registering it again, so that an
      * instance's fini comes before its successor's init (aicfn.h). */
@@ -150,7 +151,20 @@ typedef struct worker_req {
     aicfn_param *params;
     char id_str[24];
     aicfn_response *resp;
+    struct worker_reg *reg;  /* parked: the registration of its function it runs */
+    struct worker_req *next; /* waiting on another call's registration (worker_reg.waiters) */
 } worker_req;
+
+/* A registration of function `fn` v`ver` from a spec, run by the first call that needed
+ * it on a parked thread; later calls that need the same one wait on it (`waiters`) and
+ * are dispatched (or failed) with its outcome, instead of each parking a thread and
+ * running dlopen and the handler's init only to find the function there. */
+typedef struct worker_reg {
+    char fn[AICFN_FN_NAME_MAX_BYTES + 1];
+    uint32_t ver;
+    worker_req *waiters;
+    struct worker_reg *next;
+} worker_reg;
 
 /* What a batch's execution tells each reply. */
 typedef struct worker_exec_info {
@@ -1952,12 +1966,41 @@ static void *worker_park_main(void *arg) {
         snprintf(handler, sizeof handler, "%s", r->req.spec.handler ? r->req.spec.handler : "");
     }
     if (rc == AICFN_OK) rc = worker_wait_removed(w, r->req.fn, r->req.ver, worker_spec_deadline(r), &err);
-    if (rc != AICFN_OK)
-        worker_finish(r, rc, err.msg, NULL);
-    else if ((rc = worker_add_from_spec(w, &r->req, handler, &err)) != AICFN_OK)
-        worker_finish_spec_failed(r, rc, err.msg);
-    else
+    bool added = false;
+    if (rc == AICFN_OK) {
+        rc = worker_add_from_spec(w, &r->req, handler, &err);
+        added = true;
+    }
+    /* The calls that waited on this registration share its outcome. */
+    worker_req *waiters = NULL;
+    pthread_mutex_lock(&w->mu);
+    for (worker_reg **pp = &w->regs; *pp; pp = &(*pp)->next)
+        if (*pp == r->reg) {
+            *pp = r->reg->next;
+            break;
+        }
+    if (r->reg) waiters = r->reg->waiters;
+    pthread_mutex_unlock(&w->mu);
+    free(r->reg);
+    r->reg = NULL;
+    char msg[AICFN_ERRMSG_MAX];
+    snprintf(msg, sizeof msg, "%s", err.msg);
+    for (worker_req *q = waiters, *next; q; q = next) {
+        next = q->next;
+        q->next = NULL;
+        if (rc == AICFN_OK)
+            worker_dispatch(q);
+        else if (added)
+            worker_finish_spec_failed(q, rc, msg);
+        else
+            worker_finish(q, rc, msg, NULL);
+    }
+    if (rc == AICFN_OK)
         worker_dispatch(r);
+    else if (added)
+        worker_finish_spec_failed(r, rc, msg);
+    else
+        worker_finish(r, rc, msg, NULL);
     pthread_mutex_lock(&w->mu);
     if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
@@ -1973,11 +2016,32 @@ static void worker_park(worker_req *r) {
         worker_finish(r, err.code, err.msg, NULL);
         return;
     }
+    worker_reg *reg = calloc(1, sizeof *reg);
+    if (reg == NULL) {
+        worker_finish(r, AICFN_E_NOMEM, "out of memory", NULL);
+        return;
+    }
+    snprintf(reg->fn, sizeof reg->fn, "%s", r->req.fn);
+    reg->ver = r->req.ver;
     pthread_mutex_lock(&w->mu);
+    for (worker_reg *g = w->regs; g; g = g->next)
+        if (g->ver == reg->ver && strcmp(g->fn, reg->fn) == 0) { /* already under way: wait on it */
+            r->next = g->waiters;
+            g->waiters = r;
+            pthread_mutex_unlock(&w->mu);
+            free(reg);
+            return;
+        }
     bool full = w->parked >= AICFN_WORKER_MAX_PARKED;
-    if (!full) w->parked++;
+    if (!full) {
+        w->parked++;
+        reg->next = w->regs;
+        w->regs = reg;
+        r->reg = reg;
+    }
     pthread_mutex_unlock(&w->mu);
     if (full) { /* each parked call holds a thread, and its download another */
+        free(reg);
         worker_finish(r, AICFN_E_OVERLOADED,
                       "too many calls waiting for their functions' handlers; retry shortly", NULL);
         return;
@@ -1985,8 +2049,21 @@ static void worker_park(worker_req *r) {
     int rc = worker_start_detached(worker_park_main, r);
     if (rc != 0) {
         pthread_mutex_lock(&w->mu);
+        for (worker_reg **pp = &w->regs; *pp; pp = &(*pp)->next)
+            if (*pp == reg) {
+                *pp = reg->next;
+                break;
+            }
+        worker_req *waiters = reg->waiters;
         if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
+        free(reg);
+        r->reg = NULL;
+        for (worker_req *q = waiters, *next; q; q = next) {
+            next = q->next;
+            q->next = NULL;
+            worker_finish(q, AICFN_E_NOMEM, "cannot start a thread to register the function", NULL);
+        }
         worker_finish(r, AICFN_E_NOMEM, "cannot start a thread to register the function", NULL);
     }
 }

@@ -378,6 +378,33 @@ def test_manifest_params_reach_the_handlers_init(procs, tmp_path):
     assert r["ok"] and r["timing"].get("exec", 0) < 100_000, r["timing"]  # a zero phase is not sent
     assert inits.read_text() == "init\n"  # version 2 has no init_file
 
+def test_twenty_first_calls_register_the_function_once(procs, tmp_path):
+    """20 simultaneous first calls of a function on one worker: the worker registers it
+    (dlopen, the handler's init) once, the others wait for that registration, and all
+    succeed (init_file gets one line)."""
+    d = tmp_path / "once"
+    inits = tmp_path / "inits.txt"
+    write_manifest(d, f"name: once\nhandler: {handler('test_sleep')}\n"
+                      f"params: {{init_file: \"{inits}\", sleep_ms: 20}}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="1..1")
+    assert deploy(addr, d) == 1
+    results = [None] * 20
+    barrier = threading.Barrier(20)
+
+    def one(i):
+        barrier.wait(timeout=10)
+        results[i] = call(addr, invoke_msg("once", [tensor("x", np.array([[i]], dtype=np.float32))]),
+                          timeout_ms=60000)
+
+    ts = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join(timeout=90)
+    assert all(r is not None and r["ok"] for r in results), results
+    assert inits.read_text() == "init\n", inits.read_text()
+
+
 def test_single_flight_twenty_first_calls(procs, tmp_path):
     addr, data, g = start_gateway(procs, tmp_path, workers="0..2")
     deploy(addr, ROOT / "examples" / "mlp")
