@@ -228,6 +228,16 @@ static void srv_done(struct rpc_call *c) {
     srv_rearm_unlock(c);
 }
 
+/* c takes request m for its handler (lock held): counted outstanding until answered. */
+static void srv_take_request_locked(rpc_server *s, struct rpc_call *c, nng_msg *m) {
+    c->req = m;
+    c->recv_us = clock_now_us();
+    c->state = SRV_CALL;
+    c->req_len = nng_msg_len(m);
+    s->outstanding++;
+    s->held_bytes += c->req_len;
+}
+
 static void srv_cb(void *arg) {
     struct rpc_call *c = arg;
     rpc_server *s = c->srv;
@@ -278,13 +288,8 @@ static void srv_cb(void *arg) {
         nng_msg_free(m);
         return;
     }
-    c->req = m;
+    srv_take_request_locked(s, c, m);
     c->pipe = nng_msg_get_pipe(m);
-    c->recv_us = clock_now_us();
-    c->state = SRV_CALL;
-    c->req_len = nng_msg_len(m);
-    s->outstanding++;
-    s->held_bytes += c->req_len;
     pthread_mutex_unlock(&s->mu);
     s->fn(s->user, c, nng_msg_body(m), nng_msg_len(m));
     /* c may already be answered and re-armed by now: touch nothing. */
@@ -641,13 +646,8 @@ static void srv_link_recv(void *user, uint64_t id, nng_msg *m) {
     struct rpc_call *c = s->free_calls;
     s->free_calls = c->next_free;
     c->next_free = NULL;
-    c->req = m;
+    srv_take_request_locked(s, c, m);
     c->link_id = id;
-    c->recv_us = clock_now_us();
-    c->state = SRV_CALL;
-    c->req_len = nng_msg_len(m);
-    s->outstanding++;
-    s->held_bytes += c->req_len;
     pthread_mutex_unlock(&s->mu);
     s->fn(s->user, c, nng_msg_body(m), nng_msg_len(m));
 }
@@ -705,33 +705,33 @@ int rpc_server_start_link(rpc_server **out, int fd, const rpc_server_opts *opts,
     return AICFN_OK;
 }
 
+/* 3. of rpc_server_destroy: calls in the handlers' hands are answered by their owners
+ * (discarded now); then everything goes (srv_free: nng_aio_stop on each aio before
+ * nng_aio_free). */
+static void srv_await_answers_and_free(rpc_server *s) {
+    pthread_mutex_lock(&s->mu);
+    while (s->outstanding > 0)
+        pthread_cond_wait(&s->cv, &s->mu);
+    pthread_mutex_unlock(&s->mu);
+    srv_free(s);
+}
+
 void rpc_server_destroy(rpc_server *s) {
     if (s == NULL) return;
-    if (s->link) {
-        /* No new request is handed out (the reader drops what arrives, or stops waiting
-         * for a slot); then the link goes, and the calls out are answered (discarded). */
-        pthread_mutex_lock(&s->mu);
-        s->closing = true;
-        pthread_cond_broadcast(&s->cv);
-        while (s->busy > 0)
-            pthread_cond_wait(&s->cv, &s->mu);
-        pthread_mutex_unlock(&s->mu);
-        rpc_link_close(s->link);
-        pthread_mutex_lock(&s->mu);
-        while (s->outstanding > 0)
-            pthread_cond_wait(&s->cv, &s->mu);
-        pthread_mutex_unlock(&s->mu);
-        srv_free(s);
-        return;
-    }
     /* 1. No new context operation starts; wait out those in progress (see `busy`).
-     * Answers given from now on are discarded. */
+     * Answers given from now on are discarded. A link server's reader hands out no new
+     * request either (it drops what arrives, or stops waiting for a slot). */
     pthread_mutex_lock(&s->mu);
     s->closing = true;
     pthread_cond_broadcast(&s->cv);
     while (s->busy > 0)
         pthread_cond_wait(&s->cv, &s->mu);
     pthread_mutex_unlock(&s->mu);
+    if (s->link) {
+        rpc_link_close(s->link); /* 2. for a link server: the link goes */
+        srv_await_answers_and_free(s);
+        return;
+    }
     if (s->watchdog_running) pthread_join(s->watchdog, NULL);
     if (s->is_ipc) {
         nng_pipe_notify(s->sock, NNG_PIPE_EV_ADD_POST, NULL, NULL);
@@ -750,12 +750,7 @@ void rpc_server_destroy(rpc_server *s) {
     for (unsigned i = 0; i < s->n; i++)
         nng_ctx_close(s->calls[i].ctx);
     nng_close(s->sock);
-    /* 3. Calls in the handlers' hands are answered by their owners (discarded now). */
-    pthread_mutex_lock(&s->mu);
-    while (s->outstanding > 0)
-        pthread_cond_wait(&s->cv, &s->mu);
-    pthread_mutex_unlock(&s->mu);
-    srv_free(s); /* nng_aio_stop on each before nng_aio_free */
+    srv_await_answers_and_free(s);
 }
 
 /* ---------------------------------------------------------------------------------

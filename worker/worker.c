@@ -1946,6 +1946,24 @@ static int worker_fetch_handler_by_deadline(worker_req *r, char *local, size_t c
 /* A call whose spec registers its function, off the NNG callback thread: it fetches the
  * handler (a remote worker), waits for a previous instance of the function still being
  * removed (its fini runs first), then registers the function and dispatches the call. */
+/* Ends r's registration (worker_reg): takes it off the list and frees it. Returns the
+ * calls that waited on it, chained on `next`. */
+static worker_req *worker_reg_end(worker *w, worker_req *r) {
+    worker_reg *reg = r->reg;
+    if (reg == NULL) return NULL;
+    pthread_mutex_lock(&w->mu);
+    for (worker_reg **pp = &w->regs; *pp; pp = &(*pp)->next)
+        if (*pp == reg) {
+            *pp = reg->next;
+            break;
+        }
+    worker_req *waiters = reg->waiters;
+    pthread_mutex_unlock(&w->mu);
+    free(reg);
+    r->reg = NULL;
+    return waiters;
+}
+
 static void *worker_park_main(void *arg) {
     pthread_setname_np(pthread_self(), "aicfn:park");
     worker_req *r = arg;
@@ -1971,21 +1989,11 @@ static void *worker_park_main(void *arg) {
         rc = worker_add_from_spec(w, &r->req, handler, &err);
         added = true;
     }
-    /* The calls that waited on this registration share its outcome. */
-    worker_req *waiters = NULL;
-    pthread_mutex_lock(&w->mu);
-    for (worker_reg **pp = &w->regs; *pp; pp = &(*pp)->next)
-        if (*pp == r->reg) {
-            *pp = r->reg->next;
-            break;
-        }
-    if (r->reg) waiters = r->reg->waiters;
-    pthread_mutex_unlock(&w->mu);
-    free(r->reg);
-    r->reg = NULL;
+    /* This call, and the calls that waited on its registration, share its outcome. */
+    r->next = worker_reg_end(w, r);
     char msg[AICFN_ERRMSG_MAX];
     snprintf(msg, sizeof msg, "%s", err.msg);
-    for (worker_req *q = waiters, *next; q; q = next) {
+    for (worker_req *q = r, *next; q; q = next) {
         next = q->next;
         q->next = NULL;
         if (rc == AICFN_OK)
@@ -1995,12 +2003,6 @@ static void *worker_park_main(void *arg) {
         else
             worker_finish(q, rc, msg, NULL);
     }
-    if (rc == AICFN_OK)
-        worker_dispatch(r);
-    else if (added)
-        worker_finish_spec_failed(r, rc, msg);
-    else
-        worker_finish(r, rc, msg, NULL);
     pthread_mutex_lock(&w->mu);
     if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);
@@ -2048,23 +2050,15 @@ static void worker_park(worker_req *r) {
     }
     int rc = worker_start_detached(worker_park_main, r);
     if (rc != 0) {
+        r->next = worker_reg_end(w, r);
         pthread_mutex_lock(&w->mu);
-        for (worker_reg **pp = &w->regs; *pp; pp = &(*pp)->next)
-            if (*pp == reg) {
-                *pp = reg->next;
-                break;
-            }
-        worker_req *waiters = reg->waiters;
         if (--w->parked == 0) pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
-        free(reg);
-        r->reg = NULL;
-        for (worker_req *q = waiters, *next; q; q = next) {
+        for (worker_req *q = r, *next; q; q = next) {
             next = q->next;
             q->next = NULL;
             worker_finish(q, AICFN_E_NOMEM, "cannot start a thread to register the function", NULL);
         }
-        worker_finish(r, AICFN_E_NOMEM, "cannot start a thread to register the function", NULL);
     }
 }
 

@@ -143,6 +143,16 @@ static void box_wait(done_box *b, unsigned n) {
     assert_int_equal(got, n);
 }
 
+/* Starts calls refs[from..from+n) of `msg` (len bytes, timeout_ms), each completing into b. */
+static void start_calls(rpc_client *c, done_box *b, done_ref *refs, unsigned from, unsigned n, const void *msg,
+                        size_t len, uint32_t timeout_ms) {
+    for (unsigned i = from; i < from + n; i++) {
+        refs[i] = (done_ref){b, i};
+        aicfn_error e;
+        assert_int_equal(rpc_call_async(c, msg, len, timeout_ms, box_done, &refs[i], &e), AICFN_OK);
+    }
+}
+
 /* ---- tests ------------------------------------------------------------------------------ */
 
 static void sync_echo_and_server_url(void **state) {
@@ -286,11 +296,7 @@ static void peer_gone_fails_inflight_and_later_calls(void **state) {
     done_box b;
     box_init(&b);
     done_ref refs[4];
-    for (unsigned i = 0; i < 4; i++) {
-        refs[i] = (done_ref){&b, i};
-        aicfn_error e;
-        assert_int_equal(rpc_call_async(p.c, "x", 1, 30000, box_done, &refs[i], &e), AICFN_OK);
-    }
+    start_calls(p.c, &b, refs, 0, 4, "x", 1, 30000);
     lsrv_wait(&p.t, 4, true);
     uint64_t t0 = clock_now_us();
     shutdown(p.sv[1], SHUT_RDWR); /* as the worker's exit does */
@@ -319,18 +325,14 @@ static void fail_inflight_and_cancel(void **state) {
     box_init(&b);
     done_ref refs[4];
     aicfn_error e;
-    for (unsigned i = 0; i < 2; i++) {
-        refs[i] = (done_ref){&b, i};
-        assert_int_equal(rpc_call_async(p.c, "a", 1, 30000, box_done, &refs[i], &e), AICFN_OK);
-    }
+    start_calls(p.c, &b, refs, 0, 2, "a", 1, 30000);
     lsrv_wait(&p.t, 2, true);
     rpc_client_fail_inflight(p.c);
     box_wait(&b, 2);
     assert_int_equal(b.status[0], AICFN_E_WORKER_LOST);
     assert_int_equal(b.status[1], AICFN_E_WORKER_LOST);
     /* The client stays open: a later call goes out (and is held). */
-    refs[2] = (done_ref){&b, 2};
-    assert_int_equal(rpc_call_async(p.c, "b", 1, 30000, box_done, &refs[2], &e), AICFN_OK);
+    start_calls(p.c, &b, refs, 2, 1, "b", 1, 30000);
     lsrv_wait(&p.t, 3, true);
     rpc_client_cancel(p.c);
     box_wait(&b, 3);
@@ -438,11 +440,7 @@ static void destroy_waits_for_held_calls(void **state) {
     done_box b;
     box_init(&b);
     done_ref refs[2];
-    aicfn_error e;
-    for (unsigned i = 0; i < 2; i++) {
-        refs[i] = (done_ref){&b, i};
-        assert_int_equal(rpc_call_async(p.c, "h", 1, 30000, box_done, &refs[i], &e), AICFN_OK);
-    }
+    start_calls(p.c, &b, refs, 0, 2, "h", 1, 30000);
     lsrv_wait(&p.t, 2, true);
     pthread_t th;
     assert_int_equal(pthread_create(&th, NULL, answer_later, &p.t), 0);
@@ -464,11 +462,7 @@ static void close_completes_inflight(void **state) {
     done_box b;
     box_init(&b);
     done_ref refs[3];
-    aicfn_error e;
-    for (unsigned i = 0; i < 3; i++) {
-        refs[i] = (done_ref){&b, i};
-        assert_int_equal(rpc_call_async(p.c, "q", 1, 30000, box_done, &refs[i], &e), AICFN_OK);
-    }
+    start_calls(p.c, &b, refs, 0, 3, "q", 1, 30000);
     lsrv_wait(&p.t, 3, true);
     rpc_client_close(p.c);
     assert_int_equal(b.n, 3);
