@@ -745,19 +745,23 @@ static const char *ht_bearer(struct MHD_Connection *c) {
     return *a ? a : NULL;
 }
 
-/* Whether the request's headers announce a body: Transfer-Encoding, or a Content-Length
- * that is not all zeros (an unreadable one counts as a body). */
-/* A body announced with a Content-Length of at most AICFN_HTTP_BODY_FIRST_BYTES. */
-static bool ht_body_small(struct MHD_Connection *c) {
-    if (gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) return false;
+/* A body worth reading only to drop it: announced with a Content-Length of at most
+ * AICFN_HTTP_BODY_FIRST_BYTES (and the server's body limit), and not awaiting a `100
+ * Continue` (such a client gets its answer at once, without uploading). */
+static bool ht_body_small(const gw_http *h, struct MHD_Connection *c) {
+    if (gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING) ||
+        gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_EXPECT))
+        return false;
     const char *cl = gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
     if (cl == NULL || cl[0] < '0' || cl[0] > '9') return false;
     char *end;
     errno = 0;
     unsigned long long v = strtoull(cl, &end, 10);
-    return errno == 0 && *end == '\0' && v <= AICFN_HTTP_BODY_FIRST_BYTES;
+    return errno == 0 && *end == '\0' && v <= AICFN_HTTP_BODY_FIRST_BYTES && v <= h->cfg.max_body;
 }
 
+/* Whether the request's headers announce a body: Transfer-Encoding, or a Content-Length
+ * that is not all zeros (an unreadable one counts as a body). */
 static bool ht_body_announced(struct MHD_Connection *c) {
     if (gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_TRANSFER_ENCODING)) return true;
     const char *cl = gw_mhd()->lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_LENGTH);
@@ -974,7 +978,7 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
              * stays (a client still writing a body it was refused never sees an answer
              * sent on a closing connection, Python's http.client for one). */
             r->state = ST_DISCARD;
-            r->keep_alive = !h->stopping && (!ht_body_announced(c) || (r->drain_ok && ht_body_small(c)));
+            r->keep_alive = !h->stopping && (!ht_body_announced(c) || (r->drain_ok && ht_body_small(h, c)));
             return r->keep_alive ? MHD_YES : ht_send(r);
         }
         return MHD_YES;

@@ -156,9 +156,12 @@ typedef struct worker_req {
 } worker_req;
 
 /* A registration of function `fn` v`ver` from a spec, run by the first call that needed
- * it on a parked thread; later calls that need the same one wait on it (`waiters`) and
- * are dispatched (or failed) with its outcome, instead of each parking a thread and
- * running dlopen and the handler's init only to find the function there. */
+ * it on a parked thread; later calls that need the same one wait on it (`waiters`, in
+ * arrival order) and are dispatched (or failed) with its outcome, instead of each
+ * parking a thread and running dlopen and building a batcher only to find the function
+ * there. Only a registration that waits for nothing is shared (worker_park's `shared`):
+ * a download or a previous instance's removal is waited for until the parked call's own
+ * deadline, which a waiter's may not match, so such calls each park as before. */
 typedef struct worker_reg {
     char fn[AICFN_FN_NAME_MAX_BYTES + 1];
     uint32_t ver;
@@ -1943,9 +1946,6 @@ static int worker_fetch_handler_by_deadline(worker_req *r, char *local, size_t c
     return rc;
 }
 
-/* A call whose spec registers its function, off the NNG callback thread: it fetches the
- * handler (a remote worker), waits for a previous instance of the function still being
- * removed (its fini runs first), then registers the function and dispatches the call. */
 /* Ends r's registration (worker_reg): takes it off the list and frees it. Returns the
  * calls that waited on it, chained on `next`. */
 static worker_req *worker_reg_end(worker *w, worker_req *r) {
@@ -1964,6 +1964,9 @@ static worker_req *worker_reg_end(worker *w, worker_req *r) {
     return waiters;
 }
 
+/* A call whose spec registers its function, off the NNG callback thread: it fetches the
+ * handler (a remote worker), waits for a previous instance of the function still being
+ * removed (its fini runs first), then registers the function and dispatches the call. */
 static void *worker_park_main(void *arg) {
     pthread_setname_np(pthread_self(), "aicfn:park");
     worker_req *r = arg;
@@ -2009,7 +2012,7 @@ static void *worker_park_main(void *arg) {
     return NULL;
 }
 
-static void worker_park(worker_req *r) {
+static void worker_park(worker_req *r, bool shared) {
     worker *w = r->w;
     aicfn_error err;
     char hash[WORKER_HASH_HEX_LEN + 1];
@@ -2018,28 +2021,34 @@ static void worker_park(worker_req *r) {
         worker_finish(r, err.code, err.msg, NULL);
         return;
     }
-    worker_reg *reg = calloc(1, sizeof *reg);
-    if (reg == NULL) {
+    worker_reg *reg = NULL;
+    if (shared && (reg = calloc(1, sizeof *reg)) == NULL) {
         worker_finish(r, AICFN_E_NOMEM, "out of memory", NULL);
         return;
     }
-    snprintf(reg->fn, sizeof reg->fn, "%s", r->req.fn);
-    reg->ver = r->req.ver;
     pthread_mutex_lock(&w->mu);
-    for (worker_reg *g = w->regs; g; g = g->next)
-        if (g->ver == reg->ver && strcmp(g->fn, reg->fn) == 0) { /* already under way: wait on it */
-            r->next = g->waiters;
-            g->waiters = r;
-            pthread_mutex_unlock(&w->mu);
-            free(reg);
-            return;
-        }
+    if (reg) {
+        snprintf(reg->fn, sizeof reg->fn, "%s", r->req.fn);
+        reg->ver = r->req.ver;
+        for (worker_reg *g = w->regs; g; g = g->next)
+            if (g->ver == reg->ver && strcmp(g->fn, reg->fn) == 0) { /* under way: wait on it, last */
+                worker_req **tail = &g->waiters;
+                while (*tail)
+                    tail = &(*tail)->next;
+                *tail = r;
+                pthread_mutex_unlock(&w->mu);
+                free(reg);
+                return;
+            }
+    }
     bool full = w->parked >= AICFN_WORKER_MAX_PARKED;
     if (!full) {
         w->parked++;
-        reg->next = w->regs;
-        w->regs = reg;
-        r->reg = reg;
+        if (reg) {
+            reg->next = w->regs;
+            w->regs = reg;
+            r->reg = reg;
+        }
     }
     pthread_mutex_unlock(&w->mu);
     if (full) { /* each parked call holds a thread, and its download another */
@@ -2172,7 +2181,8 @@ static void worker_accept(worker *w, worker_out out, const uint8_t *msg, size_t 
             /* Off this NNG callback thread: the handler's download, or the end of the
              * function's previous instance (its fini), may take a while; and off a link's
              * one reader for any registration (dlopen, the handler's init). */
-            worker_park(r);
+            /* One registration at a time per function when it waits for nothing. */
+            worker_park(r, !w->fetcher && !removing);
             return;
         }
         rc = worker_add_from_spec(w, &r->req, r->req.spec.handler, &err);
