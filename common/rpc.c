@@ -627,6 +627,9 @@ fail_sock:
 /* A link server's replies waiting to be sent, in bytes, beyond which it reads no more
  * requests: one reply of the largest size may always wait, and every slot a small one. */
 #define RPC_LINK_SERVER_QUEUE_MAX (AICFN_MAX_MESSAGE_BYTES + (1u << 20))
+/* A handler running this long on a link server's reader hands the reading over to the
+ * standby (rpc_link_ops.takeover_ms): the requests behind a slow call wait at most this. */
+#define RPC_LINK_SERVER_TAKEOVER_MS 2
 
 /* A request frame from the link (its reader thread): waits for a free slot, as an NNG
  * server's requests wait in the socket while every context is taken. */
@@ -695,6 +698,7 @@ int rpc_server_start_link(rpc_server **out, int fd, const rpc_server_opts *opts,
                        .stall_ms = opts ? opts->reply_timeout_ms : 0,
                        .queue_max = opts && opts->link_queue_max ? opts->link_queue_max
                                                                  : RPC_LINK_SERVER_QUEUE_MAX,
+                       .takeover_ms = RPC_LINK_SERVER_TAKEOVER_MS,
                        .name = s->url};
     int rc = rpc_link_open(&s->link, fd, &lo, err);
     if (rc != AICFN_OK) {

@@ -108,9 +108,11 @@ int rpc_server_start(rpc_server **out, const char *url, const rpc_server_opts *o
 
 /* A server on one connected stream socket (socketpair) instead of a listener: the
  * worker's end of the link a gateway made when it spawned it (rpc_link.h). Takes `fd`
- * (closed on failure too). Requests come one at a time from the link's reader thread,
- * which calls the handler; when every one of the `contexts` slots holds an unanswered
- * call, the reader waits for one (the requests wait in the socket). reply_timeout_ms
+ * (closed on failure too). Requests come from the link's reader thread, which calls the
+ * handler (a handler still running after 2 ms hands the reading over to a standby thread,
+ * which then calls the handler for the next requests); when every one of the `contexts`
+ * slots holds an unanswered call, the reader waits for one (the requests wait in the
+ * socket). reply_timeout_ms
  * ends the link when the peer takes no reply bytes for that long. Everything else is as
  * for rpc_server_start; rpc_server_url is "socketpair:FD". */
 int rpc_server_start_link(rpc_server **out, int fd, const rpc_server_opts *opts, rpc_handler_fn fn, void *user,
@@ -147,8 +149,10 @@ void rpc_call_drop(rpc_call *call);
 void rpc_call_server_load(const rpc_call *call, unsigned *outstanding, uint64_t *held_bytes);
 
 /* Whether `call` came on a link server (rpc_server_start_link), whose handler runs on the
- * one thread that reads every request of the link: the handler must not run anything
- * that may take long there (an NNG server has several callback threads). */
+ * thread that reads the link's requests: one that runs 2 ms hands the reading to a
+ * standby thread, so a slow handler holds up the requests behind it that long, but work
+ * known to take long (a download, dlopen) belongs on a thread of its own (an NNG server
+ * has several callback threads). */
 bool rpc_call_one_reader(const rpc_call *call);
 
 /* Monotonic time (clock_now_us) when the request was received. */

@@ -10,6 +10,11 @@
  * waits in poll(2) on the socket and an eventfd (rpc_link_due), at most until the next
  * tick its owner asked for, and at most a second (so an idle link costs one wake-up a
  * second, and the eventfd is written only for a tick due sooner than that wake-up).
+ * Reading is a role (rmu), held by one thread except while it runs a callback; its
+ * state (buffer, the frame being filled) lives in the link. The standby (takeover_ms)
+ * looks every takeover_ms while frames come and takes the role from a callback that
+ * has run that long; the replaced thread finds, when its callback returns, that the
+ * epoch moved on and becomes the standby. No thread is woken per frame for it.
  * Not for: what the frames mean (rpc.c). */
 #include "common/rpc_link.h"
 
@@ -51,16 +56,32 @@ struct rpc_link {
     link_out *q_head, *q_tail;
     size_t q_off;   /* bytes of the head frame (header included) already written */
     size_t q_bytes; /* bytes queued (bodies and headers, the head's written part included) */
-    bool ended;   /* no more sends: the link ended or is shutting down */
-    bool closing; /* rpc_link_close: the writer exits */
-    bool writing; /* the writer is sending q_head (which link_end_locked then leaves to it) */
+    bool ended;     /* no more sends: the link ended or is shutting down */
+    bool closing;   /* rpc_link_close: the writer exits */
+    bool writing;   /* the writer is sending q_head (which link_end_locked then leaves to it) */
     char why[160];
 
-    pthread_t reader, writer;
-    bool reader_started, writer_started;
+    pthread_t reader, writer, standby;
+    bool reader_started, writer_started, standby_started;
     _Atomic uint64_t wake_at; /* when the reader's current wait ends (UINT64_MAX: deciding) */
 
-    unsigned char buf[LINK_BUF_BYTES]; /* reader only */
+    /* The reading role: held by the thread that reads, except while it runs a callback
+     * (link_deliver); the standby may then take it over (link_standby). */
+    pthread_mutex_t rmu;
+    unsigned epoch;      /* under rmu: the current reader's number */
+    bool r_done;         /* under rmu: the link ended, no more reading */
+    size_t r_have, r_at; /* under rmu: bytes in buf, and those already cut */
+    nng_msg *r_body;     /* under rmu: the frame being filled */
+    size_t r_body_have;  /* its bytes so far */
+    uint64_t r_body_id;
+    _Atomic uint64_t cb_since;      /* when the reader entered its callback; 0: not in one */
+    _Atomic uint64_t last_frame_us; /* when the last frame was handed over */
+    _Atomic bool standby_idle;      /* the standby sleeps until a frame comes */
+    pthread_mutex_t smu;            /* the standby's sleep */
+    pthread_cond_t scv;
+    bool standby_stop; /* under smu */
+
+    unsigned char buf[LINK_BUF_BYTES]; /* under rmu */
 };
 
 static void link_put_header(unsigned char h[RPC_LINK_HEADER_BYTES], uint32_t len, uint64_t id) {
@@ -297,8 +318,17 @@ static int link_wait_ms(rpc_link *l) {
     return (int)((next - now + 999) / 1000);
 }
 
+/* Stops the standby (it returns from link_standby). */
+static void link_stop_standby(rpc_link *l) {
+    pthread_mutex_lock(&l->smu);
+    l->standby_stop = true;
+    pthread_cond_broadcast(&l->scv);
+    pthread_mutex_unlock(&l->smu);
+}
+
 static void link_finish(rpc_link *l, nng_msg *partial, const char *why) {
     nng_msg_free(partial);
+    link_stop_standby(l);
     pthread_mutex_lock(&l->mu);
     link_end_locked(l, why);
     char said[sizeof l->why];
@@ -307,56 +337,92 @@ static void link_finish(rpc_link *l, nng_msg *partial, const char *why) {
     l->ops.end(l->ops.user, said);
 }
 
-static void *link_reader(void *arg) {
-    rpc_link *l = arg;
-    pthread_setname_np(pthread_self(), "aicfn:link-in");
-    size_t have = 0;      /* bytes in buf */
-    nng_msg *body = NULL; /* the frame being filled */
-    size_t body_have = 0; /* its bytes so far */
-    uint64_t body_id = 0;
+/* How a reading turn ended (link_read). */
+enum { LINK_READ_ENDED = 0, LINK_READ_REPLACED = 1 };
+
+/* Hands frame m to the owner, with the reading role (rmu) released meanwhile: a callback
+ * still running after takeover_us may see the standby take the role over. Returns false
+ * when this thread no longer reads (replaced, or the link ended meanwhile); rmu is then
+ * released. */
+static bool link_deliver(rpc_link *l, unsigned me, uint64_t id, nng_msg *m) {
+    atomic_store(&l->last_frame_us, clock_now_us());
+    if (atomic_load(&l->standby_idle)) { /* the first frame after a quiet spell */
+        pthread_mutex_lock(&l->smu);
+        pthread_cond_signal(&l->scv);
+        pthread_mutex_unlock(&l->smu);
+    }
+    atomic_store(&l->cb_since, clock_now_us() | 1); /* never 0 while in a callback */
+    pthread_mutex_unlock(&l->rmu);
+    l->ops.recv(l->ops.user, id, m);
+    pthread_mutex_lock(&l->rmu);
+    if (l->epoch != me) {
+        pthread_mutex_unlock(&l->rmu);
+        return false;
+    }
+    atomic_store(&l->cb_since, 0);
+    return true;
+}
+
+/* Ends the link from the reading role (rmu held; released). */
+static int link_read_fail(rpc_link *l, const char *why) {
+    nng_msg *partial = l->r_body;
+    l->r_body = NULL;
+    l->r_done = true;
+    pthread_mutex_unlock(&l->rmu);
+    link_finish(l, partial, why);
+    return LINK_READ_ENDED;
+}
+
+/* One thread's turn at reading, entered with rmu held as reader `me`: reads frames and
+ * hands them over until the link ends or another thread took the role over (the state
+ * lives in l, so that it can). Returns with rmu released. */
+static int link_read(rpc_link *l, unsigned me) {
     char why[192];
     for (;;) {
+        if (l->r_done) { /* another reader ended the link */
+            pthread_mutex_unlock(&l->rmu);
+            return LINK_READ_ENDED;
+        }
         /* A tick due while frames keep coming (the reader never waits then). */
         if (l->ops.tick && clock_now_us() >= atomic_load(&l->wake_at)) link_tick(l);
         /* Cut every complete frame out of the buffer. */
-        size_t at = 0;
         for (;;) {
-            if (body) {
-                size_t need = nng_msg_len(body) - body_have, take = have - at < need ? have - at : need;
-                memcpy((unsigned char *)nng_msg_body(body) + body_have, l->buf + at, take);
-                body_have += take;
-                at += take;
-                if (body_have < nng_msg_len(body)) break;
-                nng_msg *m = body;
-                body = NULL;
-                l->ops.recv(l->ops.user, body_id, m);
+            if (l->r_body) {
+                size_t need = nng_msg_len(l->r_body) - l->r_body_have;
+                size_t take = l->r_have - l->r_at < need ? l->r_have - l->r_at : need;
+                memcpy((unsigned char *)nng_msg_body(l->r_body) + l->r_body_have, l->buf + l->r_at, take);
+                l->r_body_have += take;
+                l->r_at += take;
+                if (l->r_body_have < nng_msg_len(l->r_body)) break;
+                nng_msg *m = l->r_body;
+                l->r_body = NULL;
+                if (!link_deliver(l, me, l->r_body_id, m)) return LINK_READ_REPLACED;
                 continue;
             }
-            if (have - at < RPC_LINK_HEADER_BYTES) break;
-            const unsigned char *h = l->buf + at;
+            if (l->r_have - l->r_at < RPC_LINK_HEADER_BYTES) break;
+            const unsigned char *h = l->buf + l->r_at;
             uint32_t magic = link_u32(h), len = link_u32(h + 4);
             if (magic != RPC_LINK_MAGIC) {
                 snprintf(why, sizeof why, "bad frame header (magic %08x, not %08x)", magic, RPC_LINK_MAGIC);
-                link_finish(l, NULL, why);
-                return NULL;
+                return link_read_fail(l, why);
             }
             if (len > l->ops.recv_max) {
                 snprintf(why, sizeof why, "a frame of %u bytes exceeds the limit of %zu", len,
                          l->ops.recv_max);
-                link_finish(l, NULL, why);
-                return NULL;
+                return link_read_fail(l, why);
             }
-            if (nng_msg_alloc(&body, len) != 0) {
+            if (nng_msg_alloc(&l->r_body, len) != 0) {
+                l->r_body = NULL;
                 snprintf(why, sizeof why, "out of memory for a frame of %u bytes", len);
-                link_finish(l, NULL, why);
-                return NULL;
+                return link_read_fail(l, why);
             }
-            body_id = link_u64(h + 8);
-            body_have = 0;
-            at += RPC_LINK_HEADER_BYTES;
+            l->r_body_id = link_u64(h + 8);
+            l->r_body_have = 0;
+            l->r_at += RPC_LINK_HEADER_BYTES;
         }
-        memmove(l->buf, l->buf + at, have - at);
-        have -= at;
+        memmove(l->buf, l->buf + l->r_at, l->r_have - l->r_at);
+        l->r_have -= l->r_at;
+        l->r_at = 0;
 
         /* A peer that sends and does not read its replies fills our queue: stop reading
          * (it then blocks in turn) until the queue is below the cap or the link ends. */
@@ -369,23 +435,25 @@ static void *link_reader(void *arg) {
         /* Read more: a big body's rest straight into it, anything else into the buffer. */
         unsigned char *dst;
         size_t room;
-        if (body && have == 0 && nng_msg_len(body) - body_have >= LINK_BUF_BYTES) {
-            dst = (unsigned char *)nng_msg_body(body) + body_have;
-            room = nng_msg_len(body) - body_have;
+        bool into_body =
+            l->r_body && l->r_have == 0 && nng_msg_len(l->r_body) - l->r_body_have >= LINK_BUF_BYTES;
+        if (into_body) {
+            dst = (unsigned char *)nng_msg_body(l->r_body) + l->r_body_have;
+            room = nng_msg_len(l->r_body) - l->r_body_have;
         } else {
-            dst = l->buf + have;
-            room = LINK_BUF_BYTES - have;
+            dst = l->buf + l->r_have;
+            room = LINK_BUF_BYTES - l->r_have;
         }
         ssize_t n = recv(l->fd, dst, room, MSG_DONTWAIT);
         if (n > 0) {
-            if (dst == l->buf + have)
-                have += (size_t)n;
+            if (into_body)
+                l->r_body_have += (size_t)n;
             else
-                body_have += (size_t)n;
-            if (body && body_have == nng_msg_len(body)) {
-                nng_msg *m = body;
-                body = NULL;
-                l->ops.recv(l->ops.user, body_id, m);
+                l->r_have += (size_t)n;
+            if (into_body && l->r_body_have == nng_msg_len(l->r_body)) {
+                nng_msg *m = l->r_body;
+                l->r_body = NULL;
+                if (!link_deliver(l, me, l->r_body_id, m)) return LINK_READ_REPLACED;
             }
             continue;
         }
@@ -393,30 +461,82 @@ static void *link_reader(void *arg) {
             pthread_mutex_lock(&l->mu);
             bool here = l->ended;
             pthread_mutex_unlock(&l->mu);
-            link_finish(l, body,
-                        here               ? "shut down"
-                        : body || have > 0 ? "the peer closed the connection inside a frame"
-                                           : "the peer closed the connection");
-            return NULL;
+            return link_read_fail(l, here ? "shut down"
+                                     : l->r_body || l->r_have > 0
+                                         ? "the peer closed the connection inside a frame"
+                                         : "the peer closed the connection");
         }
         if (errno == EINTR) continue;
         if (errno != EAGAIN && errno != EWOULDBLOCK) {
             snprintf(why, sizeof why, "receiving: %s", strerror(errno));
-            link_finish(l, body, why);
-            return NULL;
+            return link_read_fail(l, why);
         }
         struct pollfd p[2] = {{.fd = l->fd, .events = POLLIN}, {.fd = l->evfd, .events = POLLIN}};
         int r = poll(p, 2, link_wait_ms(l));
         if (r < 0 && errno != EINTR) {
             snprintf(why, sizeof why, "waiting to receive: %s", strerror(errno));
-            link_finish(l, body, why);
-            return NULL;
+            return link_read_fail(l, why);
         }
         if (r > 0 && (p[1].revents & POLLIN)) {
             uint64_t v;
             (void)!read(l->evfd, &v, sizeof v);
         }
     }
+}
+
+/* The standby (ops.takeover_ms): while frames come, it looks every takeover_ms at the
+ * reader, and takes the reading role over from one whose callback has run that long (a
+ * slow call the owner runs on the reader: the frames behind it are read meanwhile);
+ * after a second without frames it sleeps until the next one. The thread it replaced
+ * becomes the standby when its callback returns. */
+static void link_standby(rpc_link *l) {
+    uint64_t wait_us = (uint64_t)l->ops.takeover_ms * 1000;
+    for (;;) {
+        pthread_mutex_lock(&l->smu);
+        if (l->standby_stop) {
+            pthread_mutex_unlock(&l->smu);
+            return;
+        }
+        uint64_t now = clock_now_us();
+        if (now - atomic_load(&l->last_frame_us) > 1000000 && atomic_load(&l->cb_since) == 0) {
+            atomic_store(&l->standby_idle, true);
+            /* Re-checked after saying so: a frame that came meanwhile signals, or is seen. */
+            if (clock_now_us() - atomic_load(&l->last_frame_us) > 1000000)
+                pthread_cond_wait(&l->scv, &l->smu);
+            atomic_store(&l->standby_idle, false);
+        } else {
+            struct timespec ts;
+            clock_deadline_to_timespec(now + wait_us, &ts);
+            pthread_cond_timedwait(&l->scv, &l->smu, &ts);
+        }
+        bool stop = l->standby_stop;
+        pthread_mutex_unlock(&l->smu);
+        if (stop) return;
+        uint64_t since = atomic_load(&l->cb_since);
+        if (since == 0 || clock_now_us() - since < wait_us || pthread_mutex_trylock(&l->rmu) != 0) continue;
+        if (atomic_load(&l->cb_since) != since || l->r_done) { /* it came back meanwhile */
+            pthread_mutex_unlock(&l->rmu);
+            continue;
+        }
+        unsigned me = ++l->epoch;
+        atomic_store(&l->cb_since, 0);
+        if (link_read(l, me) == LINK_READ_ENDED) return;
+    }
+}
+
+static void *link_reader(void *arg) {
+    rpc_link *l = arg;
+    pthread_setname_np(pthread_self(), "aicfn:link-in");
+    pthread_mutex_lock(&l->rmu);
+    if (link_read(l, l->epoch) == LINK_READ_REPLACED) link_standby(l);
+    return NULL;
+}
+
+static void *link_standby_main(void *arg) {
+    rpc_link *l = arg;
+    pthread_setname_np(pthread_self(), "aicfn:link-in");
+    link_standby(l);
+    return NULL;
 }
 
 void rpc_link_due(rpc_link *l, uint64_t when_us) {
@@ -444,8 +564,14 @@ int rpc_link_open(rpc_link **out, int fd, const rpc_link_ops *ops, aicfn_error *
     snprintf(l->name, sizeof l->name, "%s", ops->name ? ops->name : "link");
     l->ops.name = l->name;
     atomic_init(&l->wake_at, 0); /* the reader ticks first thing */
+    atomic_init(&l->cb_since, 0);
+    atomic_init(&l->last_frame_us, 0);
+    atomic_init(&l->standby_idle, false);
     pthread_mutex_init(&l->mu, NULL);
     pthread_cond_init(&l->cv, NULL);
+    pthread_mutex_init(&l->rmu, NULL);
+    pthread_mutex_init(&l->smu, NULL);
+    clock_cond_init(&l->scv);
     l->evfd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
     int fl = fcntl(fd, F_GETFL);
     int rc = AICFN_OK;
@@ -463,6 +589,12 @@ int rpc_link_open(rpc_link **out, int fd, const rpc_link_ops *ops, aicfn_error *
             rc = aicfn_error_set(err, AICFN_E_IO, "link %s: no reader thread", l->name);
         } else {
             l->reader_started = true;
+            /* Without a standby a slow callback only delays the frames behind it. */
+            if (l->ops.takeover_ms && pthread_create(&l->standby, NULL, link_standby_main, l) == 0)
+                l->standby_started = true;
+            else if (l->ops.takeover_ms)
+                log_warn("link %s: no standby reader thread: a slow call delays the frames behind it",
+                         l->name);
         }
     }
     if (rc != AICFN_OK) {
@@ -479,11 +611,17 @@ void rpc_link_close(rpc_link *l) {
     l->closing = true;
     pthread_cond_broadcast(&l->cv);
     pthread_mutex_unlock(&l->mu);
+    link_stop_standby(l);
     if (l->reader_started) pthread_join(l->reader, NULL);
+    if (l->standby_started) pthread_join(l->standby, NULL);
     if (l->writer_started) pthread_join(l->writer, NULL);
+    nng_msg_free(l->r_body);
     close(l->fd);
     if (l->evfd >= 0) close(l->evfd);
     pthread_cond_destroy(&l->cv);
     pthread_mutex_destroy(&l->mu);
+    pthread_cond_destroy(&l->scv);
+    pthread_mutex_destroy(&l->smu);
+    pthread_mutex_destroy(&l->rmu);
     free(l);
 }

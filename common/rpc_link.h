@@ -14,10 +14,12 @@
  * reply with its request. A header with another magic, or a body over the link's
  * recv_max, ends the link (the stream cannot be resynchronised).
  *
- * Threads: a reader (reads frames, calls `recv` and `tick`) and a writer (finishes the
- * frames the socket did not take at once, in order, so that no sender ever blocks). The
- * link ends on end of file, a socket error, a bad header, a writer stalled past
- * stall_ms, or rpc_link_shutdown: `end` is then called once, on the reader thread.
+ * Threads: a reader (reads frames, calls `recv` and `tick`), a writer (finishes the
+ * frames the socket did not take at once, in order, so that no sender ever blocks), and
+ * with takeover_ms a standby that takes the reading over from a `recv` running that long
+ * (the two then swap roles; `recv` may so run on either, and on both at once). The link
+ * ends on end of file, a socket error, a bad header, a writer stalled past stall_ms, or
+ * rpc_link_shutdown: `end` is then called once, on the thread reading then.
  * Not for: request/reply semantics (rpc.c). */
 #ifndef AICFN_COMMON_RPC_LINK_H
 #define AICFN_COMMON_RPC_LINK_H
@@ -48,6 +50,9 @@ typedef struct rpc_link_ops {
     size_t queue_max;  /* the reader stops reading while more than this many bytes wait to be
                           sent (a server: a peer that does not read its replies is not
                           answered without bound); 0: never stops */
+    uint32_t takeover_ms; /* a standby thread takes the reading over from a `recv` that has run
+                          this long (the owner may then run calls inline in `recv`: a slow
+                          one holds up the frames behind it this long at most); 0: none */
     const char *name;  /* for messages */
 } rpc_link_ops;
 

@@ -131,7 +131,8 @@ typedef struct worker_out {
     rpc_call *call;
     worker_bundle *bundle;
     uint32_t slot;
-    bool one_reader; /* it came on a link, whose one thread reads every request (never run there) */
+    bool one_reader; /* it came on a link, whose reader thread runs what the NNG callback threads
+                        would (nothing known to be slow: registrations and unloads park) */
 } worker_out;
 
 /* One invocation, from receipt to reply. */
@@ -2273,11 +2274,11 @@ static void worker_dispatch(worker_req *r) {
      * only by a function known to be quick: a slow handler would hold one of NNG's few
      * callback threads, and with them the worker's status answers, and in a bundle the
      * others' acceptance and the reply (NNG sends it once this callback returns); on its
-     * function's executor the watch can answer a stuck part as an overrun. Never on a
-     * link's reader: it is the one thread that reads every request of the gateway, and a
-     * quick function's one slow call would stop them all. */
+     * function's executor the watch can answer a stuck part as an overrun. On a link's
+     * reader too: a quick function's slow call holds up the requests behind it for 2 ms,
+     * until the link's standby takes the reading over (rpc_link_ops.takeover_ms). */
     uint64_t avg = atomic_load(&fn->exec_ewma_us);
-    r->item.no_inline = avg == 0 || avg > AICFN_INLINE_MAX_US || r->out.one_reader;
+    r->item.no_inline = avg == 0 || avg > AICFN_INLINE_MAX_US;
     /* Stuck is past the function's timeout, not the caller's deadline: a handler that
      * started in time cannot be cut short, and a caller's short deadline must not make a
      * healthy call count as stuck (its worker killed, at the gateway). */

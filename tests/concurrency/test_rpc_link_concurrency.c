@@ -2,8 +2,10 @@
  * rpc_client_open_link) under concurrency, also run under TSan: 8 threads of sync and
  * async calls of mixed sizes (up to 256 KiB, so the writer thread finishes some frames)
  * answered out of order by 3 replier threads, every reply checked against its request;
- * and a storm of short-deadline calls racing fail_inflight, the server's shutdown and
- * the client's close, where every call must complete exactly once. */
+ * a storm of short-deadline calls racing fail_inflight, the server's shutdown and the
+ * client's close, where every call must complete exactly once; and checked echoes
+ * answered on the link's reader itself, one in eight after sleeping past the 2 ms that
+ * makes the standby take the reading over (the roles swap back and forth). */
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -157,17 +159,22 @@ static void *caller_main(void *arg) {
     return NULL;
 }
 
-static void eight_threads_checked_echoes(void **state) {
-    (void)state;
-    deferred d;
-    deferred_start(&d);
+/* Answers on the reader itself; every eighth request first sleeps 3 ms (a takeover). */
+static atomic_uint g_inline_calls;
+static void inline_handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
+    (void)user;
+    if (atomic_fetch_add(&g_inline_calls, 1) % 8 == 7) usleep(3000);
+    rpc_reply(call, msg, len);
+}
+
+static void checked_echoes(rpc_handler_fn fn, void *user) {
     int sv[2];
     assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv), 0);
     rpc_server *s = NULL;
     rpc_client *c = NULL;
     aicfn_error e;
     rpc_server_opts so = {.contexts = 16};
-    assert_int_equal(rpc_server_start_link(&s, sv[1], &so, deferred_handler, &d, &e), AICFN_OK);
+    assert_int_equal(rpc_server_start_link(&s, sv[1], &so, fn, user, &e), AICFN_OK);
     assert_int_equal(rpc_client_open_link(&c, sv[0], NULL, &e), AICFN_OK);
     caller cl[8];
     pthread_t th[8];
@@ -181,7 +188,20 @@ static void eight_threads_checked_echoes(void **state) {
     }
     rpc_client_close(c);
     rpc_server_destroy(s);
+}
+
+static void eight_threads_checked_echoes(void **state) {
+    (void)state;
+    deferred d;
+    deferred_start(&d);
+    checked_echoes(deferred_handler, &d);
     deferred_stop(&d);
+}
+
+static void checked_echoes_with_takeovers(void **state) {
+    (void)state;
+    checked_echoes(inline_handler, NULL);
+    assert_true(atomic_load(&g_inline_calls) == 8 * 150);
 }
 
 /* ---- a storm that ends badly: every call completes once ---------------------------------- */
@@ -245,6 +265,7 @@ static void storm_races_fail_shutdown_and_close(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(eight_threads_checked_echoes),
+        cmocka_unit_test(checked_echoes_with_takeovers),
         cmocka_unit_test(storm_races_fail_shutdown_and_close),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -35,6 +35,9 @@ typedef struct lsrv {
     unsigned one_reader; /* calls rpc_call_one_reader said came on a link */
 } lsrv;
 
+/* Set by a test: "slow" requests sleep this long in the handler (on the link's reader). */
+static unsigned g_slow_ms;
+
 static void lsrv_handler(void *user, rpc_call *call, const uint8_t *msg, size_t len) {
     lsrv *t = user;
     pthread_mutex_lock(&t->mu);
@@ -46,6 +49,7 @@ static void lsrv_handler(void *user, rpc_call *call, const uint8_t *msg, size_t 
         return;
     }
     pthread_mutex_unlock(&t->mu);
+    if (len == 4 && memcmp(msg, "slow", 4) == 0 && g_slow_ms) usleep(g_slow_ms * 1000u);
     rpc_reply(call, msg, len);
 }
 
@@ -614,6 +618,44 @@ static void request_still_queued_at_its_deadline_never_leaves(void **state) {
     free(a);
 }
 
+/* A handler that runs long on the link's reader does not hold up the requests behind it:
+ * the standby takes the reading over (after 2 ms) and they are answered meanwhile. */
+static void slow_handler_does_not_hold_up_the_next_requests(void **state) {
+    (void)state;
+    g_slow_ms = 400;
+    pair p;
+    pair_start(&p, 8, false);
+    done_box b;
+    box_init(&b);
+    done_ref refs[4];
+    uint64_t t0 = clock_now_us();
+    start_calls(p.c, &b, refs, 0, 1, "slow", 4, 5000);
+    usleep(20000); /* the slow one is running */
+    start_calls(p.c, &b, refs, 1, 3, "fast", 4, 5000);
+    box_wait(&b, 3);
+    uint64_t fast_done = clock_now_us() - t0;
+    pthread_mutex_lock(&b.mu);
+    int slow_status = b.status[0];
+    pthread_mutex_unlock(&b.mu);
+    assert_int_equal(slow_status, -1); /* still running */
+    assert_true(fast_done < 300000);   /* not after the slow one's 400 ms */
+    box_wait(&b, 4);
+    for (unsigned i = 0; i < 4; i++)
+        assert_int_equal(b.status[i], AICFN_OK);
+    assert_true(clock_now_us() - t0 >= 400000);
+    /* And again, on the thread that was replaced (now the standby) and back. */
+    box_init(&b);
+    t0 = clock_now_us();
+    start_calls(p.c, &b, refs, 0, 1, "slow", 4, 5000);
+    usleep(20000);
+    start_calls(p.c, &b, refs, 1, 3, "fast", 4, 5000);
+    box_wait(&b, 3);
+    assert_true(clock_now_us() - t0 < 300000);
+    box_wait(&b, 4);
+    g_slow_ms = 0;
+    pair_stop(&p);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(sync_echo_and_server_url),
@@ -629,6 +671,7 @@ int main(void) {
         cmocka_unit_test(request_waiting_before_the_server_starts),
         cmocka_unit_test(peer_that_never_reads_is_not_answered_without_bound),
         cmocka_unit_test(request_still_queued_at_its_deadline_never_leaves),
+        cmocka_unit_test(slow_handler_does_not_hold_up_the_next_requests),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
