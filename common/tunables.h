@@ -20,6 +20,7 @@
 #define AICFN_PROTOCOL_VERSION 1
 #define AICFN_MAX_MESSAGE_OBJECTS (1u << 20)  /* msgpack objects per message (bounds the unpack zone) */
 #define AICFN_RPC_MAX_ASYNC 4096              /* in-flight async calls per rpc client */
+#define AICFN_NNG_CLOSE_BOUND_MS 10000        /* an NNG close not back by then is stuck (bounded_close.h) */
 #define AICFN_IPC_PROBE_MS 1000               /* rpc server: ipc listener self-probe period (nng #1518) */
 #define AICFN_IPC_PROBE_WAIT_MS 2000          /* probe dial must reach the socket within this */
 #define AICFN_IPC_PROBE_FAILURES 2            /* failed probes in a row before a listener restart */
