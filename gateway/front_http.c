@@ -17,6 +17,7 @@
 
 #include "common/clock.h"
 #include "common/log.h"
+#include "common/bounded_close.h"
 #include "gateway/gateway_internal.h"
 #include "gateway/http.h"
 #include "gateway/keys.h"
@@ -199,6 +200,19 @@ static int fh_index(void *ctx, bool ready_only, gw_http_emit_fn emit, void *arg,
     return AICFN_OK;
 }
 
+/* Live unless an NNG close got stuck in this process (bounded_close.h): NNG 1.5.2's reaper
+ * is then wedged for good, and only a restart brings the gateway back to health. */
+static bool fh_live(void *ctx, char *why, size_t cap) {
+    (void)ctx;
+    uint64_t stuck = bounded_close_stuck();
+    if (stuck == 0) return true;
+    snprintf(why, cap,
+             "%llu NNG socket close(s) stuck in this process (NNG 1.5.2's reaper deadlock, nng #1813); "
+             "restart the gateway",
+             (unsigned long long)stuck);
+    return false;
+}
+
 static void fh_before_metrics(void *ctx) {
     gw_front_http *f = ctx;
     if (!f->own_metrics) gw_metrics_refresh(f->gw);
@@ -259,7 +273,8 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
                                 .load = fh_load,
                                 .unload = fh_unload,
                                 .repository_index = fh_index,
-                                .before_metrics = fh_before_metrics};
+                                .before_metrics = fh_before_metrics,
+                                .live = fh_live};
         gw_http_config cfg = {
             .listen = listen, .metrics = f->metrics, .std = &f->std, .server_version = version};
         if (limits) {

@@ -39,6 +39,7 @@
 #include "common/clock.h"
 #include "common/durable.h"
 #include "common/log.h"
+#include "common/bounded_close.h"
 #include "common/tunables.h"
 #include "gateway/gateway_internal.h"
 #include "gateway/keys.h"
@@ -226,6 +227,7 @@ struct gw_gateway {
     bool maint_started;
     pthread_cond_t maint_cv;
     uint64_t ledger_dropped_shown; /* gw_ledger_stats.dropped already counted (gw_metrics_refresh) */
+    uint64_t nng_stuck_shown;      /* bounded_close_stuck() already counted (gw_metrics_refresh) */
     /* Threads inside gw_pool_spawn (they took gw->pool under mu); gw_stop takes the pool
      * away and waits for them (spawn_cv) before it destroys the pool. */
     unsigned spawning;
@@ -3749,5 +3751,10 @@ void gw_metrics_refresh(gw_gateway *gw) {
     if (ls.dropped > gw->ledger_dropped_shown) {
         gw_metric_add(gw->std.ledger_dropped, NULL, (double)(ls.dropped - gw->ledger_dropped_shown));
         gw->ledger_dropped_shown = ls.dropped;
+    }
+    uint64_t stuck = bounded_close_stuck();
+    if (stuck > gw->nng_stuck_shown) {
+        gw_metric_add(gw->std.nng_stuck, NULL, (double)(stuck - gw->nng_stuck_shown));
+        gw->nng_stuck_shown = stuck;
     }
 }

@@ -883,9 +883,17 @@ static void ht_dispatch(gw_http *h, gw_http_call *r) {
         return;
     }
     switch (r->route) {
-    case RT_LIVE:
-        ht_set_answer(r, 200, NULL, 0, 0, NULL);
+    case RT_LIVE: {
+        char why[256] = "";
+        if (h->cb.live == NULL || h->cb.live(h->cb.ctx, why, sizeof why))
+            ht_set_answer(r, 200, NULL, 0, 0, NULL);
+        else {
+            char msg[300];
+            snprintf(msg, sizeof msg, "not live: %s", why[0] ? why : "see the gateway's log");
+            ht_set_error(r, AICFN_E_UNAVAILABLE, msg);
+        }
         return;
+    }
     case RT_READY:
         if (h->cb.ready == NULL || h->cb.ready(h->cb.ctx))
             ht_set_answer(r, 200, NULL, 0, 0, NULL);

@@ -112,6 +112,9 @@ typedef struct gw_http_callbacks {
     int (*authenticate)(void *ctx, const char *key, gw_http_principal *out, aicfn_error *err);
     /* Whether the gateway serves calls (GET /v2/health/ready). NULL = always. */
     bool (*ready)(void *ctx);
+    /* Whether the gateway process is sound (GET /v2/health/live): false (with why, a
+     * message for the 503) asks for a restart. NULL = always. */
+    bool (*live)(void *ctx, char *why, size_t cap);
     /* Resolves model/version (0 = active) and fills *out. AICFN_E_NOT_FOUND when unknown. */
     int (*model_info)(void *ctx, const char *model, uint32_t version, gw_http_model_info *out,
                       aicfn_error *err);

@@ -583,7 +583,12 @@ int gw_stdmetrics_init(gw_metrics *m, gw_stdmetrics *s, aicfn_error *err) {
               gw_metrics_counter(m, "aicfn_ledger_records_dropped_total",
                                  "Invocation and cold-start records never written to the "
                                  "ledger (queue full: a stalled disk; or the gateway stopping).",
-                                 NULL, 0, err)))
+                                 NULL, 0, err)) ||
+        !(s->nng_stuck = gw_metrics_counter(m, "aicfn_nng_stuck_closes_total",
+                                            "NNG socket closes in the gateway process that did not return "
+                                            "within their bound (NNG 1.5.2's reaper deadlock, nng #1813); "
+                                            "above 0, /v2/health/live fails: restart the gateway.",
+                                            NULL, 0, err)))
         return err ? err->code : AICFN_E_NOMEM;
     /* Unlabelled families show a sample from the start. */
     gw_metric_set(s->workers_live, NULL, 0);
@@ -591,6 +596,7 @@ int gw_stdmetrics_init(gw_metrics *m, gw_stdmetrics *s, aicfn_error *err) {
     gw_metric_add(s->bundles, NULL, 0);
     gw_metric_add(s->bundled_calls, NULL, 0);
     gw_metric_add(s->ledger_dropped, NULL, 0);
+    gw_metric_add(s->nng_stuck, NULL, 0);
     return AICFN_OK;
 }
 

@@ -130,6 +130,7 @@ typedef struct gw_stdmetrics {
     gw_metric *bundles;        /* bundles sent to workers (docs/protocol.md §9) */
     gw_metric *bundled_calls;  /* calls sent inside them */
     gw_metric *ledger_dropped; /* ledger records never written (gw_ledger_stats.dropped) */
+    gw_metric *nng_stuck;      /* NNG closes past their bound (bounded_close_stuck) */
 } gw_stdmetrics;
 
 /* Registers the aicfn metric set in `m` and fills `out`. Returns AICFN_OK or an error

@@ -41,6 +41,7 @@ typedef struct fake {
     pthread_t threads[MAX_THREADS];
     int n_threads;
     bool ready;
+    const char *not_live; /* fk_live's reason (NULL: live) */
     int infers, loads, unloads;
     char last_tenant[64];
     size_t last_params_len;
@@ -143,6 +144,12 @@ static int infers(fake *f) {
 
 static bool fk_ready(void *ctx) {
     return ((fake *)ctx)->ready;
+}
+
+static bool fk_live(void *ctx, char *why, size_t cap) {
+    const char *not_live = ((fake *)ctx)->not_live;
+    if (not_live) snprintf(why, cap, "%s", not_live);
+    return not_live == NULL;
 }
 
 /* Model "stuck": its metadata lookup takes 400 ms (a callback blocked on SQLite). */
@@ -294,6 +301,7 @@ static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_ti
     gw_http_callbacks cb = {.ctx = &fx->f,
                             .authenticate = auth ? fk_auth : NULL,
                             .ready = fk_ready,
+                            .live = fk_live,
                             .model_info = fk_model_info,
                             .infer = fk_infer,
                             .load = fk_load,
@@ -487,6 +495,14 @@ static void health_and_server_metadata(void **state) {
     assert_int_equal(r.status, 503);
     resp_free(&r);
     fx->f.ready = true;
+    fx->f.not_live = "NNG wedged"; /* the gateway's reason: a stuck NNG close (front_http.c) */
+    req(fx, "GET", "/v2/health/live", "", NULL, 0, &r);
+    assert_error_body(&r, 503, "not live: NNG wedged");
+    resp_free(&r);
+    fx->f.not_live = NULL;
+    req(fx, "GET", "/v2/health/live", "", NULL, 0, &r);
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
     req(fx, "GET", "/v2", "", NULL, 0, &r);
     assert_int_equal(r.status, 200);
     json_t *j = body_json(&r);

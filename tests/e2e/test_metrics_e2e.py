@@ -205,6 +205,7 @@ def test_metrics_every_front_match_ledger(procs, tmp_path):
     assert 'aicfn_queue_depth{function="mlp"} 0' in text
     assert metric_value(text, "aicfn_worker_restarts_total", {}) == 0
     assert metric_value(text, "aicfn_ledger_records_dropped_total", {}) == 0  # every call has its row
+    assert metric_value(text, "aicfn_nng_stuck_closes_total", {}) == 0  # no NNG close hung (bounded_close.h)
 
     # A local worker killed while serving counts as a restart; the next call gets a new one.
     r = run_cli(["workers", "--gateway", addr, "--json"], timeout=10)
