@@ -1,7 +1,7 @@
 /* test_bounded_close.c: closes waited for with a bound (common/bounded_close.h). The
  * close functions here stand in for NNG's: one returns at once, one blocks until the
  * test lets it go (as NNG 1.5.2's nng_close does when its reaper is stuck, for ever). */
-#include <cmocka.h>
+// clang-format off
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -9,6 +9,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <unistd.h>
+#include <cmocka.h>
+// clang-format on
 
 #include "common/bounded_close.h"
 #include "common/clock.h"
