@@ -41,6 +41,7 @@
 #include "common/log.h"
 #include "common/bounded_close.h"
 #include "common/tunables.h"
+#include "gateway/fairq.h"
 #include "gateway/gateway_internal.h"
 #include "gateway/keys.h"
 #include "gateway/loopback.h"
@@ -124,6 +125,7 @@ struct gw_call {
     uint64_t id;
     uint64_t gid; /* unique in this gateway: what the worker's fault note names (ids collide) */
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
+    uint64_t tenant_id; /* gw_fairq_tenant_id(tenant): its share of a full queue */
     uint8_t *wreq; /* the request as the worker gets it (spec, tenant set) */
     size_t wreq_len;
     uint64_t bytes_in;
@@ -1225,6 +1227,37 @@ static bool gw_try_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
     return gw_apply_route_locked(gw, c, ws, &d, a);
 }
 
+/* Whether c may join f's queue (lock held): below its bound, yes; when full, only if a
+ * queued call of a tenant holding more of it gives way (fairq.h), refused here. */
+static bool gw_queue_admit_locked(gw_fn *f, const gw_call *c, gw_actions *a) {
+    if (f->q_len < AICFN_DEFAULT_QUEUE_PER_FUNCTION) return true;
+    uint64_t ids[AICFN_DEFAULT_QUEUE_PER_FUNCTION];
+    size_t n = 0;
+    for (gw_call *q = f->q_head; q && n < AICFN_DEFAULT_QUEUE_PER_FUNCTION; q = q->next)
+        ids[n++] = q->tenant_id;
+    long v = gw_fairq_victim(ids, n, c->tenant_id);
+    if (v < 0) return false;
+    gw_call *prev = NULL, *victim = f->q_head;
+    for (long i = 0; i < v; i++) {
+        prev = victim;
+        victim = victim->next;
+    }
+    if (prev)
+        prev->next = victim->next;
+    else
+        f->q_head = victim->next;
+    if (f->q_tail == victim) f->q_tail = prev;
+    f->q_len--;
+    uint32_t held = 0;
+    for (gw_call *q = f->q_head; q; q = q->next)
+        held += q->tenant_id == victim->tenant_id;
+    gw_fail_locked(a, victim, AICFN_E_OVERLOADED,
+                   "function %s:%u: its queue is full (%u calls) and %u more of them were this tenant's: "
+                   "this call, its newest, gave way to another tenant's",
+                   f->name, f->ver, AICFN_DEFAULT_QUEUE_PER_FUNCTION, held);
+    return true;
+}
+
 static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
     gw_fn *f = c->fn;
     /* A call routed again (a retry, a refusal by a draining worker) waits for no spawn
@@ -1232,7 +1265,7 @@ static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
     c->spawned = false;
     /* FIFO per function: a new call never overtakes queued ones. */
     if (f->q_len == 0 && gw_try_route_locked(gw, c, a)) return;
-    if (f->q_len >= AICFN_DEFAULT_QUEUE_PER_FUNCTION) {
+    if (!gw_queue_admit_locked(f, c, a)) {
         gw_fail_locked(a, c, AICFN_E_OVERLOADED, "function %s:%u: %u calls already queued", f->name, f->ver,
                        f->q_len);
         return;
@@ -2236,6 +2269,7 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     c->id = req->id;
     c->gid = __atomic_add_fetch(&gw->next_gid, 1, __ATOMIC_RELAXED);
     snprintf(c->tenant, sizeof c->tenant, "%s", tenant ? tenant : "");
+    c->tenant_id = gw_fairq_tenant_id(c->tenant);
     c->received_us = now;
     c->timeout_ms = (uint32_t)timeout_ms;
     c->deadline_us = now + timeout_ms * 1000;
@@ -2293,7 +2327,7 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
         gw_call_free(c);
         return aicfn_error_set(err, AICFN_E_UNAVAILABLE, GW_CRASH_REFUSAL, f->name, f->ver, crashes, left);
     }
-    if (f->q_len >= AICFN_DEFAULT_QUEUE_PER_FUNCTION) {
+    if (!gw_queue_admit_locked(f, c, &a)) { /* refused: nothing was done for it */
         uint32_t q = f->q_len;
         pthread_mutex_unlock(&gw->mu);
         gw_call_free(c);

@@ -2001,6 +2001,65 @@ def test_front_refuses_invocations_past_its_bound_and_still_answers_status(procs
     assert st["in_flight"] + st["queued"] >= 11 and status_took < 1.0, (st, status_took)
 
 
+def test_full_queue_is_shared_between_tenants(procs, tmp_path):
+    """One tenant keeps a slow function's queue full (256 calls waiting behind 56 sent to
+    its one serial worker); another tenant's call still gets in: the first tenant's newest
+    queued call gives way (AICFN_E_OVERLOADED, naming why) and the newcomer waits in its
+    place until its deadline (AICFN_E_TIMEOUT, not refused). The first tenant's own calls
+    past the full queue are refused as before (gateway/fairq.h)."""
+    from conftest import E_TIMEOUT, aicfn_bin
+    data = tmp_path / "data"
+    data.mkdir()
+    admin, hog, other = create_key(data, "ops", "--admin"), create_key(data, "hog"), create_key(data, "other")
+    write_manifest(tmp_path / "slow", f"name: slow\nhandler: {handler('test_sleep')}\nlimits: {{ timeout: 60s }}\n")
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "1..1",
+                 "--worker-memory", "64MiB", "--device", "host"], name="gateway")
+    wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id(), "key": admin}, timeout_ms=500).get("ok"),
+             15, interval=0.05, what="the gateway")
+    r = run_cli(["deploy", str(tmp_path / "slow"), "--gateway", addr], env={"AICFN_KEY": admin}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    x = tensor("x", np.arange(2, dtype=np.float32))
+
+    def invoke(key, sleep_ms, deadline_ms):
+        m = invoke_msg("slow", [x], params={"sleep_ms": str(sleep_ms)}, deadline_ms=deadline_ms)
+        m["key"] = key
+        return call(addr, m, timeout_ms=deadline_ms + 10000)
+
+    assert invoke(hog, 0, 20000)["ok"]  # warm: the worker is up and holds the function
+
+    def queued():
+        st = call(addr, {"v": 1, "t": "status", "id": next_id(), "key": admin}, timeout_ms=2000)
+        return json.loads(st["json"])["queued"]
+
+    n = 330  # 56 sent to the worker + 256 queued + 18 refused
+    results = [None] * n
+
+    def one(i):
+        try:
+            results[i] = invoke(hog, 4000, 9000)
+        except pynng.NNGException as e:
+            results[i] = e
+
+    ts = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
+    for t in ts:
+        t.start()
+    wait_for(lambda: queued() == 256, 20, interval=0.05, what="the hog's calls filling the queue")
+    t0 = time.monotonic()
+    theirs = invoke(other, 0, 1500)
+    assert not theirs["ok"] and theirs["error"]["code"] == E_TIMEOUT, theirs
+    assert time.monotonic() - t0 >= 1.2  # it waited in the queue; it was not refused at once
+    for t in ts:
+        t.join(timeout=40)
+    assert all(isinstance(r, dict) for r in results), [r for r in results if not isinstance(r, dict)][:3]
+    gave_way = [r for r in results if not r["ok"] and "gave way to another tenant" in r["error"]["message"]]
+    full = [r for r in results if not r["ok"] and "calls already queued" in r["error"]["message"]]
+    assert len(gave_way) == 1 and gave_way[0]["error"]["code"] == E_OVERLOADED, gave_way
+    assert "255 more of them were this tenant's" in gave_way[0]["error"]["message"], gave_way
+    assert len(full) >= n - 56 - 256, len(full)
+    assert all(r["error"]["code"] == E_OVERLOADED for r in full)
+
+
 def test_api_keys_on_the_nng_front(procs, tmp_path):
     from conftest import aicfn_bin
     data = tmp_path / "data"
