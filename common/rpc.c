@@ -451,6 +451,22 @@ static int srv_listen(rpc_server *s, const char *url) {
     return rv;
 }
 
+static void rpc_close_socket(void *arg) {
+    nng_close(*(nng_socket *)arg);
+}
+
+/* Closes a socket nothing else refers to, waiting for it at most
+ * AICFN_NNG_CLOSE_BOUND_MS (bounded_close.h); a stuck one is left to its closing thread. */
+static void rpc_close_socket_bounded(nng_socket sock, const char *what) {
+    nng_socket *p = malloc(sizeof *p);
+    if (p == NULL) {
+        nng_close(sock);
+        return;
+    }
+    *p = sock;
+    if (bounded_close_run(rpc_close_socket, free, p, AICFN_NNG_CLOSE_BOUND_MS, what)) free(p);
+}
+
 /* Dials the server's own ipc address and waits for the new connection to reach the
  * socket. Returns true when it did (the listener is healthy). */
 static bool srv_probe(rpc_server *s) {
@@ -471,7 +487,9 @@ static bool srv_probe(rpc_server *s) {
         healthy = s->pipes_added != before || s->closing;
         pthread_mutex_unlock(&s->mu);
     }
-    nng_close(p);
+    char what[sizeof s->url + 32];
+    snprintf(what, sizeof what, "rpc server %s: probe", s->url);
+    rpc_close_socket_bounded(p, what); /* a wedged reaper must not hold the watchdog */
     return healthy;
 }
 
@@ -722,13 +740,9 @@ static void srv_await_answers_and_free(rpc_server *s) {
     srv_free(s);
 }
 
-/* 2. of rpc_server_destroy for an NNG server (see there); bounded by its caller. */
+/* The socket's close in rpc_server_destroy (see there); bounded by its caller. */
 static void srv_close_nng(void *arg) {
     rpc_server *s = arg;
-    for (unsigned i = 0; i < s->n; i++)
-        nng_aio_stop(s->calls[i].aio);
-    for (unsigned i = 0; i < s->n; i++)
-        nng_ctx_close(s->calls[i].ctx);
     nng_close(s->sock);
 }
 
@@ -771,19 +785,24 @@ void rpc_server_destroy(rpc_server *s) {
      * Measured with a standalone reproducer (requests queued beyond the contexts,
      * clients in another process): nng_close alone hung 31 of 80 times, this order 0 of
      * 160. Closing the listener first made it worse. The stopped callbacks re-arm
-     * nothing (closing is set). It still hangs now and then (test_rpc's
+     * nothing (closing is set). nng_close still hangs now and then (test_rpc's
      * destroy_with_requests_queued: about once in a thousand closes under load), so the
-     * wait for it is bounded (bounded_close.h). */
+     * wait for it, and for it alone, is bounded (bounded_close.h): nng_aio_stop waits for
+     * a callback that may be running a handler inline, which is no hang. */
+    for (unsigned i = 0; i < s->n; i++)
+        nng_aio_stop(s->calls[i].aio);
+    for (unsigned i = 0; i < s->n; i++)
+        nng_ctx_close(s->calls[i].ctx);
     char what[sizeof s->url + 16];
     snprintf(what, sizeof what, "rpc server %s", s->url);
     if (bounded_close_run(srv_close_nng, srv_free_after_stuck_close, s, AICFN_NNG_CLOSE_BOUND_MS, what)) {
         srv_await_answers_and_free(s);
         return;
     }
-    /* Stuck: the closing thread keeps s. Received requests are dropped (closing), so only
-     * the calls in the handlers' hands can still touch `user`: wait for those as ever
-     * (not for replies on their way out: a stuck NNG may never finish them). An answer
-     * does not always signal, hence the polling. */
+    /* Stuck: the closing thread keeps s. Every callback has returned (the aios are
+     * stopped), so only the calls in the handlers' hands can still touch `user`: wait for
+     * those as ever (not for replies on their way out: a stuck NNG may never finish
+     * them). The polling is a safety net: an answer while closing signals cv. */
     pthread_mutex_lock(&s->mu);
     for (;;) {
         unsigned in_hands = 0;

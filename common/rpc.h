@@ -128,7 +128,10 @@ unsigned rpc_server_outstanding(rpc_server *s);
 /* Stops listening and receiving, closes the socket (peers see their connection drop),
  * then waits until every outstanding call has been answered (answers after the close are
  * discarded, but each call must still be answered once by its owner) and every callback
- * has returned, and frees everything. NULL accepted. Blocks. */
+ * has returned, and frees everything. NULL accepted. Blocks. When NNG's close does not
+ * return within AICFN_NNG_CLOSE_BOUND_MS (NNG 1.5.2's reaper deadlock,
+ * common/bounded_close.h), it still waits for the calls in the handlers' hands, then
+ * returns, leaving the socket and the server to the thread closing it. */
 void rpc_server_destroy(rpc_server *s);
 
 /* Sends `len` bytes (copied) as the reply to `call`, then the call's context resumes
@@ -230,7 +233,9 @@ int rpc_client_dial(rpc_client *c, aicfn_error *err);
 
 /* Closes the socket; in-flight calls complete with AICFN_E_CANCELED (async callbacks
  * run before this returns). Waits for them, frees everything. NULL accepted. Must not be
- * called from an async completion callback. Blocks. */
+ * called from an async completion callback. Blocks. An NNG close that does not return
+ * within AICFN_NNG_CLOSE_BOUND_MS (common/bounded_close.h) is left, with the client, to
+ * the thread closing it. */
 void rpc_client_close(rpc_client *c);
 
 /* Sends `len` bytes (copied) and waits for the reply, at most timeout_ms

@@ -885,7 +885,8 @@ static void ht_dispatch(gw_http *h, gw_http_call *r) {
     switch (r->route) {
     case RT_LIVE: {
         char why[256] = "";
-        if (h->cb.live == NULL || h->cb.live(h->cb.ctx, why, sizeof why))
+        /* Stopping: no callback (ctx may be gone), and the process still runs. */
+        if (h->stopping || h->cb.live == NULL || h->cb.live(h->cb.ctx, why, sizeof why))
             ht_set_answer(r, 200, NULL, 0, 0, NULL);
         else {
             char msg[300];

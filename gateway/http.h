@@ -113,7 +113,8 @@ typedef struct gw_http_callbacks {
     /* Whether the gateway serves calls (GET /v2/health/ready). NULL = always. */
     bool (*ready)(void *ctx);
     /* Whether the gateway process is sound (GET /v2/health/live): false (with why, a
-     * message for the 503) asks for a restart. NULL = always. */
+     * message for the 503) asks for a restart. NULL = always. Not called once stopping
+     * (live is then 200: the process still runs). */
     bool (*live)(void *ctx, char *why, size_t cap);
     /* Resolves model/version (0 = active) and fills *out. AICFN_E_NOT_FOUND when unknown. */
     int (*model_info)(void *ctx, const char *model, uint32_t version, gw_http_model_info *out,

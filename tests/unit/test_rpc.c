@@ -636,7 +636,7 @@ static int destroy_rounds(int rounds) {
         if (bounded_close_stuck() != stuck) {
             fprintf(stderr, "round %d: NNG's close stuck; rpc_server_destroy returned after %llu ms\n", round,
                     (unsigned long long)took_ms);
-            return 3; /* the socket, the fd and t stay: this process ends now */
+            return 3; /* NNG is wedged: this process ends now, with what it holds */
         }
         close(fd);
         tsrv_fini(&t);
