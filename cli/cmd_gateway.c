@@ -26,6 +26,7 @@ static void cg_help(FILE *out) {
             "                     [--http HOST:PORT] [--response-cache BYTES] [--bundles MODE]\n"
             "                     [--upload-timeout DUR] [--max-requests N] [--max-remote-workers N]\n"
             "                     [--http-connections N] [--http-per-ip N] [--function-cache-idle DUR]\n"
+            "                     [--metrics-public]\n"
             "\n"
             "Runs the gateway: the registry of functions, the router, the local worker pool and the\n"
             "records (aicfn.db). Stops cleanly on SIGTERM or SIGINT.\n"
@@ -48,7 +49,11 @@ static void cg_help(FILE *out) {
             "  --device DEV           local workers' device: auto (CUDA when a GPU is visible, else\n"
             "                         host memory), host, cuda (default auto)\n"
             "  --http HOST:PORT       also serve HTTP: Open Inference Protocol v2 (KServe/Triton REST) and\n"
-            "                         GET /metrics (Prometheus), e.g. 127.0.0.1:8080 (default: off)\n"
+            "                         GET /metrics (Prometheus), e.g. 127.0.0.1:8080 (default: off).\n"
+            "                         /metrics needs an admin key (Authorization: Bearer KEY; its series\n"
+            "                         name every tenant's functions) unless --metrics-public\n"
+            "  --metrics-public       serve GET /metrics without a key (for a scraper on a private\n"
+            "                         network: bind --http there)\n"
             "  --http-connections N   open HTTP connections at most, calls waiting on a worker\n"
             "                         included (default %d, at most 65536); one more is closed at once.\n"
             "                         Each takes two open files: the soft limit (ulimit -n) is raised\n"
@@ -118,7 +123,7 @@ static int cg_u32(const char *s, uint32_t *out) {
 int cli_cmd_gateway(int argc, char **argv) {
     gw_config cfg = {.listen = NULL, .max_workers = AICFN_DEFAULT_MAX_WORKERS};
     const char *http = NULL;
-    gw_front_http_limits http_limits = {0};
+    gw_front_http_opts http_opts = {0};
     cfg.listen = getenv("AICFN_GATEWAY");
     if (cfg.listen && !cfg.listen[0]) cfg.listen = NULL; /* empty means unset, as for clients */
     cfg.data_dir = getenv("AICFN_DATA_DIR"); /* as `aicfn keys`, `usage` and `workers --history` */
@@ -181,14 +186,14 @@ int cli_cmd_gateway(int argc, char **argv) {
         } else if ((v = cli_flag_value(argc, argv, &i, "--http"))) {
             http = v;
         } else if ((v = cli_flag_value(argc, argv, &i, "--http-connections"))) {
-            if (cg_u32(v, &http_limits.connections) || http_limits.connections < 1 ||
-                http_limits.connections > 65536)
+            if (cg_u32(v, &http_opts.connections) || http_opts.connections < 1 ||
+                http_opts.connections > 65536)
                 return cli_usage_error("gateway", "--http-connections '%s': a number from 1 to 65536", v);
         } else if ((v = cli_flag_value(argc, argv, &i, "--http-per-ip"))) {
-            if (cg_u32(v, &http_limits.per_ip) || http_limits.per_ip > 65536)
+            if (cg_u32(v, &http_opts.per_ip) || http_opts.per_ip > 65536)
                 return cli_usage_error(
                     "gateway", "--http-per-ip '%s': a number from 0 (no per-address limit) to 65536", v);
-            if (http_limits.per_ip == 0) http_limits.per_ip = GW_HTTP_PER_IP_UNLIMITED;
+            if (http_opts.per_ip == 0) http_opts.per_ip = GW_HTTP_PER_IP_UNLIMITED;
         } else if ((v = cli_flag_value(argc, argv, &i, "--max-remote-workers"))) {
             if (cg_u32(v, &cfg.max_remote_workers) || cfg.max_remote_workers < 1 ||
                 cfg.max_remote_workers > AICFN_GW_MAX_LIVE_WORKERS)
@@ -210,6 +215,8 @@ int cli_cmd_gateway(int argc, char **argv) {
                 return cli_usage_error("gateway", "--bundles '%s': auto, always or never", v);
         } else if (strcmp(argv[i], "--insecure-local") == 0) {
             cfg.insecure_local = true;
+        } else if (strcmp(argv[i], "--metrics-public") == 0) {
+            http_opts.metrics_public = true;
         } else {
             return cli_usage_error("gateway", "unknown or incomplete argument '%s'", argv[i]);
         }
@@ -228,7 +235,7 @@ int cli_cmd_gateway(int argc, char **argv) {
     gw_gateway *gw = NULL;
     if (gw_start(&cfg, &gw, &err) != AICFN_OK) return cli_fail(&err);
     gw_front_http *fh = NULL;
-    if (http && gw_front_http_start(gw, http, "0.1.0", NULL, NULL, &http_limits, &fh, &err) != AICFN_OK) {
+    if (http && gw_front_http_start(gw, http, "0.1.0", NULL, NULL, &http_opts, &fh, &err) != AICFN_OK) {
         gw_stop(gw);
         return cli_fail(&err);
     }

@@ -238,7 +238,7 @@ static void fh_before_metrics(void *ctx) {
 }
 
 int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_metrics *metrics,
-                        const gw_stdmetrics *std, const gw_front_http_limits *limits, gw_front_http **out,
+                        const gw_stdmetrics *std, const gw_front_http_opts *opts, gw_front_http **out,
                         aicfn_error *err) {
     *out = NULL;
     if (gw_insecure_local(gw) && !gw_addr_is_loopback(listen))
@@ -277,9 +277,10 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
                                 .live = fh_live};
         gw_http_config cfg = {
             .listen = listen, .metrics = f->metrics, .std = &f->std, .server_version = version};
-        if (limits) {
-            cfg.max_connections = limits->connections;
-            cfg.per_ip_connections = limits->per_ip;
+        if (opts) {
+            cfg.max_connections = opts->connections;
+            cfg.per_ip_connections = opts->per_ip;
+            cfg.metrics_public = opts->metrics_public;
         }
         rc = gw_http_start(&cfg, &cb, &f->http, err);
     }

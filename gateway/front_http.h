@@ -23,17 +23,19 @@ typedef struct gw_front_http gw_front_http;
  * are NULL it serves the gateway's own registry (gw_gateway_metrics). Calls are counted
  * by the gateway where they complete (aicfn_calls_total, aicfn_call_duration_seconds),
  * never by this front. Rate limits and quotas go through gw_invoke_admit (shared with the
- * NNG front). Repository load/unload run gw_model_load/gw_model_unload. `limits` (NULL:
- * the defaults) bounds the connections. Returns AICFN_OK
+ * NNG front). Repository load/unload run gw_model_load/gw_model_unload. `opts` (NULL:
+ * the defaults) bounds the connections and says who may scrape /metrics. Returns AICFN_OK
  * and *out, or the error of gw_http_start. */
-typedef struct gw_front_http_limits {
+typedef struct gw_front_http_opts {
     unsigned connections; /* open HTTP connections at most; 0: AICFN_HTTP_MAX_CONNECTIONS */
     unsigned per_ip;      /* from one client address; 0: AICFN_HTTP_MAX_CONNECTIONS_PER_IP,
                              GW_HTTP_PER_IP_UNLIMITED: none (behind a load balancer) */
-} gw_front_http_limits;
+    bool metrics_public;  /* GET /metrics without a key (else an admin key's, unless
+                             --insecure-local: then every caller is admin) */
+} gw_front_http_opts;
 
 int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version, gw_metrics *metrics,
-                        const gw_stdmetrics *std, const gw_front_http_limits *limits, gw_front_http **out,
+                        const gw_stdmetrics *std, const gw_front_http_opts *opts, gw_front_http **out,
                         aicfn_error *err);
 
 /* The bound port (after "host:0"). */

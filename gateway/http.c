@@ -263,8 +263,9 @@ static bool ht_route_has_body(ht_route r) {
     return r == RT_INFER || r == RT_REPO_INDEX || r == RT_LOAD || r == RT_UNLOAD;
 }
 
-static bool ht_route_needs_auth(ht_route r) {
-    return !(r == RT_LIVE || r == RT_READY || r == RT_SERVER || r == RT_METRICS || r == RT_NONE);
+static bool ht_route_needs_auth(const gw_http *h, ht_route r) {
+    if (r == RT_METRICS) return !h->cfg.metrics_public;
+    return !(r == RT_LIVE || r == RT_READY || r == RT_SERVER || r == RT_NONE);
 }
 
 /* ---- Answers ---- */
@@ -787,7 +788,7 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
         ht_set_error(r, AICFN_E_UNAVAILABLE, "the gateway is stopping");
         return false;
     }
-    if (ht_route_needs_auth(r->route) && h->cb.authenticate) {
+    if (ht_route_needs_auth(h, r->route) && h->cb.authenticate) {
         const char *key = ht_bearer(r->conn);
         if (key == NULL) {
             ht_set_error(r, AICFN_E_UNAUTHENTICATED, "missing API key: send 'Authorization: Bearer <key>'");
@@ -806,6 +807,12 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
         r->who.tenant[sizeof r->who.tenant - 1] = '\0';
         if ((r->route == RT_LOAD || r->route == RT_UNLOAD) && !r->who.admin) {
             ht_set_error(r, AICFN_E_FORBIDDEN, "loading and unloading models needs an admin key");
+            return false;
+        }
+        if (r->route == RT_METRICS && !r->who.admin) {
+            ht_set_error(r, AICFN_E_FORBIDDEN,
+                         "/metrics needs an admin key (its series name every tenant's functions); a "
+                         "gateway started with --metrics-public serves it without one");
             return false;
         }
         r->key = strdup(key);

@@ -22,8 +22,9 @@
  * per client IP, an idle timeout, and a whole-request receive deadline enforced by a
  * reaper thread so a client trickling one byte per second is cut off.
  * Authentication: "Authorization: Bearer <key>" on every endpoint except the health
- * probes, server metadata and /metrics; missing -> 401; load/unload need an admin key
- * (403); a worker key (keys.h) gets 403 everywhere. Not for: TLS (put a proxy in front), HTTP/2, NNG's HTTP
+ * probes and server metadata (and /metrics with metrics_public); missing -> 401;
+ * load/unload and /metrics need an admin key (403); a worker key (keys.h) gets 403
+ * everywhere. Not for: TLS (put a proxy in front), HTTP/2, NNG's HTTP
  * server (never used). */
 #ifndef AICFN_GATEWAY_HTTP_H
 #define AICFN_GATEWAY_HTTP_H
@@ -158,6 +159,8 @@ typedef struct gw_http_config {
     size_t connection_memory;    /* AICFN_HTTP_CONNECTION_MEMORY (bounds request headers) */
     unsigned threads;            /* MHD polling threads (epoll); 0 = 2 */
     gw_metrics *metrics;         /* served at GET /metrics; NULL = 404 */
+    bool metrics_public;         /* GET /metrics without a key; else (keys checked) an admin
+                                  * key's: the series name every tenant's functions */
     const gw_stdmetrics *std;    /* counts requests in aicfn_http_requests_total; may be NULL */
     const char *server_version;  /* in GET /v2; NULL = "unknown" */
     unsigned stop_wait_ms;       /* gw_http_stop waits this long for calls; AICFN_HTTP_STOP_WAIT_MS */

@@ -292,7 +292,7 @@ typedef struct fixture {
 } fixture;
 
 static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_timeout, unsigned stop_wait_ms,
-                      size_t max_buffered) {
+                      size_t max_buffered, bool metrics_public) {
     fixture *fx = calloc(1, sizeof *fx);
     pthread_mutex_init(&fx->f.mu, NULL);
     fx->f.ready = true;
@@ -315,7 +315,8 @@ static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_ti
                           .std = &fx->std,
                           .server_version = "test",
                           .stop_wait_ms = stop_wait_ms,
-                          .max_buffered = max_buffered};
+                          .max_buffered = max_buffered,
+                          .metrics_public = metrics_public};
     aicfn_error err;
     int rc = gw_http_start(&cfg, &cb, &fx->h, &err);
     if (rc) fail_msg("gw_http_start: %s", err.msg);
@@ -326,16 +327,19 @@ static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_ti
 }
 
 static int setup(void **state) {
-    return setup_opts(state, true, 1 << 20, 2, 0, 0);
+    return setup_opts(state, true, 1 << 20, 2, 0, 0, false);
+}
+static int setup_public_metrics(void **state) {
+    return setup_opts(state, true, 1 << 20, 2, 0, 0, true);
 }
 static int setup_noauth(void **state) {
-    return setup_opts(state, false, 4096, 2, 0, 0);
+    return setup_opts(state, false, 4096, 2, 0, 0, false);
 }
 static int setup_short_stop(void **state) {
-    return setup_opts(state, true, 1 << 20, 2, 100, 0);
+    return setup_opts(state, true, 1 << 20, 2, 100, 0, false);
 }
 static int setup_small_budget(void **state) {
-    return setup_opts(state, true, 1 << 20, 2, 0, 2u << 20);
+    return setup_opts(state, true, 1 << 20, 2, 0, 2u << 20, false);
 }
 
 static int teardown(void **state) {
@@ -791,12 +795,31 @@ static void auth_rules(void **state) {
     assert_string_equal(v2, "close");
     resp_free(&r);
     close(fd);
-    /* Health probes and /metrics need no key. */
+    /* Health probes need no key; /metrics an admin key (its series name every tenant's
+     * functions), unless the server was started with metrics_public. */
     req(fx, "GET", "/v2/health/ready", "", NULL, 0, &r);
     assert_int_equal(r.status, 200);
     resp_free(&r);
     req(fx, "GET", "/metrics", "", NULL, 0, &r);
+    assert_error_body(&r, 401, "missing API key");
+    resp_free(&r);
+    req(fx, "GET", "/metrics", USER, NULL, 0, &r);
+    assert_error_body(&r, 403, "/metrics needs an admin key");
+    resp_free(&r);
+    req(fx, "GET", "/metrics", ADMIN, NULL, 0, &r);
     assert_int_equal(r.status, 200);
+    resp_free(&r);
+}
+
+static void metrics_public_needs_no_key(void **state) {
+    fixture *fx = *state;
+    resp r;
+    req(fx, "GET", "/metrics", "", NULL, 0, &r);
+    assert_int_equal(r.status, 200);
+    assert_non_null(strstr(r.body, "# TYPE aicfn_calls_total counter\n"));
+    resp_free(&r);
+    req(fx, "GET", "/v2/models/mlp", "", NULL, 0, &r); /* the rest still needs one */
+    assert_error_body(&r, 401, "missing API key");
     resp_free(&r);
 }
 
@@ -849,7 +872,7 @@ static void metrics_endpoint(void **state) {
     resp_free(&r);
     req(fx, "GET", "/v2/models/nosuch", USER, NULL, 0, &r);
     resp_free(&r);
-    req(fx, "GET", "/metrics", "", NULL, 0, &r);
+    req(fx, "GET", "/metrics", ADMIN, NULL, 0, &r);
     assert_int_equal(r.status, 200);
     char v[64];
     assert_non_null(hdr(&r, "Content-Type", v, sizeof v));
@@ -1268,6 +1291,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(auth_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(repository_extension, setup, teardown),
         cmocka_unit_test_setup_teardown(metrics_endpoint, setup, teardown),
+        cmocka_unit_test_setup_teardown(metrics_public_needs_no_key, setup_public_metrics, teardown),
         cmocka_unit_test_setup_teardown(announced_bodies_reserve_as_they_arrive, setup_small_budget,
                                         teardown),
         cmocka_unit_test_setup_teardown(bodyless_endpoints_buffer_nothing, setup_small_budget, teardown),

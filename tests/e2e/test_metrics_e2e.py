@@ -37,13 +37,14 @@ from conftest import (PROTOCOL_VERSION, ROOT, aicfn_bin, call, create_key, free_
 E_QUOTA = 15
 
 
-def start(procs, data: Path, memory="64MiB", insecure=True, key=None):
+def start(procs, data: Path, memory="64MiB", insecure=True, key=None, extra=()):
     port, hport = free_port(), free_port()
     addr = f"tcp://127.0.0.1:{port}"
     args = [aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..1", "--worker-memory",
             memory, "--device", "host", "--http", f"127.0.0.1:{hport}"]
     if insecure:
         args.append("--insecure-local")
+    args += list(extra)
     g = procs.start(args, name="gateway")
 
     def ready():
@@ -269,14 +270,32 @@ def test_nng_rate_limit_shared_with_http(procs, tmp_path):
         db_rows(data, "SELECT count(*) FROM invocations WHERE tenant = 'acme' AND status = 'AICFN_E_QUOTA'")),
         10, interval=0.05, what="quota rows")
     assert rows[0][0] >= 2
-    # /metrics counts the refused calls, but only calls that ran are in the latency
+    # /metrics needs an admin key here (its series name every tenant's functions)...
+    st, _, body = http_req(hport, "GET", "/metrics")
+    assert st == 401, (st, body)
+    st, _, body = http_req(hport, "GET", "/metrics", headers={"Authorization": f"Bearer {user}"})
+    assert st == 403 and b"needs an admin key" in body, (st, body)
+    # ... and counts the refused calls, but only calls that ran are in the latency
     # histogram (a refusal is not a 0 s call).
-    text = http_req(hport, "GET", "/metrics")[2].decode()
+    text = http_req(hport, "GET", "/metrics", headers={"Authorization": f"Bearer {admin}"})[2].decode()
     observed = metric_value(text, "aicfn_call_duration_seconds_count", {"function": "mlp"})
     assert metric_value(text, "aicfn_calls_total", {"function": "mlp", "version": "1", "status": "AICFN_E_QUOTA"}) >= 2
     wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations WHERE function = 'mlp' AND "
                                    "status = 'AICFN_OK'")[0][0] == observed, 10, interval=0.05,
              what=f"{observed} calls that ran, as many as the histogram observed")
+
+
+def test_metrics_public_serves_without_a_key(procs, tmp_path):
+    """`aicfn gateway --metrics-public` (a scraper on a private network) serves /metrics
+    without a key while keys are checked; everything else still needs one."""
+    data = tmp_path / "data"
+    data.mkdir()
+    admin = create_key(data, "ops", "--admin")
+    addr, hport, g = start(procs, data, insecure=False, key=admin, extra=("--metrics-public",))
+    st, _, body = http_req(hport, "GET", "/metrics")
+    assert st == 200 and b"# TYPE aicfn_calls_total counter" in body, (st, body[:200])
+    st, _, body = http_req(hport, "GET", "/v2/models/mlp")
+    assert st == 401, (st, body)
 
 
 def test_rm_forgets_the_removed_versions_series(procs, tmp_path):
