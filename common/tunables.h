@@ -131,6 +131,11 @@
 #define AICFN_WORKER_RESTART_BACKOFF_MIN_MS 100 /* after a local worker died starting: next start in */
 #define AICFN_WORKER_RESTART_BACKOFF_MAX_MS 30000 /* ... doubling per failure in a row, up to this */
 #define AICFN_CRASH_BACKOFF_MS 60000          /* request that crashed its worker twice: refused this long */
+/* A tenant whose calls of one function crashed its workers this many times, each within
+ * AICFN_CRASH_TENANT_WINDOW_MS of the one before, is refused that function for
+ * AICFN_CRASH_BACKOFF_MS: requests varied by a byte are new requests, not a new tenant. */
+#define AICFN_CRASH_TENANT_MAX 5
+#define AICFN_CRASH_TENANT_WINDOW_MS 600000
 #define AICFN_DEFAULT_MAX_WORKERS 2           /* aicfn gateway --workers 0..2 */
 #define AICFN_KEEP_WARM_RETRY_MS 2000         /* failed keep-warm load (scaling.min_workers): retry after */
 #define AICFN_UPLOAD_CHUNK_BYTES (4u << 20)   /* aicfn deploy: artifact bytes per upload message */

@@ -66,6 +66,7 @@
 /* ---- Functions ------------------------------------------------------------------ */
 
 typedef struct gw_crash {
+    bool tenant;   /* a tenant's record (hash: gw_call.tenant_id), else a request's (gw_call.hash) */
     uint64_t hash;
     uint32_t crashes;
     uint64_t until_us;
@@ -575,14 +576,15 @@ int gw_fn_signature(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_sp
 
 /* ---- Crash back-off ------------------------------------------------------------- */
 
-/* The crash record of request `hash` of f, or with create a new one in place of an empty
- * slot or else of the oldest one not backing off (a flood of one-crash records never
- * pushes out a request being refused); NULL when there is none to take. */
-static gw_crash *gw_crash_slot(gw_fn *f, uint64_t hash, bool create, uint64_t now) {
+/* The crash record of request `hash` of f (with `tenant`: of the tenant whose
+ * gw_call.tenant_id is `hash`), or with create a new one in place of an empty slot or else
+ * of the oldest one not backing off (a flood of one-crash records never pushes out a
+ * request or tenant being refused); NULL when there is none to take. */
+static gw_crash *gw_crash_slot(gw_fn *f, bool tenant, uint64_t hash, bool create, uint64_t now) {
     gw_crash *victim = NULL;
     for (int i = 0; i < GW_CRASH_SLOTS; i++) {
         gw_crash *s = &f->crash[i];
-        if (s->crashes && s->hash == hash) return s;
+        if (s->crashes && s->tenant == tenant && s->hash == hash) return s;
         if (s->crashes == 0) {
             if (!victim || victim->crashes) victim = s;
         } else if (s->until_us <= now && (!victim || (victim->crashes && s->last_us < victim->last_us))) {
@@ -592,21 +594,36 @@ static gw_crash *gw_crash_slot(gw_fn *f, uint64_t hash, bool create, uint64_t no
     if (!create || !victim) return NULL;
     if (victim->crashes) f->n_crash_records--;
     memset(victim, 0, sizeof *victim);
+    victim->tenant = tenant;
     victim->hash = hash;
     victim->last_us = now;
     return victim;
 }
 
-/* The crash record refusing request `hash` of f at `now` (it crashed its worker twice and
- * its back-off runs), or NULL when the request may run (lock held). */
-static const gw_crash *gw_crash_refusing(gw_fn *f, uint64_t hash, uint64_t now) {
+/* The crash record refusing call c of f at `now`: its request's (it crashed its worker
+ * twice) or its tenant's (AICFN_CRASH_TENANT_MAX crashes), while its back-off runs; NULL
+ * when the call may run (lock held). */
+static const gw_crash *gw_crash_refusing(gw_fn *f, const gw_call *c, uint64_t now) {
     if (f->n_crash_records == 0) return NULL;
-    const gw_crash *cr = gw_crash_slot(f, hash, false, now);
+    const gw_crash *cr = gw_crash_slot(f, false, c->hash, false, now);
+    if (cr && cr->until_us > now) return cr;
+    cr = gw_crash_slot(f, true, c->tenant_id, false, now);
     return cr && cr->until_us > now ? cr : NULL;
 }
 
-/* The refusal's message: printf arguments f->name, f->ver, cr->crashes, ms left. */
-#define GW_CRASH_REFUSAL "function %s:%u: this request crashed its worker %u times; refused for %llu ms more"
+/* The refusal's message for cr (of call c of f) at `now`. */
+static void gw_crash_refusal(const gw_fn *f, const gw_call *c, const gw_crash *cr, uint64_t now, char *out,
+                             size_t cap) {
+    unsigned long long left = (cr->until_us - now) / 1000;
+    if (cr->tenant)
+        snprintf(out, cap,
+                 "function %s:%u: calls of tenant '%s' crashed its workers %u times (each within %d s of "
+                 "the one before); its calls are refused for %llu ms more",
+                 f->name, f->ver, c->tenant, cr->crashes, AICFN_CRASH_TENANT_WINDOW_MS / 1000, left);
+    else
+        snprintf(out, cap, "function %s:%u: this request crashed its worker %u times; refused for %llu ms more",
+                 f->name, f->ver, cr->crashes, left);
+}
 
 /* Empties a crash record. */
 static void gw_crash_forget(gw_fn *f, gw_crash *cr) {
@@ -912,11 +929,12 @@ static bool gw_refused_locked(gw_call *c, uint64_t now, gw_actions *a) {
         gw_fail_deadline_locked(a, c);
         return true;
     }
-    const gw_crash *cr = c->preload ? NULL : gw_crash_refusing(c->fn, c->hash, now);
+    const gw_crash *cr = c->preload ? NULL : gw_crash_refusing(c->fn, c, now);
     if (cr) {
         c->worker = NULL;
-        gw_fail_locked(a, c, AICFN_E_UNAVAILABLE, GW_CRASH_REFUSAL, c->fn->name, c->fn->ver, cr->crashes,
-                       (unsigned long long)((cr->until_us - now) / 1000));
+        char why[AICFN_ERRMSG_MAX];
+        gw_crash_refusal(c->fn, c, cr, now, why, sizeof why);
+        gw_fail_locked(a, c, AICFN_E_UNAVAILABLE, "%s", why);
         return true;
     }
     return false;
@@ -1561,7 +1579,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         if (!rep.cold && rep.head.ok) gw_fn_note_service(c->fn, rep.timing.total_us, rpc_msg_len(reply));
         if (rep.head.ok && c->fn->n_crash_records) {
             /* It ran to its end: a crash it was charged with before is forgiven. */
-            gw_crash *cr = gw_crash_slot(c->fn, c->hash, false, now);
+            gw_crash *cr = gw_crash_slot(c->fn, false, c->hash, false, now);
             if (cr && cr->until_us <= now) gw_crash_forget(c->fn, cr);
         }
         if (rep.has_coldstart && c->spawned && !w->spawn_attributed) {
@@ -1608,7 +1626,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         }
         /* Charged at most once per death, however many copies of the request it held. */
         bool crashed = gw_crash_charged(gw, w, c);
-        gw_crash *cr = gw_crash_slot(c->fn, c->hash, crashed, now);
+        gw_crash *cr = gw_crash_slot(c->fn, false, c->hash, crashed, now);
         if (cr && crashed && cr->death != w->death) {
             cr->death = w->death;
             if (cr->crashes++ == 0) c->fn->n_crash_records++;
@@ -1617,6 +1635,24 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
                 cr->until_us = now + (uint64_t)AICFN_CRASH_BACKOFF_MS * 1000;
                 log_warn("function %s:%u: a request crashed its worker %u times: refused for %d ms",
                          c->fn->name, c->fn->ver, cr->crashes, AICFN_CRASH_BACKOFF_MS);
+            }
+        }
+        /* The tenant's count too, once per death: a crash long after its last one starts
+         * the count again. */
+        gw_crash *tr = crashed ? gw_crash_slot(c->fn, true, c->tenant_id, true, now) : NULL;
+        if (tr && tr->death != w->death) {
+            if (tr->crashes && now - tr->last_us > (uint64_t)AICFN_CRASH_TENANT_WINDOW_MS * 1000) {
+                tr->crashes = 0;
+                c->fn->n_crash_records--;
+            }
+            tr->death = w->death;
+            if (tr->crashes++ == 0) c->fn->n_crash_records++;
+            tr->last_us = now;
+            if (tr->crashes >= AICFN_CRASH_TENANT_MAX) {
+                tr->until_us = now + (uint64_t)AICFN_CRASH_BACKOFF_MS * 1000;
+                log_warn("function %s:%u: calls of tenant '%s' crashed its workers %u times: its calls are "
+                         "refused for %d ms",
+                         c->fn->name, c->fn->ver, c->tenant, tr->crashes, AICFN_CRASH_BACKOFF_MS);
             }
         }
         /* A death it is not charged with (a bystander, a worker the gateway ended) stops no
@@ -2319,13 +2355,13 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
         gw_call_free(c);
         return aicfn_error_set(err, AICFN_E_UNAVAILABLE, "the gateway is stopping");
     }
-    const gw_crash *cr = gw_crash_refusing(f, c->hash, now);
+    const gw_crash *cr = gw_crash_refusing(f, c, now);
     if (cr) {
-        uint32_t crashes = cr->crashes;
-        unsigned long long left = (cr->until_us - now) / 1000;
+        char why[AICFN_ERRMSG_MAX];
+        gw_crash_refusal(f, c, cr, now, why, sizeof why);
         pthread_mutex_unlock(&gw->mu);
         gw_call_free(c);
-        return aicfn_error_set(err, AICFN_E_UNAVAILABLE, GW_CRASH_REFUSAL, f->name, f->ver, crashes, left);
+        return aicfn_error_set(err, AICFN_E_UNAVAILABLE, "%s", why);
     }
     if (!gw_queue_admit_locked(f, c, &a)) { /* refused: nothing was done for it */
         uint32_t q = f->q_len;

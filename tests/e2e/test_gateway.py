@@ -1681,6 +1681,41 @@ def test_crash_is_charged_to_the_faulting_call_alone(procs, tmp_path):
     assert "the handler of crashy:1 crashed it (signal 6)" in g.stderr()
 
 
+def test_tenant_whose_calls_keep_crashing_a_function_is_refused_it(procs, tmp_path):
+    """Crash back-off per request is evaded by changing one byte of it. A tenant whose
+    calls crashed a function's workers 5 times (AICFN_CRASH_TENANT_MAX), each with a
+    request of its own, is refused that function for 60 s, whatever it sends; another
+    tenant is still served, and the refused tenant may still call other functions."""
+    data = tmp_path / "data"
+    data.mkdir()
+    admin, mallory, acme = create_key(data, "ops", "--admin"), create_key(data, "mallory"), create_key(data, "acme")
+    write_manifest(tmp_path / "crashy", f"name: crashy\nhandler: {handler('test_crash')}\n")
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    g = procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "0..1",
+                     "--worker-memory", "64MiB", "--device", "host"], name="gateway")
+    wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id(), "key": admin}, timeout_ms=500).get("ok"),
+             15, interval=0.05, what="the gateway")
+    for d in (tmp_path / "crashy", ROOT / "examples" / "echo"):
+        r = run_cli(["deploy", str(d), "--gateway", addr], env={"AICFN_KEY": admin}, timeout=120)
+        assert r.returncode == 0, r.stderr
+    x = tensor("x", np.arange(3, dtype=np.float32))
+
+    def invoke(key, fn, params=None):
+        m = invoke_msg(fn, [x], params=params)
+        m["key"] = key
+        return call(addr, m, timeout_ms=30000)
+
+    for i in range(5):  # five different requests, each crashing the worker once
+        r = invoke(mallory, "crashy", {"crash": "1", "nonce": str(i)})
+        assert not r["ok"] and r["error"]["code"] == E_WORKER_LOST, (i, r)
+    r = invoke(mallory, "crashy", {"nonce": "harmless"})
+    assert not r["ok"] and r["error"]["code"] == 10, r
+    assert "calls of tenant 'mallory' crashed its workers 5 times" in r["error"]["message"], r
+    assert invoke(acme, "crashy")["ok"]
+    assert invoke(mallory, "echo")["ok"]
+    assert "calls of tenant 'mallory' crashed its workers 5 times: its calls are refused" in g.stderr()
+
+
 def test_crash_is_not_charged_to_another_call_with_the_same_id(procs, tmp_path):
     """Callers choose ids, and they collide (every HTTP front numbers from 1, NNG clients
     count): a call of the same function in flight behind the crashing one, with the
