@@ -848,6 +848,19 @@ int cli_cmd_invoke(int argc, char **argv) {
                 goto out;
             }
             if ((rc = ci_parse_input(v, &a->inputs[a->n_inputs])) != 0) goto out;
+            /* The inputs travel in one message: past its size, stop before reading more. */
+            uint64_t total = 0;
+            for (int k = 0; k <= a->n_inputs; k++)
+                total += a->inputs[k].nbytes;
+            if (total > AICFN_MAX_MESSAGE_BYTES) {
+                a->n_inputs++;
+                rc = cli_usage_error("invoke",
+                                     "the inputs so far (to '%s') come to %llu bytes, more than the %u bytes "
+                                     "one message carries",
+                                     a->inputs[a->n_inputs - 1].name, (unsigned long long)total,
+                                     (unsigned)AICFN_MAX_MESSAGE_BYTES);
+                goto out;
+            }
             for (int k = 0; k < a->n_inputs; k++)
                 if (strcmp(a->inputs[k].name, a->inputs[a->n_inputs].name) == 0) {
                     a->n_inputs++;

@@ -227,6 +227,15 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
     # @FILE must be a regular file.
     r = run_cli(["invoke", "--worker", addr, "echo", "--input", f"x=@{tmp_path}"])
     assert r.returncode == 2 and "not a regular file" in r.stderr, r.stderr
+    # Inputs that cannot fit one message (64 MiB) stop the reading at the one past it:
+    # 12 MiB of FP32 per file, the sixth goes past.
+    big = tmp_path / "big.json"
+    big.write_text("[" + ",".join(["1.5"] * (3 << 20)) + "]")
+    args = ["invoke", "--worker", addr, "echo"]
+    for i in range(8):
+        args += ["--input", f"x{i}=@{big}"]
+    r = run_cli(args, timeout=60)
+    assert r.returncode == 2 and "the inputs so far (to 'x5') come to" in r.stderr, r.stderr
     r = run_cli(["invoke", "--worker", ipc_addr(tmp_path, "none"), "echo", "--input", "x=1"], timeout=15)
     assert r.returncode == 1 and "AICFN_E_UNAVAILABLE" in r.stderr
 
