@@ -35,7 +35,7 @@ static const err_entry err_table[AICFN_STATUS_COUNT] = {
     [AICFN_E_EXISTS] = {"AICFN_E_EXISTS", "already exists", 409},
     [AICFN_E_DB] = {"AICFN_E_DB", "database error", 500},
     [AICFN_E_INTERNAL] = {"AICFN_E_INTERNAL", "internal error", 500},
-    [AICFN_E_CANCELED] = {"AICFN_E_CANCELED", "canceled by shutdown", 503},
+    [AICFN_E_CANCELED] = {"AICFN_E_CANCELED", "canceled (shutdown, or its caller went away)", 503},
 };
 
 static const err_entry *err_lookup(int code) {

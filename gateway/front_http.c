@@ -148,9 +148,21 @@ static int fh_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aic
             return AICFN_OK;
         }
     }
-    int rc = gw_invoke_submit(f->gw, &req, tenant, fh_done, p, err);
-    if (rc != AICFN_OK) free(p);
-    return rc;
+    uint64_t call_id = 0;
+    int rc = gw_invoke_submit(f->gw, &req, tenant, fh_done, p, &call_id, err);
+    if (rc != AICFN_OK) {
+        free(p);
+        return rc;
+    }
+    gw_http_set_cancel_token(call, call_id); /* p may be gone already: call is not (http.h) */
+    return AICFN_OK;
+}
+
+/* Its client closed the connection: a call still queued is not run (nobody would get its
+ * answer, and it would take a worker from those who wait); one already sent runs on. */
+static void fh_client_gone(void *ctx, uint64_t call_id) {
+    gw_front_http *f = ctx;
+    gw_invoke_cancel(f->gw, call_id, "its HTTP client closed the connection");
 }
 
 /* Repository load/unload: complete the HTTP call with the gateway's outcome. */
@@ -274,7 +286,8 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
                                 .unload = fh_unload,
                                 .repository_index = fh_index,
                                 .before_metrics = fh_before_metrics,
-                                .live = fh_live};
+                                .live = fh_live,
+                                .client_gone = fh_client_gone};
         gw_http_config cfg = {
             .listen = listen, .metrics = f->metrics, .std = &f->std, .server_version = version};
         if (opts) {

@@ -221,7 +221,7 @@ static void front_invoke(gw_front *f, rpc_call *call, wire_doc *doc, uint64_t id
     }
     if (rc == AICFN_OK) {
         req.has_spec = false; /* a client never dictates paths */
-        rc = gw_invoke_submit(f->gw, &req, tenant, front_invoke_done, call, &e);
+        rc = gw_invoke_submit(f->gw, &req, tenant, front_invoke_done, call, NULL, &e);
     }
     if (rc != AICFN_OK) front_error(call, id, rc, e.msg);
 }

@@ -2248,7 +2248,7 @@ static int gw_serve_cached(gw_gateway *gw, gw_fn *f, const wire_invoke_req *req,
 /* *resolved: the version the call was resolved to (a canary's, for its share), for the
  * record of a refusal; 0 when it was not resolved. */
 static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
-                     void *user, uint32_t *resolved, aicfn_error *err) {
+                     void *user, uint32_t *resolved, uint64_t *gid_out, aicfn_error *err) {
     uint64_t now = clock_now_us();
     *resolved = 0;
     if (!req->fn || !gw_fn_name_valid(req->fn))
@@ -2304,6 +2304,7 @@ static int gw_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     c->fn = f; /* the resolve's reference is the call's now */
     c->id = req->id;
     c->gid = __atomic_add_fetch(&gw->next_gid, 1, __ATOMIC_RELAXED);
+    if (gid_out) *gid_out = c->gid;
     snprintf(c->tenant, sizeof c->tenant, "%s", tenant ? tenant : "");
     c->tenant_id = gw_fairq_tenant_id(c->tenant);
     c->received_us = now;
@@ -3432,13 +3433,41 @@ static void gw_record_refused(gw_gateway *gw, const wire_invoke_req *req, uint32
 }
 
 int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
-                     void *user, aicfn_error *err) {
+                     void *user, uint64_t *call_id, aicfn_error *err) {
     aicfn_error local;
     if (!err) err = &local;
     uint32_t resolved = 0;
-    int rc = gw_submit(gw, req, tenant, done, user, &resolved, err);
+    if (call_id) *call_id = 0;
+    int rc = gw_submit(gw, req, tenant, done, user, &resolved, call_id, err);
     if (rc != AICFN_OK) gw_record_refused(gw, req, resolved, tenant, rc);
     return rc;
+}
+
+bool gw_invoke_cancel(gw_gateway *gw, uint64_t call_id, const char *why) {
+    if (call_id == 0) return false;
+    gw_actions a;
+    memset(&a, 0, sizeof a);
+    bool found = false;
+    pthread_mutex_lock(&gw->mu);
+    for (gw_fn *f = gw->fns; f && !found; f = f->next) {
+        gw_call *prev = NULL;
+        for (gw_call *c = f->q_head; c; prev = c, c = c->next) {
+            if (c->gid != call_id) continue;
+            if (prev)
+                prev->next = c->next;
+            else
+                f->q_head = c->next;
+            if (f->q_tail == c) f->q_tail = prev;
+            f->q_len--;
+            gw_fail_locked(&a, c, AICFN_E_CANCELED, "function %s:%u: canceled before it started: %s", f->name,
+                           f->ver, why ? why : "its caller went away");
+            found = true;
+            break;
+        }
+    }
+    pthread_mutex_unlock(&gw->mu);
+    gw_process(gw, &a);
+    return found;
 }
 
 int gw_invoke_precheck(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,

@@ -98,13 +98,21 @@ typedef void (*gw_invoke_done_fn)(void *user, const gw_invoke_result *res);
 
 /* Submits one invocation. `req` (a decoded request: fn, ver, inputs, params, deadline)
  * and `tenant` are copied before this returns, so the caller may release them at once.
- * Returns AICFN_OK when accepted (done will run exactly once), or an error without
+ * Returns AICFN_OK when accepted (done will run exactly once; *call_id, when call_id is
+ * not NULL, names the call for gw_invoke_cancel), or an error without
  * running done: AICFN_E_NOT_FOUND (function/version), AICFN_E_OVERLOADED (the
  * function's queue is full), AICFN_E_UNAVAILABLE (backing off after crashes, or
  * stopping), AICFN_E_TOO_LARGE (request or model over a limit), AICFN_E_INVALID.
  * Thread-safe; never blocks on I/O (function resolution is cached in memory after the
  * first SQLite lookup). */
 int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
-                     void *user, aicfn_error *err);
+                     void *user, uint64_t *call_id, aicfn_error *err);
+
+/* Cancels accepted call `call_id` (gw_invoke_submit's; unique in this gateway) if it has
+ * not started: while it waits in its function's queue, it leaves it and its done runs
+ * with AICFN_E_CANCELED (the message ends with `why`), recorded in the ledger and never
+ * run. Returns whether it did; false for a call already sent to a worker (it runs to its
+ * end) or finished. Thread-safe. */
+bool gw_invoke_cancel(gw_gateway *gw, uint64_t call_id, const char *why);
 
 #endif

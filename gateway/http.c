@@ -9,7 +9,9 @@
  *
  * Threads: MHD runs `threads` internal epoll threads; every callback below runs on one
  * of them. gw_http_complete runs on the gateway's threads. The reaper thread wakes every
- * 200 ms. One mutex (h->mu) guards the connection list, call states and counters. */
+ * 200 ms: it cuts off slow senders and tells the front (client_gone) of clients that
+ * went away while their call waited. One mutex (h->mu) guards the connection list, call
+ * states and counters. */
 #include "gateway/http.h"
 
 #include <errno.h>
@@ -34,13 +36,14 @@
 
 /* ---- Types ---- */
 
-/* One TCP connection, for the receive-deadline reaper. */
+/* One TCP connection, for the reaper (receive deadlines, clients gone). */
 typedef struct ht_conn {
     struct ht_conn *prev, *next;
     int fd;            /* our dup of the socket: shutdown() on it never hits a reused fd */
     uint64_t since_us; /* start of the request being received: its request line, or for the
                           first one the connection (ht_uri_arrived, ht_notify_connection) */
     bool receiving;    /* a request is arriving (headers or body): the deadline applies */
+    struct gw_http_call *waiting; /* its call, while suspended and not completed */
 } ht_conn;
 
 typedef enum ht_route {
@@ -92,6 +95,9 @@ struct gw_http_call {
     uint64_t received_us;
     oip_request req;
     bool suspended, completed;
+    ht_conn *k;            /* its connection's, while suspended (k->waiting is this call) */
+    uint64_t cancel_token; /* gw_http_set_cancel_token's (0: none) */
+    bool gone;             /* client_gone was called for it */
     /* the answer, once known */
     unsigned status;
     uint8_t *resp;
@@ -394,6 +400,41 @@ static void ht_notify_connection(void *cls, struct MHD_Connection *c, void **soc
     }
 }
 
+/* Whether the client on our dup `fd` of a suspended connection went away: it sent its
+ * FIN, or the connection failed. MHD does not watch a suspended connection's socket;
+ * a client waiting for its answer sends nothing meanwhile, so anything readable is data
+ * (a pipelined request) and the client is still there. */
+static bool ht_client_gone(int fd) {
+    char b;
+    ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+}
+
+/* Reaper, h->mu held: tells the front (client_gone) about the suspended calls whose
+ * clients went away, a batch per pass, outside the lock (as in_sync, so gw_http_stop
+ * waits for it); a call's completion meanwhile is the front's to sort out (the token). */
+static void ht_reap_gone_clients(gw_http *h) {
+    enum { BATCH = 64 };
+    uint64_t tokens[BATCH];
+    size_t n = 0;
+    for (ht_conn *k = h->conns; k && n < BATCH; k = k->next) {
+        gw_http_call *r = k->waiting;
+        if (r == NULL || r->gone || r->completed || r->cancel_token == 0 || k->fd < 0) continue;
+        if (!ht_client_gone(k->fd)) continue;
+        r->gone = true;
+        tokens[n++] = r->cancel_token;
+    }
+    if (n == 0) return;
+    h->in_sync++;
+    pthread_mutex_unlock(&h->mu);
+    for (size_t i = 0; i < n; i++)
+        h->cb.client_gone(h->cb.ctx, tokens[i]);
+    pthread_mutex_lock(&h->mu);
+    h->in_sync--;
+    pthread_cond_broadcast(&h->cv);
+    log_debug("http: %zu clients went away with their calls unanswered", n);
+}
+
 static void *ht_reaper_main(void *arg) {
     pthread_setname_np(pthread_self(), "aicfn:http-reap");
     gw_http *h = arg;
@@ -411,6 +452,7 @@ static void *ht_reaper_main(void *arg) {
                 log_debug("http: cut off a client that took over %u s to send its request",
                           h->cfg.receive_timeout_s);
             }
+        if (h->cb.client_gone && !h->stopping) ht_reap_gone_clients(h);
     }
     pthread_mutex_unlock(&h->mu);
     return NULL;
@@ -699,6 +741,13 @@ static bool ht_start_async(gw_http_call *r) {
     return true;
 }
 
+void gw_http_set_cancel_token(gw_http_call *r, uint64_t token) {
+    if (r == NULL) return;
+    pthread_mutex_lock(&r->h->mu);
+    r->cancel_token = token;
+    pthread_mutex_unlock(&r->h->mu);
+}
+
 void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const gw_http_result *res,
                       uint32_t retry_after_s) {
     if (r == NULL) return;
@@ -728,6 +777,10 @@ void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const
     pthread_mutex_lock(&h->mu);
     r->state = ST_DONE;
     r->completed = true;
+    if (r->k) { /* the reaper no longer watches its client */
+        r->k->waiting = NULL;
+        r->k = NULL;
+    }
     bool resume = r->suspended;
     if (resume) gw_mhd()->resume_connection(r->conn);
     h->in_flight--;
@@ -1044,6 +1097,8 @@ static enum MHD_Result ht_access(void *cls, struct MHD_Connection *c, const char
         if (!done) {
             gw_mhd()->suspend_connection(c);
             r->suspended = true;
+            r->k = ht_conn_of(c);
+            if (r->k) r->k->waiting = r;
         }
         pthread_mutex_unlock(&h->mu);
         return done ? ht_send(r) : MHD_YES;

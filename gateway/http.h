@@ -141,6 +141,12 @@ typedef struct gw_http_callbacks {
     int (*repository_index)(void *ctx, bool ready_only, gw_http_emit_fn emit, void *arg, aicfn_error *err);
     /* Called before /metrics renders, to refresh gauges. NULL = nothing. */
     void (*before_metrics)(void *ctx);
+    /* The client of a call that infer started (and tagged with gw_http_set_cancel_token)
+     * closed its connection before the call was completed: cancel it if it has not
+     * started. gw_http_complete is still due exactly once. Called on the reaper thread,
+     * at most once per call, within about 200 ms of the close. NULL = calls run to
+     * their end whoever waits for them. */
+    void (*client_gone)(void *ctx, uint64_t token);
 } gw_http_callbacks;
 
 /* per_ip_connections: no limit per client address (behind a load balancer or a proxy,
@@ -177,6 +183,10 @@ int gw_http_start(const gw_http_config *cfg, const gw_http_callbacks *cb, gw_htt
 
 /* The bound TCP port (useful after "host:0"). */
 uint16_t gw_http_port(const gw_http *h);
+
+/* Tags a call that infer is starting with `token` (not 0), which client_gone passes back
+ * if its client goes away first. Call from inside infer, once the call is started. */
+void gw_http_set_cancel_token(gw_http_call *call, uint64_t token);
 
 /* Completes an operation started by infer/load/unload: status AICFN_OK with `res`
  * (infer) or NULL (load/unload), or an error code with `err` (may be NULL) naming what

@@ -44,7 +44,7 @@ typedef enum aicfn_status {
     AICFN_E_EXISTS = 20,         /* already exists: 409 */
     AICFN_E_DB = 21,             /* SQLite error: 500 */
     AICFN_E_INTERNAL = 22,       /* a bug: 500 */
-    AICFN_E_CANCELED = 23,       /* canceled by shutdown: 503 */
+    AICFN_E_CANCELED = 23,       /* canceled (shutdown, or its caller went away): 503 */
 } aicfn_status;
 
 /* Number of status codes; every value in [0, AICFN_STATUS_COUNT) is defined. */

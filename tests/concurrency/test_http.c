@@ -42,6 +42,9 @@ typedef struct fake {
     int n_threads;
     bool ready;
     const char *not_live; /* fk_live's reason (NULL: live) */
+    gw_http_call *held;   /* a call of model "held": completed by the test or by fk_client_gone */
+    uint64_t gone_token;  /* fk_client_gone's last token (0: none) */
+    int gone_calls;
     int infers, loads, unloads;
     char last_tenant[64];
     size_t last_params_len;
@@ -146,6 +149,22 @@ static bool fk_ready(void *ctx) {
     return ((fake *)ctx)->ready;
 }
 
+/* As the gateway does for a call still queued: it ends with AICFN_E_CANCELED. */
+static void fk_client_gone(void *ctx, uint64_t token) {
+    fake *f = ctx;
+    pthread_mutex_lock(&f->mu);
+    f->gone_token = token;
+    f->gone_calls++;
+    gw_http_call *held = f->held;
+    f->held = NULL;
+    pthread_mutex_unlock(&f->mu);
+    if (held) {
+        aicfn_error e;
+        aicfn_error_set(&e, AICFN_E_CANCELED, "canceled before it started: its HTTP client closed the connection");
+        gw_http_complete(held, e.code, &e, NULL, 0);
+    }
+}
+
 static bool fk_live(void *ctx, char *why, size_t cap) {
     const char *not_live = ((fake *)ctx)->not_live;
     if (not_live) snprintf(why, cap, "%s", not_live);
@@ -165,7 +184,7 @@ static int fk_model_info(void *ctx, const char *model, uint32_t version, gw_http
         return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function '%s' not found", model);
     }
     if (strcmp(model, "mlp") != 0 && strcmp(model, "sync") != 0 && strcmp(model, "handoff") != 0 &&
-        strcmp(model, "slow") != 0 && strcmp(model, "any") != 0)
+        strcmp(model, "slow") != 0 && strcmp(model, "any") != 0 && strcmp(model, "held") != 0)
         return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function '%s' not found", model);
     if (version > 2)
         return aicfn_error_set(err, AICFN_E_NOT_FOUND, "function '%s' has no version %u", model, version);
@@ -237,6 +256,13 @@ static int fk_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aic
         handoff(f, call, inv->req);
         return AICFN_OK;
     }
+    if (strcmp(inv->model, "held") == 0) { /* waits until the test or its client's going ends it */
+        gw_http_set_cancel_token(call, 4242);
+        pthread_mutex_lock(&f->mu);
+        f->held = call;
+        pthread_mutex_unlock(&f->mu);
+        return AICFN_OK;
+    }
     if (inv->version == 1 && strcmp(inv->model, "any") == 0)
         return aicfn_error_set(err, AICFN_E_CAPACITY, "no device memory free before the deadline");
     spawn(f, call, inv->req, strcmp(inv->model, "slow") == 0 ? 800 : 20, 0);
@@ -302,6 +328,7 @@ static int setup_opts(void **state, bool auth, size_t max_body, unsigned recv_ti
                             .authenticate = auth ? fk_auth : NULL,
                             .ready = fk_ready,
                             .live = fk_live,
+                            .client_gone = fk_client_gone,
                             .model_info = fk_model_info,
                             .infer = fk_infer,
                             .load = fk_load,
@@ -811,6 +838,71 @@ static void auth_rules(void **state) {
     resp_free(&r);
 }
 
+static gw_http_call *held_call(fixture *fx) {
+    pthread_mutex_lock(&fx->f.mu);
+    gw_http_call *c = fx->f.held;
+    pthread_mutex_unlock(&fx->f.mu);
+    return c;
+}
+
+static int gone_calls(fixture *fx, uint64_t *token) {
+    pthread_mutex_lock(&fx->f.mu);
+    int n = fx->f.gone_calls;
+    if (token) *token = fx->f.gone_token;
+    pthread_mutex_unlock(&fx->f.mu);
+    return n;
+}
+
+/* A client that closes its connection while its call waits (suspended): client_gone gets
+ * the call's token within about the reaper's 200 ms, once; a client that stays is never
+ * reported, and gets its answer. */
+static void client_gone_is_reported_for_a_waiting_call(void **state) {
+    fixture *fx = *state;
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "POST /v2/models/held/infer HTTP/1.1\r\nHost: t\r\n" USER "Content-Length: %zu\r\n\r\n",
+                     strlen(INFER_BODY));
+    /* One that stays: no report in 600 ms, then answered. */
+    int fd = dial(fx->port);
+    assert_int_equal(send_all(fd, head, (size_t)n), 0);
+    assert_int_equal(send_all(fd, INFER_BODY, strlen(INFER_BODY)), 0);
+    for (int ms = 0; ms < 5000 && held_call(fx) == NULL; ms += 5)
+        sleep_ms(5);
+    gw_http_call *held = held_call(fx);
+    assert_non_null(held);
+    sleep_ms(600);
+    assert_int_equal(gone_calls(fx, NULL), 0);
+    pthread_mutex_lock(&fx->f.mu);
+    fx->f.held = NULL;
+    pthread_mutex_unlock(&fx->f.mu);
+    aicfn_error e;
+    aicfn_error_set(&e, AICFN_E_TIMEOUT, "held no longer");
+    gw_http_complete(held, e.code, &e, NULL, 0);
+    resp r;
+    read_resp(fd, &r, 5000);
+    assert_int_equal(r.status, aicfn_http_status(AICFN_E_TIMEOUT));
+    resp_free(&r);
+    close(fd);
+    /* One that leaves. */
+    fd = dial(fx->port);
+    assert_int_equal(send_all(fd, head, (size_t)n), 0);
+    assert_int_equal(send_all(fd, INFER_BODY, strlen(INFER_BODY)), 0);
+    for (int ms = 0; ms < 5000 && held_call(fx) == NULL; ms += 5)
+        sleep_ms(5);
+    assert_non_null(held_call(fx));
+    uint64_t t0 = clock_now_us();
+    close(fd);
+    uint64_t token = 0;
+    for (int ms = 0; ms < 5000 && gone_calls(fx, &token) == 0; ms += 5)
+        sleep_ms(5);
+    assert_int_equal(gone_calls(fx, &token), 1);
+    assert_int_equal(token, 4242);
+    assert_true(clock_now_us() - t0 < 2000000);
+    assert_null(held_call(fx)); /* fk_client_gone completed it */
+    sleep_ms(500);
+    assert_int_equal(gone_calls(fx, NULL), 1); /* once */
+}
+
 static void metrics_public_needs_no_key(void **state) {
     fixture *fx = *state;
     resp r;
@@ -1292,6 +1384,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(repository_extension, setup, teardown),
         cmocka_unit_test_setup_teardown(metrics_endpoint, setup, teardown),
         cmocka_unit_test_setup_teardown(metrics_public_needs_no_key, setup_public_metrics, teardown),
+        cmocka_unit_test_setup_teardown(client_gone_is_reported_for_a_waiting_call, setup, teardown),
         cmocka_unit_test_setup_teardown(announced_bodies_reserve_as_they_arrive, setup_small_budget,
                                         teardown),
         cmocka_unit_test_setup_teardown(bodyless_endpoints_buffer_nothing, setup_small_budget, teardown),

@@ -489,3 +489,61 @@ def test_libmicrohttpd_is_loaded_only_by_the_http_front(procs, tmp_path):
     wait_for(lambda: (g2.poll() is None and Path(f"/proc/{g2.p.pid}/maps").exists()
                       and "listening" in g2.stderr()), 15, what="the plain gateway")
     assert not http_libs(g2.p.pid), http_libs(g2.p.pid)
+
+
+def test_queued_call_of_a_client_that_left_is_not_run(procs, tmp_path):
+    """An HTTP client that closes its connection while its call waits in the gateway's
+    queue (its one serial worker holds 56 calls, the first for 3 s): the call leaves the queue within about
+    200 ms, is recorded as AICFN_E_CANCELED, and never runs; the calls ahead of it all
+    run. libmicrohttpd does not watch a waiting (suspended) connection: the front's reaper
+    does (gw_http_callbacks.client_gone)."""
+    import threading
+    counts = tmp_path / "count.txt"
+    counts.write_text("")
+    fn = tmp_path / "slow"
+    fn.mkdir()
+    (fn / "aicfn.yaml").write_text(f"name: slow\nhandler: {handler('test_sleep')}\nlimits: {{ timeout: 60s }}\n")
+    addr, hport, data, g = start(procs, tmp_path)
+    r = run_cli(["deploy", str(fn), "--gateway", addr], timeout=120)
+    assert r.returncode == 0, r.stderr
+    x = {"name": "x", "datatype": "FP32", "shape": [2], "data": [0.0, 1.0]}
+
+    def status():
+        st = call(addr, {"v": PROTOCOL_VERSION, "t": "status", "id": next_id()}, timeout_ms=2000)
+        return json.loads(st["json"])
+
+    assert http_req(hport, "POST", "/v2/models/slow/infer", json.dumps({"inputs": [x]}))[0] == 200  # warm
+    ahead = 56  # the most the gateway keeps in flight on one worker
+    results = []
+
+    def one(sleep_ms):
+        body = {"inputs": [x], "parameters": {"sleep_ms": str(sleep_ms), "count_file": str(counts)}}
+        results.append(http_req(hport, "POST", "/v2/models/slow/infer", json.dumps(body), timeout=60)[0])
+
+    # The first call holds the worker 3 s; the other 55 wait behind it on the worker.
+    ts = [threading.Thread(target=one, args=(3000,), daemon=True)]
+    ts[0].start()
+    wait_for(lambda: status()["in_flight"] >= 1, 10, interval=0.01, what="the first call in flight")
+    ts += [threading.Thread(target=one, args=(0,), daemon=True) for _ in range(ahead - 1)]
+    for t in ts[1:]:
+        t.start()
+    wait_for(lambda: status()["in_flight"] >= ahead, 20, interval=0.02, what="56 calls in flight")
+    body = json.dumps({"inputs": [x], "parameters": {"count_file": str(counts)}}).encode()
+    s = socket.create_connection(("127.0.0.1", hport), timeout=10)
+    s.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+              b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+    wait_for(lambda: status()["queued"] == 1, 10, interval=0.02, what="the call queued")
+    s.close()
+    t0 = time.monotonic()
+    wait_for(lambda: status()["queued"] == 0, 5, interval=0.02, what="the queued call gone")
+    assert time.monotonic() - t0 < 2.0
+    try:
+        rows = wait_for(lambda: db_rows(data, "SELECT status FROM invocations WHERE status = 'AICFN_E_CANCELED'"),
+                        10, interval=0.05, what="its ledger row")
+    except TimeoutError:
+        raise AssertionError((db_rows(data, "SELECT status, count(*) FROM invocations GROUP BY status"), g.stderr()[-3000:]))
+    assert len(rows) == 1, rows
+    for t in ts:
+        t.join(timeout=60)
+    assert results == [200] * ahead, results
+    assert len(counts.read_text().split()) == ahead  # the 56 ran; the one whose client left did not
