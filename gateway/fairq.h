@@ -4,14 +4,14 @@
  * calls. Without a share, one tenant sending faster than the workers serve fills it, and
  * every other tenant's call to that function is refused (AICFN_E_OVERLOADED) for as long
  * as it keeps sending. So a full queue pushes out: when a call arrives and some other
- * tenant holds at least two more of the queue than the arriving call's tenant would with
- * it, that tenant's newest queued call gives way (it is refused with
- * AICFN_E_OVERLOADED, retryable, as an arriving call would have been) and the arriving
- * call takes its place at the tail. Otherwise the arriving call is refused.
- * A tenant alone may so use the whole queue, as before; with several, each keeps about an
- * equal part of a full queue, and a tenant that sends rarely always gets in. The order
- * of service stays first come, first served.
- *
+ * tenant holds at least two calls more of it than the arriving call's tenant holds now,
+ * that tenant's newest queued call gives way (it is refused with AICFN_E_OVERLOADED,
+ * retryable, as an arriving call would have been) and the arriving call takes its place
+ * at the tail. Otherwise the arriving call is refused.
+ * A tenant alone may so use the whole queue, as before; with several, a full queue ends
+ * in about equal parts, so a tenant gets in while another holds two more than it does
+ * (not when the queue is spread one call per tenant over as many tenants as it holds).
+ * The order of service stays first come, first served.
  * Not for: the queue itself, locking or refusing (gateway.c). */
 #ifndef AICFN_GATEWAY_FAIRQ_H
 #define AICFN_GATEWAY_FAIRQ_H

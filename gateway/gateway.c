@@ -53,6 +53,7 @@
 #include "gateway/workerlink.h"
 
 #define GW_CRASH_SLOTS 32
+#define GW_FAIRQ_MEMO 4 /* tenants refused a place in a full queue, remembered until it changes */
 #define GW_TICK_MS 20       /* maintenance tick while calls run or queue, or workers start or die */
 #define GW_IDLE_TICK_MS 250 /* ...while none do: drains, polls and unloads are due seconds apart */
 #define GW_HOLD_US (2ull * 1000 * 1000) /* gateway-added LOADING entries survive summaries this long */
@@ -88,6 +89,11 @@ typedef struct gw_fn {
     bool removed; /* by an rm (gw_functions_removed): no metrics once its queue is empty */
     gw_call *q_head, *q_tail;
     uint32_t q_len;
+    uint64_t q_changes; /* calls that joined or left the queue, ever: the refusal memo's clock */
+    struct {
+        uint64_t tenant, at; /* a tenant refused a place in the full queue at q_changes `at` */
+    } fq_refused[GW_FAIRQ_MEMO];
+    unsigned fq_next;
     gw_crash crash[GW_CRASH_SLOTS];
     uint32_t n_crash_records; /* slots with crashes > 0 (a successful call looks only then) */
     uint64_t evicted_us;      /* when a worker last evicted this model (0: never): thrash reloads */
@@ -248,6 +254,7 @@ struct gw_gateway {
     uint64_t last_start_failure_us;
     uint64_t spawn_not_before_us;
     uint64_t deaths; /* workers that died (gw_worker.death) */
+    uint32_t settling; /* dead workers settling (gw_worker.settling) */
 };
 
 static void gw_process(gw_gateway *gw, gw_actions *a);
@@ -579,12 +586,14 @@ int gw_fn_signature(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_sp
 /* The crash record of request `hash` of f (with `tenant`: of the tenant whose
  * gw_call.tenant_id is `hash`), or with create a new one in place of an empty slot or else
  * of the oldest one not backing off (a flood of one-crash records never pushes out a
- * request or tenant being refused); NULL when there is none to take. */
-static gw_crash *gw_crash_slot(gw_fn *f, bool tenant, uint64_t hash, bool create, uint64_t now) {
+ * request or tenant being refused), never `keep`; NULL when there is none to take. */
+static gw_crash *gw_crash_slot(gw_fn *f, bool tenant, uint64_t hash, bool create, uint64_t now,
+                               const gw_crash *keep) {
     gw_crash *victim = NULL;
     for (int i = 0; i < GW_CRASH_SLOTS; i++) {
         gw_crash *s = &f->crash[i];
         if (s->crashes && s->tenant == tenant && s->hash == hash) return s;
+        if (s == keep) continue;
         if (s->crashes == 0) {
             if (!victim || victim->crashes) victim = s;
         } else if (s->until_us <= now && (!victim || (victim->crashes && s->last_us < victim->last_us))) {
@@ -605,9 +614,9 @@ static gw_crash *gw_crash_slot(gw_fn *f, bool tenant, uint64_t hash, bool create
  * when the call may run (lock held). */
 static const gw_crash *gw_crash_refusing(gw_fn *f, const gw_call *c, uint64_t now) {
     if (f->n_crash_records == 0) return NULL;
-    const gw_crash *cr = gw_crash_slot(f, false, c->hash, false, now);
+    const gw_crash *cr = gw_crash_slot(f, false, c->hash, false, now, NULL);
     if (cr && cr->until_us > now) return cr;
-    cr = gw_crash_slot(f, true, c->tenant_id, false, now);
+    cr = gw_crash_slot(f, true, c->tenant_id, false, now, NULL);
     return cr && cr->until_us > now ? cr : NULL;
 }
 
@@ -615,11 +624,9 @@ static const gw_crash *gw_crash_refusing(gw_fn *f, const gw_call *c, uint64_t no
 static void gw_crash_refusal(const gw_fn *f, const gw_call *c, const gw_crash *cr, uint64_t now, char *out,
                              size_t cap) {
     unsigned long long left = (cr->until_us - now) / 1000;
-    if (cr->tenant)
-        snprintf(out, cap,
-                 "function %s:%u: calls of tenant '%s' crashed its workers %u times (each within %d s of "
-                 "the one before); its calls are refused for %llu ms more",
-                 f->name, f->ver, c->tenant, cr->crashes, AICFN_CRASH_TENANT_WINDOW_MS / 1000, left);
+    if (cr->tenant) /* fits gw_call.message with the longest names */
+        snprintf(out, cap, "function %s:%u: calls of tenant '%s' crashed its workers %u times; refused for %llu ms more",
+                 f->name, f->ver, c->tenant, cr->crashes, left);
     else
         snprintf(out, cap, "function %s:%u: this request crashed its worker %u times; refused for %llu ms more",
                  f->name, f->ver, cr->crashes, left);
@@ -992,11 +999,27 @@ static void gw_assign_locked(gw_call *c, gw_worker *w, gw_actions *a, bool resid
 }
 
 /* A call sent to w came back (answered, failed or never sent): lock held. */
-static void gw_call_left_locked(gw_worker *w, gw_call *c) {
+static void gw_call_left_locked(gw_gateway *gw, gw_worker *w, gw_call *c) {
     gw_call_note_worker_locked(c, w);
     w->in_flight--;
     if (c->preload) w->preloads--;
     w->callbacks--;
+    if (w->settling && w->in_flight == 0) { /* every crash it can charge is counted now */
+        w->settling = false;
+        gw->settling--;
+    }
+}
+
+/* Whether a worker that died with a fault note naming f still has calls in flight whose
+ * failures are not counted yet (lock held). Those failures come one callback at a time,
+ * and the crash back-off of the request that crashed it counts only in its own: until
+ * then f's calls wait in its queue, or a copy of that request could reach the
+ * replacement worker first and crash it too. */
+static bool gw_crash_settling_locked(const gw_gateway *gw, const gw_fn *f) {
+    if (gw->settling == 0) return false;
+    for (const gw_worker *w = gw->workers; w; w = w->next)
+        if (w->settling && w->fault->ver == f->ver && strcmp(w->fault->fn, f->name) == 0) return true;
+    return false;
 }
 
 /* ---- Bundles (docs/protocol.md §9) ------------------------------------------------
@@ -1071,7 +1094,7 @@ static void gw_outbox_flush_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) 
         w->outbox_n--;
         /* Its deadline_ms was set when it was routed: what is left of it now, or nothing. */
         if (expired) {
-            gw_call_left_locked(w, c);
+            gw_call_left_locked(gw, w, c);
             gw_fail_deadline_locked(a, c);
             continue;
         }
@@ -1127,6 +1150,7 @@ static void gw_enqueue_locked(gw_fn *f, gw_call *c) {
         f->q_head = c;
     f->q_tail = c;
     f->q_len++;
+    f->q_changes++;
 }
 
 /* The router's view of the pool (lock held): workers that are ready or starting, less
@@ -1206,6 +1230,7 @@ static bool gw_try_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
     }
     /* Refused before routing: a decision marks a load or spawns a worker for the call. */
     if (gw_refused_locked(c, clock_now_us(), a)) return true;
+    if (!c->preload && gw_crash_settling_locked(gw, f)) return false;
     gw_route_worker view[GW_MAX_VIEW];
     gw_worker *ws[GW_MAX_VIEW];
     size_t n = gw_view_locked(gw, c->attempts > 1 ? c->worker : NULL, view, ws);
@@ -1246,29 +1271,43 @@ static bool gw_try_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
 }
 
 /* Whether c may join f's queue (lock held): below its bound, yes; when full, only if a
- * queued call of a tenant holding more of it gives way (fairq.h), refused here. */
+ * queued call of a tenant holding more of it gives way (fairq.h), refused here. Preloads
+ * (repository loads, keep-warm) neither take a tenant's place nor give theirs. A tenant
+ * refused since the queue last changed is refused again without a scan, so a flooding
+ * tenant's calls cost a comparison each under the lock, not a pass over the queue. */
 static bool gw_queue_admit_locked(gw_fn *f, const gw_call *c, gw_actions *a) {
     if (f->q_len < AICFN_DEFAULT_QUEUE_PER_FUNCTION) return true;
+    if (c->preload) return false;
+    for (unsigned i = 0; i < GW_FAIRQ_MEMO; i++)
+        if (f->fq_refused[i].at == f->q_changes && f->fq_refused[i].tenant == c->tenant_id) return false;
     uint64_t ids[AICFN_DEFAULT_QUEUE_PER_FUNCTION];
+    gw_call *calls[AICFN_DEFAULT_QUEUE_PER_FUNCTION];
     size_t n = 0;
     for (gw_call *q = f->q_head; q && n < AICFN_DEFAULT_QUEUE_PER_FUNCTION; q = q->next)
-        ids[n++] = q->tenant_id;
+        if (!q->preload) {
+            ids[n] = q->tenant_id;
+            calls[n++] = q;
+        }
     long v = gw_fairq_victim(ids, n, c->tenant_id);
-    if (v < 0) return false;
-    gw_call *prev = NULL, *victim = f->q_head;
-    for (long i = 0; i < v; i++) {
-        prev = victim;
-        victim = victim->next;
+    if (v < 0) {
+        f->fq_refused[f->fq_next].tenant = c->tenant_id;
+        f->fq_refused[f->fq_next].at = f->q_changes;
+        f->fq_next = (f->fq_next + 1) % GW_FAIRQ_MEMO;
+        return false;
     }
+    gw_call *victim = calls[v], *prev = NULL;
+    for (gw_call *q = f->q_head; q != victim; q = q->next)
+        prev = q;
     if (prev)
         prev->next = victim->next;
     else
         f->q_head = victim->next;
     if (f->q_tail == victim) f->q_tail = prev;
     f->q_len--;
-    uint32_t held = 0;
-    for (gw_call *q = f->q_head; q; q = q->next)
-        held += q->tenant_id == victim->tenant_id;
+    f->q_changes++;
+    uint32_t held = 0; /* the victim's tenant's calls left in the queue */
+    for (size_t i = 0; i < n; i++)
+        held += ids[i] == victim->tenant_id && calls[i] != victim;
     gw_fail_locked(a, victim, AICFN_E_OVERLOADED,
                    "function %s:%u: its queue is full (%u calls) and %u more of them were this tenant's: "
                    "this call, its newest, gave way to another tenant's",
@@ -1300,13 +1339,14 @@ static void gw_pump_locked(gw_gateway *gw, gw_actions *a) {
             f->q_head = c->next;
             if (!f->q_head) f->q_tail = NULL;
             f->q_len--;
-            if (!gw_try_route_locked(gw, c, a)) {
+            if (!gw_try_route_locked(gw, c, a)) { /* back in its place: the queue is unchanged */
                 c->next = f->q_head;
                 f->q_head = c;
                 if (!f->q_tail) f->q_tail = c;
                 f->q_len++;
                 break;
             }
+            f->q_changes++;
         }
     }
 }
@@ -1364,12 +1404,12 @@ static void gw_expire_pending_locked(gw_worker *w, uint64_t now, gw_actions *a) 
 /* Fails the calls held in w's outbox whose deadline passed (lock held): a flush drops
  * them as it goes, but no flush runs while w has AICFN_WORKER_MAX_CALL_MSGS messages
  * in flight. */
-static void gw_expire_outbox_locked(gw_worker *w, uint64_t now, gw_actions *a) {
+static void gw_expire_outbox_locked(gw_gateway *gw, gw_worker *w, uint64_t now, gw_actions *a) {
     gw_call *c = gw_take_expired(&w->outbox_head, &w->outbox_tail, now);
     while (c) {
         gw_call *next = c->next;
         w->outbox_n--;
-        gw_call_left_locked(w, c);
+        gw_call_left_locked(gw, w, c);
         gw_fail_deadline_locked(a, c);
         c = next;
     }
@@ -1383,7 +1423,7 @@ static void gw_outbox_reroute_locked(gw_gateway *gw, gw_worker *w, gw_actions *a
     w->outbox_n = 0;
     while (h) {
         gw_call *next = h->next;
-        gw_call_left_locked(w, h);
+        gw_call_left_locked(gw, w, h);
         h->worker = NULL;
         gw_route_locked(gw, h, a);
         h = next;
@@ -1427,6 +1467,10 @@ static void gw_worker_dead_locked(gw_gateway *gw, gw_worker *w, gw_actions *a) {
     bool never_ready = w->state == GW_WORKER_STARTING, draining = w->state == GW_WORKER_DRAINING;
     w->death = ++gw->deaths;
     if (w->pool_id) gw_worker_read_fault_note(w);
+    if (w->fault && w->in_flight > 0) {
+        w->settling = true;
+        gw->settling++;
+    }
     /* A local worker that dies while serving (not drained, not stopping) gets replaced. */
     if (w->pool_id && !draining && !gw->stopping) gw_metric_add(gw->std.worker_restarts, NULL, 1);
     /* Workers started together that fail together count as one failure: only a worker
@@ -1491,7 +1535,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         }
         uint64_t spawn_us = 0;
         pthread_mutex_lock(&gw->mu);
-        gw_call_left_locked(w, c);
+        gw_call_left_locked(gw, w, c);
         if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
         w->last_call_us = now;
         gw_load_source src;
@@ -1532,7 +1576,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
             wire_doc_fini(&doc);
             rpc_msg_free(reply);
             pthread_mutex_lock(&gw->mu);
-            gw_call_left_locked(w, c);
+            gw_call_left_locked(gw, w, c);
             if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
             gw_fail_locked(&a, c, AICFN_E_PROTOCOL, "worker %s sent a malformed reply: %s", w->name, e.msg);
             gw_pump_locked(gw, &a);
@@ -1542,7 +1586,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         }
         uint64_t spawn_us = 0;
         pthread_mutex_lock(&gw->mu);
-        gw_call_left_locked(w, c);
+        gw_call_left_locked(gw, w, c);
         bool not_run = !rep.head.ok && rep.head.not_run && !gw->stopping;
         if (not_run && w->state == GW_WORKER_READY) {
             /* The worker drains (SIGTERM from outside the gateway, say): no more calls for
@@ -1579,7 +1623,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         if (!rep.cold && rep.head.ok) gw_fn_note_service(c->fn, rep.timing.total_us, rpc_msg_len(reply));
         if (rep.head.ok && c->fn->n_crash_records) {
             /* It ran to its end: a crash it was charged with before is forgiven. */
-            gw_crash *cr = gw_crash_slot(c->fn, false, c->hash, false, now);
+            gw_crash *cr = gw_crash_slot(c->fn, false, c->hash, false, now, NULL);
             if (cr && cr->until_us <= now) gw_crash_forget(c->fn, cr);
         }
         if (rep.has_coldstart && c->spawned && !w->spawn_attributed) {
@@ -1611,7 +1655,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
     }
 
     pthread_mutex_lock(&gw->mu);
-    gw_call_left_locked(w, c);
+    gw_call_left_locked(gw, w, c);
     if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
     if (status == AICFN_E_WORKER_LOST) {
         log_warn("worker %s lost with call %llu (%s:%u) in flight: %s", w->name, (unsigned long long)c->id,
@@ -1626,7 +1670,7 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         }
         /* Charged at most once per death, however many copies of the request it held. */
         bool crashed = gw_crash_charged(gw, w, c);
-        gw_crash *cr = gw_crash_slot(c->fn, false, c->hash, crashed, now);
+        gw_crash *cr = gw_crash_slot(c->fn, false, c->hash, crashed, now, NULL);
         if (cr && crashed && cr->death != w->death) {
             cr->death = w->death;
             if (cr->crashes++ == 0) c->fn->n_crash_records++;
@@ -1637,9 +1681,15 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
                          c->fn->name, c->fn->ver, cr->crashes, AICFN_CRASH_BACKOFF_MS);
             }
         }
-        /* The tenant's count too, once per death: a crash long after its last one starts
-         * the count again. */
-        gw_crash *tr = crashed ? gw_crash_slot(c->fn, true, c->tenant_id, true, now) : NULL;
+        /* A death it is not charged with (a bystander, a worker the gateway ended) stops no
+         * retry, whatever crashes an earlier record of it holds. */
+        uint32_t crashes = cr && crashed ? cr->crashes : 0;
+        /* The tenant's count too, once per death, when the worker's fault note pins the
+         * crash on this call alone (without a note, or with a batch of several, the death
+         * may be another tenant's doing). A crash long after its last one starts the
+         * count again. */
+        bool pinned = crashed && w->fault && w->fault->n == 1;
+        gw_crash *tr = pinned ? gw_crash_slot(c->fn, true, c->tenant_id, true, now, cr) : NULL;
         if (tr && tr->death != w->death) {
             if (tr->crashes && now - tr->last_us > (uint64_t)AICFN_CRASH_TENANT_WINDOW_MS * 1000) {
                 tr->crashes = 0;
@@ -1655,9 +1705,6 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
                          c->fn->name, c->fn->ver, c->tenant, tr->crashes, AICFN_CRASH_BACKOFF_MS);
             }
         }
-        /* A death it is not charged with (a bystander, a worker the gateway ended) stops no
-         * retry, whatever crashes an earlier record of it holds. */
-        uint32_t crashes = cr && crashed ? cr->crashes : 0;
         if (c->fn->cfg.idempotent && c->attempts < 2 && crashes < 2 && !gw->stopping) {
             c->attempts++;
             gw_route_locked(gw, c, &a);
@@ -1898,7 +1945,7 @@ static void gw_link_dropped_locked(gw_gateway *gw, gw_worker *w, const char *why
  * link routes it again, whatever its function (it never ran); anything else fails it. */
 static void gw_call_not_sent_locked(gw_gateway *gw, gw_call *c, int rc, const char *why, gw_actions *a) {
     gw_worker *w = c->worker;
-    gw_call_left_locked(w, c);
+    gw_call_left_locked(gw, w, c);
     if (rc == AICFN_E_WORKER_LOST && !c->preload) {
         gw_link_dropped_locked(gw, w, why, a);
         c->worker = NULL;
@@ -2732,6 +2779,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
             if (c->deadline_us <= now || gw->stopping) {
                 *pc = c->next;
                 f->q_len--;
+                f->q_changes++;
                 if (f->q_tail == c) f->q_tail = prev;
                 if (gw->stopping)
                     gw_fail_locked(a, c, AICFN_E_CANCELED, "the gateway is stopping");
@@ -2769,7 +2817,7 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
             if (gw->pool) gw_pool_terminate(gw->pool, w->pool_id); /* idle: nothing to finish */
             serving--;
         }
-        if (w->outbox_head) gw_expire_outbox_locked(w, now, a);
+        if (w->outbox_head) gw_expire_outbox_locked(gw, w, now, a);
         if (w->outbox_head && w->state == GW_WORKER_DRAINING)
             gw_outbox_reroute_locked(gw, w, a); /* it takes no new calls */
         else if (w->outbox_head && !w->doomed && now - w->outbox_since_us >= AICFN_BUNDLE_HOLD_MAX_US)
@@ -2784,6 +2832,10 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
         if (w->state == GW_WORKER_DEAD && w->callbacks == 0 && !w->pending_head &&
             a->n_destroys < GW_MAX_VIEW &&
             (w->pool_id == 0 || !gw->pool || gw_pool_pid(gw->pool, w->pool_id) < 0)) {
+            if (w->settling) { /* cannot be: no callback left means no call in flight */
+                w->settling = false;
+                gw->settling--;
+            }
             *pw = w->next;
             a->destroys[a->n_destroys++] = w;
             continue;
@@ -3459,6 +3511,7 @@ bool gw_invoke_cancel(gw_gateway *gw, uint64_t call_id, const char *why) {
                 f->q_head = c->next;
             if (f->q_tail == c) f->q_tail = prev;
             f->q_len--;
+            f->q_changes++;
             gw_fail_locked(&a, c, AICFN_E_CANCELED, "function %s:%u: canceled before it started: %s", f->name,
                            f->ver, why ? why : "its caller went away");
             found = true;

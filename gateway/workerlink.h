@@ -69,6 +69,8 @@ typedef struct gw_worker {
     bool killed;             /* the gateway ended it (a call past its timeout, failed polls): the calls
                                 that fail with it did not crash it and are not charged as crashes */
     const char *kill_reason; /* why, when killed (a static string) */
+    bool settling;           /* dead with a fault note and calls in flight whose failures are not
+                                yet counted (gw_crash_settling_locked) */
     bool doomed;             /* a bundle part came back overran: the worker is killed once that part
                                 is handed out; until then the router sends it nothing */
     /* A registered worker's exit token (its `register` carried `ctl`): a killed one is sent
