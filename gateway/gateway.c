@@ -1141,6 +1141,17 @@ static void gw_link_msg_done_locked(gw_gateway *gw, gw_worker *w, bool short_msg
         gw_outbox_flush_locked(gw, w, a);
 }
 
+/* Takes c, which follows prev (NULL: c is the head), out of f's queue (lock held). */
+static void gw_queue_unlink_locked(gw_fn *f, gw_call *prev, gw_call *c) {
+    if (prev)
+        prev->next = c->next;
+    else
+        f->q_head = c->next;
+    if (f->q_tail == c) f->q_tail = prev;
+    f->q_len--;
+    f->q_changes++;
+}
+
 static void gw_enqueue_locked(gw_fn *f, gw_call *c) {
     c->next = NULL;
     c->worker = NULL;
@@ -1298,13 +1309,7 @@ static bool gw_queue_admit_locked(gw_fn *f, const gw_call *c, gw_actions *a) {
     gw_call *victim = calls[v], *prev = NULL;
     for (gw_call *q = f->q_head; q != victim; q = q->next)
         prev = q;
-    if (prev)
-        prev->next = victim->next;
-    else
-        f->q_head = victim->next;
-    if (f->q_tail == victim) f->q_tail = prev;
-    f->q_len--;
-    f->q_changes++;
+    gw_queue_unlink_locked(f, prev, victim);
     uint32_t held = 0; /* the victim's tenant's calls left in the queue */
     for (size_t i = 0; i < n; i++)
         held += ids[i] == victim->tenant_id && calls[i] != victim;
@@ -2772,15 +2777,11 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
     gw_trim_fns_locked(gw, now);
     /* Queue deadlines. */
     for (gw_fn *f = gw->fns; f; f = f->next) {
-        gw_call **pc = &f->q_head;
-        gw_call *prev = NULL;
-        while (*pc) {
-            gw_call *c = *pc;
+        gw_call *prev = NULL, *next;
+        for (gw_call *c = f->q_head; c; c = next) {
+            next = c->next;
             if (c->deadline_us <= now || gw->stopping) {
-                *pc = c->next;
-                f->q_len--;
-                f->q_changes++;
-                if (f->q_tail == c) f->q_tail = prev;
+                gw_queue_unlink_locked(f, prev, c);
                 if (gw->stopping)
                     gw_fail_locked(a, c, AICFN_E_CANCELED, "the gateway is stopping");
                 else
@@ -2793,7 +2794,6 @@ static void gw_maintain_locked(gw_gateway *gw, gw_actions *a) {
                 continue;
             }
             prev = c;
-            pc = &c->next;
         }
     }
     /* Workers: start timeouts, idle drains, polls, cleanup. */
@@ -3505,13 +3505,7 @@ bool gw_invoke_cancel(gw_gateway *gw, uint64_t call_id, const char *why) {
         gw_call *prev = NULL;
         for (gw_call *c = f->q_head; c; prev = c, c = c->next) {
             if (c->gid != call_id) continue;
-            if (prev)
-                prev->next = c->next;
-            else
-                f->q_head = c->next;
-            if (f->q_tail == c) f->q_tail = prev;
-            f->q_len--;
-            f->q_changes++;
+            gw_queue_unlink_locked(f, prev, c);
             gw_fail_locked(&a, c, AICFN_E_CANCELED, "function %s:%u: canceled before it started: %s", f->name,
                            f->ver, why ? why : "its caller went away");
             found = true;
