@@ -1004,7 +1004,7 @@ static void gw_call_left_locked(gw_gateway *gw, gw_worker *w, gw_call *c) {
     w->in_flight--;
     if (c->preload) w->preloads--;
     w->callbacks--;
-    if (w->settling && w->in_flight == 0) { /* every crash it can charge is counted now */
+    if (w->settling && w->in_flight == 0) { /* its last call's crash is counted right after, under the lock */
         w->settling = false;
         gw->settling--;
     }
@@ -1894,7 +1894,8 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
             w->pending_calls = 0;
             while (pc) {
                 gw_call *next = pc->next;
-                if (w->state == GW_WORKER_READY && w->call_msgs < AICFN_WORKER_MAX_CALL_MSGS) {
+                if (w->state == GW_WORKER_READY && w->call_msgs < AICFN_WORKER_MAX_CALL_MSGS &&
+                    (pc->preload || !gw_crash_settling_locked(gw, pc->fn))) {
                     if (gw_refused_locked(pc, now, &a)) { /* before the view marks a load for it */
                         pc = next;
                         continue;
@@ -1903,8 +1904,8 @@ static void gw_poll_done(void *user, int status, rpc_msg *reply, const aicfn_err
                     if (pc->fn->key[0])
                         gw_worker_note_load(w, pc->fn->key, pc->fn->model_bytes, now, GW_HOLD_US);
                     gw_assign_locked(pc, w, &a, false);
-                } else {
-                    gw_route_locked(gw, pc, &a); /* draining, or as many calls as it takes */
+                } else { /* draining, as many calls as it takes, or a crash settling */
+                    gw_route_locked(gw, pc, &a);
                 }
                 pc = next;
             }
@@ -3495,6 +3496,13 @@ int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *ten
     return rc;
 }
 
+/* gw_invoke_cancel's failure of c, taken out of wherever it waited (lock held). */
+static void gw_cancel_waiting_locked(gw_actions *a, gw_call *c, const char *why) {
+    c->worker = NULL;
+    gw_fail_locked(a, c, AICFN_E_CANCELED, "function %s:%u: canceled before it %s: %s", c->fn->name, c->fn->ver,
+                   c->attempts > 1 ? "was retried" : "started", why ? why : "its caller went away");
+}
+
 bool gw_invoke_cancel(gw_gateway *gw, uint64_t call_id, const char *why) {
     if (call_id == 0) return false;
     gw_actions a;
@@ -3506,8 +3514,23 @@ bool gw_invoke_cancel(gw_gateway *gw, uint64_t call_id, const char *why) {
         for (gw_call *c = f->q_head; c; prev = c, c = c->next) {
             if (c->gid != call_id) continue;
             gw_queue_unlink_locked(f, prev, c);
-            gw_fail_locked(&a, c, AICFN_E_CANCELED, "function %s:%u: canceled before it started: %s", f->name,
-                           f->ver, why ? why : "its caller went away");
+            gw_cancel_waiting_locked(&a, c, why);
+            found = true;
+            break;
+        }
+    }
+    /* Or waiting for a worker that is starting (a cold start from zero). */
+    for (gw_worker *w = gw->workers; w && !found; w = w->next) {
+        gw_call *prev = NULL;
+        for (gw_call *c = w->pending_head; c; prev = c, c = c->next) {
+            if (c->gid != call_id) continue;
+            if (prev)
+                prev->next = c->next;
+            else
+                w->pending_head = c->next;
+            if (w->pending_tail == c) w->pending_tail = prev;
+            if (!c->preload) w->pending_calls--;
+            gw_cancel_waiting_locked(&a, c, why);
             found = true;
             break;
         }

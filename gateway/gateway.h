@@ -108,11 +108,13 @@ typedef void (*gw_invoke_done_fn)(void *user, const gw_invoke_result *res);
 int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,
                      void *user, uint64_t *call_id, aicfn_error *err);
 
-/* Cancels accepted call `call_id` (gw_invoke_submit's; unique in this gateway) if it has
- * not started: while it waits in its function's queue, it leaves it and its done runs
- * with AICFN_E_CANCELED (the message ends with `why`), recorded in the ledger and never
- * run. Returns whether it did; false for a call already sent to a worker (it runs to its
- * end) or finished. Thread-safe. */
+/* Cancels accepted call `call_id` (gw_invoke_submit's; unique in this gateway) while it
+ * waits: in its function's queue, or for a worker that is starting. It leaves there and
+ * its done runs with AICFN_E_CANCELED (the message ends with `why`), recorded in the
+ * ledger; it is not run (again: a call waiting for its one retry after its worker died
+ * ran once). Returns whether it did; false for a call sent to a worker or held in its
+ * outbox for a bundle (it runs to its end), or finished. Thread-safe; costs a pass over
+ * the waiting calls under the gateway's lock. */
 bool gw_invoke_cancel(gw_gateway *gw, uint64_t call_id, const char *why);
 
 #endif

@@ -401,13 +401,15 @@ static void ht_notify_connection(void *cls, struct MHD_Connection *c, void **soc
 }
 
 /* Whether the client on our dup `fd` of a suspended connection went away: it sent its
- * FIN, or the connection failed. MHD does not watch a suspended connection's socket;
- * a client waiting for its answer sends nothing meanwhile, so anything readable is data
- * (a pipelined request) and the client is still there. */
+ * FIN, or the kernel knows the connection failed (a reset). MHD does not watch a
+ * suspended connection's socket; a client waiting for its answer sends nothing
+ * meanwhile, so anything readable is data (a pipelined request) and the client is still
+ * there. Like nginx by default (proxy_ignore_client_abort off), a client that shuts down
+ * its sending side after its request (half-close) counts as gone. */
 static bool ht_client_gone(int fd) {
     char b;
     ssize_t n = recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
-    return n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR);
+    return n == 0 || (n < 0 && (errno == ECONNRESET || errno == ETIMEDOUT || errno == EPIPE));
 }
 
 /* Reaper, h->mu held: tells the front (client_gone) about the suspended calls whose

@@ -142,10 +142,10 @@ typedef struct gw_http_callbacks {
     /* Called before /metrics renders, to refresh gauges. NULL = nothing. */
     void (*before_metrics)(void *ctx);
     /* The client of a call that infer started (and tagged with gw_http_set_cancel_token)
-     * closed its connection before the call was completed: cancel it if it has not
-     * started. gw_http_complete is still due exactly once. Called on the reaper thread,
-     * at most once per call, within about 200 ms of the close. NULL = calls run to
-     * their end whoever waits for them. */
+     * closed its connection, or shut down its sending side, before the call was
+     * completed: cancel it if it has not started. gw_http_complete is still due exactly
+     * once. Called on the reaper thread, at most once per call, within about 200 ms of
+     * the close. NULL = calls run to their end whoever waits for them. */
     void (*client_gone)(void *ctx, uint64_t token);
 } gw_http_callbacks;
 
