@@ -2059,25 +2059,33 @@ def test_full_queue_is_shared_between_tenants(procs, tmp_path):
     def invoke(key, sleep_ms, deadline_ms):
         m = invoke_msg("slow", [x], params={"sleep_ms": str(sleep_ms)}, deadline_ms=deadline_ms)
         m["key"] = key
-        return call(addr, m, timeout_ms=deadline_ms + 10000)
+        return call(addr, m, timeout_ms=deadline_ms + 30000)
 
     assert invoke(hog, 0, 20000)["ok"]  # warm: the worker is up and holds the function
 
-    def queued():
+    def status():
         st = call(addr, {"v": 1, "t": "status", "id": next_id(), "key": admin}, timeout_ms=2000)
-        return json.loads(st["json"])["queued"]
+        return json.loads(st["json"])
+
+    def queued():
+        return status()["queued"]
 
     n = 330  # 56 sent to the worker + 256 queued + 18 refused
     results = [None] * n
 
-    def one(i):
+    def one(i, sleep_ms):
         try:
-            results[i] = invoke(hog, 4000, 9000)
+            results[i] = invoke(hog, sleep_ms, 9000)
         except pynng.NNGException as e:
             results[i] = e
 
-    ts = [threading.Thread(target=one, args=(i,), daemon=True) for i in range(n)]
-    for t in ts:
+    # The first call holds the serial worker 15 s, so no call ends (and the queue does not
+    # move) while the test looks at it, however long starting the others takes.
+    ts = [threading.Thread(target=one, args=(0, 15000), daemon=True)]
+    ts[0].start()
+    wait_for(lambda: status()["in_flight"] >= 1, 10, interval=0.02, what="the first call sent")
+    ts += [threading.Thread(target=one, args=(i, 0), daemon=True) for i in range(1, n)]
+    for t in ts[1:]:
         t.start()
     wait_for(lambda: queued() == 256, 20, interval=0.05, what="the hog's calls filling the queue")
     t0 = time.monotonic()
@@ -2085,7 +2093,7 @@ def test_full_queue_is_shared_between_tenants(procs, tmp_path):
     assert not theirs["ok"] and theirs["error"]["code"] == E_TIMEOUT, theirs
     assert time.monotonic() - t0 >= 1.2  # it waited in the queue; it was not refused at once
     for t in ts:
-        t.join(timeout=40)
+        t.join(timeout=60)
     assert all(isinstance(r, dict) for r in results), [r for r in results if not isinstance(r, dict)][:3]
     gave_way = [r for r in results if not r["ok"] and "gave way to another tenant" in r["error"]["message"]]
     full = [r for r in results if not r["ok"] and "calls already queued" in r["error"]["message"]]

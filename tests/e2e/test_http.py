@@ -493,7 +493,7 @@ def test_libmicrohttpd_is_loaded_only_by_the_http_front(procs, tmp_path):
 
 def test_queued_call_of_a_client_that_left_is_not_run(procs, tmp_path):
     """An HTTP client that closes its connection while its call waits in the gateway's
-    queue (its one serial worker holds 56 calls, the first for 3 s): the call leaves the queue within about
+    queue (its one serial worker holds 56 calls, the first for 8 s): the call leaves the queue within about
     200 ms, is recorded as AICFN_E_CANCELED, and never runs; the calls ahead of it all
     run. libmicrohttpd does not watch a waiting (suspended) connection: the front's reaper
     does (gw_http_callbacks.client_gone)."""
@@ -520,8 +520,8 @@ def test_queued_call_of_a_client_that_left_is_not_run(procs, tmp_path):
         body = {"inputs": [x], "parameters": {"sleep_ms": str(sleep_ms), "count_file": str(counts)}}
         results.append(http_req(hport, "POST", "/v2/models/slow/infer", json.dumps(body), timeout=60)[0])
 
-    # The first call holds the worker 3 s; the other 55 wait behind it on the worker.
-    ts = [threading.Thread(target=one, args=(3000,), daemon=True)]
+    # The first call holds the worker 8 s; the other 55 wait behind it on the worker.
+    ts = [threading.Thread(target=one, args=(8000,), daemon=True)]
     ts[0].start()
     wait_for(lambda: status()["in_flight"] >= 1, 10, interval=0.01, what="the first call in flight")
     ts += [threading.Thread(target=one, args=(0,), daemon=True) for _ in range(ahead - 1)]
