@@ -1,5 +1,6 @@
-/* cmd_usage.c: `aicfn usage`: calls, errors, GPU-seconds, cold-start seconds and cost
- * per tenant and function, from the invocation ledger.
+/* cmd_usage.c: `aicfn usage`: calls, errors, GPU-seconds (handler runs and the cold
+ * starts the calls made), cold-start wait and cost per tenant and function, from the
+ * invocation ledger.
  *
  * It opens aicfn.db in the gateway's data directory directly (a second SQLite reader;
  * WAL lets it read while the gateway writes), rather than asking the gateway over NNG:
@@ -36,8 +37,10 @@ static void us_help(FILE *out) {
         "usage: aicfn usage [--since DUR] [--tenant T] [--json] [--price-per-gpu-second P] [--data-dir DIR]\n"
         "\n"
         "Per tenant and function, from the invocation ledger: calls, errors, GPU-seconds (each\n"
-        "batch's handler time split across its calls), cold-start seconds (each cold batch's wait\n"
-        "for its model, split the same way) and cost (GPU-seconds x price), then the totals.\n"
+        "batch's handler time split across its calls), load GPU-seconds (each load a batch made,\n"
+        "and its handler's init, split the same way: a call that joined another's load pays none\n"
+        "of it), cold wait seconds (each cold batch's wait for its model, split the same way;\n"
+        "not billed) and cost ((GPU-seconds + load GPU-seconds) x price), then the totals.\n"
         "  --since DUR                only calls in the last DUR (e.g. 24h, 30m; default: all)\n"
         "  --tenant T                 only tenant T\n"
         "  --price-per-gpu-second P   price of one GPU-second (default: $AICFN_PRICE_PER_GPU_S, else 0)\n"
@@ -113,17 +116,15 @@ int cli_cmd_usage(int argc, char **argv) {
         free(s);
         return CLI_EXIT_OK;
     }
-    printf("%-20s %-24s %10s %8s %14s %12s %12s\n", "TENANT", "FUNCTION", "CALLS", "ERRORS", "GPU-SECONDS",
-           "COLD-SECONDS", "COST");
-    for (size_t i = 0; i < n; i++) {
-        const gw_usage_row *r = &rows[i];
-        printf("%-20s %-24s %10llu %8llu %14.6f %12.6f %12.6f\n", r->tenant, r->function,
-               (unsigned long long)r->calls, (unsigned long long)r->errors, (double)r->gpu_us / 1e6,
-               (double)r->cold_us / 1e6, gw_usage_cost(r->gpu_us, price));
+    printf("%-20s %-24s %10s %8s %14s %14s %12s %12s\n", "TENANT", "FUNCTION", "CALLS", "ERRORS",
+           "GPU-SECONDS", "LOAD-GPU-SEC", "COLD-SECONDS", "COST");
+    for (size_t i = 0; i <= n; i++) {
+        const gw_usage_row *r = i < n ? &rows[i] : &total;
+        printf("%-20s %-24s %10llu %8llu %14.6f %14.6f %12.6f %12.6f\n", i < n ? r->tenant : "TOTAL",
+               r->function, (unsigned long long)r->calls, (unsigned long long)r->errors,
+               (double)r->gpu_us / 1e6, (double)r->load_gpu_us / 1e6, (double)r->cold_us / 1e6,
+               gw_usage_cost(gw_usage_billed_us(r), price));
     }
-    printf("%-20s %-24s %10llu %8llu %14.6f %12.6f %12.6f\n", "TOTAL", "", (unsigned long long)total.calls,
-           (unsigned long long)total.errors, (double)total.gpu_us / 1e6, (double)total.cold_us / 1e6,
-           gw_usage_cost(total.gpu_us, price));
     if (n == 0) printf("(no calls recorded%s%s)\n", tenant ? " for tenant " : "", tenant ? tenant : "");
     free(rows);
     return CLI_EXIT_OK;

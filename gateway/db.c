@@ -167,6 +167,9 @@ static const char *const db_migrations[] = {
     ("ALTER TABLE function_names ADD COLUMN canary_version INTEGER;"
      "ALTER TABLE function_names ADD COLUMN canary_percent INTEGER NOT NULL DEFAULT 0 "
      "CHECK (canary_percent BETWEEN 0 AND 99);"),
+    /* 8: the device time of the cold start billed to a call (ledger.h gw_ledger_load_gpu_us):
+     * rows written before it paid for no load. */
+    "ALTER TABLE invocations ADD COLUMN load_gpu_us INTEGER NOT NULL DEFAULT 0 CHECK (load_gpu_us >= 0);",
 };
 
 #define DB_NMIGRATIONS ((int)(sizeof db_migrations / sizeof db_migrations[0]))

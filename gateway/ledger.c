@@ -28,7 +28,7 @@ typedef struct led_rec {
     char *request_id, *tenant, *function, *worker, *device, *evicted;
     int status;
     uint32_t batch_size;
-    uint64_t bytes_in, bytes_out, queue_us, load_us, exec_us, total_us, gpu_us;
+    uint64_t bytes_in, bytes_out, queue_us, load_us, exec_us, total_us, gpu_us, load_gpu_us;
     bool cold;
     bool cached;
     uint64_t compressed_bytes, raw_bytes;
@@ -82,6 +82,15 @@ const char *gw_phase_name(gw_phase p) {
 uint64_t gw_ledger_gpu_us(uint64_t exec_us, uint32_t batch_size) {
     if (batch_size == 0) batch_size = 1;
     return exec_us / batch_size + (exec_us % batch_size != 0);
+}
+
+uint64_t gw_ledger_load_gpu_us(uint64_t made_load_us, uint64_t init_us, uint32_t batch_size) {
+    uint64_t t = made_load_us > UINT64_MAX - init_us ? UINT64_MAX : made_load_us + init_us;
+    return gw_ledger_gpu_us(t, batch_size);
+}
+
+uint64_t gw_usage_billed_us(const gw_usage_row *r) {
+    return r->gpu_us > UINT64_MAX - r->load_gpu_us ? UINT64_MAX : r->gpu_us + r->load_gpu_us;
 }
 
 double gw_usage_cost(uint64_t gpu_us, double price_per_gpu_s) {
@@ -193,6 +202,7 @@ int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *in) {
     r->exec_us = in->exec_us;
     r->total_us = in->total_us;
     r->gpu_us = gw_ledger_gpu_us(in->exec_us, r->batch_size);
+    r->load_gpu_us = gw_ledger_load_gpu_us(in->made_load_us, in->init_us, r->batch_size);
     r->cold = in->cold;
     r->cached = in->cached;
     return led_enqueue(l, r, false, in->refused);
@@ -279,8 +289,8 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
             db,
             "INSERT INTO invocations(time_us, request_id, tenant, function, version, worker, device, "
             "status, batch_size, bytes_in, bytes_out, queue_us, load_us, exec_us, total_us, gpu_us, "
-            "cold, cached) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, "
-            "?17, ?18)",
+            "cold, cached, load_gpu_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
+            "?15, ?16, ?17, ?18, ?19)",
             &st, err);
         if (rc) return rc;
         sqlite3_bind_int64(st, 1, led_i64(r->time_us));
@@ -301,6 +311,7 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
         sqlite3_bind_int64(st, 16, led_amount(r->gpu_us));
         sqlite3_bind_int(st, 17, r->cold ? 1 : 0);
         sqlite3_bind_int(st, 18, r->cached ? 1 : 0);
+        sqlite3_bind_int64(st, 19, led_amount(r->load_gpu_us));
     } else if (r->kind == LED_WORKER) {
         /* One row per worker name, always holding its latest record (ledger.h). */
         rc = gw_db_stmt(db,
@@ -653,7 +664,7 @@ json_t *gw_coldstarts_to_json(const gw_coldstart_summary *s, size_t n) {
     "count(*), coalesce(sum(status != 'AICFN_OK'), 0), coalesce(sum(gpu_us), 0), "                           \
     "coalesce(sum(CASE WHEN cold = 1 THEN (load_us + batch_size - 1) / batch_size ELSE 0 END), 0), "         \
     "coalesce(sum(cold), 0), "                                                                               \
-    "coalesce(sum(bytes_in), 0), coalesce(sum(bytes_out), 0)"
+    "coalesce(sum(bytes_in), 0), coalesce(sum(bytes_out), 0), coalesce(sum(load_gpu_us), 0)"
 
 static void led_usage_fill(sqlite3_stmt *st, int col, gw_usage_row *r) {
     r->calls = (uint64_t)sqlite3_column_int64(st, col);
@@ -663,6 +674,7 @@ static void led_usage_fill(sqlite3_stmt *st, int col, gw_usage_row *r) {
     r->cold_calls = (uint64_t)sqlite3_column_int64(st, col + 4);
     r->bytes_in = (uint64_t)sqlite3_column_int64(st, col + 5);
     r->bytes_out = (uint64_t)sqlite3_column_int64(st, col + 6);
+    r->load_gpu_us = (uint64_t)sqlite3_column_int64(st, col + 7);
 }
 
 /* One row of `aicfn usage`: tenant, function and their sums. */
@@ -735,12 +747,13 @@ out:
 }
 
 static json_t *led_usage_row_json(const gw_usage_row *r, double price, bool with_names) {
-    json_t *o = json_pack("{s:I, s:I, s:I, s:f, s:I, s:f, s:I, s:I, s:I, s:f}", "calls", (json_int_t)r->calls,
-                          "errors", (json_int_t)r->errors, "gpu_us", (json_int_t)r->gpu_us, "gpu_s",
-                          (double)r->gpu_us / 1e6, "cold_us", (json_int_t)r->cold_us, "cold_s",
-                          (double)r->cold_us / 1e6, "cold_calls", (json_int_t)r->cold_calls, "bytes_in",
-                          (json_int_t)r->bytes_in, "bytes_out", (json_int_t)r->bytes_out, "cost",
-                          gw_usage_cost(r->gpu_us, price));
+    json_t *o = json_pack("{s:I, s:I, s:I, s:f, s:I, s:f, s:I, s:f, s:I, s:I, s:I, s:f}", "calls",
+                          (json_int_t)r->calls, "errors", (json_int_t)r->errors, "gpu_us",
+                          (json_int_t)r->gpu_us, "gpu_s", (double)r->gpu_us / 1e6, "load_gpu_us",
+                          (json_int_t)r->load_gpu_us, "load_gpu_s", (double)r->load_gpu_us / 1e6, "cold_us",
+                          (json_int_t)r->cold_us, "cold_s", (double)r->cold_us / 1e6, "cold_calls",
+                          (json_int_t)r->cold_calls, "bytes_in", (json_int_t)r->bytes_in, "bytes_out",
+                          (json_int_t)r->bytes_out, "cost", gw_usage_cost(gw_usage_billed_us(r), price));
     if (o && with_names) {
         json_object_set_new(o, "tenant", json_string(r->tenant));
         json_object_set_new(o, "function", json_string(r->function));

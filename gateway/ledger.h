@@ -56,6 +56,8 @@ typedef struct gw_invocation_record {
     uint32_t batch_size; /* requests in the handler call that served it; 0 is taken as 1 */
     uint64_t bytes_in, bytes_out;
     uint64_t queue_us, load_us, exec_us, total_us;
+    uint64_t made_load_us; /* the load its batch made (wire_timing.made_load_us; 0: none) */
+    uint64_t init_us;      /* its batch's handler init (0: none ran) */
     bool cold;
     bool cached;  /* served from the gateway's response cache: no worker, exec_us 0 */
     bool refused; /* refused before anything ran (rate, quota, unknown function...): its row
@@ -114,11 +116,17 @@ typedef struct gw_worker_record {
     gw_worker_row_state state;
 } gw_worker_record;
 
-/* The GPU time billed to one request of a batch: exec_us divided by batch_size,
+/* The device time billed to one request of a batch: exec_us divided by batch_size,
  * rounded UP to a whole µs (so a call that ran is never billed 0, and a batch's
  * members together are billed at most batch_size - 1 µs more than the batch ran).
  * batch_size 0 is taken as 1. Pure. */
 uint64_t gw_ledger_gpu_us(uint64_t exec_us, uint32_t batch_size);
+
+/* The device time of the cold start billed to one request of a batch (its row's
+ * load_gpu_us): the load its batch made plus its batch's handler init, split like
+ * gw_ledger_gpu_us. A call that joined a load another batch made pays nothing for it:
+ * each load is billed once, to the calls that made it. Saturating. Pure. */
+uint64_t gw_ledger_load_gpu_us(uint64_t made_load_us, uint64_t init_us, uint32_t batch_size);
 
 /* ---- Writer ------------------------------------------------------------------- */
 
@@ -216,7 +224,8 @@ typedef struct gw_usage_row {
     char function[AICFN_FN_NAME_MAX_BYTES + 1];
     uint64_t calls;
     uint64_t errors;  /* status != AICFN_OK */
-    uint64_t gpu_us;  /* sum of gpu_us */
+    uint64_t gpu_us;  /* sum of gpu_us (handler runs) */
+    uint64_t load_gpu_us; /* sum of load_gpu_us (the cold starts its calls made) */
     uint64_t cold_us; /* model-load wait over cold calls, each cold batch's load_us split
                          across its calls like gpu_us (ceil(load_us / batch_size)) */
     uint64_t cold_calls;
@@ -231,11 +240,15 @@ typedef struct gw_usage_row {
 int gw_ledger_usage(gw_db *db, const char *tenant, uint64_t since_us, gw_usage_row **out, size_t *n,
                     gw_usage_row *total, aicfn_error *err);
 
+/* The device time a usage row is charged for: gpu_us + load_gpu_us (saturating). */
+uint64_t gw_usage_billed_us(const gw_usage_row *r);
+
 /* Cost of gpu_us at a price per GPU-second (gpu_us / 1e6 * price). Presentation only. */
 double gw_usage_cost(uint64_t gpu_us, double price_per_gpu_s);
 
-/* {"rows":[{"tenant","function","calls","errors","gpu_us","gpu_s","cold_us","cold_s",
- * "cold_calls","bytes_in","bytes_out","cost"}], "total":{...}, "price_per_gpu_s":P}.
+/* {"rows":[{"tenant","function","calls","errors","gpu_us","gpu_s","load_gpu_us","load_gpu_s",
+ * "cold_us","cold_s","cold_calls","bytes_in","bytes_out","cost"}], "total":{...},
+ * "price_per_gpu_s":P}; cost is gw_usage_billed_us at the price.
  * New reference or NULL. */
 json_t *gw_usage_to_json(const gw_usage_row *rows, size_t n, const gw_usage_row *total,
                          double price_per_gpu_s);

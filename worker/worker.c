@@ -176,6 +176,7 @@ typedef struct worker_exec_info {
     uint32_t batch;
     uint64_t load_us, exec_us, init_us;
     const loader_acquire_info *acq; /* when the batch loaded the model; NULL otherwise */
+    bool made_load;                 /* the batch made that load (did not join another's) */
     bool attach_coldstart;
 } worker_exec_info;
 
@@ -452,6 +453,7 @@ static void worker_finish(worker_req *r, int code, const char *msg, const worker
             rep.timing.decompress_us = ex->acq->timing.decompress_us;
             rep.timing.filter_us = ex->acq->timing.filter_us;
             rep.timing.copy_us = ex->acq->timing.copy_us;
+            if (ex->made_load) rep.timing.made_load_us = ex->acq->timing.total_us;
         }
     }
     const char *evicted[LOADER_MAX_REPORTED_EVICTIONS];
@@ -966,6 +968,7 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
         if (ex.cold) {
             atomic_fetch_add(&w->n_cold, 1);
             ex.acq = &acq;
+            ex.made_load = !acq.joined;
             ex.attach_coldstart = !acq.joined;
         }
         if (n == 0 && ex.attach_coldstart) {

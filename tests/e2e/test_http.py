@@ -359,16 +359,22 @@ def test_usage_totals_equal_ledger_sums(procs, tmp_path):
     r = run_cli(["usage", "--data-dir", str(data), "--json", "--price-per-gpu-second", "2.5"])
     assert r.returncode == 0, r.stderr
     u = json.loads(r.stdout)
-    calls, errors, gpu, cold = db_rows(
-        data, "SELECT count(*), sum(status != 'AICFN_OK'), sum(gpu_us), sum(CASE WHEN cold THEN load_us ELSE 0 END) "
-              "FROM invocations")[0]
+    calls, errors, gpu, cold, load_gpu = db_rows(
+        data, "SELECT count(*), sum(status != 'AICFN_OK'), sum(gpu_us), sum(CASE WHEN cold THEN load_us ELSE 0 END), "
+              "sum(load_gpu_us) FROM invocations")[0]
     t = u["total"]
     assert (t["calls"], t["errors"], t["gpu_us"]) == (calls, errors, gpu)
     assert t["cold_us"] == cold
+    assert t["load_gpu_us"] == load_gpu
     assert sum(row["calls"] for row in u["rows"]) == calls
-    assert abs(t["cost"] - gpu / 1e6 * 2.5) < 1e-9
+    # The first call loaded mlp's model: it, and only it, pays for the load and the
+    # handler's init, which took part of the time the caller waited.
+    billed = db_rows(data, "SELECT cold, load_gpu_us, total_us FROM invocations WHERE load_gpu_us > 0")
+    assert len(billed) == 1 and billed[0][0] == 1 and 0 < billed[0][1] <= billed[0][2], billed
+    assert load_gpu == billed[0][1]
+    assert abs(t["cost"] - (gpu + load_gpu) / 1e6 * 2.5) < 1e-9
     txt = run_cli(["usage", "--data-dir", str(data)]).stdout
-    assert "TOTAL" in txt and "local" in txt
+    assert "TOTAL" in txt and "local" in txt and "LOAD-GPU-SEC" in txt
 
 
 def test_declared_inputs_are_checked_at_the_front(procs, tmp_path):

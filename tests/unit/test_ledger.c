@@ -35,6 +35,12 @@ static void gpu_us_rounding(void **state) {
     assert_int_equal(gw_ledger_gpu_us(1000, 3), 334); /* rounded up */
     assert_int_equal(gw_ledger_gpu_us(1, 32), 1);     /* never 0 for a call that ran */
     assert_int_equal(gw_ledger_gpu_us(0, 8), 0);
+    /* A cold start's load and init, split the same way; saturating. */
+    assert_int_equal(gw_ledger_load_gpu_us(0, 0, 4), 0);
+    assert_int_equal(gw_ledger_load_gpu_us(900, 100, 4), 250);
+    assert_int_equal(gw_ledger_load_gpu_us(1000, 1, 2), 501);
+    assert_int_equal(gw_ledger_load_gpu_us(0, 7, 0), 7);
+    assert_int_equal(gw_ledger_load_gpu_us(UINT64_MAX, 5, 1), UINT64_MAX);
 }
 
 static void coldstart_percentiles(void **state) {
@@ -150,6 +156,9 @@ static void usage_totals_equal_sql_sums(void **state) {
                                   .load_us = (seed >> 44) % 2 ? 50000 : 0,
                                   .exec_us = (seed >> 8) % 100000 + 1,
                                   .total_us = 200000,
+                                  /* a cold call's batch made the load, or joined another's */
+                                  .made_load_us = (seed >> 44) % 2 && (seed >> 50) % 3 == 0 ? 40000 : 0,
+                                  .init_us = (seed >> 44) % 2 && (seed >> 50) % 3 == 0 ? 1234 : 0,
                                   .cold = (seed >> 44) % 2};
         assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
     }
@@ -166,11 +175,12 @@ static void usage_totals_equal_sql_sums(void **state) {
     size_t n = 0;
     assert_int_equal(gw_ledger_usage(db, NULL, 0, &rows, &n, &total, &err), AICFN_OK);
     assert_int_equal(n, 6);
-    uint64_t calls = 0, errors = 0, gpu = 0, cold = 0, bin = 0, bout = 0;
+    uint64_t calls = 0, errors = 0, gpu = 0, load_gpu = 0, cold = 0, bin = 0, bout = 0;
     for (size_t i = 0; i < n; i++) {
         calls += rows[i].calls;
         errors += rows[i].errors;
         gpu += rows[i].gpu_us;
+        load_gpu += rows[i].load_gpu_us;
         cold += rows[i].cold_us;
         bin += rows[i].bytes_in;
         bout += rows[i].bytes_out;
@@ -179,6 +189,7 @@ static void usage_totals_equal_sql_sums(void **state) {
     assert_int_equal(calls, total.calls);
     assert_int_equal(errors, total.errors);
     assert_int_equal(gpu, total.gpu_us);
+    assert_int_equal(load_gpu, total.load_gpu_us);
     assert_int_equal(cold, total.cold_us);
     assert_int_equal(bin, total.bytes_in);
     assert_int_equal(bout, total.bytes_out);
@@ -191,6 +202,15 @@ static void usage_totals_equal_sql_sums(void **state) {
                                                 "invocations WHERE cold = 1"));
     assert_true(total.cold_us < (uint64_t)sql_int(db, "SELECT sum(load_us) FROM invocations WHERE cold = 1"));
     assert_int_equal(total.bytes_in, sql_int(db, "SELECT sum(bytes_in) FROM invocations"));
+    /* Only the calls whose batch made a load pay for it (and its init), split the same way;
+     * the cold calls that joined a load pay none of it. */
+    assert_int_equal(total.load_gpu_us,
+                     sql_int(db, "SELECT sum((41234 + batch_size - 1) / batch_size) FROM invocations WHERE "
+                                 "load_gpu_us > 0"));
+    assert_true(sql_int(db, "SELECT count(*) FROM invocations WHERE cold = 1 AND load_gpu_us = 0") > 0);
+    assert_true(sql_int(db, "SELECT count(*) FROM invocations WHERE load_gpu_us > 0") > 0);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM invocations WHERE cold = 0 AND load_gpu_us > 0"), 0);
+    assert_int_equal(gw_usage_billed_us(&total), total.gpu_us + total.load_gpu_us);
     assert_int_equal(
         rows[0].gpu_us,
         sql_int(db, "SELECT sum(gpu_us) FROM invocations WHERE tenant='alice' AND function='echo'"));
@@ -198,7 +218,9 @@ static void usage_totals_equal_sql_sums(void **state) {
     assert_non_null(j);
     json_t *jt = json_object_get(j, "total");
     assert_int_equal(json_integer_value(json_object_get(jt, "gpu_us")), (json_int_t)total.gpu_us);
-    assert_true(json_real_value(json_object_get(jt, "cost")) == gw_usage_cost(total.gpu_us, 2.5));
+    assert_int_equal(json_integer_value(json_object_get(jt, "load_gpu_us")), (json_int_t)total.load_gpu_us);
+    assert_true(json_real_value(json_object_get(jt, "cost")) ==
+                gw_usage_cost(total.gpu_us + total.load_gpu_us, 2.5));
     json_decref(j);
     free(rows);
     /* Tenant filter and --since. */
