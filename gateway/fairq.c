@@ -1,6 +1,6 @@
-/* fairq.c: which queued call gives way to an arriving one when a function's queue is
- * full (fairq.h). One pass over the queue, counting per tenant in an open-addressing
- * table twice the queue's size. */
+/* fairq.c: where an arriving call joins a function's queue, and which queued call gives
+ * way to it when the queue is full (fairq.h). Each is one pass over the queue; the second
+ * counts per tenant in an open-addressing table twice the queue's size. */
 #include "gateway/fairq.h"
 
 #include <stdbool.h>
@@ -48,4 +48,17 @@ long gw_fairq_victim(const uint64_t *tenant, size_t n, uint64_t arriving) {
     long victim = top && top->n >= mine + 2 ? (long)top->newest : -1;
     free(t);
     return victim;
+}
+
+size_t gw_fairq_place(const uint64_t *tenant, const uint64_t *tag, size_t n, uint64_t clock,
+                      uint64_t arriving, uint64_t *tag_out) {
+    uint64_t last = clock;
+    for (size_t i = 0; i < n; i++)
+        if (tenant[i] == arriving && tag[i] > last) last = tag[i];
+    uint64_t t = last + 1;
+    size_t at = n;
+    while (at > 0 && tag[at - 1] > t)
+        at--;
+    *tag_out = t;
+    return at;
 }

@@ -87,8 +87,9 @@ typedef struct gw_fn {
     gw_fn_config cfg;
     bool stale;   /* re-check the registry before the next use (after deploy/rm) */
     bool removed; /* by an rm (gw_functions_removed): no metrics once its queue is empty */
-    gw_call *q_head, *q_tail;
+    gw_call *q_head, *q_tail; /* in the order of service (fairq.h): gw_call.q_tag nondecreasing */
     uint32_t q_len;
+    uint64_t q_clock;   /* the tag of the last call served from the queue (fairq.h) */
     uint64_t q_changes; /* calls that joined or left the queue, ever: the refusal memo's clock */
     struct {
         uint64_t tenant, at; /* a tenant refused a place in the full queue at q_changes `at` */
@@ -132,7 +133,8 @@ struct gw_call {
     uint64_t id;
     uint64_t gid; /* unique in this gateway: what the worker's fault note names (ids collide) */
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
-    uint64_t tenant_id; /* gw_fairq_tenant_id(tenant): its share of a full queue */
+    uint64_t tenant_id; /* gw_fairq_tenant_id(tenant): its turn and share in a queue */
+    uint64_t q_tag;     /* while in its function's queue: its place in the order (fairq.h) */
     uint8_t *wreq; /* the request as the worker gets it (spec, tenant set) */
     size_t wreq_len;
     uint64_t bytes_in;
@@ -1154,14 +1156,34 @@ static void gw_queue_unlink_locked(gw_fn *f, gw_call *prev, gw_call *c) {
     f->q_changes++;
 }
 
+/* Puts c in f's queue, in its tenant's turn (fairq.h gw_fairq_place; lock held). The
+ * common cases take no pass over the queue: an empty one, and a tail of c's own tenant
+ * (whose tag is the largest: c goes after it). */
 static void gw_enqueue_locked(gw_fn *f, gw_call *c) {
-    c->next = NULL;
     c->worker = NULL;
-    if (f->q_tail)
-        f->q_tail->next = c;
+    gw_call *prev = f->q_tail; /* c goes after it (NULL: at the head) */
+    if (!prev) {
+        c->q_tag = f->q_clock + 1;
+    } else if (prev->tenant_id == c->tenant_id || f->q_len > AICFN_DEFAULT_QUEUE_PER_FUNCTION) {
+        c->q_tag = (prev->q_tag > f->q_clock ? prev->q_tag : f->q_clock) + 1;
+    } else {
+        uint64_t ids[AICFN_DEFAULT_QUEUE_PER_FUNCTION], tags[AICFN_DEFAULT_QUEUE_PER_FUNCTION];
+        gw_call *calls[AICFN_DEFAULT_QUEUE_PER_FUNCTION];
+        size_t n = 0;
+        for (gw_call *q = f->q_head; q && n < AICFN_DEFAULT_QUEUE_PER_FUNCTION; q = q->next) {
+            ids[n] = q->tenant_id;
+            tags[n] = q->q_tag;
+            calls[n++] = q;
+        }
+        size_t at = gw_fairq_place(ids, tags, n, f->q_clock, c->tenant_id, &c->q_tag);
+        prev = at ? calls[at - 1] : NULL;
+    }
+    c->next = prev ? prev->next : f->q_head;
+    if (prev)
+        prev->next = c;
     else
         f->q_head = c;
-    f->q_tail = c;
+    if (f->q_tail == prev) f->q_tail = c;
     f->q_len++;
     f->q_changes++;
 }
@@ -1327,7 +1349,8 @@ static void gw_route_locked(gw_gateway *gw, gw_call *c, gw_actions *a) {
     /* A call routed again (a retry, a refusal by a draining worker) waits for no spawn
      * it waited for before: only a start this routing waits for is its cold start's. */
     c->spawned = false;
-    /* FIFO per function: a new call never overtakes queued ones. */
+    /* A new call never overtakes queued ones: it goes straight to a worker only past an
+     * empty queue, else it takes its tenant's turn in it (fairq.h). */
     if (f->q_len == 0 && gw_try_route_locked(gw, c, a)) return;
     if (!gw_queue_admit_locked(f, c, a)) {
         gw_fail_locked(a, c, AICFN_E_OVERLOADED, "function %s:%u: %u calls already queued", f->name, f->ver,
@@ -1346,6 +1369,7 @@ static void gw_pump_locked(gw_gateway *gw, gw_actions *a) {
             f->q_head = c->next;
             if (!f->q_head) f->q_tail = NULL;
             f->q_len--;
+            uint64_t tag = c->q_tag;
             if (!gw_try_route_locked(gw, c, a)) { /* back in its place: the queue is unchanged */
                 c->next = f->q_head;
                 f->q_head = c;
@@ -1353,6 +1377,7 @@ static void gw_pump_locked(gw_gateway *gw, gw_actions *a) {
                 f->q_len++;
                 break;
             }
+            if (tag > f->q_clock) f->q_clock = tag;
             f->q_changes++;
         }
     }

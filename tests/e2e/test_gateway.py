@@ -2103,6 +2103,70 @@ def test_full_queue_is_shared_between_tenants(procs, tmp_path):
     assert all(r["error"]["code"] == E_OVERLOADED for r in full)
 
 
+def test_queued_calls_are_served_in_turn_between_tenants(procs, tmp_path):
+    """One tenant has a slow function's one serial worker full (56 calls sent to it) and
+    more calls queued at the gateway; another tenant's calls, sent after all of them, are
+    not served after the whole backlog: the queue serves the tenants in turn, one call
+    each, each tenant's own calls in the order they came (gateway/fairq.h)."""
+    from conftest import aicfn_bin
+    data = tmp_path / "data"
+    data.mkdir()
+    admin, hog, other = create_key(data, "ops", "--admin"), create_key(data, "hog"), create_key(data, "other")
+    write_manifest(tmp_path / "slow", f"name: slow\nhandler: {handler('test_sleep')}\nlimits: {{ timeout: 60s }}\n")
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "1..1",
+                 "--worker-memory", "64MiB", "--device", "host"], name="gateway")
+    wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id(), "key": admin}, timeout_ms=500).get("ok"),
+             15, interval=0.05, what="the gateway")
+    r = run_cli(["deploy", str(tmp_path / "slow"), "--gateway", addr], env={"AICFN_KEY": admin}, timeout=120)
+    assert r.returncode == 0, r.stderr
+    x = tensor("x", np.arange(2, dtype=np.float32))
+
+    def status():
+        st = call(addr, {"v": 1, "t": "status", "id": next_id(), "key": admin}, timeout_ms=2000)
+        return json.loads(st["json"])
+
+    done = []  # (tenant, i) in the order the replies came
+    lock = threading.Lock()
+
+    def one(key, name, i, sleep_ms):
+        m = invoke_msg("slow", [x], params={"sleep_ms": str(sleep_ms)}, deadline_ms=40000)
+        m["key"] = key
+        rep = call(addr, m, timeout_ms=70000)
+        with lock:
+            done.append((name, i, rep.get("ok"), rep.get("error")))
+
+    assert call(addr, dict(invoke_msg("slow", [x], params={"sleep_ms": "0"}), key=hog))["ok"]  # warm
+    n_hog = 70
+    # The first call holds the serial worker 3 s, so nothing ends while the rest line up.
+    ts = [threading.Thread(target=one, args=(hog, "hog", 0, 3000), daemon=True)]
+    ts[0].start()
+    wait_for(lambda: status()["in_flight"] >= 1, 10, interval=0.02, what="the first call sent")
+    ts += [threading.Thread(target=one, args=(hog, "hog", i, 40), daemon=True) for i in range(1, n_hog)]
+    for t in ts[1:]:
+        t.start()
+    wait_for(lambda: (lambda s: s["in_flight"] + s["queued"] == n_hog)(status()), 20, interval=0.05,
+             what="the hog's calls sent or queued")
+    queued = status()["queued"]
+    assert queued >= 10, queued  # the worker took at most 56: the rest wait at the gateway
+    mine = []
+    for i in range(3):  # one after the other, so that they come in this order
+        mine.append(threading.Thread(target=one, args=(other, "other", i, 40), daemon=True))
+        mine[-1].start()
+        wait_for(lambda: status()["queued"] == queued + i + 1, 10, interval=0.02, what=f"the other's call {i} queued")
+    assert done == [], done  # all of them were in place before the first call ended
+    for t in ts + mine:
+        t.join(timeout=60)
+    assert len(done) == n_hog + 3 and all(ok for _, _, ok, _ in done), [d for d in done if not d[2]][:3]
+    # Each tenant's calls in the order they came ...
+    assert [i for name, i, _, _ in done if name == "other"] == [0, 1, 2], done
+    # ... and the queue, once the worker's 56 were done, took the tenants in turn:
+    # hog, other, hog, other, hog, other, then the rest of the hog's.
+    order = [name for name, _, _, _ in done][n_hog - queued:]
+    assert order[:7] == ["hog", "other", "hog", "other", "hog", "other", "hog"], order
+    assert order[7:] == ["hog"] * (queued - 4), order
+
+
 def test_api_keys_on_the_nng_front(procs, tmp_path):
     from conftest import aicfn_bin
     data = tmp_path / "data"
