@@ -118,6 +118,15 @@ static int fh_precheck(void *ctx, const char *model, uint32_t version, const gw_
                               retry_after_s, err);
 }
 
+/* After the body: a request refused for the caller's fault still counts (its rate). */
+static int fh_refused(void *ctx, const char *model, uint32_t version, const gw_http_principal *who, int code,
+                      uint32_t *retry_after_s, aicfn_error *err) {
+    gw_front_http *f = ctx;
+    uint64_t id = atomic_fetch_add(&f->next_id, 1) + 1;
+    return gw_invoke_refused(f->gw, id, model, version, who->tenant, who->rate_per_s, who->quota_per_day,
+                             code, retry_after_s, err);
+}
+
 static int fh_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aicfn_error *err) {
     gw_front_http *f = ctx;
     fh_pending *p = calloc(1, sizeof *p);
@@ -225,6 +234,13 @@ static bool fh_live(void *ctx, char *why, size_t cap) {
     return false;
 }
 
+/* Not ready while not live: a load balancer stops sending calls to a gateway that asks
+ * to be restarted. */
+static bool fh_ready(void *ctx) {
+    char why[8];
+    return fh_live(ctx, why, sizeof why);
+}
+
 static void fh_before_metrics(void *ctx) {
     gw_front_http *f = ctx;
     if (!f->own_metrics) gw_metrics_refresh(f->gw);
@@ -287,6 +303,8 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
                                 .repository_index = fh_index,
                                 .before_metrics = fh_before_metrics,
                                 .live = fh_live,
+                                .ready = fh_ready,
+                                .refused = gw_insecure_local(gw) ? NULL : fh_refused,
                                 .client_gone = fh_client_gone};
         gw_http_config cfg = {
             .listen = listen, .metrics = f->metrics, .std = &f->std, .server_version = version};

@@ -3601,6 +3601,24 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
     return rc;
 }
 
+int gw_invoke_refused(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
+                      uint32_t rate_per_s, uint64_t quota_per_day, int code, uint32_t *retry_after_s,
+                      aicfn_error *err) {
+    wire_invoke_req req;
+    memset(&req, 0, sizeof req);
+    req.id = id;
+    req.fn = fn;
+    req.ver = ver;
+    aicfn_error lim;
+    int rc = gw_invoke_admit(gw, &req, tenant, rate_per_s, quota_per_day, retry_after_s, &lim);
+    if (rc != AICFN_OK) { /* recorded as that refusal */
+        if (err) *err = lim;
+        return rc;
+    }
+    gw_record_refused(gw, &req, 0, tenant, code);
+    return AICFN_OK;
+}
+
 /* ---- Repository load / unload ------------------------------------------------------ */
 
 /* A preload call (t:"preload") of f's model, not yet routed: memory only, so it may be

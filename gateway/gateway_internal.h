@@ -70,6 +70,17 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
 int gw_invoke_precheck(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
                        uint32_t rate_per_s, uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err);
 
+/* A call of fn:ver that a front refused for the caller's own fault (`code`: its request
+ * does not parse, or does not match the function's signature) before gw_invoke_admit:
+ * it is admitted against the caller's limits all the same, as a call the gateway
+ * refuses (an unknown function) is, then recorded as refused with `code`, so a caller's
+ * rate also bounds what its refused requests cost. AICFN_OK (recorded with `code`), or
+ * gw_invoke_admit's refusal (AICFN_E_QUOTA, *retry_after_s, *err; recorded as that).
+ * Thread-safe; never blocks on I/O. */
+int gw_invoke_refused(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
+                      uint32_t rate_per_s, uint64_t quota_per_day, int code, uint32_t *retry_after_s,
+                      aicfn_error *err);
+
 /* Forgets cached function resolutions (after deploy, rm, activate). Thread-safe. */
 void gw_functions_changed(gw_gateway *gw);
 

@@ -441,12 +441,17 @@ static void *ht_reaper_main(void *arg) {
     pthread_setname_np(pthread_self(), "aicfn:http-reap");
     gw_http *h = arg;
     uint64_t limit_us = (uint64_t)h->cfg.receive_timeout_s * 1000000u;
+    uint64_t next_pass_us = clock_now_us() + 200000;
     pthread_mutex_lock(&h->mu);
     while (!h->stopping) {
+        /* h->cv is broadcast on every completion and more: a pass (a peek per waiting
+         * call) runs every 200 ms, not on each wake. */
         struct timespec ts;
-        clock_deadline_to_timespec(clock_now_us() + 200000, &ts);
+        clock_deadline_to_timespec(next_pass_us, &ts);
         pthread_cond_timedwait(&h->cv, &h->mu, &ts);
         uint64_t now = clock_now_us();
+        if (now < next_pass_us || h->stopping) continue;
+        next_pass_us = now + 200000;
         for (ht_conn *k = h->conns; k; k = k->next)
             if (k->receiving && k->fd >= 0 && now - k->since_us > limit_us) {
                 shutdown(k->fd, SHUT_RDWR); /* MHD sees the connection end and closes it */
@@ -643,6 +648,23 @@ static void ht_do_model(gw_http_call *r) {
 
 /* ---- Asynchronous endpoints ---- */
 
+/* Answers an infer refused after its body was read for the caller's own fault (code,
+ * err): counted against the caller's limits first (cb.refused), whose refusal, if any,
+ * is the answer instead. */
+static void ht_refuse_infer(gw_http_call *r, int code, aicfn_error *err) {
+    gw_http *h = r->h;
+    unsigned status = (unsigned)aicfn_http_status(code);
+    if (h->cb.refused && r->have_who && status >= 400 && status < 500 && status != 429) {
+        uint32_t retry = 0;
+        int rc = h->cb.refused(h->cb.ctx, r->model, r->version, &r->who, code, &retry, err);
+        if (rc != AICFN_OK) {
+            r->retry_after_s = retry;
+            code = rc;
+        }
+    }
+    ht_set_error(r, code, err->msg);
+}
+
 /* Starts infer/load/unload. Returns true when the call is now WAITING for completion. */
 static bool ht_start_async(gw_http_call *r) {
     gw_http *h = r->h;
@@ -656,14 +678,18 @@ static bool ht_start_async(gw_http_call *r) {
             errno = 0;
             unsigned long long v = strtoull(hl, &end, 10);
             if (errno || *end || end == hl || hl[0] == '-' || v > r->len) {
-                ht_set_error(r, AICFN_E_INVALID, OIP_HEADER_LENGTH " is not a length within the body");
+                aicfn_error_set(&err, AICFN_E_INVALID, OIP_HEADER_LENGTH " is not a length within the body");
+                ht_refuse_infer(r, AICFN_E_INVALID, &err);
                 return false;
             }
             json_len = (size_t)v;
         }
         rc = oip_request_parse(r->body, r->len, json_len, &r->req, &err);
         if (rc) {
-            ht_set_error(r, rc, err.msg);
+            if (rc == AICFN_E_NOMEM)
+                ht_set_error(r, rc, err.msg);
+            else
+                ht_refuse_infer(r, rc, &err);
             return false;
         }
         /* The call holds more than its body until it is answered: the tensors decoded from
@@ -700,7 +726,7 @@ static bool ht_start_async(gw_http_call *r) {
             }
             free(mi);
             if (rc) {
-                ht_set_error(r, rc, err.msg);
+                ht_refuse_infer(r, rc, &err);
                 return false;
             }
         }

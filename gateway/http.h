@@ -130,6 +130,14 @@ typedef struct gw_http_callbacks {
      * caller over its limits costs no body upload or parse. NULL = no early check. */
     int (*precheck)(void *ctx, const char *model, uint32_t version, const gw_http_principal *who,
                     uint32_t *retry_after_s, aicfn_error *err);
+    /* An infer refused after its body was read (it does not parse, or does not match the
+     * function's signature; `code` and *err say why), before infer was called: it is
+     * counted as a call the gateway refused, against the caller's rate and quota, so a
+     * caller's rate also bounds what its refused bodies cost. Returns AICFN_OK to answer
+     * with `code` and *err, or the limits' refusal (AICFN_E_QUOTA, *retry_after_s, *err
+     * rewritten) to answer instead. NULL = refusals are not counted. */
+    int (*refused)(void *ctx, const char *model, uint32_t version, const gw_http_principal *who, int code,
+                   uint32_t *retry_after_s, aicfn_error *err);
     /* Repository extension, same contract as infer (complete with res = NULL): load makes
      * the model resident on a worker, unload evicts it everywhere. NULL = 404. */
     int (*load)(void *ctx, gw_http_call *call, const char *model, uint32_t version,

@@ -300,6 +300,22 @@ def test_keys_over_http(procs, tmp_path):
         c.close()
     time.sleep(int(got429["Retry-After"]))
     assert http_req(hport, "POST", "/v2/models/mlp/infer", body, auth)[0] == 200
+    # A body refused for the caller's own fault (here: it does not parse) counts against
+    # its rate like a call: a burst of them soon gets 429 too (without that, a caller
+    # could keep the front parsing bodies at any rate), and each one so refused has its
+    # ledger row.
+    time.sleep(1.5)  # a full bucket: 2 tokens
+    got = []
+    for i in range(10):
+        st, h, b = http_req(hport, "POST", "/v2/models/mlp/infer", b"{not json", auth)
+        got.append(st)
+        if st == 429:
+            assert "Retry-After" in h and "rate" in json.loads(b)["error"], b
+            break
+    assert got[0] == 400 and got[-1] == 429 and set(got[:-1]) == {400}, got
+    wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations WHERE tenant = 'acme' AND "
+                                   "status = 'AICFN_E_INVALID'")[0][0] >= len(got) - 1, 10, what="refused rows")
+    time.sleep(1.5)  # the rate's tokens back
     # Non-admin repository changes: 403.
     st, _, b = http_req(hport, "POST", "/v2/repository/models/mlp/load", b"{}", auth)
     assert st == 403 and "error" in json.loads(b)
