@@ -512,6 +512,14 @@ static void *srv_watchdog(void *arg) {
         bool closing = s->closing;
         pthread_mutex_unlock(&s->mu);
         if (closing) break;
+        if (bounded_close_stuck() > 0) {
+            /* NNG's reaper is wedged (bounded_close.h): each probe's close would hang its
+             * bound and leave a thread behind, and a restarted listener would not help. */
+            log_error("rpc server %s: an NNG close is stuck in this process: the ipc listener is no "
+                      "longer probed (restart the process)",
+                      s->url);
+            break;
+        }
         if (srv_probe(s)) {
             s->probe_failures = 0;
             continue;

@@ -1690,6 +1690,9 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
     gw_call_left_locked(gw, w, c);
     if (own_msg) gw_link_msg_done_locked(gw, w, c->short_msg, status == AICFN_OK, &a);
     if (status == AICFN_E_WORKER_LOST) {
+        /* Read again under the lock: the crash records' times, and their window, only move
+         * forward even when two deaths are handled at once. */
+        now = clock_now_us();
         log_warn("worker %s lost with call %llu (%s:%u) in flight: %s", w->name, (unsigned long long)c->id,
                  c->fn->name, c->fn->ver, err ? err->msg : "");
         gw_worker_dead_locked(gw, w, &a);
@@ -1723,7 +1726,8 @@ static void gw_call_complete(gw_call *c, int status, rpc_msg *reply, const aicfn
         bool pinned = crashed && w->fault && w->fault->n == 1;
         gw_crash *tr = pinned ? gw_crash_slot(c->fn, true, c->tenant_id, true, now, cr) : NULL;
         if (tr && tr->death != w->death) {
-            if (tr->crashes && now - tr->last_us > (uint64_t)AICFN_CRASH_TENANT_WINDOW_MS * 1000) {
+            if (tr->crashes && now > tr->last_us &&
+                now - tr->last_us > (uint64_t)AICFN_CRASH_TENANT_WINDOW_MS * 1000) {
                 tr->crashes = 0;
                 c->fn->n_crash_records--;
             }
