@@ -913,12 +913,17 @@ typedef struct wire_timing_field {
 } wire_timing_field;
 
 static const wire_timing_field wire_timing_fields[] = {
-    {"queue", offsetof(wire_timing, queue_us)},         {"load", offsetof(wire_timing, load_us)},
-    {"exec", offsetof(wire_timing, exec_us)},           {"total", offsetof(wire_timing, total_us)},
-    {"read", offsetof(wire_timing, read_us)},           {"decompress", offsetof(wire_timing, decompress_us)},
-    {"filter", offsetof(wire_timing, filter_us)},       {"copy", offsetof(wire_timing, copy_us)},
-    {"init", offsetof(wire_timing, init_us)},           {"fetch", offsetof(wire_timing, fetch_us)},
-    {"made_load", offsetof(wire_timing, made_load_us)},
+    {"queue", offsetof(wire_timing, queue_us)},
+    {"load", offsetof(wire_timing, load_us)},
+    {"exec", offsetof(wire_timing, exec_us)},
+    {"total", offsetof(wire_timing, total_us)},
+    {"read", offsetof(wire_timing, read_us)},
+    {"decompress", offsetof(wire_timing, decompress_us)},
+    {"filter", offsetof(wire_timing, filter_us)},
+    {"copy", offsetof(wire_timing, copy_us)},
+    {"init", offsetof(wire_timing, init_us)},
+    {"fetch", offsetof(wire_timing, fetch_us)},
+    {"cold_share", offsetof(wire_timing, cold_share_us)},
 };
 #define WIRE_NTIMING (sizeof wire_timing_fields / sizeof wire_timing_fields[0])
 

@@ -341,9 +341,11 @@ typedef struct wire_timing {
     uint64_t filter_us;
     uint64_t copy_us;
     uint64_t init_us; /* handler init */
-    uint64_t made_load_us; /* the whole load this call's batch made (the loader's wall time, fetch
-                              included): 0 when warm or when it joined a load another batch made.
-                              What the ledger bills for the load (ledger.h load_gpu_us) */
+    uint64_t cold_share_us; /* this call's share of the device time of the cold start its batch
+                               made: the load (the loader's wall time, fetch included; none when
+                               the batch joined another's load) and the handler's init, each split
+                               over the calls that waited for it, rounded up; 0 when warm. What
+                               the ledger bills for cold starts (ledger.h load_gpu_us) */
 } wire_timing;
 
 /* The cold-start record sent with the reply that paid for the load (`cs`). */

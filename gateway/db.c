@@ -167,8 +167,9 @@ static const char *const db_migrations[] = {
     ("ALTER TABLE function_names ADD COLUMN canary_version INTEGER;"
      "ALTER TABLE function_names ADD COLUMN canary_percent INTEGER NOT NULL DEFAULT 0 "
      "CHECK (canary_percent BETWEEN 0 AND 99);"),
-    /* 8: the device time of the cold start billed to a call (ledger.h gw_ledger_load_gpu_us):
-     * rows written before it paid for no load. */
+    /* 8: a call's share of the device time of the cold start its batch made (the load, unless
+     * it joined another's, and the handler's init: wire.h cold_share_us); rows written
+     * before it paid for none. */
     "ALTER TABLE invocations ADD COLUMN load_gpu_us INTEGER NOT NULL DEFAULT 0 CHECK (load_gpu_us >= 0);",
 };
 

@@ -687,8 +687,7 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         .load_us = rep ? rep->timing.load_us : 0,
         .exec_us = rep ? rep->timing.exec_us : 0,
         .total_us = now - c->received_us,
-        .made_load_us = rep ? rep->timing.made_load_us : 0,
-        .init_us = rep ? rep->timing.init_us : 0,
+        .load_gpu_us = rep ? rep->timing.cold_share_us : 0,
         .cold = rep ? rep->cold : false,
     };
     gw_ledger_submit_invocation(gw->ledger, &r);

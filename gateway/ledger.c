@@ -84,11 +84,6 @@ uint64_t gw_ledger_gpu_us(uint64_t exec_us, uint32_t batch_size) {
     return exec_us / batch_size + (exec_us % batch_size != 0);
 }
 
-uint64_t gw_ledger_load_gpu_us(uint64_t made_load_us, uint64_t init_us, uint32_t batch_size) {
-    uint64_t t = made_load_us > UINT64_MAX - init_us ? UINT64_MAX : made_load_us + init_us;
-    return gw_ledger_gpu_us(t, batch_size);
-}
-
 uint64_t gw_usage_billed_us(const gw_usage_row *r) {
     return r->gpu_us > UINT64_MAX - r->load_gpu_us ? UINT64_MAX : r->gpu_us + r->load_gpu_us;
 }
@@ -202,7 +197,7 @@ int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *in) {
     r->exec_us = in->exec_us;
     r->total_us = in->total_us;
     r->gpu_us = gw_ledger_gpu_us(in->exec_us, r->batch_size);
-    r->load_gpu_us = gw_ledger_load_gpu_us(in->made_load_us, in->init_us, r->batch_size);
+    r->load_gpu_us = in->load_gpu_us;
     r->cold = in->cold;
     r->cached = in->cached;
     return led_enqueue(l, r, false, in->refused);

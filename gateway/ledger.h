@@ -56,8 +56,7 @@ typedef struct gw_invocation_record {
     uint32_t batch_size; /* requests in the handler call that served it; 0 is taken as 1 */
     uint64_t bytes_in, bytes_out;
     uint64_t queue_us, load_us, exec_us, total_us;
-    uint64_t made_load_us; /* the load its batch made (wire_timing.made_load_us; 0: none) */
-    uint64_t init_us;      /* its batch's handler init (0: none ran) */
+    uint64_t load_gpu_us; /* its share of the cold start its batch made (wire_timing.cold_share_us) */
     bool cold;
     bool cached;  /* served from the gateway's response cache: no worker, exec_us 0 */
     bool refused; /* refused before anything ran (rate, quota, unknown function...): its row
@@ -121,12 +120,6 @@ typedef struct gw_worker_record {
  * members together are billed at most batch_size - 1 µs more than the batch ran).
  * batch_size 0 is taken as 1. Pure. */
 uint64_t gw_ledger_gpu_us(uint64_t exec_us, uint32_t batch_size);
-
-/* The device time of the cold start billed to one request of a batch (its row's
- * load_gpu_us): the load its batch made plus its batch's handler init, split like
- * gw_ledger_gpu_us. A call that joined a load another batch made pays nothing for it:
- * each load is billed once, to the calls that made it. Saturating. Pure. */
-uint64_t gw_ledger_load_gpu_us(uint64_t made_load_us, uint64_t init_us, uint32_t batch_size);
 
 /* ---- Writer ------------------------------------------------------------------- */
 

@@ -176,7 +176,11 @@ typedef struct worker_exec_info {
     uint32_t batch;
     uint64_t load_us, exec_us, init_us;
     const loader_acquire_info *acq; /* when the batch loaded the model; NULL otherwise */
-    bool made_load;                 /* the batch made that load (did not join another's) */
+    /* What each reply's cold_share is made of: the load the batch made (not joined), split
+     * over the calls that waited for it (load_calls), and its init, split over the calls
+     * that waited for that (init_calls). 0: none. */
+    uint64_t made_load_us;
+    uint32_t load_calls, init_calls;
     bool attach_coldstart;
 } worker_exec_info;
 
@@ -412,6 +416,11 @@ static void worker_req_done(worker_req *r) {
 
 /* Encodes and sends the reply of an accepted invocation, then frees it and counts it
  * out of the in-flight total. `code` != OK overrides the response. */
+/* a / b rounded up (b > 0): a call's share of a time its batch spent for all of it. */
+static uint64_t worker_div_up(uint64_t a, uint32_t b) {
+    return a / b + (a % b != 0);
+}
+
 static void worker_finish(worker_req *r, int code, const char *msg, const worker_exec_info *ex) {
     worker *w = r->w;
     const char *rmsg = "";
@@ -453,8 +462,10 @@ static void worker_finish(worker_req *r, int code, const char *msg, const worker
             rep.timing.decompress_us = ex->acq->timing.decompress_us;
             rep.timing.filter_us = ex->acq->timing.filter_us;
             rep.timing.copy_us = ex->acq->timing.copy_us;
-            if (ex->made_load) rep.timing.made_load_us = ex->acq->timing.total_us;
         }
+        uint64_t share = ex->load_calls ? worker_div_up(ex->made_load_us, ex->load_calls) : 0;
+        if (ex->init_us && ex->init_calls) share += worker_div_up(ex->init_us, ex->init_calls);
+        rep.timing.cold_share_us = share;
     }
     const char *evicted[LOADER_MAX_REPORTED_EVICTIONS];
     if (ex && ex->attach_coldstart && ex->acq) {
@@ -908,7 +919,10 @@ static int worker_fn_instance(worker_fn *fn, worker_batch_item **items, uint32_t
         fn->init_pending = NULL;
         int rc = iw->rc;
         bool ours = iw->generation == generation;
-        if (ours) ex->init_us = iw->init_us;
+        if (ours) {
+            ex->init_us = iw->init_us;
+            ex->init_calls = *k; /* the calls that waited for it to the end share it */
+        }
         if (rc == AICFN_OK && ours) {
             fn->inst = iw->inst;
             fn->inst_generation = generation;
@@ -968,7 +982,10 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
         if (ex.cold) {
             atomic_fetch_add(&w->n_cold, 1);
             ex.acq = &acq;
-            ex.made_load = !acq.joined;
+            if (!acq.joined) { /* the calls still here share it (those that gave up are gone) */
+                ex.made_load_us = acq.timing.total_us;
+                ex.load_calls = n;
+            }
             ex.attach_coldstart = !acq.joined;
         }
         if (n == 0 && ex.attach_coldstart) {

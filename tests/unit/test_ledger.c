@@ -35,12 +35,6 @@ static void gpu_us_rounding(void **state) {
     assert_int_equal(gw_ledger_gpu_us(1000, 3), 334); /* rounded up */
     assert_int_equal(gw_ledger_gpu_us(1, 32), 1);     /* never 0 for a call that ran */
     assert_int_equal(gw_ledger_gpu_us(0, 8), 0);
-    /* A cold start's load and init, split the same way; saturating. */
-    assert_int_equal(gw_ledger_load_gpu_us(0, 0, 4), 0);
-    assert_int_equal(gw_ledger_load_gpu_us(900, 100, 4), 250);
-    assert_int_equal(gw_ledger_load_gpu_us(1000, 1, 2), 501);
-    assert_int_equal(gw_ledger_load_gpu_us(0, 7, 0), 7);
-    assert_int_equal(gw_ledger_load_gpu_us(UINT64_MAX, 5, 1), UINT64_MAX);
 }
 
 static void coldstart_percentiles(void **state) {
@@ -156,9 +150,10 @@ static void usage_totals_equal_sql_sums(void **state) {
                                   .load_us = (seed >> 44) % 2 ? 50000 : 0,
                                   .exec_us = (seed >> 8) % 100000 + 1,
                                   .total_us = 200000,
-                                  /* a cold call's batch made the load, or joined another's */
-                                  .made_load_us = (seed >> 44) % 2 && (seed >> 50) % 3 == 0 ? 40000 : 0,
-                                  .init_us = (seed >> 44) % 2 && (seed >> 50) % 3 == 0 ? 1234 : 0,
+                                  /* a cold call's share of the load its batch made (none when
+                                   * it joined another batch's) */
+                                  .load_gpu_us =
+                                      (seed >> 44) % 2 && (seed >> 50) % 3 == 0 ? 41234 / batch : 0,
                                   .cold = (seed >> 44) % 2};
         assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
     }
@@ -202,11 +197,10 @@ static void usage_totals_equal_sql_sums(void **state) {
                                                 "invocations WHERE cold = 1"));
     assert_true(total.cold_us < (uint64_t)sql_int(db, "SELECT sum(load_us) FROM invocations WHERE cold = 1"));
     assert_int_equal(total.bytes_in, sql_int(db, "SELECT sum(bytes_in) FROM invocations"));
-    /* Only the calls whose batch made a load pay for it (and its init), split the same way;
-     * the cold calls that joined a load pay none of it. */
+    /* Each row keeps the share of the cold start it was given; warm calls and the cold ones
+     * that joined another batch's load pay none. */
     assert_int_equal(total.load_gpu_us,
-                     sql_int(db, "SELECT sum((41234 + batch_size - 1) / batch_size) FROM invocations WHERE "
-                                 "load_gpu_us > 0"));
+                     sql_int(db, "SELECT sum(41234 / batch_size) FROM invocations WHERE load_gpu_us > 0"));
     assert_true(sql_int(db, "SELECT count(*) FROM invocations WHERE cold = 1 AND load_gpu_us = 0") > 0);
     assert_true(sql_int(db, "SELECT count(*) FROM invocations WHERE load_gpu_us > 0") > 0);
     assert_int_equal(sql_int(db, "SELECT count(*) FROM invocations WHERE cold = 0 AND load_gpu_us > 0"), 0);

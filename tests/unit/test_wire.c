@@ -316,7 +316,7 @@ static void invoke_reply_round_trip(void **state) {
                                .filter_us = 50,
                                .copy_us = 400,
                                .init_us = 7,
-                               .made_load_us = 1900};
+                               .cold_share_us = 1900};
     rep.has_coldstart = true;
     rep.coldstart =
         (wire_coldstart){.compressed_bytes = 1000, .raw_bytes = 4096, .n_evicted = 2, .evicted = evicted};
