@@ -90,6 +90,10 @@
 /* A reply to a client not taken by its connection within this (the client does not read):
  * dropped, and the connection closed (its other replies' contexts come back). */
 #define AICFN_GW_REPLY_TIMEOUT_MS 10000
+/* The same for a worker's NNG listener (a remote worker's address is reachable by more
+ * than its gateway): longer, since its replies (model outputs) may be large and its
+ * gateway far away. Not on a local worker's link to its gateway (its one trusted peer). */
+#define AICFN_WORKER_REPLY_TIMEOUT_MS 60000
 #define AICFN_BUNDLE_MAX_CALLS 64             /* invocations in one gateway -> worker bundle */
 #define AICFN_BUNDLE_MAX_BYTES (1u << 20)     /* request bytes in one bundle (a bigger call goes alone) */
 #define AICFN_BUNDLE_WINDOW 2                 /* bundle while this many short messages are in flight */

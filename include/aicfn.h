@@ -209,9 +209,10 @@ typedef struct aicfn_fn_config {
 
 /* One request of a batch. Inputs are host memory, read-only, valid during invoke only. */
 typedef struct aicfn_request {
-    const char *id;               /* the request's id on the worker (decimal text of the id of the
-                                     message that carried it): unique among its calls in flight,
-                                     not an id the caller chose (over HTTP it is the gateway's) */
+    const char *id; /* the request's id (decimal text): the id its caller gave the
+                       call over NNG (over HTTP, the gateway's), for logs and
+                       correlation; two callers may use the same one at once, so
+                       it is not a key for the handler's own state */
     uint32_t n_inputs;
     const aicfn_tensor *inputs;   /* mem = AICFN_MEM_HOST, distinct names */
     uint32_t n_params;

@@ -624,7 +624,8 @@ static void worker_unreported_add_locked(worker *w, const worker_unreported_load
  * that does not acknowledge, whose replies list each load once): drops what it covers. */
 static void worker_loads_ack(worker *w, const wire_doc *doc) {
     uint64_t ack = 0;
-    bool acks = wire_map_get(&doc->root, "ack") != NULL &&
+    const msgpack_object *a = wire_map_get(&doc->root, "ack"); /* nil: absent (protocol.md §2) */
+    bool acks = a != NULL && a->type != MSGPACK_OBJECT_NIL &&
                 wire_get_u64(&doc->root, NULL, "ack", true, &ack, NULL) == AICFN_OK;
     pthread_mutex_lock(&w->mu);
     w->loads_acked = acks; /* per request: a gateway without acks may follow one with them */
@@ -1189,7 +1190,7 @@ static int worker_add(worker *w, const worker_fn_config *c, bool from_spec, aicf
             return aicfn_error_set(err, AICFN_E_EXISTS, "function %s version %u is already loaded", c->name,
                                    c->version);
         if (strcmp(why, "full") == 0)
-            return aicfn_error_set(err, AICFN_E_CAPACITY,
+            return aicfn_error_set(err, AICFN_E_OVERLOADED,
                                    "function %s: the worker hosts %d functions already", c->name,
                                    AICFN_WORKER_MAX_FUNCTIONS);
         return aicfn_error_set(err, AICFN_E_UNAVAILABLE, "function %s: the worker is draining", c->name);
@@ -2342,7 +2343,6 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     w->overrun_grace_ms = cfg->overrun_grace_ms ? cfg->overrun_grace_ms : AICFN_CALL_GRACE_MS;
     w->fn_idle_retire_us =
         (uint64_t)(cfg->fn_idle_retire_ms ? cfg->fn_idle_retire_ms : AICFN_WORKER_FN_IDLE_RETIRE_MS) * 1000;
-    w->fetcher = cfg->fetcher;
     w->listen = strdup(cfg->listen);
     w->link_fd = cfg->link_fd > 0 ? cfg->link_fd : -1;
     w->device_spec = strdup(cfg->device && cfg->device[0] ? cfg->device : "auto");
@@ -2379,7 +2379,7 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     }
     w->memory_bytes = budget;
     w->ops_arg = (worker_model_ops_arg){.device = w->dev, .load_threads = cfg->load_threads};
-    if (w->fetcher) {
+    if (cfg->fetcher) {
         w->ops_arg.resolve = worker_resolve;
         w->ops_arg.resolve_arg = w;
     }
@@ -2393,20 +2393,25 @@ int worker_create(const worker_config *cfg, worker **out, aicfn_error *err) {
     char size[32];
     log_info("worker %s: device %s, model budget %s", w->id, loader_device_name(w->dev),
              units_format_size(budget, size, sizeof size));
+    /* Last: a failed create's worker_destroy must not cancel the caller's fetcher. */
+    w->fetcher = cfg->fetcher;
     *out = w;
     return AICFN_OK;
 }
 
 int worker_start(worker *w, aicfn_error *err) {
     /* keep_peers: the gateway's link to a local worker is single-peer (never redialed). */
-    rpc_server_opts so = {
-        .recv_max = AICFN_MAX_MESSAGE_BYTES, .contexts = AICFN_NNG_CONTEXTS, .keep_peers = true};
+    rpc_server_opts so = {.recv_max = AICFN_MAX_MESSAGE_BYTES,
+                          .contexts = AICFN_NNG_CONTEXTS,
+                          .keep_peers = true,
+                          .reply_timeout_ms = AICFN_WORKER_REPLY_TIMEOUT_MS};
     int rc = rpc_server_start(&w->srv, w->listen, &so, worker_on_call, w, err);
     if (rc != AICFN_OK) return aicfn_error_wrap(err, "worker: listening on %s", w->listen);
     log_info("worker %s: listening on %s", w->id, rpc_server_url(w->srv));
     if (w->link_fd >= 0) {
         int fd = w->link_fd;
         w->link_fd = -1; /* rpc_server_start_link takes it, failing or not */
+        so.reply_timeout_ms = 0;
         rc = rpc_server_start_link(&w->link_srv, fd, &so, worker_on_call, w, err);
         if (rc != AICFN_OK) return aicfn_error_wrap(err, "worker: serving its gateway's link");
         log_info("worker %s: serving its gateway's link (%s)", w->id, rpc_server_url(w->link_srv));
