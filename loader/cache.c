@@ -82,13 +82,38 @@ const char *loader_entry_state_name(loader_entry_state s) {
 }
 
 /* ---- LRU ---- */
-/* Picks the least recently used candidates until `need` bytes are freed: a selection
- * (O(n·k)) rather than a sort, as k is small and the call holds the cache lock. */
+typedef struct lru_rank {
+    uint64_t tick;
+    size_t i;
+} lru_rank;
+
+static int lru_rank_cmp(const void *a, const void *b) {
+    const lru_rank *x = a, *y = b;
+    if (x->tick != y->tick) return x->tick < y->tick ? -1 : 1;
+    return x->i < y->i ? -1 : x->i > y->i;
+}
+
+/* Picks the least recently used candidates until `need` bytes are freed: one sort,
+ * O(n log n) (the call holds the cache lock: a worker with thousands of small models
+ * making room for a big one must not stall its warm calls for long); a selection,
+ * O(n·k), when the sort's memory cannot be had. */
 static size_t lru_choose(void *arg, const loader_evict_candidate *cands, size_t n, uint64_t need,
                          size_t *victims) {
     (void)arg;
     uint64_t freed = 0;
     size_t k = 0;
+    lru_rank *rank = n ? malloc(n * sizeof *rank) : NULL;
+    if (rank) {
+        for (size_t i = 0; i < n; i++)
+            rank[i] = (lru_rank){.tick = cands[i].last_use_tick, .i = i};
+        qsort(rank, n, sizeof *rank, lru_rank_cmp);
+        for (; freed < need && k < n; k++) {
+            victims[k] = rank[k].i;
+            freed += cands[rank[k].i].bytes;
+        }
+        free(rank);
+        return k;
+    }
     while (freed < need && k < n) {
         size_t best = n;
         for (size_t i = 0; i < n; i++) {
@@ -190,9 +215,15 @@ static int cache_take_thrash(loader_cache *c, const char *key, uint64_t now) {
 
 /* Marks a LOADING entry failed, takes it out of the table and wakes its waiters; frees
  * it when nobody waits. Under c->mu. */
-static void cache_fail_locked(loader_cache *c, loader_cache_entry *e, const aicfn_error *err) {
+/* Ends e's load with `rc` (never AICFN_OK: a load op that failed without a code still
+ * fails its waiters) and its message. */
+static void cache_fail_locked(loader_cache *c, loader_cache_entry *e, int rc, const aicfn_error *err) {
     e->failed = 1;
     e->err = *err;
+    e->err.code = rc != AICFN_OK ? rc : AICFN_E_INTERNAL;
+    if (e->err.msg[0] == '\0')
+        snprintf(e->err.msg, sizeof e->err.msg, "model '%s': its load failed (%s)", e->key,
+                 aicfn_status_name(e->err.code));
     if (e->in_table) {
         cache_remove(c->table, &c->n, e);
         e->in_table = 0;
@@ -349,12 +380,18 @@ static int cache_reserve_locked(loader_cache *c, uint64_t need, loader_cache_ent
     /* Trust but verify the policy: valid, distinct indexes freeing enough; else LRU. */
     uint64_t freed = 0;
     int ok = chosen <= nc;
+    unsigned char *seen = ok ? calloc(nc ? nc : 1, 1) : NULL;
     for (size_t i = 0; ok && i < chosen; i++) {
-        for (size_t j = 0; j < i && ok; j++)
+        ok = idx[i] < nc;
+        if (ok && seen) {
+            ok = !seen[idx[i]];
+            seen[idx[i]] = 1;
+        }
+        for (size_t j = 0; ok && !seen && j < i; j++) /* no memory for the marks */
             ok = idx[j] != idx[i];
-        if (ok) ok = idx[i] < nc;
         if (ok) freed += cands[idx[i]].bytes;
     }
+    free(seen);
     if (!ok || freed < need - avail) {
         log_warn("model cache: policy '%s' chose too little; using LRU", c->policy.name);
         chosen = lru_choose(NULL, cands, nc, need - avail, idx);
@@ -579,7 +616,7 @@ again:;
     }
     e->reserving = 0;
     if (rc != AICFN_OK) {
-        cache_fail_locked(c, e, &lerr);
+        cache_fail_locked(c, e, rc, &lerr);
         pthread_mutex_unlock(&c->mu);
         if (prep) c->ops.abort(c->ops_arg, prep);
         if (err) *err = lerr;
@@ -611,7 +648,7 @@ again:;
     if (rc != AICFN_OK) {
         c->used -= need;
         c->ctr.load_failures++;
-        cache_fail_locked(c, e, &lerr);
+        cache_fail_locked(c, e, rc, &lerr);
         pthread_mutex_unlock(&c->mu);
         if (err) *err = lerr;
         if (info) info->wait_us = clock_now_us() - t0;

@@ -799,6 +799,12 @@ int snap_frame_read(const snap_reader *r, uint32_t i, void *buf, size_t cap, aic
         return aicfn_error_set(err, AICFN_E_INVALID, "%s: frame %u needs %u bytes, buffer has %zu", r->path,
                                i, f->comp_size, cap);
     int rc = rd_pread(r, buf, f->comp_size, f->file_offset, err);
+    /* snap_open saw the file cover every frame: a short read now is the file shrinking
+     * under us, an I/O condition as snap_frame_mapped reports it, not a corrupt file. */
+    if (rc == AICFN_E_CORRUPT)
+        return aicfn_error_set(
+            err, AICFN_E_IO, "%s: frame %u (file bytes %llu..%llu): the file shrank while open", r->path, i,
+            (unsigned long long)f->file_offset, (unsigned long long)(f->file_offset + f->comp_size));
     if (rc) aicfn_error_wrap(err, "frame %u", i);
     return rc;
 }
@@ -1080,8 +1086,15 @@ int snap_verify_each(const snap_reader *r, snap_piece_fn piece, void *arg, aicfn
             }
         }
     }
-    while (ht < m->n_tensors && m->tensors[ht].nbytes == 0)
+    /* Empty tensors after the last frame's bytes (all of them when there is no frame). */
+    while (ht < m->n_tensors && m->tensors[ht].nbytes == 0) {
+        if (m->tensors[ht].xxh3 != XXH3_64bits(NULL, 0)) {
+            rc = aicfn_error_set(err, AICFN_E_CORRUPT, "%s: tensor '%s': checksum mismatch (empty tensor)",
+                                 r->path, m->tensors[ht].name);
+            goto out;
+        }
         ht++;
+    }
     if (ht != m->n_tensors)
         rc = aicfn_error_set(err, AICFN_E_INTERNAL, "%s: tensor '%s' was not covered by the frames", r->path,
                              m->tensors[ht].name);

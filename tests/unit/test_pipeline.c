@@ -298,11 +298,11 @@ static void truncated_file_is_io_error(void **state) {
         loader_model *m = NULL;
         loader_load_opts o = {.threads = 2, .pread_frames = pread_frames};
         int rc = loader_load_reader(dev, r, &o, &m, NULL, &err);
-        assert_true(rc == AICFN_E_IO || rc == AICFN_E_CORRUPT);
+        assert_int_equal(rc, AICFN_E_IO); /* either way: the file changed under the load */
         assert_null(m);
         print_message("truncated (%s): %s\n", pread_frames ? "pread" : "mapped", err.msg);
         assert_non_null(strstr(err.msg, "frame"));
-        assert_non_null(strstr(err.msg, pread_frames ? "truncated" : "shrank"));
+        assert_non_null(strstr(err.msg, "shrank"));
     }
     snap_close(r);
     uint64_t f, tot;
