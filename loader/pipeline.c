@@ -383,6 +383,10 @@ static void *pl_thread(void *arg) {
         } else if (stg.ptr && f->raw_size <= stg.cap) {
             dst = stg.ptr;
         } else {
+            /* Too big for it: the staging buffer goes back now, not after this frame's
+             * bounce, copy and turn, to the loads of other models on the device. */
+            if (stg.ptr) loader_device_staging_release(j->dev, &stg, 0);
+            stg.ptr = NULL;
             if (!bounce && rc == AICFN_OK) {
                 bounce = malloc(j->bounce_bytes ? j->bounce_bytes : 1);
                 if (!bounce)
