@@ -88,6 +88,7 @@ struct gw_http_call {
     char *key;
     gw_http_principal who;
     bool have_who;
+    bool outputs_declared; /* infer: the function declares its outputs (checked before it ran) */
     uint8_t *body;
     size_t len, cap, reserved; /* reserved: bytes counted in h->buffered */
     size_t announced;          /* Content-Length (0: none): the buffer grows up to it */
@@ -720,6 +721,7 @@ static bool ht_start_async(gw_http_call *r) {
                 /* An output the function does not declare is refused before it runs, not
                  * after (when its work would be done, billed and cached for nothing). */
                 if (rc == AICFN_OK) rc = oip_request_check_outputs(&r->req, mi->outputs, no, &err);
+                r->outputs_declared = no > 0;
                 /* The call runs the version its inputs were checked against, even if a
                  * deploy or activate changes the active one in between. */
                 if (rc == AICFN_OK && mi->version) r->version = mi->version;
@@ -792,6 +794,15 @@ void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const
             aicfn_error e2 = {0};
             int rc = oip_response_encode(r->model, res->version ? res->version : r->version, &r->req,
                                          res->outputs, res->n_outputs, &b, &e2);
+            /* An output asked for was checked against the declared ones before the call ran:
+             * missing now, it is the handler's fault, as a name that is not UTF-8 is. */
+            if ((rc == AICFN_E_INVALID && r->outputs_declared) || rc == AICFN_E_UNSUPPORTED) {
+                aicfn_error_wrap(&e2, rc == AICFN_E_INVALID
+                                          ? "the handler did not return an output its "
+                                            "function declares"
+                                          : "the handler returned an output HTTP cannot carry");
+                rc = AICFN_E_HANDLER;
+            }
             if (rc)
                 ht_set_error(r, rc, e2.msg);
             else

@@ -434,7 +434,8 @@ def test_undeclared_requested_output_is_refused_before_running(procs, tmp_path):
     d.mkdir()
     (d / "aicfn.yaml").write_text(f"name: typed\nhandler: {handler('echo')}\n"
                                   "inputs: [ { name: x, dtype: FP32, shape: [-1] } ]\n"
-                                  "outputs: [ { name: x, dtype: FP32, shape: [-1] } ]\n")
+                                  "outputs: [ { name: x, dtype: FP32, shape: [-1] }, "
+                                  "{ name: z, dtype: FP32, shape: [-1] } ]\n")
     r = run_cli(["deploy", str(d), "--gateway", addr], timeout=60)
     assert r.returncode == 0, r.stderr
 
@@ -451,6 +452,11 @@ def test_undeclared_requested_output_is_refused_before_running(procs, tmp_path):
     assert metric_value(m.decode(), "aicfn_calls_total", {"function": "typed"}) == 1  # the good call only
     wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations WHERE function = 'typed'")[0][0] == 1, 10,
              what="the good call's ledger row")
+    # A declared output the handler does not return (echo returns its inputs only): the
+    # call ran, and the fault is the handler's (500), not the caller's.
+    st, _, out = infer([{"name": "z"}])
+    e = json.loads(out)
+    assert st == 500 and e["name"] == "AICFN_E_HANDLER" and "'z'" in e["error"], (st, out)
 
 
 def test_infer_on_a_function_that_declares_no_inputs_is_well_defined(procs, tmp_path):
