@@ -110,7 +110,10 @@
 #define AICFN_PARAM_VALUE_MAX 4096            /* a function config param's value (manifest `params`), bytes */
 #define AICFN_PARAMS_TOTAL_MAX (16u << 10)    /* a function's params, keys and values together: every call's
                                                  spec carries them to the worker */
-#define AICFN_WORKER_STATUS_MODELS 256        /* resident models listed in a reply summary */
+#define AICFN_WORKER_STATUS_MODELS                                                                           \
+    4096                                     /* resident models listed in a status reply (WIRE_MAX_MODELS):  \
+                                                all of them, so the gateway's view drops the evicted;        \
+                                                a call's reply lists the 64 most recently used */
 #define AICFN_WORKER_MAX_PARKED 256          /* threads of calls waiting for a handler's download
                                                  and of the downloads (those of calls that timed
                                                  out included); a call beyond: AICFN_E_OVERLOADED */

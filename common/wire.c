@@ -834,7 +834,9 @@ int wire_model_state_from_name(const char *name, size_t len) {
 
 void wire_put_summary(wire_writer *w, const wire_worker_summary *s) {
     uint32_t nm = s->n_models > WIRE_MAX_MODELS ? WIRE_MAX_MODELS : s->n_models;
-    wire_put_map(w, 7);
+    bool partial = s->partial || nm < s->n_models;
+    wire_put_map(w, 7 + partial);
+    if (partial) wire_kv_bool(w, "partial", true);
     wire_kv_u64(w, "budget", s->budget_bytes);
     wire_kv_u64(w, "used", s->used_bytes);
     wire_kv_u64(w, "free", s->free_bytes);
@@ -869,6 +871,7 @@ int wire_decode_summary(wire_doc *doc, const msgpack_object *o, const char *ctx,
     if ((rc = wire_get_u32(o, ctx, "queued", false, &s->queued, err))) return rc;
     if ((rc = wire_get_u32(o, ctx, "inflight", false, &s->inflight, err))) return rc;
     if ((rc = wire_get_bool(o, ctx, "draining", false, &s->draining, err))) return rc;
+    if ((rc = wire_get_bool(o, ctx, "partial", false, &s->partial, err))) return rc;
     const msgpack_object *models = NULL;
     if ((rc = wire_get_array(o, ctx, "models", false, &models, err))) return rc;
     if (models == NULL) return AICFN_OK;

@@ -393,6 +393,9 @@ typedef struct wire_worker_summary {
     bool draining;
     uint32_t n_models; /* <= WIRE_MAX_MODELS */
     const wire_model_status *models;
+    bool partial; /* `models` lists only the most recently used of the resident models (sent
+                     only when true): a reader updates those and keeps what it knows of the
+                     others, rather than taking the list as the whole */
 } wire_worker_summary;
 
 /* The reply to an invoke. When head.ok is false only head (and possibly st) is set. */

@@ -66,7 +66,40 @@ static gw_model_state wl_state(int wire_state) {
                                               : GW_MODEL_EVICTING;
 }
 
+/* A partial summary (a reply's, listing the most recently used models of a worker that
+ * holds more): the listed models are updated or added, the others kept as they were
+ * (the next status, which lists them all, drops the evicted). */
+static int wl_merge_summary(gw_worker *w, const wire_worker_summary *s, uint64_t now_us) {
+    for (uint32_t k = 0; k < s->n_models; k++) {
+        const wire_model_status *ms = &s->models[k];
+        if (!ms->model || !ms->model[0]) continue;
+        uint64_t idle_us = ms->idle_ms * 1000;
+        gw_route_model v = {
+            NULL,    wl_state(ms->state), ms->bytes, ms->refs, now_us > idle_us ? now_us - idle_us : 0,
+            ms->kept};
+        gw_route_model *have = wl_find(w, ms->model);
+        if (have) {
+            v.key = have->key;
+            *have = v;
+            w->hold_until[have - w->models] = 0; /* the worker's word now */
+            continue;
+        }
+        if (wl_reserve(w, w->n_models + 1) != AICFN_OK || !(v.key = strdup(ms->model))) return AICFN_E_NOMEM;
+        w->models[w->n_models] = v;
+        w->hold_until[w->n_models] = 0;
+        w->n_models++;
+    }
+    uint64_t held_bytes = 0; /* gateway-added loads the worker does not count yet */
+    for (size_t i = 0; i < w->n_models; i++)
+        if (w->hold_until[i] > now_us) held_bytes += w->models[i].bytes;
+    w->budget_bytes = s->budget_bytes;
+    w->free_bytes = s->free_bytes > held_bytes ? s->free_bytes - held_bytes : 0;
+    if (s->draining && w->state == GW_WORKER_READY) w->state = GW_WORKER_DRAINING;
+    return AICFN_OK;
+}
+
 int gw_worker_apply_summary(gw_worker *w, const wire_worker_summary *s, uint64_t now_us) {
+    if (s->partial) return wl_merge_summary(w, s, now_us);
     /* Fast path (every warm reply): the same models in the same order and no held
      * entries: update in place, without allocating. */
     bool same = w->n_models == s->n_models;

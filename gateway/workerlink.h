@@ -109,7 +109,9 @@ int gw_worker_connect(gw_worker *w, int link_fd, bool await_listen, aicfn_error 
 
 /* Replaces the view of models, budget and free bytes with a worker's summary. Models
  * the gateway added itself (gw_worker_note_load) and that the summary does not list yet
- * are kept until their hold time passes. Returns AICFN_OK or AICFN_E_NOMEM. */
+ * are kept until their hold time passes. A partial summary (wire.h: a reply's, of a
+ * worker holding more models than it lists) updates and adds the models it lists and
+ * keeps the others. Returns AICFN_OK or AICFN_E_NOMEM. */
 int gw_worker_apply_summary(gw_worker *w, const wire_worker_summary *s, uint64_t now_us);
 
 /* Records in the view that the gateway just sent a call for model `key` (`bytes` big)

@@ -243,6 +243,7 @@ static void worker_summary(worker *w, wire_worker_summary *sum, wire_model_statu
     pthread_mutex_unlock(&w->mu);
     sum->n_models = cs.n_returned;
     sum->models = models;
+    sum->partial = cs.n_entries > cs.n_returned;
 }
 
 static void worker_reply_bytes(rpc_call *call, wire_writer *wr) {

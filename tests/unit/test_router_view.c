@@ -57,6 +57,49 @@ static void summary_replaces_view(void **state) {
     gw_worker_destroy(w);
 }
 
+/* A worker holding more models than a reply lists: the reply's partial summary updates
+ * and adds what it lists and keeps the rest; the next full one (a status) is the view. */
+static void partial_summary_keeps_the_unlisted(void **state) {
+    (void)state;
+    gw_worker *w = gw_worker_new("w1", "ipc:///tmp/x", 1, 123, 0);
+    w->state = GW_WORKER_READY;
+    wire_model_status all[] = {{"m1", "a", 1, WIRE_MODEL_READY, 10 * MiB, 9000, 0, false},
+                               {"m2", "b", 1, WIRE_MODEL_READY, 10 * MiB, 8000, 0, false},
+                               {"m3", "c", 1, WIRE_MODEL_READY, 10 * MiB, 7000, 0, false}};
+    wire_worker_summary s = {.budget_bytes = 100 * MiB, .free_bytes = 70 * MiB, .n_models = 3, .models = all};
+    uint64_t now = 100000000;
+    assert_int_equal(gw_worker_apply_summary(w, &s, now), 0);
+    assert_int_equal(w->n_models, 3);
+    wire_model_status recent[] = {{"m3", "c", 1, WIRE_MODEL_READY, 10 * MiB, 0, 1, false},
+                                  {"m4", "d", 1, WIRE_MODEL_LOADING, 20 * MiB, 0, 1, false}};
+    wire_worker_summary p = {
+        .budget_bytes = 100 * MiB, .free_bytes = 50 * MiB, .n_models = 2, .models = recent, .partial = true};
+    assert_int_equal(gw_worker_apply_summary(w, &p, now + 1000), 0);
+    assert_int_equal(w->n_models, 4);
+    assert_non_null(find(w, "m1"));
+    assert_non_null(find(w, "m2"));
+    assert_int_equal(find(w, "m3")->pinned, 1);
+    assert_int_equal(find(w, "m3")->last_use_us, now + 1000);
+    assert_int_equal(find(w, "m4")->state, GW_MODEL_LOADING);
+    assert_int_equal(w->free_bytes, 50 * MiB);
+    /* The router still finds a model the reply did not list, READY where it was. */
+    gw_route_worker v;
+    gw_worker_route_view(w, &v);
+    gw_route_request r = {.key = "m1", .model_bytes = 10 * MiB};
+    gw_route_decision d;
+    assert_int_equal(gw_route_decide(&v, 1, &r, &d), GW_ROUTE_READY);
+    /* A full summary that no longer lists m1 and m2 (evicted): gone. */
+    wire_model_status now_all[] = {{"m3", "c", 1, WIRE_MODEL_READY, 10 * MiB, 0, 0, false},
+                                   {"m4", "d", 1, WIRE_MODEL_READY, 20 * MiB, 0, 0, false}};
+    wire_worker_summary f = {
+        .budget_bytes = 100 * MiB, .free_bytes = 70 * MiB, .n_models = 2, .models = now_all};
+    assert_int_equal(gw_worker_apply_summary(w, &f, now + 2000), 0);
+    assert_int_equal(w->n_models, 2);
+    assert_null(find(w, "m1"));
+    assert_null(find(w, "m2"));
+    gw_worker_destroy(w);
+}
+
 static void note_load_is_held_until_confirmed(void **state) {
     (void)state;
     gw_worker *w = gw_worker_new("w1", "ipc:///tmp/x", 1, 123, 0);
@@ -167,6 +210,7 @@ static void note_load_extends_a_loading_hold(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(summary_replaces_view),
+        cmocka_unit_test(partial_summary_keeps_the_unlisted),
         cmocka_unit_test(note_load_is_held_until_confirmed),
         cmocka_unit_test(draining_summary_and_names),
         cmocka_unit_test(view_load_counts_pending_not_preloads),

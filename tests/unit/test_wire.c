@@ -352,6 +352,7 @@ static void invoke_reply_round_trip(void **state) {
     assert_true(d.has_st);
     assert_int_equal(d.st.inflight, 5);
     assert_int_equal(d.st.n_models, 2);
+    assert_false(d.st.partial); /* the whole list */
     assert_string_equal(d.st.models[0].model, "abc");
     assert_string_equal(d.st.models[0].fn, "mlp");
     assert_int_equal(d.st.models[0].state, WIRE_MODEL_READY);
@@ -371,6 +372,16 @@ static void invoke_reply_round_trip(void **state) {
     assert_int_equal(wire_decode_invoke_reply(&doc, &d, &e), AICFN_OK);
     assert_true(d.cached);
     assert_int_equal(d.n_outputs, 2);
+    wire_doc_fini(&doc);
+    wire_writer_fini(&w);
+    /* A summary of the most recent models only says so. */
+    rep.st.partial = true;
+    wire_writer_init(&w);
+    assert_int_equal(wire_encode_invoke_reply(&w, &rep, &e), AICFN_OK);
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, &e), AICFN_OK);
+    assert_int_equal(wire_decode_invoke_reply(&doc, &d, &e), AICFN_OK);
+    assert_true(d.st.partial);
+    assert_int_equal(d.st.n_models, 2);
     wire_doc_fini(&doc);
     wire_writer_fini(&w);
 }
