@@ -194,8 +194,9 @@
 #define AICFN_HTTP_RECEIVE_TIMEOUT_S 15         /* whole request (headers + body) must arrive within */
 #define AICFN_HTTP_MAX_CONNECTIONS_PER_IP 64
 #define AICFN_HTTP_CONNECTION_MEMORY (128u << 10) /* per connection: bounds the request headers */
-#define AICFN_HTTP_MAX_BUFFERED (512u << 20)    /* request bytes held at once, all connections
-                                                   (bodies, decoded inputs, the gateway's copies) */
+#define AICFN_HTTP_MAX_BUFFERED (512u << 20)    /* request and response bytes held at once, all
+                                                   connections (bodies, decoded inputs, the gateway's
+                                                   copies, responses being encoded or sent) */
 #define AICFN_HTTP_BODY_FIRST_BYTES (64u << 10) /* reserved for a body at its headers; the rest as it arrives */
 #define AICFN_HTTP_MAX_JSON_VALUES (1u << 21)   /* JSON values in one OIP request body or response */
 #define AICFN_HTTP_MAX_INDEX_BODY 4096          /* POST /v2/repository/index body ({"ready": bool}) */

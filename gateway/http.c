@@ -508,6 +508,13 @@ static int ht_reserve(gw_http_call *r, size_t want) {
     return AICFN_OK;
 }
 
+/* Gives back what r holds past `want` (nothing when it holds less). */
+static void ht_reserve_trim(gw_http_call *r, size_t want) {
+    if (want >= r->reserved) return;
+    atomic_fetch_sub(&r->h->buffered, r->reserved - want);
+    r->reserved = want;
+}
+
 /* The most body bytes r's endpoint takes: the index's holds one flag. */
 static size_t ht_body_limit(const gw_http_call *r) {
     return r->route == RT_REPO_INDEX ? AICFN_HTTP_MAX_INDEX_BODY : r->h->cfg.max_body;
@@ -792,8 +799,18 @@ void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const
         } else {
             oip_body b;
             aicfn_error e2 = {0};
-            int rc = oip_response_encode(r->model, res->version ? res->version : r->version, &r->req,
+            /* The response counts in the buffered budget as the request did, from before it
+             * is encoded (its peak) until it is sent: a client reading slowly holds it. */
+            size_t held = r->reserved;
+            size_t bound = oip_response_size_bound(&r->req, res->outputs, res->n_outputs);
+            int rc = bound > SIZE_MAX - held ? AICFN_E_OVERLOADED : ht_reserve(r, held + bound);
+            if (rc != AICFN_OK)
+                aicfn_error_set(&e2, AICFN_E_OVERLOADED,
+                                "too many response bytes in flight (this one up to %zu); retry", bound);
+            else
+                rc = oip_response_encode(r->model, res->version ? res->version : r->version, &r->req,
                                          res->outputs, res->n_outputs, &b, &e2);
+            if (rc == AICFN_OK) ht_reserve_trim(r, held + b.len);
             /* An output asked for was checked against the declared ones before the call ran:
              * missing now, it is the handler's fault, as a name that is not UTF-8 is. */
             if ((rc == AICFN_E_INVALID && r->outputs_declared) || rc == AICFN_E_UNSUPPORTED) {

@@ -178,9 +178,11 @@ typedef struct gw_http_config {
     const gw_stdmetrics *std;    /* counts requests in aicfn_http_requests_total; may be NULL */
     const char *server_version;  /* in GET /v2; NULL = "unknown" */
     unsigned stop_wait_ms;       /* gw_http_stop waits this long for calls; AICFN_HTTP_STOP_WAIT_MS */
-    size_t max_buffered;         /* request bytes held at once, all connections: bodies, an
-                                  * infer's decoded inputs and the gateway's copy of them;
-                                  * AICFN_HTTP_MAX_BUFFERED (over it: 429 AICFN_E_OVERLOADED) */
+    size_t max_buffered;         /* bytes held at once, all connections: bodies, an infer's
+                                  * decoded inputs and the gateway's copy of them, and its
+                                  * response (oip_response_size_bound while it is encoded, then
+                                  * its body until sent); AICFN_HTTP_MAX_BUFFERED (over it: 429
+                                  * AICFN_E_OVERLOADED; a response refused so ran all the same) */
 } gw_http_config;
 
 /* Starts the server: binds, then serves on MHD's internal epoll thread(s). `cfg` and `cb`

@@ -820,6 +820,28 @@ static int oip_data_json(const wire_tensor *t, json_t **out, aicfn_error *err) {
     return AICFN_OK;
 }
 
+size_t oip_response_size_bound(const oip_request *req, const wire_tensor *outputs, uint32_t n_outputs) {
+    size_t total = 4096; /* the document's own fields */
+    for (uint32_t j = 0; j < n_outputs; j++) {
+        const wire_tensor *t = &outputs[j];
+        bool sent = !(req && req->n_outputs), bin = req ? req->binary_output : false;
+        for (uint32_t i = 0; req && i < req->n_outputs; i++)
+            if (t->name && strcmp(t->name, req->outputs[i].name) == 0) {
+                sent = true;
+                bin = req->outputs[i].binary;
+            }
+        if (!sent) continue;
+        uint64_t n = 0;
+        if (!bin && dtype_shape_elements(t->shape, t->ndim, &n) != AICFN_OK) n = t->nbytes;
+        /* JSON: a value per element (BYTES: per byte, at worst escaped), and the names */
+        uint64_t add =
+            bin ? t->nbytes : (t->dtype == AICFN_DTYPE_BYTES ? t->nbytes * 6 : n * OIP_JSON_VALUE_BYTES);
+        add += 512;
+        total = add > SIZE_MAX - total ? SIZE_MAX : total + (size_t)add;
+    }
+    return total;
+}
+
 int oip_response_encode(const char *model, uint32_t version, const oip_request *req,
                         const wire_tensor *outputs, uint32_t n_outputs, oip_body *out, aicfn_error *err) {
     memset(out, 0, sizeof *out);

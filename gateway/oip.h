@@ -96,6 +96,13 @@ typedef struct oip_body {
     size_t json_len;
 } oip_body;
 
+/* An upper bound of the memory oip_response_encode takes for these outputs, peak and
+ * body together: the bytes of each output sent as binary data, and OIP_JSON_VALUE_BYTES
+ * per element of each sent as JSON (its jansson value while the document is built, then
+ * its text). What an HTTP front counts against its memory budget before encoding. */
+#define OIP_JSON_VALUE_BYTES 80
+size_t oip_response_size_bound(const oip_request *req, const wire_tensor *outputs, uint32_t n_outputs);
+
 /* Encodes an inference response for `model`/`version` with the request's id, selecting
  * and ordering outputs per req->outputs (a requested output the function did not
  * produce is AICFN_E_INVALID naming it). JSON data: integers, BOOL as true/false,

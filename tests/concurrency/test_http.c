@@ -997,6 +997,43 @@ static void announced_bodies_reserve_as_they_arrive(void **state) {
         close(idle[i]);
 }
 
+/* A response counts in the buffered budget (2 MiB here) from before it is encoded: one
+ * whose JSON would take more is refused (429, retry) rather than built; the same output
+ * asked for as binary data fits and is served. */
+static void responses_count_in_the_buffered_budget(void **state) {
+    fixture *fx = *state; /* max_body 1 MiB, max_buffered 2 MiB */
+    enum { N = 32768 };   /* y: 32768 values, at most 80 bytes each as JSON: over 2 MiB */
+    char js[512];
+    for (int binary_out = 0; binary_out <= 1; binary_out++) {
+        int jl =
+            snprintf(js, sizeof js,
+                     "{\"inputs\":[{\"name\":\"x\",\"shape\":[%d,4],\"datatype\":\"FP32\",\"parameters\":"
+                     "{\"binary_data_size\":%d}}],\"outputs\":[{\"name\":\"y\"%s}]}",
+                     N / 4, N * 4, binary_out ? ",\"parameters\":{\"binary_data\":true}" : "");
+        uint8_t *body = calloc(1, (size_t)jl + N * 4);
+        assert_non_null(body);
+        memcpy(body, js, (size_t)jl);
+        char h[160];
+        snprintf(h, sizeof h,
+                 USER "Inference-Header-Content-Length: %d\r\nContent-Type: application/octet-stream\r\n",
+                 jl);
+        resp r;
+        req(fx, "POST", "/v2/models/mlp/infer", h, body, (size_t)jl + N * 4, &r);
+        free(body);
+        if (binary_out) {
+            if (r.status != 200) fail_msg("status %d: %.*s", r.status, (int)r.body_len, r.body);
+        } else {
+            assert_error_body(&r, 429, "too many response bytes in flight");
+        }
+        resp_free(&r);
+    }
+    /* Nothing stays counted: a small call is served after both. */
+    resp r;
+    req(fx, "POST", "/v2/models/mlp/infer", USER, INFER_BODY, strlen(INFER_BODY), &r);
+    check_y(&r, "q1");
+    resp_free(&r);
+}
+
 static void body_limit_413_before_read(void **state) {
     fixture *fx = *state; /* max_body 4096 */
     int fd = dial(fx->port);
@@ -1385,6 +1422,7 @@ int main(void) {
         cmocka_unit_test_setup_teardown(metrics_endpoint, setup, teardown),
         cmocka_unit_test_setup_teardown(metrics_public_needs_no_key, setup_public_metrics, teardown),
         cmocka_unit_test_setup_teardown(client_gone_is_reported_for_a_waiting_call, setup, teardown),
+        cmocka_unit_test_setup_teardown(responses_count_in_the_buffered_budget, setup_small_budget, teardown),
         cmocka_unit_test_setup_teardown(announced_bodies_reserve_as_they_arrive, setup_small_budget,
                                         teardown),
         cmocka_unit_test_setup_teardown(bodyless_endpoints_buffer_nothing, setup_small_budget, teardown),
