@@ -2036,13 +2036,11 @@ def test_front_refuses_invocations_past_its_bound_and_still_answers_status(procs
     assert st["in_flight"] + st["queued"] >= 11 and status_took < 1.0, (st, status_took)
 
 
-def test_full_queue_is_shared_between_tenants(procs, tmp_path):
-    """One tenant keeps a slow function's queue full (256 calls waiting behind 56 sent to
-    its one serial worker); another tenant's call still gets in: the first tenant's newest
-    queued call gives way (AICFN_E_OVERLOADED, naming why) and the newcomer waits in its
-    place until its deadline (AICFN_E_TIMEOUT, not refused). The first tenant's own calls
-    past the full queue are refused as before (gateway/fairq.h)."""
-    from conftest import E_TIMEOUT, aicfn_bin
+def start_two_tenants_and_a_slow_function(procs, tmp_path):
+    """A gateway with one local worker (serial) and the function `slow` (test_sleep, 60 s
+    timeout), and keys for an admin and two tenants: (addr, admin, hog, other, x), x a
+    tensor to call it with."""
+    from conftest import aicfn_bin
     data = tmp_path / "data"
     data.mkdir()
     admin, hog, other = create_key(data, "ops", "--admin"), create_key(data, "hog"), create_key(data, "other")
@@ -2055,6 +2053,17 @@ def test_full_queue_is_shared_between_tenants(procs, tmp_path):
     r = run_cli(["deploy", str(tmp_path / "slow"), "--gateway", addr], env={"AICFN_KEY": admin}, timeout=120)
     assert r.returncode == 0, r.stderr
     x = tensor("x", np.arange(2, dtype=np.float32))
+    return addr, admin, hog, other, x
+
+
+def test_full_queue_is_shared_between_tenants(procs, tmp_path):
+    """One tenant keeps a slow function's queue full (256 calls waiting behind 56 sent to
+    its one serial worker); another tenant's call still gets in: the first tenant's newest
+    queued call gives way (AICFN_E_OVERLOADED, naming why) and the newcomer waits in its
+    place until its deadline (AICFN_E_TIMEOUT, not refused). The first tenant's own calls
+    past the full queue are refused as before (gateway/fairq.h)."""
+    from conftest import E_TIMEOUT
+    addr, admin, hog, other, x = start_two_tenants_and_a_slow_function(procs, tmp_path)
 
     def invoke(key, sleep_ms, deadline_ms):
         m = invoke_msg("slow", [x], params={"sleep_ms": str(sleep_ms)}, deadline_ms=deadline_ms)
@@ -2108,19 +2117,7 @@ def test_queued_calls_are_served_in_turn_between_tenants(procs, tmp_path):
     more calls queued at the gateway; another tenant's calls, sent after all of them, are
     not served after the whole backlog: the queue serves the tenants in turn, one call
     each, each tenant's own calls in the order they came (gateway/fairq.h)."""
-    from conftest import aicfn_bin
-    data = tmp_path / "data"
-    data.mkdir()
-    admin, hog, other = create_key(data, "ops", "--admin"), create_key(data, "hog"), create_key(data, "other")
-    write_manifest(tmp_path / "slow", f"name: slow\nhandler: {handler('test_sleep')}\nlimits: {{ timeout: 60s }}\n")
-    addr = f"tcp://127.0.0.1:{free_port()}"
-    procs.start([aicfn_bin(), "gateway", "--listen", addr, "--data", data, "--workers", "1..1",
-                 "--worker-memory", "64MiB", "--device", "host"], name="gateway")
-    wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id(), "key": admin}, timeout_ms=500).get("ok"),
-             15, interval=0.05, what="the gateway")
-    r = run_cli(["deploy", str(tmp_path / "slow"), "--gateway", addr], env={"AICFN_KEY": admin}, timeout=120)
-    assert r.returncode == 0, r.stderr
-    x = tensor("x", np.arange(2, dtype=np.float32))
+    addr, admin, hog, other, x = start_two_tenants_and_a_slow_function(procs, tmp_path)
 
     def status():
         st = call(addr, {"v": 1, "t": "status", "id": next_id(), "key": admin}, timeout_ms=2000)
