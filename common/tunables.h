@@ -170,6 +170,7 @@
 #define AICFN_ARTIFACT_DISK_RESERVE (64ull << 20) /* kept free beside uploads (aicfn.db shares the disk) */
 #define AICFN_GW_FN_CACHE_IDLE_MS 600000      /* gateway: a function version not called this long leaves its cache */
 #define AICFN_UPLOAD_IDLE_TIMEOUT_MS 120000   /* an upload without a chunk this long is aborted */
+#define AICFN_UPLOAD_KEY_CHECK_MS 1000 /* open uploads' keys looked up this often: a revoked one's ends */
 #define AICFN_TENANT_MAX_BYTES 64             /* tenant names */
 #define AICFN_FN_NAME_MAX_BYTES 64            /* function names ([A-Za-z0-9_.-], URL-safe) */
 #define AICFN_API_KEY_MAX_BYTES 1024          /* a message's `key`; longer: AICFN_E_PROTOCOL */

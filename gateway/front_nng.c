@@ -47,8 +47,9 @@ typedef struct front_admin_job {
 
 /* An open upload. It belongs to the key that began it (`owner`, the key's digest; no
  * owner with --insecure-local): chunks, commit and abort with another key are refused.
- * One whose key is revoked meanwhile ends at the idle timeout: a message whose key fails
- * its check never reaches the admin thread, which owns the uploads. */
+ * One whose key is revoked meanwhile is aborted within AICFN_UPLOAD_KEY_CHECK_MS (the
+ * admin thread, which owns the uploads, looks its key up by id: a message whose key
+ * fails its check never reaches that thread). */
 typedef struct front_upload {
     uint64_t token;
     gw_upload *u;
@@ -56,6 +57,7 @@ typedef struct front_upload {
     uint64_t last_us;
     bool owned;
     unsigned char owner[GW_KEY_DIGEST_BYTES];
+    char owner_id[GW_KEY_ID_LEN + 1]; /* the owner's key id ("" when not owned) */
 } front_upload;
 
 struct gw_front {
@@ -75,6 +77,7 @@ struct gw_front {
                                                 send upload_abort with its old token, which must not name a new
                                                 client's upload (below 2^52: exact in any JSON client) */
     uint64_t upload_idle_us;                 /* an upload without a chunk this long is aborted */
+    uint64_t keys_checked_us;                /* when the open uploads' keys were last looked up */
 
     gw_key_cache *keys;       /* recent authentications: no SQLite read per call */
     unsigned max_invocations; /* invocations held at once: the contexts less those kept for
@@ -182,10 +185,7 @@ static int front_auth_check(gw_front *f, wire_doc *doc, char *tenant, gw_key_rol
     if (rc != AICFN_OK) return rc;
     snprintf(tenant, AICFN_TENANT_MAX_BYTES + 1, "%s", info.tenant);
     *role = info.role;
-    if (limits) {
-        limits->rate_per_s = info.rate_per_s;
-        limits->quota_per_day = info.quota_per_day;
-    }
+    if (limits) *limits = info;
     return AICFN_OK;
 }
 
@@ -268,13 +268,36 @@ static void front_uploads_expire(gw_front *f, uint64_t now, bool all) {
         }
 }
 
-/* When the next open upload becomes abandoned (monotonic µs); UINT64_MAX: none open. */
+/* Aborts the uploads whose key was revoked since they began (their owner can no longer
+ * go on with them, nor anyone else), once per AICFN_UPLOAD_KEY_CHECK_MS at most. */
+static void front_uploads_check_keys(gw_front *f, uint64_t now) {
+    if (now < f->keys_checked_us + (uint64_t)AICFN_UPLOAD_KEY_CHECK_MS * 1000) return;
+    f->keys_checked_us = now;
+    for (int i = 0; i < FRONT_MAX_UPLOADS; i++) {
+        front_upload *up = &f->uploads[i];
+        if (!up->u || !up->owner_id[0]) continue;
+        bool active = true;
+        aicfn_error e;
+        if (gw_keys_is_active(gw_gateway_read_db(f->gw), up->owner_id, &active, &e) != AICFN_OK) continue;
+        if (active) continue;
+        log_warn("upload of %s aborted: the key that began it (%s) was revoked", up->hash, up->owner_id);
+        gw_upload_abort(up->u);
+        up->u = NULL;
+    }
+}
+
+/* When the admin thread has upload work next (monotonic µs): an open upload becomes
+ * abandoned, or the owners' keys are due to be looked up; UINT64_MAX: none open. */
 static uint64_t front_uploads_next_expiry(const gw_front *f) {
     uint64_t due = UINT64_MAX;
-    for (int i = 0; i < FRONT_MAX_UPLOADS; i++)
-        if (f->uploads[i].u && f->uploads[i].last_us + f->upload_idle_us < due)
-            due = f->uploads[i].last_us + f->upload_idle_us;
-    return due;
+    bool owned = false;
+    for (int i = 0; i < FRONT_MAX_UPLOADS; i++) {
+        if (!f->uploads[i].u) continue;
+        owned |= f->uploads[i].owner_id[0] != '\0';
+        if (f->uploads[i].last_us + f->upload_idle_us < due) due = f->uploads[i].last_us + f->upload_idle_us;
+    }
+    uint64_t check = f->keys_checked_us + (uint64_t)AICFN_UPLOAD_KEY_CHECK_MS * 1000;
+    return owned && check < due ? check : due;
 }
 
 /* artifact_get {hash, offset, len}: one chunk of a stored artifact, read with pread
@@ -343,11 +366,14 @@ static void front_artifact_get(gw_front *f, rpc_call *call, wire_doc *doc, uint6
 }
 
 /* Whether the sender of administrative request `t` (doc) may make it: an admin key's;
- * a worker key's for register and artifact_get; any key's for status. */
-static int front_admin_allowed(gw_front *f, wire_doc *doc, const char *t, aicfn_error *err) {
+ * a worker key's for register and artifact_get; any key's for status. *who: its key
+ * (key_id "" without keys, --insecure-local). */
+static int front_admin_allowed(gw_front *f, wire_doc *doc, const char *t, gw_key_info *who,
+                               aicfn_error *err) {
     char tenant[AICFN_TENANT_MAX_BYTES + 1];
     gw_key_role role = GW_KEY_TENANT;
-    int rc = front_auth_check(f, doc, tenant, &role, NULL, err);
+    memset(who, 0, sizeof *who);
+    int rc = front_auth_check(f, doc, tenant, &role, who, err);
     if (rc != AICFN_OK || role == GW_KEY_ADMIN || strcmp(t, "status") == 0) return rc;
     if (role == GW_KEY_WORKER && (strcmp(t, "register") == 0 || strcmp(t, "artifact_get") == 0)) return rc;
     if (role == GW_KEY_WORKER)
@@ -363,7 +389,8 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
     gw_gateway *gw = f->gw;
     const msgpack_object *root = &doc->root;
     uint64_t id = h->id;
-    int rc = front_admin_allowed(f, doc, h->t, &e); /* again: a key may be revoked meanwhile */
+    gw_key_info who;
+    int rc = front_admin_allowed(f, doc, h->t, &who, &e); /* again: a key may be revoked meanwhile */
     if (rc != AICFN_OK) {
         front_error(call, id, rc, e.msg);
         return;
@@ -409,6 +436,7 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
             slot->last_us = now;
             snprintf(slot->hash, sizeof slot->hash, "%s", hash);
             slot->owned = !gw_insecure_local(gw) && front_key_digest(doc, slot->owner);
+            snprintf(slot->owner_id, sizeof slot->owner_id, "%s", slot->owned ? who.key_id : "");
         }
         wire_writer_init(&w);
         front_ok_head(&w, id, 2);
@@ -679,6 +707,7 @@ static void *front_admin_main(void *arg) {
             }
             pthread_mutex_unlock(&f->mu);
             front_uploads_expire(f, now, false); /* removes files: not under the lock */
+            front_uploads_check_keys(f, now);
             pthread_mutex_lock(&f->mu);
         }
         if (!f->jobs_head && f->stopping) break;
@@ -743,9 +772,10 @@ static void front_handler(void *user, rpc_call *call, const uint8_t *msg, size_t
     size_t most = strcmp(h.t, "upload_chunk") == 0
                       ? (size_t)AICFN_UPLOAD_CHUNK_BYTES + AICFN_GW_ADMIN_MAX_BYTES
                       : AICFN_GW_ADMIN_MAX_BYTES;
+    gw_key_info who;
     rc = len > most ? aicfn_error_set(&e, AICFN_E_TOO_LARGE, "'%.32s' request of %zu bytes (at most %zu)",
                                       h.t, len, most)
-                    : front_admin_allowed(f, &doc, h.t, &e);
+                    : front_admin_allowed(f, &doc, h.t, &who, &e);
     wire_doc_fini(&doc);
     if (rc != AICFN_OK) {
         front_error(call, h.id, rc, e.msg);

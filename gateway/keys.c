@@ -214,6 +214,24 @@ int gw_keys_list(gw_db *db, gw_key_info **out, size_t *n, aicfn_error *err) {
     return AICFN_OK;
 }
 
+int gw_keys_is_active(gw_db *db, const char *key_id, bool *active, aicfn_error *err) {
+    *active = false;
+    gw_db_lock(db);
+    sqlite3_stmt *st = NULL;
+    int rc = gw_db_stmt(db, "SELECT revoked_us IS NULL FROM tenants WHERE key_id = ?1", &st, err);
+    if (!rc) {
+        gw_db_bind_text(st, 1, key_id);
+        int s = sqlite3_step(st);
+        if (s == SQLITE_ROW)
+            *active = sqlite3_column_int(st, 0) != 0;
+        else if (s != SQLITE_DONE)
+            rc = gw_db_error(db, s, err, "reading a key");
+        gw_db_done(st);
+    }
+    gw_db_unlock(db);
+    return rc;
+}
+
 int gw_keys_revoke(gw_db *db, const char *key_id, aicfn_error *err) {
     char id[GW_KEY_ID_LEN + 1];
     if (key_id && strncmp(key_id, "aicfn_", 6) == 0) key_id += 6; /* a full key string */

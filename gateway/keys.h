@@ -95,6 +95,9 @@ int gw_key_cache_authenticate(gw_key_cache *c, gw_db *db, const char *key, gw_ke
  * array (caller frees; NULL/0 when none). */
 int gw_keys_list(gw_db *db, gw_key_info **out, size_t *n, aicfn_error *err);
 
+/* Whether key `key_id` (its id) exists and is not revoked: *active. A read of db. */
+int gw_keys_is_active(gw_db *db, const char *key_id, bool *active, aicfn_error *err);
+
 /* Revokes key `key_id` (its id, or a full key string). AICFN_E_NOT_FOUND when absent;
  * revoking a revoked key is AICFN_OK and keeps the first revocation time. */
 int gw_keys_revoke(gw_db *db, const char *key_id, aicfn_error *err);
