@@ -122,3 +122,6 @@ wait "$GW_PID" || gw_rc=$?
 GW_PID=""
 [ "$gw_rc" -eq 0 ] || { echo "demo: the gateway exited with status $gw_rc" >&2; exit 1; }
 echo "gateway stopped cleanly"
+
+step "usage per tenant and function (from the ledger): handler GPU-seconds, the GPU-seconds of the cold starts the calls made, and their cost at 2.50 per GPU-second"
+$AICFN usage --data-dir "$WORK/data" --price-per-gpu-second 2.5
