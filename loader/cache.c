@@ -213,17 +213,17 @@ static int cache_take_thrash(loader_cache *c, const char *key, uint64_t now) {
     return 0;
 }
 
-/* Marks a LOADING entry failed, takes it out of the table and wakes its waiters; frees
- * it when nobody waits. Under c->mu. */
-/* Ends e's load with `rc` (never AICFN_OK: a load op that failed without a code still
- * fails its waiters) and its message. */
-static void cache_fail_locked(loader_cache *c, loader_cache_entry *e, int rc, const aicfn_error *err) {
+/* Marks a LOADING entry failed with `rc` and *err, takes it out of the table and wakes
+ * its waiters; frees it when nobody waits. *err is completed first (its code is rc, and
+ * a message when the load op left none), for the entry's waiters and its maker alike.
+ * Under c->mu. */
+static void cache_fail_locked(loader_cache *c, loader_cache_entry *e, int rc, aicfn_error *err) {
+    err->code = rc != AICFN_OK ? rc : AICFN_E_INTERNAL;
+    if (err->msg[0] == '\0')
+        snprintf(err->msg, sizeof err->msg, "model '%s': its load failed (%s)", e->key,
+                 aicfn_status_name(err->code));
     e->failed = 1;
     e->err = *err;
-    e->err.code = rc != AICFN_OK ? rc : AICFN_E_INTERNAL;
-    if (e->err.msg[0] == '\0')
-        snprintf(e->err.msg, sizeof e->err.msg, "model '%s': its load failed (%s)", e->key,
-                 aicfn_status_name(e->err.code));
     if (e->in_table) {
         cache_remove(c->table, &c->n, e);
         e->in_table = 0;

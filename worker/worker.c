@@ -921,7 +921,8 @@ static int worker_fn_instance(worker_fn *fn, worker_batch_item **items, uint32_t
         fn->init_pending = NULL;
         int rc = iw->rc;
         bool ours = iw->generation == generation;
-        if (ours) {
+        bool final = ours && (rc == AICFN_OK || started); /* the init these calls end with */
+        if (final) {
             ex->init_us = iw->init_us;
             ex->init_calls = *k; /* the calls that waited for it to the end share it */
         }
@@ -936,7 +937,7 @@ static int worker_fn_instance(worker_fn *fn, worker_batch_item **items, uint32_t
         worker_init_wait_free(iw);
         /* Done, unless the init was another residency's, or failed for calls that had
          * all given up (an earlier batch's): then these calls get an init of their own. */
-        if (ours && (rc == AICFN_OK || started)) return rc;
+        if (final) return rc;
     }
     return AICFN_OK;
 }

@@ -244,6 +244,40 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
     assert r.returncode == 1 and "AICFN_E_UNAVAILABLE" in r.stderr
 
 
+def test_a_batch_shares_the_cold_start_it_made(procs, mlp_files, tmp_path):
+    """Four calls batched together on a cold model: each reply carries the same share of
+    the cold start (the load and the handler's init, split over the four, rounded up),
+    and the shares add up to the cold start, not to four of them."""
+    _, snap = mlp_files
+    addr = ipc_addr(tmp_path)
+    start_worker(procs, addr, [mlp_spec(snap, "max_batch=4,max_delay_us=200000")])
+    replies = [None] * 4
+    barrier = threading.Barrier(4, timeout=10)
+
+    def one(i):
+        with _req_socket(addr, 15000) as s:
+            msg = msgpack.packb(invoke_msg("mlp", [tensor("x", fixed_inputs(1, seed=i))]), use_bin_type=True)
+            barrier.wait()
+            s.send(msg)
+            replies[i] = msgpack.unpackb(s.recv(), raw=False)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    assert all(r is not None and r["ok"] and r["cold"] for r in replies), replies
+    batches = {r["batch"] for r in replies}
+    if batches != {4}:
+        pytest.skip(f"the calls did not arrive within one batch window (batches {batches})")
+    shares = [r["timing"]["cold_share"] for r in replies]
+    assert len(set(shares)) == 1 and shares[0] > 0, shares
+    t = replies[0]["timing"]
+    whole = t["load"] + t.get("init", 0)  # the maker waited for the whole load
+    assert 4 * shares[0] <= whole + 4, (shares, t)
+    assert 4 * shares[0] >= t.get("init", 0), (shares, t)
+
+
 def test_64_concurrent_calls_batch(procs, mlp_files, tmp_path):
     _, snap = mlp_files
     addr = ipc_addr(tmp_path)
