@@ -396,6 +396,7 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         return;
     }
     front_uploads_expire(f, now, false);
+    front_uploads_check_keys(f, clock_now_us());
     wire_writer w;
 
     if (strcmp(h->t, "upload_begin") == 0) {

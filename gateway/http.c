@@ -803,21 +803,24 @@ void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const
              * is encoded (its peak) until it is sent: a client reading slowly holds it. */
             size_t held = r->reserved;
             size_t bound = oip_response_size_bound(&r->req, res->outputs, res->n_outputs);
-            int rc = bound > SIZE_MAX - held ? AICFN_E_OVERLOADED : ht_reserve(r, held + bound);
-            if (rc != AICFN_OK)
-                aicfn_error_set(&e2, AICFN_E_OVERLOADED,
-                                "too many response bytes in flight (this one up to %zu); retry", bound);
+            int rc = AICFN_OK;
+            if (bound > h->cfg.max_buffered) /* would never fit: no retry helps, binary data does */
+                rc = aicfn_error_set(&e2, AICFN_E_TOO_LARGE,
+                                     "the response would take up to %zu bytes to build and send, over this "
+                                     "gateway's %zu; request large outputs with \"parameters\": "
+                                     "{\"binary_data\": true}",
+                                     bound, h->cfg.max_buffered);
+            else if (ht_reserve(r, held + bound) != AICFN_OK)
+                rc = aicfn_error_set(&e2, AICFN_E_OVERLOADED,
+                                     "too many response bytes in flight (this one up to %zu); retry", bound);
             else
                 rc = oip_response_encode(r->model, res->version ? res->version : r->version, &r->req,
                                          res->outputs, res->n_outputs, &b, &e2);
             if (rc == AICFN_OK) ht_reserve_trim(r, held + b.len);
             /* An output asked for was checked against the declared ones before the call ran:
-             * missing now, it is the handler's fault, as a name that is not UTF-8 is. */
-            if ((rc == AICFN_E_INVALID && r->outputs_declared) || rc == AICFN_E_UNSUPPORTED) {
-                aicfn_error_wrap(&e2, rc == AICFN_E_INVALID
-                                          ? "the handler did not return an output its "
-                                            "function declares"
-                                          : "the handler returned an output HTTP cannot carry");
+             * missing now, it is the handler's fault (oip says so of a name not UTF-8). */
+            if (rc == AICFN_E_INVALID && r->outputs_declared) {
+                aicfn_error_wrap(&e2, "the handler did not return an output its function declares");
                 rc = AICFN_E_HANDLER;
             }
             if (rc)

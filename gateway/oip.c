@@ -822,6 +822,7 @@ static int oip_data_json(const wire_tensor *t, json_t **out, aicfn_error *err) {
 
 size_t oip_response_size_bound(const oip_request *req, const wire_tensor *outputs, uint32_t n_outputs) {
     size_t total = 4096; /* the document's own fields */
+    uint64_t json_elems = 0;
     for (uint32_t j = 0; j < n_outputs; j++) {
         const wire_tensor *t = &outputs[j];
         bool sent = !(req && req->n_outputs), bin = req ? req->binary_output : false;
@@ -833,9 +834,11 @@ size_t oip_response_size_bound(const oip_request *req, const wire_tensor *output
         if (!sent) continue;
         uint64_t n = 0;
         if (!bin && dtype_shape_elements(t->shape, t->ndim, &n) != AICFN_OK) n = t->nbytes;
-        /* JSON: a value per element (BYTES: per byte, at worst escaped), and the names */
+        /* Past AICFN_HTTP_MAX_JSON_VALUES the encoder refuses (413) before building more. */
+        if (!bin && (json_elems += n) > AICFN_HTTP_MAX_JSON_VALUES) break;
+        /* JSON: a value per element, and for BYTES its text too (each byte escaped at worst) */
         uint64_t add =
-            bin ? t->nbytes : (t->dtype == AICFN_DTYPE_BYTES ? t->nbytes * 6 : n * OIP_JSON_VALUE_BYTES);
+            bin ? t->nbytes : n * OIP_JSON_VALUE_BYTES + (t->dtype == AICFN_DTYPE_BYTES ? t->nbytes * 6 : 0);
         add += 512;
         total = add > SIZE_MAX - total ? SIZE_MAX : total + (size_t)add;
     }
@@ -898,9 +901,10 @@ int oip_response_encode(const char *model, uint32_t version, const oip_request *
             }
         }
         json_t *name = json_string(t->name); /* NULL for a name that is not UTF-8 */
-        if (name == NULL) {
-            rc = aicfn_error_set(err, AICFN_E_UNSUPPORTED,
-                                 "an output's name is not valid UTF-8: it cannot travel as JSON");
+        if (name == NULL) { /* the handler named it so: no request could have asked otherwise */
+            rc = aicfn_error_set(err, AICFN_E_HANDLER,
+                                 "the handler named an output with bytes that are not UTF-8: it cannot "
+                                 "travel as JSON");
             break;
         }
         json_t *o = json_object();

@@ -99,7 +99,9 @@ typedef struct oip_body {
 /* An upper bound of the memory oip_response_encode takes for these outputs, peak and
  * body together: the bytes of each output sent as binary data, and OIP_JSON_VALUE_BYTES
  * per element of each sent as JSON (its jansson value while the document is built, then
- * its text). What an HTTP front counts against its memory budget before encoding. */
+ * its text; BYTES elements their text too), up to the output past which the JSON values
+ * exceed AICFN_HTTP_MAX_JSON_VALUES (the encoder refuses there). What an HTTP front counts
+ * against its memory budget before encoding. */
 #define OIP_JSON_VALUE_BYTES 80
 size_t oip_response_size_bound(const oip_request *req, const wire_tensor *outputs, uint32_t n_outputs);
 
