@@ -426,6 +426,15 @@ static size_t bad_policy(void *arg, const loader_evict_candidate *cands, size_t 
     return 0; /* frees nothing: the cache must not trust it */
 }
 
+/* Names one candidate twice: on paper it frees enough, in truth half of it. */
+static size_t twice_policy(void *arg, const loader_evict_candidate *cands, size_t n, uint64_t need,
+                           size_t *victims) {
+    (void)arg, (void)cands, (void)need;
+    if (n == 0) return 0;
+    victims[0] = victims[1] = n - 1;
+    return 2;
+}
+
 static void pluggable_policy(void **state) {
     (void)state;
     static fake_loader f;
@@ -458,6 +467,26 @@ static void pluggable_policy(void **state) {
     assert_int_equal(loader_cache_preload(c, "m0", NULL, 0, NULL, &err), AICFN_OK);
     assert_int_equal(loader_cache_preload(c, "m1", NULL, 0, &info, &err), AICFN_OK);
     assert_int_equal(info.n_evictions, 1);
+    loader_cache_destroy(c);
+    /* So is one that names a victim twice to seem to free enough: LRU takes the two
+     * oldest of three 40-byte models to fit 70 bytes, and the budget holds. */
+    memset(&f, 0, sizeof f);
+    f.sizes[0] = f.sizes[1] = f.sizes[2] = 40;
+    f.sizes[3] = 70;
+    loader_evict_policy twice = {.name = "twice", .choose = twice_policy};
+    c = fake_cache(&f, 120, &twice);
+    for (int i = 0; i < 3; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "m%d", i);
+        assert_int_equal(loader_cache_preload(c, k, NULL, 0, NULL, &err), AICFN_OK);
+    }
+    assert_int_equal(loader_cache_preload(c, "m3", NULL, 0, &info, &err), AICFN_OK);
+    assert_int_equal(info.n_evictions, 2);
+    assert_string_equal(info.evictions[0].key, "m0");
+    assert_string_equal(info.evictions[1].key, "m1");
+    loader_cache_status st;
+    loader_cache_get_status(c, &st, NULL, 0);
+    assert_true(st.used_bytes <= 120);
     loader_cache_destroy(c);
     assert_clean(&f);
 }
