@@ -102,11 +102,6 @@
 #define AICFN_BUNDLE_HOLD_MAX_US 5000         /* a held call is sent by the maintenance tick after this */
 #define AICFN_BUNDLE_MAX_HELD 256             /* calls held in one worker's outbox at most */
 #define AICFN_DEFAULT_QUEUE_PER_FUNCTION 256
-/* A function that is not short (its calls take over AICFN_BUNDLE_SHORT_US): a busy holder
- * at its replica limit is sent calls only while it has fewer than max(2 x max_batch, this)
- * in flight: enough that it never waits for its next batch, the rest wait at the gateway
- * (router.h hold_in_flight), where tenants take turns and callers can cancel. */
-#define AICFN_HOLDER_QUEUE_MIN 4
 #define AICFN_WORKER_MAX_BATCH 4096          /* upper bound of a function's max_batch */
 #define AICFN_WORKER_MAX_FUNCTIONS 1024      /* functions one worker hosts */
 #define AICFN_WORKER_FN_IDLE_RETIRE_MS 600000 /* a function a spec registered, not called this

@@ -22,9 +22,8 @@
  * A tenant alone may so use the whole queue, as before; with several, a full queue ends
  * in about equal parts, so a tenant gets in while another holds two more than it does
  * (not when the queue is spread one call per tenant over as many tenants as it holds).
- * Calls a worker already holds are past the queue: neither applies to them. For a
- * function that is not short that is a few per holder (router.h hold_in_flight); a
- * short one's bundles may fill a worker up to AICFN_WORKER_MAX_CALL_MSGS messages.
+ * Calls a worker already holds (up to AICFN_WORKER_MAX_CALL_MSGS messages each) are
+ * past the queue: neither applies to them.
  * Not for: the queue itself, locking or refusing (gateway.c). */
 #ifndef AICFN_GATEWAY_FAIRQ_H
 #define AICFN_GATEWAY_FAIRQ_H

@@ -1205,21 +1205,15 @@ static size_t gw_view_locked(gw_gateway *gw, const gw_worker *skip, gw_route_wor
 
 /* What the router is asked for a call of f (lock held): its model, whether the pool may
  * grow, and its replicas: at most scaling.max_workers holders, a holder busy from
- * batching.max_batch calls in flight, and (f not short) given calls to queue only up to
- * twice that, at least AICFN_HOLDER_QUEUE_MIN. A short function's calls go out in bundles
- * and take a worker's queue up to `full`: their round trips would cost more than they. */
+ * batching.max_batch calls in flight. */
 static gw_route_request gw_request_locked(gw_gateway *gw, const gw_fn *f) {
-    uint32_t batch = f->cfg.max_batch ? f->cfg.max_batch : 1;
-    uint32_t hold = batch > UINT32_MAX / 2 ? UINT32_MAX : 2 * batch;
-    if (hold < AICFN_HOLDER_QUEUE_MIN) hold = AICFN_HOLDER_QUEUE_MIN;
     gw_route_request r = {
         .key = f->key[0] ? f->key : GW_NO_MODEL_KEY,
         .model_bytes = f->model_bytes,
         .pool_may_grow = gw->max_workers > 0 && gw_local_alive(gw) < gw->max_workers,
         .new_worker_budget = gw->max_workers > 0 ? gw_new_budget(gw) : 0,
         .max_holders = f->cfg.max_workers ? f->cfg.max_workers : 1,
-        .busy_in_flight = batch,
-        .hold_in_flight = gw_fn_is_short(f) ? 0 : hold,
+        .busy_in_flight = f->cfg.max_batch ? f->cfg.max_batch : 1,
         .any_worker = !f->key[0],
     };
     return r;

@@ -161,13 +161,12 @@ gw_route_kind gw_route_decide(const gw_route_worker *workers, size_t n, const gw
     /* At the limit, or no room for a replica: the least-loaded READY holder, else the
      * least-loaded LOADING one (design.md §6's order: a busy READY holder serves a call
      * in its calls' time, a load takes the load's). */
-    uint32_t hold = req->hold_in_flight;
     if (!req->new_replica) {
-        if (ready >= 0 && (hold == 0 || workers[ready].in_flight < hold)) {
+        if (ready >= 0) {
             out->worker = ready;
             return out->kind = GW_ROUTE_READY;
         }
-        if (loading >= 0 && (hold == 0 || workers[loading].in_flight < hold)) {
+        if (loading >= 0) {
             out->worker = loading;
             return out->kind = GW_ROUTE_LOADING;
         }

@@ -17,10 +17,7 @@
  * calls in flight below req->busy_in_flight). When every holder is busy and there are
  * fewer holders than req->max_holders, levels 3-5 place one more replica; otherwise
  * (at the limit, or nowhere to put a replica) the call goes to the least-loaded READY
- * holder, else the least-loaded LOADING one, and waits in that worker's queue, while that
- * holder has fewer than req->hold_in_flight calls in flight (0: no bound but `full`).
- * Past it the call queues at the gateway (level 6), where tenants take turns and callers
- * can cancel, and goes to a worker as one of its calls ends. A `full` worker is
+ * holder, else the least-loaded LOADING one, and waits in that worker's queue. A `full` worker is
  * never chosen at any level (it still counts as a holder); when every holder is full and
  * no replica can be placed, the call queues (level 6). So a function never
  * has more than max_holders holders because of routing, and max_holders 1 never
@@ -89,8 +86,6 @@ typedef struct gw_route_request {
     uint64_t new_worker_budget; /* the budget a new worker would get */
     uint32_t max_holders;       /* most holders (replicas) the model may have; 0 = no limit */
     uint32_t busy_in_flight;    /* a holder with this many calls in flight is busy; 0 = never busy */
-    uint32_t hold_in_flight;    /* at the limit, a busy holder takes calls to its own queue only below
-                                   this many in flight; 0 = up to `full` */
     bool any_worker;            /* no model: every usable worker holds it READY, a starting one LOADING */
     bool new_replica;           /* keep-warm: place one more replica (levels 3-5 only, never a holder,
                                    and only below max_holders); QUEUE when it cannot be placed now */

@@ -39,12 +39,6 @@ E_WORKER_LOST = 12
 
 # ---- helpers ----
 
-
-# common/tunables.h AICFN_HOLDER_QUEUE_MIN: the calls a busy holder of a function that is not
-# short takes to its own queue at the function's replica limit (max_batch 1); the rest wait at
-# the gateway.
-HOLDER_QUEUE_MIN = 4
-
 def start_gateway(procs, tmp_path: Path, workers="0..2", memory="64MiB", idle="5m", name="gateway", data=None,
                   port=None, env=None, extra=()):
     port = port or free_port()
@@ -1621,8 +1615,7 @@ def test_copy_that_waited_while_its_request_crashed_twice_is_refused(procs, tmp_
     """The crash back-off also holds for copies of the request that were already waiting
     when it began: a copy queued behind a full worker while another copy crashes it a
     second time is refused (AICFN_E_UNAVAILABLE) when its turn comes, not run a third time.
-    Calls of a slow serial function fill the only worker (as many as the gateway sends a
-    holder at its replica limit: AICFN_HOLDER_QUEUE_MIN); copies A and B of a request
+    56 calls of a slow serial function fill the only worker; copies A and B of a request
     that crashed once queue behind them; A goes first when a slot frees and crashes the
     worker; B waits for the replacement and is refused there."""
     addr, g, x = sleep_fn_gateway(procs, tmp_path, "busy", "60s", "1..1")
@@ -1638,11 +1631,10 @@ def test_copy_that_waited_while_its_request_crashed_twice_is_refused(procs, tmp_
         results[key] = call(addr, msg, timeout_ms=60000)
 
     fill = [threading.Thread(target=one, args=(i, invoke_msg("busy", [x], params={"sleep_ms": "2000"})))
-            for i in range(HOLDER_QUEUE_MIN)]
+            for i in range(56)]
     for t in fill:
         t.start()
-    wait_for(lambda: gateway_status(addr)["in_flight"] >= HOLDER_QUEUE_MIN, 10, interval=0.02,
-             what="the worker's calls")
+    wait_for(lambda: gateway_status(addr)["in_flight"] >= 56, 10, interval=0.02, what="56 calls on the worker")
     copies = []
     for key in ("A", "B"):
         copies.append(threading.Thread(target=one, args=(key, dict(crash, id=next_id()))))
@@ -1900,12 +1892,11 @@ def test_run_directory_is_private(procs, tmp_path):
     assert not run.exists(), list(run.iterdir())
 
 
-def sleep_fn_gateway(procs, tmp_path, name, timeout, workers, extra=(), manifest=""):
+def sleep_fn_gateway(procs, tmp_path, name, timeout, workers, extra=()):
     """A gateway with function `name` (the test_sleep handler: it sleeps params.sleep_ms,
-    one call at a time; `manifest`: more of its aicfn.yaml) deployed and warmed by one
-    call. Returns (addr, gateway, input)."""
+    one call at a time) deployed and warmed by one call. Returns (addr, gateway, input)."""
     write_manifest(tmp_path / name,
-                   f"name: {name}\nhandler: {handler('test_sleep')}\nlimits: {{ timeout: {timeout} }}\n{manifest}")
+                   f"name: {name}\nhandler: {handler('test_sleep')}\nlimits: {{ timeout: {timeout} }}\n")
     addr, data, g = start_gateway(procs, tmp_path, workers=workers, extra=extra)
     deploy(addr, tmp_path / name)
     x = tensor("x", np.arange(2, dtype=np.float32))
@@ -1980,9 +1971,8 @@ def test_a_busy_worker_is_never_sent_more_calls_than_it_can_receive(procs, tmp_p
     56 call messages (8 contexts kept for polls and model operations); the rest of the
     calls wait in the gateway's queue. 90 calls of a serial 40 ms function: the gateway
     never has more than 56 of them on the worker, the others queue, all succeed, and the
-    worker is the same process at the end. (max_batch 64: a holder at its replica limit
-    would take 128 calls to its queue, so the bound that holds is the worker's 56.)"""
-    addr, g, x = sleep_fn_gateway(procs, tmp_path, "busy", "60s", "1..1", manifest="batching: { max_batch: 64 }\n")
+    worker is the same process at the end."""
+    addr, g, x = sleep_fn_gateway(procs, tmp_path, "busy", "60s", "1..1")
     pid = workers(addr)[0]["pid"]
     n = 90
     results = [None] * n
@@ -2067,8 +2057,8 @@ def start_two_tenants_and_a_slow_function(procs, tmp_path):
 
 
 def test_full_queue_is_shared_between_tenants(procs, tmp_path):
-    """One tenant keeps a slow function's queue full (256 calls waiting behind the few sent
-    to its one serial worker); another tenant's call still gets in: the first tenant's newest
+    """One tenant keeps a slow function's queue full (256 calls waiting behind 56 sent to
+    its one serial worker); another tenant's call still gets in: the first tenant's newest
     queued call gives way (AICFN_E_OVERLOADED, naming why) and the newcomer waits in its
     place until its deadline (AICFN_E_TIMEOUT, not refused). The first tenant's own calls
     past the full queue are refused as before (gateway/fairq.h)."""
@@ -2089,7 +2079,7 @@ def test_full_queue_is_shared_between_tenants(procs, tmp_path):
     def queued():
         return status()["queued"]
 
-    n = 330  # a few sent to the worker + 256 queued + the rest refused
+    n = 330  # 56 sent to the worker + 256 queued + 18 refused
     results = [None] * n
 
     def one(i, sleep_ms):
@@ -2123,8 +2113,8 @@ def test_full_queue_is_shared_between_tenants(procs, tmp_path):
 
 
 def test_queued_calls_are_served_in_turn_between_tenants(procs, tmp_path):
-    """One tenant has a slow function's one serial worker busy (the few calls the gateway
-    sends it at its replica limit) and more calls queued at the gateway; another tenant's calls, sent after all of them, are
+    """One tenant has a slow function's one serial worker full (56 calls sent to it) and
+    more calls queued at the gateway; another tenant's calls, sent after all of them, are
     not served after the whole backlog: the queue serves the tenants in turn, one call
     each, each tenant's own calls in the order they came (gateway/fairq.h)."""
     addr, admin, hog, other, x = start_two_tenants_and_a_slow_function(procs, tmp_path)
@@ -2155,7 +2145,7 @@ def test_queued_calls_are_served_in_turn_between_tenants(procs, tmp_path):
     wait_for(lambda: (lambda s: s["in_flight"] + s["queued"] == n_hog)(status()), 20, interval=0.05,
              what="the hog's calls sent or queued")
     queued = status()["queued"]
-    assert queued >= n_hog - HOLDER_QUEUE_MIN, queued  # the worker took a few: the rest wait at the gateway
+    assert queued >= 10, queued  # the worker took at most 56: the rest wait at the gateway
     mine = []
     for i in range(3):  # one after the other, so that they come in this order
         mine.append(threading.Thread(target=one, args=(other, "other", i, 40), daemon=True))
@@ -2167,7 +2157,7 @@ def test_queued_calls_are_served_in_turn_between_tenants(procs, tmp_path):
     assert len(done) == n_hog + 3 and all(ok for _, _, ok, _ in done), [d for d in done if not d[2]][:3]
     # Each tenant's calls in the order they came ...
     assert [i for name, i, _, _ in done if name == "other"] == [0, 1, 2], done
-    # ... and the queue, once the worker's few were done, took the tenants in turn:
+    # ... and the queue, once the worker's 56 were done, took the tenants in turn:
     # hog, other, hog, other, hog, other, then the rest of the hog's.
     order = [name for name, _, _, _ in done][n_hog - queued:]
     assert order[:7] == ["hog", "other", "hog", "other", "hog", "other", "hog"], order

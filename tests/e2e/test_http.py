@@ -541,21 +541,21 @@ def test_queued_call_of_a_client_that_left_is_not_run(procs, tmp_path):
         return json.loads(st["json"])
 
     assert http_req(hport, "POST", "/v2/models/slow/infer", json.dumps({"inputs": [x]}))[0] == 200  # warm
-    ahead = 4  # what the gateway sends one worker of this function (AICFN_HOLDER_QUEUE_MIN)
+    ahead = 56  # the most the gateway keeps in flight on one worker
     results = []
 
     def one(sleep_ms):
         body = {"inputs": [x], "parameters": {"sleep_ms": str(sleep_ms), "count_file": str(counts)}}
         results.append(http_req(hport, "POST", "/v2/models/slow/infer", json.dumps(body), timeout=60)[0])
 
-    # The first call holds the worker 8 s; the other 3 wait behind it on the worker.
+    # The first call holds the worker 8 s; the other 55 wait behind it on the worker.
     ts = [threading.Thread(target=one, args=(8000,), daemon=True)]
     ts[0].start()
     wait_for(lambda: status()["in_flight"] >= 1, 10, interval=0.01, what="the first call in flight")
     ts += [threading.Thread(target=one, args=(0,), daemon=True) for _ in range(ahead - 1)]
     for t in ts[1:]:
         t.start()
-    wait_for(lambda: status()["in_flight"] >= ahead, 20, interval=0.02, what="the worker's calls in flight")
+    wait_for(lambda: status()["in_flight"] >= ahead, 20, interval=0.02, what="56 calls in flight")
     body = json.dumps({"inputs": [x], "parameters": {"count_file": str(counts)}}).encode()
     s = socket.create_connection(("127.0.0.1", hport), timeout=10)
     s.sendall(b"POST /v2/models/slow/infer HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
@@ -574,4 +574,4 @@ def test_queued_call_of_a_client_that_left_is_not_run(procs, tmp_path):
     for t in ts:
         t.join(timeout=60)
     assert results == [200] * ahead, results
-    assert len(counts.read_text().split()) == ahead  # those ran; the one whose client left did not
+    assert len(counts.read_text().split()) == ahead  # the 56 ran; the one whose client left did not

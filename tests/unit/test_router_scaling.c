@@ -56,31 +56,6 @@ static void max_one_never_replicates(void **state) {
     assert_int_equal(d.worker, 0);
 }
 
-/* At the limit, a holder takes calls to its own queue only below hold_in_flight; past it
- * the call queues at the gateway (where tenants take turns and callers can cancel). */
-static void at_the_limit_a_holder_queues_only_so_many(void **state) {
-    (void)state;
-    gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 1, 5, false}};
-    gw_route_worker ws[] = {worker(3, a, 1)};
-    gw_route_request r = request(1, true);
-    r.hold_in_flight = 4;
-    gw_route_decision d;
-    assert_int_equal(gw_route_decide(ws, 1, &r, &d), GW_ROUTE_READY); /* 3 < 4: to its queue */
-    assert_int_equal(d.worker, 0);
-    ws[0].in_flight = 4;
-    assert_int_equal(gw_route_decide(ws, 1, &r, &d), GW_ROUTE_QUEUE); /* at the gateway */
-    assert_int_equal(d.worker, -1);
-    a[0].state = GW_MODEL_LOADING; /* a load's waiting calls are bounded the same way */
-    assert_int_equal(gw_route_decide(ws, 1, &r, &d), GW_ROUTE_QUEUE);
-    ws[0].in_flight = 1;
-    assert_int_equal(gw_route_decide(ws, 1, &r, &d), GW_ROUTE_LOADING);
-    /* 0: no bound but `full` (a short function's calls). */
-    a[0].state = GW_MODEL_READY;
-    ws[0].in_flight = 40;
-    r.hold_in_flight = 0;
-    assert_int_equal(gw_route_decide(ws, 1, &r, &d), GW_ROUTE_READY);
-}
-
 static void max_two_replicates_only_when_busy(void **state) {
     (void)state;
     gw_route_model a[] = {{"mlp:1", GW_MODEL_READY, 10 * MiB, 0, 5, false}};
@@ -253,14 +228,10 @@ static void no_model_function(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(max_one_never_replicates),
-        cmocka_unit_test(max_two_replicates_only_when_busy),
-        cmocka_unit_test(replica_by_eviction),
-        cmocka_unit_test(loading_replica_is_joined),
-        cmocka_unit_test(at_max_least_loaded_holder),
-        cmocka_unit_test(keep_warm_new_replica),
+        cmocka_unit_test(max_one_never_replicates),   cmocka_unit_test(max_two_replicates_only_when_busy),
+        cmocka_unit_test(replica_by_eviction),        cmocka_unit_test(loading_replica_is_joined),
+        cmocka_unit_test(at_max_least_loaded_holder), cmocka_unit_test(keep_warm_new_replica),
         cmocka_unit_test(no_model_function),
-        cmocka_unit_test(at_the_limit_a_holder_queues_only_so_many),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
