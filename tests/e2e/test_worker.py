@@ -244,6 +244,27 @@ def test_invoke_cli(procs, mlp_files, tmp_path):
     assert r.returncode == 1 and "AICFN_E_UNAVAILABLE" in r.stderr
 
 
+def concurrent_calls(addr, msgs, timeout_s=30):
+    """Sends msgs to the worker at once (a socket each, released together by a barrier)
+    and returns the replies in the same order (None for one that did not come)."""
+    replies = [None] * len(msgs)
+    barrier = threading.Barrier(len(msgs), timeout=10)
+
+    def one(i):
+        with _req_socket(addr, 15000) as s:
+            packed = msgpack.packb(msgs[i], use_bin_type=True)
+            barrier.wait()
+            s.send(packed)
+            replies[i] = msgpack.unpackb(s.recv(), raw=False)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(msgs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=timeout_s)
+    return replies
+
+
 def test_a_batch_shares_the_cold_start_it_made(procs, mlp_files, tmp_path):
     """Four calls batched together on a cold model: each reply carries the same share of
     the cold start (the load and the handler's init, split over the four, rounded up),
@@ -251,21 +272,7 @@ def test_a_batch_shares_the_cold_start_it_made(procs, mlp_files, tmp_path):
     _, snap = mlp_files
     addr = ipc_addr(tmp_path)
     start_worker(procs, addr, [mlp_spec(snap, "max_batch=4,max_delay_us=200000")])
-    replies = [None] * 4
-    barrier = threading.Barrier(4, timeout=10)
-
-    def one(i):
-        with _req_socket(addr, 15000) as s:
-            msg = msgpack.packb(invoke_msg("mlp", [tensor("x", fixed_inputs(1, seed=i))]), use_bin_type=True)
-            barrier.wait()
-            s.send(msg)
-            replies[i] = msgpack.unpackb(s.recv(), raw=False)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    replies = concurrent_calls(addr, [invoke_msg("mlp", [tensor("x", fixed_inputs(1, seed=i))]) for i in range(4)])
     assert all(r is not None and r["ok"] and r["cold"] for r in replies), replies
     batches = {r["batch"] for r in replies}
     if batches != {4}:
@@ -290,21 +297,7 @@ def test_64_concurrent_calls_batch(procs, mlp_files, tmp_path):
         assert r["ok"], r
         singles.append(r)
 
-    replies = [None] * 64
-    barrier = threading.Barrier(64, timeout=10)
-
-    def one(i):
-        with _req_socket(addr, 15000) as s:
-            msg = msgpack.packb(invoke_msg("mlp", [tensor("x", inputs[i])]), use_bin_type=True)
-            barrier.wait()
-            s.send(msg)
-            replies[i] = msgpack.unpackb(s.recv(), raw=False)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(64)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=30)
+    replies = concurrent_calls(addr, [invoke_msg("mlp", [tensor("x", inputs[i])]) for i in range(64)])
     assert all(r is not None and r["ok"] for r in replies), [r for r in replies if not r or not r["ok"]][:3]
     sizes = [r["batch"] for r in replies]
     assert max(sizes) > 1, sizes

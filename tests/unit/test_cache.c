@@ -435,6 +435,16 @@ static size_t twice_policy(void *arg, const loader_evict_candidate *cands, size_
     return 2;
 }
 
+/* Makes m0..m(n-1) resident, in that order (m0 the least recently used). */
+static void preload_m(loader_cache *c, int n) {
+    aicfn_error err;
+    for (int i = 0; i < n; i++) {
+        char k[8];
+        snprintf(k, sizeof k, "m%d", i);
+        assert_int_equal(loader_cache_preload(c, k, NULL, 0, NULL, &err), AICFN_OK);
+    }
+}
+
 static void pluggable_policy(void **state) {
     (void)state;
     static fake_loader f;
@@ -447,11 +457,7 @@ static void pluggable_policy(void **state) {
     loader_cache *c = fake_cache(&f, 100, &pol);
     aicfn_error err;
     loader_acquire_info info;
-    for (int i = 0; i < 3; i++) {
-        char k[8];
-        snprintf(k, sizeof k, "m%d", i);
-        assert_int_equal(loader_cache_preload(c, k, NULL, 0, NULL, &err), AICFN_OK);
-    }
+    preload_m(c, 3);
     assert_int_equal(loader_cache_preload(c, "m3", NULL, 0, &info, &err), AICFN_OK);
     assert_int_equal(info.n_evictions, 1);
     assert_string_equal(info.evictions[0].key, "m0"); /* LRU would also pick m0; check next */
@@ -475,11 +481,7 @@ static void pluggable_policy(void **state) {
     f.sizes[3] = 70;
     loader_evict_policy twice = {.name = "twice", .choose = twice_policy};
     c = fake_cache(&f, 120, &twice);
-    for (int i = 0; i < 3; i++) {
-        char k[8];
-        snprintf(k, sizeof k, "m%d", i);
-        assert_int_equal(loader_cache_preload(c, k, NULL, 0, NULL, &err), AICFN_OK);
-    }
+    preload_m(c, 3);
     assert_int_equal(loader_cache_preload(c, "m3", NULL, 0, &info, &err), AICFN_OK);
     assert_int_equal(info.n_evictions, 2);
     assert_string_equal(info.evictions[0].key, "m0");
