@@ -415,13 +415,13 @@ static void worker_req_done(worker_req *r) {
     pthread_mutex_unlock(&w->mu);
 }
 
-/* Encodes and sends the reply of an accepted invocation, then frees it and counts it
- * out of the in-flight total. `code` != OK overrides the response. */
 /* a / b rounded up (b > 0): a call's share of a time its batch spent for all of it. */
 static uint64_t worker_div_up(uint64_t a, uint32_t b) {
     return a / b + (a % b != 0);
 }
 
+/* Encodes and sends the reply of an accepted invocation, then frees it and counts it
+ * out of the in-flight total. `code` != OK overrides the response. */
 static void worker_finish(worker_req *r, int code, const char *msg, const worker_exec_info *ex) {
     worker *w = r->w;
     const char *rmsg = "";
