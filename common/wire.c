@@ -383,6 +383,9 @@ int wire_decode_header(const wire_doc *doc, wire_header *h, aicfn_error *err) {
         return aicfn_error_set(err, AICFN_E_PROTOCOL, "key 't': contains NUL");
     h->has_id = wire_map_get(root, "id") != NULL;
     if ((rc = wire_get_u64(root, NULL, "id", false, &h->id, err))) return rc;
+    if (h->t[0] && !h->has_id) /* a reply could not be matched to it */
+        return aicfn_error_set(err, AICFN_E_PROTOCOL, "'%s' request without key 'id' (required in requests)",
+                               h->t);
     return AICFN_OK;
 }
 

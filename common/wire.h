@@ -215,7 +215,8 @@ typedef struct wire_header {
 } wire_header;
 
 /* Reads `v`, `t` and `id` from the root map of `doc`. Errors: AICFN_E_PROTOCOL (root
- * not a map, `v` missing or 0, `t` not a str or too long, `id` not a uint),
+ * not a map, `v` missing or 0, `t` not a str or too long, `id` not a uint, or missing
+ * in a request: a message with `t`),
  * AICFN_E_UNSUPPORTED (`v` newer than AICFN_PROTOCOL_VERSION). */
 int wire_decode_header(const wire_doc *doc, wire_header *h, aicfn_error *err);
 

@@ -1443,6 +1443,12 @@ def test_hostile_clients(procs, tmp_path):
                 q.send(junk)
                 r = __import__("msgpack").unpackb(q.recv(), raw=False)
                 assert r["ok"] is False and r["error"]["code"] == E_PROTOCOL
+            # A request without an id, invoke or administrative: refused, naming the key.
+            for kind in ("invoke", "ls", "status"):
+                q.send(__import__("msgpack").packb({"v": 1, "t": kind, "fn": "echo", "inputs": []}))
+                r = __import__("msgpack").unpackb(q.recv(), raw=False)
+                assert r["ok"] is False and r["error"]["code"] == E_PROTOCOL, (kind, r)
+                assert f"'{kind}' request without key 'id'" in r["error"]["message"], (kind, r)
         # The listener still accepts and serves.
         r = call(addr, invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.float32))]), timeout_ms=20000)
         assert r["ok"]

@@ -543,6 +543,11 @@ def test_bad_inputs_get_errors_and_worker_keeps_serving(procs, tmp_path):
                   {"v": 1, "t": "invoke", "id": 5, "fn": "echo", "inputs": [], "params": {"k": [1, 2]}}):
             r = send(msgpack.packb(m, use_bin_type=True))
             assert r["ok"] is False and r["error"]["code"] in (E_PROTOCOL, E_INVALID, 5), (m, r)
+        # A request of any type without an id is refused (its reply could not be matched).
+        for t in ("status", "preload", "unload", "bundle", "invoke"):
+            r = send(msgpack.packb({"v": 1, "t": t, "fn": "echo", "inputs": []}, use_bin_type=True))
+            assert r["ok"] is False and r["error"]["code"] == E_PROTOCOL and r["id"] == 0, (t, r)
+            assert f"'{t}' request without key 'id'" in r["error"]["message"], (t, r)
         still_serving()
         # Unknown function.
         r = send(msgpack.packb(invoke_msg("nope", []), use_bin_type=True))

@@ -1026,6 +1026,27 @@ static void keys_versions_and_types(void **state) {
     const uint8_t arr[] = {0x90};
     assert_int_equal(decode_request(arr, 1, &e), AICFN_E_PROTOCOL);
     assert_int_equal(wire_peek_id(arr, 1), 0);
+    /* a request of any type needs an id (its reply could not be matched); a header without t
+     * (a reply's) may lack one: the reply decoders require it themselves */
+    wire_writer_reset(&w);
+    wire_put_map(&w, 2);
+    wire_kv_u64(&w, "v", 1);
+    wire_kv_str(&w, "t", "status");
+    wire_doc doc;
+    wire_header h;
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    assert_int_equal(wire_decode_header(&doc, &h, &e), AICFN_E_PROTOCOL);
+    assert_non_null(strstr(e.msg, "'status' request without key 'id'"));
+    wire_doc_fini(&doc);
+    wire_writer_reset(&w);
+    wire_put_map(&w, 2);
+    wire_kv_u64(&w, "v", 1);
+    wire_put_str(&w, "ok");
+    wire_put_bool(&w, true);
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    assert_int_equal(wire_decode_header(&doc, &h, &e), AICFN_OK);
+    assert_false(h.has_id);
+    wire_doc_fini(&doc);
     wire_writer_fini(&w);
 }
 
