@@ -52,6 +52,10 @@ long gw_fairq_victim(const uint64_t *tenant, size_t n, uint64_t arriving) {
 
 size_t gw_fairq_place(const uint64_t *tenant, const uint64_t *tag, size_t n, uint64_t clock,
                       uint64_t arriving, uint64_t *tag_out) {
+    /* Calls that left unserved (timed out, canceled, pushed out) leave the clock behind
+     * the head's round: caught up, or a newcomer would be credited the rounds they
+     * skipped and go ahead of every call waiting. */
+    if (n > 0 && tag[0] > clock + 1) clock = tag[0] - 1;
     uint64_t last = clock;
     for (size_t i = 0; i < n; i++)
         if (tenant[i] == arriving && tag[i] > last) last = tag[i];

@@ -47,7 +47,9 @@ long gw_fairq_victim(const uint64_t *tenant, size_t n, uint64_t arriving);
 
 /* The queue holds n calls in the order of service (index 0 is served next): tenant[i]
  * and its tag tag[i], nondecreasing. The last call served from it had tag `clock` (every
- * queued tag is at least that: calls of one round share a tag). A call of tenant `arriving` joins it:
+ * queued tag is at least that: calls of one round share a tag); calls that left it
+ * unserved since (timed out, canceled) may have left the head's tag further on: the clock
+ * is then taken as one before it. A call of tenant `arriving` joins it:
  * *tag_out gets its tag, one past the later of clock and the largest tag of arriving's queued calls, and the
  * return is the index it takes (0..n): after every call with a tag at most its own. */
 size_t gw_fairq_place(const uint64_t *tenant, const uint64_t *tag, size_t n, uint64_t clock,

@@ -160,6 +160,47 @@ static void an_idle_tenant_earns_no_credit(void **state) {
         assert_int_equal(fq_serve(&q, NULL), want[i]);
 }
 
+/* Takes the call at index i out unserved (its deadline passed, or its caller left). */
+static void fq_drop(fq_model *q, size_t i) {
+    assert_true(i < q->n);
+    for (; i + 1 < q->n; i++) {
+        q->tenant[i] = q->tenant[i + 1];
+        q->tag[i] = q->tag[i + 1];
+        q->seq[i] = q->seq[i + 1];
+    }
+    q->n--;
+}
+
+/* Calls that leave unserved give no one credit: A's ten calls time out at the head while
+ * its eleventh waits, then B sends ten; A's waiting call keeps its turn (A, B, B...), as
+ * it does when A's calls between its first and its last are canceled. Before, the clock
+ * stayed at the last call served, and B's ten all went ahead of A's. */
+static void calls_that_leave_unserved_give_no_credit(void **state) {
+    (void)state;
+    fq_model q = {0};
+    for (int i = 0; i < 11; i++)
+        fq_join(&q, A);
+    for (int i = 0; i < 10; i++)
+        fq_drop(&q, 0);
+    for (int i = 0; i < 10; i++)
+        fq_join(&q, B);
+    assert_int_equal(fq_serve(&q, NULL), A);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(fq_serve(&q, NULL), B);
+
+    fq_model r = {0};
+    for (int i = 0; i < 11; i++)
+        fq_join(&r, A);
+    for (int i = 0; i < 9; i++)
+        fq_drop(&r, 1);                      /* A's 2nd to 10th */
+    assert_int_equal(fq_serve(&r, NULL), A); /* its 1st: the clock is 1, its 11th has tag 11 */
+    fq_join(&r, B);
+    fq_join(&r, B);
+    uint64_t want[] = {A, B, B};
+    for (size_t i = 0; i < 3; i++)
+        assert_int_equal(fq_serve(&r, NULL), want[i]);
+}
+
 /* Random arrivals and services of four tenants: tags stay in order, each tenant's calls
  * are served in the order they came, and two tenants that both keep calls waiting are
  * never more than one call apart in what they are served. */
@@ -217,6 +258,7 @@ int main(void) {
         cmocka_unit_test(tenants_are_served_in_turn),
         cmocka_unit_test(a_lone_tenant_is_served_in_arrival_order),
         cmocka_unit_test(an_idle_tenant_earns_no_credit),
+        cmocka_unit_test(calls_that_leave_unserved_give_no_credit),
         cmocka_unit_test(random_arrivals_keep_turns_and_order),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
