@@ -96,6 +96,10 @@ def test_echo_and_mlp_cold_then_warm(procs, mlp_files, tmp_path):
     # timed it (within its wait), and the handler's init; it ran alone, so all of it.
     t = first["timing"]
     assert t["load"] + t.get("init", 0) >= t["cold_share"] > 0, t
+    # ...and at least its phases (one frame: one load thread, so they do not overlap) and
+    # the init: a share that left out the load, or the init, is short of it.
+    made = sum(t.get(k, 0) for k in ("read", "decompress", "filter", "copy", "init"))
+    assert t["cold_share"] + 2 >= made, t
     second = call(addr, invoke_msg("mlp", [tensor("x", fixed_inputs(3))]))
     assert second["ok"] and second["cold"] is False
     assert "cs" not in second and "cold_share" not in second["timing"]
@@ -282,7 +286,10 @@ def test_a_batch_shares_the_cold_start_it_made(procs, mlp_files, tmp_path):
     t = replies[0]["timing"]
     whole = t["load"] + t.get("init", 0)  # the maker waited for the whole load
     assert 4 * shares[0] <= whole + 4, (shares, t)
-    assert 4 * shares[0] >= t.get("init", 0), (shares, t)
+    # At least the load's phases (one frame, one load thread: they do not overlap) and the
+    # init: shares that left out the load, or the init, fall short of it.
+    made = sum(t.get(k, 0) for k in ("read", "decompress", "filter", "copy", "init"))
+    assert 4 * shares[0] + 2 >= made, (shares, t)
 
 
 def test_64_concurrent_calls_batch(procs, mlp_files, tmp_path):
