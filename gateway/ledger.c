@@ -131,8 +131,10 @@ static int led_lost(gw_ledger *l, const char *what) {
     return AICFN_E_NOMEM;
 }
 
-/* `keep`: queued even when the queue is full (bounded by its callers); `shed`: dropped
- * once it is half full (a refused call's row). */
+/* `keep`: queued even when the queue is full, up to twice its bound (a worker's first and
+ * last rows: two per worker, but workers that register and fail again and again while
+ * the disk is stalled must not grow it without end); `shed`: dropped once it is half
+ * full (a refused call's row). */
 static int led_enqueue(gw_ledger *l, led_rec *r, bool keep, bool shed) {
     pthread_mutex_lock(&l->mu);
     if (l->stopping) {

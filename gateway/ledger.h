@@ -146,7 +146,9 @@ int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *r);
  * under its own lock) leaves the row with the latest. A full queue drops 'ready' and
  * 'draining' rows (refreshes) but not a worker's first row ('starting', which reserves
  * its name w<N> for good: gw_workers_next_local_id) nor its last ('exited', 'lost'):
- * two per worker process, whose starts are paced. Same returns as above, plus
+ * two per worker process, whose starts are paced; but remote registrations are paced by
+ * no one, so those too are dropped (and counted) once the queue holds twice its bound.
+ * Same returns as above, plus
  * AICFN_E_INVALID for an empty or overlong id or an unknown state. Thread-safe. */
 int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *r);
 

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <string.h>
 #include <sys/wait.h>
 
@@ -306,16 +307,24 @@ static void full_queue_drops_and_counts(void **state) {
     assert_int_equal(gw_ledger_submit_worker(l, &wr), AICFN_E_OVERLOADED);
     wr.state = GW_WROW_LOST;
     assert_int_equal(gw_ledger_submit_worker(l, &wr), AICFN_OK);
+    /* ... but not without end (remote workers registering and failing while the disk
+     * stalls): up to twice the queue's bound (16 here, 10 queued). */
+    for (int i = 0; i < 10; i++) {
+        char id[8];
+        snprintf(id, sizeof id, "r%d", i);
+        gw_worker_record rr = {.id = id, .address = "tcp://h:1", .state = GW_WROW_STARTING};
+        assert_int_equal(gw_ledger_submit_worker(l, &rr), i < 6 ? AICFN_OK : AICFN_E_OVERLOADED);
+    }
     gw_ledger_stats s;
     gw_ledger_get_stats(l, &s);
-    assert_int_equal(s.submitted, 10);
-    assert_int_equal(s.dropped, 14);
-    assert_int_equal(s.queued, 10);
+    assert_int_equal(s.submitted, 16);
+    assert_int_equal(s.dropped, 18);
+    assert_int_equal(s.queued, 16);
     assert_int_equal(s.committed, 0);
     /* flush() commits without waiting for the 60 s interval. */
     assert_int_equal(gw_ledger_flush(l, 5000, NULL), AICFN_OK);
     gw_ledger_get_stats(l, &s);
-    assert_int_equal(s.committed, 10);
+    assert_int_equal(s.committed, 16);
     assert_int_equal(s.queued, 0);
     assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
     /* Below half full, refused calls' rows are queued like any other, up to half (4). */
@@ -327,6 +336,7 @@ static void full_queue_drops_and_counts(void **state) {
     assert_int_equal(sql_int(db, "SELECT count(*) FROM invocations"), 12);
     assert_int_equal(sql_int(db, "SELECT count(*) FROM invocations WHERE status = 'AICFN_E_QUOTA'"), 3);
     assert_int_equal(sql_int(db, "SELECT count(*) FROM workers WHERE id = 'w7' AND state = 'lost'"), 1);
+    assert_int_equal(sql_int(db, "SELECT count(*) FROM workers WHERE id LIKE 'r%'"), 6);
     gw_db_close(db);
     tdb_rm_rf(dir);
     free(dir);
