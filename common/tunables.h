@@ -84,6 +84,8 @@
  * administrative requests and status. */
 #define AICFN_GW_FRONT_MAX_REQUESTS 1024
 #define AICFN_GW_MAX_LIVE_WORKERS 256 /* live workers (local and registered) the router sees at once */
+/* Calls that timed out at a worker, kept to bill the loads they made (gaveup.h). */
+#define AICFN_GW_GAVE_UP_CALLS 1024
 #define AICFN_GW_FRONT_MAX_HELD_BYTES (1ull << 30)
 /* An administrative request's bytes at most (an upload_chunk's: its chunk plus this). */
 #define AICFN_GW_ADMIN_MAX_BYTES (1u << 20)

@@ -1090,10 +1090,15 @@ int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_stat
     if (st->n_loads > WIRE_MAX_UNREPORTED_LOADS)
         return aicfn_error_set(err, AICFN_E_INVALID, "status: %u unreported loads exceed the limit",
                                st->n_loads);
-    for (uint32_t i = 0; i < st->n_loads; i++)
-        if (st->loads[i].coldstart.n_evicted > WIRE_MAX_EVICTED)
+    for (uint32_t i = 0; i < st->n_loads; i++) {
+        const wire_unreported_load *l = &st->loads[i];
+        if (l->coldstart.n_evicted > WIRE_MAX_EVICTED)
             return aicfn_error_set(err, AICFN_E_INVALID, "status: %u evicted models exceed the limit",
-                                   st->loads[i].coldstart.n_evicted);
+                                   l->coldstart.n_evicted);
+        if (l->n_calls > WIRE_MAX_LOAD_CALLS || l->n_calls > l->makers || (l->n_calls && !l->calls))
+            return aicfn_error_set(err, AICFN_E_INVALID, "status: a load lists %u calls of %u (at most %d)",
+                                   l->n_calls, l->makers, WIRE_MAX_LOAD_CALLS);
+    }
     wire_put_map(w, 4 + (load ? 2 + (load->has_coldstart ? 1 : 0) : 0));
     if (load) {
         wire_kv_bool(w, "cold", load->cold);
@@ -1135,16 +1140,51 @@ int wire_encode_status_reply(wire_writer *w, uint64_t id, const wire_worker_stat
         wire_put_array(w, st->n_loads);
         for (uint32_t i = 0; i < st->n_loads; i++) {
             const wire_unreported_load *l = &st->loads[i];
-            wire_put_map(w, 4 + (l->seq ? 1 : 0));
+            wire_put_map(w, 4 + (l->seq ? 1 : 0) + (l->makers ? 2 : 0));
             if (l->seq) wire_kv_u64(w, "seq", l->seq);
             wire_kv_str(w, "fn", l->fn ? l->fn : "");
             wire_kv_u64(w, "ver", l->ver);
             wire_put_str(w, "timing");
             wire_put_timing(w, &l->timing);
             wire_put_coldstart(w, &l->coldstart);
+            if (l->makers) {
+                wire_kv_u64(w, "makers", l->makers);
+                wire_put_str(w, "calls");
+                wire_put_array(w, l->n_calls);
+                for (uint32_t k = 0; k < l->n_calls; k++)
+                    wire_put_u64(w, l->calls[k]);
+            }
         }
     }
     return wire_writer_status(w, err);
+}
+
+/* An unreported load's `makers` and `calls` (both absent from a worker that predates
+ * them: makers 0, no calls). */
+static int wire_decode_load_calls(wire_doc *doc, const msgpack_object *l, const char *ctx,
+                                  wire_unreported_load *out, aicfn_error *err) {
+    int rc = wire_get_u32(l, ctx, "makers", false, &out->makers, err);
+    if (rc) return rc;
+    const msgpack_object *a = NULL;
+    if ((rc = wire_get_array(l, ctx, "calls", false, &a, err))) return rc;
+    if (!a) return AICFN_OK;
+    uint32_t n = a->via.array.size;
+    if (n > WIRE_MAX_LOAD_CALLS || n > out->makers)
+        return aicfn_error_set(err, AICFN_E_PROTOCOL,
+                               "%s.calls: %u calls (at most %d, and at most makers = %u)", ctx, n,
+                               WIRE_MAX_LOAD_CALLS, out->makers);
+    uint64_t *ids = wire_doc_alloc(doc, (n ? n : 1) * sizeof *ids);
+    if (ids == NULL) return aicfn_error_set(err, AICFN_E_NOMEM, "%s.calls", ctx);
+    for (uint32_t k = 0; k < n; k++) {
+        const msgpack_object *o = &a->via.array.ptr[k];
+        if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 == 0)
+            return aicfn_error_set(err, AICFN_E_PROTOCOL, "%s.calls[%u]: expected a call id (uint >= 1)", ctx,
+                                   k);
+        ids[k] = o->via.u64;
+    }
+    out->n_calls = n;
+    out->calls = ids;
+    return AICFN_OK;
 }
 
 int wire_decode_status_reply(wire_doc *doc, wire_status_reply *rep, aicfn_error *err) {
@@ -1229,6 +1269,7 @@ int wire_decode_status_reply(wire_doc *doc, wire_status_reply *rep, aicfn_error 
             bool has = false;
             if ((rc = wire_decode_coldstart(doc, l, &has, &ls[i].coldstart, err))) return rc;
             if (!has) return aicfn_error_set(err, AICFN_E_PROTOCOL, "missing required key '%s.cs'", lctx);
+            if ((rc = wire_decode_load_calls(doc, l, lctx, &ls[i], err))) return rc;
         }
         s->n_loads = n;
         s->loads = ls;

@@ -345,8 +345,10 @@ typedef struct wire_timing {
     uint64_t cold_share_us; /* this call's share of the device time of the cold start its batch
                                made: the load (the loader's wall time, fetch included; none when
                                the batch joined another's load) and the handler's init, each split
-                               over the calls that waited for it, rounded up; 0 when warm. What
-                               the ledger bills for cold starts (ledger.h load_gpu_us) */
+                               over the calls that waited for it, rounded up; 0 when neither
+                               was waited for. What the ledger bills for cold starts (ledger.h
+                               load_gpu_us). In an unreported load: its whole device time,
+                               before the split over its makers */
 } wire_timing;
 
 /* The cold-start record sent with the reply that paid for the load (`cs`). */
@@ -457,9 +459,13 @@ typedef struct wire_unreported_load {
     uint32_t ver;
     wire_timing timing; /* load_us (the whole load) and its phases; total_us = load_us */
     wire_coldstart coldstart;
+    uint32_t makers;       /* how many calls the batch that made the load had (0: unknown) */
+    uint32_t n_calls;      /* <= WIRE_MAX_LOAD_CALLS, <= makers */
+    const uint64_t *calls; /* the gateway ids (gid) of up to WIRE_MAX_LOAD_CALLS of them */
 } wire_unreported_load;
 
 #define WIRE_MAX_UNREPORTED_LOADS 64
+#define WIRE_MAX_LOAD_CALLS 64 /* gids listed per unreported load */
 
 typedef struct wire_worker_status {
     const char *worker; /* worker id ("w1") */

@@ -171,6 +171,11 @@ static const char *const db_migrations[] = {
      * it joined another's, and the handler's init: wire.h cold_share_us); rows written
      * before it paid for none. */
     "ALTER TABLE invocations ADD COLUMN load_gpu_us INTEGER NOT NULL DEFAULT 0 CHECK (load_gpu_us >= 0);",
+    /* 9: the call's id in the gateway that served it (gid: what workers' fault notes and
+     * load records name), so that a load its calls gave up on is billed to their rows;
+     * NULL for rows written before it. */
+    ("ALTER TABLE invocations ADD COLUMN call_id INTEGER;"
+     "CREATE INDEX invocations_call ON invocations(call_id) WHERE call_id IS NOT NULL;"),
 };
 
 #define DB_NMIGRATIONS ((int)(sizeof db_migrations / sizeof db_migrations[0]))

@@ -36,13 +36,14 @@
 #include <unistd.h>
 #include <xxhash.h>
 
+#include "common/bounded_close.h"
 #include "common/clock.h"
 #include "common/durable.h"
 #include "common/log.h"
-#include "common/bounded_close.h"
 #include "common/tunables.h"
 #include "gateway/fairq.h"
 #include "gateway/gateway_internal.h"
+#include "gateway/gaveup.h"
 #include "gateway/keys.h"
 #include "gateway/loopback.h"
 #include "gateway/metrics.h"
@@ -224,6 +225,7 @@ struct gw_gateway {
     gw_stdmetrics std;
     gw_limits *limits;       /* rate limits and daily quotas, shared by every front */
     gw_respcache *respcache; /* replies of cache.responses functions (respcache.h) */
+    gw_gaveup *gaveup;       /* calls that timed out at a worker: whom its abandoned loads bill */
 
     pthread_mutex_t mu;
     gw_fn *fns;
@@ -672,7 +674,21 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
     char rid[24];
     snprintf(rid, sizeof rid, "%llu", (unsigned long long)c->id);
     uint64_t gw_queue = c->dispatched_us > c->received_us ? c->dispatched_us - c->received_us : 0;
+    /* What a worker (a remote one may be hostile) says the call cost is at most the time
+     * it spent there: it waited through the load and init it pays a share of, and its
+     * batch's handler run. +2 us: a share of each is rounded up. */
+    uint64_t at_worker = c->dispatched_us && now > c->dispatched_us ? now - c->dispatched_us + 2 : 0;
+    uint64_t exec_us = rep ? rep->timing.exec_us : 0, cold_share_us = rep ? rep->timing.cold_share_us : 0;
+    if (exec_us > at_worker || cold_share_us > at_worker)
+        log_warn("worker %s: call %llu: reply claims %llu us of handler and %llu us of cold start in %llu us "
+                 "there: capped",
+                 c->worker_name, (unsigned long long)c->gid, (unsigned long long)exec_us,
+                 (unsigned long long)cold_share_us, (unsigned long long)at_worker);
+    if (exec_us > at_worker) exec_us = at_worker;
+    if (cold_share_us > at_worker) cold_share_us = at_worker;
     gw_invocation_record r = {
+        .time_us = clock_wall_us(),
+        .call_id = c->gid,
         .request_id = rid,
         .tenant = c->tenant,
         .function = c->fn ? c->fn->name : "",
@@ -685,14 +701,24 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         .bytes_out = bytes_out,
         .queue_us = gw_add_sat(gw_queue, rep ? rep->timing.queue_us : 0),
         .load_us = rep ? rep->timing.load_us : 0,
-        .exec_us = rep ? rep->timing.exec_us : 0,
+        .exec_us = exec_us,
         .total_us = now - c->received_us,
-        .load_gpu_us = rep ? rep->timing.cold_share_us : 0,
+        .load_gpu_us = cold_share_us,
         .cold = rep ? rep->cold : false,
     };
     gw_ledger_submit_invocation(gw->ledger, &r);
     gw_stdmetrics_call(&gw->std, r.function, r.version, code, r.total_us);
     if (rep && rep->has_coldstart) gw_record_cold_start(gw, c, &rep->timing, &rep->coldstart, spawn_us);
+    if (code == AICFN_E_TIMEOUT && c->worker_name[0] && c->fn &&
+        c->dispatched_us) { /* it may have made a load */
+        gw_gaveup_call g = {.gid = c->gid,
+                            .row_us = r.time_us,
+                            .sent_us = r.time_us - (now - c->dispatched_us),
+                            .ver = c->fn->ver};
+        snprintf(g.worker, sizeof g.worker, "%s", c->worker_name);
+        snprintf(g.fn, sizeof g.fn, "%s", c->fn->name);
+        gw_gaveup_note(gw->gaveup, &g);
+    }
 }
 
 /* The cold_starts row of one load of function `name`:`ver` (fn: its cached entry, NULL
@@ -799,6 +825,28 @@ static void gw_load_source_locked(gw_gateway *gw, gw_worker *w, const wire_worke
     __atomic_store_n(&w->loads_recorded, recorded, __ATOMIC_RELAXED);
 }
 
+/* Bills load l, which worker `worker` made for a batch whose calls all gave up before it
+ * ended, to those calls, as their replies would have (wire_timing.cold_share_us: the
+ * load's device time split over the batch): each call of the batch that this gateway
+ * sent there and saw time out (gaveup.h) pays its share on its ledger row. */
+static void gw_bill_abandoned_load(gw_gateway *gw, const char *worker, const wire_unreported_load *l) {
+    if (l->makers == 0 || l->timing.cold_share_us == 0) return; /* a worker that does not say */
+    uint64_t share = l->timing.cold_share_us / l->makers + (l->timing.cold_share_us % l->makers != 0);
+    uint32_t billed = 0;
+    for (uint32_t k = 0; k < l->n_calls; k++) {
+        gw_gaveup_call g;
+        if (!gw_gaveup_take(gw->gaveup, l->calls[k], worker, l->fn, l->ver, &g)) continue;
+        /* The load came after the call went there: a worker claiming more is capped. */
+        uint64_t now = clock_wall_us(), since_sent = now > g.sent_us ? now - g.sent_us : 0;
+        uint64_t charge = share < since_sent ? share : since_sent;
+        if (gw_ledger_submit_load_charge(gw->ledger, g.gid, g.row_us, charge) == AICFN_OK) billed++;
+    }
+    if (billed < l->makers)
+        log_info("worker %s: function %s:%u: the abandoned load is billed to %u of the %u calls that made it "
+                 "(%llu us each; the others are not calls this gateway saw time out there)",
+                 worker, l->fn, l->ver, billed, l->makers, (unsigned long long)share);
+}
+
 /* The loads a worker's status lists because no reply carried them (every call waiting
  * for the model gave up first): a cold start each all the same (lock NOT held). Drops
  * the references gw_load_source_locked took: it must follow each such call. */
@@ -821,6 +869,7 @@ static void gw_record_unreported_loads(gw_gateway *gw, const wire_worker_status 
                  src->worker, l->fn, l->ver, (unsigned long long)l->timing.load_us);
         gw_record_load(gw, fn, l->fn, l->ver, src->worker, src->device[0] ? src->device : NULL, 0, 0,
                        &l->timing, &l->coldstart);
+        gw_bill_abandoned_load(gw, src->worker, l);
         gw_fn_unref(fn);
     }
 }
@@ -3301,7 +3350,8 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     clock_cond_init(&gw->maint_cv);
     clock_cond_init(&gw->spawn_cv);
     int rc = AICFN_OK;
-    if (!gw->listen || !gw->data_dir || !gw->device)
+    gw->gaveup = gw_gaveup_create(0);
+    if (!gw->listen || !gw->data_dir || !gw->device || !gw->gaveup)
         rc = aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     if (rc == AICFN_OK) rc = gw_mkdir(gw->data_dir, err);
     if (rc == AICFN_OK) rc = gw_lock_data_dir(gw, err);
@@ -3460,6 +3510,7 @@ void gw_stop(gw_gateway *gw) {
     gw_ledger_destroy(gw->ledger);
     gw_limits_destroy(gw->limits);
     gw_respcache_destroy(gw->respcache);
+    gw_gaveup_destroy(gw->gaveup);
     gw_metrics_destroy(gw->metrics);
     gw_artifacts_close(gw->art);
     gw_db_close(gw->query_db);

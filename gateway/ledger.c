@@ -16,14 +16,15 @@
 #include "common/clock.h"
 #include "common/log.h"
 
-typedef enum { LED_INVOCATION, LED_COLD_START, LED_WORKER } led_kind;
+typedef enum { LED_INVOCATION, LED_COLD_START, LED_WORKER, LED_LOAD_CHARGE } led_kind;
 
 /* One queued record; strings point into the same allocation (or are NULL). */
 typedef struct led_rec {
     struct led_rec *next;
     led_kind kind;
     uint64_t seq;
-    uint64_t time_us;
+    uint64_t time_us; /* LED_LOAD_CHARGE: the earliest its call's row can have */
+    uint64_t call_id;
     uint32_t version;
     char *request_id, *tenant, *function, *worker, *device, *evicted;
     int status;
@@ -143,8 +144,8 @@ static int led_enqueue(gw_ledger *l, led_rec *r, bool keep, bool shed) {
         free(r);
         return AICFN_E_CANCELED;
     }
-    size_t room = shed ? l->queue_max / 2 : l->queue_max;
-    if (!keep && l->count + l->inflight >= room) {
+    size_t room = shed ? l->queue_max / 2 : keep ? 2 * l->queue_max : l->queue_max;
+    if (l->count + l->inflight >= room) {
         bool say;
         uint64_t dropped = led_drop_locked(l, &say);
         pthread_mutex_unlock(&l->mu);
@@ -184,6 +185,7 @@ int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *in) {
     char *cur = (char *)(r + 1);
     r->kind = LED_INVOCATION;
     r->time_us = in->time_us ? in->time_us : clock_wall_us();
+    r->call_id = in->call_id;
     r->request_id = led_put(&cur, in->request_id);
     r->tenant = led_put(&cur, tenant);
     r->function = led_put(&cur, function);
@@ -203,6 +205,17 @@ int gw_ledger_submit_invocation(gw_ledger *l, const gw_invocation_record *in) {
     r->cold = in->cold;
     r->cached = in->cached;
     return led_enqueue(l, r, false, in->refused);
+}
+
+int gw_ledger_submit_load_charge(gw_ledger *l, uint64_t call_id, uint64_t since_us, uint64_t load_gpu_us) {
+    if (call_id == 0 || load_gpu_us == 0) return AICFN_OK;
+    led_rec *r = calloc(1, sizeof *r);
+    if (!r) return led_lost(l, "load charge");
+    r->kind = LED_LOAD_CHARGE;
+    r->call_id = call_id;
+    r->time_us = since_us;
+    r->load_gpu_us = load_gpu_us;
+    return led_enqueue(l, r, false, false);
 }
 
 int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *in) {
@@ -286,8 +299,8 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
             db,
             "INSERT INTO invocations(time_us, request_id, tenant, function, version, worker, device, "
             "status, batch_size, bytes_in, bytes_out, queue_us, load_us, exec_us, total_us, gpu_us, "
-            "cold, cached, load_gpu_us) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, "
-            "?15, ?16, ?17, ?18, ?19)",
+            "cold, cached, load_gpu_us, call_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, "
+            "?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20)",
             &st, err);
         if (rc) return rc;
         sqlite3_bind_int64(st, 1, led_i64(r->time_us));
@@ -309,6 +322,22 @@ static int led_insert(gw_db *db, const led_rec *r, aicfn_error *err) {
         sqlite3_bind_int(st, 17, r->cold ? 1 : 0);
         sqlite3_bind_int(st, 18, r->cached ? 1 : 0);
         sqlite3_bind_int64(st, 19, led_amount(r->load_gpu_us));
+        if (r->call_id)
+            sqlite3_bind_int64(st, 20, led_i64(r->call_id));
+        else
+            sqlite3_bind_null(st, 20);
+    } else if (r->kind == LED_LOAD_CHARGE) {
+        /* The newest row of that call id (ids restart with the gateway; since_us keeps a
+         * previous run's row out), capped like every stored amount. */
+        rc = gw_db_stmt(db,
+                        "UPDATE invocations SET load_gpu_us = min(load_gpu_us + ?1, ?2) WHERE id = "
+                        "(SELECT max(id) FROM invocations WHERE call_id = ?3 AND time_us >= ?4)",
+                        &st, err);
+        if (rc) return rc;
+        sqlite3_bind_int64(st, 1, led_amount(r->load_gpu_us));
+        sqlite3_bind_int64(st, 2, (sqlite3_int64)AICFN_LEDGER_AMOUNT_MAX);
+        sqlite3_bind_int64(st, 3, led_i64(r->call_id));
+        sqlite3_bind_int64(st, 4, led_i64(r->time_us));
     } else if (r->kind == LED_WORKER) {
         /* One row per worker name, always holding its latest record (ledger.h). */
         rc = gw_db_stmt(db,

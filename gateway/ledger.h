@@ -46,6 +46,7 @@ typedef struct gw_ledger gw_ledger;
  * request_id/worker/device, as "" for tenant/function). */
 typedef struct gw_invocation_record {
     uint64_t time_us; /* wall clock, µs since the epoch; 0 = now */
+    uint64_t call_id; /* the gateway's id for the call (gid); 0: none (stored as NULL) */
     const char *request_id;
     const char *tenant;
     const char *function;
@@ -151,6 +152,12 @@ int gw_ledger_submit_cold_start(gw_ledger *l, const gw_cold_start_record *r);
  * Same returns as above, plus
  * AICFN_E_INVALID for an empty or overlong id or an unknown state. Thread-safe. */
 int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *r);
+
+/* Adds load_gpu_us to the load_gpu_us of the row of call `call_id` written at or after
+ * since_us (wall clock): a load the call's batch made and gave up on before it ended
+ * (gateway.c gw_bill_abandoned_loads). Queued behind the row itself; a row not found (dropped,
+ * never written) is charged nothing. Same returns as above. Thread-safe. */
+int gw_ledger_submit_load_charge(gw_ledger *l, uint64_t call_id, uint64_t since_us, uint64_t load_gpu_us);
 
 /* Waits until every record submitted before the call is committed (or dropped), or
  * timeout_ms passes (AICFN_E_TIMEOUT). For tests and for a CLI query right after a

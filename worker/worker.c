@@ -65,6 +65,14 @@ typedef struct worker_fn {
     uint64_t *call_ids;                    /* max_batch: the calls a handler call serves (faultnote.h) */
 } worker_fn;
 
+/* The calls of the batch that made a load (their gateway ids, gid; up to
+ * WIRE_MAX_LOAD_CALLS of them): a load they all gave up on is billed to them. */
+typedef struct worker_load_makers {
+    uint32_t n;     /* calls in the batch */
+    uint32_t n_ids; /* <= WIRE_MAX_LOAD_CALLS: those with a gid */
+    uint64_t ids[WIRE_MAX_LOAD_CALLS];
+} worker_load_makers;
+
 /* A load no reply carried (worker_model_wait abandoned by its calls), kept for the next
  * status reply so that the gateway records the cold start (wire_unreported_load). */
 typedef struct worker_unreported_load {
@@ -72,6 +80,7 @@ typedef struct worker_unreported_load {
     char fn[AICFN_MAX_NAME_BYTES];
     uint32_t ver;
     loader_acquire_info acq;
+    worker_load_makers makers; /* whom the gateway bills it to */
 } worker_unreported_load;
 
 struct worker {
@@ -359,7 +368,11 @@ static void worker_reply_status(worker *w, rpc_call *call, uint64_t id, const wi
                           .raw_bytes = a->timing.raw_bytes,
                           .n_evicted = ne,
                           .evicted = ev},
+            .makers = un[i].makers.n,
+            .n_calls = un[i].makers.n_ids,
+            .calls = un[i].makers.ids,
         };
+        loads[i].timing.cold_share_us = un[i].makers.n ? a->timing.total_us : 0; /* as a reply's would be */
     }
     st.n_loads = n_un;
     st.loads = loads;
@@ -599,6 +612,7 @@ typedef struct worker_model_wait {
     loader_cache_entry *entry;
     loader_acquire_info acq;
     aicfn_error err;
+    worker_load_makers makers; /* the batch that asked */
 } worker_model_wait;
 
 static void worker_model_wait_free(worker_model_wait *mw) {
@@ -668,6 +682,7 @@ static void *worker_model_wait_main(void *arg) {
                  rc == AICFN_OK ? "became resident" : "failed to load");
         snprintf(un.fn, sizeof un.fn, "%s", mw->fn);
         un.ver = mw->ver;
+        un.makers = mw->makers;
         worker_model_wait_free(mw);
     }
     if (report) atomic_fetch_add(&w->n_cold, 1);
@@ -739,6 +754,10 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
     mw->ver = fn->version;
     mw->path = path;
     mw->deadline_us = dl;
+    mw->makers.n = *n;
+    for (uint32_t i = 0; i < *n && mw->makers.n_ids < WIRE_MAX_LOAD_CALLS; i++)
+        if (((worker_req *)items[i])->req.gid)
+            mw->makers.ids[mw->makers.n_ids++] = ((worker_req *)items[i])->req.gid;
     pthread_mutex_lock(&w->mu);
     w->inflight++;
     w->loaders++;

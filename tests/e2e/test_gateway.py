@@ -31,7 +31,7 @@ import numpy as np
 import pynng
 import pytest
 
-from conftest import (E_OVERLOADED, E_PROTOCOL, E_TOO_LARGE, OK, PROTOCOL_VERSION, ROOT, aicfn_bin, bytes_tensor, call, create_key, call_raw, free_port, handler,
+from conftest import (E_OVERLOADED, E_PROTOCOL, E_TIMEOUT, E_TOO_LARGE, OK, PROTOCOL_VERSION, ROOT, aicfn_bin, bytes_tensor, call, create_key, call_raw, free_port, handler,
                       gw_msg, invoke_msg, next_id, output, run_cli, tensor, wait_for)
 
 E_WORKER_LOST = 12
@@ -489,6 +489,123 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
         t.join(timeout=5)
         rep.close()
 
+
+
+def test_a_load_its_calls_gave_up_on_is_billed_to_them(procs, tmp_path):
+    """A call that made a load and gave up before it ended (its deadline passed) pays for
+    it all the same, as it would have had it waited: its worker lists the load with the
+    calls of the batch that made it (w.loads' makers and calls), and the gateway adds the
+    load's device time to that call's ledger row (load_gpu_us, what `aicfn usage` bills).
+    256 MiB of random bytes take far longer to load than the call's 10 ms."""
+    d = tmp_path / "huge"
+    d.mkdir()
+    bits = np.random.default_rng(8).integers(0, 2**32, 64 << 20, dtype=np.uint32)
+    write_safetensors(d / "w.safetensors", {"w": bits.view(np.float32)})
+    write_manifest(d, f"name: huge\nhandler: {handler('echo')}\nmodel: w.safetensors\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="1..1", memory="512MiB")
+    deploy(addr, ROOT / "examples" / "echo")
+    deploy(addr, d)
+    # The worker is up and serving (its start is not part of what the call waits for).
+    assert call(addr, invoke_msg("echo", [tensor("x", np.arange(2, dtype=np.float32))]), timeout_ms=30000)["ok"]
+    r = call(addr, invoke_msg("huge", [], deadline_ms=10, rid=770001), timeout_ms=30000)
+    assert not r["ok"] and r["error"]["name"] == "AICFN_E_TIMEOUT", r
+    (total,), = wait_rows(data, "SELECT total_us FROM cold_starts WHERE function = 'huge'", (), 1, timeout=20)
+
+    def billed():
+        rows = db_rows(data, "SELECT status, load_gpu_us, call_id FROM invocations WHERE request_id = '770001'")
+        return rows if rows and rows[0][1] > 0 else None
+
+    ((status, load_gpu, call_id),) = wait_for(billed, 10, what="the load billed to the call that made it")
+    assert status == "AICFN_E_TIMEOUT" and call_id is not None, (status, call_id)
+    assert 5000 <= load_gpu <= total, (load_gpu, total)  # the load outlasted the call; at most its wait
+    assert "the abandoned load is billed to" not in g.stderr()  # to all (one) of its makers
+
+
+def test_a_workers_word_bills_only_calls_that_timed_out_there(procs, tmp_path):
+    """What a worker says a call cost is believed only as far as the gateway can check it:
+    a registered worker written from the protocol answers a call with AICFN_E_TIMEOUT,
+    then lists loads that call made. The gateway bills the call its share (the load over
+    the batch's three makers), not the two other ids listed (calls it never saw time out
+    there), not twice for a load listed again under another seq, and a share larger than
+    the time since the call went there is cut to that time; so are a reply's handler and
+    cold-start times."""
+    write_manifest(tmp_path / "big", f"name: big\nhandler: {handler('echo')}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
+    deploy(addr, tmp_path / "big")
+    waddr = f"tcp://127.0.0.1:{free_port()}"
+    rep = pynng.Rep0(listen=waddr, recv_timeout=200)
+    stop = threading.Event()
+    timed_out = []  # (gid, when answered)
+    listed = []
+    cs = {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []}
+
+    def load(seq, share, makers, calls):
+        return {"seq": seq, "fn": "big", "ver": 1, "makers": makers, "calls": calls, "cs": cs,
+                "timing": {"load": 30000, "total": 30000, "cold_share": share}}
+
+    def serve():  # bounded by the test: stops when told, each receive times out
+        while not stop.is_set():
+            try:
+                req = msgpack.unpackb(rep.recv(), raw=False)
+            except pynng.Timeout:
+                continue
+            if req.get("t") == "invoke" and len(timed_out) == 2:  # the third: run, it says, for 12 days
+                rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": True, "outputs": [],
+                                        "batch": 1, "cold": True,
+                                        "timing": {"total": 10**12, "exec": 10**12, "cold_share": 10**12}}))
+                continue
+            if req.get("t") == "invoke":
+                timed_out.append((req["gid"], time.monotonic()))
+                rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": False,
+                                        "error": {"code": E_TIMEOUT, "name": "AICFN_E_TIMEOUT",
+                                                  "message": "deadline passed: not executed"}}))
+                continue
+            w = {"worker": "fake", "device": "host", "host": True, "uptime_ms": 1,
+                 "st": {"budget": 1 << 30, "used": 0, "free": 1 << 30, "queued": 0, "inflight": 0,
+                        "draining": False, "models": []},
+                 "queues": [], "counters": {"invocations": 0, "errors": 0, "cold_starts": 0, "evictions": 0,
+                                            "batches": 0}}
+            if len(timed_out) == 2 and time.monotonic() - timed_out[1][1] > 0.1 and not listed:
+                (a, _), (b, _) = timed_out
+                w["loads"] = [load(1, 30000, 3, [a, 999999, b + 1000]), load(2, 30000, 3, [a]),
+                              load(3, 10**12, 1, [b])]
+                listed.append(True)
+            rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": True, "w": w}))
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        r = call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr, "name": "fake"})
+        assert r["ok"], r
+        for rid in (880001, 880002):
+            r = call(addr, invoke_msg("big", [], rid=rid), timeout_ms=20000)
+            assert not r["ok"] and r["error"]["name"] == "AICFN_E_TIMEOUT", r
+        wait_for(lambda: listed, 15, what="the loads listed")
+        wait_rows(data, "SELECT 1 FROM cold_starts WHERE function = 'big'", (), 3, timeout=15)
+
+        def charged():
+            rows = dict(db_rows(data, "SELECT request_id, load_gpu_us FROM invocations WHERE function = 'big'"))
+            return rows if rows.get("880001") and rows.get("880002") else None
+
+        rows = wait_for(charged, 10, what="both calls charged")
+        assert rows["880001"] == 10000, rows  # 30000 over 3 makers, once though listed twice
+        # 10^12 claimed: cut to the time from the call's sending to the loads' listing
+        assert 100000 <= rows["880002"] <= (time.monotonic() - timed_out[1][1] + 1) * 1e6, rows
+        assert "billed to 1 of the 3 calls that made it" in g.stderr()
+        assert "billed to 0 of the 3 calls that made it" in g.stderr()
+        # A reply's own claims are cut the same way: to the time the call spent there.
+        t0 = time.monotonic()
+        r = call(addr, invoke_msg("big", [], rid=880003), timeout_ms=20000)
+        took_us = (time.monotonic() - t0) * 1e6
+        assert r["ok"], r
+        (gpu, load_gpu), = wait_rows(data, "SELECT gpu_us, load_gpu_us FROM invocations WHERE request_id = '880003'",
+                                     (), 1)
+        assert gpu <= took_us and load_gpu <= took_us, (gpu, load_gpu, took_us)
+        assert "there: capped" in g.stderr()
+    finally:
+        stop.set()
+        t.join(timeout=5)
+        rep.close()
 
 
 def test_gateway_and_keys_find_one_data_directory(procs, tmp_path):

@@ -104,7 +104,8 @@ static void schema_1_database_migrates_keeping_rows(void **state) {
             "ALTER TABLE functions DROP COLUMN deploy_id; ALTER TABLE functions DROP COLUMN staged; "
             "ALTER TABLE function_names DROP COLUMN canary_version; "
             "ALTER TABLE function_names DROP COLUMN canary_percent; "
-            "ALTER TABLE invocations DROP COLUMN load_gpu_us; PRAGMA user_version = 1",
+            "ALTER TABLE invocations DROP COLUMN load_gpu_us; DROP INDEX invocations_call; "
+            "ALTER TABLE invocations DROP COLUMN call_id; PRAGMA user_version = 1",
             &err),
         AICFN_OK);
     assert_int_equal(
@@ -138,6 +139,8 @@ static void schema_1_database_migrates_keeping_rows(void **state) {
                      1);
     assert_int_equal(pragma_int(db, "SELECT cached FROM invocations WHERE function = 'f'"), 0);
     assert_int_equal(pragma_int(db, "SELECT load_gpu_us FROM invocations WHERE function = 'f'"), 0);
+    assert_int_equal(
+        pragma_int(db, "SELECT count(*) FROM invocations WHERE function = 'f' AND call_id IS NULL"), 1);
     assert_int_equal(pragma_int(db, "SELECT total_us + 100 * fetch_us FROM cold_starts WHERE function = 'f'"),
                      10);
     assert_int_equal(pragma_int(db, "SELECT admin * 10 + worker FROM tenants WHERE key_id = 'k1'"), 10);

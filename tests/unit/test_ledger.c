@@ -279,6 +279,46 @@ static void absurd_amounts_do_not_break_the_sums(void **state) {
     free(dir);
 }
 
+/* A load a call made and gave up on is charged to that call's row (gateway.c bills it):
+ * found by its call id among rows no older than `since`, added up, capped like any amount;
+ * a charge for no row (another id, or an older row: a previous run's id) changes nothing. */
+static void load_charges_add_to_their_calls_row(void **state) {
+    (void)state;
+    char *dir = tdb_mkdtemp("ledger-charges");
+    gw_ledger *l = NULL;
+    aicfn_error err;
+    assert_int_equal(gw_ledger_create(dir, 0, 0, 0, &l, &err), AICFN_OK);
+    const uint64_t ids[] = {42, 42, 7}; /* 42 twice: a previous run's row, then this run's */
+    for (int i = 0; i < 3; i++) {
+        gw_invocation_record r = {.time_us = 1000 + 1000 * (uint64_t)i,
+                                  .call_id = ids[i],
+                                  .tenant = "t",
+                                  .function = "f",
+                                  .status = AICFN_E_TIMEOUT,
+                                  .load_gpu_us = 5};
+        assert_int_equal(gw_ledger_submit_invocation(l, &r), AICFN_OK);
+    }
+    gw_invocation_record none = {.tenant = "t", .function = "f"}; /* no call id: NULL */
+    assert_int_equal(gw_ledger_submit_invocation(l, &none), AICFN_OK);
+    assert_int_equal(gw_ledger_submit_load_charge(l, 42, 2000, 300), AICFN_OK);
+    assert_int_equal(gw_ledger_submit_load_charge(l, 42, 2000, 20), AICFN_OK);
+    assert_int_equal(gw_ledger_submit_load_charge(l, 42, 2001, 1000), AICFN_OK); /* no row that new */
+    assert_int_equal(gw_ledger_submit_load_charge(l, 9, 0, 1000), AICFN_OK);     /* no such call */
+    assert_int_equal(gw_ledger_submit_load_charge(l, 7, 3000, UINT64_MAX), AICFN_OK);
+    gw_ledger_destroy(l);
+    gw_db *db = NULL;
+    assert_int_equal(gw_db_open(dir, &db, NULL), AICFN_OK);
+    assert_int_equal(sql_int(db, "SELECT load_gpu_us FROM invocations WHERE time_us = 1000"), 5);
+    assert_int_equal(sql_int(db, "SELECT load_gpu_us FROM invocations WHERE time_us = 2000"), 325);
+    assert_int_equal(sql_int(db, "SELECT load_gpu_us FROM invocations WHERE call_id = 7"),
+                     AICFN_LEDGER_AMOUNT_MAX);
+    assert_int_equal(
+        sql_int(db, "SELECT count(*) FROM invocations WHERE call_id IS NULL AND load_gpu_us = 0"), 1);
+    gw_db_close(db);
+    tdb_rm_rf(dir);
+    free(dir);
+}
+
 static void full_queue_drops_and_counts(void **state) {
     (void)state;
     char *dir = tdb_mkdtemp("led");
@@ -599,6 +639,7 @@ int main(void) {
         cmocka_unit_test(coldstart_percentiles),
         cmocka_unit_test(usage_totals_equal_sql_sums),
         cmocka_unit_test(absurd_amounts_do_not_break_the_sums),
+        cmocka_unit_test(load_charges_add_to_their_calls_row),
         cmocka_unit_test(full_queue_drops_and_counts),
         cmocka_unit_test(batches_commit_by_time),
         cmocka_unit_test(backlog_commits_in_bounded_batches),

@@ -309,7 +309,8 @@ static void schema_5_staged_versions_stay_staged(void **state) {
         gw_db_exec(f->db,
                    "ALTER TABLE functions DROP COLUMN staged; ALTER TABLE function_names DROP COLUMN "
                    "canary_version; ALTER TABLE function_names DROP COLUMN canary_percent; "
-                   "ALTER TABLE invocations DROP COLUMN load_gpu_us; PRAGMA user_version = 5",
+                   "ALTER TABLE invocations DROP COLUMN load_gpu_us; DROP INDEX invocations_call; "
+                   "ALTER TABLE invocations DROP COLUMN call_id; PRAGMA user_version = 5",
                    &err),
         AICFN_OK);
     gw_db_unlock(f->db);

@@ -22,6 +22,7 @@
 #include "common/rpc.h"
 #include "common/tunables.h"
 #include "common/wire.h"
+#include "loader/pipeline.h"
 #include "snapshots/safetensors.h"
 #include "snapshots/writer.h"
 #include "worker/worker.h"
@@ -1224,6 +1225,15 @@ static void abandoned_load_is_reported_in_the_next_status(void **state) {
     assert_int_equal(st.w.loads[0].ver, 7);
     assert_true(st.w.loads[0].timing.load_us >= 20000); /* longer than the call waited */
     assert_int_equal(st.w.loads[0].timing.total_us, st.w.loads[0].timing.load_us);
+    /* Whom the gateway bills it to: the batch that made it, one call, which carried no
+     * gateway id here (test_gateway.py bills one that did); the load's device time. */
+    assert_int_equal(st.w.loads[0].makers, 1);
+    assert_int_equal(st.w.loads[0].n_calls, 0);
+    assert_true(st.w.loads[0].timing.cold_share_us > 0);
+    assert_true(st.w.loads[0].timing.cold_share_us <= st.w.loads[0].timing.load_us);
+    /* at least the decompression's wall time (its phase is summed over the load threads) */
+    assert_true(st.w.loads[0].timing.cold_share_us * loader_default_threads() >=
+                st.w.loads[0].timing.decompress_us);
     assert_int_equal(st.w.loads[0].coldstart.raw_bytes, BIG);
     assert_true(st.w.loads[0].coldstart.compressed_bytes >= BIG);
     assert_int_equal(st.w.loads[0].coldstart.n_evicted, 0);

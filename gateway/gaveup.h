@@ -1,0 +1,46 @@
+/* gaveup.h: the calls this gateway sent to a worker and saw end without running (their
+ * deadline passed: AICFN_E_TIMEOUT), remembered for a while so that a load they made
+ * and gave up on can be billed to them.
+ *
+ * A worker lists such a load in a later status reply (wire_unreported_load) with the
+ * gateway ids of the calls of the batch that made it. The gateway bills only what it can
+ * match here: a call of its own, sent to that worker, for that function version, that
+ * timed out. So a worker (a remote one may be hostile) cannot charge a tenant for calls
+ * the tenant never made, nor a call twice: a call is taken from the book when billed.
+ * The book is a ring of the last AICFN_GW_GAVE_UP_CALLS such calls: a load reported
+ * after its calls left the ring is billed to no one (logged).
+ * Not for: the billing itself (gateway.c, ledger.h gw_ledger_submit_load_charge). */
+#ifndef AICFN_GATEWAY_GAVEUP_H
+#define AICFN_GATEWAY_GAVEUP_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "common/tunables.h"
+
+typedef struct gw_gaveup gw_gaveup;
+
+/* A call as remembered. */
+typedef struct gw_gaveup_call {
+    uint64_t gid;     /* the gateway's id for the call (0: an empty slot) */
+    uint64_t row_us;  /* wall clock: its ledger row's time */
+    uint64_t sent_us; /* wall clock: when it went to the worker (no load it made is older) */
+    uint32_t ver;
+    char worker[AICFN_WORKER_ID_MAX_BYTES + 1];
+    char fn[AICFN_FN_NAME_MAX_BYTES + 1];
+} gw_gaveup_call;
+
+/* A book of `cap` calls (0: AICFN_GW_GAVE_UP_CALLS); NULL when out of memory. */
+gw_gaveup *gw_gaveup_create(uint32_t cap);
+void gw_gaveup_destroy(gw_gaveup *g);
+
+/* Remembers call c (the oldest is forgotten when the book is full). Names longer than
+ * the fields are not remembered (no worker or function has one). Thread-safe. */
+void gw_gaveup_note(gw_gaveup *g, const gw_gaveup_call *c);
+
+/* Takes call `gid` out of the book when it is there for that worker, function and
+ * version: true, and *out its record. Thread-safe. */
+bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, const char *worker, const char *fn, uint32_t ver,
+                    gw_gaveup_call *out);
+
+#endif
