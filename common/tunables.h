@@ -84,6 +84,9 @@
  * administrative requests and status. */
 #define AICFN_GW_FRONT_MAX_REQUESTS 1024
 #define AICFN_GW_MAX_LIVE_WORKERS 256 /* live workers (local and registered) the router sees at once */
+/* `coldstarts` waits this long for the ledger's queued records to commit, then answers
+ * with what is committed. */
+#define AICFN_GW_COLDSTARTS_FLUSH_MS 1000
 /* Calls that timed out at a worker, kept to bill the loads they made (gaveup.h). */
 #define AICFN_GW_GAVE_UP_CALLS 1024
 #define AICFN_GW_FRONT_MAX_HELD_BYTES (1ull << 30)

@@ -644,7 +644,13 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         uint64_t since = 0;
         rc = wire_get_cstr(doc, root, NULL, "fn", false, AICFN_FN_NAME_MAX_BYTES, &fn, &e);
         if (rc == AICFN_OK) rc = wire_get_u64(root, NULL, "since_us", false, &since, &e);
-        if (rc == AICFN_OK) rc = gw_ledger_flush(gw_gateway_ledger(gw), 2000, &e);
+        /* What was recorded before it, if the database keeps up: a stalled one (disk full,
+         * long lock) leaves the rows committed so far, rather than holding the admin thread
+         * (deploys, uploads, registrations) and answering nothing. */
+        aicfn_error fe;
+        if (rc == AICFN_OK &&
+            gw_ledger_flush(gw_gateway_ledger(gw), AICFN_GW_COLDSTARTS_FLUSH_MS, &fe) != AICFN_OK)
+            log_warn("coldstarts: answered without the records still queued (%s)", fe.msg);
         gw_coldstart_summary *s = NULL;
         size_t n = 0;
         if (rc == AICFN_OK)

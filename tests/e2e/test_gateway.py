@@ -608,6 +608,35 @@ def test_a_workers_word_bills_only_calls_that_timed_out_there(procs, tmp_path):
         rep.close()
 
 
+def test_coldstarts_answers_while_the_database_is_locked(procs, tmp_path):
+    """`coldstarts` first commits what the ledger holds, but a database that cannot take
+    it (another process holds its write lock: a stalled or full disk looks the same to the
+    writer) does not hold the admin thread nor fail the query: the answer comes within
+    about a second with the rows committed so far, and the admin thread serves on."""
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
+    deploy(addr, ROOT / "examples" / "mlp")
+    assert call(addr, invoke_msg("mlp", [mlp_input()]), timeout_ms=30000)["ok"]
+    assert cold_start_count(addr, data, "mlp") == 1
+    db = sqlite3.connect(data / "aicfn.db", timeout=5, isolation_level=None)
+    try:
+        db.execute("BEGIN EXCLUSIVE")
+        assert call(addr, invoke_msg("mlp", [mlp_input(0.5)]), timeout_ms=30000)["ok"]  # its row waits
+        t0 = time.monotonic()
+        r = call(addr, {"v": PROTOCOL_VERSION, "t": "coldstarts", "id": next_id(), "fn": "mlp"}, timeout_ms=10000)
+        took = time.monotonic() - t0
+        assert r["ok"], r
+        assert json.loads(r["json"])[0]["count"] == 1, r
+        assert took < 4, took
+        r = call(addr, {"v": PROTOCOL_VERSION, "t": "ls", "id": next_id()}, timeout_ms=10000)
+        assert r["ok"], r  # the admin thread serves on
+    finally:
+        db.execute("ROLLBACK")
+        db.close()
+    assert "coldstarts: answered without the records still queued" in g.stderr()
+    wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations WHERE function = 'mlp'")[0][0] == 2, 10,
+             what="the waiting row committed once the lock is gone")
+
+
 def test_gateway_and_keys_find_one_data_directory(procs, tmp_path):
     # $AICFN_DATA_DIR names the data directory for the gateway as for `aicfn keys`, so a
     # key made with the variable set serves the gateway started with it; `keys create`
