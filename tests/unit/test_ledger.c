@@ -198,8 +198,9 @@ static void usage_totals_equal_sql_sums(void **state) {
                                                 "invocations WHERE cold = 1"));
     assert_true(total.cold_us < (uint64_t)sql_int(db, "SELECT sum(load_us) FROM invocations WHERE cold = 1"));
     assert_int_equal(total.bytes_in, sql_int(db, "SELECT sum(bytes_in) FROM invocations"));
-    /* Each row keeps the share of the cold start it was given; warm calls and the cold ones
-     * that joined another batch's load pay none. */
+    /* Each row keeps the share of the cold start it was given, as given (the rows above give
+     * one to some cold calls only: none to warm ones and to those that joined a load), and
+     * the usage sums add exactly those. */
     assert_int_equal(total.load_gpu_us,
                      sql_int(db, "SELECT sum(41234 / batch_size) FROM invocations WHERE load_gpu_us > 0"));
     assert_true(sql_int(db, "SELECT count(*) FROM invocations WHERE cold = 1 AND load_gpu_us = 0") > 0);
