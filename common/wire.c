@@ -381,7 +381,8 @@ int wire_decode_header(const wire_doc *doc, wire_header *h, aicfn_error *err) {
     h->t[t.len] = 0;
     if (memchr(h->t, 0, t.len) != NULL)
         return aicfn_error_set(err, AICFN_E_PROTOCOL, "key 't': contains NUL");
-    h->has_id = wire_map_get(root, "id") != NULL;
+    const msgpack_object *id = wire_map_get(root, "id");
+    h->has_id = id != NULL && id->type != MSGPACK_OBJECT_NIL; /* nil: absent (protocol.md §2) */
     if ((rc = wire_get_u64(root, NULL, "id", false, &h->id, err))) return rc;
     if (h->t[0] && !h->has_id) /* a reply could not be matched to it */
         return aicfn_error_set(err, AICFN_E_PROTOCOL, "'%s' request without key 'id' (required in requests)",

@@ -1039,6 +1039,16 @@ static void keys_versions_and_types(void **state) {
     assert_non_null(strstr(e.msg, "'status' request without key 'id'"));
     wire_doc_fini(&doc);
     wire_writer_reset(&w);
+    wire_put_map(&w, 3); /* a nil id is an absent one */
+    wire_kv_u64(&w, "v", 1);
+    wire_kv_str(&w, "t", "ls");
+    wire_put_str(&w, "id");
+    wire_put_nil(&w);
+    assert_int_equal(wire_doc_parse(&doc, w.data, w.len, NULL, NULL), AICFN_OK);
+    assert_int_equal(wire_decode_header(&doc, &h, &e), AICFN_E_PROTOCOL);
+    assert_non_null(strstr(e.msg, "'ls' request without key 'id'"));
+    wire_doc_fini(&doc);
+    wire_writer_reset(&w);
     wire_put_map(&w, 2);
     wire_kv_u64(&w, "v", 1);
     wire_put_str(&w, "ok");
