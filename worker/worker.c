@@ -184,6 +184,7 @@ typedef struct worker_exec_info {
     bool cold;
     uint32_t batch;
     uint64_t load_us, exec_us, init_us;
+    uint64_t init_charged_us;       /* of init_us, what the calls waited for (cold_share) */
     const loader_acquire_info *acq; /* when the batch loaded the model; NULL otherwise */
     /* What each reply's cold_share is made of: the load the batch made (not joined), split
      * over the calls that waited for it (load_calls), and its init, split over the calls
@@ -478,7 +479,8 @@ static void worker_finish(worker_req *r, int code, const char *msg, const worker
             rep.timing.copy_us = ex->acq->timing.copy_us;
         }
         uint64_t share = ex->load_calls ? worker_div_up(ex->made_load_us, ex->load_calls) : 0;
-        if (ex->init_us && ex->init_calls) share += worker_div_up(ex->init_us, ex->init_calls);
+        if (ex->init_charged_us && ex->init_calls)
+            share += worker_div_up(ex->init_charged_us, ex->init_calls);
         rep.timing.cold_share_us = share;
     }
     const char *evicted[LOADER_MAX_REPORTED_EVICTIONS];
@@ -729,14 +731,24 @@ static bool worker_wait_answering(worker_fn *fn, worker_batch_item **items, uint
     return true;
 }
 
+/* The calls of items[0..n), the batch that asks for a model: whom its load is billed to
+ * should they all give up. */
+static void worker_makers_of(worker_batch_item **items, uint32_t n, worker_load_makers *m) {
+    memset(m, 0, sizeof *m);
+    m->n = n;
+    for (uint32_t i = 0; i < n && m->n_ids < WIRE_MAX_LOAD_CALLS; i++)
+        if (((worker_req *)items[i])->req.gid) m->ids[m->n_ids++] = ((worker_req *)items[i])->req.gid;
+}
+
 /* Acquires fn's model for items[0..*n), the most patient one's deadline bounding the
  * wait (dl, 0: none). A resident model is pinned at once; otherwise the acquire runs on
  * a worker_model_wait thread while requests whose deadline passes are answered here
- * (*n shrinks; items is compacted). Returns the acquire's result; AICFN_E_TIMEOUT with
- * *n == 0 when every request's deadline passed first (their replies are sent). */
+ * (*n shrinks; items is compacted). makers: the batch as it came (worker_makers_of), whom
+ * a load they all give up on is billed to. Returns the acquire's result; AICFN_E_TIMEOUT
+ * with *n == 0 when every request's deadline passed first (their replies are sent). */
 static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t *n, uint64_t dl,
-                             loader_cache_entry **entry, loader_acquire_info *acq, worker_exec_info *ex,
-                             aicfn_error *err) {
+                             const worker_load_makers *makers, loader_cache_entry **entry,
+                             loader_acquire_info *acq, worker_exec_info *ex, aicfn_error *err) {
     worker *w = fn->w;
     if (loader_cache_acquire_ready(w->cache, fn->model_key, entry) == AICFN_OK) return AICFN_OK;
     worker_model_wait *mw = calloc(1, sizeof *mw);
@@ -754,10 +766,7 @@ static int worker_fn_acquire(worker_fn *fn, worker_batch_item **items, uint32_t 
     mw->ver = fn->version;
     mw->path = path;
     mw->deadline_us = dl;
-    mw->makers.n = *n;
-    for (uint32_t i = 0; i < *n && mw->makers.n_ids < WIRE_MAX_LOAD_CALLS; i++)
-        if (((worker_req *)items[i])->req.gid)
-            mw->makers.ids[mw->makers.n_ids++] = ((worker_req *)items[i])->req.gid;
+    mw->makers = *makers;
     pthread_mutex_lock(&w->mu);
     w->inflight++;
     w->loaders++;
@@ -808,7 +817,7 @@ typedef struct worker_init_wait {
     int rc;
     worker_instance *inst;
     aicfn_error err;
-    uint64_t init_us;
+    uint64_t started_us, init_us; /* when it began (clock_now_us) and how long it took */
 } worker_init_wait;
 
 static void worker_init_wait_free(worker_init_wait *iw) {
@@ -843,6 +852,7 @@ static void *worker_init_main(void *arg) {
     iw->rc = rc;
     iw->inst = rc == AICFN_OK ? inst : NULL;
     iw->err = err;
+    iw->started_us = t0;
     iw->init_us = took;
     iw->done = true;
     pthread_cond_signal(&iw->cv);
@@ -942,8 +952,20 @@ static int worker_fn_instance(worker_fn *fn, worker_batch_item **items, uint32_t
         bool ours = iw->generation == generation;
         bool final = ours && (rc == AICFN_OK || started); /* the init these calls end with */
         if (final) {
+            /* The calls that waited for it to the end share it; an init an earlier batch
+             * started (and gave up on) only from when the first of them came: what ran
+             * before no call of theirs waited for (a gateway takes no more as their cost). */
+            uint64_t charged = iw->init_us, first = 0;
+            for (uint32_t i = 0; !started && i < *k; i++)
+                if (first == 0 || items[i]->arrival_us < first) first = items[i]->arrival_us;
+            if (first > iw->started_us) {
+                uint64_t waited =
+                    iw->started_us + iw->init_us > first ? iw->started_us + iw->init_us - first : 0;
+                if (waited < charged) charged = waited;
+            }
             ex->init_us = iw->init_us;
-            ex->init_calls = *k; /* the calls that waited for it to the end share it */
+            ex->init_charged_us = charged;
+            ex->init_calls = *k;
         }
         if (rc == AICFN_OK && ours) {
             fn->inst = iw->inst;
@@ -990,8 +1012,10 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
             }
             if (items[i]->deadline_us > dl) dl = items[i]->deadline_us;
         }
+        worker_load_makers makers; /* before the acquire drops calls that give up */
+        worker_makers_of(items, n, &makers);
         uint64_t t0 = clock_now_us();
-        int rc = worker_fn_acquire(fn, items, &n, dl, &entry, &acq, &ex, &err);
+        int rc = worker_fn_acquire(fn, items, &n, dl, &makers, &entry, &acq, &ex, &err);
         ex.cold = acq.cold != 0;
         ex.load_us = clock_now_us() - t0;
         if (!ex.cold) ex.load_us = 0;
@@ -1013,7 +1037,7 @@ static void worker_fn_exec(void *ctx, worker_batch_item **items, uint32_t n) {
         if (n == 0 && ex.attach_coldstart) {
             /* Every call gave up while the load finished (its thread saw them still
              * waiting): no reply carries the load, so the next status does. */
-            worker_unreported_load un = {.acq = acq, .ver = fn->version};
+            worker_unreported_load un = {.acq = acq, .ver = fn->version, .makers = makers};
             snprintf(un.fn, sizeof un.fn, "%s", fn->name);
             pthread_mutex_lock(&w->mu);
             worker_unreported_add_locked(w, &un);

@@ -397,9 +397,15 @@ def test_request_past_deadline_during_init_never_executes(procs, tmp_path):
     assert late["error"]["code"] == E_TIMEOUT, late
     assert "init" in late["error"]["message"] and "not executed" in late["error"]["message"], late
     assert took < 1.0, took  # at its 200 ms deadline, with the 1.5 s init still running
+    t1 = time.monotonic()
     ok = call(addr, invoke_msg("slowinit", [], rid=2), timeout_ms=5000)
+    waited_us = (time.monotonic() - t1) * 1e6
     assert ok["ok"], ok
     assert time.monotonic() - t0 < 2.8  # adopted the running init (a second would end past 3 s)
+    # The reply shows the whole init, and bills the call only the part of it that it waited
+    # for: what ran before it came, for a call that gave up, is not its cost.
+    assert ok["timing"]["init"] >= 1_400_000, ok["timing"]
+    assert 300_000 <= ok["timing"]["cold_share"] <= waited_us, (ok["timing"], waited_us)
     assert count.read_text().split() == ["2"]
     assert inits.read_text().split() == ["init"]  # one init in all: the second call adopted it
     assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
