@@ -89,6 +89,7 @@
 #define AICFN_GW_COLDSTARTS_FLUSH_MS 1000
 /* Calls that timed out at a worker, kept to bill the loads they made (gaveup.h). */
 #define AICFN_GW_GAVE_UP_CALLS 1024
+#define AICFN_GW_GAVE_UP_MAX_AGE_MS 600000 /* ... for this long at most */
 #define AICFN_GW_FRONT_MAX_HELD_BYTES (1ull << 30)
 /* An administrative request's bytes at most (an upload_chunk's: its chunk plus this). */
 #define AICFN_GW_ADMIN_MAX_BYTES (1u << 20)

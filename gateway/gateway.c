@@ -709,8 +709,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
     gw_ledger_submit_invocation(gw->ledger, &r);
     gw_stdmetrics_call(&gw->std, r.function, r.version, code, r.total_us);
     if (rep && rep->has_coldstart) gw_record_cold_start(gw, c, &rep->timing, &rep->coldstart, spawn_us);
-    if (code == AICFN_E_TIMEOUT && c->worker_name[0] && c->fn &&
-        c->dispatched_us) { /* it may have made a load */
+    if (code == AICFN_E_TIMEOUT && rep && c->worker_name[0] && c->fn &&
+        c->dispatched_us) { /* the worker had it and gave it up: it may have made a load */
         gw_gaveup_call g = {.gid = c->gid,
                             .row_us = r.time_us,
                             .sent_us = r.time_us - (now - c->dispatched_us),
@@ -835,9 +835,10 @@ static void gw_bill_abandoned_load(gw_gateway *gw, const char *worker, const wir
     uint32_t billed = 0;
     for (uint32_t k = 0; k < l->n_calls; k++) {
         gw_gaveup_call g;
-        if (!gw_gaveup_take(gw->gaveup, l->calls[k], worker, l->fn, l->ver, &g)) continue;
+        uint64_t now = clock_wall_us();
+        if (!gw_gaveup_take(gw->gaveup, l->calls[k], worker, l->fn, l->ver, now, &g)) continue;
         /* The load came after the call went there: a worker claiming more is capped. */
-        uint64_t now = clock_wall_us(), since_sent = now > g.sent_us ? now - g.sent_us : 0;
+        uint64_t since_sent = now > g.sent_us ? now - g.sent_us : 0;
         uint64_t charge = share < since_sent ? share : since_sent;
         if (gw_ledger_submit_load_charge(gw->ledger, g.gid, g.row_us, charge) == AICFN_OK) billed++;
     }

@@ -43,7 +43,7 @@ void gw_gaveup_note(gw_gaveup *g, const gw_gaveup_call *c) {
 }
 
 bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, const char *worker, const char *fn, uint32_t ver,
-                    gw_gaveup_call *out) {
+                    uint64_t now_us, gw_gaveup_call *out) {
     if (!g || gid == 0 || !worker || !fn) return false;
     bool found = false;
     pthread_mutex_lock(&g->mu);
@@ -51,6 +51,8 @@ bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, const char *worker, const char *
         gw_gaveup_call *c = &g->calls[(g->next + g->cap - k) % g->cap];
         if (c->gid != gid || c->ver != ver || strcmp(c->worker, worker) != 0 || strcmp(c->fn, fn) != 0)
             continue;
+        if (now_us > c->row_us && now_us - c->row_us > AICFN_GW_GAVE_UP_MAX_AGE_MS * 1000ull)
+            break; /* too late */
         if (out) *out = *c;
         memset(c, 0, sizeof *c);
         found = true;

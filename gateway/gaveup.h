@@ -39,8 +39,10 @@ void gw_gaveup_destroy(gw_gaveup *g);
 void gw_gaveup_note(gw_gaveup *g, const gw_gaveup_call *c);
 
 /* Takes call `gid` out of the book when it is there for that worker, function and
- * version: true, and *out its record. Thread-safe. */
+ * version, and timed out at most AICFN_GW_GAVE_UP_MAX_AGE_MS before now_us (wall clock):
+ * true, and *out its record. (A worker that lists a load long after cannot bill it: what
+ * it may claim is bounded by the time since the call.) Thread-safe. */
 bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, const char *worker, const char *fn, uint32_t ver,
-                    gw_gaveup_call *out);
+                    uint64_t now_us, gw_gaveup_call *out);
 
 #endif
