@@ -1,6 +1,6 @@
-/* gaveup.h: the calls this gateway sent to a worker and saw end without running (their
- * deadline passed: AICFN_E_TIMEOUT), remembered for a while so that a load they made
- * and gave up on can be billed to them.
+/* gaveup.h: the calls this gateway sent to a worker that the worker answered without
+ * running them (their deadline passed: AICFN_E_TIMEOUT), remembered for a while so that
+ * a load they made and gave up on can be billed to them.
  *
  * A worker lists such a load in a later status reply (wire_unreported_load) with the
  * gateway ids of the calls of the batch that made it. The gateway bills only what it can
