@@ -430,6 +430,16 @@ def test_single_flight_twenty_first_calls(procs, tmp_path):
     assert cold_start_count(addr, data, "mlp") == 1
 
 
+def fake_worker_status(cold_starts=0):
+    """The `w` of a status reply from a worker written from the protocol (protocol.md
+    section 5): idle, holding nothing, on host memory."""
+    return {"worker": "fake", "device": "host", "host": True, "uptime_ms": 1,
+            "st": {"budget": 1 << 30, "used": 0, "free": 1 << 30, "queued": 0, "inflight": 0, "draining": False,
+                   "models": []},
+            "queues": [], "counters": {"invocations": 0, "errors": 0, "cold_starts": cold_starts, "evictions": 0,
+                                       "batches": 0}}
+
+
 def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
     # A load that outlasted every call waiting for it is reported by the worker's status
     # answers (w.loads, protocol.md section 5; the worker side is test_worker's
@@ -456,11 +466,7 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
                 req = msgpack.unpackb(rep.recv(), raw=False)
             except pynng.Timeout:
                 continue
-            w = {"worker": "fake", "device": "host", "host": True, "uptime_ms": 1,
-                 "st": {"budget": 1 << 30, "used": 0, "free": 1 << 30, "queued": 0, "inflight": 0,
-                        "draining": False, "models": []},
-                 "queues": [], "counters": {"invocations": 0, "errors": 0, "cold_starts": 1, "evictions": 0,
-                                            "batches": 0}}
+            w = fake_worker_status(cold_starts=1)
             acks.append(req.get("ack"))
             # The first answer also lists a load of a version that was never deployed: a
             # worker's word makes no cold-start row (nor metric series) for it.
@@ -560,11 +566,7 @@ def test_a_workers_word_bills_only_calls_that_timed_out_there(procs, tmp_path):
                                         "error": {"code": E_TIMEOUT, "name": "AICFN_E_TIMEOUT",
                                                   "message": "deadline passed: not executed"}}))
                 continue
-            w = {"worker": "fake", "device": "host", "host": True, "uptime_ms": 1,
-                 "st": {"budget": 1 << 30, "used": 0, "free": 1 << 30, "queued": 0, "inflight": 0,
-                        "draining": False, "models": []},
-                 "queues": [], "counters": {"invocations": 0, "errors": 0, "cold_starts": 0, "evictions": 0,
-                                            "batches": 0}}
+            w = fake_worker_status()
             if len(timed_out) == 2 and time.monotonic() - timed_out[1][1] > 0.1 and not listed:
                 (a, _), (b, _) = timed_out
                 w["loads"] = [load(1, 30000, 3, [a, 999999, b + 1000]), load(2, 30000, 3, [a]),
