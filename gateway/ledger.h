@@ -155,7 +155,7 @@ int gw_ledger_submit_worker(gw_ledger *l, const gw_worker_record *r);
 
 /* Adds load_gpu_us to the load_gpu_us of the row of call `call_id` written at or after
  * since_us (wall clock): a load the call's batch made and gave up on before it ended
- * (gateway.c gw_bill_abandoned_loads). Queued behind the row itself; a row not found (dropped,
+ * (gateway.c gw_bill_abandoned_load). Queued behind the row itself; a row not found (dropped,
  * never written) is charged nothing. Same returns as above. Thread-safe. */
 int gw_ledger_submit_load_charge(gw_ledger *l, uint64_t call_id, uint64_t since_us, uint64_t load_gpu_us);
 
