@@ -835,10 +835,12 @@ class FakeGateway:
         self.features = features
         self.deploys = []
         self.stop = threading.Event()
+        self.listening = threading.Event()
         self.thread = threading.Thread(target=self.serve)
 
     def serve(self):
         with pynng.Rep0(listen=self.addr, recv_timeout=200) as s:
+            self.listening.set()
             deadline = time.monotonic() + 60
             while not self.stop.is_set() and time.monotonic() < deadline:
                 try:
@@ -870,6 +872,9 @@ class FakeGateway:
     def deploy(self, *extra):
         self.thread.start()
         try:
+            # The deploy dials once: it must find the listener bound (a fresh clone's run
+            # once started the CLI first and got "Connection refused").
+            assert self.listening.wait(10), "the fake gateway never listened"
             return run_cli(["deploy", str(ROOT / "examples" / "echo"), "--gateway", self.addr, *extra], timeout=60)
         finally:
             self.stop.set()
