@@ -640,6 +640,15 @@ static int rd_open(snap_reader *r, aicfn_error *err) {
                                  (unsigned long long)SNAP_FRAME_COMP_FLOOR(f->raw_size));
             goto out;
         }
+        /* Every frame but the last restores exactly one chunk (what the writer makes), so
+         * the frame table costs a few bytes per chunk of blob, never per 256 bytes of file. */
+        if (i + 1 < r->n_frames && f->raw_size != m->chunk_bytes) {
+            rc = aicfn_error_set(err, AICFN_E_CORRUPT,
+                                 "seek table: frame %u restores %u bytes; every frame but the last must "
+                                 "restore exactly the chunk (%u)",
+                                 i, f->raw_size, m->chunk_bytes);
+            goto out;
+        }
         if (roff % AICFN_SNAP_ALIGN) {
             rc = aicfn_error_set(err, AICFN_E_CORRUPT,
                                  "seek table: frame %u starts at blob offset %llu, not aligned", i,

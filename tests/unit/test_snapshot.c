@@ -803,6 +803,20 @@ static void hand_made_hostile(void **state) {
         assert_non_null(strstr(e.msg, "5137 compressed bytes for 1024 raw bytes (at most 5136)"));
     }
 
+    /* Two frames where the writer makes one: a frame before the last that restores less
+     * than the chunk. Tiny frames would cost a reader memory per 256 bytes of file. */
+    {
+        unsigned char half[2][1024];
+        size_t hc[2] = {compress_with(raw, 512, half[0], sizeof half[0], 1),
+                        compress_with(raw + 512, 512, half[1], sizeof half[1], 1)};
+        const unsigned char *hf[2] = {half[0], half[1]};
+        uint32_t hr[2] = {512, 512};
+        hand_snapshot(path_of("split.aicsnap"), 1024, &ok, 1, hf, hc, hr, 2);
+        assert_int_equal(open_verify(path_of("split.aicsnap"), &e), AICFN_E_CORRUPT);
+        assert_non_null(strstr(e.msg, "frame 0 restores 512 bytes; every frame but the last must restore "
+                                      "exactly the chunk (65536)"));
+    }
+
     /* Frames that do not tile the blob. */
     uint32_t short_rs[1] = {768};
     hand_snapshot(path_of("tile.aicsnap"), 1024, &ok, 1, fr, &c, short_rs, 1);
