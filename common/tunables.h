@@ -90,6 +90,9 @@
 /* Calls that timed out at a worker, kept to bill the loads they made (gaveup.h). */
 #define AICFN_GW_GAVE_UP_CALLS 1024
 #define AICFN_GW_GAVE_UP_MAX_AGE_MS 600000 /* ... for this long at most */
+/* A load's share listed for a call whose timeout the gateway has not handled yet (the
+ * status and the reply come on different threads) is held this long for it. */
+#define AICFN_GW_GAVE_UP_HOLD_MS 30000
 #define AICFN_GW_FRONT_MAX_HELD_BYTES (1ull << 30)
 /* An administrative request's bytes at most (an upload_chunk's: its chunk plus this). */
 #define AICFN_GW_ADMIN_MAX_BYTES (1u << 20)

@@ -717,7 +717,17 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
                             .ver = c->fn->ver};
         snprintf(g.worker, sizeof g.worker, "%s", c->worker_name);
         snprintf(g.fn, sizeof g.fn, "%s", c->fn->name);
-        gw_gaveup_note(gw->gaveup, &g);
+        /* The worker's status may have listed a load this call made before this reply was
+         * handled: its share was held for now (gw_bill_abandoned_load). */
+        uint64_t held = gw_gaveup_note(gw->gaveup, &g);
+        if (held) {
+            uint64_t since_sent = now - c->dispatched_us, charge = held < since_sent ? held : since_sent;
+            if (gw_ledger_submit_load_charge(gw->ledger, c->gid, r.time_us, charge) == AICFN_OK)
+                log_info("worker %s: function %s:%u: call %llu pays its share of an abandoned load listed "
+                         "before its timeout (%llu us)",
+                         c->worker_name, c->fn->name, c->fn->ver, (unsigned long long)c->gid,
+                         (unsigned long long)charge);
+        }
     }
 }
 
@@ -836,7 +846,9 @@ static void gw_bill_abandoned_load(gw_gateway *gw, const char *worker, const wir
     for (uint32_t k = 0; k < l->n_calls; k++) {
         gw_gaveup_call g;
         uint64_t now = clock_wall_us();
-        if (!gw_gaveup_take(gw->gaveup, l->calls[k], worker, l->fn, l->ver, now, &g)) continue;
+        /* A call not in the book yet may have its timeout reply still on its way through
+         * the gateway: its share is held for it (billed when it is noted, gw_record). */
+        if (!gw_gaveup_take(gw->gaveup, l->calls[k], worker, l->fn, l->ver, now, share, &g)) continue;
         /* The load came after the call went there: a worker claiming more is capped. */
         uint64_t since_sent = now > g.sent_us ? now - g.sent_us : 0;
         uint64_t charge = share < since_sent ? share : since_sent;
@@ -844,7 +856,8 @@ static void gw_bill_abandoned_load(gw_gateway *gw, const char *worker, const wir
     }
     if (billed < l->makers)
         log_info("worker %s: function %s:%u: the abandoned load is billed to %u of the %u calls that made it "
-                 "(%llu us each; the others are not calls this gateway saw time out there)",
+                 "(%llu us each; the others are not calls this gateway saw time out there, or not yet: "
+                 "their shares are held for their timeouts)",
                  worker, l->fn, l->ver, billed, l->makers, (unsigned long long)share);
 }
 

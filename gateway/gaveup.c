@@ -1,16 +1,29 @@
-/* gaveup.c: the book of calls that timed out at a worker (gaveup.h): a ring under its own
- * mutex, searched from the newest. */
+/* gaveup.c: the book of calls that timed out at a worker (gaveup.h): two rings under one
+ * mutex, the calls and the shares held for calls not noted yet, searched from the newest. */
 #include "gateway/gaveup.h"
 
 #include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+/* A share listed for a call before its timeout was noted. */
+typedef struct gw_gaveup_held {
+    uint64_t gid; /* 0: an empty slot */
+    uint64_t share_us;
+    uint64_t until_us; /* wall clock: a note after this finds nothing */
+    uint32_t ver;
+    char worker[AICFN_WORKER_ID_MAX_BYTES + 1];
+    char fn[AICFN_FN_NAME_MAX_BYTES + 1];
+} gw_gaveup_held;
 
 struct gw_gaveup {
     pthread_mutex_t mu;
     uint32_t cap;
-    uint32_t next; /* the slot the next call takes */
+    uint32_t next;      /* the slot the next call takes */
+    uint32_t next_held; /* the slot the next held share takes */
     gw_gaveup_call *calls;
+    gw_gaveup_held *held;
 };
 
 gw_gaveup *gw_gaveup_create(uint32_t cap) {
@@ -18,7 +31,10 @@ gw_gaveup *gw_gaveup_create(uint32_t cap) {
     if (!g) return NULL;
     g->cap = cap ? cap : AICFN_GW_GAVE_UP_CALLS;
     g->calls = calloc(g->cap, sizeof *g->calls);
-    if (!g->calls) {
+    g->held = calloc(g->cap, sizeof *g->held);
+    if (!g->calls || !g->held) {
+        free(g->calls);
+        free(g->held);
         free(g);
         return NULL;
     }
@@ -30,32 +46,71 @@ void gw_gaveup_destroy(gw_gaveup *g) {
     if (!g) return;
     pthread_mutex_destroy(&g->mu);
     free(g->calls);
+    free(g->held);
     free(g);
 }
 
-void gw_gaveup_note(gw_gaveup *g, const gw_gaveup_call *c) {
+/* The held share for that call, or NULL (lock held). */
+static gw_gaveup_held *gw_gaveup_held_of(gw_gaveup *g, uint64_t gid, const char *worker, const char *fn,
+                                         uint32_t ver) {
+    for (uint32_t k = 1; k <= g->cap; k++) {
+        gw_gaveup_held *h = &g->held[(g->next_held + g->cap - k) % g->cap];
+        if (h->gid == gid && h->ver == ver && strcmp(h->worker, worker) == 0 && strcmp(h->fn, fn) == 0)
+            return h;
+    }
+    return NULL;
+}
+
+static bool gw_gaveup_names_fit(const char *worker, const char *fn) {
+    return strlen(worker) <= AICFN_WORKER_ID_MAX_BYTES && strlen(fn) <= AICFN_FN_NAME_MAX_BYTES;
+}
+
+uint64_t gw_gaveup_note(gw_gaveup *g, const gw_gaveup_call *c) {
     if (!g || !c || c->gid == 0 || !memchr(c->worker, 0, sizeof c->worker) || !memchr(c->fn, 0, sizeof c->fn))
-        return;
+        return 0;
+    uint64_t share = 0;
     pthread_mutex_lock(&g->mu);
-    g->calls[g->next] = *c;
-    g->next = (g->next + 1) % g->cap;
+    gw_gaveup_held *h = gw_gaveup_held_of(g, c->gid, c->worker, c->fn, c->ver);
+    if (h && h->until_us >= c->row_us) {
+        share = h->share_us;
+        memset(h, 0, sizeof *h);
+    } else {
+        if (h) memset(h, 0, sizeof *h); /* expired */
+        g->calls[g->next] = *c;
+        g->next = (g->next + 1) % g->cap;
+    }
     pthread_mutex_unlock(&g->mu);
+    return share;
 }
 
 bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, const char *worker, const char *fn, uint32_t ver,
-                    uint64_t now_us, gw_gaveup_call *out) {
+                    uint64_t now_us, uint64_t hold_share_us, gw_gaveup_call *out) {
     if (!g || gid == 0 || !worker || !fn) return false;
-    bool found = false;
+    bool found = false, seen = false;
     pthread_mutex_lock(&g->mu);
-    for (uint32_t k = 1; k <= g->cap && !found; k++) {
+    for (uint32_t k = 1; k <= g->cap && !seen; k++) {
         gw_gaveup_call *c = &g->calls[(g->next + g->cap - k) % g->cap];
         if (c->gid != gid || c->ver != ver || strcmp(c->worker, worker) != 0 || strcmp(c->fn, fn) != 0)
             continue;
+        seen = true;
         if (now_us > c->row_us && now_us - c->row_us > AICFN_GW_GAVE_UP_MAX_AGE_MS * 1000ull)
             break; /* too late */
         if (out) *out = *c;
         memset(c, 0, sizeof *c);
         found = true;
+    }
+    if (!seen && hold_share_us > 0 && gw_gaveup_names_fit(worker, fn)) {
+        gw_gaveup_held *h = gw_gaveup_held_of(g, gid, worker, fn, ver);
+        if (!h) {
+            h = &g->held[g->next_held];
+            g->next_held = (g->next_held + 1) % g->cap;
+        }
+        *h = (gw_gaveup_held){.gid = gid,
+                              .share_us = hold_share_us,
+                              .until_us = now_us + AICFN_GW_GAVE_UP_HOLD_MS * 1000ull,
+                              .ver = ver};
+        snprintf(h->worker, sizeof h->worker, "%s", worker);
+        snprintf(h->fn, sizeof h->fn, "%s", fn);
     }
     pthread_mutex_unlock(&g->mu);
     return found;

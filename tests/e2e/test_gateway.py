@@ -610,6 +610,74 @@ def test_a_workers_word_bills_only_calls_that_timed_out_there(procs, tmp_path):
         rep.close()
 
 
+def test_a_load_listed_before_its_calls_timeout_is_billed_to_it(procs, tmp_path):
+    """A worker's status and its replies reach the gateway on different threads, so a status
+    listing an abandoned load can be handled before the timeout reply of the call that made
+    it. A registered worker written from the protocol answers that way round: it holds the
+    call, lists the load (30 ms, one maker) in the next status answer, and only then
+    answers the call AICFN_E_TIMEOUT. The gateway holds the share for the call and bills it
+    when the timeout comes, once."""
+    write_manifest(tmp_path / "big", f"name: big\nhandler: {handler('echo')}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
+    deploy(addr, tmp_path / "big")
+    waddr = f"tcp://127.0.0.1:{free_port()}"
+    rep = pynng.Rep0(listen=waddr)
+    stop = threading.Event()
+    held = []  # the call's gid, once it came
+    listed = threading.Event()
+    answered = threading.Event()
+
+    def serve(ctx):  # bounded by the test: stops when told, each receive times out
+        while not stop.is_set():
+            try:
+                req = msgpack.unpackb(ctx.recv(), raw=False)
+            except pynng.Timeout:
+                continue
+            if req.get("t") == "invoke":
+                held.append(req["gid"])
+                listed.wait(15)
+                time.sleep(0.3)  # the gateway handles the status answer first
+                ctx.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": False,
+                                        "error": {"code": E_TIMEOUT, "name": "AICFN_E_TIMEOUT",
+                                                  "message": "deadline passed: not executed"}}))
+                answered.set()
+                continue
+            w = fake_worker_status()
+            if held and not listed.is_set():
+                w["loads"] = [{"seq": 1, "fn": "big", "ver": 1, "makers": 1, "calls": [held[0]],
+                               "cs": {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []},
+                               "timing": {"load": 30000, "total": 30000, "cold_share": 30000}}]
+            ctx.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": True, "w": w}))
+            if "loads" in w:
+                listed.set()
+
+    threads, ctxs = [], []
+    for _ in range(2):
+        ctxs.append(rep.new_context())
+        ctxs[-1].recv_timeout = 200
+        threads.append(threading.Thread(target=serve, args=(ctxs[-1],), daemon=True))
+        threads[-1].start()
+    try:
+        r = call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr, "name": "fake"})
+        assert r["ok"], r
+        r = call(addr, invoke_msg("big", [], rid=880101), timeout_ms=20000)
+        assert not r["ok"] and r["error"]["name"] == "AICFN_E_TIMEOUT", r
+        assert listed.is_set() and answered.is_set()
+        wait_rows(data, "SELECT 1 FROM cold_starts WHERE function = 'big'", (), 1, timeout=15)
+        charged = wait_for(lambda: [v for v, in db_rows(data, "SELECT load_gpu_us FROM invocations "
+                                                          "WHERE request_id = '880101'") if v] or None,
+                           10, what="the call charged")
+        assert charged == [30000], charged
+        assert "pays its share of an abandoned load listed before its timeout" in g.stderr()
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(timeout=5)
+        for ctx in ctxs:
+            ctx.close()
+        rep.close()
+
+
 def test_coldstarts_answers_while_the_database_is_locked(procs, tmp_path):
     """`coldstarts` first commits what the ledger holds, but a database that cannot take
     it (another process holds its write lock: a stalled or full disk looks the same to the
