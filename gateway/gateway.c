@@ -154,6 +154,7 @@ struct gw_call {
      * is released, when the worker may already be destroyed. "" when none. */
     char worker_name[sizeof((gw_worker *)0)->name];
     char worker_device[sizeof((gw_worker *)0)->device];
+    uint64_t worker_serial; /* the record's serial (gw_worker.serial); 0 when none */
     bool short_msg; /* a call of a short function: its message counts in worker->short_msgs */
     int code;       /* for the fail list */
     char message[256];
@@ -309,11 +310,12 @@ const char *gw_listen_url(const gw_gateway *gw) {
 
 static void gw_fail_locked(gw_actions *a, gw_call *c, int code, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
-/* Copies the name and device of w (c's worker, or NULL) into c for its records (lock
- * held). */
+/* Copies the name, device and serial of w (c's worker, or NULL) into c for its records
+ * (lock held). */
 static void gw_call_note_worker_locked(gw_call *c, const gw_worker *w) {
     snprintf(c->worker_name, sizeof c->worker_name, "%s", w ? w->name : "");
     snprintf(c->worker_device, sizeof c->worker_device, "%s", w ? w->device : "");
+    c->worker_serial = w ? w->serial : 0;
 }
 
 static void gw_fail_locked(gw_actions *a, gw_call *c, int code, const char *fmt, ...) {
@@ -714,8 +716,8 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
         gw_gaveup_call g = {.gid = c->gid,
                             .row_us = r.time_us,
                             .sent_us = r.time_us - (now - c->dispatched_us),
+                            .worker = c->worker_serial,
                             .ver = c->fn->ver};
-        snprintf(g.worker, sizeof g.worker, "%s", c->worker_name);
         snprintf(g.fn, sizeof g.fn, "%s", c->fn->name);
         /* The worker's status may have listed a load this call made before this reply was
          * handled: its share was held for now (gw_bill_abandoned_load). */
@@ -811,6 +813,7 @@ static void gw_record_cold_start(gw_gateway *gw, gw_call *c, const wire_timing *
  * the lock: the worker may go once it is released). */
 typedef struct gw_load_source {
     char worker[sizeof(((gw_worker *)0)->name)];
+    uint64_t worker_serial;
     char device[sizeof(((gw_worker *)0)->device)];
     gw_fn *fns[WIRE_MAX_UNREPORTED_LOADS]; /* per load: its cached function, or NULL */
     bool seen[WIRE_MAX_UNREPORTED_LOADS];  /* per load: recorded from an earlier reply */
@@ -823,6 +826,7 @@ static void gw_load_source_locked(gw_gateway *gw, gw_worker *w, const wire_worke
                                   gw_load_source *src) {
     if (st->n_loads == 0) return;
     snprintf(src->worker, sizeof src->worker, "%s", w->name);
+    src->worker_serial = w->serial;
     snprintf(src->device, sizeof src->device, "%s", w->device);
     uint64_t recorded = w->loads_recorded;
     for (uint32_t i = 0; i < st->n_loads && i < WIRE_MAX_UNREPORTED_LOADS; i++) {
@@ -835,11 +839,12 @@ static void gw_load_source_locked(gw_gateway *gw, gw_worker *w, const wire_worke
     __atomic_store_n(&w->loads_recorded, recorded, __ATOMIC_RELAXED);
 }
 
-/* Bills load l, which worker `worker` made for a batch whose calls all gave up before it
- * ended, to those calls, as their replies would have (wire_timing.cold_share_us: the
+/* Bills load l, which the worker of src made for a batch whose calls all gave up before
+ * it ended, to those calls, as their replies would have (wire_timing.cold_share_us: the
  * load's device time split over the batch): each call of the batch that this gateway
  * sent there and saw time out (gaveup.h) pays its share on its ledger row. */
-static void gw_bill_abandoned_load(gw_gateway *gw, const char *worker, const wire_unreported_load *l) {
+static void gw_bill_abandoned_load(gw_gateway *gw, const gw_load_source *src, const wire_unreported_load *l) {
+    const char *worker = src->worker;
     if (l->makers == 0 || l->timing.cold_share_us == 0) return; /* a worker that does not say */
     uint64_t share = l->timing.cold_share_us / l->makers + (l->timing.cold_share_us % l->makers != 0);
     uint32_t billed = 0;
@@ -848,7 +853,8 @@ static void gw_bill_abandoned_load(gw_gateway *gw, const char *worker, const wir
         uint64_t now = clock_wall_us();
         /* A call not in the book yet may have its timeout reply still on its way through
          * the gateway: its share is held for it (billed when it is noted, gw_record). */
-        if (!gw_gaveup_take(gw->gaveup, l->calls[k], worker, l->fn, l->ver, now, share, &g)) continue;
+        if (!gw_gaveup_take(gw->gaveup, l->calls[k], src->worker_serial, l->fn, l->ver, now, share, &g))
+            continue;
         /* The load came after the call went there: a worker claiming more is capped. */
         uint64_t since_sent = now > g.sent_us ? now - g.sent_us : 0;
         uint64_t charge = share < since_sent ? share : since_sent;
@@ -883,7 +889,7 @@ static void gw_record_unreported_loads(gw_gateway *gw, const wire_worker_status 
                  src->worker, l->fn, l->ver, (unsigned long long)l->timing.load_us);
         gw_record_load(gw, fn, l->fn, l->ver, src->worker, src->device[0] ? src->device : NULL, 0, 0,
                        &l->timing, &l->coldstart);
-        gw_bill_abandoned_load(gw, src->worker, l);
+        gw_bill_abandoned_load(gw, src, l);
         gw_fn_unref(fn);
     }
 }

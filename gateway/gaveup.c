@@ -12,8 +12,8 @@ typedef struct gw_gaveup_held {
     uint64_t gid; /* 0: an empty slot */
     uint64_t share_us;
     uint64_t until_us; /* wall clock: a note after this finds nothing */
+    uint64_t worker;   /* its record's serial */
     uint32_t ver;
-    char worker[AICFN_WORKER_ID_MAX_BYTES + 1];
     char fn[AICFN_FN_NAME_MAX_BYTES + 1];
 } gw_gaveup_held;
 
@@ -51,23 +51,17 @@ void gw_gaveup_destroy(gw_gaveup *g) {
 }
 
 /* The held share for that call, or NULL (lock held). */
-static gw_gaveup_held *gw_gaveup_held_of(gw_gaveup *g, uint64_t gid, const char *worker, const char *fn,
+static gw_gaveup_held *gw_gaveup_held_of(gw_gaveup *g, uint64_t gid, uint64_t worker, const char *fn,
                                          uint32_t ver) {
     for (uint32_t k = 1; k <= g->cap; k++) {
         gw_gaveup_held *h = &g->held[(g->next_held + g->cap - k) % g->cap];
-        if (h->gid == gid && h->ver == ver && strcmp(h->worker, worker) == 0 && strcmp(h->fn, fn) == 0)
-            return h;
+        if (h->gid == gid && h->worker == worker && h->ver == ver && strcmp(h->fn, fn) == 0) return h;
     }
     return NULL;
 }
 
-static bool gw_gaveup_names_fit(const char *worker, const char *fn) {
-    return strlen(worker) <= AICFN_WORKER_ID_MAX_BYTES && strlen(fn) <= AICFN_FN_NAME_MAX_BYTES;
-}
-
 uint64_t gw_gaveup_note(gw_gaveup *g, const gw_gaveup_call *c) {
-    if (!g || !c || c->gid == 0 || !memchr(c->worker, 0, sizeof c->worker) || !memchr(c->fn, 0, sizeof c->fn))
-        return 0;
+    if (!g || !c || c->gid == 0 || !memchr(c->fn, 0, sizeof c->fn)) return 0;
     uint64_t share = 0;
     pthread_mutex_lock(&g->mu);
     gw_gaveup_held *h = gw_gaveup_held_of(g, c->gid, c->worker, c->fn, c->ver);
@@ -83,15 +77,14 @@ uint64_t gw_gaveup_note(gw_gaveup *g, const gw_gaveup_call *c) {
     return share;
 }
 
-bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, const char *worker, const char *fn, uint32_t ver,
+bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, uint64_t worker, const char *fn, uint32_t ver,
                     uint64_t now_us, uint64_t hold_share_us, gw_gaveup_call *out) {
-    if (!g || gid == 0 || !worker || !fn) return false;
+    if (!g || gid == 0 || !fn) return false;
     bool found = false, seen = false;
     pthread_mutex_lock(&g->mu);
     for (uint32_t k = 1; k <= g->cap && !seen; k++) {
         gw_gaveup_call *c = &g->calls[(g->next + g->cap - k) % g->cap];
-        if (c->gid != gid || c->ver != ver || strcmp(c->worker, worker) != 0 || strcmp(c->fn, fn) != 0)
-            continue;
+        if (c->gid != gid || c->worker != worker || c->ver != ver || strcmp(c->fn, fn) != 0) continue;
         seen = true;
         if (now_us > c->row_us && now_us - c->row_us > AICFN_GW_GAVE_UP_MAX_AGE_MS * 1000ull)
             break; /* too late */
@@ -99,7 +92,7 @@ bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, const char *worker, const char *
         memset(c, 0, sizeof *c);
         found = true;
     }
-    if (!seen && hold_share_us > 0 && gw_gaveup_names_fit(worker, fn)) {
+    if (!seen && hold_share_us > 0 && strlen(fn) <= AICFN_FN_NAME_MAX_BYTES) {
         gw_gaveup_held *h = gw_gaveup_held_of(g, gid, worker, fn, ver);
         if (!h) {
             h = &g->held[g->next_held];
@@ -108,8 +101,8 @@ bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, const char *worker, const char *
         *h = (gw_gaveup_held){.gid = gid,
                               .share_us = hold_share_us,
                               .until_us = now_us + AICFN_GW_GAVE_UP_HOLD_MS * 1000ull,
+                              .worker = worker,
                               .ver = ver};
-        snprintf(h->worker, sizeof h->worker, "%s", worker);
         snprintf(h->fn, sizeof h->fn, "%s", fn);
     }
     pthread_mutex_unlock(&g->mu);

@@ -7,6 +7,8 @@
  * match here: a call of its own, sent to that worker, for that function version, that
  * timed out. So a worker (a remote one may be hostile) cannot charge a tenant for calls
  * the tenant never made, nor a call twice: a call is taken from the book when billed.
+ * "That worker" is the gateway's record of it (gw_worker.serial), not its name: a worker
+ * registered under the name of one that died cannot bill its predecessor's calls.
  * The book is a ring of the last AICFN_GW_GAVE_UP_CALLS such calls: a load reported
  * after its calls left the ring is billed to no one (logged).
  * A status reply can be handled before the timeout reply of a call it lists (they come on
@@ -29,8 +31,8 @@ typedef struct gw_gaveup_call {
     uint64_t gid;     /* the gateway's id for the call (0: an empty slot) */
     uint64_t row_us;  /* wall clock: its ledger row's time */
     uint64_t sent_us; /* wall clock: when it went to the worker (no load it made is older) */
+    uint64_t worker;  /* the serial of the gateway's record of the worker it went to */
     uint32_t ver;
-    char worker[AICFN_WORKER_ID_MAX_BYTES + 1];
     char fn[AICFN_FN_NAME_MAX_BYTES + 1];
 } gw_gaveup_call;
 
@@ -42,7 +44,7 @@ void gw_gaveup_destroy(gw_gaveup *g);
  * it is held (listed before this note; gw_gaveup_take), returns that share (> 0), taken
  * out of the book, for the caller to bill now; the call is then not remembered (it is
  * billed once). Otherwise remembers c (the oldest is forgotten when the book is full)
- * and returns 0. Names longer than the fields are not remembered (no worker or function
+ * and returns 0. A function name longer than the field is not remembered (no function
  * has one). Thread-safe. */
 uint64_t gw_gaveup_note(gw_gaveup *g, const gw_gaveup_call *c);
 
@@ -53,7 +55,7 @@ uint64_t gw_gaveup_note(gw_gaveup *g, const gw_gaveup_call *c);
  * holds that share for the call's timeout, should it be noted within
  * AICFN_GW_GAVE_UP_HOLD_MS of now_us (a share already held for the call is replaced), and
  * returns false. Thread-safe. */
-bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, const char *worker, const char *fn, uint32_t ver,
+bool gw_gaveup_take(gw_gaveup *g, uint64_t gid, uint64_t worker, const char *fn, uint32_t ver,
                     uint64_t now_us, uint64_t hold_share_us, gw_gaveup_call *out);
 
 #endif

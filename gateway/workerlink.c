@@ -2,6 +2,7 @@
  * cache that routing reads (see workerlink.h). Not for: policy or process control. */
 #include "gateway/workerlink.h"
 
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -10,8 +11,10 @@
 #include "common/tunables.h"
 
 gw_worker *gw_worker_new(const char *name, const char *addr, uint32_t pool_id, pid_t pid, uint64_t now_us) {
+    static _Atomic uint64_t last_serial;
     gw_worker *w = calloc(1, sizeof *w);
     if (!w) return NULL;
+    w->serial = atomic_fetch_add(&last_serial, 1) + 1;
     snprintf(w->name, sizeof w->name, "%s", name ? name : "");
     snprintf(w->addr, sizeof w->addr, "%s", addr ? addr : "");
     w->pool_id = pool_id;

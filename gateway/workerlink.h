@@ -33,6 +33,8 @@ typedef enum gw_worker_state {
 struct gw_call;
 
 typedef struct gw_worker {
+    uint64_t serial; /* this record's number, unique in the gateway's life: a name is given
+                        again (a worker registered after one of that name died), a serial never */
     char name[64];
     char addr[256];
     char device[128];
@@ -97,7 +99,7 @@ typedef struct gw_worker {
 } gw_worker;
 
 /* Allocates a worker record (state STARTING, no client yet; started_wall_us = now on the
- * wall clock). NULL when out of memory. */
+ * wall clock; the next serial). NULL when out of memory. Thread-safe. */
 gw_worker *gw_worker_new(const char *name, const char *addr, uint32_t pool_id, pid_t pid, uint64_t now_us);
 
 /* Opens w's client: on link_fd (>= 0, taken: the socketpair the pool made for a worker

@@ -678,6 +678,72 @@ def test_a_load_listed_before_its_calls_timeout_is_billed_to_it(procs, tmp_path)
         rep.close()
 
 
+def test_a_worker_under_a_dead_ones_name_cannot_bill_its_calls(procs, tmp_path):
+    """The gateway believes a worker's list of calls an abandoned load was for only for
+    calls that worker (the gateway's record of it, not its name) answered AICFN_E_TIMEOUT.
+    A registered worker written from the protocol times a call out and goes away; once the
+    gateway counts it dead, another registers under its name and lists a load made for
+    that call. The load is a cold start all the same, billed to no one."""
+    write_manifest(tmp_path / "big", f"name: big\nhandler: {handler('echo')}\n")
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
+    deploy(addr, tmp_path / "big")
+    stop = threading.Event()
+    timed_out = []  # gids the first worker answered AICFN_E_TIMEOUT
+
+    def serve(rep, loads):  # bounded by the test: stops when told, each receive times out
+        while not stop.is_set():
+            try:
+                req = msgpack.unpackb(rep.recv(), raw=False)
+            except (pynng.Timeout, pynng.Closed):
+                if rep in gone:
+                    return
+                continue
+            if req.get("t") == "invoke":
+                timed_out.append(req["gid"])
+                rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": False,
+                                        "error": {"code": E_TIMEOUT, "name": "AICFN_E_TIMEOUT",
+                                                  "message": "deadline passed: not executed"}}))
+                continue
+            w = fake_worker_status()
+            w["loads"] = loads()
+            rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": True, "w": w}))
+
+    def register(waddr):
+        return call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr, "name": "fake"})
+
+    gone = []
+    first = pynng.Rep0(listen=f"tcp://127.0.0.1:{free_port()}", recv_timeout=200)
+    second = pynng.Rep0(listen=f"tcp://127.0.0.1:{free_port()}", recv_timeout=200)
+    threads = [threading.Thread(target=serve, args=(first, lambda: []), daemon=True),
+               threading.Thread(target=serve, args=(second, lambda: [
+                   {"seq": 1, "fn": "big", "ver": 1, "makers": 1, "calls": timed_out[:1],
+                    "cs": {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []},
+                    "timing": {"load": 30000, "total": 30000, "cold_share": 30000}}]), daemon=True)]
+    threads[0].start()
+    try:
+        assert register(first.listeners[0].url)["ok"]
+        r = call(addr, invoke_msg("big", [], rid=880201), timeout_ms=20000)
+        assert not r["ok"] and r["error"]["name"] == "AICFN_E_TIMEOUT", r
+        assert len(timed_out) == 1
+        gone.append(first)
+        first.close()
+        # Refused while the gateway still counts the first one alive (its polls fail first).
+        wait_for(lambda: register(second.listeners[0].url)["ok"], 30, interval=0.5,
+                 what="the name free again")
+        threads[1].start()
+        wait_rows(data, "SELECT 1 FROM cold_starts WHERE function = 'big'", (), 1, timeout=15)
+        wait_for(lambda: "billed to 0 of the 1 calls that made it" in g.stderr(), 10, what="the load billed")
+        rows = db_rows(data, "SELECT load_gpu_us FROM invocations WHERE request_id = '880201'")
+        assert rows == [(0,)], rows
+    finally:
+        stop.set()
+        for t in threads:
+            if t.is_alive():
+                t.join(timeout=5)
+        for rep in (first, second):
+            rep.close()
+
+
 def test_coldstarts_answers_while_the_database_is_locked(procs, tmp_path):
     """`coldstarts` first commits what the ledger holds, but a database that cannot take
     it (another process holds its write lock: a stalled or full disk looks the same to the

@@ -14,9 +14,9 @@
 
 #define NOW 2000 /* wall clock of the takes: just after the calls (row_us 1000 + gid) */
 
-static gw_gaveup_call call_of(uint64_t gid, const char *worker, const char *fn, uint32_t ver) {
-    gw_gaveup_call c = {.gid = gid, .row_us = 1000 + gid, .sent_us = 500 + gid, .ver = ver};
-    snprintf(c.worker, sizeof c.worker, "%s", worker);
+/* Workers are the serials of the gateway's records of them (gw_worker.serial). */
+static gw_gaveup_call call_of(uint64_t gid, uint64_t worker, const char *fn, uint32_t ver) {
+    gw_gaveup_call c = {.gid = gid, .row_us = 1000 + gid, .sent_us = 500 + gid, .worker = worker, .ver = ver};
     snprintf(c.fn, sizeof c.fn, "%s", fn);
     return c;
 }
@@ -25,24 +25,24 @@ static void a_call_is_taken_once_for_its_own_worker_and_function(void **state) {
     (void)state;
     gw_gaveup *g = gw_gaveup_create(8);
     assert_non_null(g);
-    gw_gaveup_call c = call_of(5, "w1", "big", 2);
+    gw_gaveup_call c = call_of(5, 1, "big", 2);
     gw_gaveup_note(g, &c);
     gw_gaveup_call out;
-    assert_false(gw_gaveup_take(g, 5, "w2", "big", 2, NOW, 0, &out)); /* another worker's word */
-    assert_false(gw_gaveup_take(g, 5, "w1", "big", 1, NOW, 0, &out)); /* another version */
-    assert_false(gw_gaveup_take(g, 5, "w1", "bog", 2, NOW, 0, &out)); /* another function */
-    assert_false(gw_gaveup_take(g, 6, "w1", "big", 2, NOW, 0, &out)); /* a call not seen to time out */
-    assert_false(gw_gaveup_take(g, 0, "w1", "big", 2, NOW, 0, &out));
-    assert_true(gw_gaveup_take(g, 5, "w1", "big", 2, NOW, 0, &out));
+    assert_false(gw_gaveup_take(g, 5, 2, "big", 2, NOW, 0, &out)); /* another worker's word */
+    assert_false(gw_gaveup_take(g, 5, 1, "big", 1, NOW, 0, &out)); /* another version */
+    assert_false(gw_gaveup_take(g, 5, 1, "bog", 2, NOW, 0, &out)); /* another function */
+    assert_false(gw_gaveup_take(g, 6, 1, "big", 2, NOW, 0, &out)); /* a call not seen to time out */
+    assert_false(gw_gaveup_take(g, 0, 1, "big", 2, NOW, 0, &out));
+    assert_true(gw_gaveup_take(g, 5, 1, "big", 2, NOW, 0, &out));
     assert_int_equal(out.row_us, 1005);
     assert_int_equal(out.sent_us, 505);
-    assert_false(gw_gaveup_take(g, 5, "w1", "big", 2, NOW, 0, &out)); /* billed: gone */
+    assert_false(gw_gaveup_take(g, 5, 1, "big", 2, NOW, 0, &out)); /* billed: gone */
     /* Listed long after the call timed out: not taken (what a worker could claim grows
      * with the time since). */
     gw_gaveup_note(g, &c);
     assert_false(
-        gw_gaveup_take(g, 5, "w1", "big", 2, 1005 + AICFN_GW_GAVE_UP_MAX_AGE_MS * 1000ull + 1, 0, &out));
-    assert_true(gw_gaveup_take(g, 5, "w1", "big", 2, 1005 + AICFN_GW_GAVE_UP_MAX_AGE_MS * 1000ull, 0, &out));
+        gw_gaveup_take(g, 5, 1, "big", 2, 1005 + AICFN_GW_GAVE_UP_MAX_AGE_MS * 1000ull + 1, 0, &out));
+    assert_true(gw_gaveup_take(g, 5, 1, "big", 2, 1005 + AICFN_GW_GAVE_UP_MAX_AGE_MS * 1000ull, 0, &out));
     gw_gaveup_destroy(g);
 }
 
@@ -50,27 +50,27 @@ static void the_ring_forgets_the_oldest(void **state) {
     (void)state;
     gw_gaveup *g = gw_gaveup_create(4);
     for (uint64_t gid = 1; gid <= 6; gid++) {
-        gw_gaveup_call c = call_of(gid, "w1", "f", 1);
+        gw_gaveup_call c = call_of(gid, 1, "f", 1);
         gw_gaveup_note(g, &c);
     }
-    assert_false(gw_gaveup_take(g, 1, "w1", "f", 1, NOW, 0, NULL));
-    assert_false(gw_gaveup_take(g, 2, "w1", "f", 1, NOW, 0, NULL));
+    assert_false(gw_gaveup_take(g, 1, 1, "f", 1, NOW, 0, NULL));
+    assert_false(gw_gaveup_take(g, 2, 1, "f", 1, NOW, 0, NULL));
     for (uint64_t gid = 3; gid <= 6; gid++)
-        assert_true(gw_gaveup_take(g, gid, "w1", "f", 1, NOW, 0, NULL));
+        assert_true(gw_gaveup_take(g, gid, 1, "f", 1, NOW, 0, NULL));
     /* A call noted twice (sent on to a second worker, timed out there too) is taken for each. */
-    gw_gaveup_call a = call_of(9, "w1", "f", 1), b = call_of(9, "w2", "f", 1);
+    gw_gaveup_call a = call_of(9, 1, "f", 1), b = call_of(9, 2, "f", 1);
     gw_gaveup_note(g, &a);
     gw_gaveup_note(g, &b);
-    assert_true(gw_gaveup_take(g, 9, "w2", "f", 1, NOW, 0, NULL));
-    assert_true(gw_gaveup_take(g, 9, "w1", "f", 1, NOW, 0, NULL));
-    /* Not noted: no id, or names not NUL-terminated within their fields. */
-    gw_gaveup_call z = call_of(0, "w1", "f", 1), bad = call_of(11, "w1", "f", 1);
+    assert_true(gw_gaveup_take(g, 9, 2, "f", 1, NOW, 0, NULL));
+    assert_true(gw_gaveup_take(g, 9, 1, "f", 1, NOW, 0, NULL));
+    /* Not noted: no id, or a function name not NUL-terminated within its field. */
+    gw_gaveup_call z = call_of(0, 1, "f", 1), bad = call_of(11, 1, "f", 1);
     memset(bad.fn, 'x', sizeof bad.fn);
     gw_gaveup_note(g, &z);
     gw_gaveup_note(g, &bad);
     gw_gaveup_note(NULL, &a);
-    assert_false(gw_gaveup_take(g, 11, "w1", "f", 1, NOW, 0, NULL));
-    assert_false(gw_gaveup_take(NULL, 9, "w1", "f", 1, NOW, 0, NULL));
+    assert_false(gw_gaveup_take(g, 11, 1, "f", 1, NOW, 0, NULL));
+    assert_false(gw_gaveup_take(NULL, 9, 1, "f", 1, NOW, 0, NULL));
     gw_gaveup_destroy(g);
     gw_gaveup_destroy(NULL);
 }
@@ -80,40 +80,40 @@ static void a_share_listed_before_the_timeout_is_held_for_it(void **state) {
     gw_gaveup *g = gw_gaveup_create(4);
     gw_gaveup_call out;
     /* Listed (at 1000) before call 5 timed out: held, handed back at the note, once. */
-    assert_false(gw_gaveup_take(g, 5, "w1", "f", 1, 1000, 700, &out));
-    gw_gaveup_call c = call_of(5, "w1", "f", 1); /* row_us 1005 */
+    assert_false(gw_gaveup_take(g, 5, 1, "f", 1, 1000, 700, &out));
+    gw_gaveup_call c = call_of(5, 1, "f", 1); /* row_us 1005 */
     assert_int_equal(gw_gaveup_note(g, &c), 700);
-    assert_false(gw_gaveup_take(g, 5, "w1", "f", 1, NOW, 0, &out)); /* billed at the note: not in the book */
+    assert_false(gw_gaveup_take(g, 5, 1, "f", 1, NOW, 0, &out)); /* billed at the note: not in the book */
     gw_gaveup_note(g, &c);
-    assert_true(gw_gaveup_take(g, 5, "w1", "f", 1, NOW, 0, &out)); /* a second timeout is remembered */
+    assert_true(gw_gaveup_take(g, 5, 1, "f", 1, NOW, 0, &out)); /* a second timeout is remembered */
     /* Held only for the worker, function and version that listed it. */
-    assert_false(gw_gaveup_take(g, 6, "w1", "f", 1, 1000, 300, NULL));
-    gw_gaveup_call other[3] = {call_of(6, "w2", "f", 1), call_of(6, "w1", "g", 1), call_of(6, "w1", "f", 2)};
+    assert_false(gw_gaveup_take(g, 6, 1, "f", 1, 1000, 300, NULL));
+    gw_gaveup_call other[3] = {call_of(6, 2, "f", 1), call_of(6, 1, "g", 1), call_of(6, 1, "f", 2)};
     for (int i = 0; i < 3; i++)
         assert_int_equal(gw_gaveup_note(g, &other[i]), 0);
     /* A second listing replaces the share; a hold of 0 holds nothing. */
-    assert_false(gw_gaveup_take(g, 6, "w1", "f", 1, 1000, 400, NULL));
-    assert_false(gw_gaveup_take(g, 7, "w1", "f", 1, 1000, 0, NULL));
-    gw_gaveup_call six = call_of(6, "w1", "f", 1), seven = call_of(7, "w1", "f", 1);
+    assert_false(gw_gaveup_take(g, 6, 1, "f", 1, 1000, 400, NULL));
+    assert_false(gw_gaveup_take(g, 7, 1, "f", 1, 1000, 0, NULL));
+    gw_gaveup_call six = call_of(6, 1, "f", 1), seven = call_of(7, 1, "f", 1);
     assert_int_equal(gw_gaveup_note(g, &six), 400);
     assert_int_equal(gw_gaveup_note(g, &seven), 0);
     /* A timeout noted after the hold lapsed finds nothing (and is remembered as usual). */
-    assert_false(gw_gaveup_take(g, 8, "w1", "f", 1, 10, 900, NULL));
-    gw_gaveup_call late = call_of(8, "w1", "f", 1);
+    assert_false(gw_gaveup_take(g, 8, 1, "f", 1, 10, 900, NULL));
+    gw_gaveup_call late = call_of(8, 1, "f", 1);
     late.row_us = 10 + AICFN_GW_GAVE_UP_HOLD_MS * 1000ull + 1;
     assert_int_equal(gw_gaveup_note(g, &late), 0);
-    assert_true(gw_gaveup_take(g, 8, "w1", "f", 1, late.row_us, 0, NULL));
+    assert_true(gw_gaveup_take(g, 8, 1, "f", 1, late.row_us, 0, NULL));
     /* A call in the book but too old to bill holds nothing either. */
-    gw_gaveup_call old = call_of(9, "w1", "f", 1);
+    gw_gaveup_call old = call_of(9, 1, "f", 1);
     gw_gaveup_note(g, &old);
     uint64_t later = old.row_us + AICFN_GW_GAVE_UP_MAX_AGE_MS * 1000ull + 1;
-    assert_false(gw_gaveup_take(g, 9, "w1", "f", 1, later, 500, NULL));
+    assert_false(gw_gaveup_take(g, 9, 1, "f", 1, later, 500, NULL));
     assert_int_equal(gw_gaveup_note(g, &old), 0);
     /* Held shares are a ring of the same size: the oldest go first. */
     for (uint64_t gid = 20; gid < 26; gid++)
-        assert_false(gw_gaveup_take(g, gid, "w1", "f", 1, 1000, gid, NULL));
+        assert_false(gw_gaveup_take(g, gid, 1, "f", 1, 1000, gid, NULL));
     for (uint64_t gid = 20; gid < 26; gid++) {
-        gw_gaveup_call k = call_of(gid, "w1", "f", 1);
+        gw_gaveup_call k = call_of(gid, 1, "f", 1);
         assert_int_equal(gw_gaveup_note(g, &k), gid < 22 ? 0 : gid);
     }
     gw_gaveup_destroy(g);
