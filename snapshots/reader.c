@@ -602,8 +602,17 @@ static int rd_open(snap_reader *r, aicfn_error *err) {
     if (rc) goto out;
     snap_manifest *m = &r->m;
 
-    /* Frames tile the blob and the data region exactly. */
+    /* Frames tile the blob and the data region exactly: one per chunk (checked before
+     * anything is sized from the seek table's count). */
     r->n_frames = n_entries - 1;
+    uint64_t chunks = (m->blob_bytes + m->chunk_bytes - 1) / m->chunk_bytes;
+    if (r->n_frames != chunks) {
+        rc = aicfn_error_set(
+            err, AICFN_E_CORRUPT,
+            "seek table: %u data frames, but a blob of %llu bytes in chunks of %u makes %llu", r->n_frames,
+            (unsigned long long)m->blob_bytes, m->chunk_bytes, (unsigned long long)chunks);
+        goto out;
+    }
     r->frames = calloc(r->n_frames ? r->n_frames : 1, sizeof *r->frames);
     r->first_tensor = calloc(r->n_frames ? r->n_frames : 1, sizeof *r->first_tensor);
     r->filtered = calloc(r->n_frames ? r->n_frames : 1, 1);

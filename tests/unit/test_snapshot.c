@@ -803,8 +803,9 @@ static void hand_made_hostile(void **state) {
         assert_non_null(strstr(e.msg, "5137 compressed bytes for 1024 raw bytes (at most 5136)"));
     }
 
-    /* Two frames where the writer makes one: a frame before the last that restores less
-     * than the chunk. Tiny frames would cost a reader memory per 256 bytes of file. */
+    /* Two frames where the writer makes one (a frame before the last restoring less than
+     * the chunk): tiny frames would cost a reader memory per 256 bytes of file. Refused
+     * by their count, before anything is sized from it. */
     {
         unsigned char half[2][1024];
         size_t hc[2] = {compress_with(raw, 512, half[0], sizeof half[0], 1),
@@ -813,7 +814,19 @@ static void hand_made_hostile(void **state) {
         uint32_t hr[2] = {512, 512};
         hand_snapshot(path_of("split.aicsnap"), 1024, &ok, 1, hf, hc, hr, 2);
         assert_int_equal(open_verify(path_of("split.aicsnap"), &e), AICFN_E_CORRUPT);
-        assert_non_null(strstr(e.msg, "frame 0 restores 512 bytes; every frame but the last must restore "
+        assert_non_null(strstr(e.msg, "2 data frames, but a blob of 1024 bytes in chunks of 65536 makes 1"));
+    }
+    /* The right count, tiled otherwise: a first frame of half a chunk. */
+    {
+        static unsigned char zeros[65536 + 1024], zc[2][4096];
+        hand_tensor z = {"z", 0, sizeof zeros, XXH3_64bits(zeros, sizeof zeros)};
+        size_t zcs[2] = {compress_with(zeros, 32768, zc[0], sizeof zc[0], 1),
+                         compress_with(zeros, 33792, zc[1], sizeof zc[1], 1)};
+        const unsigned char *zf[2] = {zc[0], zc[1]};
+        uint32_t zr[2] = {32768, 33792};
+        hand_snapshot(path_of("halves.aicsnap"), sizeof zeros, &z, 1, zf, zcs, zr, 2);
+        assert_int_equal(open_verify(path_of("halves.aicsnap"), &e), AICFN_E_CORRUPT);
+        assert_non_null(strstr(e.msg, "frame 0 restores 32768 bytes; every frame but the last must restore "
                                       "exactly the chunk (65536)"));
     }
 
