@@ -93,6 +93,8 @@
 /* A load's share listed for a call whose timeout the gateway has not handled yet (the
  * status and the reply come on different threads) is held this long for it. */
 #define AICFN_GW_GAVE_UP_HOLD_MS 30000
+#define AICFN_GW_GAVE_UP_HOLDS_PER_WORKER                                                                    \
+    64 /* ... for at most this many calls of one worker (a load's list) */
 #define AICFN_GW_FRONT_MAX_HELD_BYTES (1ull << 30)
 /* An administrative request's bytes at most (an upload_chunk's: its chunk plus this). */
 #define AICFN_GW_ADMIN_MAX_BYTES (1u << 20)

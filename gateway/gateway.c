@@ -713,17 +713,18 @@ static void gw_record(gw_gateway *gw, gw_call *c, int code, const wire_invoke_re
     if (rep && rep->has_coldstart) gw_record_cold_start(gw, c, &rep->timing, &rep->coldstart, spawn_us);
     if (code == AICFN_E_TIMEOUT && rep && c->worker_name[0] && c->fn &&
         c->dispatched_us) { /* the worker had it and gave it up: it may have made a load */
+        uint64_t since_sent = now > c->dispatched_us ? now - c->dispatched_us : 0;
         gw_gaveup_call g = {.gid = c->gid,
                             .row_us = r.time_us,
-                            .sent_us = r.time_us - (now - c->dispatched_us),
+                            .sent_us = r.time_us - since_sent,
                             .worker = c->worker_serial,
+                            .charged_us = gw_add_sat(gw_ledger_gpu_us(exec_us, r.batch_size), cold_share_us),
                             .ver = c->fn->ver};
         snprintf(g.fn, sizeof g.fn, "%s", c->fn->name);
         /* The worker's status may have listed a load this call made before this reply was
          * handled: its share was held for now (gw_bill_abandoned_load). */
-        uint64_t held = gw_gaveup_note(gw->gaveup, &g);
-        if (held) {
-            uint64_t since_sent = now - c->dispatched_us, charge = held < since_sent ? held : since_sent;
+        uint64_t held = gw_gaveup_note(gw->gaveup, &g), charge = gw_gaveup_charge(&g, held, r.time_us);
+        if (charge) {
             if (gw_ledger_submit_load_charge(gw->ledger, c->gid, r.time_us, charge) == AICFN_OK)
                 log_info("worker %s: function %s:%u: call %llu pays its share of an abandoned load listed "
                          "before its timeout (%llu us)",
@@ -843,28 +844,33 @@ static void gw_load_source_locked(gw_gateway *gw, gw_worker *w, const wire_worke
  * it ended, to those calls, as their replies would have (wire_timing.cold_share_us: the
  * load's device time split over the batch): each call of the batch that this gateway
  * sent there and saw time out (gaveup.h) pays its share on its ledger row. */
-static void gw_bill_abandoned_load(gw_gateway *gw, const gw_load_source *src, const wire_unreported_load *l) {
-    const char *worker = src->worker;
+static void gw_bill_abandoned_load(gw_gateway *gw, const gw_load_source *src, const wire_unreported_load *l,
+                                   uint32_t *holds_left) {
     if (l->makers == 0 || l->timing.cold_share_us == 0) return; /* a worker that does not say */
     uint64_t share = l->timing.cold_share_us / l->makers + (l->timing.cold_share_us % l->makers != 0);
-    uint32_t billed = 0;
+    uint32_t billed = 0, held = 0;
     for (uint32_t k = 0; k < l->n_calls; k++) {
         gw_gaveup_call g;
         uint64_t now = clock_wall_us();
         /* A call not in the book yet may have its timeout reply still on its way through
-         * the gateway: its share is held for it (billed when it is noted, gw_record). */
-        if (!gw_gaveup_take(gw->gaveup, l->calls[k], src->worker_serial, l->fn, l->ver, now, share, &g))
-            continue;
-        /* The load came after the call went there: a worker claiming more is capped. */
-        uint64_t since_sent = now > g.sent_us ? now - g.sent_us : 0;
-        uint64_t charge = share < since_sent ? share : since_sent;
-        if (gw_ledger_submit_load_charge(gw->ledger, g.gid, g.row_us, charge) == AICFN_OK) billed++;
+         * the gateway: its share is held for it (billed when it is noted, gw_record), a
+         * status's worth of calls at most. */
+        gw_gaveup_taken t = gw_gaveup_take(gw->gaveup, l->calls[k], src->worker_serial, l->fn, l->ver, now,
+                                           *holds_left ? share : 0, &g);
+        if (t == GW_GAVEUP_HELD) {
+            held++;
+            (*holds_left)--;
+        }
+        if (t != GW_GAVEUP_TAKEN) continue;
+        uint64_t charge = gw_gaveup_charge(&g, share, now);
+        if (charge && gw_ledger_submit_load_charge(gw->ledger, g.gid, g.row_us, charge) == AICFN_OK) billed++;
     }
     if (billed < l->makers)
-        log_info("worker %s: function %s:%u: the abandoned load is billed to %u of the %u calls that made it "
-                 "(%llu us each; the others are not calls this gateway saw time out there, or not yet: "
-                 "their shares are held for their timeouts)",
-                 worker, l->fn, l->ver, billed, l->makers, (unsigned long long)share);
+        log_info(
+            "worker %s: function %s:%u: the abandoned load is billed to %u of the %u calls that made it, "
+            "%u held for timeouts not yet seen (%llu us each; the others are not calls this gateway saw "
+            "time out there)",
+            src->worker, l->fn, l->ver, billed, l->makers, held, (unsigned long long)share);
 }
 
 /* The loads a worker's status lists because no reply carried them (every call waiting
@@ -873,6 +879,7 @@ static void gw_bill_abandoned_load(gw_gateway *gw, const gw_load_source *src, co
 static void gw_record_unreported_loads(gw_gateway *gw, const wire_worker_status *st,
                                        const gw_load_source *src) {
     if (st->n_loads == 0) return;
+    uint32_t holds_left = AICFN_GW_GAVE_UP_HOLDS_PER_WORKER;
     for (uint32_t i = 0; i < st->n_loads && i < WIRE_MAX_UNREPORTED_LOADS; i++) {
         const wire_unreported_load *l = &st->loads[i];
         if (src->seen[i]) continue;
@@ -889,7 +896,7 @@ static void gw_record_unreported_loads(gw_gateway *gw, const wire_worker_status 
                  src->worker, l->fn, l->ver, (unsigned long long)l->timing.load_us);
         gw_record_load(gw, fn, l->fn, l->ver, src->worker, src->device[0] ? src->device : NULL, 0, 0,
                        &l->timing, &l->coldstart);
-        gw_bill_abandoned_load(gw, src, l);
+        gw_bill_abandoned_load(gw, src, l, &holds_left);
         gw_fn_unref(fn);
     }
 }

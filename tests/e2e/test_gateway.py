@@ -614,9 +614,10 @@ def test_a_load_listed_before_its_calls_timeout_is_billed_to_it(procs, tmp_path)
     """A worker's status and its replies reach the gateway on different threads, so a status
     listing an abandoned load can be handled before the timeout reply of the call that made
     it. A registered worker written from the protocol answers that way round: it holds the
-    call, lists the load (30 ms, one maker) in the next status answer, and only then
-    answers the call AICFN_E_TIMEOUT. The gateway holds the share for the call and bills it
-    when the timeout comes, once."""
+    call, lists the load (30 ms, one maker, seq 1) in the next status answer, and answers
+    the call AICFN_E_TIMEOUT only once a later poll acknowledges seq 1 (the gateway has
+    handled the listing). The gateway holds the share for the call and bills it when the
+    timeout comes, once."""
     write_manifest(tmp_path / "big", f"name: big\nhandler: {handler('echo')}\n")
     addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
     deploy(addr, tmp_path / "big")
@@ -625,6 +626,7 @@ def test_a_load_listed_before_its_calls_timeout_is_billed_to_it(procs, tmp_path)
     stop = threading.Event()
     held = []  # the call's gid, once it came
     listed = threading.Event()
+    acked = threading.Event()
     answered = threading.Event()
 
     def serve(ctx):  # bounded by the test: stops when told, each receive times out
@@ -635,13 +637,14 @@ def test_a_load_listed_before_its_calls_timeout_is_billed_to_it(procs, tmp_path)
                 continue
             if req.get("t") == "invoke":
                 held.append(req["gid"])
-                listed.wait(15)
-                time.sleep(0.3)  # the gateway handles the status answer first
+                acked.wait(15)
                 ctx.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": False,
                                         "error": {"code": E_TIMEOUT, "name": "AICFN_E_TIMEOUT",
                                                   "message": "deadline passed: not executed"}}))
                 answered.set()
                 continue
+            if listed.is_set() and req.get("ack", 0) >= 1:
+                acked.set()
             w = fake_worker_status()
             if held and not listed.is_set():
                 w["loads"] = [{"seq": 1, "fn": "big", "ver": 1, "makers": 1, "calls": [held[0]],
@@ -662,7 +665,7 @@ def test_a_load_listed_before_its_calls_timeout_is_billed_to_it(procs, tmp_path)
         assert r["ok"], r
         r = call(addr, invoke_msg("big", [], rid=880101), timeout_ms=20000)
         assert not r["ok"] and r["error"]["name"] == "AICFN_E_TIMEOUT", r
-        assert listed.is_set() and answered.is_set()
+        assert acked.is_set() and answered.is_set()
         wait_rows(data, "SELECT 1 FROM cold_starts WHERE function = 'big'", (), 1, timeout=15)
         charged = wait_for(lambda: [v for v, in db_rows(data, "SELECT load_gpu_us FROM invocations "
                                                           "WHERE request_id = '880101'") if v] or None,
