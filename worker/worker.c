@@ -185,12 +185,15 @@ typedef struct worker_exec_info {
     uint32_t batch;
     uint64_t load_us, exec_us, init_us;
     uint64_t init_charged_us;       /* of init_us, what the calls waited for (cold_share) */
+    uint64_t init_end_us;           /* when that init ended (monotonic) */
+    uint64_t init_level_us;         /* a call's share of it: what it waited, at most this (0: none) */
     const loader_acquire_info *acq; /* when the batch loaded the model; NULL otherwise */
     /* What each reply's cold_share is made of: the load the batch made (not joined), split
-     * over the calls that waited for it (load_calls), and its init, split over the calls
-     * that waited for that (init_calls). 0: none. */
+     * over the calls that waited for it (load_calls; all of it, they were all there), and
+     * its init, split over the calls that waited for it, each paying at most what it
+     * waited (worker_fill_level). 0: none. */
     uint64_t made_load_us;
-    uint32_t load_calls, init_calls;
+    uint32_t load_calls;
     bool attach_coldstart;
 } worker_exec_info;
 
@@ -434,6 +437,34 @@ static uint64_t worker_div_up(uint64_t a, uint32_t b) {
     return a / b + (a % b != 0);
 }
 
+static int worker_cmp_u64(const void *a, const void *b) {
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+/* Water filling: the level L at which the shares min(waited[i], L) of n calls add up to
+ * `total` (L rounded up): a call pays at most what it waited, and what it cannot pay the
+ * calls that waited longer share. Sorts `waited`. When the waits add up to less than
+ * `total`, the longest wait (each pays all it waited). */
+static uint64_t worker_fill_level(uint64_t *waited, uint32_t n, uint64_t total) {
+    if (n == 0) return 0;
+    qsort(waited, n, sizeof *waited, worker_cmp_u64);
+    uint64_t left = total;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t level = worker_div_up(left, n - i);
+        if (waited[i] >= level) return level;
+        left -= waited[i];
+    }
+    return waited[n - 1];
+}
+
+/* A call that came at arrival_us waited this much of the init ex tells of (at most the
+ * part charged). */
+static uint64_t worker_init_waited(const worker_exec_info *ex, uint64_t arrival_us) {
+    uint64_t waited = ex->init_end_us > arrival_us ? ex->init_end_us - arrival_us : 0;
+    return waited < ex->init_charged_us ? waited : ex->init_charged_us;
+}
+
 /* Encodes and sends the reply of an accepted invocation, then frees it and counts it
  * out of the in-flight total. `code` != OK overrides the response. */
 static void worker_finish(worker_req *r, int code, const char *msg, const worker_exec_info *ex) {
@@ -479,8 +510,10 @@ static void worker_finish(worker_req *r, int code, const char *msg, const worker
             rep.timing.copy_us = ex->acq->timing.copy_us;
         }
         uint64_t share = ex->load_calls ? worker_div_up(ex->made_load_us, ex->load_calls) : 0;
-        if (ex->init_charged_us && ex->init_calls)
-            share += worker_div_up(ex->init_charged_us, ex->init_calls);
+        if (ex->init_level_us) {
+            uint64_t waited = worker_init_waited(ex, r->item.arrival_us);
+            share += waited < ex->init_level_us ? waited : ex->init_level_us;
+        }
         rep.timing.cold_share_us = share;
     }
     const char *evicted[LOADER_MAX_REPORTED_EVICTIONS];
@@ -965,7 +998,18 @@ static int worker_fn_instance(worker_fn *fn, worker_batch_item **items, uint32_t
             }
             ex->init_us = iw->init_us;
             ex->init_charged_us = charged;
-            ex->init_calls = *k;
+            ex->init_end_us = iw->started_us + iw->init_us;
+            /* Calls of an adopted init came at different times: each pays at most what it
+             * waited (a gateway caps a share at the call's stay), the earlier ones the rest. */
+            uint64_t *waited = malloc(*k * sizeof *waited);
+            if (waited) {
+                for (uint32_t i = 0; i < *k; i++)
+                    waited[i] = worker_init_waited(ex, items[i]->arrival_us);
+                ex->init_level_us = worker_fill_level(waited, *k, charged);
+                free(waited);
+            } else {
+                ex->init_level_us = worker_div_up(charged, *k); /* an even split */
+            }
         }
         if (rc == AICFN_OK && ours) {
             fn->inst = iw->inst;

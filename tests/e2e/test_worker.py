@@ -411,6 +411,42 @@ def test_request_past_deadline_during_init_never_executes(procs, tmp_path):
     assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
 
 
+def test_calls_share_an_adopted_init_by_what_each_waited(procs, tmp_path):
+    """Calls of one batch that adopts an init (its starter gave up) came at different
+    times: each pays at most the part of the init it waited for, and the earlier ones pay
+    the rest of what the batch waited, so a gateway, which caps a share at the call's stay,
+    never has to cut an honest one. Call 1 starts a 1.5 s init and gives up at 200 ms;
+    calls 2 (at 0.3 s) and 3 (at 1.2 s) make one batch (max_batch 2) that adopts it."""
+    inits = tmp_path / "inits.txt"
+    addr = ipc_addr(tmp_path)
+    w = start_worker(procs, addr, [f"slowinit={handler('test_sleep')},max_batch=2,max_delay_us=3000000,"
+                                   f"param.init_sleep_ms=1500,param.init_file={inits}"])
+    t0 = time.monotonic()
+    late = call(addr, invoke_msg("slowinit", [], deadline_ms=200, rid=1), timeout_ms=5000)
+    assert late["error"]["code"] == E_TIMEOUT, late
+    got = {}
+
+    def send(rid, at):  # each call's reply and how long it took from its sending
+        time.sleep(max(0.0, t0 + at - time.monotonic()))
+        t = time.monotonic()
+        got[rid] = (call(addr, invoke_msg("slowinit", [], rid=rid), timeout_ms=8000), (time.monotonic() - t) * 1e6)
+
+    threads = [threading.Thread(target=send, args=(2, 0.3)), threading.Thread(target=send, args=(3, 1.2))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=15)
+    (r2, took2), (r3, took3) = got[2], got[3]
+    assert r2["ok"] and r3["ok"] and r2["batch"] == r3["batch"] == 2, (r2, r3)
+    share2, share3 = r2["timing"]["cold_share"], r3["timing"]["cold_share"]
+    assert share3 <= took3 and share2 <= took2, (share2, took2, share3, took3)
+    # Together they pay what the batch waited of the init: from call 2's coming to its end.
+    assert 1_000_000 <= share2 + share3 <= took2 + 2, (share2, share3, took2)
+    assert share2 > share3
+    assert inits.read_text().split() == ["init"]  # one init in all: the batch adopted it
+    assert w.stop(timeout=10) == 0, w.stderr()[-3000:]
+
+
 def test_caller_deadline_never_outlives_the_function_timeout(procs, tmp_path):
     """A deadline_ms longer than the function's timeout (a peer talking to the worker
     directly, not through the gateway, which caps it) is the timeout: a call queued behind
