@@ -3284,6 +3284,20 @@ static int gw_lock_data_dir(gw_gateway *gw, aicfn_error *err) {
     return AICFN_OK;
 }
 
+/* Makes gw->data_dir absolute, once it exists: the paths of handlers and snapshots built
+ * from it go to workers, which take absolute paths only (a worker need not share the
+ * gateway's working directory). */
+static int gw_absolute_data_dir(gw_gateway *gw, aicfn_error *err) {
+    char abs[PATH_MAX];
+    if (!realpath(gw->data_dir, abs))
+        return aicfn_error_errno(err, AICFN_E_IO, errno, "resolving the data directory %s", gw->data_dir);
+    char *d = strdup(abs);
+    if (!d) return aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
+    free(gw->data_dir);
+    gw->data_dir = d;
+    return AICFN_OK;
+}
+
 /* Deletes the artifacts no function version references: what deploys left that never
  * reached their `deploy` message (Ctrl-C after an upload, a client that timed out, a
  * gateway restart between upload and deploy). At start, before the front listens, so no
@@ -3381,12 +3395,11 @@ int gw_start(const gw_config *cfg, gw_gateway **out, aicfn_error *err) {
     if (!gw->listen || !gw->data_dir || !gw->device || !gw->gaveup)
         rc = aicfn_error_set(err, AICFN_E_NOMEM, "out of memory");
     if (rc == AICFN_OK) rc = gw_mkdir(gw->data_dir, err);
+    if (rc == AICFN_OK) rc = gw_absolute_data_dir(gw, err);
     if (rc == AICFN_OK) rc = gw_lock_data_dir(gw, err);
     if (rc == AICFN_OK) {
-        int n = snprintf(gw->run_dir, sizeof gw->run_dir, "%s/run", gw->data_dir);
         /* ipc paths must fit sun_path (108 bytes) with the socket's name. */
-        char abs[PATH_MAX];
-        if (realpath(gw->data_dir, abs)) n = snprintf(gw->run_dir, sizeof gw->run_dir, "%s/run", abs);
+        int n = snprintf(gw->run_dir, sizeof gw->run_dir, "%s/run", gw->data_dir);
         if (n < 0 || (size_t)n >= sizeof gw->run_dir || strlen(gw->run_dir) > 80) {
             /* Not a predictable name: another local user could make it first, owning it. */
             snprintf(gw->run_dir, sizeof gw->run_dir, "/tmp/aicfn-run-XXXXXX");

@@ -776,6 +776,24 @@ def test_coldstarts_answers_while_the_database_is_locked(procs, tmp_path):
              what="the waiting row committed once the lock is gone")
 
 
+def test_the_default_relative_data_directory_serves_calls(procs, tmp_path):
+    # With no --data the gateway keeps its data in ./aicfn-data, a relative path. Workers
+    # take handler and snapshot paths only when absolute (they need not share the
+    # gateway's working directory), so the gateway resolves it: a deployed function serves
+    # calls on local workers.
+    from conftest import aicfn_bin
+    addr = f"tcp://127.0.0.1:{free_port()}"
+    procs.start([aicfn_bin(), "gateway", "--listen", addr, "--workers", "0..1", "--worker-memory", "64MiB",
+                 "--device", "host", "--insecure-local"], name="gateway", cwd=tmp_path)
+    wait_for(lambda: call(addr, {"v": 1, "t": "status", "id": next_id()}, timeout_ms=500).get("ok"), 15,
+             interval=0.05, what="the gateway")
+    deploy(addr, ROOT / "examples" / "echo")
+    r = call(addr, invoke_msg("echo", [tensor("x", np.arange(3, dtype=np.float32))]), timeout_ms=30000)
+    assert r["ok"], r
+    assert np.array_equal(output(r, "x"), np.arange(3, dtype=np.float32))
+    assert (tmp_path / "aicfn-data" / "aicfn.db").exists()
+
+
 def test_gateway_and_keys_find_one_data_directory(procs, tmp_path):
     # $AICFN_DATA_DIR names the data directory for the gateway as for `aicfn keys`, so a
     # key made with the variable set serves the gateway started with it; `keys create`
