@@ -35,6 +35,7 @@
 #define FETCH_VERIFY_BUF (1u << 20)
 #define FETCH_OVERLOADED_TRIES 6     /* a chunk asked while the gateway answers AICFN_E_OVERLOADED */
 #define FETCH_OVERLOADED_PAUSE_MS 50 /* ... the first pause between, doubling */
+#define FETCH_LOST_TRIES 3           /* a chunk asked while its asks time out or lose their link */
 
 /* FETCH_GONE: a READY entry whose file disappeared, taken off the list while threads
  * woken by its download still hold it (the last one frees it). */
@@ -312,15 +313,26 @@ static int fetch_chunk_once(worker_fetcher *f, const char *hash, uint64_t offset
     return rc;
 }
 
-/* fetch_chunk_once, asked again while the gateway answers AICFN_E_OVERLOADED (its admin
- * queue is full: the request was refused unseen, and a chunk is safe to ask twice), up to
- * FETCH_OVERLOADED_TRIES times, the pause doubling from FETCH_OVERLOADED_PAUSE_MS. */
+/* fetch_chunk_once, asked again (a chunk is safe to ask twice): while the gateway answers
+ * AICFN_E_OVERLOADED (its admin queue is full: the request was refused unseen), up to
+ * FETCH_OVERLOADED_TRIES times; while the ask times out or its link drops (the admin
+ * thread held by a long commit, a gateway restarting), up to FETCH_LOST_TRIES times, so
+ * that one slow answer does not throw away what was downloaded. The pause between doubles
+ * from FETCH_OVERLOADED_PAUSE_MS. */
 static int fetch_chunk(worker_fetcher *f, const char *hash, uint64_t offset, uint32_t want, rpc_msg **reply,
                        wire_doc *doc, uint64_t *size, const uint8_t **data, size_t *len, aicfn_error *err) {
     uint32_t pause_ms = FETCH_OVERLOADED_PAUSE_MS;
-    for (int attempt = 1;; attempt++) {
+    for (int overloaded = 0, lost = 0;;) {
         int rc = fetch_chunk_once(f, hash, offset, want, reply, doc, size, data, len, err);
-        if (rc != AICFN_E_OVERLOADED || attempt >= FETCH_OVERLOADED_TRIES || atomic_load(&f->canceled)) return rc;
+        bool again = false;
+        if (rc == AICFN_E_OVERLOADED)
+            again = ++overloaded < FETCH_OVERLOADED_TRIES;
+        else if (rc == AICFN_E_TIMEOUT || rc == AICFN_E_WORKER_LOST || rc == AICFN_E_UNAVAILABLE)
+            again = ++lost < FETCH_LOST_TRIES;
+        if (!again || atomic_load(&f->canceled)) return rc;
+        if (rc != AICFN_E_OVERLOADED)
+            log_warn("fetching %s at offset %llu: %s; asking again in %u ms", hash,
+                     (unsigned long long)offset, err->msg, pause_ms);
         wire_doc_fini(doc);
         rpc_msg_free(*reply);
         *reply = NULL;
