@@ -40,6 +40,7 @@
 #include "common/clock.h"
 #include "common/durable.h"
 #include "common/log.h"
+#include "common/owndir.h"
 #include "common/tunables.h"
 #include "gateway/fairq.h"
 #include "gateway/gateway_internal.h"
@@ -3224,19 +3225,7 @@ static int gw_mkdir(const char *path, aicfn_error *err) {
  * must be a directory (not a symlink) of this user that nobody else may write. */
 static int gw_private_dir(const char *path, aicfn_error *err) {
     int rc = gw_mkdir(path, err);
-    if (rc != AICFN_OK) return rc;
-    struct stat st;
-    if (lstat(path, &st) != 0) return aicfn_error_errno(err, AICFN_E_IO, errno, "checking %s", path);
-    if (!S_ISDIR(st.st_mode) || st.st_uid != geteuid() || (st.st_mode & 022))
-        return aicfn_error_set(err, AICFN_E_INVALID,
-                               "%s must be a directory of this user that nobody else may write (it is %s, "
-                               "owner %ld, mode %03o): remove it and the gateway makes it",
-                               path,
-                               S_ISLNK(st.st_mode)   ? "a symlink"
-                               : S_ISDIR(st.st_mode) ? "a directory"
-                                                     : "no directory",
-                               (long)st.st_uid, (unsigned)(st.st_mode & 0777));
-    return AICFN_OK;
+    return rc == AICFN_OK ? owndir_check(path, "the run directory", err) : rc;
 }
 
 /* Empties and removes a temporary run directory (every worker has exited). */

@@ -26,6 +26,7 @@
 #include "common/clock.h"
 #include "common/durable.h"
 #include "common/log.h"
+#include "common/owndir.h"
 #include "common/rpc.h"
 #include "common/tunables.h"
 #include "common/wire.h"
@@ -201,6 +202,13 @@ int worker_fetcher_create(const worker_fetch_config *cfg, worker_fetcher **out, 
     }
     free(f->dir);
     f->dir = abs;
+    /* Handlers are dlopened from here after their hash was checked: nobody else may be
+     * able to swap one in between. */
+    int own = owndir_check(f->dir, "the artifact cache", err);
+    if (own != AICFN_OK) {
+        worker_fetcher_destroy(f);
+        return own;
+    }
     fetch_clean_tmp(f->dir);
     rpc_client_opts o = {.recv_max = (size_t)f->chunk + FETCH_REPLY_SLACK, .background = true};
     int rc = rpc_client_open(&f->client, f->gateway, &o, err);

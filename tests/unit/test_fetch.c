@@ -869,6 +869,26 @@ static void bad_configs(void **state) {
     c.cache_dir = file;
     assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_E_IO);
     assert_null(f);
+    /* A cache others may write (handlers are dlopened from it after their check) is
+     * refused, as is one that is not this user's (not testable unprivileged); a symlink
+     * to a private directory is that directory. */
+    char open_dir[PATH_MAX], link[PATH_MAX];
+    snprintf(open_dir, sizeof open_dir, "%s/open", fx->dir);
+    assert_int_equal(mkdir(open_dir, 0700), 0);
+    assert_int_equal(chmod(open_dir, 0777), 0);
+    c.cache_dir = open_dir;
+    assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_E_INVALID);
+    assert_null(f);
+    assert_non_null(strstr(e.msg, "the artifact cache"));
+    assert_non_null(strstr(e.msg, "mode 777"));
+    assert_int_equal(chmod(open_dir, 0700), 0);
+    snprintf(link, sizeof link, "%s/link", fx->dir);
+    assert_int_equal(symlink(open_dir, link), 0);
+    c.cache_dir = link;
+    assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_OK);
+    worker_fetcher_destroy(f);
+    assert_int_equal(unlink(link), 0);
+    assert_int_equal(rmdir(open_dir), 0);
     worker_fetcher_destroy(NULL);
 }
 
