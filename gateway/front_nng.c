@@ -36,6 +36,7 @@
 
 #define FRONT_MAX_UPLOADS AICFN_ARTIFACT_MAX_UPLOADS
 #define FRONT_ADMIN_QUEUE 256
+#define FRONT_MAX_COMMITTED 64 /* committed uploads watched for the deploy that names them */
 
 typedef struct front_admin_job {
     rpc_call *call;
@@ -60,6 +61,12 @@ typedef struct front_upload {
     char owner_id[GW_KEY_ID_LEN + 1]; /* the owner's key id ("" when not owned) */
 } front_upload;
 
+/* A committed upload that no deploy had named yet: removed if none has by due_us. */
+typedef struct front_committed {
+    char hash[GW_HASH_HEX_LEN + 1]; /* "" when the slot is free */
+    uint64_t due_us;                /* monotonic */
+} front_committed;
+
 struct gw_front {
     gw_gateway *gw;
     rpc_server *srv;
@@ -78,6 +85,8 @@ struct gw_front {
                                                 client's upload (below 2^52: exact in any JSON client) */
     uint64_t upload_idle_us;                 /* an upload without a chunk this long is aborted */
     uint64_t keys_checked_us;                /* when the open uploads' keys were last looked up */
+    front_committed committed[FRONT_MAX_COMMITTED]; /* admin thread only; a ring */
+    unsigned next_committed;
 
     gw_key_cache *keys;       /* recent authentications: no SQLite read per call */
     unsigned max_invocations; /* invocations held at once: the contexts less those kept for
@@ -286,10 +295,51 @@ static void front_uploads_check_keys(gw_front *f, uint64_t now) {
     }
 }
 
+/* Watches a just committed upload: unless a deploy names it within twice the upload idle
+ * timeout, front_committed_sweep removes it. A deploy normally follows its commit at
+ * once; one that stopped in between (Ctrl-C, a client timeout, a refused config) would
+ * otherwise leave the file until the gateway restarts, and enough of them fill the store
+ * (`aicfn deploy` uploads again when a deploy finds its file gone). When more than
+ * FRONT_MAX_COMMITTED commits are watched, the oldest is left to the sweep at start. */
+static void front_committed_watch(gw_front *f, const char *hash, uint64_t now) {
+    front_committed *c = &f->committed[f->next_committed];
+    f->next_committed = (f->next_committed + 1) % FRONT_MAX_COMMITTED;
+    snprintf(c->hash, sizeof c->hash, "%s", hash);
+    c->due_us = now + 2 * f->upload_idle_us;
+}
+
+/* Removes the watched uploads that are due and that no function version names. */
+static void front_committed_sweep(gw_front *f, uint64_t now) {
+    for (int i = 0; i < FRONT_MAX_COMMITTED; i++) {
+        front_committed *c = &f->committed[i];
+        if (!c->hash[0] || c->due_us > now) continue;
+        aicfn_error e;
+        int used = gw_registry_artifact_in_use(gw_gateway_db(f->gw), c->hash, &e);
+        if (used < 0) { /* the database is busy: look again later */
+            log_warn("artifacts: %.12s not checked for a deploy: %s", c->hash, e.msg);
+            c->due_us = now + f->upload_idle_us;
+            continue;
+        }
+        uint64_t size = 0;
+        if (!used && gw_artifacts_exists(gw_gateway_artifacts(f->gw), c->hash, &size)) {
+            if (gw_artifacts_remove(gw_gateway_artifacts(f->gw), c->hash, &e) == AICFN_OK)
+                log_info("artifacts: removed %s (%llu bytes): uploaded, but no deploy named it within %llu s",
+                         c->hash, (unsigned long long)size,
+                         (unsigned long long)(2 * f->upload_idle_us / 1000000));
+            else
+                log_warn("artifacts: %s", e.msg);
+        }
+        c->hash[0] = '\0';
+    }
+}
+
 /* When the admin thread has upload work next (monotonic µs): an open upload becomes
- * abandoned, or the owners' keys are due to be looked up; UINT64_MAX: none open. */
+ * abandoned, the owners' keys are due to be looked up, or a committed upload is due to be
+ * checked for its deploy; UINT64_MAX: none. */
 static uint64_t front_uploads_next_expiry(const gw_front *f) {
     uint64_t due = UINT64_MAX;
+    for (int i = 0; i < FRONT_MAX_COMMITTED; i++)
+        if (f->committed[i].hash[0] && f->committed[i].due_us < due) due = f->committed[i].due_us;
     bool owned = false;
     for (int i = 0; i < FRONT_MAX_UPLOADS; i++) {
         if (!f->uploads[i].u) continue;
@@ -397,6 +447,7 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
     }
     front_uploads_expire(f, now, false);
     front_uploads_check_keys(f, clock_now_us());
+    front_committed_sweep(f, clock_now_us());
     wire_writer w;
 
     if (strcmp(h->t, "upload_begin") == 0) {
@@ -483,11 +534,14 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
         if (strcmp(h->t, "upload_abort") == 0) {
             gw_upload_abort(u);
         } else {
+            char hash[GW_HASH_HEX_LEN + 1];
+            snprintf(hash, sizeof hash, "%s", up->hash);
             rc = gw_upload_commit(u, &e);
             if (rc != AICFN_OK) {
                 front_error(call, id, rc, e.msg);
                 return;
             }
+            front_committed_watch(f, hash, clock_now_us());
         }
         wire_writer_init(&w);
         front_ok_head(&w, id, 0);
@@ -715,6 +769,7 @@ static void *front_admin_main(void *arg) {
             pthread_mutex_unlock(&f->mu);
             front_uploads_expire(f, now, false); /* removes files: not under the lock */
             front_uploads_check_keys(f, now);
+            front_committed_sweep(f, now);
             pthread_mutex_lock(&f->mu);
         }
         if (!f->jobs_head && f->stopping) break;

@@ -185,6 +185,27 @@ def test_uploads_whose_deploy_never_came_are_removed_at_start(procs, tmp_path):
     assert r["ok"], r
 
 
+def test_uploads_whose_deploy_never_came_are_removed_while_running(procs, tmp_path):
+    # A committed upload that no deploy names within twice the upload timeout (here 2 s)
+    # is removed by the running gateway, not only at its next start; one a deploy named
+    # stays, and so does the version's function.
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..1", extra=("--upload-timeout", "1s"))
+    deploy(addr, echo_function(tmp_path, "kept"))
+    (used,) = store(data)
+    blob = b"never deployed, running" * 1000
+    digest = hashlib.sha256(blob).hexdigest()
+    begin = call(addr, gw_msg("upload_begin", hash=digest, size=len(blob)))
+    assert call(addr, gw_msg("upload_chunk", upload=begin["upload"], offset=0, data=blob))["ok"]
+    t0 = time.monotonic()
+    assert call(addr, gw_msg("upload_commit", upload=begin["upload"]))["ok"]
+    assert store(data) == {used, digest}
+    wait_for(lambda: store(data) == {used}, 15, interval=0.1, what="the undeployed upload removed")
+    assert time.monotonic() - t0 >= 1.8  # not before its grace (2 x the upload timeout)
+    assert "no deploy named it within 2 s" in g.stderr()
+    r = invoke_echo(addr, "kept")
+    assert r["ok"], r
+
+
 def test_a_new_database_never_sweeps_the_store(procs, tmp_path):
     """aicfn.db gone (moved away, lost) from a data directory whose store holds deployed
     artifacts: the gateway starts with a new, empty registry, and the sweep of
