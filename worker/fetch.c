@@ -65,6 +65,7 @@ struct worker_fetcher {
     pthread_mutex_t mu;
     pthread_cond_t cv;
     fetch_entry *entries; /* READY and BUSY (failed ones leave the list) */
+    uint64_t to_write;    /* under mu: bytes the downloads in flight have yet to write */
     atomic_uint_fast64_t seq;
     atomic_bool canceled; /* worker_fetcher_cancel: downloads fail */
 };
@@ -370,6 +371,38 @@ static int fetch_write_all(int fd, const uint8_t *p, size_t n) {
     return 0;
 }
 
+static void fetch_prune(worker_fetcher *f, const char *keep, uint64_t room);
+
+/* Counts a download of `size` bytes that is starting in f->to_write (*reserved: what it
+ * counts there), makes room for it and every other download in flight in the cache's
+ * budget, and checks that the disk of `fd` has room for them all: concurrent cold
+ * starts must not each pass the check alone and then fill the disk together. */
+static int fetch_reserve(worker_fetcher *f, const char *hash, int fd, uint64_t size, uint64_t *reserved,
+                         aicfn_error *err) {
+    pthread_mutex_lock(&f->mu);
+    uint64_t others = f->to_write;
+    f->to_write += size;
+    *reserved = size;
+    pthread_mutex_unlock(&f->mu);
+    fetch_prune(f, hash, size + others);
+    if (!fetch_disk_has_room(fd, size + others))
+        return aicfn_error_set(err, AICFN_E_CAPACITY,
+                               "artifact %s: %" PRIu64
+                               " bytes do not fit on the disk of %s (less is free, with %" PRIu64
+                               " bytes of other downloads still to come)",
+                               hash, size, f->dir, others);
+    return AICFN_OK;
+}
+
+/* Takes `n` written (or never to be written) bytes out of f->to_write and *reserved. */
+static void fetch_unreserve(worker_fetcher *f, uint64_t *reserved, uint64_t n) {
+    if (n > *reserved) n = *reserved;
+    pthread_mutex_lock(&f->mu);
+    f->to_write -= n;
+    pthread_mutex_unlock(&f->mu);
+    *reserved -= n;
+}
+
 /* Downloads `hash` into `final` through a temporary file in the same directory. */
 static int fetch_download(worker_fetcher *f, const char *hash, const char *final, aicfn_error *err) {
     char tmp[PATH_MAX];
@@ -387,7 +420,7 @@ static int fetch_download(worker_fetcher *f, const char *hash, const char *final
     uint64_t t0 = clock_now_us();
     crypto_hash_sha256_state st;
     crypto_hash_sha256_init(&st);
-    uint64_t size = 0, off = 0;
+    uint64_t size = 0, off = 0, reserved = 0;
     unsigned chunks = 0;
     int rc = AICFN_OK;
     do {
@@ -418,10 +451,8 @@ static int fetch_download(worker_fetcher *f, const char *hash, const char *final
                                  " bytes do not fit in the artifact cache's budget of %" PRIu64
                                  " bytes (aicfn worker --cache-max)",
                                  hash, got_size, f->max_bytes);
-        } else if (chunks == 0 && !fetch_disk_has_room(fd, got_size)) {
-            rc = aicfn_error_set(err, AICFN_E_CAPACITY,
-                                 "artifact %s: %" PRIu64 " bytes do not fit on the disk of %s (less is free)",
-                                 hash, got_size, f->dir);
+        } else if (chunks == 0 && (rc = fetch_reserve(f, hash, fd, got_size, &reserved, err)) != AICFN_OK) {
+            /* err says why */
         } else if (chunks > 0 && got_size != size) {
             rc = aicfn_error_set(err, AICFN_E_CORRUPT,
                                  "artifact %s: the gateway announced %" PRIu64 " bytes, then %" PRIu64
@@ -441,11 +472,13 @@ static int fetch_download(worker_fetcher *f, const char *hash, const char *final
                 crypto_hash_sha256_update(&st, data, (unsigned long long)len);
                 off += len;
                 chunks++;
+                fetch_unreserve(f, &reserved, len);
             }
         }
         wire_doc_fini(&doc);
         rpc_msg_free(reply);
     } while (rc == AICFN_OK && off < size);
+    fetch_unreserve(f, &reserved, reserved); /* a download that stopped short */
     if (rc == AICFN_OK) {
         unsigned char d[crypto_hash_sha256_BYTES];
         crypto_hash_sha256_final(&st, d);
@@ -513,14 +546,15 @@ static uint64_t fetch_mtime_us(const struct stat *st) {
     return (uint64_t)st->st_mtim.tv_sec * 1000000u + (uint64_t)st->st_mtim.tv_nsec / 1000u;
 }
 
-/* Keeps the cache directory within its budget after a download: deletes the least
+/* Keeps the cache directory within its budget, `room` bytes of it left free for downloads
+ * in flight (before a download: it and the others; 0 after one): deletes the least
  * recently used artifacts (file mtime, refreshed at every use, or this process's last
  * hand-out of the path, whichever is later) until the rest fits. Never deletes `keep`
- * (just fetched), an artifact being fetched, or one handed out within the grace period
+ * (being or just fetched), an artifact being fetched, or one handed out within the grace period
  * (its caller may not have opened it yet; a handler or snapshot already opened is not
  * affected by the unlink). The directory is listed without the lock; each deletion is
  * decided and done under it, so no thread can be handed a path that is being deleted. */
-static void fetch_prune(worker_fetcher *f, const char *keep) {
+static void fetch_prune(worker_fetcher *f, const char *keep, uint64_t room) {
     DIR *d = opendir(f->dir);
     if (d == NULL) return;
     fetch_file *files = NULL;
@@ -545,7 +579,8 @@ static void fetch_prune(worker_fetcher *f, const char *keep) {
         total += files[n].bytes;
         n++;
     }
-    if (total <= f->max_bytes) {
+    uint64_t budget = room < f->max_bytes ? f->max_bytes - room : 0; /* what the files may keep */
+    if (total <= budget) {
         closedir(d);
         free(files);
         return;
@@ -553,7 +588,7 @@ static void fetch_prune(worker_fetcher *f, const char *keep) {
     qsort(files, n, sizeof *files, fetch_file_older);
     uint64_t now = clock_wall_us();
     pthread_mutex_lock(&f->mu);
-    for (size_t i = 0; i < n && total > f->max_bytes; i++) {
+    for (size_t i = 0; i < n && total > budget; i++) {
         if (strcmp(files[i].hash, keep) == 0) continue;
         fetch_entry **pp = &f->entries;
         while (*pp && strcmp((*pp)->hash, files[i].hash) != 0)
@@ -572,11 +607,11 @@ static void fetch_prune(worker_fetcher *f, const char *keep) {
         }
         total -= files[i].bytes;
         log_info("artifact cache %s: removed %s (%" PRIu64 " bytes, unused for %" PRIu64
-                 " s) to stay within %" PRIu64 " bytes",
-                 f->dir, files[i].hash, files[i].bytes, (now - used) / 1000000u, f->max_bytes);
+                 " s) to stay within %" PRIu64 " bytes (%" PRIu64 " of them for downloads in flight)",
+                 f->dir, files[i].hash, files[i].bytes, (now - used) / 1000000u, f->max_bytes, room);
     }
     pthread_mutex_unlock(&f->mu);
-    if (total > f->max_bytes)
+    if (total > budget)
         log_warn("artifact cache %s: %" PRIu64 " bytes, over its budget of %" PRIu64
                  " bytes: the rest is in use or was used in the last %" PRIu64 " ms",
                  f->dir, total, f->max_bytes, f->prune_grace_us / 1000);
@@ -669,7 +704,7 @@ int worker_fetch(worker_fetcher *f, const char *hash, char *local, size_t cap, a
         return rc;
     }
     fetch_touch(local);
-    fetch_prune(f, hash);
+    fetch_prune(f, hash, 0);
     return AICFN_OK;
 }
 

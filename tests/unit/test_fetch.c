@@ -68,6 +68,8 @@ typedef struct fake_gw {
     unsigned n_held;
     atomic_uint overloaded; /* the next requests answered AICFN_E_OVERLOADED */
     atomic_uint silent;     /* the next requests held unanswered (the asker times out) */
+    char probe_dir[PATH_MAX]; /* when set: whether a cached file of digit '1' is there at */
+    atomic_int probe_later;   /* a chunk asked after the first (-1: none asked) */
 } fake_gw;
 
 static void to_hex(const unsigned char *d, char *out) {
@@ -119,6 +121,13 @@ static void fake_handler(void *user, rpc_call *call, const uint8_t *msg, size_t 
         return;
     }
     uint64_t off = q.offset, want = q.len;
+    if (g->probe_dir[0] && off > 0) {
+        char path[PATH_MAX + WORKER_HASH_HEX_LEN + 2], name[WORKER_HASH_HEX_LEN + 1];
+        memset(name, '1', WORKER_HASH_HEX_LEN);
+        name[WORKER_HASH_HEX_LEN] = 0;
+        snprintf(path, sizeof path, "%s/%s", g->probe_dir, name);
+        atomic_store(&g->probe_later, access(path, F_OK) == 0);
+    }
     uint64_t size = CONTENT_BYTES;
     uint64_t n = off >= size ? 0 : (size - off < want ? size - off : want);
     uint8_t buf[CHUNK * 4];
@@ -392,9 +401,15 @@ static void cache_budget_prunes_least_recently_used(void **state) {
     aicfn_error e;
     assert_int_equal(worker_fetcher_create(&c, &f, &e), AICFN_OK);
     char local[PATH_MAX];
+    snprintf(fx->g->probe_dir, sizeof fx->g->probe_dir, "%s", fx->dir);
+    atomic_store(&fx->g->probe_later, -1);
     int rc = worker_fetch(f, fx->g->hash, local, sizeof local, &e);
     if (rc != AICFN_OK) fail_msg("fetch: %s", e.msg);
-    /* 4500 fetched + 9000 cached > 8000: the oldest go until the rest fits (7500). */
+    fx->g->probe_dir[0] = '\0';
+    /* 4500 fetched + 9000 cached > 8000: the oldest go until the rest fits (7500), and
+     * before the download writes (once its size is known): downloads at once must not
+     * fill the disk together. */
+    assert_int_equal(atomic_load(&fx->g->probe_later), 0);
     assert_false(has_file(fx->dir, '1'));
     assert_false(has_file(fx->dir, '2'));
     assert_true(has_file(fx->dir, '3'));
