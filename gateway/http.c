@@ -900,6 +900,17 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
         ht_set_error(r, AICFN_E_UNAVAILABLE, "the gateway is stopping");
         return false;
     }
+    /* Without API keys (--insecure-local) every local process is trusted, but not a web
+     * page the user happens to visit: its script can aim a "simple" POST (no preflight)
+     * at 127.0.0.1. Browsers send Origin with every POST and every cross-origin request;
+     * command-line and library clients send none. */
+    if (!h->cb.authenticate &&
+        gw_mhd()->lookup_connection_value(r->conn, MHD_HEADER_KIND, MHD_HTTP_HEADER_ORIGIN)) {
+        ht_set_error(r, AICFN_E_FORBIDDEN,
+                     "a gateway serving without API keys (--insecure-local) takes no requests from web "
+                     "pages (the request has an Origin header)");
+        return false;
+    }
     if (ht_route_needs_auth(h, r->route) && h->cb.authenticate) {
         const char *key = ht_bearer(r->conn);
         if (key == NULL) {

@@ -206,6 +206,22 @@ def test_body_limit_and_headers(procs, tmp_path):
     assert http_req(hport, "GET", "/v2/health/live")[0] == 200
 
 
+def test_insecure_local_refuses_web_pages(procs, tmp_path):
+    # --insecure-local trusts every local process, not a web page the user visits: its
+    # script can send a "simple" POST (no CORS preflight) to 127.0.0.1, and browsers mark
+    # every POST with Origin. Such requests are refused 403 before anything runs; a
+    # client without Origin is served.
+    addr, hport, data, g = start(procs, tmp_path)
+    body = b'{"inputs":[]}'
+    st, _, out = http_req(hport, "POST", "/v2/repository/models/mlp/unload", body=body,
+                          headers={"Origin": "https://evil.example", "Content-Type": "text/plain"})
+    assert st == 403, (st, out)
+    assert b"Origin" in out and b"insecure-local" in out, out
+    st, _, _ = http_req(hport, "POST", "/v2/models/mlp/infer", body=body, headers={"Origin": "null"})
+    assert st == 403
+    assert http_req(hport, "GET", "/v2/health/live")[0] == 200
+
+
 def test_connection_limits(procs, tmp_path):
     """Connections per client address are bounded (64 by default), and --http-per-ip sets the
     bound or, with 0, lifts it (a gateway behind a load balancer sees every client at the
