@@ -2,9 +2,9 @@
  * with keys.h, model metadata from the registry (inputs/outputs declared in the
  * manifest), inference through gw_invoke_submit (the same call path as the NNG front),
  * the repository index, and the gauges refreshed from the worker pool before each
- * /metrics scrape. Rate limits and daily quotas go through gw_invoke_admit (one
- * gw_limits for the whole gateway, shared with the NNG front); calls are counted in the
- * gateway's call path (gateway.c), not here, so none is counted twice.
+ * /metrics scrape. Rate limits and daily quotas go through gw_invoke_precheck, at the
+ * request's head (one gw_limits for the whole gateway, shared with the NNG front); calls
+ * are counted in the gateway's call path (gateway.c), not here, so none is counted twice.
  *
  * Not for: HTTP parsing or limits (http.c), JSON tensors (oip.c). */
 #include "gateway/front_http.h"
@@ -109,7 +109,9 @@ static void fh_done(void *user, const gw_invoke_result *res) {
     free(p);
 }
 
-/* Before the body: a caller over its rate or quota is refused without reading it. */
+/* Before the body: the call is admitted against the caller's rate and quota (a caller
+ * over them is refused without its body being read; one within them has spent its token
+ * before the body is read and parsed). */
 static int fh_precheck(void *ctx, const char *model, uint32_t version, const gw_http_principal *who,
                        uint32_t *retry_after_s, aicfn_error *err) {
     gw_front_http *f = ctx;
@@ -118,13 +120,13 @@ static int fh_precheck(void *ctx, const char *model, uint32_t version, const gw_
                               retry_after_s, err);
 }
 
-/* After the body: a request refused for the caller's fault still counts (its rate). */
-static int fh_refused(void *ctx, const char *model, uint32_t version, const gw_http_principal *who, int code,
-                      uint32_t *retry_after_s, aicfn_error *err) {
+/* After the body: a request refused for the caller's fault gets its ledger row (it was
+ * admitted, and counted against the caller's limits, at its head). */
+static void fh_refused(void *ctx, const char *model, uint32_t version, const gw_http_principal *who,
+                       int code) {
     gw_front_http *f = ctx;
     uint64_t id = atomic_fetch_add(&f->next_id, 1) + 1;
-    return gw_invoke_refused(f->gw, id, model, version, who->tenant, who->rate_per_s, who->quota_per_day,
-                             code, retry_after_s, err);
+    gw_invoke_refused(f->gw, id, model, version, who->tenant, code);
 }
 
 static int fh_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aicfn_error *err) {
@@ -145,18 +147,7 @@ static int fh_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aic
     req.inputs = inv->req->inputs;
     req.params = inv->req->params;
     req.params_len = inv->req->params_len;
-    const char *tenant = inv->principal ? inv->principal->tenant : "local";
-    if (inv->principal) {
-        uint32_t retry = 0;
-        aicfn_error e;
-        int lrc = gw_invoke_admit(f->gw, &req, tenant, inv->principal->rate_per_s,
-                                  inv->principal->quota_per_day, &retry, &e);
-        if (lrc != AICFN_OK) {
-            free(p);
-            gw_http_complete(call, lrc, &e, NULL, retry);
-            return AICFN_OK;
-        }
-    }
+    const char *tenant = inv->principal ? inv->principal->tenant : "local"; /* admitted at its head */
     uint64_t call_id = 0;
     int rc = gw_invoke_submit(f->gw, &req, tenant, fh_done, p, &call_id, err);
     if (rc != AICFN_OK) {

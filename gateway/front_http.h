@@ -22,10 +22,10 @@ typedef struct gw_front_http gw_front_http;
  * cold starts, evictions and NNG calls recorded by the gateway appear too); when both
  * are NULL it serves the gateway's own registry (gw_gateway_metrics). Calls are counted
  * by the gateway where they complete (aicfn_calls_total, aicfn_call_duration_seconds),
- * never by this front. Rate limits and quotas go through gw_invoke_admit (shared with the
- * NNG front). Repository load/unload run gw_model_load/gw_model_unload. `opts` (NULL:
- * the defaults) bounds the connections and says who may scrape /metrics. Returns AICFN_OK
- * and *out, or the error of gw_http_start. */
+ * never by this front. Rate limits and quotas go through gw_invoke_precheck at a
+ * request's head (gw_invoke_admit, shared with the NNG front). Repository load/unload run
+ * gw_model_load/gw_model_unload. `opts` (NULL: the defaults) bounds the connections and
+ * says who may scrape /metrics. Returns AICFN_OK and *out, or the error of gw_http_start. */
 typedef struct gw_front_http_opts {
     unsigned connections; /* open HTTP connections at most; 0: AICFN_HTTP_MAX_CONNECTIONS */
     unsigned per_ip;      /* from one client address; 0: AICFN_HTTP_MAX_CONNECTIONS_PER_IP,

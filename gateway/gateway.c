@@ -3652,21 +3652,12 @@ bool gw_invoke_cancel(gw_gateway *gw, uint64_t call_id, const char *why) {
 
 int gw_invoke_precheck(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
                        uint32_t rate_per_s, uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err) {
-    *retry_after_s = 0;
-    if (rate_per_s == 0 && quota_per_day == 0) return AICFN_OK; /* nothing this key could be refused */
-    aicfn_error local;
-    if (!err) err = &local;
-    int rc = gw_limits_peek(gw->limits, tenant ? tenant : "", rate_per_s, quota_per_day, clock_now_us(),
-                            clock_wall_us(), retry_after_s, err);
-    if (rc != AICFN_OK) {
-        wire_invoke_req req;
-        memset(&req, 0, sizeof req);
-        req.id = id;
-        req.fn = fn;
-        req.ver = ver;
-        gw_record_refused(gw, &req, 0, tenant, rc);
-    }
-    return rc;
+    wire_invoke_req req;
+    memset(&req, 0, sizeof req);
+    req.id = id;
+    req.fn = fn;
+    req.ver = ver;
+    return gw_invoke_admit(gw, &req, tenant, rate_per_s, quota_per_day, retry_after_s, err);
 }
 
 int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, uint32_t rate_per_s,
@@ -3684,22 +3675,14 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
     return rc;
 }
 
-int gw_invoke_refused(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
-                      uint32_t rate_per_s, uint64_t quota_per_day, int code, uint32_t *retry_after_s,
-                      aicfn_error *err) {
+void gw_invoke_refused(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
+                       int code) {
     wire_invoke_req req;
     memset(&req, 0, sizeof req);
     req.id = id;
     req.fn = fn;
     req.ver = ver;
-    aicfn_error lim;
-    int rc = gw_invoke_admit(gw, &req, tenant, rate_per_s, quota_per_day, retry_after_s, &lim);
-    if (rc != AICFN_OK) { /* recorded as that refusal */
-        if (err) *err = lim;
-        return rc;
-    }
     gw_record_refused(gw, &req, 0, tenant, code);
-    return AICFN_OK;
 }
 
 /* ---- Repository load / unload ------------------------------------------------------ */

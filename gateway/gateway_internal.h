@@ -62,24 +62,21 @@ void gw_metrics_refresh(gw_gateway *gw);
 int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, uint32_t rate_per_s,
                     uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err);
 
-/* gw_invoke_admit's decision for a call of fn:ver (0: active) before its request is
- * read, spending nothing: a front refuses a caller over its rate or quota before it
- * reads (and parses) a body. A refusal is recorded as gw_invoke_admit records one, with
- * `id` as its request id (the call never reaches gw_invoke_admit). AICFN_OK or AICFN_E_QUOTA with *retry_after_s.
- * Thread-safe; never blocks on I/O. */
+/* gw_invoke_admit for a call of fn:ver (0: active) whose request is not read yet: a front
+ * admits a call at its head, so that a caller over its rate or quota is refused before
+ * its body is read and parsed, and one within them has spent its token before that work
+ * (callers cannot have many bodies parsed at once on one token). A call so admitted is
+ * not admitted again. A refusal is recorded with `id` as its request id. Thread-safe;
+ * never blocks on I/O. */
 int gw_invoke_precheck(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
                        uint32_t rate_per_s, uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err);
 
-/* A call of fn:ver that a front refused for the caller's own fault (`code`: its request
- * does not parse, or does not match the function's signature) before gw_invoke_admit:
- * it is admitted against the caller's limits all the same, as a call the gateway
- * refuses (an unknown function) is, then recorded as refused with `code`, so a caller's
- * rate also bounds what its refused requests cost. AICFN_OK (recorded with `code`), or
- * gw_invoke_admit's refusal (AICFN_E_QUOTA, *retry_after_s, *err; recorded as that).
+/* Records a call of fn:ver that a front admitted at its head (gw_invoke_precheck) and then
+ * refused for the caller's own fault (`code`: its request does not parse, or does not
+ * match the function's signature): its ledger row and its count in aicfn_calls_total.
  * Thread-safe; never blocks on I/O. */
-int gw_invoke_refused(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
-                      uint32_t rate_per_s, uint64_t quota_per_day, int code, uint32_t *retry_after_s,
-                      aicfn_error *err);
+void gw_invoke_refused(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
+                       int code);
 
 /* Forgets cached function resolutions (after deploy, rm, activate). Thread-safe. */
 void gw_functions_changed(gw_gateway *gw);

@@ -657,19 +657,13 @@ static void ht_do_model(gw_http_call *r) {
 /* ---- Asynchronous endpoints ---- */
 
 /* Answers an infer refused after its body was read for the caller's own fault (code,
- * err): counted against the caller's limits first (cb.refused), whose refusal, if any,
- * is the answer instead. */
+ * err), recorded as such (cb.refused; the call was admitted against the caller's limits
+ * at its head). */
 static void ht_refuse_infer(gw_http_call *r, int code, aicfn_error *err) {
     gw_http *h = r->h;
     unsigned status = (unsigned)aicfn_http_status(code);
-    if (h->cb.refused && r->have_who && status >= 400 && status < 500 && status != 429) {
-        uint32_t retry = 0;
-        int rc = h->cb.refused(h->cb.ctx, r->model, r->version, &r->who, code, &retry, err);
-        if (rc != AICFN_OK) {
-            r->retry_after_s = retry;
-            code = rc;
-        }
-    }
+    if (h->cb.refused && r->have_who && status >= 400 && status < 500 && status != 429)
+        h->cb.refused(h->cb.ctx, r->model, r->version, &r->who, code);
     ht_set_error(r, code, err->msg);
 }
 

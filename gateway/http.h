@@ -122,22 +122,20 @@ typedef struct gw_http_callbacks {
                       aicfn_error *err);
     /* Starts an inference. Returns AICFN_OK when started: gw_http_complete will then be
      * called exactly once, from any thread, possibly before infer returns. Any other
-     * return means nothing started and the call is answered with that error. Rate limits
-     * and quotas are checked here (complete with AICFN_E_QUOTA and a retry_after_s). */
+     * return means nothing started and the call is answered with that error. An
+     * authenticated call was admitted against its caller's limits at precheck. */
     int (*infer)(void *ctx, gw_http_call *call, const gw_http_infer *inv, aicfn_error *err);
-    /* Before an infer's body is read: AICFN_E_QUOTA (with *retry_after_s) when the
-     * caller's rate or quota would refuse the call now, without spending anything, so a
-     * caller over its limits costs no body upload or parse. NULL = no early check. */
+    /* Before an authenticated infer's body is read: admits the call against the caller's
+     * rate and quota, spending its token, or refuses it (AICFN_E_QUOTA with
+     * *retry_after_s), so a caller over its limits costs no body upload or parse, and a
+     * caller within them cannot have more bodies read and parsed than its rate allows.
+     * NULL = no limits. */
     int (*precheck)(void *ctx, const char *model, uint32_t version, const gw_http_principal *who,
                     uint32_t *retry_after_s, aicfn_error *err);
     /* An infer refused after its body was read (it does not parse, or does not match the
-     * function's signature; `code` and *err say why), before infer was called: it is
-     * counted as a call the gateway refused, against the caller's rate and quota, so a
-     * caller's rate also bounds what its refused bodies cost. Returns AICFN_OK to answer
-     * with `code` and *err, or the limits' refusal (AICFN_E_QUOTA, *retry_after_s, *err
-     * rewritten) to answer instead. NULL = refusals are not counted. */
-    int (*refused)(void *ctx, const char *model, uint32_t version, const gw_http_principal *who, int code,
-                   uint32_t *retry_after_s, aicfn_error *err);
+     * function's signature; `code` says why), before infer was called: recorded as a call
+     * the gateway refused (its precheck counted it). NULL = refusals are not recorded. */
+    void (*refused)(void *ctx, const char *model, uint32_t version, const gw_http_principal *who, int code);
     /* Repository extension, same contract as infer (complete with res = NULL): load makes
      * the model resident on a worker, unload evicts it everywhere. NULL = 404. */
     int (*load)(void *ctx, gw_http_call *call, const char *model, uint32_t version,

@@ -356,9 +356,8 @@ static lim_entry *lim_get(gw_limits *l, const char *tenant) {
     return e;
 }
 
-/* gw_limits_check, and with !take gw_limits_peek: the same decision, nothing spent. */
-static int lim_apply(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
-                     uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err, bool take) {
+int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
+                    uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err) {
     *retry_after_s = 0;
     pthread_mutex_lock(&l->mu);
     lim_entry *e = lim_get(l, tenant);
@@ -407,22 +406,12 @@ static int lim_apply(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint
         *retry_after_s = (uint32_t)(s ? s : 1);
         rc = aicfn_error_set(err, AICFN_E_QUOTA, "tenant %.64s is over its rate of %u calls/s; retry in %u s",
                              tenant, rate_per_s, *retry_after_s);
-    } else if (take) {
+    } else {
         if (rate_per_s) e->micro_tokens -= LIM_TOKEN;
         e->used++;
     }
     pthread_mutex_unlock(&l->mu);
     return rc;
-}
-
-int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
-                    uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err) {
-    return lim_apply(l, tenant, rate_per_s, quota_per_day, mono_us, wall_us, retry_after_s, err, true);
-}
-
-int gw_limits_peek(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
-                   uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err) {
-    return lim_apply(l, tenant, rate_per_s, quota_per_day, mono_us, wall_us, retry_after_s, err, false);
 }
 
 void gw_limits_seed(gw_limits *l, const char *tenant, uint64_t calls_today, uint64_t now_us) {

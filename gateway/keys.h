@@ -131,11 +131,6 @@ void gw_limits_destroy(gw_limits *l); /* NULL accepted */
 int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
                     uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err);
 
-/* gw_limits_check's decision without spending anything (a token refilled meanwhile is
- * kept): for a front that can refuse before it reads a request's body. */
-int gw_limits_peek(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
-                   uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err);
-
 /* Sets tenant's count of calls already admitted on the UTC day of now_us (seeding from
  * the ledger at start, so a restart does not reset quotas). */
 void gw_limits_seed(gw_limits *l, const char *tenant, uint64_t calls_today, uint64_t now_us);

@@ -332,6 +332,28 @@ def test_keys_over_http(procs, tmp_path):
     wait_for(lambda: db_rows(data, "SELECT count(*) FROM invocations WHERE tenant = 'acme' AND "
                                    "status = 'AICFN_E_INVALID'")[0][0] >= len(got) - 1, 10, what="refused rows")
     time.sleep(1.5)  # the rate's tokens back
+    # A call spends its token at its head, before its body is read: callers cannot have
+    # more bodies read and parsed at once than their rate allows. Of four requests whose
+    # heads come together (bodies of 10 MB not sent yet), two (the bucket) wait for their
+    # bodies and two are answered 429 at once.
+    head = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {user}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n").encode()
+    socks = [socket.create_connection(("127.0.0.1", hport), timeout=5) for _ in range(4)]
+    try:
+        for s in socks:
+            s.sendall(head)
+        answered = []
+        for s in socks:
+            s.settimeout(1.5)
+            try:
+                answered.append(s.recv(4096).split(b"\r\n")[0])
+            except socket.timeout:
+                pass
+        assert answered == [b"HTTP/1.1 429 Too Many Requests"] * 2, answered
+    finally:
+        for s in socks:
+            s.close()
+    time.sleep(1.5)  # the rate's tokens back
     # Non-admin repository changes: 403.
     st, _, b = http_req(hport, "POST", "/v2/repository/models/mlp/load", b"{}", auth)
     assert st == 403 and "error" in json.loads(b)

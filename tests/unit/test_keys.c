@@ -235,30 +235,6 @@ static void no_plaintext_in_db_files(void **state) {
     }
 }
 
-/* gw_limits_peek: check's decision, nothing spent (the HTTP front's early refusal). */
-static void peek_decides_like_check_and_spends_nothing(void **state) {
-    (void)state;
-    gw_limits *l = NULL;
-    assert_int_equal(gw_limits_create(&l, NULL), AICFN_OK);
-    uint32_t retry = 0;
-    aicfn_error err;
-    uint64_t t0 = 20000 * 86400ull * 1000000ull + 1000;
-    for (int i = 0; i < 100; i++) /* peeks never drain the burst of 2 */
-        assert_int_equal(gw_limits_peek(l, "p", 2, 3, t0, t0, &retry, &err), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "p", 2, 3, t0, t0, &retry, &err), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "p", 2, 3, t0, t0, &retry, &err), AICFN_OK);
-    assert_int_equal(gw_limits_peek(l, "p", 2, 3, t0, t0, &retry, &err), AICFN_E_QUOTA); /* rate */
-    assert_int_equal(retry, 1);
-    assert_non_null(strstr(err.msg, "rate"));
-    /* A second later one token is back: peek sees it and leaves it; the quota (3 a day)
-     * has one call left, which peeks do not use either. */
-    assert_int_equal(gw_limits_peek(l, "p", 2, 3, t0 + 1000000, t0 + 1000000, &retry, &err), AICFN_OK);
-    assert_int_equal(gw_limits_check(l, "p", 2, 3, t0 + 1000000, t0 + 1000000, &retry, &err), AICFN_OK);
-    assert_int_equal(gw_limits_peek(l, "p", 2, 3, t0 + 9000000, t0 + 9000000, &retry, &err), AICFN_E_QUOTA);
-    assert_non_null(strstr(err.msg, "quota"));
-    gw_limits_destroy(l);
-}
-
 static void token_bucket_and_quota(void **state) {
     (void)state;
     gw_limits *l = NULL;
@@ -368,7 +344,6 @@ int main(void) {
         cmocka_unit_test_setup_teardown(key_cache_answers_without_the_database, setup, teardown),
         cmocka_unit_test_setup_teardown(no_plaintext_in_db_files, setup, teardown),
         cmocka_unit_test(token_bucket_and_quota),
-        cmocka_unit_test(peek_decides_like_check_and_spends_nothing),
         cmocka_unit_test_setup_teardown(quota_seeded_from_ledger, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
