@@ -91,6 +91,7 @@ struct gw_http_call {
     bool outputs_declared; /* infer: the function declares its outputs (checked before it ran) */
     uint8_t *body;
     size_t len, cap, reserved; /* reserved: bytes counted in h->buffered */
+    size_t input_copy;         /* of those, the gateway's copy of the inputs (freed once the call ran) */
     size_t announced;          /* Content-Length (0: none): the buffer grows up to it */
     size_t discarded;          /* body bytes dropped after the limit was passed */
     uint64_t received_us;
@@ -495,17 +496,31 @@ static int ht_fit_open_files(unsigned connections, aicfn_error *err) {
 
 /* ---- Body buffering ---- */
 
-static int ht_reserve(gw_http_call *r, size_t want) {
+/* ht_reserve up to `limit` bytes in all. */
+static int ht_reserve_within(gw_http_call *r, size_t want, size_t limit) {
     gw_http *h = r->h;
     if (want <= r->reserved) return AICFN_OK;
     size_t more = want - r->reserved;
     size_t prev = atomic_fetch_add(&h->buffered, more);
-    if (prev + more > h->cfg.max_buffered) {
+    if (prev + more > limit) {
         atomic_fetch_sub(&h->buffered, more);
         return AICFN_E_OVERLOADED;
     }
     r->reserved = want;
     return AICFN_OK;
+}
+
+static int ht_reserve(gw_http_call *r, size_t want) {
+    return ht_reserve_within(r, want, r->h->cfg.max_buffered);
+}
+
+/* ht_reserve for the answer of a call that ran: it may overdraw the budget up to twice
+ * it. A call that ran (and was billed) must not be answered "retry": a client retrying
+ * would run it again. While the budget is overdrawn new requests are refused, before
+ * they run, so the overdraft is bounded by the answers of calls already running. */
+static int ht_reserve_answer(gw_http_call *r, size_t want) {
+    size_t max = r->h->cfg.max_buffered;
+    return ht_reserve_within(r, want, max > SIZE_MAX / 2 ? SIZE_MAX : 2 * max);
 }
 
 /* Gives back what r holds past `want` (nothing when it holds less). */
@@ -702,6 +717,7 @@ static bool ht_start_async(gw_http_call *r) {
             const wire_tensor *t = &r->req.inputs[i];
             bool in_body = t->data >= r->body && t->data < r->body + r->len;
             held += (in_body ? 0 : (size_t)t->nbytes) + (size_t)t->nbytes;
+            r->input_copy += (size_t)t->nbytes;
         }
         if (ht_reserve(r, held) != AICFN_OK) {
             ht_set_error(r, AICFN_E_OVERLOADED, "too many request bytes in flight; retry");
@@ -794,19 +810,25 @@ void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const
             oip_body b;
             aicfn_error e2 = {0};
             /* The response counts in the buffered budget as the request did, from before it
-             * is encoded (its peak) until it is sent: a client reading slowly holds it. */
+             * is encoded (its peak) until it is sent: a client reading slowly holds it. The
+             * gateway's copy of the inputs is gone now that the call ran. */
+            ht_reserve_trim(r, r->reserved > r->input_copy ? r->reserved - r->input_copy : 0);
+            r->input_copy = 0;
             size_t held = r->reserved;
             size_t bound = oip_response_size_bound(&r->req, res->outputs, res->n_outputs);
             int rc = AICFN_OK;
             if (bound > h->cfg.max_buffered) /* would never fit: no retry helps, binary data does */
                 rc = aicfn_error_set(&e2, AICFN_E_TOO_LARGE,
-                                     "the response would take up to %zu bytes to build and send, over this "
-                                     "gateway's %zu; request large outputs with \"parameters\": "
-                                     "{\"binary_data\": true}",
+                                     "the call ran, but its response would take up to %zu bytes to build and "
+                                     "send, over this gateway's %zu; request large outputs with "
+                                     "\"parameters\": {\"binary_data\": true}",
                                      bound, h->cfg.max_buffered);
-            else if (ht_reserve(r, held + bound) != AICFN_OK)
-                rc = aicfn_error_set(&e2, AICFN_E_OVERLOADED,
-                                     "too many response bytes in flight (this one up to %zu); retry", bound);
+            else if (ht_reserve_answer(r, held + bound) != AICFN_OK)
+                rc = aicfn_error_set(&e2, AICFN_E_UNAVAILABLE,
+                                     "the call ran, but its response (up to %zu bytes) finds this gateway's "
+                                     "response memory overdrawn: it is lost (retry only if the function may "
+                                     "run twice)",
+                                     bound);
             else
                 rc = oip_response_encode(r->model, res->version ? res->version : r->version, &r->req,
                                          res->outputs, res->n_outputs, &b, &e2);

@@ -180,7 +180,8 @@ typedef struct gw_http_config {
                                   * decoded inputs and the gateway's copy of them, and its
                                   * response (oip_response_size_bound while it is encoded, then
                                   * its body until sent); AICFN_HTTP_MAX_BUFFERED (over it: 429
-                                  * AICFN_E_OVERLOADED; a response refused so ran all the same) */
+                                  * AICFN_E_OVERLOADED before the call runs; the response of a
+                                  * call that ran may overdraw it, up to twice it) */
 } gw_http_config;
 
 /* Starts the server: binds, then serves on MHD's internal epoll thread(s). `cfg` and `cb`

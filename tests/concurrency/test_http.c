@@ -1036,6 +1036,48 @@ static void responses_count_in_the_buffered_budget(void **state) {
     resp_free(&r);
 }
 
+/* A call that ran is answered even when the buffered budget (2 MiB here) is full by then:
+ * its response overdraws it (up to twice it) rather than be answered "retry" (a client
+ * retrying would run the call again). 28 clients hold 64 KiB each of announced bodies (1.75 MiB); a
+ * call with 32 KiB of input fits beside them, and its JSON answer of 8192 values (up to
+ * 640 KiB) does not. */
+static void a_call_that_ran_overdraws_the_budget_for_its_answer(void **state) {
+    fixture *fx = *state; /* max_body 1 MiB, max_buffered 2 MiB */
+    enum { N = 8192, IDLE = 28 };
+    char head[256];
+    int n = snprintf(head, sizeof head,
+                     "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: t\r\n" USER "Content-Length: %d\r\n\r\n{",
+                     1 << 20);
+    int idle[IDLE];
+    for (int i = 0; i < IDLE; i++) {
+        idle[i] = dial(fx->port);
+        assert_int_equal(send_all(idle[i], head, (size_t)n), 0);
+    }
+    sleep_ms(300); /* the server has read their headers and first byte */
+    char js[512];
+    int jl = snprintf(js, sizeof js,
+                      "{\"inputs\":[{\"name\":\"x\",\"shape\":[%d,4],\"datatype\":\"FP32\",\"parameters\":"
+                      "{\"binary_data_size\":%d}}],\"outputs\":[{\"name\":\"y\"}]}",
+                      N / 4, N * 4);
+    uint8_t *body = calloc(1, (size_t)jl + N * 4);
+    assert_non_null(body);
+    memcpy(body, js, (size_t)jl);
+    char h[160];
+    snprintf(h, sizeof h,
+             USER "Inference-Header-Content-Length: %d\r\nContent-Type: application/octet-stream\r\n", jl);
+    resp r;
+    req(fx, "POST", "/v2/models/mlp/infer", h, body, (size_t)jl + N * 4, &r);
+    free(body);
+    if (r.status != 200) fail_msg("status %d: %.*s", r.status, (int)r.body_len, r.body);
+    resp_free(&r);
+    for (int i = 0; i < IDLE; i++)
+        close(idle[i]);
+    sleep_ms(300); /* their shares given back */
+    req(fx, "POST", "/v2/models/mlp/infer", USER, INFER_BODY, strlen(INFER_BODY), &r);
+    check_y(&r, "q1");
+    resp_free(&r);
+}
+
 static void body_limit_413_before_read(void **state) {
     fixture *fx = *state; /* max_body 4096 */
     int fd = dial(fx->port);
@@ -1425,6 +1467,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(metrics_public_needs_no_key, setup_public_metrics, teardown),
         cmocka_unit_test_setup_teardown(client_gone_is_reported_for_a_waiting_call, setup, teardown),
         cmocka_unit_test_setup_teardown(responses_count_in_the_buffered_budget, setup_small_budget, teardown),
+        cmocka_unit_test_setup_teardown(a_call_that_ran_overdraws_the_budget_for_its_answer,
+                                        setup_small_budget, teardown),
         cmocka_unit_test_setup_teardown(announced_bodies_reserve_as_they_arrive, setup_small_budget,
                                         teardown),
         cmocka_unit_test_setup_teardown(bodyless_endpoints_buffer_nothing, setup_small_budget, teardown),
