@@ -87,6 +87,10 @@
 /* `coldstarts` waits this long for the ledger's queued records to commit, then answers
  * with what is committed. */
 #define AICFN_GW_COLDSTARTS_FLUSH_MS 1000
+/* Ledger rows written for a tenant's calls refused over its rate or quota, at most (a
+ * token bucket of this many a second): a caller past its limits cannot grow aicfn.db at
+ * the rate it sends. The rest are counted (aicfn_calls_total, a log line) but not rows. */
+#define AICFN_GW_REFUSED_ROWS_PER_S 10
 /* Calls that timed out at a worker, kept to bill the loads they made (gaveup.h). */
 #define AICFN_GW_GAVE_UP_CALLS 1024
 #define AICFN_GW_GAVE_UP_MAX_AGE_MS 600000 /* ... for this long at most */

@@ -3591,8 +3591,18 @@ static void gw_record_refused(gw_gateway *gw, const wire_invoke_req *req, uint32
         r.version = f->ver;
     }
     pthread_mutex_unlock(&gw->mu);
-    gw_ledger_submit_invocation(gw->ledger, &r);
     gw_stdmetrics_refused(&gw->std, fn, ver, rc);
+    /* A caller past its limits may keep sending: its refusals' rows are bounded (each is
+     * counted all the same), so it cannot grow aicfn.db at the rate it sends. */
+    uint64_t unrecorded = 0;
+    if (rc == AICFN_E_QUOTA && !gw_limits_refusal_recorded(gw->limits, r.tenant, clock_now_us(), &unrecorded))
+        return;
+    if (unrecorded)
+        log_warn(
+            "tenant %.64s: %llu calls refused over its limits were counted but not written to the ledger "
+            "(at most %d such rows a second)",
+            r.tenant, (unsigned long long)unrecorded, AICFN_GW_REFUSED_ROWS_PER_S);
+    gw_ledger_submit_invocation(gw->ledger, &r);
 }
 
 int gw_invoke_submit(gw_gateway *gw, const wire_invoke_req *req, const char *tenant, gw_invoke_done_fn done,

@@ -304,6 +304,9 @@ typedef struct lim_entry {
     uint64_t day;          /* UTC day number of `used` */
     uint64_t used;         /* calls admitted on `day` */
     bool fresh;            /* bucket not yet initialized */
+    uint64_t refusal_rows; /* micro-tokens of refusal rows (gw_limits_refusal_recorded) */
+    uint64_t refusal_last_us; /* their last refill; 0: never */
+    uint64_t unrecorded;      /* refusals without a row since the last one with */
     char tenant[];
 } lim_entry;
 
@@ -412,6 +415,36 @@ int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint6
     }
     pthread_mutex_unlock(&l->mu);
     return rc;
+}
+
+bool gw_limits_refusal_recorded(gw_limits *l, const char *tenant, uint64_t mono_us, uint64_t *unrecorded) {
+    if (unrecorded) *unrecorded = 0;
+    const uint64_t cap = (uint64_t)AICFN_GW_REFUSED_ROWS_PER_S * LIM_TOKEN;
+    pthread_mutex_lock(&l->mu);
+    lim_entry *e = lim_get(l, tenant);
+    if (!e) { /* out of memory: the row is written (the bound is not kept for it) */
+        pthread_mutex_unlock(&l->mu);
+        return true;
+    }
+    if (e->refusal_last_us == 0) {
+        e->refusal_rows = cap;
+        e->refusal_last_us = mono_us;
+    } else if (mono_us > e->refusal_last_us) { /* as lim's rate bucket: a second refills it */
+        uint64_t elapsed = mono_us - e->refusal_last_us;
+        uint64_t add = elapsed < LIM_TOKEN ? elapsed * AICFN_GW_REFUSED_ROWS_PER_S : cap;
+        e->refusal_rows = cap - e->refusal_rows <= add ? cap : e->refusal_rows + add;
+        e->refusal_last_us = mono_us;
+    }
+    bool recorded = e->refusal_rows >= LIM_TOKEN;
+    if (recorded) {
+        e->refusal_rows -= LIM_TOKEN;
+        if (unrecorded) *unrecorded = e->unrecorded;
+        e->unrecorded = 0;
+    } else {
+        e->unrecorded++;
+    }
+    pthread_mutex_unlock(&l->mu);
+    return recorded;
 }
 
 void gw_limits_seed(gw_limits *l, const char *tenant, uint64_t calls_today, uint64_t now_us) {

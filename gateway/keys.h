@@ -131,6 +131,13 @@ void gw_limits_destroy(gw_limits *l); /* NULL accepted */
 int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
                     uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err);
 
+/* Whether a refusal of `tenant`'s call over its limits (AICFN_E_QUOTA) at monotonic
+ * mono_us gets its ledger row: true at most AICFN_GW_REFUSED_ROWS_PER_S times a second
+ * per tenant (a bucket of that many). *unrecorded (may be NULL): the tenant's refusals
+ * not recorded since the last answer that returned it nonzero, set when this one is
+ * recorded (0 otherwise), so the caller can say how many went unwritten. */
+bool gw_limits_refusal_recorded(gw_limits *l, const char *tenant, uint64_t mono_us, uint64_t *unrecorded);
+
 /* Sets tenant's count of calls already admitted on the UTC day of now_us (seeding from
  * the ledger at start, so a restart does not reset quotas). */
 void gw_limits_seed(gw_limits *l, const char *tenant, uint64_t calls_today, uint64_t now_us);

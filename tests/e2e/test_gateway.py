@@ -2606,8 +2606,21 @@ def test_daily_quota_counts_every_call_of_the_tenant(procs, tmp_path):
     rows = wait_rows(data, "SELECT version FROM invocations WHERE status = 'AICFN_E_QUOTA'", (), 1)
     assert rows == [(1,)], rows
     g.stop()
-    start("gateway2")
+    g = start("gateway2")
     assert inv(capped) == "AICFN_E_QUOTA"
+    # A caller past its limits that keeps sending cannot grow aicfn.db at its rate: its
+    # refusals get at most 10 ledger rows a second (all are refused and counted), and the
+    # next row written after a pause says how many went without.
+    before = db_rows(data, "SELECT count(*) FROM invocations WHERE status = 'AICFN_E_QUOTA'")[0][0]
+    t0 = time.monotonic()
+    assert [inv(capped) for _ in range(60)] == ["AICFN_E_QUOTA"] * 60
+    took = time.monotonic() - t0
+    time.sleep(1.1)
+    assert inv(capped) == "AICFN_E_QUOTA"
+    wait_for(lambda: "counted but not written to the ledger" in g.stderr(), 10, what="the unwritten count")
+    time.sleep(0.3)  # the ledger commits every 100 ms
+    rows = db_rows(data, "SELECT count(*) FROM invocations WHERE status = 'AICFN_E_QUOTA'")[0][0] - before
+    assert 10 <= rows <= 10 + 10 * took + 2, (rows, took)
 
 
 # ---- per-function scaling (aicfn.yaml scaling: min_workers, max_workers, idle_timeout) ----

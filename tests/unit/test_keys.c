@@ -337,8 +337,38 @@ static void quota_seeded_from_ledger(void **state) {
     gw_limits_destroy(l);
 }
 
+/* Refusals over the limits get ledger rows at most AICFN_GW_REFUSED_ROWS_PER_S a second
+ * per tenant; the next row written says how many went without. */
+static void refusal_rows_are_bounded_per_tenant(void **state) {
+    (void)state;
+    gw_limits *l = NULL;
+    assert_int_equal(gw_limits_create(&l, NULL), AICFN_OK);
+    uint64_t t0 = 5000000, skipped = 99;
+    for (int i = 0; i < AICFN_GW_REFUSED_ROWS_PER_S; i++)
+        assert_true(gw_limits_refusal_recorded(l, "flood", t0, &skipped));
+    assert_int_equal(skipped, 0);
+    for (int i = 0; i < 1000; i++)
+        assert_false(gw_limits_refusal_recorded(l, "flood", t0 + (uint64_t)i, &skipped));
+    assert_true(gw_limits_refusal_recorded(l, "other", t0, NULL)); /* its own bucket */
+    /* Half a second later half the bucket is back; the first says what went without. */
+    uint64_t t1 = t0 + 500000;
+    assert_true(gw_limits_refusal_recorded(l, "flood", t1, &skipped));
+    assert_int_equal(skipped, 1000);
+    for (int i = 1; i < AICFN_GW_REFUSED_ROWS_PER_S / 2; i++) {
+        assert_true(gw_limits_refusal_recorded(l, "flood", t1, &skipped));
+        assert_int_equal(skipped, 0);
+    }
+    assert_false(gw_limits_refusal_recorded(l, "flood", t1, &skipped));
+    /* A clock read before another thread's (older) refills nothing and breaks nothing. */
+    assert_false(gw_limits_refusal_recorded(l, "flood", t0, &skipped));
+    assert_true(gw_limits_refusal_recorded(l, "flood", t1 + 2000000, &skipped));
+    assert_int_equal(skipped, 2);
+    gw_limits_destroy(l);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(refusal_rows_are_bounded_per_tenant),
         cmocka_unit_test_setup_teardown(create_authenticate_revoke, setup, teardown),
         cmocka_unit_test_setup_teardown(roles_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(key_cache_answers_without_the_database, setup, teardown),
