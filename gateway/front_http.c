@@ -129,6 +129,13 @@ static void fh_refused(void *ctx, const char *model, uint32_t version, const gw_
     gw_invoke_refused(f->gw, id, model, version, who->tenant, code);
 }
 
+/* An infer admitted at its head that never reached fh_infer for the gateway's reason or
+ * its client's leaving: the admission is undone. */
+static void fh_unadmit(void *ctx, const gw_http_principal *who) {
+    gw_front_http *f = ctx;
+    gw_invoke_unadmit(f->gw, who->tenant, who->rate_per_s, who->quota_per_day);
+}
+
 static int fh_infer(void *ctx, gw_http_call *call, const gw_http_infer *inv, aicfn_error *err) {
     gw_front_http *f = ctx;
     fh_pending *p = calloc(1, sizeof *p);
@@ -296,6 +303,7 @@ int gw_front_http_start(gw_gateway *gw, const char *listen, const char *version,
                                 .live = fh_live,
                                 .ready = fh_ready,
                                 .refused = gw_insecure_local(gw) ? NULL : fh_refused,
+                                .unadmit = gw_insecure_local(gw) ? NULL : fh_unadmit,
                                 .client_gone = fh_client_gone};
         gw_http_config cfg = {
             .listen = listen, .metrics = f->metrics, .std = &f->std, .server_version = version};

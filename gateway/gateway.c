@@ -3685,6 +3685,12 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
     return rc;
 }
 
+void gw_invoke_unadmit(gw_gateway *gw, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day) {
+    if (rate_per_s == 0 && quota_per_day == 0 && (tenant == NULL || gw->insecure_local))
+        return; /* as admit */
+    gw_limits_refund(gw->limits, tenant ? tenant : "", rate_per_s, clock_wall_us());
+}
+
 void gw_invoke_refused(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
                        int code) {
     wire_invoke_req req;

@@ -71,6 +71,11 @@ int gw_invoke_admit(gw_gateway *gw, const wire_invoke_req *req, const char *tena
 int gw_invoke_precheck(gw_gateway *gw, uint64_t id, const char *fn, uint32_t ver, const char *tenant,
                        uint32_t rate_per_s, uint64_t quota_per_day, uint32_t *retry_after_s, aicfn_error *err);
 
+/* Undoes gw_invoke_precheck's admission of a call that then never reached the gateway for
+ * the gateway's own reason (its buffers full, it is stopping) or because its client left
+ * before its body: no row, and neither its token nor its count today spent. Thread-safe. */
+void gw_invoke_unadmit(gw_gateway *gw, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day);
+
 /* Records a call of fn:ver that a front admitted at its head (gw_invoke_precheck) and then
  * refused for the caller's own fault (`code`: its request does not parse, or does not
  * match the function's signature): its ledger row and its count in aicfn_calls_total.

@@ -88,6 +88,8 @@ struct gw_http_call {
     char *key;
     gw_http_principal who;
     bool have_who;
+    bool admitted;         /* infer: admitted against the caller's limits at its head (precheck) */
+    bool submitted;        /* infer: handed to cb.infer, which records it from then on */
     bool outputs_declared; /* infer: the function declares its outputs (checked before it ran) */
     uint8_t *body;
     size_t len, cap, reserved; /* reserved: bytes counted in h->buffered */
@@ -102,6 +104,7 @@ struct gw_http_call {
     bool gone;             /* client_gone was called for it */
     /* the answer, once known */
     unsigned status;
+    int code; /* AICFN_E_* of an error answer (0: none) */
     uint8_t *resp;
     size_t resp_len;
     size_t json_len; /* < resp_len: binary tensor data follows */
@@ -292,12 +295,14 @@ static void ht_set_error(gw_http_call *r, int code, const char *msg) {
     char *j = oip_error_json(code, msg && msg[0] ? msg : aicfn_strerror(code));
     unsigned status = (unsigned)aicfn_http_status(code);
     ht_set_answer(r, status, (uint8_t *)j, j ? strlen(j) : 0, j ? strlen(j) : 0, "application/json");
+    r->code = code;
     if ((code == AICFN_E_QUOTA || code == AICFN_E_OVERLOADED) && r->retry_after_s == 0) r->retry_after_s = 1;
 }
 
 static void ht_set_error_status(gw_http_call *r, unsigned status, int code, const char *msg) {
     char *j = oip_error_json(code, msg);
     ht_set_answer(r, status, (uint8_t *)j, j ? strlen(j) : 0, j ? strlen(j) : 0, "application/json");
+    r->code = code;
 }
 
 static void ht_set_json(gw_http_call *r, unsigned status, char *json) {
@@ -567,12 +572,28 @@ static void ht_call_free(gw_http_call *r) {
     free(r);
 }
 
+/* Settles an infer admitted against its caller's limits at its head (precheck) that never
+ * reached cb.infer: refused for the caller's own fault (a 4xx answer other than 429: its
+ * body too large or malformed, not the function's signature) it is recorded as refused,
+ * counted as a call; refused for the gateway's own reason (its buffers full, stopping), or
+ * left by its client before its body, its admission is undone. */
+static void ht_settle_admission(gw_http_call *r) {
+    if (!r->admitted || r->submitted) return;
+    gw_http *h = r->h;
+    if (r->code && r->status >= 400 && r->status < 500 && r->status != 429) {
+        if (h->cb.refused) h->cb.refused(h->cb.ctx, r->model, r->version, &r->who, r->code);
+    } else if (h->cb.unadmit) {
+        h->cb.unadmit(h->cb.ctx, &r->who);
+    }
+}
+
 static void ht_request_completed(void *cls, struct MHD_Connection *c, void **con_cls,
                                  enum MHD_RequestTerminationCode toe) {
     (void)toe;
     gw_http *h = cls;
     gw_http_call *r = *con_cls;
     *con_cls = NULL;
+    if (r) ht_settle_admission(r);
     ht_call_free(r);
     /* The deadline goes on covering the connection until the next request line, which
      * restarts it (ht_uri_arrived): a client idle on a kept-alive connection (MHD's idle
@@ -671,17 +692,6 @@ static void ht_do_model(gw_http_call *r) {
 
 /* ---- Asynchronous endpoints ---- */
 
-/* Answers an infer refused after its body was read for the caller's own fault (code,
- * err), recorded as such (cb.refused; the call was admitted against the caller's limits
- * at its head). */
-static void ht_refuse_infer(gw_http_call *r, int code, aicfn_error *err) {
-    gw_http *h = r->h;
-    unsigned status = (unsigned)aicfn_http_status(code);
-    if (h->cb.refused && r->have_who && status >= 400 && status < 500 && status != 429)
-        h->cb.refused(h->cb.ctx, r->model, r->version, &r->who, code);
-    ht_set_error(r, code, err->msg);
-}
-
 /* Starts infer/load/unload. Returns true when the call is now WAITING for completion. */
 static bool ht_start_async(gw_http_call *r) {
     gw_http *h = r->h;
@@ -695,18 +705,17 @@ static bool ht_start_async(gw_http_call *r) {
             errno = 0;
             unsigned long long v = strtoull(hl, &end, 10);
             if (errno || *end || end == hl || hl[0] == '-' || v > r->len) {
-                aicfn_error_set(&err, AICFN_E_INVALID, OIP_HEADER_LENGTH " is not a length within the body");
-                ht_refuse_infer(r, AICFN_E_INVALID, &err);
+                ht_set_error(r, AICFN_E_INVALID, OIP_HEADER_LENGTH " is not a length within the body");
                 return false;
             }
             json_len = (size_t)v;
         }
+        /* A request refused from here on for its own fault (a 4xx) is recorded as refused
+         * when it ends, one refused for the gateway's reason has its admission undone
+         * (ht_settle_admission). */
         rc = oip_request_parse(r->body, r->len, json_len, &r->req, &err);
         if (rc) {
-            if (rc == AICFN_E_NOMEM)
-                ht_set_error(r, rc, err.msg);
-            else
-                ht_refuse_infer(r, rc, &err);
+            ht_set_error(r, rc, err.msg);
             return false;
         }
         /* The call holds more than its body until it is answered: the tensors decoded from
@@ -745,7 +754,7 @@ static bool ht_start_async(gw_http_call *r) {
             }
             free(mi);
             if (rc) {
-                ht_refuse_infer(r, rc, &err);
+                ht_set_error(r, rc, err.msg);
                 return false;
             }
         }
@@ -770,6 +779,7 @@ static bool ht_start_async(gw_http_call *r) {
                              .received_us = r->received_us};
         rc = h->cb.infer ? h->cb.infer(h->cb.ctx, r, &inv, &err)
                          : aicfn_error_set(&err, AICFN_E_UNAVAILABLE, "inference is not connected");
+        r->submitted = rc == AICFN_OK;
     } else {
         int (*fn)(void *, gw_http_call *, const char *, uint32_t, const gw_http_principal *, aicfn_error *) =
             r->route == RT_LOAD ? h->cb.load : h->cb.unload;
@@ -968,6 +978,7 @@ static bool ht_begin(gw_http *h, gw_http_call *r, const char *method, const char
                 ht_set_error(r, rc, err.msg[0] ? err.msg : "over the rate limit");
                 return false;
             }
+            r->admitted = true; /* settled when the request ends, if infer never takes it */
         }
     }
     /* Both framings at once is the shape of request smuggling (RFC 9112 §6.1: a server

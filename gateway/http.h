@@ -136,6 +136,10 @@ typedef struct gw_http_callbacks {
      * function's signature; `code` says why), before infer was called: recorded as a call
      * the gateway refused (its precheck counted it). NULL = refusals are not recorded. */
     void (*refused)(void *ctx, const char *model, uint32_t version, const gw_http_principal *who, int code);
+    /* An infer admitted at precheck that never reached infer for the gateway's own reason
+     * (its buffers full, stopping) or because its client left before its body: the
+     * admission is undone (token and count given back). NULL = nothing to undo. */
+    void (*unadmit)(void *ctx, const gw_http_principal *who);
     /* Repository extension, same contract as infer (complete with res = NULL): load makes
      * the model resident on a worker, unload evicts it everywhere. NULL = 404. */
     int (*load)(void *ctx, gw_http_call *call, const char *model, uint32_t version,

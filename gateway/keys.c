@@ -417,6 +417,18 @@ int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint6
     return rc;
 }
 
+void gw_limits_refund(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t wall_us) {
+    pthread_mutex_lock(&l->mu);
+    lim_entry *e = lim_get(l, tenant);
+    if (e) {
+        uint64_t cap = (uint64_t)rate_per_s * LIM_TOKEN;
+        if (rate_per_s && !e->fresh)
+            e->micro_tokens = cap - e->micro_tokens <= LIM_TOKEN ? cap : e->micro_tokens + LIM_TOKEN;
+        if (e->used > 0 && wall_us / KEY_US_PER_DAY == e->day) e->used--;
+    }
+    pthread_mutex_unlock(&l->mu);
+}
+
 bool gw_limits_refusal_recorded(gw_limits *l, const char *tenant, uint64_t mono_us, uint64_t *unrecorded) {
     if (unrecorded) *unrecorded = 0;
     const uint64_t cap = (uint64_t)AICFN_GW_REFUSED_ROWS_PER_S * LIM_TOKEN;

@@ -131,6 +131,12 @@ void gw_limits_destroy(gw_limits *l); /* NULL accepted */
 int gw_limits_check(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t quota_per_day,
                     uint64_t mono_us, uint64_t wall_us, uint32_t *retry_after_s, aicfn_error *err);
 
+/* Undoes one gw_limits_check that admitted a call of `tenant` (with these limits) which
+ * then never reached the gateway for the gateway's own reason (its buffers full, it is
+ * stopping) or because its client left before its body: the token goes back to the
+ * bucket (up to its capacity) and the call out of the day's count (if still that day). */
+void gw_limits_refund(gw_limits *l, const char *tenant, uint32_t rate_per_s, uint64_t wall_us);
+
 /* Whether a refusal of `tenant`'s call over its limits (AICFN_E_QUOTA) at monotonic
  * mono_us gets its ledger row: true at most AICFN_GW_REFUSED_ROWS_PER_S times a second
  * per tenant (a bucket of that many). *unrecorded (may be NULL): the tenant's refusals

@@ -373,6 +373,28 @@ def test_keys_over_http(procs, tmp_path):
             assert k.encode() not in blob and k.split("_")[2].encode() not in blob, f
 
 
+def test_a_call_that_never_reached_the_gateway_gives_its_quota_back(procs, tmp_path):
+    # An infer is admitted against its caller's limits at its head. One whose client leaves
+    # before sending its body never ran: its admission is undone, and the key's daily quota
+    # (3 here) is still whole for three calls that run.
+    data = tmp_path / "data"
+    admin = create_key(data, "ops", "--admin")
+    user = create_key(data, "acme", "--quota", "3/day")
+    addr, hport, data, g = start(procs, tmp_path, insecure=False, data=data)
+    deploy(addr, key=admin)
+    head = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {user}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n").encode()
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", hport), timeout=5) as s:
+            s.sendall(head)
+            time.sleep(0.1)  # admitted at its head; then the client goes
+    time.sleep(0.5)
+    auth = {"Authorization": f"Bearer {user}"}
+    got = [http_req(hport, "POST", "/v2/models/mlp/infer", infer_json(mlp_x()), auth, timeout=60)[0]
+           for _ in range(4)]
+    assert got == [200, 200, 200, 429], got
+
+
 def test_metrics_promtool_and_ledger(procs, tmp_path):
     addr, hport, data, g = start(procs, tmp_path)
     deploy(addr)

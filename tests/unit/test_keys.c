@@ -337,6 +337,38 @@ static void quota_seeded_from_ledger(void **state) {
     gw_limits_destroy(l);
 }
 
+/* A call admitted and then never run for the gateway's reason gives its token and its
+ * count today back. */
+static void refund_gives_back_the_token_and_the_count(void **state) {
+    (void)state;
+    gw_limits *l = NULL;
+    assert_int_equal(gw_limits_create(&l, NULL), AICFN_OK);
+    uint32_t retry = 0;
+    aicfn_error err;
+    uint64_t t0 = 20000 * 86400ull * 1000000ull + 1000;
+    assert_int_equal(gw_limits_check(l, "r", 2, 3, t0, t0, &retry, &err), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "r", 2, 3, t0, t0, &retry, &err), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "r", 2, 3, t0, t0, &retry, &err), AICFN_E_QUOTA); /* rate */
+    gw_limits_refund(l, "r", 2, t0);
+    assert_int_equal(gw_limits_check(l, "r", 2, 3, t0, t0, &retry, &err), AICFN_OK);
+    /* The day's count: 2 admitted (one refunded, one again); a refund never passes the
+     * bucket's capacity, and one for another day leaves this day's count alone. */
+    gw_limits_refund(l, "r", 2, t0);
+    gw_limits_refund(l, "r", 2, t0);
+    gw_limits_refund(l, "r", 2, t0); /* count already 0: stays 0 */
+    uint64_t t1 = t0 + 2000000;
+    for (int i = 0; i < 2; i++)
+        assert_int_equal(gw_limits_check(l, "r", 2, 3, t1, t1, &retry, &err), AICFN_OK);
+    assert_int_equal(gw_limits_check(l, "r", 2, 3, t1, t1, &retry, &err), AICFN_E_QUOTA); /* rate, cap 2 */
+    uint64_t t2 = t1 + 2000000;
+    assert_int_equal(gw_limits_check(l, "r", 2, 3, t2, t2, &retry, &err), AICFN_OK); /* the 3rd today */
+    gw_limits_refund(l, "r", 2, t2 - 86400ull * 1000000ull);                         /* yesterday's call */
+    uint64_t t3 = t2 + 2000000;
+    assert_int_equal(gw_limits_check(l, "r", 2, 3, t3, t3, &retry, &err), AICFN_E_QUOTA);
+    assert_non_null(strstr(err.msg, "quota"));
+    gw_limits_destroy(l);
+}
+
 /* Refusals over the limits get ledger rows at most AICFN_GW_REFUSED_ROWS_PER_S a second
  * per tenant; the next row written says how many went without. */
 static void refusal_rows_are_bounded_per_tenant(void **state) {
@@ -369,6 +401,7 @@ static void refusal_rows_are_bounded_per_tenant(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(refusal_rows_are_bounded_per_tenant),
+        cmocka_unit_test(refund_gives_back_the_token_and_the_count),
         cmocka_unit_test_setup_teardown(create_authenticate_revoke, setup, teardown),
         cmocka_unit_test_setup_teardown(roles_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(key_cache_answers_without_the_database, setup, teardown),
