@@ -91,6 +91,7 @@
  * token bucket of this many a second): a caller past its limits cannot grow aicfn.db at
  * the rate it sends. The rest are counted (aicfn_calls_total, a log line) but not rows. */
 #define AICFN_GW_REFUSED_ROWS_PER_S 10
+#define AICFN_GW_REFUSED_REPORT_MS 10000 /* ... and the rest reported (logged) at most this often */
 /* Calls that timed out at a worker, kept to bill the loads they made (gaveup.h). */
 #define AICFN_GW_GAVE_UP_CALLS 1024
 #define AICFN_GW_GAVE_UP_MAX_AGE_MS 600000 /* ... for this long at most */

@@ -821,9 +821,8 @@ void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const
             aicfn_error e2 = {0};
             /* The response counts in the buffered budget as the request did, from before it
              * is encoded (its peak) until it is sent: a client reading slowly holds it. The
-             * gateway's copy of the inputs is gone now that the call ran. */
-            ht_reserve_trim(r, r->reserved > r->input_copy ? r->reserved - r->input_copy : 0);
-            r->input_copy = 0;
+             * gateway's copy of the inputs is freed right after this completion: it counts
+             * through the encoding, not after. */
             size_t held = r->reserved;
             size_t bound = oip_response_size_bound(&r->req, res->outputs, res->n_outputs);
             int rc = AICFN_OK;
@@ -842,7 +841,8 @@ void gw_http_complete(gw_http_call *r, int status, const aicfn_error *err, const
             else
                 rc = oip_response_encode(r->model, res->version ? res->version : r->version, &r->req,
                                          res->outputs, res->n_outputs, &b, &e2);
-            if (rc == AICFN_OK) ht_reserve_trim(r, held + b.len);
+            if (rc == AICFN_OK) ht_reserve_trim(r, (held > r->input_copy ? held - r->input_copy : 0) + b.len);
+            r->input_copy = 0;
             /* An output asked for was checked against the declared ones before the call ran:
              * missing now, it is the handler's fault (oip says so of a name not UTF-8). */
             if (rc == AICFN_E_INVALID && r->outputs_declared) {

@@ -306,7 +306,8 @@ typedef struct lim_entry {
     bool fresh;            /* bucket not yet initialized */
     uint64_t refusal_rows; /* micro-tokens of refusal rows (gw_limits_refusal_recorded) */
     uint64_t refusal_last_us; /* their last refill; 0: never */
-    uint64_t unrecorded;      /* refusals without a row since the last one with */
+    uint64_t unrecorded;      /* refusals without a row, not yet reported */
+    uint64_t reported_us;     /* when they were last reported (0: never) */
     char tenant[];
 } lim_entry;
 
@@ -450,8 +451,13 @@ bool gw_limits_refusal_recorded(gw_limits *l, const char *tenant, uint64_t mono_
     bool recorded = e->refusal_rows >= LIM_TOKEN;
     if (recorded) {
         e->refusal_rows -= LIM_TOKEN;
-        if (unrecorded) *unrecorded = e->unrecorded;
-        e->unrecorded = 0;
+        /* Reported at most every AICFN_GW_REFUSED_REPORT_MS: a steady flood is one line a while. */
+        if (e->unrecorded &&
+            (e->reported_us == 0 || mono_us - e->reported_us >= AICFN_GW_REFUSED_REPORT_MS * 1000ull)) {
+            if (unrecorded) *unrecorded = e->unrecorded;
+            e->unrecorded = 0;
+            e->reported_us = mono_us;
+        }
     } else {
         e->unrecorded++;
     }

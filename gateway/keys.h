@@ -140,8 +140,9 @@ void gw_limits_refund(gw_limits *l, const char *tenant, uint32_t rate_per_s, uin
 /* Whether a refusal of `tenant`'s call over its limits (AICFN_E_QUOTA) at monotonic
  * mono_us gets its ledger row: true at most AICFN_GW_REFUSED_ROWS_PER_S times a second
  * per tenant (a bucket of that many). *unrecorded (may be NULL): the tenant's refusals
- * not recorded since the last answer that returned it nonzero, set when this one is
- * recorded (0 otherwise), so the caller can say how many went unwritten. */
+ * not recorded since they were last reported, when this one is recorded and they were
+ * last reported at least AICFN_GW_REFUSED_REPORT_MS before (0 otherwise), so the caller
+ * can say how many went unwritten without a line per row. */
 bool gw_limits_refusal_recorded(gw_limits *l, const char *tenant, uint64_t mono_us, uint64_t *unrecorded);
 
 /* Sets tenant's count of calls already admitted on the UTC day of now_us (seeding from

@@ -2618,8 +2618,10 @@ def test_daily_quota_counts_every_call_of_the_tenant(procs, tmp_path):
     time.sleep(1.1)
     assert inv(capped) == "AICFN_E_QUOTA"
     wait_for(lambda: "counted but not written to the ledger" in g.stderr(), 10, what="the unwritten count")
-    time.sleep(0.3)  # the ledger commits every 100 ms
-    rows = db_rows(data, "SELECT count(*) FROM invocations WHERE status = 'AICFN_E_QUOTA'")[0][0] - before
+    count = "SELECT count(*) FROM invocations WHERE status = 'AICFN_E_QUOTA'"
+    wait_for(lambda: db_rows(data, count)[0][0] - before >= 10, 10, what="the refusals' rows committed")
+    time.sleep(0.3)  # any more rows committed too (the ledger commits every 100 ms)
+    rows = db_rows(data, count)[0][0] - before
     assert 10 <= rows <= 10 + 10 * took + 2, (rows, took)
 
 

@@ -391,9 +391,13 @@ static void refusal_rows_are_bounded_per_tenant(void **state) {
         assert_int_equal(skipped, 0);
     }
     assert_false(gw_limits_refusal_recorded(l, "flood", t1, &skipped));
-    /* A clock read before another thread's (older) refills nothing and breaks nothing. */
+    /* A clock read before another thread's (older) refills nothing and breaks nothing. The
+     * two refused since are reported only 10 s after the last report. */
     assert_false(gw_limits_refusal_recorded(l, "flood", t0, &skipped));
     assert_true(gw_limits_refusal_recorded(l, "flood", t1 + 2000000, &skipped));
+    assert_int_equal(skipped, 0);
+    uint64_t t2 = t1 + AICFN_GW_REFUSED_REPORT_MS * 1000ull;
+    assert_true(gw_limits_refusal_recorded(l, "flood", t2, &skipped));
     assert_int_equal(skipped, 2);
     gw_limits_destroy(l);
 }
