@@ -296,7 +296,8 @@ static void front_uploads_check_keys(gw_front *f, uint64_t now) {
 }
 
 /* Watches a just committed upload: unless a deploy names it within twice the upload idle
- * timeout, front_committed_sweep removes it. A deploy normally follows its commit at
+ * timeout (counted again while another upload is open, or after a client is told the
+ * file exists), front_committed_sweep removes it. A deploy normally follows its commit at
  * once; one that stopped in between (Ctrl-C, a client timeout, a refused config) would
  * otherwise leave the file until the gateway restarts, and enough of them fill the store
  * (`aicfn deploy` uploads again when a deploy finds its file gone). When more than
@@ -308,11 +309,27 @@ static void front_committed_watch(gw_front *f, const char *hash, uint64_t now) {
     c->due_us = now + 2 * f->upload_idle_us;
 }
 
-/* Removes the watched uploads that are due and that no function version names. */
+/* Gives watched upload `hash` (if it is watched) its whole grace again from now: a client
+ * was just told it exists, and its deploy may follow. */
+static void front_committed_rearm(gw_front *f, const char *hash, uint64_t now) {
+    for (int i = 0; i < FRONT_MAX_COMMITTED; i++)
+        if (strcmp(f->committed[i].hash, hash) == 0) f->committed[i].due_us = now + 2 * f->upload_idle_us;
+}
+
+/* Removes the watched uploads that are due and that no function version names. While an
+ * upload is open none is removed: a deploy uploads its handler, then its snapshot (which
+ * may take any time, the idle timeout bounding only the pauses), then names both. */
 static void front_committed_sweep(gw_front *f, uint64_t now) {
+    bool uploading = false;
+    for (int i = 0; i < FRONT_MAX_UPLOADS && !uploading; i++)
+        uploading = f->uploads[i].u != NULL;
     for (int i = 0; i < FRONT_MAX_COMMITTED; i++) {
         front_committed *c = &f->committed[i];
         if (!c->hash[0] || c->due_us > now) continue;
+        if (uploading) {
+            c->due_us = now + 2 * f->upload_idle_us;
+            continue;
+        }
         aicfn_error e;
         int used = gw_registry_artifact_in_use(gw_gateway_db(f->gw), c->hash, &e);
         if (used < 0) { /* the database is busy: look again later */
@@ -447,7 +464,6 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
     }
     front_uploads_expire(f, now, false);
     front_uploads_check_keys(f, clock_now_us());
-    front_committed_sweep(f, clock_now_us());
     wire_writer w;
 
     if (strcmp(h->t, "upload_begin") == 0) {
@@ -480,6 +496,7 @@ static void front_admin_op(gw_front *f, rpc_call *call, wire_doc *doc, const wir
             front_error(call, id, rc, e.msg);
             return;
         }
+        if (exists) front_committed_rearm(f, hash, now); /* a deploy naming it may be coming */
         uint64_t token = 0;
         if (u) {
             token = ++f->next_token;

@@ -199,6 +199,15 @@ def test_uploads_whose_deploy_never_came_are_removed_while_running(procs, tmp_pa
     t0 = time.monotonic()
     assert call(addr, gw_msg("upload_commit", upload=begin["upload"]))["ok"]
     assert store(data) == {used, digest}
+    # While another upload is open (a deploy's snapshot after its handler may take any
+    # time) nothing is removed: one kept alive with a chunk every 0.4 s for 3 s.
+    other = b"x" * 1000
+    begin2 = call(addr, gw_msg("upload_begin", hash=hashlib.sha256(other * 8).hexdigest(), size=8 * len(other)))
+    for k in range(8):
+        assert call(addr, gw_msg("upload_chunk", upload=begin2["upload"], offset=k * len(other), data=other))["ok"]
+        time.sleep(0.4)
+    assert digest in store(data)
+    assert call(addr, gw_msg("upload_abort", upload=begin2["upload"]))["ok"]
     wait_for(lambda: store(data) == {used}, 15, interval=0.1, what="the undeployed upload removed")
     assert time.monotonic() - t0 >= 1.8  # not before its grace (2 x the upload timeout)
     assert "no deploy named it within 2 s" in g.stderr()
