@@ -259,6 +259,17 @@ static int fetch_verify_file(const char *path, const char *hash, aicfn_error *er
         return aicfn_error_errno(err, e == ENOENT ? AICFN_E_NOT_FOUND : AICFN_E_IO, e, "cached artifact %s",
                                  path);
     }
+    /* A file another user owns or may write could change after this check (the directory
+     * is this user's own, but it may not always have been): treated as corrupt, so it is
+     * removed and fetched again. */
+    struct stat st_file;
+    if (fstat(fd, &st_file) != 0 || !S_ISREG(st_file.st_mode) || st_file.st_uid != geteuid() ||
+        (st_file.st_mode & 022)) {
+        close(fd);
+        return aicfn_error_set(err, AICFN_E_CORRUPT,
+                               "cached artifact %s is not a file of this user that nobody else may write",
+                               path);
+    }
     unsigned char *buf = malloc(FETCH_VERIFY_BUF);
     if (buf == NULL) {
         close(fd);

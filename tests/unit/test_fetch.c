@@ -472,6 +472,18 @@ static void cached_file_verified_at_first_use(void **state) {
     assert_int_equal(atomic_load(&fx->g->requests), 10);
     assert_file_is(path, fx->g->content, CONTENT_BYTES);
     worker_fetcher_destroy(f);
+    /* A good copy that others may write (it could change after its check, before its
+     * handler is dlopened): fetched again, into a file only this user may write. */
+    write_file(path, fx->g->content, CONTENT_BYTES);
+    assert_int_equal(chmod(path, 0666), 0);
+    f = open_fetcher(fx, NULL, 5000);
+    assert_int_equal(worker_fetch(f, fx->g->hash, local, sizeof local, &e), AICFN_OK);
+    assert_int_equal(atomic_load(&fx->g->requests), 15);
+    assert_file_is(path, fx->g->content, CONTENT_BYTES);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 022, 0);
+    worker_fetcher_destroy(f);
 }
 
 static void corrupt_downloads_fail_and_leave_nothing(void **state) {
