@@ -8,10 +8,13 @@
  * the aicfn binary was built in (found by walking up from the binary). When nvcc exists
  * and *.cu files sit beside the handler, they are compiled too and the handler is built
  * with -DAICFN_HANDLER_CUDA, linked against the static CUDA runtime; if that build
- * fails, the C-only build is used (with a warning). A .so handler is uploaded as is.
- * Not for: running anything (the gateway loads it on first use). */
+ * fails, the C-only build is used (with a warning). A .so handler is uploaded as is. Either
+ * is loaded here once first, to refuse one built for another function ABI before any
+ * upload (cd_check_handler).
+ * Not for: running handlers (workers run them). */
 #include <ctype.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
@@ -35,6 +38,7 @@
 #include "gateway/artifacts.h"
 #include "gateway/registry.h"
 #include "snapshots/writer.h"
+#include "worker/host.h"
 
 extern char **environ;
 
@@ -122,6 +126,31 @@ static int cd_include_dir(char *out, size_t len, aicfn_error *err) {
     return aicfn_error_set(
         err, AICFN_E_NOT_FOUND,
         "cannot find include/aicfn.h near the aicfn binary: set AICFN_INCLUDE to its folder");
+}
+
+/* Loads the handler here, as a worker will, to refuse before anything is uploaded one a
+ * worker would refuse: built for another function ABI, or missing aicfn_fn_invoke or the
+ * ABI symbol. A library this machine cannot load at all (built for another architecture,
+ * or needing libraries only the workers' hosts have, such as the CUDA runtime) is left to
+ * the workers, with a note. Loading runs the library's constructors here: it is the
+ * deployer's own code. */
+static int cd_check_handler(const char *so, aicfn_error *err) {
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s%s", strchr(so, '/') ? "" : "./", so); /* no search of the library path */
+    dlerror();
+    void *dl = dlopen(p, RTLD_NOW | RTLD_LOCAL);
+    if (dl == NULL) {
+        const char *why = dlerror();
+        fprintf(stderr,
+                "note: handler %s cannot be loaded on this machine (%s): its ABI is checked by the workers\n",
+                so, why ? why : "unknown dlopen error");
+        return AICFN_OK;
+    }
+    dlclose(dl);
+    worker_handler *h = NULL;
+    int rc = worker_handler_open(so, &h, err);
+    if (rc == AICFN_OK) worker_handler_close(h);
+    return rc;
 }
 
 /* Builds the handler source into tmp/handler.so. */
@@ -661,6 +690,7 @@ int cli_cmd_deploy(int argc, char **argv) {
         snprintf(so, sizeof so, "%s", m->handler);
     else if (rc == AICFN_OK)
         rc = cd_build(m, tmp, so, sizeof so, &err);
+    if (rc == AICFN_OK) rc = cd_check_handler(so, &err);
     if (rc == AICFN_OK) rc = gw_artifacts_hash_file(so, so_hex, &so_size, &err);
 
     /* 2. The model. */

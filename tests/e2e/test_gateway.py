@@ -747,6 +747,23 @@ def test_a_worker_under_a_dead_ones_name_cannot_bill_its_calls(procs, tmp_path):
             rep.close()
 
 
+def test_deploy_refuses_a_handler_built_for_another_abi(procs, tmp_path):
+    # aicfn deploy loads the handler once before it uploads anything, as a worker will: one
+    # built for another function ABI (or missing its required symbols) is refused there,
+    # with the worker's message, instead of failing every call after a deploy that
+    # succeeded.
+    addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
+    write_manifest(tmp_path / "old", f"name: old\nhandler: {handler('test_abi_mismatch')}\n")
+    r = run_cli(["deploy", str(tmp_path / "old"), "--gateway", addr], timeout=120)
+    assert r.returncode != 0, r.stdout
+    assert "built for function ABI" in r.stderr and "AICFN_E_ABI" in r.stderr, r.stderr
+    assert not list((data / "artifacts").glob("[0-9a-f]" * 64)), "nothing uploaded"
+    write_manifest(tmp_path / "noinvoke", f"name: noinvoke\nhandler: {handler('test_no_invoke')}\n")
+    r = run_cli(["deploy", str(tmp_path / "noinvoke"), "--gateway", addr], timeout=120)
+    assert r.returncode != 0 and "missing required symbol aicfn_fn_invoke" in r.stderr, r.stderr
+    deploy(addr, ROOT / "examples" / "echo")  # a good one goes through
+
+
 def test_coldstarts_answers_while_the_database_is_locked(procs, tmp_path):
     """`coldstarts` first commits what the ledger holds, but a database that cannot take
     it (another process holds its write lock: a stalled or full disk looks the same to the
