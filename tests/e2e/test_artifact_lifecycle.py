@@ -163,6 +163,15 @@ def test_upload_slots_and_hashes_are_checked_in_the_right_order(procs, tmp_path)
         assert call(addr, gw_msg("upload_abort", upload=t))["ok"]
 
 
+def upload_committed(addr, blob: bytes) -> str:
+    """Uploads `blob` in one chunk and commits it, naming it in no deploy: its hash."""
+    digest = hashlib.sha256(blob).hexdigest()
+    begin = call(addr, gw_msg("upload_begin", hash=digest, size=len(blob)))
+    assert call(addr, gw_msg("upload_chunk", upload=begin["upload"], offset=0, data=blob))["ok"]
+    assert call(addr, gw_msg("upload_commit", upload=begin["upload"]))["ok"]
+    return digest
+
+
 def test_uploads_whose_deploy_never_came_are_removed_at_start(procs, tmp_path):
     # A deploy that stops between its uploads and its `deploy` message (Ctrl-C, a client
     # timeout, a gateway restart) leaves files no version references; the next gateway
@@ -170,12 +179,7 @@ def test_uploads_whose_deploy_never_came_are_removed_at_start(procs, tmp_path):
     addr, data, g = start_gateway(procs, tmp_path, workers="0..1")
     deploy(addr, echo_function(tmp_path, "kept"))
     (used,) = store(data)
-    blob = b"never deployed" * 1000
-    digest = hashlib.sha256(blob).hexdigest()
-
-    begin = call(addr, gw_msg("upload_begin", hash=digest, size=len(blob)))
-    assert call(addr, gw_msg("upload_chunk", upload=begin["upload"], offset=0, data=blob))["ok"]
-    assert call(addr, gw_msg("upload_commit", upload=begin["upload"]))["ok"]
+    digest = upload_committed(addr, b"never deployed" * 1000)
     assert store(data) == {used, digest}
     g.stop()
     addr, data, g = start_gateway(procs, tmp_path, workers="0..1", name="gateway2", data=data)
@@ -192,12 +196,8 @@ def test_uploads_whose_deploy_never_came_are_removed_while_running(procs, tmp_pa
     addr, data, g = start_gateway(procs, tmp_path, workers="0..1", extra=("--upload-timeout", "1s"))
     deploy(addr, echo_function(tmp_path, "kept"))
     (used,) = store(data)
-    blob = b"never deployed, running" * 1000
-    digest = hashlib.sha256(blob).hexdigest()
-    begin = call(addr, gw_msg("upload_begin", hash=digest, size=len(blob)))
-    assert call(addr, gw_msg("upload_chunk", upload=begin["upload"], offset=0, data=blob))["ok"]
+    digest = upload_committed(addr, b"never deployed, running" * 1000)
     t0 = time.monotonic()
-    assert call(addr, gw_msg("upload_commit", upload=begin["upload"]))["ok"]
     assert store(data) == {used, digest}
     # While another upload is open (a deploy's snapshot after its handler may take any
     # time) nothing is removed: one kept alive with a chunk every 0.4 s for 3 s.

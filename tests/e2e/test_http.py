@@ -273,12 +273,25 @@ def test_connection_limits(procs, tmp_path):
         assert g.poll() is None, g.stderr()[-2000:]
 
 
-def test_keys_over_http(procs, tmp_path):
+def keyed(procs, tmp_path: Path, *user_limits):
+    """A gateway with keys, mlp deployed, an admin key and a key of tenant acme with
+    `user_limits` (--rate, --quota): addr, hport, data, g, admin, user."""
     data = tmp_path / "data"
     admin = create_key(data, "ops", "--admin")
-    user = create_key(data, "acme", "--rate", "2/s")
+    user = create_key(data, "acme", *user_limits)
     addr, hport, data, g = start(procs, tmp_path, insecure=False, data=data)
     deploy(addr, key=admin)
+    return addr, hport, data, g, admin, user
+
+
+def infer_head(user: str) -> bytes:
+    """The head of an infer of mlp by key `user` announcing a 10 MB body (not sent)."""
+    return (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {user}\r\n"
+            "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n").encode()
+
+
+def test_keys_over_http(procs, tmp_path):
+    addr, hport, data, g, admin, user = keyed(procs, tmp_path, "--rate", "2/s")
     x = mlp_x()
     body = infer_json(x)
     st, h, b = http_req(hport, "POST", "/v2/models/mlp/infer", body)
@@ -336,8 +349,7 @@ def test_keys_over_http(procs, tmp_path):
     # more bodies read and parsed at once than their rate allows. Of four requests whose
     # heads come together (bodies of 10 MB not sent yet), two (the bucket) wait for their
     # bodies and two are answered 429 at once.
-    head = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {user}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n").encode()
+    head = infer_head(user)
     socks = [socket.create_connection(("127.0.0.1", hport), timeout=5) for _ in range(4)]
     try:
         for s in socks:
@@ -377,13 +389,8 @@ def test_a_call_that_never_reached_the_gateway_gives_its_quota_back(procs, tmp_p
     # An infer is admitted against its caller's limits at its head. One whose client leaves
     # before sending its body never ran: its admission is undone, and the key's daily quota
     # (3 here) is still whole for three calls that run.
-    data = tmp_path / "data"
-    admin = create_key(data, "ops", "--admin")
-    user = create_key(data, "acme", "--quota", "3/day")
-    addr, hport, data, g = start(procs, tmp_path, insecure=False, data=data)
-    deploy(addr, key=admin)
-    head = (f"POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {user}\r\n"
-            "Content-Type: application/json\r\nContent-Length: 10000000\r\n\r\n").encode()
+    addr, hport, data, g, admin, user = keyed(procs, tmp_path, "--quota", "3/day")
+    head = infer_head(user)
     for _ in range(5):
         with socket.create_connection(("127.0.0.1", hport), timeout=5) as s:
             s.sendall(head)
