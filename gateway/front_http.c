@@ -63,7 +63,9 @@ static int fh_model_info(void *ctx, const char *model, uint32_t version, gw_http
     if (out->signature_only) /* every infer: the gateway's function cache, no SQLite read */
         return gw_fn_signature(f->gw, model, version, out->inputs, &out->n_inputs, out->outputs,
                                &out->n_outputs, AICFN_MAX_TENSORS, &out->version, err);
-    gw_db *db = gw_gateway_read_db(f->gw);
+    /* Full metadata and the index read many rows, at any caller's pace: through the
+     * reports' connection, so they never hold the one key checks and resolutions use. */
+    gw_db *db = gw_gateway_query_db(f->gw);
     gw_function fn;
     memset(&fn, 0, sizeof fn);
     int rc = gw_registry_get(db, model, version, &fn, err);
@@ -204,7 +206,7 @@ static int fh_index(void *ctx, bool ready_only, gw_http_emit_fn emit, void *arg,
     gw_front_http *f = ctx;
     gw_function_summary *s = NULL;
     size_t n = 0;
-    int rc = gw_registry_list(gw_gateway_read_db(f->gw), &s, &n, err);
+    int rc = gw_registry_list(gw_gateway_query_db(f->gw), &s, &n, err); /* as fh_model_info's */
     if (rc != AICFN_OK) return rc;
     for (size_t i = 0; i < n; i++) {
         bool ready = s[i].active_version != 0;

@@ -35,9 +35,10 @@ gw_db *gw_gateway_read_db(gw_gateway *gw);
 int gw_fn_signature(gw_gateway *gw, const char *name, uint32_t ver, gw_tensor_spec *inputs, size_t *n_inputs,
                     gw_tensor_spec *outputs, size_t *n_outputs, size_t cap, uint32_t *resolved,
                     aicfn_error *err);
-/* A read-only connection to the same database for reports that read many rows (the
- * coldstarts percentiles), so they never hold the registry's connection; the registry's
- * when it could not be opened. */
+/* A read-only connection to the same database for reads of many rows (the coldstarts
+ * percentiles, the HTTP front's model metadata and repository index), so they never hold
+ * the registry's connection nor the call path's; the registry's when it could not be
+ * opened. Thread-safe (gw_db serializes its users). */
 gw_db *gw_gateway_query_db(gw_gateway *gw);
 gw_artifacts *gw_gateway_artifacts(gw_gateway *gw);
 gw_ledger *gw_gateway_ledger(gw_gateway *gw);
