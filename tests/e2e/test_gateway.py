@@ -440,6 +440,56 @@ def fake_worker_status(cold_starts=0):
                                        "batches": 0}}
 
 
+# The answer of a worker written from the protocol to a call it did not run (its deadline passed).
+TIMED_OUT = {"ok": False, "error": {"code": E_TIMEOUT, "name": "AICFN_E_TIMEOUT",
+                                    "message": "deadline passed: not executed"}}
+
+
+class ProtocolWorker:
+    """A worker written from the protocol (protocol.md section 5): a Rep0 socket on a free
+    loopback port whose `contexts` threads each take a request and send back `answer(req)`
+    (a reply's keys; `v` and `id` are added), until close(). Every receive times out after
+    200 ms, so each loop is bounded by the test; `answer` may block (with contexts > 1 the
+    others go on serving)."""
+
+    def __init__(self, answer, contexts=1):
+        self.addr = f"tcp://127.0.0.1:{free_port()}"
+        self.sock = pynng.Rep0(listen=self.addr)
+        self.stopping = threading.Event()
+        self.ctxs, self.threads = [], []
+        for _ in range(contexts):
+            ctx = self.sock.new_context()
+            ctx.recv_timeout = 200
+            self.ctxs.append(ctx)
+            self.threads.append(threading.Thread(target=self._serve, args=(ctx, answer), daemon=True))
+            self.threads[-1].start()
+
+    def _serve(self, ctx, answer):
+        while not self.stopping.is_set():
+            try:
+                req = msgpack.unpackb(ctx.recv(), raw=False)
+            except pynng.Timeout:
+                continue
+            except pynng.Closed:
+                return
+            ctx.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], **answer(req)}))
+
+    def register(self, gw_addr, name="fake"):
+        """Registers at the gateway on gw_addr under `name`: the gateway's answer."""
+        return call(gw_addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": self.addr,
+                              "name": name})
+
+    def close(self):  # idempotent
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        for t in self.threads:
+            t.join(timeout=5)
+        for ctx in self.ctxs:
+            ctx.close()
+        self.sock.close()
+
+
 def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
     # A load that outlasted every call waiting for it is reported by the worker's status
     # answers (w.loads, protocol.md section 5; the worker side is test_worker's
@@ -452,34 +502,25 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
     write_manifest(tmp_path / "big", f"name: big\nhandler: {handler('echo')}\n")
     addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
     deploy(addr, tmp_path / "big")
-    waddr = f"tcp://127.0.0.1:{free_port()}"
-    rep = pynng.Rep0(listen=waddr, recv_timeout=200)
     polls, acks = [], []
-    stop = threading.Event()
     load = {"fn": "big", "ver": 1,
             "timing": {"load": 250000, "total": 250000, "read": 1000, "decompress": 200000, "filter": 30000},
             "cs": {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []}}
 
-    def serve():  # bounded by the test: stops when told, each receive times out
-        while not stop.is_set():
-            try:
-                req = msgpack.unpackb(rep.recv(), raw=False)
-            except pynng.Timeout:
-                continue
-            w = fake_worker_status(cold_starts=1)
-            acks.append(req.get("ack"))
-            # The first answer also lists a load of a version that was never deployed: a
-            # worker's word makes no cold-start row (nor metric series) for it.
-            w["loads"] = [] if polls else [load, dict(load, fn="nosuch")]
-            if (req.get("ack") or 0) < 5 or len(polls) < 3:  # listed again: as if an answer was lost
-                w["loads"].append(dict(load, seq=5))
-            polls.append(req.get("t"))
-            rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": True, "w": w}))
+    def answer(req):
+        w = fake_worker_status(cold_starts=1)
+        acks.append(req.get("ack"))
+        # The first answer also lists a load of a version that was never deployed: a
+        # worker's word makes no cold-start row (nor metric series) for it.
+        w["loads"] = [] if polls else [load, dict(load, fn="nosuch")]
+        if (req.get("ack") or 0) < 5 or len(polls) < 3:  # listed again: as if an answer was lost
+            w["loads"].append(dict(load, seq=5))
+        polls.append(req.get("t"))
+        return {"ok": True, "w": w}
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    fake = ProtocolWorker(answer)
     try:
-        r = call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr, "name": "fake"})
+        r = fake.register(addr)
         assert r["ok"], r
         rows = wait_rows(data, "SELECT function, version, worker, raw_bytes, compressed_bytes, spawn_us, queue_us, "
                                "decompress_us, total_us FROM cold_starts", (), 2, timeout=15)
@@ -491,9 +532,7 @@ def test_load_its_calls_gave_up_on_is_still_a_cold_start(procs, tmp_path):
         assert cold_start_count(addr, data, "big") == 2
         assert "lists a load of nosuch:1, not a deployed version: ignored" in g.stderr()
     finally:
-        stop.set()
-        t.join(timeout=5)
-        rep.close()
+        fake.close()
 
 
 
@@ -538,9 +577,6 @@ def test_a_workers_word_bills_only_calls_that_timed_out_there(procs, tmp_path):
     write_manifest(tmp_path / "big", f"name: big\nhandler: {handler('echo')}\n")
     addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
     deploy(addr, tmp_path / "big")
-    waddr = f"tcp://127.0.0.1:{free_port()}"
-    rep = pynng.Rep0(listen=waddr, recv_timeout=200)
-    stop = threading.Event()
     timed_out = []  # (gid, when answered)
     listed = []
     cs = {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []}
@@ -549,35 +585,24 @@ def test_a_workers_word_bills_only_calls_that_timed_out_there(procs, tmp_path):
         return {"seq": seq, "fn": "big", "ver": 1, "makers": makers, "calls": calls, "cs": cs,
                 "timing": {"load": 30000, "total": 30000, "cold_share": share}}
 
-    def serve():  # bounded by the test: stops when told, each receive times out
-        while not stop.is_set():
-            try:
-                req = msgpack.unpackb(rep.recv(), raw=False)
-            except pynng.Timeout:
-                continue
-            if req.get("t") == "invoke" and len(timed_out) == 2:  # the third: run, it says, for 12 days
-                rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": True, "outputs": [],
-                                        "batch": 1, "cold": True,
-                                        "timing": {"total": 10**12, "exec": 10**12, "cold_share": 10**12}}))
-                continue
-            if req.get("t") == "invoke":
-                timed_out.append((req["gid"], time.monotonic()))
-                rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": False,
-                                        "error": {"code": E_TIMEOUT, "name": "AICFN_E_TIMEOUT",
-                                                  "message": "deadline passed: not executed"}}))
-                continue
-            w = fake_worker_status()
-            if len(timed_out) == 2 and time.monotonic() - timed_out[1][1] > 0.1 and not listed:
-                (a, _), (b, _) = timed_out
-                w["loads"] = [load(1, 30000, 3, [a, 999999, b + 1000]), load(2, 30000, 3, [a]),
-                              load(3, 10**12, 1, [b])]
-                listed.append(True)
-            rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": True, "w": w}))
+    def answer(req):
+        if req.get("t") == "invoke" and len(timed_out) == 2:  # the third: run, it says, for 12 days
+            return {"ok": True, "outputs": [], "batch": 1, "cold": True,
+                    "timing": {"total": 10**12, "exec": 10**12, "cold_share": 10**12}}
+        if req.get("t") == "invoke":
+            timed_out.append((req["gid"], time.monotonic()))
+            return TIMED_OUT
+        w = fake_worker_status()
+        if len(timed_out) == 2 and time.monotonic() - timed_out[1][1] > 0.1 and not listed:
+            (a, _), (b, _) = timed_out
+            w["loads"] = [load(1, 30000, 3, [a, 999999, b + 1000]), load(2, 30000, 3, [a]),
+                          load(3, 10**12, 1, [b])]
+            listed.append(True)
+        return {"ok": True, "w": w}
 
-    t = threading.Thread(target=serve, daemon=True)
-    t.start()
+    fake = ProtocolWorker(answer)
     try:
-        r = call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr, "name": "fake"})
+        r = fake.register(addr)
         assert r["ok"], r
         for rid in (880001, 880002):
             r = call(addr, invoke_msg("big", [], rid=rid), timeout_ms=20000)
@@ -605,9 +630,7 @@ def test_a_workers_word_bills_only_calls_that_timed_out_there(procs, tmp_path):
         assert gpu <= took_us and load_gpu <= took_us, (gpu, load_gpu, took_us)
         assert "there: capped" in g.stderr()
     finally:
-        stop.set()
-        t.join(timeout=5)
-        rep.close()
+        fake.close()
 
 
 def test_a_load_listed_before_its_calls_timeout_is_billed_to_it(procs, tmp_path):
@@ -621,47 +644,30 @@ def test_a_load_listed_before_its_calls_timeout_is_billed_to_it(procs, tmp_path)
     write_manifest(tmp_path / "big", f"name: big\nhandler: {handler('echo')}\n")
     addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
     deploy(addr, tmp_path / "big")
-    waddr = f"tcp://127.0.0.1:{free_port()}"
-    rep = pynng.Rep0(listen=waddr)
-    stop = threading.Event()
     held = []  # the call's gid, once it came
     listed = threading.Event()
     acked = threading.Event()
     answered = threading.Event()
 
-    def serve(ctx):  # bounded by the test: stops when told, each receive times out
-        while not stop.is_set():
-            try:
-                req = msgpack.unpackb(ctx.recv(), raw=False)
-            except pynng.Timeout:
-                continue
-            if req.get("t") == "invoke":
-                held.append(req["gid"])
-                acked.wait(15)
-                ctx.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": False,
-                                        "error": {"code": E_TIMEOUT, "name": "AICFN_E_TIMEOUT",
-                                                  "message": "deadline passed: not executed"}}))
-                answered.set()
-                continue
-            if listed.is_set() and req.get("ack", 0) >= 1:
-                acked.set()
-            w = fake_worker_status()
-            if held and not listed.is_set():
-                w["loads"] = [{"seq": 1, "fn": "big", "ver": 1, "makers": 1, "calls": [held[0]],
-                               "cs": {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []},
-                               "timing": {"load": 30000, "total": 30000, "cold_share": 30000}}]
-            ctx.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": True, "w": w}))
-            if "loads" in w:
-                listed.set()
+    def answer(req):  # two contexts: the call is held on one while the other answers polls
+        if req.get("t") == "invoke":
+            held.append(req["gid"])
+            acked.wait(15)
+            answered.set()
+            return TIMED_OUT
+        if listed.is_set() and req.get("ack", 0) >= 1:
+            acked.set()
+        w = fake_worker_status()
+        if held and not listed.is_set():
+            w["loads"] = [{"seq": 1, "fn": "big", "ver": 1, "makers": 1, "calls": [held[0]],
+                           "cs": {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []},
+                           "timing": {"load": 30000, "total": 30000, "cold_share": 30000}}]
+            listed.set()  # a later poll's ack >= 1 comes after this answer was handled
+        return {"ok": True, "w": w}
 
-    threads, ctxs = [], []
-    for _ in range(2):
-        ctxs.append(rep.new_context())
-        ctxs[-1].recv_timeout = 200
-        threads.append(threading.Thread(target=serve, args=(ctxs[-1],), daemon=True))
-        threads[-1].start()
+    fake = ProtocolWorker(answer, contexts=2)
     try:
-        r = call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr, "name": "fake"})
+        r = fake.register(addr)
         assert r["ok"], r
         r = call(addr, invoke_msg("big", [], rid=880101), timeout_ms=20000)
         assert not r["ok"] and r["error"]["name"] == "AICFN_E_TIMEOUT", r
@@ -673,12 +679,7 @@ def test_a_load_listed_before_its_calls_timeout_is_billed_to_it(procs, tmp_path)
         assert charged == [30000], charged
         assert "pays its share of an abandoned load listed before its timeout" in g.stderr()
     finally:
-        stop.set()
-        for t in threads:
-            t.join(timeout=5)
-        for ctx in ctxs:
-            ctx.close()
-        rep.close()
+        fake.close()
 
 
 def test_a_worker_under_a_dead_ones_name_cannot_bill_its_calls(procs, tmp_path):
@@ -690,61 +691,38 @@ def test_a_worker_under_a_dead_ones_name_cannot_bill_its_calls(procs, tmp_path):
     write_manifest(tmp_path / "big", f"name: big\nhandler: {handler('echo')}\n")
     addr, data, g = start_gateway(procs, tmp_path, workers="0..0")
     deploy(addr, tmp_path / "big")
-    stop = threading.Event()
     timed_out = []  # gids the first worker answered AICFN_E_TIMEOUT
 
-    def serve(rep, loads):  # bounded by the test: stops when told, each receive times out
-        while not stop.is_set():
-            try:
-                req = msgpack.unpackb(rep.recv(), raw=False)
-            except (pynng.Timeout, pynng.Closed):
-                if rep in gone:
-                    return
-                continue
+    def answer(loads):
+        def respond(req):
             if req.get("t") == "invoke":
                 timed_out.append(req["gid"])
-                rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": False,
-                                        "error": {"code": E_TIMEOUT, "name": "AICFN_E_TIMEOUT",
-                                                  "message": "deadline passed: not executed"}}))
-                continue
-            w = fake_worker_status()
-            w["loads"] = loads()
-            rep.send(msgpack.packb({"v": PROTOCOL_VERSION, "id": req["id"], "ok": True, "w": w}))
+                return TIMED_OUT
+            return {"ok": True, "w": dict(fake_worker_status(), loads=loads())}
+        return respond
 
-    def register(waddr):
-        return call(addr, {"v": PROTOCOL_VERSION, "t": "register", "id": next_id(), "addr": waddr, "name": "fake"})
-
-    gone = []
-    first = pynng.Rep0(listen=f"tcp://127.0.0.1:{free_port()}", recv_timeout=200)
-    second = pynng.Rep0(listen=f"tcp://127.0.0.1:{free_port()}", recv_timeout=200)
-    threads = [threading.Thread(target=serve, args=(first, lambda: []), daemon=True),
-               threading.Thread(target=serve, args=(second, lambda: [
-                   {"seq": 1, "fn": "big", "ver": 1, "makers": 1, "calls": timed_out[:1],
-                    "cs": {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []},
-                    "timing": {"load": 30000, "total": 30000, "cold_share": 30000}}]), daemon=True)]
-    threads[0].start()
+    first = ProtocolWorker(answer(lambda: []))
+    second = None
     try:
-        assert register(first.listeners[0].url)["ok"]
+        assert first.register(addr)["ok"]
         r = call(addr, invoke_msg("big", [], rid=880201), timeout_ms=20000)
         assert not r["ok"] and r["error"]["name"] == "AICFN_E_TIMEOUT", r
         assert len(timed_out) == 1
-        gone.append(first)
         first.close()
+        second = ProtocolWorker(answer(lambda: [
+            {"seq": 1, "fn": "big", "ver": 1, "makers": 1, "calls": timed_out[:1],
+             "cs": {"cbytes": 3 << 20, "rbytes": 4 << 20, "evicted": []},
+             "timing": {"load": 30000, "total": 30000, "cold_share": 30000}}]))
         # Refused while the gateway still counts the first one alive (its polls fail first).
-        wait_for(lambda: register(second.listeners[0].url)["ok"], 30, interval=0.5,
-                 what="the name free again")
-        threads[1].start()
+        wait_for(lambda: second.register(addr)["ok"], 30, interval=0.5, what="the name free again")
         wait_rows(data, "SELECT 1 FROM cold_starts WHERE function = 'big'", (), 1, timeout=15)
         wait_for(lambda: "billed to 0 of the 1 calls that made it" in g.stderr(), 10, what="the load billed")
         rows = db_rows(data, "SELECT load_gpu_us FROM invocations WHERE request_id = '880201'")
         assert rows == [(0,)], rows
     finally:
-        stop.set()
-        for t in threads:
-            if t.is_alive():
-                t.join(timeout=5)
-        for rep in (first, second):
-            rep.close()
+        first.close()
+        if second:
+            second.close()
 
 
 def test_deploy_refuses_a_handler_built_for_another_abi(procs, tmp_path):
